@@ -1,0 +1,57 @@
+"""The FastAPI application: routers under /api/v1, auth, problem+json, health, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from edgeplane import __version__
+from edgeplane.api import problems, tasks, workers
+from edgeplane.api.deps import caller
+from edgeplane.api.metrics import ManagerCollector
+from edgeplane.manager import Manager
+from edgeplane.security import TokenChecker
+
+
+def create_app(manager: Manager, tokens: TokenChecker, *, max_body_mb: float = 64.0) -> FastAPI:
+    app = FastAPI(
+        title="edgeplane",
+        version=__version__,
+        description="One orchestrator for the edge: tasks on fleets of small machines.",
+    )
+    app.state.manager = manager
+    app.state.tokens = tokens
+    problems.install(app)
+    max_bytes = int(max_body_mb * 2**20)
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            return problems.problem(
+                413, "Payload too large", f"body is over {max_body_mb:g} MB", field="body"
+            )
+        return await call_next(request)
+
+    secured = [Depends(caller)]
+    app.include_router(tasks.router, prefix="/api/v1", dependencies=secured)
+    app.include_router(workers.router, prefix="/api/v1", dependencies=secured)
+
+    registry = CollectorRegistry()
+    registry.register(ManagerCollector(manager))
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, object]:
+        return {"status": "ok", "broker": manager.link.connected.is_set(), "version": __version__}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

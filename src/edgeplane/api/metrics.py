@@ -1,0 +1,39 @@
+"""Prometheus exposition of the manager's counters and gauges (no token needed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgeplane.manager import Manager
+
+
+class ManagerCollector(Collector):
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._manager
+        yield CounterMetricFamily(
+            "edgeplane_tasks_dispatched", "Task attempts sent to workers", value=m.stats.dispatched
+        )
+        yield CounterMetricFamily(
+            "edgeplane_task_events", "Task events received from workers", value=m.stats.events
+        )
+        yield CounterMetricFamily(
+            "edgeplane_bad_messages", "Malformed or unknown MQTT messages", value=m.stats.bad_messages
+        )
+        yield CounterMetricFamily(
+            "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
+        )
+        tasks = GaugeMetricFamily("edgeplane_tasks", "Unfinished tasks in memory", labels=["state"])
+        for state, count in sorted(m.task_counts().items()):
+            tasks.add_metric([state], count)
+        yield tasks
+        workers = GaugeMetricFamily("edgeplane_workers", "Known workers", labels=["state"])
+        for state, count in sorted(Counter(w.state for w in m.workers()).items()):
+            workers.add_metric([state], count)
+        yield workers

@@ -1,0 +1,112 @@
+"""/api/v1/tasks"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from edgeplane.api.deps import ManagerDep
+from edgeplane.model import Page, Task, TaskPatch, TaskSpec, TaskState
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+#: Longest a GET may block waiting for a task to end (``?wait=``).
+MAX_WAIT_S = 60.0
+
+
+class TaskBatch(BaseModel):
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=1000)
+
+
+class TaskItems(BaseModel):
+    items: list[Task]
+
+
+class TaskResults(BaseModel):
+    task_id: str
+    state: TaskState
+    results: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+
+
+class TaskLogs(BaseModel):
+    task_id: str
+    stdout: str
+    stderr: str
+
+
+@router.post("", status_code=201, response_model=Task)
+async def create_task(spec: TaskSpec, manager: ManagerDep) -> Task:
+    (task,) = await manager.submit([spec])
+    return task
+
+
+@router.post("/batch", status_code=201, response_model=TaskItems)
+async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> TaskItems:
+    return TaskItems(items=await manager.submit(batch.tasks))
+
+
+@router.get("", response_model=Page[Task])
+async def list_tasks(
+    manager: ManagerDep,
+    state: TaskState | None = None,
+    job_id: str | None = None,
+    workflow_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[Task]:
+    items, total = await manager.list_tasks(
+        state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+    )
+    return Page[Task](items=items, total=total)
+
+
+@router.get("/{task_id}", response_model=Task)
+async def get_task(
+    task_id: str,
+    manager: ManagerDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = 0,
+) -> Task:
+    return await manager.wait(task_id, wait)
+
+
+@router.patch("/{task_id}", response_model=Task)
+async def patch_task(task_id: str, patch: TaskPatch, manager: ManagerDep) -> Task:
+    return await manager.patch_task(task_id, patch)
+
+
+@router.delete("/{task_id}", status_code=204)
+async def delete_task(task_id: str, manager: ManagerDep) -> Response:
+    await manager.delete_task(task_id)
+    return Response(status_code=204)
+
+
+@router.post("/{task_id}/start", response_model=Task)
+async def start_task(task_id: str, manager: ManagerDep) -> Task:
+    return await manager.start_task(task_id)
+
+
+@router.post("/{task_id}/stop", response_model=Task)
+async def stop_task(task_id: str, manager: ManagerDep) -> Task:
+    return await manager.stop_task(task_id)
+
+
+@router.get("/{task_id}/results", response_model=TaskResults)
+async def task_results(task_id: str, manager: ManagerDep) -> TaskResults:
+    task = await manager.get(task_id)
+    return TaskResults(
+        task_id=task.id,
+        state=task.state,
+        results=task.results,
+        error=task.error,
+        exit_code=task.exit_code,
+    )
+
+
+@router.get("/{task_id}/logs", response_model=TaskLogs)
+async def task_logs(task_id: str, manager: ManagerDep) -> TaskLogs:
+    task = await manager.get(task_id)
+    return TaskLogs(task_id=task.id, stdout=task.stdout, stderr=task.stderr)

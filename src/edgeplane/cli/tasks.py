@@ -1,0 +1,431 @@
+"""``edgeplane task …``: run, create, start, stop, wait for and inspect tasks."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from edgeplane.cli.output import (
+    Format,
+    OutputOption,
+    echo,
+    error,
+    note,
+    print_fields,
+    print_model,
+    print_table,
+    raw_stderr,
+    session,
+    waiting,
+    when,
+)
+from edgeplane.errors import Invalid
+
+if TYPE_CHECKING:
+    from edgeplane.client import Client
+    from edgeplane.model import Task
+
+app = typer.Typer(
+    help="Tasks: one wasm function call, WASI program or host command on one worker.",
+    no_args_is_help=True,
+)
+
+
+class Mode(StrEnum):
+    function = "function"
+    wasi = "wasi"
+
+
+class RuntimeName(StrEnum):
+    wasm = "wasm"
+    host = "host"
+
+
+#: Lets ``-2`` be a function input and ``sh -c …`` a command without ``--``.
+_PASS_THROUGH = {"ignore_unknown_options": True}
+
+_ARGS_HELP = (
+    "wasm: FILE.wasm (or oci://REF) NAME [ARGS]... where NAME is the export to call and ARGS "
+    "its inputs (function mode) or the program's arguments (--mode wasi). "
+    "host: the command, after `--`, e.g. `--runtime host -- sh -c 'echo hi'`."
+)
+ArgsArgument = Annotated[
+    list[str], typer.Argument(metavar="FILE.wasm NAME [ARGS]... | -- CMD...", help=_ARGS_HELP)
+]
+ModeOption = Annotated[
+    Mode, typer.Option(help="wasm: call an export (function) or run _start (wasi).")
+]
+RuntimeOption = Annotated[RuntimeName, typer.Option(help="wasm module or host command.")]
+ExportOption = Annotated[
+    str | None, typer.Option(help="wasm export to call when it differs from NAME.")
+]
+NameOption = Annotated[
+    str | None, typer.Option(help="Task name for --runtime host (default: the program's name).")
+]
+EnvOption = Annotated[list[str] | None, typer.Option("--env", help="K=V, repeatable.")]
+FuelOption = Annotated[int | None, typer.Option(min=1, help="wasm fuel limit.")]
+MemoryOption = Annotated[int | None, typer.Option("--memory-mb", min=1, help="Memory limit, MB.")]
+TimeLimitOption = Annotated[
+    float | None,
+    typer.Option("--time-limit", min=0.001, help="Kill the task after S seconds of running."),
+]
+RetriesOption = Annotated[int | None, typer.Option(min=-1, help="Extra attempts; -1 = forever.")]
+PriorityOption = Annotated[int | None, typer.Option(min=0, max=100, help="0-100, higher first.")]
+LabelOption = Annotated[
+    list[str] | None, typer.Option("--label", help="k=v the worker must carry, repeatable.")
+]
+WorkerOption = Annotated[str | None, typer.Option("--worker", help="Run on this worker only.")]
+WaitTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", min=0, help="Stop waiting after S seconds (exit 1); the task goes on."
+    ),
+]
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Task id.")]
+
+
+def pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """``["k=v", …]`` as a dict; a malformed item is a usage error naming the option."""
+    parsed: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected K=V, got {item!r}", param_hint=what)
+        parsed[key] = value
+    return parsed
+
+
+def _input(text: str) -> Any:
+    """A function input: a number when it reads as one (the worker converts to param types)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    if text.startswith("-"):
+        raise Invalid(f"no such option: {text} (put `--` before inputs that start with '-')")
+    return text
+
+
+def task_spec(
+    args: list[str],
+    *,
+    runtime: RuntimeName,
+    mode: Mode,
+    export: str | None,
+    name: str | None,
+    env: list[str] | None,
+    fuel: int | None,
+    memory_mb: int | None,
+    time_limit: float | None,
+    retries: int | None,
+    priority: int | None,
+    label: list[str] | None,
+    worker: str | None,
+) -> dict[str, Any]:
+    """The task body the command line describes."""
+    spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
+    if runtime is RuntimeName.host:
+        if not args:
+            raise typer.BadParameter("give the command after --", param_hint="CMD")
+        spec.update(command=args, name=name or Path(args[0]).name)
+    else:
+        if len(args) < 2:
+            raise typer.BadParameter("give FILE.wasm and NAME", param_hint="FILE.wasm NAME")
+        if name is not None:
+            raise typer.BadParameter("wasm tasks take NAME as an argument", param_hint="--name")
+        source, export_name, rest = args[0], args[1], args[2:]
+        if source.startswith("oci://"):
+            spec["image_url"] = source
+        else:
+            spec["file"] = Path(source)
+        spec.update(name=export_name, mode=mode.value)
+        if mode is Mode.wasi:
+            spec["cli_args"] = rest
+        else:
+            spec["inputs"] = [_input(a) for a in rest]
+    limits = {"fuel": fuel, "memory_mb": memory_mb, "timeout_s": time_limit}
+    spec["limits"] = {k: v for k, v in limits.items() if v is not None}
+    optional = {"export": export, "retries": retries, "priority": priority, "worker_id": worker}
+    spec.update({k: v for k, v in optional.items() if v is not None})
+    if labels := pairs(label, "--label"):
+        spec["constraints"] = {"labels": labels}
+    return spec
+
+
+def _show_output(results: Any, stderr: str) -> None:
+    """Results as a person reads them: values space-separated, or the program's stdout."""
+    if isinstance(results, list):
+        echo(" ".join(v if isinstance(v, str) else _scalar(v) for v in results))
+    elif isinstance(results, dict) and "stdout" in results:
+        echo(str(results["stdout"] or ""))
+    elif results is not None:
+        echo(_scalar(results))
+    raw_stderr(stderr)
+
+
+def _scalar(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()
+
+
+def report(task: Task, fmt: Format) -> None:
+    """Print a finished task's outcome; exit 1 when it did not complete."""
+    if fmt is Format.json:
+        print_model(task)
+    else:
+        _show_output(task.results, task.stderr)
+    if task.state != "completed":
+        raise_failed(task.id, task.state, task.error or task.reason)
+
+
+def raise_failed(task_id: str, state: str, reason: str | None) -> None:
+    error(f"task {task_id} {state}" + (f": {reason}" if reason else ""))
+    raise typer.Exit(1)
+
+
+def wait_and_report(client: Client, task_id: str, timeout: float | None, fmt: Format) -> None:
+    from edgeplane.client import WaitTimeout
+
+    try:
+        with waiting(f"waiting for task {task_id}"):
+            task = client.wait(task_id, timeout)
+    except WaitTimeout as exc:
+        error(f"{exc.detail}; it goes on (stop it with: edgeplane task stop {task_id})")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        note(f"stopped waiting; task {task_id} goes on")
+        raise typer.Exit(130) from None
+    report(task, fmt)
+
+
+def print_created(task: Task, fmt: Format) -> None:
+    if fmt is Format.json:
+        print_model(task)
+    else:
+        echo(task.id)
+
+
+@app.command(context_settings=_PASS_THROUGH)
+def run(
+    ctx: typer.Context,
+    args: ArgsArgument,
+    wait: Annotated[bool, typer.Option(help="Wait for the result and print it.")] = True,
+    timeout: WaitTimeoutOption = None,
+    mode: ModeOption = Mode.function,
+    runtime: RuntimeOption = RuntimeName.wasm,
+    export: ExportOption = None,
+    name: NameOption = None,
+    env: EnvOption = None,
+    fuel: FuelOption = None,
+    memory_mb: MemoryOption = None,
+    time_limit: TimeLimitOption = None,
+    retries: RetriesOption = None,
+    priority: PriorityOption = None,
+    label: LabelOption = None,
+    worker: WorkerOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Run a task and print its results (values, or the program's stdout).
+
+    Examples: `edgeplane task run add.wasm add 2 3` prints 5;
+    `edgeplane task run --runtime host -- sh -c 'echo hi'` prints hi.
+    With --no-wait it prints the task id. Exit 1 if the task fails.
+    """
+    spec = task_spec(
+        args,
+        runtime=runtime,
+        mode=mode,
+        export=export,
+        name=name,
+        env=env,
+        fuel=fuel,
+        memory_mb=memory_mb,
+        time_limit=time_limit,
+        retries=retries,
+        priority=priority,
+        label=label,
+        worker=worker,
+    )
+    s = session(ctx)
+    fmt = s.format(output)
+    client = s.client()
+    task = client.create_task({**spec, "start": True})
+    if wait:
+        wait_and_report(client, task.id, timeout, fmt)
+    else:
+        print_created(task, fmt)
+
+
+@app.command(context_settings=_PASS_THROUGH)
+def create(
+    ctx: typer.Context,
+    args: ArgsArgument,
+    mode: ModeOption = Mode.function,
+    runtime: RuntimeOption = RuntimeName.wasm,
+    export: ExportOption = None,
+    name: NameOption = None,
+    env: EnvOption = None,
+    fuel: FuelOption = None,
+    memory_mb: MemoryOption = None,
+    time_limit: TimeLimitOption = None,
+    retries: RetriesOption = None,
+    priority: PriorityOption = None,
+    label: LabelOption = None,
+    worker: WorkerOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Create a task without starting it and print its id (start it with `task start ID`)."""
+    spec = task_spec(
+        args,
+        runtime=runtime,
+        mode=mode,
+        export=export,
+        name=name,
+        env=env,
+        fuel=fuel,
+        memory_mb=memory_mb,
+        time_limit=time_limit,
+        retries=retries,
+        priority=priority,
+        label=label,
+        worker=worker,
+    )
+    s = session(ctx)
+    print_created(s.client().create_task({**spec, "start": False}), s.format(output))
+
+
+def _print_state(task: Task, fmt: Format) -> None:
+    if fmt is Format.json:
+        print_model(task)
+    else:
+        echo(f"{task.id} {task.state}")
+
+
+@app.command()
+def start(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Schedule a created task."""
+    s = session(ctx)
+    _print_state(s.client().start(task_id), s.format(output))
+
+
+@app.command()
+def stop(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Stop a task (cancel it if it has not run yet)."""
+    s = session(ctx)
+    _print_state(s.client().stop(task_id), s.format(output))
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    task_id: IdArgument,
+    timeout: WaitTimeoutOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Wait for a task to finish and print its results, as `task run` does."""
+    s = session(ctx)
+    wait_and_report(s.client(), task_id, timeout, s.format(output))
+
+
+@app.command()
+def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Show a task."""
+    s = session(ctx)
+    task = s.client().get(task_id)
+    if s.format(output) is Format.json:
+        print_model(task)
+        return
+    print_fields(
+        [
+            ("id", task.id),
+            ("name", task.name),
+            ("state", task.state),
+            ("reason", task.reason),
+            ("runtime", task.runtime),
+            ("mode", task.mode if task.runtime == "wasm" else None),
+            ("command", " ".join(task.command or [])),
+            ("image", task.image_url or task.image),
+            ("inputs", task.inputs),
+            ("priority", task.priority),
+            ("worker", task.worker_id),
+            ("cluster", task.cluster_id),
+            ("attempt", task.attempt),
+            ("results", _scalar(task.results) if task.results is not None else None),
+            ("error", task.error),
+            ("exit code", task.exit_code),
+            ("job", task.job_id),
+            ("workflow", task.workflow_id),
+            ("created", when(task.created_at)),
+            ("started", when(task.started_at)),
+            ("finished", when(task.finished_at)),
+        ]
+    )
+
+
+@app.command("list")
+def list_tasks(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only tasks of this job.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only tasks of this workflow.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    output: OutputOption = None,
+) -> None:
+    """List tasks, oldest first."""
+    s = session(ctx)
+    page = s.client().list_tasks(
+        state=state, job_id=job, workflow_id=workflow, limit=limit, offset=offset
+    )
+    if s.format(output) is Format.json:
+        print_model(page)
+        return
+    print_table(
+        ["id", "name", "state", "runtime", "worker", "attempt", "created"],
+        (
+            [t.id, t.name, t.state, t.runtime, t.worker_id, t.attempt, when(t.created_at)]
+            for t in page.items
+        ),
+    )
+    if page.total > offset + len(page.items):
+        note(f"{len(page.items)} of {page.total} tasks shown; more with --offset/--limit")
+
+
+@app.command()
+def results(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Print a task's results (exit 1 if it failed); does not wait (see `task wait`)."""
+    s = session(ctx)
+    doc = s.client().results(task_id)
+    if s.format(output) is Format.json:
+        print_model(doc)
+    else:
+        _show_output(doc.results, "")
+    if doc.state in ("failed", "cancelled", "skipped"):
+        raise_failed(doc.task_id, doc.state, doc.error)
+    if doc.state != "completed" and s.format(output) is Format.table:
+        note(f"task {doc.task_id} is {doc.state}: no results yet")
+
+
+@app.command()
+def logs(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Print a task's stdout (on stdout) and stderr (on stderr)."""
+    s = session(ctx)
+    doc = s.client().logs(task_id)
+    if s.format(output) is Format.json:
+        print_model(doc)
+    else:
+        echo(doc.stdout)
+        raw_stderr(doc.stderr)
+
+
+@app.command()
+def delete(ctx: typer.Context, task_id: IdArgument) -> None:
+    """Delete a task."""
+    session(ctx).client().delete(task_id)
+    note(f"deleted task {task_id}")
+

@@ -1,0 +1,117 @@
+"""``edgeplane worker list|get|drain|delete``: the workers a manager knows.
+
+``edgeplane worker --manager …`` (no subcommand) runs a worker; that part is in ``roles``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgeplane.cli.output import (
+    Format,
+    OutputOption,
+    echo,
+    note,
+    print_fields,
+    print_model,
+    print_table,
+    session,
+    when,
+)
+
+if TYPE_CHECKING:
+    from edgeplane.model import Worker
+
+app = typer.Typer(help="Run a worker (--manager mqtt://HOST:PORT) or manage the workers.")
+
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Worker id.")]
+
+
+@app.command("list")
+def list_workers(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    output: OutputOption = None,
+) -> None:
+    """List workers with their state, size and load."""
+    s = session(ctx)
+    page = s.client().workers(limit=limit, offset=offset)
+    if s.format(output) is Format.json:
+        print_model(page)
+        return
+    print_table(
+        ["id", "cluster", "state", "cpus", "memory mb", "runtimes", "tasks", "last seen"],
+        (
+            [
+                w.id,
+                w.cluster_id,
+                w.state,
+                w.capabilities.cpus,
+                w.capabilities.memory_mb,
+                w.capabilities.runtimes,
+                w.active_tasks,
+                when(w.last_seen),
+            ]
+            for w in page.items
+        ),
+    )
+    if page.total > offset + len(page.items):
+        note(f"{len(page.items)} of {page.total} workers shown; more with --offset/--limit")
+
+
+def _show(worker: Worker, fmt: Format) -> None:
+    if fmt is Format.json:
+        print_model(worker)
+        return
+    caps, usage = worker.capabilities, worker.usage
+    print_fields(
+        [
+            ("id", worker.id),
+            ("cluster", worker.cluster_id),
+            ("state", worker.state),
+            ("hostname", caps.hostname),
+            ("addresses", caps.addresses),
+            ("arch", f"{caps.os} {caps.arch}".strip()),
+            ("cpus", caps.cpus),
+            ("memory mb", caps.memory_mb),
+            ("disk mb", caps.disk_mb),
+            ("runtimes", caps.runtimes),
+            ("slots", caps.slots),
+            ("labels", caps.labels),
+            ("tee", caps.tee),
+            ("accelerators", caps.accelerators),
+            ("cpu %", usage.cpu_percent),
+            ("memory free mb", usage.memory_free_mb),
+            ("active tasks", worker.active_tasks),
+            ("registered", when(worker.registered_at)),
+            ("last seen", when(worker.last_seen)),
+        ]
+    )
+
+
+@app.command()
+def get(ctx: typer.Context, worker_id: IdArgument, output: OutputOption = None) -> None:
+    """Show a worker: capabilities and live usage."""
+    s = session(ctx)
+    _show(s.client().worker(worker_id), s.format(output))
+
+
+@app.command()
+def drain(ctx: typer.Context, worker_id: IdArgument, output: OutputOption = None) -> None:
+    """Stop placing tasks on a worker; running tasks finish."""
+    s = session(ctx)
+    worker = s.client().drain_worker(worker_id)
+    if s.format(output) is Format.json:
+        print_model(worker)
+    else:
+        echo(f"{worker.id} {worker.state}")
+
+
+@app.command()
+def delete(ctx: typer.Context, worker_id: IdArgument) -> None:
+    """Forget a worker (it registers again if it comes back)."""
+    session(ctx).client().delete_worker(worker_id)
+    note(f"deleted worker {worker_id}")

@@ -1,0 +1,69 @@
+"""One error root for the whole project.
+
+Every error a user can see derives from :class:`EdgeplaneError`. The API maps them to
+RFC 9457 problem+json in one place (``edgeplane.api.problems``); the CLI maps them to exit
+codes. ``transient`` tells retry logic whether trying again may help.
+"""
+
+from __future__ import annotations
+
+
+class EdgeplaneError(Exception):
+    """Root of every edgeplane error."""
+
+    status: int = 500
+    title: str = "Internal error"
+    transient: bool = False
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class Invalid(EdgeplaneError):
+    """The input is malformed; ``field`` names the offending part."""
+
+    status = 422
+    title = "Invalid input"
+
+
+class NotFound(EdgeplaneError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(EdgeplaneError):
+    status = 409
+    title = "Conflict"
+
+
+class Unauthorized(EdgeplaneError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(EdgeplaneError):
+    status = 403
+    title = "Forbidden"
+
+
+class Unavailable(EdgeplaneError):
+    """A dependency (broker, store, worker) cannot be reached right now."""
+
+    status = 503
+    title = "Unavailable"
+    transient = True
+
+
+class TaskFailure(EdgeplaneError):
+    """A task ran and failed (trap, limit, non-zero exit): permanent for that attempt."""
+
+    status = 500
+    title = "Task failed"
+
+
+class TransientTaskFailure(TaskFailure):
+    """A task could not run for a reason that another attempt may not meet."""
+
+    transient = True

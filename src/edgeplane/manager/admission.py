@@ -1,0 +1,104 @@
+"""Turn user task specs into task documents, rejecting bad input before anything is stored."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeplane.errors import Invalid
+from edgeplane.model import Task, TaskSpec
+from edgeplane.runtimes.modules import ModuleCache, check_call
+
+_modules: ModuleCache | None = None
+
+
+def _signatures() -> ModuleCache:
+    """The process-wide cache of modules seen at admission (compiled once per digest)."""
+    global _modules
+    if _modules is None:
+        _modules = ModuleCache(capacity=256)
+    return _modules
+
+
+@dataclass(frozen=True)
+class Admitted:
+    task: Task
+    artifact: bytes | None
+
+
+def _decode_file(spec: TaskSpec) -> bytes | None:
+    if spec.file is None:
+        return None
+    try:
+        data = base64.b64decode(spec.file, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("file is not valid base64", field="file") from None
+    if not data:
+        raise Invalid("file is empty", field="file")
+    return data
+
+
+def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admitted:
+    """Validate one spec and build its task document (not yet started)."""
+    if spec.runtime == "wasm":
+        if spec.file is None and spec.image_url is None:
+            raise Invalid("a wasm task needs 'file' (base64 .wasm) or 'image_url'", field="file")
+        if spec.image_url is not None and spec.file is None:
+            raise Invalid("image_url artifacts are not supported yet; send 'file'", field="image_url")
+    elif spec.runtime == "host":
+        if not spec.command:
+            raise Invalid("a host task needs 'command' (a non-empty list)", field="command")
+    else:
+        raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
+    if spec.cluster_id is not None and spec.cluster_id != cluster_id:
+        raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
+    data = _decode_file(spec)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
+    entrypoint = spec.export or spec.name
+    if spec.runtime == "wasm" and data is not None and digest is not None:
+        check_call(_signatures().signatures(digest, data), entrypoint, spec.inputs, spec.mode)
+    task = Task(
+        id=task_id,
+        name=spec.name,
+        runtime=spec.runtime,
+        mode=spec.mode,
+        export=spec.export,
+        artifact=digest,
+        image_url=spec.image_url,
+        inputs=spec.inputs,
+        cli_args=spec.cli_args,
+        env=spec.env,
+        command=spec.command,
+        image=spec.image,
+        limits=spec.limits,
+        retries=spec.retries,
+        priority=spec.priority,
+        constraints=spec.constraints,
+        depends_on=spec.depends_on,
+        run_if=spec.run_if,
+        daemon=spec.daemon,
+        metadata=spec.metadata,
+        pinned_worker=spec.worker_id,
+        cluster_id=cluster_id,
+        reason="not started" if not spec.start else None,
+        created_at=now,
+        updated_at=now,
+    )
+    return Admitted(task=task, artifact=data)
+
+
+def admit_many(
+    specs: Sequence[TaskSpec], *, ids: Sequence[str], now: float, cluster_id: str
+) -> list[Admitted]:
+    """All or nothing: the first bad spec raises, its field prefixed by ``tasks[i].``."""
+    admitted = []
+    for index, (spec, task_id) in enumerate(zip(specs, ids, strict=True)):
+        try:
+            admitted.append(admit(spec, task_id=task_id, now=now, cluster_id=cluster_id))
+        except Invalid as exc:
+            field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
+            raise Invalid(exc.detail, field=field) from None
+    return admitted

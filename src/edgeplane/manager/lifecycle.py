@@ -1,0 +1,120 @@
+"""Pure task state transitions (DESIGN §2). No I/O: each function returns a new Task.
+
+pending → scheduled → running → completed | failed | cancelled; pending → cancelled.
+A transient failure (worker lost, artifact missing, transient runtime error) goes back to
+``pending`` while retries remain; ``retries = -1`` retries forever.
+"""
+
+from __future__ import annotations
+
+from edgeplane.model import Task
+from edgeplane.protocol import TaskEvent
+
+WORKER_LOST = "worker_lost"
+
+
+def retries_left(task: Task) -> bool:
+    """Whether another attempt is allowed after attempt number ``task.attempt``."""
+    return task.retries < 0 or task.attempt <= task.retries
+
+
+def backoff_s(task: Task, base_s: float) -> float:
+    """Exponential backoff before the next attempt, capped at 60 s."""
+    return float(min(60.0, base_s * (2 ** max(0, task.attempt - 1))))
+
+
+def start(task: Task, now: float) -> Task:
+    return task.model_copy(update={"started": True, "reason": None, "updated_at": now})
+
+
+def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:
+    return task.model_copy(
+        update={
+            "state": "scheduled",
+            "reason": None,
+            "worker_id": worker_id,
+            "cluster_id": cluster_id,
+            "attempt": task.attempt + 1,
+            "results": None,
+            "error": None,
+            "exit_code": None,
+            "updated_at": now,
+        }
+    )
+
+
+def wait_reason(task: Task, reason: str, now: float) -> Task:
+    return task.model_copy(update={"reason": reason, "updated_at": now})
+
+
+def cancel(task: Task, now: float, reason: str = "stopped by user") -> Task:
+    return task.model_copy(
+        update={"state": "cancelled", "reason": reason, "updated_at": now, "finished_at": now}
+    )
+
+
+def _retry_or_fail(task: Task, error: str, reason: str, now: float, backoff_base_s: float) -> Task:
+    if retries_left(task):
+        return task.model_copy(
+            update={
+                "state": "pending",
+                "reason": f"retrying after {error}: {reason}",
+                "worker_id": None,
+                "error": error,
+                "updated_at": now,
+                "not_before": now + backoff_s(task, backoff_base_s),
+            }
+        )
+    return task.model_copy(
+        update={
+            "state": "failed",
+            "error": error,
+            "reason": reason,
+            "updated_at": now,
+            "finished_at": now,
+        }
+    )
+
+
+def lose(task: Task, reason: str, now: float, backoff_base_s: float) -> Task:
+    """The worker running ``task`` is gone: retry elsewhere or fail with ``worker_lost``."""
+    return _retry_or_fail(task, WORKER_LOST, reason, now, backoff_base_s)
+
+
+def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float) -> Task | None:
+    """The task after a worker's event, or None when the event is stale or a duplicate."""
+    if task.terminal or event.attempt != task.attempt or task.state == "pending":
+        return None
+    if event.state == "running":
+        if task.state == "running":
+            return None
+        return task.model_copy(
+            update={"state": "running", "started_at": event.ts or now, "updated_at": now}
+        )
+    logs = {"stdout": event.stdout, "stderr": event.stderr, "exit_code": event.exit_code}
+    if event.state == "completed":
+        return task.model_copy(
+            update={
+                "state": "completed",
+                "results": event.results,
+                "error": None,
+                "reason": None,
+                "updated_at": now,
+                "finished_at": now,
+                **logs,
+            }
+        )
+    if event.state == "failed" and event.transient:
+        retried = _retry_or_fail(task, event.error or "transient failure", "", now, backoff_base_s)
+        return retried.model_copy(update=logs)
+    state = "cancelled" if event.state == "cancelled" else "failed"
+    return task.model_copy(
+        update={
+            "state": state,
+            "results": event.results,
+            "error": event.error,
+            "updated_at": now,
+            "finished_at": now,
+            **logs,
+        }
+    )

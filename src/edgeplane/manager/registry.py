@@ -1,0 +1,76 @@
+"""The manager's live view of its workers: who is online, their slots and their tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeplane.model import Worker
+from edgeplane.scheduling import WorkerView
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A task placed on a worker: when it was sent and what it asked for."""
+
+    dispatched_at: float  # manager's monotonic clock
+    cpu: float = 0.0
+    memory_mb: int = 0
+
+
+@dataclass
+class WorkerEntry:
+    worker: Worker
+    session: str = ""
+    last_seen: float = 0.0  # manager's monotonic clock
+    draining: bool = False
+    tasks: dict[str, Reservation] = field(default_factory=dict)
+    #: artifact digests this worker session already received
+    artifacts: set[str] = field(default_factory=set)
+
+    @property
+    def online(self) -> bool:
+        return self.worker.state != "offline"
+
+    def view(self, order: int) -> WorkerView:
+        caps = self.worker.capabilities
+        used_cpu = sum(r.cpu for r in self.tasks.values())
+        used_memory = sum(r.memory_mb for r in self.tasks.values())
+        return WorkerView(
+            id=self.worker.id,
+            runtimes=frozenset(caps.runtimes),
+            labels=dict(caps.labels),
+            tee=frozenset(caps.tee),
+            free_slots=max(0, caps.slots - len(self.tasks)),
+            free_cpu=max(0.0, caps.cpus - used_cpu),
+            free_memory_mb=max(0, caps.memory_mb - used_memory),
+            order=order,
+        )
+
+
+class Registry:
+    """Workers by id, in registration order (the round-robin ring)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, WorkerEntry] = {}
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self._entries
+
+    def get(self, worker_id: str) -> WorkerEntry | None:
+        return self._entries.get(worker_id)
+
+    def add(self, entry: WorkerEntry) -> None:
+        self._entries[entry.worker.id] = entry
+
+    def remove(self, worker_id: str) -> WorkerEntry | None:
+        return self._entries.pop(worker_id, None)
+
+    def entries(self) -> list[WorkerEntry]:
+        return list(self._entries.values())
+
+    def schedulable(self) -> list[WorkerView]:
+        return [
+            entry.view(order)
+            for order, entry in enumerate(self._entries.values())
+            if entry.online and not entry.draining
+        ]

@@ -1,0 +1,596 @@
+"""The cluster manager: task lifecycle, dispatch over MQTT, liveness, waiting for results.
+
+State lives in two places on purpose: the store is the truth that survives a crash, and
+``_pending`` / ``_active`` hold the started, unfinished tasks in memory so the hot path
+(schedule → dispatch → event) never reads the store. Every transition is written to the
+store before anything depends on it (a dispatch, an ack to a worker, a reply to a user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from edgeplane import clock as clocks
+from edgeplane.config import Settings
+from edgeplane.errors import Conflict, Invalid, NotFound
+from edgeplane.manager import lifecycle
+from edgeplane.manager.admission import admit_many
+from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
+from edgeplane.model import Task, TaskPatch, TaskSpec, Worker
+from edgeplane.protocol import (
+    AckEvents,
+    Alive,
+    Assignment,
+    EventKey,
+    Hello,
+    Reregister,
+    StartTasks,
+    StopTasks,
+    TaskEvent,
+    TaskEvents,
+    Topics,
+    Welcome,
+    decode,
+    encode,
+    parse_body,
+)
+from edgeplane.scheduling import TaskDemand, make_plan
+from edgeplane.store import Store
+from edgeplane.transport import MqttLink
+
+log = logging.getLogger(__name__)
+
+#: How many pending tasks one scheduling pass looks at, per free slot.
+_CANDIDATES_PER_SLOT = 4
+_ARTIFACT_CACHE = 64
+
+
+@dataclass
+class ManagerStats:
+    bad_messages: int = 0
+    dispatched: int = 0
+    events: int = 0
+    lost_workers: int = 0
+
+
+class Manager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        broker_url: str,
+        *,
+        clock: clocks.Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock: clocks.Clock = clock or clocks.SystemClock()
+        self.topics = Topics(settings.domain, settings.cluster_id)
+        self.stats = ManagerStats()
+        self.registry = Registry()
+        self._pending: dict[str, Task] = {}
+        self._active: dict[str, Task] = {}
+        self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
+        self._artifacts: dict[str, bytes] = {}
+        self._cursor = 0
+        self._kick = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._started_at = 0.0
+        self.link = MqttLink(
+            broker_url,
+            client_id=f"edgeplane-manager-{settings.domain}-{settings.cluster_id}",
+            subscriptions=[self.topics.all_workers(leaf) for leaf in ("hello", "alive", "events")],
+            on_message=self._on_message,
+            clean_session=False,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._started_at = self.clock.monotonic()
+        await self._recover()
+        await self.link.start()
+        self._loops = [
+            asyncio.create_task(self._schedule_loop(), name="manager-schedule"),
+            asyncio.create_task(self._liveness_loop(), name="manager-liveness"),
+        ]
+        self._kick.set()
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        await self.link.stop()
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+
+    async def _recover(self) -> None:
+        """Rebuild memory after a restart: known workers, unfinished started tasks."""
+        workers, _ = await self.store.list_workers(limit=1_000_000)
+        now = self.clock.monotonic()
+        for worker in workers:
+            # Until a worker speaks again its liveness clock starts now.
+            self.registry.add(WorkerEntry(worker=worker, last_seen=now))
+        for task in await self.store.unfinished_tasks():
+            if not task.started:
+                continue
+            entry = self.registry.get(task.worker_id or "")
+            if task.state in ("scheduled", "running") and entry is not None:
+                self._active[task.id] = task
+                entry.tasks[task.id] = self._reservation(task, dispatched_at=-1e18)
+            elif task.state in ("scheduled", "running"):
+                self._pending[task.id] = lifecycle.lose(
+                    task, "its worker is unknown after a restart", self.clock.now(), 0.0
+                )
+            else:
+                self._pending[task.id] = task
+        if self._pending or self._active:
+            log.info(
+                "recovered tasks",
+                extra={"pending": len(self._pending), "active": len(self._active)},
+            )
+
+    # ------------------------------------------------------------------ user calls
+    async def submit(self, specs: Sequence[TaskSpec]) -> list[Task]:
+        """Validate every spec, store all tasks in one transaction, start those asked to."""
+        now = self.clock.now()
+        admitted = admit_many(
+            specs,
+            ids=[clocks.new_id() for _ in specs],
+            now=now,
+            cluster_id=self.settings.cluster_id,
+        )
+        for item in admitted:
+            if item.artifact is not None and item.task.artifact not in self._artifacts:
+                await self.store.put_artifact(item.task.artifact or "", item.artifact)
+                self._remember_artifact(item.task.artifact or "", item.artifact)
+        tasks = [
+            lifecycle.start(a.task, now) if spec.start else a.task
+            for a, spec in zip(admitted, specs, strict=True)
+        ]
+        await self.store.add_tasks(tasks)
+        for task in tasks:
+            if task.started:
+                self._pending[task.id] = task
+        if any(t.started for t in tasks):
+            self._kick.set()
+        return tasks
+
+    async def get(self, task_id: str) -> Task:
+        task = self._pending.get(task_id) or self._active.get(task_id)
+        if task is None:
+            task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", field="id")
+        return task
+
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        items, total = await self.store.list_tasks(
+            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+        )
+        live = [self._pending.get(t.id) or self._active.get(t.id) or t for t in items]
+        return live, total
+
+    async def start_task(self, task_id: str) -> Task:
+        task = await self.get(task_id)
+        if task.started:
+            if task.terminal:
+                raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
+            return task
+        task = lifecycle.start(task, self.clock.now())
+        await self.store.save_tasks([task])
+        self._pending[task.id] = task
+        self._kick.set()
+        return task
+
+    async def stop_task(self, task_id: str) -> Task:
+        """Cancel a task; a running attempt is told to stop. Stopping an ended task is a no-op."""
+        task = await self.get(task_id)
+        if task.terminal:
+            return task
+        now = self.clock.now()
+        stopped = lifecycle.cancel(task, now)
+        self._pending.pop(task_id, None)
+        if self._active.pop(task_id, None) is not None and task.worker_id:
+            entry = self.registry.get(task.worker_id)
+            if entry is not None:
+                entry.tasks.pop(task_id, None)
+                await self._send(task.worker_id, "task.stop", StopTasks(task_ids=[task_id]))
+        await self.store.save_tasks([stopped])
+        self._resolve([stopped])
+        self._kick.set()
+        return stopped
+
+    async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
+        task = await self.get(task_id)
+        if task.started:
+            raise Conflict(f"task {task_id} has started; only new tasks can change", field="id")
+        changes = patch.model_dump(exclude_unset=True)
+        if "limits" in changes:
+            changes["limits"] = patch.limits
+        task = task.model_copy(update={**changes, "updated_at": self.clock.now()})
+        await self.store.save_tasks([task])
+        return task
+
+    async def delete_task(self, task_id: str) -> None:
+        task = await self.get(task_id)
+        if not task.terminal:
+            await self.stop_task(task_id)
+        await self.store.delete_task(task_id)
+
+    async def wait(self, task_id: str, timeout: float) -> Task:
+        """The task once it has ended, or as it is when ``timeout`` runs out."""
+        task = await self.get(task_id)
+        if task.terminal or timeout <= 0:
+            return task
+        future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._waiters[task_id].append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return await self.get(task_id)
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    def task_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for task in (*self._pending.values(), *self._active.values()):
+            counts[task.state] += 1
+        return dict(counts)
+
+    # workers
+    def workers(self) -> list[Worker]:
+        return [self._worker_doc(entry) for entry in self.registry.entries()]
+
+    def worker(self, worker_id: str) -> Worker:
+        entry = self.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        return self._worker_doc(entry)
+
+    async def drain_worker(self, worker_id: str) -> Worker:
+        """No new tasks go to a draining worker; its running tasks finish."""
+        entry = self.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        entry.draining = True
+        if entry.online:
+            entry.worker = entry.worker.model_copy(update={"state": "draining"})
+        await self.store.save_worker(entry.worker)
+        return self._worker_doc(entry)
+
+    async def delete_worker(self, worker_id: str) -> None:
+        entry = self.registry.remove(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        await self._lose_tasks(entry, f"worker {worker_id} was deleted")
+        await self.store.delete_worker(worker_id)
+
+    @staticmethod
+    def _worker_doc(entry: WorkerEntry) -> Worker:
+        return entry.worker.model_copy(update={"active_tasks": len(entry.tasks)})
+
+    # ------------------------------------------------------------------ messages
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        where = self.topics.worker_of(topic)
+        try:
+            if where is None:
+                raise Invalid(f"unexpected topic {topic}", field="topic")
+            envelope = decode(payload)
+            body = parse_body(envelope.type, envelope.body)
+        except Invalid as exc:
+            self.stats.bad_messages += 1
+            log.warning("bad message", extra={"topic": topic, "error": exc.detail})
+            return
+        worker_id = where[0]
+        if isinstance(body, Hello):
+            await self._on_hello(worker_id, body)
+        elif isinstance(body, Alive):
+            await self._on_alive(worker_id, body)
+        elif isinstance(body, TaskEvents):
+            await self._on_events(worker_id, body.events)
+        else:
+            self.stats.bad_messages += 1
+            log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    async def _on_hello(self, worker_id: str, hello: Hello) -> None:
+        now, mono = self.clock.now(), self.clock.monotonic()
+        entry = self.registry.get(worker_id)
+        if entry is None:
+            entry = WorkerEntry(
+                worker=Worker(
+                    id=worker_id,
+                    cluster_id=self.settings.cluster_id,
+                    capabilities=hello.capabilities,
+                    registered_at=now,
+                )
+            )
+            self.registry.add(entry)
+            log.info("worker registered", extra={"worker_id": worker_id})
+        if entry.session != hello.session:
+            # A new worker process: whatever it does not report running is gone.
+            gone = [tid for tid in entry.tasks if tid not in set(hello.active)]
+            await self._lose_tasks(entry, f"worker {worker_id} restarted", only=gone)
+            entry.artifacts.clear()
+        entry.session = hello.session
+        entry.last_seen = mono
+        entry.worker = entry.worker.model_copy(
+            update={
+                "capabilities": hello.capabilities,
+                "state": "draining" if entry.draining else "online",
+                "last_seen": now,
+            }
+        )
+        await self.store.save_worker(entry.worker)
+        await self._send(
+            worker_id,
+            "welcome",
+            Welcome(worker_id=worker_id, session=hello.session, heartbeat_s=self.settings.heartbeat_s),
+            topic=self.topics.welcome(worker_id),
+        )
+        self._kick.set()
+
+    async def _on_alive(self, worker_id: str, alive: Alive) -> None:
+        entry = self.registry.get(worker_id)
+        if not alive.online:
+            if entry is not None and entry.online and alive.session in ("", entry.session):
+                await self._mark_offline(entry, f"worker {worker_id} disconnected")
+            return
+        if entry is None or alive.session != entry.session:
+            await self._send(worker_id, "reregister", Reregister(reason="unknown session"))
+            return
+        mono = self.clock.monotonic()
+        entry.last_seen = mono
+        update: dict[str, object] = {"last_seen": self.clock.now()}
+        if alive.usage is not None:
+            update["usage"] = alive.usage
+        if not entry.online:
+            update["state"] = "draining" if entry.draining else "online"
+            log.info("worker back online", extra={"worker_id": worker_id})
+            self._kick.set()
+        entry.worker = entry.worker.model_copy(update=update)
+        # Tasks sent long enough ago that the worker must have seen them, yet it does not
+        # report them: the command was lost (e.g. across a manager restart).
+        grace = 2 * self.settings.heartbeat_s
+        reported = set(alive.active)
+        missing = [
+            tid
+            for tid, r in entry.tasks.items()
+            if tid not in reported and mono - r.dispatched_at > grace
+        ]
+        if missing:
+            await self._lose_tasks(entry, f"worker {worker_id} does not know the task", only=missing)
+
+    async def _on_events(self, worker_id: str, events: Iterable[TaskEvent]) -> None:
+        now = self.clock.now()
+        entry = self.registry.get(worker_id)
+        changed: dict[str, Task] = {}
+        acks: list[EventKey] = []
+        for event in events:
+            self.stats.events += 1
+            if event.state != "running":
+                acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
+            task = self._active.get(event.task_id)
+            if task is None or task.worker_id != worker_id:
+                continue
+            new = lifecycle.apply_event(task, event, now, self.settings.retry_backoff_s)
+            if new is None:
+                continue
+            changed[new.id] = new
+            if new.state in ("scheduled", "running"):
+                self._active[new.id] = new
+                continue
+            del self._active[new.id]
+            if entry is not None:
+                entry.tasks.pop(new.id, None)
+            if new.state == "pending":
+                self._pending[new.id] = new
+        if changed:
+            await self.store.save_tasks(list(changed.values()))
+            self._resolve(changed.values())
+            self._kick.set()
+        if acks:
+            await self._send(worker_id, "task.ack", AckEvents(keys=acks))
+
+    # ------------------------------------------------------------------ scheduling
+    async def _schedule_loop(self) -> None:
+        while True:
+            timeout = self._next_due_in()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout)
+            self._kick.clear()
+            try:
+                await self._schedule_once()
+            except Exception:
+                log.exception("scheduling pass failed")
+                await asyncio.sleep(0.5)
+
+    def _next_due_in(self) -> float | None:
+        now = self.clock.now()
+        later = [t.not_before for t in self._pending.values() if t.not_before > now]
+        return max(0.01, min(later) - now) if later else None
+
+    async def _schedule_once(self) -> None:
+        now, mono = self.clock.now(), self.clock.monotonic()
+        due = [t for t in self._pending.values() if t.not_before <= now]
+        if not due:
+            return
+        views = self.registry.schedulable()
+        free = sum(v.free_slots for v in views)
+        limit = max(64, free * _CANDIDATES_PER_SLOT)
+        if len(due) > limit:
+            due.sort(key=lambda t: (-t.priority, t.created_at))
+            due = due[:limit]
+        demands = [
+            TaskDemand(
+                id=t.id,
+                runtime=t.runtime,
+                priority=t.priority,
+                seq=t.created_at,
+                labels=t.constraints.labels,
+                tee=t.constraints.tee,
+                cpu=t.constraints.cpu or 0.0,
+                memory_mb=t.constraints.memory_mb or 0,
+                worker_id=t.pinned_worker,
+            )
+            for t in due
+        ]
+        plan = make_plan(
+            self.settings.scheduler, views, demands, cursor=self._cursor, pack=self.settings.pack
+        )
+        self._cursor = plan.cursor
+        for task_id, reason in plan.waiting.items():
+            # Wait reasons are recomputed every pass; they live in memory only.
+            task = self._pending[task_id]
+            if task.reason != reason:
+                self._pending[task_id] = lifecycle.wait_reason(task, reason, now)
+        if not plan.assignments:
+            return
+        by_worker: dict[str, list[Task]] = defaultdict(list)
+        for task_id, worker_id in plan.assignments:
+            task = lifecycle.assign(
+                self._pending.pop(task_id), worker_id, self.settings.cluster_id, now
+            )
+            self._active[task.id] = task
+            by_worker[worker_id].append(task)
+        await self.store.save_tasks([t for tasks in by_worker.values() for t in tasks])
+        for worker_id, tasks in by_worker.items():
+            entry = self.registry.get(worker_id)
+            if entry is None:
+                continue
+            for task in tasks:
+                entry.tasks[task.id] = self._reservation(task, dispatched_at=mono)
+            await self._dispatch(entry, tasks)
+
+    async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
+        assignments = []
+        for task in tasks:
+            inline = None
+            if task.artifact is not None and task.artifact not in entry.artifacts:
+                data = await self._artifact(task.artifact)
+                inline = base64.b64encode(data).decode() if data is not None else None
+                entry.artifacts.add(task.artifact)
+            assignments.append(
+                Assignment(
+                    task_id=task.id,
+                    attempt=task.attempt,
+                    name=task.name,
+                    runtime=task.runtime,
+                    mode=task.mode,
+                    entrypoint=task.entrypoint,
+                    artifact=task.artifact,
+                    artifact_b64=inline,
+                    inputs=task.inputs,
+                    cli_args=task.cli_args,
+                    env=task.env,
+                    command=task.command,
+                    image=task.image,
+                    limits=task.limits,
+                    daemon=task.daemon,
+                )
+            )
+        self.stats.dispatched += len(assignments)
+        await self._send(entry.worker.id, "task.start", StartTasks(tasks=assignments))
+
+    @staticmethod
+    def _reservation(task: Task, dispatched_at: float) -> Reservation:
+        return Reservation(
+            dispatched_at=dispatched_at,
+            cpu=task.constraints.cpu or 0.0,
+            memory_mb=task.constraints.memory_mb or 0,
+        )
+
+    # ------------------------------------------------------------------ liveness
+    async def _liveness_loop(self) -> None:
+        period = max(0.05, min(1.0, self.settings.heartbeat_s / 2))
+        while True:
+            await asyncio.sleep(period)
+            deadline = self.settings.heartbeat_s * self.settings.missed_beats
+            mono = self.clock.monotonic()
+            for entry in self.registry.entries():
+                if entry.online and mono - entry.last_seen > deadline:
+                    try:
+                        await self._mark_offline(
+                            entry, f"worker {entry.worker.id} missed {self.settings.missed_beats} heartbeats"
+                        )
+                    except Exception:
+                        log.exception("marking a worker offline failed")
+
+    async def _mark_offline(self, entry: WorkerEntry, reason: str) -> None:
+        self.stats.lost_workers += 1
+        log.warning("worker offline", extra={"worker_id": entry.worker.id, "reason": reason})
+        entry.worker = entry.worker.model_copy(update={"state": "offline"})
+        entry.artifacts.clear()
+        await self.store.save_worker(entry.worker)
+        await self._lose_tasks(entry, reason)
+
+    async def _lose_tasks(
+        self, entry: WorkerEntry, reason: str, only: Sequence[str] | None = None
+    ) -> None:
+        """Tasks of a lost worker: retried elsewhere when retries remain, else failed."""
+        now = self.clock.now()
+        ids = list(entry.tasks) if only is None else list(only)
+        changed = []
+        for task_id in ids:
+            entry.tasks.pop(task_id, None)
+            task = self._active.pop(task_id, None)
+            if task is None:
+                continue
+            new = lifecycle.lose(task, reason, now, self.settings.retry_backoff_s)
+            if new.state == "pending":
+                self._pending[new.id] = new
+            changed.append(new)
+        if changed:
+            log.warning("tasks lost", extra={"worker_id": entry.worker.id, "count": len(changed)})
+            await self.store.save_tasks(changed)
+            self._resolve(changed)
+            self._kick.set()
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve(self, tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            if task.terminal:
+                for future in self._waiters.pop(task.id, []):
+                    if not future.done():
+                        future.set_result(task)
+
+    async def _send(
+        self, worker_id: str, type_: str, body: BaseModel, *, topic: str | None = None
+    ) -> None:
+        await self.link.publish(topic or self.topics.cmd(worker_id), encode(type_, body))
+
+    async def _artifact(self, digest: str) -> bytes | None:
+        data = self._artifacts.get(digest)
+        if data is None:
+            data = await self.store.get_artifact(digest)
+            if data is not None:
+                self._remember_artifact(digest, data)
+        return data
+
+    def _remember_artifact(self, digest: str, data: bytes) -> None:
+        if len(self._artifacts) >= _ARTIFACT_CACHE:
+            self._artifacts.pop(next(iter(self._artifacts)))
+        self._artifacts[digest] = data

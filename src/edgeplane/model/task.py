@@ -1,0 +1,137 @@
+"""Task shapes: what users send (:class:`TaskSpec`) and what they get back (:class:`Task`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Runtime = Literal["wasm", "host", "container"]
+WasmMode = Literal["function", "wasi"]
+RunIf = Literal["success", "failure", "always"]
+TaskState = Literal[
+    "pending", "scheduled", "running", "completed", "failed", "skipped", "cancelled"
+]
+
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
+ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    timeout_s: float | None = Field(default=None, gt=0)
+    fuel: int | None = Field(default=None, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1)
+    cpu_shares: int | None = Field(default=None, ge=2)
+    pids: int | None = Field(default=None, ge=1)
+
+
+class Constraints(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    tee: Literal["any", "required", "none"] = "any"
+    cpu: float | None = Field(default=None, ge=0)
+    memory_mb: int | None = Field(default=None, ge=0)
+
+
+class TaskSpec(BaseModel):
+    """A task as a user submits it (DESIGN §3). Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(default="", max_length=256)
+    runtime: Runtime = "wasm"
+    mode: WasmMode = "function"
+    export: str | None = None
+    file: str | None = Field(default=None, description="base64 of a .wasm module")
+    image_url: str | None = None
+    inputs: list[Any] = Field(default_factory=list)
+    cli_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    image: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+    retries: int = Field(default=0, ge=-1)
+    priority: int = Field(default=50, ge=0, le=100)
+    constraints: Constraints = Field(default_factory=Constraints)
+    depends_on: list[str] = Field(default_factory=list)
+    run_if: RunIf = "success"
+    schedule: str | None = None
+    timezone: str = "UTC"
+    daemon: bool = False
+    worker_id: str | None = None
+    cluster_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    start: bool = False
+
+
+class TaskPatch(BaseModel):
+    """Fields a user may change on a task that has not started yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=256)
+    inputs: list[Any] | None = None
+    cli_args: list[str] | None = None
+    env: dict[str, str] | None = None
+    limits: Limits | None = None
+    retries: int | None = Field(default=None, ge=-1)
+    priority: int | None = Field(default=None, ge=0, le=100)
+    metadata: dict[str, Any] | None = None
+
+
+class Task(BaseModel):
+    """The task document: stored, returned by the API, updated by the manager."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str = ""
+    state: TaskState = "pending"
+    reason: str | None = None
+    started: bool = False
+    runtime: Runtime = "wasm"
+    mode: WasmMode = "function"
+    export: str | None = None
+    artifact: str | None = Field(default=None, description="sha256 of the module")
+    image_url: str | None = None
+    inputs: list[Any] = Field(default_factory=list)
+    cli_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    image: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+    retries: int = 0
+    priority: int = 50
+    constraints: Constraints = Field(default_factory=Constraints)
+    depends_on: list[str] = Field(default_factory=list)
+    run_if: RunIf = "success"
+    daemon: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    job_id: str | None = None
+    workflow_id: str | None = None
+    pinned_worker: str | None = None
+    worker_id: str | None = None
+    cluster_id: str | None = None
+    attempt: int = 0
+    results: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    not_before: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def entrypoint(self) -> str:
+        """The wasm export a function-mode task calls."""
+        return self.export or self.name

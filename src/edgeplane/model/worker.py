@@ -1,0 +1,48 @@
+"""Worker shapes: capabilities sent at registration and the worker document."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WorkerState = Literal["online", "offline", "draining"]
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    hostname: str = ""
+    addresses: list[str] = Field(default_factory=list)
+    arch: str = ""
+    os: str = ""
+    cpus: int = 1
+    memory_mb: int = 0
+    disk_mb: int = 0
+    runtimes: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    tee: list[str] = Field(default_factory=list)
+    accelerators: list[str] = Field(default_factory=list)
+    slots: int = 1
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    cpu_percent: float = 0.0
+    memory_used_mb: int = 0
+    memory_free_mb: int = 0
+    rss_mb: float = 0.0
+
+
+class Worker(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    cluster_id: str = "local"
+    state: WorkerState = "online"
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    usage: Usage = Field(default_factory=Usage)
+    active_tasks: int = 0
+    registered_at: float = 0.0
+    last_seen: float = 0.0

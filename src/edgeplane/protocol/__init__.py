@@ -1,0 +1,37 @@
+"""The wire: topics, the versioned envelope and its codec, message bodies."""
+
+from edgeplane.protocol.codec import Envelope, decode, encode
+from edgeplane.protocol.messages import (
+    AckEvents,
+    EventKey,
+    Reregister,
+    Alive,
+    Assignment,
+    Hello,
+    StartTasks,
+    StopTasks,
+    TaskEvent,
+    TaskEvents,
+    Welcome,
+    parse_body,
+)
+from edgeplane.protocol.topics import Topics
+
+__all__ = [
+    "AckEvents",
+    "EventKey",
+    "Reregister",
+    "Alive",
+    "Assignment",
+    "Envelope",
+    "Hello",
+    "StartTasks",
+    "StopTasks",
+    "TaskEvent",
+    "TaskEvents",
+    "Topics",
+    "Welcome",
+    "decode",
+    "encode",
+    "parse_body",
+]

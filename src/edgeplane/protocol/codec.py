@@ -1,0 +1,62 @@
+"""The one codec: JSON via orjson, wrapped in the versioned envelope of DESIGN §4."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from edgeplane.errors import Invalid
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    body: dict[str, Any]
+    id: str
+    ts: float
+    v: int = VERSION
+
+
+def encode(type_: str, body: BaseModel | dict[str, Any], *, msg_id: str | None = None) -> bytes:
+    payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "type": type_,
+            "id": msg_id or uuid.uuid4().hex,
+            "ts": time.time(),
+            "body": payload,
+        }
+    )
+
+
+def decode(data: bytes | bytearray | str) -> Envelope:
+    """Parse an envelope; raises :class:`Invalid` on anything malformed."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"not JSON: {exc}", field="payload") from None
+    if not isinstance(raw, dict):
+        raise Invalid("envelope is not an object", field="payload")
+    if raw.get("v") != VERSION:
+        raise Invalid(f"unsupported envelope version {raw.get('v')!r}", field="v")
+    type_, body = raw.get("type"), raw.get("body")
+    if not isinstance(type_, str) or not type_:
+        raise Invalid("envelope has no type", field="type")
+    if not isinstance(body, dict):
+        raise Invalid("envelope body is not an object", field="body")
+    msg_id = raw.get("id")
+    ts = raw.get("ts")
+    return Envelope(
+        type=type_,
+        body=body,
+        id=msg_id if isinstance(msg_id, str) else "",
+        ts=float(ts) if isinstance(ts, int | float) else 0.0,
+    )

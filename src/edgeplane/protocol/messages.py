@@ -1,0 +1,132 @@
+"""Bodies of the messages between manager and workers, one model per envelope type."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeplane.errors import Invalid
+from edgeplane.model import Capabilities, Limits, Usage
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Hello(_Body):
+    """worker → manager: registration, also sent after every reconnect."""
+
+    worker_id: str
+    session: str
+    capabilities: Capabilities
+    active: list[str] = Field(default_factory=list, description="ids of tasks it still runs")
+
+
+class Welcome(_Body):
+    """manager → worker: registration accepted."""
+
+    worker_id: str
+    session: str
+    heartbeat_s: float
+
+
+class Alive(_Body):
+    """worker → manager heartbeat; the broker's last will sends ``online=False``."""
+
+    online: bool = True
+    session: str = ""
+    active: list[str] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class Assignment(_Body):
+    """What a worker needs to run one attempt of a task."""
+
+    task_id: str
+    attempt: int
+    name: str = ""
+    runtime: str
+    mode: str = "function"
+    entrypoint: str = ""
+    artifact: str | None = None
+    artifact_b64: str | None = Field(
+        default=None, description="module bytes, sent once per worker session"
+    )
+    inputs: list[Any] = Field(default_factory=list)
+    cli_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    image: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+    daemon: bool = False
+
+
+class StartTasks(_Body):
+    tasks: list[Assignment]
+
+
+class StopTasks(_Body):
+    task_ids: list[str]
+
+
+EventState = Literal["running", "completed", "failed", "cancelled"]
+
+
+class TaskEvent(_Body):
+    task_id: str
+    attempt: int
+    state: EventState
+    results: Any = None
+    error: str | None = None
+    transient: bool = False
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    ts: float = 0.0
+
+
+class TaskEvents(_Body):
+    events: list[TaskEvent]
+
+
+class EventKey(_Body):
+    task_id: str
+    attempt: int
+
+
+class AckEvents(_Body):
+    """manager → worker: these final events are stored; stop re-sending them."""
+
+    keys: list[EventKey]
+
+
+class Reregister(_Body):
+    """manager → worker: send ``hello`` again (the manager does not know this session)."""
+
+    reason: str = ""
+
+
+MESSAGE_TYPES: dict[str, type[_Body]] = {
+    "hello": Hello,
+    "welcome": Welcome,
+    "alive": Alive,
+    "task.start": StartTasks,
+    "task.stop": StopTasks,
+    "task.events": TaskEvents,
+    "task.ack": AckEvents,
+    "reregister": Reregister,
+}
+
+
+def parse_body(type_: str, body: dict[str, Any]) -> _Body:
+    """Validate a body against its type's model; :class:`Invalid` when unknown or bad."""
+    model = MESSAGE_TYPES.get(type_)
+    if model is None:
+        raise Invalid(f"unknown message type {type_!r}", field="type")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Invalid(f"bad {type_} body: {where}: {first['msg']}", field=where) from None

@@ -1,0 +1,1 @@
+"""The processes edgeplane runs: ``up``, ``manager``, ``worker``."""

@@ -1,0 +1,71 @@
+"""The control plane of one cluster: store + manager + REST API, started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from edgeplane.api import create_app
+from edgeplane.config import Settings
+from edgeplane.manager import Manager
+from edgeplane.security import TokenChecker, ensure_admin_token
+from edgeplane.store import Store, open_store
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the role owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, broker_url: str) -> None:
+        self.settings = settings
+        self.broker_url = broker_url
+        self.store: Store = open_store(settings.store_url)
+        self.manager = Manager(settings, self.store, broker_url)
+        self.token_file: Path | None = None
+        self.url = ""
+        self._server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        self.token_file = await ensure_admin_token(
+            self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
+        )
+        await self.manager.start()
+        app = create_app(
+            self.manager, TokenChecker(self.store), max_body_mb=self.settings.max_body_mb
+        )
+        config = uvicorn.Config(
+            app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = _Server(config)
+        self._serving = asyncio.create_task(self._server.serve(), name="api")
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()  # raises why it could not start
+                raise RuntimeError("API server stopped during start-up")
+            await asyncio.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.settings.host}:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            await self._serving
+        await self.manager.stop()
+        await self.store.close()

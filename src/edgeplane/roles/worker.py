@@ -1,0 +1,67 @@
+"""``edgeplane worker``: one worker process dialing out to its manager's broker."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from edgeplane.config import Settings
+from edgeplane.logs import setup as setup_logs
+from edgeplane.roles.signals import wait_for_stop
+from edgeplane.runtimes import available_runtimes
+from edgeplane.worker import WorkerAgent, WorkerOptions
+
+
+def stable_worker_id(data_dir: Path) -> str:
+    """The id this machine used before, or a new ``hostname-xxxxxx`` kept in the data dir."""
+    path = data_dir / "worker-id"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    path.write_text(worker_id + "\n")
+    return worker_id
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    broker_url: str,
+    worker_id: str,
+    data_dir: Path,
+    labels: Mapping[str, str] | None = None,
+) -> WorkerAgent:
+    runtimes = available_runtimes(allow_host=settings.allow_host, cache_dir=data_dir / "modules")
+    options = WorkerOptions(
+        worker_id=worker_id,
+        broker_url=broker_url,
+        data_dir=data_dir,
+        domain=settings.domain,
+        cluster_id=settings.cluster_id,
+        labels=dict(labels or {}),
+        slots=settings.slots,
+        heartbeat_s=settings.heartbeat_s,
+    )
+    return WorkerAgent(options, runtimes)
+
+
+async def run_worker(
+    settings: Settings, *, worker_id: str | None = None, labels: Mapping[str, str] | None = None
+) -> None:
+    setup_logs(settings.log_level)
+    data_dir = settings.data_dir / "worker"
+    agent = build_worker(
+        settings,
+        broker_url=settings.broker or "mqtt://127.0.0.1:1883",
+        worker_id=worker_id or stable_worker_id(data_dir),
+        data_dir=data_dir,
+        labels=labels,
+    )
+    await agent.start()
+    print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+    try:
+        await wait_for_stop()
+    finally:
+        await agent.stop()

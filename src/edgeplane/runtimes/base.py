@@ -1,0 +1,77 @@
+"""The one runtime interface (DESIGN §6.2), modelled on Nomad's task drivers.
+
+A runtime turns an :class:`~edgeplane.protocol.Assignment` into a running unit of work and
+reports an :class:`Outcome`. Every runtime passes the shared conformance suite in
+``tests/integration/test_runtime_conformance.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from edgeplane.protocol import Assignment
+
+OutcomeState = Literal["completed", "failed", "cancelled"]
+
+#: Captured stdout/stderr is cut to this many characters (the tail is kept).
+MAX_LOG_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended."""
+
+    state: OutcomeState
+    results: Any = None
+    error: str | None = None
+    transient: bool = False
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class Handle:
+    """A started task. ``state`` is JSON-serialisable so a restarted worker can recover."""
+
+    task_id: str
+    attempt: int
+    runtime: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What this runtime offers on this machine, or None when it cannot run here."""
+
+    @abstractmethod
+    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+        """Start one attempt. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
+
+    @abstractmethod
+    async def wait(self, handle: Handle) -> Outcome:
+        """Wait for the attempt to end; never raises for a task's own failure."""
+
+    @abstractmethod
+    async def stop(self, handle: Handle) -> None:
+        """Stop the attempt; its ``wait`` then returns a ``cancelled`` outcome. Idempotent."""
+
+    @abstractmethod
+    def inspect(self, handle: Handle) -> dict[str, Any]:
+        """Cheap status: at least ``{"running": bool}``."""
+
+    @abstractmethod
+    async def stats(self, handle: Handle) -> dict[str, float]:
+        """Resource usage of a running attempt (cpu_percent, rss_mb, …); {} when unknown."""
+
+    @abstractmethod
+    async def recover(self, state: dict[str, Any]) -> Handle | None:
+        """Re-attach to an attempt started by a previous worker process, if still alive."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the runtime holds (threads, caches)."""

@@ -1,0 +1,6 @@
+"""Pure cluster schedulers: ``make_plan(strategy, workers, tasks) -> Plan``, no I/O, no clock."""
+
+from edgeplane.scheduling.snapshot import TEE_RULES, Plan, TaskDemand, WorkerView
+from edgeplane.scheduling.strategies import STRATEGIES, make_plan
+
+__all__ = ["STRATEGIES", "TEE_RULES", "Plan", "TaskDemand", "WorkerView", "make_plan"]

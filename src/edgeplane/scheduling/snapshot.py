@@ -1,0 +1,70 @@
+"""The scheduler's inputs and output: frozen values, so a plan depends on nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from edgeplane.errors import Invalid
+
+TEE_RULES: tuple[str, ...] = ("any", "required", "none")
+
+
+def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only copy, so a caller mutating its dict cannot change a snapshot."""
+    return MappingProxyType(dict(labels))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One online worker as the scheduler sees it: what it offers and what is free now."""
+
+    id: str
+    runtimes: frozenset[str]
+    labels: Mapping[str, str] = field(hash=False)
+    tee: frozenset[str]
+    free_slots: int
+    free_cpu: float
+    free_memory_mb: int
+    order: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtimes", frozenset(self.runtimes))
+        object.__setattr__(self, "tee", frozenset(self.tee))
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDemand:
+    """What one pending task needs from a worker."""
+
+    id: str
+    runtime: str
+    priority: int = 50
+    seq: float = 0.0
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tee: str = "any"
+    cpu: float = 0.0
+    memory_mb: int = 0
+    worker_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tee not in TEE_RULES:
+            raise Invalid(
+                f"tee must be one of {', '.join(TEE_RULES)}, not {self.tee!r}", field="tee"
+            )
+        if self.cpu < 0:
+            raise Invalid("cpu must not be negative", field="cpu")
+        if self.memory_mb < 0:
+            raise Invalid("memory_mb must not be negative", field="memory_mb")
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to dispatch, what stays pending and why, and where round-robin resumes."""
+
+    assignments: tuple[tuple[str, str], ...]
+    waiting: Mapping[str, str] = field(hash=False)
+    cursor: int

@@ -1,0 +1,26 @@
+"""Durable state: the :class:`Store` interface and its memory and SQL backends."""
+
+from __future__ import annotations
+
+from edgeplane.errors import Invalid
+from edgeplane.store.base import Store, TokenRecord
+from edgeplane.store.memory import MemoryStore
+from edgeplane.store.sql import SqlStore
+
+__all__ = ["MemoryStore", "SqlStore", "Store", "TokenRecord", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``, not yet opened (the caller awaits ``open()``).
+
+    ``memory://`` keeps everything in this process; ``sqlite:///path``, ``sqlite://``
+    (in memory) and ``postgresql://host[:port]/db[?schema=NAME]`` use :class:`SqlStore`.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme.partition("+")[0] in ("sqlite", "postgresql"):
+        return SqlStore(url)
+    raise Invalid(
+        f"unknown store URL scheme {scheme!r}: use memory, sqlite or postgresql", field="store"
+    )

@@ -1,0 +1,95 @@
+"""The store interface. Backends: memory (tests), SQL (SQLite default, PostgreSQL)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeplane.model import Task, Worker
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token; only the sha256 of the secret is stored."""
+
+    id: str
+    user: str
+    role: str
+    secret_hash: str
+    created_at: float
+
+
+class Store(ABC):
+    """Durable state of a manager. All methods are safe to call concurrently."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # artifacts (content-addressed module bytes)
+    @abstractmethod
+    async def put_artifact(self, digest: str, data: bytes) -> None:
+        """Idempotent: storing the same digest twice is a no-op."""
+
+    @abstractmethod
+    async def get_artifact(self, digest: str) -> bytes | None: ...
+
+    # tasks
+    @abstractmethod
+    async def add_tasks(self, tasks: Sequence[Task]) -> None:
+        """Insert new tasks in one transaction (all or none)."""
+
+    @abstractmethod
+    async def save_tasks(self, tasks: Sequence[Task]) -> None:
+        """Upsert full task documents in one transaction."""
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    @abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        """A page of tasks, oldest first, and the total matching the filters."""
+
+    @abstractmethod
+    async def delete_task(self, task_id: str) -> bool: ...
+
+    @abstractmethod
+    async def unfinished_tasks(self) -> list[Task]:
+        """Every task not in a terminal state (for a manager restart)."""
+
+    # workers
+    @abstractmethod
+    async def save_worker(self, worker: Worker) -> None: ...
+
+    @abstractmethod
+    async def get_worker(self, worker_id: str) -> Worker | None: ...
+
+    @abstractmethod
+    async def list_workers(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Worker], int]: ...
+
+    @abstractmethod
+    async def delete_worker(self, worker_id: str) -> bool: ...
+
+    # tokens
+    @abstractmethod
+    async def save_token(self, token: TokenRecord) -> None: ...
+
+    @abstractmethod
+    async def find_token(self, secret_hash: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    async def delete_token(self, token_id: str) -> bool: ...

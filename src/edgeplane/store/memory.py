@@ -1,0 +1,151 @@
+"""The in-memory store: for tests and throwaway runs; nothing survives the process.
+
+Documents are kept as JSON text, like the SQL store, so every read hands out a fresh
+object (mutating it never changes the stored one); parsing JSON is faster than a deep
+copy of a pydantic model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeplane.errors import Conflict
+from edgeplane.model import TERMINAL_STATES, Task, Worker
+from edgeplane.store.base import Store, TokenRecord
+
+
+@dataclass(frozen=True)
+class _TaskRow:
+    """The filter and order keys of a task beside its document."""
+
+    state: str
+    job_id: str | None
+    workflow_id: str | None
+    created_at: float
+    id: str
+    doc: str
+
+    @classmethod
+    def of(cls, task: Task) -> _TaskRow:
+        return cls(
+            state=task.state,
+            job_id=task.job_id,
+            workflow_id=task.workflow_id,
+            created_at=task.created_at,
+            id=task.id,
+            doc=task.model_dump_json(),
+        )
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created_at, self.id)
+
+
+class MemoryStore(Store):
+    """A :class:`Store` in dicts. Methods never await, so each one is atomic."""
+
+    def __init__(self) -> None:
+        self._artifacts: dict[str, bytes] = {}
+        self._tasks: dict[str, _TaskRow] = {}
+        self._workers: dict[str, str] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the object is dropped."""
+
+    # artifacts
+
+    async def put_artifact(self, digest: str, data: bytes) -> None:
+        self._artifacts.setdefault(digest, bytes(data))
+
+    async def get_artifact(self, digest: str) -> bytes | None:
+        return self._artifacts.get(digest)
+
+    # tasks
+
+    async def add_tasks(self, tasks: Sequence[Task]) -> None:
+        seen: set[str] = set()
+        taken: set[str] = set()
+        for task in tasks:
+            if task.id in seen or task.id in self._tasks:
+                taken.add(task.id)
+            seen.add(task.id)
+        if taken:
+            raise Conflict(f"task ids already exist: {', '.join(sorted(taken))}", field="id")
+        self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
+
+    async def save_tasks(self, tasks: Sequence[Task]) -> None:
+        self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        row = self._tasks.get(task_id)
+        return None if row is None else Task.model_validate_json(row.doc)
+
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        rows = sorted(
+            (
+                row
+                for row in self._tasks.values()
+                if (state is None or row.state == state)
+                and (job_id is None or row.job_id == job_id)
+                and (workflow_id is None or row.workflow_id == workflow_id)
+            ),
+            key=lambda row: row.order,
+        )
+        page = rows[offset : offset + limit]
+        return [Task.model_validate_json(row.doc) for row in page], len(rows)
+
+    async def delete_task(self, task_id: str) -> bool:
+        return self._tasks.pop(task_id, None) is not None
+
+    async def unfinished_tasks(self) -> list[Task]:
+        rows = sorted(
+            (row for row in self._tasks.values() if row.state not in TERMINAL_STATES),
+            key=lambda row: row.order,
+        )
+        return [Task.model_validate_json(row.doc) for row in rows]
+
+    # workers
+
+    async def save_worker(self, worker: Worker) -> None:
+        self._workers[worker.id] = worker.model_dump_json()
+
+    async def get_worker(self, worker_id: str) -> Worker | None:
+        doc = self._workers.get(worker_id)
+        return None if doc is None else Worker.model_validate_json(doc)
+
+    async def list_workers(self, *, limit: int = 100, offset: int = 0) -> tuple[list[Worker], int]:
+        ids = sorted(self._workers)
+        page = ids[offset : offset + limit]
+        return [Worker.model_validate_json(self._workers[i]) for i in page], len(ids)
+
+    async def delete_worker(self, worker_id: str) -> bool:
+        return self._workers.pop(worker_id, None) is not None
+
+    # tokens
+
+    async def save_token(self, token: TokenRecord) -> None:
+        if any(
+            other.secret_hash == token.secret_hash and other.id != token.id
+            for other in self._tokens.values()
+        ):
+            raise Conflict("another token has the same secret", field="secret_hash")
+        self._tokens[token.id] = token
+
+    async def find_token(self, secret_hash: str) -> TokenRecord | None:
+        return next((t for t in self._tokens.values() if t.secret_hash == secret_hash), None)
+
+    async def delete_token(self, token_id: str) -> bool:
+        return self._tokens.pop(token_id, None) is not None

@@ -1,0 +1,362 @@
+"""The worker agent: registers with its manager, runs assigned tasks, reports events.
+
+Only dials out (to the cluster broker). Final events are kept until the manager acks
+them and re-sent after a reconnect, so a result survives a manager or broker restart;
+start commands are de-duplicated by (task id, attempt), so a redelivery runs nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+from edgeplane import clock as clocks
+from edgeplane.errors import Invalid, TaskFailure
+from edgeplane.protocol import (
+    AckEvents,
+    Alive,
+    Assignment,
+    Hello,
+    Reregister,
+    StartTasks,
+    StopTasks,
+    TaskEvent,
+    TaskEvents,
+    Topics,
+    Welcome,
+    decode,
+    encode,
+    parse_body,
+)
+from edgeplane.runtimes import Handle, Outcome, Runtime
+from edgeplane.transport import MqttLink, Will
+from edgeplane.worker import capabilities
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+_SEEN_LIMIT = 100_000
+_MEMORY_ARTIFACTS = 64
+
+
+@dataclass
+class _Run:
+    spec: Assignment
+    job: asyncio.Task[None] | None = None
+    handle: Handle | None = None
+    runtime: Runtime | None = None
+    stopped: bool = False
+
+
+@dataclass
+class WorkerStats:
+    bad_messages: int = 0
+    started: int = 0
+    finished: int = 0
+    duplicates: int = 0
+
+
+class ArtifactCache:
+    """Module bytes by sha256: a few in memory, all on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._memory.get(digest)
+        if data is None:
+            path = self.directory / f"{digest}.wasm"
+            if not path.exists():
+                return None
+            data = path.read_bytes()
+            self._remember(digest, data)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise Invalid(f"artifact does not match its digest {digest}", field="artifact")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{digest}.wasm"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        self._remember(digest, data)
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        self._memory[digest] = data
+        self._memory.move_to_end(digest)
+        while len(self._memory) > _MEMORY_ARTIFACTS:
+            self._memory.popitem(last=False)
+
+
+@dataclass
+class WorkerOptions:
+    worker_id: str
+    broker_url: str
+    data_dir: Path
+    domain: str = "edgeplane"
+    cluster_id: str = "local"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    slots: int = 0
+    heartbeat_s: float = 5.0
+
+
+class WorkerAgent:
+    def __init__(
+        self,
+        options: WorkerOptions,
+        runtimes: Mapping[str, Runtime],
+        *,
+        clock: clocks.Clock | None = None,
+    ) -> None:
+        self.options = options
+        self.id = options.worker_id
+        self.runtimes = dict(runtimes)
+        self.clock: clocks.Clock = clock or clocks.SystemClock()
+        self.session = clocks.new_id()
+        self.topics = Topics(options.domain, options.cluster_id)
+        self.slots = options.slots or max(4, 2 * (psutil.cpu_count() or 1))
+        self.heartbeat_s = options.heartbeat_s
+        self.stats = WorkerStats()
+        self.registered = asyncio.Event()
+        self.artifacts = ArtifactCache(options.data_dir / "artifacts")
+        self._runs: dict[str, _Run] = {}
+        self._unacked: dict[Key, tuple[TaskEvent, float]] = {}
+        self._seen: OrderedDict[Key, None] = OrderedDict()
+        self._outbox: list[TaskEvent] = []
+        self._flush = asyncio.Event()
+        self._closing = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._process = psutil.Process()
+        self.link = MqttLink(
+            options.broker_url,
+            client_id=f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}",
+            subscriptions=[self.topics.cmd(self.id), self.topics.welcome(self.id)],
+            on_message=self._on_message,
+            will=Will(
+                topic=self.topics.alive(self.id),
+                payload=encode("alive", Alive(online=False, session=self.session)),
+                qos=1,
+            ),
+            on_connect=self._send_hello,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.link.start()
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
+            asyncio.create_task(self._flush_loop(), name=f"worker-{self.id}-events"),
+        ]
+
+    async def stop(self) -> None:
+        """Leave: the manager sees us offline and re-places our tasks (no "cancelled")."""
+        self._closing = True
+        for run in list(self._runs.values()):
+            await self._stop_run(run)
+        jobs = [run.job for run in self._runs.values() if run.job is not None]
+        if jobs:
+            await asyncio.wait(jobs, timeout=5)
+        await self.link.publish(
+            self.topics.alive(self.id), encode("alive", Alive(online=False, session=self.session))
+        )
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        await self.link.stop()
+        for runtime in self.runtimes.values():
+            await runtime.close()
+
+    def capabilities(self) -> capabilities.Capabilities:
+        return capabilities.detect(
+            runtimes=self.runtimes,
+            labels=self.options.labels,
+            slots=self.slots,
+            data_dir=self.options.data_dir,
+        )
+
+    def _active(self) -> list[str]:
+        return list({*self._runs, *(key[0] for key in self._unacked)})
+
+    async def _send_hello(self) -> None:
+        hello = Hello(
+            worker_id=self.id,
+            session=self.session,
+            capabilities=self.capabilities(),
+            active=self._active(),
+        )
+        await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
+
+    # ------------------------------------------------------------------ messages
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            envelope = decode(payload)
+            body = parse_body(envelope.type, envelope.body)
+        except Invalid as exc:
+            self.stats.bad_messages += 1
+            log.warning("bad message", extra={"topic": topic, "error": exc.detail})
+            return
+        if isinstance(body, StartTasks):
+            for spec in body.tasks:
+                self._accept(spec)
+        elif isinstance(body, StopTasks):
+            for task_id in body.task_ids:
+                run = self._runs.get(task_id)
+                if run is not None:
+                    await self._stop_run(run)
+        elif isinstance(body, AckEvents):
+            for key in body.keys:
+                self._unacked.pop((key.task_id, key.attempt), None)
+        elif isinstance(body, Welcome):
+            if body.session == self.session:
+                self.heartbeat_s = body.heartbeat_s
+                self.registered.set()
+                self._resend_unacked(older_than=0.0)
+        elif isinstance(body, Reregister):
+            await self._send_hello()
+        else:
+            self.stats.bad_messages += 1
+            log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    def _accept(self, spec: Assignment) -> None:
+        key = (spec.task_id, spec.attempt)
+        if key in self._seen:
+            self.stats.duplicates += 1
+            return
+        self._seen[key] = None
+        while len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        previous = self._runs.get(spec.task_id)
+        if previous is not None:  # a newer attempt replaces an abandoned one
+            previous.stopped = True
+        run = _Run(spec=spec)
+        self._runs[spec.task_id] = run
+        run.job = asyncio.create_task(self._execute(run), name=f"task-{spec.task_id}")
+
+    # ------------------------------------------------------------------ running
+    async def _execute(self, run: _Run) -> None:
+        spec = run.spec
+        self.stats.started += 1
+        self._emit(TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=self.clock.now()))
+        try:
+            outcome = await self._run(run)
+        except asyncio.CancelledError:
+            outcome = Outcome(state="cancelled", error="stopped")
+        except Exception as exc:  # a runtime bug must not take the worker down
+            log.exception("runtime error", extra={"task_id": spec.task_id})
+            outcome = Outcome(state="failed", error=f"internal runtime error: {exc}", transient=True)
+        if run.stopped and outcome.state != "cancelled":
+            outcome = Outcome(state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr)
+        if self._runs.get(spec.task_id) is run:
+            del self._runs[spec.task_id]
+        self.stats.finished += 1
+        event = TaskEvent(
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            state=outcome.state,
+            results=outcome.results,
+            error=outcome.error,
+            transient=outcome.transient,
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            ts=self.clock.now(),
+        )
+        self._unacked[(spec.task_id, spec.attempt)] = (event, self.clock.monotonic())
+        self._emit(event)
+
+    async def _run(self, run: _Run) -> Outcome:
+        spec = run.spec
+        runtime = self.runtimes.get(spec.runtime)
+        if runtime is None:
+            return Outcome(state="failed", error=f"runtime {spec.runtime!r} is not enabled on this worker")
+        try:
+            artifact = self._artifact(spec)
+        except Invalid as exc:
+            return Outcome(state="failed", error=exc.detail, transient=True)
+        try:
+            run.handle = await runtime.start(spec, artifact)
+        except TaskFailure as exc:
+            return Outcome(state="failed", error=exc.detail, transient=exc.transient)
+        run.runtime = runtime
+        if run.stopped:
+            await runtime.stop(run.handle)
+        return await runtime.wait(run.handle)
+
+    def _artifact(self, spec: Assignment) -> bytes | None:
+        if spec.artifact is None:
+            return None
+        if spec.artifact_b64 is not None:
+            try:
+                data = base64.b64decode(spec.artifact_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise Invalid("artifact is not valid base64", field="artifact") from None
+            self.artifacts.put(spec.artifact, data)
+            return data
+        data = self.artifacts.get(spec.artifact)
+        if data is None:
+            raise Invalid(f"artifact_missing: {spec.artifact}", field="artifact")
+        return data
+
+    async def _stop_run(self, run: _Run) -> None:
+        run.stopped = True
+        if run.handle is not None and run.runtime is not None:
+            await run.runtime.stop(run.handle)
+        elif run.job is not None:
+            run.job.cancel()
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, event: TaskEvent) -> None:
+        if self._closing:
+            return
+        self._outbox.append(event)
+        self._flush.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            await self._publish_events()
+
+    async def _publish_events(self) -> None:
+        # Everything produced since the last flush goes in one message.
+        batch, self._outbox = self._outbox, []
+        if batch:
+            await self._publish(self.topics.events(self.id), "task.events", TaskEvents(events=batch))
+
+    def _resend_unacked(self, older_than: float) -> None:
+        mono = self.clock.monotonic()
+        for key, (event, sent) in list(self._unacked.items()):
+            if mono - sent >= older_than:
+                self._unacked[key] = (event, mono)
+                self._emit(event)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            alive = Alive(
+                session=self.session,
+                active=self._active(),
+                usage=capabilities.usage(self._process),
+            )
+            await self._publish(self.topics.alive(self.id), "alive", alive)
+            self._resend_unacked(older_than=self.heartbeat_s)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _publish(self, topic: str, type_: str, body: BaseModel) -> None:
+        await self.link.publish(topic, encode(type_, body))

@@ -1,0 +1,296 @@
+"""The spine end to end in one process: REST → manager → MQTT → workers → results.
+
+Runs the real stack (`running_stack`, what `edgeplane up` runs) against a real Mosquitto
+(nodelay instance started by the fixture) and the embedded broker, with SQLite and
+PostgreSQL stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import wasm_fixtures
+
+from edgeplane.config import Settings
+from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.worker import build_worker
+
+TOKEN = "test-admin-token"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+ADD = b64(wasm_fixtures.add_wasm())
+
+
+async def start_stack(
+    tmp_path: Path, broker: str, store: str, domain: str, **overrides: Any
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "broker": broker,
+        "store": store,
+        "port": 0,
+        "workers": 2,
+        "heartbeat_s": 0.3,
+        "domain": domain,
+        "admin_token": TOKEN,
+        "allow_host": True,
+        "retry_backoff_s": 0.05,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    async with running_stack(settings) as stack:
+        async with httpx.AsyncClient(
+            base_url=stack.control.url + "/api/v1",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        ) as http:
+            yield stack, http
+
+
+@pytest.fixture
+async def sqlite_stack(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    async for pair in start_stack(
+        tmp_path, fast_broker_url, f"sqlite:///{tmp_path / 'db.sqlite'}", unique_domain
+    ):
+        yield pair
+
+
+async def run(http: httpx.AsyncClient, body: dict[str, Any], wait: float = 20) -> dict[str, Any]:
+    created = await http.post("/tasks", json={"start": True, **body})
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    done = await http.get(f"/tasks/{task_id}", params={"wait": wait})
+    assert done.status_code == 200
+    result: dict[str, Any] = done.json()
+    return result
+
+
+async def test_wasm_function_task(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    task = await run(http, {"name": "add", "file": ADD, "inputs": [2, 3]})
+    assert task["state"] == "completed", task
+    assert task["results"] == [5]
+    assert task["attempt"] == 1
+    assert task["worker_id"].startswith("local-")
+    results = (await http.get(f"/tasks/{task['id']}/results")).json()
+    assert results["results"] == [5]
+
+
+async def test_wasi_and_host_tasks(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    wasi = await run(
+        http,
+        {
+            "name": "hello",
+            "mode": "wasi",
+            "file": b64(wasm_fixtures.wasi_hello_wasm()),
+            "cli_args": ["a"],
+            "env": {"WHO": "x"},
+        },
+    )
+    assert wasi["state"] in ("completed", "failed"), wasi
+    assert "exit_code" in wasi["results"]
+    host = await run(
+        http, {"name": "echo", "runtime": "host", "command": ["sh", "-c", "echo hi; echo e >&2"]}
+    )
+    assert host["state"] == "completed", host
+    assert host["results"]["stdout"] == "hi\n"
+    logs = (await http.get(f"/tasks/{host['id']}/logs")).json()
+    assert logs["stderr"] == "e\n"
+
+
+async def test_batch_runs_every_task_once(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    stack, http = sqlite_stack
+    body = {
+        "tasks": [{"name": "add", "file": ADD, "inputs": [i, i], "start": True} for i in range(200)]
+    }
+    created = await http.post("/tasks/batch", json=body)
+    assert created.status_code == 201, created.text
+    items = created.json()["items"]
+    assert [t["inputs"] for t in items] == [[i, i] for i in range(200)]
+    finished = await asyncio.gather(
+        *(http.get(f"/tasks/{t['id']}", params={"wait": 30}) for t in items)
+    )
+    assert [r.json()["results"] for r in finished] == [[2 * i] for i in range(200)]
+    assert {r.json()["attempt"] for r in finished} == {1}
+    page = (await http.get("/tasks", params={"state": "completed", "limit": 10})).json()
+    assert page["total"] == 200 and len(page["items"]) == 10
+    assert sum(w.stats.started for w in stack.workers) == 200
+    assert {w.id for w in stack.workers if w.stats.started} == {"local-1", "local-2"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "add", "file": "%%%not-base64", "inputs": [1, 2]}, "file"),
+        ({"name": "add", "runtime": "quantum", "file": ADD}, "runtime"),
+        ({"name": "add", "file": b64(b"\0asm garbage")}, "file"),
+        ({"name": "nope", "file": ADD, "inputs": [1, 2]}, "name"),
+        ({"name": "add", "file": ADD, "inputs": [1]}, "inputs"),
+        ({"name": "add", "file": ADD, "inputs": ["x", 2]}, "inputs"),
+        ({"name": "add", "file": ADD, "inputs": [1, 2], "limits": {"timeout_s": -1}}, "limits.timeout_s"),
+        ({"name": "add", "file": ADD, "inputs": [1, 2], "priority": 101}, "priority"),
+        ({"name": "sh", "runtime": "host"}, "command"),
+    ],
+)
+async def test_bad_tasks_are_rejected_and_not_stored(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient], body: dict[str, Any], field: str
+) -> None:
+    _, http = sqlite_stack
+    response = await http.post("/tasks", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["field"] == field
+    assert {"type", "title", "status", "detail"} <= set(problem)
+    assert (await http.get("/tasks")).json()["total"] == 0
+
+
+async def test_bad_batch_stores_nothing(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    good = {"name": "add", "file": ADD, "inputs": [1, 2]}
+    response = await http.post("/tasks/batch", json={"tasks": [good, {**good, "inputs": [1]}]})
+    assert response.status_code == 422
+    assert response.json()["field"] == "tasks[1].inputs"
+    assert (await http.get("/tasks")).json()["total"] == 0
+
+
+async def test_auth_and_not_found(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    stack, http = sqlite_stack
+    async with httpx.AsyncClient(base_url=stack.control.url) as anonymous:
+        assert (await anonymous.get("/api/v1/tasks")).status_code == 401
+        wrong = await anonymous.get("/api/v1/tasks", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.headers["content-type"].startswith("application/problem+json")
+        assert (await anonymous.get("/healthz")).json()["status"] == "ok"
+        assert "edgeplane_tasks_dispatched" in (await anonymous.get("/metrics")).text
+    missing = await http.get("/tasks/does-not-exist")
+    assert missing.status_code == 404
+    assert missing.json()["status"] == 404
+    assert (await http.get("/workers/nobody")).status_code == 404
+    oversize = await http.post("/tasks", content=b"x" * (65 * 2**20))
+    assert oversize.status_code == 413
+
+
+async def test_pending_until_a_fitting_worker_joins(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    stack, http = sqlite_stack
+    created = await http.post(
+        "/tasks",
+        json={
+            "name": "add",
+            "file": ADD,
+            "inputs": [1, 1],
+            "start": True,
+            "constraints": {"labels": {"site": "far"}},
+        },
+    )
+    task_id = created.json()["id"]
+    waiting = (await http.get(f"/tasks/{task_id}", params={"wait": 0.5})).json()
+    assert waiting["state"] == "pending"
+    assert "site=far" in waiting["reason"]
+    settings = stack.control.settings
+    joiner = build_worker(
+        settings,
+        broker_url=stack.broker_url,
+        worker_id="far-1",
+        data_dir=tmp_path / "far",
+        labels={"site": "far"},
+    )
+    await joiner.start()
+    try:
+        done = (await http.get(f"/tasks/{task_id}", params={"wait": 20})).json()
+        assert done["state"] == "completed"
+        assert done["worker_id"] == "far-1"
+    finally:
+        await joiner.stop()
+
+
+async def test_stop_a_running_host_task(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    created = await http.post(
+        "/tasks",
+        json={"name": "sleep", "runtime": "host", "command": ["sleep", "30"], "start": True},
+    )
+    task_id = created.json()["id"]
+    for _ in range(100):
+        if (await http.get(f"/tasks/{task_id}")).json()["state"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    stopped = await http.post(f"/tasks/{task_id}/stop")
+    assert stopped.json()["state"] == "cancelled"
+    again = await http.post(f"/tasks/{task_id}/stop")
+    assert again.json()["state"] == "cancelled"
+
+
+async def test_create_patch_start_delete(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    created = (await http.post("/tasks", json={"name": "add", "file": ADD, "inputs": [1, 1]})).json()
+    assert created["state"] == "pending" and created["started"] is False
+    patched = await http.patch(f"/tasks/{created['id']}", json={"inputs": [20, 22]})
+    assert patched.json()["inputs"] == [20, 22]
+    await http.post(f"/tasks/{created['id']}/start")
+    done = (await http.get(f"/tasks/{created['id']}", params={"wait": 20})).json()
+    assert done["results"] == [42]
+    conflict = await http.patch(f"/tasks/{created['id']}", json={"inputs": [1, 1]})
+    assert conflict.status_code == 409
+    assert (await http.delete(f"/tasks/{created['id']}")).status_code == 204
+    assert (await http.get(f"/tasks/{created['id']}")).status_code == 404
+
+
+async def test_failed_task_reports_the_reason(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    trap = await run(http, {"name": "trap", "file": b64(wasm_fixtures.trap_wasm())})
+    assert trap["state"] == "failed"
+    assert "unreachable" in trap["error"]
+    spin = await run(
+        http, {"name": "spin", "file": b64(wasm_fixtures.spin_wasm()), "limits": {"timeout_s": 0.3}}
+    )
+    assert spin["state"] == "failed"
+    assert "timeout" in spin["error"]
+
+
+async def test_workers_listed_and_drained(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = sqlite_stack
+    page = (await http.get("/workers")).json()
+    assert page["total"] == 2
+    worker = page["items"][0]
+    assert worker["state"] == "online"
+    assert "wasm" in worker["capabilities"]["runtimes"]
+    assert worker["capabilities"]["cpus"] >= 1
+    drained = (await http.post(f"/workers/{worker['id']}/drain")).json()
+    assert drained["state"] == "draining"
+    for i in range(4):
+        task = await run(http, {"name": "add", "file": ADD, "inputs": [i, 1]})
+        assert task["worker_id"] != worker["id"]
+
+
+@pytest.mark.parametrize("store_kind", ["postgres", "embedded-broker"])
+async def test_other_backends(
+    tmp_path: Path,
+    store_kind: str,
+    fast_broker_url: str,
+    unique_domain: str,
+    postgres_url: str,
+) -> None:
+    if store_kind == "postgres":
+        broker, store = fast_broker_url, postgres_url
+    else:
+        broker, store = "", f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for stack, http in start_stack(tmp_path, broker, store, unique_domain):
+        task = await run(http, {"name": "add", "file": ADD, "inputs": [40, 2]})
+        assert task["results"] == [42]
+        assert stack.broker_url.startswith("mqtt://")
