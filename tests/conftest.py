@@ -1,0 +1,18 @@
+"""Shared fixtures: brokers (broker_fixtures), stores (store_fixtures), a fresh pg schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+pytest_plugins = ["broker_fixtures", "store_fixtures"]
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL store URL with a schema of its own, dropped after the test."""
+    from store_fixtures import fresh_pg_url
+
+    async with fresh_pg_url() as url:
+        yield url

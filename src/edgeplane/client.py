@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -77,6 +78,12 @@ class TaskResults(BaseModel):
     results: Any = None
     error: str | None = None
     exit_code: int | None = None
+
+
+class _Batch(BaseModel):
+    """``POST /tasks/batch``: the created tasks, in request order."""
+
+    items: list[Task]
 
 
 class TaskLogs(BaseModel):
@@ -183,8 +190,10 @@ def _model(model: type[M]) -> Callable[[httpx.Response], M]:
         try:
             return model.model_validate(_json(resp))
         except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
             raise EdgeplaneError(
-                f"unexpected answer from {resp.request.url}: {exc.error_count()} bad fields"
+                f"unexpected answer from {resp.request.url}: {where}: {first['msg']}"
             ) from None
 
     return parse
@@ -196,10 +205,11 @@ _worker = _model(Worker)
 _worker_page = _model(Page[Worker])
 _results = _model(TaskResults)
 _logs = _model(TaskLogs)
+_batch = _model(_Batch)
 
 
 def _tasks(resp: httpx.Response) -> list[Task]:
-    return _task_page(resp).items
+    return _batch(resp).items
 
 
 def _document(resp: httpx.Response) -> dict[str, Any]:
@@ -219,7 +229,7 @@ def _unreachable(url: str, exc: httpx.TransportError) -> Unavailable:
     return Unavailable(f"cannot reach edgeplane at {url}: {reason}")
 
 
-def outcome(task: Task) -> Any:
+def _outcome(task: Task) -> Any:
     """A terminal task's results, or :class:`TaskFailure` carrying the task's error."""
     if task.state == "completed":
         return task.results
@@ -252,17 +262,14 @@ def _read_module(file: str | Path) -> bytes:
         raise Invalid(f"cannot read {file}: {exc.strerror or exc}", field="file") from None
 
 
-def _encode_file(file: bytes | str | Path) -> str:
-    data = file if isinstance(file, bytes) else _read_module(file)
-    return base64.b64encode(data).decode("ascii")
-
-
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A task body with ``file`` as base64: bytes and paths are encoded, a str is already base64."""
     body = dict(spec)
     file = body.get("file")
-    if isinstance(file, bytes | Path):
-        body["file"] = _encode_file(file)
+    if isinstance(file, Path):
+        file = _read_module(file)
+    if isinstance(file, bytes):
+        body["file"] = base64.b64encode(file).decode("ascii")
     return body
 
 
@@ -273,13 +280,18 @@ def _submit_body(
     if inputs is not None:
         body["inputs"] = list(inputs)
     if module is not None:
-        body["file"] = base64.b64encode(module).decode("ascii")
+        body["file"] = module
     return _spec(body)
 
 
 def _chunks(specs: Sequence[Mapping[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(specs), BATCH_LIMIT):
         yield [{"start": True, **_spec(s)} for s in specs[start : start + BATCH_LIMIT]]
+
+
+def _seg(some_id: str) -> str:
+    """An id as one path segment, whatever a user typed."""
+    return quote(some_id, safe="")
 
 
 def _filters(**given: str | int | None) -> dict[str, str | int]:
@@ -300,19 +312,19 @@ class _Calls:
     @staticmethod
     def get(task_id: str, hold_s: float = 0.0) -> _Call[Task]:
         params = {"wait": round(hold_s, 3)} if hold_s > 0 else None
-        return _Call("GET", f"/tasks/{task_id}", _task, params=params, hold_s=hold_s)
+        return _Call("GET", f"/tasks/{_seg(task_id)}", _task, params=params, hold_s=hold_s)
 
     @staticmethod
     def update(task_id: str, changes: dict[str, Any]) -> _Call[Task]:
-        return _Call("PATCH", f"/tasks/{task_id}", _task, body=changes)
+        return _Call("PATCH", f"/tasks/{_seg(task_id)}", _task, body=changes)
 
     @staticmethod
     def action(task_id: str, verb: str) -> _Call[Task]:
-        return _Call("POST", f"/tasks/{task_id}/{verb}", _task)
+        return _Call("POST", f"/tasks/{_seg(task_id)}/{verb}", _task)
 
     @staticmethod
     def delete(task_id: str) -> _Call[None]:
-        return _Call("DELETE", f"/tasks/{task_id}", _nothing)
+        return _Call("DELETE", f"/tasks/{_seg(task_id)}", _nothing)
 
     @staticmethod
     def list_tasks(params: dict[str, str | int]) -> _Call[Page[Task]]:
@@ -320,11 +332,11 @@ class _Calls:
 
     @staticmethod
     def results(task_id: str) -> _Call[TaskResults]:
-        return _Call("GET", f"/tasks/{task_id}/results", _results)
+        return _Call("GET", f"/tasks/{_seg(task_id)}/results", _results)
 
     @staticmethod
     def logs(task_id: str) -> _Call[TaskLogs]:
-        return _Call("GET", f"/tasks/{task_id}/logs", _logs)
+        return _Call("GET", f"/tasks/{_seg(task_id)}/logs", _logs)
 
     @staticmethod
     def workers(params: dict[str, str | int]) -> _Call[Page[Worker]]:
@@ -332,15 +344,15 @@ class _Calls:
 
     @staticmethod
     def worker(worker_id: str) -> _Call[Worker]:
-        return _Call("GET", f"/workers/{worker_id}", _worker)
+        return _Call("GET", f"/workers/{_seg(worker_id)}", _worker)
 
     @staticmethod
     def drain_worker(worker_id: str) -> _Call[Worker]:
-        return _Call("POST", f"/workers/{worker_id}/drain", _worker)
+        return _Call("POST", f"/workers/{_seg(worker_id)}/drain", _worker)
 
     @staticmethod
     def delete_worker(worker_id: str) -> _Call[None]:
-        return _Call("DELETE", f"/workers/{worker_id}", _nothing)
+        return _Call("DELETE", f"/workers/{_seg(worker_id)}", _nothing)
 
     @staticmethod
     def health() -> _Call[dict[str, Any]]:
@@ -485,7 +497,7 @@ class Client(_Base):
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait, then the task's results; :class:`TaskFailure` if it did not complete."""
-        return outcome(self.wait(task_id, timeout))
+        return _outcome(self.wait(task_id, timeout))
 
     def list_tasks(
         self,
@@ -613,7 +625,7 @@ class AsyncClient(_Base):
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Wait, then the task's results; :class:`TaskFailure` if it did not complete."""
-        return outcome(await self.wait(task_id, timeout))
+        return _outcome(await self.wait(task_id, timeout))
 
     async def list_tasks(
         self,

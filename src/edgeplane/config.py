@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     cluster_id: str = "local"
     #: ``mqtt://host:port``; empty means "start an embedded broker" (``edgeplane up``).
     broker: str = ""
-    #: ``sqlite:///path``, ``postgresql://host/db?schema=s`` or ``memory://``; empty: SQLite in data_dir.
+    #: ``sqlite:///path``, ``postgresql://host/db?schema=s`` or ``memory://``;
+    #: empty means SQLite in data_dir.
     store: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=7070, ge=0, le=65535)

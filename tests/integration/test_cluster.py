@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-import wasm_fixtures
 
+import wasm_fixtures
 from edgeplane.config import Settings
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.roles.worker import build_worker
@@ -48,13 +48,15 @@ async def start_stack(
     }
     values.update(overrides)
     settings = Settings(**values)
-    async with running_stack(settings) as stack:
-        async with httpx.AsyncClient(
+    async with (
+        running_stack(settings) as stack,
+        httpx.AsyncClient(
             base_url=stack.control.url + "/api/v1",
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=30,
-        ) as http:
-            yield stack, http
+        ) as http,
+    ):
+        yield stack, http
 
 
 @pytest.fixture
@@ -140,7 +142,10 @@ async def test_batch_runs_every_task_once(sqlite_stack: tuple[Stack, httpx.Async
         ({"name": "nope", "file": ADD, "inputs": [1, 2]}, "name"),
         ({"name": "add", "file": ADD, "inputs": [1]}, "inputs"),
         ({"name": "add", "file": ADD, "inputs": ["x", 2]}, "inputs"),
-        ({"name": "add", "file": ADD, "inputs": [1, 2], "limits": {"timeout_s": -1}}, "limits.timeout_s"),
+        (
+            {"name": "add", "file": ADD, "inputs": [1, 2], "limits": {"timeout_s": -1}},
+            "limits.timeout_s",
+        ),
         ({"name": "add", "file": ADD, "inputs": [1, 2], "priority": 101}, "priority"),
         ({"name": "sh", "runtime": "host"}, "command"),
     ],
@@ -238,7 +243,9 @@ async def test_stop_a_running_host_task(sqlite_stack: tuple[Stack, httpx.AsyncCl
 
 async def test_create_patch_start_delete(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
     _, http = sqlite_stack
-    created = (await http.post("/tasks", json={"name": "add", "file": ADD, "inputs": [1, 1]})).json()
+    created = (
+        await http.post("/tasks", json={"name": "add", "file": ADD, "inputs": [1, 1]})
+    ).json()
     assert created["state"] == "pending" and created["started"] is False
     patched = await http.patch(f"/tasks/{created['id']}", json={"inputs": [20, 22]})
     assert patched.json()["inputs"] == [20, 22]
@@ -251,7 +258,9 @@ async def test_create_patch_start_delete(sqlite_stack: tuple[Stack, httpx.AsyncC
     assert (await http.get(f"/tasks/{created['id']}")).status_code == 404
 
 
-async def test_failed_task_reports_the_reason(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+async def test_failed_task_reports_the_reason(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
     _, http = sqlite_stack
     trap = await run(http, {"name": "trap", "file": b64(wasm_fixtures.trap_wasm())})
     assert trap["state"] == "failed"

@@ -24,7 +24,9 @@ class ManagerCollector(Collector):
             "edgeplane_task_events", "Task events received from workers", value=m.stats.events
         )
         yield CounterMetricFamily(
-            "edgeplane_bad_messages", "Malformed or unknown MQTT messages", value=m.stats.bad_messages
+            "edgeplane_bad_messages",
+            "Malformed or unknown MQTT messages",
+            value=m.stats.bad_messages,
         )
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers

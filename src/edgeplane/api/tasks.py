@@ -40,7 +40,7 @@ class TaskLogs(BaseModel):
 
 @router.post("", status_code=201, response_model=Task)
 async def create_task(spec: TaskSpec, manager: ManagerDep) -> Task:
-    (task,) = await manager.submit([spec])
+    (task,) = await manager.submit([spec], batch=False)
     return task
 
 

@@ -53,7 +53,7 @@ _ARGS_HELP = (
     "host: the command, after `--`, e.g. `--runtime host -- sh -c 'echo hi'`."
 )
 ArgsArgument = Annotated[
-    list[str], typer.Argument(metavar="FILE.wasm NAME [ARGS]... | -- CMD...", help=_ARGS_HELP)
+    list[str], typer.Argument(metavar="FILE.wasm NAME [ARGS] | -- CMD", help=_ARGS_HELP)
 ]
 ModeOption = Annotated[
     Mode, typer.Option(help="wasm: call an export (function) or run _start (wasi).")
@@ -428,4 +428,3 @@ def delete(ctx: typer.Context, task_id: IdArgument) -> None:
     """Delete a task."""
     session(ctx).client().delete(task_id)
     note(f"deleted task {task_id}")
-

@@ -47,7 +47,9 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
         if spec.file is None and spec.image_url is None:
             raise Invalid("a wasm task needs 'file' (base64 .wasm) or 'image_url'", field="file")
         if spec.image_url is not None and spec.file is None:
-            raise Invalid("image_url artifacts are not supported yet; send 'file'", field="image_url")
+            raise Invalid(
+                "image_url artifacts are not supported yet; send 'file'", field="image_url"
+            )
     elif spec.runtime == "host":
         if not spec.command:
             raise Invalid("a host task needs 'command' (a non-empty list)", field="command")
@@ -91,14 +93,21 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
 
 
 def admit_many(
-    specs: Sequence[TaskSpec], *, ids: Sequence[str], now: float, cluster_id: str
+    specs: Sequence[TaskSpec],
+    *,
+    ids: Sequence[str],
+    now: float,
+    cluster_id: str,
+    batch: bool = True,
 ) -> list[Admitted]:
-    """All or nothing: the first bad spec raises, its field prefixed by ``tasks[i].``."""
+    """All or nothing: the first bad spec raises; in a batch its field reads ``tasks[i].…``."""
     admitted = []
     for index, (spec, task_id) in enumerate(zip(specs, ids, strict=True)):
         try:
             admitted.append(admit(spec, task_id=task_id, now=now, cluster_id=cluster_id))
         except Invalid as exc:
+            if not batch:
+                raise
             field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
             raise Invalid(exc.detail, field=field) from None
     return admitted

@@ -10,9 +10,9 @@ from edgeplane.scheduling import WorkerView
 
 @dataclass(frozen=True)
 class Reservation:
-    """A task placed on a worker: when it was sent and what it asked for."""
+    """A task placed on a worker: which ``task.start`` carried it and what it asked for."""
 
-    dispatched_at: float  # manager's monotonic clock
+    seq: int
     cpu: float = 0.0
     memory_mb: int = 0
 
@@ -24,6 +24,8 @@ class WorkerEntry:
     last_seen: float = 0.0  # manager's monotonic clock
     draining: bool = False
     tasks: dict[str, Reservation] = field(default_factory=dict)
+    #: sequence number of the last ``task.start`` sent to this worker
+    sent_seq: int = 0
     #: artifact digests this worker session already received
     artifacts: set[str] = field(default_factory=set)
 

@@ -23,6 +23,7 @@ from edgeplane.config import Settings
 from edgeplane.errors import Conflict, Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
+from edgeplane.manager.journal import Journal
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
 from edgeplane.model import Task, TaskPatch, TaskSpec, Worker
 from edgeplane.protocol import (
@@ -76,6 +77,7 @@ class Manager:
         self.topics = Topics(settings.domain, settings.cluster_id)
         self.stats = ManagerStats()
         self.registry = Registry()
+        self.journal = Journal(store)
         self._pending: dict[str, Task] = {}
         self._active: dict[str, Task] = {}
         self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
@@ -83,7 +85,8 @@ class Manager:
         self._cursor = 0
         self._kick = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._started_at = 0.0
+        #: this manager process's id; task.start sequence numbers count within it
+        self._epoch = clocks.new_id()
         self.link = MqttLink(
             broker_url,
             client_id=f"edgeplane-manager-{settings.domain}-{settings.cluster_id}",
@@ -94,16 +97,17 @@ class Manager:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._started_at = self.clock.monotonic()
         await self._recover()
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._schedule_loop(), name="manager-schedule"),
             asyncio.create_task(self._liveness_loop(), name="manager-liveness"),
+            asyncio.create_task(self.journal.run(), name="manager-journal"),
         ]
         self._kick.set()
 
     async def stop(self) -> None:
+        await self.journal.commit()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -128,7 +132,7 @@ class Manager:
             entry = self.registry.get(task.worker_id or "")
             if task.state in ("scheduled", "running") and entry is not None:
                 self._active[task.id] = task
-                entry.tasks[task.id] = self._reservation(task, dispatched_at=-1e18)
+                entry.tasks[task.id] = self._reservation(task, seq=0)
             elif task.state in ("scheduled", "running"):
                 self._pending[task.id] = lifecycle.lose(
                     task, "its worker is unknown after a restart", self.clock.now(), 0.0
@@ -142,7 +146,7 @@ class Manager:
             )
 
     # ------------------------------------------------------------------ user calls
-    async def submit(self, specs: Sequence[TaskSpec]) -> list[Task]:
+    async def submit(self, specs: Sequence[TaskSpec], *, batch: bool = True) -> list[Task]:
         """Validate every spec, store all tasks in one transaction, start those asked to."""
         now = self.clock.now()
         admitted = admit_many(
@@ -150,6 +154,7 @@ class Manager:
             ids=[clocks.new_id() for _ in specs],
             now=now,
             cluster_id=self.settings.cluster_id,
+            batch=batch,
         )
         for item in admitted:
             if item.artifact is not None and item.task.artifact not in self._artifacts:
@@ -168,7 +173,7 @@ class Manager:
         return tasks
 
     async def get(self, task_id: str) -> Task:
-        task = self._pending.get(task_id) or self._active.get(task_id)
+        task = self._live(task_id)
         if task is None:
             task = await self.store.get_task(task_id)
         if task is None:
@@ -187,7 +192,7 @@ class Manager:
         items, total = await self.store.list_tasks(
             state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
         )
-        live = [self._pending.get(t.id) or self._active.get(t.id) or t for t in items]
+        live = [self._live(t.id) or t for t in items]
         return live, total
 
     async def start_task(self, task_id: str) -> Task:
@@ -197,8 +202,8 @@ class Manager:
                 raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
             return task
         task = lifecycle.start(task, self.clock.now())
-        await self.store.save_tasks([task])
         self._pending[task.id] = task
+        await self.journal.write([task])
         self._kick.set()
         return task
 
@@ -215,9 +220,8 @@ class Manager:
             if entry is not None:
                 entry.tasks.pop(task_id, None)
                 await self._send(task.worker_id, "task.stop", StopTasks(task_ids=[task_id]))
-        await self.store.save_tasks([stopped])
-        self._resolve([stopped])
         self._kick.set()
+        await self.journal.write([stopped], then=lambda: self._resolve([stopped]))
         return stopped
 
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
@@ -228,24 +232,29 @@ class Manager:
         if "limits" in changes:
             changes["limits"] = patch.limits
         task = task.model_copy(update={**changes, "updated_at": self.clock.now()})
-        await self.store.save_tasks([task])
+        await self.journal.write([task])
         return task
 
     async def delete_task(self, task_id: str) -> None:
         task = await self.get(task_id)
         if not task.terminal:
             await self.stop_task(task_id)
+        await self.journal.commit()
         await self.store.delete_task(task_id)
 
-    async def wait(self, task_id: str, timeout: float) -> Task:
-        """The task once it has ended, or as it is when ``timeout`` runs out."""
-        task = await self.get(task_id)
-        if task.terminal or timeout <= 0:
-            return task
+    async def wait(self, task_id: str, wait_s: float) -> Task:
+        """The task once it has ended, or as it is when ``wait_s`` runs out."""
+        if wait_s <= 0:
+            return await self.get(task_id)
+        # Register before reading: an end that lands while the read awaits the store
+        # then still wakes us instead of being missed.
         future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters[task_id].append(future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            task = await self.get(task_id)
+            if task.terminal:
+                return task
+            return await asyncio.wait_for(future, wait_s)
         except TimeoutError:
             return await self.get(task_id)
         finally:
@@ -254,6 +263,14 @@ class Manager:
                 waiters.remove(future)
                 if not waiters:
                     del self._waiters[task_id]
+
+    def _live(self, task_id: str) -> Task | None:
+        """The manager's newest version of a task, if newer than the store's."""
+        return (
+            self._pending.get(task_id)
+            or self._active.get(task_id)
+            or self.journal.unwritten(task_id)
+        )
 
     def task_counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -306,6 +323,9 @@ class Manager:
             log.warning("bad message", extra={"topic": topic, "error": exc.detail})
             return
         worker_id = where[0]
+        entry = self.registry.get(worker_id)
+        if entry is not None and entry.online:
+            entry.last_seen = self.clock.monotonic()  # any message is a sign of life
         if isinstance(body, Hello):
             await self._on_hello(worker_id, body)
         elif isinstance(body, Alive):
@@ -348,7 +368,9 @@ class Manager:
         await self._send(
             worker_id,
             "welcome",
-            Welcome(worker_id=worker_id, session=hello.session, heartbeat_s=self.settings.heartbeat_s),
+            Welcome(
+                worker_id=worker_id, session=hello.session, heartbeat_s=self.settings.heartbeat_s
+            ),
             topic=self.topics.welcome(worker_id),
         )
         self._kick.set()
@@ -372,17 +394,18 @@ class Manager:
             log.info("worker back online", extra={"worker_id": worker_id})
             self._kick.set()
         entry.worker = entry.worker.model_copy(update=update)
-        # Tasks sent long enough ago that the worker must have seen them, yet it does not
-        # report them: the command was lost (e.g. across a manager restart).
-        grace = 2 * self.settings.heartbeat_s
+        if alive.epoch != self._epoch:
+            return
+        # Tasks sent in a command the worker has acknowledged seeing, yet it does not
+        # report them: they are gone (e.g. the worker dropped them while restarting).
         reported = set(alive.active)
         missing = [
-            tid
-            for tid, r in entry.tasks.items()
-            if tid not in reported and mono - r.dispatched_at > grace
+            tid for tid, r in entry.tasks.items() if r.seq <= alive.seq and tid not in reported
         ]
         if missing:
-            await self._lose_tasks(entry, f"worker {worker_id} does not know the task", only=missing)
+            await self._lose_tasks(
+                entry, f"worker {worker_id} does not know the task", only=missing
+            )
 
     async def _on_events(self, worker_id: str, events: Iterable[TaskEvent]) -> None:
         now = self.clock.now()
@@ -409,11 +432,15 @@ class Manager:
             if new.state == "pending":
                 self._pending[new.id] = new
         if changed:
-            await self.store.save_tasks(list(changed.values()))
-            self._resolve(changed.values())
             self._kick.set()
-        if acks:
-            await self._send(worker_id, "task.ack", AckEvents(keys=acks))
+
+        async def after() -> None:
+            # Only once the results are durable may the worker forget them.
+            self._resolve(changed.values())
+            if acks:
+                await self._send(worker_id, "task.ack", AckEvents(keys=acks))
+
+        self.journal.write(changed.values(), then=after)
 
     # ------------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:
@@ -434,7 +461,7 @@ class Manager:
         return max(0.01, min(later) - now) if later else None
 
     async def _schedule_once(self) -> None:
-        now, mono = self.clock.now(), self.clock.monotonic()
+        now = self.clock.now()
         due = [t for t in self._pending.values() if t.not_before <= now]
         if not due:
             return
@@ -476,16 +503,23 @@ class Manager:
             )
             self._active[task.id] = task
             by_worker[worker_id].append(task)
-        await self.store.save_tasks([t for tasks in by_worker.values() for t in tasks])
+        batches = []
         for worker_id, tasks in by_worker.items():
             entry = self.registry.get(worker_id)
-            if entry is None:
-                continue
-            for task in tasks:
-                entry.tasks[task.id] = self._reservation(task, dispatched_at=mono)
-            await self._dispatch(entry, tasks)
+            if entry is not None:
+                entry.sent_seq += 1
+                for task in tasks:
+                    entry.tasks[task.id] = self._reservation(task, seq=entry.sent_seq)
+                batches.append((entry, entry.sent_seq, tasks))
 
-    async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
+        async def dispatch() -> None:
+            # A task is recorded as scheduled before any worker may start it.
+            for entry, seq, tasks in batches:
+                await self._dispatch(entry, seq, tasks)
+
+        self.journal.write([t for tasks in by_worker.values() for t in tasks], then=dispatch)
+
+    async def _dispatch(self, entry: WorkerEntry, seq: int, tasks: list[Task]) -> None:
         assignments = []
         for task in tasks:
             inline = None
@@ -513,12 +547,13 @@ class Manager:
                 )
             )
         self.stats.dispatched += len(assignments)
-        await self._send(entry.worker.id, "task.start", StartTasks(tasks=assignments))
+        start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq)
+        await self._send(entry.worker.id, "task.start", start)
 
     @staticmethod
-    def _reservation(task: Task, dispatched_at: float) -> Reservation:
+    def _reservation(task: Task, seq: int) -> Reservation:
         return Reservation(
-            dispatched_at=dispatched_at,
+            seq=seq,
             cpu=task.constraints.cpu or 0.0,
             memory_mb=task.constraints.memory_mb or 0,
         )
@@ -532,9 +567,10 @@ class Manager:
             mono = self.clock.monotonic()
             for entry in self.registry.entries():
                 if entry.online and mono - entry.last_seen > deadline:
+                    missed = self.settings.missed_beats
                     try:
                         await self._mark_offline(
-                            entry, f"worker {entry.worker.id} missed {self.settings.missed_beats} heartbeats"
+                            entry, f"worker {entry.worker.id} missed {missed} heartbeats"
                         )
                     except Exception:
                         log.exception("marking a worker offline failed")
@@ -565,9 +601,8 @@ class Manager:
             changed.append(new)
         if changed:
             log.warning("tasks lost", extra={"worker_id": entry.worker.id, "count": len(changed)})
-            await self.store.save_tasks(changed)
-            self._resolve(changed)
             self._kick.set()
+            self.journal.write(changed, then=lambda: self._resolve(changed))
 
     # ------------------------------------------------------------------ helpers
     def _resolve(self, tasks: Iterable[Task]) -> None:

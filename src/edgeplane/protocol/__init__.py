@@ -3,11 +3,11 @@
 from edgeplane.protocol.codec import Envelope, decode, encode
 from edgeplane.protocol.messages import (
     AckEvents,
-    EventKey,
-    Reregister,
     Alive,
     Assignment,
+    EventKey,
     Hello,
+    Reregister,
     StartTasks,
     StopTasks,
     TaskEvent,
@@ -19,12 +19,12 @@ from edgeplane.protocol.topics import Topics
 
 __all__ = [
     "AckEvents",
-    "EventKey",
-    "Reregister",
     "Alive",
     "Assignment",
     "Envelope",
+    "EventKey",
     "Hello",
+    "Reregister",
     "StartTasks",
     "StopTasks",
     "TaskEvent",

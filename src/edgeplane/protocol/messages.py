@@ -38,6 +38,10 @@ class Alive(_Body):
     session: str = ""
     active: list[str] = Field(default_factory=list)
     usage: Usage | None = None
+    #: (epoch, seq) of the last ``task.start`` received: every task sent up to it must be
+    #: in ``active``, so the manager can tell a lost command from one still in flight.
+    epoch: str = ""
+    seq: int = 0
 
 
 class Assignment(_Body):
@@ -64,6 +68,8 @@ class Assignment(_Body):
 
 class StartTasks(_Body):
     tasks: list[Assignment]
+    epoch: str = ""
+    seq: int = 0
 
 
 class StopTasks(_Body):

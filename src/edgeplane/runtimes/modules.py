@@ -166,7 +166,9 @@ def check_call(
     """
     if mode == "wasi":
         if "_start" not in sigs:
-            raise Invalid("module has no _start export, so it cannot run in wasi mode", field="file")
+            raise Invalid(
+                "module has no _start export, so it cannot run in wasi mode", field="file"
+            )
         return []
     if mode != "function":
         raise Invalid(f"unknown mode {mode!r}; use 'function' or 'wasi'", field="mode")
@@ -279,7 +281,9 @@ class ModuleCache:
         module = self._from_disk(digest)
         if module is None:
             if data is None:
-                raise NotFound(f"module {digest} is not cached and no bytes were given", field="file")
+                raise NotFound(
+                    f"module {digest} is not cached and no bytes were given", field="file"
+                )
             if hashlib.sha256(data).hexdigest() != digest:
                 raise Invalid(f"module bytes do not match digest {digest}", field="file")
             module = _compile(self.engine, data)

@@ -27,12 +27,13 @@ from edgeplane.scheduling.snapshot import Plan, TaskDemand, WorkerView
 STRATEGIES: tuple[str, ...] = ("round-robin", "priority", "resource-fit")
 
 _ring_key = attrgetter("order", "id")
+_order = attrgetter("order")
 _fifo_key = attrgetter("seq")
 
 
 def _ring(workers: Sequence[WorkerView]) -> list[WorkerView]:
     """Workers by ``order`` (then id); callers usually pass them sorted already."""
-    orders = [w.order for w in workers]
+    orders = list(map(_order, workers))
     if all(map(lt, orders, orders[1:])):
         return list(workers)
     return sorted(workers, key=_ring_key)
@@ -44,17 +45,21 @@ def _priority_key(task: TaskDemand) -> tuple[int, float]:
 
 @dataclass
 class _Group:
-    """The workers matching one requirement; ``live`` drops workers seen without slots."""
+    """Ring positions of the workers matching one requirement, ascending.
+
+    ``live`` loses the workers round-robin finds without a free slot, so a long batch
+    does not step over the same full workers again and again.
+    """
 
     eligible: list[int]
     live: list[int]
-    orders: list[int]
     failed: dict[tuple[float, int], str] = field(default_factory=dict)
 
 
 class _Placer:
     def __init__(self, workers: Sequence[WorkerView]) -> None:
         self.ring = _ring(workers)
+        self.orders = list(map(_order, self.ring))
         self.capacity = Capacity(self.ring)
         self.groups: dict[Requirement, _Group] = {}
         self._by_id: dict[str, int] | None = None
@@ -70,8 +75,7 @@ class _Placer:
         found = self.groups.get(req)
         if found is None:
             eligible = self._eligible(req)
-            orders = [self.ring[pos].order for pos in eligible]
-            found = self.groups[req] = _Group(eligible, list(eligible), orders)
+            found = self.groups[req] = _Group(eligible, list(eligible))
         return found
 
     def _eligible(self, req: Requirement) -> list[int]:
@@ -82,15 +86,15 @@ class _Placer:
 
     def next_in_ring(self, group: _Group, cursor: int) -> int | None:
         """The first worker with a free slot at or after ``cursor``, wrapping around."""
-        live, orders, slots = group.live, group.orders, self.capacity.slots
-        at = bisect_left(orders, cursor)
+        live, slots = group.live, self.capacity.slots
+        at = bisect_left(live, bisect_left(self.orders, cursor))
         while live:
             if at >= len(live):
                 at = 0
             pos = live[at]
             if slots[pos] > 0:
                 return pos
-            del live[at], orders[at]
+            del live[at]
         return None
 
     def best_fit(self, group: _Group, cpu: float, memory_mb: int, *, pack: bool) -> int | None:

@@ -26,7 +26,9 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def ensure_admin_token(store: Store, data_dir: Path, given: str | None, now: float) -> Path | None:
+async def ensure_admin_token(
+    store: Store, data_dir: Path, given: str | None, now: float
+) -> Path | None:
     """Make the admin token valid. Returns the file holding it, or None when it came from env.
 
     ``given`` (``$EDGEPLANE_ADMIN_TOKEN``) wins; else ``<data-dir>/admin-token`` is reused or
@@ -37,18 +39,25 @@ async def ensure_admin_token(store: Store, data_dir: Path, given: str | None, no
         secret = given
     else:
         path = data_dir / ADMIN_TOKEN_FILE
-        if path.exists():
-            secret = path.read_text().strip()
-        else:
-            secret = generate()
-            data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secret + "\n")
+        secret = _read_or_create(path)
     await store.save_token(
-        TokenRecord(id="admin", user="admin", role="admin", secret_hash=digest(secret), created_at=now)
+        TokenRecord(
+            id="admin", user="admin", role="admin", secret_hash=digest(secret), created_at=now
+        )
     )
     return path
+
+
+def _read_or_create(path: Path) -> str:
+    """The secret kept in ``path``, created (mode 0600) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
 
 
 class TokenChecker:

@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, func, select, text
+from sqlalchemy import Row, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
@@ -110,7 +110,7 @@ def _task_row(task: Task) -> dict[str, Any]:
     }
 
 
-def _token(row: Any) -> TokenRecord:
+def _token(row: Row[Any]) -> TokenRecord:
     return TokenRecord(
         id=row.id,
         user=row.user,
@@ -162,6 +162,8 @@ class SqlStore(Store):
         return self._url.render_as_string(hide_password=True)
 
     async def open(self) -> None:
+        if self._engine is not None:
+            return
         engine = self._create_engine()
         try:
             async with engine.begin() as conn:
@@ -169,7 +171,7 @@ class SqlStore(Store):
                     lock = text("SELECT pg_advisory_xact_lock(:key)")
                     await conn.execute(lock, {"key": _MIGRATION_LOCK})
                 if self._schema is not None:
-                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"'))
+                    await self._create_schema(conn, self._schema)
                 await conn.run_sync(_migrate)
         except (OSError, OperationalError, InterfaceError) as exc:
             await engine.dispose()
@@ -178,6 +180,13 @@ class SqlStore(Store):
             await engine.dispose()
             raise
         self._engine = engine
+
+    @staticmethod
+    async def _create_schema(conn: AsyncConnection, schema: str) -> None:
+        # Look first: CREATE needs a privilege a production role may rightly lack.
+        exists = text("SELECT 1 FROM pg_namespace WHERE nspname = :name")
+        if (await conn.execute(exists, {"name": schema})).first() is None:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
     def _create_engine(self) -> AsyncEngine:
         if not self._sqlite:
@@ -246,9 +255,9 @@ class SqlStore(Store):
             async with self._writing() as conn:
                 await self._insert_tasks.run(conn, rows)
         except IntegrityError:
-            raise Conflict(
-                f"task ids already exist: {', '.join(await self._taken_ids(tasks))}", field="id"
-            ) from None
+            taken = await self._taken_ids(tasks)
+            detail = f"task ids already exist: {', '.join(taken)}" if taken else "task id taken"
+            raise Conflict(detail, field="id") from None
 
     async def _taken_ids(self, tasks: Sequence[Task]) -> list[str]:
         """Ids of ``tasks`` that are stored already or repeated in the batch (for errors)."""

@@ -85,6 +85,11 @@ class MosquittoProcess:
     def url(self) -> str:
         return f"mqtt://{HOST}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The child's pid (also its process group id) while it runs."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self) -> str:
         """Spawn and wait until the port accepts connections; ``Unavailable`` otherwise."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from typing import Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeplane.errors import Invalid, Unavailable
 
@@ -38,13 +39,19 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 # aiomqtt's publish() awaits its QoS 1 PUBACK, so one sender coroutine means one message
 # per round trip. SENDERS coroutines keep that many publishes in flight (paho's own
-# in-flight window is raised to match). Measured on the 2-core dev box against a nodelay
-# Mosquitto, 20k QoS 1 messages of 100 B: 1 sender ~2.9k msgs/s, 8 ~7.5k, 32 ~9.5k,
-# 64 ~9.6k, 128 ~9.2k; 32 is the knee. Wire order is kept: a sender takes a message
+# in-flight window is raised to match). Measured on the 2-core dev box, one link
+# publishing 20k QoS 1 messages of 100 B to a nodelay Mosquitto (noisy, shared box):
+# 1 sender ~2.1-2.8k msgs/s; 8, 16 and 32 senders ~4.4-7.5k (a plateau: the cost is
+# then paho/asyncio CPU per message, not waiting); 64 no better; 128 worse (~2.7-3.3k).
+# 16 sits on the plateau. More throughput comes from batching logical messages into one
+# MQTT message (DESIGN §8). Wire order is kept: a sender takes a message from the outbox
 # and hands it to paho without yielding in between.
-SENDERS = 32
+SENDERS = 16
 
 FIRST_BACKOFF_S = 0.1
+# A broker that took the connection but acknowledges nothing for this long is treated as
+# gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
+ACK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,13 @@ class _Outgoing:
     payload: bytes
     qos: int
     retain: bool
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and its direct cause: aiomqtt wraps the socket error that says why."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    return f"{text} ({_describe(cause)})" if cause is not None else text
 
 
 def _check_topic(topic: str) -> None:
@@ -192,15 +206,18 @@ class MqttLink:
         dispatch = asyncio.create_task(self._dispatch(), name=f"mqtt-dispatch:{self.client_id}")
         self._tasks = [run, dispatch]
         up = asyncio.create_task(self.connected.wait())
+        ready = False
         try:
             await asyncio.wait(
                 {up, run}, timeout=self._connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
+            ready = self.connected.is_set()
         finally:
             up.cancel()
             await asyncio.gather(up, return_exceptions=True)
-        if not self.connected.is_set():
-            await self._cancel_tasks()
+            if not ready:
+                await self._cancel_tasks()
+        if not ready:
             raise Unavailable(
                 f"cannot reach MQTT broker {self.broker} within {self._connect_timeout_s:g} s: "
                 f"{self._last_error}",
@@ -297,7 +314,7 @@ class MqttLink:
             will=will,
             clean_session=self._clean_session,
             keepalive=self._keepalive,
-            timeout=self._connect_timeout_s,
+            timeout=ACK_TIMEOUT_S,
             max_inflight_messages=SENDERS,
             socket_options=[NODELAY],
         )
@@ -316,8 +333,17 @@ class MqttLink:
                     was_up = True
                     attempt = 0
                     await self._session(client)
-            except* (aiomqtt.MqttError, OSError) as group:
-                self._last_error = str(group.exceptions[0]) or type(group.exceptions[0]).__name__
+            except* aiomqtt.MqttError as group:
+                self._last_error = _describe(group.exceptions[0])
+            except* Exception as group:
+                # A bug rather than the network; keep the link alive all the same.
+                self._last_error = _describe(group.exceptions[0])
+                log.error(
+                    "mqtt link %s session failed",
+                    self.client_id,
+                    exc_info=group,
+                    extra={"client_id": self.client_id, "broker": self.broker},
+                )
             finally:
                 self.connected.clear()
             delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
@@ -343,7 +369,20 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         if self._subscriptions:
-            await client.subscribe([(topic, 1) for topic in self._subscriptions])
+            codes = await client.subscribe([(topic, 1) for topic in self._subscriptions])
+            refused = [
+                topic
+                for topic, code in zip(self._subscriptions, codes, strict=False)
+                if isinstance(code, ReasonCode) and code.is_failure
+            ]
+            if refused:
+                # Usually an ACL: nothing arrives on these topics; retrying will not help.
+                log.warning(
+                    "mqtt broker %s refused subscriptions %s",
+                    self.broker,
+                    refused,
+                    extra={"client_id": self.client_id, "broker": self.broker, "topics": refused},
+                )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive(client))
             for _ in range(SENDERS):

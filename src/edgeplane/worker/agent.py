@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, TaskFailure
+from edgeplane.model import Capabilities
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
+#: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
+DEFAULT_SLOTS_PER_CPU = 8
 
 
 @dataclass
@@ -128,7 +131,7 @@ class WorkerAgent:
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
-        self.slots = options.slots or max(4, 2 * (psutil.cpu_count() or 1))
+        self.slots = options.slots or DEFAULT_SLOTS_PER_CPU * (psutil.cpu_count() or 1)
         self.heartbeat_s = options.heartbeat_s
         self.stats = WorkerStats()
         self.registered = asyncio.Event()
@@ -139,6 +142,7 @@ class WorkerAgent:
         self._outbox: list[TaskEvent] = []
         self._flush = asyncio.Event()
         self._closing = False
+        self._epoch, self._seq = "", 0
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
         self.link = MqttLink(
@@ -183,7 +187,7 @@ class WorkerAgent:
         for runtime in self.runtimes.values():
             await runtime.close()
 
-    def capabilities(self) -> capabilities.Capabilities:
+    def capabilities(self) -> Capabilities:
         return capabilities.detect(
             runtimes=self.runtimes,
             labels=self.options.labels,
@@ -213,6 +217,9 @@ class WorkerAgent:
             log.warning("bad message", extra={"topic": topic, "error": exc.detail})
             return
         if isinstance(body, StartTasks):
+            if body.epoch != self._epoch:
+                self._epoch, self._seq = body.epoch, 0
+            self._seq = max(self._seq, body.seq)
             for spec in body.tasks:
                 self._accept(spec)
         elif isinstance(body, StopTasks):
@@ -253,16 +260,24 @@ class WorkerAgent:
     async def _execute(self, run: _Run) -> None:
         spec = run.spec
         self.stats.started += 1
-        self._emit(TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=self.clock.now()))
+        self._emit(
+            TaskEvent(
+                task_id=spec.task_id, attempt=spec.attempt, state="running", ts=self.clock.now()
+            )
+        )
         try:
             outcome = await self._run(run)
         except asyncio.CancelledError:
             outcome = Outcome(state="cancelled", error="stopped")
         except Exception as exc:  # a runtime bug must not take the worker down
             log.exception("runtime error", extra={"task_id": spec.task_id})
-            outcome = Outcome(state="failed", error=f"internal runtime error: {exc}", transient=True)
+            outcome = Outcome(
+                state="failed", error=f"internal runtime error: {exc}", transient=True
+            )
         if run.stopped and outcome.state != "cancelled":
-            outcome = Outcome(state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr)
+            outcome = Outcome(
+                state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
+            )
         if self._runs.get(spec.task_id) is run:
             del self._runs[spec.task_id]
         self.stats.finished += 1
@@ -285,7 +300,9 @@ class WorkerAgent:
         spec = run.spec
         runtime = self.runtimes.get(spec.runtime)
         if runtime is None:
-            return Outcome(state="failed", error=f"runtime {spec.runtime!r} is not enabled on this worker")
+            return Outcome(
+                state="failed", error=f"runtime {spec.runtime!r} is not enabled on this worker"
+            )
         try:
             artifact = self._artifact(spec)
         except Invalid as exc:
@@ -309,10 +326,10 @@ class WorkerAgent:
                 raise Invalid("artifact is not valid base64", field="artifact") from None
             self.artifacts.put(spec.artifact, data)
             return data
-        data = self.artifacts.get(spec.artifact)
-        if data is None:
+        cached = self.artifacts.get(spec.artifact)
+        if cached is None:
             raise Invalid(f"artifact_missing: {spec.artifact}", field="artifact")
-        return data
+        return cached
 
     async def _stop_run(self, run: _Run) -> None:
         run.stopped = True
@@ -338,7 +355,9 @@ class WorkerAgent:
         # Everything produced since the last flush goes in one message.
         batch, self._outbox = self._outbox, []
         if batch:
-            await self._publish(self.topics.events(self.id), "task.events", TaskEvents(events=batch))
+            await self._publish(
+                self.topics.events(self.id), "task.events", TaskEvents(events=batch)
+            )
 
     def _resend_unacked(self, older_than: float) -> None:
         mono = self.clock.monotonic()
@@ -353,6 +372,8 @@ class WorkerAgent:
                 session=self.session,
                 active=self._active(),
                 usage=capabilities.usage(self._process),
+                epoch=self._epoch,
+                seq=self._seq,
             )
             await self._publish(self.topics.alive(self.id), "alive", alive)
             self._resend_unacked(older_than=self.heartbeat_s)

@@ -35,7 +35,7 @@ def detect_accelerators(dev: Path = Path("/dev")) -> list[str]:
 
 
 def _addresses() -> list[str]:
-    found = []
+    found: list[str] = []
     for name, addrs in psutil.net_if_addrs().items():
         if name == "lo":
             continue

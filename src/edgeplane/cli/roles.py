@@ -1,0 +1,211 @@
+"""The role commands: ``edgeplane up``, ``edgeplane manager`` and ``edgeplane worker``.
+
+Each one turns its flags into :class:`edgeplane.config.Settings` (flags > env > file >
+defaults; a flag not given stays None so it does not hide env or file) and hands over to
+``edgeplane.roles.<role>``, imported only when the command runs so ``--help`` stays fast
+(the roles pull in uvicorn, FastAPI, wasmtime…).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from edgeplane.cli.tasks import pairs
+from edgeplane.errors import Invalid
+
+if TYPE_CHECKING:
+    from edgeplane.config import Settings
+
+
+class Scheduler(StrEnum):
+    round_robin = "round-robin"
+    priority = "priority"
+    resource_fit = "resource-fit"
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", exists=True, dir_okay=False, help="YAML file of settings (below flags, env)."
+    ),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="State directory (default ~/.edgeplane).")
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(help="sqlite:///PATH, postgresql://HOST/DB or memory:// (default SQLite)."),
+]
+HostOption = Annotated[str | None, typer.Option(help="Address the REST API listens on.")]
+PortOption = Annotated[int | None, typer.Option(min=0, max=65535, help="REST API port.")]
+SchedulerOption = Annotated[Scheduler | None, typer.Option(help="Placement strategy.")]
+HeartbeatOption = Annotated[
+    float | None, typer.Option("--heartbeat-s", min=0.001, help="Worker heartbeat period, s.")
+]
+AllowHostOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-host/--no-allow-host",
+        help="Let workers run host commands (off unless enabled).",
+        show_default=False,
+    ),
+]
+ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
+DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
+LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
+
+
+def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
+    from pydantic import ValidationError
+
+    from edgeplane.config import load
+
+    if isinstance(flags.get("scheduler"), Scheduler):
+        flags["scheduler"] = flags["scheduler"].value
+    try:
+        return load(flags, config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Invalid(f"{where}: {first['msg']}", field=where) from None
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    import asyncio  # not at the top: it costs ``--help`` a tenth of a second
+
+    asyncio.run(main)
+
+
+def up(
+    data_dir: DataDirOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Local workers (default 2).")] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT; default: start one in-process.")
+    ] = None,
+    store: StoreOption = None,
+    scheduler: SchedulerOption = None,
+    allow_host: AllowHostOption = None,
+    heartbeat_s: HeartbeatOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run everything on this machine: broker, store, API, a manager and local workers.
+
+    Prints the API URL and where the admin token is; `edgeplane task …` then finds both.
+    """
+    flags = {
+        "data_dir": data_dir,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "broker": broker,
+        "store": store,
+        "scheduler": scheduler,
+        "allow_host": allow_host,
+        "heartbeat_s": heartbeat_s,
+        "log_level": log_level,
+    }
+    from edgeplane.roles.up import run_up
+
+    _run(run_up(_settings(flags, config)))
+
+
+def manager(
+    broker: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT of the cluster broker (required).")
+    ] = None,
+    store: StoreOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    cluster_id: ClusterOption = None,
+    domain: DomainOption = None,
+    scheduler: SchedulerOption = None,
+    pack: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack/--spread", help="resource-fit: bin-pack or spread.", show_default=False
+        ),
+    ] = None,
+    heartbeat_s: HeartbeatOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a cluster manager (tasks, scheduling, liveness) with its REST API."""
+    flags = {
+        "broker": broker,
+        "store": store,
+        "host": host,
+        "port": port,
+        "cluster_id": cluster_id,
+        "domain": domain,
+        "scheduler": scheduler,
+        "pack": pack,
+        "heartbeat_s": heartbeat_s,
+        "data_dir": data_dir,
+        "log_level": log_level,
+    }
+    settings = _settings(flags, config)
+    if not settings.broker:  # checked here too, to fail before importing the server stack
+        raise typer.BadParameter(
+            "the manager needs its broker: mqtt://HOST:PORT", param_hint="--broker"
+        )
+    from edgeplane.roles.manager import run_manager
+
+    _run(run_manager(settings))
+
+
+def worker(
+    ctx: typer.Context,
+    manager: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT: the broker of the cluster to join.")
+    ] = None,
+    cluster_id: ClusterOption = None,
+    domain: DomainOption = None,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Stable id (default: generated, kept).")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
+    slots: Annotated[
+        int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
+    ] = None,
+    allow_host: AllowHostOption = None,
+    data_dir: DataDirOption = None,
+    heartbeat_s: HeartbeatOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a worker: `edgeplane worker --manager mqtt://HOST:PORT`. It only dials out."""
+    flags = {
+        "broker": manager,
+        "cluster_id": cluster_id,
+        "domain": domain,
+        "slots": slots,
+        "allow_host": allow_host,
+        "data_dir": data_dir,
+        "heartbeat_s": heartbeat_s,
+        "log_level": log_level,
+    }
+    if ctx.invoked_subcommand is not None:
+        if any(v is not None for v in flags.values()) or worker_id or label or config:
+            raise typer.BadParameter(
+                f"worker options run a worker; `worker {ctx.invoked_subcommand}` takes none"
+            )
+        return
+    labels = pairs(label, "--label")
+    settings = _settings(flags, config)
+    if not settings.broker:
+        raise typer.BadParameter(
+            "give the cluster broker to join (or a subcommand: list, get, drain, delete)",
+            param_hint="--manager",
+        )
+    from edgeplane.roles.worker import run_worker
+
+    _run(run_worker(settings, worker_id=worker_id, labels=labels))

@@ -1,0 +1,210 @@
+"""One conformance suite for every runtime (DESIGN §6.2): wasm, host and fake.
+
+Each runtime brings a kit of four kinds of task: one that completes with known results,
+one that fails, one that runs until stopped or timed out, and one whose spec is bad
+(``start`` must raise :class:`TaskFailure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeplane.errors import NotFound, TaskFailure
+from edgeplane.model import Limits
+from edgeplane.protocol import Assignment
+from edgeplane.runtimes import FakeRuntime, Handle, HostRuntime, Runtime, WasmRuntime
+from wasm_fixtures import digest, math_wasm
+
+pytestmark = pytest.mark.timeout(30)
+
+Task = tuple[Assignment, bytes | None]
+
+
+@dataclass(frozen=True)
+class Kit:
+    runtime: Runtime
+    ok: Callable[[str], Task]
+    expected: Any
+    fail: Callable[[str], Task]
+    sleep: Callable[[str, float | None], Task]
+    bad: Callable[[str], Task]
+
+
+def _wasm_kit(tmp: Path) -> Kit:
+    module = math_wasm()
+
+    def task(task_id: str, export: str, inputs: list[Any], timeout: float | None = None) -> Task:
+        spec = Assignment(
+            task_id=task_id,
+            attempt=1,
+            runtime="wasm",
+            name=export,
+            entrypoint=export,
+            artifact=digest(module),
+            inputs=inputs,
+            limits=Limits(timeout_s=timeout),
+        )
+        return spec, module
+
+    return Kit(
+        runtime=WasmRuntime(cache_dir=tmp / "wasm"),
+        ok=lambda tid: task(tid, "add", [2, 3]),
+        expected=[5],
+        fail=lambda tid: task(tid, "trap", []),
+        sleep=lambda tid, timeout: task(tid, "spin", [], timeout),
+        bad=lambda tid: task(tid, "missing", []),
+    )
+
+
+def _host_kit(tmp: Path) -> Kit:
+    def task(task_id: str, command: list[str] | None, timeout: float | None = None) -> Task:
+        spec = Assignment(
+            task_id=task_id,
+            attempt=1,
+            runtime="host",
+            name="cmd",
+            command=command,
+            limits=Limits(timeout_s=timeout),
+        )
+        return spec, None
+
+    return Kit(
+        runtime=HostRuntime(base_dir=tmp / "host", grace_s=0.5),
+        ok=lambda tid: task(tid, ["sh", "-c", "echo hello"]),
+        expected={"stdout": "hello\n", "exit_code": 0},
+        fail=lambda tid: task(tid, ["sh", "-c", "exit 3"]),
+        sleep=lambda tid, timeout: task(tid, ["sleep", "30"], timeout),
+        bad=lambda tid: task(tid, []),
+    )
+
+
+def _fake_kit(tmp: Path) -> Kit:
+    def task(task_id: str, name: str, timeout: float | None = None) -> Task:
+        spec = Assignment(
+            task_id=task_id,
+            attempt=1,
+            runtime="fake",
+            name=name,
+            inputs=[1, "a"],
+            limits=Limits(timeout_s=timeout),
+        )
+        return spec, None
+
+    return Kit(
+        runtime=FakeRuntime(),
+        ok=lambda tid: task(tid, "echo"),
+        expected=[1, "a"],
+        fail=lambda tid: task(tid, "fail"),
+        sleep=lambda tid, timeout: task(tid, "sleep", timeout),
+        bad=lambda tid: task(tid, "invalid"),
+    )
+
+
+KITS = {"wasm": _wasm_kit, "host": _host_kit, "fake": _fake_kit}
+
+
+@pytest.fixture(params=sorted(KITS))
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    made = KITS[request.param](tmp_path)
+    yield made
+    await made.runtime.close()
+
+
+async def run(kit: Kit, task: Task) -> tuple[Handle, Any]:
+    handle = await kit.runtime.start(*task)
+    return handle, await kit.runtime.wait(handle)
+
+
+async def test_fingerprint_describes_the_runtime(kit: Kit) -> None:
+    assert isinstance(kit.runtime.fingerprint(), dict)
+
+
+async def test_completed_with_results(kit: Kit) -> None:
+    handle, outcome = await run(kit, kit.ok("t1"))
+    assert (handle.task_id, handle.attempt, handle.runtime) == ("t1", 1, kit.runtime.name)
+    assert outcome.state == "completed"
+    assert outcome.results == kit.expected
+    assert outcome.error is None
+
+
+async def test_failure_is_an_outcome_with_an_error(kit: Kit) -> None:
+    _, outcome = await run(kit, kit.fail("t1"))
+    assert outcome.state == "failed"
+    assert outcome.error
+
+
+async def test_bad_spec_raises_task_failure(kit: Kit) -> None:
+    with pytest.raises(TaskFailure):
+        await kit.runtime.start(*kit.bad("t1"))
+
+
+async def test_timeout_fails_the_attempt(kit: Kit) -> None:
+    _, outcome = await run(kit, kit.sleep("t1", 0.3))
+    assert outcome.state == "failed"
+    assert outcome.error is not None
+    assert "timeout" in outcome.error
+
+
+async def test_stop_cancels_and_inspect_tracks_running(kit: Kit) -> None:
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    assert kit.runtime.inspect(handle)["running"] is True
+    await kit.runtime.stop(handle)
+    assert kit.runtime.inspect(handle)["running"] is False
+    outcome = await kit.runtime.wait(handle)
+    assert outcome.state == "cancelled"
+
+
+async def test_stop_is_idempotent(kit: Kit) -> None:
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    await kit.runtime.stop(handle)
+    await kit.runtime.stop(handle)
+    assert (await kit.runtime.wait(handle)).state == "cancelled"
+    await kit.runtime.stop(handle)
+
+    done, outcome = await run(kit, kit.ok("t2"))
+    assert outcome.state == "completed"
+    await kit.runtime.stop(done)
+
+
+async def test_stats_while_running(kit: Kit) -> None:
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    stats = await kit.runtime.stats(handle)
+    assert isinstance(stats, dict)
+    assert all(isinstance(value, float) for value in stats.values())
+    await kit.runtime.stop(handle)
+    await kit.runtime.wait(handle)
+
+
+async def test_wait_on_unknown_handle_raises_not_found(kit: Kit) -> None:
+    with pytest.raises(NotFound):
+        await kit.runtime.wait(Handle("nope", 1, kit.runtime.name))
+    assert kit.runtime.inspect(Handle("nope", 1, kit.runtime.name)) == {"running": False}
+
+
+async def test_recover_of_nothing_is_none(kit: Kit) -> None:
+    assert await kit.runtime.recover({}) is None
+
+
+async def test_several_tasks_at_once(kit: Kit) -> None:
+    sleeper = await kit.runtime.start(*kit.sleep("sleeper", None))
+    handles = [await kit.runtime.start(*kit.ok(f"t{i}")) for i in range(8)]
+    failing = await kit.runtime.start(*kit.fail("failing"))
+    outcomes = await asyncio.gather(*(kit.runtime.wait(h) for h in handles))
+    assert [o.state for o in outcomes] == ["completed"] * 8
+    assert all(o.results == kit.expected for o in outcomes)
+    assert (await kit.runtime.wait(failing)).state == "failed"
+    assert kit.runtime.inspect(sleeper)["running"] is True
+    await kit.runtime.stop(sleeper)
+    assert (await kit.runtime.wait(sleeper)).state == "cancelled"
+
+
+async def test_close_cancels_what_still_runs(kit: Kit) -> None:
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    await kit.runtime.close()
+    assert kit.runtime.inspect(handle)["running"] is False

@@ -1,0 +1,330 @@
+"""One store suite run against every backend: memory, SQLite (a file) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.model import Task, Worker
+from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, open_store
+from edgeplane.store.tables import metadata
+from store_fixtures import (
+    BACKEND_PARAMS,
+    StoreFactory,
+    fresh_pg_url,
+    make_store,
+    pg_schema,
+    sqlite_url,
+    store,
+    store_backend,
+)
+
+__all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used by name
+
+DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
+
+
+def task(task_id: str, created_at: float, **fields: object) -> Task:
+    return Task.model_validate({"id": task_id, "created_at": created_at, **fields})
+
+
+async def test_add_and_get_hand_out_copies(store: Store) -> None:
+    original = task("a", 1.0, name="add", inputs=[2, 3], metadata={"k": [1]}, job_id="j")
+    await store.add_tasks([original])
+    original.metadata["k"].append(2)
+
+    got = await store.get_task("a")
+    assert got == task("a", 1.0, name="add", inputs=[2, 3], metadata={"k": [1]}, job_id="j")
+    assert got is not None
+    got.inputs.append(4)
+    got.state = "running"
+    assert await store.get_task("a") == task(
+        "a", 1.0, name="add", inputs=[2, 3], metadata={"k": [1]}, job_id="j"
+    )
+    assert await store.get_task("missing") is None
+
+
+async def test_list_filters_orders_and_pages(store: Store) -> None:
+    await store.add_tasks(
+        [
+            task("t3", 3.0, state="running", job_id="j1"),
+            task("t1", 1.0, job_id="j1", workflow_id="w"),
+            task("t2b", 2.0, state="completed", workflow_id="w"),
+            task("t2a", 2.0, job_id="j2"),
+            task("t4", 4.0, state="running", job_id="j1", workflow_id="w"),
+        ]
+    )
+
+    async def ids(
+        state: str | None = None,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[str], int]:
+        items, total = await store.list_tasks(
+            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+        )
+        return [t.id for t in items], total
+
+    assert await ids() == (["t1", "t2a", "t2b", "t3", "t4"], 5)
+    assert await ids(limit=2) == (["t1", "t2a"], 5)
+    assert await ids(limit=2, offset=2) == (["t2b", "t3"], 5)
+    assert await ids(offset=10) == ([], 5)
+    assert await ids(state="running") == (["t3", "t4"], 2)
+    assert await ids(job_id="j1") == (["t1", "t3", "t4"], 3)
+    assert await ids(workflow_id="w") == (["t1", "t2b", "t4"], 3)
+    assert await ids(state="running", job_id="j1", workflow_id="w") == (["t4"], 1)
+    assert await ids(job_id="j1", limit=1, offset=1) == (["t3"], 3)
+    assert await ids(state="cancelled") == ([], 0)
+
+
+async def test_add_conflict_inserts_nothing(store: Store) -> None:
+    await store.add_tasks([task("a", 1.0)])
+
+    with pytest.raises(Conflict) as info:
+        await store.add_tasks([task("b", 2.0), task("a", 3.0, name="again")])
+    assert "a" in info.value.detail
+    with pytest.raises(Conflict):
+        await store.add_tasks([task("c", 4.0), task("c", 5.0)])
+
+    items, total = await store.list_tasks()
+    assert (items, total) == ([task("a", 1.0)], 1)
+
+
+async def test_save_tasks_upserts_a_thousand_in_one_call(store: Store) -> None:
+    await store.add_tasks([task(f"t{i:04}", float(i)) for i in range(0, 1000, 2)])
+    saved = [
+        task(f"t{i:04}", float(i), state="scheduled", worker_id=f"w{i % 7}", priority=i % 101)
+        for i in range(1000)
+    ]
+
+    await store.save_tasks(saved)
+
+    items, total = await store.list_tasks(limit=1000)
+    assert total == 1000
+    assert items == saved
+    await store.save_tasks([])
+    assert (await store.list_tasks(state="scheduled", limit=0))[1] == 1000
+
+
+async def test_unfinished_tasks_are_the_non_terminal_ones(store: Store) -> None:
+    states = ["pending", "scheduled", "running", "completed", "failed", "skipped", "cancelled"]
+    await store.add_tasks([task(s, float(-i), state=s) for i, s in enumerate(states)])
+
+    unfinished = await store.unfinished_tasks()
+
+    assert [t.id for t in unfinished] == ["running", "scheduled", "pending"]
+
+
+async def test_delete_task(store: Store) -> None:
+    await store.add_tasks([task("a", 1.0), task("b", 2.0)])
+
+    assert await store.delete_task("a") is True
+    assert await store.delete_task("a") is False
+    assert await store.get_task("a") is None
+    assert await store.list_tasks() == ([task("b", 2.0)], 1)
+    await store.add_tasks([task("a", 3.0)])  # the id is free again
+    assert (await store.list_tasks())[1] == 2
+
+
+async def test_workers_crud(store: Store) -> None:
+    w2 = Worker.model_validate({"id": "w2", "capabilities": {"cpus": 4, "labels": {"a": "b"}}})
+    await store.save_worker(w2)
+    await store.save_worker(Worker(id="w1"))
+    await store.save_worker(Worker(id="w3", state="draining"))
+
+    got = await store.get_worker("w2")
+    assert got == w2
+    assert got is not None
+    got.capabilities.labels["a"] = "changed"
+    assert await store.get_worker("w2") == w2
+    assert await store.get_worker("nope") is None
+
+    await store.save_worker(w2.model_copy(update={"state": "offline", "last_seen": 9.5}))
+    workers, total = await store.list_workers()
+    assert ([w.id for w in workers], total) == (["w1", "w2", "w3"], 3)
+    assert workers[1].state == "offline"
+    assert workers[1].last_seen == 9.5
+    page, total = await store.list_workers(limit=1, offset=1)
+    assert ([w.id for w in page], total) == (["w2"], 3)
+
+    assert await store.delete_worker("w1") is True
+    assert await store.delete_worker("w1") is False
+    assert (await store.list_workers())[1] == 2
+
+
+async def test_tokens_find_by_hash_and_delete(store: Store) -> None:
+    admin = TokenRecord(id="t1", user="admin", role="admin", secret_hash="h1", created_at=1.0)
+    await store.save_token(admin)
+    await store.save_token(TokenRecord("t2", "bob", "viewer", "h2", 2.0))
+
+    assert await store.find_token("h1") == admin
+    assert await store.find_token("nope") is None
+    renamed = TokenRecord("t2", "bob", "operator", "h3", 2.0)
+    await store.save_token(renamed)
+    assert await store.find_token("h2") is None
+    assert await store.find_token("h3") == renamed
+    with pytest.raises(Conflict):
+        await store.save_token(TokenRecord("t9", "eve", "admin", "h1", 3.0))
+
+    assert await store.delete_token("t1") is True
+    assert await store.delete_token("t1") is False
+    assert await store.find_token("h1") is None
+    assert await store.find_token("h3") == renamed
+
+
+async def test_artifacts_put_is_idempotent(store: Store) -> None:
+    data = bytes(range(256)) * 40
+    await store.put_artifact("sha256:aa", data)
+    await store.put_artifact("sha256:aa", data)
+    await store.put_artifact("sha256:aa", b"other bytes never replace the first")
+
+    assert await store.get_artifact("sha256:aa") == data
+    assert await store.get_artifact("sha256:bb") is None
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None:
+    first = await make_store(backend)
+    await first.add_tasks([task("a", 1.0, state="running")])
+    await first.save_worker(Worker(id="w"))
+    await first.save_token(TokenRecord("t", "u", "admin", "h", 1.0))
+    await first.put_artifact("d", b"\x00\x01")
+    await first.close()
+
+    again = await make_store(backend)
+
+    assert await again.get_task("a") == task("a", 1.0, state="running")
+    assert await again.get_worker("w") == Worker(id="w")
+    assert await again.find_token("h") == TokenRecord("t", "u", "admin", "h", 1.0)
+    assert await again.get_artifact("d") == b"\x00\x01"
+
+
+@asynccontextmanager
+async def durable_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A database no store has opened yet."""
+    if backend == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    async with fresh_pg_url() as url:
+        yield url
+
+
+@asynccontextmanager
+async def raw_connection(url: str) -> AsyncIterator[AsyncConnection]:
+    """A connection beside the store's, to look at what the migrations left."""
+    parsed = make_url(url)
+    schema = parsed.query.get("schema")
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
+    else:
+        engine = create_async_engine(
+            parsed.set(drivername="postgresql+asyncpg").difference_update_query(["schema"]),
+            connect_args={"server_settings": {"search_path": str(schema)}},
+        )
+    try:
+        async with engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()
+
+
+def schema_drift(conn: Connection) -> list[object]:
+    return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migrations_twice_are_a_no_op(backend: str, tmp_path: Path) -> None:
+    async with durable_url(backend, tmp_path) as url:
+        first = open_store(url)
+        await first.open()  # creates the schema (PostgreSQL) and migrates from nothing
+        try:
+            await first.add_tasks([task("a", 1.0)])
+        finally:
+            await first.close()
+        second = open_store(url)
+        await second.open()  # already at head: nothing to do
+        await second.close()
+
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            rows = (await conn.execute(text("SELECT id FROM tasks"))).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [("0001",)]
+    assert [tuple(r) for r in rows] == [("a",)]
+    assert drift == []
+
+
+async def test_sqlite_creates_parent_dir_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "edgeplane.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        await store.add_tasks([task("a", 1.0)])
+    finally:
+        await store.close()
+    assert path.exists()
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar_one()
+    finally:
+        await engine.dispose()
+    assert mode == "wal"
+
+
+async def test_sqlite_in_memory_serves_concurrent_callers() -> None:
+    store = open_store("sqlite://")
+    await store.open()
+    try:
+        writes = [
+            store.save_tasks([task(f"b{b}-{i}", float(i)) for i in range(50)]) for b in range(8)
+        ]
+        reads = [store.list_tasks(limit=1) for _ in range(8)]
+        await asyncio.gather(*writes, *reads)
+        assert (await store.list_tasks(limit=0))[1] == 400
+    finally:
+        await store.close()
+
+
+async def test_file_sqlite_serialises_concurrent_writers(tmp_path: Path) -> None:
+    store = open_store(sqlite_url(tmp_path))
+    await store.open()
+    try:
+        await asyncio.gather(
+            *(store.save_tasks([task(f"b{b}-{i}", float(i)) for i in range(50)]) for b in range(8)),
+            *(store.put_artifact(f"d{b}", b"x") for b in range(8)),
+        )
+        assert (await store.list_tasks(limit=0))[1] == 400
+    finally:
+        await store.close()
+
+
+def test_open_store_picks_the_backend_by_scheme(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert isinstance(open_store("sqlite://"), SqlStore)
+    assert isinstance(open_store(sqlite_url(tmp_path)), SqlStore)
+    assert isinstance(open_store("postgresql://h:5433/db?schema=s1"), SqlStore)
+    for bad in ("redis://localhost", "nonsense", "postgresql://h/db?schema=bad;name"):
+        with pytest.raises(Invalid) as info:
+            open_store(bad)
+        assert info.value.field == "store"
+
+
+async def test_unreachable_postgresql_is_unavailable() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/test")
+    with pytest.raises(Unavailable):
+        await store.open()
+    with pytest.raises(Unavailable):
+        await store.get_task("a")

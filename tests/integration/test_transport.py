@@ -1,0 +1,328 @@
+"""MqttLink and EmbeddedBroker against real brokers: system Mosquitto, a nodelay Mosquitto,
+and amqtt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from edgeplane.errors import Invalid, Unavailable
+from edgeplane.transport import EmbeddedBroker, MqttLink, Will, free_port, parse_broker_url
+from edgeplane.transport.broker import MosquittoProcess
+
+WAIT_S = 10.0
+
+Inbox = asyncio.Queue[tuple[str, bytes]]
+
+
+def collector() -> tuple[Inbox, Callable[[str, bytes], Awaitable[None]]]:
+    inbox: Inbox = asyncio.Queue()
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        inbox.put_nowait((topic, payload))
+
+    return inbox, on_message
+
+
+async def next_message(inbox: Inbox) -> tuple[str, bytes]:
+    return await asyncio.wait_for(inbox.get(), WAIT_S)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not condition():  # noqa: ASYNC110 -- some conditions have no event to await
+            await asyncio.sleep(0.01)
+
+
+async def echo_once(url: str, domain: str) -> None:
+    inbox, on_message = collector()
+    topic = f"{domain}/echo/1"
+    async with MqttLink(
+        url, client_id=f"{domain}-echo", subscriptions=[f"{domain}/echo/#"], on_message=on_message
+    ) as link:
+        assert link.connected.is_set()
+        await link.publish(topic, b"ping")
+        assert await next_message(inbox) == (topic, b"ping")
+        link.publish_nowait(topic, b"pong", qos=0)
+        assert await next_message(inbox) == (topic, b"pong")
+        await link.flush()
+    assert not link.connected.is_set()
+    assert (link.stats.published, link.stats.received, link.stats.handler_errors) == (2, 2, 0)
+
+
+async def test_round_trip_on_system_mosquitto(mosquitto_url: str, unique_domain: str) -> None:
+    await echo_once(mosquitto_url, unique_domain)
+
+
+async def test_round_trip_on_nodelay_mosquitto(fast_broker_url: str, unique_domain: str) -> None:
+    await echo_once(fast_broker_url, unique_domain)
+
+
+async def test_round_trip_on_amqtt(embedded_broker_url: str, unique_domain: str) -> None:
+    await echo_once(embedded_broker_url, unique_domain)
+
+
+async def test_stop_leaves_no_tasks_behind(fast_broker_url: str, unique_domain: str) -> None:
+    _, on_message = collector()
+    link = MqttLink(
+        fast_broker_url, client_id=unique_domain, subscriptions=[], on_message=on_message
+    )
+    await link.start()
+    await link.stop()
+    await link.stop()  # idempotent
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), WAIT_S)
+
+
+@pytest.mark.parametrize("prefer_mosquitto", [True, False], ids=["mosquitto", "amqtt"])
+async def test_reconnects_resubscribes_and_sends_what_was_published_while_down(
+    tmp_path: Path, unique_domain: str, prefer_mosquitto: bool
+) -> None:
+    broker = EmbeddedBroker(tmp_path, prefer_mosquitto=prefer_mosquitto)
+    url = await broker.start()
+    connects = 0
+
+    async def on_connect() -> None:
+        nonlocal connects
+        connects += 1
+
+    inbox, on_message = collector()
+    topic = f"{unique_domain}/r/x"
+    link = MqttLink(
+        url,
+        client_id=f"{unique_domain}-r",
+        subscriptions=[f"{unique_domain}/r/#"],
+        on_message=on_message,
+        on_connect=on_connect,
+        max_backoff_s=0.2,
+    )
+    try:
+        async with link:
+            await broker.stop()
+            await until(lambda: not link.connected.is_set())
+            await link.publish(topic, b"sent while down")
+            await broker.start()
+            # Only delivered if the link reconnected, subscribed again and drained its outbox.
+            assert await next_message(inbox) == (topic, b"sent while down")
+            assert link.connected.is_set()
+            assert link.stats.reconnects == 1
+            assert connects == 2
+    finally:
+        await broker.stop()
+
+
+async def test_messages_unacknowledged_when_the_broker_dies_are_sent_again(
+    tmp_path: Path, unique_domain: str
+) -> None:
+    executable = shutil.which("mosquitto")
+    if executable is None:
+        pytest.skip("mosquitto is not installed")
+    process = MosquittoProcess(tmp_path, free_port(), executable)
+    url = await asyncio.to_thread(process.start)
+    inbox, on_message = collector()
+    topic = f"{unique_domain}/inflight"
+    link = MqttLink(
+        url,
+        client_id=f"{unique_domain}-inflight",
+        subscriptions=[topic],
+        on_message=on_message,
+        max_backoff_s=0.2,
+    )
+    try:
+        async with link:
+            pid = process.pid
+            assert pid is not None
+            os.killpg(pid, signal.SIGSTOP)  # receives our PUBLISHes, never acknowledges them
+            sent = {f"m{i}".encode() for i in range(50)}
+            for payload in sorted(sent):
+                await link.publish(topic, payload)
+            await asyncio.sleep(0.05)  # let the senders put them on the wire
+            os.killpg(pid, signal.SIGKILL)
+            await asyncio.to_thread(process.stop)
+            await until(lambda: not link.connected.is_set())
+            await asyncio.to_thread(process.start)
+            got: set[bytes] = set()
+            while got != sent:
+                got.add((await next_message(inbox))[1])
+            await asyncio.wait_for(link.flush(), WAIT_S)
+            assert link.stats.published == len(sent)
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+DYING_CLIENT = """
+import asyncio, sys
+from edgeplane.transport import MqttLink, Will
+
+async def main() -> None:
+    url, client_id, topic = sys.argv[1:4]
+    async def ignore(topic: str, payload: bytes) -> None:
+        pass
+    link = MqttLink(url, client_id=client_id, subscriptions=[], on_message=ignore,
+                    will=Will(topic, b"offline"))
+    await link.start()
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_last_will_is_published_when_a_client_is_killed(
+    fast_broker_url: str, unique_domain: str
+) -> None:
+    inbox, on_message = collector()
+    will_topic = f"{unique_domain}/workers/w1/alive"
+    async with MqttLink(
+        fast_broker_url,
+        client_id=f"{unique_domain}-watch",
+        subscriptions=[will_topic],
+        on_message=on_message,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DYING_CLIENT,
+            fast_broker_url,
+            f"{unique_domain}-w1",
+            will_topic,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), WAIT_S) == b"ready\n"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.communicate()
+        assert await next_message(inbox) == (will_topic, b"offline")
+
+
+async def test_clean_stop_does_not_publish_the_will(
+    fast_broker_url: str, unique_domain: str
+) -> None:
+    inbox, on_message = collector()
+    will_topic = f"{unique_domain}/will"
+    marker = f"{unique_domain}/marker"
+    async with MqttLink(
+        fast_broker_url,
+        client_id=f"{unique_domain}-watch",
+        subscriptions=[will_topic, marker],
+        on_message=on_message,
+    ) as watcher:
+        async with MqttLink(
+            fast_broker_url,
+            client_id=f"{unique_domain}-leaver",
+            subscriptions=[],
+            on_message=on_message,
+            will=Will(will_topic, b"offline"),
+        ):
+            pass
+        await watcher.publish(marker, b"after stop")
+        assert await next_message(inbox) == (marker, b"after stop")
+
+
+async def test_a_failing_handler_does_not_stop_the_link(
+    fast_broker_url: str, unique_domain: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox: Inbox = asyncio.Queue()
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+        inbox.put_nowait((topic, payload))
+
+    topic = f"{unique_domain}/h"
+    with caplog.at_level(logging.ERROR, logger="edgeplane.transport.link"):
+        async with MqttLink(
+            fast_broker_url, client_id=unique_domain, subscriptions=[topic], on_message=on_message
+        ) as link:
+            await link.publish(topic, b"boom")
+            await link.publish(topic, b"ok")
+            assert await next_message(inbox) == (topic, b"ok")
+            assert link.stats.handler_errors == 1
+            assert link.connected.is_set()
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert getattr(record, "topic") == topic  # noqa: B009
+    assert "handler bug" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:1883", "mqtt://", "mqtt://h:99999", "mqtt://h:port", "mqtt://h/x", "h:1883"],
+)
+def test_bad_broker_url_is_invalid(url: str) -> None:
+    with pytest.raises(Invalid) as raised:
+        parse_broker_url(url)
+    assert raised.value.field == "broker"
+
+
+def test_broker_url_credentials_never_show_in_logs_or_repr() -> None:
+    address = parse_broker_url("mqtt://edge:s%40cret@broker.local")
+    assert (address.host, address.port, address.username) == ("broker.local", 1883, "edge")
+    assert address.password == "s@cret"
+    assert "s@cret" not in repr(address)
+    assert str(address) == "broker.local:1883"
+
+
+async def test_publish_to_a_wildcard_is_invalid() -> None:
+    _, on_message = collector()
+    link = MqttLink("mqtt://127.0.0.1", client_id="x", subscriptions=[], on_message=on_message)
+    with pytest.raises(Invalid) as raised:
+        await link.publish("a/+/b", b"")
+    assert raised.value.field == "topic"
+
+
+async def test_unreachable_broker_is_unavailable() -> None:
+    _, on_message = collector()
+    link = MqttLink(
+        f"mqtt://127.0.0.1:{free_port()}",
+        client_id="nobody-home",
+        subscriptions=[],
+        on_message=on_message,
+        connect_timeout_s=0.3,
+        max_backoff_s=0.1,
+    )
+    with pytest.raises(Unavailable) as raised:
+        await link.start()
+    assert raised.value.field == "broker"
+    assert not link.connected.is_set()
+
+
+async def test_embedded_mosquitto_runs_with_nodelay(tmp_path: Path, unique_domain: str) -> None:
+    broker = EmbeddedBroker(tmp_path)
+    if broker.kind != "mosquitto":
+        pytest.skip("mosquitto is not installed")
+    url = await broker.start()
+    try:
+        assert url == f"mqtt://127.0.0.1:{broker.port}"
+        config = (tmp_path / "mosquitto.conf").read_text().splitlines()
+        assert "set_tcp_nodelay true" in config
+        assert f"listener {broker.port} 127.0.0.1" in config
+        await echo_once(url, unique_domain)
+    finally:
+        await broker.stop()
+    assert "running" in (tmp_path / "mosquitto.log").read_text()
+
+
+async def test_embedded_broker_falls_back_to_amqtt(tmp_path: Path, unique_domain: str) -> None:
+    broker = EmbeddedBroker(tmp_path, prefer_mosquitto=False)
+    assert broker.kind == "amqtt"
+    url = await broker.start()
+    try:
+        await echo_once(url, unique_domain)
+    finally:
+        await broker.stop()
+
+
+def test_mosquitto_that_exits_at_once_is_unavailable(tmp_path: Path) -> None:
+    broker = MosquittoProcess(tmp_path, free_port(), executable="false")
+    with pytest.raises(Unavailable, match="exited with code 1"):
+        broker.start()

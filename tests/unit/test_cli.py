@@ -1,0 +1,516 @@
+"""The CLI against a mock transport: output formats, exit codes, messages, role hand-off."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from edgeplane.cli.main import app
+from edgeplane.cli.output import Session
+from edgeplane.client import Client
+from edgeplane.clock import ManualClock
+from edgeplane.config import Settings
+
+WASM = b"\x00asm\x01\x00\x00\x00"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("EDGEPLANE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("EDGEPLANE_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def wasm(tmp_path: Path) -> Path:
+    path = tmp_path / "add.wasm"
+    path.write_bytes(WASM)
+    return path
+
+
+class FakeApi:
+    """Just enough of the REST API: tasks finish as ``outcome`` says on the first poll."""
+
+    def __init__(self, **outcome: Any) -> None:
+        self.outcome = {"state": "completed", "results": [5], **outcome}
+        self.requests: list[httpx.Request] = []
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, httpx.Response] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path.removeprefix("/api/v1")
+        if path in self.errors:
+            return self.errors[path]
+        if (request.method, path) == ("POST", "/tasks"):
+            spec = json.loads(request.content)
+            task_id = f"t{len(self.tasks) + 1}"
+            self.tasks[task_id] = {
+                **{k: v for k, v in spec.items() if k not in ("file", "start")},
+                "id": task_id,
+                "state": "pending",
+                "started": spec.get("start", False),
+            }
+            return httpx.Response(201, json=self.tasks[task_id])
+        if path == "/tasks":
+            items = list(self.tasks.values())
+            return httpx.Response(200, json={"items": items, "total": len(items) + 10})
+        if path.startswith("/tasks/"):
+            return self._task(request, path.split("/")[2:])
+        if path.startswith("/workers"):
+            return self._workers(request, path.split("/")[2:])
+        return httpx.Response(404, json={"status": 404, "detail": f"no route {path}"})
+
+    def _task(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
+        task = self.tasks.get(parts[0])
+        if task is None:
+            return httpx.Response(404, json={"status": 404, "detail": f"no task {parts[0]}"})
+        if parts[1:] == [] and "wait" in request.url.params:
+            task.update(self.outcome)
+        if parts[1:] == ["start"]:
+            task["state"] = "scheduled"
+        if parts[1:] == ["results"]:
+            keys = ("state", "results", "error", "exit_code")
+            return httpx.Response(200, json={"task_id": task["id"], **_pick(task, keys)})
+        if parts[1:] == ["logs"]:
+            return httpx.Response(200, json={"task_id": task["id"], "stdout": "o\n", "stderr": "e"})
+        return httpx.Response(200, json=task)
+
+    def _workers(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
+        worker = {
+            "id": "w1",
+            "state": "draining" if parts[1:] == ["drain"] else "online",
+            "capabilities": {"cpus": 4, "memory_mb": 2048, "runtimes": ["wasm", "host"]},
+        }
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if not parts:
+            return httpx.Response(200, json={"items": [worker], "total": 1})
+        return httpx.Response(200, json=worker)
+
+    def sent(self, index: int = 0) -> Any:
+        return json.loads(self.requests[index].content)
+
+
+def _pick(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: doc.get(k) for k in keys}
+
+
+def invoke(api: Any, *args: str, clock: ManualClock | None = None) -> Result:
+    """Run the CLI with its clients talking to ``api`` (a handler) through a mock transport."""
+
+    def make_client(url: str | None, token: str | None) -> Client:
+        return Client(url, token, transport=httpx.MockTransport(api), clock=clock)
+
+    return CliRunner().invoke(app, list(args), obj=Session(make_client=make_client))
+
+
+def assert_one_line_error(result: Result, text: str) -> None:
+    assert text in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+# --- task run / create ----------------------------------------------------------------------
+
+
+def test_run_prints_function_results(wasm: Path) -> None:
+    api = FakeApi()
+    result = invoke(api, "task", "run", str(wasm), "add", "2", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "5\n"
+    spec = api.sent()
+    assert base64.b64decode(spec["file"]) == WASM
+    assert spec | {"file": ""} == {
+        "file": "",
+        "runtime": "wasm",
+        "mode": "function",
+        "name": "add",
+        "inputs": [2, 3],
+        "env": {},
+        "limits": {},
+        "start": True,
+    }
+    assert api.requests[1].url.params["wait"] == "30.0"
+
+
+def test_run_takes_negative_numbers_and_all_task_options(wasm: Path) -> None:
+    api = FakeApi(results=[-1, 2.5, "x"])
+    result = invoke(
+        api,
+        "task",
+        "run",
+        str(wasm),
+        "add",
+        "-3",
+        "2",
+        "--export",
+        "sum",
+        "--env",
+        "A=1",
+        "--label",
+        "site=a",
+        "--fuel",
+        "1000",
+        "--memory-mb",
+        "16",
+        "--time-limit",
+        "2",
+        "--retries",
+        "1",
+        "--priority",
+        "90",
+        "--worker",
+        "w1",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "-1 2.5 x\n"
+    spec = api.sent()
+    assert spec["inputs"] == [-3, 2]
+    assert spec["export"] == "sum"
+    assert spec["env"] == {"A": "1"}
+    assert spec["constraints"] == {"labels": {"site": "a"}}
+    assert spec["limits"] == {"fuel": 1000, "memory_mb": 16, "timeout_s": 2.0}
+    assert (spec["retries"], spec["priority"], spec["worker_id"]) == (1, 90, "w1")
+
+
+def test_run_json_prints_the_whole_task_with_either_output_flag(wasm: Path) -> None:
+    for args in (
+        ("--output", "json", "task", "run", str(wasm), "add", "1"),
+        ("task", "run", str(wasm), "add", "1", "--output", "json"),
+    ):
+        result = invoke(FakeApi(), *args)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert (doc["id"], doc["state"], doc["results"]) == ("t1", "completed", [5])
+
+
+def test_run_wasi_passes_args_and_prints_stdout(wasm: Path) -> None:
+    api = FakeApi(results={"stdout": "hello\n", "exit_code": 0}, stderr="warn\n")
+    result = invoke(api, "task", "run", str(wasm), "main", "--mode", "wasi", "a", "-v")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hello\n"
+    assert result.stderr == "warn\n"
+    assert api.sent()["cli_args"] == ["a", "-v"]
+
+
+def test_run_host_command_after_double_dash() -> None:
+    api = FakeApi(results={"stdout": "hi\n", "exit_code": 0})
+    result = invoke(api, "task", "run", "--runtime", "host", "--", "sh", "-c", "echo hi")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hi\n"
+    spec = api.sent()
+    assert (spec["runtime"], spec["name"], spec["command"]) == (
+        "host",
+        "sh",
+        ["sh", "-c", "echo hi"],
+    )
+
+
+def test_a_failed_task_exits_1_with_its_error(wasm: Path) -> None:
+    api = FakeApi(state="failed", results=None, error="wasm trap: unreachable")
+    result = invoke(api, "task", "run", str(wasm), "add")
+    assert result.exit_code == 1
+    assert_one_line_error(result, "task t1 failed: wasm trap: unreachable")
+
+
+def test_wait_timeout_exits_1_and_leaves_the_task(wasm: Path) -> None:
+    api = FakeApi(state="running")
+    result = invoke(api, "task", "run", str(wasm), "add", "--timeout", "0", clock=ManualClock())
+    assert result.exit_code == 1
+    assert_one_line_error(result, "task t1 still pending")
+    assert "edgeplane task stop t1" in result.stderr
+    assert [r.method for r in api.requests] == ["POST", "GET"]
+
+
+def test_no_wait_prints_the_id(wasm: Path) -> None:
+    api = FakeApi()
+    result = invoke(api, "task", "run", "--no-wait", str(wasm), "add")
+    assert (result.exit_code, result.stdout) == (0, "t1\n")
+    assert len(api.requests) == 1
+
+
+def test_create_does_not_start_and_prints_the_id(wasm: Path) -> None:
+    api = FakeApi()
+    result = invoke(api, "task", "create", str(wasm), "add", "7")
+    assert (result.exit_code, result.stdout) == (0, "t1\n")
+    assert api.sent()["start"] is False
+
+
+def test_an_oci_reference_is_sent_as_image_url() -> None:
+    api = FakeApi()
+    result = invoke(api, "task", "create", "oci://reg/add:1", "add")
+    assert result.exit_code == 0, result.output
+    assert api.sent()["image_url"] == "oci://reg/add:1"
+    assert "file" not in api.sent()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("task", "run", "missing.wasm", "add"), "cannot read missing.wasm"),
+        (("task", "run", "x.wasm"), "give FILE.wasm and NAME"),
+        (("task", "run", "--runtime", "host"), "Missing argument"),
+        (("task", "run", "x.wasm", "add", "--env", "NOEQUALS"), "expected K=V"),
+        (("task", "run", "x.wasm", "add", "--wiat"), "no such option: --wiat"),
+        (("task", "frobnicate"), "No such command"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(args: tuple[str, ...], message: str) -> None:
+    api = FakeApi()
+    result = invoke(api, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert api.requests == []
+
+
+# --- other task commands --------------------------------------------------------------------
+
+
+def created(api: FakeApi, wasm: Path) -> None:
+    assert invoke(api, "task", "create", str(wasm), "add").exit_code == 0
+
+
+def test_start_stop_get_and_list(wasm: Path) -> None:
+    api = FakeApi()
+    created(api, wasm)
+    assert invoke(api, "task", "start", "t1").stdout == "t1 scheduled\n"
+    got = invoke(api, "task", "get", "t1")
+    assert got.exit_code == 0
+    assert "scheduled" in got.stdout
+    assert "add" in got.stdout
+    assert json.loads(invoke(api, "--output", "json", "task", "get", "t1").stdout)["id"] == "t1"
+    listed = invoke(api, "task", "list", "--state", "scheduled", "--limit", "5")
+    assert listed.exit_code == 0
+    assert "t1" in listed.stdout
+    assert "1 of 11 tasks shown" in listed.stderr
+    assert dict(api.requests[-1].url.params) == {"state": "scheduled", "limit": "5", "offset": "0"}
+    page = json.loads(invoke(api, "task", "list", "--output", "json").stdout)
+    assert page["total"] == 11
+    assert invoke(api, "task", "stop", "t1").exit_code == 0
+    assert api.requests[-1].url.path == "/api/v1/tasks/t1/stop"
+
+
+def test_results_logs_wait_and_delete(wasm: Path) -> None:
+    api = FakeApi()
+    created(api, wasm)
+    pending = invoke(api, "task", "results", "t1")
+    assert (pending.exit_code, pending.stdout) == (0, "")
+    assert "no results yet" in pending.stderr
+    waited = invoke(api, "task", "wait", "t1")
+    assert (waited.exit_code, waited.stdout) == (0, "5\n")
+    assert invoke(api, "task", "results", "t1").stdout == "5\n"
+    logs = invoke(api, "task", "logs", "t1")
+    assert (logs.stdout, logs.stderr) == ("o\n", "e\n")
+    deleted = invoke(api, "task", "delete", "t1")
+    assert deleted.exit_code == 0
+    assert api.requests[-1].method == "DELETE"
+
+
+def test_results_of_a_failed_task_exit_1(wasm: Path) -> None:
+    api = FakeApi(state="failed", results=None, error="out of fuel")
+    created(api, wasm)
+    invoke(api, "task", "wait", "t1")
+    result = invoke(api, "task", "results", "t1")
+    assert result.exit_code == 1
+    assert "out of fuel" in result.stderr
+
+
+# --- errors from the server -----------------------------------------------------------------
+
+
+def problem(status: int, detail: str, **extra: Any) -> httpx.Response:
+    doc = {"type": "about:blank", "title": "t", "status": status, "detail": detail, **extra}
+    return httpx.Response(status, json=doc, headers={"Content-Type": "application/problem+json"})
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (401, 2, "unauthorized: check --token / EDGEPLANE_TOKEN"),
+        (403, 2, "unauthorized: check --token / EDGEPLANE_TOKEN"),
+        (404, 2, "error: no such task"),
+        (409, 1, "no such task"),
+        (422, 2, "priority: no such task"),
+        (503, 3, "no such task"),
+        (500, 1, "HTTP 500: no such task"),
+    ],
+)
+def test_server_errors_map_to_exit_codes(status: int, code: int, message: str) -> None:
+    api = FakeApi()
+    api.errors["/tasks/t9"] = problem(status, "no such task", field="priority")
+    result = invoke(api, "task", "get", "t9")
+    assert result.exit_code == code
+    assert_one_line_error(result, message)
+
+
+def test_unreachable_server_exits_3_naming_the_url() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    result = invoke(refuse, "--url", "http://127.0.0.1:9", "worker", "list")
+    assert result.exit_code == 3
+    assert_one_line_error(result, "cannot reach edgeplane at http://127.0.0.1:9")
+
+
+def test_url_and_token_come_from_flags_env_or_the_up_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = FakeApi()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "endpoint").write_text("http://from-file:7070\n")
+    (tmp_path / "data" / "admin-token").write_text("file-token\n")
+    invoke(api, "worker", "list")
+    monkeypatch.setenv("EDGEPLANE_TOKEN", "env-token")
+    invoke(api, "worker", "list")
+    invoke(api, "--url", "http://flag:1", "--token", "flag-token", "worker", "list")
+    seen = [
+        (f"{r.url.scheme}://{r.url.netloc.decode()}", r.headers["Authorization"])
+        for r in api.requests
+    ]
+    assert seen == [
+        ("http://from-file:7070", "Bearer file-token"),
+        ("http://from-file:7070", "Bearer env-token"),
+        ("http://flag:1", "Bearer flag-token"),
+    ]
+
+
+def test_output_format_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPLANE_OUTPUT", "json")
+    result = invoke(FakeApi(), "worker", "list")
+    assert json.loads(result.stdout)["items"][0]["id"] == "w1"
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+def test_worker_commands() -> None:
+    api = FakeApi()
+    listed = invoke(api, "worker", "list")
+    assert listed.exit_code == 0
+    assert "w1" in listed.stdout
+    assert "wasm, host" in listed.stdout
+    got = invoke(api, "worker", "get", "w1")
+    assert "2048" in got.stdout
+    assert invoke(api, "worker", "drain", "w1").stdout == "w1 draining\n"
+    assert invoke(api, "worker", "delete", "w1").exit_code == 0
+    assert [(r.method, r.url.path) for r in api.requests] == [
+        ("GET", "/api/v1/workers"),
+        ("GET", "/api/v1/workers/w1"),
+        ("POST", "/api/v1/workers/w1/drain"),
+        ("DELETE", "/api/v1/workers/w1"),
+    ]
+
+
+# --- roles ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def roles(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Stand-ins for ``edgeplane.roles.*`` that record what the CLI handed them."""
+    calls: dict[str, Any] = {}
+
+    async def run_up(settings: Settings) -> None:
+        calls["up"] = settings
+
+    async def run_manager(settings: Settings) -> None:
+        calls["manager"] = settings
+
+    async def run_worker(settings: Settings, *, worker_id: str | None, labels: Any) -> None:
+        calls["worker"] = (settings, worker_id, labels)
+
+    package = types.ModuleType("edgeplane.roles")
+    monkeypatch.setitem(sys.modules, "edgeplane.roles", package)
+    for name, function in (("up", run_up), ("manager", run_manager), ("worker", run_worker)):
+        module = types.ModuleType(f"edgeplane.roles.{name}")
+        setattr(module, function.__name__, function)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return calls
+
+
+def test_up_builds_settings_from_flags(roles: dict[str, Any], tmp_path: Path) -> None:
+    result = invoke(
+        FakeApi(), "up", "--port", "8080", "--workers", "3", "--data-dir", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    settings = roles["up"]
+    assert (settings.port, settings.workers, settings.data_dir) == (8080, 3, tmp_path)
+    assert settings.allow_host is False
+    invoke(FakeApi(), "up", "--allow-host", "--scheduler", "resource-fit")
+    assert (roles["up"].allow_host, roles["up"].scheduler) == (True, "resource-fit")
+
+
+def test_up_reads_the_config_file_below_flags(roles: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "edgeplane.yaml"
+    config.write_text("port: 9000\nheartbeat-s: 1.5\n")
+    result = invoke(FakeApi(), "up", "--config", str(config), "--port", "9100")
+    assert result.exit_code == 0, result.output
+    assert (roles["up"].port, roles["up"].heartbeat_s) == (9100, 1.5)
+
+
+def test_manager_needs_a_broker(roles: dict[str, Any]) -> None:
+    missing = invoke(FakeApi(), "manager")
+    assert missing.exit_code == 2
+    assert "--broker" in missing.stderr
+    result = invoke(FakeApi(), "manager", "--broker", "mqtt://b:1883", "--cluster-id", "c1")
+    assert result.exit_code == 0, result.output
+    assert (roles["manager"].broker, roles["manager"].cluster_id) == ("mqtt://b:1883", "c1")
+
+
+def test_worker_role_gets_id_and_labels(roles: dict[str, Any]) -> None:
+    result = invoke(
+        FakeApi(),
+        "worker",
+        "--manager",
+        "mqtt://m:1883",
+        "--worker-id",
+        "w7",
+        "--label",
+        "site=a",
+        "--allow-host",
+        "--slots",
+        "4",
+    )
+    assert result.exit_code == 0, result.output
+    settings, worker_id, labels = roles["worker"]
+    assert (settings.broker, settings.allow_host, settings.slots) == ("mqtt://m:1883", True, 4)
+    assert (worker_id, labels) == ("w7", {"site": "a"})
+
+
+def test_worker_without_manager_or_with_a_subcommand_is_usage(roles: dict[str, Any]) -> None:
+    assert invoke(FakeApi(), "worker").exit_code == 2
+    mixed = invoke(FakeApi(), "worker", "--manager", "mqtt://m:1", "list")
+    assert mixed.exit_code == 2
+    assert "worker" not in roles
+
+
+def test_a_crashing_role_prints_one_line(
+    roles: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run_manager(settings: Settings) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sys.modules["edgeplane.roles.manager"], "run_manager", run_manager)
+    result = invoke(FakeApi(), "manager", "--broker", "mqtt://b:1")
+    assert result.exit_code == 1
+    assert_one_line_error(result, "unexpected RuntimeError: boom")
+
+
+def test_version_and_help() -> None:
+    assert invoke(FakeApi(), "--version").stdout.startswith("edgeplane ")
+    result = invoke(FakeApi(), "--help")
+    assert result.exit_code == 0
+    for command in ("up", "manager", "worker", "task"):
+        assert command in result.stdout

@@ -1,0 +1,375 @@
+"""The Python client against a mock transport: requests, long-poll waits, error mapping."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeplane import AsyncClient, Client, WaitTimeout
+from edgeplane.client import BATCH_LIMIT, DEFAULT_URL, resolve_endpoint
+from edgeplane.clock import ManualClock
+from edgeplane.errors import (
+    Conflict,
+    EdgeplaneError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TaskFailure,
+    Unauthorized,
+    Unavailable,
+)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+WASM = b"\x00asm\x01\x00\x00\x00"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("EDGEPLANE_URL", "EDGEPLANE_TOKEN", "EDGEPLANE_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("EDGEPLANE_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+def task_doc(task_id: str = "t1", state: str = "pending", **extra: Any) -> dict[str, Any]:
+    return {"id": task_id, "name": "add", "state": state, **extra}
+
+
+def problem(status: int, detail: str, **extra: Any) -> httpx.Response:
+    body = {"type": "about:blank", "title": "x", "status": status, "detail": detail, **extra}
+    return httpx.Response(
+        status, content=json.dumps(body), headers={"Content-Type": "application/problem+json"}
+    )
+
+
+class Recorder:
+    """Answers with ``handler`` and keeps every request for the assertions."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client("http://api.test", "tok", transport=httpx.MockTransport(self), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> AsyncClient:
+        return AsyncClient("http://api.test", "tok", transport=httpx.MockTransport(self), **kwargs)
+
+
+def body(request: httpx.Request) -> Any:
+    return json.loads(request.content)
+
+
+# --- where the server is -------------------------------------------------------------------
+
+
+def test_resolution_defaults_without_env_or_files() -> None:
+    assert resolve_endpoint() == (DEFAULT_URL, None)
+
+
+def test_resolution_reads_files_left_by_up(clean_env: Path) -> None:
+    clean_env.mkdir()
+    (clean_env / "endpoint").write_text("http://10.0.0.5:7070\n")
+    (clean_env / "admin-token").write_text("secret\n")
+    assert resolve_endpoint() == ("http://10.0.0.5:7070", "secret")
+
+
+def test_resolution_env_beats_files_and_args_beat_env(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean_env.mkdir()
+    (clean_env / "endpoint").write_text("http://file:1")
+    (clean_env / "admin-token").write_text("file-token")
+    monkeypatch.setenv("EDGEPLANE_URL", "http://env:2")
+    monkeypatch.setenv("EDGEPLANE_TOKEN", "env-token")
+    assert resolve_endpoint() == ("http://env:2", "env-token")
+    assert resolve_endpoint("http://arg:3", "arg-token") == ("http://arg:3", "arg-token")
+
+
+def test_resolution_uses_admin_token_env_before_the_file(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean_env.mkdir()
+    (clean_env / "admin-token").write_text("file-token")
+    monkeypatch.setenv("EDGEPLANE_ADMIN_TOKEN", "admin")
+    assert resolve_endpoint()[1] == "admin"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("127.0.0.1:7070", "http://127.0.0.1:7070"),
+        ("http://h:1/", "http://h:1"),
+        ("https://h/api/v1", "https://h"),
+    ],
+)
+def test_urls_are_normalised(given: str, expected: str) -> None:
+    assert resolve_endpoint(given)[0] == expected
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def test_submit_reads_the_module_and_starts_it(tmp_path: Path) -> None:
+    module = tmp_path / "add.wasm"
+    module.write_bytes(WASM)
+    api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
+    with api.client() as client:
+        task = client.submit(module, "add", [2, 3], priority=90)
+    assert task.id == "t1"
+    (request,) = api.requests
+    assert (request.method, request.url.path) == ("POST", "/api/v1/tasks")
+    assert request.headers["Authorization"] == "Bearer tok"
+    sent = body(request)
+    assert base64.b64decode(sent["file"]) == WASM
+    assert sent | {"file": None} == {
+        "file": None,
+        "name": "add",
+        "inputs": [2, 3],
+        "priority": 90,
+        "start": True,
+    }
+
+
+def test_submit_takes_bytes_and_may_leave_the_task_unstarted() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
+    with api.client() as client:
+        client.submit(WASM, "add", start=False)
+    sent = body(api.requests[0])
+    assert sent["start"] is False
+    assert base64.b64decode(sent["file"]) == WASM
+    assert "inputs" not in sent
+
+
+def test_submit_of_a_missing_file_is_invalid_input(tmp_path: Path) -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
+    with api.client() as client, pytest.raises(Invalid) as caught:
+        client.submit(str(tmp_path / "nope.wasm"), "add")
+    assert caught.value.field == "file"
+    assert api.requests == []
+
+
+def test_submit_many_sends_batches_in_order() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        tasks = body(request)["tasks"]
+        return httpx.Response(200, json={"items": [task_doc(t["name"]) for t in tasks]})
+
+    api = Recorder(handler)
+    specs = [{"name": f"n{i}", "file": WASM} for i in range(2 * BATCH_LIMIT + 5)]
+    with api.client() as client:
+        created = client.submit_many(specs)
+    assert [t.id for t in created] == [s["name"] for s in specs]
+    sizes = [len(body(r)["tasks"]) for r in api.requests]
+    assert sizes == [BATCH_LIMIT, BATCH_LIMIT, 5]
+    first = body(api.requests[0])["tasks"][0]
+    assert first["start"] is True
+    assert base64.b64decode(first["file"]) == WASM
+
+
+def test_create_task_sends_the_spec_as_is() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
+    with api.client() as client:
+        client.create_task({"name": "x", "runtime": "host", "command": ["true"]})
+    assert body(api.requests[0]) == {"name": "x", "runtime": "host", "command": ["true"]}
+
+
+def test_list_tasks_passes_only_given_filters() -> None:
+    page = {"items": [task_doc("a"), task_doc("b")], "total": 7}
+    api = Recorder(lambda r: httpx.Response(200, json=page))
+    with api.client() as client:
+        got = client.list_tasks(state="running", limit=2)
+    assert [t.id for t in got.items] == ["a", "b"]
+    assert got.total == 7
+    assert dict(api.requests[0].url.params) == {"state": "running", "limit": "2"}
+
+
+def test_every_task_and_worker_call_uses_its_route() -> None:
+    worker = {"id": "w1", "state": "online"}
+    answers: dict[tuple[str, str], httpx.Response] = {
+        ("POST", "/api/v1/tasks/t1/start"): httpx.Response(200, json=task_doc()),
+        ("POST", "/api/v1/tasks/t1/stop"): httpx.Response(200, json=task_doc(state="cancelled")),
+        ("PATCH", "/api/v1/tasks/t1"): httpx.Response(200, json=task_doc()),
+        ("GET", "/api/v1/tasks/t1"): httpx.Response(200, json=task_doc()),
+        ("DELETE", "/api/v1/tasks/t1"): httpx.Response(204),
+        ("GET", "/api/v1/tasks/t1/results"): httpx.Response(
+            200, json={"task_id": "t1", "state": "completed", "results": [5]}
+        ),
+        ("GET", "/api/v1/tasks/t1/logs"): httpx.Response(
+            200, json={"task_id": "t1", "stdout": "out", "stderr": "err"}
+        ),
+        ("GET", "/api/v1/workers"): httpx.Response(200, json={"items": [worker], "total": 1}),
+        ("GET", "/api/v1/workers/w1"): httpx.Response(200, json=worker),
+        ("POST", "/api/v1/workers/w1/drain"): httpx.Response(200, json=worker),
+        ("DELETE", "/api/v1/workers/w1"): httpx.Response(204),
+        ("GET", "/healthz"): httpx.Response(200, json={"status": "ok"}),
+    }
+    api = Recorder(lambda r: answers[(r.method, r.url.path)])
+    with api.client() as client:
+        assert client.start("t1").id == "t1"
+        assert client.stop("t1").state == "cancelled"
+        client.update("t1", priority=10)
+        client.get("t1")
+        client.delete("t1")
+        assert client.results("t1").results == [5]
+        assert client.logs("t1").stderr == "err"
+        assert client.workers().items[0].id == "w1"
+        assert client.worker("w1").state == "online"
+        client.drain_worker("w1")
+        client.delete_worker("w1")
+        assert client.health() == {"status": "ok"}
+    assert body(api.requests[2]) == {"priority": 10}
+    assert len(api.requests) == len(answers)
+
+
+# --- waiting -------------------------------------------------------------------------------
+
+
+def long_poll(clock: ManualClock, states: list[str], results: Any = None) -> Handler:
+    """Holds each GET for its ``wait`` (by moving the clock) and walks through ``states``."""
+    remaining = list(states)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        clock.advance(float(request.url.params.get("wait", 0)))
+        state = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        return httpx.Response(200, json=task_doc(state=state, results=results, error="trap"))
+
+    return handler
+
+
+def test_wait_long_polls_until_terminal() -> None:
+    clock = ManualClock()
+    api = Recorder(long_poll(clock, ["running", "running", "completed"], results=[5]))
+    with api.client(clock=clock) as client:
+        task = client.wait("t1")
+    assert task.state == "completed"
+    assert [r.url.params["wait"] for r in api.requests] == ["30.0"] * 3
+    assert api.requests[0].extensions["timeout"]["read"] == 30 + 30
+
+
+def test_wait_gives_up_at_the_timeout_with_the_last_state() -> None:
+    clock = ManualClock()
+    api = Recorder(long_poll(clock, ["running"]))
+    with api.client(clock=clock) as client, pytest.raises(WaitTimeout) as caught:
+        client.wait("t1", timeout=45)
+    assert [r.url.params["wait"] for r in api.requests] == ["30.0", "15.0"]
+    assert caught.value.task.state == "running"
+    assert isinstance(caught.value, Unavailable)
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_wait_with_zero_timeout_asks_once_without_holding() -> None:
+    api = Recorder(long_poll(ManualClock(), ["pending"]))
+    with api.client(clock=ManualClock()) as client, pytest.raises(WaitTimeout):
+        client.wait("t1", timeout=0)
+    assert len(api.requests) == 1
+    assert "wait" not in api.requests[0].url.params
+
+
+def test_result_returns_results_of_a_completed_task() -> None:
+    api = Recorder(long_poll(ManualClock(), ["completed"], results=[5]))
+    with api.client() as client:
+        assert client.result("t1", timeout=10) == [5]
+
+
+def test_result_raises_task_failure_with_the_task_error() -> None:
+    api = Recorder(long_poll(ManualClock(), ["failed"]))
+    with api.client() as client, pytest.raises(TaskFailure, match="trap"):
+        client.result("t1")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, Invalid),
+        (401, Unauthorized),
+        (403, Forbidden),
+        (404, NotFound),
+        (409, Conflict),
+        (413, Invalid),
+        (422, Invalid),
+        (503, Unavailable),
+    ],
+)
+def test_problems_map_back_to_error_classes(status: int, error: type[EdgeplaneError]) -> None:
+    api = Recorder(lambda r: problem(status, "went wrong", field="inputs"))
+    with api.client() as client, pytest.raises(error) as caught:
+        client.get("t1")
+    assert type(caught.value) is error
+    assert caught.value.detail == "went wrong"
+    assert caught.value.field == "inputs"
+
+
+def test_a_non_json_error_keeps_its_text() -> None:
+    api = Recorder(lambda r: httpx.Response(500, text="proxy exploded"))
+    with api.client() as client, pytest.raises(EdgeplaneError, match="proxy exploded"):
+        client.get("t1")
+
+
+def test_a_malformed_answer_is_an_edgeplane_error() -> None:
+    api = Recorder(lambda r: httpx.Response(200, json={"no": "id"}))
+    with api.client() as client, pytest.raises(EdgeplaneError, match="unexpected answer"):
+        client.get("t1")
+
+
+def test_connection_failure_is_unavailable_naming_the_url() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with (
+        Client("http://down.test:9", transport=httpx.MockTransport(refuse)) as client,
+        pytest.raises(Unavailable, match=r"http://down\.test:9"),
+    ):
+        client.health()
+
+
+# --- the async twin -------------------------------------------------------------------------
+
+
+async def test_async_client_submits_and_waits(tmp_path: Path) -> None:
+    module = tmp_path / "add.wasm"
+    module.write_bytes(WASM)
+    clock = ManualClock()
+    polls = long_poll(clock, ["running", "completed"], results=[5])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json=task_doc())
+        return polls(request)
+
+    api = Recorder(handler)
+    async with api.async_client(clock=clock) as client:
+        task = await client.submit(module, "add", [2, 3])
+        assert await client.result(task.id) == [5]
+    assert base64.b64decode(body(api.requests[0])["file"]) == WASM
+    assert len(api.requests) == 3
+
+
+async def test_async_client_maps_errors_batches_and_times_out() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batch"):
+            return httpx.Response(200, json={"items": [task_doc()] * len(body(request)["tasks"])})
+        if request.url.path.endswith("/t1"):
+            return httpx.Response(200, json=task_doc(state="running"))
+        return problem(404, "no task t9")
+
+    api = Recorder(handler)
+    async with api.async_client(clock=ManualClock()) as client:
+        assert len(await client.submit_many([{"name": "a"}] * 3)) == 3
+        with pytest.raises(NotFound, match="no task t9"):
+            await client.get("t9")
+        with pytest.raises(WaitTimeout, match="still running"):
+            await client.wait("t1", timeout=0)

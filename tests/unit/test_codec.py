@@ -1,0 +1,71 @@
+"""Envelope codec and message parsing: bad input is an Invalid, never a crash."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeplane.errors import Invalid
+from edgeplane.protocol import Hello, StartTasks, Topics, decode, encode, parse_body
+
+
+def test_round_trip() -> None:
+    raw = encode("task.stop", {"task_ids": ["a"]})
+    envelope = decode(raw)
+    assert envelope.type == "task.stop" and envelope.v == 1 and envelope.id
+    assert parse_body(envelope.type, envelope.body).model_dump() == {"task_ids": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"not json", "payload"),
+        (b"[1,2]", "payload"),
+        (orjson.dumps({"v": 2, "type": "x", "body": {}}), "v"),
+        (orjson.dumps({"v": 1, "body": {}}), "type"),
+        (orjson.dumps({"v": 1, "type": "alive", "body": []}), "body"),
+    ],
+)
+def test_bad_envelopes(payload: bytes, field: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        decode(payload)
+    assert caught.value.field == field
+
+
+def test_unknown_type_and_bad_body() -> None:
+    with pytest.raises(Invalid, match="unknown message type"):
+        parse_body("teleport", {})
+    with pytest.raises(Invalid) as caught:
+        parse_body("task.start", {"tasks": [{"task_id": "t"}]})
+    assert caught.value.field.startswith("tasks.0")
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_but_invalid(data: bytes) -> None:
+    try:
+        envelope = decode(data)
+        parse_body(envelope.type, envelope.body)
+    except Invalid:
+        pass
+
+
+def test_hello_and_start_shapes() -> None:
+    hello = Hello.model_validate(
+        {"worker_id": "w", "session": "s", "capabilities": {"cpus": 2, "runtimes": ["wasm"]}}
+    )
+    assert hello.capabilities.cpus == 2
+    start = StartTasks.model_validate(
+        {"tasks": [{"task_id": "t", "attempt": 1, "runtime": "wasm"}]}
+    )
+    assert start.tasks[0].limits.timeout_s is None
+
+
+def test_topics() -> None:
+    topics = Topics("ep", "c1")
+    assert topics.cmd("w1") == "ep/c1/workers/w1/cmd"
+    assert topics.all_workers("alive") == "ep/c1/workers/+/alive"
+    assert topics.worker_of("ep/c1/workers/w1/events") == ("w1", "events")
+    assert topics.worker_of("ep/c2/workers/w1/events") is None
+    assert topics.worker_of("garbage") is None

@@ -1,0 +1,77 @@
+"""The pure task state machine."""
+
+from __future__ import annotations
+
+from edgeplane.manager import lifecycle
+from edgeplane.model import Task
+from edgeplane.protocol import TaskEvent
+
+
+def scheduled(retries: int = 0) -> Task:
+    task = lifecycle.start(Task(id="t", name="add", retries=retries), now=1.0)
+    return lifecycle.assign(task, "w1", "local", now=2.0)
+
+
+def event(state: str, attempt: int = 1, **fields: object) -> TaskEvent:
+    return TaskEvent.model_validate({"task_id": "t", "attempt": attempt, "state": state, **fields})
+
+
+def test_assign_numbers_attempts() -> None:
+    task = scheduled()
+    assert (task.state, task.worker_id, task.attempt) == ("scheduled", "w1", 1)
+
+
+def test_running_then_completed() -> None:
+    running = lifecycle.apply_event(scheduled(), event("running", ts=3.0), 3.0, 0.5)
+    assert running is not None and running.state == "running" and running.started_at == 3.0
+    done = lifecycle.apply_event(running, event("completed", results=[5]), 4.0, 0.5)
+    assert done is not None and done.state == "completed" and done.results == [5]
+    assert done.finished_at == 4.0
+
+
+def test_duplicates_and_stale_attempts_are_ignored() -> None:
+    done = lifecycle.apply_event(scheduled(), event("completed", results=[1]), 3.0, 0.5)
+    assert done is not None
+    assert lifecycle.apply_event(done, event("completed", results=[2]), 4.0, 0.5) is None
+    assert lifecycle.apply_event(scheduled(), event("completed", attempt=7), 4.0, 0.5) is None
+
+
+def test_permanent_failure_is_not_retried() -> None:
+    failed = lifecycle.apply_event(scheduled(retries=3), event("failed", error="trap"), 3.0, 0.5)
+    assert failed is not None and failed.state == "failed" and failed.error == "trap"
+
+
+def test_transient_failure_retries_while_allowed() -> None:
+    retried = lifecycle.apply_event(
+        scheduled(retries=1), event("failed", error="flaky", transient=True), 3.0, 0.5
+    )
+    assert retried is not None and retried.state == "pending"
+    assert retried.not_before == 3.5 and retried.worker_id is None
+    again = lifecycle.assign(retried, "w2", "local", 4.0)
+    assert again.attempt == 2
+    final = lifecycle.apply_event(again, event("failed", attempt=2, transient=True), 5.0, 0.5)
+    assert final is not None and final.state == "failed"
+
+
+def test_lost_worker_fails_with_worker_lost_when_no_retries() -> None:
+    lost = lifecycle.lose(scheduled(), "worker w1 went offline", 3.0, 0.5)
+    assert lost.state == "failed" and lost.error == lifecycle.WORKER_LOST
+    assert "w1" in (lost.reason or "")
+
+
+def test_retries_minus_one_retries_forever() -> None:
+    task = scheduled(retries=-1).model_copy(update={"attempt": 1000})
+    assert lifecycle.lose(task, "gone", 3.0, 0.5).state == "pending"
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    task = scheduled()
+    assert lifecycle.backoff_s(task, 0.5) == 0.5
+    assert lifecycle.backoff_s(task.model_copy(update={"attempt": 3}), 0.5) == 2.0
+    assert lifecycle.backoff_s(task.model_copy(update={"attempt": 30}), 0.5) == 60.0
+
+
+def test_cancel_is_terminal() -> None:
+    cancelled = lifecycle.cancel(scheduled(), 9.0)
+    assert cancelled.terminal and cancelled.finished_at == 9.0
+    assert lifecycle.apply_event(cancelled, event("completed"), 10.0, 0.5) is None
