@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edgeplane import __version__
 from edgeplane.clock import Clock, SystemClock
@@ -33,7 +33,7 @@ from edgeplane.errors import (
     Unauthorized,
     Unavailable,
 )
-from edgeplane.model import Page, Task, Worker
+from edgeplane.model import Page, Task, TaskLogs, TaskResults, Worker
 
 __all__ = [
     "BATCH_LIMIT",
@@ -68,32 +68,10 @@ class WaitTimeout(Unavailable, TimeoutError):
         self.task = task
 
 
-class TaskResults(BaseModel):
-    """``GET /tasks/{id}/results``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    task_id: str
-    state: str
-    results: Any = None
-    error: str | None = None
-    exit_code: int | None = None
-
-
 class _Batch(BaseModel):
     """``POST /tasks/batch``: the created tasks, in request order."""
 
     items: list[Task]
-
-
-class TaskLogs(BaseModel):
-    """``GET /tasks/{id}/logs``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    task_id: str
-    stdout: str = ""
-    stderr: str = ""
 
 
 # --- where the server is ------------------------------------------------------------------

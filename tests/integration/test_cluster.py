@@ -18,6 +18,7 @@ import pytest
 
 import wasm_fixtures
 from edgeplane.config import Settings
+from edgeplane.protocol import Assignment, StartTasks, encode
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.roles.worker import build_worker
 
@@ -287,19 +288,70 @@ async def test_workers_listed_and_drained(sqlite_stack: tuple[Stack, httpx.Async
         assert task["worker_id"] != worker["id"]
 
 
-@pytest.mark.parametrize("store_kind", ["postgres", "embedded-broker"])
+@pytest.mark.parametrize("backend", ["postgres", "system-mosquitto", "embedded-broker"])
 async def test_other_backends(
     tmp_path: Path,
-    store_kind: str,
+    backend: str,
     fast_broker_url: str,
+    mosquitto_url: str,
     unique_domain: str,
     postgres_url: str,
 ) -> None:
-    if store_kind == "postgres":
-        broker, store = fast_broker_url, postgres_url
-    else:
-        broker, store = "", f"sqlite:///{tmp_path / 'db.sqlite'}"
+    """PostgreSQL store; the machine's stock Mosquitto on 1883; the broker `up` embeds."""
+    sqlite = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    broker, store = {
+        "postgres": (fast_broker_url, postgres_url),
+        "system-mosquitto": (mosquitto_url, sqlite),
+        "embedded-broker": ("", sqlite),
+    }[backend]
     async for stack, http in start_stack(tmp_path, broker, store, unique_domain):
         task = await run(http, {"name": "add", "file": ADD, "inputs": [40, 2]})
         assert task["results"] == [42]
         assert stack.broker_url.startswith("mqtt://")
+
+
+async def test_bad_mqtt_messages_are_counted_not_fatal(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient], unique_domain: str
+) -> None:
+    stack, http = sqlite_stack
+    manager = stack.control.manager
+    worker = stack.workers[0]
+    topics = manager.topics
+    garbage = [
+        (topics.events("local-1"), b"not json"),
+        (topics.alive("local-1"), b'{"v": 9, "type": "alive", "body": {}}'),
+        (topics.hello("local-1"), b'{"v": 1, "type": "hello", "body": {"worker_id": 3}}'),
+        (topics.events("local-1"), b'{"v": 1, "type": "teleport", "body": {}}'),
+        (topics.cmd("local-1"), b"\xff\xfe"),
+        (topics.cmd("local-1"), b'{"v": 1, "type": "task.start", "body": {"tasks": [{}]}}'),
+    ]
+    for topic, payload in garbage:
+        await manager.link.publish(topic, payload)
+    await manager.link.flush()
+    for _ in range(100):
+        if manager.stats.bad_messages >= 4 and worker.stats.bad_messages >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert manager.stats.bad_messages >= 4
+    assert worker.stats.bad_messages >= 2
+    task = await run(http, {"name": "add", "file": ADD, "inputs": [1, 2]})
+    assert task["results"] == [3]
+
+
+async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    stack, http = sqlite_stack
+    task = await run(http, {"name": "add", "file": ADD, "inputs": [2, 2]})
+    worker = next(w for w in stack.workers if w.id == task["worker_id"])
+    started = worker.stats.started
+    again = StartTasks(
+        tasks=[Assignment(task_id=task["id"], attempt=1, runtime="wasm", entrypoint="add")]
+    )
+    payload = encode("task.start", again)
+    await stack.control.manager.link.publish(worker.topics.cmd(worker.id), payload)
+    await stack.control.manager.link.flush()
+    for _ in range(40):
+        if worker.stats.duplicates:
+            break
+        await asyncio.sleep(0.05)
+    assert worker.stats.duplicates == 1
+    assert worker.stats.started == started

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from edgeplane.api.deps import ManagerDep
-from edgeplane.model import Page, Task, TaskPatch, TaskSpec, TaskState
+from edgeplane.model import Page, Task, TaskLogs, TaskPatch, TaskResults, TaskSpec, TaskState
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -22,20 +22,6 @@ class TaskBatch(BaseModel):
 
 class TaskItems(BaseModel):
     items: list[Task]
-
-
-class TaskResults(BaseModel):
-    task_id: str
-    state: TaskState
-    results: Any = None
-    error: str | None = None
-    exit_code: int | None = None
-
-
-class TaskLogs(BaseModel):
-    task_id: str
-    stdout: str
-    stderr: str
 
 
 @router.post("", status_code=201, response_model=Task)
@@ -96,17 +82,9 @@ async def stop_task(task_id: str, manager: ManagerDep) -> Task:
 
 @router.get("/{task_id}/results", response_model=TaskResults)
 async def task_results(task_id: str, manager: ManagerDep) -> TaskResults:
-    task = await manager.get(task_id)
-    return TaskResults(
-        task_id=task.id,
-        state=task.state,
-        results=task.results,
-        error=task.error,
-        exit_code=task.exit_code,
-    )
+    return (await manager.get(task_id)).results_view()
 
 
 @router.get("/{task_id}/logs", response_model=TaskLogs)
 async def task_logs(task_id: str, manager: ManagerDep) -> TaskLogs:
-    task = await manager.get(task_id)
-    return TaskLogs(task_id=task.id, stdout=task.stdout, stderr=task.stderr)
+    return (await manager.get(task_id)).logs_view()

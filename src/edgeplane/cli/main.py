@@ -8,7 +8,6 @@ stderr through :class:`_Guarded`; nobody ever sees a traceback.
 from __future__ import annotations
 
 import sys
-
 from typing import Annotated, Any
 
 import typer

@@ -23,6 +23,10 @@ def _signatures() -> ModuleCache:
     return _modules
 
 
+#: Spec fields that are not copied onto the task document as they are.
+_NOT_STORED = {"file", "start", "worker_id", "cluster_id", "schedule", "timezone"}
+
+
 @dataclass(frozen=True)
 class Admitted:
     task: Task
@@ -62,32 +66,17 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
     entrypoint = spec.export or spec.name
     if spec.runtime == "wasm" and data is not None and digest is not None:
         check_call(_signatures().signatures(digest, data), entrypoint, spec.inputs, spec.mode)
-    task = Task(
-        id=task_id,
-        name=spec.name,
-        runtime=spec.runtime,
-        mode=spec.mode,
-        export=spec.export,
-        artifact=digest,
-        image_url=spec.image_url,
-        inputs=spec.inputs,
-        cli_args=spec.cli_args,
-        env=spec.env,
-        command=spec.command,
-        image=spec.image,
-        limits=spec.limits,
-        retries=spec.retries,
-        priority=spec.priority,
-        constraints=spec.constraints,
-        depends_on=spec.depends_on,
-        run_if=spec.run_if,
-        daemon=spec.daemon,
-        metadata=spec.metadata,
-        pinned_worker=spec.worker_id,
-        cluster_id=cluster_id,
-        reason="not started" if not spec.start else None,
-        created_at=now,
-        updated_at=now,
+    task = Task.model_validate(
+        {
+            **spec.model_dump(exclude=_NOT_STORED),
+            "id": task_id,
+            "artifact": digest,
+            "pinned_worker": spec.worker_id,
+            "cluster_id": cluster_id,
+            "reason": None if spec.start else "not started",
+            "created_at": now,
+            "updated_at": now,
+        }
     )
     return Admitted(task=task, artifact=data)
 

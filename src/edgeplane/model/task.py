@@ -82,6 +82,28 @@ class TaskPatch(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+class TaskResults(BaseModel):
+    """``GET /tasks/{id}/results``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    state: TaskState
+    results: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+
+
+class TaskLogs(BaseModel):
+    """``GET /tasks/{id}/logs``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    stdout: str = ""
+    stderr: str = ""
+
+
 class Task(BaseModel):
     """The task document: stored, returned by the API, updated by the manager."""
 
@@ -130,6 +152,18 @@ class Task(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    def results_view(self) -> TaskResults:
+        return TaskResults(
+            task_id=self.id,
+            state=self.state,
+            results=self.results,
+            error=self.error,
+            exit_code=self.exit_code,
+        )
+
+    def logs_view(self) -> TaskLogs:
+        return TaskLogs(task_id=self.id, stdout=self.stdout, stderr=self.stderr)
 
     @property
     def entrypoint(self) -> str:
