@@ -355,3 +355,19 @@ async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.As
         await asyncio.sleep(0.05)
     assert worker.stats.duplicates == 1
     assert worker.stats.started == started
+
+
+async def test_host_tasks_need_allow_host(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    sqlite = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for stack, http in start_stack(
+        tmp_path, fast_broker_url, sqlite, unique_domain, allow_host=False
+    ):
+        assert all("host" not in w.runtimes for w in stack.workers)
+        created = await http.post(
+            "/tasks", json={"name": "sh", "runtime": "host", "command": ["true"], "start": True}
+        )
+        task = (await http.get(f"/tasks/{created.json()['id']}", params={"wait": 0.5})).json()
+        assert task["state"] == "pending"
+        assert task["reason"] == "no worker offers runtime 'host'"

@@ -24,6 +24,7 @@ from edgeplane.errors import Conflict, Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
+from edgeplane.manager.queue import PendingQueue
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
 from edgeplane.model import Task, TaskPatch, TaskSpec, Worker
 from edgeplane.protocol import (
@@ -78,7 +79,8 @@ class Manager:
         self.stats = ManagerStats()
         self.registry = Registry()
         self.journal = Journal(store)
-        self._pending: dict[str, Task] = {}
+        self._pending = PendingQueue()
+        self._next_due: float | None = None
         self._active: dict[str, Task] = {}
         self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
         self._artifacts: dict[str, bytes] = {}
@@ -134,11 +136,13 @@ class Manager:
                 self._active[task.id] = task
                 entry.tasks[task.id] = self._reservation(task, seq=0)
             elif task.state in ("scheduled", "running"):
-                self._pending[task.id] = lifecycle.lose(
-                    task, "its worker is unknown after a restart", self.clock.now(), 0.0
+                self._pending.put(
+                    lifecycle.lose(
+                        task, "its worker is unknown after a restart", self.clock.now(), 0.0
+                    )
                 )
             else:
-                self._pending[task.id] = task
+                self._pending.put(task)
         if self._pending or self._active:
             log.info(
                 "recovered tasks",
@@ -167,7 +171,7 @@ class Manager:
         await self.store.add_tasks(tasks)
         for task in tasks:
             if task.started:
-                self._pending[task.id] = task
+                self._pending.put(task)
         if any(t.started for t in tasks):
             self._kick.set()
         return tasks
@@ -202,7 +206,7 @@ class Manager:
                 raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
             return task
         task = lifecycle.start(task, self.clock.now())
-        self._pending[task.id] = task
+        self._pending.put(task)
         await self.journal.write([task])
         self._kick.set()
         return task
@@ -214,7 +218,7 @@ class Manager:
             return task
         now = self.clock.now()
         stopped = lifecycle.cancel(task, now)
-        self._pending.pop(task_id, None)
+        self._pending.pop(task_id)
         if self._active.pop(task_id, None) is not None and task.worker_id:
             entry = self.registry.get(task.worker_id)
             if entry is not None:
@@ -274,7 +278,7 @@ class Manager:
 
     def task_counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
-        for task in (*self._pending.values(), *self._active.values()):
+        for task in (*self._pending, *self._active.values()):
             counts[task.state] += 1
         return dict(counts)
 
@@ -430,7 +434,7 @@ class Manager:
             if entry is not None:
                 entry.tasks.pop(new.id, None)
             if new.state == "pending":
-                self._pending[new.id] = new
+                self._pending.put(new)
         if changed:
             self._kick.set()
 
@@ -456,21 +460,19 @@ class Manager:
                 await asyncio.sleep(0.5)
 
     def _next_due_in(self) -> float | None:
-        now = self.clock.now()
-        later = [t.not_before for t in self._pending.values() if t.not_before > now]
-        return max(0.01, min(later) - now) if later else None
+        if self._next_due is None:
+            return None
+        return max(0.01, self._next_due - self.clock.now())
 
     async def _schedule_once(self) -> None:
         now = self.clock.now()
-        due = [t for t in self._pending.values() if t.not_before <= now]
-        if not due:
-            return
         views = self.registry.schedulable()
         free = sum(v.free_slots for v in views)
-        limit = max(64, free * _CANDIDATES_PER_SLOT)
-        if len(due) > limit:
-            due.sort(key=lambda t: (-t.priority, t.created_at))
-            due = due[:limit]
+        candidates = self._pending.candidates(now, max(64, free * _CANDIDATES_PER_SLOT))
+        self._next_due = candidates.next_due
+        due = candidates.due
+        if not due:
+            return
         demands = [
             TaskDemand(
                 id=t.id,
@@ -491,16 +493,17 @@ class Manager:
         self._cursor = plan.cursor
         for task_id, reason in plan.waiting.items():
             # Wait reasons are recomputed every pass; they live in memory only.
-            task = self._pending[task_id]
-            if task.reason != reason:
-                self._pending[task_id] = lifecycle.wait_reason(task, reason, now)
+            task = self._pending.get(task_id)
+            if task is not None and task.reason != reason:
+                self._pending.put(lifecycle.wait_reason(task, reason, now))
         if not plan.assignments:
             return
         by_worker: dict[str, list[Task]] = defaultdict(list)
         for task_id, worker_id in plan.assignments:
-            task = lifecycle.assign(
-                self._pending.pop(task_id), worker_id, self.settings.cluster_id, now
-            )
+            waiting = self._pending.pop(task_id)
+            if waiting is None:
+                continue
+            task = lifecycle.assign(waiting, worker_id, self.settings.cluster_id, now)
             self._active[task.id] = task
             by_worker[worker_id].append(task)
         batches = []
@@ -597,7 +600,7 @@ class Manager:
                 continue
             new = lifecycle.lose(task, reason, now, self.settings.retry_backoff_s)
             if new.state == "pending":
-                self._pending[new.id] = new
+                self._pending.put(new)
             changed.append(new)
         if changed:
             log.warning("tasks lost", extra={"worker_id": entry.worker.id, "count": len(changed)})

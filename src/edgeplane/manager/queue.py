@@ -1,0 +1,69 @@
+"""Started tasks waiting for a worker, in dispatch order (priority, then age).
+
+A scheduling pass runs after every batch of events, so it must not touch every pending
+task: with 10,000 queued, a pass only looks at the first few hundred. A heap gives that
+order; entries of tasks that left the queue are dropped lazily when they surface.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from edgeplane.model import Task
+
+_Key = tuple[int, float, str]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    due: list[Task]
+    #: earliest ``not_before`` among tasks seen that are still backing off
+    next_due: float | None
+
+
+class PendingQueue:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._heap: list[_Key] = []
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._tasks
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def get(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def put(self, task: Task) -> None:
+        """Add a task, or replace its document (its place in line stays the same)."""
+        if task.id not in self._tasks:
+            heapq.heappush(self._heap, (-task.priority, task.created_at, task.id))
+        self._tasks[task.id] = task
+
+    def pop(self, task_id: str) -> Task | None:
+        return self._tasks.pop(task_id, None)
+
+    def candidates(self, now: float, limit: int) -> Candidates:
+        """Up to ``limit`` due tasks in dispatch order; they stay queued until popped."""
+        due: list[Task] = []
+        seen: list[_Key] = []
+        next_due: float | None = None
+        while self._heap and len(due) < limit:
+            key = heapq.heappop(self._heap)
+            task = self._tasks.get(key[2])
+            if task is None:
+                continue  # left the queue earlier
+            seen.append(key)
+            if task.not_before <= now:
+                due.append(task)
+            elif next_due is None or task.not_before < next_due:
+                next_due = task.not_before
+        for key in seen:
+            heapq.heappush(self._heap, key)
+        return Candidates(due=due, next_due=next_due)
