@@ -27,5 +27,9 @@ test: deps services lint
 test-unit:
 	$(PY) -m pytest -q tests/unit
 
+# Benchmarks (not tests): latency, throughput and footprint of `edgeplane up`.
+bench: install
+	$(PY) -m bench.spine
+
 up: install
 	edgeplane up
