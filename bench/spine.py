@@ -195,17 +195,22 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def measure_latency(client: Client, wasm: bytes, n: int, warmup: int, budget_s: float) -> Phase:
+def measure_latency(
+    client: Client, wasm: bytes, n: int, warmup: int, budget_s: float, up: psutil.Process
+) -> Phase:
     """One task at a time: ``POST /tasks`` (started) then long-poll ``GET /tasks/{id}?wait=``."""
     phase = Phase("latency")
     deadline = time.monotonic() + budget_s
     samples: list[float] = []
-    failed = 0
+    failed = ran = 0
+    cpu_before = tree_cpu_s(up)
     for i in range(warmup + n):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             phase.note = f"budget of {budget_s:g}s spent"
             break
+        if i == warmup:
+            cpu_before = tree_cpu_s(up)
         began = time.perf_counter()
         try:
             task = client.submit(wasm, name="noop")
@@ -214,12 +219,14 @@ def measure_latency(client: Client, wasm: bytes, n: int, warmup: int, budget_s: 
             phase.note = f"stopped at task {i + 1}: {exc}"
             break
         took = time.perf_counter() - began
+        ran += 1
         if done.state != "completed":
             failed += 1
         elif i >= warmup:
             samples.append(took)
+    cpu_s = tree_cpu_s(up) - cpu_before
     phase.figures["tasks measured"] = len(samples)
-    phase.figures["warm-up tasks"] = min(warmup, warmup + n)
+    phase.figures["warm-up tasks"] = min(ran, warmup)
     if failed:
         phase.figures["tasks not completed"] = failed
     if samples:
@@ -228,6 +235,7 @@ def measure_latency(client: Client, wasm: bytes, n: int, warmup: int, budget_s: 
             phase.figures[f"p{q} ms"] = ms(percentile(ordered, q))
         phase.figures["max ms"] = ms(ordered[-1])
         phase.figures["mean ms"] = ms(sum(ordered) / len(ordered))
+        phase.figures["`up` tree CPU ms per task"] = ms(cpu_s / len(samples))
     phase.status = _status(len(samples), n)
     return phase
 
@@ -381,6 +389,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        # Other load on the box skews every figure: keep it next to them.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -405,6 +415,8 @@ def render(run: Run, console: Console) -> None:
     m = run.machine
     console.print(
         f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"
+        f", load average (1 min) {m['loadavg_1m_at_start']} at start,"
+        f" {m.get('loadavg_1m_at_end', '?')} at end"
     )
     console.print(f"command: {run.command}")
     console.print(f"up:      {run.up_command}")
@@ -452,7 +464,7 @@ def run(args: argparse.Namespace, console: Console, work_dir: Path) -> Run:
             (
                 "latency",
                 lambda: measure_latency(
-                    client, wasm, args.latency, args.warmup, args.latency_budget
+                    client, wasm, args.latency, args.warmup, args.latency_budget, up.ps
                 ),
             ),
             (
@@ -464,6 +476,7 @@ def run(args: argparse.Namespace, console: Console, work_dir: Path) -> Run:
         for name, step in steps:
             console.print(f"{name} …")
             result.phases.append(_guarded(name, step))
+    result.machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return result
 
 

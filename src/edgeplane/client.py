@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -33,7 +33,17 @@ from edgeplane.errors import (
     Unauthorized,
     Unavailable,
 )
-from edgeplane.model import Page, Task, TaskLogs, TaskResults, Worker
+from edgeplane.model import (
+    JobSpec,
+    Page,
+    Schedule,
+    Task,
+    TaskLogs,
+    TaskResults,
+    Worker,
+    Workflow,
+    WorkflowSpec,
+)
 
 __all__ = [
     "BATCH_LIMIT",
@@ -55,17 +65,28 @@ LONG_POLL_S = 30.0
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+#: What a wait polls: a task, or a job or workflow run.
+D = TypeVar("D", Task, Workflow)
 FileArg = bytes | str | Path | None
+#: A job or workflow as the client takes it: the pydantic spec or a plain mapping, whose
+#: tasks' ``file`` may be bytes or a :class:`~pathlib.Path` (sent as base64).
+RunSpec = JobSpec | WorkflowSpec | Mapping[str, Any]
+Progress = Callable[[Workflow], object]
+_Runs = Literal["jobs", "workflows"]
 
 
 class WaitTimeout(Unavailable, TimeoutError):
-    """``wait``/``result`` ran out of time; the task itself goes on (``task`` is its last state)."""
+    """A wait ran out of time; what it waited for goes on. Its last state is in ``task``
+    (``wait``/``result``) or in ``workflow`` (``wait_job``/``wait_workflow``)."""
 
     title = "Wait timed out"
 
-    def __init__(self, detail: str, *, task: Task) -> None:
+    def __init__(
+        self, detail: str, *, task: Task | None = None, workflow: Workflow | None = None
+    ) -> None:
         super().__init__(detail)
         self.task = task
+        self.workflow = workflow
 
 
 class _Batch(BaseModel):
@@ -163,16 +184,20 @@ def _json(resp: httpx.Response) -> Any:
         raise EdgeplaneError(f"{resp.request.url} answered with something not JSON") from None
 
 
+def _validated(model: type[M], body: Any, resp: httpx.Response) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise EdgeplaneError(
+            f"unexpected answer from {resp.request.url}: {where}: {first['msg']}"
+        ) from None
+
+
 def _model(model: type[M]) -> Callable[[httpx.Response], M]:
     def parse(resp: httpx.Response) -> M:
-        try:
-            return model.model_validate(_json(resp))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise EdgeplaneError(
-                f"unexpected answer from {resp.request.url}: {where}: {first['msg']}"
-            ) from None
+        return _validated(model, _json(resp), resp)
 
     return parse
 
@@ -184,10 +209,22 @@ _worker_page = _model(Page[Worker])
 _results = _model(TaskResults)
 _logs = _model(TaskLogs)
 _batch = _model(_Batch)
+_workflow = _model(Workflow)
+_workflow_page = _model(Page[Workflow])
+_schedule = _model(Schedule)
+_schedule_page = _model(Page[Schedule])
 
 
 def _tasks(resp: httpx.Response) -> list[Task]:
     return _batch(resp).items
+
+
+def _run_or_schedule(resp: httpx.Response) -> Workflow | Schedule:
+    """``POST /jobs|/workflows``: the run, or the schedule when the body had ``schedule``."""
+    body = _json(resp)
+    if isinstance(body, dict) and "cron" in body:
+        return _validated(Schedule, body, resp)
+    return _validated(Workflow, body, resp)
 
 
 def _document(resp: httpx.Response) -> dict[str, Any]:
@@ -262,6 +299,20 @@ def _submit_body(
     return _spec(body)
 
 
+def _run_body(spec: RunSpec) -> dict[str, Any]:
+    """A job or workflow body with every task's ``file`` as base64."""
+    if isinstance(spec, BaseModel):
+        return spec.model_dump(mode="json", exclude_unset=True)
+    body = dict(spec)
+    tasks = body.get("tasks")
+    if isinstance(tasks, list | tuple):
+        body["tasks"] = [
+            t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
+            for t in tasks
+        ]
+    return body
+
+
 def _chunks(specs: Sequence[Mapping[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(specs), BATCH_LIMIT):
         yield [{"start": True, **_spec(s)} for s in specs[start : start + BATCH_LIMIT]]
@@ -281,7 +332,18 @@ class _Calls:
 
     @staticmethod
     def create(body: dict[str, Any]) -> _Call[Task]:
+        if body.get("schedule") is not None:
+            raise Invalid(
+                "a task with a schedule creates a schedule, not a task: use schedule_task()",
+                field="schedule",
+            )
         return _Call("POST", "/tasks", _task, body=body)
+
+    @staticmethod
+    def schedule_task(body: dict[str, Any]) -> _Call[Schedule]:
+        if body.get("schedule") is None:
+            raise Invalid("give a cron expression to schedule a task", field="schedule")
+        return _Call("POST", "/tasks", _schedule, body=body)
 
     @staticmethod
     def batch(bodies: list[dict[str, Any]]) -> _Call[list[Task]]:
@@ -336,28 +398,85 @@ class _Calls:
     def health() -> _Call[dict[str, Any]]:
         return _Call("GET", "/healthz", _document, root=True)
 
+    @staticmethod
+    def create_run(runs: _Runs, body: dict[str, Any]) -> _Call[Workflow | Schedule]:
+        return _Call("POST", f"/{runs}", _run_or_schedule, body=body)
 
-class _Wait:
-    """The long-poll loop of ``wait``, shared by both clients: ask, check, ask again."""
+    @staticmethod
+    def run(runs: _Runs, run_id: str, hold_s: float = 0.0) -> _Call[Workflow]:
+        params = {"wait": round(hold_s, 3)} if hold_s > 0 else None
+        return _Call("GET", f"/{runs}/{_seg(run_id)}", _workflow, params=params, hold_s=hold_s)
 
-    def __init__(self, task_id: str, timeout: float | None, clock: Clock) -> None:
-        self.task_id = task_id
+    @staticmethod
+    def runs(runs: _Runs, params: dict[str, str | int]) -> _Call[Page[Workflow]]:
+        return _Call("GET", f"/{runs}", _workflow_page, params=params)
+
+    @staticmethod
+    def stop_run(runs: _Runs, run_id: str) -> _Call[Workflow]:
+        return _Call("POST", f"/{runs}/{_seg(run_id)}/stop", _workflow)
+
+    @staticmethod
+    def schedules(params: dict[str, str | int]) -> _Call[Page[Schedule]]:
+        return _Call("GET", "/schedules", _schedule_page, params=params)
+
+    @staticmethod
+    def delete_schedule(schedule_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/schedules/{_seg(schedule_id)}", _nothing)
+
+
+def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
+    if isinstance(last, Task):
+        return WaitTimeout(detail, task=last)
+    return WaitTimeout(detail, workflow=last)
+
+
+class _Wait(Generic[D]):
+    """The long-poll loop of every wait, shared by both clients: ask, check, ask again.
+
+    ``poll_s`` caps one long-poll: the CLI asks every few seconds to redraw a live view.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        get: Callable[[float], _Call[D]],
+        timeout: float | None,
+        clock: Clock,
+        poll_s: float = LONG_POLL_S,
+    ) -> None:
+        self.what = what
+        self.get: Callable[[float], _Call[D]] = get
         self.timeout = timeout
         self.clock = clock
+        self.poll_s = poll_s
         self.deadline = None if timeout is None else clock.monotonic() + max(timeout, 0.0)
 
-    def next_call(self, last: Task | None) -> _Call[Task] | None:
+    def next_call(self, last: D | None) -> _Call[D] | None:
         """The next long-poll, or None when ``last`` is final; raises when time is up."""
         if last is not None and last.terminal:
             return None
         if self.deadline is None:
-            return _Calls.get(self.task_id, LONG_POLL_S)
+            return self.get(self.poll_s)
         remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0 and last is not None:
-            raise WaitTimeout(
-                f"task {self.task_id} still {last.state} after {self.timeout:g}s", task=last
-            )
-        return _Calls.get(self.task_id, min(max(remaining, 0.0), LONG_POLL_S))
+            raise _timed_out(f"{self.what} still {last.state} after {self.timeout:g}s", last)
+        return self.get(min(max(remaining, 0.0), self.poll_s))
+
+    @staticmethod
+    def task(task_id: str, timeout: float | None, clock: Clock) -> _Wait[Task]:
+        def get(hold_s: float) -> _Call[Task]:
+            return _Calls.get(task_id, hold_s)
+
+        return _Wait(f"task {task_id}", get, timeout, clock)
+
+    @staticmethod
+    def run(
+        runs: _Runs, run_id: str, timeout: float | None, clock: Clock, poll_s: float
+    ) -> _Wait[Workflow]:
+        def get(hold_s: float) -> _Call[Workflow]:
+            return _Calls.run(runs, run_id, hold_s)
+
+        return _Wait(f"{runs.removesuffix('s')} {run_id}", get, timeout, clock, poll_s)
 
 
 class _Base:
@@ -464,14 +583,18 @@ class Client(_Base):
     def get(self, task_id: str) -> Task:
         return self._send(_Calls.get(task_id))
 
+    def _poll(self, plan: _Wait[D], progress: Callable[[D], object] | None = None) -> D:
+        last: D | None = None
+        while (call := plan.next_call(last)) is not None:
+            last = self._send(call)
+            if progress is not None:
+                progress(last)
+        assert last is not None
+        return last
+
     def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """The task once terminal (long-polling, no busy loop); :class:`WaitTimeout` if not."""
-        plan = _Wait(task_id, timeout, self._clock)
-        task: Task | None = None
-        while (call := plan.next_call(task)) is not None:
-            task = self._send(call)
-        assert task is not None
-        return task
+        return self._poll(_Wait.task(task_id, timeout, self._clock))
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait, then the task's results; :class:`TaskFailure` if it did not complete."""
@@ -514,6 +637,72 @@ class Client(_Base):
 
     def health(self) -> dict[str, Any]:
         return self._send(_Calls.health())
+
+    def schedule_task(self, spec: Mapping[str, Any]) -> Schedule:
+        """``POST /tasks`` with ``schedule`` (cron) set: the schedule that will create the task."""
+        return self._send(_Calls.schedule_task(_spec(spec)))
+
+    # --- jobs and workflows ---------------------------------------------------------------
+
+    def create_job(self, spec: RunSpec) -> Workflow | Schedule:
+        """``POST /jobs``: the job (started unless ``start`` is false), or its
+        :class:`Schedule` when ``spec`` has ``schedule``."""
+        return self._send(_Calls.create_run("jobs", _run_body(spec)))
+
+    def job(self, job_id: str) -> Workflow:
+        return self._send(_Calls.run("jobs", job_id))
+
+    def jobs(self, *, limit: int | None = None, offset: int | None = None) -> Page[Workflow]:
+        return self._send(_Calls.runs("jobs", _filters(limit=limit, offset=offset)))
+
+    def stop_job(self, job_id: str) -> Workflow:
+        return self._send(_Calls.stop_run("jobs", job_id))
+
+    def wait_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        progress: Progress | None = None,
+        poll_s: float = LONG_POLL_S,
+    ) -> Workflow:
+        """The job once terminal; ``progress`` sees every state polled (at most ``poll_s``
+        apart). :class:`WaitTimeout` if it is not done within ``timeout``."""
+        plan = _Wait.run("jobs", job_id, timeout, self._clock, poll_s)
+        return self._poll(plan, progress)
+
+    def create_workflow(self, spec: RunSpec) -> Workflow | Schedule:
+        """``POST /workflows``: the workflow (started unless ``start`` is false), or its
+        :class:`Schedule` when ``spec`` has ``schedule``."""
+        return self._send(_Calls.create_run("workflows", _run_body(spec)))
+
+    def workflow(self, workflow_id: str) -> Workflow:
+        return self._send(_Calls.run("workflows", workflow_id))
+
+    def workflows(self, *, limit: int | None = None, offset: int | None = None) -> Page[Workflow]:
+        return self._send(_Calls.runs("workflows", _filters(limit=limit, offset=offset)))
+
+    def stop_workflow(self, workflow_id: str) -> Workflow:
+        return self._send(_Calls.stop_run("workflows", workflow_id))
+
+    def wait_workflow(
+        self,
+        workflow_id: str,
+        timeout: float | None = None,
+        *,
+        progress: Progress | None = None,
+        poll_s: float = LONG_POLL_S,
+    ) -> Workflow:
+        """The workflow once terminal; ``progress`` sees every state polled (at most ``poll_s``
+        apart). :class:`WaitTimeout` if it is not done within ``timeout``."""
+        plan = _Wait.run("workflows", workflow_id, timeout, self._clock, poll_s)
+        return self._poll(plan, progress)
+
+    def schedules(self, *, limit: int | None = None, offset: int | None = None) -> Page[Schedule]:
+        return self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._send(_Calls.delete_schedule(schedule_id))
 
 
 class AsyncClient(_Base):
@@ -592,14 +781,18 @@ class AsyncClient(_Base):
         return await self._send(_Calls.get(task_id))
 
     # The timeout is a server-side long-poll deadline, not an asyncio one: hence noqa.
+    async def _poll(self, plan: _Wait[D], progress: Callable[[D], object] | None = None) -> D:
+        last: D | None = None
+        while (call := plan.next_call(last)) is not None:
+            last = await self._send(call)
+            if progress is not None:
+                progress(last)
+        assert last is not None
+        return last
+
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:  # noqa: ASYNC109
         """The task once terminal (long-polling, no busy loop); :class:`WaitTimeout` if not."""
-        plan = _Wait(task_id, timeout, self._clock)
-        task: Task | None = None
-        while (call := plan.next_call(task)) is not None:
-            task = await self._send(call)
-        assert task is not None
-        return task
+        return await self._poll(_Wait.task(task_id, timeout, self._clock))
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Wait, then the task's results; :class:`TaskFailure` if it did not complete."""
@@ -642,3 +835,73 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, Any]:
         return await self._send(_Calls.health())
+
+    async def schedule_task(self, spec: Mapping[str, Any]) -> Schedule:
+        """``POST /tasks`` with ``schedule`` (cron) set: the schedule that will create the task."""
+        return await self._send(_Calls.schedule_task(_spec(spec)))
+
+    # --- jobs and workflows ---------------------------------------------------------------
+
+    async def create_job(self, spec: RunSpec) -> Workflow | Schedule:
+        """``POST /jobs``: the job (started unless ``start`` is false), or its
+        :class:`Schedule` when ``spec`` has ``schedule``."""
+        return await self._send(_Calls.create_run("jobs", _run_body(spec)))
+
+    async def job(self, job_id: str) -> Workflow:
+        return await self._send(_Calls.run("jobs", job_id))
+
+    async def jobs(self, *, limit: int | None = None, offset: int | None = None) -> Page[Workflow]:
+        return await self._send(_Calls.runs("jobs", _filters(limit=limit, offset=offset)))
+
+    async def stop_job(self, job_id: str) -> Workflow:
+        return await self._send(_Calls.stop_run("jobs", job_id))
+
+    async def wait_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        progress: Progress | None = None,
+        poll_s: float = LONG_POLL_S,
+    ) -> Workflow:
+        """The job once terminal; ``progress`` sees every state polled (at most ``poll_s``
+        apart). :class:`WaitTimeout` if it is not done within ``timeout``."""
+        plan = _Wait.run("jobs", job_id, timeout, self._clock, poll_s)
+        return await self._poll(plan, progress)
+
+    async def create_workflow(self, spec: RunSpec) -> Workflow | Schedule:
+        """``POST /workflows``: the workflow (started unless ``start`` is false), or its
+        :class:`Schedule` when ``spec`` has ``schedule``."""
+        return await self._send(_Calls.create_run("workflows", _run_body(spec)))
+
+    async def workflow(self, workflow_id: str) -> Workflow:
+        return await self._send(_Calls.run("workflows", workflow_id))
+
+    async def workflows(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[Workflow]:
+        return await self._send(_Calls.runs("workflows", _filters(limit=limit, offset=offset)))
+
+    async def stop_workflow(self, workflow_id: str) -> Workflow:
+        return await self._send(_Calls.stop_run("workflows", workflow_id))
+
+    async def wait_workflow(
+        self,
+        workflow_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        progress: Progress | None = None,
+        poll_s: float = LONG_POLL_S,
+    ) -> Workflow:
+        """The workflow once terminal; ``progress`` sees every state polled (at most ``poll_s``
+        apart). :class:`WaitTimeout` if it is not done within ``timeout``."""
+        plan = _Wait.run("workflows", workflow_id, timeout, self._clock, poll_s)
+        return await self._poll(plan, progress)
+
+    async def schedules(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[Schedule]:
+        return await self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._send(_Calls.delete_schedule(schedule_id))

@@ -8,16 +8,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
-from edgeplane.model import Task, Worker
+from edgeplane.model import Schedule, Task, Worker, Workflow
 from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, open_store
+from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
+from edgeplane.store.tables import tasks as tasks_table
 from store_fixtures import (
     BACKEND_PARAMS,
     StoreFactory,
@@ -138,6 +142,180 @@ async def test_delete_task(store: Store) -> None:
     assert (await store.list_tasks())[1] == 2
 
 
+def workflow(workflow_id: str, created_at: float, **fields: object) -> Workflow:
+    return Workflow.model_validate({"id": workflow_id, "created_at": created_at, **fields})
+
+
+def schedule(schedule_id: str, created_at: float, **fields: object) -> Schedule:
+    return Schedule.model_validate(
+        {"id": schedule_id, "kind": "task", "cron": "*/5 * * * *", "created_at": created_at}
+        | fields
+    )
+
+
+def run_tasks(workflow_id: str, count: int, **fields: object) -> list[Task]:
+    return [
+        task(f"{workflow_id}/{i}", float(i), workflow_id=workflow_id, **fields)
+        for i in range(count)
+    ]
+
+
+async def test_add_workflow_stores_it_and_its_tasks_without_the_task_list(store: Store) -> None:
+    tasks = run_tasks("w", 2, inputs_from=[{"task": "x", "index": 1}], schedule_id="s")
+    wf = workflow(
+        "w",
+        5.0,
+        kind="job",
+        mode="sequential",
+        task_ids=["w/0", "w/1"],
+        names={"x": "w/0"},
+        metadata={"k": [1]},
+        tasks=tasks,
+    )
+
+    await store.add_workflow(wf, tasks)
+    wf.metadata["k"].append(2)
+
+    got = await store.get_workflow("w")
+    assert got == wf.model_copy(update={"tasks": [], "metadata": {"k": [1]}})
+    assert got is not None
+    got.task_ids.append("changed")
+    assert (await store.get_workflow("w")) == got.model_copy(update={"task_ids": ["w/0", "w/1"]})
+    assert await store.get_workflow("missing") is None
+    assert await store.list_tasks(workflow_id="w") == (tasks, 2)
+    await store.add_workflow(workflow("empty", 6.0), [])
+    assert await store.get_workflow("empty") == workflow("empty", 6.0)
+
+
+async def test_add_workflow_conflict_inserts_nothing(store: Store) -> None:
+    await store.add_workflow(workflow("w", 1.0), run_tasks("w", 2))
+    await store.add_tasks([task("loose", 2.0)])
+
+    with pytest.raises(Conflict) as info:  # the workflow id is taken
+        await store.add_workflow(workflow("w", 3.0, name="again"), run_tasks("w-new", 2))
+    assert "w" in info.value.detail
+    with pytest.raises(Conflict) as info:  # one task id is taken
+        await store.add_workflow(workflow("x", 4.0), [task("x/0", 4.0), task("loose", 4.0)])
+    assert "loose" in info.value.detail
+    with pytest.raises(Conflict):  # a task id repeats in the batch
+        await store.add_workflow(workflow("y", 5.0), [task("y/0", 5.0), task("y/0", 5.0)])
+
+    assert (await store.list_workflows())[1] == 1
+    assert await store.get_workflow("w") == workflow("w", 1.0)
+    assert [t.id for t in (await store.list_tasks())[0]] == ["w/0", "w/1", "loose"]
+
+
+async def test_concurrent_add_workflow_of_one_id_lets_exactly_one_win(
+    make_store: StoreFactory, store_backend: str
+) -> None:
+    # Two managers firing the same cron slot: separate stores over one database.
+    first = await make_store(store_backend)
+    second = first if store_backend == "memory" else await make_store(store_backend)
+    contenders = [first, second, first, second]
+
+    for slot in range(3):
+        run_id = f"s:{slot}"
+        outcomes = await asyncio.gather(
+            *(
+                store.add_workflow(
+                    workflow(run_id, 1.0, name=f"by {n}"),
+                    run_tasks(run_id, 3, name=f"by {n}"),
+                )
+                for n, store in enumerate(contenders)
+            ),
+            return_exceptions=True,
+        )
+
+        assert sum(o is None for o in outcomes) == 1
+        assert all(isinstance(o, Conflict) for o in outcomes if o is not None)
+        winner = f"by {outcomes.index(None)}"
+        stored = await first.get_workflow(run_id)
+        assert stored is not None
+        assert stored.name == winner
+        tasks, total = await first.list_tasks(workflow_id=run_id)
+        assert total == 3
+        assert {t.name for t in tasks} == {winner}
+
+
+async def test_save_workflows_upserts(store: Store) -> None:
+    await store.add_workflow(workflow("a", 1.0), run_tasks("a", 1))
+
+    done = workflow("a", 1.0, state="completed", finished_at=3.0, reason="all done")
+    await store.save_workflows([done, workflow("b", 2.0, kind="job", state="running")])
+    await store.save_workflows([])
+
+    assert await store.get_workflow("a") == done
+    assert [w.id for w in (await store.list_workflows())[0]] == ["a", "b"]
+    await store.save_workflows([workflow("c", 0.5, tasks=run_tasks("c", 1))])
+    assert await store.get_workflow("c") == workflow("c", 0.5)
+    assert await store.get_task("c/0") is None  # saving a workflow never writes tasks
+
+
+async def test_list_workflows_filters_orders_and_pages(store: Store) -> None:
+    await store.save_workflows(
+        [
+            workflow("w3", 3.0),
+            workflow("j1", 1.0, kind="job"),
+            workflow("w2b", 2.0),
+            workflow("w2a", 2.0, kind="job"),
+            workflow("w4", 4.0, kind="job"),
+        ]
+    )
+
+    async def ids(kind: str | None = None, limit: int = 100, offset: int = 0) -> object:
+        items, total = await store.list_workflows(kind=kind, limit=limit, offset=offset)
+        return [w.id for w in items], total
+
+    assert await ids() == (["j1", "w2a", "w2b", "w3", "w4"], 5)
+    assert await ids(limit=2, offset=1) == (["w2a", "w2b"], 5)
+    assert await ids(kind="job") == (["j1", "w2a", "w4"], 3)
+    assert await ids(kind="job", limit=1, offset=2) == (["w4"], 3)
+    assert await ids(kind="workflow") == (["w2b", "w3"], 2)
+    assert await ids(offset=9) == ([], 5)
+
+
+async def test_unfinished_workflows_are_the_non_terminal_ones(store: Store) -> None:
+    states = ["pending", "running", "completed", "failed", "cancelled"]
+    await store.save_workflows([workflow(s, float(-i), state=s) for i, s in enumerate(states)])
+
+    assert [w.id for w in await store.unfinished_workflows()] == ["running", "pending"]
+
+
+async def test_schedules_crud(store: Store) -> None:
+    job = schedule(
+        "s2",
+        2.0,
+        kind="job",
+        timezone="Europe/Berlin",
+        catch_up="all",
+        spec={"mode": "dag", "tasks": [{"name": "a"}]},
+        next_run=300.0,
+    )
+    await store.save_schedule(job)
+    await store.save_schedule(schedule("s1", 2.0))
+    await store.save_schedule(schedule("s3", 1.0))
+
+    got = await store.get_schedule("s2")
+    assert got == job
+    assert got is not None
+    got.spec["tasks"].append({"name": "b"})
+    assert await store.get_schedule("s2") == job
+    assert await store.get_schedule("nope") is None
+
+    fired = job.model_copy(update={"next_run": 600.0, "last_slot": 300.0, "runs": 1})
+    await store.save_schedule(fired)
+    assert await store.get_schedule("s2") == fired
+    items, total = await store.list_schedules()
+    assert ([s.id for s in items], total) == (["s3", "s1", "s2"], 3)
+    page, total = await store.list_schedules(limit=1, offset=1)
+    assert ([s.id for s in page], total) == (["s1"], 3)
+
+    assert await store.delete_schedule("s1") is True
+    assert await store.delete_schedule("s1") is False
+    assert await store.get_schedule("s1") is None
+    assert (await store.list_schedules())[1] == 2
+
+
 async def test_workers_crud(store: Store) -> None:
     w2 = Worker.model_validate({"id": "w2", "capabilities": {"cpus": 4, "labels": {"a": "b"}}})
     await store.save_worker(w2)
@@ -201,6 +379,8 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     await first.save_worker(Worker(id="w"))
     await first.save_token(TokenRecord("t", "u", "admin", "h", 1.0))
     await first.put_artifact("d", b"\x00\x01")
+    await first.add_workflow(workflow("j", 1.0, kind="job"), [])
+    await first.save_schedule(schedule("s", 1.0, next_run=60.0))
     await first.close()
 
     again = await make_store(backend)
@@ -209,6 +389,8 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     assert await again.get_worker("w") == Worker(id="w")
     assert await again.find_token("h") == TokenRecord("t", "u", "admin", "h", 1.0)
     assert await again.get_artifact("d") == b"\x00\x01"
+    assert await again.get_workflow("j") == workflow("j", 1.0, kind="job")
+    assert await again.get_schedule("s") == schedule("s", 1.0, next_run=60.0)
 
 
 @asynccontextmanager
@@ -261,8 +443,56 @@ async def test_migrations_twice_are_a_no_op(backend: str, tmp_path: Path) -> Non
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
             rows = (await conn.execute(text("SELECT id FROM tasks"))).all()
             drift = await conn.run_sync(schema_drift)
-    assert [tuple(v) for v in versions] == [("0001",)]
+    assert [tuple(v) for v in versions] == [("0002",)]
     assert [tuple(r) for r in rows] == [("a",)]
+    assert drift == []
+
+
+def upgrade_to(conn: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migration_0002_upgrades_a_0001_database(backend: str, tmp_path: Path) -> None:
+    old = task("a", 1.0, state="running", job_id="j")
+    async with durable_url(backend, tmp_path) as url:
+        async with raw_connection(url) as conn:  # a database left by the first release
+            schema = make_url(url).query.get("schema")
+            if schema is not None:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.run_sync(upgrade_to, "0001")
+            row = {
+                "id": old.id,
+                "state": old.state,
+                "job_id": old.job_id,
+                "workflow_id": None,
+                "created_at": old.created_at,
+                "priority": old.priority,
+                "doc": old.model_dump_json(exclude={"inputs_from", "schedule_id"}),
+            }
+            await conn.execute(tasks_table.insert(), row)
+            await conn.commit()
+
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.get_task("a") == old
+            await store.add_workflow(workflow("w", 2.0), run_tasks("w", 1))
+            await store.save_schedule(schedule("s", 3.0))
+            assert await store.get_workflow("w") == workflow("w", 2.0)
+            assert await store.get_schedule("s") == schedule("s", 3.0)
+            assert (await store.list_tasks())[1] == 2
+        finally:
+            await store.close()
+
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [("0002",)]
     assert drift == []
 
 

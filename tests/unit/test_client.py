@@ -24,6 +24,7 @@ from edgeplane.errors import (
     Unauthorized,
     Unavailable,
 )
+from edgeplane.model import Schedule, TaskSpec, Workflow, WorkflowSpec
 
 Handler = Callable[[httpx.Request], httpx.Response]
 WASM = b"\x00asm\x01\x00\x00\x00"
@@ -373,3 +374,177 @@ async def test_async_client_maps_errors_batches_and_times_out() -> None:
             await client.get("t9")
         with pytest.raises(WaitTimeout, match="still running"):
             await client.wait("t1", timeout=0)
+
+
+# --- jobs, workflows and schedules -----------------------------------------------------------
+
+
+def run_doc(run_id: str = "j1", state: str = "running", **extra: Any) -> dict[str, Any]:
+    return {"id": run_id, "kind": "job", "state": state, "tasks": [task_doc()], **extra}
+
+
+def schedule_doc(schedule_id: str = "s1", **extra: Any) -> dict[str, Any]:
+    cron = {"cron": "*/5 * * * *", "timezone": "Europe/Berlin", "next_run": 1.7e9}
+    return {"id": schedule_id, "kind": "job", **cron, **extra}
+
+
+def test_create_job_encodes_task_files_and_returns_the_run(tmp_path: Path) -> None:
+    module = tmp_path / "add.wasm"
+    module.write_bytes(WASM)
+    api = Recorder(lambda r: httpx.Response(201, json=run_doc()))
+    spec = {
+        "name": "nightly",
+        "mode": "sequential",
+        "tasks": [{"name": "a", "file": module}, {"name": "b", "file": WASM}, {"name": "c"}],
+    }
+    with api.client() as client:
+        run = client.create_job(spec)
+    assert isinstance(run, Workflow)
+    assert (run.id, run.state, run.tasks[0].id) == ("j1", "running", "t1")
+    (request,) = api.requests
+    assert (request.method, request.url.path) == ("POST", "/api/v1/jobs")
+    sent = body(request)
+    assert (sent["name"], sent["mode"]) == ("nightly", "sequential")
+    assert [base64.b64decode(t["file"]) for t in sent["tasks"][:2]] == [WASM, WASM]
+    assert sent["tasks"][2] == {"name": "c"}
+
+
+def test_create_workflow_takes_the_pydantic_spec() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=run_doc(kind="workflow")))
+    spec = WorkflowSpec(
+        tasks=[TaskSpec(name="a", command=["true"]), TaskSpec(name="b", depends_on=["a"])],
+        fail_fast=True,
+    )
+    with api.client() as client:
+        run = client.create_workflow(spec)
+    assert isinstance(run, Workflow)
+    assert api.requests[0].url.path == "/api/v1/workflows"
+    assert body(api.requests[0]) == {
+        "tasks": [{"name": "a", "command": ["true"]}, {"name": "b", "depends_on": ["a"]}],
+        "fail_fast": True,
+    }
+
+
+def test_a_scheduled_job_comes_back_as_its_schedule() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=schedule_doc()))
+    with api.client() as client:
+        made = client.create_job({"tasks": [{"name": "a"}], "schedule": "*/5 * * * *"})
+    assert isinstance(made, Schedule)
+    assert (made.id, made.cron, made.next_run) == ("s1", "*/5 * * * *", 1.7e9)
+
+
+def test_schedule_task_posts_a_task_and_returns_the_schedule() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=schedule_doc(kind="task")))
+    with api.client() as client:
+        made = client.schedule_task({"name": "add", "file": WASM, "schedule": "0 * * * *"})
+        with pytest.raises(Invalid) as unscheduled:
+            client.schedule_task({"name": "add"})
+        with pytest.raises(Invalid, match="schedule_task") as scheduled:
+            client.create_task({"name": "add", "schedule": "0 * * * *"})
+    assert (made.kind, made.timezone) == ("task", "Europe/Berlin")
+    assert unscheduled.value.field == scheduled.value.field == "schedule"
+    (request,) = api.requests
+    assert request.url.path == "/api/v1/tasks"
+    assert base64.b64decode(body(request)["file"]) == WASM
+
+
+def test_every_job_workflow_and_schedule_call_uses_its_route() -> None:
+    page = {"items": [run_doc(tasks=[])], "total": 1}
+    answers: dict[tuple[str, str], httpx.Response] = {
+        ("GET", "/api/v1/jobs"): httpx.Response(200, json=page),
+        ("GET", "/api/v1/jobs/j1"): httpx.Response(200, json=run_doc()),
+        ("POST", "/api/v1/jobs/j1/stop"): httpx.Response(200, json=run_doc(state="cancelled")),
+        ("GET", "/api/v1/workflows"): httpx.Response(200, json=page),
+        ("GET", "/api/v1/workflows/w1"): httpx.Response(200, json=run_doc("w1")),
+        ("POST", "/api/v1/workflows/w1/stop"): httpx.Response(200, json=run_doc("w1")),
+        ("GET", "/api/v1/schedules"): httpx.Response(
+            200, json={"items": [schedule_doc()], "total": 3}
+        ),
+        ("DELETE", "/api/v1/schedules/s1"): httpx.Response(204),
+    }
+    api = Recorder(lambda r: answers[(r.method, r.url.path)])
+    with api.client() as client:
+        assert client.jobs(limit=1, offset=2).items[0].id == "j1"
+        assert client.job("j1").tasks[0].id == "t1"
+        assert client.stop_job("j1").state == "cancelled"
+        assert client.workflows().total == 1
+        assert client.workflow("w1").id == "w1"
+        client.stop_workflow("w1")
+        schedules = client.schedules()
+        assert (schedules.items[0].id, schedules.total) == ("s1", 3)
+        client.delete_schedule("s1")
+    assert dict(api.requests[0].url.params) == {"limit": "1", "offset": "2"}
+    assert len(api.requests) == len(answers)
+
+
+def run_poll(clock: ManualClock, states: list[str]) -> Handler:
+    """Like :func:`long_poll`, for a job or workflow."""
+    remaining = list(states)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        clock.advance(float(request.url.params.get("wait", 0)))
+        state = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        return httpx.Response(200, json=run_doc(state=state))
+
+    return handler
+
+
+def test_wait_job_long_polls_and_reports_every_state() -> None:
+    clock = ManualClock()
+    api = Recorder(run_poll(clock, ["running", "running", "failed"]))
+    seen: list[str] = []
+    with api.client(clock=clock) as client:
+        run = client.wait_job("j1", progress=lambda r: seen.append(r.state), poll_s=2)
+    assert run.state == "failed"
+    assert seen == ["running", "running", "failed"]
+    assert {r.url.path for r in api.requests} == {"/api/v1/jobs/j1"}
+    assert [r.url.params["wait"] for r in api.requests] == ["2.0"] * 3
+
+
+def test_wait_workflow_times_out_with_the_last_state() -> None:
+    clock = ManualClock()
+    api = Recorder(run_poll(clock, ["running"]))
+    with api.client(clock=clock) as client, pytest.raises(WaitTimeout) as caught:
+        client.wait_workflow("w1", timeout=45)
+    assert "workflow w1 still running after 45s" in caught.value.detail
+    assert caught.value.workflow is not None
+    assert caught.value.workflow.state == "running"
+    assert caught.value.task is None
+    assert [r.url.params["wait"] for r in api.requests] == ["30.0", "15.0"]
+
+
+async def test_async_client_runs_jobs_workflows_and_schedules() -> None:
+    clock = ManualClock()
+    polls = run_poll(clock, ["running", "completed"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/api/v1/workflows":
+            return httpx.Response(201, json=run_doc("w1", kind="workflow"))
+        if request.method == "POST":
+            return httpx.Response(201, json=schedule_doc())
+        if request.url.path == "/api/v1/schedules":
+            return httpx.Response(200, json={"items": [schedule_doc()], "total": 1})
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        return polls(request)
+
+    api = Recorder(handler)
+    async with api.async_client(clock=clock) as client:
+        run = await client.create_workflow({"tasks": [{"name": "a", "file": WASM}]})
+        assert isinstance(run, Workflow)
+        assert (await client.wait_workflow(run.id)).state == "completed"
+        scheduled = await client.create_job({"tasks": [{"name": "a"}], "schedule": "@daily"})
+        assert isinstance(scheduled, Schedule)
+        assert (await client.schedules()).items[0].id == "s1"
+        await client.delete_schedule("s1")
+        assert isinstance(await client.schedule_task({"schedule": "@daily"}), Schedule)
+    paths = [(r.method, r.url.path) for r in api.requests]
+    assert paths == [
+        ("POST", "/api/v1/workflows"),
+        ("GET", "/api/v1/workflows/w1"),
+        ("GET", "/api/v1/workflows/w1"),
+        ("POST", "/api/v1/jobs"),
+        ("GET", "/api/v1/schedules"),
+        ("DELETE", "/api/v1/schedules/s1"),
+        ("POST", "/api/v1/tasks"),
+    ]

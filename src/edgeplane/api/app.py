@@ -10,14 +10,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edgeplane import __version__
-from edgeplane.api import problems, tasks, workers
+from edgeplane.api import problems, runs, tasks, workers
 from edgeplane.api.deps import caller
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.manager import Manager
+from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.workflows import Workflows
 from edgeplane.security import TokenChecker
 
 
-def create_app(manager: Manager, tokens: TokenChecker, *, max_body_mb: float = 64.0) -> FastAPI:
+def create_app(
+    manager: Manager,
+    tokens: TokenChecker,
+    workflows: Workflows,
+    schedules: Schedules,
+    *,
+    max_body_mb: float = 64.0,
+) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
         version=__version__,
@@ -25,6 +34,8 @@ def create_app(manager: Manager, tokens: TokenChecker, *, max_body_mb: float = 6
     )
     app.state.manager = manager
     app.state.tokens = tokens
+    app.state.workflows = workflows
+    app.state.schedules = schedules
     problems.install(app)
     max_bytes = int(max_body_mb * 2**20)
 
@@ -42,6 +53,8 @@ def create_app(manager: Manager, tokens: TokenChecker, *, max_body_mb: float = 6
     secured = [Depends(caller)]
     app.include_router(tasks.router, prefix="/api/v1", dependencies=secured)
     app.include_router(workers.router, prefix="/api/v1", dependencies=secured)
+    for router in (runs.jobs, runs.workflows, runs.schedules):
+        app.include_router(router, prefix="/api/v1", dependencies=secured)
 
     registry = CollectorRegistry()
     registry.register(ManagerCollector(manager))

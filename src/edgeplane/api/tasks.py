@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from edgeplane.api.deps import ManagerDep
-from edgeplane.model import Page, Task, TaskLogs, TaskPatch, TaskResults, TaskSpec, TaskState
+from edgeplane.errors import Invalid
+from edgeplane.manager.schedules import Schedules
+from edgeplane.model import (
+    Page,
+    Schedule,
+    Task,
+    TaskLogs,
+    TaskPatch,
+    TaskResults,
+    TaskSpec,
+    TaskState,
+)
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -24,14 +35,30 @@ class TaskItems(BaseModel):
     items: list[Task]
 
 
-@router.post("", status_code=201, response_model=Task)
-async def create_task(spec: TaskSpec, manager: ManagerDep) -> Task:
+@router.post("", status_code=201, response_model=Task | Schedule)
+async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> Task | Schedule:
+    """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot."""
+    if spec.schedule is not None:
+        schedules: Schedules = request.app.state.schedules
+        return await schedules.create(
+            "task",
+            spec.model_dump(mode="json"),
+            name=spec.name,
+            cron=spec.schedule,
+            timezone=spec.timezone,
+            catch_up=spec.catch_up,
+        )
     (task,) = await manager.submit([spec], batch=False)
     return task
 
 
 @router.post("/batch", status_code=201, response_model=TaskItems)
 async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> TaskItems:
+    for index, spec in enumerate(batch.tasks):
+        if spec.schedule is not None:
+            raise Invalid(
+                "schedule one task at a time with POST /tasks", field=f"tasks[{index}].schedule"
+            )
     return TaskItems(items=await manager.submit(batch.tasks))
 
 

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from edgeplane import __version__
-from edgeplane.cli import roles, tasks, workers
+from edgeplane.cli import jobs, roles, schedules, tasks, workers, workflows
 from edgeplane.cli.output import Format, Session, error
 from edgeplane.errors import (
     EdgeplaneError,
@@ -112,6 +112,9 @@ def root(
 
 
 app.add_typer(tasks.app, name="task")
+app.add_typer(jobs.app, name="job")
+app.add_typer(workflows.app, name="workflow")
+app.add_typer(schedules.app, name="schedule")
 workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
 app.command("up")(roles.up)

@@ -85,6 +85,15 @@ WaitTimeoutOption = Annotated[
     ),
 ]
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Task id.")]
+ScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="CRON", help='Run on this cron schedule instead of now, e.g. "*/5 * * * *".'
+    ),
+]
+TimezoneOption = Annotated[
+    str | None, typer.Option(help="IANA timezone the --schedule is read in (default UTC).")
+]
 
 
 def pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -228,6 +237,8 @@ def run(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    schedule: ScheduleOption = None,
+    timezone: TimezoneOption = None,
     output: OutputOption = None,
 ) -> None:
     """Run a task and print its results (values, or the program's stdout).
@@ -235,6 +246,7 @@ def run(
     Examples: `edgeplane task run add.wasm add 2 3` prints 5;
     `edgeplane task run --runtime host -- sh -c 'echo hi'` prints hi.
     With --no-wait it prints the task id. Exit 1 if the task fails.
+    With --schedule it prints the id of the schedule that runs the task at each slot.
     """
     spec = task_spec(
         args,
@@ -251,9 +263,17 @@ def run(
         label=label,
         worker=worker,
     )
+    if timezone is not None and schedule is None:
+        raise typer.BadParameter("only with --schedule", param_hint="--timezone")
     s = session(ctx)
     fmt = s.format(output)
     client = s.client()
+    if schedule is not None:
+        from edgeplane.cli.schedules import print_schedule
+
+        timing = {"schedule": schedule} | ({"timezone": timezone} if timezone else {})
+        print_schedule(client.schedule_task({**spec, **timing, "start": True}), fmt)
+        return
     task = client.create_task({**spec, "start": True})
     if wait:
         wait_and_report(client, task.id, timeout, fmt)

@@ -65,7 +65,9 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
     digest = hashlib.sha256(data).hexdigest() if data is not None else None
     entrypoint = spec.export or spec.name
     if spec.runtime == "wasm" and data is not None and digest is not None:
-        check_call(_signatures().signatures(digest, data), entrypoint, spec.inputs, spec.mode)
+        # Inputs taken from dependencies arrive at start; count them with a stand-in.
+        inputs = [*spec.inputs, *([0] * len(spec.inputs_from))]
+        check_call(_signatures().signatures(digest, data), entrypoint, inputs, spec.mode)
     task = Task.model_validate(
         {
             **spec.model_dump(exclude=_NOT_STORED),

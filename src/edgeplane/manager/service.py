@@ -13,7 +13,7 @@ import base64
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -83,6 +83,8 @@ class Manager:
         self._next_due: float | None = None
         self._active: dict[str, Task] = {}
         self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
+        #: called (synchronously) with every task whose end has been committed
+        self.on_task_end: list[Callable[[Task], None]] = []
         self._artifacts: dict[str, bytes] = {}
         self._cursor = 0
         self._kick = asyncio.Event()
@@ -150,12 +152,24 @@ class Manager:
             )
 
     # ------------------------------------------------------------------ user calls
-    async def submit(self, specs: Sequence[TaskSpec], *, batch: bool = True) -> list[Task]:
+    async def submit(
+        self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
+    ) -> list[Task]:
         """Validate every spec, store all tasks in one transaction, start those asked to."""
+        tasks = await self.admit(specs, batch=batch, ids=ids)
+        await self.store.add_tasks(tasks)
+        self.enqueue(tasks)
+        return tasks
+
+    async def admit(
+        self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
+    ) -> list[Task]:
+        """Task documents for valid specs (started when ``start`` is set), not yet stored;
+        their modules are stored. :class:`Invalid` names the first bad field."""
         now = self.clock.now()
         admitted = admit_many(
             specs,
-            ids=[clocks.new_id() for _ in specs],
+            ids=ids if ids is not None else [clocks.new_id() for _ in specs],
             now=now,
             cluster_id=self.settings.cluster_id,
             batch=batch,
@@ -164,17 +178,30 @@ class Manager:
             if item.artifact is not None and item.task.artifact not in self._artifacts:
                 await self.store.put_artifact(item.task.artifact or "", item.artifact)
                 self._remember_artifact(item.task.artifact or "", item.artifact)
-        tasks = [
+        return [
             lifecycle.start(a.task, now) if spec.start else a.task
             for a, spec in zip(admitted, specs, strict=True)
         ]
-        await self.store.add_tasks(tasks)
+
+    def enqueue(self, tasks: Iterable[Task]) -> None:
+        """Queue the started ones of stored tasks for scheduling."""
+        queued = False
         for task in tasks:
-            if task.started:
+            if task.started and not task.terminal:
                 self._pending.put(task)
-        if any(t.started for t in tasks):
+                queued = True
+        if queued:
             self._kick.set()
-        return tasks
+
+    def finish_unstarted(self, tasks: Sequence[Task]) -> asyncio.Future[None]:
+        """Record tasks that end without running (skipped, cancelled in a workflow)."""
+        return self.journal.write(tasks, then=lambda: self._resolve(tasks))
+
+    def start_stored(self, tasks: Sequence[Task]) -> None:
+        """Start tasks that were stored unstarted (a workflow's next step)."""
+        started = [lifecycle.start(task, self.clock.now()) for task in tasks]
+        self.journal.write(started)
+        self.enqueue(started)
 
     async def get(self, task_id: str) -> Task:
         task = self._live(task_id)
@@ -609,11 +636,14 @@ class Manager:
 
     # ------------------------------------------------------------------ helpers
     def _resolve(self, tasks: Iterable[Task]) -> None:
+        """A task's end is durable: wake its waiters and tell the listeners (workflows)."""
         for task in tasks:
             if task.terminal:
                 for future in self._waiters.pop(task.id, []):
                     if not future.done():
                         future.set_result(task)
+                for listener in self.on_task_end:
+                    listener(task)
 
     async def _send(
         self, worker_id: str, type_: str, body: BaseModel, *, topic: str | None = None

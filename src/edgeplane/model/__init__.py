@@ -4,7 +4,9 @@ from edgeplane.model.page import Page
 from edgeplane.model.task import (
     ACTIVE_STATES,
     TERMINAL_STATES,
+    CatchUp,
     Constraints,
+    InputRef,
     Limits,
     Runtime,
     Task,
@@ -15,15 +17,30 @@ from edgeplane.model.task import (
     TaskState,
 )
 from edgeplane.model.worker import Capabilities, Usage, Worker, WorkerState
+from edgeplane.model.workflow import (
+    TERMINAL_WORKFLOW_STATES,
+    JobMode,
+    JobSpec,
+    Schedule,
+    Workflow,
+    WorkflowSpec,
+    WorkflowState,
+)
 
 __all__ = [
     "ACTIVE_STATES",
     "TERMINAL_STATES",
+    "TERMINAL_WORKFLOW_STATES",
     "Capabilities",
+    "CatchUp",
     "Constraints",
+    "InputRef",
+    "JobMode",
+    "JobSpec",
     "Limits",
     "Page",
     "Runtime",
+    "Schedule",
     "Task",
     "TaskLogs",
     "TaskPatch",
@@ -33,4 +50,7 @@ __all__ = [
     "Usage",
     "Worker",
     "WorkerState",
+    "Workflow",
+    "WorkflowSpec",
+    "WorkflowState",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
 RunIf = Literal["success", "failure", "always"]
+CatchUp = Literal["none", "last", "all"]
 TaskState = Literal[
     "pending", "scheduled", "running", "completed", "failed", "skipped", "cancelled"
 ]
@@ -36,6 +37,16 @@ class Constraints(BaseModel):
     memory_mb: int | None = Field(default=None, ge=0)
 
 
+class InputRef(BaseModel):
+    """An input taken from a dependency's results: ``results[index]`` of task ``task``
+    (a name or id in the same workflow or job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1)
+    index: int = Field(default=0, ge=0)
+
+
 class TaskSpec(BaseModel):
     """A task as a user submits it (DESIGN §3). Unknown fields are ignored."""
 
@@ -58,13 +69,21 @@ class TaskSpec(BaseModel):
     constraints: Constraints = Field(default_factory=Constraints)
     depends_on: list[str] = Field(default_factory=list)
     run_if: RunIf = "success"
+    #: appended to ``inputs`` when the task starts, from its dependencies' results
+    inputs_from: list[InputRef] = Field(default_factory=list)
     schedule: str | None = None
     timezone: str = "UTC"
+    catch_up: CatchUp = "last"
     daemon: bool = False
     worker_id: str | None = None
     cluster_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     start: bool = False
+
+    @field_validator("inputs_from", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
 
 class TaskPatch(BaseModel):
@@ -130,10 +149,12 @@ class Task(BaseModel):
     constraints: Constraints = Field(default_factory=Constraints)
     depends_on: list[str] = Field(default_factory=list)
     run_if: RunIf = "success"
+    inputs_from: list[InputRef] = Field(default_factory=list)
     daemon: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     job_id: str | None = None
     workflow_id: str | None = None
+    schedule_id: str | None = None
     pinned_worker: str | None = None
     worker_id: str | None = None
     cluster_id: str | None = None

@@ -12,6 +12,8 @@ import uvicorn
 from edgeplane.api import create_app
 from edgeplane.config import Settings
 from edgeplane.manager import Manager
+from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.workflows import Workflows
 from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
 
@@ -30,6 +32,8 @@ class ControlPlane:
         self.broker_url = broker_url
         self.store: Store = open_store(settings.store_url)
         self.manager = Manager(settings, self.store, broker_url)
+        self.workflows = Workflows(self.manager)
+        self.schedules = Schedules(self.manager, self.workflows)
         self.token_file: Path | None = None
         self.url = ""
         self._server: _Server | None = None
@@ -42,8 +46,14 @@ class ControlPlane:
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
         )
         await self.manager.start()
+        await self.workflows.start()
+        await self.schedules.start()
         app = create_app(
-            self.manager, TokenChecker(self.store), max_body_mb=self.settings.max_body_mb
+            self.manager,
+            TokenChecker(self.store),
+            self.workflows,
+            self.schedules,
+            max_body_mb=self.settings.max_body_mb,
         )
         config = uvicorn.Config(
             app,
@@ -67,5 +77,7 @@ class ControlPlane:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
+        await self.schedules.stop()
+        await self.workflows.stop()
         await self.manager.stop()
         await self.store.close()

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgeplane.model import Task, Worker
+from edgeplane.model import Schedule, Task, Worker, Workflow
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,45 @@ class Store(ABC):
     @abstractmethod
     async def unfinished_tasks(self) -> list[Task]:
         """Every task not in a terminal state (for a manager restart)."""
+
+    # workflows and jobs (one table; ``kind`` tells them apart; ``tasks`` is never stored)
+    @abstractmethod
+    async def add_workflow(self, workflow: Workflow, tasks: Sequence[Task]) -> None:
+        """Insert a workflow and its tasks in one transaction; :class:`Conflict` (nothing
+        inserted) when the workflow id or a task id exists — how a cron slot fires once."""
+
+    @abstractmethod
+    async def save_workflows(self, workflows: Sequence[Workflow]) -> None:
+        """Upsert workflow documents in one transaction."""
+
+    @abstractmethod
+    async def get_workflow(self, workflow_id: str) -> Workflow | None: ...
+
+    @abstractmethod
+    async def list_workflows(
+        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Workflow], int]:
+        """A page, oldest first, and the total of that kind."""
+
+    @abstractmethod
+    async def unfinished_workflows(self) -> list[Workflow]:
+        """Workflows not completed, failed or cancelled (for a manager restart)."""
+
+    # schedules
+    @abstractmethod
+    async def save_schedule(self, schedule: Schedule) -> None:
+        """Upsert."""
+
+    @abstractmethod
+    async def get_schedule(self, schedule_id: str) -> Schedule | None: ...
+
+    @abstractmethod
+    async def list_schedules(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Schedule], int]: ...
+
+    @abstractmethod
+    async def delete_schedule(self, schedule_id: str) -> bool: ...
 
     # workers
     @abstractmethod

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeplane.errors import Conflict
-from edgeplane.model import TERMINAL_STATES, Task, Worker
+from edgeplane.model import (
+    TERMINAL_STATES,
+    TERMINAL_WORKFLOW_STATES,
+    Schedule,
+    Task,
+    Worker,
+    Workflow,
+)
 from edgeplane.store.base import Store, TokenRecord
 
 
@@ -42,12 +49,52 @@ class _TaskRow:
         return (self.created_at, self.id)
 
 
+@dataclass(frozen=True)
+class _WorkflowRow:
+    kind: str
+    state: str
+    created_at: float
+    id: str
+    doc: str
+
+    @classmethod
+    def of(cls, workflow: Workflow) -> _WorkflowRow:
+        return cls(
+            kind=workflow.kind,
+            state=workflow.state,
+            created_at=workflow.created_at,
+            id=workflow.id,
+            doc=workflow.model_dump_json(exclude={"tasks"}),
+        )
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created_at, self.id)
+
+
+@dataclass(frozen=True)
+class _ScheduleRow:
+    created_at: float
+    id: str
+    doc: str
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> _ScheduleRow:
+        return cls(created_at=schedule.created_at, id=schedule.id, doc=schedule.model_dump_json())
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created_at, self.id)
+
+
 class MemoryStore(Store):
     """A :class:`Store` in dicts. Methods never await, so each one is atomic."""
 
     def __init__(self) -> None:
         self._artifacts: dict[str, bytes] = {}
         self._tasks: dict[str, _TaskRow] = {}
+        self._workflows: dict[str, _WorkflowRow] = {}
+        self._schedules: dict[str, _ScheduleRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
 
@@ -68,6 +115,11 @@ class MemoryStore(Store):
     # tasks
 
     async def add_tasks(self, tasks: Sequence[Task]) -> None:
+        self._check_new(tasks)
+        self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
+
+    def _check_new(self, tasks: Sequence[Task]) -> None:
+        """:class:`Conflict` when a task id is stored already or repeated in ``tasks``."""
         seen: set[str] = set()
         taken: set[str] = set()
         for task in tasks:
@@ -76,7 +128,6 @@ class MemoryStore(Store):
             seen.add(task.id)
         if taken:
             raise Conflict(f"task ids already exist: {', '.join(sorted(taken))}", field="id")
-        self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
 
     async def save_tasks(self, tasks: Sequence[Task]) -> None:
         self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
@@ -116,6 +167,58 @@ class MemoryStore(Store):
             key=lambda row: row.order,
         )
         return [Task.model_validate_json(row.doc) for row in rows]
+
+    # workflows and jobs
+
+    async def add_workflow(self, workflow: Workflow, tasks: Sequence[Task]) -> None:
+        if workflow.id in self._workflows:
+            raise Conflict(f"workflow id already exists: {workflow.id}", field="id")
+        self._check_new(tasks)
+        self._workflows[workflow.id] = _WorkflowRow.of(workflow)
+        self._tasks.update((task.id, _TaskRow.of(task)) for task in tasks)
+
+    async def save_workflows(self, workflows: Sequence[Workflow]) -> None:
+        self._workflows.update((w.id, _WorkflowRow.of(w)) for w in workflows)
+
+    async def get_workflow(self, workflow_id: str) -> Workflow | None:
+        row = self._workflows.get(workflow_id)
+        return None if row is None else Workflow.model_validate_json(row.doc)
+
+    async def list_workflows(
+        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Workflow], int]:
+        rows = sorted(
+            (row for row in self._workflows.values() if kind is None or row.kind == kind),
+            key=lambda row: row.order,
+        )
+        page = rows[offset : offset + limit]
+        return [Workflow.model_validate_json(row.doc) for row in page], len(rows)
+
+    async def unfinished_workflows(self) -> list[Workflow]:
+        rows = sorted(
+            (row for row in self._workflows.values() if row.state not in TERMINAL_WORKFLOW_STATES),
+            key=lambda row: row.order,
+        )
+        return [Workflow.model_validate_json(row.doc) for row in rows]
+
+    # schedules
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        self._schedules[schedule.id] = _ScheduleRow.of(schedule)
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        row = self._schedules.get(schedule_id)
+        return None if row is None else Schedule.model_validate_json(row.doc)
+
+    async def list_schedules(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Schedule], int]:
+        rows = sorted(self._schedules.values(), key=lambda row: row.order)
+        page = rows[offset : offset + limit]
+        return [Schedule.model_validate_json(row.doc) for row in page], len(rows)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return self._schedules.pop(schedule_id, None) is not None
 
     # workers
 

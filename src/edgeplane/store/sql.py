@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Row, event, func, select, text
+from sqlalchemy import Row, Table, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
@@ -26,7 +26,14 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.sql.dml import Insert
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
-from edgeplane.model import TERMINAL_STATES, Task, Worker
+from edgeplane.model import (
+    TERMINAL_STATES,
+    TERMINAL_WORKFLOW_STATES,
+    Schedule,
+    Task,
+    Worker,
+    Workflow,
+)
 from edgeplane.store import tables
 from edgeplane.store.base import Store, TokenRecord
 
@@ -110,6 +117,16 @@ def _task_row(task: Task) -> dict[str, Any]:
     }
 
 
+def _workflow_row(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "id": workflow.id,
+        "kind": workflow.kind,
+        "state": workflow.state,
+        "created_at": workflow.created_at,
+        "doc": workflow.model_dump_json(exclude={"tasks"}),
+    }
+
+
 def _token(row: Row[Any]) -> TokenRecord:
     return TokenRecord(
         id=row.id,
@@ -130,30 +147,24 @@ class SqlStore(Store):
         # SQLite has one writer: queueing writers here beats sleeping in its busy handler.
         self._write_lock = asyncio.Lock() if self._sqlite else None
         self._engine: AsyncEngine | None = None
-        ins = sqlite.insert if self._sqlite else postgresql.insert
-        task_upsert = ins(tables.tasks)
         dialect = self._url.get_dialect()()
         self._insert_tasks = _DriverStatement.of(tables.tasks.insert(), dialect)
-        self._upsert_tasks = _DriverStatement.of(
-            task_upsert.on_conflict_do_update(
-                index_elements=[tables.tasks.c.id],
-                set_={
-                    c.name: task_upsert.excluded[c.name] for c in tables.tasks.c if c.name != "id"
-                },
-            ),
-            dialect,
-        )
-        worker_upsert = ins(tables.workers)
-        self._upsert_worker: Insert = worker_upsert.on_conflict_do_update(
-            index_elements=[tables.workers.c.id], set_={"doc": worker_upsert.excluded.doc}
-        )
-        token_upsert = ins(tables.tokens)
-        self._upsert_token: Insert = token_upsert.on_conflict_do_update(
-            index_elements=[tables.tokens.c.id],
-            set_={c.name: token_upsert.excluded[c.name] for c in tables.tokens.c if c.name != "id"},
-        )
+        self._upsert_tasks = _DriverStatement.of(self._upsert(tables.tasks), dialect)
+        self._upsert_workflows = self._upsert(tables.workflows)
+        self._upsert_schedule = self._upsert(tables.schedules)
+        self._upsert_worker = self._upsert(tables.workers)
+        self._upsert_token = self._upsert(tables.tokens)
+        ins = sqlite.insert if self._sqlite else postgresql.insert
         self._put_artifact: Insert = ins(tables.artifacts).on_conflict_do_nothing(
             index_elements=[tables.artifacts.c.digest]
+        )
+
+    def _upsert(self, table: Table) -> Insert:
+        """An insert of ``table`` that replaces every column of a row with the same id."""
+        ins = (sqlite.insert if self._sqlite else postgresql.insert)(table)
+        return ins.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={c.name: ins.excluded[c.name] for c in table.c if c.name != "id"},
         )
 
     @property
@@ -336,6 +347,106 @@ class SqlStore(Store):
         async with self._reading() as conn:
             docs = (await conn.execute(query)).scalars().all()
         return [Task.model_validate_json(doc) for doc in docs]
+
+    # workflows and jobs
+
+    async def add_workflow(self, workflow: Workflow, tasks: Sequence[Task]) -> None:
+        # The primary keys decide a race: on PostgreSQL the loser's insert waits for the
+        # winner's commit, then fails, and its whole transaction rolls back.
+        rows = [_task_row(task) for task in tasks]
+        try:
+            async with self._writing() as conn:
+                await conn.execute(tables.workflows.insert(), _workflow_row(workflow))
+                if rows:
+                    await self._insert_tasks.run(conn, rows)
+        except IntegrityError:
+            if await self._workflow_exists(workflow.id):
+                raise Conflict(f"workflow id already exists: {workflow.id}", field="id") from None
+            taken = await self._taken_ids(tasks)
+            detail = f"task ids already exist: {', '.join(taken)}" if taken else "task id taken"
+            raise Conflict(detail, field="id") from None
+
+    async def _workflow_exists(self, workflow_id: str) -> bool:
+        query = select(tables.workflows.c.id).where(tables.workflows.c.id == workflow_id)
+        async with self._reading() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def save_workflows(self, workflows: Sequence[Workflow]) -> None:
+        if not workflows:
+            return
+        async with self._writing() as conn:
+            await conn.execute(self._upsert_workflows, [_workflow_row(w) for w in workflows])
+
+    async def get_workflow(self, workflow_id: str) -> Workflow | None:
+        query = select(tables.workflows.c.doc).where(tables.workflows.c.id == workflow_id)
+        async with self._reading() as conn:
+            doc = (await conn.execute(query)).scalar_one_or_none()
+        return None if doc is None else Workflow.model_validate_json(doc)
+
+    async def list_workflows(
+        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Workflow], int]:
+        w = tables.workflows
+        filters = [] if kind is None else [w.c.kind == kind]
+        page = (
+            select(w.c.doc)
+            .where(*filters)
+            .order_by(w.c.created_at, w.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        count = select(func.count()).select_from(w).where(*filters)
+        async with self._reading() as conn:
+            docs = (await conn.execute(page)).scalars().all()
+            total = (await conn.execute(count)).scalar_one()
+        return [Workflow.model_validate_json(doc) for doc in docs], total
+
+    async def unfinished_workflows(self) -> list[Workflow]:
+        w = tables.workflows
+        query = (
+            select(w.c.doc)
+            .where(w.c.state.not_in(sorted(TERMINAL_WORKFLOW_STATES)))
+            .order_by(w.c.created_at, w.c.id)
+        )
+        async with self._reading() as conn:
+            docs = (await conn.execute(query)).scalars().all()
+        return [Workflow.model_validate_json(doc) for doc in docs]
+
+    # schedules
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        row = {
+            "id": schedule.id,
+            "next_run": schedule.next_run,
+            "created_at": schedule.created_at,
+            "doc": schedule.model_dump_json(),
+        }
+        async with self._writing() as conn:
+            await conn.execute(self._upsert_schedule, row)
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        query = select(tables.schedules.c.doc).where(tables.schedules.c.id == schedule_id)
+        async with self._reading() as conn:
+            doc = (await conn.execute(query)).scalar_one_or_none()
+        return None if doc is None else Schedule.model_validate_json(doc)
+
+    async def list_schedules(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Schedule], int]:
+        s = tables.schedules
+        page = select(s.c.doc).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        count = select(func.count()).select_from(s)
+        async with self._reading() as conn:
+            docs = (await conn.execute(page)).scalars().all()
+            total = (await conn.execute(count)).scalar_one()
+        return [Schedule.model_validate_json(doc) for doc in docs], total
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        async with self._writing() as conn:
+            result = await conn.execute(
+                tables.schedules.delete().where(tables.schedules.c.id == schedule_id)
+            )
+        return result.rowcount > 0
 
     # workers
 

@@ -54,3 +54,27 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_tokens_secret_hash", "secret_hash", unique=True),
 )
+
+#: Jobs and workflows; ``doc`` leaves out the ``tasks`` list (those rows live in ``tasks``).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("state", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_workflows_kind", "kind"),
+    Index("ix_workflows_state", "state"),
+    Index("ix_workflows_created_at", "created_at", "id"),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("next_run", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_schedules_next_run", "next_run"),
+)

@@ -1,0 +1,97 @@
+"""/api/v1/jobs, /api/v1/workflows and /api/v1/schedules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.workflows import Workflows
+from edgeplane.model import JobSpec, Page, Schedule, Workflow, WorkflowSpec
+from edgeplane.model.workflow import WorkflowKind
+
+#: Longest a GET may block waiting for a run to end (``?wait=``).
+MAX_WAIT_S = 60.0
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")]
+
+
+def _workflows(request: Request) -> Workflows:
+    found: Workflows = request.app.state.workflows
+    return found
+
+
+def _schedules(request: Request) -> Schedules:
+    found: Schedules = request.app.state.schedules
+    return found
+
+
+WorkflowsDep = Annotated[Workflows, Depends(_workflows)]
+SchedulesDep = Annotated[Schedules, Depends(_schedules)]
+
+
+async def _create(
+    spec: WorkflowSpec, kind: WorkflowKind, runs: Workflows, schedules: Schedules
+) -> Workflow | Schedule:
+    if spec.schedule is not None:
+        return await schedules.create(
+            "job",
+            spec.model_dump(mode="json"),
+            name=spec.name,
+            cron=spec.schedule,
+            timezone=spec.timezone,
+            catch_up=spec.catch_up,
+        )
+    return await runs.create(spec, kind)
+
+
+def _router(kind: WorkflowKind, prefix: str, spec_type: type[WorkflowSpec]) -> APIRouter:
+    router = APIRouter(prefix=prefix, tags=[prefix.strip("/")])
+
+    async def create(
+        spec: WorkflowSpec, runs: WorkflowsDep, schedules: SchedulesDep
+    ) -> Workflow | Schedule:
+        return await _create(spec, kind, runs, schedules)
+
+    # The body model differs per router (JobSpec has ``mode``): give FastAPI the real class.
+    create.__annotations__["spec"] = spec_type
+    router.post("", status_code=201, response_model=Workflow | Schedule)(create)
+
+    @router.get("", response_model=Page[Workflow])
+    async def list_runs(
+        runs: WorkflowsDep, limit: Limit = 100, offset: Offset = 0
+    ) -> Page[Workflow]:
+        items, total = await runs.list(kind, limit=limit, offset=offset)
+        return Page[Workflow](items=items, total=total)
+
+    @router.get("/{run_id}", response_model=Workflow)
+    async def get_run(run_id: str, runs: WorkflowsDep, wait: Wait = 0) -> Workflow:
+        return await runs.wait(run_id, kind, wait)
+
+    @router.post("/{run_id}/stop", response_model=Workflow)
+    async def stop_run(run_id: str, runs: WorkflowsDep) -> Workflow:
+        return await runs.stop_run(run_id, kind)
+
+    return router
+
+
+jobs = _router("job", "/jobs", JobSpec)
+workflows = _router("workflow", "/workflows", WorkflowSpec)
+schedules = APIRouter(prefix="/schedules", tags=["schedules"])
+
+
+@schedules.get("", response_model=Page[Schedule])
+async def list_schedules(
+    runs: SchedulesDep, limit: Limit = 100, offset: Offset = 0
+) -> Page[Schedule]:
+    items, total = await runs.list(limit=limit, offset=offset)
+    return Page[Schedule](items=items, total=total)
+
+
+@schedules.delete("/{schedule_id}", status_code=204)
+async def delete_schedule(schedule_id: str, runs: SchedulesDep) -> Response:
+    await runs.delete(schedule_id)
+    return Response(status_code=204)

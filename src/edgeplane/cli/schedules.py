@@ -1,0 +1,85 @@
+"""``edgeplane schedule list|delete``: the cron schedules that tasks and jobs with
+``schedule`` created, and how a new schedule is shown."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgeplane.cli.output import (
+    Format,
+    OutputOption,
+    echo,
+    note,
+    print_model,
+    print_table,
+    session,
+    when,
+)
+
+if TYPE_CHECKING:
+    from edgeplane.model import Schedule
+
+app = typer.Typer(
+    help="Cron schedules: a task or job created once per slot (make one with --schedule).",
+    no_args_is_help=True,
+)
+
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Schedule id.")]
+
+
+def next_run(schedule: Schedule) -> str:
+    """The next run in the schedule's own timezone, the one its cron is read in."""
+    if schedule.next_run is None:
+        return ""
+    import datetime
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return when(schedule.next_run)
+    at = datetime.datetime.fromtimestamp(schedule.next_run, zone)
+    return at.isoformat(sep=" ", timespec="seconds")
+
+
+def print_schedule(schedule: Schedule, fmt: Format) -> None:
+    """A schedule just made: its id on stdout (for scripts), when it runs on stderr."""
+    if fmt is Format.json:
+        print_model(schedule)
+        return
+    echo(schedule.id)
+    upcoming = next_run(schedule)
+    note(
+        f"schedule {schedule.id} ({schedule.cron}, {schedule.timezone}): "
+        + (f"next run {upcoming}" if upcoming else "no run to come")
+    )
+
+
+@app.command("list")
+def list_schedules(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    output: OutputOption = None,
+) -> None:
+    """List schedules with their cron, timezone and next run."""
+    s = session(ctx)
+    page = s.client().schedules(limit=limit, offset=offset)
+    if s.format(output) is Format.json:
+        print_model(page)
+        return
+    print_table(
+        ["id", "kind", "name", "cron", "timezone", "next run", "runs"],
+        ([x.id, x.kind, x.name, x.cron, x.timezone, next_run(x), x.runs] for x in page.items),
+    )
+    if page.total > offset + len(page.items):
+        note(f"{len(page.items)} of {page.total} schedules shown; more with --offset/--limit")
+
+
+@app.command()
+def delete(ctx: typer.Context, schedule_id: IdArgument) -> None:
+    """Delete a schedule; runs it already made go on."""
+    session(ctx).client().delete_schedule(schedule_id)
+    note(f"deleted schedule {schedule_id}")

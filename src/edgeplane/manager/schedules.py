@@ -1,0 +1,149 @@
+"""Cron schedules of tasks and jobs: persisted, each slot fired once.
+
+A slot's run gets the deterministic id ``schedule_id:slot_epoch``; creating it twice (a
+restart, a second manager) hits the store's primary key and is skipped, so a slot never
+fires twice. ``next_run`` is persisted after each firing; after downtime the schedule's
+``catch_up`` policy decides which missed slots still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from edgeplane import clock as clocks
+from edgeplane.errors import Conflict, NotFound
+from edgeplane.manager.service import Manager
+from edgeplane.manager.workflows import Workflows
+from edgeplane.model import JobSpec, Schedule, TaskSpec
+from edgeplane.model.task import CatchUp
+from edgeplane.schedules import due_slots, next_slot, parse, run_id
+
+log = logging.getLogger(__name__)
+
+#: Longest sleep between checks, so a schedule created elsewhere is seen soon.
+MAX_SLEEP_S = 1.0
+
+
+class Schedules:
+    def __init__(self, manager: Manager, workflows: Workflows) -> None:
+        self.manager = manager
+        self.workflows = workflows
+        self.clock = manager.clock
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.create_task(self._run_loop(), name="schedules")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+
+    async def create(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        *,
+        name: str,
+        cron: str,
+        timezone: str,
+        catch_up: CatchUp,
+    ) -> Schedule:
+        """Validate the body a run is made from, then persist the schedule."""
+        parsed = parse(cron, timezone)
+        body = {k: v for k, v in spec.items() if k not in ("schedule", "timezone", "catch_up")}
+        if kind == "task":
+            await self.manager.admit([TaskSpec.model_validate(body)], batch=False)
+        else:
+            JobSpec.model_validate(body)
+        now = self.clock.now()
+        schedule = Schedule(
+            id=clocks.new_id(),
+            kind="task" if kind == "task" else "job",
+            name=name,
+            cron=parsed.expression,
+            timezone=parsed.timezone,
+            catch_up=catch_up,
+            spec=body,
+            next_run=next_slot(parsed, now),
+            created_at=now,
+            updated_at=now,
+        )
+        await self.manager.store.save_schedule(schedule)
+        self._wake.set()
+        return schedule
+
+    async def list(self, *, limit: int, offset: int) -> tuple[list[Schedule], int]:
+        return await self.manager.store.list_schedules(limit=limit, offset=offset)
+
+    async def delete(self, schedule_id: str) -> None:
+        if not await self.manager.store.delete_schedule(schedule_id):
+            raise NotFound(f"schedule {schedule_id} not found", field="id")
+
+    async def fire_due(self) -> float | None:
+        """Fire every due slot; return the earliest next run (None: no schedules)."""
+        now = self.clock.now()
+        schedules, _ = await self.manager.store.list_schedules(limit=1_000_000)
+        earliest: float | None = None
+        for schedule in schedules:
+            if schedule.next_run is not None and schedule.next_run <= now:
+                schedule = await self._fire(schedule, now)
+            if schedule.next_run is not None:
+                earliest = (
+                    schedule.next_run if earliest is None else min(earliest, schedule.next_run)
+                )
+        return earliest
+
+    async def _fire(self, schedule: Schedule, now: float) -> Schedule:
+        spec = parse(schedule.cron, schedule.timezone)
+        slots, next_run = due_slots(
+            spec, schedule.last_slot, schedule.next_run or now, now, schedule.catch_up
+        )
+        fired = 0
+        for slot in slots:
+            rid = run_id(schedule.id, slot)
+            try:
+                if schedule.kind == "task":
+                    body = TaskSpec.model_validate({**schedule.spec, "start": True})
+                    tasks = await self.manager.admit([body], ids=[rid], batch=False)
+                    tasks = [t.model_copy(update={"schedule_id": schedule.id}) for t in tasks]
+                    await self.manager.store.add_tasks(tasks)
+                    self.manager.enqueue(tasks)
+                else:
+                    job = JobSpec.model_validate({**schedule.spec, "start": True})
+                    await self.workflows.create(job, "job", run_id=rid, schedule_id=schedule.id)
+                fired += 1
+            except Conflict:
+                log.info("slot already fired", extra={"schedule_id": schedule.id, "slot": slot})
+            except Exception:
+                log.exception("a scheduled run failed to start", extra={"schedule_id": schedule.id})
+        updated = schedule.model_copy(
+            update={
+                "next_run": next_run,
+                "last_slot": slots[-1] if slots else schedule.last_slot,
+                "runs": schedule.runs + fired,
+                "updated_at": now,
+            }
+        )
+        await self.manager.store.save_schedule(updated)
+        return updated
+
+    async def _run_loop(self) -> None:
+        while True:
+            try:
+                earliest = await self.fire_due()
+            except Exception:
+                log.exception("firing schedules failed")
+                earliest = None
+            sleep = MAX_SLEEP_S
+            if earliest is not None:
+                sleep = min(MAX_SLEEP_S, max(0.0, earliest - self.clock.now()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep)

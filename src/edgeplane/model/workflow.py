@@ -1,0 +1,89 @@
+"""Jobs, workflows and schedules: what users send and the stored documents."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeplane.model.task import CatchUp, Task, TaskSpec
+
+JobMode = Literal["parallel", "sequential", "dag"]
+WorkflowState = Literal["pending", "running", "completed", "failed", "cancelled"]
+WorkflowKind = Literal["workflow", "job"]
+
+TERMINAL_WORKFLOW_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class WorkflowSpec(BaseModel):
+    """``POST /workflows``: tasks linked by ``depends_on`` (names or ids) and ``run_if``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(default="", max_length=256)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    fail_fast: bool = False
+    start: bool = True
+    schedule: str | None = None
+    timezone: str = "UTC"
+    catch_up: CatchUp = "last"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobSpec(WorkflowSpec):
+    """``POST /jobs``: ``parallel`` starts all, ``sequential`` runs in list order and stops at
+    the first failure, ``dag`` follows ``depends_on``."""
+
+    mode: JobMode = "parallel"
+
+
+class Workflow(BaseModel):
+    """A job or a workflow run; ``tasks`` is filled in API answers, not stored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: WorkflowKind = "workflow"
+    name: str = ""
+    mode: JobMode = "dag"
+    state: WorkflowState = "pending"
+    reason: str | None = None
+    fail_fast: bool = False
+    started: bool = False
+    #: task ids in request order
+    task_ids: list[str] = Field(default_factory=list)
+    #: task name → id, for names given in the request
+    names: dict[str, str] = Field(default_factory=dict)
+    schedule_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    tasks: list[Task] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_WORKFLOW_STATES
+
+
+ScheduleKind = Literal["task", "job"]
+
+
+class Schedule(BaseModel):
+    """A cron schedule of a task or a job; each slot fires once (run id ``id:slot``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: ScheduleKind
+    name: str = ""
+    cron: str
+    timezone: str = "UTC"
+    catch_up: CatchUp = "last"
+    #: the task or job body each run is created from (without ``schedule``)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    next_run: float | None = None
+    last_slot: float | None = None
+    runs: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0

@@ -1,0 +1,211 @@
+"""Jobs, workflows and schedules through the REST API on a real stack (MQTT, SQLite)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import wasm_fixtures
+import wasmtime
+from test_cluster import start_stack
+
+from edgeplane.examples import EXAMPLES
+from edgeplane.roles.up import Stack
+
+MATH = base64.b64encode(wasmtime.wat2wasm(EXAMPLES["add.wasm"])).decode()
+TRAP = base64.b64encode(wasm_fixtures.trap_wasm()).decode()
+
+
+def add(name: str, *inputs: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "export": "add", "file": MATH, "inputs": list(inputs), **extra}
+
+
+def trap(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "export": "trap", "file": TRAP, **extra}
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    sqlite = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for pair in start_stack(tmp_path, fast_broker_url, sqlite, unique_domain):
+        yield pair
+
+
+async def finished(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    created = await http.post(path, json=body)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    done: dict[str, Any] = (await http.get(f"{path}/{run_id}", params={"wait": 30})).json()
+    return done
+
+
+def states(run: dict[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["state"] for t in run["tasks"]}
+
+
+async def test_sequential_job_stops_at_the_first_failure(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    _, http = stack
+    job = await finished(
+        http,
+        "/jobs",
+        {"name": "seq", "mode": "sequential", "tasks": [add("a", 1, 1), trap("b"), add("c", 2, 2)]},
+    )
+    assert job["state"] == "failed"
+    assert states(job) == {"a": "completed", "b": "failed", "c": "skipped"}
+    listed = (await http.get("/jobs")).json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == job["id"]
+    tasks = (await http.get("/tasks", params={"job_id": job["id"]})).json()
+    assert tasks["total"] == 3
+
+
+async def test_parallel_job_runs_everything(stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = stack
+    job = await finished(
+        http, "/jobs", {"mode": "parallel", "tasks": [add(f"t{i}", i, i) for i in range(6)]}
+    )
+    assert job["state"] == "completed"
+    assert sorted(t["results"][0] for t in job["tasks"]) == [0, 2, 4, 6, 8, 10]
+
+
+async def test_workflow_passes_results_and_follows_run_if(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    _, http = stack
+    body = {
+        "name": "dag",
+        "tasks": [
+            add("sum", 2, 3),
+            {
+                "name": "times",
+                "export": "mul",
+                "file": MATH,
+                "inputs": [10],
+                "depends_on": ["sum"],
+                "inputs_from": {"task": "sum", "index": 0},
+            },
+            add("on-failure", 0, 0, depends_on=["times"], run_if="failure"),
+            add("after", 1, 0, depends_on=["on-failure"]),
+            add("always", 7, 0, depends_on=["times"], run_if="always"),
+        ],
+    }
+    run = await finished(http, "/workflows", body)
+    assert run["state"] == "completed", states(run)
+    by_name = {t["name"]: t for t in run["tasks"]}
+    assert by_name["times"]["results"] == [50]
+    assert states(run) == {
+        "sum": "completed",
+        "times": "completed",
+        "on-failure": "skipped",
+        "after": "skipped",
+        "always": "completed",
+    }
+    assert by_name["times"]["depends_on"] == [by_name["sum"]["id"]]
+
+
+async def test_fail_fast_cancels_the_rest(stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = stack
+    body = {
+        "fail_fast": True,
+        "tasks": [
+            trap("bad"),
+            {"name": "slow", "runtime": "host", "command": ["sleep", "20"]},
+            add("later", 1, 1, depends_on=["slow"]),
+        ],
+    }
+    run = await finished(http, "/workflows", body)
+    assert run["state"] == "failed"
+    assert states(run) == {"bad": "failed", "slow": "cancelled", "later": "cancelled"}
+
+
+async def test_stop_a_workflow(stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = stack
+    body = {
+        "tasks": [
+            {"name": "slow", "runtime": "host", "command": ["sleep", "20"]},
+            add("next", 1, 1, depends_on=["slow"]),
+        ]
+    }
+    created = (await http.post("/workflows", json=body)).json()
+    stopped = (await http.post(f"/workflows/{created['id']}/stop")).json()
+    assert stopped["state"] == "cancelled"
+    assert set(states(stopped).values()) == {"cancelled"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"tasks": []}, "tasks", ""),
+        (
+            {"tasks": [add("a", 1, 1, depends_on=["b"]), add("b", 1, 1, depends_on=["a"])]},
+            "tasks",
+            "cycle",
+        ),
+        ({"tasks": [add("a", 1, 1, depends_on=["ghost"])]}, "tasks[0].depends_on", "ghost"),
+        ({"tasks": [add("a", 1, 1), add("a", 2, 2)]}, "tasks[1].name", "a"),
+        ({"tasks": [add("a", 1, 1, run_if="sometimes")]}, "tasks[0].run_if", ""),
+        ({"tasks": [add("a", 1, 1)], "schedule": "61 * * * *"}, "schedule", ""),
+        (
+            {"tasks": [add("a", 1, 1)], "schedule": "@hourly", "timezone": "Mars/Base"},
+            "timezone",
+            "",
+        ),
+    ],
+)
+async def test_bad_workflows_are_rejected(
+    stack: tuple[Stack, httpx.AsyncClient], body: dict[str, Any], field: str, words: str
+) -> None:
+    _, http = stack
+    response = await http.post("/workflows", json=body)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["field"].startswith(field), problem
+    assert words in problem["detail"]
+    assert (await http.get("/workflows")).json()["total"] == 0
+    assert (await http.get("/tasks")).json()["total"] == 0
+    assert (await http.get("/schedules")).json()["total"] == 0
+
+
+async def test_schedules_fire_each_slot_once(stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    stack_, http = stack
+    created = await http.post(
+        "/tasks", json={**add("tick", 1, 2), "schedule": "@hourly", "timezone": "Europe/Berlin"}
+    )
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+    assert schedule["cron"] and schedule["next_run"] > 0
+    job = await http.post(
+        "/jobs", json={"mode": "parallel", "tasks": [add("j", 1, 1)], "schedule": "*/5 * * * *"}
+    )
+    assert job.status_code == 201 and "cron" in job.json()
+    store = stack_.control.manager.store
+    runner = stack_.control.schedules
+    # Pretend the manager was down over the last slot: move next_run into the past.
+    for sid in (schedule["id"], job.json()["id"]):
+        stored = await store.get_schedule(sid)
+        assert stored is not None
+        clock_now = stack_.control.manager.clock.now()
+        past = stored.next_run - 3600 * ((stored.next_run - clock_now) // 3600 + 2)
+        await store.save_schedule(stored.model_copy(update={"next_run": past}))
+    await runner.fire_due()
+    await runner.fire_due()  # a second pass (or a second manager) fires nothing more
+    fired = (await http.get("/tasks", params={"limit": 100})).json()
+    scheduled = [t for t in fired["items"] if t.get("schedule_id") == schedule["id"]]
+    assert len(scheduled) == 1
+    assert scheduled[0]["id"].startswith(schedule["id"] + ":")
+    done = (await http.get(f"/tasks/{scheduled[0]['id']}", params={"wait": 20})).json()
+    assert done["results"] == [3]
+    jobs = (await http.get("/jobs")).json()
+    assert jobs["total"] == 1 and jobs["items"][0]["schedule_id"] == job.json()["id"]
+    listed = (await http.get("/schedules")).json()
+    assert listed["total"] == 2
+    assert {s["runs"] for s in listed["items"]} == {1}
+    assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 204
+    assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 404
