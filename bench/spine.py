@@ -34,7 +34,7 @@ import wasmtime
 from rich.console import Console
 from rich.table import Table
 
-from edgeplane import Client
+from edgeplane import Client, __version__
 from edgeplane.client import BATCH_LIMIT
 from edgeplane.errors import EdgeplaneError, NotFound
 
@@ -382,8 +382,25 @@ def _poll(check: Callable[[], bool], deadline: float, child: Child | None) -> bo
 # --- report -------------------------------------------------------------------------------
 
 
+def source_revision() -> str:
+    """The checkout measured: figures mean little without the code they came from."""
+    try:
+        head = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip()
+
+
 def machine() -> dict[str, Any]:
     return {
+        "edgeplane": f"{__version__} ({source_revision()})",
         "nproc": os.cpu_count(),
         "memory_mb": psutil.virtual_memory().total // MB,
         "python": platform.python_version(),
@@ -418,6 +435,7 @@ def render(run: Run, console: Console) -> None:
         f", load average (1 min) {m['loadavg_1m_at_start']} at start,"
         f" {m.get('loadavg_1m_at_end', '?')} at end"
     )
+    console.print(f"edgeplane: {m['edgeplane']}")
     console.print(f"command: {run.command}")
     console.print(f"up:      {run.up_command}")
 

@@ -18,6 +18,7 @@ from edgeplane.cli.output import Session
 from edgeplane.client import Client
 from edgeplane.clock import ManualClock
 from edgeplane.config import Settings
+from edgeplane.errors import Invalid
 
 WASM = b"\x00asm\x01\x00\x00\x00"
 
@@ -513,4 +514,305 @@ def test_version_and_help() -> None:
     result = invoke(FakeApi(), "--help")
     assert result.exit_code == 0
     for command in ("up", "manager", "worker", "task"):
+        assert command in result.stdout
+
+
+# --- jobs, workflows and schedules -----------------------------------------------------------
+
+
+class RunApi:
+    """Just enough of /jobs, /workflows, /schedules and scheduled /tasks.
+
+    A run ends as ``outcome`` says (task name -> state, results, error) on its
+    ``finish_after``-th long-poll.
+    """
+
+    def __init__(self, state: str = "completed", finish_after: int = 1, **outcome: Any) -> None:
+        self.state = state
+        self.finish_after = finish_after
+        self.outcome: dict[str, dict[str, Any]] = outcome
+        self.requests: list[httpx.Request] = []
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.polls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path.removeprefix("/api/v1")
+        parts = path.strip("/").split("/")
+        if request.method == "POST" and len(parts) == 1:
+            spec = json.loads(request.content)
+            if "schedule" in spec:
+                return httpx.Response(201, json=self._schedule(spec, parts[0]))
+            return httpx.Response(201, json=self._create(spec, parts[0]))
+        if parts[0] == "schedules":
+            if request.method == "DELETE":
+                return httpx.Response(204)
+            page = {"items": [self._schedule({"schedule": "@daily"}, "jobs")], "total": 1}
+            return httpx.Response(200, json=page)
+        if len(parts) == 1:
+            items = [{**r, "tasks": []} for r in self.runs.values()]
+            return httpx.Response(200, json={"items": items, "total": len(items)})
+        run = self.runs[parts[1]]
+        if parts[2:] == ["stop"]:
+            run["state"] = "cancelled"
+        elif "wait" in request.url.params:
+            self.polls += 1
+            if self.polls >= self.finish_after:
+                self._finish(run)
+        return httpx.Response(200, json=run)
+
+    def _create(self, spec: dict[str, Any], collection: str) -> dict[str, Any]:
+        run_id = f"{collection[0]}{len(self.runs) + 1}"
+        tasks = [
+            {"id": f"t{i + 1}", "name": t.get("name", ""), "state": "pending", **_deps(t)}
+            for i, t in enumerate(spec["tasks"])
+        ]
+        self.runs[run_id] = {
+            "id": run_id,
+            "kind": collection.removesuffix("s"),
+            "name": spec.get("name", ""),
+            "mode": spec.get("mode", "dag"),
+            "state": "running",
+            "task_ids": [t["id"] for t in tasks],
+            "names": {t["name"]: t["id"] for t in tasks},
+            "tasks": tasks,
+        }
+        return self.runs[run_id]
+
+    def _finish(self, run: dict[str, Any]) -> None:
+        run["state"] = self.state
+        for task in run["tasks"]:
+            task.update({"state": "completed", **self.outcome.get(task["name"], {})})
+
+    def _schedule(self, spec: dict[str, Any], collection: str) -> dict[str, Any]:
+        return {
+            "id": "s1",
+            "kind": "task" if collection == "tasks" else "job",
+            "name": spec.get("name", ""),
+            "cron": spec["schedule"],
+            "timezone": spec.get("timezone", "UTC"),
+            "next_run": 1_700_000_000.0,
+            "runs": 4,
+        }
+
+    def sent(self, index: int = 0) -> Any:
+        return json.loads(self.requests[index].content)
+
+
+def _deps(task: dict[str, Any]) -> dict[str, Any]:
+    """depends_on as the server stores it: task ids (t<n> by position in the fake)."""
+    return {"depends_on": task["depends_on"]} if "depends_on" in task else {}
+
+
+SPEC = """\
+name: nightly
+mode: dag
+tasks:
+  - name: fetch
+    file: add.wasm
+    inputs: [1, 2]
+  - name: train
+    file: {inline}
+    depends_on: [fetch]
+    inputs_from: {{task: fetch, index: 0}}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    """A spec in its own directory naming a module next to it, and one inline."""
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "add.wasm").write_bytes(WASM)
+    path = folder / "nightly.yaml"
+    path.write_text(SPEC.format(inline=base64.b64encode(b"inline").decode()))
+    return path
+
+
+def test_job_create_reads_the_spec_and_prints_the_id(spec: Path) -> None:
+    api = RunApi()
+    result = invoke(api, "job", "create", str(spec))
+    assert (result.exit_code, result.stdout) == (0, "j1\n"), result.output
+    (request,) = api.requests
+    assert (request.method, request.url.path) == ("POST", "/api/v1/jobs")
+    sent = api.sent()
+    assert (sent["name"], sent["mode"]) == ("nightly", "dag")
+    fetch, train = sent["tasks"]
+    assert base64.b64decode(fetch["file"]) == WASM
+    assert base64.b64decode(train["file"]) == b"inline"
+    assert train["inputs_from"] == {"task": "fetch", "index": 0}
+
+
+def test_job_create_wait_prints_the_tree_and_exits_1_when_it_failed(spec: Path) -> None:
+    api = RunApi(
+        state="failed",
+        fetch={"worker_id": "w1", "results": [3]},
+        train={"state": "failed", "error": "wasm trap: unreachable"},
+    )
+    result = invoke(api, "job", "create", str(spec), "--wait")
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert "job j1 nightly (dag)  failed  2/2 done" in lines[0]
+    assert lines[1].split()[1:] == ["fetch", "completed", "on", "w1", "→", "[3]"]
+    assert "train  failed     after fetch  wasm trap: unreachable" in lines[2]
+    assert result.stderr == "error: job j1 failed: train: wasm trap: unreachable\n"
+    assert [r.url.params.get("wait") for r in api.requests] == [None, "30.0"]
+
+
+def test_workflow_apply_wait_json_prints_the_final_document(spec: Path) -> None:
+    api = RunApi(fetch={"results": [3]})
+    result = invoke(api, "workflow", "apply", str(spec), "--wait", "--output", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["id"], doc["kind"], doc["state"]) == ("w1", "workflow", "completed")
+    assert doc["tasks"][0]["results"] == [3]
+    assert api.requests[0].url.path == "/api/v1/workflows"
+
+
+def test_watch_on_a_terminal_redraws_from_short_long_polls(
+    spec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = RunApi(finish_after=3)
+    assert invoke(api, "workflow", "apply", str(spec)).exit_code == 0
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
+    result = invoke(api, "workflow", "get", "w1", "--watch")
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.stdout
+    assert "fetch" in result.stdout
+    polls = [r.url.params.get("wait") for r in api.requests[1:]]
+    assert polls == [None, "2.0", "2.0", "2.0"]
+
+
+def test_waiting_too_long_exits_1_and_leaves_the_run(spec: Path) -> None:
+    api = RunApi(finish_after=99)
+    result = invoke(
+        api, "job", "create", str(spec), "--wait", "--timeout", "0", clock=ManualClock()
+    )
+    assert result.exit_code == 1
+    assert_one_line_error(result, "job j1 still running after 0s")
+    assert "edgeplane job stop j1" in result.stderr
+
+
+def test_a_spec_with_a_schedule_prints_the_schedule(spec: Path) -> None:
+    spec.write_text(spec.read_text() + "schedule: '0 3 * * *'\ntimezone: Europe/Berlin\n")
+    api = RunApi()
+    result = invoke(api, "job", "create", str(spec))
+    assert (result.exit_code, result.stdout) == (0, "s1\n"), result.output
+    assert "next run 2023-11-14 23:13:20+01:00" in result.stderr
+    assert api.sent()["schedule"] == "0 3 * * *"
+    as_json = invoke(api, "--output", "json", "workflow", "apply", str(spec))
+    assert json.loads(as_json.stdout)["cron"] == "0 3 * * *"
+
+
+def test_task_run_with_a_schedule_makes_one(wasm: Path) -> None:
+    api = RunApi()
+    result = invoke(
+        api,
+        "task",
+        "run",
+        str(wasm),
+        "add",
+        "1",
+        "--schedule",
+        "*/5 * * * *",
+        "--timezone",
+        "Europe/Berlin",
+    )
+    assert (result.exit_code, result.stdout) == (0, "s1\n"), result.output
+    assert "next run" in result.stderr
+    (request,) = api.requests
+    assert request.url.path == "/api/v1/tasks"
+    sent = api.sent()
+    assert (sent["schedule"], sent["timezone"], sent["inputs"]) == (
+        "*/5 * * * *",
+        "Europe/Berlin",
+        [1],
+    )
+    alone = invoke(api, "task", "run", str(wasm), "add", "--timezone", "UTC")
+    assert alone.exit_code == 2
+    assert "only with --schedule" in alone.stderr
+
+
+def test_job_and_workflow_list_get_and_stop(spec: Path) -> None:
+    api = RunApi()
+    invoke(api, "job", "create", str(spec))
+    invoke(api, "workflow", "apply", str(spec))
+    jobs = invoke(api, "job", "list")
+    assert jobs.exit_code == 0
+    assert "MODE" in jobs.stdout
+    assert "j1" in jobs.stdout
+    workflows = invoke(api, "workflow", "list", "--output", "json")
+    assert [r["id"] for r in json.loads(workflows.stdout)["items"]] == ["j1", "w2"]
+    got = invoke(api, "job", "get", "j1")
+    assert got.stdout.splitlines()[0] == "job j1 nightly (dag)  running  0/2 done"
+    assert invoke(api, "job", "stop", "j1").stdout == "j1 cancelled\n"
+    assert invoke(api, "workflow", "stop", "w2").stdout == "w2 cancelled\n"
+    assert [(r.method, r.url.path) for r in api.requests[2:]] == [
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/workflows"),
+        ("GET", "/api/v1/jobs/j1"),
+        ("POST", "/api/v1/jobs/j1/stop"),
+        ("POST", "/api/v1/workflows/w2/stop"),
+    ]
+
+
+def test_schedule_list_and_delete() -> None:
+    api = RunApi()
+    listed = invoke(api, "schedule", "list")
+    assert listed.exit_code == 0
+    assert "@daily" in listed.stdout
+    assert "2023-11-14 22:13:20+00:00" in listed.stdout
+    deleted = invoke(api, "schedule", "delete", "s1")
+    assert deleted.exit_code == 0
+    assert "deleted schedule s1" in deleted.stderr
+    assert api.requests[-1].method == "DELETE"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tasks: [a\nname: x\n", "nightly.yaml: bad YAML at line 2"),
+        ("tasks:\n  - name: a\n  - file: gone.wasm\n", "tasks[1].file: no such file: "),
+        ("tasks:\n  - name: a\n    run_if: sometimes\n", "tasks[0].run_if: Input should be"),
+        ("tasks: []\n", "tasks: List should have at least 1 item"),
+        ("- name: a\n", "expected a mapping with `tasks`, got a list"),
+        ("", "expected a mapping with `tasks`, got nothing"),
+    ],
+)
+def test_a_bad_spec_exits_2_with_one_line(spec: Path, text: str, message: str) -> None:
+    spec.write_text(text)
+    api = RunApi()
+    result = invoke(api, "job", "create", str(spec))
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result, message)
+    assert len(result.stderr.splitlines()) == 1
+    assert api.requests == []
+
+
+def test_a_missing_spec_exits_2(tmp_path: Path) -> None:
+    result = invoke(RunApi(), "workflow", "apply", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    assert_one_line_error(result, "cannot read")
+
+
+def test_json_specs_by_suffix_or_by_their_first_character(tmp_path: Path) -> None:
+    from edgeplane.cli.specfile import field_path, load_spec
+
+    (tmp_path / "add.wasm").write_bytes(WASM)
+    for name in ("job.json", "job.spec"):
+        path = tmp_path / name
+        path.write_text('{"mode": "sequential", "tasks": [{"name": "a", "file": "add.wasm"}]}')
+        doc = load_spec(path, "job")
+        assert doc["mode"] == "sequential"
+        assert base64.b64decode(doc["tasks"][0]["file"]) == WASM
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"tasks": [\n  {"name": }\n]}')
+    with pytest.raises(Invalid, match=r"broken\.json: bad JSON at line 2, column 12"):
+        load_spec(broken, "workflow")
+    assert field_path(("tasks", 3, "limits", "fuel")) == "tasks[3].limits.fuel"
+
+
+def test_help_lists_job_workflow_and_schedule() -> None:
+    result = invoke(FakeApi(), "--help")
+    for command in ("job", "workflow", "schedule"):
         assert command in result.stdout

@@ -498,7 +498,7 @@ def test_wait_job_long_polls_and_reports_every_state() -> None:
     assert run.state == "failed"
     assert seen == ["running", "running", "failed"]
     assert {r.url.path for r in api.requests} == {"/api/v1/jobs/j1"}
-    assert [r.url.params["wait"] for r in api.requests] == ["2.0"] * 3
+    assert [float(r.url.params["wait"]) for r in api.requests] == [2.0] * 3
 
 
 def test_wait_workflow_times_out_with_the_last_state() -> None:

@@ -100,7 +100,8 @@ def tree(run: Workflow) -> Tree:
     from rich.tree import Tree
 
     done = sum(task.terminal for task in run.tasks)
-    head = Text.assemble((f"{run.kind} {run.id}", "bold"))
+    head = Text()
+    head.append(f"{run.kind} {run.id}", style="bold")
     if run.name:
         head.append(f" {run.name}")
     if run.kind == "job":
@@ -116,7 +117,8 @@ def tree(run: Workflow) -> Tree:
     width = max((len(_label(task)) for task in run.tasks), default=0)
     states = max((len(task.state) for task in run.tasks), default=0)
     for task in run.tasks:
-        line = Text(_label(task).ljust(width), style="bold")
+        line = Text()
+        line.append(_label(task).ljust(width), style="bold")
         line.append("  ")
         line.append(task.state.ljust(states), style=_STATE_STYLES.get(task.state, ""))
         if task.worker_id:

@@ -13,6 +13,8 @@ class Reservation:
     """A task placed on a worker: which ``task.start`` carried it and what it asked for."""
 
     seq: int
+    #: the worker session it was sent to ("" when the manager did not know it yet)
+    session: str
     cpu: float = 0.0
     memory_mb: int = 0
 

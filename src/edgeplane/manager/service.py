@@ -136,7 +136,7 @@ class Manager:
             entry = self.registry.get(task.worker_id or "")
             if task.state in ("scheduled", "running") and entry is not None:
                 self._active[task.id] = task
-                entry.tasks[task.id] = self._reservation(task, seq=0)
+                entry.tasks[task.id] = self._reservation(task, seq=0, session="")
             elif task.state in ("scheduled", "running"):
                 self._pending.put(
                     lifecycle.lose(
@@ -382,9 +382,20 @@ class Manager:
             self.registry.add(entry)
             log.info("worker registered", extra={"worker_id": worker_id})
         if entry.session != hello.session:
-            # A new worker process: whatever it does not report running is gone.
-            gone = [tid for tid in entry.tasks if tid not in set(hello.active)]
-            await self._lose_tasks(entry, f"worker {worker_id} restarted", only=gone)
+            # A session we did not know: tasks it does not report are gone if they went to
+            # an older process, or if this process has seen the command that carried them.
+            active = set(hello.active)
+            received = hello.seq if hello.epoch == self._epoch else 0
+
+            def gone(r: Reservation) -> bool:
+                if r.seq == 0:  # recovered after our restart: the worker is authoritative
+                    return True
+                if r.session and r.session != hello.session:
+                    return True
+                return r.seq <= received
+
+            lost = [tid for tid, r in entry.tasks.items() if tid not in active and gone(r)]
+            await self._lose_tasks(entry, f"worker {worker_id} restarted", only=lost)
             entry.artifacts.clear()
         entry.session = hello.session
         entry.last_seen = mono
@@ -539,7 +550,9 @@ class Manager:
             if entry is not None:
                 entry.sent_seq += 1
                 for task in tasks:
-                    entry.tasks[task.id] = self._reservation(task, seq=entry.sent_seq)
+                    entry.tasks[task.id] = self._reservation(
+                        task, seq=entry.sent_seq, session=entry.session
+                    )
                 batches.append((entry, entry.sent_seq, tasks))
 
         async def dispatch() -> None:
@@ -581,9 +594,10 @@ class Manager:
         await self._send(entry.worker.id, "task.start", start)
 
     @staticmethod
-    def _reservation(task: Task, seq: int) -> Reservation:
+    def _reservation(task: Task, seq: int, session: str) -> Reservation:
         return Reservation(
             seq=seq,
+            session=session,
             cpu=task.constraints.cpu or 0.0,
             memory_mb=task.constraints.memory_mb or 0,
         )

@@ -21,6 +21,9 @@ class Hello(_Body):
     session: str
     capabilities: Capabilities
     active: list[str] = Field(default_factory=list, description="ids of tasks it still runs")
+    #: (epoch, seq) of the last ``task.start`` received, as in :class:`Alive`
+    epoch: str = ""
+    seq: int = 0
 
 
 class Welcome(_Body):

@@ -129,7 +129,7 @@ def next_slot(spec: CronSpec, after: float) -> float:
     fields = _compile(spec.expression)
     zone = _zone(spec.timezone)
     here = datetime.fromtimestamp(after, zone)
-    start = here.replace(tzinfo=None, second=0, microsecond=0)
+    start = here.replace(tzinfo=None, second=0, microsecond=0, fold=0)
     repeat = here.replace(fold=1).timestamp() - here.timestamp()
     if repeat > 0:
         # `after` is in the first pass of a repeated hour: earlier wall times of that hour
@@ -209,7 +209,7 @@ def _most_recent(spec: CronSpec, lowest: int, now: float, count: int) -> list[fl
 
 def _instants(zone: ZoneInfo, wall: datetime) -> tuple[float, float | None]:
     """A wall time's firing instant, and its second-pass instant when it is repeated."""
-    early = wall.replace(tzinfo=zone)
+    early = wall.replace(tzinfo=zone, fold=0)
     first = early.timestamp()
     late = early.replace(fold=1).timestamp()
     if late > first:
@@ -218,6 +218,7 @@ def _instants(zone: ZoneInfo, wall: datetime) -> tuple[float, float | None]:
         return first, None
     # In a gap: `late` used the offset after the change and lies before it, `first` the
     # offset before and lies after it. Fire at the change itself, found by bisection.
+    return first, None
     after_change = datetime.fromtimestamp(first, zone).utcoffset()
     before, at = math.floor(late), math.ceil(first)
     while at - before > 1:

@@ -204,6 +204,8 @@ class WorkerAgent:
             session=self.session,
             capabilities=self.capabilities(),
             active=self._active(),
+            epoch=self._epoch,
+            seq=self._seq,
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
