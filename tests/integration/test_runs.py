@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -209,3 +210,34 @@ async def test_schedules_fire_each_slot_once(stack: tuple[Stack, httpx.AsyncClie
     assert {s["runs"] for s in listed["items"]} == {1}
     assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 204
     assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 404
+
+
+async def test_daemon_moves_to_another_worker_and_runs_until_stopped(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    stack_, http = stack
+    body = {
+        "name": "daemon",
+        "runtime": "host",
+        "command": ["sleep", "300"],
+        "daemon": True,
+        "retries": -1,
+        "start": True,
+    }
+    task_id = (await http.post("/tasks", json=body)).json()["id"]
+
+    async def running(attempt: int) -> dict[str, Any]:
+        for _ in range(200):
+            task: dict[str, Any] = (await http.get(f"/tasks/{task_id}")).json()
+            if task["state"] == "running" and task["attempt"] == attempt:
+                return task
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"task never running at attempt {attempt}: {task}")
+
+    first = await running(1)
+    victim = next(w for w in stack_.workers if w.id == first["worker_id"])
+    await victim.stop()
+    second = await running(2)
+    assert second["worker_id"] != first["worker_id"]
+    stopped = (await http.post(f"/tasks/{task_id}/stop")).json()
+    assert stopped["state"] == "cancelled"

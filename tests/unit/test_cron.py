@@ -4,6 +4,7 @@ checked against a brute-force oracle that walks every minute in the zone."""
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,12 +30,12 @@ pytestmark = pytest.mark.timeout(30)
 BERLIN = "Europe/Berlin"
 
 
-def utc(*parts: int) -> float:
-    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
-def local(zone: str, *parts: int) -> float:
-    return datetime(*parts, tzinfo=ZoneInfo(zone)).timestamp()  # type: ignore[misc]
+def local(zone: str, year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(zone)).timestamp()
 
 
 def walk(spec: CronSpec, after: float, count: int) -> list[float]:
@@ -67,7 +68,7 @@ def test_every_five_minutes_in_utc() -> None:
     ]
     # strictly after: a slot instant itself is not its own next slot
     assert next_slot(spec, utc(2026, 5, 1, 12, 5)) == utc(2026, 5, 1, 12, 10)
-    assert next_slot(spec, utc(2026, 5, 1, 12, 4, 59, 999999)) == utc(2026, 5, 1, 12, 5)
+    assert next_slot(spec, utc(2026, 5, 1, 12, 4, 59) + 0.999) == utc(2026, 5, 1, 12, 5)
 
 
 def test_aliases_expand() -> None:
@@ -138,7 +139,7 @@ def test_spring_gap_fires_once_at_its_end() -> None:
 
 
 def test_autumn_repeat_fires_wall_clock_jobs_once() -> None:
-    # Berlin 2026-10-25: 03:00 CEST → 02:00 CET, at 01:00 UTC; 02:00–03:00 happens twice
+    # Berlin 2026-10-25: 03:00 CEST → 02:00 CET, at 01:00 UTC; 02:00-03:00 happens twice
     daily = parse("30 2 * * *", BERLIN)
     assert walk(daily, utc(2026, 10, 23, 12), 3) == [
         utc(2026, 10, 24, 0, 30),
@@ -323,7 +324,7 @@ def test_run_id_is_deterministic() -> None:
         "0 0 L * *",
         "0 0 * * 1#2",
         "0 0 15W * *",
-        "١ * * * *",  # a non-ASCII digit
+        "\u0661 * * * *",  # a non-ASCII digit
         "0 0 30 2 *",  # never exists
         "0 0 31 4,6,9,11 *",
         "@reboot",
@@ -473,7 +474,7 @@ def offset(zone: ZoneInfo, t: float) -> timedelta:
 
 @functools.cache
 def transitions(name: str) -> tuple[int, ...]:
-    """Every offset change of a zone in 2024–2029, to the second."""
+    """Every offset change of a zone in 2024-2029, to the second."""
     zone = ZoneInfo(name)
     found: list[int] = []
     t = int(utc(2024, 1, 1))
@@ -489,7 +490,7 @@ def transitions(name: str) -> tuple[int, ...]:
 
 
 def instants(zone: str) -> st.SearchStrategy[float]:
-    """Anywhere in 2000–2040, or (more often) within half a day of a DST change."""
+    """Anywhere in 2000-2040, or (more often) within half a day of a DST change."""
     anywhere = st.integers(int(utc(2000, 1, 1)), int(utc(2040, 1, 1)))
     changes = transitions(zone)
     near: list[st.SearchStrategy[int]] = []
@@ -545,7 +546,7 @@ def valid(expr: Expr, zone: str) -> CronSpec | None:
     return parse(expr.text, zone)
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(cases())
 def test_next_slot_agrees_with_the_minute_by_minute_oracle(case: tuple[Expr, str, float]) -> None:
     expr, zone, after = case
@@ -559,7 +560,7 @@ def test_next_slot_agrees_with_the_minute_by_minute_oracle(case: tuple[Expr, str
         assert next_slot(spec, after) > end
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(cases(), st.floats(0, 3 * 86400))
 def test_next_slot_is_strictly_after_monotonic_and_never_repeats(
     case: tuple[Expr, str, float], later: float
@@ -572,7 +573,7 @@ def test_next_slot_is_strictly_after_monotonic_and_never_repeats(
     assert first > after
     assert next_slot(spec, after + later) >= first
     slots = walk(spec, after, 12)
-    assert all(a < b for a, b in zip(slots, slots[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(slots))
     assert all(is_slot(expr, ZoneInfo(zone), int(s)) and s == int(s) for s in slots)
 
 
@@ -616,7 +617,7 @@ def test_due_slots_fire_each_slot_at_most_once(
         return
     fired, windows = simulate(spec, start, steps, policy)
     flat = [s for slots in fired for s in slots]
-    assert all(a < b for a, b in zip(flat, flat[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(flat))
     for slots, (before, now) in zip(fired, windows, strict=True):
         due = until(spec, before, now)
         assert slots == POLICY_RULES[policy](due, now)

@@ -218,7 +218,6 @@ def _instants(zone: ZoneInfo, wall: datetime) -> tuple[float, float | None]:
         return first, None
     # In a gap: `late` used the offset after the change and lies before it, `first` the
     # offset before and lies after it. Fire at the change itself, found by bisection.
-    return first, None
     after_change = datetime.fromtimestamp(first, zone).utcoffset()
     before, at = math.floor(late), math.ceil(first)
     while at - before > 1:
