@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-import wasm_fixtures
 import wasmtime
 from test_cluster import start_stack
 
+import wasm_fixtures
 from edgeplane.examples import EXAMPLES
 from edgeplane.roles.up import Stack
 
