@@ -3,6 +3,7 @@ the Python client."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -217,3 +218,43 @@ def test_manager_and_worker_processes_survive_a_killed_worker(
     finally:
         for proc in (*workers.values(), manager):
             stop(proc)
+
+
+def test_workflow_and_job_through_the_cli(up: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    _, env = up
+    add = tmp_path / "examples" / "add.wasm"
+    for _ in range(50):
+        if add.exists():
+            break
+        time.sleep(0.1)
+    spec = tmp_path / "wf.yaml"
+    spec.write_text(
+        "name: tour\n"
+        "tasks:\n"
+        f"  - {{name: sum, file: {add}, export: add, inputs: [2, 3]}}\n"
+        f"  - {{name: times, file: {add}, export: mul, inputs: [10], depends_on: [sum],\n"
+        "     inputs_from: {task: sum, index: 0}}\n"
+    )
+    applied = cli("workflow", "apply", str(spec), "--wait", "--output", "json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    run = json.loads(applied.stdout)
+    assert run["state"] == "completed"
+    assert {t["name"]: t["results"] for t in run["tasks"]} == {"sum": [5], "times": [50]}
+    listed = cli("workflow", "list", env=env)
+    assert listed.returncode == 0 and run["id"][:8] in listed.stdout
+    job = tmp_path / "job.json"
+    job.write_text(
+        '{"mode": "sequential", "tasks": ['
+        f'{{"name": "a", "file": "{add}", "export": "add", "inputs": [1, 1]}},'
+        f'{{"name": "b", "file": "{add}", "export": "nope"}}]}}'
+    )
+    bad = cli("job", "create", str(job), env=env)
+    assert bad.returncode == 2 and "tasks[1]" in bad.stderr
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text(
+        "tasks:\n"
+        f"  - {{name: a, file: {add}, export: noop, depends_on: [b]}}\n"
+        f"  - {{name: b, file: {add}, export: noop, depends_on: [a]}}\n"
+    )
+    rejected = cli("workflow", "apply", str(cycle), env=env)
+    assert rejected.returncode == 2 and "cycle" in rejected.stderr
