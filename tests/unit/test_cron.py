@@ -328,7 +328,6 @@ def test_run_id_is_deterministic() -> None:
         "0 0 30 2 *",  # never exists
         "0 0 31 4,6,9,11 *",
         "@reboot",
-        "@every 5m",
     ],
 )
 def test_bad_expression_names_the_schedule_field(expression: str) -> None:
@@ -621,3 +620,23 @@ def test_due_slots_fire_each_slot_at_most_once(
     for slots, (before, now) in zip(fired, windows, strict=True):
         due = until(spec, before, now)
         assert slots == POLICY_RULES[policy](due, now)
+
+
+def test_every_interval_slots_are_epoch_multiples() -> None:
+    spec = parse("@every 1s", "Europe/Berlin")
+    assert spec.expression == "@every 1s"
+    assert next_slot(spec, 100.0) == 101.0
+    assert next_slot(spec, 100.5) == 101.0
+    assert parse("@every 1h30m").expression == "@every 5400s"
+    assert next_slot(parse("@every 1h30m"), 5400.0) == 10800.0
+    slots, following = due_slots(spec, None, 101.0, 105.2, "all")
+    assert slots == [101.0, 102.0, 103.0, 104.0, 105.0] and following == 106.0
+    slots, following = due_slots(spec, 105.0, 106.0, 110.0, "last")
+    assert slots == [110.0] and following == 111.0
+
+
+@pytest.mark.parametrize("bad", ["@every", "@every 0s", "@every 5", "@every -1s", "@every 1d"])
+def test_bad_intervals(bad: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        parse(bad)
+    assert caught.value.field == "schedule"

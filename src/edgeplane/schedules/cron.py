@@ -25,12 +25,17 @@ Slots are wall-clock times in the schedule's timezone, mapped to instants like t
   keep firing through the second pass too (02:00 and 02:30 CET as well). This is Vixie
   cron's rule, keyed on the hour field: a fixed hour is a wall-clock appointment.
 
+Intervals: ``@every 30s`` (units ``s``, ``m``, ``h``, combinable: ``@every 1h30m``) fire
+at whole multiples of the interval since the Unix epoch, whatever the zone, so every
+manager computes the same slots (robfig/cron's ``@every``, which Propeller users know).
+
 Slots are whole-second instants and strictly increasing; none is ever named twice.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -118,14 +123,44 @@ class _Fields:
 
 def parse(expression: str, timezone: str = "UTC") -> CronSpec:
     """Validate a cron expression and an IANA zone; errors name the field (422)."""
+    interval = _interval(expression)
+    if interval is not None:
+        _zone(timezone)
+        return CronSpec(f"@every {interval}s", timezone)
     normalised = _normalise(expression)
     _compile(normalised)
     _zone(timezone)
     return CronSpec(normalised, timezone)
 
 
+_EVERY = re.compile(r"@every\s+((?:\d+[hms])+)")
+_UNIT_S = {"h": 3600, "m": 60, "s": 1}
+
+
+def _interval(expression: str) -> int | None:
+    """Seconds of an ``@every`` expression, None for other expressions."""
+    text = expression.strip().lower()
+    if not text.startswith("@every"):
+        return None
+    match = _EVERY.fullmatch(text)
+    seconds = (
+        sum(int(n) * _UNIT_S[u] for n, u in re.findall(r"(\d+)([hms])", match.group(1)))
+        if match
+        else 0
+    )
+    if seconds < 1:
+        raise Invalid(
+            f"bad interval {expression.strip()!r}; write e.g. '@every 30s' or '@every 1h30m'",
+            field="schedule",
+        )
+    return seconds
+
+
 def next_slot(spec: CronSpec, after: float) -> float:
     """The first slot strictly after the instant ``after``."""
+    interval = _interval(spec.expression)
+    if interval is not None:
+        return float((math.floor(after) // interval + 1) * interval)
     fields = _compile(spec.expression)
     zone = _zone(spec.timezone)
     here = datetime.fromtimestamp(after, zone)
