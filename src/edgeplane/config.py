@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
     max_body_mb: float = Field(default=64.0, gt=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
+    max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"
 
     @classmethod

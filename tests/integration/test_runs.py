@@ -241,3 +241,17 @@ async def test_daemon_moves_to_another_worker_and_runs_until_stopped(
     assert second["worker_id"] != first["worker_id"]
     stopped = (await http.post(f"/tasks/{task_id}/stop")).json()
     assert stopped["state"] == "cancelled"
+
+
+async def test_max_tasks_per_workflow_is_configured(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    sqlite = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for _, http in start_stack(
+        tmp_path, fast_broker_url, sqlite, unique_domain, max_workflow_tasks=3
+    ):
+        body = {"mode": "parallel", "tasks": [add(f"t{i}", i, i) for i in range(4)]}
+        response = await http.post("/jobs", json=body)
+        assert response.status_code == 422
+        assert response.json()["field"] == "tasks"
+        assert "3" in response.json()["detail"]

@@ -25,9 +25,6 @@ from edgeplane.workflows import Node, build_graph, evaluate, resolve_inputs
 
 log = logging.getLogger(__name__)
 
-#: Largest number of tasks in one job or workflow.
-MAX_TASKS = 10_000
-
 
 @dataclass
 class _Run:
@@ -83,7 +80,9 @@ class Workflows:
         run_id = run_id or clocks.new_id()
         ids = [f"{run_id}:{i}" if schedule_id else clocks.new_id() for i in range(len(spec.tasks))]
         mode = spec.mode if isinstance(spec, JobSpec) else "dag"
-        nodes = build_graph(spec.tasks, ids, mode=mode, max_tasks=MAX_TASKS)
+        nodes = build_graph(
+            spec.tasks, ids, mode=mode, max_tasks=self.manager.settings.max_workflow_tasks
+        )
         specs = [s.model_copy(update={"start": False, "schedule": None}) for s in spec.tasks]
         admitted = await self.manager.admit(specs, ids=ids)
         now = self.clock.now()
@@ -125,7 +124,14 @@ class Workflows:
         workflow = run.workflow if run else await self.manager.store.get_workflow(run_id)
         if workflow is None or workflow.kind != kind:
             raise NotFound(f"{kind} {run_id} not found", field="id")
-        tasks = [await self.manager.get(task_id) for task_id in workflow.task_ids]
+        # One query for all its tasks (newest in-memory versions win), in request order.
+        found, _ = await self.manager.list_tasks(
+            job_id=run_id if kind == "job" else None,
+            workflow_id=run_id if kind == "workflow" else None,
+            limit=len(workflow.task_ids),
+        )
+        by_id = {task.id: task for task in found}
+        tasks = [by_id[task_id] for task_id in workflow.task_ids if task_id in by_id]
         return workflow.model_copy(update={"tasks": tasks})
 
     async def list(
@@ -145,7 +151,7 @@ class Workflows:
                 if current.terminal:
                     return current
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, wait_s)
+                    return await asyncio.wait_for(future, wait_s)
             finally:
                 if future in self._waiters.get(run_id, []):
                     self._waiters[run_id].remove(future)
@@ -311,7 +317,7 @@ class Workflows:
             for t in tasks
         ]
         try:
-            nodes = build_graph(specs, workflow.task_ids, mode="dag", max_tasks=MAX_TASKS)
+            nodes = build_graph(specs, workflow.task_ids, mode="dag", max_tasks=len(specs))
         except Invalid as exc:
             log.error(
                 "stored workflow is invalid",
