@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgeplane.model import Task
+from edgeplane.scheduling import TaskDemand
 
 _Key = tuple[int, float, str]
 
@@ -23,10 +24,27 @@ class Candidates:
     next_due: float | None
 
 
+def demand_of(task: Task) -> TaskDemand:
+    """What the scheduler needs to know of a task."""
+    return TaskDemand(
+        id=task.id,
+        runtime=task.runtime,
+        priority=task.priority,
+        seq=task.created_at,
+        labels=task.constraints.labels,
+        tee=task.constraints.tee,
+        cpu=task.constraints.cpu or 0.0,
+        memory_mb=task.constraints.memory_mb or 0,
+        worker_id=task.pinned_worker,
+    )
+
+
 class PendingQueue:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._heap: list[_Key] = []
+        #: scheduler demands, built once per task while it waits (a pass runs per event)
+        self._demands: dict[str, TaskDemand] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -47,7 +65,14 @@ class PendingQueue:
         self._tasks[task.id] = task
 
     def pop(self, task_id: str) -> Task | None:
+        self._demands.pop(task_id, None)
         return self._tasks.pop(task_id, None)
+
+    def demand(self, task: Task) -> TaskDemand:
+        found = self._demands.get(task.id)
+        if found is None:
+            found = self._demands[task.id] = demand_of(task)
+        return found
 
     def candidates(self, now: float, limit: int) -> Candidates:
         """Up to ``limit`` due tasks in dispatch order; they stay queued until popped."""

@@ -44,7 +44,7 @@ from edgeplane.protocol import (
     encode,
     parse_body,
 )
-from edgeplane.scheduling import TaskDemand, make_plan
+from edgeplane.scheduling import make_plan
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink
 
@@ -506,25 +506,12 @@ class Manager:
         now = self.clock.now()
         views = self.registry.schedulable()
         free = sum(v.free_slots for v in views)
-        candidates = self._pending.candidates(now, max(64, free * _CANDIDATES_PER_SLOT))
+        candidates = self._pending.candidates(now, max(16, free * _CANDIDATES_PER_SLOT))
         self._next_due = candidates.next_due
         due = candidates.due
         if not due:
             return
-        demands = [
-            TaskDemand(
-                id=t.id,
-                runtime=t.runtime,
-                priority=t.priority,
-                seq=t.created_at,
-                labels=t.constraints.labels,
-                tee=t.constraints.tee,
-                cpu=t.constraints.cpu or 0.0,
-                memory_mb=t.constraints.memory_mb or 0,
-                worker_id=t.pinned_worker,
-            )
-            for t in due
-        ]
+        demands = [self._pending.demand(t) for t in due]
         plan = make_plan(
             self.settings.scheduler, views, demands, cursor=self._cursor, pack=self.settings.pack
         )
