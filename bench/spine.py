@@ -185,10 +185,10 @@ def wait_ready(url: str, up: Child, deadline: float) -> str:
 # --- figures ------------------------------------------------------------------------------
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
+def percentile(ordered: Sequence[float], q: int) -> float:
     """Nearest-rank percentile of already sorted values."""
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
-    return ordered[min(len(ordered), int(rank)) - 1]
+    rank = max(1, -(-len(ordered) * q // 100))  # integer ceil: no float rounding
+    return ordered[min(len(ordered), rank) - 1]
 
 
 def ms(seconds: float) -> float:
@@ -275,7 +275,8 @@ def measure_throughput(
         submitted.update(task.id for task in client.submit_many(chunk))
     submit_s = time.time() - first_submit
     phase.figures["tasks submitted"] = len(submitted)
-    phase.figures["submit-only tasks/s"] = round(len(submitted) / submit_s, 1)
+    if submitted:
+        phase.figures["submit-only tasks/s"] = round(len(submitted) / submit_s, 1)
     completed = failed = 0
     while time.monotonic() < deadline:
         completed = _count(client, "completed") - base_completed
@@ -452,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, console: Console, work_dir: Path) -> Run:
+def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path) -> Run:
     token = secrets.token_urlsafe(16)
     env = clean_env(token)
     port = free_port()
@@ -467,7 +468,7 @@ def run(args: argparse.Namespace, console: Console, work_dir: Path) -> Run:
         str(args.workers),
     ]
     result = Run(
-        command=shlex.join(["python", "-m", "bench.spine", *sys.argv[1:]]),
+        command=command,
         up_command=shlex.join(["python", *up_argv[1:]]),
         machine=machine(),
     )
@@ -508,10 +509,12 @@ def _guarded(name: str, step: Callable[[], Phase]) -> Phase:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "-m", "bench.spine", *given])
     console = Console()
     with tempfile.TemporaryDirectory(prefix="edgeplane-bench-") as tmp:
         try:
-            result = run(args, console, Path(tmp))
+            result = run(args, command, console, Path(tmp))
         except EdgeplaneError as exc:
             console.print(f"[red]benchmark aborted:[/red] {exc}")
             return 1

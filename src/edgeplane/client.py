@@ -283,7 +283,7 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     file = body.get("file")
     if isinstance(file, Path):
         file = _read_module(file)
-    if isinstance(file, bytes):
+    if isinstance(file, bytes | bytearray | memoryview):
         body["file"] = base64.b64encode(file).decode("ascii")
     return body
 

@@ -153,6 +153,13 @@ def test_submit_takes_bytes_and_may_leave_the_task_unstarted() -> None:
     assert "inputs" not in sent
 
 
+def test_submit_takes_a_bytearray_as_wat2wasm_returns() -> None:
+    api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
+    with api.client() as client:
+        client.submit(bytearray(WASM), "add")
+    assert base64.b64decode(body(api.requests[0])["file"]) == WASM
+
+
 def test_submit_of_a_missing_file_is_invalid_input(tmp_path: Path) -> None:
     api = Recorder(lambda r: httpx.Response(201, json=task_doc()))
     with api.client() as client, pytest.raises(Invalid) as caught:

@@ -11,7 +11,8 @@ from edgeplane.security import TokenChecker
 from edgeplane.store import TokenRecord
 
 
-def manager(request: Request) -> Manager:
+async def manager(request: Request) -> Manager:
+    # async: a plain def would be sent through the thread pool on every request
     found: Manager = request.app.state.manager
     return found
 
