@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: How many pending tasks one scheduling pass looks at, per free slot.
 _CANDIDATES_PER_SLOT = 4
 _ARTIFACT_CACHE = 64
+#: Seconds a scheduling pass waits after being woken, to gather more changes.
+SCHEDULE_WINDOW_S = 0.001
 
 
 @dataclass
@@ -490,6 +492,9 @@ class Manager:
             timeout = self._next_due_in()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout)
+            # Let the events arriving together free their slots before one pass places
+            # tasks on all of them (bigger task.start batches, fewer commits).
+            await asyncio.sleep(SCHEDULE_WINDOW_S)
             self._kick.clear()
             try:
                 await self._schedule_once()
