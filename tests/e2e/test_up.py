@@ -10,17 +10,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from edgeplane import Client
+from edgeplane.model import Task
 
 pytestmark = pytest.mark.timeout(120)
 
 EDGEPLANE = [sys.executable, "-m", "edgeplane"]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -50,6 +53,18 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> 
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up")
+
+
+def wait_until(condition: Callable[[], T | None], what: str, timeout: float = 20) -> T:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -189,20 +204,19 @@ def test_manager_and_worker_processes_survive_a_killed_worker(
     try:
         wait_healthy(url, manager)
         with Client(url, token) as client:
-            deadline = time.monotonic() + 20
-            while len([w for w in client.workers().items if w.state == "online"]) < 2:
-                assert time.monotonic() < deadline, "workers did not register"
-                time.sleep(0.1)
+            wait_until(
+                lambda: len([w for w in client.workers().items if w.state == "online"]) == 2,
+                "both workers to register",
+            )
             slow = {"runtime": "host", "command": ["sh", "-c", "sleep 3; echo done"], "start": True}
             retried = client.create_task({"name": "retried", "retries": 1, **slow})
             doomed = client.create_task({"name": "doomed", "retries": 0, **slow})
-            deadline = time.monotonic() + 20
-            while True:
-                states = [client.get(t.id) for t in (retried, doomed)]
-                if all(t.state == "running" for t in states):
-                    break
-                assert time.monotonic() < deadline, states
-                time.sleep(0.05)
+
+            def both_running() -> list[Task] | None:
+                found = [client.get(t.id) for t in (retried, doomed)]
+                return found if all(t.state == "running" for t in found) else None
+
+            states = wait_until(both_running, "both tasks to run")
             victim = states[0].worker_id
             assert victim in workers
             workers[victim].send_signal(signal.SIGKILL)
