@@ -137,7 +137,7 @@ async def test_stop_a_workflow(stack: tuple[Stack, httpx.AsyncClient]) -> None:
     created = (await http.post("/workflows", json=body)).json()
     stopped = (await http.post(f"/workflows/{created['id']}/stop")).json()
     assert stopped["state"] == "cancelled"
-    assert set(states(stopped).values()) == {"cancelled"}
+    assert set(states(stopped).values()) == {"cancelled"}, stopped["tasks"]
 
 
 @pytest.mark.parametrize(

@@ -266,7 +266,7 @@ class Workflows:
             update = {"state": "cancelled", "reason": reason, "updated_at": now, "finished_at": now}
             unstarted.append(doc.model_copy(update=update))
         if unstarted:
-            self.manager.finish_unstarted(unstarted)
+            await self.manager.finish_unstarted(unstarted)
 
     async def _set_state(self, run: _Run, state: str) -> None:
         workflow = run.workflow

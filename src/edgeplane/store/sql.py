@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from edgeplane.model import (
 )
 from edgeplane.store import tables
 from edgeplane.store.base import Store, TokenRecord
+from edgeplane.store.sqlite_direct import DirectSqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -100,9 +102,12 @@ class _DriverStatement:
         compiled = statement.compile(dialect=dialect)
         return cls(str(compiled), tuple(compiled.positiontup or ()))
 
-    async def run(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
         names = self.names
-        await conn.exec_driver_sql(self.sql, [tuple(row[n] for n in names) for row in rows])
+        return [tuple(row[n] for n in names) for row in rows]
+
+    async def run(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        await conn.exec_driver_sql(self.sql, self.params(rows))
 
 
 def _task_row(task: Task) -> dict[str, Any]:
@@ -147,6 +152,8 @@ class SqlStore(Store):
         # SQLite has one writer: queueing writers here beats sleeping in its busy handler.
         self._write_lock = asyncio.Lock() if self._sqlite else None
         self._engine: AsyncEngine | None = None
+        #: file databases take the one-hop path for task writes and reads by id (open)
+        self._direct: DirectSqlite | None = None
         dialect = self._url.get_dialect()()
         self._insert_tasks = _DriverStatement.of(tables.tasks.insert(), dialect)
         self._upsert_tasks = _DriverStatement.of(self._upsert(tables.tasks), dialect)
@@ -191,6 +198,9 @@ class SqlStore(Store):
             await engine.dispose()
             raise
         self._engine = engine
+        database = self._url.database
+        if self._sqlite and database not in (None, "", ":memory:"):
+            self._direct = DirectSqlite(str(database), _SQLITE_BUSY_MS)
 
     @staticmethod
     async def _create_schema(conn: AsyncConnection, schema: str) -> None:
@@ -223,6 +233,9 @@ class SqlStore(Store):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
+            if self._direct is not None:
+                direct, self._direct = self._direct, None
+                await direct.close()
 
     def _opened(self) -> AsyncEngine:
         if self._engine is None:
@@ -263,9 +276,8 @@ class SqlStore(Store):
             return
         rows = [_task_row(task) for task in tasks]
         try:
-            async with self._writing() as conn:
-                await self._insert_tasks.run(conn, rows)
-        except IntegrityError:
+            await self._write_tasks(self._insert_tasks, rows)
+        except (IntegrityError, sqlite3.IntegrityError):
             taken = await self._taken_ids(tasks)
             detail = f"task ids already exist: {', '.join(taken)}" if taken else "task id taken"
             raise Conflict(detail, field="id") from None
@@ -290,11 +302,23 @@ class SqlStore(Store):
     async def save_tasks(self, tasks: Sequence[Task]) -> None:
         if not tasks:
             return
-        rows = [_task_row(task) for task in tasks]
-        async with self._writing() as conn:
-            await self._upsert_tasks.run(conn, rows)
+        await self._write_tasks(self._upsert_tasks, [_task_row(task) for task in tasks])
+
+    async def _write_tasks(self, statement: _DriverStatement, rows: list[dict[str, Any]]) -> None:
+        if self._direct is None:
+            async with self._writing() as conn:
+                await statement.run(conn, rows)
+            return
+        self._opened()
+        assert self._write_lock is not None  # always set for SQLite
+        async with self._write_lock:
+            await self._direct.write(statement.sql, statement.params(rows))
 
     async def get_task(self, task_id: str) -> Task | None:
+        if self._direct is not None:
+            self._opened()
+            found = await self._direct.scalar("SELECT doc FROM tasks WHERE id = ?", (task_id,))
+            return None if found is None else Task.model_validate_json(found)
         query = select(tables.tasks.c.doc).where(tables.tasks.c.id == task_id)
         async with self._reading() as conn:
             doc = (await conn.execute(query)).scalar_one_or_none()
