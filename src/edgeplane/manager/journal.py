@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 
 from edgeplane.model import Task
@@ -22,6 +23,8 @@ After = Callable[[], Awaitable[None] | None]
 
 #: Seconds between attempts when the store refuses a write.
 RETRY_S = 0.5
+#: Recently committed versions kept for readers (see :meth:`Journal.newest`).
+RECENT = 4096
 
 
 class Journal:
@@ -29,6 +32,7 @@ class Journal:
         self._store = store
         self._queued: dict[str, Task] = {}
         self._writing: dict[str, Task] = {}
+        self._recent: OrderedDict[str, Task] = OrderedDict()
         self._after: list[After] = []
         self._done: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -44,9 +48,17 @@ class Journal:
         self._wake.set()
         return done
 
-    def unwritten(self, task_id: str) -> Task | None:
-        """The newest version of a task that is not in the store yet."""
-        return self._queued.get(task_id) or self._writing.get(task_id)
+    def newest(self, task_id: str) -> Task | None:
+        """The newest version of a task the journal has seen, committed or not.
+
+        A reader's store query may have started before a commit it then overtakes; the
+        recently committed versions let it replace what it read with what it missed.
+        """
+        return self._queued.get(task_id) or self._writing.get(task_id) or self._recent.get(task_id)
+
+    def forget(self, task_id: str) -> None:
+        """The task was deleted: readers must not see a recent version of it."""
+        self._recent.pop(task_id, None)
 
     async def run(self) -> None:
         while True:
@@ -68,6 +80,11 @@ class Journal:
             except Exception:
                 log.exception("store write failed; retrying", extra={"tasks": len(self._writing)})
                 await asyncio.sleep(RETRY_S)
+        for task_id, task in self._writing.items():
+            self._recent[task_id] = task
+            self._recent.move_to_end(task_id)
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         self._writing = {}
         for callback in after:
             try:

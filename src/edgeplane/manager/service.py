@@ -225,8 +225,7 @@ class Manager:
         items, total = await self.store.list_tasks(
             state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
         )
-        live = [self._live(t.id) or t for t in items]
-        return live, total
+        return [self._fresher(t) for t in items], total
 
     async def start_task(self, task_id: str) -> Task:
         task = await self.get(task_id)
@@ -274,6 +273,7 @@ class Manager:
             await self.stop_task(task_id)
         await self.journal.commit()
         await self.store.delete_task(task_id)
+        self.journal.forget(task_id)
 
     async def wait(self, task_id: str, wait_s: float) -> Task:
         """The task once it has ended, or as it is when ``wait_s`` runs out."""
@@ -298,12 +298,15 @@ class Manager:
                     del self._waiters[task_id]
 
     def _live(self, task_id: str) -> Task | None:
-        """The manager's newest version of a task, if newer than the store's."""
+        """The manager's newest version of a task (None: the store's is the newest)."""
         return (
-            self._pending.get(task_id)
-            or self._active.get(task_id)
-            or self.journal.unwritten(task_id)
+            self._pending.get(task_id) or self._active.get(task_id) or self.journal.newest(task_id)
         )
+
+    def _fresher(self, stored: Task) -> Task:
+        """``stored`` or a newer version the manager holds (a store read can lag a commit)."""
+        live = self._live(stored.id)
+        return live if live is not None and live.updated_at >= stored.updated_at else stored
 
     def task_counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
