@@ -24,13 +24,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import wasmtime
 from rich.console import Console
 from rich.table import Table
 
+from bench.spine import Phase
 from edgeplane.config import Settings
 from edgeplane.roles.up import running_stack
 
@@ -40,18 +41,6 @@ LONG_POLL_S = 30.0
 #: How often the baseline counts completed tasks.
 POLL_S = 0.05
 WORKERS_TIMEOUT_S = 30.0
-
-Status = Literal["finished", "not finished"]
-
-
-@dataclass
-class Phase:
-    """One row group of the report and whether it ran to the end."""
-
-    name: str
-    status: Status = "not finished"
-    figures: dict[str, float | int | str] = field(default_factory=dict)
-    note: str = ""
 
 
 @dataclass
