@@ -34,9 +34,12 @@ from edgeplane.errors import (
     Unavailable,
 )
 from edgeplane.model import (
+    ApplicationSpec,
+    Cluster,
     JobSpec,
     Page,
     Schedule,
+    ServiceStatus,
     Task,
     TaskLogs,
     TaskResults,
@@ -48,6 +51,7 @@ from edgeplane.model import (
 __all__ = [
     "BATCH_LIMIT",
     "DEFAULT_URL",
+    "ApplicationView",
     "AsyncClient",
     "Client",
     "TaskLogs",
@@ -71,6 +75,9 @@ FileArg = bytes | str | Path | None
 #: A job or workflow as the client takes it: the pydantic spec or a plain mapping, whose
 #: tasks' ``file`` may be bytes or a :class:`~pathlib.Path` (sent as base64).
 RunSpec = JobSpec | WorkflowSpec | Mapping[str, Any]
+#: An application descriptor: the pydantic spec or a plain mapping (services' ``file`` as
+#: in :data:`RunSpec`).
+AppSpec = ApplicationSpec | Mapping[str, Any]
 Progress = Callable[[Workflow], object]
 _Runs = Literal["jobs", "workflows"]
 
@@ -93,6 +100,23 @@ class _Batch(BaseModel):
     """``POST /tasks/batch``: the created tasks, in request order."""
 
     items: list[Task]
+
+
+class ApplicationView(BaseModel):
+    """``GET /applications/{id}``: an application with each service's instances.
+
+    The same fields as the API's own response model, declared here so the client does
+    not import the server (FastAPI, the root) to read one answer.
+    """
+
+    id: str
+    name: str
+    state: str
+    generation: int
+    services: list[ServiceStatus]
+    spec: ApplicationSpec
+    created_at: float
+    updated_at: float
 
 
 # --- where the server is ------------------------------------------------------------------
@@ -213,6 +237,10 @@ _workflow = _model(Workflow)
 _workflow_page = _model(Page[Workflow])
 _schedule = _model(Schedule)
 _schedule_page = _model(Page[Schedule])
+_cluster = _model(Cluster)
+_cluster_page = _model(Page[Cluster])
+_application = _model(ApplicationView)
+_application_page = _model(Page[ApplicationView])
 
 
 def _tasks(resp: httpx.Response) -> list[Task]:
@@ -299,16 +327,18 @@ def _submit_body(
     return _spec(body)
 
 
-def _run_body(spec: RunSpec) -> dict[str, Any]:
-    """A job or workflow body with every task's ``file`` as base64."""
+def _run_body(
+    spec: RunSpec | AppSpec, items: Literal["tasks", "services"] = "tasks"
+) -> dict[str, Any]:
+    """A job, workflow or application body with every task's (service's) ``file`` as base64."""
     if isinstance(spec, BaseModel):
         return spec.model_dump(mode="json", exclude_unset=True)
     body = dict(spec)
-    tasks = body.get("tasks")
-    if isinstance(tasks, list | tuple):
-        body["tasks"] = [
+    listed = body.get(items)
+    if isinstance(listed, list | tuple):
+        body[items] = [
             t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
-            for t in tasks
+            for t in listed
         ]
     return body
 
@@ -422,6 +452,34 @@ class _Calls:
     @staticmethod
     def delete_schedule(schedule_id: str) -> _Call[None]:
         return _Call("DELETE", f"/schedules/{_seg(schedule_id)}", _nothing)
+
+    @staticmethod
+    def clusters(params: dict[str, str | int]) -> _Call[Page[Cluster]]:
+        return _Call("GET", "/clusters", _cluster_page, params=params)
+
+    @staticmethod
+    def cluster(cluster_id: str) -> _Call[Cluster]:
+        return _Call("GET", f"/clusters/{_seg(cluster_id)}", _cluster)
+
+    @staticmethod
+    def create_application(body: dict[str, Any]) -> _Call[ApplicationView]:
+        return _Call("POST", "/applications", _application, body=body)
+
+    @staticmethod
+    def applications(params: dict[str, str | int]) -> _Call[Page[ApplicationView]]:
+        return _Call("GET", "/applications", _application_page, params=params)
+
+    @staticmethod
+    def application(app_id: str) -> _Call[ApplicationView]:
+        return _Call("GET", f"/applications/{_seg(app_id)}", _application)
+
+    @staticmethod
+    def update_application(app_id: str, body: dict[str, Any]) -> _Call[ApplicationView]:
+        return _Call("PUT", f"/applications/{_seg(app_id)}", _application, body=body)
+
+    @staticmethod
+    def delete_application(app_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/applications/{_seg(app_id)}", _nothing)
 
 
 def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
@@ -704,6 +762,33 @@ class Client(_Base):
     def delete_schedule(self, schedule_id: str) -> None:
         self._send(_Calls.delete_schedule(schedule_id))
 
+    # --- clusters and applications --------------------------------------------------------
+
+    def clusters(self, *, limit: int | None = None, offset: int | None = None) -> Page[Cluster]:
+        return self._send(_Calls.clusters(_filters(limit=limit, offset=offset)))
+
+    def cluster(self, cluster_id: str) -> Cluster:
+        return self._send(_Calls.cluster(cluster_id))
+
+    def create_application(self, spec: AppSpec) -> ApplicationView:
+        """``POST /applications``: the application, its instances placed in the background."""
+        return self._send(_Calls.create_application(_run_body(spec, "services")))
+
+    def applications(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[ApplicationView]:
+        return self._send(_Calls.applications(_filters(limit=limit, offset=offset)))
+
+    def application(self, app_id: str) -> ApplicationView:
+        return self._send(_Calls.application(app_id))
+
+    def update_application(self, app_id: str, spec: AppSpec) -> ApplicationView:
+        """``PUT /applications/{id}``: the new descriptor, rolled out instance by instance."""
+        return self._send(_Calls.update_application(app_id, _run_body(spec, "services")))
+
+    def delete_application(self, app_id: str) -> None:
+        self._send(_Calls.delete_application(app_id))
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: same methods, awaited."""
@@ -905,3 +990,32 @@ class AsyncClient(_Base):
 
     async def delete_schedule(self, schedule_id: str) -> None:
         await self._send(_Calls.delete_schedule(schedule_id))
+
+    # --- clusters and applications --------------------------------------------------------
+
+    async def clusters(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[Cluster]:
+        return await self._send(_Calls.clusters(_filters(limit=limit, offset=offset)))
+
+    async def cluster(self, cluster_id: str) -> Cluster:
+        return await self._send(_Calls.cluster(cluster_id))
+
+    async def create_application(self, spec: AppSpec) -> ApplicationView:
+        """``POST /applications``: the application, its instances placed in the background."""
+        return await self._send(_Calls.create_application(_run_body(spec, "services")))
+
+    async def applications(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> Page[ApplicationView]:
+        return await self._send(_Calls.applications(_filters(limit=limit, offset=offset)))
+
+    async def application(self, app_id: str) -> ApplicationView:
+        return await self._send(_Calls.application(app_id))
+
+    async def update_application(self, app_id: str, spec: AppSpec) -> ApplicationView:
+        """``PUT /applications/{id}``: the new descriptor, rolled out instance by instance."""
+        return await self._send(_Calls.update_application(app_id, _run_body(spec, "services")))
+
+    async def delete_application(self, app_id: str) -> None:
+        await self._send(_Calls.delete_application(app_id))

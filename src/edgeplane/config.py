@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=0.5, ge=0)
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"
+    # --- the hierarchy (root → clusters → workers) ---
+    #: ``mqtt://host:port`` of the root's broker: a manager given one registers there
+    root: str = ""
+    cluster_name: str = ""
+    #: cluster metadata sent to the root: labels and ``lat,lon``
+    labels: dict[str, str] = Field(default_factory=dict)
+    location: str = ""
+    aggregate_interval_s: float = Field(default=5.0, gt=0)
+    #: root: clusters tried in a row before a task waits for capacity to change
+    placement_attempts: int = Field(default=3, ge=1)
+    #: ``up``: run a root over this many clusters (0: one cluster, no root)
+    clusters: int = Field(default=0, ge=0, le=16)
 
     @classmethod
     def settings_customise_sources(

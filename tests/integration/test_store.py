@@ -12,15 +12,16 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
-from edgeplane.model import Schedule, Task, Worker, Workflow
+from edgeplane.model import Application, Instance, Schedule, Task, Worker, Workflow
 from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, open_store
 from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
+from edgeplane.store.tables import schedules as schedules_table
 from edgeplane.store.tables import tasks as tasks_table
 from store_fixtures import (
     BACKEND_PARAMS,
@@ -36,6 +37,8 @@ from store_fixtures import (
 __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used by name
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
+#: The newest migration: where ``SqlStore.open`` leaves every database.
+HEAD = "0003"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -316,6 +319,80 @@ async def test_schedules_crud(store: Store) -> None:
     assert (await store.list_schedules())[1] == 2
 
 
+def application(
+    app_id: str, created_at: float, name: str = "shop", **fields: object
+) -> Application:
+    spec = {
+        "name": name,
+        "services": [
+            {"name": "web", "runtime": "host", "command": ["sleep", "inf"], "replicas": 2},
+            {"name": "db", "runtime": "container", "image": "postgres", "restart": "on-failure"},
+        ],
+    }
+    return Application.model_validate(
+        {"id": app_id, "name": name, "spec": spec, "created_at": created_at} | fields
+    )
+
+
+def instance(app_id: str, service: str, index: int, **fields: object) -> Instance:
+    instance_id = f"{app_id}/{service}/{index}"
+    return Instance.model_validate(
+        {
+            "id": instance_id,
+            "service": service,
+            "index": index,
+            "revision": "r1",
+            "task_id": f"{instance_id}@1",
+        }
+        | fields
+    )
+
+
+async def test_applications_crud(store: Store) -> None:
+    shop = application(
+        "a2",
+        2.0,
+        instances=[instance("a2", "web", 0, state="running", worker_id="w1", cluster_id="c1")],
+    )
+    await store.save_application(shop)
+    await store.save_application(application("a1", 2.0, name="blog"))
+    await store.save_application(application("a3", 1.0, name="blog"))  # names may repeat
+
+    got = await store.get_application("a2")
+    assert got == shop
+    assert got is not None
+    assert got.instances[0].worker_id == "w1"
+    got.instances.clear()
+    got.spec.services[0].replicas = 9
+    assert await store.get_application("a2") == shop
+    assert await store.get_application("nope") is None
+
+    rolled = shop.model_copy(
+        update={
+            "generation": 2,
+            "state": "running",
+            "updated_at": 5.0,
+            "instances": [instance("a2", "web", i, revision="r2") for i in range(2)],
+        }
+    )
+    await store.save_application(rolled)
+    assert await store.get_application("a2") == rolled
+    items, total = await store.list_applications()
+    assert ([a.id for a in items], total) == (["a3", "a1", "a2"], 3)
+    assert [a.name for a in items] == ["blog", "blog", "shop"]
+    assert items[2] == rolled
+    page, total = await store.list_applications(limit=1, offset=1)
+    assert ([a.id for a in page], total) == (["a1"], 3)
+    assert await store.list_applications(offset=5) == ([], 3)
+
+    assert await store.delete_application("a1") is True
+    assert await store.delete_application("a1") is False
+    assert await store.get_application("a1") is None
+    assert [a.id for a in (await store.list_applications())[0]] == ["a3", "a2"]
+    await store.save_application(application("a1", 0.5))  # the id is free again
+    assert [a.id for a in (await store.list_applications())[0]] == ["a1", "a3", "a2"]
+
+
 async def test_workers_crud(store: Store) -> None:
     w2 = Worker.model_validate({"id": "w2", "capabilities": {"cpus": 4, "labels": {"a": "b"}}})
     await store.save_worker(w2)
@@ -381,6 +458,7 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     await first.put_artifact("d", b"\x00\x01")
     await first.add_workflow(workflow("j", 1.0, kind="job"), [])
     await first.save_schedule(schedule("s", 1.0, next_run=60.0))
+    await first.save_application(application("app", 1.0, instances=[instance("app", "web", 0)]))
     await first.close()
 
     again = await make_store(backend)
@@ -391,6 +469,9 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     assert await again.get_artifact("d") == b"\x00\x01"
     assert await again.get_workflow("j") == workflow("j", 1.0, kind="job")
     assert await again.get_schedule("s") == schedule("s", 1.0, next_run=60.0)
+    assert await again.get_application("app") == application(
+        "app", 1.0, instances=[instance("app", "web", 0)]
+    )
 
 
 @asynccontextmanager
@@ -443,7 +524,7 @@ async def test_migrations_twice_are_a_no_op(backend: str, tmp_path: Path) -> Non
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
             rows = (await conn.execute(text("SELECT id FROM tasks"))).all()
             drift = await conn.run_sync(schema_drift)
-    assert [tuple(v) for v in versions] == [("0002",)]
+    assert [tuple(v) for v in versions] == [(HEAD,)]
     assert [tuple(r) for r in rows] == [("a",)]
     assert drift == []
 
@@ -492,7 +573,45 @@ async def test_migration_0002_upgrades_a_0001_database(backend: str, tmp_path: P
         async with raw_connection(url) as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
             drift = await conn.run_sync(schema_drift)
-    assert [tuple(v) for v in versions] == [("0002",)]
+    assert [tuple(v) for v in versions] == [(HEAD,)]
+    assert drift == []
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migration_0003_upgrades_a_0002_database(backend: str, tmp_path: Path) -> None:
+    cron = schedule("s", 1.0, next_run=60.0)
+    async with durable_url(backend, tmp_path) as url:
+        async with raw_connection(url) as conn:  # a database left by the release before
+            schema = make_url(url).query.get("schema")
+            if schema is not None:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.run_sync(upgrade_to, "0002")
+            before = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+            row = {
+                "id": cron.id,
+                "next_run": 60.0,
+                "created_at": 1.0,
+                "doc": cron.model_dump_json(),
+            }
+            await conn.execute(schedules_table.insert(), row)
+            await conn.commit()
+        assert "schedules" in before
+        assert "applications" not in before
+
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.get_schedule("s") == cron
+            assert await store.list_applications() == ([], 0)
+            await store.save_application(application("app", 2.0))
+            assert await store.get_application("app") == application("app", 2.0)
+        finally:
+            await store.close()
+
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [(HEAD,)]
     assert drift == []
 
 

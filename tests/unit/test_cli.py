@@ -461,13 +461,36 @@ def test_up_reads_the_config_file_below_flags(roles: dict[str, Any], tmp_path: P
     assert (roles["up"].port, roles["up"].heartbeat_s) == (9100, 1.5)
 
 
-def test_manager_needs_a_broker(roles: dict[str, Any]) -> None:
-    missing = invoke(FakeApi(), "manager")
-    assert missing.exit_code == 2
-    assert "--broker" in missing.stderr
-    result = invoke(FakeApi(), "manager", "--broker", "mqtt://b:1883", "--cluster-id", "c1")
+def test_manager_role_flags(roles: dict[str, Any]) -> None:
+    reserved = invoke(FakeApi(), "manager", "--cluster-id", "clusters")
+    assert reserved.exit_code == 2
+    assert "reserved" in reserved.stderr
+    bad_location = invoke(FakeApi(), "manager", "--location", "north")
+    assert bad_location.exit_code == 2
+    assert "lat,lon" in bad_location.stderr
+    result = invoke(
+        FakeApi(),
+        "manager",
+        "--broker",
+        "mqtt://b:1883",
+        "--cluster-id",
+        "c1",
+        "--root",
+        "mqtt://r:1883",
+        "--label",
+        "region=eu",
+        "--location",
+        "52.5,13.4",
+    )
     assert result.exit_code == 0, result.output
-    assert (roles["manager"].broker, roles["manager"].cluster_id) == ("mqtt://b:1883", "c1")
+    settings = roles["manager"]
+    assert (settings.broker, settings.cluster_id, settings.root) == (
+        "mqtt://b:1883",
+        "c1",
+        "mqtt://r:1883",
+    )
+    assert settings.labels == {"region": "eu"}
+    assert settings.location == "52.5,13.4"
 
 
 def test_worker_role_gets_id_and_labels(roles: dict[str, Any]) -> None:

@@ -65,7 +65,11 @@ def test_hello_and_start_shapes() -> None:
 def test_topics() -> None:
     topics = Topics("ep", "c1")
     assert topics.cmd("w1") == "ep/c1/workers/w1/cmd"
-    assert topics.all_workers("alive") == "ep/c1/workers/+/alive"
-    assert topics.worker_of("ep/c1/workers/w1/events") == ("w1", "events")
-    assert topics.worker_of("ep/c2/workers/w1/events") is None
-    assert topics.worker_of("garbage") is None
+    assert topics.all_members("alive") == "ep/c1/workers/+/alive"
+    assert topics.member_of("ep/c1/workers/w1/events") == ("w1", "events")
+    assert topics.member_of("ep/c2/workers/w1/events") is None
+    assert topics.member_of("garbage") is None
+    root = Topics.for_root("ep")
+    assert root.aggregate("c1") == "ep/clusters/c1/aggregate"
+    assert root.member_of("ep/clusters/c1/hello") == ("c1", "hello")
+    assert root.member_of("ep/c1/workers/w1/hello") is None

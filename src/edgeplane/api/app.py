@@ -9,12 +9,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeplane import __version__
-from edgeplane.api import problems, runs, tasks, workers
+from edgeplane.api import applications, clusters, problems, runs, tasks, workers
 from edgeplane.api.deps import caller
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
+from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
 
 
@@ -47,6 +48,7 @@ def create_app(
     tokens: TokenChecker,
     workflows: Workflows,
     schedules: Schedules,
+    apps: Applications,
     *,
     max_body_mb: float = 64.0,
 ) -> FastAPI:
@@ -59,13 +61,21 @@ def create_app(
     app.state.tokens = tokens
     app.state.workflows = workflows
     app.state.schedules = schedules
+    app.state.applications = apps
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
 
     secured = [Depends(caller)]
     app.include_router(tasks.router, prefix="/api/v1", dependencies=secured)
-    app.include_router(workers.router, prefix="/api/v1", dependencies=secured)
-    for router in (runs.jobs, runs.workflows, runs.schedules):
+    if not manager.root:  # only aggregates reach the root, never per-worker detail
+        app.include_router(workers.router, prefix="/api/v1", dependencies=secured)
+    for router in (
+        runs.jobs,
+        runs.workflows,
+        runs.schedules,
+        clusters.router,
+        applications.router,
+    ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
 
     registry = CollectorRegistry()

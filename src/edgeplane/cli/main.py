@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from edgeplane import __version__
-from edgeplane.cli import jobs, roles, schedules, tasks, workers, workflows
+from edgeplane.cli import apps, clusters, jobs, roles, schedules, tasks, workers, workflows
 from edgeplane.cli.output import Format, Session, error
 from edgeplane.errors import (
     EdgeplaneError,
@@ -117,8 +117,11 @@ app.add_typer(workflows.app, name="workflow")
 app.add_typer(schedules.app, name="schedule")
 workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
+app.add_typer(clusters.app, name="cluster")
+app.add_typer(apps.app, name="app")
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
+app.command("root")(roles.root)
 
 
 #: Options of the root command a user may also put after the subcommand.

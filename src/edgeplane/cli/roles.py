@@ -1,4 +1,4 @@
-"""The role commands: ``edgeplane up``, ``edgeplane manager`` and ``edgeplane worker``.
+"""The role commands: ``edgeplane up``, ``root``, ``manager`` and ``worker``.
 
 Each one turns its flags into :class:`edgeplane.config.Settings` (flags > env > file >
 defaults; a flag not given stays None so it does not hide env or file) and hands over to
@@ -93,6 +93,14 @@ def up(
     scheduler: SchedulerOption = None,
     allow_host: AllowHostOption = None,
     heartbeat_s: HeartbeatOption = None,
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Run a root over N clusters (each with its own broker and --workers workers).",
+        ),
+    ] = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -101,6 +109,7 @@ def up(
     Prints the API URL and where the admin token is; `edgeplane task …` then finds both.
     """
     flags = {
+        "clusters": clusters,
         "data_dir": data_dir,
         "host": host,
         "port": port,
@@ -117,9 +126,62 @@ def up(
     _run(run_up(_settings(flags, config)))
 
 
+ApiBrokerOption = Annotated[
+    str | None, typer.Option(help="mqtt://HOST:PORT of its own broker; default: start one.")
+]
+
+
+def root(
+    broker: ApiBrokerOption = None,
+    store: StoreOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    domain: DomainOption = None,
+    pack: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack/--spread",
+            help="Place on the fullest or the emptiest cluster that fits.",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_s: HeartbeatOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the root: REST API, store, applications; clusters register over MQTT."""
+    flags = {
+        "broker": broker,
+        "store": store,
+        "host": host,
+        "port": port,
+        "domain": domain,
+        "pack": pack,
+        "heartbeat_s": heartbeat_s,
+        "data_dir": data_dir,
+        "log_level": log_level,
+    }
+    settings = _settings(flags, config)
+    from edgeplane.roles.root import run_root
+
+    _run(run_root(settings))
+
+
 def manager(
-    broker: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT of the cluster broker (required).")
+    broker: ApiBrokerOption = None,
+    root: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT of the root's broker to register with.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Cluster label k=v, repeatable.")
+    ] = None,
+    location: Annotated[
+        str | None, typer.Option(help="lat,lon of the cluster, for geo constraints.")
+    ] = None,
+    aggregate_interval_s: Annotated[
+        float | None, typer.Option("--aggregate-interval-s", min=0.01, help="Aggregate period.")
     ] = None,
     store: StoreOption = None,
     host: HostOption = None,
@@ -141,6 +203,11 @@ def manager(
     """Run a cluster manager (tasks, scheduling, liveness) with its REST API."""
     flags = {
         "broker": broker,
+        "root": root,
+        "cluster_name": name,
+        "labels": pairs(label, "--label") if label else None,
+        "location": location,
+        "aggregate_interval_s": aggregate_interval_s,
         "store": store,
         "host": host,
         "port": port,
@@ -153,10 +220,12 @@ def manager(
         "log_level": log_level,
     }
     settings = _settings(flags, config)
-    if not settings.broker:  # checked here too, to fail before importing the server stack
-        raise typer.BadParameter(
-            "the manager needs its broker: mqtt://HOST:PORT", param_hint="--broker"
-        )
+    if settings.cluster_id == "clusters":
+        raise typer.BadParameter("'clusters' is reserved", param_hint="--cluster-id")
+    if settings.location:
+        from edgeplane.model.cluster import parse_location
+
+        parse_location(settings.location)
     from edgeplane.roles.manager import run_manager
 
     _run(run_manager(settings))

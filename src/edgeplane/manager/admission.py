@@ -45,8 +45,11 @@ def _decode_file(spec: TaskSpec) -> bytes | None:
     return data
 
 
-def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admitted:
-    """Validate one spec and build its task document (not yet started)."""
+def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str | None) -> Admitted:
+    """Validate one spec and build its task document (not yet started).
+
+    ``cluster_id`` is the manager's cluster; None at the root, where a ``cluster_id`` in the
+    spec pins the task to that cluster instead."""
     if spec.runtime == "wasm":
         if spec.file is None and spec.image_url is None:
             raise Invalid("a wasm task needs 'file' (base64 .wasm) or 'image_url'", field="file")
@@ -59,7 +62,7 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
             raise Invalid("a host task needs 'command' (a non-empty list)", field="command")
     else:
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
-    if spec.cluster_id is not None and spec.cluster_id != cluster_id:
+    if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:
         raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
     data = _decode_file(spec)
     digest = hashlib.sha256(data).hexdigest() if data is not None else None
@@ -74,6 +77,7 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str) -> Admit
             "id": task_id,
             "artifact": digest,
             "pinned_worker": spec.worker_id,
+            "pinned_cluster": spec.cluster_id if cluster_id is None else None,
             "cluster_id": cluster_id,
             "reason": None if spec.start else "not started",
             "created_at": now,
@@ -88,7 +92,7 @@ def admit_many(
     *,
     ids: Sequence[str],
     now: float,
-    cluster_id: str,
+    cluster_id: str | None,
     batch: bool = True,
 ) -> list[Admitted]:
     """All or nothing: the first bad spec raises; in a batch its field reads ``tasks[i].…``."""

@@ -36,6 +36,8 @@ class Journal:
         self._after: list[After] = []
         self._done: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
+        #: called with every committed batch (the cluster's uplink reports from here)
+        self.listeners: list[Callable[[list[Task]], None]] = []
 
     def write(self, tasks: Iterable[Task], then: After | None = None) -> asyncio.Future[None]:
         """Queue tasks for the next transaction; the future resolves once it committed."""
@@ -85,7 +87,12 @@ class Journal:
             self._recent.move_to_end(task_id)
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
-        self._writing = {}
+        committed, self._writing = list(self._writing.values()), {}
+        for listener in self.listeners:
+            try:
+                listener(committed)
+            except Exception:
+                log.exception("journal listener failed")
         for callback in after:
             try:
                 result = callback()

@@ -7,7 +7,7 @@ A transient failure (worker lost, artifact missing, transient runtime error) goe
 
 from __future__ import annotations
 
-from edgeplane.model import Task
+from edgeplane.model import Placement, Task
 from edgeplane.protocol import TaskEvent
 
 WORKER_LOST = "worker_lost"
@@ -34,10 +34,39 @@ def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:
             "reason": None,
             "worker_id": worker_id,
             "cluster_id": cluster_id,
+            "rejected_by": [],
             "attempt": task.attempt + 1,
             "results": None,
             "error": None,
             "exit_code": None,
+            "updated_at": now,
+        }
+    )
+
+
+def place(task: Task, cluster_id: str, now: float) -> Task:
+    """The root sent ``task`` to a cluster; the cluster's scheduler picks the worker."""
+    placed = assign(task, "", cluster_id, now)
+    history = [*task.placements, Placement(cluster_id=cluster_id, outcome="placed", at=now)]
+    return placed.model_copy(update={"worker_id": None, "placements": history})
+
+
+def reject(task: Task, cluster_id: str, why: str, now: float) -> Task:
+    """A cluster refused ``task``: back to pending, not to be offered to it again until its
+    aggregate changes. A rejection does not use up a retry."""
+    history = [
+        *task.placements,
+        Placement(cluster_id=cluster_id, outcome="rejected", reason=why, at=now),
+    ]
+    return task.model_copy(
+        update={
+            "state": "pending",
+            "reason": f"rejected by {cluster_id}: {why}",
+            "cluster_id": None,
+            "worker_id": None,
+            "attempt": task.attempt - 1,
+            "rejected_by": [*task.rejected_by, cluster_id],
+            "placements": history,
             "updated_at": now,
         }
     )
@@ -77,7 +106,11 @@ def _retry_or_fail(task: Task, error: str, reason: str, now: float, backoff_base
 
 
 def lose(task: Task, reason: str, now: float, backoff_base_s: float) -> Task:
-    """The worker running ``task`` is gone: retry elsewhere or fail with ``worker_lost``."""
+    """The worker (or, at the root, the cluster) running ``task`` is gone: retry elsewhere
+    or fail with ``worker_lost``."""
+    if task.placements and task.cluster_id and task.state in ("scheduled", "running"):
+        lost = Placement(cluster_id=task.cluster_id, outcome="lost", reason=reason, at=now)
+        task = task.model_copy(update={"placements": [*task.placements, lost]})
     return _retry_or_fail(task, WORKER_LOST, reason, now, backoff_base_s)
 
 
@@ -85,13 +118,33 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
     """The task after a worker's event, or None when the event is stale or a duplicate."""
     if task.terminal or event.attempt != task.attempt or task.state == "pending":
         return None
-    if event.state == "running":
-        if task.state == "running":
+    where = {} if event.worker_id is None else {"worker_id": event.worker_id}
+    if event.state == "rejected":
+        return reject(task, task.cluster_id or "", event.error or "no reason given", now)
+    if event.state == "scheduled":
+        # A cluster placed the task on a worker, or took it back from a lost one.
+        if task.state == "scheduled" and task.worker_id == event.worker_id:
             return None
         return task.model_copy(
-            update={"state": "running", "started_at": event.ts or now, "updated_at": now}
+            update={"state": "scheduled", "worker_id": event.worker_id, "updated_at": now}
         )
-    logs = {"stdout": event.stdout, "stderr": event.stderr, "exit_code": event.exit_code}
+    if event.state == "running":
+        if task.state == "running" and (not where or task.worker_id == event.worker_id):
+            return None
+        return task.model_copy(
+            update={
+                "state": "running",
+                "started_at": task.started_at if task.state == "running" else event.ts or now,
+                "updated_at": now,
+                **where,
+            }
+        )
+    logs: dict[str, object] = {
+        "stdout": event.stdout,
+        "stderr": event.stderr,
+        "exit_code": event.exit_code,
+        **where,
+    }
     if event.state == "completed":
         return task.model_copy(
             update={

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edgeplane.model import Task
-from edgeplane.scheduling import TaskDemand
+from edgeplane.scheduling import GeoPoint, TaskDemand
 
 _Key = tuple[int, float, str]
 
@@ -26,6 +26,7 @@ class Candidates:
 
 def demand_of(task: Task) -> TaskDemand:
     """What the scheduler needs to know of a task."""
+    geo = task.constraints.geo
     return TaskDemand(
         id=task.id,
         runtime=task.runtime,
@@ -36,6 +37,10 @@ def demand_of(task: Task) -> TaskDemand:
         cpu=task.constraints.cpu or 0.0,
         memory_mb=task.constraints.memory_mb or 0,
         worker_id=task.pinned_worker,
+        cluster_id=task.pinned_cluster,
+        clusters=frozenset(task.constraints.clusters),
+        exclude=frozenset(task.rejected_by),
+        geo=None if geo is None else GeoPoint(geo.lat, geo.lon, geo.radius_km),
     )
 
 
@@ -62,6 +67,8 @@ class PendingQueue:
         """Add a task, or replace its document (its place in line stays the same)."""
         if task.id not in self._tasks:
             heapq.heappush(self._heap, (-task.priority, task.created_at, task.id))
+        elif self._tasks[task.id].rejected_by != task.rejected_by:
+            self._demands.pop(task.id, None)  # the root's exclusions changed
         self._tasks[task.id] = task
 
     def pop(self, task_id: str) -> Task | None:
@@ -78,12 +85,15 @@ class PendingQueue:
         """Up to ``limit`` due tasks in dispatch order; they stay queued until popped."""
         due: list[Task] = []
         seen: list[_Key] = []
+        ids: set[str] = set()
         next_due: float | None = None
         while self._heap and len(due) < limit:
             key = heapq.heappop(self._heap)
             task = self._tasks.get(key[2])
-            if task is None:
-                continue  # left the queue earlier
+            if task is None or key[2] in ids:
+                # left the queue earlier, or a stale entry of a task that left and came back
+                continue
+            ids.add(key[2])
             seen.append(key)
             if task.not_before <= now:
                 due.append(task)

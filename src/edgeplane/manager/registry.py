@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgeplane.model import Worker
-from edgeplane.scheduling import WorkerView
+from edgeplane.model import Aggregate, ClusterInfo, Worker
+from edgeplane.scheduling import ClusterView, WorkerView
+from edgeplane.scheduling.aggregate import cluster_view
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class WorkerEntry:
     sent_seq: int = 0
     #: artifact digests this worker session already received
     artifacts: set[str] = field(default_factory=set)
+    #: at the root, where members are clusters: their metadata and last aggregate
+    info: ClusterInfo | None = None
+    aggregate: Aggregate | None = None
 
     @property
     def online(self) -> bool:
@@ -48,6 +52,15 @@ class WorkerEntry:
             free_cpu=max(0.0, caps.cpus - used_cpu),
             free_memory_mb=max(0, caps.memory_mb - used_memory),
             order=order,
+            accelerators=len(caps.accelerators),
+        )
+
+    def cluster_view(self, order: int) -> ClusterView | None:
+        if self.aggregate is None:
+            return None
+        info = self.info or ClusterInfo()
+        return cluster_view(
+            self.worker.id, order, self.aggregate, labels=info.labels, location=info.location
         )
 
 
@@ -71,6 +84,15 @@ class Registry:
 
     def entries(self) -> list[WorkerEntry]:
         return list(self._entries.values())
+
+    def cluster_views(self) -> list[ClusterView]:
+        """The online clusters of a root that have sent an aggregate."""
+        views = (
+            entry.cluster_view(order)
+            for order, entry in enumerate(self._entries.values())
+            if entry.online and not entry.draining
+        )
+        return [view for view in views if view is not None]
 
     def schedulable(self) -> list[WorkerView]:
         return [

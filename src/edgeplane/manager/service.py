@@ -1,4 +1,10 @@
-"""The cluster manager: task lifecycle, dispatch over MQTT, liveness, waiting for results.
+"""The manager: task lifecycle, dispatch over MQTT, liveness, waiting for results.
+
+One class serves both levels of the hierarchy. A cluster's manager dispatches to its
+workers; the root (``root=True``) dispatches to clusters, which report like workers do
+(hello, alive, task events) plus an aggregate of their capacity, and may reject a task.
+At the root a task's ``cluster_id`` says where it was placed and ``worker_id`` is what the
+cluster reported; at a cluster ``worker_id`` is the member.
 
 State lives in two places on purpose: the store is the truth that survives a crash, and
 ``_pending`` / ``_active`` hold the started, unfinished tasks in memory so the hot path
@@ -26,7 +32,7 @@ from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.queue import PendingQueue
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
-from edgeplane.model import Task, TaskPatch, TaskSpec, Worker
+from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -44,7 +50,8 @@ from edgeplane.protocol import (
     encode,
     parse_body,
 )
-from edgeplane.scheduling import make_plan
+from edgeplane.scheduling import Plan, TaskDemand, make_plan
+from edgeplane.scheduling.placement import place_on_clusters
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink
 
@@ -73,11 +80,19 @@ class Manager:
         broker_url: str,
         *,
         clock: clocks.Clock | None = None,
+        root: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
-        self.topics = Topics(settings.domain, settings.cluster_id)
+        self.root = root
+        self.broker_url = broker_url
+        self.member = "cluster" if root else "worker"
+        self.topics = (
+            Topics.for_root(settings.domain)
+            if root
+            else Topics(settings.domain, settings.cluster_id)
+        )
         self.stats = ManagerStats()
         self.registry = Registry()
         self.journal = Journal(store)
@@ -93,10 +108,15 @@ class Manager:
         self._loops: list[asyncio.Task[None]] = []
         #: this manager process's id; task.start sequence numbers count within it
         self._epoch = clocks.new_id()
+        leaves = ("hello", "alive", "events", "aggregate") if root else ("hello", "alive", "events")
         self.link = MqttLink(
             broker_url,
-            client_id=f"edgeplane-manager-{settings.domain}-{settings.cluster_id}",
-            subscriptions=[self.topics.all_workers(leaf) for leaf in ("hello", "alive", "events")],
+            client_id=(
+                f"edgeplane-root-{settings.domain}"
+                if root
+                else f"edgeplane-manager-{settings.domain}-{settings.cluster_id}"
+            ),
+            subscriptions=[self.topics.all_members(leaf) for leaf in leaves],
             on_message=self._on_message,
             clean_session=False,
         )
@@ -135,14 +155,14 @@ class Manager:
         for task in await self.store.unfinished_tasks():
             if not task.started:
                 continue
-            entry = self.registry.get(task.worker_id or "")
+            entry = self.registry.get(self._member_of(task) or "")
             if task.state in ("scheduled", "running") and entry is not None:
                 self._active[task.id] = task
                 entry.tasks[task.id] = self._reservation(task, seq=0, session="")
             elif task.state in ("scheduled", "running"):
                 self._pending.put(
                     lifecycle.lose(
-                        task, "its worker is unknown after a restart", self.clock.now(), 0.0
+                        task, f"its {self.member} is unknown after a restart", self.clock.now(), 0.0
                     )
                 )
             else:
@@ -173,7 +193,7 @@ class Manager:
             specs,
             ids=ids if ids is not None else [clocks.new_id() for _ in specs],
             now=now,
-            cluster_id=self.settings.cluster_id,
+            cluster_id=None if self.root else self.settings.cluster_id,
             batch=batch,
         )
         for item in admitted:
@@ -247,11 +267,12 @@ class Manager:
         now = self.clock.now()
         stopped = lifecycle.cancel(task, now)
         self._pending.pop(task_id)
-        if self._active.pop(task_id, None) is not None and task.worker_id:
-            entry = self.registry.get(task.worker_id)
+        member = self._member_of(task)
+        if self._active.pop(task_id, None) is not None and member:
+            entry = self.registry.get(member)
             if entry is not None:
                 entry.tasks.pop(task_id, None)
-                await self._send(task.worker_id, "task.stop", StopTasks(task_ids=[task_id]))
+                await self._send(member, "task.stop", StopTasks(task_ids=[task_id]))
         self._kick.set()
         await self.journal.write([stopped], then=lambda: self._resolve([stopped]))
         return stopped
@@ -296,6 +317,10 @@ class Manager:
                 waiters.remove(future)
                 if not waiters:
                     del self._waiters[task_id]
+
+    def _member_of(self, task: Task) -> str | None:
+        """The member a task was sent to: its cluster at the root, else its worker."""
+        return task.cluster_id if self.root else task.worker_id
 
     def _live(self, task_id: str) -> Task | None:
         """The manager's newest version of a task (None: the store's is the newest)."""
@@ -348,7 +373,7 @@ class Manager:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
-        where = self.topics.worker_of(topic)
+        where = self.topics.member_of(topic)
         try:
             if where is None:
                 raise Invalid(f"unexpected topic {topic}", field="topic")
@@ -368,6 +393,8 @@ class Manager:
             await self._on_alive(worker_id, body)
         elif isinstance(body, TaskEvents):
             await self._on_events(worker_id, body.events)
+        elif isinstance(body, Aggregate) and self.root:
+            self._on_aggregate(worker_id, body)
         else:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
@@ -379,13 +406,17 @@ class Manager:
             entry = WorkerEntry(
                 worker=Worker(
                     id=worker_id,
-                    cluster_id=self.settings.cluster_id,
+                    cluster_id=worker_id if self.root else self.settings.cluster_id,
                     capabilities=hello.capabilities,
                     registered_at=now,
                 )
             )
             self.registry.add(entry)
-            log.info("worker registered", extra={"worker_id": worker_id})
+            log.info(f"{self.member} registered", extra={f"{self.member}_id": worker_id})
+        if hello.cluster is not None:
+            entry.info = hello.cluster
+        if hello.aggregate is not None:
+            entry.aggregate = hello.aggregate
         if entry.session != hello.session:
             # A session we did not know: tasks it does not report are gone if they went to
             # an older process, or if this process has seen the command that carried them.
@@ -400,8 +431,17 @@ class Manager:
                 return r.seq <= received
 
             lost = [tid for tid, r in entry.tasks.items() if tid not in active and gone(r)]
-            await self._lose_tasks(entry, f"worker {worker_id} restarted", only=lost)
+            await self._lose_tasks(entry, f"{self.member} {worker_id} restarted", only=lost)
             entry.artifacts.clear()
+            # Tasks it still runs that are no longer its own (lost while it was away and
+            # placed elsewhere, or stopped): stop them, so no duplicate keeps running.
+            surplus = [tid for tid in hello.active if tid not in entry.tasks]
+            if surplus:
+                log.info(
+                    "stopping surplus tasks",
+                    extra={f"{self.member}_id": worker_id, "count": len(surplus)},
+                )
+                await self._send(worker_id, "task.stop", StopTasks(task_ids=surplus))
         entry.session = hello.session
         entry.last_seen = mono
         entry.worker = entry.worker.model_copy(
@@ -416,10 +456,25 @@ class Manager:
             worker_id,
             "welcome",
             Welcome(
-                worker_id=worker_id, session=hello.session, heartbeat_s=self.settings.heartbeat_s
+                worker_id=worker_id,
+                session=hello.session,
+                heartbeat_s=self.settings.heartbeat_s,
+                broker_url=self.broker_url,
             ),
             topic=self.topics.welcome(worker_id),
         )
+        self._kick.set()
+
+    def _on_aggregate(self, cluster_id: str, aggregate: Aggregate) -> None:
+        entry = self.registry.get(cluster_id)
+        if entry is None or not entry.online:
+            return  # an aggregate before hello, or from a cluster marked offline
+        entry.aggregate = aggregate
+        # What it rejected may fit now: offer those tasks to it again.
+        for task in list(self._pending):
+            if cluster_id in task.rejected_by:
+                rest = [c for c in task.rejected_by if c != cluster_id]
+                self._pending.put(task.model_copy(update={"rejected_by": rest}))
         self._kick.set()
 
     async def _on_alive(self, worker_id: str, alive: Alive) -> None:
@@ -464,7 +519,7 @@ class Manager:
             if event.state != "running":
                 acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
             task = self._active.get(event.task_id)
-            if task is None or task.worker_id != worker_id:
+            if task is None or self._member_of(task) != worker_id:
                 continue
             new = lifecycle.apply_event(task, event, now, self.settings.retry_backoff_s)
             if new is None:
@@ -512,17 +567,12 @@ class Manager:
 
     async def _schedule_once(self) -> None:
         now = self.clock.now()
-        views = self.registry.schedulable()
-        free = sum(v.free_slots for v in views)
-        candidates = self._pending.candidates(now, max(16, free * _CANDIDATES_PER_SLOT))
+        candidates = self._pending.candidates(now, self._window())
         self._next_due = candidates.next_due
         due = candidates.due
         if not due:
             return
-        demands = [self._pending.demand(t) for t in due]
-        plan = make_plan(
-            self.settings.scheduler, views, demands, cursor=self._cursor, pack=self.settings.pack
-        )
+        plan = self._plan([self._pending.demand(t) for t in due])
         self._cursor = plan.cursor
         for task_id, reason in plan.waiting.items():
             # Wait reasons are recomputed every pass; they live in memory only.
@@ -536,7 +586,10 @@ class Manager:
             waiting = self._pending.pop(task_id)
             if waiting is None:
                 continue
-            task = lifecycle.assign(waiting, worker_id, self.settings.cluster_id, now)
+            if self.root:
+                task = lifecycle.place(waiting, worker_id, now)
+            else:
+                task = lifecycle.assign(waiting, worker_id, self.settings.cluster_id, now)
             self._active[task.id] = task
             by_worker[worker_id].append(task)
         batches = []
@@ -557,12 +610,47 @@ class Manager:
 
         self.journal.write([t for tasks in by_worker.values() for t in tasks], then=dispatch)
 
+    def _window(self) -> int:
+        """How many pending tasks one pass looks at."""
+        if self.root:  # clusters queue what they accept: offer them a large batch
+            return 1000
+        free = sum(v.free_slots for v in self.registry.schedulable())
+        return max(16, free * _CANDIDATES_PER_SLOT)
+
+    def _plan(self, demands: list[TaskDemand]) -> Plan:
+        if not self.root:
+            return make_plan(
+                self.settings.scheduler,
+                self.registry.schedulable(),
+                demands,
+                cursor=self._cursor,
+                pack=self.settings.pack,
+            )
+        # A task rejected by `placement_attempts` clusters in a row waits for an aggregate
+        # to change (which clears that cluster from its rejections) instead of cycling.
+        limit = self.settings.placement_attempts
+        tired = {
+            d.id: d
+            for d in demands
+            if len(d.exclude) >= limit or (d.cluster_id is not None and d.cluster_id in d.exclude)
+        }
+        plan = place_on_clusters(
+            self.registry.cluster_views(),
+            [d for d in demands if d.id not in tired],
+            pack=self.settings.pack,
+        )
+        waiting = dict(plan.waiting)
+        for demand in tired.values():
+            rejected = ", ".join(sorted(demand.exclude))
+            waiting[demand.id] = f"rejected by {rejected}; waiting for their capacity to change"
+        return Plan(assignments=plan.assignments, waiting=waiting, cursor=0)
+
     async def _dispatch(self, entry: WorkerEntry, seq: int, tasks: list[Task]) -> None:
         assignments = []
         for task in tasks:
             inline = None
             if task.artifact is not None and task.artifact not in entry.artifacts:
-                data = await self._artifact(task.artifact)
+                data = await self.artifact(task.artifact)
                 inline = base64.b64encode(data).decode() if data is not None else None
                 entry.artifacts.add(task.artifact)
             assignments.append(
@@ -582,11 +670,23 @@ class Manager:
                     image=task.image,
                     limits=task.limits,
                     daemon=task.daemon,
+                    **(self._for_cluster(task) if self.root else {}),
                 )
             )
         self.stats.dispatched += len(assignments)
         start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq)
         await self._send(entry.worker.id, "task.start", start)
+
+    @staticmethod
+    def _for_cluster(task: Task) -> dict[str, object]:
+        """What a cluster's own scheduler needs besides what a worker needs."""
+        return {
+            "retries": task.retries,
+            "priority": task.priority,
+            "constraints": task.constraints,
+            "metadata": task.metadata,
+            "pinned_worker": task.pinned_worker,
+        }
 
     @staticmethod
     def _reservation(task: Task, seq: int, session: str) -> Reservation:
@@ -609,14 +709,16 @@ class Manager:
                     missed = self.settings.missed_beats
                     try:
                         await self._mark_offline(
-                            entry, f"worker {entry.worker.id} missed {missed} heartbeats"
+                            entry, f"{self.member} {entry.worker.id} missed {missed} heartbeats"
                         )
                     except Exception:
                         log.exception("marking a worker offline failed")
 
     async def _mark_offline(self, entry: WorkerEntry, reason: str) -> None:
         self.stats.lost_workers += 1
-        log.warning("worker offline", extra={"worker_id": entry.worker.id, "reason": reason})
+        log.warning(
+            f"{self.member} offline", extra={f"{self.member}_id": entry.worker.id, "reason": reason}
+        )
         entry.worker = entry.worker.model_copy(update={"state": "offline"})
         entry.artifacts.clear()
         await self.store.save_worker(entry.worker)
@@ -659,7 +761,7 @@ class Manager:
     ) -> None:
         await self.link.publish(topic or self.topics.cmd(worker_id), encode(type_, body))
 
-    async def _artifact(self, digest: str) -> bytes | None:
+    async def artifact(self, digest: str) -> bytes | None:
         data = self._artifacts.get(digest)
         if data is None:
             data = await self.store.get_artifact(digest)

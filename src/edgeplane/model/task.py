@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgeplane.model.cluster import GeoConstraint
+
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
 RunIf = Literal["success", "failure", "always"]
@@ -35,6 +37,9 @@ class Constraints(BaseModel):
     tee: Literal["any", "required", "none"] = "any"
     cpu: float | None = Field(default=None, ge=0)
     memory_mb: int | None = Field(default=None, ge=0)
+    #: root placement only: allowed clusters (empty: any) and a geo point with a radius
+    clusters: list[str] = Field(default_factory=list)
+    geo: GeoConstraint | None = None
 
 
 class InputRef(BaseModel):
@@ -123,6 +128,17 @@ class TaskLogs(BaseModel):
     stderr: str = ""
 
 
+class Placement(BaseModel):
+    """One attempt of the root to place a task on a cluster."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cluster_id: str
+    outcome: Literal["placed", "rejected", "lost"]
+    reason: str | None = None
+    at: float = 0.0
+
+
 class Task(BaseModel):
     """The task document: stored, returned by the API, updated by the manager."""
 
@@ -156,6 +172,8 @@ class Task(BaseModel):
     workflow_id: str | None = None
     schedule_id: str | None = None
     pinned_worker: str | None = None
+    #: root only: the cluster the user asked for (placement passes through to it)
+    pinned_cluster: str | None = None
     worker_id: str | None = None
     cluster_id: str | None = None
     attempt: int = 0
@@ -169,6 +187,9 @@ class Task(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     not_before: float = 0.0
+    #: root only: every placement attempt, and the clusters that rejected the current one
+    placements: list[Placement] = Field(default_factory=list)
+    rejected_by: list[str] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

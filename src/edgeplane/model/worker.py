@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeplane.model.cluster import Location
+
 WorkerState = Literal["online", "offline", "draining"]
 
 
@@ -23,6 +25,11 @@ class Capabilities(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     tee: list[str] = Field(default_factory=list)
     accelerators: list[str] = Field(default_factory=list)
+    #: sensors and devices found (serial, i2c, spi, gpio, video, …), as device paths
+    devices: list[str] = Field(default_factory=list)
+    #: container/unikernel engines found on PATH (runc, docker, …), enabled or not
+    engines: list[str] = Field(default_factory=list)
+    location: Location | None = None
     slots: int = 1
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Capabilities, Limits, Usage
+from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, Limits, Usage
 
 
 class _Body(BaseModel):
@@ -24,14 +24,22 @@ class Hello(_Body):
     #: (epoch, seq) of the last ``task.start`` received, as in :class:`Alive`
     epoch: str = ""
     seq: int = 0
+    #: set when the sender is a cluster registering with the root
+    cluster: ClusterInfo | None = None
+    aggregate: Aggregate | None = None
 
 
 class Welcome(_Body):
-    """manager → worker: registration accepted."""
+    """manager → worker (or root → cluster): registration accepted."""
 
     worker_id: str
     session: str
     heartbeat_s: float
+    #: the broker the member should use from now on, and its credentials there
+    #: (empty: keep the current broker, no credentials needed)
+    broker_url: str = ""
+    username: str = ""
+    password: str = ""
 
 
 class Alive(_Body):
@@ -67,6 +75,12 @@ class Assignment(_Body):
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
     daemon: bool = False
+    #: root → cluster only: what the cluster's own scheduler needs (workers ignore them)
+    retries: int = 0
+    priority: int = 50
+    constraints: Constraints | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    pinned_worker: str | None = None
 
 
 class StartTasks(_Body):
@@ -79,7 +93,9 @@ class StopTasks(_Body):
     task_ids: list[str]
 
 
-EventState = Literal["running", "completed", "failed", "cancelled"]
+#: ``scheduled`` and ``rejected`` only come from a cluster to the root: placed on (or
+#: taken back from) one of its workers, or refused because it cannot run the task.
+EventState = Literal["scheduled", "running", "completed", "failed", "cancelled", "rejected"]
 
 
 class TaskEvent(_Body):
@@ -93,6 +109,8 @@ class TaskEvent(_Body):
     stdout: str = ""
     stderr: str = ""
     ts: float = 0.0
+    #: the worker inside a cluster, when a cluster reports to the root
+    worker_id: str | None = None
 
 
 class TaskEvents(_Body):
@@ -116,7 +134,7 @@ class Reregister(_Body):
     reason: str = ""
 
 
-MESSAGE_TYPES: dict[str, type[_Body]] = {
+MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,
@@ -125,10 +143,11 @@ MESSAGE_TYPES: dict[str, type[_Body]] = {
     "task.events": TaskEvents,
     "task.ack": AckEvents,
     "reregister": Reregister,
+    "aggregate": Aggregate,
 }
 
 
-def parse_body(type_: str, body: dict[str, Any]) -> _Body:
+def parse_body(type_: str, body: dict[str, Any]) -> BaseModel:
     """Validate a body against its type's model; :class:`Invalid` when unknown or bad."""
     model = MESSAGE_TYPES.get(type_)
     if model is None:

@@ -1,50 +1,71 @@
-"""MQTT topic names (DESIGN §4). The only place that spells a topic."""
+"""MQTT topic names (DESIGN §4). The only place that spells a topic.
+
+Both levels use the same leaves under a different prefix: a cluster's workers live under
+``{d}/{c}/workers/{w}/…`` on the cluster broker, the clusters of a root under
+``{d}/clusters/{c}/…`` on the root broker. A cluster may therefore not be named
+``clusters``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+ROOT_SEGMENT = "clusters"
+
 
 @dataclass(frozen=True)
 class Topics:
-    """Topics of one cluster under one domain."""
+    """Topics between a parent and its members: a manager's workers (the default) or,
+    with :meth:`for_root`, a root's clusters."""
 
     domain: str = "edgeplane"
     cluster: str = "local"
+    root: bool = False
 
-    def _worker(self, worker_id: str, leaf: str) -> str:
-        return f"{self.domain}/{self.cluster}/workers/{worker_id}/{leaf}"
+    @classmethod
+    def for_root(cls, domain: str = "edgeplane") -> Topics:
+        return cls(domain, ROOT_SEGMENT, root=True)
 
-    def hello(self, worker_id: str) -> str:
-        return self._worker(worker_id, "hello")
+    @property
+    def prefix(self) -> str:
+        if self.root:
+            return f"{self.domain}/{ROOT_SEGMENT}"
+        return f"{self.domain}/{self.cluster}/workers"
 
-    def welcome(self, worker_id: str) -> str:
-        return self._worker(worker_id, "welcome")
+    def _member(self, member_id: str, leaf: str) -> str:
+        return f"{self.prefix}/{member_id}/{leaf}"
 
-    def alive(self, worker_id: str) -> str:
-        return self._worker(worker_id, "alive")
+    def hello(self, member_id: str) -> str:
+        return self._member(member_id, "hello")
 
-    def cmd(self, worker_id: str) -> str:
-        return self._worker(worker_id, "cmd")
+    def welcome(self, member_id: str) -> str:
+        return self._member(member_id, "welcome")
 
-    def events(self, worker_id: str) -> str:
-        return self._worker(worker_id, "events")
+    def alive(self, member_id: str) -> str:
+        return self._member(member_id, "alive")
 
-    def metrics(self, worker_id: str) -> str:
-        return self._worker(worker_id, "metrics")
+    def cmd(self, member_id: str) -> str:
+        return self._member(member_id, "cmd")
 
-    def all_workers(self, leaf: str) -> str:
-        """Wildcard subscription for one leaf of every worker."""
-        return self._worker("+", leaf)
+    def events(self, member_id: str) -> str:
+        return self._member(member_id, "events")
 
-    def worker_of(self, topic: str) -> tuple[str, str] | None:
-        """``(worker_id, leaf)`` of a worker topic of this cluster, else None."""
-        parts = topic.split("/")
-        if (
-            len(parts) == 5
-            and parts[0] == self.domain
-            and parts[1] == self.cluster
-            and parts[2] == "workers"
-        ):
-            return parts[3], parts[4]
+    def metrics(self, member_id: str) -> str:
+        return self._member(member_id, "metrics")
+
+    def aggregate(self, member_id: str) -> str:
+        return self._member(member_id, "aggregate")
+
+    def all_members(self, leaf: str) -> str:
+        """Wildcard subscription for one leaf of every member."""
+        return self._member("+", leaf)
+
+    def member_of(self, topic: str) -> tuple[str, str] | None:
+        """``(member_id, leaf)`` of a member topic at this level, else None."""
+        prefix = self.prefix + "/"
+        if not topic.startswith(prefix):
+            return None
+        rest = topic[len(prefix) :].split("/")
+        if len(rest) == 2 and rest[0] and rest[1]:
+            return rest[0], rest[1]
         return None

@@ -1,4 +1,6 @@
-"""The control plane of one cluster: store + manager + REST API, started and stopped as one."""
+"""A control plane: store + manager + workflows + schedules + applications + REST API,
+started and stopped as one. The same pieces make the root (``root=True``: its manager's
+members are clusters) and a cluster's manager (with an uplink when it has a root)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from edgeplane.api import create_app
 from edgeplane.config import Settings
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
+from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
 
@@ -27,13 +31,18 @@ class _Server(uvicorn.Server):
 
 
 class ControlPlane:
-    def __init__(self, settings: Settings, broker_url: str) -> None:
+    def __init__(
+        self, settings: Settings, broker_url: str, *, root: bool = False, serve_api: bool = True
+    ) -> None:
         self.settings = settings
         self.broker_url = broker_url
+        self.serve_api = serve_api
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url)
+        self.manager = Manager(settings, self.store, broker_url, root=root)
         self.workflows = Workflows(self.manager)
         self.schedules = Schedules(self.manager, self.workflows)
+        self.applications = Applications(self.manager)
+        self.uplink = Uplink(self.manager, settings.root) if settings.root and not root else None
         self.token_file: Path | None = None
         self.url = ""
         self._server: _Server | None = None
@@ -48,11 +57,19 @@ class ControlPlane:
         await self.manager.start()
         await self.workflows.start()
         await self.schedules.start()
+        await self.applications.start()
+        if self.uplink is not None:
+            await self.uplink.start()
+        if self.serve_api:
+            await self._serve()
+
+    async def _serve(self) -> None:
         app = create_app(
             self.manager,
             TokenChecker(self.store),
             self.workflows,
             self.schedules,
+            self.applications,
             max_body_mb=self.settings.max_body_mb,
         )
         config = uvicorn.Config(
@@ -77,6 +94,9 @@ class ControlPlane:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
+        if self.uplink is not None:
+            await self.uplink.stop()
+        await self.applications.stop()
         await self.schedules.stop()
         await self.workflows.stop()
         await self.manager.stop()

@@ -1,22 +1,34 @@
-"""``edgeplane manager``: the control plane of one cluster against an existing broker."""
+"""``edgeplane manager``: the control plane of one cluster. Its workers dial in to its
+broker (``--broker``, else an embedded one); with ``--root`` it registers with a root."""
 
 from __future__ import annotations
 
+import contextlib
+
 from edgeplane.config import Settings
-from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ControlPlane
 from edgeplane.roles.signals import wait_for_stop
+from edgeplane.transport import EmbeddedBroker
 
 
 async def run_manager(settings: Settings) -> None:
     setup_logs(settings.log_level)
-    if not settings.broker:
-        raise Invalid("edgeplane manager needs --broker mqtt://HOST:PORT", field="broker")
-    control = ControlPlane(settings, settings.broker)
-    await control.start()
-    print(f"manager of cluster {settings.cluster_id} serving {control.url}", flush=True)
-    try:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        broker_url = settings.broker
+        if not broker_url:
+            broker = EmbeddedBroker(settings.data_dir / "broker")
+            broker_url = await broker.start()
+            stack.push_async_callback(broker.stop)
+        control = ControlPlane(settings, broker_url)
+        await control.start()
+        stack.push_async_callback(control.stop)
+        root = f", registered with root {settings.root}" if settings.root else ""
+        print(
+            f"manager of cluster {settings.cluster_id} serving {control.url}\n"
+            f"  workers:  edgeplane worker --cluster-id {settings.cluster_id} "
+            f"--manager {broker_url}{root}",
+            flush=True,
+        )
         await wait_for_stop()
-    finally:
-        await control.stop()

@@ -1,10 +1,16 @@
-"""``edgeplane up``: broker, store, control plane and local workers in one process."""
+"""``edgeplane up``: broker, store, control plane and local workers in one process.
+
+With ``--clusters N`` it runs the whole hierarchy instead: a root (API, store, its own
+broker) over N clusters, each a manager with its own embedded broker and local workers,
+registering with the root over MQTT exactly as separate machines would.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
@@ -19,10 +25,74 @@ ENDPOINT_FILE = "endpoint"
 
 
 @dataclass
-class Stack:
+class ClusterStack:
     control: ControlPlane
     broker_url: str
     workers: list[WorkerAgent] = field(default_factory=list)
+
+
+@dataclass
+class Stack:
+    #: what serves the API: the root with ``--clusters``, else the one cluster's manager
+    control: ControlPlane
+    broker_url: str
+    workers: list[WorkerAgent] = field(default_factory=list)
+    clusters: list[ClusterStack] = field(default_factory=list)
+
+
+async def _broker(stack: contextlib.AsyncExitStack, settings: Settings, directory: Path) -> str:
+    if settings.broker:
+        return settings.broker
+    broker = EmbeddedBroker(directory)
+    url = await broker.start()
+    stack.push_async_callback(broker.stop)
+    return url
+
+
+async def _workers(
+    stack: contextlib.AsyncExitStack, settings: Settings, broker_url: str
+) -> list[WorkerAgent]:
+    agents = []
+    for n in range(1, settings.workers + 1):
+        worker_id = f"{settings.cluster_id}-{n}"
+        agent = build_worker(
+            settings,
+            broker_url=broker_url,
+            worker_id=worker_id,
+            data_dir=settings.data_dir / "workers" / worker_id,
+        )
+        await agent.start()
+        stack.push_async_callback(agent.stop)
+        agents.append(agent)
+    return agents
+
+
+async def _cluster(
+    stack: contextlib.AsyncExitStack, settings: Settings, *, serve_api: bool
+) -> ClusterStack:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker_url = await _broker(stack, settings, settings.data_dir / "broker")
+    control = ControlPlane(settings, broker_url, serve_api=serve_api)
+    await control.start()
+    stack.push_async_callback(control.stop)
+    workers = await _workers(stack, settings, broker_url)
+    return ClusterStack(control=control, broker_url=broker_url, workers=workers)
+
+
+def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
+    """Settings of cluster ``n`` of ``up --clusters``: own id, data dir, store and broker."""
+    cluster_id = f"cluster-{n}"
+    data_dir = settings.data_dir / "clusters" / cluster_id
+    return settings.model_copy(
+        update={
+            "cluster_id": cluster_id,
+            "data_dir": data_dir,
+            "store": f"sqlite:///{data_dir / 'edgeplane.db'}",
+            "broker": "",
+            "root": root_url,
+            "clusters": 0,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -30,27 +100,22 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Everything ``up`` runs, torn down in reverse order on exit."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        broker_url = settings.broker
-        if not broker_url:
-            broker = EmbeddedBroker(settings.data_dir / "broker")
-            broker_url = await broker.start()
-            stack.push_async_callback(broker.stop)
-        control = ControlPlane(settings, broker_url)
-        await control.start()
-        stack.push_async_callback(control.stop)
-        result = Stack(control=control, broker_url=broker_url)
-        for n in range(1, settings.workers + 1):
-            worker_id = f"{settings.cluster_id}-{n}"
-            agent = build_worker(
-                settings,
-                broker_url=broker_url,
-                worker_id=worker_id,
-                data_dir=settings.data_dir / "workers" / worker_id,
-            )
-            await agent.start()
-            stack.push_async_callback(agent.stop)
-            result.workers.append(agent)
-        (settings.data_dir / ENDPOINT_FILE).write_text(control.url + "\n")
+        if settings.clusters == 0:
+            one = await _cluster(stack, settings, serve_api=True)
+            result = Stack(control=one.control, broker_url=one.broker_url, workers=one.workers)
+        else:
+            root_url = await _broker(stack, settings, settings.data_dir / "broker")
+            root = ControlPlane(settings, root_url, root=True)
+            await root.start()
+            stack.push_async_callback(root.stop)
+            result = Stack(control=root, broker_url=root_url)
+            for n in range(1, settings.clusters + 1):
+                cluster = await _cluster(
+                    stack, cluster_settings(settings, n, root_url), serve_api=False
+                )
+                result.clusters.append(cluster)
+                result.workers.extend(cluster.workers)
+        (settings.data_dir / ENDPOINT_FILE).write_text(result.control.url + "\n")
         yield result
 
 
@@ -59,13 +124,18 @@ async def run_up(settings: Settings) -> None:
     async with running_stack(settings) as stack:
         examples = write_examples(settings.data_dir / "examples")
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
+        clusters = "".join(
+            f"  cluster:  {c.control.settings.cluster_id} (broker {c.broker_url}; workers "
+            f"{', '.join(w.id for w in c.workers) or 'none'})\n"
+            for c in stack.clusters
+        )
         print(
             f"edgeplane is up\n"
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  token:    {token}\n"
             f"  broker:   {stack.broker_url}\n"
-            f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n"
-            f"first task (in another terminal):\n"
+            + (clusters or f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n")
+            + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
         )

@@ -28,10 +28,58 @@ class WorkerView:
     free_cpu: float
     free_memory_mb: int
     order: int
+    #: how many accelerators the worker has (aggregates count workers with any)
+    accelerators: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", frozenset(self.runtimes))
         object.__setattr__(self, "tee", frozenset(self.tee))
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+
+@dataclass(frozen=True, slots=True)
+class GeoPoint:
+    """A point and a radius: only clusters located within ``radius_km`` qualify."""
+
+    lat: float
+    lon: float
+    radius_km: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """One capacity group of a cluster's aggregate (workers sharing a runtime and labels)."""
+
+    runtime: str
+    labels: Mapping[str, str] = field(hash=False)
+    workers: int
+    free_slots: int
+    free_cpu_sum: float
+    free_cpu_max: float
+    free_memory_sum: float
+    free_memory_max: float
+    #: workers of the group with a TEE
+    tee: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """One online cluster as the root scheduler sees it, built from its last aggregate."""
+
+    id: str
+    order: int
+    groups: tuple[GroupView, ...]
+    #: the cluster's own labels (static metadata); a task label matches one of these or
+    #: the labels of a group
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: (lat, lon) of the cluster, None when it did not say
+    location: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", tuple(self.groups))
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
 
@@ -48,8 +96,16 @@ class TaskDemand:
     cpu: float = 0.0
     memory_mb: int = 0
     worker_id: str | None = None
+    #: root placement only: a pinned cluster (pass-through), the allowed clusters
+    #: (empty: any), the clusters that rejected this task, and a geo constraint
+    cluster_id: str | None = None
+    clusters: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+    geo: GeoPoint | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "clusters", frozenset(self.clusters))
+        object.__setattr__(self, "exclude", frozenset(self.exclude))
         if self.tee not in TEE_RULES:
             raise Invalid(
                 f"tee must be one of {', '.join(TEE_RULES)}, not {self.tee!r}", field="tee"

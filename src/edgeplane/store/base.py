@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgeplane.model import Schedule, Task, Worker, Workflow
+from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,24 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_schedule(self, schedule_id: str) -> bool: ...
+
+    # applications
+    @abstractmethod
+    async def save_application(self, app: Application) -> None:
+        """Insert, or replace the whole document of the application with this id. Ids are
+        unique, names are not: two applications may share a name."""
+
+    @abstractmethod
+    async def get_application(self, app_id: str) -> Application | None: ...
+
+    @abstractmethod
+    async def list_applications(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Application], int]:
+        """A page, oldest first (ties by id), and the total."""
+
+    @abstractmethod
+    async def delete_application(self, app_id: str) -> bool: ...
 
     # workers
     @abstractmethod

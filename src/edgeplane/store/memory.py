@@ -14,6 +14,7 @@ from edgeplane.errors import Conflict
 from edgeplane.model import (
     TERMINAL_STATES,
     TERMINAL_WORKFLOW_STATES,
+    Application,
     Schedule,
     Task,
     Worker,
@@ -87,6 +88,21 @@ class _ScheduleRow:
         return (self.created_at, self.id)
 
 
+@dataclass(frozen=True)
+class _ApplicationRow:
+    created_at: float
+    id: str
+    doc: str
+
+    @classmethod
+    def of(cls, app: Application) -> _ApplicationRow:
+        return cls(created_at=app.created_at, id=app.id, doc=app.model_dump_json())
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created_at, self.id)
+
+
 class MemoryStore(Store):
     """A :class:`Store` in dicts. Methods never await, so each one is atomic."""
 
@@ -95,6 +111,7 @@ class MemoryStore(Store):
         self._tasks: dict[str, _TaskRow] = {}
         self._workflows: dict[str, _WorkflowRow] = {}
         self._schedules: dict[str, _ScheduleRow] = {}
+        self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
 
@@ -219,6 +236,25 @@ class MemoryStore(Store):
 
     async def delete_schedule(self, schedule_id: str) -> bool:
         return self._schedules.pop(schedule_id, None) is not None
+
+    # applications
+
+    async def save_application(self, app: Application) -> None:
+        self._applications[app.id] = _ApplicationRow.of(app)
+
+    async def get_application(self, app_id: str) -> Application | None:
+        row = self._applications.get(app_id)
+        return None if row is None else Application.model_validate_json(row.doc)
+
+    async def list_applications(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Application], int]:
+        rows = sorted(self._applications.values(), key=lambda row: row.order)
+        page = rows[offset : offset + limit]
+        return [Application.model_validate_json(row.doc) for row in page], len(rows)
+
+    async def delete_application(self, app_id: str) -> bool:
+        return self._applications.pop(app_id, None) is not None
 
     # workers
 

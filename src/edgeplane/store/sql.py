@@ -30,6 +30,7 @@ from edgeplane.errors import Conflict, Invalid, Unavailable
 from edgeplane.model import (
     TERMINAL_STATES,
     TERMINAL_WORKFLOW_STATES,
+    Application,
     Schedule,
     Task,
     Worker,
@@ -159,6 +160,7 @@ class SqlStore(Store):
         self._upsert_tasks = _DriverStatement.of(self._upsert(tables.tasks), dialect)
         self._upsert_workflows = self._upsert(tables.workflows)
         self._upsert_schedule = self._upsert(tables.schedules)
+        self._upsert_application = self._upsert(tables.applications)
         self._upsert_worker = self._upsert(tables.workers)
         self._upsert_token = self._upsert(tables.tokens)
         ins = sqlite.insert if self._sqlite else postgresql.insert
@@ -469,6 +471,42 @@ class SqlStore(Store):
         async with self._writing() as conn:
             result = await conn.execute(
                 tables.schedules.delete().where(tables.schedules.c.id == schedule_id)
+            )
+        return result.rowcount > 0
+
+    # applications
+
+    async def save_application(self, app: Application) -> None:
+        row = {
+            "id": app.id,
+            "name": app.name,
+            "created_at": app.created_at,
+            "doc": app.model_dump_json(),
+        }
+        async with self._writing() as conn:
+            await conn.execute(self._upsert_application, row)
+
+    async def get_application(self, app_id: str) -> Application | None:
+        query = select(tables.applications.c.doc).where(tables.applications.c.id == app_id)
+        async with self._reading() as conn:
+            doc = (await conn.execute(query)).scalar_one_or_none()
+        return None if doc is None else Application.model_validate_json(doc)
+
+    async def list_applications(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Application], int]:
+        a = tables.applications
+        page = select(a.c.doc).order_by(a.c.created_at, a.c.id).limit(limit).offset(offset)
+        count = select(func.count()).select_from(a)
+        async with self._reading() as conn:
+            docs = (await conn.execute(page)).scalars().all()
+            total = (await conn.execute(count)).scalar_one()
+        return [Application.model_validate_json(doc) for doc in docs], total
+
+    async def delete_application(self, app_id: str) -> bool:
+        async with self._writing() as conn:
+            result = await conn.execute(
+                tables.applications.delete().where(tables.applications.c.id == app_id)
             )
         return result.rowcount > 0
 

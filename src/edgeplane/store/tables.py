@@ -78,3 +78,16 @@ schedules = Table(
     Column("doc", Text, nullable=False),
     Index("ix_schedules_next_run", "next_run"),
 )
+
+#: Ids are unique, names are not: two applications may share a name (like two tasks), so
+#: a descriptor applied twice is two deployments; callers that want a name to be unique
+#: look it up first.
+applications = Table(
+    "applications",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_applications_created_at", "created_at", "id"),
+)

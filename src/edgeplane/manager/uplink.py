@@ -1,0 +1,444 @@
+"""A cluster's link to its root (``edgeplane manager --root mqtt://…``).
+
+Towards the root a cluster behaves like a worker does towards its manager: it dials out to
+the root's broker, says hello (its metadata and a capability summary), heartbeats, runs
+what it is sent and reports task events, keeping final events until the root acks them.
+On top of that it sends an *aggregate* of its workers' free capacity every
+``aggregate_interval_s`` and at once on a significant change, and it *rejects* a task that
+none of its workers could ever run, so the root tries the next cluster.
+
+A task the root places here is stored by this cluster's manager under the root's id
+(``{id}.{attempt}`` from the second attempt on) and scheduled on a worker as usual; the
+journal's commit listener turns its committed states into events for the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+from edgeplane import clock as clocks
+from edgeplane.errors import Invalid
+from edgeplane.manager.service import Manager
+from edgeplane.model import (
+    Aggregate,
+    Capabilities,
+    ClusterInfo,
+    Constraints,
+    Task,
+    TaskSpec,
+)
+from edgeplane.model.cluster import parse_location
+from edgeplane.protocol import (
+    AckEvents,
+    Alive,
+    Assignment,
+    Hello,
+    Reregister,
+    StartTasks,
+    StopTasks,
+    TaskEvent,
+    TaskEvents,
+    Topics,
+    Welcome,
+    decode,
+    encode,
+    parse_body,
+)
+from edgeplane.scheduling.aggregate import aggregate, significant_change
+from edgeplane.transport import MqttLink, Will
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+#: Seconds events wait to be published together (as on a worker).
+EVENT_WINDOW_S = 0.002
+#: How often the aggregate is recomputed to look for a significant change.
+AGGREGATE_CHECK_S = 0.5
+_SEEN_LIMIT = 100_000
+ROOT_TASK = "root_task"
+
+
+def local_id(task_id: str, attempt: int) -> str:
+    """The id a root task's attempt has in this cluster's store."""
+    return task_id if attempt <= 1 else f"{task_id}.{attempt}"
+
+
+class Uplink:
+    def __init__(
+        self, manager: Manager, root_url: str, *, clock: clocks.Clock | None = None
+    ) -> None:
+        settings = manager.settings
+        self.manager = manager
+        self.cluster_id = settings.cluster_id
+        self.clock: clocks.Clock = clock or clocks.SystemClock()
+        self.topics = Topics.for_root(settings.domain)
+        self.session = clocks.new_id()
+        self.heartbeat_s = settings.heartbeat_s
+        self.interval_s = settings.aggregate_interval_s
+        self.info = ClusterInfo(
+            name=settings.cluster_name or settings.cluster_id,
+            location=parse_location(settings.location),
+            labels=dict(settings.labels),
+            broker_url=manager.broker_url,
+        )
+        self.registered = asyncio.Event()
+        self.rejected = 0
+        self.bad_messages = 0
+        #: local task id → (root task id, root attempt), for tasks the root placed here
+        self._owned: dict[str, Key] = {}
+        #: last (state, worker) reported per local id, so only changes go up
+        self._reported: dict[str, tuple[str, str | None]] = {}
+        self._unacked: dict[Key, tuple[TaskEvent, float]] = {}
+        self._seen: OrderedDict[Key, None] = OrderedDict()
+        self._outbox: list[TaskEvent] = []
+        self._flush = asyncio.Event()
+        self._epoch, self._seq = "", 0
+        self._last_aggregate: Aggregate | None = None
+        self._aggregate_sent = 0.0
+        self._loops: list[asyncio.Task[None]] = []
+        self.root_url = root_url
+        self.link = self._new_link()
+
+    def _new_link(self) -> MqttLink:
+        """A link for the current session (the last will names it)."""
+        return MqttLink(
+            self.root_url,
+            client_id=f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}",
+            subscriptions=[self.topics.cmd(self.cluster_id), self.topics.welcome(self.cluster_id)],
+            on_message=self._on_message,
+            will=Will(
+                topic=self.topics.alive(self.cluster_id),
+                payload=encode("alive", Alive(online=False, session=self.session)),
+                qos=1,
+            ),
+            on_connect=self._send_hello,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Register with the root (again: a restart is a new session)."""
+        if self._loops:
+            raise RuntimeError("uplink already started")
+        for task in await self.manager.store.unfinished_tasks():
+            owner = task.metadata.get(ROOT_TASK)
+            if isinstance(owner, str):
+                self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
+        if self._on_commit not in self.manager.journal.listeners:
+            self.manager.journal.listeners.append(self._on_commit)
+        await self.link.start()
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
+            asyncio.create_task(self._flush_loop(), name="uplink-events"),
+            asyncio.create_task(self._aggregate_loop(), name="uplink-aggregate"),
+        ]
+
+    async def stop(self) -> None:
+        """Leave the root: it sees this cluster offline at once."""
+        await self._publish_events()
+        await self._publish(
+            self.topics.alive(self.cluster_id),
+            "alive",
+            Alive(online=False, session=self.session),
+        )
+        await self.stop_silently()
+
+    async def stop_silently(self) -> None:
+        """Drop the link without a word (a test's stand-in for a dead network or process):
+        the root finds out by missed heartbeats. :meth:`start` registers anew."""
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        await self.link.stop()
+        if self._on_commit in self.manager.journal.listeners:
+            self.manager.journal.listeners.remove(self._on_commit)
+        self.session = clocks.new_id()
+        self.registered.clear()
+        self.link = self._new_link()
+
+    # ------------------------------------------------------------------ what goes up
+    def current_aggregate(self) -> Aggregate:
+        return aggregate(
+            self.manager.registry.schedulable(), location=self.info.location, ts=self.clock.now()
+        )
+
+    def summary(self) -> Capabilities:
+        """The whole cluster as one capability record (the root's member document)."""
+        online = [e.worker.capabilities for e in self.manager.registry.entries() if e.online]
+        return Capabilities(
+            hostname=self.info.name,
+            cpus=sum(c.cpus for c in online) or 1,
+            memory_mb=sum(c.memory_mb for c in online),
+            disk_mb=sum(c.disk_mb for c in online),
+            runtimes=sorted({r for c in online for r in c.runtimes}),
+            labels=self.info.labels,
+            tee=sorted({t for c in online for t in c.tee}),
+            accelerators=sorted({a for c in online for a in c.accelerators}),
+            location=self.info.location,
+            slots=sum(c.slots for c in online),
+        )
+
+    def _active(self) -> list[str]:
+        return list({*(owner for owner, _ in self._owned.values()), *(k[0] for k in self._unacked)})
+
+    async def _send_hello(self) -> None:
+        self._last_aggregate = self.current_aggregate()
+        self._aggregate_sent = self.clock.monotonic()
+        hello = Hello(
+            worker_id=self.cluster_id,
+            session=self.session,
+            capabilities=self.summary(),
+            active=self._active(),
+            epoch=self._epoch,
+            seq=self._seq,
+            cluster=self.info,
+            aggregate=self._last_aggregate,
+        )
+        await self._publish(self.topics.hello(self.cluster_id), "hello", hello)
+
+    async def _aggregate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(AGGREGATE_CHECK_S, self.interval_s))
+            try:
+                await self._maybe_send_aggregate()
+            except Exception:
+                log.exception("sending the aggregate failed")
+
+    async def _maybe_send_aggregate(self) -> None:
+        now = self.clock.monotonic()
+        current = self.current_aggregate()
+        due = now - self._aggregate_sent >= self.interval_s
+        if due or significant_change(self._last_aggregate, current):
+            self._last_aggregate, self._aggregate_sent = current, now
+            await self._publish(self.topics.aggregate(self.cluster_id), "aggregate", current)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            alive = Alive(
+                session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq
+            )
+            await self._publish(self.topics.alive(self.cluster_id), "alive", alive)
+            mono = self.clock.monotonic()
+            for key, (event, sent) in list(self._unacked.items()):
+                if mono - sent >= self.heartbeat_s:
+                    self._unacked[key] = (event, mono)
+                    self._emit(event)
+            await asyncio.sleep(self.heartbeat_s)
+
+    # ------------------------------------------------------------------ what comes down
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            envelope = decode(payload)
+            body = parse_body(envelope.type, envelope.body)
+        except Invalid as exc:
+            self.bad_messages += 1
+            log.warning("bad message from root", extra={"topic": topic, "error": exc.detail})
+            return
+        if isinstance(body, StartTasks):
+            if body.epoch != self._epoch:
+                self._epoch, self._seq = body.epoch, 0
+            self._seq = max(self._seq, body.seq)
+            await self._accept(body.tasks)
+        elif isinstance(body, StopTasks):
+            await self._stop(body.task_ids)
+        elif isinstance(body, AckEvents):
+            for key in body.keys:
+                self._unacked.pop((key.task_id, key.attempt), None)
+        elif isinstance(body, Welcome):
+            if body.session == self.session:
+                self.heartbeat_s = body.heartbeat_s
+                self.registered.set()
+                for event, _ in self._unacked.values():
+                    self._emit(event)
+        elif isinstance(body, Reregister):
+            await self._send_hello()
+        else:
+            self.bad_messages += 1
+            log.warning("unexpected message from root", extra={"type": envelope.type})
+
+    async def _accept(self, assignments: Sequence[Assignment]) -> None:
+        admitted: list[Task] = []
+        for spec in assignments:
+            key = (spec.task_id, spec.attempt)
+            if key in self._seen:
+                continue
+            self._seen[key] = None
+            while len(self._seen) > _SEEN_LIMIT:
+                self._seen.popitem(last=False)
+            why = self._cannot_run(spec)
+            if why is None:
+                try:
+                    admitted.extend(await self._admit(spec))
+                    continue
+                except Invalid as exc:
+                    self._final(spec, TaskEvent(task_id="", attempt=0, state="failed"), exc.detail)
+                    continue
+            self.rejected += 1
+            log.info("task rejected", extra={"task_id": spec.task_id, "reason": why})
+            self._final(spec, TaskEvent(task_id="", attempt=0, state="rejected"), why)
+        if admitted:
+            await self.manager.store.add_tasks(admitted)
+            self.manager.enqueue(admitted)
+
+    def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
+        event = event.model_copy(
+            update={
+                "task_id": spec.task_id,
+                "attempt": spec.attempt,
+                "error": error,
+                "ts": self.clock.now(),
+            }
+        )
+        self._unacked[(spec.task_id, spec.attempt)] = (event, self.clock.monotonic())
+        self._emit(event)
+
+    def _cannot_run(self, spec: Assignment) -> str | None:
+        """Why no worker of this cluster could ever run ``spec`` (None: one could)."""
+        wanted = spec.constraints or Constraints()
+        online = [e.worker for e in self.manager.registry.entries() if e.online and not e.draining]
+        if not online:
+            return "no worker online"
+        able = [w for w in online if spec.runtime in w.capabilities.runtimes]
+        if not able:
+            return f"no worker offers runtime '{spec.runtime}'"
+        able = [
+            w
+            for w in able
+            if all(w.capabilities.labels.get(k) == v for k, v in wanted.labels.items())
+        ]
+        if not able:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(wanted.labels.items()))
+            return f"no worker has labels {labels}"
+        if wanted.tee == "required":
+            able = [w for w in able if w.capabilities.tee]
+        elif wanted.tee == "none":
+            able = [w for w in able if not w.capabilities.tee]
+        if not able:
+            return f"no worker matches tee={wanted.tee}"
+        cpu, memory = wanted.cpu or 0.0, wanted.memory_mb or 0
+        if not any(w.capabilities.cpus >= cpu and w.capabilities.memory_mb >= memory for w in able):
+            return f"no worker has {cpu:g} cpu and {memory} MB"
+        if spec.pinned_worker is not None and spec.pinned_worker not in {w.id for w in able}:
+            return f"pinned worker {spec.pinned_worker} is not available"
+        return None
+
+    async def _admit(self, spec: Assignment) -> list[Task]:
+        data: bytes | None = None
+        if spec.artifact_b64 is not None:
+            data = base64.b64decode(spec.artifact_b64)
+        elif spec.artifact is not None:
+            data = await self.manager.artifact(spec.artifact)
+            if data is None:
+                raise Invalid(f"artifact {spec.artifact} is missing", field="artifact")
+        constraints = (spec.constraints or Constraints()).model_copy(
+            update={"clusters": [], "geo": None}
+        )
+        task_spec = TaskSpec(
+            name=spec.name,
+            runtime=spec.runtime,
+            mode=spec.mode,
+            export=spec.entrypoint or None,
+            file=base64.b64encode(data).decode() if data is not None else None,
+            inputs=spec.inputs,
+            cli_args=spec.cli_args,
+            env=spec.env,
+            command=spec.command,
+            image=spec.image,
+            limits=spec.limits,
+            retries=spec.retries,
+            priority=spec.priority,
+            constraints=constraints,
+            daemon=spec.daemon,
+            worker_id=spec.pinned_worker,
+            metadata={**spec.metadata, ROOT_TASK: spec.task_id, "root_attempt": spec.attempt},
+            start=True,
+        )
+        ident = local_id(spec.task_id, spec.attempt)
+        tasks = await self.manager.admit([task_spec], batch=False, ids=[ident])
+        self._owned[ident] = (spec.task_id, spec.attempt)
+        return tasks
+
+    async def _stop(self, task_ids: Sequence[str]) -> None:
+        wanted = set(task_ids)
+        for ident, (owner, _) in list(self._owned.items()):
+            if owner in wanted:
+                await self.manager.stop_task(ident)
+
+    # ------------------------------------------------------------------ events
+    def _on_commit(self, tasks: list[Task]) -> None:
+        """Committed versions of tasks the root owns become events for the root."""
+        for task in tasks:
+            owner = self._owned.get(task.id)
+            if owner is None:
+                continue
+            root_id, attempt = owner
+            seen = (task.state, task.worker_id)
+            if task.terminal:
+                del self._owned[task.id]
+                self._reported.pop(task.id, None)
+                event = TaskEvent(
+                    task_id=root_id,
+                    attempt=attempt,
+                    state="completed"
+                    if task.state == "completed"
+                    else ("failed" if task.state == "failed" else "cancelled"),
+                    results=task.results,
+                    error=task.error,
+                    exit_code=task.exit_code,
+                    stdout=task.stdout,
+                    stderr=task.stderr,
+                    worker_id=task.worker_id,
+                    ts=task.finished_at or self.clock.now(),
+                )
+                self._unacked[(root_id, attempt)] = (event, self.clock.monotonic())
+                self._emit(event)
+                continue
+            if self._reported.get(task.id) == seen:
+                continue
+            previous = self._reported.get(task.id)
+            self._reported[task.id] = seen
+            if task.state == "pending":
+                if previous is None or previous[1] is None:
+                    continue  # still waiting for a worker: nothing new for the root
+                state, worker = "scheduled", None  # taken back from a lost worker
+            else:
+                state, worker = task.state, task.worker_id
+            self._emit(
+                TaskEvent(
+                    task_id=root_id,
+                    attempt=attempt,
+                    state=state,
+                    worker_id=worker,
+                    ts=task.started_at or self.clock.now(),
+                )
+            )
+
+    def _emit(self, event: TaskEvent) -> None:
+        self._outbox.append(event)
+        self._flush.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            await asyncio.sleep(EVENT_WINDOW_S)
+            self._flush.clear()
+            await self._publish_events()
+
+    async def _publish_events(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch:
+            await self._publish(
+                self.topics.events(self.cluster_id), "task.events", TaskEvents(events=batch)
+            )
+
+    async def _publish(self, topic: str, type_: str, body: BaseModel) -> None:
+        await self.link.publish(topic, encode(type_, body))

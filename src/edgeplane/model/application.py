@@ -1,0 +1,106 @@
+"""Applications: long-running multi-service deployments kept at their replica counts
+(Oakestra's SLA descriptor). A service is a task body plus replicas, resources and a
+restart policy; each replica is an *instance*, run as a daemon task placed by the root."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgeplane.model.task import TaskSpec, TaskState
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+#: Service fields that do not change what an instance runs (a change rolls nothing).
+_NOT_IN_REVISION = {"replicas", "restart", "start", "metadata"}
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | None = Field(default=None, ge=0)
+    memory_mb: int | None = Field(default=None, ge=0)
+    storage_mb: int | None = Field(default=None, ge=0)
+
+
+class ServiceSpec(TaskSpec):
+    """One service of an application: a task body plus how many and how to keep them."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    replicas: int = Field(default=1, ge=0, le=10_000)
+    resources: Resources = Field(default_factory=Resources)
+    restart: RestartPolicy = "always"
+
+    def revision(self) -> str:
+        """Hash of what an instance runs: instances of an older revision are rolled over."""
+        body = self.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+class ApplicationSpec(BaseModel):
+    """``POST /applications`` / ``PUT /applications/{id}`` (YAML or JSON descriptor)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=128)
+    services: list[ServiceSpec] = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_services(self) -> ApplicationSpec:
+        seen: set[str] = set()
+        for service in self.services:
+            if service.name in seen:
+                raise ValueError(f"service name {service.name!r} is used twice")
+            seen.add(service.name)
+        return self
+
+
+class Instance(BaseModel):
+    """One replica of a service, as ``GET /applications/{id}`` shows it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    service: str
+    index: int
+    revision: str
+    #: the daemon task currently running this instance
+    task_id: str
+    cluster_id: str | None = None
+    worker_id: str | None = None
+    state: TaskState = "pending"
+    reason: str | None = None
+    restarts: int = 0
+    #: when its task ended (None while it runs); a restart waits for a backoff after it
+    ended_at: float | None = None
+
+
+class ServiceStatus(BaseModel):
+    name: str
+    replicas: int
+    restart: RestartPolicy
+    revision: str
+    running: int = 0
+    instances: list[Instance] = Field(default_factory=list)
+
+
+ApplicationState = Literal["deploying", "running", "degraded", "deleting"]
+
+
+class Application(BaseModel):
+    """The stored application: its descriptor and the instances the root keeps for it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str
+    spec: ApplicationSpec
+    generation: int = 1
+    state: ApplicationState = "deploying"
+    instances: list[Instance] = Field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0

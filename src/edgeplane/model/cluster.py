@@ -1,0 +1,113 @@
+"""Cluster shapes: static metadata sent at registration, the aggregate sent every few
+seconds, and the cluster document the root returns (``GET /clusters``).
+
+Only aggregates go up to the root, never per-worker detail (Oakestra's design).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeplane.errors import Invalid
+
+ClusterState = Literal["online", "offline"]
+
+
+class Location(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+def parse_location(text: str) -> Location | None:
+    """``"52.52,13.40"`` → a :class:`Location`; empty → None."""
+    if not text.strip():
+        return None
+    try:
+        lat, lon = (float(part) for part in text.split(","))
+        return Location(lat=lat, lon=lon)
+    except (ValueError, ValidationError):
+        raise Invalid(
+            f"location must be 'lat,lon' in degrees, not {text!r}", field="location"
+        ) from None
+
+
+class GeoConstraint(Location):
+    """Place only on clusters whose location lies within ``radius_km`` of this point."""
+
+    radius_km: float = Field(gt=0)
+
+
+class FreeStats(BaseModel):
+    """One free resource (cpu cores or memory MB) over a group of workers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    count: int = 0
+    sum: float = 0.0
+    mean: float = 0.0
+    std: float = 0.0
+    max: float = 0.0
+
+
+class CapacityGroup(BaseModel):
+    """The online workers of a cluster that offer one runtime and share one label set."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    runtime: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    workers: int = 0
+    free_slots: int = 0
+    cpu: FreeStats = Field(default_factory=FreeStats)
+    memory_mb: FreeStats = Field(default_factory=FreeStats)
+    #: workers of the group with a TEE / with at least one accelerator
+    tee: int = 0
+    accelerators: int = 0
+
+
+class Aggregate(BaseModel):
+    """What a cluster tells the root about its capacity (``{d}/clusters/{c}/aggregate``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    workers: int = Field(default=0, description="online, not draining")
+    free_slots: int = 0
+    groups: list[CapacityGroup] = Field(default_factory=list)
+    max_free_cpu: float = 0.0
+    max_free_memory_mb: int = 0
+    tee: int = 0
+    accelerators: int = 0
+    location: Location | None = None
+    ts: float = 0.0
+
+
+class ClusterInfo(BaseModel):
+    """Static metadata a cluster registers with."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = ""
+    location: Location | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    broker_url: str = Field(default="", description="the cluster's own broker, for its workers")
+
+
+class Cluster(BaseModel):
+    """``GET /clusters/{id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str = ""
+    state: ClusterState = "online"
+    location: Location | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    broker_url: str = ""
+    aggregate: Aggregate | None = None
+    active_tasks: int = 0
+    registered_at: float = 0.0
+    last_seen: float = 0.0

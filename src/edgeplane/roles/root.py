@@ -1,0 +1,36 @@
+"""``edgeplane root``: the top of the hierarchy. REST API, store, applications and the root
+scheduler; clusters dial out to its broker (embedded unless ``--broker`` names one)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from edgeplane.config import Settings
+from edgeplane.logs import setup as setup_logs
+from edgeplane.roles.control import ControlPlane
+from edgeplane.roles.signals import wait_for_stop
+from edgeplane.roles.up import ENDPOINT_FILE
+from edgeplane.transport import EmbeddedBroker
+
+
+async def run_root(settings: Settings) -> None:
+    setup_logs(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        broker_url = settings.broker
+        if not broker_url:
+            broker = EmbeddedBroker(settings.data_dir / "broker")
+            broker_url = await broker.start()
+            stack.push_async_callback(broker.stop)
+        control = ControlPlane(settings, broker_url, root=True)
+        await control.start()
+        stack.push_async_callback(control.stop)
+        (settings.data_dir / ENDPOINT_FILE).write_text(control.url + "\n")
+        print(
+            f"edgeplane root is up\n"
+            f"  API:      {control.url}/api/v1\n"
+            f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
+            f"  clusters: edgeplane manager --cluster-id NAME --root {broker_url}\n",
+            flush=True,
+        )
+        await wait_for_stop()
