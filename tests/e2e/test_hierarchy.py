@@ -179,7 +179,7 @@ def test_killed_manager_and_root(tmp_path: Path, fast_broker_url: str, unique_do
         assert {i["cluster_id"] for i in running} == {"east", "west"}
 
         procs["east"].send_signal(signal.SIGKILL)
-        procs["east"].wait()
+        stop(procs["east"])
         moved = wait_until(
             lambda: (
                 (r := _running(http, app_id, 4)) and {i["cluster_id"] for i in r} == {"west"} and r
@@ -201,7 +201,7 @@ def test_killed_manager_and_root(tmp_path: Path, fast_broker_url: str, unique_do
         assert final is not None and {i["id"] for i in final} == {i["id"] for i in moved}
 
         procs["root"].send_signal(signal.SIGKILL)
-        procs["root"].wait()
+        stop(procs["root"])
         procs["root"] = popen(*root_args, env=env)
         wait_healthy(url, procs["root"])
         wait_until(lambda: online() == {"east", "west"}, "clusters after root restart", 30)
