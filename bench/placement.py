@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cluster placement (make_plan; Oakestra < 3.2 ms at 45 workers)": bench_cluster(
             rng, reps, batch_reps
         ),
-        "aggregate (3 label sets; root µs/msg: decode + parse_body + cluster_view)": bench_aggregate(
+        "aggregate (3 label sets; root: decode + parse_body + cluster_view)": bench_aggregate(
             rng, max(10, reps // 10)
         ),
     }
