@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.spine import machine, percentile
+from edgeplane import __version__
 from edgeplane.model import Aggregate
 from edgeplane.model.cluster import Location
 from edgeplane.protocol.codec import decode, encode
@@ -129,6 +132,13 @@ def sample_us(call: Callable[[int], object], reps: int, warmup: int) -> list[flo
     return samples
 
 
+def percentile(ordered: Sequence[float], q: int) -> float:
+    """Nearest-rank percentile of already sorted values (as ``bench.spine``, which is not
+    imported: it pulls in the HTTP client, and this benchmark needs none of it)."""
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[min(len(ordered), rank) - 1]
+
+
 def us(value: float) -> float:
     return round(value, 1)
 
@@ -161,11 +171,7 @@ def bench_root(rng: random.Random, reps: int, batch_reps: int) -> list[Row]:
     for n in ROOT_SIZES:
         clusters = make_clusters(rng, n)
         figures = single_and_batch(
-            lambda tasks, cs=clusters: place_on_clusters(cs, tasks),
-            singles,
-            batch,
-            reps,
-            batch_reps,
+            partial(place_on_clusters, clusters), singles, batch, reps, batch_reps
         )
         rows.append({"clusters": n, **figures})
     return rows
@@ -188,11 +194,7 @@ def bench_cluster(rng: random.Random, reps: int, batch_reps: int) -> list[Row]:
         workers = make_workers(rng, n)
         for strategy in ("resource-fit", "round-robin"):
             figures = single_and_batch(
-                lambda tasks, ws=workers, s=strategy: make_plan(s, ws, tasks),
-                singles,
-                batch,
-                reps,
-                batch_reps,
+                partial(make_plan, strategy, workers), singles, batch, reps, batch_reps
             )
             rows.append(
                 {"workers": n, "strategy": strategy, **figures, "target": verdict(n, figures)}
@@ -200,14 +202,16 @@ def bench_cluster(rng: random.Random, reps: int, batch_reps: int) -> list[Row]:
     return rows
 
 
+def fold_once(workers: Sequence[WorkerView], location: Location, _: int) -> Aggregate:
+    return aggregate(workers, location=location)
+
+
 def bench_aggregate(rng: random.Random, reps: int) -> list[Row]:
     rows = []
     for n in AGGREGATE_SIZES:
         workers = make_workers(rng, n)
         location = europe(rng)
-        fold = sample_us(
-            lambda _, ws=workers, at=location: aggregate(ws, location=at), reps, warmup=3
-        )
+        fold = sample_us(partial(fold_once, workers, location), reps, warmup=3)
         message = encode("aggregate", aggregate(workers, location=location, ts=time.time()))
 
         def receive(_: int, data: bytes = message) -> ClusterView:
@@ -236,10 +240,21 @@ def table(title: str, rows: Sequence[Row]) -> Table:
     out = Table(title=title)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     for name in columns:
-        out.add_column(name, justify="right" if name.endswith(("µs", "bytes")) else "left")
+        out.add_column(name, justify="right" if "µs" in name or "bytes" in name else "left")
     for row in rows:
         out.add_row(*(str(row.get(name, "")) for name in columns))
     return out
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were taken on: other load on the box skews every one of them."""
+    return {
+        "edgeplane": __version__,
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -35,11 +35,11 @@ from edgeplane.errors import (
 )
 from edgeplane.model import (
     ApplicationSpec,
+    ApplicationView,
     Cluster,
     JobSpec,
     Page,
     Schedule,
-    ServiceStatus,
     Task,
     TaskLogs,
     TaskResults,
@@ -100,23 +100,6 @@ class _Batch(BaseModel):
     """``POST /tasks/batch``: the created tasks, in request order."""
 
     items: list[Task]
-
-
-class ApplicationView(BaseModel):
-    """``GET /applications/{id}``: an application with each service's instances.
-
-    The same fields as the API's own response model, declared here so the client does
-    not import the server (FastAPI, the root) to read one answer.
-    """
-
-    id: str
-    name: str
-    state: str
-    generation: int
-    services: list[ServiceStatus]
-    spec: ApplicationSpec
-    created_at: float
-    updated_at: float
 
 
 # --- where the server is ------------------------------------------------------------------

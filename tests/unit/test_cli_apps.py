@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from edgeplane.cli import apps
 from edgeplane.cli.main import app
 from edgeplane.cli.output import Session
-from edgeplane.client import ApplicationView, AsyncClient, Client
+from edgeplane.client import AsyncClient, Client
 from edgeplane.errors import Invalid
 from edgeplane.model import ApplicationSpec, ServiceSpec
 
@@ -521,15 +521,6 @@ def test_help_lists_app_cluster_and_root() -> None:
 
 
 # --- the client calls beneath ---------------------------------------------------------------
-
-
-def test_the_client_view_has_the_api_view_fields() -> None:
-    """The client declares its own ApplicationView so it need not import the server."""
-    from edgeplane.api.applications import ApplicationView as ServerView
-
-    assert ApplicationView.model_fields.keys() == ServerView.model_fields.keys()
-    for name, info in ServerView.model_fields.items():
-        assert ApplicationView.model_fields[name].annotation == info.annotation, name
 
 
 def test_create_application_takes_the_pydantic_spec_or_a_mapping_with_paths(

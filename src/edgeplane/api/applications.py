@@ -8,10 +8,10 @@ import orjson
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Application, ApplicationSpec, Page, ServiceStatus
+from edgeplane.model import Application, ApplicationSpec, ApplicationView, Page
 from edgeplane.root import Applications
 from edgeplane.root.applications import status_of
 
@@ -26,19 +26,6 @@ _DESCRIPTOR = {
         },
     }
 }
-
-
-class ApplicationView(BaseModel):
-    """An application with each service's instances (cluster, worker, state, restarts)."""
-
-    id: str
-    name: str
-    state: str
-    generation: int
-    services: list[ServiceStatus]
-    spec: ApplicationSpec
-    created_at: float
-    updated_at: float
 
 
 def _view(app: Application) -> ApplicationView:

@@ -104,3 +104,16 @@ class Application(BaseModel):
     instances: list[Instance] = Field(default_factory=list)
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+class ApplicationView(BaseModel):
+    """``GET /applications/{id}``: an application with each service's instances."""
+
+    id: str
+    name: str
+    state: str
+    generation: int
+    services: list[ServiceStatus]
+    spec: ApplicationSpec
+    created_at: float
+    updated_at: float
