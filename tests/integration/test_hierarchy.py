@@ -454,3 +454,66 @@ async def test_lost_cluster_instances_replaced_and_surplus_stopped(
         await eventually(surplus_gone)
         final = await _all_running(http, app_id, 4)
         assert final and len({i["id"] for i in final}) == 4
+
+
+async def test_impossible_service_waits_with_a_reason(hierarchy: Hierarchy) -> None:
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("a")
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+        body = {
+            "name": "picky",
+            "services": [
+                {"name": "s", **SLEEPER, "constraints": {"labels": {"site": "mars"}}},
+                {"name": "t", **SLEEPER, "constraints": {"clusters": ["nowhere"]}},
+            ],
+        }
+        created = await http.post("/applications", json=body)
+        assert created.status_code == 201, created.text
+        app_id = created.json()["id"]
+
+        async def explained() -> list[dict[str, Any]]:
+            found = await _instances(http, app_id)
+            return found if len(found) == 2 and all(i["reason"] for i in found) else []
+
+        instances = {i["service"]: i for i in await eventually(explained)}
+        assert instances["s"]["state"] == "pending"
+        assert "site=mars" in instances["s"]["reason"]
+        assert "nowhere" in instances["t"]["reason"]
+
+
+async def test_applications_on_a_cluster_without_root(hierarchy: Hierarchy) -> None:
+    """`edgeplane up` without --clusters: the manager serves the API, applications
+    place instances on its workers, and /clusters describes the cluster itself."""
+    node = await hierarchy.add_cluster("solo", labels={"site": "lab"})
+    # a cluster control plane that serves its own API (root-less, like `edgeplane up`)
+    control = ControlPlane(
+        node.control.settings.model_copy(update={"root": "", "cluster_id": "solo2"}),
+        hierarchy.broker,
+    )
+    del node
+    await control.start()
+    try:
+        await hierarchy.add_cluster("unused", workers=0)
+        for n in range(2):
+            agent = build_worker(
+                control.settings,
+                broker_url=hierarchy.broker,
+                worker_id=f"solo2-w{n}",
+                data_dir=hierarchy.tmp / f"solo2-w{n}",
+            )
+            await agent.start()
+            hierarchy.clusters["unused"].workers.append(agent)
+        async with api(control) as http:
+            clusters = (await http.get("/clusters")).json()["items"]
+            assert [c["id"] for c in clusters] == ["solo2"]
+            created = await http.post("/applications", json=_app(replicas=2))
+            app_id = created.json()["id"]
+            running = await eventually(lambda: _all_running(http, app_id, 3))
+            assert {i["worker_id"] for i in running} <= {"solo2-w0", "solo2-w1"}
+            assert all(i["cluster_id"] == "solo2" for i in running)
+            one = (await http.get("/clusters/solo2")).json()
+            assert one["aggregate"]["workers"] == 2
+    finally:
+        await hierarchy.stop_cluster("unused")
+        await control.stop()

@@ -226,7 +226,7 @@ class Manager:
         self.enqueue(started)
 
     async def get(self, task_id: str) -> Task:
-        task = self._live(task_id)
+        task = self.live(task_id)
         if task is None:
             task = await self.store.get_task(task_id)
         if task is None:
@@ -322,7 +322,7 @@ class Manager:
         """The member a task was sent to: its cluster at the root, else its worker."""
         return task.cluster_id if self.root else task.worker_id
 
-    def _live(self, task_id: str) -> Task | None:
+    def live(self, task_id: str) -> Task | None:
         """The manager's newest version of a task (None: the store's is the newest)."""
         return (
             self._pending.get(task_id) or self._active.get(task_id) or self.journal.newest(task_id)
@@ -330,7 +330,7 @@ class Manager:
 
     def _fresher(self, stored: Task) -> Task:
         """``stored`` or a newer version the manager holds (a store read can lag a commit)."""
-        live = self._live(stored.id)
+        live = self.live(stored.id)
         return live if live is not None and live.updated_at >= stored.updated_at else stored
 
     def task_counts(self) -> dict[str, int]:

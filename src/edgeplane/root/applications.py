@@ -191,10 +191,25 @@ class Applications:
         app = self._apps.get(app_id)
         if app is None:
             raise NotFound(f"application {app_id} not found", field="id")
-        return app
+        return self._with_wait_reasons(app)
 
     def all(self) -> list[Application]:
-        return sorted(self._apps.values(), key=lambda a: (a.created_at, a.id))
+        ordered = sorted(self._apps.values(), key=lambda a: (a.created_at, a.id))
+        return [self._with_wait_reasons(app) for app in ordered]
+
+    def _with_wait_reasons(self, app: Application) -> Application:
+        """Why pending instances wait: the scheduler keeps wait reasons in memory only
+        (they change every pass), so they are read from the manager when shown."""
+        pending = [i for i in app.instances if i.state == "pending"]
+        if not pending:
+            return app
+        instances = []
+        for instance in app.instances:
+            task = self.manager.live(instance.task_id) if instance.state == "pending" else None
+            if task is not None and task.reason != instance.reason:
+                instance = instance.model_copy(update={"reason": task.reason})
+            instances.append(instance)
+        return app.model_copy(update={"instances": instances})
 
     # ------------------------------------------------------------------ instances follow tasks
     def _on_commit(self, tasks: list[Task]) -> None:
