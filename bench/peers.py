@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.spine import machine, ms, percentile, tree_cpu_s
+from bench.spine import cpu_s, machine, ms, percentile
 
 DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -118,15 +118,22 @@ class Run:
 # --- setup --------------------------------------------------------------------------------
 
 
-def ensure_peers() -> None:
-    """Install the peers into this interpreter if either is missing (benchmark-only)."""
-    if all(importlib.util.find_spec(name) for name in ("celery", "dramatiq", "redis")):
+def ensure_installed(modules: Sequence[str], packages: Sequence[str], why: str) -> None:
+    """``pip install packages`` into this interpreter if any of ``modules`` is missing.
+
+    What only the benchmarks need is installed by them, never by the package.
+    """
+    if all(importlib.util.find_spec(name) for name in modules):
         return
-    argv = [sys.executable, "-m", "pip", "install", "-q", *PEER_PACKAGES]
-    note = f"installing the peers for the benchmark only: {shlex.join(argv)}"
-    Console(stderr=True).print(note, style="yellow")
+    argv = [sys.executable, "-m", "pip", "install", "-q", *packages]
+    Console(stderr=True).print(f"installing {why}: {shlex.join(argv)}", style="yellow")
     subprocess.run(argv, check=True, timeout=PIP_TIMEOUT_S)
     importlib.invalidate_caches()
+
+
+def ensure_peers() -> None:
+    """Install the peers into this interpreter if either is missing (benchmark-only)."""
+    ensure_installed(("celery", "dramatiq", "redis"), PEER_PACKAGES, "the peers for the benchmark")
 
 
 def redis_client() -> Any:
@@ -244,43 +251,58 @@ def throughput(
     peer: Peer,
     n: int,
     submit: Callable[[int], Callable[[float], int]],
-    ps: psutil.Process,
+    procs: Sequence[psutil.Process],
     budget_s: float,
 ) -> bool:
     """``submit(n)`` sends ``n`` tasks and returns ``wait(deadline)`` → how many finished.
 
     The clock runs from the first submit to when ``wait`` saw the last one done, and the
-    CPU is the whole worker tree's over the same span (the client's is shown apart: on a
-    small machine it competes with the workers).
+    CPU is that of the ``procs`` trees over the same span (the client's is shown apart: on
+    a small machine it competes with the workers).
     """
     deadline = time.monotonic() + budget_s
-    cpu_before = tree_cpu_s(ps)
+    cpu_before = cpu_s(procs)
     client_cpu_before = time.process_time()
     began = time.perf_counter()
     wait = submit(n)
     submitted_s = time.perf_counter() - began
     done = wait(deadline)
     wall_s = time.perf_counter() - began
-    cpu_s = tree_cpu_s(ps) - cpu_before
+    used_s = cpu_s(procs) - cpu_before
     client_cpu_s = time.process_time() - client_cpu_before
     peer.figures["tasks done"] = done
     peer.figures["submit-only tasks/s"] = round(n / submitted_s, 1)
     peer.figures["wall s"] = round(wall_s, 3)
-    peer.figures["worker tree CPU s"] = round(cpu_s, 2)
+    peer.figures["CPU s"] = round(used_s, 2)
     peer.figures["bench client CPU s"] = round(client_cpu_s, 2)
     if done < n:
         peer.notes.append(f"throughput: {done}/{n} done within {budget_s:g}s")
         return False
     peer.figures["tasks/s"] = round(n / wall_s, 1)
-    if cpu_s > 0:
-        peer.figures["tasks per CPU-s"] = round(n / cpu_s, 1)
+    if used_s > 0:
+        peer.figures["tasks per CPU-s"] = round(n / used_s, 1)
     return True
 
 
 # --- the peers ----------------------------------------------------------------------------
 
 
-def run_celery(module_dir: Path, tasks: int, samples: int, budget_s: float) -> Peer:
+@dataclass
+class Session:
+    """A peer's worker, started and answering: what a benchmark drives.
+
+    ``submit(n)`` sends ``n`` tasks and returns ``wait(deadline)`` → how many finished;
+    ``round_trip()`` runs one task and waits for its result.
+    """
+
+    peer: Peer
+    child: Worker
+    round_trip: Callable[[], None]
+    submit: Callable[[int], Callable[[float], int]]
+
+
+@contextmanager
+def celery_session(module_dir: Path) -> Iterator[Session]:
     celery: Any = importlib.import_module("celery")
     celery_result: Any = importlib.import_module("celery.result")
     celery_exceptions: Any = importlib.import_module("celery.exceptions")
@@ -308,14 +330,16 @@ def run_celery(module_dir: Path, tasks: int, samples: int, budget_s: float) -> P
 
         return wait
 
-    with worker(argv, module_dir, "celery") as child:
-        wait_ready(round_trip, child)
-        measure(peer, child, round_trip, submit, tasks, samples, budget_s)
-    mod.app.close()
-    return peer
+    try:
+        with worker(argv, module_dir, "celery") as child:
+            wait_ready(round_trip, child)
+            yield Session(peer, child, round_trip, submit)
+    finally:
+        mod.app.close()
 
 
-def run_dramatiq(module_dir: Path, tasks: int, samples: int, budget_s: float) -> Peer:
+@contextmanager
+def dramatiq_session(module_dir: Path) -> Iterator[Session]:
     dramatiq: Any = importlib.import_module("dramatiq")
     peer = Peer("dramatiq", version=str(dramatiq.__version__))
     mod = load(module_dir, "peer_dramatiq", DRAMATIQ_MODULE)
@@ -346,33 +370,45 @@ def run_dramatiq(module_dir: Path, tasks: int, samples: int, budget_s: float) ->
 
         return wait
 
-    with worker(argv, module_dir, "dramatiq") as child:
-        wait_ready(round_trip, child)
-        measure(peer, child, round_trip, submit, tasks, samples, budget_s)
-    mod.broker.close()
-    client.close()
-    return peer
+    try:
+        with worker(argv, module_dir, "dramatiq") as child:
+            wait_ready(round_trip, child)
+            yield Session(peer, child, round_trip, submit)
+    finally:
+        mod.broker.close()
+        client.close()
 
 
-def measure(
-    peer: Peer,
-    child: Worker,
-    round_trip: Callable[[], None],
-    submit: Callable[[int], Callable[[float], int]],
+def run_peer(
+    session: Callable[[Path], AbstractContextManager[Session]],
+    module_dir: Path,
     tasks: int,
     samples: int,
     budget_s: float,
-) -> None:
-    """Warm-up, throughput, then latency on the same warm worker."""
-    ps = child.ps
-    warm = submit(THROUGHPUT_WARMUP)(time.monotonic() + budget_s)
+) -> Peer:
+    with session(module_dir) as started:
+        measure(started, tasks, samples, budget_s)
+    return started.peer
+
+
+def measure(session: Session, tasks: int, samples: int, budget_s: float) -> None:
+    """Warm-up, throughput, then latency on the same warm worker (CPU: the worker tree)."""
+    peer = session.peer
+    warm = session.submit(THROUGHPUT_WARMUP)(time.monotonic() + budget_s)
     if warm < THROUGHPUT_WARMUP:
         peer.notes.append(f"warm-up: {warm}/{THROUGHPUT_WARMUP} done within {budget_s:g}s")
         return
-    finished = throughput(peer, tasks, submit, ps, budget_s)
-    latency(peer, round_trip, samples, budget_s)
+    finished = throughput(peer, tasks, session.submit, [session.child.ps], budget_s)
+    latency(peer, session.round_trip, samples, budget_s)
     enough = peer.figures.get("latency samples") == samples
     peer.status = "finished" if finished and enough else "partial"
+
+
+#: Each peer by name, in the order the reports show them.
+SESSIONS: dict[str, Callable[[Path], AbstractContextManager[Session]]] = {
+    "celery": celery_session,
+    "dramatiq": dramatiq_session,
+}
 
 
 def guarded(name: str, step: Callable[[], Peer]) -> Peer:
@@ -395,7 +431,7 @@ ROWS = [
     "latency samples",
     "tasks done",
     "wall s",
-    "worker tree CPU s",
+    "CPU s",
     "bench client CPU s",
     "submit-only tasks/s",
 ]
@@ -444,9 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis.flushdb()
     try:
         with tempfile.TemporaryDirectory(prefix="edgeplane-peers-") as tmp:
-            for name, run_peer in (("celery", run_celery), ("dramatiq", run_dramatiq)):
+            for name, session in SESSIONS.items():
                 console.print(f"{name} …")
-                step = partial(run_peer, Path(tmp), args.tasks, args.latency, args.budget)
+                step = partial(run_peer, session, Path(tmp), args.tasks, args.latency, args.budget)
                 result.peers.append(guarded(name, step))
     finally:
         redis.flushdb()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,14 +146,25 @@ class Child:
 
 
 def tree_cpu_s(root: psutil.Process) -> float:
-    """User + system CPU seconds of ``root`` and every live descendant."""
+    """User + system CPU seconds of ``root`` and every live descendant, including the
+    children they already reaped (a host task's short-lived process counts too)."""
     total = 0.0
     with suppress(psutil.NoSuchProcess):  # ended meanwhile
         for proc in [root, *root.children(recursive=True)]:
             with suppress(psutil.NoSuchProcess):  # ended meanwhile
                 times = proc.cpu_times()
-                total += times.user + times.system
+                total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def cpu_s(procs: Iterable[psutil.Process]) -> float:
+    """CPU seconds of several process trees: a system is often more than one process."""
+    return sum(tree_cpu_s(proc) for proc in procs)
+
+
+def wasm_noop() -> dict[str, Any]:
+    """The no-op task every phase runs: a wasm function that does nothing."""
+    return {"name": "noop", "file": bytes(wasmtime.wat2wasm(NOOP_WAT))}
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -196,24 +207,32 @@ def ms(seconds: float) -> float:
 
 
 def measure_latency(
-    client: Client, wasm: bytes, n: int, warmup: int, budget_s: float, up: psutil.Process
+    client: Client,
+    spec: Mapping[str, Any],
+    n: int,
+    warmup: int,
+    budget_s: float,
+    procs: Sequence[psutil.Process],
 ) -> Phase:
-    """One task at a time: ``POST /tasks`` (started) then long-poll ``GET /tasks/{id}?wait=``."""
+    """One task at a time: ``POST /tasks`` (started) then long-poll ``GET /tasks/{id}?wait=``.
+
+    ``spec`` is the task (``Client.submit`` keywords); CPU is that of the ``procs`` trees.
+    """
     phase = Phase("latency")
     deadline = time.monotonic() + budget_s
     samples: list[float] = []
     failed = ran = 0
-    cpu_before = tree_cpu_s(up)
+    cpu_before = cpu_s(procs)
     for i in range(warmup + n):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             phase.note = f"budget of {budget_s:g}s spent"
             break
         if i == warmup:
-            cpu_before = tree_cpu_s(up)
+            cpu_before = cpu_s(procs)
         began = time.perf_counter()
         try:
-            task = client.submit(wasm, name="noop")
+            task = client.submit(**spec)
             done = client.wait(task.id, timeout=min(TASK_TIMEOUT_S, remaining))
         except EdgeplaneError as exc:
             phase.note = f"stopped at task {i + 1}: {exc}"
@@ -224,7 +243,7 @@ def measure_latency(
             failed += 1
         elif i >= warmup:
             samples.append(took)
-    cpu_s = tree_cpu_s(up) - cpu_before
+    used_s = cpu_s(procs) - cpu_before
     phase.figures["tasks measured"] = len(samples)
     phase.figures["warm-up tasks"] = min(ran, warmup)
     if failed:
@@ -235,7 +254,7 @@ def measure_latency(
             phase.figures[f"p{q} ms"] = ms(percentile(ordered, q))
         phase.figures["max ms"] = ms(ordered[-1])
         phase.figures["mean ms"] = ms(sum(ordered) / len(ordered))
-        phase.figures["`up` tree CPU ms per task"] = ms(cpu_s / len(samples))
+        phase.figures["CPU ms per task"] = ms(used_s / len(samples))
     phase.status = _status(len(samples), n)
     return phase
 
@@ -251,9 +270,14 @@ def _count(client: Client, state: str) -> int:
 
 
 def measure_throughput(
-    client: Client, wasm: bytes, n: int, budget_s: float, up: psutil.Process
+    client: Client,
+    spec: Mapping[str, Any],
+    n: int,
+    budget_s: float,
+    procs: Sequence[psutil.Process],
 ) -> Phase:
-    """``n`` tasks through ``POST /tasks/batch``, then count finished ones until all are.
+    """``n`` tasks (``spec``) through ``POST /tasks/batch``, then count finished ones until
+    all are; CPU is that of the ``procs`` trees.
 
     Counting (``GET /tasks?state=completed&limit=1``, read ``total``) costs a couple of
     requests per poll interval, against one long-poll per task: it is the cheaper wait.
@@ -262,9 +286,8 @@ def measure_throughput(
     deadline = time.monotonic() + budget_s
     base_completed = _count(client, "completed")
     base_failed = _count(client, "failed")
-    spec = {"name": "noop", "file": wasm}
     submitted: set[str] = set()
-    cpu_before = tree_cpu_s(up)
+    cpu_before = cpu_s(procs)
     bench_cpu_before = time.process_time()
     first_submit = time.time()
     for start in range(0, n, BATCH_LIMIT):
@@ -287,27 +310,30 @@ def measure_throughput(
     else:
         phase.note = phase.note or f"budget of {budget_s:g}s spent while waiting"
     seen_done = time.time()
-    cpu_s = tree_cpu_s(up) - cpu_before
+    used_s = cpu_s(procs) - cpu_before
     bench_cpu_s = time.process_time() - bench_cpu_before
     phase.figures["tasks completed"] = completed
     if failed:
         phase.figures["tasks failed"] = failed
     if completed + failed >= len(submitted) and completed:
-        last_finish = _last_finish(client, submitted, deadline) or seen_done
+        last_finish = _last_finish(client, submitted, deadline, base_completed) or seen_done
         phase.figures["wall s, first submit → last done"] = round(last_finish - first_submit, 3)
         phase.figures["tasks/s"] = round(completed / (last_finish - first_submit), 1)
-    phase.figures["`up` tree CPU s"] = round(cpu_s, 2)
-    if completed and cpu_s > 0:
-        phase.figures["tasks per CPU-second"] = round(completed / cpu_s, 1)
+    phase.figures["CPU s"] = round(used_s, 2)
+    if completed and used_s > 0:
+        phase.figures["tasks per CPU-second"] = round(completed / used_s, 1)
     phase.figures["bench client CPU s"] = round(bench_cpu_s, 2)
     phase.status = _status(completed, n) if len(submitted) == n else "partial"
     return phase
 
 
-def _last_finish(client: Client, ids: set[str], deadline: float) -> float | None:
-    """The latest ``finished_at`` among ``ids`` (read after the clock stopped)."""
+def _last_finish(client: Client, ids: set[str], deadline: float, offset: int) -> float | None:
+    """The latest ``finished_at`` among ``ids`` (read after the clock stopped).
+
+    Completed tasks are listed oldest first, and the ``offset`` completed before ``ids``
+    were created all come first: skipping them keeps a long-lived stack's read short.
+    """
     latest: float | None = None
-    offset = 0
     while time.monotonic() < deadline + 30:
         page = client.list_tasks(state="completed", limit=1000, offset=offset)
         for task in page.items:
@@ -349,7 +375,7 @@ def measure_worker(
     ]
     deadline = time.monotonic() + budget_s
     with process(argv, env, work_dir, "worker") as worker:
-        if not _poll(lambda: _online(client, worker_id), deadline, worker):
+        if not poll(lambda: online(client, worker_id), deadline, worker):
             phase.note = f"worker not online in {budget_s:g}s: {worker.stderr_tail(3)}"
             return phase
         time.sleep(SETTLE_S)
@@ -358,19 +384,20 @@ def measure_worker(
             phase.figures["worker USS MB"] = round(worker.ps.memory_full_info().uss / MB, 1)
         phase.status = "finished"
     # Wait until it is marked offline so it takes no tasks from the next phases.
-    if not _poll(lambda: not _online(client, worker_id), time.monotonic() + 15, None):
+    if not poll(lambda: not online(client, worker_id), time.monotonic() + 15, None):
         phase.note = "worker still listed online after it stopped"
     return phase
 
 
-def _online(client: Client, worker_id: str) -> bool:
+def online(client: Client, worker_id: str) -> bool:
     try:
         return client.worker(worker_id).state == "online"
     except NotFound:
         return False
 
 
-def _poll(check: Callable[[], bool], deadline: float, child: Child | None) -> bool:
+def poll(check: Callable[[], bool], deadline: float, child: Child | None) -> bool:
+    """Whether ``check`` came true before ``deadline`` (False at once if ``child`` died)."""
     while time.monotonic() < deadline:
         if check():
             return True
@@ -473,7 +500,7 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
         machine=machine(),
     )
     url = f"http://127.0.0.1:{port}"
-    wasm = bytes(wasmtime.wat2wasm(NOOP_WAT))
+    noop = wasm_noop()
     with process(up_argv, env, work_dir, "up") as up, Client(url, token, timeout=30) as client:
         broker = wait_ready(url, up, time.monotonic() + READY_TIMEOUT_S)
         console.print(f"up ready at {url}, broker {broker}")
@@ -483,12 +510,14 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
             (
                 "latency",
                 lambda: measure_latency(
-                    client, wasm, args.latency, args.warmup, args.latency_budget, up.ps
+                    client, noop, args.latency, args.warmup, args.latency_budget, [up.ps]
                 ),
             ),
             (
                 "throughput",
-                lambda: measure_throughput(client, wasm, args.tasks, args.throughput_budget, up.ps),
+                lambda: measure_throughput(
+                    client, noop, args.tasks, args.throughput_budget, [up.ps]
+                ),
             ),
             ("`up` idle (after load)", lambda: measure_up_idle(up, "`up` idle (after load)")),
         ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from edgeplane.errors import Invalid
 from edgeplane.model import Task, TaskSpec
-from edgeplane.runtimes.modules import ModuleCache, check_call
+from edgeplane.runtimes.modules import FuncSig, ModuleCache, check_call
 
 _modules: ModuleCache | None = None
 
@@ -33,19 +33,38 @@ class Admitted:
     artifact: bytes | None
 
 
-def _decode_file(spec: TaskSpec) -> bytes | None:
-    if spec.file is None:
-        return None
+@dataclass(frozen=True)
+class _Module:
+    data: bytes
+    digest: str
+    signatures: dict[str, FuncSig]
+
+
+def _module(file: str, seen: dict[str, _Module]) -> _Module:
+    """Decode, hash and inspect a module once per distinct ``file`` in a batch: a batch of
+    1,000 tasks usually carries one module 1,000 times."""
+    found = seen.get(file)
+    if found is not None:
+        return found
     try:
-        data = base64.b64decode(spec.file, validate=True)
+        data = base64.b64decode(file, validate=True)
     except (binascii.Error, ValueError):
         raise Invalid("file is not valid base64", field="file") from None
     if not data:
         raise Invalid("file is empty", field="file")
-    return data
+    digest = hashlib.sha256(data).hexdigest()
+    found = seen[file] = _Module(data, digest, _signatures().signatures(digest, data))
+    return found
 
 
-def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str | None) -> Admitted:
+def admit(
+    spec: TaskSpec,
+    *,
+    task_id: str,
+    now: float,
+    cluster_id: str | None,
+    modules: dict[str, _Module] | None = None,
+) -> Admitted:
     """Validate one spec and build its task document (not yet started).
 
     ``cluster_id`` is the manager's cluster; None at the root, where a ``cluster_id`` in the
@@ -64,13 +83,13 @@ def admit(spec: TaskSpec, *, task_id: str, now: float, cluster_id: str | None) -
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
     if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:
         raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
-    data = _decode_file(spec)
-    digest = hashlib.sha256(data).hexdigest() if data is not None else None
-    entrypoint = spec.export or spec.name
-    if spec.runtime == "wasm" and data is not None and digest is not None:
+    module = None if spec.file is None else _module(spec.file, {} if modules is None else modules)
+    data = None if module is None else module.data
+    digest = None if module is None else module.digest
+    if spec.runtime == "wasm" and module is not None:
         # Inputs taken from dependencies arrive at start; count them with a stand-in.
         inputs = [*spec.inputs, *([0] * len(spec.inputs_from))]
-        check_call(_signatures().signatures(digest, data), entrypoint, inputs, spec.mode)
+        check_call(module.signatures, spec.export or spec.name, inputs, spec.mode)
     task = Task.model_validate(
         {
             **spec.model_dump(exclude=_NOT_STORED),
@@ -97,9 +116,12 @@ def admit_many(
 ) -> list[Admitted]:
     """All or nothing: the first bad spec raises; in a batch its field reads ``tasks[i].…``."""
     admitted = []
+    modules: dict[str, _Module] = {}
     for index, (spec, task_id) in enumerate(zip(specs, ids, strict=True)):
         try:
-            admitted.append(admit(spec, task_id=task_id, now=now, cluster_id=cluster_id))
+            admitted.append(
+                admit(spec, task_id=task_id, now=now, cluster_id=cluster_id, modules=modules)
+            )
         except Invalid as exc:
             if not batch:
                 raise
