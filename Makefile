@@ -27,9 +27,10 @@ test: deps services lint
 test-unit:
 	$(PY) -m pytest -q tests/unit
 
-# Benchmarks (not tests): latency, throughput and footprint of `edgeplane up`.
+# Benchmarks (not tests): edgeplane, Celery and Dramatiq side by side in one run (installs
+# the peers and matplotlib for the benchmark only); `make bench BENCH_ARGS=--quick` to try it.
 bench: install
-	$(PY) -m bench.spine
+	$(PY) -m bench.suite $(BENCH_ARGS)
 
 up: install
 	edgeplane up

@@ -62,6 +62,8 @@ _CANDIDATES_PER_SLOT = 4
 _ARTIFACT_CACHE = 64
 #: Seconds a scheduling pass waits after being woken, to gather more changes.
 SCHEDULE_WINDOW_S = 0.001
+#: A pass placing this many tasks means more are coming: the next one waits the window.
+BUSY_PASS = 8
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Manager:
         self.journal = Journal(store)
         self._pending = PendingQueue()
         self._next_due: float | None = None
+        self._busy = False
         self._active: dict[str, Task] = {}
         self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
         #: called (synchronously) with every task whose end has been committed
@@ -550,9 +553,10 @@ class Manager:
             timeout = self._next_due_in()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout)
-            # Let the events arriving together free their slots before one pass places
-            # tasks on all of them (bigger task.start batches, fewer commits).
-            await asyncio.sleep(SCHEDULE_WINDOW_S)
+            # Under load, let the events arriving together free their slots before one
+            # pass places tasks on all of them (bigger task.start batches, fewer commits).
+            # When the last pass was small, waiting only adds latency: just yield once.
+            await asyncio.sleep(SCHEDULE_WINDOW_S if self._busy else 0)
             self._kick.clear()
             try:
                 await self._schedule_once()
@@ -579,6 +583,7 @@ class Manager:
             task = self._pending.get(task_id)
             if task is not None and task.reason != reason:
                 self._pending.put(lifecycle.wait_reason(task, reason, now))
+        self._busy = len(plan.assignments) >= BUSY_PASS
         if not plan.assignments:
             return
         by_worker: dict[str, list[Task]] = defaultdict(list)

@@ -143,6 +143,8 @@ class WorkerAgent:
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._outbox: list[TaskEvent] = []
         self._flush = asyncio.Event()
+        #: set when the last running task has ended
+        self._quiet = asyncio.Event()
         self._closing = False
         self._epoch, self._seq = "", 0
         self._loops: list[asyncio.Task[None]] = []
@@ -284,6 +286,8 @@ class WorkerAgent:
             )
         if self._runs.get(spec.task_id) is run:
             del self._runs[spec.task_id]
+        if not self._runs:
+            self._quiet.set()
         self.stats.finished += 1
         event = TaskEvent(
             task_id=spec.task_id,
@@ -352,9 +356,13 @@ class WorkerAgent:
     async def _flush_loop(self) -> None:
         while True:
             await self._flush.wait()
-            # A short window lets a quick task's "running" and final events, and those of
-            # tasks ending together, share one message: fewer messages, fewer commits.
-            await asyncio.sleep(EVENT_WINDOW_S)
+            # While tasks run, a short window lets a quick task's "running" and final
+            # events, and those of tasks ending together, share one message (fewer
+            # messages, fewer commits). Once nothing runs, nothing more is coming: send.
+            if self._runs:
+                self._quiet.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), EVENT_WINDOW_S)
             self._flush.clear()
             await self._publish_events()
 
