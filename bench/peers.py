@@ -446,6 +446,7 @@ def render(run: Run, console: Console) -> None:
         table.add_row(row, *(str(peer.figures.get(row, "-")) for peer in run.peers))
     table.add_row("status", *(peer.status for peer in run.peers))
     console.print(table)
+    console.print("CPU s: each peer's worker process tree, Redis not included")
     for peer in run.peers:
         console.print(f"{peer.name}: worker `{peer.worker_command}`")
         console.print(f"  throughput: {peer.throughput_method}")

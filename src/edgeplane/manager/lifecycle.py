@@ -145,6 +145,8 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
         "exit_code": event.exit_code,
         **where,
     }
+    if task.state == "scheduled" and event.started_at is not None:
+        logs["started_at"] = event.started_at  # its "running" event was folded into this one
     if event.state == "completed":
         return task.model_copy(
             update={

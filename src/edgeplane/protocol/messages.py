@@ -109,6 +109,8 @@ class TaskEvent(_Body):
     stdout: str = ""
     stderr: str = ""
     ts: float = 0.0
+    #: on a final event: when the attempt started (its "running" event may be left out)
+    started_at: float | None = None
     #: the worker inside a cluster, when a cluster reports to the root
     worker_id: str | None = None
 
