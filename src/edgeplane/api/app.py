@@ -9,7 +9,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeplane import __version__
-from edgeplane.api import applications, clusters, problems, runs, tasks, workers
+from edgeplane.api import applications, clusters, dashboard, problems, runs, tasks, workers
 from edgeplane.api.deps import caller
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.manager import Manager
@@ -77,6 +77,7 @@ def create_app(
         applications.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
+    app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
     registry.register(ManagerCollector(manager))
