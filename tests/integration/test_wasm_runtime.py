@@ -279,3 +279,40 @@ def test_inspect_rejects_imports_edgeplane_does_not_provide() -> None:
     with pytest.raises(Invalid, match=r"env\.f") as info:
         inspect_module(make_engine(), bytes(data))
     assert info.value.field == "file"
+
+
+COUNT_WAT = """
+(module
+  (func (export "count") (param $n i64) (result i64)
+    (local $i i64)
+    (block $done
+      (loop $next
+        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
+        (local.set $i (i64.add (local.get $i) (i64.const 1)))
+        (br $next)))
+    (local.get $i)))
+"""
+
+
+async def test_quick_calls_run_inline_and_long_ones_move_to_a_thread(
+    runtime: WasmRuntime,
+) -> None:
+    module = bytes(wasmtime.wat2wasm(COUNT_WAT))
+    runtime.modules.get(digest(module), module)  # compiled already: only calls remain
+    submitted: list[object] = []
+    submit = runtime._pool.submit
+
+    def counting(fn: Any, /, *args: Any) -> Any:
+        submitted.append(fn)
+        return submit(fn, *args)
+
+    runtime._pool.submit = counting  # type: ignore[method-assign,assignment]
+    quick = await run(runtime, call("count", [10], module=module, task_id="quick"))
+    assert quick.state == "completed" and quick.results == [10]
+    assert submitted == []
+    # Long enough to outlast the one-tick inline budget: trapped, then run again in a
+    # thread from scratch, with the same answer.
+    n = 300_000_000
+    long = await run(runtime, call("count", [n], module=module, task_id="long"))
+    assert long.state == "completed" and long.results == [n]
+    assert len(submitted) == 1
