@@ -29,6 +29,7 @@ async def run_root(settings: Settings) -> None:
         print(
             f"edgeplane root is up\n"
             f"  API:      {control.url}/api/v1\n"
+            f"  dashboard: {control.url}/dashboard\n"
             f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
             f"  clusters: edgeplane manager --cluster-id NAME --root {broker_url}\n",
             flush=True,

@@ -132,6 +132,7 @@ async def run_up(settings: Settings) -> None:
         print(
             f"edgeplane is up\n"
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
+            f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
             f"  broker:   {stack.broker_url}\n"
             + (clusters or f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n")
