@@ -25,16 +25,17 @@ class Envelope:
 
 
 def encode(type_: str, body: BaseModel | dict[str, Any], *, msg_id: str | None = None) -> bytes:
-    payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
-    return orjson.dumps(
-        {
-            "v": VERSION,
-            "type": type_,
-            "id": msg_id or uuid.uuid4().hex,
-            "ts": time.time(),
-            "body": payload,
-        }
+    """One message. Fields left at their defaults are not sent (receivers fill them in
+    from the same models): a task assignment shrinks from ~470 to ~190 bytes."""
+    head = orjson.dumps(
+        {"v": VERSION, "type": type_, "id": msg_id or uuid.uuid4().hex, "ts": time.time()}
     )
+    if isinstance(body, BaseModel):
+        # pydantic serialises straight to JSON bytes; no intermediate dict.
+        payload = body.__pydantic_serializer__.to_json(body, exclude_defaults=True)
+    else:
+        payload = orjson.dumps(body)
+    return head[:-1] + b',"body":' + payload + b"}"
 
 
 def decode(data: bytes | bytearray | str) -> Envelope:
