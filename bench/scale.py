@@ -12,7 +12,9 @@ per process through paho's external-loop hooks, so a fake costs a socket and a f
 Figures, per worker count:
 
 - **registration**: every fake connects (a bounded number of handshakes in flight per
-  process), time until the last ``welcome``, and the hello → welcome round trip;
+  process), time until the last ``welcome``, and the hello → welcome round trip. Fakes not
+  registered within ``--register-budget-s`` give up (a clean DISCONNECT: no will), and the
+  rest of the run measures the workers that did register;
 - **heartbeats**, after a settling period, over ``--duration-s``: the manager's CPU (psutil
   CPU time / wall time), RSS, and the **heartbeat processing lag**: how far behind the
   manager's view is. Each fake reports its beat number in ``usage.rss_mb`` (a fake has no
@@ -72,7 +74,7 @@ from rich.table import Table
 from bench.spine import Child, Phase, clean_env, machine, ms, percentile, process, rss_mb
 from edgeplane import Client
 from edgeplane.clock import new_id
-from edgeplane.errors import EdgeplaneError, Invalid, NotFound
+from edgeplane.errors import EdgeplaneError, Invalid
 from edgeplane.model import Worker
 from edgeplane.protocol import Alive, Hello, Reregister, Topics, Welcome, decode, encode
 from edgeplane.protocol import parse_body as parse_message
@@ -111,6 +113,7 @@ TARGET_RSS_MB = 500.0
 TARGET_DETECT_BEATS = 3
 MB = 2**20
 MANAGER_URL = re.compile(r"serving (http://\S+)")
+FALSE_OFFLINE = "beating workers marked offline in the window (log)"
 
 
 # --- the fakes (run in child processes) ---------------------------------------------------
@@ -134,6 +137,8 @@ class FakeState(Enum):
     DROPPED = "dropped"
     KILLED = "killed"
     FROZEN = "frozen"
+    #: not registered when the registration budget ran out; left cleanly (no will)
+    ABANDONED = "abandoned"
 
 
 class Fake:
@@ -370,6 +375,20 @@ class Fleet:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
 
+    def _halt(self) -> int:
+        """Stop registering: the fakes not yet welcomed leave with a clean DISCONNECT, so
+        the broker sends no will and the manager sees no loss."""
+        if self.registering is not None:
+            self.registering.cancel()
+        halted = 0
+        for fake in self.fakes.values():
+            if fake.state in (FakeState.IDLE, FakeState.CONNECTING):
+                was, fake.state = fake.state, FakeState.ABANDONED
+                if was is FakeState.CONNECTING and fake.client is not None:
+                    fake.client.disconnect()
+                halted += 1
+        return halted
+
     def _status(self) -> dict[str, Any]:
         counts = {state.value: 0 for state in FakeState}
         for fake in self.fakes.values():
@@ -403,14 +422,21 @@ class Fleet:
             reply = self._status()
         elif kind == "registration":
             reply = self._registration()
+        elif kind == "live":
+            reply = [f.id for f in self.fakes.values() if f.state is FakeState.LIVE]
         elif kind == "sent":
             reply = {f.id: f.sent for f in self.fakes.values()}
         elif kind == "kill":
             reply = self._kill(args[0], frozen=args[1])
+        elif kind == "halt":
+            reply = self._halt()
         else:  # "stop"
             for fake in self.fakes.values():
+                if fake.timer is not None:
+                    fake.timer.cancel()
                 if fake.state in (FakeState.LIVE, FakeState.FROZEN, FakeState.CONNECTING):
                     self._detach(fake, reset=True)
+                    fake.state = FakeState.KILLED
             self.done.set()
             reply = "stopped"
         self.conn.send(reply)
@@ -524,6 +550,8 @@ class Options:
     lag_sample: int
     per_process: int
     seed: int
+    #: None: 60 s + 20 ms per worker (50 registrations/s)
+    register_budget_s: float | None
 
 
 @dataclass
@@ -536,6 +564,9 @@ class Cluster:
     fleets: Fleets
     worker_ids: list[str]
     rng: random.Random
+    #: set by the heartbeat phase: workers the API shows online, the largest lag seen
+    online: list[str] = field(default_factory=list)
+    lag_s: float = 0.0
 
 
 def cpu_s(procs: Sequence[psutil.Process]) -> float:
@@ -578,9 +609,9 @@ def manager_argv(broker_url: str, data_dir: Path, heartbeat_s: float) -> list[st
     ]
 
 
-def offline_log(path: Path) -> dict[str, float]:
-    """When the manager first logged each worker offline (its own wall clock, 1 ms)."""
-    seen: dict[str, float] = {}
+def offline_log(path: Path) -> list[tuple[str, float]]:
+    """Every ``worker offline`` line of the manager: (worker id, its wall clock, 1 ms)."""
+    events = []
     for line in path.read_text(errors="replace").splitlines():
         if '"worker offline"' not in line:
             continue
@@ -588,8 +619,12 @@ def offline_log(path: Path) -> dict[str, float]:
             entry = json.loads(line)
             worker_id = entry.get("worker_id")
             if entry.get("msg") == "worker offline" and isinstance(worker_id, str):
-                seen.setdefault(worker_id, float(entry["ts"]))
-    return seen
+                events.append((worker_id, float(entry["ts"])))
+    return events
+
+
+def first_after(events: Sequence[tuple[str, float]], worker_id: str, since: float) -> float | None:
+    return min((ts for w, ts in events if w == worker_id and ts >= since), default=None)
 
 
 def spread(
@@ -631,6 +666,18 @@ def all_workers(client: Client) -> list[Worker]:
             return items
 
 
+def wait_stable(client: Client, deadline: float) -> None:
+    """Until the manager's worker count stops changing: hellos queued before a halt
+    would otherwise be handled during the heartbeat window."""
+    last = -1
+    while time.monotonic() < deadline:
+        total = client.workers(limit=1).total
+        if total == last:
+            return
+        last = total
+        time.sleep(2)
+
+
 def measure_registration(cluster: Cluster, budget_s: float, console: Console) -> Phase:
     phase = Phase("registration")
     n = len(cluster.worker_ids)
@@ -651,7 +698,9 @@ def measure_registration(cluster: Cluster, budget_s: float, console: Console) ->
             last_print = time.monotonic()
         time.sleep(0.25)
     else:
-        phase.note = f"budget of {budget_s:g}s spent"
+        abandoned = sum(cluster.fleets.ask("halt"))
+        phase.note = f"budget of {budget_s:g}s spent: {abandoned} fakes stopped registering"
+        wait_stable(cluster.client, time.monotonic() + READY_TIMEOUT_S)
     registration = cluster.fleets.ask("registration")
     rtts = [r for reply in registration for r in reply["rtts"]]
     last = max(reply["last_welcome"] for reply in registration)
@@ -682,9 +731,8 @@ def measure_heartbeats(cluster: Cluster, options: Options) -> Phase:
     manager = cluster.manager.ps
     broker = psutil.Process(cluster.broker.pid or 0)
     fakes = cluster.fleets.processes()
-    ids = cluster.worker_ids
     time.sleep(options.settle_s)
-    offline_before = len(offline_log(cluster.manager.stderr_path))
+    ids = [worker_id for reply in cluster.fleets.ask("live") for worker_id in reply]
     psutil.cpu_percent(None)  # starts the machine-wide counter
     t0 = time.time()
     cpu0 = [cpu_s([manager]), cpu_s([broker]), cpu_s(fakes)]
@@ -696,8 +744,7 @@ def measure_heartbeats(cluster: Cluster, options: Options) -> Phase:
         rss_max = max(rss_max, rss_mb(manager))
         if now >= next_sample:
             for worker_id in cluster.rng.sample(ids, min(options.lag_sample, len(ids))):
-                with suppress(NotFound):  # a fake that never registered
-                    samples.append(cluster.client.worker(worker_id))
+                samples.append(cluster.client.worker(worker_id))
             next_sample += options.heartbeat_s
         time.sleep(max(0.0, min(1.0, end - time.time())))
     wall = time.time() - t0
@@ -723,30 +770,41 @@ def measure_heartbeats(cluster: Cluster, options: Options) -> Phase:
     final = lags(everyone, sent)
     f["lag, every worker at the end: n"] = len(final)
     f.update({k.replace("lag", "lag (end)"): v for k, v in spread(final, ms, "lag ms").items()})
-    online = sum(1 for w in everyone if w.state == "online")
-    f["online at the end (API)"] = f"{online}/{len(ids)}"
     statuses = cluster.fleets.ask("status")
+    beating = {w for w, times in sent.items() if times}
+    online = [w.id for w in everyone if w.state == "online" and w.id in beating]
+    f["online at the end (API) / fakes beating"] = f"{len(online)}/{len(beating)}"
     f["connections dropped by the broker"] = sum(s["states"]["dropped"] for s in statuses)
     f["reregister requests / unexpected messages"] = (
         f"{sum(s['reregisters'] for s in statuses)} / {sum(s['unexpected'] for s in statuses)}"
     )
-    f["marked offline in window (manager log)"] = (
-        len(offline_log(cluster.manager.stderr_path)) - offline_before
+    # Nothing was lost yet: a beating worker marked offline so far was a false alarm.
+    false = [(w, ts) for w, ts in offline_log(cluster.manager.stderr_path) if w in beating]
+    f["beating workers marked offline before the window (log)"] = len(
+        {w for w, ts in false if ts < t0}
     )
+    f[FALSE_OFFLINE] = len({w for w, ts in false if ts >= t0})
     f["mosquitto CPU % of one core"] = round(100 * (cpu1[1] - cpu0[1]) / wall, 1)
     f["mosquitto RSS MB"] = rss_mb(broker)
     f["fakes CPU % of one core (all)"] = round(100 * (cpu1[2] - cpu0[2]) / wall, 1)
     f["fakes RSS MB (all)"] = round(sum(rss_mb(p) for p in fakes), 1)
     f["machine CPU busy % (all cores)"] = busy
     f["API reads/s by the lag sampler"] = round(len(samples) / wall, 1)
+    cluster.online = online
+    cluster.lag_s = max(final, default=0.0)
     phase.status = "finished" if sampled and final else "partial"
     return phase
 
 
 def measure_loss(cluster: Cluster, options: Options) -> list[Phase]:
-    """Kill some fakes with a TCP reset (last will) and freeze others (missed beats)."""
+    """Kill some fakes with a TCP reset (last will) and freeze others (missed beats).
+
+    Only workers the API showed online are chosen, and a detection counts only after the
+    kill: an overloaded manager may have marked a worker offline before (a false alarm).
+    """
     hb = options.heartbeat_s
-    chosen = cluster.rng.sample(cluster.worker_ids, min(2 * options.lost, len(cluster.worker_ids)))
+    pool = cluster.online or cluster.worker_ids
+    chosen = cluster.rng.sample(pool, min(2 * options.lost, len(pool)))
     modes = {"last will": chosen[: len(chosen) // 2], "frozen": chosen[len(chosen) // 2 :]}
     killed: dict[str, dict[str, tuple[float, float | None]]] = {}
     for mode, ids in modes.items():
@@ -757,20 +815,23 @@ def measure_loss(cluster: Cluster, options: Options) -> list[Phase]:
                 killed[mode].update(cluster.fleets.ask_one(member, "kill", mine, mode == "frozen"))
     waiting = {i for kills in killed.values() for i in kills}
     api_at: dict[str, float] = {}
-    deadline = time.monotonic() + hb * (MISSED_BEATS + 3)
+    # Detection takes the missed beats plus however far behind the manager already is.
+    budget_s = hb * (MISSED_BEATS + 3) + min(cluster.lag_s, 120.0)
+    deadline = time.monotonic() + budget_s
     while waiting and time.monotonic() < deadline:
         for worker_id in sorted(waiting):
             if cluster.client.worker(worker_id).state == "offline":
                 api_at[worker_id] = time.time()
                 waiting.discard(worker_id)
         time.sleep(API_POLL_S)
-    logged = offline_log(cluster.manager.stderr_path)
+    events = offline_log(cluster.manager.stderr_path)
     phases = []
     for mode, kills in killed.items():
         phase = Phase(f"lost worker ({mode})")
         f = phase.figures
         f["workers lost"] = len(kills)
-        from_kill = [logged[i] - at for i, (at, _) in kills.items() if i in logged]
+        logged = {i: first_after(events, i, at) for i, (at, _) in kills.items()}
+        from_kill = [ts - kills[i][0] for i, ts in logged.items() if ts is not None]
         from_kill_api = [api_at[i] - at for i, (at, _) in kills.items() if i in api_at]
         if mode == "last will":
             f.update(spread(from_kill, ms, "kill → offline (log) ms", (50,)))
@@ -778,7 +839,9 @@ def measure_loss(cluster: Cluster, options: Options) -> list[Phase]:
                 f["max kill → offline (API) ms"] = ms(max(from_kill_api))
         else:
             from_alive = [
-                logged[i] - last for i, (_, last) in kills.items() if i in logged and last
+                ts - last
+                for i, ts in logged.items()
+                if ts is not None and (last := kills[i][1]) is not None
             ]
             f.update(spread(from_kill, seconds, "kill → offline (log) s", (50,)))
             f.update(spread(from_alive, seconds, "last alive → offline (log) s", (50,)))
@@ -792,9 +855,7 @@ def measure_loss(cluster: Cluster, options: Options) -> list[Phase]:
             "finished" if found == len(kills) else ("partial" if found else "not finished")
         )
         if found < len(kills):
-            phase.note = (
-                f"{len(kills) - found} still shown online after {hb * (MISSED_BEATS + 3):g}s"
-            )
+            phase.note = f"{len(kills) - found} still shown online after {budget_s:.0f}s"
         phases.append(phase)
     return phases
 
@@ -822,6 +883,9 @@ def judge_targets(phases: Sequence[Phase], heartbeat_s: float) -> Phase:
         phase.figures[
             f"frozen worker offline ≤ {TARGET_DETECT_BEATS} heartbeats after the kill"
         ] = f"{beats} {verdict(beats <= TARGET_DETECT_BEATS)}"
+    false = figures.get(FALSE_OFFLINE)
+    if isinstance(false, int):
+        phase.figures["no false offline in the window"] = f"{false} {verdict(false == 0)}"
     will = figures.get("max kill → offline (API) ms")
     if isinstance(will, float):
         phase.figures["killed worker offline within one heartbeat (last will)"] = (
@@ -856,7 +920,7 @@ def run_count(n: int, options: Options, work_dir: Path, console: Console) -> Cou
         client = stack.enter_context(Client(url, token, timeout=30))
         cluster = Cluster(broker, manager, client, fleets, worker_ids, random.Random(options.seed))
         console.print(f"{n} workers: manager at {url}, broker {broker.url}, registering …")
-        budget = 60 + n / 50
+        budget = options.register_budget_s or 60 + n / 50
         report.phases += guarded(
             "registration", lambda: [measure_registration(cluster, budget, console)]
         )
@@ -925,6 +989,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-process", type=int, default=FAKES_PER_PROCESS, metavar="N")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--register-budget-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="default 60 + workers/50; fakes not registered by then stop trying",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_WORKERS[0]} workers, {QUICK_DURATION_S:g}s"
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="FILE")
@@ -956,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lag_sample=args.lag_sample,
         per_process=args.per_process,
         seed=args.seed,
+        register_budget_s=args.register_budget_s,
     )
     console = Console() if sys.stdout.isatty() else Console(width=132)
     nofile = raise_open_files_limit()

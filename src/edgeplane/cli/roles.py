@@ -76,9 +76,15 @@ def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
-    import asyncio  # not at the top: it costs ``--help`` a tenth of a second
+    """Run a role on uvloop when it is installed (measured: see docs/benchmarks.md)."""
+    try:
+        import uvloop  # not at the top: it costs ``--help`` time
+    except ImportError:
+        import asyncio
 
-    asyncio.run(main)
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def up(
