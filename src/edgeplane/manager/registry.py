@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from edgeplane.model import Aggregate, ClusterInfo, Worker
 from edgeplane.scheduling import ClusterView, WorkerView
@@ -34,6 +36,8 @@ class WorkerEntry:
     #: at the root, where members are clusters: their metadata and last aggregate
     info: ClusterInfo | None = None
     aggregate: Aggregate | None = None
+    _labels: Mapping[str, str] = field(default_factory=dict, repr=False)
+    _labels_of: object = field(default=None, repr=False)
 
     @property
     def online(self) -> bool:
@@ -41,12 +45,14 @@ class WorkerEntry:
 
     def view(self, order: int) -> WorkerView:
         caps = self.worker.capabilities
+        if self._labels_of is not caps:  # frozen once per capabilities document
+            self._labels, self._labels_of = MappingProxyType(dict(caps.labels)), caps
         used_cpu = sum(r.cpu for r in self.tasks.values())
         used_memory = sum(r.memory_mb for r in self.tasks.values())
         return WorkerView(
             id=self.worker.id,
             runtimes=frozenset(caps.runtimes),
-            labels=dict(caps.labels),
+            labels=self._labels,
             tee=frozenset(caps.tee),
             free_slots=max(0, caps.slots - len(self.tasks)),
             free_cpu=max(0.0, caps.cpus - used_cpu),

@@ -50,7 +50,7 @@ from edgeplane.protocol import (
     encode,
     parse_body,
 )
-from edgeplane.scheduling import Plan, TaskDemand, make_plan
+from edgeplane.scheduling import Plan, TaskDemand, WorkerView, make_plan
 from edgeplane.scheduling.placement import place_on_clusters
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink
@@ -571,12 +571,18 @@ class Manager:
 
     async def _schedule_once(self) -> None:
         now = self.clock.now()
-        candidates = self._pending.candidates(now, self._window())
+        if not self._pending:
+            # Nothing waits: do not build the member views (10,000 workers saying hello
+            # would otherwise cost a pass over all of them each).
+            self._next_due = None
+            return
+        views = [] if self.root else self.registry.schedulable()
+        candidates = self._pending.candidates(now, self._window(views))
         self._next_due = candidates.next_due
         due = candidates.due
         if not due:
             return
-        plan = self._plan([self._pending.demand(t) for t in due])
+        plan = self._plan([self._pending.demand(t) for t in due], views)
         self._cursor = plan.cursor
         for task_id, reason in plan.waiting.items():
             # Wait reasons are recomputed every pass; they live in memory only.
@@ -615,18 +621,18 @@ class Manager:
 
         self.journal.write([t for tasks in by_worker.values() for t in tasks], then=dispatch)
 
-    def _window(self) -> int:
+    def _window(self, views: list[WorkerView]) -> int:
         """How many pending tasks one pass looks at."""
         if self.root:  # clusters queue what they accept: offer them a large batch
             return 1000
-        free = sum(v.free_slots for v in self.registry.schedulable())
+        free = sum(v.free_slots for v in views)
         return max(16, free * _CANDIDATES_PER_SLOT)
 
-    def _plan(self, demands: list[TaskDemand]) -> Plan:
+    def _plan(self, demands: list[TaskDemand], views: list[WorkerView]) -> Plan:
         if not self.root:
             return make_plan(
                 self.settings.scheduler,
-                self.registry.schedulable(),
+                views,
                 demands,
                 cursor=self._cursor,
                 pack=self.settings.pack,

@@ -226,7 +226,10 @@ class Uplink:
             alive = Alive(
                 session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq
             )
-            await self._publish(self.topics.alive(self.cluster_id), "alive", alive)
+            # QoS 0 as a worker's: a lost heartbeat costs nothing (3 must be missed).
+            await self.link.publish(
+                self.topics.alive(self.cluster_id), encode("alive", alive), qos=0
+            )
             mono = self.clock.monotonic()
             for key, (event, sent) in list(self._unacked.items()):
                 if mono - sent >= self.heartbeat_s:

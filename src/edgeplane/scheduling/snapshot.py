@@ -12,7 +12,12 @@ TEE_RULES: tuple[str, ...] = ("any", "required", "none")
 
 
 def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
-    """A read-only copy, so a caller mutating its dict cannot change a snapshot."""
+    """A read-only copy, so a caller mutating its dict cannot change a snapshot.
+
+    A read-only mapping is taken as it is: callers that build many views (the registry,
+    once per pass per worker) freeze each label set once and pass the same proxy."""
+    if isinstance(labels, MappingProxyType):
+        return labels
     return MappingProxyType(dict(labels))
 
 

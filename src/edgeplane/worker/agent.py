@@ -397,7 +397,9 @@ class WorkerAgent:
                 epoch=self._epoch,
                 seq=self._seq,
             )
-            await self._publish(self.topics.alive(self.id), "alive", alive)
+            # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
+            # workers the manager would otherwise send 2,000 PUBACKs a second.
+            await self.link.publish(self.topics.alive(self.id), encode("alive", alive), qos=0)
             self._resend_unacked(older_than=self.heartbeat_s)
             await asyncio.sleep(self.heartbeat_s)
 
