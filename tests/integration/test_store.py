@@ -395,9 +395,8 @@ async def test_applications_crud(store: Store) -> None:
 
 async def test_workers_crud(store: Store) -> None:
     w2 = Worker.model_validate({"id": "w2", "capabilities": {"cpus": 4, "labels": {"a": "b"}}})
-    await store.save_worker(w2)
-    await store.save_worker(Worker(id="w1"))
-    await store.save_worker(Worker(id="w3", state="draining"))
+    await store.save_workers([w2, Worker(id="w1")])
+    await store.save_workers([Worker(id="w3", state="draining")])
 
     got = await store.get_worker("w2")
     assert got == w2
@@ -406,7 +405,7 @@ async def test_workers_crud(store: Store) -> None:
     assert await store.get_worker("w2") == w2
     assert await store.get_worker("nope") is None
 
-    await store.save_worker(w2.model_copy(update={"state": "offline", "last_seen": 9.5}))
+    await store.save_workers([w2.model_copy(update={"state": "offline", "last_seen": 9.5})])
     workers, total = await store.list_workers()
     assert ([w.id for w in workers], total) == (["w1", "w2", "w3"], 3)
     assert workers[1].state == "offline"
@@ -453,7 +452,7 @@ async def test_artifacts_put_is_idempotent(store: Store) -> None:
 async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None:
     first = await make_store(backend)
     await first.add_tasks([task("a", 1.0, state="running")])
-    await first.save_worker(Worker(id="w"))
+    await first.save_workers([Worker(id="w")])
     await first.save_token(TokenRecord("t", "u", "admin", "h", 1.0))
     await first.put_artifact("d", b"\x00\x01")
     await first.add_workflow(workflow("j", 1.0, kind="job"), [])

@@ -64,6 +64,8 @@ _ARTIFACT_CACHE = 64
 SCHEDULE_WINDOW_S = 0.001
 #: A pass placing this many tasks means more are coming: the next one waits the window.
 BUSY_PASS = 8
+#: Seconds member documents wait to be stored together.
+PERSIST_WINDOW_S = 0.2
 
 
 @dataclass
@@ -108,6 +110,9 @@ class Manager:
         self._artifacts: dict[str, bytes] = {}
         self._cursor = 0
         self._kick = asyncio.Event()
+        #: member documents waiting to be stored (see :meth:`_persist`)
+        self._unsaved: dict[str, Worker] = {}
+        self._save_wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         #: this manager process's id; task.start sequence numbers count within it
         self._epoch = clocks.new_id()
@@ -132,11 +137,13 @@ class Manager:
             asyncio.create_task(self._schedule_loop(), name="manager-schedule"),
             asyncio.create_task(self._liveness_loop(), name="manager-liveness"),
             asyncio.create_task(self.journal.run(), name="manager-journal"),
+            asyncio.create_task(self._persist_loop(), name="manager-workers"),
         ]
         self._kick.set()
 
     async def stop(self) -> None:
         await self.journal.commit()
+        await self._flush_workers()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -360,7 +367,7 @@ class Manager:
         entry.draining = True
         if entry.online:
             entry.worker = entry.worker.model_copy(update={"state": "draining"})
-        await self.store.save_worker(entry.worker)
+        await self.store.save_workers([entry.worker])
         return self._worker_doc(entry)
 
     async def delete_worker(self, worker_id: str) -> None:
@@ -454,7 +461,7 @@ class Manager:
                 "last_seen": now,
             }
         )
-        await self.store.save_worker(entry.worker)
+        self._persist(entry.worker)
         await self._send(
             worker_id,
             "welcome",
@@ -615,7 +622,10 @@ class Manager:
                 batches.append((entry, entry.sent_seq, tasks))
 
         async def dispatch() -> None:
-            # A task is recorded as scheduled before any worker may start it.
+            # A task is recorded as scheduled before any worker may start it, and so is
+            # that worker: a restarted manager must know where its tasks went.
+            if any(entry.worker.id in self._unsaved for entry, _, _ in batches):
+                await self._flush_workers()
             for entry, seq, tasks in batches:
                 await self._dispatch(entry, seq, tasks)
 
@@ -732,7 +742,7 @@ class Manager:
         )
         entry.worker = entry.worker.model_copy(update={"state": "offline"})
         entry.artifacts.clear()
-        await self.store.save_worker(entry.worker)
+        self._persist(entry.worker)
         await self._lose_tasks(entry, reason)
 
     async def _lose_tasks(
@@ -757,6 +767,30 @@ class Manager:
             self.journal.write(changed, then=lambda: self._resolve(changed))
 
     # ------------------------------------------------------------------ helpers
+    def _persist(self, worker: Worker) -> None:
+        """Store a member document soon, in a batch: a registration storm of thousands of
+        workers must not wait for one transaction each inside the message handler."""
+        self._unsaved[worker.id] = worker
+        self._save_wake.set()
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await self._save_wake.wait()
+            await asyncio.sleep(PERSIST_WINDOW_S)
+            self._save_wake.clear()
+            await self._flush_workers()
+
+    async def _flush_workers(self) -> None:
+        batch, self._unsaved = list(self._unsaved.values()), {}
+        try:
+            await self.store.save_workers(batch)
+        except Exception:
+            log.exception("saving workers failed; retrying", extra={"count": len(batch)})
+            for worker in batch:
+                self._unsaved.setdefault(worker.id, worker)
+            self._save_wake.set()
+            await asyncio.sleep(0.5)
+
     def _resolve(self, tasks: Iterable[Task]) -> None:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""
         for task in tasks:

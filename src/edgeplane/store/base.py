@@ -128,7 +128,8 @@ class Store(ABC):
 
     # workers
     @abstractmethod
-    async def save_worker(self, worker: Worker) -> None: ...
+    async def save_workers(self, workers: Sequence[Worker]) -> None:
+        """Insert or replace workers by id, in one transaction."""
 
     @abstractmethod
     async def get_worker(self, worker_id: str) -> Worker | None: ...

@@ -258,8 +258,9 @@ class MemoryStore(Store):
 
     # workers
 
-    async def save_worker(self, worker: Worker) -> None:
-        self._workers[worker.id] = worker.model_dump_json()
+    async def save_workers(self, workers: Sequence[Worker]) -> None:
+        for worker in workers:
+            self._workers[worker.id] = worker.model_dump_json()
 
     async def get_worker(self, worker_id: str) -> Worker | None:
         doc = self._workers.get(worker_id)

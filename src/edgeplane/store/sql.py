@@ -512,10 +512,12 @@ class SqlStore(Store):
 
     # workers
 
-    async def save_worker(self, worker: Worker) -> None:
+    async def save_workers(self, workers: Sequence[Worker]) -> None:
+        if not workers:
+            return
         async with self._writing() as conn:
             await conn.execute(
-                self._upsert_worker, {"id": worker.id, "doc": worker.model_dump_json()}
+                self._upsert_worker, [{"id": w.id, "doc": w.model_dump_json()} for w in workers]
             )
 
     async def get_worker(self, worker_id: str) -> Worker | None:
