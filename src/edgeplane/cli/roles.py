@@ -75,16 +75,21 @@ def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
         raise Invalid(f"{where}: {first['msg']}", field=where) from None
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a role on uvloop when it is installed (measured: see docs/benchmarks.md)."""
-    try:
-        import uvloop  # not at the top: it costs ``--help`` time
-    except ImportError:
-        import asyncio
+def _run(main: Coroutine[Any, Any, None], *, uvloop_if_installed: bool = True) -> None:
+    """Run a role; control planes on uvloop when it is installed (about 1 ms less latency,
+    docs/benchmarks.md). A worker stays on asyncio: uvloop costs it ~3 MB of RSS on
+    machines where memory is what is short."""
+    import asyncio  # not at the top: it costs ``--help`` a tenth of a second
 
-        asyncio.run(main)
-        return
-    uvloop.run(main)
+    if uvloop_if_installed:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def up(
@@ -283,4 +288,4 @@ def worker(
         )
     from edgeplane.roles.worker import run_worker
 
-    _run(run_worker(settings, worker_id=worker_id, labels=labels))
+    _run(run_worker(settings, worker_id=worker_id, labels=labels), uvloop_if_installed=False)
