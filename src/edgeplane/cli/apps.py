@@ -75,42 +75,18 @@ def load_descriptor(path: Path) -> dict[str, Any]:
     Services name their modules relative to the file, as workflow specs do; problems are
     :class:`Invalid` naming where they are (``services[1].replicas``).
     """
-    from edgeplane.cli.specfile import _kind_of, _read_text, parse
+    from edgeplane.cli.specfile import _kind_of, _read_text, parse, with_module
 
     doc = parse(path, _read_text(path))
     if not isinstance(doc, dict):
         raise Invalid(f"{path}: expected a mapping with `name` and `services`, got {_kind_of(doc)}")
     services = doc.get("services")
     if isinstance(services, list):
-        doc["services"] = [_with_module(s, i, path.parent) for i, s in enumerate(services)]
+        doc["services"] = [
+            with_module(s, i, path.parent, key="services") for i, s in enumerate(services)
+        ]
     _check(path, doc)
     return doc
-
-
-def _with_module(service: Any, index: int, base: Path) -> Any:
-    """The service with ``file`` as base64 when it names a module file."""
-    import base64
-
-    from edgeplane.cli.specfile import _is_base64, _module_path
-
-    if not isinstance(service, dict) or service.get("file") is None:
-        return service
-    where = f"services[{index}].file"
-    file = service["file"]
-    if not isinstance(file, str):
-        raise Invalid(f"{where}: expected a path to a .wasm file or base64", field=where)
-    module = _module_path(base, file)
-    if module is None:
-        if _is_base64(file):
-            return service
-        raise Invalid(f"{where}: no such file: {base / file}", field=where)
-    try:
-        data = module.read_bytes()
-    except OSError as exc:
-        raise Invalid(
-            f"{where}: cannot read {module}: {exc.strerror or exc}", field=where
-        ) from None
-    return {**service, "file": base64.b64encode(data).decode("ascii")}
 
 
 def _check(path: Path, doc: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ def load_spec(path: Path, kind: SpecKind) -> dict[str, Any]:
         raise Invalid(f"{path}: expected a mapping with `tasks`, got {_kind_of(doc)}")
     tasks = doc.get("tasks")
     if isinstance(tasks, list):
-        doc["tasks"] = [_with_module(t, i, path.parent) for i, t in enumerate(tasks)]
+        doc["tasks"] = [with_module(t, i, path.parent) for i, t in enumerate(tasks)]
     check(doc, kind)
     return doc
 
@@ -73,11 +73,12 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise Invalid(f"{path}: bad YAML: {exc}") from None
 
 
-def _with_module(task: Any, index: int, base: Path) -> Any:
-    """The task with ``file`` as base64 when it names a module file."""
+def with_module(task: Any, index: int, base: Path, *, key: str = "tasks") -> Any:
+    """The task (or service) with ``file`` as base64 when it names a module file;
+    errors name ``{key}[index].file``."""
     if not isinstance(task, dict) or task.get("file") is None:
         return task
-    where = f"tasks[{index}].file"
+    where = f"{key}[{index}].file"
     file = task["file"]
     if not isinstance(file, str):
         raise Invalid(f"{where}: expected a path to a .wasm file or base64", field=where)
