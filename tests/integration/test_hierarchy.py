@@ -517,3 +517,19 @@ async def test_applications_on_a_cluster_without_root(hierarchy: Hierarchy) -> N
     finally:
         await hierarchy.stop_cluster("unused")
         await control.stop()
+
+
+async def test_services_that_could_never_start_are_refused(hierarchy: Hierarchy) -> None:
+    root = await hierarchy.start_root()
+    async with api(root) as http:
+        body = {
+            "name": "x",
+            "services": [
+                {"name": "ok", **SLEEPER},
+                {"name": "box", "runtime": "container", "image": "busybox"},
+            ],
+        }
+        refused = await http.post("/applications", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "services[1].runtime"
+        assert (await http.get("/applications")).json()["total"] == 0
