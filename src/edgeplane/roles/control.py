@@ -20,6 +20,17 @@ from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
+from edgeplane.transport import EmbeddedBroker
+
+
+async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
+    """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``."""
+    if settings.broker:
+        return settings.broker
+    broker = EmbeddedBroker(settings.data_dir / "broker")
+    url = await broker.start()
+    stack.push_async_callback(broker.stop)
+    return url
 
 
 class _Server(uvicorn.Server):

@@ -7,20 +7,15 @@ import contextlib
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane
+from edgeplane.roles.control import ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.transport import EmbeddedBroker
 
 
 async def run_manager(settings: Settings) -> None:
     setup_logs(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        broker_url = settings.broker
-        if not broker_url:
-            broker = EmbeddedBroker(settings.data_dir / "broker")
-            broker_url = await broker.start()
-            stack.push_async_callback(broker.stop)
+        broker_url = await start_broker(stack, settings)
         control = ControlPlane(settings, broker_url)
         await control.start()
         stack.push_async_callback(control.stop)

@@ -7,21 +7,16 @@ import contextlib
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane
+from edgeplane.roles.control import ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.up import ENDPOINT_FILE
-from edgeplane.transport import EmbeddedBroker
 
 
 async def run_root(settings: Settings) -> None:
     setup_logs(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        broker_url = settings.broker
-        if not broker_url:
-            broker = EmbeddedBroker(settings.data_dir / "broker")
-            broker_url = await broker.start()
-            stack.push_async_callback(broker.stop)
+        broker_url = await start_broker(stack, settings)
         control = ControlPlane(settings, broker_url, root=True)
         await control.start()
         stack.push_async_callback(control.stop)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane
+from edgeplane.roles.control import ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
-from edgeplane.transport import EmbeddedBroker
 from edgeplane.worker import WorkerAgent
 
 ENDPOINT_FILE = "endpoint"
@@ -38,15 +36,6 @@ class Stack:
     broker_url: str
     workers: list[WorkerAgent] = field(default_factory=list)
     clusters: list[ClusterStack] = field(default_factory=list)
-
-
-async def _broker(stack: contextlib.AsyncExitStack, settings: Settings, directory: Path) -> str:
-    if settings.broker:
-        return settings.broker
-    broker = EmbeddedBroker(directory)
-    url = await broker.start()
-    stack.push_async_callback(broker.stop)
-    return url
 
 
 async def _workers(
@@ -71,7 +60,7 @@ async def _cluster(
     stack: contextlib.AsyncExitStack, settings: Settings, *, serve_api: bool
 ) -> ClusterStack:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker_url = await _broker(stack, settings, settings.data_dir / "broker")
+    broker_url = await start_broker(stack, settings)
     control = ControlPlane(settings, broker_url, serve_api=serve_api)
     await control.start()
     stack.push_async_callback(control.stop)
@@ -104,7 +93,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
             one = await _cluster(stack, settings, serve_api=True)
             result = Stack(control=one.control, broker_url=one.broker_url, workers=one.workers)
         else:
-            root_url = await _broker(stack, settings, settings.data_dir / "broker")
+            root_url = await start_broker(stack, settings)
             root = ControlPlane(settings, root_url, root=True)
             await root.start()
             stack.push_async_callback(root.stop)
