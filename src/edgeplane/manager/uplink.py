@@ -52,6 +52,13 @@ from edgeplane.protocol import (
     parse_body,
 )
 from edgeplane.scheduling.aggregate import aggregate, significant_change
+from edgeplane.scheduling.eligibility import (
+    Requirement,
+    candidates,
+    matches,
+    mismatch_reason,
+    pinned_reason,
+)
 from edgeplane.transport import MqttLink, Will
 
 log = logging.getLogger(__name__)
@@ -305,33 +312,26 @@ class Uplink:
         self._emit(event)
 
     def _cannot_run(self, spec: Assignment) -> str | None:
-        """Why no worker of this cluster could ever run ``spec`` (None: one could)."""
+        """Why no worker of this cluster could ever run ``spec`` (None: one could): the
+        cluster scheduler's own eligibility rules, plus whether a worker is big enough."""
         wanted = spec.constraints or Constraints()
-        online = [e.worker for e in self.manager.registry.entries() if e.online and not e.draining]
-        if not online:
-            return "no worker online"
-        able = [w for w in online if spec.runtime in w.capabilities.runtimes]
-        if not able:
-            return f"no worker offers runtime '{spec.runtime}'"
-        able = [
-            w
-            for w in able
-            if all(w.capabilities.labels.get(k) == v for k, v in wanted.labels.items())
-        ]
-        if not able:
-            labels = ", ".join(f"{k}={v}" for k, v in sorted(wanted.labels.items()))
-            return f"no worker has labels {labels}"
-        if wanted.tee == "required":
-            able = [w for w in able if w.capabilities.tee]
-        elif wanted.tee == "none":
-            able = [w for w in able if not w.capabilities.tee]
-        if not able:
-            return f"no worker matches tee={wanted.tee}"
+        ring = self.manager.registry.schedulable()
+        req = Requirement(
+            spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
+        )
+        if req.worker_id is None:
+            able = [ring[pos] for pos in candidates(ring, req)]
+            if not able:
+                return mismatch_reason(ring, req)
+        else:
+            pinned = next((w for w in ring if w.id == req.worker_id), None)
+            if pinned is None or not matches(pinned, req):
+                return pinned_reason(pinned, req)
+            able = [pinned]
         cpu, memory = wanted.cpu or 0.0, wanted.memory_mb or 0
-        if not any(w.capabilities.cpus >= cpu and w.capabilities.memory_mb >= memory for w in able):
+        sizes = {e.worker.id: e.worker.capabilities for e in self.manager.registry.entries()}
+        if not any(sizes[w.id].cpus >= cpu and sizes[w.id].memory_mb >= memory for w in able):
             return f"no worker has {cpu:g} cpu and {memory} MB"
-        if spec.pinned_worker is not None and spec.pinned_worker not in {w.id for w in able}:
-            return f"pinned worker {spec.pinned_worker} is not available"
         return None
 
     async def _admit(self, spec: Assignment) -> list[Task]:
