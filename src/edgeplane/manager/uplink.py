@@ -39,6 +39,7 @@ from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    EventOutbox,
     Hello,
     Reregister,
     StartTasks,
@@ -102,10 +103,8 @@ class Uplink:
         self._owned: dict[str, Key] = {}
         #: last (state, worker) reported per local id, so only changes go up
         self._reported: dict[str, tuple[str, str | None]] = {}
-        self._unacked: dict[Key, tuple[TaskEvent, float]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
-        self._outbox: list[TaskEvent] = []
-        self._flush = asyncio.Event()
+        self.events = EventOutbox(self._send_events, self.clock, EVENT_WINDOW_S)
         self._epoch, self._seq = "", 0
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
@@ -142,13 +141,13 @@ class Uplink:
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
-            asyncio.create_task(self._flush_loop(), name="uplink-events"),
+            asyncio.create_task(self.events.run(), name="uplink-events"),
             asyncio.create_task(self._aggregate_loop(), name="uplink-aggregate"),
         ]
 
     async def stop(self) -> None:
         """Leave the root: it sees this cluster offline at once."""
-        await self._publish_events()
+        await self.events.flush()
         await self._publish(
             self.topics.alive(self.cluster_id),
             "alive",
@@ -195,7 +194,7 @@ class Uplink:
         )
 
     def _active(self) -> list[str]:
-        return list({*(owner for owner, _ in self._owned.values()), *(k[0] for k in self._unacked)})
+        return list({*(owner for owner, _ in self._owned.values()), *self.events.unacked_tasks()})
 
     async def _send_hello(self) -> None:
         self._last_aggregate = self.current_aggregate()
@@ -237,11 +236,7 @@ class Uplink:
             await self.link.publish(
                 self.topics.alive(self.cluster_id), encode("alive", alive), qos=0
             )
-            mono = self.clock.monotonic()
-            for key, (event, sent) in list(self._unacked.items()):
-                if mono - sent >= self.heartbeat_s:
-                    self._unacked[key] = (event, mono)
-                    self._emit(event)
+            self.events.resend(older_than=self.heartbeat_s)
             await asyncio.sleep(self.heartbeat_s)
 
     # ------------------------------------------------------------------ what comes down
@@ -261,14 +256,12 @@ class Uplink:
         elif isinstance(body, StopTasks):
             await self._stop(body.task_ids)
         elif isinstance(body, AckEvents):
-            for key in body.keys:
-                self._unacked.pop((key.task_id, key.attempt), None)
+            self.events.ack(body.keys)
         elif isinstance(body, Welcome):
             if body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
-                for event, _ in self._unacked.values():
-                    self._emit(event)
+                self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
         else:
@@ -308,8 +301,7 @@ class Uplink:
                 "ts": self.clock.now(),
             }
         )
-        self._unacked[(spec.task_id, spec.attempt)] = (event, self.clock.monotonic())
-        self._emit(event)
+        self.events.emit_final(event)
 
     def _cannot_run(self, spec: Assignment) -> str | None:
         """Why no worker of this cluster could ever run ``spec`` (None: one could): the
@@ -400,10 +392,10 @@ class Uplink:
                     stdout=task.stdout,
                     stderr=task.stderr,
                     worker_id=task.worker_id,
+                    started_at=task.started_at,
                     ts=task.finished_at or self.clock.now(),
                 )
-                self._unacked[(root_id, attempt)] = (event, self.clock.monotonic())
-                self._emit(event)
+                self.events.emit_final(event)
                 continue
             if self._reported.get(task.id) == seen:
                 continue
@@ -415,7 +407,7 @@ class Uplink:
                 state, worker = "scheduled", None  # taken back from a lost worker
             else:
                 state, worker = task.state, task.worker_id
-            self._emit(
+            self.events.emit(
                 TaskEvent(
                     task_id=root_id,
                     attempt=attempt,
@@ -425,23 +417,8 @@ class Uplink:
                 )
             )
 
-    def _emit(self, event: TaskEvent) -> None:
-        self._outbox.append(event)
-        self._flush.set()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush.wait()
-            await asyncio.sleep(EVENT_WINDOW_S)
-            self._flush.clear()
-            await self._publish_events()
-
-    async def _publish_events(self) -> None:
-        batch, self._outbox = self._outbox, []
-        if batch:
-            await self._publish(
-                self.topics.events(self.cluster_id), "task.events", TaskEvents(events=batch)
-            )
+    async def _send_events(self, events: TaskEvents) -> None:
+        await self._publish(self.topics.events(self.cluster_id), "task.events", events)
 
     async def _publish(self, topic: str, type_: str, body: BaseModel) -> None:
         await self.link.publish(topic, encode(type_, body))

@@ -15,6 +15,7 @@ from edgeplane.protocol.messages import (
     Welcome,
     parse_body,
 )
+from edgeplane.protocol.outbox import EventOutbox
 from edgeplane.protocol.topics import Topics
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Assignment",
     "Envelope",
     "EventKey",
+    "EventOutbox",
     "Hello",
     "Reregister",
     "StartTasks",

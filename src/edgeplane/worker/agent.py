@@ -28,6 +28,7 @@ from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    EventOutbox,
     Hello,
     Reregister,
     StartTasks,
@@ -139,13 +140,10 @@ class WorkerAgent:
         self.registered = asyncio.Event()
         self.artifacts = ArtifactCache(options.data_dir / "artifacts")
         self._runs: dict[str, _Run] = {}
-        self._unacked: dict[Key, tuple[TaskEvent, float]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
-        self._outbox: list[TaskEvent] = []
-        self._flush = asyncio.Event()
-        #: set when the last running task has ended
-        self._quiet = asyncio.Event()
-        self._closing = False
+        self.events = EventOutbox(
+            self._send_events, self.clock, EVENT_WINDOW_S, busy=lambda: bool(self._runs)
+        )
         self._epoch, self._seq = "", 0
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
@@ -167,12 +165,12 @@ class WorkerAgent:
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
-            asyncio.create_task(self._flush_loop(), name=f"worker-{self.id}-events"),
+            asyncio.create_task(self.events.run(), name=f"worker-{self.id}-events"),
         ]
 
     async def stop(self) -> None:
         """Leave: the manager sees us offline and re-places our tasks (no "cancelled")."""
-        self._closing = True
+        self.events.closed = True
         for run in list(self._runs.values()):
             await self._stop_run(run)
         jobs = [run.job for run in self._runs.values() if run.job is not None]
@@ -200,7 +198,7 @@ class WorkerAgent:
         )
 
     def _active(self) -> list[str]:
-        return list({*self._runs, *(key[0] for key in self._unacked)})
+        return list({*self._runs, *self.events.unacked_tasks()})
 
     async def _send_hello(self) -> None:
         hello = Hello(
@@ -234,13 +232,12 @@ class WorkerAgent:
                 if run is not None:
                     await self._stop_run(run)
         elif isinstance(body, AckEvents):
-            for key in body.keys:
-                self._unacked.pop((key.task_id, key.attempt), None)
+            self.events.ack(body.keys)
         elif isinstance(body, Welcome):
             if body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
-                self._resend_unacked(older_than=0.0)
+                self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
         else:
@@ -267,7 +264,7 @@ class WorkerAgent:
         spec = run.spec
         self.stats.started += 1
         started = self.clock.now()
-        self._emit(
+        self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )
         try:
@@ -286,7 +283,7 @@ class WorkerAgent:
         if self._runs.get(spec.task_id) is run:
             del self._runs[spec.task_id]
         if not self._runs:
-            self._quiet.set()
+            self.events.settled()  # nothing runs: no more events are coming soon
         self.stats.finished += 1
         event = TaskEvent(
             task_id=spec.task_id,
@@ -301,8 +298,7 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
-        self._unacked[(spec.task_id, spec.attempt)] = (event, self.clock.monotonic())
-        self._emit(event)
+        self.events.emit_final(event)
 
     async def _run(self, run: _Run) -> Outcome:
         spec = run.spec
@@ -347,46 +343,8 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
-    def _emit(self, event: TaskEvent) -> None:
-        if self._closing:
-            return
-        self._outbox.append(event)
-        self._flush.set()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush.wait()
-            # While tasks run, a short window lets a quick task's "running" and final
-            # events, and those of tasks ending together, share one message (fewer
-            # messages, fewer commits). Once nothing runs, nothing more is coming: send.
-            if self._runs:
-                self._quiet.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._quiet.wait(), EVENT_WINDOW_S)
-            self._flush.clear()
-            await self._publish_events()
-
-    async def _publish_events(self) -> None:
-        # Everything produced since the last flush goes in one message. A task that
-        # started and ended within one window needs only its final event (which carries
-        # its start time): half the events for quick tasks.
-        batch, self._outbox = self._outbox, []
-        ended = {(e.task_id, e.attempt) for e in batch if e.state != "running"}
-        if ended:
-            batch = [
-                e for e in batch if e.state != "running" or (e.task_id, e.attempt) not in ended
-            ]
-        if batch:
-            await self._publish(
-                self.topics.events(self.id), "task.events", TaskEvents(events=batch)
-            )
-
-    def _resend_unacked(self, older_than: float) -> None:
-        mono = self.clock.monotonic()
-        for key, (event, sent) in list(self._unacked.items()):
-            if mono - sent >= older_than:
-                self._unacked[key] = (event, mono)
-                self._emit(event)
+    async def _send_events(self, events: TaskEvents) -> None:
+        await self._publish(self.topics.events(self.id), "task.events", events)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -400,7 +358,7 @@ class WorkerAgent:
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.
             await self.link.publish(self.topics.alive(self.id), encode("alive", alive), qos=0)
-            self._resend_unacked(older_than=self.heartbeat_s)
+            self.events.resend(older_than=self.heartbeat_s)
             await asyncio.sleep(self.heartbeat_s)
 
     async def _publish(self, topic: str, type_: str, body: BaseModel) -> None:
