@@ -69,9 +69,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
-from rich.table import Table
 
-from bench.spine import Child, Phase, clean_env, machine, ms, percentile, process, rss_mb
+from bench.spine import (
+    Child,
+    Phase,
+    clean_env,
+    machine,
+    ms,
+    percentile,
+    phase_table,
+    process,
+    rss_mb,
+)
 from edgeplane import Client
 from edgeplane.clock import new_id
 from edgeplane.errors import EdgeplaneError, Invalid
@@ -935,26 +944,11 @@ def run_count(n: int, options: Options, work_dir: Path, console: Console) -> Cou
 
 def render(report: Report, console: Console) -> None:
     for count in report.counts:
-        table = Table(
-            title=f"edgeplane scale: {count.workers} workers, heartbeat "
+        title = (
+            f"edgeplane scale: {count.workers} workers, heartbeat "
             f"{report.settings['heartbeat_s']:g}s ({count.fake_processes} fake processes)"
         )
-        table.add_column("phase")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        table.add_column("status")
-        for phase in count.phases:
-            first = True
-            for name, value in phase.figures.items():
-                table.add_row(
-                    phase.name if first else "", name, str(value), phase.status if first else ""
-                )
-                first = False
-            if first:
-                table.add_row(phase.name, "-", "-", phase.status)
-            if phase.note:
-                table.add_row("", "note", phase.note, "")
-        console.print(table)
+        console.print(phase_table(title, count.phases))
     m = report.machine
     console.print(
         f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"

@@ -439,13 +439,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def render(run: Run, console: Console) -> None:
-    table = Table(title="edgeplane spine benchmark", show_lines=False)
+def phase_table(title: str, phases: Sequence[Phase]) -> Table:
+    """One row per figure, the phase's name and status on its first row."""
+    table = Table(title=title, show_lines=False)
     table.add_column("phase")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("status")
-    for phase in run.phases:
+    for phase in phases:
         first = True
         for name, value in phase.figures.items():
             table.add_row(
@@ -456,7 +457,11 @@ def render(run: Run, console: Console) -> None:
             table.add_row(phase.name, "-", "-", phase.status)
         if phase.note:
             table.add_row("", "note", phase.note, "")
-    console.print(table)
+    return table
+
+
+def render(run: Run, console: Console) -> None:
+    console.print(phase_table("edgeplane spine benchmark", run.phases))
     m = run.machine
     console.print(
         f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"
