@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from edgeplane.api.deps import ManagerDep
+from edgeplane.api.responses import document
 from edgeplane.errors import Invalid
 from edgeplane.manager.schedules import Schedules
 from edgeplane.model import (
@@ -36,11 +37,11 @@ class TaskItems(BaseModel):
 
 
 @router.post("", status_code=201, response_model=Task | Schedule)
-async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> Task | Schedule:
+async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> Response:
     """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot."""
     if spec.schedule is not None:
         schedules: Schedules = request.app.state.schedules
-        return await schedules.create(
+        schedule = await schedules.create(
             "task",
             spec.model_dump(mode="json"),
             name=spec.name,
@@ -48,18 +49,19 @@ async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> 
             timezone=spec.timezone,
             catch_up=spec.catch_up,
         )
+        return document(schedule, status_code=201)
     (task,) = await manager.submit([spec], batch=False)
-    return task
+    return document(task, status_code=201)
 
 
 @router.post("/batch", status_code=201, response_model=TaskItems)
-async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> TaskItems:
+async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> Response:
     for index, spec in enumerate(batch.tasks):
         if spec.schedule is not None:
             raise Invalid(
                 "schedule one task at a time with POST /tasks", field=f"tasks[{index}].schedule"
             )
-    return TaskItems(items=await manager.submit(batch.tasks))
+    return document(TaskItems(items=await manager.submit(batch.tasks)), status_code=201)
 
 
 @router.get("", response_model=Page[Task])
@@ -70,11 +72,11 @@ async def list_tasks(
     workflow_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> Page[Task]:
+) -> Response:
     items, total = await manager.list_tasks(
         state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
     )
-    return Page[Task](items=items, total=total)
+    return document(Page[Task](items=items, total=total))
 
 
 @router.get("/{task_id}", response_model=Task)
@@ -82,8 +84,8 @@ async def get_task(
     task_id: str,
     manager: ManagerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = 0,
-) -> Task:
-    return await manager.wait(task_id, wait)
+) -> Response:
+    return document(await manager.wait(task_id, wait))
 
 
 @router.patch("/{task_id}", response_model=Task)

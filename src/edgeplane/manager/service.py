@@ -210,10 +210,7 @@ class Manager:
             if item.artifact is not None and item.task.artifact not in self._artifacts:
                 await self.store.put_artifact(item.task.artifact or "", item.artifact)
                 self._remember_artifact(item.task.artifact or "", item.artifact)
-        return [
-            lifecycle.start(a.task, now) if spec.start else a.task
-            for a, spec in zip(admitted, specs, strict=True)
-        ]
+        return [a.task for a in admitted]
 
     def enqueue(self, tasks: Iterable[Task]) -> None:
         """Queue the started ones of stored tasks for scheduling."""
