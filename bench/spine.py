@@ -214,7 +214,8 @@ def measure_latency(
     budget_s: float,
     procs: Sequence[psutil.Process],
 ) -> Phase:
-    """One task at a time: ``POST /tasks`` (started) then long-poll ``GET /tasks/{id}?wait=``.
+    """One task at a time, each run and waited for in one request (``Client.run``:
+    ``POST /tasks?wait=``, as ``edgeplane task run`` does).
 
     ``spec`` is the task (``Client.submit`` keywords); CPU is that of the ``procs`` trees.
     """
@@ -232,8 +233,7 @@ def measure_latency(
             cpu_before = cpu_s(procs)
         began = time.perf_counter()
         try:
-            task = client.submit(**spec)
-            done = client.wait(task.id, timeout=min(TASK_TIMEOUT_S, remaining))
+            done = client.run(**spec, timeout=min(TASK_TIMEOUT_S, remaining))
         except EdgeplaneError as exc:
             phase.note = f"stopped at task {i + 1}: {exc}"
             break

@@ -186,7 +186,7 @@ def run_edgeplane(name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path
         "Client.submit_many (POST /tasks/batch, 1000 a call), then count completed tasks"
         " every 100 ms; clock to the last finished_at"
     )
-    system.latency_method = "Client.submit then Client.wait (long-poll GET /tasks/{id}?wait=)"
+    system.latency_method = "Client.run (POST /tasks?wait=: created and waited for in one request)"
     with edgeplane_stack(work_dir) as ep:
         system.processes = ep.commands
         procs = [child.ps for child in ep.children]

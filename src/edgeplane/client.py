@@ -288,6 +288,13 @@ def _read_module(file: str | Path) -> bytes:
         raise Invalid(f"cannot read {file}: {exc.strerror or exc}", field="file") from None
 
 
+async def _module(file: FileArg) -> bytes | None:
+    """The module a submit names, read off the event loop when it is a path."""
+    if isinstance(file, str | Path):
+        return await asyncio.to_thread(_read_module, file)
+    return file
+
+
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A task body with ``file`` as base64: bytes and paths are encoded, a str is already base64."""
     body = dict(spec)
@@ -344,13 +351,16 @@ class _Calls:
     """Builders of every call the clients make."""
 
     @staticmethod
-    def create(body: dict[str, Any]) -> _Call[Task]:
+    def create(body: dict[str, Any], hold_s: float = 0.0) -> _Call[Task]:
+        """``POST /tasks``; with ``hold_s`` the server answers once the task ended, or
+        after that long (``?wait=``)."""
         if body.get("schedule") is not None:
             raise Invalid(
                 "a task with a schedule creates a schedule, not a task: use schedule_task()",
                 field="schedule",
             )
-        return _Call("POST", "/tasks", _task, body=body)
+        params = {"wait": round(hold_s, 3)} if hold_s > 0 else None
+        return _Call("POST", "/tasks", _task, params=params, body=body, hold_s=hold_s)
 
     @staticmethod
     def schedule_task(body: dict[str, Any]) -> _Call[Schedule]:
@@ -480,13 +490,14 @@ class _Wait(Generic[D]):
     def __init__(
         self,
         what: str,
-        get: Callable[[float], _Call[D]],
+        get: Callable[[float, D | None], _Call[D]],
         timeout: float | None,
         clock: Clock,
         poll_s: float = LONG_POLL_S,
     ) -> None:
         self.what = what
-        self.get: Callable[[float], _Call[D]] = get
+        #: the next call, from how long it may be held and the last answer (None at first)
+        self.get: Callable[[float, D | None], _Call[D]] = get
         self.timeout = timeout
         self.clock = clock
         self.poll_s = poll_s
@@ -497,24 +508,34 @@ class _Wait(Generic[D]):
         if last is not None and last.terminal:
             return None
         if self.deadline is None:
-            return self.get(self.poll_s)
+            return self.get(self.poll_s, last)
         remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0 and last is not None:
-            raise _timed_out(f"{self.what} still {last.state} after {self.timeout:g}s", last)
-        return self.get(min(max(remaining, 0.0), self.poll_s))
+            what = self.what or f"task {getattr(last, 'id', '')}"
+            raise _timed_out(f"{what} still {last.state} after {self.timeout:g}s", last)
+        return self.get(min(max(remaining, 0.0), self.poll_s), last)
 
     @staticmethod
     def task(task_id: str, timeout: float | None, clock: Clock) -> _Wait[Task]:
-        def get(hold_s: float) -> _Call[Task]:
+        def get(hold_s: float, _: Task | None) -> _Call[Task]:
             return _Calls.get(task_id, hold_s)
 
         return _Wait(f"task {task_id}", get, timeout, clock)
 
     @staticmethod
+    def new_task(body: dict[str, Any], timeout: float | None, clock: Clock) -> _Wait[Task]:
+        """Create the task and wait for it in the same request; long-poll it after that."""
+
+        def get(hold_s: float, last: Task | None) -> _Call[Task]:
+            return _Calls.create(body, hold_s) if last is None else _Calls.get(last.id, hold_s)
+
+        return _Wait("", get, timeout, clock)
+
+    @staticmethod
     def run(
         runs: _Runs, run_id: str, timeout: float | None, clock: Clock, poll_s: float
     ) -> _Wait[Workflow]:
-        def get(hold_s: float) -> _Call[Workflow]:
+        def get(hold_s: float, _: Workflow | None) -> _Call[Workflow]:
             return _Calls.run(runs, run_id, hold_s)
 
         return _Wait(f"{runs.removesuffix('s')} {run_id}", get, timeout, clock, poll_s)
@@ -599,6 +620,21 @@ class Client(_Base):
         """Create a task, started unless ``start=False``; ``file`` is a .wasm path or its bytes."""
         module = _read_module(file) if isinstance(file, str | Path) else file
         return self._send(_Calls.create(_submit_body(module, name, inputs, fields)))
+
+    def run(
+        self,
+        file: FileArg = None,
+        name: str = "",
+        inputs: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Task:
+        """Create a task and wait for it to end: one request when it ends within
+        :data:`LONG_POLL_S` (``POST /tasks?wait=``); :class:`WaitTimeout` after ``timeout``."""
+        module = _read_module(file) if isinstance(file, str | Path) else file
+        body = _submit_body(module, name, inputs, fields)
+        return self._poll(_Wait.new_task(body, timeout, self._clock))
 
     def submit_many(self, specs: Sequence[Mapping[str, Any]]) -> list[Task]:
         """Create and start many tasks, in order, in batches of :data:`BATCH_LIMIT`."""
@@ -817,12 +853,22 @@ class AsyncClient(_Base):
         **fields: Any,
     ) -> Task:
         """Create a task, started unless ``start=False``; ``file`` is a .wasm path or its bytes."""
-        module: bytes | None
-        if isinstance(file, str | Path):
-            module = await asyncio.to_thread(_read_module, file)
-        else:
-            module = file
+        module = await _module(file)
         return await self._send(_Calls.create(_submit_body(module, name, inputs, fields)))
+
+    async def run(
+        self,
+        file: FileArg = None,
+        name: str = "",
+        inputs: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> Task:
+        """Create a task and wait for it to end: one request when it ends within
+        :data:`LONG_POLL_S` (``POST /tasks?wait=``); :class:`WaitTimeout` after ``timeout``."""
+        body = _submit_body(await _module(file), name, inputs, fields)
+        return await self._poll(_Wait.new_task(body, timeout, self._clock))
 
     async def submit_many(self, specs: Sequence[Mapping[str, Any]]) -> list[Task]:
         """Create and start many tasks, in order, in batches of :data:`BATCH_LIMIT`."""

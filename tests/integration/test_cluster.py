@@ -91,6 +91,25 @@ async def test_wasm_function_task(sqlite_stack: tuple[Stack, httpx.AsyncClient])
     assert results["results"] == [5]
 
 
+async def test_run_and_result_in_one_request(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    _, http = sqlite_stack
+    body = {"name": "add", "file": ADD, "inputs": [2, 3], "start": True}
+    done = await http.post("/tasks", json=body, params={"wait": 20})
+    assert done.status_code == 201, done.text
+    assert (done.json()["state"], done.json()["results"]) == ("completed", [5])
+    # a task that does not end in time comes back as it is
+    sleeper = {"name": "sleep", "runtime": "host", "command": ["sleep", "5"], "start": True}
+    running = await http.post("/tasks", json=sleeper, params={"wait": 0.2})
+    assert running.status_code == 201, running.text
+    assert running.json()["state"] in ("scheduled", "running")
+    await http.post(f"/tasks/{running.json()['id']}/stop")
+    # a schedule has no result to wait for
+    cron = await http.post("/tasks", json={**body, "schedule": "* * * * *"}, params={"wait": 1})
+    assert (cron.status_code, cron.json()["field"]) == (422, "wait")
+
+
 async def test_wasi_and_host_tasks(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
     _, http = sqlite_stack
     wasi = await run(

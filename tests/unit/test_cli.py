@@ -41,7 +41,7 @@ def wasm(tmp_path: Path) -> Path:
 
 
 class FakeApi:
-    """Just enough of the REST API: tasks finish as ``outcome`` says on the first poll."""
+    """Just enough of the REST API: tasks finish as ``outcome`` says on the first wait."""
 
     def __init__(self, **outcome: Any) -> None:
         self.outcome = {"state": "completed", "results": [5], **outcome}
@@ -63,6 +63,8 @@ class FakeApi:
                 "state": "pending",
                 "started": spec.get("start", False),
             }
+            if "wait" in request.url.params:
+                self.tasks[task_id].update(self.outcome)
             return httpx.Response(201, json=self.tasks[task_id])
         if path == "/tasks":
             items = list(self.tasks.values())
@@ -143,7 +145,9 @@ def test_run_prints_function_results(wasm: Path) -> None:
         "limits": {},
         "start": True,
     }
-    assert api.requests[1].url.params["wait"] == "30.0"
+    # created and waited for in one request
+    (created,) = api.requests
+    assert (created.method, created.url.params["wait"]) == ("POST", "30.0")
 
 
 def test_run_takes_negative_numbers_and_all_task_options(wasm: Path) -> None:
@@ -232,7 +236,9 @@ def test_wait_timeout_exits_1_and_leaves_the_task(wasm: Path) -> None:
     assert result.exit_code == 1
     assert_one_line_error(result, "task t1 still pending")
     assert "edgeplane task stop t1" in result.stderr
-    assert [r.method for r in api.requests] == ["POST", "GET"]
+    # no time to hold the create for, and none left to poll with
+    assert [r.method for r in api.requests] == ["POST"]
+    assert "wait" not in api.requests[0].url.params
 
 
 def test_no_wait_prints_the_id(wasm: Path) -> None:

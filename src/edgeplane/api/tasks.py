@@ -37,9 +37,23 @@ class TaskItems(BaseModel):
 
 
 @router.post("", status_code=201, response_model=Task | Schedule)
-async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> Response:
-    """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot."""
+async def create_task(
+    spec: TaskSpec,
+    manager: ManagerDep,
+    request: Request,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer until the task ends"),
+    ] = 0,
+) -> Response:
+    """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot.
+
+    With ``wait`` (a started task) the answer comes when the task ended or after that many
+    seconds, whichever is first: run and result in one request.
+    """
     if spec.schedule is not None:
+        if wait:
+            raise Invalid("a schedule has no result to wait for", field="wait")
         schedules: Schedules = request.app.state.schedules
         schedule = await schedules.create(
             "task",
@@ -51,6 +65,8 @@ async def create_task(spec: TaskSpec, manager: ManagerDep, request: Request) -> 
         )
         return document(schedule, status_code=201)
     (task,) = await manager.submit([spec], batch=False)
+    if wait and task.started:
+        task = await manager.wait(task.id, wait)
     return document(task, status_code=201)
 
 

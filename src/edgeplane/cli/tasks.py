@@ -25,6 +25,8 @@ from edgeplane.cli.output import (
 from edgeplane.errors import Invalid
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from edgeplane.client import Client
     from edgeplane.model import Task
 
@@ -198,16 +200,22 @@ def raise_failed(task_id: str, state: str, reason: str | None) -> None:
 
 
 def wait_and_report(client: Client, task_id: str, timeout: float | None, fmt: Format) -> None:
+    _report_when_done(lambda: client.wait(task_id, timeout), f"task {task_id}", fmt)
+
+
+def _report_when_done(ended: Callable[[], Task], what: str, fmt: Format) -> None:
+    """Wait for ``ended()`` with a spinner, then report the task."""
     from edgeplane.client import WaitTimeout
 
     try:
-        with waiting(f"waiting for task {task_id}"):
-            task = client.wait(task_id, timeout)
+        with waiting(f"waiting for {what}"):
+            task = ended()
     except WaitTimeout as exc:
+        task_id = exc.task.id if exc.task is not None else "?"
         error(f"{exc.detail}; it goes on (stop it with: edgeplane task stop {task_id})")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        note(f"stopped waiting; task {task_id} goes on")
+        note(f"stopped waiting; {what} goes on (see: edgeplane task list)")
         raise typer.Exit(130) from None
     report(task, fmt)
 
@@ -274,11 +282,10 @@ def run(
         timing = {"schedule": schedule} | ({"timezone": timezone} if timezone else {})
         print_schedule(client.schedule_task({**spec, **timing, "start": True}), fmt)
         return
-    task = client.create_task({**spec, "start": True})
-    if wait:
-        wait_and_report(client, task.id, timeout, fmt)
+    if wait:  # created and waited for in one request (POST /tasks?wait=)
+        _report_when_done(lambda: client.run(**spec, timeout=timeout), "the task", fmt)
     else:
-        print_created(task, fmt)
+        print_created(client.create_task({**spec, "start": True}), fmt)
 
 
 @app.command(context_settings=_PASS_THROUGH)

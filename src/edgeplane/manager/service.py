@@ -547,7 +547,9 @@ class Manager:
             # Only once the results are durable may the worker forget them.
             self._resolve(changed.values())
             if acks:
-                await self._send(worker_id, "task.ack", AckEvents(keys=acks))
+                # QoS 0: a lost ack costs one resend of the events, which are acked again
+                # (duplicates are ignored); QoS 1 would cost a PUBACK each way per batch.
+                await self._send(worker_id, "task.ack", AckEvents(keys=acks), qos=0)
 
         self.journal.write(changed.values(), then=after)
 
@@ -799,9 +801,15 @@ class Manager:
                     listener(task)
 
     async def _send(
-        self, worker_id: str, type_: str, body: BaseModel, *, topic: str | None = None
+        self,
+        worker_id: str,
+        type_: str,
+        body: BaseModel,
+        *,
+        topic: str | None = None,
+        qos: int | None = None,
     ) -> None:
-        await self.link.publish(topic or self.topics.cmd(worker_id), encode(type_, body))
+        await self.link.publish(topic or self.topics.cmd(worker_id), encode(type_, body), qos=qos)
 
     async def artifact(self, digest: str) -> bytes | None:
         data = self._artifacts.get(digest)
