@@ -3,9 +3,11 @@
 A figure for edgeplane means little without the same no-op task pushed through the task
 queues people would otherwise use, on the same machine, at the same moment. Each peer
 runs its own worker CLI as a subprocess (two processes, as ``up`` runs two workers) on
-Redis 127.0.0.1:6379 db 15, which is flushed before and after. The peers are installed
-for the benchmark only (``pip install 'celery[redis]' 'dramatiq[redis]'`` when missing),
-never as dependencies of the package. Nothing here asserts on time; every wait is
+Redis 127.0.0.1:6379 db 15, which is flushed before and after. Celery runs twice: bare,
+and with task events and Flower following every task (what edgeplane's API and dashboard
+always do). The peers are installed for the benchmark only (``pip install
+'celery[redis]' 'dramatiq[redis]' flower`` when missing), never as dependencies of the
+package. Nothing here asserts on time; every wait is
 bounded, and a phase that runs out of time is reported as not finished.
 
     python -m bench.peers [--tasks 10000] [--latency 2000] [--json out.json]
@@ -24,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,11 +38,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.spine import cpu_s, machine, ms, percentile
+from bench.spine import cpu_s, free_port, machine, ms, percentile
 
 DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
 REDIS_URL = "redis://127.0.0.1:6379/15"
-PEER_PACKAGES = ["celery[redis]", "dramatiq[redis]"]
+PEER_PACKAGES = ["celery[redis]", "dramatiq[redis]", "flower"]
 QUEUE = "edgeplane-bench-peers"
 #: Counter each Dramatiq throughput task increments; polled instead of per-task results.
 COUNTER = "edgeplane-bench-peers:done"
@@ -133,7 +136,8 @@ def ensure_installed(modules: Sequence[str], packages: Sequence[str], why: str) 
 
 def ensure_peers() -> None:
     """Install the peers into this interpreter if either is missing (benchmark-only)."""
-    ensure_installed(("celery", "dramatiq", "redis"), PEER_PACKAGES, "the peers for the benchmark")
+    modules = ("celery", "dramatiq", "redis", "flower")
+    ensure_installed(modules, PEER_PACKAGES, "the peers for the benchmark")
 
 
 def redis_client() -> Any:
@@ -299,20 +303,53 @@ class Session:
     child: Worker
     round_trip: Callable[[], None]
     submit: Callable[[int], Callable[[float], int]]
+    #: other processes the peer needs (Flower), whose CPU counts too
+    helpers: list[Worker] = field(default_factory=list)
 
 
 @contextmanager
-def celery_session(module_dir: Path) -> Iterator[Session]:
+def flower(module_dir: Path) -> Iterator[Worker]:
+    """Flower on the Celery app, answering its health check: it follows every task
+    through the worker's events, as edgeplane's API and dashboard follow every task."""
+    port = free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "peer_celery", "flower"]
+    argv += ["--address=127.0.0.1", f"--port={port}"]
+    with worker(argv, module_dir, "flower") as child:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _answers(f"http://127.0.0.1:{port}/healthcheck"):
+            if not child.alive() or time.monotonic() > deadline:
+                raise BenchError(f"flower not ready:\n{child.log_tail()}")
+            time.sleep(0.2)
+        yield child
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def celery_session(module_dir: Path, *, monitored: bool = False) -> Iterator[Session]:
+    """Celery's prefork worker; ``monitored`` adds task events (``-E``) and Flower."""
     celery: Any = importlib.import_module("celery")
     celery_result: Any = importlib.import_module("celery.result")
     celery_exceptions: Any = importlib.import_module("celery.exceptions")
     peer = Peer("celery", version=str(celery.__version__))
+    if monitored:
+        flower_version = importlib.import_module("flower").__version__
+        peer = Peer("celery + flower", version=f"{celery.__version__} + {flower_version}")
     mod = load(module_dir, "peer_celery", CELERY_MODULE)
     noop = mod.noop
     argv = [sys.executable, "-m", "celery", "-A", "peer_celery", "worker"]
     argv += ["--concurrency", str(WORKER_PROCESSES), "--pool", "prefork", "-Q", QUEUE]
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
+    argv += ["-E"] if monitored else []
     peer.worker_command = shlex.join(["celery", *argv[3:]])
+    if monitored:
+        peer.worker_command += " + celery -A peer_celery flower"
     peer.throughput_method = "noop.delay() N times, then ResultSet.join_native() (Redis backend)"
     peer.latency_method = "noop.delay().get()"
 
@@ -331,9 +368,11 @@ def celery_session(module_dir: Path) -> Iterator[Session]:
         return wait
 
     try:
-        with worker(argv, module_dir, "celery") as child:
+        with ExitStack() as stack:
+            helpers = [stack.enter_context(flower(module_dir))] if monitored else []
+            child = stack.enter_context(worker(argv, module_dir, "celery"))
             wait_ready(round_trip, child)
-            yield Session(peer, child, round_trip, submit)
+            yield Session(peer, child, round_trip, submit, helpers)
     finally:
         mod.app.close()
 
@@ -398,7 +437,8 @@ def measure(session: Session, tasks: int, samples: int, budget_s: float) -> None
     if warm < THROUGHPUT_WARMUP:
         peer.notes.append(f"warm-up: {warm}/{THROUGHPUT_WARMUP} done within {budget_s:g}s")
         return
-    finished = throughput(peer, tasks, session.submit, [session.child.ps], budget_s)
+    procs = [session.child.ps, *(helper.ps for helper in session.helpers)]
+    finished = throughput(peer, tasks, session.submit, procs, budget_s)
     latency(peer, session.round_trip, samples, budget_s)
     enough = peer.figures.get("latency samples") == samples
     peer.status = "finished" if finished and enough else "partial"
@@ -407,6 +447,7 @@ def measure(session: Session, tasks: int, samples: int, budget_s: float) -> None
 #: Each peer by name, in the order the reports show them.
 SESSIONS: dict[str, Callable[[Path], AbstractContextManager[Session]]] = {
     "celery": celery_session,
+    "celery + flower": partial(celery_session, monitored=True),
     "dramatiq": dramatiq_session,
 }
 

@@ -241,7 +241,9 @@ def run_peer(
         system.throughput_method = peer.throughput_method
         system.latency_method = peer.latency_method
         system.cpu_counted = "worker process tree + redis-server"
-        procs = [started.child.ps]
+        if started.helpers:
+            system.cpu_counted = "worker process tree + Flower + redis-server"
+        procs = [started.child.ps, *(helper.ps for helper in started.helpers)]
         if redis is None:
             system.notes.append("redis-server not found: its CPU is not counted")
             system.cpu_counted = "worker process tree"
