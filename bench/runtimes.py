@@ -63,7 +63,7 @@ from bench.spine import (
 from edgeplane.errors import EdgeplaneError
 from edgeplane.protocol import Assignment
 from edgeplane.runtimes import HostRuntime, ModuleCache, Outcome, WasmRuntime, make_engine
-from edgeplane.runtimes.host import group_members
+from edgeplane.runtimes.host import group_alive, group_members
 from edgeplane.runtimes.wasm import UNLIMITED_FUEL
 from edgeplane.transport.broker import MosquittoProcess, free_port
 
@@ -369,14 +369,25 @@ async def host_section(reps: int, work_dir: Path) -> Section:
             **spread(sample_us(lambda _: group_members(os.getpid()), reps, warmup)),
         }
     )
+    section.rows.append(
+        {
+            "path": "group_alive, nothing left in the group (one killpg signal 0)",
+            **spread(sample_us(lambda _: group_alive(NO_SUCH_GROUP), reps, warmup)),
+        }
+    )
     section.notes.append(
-        "HostRuntime makes a scratch directory and log files per attempt and scans every "
-        "process (group_members) after the exit to kill leftovers of the group."
+        "HostRuntime makes a scratch directory and log files per attempt; after the exit it "
+        "asks with group_alive whether anything of the group is left, and scans the process "
+        "table (group_members) only when something is."
     )
     return section
 
 
 # --- container ----------------------------------------------------------------------------
+
+
+#: A process group id no process can have: above Linux's largest possible pid_max (2**22).
+NO_SUCH_GROUP = 2**22 + 1
 
 
 def container_section(reps: int, work_dir: Path) -> Section:

@@ -18,6 +18,8 @@ import pytest
 
 import wasm_fixtures
 from edgeplane.config import Settings
+from edgeplane.errors import Conflict
+from edgeplane.model import Task, TaskSpec
 from edgeplane.protocol import Assignment, StartTasks, encode
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.roles.worker import build_worker
@@ -108,6 +110,30 @@ async def test_run_and_result_in_one_request(
     # a schedule has no result to wait for
     cron = await http.post("/tasks", json={**body, "schedule": "* * * * *"}, params={"wait": 1})
     assert (cron.status_code, cron.json()["field"]) == (422, "wait")
+
+
+async def test_a_task_placed_before_its_insert_failed_holds_no_slot(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """``submit`` places new tasks before storing them when nothing waits; a refused
+    insert (here: ids already taken) must leave the tasks that own them alone and give
+    the reservations back."""
+    stack, http = sqlite_stack
+    manager = stack.control.manager
+    spec = TaskSpec(name="add", file=ADD, inputs=[2, 3], start=True)
+    (first,) = await manager.submit([spec], ids=["live-id"])
+    assert first.state == "scheduled"  # placed at once and stored that way
+    with pytest.raises(Conflict):  # a task the manager tracks
+        await manager.submit([spec], ids=["live-id"])
+    # a row the manager does not hold in memory: placed, then refused by the store
+    await manager.store.add_tasks([Task(id="stored-id", name="old", state="completed")])
+    with pytest.raises(Conflict):
+        await manager.submit([spec], ids=["stored-id"])
+    done = await http.get("/tasks/live-id", params={"wait": 20})
+    assert (done.json()["state"], done.json()["results"]) == ("completed", [5])
+    assert (await http.get("/tasks/stored-id")).json()["name"] == "old"
+    entries = manager.registry.entries()
+    assert sum(len(entry.tasks) for entry in entries) == 0
 
 
 async def test_wasi_and_host_tasks(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:

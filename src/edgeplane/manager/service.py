@@ -30,7 +30,7 @@ from edgeplane.errors import Conflict, Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
-from edgeplane.manager.queue import PendingQueue
+from edgeplane.manager.queue import PendingQueue, demand_of
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
 from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker
 from edgeplane.protocol import (
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: How many pending tasks one scheduling pass looks at, per free slot.
 _CANDIDATES_PER_SLOT = 4
+#: Tasks given to one member in one ``task.start``: its entry, that message's seq, the tasks.
+_Batch = tuple[WorkerEntry, int, list[Task]]
 _ARTIFACT_CACHE = 64
 #: Seconds a scheduling pass waits after being woken, to gather more changes.
 SCHEDULE_WINDOW_S = 0.001
@@ -187,11 +189,26 @@ class Manager:
     async def submit(
         self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
     ) -> list[Task]:
-        """Validate every spec, store all tasks in one transaction, start those asked to."""
+        """Validate every spec, store all tasks in one transaction, start those asked to.
+
+        When no task waits, the new ones are placed before they are stored and go in as
+        ``scheduled``: one write and no scheduling pass between the request and the
+        dispatch (a task's latency path has one commit fewer). Otherwise they queue behind
+        the waiting ones.
+        """
         tasks = await self.admit(specs, batch=batch, ids=ids)
-        await self.store.add_tasks(tasks)
-        self.enqueue(tasks)
-        return tasks
+        # (an id the manager already tracks would fail to insert: leave it to the store)
+        fresh = [t for t in tasks if t.started and self.live(t.id) is None]
+        placed = [] if self._pending else self._place(fresh)
+        stored = {t.id: t for t in tasks} | {t.id: t for _, _, sent in placed for t in sent}
+        try:
+            await self.store.add_tasks(list(stored.values()))
+        except BaseException:
+            self._unplace(placed)
+            raise
+        self.enqueue(t for t in stored.values() if t.state == "pending")
+        await self._send_batches(placed)
+        return list(stored.values())
 
     async def admit(
         self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
@@ -596,22 +613,45 @@ class Manager:
             if task is not None and task.reason != reason:
                 self._pending.put(lifecycle.wait_reason(task, reason, now))
         self._busy = len(plan.assignments) >= BUSY_PASS
-        if not plan.assignments:
+        chosen = [
+            (waiting, member_id)
+            for task_id, member_id in plan.assignments
+            if (waiting := self._pending.pop(task_id)) is not None
+        ]
+        if not chosen:
             return
-        by_worker: dict[str, list[Task]] = defaultdict(list)
-        for task_id, worker_id in plan.assignments:
-            waiting = self._pending.pop(task_id)
-            if waiting is None:
-                continue
+        batches = self._assign(chosen, now)
+
+        async def dispatch() -> None:
+            await self._send_batches(batches)
+
+        self.journal.write([t for _, _, tasks in batches for t in tasks], then=dispatch)
+
+    def _place(self, tasks: list[Task]) -> list[_Batch]:
+        """Place new tasks (not yet stored) at once where they fit now; see :meth:`submit`."""
+        if not tasks:
+            return []
+        views = [] if self.root else self.registry.schedulable()
+        plan = self._plan([demand_of(t) for t in tasks], views)
+        self._cursor = plan.cursor
+        by_id = {t.id: t for t in tasks}
+        return self._assign([(by_id[i], member) for i, member in plan.assignments], now=None)
+
+    def _assign(self, chosen: list[tuple[Task, str]], now: float | None) -> list[_Batch]:
+        """Give each task to its member: the task's new version, tracked as active, and a
+        reservation on the member; one batch (one ``task.start``) per member."""
+        now = self.clock.now() if now is None else now
+        by_member: dict[str, list[Task]] = defaultdict(list)
+        for waiting, member_id in chosen:
             if self.root:
-                task = lifecycle.place(waiting, worker_id, now)
+                task = lifecycle.place(waiting, member_id, now)
             else:
-                task = lifecycle.assign(waiting, worker_id, self.settings.cluster_id, now)
+                task = lifecycle.assign(waiting, member_id, self.settings.cluster_id, now)
             self._active[task.id] = task
-            by_worker[worker_id].append(task)
+            by_member[member_id].append(task)
         batches = []
-        for worker_id, tasks in by_worker.items():
-            entry = self.registry.get(worker_id)
+        for member_id, tasks in by_member.items():
+            entry = self.registry.get(member_id)
             if entry is not None:
                 entry.sent_seq += 1
                 for task in tasks:
@@ -619,16 +659,23 @@ class Manager:
                         task, seq=entry.sent_seq, session=entry.session
                     )
                 batches.append((entry, entry.sent_seq, tasks))
+        return batches
 
-        async def dispatch() -> None:
-            # A task is recorded as scheduled before any worker may start it, and so is
-            # that worker: a restarted manager must know where its tasks went.
-            if any(entry.worker.id in self._unsaved for entry, _, _ in batches):
-                await self._flush_workers()
-            for entry, seq, tasks in batches:
-                await self._dispatch(entry, seq, tasks)
+    def _unplace(self, batches: list[_Batch]) -> None:
+        """Undo :meth:`_place` for tasks whose insert failed: they never existed."""
+        for entry, _, tasks in batches:
+            for task in tasks:
+                if self._active.get(task.id) is task:
+                    del self._active[task.id]
+                    entry.tasks.pop(task.id, None)
 
-        self.journal.write([t for tasks in by_worker.values() for t in tasks], then=dispatch)
+    async def _send_batches(self, batches: list[_Batch]) -> None:
+        """Dispatch tasks already recorded as scheduled. The members they go to are stored
+        first as well: a restarted manager must know where its tasks went."""
+        if any(entry.worker.id in self._unsaved for entry, _, _ in batches):
+            await self._flush_workers()
+        for entry, seq, tasks in batches:
+            await self._dispatch(entry, seq, tasks)
 
     def _window(self, views: list[WorkerView]) -> int:
         """How many pending tasks one pass looks at."""

@@ -60,6 +60,22 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a live process is left in a process group.
+
+    Usually none is, and one signal 0 to the group says so; only when something answers
+    does the scan over the whole process table (milliseconds, it was most of a host task's
+    cost) tell live members from zombies waiting to be reaped.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # a member we may not signal is still a member
+    return bool(group_members(pgid))
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -258,7 +274,7 @@ class HostRuntime(Runtime):
             if proc.process is not None:
                 exit_code = await proc.process.wait()
             # The main process is gone; nothing it started may outlive the task.
-            if group_members(proc.pid):
+            if group_alive(proc.pid):
                 await self._kill(proc)
         finally:
             outcome = self._outcome(proc, exit_code)
@@ -283,7 +299,7 @@ class HostRuntime(Runtime):
 
     def _kill(self, proc: _Proc) -> asyncio.Task[None]:
         """The one kill sequence of an attempt (shared by stop, timeout and cleanup)."""
-        if proc.killer is None or (proc.killer.done() and group_members(proc.pid)):
+        if proc.killer is None or (proc.killer.done() and group_alive(proc.pid)):
             proc.killer = asyncio.create_task(self._kill_group(proc))
         return proc.killer
 
@@ -298,7 +314,7 @@ class HostRuntime(Runtime):
         loop = asyncio.get_running_loop()
         end = loop.time() + within
         while True:
-            if not self._leader_alive(proc) and not group_members(proc.pid):
+            if not self._leader_alive(proc) and not group_alive(proc.pid):
                 return True
             if loop.time() >= end:
                 return False
