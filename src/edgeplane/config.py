@@ -42,6 +42,9 @@ class Settings(BaseModel):
     admin_token: str | None = None
     allow_host: bool = False
     slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
+    prefetch: int = Field(
+        default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
+    )
     max_body_mb: float = Field(default=64.0, gt=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,47 @@ async def test_pending_until_a_fitting_worker_joins(
         assert done["worker_id"] == "far-1"
     finally:
         await joiner.stop()
+
+
+async def test_a_worker_queues_its_prefetch_and_runs_its_slots(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """One slot, prefetch 3: the manager sends it three tasks at once; they run one after
+    the other, and one stopped while it waits ends without ever starting."""
+    stack, http = sqlite_stack
+    settings = stack.control.settings.model_copy(update={"slots": 1, "prefetch": 3})
+    queuer = build_worker(
+        settings,
+        broker_url=stack.broker_url,
+        worker_id="queue-1",
+        data_dir=tmp_path / "queue",
+        labels={"site": "queue"},
+    )
+    await queuer.start()
+    try:
+        body = {
+            "runtime": "host",
+            "command": ["sleep", "0.3"],
+            "start": True,
+            "constraints": {"labels": {"site": "queue"}},
+        }
+        created = await http.post("/tasks/batch", json={"tasks": [body] * 4})
+        ids = [t["id"] for t in created.json()["items"]]
+        # three fit (1 slot x 3), the fourth waits at the manager
+        await asyncio.sleep(0.1)
+        states = [(await http.get(f"/tasks/{i}")).json() for i in ids]
+        assert [t["worker_id"] for t in states[:3]] == ["queue-1"] * 3
+        assert states[3]["state"] == "pending"
+        stopped = await http.post(f"/tasks/{ids[2]}/stop")
+        assert stopped.status_code == 200
+        done = [(await http.get(f"/tasks/{i}", params={"wait": 20})).json() for i in ids]
+        assert [t["state"] for t in done] == ["completed", "completed", "cancelled", "completed"]
+        assert done[2]["started_at"] is None  # never started
+        # one slot: each `sleep 0.3` starts only once the one before it ended
+        starts = sorted(t["started_at"] for t in done if t["started_at"])
+        assert all(b - a > 0.25 for a, b in itertools.pairwise(starts))
+    finally:
+        await queuer.stop()
 
 
 async def test_stop_a_running_host_task(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:

@@ -278,6 +278,10 @@ def worker(
     slots: Annotated[
         int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
     ] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
+    ] = None,
     allow_host: AllowHostOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
@@ -290,6 +294,7 @@ def worker(
         "cluster_id": cluster_id,
         "domain": domain,
         "slots": slots,
+        "prefetch": prefetch,
         "allow_host": allow_host,
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,

@@ -20,6 +20,8 @@ class Reservation:
     session: str
     cpu: float = 0.0
     memory_mb: int = 0
+    #: a daemon holds its slot for good: no queued task may wait behind it
+    daemon: bool = False
 
 
 @dataclass
@@ -49,12 +51,16 @@ class WorkerEntry:
             self._labels, self._labels_of = MappingProxyType(dict(caps.labels)), caps
         used_cpu = sum(r.cpu for r in self.tasks.values())
         used_memory = sum(r.memory_mb for r in self.tasks.values())
+        # Slots times the worker's prefetch, so it always has the next tasks at hand; but
+        # only slots that are not held by daemons may have tasks queued behind them.
+        daemons = min(caps.slots, sum(r.daemon for r in self.tasks.values()))
+        capacity = daemons + (caps.slots - daemons) * max(1, caps.prefetch)
         return WorkerView(
             id=self.worker.id,
             runtimes=frozenset(caps.runtimes),
             labels=self._labels,
             tee=frozenset(caps.tee),
-            free_slots=max(0, caps.slots - len(self.tasks)),
+            free_slots=max(0, capacity - len(self.tasks)),
             free_cpu=max(0.0, caps.cpus - used_cpu),
             free_memory_mb=max(0, caps.memory_mb - used_memory),
             order=order,

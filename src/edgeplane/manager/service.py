@@ -762,6 +762,7 @@ class Manager:
             session=session,
             cpu=task.constraints.cpu or 0.0,
             memory_mb=task.constraints.memory_mb or 0,
+            daemon=task.daemon,
         )
 
     # ------------------------------------------------------------------ liveness

@@ -31,6 +31,9 @@ class Capabilities(BaseModel):
     engines: list[str] = Field(default_factory=list)
     location: Location | None = None
     slots: int = 1
+    #: tasks the worker holds per slot (queued until one frees); 1 = no queue. Older
+    #: workers do not send it, so the manager gives them no more than their slots.
+    prefetch: int = 1
 
 
 class Usage(BaseModel):

@@ -42,6 +42,7 @@ def build_worker(
         cluster_id=settings.cluster_id,
         labels=dict(labels or {}),
         slots=settings.slots,
+        prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
     )
     return WorkerAgent(options, runtimes)

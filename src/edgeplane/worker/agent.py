@@ -13,7 +13,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,8 @@ class WorkerOptions:
     cluster_id: str = "local"
     labels: Mapping[str, str] = field(default_factory=dict)
     slots: int = 0
+    #: tasks accepted per slot; those beyond the slots wait here, in order, for one to free
+    prefetch: int = 1
     heartbeat_s: float = 5.0
 
 
@@ -135,11 +137,15 @@ class WorkerAgent:
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
         self.slots = options.slots or DEFAULT_SLOTS_PER_CPU * (psutil.cpu_count() or 1)
+        self.prefetch = options.prefetch
         self.heartbeat_s = options.heartbeat_s
         self.stats = WorkerStats()
         self.registered = asyncio.Event()
         self.artifacts = ArtifactCache(options.data_dir / "artifacts")
+        #: every accepted attempt by task id: running, or waiting in ``_queue`` for a slot
         self._runs: dict[str, _Run] = {}
+        self._queue: deque[_Run] = deque()
+        self._running = 0
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self.events = EventOutbox(
             self._send_events, self.clock, EVENT_WINDOW_S, busy=lambda: bool(self._runs)
@@ -195,6 +201,7 @@ class WorkerAgent:
             labels=self.options.labels,
             slots=self.slots,
             data_dir=self.options.data_dir,
+            prefetch=self.prefetch,
         )
 
     def _active(self) -> list[str]:
@@ -257,25 +264,33 @@ class WorkerAgent:
             previous.stopped = True
         run = _Run(spec=spec)
         self._runs[spec.task_id] = run
-        run.job = asyncio.create_task(self._execute(run), name=f"task-{spec.task_id}")
+        self._queue.append(run)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start waiting attempts, in the order they came, while slots are free. The
+        manager sends up to slots * prefetch, so the next tasks are already here when a
+        slot frees instead of one round trip away."""
+        while self._queue and self._running < self.slots:
+            self._launch(self._queue.popleft())
+
+    def _launch(self, run: _Run) -> None:
+        self._running += 1
+        run.job = asyncio.create_task(self._execute(run), name=f"task-{run.spec.task_id}")
 
     # ------------------------------------------------------------------ running
     async def _execute(self, run: _Run) -> None:
         spec = run.spec
-        self.stats.started += 1
-        started = self.clock.now()
-        self.events.emit(
-            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
-        )
+        # stopped while it waited for a slot: it never starts
+        started = None if run.stopped else self.clock.now()
         try:
-            outcome = await self._run(run)
-        except asyncio.CancelledError:
-            outcome = Outcome(state="cancelled", error="stopped")
-        except Exception as exc:  # a runtime bug must not take the worker down
-            log.exception("runtime error", extra={"task_id": spec.task_id})
-            outcome = Outcome(
-                state="failed", error=f"internal runtime error: {exc}", transient=True
-            )
+            if started is None:
+                outcome = Outcome(state="cancelled", error="stopped")
+            else:
+                outcome = await self._start_and_wait(run, started)
+        finally:
+            self._running -= 1
+            self._start_queued()
         if run.stopped and outcome.state != "cancelled":
             outcome = Outcome(
                 state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
@@ -299,6 +314,20 @@ class WorkerAgent:
             ts=self.clock.now(),
         )
         self.events.emit_final(event)
+
+    async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
+        spec = run.spec
+        self.stats.started += 1
+        self.events.emit(
+            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
+        )
+        try:
+            return await self._run(run)
+        except asyncio.CancelledError:
+            return Outcome(state="cancelled", error="stopped")
+        except Exception as exc:  # a runtime bug must not take the worker down
+            log.exception("runtime error", extra={"task_id": spec.task_id})
+            return Outcome(state="failed", error=f"internal runtime error: {exc}", transient=True)
 
     async def _run(self, run: _Run) -> Outcome:
         spec = run.spec
@@ -337,7 +366,10 @@ class WorkerAgent:
 
     async def _stop_run(self, run: _Run) -> None:
         run.stopped = True
-        if run.handle is not None and run.runtime is not None:
+        if run in self._queue:  # not started: it ends now, as cancelled, taking no slot long
+            self._queue.remove(run)
+            self._launch(run)
+        elif run.handle is not None and run.runtime is not None:
             await run.runtime.stop(run.handle)
         elif run.job is not None:
             run.job.cancel()

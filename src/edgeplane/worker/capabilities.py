@@ -175,6 +175,7 @@ def detect(
     labels: Mapping[str, str],
     slots: int,
     data_dir: Path,
+    prefetch: int = 1,
     root: Path = ROOT,
     path: str | None = None,
 ) -> Capabilities:
@@ -198,6 +199,7 @@ def detect(
         engines=detect_engines(path),
         location=location_from(labels),
         slots=slots,
+        prefetch=prefetch,
     )
 
 
