@@ -318,7 +318,9 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
 
 
 def _pairs(systems: Sequence[System]) -> list[tuple[System, System]]:
-    ours = [s for s in systems if s.kind == "edgeplane"]
+    """The headline (the first edgeplane column, wasm) against each peer: with host and
+    four peers every pairing would not fit a terminal."""
+    ours = [s for s in systems if s.kind == "edgeplane"][:1]
     peers = [s for s in systems if s.kind == "peer"]
     return [(a, b) for a in ours for b in peers]
 
