@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,6 +72,24 @@ async def sqlite_stack(
         tmp_path, fast_broker_url, f"sqlite:///{tmp_path / 'db.sqlite'}", unique_domain
     ):
         yield pair
+
+
+@contextlib.asynccontextmanager
+async def joined(stack: Stack, tmp_path: Path, site: str, **settings: Any) -> AsyncIterator[None]:
+    """One more worker, ``{site}-1`` labelled ``site={site}``, in the stack's cluster."""
+    worker = build_worker(
+        stack.control.settings.model_copy(update=settings),
+        broker_url=stack.broker_url,
+        worker_id=f"{site}-1",
+        data_dir=tmp_path / site,
+        labels={"site": site},
+    )
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 20)  # the manager knows it
+        yield
+    finally:
+        await worker.stop()
 
 
 async def run(http: httpx.AsyncClient, body: dict[str, Any], wait: float = 20) -> dict[str, Any]:
@@ -254,21 +273,10 @@ async def test_pending_until_a_fitting_worker_joins(
     waiting = (await http.get(f"/tasks/{task_id}", params={"wait": 0.5})).json()
     assert waiting["state"] == "pending"
     assert "site=far" in waiting["reason"]
-    settings = stack.control.settings
-    joiner = build_worker(
-        settings,
-        broker_url=stack.broker_url,
-        worker_id="far-1",
-        data_dir=tmp_path / "far",
-        labels={"site": "far"},
-    )
-    await joiner.start()
-    try:
+    async with joined(stack, tmp_path, "far"):
         done = (await http.get(f"/tasks/{task_id}", params={"wait": 20})).json()
         assert done["state"] == "completed"
         assert done["worker_id"] == "far-1"
-    finally:
-        await joiner.stop()
 
 
 async def test_a_worker_queues_its_prefetch_and_runs_its_slots(
@@ -277,29 +285,17 @@ async def test_a_worker_queues_its_prefetch_and_runs_its_slots(
     """One slot, prefetch 3: the manager sends it three tasks at once; they run one after
     the other, and one stopped while it waits ends without ever starting."""
     stack, http = sqlite_stack
-    settings = stack.control.settings.model_copy(update={"slots": 1, "prefetch": 3})
-    queuer = build_worker(
-        settings,
-        broker_url=stack.broker_url,
-        worker_id="queue-1",
-        data_dir=tmp_path / "queue",
-        labels={"site": "queue"},
-    )
-    await queuer.start()
-    try:
+    async with joined(stack, tmp_path, "queue", slots=1, prefetch=3):
         body = {
             "runtime": "host",
             "command": ["sleep", "0.3"],
             "start": True,
             "constraints": {"labels": {"site": "queue"}},
         }
-        created = await http.post("/tasks/batch", json={"tasks": [body] * 4})
-        ids = [t["id"] for t in created.json()["items"]]
-        # three fit (1 slot x 3), the fourth waits at the manager
-        await asyncio.sleep(0.1)
-        states = [(await http.get(f"/tasks/{i}")).json() for i in ids]
-        assert [t["worker_id"] for t in states[:3]] == ["queue-1"] * 3
-        assert states[3]["state"] == "pending"
+        created = (await http.post("/tasks/batch", json={"tasks": [body] * 4})).json()
+        ids = [t["id"] for t in created["items"]]
+        # three fit (1 slot x 3) and are placed at once, the fourth waits at the manager
+        assert [t["worker_id"] for t in created["items"]] == ["queue-1"] * 3 + [None]
         stopped = await http.post(f"/tasks/{ids[2]}/stop")
         assert stopped.status_code == 200
         done = [(await http.get(f"/tasks/{i}", params={"wait": 20})).json() for i in ids]
@@ -308,8 +304,6 @@ async def test_a_worker_queues_its_prefetch_and_runs_its_slots(
         # one slot: each `sleep 0.3` starts only once the one before it ended
         starts = sorted(t["started_at"] for t in done if t["started_at"])
         assert all(b - a > 0.25 for a, b in itertools.pairwise(starts))
-    finally:
-        await queuer.stop()
 
 
 async def test_stop_a_running_host_task(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
