@@ -770,7 +770,10 @@ class Manager:
         period = max(0.05, min(1.0, self.settings.heartbeat_s / 2))
         while True:
             await asyncio.sleep(period)
-            deadline = self.settings.heartbeat_s * self.settings.missed_beats
+            # A silent member is declared lost no later than `missed_beats` heartbeats
+            # after its last message: the sweep's own period is taken off the deadline
+            # (at 5 s beats: 14 to 15 s of silence; a live member is 1 beat behind at most).
+            deadline = self.settings.heartbeat_s * self.settings.missed_beats - period
             mono = self.clock.monotonic()
             for entry in self.registry.entries():
                 if entry.online and mono - entry.last_seen > deadline:
