@@ -265,6 +265,32 @@ def test_wait_long_polls_until_terminal() -> None:
     assert api.requests[0].extensions["timeout"]["read"] == 30 + 30
 
 
+def test_run_creates_and_waits_in_one_request_then_long_polls() -> None:
+    clock = ManualClock()
+    api = Recorder(long_poll(clock, ["running", "completed"], results=[5]))
+    with api.client(clock=clock) as client:
+        task = client.run(WASM, "add", [2, 3], timeout=100)
+    assert (task.state, task.results) == ("completed", [5])
+    created, polled = api.requests
+    assert (created.method, created.url.path, created.url.params["wait"]) == (
+        "POST",
+        "/api/v1/tasks",
+        "30.0",
+    )
+    assert body(created)["start"] is True
+    assert (polled.method, polled.url.path) == ("GET", "/api/v1/tasks/t1")
+
+
+def test_run_times_out_with_the_task_it_created() -> None:
+    clock = ManualClock()
+    api = Recorder(long_poll(clock, ["running"]))
+    with api.client(clock=clock) as client, pytest.raises(WaitTimeout) as caught:
+        client.run(WASM, "add", [2, 3], timeout=5)
+    assert caught.value.task is not None and caught.value.task.id == "t1"
+    assert "task t1 still running after 5s" in str(caught.value)
+    assert [r.url.params["wait"] for r in api.requests] == ["5.0"]
+
+
 def test_wait_gives_up_at_the_timeout_with_the_last_state() -> None:
     clock = ManualClock()
     api = Recorder(long_poll(clock, ["running"]))
@@ -364,6 +390,15 @@ async def test_async_client_submits_and_waits(tmp_path: Path) -> None:
         assert await client.result(task.id) == [5]
     assert base64.b64decode(body(api.requests[0])["file"]) == WASM
     assert len(api.requests) == 3
+
+
+async def test_async_client_runs_in_one_request() -> None:
+    clock = ManualClock()
+    api = Recorder(long_poll(clock, ["completed"], results=[5]))
+    async with api.async_client(clock=clock) as client:
+        task = await client.run(WASM, "add", [2, 3])
+    assert task.results == [5]
+    assert [(r.method, r.url.params["wait"]) for r in api.requests] == [("POST", "30.0")]
 
 
 async def test_async_client_maps_errors_batches_and_times_out() -> None:
