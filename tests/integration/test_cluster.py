@@ -199,6 +199,37 @@ async def test_batch_runs_every_task_once(sqlite_stack: tuple[Stack, httpx.Async
     assert {w.id for w in stack.workers if w.stats.started} == {"local-1", "local-2"}
 
 
+async def test_commands_reach_a_worker_in_seq_order(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task placed by its own request (A) whose insert is slow, and one placed after it
+    (B) that goes out first. The worker reports the highest seq it has seen; had A's
+    command carried a lower seq than B's, the heartbeats after B would make the manager
+    take A (still on its way) for lost, and A would run twice."""
+    stack, http = sqlite_stack
+    manager = stack.control.manager
+    insert = manager.store.add_tasks
+    release, holding = asyncio.Event(), asyncio.Event()
+
+    async def slow_first_insert(tasks: Any) -> None:
+        if not holding.is_set():
+            holding.set()
+            await release.wait()
+        await insert(tasks)
+
+    monkeypatch.setattr(manager.store, "add_tasks", slow_first_insert)
+    body = {"name": "add", "file": ADD, "inputs": [1, 1], "start": True, "worker_id": "local-1"}
+    first = asyncio.create_task(http.post("/tasks", json=body, params={"wait": 30}))
+    await asyncio.wait_for(holding.wait(), 10)
+    second = await http.post("/tasks", json={**body, "inputs": [2, 2]}, params={"wait": 30})
+    assert second.json()["state"] == "completed"
+    await asyncio.sleep(1.0)  # heartbeats (every 0.3 s) report the seq of B's command
+    release.set()
+    done = (await first).json()
+    assert (done["state"], done["attempt"], done["results"]) == ("completed", 1, [2])
+    assert sum(w.stats.started for w in stack.workers) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

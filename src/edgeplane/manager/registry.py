@@ -15,7 +15,8 @@ from edgeplane.scheduling.aggregate import cluster_view
 class Reservation:
     """A task placed on a worker: which ``task.start`` carried it and what it asked for."""
 
-    seq: int
+    #: the ``seq`` of that command; None until it is sent, 0 when recovered after a restart
+    seq: int | None
     #: the worker session it was sent to ("" when the manager did not know it yet)
     session: str
     cpu: float = 0.0

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel
 
@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 
 #: How many pending tasks one scheduling pass looks at, per free slot.
 _CANDIDATES_PER_SLOT = 4
-#: Tasks given to one member in one ``task.start``: its entry, that message's seq, the tasks.
-_Batch = tuple[WorkerEntry, int, list[Task]]
+#: Tasks given to one member, to go in one ``task.start``.
+_Batch = tuple[WorkerEntry, list[Task]]
 _ARTIFACT_CACHE = 64
 #: Seconds a scheduling pass waits after being woken, to gather more changes.
 SCHEDULE_WINDOW_S = 0.001
@@ -114,6 +114,8 @@ class Manager:
         self._kick = asyncio.Event()
         #: member documents waiting to be stored (see :meth:`_persist`)
         self._unsaved: dict[str, Worker] = {}
+        #: held while a command is built and queued: commands go out in seq order
+        self._sending = asyncio.Lock()
         self._save_wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         #: this manager process's id; task.start sequence numbers count within it
@@ -200,7 +202,7 @@ class Manager:
         # (an id the manager already tracks would fail to insert: leave it to the store)
         fresh = [t for t in tasks if t.started and self.live(t.id) is None]
         placed = [] if self._pending else self._place(fresh)
-        stored = {t.id: t for t in tasks} | {t.id: t for _, _, sent in placed for t in sent}
+        stored = {t.id: t for t in tasks} | {t.id: t for _, sent in placed for t in sent}
         try:
             await self.store.add_tasks(list(stored.values()))
         except BaseException:
@@ -448,6 +450,8 @@ class Manager:
             received = hello.seq if hello.epoch == self._epoch else 0
 
             def gone(r: Reservation) -> bool:
+                if r.seq is None:  # not sent yet: it goes to this session
+                    return False
                 if r.seq == 0:  # recovered after our restart: the worker is authoritative
                     return True
                 if r.session and r.session != hello.session:
@@ -526,7 +530,9 @@ class Manager:
         # report them: they are gone (e.g. the worker dropped them while restarting).
         reported = set(alive.active)
         missing = [
-            tid for tid, r in entry.tasks.items() if r.seq <= alive.seq and tid not in reported
+            tid
+            for tid, r in entry.tasks.items()
+            if r.seq is not None and r.seq <= alive.seq and tid not in reported
         ]
         if missing:
             await self._lose_tasks(
@@ -625,7 +631,7 @@ class Manager:
         async def dispatch() -> None:
             await self._send_batches(batches)
 
-        self.journal.write([t for _, _, tasks in batches for t in tasks], then=dispatch)
+        self.journal.write([t for _, tasks in batches for t in tasks], then=dispatch)
 
     def _place(self, tasks: list[Task]) -> list[_Batch]:
         """Place new tasks (not yet stored) at once where they fit now; see :meth:`submit`."""
@@ -653,17 +659,14 @@ class Manager:
         for member_id, tasks in by_member.items():
             entry = self.registry.get(member_id)
             if entry is not None:
-                entry.sent_seq += 1
                 for task in tasks:
-                    entry.tasks[task.id] = self._reservation(
-                        task, seq=entry.sent_seq, session=entry.session
-                    )
-                batches.append((entry, entry.sent_seq, tasks))
+                    entry.tasks[task.id] = self._reservation(task, seq=None, session="")
+                batches.append((entry, tasks))
         return batches
 
     def _unplace(self, batches: list[_Batch]) -> None:
         """Undo :meth:`_place` for tasks whose insert failed: they never existed."""
-        for entry, _, tasks in batches:
+        for entry, tasks in batches:
             for task in tasks:
                 if self._active.get(task.id) is task:
                     del self._active[task.id]
@@ -672,10 +675,10 @@ class Manager:
     async def _send_batches(self, batches: list[_Batch]) -> None:
         """Dispatch tasks already recorded as scheduled. The members they go to are stored
         first as well: a restarted manager must know where its tasks went."""
-        if any(entry.worker.id in self._unsaved for entry, _, _ in batches):
+        if any(entry.worker.id in self._unsaved for entry, _ in batches):
             await self._flush_workers()
-        for entry, seq, tasks in batches:
-            await self._dispatch(entry, seq, tasks)
+        for entry, tasks in batches:
+            await self._dispatch(entry, tasks)
 
     def _window(self, views: list[WorkerView]) -> int:
         """How many pending tasks one pass looks at."""
@@ -712,7 +715,16 @@ class Manager:
             waiting[demand.id] = f"rejected by {rejected}; waiting for their capacity to change"
         return Plan(assignments=plan.assignments, waiting=waiting, cursor=0)
 
-    async def _dispatch(self, entry: WorkerEntry, seq: int, tasks: list[Task]) -> None:
+    async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
+        """One ``task.start``. Commands reach a member in ``seq`` order, one at a time:
+        it reports the highest ``seq`` it has seen, and a task sent with a lower one that
+        it does not report is taken as lost; an artifact goes inline only in the first
+        command that needs it. Placements made apart (a submit placing at once, a
+        scheduling pass) may be ready in any order, so the seq is taken here."""
+        async with self._sending:
+            await self._dispatch_now(entry, tasks)
+
+    async def _dispatch_now(self, entry: WorkerEntry, tasks: list[Task]) -> None:
         assignments = []
         for task in tasks:
             inline = None
@@ -741,6 +753,12 @@ class Manager:
                 )
             )
         self.stats.dispatched += len(assignments)
+        entry.sent_seq += 1
+        seq = entry.sent_seq
+        for task in tasks:
+            held = entry.tasks.get(task.id)
+            if held is not None and held.seq is None:
+                entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
         start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq)
         await self._send(entry.worker.id, "task.start", start)
 
@@ -756,7 +774,7 @@ class Manager:
         }
 
     @staticmethod
-    def _reservation(task: Task, seq: int, session: str) -> Reservation:
+    def _reservation(task: Task, seq: int | None, session: str) -> Reservation:
         return Reservation(
             seq=seq,
             session=session,
