@@ -27,7 +27,10 @@ Figures, per worker count:
   publishes their last will), others freeze with the connection open (a hung host: no
   will until the broker's keepalive runs out, so only missed heartbeats reveal it). The
   time to detection is read from the manager's log (its ``worker offline`` line) and from
-  the API (polled), from the kill and, for a freeze, from the last alive sent.
+  the API (polled), from the kill and, for a freeze, from the last alive sent;
+- **placement through the API**: 300 ``POST /tasks`` one at a time (each answers with the
+  task already placed on one of the workers) and one batch of 1,000, against this many
+  workers; the pure scheduler alone is in ``bench.placement``.
 
 Fakes, Mosquitto and the manager share the machine's cores: the fakes' CPU is reported
 next to the manager's. Nothing here asserts on time: this is a measurement, not a test.
@@ -80,6 +83,7 @@ from bench.spine import (
     phase_table,
     process,
     rss_mb,
+    wasm_noop,
 )
 from edgeplane import Client
 from edgeplane.clock import new_id
@@ -869,6 +873,39 @@ def measure_loss(cluster: Cluster, options: Options) -> list[Phase]:
     return phases
 
 
+#: Tasks placed one at a time through the API, then in one batch, per worker count.
+API_PLACEMENTS = 300
+API_BATCH = 1000
+
+
+def measure_api_placement(cluster: Cluster) -> Phase:
+    """Placement through the API against this many workers. With nothing waiting, the
+    manager places a new task before storing it, so a ``POST /tasks`` answers with the
+    task already on a worker: its round trip is admission, placement, the insert and
+    HTTP. The fakes never run what they are sent (it stays ``scheduled``)."""
+    phase = Phase("placement through the API")
+    spec = {**wasm_noop(), "start": True}
+    took: list[float] = []
+    placed = 0
+    for _ in range(API_PLACEMENTS):
+        began = time.perf_counter()
+        task = cluster.client.create_task(spec)
+        took.append(time.perf_counter() - began)
+        placed += task.worker_id is not None
+    ordered = sorted(took)
+    phase.figures["one task: POST /tasks p50 ms"] = ms(percentile(ordered, 50))
+    phase.figures["one task: POST /tasks p99 ms"] = ms(percentile(ordered, 99))
+    phase.figures["one task: placed in the answer"] = f"{placed}/{API_PLACEMENTS}"
+    began = time.perf_counter()
+    batch = cluster.client.submit_many([spec] * API_BATCH)
+    per_task = (time.perf_counter() - began) / API_BATCH
+    phase.figures[f"batch of {API_BATCH:,}: µs per task"] = round(per_task * 1e6, 1)
+    in_answer = sum(task.worker_id is not None for task in batch)
+    phase.figures["batch: placed in the answer"] = f"{in_answer}/{API_BATCH}"
+    phase.status = "finished"
+    return phase
+
+
 def judge_targets(phases: Sequence[Phase], heartbeat_s: float) -> Phase:
     """The issue's targets (set for 10,000 workers) against this count's figures."""
     phase = Phase("targets", status="finished")
@@ -937,6 +974,10 @@ def run_count(n: int, options: Options, work_dir: Path, console: Console) -> Cou
         report.phases += guarded("heartbeats", lambda: [measure_heartbeats(cluster, options)])
         console.print(f"{n} workers: losing {2 * options.lost} workers …")
         report.phases += guarded("lost worker", lambda: measure_loss(cluster, options))
+        console.print(f"{n} workers: placing through the API …")
+        report.phases += guarded(
+            "placement through the API", lambda: [measure_api_placement(cluster)]
+        )
         report.phases.append(judge_targets(report.phases, options.heartbeat_s))
         console.print(f"{n} workers: stopping …")
     return report

@@ -197,6 +197,9 @@ async def test_batch_runs_every_task_once(sqlite_stack: tuple[Stack, httpx.Async
     assert page["total"] == 200 and len(page["items"]) == 10
     assert sum(w.stats.started for w in stack.workers) == 200
     assert {w.id for w in stack.workers if w.stats.started} == {"local-1", "local-2"}
+    async with httpx.AsyncClient(base_url=stack.control.url) as anonymous:
+        metrics = (await anonymous.get("/metrics")).text
+    assert 'edgeplane_tasks_finished_total{state="completed"} 200.0' in metrics
 
 
 async def test_commands_reach_a_worker_in_seq_order(

@@ -31,6 +31,12 @@ class ManagerCollector(Collector):
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
+        finished = CounterMetricFamily(
+            "edgeplane_tasks_finished", "Tasks that ended, by final state", labels=["state"]
+        )
+        for state, count in sorted(m.stats.finished.items()):
+            finished.add_metric([state], count)
+        yield finished
         tasks = GaugeMetricFamily("edgeplane_tasks", "Unfinished tasks in memory", labels=["state"])
         for state, count in sorted(m.task_counts().items()):
             tasks.add_metric([state], count)

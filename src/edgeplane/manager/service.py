@@ -18,9 +18,9 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel
 
@@ -76,6 +76,8 @@ class ManagerStats:
     dispatched: int = 0
     events: int = 0
     lost_workers: int = 0
+    #: tasks that ended since the manager started, by final state
+    finished: Counter[str] = field(default_factory=Counter)
 
 
 class Manager:
@@ -863,6 +865,7 @@ class Manager:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""
         for task in tasks:
             if task.terminal:
+                self.stats.finished[task.state] += 1
                 for future in self._waiters.pop(task.id, []):
                     if not future.done():
                         future.set_result(task)
