@@ -40,3 +40,19 @@ def test_resources_still_bound_what_is_queued() -> None:
     heavy = Reservation(seq=1, session="s", cpu=4.0, memory_mb=1024)
     view = entry(slots=2, prefetch=4, a=heavy).view(0)
     assert (view.free_slots, view.free_cpu, view.free_memory_mb) == (7, 0.0, 0)
+
+
+def test_a_view_is_rebuilt_only_when_what_it_shows_changes() -> None:
+    member = entry(slots=4)
+    first = member.view(0)
+    # a heartbeat replaces the document, not its capabilities: the same view serves
+    member.worker = member.worker.model_copy(update={"last_seen": 5.0})
+    assert member.view(0) is first
+    member.tasks["a"] = running()
+    assert member.view(0).free_slots == 3
+    member.tasks.pop("a")
+    assert member.view(0).free_slots == 4
+    assert member.view(1).order == 1
+    bigger = member.worker.capabilities.model_copy(update={"slots": 6})
+    member.worker = member.worker.model_copy(update={"capabilities": bigger})
+    assert member.view(1).free_slots == 6

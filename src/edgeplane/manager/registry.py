@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from edgeplane.model import Aggregate, ClusterInfo, Worker
+from edgeplane.model.worker import Capabilities
 from edgeplane.scheduling import ClusterView, WorkerView
 from edgeplane.scheduling.aggregate import cluster_view
 
@@ -25,13 +27,32 @@ class Reservation:
     daemon: bool = False
 
 
+class Reservations(dict[str, Reservation]):
+    """A member's reservations by task id; ``version`` moves with every change, so a
+    view of the member built for one version serves until the next."""
+
+    version = 0
+
+    def __setitem__(self, task_id: str, reservation: Reservation) -> None:
+        super().__setitem__(task_id, reservation)
+        self.version += 1
+
+    def __delitem__(self, task_id: str) -> None:
+        super().__delitem__(task_id)
+        self.version += 1
+
+    def pop(self, task_id: str, default: Any = None) -> Any:
+        self.version += 1
+        return super().pop(task_id, default)
+
+
 @dataclass
 class WorkerEntry:
     worker: Worker
     session: str = ""
     last_seen: float = 0.0  # manager's monotonic clock
     draining: bool = False
-    tasks: dict[str, Reservation] = field(default_factory=dict)
+    tasks: Reservations = field(default_factory=Reservations)
     #: sequence number of the last ``task.start`` sent to this worker
     sent_seq: int = 0
     #: artifact digests this worker session already received
@@ -41,13 +62,36 @@ class WorkerEntry:
     aggregate: Aggregate | None = None
     _labels: Mapping[str, str] = field(default_factory=dict, repr=False)
     _labels_of: object = field(default=None, repr=False)
+    #: the last view and what it was built from: (capabilities, order, tasks.version)
+    _view: WorkerView | None = field(default=None, repr=False)
+    _view_of: tuple[object, int, int] = field(default=(None, -1, -1), repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tasks, Reservations):
+            self.tasks = Reservations(self.tasks)
 
     @property
     def online(self) -> bool:
         return self.worker.state != "offline"
 
     def view(self, order: int) -> WorkerView:
+        """The member as the scheduler sees it. Built again only when its capabilities,
+        its place in the registry or its reservations changed: at 10,000 workers, building
+        every view cost a scheduling pass ~90 ms, and heartbeats change none of them."""
         caps = self.worker.capabilities
+        made_of = self._view_of
+        if (
+            self._view is not None
+            and made_of[0] is caps
+            and made_of[1] == order
+            and made_of[2] == self.tasks.version
+        ):
+            return self._view
+        self._view = self._build_view(caps, order)
+        self._view_of = (caps, order, self.tasks.version)
+        return self._view
+
+    def _build_view(self, caps: Capabilities, order: int) -> WorkerView:
         if self._labels_of is not caps:  # frozen once per capabilities document
             self._labels, self._labels_of = MappingProxyType(dict(caps.labels)), caps
         used_cpu = sum(r.cpu for r in self.tasks.values())
