@@ -643,12 +643,12 @@ class Manager:
         plan = self._plan([demand_of(t) for t in tasks], views)
         self._cursor = plan.cursor
         by_id = {t.id: t for t in tasks}
-        return self._assign([(by_id[i], member) for i, member in plan.assignments], now=None)
+        chosen = [(by_id[i], member) for i, member in plan.assignments]
+        return self._assign(chosen, self.clock.now())
 
-    def _assign(self, chosen: list[tuple[Task, str]], now: float | None) -> list[_Batch]:
+    def _assign(self, chosen: list[tuple[Task, str]], now: float) -> list[_Batch]:
         """Give each task to its member: the task's new version, tracked as active, and a
         reservation on the member; one batch (one ``task.start``) per member."""
-        now = self.clock.now() if now is None else now
         by_member: dict[str, list[Task]] = defaultdict(list)
         for waiting, member_id in chosen:
             if self.root:
@@ -667,20 +667,28 @@ class Manager:
         return batches
 
     def _unplace(self, batches: list[_Batch]) -> None:
-        """Undo :meth:`_place` for tasks whose insert failed: they never existed."""
+        """Undo :meth:`_place` for tasks whose insert failed: they never existed (their
+        ids were new to the manager, so nothing else is tracked under them)."""
         for entry, tasks in batches:
             for task in tasks:
-                if self._active.get(task.id) is task:
-                    del self._active[task.id]
-                    entry.tasks.pop(task.id, None)
+                del self._active[task.id]
+                entry.tasks.pop(task.id, None)
 
     async def _send_batches(self, batches: list[_Batch]) -> None:
         """Dispatch tasks already recorded as scheduled. The members they go to are stored
-        first as well: a restarted manager must know where its tasks went."""
+        first as well: a restarted manager must know where its tasks went.
+
+        Commands reach a member in ``seq`` order, one at a time: it reports the highest
+        ``seq`` it has seen, and a task sent with a lower one that it does not report is
+        taken as lost; an artifact goes inline only in the first command that needs it.
+        Placements made apart (a submit placing at once, a scheduling pass) may be ready
+        in either order, so each command takes its seq when it is built, under the lock.
+        """
         if any(entry.worker.id in self._unsaved for entry, _ in batches):
             await self._flush_workers()
-        for entry, tasks in batches:
-            await self._dispatch(entry, tasks)
+        async with self._sending:
+            for entry, tasks in batches:
+                await self._dispatch(entry, tasks)
 
     def _window(self, views: list[WorkerView]) -> int:
         """How many pending tasks one pass looks at."""
@@ -718,15 +726,7 @@ class Manager:
         return Plan(assignments=plan.assignments, waiting=waiting, cursor=0)
 
     async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
-        """One ``task.start``. Commands reach a member in ``seq`` order, one at a time:
-        it reports the highest ``seq`` it has seen, and a task sent with a lower one that
-        it does not report is taken as lost; an artifact goes inline only in the first
-        command that needs it. Placements made apart (a submit placing at once, a
-        scheduling pass) may be ready in any order, so the seq is taken here."""
-        async with self._sending:
-            await self._dispatch_now(entry, tasks)
-
-    async def _dispatch_now(self, entry: WorkerEntry, tasks: list[Task]) -> None:
+        """One ``task.start``, with its seq taken now (see :meth:`_send_batches`)."""
         assignments = []
         for task in tasks:
             inline = None
