@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.wire import Reply, Unreachable, open_wire
 
 __all__ = [
     "BATCH_LIMIT",
@@ -162,48 +163,49 @@ _ERROR_BY_STATUS: dict[int, type[EdgeplaneError]] = {
 }
 
 
-def _problem(resp: httpx.Response) -> EdgeplaneError:
+def _problem(resp: Reply) -> EdgeplaneError:
     """Turn an error response (problem+json or not) back into the error the server raised."""
-    detail = resp.reason_phrase or f"HTTP {resp.status_code}"
+    detail = resp.reason or f"HTTP {resp.status}"
     field_name: str | None = None
     try:
         body = orjson.loads(resp.content)
     except orjson.JSONDecodeError:
         body = None
-        if resp.text.strip():
-            detail = resp.text.strip()[:300]
+        text = resp.content.decode(errors="replace").strip()
+        if text:
+            detail = text[:300]
     if isinstance(body, dict):
         detail = str(body.get("detail") or body.get("title") or detail)
         given = body.get("field")
         field_name = given if isinstance(given, str) else None
-    cls = _ERROR_BY_STATUS.get(resp.status_code)
+    cls = _ERROR_BY_STATUS.get(resp.status)
     if cls is None:
-        return EdgeplaneError(f"HTTP {resp.status_code}: {detail}", field=field_name)
+        return EdgeplaneError(f"HTTP {resp.status}: {detail}", field=field_name)
     return cls(detail, field=field_name)
 
 
-def _json(resp: httpx.Response) -> Any:
-    if not resp.is_success:
+def _json(resp: Reply) -> Any:
+    if not resp.ok:
         raise _problem(resp)
     try:
         return orjson.loads(resp.content)
     except orjson.JSONDecodeError:
-        raise EdgeplaneError(f"{resp.request.url} answered with something not JSON") from None
+        raise EdgeplaneError(f"{resp.url} answered with something not JSON") from None
 
 
-def _validated(model: type[M], body: Any, resp: httpx.Response) -> M:
+def _validated(model: type[M], body: Any, resp: Reply) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise EdgeplaneError(
-            f"unexpected answer from {resp.request.url}: {where}: {first['msg']}"
+            f"unexpected answer from {resp.url}: {where}: {first['msg']}"
         ) from None
 
 
-def _model(model: type[M]) -> Callable[[httpx.Response], M]:
-    def parse(resp: httpx.Response) -> M:
+def _model(model: type[M]) -> Callable[[Reply], M]:
+    def parse(resp: Reply) -> M:
         return _validated(model, _json(resp), resp)
 
     return parse
@@ -226,11 +228,11 @@ _application = _model(ApplicationView)
 _application_page = _model(Page[ApplicationView])
 
 
-def _tasks(resp: httpx.Response) -> list[Task]:
+def _tasks(resp: Reply) -> list[Task]:
     return _batch(resp).items
 
 
-def _run_or_schedule(resp: httpx.Response) -> Workflow | Schedule:
+def _run_or_schedule(resp: Reply) -> Workflow | Schedule:
     """``POST /jobs|/workflows``: the run, or the schedule when the body had ``schedule``."""
     body = _json(resp)
     if isinstance(body, dict) and "cron" in body:
@@ -238,19 +240,19 @@ def _run_or_schedule(resp: httpx.Response) -> Workflow | Schedule:
     return _validated(Workflow, body, resp)
 
 
-def _document(resp: httpx.Response) -> dict[str, Any]:
+def _document(resp: Reply) -> dict[str, Any]:
     body = _json(resp)
     if not isinstance(body, dict):
-        raise EdgeplaneError(f"unexpected answer from {resp.request.url}: not an object")
+        raise EdgeplaneError(f"unexpected answer from {resp.url}: not an object")
     return body
 
 
-def _nothing(resp: httpx.Response) -> None:
-    if not resp.is_success:
+def _nothing(resp: Reply) -> None:
+    if not resp.ok:
         raise _problem(resp)
 
 
-def _unreachable(url: str, exc: httpx.TransportError) -> Unavailable:
+def _unreachable(url: str, exc: httpx.TransportError | Unreachable) -> Unavailable:
     reason = str(exc) or type(exc).__name__
     return Unavailable(f"cannot reach edgeplane at {url}: {reason}")
 
@@ -272,7 +274,7 @@ class _Call(Generic[T]):
 
     method: str
     path: str
-    parse: Callable[[httpx.Response], T]
+    parse: Callable[[Reply], T]
     params: Mapping[str, str | int | float] | None = None
     body: Any = None
     #: Seconds the server may hold the request (long-poll), added to the read timeout.
@@ -587,12 +589,13 @@ class Client(_Base):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(url, token, timeout, clock)
-        self._http = httpx.Client(transport=transport, **self._options())
+        options = self._options()
+        self._http = open_wire(options["base_url"], options["headers"], timeout, transport)
 
     def _send(self, call: _Call[T]) -> T:
         try:
             resp = self._http.request(**self._request(call))
-        except httpx.TransportError as exc:
+        except Unreachable as exc:
             raise _unreachable(self.url, exc) from None
         return call.parse(resp)
 
@@ -829,7 +832,7 @@ class AsyncClient(_Base):
             resp = await self._http.request(**self._request(call))
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from None
-        return call.parse(resp)
+        return call.parse(Reply.of(resp))
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgeplane import __version__
 from edgeplane.api import applications, clusters, dashboard, problems, runs, tasks, workers
 from edgeplane.api.deps import caller
+from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
@@ -63,6 +64,8 @@ def create_app(
     app.state.schedules = schedules
     app.state.applications = apps
     problems.install(app)
+    # Added first, so it sits inside the body limit (middleware added later wraps it).
+    app.add_middleware(TaskFastPath, manager=manager, tokens=tokens)
     app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
 
     secured = [Depends(caller)]

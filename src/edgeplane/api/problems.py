@@ -31,15 +31,18 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or str(loc[0] if loc else "body")
 
 
+def from_error(exc: EdgeplaneError) -> JSONResponse:
+    extra = {"field": exc.field} if exc.field else {}
+    response = problem(exc.status, exc.title, exc.detail, **extra)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(EdgeplaneError)
     async def _edgeplane(_: Request, exc: EdgeplaneError) -> JSONResponse:
-        extra = {"field": exc.field} if exc.field else {}
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        response = problem(exc.status, exc.title, exc.detail, **extra)
-        if headers:
-            response.headers.update(headers)
-        return response
+        return from_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from edgeplane.api.deps import ManagerDep
 from edgeplane.api.responses import document
 from edgeplane.errors import Invalid
+from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.model import (
     Page,
@@ -64,10 +65,15 @@ async def create_task(
             catch_up=spec.catch_up,
         )
         return document(schedule, status_code=201)
+    return document(await create_one(manager, spec, wait), status_code=201)
+
+
+async def create_one(manager: Manager, spec: TaskSpec, wait: float) -> Task:
+    """One task (not a schedule), held until it ends or ``wait`` seconds pass when started."""
     (task,) = await manager.submit([spec], batch=False)
     if wait and task.started:
         task = await manager.wait(task.id, wait)
-    return document(task, status_code=201)
+    return task
 
 
 @router.post("/batch", status_code=201, response_model=TaskItems)

@@ -1,0 +1,149 @@
+"""The two requests every task makes, answered without FastAPI's per-request machinery.
+
+``POST /api/v1/tasks`` (create; with ``?wait=`` create and wait: ``edgeplane task run``,
+``Client.run``) and ``GET /api/v1/tasks/{id}`` (``Client.wait``, the dashboard) are on
+the latency path of every task. FastAPI spends about 0.8 ms of CPU on each of them here
+before and around the handler: routing through every route, solving dependencies,
+validating the body field by field (py-spy, ``docs/benchmarks.md``). This plain ASGI layer
+answers them directly, with the same token check, the same validation (the
+:class:`TaskSpec` model in Python mode, as FastAPI does) and the same handler code.
+
+It only takes requests it is sure about. Anything else goes on to FastAPI unchanged, the
+body it read replayed: every malformed request (so every 422 is FastAPI's, naming the
+field), schedules, other query parameters' forms. The routes stay declared in FastAPI,
+which still describes them in OpenAPI and answers them when this layer steps aside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from urllib.parse import parse_qsl
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgeplane.api.problems import from_error
+from edgeplane.api.responses import document
+from edgeplane.api.tasks import MAX_WAIT_S, create_one
+from edgeplane.errors import EdgeplaneError
+from edgeplane.manager import Manager
+from edgeplane.model import TaskSpec
+from edgeplane.security import TokenChecker
+
+TASKS = "/api/v1/tasks"
+
+
+class TaskFastPath:
+    def __init__(self, app: ASGIApp, manager: Manager, tokens: TokenChecker) -> None:
+        self.app = app
+        self.manager = manager
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            method: str = scope["method"]
+            if method == "POST" and path == TASKS:
+                await self._create(scope, receive, send)
+                return
+            task_id = path[len(TASKS) + 1 :] if path.startswith(TASKS + "/") else ""
+            if method == "GET" and task_id and "/" not in task_id:
+                await self._get(task_id, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        spec = _spec(scope, body)
+        wait = _wait(scope)
+        if spec is None or spec.schedule is not None or wait is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await self._answer(scope, receive, send, self._created(scope, spec, wait))
+
+    async def _get(self, task_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        wait = _wait(scope)
+        if wait is None:
+            await self.app(scope, receive, send)
+            return
+        await self._answer(scope, receive, send, self._found(scope, task_id, wait))
+
+    async def _created(self, scope: Scope, spec: TaskSpec, wait: float) -> Response:
+        await self.tokens.check(_header(scope, b"authorization"))
+        return document(await create_one(self.manager, spec, wait), status_code=201)
+
+    async def _found(self, scope: Scope, task_id: str, wait: float) -> Response:
+        await self.tokens.check(_header(scope, b"authorization"))
+        return document(await self.manager.wait(task_id, wait))
+
+    @staticmethod
+    async def _answer(
+        scope: Scope, receive: Receive, send: Send, answer: Awaitable[Response]
+    ) -> None:
+        try:
+            response = await answer
+        except EdgeplaneError as exc:
+            response = from_error(exc)
+        await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _wait(scope: Scope) -> float | None:
+    """``?wait=`` in seconds (0 when absent), or None when FastAPI should judge the query."""
+    wait = 0.0
+    for key, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        if key != "wait":
+            continue
+        try:
+            wait = float(value)
+        except ValueError:
+            return None
+        if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT_S):
+            return None
+    return wait
+
+
+def _spec(scope: Scope, body: bytes) -> TaskSpec | None:
+    """The body as FastAPI would take it (JSON, then the model in Python mode), or None."""
+    content_type = _header(scope, b"content-type") or ""
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return None
+    try:
+        return TaskSpec.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body once more, then what the client sends next."""
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again

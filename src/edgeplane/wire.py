@@ -1,0 +1,201 @@
+"""HTTP for the blocking client: one kept-alive connection, without httpx's layers.
+
+``edgeplane task run`` and ``Client.run`` make one request per task, and the client's
+own CPU is on that latency path. httpx spends ~0.65 ms of CPU on a request to a local
+server (URL merging and parsing, header models, httpcore, h11); ``http.client`` on a kept
+connection ~0.14 ms (``docs/benchmarks.md``). :class:`Connection` is that: one connection
+per client, reused, opened again when the server closed it while idle.
+
+Proxies are httpx's job: the client goes through httpx whenever the environment names a
+proxy for its URL, or when the caller hands it an httpx transport.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+import httpx
+
+#: Methods safe to send again when a kept connection turns out dead mid-request.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response as the client's parsers read it, whichever way it came."""
+
+    status: int
+    reason: str
+    content: bytes
+    url: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @classmethod
+    def of(cls, resp: httpx.Response) -> Reply:
+        return cls(resp.status_code, resp.reason_phrase, resp.content, str(resp.request.url))
+
+
+class Unreachable(Exception):
+    """The server could not be reached or stopped answering (the client's TransportError)."""
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment (``HTTP_PROXY``, ``NO_PROXY``, …) sends ``url`` via a proxy."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    if parts.scheme not in proxies and "all" not in proxies:
+        return False
+    return not proxy_bypass(parts.hostname or "")
+
+
+class Wire(Protocol):
+    """How the blocking client sends: ``url`` is the path under the base URL."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+def open_wire(
+    base_url: str, headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None
+) -> Wire:
+    """A :class:`Connection`, or httpx when given a transport or a proxy applies."""
+    if transport is None and not proxied(base_url):
+        return Connection(base_url, headers, timeout)
+    client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+    return HttpxWire(client)
+
+
+class HttpxWire:
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        options: dict[str, Any] = {"params": params, "content": content, "headers": headers}
+        if timeout is not None:  # None would mean no timeout at all to httpx
+            options["timeout"] = timeout
+        try:
+            return Reply.of(self._client.request(method, url, **options))
+        except httpx.TransportError as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class Connection:
+    """Requests to one ``http(s)://host[:port][/prefix]`` over one kept-alive connection."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._headers = headers
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        target = self._prefix + url + (f"?{urlencode(params)}" if params else "")
+        sent = {**self._headers, **(headers or {})}
+        fresh = self._conn is None or self._closed_by_peer()
+        try:
+            return self._exchange(method, target, content, sent, timeout, fresh)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            if fresh or method not in IDEMPOTENT:
+                raise Unreachable(str(exc) or type(exc).__name__) from None
+            # A kept connection the server dropped as we sent: once more on a new one.
+            return self._exchange(method, target, content, sent, timeout, True)
+
+    def _exchange(
+        self,
+        method: str,
+        target: str,
+        content: bytes | None,
+        headers: dict[str, str],
+        timeout: float | None,
+        fresh: bool,
+    ) -> Reply:
+        if fresh:
+            self.close()
+            self._conn = self._connect()
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.timeout = timeout or self._timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            conn.request(method, target, body=content, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+        if resp.will_close:
+            self.close()
+        return Reply(resp.status, resp.reason, body, self._origin + target)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def _closed_by_peer(self) -> bool:
+        """An idle kept connection with something to read has been closed by the server
+        (or holds bytes nobody asked for): either way it cannot carry the next request."""
+        sock = self._conn.sock if self._conn is not None else None
+        if sock is None:
+            return True
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
