@@ -71,20 +71,20 @@ def _blob(layout: Path, data: bytes) -> dict[str, Any]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
+def _gzipped(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
+
+
 def write_image(
-    layout: Path,
-    layers: Sequence[bytes],
-    config: dict[str, Any],
-    *,
-    tag: str | None = "latest",
-    compressed: bool = True,
+    layout: Path, layers: Sequence[bytes], config: dict[str, Any], *, tag: str | None = "latest"
 ) -> str:
     """Add an image to the OCI layout at ``layout`` (created if needed) tagged ``tag``
-    (None: no ref annotation); returns its manifest digest."""
+    (None: no ref annotation); ``layers`` are tar blobs, gzip or not, bottom first.
+    Returns the manifest digest."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     diff_ids = [
-        "sha256:" + hashlib.sha256(gzip.decompress(d) if compressed else d).hexdigest()
+        "sha256:" + hashlib.sha256(gzip.decompress(d) if _gzipped(d) else d).hexdigest()
         for d in layers
     ]
     image_config = {
@@ -94,12 +94,14 @@ def write_image(
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     config_blob = _blob(layout, json.dumps(image_config).encode())
-    media = LAYER_GZIP if compressed else LAYER_TAR
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-        "layers": [{"mediaType": media, **_blob(layout, data)} for data in layers],
+        "layers": [
+            {"mediaType": LAYER_GZIP if _gzipped(data) else LAYER_TAR, **_blob(layout, data)}
+            for data in layers
+        ],
     }
     descriptor: dict[str, Any] = {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
