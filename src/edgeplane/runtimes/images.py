@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -29,6 +30,8 @@ from typing import IO, Any
 
 from edgeplane.errors import TaskFailure
 from edgeplane.runtimes.layers import apply_layer
+
+log = logging.getLogger(__name__)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DEFAULT_TAG = "latest"
@@ -167,12 +170,15 @@ class ImageStore:
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=self.cache_dir))
         try:
             os.chmod(work, 0o755)
+            entries = devices = 0
             for digest, _ in image.layers:
                 with self._blob(image.ref, image.layout, digest).open("rb") as file:
                     hashed = _Hashed(file)
-                    apply_layer(hashed, work)  # type: ignore[arg-type]
+                    applied = apply_layer(hashed, work)
                     if hashed.drain() != digest.removeprefix("sha256:"):
                         raise _fail(image.ref, f"layer {digest} does not match its digest")
+                entries += applied.entries
+                devices += applied.skipped_devices
             for point in MOUNT_POINTS:
                 (work / point).mkdir(exist_ok=True)
             try:
@@ -180,6 +186,8 @@ class ImageStore:
             except OSError:
                 if not final.is_dir():  # another process got there first: fine
                     raise
+            extra = {"image": image.ref, "digest": image.digest, "entries": entries}
+            log.info("image unpacked", extra={**extra, "skipped_devices": devices})
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
