@@ -405,3 +405,5 @@ async def test_a_container_task_through_the_api(
         assert "image 'nope': no such image" in unknown.json()["error"]
         bad = await http.post("/tasks", json={**body, "image": "../etc"})
         assert (bad.status_code, bad.json()["field"]) == (422, "image")
+        no_image = await http.post("/tasks", json={**body, "image": None})
+        assert (no_image.status_code, no_image.json()["field"]) == (422, "image")

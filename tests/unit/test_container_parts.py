@@ -90,8 +90,10 @@ def test_entries_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
         Entry("data/.wh..wh..opq", b""),
         Entry("etc/.wh.gone", b""),
         Entry("etc/.wh.never-there", b""),
+        Entry("fresh/.wh..wh..opq", b""),  # a new directory, opaque: nothing to hide
+        Entry("fresh"),
     )
-    assert tree(tmp_path) == ["bin", "bin/sh", "data", "data/new", "etc", "etc/kept"]
+    assert tree(tmp_path) == ["bin", "bin/sh", "data", "data/new", "etc", "etc/kept", "fresh"]
     assert os.readlink(tmp_path / "bin" / "sh") == "busybox"
     assert (tmp_path / "data" / "new").read_bytes() == b"5"
 

@@ -81,7 +81,8 @@ def apply_layer(stream: Readable, root: Path) -> Applied:
                     continue  # the root directory itself
                 target = _inside(root, root / rel)
                 if rel.name == OPAQUE:
-                    for child in list(target.parent.iterdir()):
+                    lower = target.parent.iterdir() if target.parent.is_dir() else ()
+                    for child in list(lower):
                         if child not in added:
                             removed += _remove(child)
                     continue
