@@ -4,8 +4,9 @@ Each attempt gets a bundle ``<data>/containers/bundles/<id>`` holding its ``conf
 (``bundle.py``: read-only shared rootfs from ``images.py``, tmpfs ``/tmp``, no network,
 cgroup limits) and its ``stdout``/``stderr`` files, and runs as ``runc --root
 <data>/containers/runc run --bundle B <id>`` in the foreground, so runc's exit status is the
-container's. Output goes to files rather than pipes (as for host tasks): a restarted worker
-that :meth:`ContainerRuntime.recover`\\ s an attempt still reads everything it printed.
+container's. Output goes to files rather than pipes (as for host tasks): a worker restarted
+after a crash re-attaches (:meth:`ContainerRuntime.recover`) and still reads everything the
+attempt printed.
 
 Timeout and stop are the host runtime's sequence through ``runc kill``: SIGTERM to the
 container's init, SIGKILL after ``grace_s`` (the init of a pid namespace ignores SIGTERM
