@@ -41,6 +41,10 @@ class Settings(BaseModel):
     pack: bool = Field(default=False, description="resource-fit: bin-pack instead of spread")
     admin_token: str | None = None
     allow_host: bool = False
+    #: run container tasks (runc) when the worker can: root with runc installed
+    containers: bool = True
+    #: a worker's OCI image layouts (default ``<worker data dir>/images``)
+    images_dir: Path | None = None
     slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"

@@ -526,10 +526,10 @@ async def test_services_that_could_never_start_are_refused(hierarchy: Hierarchy)
             "name": "x",
             "services": [
                 {"name": "ok", **SLEEPER},
-                {"name": "box", "runtime": "container", "image": "busybox"},
+                {"name": "box", "runtime": "container"},  # no image
             ],
         }
         refused = await http.post("/applications", json=body)
         assert refused.status_code == 422, refused.text
-        assert refused.json()["field"] == "services[1].runtime"
+        assert refused.json()["field"] == "services[1].image"
         assert (await http.get("/applications")).json()["total"] == 0

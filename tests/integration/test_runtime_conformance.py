@@ -1,4 +1,4 @@
-"""One conformance suite for every runtime (DESIGN §6.2): wasm, host and fake.
+"""One conformance suite for every runtime (DESIGN §6.2): wasm, host, container and fake.
 
 Each runtime brings a kit of four kinds of task: one that completes with known results,
 one that fails, one that runs until stopped or timed out, and one whose spec is bad
@@ -18,7 +18,15 @@ import pytest
 from edgeplane.errors import NotFound, TaskFailure
 from edgeplane.model import Limits
 from edgeplane.protocol import Assignment
-from edgeplane.runtimes import FakeRuntime, Handle, HostRuntime, Runtime, WasmRuntime
+from edgeplane.runtimes import (
+    ContainerRuntime,
+    FakeRuntime,
+    Handle,
+    HostRuntime,
+    Runtime,
+    WasmRuntime,
+)
+from oci_fixtures import container_skip_reason, images_with_busybox
 from wasm_fixtures import digest, math_wasm
 
 pytestmark = pytest.mark.timeout(30)
@@ -84,6 +92,32 @@ def _host_kit(tmp: Path) -> Kit:
     )
 
 
+def _container_kit(tmp: Path) -> Kit:
+    def task(
+        task_id: str, command: list[str], timeout: float | None = None, image: str = "busybox"
+    ) -> Task:
+        spec = Assignment(
+            task_id=task_id,
+            attempt=1,
+            runtime="container",
+            name="cmd",
+            image=image,
+            command=command,
+            limits=Limits(timeout_s=timeout),
+        )
+        return spec, None
+
+    images = images_with_busybox(tmp / "images")
+    return Kit(
+        runtime=ContainerRuntime(tmp / "worker", images, grace_s=0.3),
+        ok=lambda tid: task(tid, ["sh", "-c", "echo hello"]),
+        expected={"stdout": "hello\n", "exit_code": 0},
+        fail=lambda tid: task(tid, ["sh", "-c", "exit 3"]),
+        sleep=lambda tid, timeout: task(tid, ["sleep", "30"], timeout),
+        bad=lambda tid: task(tid, ["true"], image="../busybox"),
+    )
+
+
 def _fake_kit(tmp: Path) -> Kit:
     def task(task_id: str, name: str, timeout: float | None = None) -> Task:
         spec = Assignment(
@@ -106,11 +140,13 @@ def _fake_kit(tmp: Path) -> Kit:
     )
 
 
-KITS = {"wasm": _wasm_kit, "host": _host_kit, "fake": _fake_kit}
+KITS = {"wasm": _wasm_kit, "host": _host_kit, "container": _container_kit, "fake": _fake_kit}
 
 
 @pytest.fixture(params=sorted(KITS))
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    if request.param == "container" and (why := container_skip_reason()) is not None:
+        pytest.skip(why)
     made = KITS[request.param](tmp_path)
     yield made
     await made.runtime.close()

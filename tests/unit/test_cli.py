@@ -223,6 +223,25 @@ def test_run_host_command_after_double_dash() -> None:
     )
 
 
+def test_run_container_with_its_image() -> None:
+    api = FakeApi(results={"stdout": "hi\n", "exit_code": 0})
+    result = invoke(
+        api, "task", "run", "--runtime", "container", "--image", "busybox:1.36", "--", "echo", "hi"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hi\n"
+    spec = api.sent()
+    assert (spec["runtime"], spec["name"], spec["image"], spec["command"]) == (
+        "container",
+        "busybox",
+        "busybox:1.36",
+        ["echo", "hi"],
+    )
+    default = FakeApi()
+    invoke(default, "task", "create", "--runtime", "container", "--image", "busybox")
+    assert "command" not in default.sent()  # the image's own Cmd
+
+
 def test_a_failed_task_exits_1_with_its_error(wasm: Path) -> None:
     api = FakeApi(state="failed", results=None, error="wasm trap: unreachable")
     result = invoke(api, "task", "run", str(wasm), "add")
@@ -268,7 +287,9 @@ def test_an_oci_reference_is_sent_as_image_url() -> None:
     [
         (("task", "run", "missing.wasm", "add"), "cannot read missing.wasm"),
         (("task", "run", "x.wasm"), "give FILE.wasm and NAME"),
-        (("task", "run", "--runtime", "host"), "Missing argument"),
+        (("task", "run", "--runtime", "host"), "give the command after --"),
+        (("task", "run", "--runtime", "container"), "a container task needs it"),
+        (("task", "run", "--image", "busybox", "x.wasm", "add"), "only with --runtime container"),
         (("task", "run", "x.wasm", "add", "--env", "NOEQUALS"), "expected K=V"),
         (("task", "run", "x.wasm", "add", "--wiat"), "no such option: --wiat"),
         (("task", "frobnicate"), "No such command"),

@@ -27,6 +27,19 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.heartbeat_s == 1.0  # flag beats file
 
 
+def test_containers_on_by_default_and_env_turns_them_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEPLANE_CONTAINERS", raising=False)
+    monkeypatch.delenv("EDGEPLANE_IMAGES_DIR", raising=False)
+    assert (load({}).containers, load({}).images_dir) == (True, None)
+    monkeypatch.setenv("EDGEPLANE_CONTAINERS", "false")
+    monkeypatch.setenv("EDGEPLANE_IMAGES_DIR", str(tmp_path))
+    settings = load({})
+    assert (settings.containers, settings.images_dir) == (False, tmp_path)
+    assert load({"containers": True}).containers is True  # a flag beats env
+
+
 def test_bad_file(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("- a list\n")

@@ -55,6 +55,20 @@ AllowHostOption = Annotated[
         show_default=False,
     ),
 ]
+ContainersOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--containers/--no-containers",
+        help="Run container tasks when runc is installed and the worker is root (on by default).",
+        show_default=False,
+    ),
+]
+ImagesDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+    ),
+]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
 DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
@@ -125,6 +139,8 @@ def up(
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
     allow_host: AllowHostOption = None,
+    containers: ContainersOption = None,
+    images_dir: ImagesDirOption = None,
     heartbeat_s: HeartbeatOption = None,
     clusters: Annotated[
         int | None,
@@ -151,6 +167,8 @@ def up(
         "store": store,
         "scheduler": scheduler,
         "allow_host": allow_host,
+        "containers": containers,
+        "images_dir": images_dir,
         "heartbeat_s": heartbeat_s,
         "log_level": log_level,
     }
@@ -283,6 +301,8 @@ def worker(
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
     ] = None,
     allow_host: AllowHostOption = None,
+    containers: ContainersOption = None,
+    images_dir: ImagesDirOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
     log_level: LogLevelOption = None,
@@ -296,6 +316,8 @@ def worker(
         "slots": slots,
         "prefetch": prefetch,
         "allow_host": allow_host,
+        "containers": containers,
+        "images_dir": images_dir,
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,
         "log_level": log_level,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from edgeplane.model import Task
 
 app = typer.Typer(
-    help="Tasks: one wasm function call, WASI program or host command on one worker.",
+    help="Tasks: one wasm function call, WASI program, host command or container on one worker.",
     no_args_is_help=True,
 )
 
@@ -44,6 +44,7 @@ class Mode(StrEnum):
 class RuntimeName(StrEnum):
     wasm = "wasm"
     host = "host"
+    container = "container"
 
 
 #: Lets ``-2`` be a function input and ``sh -c …`` a command without ``--``.
@@ -52,20 +53,28 @@ _PASS_THROUGH = {"ignore_unknown_options": True}
 _ARGS_HELP = (
     "wasm: FILE.wasm (or oci://REF) NAME [ARGS]... where NAME is the export to call and ARGS "
     "its inputs (function mode) or the program's arguments (--mode wasi). "
-    "host: the command, after `--`, e.g. `--runtime host -- sh -c 'echo hi'`."
+    "host: the command, after `--`, e.g. `--runtime host -- sh -c 'echo hi'`. "
+    "container: --image NAME[:TAG] and optionally the command after `--` (default: the "
+    "image's)."
 )
 ArgsArgument = Annotated[
-    list[str], typer.Argument(metavar="FILE.wasm NAME [ARGS] | -- CMD", help=_ARGS_HELP)
+    list[str] | None,
+    typer.Argument(metavar="FILE.wasm NAME [ARGS] | -- CMD", help=_ARGS_HELP, show_default=False),
 ]
 ModeOption = Annotated[
     Mode, typer.Option(help="wasm: call an export (function) or run _start (wasi).")
 ]
-RuntimeOption = Annotated[RuntimeName, typer.Option(help="wasm module or host command.")]
+RuntimeOption = Annotated[RuntimeName, typer.Option(help="wasm module, host command or container.")]
+ImageOption = Annotated[
+    str | None,
+    typer.Option(help="--runtime container: an image in the worker's image dir, NAME[:TAG]."),
+]
 ExportOption = Annotated[
     str | None, typer.Option(help="wasm export to call when it differs from NAME.")
 ]
 NameOption = Annotated[
-    str | None, typer.Option(help="Task name for --runtime host (default: the program's name).")
+    str | None,
+    typer.Option(help="Task name for host and container tasks (default: the program or image)."),
 ]
 EnvOption = Annotated[list[str] | None, typer.Option("--env", help="K=V, repeatable.")]
 FuelOption = Annotated[int | None, typer.Option(min=1, help="wasm fuel limit.")]
@@ -122,9 +131,10 @@ def _input(text: str) -> Any:
 
 
 def task_spec(
-    args: list[str],
+    args: list[str] | None,
     *,
     runtime: RuntimeName,
+    image: str | None,
     mode: Mode,
     export: str | None,
     name: str | None,
@@ -139,7 +149,16 @@ def task_spec(
 ) -> dict[str, Any]:
     """The task body the command line describes."""
     spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
-    if runtime is RuntimeName.host:
+    args = args or []
+    if image is not None and runtime is not RuntimeName.container:
+        raise typer.BadParameter("only with --runtime container", param_hint="--image")
+    if runtime is RuntimeName.container:
+        if image is None:
+            raise typer.BadParameter("a container task needs it", param_hint="--image NAME[:TAG]")
+        spec.update(image=image, name=name or image.partition(":")[0])
+        if args:
+            spec["command"] = args
+    elif runtime is RuntimeName.host:
         if not args:
             raise typer.BadParameter("give the command after --", param_hint="CMD")
         spec.update(command=args, name=name or Path(args[0]).name)
@@ -230,11 +249,12 @@ def print_created(task: Task, fmt: Format) -> None:
 @app.command(context_settings=_PASS_THROUGH)
 def run(
     ctx: typer.Context,
-    args: ArgsArgument,
+    args: ArgsArgument = None,
     wait: Annotated[bool, typer.Option(help="Wait for the result and print it.")] = True,
     timeout: WaitTimeoutOption = None,
     mode: ModeOption = Mode.function,
     runtime: RuntimeOption = RuntimeName.wasm,
+    image: ImageOption = None,
     export: ExportOption = None,
     name: NameOption = None,
     env: EnvOption = None,
@@ -252,13 +272,15 @@ def run(
     """Run a task and print its results (values, or the program's stdout).
 
     Examples: `edgeplane task run add.wasm add 2 3` prints 5;
-    `edgeplane task run --runtime host -- sh -c 'echo hi'` prints hi.
+    `edgeplane task run --runtime host -- sh -c 'echo hi'` prints hi;
+    `edgeplane task run --runtime container --image busybox -- echo hi` prints hi.
     With --no-wait it prints the task id. Exit 1 if the task fails.
     With --schedule it prints the id of the schedule that runs the task at each slot.
     """
     spec = task_spec(
         args,
         runtime=runtime,
+        image=image,
         mode=mode,
         export=export,
         name=name,
@@ -291,9 +313,10 @@ def run(
 @app.command(context_settings=_PASS_THROUGH)
 def create(
     ctx: typer.Context,
-    args: ArgsArgument,
+    args: ArgsArgument = None,
     mode: ModeOption = Mode.function,
     runtime: RuntimeOption = RuntimeName.wasm,
+    image: ImageOption = None,
     export: ExportOption = None,
     name: NameOption = None,
     env: EnvOption = None,
@@ -310,6 +333,7 @@ def create(
     spec = task_spec(
         args,
         runtime=runtime,
+        image=image,
         mode=mode,
         export=export,
         name=name,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from edgeplane.errors import Invalid
 from edgeplane.model import Task, TaskSpec
+from edgeplane.runtimes.images import NAME_RULE, split_ref
 from edgeplane.runtimes.modules import FuncSig, ModuleCache, check_call
 
 _modules: ModuleCache | None = None
@@ -79,6 +80,11 @@ def admit(
     elif spec.runtime == "host":
         if not spec.command:
             raise Invalid("a host task needs 'command' (a non-empty list)", field="command")
+    elif spec.runtime == "container":
+        if not spec.image:
+            raise Invalid("a container task needs 'image' (NAME[:TAG])", field="image")
+        if split_ref(spec.image) is None:
+            raise Invalid(f"image {spec.image!r} is not allowed: {NAME_RULE}", field="image")
     else:
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
     if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:

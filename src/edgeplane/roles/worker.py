@@ -33,7 +33,13 @@ def build_worker(
     data_dir: Path,
     labels: Mapping[str, str] | None = None,
 ) -> WorkerAgent:
-    runtimes = available_runtimes(allow_host=settings.allow_host, cache_dir=data_dir / "modules")
+    runtimes = available_runtimes(
+        allow_host=settings.allow_host,
+        cache_dir=data_dir / "modules",
+        data_dir=data_dir,
+        allow_containers=settings.containers,
+        images_dir=settings.images_dir,
+    )
     options = WorkerOptions(
         worker_id=worker_id,
         broker_url=broker_url,
