@@ -70,6 +70,29 @@ async def test_round_trip_on_amqtt(embedded_broker_url: str, unique_domain: str)
     await echo_once(embedded_broker_url, unique_domain)
 
 
+async def test_big_and_small_messages_arrive_whole_and_in_order(
+    fast_broker_url: str, unique_domain: str
+) -> None:
+    """Packets go out on the loop's next turn (``write_promptly``); one bigger than the
+    socket takes at once is finished by aiomqtt's writer, and nothing overtakes it."""
+    inbox, on_message = collector()
+    topic = f"{unique_domain}/bulk/1"
+    big = os.urandom(24 * 2**20)
+    sent = [b"first", big, *(b"small-%d" % n for n in range(200)), big[::-1], b"last"]
+    async with MqttLink(
+        fast_broker_url,
+        client_id=f"{unique_domain}-bulk",
+        subscriptions=[f"{unique_domain}/bulk/#"],
+        on_message=on_message,
+    ) as link:
+        for n, payload in enumerate(sent):
+            await link.publish(topic, payload, qos=n % 2)
+        received = [(await next_message(inbox))[1] for _ in sent]
+        await link.flush()
+    assert received == sent
+    assert link.stats.published == len(sent)
+
+
 async def test_stop_leaves_no_tasks_behind(fast_broker_url: str, unique_domain: str) -> None:
     _, on_message = collector()
     link = MqttLink(
