@@ -184,7 +184,7 @@ def run_edgeplane(name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path
     )
     system.throughput_method = (
         "Client.submit_many (POST /tasks/batch, 1000 a call), then read the manager's"
-        " edgeplane_tasks_finished counter (/metrics) every 100 ms; clock to the last"
+        " edgeplane_tasks_finished counter (/metrics) every 0.5 s; clock to the last"
         " finished_at"
     )
     system.latency_method = "Client.run (POST /tasks?wait=: created and waited for in one request)"
