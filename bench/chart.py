@@ -43,7 +43,9 @@ def _colours(systems: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _label(system: Mapping[str, Any]) -> str:
-    return f"{system['name']}\n{system['version']}"
+    """Name over version; "edgeplane wasm" on two lines so neighbours' labels do not meet."""
+    name = str(system["name"]).replace("edgeplane ", "edgeplane\n")
+    return f"{name}\n{system['version']}"
 
 
 def draw(suite: Mapping[str, Any], out: Path) -> Path:
