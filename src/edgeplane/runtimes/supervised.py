@@ -1,0 +1,247 @@
+"""What the host and container runtimes share: one supervised process per attempt.
+
+An attempt's main process (the host task's group leader, a container's ``runc run``) writes
+its stdout and stderr to files in the attempt's own directory. A supervisor task waits for
+it to exit or for the deadline; timeout and stop go through one kill sequence per attempt
+(SIGTERM, then SIGKILL after ``grace_s``); afterwards the outcome is built from the exit
+code and the tails of both files, and the directory is removed. After a worker restart the
+main process is no longer our child: it is polled by pid, and its exit status is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import psutil
+
+from edgeplane.clock import Clock, SystemClock
+from edgeplane.errors import Conflict, NotFound
+from edgeplane.protocol import Assignment
+from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
+
+_STOPPED = "stopped"
+_TIMEOUT = "timeout"
+
+
+def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
+    """The last ``limit`` characters of a text file ('' when it is missing)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit * 4))  # a UTF-8 character takes at most four bytes
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")[-limit:]
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One attempt: its main process (None after a recover) and how it ended."""
+
+    spec: Assignment
+    dir: Path  # the attempt's own: its stdout and stderr files; removed at the end
+    outcome: asyncio.Future[Outcome]
+    deadline: float | None
+    process: asyncio.subprocess.Process | None = None
+    pid: int = 0  # what is polled when the main process is not our child (0: unknown)
+    reason: str | None = None
+    killer: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.spec.task_id, self.spec.attempt)
+
+
+A = TypeVar("A", bound=Attempt)
+
+
+class SupervisedRuntime(Runtime, Generic[A]):
+    """The attempts table and lifecycle of a runtime that supervises a process per attempt.
+
+    Subclasses start and recover attempts, register each with :meth:`_adopt`, and say
+    through the hooks below how an attempt is signalled, when it is gone and what else
+    it holds.
+    """
+
+    #: The ``NotFound`` message of ``wait`` for an attempt it does not know.
+    not_found: ClassVar[str]
+    #: SIGKILLs sent before the kill sequence gives up on an attempt that will not die.
+    kill_tries: ClassVar[int] = 1
+
+    def __init__(self, *, grace_s: float, poll_s: float, clock: Clock | None) -> None:
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self._clock = clock if clock is not None else SystemClock()
+        self._attempts: dict[tuple[str, int], A] = {}
+
+    async def wait(self, handle: Handle) -> Outcome:
+        key = (handle.task_id, handle.attempt)
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            raise NotFound(self.not_found.format(task_id=handle.task_id, attempt=handle.attempt))
+        outcome = await asyncio.shield(attempt.outcome)
+        self._attempts.pop(key, None)
+        return outcome
+
+    async def stop(self, handle: Handle) -> None:
+        """Kill the attempt; returns once it is gone."""
+        attempt = self._running(handle)
+        if attempt is None:
+            return
+        if attempt.reason is None:
+            attempt.reason = _STOPPED
+        await asyncio.shield(self._kill(attempt))
+        await asyncio.shield(attempt.outcome)
+
+    def inspect(self, handle: Handle) -> dict[str, Any]:
+        attempt = self._attempts.get((handle.task_id, handle.attempt))
+        if attempt is None:
+            return {"running": False}
+        return {"running": not attempt.outcome.done(), **self._details(attempt)}
+
+    async def close(self) -> None:
+        """Stop every attempt still running and clean up after each."""
+        for attempt in list(self._attempts.values()):
+            await self.stop(Handle(attempt.spec.task_id, attempt.spec.attempt, self.name))
+            if attempt.supervisor is not None:
+                await attempt.supervisor
+        self._attempts.clear()
+
+    # --- hooks --------------------------------------------------------------------------
+
+    @abstractmethod
+    def _details(self, attempt: A) -> dict[str, Any]:
+        """What ``inspect`` says of a known attempt besides ``running``."""
+
+    @abstractmethod
+    async def _signal(self, attempt: A, sig: signal.Signals) -> None:
+        """Send ``sig`` to the attempt (no error when it is already gone)."""
+
+    @abstractmethod
+    async def _gone(self, attempt: A, within: float) -> bool:
+        """Whether the attempt has ended, waiting ``within`` seconds at most."""
+
+    @abstractmethod
+    def _left_running(self, attempt: A) -> bool:
+        """Whether something the attempt started still runs that a (new) kill must end.
+
+        Asked once the main process has exited, and before a finished kill is repeated.
+        """
+
+    @abstractmethod
+    def _exit_error(self, exit_code: int, stderr: str) -> str:
+        """The error of an attempt whose main process exited with a non-zero code."""
+
+    async def _release(self, attempt: A) -> None:
+        """Free what the attempt holds besides its directory, before that is removed."""
+
+    def _survived(self, attempt: A) -> None:
+        """Told that the attempt outlived every SIGKILL of its kill sequence (default: nothing)."""
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _running(self, handle: Handle) -> A | None:
+        """The handle's attempt while it has not ended."""
+        attempt = self._attempts.get((handle.task_id, handle.attempt))
+        if attempt is None or attempt.outcome.done():
+            return None
+        return attempt
+
+    def _claim(self, spec: Assignment) -> None:
+        """Refuse a second start of an attempt this runtime still knows."""
+        if (spec.task_id, spec.attempt) in self._attempts:
+            raise Conflict(f"task {spec.task_id} attempt {spec.attempt} is already running")
+
+    def _deadline(self, spec: Assignment) -> float | None:
+        """When the attempt's ``timeout_s`` runs out, on the clock's ``now`` (None: never)."""
+        timeout = spec.limits.timeout_s
+        return None if timeout is None else self._clock.now() + timeout
+
+    def _adopt(self, attempt: A) -> None:
+        """Register a started or recovered attempt and start supervising it."""
+        self._attempts[attempt.key] = attempt
+        attempt.supervisor = asyncio.create_task(self._supervise(attempt))
+
+    async def _supervise(self, attempt: A) -> None:
+        """Wait for the main process or the deadline, end what is left, set the outcome."""
+        exit_code: int | None = None
+        try:
+            remaining = None if attempt.deadline is None else attempt.deadline - self._clock.now()
+            try:
+                await asyncio.wait_for(self._exited(attempt), remaining)
+            except TimeoutError:
+                if attempt.reason is None:
+                    attempt.reason = _TIMEOUT
+                await self._kill(attempt)
+            if attempt.process is not None:
+                exit_code = await attempt.process.wait()
+            # The main process is gone; nothing it started may outlive the task.
+            if self._left_running(attempt):
+                await self._kill(attempt)
+        finally:
+            outcome = self._outcome(attempt, exit_code)
+            await self._release(attempt)
+            await asyncio.to_thread(shutil.rmtree, attempt.dir, True)
+            if not attempt.outcome.done():
+                attempt.outcome.set_result(outcome)
+
+    async def _exited(self, attempt: A) -> None:
+        """Returns when the attempt's main process has exited."""
+        if attempt.process is not None:
+            await attempt.process.wait()
+            return
+        while self._main_alive(attempt):  # noqa: ASYNC110 - not our child: it can only be polled
+            await asyncio.sleep(self.poll_s)
+
+    def _main_alive(self, attempt: A) -> bool:
+        """Whether the main process still runs (its return code, or its pid when not ours)."""
+        if attempt.process is not None:
+            return attempt.process.returncode is None
+        try:
+            return psutil.Process(attempt.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _kill(self, attempt: A) -> asyncio.Task[None]:
+        """The one kill sequence of an attempt (shared by stop, timeout and cleanup)."""
+        if attempt.killer is None or (attempt.killer.done() and self._left_running(attempt)):
+            attempt.killer = asyncio.create_task(self._kill_sequence(attempt))
+        return attempt.killer
+
+    async def _kill_sequence(self, attempt: A) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (up to ``kill_tries`` times)."""
+        await self._signal(attempt, signal.SIGTERM)
+        if await self._gone(attempt, self.grace_s):
+            return
+        for _ in range(self.kill_tries):
+            await self._signal(attempt, signal.SIGKILL)
+            if await self._gone(attempt, self.grace_s):
+                return
+        self._survived(attempt)
+
+    def _outcome(self, attempt: A, exit_code: int | None) -> Outcome:
+        stdout = read_tail(attempt.dir / "stdout")
+        stderr = read_tail(attempt.dir / "stderr")
+        logs: dict[str, Any] = {"exit_code": exit_code, "stdout": stdout, "stderr": stderr}
+        if attempt.reason == _STOPPED:
+            return Outcome("cancelled", error=_STOPPED, **logs)
+        if attempt.reason == _TIMEOUT:
+            limit = attempt.spec.limits.timeout_s
+            return Outcome("failed", error=f"timeout after {limit}s", **logs)
+        if exit_code is None:
+            error = "exit status unknown: the worker restarted while the task ran"
+            return Outcome("failed", error=error, **logs)
+        results = {"stdout": stdout, "exit_code": exit_code}
+        if exit_code == 0:
+            return Outcome("completed", results=results, **logs)
+        error = self._exit_error(exit_code, stderr)
+        return Outcome("failed", results=results, error=error, **logs)
