@@ -79,7 +79,6 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
     """
 
     name: ClassVar[str] = "container"
-    not_found: ClassVar[str] = "no container attempt {attempt} of task {task_id}"
     #: Repeated: a container whose ``runc run`` has not created it yet cannot be killed.
     kill_tries: ClassVar[int] = 5
 

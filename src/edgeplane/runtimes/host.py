@@ -82,7 +82,6 @@ class HostRuntime(SupervisedRuntime[_Proc]):
     """
 
     name: ClassVar[str] = "host"
-    not_found: ClassVar[str] = "no host attempt {attempt} of task {task_id} is known"
 
     def __init__(
         self,

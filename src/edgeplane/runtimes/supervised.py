@@ -72,8 +72,6 @@ class SupervisedRuntime(Runtime, Generic[A]):
     it holds.
     """
 
-    #: The ``NotFound`` message of ``wait`` for an attempt it does not know.
-    not_found: ClassVar[str]
     #: SIGKILLs sent before the kill sequence gives up on an attempt that will not die.
     kill_tries: ClassVar[int] = 1
 
@@ -87,7 +85,9 @@ class SupervisedRuntime(Runtime, Generic[A]):
         key = (handle.task_id, handle.attempt)
         attempt = self._attempts.get(key)
         if attempt is None:
-            raise NotFound(self.not_found.format(task_id=handle.task_id, attempt=handle.attempt))
+            raise NotFound(
+                f"no {self.name} attempt {handle.attempt} of task {handle.task_id} is known"
+            )
         outcome = await asyncio.shield(attempt.outcome)
         self._attempts.pop(key, None)
         return outcome
