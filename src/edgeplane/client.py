@@ -47,7 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
-from edgeplane.wire import Reply, Unreachable, open_wire
+from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
 __all__ = [
     "BATCH_LIMIT",
@@ -559,18 +559,16 @@ class _Base:
             headers["Authorization"] = f"Bearer {self.token}"
         return {"base_url": self.url, "headers": headers, "timeout": self.timeout}
 
-    def _request(self, call: _Call[Any]) -> dict[str, Any]:
-        request: dict[str, Any] = {
-            "method": call.method,
-            "url": call.path if call.root else API_PREFIX + call.path,
-            "params": call.params,
-        }
-        if call.body is not None:
-            request["content"] = orjson.dumps(call.body)
-            request["headers"] = {"Content-Type": "application/json"}
-        if call.hold_s:
-            request["timeout"] = self.timeout + call.hold_s
-        return request
+    def _request(self, call: _Call[Any]) -> Request:
+        body = None if call.body is None else orjson.dumps(call.body)
+        return Request(
+            call.method,
+            call.path if call.root else API_PREFIX + call.path,
+            params=call.params,
+            content=body,
+            headers=None if body is None else {"Content-Type": "application/json"},
+            timeout=self.timeout + call.hold_s if call.hold_s else None,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"
@@ -594,7 +592,7 @@ class Client(_Base):
 
     def _send(self, call: _Call[T]) -> T:
         try:
-            resp = self._http.request(**self._request(call))
+            resp = self._http.send(self._request(call))
         except Unreachable as exc:
             raise _unreachable(self.url, exc) from None
         return call.parse(resp)
@@ -829,7 +827,7 @@ class AsyncClient(_Base):
 
     async def _send(self, call: _Call[T]) -> T:
         try:
-            resp = await self._http.request(**self._request(call))
+            resp = await self._http.request(**self._request(call).for_httpx())
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from None
         return call.parse(Reply.of(resp))

@@ -58,19 +58,36 @@ def proxied(url: str) -> bool:
     return not proxy_bypass(parts.hostname or "")
 
 
-class Wire(Protocol):
-    """How the blocking client sends: ``url`` is the path under the base URL."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the clients build it: ``url`` is the path under the base URL;
+    ``timeout`` None means the client's own."""
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str | int | float] | None = None,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Reply: ...
+    method: str
+    url: str
+    params: Mapping[str, str | int | float] | None = None
+    content: bytes | None = None
+    headers: dict[str, str] | None = None
+    timeout: float | None = None
+
+    def for_httpx(self) -> dict[str, Any]:
+        """The keywords of ``httpx.Client.request`` (a None timeout would mean none at all)."""
+        options: dict[str, Any] = {
+            "method": self.method,
+            "url": self.url,
+            "params": self.params,
+            "content": self.content,
+            "headers": self.headers,
+        }
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
+        return options
+
+
+class Wire(Protocol):
+    """How the blocking client sends."""
+
+    def send(self, request: Request) -> Reply: ...
 
     def close(self) -> None: ...
 
@@ -89,21 +106,9 @@ class HttpxWire:
     def __init__(self, client: httpx.Client) -> None:
         self._client = client
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str | int | float] | None = None,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Reply:
-        options: dict[str, Any] = {"params": params, "content": content, "headers": headers}
-        if timeout is not None:  # None would mean no timeout at all to httpx
-            options["timeout"] = timeout
+    def send(self, request: Request) -> Reply:
         try:
-            return Reply.of(self._client.request(method, url, **options))
+            return Reply.of(self._client.request(**request.for_httpx()))
         except httpx.TransportError as exc:
             raise Unreachable(str(exc) or type(exc).__name__) from None
 
@@ -127,26 +132,19 @@ class Connection:
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str | int | float] | None = None,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Reply:
-        target = self._prefix + url + (f"?{urlencode(params)}" if params else "")
-        sent = {**self._headers, **(headers or {})}
+    def send(self, request: Request) -> Reply:
+        query = f"?{urlencode(request.params)}" if request.params else ""
+        target = self._prefix + request.url + query
+        headers = {**self._headers, **(request.headers or {})}
+        method, content, timeout = request.method, request.content, request.timeout
         fresh = self._conn is None or self._closed_by_peer()
         try:
-            return self._exchange(method, target, content, sent, timeout, fresh)
+            return self._exchange(method, target, content, headers, timeout, fresh)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             if fresh or method not in IDEMPOTENT:
                 raise Unreachable(str(exc) or type(exc).__name__) from None
             # A kept connection the server dropped as we sent: once more on a new one.
-            return self._exchange(method, target, content, sent, timeout, True)
+            return self._exchange(method, target, content, headers, timeout, True)
 
     def _exchange(
         self,

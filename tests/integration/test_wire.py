@@ -14,7 +14,7 @@ import pytest
 
 from edgeplane.client import Client
 from edgeplane.errors import NotFound, Unavailable
-from edgeplane.wire import Connection, HttpxWire, open_wire, proxied
+from edgeplane.wire import Connection, HttpxWire, Request, open_wire, proxied
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,7 +78,7 @@ def test_requests_share_one_kept_connection(server: Server) -> None:
     conn = Connection(server.url + "/base/", {"Authorization": "Bearer x"}, timeout=5)
     try:
         for n in range(5):
-            reply = conn.request("GET", "/api/v1/health", params={"n": n, "wait": 0.5})
+            reply = conn.send(Request("GET", "/api/v1/health", params={"n": n, "wait": 0.5}))
             assert (reply.status, reply.ok, reply.content) == (200, True, b'{"status": "ok"}')
         assert reply.url == f"{server.url}/base/api/v1/health?n=4&wait=0.5"
     finally:
@@ -91,9 +91,9 @@ def test_a_connection_the_server_dropped_is_opened_again(server: Server) -> None
     conn = Connection(server.url, {}, timeout=5)
     try:
         server.drop_after_next = True
-        assert conn.request("GET", "/first").ok
+        assert conn.send(Request("GET", "/first")).ok
         time.sleep(0.2)  # the server has closed its end by now
-        reply = conn.request("POST", "/second", content=b'{"a": 1}')
+        reply = conn.send(Request("POST", "/second", content=b'{"a": 1}'))
         assert reply.ok
     finally:
         conn.close()
@@ -136,5 +136,5 @@ def test_a_proxy_in_the_environment_sends_the_client_through_httpx(
         "http://localhost:7070", {}, 5, httpx.MockTransport(lambda _: httpx.Response(204))
     )
     assert isinstance(given, HttpxWire)
-    assert given.request("GET", "/x").status == 204
+    assert given.send(Request("GET", "/x")).status == 204
     given.close()
