@@ -110,8 +110,9 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 async def run_up(settings: Settings) -> None:
     setup_logs(settings.log_level)
+    # Before the API answers: whoever sees it healthy may run the examples at once.
+    examples = write_examples(settings.data_dir / "examples")
     async with running_stack(settings) as stack:
-        examples = write_examples(settings.data_dir / "examples")
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
         clusters = "".join(
             f"  cluster:  {c.control.settings.cluster_id} (broker {c.broker_url}; workers "
