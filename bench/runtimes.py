@@ -73,6 +73,7 @@ from edgeplane.runtimes import (
 from edgeplane.runtimes.busybox import busybox_image
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.host import group_alive, group_members
+from edgeplane.runtimes.supervised import STDOUT
 from edgeplane.runtimes.wasm import UNLIMITED_FUEL
 from edgeplane.transport.broker import MosquittoProcess, free_port
 
@@ -418,7 +419,7 @@ def container_spec(i: int, command: list[str]) -> Assignment:
 
 async def first_output(runtime: ContainerRuntime, handle: Handle) -> None:
     """Until the container's process has written to its stdout (polled every 0.2 ms)."""
-    stdout = Path(runtime.inspect(handle)["bundle"]) / "stdout"
+    stdout = Path(runtime.inspect(handle)["bundle"]) / STDOUT
     while not os.stat(stdout).st_size:  # noqa: ASYNC110 - a file has nothing to await
         await asyncio.sleep(0.0002)
 

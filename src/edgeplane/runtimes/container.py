@@ -41,7 +41,7 @@ from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
 from edgeplane.runtimes.images import ImageStore
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime
+from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, spawn
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         loop = asyncio.get_running_loop()
         container = _Container(spec, bundle, loop.create_future(), deadline, cid=cid)
         try:
-            with (bundle / "stdout").open("wb") as out, (bundle / "stderr").open("wb") as err:
-                container.process = await asyncio.create_subprocess_exec(
-                    *self._runc("run", "--bundle", str(bundle), cid),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,  # a Ctrl-C at the worker's terminal is not the task's
-                )
+            container.process = await spawn(self._runc("run", "--bundle", str(bundle), cid), bundle)
         except OSError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
             raise TaskFailure(f"cannot run runc: {exc.strerror or exc}", field="runtime") from None

@@ -29,7 +29,7 @@ from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
 from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle, Outcome
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime
+from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, spawn
 
 _MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -113,16 +113,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         loop = asyncio.get_running_loop()
         deadline = self._deadline(spec)
         try:
-            with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
-                process = await asyncio.create_subprocess_exec(
-                    *spec.command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=work,
-                    env={**os.environ, **spec.env},
-                    start_new_session=True,
-                )
+            process = await spawn(spec.command, root, cwd=work, env={**os.environ, **spec.env})
         except (OSError, ValueError) as exc:  # not found, not executable, NUL in an argument
             shutil.rmtree(root, ignore_errors=True)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

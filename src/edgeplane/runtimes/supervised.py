@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -28,6 +29,8 @@ from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
 
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
+#: The files of an attempt's directory its main process writes to.
+STDOUT, STDERR = "stdout", "stderr"
 
 
 def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
@@ -40,6 +43,22 @@ def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
     except OSError:
         return ""
     return data.decode("utf-8", "replace")[-limit:]
+
+
+async def spawn(
+    argv: Sequence[str], attempt_dir: Path, **options: Any
+) -> asyncio.subprocess.Process:
+    """Start an attempt's main process in a session of its own (a Ctrl-C at the worker's
+    terminal is not the task's), its stdout and stderr in the files the outcome reads."""
+    with (attempt_dir / STDOUT).open("wb") as out, (attempt_dir / STDERR).open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            **options,
+        )
 
 
 @dataclass(eq=False)
@@ -229,8 +248,8 @@ class SupervisedRuntime(Runtime, Generic[A]):
         self._survived(attempt)
 
     def _outcome(self, attempt: A, exit_code: int | None) -> Outcome:
-        stdout = read_tail(attempt.dir / "stdout")
-        stderr = read_tail(attempt.dir / "stderr")
+        stdout = read_tail(attempt.dir / STDOUT)
+        stderr = read_tail(attempt.dir / STDERR)
         logs: dict[str, Any] = {"exit_code": exit_code, "stdout": stdout, "stderr": stderr}
         if attempt.reason == _STOPPED:
             return Outcome("cancelled", error=_STOPPED, **logs)
