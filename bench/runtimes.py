@@ -59,7 +59,7 @@ from bench.spine import (
     process,
     wait_ready,
 )
-from edgeplane.errors import EdgeplaneError, Unavailable
+from edgeplane.errors import EdgeplaneError
 from edgeplane.protocol import Assignment
 from edgeplane.runtimes import (
     ContainerRuntime,
@@ -70,7 +70,7 @@ from edgeplane.runtimes import (
     WasmRuntime,
     make_engine,
 )
-from edgeplane.runtimes.busybox import busybox_image
+from edgeplane.runtimes.busybox import busybox_containers_unavailable, busybox_image
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.host import group_alive, group_members
 from edgeplane.runtimes.supervised import STDOUT
@@ -427,17 +427,10 @@ async def first_output(runtime: ContainerRuntime, handle: Handle) -> None:
 async def container_section(reps: int, work_dir: Path) -> Section:
     """edgeplane's container start against plain ``runc run`` of the same rootfs."""
     section = Section("container start: busybox through ContainerRuntime vs plain `runc run`")
-    why = None if find_runc() is not None else "runc is not installed"
-    if why is None and os.geteuid() != 0:
-        why = "not root (rootless runc is out of scope)"
-    if why is None:
-        try:
-            busybox_image(work_dir / "images" / "busybox")
-        except Unavailable as exc:
-            why = exc.detail
-    if why is not None:
+    if (why := busybox_containers_unavailable()) is not None:
         section.notes.append(f"not measured: {why}")
         return section
+    busybox_image(work_dir / "images" / "busybox")
     warmup = max(3, reps // 10)
     runtime = ContainerRuntime(work_dir / "worker", work_dir / "images", grace_s=0.0)
 

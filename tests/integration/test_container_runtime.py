@@ -24,8 +24,8 @@ from edgeplane.runtimes.container import find_runc
 from oci_fixtures import (
     BUSYBOX_CONFIG,
     Entry,
+    busybox_containers_unavailable,
     busybox_layer,
-    container_skip_reason,
     images_with_busybox,
     tar_layer,
     write_image,
@@ -33,7 +33,9 @@ from oci_fixtures import (
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(container_skip_reason() is not None, reason=str(container_skip_reason())),
+    pytest.mark.skipif(
+        busybox_containers_unavailable() is not None, reason=str(busybox_containers_unavailable())
+    ),
 ]
 
 

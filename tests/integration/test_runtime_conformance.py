@@ -26,7 +26,7 @@ from edgeplane.runtimes import (
     Runtime,
     WasmRuntime,
 )
-from oci_fixtures import container_skip_reason, images_with_busybox
+from oci_fixtures import busybox_containers_unavailable, images_with_busybox
 from wasm_fixtures import digest, math_wasm
 
 pytestmark = pytest.mark.timeout(30)
@@ -145,7 +145,7 @@ KITS = {"wasm": _wasm_kit, "host": _host_kit, "container": _container_kit, "fake
 
 @pytest.fixture(params=sorted(KITS))
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
-    if request.param == "container" and (why := container_skip_reason()) is not None:
+    if request.param == "container" and (why := busybox_containers_unavailable()) is not None:
         pytest.skip(why)
     made = KITS[request.param](tmp_path)
     yield made

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeplane.errors import Unavailable
-from edgeplane.runtimes.images import REF_NAME
+from edgeplane.runtimes.container import find_runc
+from edgeplane.runtimes.images import REF_NAME, oci_architecture
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -88,7 +90,7 @@ def write_image(
         for d in layers
     ]
     image_config = {
-        "architecture": "amd64",
+        "architecture": oci_architecture(),
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -150,7 +152,31 @@ def busybox_image(layout: Path, *, tag: str = "latest", busybox: Path | None = N
     return write_image(layout, [busybox_layer(busybox)], dict(BUSYBOX_CONFIG), tag=tag)
 
 
-if __name__ == "__main__":
-    import sys
+def busybox_containers_unavailable() -> str | None:
+    """Why busybox containers cannot run on this machine (runc, root, a static busybox),
+    or None when they can: what the tests skip on and the benchmark reports."""
+    if find_runc() is None:
+        return "runc is not installed (scripts/system-deps.sh installs it)"
+    if os.geteuid() != 0:
+        return "container tasks need root (rootless runc is out of scope)"
+    try:
+        find_busybox()
+    except Unavailable as exc:
+        return exc.detail
+    return None
 
-    print(busybox_image(Path(sys.argv[1])))
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m edgeplane.runtimes.busybox IMAGES_DIR/busybox", file=sys.stderr)
+        return 2
+    try:
+        print(busybox_image(Path(argv[0])))
+    except (Unavailable, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

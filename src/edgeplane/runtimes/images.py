@@ -55,6 +55,11 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 _CHUNK = 1 << 20
 
 
+def oci_architecture() -> str:
+    """This machine's architecture as OCI names it (``amd64``, ``arm64``, …)."""
+    return _ARCH.get(platform.machine(), platform.machine())
+
+
 def split_ref(text: str) -> tuple[str, str] | None:
     """``name[:tag]`` as ``(name, tag)``, or None when it is not a plain name in the dir."""
     name, _, tag = text.partition(":")
@@ -207,7 +212,7 @@ class ImageStore:
         found = tagged[0]
         if found.get("mediaType") in _INDEX_TYPES:  # a multi-platform image
             nested = self._json(ref, layout, found).get("manifests") or []
-            arch = _ARCH.get(platform.machine(), platform.machine())
+            arch = oci_architecture()
             fits = [m for m in nested if (m.get("platform") or {}).get("architecture") == arch]
             if not fits:
                 raise _fail(ref, f"no manifest for architecture {arch}")
