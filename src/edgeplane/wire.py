@@ -124,7 +124,8 @@ class Connection:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._https = parts.scheme == "https"
+        # made once: loading the CA bundle again for every reconnect costs milliseconds
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._host = parts.hostname
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
@@ -178,9 +179,9 @@ class Connection:
         return Reply(resp.status, resp.reason, body, self._origin + target)
 
     def _connect(self) -> http.client.HTTPConnection:
-        if self._https:
+        if self._tls is not None:
             return http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=ssl.create_default_context()
+                self._host, self._port, timeout=self._timeout, context=self._tls
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 

@@ -23,7 +23,7 @@ from edgeplane.model import Limits
 from edgeplane.runtimes.images import Image
 
 OCI_VERSION = "1.0.2"
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 TMP_SIZE = "65536k"
 _MIB = 1024 * 1024
@@ -115,7 +115,7 @@ def process_env(image: Image, env: Mapping[str, str]) -> list[str]:
         merged[key] = value
     merged.update(env)
     if "PATH" not in merged:
-        merged["PATH"] = DEFAULT_PATH.removeprefix("PATH=")
+        merged["PATH"] = DEFAULT_PATH
     return [f"{key}={value}" for key, value in merged.items()]
 
 

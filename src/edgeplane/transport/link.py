@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeplane.errors import Invalid, Unavailable
 
 if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
     from paho.mqtt.client import SocketLike
 
 log = logging.getLogger(__name__)
