@@ -1,4 +1,5 @@
-"""Shared fixtures: brokers (broker_fixtures), stores (store_fixtures), a fresh pg schema."""
+"""Shared fixtures: brokers (broker_fixtures), stores (store_fixtures), a fresh pg schema,
+the fault suite's processes (faults/procs)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-pytest_plugins = ["broker_fixtures", "store_fixtures"]
+pytest_plugins = ["broker_fixtures", "store_fixtures", "faults.procs"]
 
 
 @pytest_asyncio.fixture

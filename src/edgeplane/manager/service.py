@@ -30,6 +30,7 @@ from edgeplane.errors import Conflict, Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
+from edgeplane.manager.liveness import Liveness, unreported
 from edgeplane.manager.queue import PendingQueue, demand_of
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
 from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker
@@ -122,6 +123,9 @@ class Manager:
         self._loops: list[asyncio.Task[None]] = []
         #: this manager process's id; task.start sequence numbers count within it
         self._epoch = clocks.new_id()
+        self.liveness = Liveness(
+            self.clock, heartbeat_s=settings.heartbeat_s, missed_beats=settings.missed_beats
+        )
         leaves = ("hello", "alive", "events", "aggregate") if root else ("hello", "alive", "events")
         self.link = MqttLink(
             broker_url,
@@ -133,6 +137,8 @@ class Manager:
             subscriptions=[self.topics.all_members(leaf) for leaf in leaves],
             on_message=self._on_message,
             clean_session=False,
+            on_connect=self._link_up,
+            on_disconnect=self.liveness.link_down,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -413,8 +419,10 @@ class Manager:
             return
         worker_id = where[0]
         entry = self.registry.get(worker_id)
-        if entry is not None and entry.online:
+        will = isinstance(body, Alive) and not body.online
+        if entry is not None and entry.online and not will:
             entry.last_seen = self.clock.monotonic()  # any message is a sign of life
+            self.liveness.heard(worker_id)
         if isinstance(body, Hello):
             await self._on_hello(worker_id, body)
         elif isinstance(body, Alive):
@@ -429,6 +437,7 @@ class Manager:
 
     async def _on_hello(self, worker_id: str, hello: Hello) -> None:
         now, mono = self.clock.now(), self.clock.monotonic()
+        self.liveness.resync.discard(worker_id)
         entry = self.registry.get(worker_id)
         if entry is None:
             entry = WorkerEntry(
@@ -472,6 +481,8 @@ class Manager:
                     extra={f"{self.member}_id": worker_id, "count": len(surplus)},
                 )
                 await self._send(worker_id, "task.stop", StopTasks(task_ids=surplus))
+        else:
+            await self._resend(entry, hello.active)
         entry.session = hello.session
         entry.last_seen = mono
         entry.worker = entry.worker.model_copy(
@@ -511,7 +522,7 @@ class Manager:
         entry = self.registry.get(worker_id)
         if not alive.online:
             if entry is not None and entry.online and alive.session in ("", entry.session):
-                await self._mark_offline(entry, f"worker {worker_id} disconnected")
+                self.liveness.will(worker_id)  # offline once it settles (liveness.py)
             return
         if entry is None or alive.session != entry.session:
             await self._send(worker_id, "reregister", Reregister(reason="unknown session"))
@@ -526,8 +537,8 @@ class Manager:
             log.info("worker back online", extra={"worker_id": worker_id})
             self._kick.set()
         entry.worker = entry.worker.model_copy(update=update)
-        if alive.epoch != self._epoch:
-            return
+        if alive.epoch != self._epoch or worker_id in self.liveness.resync:
+            return  # (resync: commands may have been dropped; its hello gets them again)
         # Tasks sent in a command the worker has acknowledged seeing, yet it does not
         # report them: they are gone (e.g. the worker dropped them while restarting).
         reported = set(alive.active)
@@ -787,26 +798,50 @@ class Manager:
 
     # ------------------------------------------------------------------ liveness
     async def _liveness_loop(self) -> None:
-        period = max(0.05, min(1.0, self.settings.heartbeat_s / 2))
+        """Judged on what the manager could hear: see ``liveness.py``."""
+        missed = self.settings.missed_beats
         while True:
-            await asyncio.sleep(period)
-            # A silent member is declared lost no later than `missed_beats` heartbeats
-            # after its last message: the sweep's own period is taken off the deadline
-            # (at 5 s beats: 14 to 15 s of silence; a live member is 1 beat behind at most).
-            deadline = self.settings.heartbeat_s * self.settings.missed_beats - period
-            mono = self.clock.monotonic()
-            for entry in self.registry.entries():
-                if entry.online and mono - entry.last_seen > deadline:
-                    missed = self.settings.missed_beats
-                    try:
-                        await self._mark_offline(
-                            entry, f"{self.member} {entry.worker.id} missed {missed} heartbeats"
-                        )
-                    except Exception:
-                        log.exception("marking a worker offline failed")
+            await self.liveness.pause()
+            lost = [
+                (entry, f"{self.member} {entry.worker.id} disconnected")
+                for member in self.liveness.settled_wills()
+                if (entry := self.registry.get(member)) is not None and entry.online
+            ] + [
+                (entry, f"{self.member} {entry.worker.id} missed {missed} heartbeats")
+                for entry in self.registry.entries()
+                if entry.online and self.liveness.lost(entry.last_seen)
+            ]
+            for entry, reason in lost:
+                if not entry.online:
+                    continue  # (a settled will and silence both named it)
+                try:
+                    await self._mark_offline(entry, reason)
+                except Exception:
+                    log.exception("marking a worker offline failed")
+
+    async def _link_up(self) -> None:
+        """Connected again: members are judged afresh and asked to say hello (their hello
+        gets what the broker may have dropped, see :meth:`_resend`)."""
+        online = [entry.worker.id for entry in self.registry.entries() if entry.online]
+        self.liveness.link_up(online)
+        for member in online:
+            await self._send(member, "reregister", Reregister(reason="manager reconnected"))
+
+    async def _resend(self, entry: WorkerEntry, active: Sequence[str]) -> None:
+        """A member that says hello again (it reconnected) gets what it was sent but does
+        not report, in a new command (``liveness.unreported``)."""
+        tasks = [self._active[t] for t in unreported(entry.tasks, active) if t in self._active]
+        if not tasks:
+            return
+        for task in tasks:
+            entry.tasks[task.id] = replace(entry.tasks[task.id], seq=None)
+        entry.artifacts.clear()  # the commands that carried its modules may be the lost ones
+        log.info("sending tasks again", extra={"worker_id": entry.worker.id, "count": len(tasks)})
+        await self._send_batches([(entry, tasks)])
 
     async def _mark_offline(self, entry: WorkerEntry, reason: str) -> None:
         self.stats.lost_workers += 1
+        self.liveness.forget(entry.worker.id)
         log.warning(
             f"{self.member} offline", extra={f"{self.member}_id": entry.worker.id, "reason": reason}
         )

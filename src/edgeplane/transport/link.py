@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
+DisconnectHook = Callable[[], None]
 
 DEFAULT_PORT = 1883
 OUTBOX_SIZE = 100_000
@@ -54,6 +55,8 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 SENDERS = 16
 
 FIRST_BACKOFF_S = 0.1
+#: Longest wait between two attempts to reconnect (jittered down to half of it).
+MAX_BACKOFF_S = 5.0
 # A broker that took the connection but acknowledges nothing for this long is treated as
 # gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
 ACK_TIMEOUT_S = 30.0
@@ -181,7 +184,8 @@ class MqttLink:
     ``publish`` never fails because the broker is briefly away: delivery is at least
     once and receivers are idempotent (DESIGN §4). Incoming messages are handed to
     ``on_message`` one at a time, in order, by a task that outlives reconnects, so a
-    connection drop never cancels a handler halfway.
+    connection drop never cancels a handler halfway. ``on_connect`` runs after every
+    (re)connect once subscribed; ``on_disconnect`` when a connection that was up ends.
     """
 
     def __init__(
@@ -194,11 +198,12 @@ class MqttLink:
         will: Will | None = None,
         clean_session: bool = True,
         on_connect: ConnectHook | None = None,
+        on_disconnect: DisconnectHook | None = None,
         keepalive: int = 30,
         qos: int = 1,
         username: str | None = None,
         password: str | None = None,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = MAX_BACKOFF_S,
         connect_timeout_s: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -217,6 +222,7 @@ class MqttLink:
         self._will = will
         self._clean_session = clean_session
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
         self._keepalive = keepalive
         self._qos = qos
         self._max_backoff_s = max_backoff_s
@@ -388,6 +394,8 @@ class MqttLink:
                 )
             finally:
                 self.connected.clear()
+                if was_up and self._on_disconnect is not None:
+                    self._on_disconnect()
             delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
             attempt += 1
             log.warning(

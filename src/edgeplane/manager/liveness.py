@@ -1,0 +1,164 @@
+"""When a member (worker, or cluster at the root) counts as lost: judged on what the
+manager could actually hear. Pure apart from :meth:`Liveness.pause`; time comes from an
+injected clock.
+
+A member is lost when it has been silent for ``missed_beats`` heartbeats *while the manager
+was listening*. Two things make the manager deaf without any member being at fault, so
+their spans ("blind" spans) are not counted as anyone's silence:
+
+- its own link to the broker is down (a broker restart, a network cut). When it comes
+  back, the members are reconnecting too, each with its own backoff, so the blind span
+  runs on for :data:`RECONNECT_ALLOWANCE_S` after the manager's reconnect;
+- its event loop stalled (a busy manager: heartbeats wait unread in the socket). The sweep
+  measures how late it woke (:meth:`Liveness.pause`) and that lag is blind.
+
+A last will says a member's connection closed, but a broker that shuts down publishes the
+will of every client just before it closes the manager's own connection (Mosquitto does):
+so a will counts only once it has *settled*, that is the manager's link stayed up for a
+sweep period after it and the member said nothing more (:meth:`Liveness.settled_wills`).
+A will that arrives while the manager is catching up after its own reconnect (queued for
+its session, or published as the broker came back) is left to the silence rule.
+
+After its own reconnect the manager cannot tell which of its commands the broker dropped
+(a member not yet subscribed again, or a broker that lost what it had queued), so every
+member must say hello again (``resync``); until it does, a command it has not seen is not
+taken as a task it dropped, and its hello gets every task it does not report sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from edgeplane.clock import Clock
+from edgeplane.manager.registry import Reservation
+from edgeplane.transport.link import MAX_BACKOFF_S
+
+#: Seconds members get after the manager's reconnect before their silence counts again:
+#: the longest backoff of a member's link between two attempts to reconnect.
+RECONNECT_ALLOWANCE_S = MAX_BACKOFF_S
+#: A sweep that woke this much later than asked counts the lag as a stall (blind). Below
+#: it, the lag is noise the deadline's slack already covers.
+STALL_S = 0.05
+#: Blind spans kept (adjacent ones merge); older ones only matter to members silent for
+#: far longer than the liveness window, which are lost either way.
+BLIND_SPANS = 64
+
+
+def sweep_period(heartbeat_s: float) -> float:
+    """How often the liveness sweep runs: half a beat, within 0.05 to 1 s."""
+    return max(0.05, min(1.0, heartbeat_s / 2))
+
+
+class Liveness:
+    def __init__(self, clock: Clock, *, heartbeat_s: float, missed_beats: int) -> None:
+        self.clock = clock
+        self.period = sweep_period(heartbeat_s)
+        # A silent member is declared lost no later than `missed_beats` heartbeats after
+        # its last message: the sweep's own period is taken off the deadline (at 5 s
+        # beats: 14 to 15 s of silence; a live member is 1 beat behind at most).
+        self.deadline = heartbeat_s * missed_beats - self.period
+        #: (start, end) on the monotonic clock, in order, merged when they touch
+        self._blind: deque[tuple[float, float]] = deque(maxlen=BLIND_SPANS)
+        #: when the link went down; None while it is up
+        self._down_since: float | None = None
+        self._settling_until = -math.inf
+        #: member id -> when its will arrived (not yet settled)
+        self._wills: dict[str, float] = {}
+        #: members that must say hello again since the manager's last reconnect
+        self.resync: set[str] = set()
+
+    # ------------------------------------------------------------------ the manager's ears
+    def link_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = self.clock.monotonic()
+            self._add_blind(self._down_since, math.inf)  # open until the link is back
+        # Wills that arrived just before are the broker shutting down, or cannot be told
+        # from it: the members are judged by their silence instead.
+        self._wills.clear()
+
+    def link_up(self, members: Iterable[str]) -> None:
+        """The link (re)connected; ``members`` are the online members to resync."""
+        now = self.clock.monotonic()
+        start = now
+        if self._down_since is not None:
+            start = self._blind.pop()[0]  # the open span, with all it merged
+        self._down_since = None
+        self._settling_until = now + RECONNECT_ALLOWANCE_S
+        self._add_blind(start, self._settling_until)
+        self.resync = set(members)
+
+    def woke(self, late: float) -> None:
+        """The sweep ran ``late`` seconds after it asked to: a stall of the loop, when
+        large enough."""
+        if late > STALL_S:
+            now = self.clock.monotonic()
+            self._add_blind(now - late, now)
+
+    async def pause(self) -> None:
+        """Sleep one sweep period and count how late the loop woke as a stall."""
+        asked = self.clock.monotonic() + self.period
+        await asyncio.sleep(self.period)
+        self.woke(self.clock.monotonic() - asked)
+
+    @property
+    def settling(self) -> bool:
+        """The link is down, or came back so recently that members are still reconnecting."""
+        return self._down_since is not None or self.clock.monotonic() < self._settling_until
+
+    # ------------------------------------------------------------------ judging members
+    def silence(self, last_seen: float) -> float:
+        """Seconds since ``last_seen`` during which the manager could hear."""
+        now = self.clock.monotonic()
+        deaf = 0.0
+        for start, end in reversed(self._blind):
+            if end <= last_seen:
+                break  # spans are in order: every earlier one ended before too
+            deaf += max(0.0, min(end, now) - max(start, last_seen))
+        return max(0.0, now - last_seen - deaf)
+
+    def lost(self, last_seen: float) -> bool:
+        return self.silence(last_seen) > self.deadline
+
+    def will(self, member: str) -> None:
+        """The broker published ``member``'s last will (for its current session)."""
+        if not self.settling:
+            self._wills.setdefault(member, self.clock.monotonic())
+
+    def heard(self, member: str) -> None:
+        """``member`` said something after its will: it is connected again."""
+        self._wills.pop(member, None)
+
+    def settled_wills(self) -> list[str]:
+        """Members whose will has settled: offline now. Each is returned once."""
+        now = self.clock.monotonic()
+        settled = [m for m, at in self._wills.items() if now - at >= self.period]
+        for member in settled:
+            del self._wills[member]
+        return settled
+
+    def forget(self, member: str) -> None:
+        """``member`` is offline or gone: nothing pending about it."""
+        self._wills.pop(member, None)
+        self.resync.discard(member)
+
+    def _add_blind(self, start: float, end: float) -> None:
+        while self._blind and self._blind[-1][1] >= start:
+            last_start, last_end = self._blind.pop()
+            start, end = min(start, last_start), max(end, last_end)
+        self._blind.append((start, end))
+
+
+def unreported(tasks: Mapping[str, Reservation], active: Iterable[str]) -> list[str]:
+    """Tasks sent to a member (same session) that it does not report in its hello.
+
+    It never got them: a task it ran and reported stays in ``active`` until the manager
+    acks the result, which it does only after dropping the reservation. So the command
+    carrying them was dropped (the member was not subscribed, or the broker restarted) or
+    is still on its way: sending them again is safe, as a member runs a (task, attempt)
+    once.
+    """
+    reported = set(active)
+    return [tid for tid, r in tasks.items() if r.seq is not None and tid not in reported]

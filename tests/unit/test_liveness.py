@@ -1,0 +1,209 @@
+"""Liveness judged on what the manager could hear (manager/liveness.py), on a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeplane.clock import ManualClock
+from edgeplane.manager.liveness import (
+    RECONNECT_ALLOWANCE_S,
+    STALL_S,
+    Liveness,
+    sweep_period,
+    unreported,
+)
+from edgeplane.manager.registry import Reservation
+
+BEAT = 0.5  # the sweep runs every 0.25 s; lost after 3 beats less that: 1.25 s of silence
+
+
+def make() -> tuple[ManualClock, Liveness]:
+    clock = ManualClock()
+    liveness = Liveness(clock, heartbeat_s=BEAT, missed_beats=3)
+    liveness.link_up([])
+    clock.advance(RECONNECT_ALLOWANCE_S)  # past the allowance of the first connect
+    return clock, liveness
+
+
+def test_a_silent_member_is_lost_after_its_missed_beats() -> None:
+    clock, liveness = make()
+    assert liveness.period == sweep_period(BEAT) == 0.25
+    seen = clock.monotonic()
+    clock.advance(1.25)
+    assert not liveness.lost(seen)
+    clock.advance(0.01)
+    assert liveness.lost(seen)
+
+
+def test_the_managers_own_disconnection_is_not_a_members_silence() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    clock.advance(1.0)
+    liveness.link_down()
+    clock.advance(60)  # the broker is away for a minute
+    assert liveness.settling
+    assert not liveness.lost(seen)
+    liveness.link_up(["w1"])
+    assert liveness.resync == {"w1"}
+    # members reconnect with their own backoff: they get that long before silence counts
+    clock.advance(RECONNECT_ALLOWANCE_S)
+    assert liveness.settling is False
+    assert liveness.silence(seen) == 1.0
+    clock.advance(0.25)
+    assert not liveness.lost(seen)
+    clock.advance(0.01)
+    assert liveness.lost(seen)
+
+
+def test_a_member_heard_after_the_reconnect_is_judged_from_then() -> None:
+    clock, liveness = make()
+    liveness.link_down()
+    clock.advance(3.5)
+    liveness.link_up(["w1"])
+    clock.advance(0.5)
+    seen = clock.monotonic()  # its first heartbeat after the reconnect
+    clock.advance(RECONNECT_ALLOWANCE_S)
+    assert not liveness.lost(seen)
+    assert liveness.silence(seen) == 0.5  # the allowance ran on after it spoke
+
+
+def test_a_stalled_loop_is_not_a_members_silence() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    clock.advance(2.0)  # the loop was blocked 2 s (a module compiled inline, say)
+    liveness.woke(late=2.0 - liveness.period)
+    assert liveness.silence(seen) == liveness.period
+    assert not liveness.lost(seen)
+
+
+def test_a_small_lag_is_noise() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    clock.advance(1.0)
+    liveness.woke(late=STALL_S)
+    assert liveness.silence(seen) == 1.0
+
+
+async def test_pause_measures_how_late_the_loop_woke() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    pause = asyncio.create_task(liveness.pause())
+    await asyncio.sleep(0)  # the pause has taken its start time and sleeps
+    clock.advance(3.0)  # meanwhile 3 s pass on the clock the manager judges by
+    await pause
+    assert liveness.silence(seen) == liveness.period
+
+
+def test_a_will_counts_once_it_has_settled() -> None:
+    clock, liveness = make()
+    liveness.will("w1")
+    assert liveness.settled_wills() == []
+    clock.advance(liveness.period)
+    assert liveness.settled_wills() == ["w1"]
+    assert liveness.settled_wills() == []  # once
+
+
+def test_a_will_just_before_the_managers_disconnection_is_left_to_silence() -> None:
+    """Mosquitto publishes every client's will as it shuts down, then closes the manager's
+    own connection: those wills say nothing about the members."""
+    clock, liveness = make()
+    liveness.will("w1")
+    liveness.link_down()
+    clock.advance(1.0)
+    liveness.link_up(["w1"])
+    clock.advance(liveness.period)
+    assert liveness.settled_wills() == []
+
+
+def test_a_will_while_catching_up_after_a_reconnect_is_left_to_silence() -> None:
+    clock, liveness = make()
+    liveness.link_down()
+    liveness.link_up(["w1"])
+    liveness.will("w1")  # queued for the manager's session while it was away
+    clock.advance(liveness.period)
+    assert liveness.settled_wills() == []
+
+
+def test_a_member_heard_after_its_will_is_connected_again() -> None:
+    clock, liveness = make()
+    liveness.will("w1")
+    liveness.heard("w1")
+    clock.advance(liveness.period)
+    assert liveness.settled_wills() == []
+
+
+def test_forget_drops_what_was_pending() -> None:
+    clock, liveness = make()
+    liveness.link_down()
+    liveness.link_up(["w1", "w2"])
+    clock.advance(RECONNECT_ALLOWANCE_S)
+    liveness.will("w1")
+    liveness.forget("w1")
+    clock.advance(liveness.period)
+    assert liveness.settled_wills() == []
+    assert liveness.resync == {"w2"}
+
+
+def test_unreported_tasks_are_those_sent_that_the_member_does_not_hold() -> None:
+    tasks = {
+        "sent-held": Reservation(seq=3, session="s"),
+        "sent-missing": Reservation(seq=4, session="s"),
+        "recovered-missing": Reservation(seq=0, session=""),
+        "not-sent-yet": Reservation(seq=None, session=""),
+    }
+    assert unreported(tasks, ["sent-held", "other"]) == ["sent-missing", "recovered-missing"]
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["stall", "down", "up"]),
+        st.floats(min_value=0, max_value=8, allow_nan=False),  # time before it
+        st.floats(min_value=0, max_value=3, allow_nan=False),  # a stall's length
+    ),
+    max_size=16,
+)
+
+
+@given(operations, st.floats(min_value=0, max_value=60, allow_nan=False))
+def test_silence_is_the_time_the_manager_could_hear(ops: object, seen: float) -> None:
+    """Whatever the outages (also still going on) and stalls (also during an outage),
+    silence = elapsed time minus the union of blind spans since ``seen``."""
+    assert isinstance(ops, list)
+    clock = ManualClock()
+    liveness = Liveness(clock, heartbeat_s=BEAT, missed_beats=3)
+    blind: list[tuple[float, float]] = []
+    down_since: float | None = None
+    for kind, gap, length in ops:
+        clock.advance(gap)
+        now = clock.monotonic()
+        if kind == "stall":
+            clock.advance(length)
+            if length > STALL_S:
+                blind.append((now, now + length))
+            liveness.woke(late=length)
+        elif kind == "down":
+            down_since = now if down_since is None else down_since
+            liveness.link_down()
+        else:
+            blind.append((now if down_since is None else down_since, now + RECONNECT_ALLOWANCE_S))
+            down_since = None
+            liveness.link_up([])
+    now = clock.monotonic()
+    if down_since is not None:
+        blind.append((down_since, now))
+    seen = min(seen, now)
+    covered: list[tuple[float, float]] = []
+    for start, end in sorted((max(s, seen), min(e, now)) for s, e in blind):
+        if end <= start:
+            continue
+        if covered and start <= covered[-1][1]:
+            covered[-1] = (covered[-1][0], max(covered[-1][1], end))
+        else:
+            covered.append((start, end))
+    expected = now - seen - sum(e - s for s, e in covered)
+    silence = liveness.silence(seen)
+    assert 0 <= silence <= now - seen + 1e-9
+    assert abs(silence - expected) < 1e-6
