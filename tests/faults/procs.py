@@ -193,8 +193,14 @@ class Api:
         except (httpx.HTTPError, ValueError, KeyError):
             return None
 
-    def wait_ended(self, n: int, watch: Iterable[Role] = (), timeout: float = 90) -> None:
-        wait_until(lambda: (self.ended() or 0) >= n, f"{n} tasks to end", timeout, watch=watch)
+    def wait_ended(self, n: int, watch: Iterable[Role] = (), timeout: float = 90) -> int:
+        """Wait until at least ``n`` tasks ended; how many had."""
+
+        def enough() -> int | None:
+            ended = self.ended()
+            return ended if ended is not None and ended >= n else None
+
+        return wait_until(enough, f"{n} tasks to end", timeout, watch=watch)
 
     def tasks(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

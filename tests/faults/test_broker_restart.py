@@ -9,7 +9,7 @@ import time
 import pytest
 
 from edgeplane.transport import free_port
-from faults.procs import Lab, check_exactly_once, check_lines, host_tasks, wait_until
+from faults.procs import Lab, check_exactly_once, check_lines, host_tasks
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
 
@@ -30,7 +30,7 @@ def test_broker_restart_during_dispatch(lab: Lab) -> None:
     names = [f"t{n:04d}" for n in range(TASKS)]
     accepted = api.submit(host_tasks(names, out, sleep_s=0.05))
     watch = [manager, *workers]
-    wait_until(lambda: (api.ended() or 0) >= TASKS // 5, "a fifth of the tasks", watch=watch)
+    api.wait_ended(TASKS // 5, watch=watch)
 
     lab.broker.stop()
     time.sleep(OUTAGE_S)

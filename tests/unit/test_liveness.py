@@ -11,11 +11,14 @@ from edgeplane.clock import ManualClock
 from edgeplane.manager.liveness import (
     RECONNECT_ALLOWANCE_S,
     STALL_S,
+    HelloVerdict,
     Liveness,
+    judge_hello,
     sweep_period,
-    unreported,
 )
 from edgeplane.manager.registry import Reservation
+from edgeplane.model import Capabilities
+from edgeplane.protocol import Hello
 
 BEAT = 0.5  # the sweep runs every 0.25 s; lost after 3 beats less that: 1.25 s of silence
 
@@ -147,14 +150,55 @@ def test_forget_drops_what_was_pending() -> None:
     assert liveness.resync == {"w2"}
 
 
-def test_unreported_tasks_are_those_sent_that_the_member_does_not_hold() -> None:
+def hello(session: str, active: list[str], epoch: str = "", seq: int = 0) -> Hello:
+    return Hello(
+        worker_id="w1",
+        session=session,
+        capabilities=Capabilities(),
+        active=active,
+        epoch=epoch,
+        seq=seq,
+    )
+
+
+def test_a_member_back_after_a_reconnect_gets_what_it_never_received() -> None:
     tasks = {
-        "sent-held": Reservation(seq=3, session="s"),
-        "sent-missing": Reservation(seq=4, session="s"),
-        "recovered-missing": Reservation(seq=0, session=""),
+        "held": Reservation(seq=3, session="s1"),
+        "dropped": Reservation(seq=4, session="s1"),
+        "recovered": Reservation(seq=0, session=""),
         "not-sent-yet": Reservation(seq=None, session=""),
     }
-    assert unreported(tasks, ["sent-held", "other"]) == ["sent-missing", "recovered-missing"]
+    verdict = judge_hello(tasks, "s1", hello("s1", ["held", "other"], "E", 9), "E")
+    assert verdict == HelloVerdict(lost=[], resend=["dropped", "recovered"])
+
+
+def test_a_new_process_of_the_member_lost_what_the_old_one_had() -> None:
+    tasks = {
+        "to-old-process": Reservation(seq=3, session="s1"),
+        "seen-by-new": Reservation(seq=5, session=""),
+        "on-its-way": Reservation(seq=6, session=""),
+        "held": Reservation(seq=2, session="s1"),
+        "not-sent-yet": Reservation(seq=None, session=""),
+    }
+    verdict = judge_hello(tasks, "s1", hello("s2", ["held"], "E", 5), "E")
+    assert verdict == HelloVerdict(lost=["to-old-process", "seen-by-new"], resend=[])
+
+
+def test_after_the_managers_restart_a_command_that_never_left_is_sent_again() -> None:
+    """The manager stored ``scheduled`` and died before sending: the member, the same
+    process as before (it reports commands of the earlier manager), never had it."""
+    tasks = {
+        "never-sent": Reservation(seq=0, session=""),
+        "was-running": Reservation(seq=0, session=""),
+        "held": Reservation(seq=0, session=""),
+    }
+    same_process = hello("s1", ["held"], epoch="E-before", seq=40)
+    verdict = judge_hello(tasks, "", same_process, "E-now", reported_running=["was-running"])
+    assert verdict == HelloVerdict(lost=["was-running"], resend=["never-sent"])
+    # a member process started since (no command from any manager yet) lost them all
+    restarted = hello("s2", ["held"])
+    verdict = judge_hello(tasks, "", restarted, "E-now", reported_running=["was-running"])
+    assert verdict == HelloVerdict(lost=["never-sent", "was-running"], resend=[])
 
 
 operations = st.lists(

@@ -22,7 +22,8 @@ its session, or published as the broker came back) is left to the silence rule.
 After its own reconnect the manager cannot tell which of its commands the broker dropped
 (a member not yet subscribed again, or a broker that lost what it had queued), so every
 member must say hello again (``resync``); until it does, a command it has not seen is not
-taken as a task it dropped, and its hello gets every task it does not report sent again.
+taken as a task it dropped, and its hello gets every task it does not report sent again
+(:func:`judge_hello`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from edgeplane.clock import Clock
 from edgeplane.manager.registry import Reservation
+from edgeplane.protocol import Hello
 from edgeplane.transport.link import MAX_BACKOFF_S
 
 #: Seconds members get after the manager's reconnect before their silence counts again:
@@ -151,14 +154,52 @@ class Liveness:
         self._blind.append((start, end))
 
 
-def unreported(tasks: Mapping[str, Reservation], active: Iterable[str]) -> list[str]:
-    """Tasks sent to a member (same session) that it does not report in its hello.
+@dataclass(frozen=True)
+class HelloVerdict:
+    """What a member's hello says about the tasks the manager placed on it."""
 
-    It never got them: a task it ran and reported stays in ``active`` until the manager
-    acks the result, which it does only after dropping the reservation. So the command
-    carrying them was dropped (the member was not subscribed, or the broker restarted) or
-    is still on its way: sending them again is safe, as a member runs a (task, attempt)
-    once.
+    #: gone with an earlier process of the member, or dropped by this one
+    lost: list[str]
+    #: sent, never received, and the member is the process they went to: send them again
+    resend: list[str]
+
+
+def judge_hello(
+    tasks: Mapping[str, Reservation],
+    known_session: str,
+    hello: Hello,
+    our_epoch: str,
+    *,
+    reported_running: Collection[str] = (),
+) -> HelloVerdict:
+    """Judge the tasks placed on a member that says hello, from what it reports.
+
+    A task the member holds (``hello.active``) is fine. One it does not hold:
+
+    - same session as known (it reconnected): it never got the command, which the broker
+      dropped or which is still on its way (a member keeps a task it ran in ``active``
+      until the manager acks the result, which the manager does after dropping the
+      reservation). Sending it again is safe: a member runs a (task, attempt) once;
+    - a new session: gone if it went to an older process, or if this process has seen the
+      command that carried it (``seq`` ≤ the last one it reports), else still on its way;
+    - recovered after the manager's own restart (``seq`` 0, session unknown): if the
+      member's process predates this manager (it reports commands of an earlier manager
+      process) and never reported the task running, the command never reached it (the
+      manager died between storing ``scheduled`` and sending): sent again, not lost. Else
+      it went to an earlier process of the member: gone.
     """
-    reported = set(active)
-    return [tid for tid, r in tasks.items() if r.seq is not None and tid not in reported]
+    active = set(hello.active)
+    missing = [(tid, r) for tid, r in tasks.items() if tid not in active and r.seq is not None]
+    if hello.session == known_session:
+        return HelloVerdict(lost=[], resend=[tid for tid, _ in missing])
+    received = hello.seq if hello.epoch == our_epoch else 0
+    predates = hello.epoch not in ("", our_epoch)
+    running = set(reported_running)
+    lost: list[str] = []
+    resend: list[str] = []
+    for tid, r in missing:
+        if r.seq == 0:
+            (resend if predates and tid not in running else lost).append(tid)
+        elif (r.session and r.session != hello.session) or (r.seq or 0) <= received:
+            lost.append(tid)
+    return HelloVerdict(lost=lost, resend=resend)

@@ -30,7 +30,7 @@ from edgeplane.errors import Conflict, Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
-from edgeplane.manager.liveness import Liveness, unreported
+from edgeplane.manager.liveness import Liveness, judge_hello
 from edgeplane.manager.queue import PendingQueue, demand_of
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
 from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker
@@ -454,23 +454,15 @@ class Manager:
             entry.info = hello.cluster
         if hello.aggregate is not None:
             entry.aggregate = hello.aggregate
+        verdict = judge_hello(
+            entry.tasks,
+            entry.session,
+            hello,
+            self._epoch,
+            reported_running=[t for t in entry.tasks if self._state(t) not in ("scheduled", None)],
+        )
         if entry.session != hello.session:
-            # A session we did not know: tasks it does not report are gone if they went to
-            # an older process, or if this process has seen the command that carried them.
-            active = set(hello.active)
-            received = hello.seq if hello.epoch == self._epoch else 0
-
-            def gone(r: Reservation) -> bool:
-                if r.seq is None:  # not sent yet: it goes to this session
-                    return False
-                if r.seq == 0:  # recovered after our restart: the worker is authoritative
-                    return True
-                if r.session and r.session != hello.session:
-                    return True
-                return r.seq <= received
-
-            lost = [tid for tid, r in entry.tasks.items() if tid not in active and gone(r)]
-            await self._lose_tasks(entry, f"{self.member} {worker_id} restarted", only=lost)
+            await self._lose_tasks(entry, f"{self.member} {worker_id} restarted", only=verdict.lost)
             entry.artifacts.clear()
             # Tasks it still runs that are no longer its own (lost while it was away and
             # placed elsewhere, or stopped): stop them, so no duplicate keeps running.
@@ -481,8 +473,7 @@ class Manager:
                     extra={f"{self.member}_id": worker_id, "count": len(surplus)},
                 )
                 await self._send(worker_id, "task.stop", StopTasks(task_ids=surplus))
-        else:
-            await self._resend(entry, hello.active)
+        await self._resend(entry, verdict.resend)
         entry.session = hello.session
         entry.last_seen = mono
         entry.worker = entry.worker.model_copy(
@@ -827,10 +818,9 @@ class Manager:
         for member in online:
             await self._send(member, "reregister", Reregister(reason="manager reconnected"))
 
-    async def _resend(self, entry: WorkerEntry, active: Sequence[str]) -> None:
-        """A member that says hello again (it reconnected) gets what it was sent but does
-        not report, in a new command (``liveness.unreported``)."""
-        tasks = [self._active[t] for t in unreported(entry.tasks, active) if t in self._active]
+    async def _resend(self, entry: WorkerEntry, task_ids: Sequence[str]) -> None:
+        """Send again, in a new command, tasks a member never received (``judge_hello``)."""
+        tasks = [self._active[t] for t in task_ids if t in self._active]
         if not tasks:
             return
         for task in tasks:
@@ -838,6 +828,10 @@ class Manager:
         entry.artifacts.clear()  # the commands that carried its modules may be the lost ones
         log.info("sending tasks again", extra={"worker_id": entry.worker.id, "count": len(tasks)})
         await self._send_batches([(entry, tasks)])
+
+    def _state(self, task_id: str) -> str | None:
+        task = self._active.get(task_id)
+        return None if task is None else task.state
 
     async def _mark_offline(self, entry: WorkerEntry, reason: str) -> None:
         self.stats.lost_workers += 1
