@@ -107,6 +107,15 @@ class Role:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP: the process does nothing at all, as if its event loop were blocked."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill9(self) -> None:
         """kill -9 the process itself (not what it spawned in sessions of their own)."""
         assert self.proc is not None
@@ -159,6 +168,14 @@ class Api:
             timeout,
             watch=[role],
         )
+
+    def metric(self, name: str) -> float:
+        """One unlabelled value of ``/metrics``."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name} in /metrics")
 
     def online_workers(self) -> set[str]:
         try:
