@@ -32,7 +32,7 @@ from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.queue import PendingQueue, demand_of
 from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
-from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker
+from edgeplane.model import Aggregate, Task, TaskPatch, TaskSpec, Worker, Workflow
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -200,19 +200,39 @@ class Manager:
         dispatch (a task's latency path has one commit fewer). Otherwise they queue behind
         the waiting ones.
         """
-        tasks = await self.admit(specs, batch=batch, ids=ids)
+        self.journal.check()
+        return await self.submit_tasks(await self.admit(specs, batch=batch, ids=ids))
+
+    async def submit_tasks(
+        self, tasks: Sequence[Task], *, workflow: Workflow | None = None
+    ) -> list[Task]:
+        """The one way new tasks come in (the API, workflows, schedules, the uplink,
+        applications): admitted documents are stored in one transaction — with their
+        workflow run when given —, then the started ones are dispatched or queued.
+        :class:`Conflict` (nothing stored) when an id is taken."""
+        self.journal.check()
         # (an id the manager already tracks would fail to insert: leave it to the store)
-        fresh = [t for t in tasks if t.started and self.live(t.id) is None]
+        fresh = [t for t in tasks if t.started and self._current(t.id) is None]
         placed = [] if self._pending else self._place(fresh)
         stored = {t.id: t for t in tasks} | {t.id: t for _, sent in placed for t in sent}
+        self._save_members(placed)
         try:
-            await self.store.add_tasks(list(stored.values()))
+            await self.journal.settle(self.journal.insert(stored.values(), workflow))
         except BaseException:
             self._unplace(placed)
             raise
         self.enqueue(t for t in stored.values() if t.state == "pending")
         await self._send_batches(placed)
         return list(stored.values())
+
+    def on_commit(self, listener: Callable[[list[Task]], None]) -> None:
+        """Call ``listener`` with every batch of task versions once it is durable."""
+        if listener not in self.journal.listeners:
+            self.journal.listeners.append(listener)
+
+    def off_commit(self, listener: Callable[[list[Task]], None]) -> None:
+        if listener in self.journal.listeners:
+            self.journal.listeners.remove(listener)
 
     async def admit(
         self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
@@ -254,7 +274,28 @@ class Manager:
         self.enqueue(started)
 
     async def get(self, task_id: str) -> Task:
-        task = self.live(task_id)
+        """The task as it is stored (never a version that is not durable yet)."""
+        task = self.journal.committed(task_id)
+        if task is None:
+            task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", field="id")
+        return self._with_reason(task)
+
+    def _with_reason(self, task: Task) -> Task:
+        """A stored pending task with the reason it waits now: wait reasons are recomputed
+        every scheduling pass and live in memory only (not a change of state)."""
+        reason = self.wait_reason(task.id) if task.state == "pending" else None
+        return (
+            task
+            if reason is None or reason == task.reason
+            else task.model_copy(update={"reason": reason})
+        )
+
+    async def _working(self, task_id: str) -> Task:
+        """The manager's newest version of a task, to change it (a user's call)."""
+        self.journal.check()
+        task = self._current(task_id)
         if task is None:
             task = await self.store.get_task(task_id)
         if task is None:
@@ -276,20 +317,21 @@ class Manager:
         return [self._fresher(t) for t in items], total
 
     async def start_task(self, task_id: str) -> Task:
-        task = await self.get(task_id)
+        task = await self._working(task_id)
         if task.started:
             if task.terminal:
                 raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
             return task
         task = lifecycle.start(task, self.clock.now())
         self._pending.put(task)
-        await self.journal.write([task])
+        written = self.journal.write([task])
         self._kick.set()
+        await self.journal.settle(written)
         return task
 
     async def stop_task(self, task_id: str) -> Task:
         """Cancel a task; a running attempt is told to stop. Stopping an ended task is a no-op."""
-        task = await self.get(task_id)
+        task = await self._working(task_id)
         if task.terminal:
             return task
         now = self.clock.now()
@@ -302,27 +344,27 @@ class Manager:
                 entry.tasks.pop(task_id, None)
                 await self._send(member, "task.stop", StopTasks(task_ids=[task_id]))
         self._kick.set()
-        await self.journal.write([stopped], then=lambda: self._resolve([stopped]))
+        await self.journal.settle(
+            self.journal.write([stopped], then=lambda: self._resolve([stopped]))
+        )
         return stopped
 
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
-        task = await self.get(task_id)
+        task = await self._working(task_id)
         if task.started:
             raise Conflict(f"task {task_id} has started; only new tasks can change", field="id")
         changes = patch.model_dump(exclude_unset=True)
         if "limits" in changes:
             changes["limits"] = patch.limits
         task = task.model_copy(update={**changes, "updated_at": self.clock.now()})
-        await self.journal.write([task])
+        await self.journal.settle(self.journal.write([task]))
         return task
 
     async def delete_task(self, task_id: str) -> None:
-        task = await self.get(task_id)
+        task = await self._working(task_id)
         if not task.terminal:
             await self.stop_task(task_id)
-        await self.journal.commit()
-        await self.store.delete_task(task_id)
-        self.journal.forget(task_id)
+        await self.journal.settle(self.journal.delete("task", task_id))
 
     async def wait(self, task_id: str, wait_s: float) -> Task:
         """The task once it has ended, or as it is when ``wait_s`` runs out."""
@@ -350,16 +392,22 @@ class Manager:
         """The member a task was sent to: its cluster at the root, else its worker."""
         return task.cluster_id if self.root else task.worker_id
 
-    def live(self, task_id: str) -> Task | None:
-        """The manager's newest version of a task (None: the store's is the newest)."""
+    def wait_reason(self, task_id: str) -> str | None:
+        """Why a queued task waits (recomputed every pass, so kept in memory only)."""
+        task = self._pending.get(task_id)
+        return None if task is None else task.reason
+
+    def _current(self, task_id: str) -> Task | None:
+        """The manager's newest version of a task, durable or not (None: the store's)."""
         return (
             self._pending.get(task_id) or self._active.get(task_id) or self.journal.newest(task_id)
         )
 
     def _fresher(self, stored: Task) -> Task:
-        """``stored`` or a newer version the manager holds (a store read can lag a commit)."""
-        live = self.live(stored.id)
-        return live if live is not None and live.updated_at >= stored.updated_at else stored
+        """``stored`` or a newer committed version (a store read can lag a commit)."""
+        newer = self.journal.committed(stored.id)
+        task = newer if newer is not None and newer.updated_at >= stored.updated_at else stored
+        return self._with_reason(task)
 
     def task_counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -382,18 +430,21 @@ class Manager:
         entry = self.registry.get(worker_id)
         if entry is None:
             raise NotFound(f"worker {worker_id} not found", field="id")
+        self.journal.check()
         entry.draining = True
         if entry.online:
             entry.worker = entry.worker.model_copy(update={"state": "draining"})
-        await self.store.save_workers([entry.worker])
+        await self.journal.settle(self.journal.write(workers=[entry.worker]))
         return self._worker_doc(entry)
 
     async def delete_worker(self, worker_id: str) -> None:
+        self.journal.check()
         entry = self.registry.remove(worker_id)
         if entry is None:
             raise NotFound(f"worker {worker_id} not found", field="id")
+        self._unsaved.pop(worker_id, None)
         await self._lose_tasks(entry, f"worker {worker_id} was deleted")
-        await self.store.delete_worker(worker_id)
+        await self.journal.settle(self.journal.delete("worker", worker_id))
 
     @staticmethod
     def _worker_doc(entry: WorkerEntry) -> Worker:
@@ -633,6 +684,7 @@ class Manager:
         async def dispatch() -> None:
             await self._send_batches(batches)
 
+        self._save_members(batches)
         self.journal.write([t for _, tasks in batches for t in tasks], then=dispatch)
 
     def _place(self, tasks: list[Task]) -> list[_Batch]:
@@ -674,9 +726,19 @@ class Manager:
                 del self._active[task.id]
                 entry.tasks.pop(task.id, None)
 
+    def _save_members(self, batches: list[_Batch]) -> None:
+        """Queue the unsaved documents of members about to get tasks ahead of those tasks'
+        write, so they commit with it or before: a restarted manager must know where its
+        tasks went. (Not awaited: dispatches run inside the journal's callbacks.)"""
+        members = [
+            self._unsaved.pop(e.worker.id) for e, _ in batches if e.worker.id in self._unsaved
+        ]
+        if members:
+            self.journal.write(workers=members)
+
     async def _send_batches(self, batches: list[_Batch]) -> None:
-        """Dispatch tasks already recorded as scheduled. The members they go to are stored
-        first as well: a restarted manager must know where its tasks went.
+        """Dispatch tasks already recorded as scheduled (and their members stored, see
+        :meth:`_save_members`).
 
         Commands reach a member in ``seq`` order, one at a time: it reports the highest
         ``seq`` it has seen, and a task sent with a lower one that it does not report is
@@ -684,8 +746,6 @@ class Manager:
         Placements made apart (a submit placing at once, a scheduling pass) may be ready
         in either order, so each command takes its seq when it is built, under the lock.
         """
-        if any(entry.worker.id in self._unsaved for entry, _ in batches):
-            await self._flush_workers()
         async with self._sending:
             for entry, tasks in batches:
                 await self._dispatch(entry, tasks)
@@ -852,14 +912,8 @@ class Manager:
 
     async def _flush_workers(self) -> None:
         batch, self._unsaved = list(self._unsaved.values()), {}
-        try:
-            await self.store.save_workers(batch)
-        except Exception:
-            log.exception("saving workers failed; retrying", extra={"count": len(batch)})
-            for worker in batch:
-                self._unsaved.setdefault(worker.id, worker)
-            self._save_wake.set()
-            await asyncio.sleep(0.5)
+        if batch:
+            await self.journal.write(workers=batch)
 
     def _resolve(self, tasks: Iterable[Task]) -> None:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""

@@ -136,8 +136,7 @@ class Uplink:
             owner = task.metadata.get(ROOT_TASK)
             if isinstance(owner, str):
                 self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
-        if self._on_commit not in self.manager.journal.listeners:
-            self.manager.journal.listeners.append(self._on_commit)
+        self.manager.on_commit(self._on_commit)
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
@@ -165,8 +164,7 @@ class Uplink:
                 await loop
         self._loops = []
         await self.link.stop()
-        if self._on_commit in self.manager.journal.listeners:
-            self.manager.journal.listeners.remove(self._on_commit)
+        self.manager.off_commit(self._on_commit)
         self.session = clocks.new_id()
         self.registered.clear()
         self.link = self._new_link()
@@ -289,8 +287,7 @@ class Uplink:
             log.info("task rejected", extra={"task_id": spec.task_id, "reason": why})
             self._final(spec, TaskEvent(task_id="", attempt=0, state="rejected"), why)
         if admitted:
-            await self.manager.store.add_tasks(admitted)
-            self.manager.enqueue(admitted)
+            await self.manager.submit_tasks(admitted)
 
     def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
         event = event.model_copy(

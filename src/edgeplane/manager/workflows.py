@@ -113,7 +113,7 @@ class Workflows:
             created_at=now,
             updated_at=now,
         )
-        await self.manager.store.add_workflow(workflow, tasks)
+        await self.manager.submit_tasks(tasks, workflow=workflow)
         self._track(workflow, nodes, tasks)
         if spec.start:
             await self._advance(run_id)
@@ -276,8 +276,11 @@ class Workflows:
         update: dict[str, Any] = {"state": state, "updated_at": now}
         if state in ("completed", "failed", "cancelled"):
             update["finished_at"] = now
-        run.workflow = workflow.model_copy(update=update)
-        await self.manager.store.save_workflows([run.workflow])
+        changed = workflow.model_copy(update=update)
+        # Memory follows the store: the run changes once its new state is durable (the
+        # journal retries while the store is down, so this waits rather than sticks).
+        await self.manager.journal.write(workflows=[changed])
+        run.workflow = changed
         if run.workflow.terminal:
             self._forget(run)
             snapshot = await self.get(workflow.id, workflow.kind)
