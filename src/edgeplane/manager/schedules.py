@@ -15,7 +15,7 @@ from typing import Any
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Conflict, NotFound, Unavailable
-from edgeplane.manager.service import Manager
+from edgeplane.manager.facade import Facade
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Schedule, TaskSpec
 from edgeplane.model.task import CatchUp
@@ -28,7 +28,7 @@ MAX_SLEEP_S = 1.0
 
 
 class Schedules:
-    def __init__(self, manager: Manager, workflows: Workflows) -> None:
+    def __init__(self, manager: Facade, workflows: Workflows) -> None:
         self.manager = manager
         self.workflows = workflows
         self.clock = manager.clock
@@ -82,19 +82,19 @@ class Schedules:
         return schedule
 
     async def list(self, *, limit: int, offset: int) -> tuple[list[Schedule], int]:
-        return await self.manager.store.list_schedules(limit=limit, offset=offset)
+        return await self.manager.documents.list_schedules(limit=limit, offset=offset)
 
     async def delete(self, schedule_id: str) -> None:
         journal = self.manager.journal
         journal.check()
-        if await self.manager.store.get_schedule(schedule_id) is None:
+        if await self.manager.documents.get_schedule(schedule_id) is None:
             raise NotFound(f"schedule {schedule_id} not found", field="id")
         await journal.settle(journal.delete("schedule", schedule_id))
 
     async def fire_due(self) -> float | None:
         """Fire every due slot; return the earliest next run (None: no schedules)."""
         now = self.clock.now()
-        schedules, _ = await self.manager.store.list_schedules(limit=1_000_000)
+        schedules, _ = await self.manager.documents.list_schedules(limit=1_000_000)
         earliest: float | None = None
         for schedule in schedules:
             if schedule.next_run is not None and schedule.next_run <= now:
@@ -119,7 +119,7 @@ class Schedules:
                     body = TaskSpec.model_validate({**schedule.spec, "start": True})
                     tasks = await self.manager.admit([body], ids=[rid], batch=False)
                     tasks = [t.model_copy(update={"schedule_id": schedule.id}) for t in tasks]
-                    await self.manager.submit_tasks(tasks)
+                    await self.manager.submit(tasks, origin="schedule")
                 else:
                     job = JobSpec.model_validate({**schedule.spec, "start": True})
                     await self.workflows.create(job, "job", run_id=rid, schedule_id=schedule.id)

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid
-from edgeplane.manager.service import Manager
+from edgeplane.manager.facade import Facade
 from edgeplane.model import (
     Aggregate,
     Capabilities,
@@ -80,7 +80,7 @@ def local_id(task_id: str, attempt: int) -> str:
 
 class Uplink:
     def __init__(
-        self, manager: Manager, root_url: str, *, clock: clocks.Clock | None = None
+        self, manager: Facade, root_url: str, *, clock: clocks.Clock | None = None
     ) -> None:
         settings = manager.settings
         self.manager = manager
@@ -132,7 +132,7 @@ class Uplink:
         """Register with the root (again: a restart is a new session)."""
         if self._loops:
             raise RuntimeError("uplink already started")
-        for task in await self.manager.store.unfinished_tasks():
+        for task in await self.manager.documents.unfinished_tasks():
             owner = task.metadata.get(ROOT_TASK)
             if isinstance(owner, str):
                 self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
@@ -172,12 +172,12 @@ class Uplink:
     # ------------------------------------------------------------------ what goes up
     def current_aggregate(self) -> Aggregate:
         return aggregate(
-            self.manager.registry.schedulable(), location=self.info.location, ts=self.clock.now()
+            self.manager.schedulable(), location=self.info.location, ts=self.clock.now()
         )
 
     def summary(self) -> Capabilities:
         """The whole cluster as one capability record (the root's member document)."""
-        online = [e.worker.capabilities for e in self.manager.registry.entries() if e.online]
+        online = list(self.manager.capabilities(online=True).values())
         return Capabilities(
             hostname=self.info.name,
             cpus=sum(c.cpus for c in online) or 1,
@@ -287,7 +287,7 @@ class Uplink:
             log.info("task rejected", extra={"task_id": spec.task_id, "reason": why})
             self._final(spec, TaskEvent(task_id="", attempt=0, state="rejected"), why)
         if admitted:
-            await self.manager.submit_tasks(admitted)
+            await self.manager.submit(admitted, origin="root")
 
     def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
         event = event.model_copy(
@@ -304,7 +304,7 @@ class Uplink:
         """Why no worker of this cluster could ever run ``spec`` (None: one could): the
         cluster scheduler's own eligibility rules, plus whether a worker is big enough."""
         wanted = spec.constraints or Constraints()
-        ring = self.manager.registry.schedulable()
+        ring = self.manager.schedulable()
         req = Requirement(
             spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
         )
@@ -318,7 +318,7 @@ class Uplink:
                 return pinned_reason(pinned, req)
             able = [pinned]
         cpu, memory = wanted.cpu or 0.0, wanted.memory_mb or 0
-        sizes = {e.worker.id: e.worker.capabilities for e in self.manager.registry.entries()}
+        sizes = self.manager.capabilities(online=False)
         if not any(sizes[w.id].cpus >= cpu and sizes[w.id].memory_mb >= memory for w in able):
             return f"no worker has {cpu:g} cpu and {memory} MB"
         return None

@@ -50,10 +50,11 @@ class ControlPlane:
         self.serve_api = serve_api
         self.store: Store = open_store(settings.store_url)
         self.manager = Manager(settings, self.store, broker_url, root=root)
-        self.workflows = Workflows(self.manager)
-        self.schedules = Schedules(self.manager, self.workflows)
-        self.applications = Applications(self.manager)
-        self.uplink = Uplink(self.manager, settings.root) if settings.root and not root else None
+        facade = self.manager.facade
+        self.workflows = Workflows(facade)
+        self.schedules = Schedules(facade, self.workflows)
+        self.applications = Applications(facade)
+        self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
         self.token_file: Path | None = None
         self.url = ""
         self._server: _Server | None = None

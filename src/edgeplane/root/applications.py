@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
-from edgeplane.manager import Manager
 from edgeplane.manager.admission import admit
+from edgeplane.manager.facade import Facade
 from edgeplane.model import (
     ACTIVE_STATES,
     Application,
@@ -103,13 +103,12 @@ def state_of(app: Application) -> str:
 class Applications:
     def __init__(
         self,
-        manager: Manager,
+        manager: Facade,
         *,
         clock: clocks.Clock | None = None,
         backoff_base_s: float = 1.0,
     ) -> None:
         self.manager = manager
-        self.store = manager.store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.backoff_base_s = backoff_base_s
         self._apps: dict[str, Application] = {}
@@ -126,7 +125,7 @@ class Applications:
     async def start(self) -> None:
         offset = 0
         while True:
-            page, total = await self.store.list_applications(limit=1000, offset=offset)
+            page, total = await self.manager.documents.list_applications(limit=1000, offset=offset)
             for app in page:
                 self._apps[app.id] = app
                 for instance in app.instances:
@@ -342,7 +341,7 @@ class Applications:
             )
         self._dirty.add(app.id)
         try:
-            tasks = await self.manager.submit(specs, ids=ids)
+            tasks = await self.manager.submit_specs(specs, ids=ids, origin="application")
         except Exception:
             # A spec the manager refuses (e.g. its artifact is bad) must not loop forever:
             # the instances show it as failed, and the restart backoff spaces out retries.
