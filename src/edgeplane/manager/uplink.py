@@ -271,18 +271,22 @@ class Uplink:
         for spec in assignments:
             key = (spec.task_id, spec.attempt)
             if key in self._seen:
-                continue
-            self._seen[key] = None
-            while len(self._seen) > _SEEN_LIMIT:
-                self._seen.popitem(last=False)
+                continue  # a command delivered twice: the task is here already
             why = self._cannot_run(spec)
             if why is None:
                 try:
                     admitted.extend(await self._admit(spec))
-                    continue
                 except Invalid as exc:
                     self._final(spec, TaskEvent(task_id="", attempt=0, state="failed"), exc.detail)
                     continue
+                # Only what was taken is remembered: a rejection keeps the root's attempt
+                # number, so a task offered again (the cluster's capacity changed) must be
+                # judged again, not dropped as a duplicate (it then sat `scheduled` at the
+                # root until the heartbeats made it `worker_lost`).
+                self._seen[key] = None
+                while len(self._seen) > _SEEN_LIMIT:
+                    self._seen.popitem(last=False)
+                continue
             self.rejected += 1
             log.info("task rejected", extra={"task_id": spec.task_id, "reason": why})
             self._final(spec, TaskEvent(task_id="", attempt=0, state="rejected"), why)
@@ -303,7 +307,7 @@ class Uplink:
     def _cannot_run(self, spec: Assignment) -> str | None:
         """Why no worker of this cluster could ever run ``spec`` (None: one could): the
         cluster scheduler's own eligibility rules, plus whether a worker is big enough."""
-        wanted = spec.constraints or Constraints()
+        wanted = self._local(spec.constraints or Constraints())
         ring = self.manager.schedulable()
         req = Requirement(
             spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
@@ -323,6 +327,14 @@ class Uplink:
             return f"no worker has {cpu:g} cpu and {memory} MB"
         return None
 
+    def _local(self, wanted: Constraints) -> Constraints:
+        """The constraints left for this cluster's workers: a label the cluster itself
+        carries (``--label region=eu`` on its manager) is met by every worker of it, as
+        the root's placement took it to be."""
+        own = self.info.labels
+        labels = {k: v for k, v in wanted.labels.items() if own.get(k) != v}
+        return wanted if labels == wanted.labels else wanted.model_copy(update={"labels": labels})
+
     async def _admit(self, spec: Assignment) -> list[Task]:
         data: bytes | None = None
         if spec.artifact_b64 is not None:
@@ -331,7 +343,7 @@ class Uplink:
             data = await self.manager.artifact(spec.artifact)
             if data is None:
                 raise Invalid(f"artifact {spec.artifact} is missing", field="artifact")
-        constraints = (spec.constraints or Constraints()).model_copy(
+        constraints = self._local(spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
         task_spec = TaskSpec(
