@@ -35,12 +35,13 @@ class DirectSqlite:
         #: never used by two threads at once
         self._in_flight = 0
 
-    async def write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """``executemany`` in one transaction; ``sqlite3.IntegrityError`` rolls it back."""
-        if len(rows) <= INLINE_ROWS and self._in_flight == 0:
-            self._write(sql, rows)
+    async def write(self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
+        """Each ``(sql, rows)`` as an ``executemany``, all in one transaction; an error
+        (``sqlite3.IntegrityError``...) rolls the whole of it back."""
+        if sum(len(rows) for _, rows in statements) <= INLINE_ROWS and self._in_flight == 0:
+            self._write(statements)
             return
-        await self._on_thread(self._write, sql, rows)
+        await self._on_thread(self._write, statements)
 
     async def scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first column of the first row, or None."""
@@ -70,11 +71,12 @@ class DirectSqlite:
             self._conn = conn
         return self._conn
 
-    def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _write(self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(sql, rows)
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
