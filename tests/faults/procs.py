@@ -154,12 +154,17 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
-    def healthz(self) -> dict[str, Any] | None:
+    def health(self) -> tuple[int, dict[str, Any]] | None:
+        """``/healthz``: its status code and body (None while nothing answers)."""
         try:
-            body: dict[str, Any] = httpx.get(f"{self.url}/healthz", timeout=2).json()
+            answer = httpx.get(f"{self.url}/healthz", timeout=5)
+            return answer.status_code, answer.json()
         except (httpx.HTTPError, ValueError):
             return None
-        return body
+
+    def healthz(self) -> dict[str, Any] | None:
+        health = self.health()
+        return None if health is None else health[1]
 
     def wait_healthy(self, role: Role, timeout: float = 30) -> None:
         wait_until(

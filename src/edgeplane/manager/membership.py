@@ -40,6 +40,7 @@ class Membership:
         self._broker_url = broker_url
         self._send_batches = send_batches
         self._save_wake = asyncio.Event()
+        self._connects = 0
         settings = core.settings
         self.liveness = Liveness(
             core.clock, heartbeat_s=settings.heartbeat_s, missed_beats=settings.missed_beats
@@ -245,10 +246,14 @@ class Membership:
                     log.exception("marking a member offline failed")
 
     async def link_up(self) -> None:
-        """The manager's link (re)connected: members are judged afresh and asked to say
-        hello, which gets them what the broker may have dropped meanwhile."""
+        """The manager's link (re)connected: members are judged afresh and, after a
+        reconnect, asked to say hello, which gets them what the broker may have dropped
+        meanwhile. (On the first connect after a start every member's session is unknown
+        anyway: its first heartbeat gets it asked.)"""
         core = self.core
-        online = [entry.worker.id for entry in core.registry.entries() if entry.online]
+        first = self._connects == 0
+        self._connects += 1
+        online = [] if first else [e.worker.id for e in core.registry.entries() if e.online]
         self.liveness.link_up(online)
         for member_id in online:
             await core.send(member_id, "reregister", Reregister(reason="manager reconnected"))
