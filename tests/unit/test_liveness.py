@@ -176,12 +176,32 @@ def test_a_new_process_of_the_member_lost_what_the_old_one_had() -> None:
     tasks = {
         "to-old-process": Reservation(seq=3, session="s1"),
         "seen-by-new": Reservation(seq=5, session=""),
-        "on-its-way": Reservation(seq=6, session=""),
         "held": Reservation(seq=2, session="s1"),
         "not-sent-yet": Reservation(seq=None, session=""),
     }
     verdict = judge_hello(tasks, "s1", hello("s2", ["held"], "E", 5), "E")
     assert verdict == HelloVerdict(lost=["to-old-process", "seen-by-new"], resend=[])
+
+
+def test_a_command_sent_before_a_new_process_subscribed_is_sent_again() -> None:
+    """After its own restart the manager sent tasks to a worker whose session it did not
+    know yet; the worker's new process was not subscribed yet, so the broker dropped them.
+    Its hello is the first word from it: they would never be judged otherwise."""
+    tasks = {
+        "dropped": Reservation(seq=1, session=""),
+        "on-its-way": Reservation(seq=7, session=""),
+        "ran-on-an-older-process": Reservation(seq=2, session=""),
+    }
+    fresh = hello("s2", [])  # a new process: no command from anyone yet
+    verdict = judge_hello(tasks, "", fresh, "E", reported_running=["ran-on-an-older-process"])
+    assert verdict == HelloVerdict(
+        lost=["ran-on-an-older-process"], resend=["dropped", "on-its-way"]
+    )
+    seen_some = hello("s2", [], "E", 4)  # it got seq 4, not 1: 1 went to an older process
+    verdict = judge_hello(tasks, "", seen_some, "E")
+    assert verdict == HelloVerdict(
+        lost=["dropped", "ran-on-an-older-process"], resend=["on-its-way"]
+    )
 
 
 def test_after_the_managers_restart_a_command_that_never_left_is_sent_again() -> None:

@@ -180,13 +180,19 @@ def judge_hello(
       dropped or which is still on its way (a member keeps a task it ran in ``active``
       until the manager acks the result, which the manager does after dropping the
       reservation). Sending it again is safe: a member runs a (task, attempt) once;
-    - a new session: gone if it went to an older process, or if this process has seen the
-      command that carried it (``seq`` ≤ the last one it reports), else still on its way;
+    - a new session: gone if it went to an older process (sent to another session), or
+      if this process has seen the command that carried it (``seq`` ≤ the last one it
+      reports). Sent while the manager did not know the session yet, after any command
+      this process has seen: the member never reported it running, so it went to this
+      process and was dropped (not yet subscribed) or is on its way: sent again. (A
+      command the manager sent right after its own restart, before a new worker process
+      subscribed, was otherwise never received and never judged: stuck ``scheduled``.)
+      If it was reported running, an older process had it: gone;
     - recovered after the manager's own restart (``seq`` 0, session unknown): if the
       member's process predates this manager (it reports commands of an earlier manager
       process) and never reported the task running, the command never reached it (the
-      manager died between storing ``scheduled`` and sending): sent again, not lost. Else
-      it went to an earlier process of the member: gone.
+      manager died between storing ``scheduled`` and sending): sent again. Else it went
+      to an earlier process of the member: gone.
     """
     active = set(hello.active)
     missing = [(tid, r) for tid, r in tasks.items() if tid not in active and r.seq is not None]
@@ -198,8 +204,11 @@ def judge_hello(
     lost: list[str] = []
     resend: list[str] = []
     for tid, r in missing:
-        if r.seq == 0:
+        seq = r.seq or 0
+        if seq == 0:
             (resend if predates and tid not in running else lost).append(tid)
-        elif (r.session and r.session != hello.session) or (r.seq or 0) <= received:
+        elif (r.session and r.session != hello.session) or seq <= received:
             lost.append(tid)
+        else:
+            (lost if tid in running else resend).append(tid)
     return HelloVerdict(lost=lost, resend=resend)
