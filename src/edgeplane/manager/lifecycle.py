@@ -7,6 +7,9 @@ A transient failure (worker lost, artifact missing, transient runtime error) goe
 
 from __future__ import annotations
 
+from typing import Any
+
+from edgeplane.errors import Conflict
 from edgeplane.model import Placement, Task
 from edgeplane.protocol import TaskEvent
 
@@ -24,7 +27,22 @@ def backoff_s(task: Task, base_s: float) -> float:
 
 
 def start(task: Task, now: float) -> Task:
+    """``task`` started; :class:`Conflict` when it has ended (cancelled before it started,
+    or finished): an ended task never runs again, make a new one."""
+    if task.terminal:
+        raise Conflict(f"task {task.id} has ended ({task.state}); it cannot start", field="id")
     return task.model_copy(update={"started": True, "reason": None, "updated_at": now})
+
+
+def patch(task: Task, changes: dict[str, Any], now: float) -> Task:
+    """``task`` with ``changes``; :class:`Conflict` once it has started or ended."""
+    if task.started or task.terminal:
+        what = "ended" if task.terminal else "started"
+        raise Conflict(
+            f"task {task.id} has {what} ({task.state}); only a task not started yet can change",
+            field="id",
+        )
+    return task.model_copy(update={**changes, "updated_at": now})
 
 
 def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
-from edgeplane.errors import Conflict, Invalid, NotFound
+from edgeplane.errors import Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
@@ -277,11 +277,9 @@ class Manager:
 
     async def start_task(self, task_id: str) -> Task:
         task = await self.get(task_id)
-        if task.started:
-            if task.terminal:
-                raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
+        if task.started and not task.terminal:
             return task
-        task = lifecycle.start(task, self.clock.now())
+        task = lifecycle.start(task, self.clock.now())  # Conflict once it has ended
         self._pending.put(task)
         await self.journal.write([task])
         self._kick.set()
@@ -307,12 +305,10 @@ class Manager:
 
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
         task = await self.get(task_id)
-        if task.started:
-            raise Conflict(f"task {task_id} has started; only new tasks can change", field="id")
         changes = patch.model_dump(exclude_unset=True)
         if "limits" in changes:
             changes["limits"] = patch.limits
-        task = task.model_copy(update={**changes, "updated_at": self.clock.now()})
+        task = lifecycle.patch(task, changes, self.clock.now())
         await self.journal.write([task])
         return task
 
