@@ -5,7 +5,7 @@ restart policy; each replica is an *instance*, run as a daemon task placed by th
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
