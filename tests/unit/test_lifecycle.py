@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from edgeplane.errors import Conflict
 from edgeplane.manager import lifecycle
 from edgeplane.model import Task
 from edgeplane.protocol import TaskEvent
@@ -75,3 +78,20 @@ def test_cancel_is_terminal() -> None:
     cancelled = lifecycle.cancel(scheduled(), 9.0)
     assert cancelled.terminal and cancelled.finished_at == 9.0
     assert lifecycle.apply_event(cancelled, event("completed"), 10.0, 0.5) is None
+
+
+@pytest.mark.parametrize("state", ["completed", "failed", "skipped", "cancelled"])
+@pytest.mark.parametrize("started", [True, False])
+def test_an_ended_task_never_starts_again(state: str, started: bool) -> None:
+    ended = Task(id="t", state=state, started=started)  # type: ignore[arg-type]
+    with pytest.raises(Conflict) as exc:
+        lifecycle.start(ended, now=5.0)
+    assert exc.value.status == 409 and exc.value.field == "id"
+
+
+def test_only_a_task_not_started_can_change() -> None:
+    new = Task(id="t", priority=1)
+    assert lifecycle.patch(new, {"priority": 9}, now=2.0).priority == 9
+    for task in (lifecycle.start(new, now=1.0), lifecycle.cancel(new, now=1.0)):
+        with pytest.raises(Conflict):
+            lifecycle.patch(task, {"priority": 9}, now=2.0)

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from edgeplane.errors import EdgeplaneError
 
@@ -104,6 +105,17 @@ def _message(error: Any) -> str:
     return message
 
 
+def _allowed(request: Request) -> str:
+    """Every method the request's path takes. Starlette's own ``Allow`` names only the
+    first route of the path (``/tasks``: POST, not GET)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def from_error(exc: EdgeplaneError) -> JSONResponse:
     extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
     response = problem(exc.status, exc.title, exc.detail, **extra)
@@ -137,9 +149,11 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        # its headers too: a 405 says which methods the path takes (Allow)
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

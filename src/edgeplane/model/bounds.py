@@ -20,7 +20,7 @@ MAX_DEPTH = 32
 #: Values (objects, arrays and scalars together) in one free-form value.
 MAX_NODES = 10_000
 #: Items of one array, keys of one object, characters of one key or string.
-MAX_ITEMS = 10_000
+MAX_ITEMS = 1_000
 MAX_KEYS = 1_000
 MAX_KEY = 256
 MAX_STRING = 1_048_576
