@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 # --- free-form JSON (metadata, inputs) ---------------------------------------------------
@@ -79,6 +79,17 @@ def _bounds_error(where: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("json_bounds", text)
 
 
+#: Validation context of a stored document: free-form values are not held to the bounds
+#: (``model.model_validate(doc, context=STORED)``): an older version let bigger ones in.
+STORED = {"stored": True}
+
+
+def _bounded(value: Any, info: ValidationInfo) -> Any:
+    if info.context is not None and info.context.get("stored"):
+        return value
+    return check_json(value)
+
+
 def check_json(value: Any) -> Any:
     """``value`` when it is JSON within the bounds above, else a validation error naming
     where inside it the first excess is. Iterative: a value nested 100,000 deep costs no
@@ -123,8 +134,8 @@ def check_json(value: Any) -> Any:
 
 
 #: A free-form JSON object (``metadata``) or array (``inputs``) within the bounds above.
-JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
-JsonArray = Annotated[list[Any], Field(max_length=MAX_ITEMS), AfterValidator(check_json)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded)]
+JsonArray = Annotated[list[Any], Field(max_length=MAX_ITEMS), AfterValidator(_bounded)]
 
 #: Text without NUL (PostgreSQL refuses NUL in text, exec refuses it in arguments).
 _NO_NUL = r"^[^\x00]*$"
