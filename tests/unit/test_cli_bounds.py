@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_cli import WASM, FakeApi, invoke, roles
 
@@ -123,3 +124,17 @@ def test_a_billion_laughs_config_file_is_refused(roles: dict[str, Any], tmp_path
     assert result.exit_code == 2, result.output
     assert "aliases are expanded" in result.stderr
     assert "up" not in roles
+
+
+def test_the_client_refuses_a_body_that_is_not_json() -> None:
+    from edgeplane.client import Client
+    from edgeplane.errors import Invalid
+
+    api = FakeApi()
+    with (
+        Client("http://x", "t", transport=httpx.MockTransport(api)) as client,
+        pytest.raises(Invalid) as exc,
+    ):
+        client.create_task({"name": "add", "inputs": [2**64]})
+    assert exc.value.field == "body"
+    assert api.requests == []
