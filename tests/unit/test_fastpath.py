@@ -102,7 +102,7 @@ async def parts() -> tuple[Authenticate, Manager, Downstream]:
     manager, downstream = Manager(), Downstream()
     fast = TaskFastPath(downstream, manager=manager)  # type: ignore[arg-type]
     RECEIVED.clear()
-    return Authenticate(fast, tokens=TokenChecker(store)), manager, downstream
+    return Authenticate(fast, tokens=TokenChecker(store), max_bytes=2**20), manager, downstream
 
 
 async def test_a_good_create_is_answered_here(
@@ -138,9 +138,8 @@ async def test_a_bad_token_is_refused_before_the_body_is_read(
         layer, "POST", "/api/v1/tasks", orjson.dumps(SPEC), headers=headers
     )
     assert (status, head["www-authenticate"], body["status"]) == (401, "Bearer", 401)
-    assert head["connection"] == "close"  # the server reads none of the body
     assert manager.submitted == []
-    assert RECEIVED == []
+    assert RECEIVED == []  # none of the body was read
 
 
 async def test_every_api_route_needs_a_token_and_others_do_not(

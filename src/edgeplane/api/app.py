@@ -29,7 +29,9 @@ API = "/api/v1"
 class BodyLimit:
     """Refuses bodies over the limit before they cost anything: at once from their
     Content-Length, else (chunked) counting bytes as they arrive and answering 413 as soon
-    as the count passes the limit; the rest is never read (the connection is closed).
+    as the count passes the limit. The rest is never kept: uvicorn drops what arrives after
+    the answer, and closes the connection when the rest may be endless (see
+    :func:`_closing`).
 
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware costs about a millisecond a
     request, which is most of the API's own latency.
@@ -80,8 +82,9 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_bytes / 2**20
+        headers = _closing(scope, self.max_bytes)
         response = problems.problem(
-            413, "Payload too large", f"body is over {limit:g} MB", _CLOSE, field="body"
+            413, "Payload too large", f"body is over {limit:g} MB", headers, field="body"
         )
         await response(scope, receive, send)
 
@@ -90,8 +93,18 @@ class _TooLarge(Exception):
     """Raised into the app by :class:`BodyLimit` when a body passes the limit."""
 
 
-#: Sent with a refusal that leaves a body unread: the server stops reading and closes.
-_CLOSE = {"Connection": "close"}
+def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
+    """Headers of an answer given before the body was read: ``Connection: close`` when the
+    body's length is unknown (chunked: it may never end) or declared past twice the limit,
+    so the server stops reading it. A smaller declared body is left to uvicorn, which drops
+    it as it arrives and keeps the connection: a client that sends its whole body before
+    it reads (httpx) then still gets the answer, where a close would reset it."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return {"Connection": "close"}
+        if name == b"content-length" and (not value.isdigit() or int(value) > 2 * max_bytes):
+            return {"Connection": "close"}
+    return {}
 
 
 class Authenticate:
@@ -99,9 +112,10 @@ class Authenticate:
     caller without a valid token costs a header lookup, never a body (FastAPI reads the
     body before it runs the route's dependencies, ``caller`` among them)."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenChecker) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenChecker, max_bytes: int) -> None:
         self.app = app
         self.tokens = tokens
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(API):
@@ -114,7 +128,7 @@ class Authenticate:
                 await self.tokens.check(authorization)
             except EdgeplaneError as exc:
                 response = problems.from_error(exc)
-                response.headers.update(_CLOSE)
+                response.headers.update(_closing(scope, self.max_bytes))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -143,8 +157,9 @@ def create_app(
     # Middleware added later wraps what was added before: a request meets the body limit,
     # then the token check, then the fast path, then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
-    app.add_middleware(Authenticate, tokens=tokens)
-    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
+    max_bytes = int(max_body_mb * 2**20)
+    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
     def secured(router: APIRouter) -> None:
         app.include_router(
