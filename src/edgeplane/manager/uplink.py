@@ -47,6 +47,7 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
@@ -253,6 +254,12 @@ class Uplink:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
             await self._accept(body.tasks)
+            for bad in body.unrunnable:  # that task fails, the others run (as on a worker)
+                if (bad.task_id, bad.attempt) not in self._seen:
+                    self._seen[(bad.task_id, bad.attempt)] = None
+                    self._final(bad, TaskEvent(task_id="", attempt=0, state="failed"), bad.reason)
+            if body.unreadable:
+                self.bad_messages += 1
         elif isinstance(body, StopTasks):
             await self._stop(body.task_ids)
         elif isinstance(body, AckEvents):
@@ -292,7 +299,7 @@ class Uplink:
             await self.manager.store.add_tasks(admitted)
             self.manager.enqueue(admitted)
 
-    def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
+    def _final(self, spec: Assignment | Unrunnable, event: TaskEvent, error: str) -> None:
         event = event.model_copy(
             update={
                 "task_id": spec.task_id,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from edgeplane.model.cluster import GeoConstraint
 
@@ -20,14 +27,33 @@ TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped", "
 ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
 
 
+#: Upper bounds of :class:`Limits`: what the runtimes can apply, kept sane.
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+#: wasmtime's fuel is a u64; 2**53 also stays exact as a JSON number in any client
+MAX_FUEL = 2**53
+#: 1 TiB (a container's memory.max in bytes must fit cgroups' int64 too)
+MAX_MEMORY_MB = 1024 * 1024
+#: cgroup v1's cpu.shares range, which runc maps onto v2's cpu.weight
+MAX_CPU_SHARES = 262_144
+#: Linux's highest pid_max
+MAX_PIDS = 4_194_304
+
+
 class Limits(BaseModel):
+    """What one attempt may use. Ranges are checked wherever limits come in (API, CLI, a
+    worker's ``task.start``); a stored task document is loaded as it is (see
+    :meth:`Task._stored_limits`)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    timeout_s: float | None = Field(default=None, gt=0)
-    fuel: int | None = Field(default=None, ge=1)
-    memory_mb: int | None = Field(default=None, ge=1)
-    cpu_shares: int | None = Field(default=None, ge=2)
-    pids: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    fuel: int | None = Field(default=None, ge=1, le=MAX_FUEL)
+    memory_mb: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MB)
+    cpu_shares: int | None = Field(default=None, ge=2, le=MAX_CPU_SHARES)
+    pids: int | None = Field(default=None, ge=1, le=MAX_PIDS)
+
+
+_LIMITS = frozenset(Limits.model_fields)
 
 
 class Constraints(BaseModel):
@@ -190,6 +216,20 @@ class Task(BaseModel):
     #: root only: every placement attempt, and the clusters that rejected the current one
     placements: list[Placement] = Field(default_factory=list)
     rejected_by: list[str] = Field(default_factory=list)
+
+    @field_validator("limits", mode="wrap")
+    @classmethod
+    def _stored_limits(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Limits:
+        """Limits out of range are kept as stored: a task stored before :class:`Limits` had
+        ranges must still load (nothing in the store may stop a manager from starting),
+        and the worker that gets it rejects that attempt, naming the field."""
+        try:
+            limits: Limits = handler(value)
+        except ValidationError:
+            if not isinstance(value, dict):
+                raise
+            return Limits.model_construct(**{k: v for k, v in value.items() if k in _LIMITS})
+        return limits
 
     @property
     def terminal(self) -> bool:

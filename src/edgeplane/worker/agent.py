@@ -36,6 +36,7 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
@@ -233,6 +234,14 @@ class WorkerAgent:
             self._seq = max(self._seq, body.seq)
             for spec in body.tasks:
                 self._accept(spec)
+            for bad in body.unrunnable:
+                self._refuse(bad)
+            if body.unreadable:
+                self.stats.bad_messages += 1
+                log.warning(
+                    "assignments without a task id and attempt",
+                    extra={"topic": topic, "count": body.unreadable},
+                )
         elif isinstance(body, StopTasks):
             for task_id in body.task_ids:
                 run = self._runs.get(task_id)
@@ -251,14 +260,34 @@ class WorkerAgent:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
 
-    def _accept(self, spec: Assignment) -> None:
-        key = (spec.task_id, spec.attempt)
+    def _first_time(self, key: Key) -> bool:
+        """Whether ``(task id, attempt)`` is new; a redelivered command runs nothing twice."""
         if key in self._seen:
             self.stats.duplicates += 1
-            return
+            return False
         self._seen[key] = None
         while len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
+        return True
+
+    def _refuse(self, bad: Unrunnable) -> None:
+        """An assignment this worker cannot even read ends ``failed`` with the reason (not
+        transient: sending it again would not help); the rest of its command runs."""
+        if not self._first_time((bad.task_id, bad.attempt)):
+            return
+        log.warning("assignment refused", extra={"task_id": bad.task_id, "reason": bad.reason})
+        event = TaskEvent(
+            task_id=bad.task_id,
+            attempt=bad.attempt,
+            state="failed",
+            error=bad.reason,
+            ts=self.clock.now(),
+        )
+        self.events.emit_final(event)
+
+    def _accept(self, spec: Assignment) -> None:
+        if not self._first_time((spec.task_id, spec.attempt)):
+            return
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
