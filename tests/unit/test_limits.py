@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from edgeplane.limits import MAX_FUEL, MAX_MEMORY_MB, MAX_TIMEOUT_S
 from edgeplane.model import Task, TaskPatch, TaskSpec
-from edgeplane.model.task import MAX_FUEL, MAX_MEMORY_MB, MAX_TIMEOUT_S
 from edgeplane.protocol import Assignment
 
 OUT_OF_RANGE: list[tuple[str, Any]] = [

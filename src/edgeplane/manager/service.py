@@ -220,7 +220,7 @@ class Manager:
         """Task documents for valid specs (started when ``start`` is set), not yet stored;
         their modules are stored. :class:`Invalid` names the first bad field."""
         now = self.clock.now()
-        admitted = admit_many(
+        admitted = await admit_many(
             specs,
             ids=ids if ids is not None else [clocks.new_id() for _ in specs],
             now=now,

@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
 )
 
+from edgeplane.limits import MAX_CPU_SHARES, MAX_FUEL, MAX_MEMORY_MB, MAX_PIDS, MAX_TIMEOUT_S
 from edgeplane.model.cluster import GeoConstraint
 
 Runtime = Literal["wasm", "host", "container"]
@@ -25,18 +26,6 @@ TaskState = Literal[
 
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
 ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
-
-
-#: Upper bounds of :class:`Limits`: what the runtimes can apply, kept sane.
-MAX_TIMEOUT_S = 365 * 24 * 3600.0
-#: wasmtime's fuel is a u64; 2**53 also stays exact as a JSON number in any client
-MAX_FUEL = 2**53
-#: 1 TiB (a container's memory.max in bytes must fit cgroups' int64 too)
-MAX_MEMORY_MB = 1024 * 1024
-#: cgroup v1's cpu.shares range, which runc maps onto v2's cpu.weight
-MAX_CPU_SHARES = 262_144
-#: Linux's highest pid_max
-MAX_PIDS = 4_194_304
 
 
 class Limits(BaseModel):
