@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from edgeplane.config import Settings
-from edgeplane.model import Aggregate, CapacityGroup, FreeStats
+from edgeplane.model import Aggregate, CapacityGroup, FreeStats, Limits, TaskSpec
 from edgeplane.protocol import Topics, encode
 from edgeplane.roles.control import ControlPlane
 from edgeplane.roles.worker import build_worker
@@ -533,3 +533,21 @@ async def test_services_that_could_never_start_are_refused(hierarchy: Hierarchy)
         assert refused.status_code == 422, refused.text
         assert refused.json()["field"] == "services[1].image"
         assert (await http.get("/applications")).json()["total"] == 0
+
+
+async def test_a_cluster_fails_one_bad_assignment_and_runs_the_others(
+    hierarchy: Hierarchy,
+) -> None:
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("a")
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+    specs = [TaskSpec.model_validate({**ECHO, "start": True}) for _ in range(4)]
+    # what the API refuses, but a task stored before limits had ranges still carries
+    specs[1] = specs[1].model_copy(update={"limits": Limits.model_construct(pids=2**64)})
+    tasks = await root.manager.submit(specs)
+    ended = [await root.manager.wait(task.id, 20) for task in tasks]
+    bad = ended.pop(1)
+    assert bad.state == "failed", bad
+    assert bad.error is not None and "limits.pids" in bad.error, bad.error
+    assert [t.state for t in ended] == ["completed"] * 3, ended

@@ -334,13 +334,14 @@ class Uplink:
         return None
 
     async def _admit(self, spec: Assignment) -> list[Task]:
-        data: bytes | None = None
-        if spec.artifact_b64 is not None:
-            data = base64.b64decode(spec.artifact_b64)
-        elif spec.artifact is not None:
+        # The module goes to admission as the root sent it (admission checks it, off the
+        # loop when it is big); one the cluster keeps already is encoded in a thread.
+        file = spec.artifact_b64
+        if file is None and spec.artifact is not None:
             data = await self.manager.artifact(spec.artifact)
             if data is None:
                 raise Invalid(f"artifact {spec.artifact} is missing", field="artifact")
+            file = (await asyncio.to_thread(base64.b64encode, data)).decode()
         constraints = (spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
@@ -349,7 +350,7 @@ class Uplink:
             runtime=spec.runtime,
             mode=spec.mode,
             export=spec.entrypoint or None,
-            file=base64.b64encode(data).decode() if data is not None else None,
+            file=file,
             inputs=spec.inputs,
             cli_args=spec.cli_args,
             env=spec.env,
