@@ -30,6 +30,8 @@ from typing import Any
 
 #: Transactions of at most this many rows run on the event loop (see the module docstring).
 INLINE_ROWS = 8
+#: ``(sql, rows)`` pairs written in one transaction, each as an ``executemany``
+Statements = Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
 #: Inline writes between two checkpoints on the thread: a few pages each, so the WAL
 #: stays near SQLite's own 1,000-page checkpoint threshold.
 CHECKPOINT_EVERY = 200
@@ -51,11 +53,13 @@ class DirectSqlite:
         #: checkpoints run on the thread (for tests and diagnosis)
         self.checkpoints = 0
 
-    async def write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """``executemany`` in one transaction; ``sqlite3.IntegrityError`` rolls it back."""
-        if len(rows) <= INLINE_ROWS and self._in_flight == 0 and self._write_inline(sql, rows):
+    async def write(self, statements: Statements) -> None:
+        """Each ``(sql, rows)`` as an ``executemany``, all in one transaction; an error
+        (``sqlite3.IntegrityError``...) rolls the whole of it back."""
+        small = sum(len(rows) for _, rows in statements) <= INLINE_ROWS
+        if small and self._in_flight == 0 and self._write_inline(statements):
             return
-        await self._on_thread(self._write, sql, rows)
+        await self._on_thread(self._write, statements)
 
     async def scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first column of the first row, or None."""
@@ -67,10 +71,10 @@ class DirectSqlite:
                     raise
         return await self._on_thread(self._scalar_threaded, sql, params)
 
-    def _write_inline(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> bool:
+    def _write_inline(self, statements: Statements) -> bool:
         """The transaction on the loop; False when the database is locked (nothing done)."""
         try:
-            _transaction(self._inline_connection(), sql, rows)
+            _transaction(self._inline_connection(), statements)
         except sqlite3.OperationalError as exc:
             if _busy(exc):
                 return False
@@ -120,8 +124,8 @@ class DirectSqlite:
             self._threaded = _connect(self._path, busy_ms=self._busy_ms)
         return self._threaded
 
-    def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        _transaction(self._threaded_connection(), sql, rows)
+    def _write(self, statements: Statements) -> None:
+        _transaction(self._threaded_connection(), statements)
 
     def _scalar_threaded(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self._scalar(self._threaded_connection(), sql, params)
@@ -152,10 +156,11 @@ def _connect(path: str, *, busy_ms: int) -> sqlite3.Connection:
     return conn
 
 
-def _transaction(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def _transaction(conn: sqlite3.Connection, statements: Statements) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(sql, rows)
+        for sql, rows in statements:
+            conn.executemany(sql, rows)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
