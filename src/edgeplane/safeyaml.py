@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from edgeplane.errors import Invalid
-from edgeplane.model.bounds import MAX_DEPTH, MAX_NODES, MAX_YAML_ALIASES, MAX_YAML_BYTES
+from edgeplane.limits import MAX_DEPTH, MAX_NODES, MAX_YAML_ALIASES, MAX_YAML_BYTES
 
 #: Nesting a whole document may have: a free-form value's own depth below a few levels of
 #: the spec around it (``services[0].metadata``).

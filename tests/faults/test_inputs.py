@@ -23,7 +23,7 @@ import pytest
 import wasm_fixtures
 from edgeplane.config import Settings
 from edgeplane.model import Task
-from edgeplane.model.bounds import MAX_OFFSET
+from edgeplane.limits import MAX_OFFSET
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.store import open_store
 

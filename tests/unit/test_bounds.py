@@ -18,14 +18,8 @@ from edgeplane.model import (
     TaskSpec,
     WorkflowSpec,
 )
-from edgeplane.model.bounds import (
-    MAX_DEPTH,
-    MAX_ITEMS,
-    MAX_NODES,
-    MAX_RETRIES,
-    MAX_STRING,
-    check_json,
-)
+from edgeplane.limits import MAX_DEPTH, MAX_ITEMS, MAX_NODES, MAX_RETRIES, MAX_STRING
+from edgeplane.model.bounds import check_json
 
 
 def nested(depth: int) -> dict[str, Any]:

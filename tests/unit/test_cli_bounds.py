@@ -12,7 +12,7 @@ import httpx
 import pytest
 from test_cli import WASM, FakeApi, invoke, roles
 
-from edgeplane.model.bounds import MAX_OFFSET, MAX_RETRIES
+from edgeplane.limits import MAX_OFFSET, MAX_RETRIES
 
 __all__ = ["roles"]  # the fixture, from test_cli
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgeplane import safeyaml
 from edgeplane.errors import Invalid
-from edgeplane.model.bounds import MAX_YAML_ALIASES, MAX_YAML_BYTES
+from edgeplane.limits import MAX_YAML_ALIASES, MAX_YAML_BYTES
 
 #: Nine lists of nine aliases of the list before: 9^9 values in 478 bytes.
 LAUGHS = """\

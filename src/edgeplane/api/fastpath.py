@@ -33,7 +33,7 @@ from edgeplane.api.tasks import create_one
 from edgeplane.errors import EdgeplaneError
 from edgeplane.manager import Manager
 from edgeplane.model import TaskSpec
-from edgeplane.model.bounds import MAX_WAIT_S
+from edgeplane.limits import MAX_WAIT_S
 
 TASKS = "/api/v1/tasks"
 

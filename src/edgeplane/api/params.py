@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Query
 
-from edgeplane.model.bounds import MAX_LIMIT, MAX_OFFSET, MAX_WAIT_S
+from edgeplane.limits import MAX_LIMIT, MAX_OFFSET, MAX_WAIT_S
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items in the page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]

@@ -22,7 +22,7 @@ from edgeplane.model import (
     TaskSpec,
     TaskState,
 )
-from edgeplane.model.bounds import MAX_BATCH
+from edgeplane.limits import MAX_BATCH
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=JsonRoute)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeplane.model.bounds import MAX_LIMIT, MAX_OFFSET, MAX_PRIORITY, MAX_RETRIES
+from edgeplane.limits import MAX_LIMIT, MAX_OFFSET, MAX_PRIORITY, MAX_RETRIES
 
 LimitOption = Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="Items in the page.")]
 OffsetOption = Annotated[int, typer.Option(min=0, max=MAX_OFFSET, help="Items to skip.")]

@@ -10,14 +10,8 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeplane.model.bounds import (
-    MAX_REPLICAS,
-    MAX_SERVICES,
-    Cpus,
-    JsonObject,
-    MemoryMb,
-    Name,
-)
+from edgeplane.limits import MAX_REPLICAS, MAX_SERVICES
+from edgeplane.model.bounds import Cpus, JsonObject, MemoryMb, Name
 from edgeplane.model.task import TaskSpec, TaskState
 
 RestartPolicy = Literal["always", "on-failure", "never"]

@@ -1,4 +1,5 @@
-"""Every input's bounds in one place: sizes, depths and number ranges (docs/limits.md).
+"""The pydantic types every input model is made of, with the bounds of
+``edgeplane.limits`` (docs/limits.md): sizes, depths and number ranges.
 
 The models use these types, so a request past a bound is a 422 naming the field at the API
 and exit code 2 in the CLI (which validates with the same models) before anything costs
@@ -14,63 +15,28 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-# --- free-form JSON (metadata, inputs) ---------------------------------------------------
-#: Nesting of one free-form value: objects and arrays inside each other.
-MAX_DEPTH = 32
-#: Values (objects, arrays and scalars together) in one free-form value.
-MAX_NODES = 10_000
-#: Items of one array, keys of one object, characters of one key or string.
-MAX_ITEMS = 1_000
-MAX_KEYS = 1_000
-MAX_KEY = 256
-MAX_STRING = 1_048_576
-#: Integers a free-form value may hold: what a 64-bit column or reader (orjson) carries.
-MIN_INT = -(2**63)
-MAX_INT = 2**63 - 1
-
-# --- named strings ------------------------------------------------------------------------
-#: Names and references: task, job, workflow, service and cluster names, ids, exports.
-MAX_NAME = 256
-#: One command-line argument or environment value (Linux takes 128 KiB per argument).
-MAX_ARG = 65_536
-#: Arguments of one command (or ``cli_args``) and variables of one ``env``.
-MAX_ARGS = 1_024
-#: Labels of one constraint set, and the length of a label's key or value.
-MAX_LABELS = 64
-#: A cron expression, an IANA timezone name, an image reference.
-MAX_CRON = 256
-MAX_TIMEZONE = 64
-MAX_URL = 2_048
-
-# --- numbers -----------------------------------------------------------------------------
-#: Extra attempts of a task (-1: forever).
-MAX_RETRIES = 1_000
-MAX_PRIORITY = 100
-#: Tasks in one batch request.
-MAX_BATCH = 1_000
-#: Tasks of one job or workflow (``Settings.max_workflow_tasks`` may lower it), services of
-#: one application.
-MAX_RUN_TASKS = 10_000
-MAX_SERVICES = 1_000
-MAX_REPLICAS = 10_000
-#: Resources a task or a service may ask for.
-MAX_CPUS = 4_096.0
-MAX_MEMORY_MB = 2**31 - 1
-#: Pages of every list: ``limit`` items from ``offset`` (an offset past 2^63 broke SQL).
-MAX_LIMIT = 1_000
-MAX_OFFSET = 1_000_000_000
-#: Longest a request may hold its answer (``?wait=``), in seconds.
-MAX_WAIT_S = 60.0
-#: Half the earth's circumference: a geo radius past it covers everything anyway.
-MAX_RADIUS_KM = 20_038.0
-
-# --- YAML (spec files, application descriptors) ------------------------------------------
-#: Bytes of one YAML document (parsing YAML costs about 1 s a MB in pure Python).
-MAX_YAML_BYTES = 1_048_576
-#: Aliases (``*name``) one YAML document may use: expanding a few nested aliases is how a
-#: few hundred bytes become gigabytes ("billion laughs").
-MAX_YAML_ALIASES = 64
-
+from edgeplane.limits import (
+    MAX_ARG,
+    MAX_ARGS,
+    MAX_CPUS,
+    MAX_CRON,
+    MAX_DEPTH,
+    MAX_INT,
+    MAX_ITEMS,
+    MAX_KEY,
+    MAX_KEYS,
+    MAX_LABELS,
+    MAX_MEMORY_MB,
+    MAX_NAME,
+    MAX_NODES,
+    MAX_PRIORITY,
+    MAX_RETRIES,
+    MAX_RUN_TASKS,
+    MAX_STRING,
+    MAX_TIMEZONE,
+    MAX_URL,
+    MIN_INT,
+)
 
 def _bounds_error(where: str, message: str) -> PydanticCustomError:
     if len(where) > 80:

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeplane.errors import Invalid
-from edgeplane.model.bounds import MAX_RADIUS_KM
+from edgeplane.limits import MAX_RADIUS_KM
 
 ClusterState = Literal["online", "offline"]
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeplane.model.bounds import MAX_RUN_TASKS, Cron, JsonObject, Name, Timezone
+from edgeplane.limits import MAX_RUN_TASKS
+from edgeplane.model.bounds import Cron, JsonObject, Name, Timezone
 from edgeplane.model.task import CatchUp, Task, TaskSpec
 
 JobMode = Literal["parallel", "sequential", "dag"]
