@@ -22,8 +22,8 @@ import pytest
 
 import wasm_fixtures
 from edgeplane.config import Settings
-from edgeplane.model import Task
 from edgeplane.limits import MAX_OFFSET
+from edgeplane.model import Task
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.store import open_store
 

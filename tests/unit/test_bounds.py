@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from edgeplane.limits import MAX_DEPTH, MAX_ITEMS, MAX_NODES, MAX_RETRIES, MAX_STRING
 from edgeplane.model import (
     ApplicationSpec,
     Constraints,
@@ -18,7 +19,6 @@ from edgeplane.model import (
     TaskSpec,
     WorkflowSpec,
 )
-from edgeplane.limits import MAX_DEPTH, MAX_ITEMS, MAX_NODES, MAX_RETRIES, MAX_STRING
 from edgeplane.model.bounds import check_json
 
 

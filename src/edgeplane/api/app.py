@@ -179,7 +179,10 @@ def create_app(
     @app.get(
         "/healthz",
         tags=["health"],
-        responses={**problems.COMMON, 503: {"description": "The store cannot be written right now"}},
+        responses={
+            **problems.COMMON,
+            503: {"description": "The store cannot be written right now"},
+        },
     )
     async def healthz() -> JSONResponse:
         """200 while the store can be written; 503 (with the reason) while it cannot."""

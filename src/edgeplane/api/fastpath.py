@@ -31,9 +31,9 @@ from edgeplane.api.problems import from_error
 from edgeplane.api.responses import document
 from edgeplane.api.tasks import create_one
 from edgeplane.errors import EdgeplaneError
+from edgeplane.limits import MAX_WAIT_S
 from edgeplane.manager import Manager
 from edgeplane.model import TaskSpec
-from edgeplane.limits import MAX_WAIT_S
 
 TASKS = "/api/v1/tasks"
 

@@ -10,6 +10,7 @@ from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.responses import document
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Invalid
+from edgeplane.limits import MAX_BATCH
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.model import (
@@ -22,7 +23,6 @@ from edgeplane.model import (
     TaskSpec,
     TaskState,
 )
-from edgeplane.limits import MAX_BATCH
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=JsonRoute)
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from edgeplane import clock as clocks
-from edgeplane.errors import Conflict, NotFound
+from edgeplane.errors import NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core

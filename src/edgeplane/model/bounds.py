@@ -38,6 +38,7 @@ from edgeplane.limits import (
     MIN_INT,
 )
 
+
 def _bounds_error(where: str, message: str) -> PydanticCustomError:
     if len(where) > 80:
         where = where[:77] + "..."
