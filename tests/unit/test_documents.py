@@ -59,3 +59,17 @@ def test_a_document_that_is_no_json_is_rebuilt_from_its_columns() -> None:
 
 def test_a_document_that_cannot_be_read_at_all_is_none() -> None:
     assert read(Application, b"[]", {"id": "a", "name": "x"}) is None
+
+
+def test_an_older_applications_instances_are_still_made() -> None:
+    """The root builds each instance's task from the stored descriptor: a free-form value
+    past today's bounds must not stop it."""
+    from edgeplane.root.applications import instance_spec
+    from edgeplane.root.reconcile import Create
+
+    spec = {"name": "app", "services": [{"name": "web", "metadata": nested(40)}]}
+    app = read(Application, orjson.dumps({"id": "a", "name": "app", "spec": spec}), {"id": "a"})
+    assert app is not None
+    create = Create(service="web", index=0, revision="r", restarts=0, replaces=None)
+    task = instance_spec(app, app.spec.services[0], create)
+    assert task.metadata["a"] == nested(39) and task.daemon

@@ -31,6 +31,7 @@ from edgeplane.model import (
     Task,
     TaskSpec,
 )
+from edgeplane.model.bounds import STORED
 from edgeplane.root.reconcile import Actions, Create, desired_of, reconcile
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def instance_spec(app: Application, service: ServiceSpec, create: Create) -> Tas
             "schedule": None,
             "depends_on": [],
             "metadata": metadata,
-        }
+        },
+        context=STORED,  # its descriptor was checked when it came in; an older one may be bigger
     )
 
 
