@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
 from edgeplane.errors import Conflict, Invalid, NotFound
-from edgeplane.manager import lifecycle
+from edgeplane.manager import grace, lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.queue import PendingQueue, demand_of
@@ -104,6 +104,8 @@ class Manager:
         self.stats = ManagerStats()
         self.registry = Registry()
         self.journal = Journal(store)
+        #: lost members whose re-attachable tasks wait for them (see grace.py)
+        self.grace = grace.Grace(grace.grace_s(settings), enabled=not root, member=self.member)
         self._pending = PendingQueue()
         self._next_due: float | None = None
         self._busy = False
@@ -511,7 +513,8 @@ class Manager:
         entry = self.registry.get(worker_id)
         if not alive.online:
             if entry is not None and entry.online and alive.session in ("", entry.session):
-                await self._mark_offline(entry, f"worker {worker_id} disconnected")
+                reason = f"worker {worker_id} {'left' if alive.leaving else 'disconnected'}"
+                await self._mark_offline(entry, reason, leaving=alive.leaving)
             return
         if entry is None or alive.session != entry.session:
             await self._send(worker_id, "reregister", Reregister(reason="unknown session"))
@@ -525,6 +528,10 @@ class Manager:
             update["state"] = "draining" if entry.draining else "online"
             log.info("worker back online", extra={"worker_id": worker_id})
             self._kick.set()
+            # Back in the same session: what was lost meanwhile runs elsewhere now.
+            surplus = grace.surplus(alive.active, entry.tasks)
+            if surplus:
+                await self._send(worker_id, "task.stop", StopTasks(task_ids=surplus))
         entry.worker = entry.worker.model_copy(update=update)
         if alive.epoch != self._epoch:
             return
@@ -804,8 +811,15 @@ class Manager:
                         )
                     except Exception:
                         log.exception("marking a worker offline failed")
+            members = ((e.worker.id, e.online, bool(e.tasks)) for e in self.registry.entries())
+            for member_id, reason in self.grace.expired(members, mono).items():
+                held = self.registry.get(member_id)
+                if held is not None:
+                    await self._lose_tasks(held, reason)
 
-    async def _mark_offline(self, entry: WorkerEntry, reason: str) -> None:
+    async def _mark_offline(
+        self, entry: WorkerEntry, reason: str, *, leaving: bool = False
+    ) -> None:
         self.stats.lost_workers += 1
         log.warning(
             f"{self.member} offline", extra={f"{self.member}_id": entry.worker.id, "reason": reason}
@@ -813,7 +827,11 @@ class Manager:
         entry.worker = entry.worker.model_copy(update={"state": "offline"})
         entry.artifacts.clear()
         self._persist(entry.worker)
-        await self._lose_tasks(entry, reason)
+        mono, ids = self.clock.monotonic(), list(entry.tasks)
+        at_once = self.grace.lose_now(
+            entry.worker.id, ids, self._active, reason=reason, now=mono, leaving=leaving
+        )
+        await self._lose_tasks(entry, reason, only=at_once)
 
     async def _lose_tasks(
         self, entry: WorkerEntry, reason: str, only: Sequence[str] | None = None

@@ -133,6 +133,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
 
     #: SIGKILLs sent before the kill sequence gives up on an attempt that will not die.
     kill_tries: ClassVar[int] = 1
+    recoverable: ClassVar[bool] = True
 
     def __init__(self, *, grace_s: float, poll_s: float, clock: Clock | None) -> None:
         self.grace_s = grace_s
