@@ -7,10 +7,12 @@ dies: ``prctl(PR_SET_PDEATHSIG)`` between fork and exec (a ``preexec_fn``; there
 wrapper program for it that is sure to be installed, and Python's own start-up would make
 one cost ~20 MB and 50 ms).
 
-Two things to know. The kernel's "parent" is the *thread* that forked the helper: start
+Three things to know. The kernel's "parent" is the *thread* that forked the helper: start
 helpers from a thread that lives as long as the process (the event loop's), never from an
-executor's. And a worker's task processes are deliberately not tied this way: they outlive
-a crashed worker, which re-attaches to them (``worker/recovery.py``).
+executor's. The kernel forgets the tie when the helper's credentials change (a set-user-id
+program, or one that drops root for a user of its own, as Mosquitto does unless told
+otherwise: ``broker.py`` tells it). And a worker's task processes are deliberately not tied
+this way: they outlive a crashed worker, which re-attaches to them (``worker/recovery.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -40,6 +41,10 @@ def mosquitto_config(port: int) -> str:
     """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr)."""
     return "\n".join(
         [
+            # Mosquitto started as root switches to its own user, and the kernel forgets a
+            # process's parent-death signal when its credentials change (lifeline.py): it
+            # stays the user of the role that starts it (no effect unless that is root).
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             f"listener {port} {HOST}",
             "allow_anonymous true",
             "set_tcp_nodelay true",
