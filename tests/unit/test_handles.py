@@ -35,6 +35,15 @@ def test_save_load_remove(tmp_path: Path) -> None:
     assert store.load() == [second]
 
 
+def test_only_the_workers_user_may_read_them(tmp_path: Path) -> None:
+    """A task's env may hold secrets."""
+    store = HandleStore(tmp_path / "handles")
+    store.save(record())
+    assert (tmp_path / "handles").stat().st_mode & 0o777 == 0o700
+    [saved] = (tmp_path / "handles").iterdir()
+    assert saved.stat().st_mode & 0o777 == 0o600
+
+
 def test_the_final_event_replaces_the_record(tmp_path: Path) -> None:
     store = HandleStore(tmp_path)
     store.save(record())

@@ -60,11 +60,13 @@ class HandleStore:
 
     def save(self, record: HandleRecord) -> None:
         """Write ``record`` atomically (replacing the attempt's previous record)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Only the worker's user may read them: a task's env may hold secrets.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / record_name(record.key)
         tmp = path.with_name(path.name + ".tmp")
         data = record.model_dump_json().encode()
-        with tmp.open("wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
