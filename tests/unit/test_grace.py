@@ -66,6 +66,14 @@ def test_a_worker_that_holds_nothing_any_more_is_forgotten() -> None:
     assert grace.expired([("w1", False, True)], 11) == {}  # a fresh grace, not the old one
 
 
+def test_a_deleted_worker_is_forgotten() -> None:
+    grace = Grace(period_s=10)
+    grace.lose_now("w1", ["h"], TASKS, reason="r", now=0)
+    assert grace.expired([], 5) == {}
+    # Registered again later and lost at once: a fresh grace, not the old one.
+    assert grace.expired([("w1", False, True)], 11) == {}
+
+
 def test_an_offline_worker_holding_tasks_after_a_manager_restart_gets_a_grace() -> None:
     grace = Grace(period_s=10, member="worker")
     assert grace.expired([("w1", False, True)], 50) == {}

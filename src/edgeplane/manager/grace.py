@@ -81,12 +81,15 @@ class Grace:
     def expired(self, members: Iterable[tuple[str, bool, bool]], now: float) -> dict[str, str]:
         """Members whose grace is over, with the reason to lose their tasks with.
 
-        ``members`` are ``(id, online, holds tasks)``. A member back online is forgotten
-        (its hello or heartbeat settled its tasks). An offline member holding tasks without
-        a grace running, as after a manager restart, gets one from ``now``.
+        ``members`` are ``(id, online, holds tasks)``, every member there is. A member back
+        online is forgotten (its hello or heartbeat settled its tasks), and so is one that
+        is gone (deleted). An offline member holding tasks without a grace running, as after
+        a manager restart, gets one from ``now``.
         """
         over = {}
+        left = set(self._held)
         for member_id, online, holds in members:
+            left.discard(member_id)
             if online or not holds:
                 self._held.pop(member_id, None)
                 continue
@@ -97,6 +100,8 @@ class Grace:
             elif now >= held.until:
                 del self._held[member_id]
                 over[member_id] = f"{held.reason}; not back within {self.period_s:g} s"
+        for member_id in left:
+            del self._held[member_id]
         return over
 
 
