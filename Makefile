@@ -1,31 +1,42 @@
 # edgeplane developer commands. `make test` is what CI runs (.ci/run).
 PY ?= python3
 PIP := $(PY) -m pip
+# The tests keep their own environment: a venv in .venv-test that sees the system's
+# packages (nothing is downloaded twice) and holds its own editable edgeplane and the test
+# extras, so `make test` never swaps the edgeplane a running `edgeplane up` was started from.
+VENV ?= .venv-test
+TPY := $(VENV)/bin/python
 
 .PHONY: install deps services lint test test-unit bench up
 
 install:
 	$(PIP) install -q -e .
 
-deps:
+$(TPY):
+	$(PY) -m venv --system-site-packages $(VENV)
+
+# System packages (scripts/system-deps.sh says which) and, into $(VENV) only, edgeplane
+# (editable) with its test extras.
+deps: $(TPY)
 	bash scripts/system-deps.sh
-	$(PIP) install -q -e '.[test]'
+	@echo "installing edgeplane[test] (editable) into $(VENV)"
+	$(TPY) -m pip install -q -e '.[test]'
 
 services:
 	bash scripts/services.sh
 
-lint:
-	ruff check src tests
-	ruff format --check src tests
-	mypy
+lint: $(TPY)
+	$(TPY) -m ruff check src tests
+	$(TPY) -m ruff format --check src tests
+	$(TPY) -m mypy
 
 # The whole suite: installs what tests need, checks style and types, runs every layer.
 # pytest exits 5 when it collects nothing, which fails this target on purpose.
 test: deps services lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(TPY) -m pytest -q -p no:cacheprovider tests
 
-test-unit:
-	$(PY) -m pytest -q tests/unit
+test-unit: $(TPY)
+	$(TPY) -m pytest -q tests/unit
 
 # Benchmarks (not tests): edgeplane, Celery and Dramatiq side by side in one run (installs
 # the peers and matplotlib for the benchmark only); `make bench BENCH_ARGS=--quick` to try it.

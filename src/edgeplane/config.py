@@ -14,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeplane.errors import Invalid
+from edgeplane.limits import (
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+)
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -53,6 +59,11 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: a worker's limits for wasm tasks that give none (see DEFAULT_WASM_MEMORY_MB)
+    wasm_memory_mb: int = Field(default=DEFAULT_WASM_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
+    wasm_timeout_s: float = Field(
+        default=DEFAULT_WASM_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False
+    )
     retry_backoff_s: float = Field(default=0.5, ge=0)
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"

@@ -206,30 +206,34 @@ async def test_commands_reach_a_worker_in_seq_order(
     sqlite_stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task placed by its own request (A) whose insert is slow, and one placed after it
-    (B) that goes out first. The worker reports the highest seq it has seen; had A's
-    command carried a lower seq than B's, the heartbeats after B would make the manager
-    take A (still on its way) for lost, and A would run twice."""
+    (B). The worker reports the highest seq it has seen; had B's command gone out first
+    with a higher seq than A's, the heartbeats after B would make the manager take A
+    (still on its way) for lost, and A would run twice. The journal's one writer keeps B
+    behind A's insert, so their commands leave in order."""
     stack, http = sqlite_stack
     manager = stack.control.manager
-    insert = manager.store.add_tasks
+    apply = manager.store.apply
     release, holding = asyncio.Event(), asyncio.Event()
 
-    async def slow_first_insert(tasks: Any) -> None:
-        if not holding.is_set():
+    async def slow_first_insert(batch: Any) -> None:
+        if batch.new_tasks and not holding.is_set():
             holding.set()
             await release.wait()
-        await insert(tasks)
+        await apply(batch)
 
-    monkeypatch.setattr(manager.store, "add_tasks", slow_first_insert)
+    monkeypatch.setattr(manager.store, "apply", slow_first_insert)
     body = {"name": "add", "file": ADD, "inputs": [1, 1], "start": True, "worker_id": "local-1"}
     first = asyncio.create_task(http.post("/tasks", json=body, params={"wait": 30}))
     await asyncio.wait_for(holding.wait(), 10)
-    second = await http.post("/tasks", json={**body, "inputs": [2, 2]}, params={"wait": 30})
-    assert second.json()["state"] == "completed"
-    await asyncio.sleep(1.0)  # heartbeats (every 0.3 s) report the seq of B's command
+    second = asyncio.create_task(
+        http.post("/tasks", json={**body, "inputs": [2, 2]}, params={"wait": 30})
+    )
+    while manager.journal.stats.rounds < 1 or not manager.journal._queue:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # B is queued behind A's insert (no event tells)
     release.set()
-    done = (await first).json()
+    done, later = (await first).json(), (await second).json()
     assert (done["state"], done["attempt"], done["results"]) == ("completed", 1, [2])
+    assert (later["state"], later["attempt"], later["results"]) == ("completed", 1, [4])
     assert sum(w.stats.started for w in stack.workers) == 2
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from edgeplane.config import Settings
-from edgeplane.model import Aggregate, CapacityGroup, FreeStats
+from edgeplane.model import Aggregate, CapacityGroup, FreeStats, Limits, TaskSpec
 from edgeplane.protocol import Topics, encode
 from edgeplane.roles.control import ControlPlane
 from edgeplane.roles.worker import build_worker
@@ -311,6 +311,74 @@ async def test_cluster_rejects_and_root_falls_back(hierarchy: Hierarchy) -> None
         assert stale.control.uplink.rejected >= 1
 
 
+async def test_a_label_of_the_cluster_itself_is_met_by_its_workers(hierarchy: Hierarchy) -> None:
+    """`region=eu` is the cluster's label (its manager's --label), not its workers': the
+    root places by it, and the cluster runs the task instead of rejecting it."""
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("eu", labels={"region": "eu"})
+    await hierarchy.add_cluster("us", labels={"region": "us"})
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 2))
+        task = await run(http, {**ECHO, "constraints": {"labels": {"region": "eu"}}})
+        assert task["state"] == "completed", task
+        assert task["cluster_id"] == "eu" and task["attempt"] == 1
+        assert [p["outcome"] for p in task["placements"]] == ["placed"]
+
+
+async def test_a_task_offered_again_after_a_rejection_is_judged_again(
+    hierarchy: Hierarchy,
+) -> None:
+    """A rejection keeps the attempt number; the cluster must judge the task again when
+    it is offered again, never drop it as a duplicate (it then went `worker_lost`)."""
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("stale", worker_labels={"site": "a"})
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+        lie = Aggregate(
+            workers=5,
+            free_slots=50,
+            groups=[
+                CapacityGroup(
+                    runtime="host",
+                    labels={"site": "b"},
+                    workers=5,
+                    free_slots=50,
+                    cpu=FreeStats(count=5, sum=40, mean=8, max=8),
+                    memory_mb=FreeStats(count=5, sum=5_000, mean=1000, max=1000),
+                )
+            ],
+            max_free_cpu=8,
+            max_free_memory_mb=1000,
+        )
+        topics = Topics.for_root(hierarchy.domain)
+        stale = hierarchy.clusters["stale"]
+        assert stale.control.uplink is not None
+        stale.control.uplink.interval_s = 3600
+        async with _link(hierarchy.broker) as link:
+            await link.publish(topics.aggregate("stale"), encode("aggregate", lie))
+
+            async def believed() -> bool:
+                found = await online_clusters(http)
+                return found["stale"]["aggregate"]["workers"] == 5
+
+            await eventually(believed)
+            body = {**ECHO, "start": True, "constraints": {"labels": {"site": "b"}}}
+            task_id = (await http.post("/tasks", json=body)).json()["id"]
+
+            async def rejections(n: int) -> dict[str, Any] | None:
+                task: dict[str, Any] = (await http.get(f"/tasks/{task_id}")).json()
+                done = [p for p in task["placements"] if p["outcome"] == "rejected"]
+                return task if len(done) >= n and task["state"] == "pending" else None
+
+            await eventually(lambda: rejections(1))
+            # A new aggregate clears the rejection: the task is offered to it again.
+            await link.publish(topics.aggregate("stale"), encode("aggregate", lie))
+            task = await eventually(lambda: rejections(2))
+        assert task["state"] == "pending" and task["error"] is None, task
+        assert "rejected by stale" in task["reason"]
+        assert stale.control.uplink.rejected >= 2
+
+
 @contextlib.asynccontextmanager
 async def _link(broker: str) -> AsyncIterator[MqttLink]:
     async def ignore(topic: str, payload: bytes) -> None:
@@ -533,3 +601,21 @@ async def test_services_that_could_never_start_are_refused(hierarchy: Hierarchy)
         assert refused.status_code == 422, refused.text
         assert refused.json()["field"] == "services[1].image"
         assert (await http.get("/applications")).json()["total"] == 0
+
+
+async def test_a_cluster_fails_one_bad_assignment_and_runs_the_others(
+    hierarchy: Hierarchy,
+) -> None:
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("a")
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+    specs = [TaskSpec.model_validate({**ECHO, "start": True}) for _ in range(4)]
+    # what the API refuses, but a task stored before limits had ranges still carries
+    specs[1] = specs[1].model_copy(update={"limits": Limits.model_construct(pids=2**64)})
+    tasks = await root.manager.submit(specs)
+    ended = [await root.manager.wait(task.id, 20) for task in tasks]
+    bad = ended.pop(1)
+    assert bad.state == "failed", bad
+    assert bad.error is not None and "limits.pids" in bad.error, bad.error
+    assert [t.state for t in ended] == ["completed"] * 3, ended

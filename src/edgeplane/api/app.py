@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -85,9 +85,23 @@ def create_app(
     registry = CollectorRegistry()
     registry.register(ManagerCollector(manager))
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, object]:
-        return {"status": "ok", "broker": manager.link.connected.is_set(), "version": __version__}
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        responses={503: {"description": "The store cannot be written right now"}},
+    )
+    async def healthz() -> JSONResponse:
+        """200 while the store can be written; 503 (with the reason) while it cannot."""
+        down = manager.journal.down
+        body: dict[str, object] = {
+            "status": "ok" if down is None else "unavailable",
+            "store": down is None,
+            "broker": manager.link.connected.is_set(),
+            "version": __version__,
+        }
+        if down is not None:
+            body["detail"] = f"the store cannot be written: {down}"
+        return JSONResponse(body, status_code=200 if down is None else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics() -> Response:

@@ -17,6 +17,12 @@ import typer
 
 from edgeplane.cli.tasks import pairs
 from edgeplane.errors import Invalid
+from edgeplane.limits import (
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+)
 
 if TYPE_CHECKING:
     from edgeplane.config import Settings
@@ -76,6 +82,26 @@ ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
         "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+    ),
+]
+WasmMemoryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--wasm-memory-mb",
+        min=1,
+        max=MAX_MEMORY_MB,
+        help=f"Memory of a wasm task that sets no limits.memory_mb (default "
+        f"{DEFAULT_WASM_MEMORY_MB}).",
+    ),
+]
+WasmTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--wasm-timeout-s",
+        min=0.001,
+        max=MAX_TIMEOUT_S,
+        help=f"Running time of a wasm task (not a daemon) that sets no limits.timeout_s "
+        f"(default {DEFAULT_WASM_TIMEOUT_S:g}).",
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
@@ -151,6 +177,8 @@ def up(
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
     heartbeat_s: HeartbeatOption = None,
+    wasm_memory_mb: WasmMemoryOption = None,
+    wasm_timeout_s: WasmTimeoutOption = None,
     lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
@@ -180,6 +208,8 @@ def up(
         "containers": containers,
         "images_dir": images_dir,
         "heartbeat_s": heartbeat_s,
+        "wasm_memory_mb": wasm_memory_mb,
+        "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "log_level": log_level,
     }
@@ -318,6 +348,8 @@ def worker(
     images_dir: ImagesDirOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
+    wasm_memory_mb: WasmMemoryOption = None,
+    wasm_timeout_s: WasmTimeoutOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -333,6 +365,8 @@ def worker(
         "images_dir": images_dir,
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,
+        "wasm_memory_mb": wasm_memory_mb,
+        "wasm_timeout_s": wasm_timeout_s,
         "log_level": log_level,
     }
     if ctx.invoked_subcommand is not None:

@@ -1,10 +1,25 @@
-"""Group commit of task documents.
+"""One commit path for every document: tasks, workflow runs, schedules, applications and
+members (workers or clusters).
 
-Many small transitions (dispatches, events, losses) arrive one message at a time; writing
-each in its own transaction makes the store the bottleneck. The journal coalesces every
-write queued while the previous transaction ran into one ``save_tasks`` call, keeping the
-latest version of each task, and runs the callbacks registered with those writes only
-once they are durable (acks to workers, dispatches, waking waiters).
+Many small changes (dispatches, events, losses, a run's state) arrive one at a time;
+writing each in its own transaction makes the store the bottleneck. The journal has one
+writer (:meth:`Journal.run`): every change queued while a transaction runs goes into the
+next one, the newest version of each document winning, and what depends on durability
+(acks to workers, dispatches, waking waiters, listeners) runs only once it committed.
+
+Failures never lose or stick work:
+
+- the store cannot be reached (:class:`Unavailable`, or a ping fails after an error):
+  the journal is *down* — the same changes are tried again with backoff until it
+  answers, callers that must answer a user get :class:`Unavailable` (503) instead of
+  waiting, and work continues by itself when the store is back;
+- the store refuses a change (a constraint, a value it cannot hold, an id that is taken):
+  the batch is split until the refused changes are found; those writes fail (their
+  futures raise, their callbacks never run) and every other change commits. A refused
+  change is never retried, so it cannot hold the others back.
+
+Readers see only committed versions (:meth:`Journal.committed`); the manager's own
+working copies may be ahead of them.
 """
 
 from __future__ import annotations
@@ -13,93 +28,310 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
-from edgeplane.model import Task
-from edgeplane.store import Store
+from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
+from edgeplane.model import Application, Schedule, Task, Worker, Workflow
+from edgeplane.store import Batch, Kind, Store
 
 log = logging.getLogger(__name__)
 
 After = Callable[[], Awaitable[None] | None]
 
-#: Seconds between attempts when the store refuses a write.
-RETRY_S = 0.5
-#: Recently committed versions kept for readers (see :meth:`Journal.newest`).
+#: First and longest pause between attempts while the store cannot be reached.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+#: Seconds a ping may take before the store counts as unreachable.
+PING_S = 5.0
+#: Seconds a user's request waits for its change to commit before it answers 503.
+USER_WAIT_S = 10.0
+#: Recently committed task versions kept for readers (see :meth:`Journal.committed`).
 RECENT = 4096
+
+#: A unit of a batch: ("new", n) for an insert group, (kind, id) for an upsert,
+#: ("delete:" + kind, id) for a delete.
+_Key = tuple[str, object]
+
+
+@dataclass
+class _Entry:
+    """One call of :meth:`Journal.write`, :meth:`Journal.insert` or :meth:`Journal.delete`."""
+
+    keys: list[_Key]
+    then: After | None
+    done: asyncio.Future[None]
+
+
+@dataclass
+class JournalStats:
+    rounds: int = 0
+    #: changes the store refused (each one failed its write instead of being retried)
+    refused: int = 0
+    #: attempts that found the store unreachable
+    outages: int = 0
+
+
+@dataclass
+class _Round:
+    """The coalesced changes of one transaction, as units that can be split apart."""
+
+    units: dict[_Key, Batch] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    def add(self, key: _Key, part: Batch) -> None:
+        self.units.pop(key, None)  # a newer version replaces (and re-orders after) the older
+        self.units[key] = part
+
+
+def _batch(parts: Iterable[Batch]) -> Batch:
+    out = Batch()
+    for part in parts:
+        out.new_workflows += part.new_workflows
+        out.new_tasks += part.new_tasks
+        out.tasks += part.tasks
+        out.workflows += part.workflows
+        out.schedules += part.schedules
+        out.applications += part.applications
+        out.workers += part.workers
+        out.deleted += part.deleted
+    return out
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """A write nobody awaits may fail: that is logged here, not as 'never retrieved'."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Journal:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queued: dict[str, Task] = {}
-        self._writing: dict[str, Task] = {}
+        self._queue: list[tuple[_Entry, list[tuple[_Key, Batch]]]] = []
+        #: newest queued or in-flight version of each task (the manager's own reads)
+        self._unwritten: dict[str, Task] = {}
         self._recent: OrderedDict[str, Task] = OrderedDict()
-        self._after: list[After] = []
-        self._done: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
-        #: called with every committed batch (the cluster's uplink reports from here)
+        self._inserts = 0
+        self.stats = JournalStats()
+        #: why the store cannot be written right now (None: it can)
+        self.down: str | None = None
+        #: called with every committed batch of tasks (through the manager's ``on_commit``)
         self.listeners: list[Callable[[list[Task]], None]] = []
 
-    def write(self, tasks: Iterable[Task], then: After | None = None) -> asyncio.Future[None]:
-        """Queue tasks for the next transaction; the future resolves once it committed."""
+    # ------------------------------------------------------------------ queueing
+    def write(
+        self,
+        tasks: Iterable[Task] = (),
+        then: After | None = None,
+        *,
+        workflows: Iterable[Workflow] = (),
+        schedules: Iterable[Schedule] = (),
+        applications: Iterable[Application] = (),
+        workers: Iterable[Worker] = (),
+    ) -> asyncio.Future[None]:
+        """Queue new versions of documents; the future resolves once they committed, or
+        raises when the store refused one of them (``then`` then never runs)."""
+        units: list[tuple[_Key, Batch]] = []
         for task in tasks:
-            self._queued[task.id] = task
-        if then is not None:
-            self._after.append(then)
+            units.append((("task", task.id), Batch(tasks=[task])))
+            self._unwritten[task.id] = task
+        units += [(("workflow", w.id), Batch(workflows=[w])) for w in workflows]
+        units += [(("schedule", s.id), Batch(schedules=[s])) for s in schedules]
+        units += [(("application", a.id), Batch(applications=[a])) for a in applications]
+        units += [(("worker", w.id), Batch(workers=[w])) for w in workers]
+        return self._enqueue(units, then)
+
+    def insert(
+        self, tasks: Iterable[Task], workflow: Workflow | None = None, then: After | None = None
+    ) -> asyncio.Future[None]:
+        """Queue new documents, inserted together or not at all: the future raises
+        :class:`Conflict` when an id is taken (how a cron slot fires once)."""
+        tasks = list(tasks)
+        self._inserts += 1
+        group = Batch(new_tasks=tasks, new_workflows=[workflow] if workflow else [])
+        for task in tasks:
+            self._unwritten[task.id] = task
+        return self._enqueue([(("new", self._inserts), group)], then)
+
+    def delete(self, kind: Kind, doc_id: str) -> asyncio.Future[None]:
+        if kind == "task":
+            self._unwritten.pop(doc_id, None)
+            self._recent.pop(doc_id, None)
+        return self._enqueue([((f"delete:{kind}", doc_id), Batch(deleted=[(kind, doc_id)]))], None)
+
+    def _enqueue(self, units: list[tuple[_Key, Batch]], then: After | None) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._done.append(done)
+        done.add_done_callback(_consume)
+        self._queue.append((_Entry([k for k, _ in units], then, done), units))
         self._wake.set()
         return done
 
+    async def commit(self) -> None:
+        """Wake the writer and return once everything queued so far has been written (or
+        refused). Only :meth:`run` writes: commits never interleave."""
+        if self._queue:
+            await self._enqueue([], None)
+
+    def check(self) -> None:
+        """:class:`Unavailable` while the store cannot be written: a user's change is
+        refused up front (503) instead of waiting for the store."""
+        if self.down is not None:
+            raise Unavailable(f"the store is unavailable ({self.down}); try again later")
+
+    async def settle(self, done: asyncio.Future[None]) -> None:
+        """Await a user's write, but answer 503 rather than wait long for a store that
+        went away meanwhile (the change stays queued and is written when it returns)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(done), USER_WAIT_S)
+        except TimeoutError:
+            raise Unavailable(
+                "the store is unavailable; the change is queued and is written when it returns"
+            ) from None
+
+    # ------------------------------------------------------------------ reading
+    def committed(self, task_id: str) -> Task | None:
+        """A recently committed version of a task (None: read the store). A reader's
+        store query may have started before a commit it then overtakes; this lets it
+        replace what it read with what it missed. Never a version that is not stored."""
+        return self._recent.get(task_id)
+
     def newest(self, task_id: str) -> Task | None:
-        """The newest version of a task the journal has seen, committed or not.
+        """The newest version the journal holds, written or not (for the manager's own
+        decisions, never for answering readers)."""
+        return self._unwritten.get(task_id) or self._recent.get(task_id)
 
-        A reader's store query may have started before a commit it then overtakes; the
-        recently committed versions let it replace what it read with what it missed.
-        """
-        return self._queued.get(task_id) or self._writing.get(task_id) or self._recent.get(task_id)
-
-    def forget(self, task_id: str) -> None:
-        """The task was deleted: readers must not see a recent version of it."""
-        self._recent.pop(task_id, None)
-
+    # ------------------------------------------------------------------ the writer
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self.commit()
+            while self._queue:
+                await self._round()
 
-    async def commit(self) -> None:
-        """Write everything queued so far (retrying while the store fails), then run callbacks."""
-        if not (self._queued or self._after or self._done):
-            return
-        self._writing, self._queued = self._queued, {}
-        after, self._after = self._after, []
-        done, self._done = self._done, []
-        while self._writing:
-            try:
-                await self._store.save_tasks(list(self._writing.values()))
-                break
-            except Exception:
-                log.exception("store write failed; retrying", extra={"tasks": len(self._writing)})
-                await asyncio.sleep(RETRY_S)
-        for task_id, task in self._writing.items():
-            self._recent[task_id] = task
-            self._recent.move_to_end(task_id)
+    async def _round(self) -> None:
+        queued, self._queue = self._queue, []
+        work = _Round()
+        for _, units in queued:
+            for key, part in units:
+                if key[0].startswith("delete:"):
+                    work.units.pop((key[0].removeprefix("delete:"), key[1]), None)
+                work.add(key, part)
+        self.stats.rounds += 1
+        refused = await self._write(dict(work.units))
+        committed: list[Task] = []
+        for key, part in work.units.items():
+            if key in refused:
+                continue
+            for task in (*part.new_tasks, *part.tasks):
+                committed.append(task)
+                self._recent[task.id] = task
+                self._recent.move_to_end(task.id)
+                if self._unwritten.get(task.id) is task:
+                    del self._unwritten[task.id]
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
-        committed, self._writing = list(self._writing.values()), {}
-        for listener in self.listeners:
+        for key in refused:
+            for task in (*work.units[key].new_tasks, *work.units[key].tasks):
+                if self._unwritten.get(task.id) is task:
+                    del self._unwritten[task.id]
+        if committed:
+            for listener in self.listeners:
+                try:
+                    listener(committed)
+                except Exception:
+                    log.exception("journal listener failed")
+        for entry, _ in queued:
+            error = next((refused[k] for k in entry.keys if k in refused), None)
+            if error is not None:
+                if not entry.done.done():
+                    entry.done.set_exception(error)
+                continue
+            if entry.then is not None:
+                try:
+                    result = entry.then()
+                    if result is not None:
+                        await result
+                except Exception:
+                    log.exception("journal callback failed")
+            if not entry.done.done():
+                entry.done.set_result(None)
+
+    async def _write(self, units: dict[_Key, Batch]) -> dict[_Key, EdgeplaneError]:
+        """Write every unit or find the ones the store refuses; wait out outages."""
+        refused: dict[_Key, EdgeplaneError] = {}
+        delay = RETRY_MIN_S
+        while units:
             try:
-                listener(committed)
-            except Exception:
-                log.exception("journal listener failed")
-        for callback in after:
-            try:
-                result = callback()
-                if result is not None:
-                    await result
-            except Exception:
-                log.exception("journal callback failed")
-        for future in done:
-            if not future.done():
-                future.set_result(None)
+                await self._isolate(list(units), units, refused)
+            except Unavailable as exc:
+                self.stats.outages += 1
+                if self.down is None:
+                    log.error(
+                        "store unavailable; changes are kept and retried",
+                        extra={"error": exc.detail, "changes": len(units)},
+                    )
+                self.down = exc.detail
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+        if self.down is not None:
+            log.warning("store available again")
+            self.down = None
+        return refused
+
+    async def _isolate(
+        self, keys: list[_Key], units: dict[_Key, Batch], refused: dict[_Key, EdgeplaneError]
+    ) -> None:
+        """Apply ``keys`` in one transaction; when the store refuses it, split in halves
+        (order kept: an insert before the updates of its documents) down to the refused
+        units. Written and refused units leave ``units``; :class:`Unavailable` propagates
+        with the rest still in it."""
+        keys = [k for k in keys if k in units]
+        if not keys:
+            return
+        try:
+            await self._store.apply(_batch(units[k] for k in keys))
+        except Exception as exc:
+            if isinstance(exc, Unavailable) or not await self._reachable():
+                raise Unavailable(getattr(exc, "detail", None) or type(exc).__name__) from exc
+            if len(keys) > 1:
+                half = len(keys) // 2
+                await self._isolate(keys[:half], units, refused)
+                await self._isolate(keys[half:], units, refused)
+                return
+            self._refuse(keys[0], exc, units, refused)
+            return
+        for key in keys:
+            del units[key]
+
+    def _refuse(
+        self,
+        key: _Key,
+        exc: Exception,
+        units: dict[_Key, Batch],
+        refused: dict[_Key, EdgeplaneError],
+    ) -> None:
+        self.stats.refused += 1
+        if isinstance(exc, Conflict):
+            error: EdgeplaneError = exc
+        else:
+            log.error(
+                "the store refused a change",
+                extra={"change": f"{key[0]} {key[1]}", "error": str(exc)[:500]},
+            )
+            error = Invalid(f"the store refused {key[0]} {key[1]}: {type(exc).__name__}")
+        part = units.pop(key)
+        refused[key] = error
+        # Updates of documents whose insert was refused would overwrite the documents
+        # that hold those ids: they fail with it.
+        for task in part.new_tasks:
+            if ("task", task.id) in units:
+                units.pop(("task", task.id))
+                refused[("task", task.id)] = error
+
+    async def _reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(self._store.ping(), PING_S)
+        except Exception:
+            return False
+        return True

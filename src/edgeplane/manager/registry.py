@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from edgeplane.model import Aggregate, ClusterInfo, Worker
+from edgeplane.model import Aggregate, ClusterInfo, Task, Worker
 from edgeplane.model.worker import Capabilities
 from edgeplane.scheduling import ClusterView, WorkerView
 from edgeplane.scheduling.aggregate import cluster_view
@@ -157,3 +157,14 @@ class Registry:
             for order, entry in enumerate(self._entries.values())
             if entry.online and not entry.draining
         ]
+
+
+def reservation(task: Task, seq: int | None, session: str) -> Reservation:
+    """What a task placed on a member holds there."""
+    return Reservation(
+        seq=seq,
+        session=session,
+        cpu=task.constraints.cpu or 0.0,
+        memory_mb=task.constraints.memory_mb or 0,
+        daemon=task.daemon,
+    )

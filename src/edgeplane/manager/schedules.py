@@ -14,8 +14,8 @@ import logging
 from typing import Any
 
 from edgeplane import clock as clocks
-from edgeplane.errors import Conflict, NotFound
-from edgeplane.manager.service import Manager
+from edgeplane.errors import Conflict, NotFound, Unavailable
+from edgeplane.manager.facade import Facade
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Schedule, TaskSpec
 from edgeplane.model.task import CatchUp
@@ -28,7 +28,7 @@ MAX_SLEEP_S = 1.0
 
 
 class Schedules:
-    def __init__(self, manager: Manager, workflows: Workflows) -> None:
+    def __init__(self, manager: Facade, workflows: Workflows) -> None:
         self.manager = manager
         self.workflows = workflows
         self.clock = manager.clock
@@ -75,21 +75,26 @@ class Schedules:
             created_at=now,
             updated_at=now,
         )
-        await self.manager.store.save_schedule(schedule)
+        journal = self.manager.journal
+        journal.check()
+        await journal.settle(journal.write(schedules=[schedule]))
         self._wake.set()
         return schedule
 
     async def list(self, *, limit: int, offset: int) -> tuple[list[Schedule], int]:
-        return await self.manager.store.list_schedules(limit=limit, offset=offset)
+        return await self.manager.documents.list_schedules(limit=limit, offset=offset)
 
     async def delete(self, schedule_id: str) -> None:
-        if not await self.manager.store.delete_schedule(schedule_id):
+        journal = self.manager.journal
+        journal.check()
+        if await self.manager.documents.get_schedule(schedule_id) is None:
             raise NotFound(f"schedule {schedule_id} not found", field="id")
+        await journal.settle(journal.delete("schedule", schedule_id))
 
     async def fire_due(self) -> float | None:
         """Fire every due slot; return the earliest next run (None: no schedules)."""
         now = self.clock.now()
-        schedules, _ = await self.manager.store.list_schedules(limit=1_000_000)
+        schedules, _ = await self.manager.documents.list_schedules(limit=1_000_000)
         earliest: float | None = None
         for schedule in schedules:
             if schedule.next_run is not None and schedule.next_run <= now:
@@ -106,6 +111,7 @@ class Schedules:
             spec, schedule.last_slot, schedule.next_run or now, now, schedule.catch_up
         )
         fired = 0
+        last_slot = schedule.last_slot
         for slot in slots:
             rid = run_id(schedule.id, slot)
             try:
@@ -113,25 +119,34 @@ class Schedules:
                     body = TaskSpec.model_validate({**schedule.spec, "start": True})
                     tasks = await self.manager.admit([body], ids=[rid], batch=False)
                     tasks = [t.model_copy(update={"schedule_id": schedule.id}) for t in tasks]
-                    await self.manager.store.add_tasks(tasks)
-                    self.manager.enqueue(tasks)
+                    await self.manager.submit(tasks, origin="schedule")
                 else:
                     job = JobSpec.model_validate({**schedule.spec, "start": True})
                     await self.workflows.create(job, "job", run_id=rid, schedule_id=schedule.id)
                 fired += 1
             except Conflict:
                 log.info("slot already fired", extra={"schedule_id": schedule.id, "slot": slot})
+            except Unavailable as exc:
+                # The slot did not start: keep it due, so it fires once the store is back
+                # (its run id makes a second try harmless) instead of being skipped.
+                log.warning(
+                    "a scheduled run waits for the store",
+                    extra={"schedule_id": schedule.id, "slot": slot, "error": exc.detail},
+                )
+                next_run = slot
+                break
             except Exception:
                 log.exception("a scheduled run failed to start", extra={"schedule_id": schedule.id})
+            last_slot = slot
         updated = schedule.model_copy(
             update={
                 "next_run": next_run,
-                "last_slot": slots[-1] if slots else schedule.last_slot,
+                "last_slot": last_slot,
                 "runs": schedule.runs + fired,
                 "updated_at": now,
             }
         )
-        await self.manager.store.save_schedule(updated)
+        await self.manager.journal.write(schedules=[updated])
         return updated
 
     async def _run_loop(self) -> None:

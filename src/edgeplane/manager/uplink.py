@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid
-from edgeplane.manager.service import Manager
+from edgeplane.manager.facade import Facade
 from edgeplane.model import (
     Aggregate,
     Capabilities,
@@ -47,6 +47,7 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
@@ -80,7 +81,7 @@ def local_id(task_id: str, attempt: int) -> str:
 
 class Uplink:
     def __init__(
-        self, manager: Manager, root_url: str, *, clock: clocks.Clock | None = None
+        self, manager: Facade, root_url: str, *, clock: clocks.Clock | None = None
     ) -> None:
         settings = manager.settings
         self.manager = manager
@@ -132,12 +133,11 @@ class Uplink:
         """Register with the root (again: a restart is a new session)."""
         if self._loops:
             raise RuntimeError("uplink already started")
-        for task in await self.manager.store.unfinished_tasks():
+        for task in await self.manager.documents.unfinished_tasks():
             owner = task.metadata.get(ROOT_TASK)
             if isinstance(owner, str):
                 self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
-        if self._on_commit not in self.manager.journal.listeners:
-            self.manager.journal.listeners.append(self._on_commit)
+        self.manager.on_commit(self._on_commit)
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
@@ -165,8 +165,7 @@ class Uplink:
                 await loop
         self._loops = []
         await self.link.stop()
-        if self._on_commit in self.manager.journal.listeners:
-            self.manager.journal.listeners.remove(self._on_commit)
+        self.manager.off_commit(self._on_commit)
         self.session = clocks.new_id()
         self.registered.clear()
         self.link = self._new_link()
@@ -174,12 +173,12 @@ class Uplink:
     # ------------------------------------------------------------------ what goes up
     def current_aggregate(self) -> Aggregate:
         return aggregate(
-            self.manager.registry.schedulable(), location=self.info.location, ts=self.clock.now()
+            self.manager.schedulable(), location=self.info.location, ts=self.clock.now()
         )
 
     def summary(self) -> Capabilities:
         """The whole cluster as one capability record (the root's member document)."""
-        online = [e.worker.capabilities for e in self.manager.registry.entries() if e.online]
+        online = list(self.manager.capabilities(online=True).values())
         return Capabilities(
             hostname=self.info.name,
             cpus=sum(c.cpus for c in online) or 1,
@@ -253,6 +252,12 @@ class Uplink:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
             await self._accept(body.tasks)
+            for bad in body.unrunnable:  # that task fails, the others run (as on a worker)
+                if (bad.task_id, bad.attempt) not in self._seen:
+                    self._seen[(bad.task_id, bad.attempt)] = None
+                    self._final(bad, TaskEvent(task_id="", attempt=0, state="failed"), bad.reason)
+            if body.unreadable:
+                self.bad_messages += 1
         elif isinstance(body, StopTasks):
             await self._stop(body.task_ids)
         elif isinstance(body, AckEvents):
@@ -273,26 +278,29 @@ class Uplink:
         for spec in assignments:
             key = (spec.task_id, spec.attempt)
             if key in self._seen:
-                continue
-            self._seen[key] = None
-            while len(self._seen) > _SEEN_LIMIT:
-                self._seen.popitem(last=False)
+                continue  # a command delivered twice: the task is here already
             why = self._cannot_run(spec)
             if why is None:
                 try:
                     admitted.extend(await self._admit(spec))
-                    continue
                 except Invalid as exc:
                     self._final(spec, TaskEvent(task_id="", attempt=0, state="failed"), exc.detail)
                     continue
+                # Only what was taken is remembered: a rejection keeps the root's attempt
+                # number, so a task offered again (the cluster's capacity changed) must be
+                # judged again, not dropped as a duplicate (it then sat `scheduled` at the
+                # root until the heartbeats made it `worker_lost`).
+                self._seen[key] = None
+                while len(self._seen) > _SEEN_LIMIT:
+                    self._seen.popitem(last=False)
+                continue
             self.rejected += 1
             log.info("task rejected", extra={"task_id": spec.task_id, "reason": why})
             self._final(spec, TaskEvent(task_id="", attempt=0, state="rejected"), why)
         if admitted:
-            await self.manager.store.add_tasks(admitted)
-            self.manager.enqueue(admitted)
+            await self.manager.submit(admitted, origin="root")
 
-    def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
+    def _final(self, spec: Assignment | Unrunnable, event: TaskEvent, error: str) -> None:
         event = event.model_copy(
             update={
                 "task_id": spec.task_id,
@@ -306,8 +314,8 @@ class Uplink:
     def _cannot_run(self, spec: Assignment) -> str | None:
         """Why no worker of this cluster could ever run ``spec`` (None: one could): the
         cluster scheduler's own eligibility rules, plus whether a worker is big enough."""
-        wanted = spec.constraints or Constraints()
-        ring = self.manager.registry.schedulable()
+        wanted = self._local(spec.constraints or Constraints())
+        ring = self.manager.schedulable()
         req = Requirement(
             spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
         )
@@ -321,20 +329,29 @@ class Uplink:
                 return pinned_reason(pinned, req)
             able = [pinned]
         cpu, memory = wanted.cpu or 0.0, wanted.memory_mb or 0
-        sizes = {e.worker.id: e.worker.capabilities for e in self.manager.registry.entries()}
+        sizes = self.manager.capabilities(online=False)
         if not any(sizes[w.id].cpus >= cpu and sizes[w.id].memory_mb >= memory for w in able):
             return f"no worker has {cpu:g} cpu and {memory} MB"
         return None
 
+    def _local(self, wanted: Constraints) -> Constraints:
+        """The constraints left for this cluster's workers: a label the cluster itself
+        carries (``--label region=eu`` on its manager) is met by every worker of it, as
+        the root's placement took it to be."""
+        own = self.info.labels
+        labels = {k: v for k, v in wanted.labels.items() if own.get(k) != v}
+        return wanted if labels == wanted.labels else wanted.model_copy(update={"labels": labels})
+
     async def _admit(self, spec: Assignment) -> list[Task]:
-        data: bytes | None = None
-        if spec.artifact_b64 is not None:
-            data = base64.b64decode(spec.artifact_b64)
-        elif spec.artifact is not None:
+        # The module goes to admission as the root sent it (admission checks it, off the
+        # loop when it is big); one the cluster keeps already is encoded in a thread.
+        file = spec.artifact_b64
+        if file is None and spec.artifact is not None:
             data = await self.manager.artifact(spec.artifact)
             if data is None:
                 raise Invalid(f"artifact {spec.artifact} is missing", field="artifact")
-        constraints = (spec.constraints or Constraints()).model_copy(
+            file = (await asyncio.to_thread(base64.b64encode, data)).decode()
+        constraints = self._local(spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
         task_spec = TaskSpec(
@@ -342,7 +359,7 @@ class Uplink:
             runtime=spec.runtime,
             mode=spec.mode,
             export=spec.entrypoint or None,
-            file=base64.b64encode(data).decode() if data is not None else None,
+            file=file,
             inputs=spec.inputs,
             cli_args=spec.cli_args,
             env=spec.env,

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
-from edgeplane.manager.service import Manager
+from edgeplane.manager.facade import Facade
 from edgeplane.model import InputRef, Task, TaskSpec, Workflow, WorkflowSpec
 from edgeplane.model.workflow import JobSpec, WorkflowKind
 from edgeplane.workflows import Node, build_graph, evaluate, resolve_inputs
@@ -42,7 +42,7 @@ def _group_update(kind: WorkflowKind, run_id: str) -> dict[str, str | None]:
 
 
 class Workflows:
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Facade) -> None:
         self.manager = manager
         self.clock = manager.clock
         self._runs: dict[str, _Run] = {}
@@ -51,10 +51,10 @@ class Workflows:
         self._wake = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[Workflow]]] = defaultdict(list)
         self._loop: asyncio.Task[None] | None = None
-        manager.on_task_end.append(self._task_ended)
+        manager.on_task_end(self._task_ended)
 
     async def start(self) -> None:
-        for workflow in await self.manager.store.unfinished_workflows():
+        for workflow in await self.manager.documents.unfinished_workflows():
             await self._load(workflow)
             self._dirty.add(workflow.id)
         self._loop = asyncio.create_task(self._run_loop(), name="workflows")
@@ -113,7 +113,7 @@ class Workflows:
             created_at=now,
             updated_at=now,
         )
-        await self.manager.store.add_workflow(workflow, tasks)
+        await self.manager.submit(tasks, workflow=workflow, origin=kind)
         self._track(workflow, nodes, tasks)
         if spec.start:
             await self._advance(run_id)
@@ -121,7 +121,7 @@ class Workflows:
 
     async def get(self, run_id: str, kind: WorkflowKind) -> Workflow:
         run = self._runs.get(run_id)
-        workflow = run.workflow if run else await self.manager.store.get_workflow(run_id)
+        workflow = run.workflow if run else await self.manager.documents.get_workflow(run_id)
         if workflow is None or workflow.kind != kind:
             raise NotFound(f"{kind} {run_id} not found", field="id")
         # One query for all its tasks (newest in-memory versions win), in request order.
@@ -137,7 +137,7 @@ class Workflows:
     async def list(
         self, kind: WorkflowKind, *, limit: int, offset: int
     ) -> tuple[list[Workflow], int]:
-        items, total = await self.manager.store.list_workflows(
+        items, total = await self.manager.documents.list_workflows(
             kind=kind, limit=limit, offset=offset
         )
         return [self._runs[w.id].workflow if w.id in self._runs else w for w in items], total
@@ -276,8 +276,11 @@ class Workflows:
         update: dict[str, Any] = {"state": state, "updated_at": now}
         if state in ("completed", "failed", "cancelled"):
             update["finished_at"] = now
-        run.workflow = workflow.model_copy(update=update)
-        await self.manager.store.save_workflows([run.workflow])
+        changed = workflow.model_copy(update=update)
+        # Memory follows the store: the run changes once its new state is durable (the
+        # journal retries while the store is down, so this waits rather than sticks).
+        await self.manager.journal.write(workflows=[changed])
+        run.workflow = changed
         if run.workflow.terminal:
             self._forget(run)
             snapshot = await self.get(workflow.id, workflow.kind)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
+from edgeplane.limits import MAX_CPU_SHARES, MAX_FUEL, MAX_MEMORY_MB, MAX_PIDS, MAX_TIMEOUT_S
 from edgeplane.model.cluster import GeoConstraint
 
 Runtime = Literal["wasm", "host", "container"]
@@ -21,13 +29,20 @@ ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
 
 
 class Limits(BaseModel):
+    """What one attempt may use. Ranges are checked wherever limits come in (API, CLI, a
+    worker's ``task.start``); a stored task document is loaded as it is (see
+    :meth:`Task._stored_limits`)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    timeout_s: float | None = Field(default=None, gt=0)
-    fuel: int | None = Field(default=None, ge=1)
-    memory_mb: int | None = Field(default=None, ge=1)
-    cpu_shares: int | None = Field(default=None, ge=2)
-    pids: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    fuel: int | None = Field(default=None, ge=1, le=MAX_FUEL)
+    memory_mb: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MB)
+    cpu_shares: int | None = Field(default=None, ge=2, le=MAX_CPU_SHARES)
+    pids: int | None = Field(default=None, ge=1, le=MAX_PIDS)
+
+
+_LIMITS = frozenset(Limits.model_fields)
 
 
 class Constraints(BaseModel):
@@ -190,6 +205,20 @@ class Task(BaseModel):
     #: root only: every placement attempt, and the clusters that rejected the current one
     placements: list[Placement] = Field(default_factory=list)
     rejected_by: list[str] = Field(default_factory=list)
+
+    @field_validator("limits", mode="wrap")
+    @classmethod
+    def _stored_limits(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Limits:
+        """Limits out of range are kept as stored: a task stored before :class:`Limits` had
+        ranges must still load (nothing in the store may stop a manager from starting),
+        and the worker that gets it rejects that attempt, naming the field."""
+        try:
+            limits: Limits = handler(value)
+        except ValidationError:
+            if not isinstance(value, dict):
+                raise
+            return Limits.model_construct(**{k: v for k, v in value.items() if k in _LIMITS})
+        return limits
 
     @property
     def terminal(self) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +24,49 @@ from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
 from edgeplane.transport import EmbeddedBroker
 
+log = logging.getLogger(__name__)
+
 
 async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
-    """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``."""
+    """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
+
+    The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
+    members were told its URL and dial it again, so a restarted root or manager on a new
+    port would leave them offline for good. Only when that port is taken does it move
+    (logged, with the new URL)."""
     if settings.broker:
         return settings.broker
-    broker = EmbeddedBroker(settings.data_dir / "broker")
+    port_file = settings.data_dir / "broker" / "port"
+    recorded = _recorded_port(port_file)
+    port = recorded if recorded is not None and _free(recorded) else 0
+    broker = EmbeddedBroker(settings.data_dir / "broker", port=port)
     url = await broker.start()
     stack.push_async_callback(broker.stop)
+    if recorded is not None and broker.port != recorded:
+        log.warning(
+            "the broker's port was taken; members must dial the new URL",
+            extra={"port": recorded, "url": url},
+        )
+    port_file.parent.mkdir(parents=True, exist_ok=True)
+    port_file.write_text(f"{broker.port}\n")
     return url
+
+
+def _recorded_port(path: Path) -> int | None:
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 1024 <= port <= 65535 else None
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class _Server(uvicorn.Server):
@@ -50,10 +86,11 @@ class ControlPlane:
         self.serve_api = serve_api
         self.store: Store = open_store(settings.store_url)
         self.manager = Manager(settings, self.store, broker_url, root=root)
-        self.workflows = Workflows(self.manager)
-        self.schedules = Schedules(self.manager, self.workflows)
-        self.applications = Applications(self.manager)
-        self.uplink = Uplink(self.manager, settings.root) if settings.root and not root else None
+        facade = self.manager.facade
+        self.workflows = Workflows(facade)
+        self.schedules = Schedules(facade, self.workflows)
+        self.applications = Applications(facade)
+        self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
         self.token_file: Path | None = None
         self.url = ""
         self._server: _Server | None = None

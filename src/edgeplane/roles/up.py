@@ -17,6 +17,7 @@ from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
+from edgeplane.runtimes import process_cache
 from edgeplane.worker import WorkerAgent
 
 ENDPOINT_FILE = "endpoint"
@@ -42,6 +43,9 @@ async def _workers(
     stack: contextlib.AsyncExitStack, settings: Settings, broker_url: str
 ) -> list[WorkerAgent]:
     agents = []
+    # One module cache for the process: a module compiled when its task was admitted is
+    # not compiled again by the worker that runs it.
+    modules = process_cache(settings.data_dir / "modules")
     for n in range(1, settings.workers + 1):
         worker_id = f"{settings.cluster_id}-{n}"
         agent = build_worker(
@@ -49,6 +53,7 @@ async def _workers(
             broker_url=broker_url,
             worker_id=worker_id,
             data_dir=settings.data_dir / "workers" / worker_id,
+            modules=modules,
         )
         await agent.start()
         stack.push_async_callback(agent.stop)

@@ -10,7 +10,13 @@ from pathlib import Path
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
+from edgeplane.runtimes import (
+    ContainerRuntime,
+    HostRuntime,
+    ModuleCache,
+    Runtime,
+    available_runtimes,
+)
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
@@ -32,13 +38,19 @@ def build_worker(
     worker_id: str,
     data_dir: Path,
     labels: Mapping[str, str] | None = None,
+    modules: ModuleCache | None = None,
 ) -> WorkerAgent:
+    """A worker with the runtimes ``settings`` allow. Its wasm modules come from
+    ``modules``, by default the process's one cache (see ``runtimes.modules``)."""
     runtimes = available_runtimes(
         allow_host=settings.allow_host,
         cache_dir=data_dir / "modules",
         data_dir=data_dir,
         allow_containers=settings.containers,
         images_dir=settings.images_dir,
+        modules=modules,
+        wasm_memory_mb=settings.wasm_memory_mb,
+        wasm_timeout_s=settings.wasm_timeout_s,
     )
     # What this worker no longer offers may still have attempts left by an earlier run of
     # it (started with --allow-host, now without): those are found and stopped at start.

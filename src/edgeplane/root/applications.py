@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
-from edgeplane.manager import Manager
-from edgeplane.manager.admission import admit
+from edgeplane.manager.admission import admit, inspect_modules
+from edgeplane.manager.facade import Facade
 from edgeplane.model import (
     ACTIVE_STATES,
     Application,
@@ -103,13 +103,12 @@ def state_of(app: Application) -> str:
 class Applications:
     def __init__(
         self,
-        manager: Manager,
+        manager: Facade,
         *,
         clock: clocks.Clock | None = None,
         backoff_base_s: float = 1.0,
     ) -> None:
         self.manager = manager
-        self.store = manager.store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.backoff_base_s = backoff_base_s
         self._apps: dict[str, Application] = {}
@@ -120,13 +119,13 @@ class Applications:
         self._wake = asyncio.Event()
         self._next_check: float | None = None
         self._loop: asyncio.Task[None] | None = None
-        manager.journal.listeners.append(self._on_commit)
+        manager.on_commit(self._on_commit)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         offset = 0
         while True:
-            page, total = await self.store.list_applications(limit=1000, offset=offset)
+            page, total = await self.manager.documents.list_applications(limit=1000, offset=offset)
             for app in page:
                 self._apps[app.id] = app
                 for instance in app.instances:
@@ -144,8 +143,7 @@ class Applications:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
             self._loop = None
-        if self._on_commit in self.manager.journal.listeners:
-            self.manager.journal.listeners.remove(self._on_commit)
+        self.manager.off_commit(self._on_commit)
 
     async def _refresh(self, app: Application, instance: Instance) -> None:
         """After a restart: the instance as its task is now."""
@@ -153,31 +151,37 @@ class Applications:
             self._update(app, instance, await self.manager.get(instance.task_id))
 
     # ------------------------------------------------------------------ user calls
-    def _check(self, spec: ApplicationSpec) -> None:
+    async def _check(self, spec: ApplicationSpec) -> None:
         """Refuse a descriptor whose services could never start (a 422 naming the service),
         instead of accepting it and failing its instances forever."""
         probe = Application(id="check", name=spec.name, spec=spec)
-        for index, service in enumerate(spec.services):
-            task = instance_spec(probe, service, Create(service.name, 0, "", 0, None))
+        tasks = [
+            instance_spec(probe, service, Create(service.name, 0, "", 0, None))
+            for service in spec.services
+        ]
+        modules = await inspect_modules(tasks)  # compiled off the loop
+        for index, task in enumerate(tasks):
             try:
-                admit(task, task_id="check", now=0.0, cluster_id=None)
+                admit(task, task_id="check", now=0.0, cluster_id=None, modules=modules)
             except Invalid as exc:
                 where = f"services[{index}]" + (f".{exc.field}" if exc.field else "")
                 raise Invalid(exc.detail, field=where) from None
 
     async def create(self, spec: ApplicationSpec) -> Application:
-        self._check(spec)
+        await self._check(spec)
         now = self.clock.now()
         app = Application(
             id=clocks.new_id(), name=spec.name, spec=spec, created_at=now, updated_at=now
         )
-        await self.store.save_application(app)
+        journal = self.manager.journal
+        journal.check()
+        await journal.settle(journal.write(applications=[app]))
         self._apps[app.id] = app
         self._wake.set()
         return app
 
     async def replace(self, app_id: str, spec: ApplicationSpec) -> Application:
-        self._check(spec)
+        await self._check(spec)
         app = self.get(app_id)
         app = app.model_copy(
             update={
@@ -187,20 +191,23 @@ class Applications:
                 "updated_at": self.clock.now(),
             }
         )
-        await self.store.save_application(app)
+        journal = self.manager.journal
+        journal.check()
+        await journal.settle(journal.write(applications=[app]))
         self._apps[app_id] = app
         self._wake.set()
         return app
 
     async def delete(self, app_id: str) -> None:
         app = self.get(app_id)
+        self.manager.journal.check()
         del self._apps[app_id]
         for instance in app.instances:
             self._by_task.pop(instance.task_id, None)
             self._stopping.discard(instance.id)
             with contextlib.suppress(NotFound):
                 await self.manager.stop_task(instance.task_id)
-        await self.store.delete_application(app_id)
+        await self.manager.journal.settle(self.manager.journal.delete("application", app_id))
 
     def get(self, app_id: str) -> Application:
         app = self._apps.get(app_id)
@@ -220,9 +227,11 @@ class Applications:
             return app
         instances = []
         for instance in app.instances:
-            task = self.manager.live(instance.task_id) if instance.state == "pending" else None
-            if task is not None and task.reason != instance.reason:
-                instance = instance.model_copy(update={"reason": task.reason})
+            reason = (
+                self.manager.wait_reason(instance.task_id) if instance.state == "pending" else None
+            )
+            if reason is not None and reason != instance.reason:
+                instance = instance.model_copy(update={"reason": reason})
             instances.append(instance)
         return app.model_copy(update={"instances": instances})
 
@@ -288,7 +297,8 @@ class Applications:
             if dirty is not None:
                 dirty.state = state_of(dirty)  # type: ignore[assignment]
                 dirty.updated_at = now
-                await self.store.save_application(dirty)
+                # (a copy: the journal writes what it is given when its turn comes)
+                self.manager.journal.write(applications=[dirty.model_copy()])
 
     async def _apply(self, app: Application, actions: Actions) -> None:
         if actions.forget:
@@ -335,7 +345,7 @@ class Applications:
             )
         self._dirty.add(app.id)
         try:
-            tasks = await self.manager.submit(specs, ids=ids)
+            tasks = await self.manager.submit_specs(specs, ids=ids, origin="application")
         except Exception:
             # A spec the manager refuses (e.g. its artifact is bad) must not loop forever:
             # the instances show it as failed, and the restart backoff spaces out retries.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
 from edgeplane.runtimes.container import ContainerRuntime
 from edgeplane.runtimes.fake import FakeRuntime
@@ -16,6 +17,7 @@ from edgeplane.runtimes.modules import (
     check_call,
     inspect_module,
     make_engine,
+    process_cache,
 )
 from edgeplane.runtimes.wasm import WasmRuntime
 
@@ -27,15 +29,26 @@ def available_runtimes(
     data_dir: Path | None = None,
     allow_containers: bool = False,
     images_dir: Path | None = None,
+    modules: ModuleCache | None = None,
+    wasm_memory_mb: int | None = None,
+    wasm_timeout_s: float | None = None,
 ) -> dict[str, Runtime]:
     """The runtimes this machine can run, by name: wasm always, host only when allowed,
     container when allowed, given a ``data_dir`` for its bundles and usable (runc, root).
 
-    ``cache_dir`` keeps compiled wasm modules across restarts (in ``cache_dir/wasm``);
-    container images come from ``images_dir`` (default ``data_dir/images``).
+    Compiled wasm modules come from ``modules`` (default: this process's cache, keeping
+    them across restarts in ``cache_dir/wasm``); wasm tasks that give no limits get
+    ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults); container
+    images come from ``images_dir`` (default ``data_dir/images``).
     """
+    if modules is None:
+        modules = process_cache(None if cache_dir is None else cache_dir / "wasm")
     candidates: list[Runtime] = [
-        WasmRuntime(cache_dir=None if cache_dir is None else cache_dir / "wasm")
+        WasmRuntime(
+            modules=modules,
+            default_memory_mb=wasm_memory_mb or DEFAULT_WASM_MEMORY_MB,
+            default_timeout_s=wasm_timeout_s or DEFAULT_WASM_TIMEOUT_S,
+        )
     ]
     if allow_host:
         candidates.append(HostRuntime())
@@ -61,4 +74,5 @@ __all__ = [
     "check_call",
     "inspect_module",
     "make_engine",
+    "process_cache",
 ]

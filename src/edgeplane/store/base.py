@@ -4,9 +4,42 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
+
+Kind = Literal["task", "workflow", "schedule", "application", "worker"]
+
+
+@dataclass
+class Batch:
+    """Changes the journal writes in one transaction: new documents (inserted, so an id
+    that is taken makes the whole batch a :class:`Conflict`), then upserts, then deletes."""
+
+    new_workflows: list[Workflow] = field(default_factory=list)
+    new_tasks: list[Task] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    workflows: list[Workflow] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
+    applications: list[Application] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    deleted: list[tuple[Kind, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(
+            len(part)
+            for part in (
+                self.new_workflows,
+                self.new_tasks,
+                self.tasks,
+                self.workflows,
+                self.schedules,
+                self.applications,
+                self.workers,
+                self.deleted,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -29,6 +62,16 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return when the store answers; :class:`Unavailable` when it does not."""
+
+    @abstractmethod
+    async def apply(self, batch: Batch) -> None:
+        """Write a batch in one transaction, all or nothing. :class:`Conflict` (nothing
+        written) when a new document's id is taken; :class:`Unavailable` when the store
+        cannot be reached."""
 
     # artifacts (content-addressed module bytes)
     @abstractmethod

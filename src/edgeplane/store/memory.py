@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edgeplane.errors import Conflict
 from edgeplane.model import (
@@ -20,7 +21,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
-from edgeplane.store.base import Store, TokenRecord
+from edgeplane.store.base import Batch, Store, TokenRecord
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,30 @@ class MemoryStore(Store):
 
     async def close(self) -> None:
         """Nothing to release; the data stays until the object is dropped."""
+
+    async def ping(self) -> None:
+        """Always answers."""
+
+    async def apply(self, batch: Batch) -> None:
+        for workflow in batch.new_workflows:
+            if workflow.id in self._workflows:
+                raise Conflict(f"workflow id already exists: {workflow.id}", field="id")
+        self._check_new(batch.new_tasks)
+        self._workflows.update((w.id, _WorkflowRow.of(w)) for w in batch.new_workflows)
+        self._tasks.update((t.id, _TaskRow.of(t)) for t in (*batch.new_tasks, *batch.tasks))
+        self._workflows.update((w.id, _WorkflowRow.of(w)) for w in batch.workflows)
+        self._schedules.update((s.id, _ScheduleRow.of(s)) for s in batch.schedules)
+        self._applications.update((a.id, _ApplicationRow.of(a)) for a in batch.applications)
+        self._workers.update((w.id, w.model_dump_json()) for w in batch.workers)
+        tables: dict[str, dict[str, Any]] = {
+            "task": self._tasks,
+            "workflow": self._workflows,
+            "schedule": self._schedules,
+            "application": self._applications,
+            "worker": self._workers,
+        }
+        for kind, doc_id in batch.deleted:
+            tables[kind].pop(doc_id, None)
 
     # artifacts
 

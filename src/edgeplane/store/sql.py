@@ -17,14 +17,22 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Row, Table, event, func, select, text
+from sqlalchemy import Row, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
-from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ClauseElement
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
 from edgeplane.model import (
@@ -37,7 +45,7 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.store import tables
-from edgeplane.store.base import Store, TokenRecord
+from edgeplane.store.base import Batch, Kind, Store, TokenRecord
 from edgeplane.store.sqlite_direct import DirectSqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -99,8 +107,9 @@ class _DriverStatement:
     names: tuple[str, ...]
 
     @classmethod
-    def of(cls, statement: Insert, dialect: Dialect) -> _DriverStatement:
+    def of(cls, statement: ClauseElement, dialect: Dialect) -> _DriverStatement:
         compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)  # a statement, not a DDL element
         return cls(str(compiled), tuple(compiled.positiontup or ()))
 
     def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -133,6 +142,57 @@ def _workflow_row(workflow: Workflow) -> dict[str, Any]:
     }
 
 
+def _schedule_row(schedule: Schedule) -> dict[str, Any]:
+    return {
+        "id": schedule.id,
+        "next_run": schedule.next_run,
+        "created_at": schedule.created_at,
+        "doc": schedule.model_dump_json(),
+    }
+
+
+def _application_row(app: Application) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "name": app.name,
+        "created_at": app.created_at,
+        "doc": app.model_dump_json(),
+    }
+
+
+def _worker_row(worker: Worker) -> dict[str, Any]:
+    return {"id": worker.id, "doc": worker.model_dump_json()}
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Whether an error says the store cannot be reached (as opposed to refusing a write)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc, OSError | TimeoutError | OperationalError | InterfaceError | sqlite3.OperationalError
+    )
+
+
+@asynccontextmanager
+async def _reachable(url: str) -> AsyncIterator[None]:
+    """Turn "cannot reach the store" errors into :class:`Unavailable` (a 503 at the API)."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise Unavailable(f"store {url} unavailable: {type(exc).__name__}") from exc
+        raise
+
+
+_TABLES: dict[Kind, Table] = {
+    "task": tables.tasks,
+    "workflow": tables.workflows,
+    "schedule": tables.schedules,
+    "application": tables.applications,
+    "worker": tables.workers,
+}
+
+
 def _token(row: Row[Any]) -> TokenRecord:
     return TokenRecord(
         id=row.id,
@@ -158,6 +218,15 @@ class SqlStore(Store):
         dialect = self._url.get_dialect()()
         self._insert_tasks = _DriverStatement.of(tables.tasks.insert(), dialect)
         self._upsert_tasks = _DriverStatement.of(self._upsert(tables.tasks), dialect)
+        self._insert_workflows = _DriverStatement.of(tables.workflows.insert(), dialect)
+        self._batch_upserts = {
+            kind: _DriverStatement.of(self._upsert(table), dialect)
+            for kind, table in _TABLES.items()
+        }
+        self._deletes = {
+            kind: _DriverStatement.of(table.delete().where(table.c.id == bindparam("id")), dialect)
+            for kind, table in _TABLES.items()
+        }
         self._upsert_workflows = self._upsert(tables.workflows)
         self._upsert_schedule = self._upsert(tables.schedules)
         self._upsert_application = self._upsert(tables.applications)
@@ -203,6 +272,47 @@ class SqlStore(Store):
         database = self._url.database
         if self._sqlite and database not in (None, "", ":memory:"):
             self._direct = DirectSqlite(str(database), _SQLITE_BUSY_MS)
+
+    async def ping(self) -> None:
+        async with _reachable(self.url), self._reading() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def apply(self, batch: Batch) -> None:
+        upserts = self._batch_upserts
+        parts: list[tuple[_DriverStatement, list[dict[str, Any]]]] = [
+            (self._insert_workflows, [_workflow_row(w) for w in batch.new_workflows]),
+            (self._insert_tasks, [_task_row(t) for t in batch.new_tasks]),
+            (upserts["task"], [_task_row(t) for t in batch.tasks]),
+            (upserts["workflow"], [_workflow_row(w) for w in batch.workflows]),
+            (upserts["schedule"], [_schedule_row(s) for s in batch.schedules]),
+            (upserts["application"], [_application_row(a) for a in batch.applications]),
+            (upserts["worker"], [_worker_row(w) for w in batch.workers]),
+        ]
+        for kind, doc_id in batch.deleted:
+            parts.append((self._deletes[kind], [{"id": doc_id}]))
+        parts = [(statement, rows) for statement, rows in parts if rows]
+        if not parts:
+            return
+        try:
+            async with _reachable(self.url):
+                if self._direct is None:
+                    async with self._writing() as conn:
+                        for statement, rows in parts:
+                            await statement.run(conn, rows)
+                    return
+                self._opened()
+                assert self._write_lock is not None  # always set for SQLite
+                async with self._write_lock:
+                    await self._direct.write([(st.sql, st.params(rows)) for st, rows in parts])
+        except (IntegrityError, sqlite3.IntegrityError):
+            raise Conflict(await self._conflict_detail(batch), field="id") from None
+
+    async def _conflict_detail(self, batch: Batch) -> str:
+        for workflow in batch.new_workflows:
+            if await self._workflow_exists(workflow.id):
+                return f"workflow id already exists: {workflow.id}"
+        taken = await self._taken_ids(batch.new_tasks) if batch.new_tasks else []
+        return f"task ids already exist: {', '.join(taken)}" if taken else "an id is taken"
 
     @staticmethod
     async def _create_schema(conn: AsyncConnection, schema: str) -> None:
@@ -314,7 +424,7 @@ class SqlStore(Store):
         self._opened()
         assert self._write_lock is not None  # always set for SQLite
         async with self._write_lock:
-            await self._direct.write(statement.sql, statement.params(rows))
+            await self._direct.write([(statement.sql, statement.params(rows))])
 
     async def get_task(self, task_id: str) -> Task | None:
         if self._direct is not None:
@@ -441,14 +551,8 @@ class SqlStore(Store):
     # schedules
 
     async def save_schedule(self, schedule: Schedule) -> None:
-        row = {
-            "id": schedule.id,
-            "next_run": schedule.next_run,
-            "created_at": schedule.created_at,
-            "doc": schedule.model_dump_json(),
-        }
         async with self._writing() as conn:
-            await conn.execute(self._upsert_schedule, row)
+            await conn.execute(self._upsert_schedule, _schedule_row(schedule))
 
     async def get_schedule(self, schedule_id: str) -> Schedule | None:
         query = select(tables.schedules.c.doc).where(tables.schedules.c.id == schedule_id)
@@ -477,14 +581,8 @@ class SqlStore(Store):
     # applications
 
     async def save_application(self, app: Application) -> None:
-        row = {
-            "id": app.id,
-            "name": app.name,
-            "created_at": app.created_at,
-            "doc": app.model_dump_json(),
-        }
         async with self._writing() as conn:
-            await conn.execute(self._upsert_application, row)
+            await conn.execute(self._upsert_application, _application_row(app))
 
     async def get_application(self, app_id: str) -> Application | None:
         query = select(tables.applications.c.doc).where(tables.applications.c.id == app_id)
@@ -516,9 +614,7 @@ class SqlStore(Store):
         if not workers:
             return
         async with self._writing() as conn:
-            await conn.execute(
-                self._upsert_worker, [{"id": w.id, "doc": w.model_dump_json()} for w in workers]
-            )
+            await conn.execute(self._upsert_worker, [_worker_row(w) for w in workers])
 
     async def get_worker(self, worker_id: str) -> Worker | None:
         query = select(tables.workers.c.doc).where(tables.workers.c.id == worker_id)

@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
@@ -60,6 +62,18 @@ _MEMORY_ARTIFACTS = 64
 DEFAULT_SLOTS_PER_CPU = 8
 #: Seconds events wait to be published together.
 EVENT_WINDOW_S = 0.002
+
+
+#: An artifact whose base64 is at most this long is decoded, hashed and written on the
+#: event loop (well under a millisecond); longer ones in a thread.
+INLINE_ARTIFACT_CHARS = 64 * 1024
+
+
+def _decode_artifact(encoded: str) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("artifact is not valid base64", field="artifact") from None
 
 
 @dataclass
@@ -82,32 +96,55 @@ class WorkerStats:
 
 
 class ArtifactCache:
-    """Module bytes by sha256: a few in memory, all on disk."""
+    """Module bytes by sha256: a few in memory, all on disk. Used from the event loop;
+    what may take long (a file read, a big payload) runs in a thread."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._memory: OrderedDict[str, bytes] = OrderedDict()
 
-    def get(self, digest: str) -> bytes | None:
+    async def load(self, digest: str) -> bytes | None:
+        """The bytes of ``digest``, from memory or from its file (read in a thread)."""
         data = self._memory.get(digest)
         if data is None:
-            path = self.directory / f"{digest}.wasm"
-            if not path.exists():
-                return None
-            data = path.read_bytes()
-            self._remember(digest, data)
+            data = await asyncio.to_thread(self._read, digest)
+            if data is not None:
+                self._remember(digest, data)
         return data
 
-    def put(self, digest: str, data: bytes) -> None:
+    async def store(self, digest: str, encoded: str) -> bytes:
+        """Decode base64 ``encoded``, check it against ``digest``, keep it; return it. A
+        payload longer than :data:`INLINE_ARTIFACT_CHARS` is decoded, hashed and written in
+        a thread (a 5 MB module: tens of ms)."""
+        if len(encoded) <= INLINE_ARTIFACT_CHARS:
+            data = _decode_artifact(encoded)
+            self._write(digest, data)
+        else:
+            data = await asyncio.to_thread(self._decode_and_write, digest, encoded)
+        self._remember(digest, data)
+        return data
+
+    def _decode_and_write(self, digest: str, encoded: str) -> bytes:
+        data = _decode_artifact(encoded)
+        self._write(digest, data)
+        return data
+
+    def _read(self, digest: str) -> bytes | None:
+        try:
+            return (self.directory / f"{digest}.wasm").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, digest: str, data: bytes) -> None:
+        """Check ``data`` against ``digest`` and write it once (any thread)."""
         if hashlib.sha256(data).hexdigest() != digest:
             raise Invalid(f"artifact does not match its digest {digest}", field="artifact")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{digest}.wasm"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
-        self._remember(digest, data)
 
     def _remember(self, digest: str, data: bytes) -> None:
         self._memory[digest] = data
@@ -248,6 +285,14 @@ class WorkerAgent:
             self._seq = max(self._seq, body.seq)
             for spec in body.tasks:
                 self._accept(spec)
+            for bad in body.unrunnable:
+                self._refuse(bad)
+            if body.unreadable:
+                self.stats.bad_messages += 1
+                log.warning(
+                    "assignments without a task id and attempt",
+                    extra={"topic": topic, "count": body.unreadable},
+                )
         elif isinstance(body, StopTasks):
             for task_id in body.task_ids:
                 run = self._runs.get(task_id)
@@ -270,12 +315,32 @@ class WorkerAgent:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
 
-    def _accept(self, spec: Assignment) -> None:
-        key = (spec.task_id, spec.attempt)
+    def _first_time(self, key: Key) -> bool:
+        """Whether ``(task id, attempt)`` is new; a redelivered command runs nothing twice."""
         if key in self._seen:
             self.stats.duplicates += 1
-            return
+            return False
         self._remember(key)
+        return True
+
+    def _refuse(self, bad: Unrunnable) -> None:
+        """An assignment this worker cannot even read ends ``failed`` with the reason (not
+        transient: sending it again would not help); the rest of its command runs."""
+        if not self._first_time((bad.task_id, bad.attempt)):
+            return
+        log.warning("assignment refused", extra={"task_id": bad.task_id, "reason": bad.reason})
+        event = TaskEvent(
+            task_id=bad.task_id,
+            attempt=bad.attempt,
+            state="failed",
+            error=bad.reason,
+            ts=self.clock.now(),
+        )
+        self.events.emit_final(event)
+
+    def _accept(self, spec: Assignment) -> None:
+        if not self._first_time((spec.task_id, spec.attempt)):
+            return
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
@@ -365,7 +430,7 @@ class WorkerAgent:
                 state="failed", error=f"runtime {spec.runtime!r} is not enabled on this worker"
             )
         try:
-            artifact = self._artifact(spec)
+            artifact = await self._artifact(spec)
         except Invalid as exc:
             return Outcome(state="failed", error=exc.detail, transient=True)
         try:
@@ -435,17 +500,12 @@ class WorkerAgent:
             extra={"reattached": len(found.resumed), "ended": len(found.finals)},
         )
 
-    def _artifact(self, spec: Assignment) -> bytes | None:
+    async def _artifact(self, spec: Assignment) -> bytes | None:
         if spec.artifact is None:
             return None
         if spec.artifact_b64 is not None:
-            try:
-                data = base64.b64decode(spec.artifact_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise Invalid("artifact is not valid base64", field="artifact") from None
-            self.artifacts.put(spec.artifact, data)
-            return data
-        cached = self.artifacts.get(spec.artifact)
+            return await self.artifacts.store(spec.artifact, spec.artifact_b64)
+        cached = await self.artifacts.load(spec.artifact)
         if cached is None:
             raise Invalid(f"artifact_missing: {spec.artifact}", field="artifact")
         return cached

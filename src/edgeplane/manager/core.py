@@ -1,0 +1,77 @@
+"""The state the manager's parts share, and the few calls they make on each other.
+
+State lives in two places on purpose: the store is the truth that survives a crash, and
+``pending`` / ``active`` hold the started, unfinished tasks in memory so the hot path
+(schedule → dispatch → event) never reads the store. Every change is written through the
+journal before anything depends on it (a dispatch, an ack to a member, a reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from edgeplane import clock as clocks
+from edgeplane.config import Settings
+from edgeplane.manager.journal import Journal
+from edgeplane.manager.levels import Level
+from edgeplane.manager.queue import PendingQueue
+from edgeplane.manager.registry import Registry
+from edgeplane.model import Task, Worker
+from edgeplane.protocol import encode
+from edgeplane.store import Store
+from edgeplane.transport import MqttLink
+
+
+@dataclass
+class ManagerStats:
+    bad_messages: int = 0
+    dispatched: int = 0
+    events: int = 0
+    lost_workers: int = 0
+    #: tasks that ended since the manager started, by final state
+    finished: Counter[str] = field(default_factory=Counter)
+    #: tasks submitted since the manager started, by origin (api, workflow, schedule...)
+    submitted: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Core:
+    settings: Settings
+    store: Store
+    clock: clocks.Clock
+    level: Level
+    journal: Journal
+    link: MqttLink
+    registry: Registry = field(default_factory=Registry)
+    pending: PendingQueue = field(default_factory=PendingQueue)
+    active: dict[str, Task] = field(default_factory=dict)
+    stats: ManagerStats = field(default_factory=ManagerStats)
+    #: set to run a scheduling pass soon
+    kick: asyncio.Event = field(default_factory=asyncio.Event)
+    #: member documents waiting to be stored (membership batches them; dispatch stores
+    #: those of members about to get tasks first)
+    unsaved: dict[str, Worker] = field(default_factory=dict)
+    #: tasks whose end is durable (the task service wakes waiters and listeners)
+    resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
+
+    @property
+    def member(self) -> str:
+        """What members are called in messages and logs: ``worker`` or ``cluster``."""
+        return self.level.member
+
+    async def send(
+        self,
+        member_id: str,
+        type_: str,
+        body: BaseModel,
+        *,
+        topic: str | None = None,
+        qos: int | None = None,
+    ) -> None:
+        topic = topic or self.level.topics.cmd(member_id)
+        await self.link.publish(topic, encode(type_, body), qos=qos)

@@ -1,0 +1,310 @@
+"""Members (workers, or clusters at the root): registration, liveness, loss.
+
+A member says hello (with the tasks it holds), beats ``alive`` every ``heartbeat_s`` and
+publishes a last will through the broker. It is declared lost after ``missed_beats``
+silent periods or at once by its will; its tasks then go back to the queue (retries
+left) or fail ``worker_lost`` (a worker's host and container tasks only after a grace
+period, ``grace.py``: they outlive a crashed worker, which re-attaches to them). A member
+that says hello with a session the manager did not know tells, by the tasks it reports,
+which of its tasks are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from edgeplane.errors import NotFound
+from edgeplane.manager import grace, lifecycle
+from edgeplane.manager.core import Core
+from edgeplane.manager.registry import Reservation, WorkerEntry, reservation
+from edgeplane.model import Aggregate, Task, Worker
+from edgeplane.protocol import Alive, Hello, Reregister, StopTasks, Welcome
+
+log = logging.getLogger(__name__)
+
+#: Seconds member documents wait to be stored together.
+PERSIST_WINDOW_S = 0.2
+
+
+class Membership:
+    def __init__(self, core: Core, epoch: str, broker_url: str) -> None:
+        self.core = core
+        self._epoch = epoch
+        self._broker_url = broker_url
+        self._save_wake = asyncio.Event()
+        #: lost members whose re-attachable tasks wait for them (not at the root, whose
+        #: members are clusters that re-place their own tasks)
+        self.grace = grace.Grace(
+            grace.grace_s(core.settings), enabled=core.member == "worker", member=core.member
+        )
+
+    # ------------------------------------------------------------------ restart
+    def recover(self, workers: Sequence[Worker], tasks: Sequence[Task]) -> None:
+        """Rebuild memory after a restart: known members, unfinished started tasks."""
+        core = self.core
+        now = core.clock.monotonic()
+        for worker in workers:
+            # Until a member speaks again its liveness clock starts now.
+            core.registry.add(WorkerEntry(worker=worker, last_seen=now))
+        for task in tasks:
+            if not task.started:
+                continue
+            entry = core.registry.get(core.level.member_of(task) or "")
+            if task.state in ("scheduled", "running") and entry is not None:
+                core.active[task.id] = task
+                entry.tasks[task.id] = reservation(task, seq=0, session="")
+            elif task.state in ("scheduled", "running"):
+                why = f"its {core.member} is unknown after a restart"
+                core.pending.put(lifecycle.lose(task, why, core.clock.now(), 0.0))
+            else:
+                core.pending.put(task)
+        if core.pending or core.active:
+            log.info(
+                "recovered tasks",
+                extra={"pending": len(core.pending), "active": len(core.active)},
+            )
+
+    # ------------------------------------------------------------------ user calls
+    def workers(self) -> list[Worker]:
+        return [self._doc(entry) for entry in self.core.registry.entries()]
+
+    def worker(self, worker_id: str) -> Worker:
+        entry = self.core.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        return self._doc(entry)
+
+    async def drain_worker(self, worker_id: str) -> Worker:
+        """No new tasks go to a draining worker; its running tasks finish."""
+        entry = self.core.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        journal = self.core.journal
+        journal.check()
+        entry.draining = True
+        if entry.online:
+            entry.worker = entry.worker.model_copy(update={"state": "draining"})
+        await journal.settle(journal.write(workers=[entry.worker]))
+        return self._doc(entry)
+
+    async def delete_worker(self, worker_id: str) -> None:
+        journal = self.core.journal
+        journal.check()
+        entry = self.core.registry.remove(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        self.core.unsaved.pop(worker_id, None)
+        await self.lose_tasks(entry, f"worker {worker_id} was deleted")
+        await journal.settle(journal.delete("worker", worker_id))
+
+    @staticmethod
+    def _doc(entry: WorkerEntry) -> Worker:
+        return entry.worker.model_copy(update={"active_tasks": len(entry.tasks)})
+
+    # ------------------------------------------------------------------ messages
+    def seen(self, member_id: str) -> None:
+        """Any message is a sign of life."""
+        entry = self.core.registry.get(member_id)
+        if entry is not None and entry.online:
+            entry.last_seen = self.core.clock.monotonic()
+
+    async def on_hello(self, member_id: str, hello: Hello) -> None:
+        core = self.core
+        now, mono = core.clock.now(), core.clock.monotonic()
+        entry = core.registry.get(member_id)
+        if entry is None:
+            entry = WorkerEntry(worker=core.level.new_member(member_id, hello.capabilities, now))
+            core.registry.add(entry)
+            log.info(f"{core.member} registered", extra={f"{core.member}_id": member_id})
+        if hello.cluster is not None:
+            entry.info = hello.cluster
+        if hello.aggregate is not None:
+            entry.aggregate = hello.aggregate
+        if entry.session != hello.session:
+            await self._new_session(entry, hello)
+        entry.session = hello.session
+        entry.last_seen = mono
+        entry.worker = entry.worker.model_copy(
+            update={
+                "capabilities": hello.capabilities,
+                "state": "draining" if entry.draining else "online",
+                "last_seen": now,
+            }
+        )
+        self.persist(entry.worker)
+        welcome = Welcome(
+            worker_id=member_id,
+            session=hello.session,
+            heartbeat_s=core.settings.heartbeat_s,
+            broker_url=self._broker_url,
+        )
+        await core.send(member_id, "welcome", welcome, topic=core.level.topics.welcome(member_id))
+        core.kick.set()
+
+    async def _new_session(self, entry: WorkerEntry, hello: Hello) -> None:
+        """A session we did not know: tasks it does not report are gone if they went to an
+        older process, or if this process has seen the command that carried them."""
+        member_id = entry.worker.id
+        active = set(hello.active)
+        received = hello.seq if hello.epoch == self._epoch else 0
+
+        def gone(r: Reservation) -> bool:
+            if r.seq is None:  # not sent yet: it goes to this session
+                return False
+            if r.seq == 0:  # recovered after our restart: the member is authoritative
+                return True
+            if r.session and r.session != hello.session:
+                return True
+            return r.seq <= received
+
+        lost = [tid for tid, r in entry.tasks.items() if tid not in active and gone(r)]
+        await self.lose_tasks(entry, f"{self.core.member} {member_id} restarted", only=lost)
+        entry.artifacts.clear()
+        # Tasks it still runs that are no longer its own (lost while it was away and
+        # placed elsewhere, or stopped): stop them, so no duplicate keeps running.
+        surplus = [tid for tid in hello.active if tid not in entry.tasks]
+        if surplus:
+            log.info(
+                "stopping surplus tasks",
+                extra={f"{self.core.member}_id": member_id, "count": len(surplus)},
+            )
+            await self.core.send(member_id, "task.stop", StopTasks(task_ids=surplus))
+
+    def on_aggregate(self, cluster_id: str, aggregate: Aggregate) -> None:
+        core = self.core
+        entry = core.registry.get(cluster_id)
+        if entry is None or not entry.online:
+            return  # an aggregate before hello, or from a cluster marked offline
+        entry.aggregate = aggregate
+        # What it rejected may fit now: offer those tasks to it again.
+        for task in list(core.pending):
+            if cluster_id in task.rejected_by:
+                rest = [c for c in task.rejected_by if c != cluster_id]
+                core.pending.put(task.model_copy(update={"rejected_by": rest}))
+        core.kick.set()
+
+    async def on_alive(self, member_id: str, alive: Alive) -> None:
+        core = self.core
+        entry = core.registry.get(member_id)
+        if not alive.online:
+            if entry is not None and entry.online and alive.session in ("", entry.session):
+                how = "left" if alive.leaving else "disconnected"
+                await self.mark_offline(
+                    entry, f"{core.member} {member_id} {how}", leaving=alive.leaving
+                )
+            return
+        if entry is None or alive.session != entry.session:
+            await core.send(member_id, "reregister", Reregister(reason="unknown session"))
+            return
+        entry.last_seen = core.clock.monotonic()
+        update: dict[str, object] = {"last_seen": core.clock.now()}
+        if alive.usage is not None:
+            update["usage"] = alive.usage
+        if not entry.online:
+            update["state"] = "draining" if entry.draining else "online"
+            log.info(f"{core.member} back online", extra={f"{core.member}_id": member_id})
+            core.kick.set()
+            # Back in the same session: what was lost meanwhile runs elsewhere now.
+            surplus = grace.surplus(alive.active, entry.tasks)
+            if surplus:
+                await core.send(member_id, "task.stop", StopTasks(task_ids=surplus))
+        entry.worker = entry.worker.model_copy(update=update)
+        if alive.epoch != self._epoch:
+            return
+        # Tasks sent in a command the member has acknowledged seeing, yet it does not
+        # report them: they are gone (e.g. the member dropped them while restarting).
+        reported = set(alive.active)
+        missing = [
+            tid
+            for tid, r in entry.tasks.items()
+            if r.seq is not None and r.seq <= alive.seq and tid not in reported
+        ]
+        if missing:
+            why = f"{core.member} {member_id} does not know the task"
+            await self.lose_tasks(entry, why, only=missing)
+
+    # ------------------------------------------------------------------ liveness
+    async def liveness_loop(self) -> None:
+        settings = self.core.settings
+        period = max(0.05, min(1.0, settings.heartbeat_s / 2))
+        while True:
+            await asyncio.sleep(period)
+            # A silent member is declared lost no later than `missed_beats` heartbeats
+            # after its last message: the sweep's own period is taken off the deadline
+            # (at 5 s beats: 14 to 15 s of silence; a live member is 1 beat behind at most).
+            deadline = settings.heartbeat_s * settings.missed_beats - period
+            mono = self.core.clock.monotonic()
+            for entry in self.core.registry.entries():
+                if entry.online and mono - entry.last_seen > deadline:
+                    missed = settings.missed_beats
+                    why = f"{self.core.member} {entry.worker.id} missed {missed} heartbeats"
+                    try:
+                        await self.mark_offline(entry, why)
+                    except Exception:
+                        log.exception("marking a member offline failed")
+            entries = self.core.registry.entries()
+            members = ((e.worker.id, e.online, bool(e.tasks)) for e in entries)
+            for member_id, reason in self.grace.expired(members, mono).items():
+                held = self.core.registry.get(member_id)
+                if held is not None:
+                    await self.lose_tasks(held, reason)
+
+    async def mark_offline(self, entry: WorkerEntry, reason: str, *, leaving: bool = False) -> None:
+        core = self.core
+        core.stats.lost_workers += 1
+        log.warning(
+            f"{core.member} offline", extra={f"{core.member}_id": entry.worker.id, "reason": reason}
+        )
+        entry.worker = entry.worker.model_copy(update={"state": "offline"})
+        entry.artifacts.clear()
+        self.persist(entry.worker)
+        mono, ids = core.clock.monotonic(), list(entry.tasks)
+        at_once = self.grace.lose_now(
+            entry.worker.id, ids, core.active, reason=reason, now=mono, leaving=leaving
+        )
+        await self.lose_tasks(entry, reason, only=at_once)
+
+    async def lose_tasks(
+        self, entry: WorkerEntry, reason: str, only: Sequence[str] | None = None
+    ) -> None:
+        """Tasks of a lost member: retried elsewhere when retries remain, else failed."""
+        core = self.core
+        now = core.clock.now()
+        ids = list(entry.tasks) if only is None else list(only)
+        changed = []
+        for task_id in ids:
+            entry.tasks.pop(task_id, None)
+            task = core.active.pop(task_id, None)
+            if task is None:
+                continue
+            new = lifecycle.lose(task, reason, now, core.settings.retry_backoff_s)
+            if new.state == "pending":
+                core.pending.put(new)
+            changed.append(new)
+        if changed:
+            log.warning(
+                "tasks lost", extra={f"{core.member}_id": entry.worker.id, "count": len(changed)}
+            )
+            core.kick.set()
+            core.journal.write(changed, then=lambda: core.resolve(changed))
+
+    # ------------------------------------------------------------------ member documents
+    def persist(self, worker: Worker) -> None:
+        """Store a member document soon, in a batch: a registration storm of thousands of
+        workers must not wait for one transaction each inside the message handler."""
+        self.core.unsaved[worker.id] = worker
+        self._save_wake.set()
+
+    async def persist_loop(self) -> None:
+        while True:
+            await self._save_wake.wait()
+            await asyncio.sleep(PERSIST_WINDOW_S)
+            self._save_wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self.core.unsaved = list(self.core.unsaved.values()), {}
+        if batch:
+            await self.core.journal.write(workers=batch)

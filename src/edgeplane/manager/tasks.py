@@ -1,0 +1,305 @@
+"""The task service: what users (and workflows, schedules, the uplink, applications) do
+with tasks — submit, read, wait, start, stop, change, delete — and the members' events
+that move tasks along.
+
+Readers see only durable versions (the journal's committed ones, else the store); the
+manager's working copies in ``pending`` / ``active`` may be ahead of them and are used
+only to decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+
+from edgeplane import clock as clocks
+from edgeplane.errors import Conflict, NotFound
+from edgeplane.manager import lifecycle
+from edgeplane.manager.admission import admit_many
+from edgeplane.manager.core import Core
+from edgeplane.manager.dispatch import Dispatcher
+from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
+from edgeplane.protocol import AckEvents, EventKey, StopTasks, TaskEvent
+
+log = logging.getLogger(__name__)
+
+
+class TaskService:
+    def __init__(self, core: Core, dispatcher: Dispatcher) -> None:
+        self.core = core
+        self._dispatcher = dispatcher
+        self._waiters: dict[str, list[asyncio.Future[Task]]] = defaultdict(list)
+        #: called (synchronously) with every task whose end has been committed
+        self.on_task_end: list[Callable[[Task], None]] = []
+        core.resolve = self.resolve
+
+    # ------------------------------------------------------------------ new tasks
+    async def admit(
+        self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
+    ) -> list[Task]:
+        """Task documents for valid specs (started when ``start`` is set), not yet stored;
+        their modules are stored. :class:`Invalid` names the first bad field."""
+        admitted = await admit_many(
+            specs,
+            ids=ids if ids is not None else [clocks.new_id() for _ in specs],
+            now=self.core.clock.now(),
+            cluster_id=self.core.level.cluster_id,
+            batch=batch,
+        )
+        for item in admitted:
+            digest = item.task.artifact
+            if item.artifact is not None and digest and not self._dispatcher.knows_artifact(digest):
+                await self.core.store.put_artifact(digest, item.artifact)
+                self._dispatcher.remember_artifact(digest, item.artifact)
+        return [a.task for a in admitted]
+
+    async def submit(
+        self, specs: Sequence[TaskSpec], *, batch: bool = True, ids: Sequence[str] | None = None
+    ) -> list[Task]:
+        """Validate every spec, store all tasks in one transaction, start those asked to."""
+        self.core.journal.check()
+        return await self.submit_tasks(await self.admit(specs, batch=batch, ids=ids))
+
+    async def submit_tasks(
+        self, tasks: Sequence[Task], *, workflow: Workflow | None = None, origin: str = "api"
+    ) -> list[Task]:
+        """The one way new tasks come in (the API, workflows, schedules, the uplink,
+        applications): admitted documents are stored in one transaction — with their
+        workflow run when given —, then the started ones are dispatched or queued.
+        :class:`Conflict` (nothing stored) when an id is taken.
+
+        When no task waits, the new ones are placed before they are stored and go in as
+        ``scheduled``: one write and no scheduling pass between the request and the
+        dispatch (a task's latency path has one commit fewer). Otherwise they queue behind
+        the waiting ones.
+        """
+        core, dispatcher = self.core, self._dispatcher
+        core.journal.check()
+        # (an id the manager already tracks would fail to insert: leave it to the store)
+        fresh = [t for t in tasks if t.started and self._current(t.id) is None]
+        placed = [] if core.pending else dispatcher.place(fresh)
+        stored = {t.id: t for t in tasks} | {t.id: t for _, sent in placed for t in sent}
+        dispatcher.save_members(placed)
+        try:
+            await core.journal.settle(core.journal.insert(stored.values(), workflow))
+        except BaseException:
+            dispatcher.unplace(placed)
+            raise
+        core.stats.submitted[origin] += len(stored)
+        self.enqueue(t for t in stored.values() if t.state == "pending")
+        await dispatcher.send_batches(placed)
+        return list(stored.values())
+
+    def enqueue(self, tasks: Iterable[Task]) -> None:
+        """Queue the started ones of stored tasks for scheduling."""
+        queued = False
+        for task in tasks:
+            if task.started and not task.terminal:
+                self.core.pending.put(task)
+                queued = True
+        if queued:
+            self.core.kick.set()
+
+    def finish_unstarted(self, tasks: Sequence[Task]) -> asyncio.Future[None]:
+        """Record tasks that end without running (skipped, cancelled in a workflow)."""
+        return self.core.journal.write(tasks, then=lambda: self.resolve(tasks))
+
+    def start_stored(self, tasks: Sequence[Task]) -> None:
+        """Start tasks that were stored unstarted (a workflow's next step)."""
+        started = [lifecycle.start(task, self.core.clock.now()) for task in tasks]
+        self.core.journal.write(started)
+        self.enqueue(started)
+
+    # ------------------------------------------------------------------ reading
+    async def get(self, task_id: str) -> Task:
+        """The task as it is stored (never a version that is not durable yet)."""
+        task = self.core.journal.committed(task_id)
+        if task is None:
+            task = await self.core.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", field="id")
+        return self._with_reason(task)
+
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        items, total = await self.core.store.list_tasks(
+            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+        )
+        return [self._fresher(t) for t in items], total
+
+    def wait_reason(self, task_id: str) -> str | None:
+        """Why a queued task waits (recomputed every pass, so kept in memory only)."""
+        task = self.core.pending.get(task_id)
+        return None if task is None else task.reason
+
+    def _with_reason(self, task: Task) -> Task:
+        """A stored pending task with the reason it waits now: wait reasons are recomputed
+        every scheduling pass and live in memory only (not a change of state)."""
+        reason = self.wait_reason(task.id) if task.state == "pending" else None
+        if reason is None or reason == task.reason:
+            return task
+        return task.model_copy(update={"reason": reason})
+
+    def _fresher(self, stored: Task) -> Task:
+        """``stored`` or a newer committed version (a store read can lag a commit)."""
+        newer = self.core.journal.committed(stored.id)
+        task = newer if newer is not None and newer.updated_at >= stored.updated_at else stored
+        return self._with_reason(task)
+
+    def _current(self, task_id: str) -> Task | None:
+        """The manager's newest version of a task, durable or not (None: the store's)."""
+        core = self.core
+        return core.pending.get(task_id) or core.active.get(task_id) or core.journal.newest(task_id)
+
+    async def _working(self, task_id: str) -> Task:
+        """The manager's newest version of a task, to change it (a user's call)."""
+        self.core.journal.check()
+        task = self._current(task_id)
+        if task is None:
+            task = await self.core.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", field="id")
+        return task
+
+    def task_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for task in (*self.core.pending, *self.core.active.values()):
+            counts[task.state] += 1
+        return dict(counts)
+
+    async def wait(self, task_id: str, wait_s: float) -> Task:
+        """The task once it has ended, or as it is when ``wait_s`` runs out."""
+        if wait_s <= 0:
+            return await self.get(task_id)
+        # Register before reading: an end that lands while the read awaits the store
+        # then still wakes us instead of being missed.
+        future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._waiters[task_id].append(future)
+        try:
+            task = await self.get(task_id)
+            if task.terminal:
+                return task
+            return await asyncio.wait_for(future, wait_s)
+        except TimeoutError:
+            return await self.get(task_id)
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    # ------------------------------------------------------------------ changing
+    async def start_task(self, task_id: str) -> Task:
+        task = await self._working(task_id)
+        if task.started:
+            if task.terminal:
+                raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
+            return task
+        task = lifecycle.start(task, self.core.clock.now())
+        self.core.pending.put(task)
+        written = self.core.journal.write([task])
+        self.core.kick.set()
+        await self.core.journal.settle(written)
+        return task
+
+    async def stop_task(self, task_id: str) -> Task:
+        """Cancel a task; a running attempt is told to stop. Stopping an ended task is a no-op."""
+        core = self.core
+        task = await self._working(task_id)
+        if task.terminal:
+            return task
+        stopped = lifecycle.cancel(task, core.clock.now())
+        core.pending.pop(task_id)
+        member = core.level.member_of(task)
+        if core.active.pop(task_id, None) is not None and member:
+            entry = core.registry.get(member)
+            if entry is not None:
+                entry.tasks.pop(task_id, None)
+                await core.send(member, "task.stop", StopTasks(task_ids=[task_id]))
+        core.kick.set()
+        await core.journal.settle(
+            core.journal.write([stopped], then=lambda: self.resolve([stopped]))
+        )
+        return stopped
+
+    async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
+        task = await self._working(task_id)
+        if task.started:
+            raise Conflict(f"task {task_id} has started; only new tasks can change", field="id")
+        changes = patch.model_dump(exclude_unset=True)
+        if "limits" in changes:
+            changes["limits"] = patch.limits
+        task = task.model_copy(update={**changes, "updated_at": self.core.clock.now()})
+        await self.core.journal.settle(self.core.journal.write([task]))
+        return task
+
+    async def delete_task(self, task_id: str) -> None:
+        task = await self._working(task_id)
+        if not task.terminal:
+            await self.stop_task(task_id)
+        await self.core.journal.settle(self.core.journal.delete("task", task_id))
+
+    # ------------------------------------------------------------------ members' events
+    async def on_events(self, member_id: str, events: Iterable[TaskEvent]) -> None:
+        core = self.core
+        now = core.clock.now()
+        entry = core.registry.get(member_id)
+        changed: dict[str, Task] = {}
+        acks: list[EventKey] = []
+        for event in events:
+            core.stats.events += 1
+            if event.state != "running":
+                acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
+            task = core.active.get(event.task_id)
+            if task is None or core.level.member_of(task) != member_id:
+                continue
+            new = lifecycle.apply_event(task, event, now, core.settings.retry_backoff_s)
+            if new is None:
+                continue
+            changed[new.id] = new
+            if new.state in ("scheduled", "running"):
+                core.active[new.id] = new
+                continue
+            del core.active[new.id]
+            if entry is not None:
+                entry.tasks.pop(new.id, None)
+            if new.state == "pending":
+                core.pending.put(new)
+        if changed:
+            core.kick.set()
+
+        async def after() -> None:
+            # Only once the results are durable may the member forget them.
+            self.resolve(changed.values())
+            if acks:
+                # QoS 0: a lost ack costs one resend of the events, which are acked again
+                # (duplicates are ignored); QoS 1 would cost a PUBACK each way per batch.
+                await core.send(member_id, "task.ack", AckEvents(keys=acks), qos=0)
+
+        core.journal.write(changed.values(), then=after)
+
+    def resolve(self, tasks: Iterable[Task]) -> None:
+        """A task's end is durable: wake its waiters and tell the listeners (workflows)."""
+        for task in tasks:
+            if task.terminal:
+                self.core.stats.finished[task.state] += 1
+                for future in self._waiters.pop(task.id, []):
+                    if not future.done():
+                        future.set_result(task)
+                for listener in self.on_task_end:
+                    listener(task)
+
+    def cancel_waiters(self) -> None:
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
