@@ -29,14 +29,17 @@ def test_wasm_tasks_are_lost_at_once_host_and_container_ones_wait() -> None:
     assert grace.expired(offline, 200) == {}  # once
 
 
-@pytest.mark.parametrize(
-    "grace",
-    [Grace(period_s=10, enabled=False), Grace(period_s=0)],
-    ids=["at the root", "no grace period"],
-)
-def test_nothing_waits_when_there_is_no_grace(grace: Grace) -> None:
+def test_nothing_waits_when_there_is_no_grace() -> None:
+    grace = Grace(period_s=0)
     assert grace.lose_now("w1", ["h", "w"], TASKS, reason="r", now=0) == ["h", "w"]
     assert grace.expired([("w1", False, True)], 1000) == {}
+
+
+def test_at_the_root_a_lost_cluster_keeps_every_task_through_the_grace() -> None:
+    grace = Grace(period_s=10, hold_all=True, member="cluster")
+    assert grace.lose_now("c1", ["h", "w", "gone"], TASKS, reason="c1 died", now=0) == ["gone"]
+    assert grace.expired([("c1", False, True)], 9) == {}
+    assert grace.expired([("c1", False, True)], 10) == {"c1": "c1 died; not back within 10 s"}
 
 
 def test_a_worker_that_left_on_purpose_stopped_its_tasks_they_are_lost_at_once() -> None:

@@ -47,13 +47,14 @@ class Held:
 class Grace:
     """Lost members whose tasks are held, by member id.
 
-    ``enabled`` is False at the root (its members are clusters, whose managers re-place
-    their own tasks): every task of a lost member is lost at once there, as before.
-    A period of 0 holds nothing either.
+    ``hold_all`` is True at the root: a cluster whose manager died or lost the network
+    still has its workers running every kind of task (wasm included), and its manager
+    reports them when it is back; re-placing them at once ran them twice, or failed
+    them at the root while they completed in the cluster. A period of 0 holds nothing.
     """
 
     period_s: float
-    enabled: bool = True
+    hold_all: bool = False
     #: what a member is called in reasons ("worker", "cluster")
     member: str = "worker"
     _held: dict[str, Held] = field(default_factory=dict)
@@ -71,10 +72,13 @@ class Grace:
         """``member_id`` went offline holding ``task_ids``: the ids to lose at once. The
         rest wait ``period_s`` from ``now`` (see :meth:`expired`)."""
         ids = list(task_ids)
-        if not self.enabled or leaving or self.period_s <= 0:
+        if leaving or self.period_s <= 0:
             self._held.pop(member_id, None)
             return ids
-        lost = [tid for tid in ids if not reattachable(tasks.get(tid))]
+        if self.hold_all:
+            lost = [tid for tid in ids if tid not in tasks]
+        else:
+            lost = [tid for tid in ids if not reattachable(tasks.get(tid))]
         self._held[member_id] = Held(until=now + self.period_s, reason=reason)
         return lost
 

@@ -37,7 +37,7 @@ class Membership:
         #: lost members whose re-attachable tasks wait for them (not at the root, whose
         #: members are clusters that re-place their own tasks)
         self.grace = grace.Grace(
-            grace.grace_s(core.settings), enabled=core.member == "worker", member=core.member
+            grace.grace_s(core.settings), hold_all=core.member == "cluster", member=core.member
         )
 
     # ------------------------------------------------------------------ restart
