@@ -256,6 +256,44 @@ async def test_a_slot_due_while_the_store_is_down_fires_once_it_is_back(
     assert (await http.get(stack_.control.url + "/healthz")).status_code == 200
 
 
+async def test_a_job_whose_task_ends_while_the_store_is_down_completes_after(
+    stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run's state follows the store: nothing sticks, and a waiter wakes once the
+    store is back and the end is written."""
+    stack_, http = stack
+    go = tmp_path / "go"
+    waiter = {
+        "runtime": "host",
+        "command": ["sh", "-c", f"while [ ! -f {go} ]; do sleep 0.02; done"],
+    }
+    created = await http.post("/jobs", json={"mode": "parallel", "tasks": [waiter]})
+    job_id = created.json()["id"]
+    manager = stack_.control.manager
+
+    async def running() -> bool:
+        job = (await http.get(f"/jobs/{job_id}")).json()
+        return bool(job["tasks"][0]["state"] == "running")
+
+    while not await running():  # noqa: ASYNC110 -- polled through the API
+        await asyncio.sleep(0.02)
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise Unavailable("store unreachable (test)")
+
+    monkeypatch.setattr(manager.store, "apply", down)
+    monkeypatch.setattr(manager.store, "ping", down)
+    waiting = asyncio.create_task(http.get(f"/jobs/{job_id}", params={"wait": 30}))
+    go.touch()  # the task ends: its result cannot be written
+    while manager.journal.down is None:  # noqa: ASYNC110 -- the journal has no event for it
+        await asyncio.sleep(0.01)
+    assert (await http.get(f"/jobs/{job_id}")).json()["state"] == "running"
+    assert not waiting.done()
+    monkeypatch.undo()
+    job = (await waiting).json()
+    assert job["state"] == "completed" and job["tasks"][0]["state"] == "completed", job
+
+
 async def test_daemon_moves_to_another_worker_and_runs_until_stopped(
     stack: tuple[Stack, httpx.AsyncClient],
 ) -> None:
