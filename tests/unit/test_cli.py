@@ -488,6 +488,16 @@ def test_up_reads_the_config_file_below_flags(roles: dict[str, Any], tmp_path: P
     assert (roles["up"].port, roles["up"].heartbeat_s) == (9100, 1.5)
 
 
+def test_the_grace_period_of_lost_workers(roles: dict[str, Any]) -> None:
+    assert invoke(FakeApi(), "manager", "--lost-grace-s", "40").exit_code == 0
+    assert roles["manager"].lost_grace_s == 40
+    assert invoke(FakeApi(), "up", "--lost-grace-s", "0").exit_code == 0
+    assert roles["up"].lost_grace_s == 0
+    refused = invoke(FakeApi(), "manager", "--lost-grace-s", "-1")
+    assert refused.exit_code == 2
+    assert "--lost-grace-s" in refused.stderr
+
+
 def test_manager_role_flags(roles: dict[str, Any]) -> None:
     reserved = invoke(FakeApi(), "manager", "--cluster-id", "clusters")
     assert reserved.exit_code == 2

@@ -95,3 +95,21 @@ def test_only_a_task_not_started_can_change() -> None:
     for task in (lifecycle.start(new, now=1.0), lifecycle.cancel(new, now=1.0)):
         with pytest.raises(Conflict):
             lifecycle.patch(task, {"priority": 9}, now=2.0)
+
+
+def test_a_lost_members_real_outcome_replaces_the_loss() -> None:
+    lost = lifecycle.lose(scheduled(retries=0), "w1 missed 3 heartbeats", 3.0, 0.5)
+    assert (lost.state, lost.error) == ("failed", "worker_lost")
+    truth = lifecycle.late_end(lost, event("completed", results=[5]), 4.0)
+    assert truth is not None and truth.state == "completed" and truth.results == [5]
+    assert truth.error is None and "declared lost" in (truth.reason or "")
+
+
+def test_a_late_report_of_another_attempt_or_end_changes_nothing() -> None:
+    lost = lifecycle.lose(scheduled(retries=0), "gone", 3.0, 0.5)
+    assert lifecycle.late_end(lost, event("completed", attempt=2), 4.0) is None
+    assert lifecycle.late_end(lost, event("running"), 4.0) is None
+    retried = lifecycle.lose(scheduled(retries=1), "gone", 3.0, 0.5)  # pending: tried again
+    assert lifecycle.late_end(retried, event("completed"), 4.0) is None
+    done = lifecycle.apply_event(scheduled(), event("completed", results=[1]), 3.0, 0.5)
+    assert done is not None and lifecycle.late_end(done, event("failed"), 4.0) is None

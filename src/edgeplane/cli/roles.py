@@ -53,6 +53,15 @@ SchedulerOption = Annotated[Scheduler | None, typer.Option(help="Placement strat
 HeartbeatOption = Annotated[
     float | None, typer.Option("--heartbeat-s", min=0.001, help="Worker heartbeat period, s.")
 ]
+LostGraceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lost-grace-s",
+        min=0,
+        help="Seconds a lost worker's host/container tasks wait for it to come back and "
+        "re-attach before they run elsewhere (default: heartbeat-s x 3; 0: none).",
+    ),
+]
 AllowHostOption = Annotated[
     bool | None,
     typer.Option(
@@ -170,6 +179,7 @@ def up(
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
         typer.Option(
@@ -200,6 +210,7 @@ def up(
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "lost_grace_s": lost_grace_s,
         "log_level": log_level,
     }
     from edgeplane.roles.up import run_up
@@ -277,6 +288,7 @@ def manager(
         ),
     ] = None,
     heartbeat_s: HeartbeatOption = None,
+    lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -297,6 +309,7 @@ def manager(
         "scheduler": scheduler,
         "pack": pack,
         "heartbeat_s": heartbeat_s,
+        "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "log_level": log_level,
     }

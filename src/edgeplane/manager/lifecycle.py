@@ -132,6 +132,23 @@ def lose(task: Task, reason: str, now: float, backoff_base_s: float) -> Task:
     return _retry_or_fail(task, WORKER_LOST, reason, now, backoff_base_s)
 
 
+def late_end(task: Task, event: TaskEvent, now: float) -> Task | None:
+    """A member declared lost comes back and reports how an attempt really ended. When the
+    task failed ``worker_lost`` in that very attempt (no retries were left, so it was not
+    tried again), the report is the truth and replaces the loss: the root and a cluster,
+    or a manager and a worker, end up agreeing on what happened. None otherwise (the task
+    was tried again, or ended some other way: the report is stale)."""
+    if task.state != "failed" or task.error != WORKER_LOST or event.attempt != task.attempt:
+        return None
+    if event.state not in ("completed", "failed", "cancelled"):
+        return None
+    running = task.model_copy(update={"state": "running", "error": None, "finished_at": None})
+    ended = apply_event(running, event, now, 0.0)
+    if ended is None or not ended.terminal:
+        return None
+    return ended.model_copy(update={"reason": "reported by its worker after it was declared lost"})
+
+
 def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float) -> Task | None:
     """The task after a worker's event, or None when the event is stale or a duplicate."""
     if task.terminal or event.attempt != task.attempt or task.state == "pending":

@@ -3,8 +3,10 @@
 A member says hello (with the tasks it holds), beats ``alive`` every ``heartbeat_s`` and
 publishes a last will through the broker. It is declared lost after ``missed_beats``
 silent periods or at once by its will; its tasks then go back to the queue (retries
-left) or fail ``worker_lost``. A member that says hello with a session the manager did
-not know tells, by the tasks it reports, which of its tasks are gone.
+left) or fail ``worker_lost`` (a worker's host and container tasks only after a grace
+period, ``grace.py``: they outlive a crashed worker, which re-attaches to them). A member
+that says hello with a session the manager did not know tells, by the tasks it reports,
+which of its tasks are gone.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from edgeplane.errors import NotFound
-from edgeplane.manager import lifecycle
+from edgeplane.manager import grace, lifecycle
 from edgeplane.manager.core import Core
 from edgeplane.manager.registry import Reservation, WorkerEntry, reservation
 from edgeplane.model import Aggregate, Task, Worker
@@ -32,6 +34,11 @@ class Membership:
         self._epoch = epoch
         self._broker_url = broker_url
         self._save_wake = asyncio.Event()
+        #: lost members whose re-attachable tasks wait for them (not at the root, whose
+        #: members are clusters that re-place their own tasks)
+        self.grace = grace.Grace(
+            grace.grace_s(core.settings), hold_all=core.member == "cluster", member=core.member
+        )
 
     # ------------------------------------------------------------------ restart
     def recover(self, workers: Sequence[Worker], tasks: Sequence[Task]) -> None:
@@ -183,7 +190,10 @@ class Membership:
         entry = core.registry.get(member_id)
         if not alive.online:
             if entry is not None and entry.online and alive.session in ("", entry.session):
-                await self.mark_offline(entry, f"{core.member} {member_id} disconnected")
+                how = "left" if alive.leaving else "disconnected"
+                await self.mark_offline(
+                    entry, f"{core.member} {member_id} {how}", leaving=alive.leaving
+                )
             return
         if entry is None or alive.session != entry.session:
             await core.send(member_id, "reregister", Reregister(reason="unknown session"))
@@ -196,6 +206,10 @@ class Membership:
             update["state"] = "draining" if entry.draining else "online"
             log.info(f"{core.member} back online", extra={f"{core.member}_id": member_id})
             core.kick.set()
+            # Back in the same session: what was lost meanwhile runs elsewhere now.
+            surplus = grace.surplus(alive.active, entry.tasks)
+            if surplus:
+                await core.send(member_id, "task.stop", StopTasks(task_ids=surplus))
         entry.worker = entry.worker.model_copy(update=update)
         if alive.epoch != self._epoch:
             return
@@ -230,8 +244,14 @@ class Membership:
                         await self.mark_offline(entry, why)
                     except Exception:
                         log.exception("marking a member offline failed")
+            entries = self.core.registry.entries()
+            members = ((e.worker.id, e.online, bool(e.tasks)) for e in entries)
+            for member_id, reason in self.grace.expired(members, mono).items():
+                held = self.core.registry.get(member_id)
+                if held is not None:
+                    await self.lose_tasks(held, reason)
 
-    async def mark_offline(self, entry: WorkerEntry, reason: str) -> None:
+    async def mark_offline(self, entry: WorkerEntry, reason: str, *, leaving: bool = False) -> None:
         core = self.core
         core.stats.lost_workers += 1
         log.warning(
@@ -240,7 +260,11 @@ class Membership:
         entry.worker = entry.worker.model_copy(update={"state": "offline"})
         entry.artifacts.clear()
         self.persist(entry.worker)
-        await self.lose_tasks(entry, reason)
+        mono, ids = core.clock.monotonic(), list(entry.tasks)
+        at_once = self.grace.lose_now(
+            entry.worker.id, ids, core.active, reason=reason, now=mono, leaving=leaving
+        )
+        await self.lose_tasks(entry, reason, only=at_once)
 
     async def lose_tasks(
         self, entry: WorkerEntry, reason: str, only: Sequence[str] | None = None

@@ -252,11 +252,14 @@ class TaskService:
         entry = core.registry.get(member_id)
         changed: dict[str, Task] = {}
         acks: list[EventKey] = []
+        late: list[TaskEvent] = []
         for event in events:
             core.stats.events += 1
             if event.state != "running":
                 acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
             task = core.active.get(event.task_id)
+            if task is None and event.state in ("completed", "failed", "cancelled"):
+                late.append(event)
             if task is None or core.level.member_of(task) != member_id:
                 continue
             new = lifecycle.apply_event(task, event, now, core.settings.retry_backoff_s)
@@ -271,6 +274,10 @@ class TaskService:
                 entry.tasks.pop(new.id, None)
             if new.state == "pending":
                 core.pending.put(new)
+        for event in late:
+            truth = await self._late_end(member_id, event, now)
+            if truth is not None:
+                changed[truth.id] = truth
         if changed:
             core.kick.set()
 
@@ -283,6 +290,22 @@ class TaskService:
                 await core.send(member_id, "task.ack", AckEvents(keys=acks), qos=0)
 
         core.journal.write(changed.values(), then=after)
+
+    async def _late_end(self, member_id: str, event: TaskEvent, now: float) -> Task | None:
+        """See :func:`lifecycle.late_end` (most such events are resent duplicates of ends
+        already recorded: those are answered from memory, without a store read)."""
+        task = self._current(event.task_id)
+        if task is None:
+            task = await self.core.store.get_task(event.task_id)
+        if task is None or self.core.level.member_of(task) != member_id:
+            return None
+        truth = lifecycle.late_end(task, event, now)
+        if truth is not None:
+            log.info(
+                "a lost task's real end reported",
+                extra={"task_id": truth.id, "state": truth.state, "member": member_id},
+            )
+        return truth
 
     def resolve(self, tasks: Iterable[Task]) -> None:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""

@@ -110,6 +110,7 @@ class Uplink:
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
+        self._attached = False
         self.root_url = root_url
         self.link = self._new_link()
 
@@ -133,17 +134,26 @@ class Uplink:
         """Register with the root (again: a restart is a new session)."""
         if self._loops:
             raise RuntimeError("uplink already started")
-        for task in await self.manager.documents.unfinished_tasks():
-            owner = task.metadata.get(ROOT_TASK)
-            if isinstance(owner, str):
-                self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
-        self.manager.on_commit(self._on_commit)
+        await self.attach()
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
             asyncio.create_task(self.events.run(), name="uplink-events"),
             asyncio.create_task(self._aggregate_loop(), name="uplink-aggregate"),
         ]
+
+    async def attach(self) -> None:
+        """Know the root's unfinished tasks here and follow their commits. A restarted
+        cluster manager does this before its manager starts: the results its workers kept
+        while it was down are committed then, and must go up to the root."""
+        if self._attached:
+            return
+        for task in await self.manager.documents.unfinished_tasks():
+            owner = task.metadata.get(ROOT_TASK)
+            if isinstance(owner, str):
+                self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
+        self.manager.on_commit(self._on_commit)
+        self._attached = True
 
     async def stop(self) -> None:
         """Leave the root: it sees this cluster offline at once."""
@@ -166,6 +176,7 @@ class Uplink:
         self._loops = []
         await self.link.stop()
         self.manager.off_commit(self._on_commit)
+        self._attached = False
         self.session = clocks.new_id()
         self.registered.clear()
         self.link = self._new_link()

@@ -53,6 +53,9 @@ class Alive(_Body):
     """worker → manager heartbeat; the broker's last will sends ``online=False``."""
 
     online: bool = True
+    #: with ``online=False``: sent by a worker that stopped its tasks as it left (not its
+    #: last will): none of them will come back, so the manager re-places them at once
+    leaving: bool = False
     session: str = ""
     active: list[str] = Field(default_factory=list)
     usage: Usage | None = None

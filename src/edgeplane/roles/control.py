@@ -102,6 +102,8 @@ class ControlPlane:
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
         )
+        if self.uplink is not None:
+            await self.uplink.attach()  # before the manager commits anything (see attach)
         await self.manager.start()
         await self.workflows.start()
         await self.schedules.start()

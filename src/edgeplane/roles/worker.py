@@ -10,7 +10,13 @@ from pathlib import Path
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.runtimes import ModuleCache, available_runtimes
+from edgeplane.runtimes import (
+    ContainerRuntime,
+    HostRuntime,
+    ModuleCache,
+    Runtime,
+    available_runtimes,
+)
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
@@ -46,6 +52,13 @@ def build_worker(
         wasm_memory_mb=settings.wasm_memory_mb,
         wasm_timeout_s=settings.wasm_timeout_s,
     )
+    # What this worker no longer offers may still have attempts left by an earlier run of
+    # it (started with --allow-host, now without): those are found and stopped at start.
+    cleaners: dict[str, Runtime] = {}
+    if "host" not in runtimes:
+        cleaners["host"] = HostRuntime()
+    if "container" not in runtimes:
+        cleaners["container"] = ContainerRuntime(data_dir, settings.images_dir)
     options = WorkerOptions(
         worker_id=worker_id,
         broker_url=broker_url,
@@ -57,7 +70,7 @@ def build_worker(
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
     )
-    return WorkerAgent(options, runtimes)
+    return WorkerAgent(options, runtimes, cleaners=cleaners)
 
 
 async def run_worker(

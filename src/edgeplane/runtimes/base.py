@@ -44,6 +44,9 @@ class Handle:
 
 class Runtime(ABC):
     name: ClassVar[str]
+    #: Whether an attempt outlives the worker process that started it (host and container
+    #: tasks do; in-process wasm calls die with it), so a restarted worker can re-attach.
+    recoverable: ClassVar[bool] = False
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any] | None:
@@ -71,7 +74,9 @@ class Runtime(ABC):
 
     @abstractmethod
     async def recover(self, state: dict[str, Any]) -> Handle | None:
-        """Re-attach to an attempt started by a previous worker process, if still alive."""
+        """Re-attach to an attempt a previous worker process started, given its handle's
+        ``state``: a handle whose ``wait`` says how the attempt ends (or how it ended while
+        no worker watched it), or None when nothing of the attempt is left."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runtime holds (threads, caches)."""

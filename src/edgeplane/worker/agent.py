@@ -3,6 +3,11 @@
 Only dials out (to the cluster broker). Final events are kept until the manager acks
 them and re-sent after a reconnect, so a result survives a manager or broker restart;
 start commands are de-duplicated by (task id, attempt), so a redelivery runs nothing twice.
+
+Attempts that outlive the worker process (host and container tasks) have their handles
+kept on disk (``handles.py``): a worker restarted after a crash re-attaches to those still
+running and reports them in its hello, so the manager leaves them with it, and reports how
+the others ended, all before it takes new work (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from edgeplane.protocol import (
 )
 from edgeplane.runtimes import Handle, Outcome, Runtime
 from edgeplane.transport import MqttLink, Will
-from edgeplane.worker import capabilities
+from edgeplane.worker import capabilities, recovery
+from edgeplane.worker.handles import HandleRecord, HandleStore
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,8 @@ class _Run:
     handle: Handle | None = None
     runtime: Runtime | None = None
     stopped: bool = False
+    #: when it started: set from the start of the attempt's handle when re-attached to it
+    started_at: float | None = None
 
 
 @dataclass
@@ -166,10 +174,17 @@ class WorkerAgent:
         runtimes: Mapping[str, Runtime],
         *,
         clock: clocks.Clock | None = None,
+        cleaners: Mapping[str, Runtime] | None = None,
     ) -> None:
+        """``cleaners``: runtimes not offered any more that can still stop what an earlier
+        run of this worker left on them (see :func:`recovery.recover`)."""
         self.options = options
         self.id = options.worker_id
         self.runtimes = dict(runtimes)
+        self.cleaners = dict(cleaners or {})
+        self.handles = HandleStore(options.data_dir / "handles")
+        #: attempts with a handle record on disk
+        self._persisted: set[Key] = set()
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
@@ -205,6 +220,7 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        await self._reattach()
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
@@ -219,9 +235,8 @@ class WorkerAgent:
         jobs = [run.job for run in self._runs.values() if run.job is not None]
         if jobs:
             await asyncio.wait(jobs, timeout=5)
-        await self.link.publish(
-            self.topics.alive(self.id), encode("alive", Alive(online=False, session=self.session))
-        )
+        gone = Alive(online=False, session=self.session, leaving=True)
+        await self.link.publish(self.topics.alive(self.id), encode("alive", gone))
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -285,6 +300,10 @@ class WorkerAgent:
                     await self._stop_run(run)
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
+            done = [k for k in ((e.task_id, e.attempt) for e in body.keys) if k in self._persisted]
+            if done:  # the manager has the results: nothing to recover of these any more
+                self._persisted.difference_update(done)
+                await asyncio.to_thread(self.handles.remove, done)
         elif isinstance(body, Welcome):
             if body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
@@ -301,9 +320,7 @@ class WorkerAgent:
         if key in self._seen:
             self.stats.duplicates += 1
             return False
-        self._seen[key] = None
-        while len(self._seen) > _SEEN_LIMIT:
-            self._seen.popitem(last=False)
+        self._remember(key)
         return True
 
     def _refuse(self, bad: Unrunnable) -> None:
@@ -332,6 +349,12 @@ class WorkerAgent:
         self._queue.append(run)
         self._start_queued()
 
+    def _remember(self, key: Key) -> None:
+        """An attempt this worker has: a start command for it again is a duplicate."""
+        self._seen[key] = None
+        while len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
+
     def _start_queued(self) -> None:
         """Start waiting attempts, in the order they came, while slots are free. The
         manager sends up to slots * prefetch, so the next tasks are already here when a
@@ -347,7 +370,7 @@ class WorkerAgent:
     async def _execute(self, run: _Run) -> None:
         spec = run.spec
         # stopped while it waited for a slot: it never starts
-        started = None if run.stopped else self.clock.now()
+        started = None if run.stopped else (run.started_at or self.clock.now())
         try:
             if started is None:
                 outcome = Outcome(state="cancelled", error="stopped")
@@ -360,10 +383,6 @@ class WorkerAgent:
             outcome = Outcome(
                 state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
             )
-        if self._runs.get(spec.task_id) is run:
-            del self._runs[spec.task_id]
-        if not self._runs:
-            self.events.settled()  # nothing runs: no more events are coming soon
         self.stats.finished += 1
         event = TaskEvent(
             task_id=spec.task_id,
@@ -378,23 +397,32 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
+        # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
+        await self._keep_final(run, event)
         self.events.emit_final(event)
+        if self._runs.get(spec.task_id) is run:
+            del self._runs[spec.task_id]
+        if not self._runs:
+            self.events.settled()  # nothing runs: no more events are coming soon
 
     async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
         spec = run.spec
-        self.stats.started += 1
-        self.events.emit(
-            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
-        )
         try:
-            return await self._run(run)
+            if run.handle is None:  # else re-attached to: it runs already
+                self.stats.started += 1
+                ended = await self._start(run, started)
+                if ended is not None:
+                    return ended
+            assert run.runtime is not None and run.handle is not None
+            return await run.runtime.wait(run.handle)
         except asyncio.CancelledError:
             return Outcome(state="cancelled", error="stopped")
         except Exception as exc:  # a runtime bug must not take the worker down
             log.exception("runtime error", extra={"task_id": spec.task_id})
             return Outcome(state="failed", error=f"internal runtime error: {exc}", transient=True)
 
-    async def _run(self, run: _Run) -> Outcome:
+    async def _start(self, run: _Run, started: float) -> Outcome | None:
+        """Start the attempt: None once it runs (reported running), else how it ended."""
         spec = run.spec
         runtime = self.runtimes.get(spec.runtime)
         if runtime is None:
@@ -410,9 +438,67 @@ class WorkerAgent:
         except TaskFailure as exc:
             return Outcome(state="failed", error=exc.detail, transient=exc.transient)
         run.runtime = runtime
+        if runtime.recoverable:
+            # On disk before it is reported running: whatever the manager counts on this
+            # worker for, a restarted worker finds again.
+            record = HandleRecord(spec=_bare(spec), state=run.handle.state, started_at=started)
+            await asyncio.to_thread(self.handles.save, record)
+            self._persisted.add(record.key)
+        self.events.emit(
+            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
+        )
         if run.stopped:
             await runtime.stop(run.handle)
-        return await runtime.wait(run.handle)
+        return None
+
+    async def _keep_final(self, run: _Run, event: TaskEvent) -> None:
+        """Write the final event into the attempt's handle record (until the manager acks
+        it), or drop the record when the worker is leaving: the manager re-places what a
+        leaving worker stopped, so nothing of it is to be reported later."""
+        key = (event.task_id, event.attempt)
+        if key not in self._persisted:
+            return
+        if self.events.closed:
+            self._persisted.discard(key)
+            await asyncio.to_thread(self.handles.remove, [key])
+            return
+        state = run.handle.state if run.handle is not None else {}
+        record = HandleRecord(
+            spec=_bare(run.spec), state=state, started_at=event.started_at, final=event
+        )
+        await asyncio.to_thread(self.handles.save, record)
+
+    async def _reattach(self) -> None:
+        """Take back what the previous process of this worker left (see ``recovery.py``):
+        re-attach to the attempts still running, report how the others ended."""
+        records = await asyncio.to_thread(self.handles.load)
+        if not records:
+            return
+        found = await recovery.recover(records, self.runtimes, self.cleaners, self.clock)
+        for cleaner in self.cleaners.values():
+            await cleaner.close()
+        for record in found.finals:
+            assert record.final is not None
+            await asyncio.to_thread(self.handles.save, record)
+            self._persisted.add(record.key)
+            self._remember(record.key)
+            self.events.emit_final(record.final)
+        for resumed in found.resumed:
+            spec = resumed.record.spec
+            run = _Run(
+                spec=spec,
+                handle=resumed.handle,
+                runtime=resumed.runtime,
+                started_at=resumed.record.started_at,
+            )
+            self._persisted.add(resumed.record.key)
+            self._remember(resumed.record.key)
+            self._runs[spec.task_id] = run
+            self._launch(run)
+        log.info(
+            "took back the tasks of the previous run",
+            extra={"reattached": len(found.resumed), "ended": len(found.finals)},
+        )
 
     async def _artifact(self, spec: Assignment) -> bytes | None:
         if spec.artifact is None:
@@ -455,3 +541,8 @@ class WorkerAgent:
 
     async def _publish(self, topic: str, type_: str, body: BaseModel) -> None:
         await self.link.publish(topic, encode(type_, body))
+
+
+def _bare(spec: Assignment) -> Assignment:
+    """The assignment without the module bytes it may carry (kept in the artifact cache)."""
+    return spec if spec.artifact_b64 is None else spec.model_copy(update={"artifact_b64": None})
