@@ -60,16 +60,9 @@ from bench.spine import (
     wait_ready,
 )
 from edgeplane.errors import EdgeplaneError
+from edgeplane.modules import ModuleCache, make_engine
 from edgeplane.protocol import Assignment
-from edgeplane.runtimes import (
-    ContainerRuntime,
-    Handle,
-    HostRuntime,
-    ModuleCache,
-    Outcome,
-    WasmRuntime,
-    make_engine,
-)
+from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, WasmRuntime
 from edgeplane.runtimes.busybox import busybox_containers_unavailable, busybox_image
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.host import group_alive, group_members

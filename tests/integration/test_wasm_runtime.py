@@ -11,16 +11,9 @@ import wasmtime
 
 from edgeplane.errors import Invalid, NotFound, TaskFailure, TransientTaskFailure
 from edgeplane.model import Limits
+from edgeplane.modules import FuncSig, ModuleCache, check_call, inspect_module, make_engine
 from edgeplane.protocol import Assignment
-from edgeplane.runtimes import (
-    FuncSig,
-    ModuleCache,
-    Outcome,
-    WasmRuntime,
-    check_call,
-    inspect_module,
-    make_engine,
-)
+from edgeplane.runtimes import Outcome, WasmRuntime
 from wasm_fixtures import digest, math_wasm, memory_wasm, wasi_hello_wasm
 
 pytestmark = pytest.mark.timeout(30)
