@@ -11,6 +11,7 @@ from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState
 from edgeplane.runtimes.container import ContainerRuntime
 from edgeplane.runtimes.fake import FakeRuntime
 from edgeplane.runtimes.host import HostRuntime
+from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.wasm import WasmRuntime
 
 
@@ -57,6 +58,7 @@ __all__ = [
     "HostRuntime",
     "Outcome",
     "OutcomeState",
+    "RunSpec",
     "Runtime",
     "WasmRuntime",
     "available_runtimes",
