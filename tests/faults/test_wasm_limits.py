@@ -22,8 +22,9 @@ import wasmtime
 
 import wasm_fixtures
 from edgeplane.config import Settings
+from edgeplane.modules import process_cache
 from edgeplane.roles.up import Stack, running_stack
-from edgeplane.runtimes import WasmRuntime, process_cache
+from edgeplane.runtimes import WasmRuntime
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,9 +17,8 @@ import pytest
 from edgeplane.config import Settings
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
 from edgeplane.roles.up import running_stack
-from edgeplane.runtimes import MAX_LOG_CHARS, ContainerRuntime, Outcome, available_runtimes
+from edgeplane.runtimes import MAX_LOG_CHARS, ContainerRuntime, Outcome, RunSpec, available_runtimes
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.supervised import process_alive
 from oci_fixtures import (
@@ -59,8 +58,8 @@ def task(
     task_id: str = "t1",
     env: dict[str, str] | None = None,
     **limits: Any,
-) -> Assignment:
-    return Assignment(
+) -> RunSpec:
+    return RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="container",
@@ -71,7 +70,7 @@ def task(
     )
 
 
-async def run(rt: ContainerRuntime, spec: Assignment) -> Outcome:
+async def run(rt: ContainerRuntime, spec: RunSpec) -> Outcome:
     return await rt.wait(await rt.start(spec, None))
 
 
@@ -274,14 +273,13 @@ async def test_stats_and_stop(runtime: ContainerRuntime) -> None:
 CRASHING_WORKER = """
 import asyncio, json, sys
 from pathlib import Path
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import ContainerRuntime
+from edgeplane.runtimes import ContainerRuntime, RunSpec
 
 async def main():
     rt = ContainerRuntime(Path(sys.argv[1]), Path(sys.argv[2]))
     script = sys.argv[3] if len(sys.argv) > 3 else "echo up; sleep 30"
-    spec = Assignment(task_id="t1", attempt=1, runtime="container", image="busybox",
-                      command=["sh", "-c", script])
+    spec = RunSpec(task_id="t1", attempt=1, runtime="container", image="busybox",
+                   command=["sh", "-c", script])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
     await asyncio.sleep(60)

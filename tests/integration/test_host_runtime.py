@@ -17,8 +17,7 @@ import pytest
 
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, available_runtimes
+from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, RunSpec, available_runtimes
 from edgeplane.runtimes.supervised import process_alive
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,8 +36,8 @@ def task(
     task_id: str = "t1",
     env: dict[str, str] | None = None,
     timeout: float | None = None,
-) -> Assignment:
-    return Assignment(
+) -> RunSpec:
+    return RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="host",
@@ -49,7 +48,7 @@ def task(
     )
 
 
-async def run(rt: HostRuntime, spec: Assignment) -> Outcome:
+async def run(rt: HostRuntime, spec: RunSpec) -> Outcome:
     return await rt.wait(await rt.start(spec, None))
 
 
@@ -178,12 +177,11 @@ async def test_recover_reattaches_and_can_stop(tmp_path: Path) -> None:
 CRASHING_WORKER = """
 import asyncio, json, sys
 from pathlib import Path
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import HostRuntime
+from edgeplane.runtimes import HostRuntime, RunSpec
 
 async def main():
     rt = HostRuntime(base_dir=Path(sys.argv[1]))
-    spec = Assignment(task_id="t1", attempt=1, runtime="host", command=sys.argv[2:])
+    spec = RunSpec(task_id="t1", attempt=1, runtime="host", command=sys.argv[2:])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
     await asyncio.sleep(60)

@@ -11,16 +11,8 @@ import wasmtime
 
 from edgeplane.errors import Invalid, NotFound, TaskFailure, TransientTaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import (
-    FuncSig,
-    ModuleCache,
-    Outcome,
-    WasmRuntime,
-    check_call,
-    inspect_module,
-    make_engine,
-)
+from edgeplane.modules import FuncSig, ModuleCache, check_call, inspect_module, make_engine
+from edgeplane.runtimes import Outcome, RunSpec, WasmRuntime
 from wasm_fixtures import digest, math_wasm, memory_wasm, wasi_hello_wasm
 
 pytestmark = pytest.mark.timeout(30)
@@ -39,9 +31,9 @@ def call(
     module: bytes | None = None,
     task_id: str = "t1",
     **fields: Any,
-) -> tuple[Assignment, bytes]:
+) -> tuple[RunSpec, bytes]:
     data = module if module is not None else math_wasm()
-    spec = Assignment(
+    spec = RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="wasm",
@@ -54,9 +46,9 @@ def call(
     return spec, data
 
 
-def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[Assignment, bytes]:
+def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[RunSpec, bytes]:
     data = wasi_hello_wasm()
-    spec = Assignment(
+    spec = RunSpec(
         task_id="w1",
         attempt=1,
         runtime="wasm",
@@ -69,7 +61,7 @@ def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[Assign
     return spec, data
 
 
-async def run(rt: WasmRuntime, task: tuple[Assignment, bytes | None]) -> Outcome:
+async def run(rt: WasmRuntime, task: tuple[RunSpec, bytes | None]) -> Outcome:
     return await rt.wait(await rt.start(*task))
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeplane.protocol import Assignment, TaskEvent
+from edgeplane.protocol import TaskEvent
+from edgeplane.runtimes import RunSpec
 from edgeplane.worker.handles import HandleRecord, HandleStore, record_name
 
 
@@ -19,7 +21,7 @@ def record(
     started_at: float | None = None,
     final: TaskEvent | None = None,
 ) -> HandleRecord:
-    spec = Assignment(task_id=task_id, attempt=attempt, runtime="host", command=["true"])
+    spec = RunSpec(task_id=task_id, attempt=attempt, runtime="host", command=["true"])
     state = {"pid": 42, "dir": "/x"}
     return HandleRecord(spec=spec, state=state, started_at=started_at, final=final)
 
@@ -72,6 +74,48 @@ def test_an_unreadable_record_is_dropped_the_others_load(tmp_path: Path) -> None
     (tmp_path / "README").write_text("not a record")
     assert [r.spec.task_id for r in store.load()] == ["good"]
     assert sorted(os.listdir(tmp_path)) == sorted(["README", record_name(("good", 1))])
+
+
+def test_a_record_an_older_version_wrote_is_read(tmp_path: Path) -> None:
+    """Before RunSpec, a record's spec was the whole Assignment, module bytes and the
+    root's scheduling hints included: a worker restarted on a new version still finds
+    the attempt."""
+    older = {
+        "spec": {
+            "task_id": "t1",
+            "attempt": 2,
+            "name": "",
+            "runtime": "host",
+            "mode": "function",
+            "entrypoint": "",
+            "artifact": None,
+            "artifact_b64": None,
+            "inputs": [],
+            "cli_args": [],
+            "env": {"A": "1"},
+            "command": ["sleep", "9"],
+            "image": None,
+            "limits": {"timeout_s": 5.0, "fuel": None, "memory_mb": None},
+            "daemon": False,
+            "retries": 1,
+            "priority": 50,
+            "constraints": None,
+            "metadata": {"owner": "ops"},
+            "pinned_worker": None,
+        },
+        "state": {"pid": 42, "dir": "/x"},
+        "started_at": 3.0,
+        "final": None,
+    }
+    (tmp_path / record_name(("t1", 2))).write_text(json.dumps(older))
+    [loaded] = HandleStore(tmp_path).load()
+    assert loaded.key == ("t1", 2)
+    assert (loaded.spec.runtime, loaded.spec.command, loaded.spec.env) == (
+        "host",
+        ["sleep", "9"],
+        {"A": "1"},
+    )
+    assert loaded.spec.limits.timeout_s == 5.0
 
 
 @settings(max_examples=50)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from edgeplane.clock import ManualClock
-from edgeplane.protocol import Assignment, TaskEvent
-from edgeplane.runtimes import FakeRuntime, Handle
+from edgeplane.protocol import TaskEvent
+from edgeplane.runtimes import FakeRuntime, Handle, RunSpec
 from edgeplane.worker.handles import HandleRecord
 from edgeplane.worker.recovery import NOTHING_LEFT, recover
 
@@ -24,12 +24,12 @@ class Leftovers(FakeRuntime):
         if left is None:
             return None
         behaviour = "sleep" if left == "running" else "echo"
-        spec = Assignment(task_id=state["id"], attempt=1, runtime="host", name=behaviour)
+        spec = RunSpec(task_id=state["id"], attempt=1, runtime="host", name=behaviour)
         return await self.start(spec, None)
 
 
 def record(task_id: str, left: str | None, final: TaskEvent | None = None) -> HandleRecord:
-    spec = Assignment(task_id=task_id, attempt=1, runtime="host", command=["x"])
+    spec = RunSpec(task_id=task_id, attempt=1, runtime="host", command=["x"])
     state: dict[str, Any] = {"id": task_id} | ({"left": left} if left else {})
     return HandleRecord(spec=spec, state=state, started_at=1.0, final=final)
 

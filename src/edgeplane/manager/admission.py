@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from edgeplane.errors import Invalid
+from edgeplane.imageref import NAME_RULE, split_ref
 from edgeplane.model import Task, TaskSpec
-from edgeplane.runtimes.images import NAME_RULE, split_ref
-from edgeplane.runtimes.modules import FuncSig, check_call, process_cache
+from edgeplane.modules import FuncSig, check_call, process_cache
 
 #: A module whose base64 is at most this long is decoded and hashed right on the event
 #: loop when it is compiled already: at most ~0.2 ms (measured at the limit), less than

@@ -26,6 +26,9 @@ from edgeplane.transport import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
+#: The file in the data dir that ``up`` and ``root`` write the API's URL to.
+ENDPOINT_FILE = "endpoint"
+
 
 async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.

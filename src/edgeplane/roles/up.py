@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane, start_broker
+from edgeplane.modules import process_cache
+from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
-from edgeplane.runtimes import process_cache
 from edgeplane.worker import WorkerAgent
-
-ENDPOINT_FILE = "endpoint"
 
 
 @dataclass

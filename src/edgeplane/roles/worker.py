@@ -9,14 +9,9 @@ from pathlib import Path
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
+from edgeplane.modules import ModuleCache
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.runtimes import (
-    ContainerRuntime,
-    HostRuntime,
-    ModuleCache,
-    Runtime,
-    available_runtimes,
-)
+from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
@@ -41,7 +36,7 @@ def build_worker(
     modules: ModuleCache | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
-    ``modules``, by default the process's one cache (see ``runtimes.modules``)."""
+    ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
     runtimes = available_runtimes(
         allow_host=settings.allow_host,
         cache_dir=data_dir / "modules",

@@ -6,19 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
+from edgeplane.modules import ModuleCache, process_cache
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
 from edgeplane.runtimes.container import ContainerRuntime
 from edgeplane.runtimes.fake import FakeRuntime
 from edgeplane.runtimes.host import HostRuntime
-from edgeplane.runtimes.modules import (
-    CompiledModule,
-    FuncSig,
-    ModuleCache,
-    check_call,
-    inspect_module,
-    make_engine,
-    process_cache,
-)
+from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.wasm import WasmRuntime
 
 
@@ -59,20 +52,14 @@ def available_runtimes(
 
 __all__ = [
     "MAX_LOG_CHARS",
-    "CompiledModule",
     "ContainerRuntime",
     "FakeRuntime",
-    "FuncSig",
     "Handle",
     "HostRuntime",
-    "ModuleCache",
     "Outcome",
     "OutcomeState",
+    "RunSpec",
     "Runtime",
     "WasmRuntime",
     "available_runtimes",
-    "check_call",
-    "inspect_module",
-    "make_engine",
-    "process_cache",
 ]

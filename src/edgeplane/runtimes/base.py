@@ -1,7 +1,7 @@
 """The one runtime interface (DESIGN §6.2), modelled on Nomad's task drivers.
 
-A runtime turns an :class:`~edgeplane.protocol.Assignment` into a running unit of work and
-reports an :class:`Outcome`. Every runtime passes the shared conformance suite in
+A runtime turns a :class:`~edgeplane.runtimes.spec.RunSpec` into a running unit of work
+and reports an :class:`Outcome`. Every runtime passes the shared conformance suite in
 ``tests/integration/test_runtime_conformance.py``.
 """
 
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from edgeplane.protocol import Assignment
+from edgeplane.runtimes.spec import RunSpec
 
 OutcomeState = Literal["completed", "failed", "cancelled"]
 
@@ -53,8 +53,9 @@ class Runtime(ABC):
         """What this runtime offers on this machine, or None when it cannot run here."""
 
     @abstractmethod
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
-        """Start one attempt. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+        """Start one attempt; ``artifact`` holds the bytes of ``spec.artifact`` when the
+        worker has them. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
 
     @abstractmethod
     async def wait(self, handle: Handle) -> Outcome:

@@ -40,10 +40,10 @@ import psutil
 
 from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
 from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             self._version = first.removeprefix("runc version ").strip()
         return {"engine": "runc", "version": self._version, "images": self.images.names()}
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.image:
             raise TaskFailure("a container task needs 'image'", field="image")
         self._claim(spec)
@@ -189,7 +189,8 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         has it.
         """
         try:
-            spec = Assignment.model_validate(state["spec"])
+            # an older version's state holds a whole Assignment: RunSpec ignores the rest
+            spec = RunSpec.model_validate(state["spec"])
             cid, bundle = str(state["container"]), Path(state["bundle"])
             deadline = state.get("deadline")
             pid, created = int(state.get("pid", 0)), float(state.get("create_time", 0.0))

@@ -33,8 +33,8 @@ import psutil
 
 from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle, Outcome
+from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
 
 _MIB = 1024 * 1024
@@ -119,7 +119,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             return None  # process groups and killpg are what make stop/timeout whole
         return {"os": platform.system().lower(), "arch": platform.machine(), "process_groups": True}
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.command:
             raise TaskFailure("a host task needs a non-empty command", field="command")
         self._claim(spec)
@@ -166,7 +166,8 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         leftovers of its group are killed.
         """
         try:
-            spec = Assignment.model_validate(state["spec"])
+            # an older version's state holds a whole Assignment: RunSpec ignores the rest
+            spec = RunSpec.model_validate(state["spec"])
             pid, root = int(state["pid"]), Path(state["dir"])
             created = float(state["create_time"])
             deadline = state.get("deadline")

@@ -28,8 +28,8 @@ import psutil
 
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, NotFound
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
+from edgeplane.runtimes.spec import RunSpec
 
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
@@ -104,7 +104,7 @@ async def spawn(
 class Attempt:
     """One attempt: its main process (None after a recover) and how it ended."""
 
-    spec: Assignment
+    spec: RunSpec
     dir: Path  # the attempt's own: its stdout and stderr files; removed at the end
     outcome: asyncio.Future[Outcome]
     deadline: float | None
@@ -220,12 +220,12 @@ class SupervisedRuntime(Runtime, Generic[A]):
             return None
         return attempt
 
-    def _claim(self, spec: Assignment) -> None:
+    def _claim(self, spec: RunSpec) -> None:
         """Refuse a second start of an attempt this runtime still knows."""
         if (spec.task_id, spec.attempt) in self._attempts:
             raise Conflict(f"task {spec.task_id} attempt {spec.attempt} is already running")
 
-    def _deadline(self, spec: Assignment) -> float | None:
+    def _deadline(self, spec: RunSpec) -> float | None:
         """When the attempt's ``timeout_s`` runs out, on the clock's ``now`` (None: never)."""
         timeout = spec.limits.timeout_s
         return None if timeout is None else self._clock.now() + timeout

@@ -1,7 +1,7 @@
 """WebAssembly tasks on wasmtime: an exported function call or a WASI program.
 
 One engine per runtime (fuel metering and epoch interruption on) and one compiled module
-per digest (:class:`~edgeplane.runtimes.modules.ModuleCache`). Each attempt gets a fresh
+per digest (:class:`~edgeplane.modules.ModuleCache`). Each attempt gets a fresh
 ``Store`` and instance and runs in a pool thread, so the event loop stays free.
 
 Except the common short call: a function-mode call that needs no WASI first runs right
@@ -61,9 +61,9 @@ from wasmtime import _ffi as ffi
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure, TransientTaskFailure
 from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
-from edgeplane.protocol import Assignment
+from edgeplane.modules import Arg, CompiledModule, ModuleCache, check_call, short_error
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
-from edgeplane.runtimes.modules import Arg, CompiledModule, ModuleCache, check_call, short_error
+from edgeplane.runtimes.spec import RunSpec
 
 #: Seconds between epoch ticks: the resolution of timeouts and of ``stop``.
 TICK_S = 0.01
@@ -234,7 +234,7 @@ class _Tail:
 class _Run:
     """One attempt, shared by the event loop and the pool thread running it."""
 
-    spec: Assignment
+    spec: RunSpec
     outcome: asyncio.Future[Outcome]
     started: float
     clock: Clock
@@ -309,7 +309,7 @@ class WasmRuntime(Runtime):
             "limits": ["timeout_s", "fuel", "memory_mb"],
         }
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         compiled = await self._compiled(spec, artifact)
         export = spec.entrypoint or spec.name
         try:
@@ -423,7 +423,7 @@ class WasmRuntime(Runtime):
             if thread is not None:
                 await asyncio.to_thread(thread.join)
 
-    async def _compiled(self, spec: Assignment, artifact: bytes | None) -> CompiledModule:
+    async def _compiled(self, spec: RunSpec, artifact: bytes | None) -> CompiledModule:
         if spec.artifact is not None:
             compiled = self.modules.cached(spec.artifact)
             if compiled is not None:

@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgeplane.protocol import Assignment, TaskEvent
+from edgeplane.protocol import TaskEvent
+from edgeplane.runtimes import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ _SUFFIX = ".json"
 class HandleRecord(BaseModel):
     """One attempt a worker started on a runtime whose attempts outlive it."""
 
-    spec: Assignment
+    #: a record an older version wrote holds a whole Assignment here: RunSpec ignores
+    #: the fields it does not have
+    spec: RunSpec
     #: the runtime's handle state (:attr:`edgeplane.runtimes.Handle.state`)
     state: dict[str, Any]
     started_at: float | None = None

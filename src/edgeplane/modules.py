@@ -4,7 +4,8 @@ Compiling is the expensive step (hundreds of µs for a tiny module, seconds for 
 so a module is compiled once per digest: kept compiled in memory (LRU) and, when a cache
 directory is given, serialised to ``<digest>.cwasm`` so a restarted worker only
 deserialises it. Nothing here starts a thread; the API imports it to reject bad tasks with
-422 before anything is stored.
+422 before anything is stored, and the wasm runtime (``runtimes/wasm.py``) to run them:
+it lives outside ``runtimes`` so the control plane never imports a runtime.
 
 A process has one cache (:func:`process_cache`), shared by admission and the workers
 ``edgeplane up`` runs in the same process: a module compiled when its task was admitted
