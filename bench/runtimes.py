@@ -60,16 +60,8 @@ from bench.spine import (
     wait_ready,
 )
 from edgeplane.errors import EdgeplaneError
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import (
-    ContainerRuntime,
-    Handle,
-    HostRuntime,
-    ModuleCache,
-    Outcome,
-    WasmRuntime,
-    make_engine,
-)
+from edgeplane.modules import ModuleCache, make_engine
+from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, RunSpec, WasmRuntime
 from edgeplane.runtimes.busybox import busybox_containers_unavailable, busybox_image
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.host import group_alive, group_members
@@ -181,9 +173,9 @@ def module_wasm(salt: int, funcs: int) -> bytes:
     return bytes(wasmtime.wat2wasm(wat))
 
 
-def wasm_spec(name: str, data: bytes) -> Assignment:
+def wasm_spec(name: str, data: bytes) -> RunSpec:
     digest = hashlib.sha256(data).hexdigest()
-    return Assignment(task_id=name, attempt=1, runtime="wasm", name="noop", artifact=digest)
+    return RunSpec(task_id=name, attempt=1, runtime="wasm", name="noop", artifact=digest)
 
 
 def limited_store(engine: wasmtime.Engine) -> wasmtime.Store:
@@ -346,7 +338,7 @@ async def host_section(reps: int, work_dir: Path) -> Section:
     section = Section("host start: run `true` to its exit")
     warmup = max(3, reps // 10)
     runtime = HostRuntime(base_dir=work_dir / "host")
-    spec = Assignment(task_id="host", attempt=1, runtime="host", command=["true"])
+    spec = RunSpec(task_id="host", attempt=1, runtime="host", command=["true"])
 
     async def through_runtime(_: int) -> None:
         completed(await runtime.wait(await runtime.start(spec, None)))
@@ -411,8 +403,8 @@ def spread_ms(samples_us: Sequence[float]) -> Row:
     }
 
 
-def container_spec(i: int, command: list[str]) -> Assignment:
-    return Assignment(
+def container_spec(i: int, command: list[str]) -> RunSpec:
+    return RunSpec(
         task_id=f"bench-{i}", attempt=1, runtime="container", image="busybox", command=command
     )
 

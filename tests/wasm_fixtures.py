@@ -125,3 +125,46 @@ def memory_wasm(pages: int) -> bytes:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _section(kind: int, payload: bytes) -> bytes:
+    return bytes([kind]) + _leb(len(payload)) + payload
+
+
+@cache
+def big_wasm(size: int, terms: int = 200) -> bytes:
+    """A valid module of about ``size`` bytes that takes seconds to compile: as many
+    functions as fit, each summing ``terms`` constants (``1 + 1000 + 1001 + …``). Exports
+    the first as ``f0`` (no parameters, one i32 result: :func:`big_wasm_result`).
+    Written as binary: wat2wasm on megabytes of text would take longer than the test."""
+    ops = bytearray(b"\x41" + _leb(1))  # i32.const 1
+    for k in range(terms):
+        ops += b"\x41" + _leb(1000 + k) + b"\x6a"  # i32.const; i32.add
+    body = b"\x00" + bytes(ops) + b"\x0b"  # no locals … end
+    entry = _leb(len(body)) + body
+    count = max(1, size // len(entry))
+    name = b"f0"
+    return b"".join(
+        [
+            b"\x00asm\x01\x00\x00\x00",
+            _section(1, _leb(1) + b"\x60\x00\x01\x7f"),  # type 0: () -> i32
+            _section(3, _leb(count) + b"\x00" * count),  # every function of type 0
+            _section(7, _leb(1) + _leb(len(name)) + name + b"\x00" + _leb(0)),
+            _section(10, _leb(count) + entry * count),
+        ]
+    )
+
+
+def big_wasm_result(terms: int = 200) -> int:
+    """What ``f0`` of :func:`big_wasm` returns."""
+    return 1 + sum(1000 + k for k in range(terms))

@@ -560,7 +560,10 @@ class _Base:
         return {"base_url": self.url, "headers": headers, "timeout": self.timeout}
 
     def _request(self, call: _Call[Any]) -> Request:
-        body = None if call.body is None else orjson.dumps(call.body)
+        try:
+            body = None if call.body is None else orjson.dumps(call.body)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer past 64 bits
+            raise Invalid(f"the request is not JSON: {exc}", field="body") from None
         return Request(
             call.method,
             call.path if call.root else API_PREFIX + call.path,

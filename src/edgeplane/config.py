@@ -14,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeplane.errors import Invalid
+from edgeplane.limits import (
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+)
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -37,6 +43,9 @@ class Settings(BaseModel):
     workers: int = Field(default=2, ge=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     missed_beats: int = Field(default=3, ge=1)
+    #: seconds a lost worker's host and container tasks wait for it to come back and
+    #: re-attach before they are placed again (None: heartbeat_s * missed_beats; 0: none)
+    lost_grace_s: float | None = Field(default=None, ge=0)
     scheduler: SchedulerName = "round-robin"
     pack: bool = Field(default=False, description="resource-fit: bin-pack instead of spread")
     admin_token: str | None = None
@@ -50,6 +59,11 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: a worker's limits for wasm tasks that give none (see DEFAULT_WASM_MEMORY_MB)
+    wasm_memory_mb: int = Field(default=DEFAULT_WASM_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
+    wasm_timeout_s: float = Field(
+        default=DEFAULT_WASM_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False
+    )
     retry_backoff_s: float = Field(default=0.5, ge=0)
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"
@@ -96,12 +110,16 @@ def load(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
     given = {k: v for k, v in flags.items() if v is not None}
     file_values: dict[str, Any] = {}
     if config_file is not None:
-        import yaml  # only with --config: it costs every process 0.7 MB of RSS otherwise
+        from edgeplane import safeyaml  # only with --config: YAML costs every process 0.7 MB
 
         try:
-            loaded = yaml.safe_load(config_file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
+            text = config_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
             raise Invalid(f"cannot read config file: {exc}", field="config") from None
+        try:
+            loaded = safeyaml.load(text, str(config_file))
+        except Invalid as exc:
+            raise Invalid(exc.detail, field="config") from None
         if not isinstance(loaded, dict):
             raise Invalid("config file must hold a mapping", field="config")
         file_values = {str(k).replace("-", "_"): v for k, v in loaded.items()}

@@ -17,10 +17,10 @@ import pytest
 from edgeplane.config import Settings
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
 from edgeplane.roles.up import running_stack
-from edgeplane.runtimes import MAX_LOG_CHARS, ContainerRuntime, Outcome, available_runtimes
+from edgeplane.runtimes import MAX_LOG_CHARS, ContainerRuntime, Outcome, RunSpec, available_runtimes
 from edgeplane.runtimes.container import find_runc
+from edgeplane.runtimes.supervised import process_alive
 from oci_fixtures import (
     BUSYBOX_CONFIG,
     Entry,
@@ -58,8 +58,8 @@ def task(
     task_id: str = "t1",
     env: dict[str, str] | None = None,
     **limits: Any,
-) -> Assignment:
-    return Assignment(
+) -> RunSpec:
+    return RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="container",
@@ -70,7 +70,7 @@ def task(
     )
 
 
-async def run(rt: ContainerRuntime, spec: Assignment) -> Outcome:
+async def run(rt: ContainerRuntime, spec: RunSpec) -> Outcome:
     return await rt.wait(await rt.start(spec, None))
 
 
@@ -273,13 +273,13 @@ async def test_stats_and_stop(runtime: ContainerRuntime) -> None:
 CRASHING_WORKER = """
 import asyncio, json, sys
 from pathlib import Path
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import ContainerRuntime
+from edgeplane.runtimes import ContainerRuntime, RunSpec
 
 async def main():
     rt = ContainerRuntime(Path(sys.argv[1]), Path(sys.argv[2]))
-    spec = Assignment(task_id="t1", attempt=1, runtime="container", image="busybox",
-                      command=["sh", "-c", "echo up; sleep 30"])
+    script = sys.argv[3] if len(sys.argv) > 3 else "echo up; sleep 30"
+    spec = RunSpec(task_id="t1", attempt=1, runtime="container", image="busybox",
+                   command=["sh", "-c", script])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
     await asyncio.sleep(60)
@@ -322,13 +322,46 @@ async def test_recover_after_a_worker_crash(tmp_path: Path, images: Path) -> Non
         await rt.close()
 
 
-async def test_recover_of_an_ended_attempt_cleans_up(runtime: ContainerRuntime) -> None:
+async def test_recover_of_an_ended_attempt(runtime: ContainerRuntime) -> None:
+    """Its bundle left without an exit status: failed, saying the status is unknown, and
+    cleaned up; with nothing left at all, None."""
     handle = await runtime.start(task(["true"]), None)
     await runtime.wait(handle)
-    (runtime.bundles / handle.state["container"]).mkdir()
     assert await runtime.recover(handle.state) is None
+    (runtime.bundles / handle.state["container"]).mkdir()
+    recovered = await runtime.recover(handle.state)
+    assert recovered is not None
+    outcome = await runtime.wait(recovered)
+    assert outcome.state == "failed"
+    assert "exit status unknown" in (outcome.error or "")
     assert_clean(runtime)
     assert await runtime.recover({"container": "x"}) is None
+
+
+async def test_a_container_that_ended_while_its_worker_was_down(
+    tmp_path: Path, images: Path
+) -> None:
+    """The exit status written next to the bundle tells the restarted worker how it ended."""
+    crashing = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_WORKER, str(tmp_path / "worker"), str(images),
+        "echo up; exit 3",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert crashing.stdout is not None
+    state = json.loads(await crashing.stdout.readline())
+    crashing.kill()
+    await crashing.wait()
+    while process_alive(state["pid"], state["create_time"]):  # noqa: ASYNC110 - not our child
+        await asyncio.sleep(0.02)
+    rt = ContainerRuntime(tmp_path / "worker", images, grace_s=0.3, poll_s=0.05)
+    try:
+        recovered = await rt.recover(state)
+        assert recovered is not None
+        outcome = await rt.wait(recovered)
+        assert (outcome.state, outcome.exit_code, outcome.stdout) == ("failed", 3, "up\n")
+        assert_clean(rt)
+    finally:
+        await rt.close()
 
 
 async def test_close_cleans_up_everything(tmp_path: Path, images: Path) -> None:

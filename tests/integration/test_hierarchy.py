@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from edgeplane.config import Settings
-from edgeplane.model import Aggregate, CapacityGroup, FreeStats
+from edgeplane.model import Aggregate, CapacityGroup, FreeStats, Limits, TaskSpec
 from edgeplane.protocol import Topics, encode
 from edgeplane.roles.control import ControlPlane
 from edgeplane.roles.worker import build_worker
@@ -60,9 +60,9 @@ class Hierarchy:
         base.update(values)
         return Settings(**base)
 
-    async def start_root(self) -> ControlPlane:
+    async def start_root(self, **values: Any) -> ControlPlane:
         data = self.tmp / "root"
-        settings = self.settings(data_dir=data, store=f"sqlite:///{data / 'root.db'}")
+        settings = self.settings(data_dir=data, store=f"sqlite:///{data / 'root.db'}", **values)
         data.mkdir(parents=True, exist_ok=True)
         self.root = ControlPlane(settings, self.broker, root=True)
         await self.root.start()
@@ -109,6 +109,17 @@ class Hierarchy:
         await agent.start()
         node.workers.append(agent)
         return agent
+
+    async def restart_manager(
+        self, cluster_id: str, between: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Stop a cluster's manager (its workers go on), run ``between``, start it again on
+        the same store, as after a crash and restart of `edgeplane manager`."""
+        node = self.clusters[cluster_id]
+        await node.control.stop()
+        await between()
+        node.control = ControlPlane(node.control.settings, self.broker, serve_api=False)
+        await node.control.start()
 
     async def stop_cluster(self, cluster_id: str) -> None:
         node = self.clusters.pop(cluster_id)
@@ -379,6 +390,50 @@ async def test_a_task_offered_again_after_a_rejection_is_judged_again(
         assert stale.control.uplink.rejected >= 2
 
 
+@pytest.mark.parametrize("back", ["within the grace", "after the grace"])
+async def test_root_and_cluster_agree_when_a_cluster_manager_restarts(
+    hierarchy: Hierarchy, tmp_path: Path, back: str
+) -> None:
+    """A cluster's manager goes away while its worker runs a task, which ends meanwhile.
+    Back within the grace period, the root kept the task with it (no second attempt, even
+    with retries); back after it, the root had failed the task `worker_lost` (no retries),
+    and the cluster's report of what really happened replaces that."""
+    within = back == "within the grace"
+    root = await hierarchy.start_root(lost_grace_s=60.0 if within else 0.2)
+    await hierarchy.add_cluster("a", workers=1)
+    go = tmp_path / "go"
+    waiter = f"while [ ! -f {go} ]; do sleep 0.02; done; echo done"
+    body = {"runtime": "host", "command": ["sh", "-c", waiter], "retries": 2 if within else 0}
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+        task_id = (await http.post("/tasks", json={**body, "start": True})).json()["id"]
+
+        async def state(wanted: str) -> dict[str, Any] | None:
+            task: dict[str, Any] = (await http.get(f"/tasks/{task_id}")).json()
+            return task if task["state"] == wanted else None
+
+        await eventually(lambda: state("running"))
+
+        async def away() -> None:
+            async def offline() -> bool:
+                page = (await http.get("/clusters")).json()
+                return any(c["id"] == "a" and c["state"] == "offline" for c in page["items"])
+
+            await eventually(offline)
+            if within:
+                assert await state("running"), "the root gave up on the task during the grace"
+            else:
+                lost = await eventually(lambda: state("failed"))
+                assert lost["error"] == "worker_lost"
+            go.touch()  # the task ends while its cluster's manager is away
+
+        await hierarchy.restart_manager("a", away)
+        done = await eventually(lambda: state("completed"))
+    assert done["stdout"] == "done\n" and done["attempt"] == 1, done
+    local, total = await hierarchy.clusters["a"].control.manager.list_tasks()
+    assert total == 1 and local[0].state == "completed"  # it ran once, in one attempt
+
+
 @contextlib.asynccontextmanager
 async def _link(broker: str) -> AsyncIterator[MqttLink]:
     async def ignore(topic: str, payload: bytes) -> None:
@@ -601,3 +656,21 @@ async def test_services_that_could_never_start_are_refused(hierarchy: Hierarchy)
         assert refused.status_code == 422, refused.text
         assert refused.json()["field"] == "services[1].image"
         assert (await http.get("/applications")).json()["total"] == 0
+
+
+async def test_a_cluster_fails_one_bad_assignment_and_runs_the_others(
+    hierarchy: Hierarchy,
+) -> None:
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("a")
+    async with api(root) as http:
+        await eventually(lambda: _count(http, 1))
+    specs = [TaskSpec.model_validate({**ECHO, "start": True}) for _ in range(4)]
+    # what the API refuses, but a task stored before limits had ranges still carries
+    specs[1] = specs[1].model_copy(update={"limits": Limits.model_construct(pids=2**64)})
+    tasks = await root.manager.submit(specs)
+    ended = [await root.manager.wait(task.id, 20) for task in tasks]
+    bad = ended.pop(1)
+    assert bad.state == "failed", bad
+    assert bad.error is not None and "limits.pids" in bad.error, bad.error
+    assert [t.state for t in ended] == ["completed"] * 3, ended

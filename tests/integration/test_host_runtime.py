@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, available_runtimes
+from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, RunSpec, available_runtimes
+from edgeplane.runtimes.supervised import process_alive
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,8 +36,8 @@ def task(
     task_id: str = "t1",
     env: dict[str, str] | None = None,
     timeout: float | None = None,
-) -> Assignment:
-    return Assignment(
+) -> RunSpec:
+    return RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="host",
@@ -43,7 +48,7 @@ def task(
     )
 
 
-async def run(rt: HostRuntime, spec: Assignment) -> Outcome:
+async def run(rt: HostRuntime, spec: RunSpec) -> Outcome:
     return await rt.wait(await rt.start(spec, None))
 
 
@@ -168,31 +173,149 @@ async def test_recover_reattaches_and_can_stop(tmp_path: Path) -> None:
         await second.close()
 
 
-async def test_recover_of_an_ended_attempt_cleans_up(runtime: HostRuntime, tmp_path: Path) -> None:
-    handle = await runtime.start(task(["true"]), None)
-    await runtime.wait(handle)
-    leftover = tmp_path / "host" / "leftover"
-    leftover.mkdir()
-    state = {**handle.state, "dir": str(leftover)}
-    assert await runtime.recover(state) is None
-    assert not leftover.exists()
+#: A worker that starts one host attempt, prints its handle's state and waits to be killed.
+CRASHING_WORKER = """
+import asyncio, json, sys
+from pathlib import Path
+from edgeplane.runtimes import HostRuntime, RunSpec
+
+async def main():
+    rt = HostRuntime(base_dir=Path(sys.argv[1]))
+    spec = RunSpec(task_id="t1", attempt=1, runtime="host", command=sys.argv[2:])
+    handle = await rt.start(spec, None)
+    print(json.dumps(handle.state), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
 
 
-async def test_recovered_attempt_that_ends_by_itself(tmp_path: Path) -> None:
-    first = HostRuntime(base_dir=tmp_path / "host")
-    second = HostRuntime(base_dir=tmp_path / "host", poll_s=0.05)
+async def crashed_worker_state(base_dir: Path, *command: str) -> dict[str, Any]:
+    """Start ``command`` in a worker process killed with SIGKILL at once: the state its
+    handle had (the attempt runs on, orphaned)."""
+    crashing = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_WORKER, str(base_dir), *command,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert crashing.stdout is not None
+    state: dict[str, Any] = json.loads(await crashing.stdout.readline())
+    crashing.kill()
+    await crashing.wait()
+    return state
+
+
+async def until_gone(pid: int) -> None:
+    while pid in live_members(pid):  # noqa: ASYNC110 - not our child: it can only be polled
+        await asyncio.sleep(0.02)
+
+
+async def test_an_attempt_that_ended_while_its_worker_was_down_reports_how(
+    tmp_path: Path,
+) -> None:
+    """The attempt's shell wrote its exit status down: a worker restarted afterwards knows
+    it completed (not "unknown"), reads its output and cleans up its directory."""
+    go = tmp_path / "go"  # it ends only once its worker is dead
+    script = f"while [ ! -e {go} ]; do sleep 0.02; done; echo done"
+    state = await crashed_worker_state(tmp_path / "host", "sh", "-c", script)
+    go.touch()
+    await until_gone(state["pgid"])
+    rt = HostRuntime(base_dir=tmp_path / "host", poll_s=0.05)
     try:
-        started = await first.start(task(["sh", "-c", "echo up; sleep 0.5"]), None)
-        recovered = await second.recover(started.state)
+        recovered = await rt.recover(state)
         assert recovered is not None
-        assert (await first.wait(started)).state == "completed"
-        outcome = await second.wait(recovered)
+        outcome = await rt.wait(recovered)
+        assert (outcome.state, outcome.stdout, outcome.exit_code) == ("completed", "done\n", 0)
+        assert not await asyncio.to_thread(os.path.exists, state["dir"])
+        assert await rt.recover(state) is None  # nothing left of it now
+    finally:
+        await rt.close()
+
+
+async def test_a_recovered_attempt_that_ends_by_itself_reports_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    script = f"echo up; while [ ! -e {go} ]; do sleep 0.02; done; exit 4"
+    state = await crashed_worker_state(tmp_path / "host", "sh", "-c", script)
+    rt = HostRuntime(base_dir=tmp_path / "host", poll_s=0.05)
+    try:
+        recovered = await rt.recover(state)
+        assert recovered is not None
+        assert rt.inspect(recovered)["running"] is True
+        go.touch()
+        outcome = await rt.wait(recovered)
+        assert (outcome.state, outcome.error, outcome.exit_code) == ("failed", "exit code 4", 4)
+        assert outcome.stdout == "up\n"
+    finally:
+        await rt.close()
+
+
+async def test_recovered_attempt_without_an_exit_status(tmp_path: Path) -> None:
+    """Its shell was killed too: how the command ended is unknown, and said so."""
+    state = await crashed_worker_state(tmp_path / "host", "sleep", "30")
+    os.killpg(state["pgid"], signal.SIGKILL)
+    await until_gone(state["pgid"])
+    rt = HostRuntime(base_dir=tmp_path / "host")
+    try:
+        recovered = await rt.recover(state)
+        assert recovered is not None
+        outcome = await rt.wait(recovered)
         assert outcome.state == "failed"
         assert outcome.error is not None
         assert "exit status unknown" in outcome.error
+        assert not await asyncio.to_thread(os.path.exists, state["dir"])
     finally:
-        await first.close()
-        await second.close()
+        await rt.close()
+
+
+async def test_recover_of_nothing_left_kills_the_groups_leftovers(tmp_path: Path) -> None:
+    go = tmp_path / "go"  # its main process ends only once its worker is dead
+    script = f"sleep 30 & while [ ! -e {go} ]; do sleep 0.02; done"
+    state = await crashed_worker_state(tmp_path / "host", "sh", "-c", script)
+    go.touch()
+    while process_alive(state["pid"], state["create_time"]):  # noqa: ASYNC110 - polled
+        await asyncio.sleep(0.02)
+    assert len(live_members(state["pgid"])) == 1  # the background sleep
+    shutil.rmtree(state["dir"])
+    rt = HostRuntime(base_dir=tmp_path / "host")
+    try:
+        assert await rt.recover(state) is None
+        await until_gone(state["pgid"])  # the background sleep was killed
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "error", "code"),
+    [
+        ("kill -KILL $$", "killed by signal SIGKILL", -9),
+        ("exit 200", "exit code 200", 200),
+    ],
+)
+async def test_exit_codes_through_the_shell(
+    runtime: HostRuntime, script: str, error: str, code: int
+) -> None:
+    outcome = await run(runtime, task(["sh", "-c", script]))
+    assert (outcome.state, outcome.error, outcome.exit_code) == ("failed", error, code)
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        (["no-such-command-edgeplane"], "No such file or directory"),
+        (["./missing"], "No such file or directory"),
+        (["{tmp}/plain"], "Permission denied"),
+        (["{tmp}"], "Permission denied"),
+    ],
+)
+async def test_what_cannot_be_executed_fails_with_the_reason(
+    runtime: HostRuntime, tmp_path: Path, command: list[str], why: str
+) -> None:
+    (tmp_path / "plain").write_text("echo not executable\n")
+    command = [command[0].format(tmp=tmp_path)]
+    outcome = await run(runtime, task(command))
+    assert outcome.state == "failed"
+    assert outcome.error == f"cannot run {command[0]!r}: {why}"
 
 
 async def test_available_runtimes(tmp_path: Path) -> None:

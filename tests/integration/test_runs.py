@@ -14,6 +14,7 @@ import wasmtime
 from test_cluster import start_stack
 
 import wasm_fixtures
+from edgeplane.errors import Unavailable
 from edgeplane.examples import EXAMPLES
 from edgeplane.roles.up import Stack
 
@@ -210,6 +211,87 @@ async def test_schedules_fire_each_slot_once(stack: tuple[Stack, httpx.AsyncClie
     assert {s["runs"] for s in listed["items"]} == {1}
     assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 204
     assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 404
+
+
+async def test_a_slot_due_while_the_store_is_down_fires_once_it_is_back(
+    stack: tuple[Stack, httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store refusing writes must neither lose a due slot (next_run moved past it) nor
+    fire it twice; the API answers 503 meanwhile and /healthz says why."""
+    stack_, http = stack
+    created = await http.post("/tasks", json={**add("tick", 2, 2), "schedule": "@hourly"})
+    schedule_id = created.json()["id"]
+    manager = stack_.control.manager
+    store = manager.store
+    stored = await store.get_schedule(schedule_id)
+    assert stored is not None and stored.next_run is not None
+    await store.save_schedule(stored.model_copy(update={"next_run": stored.next_run - 7200}))
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise Unavailable("store unreachable (test)")
+
+    # The store's connection is cut: every write and ping fails as an unreachable one.
+    monkeypatch.setattr(store, "apply", down)
+    monkeypatch.setattr(store, "ping", down)
+    manager.journal.write(workers=manager.workers()[:1])
+    while manager.journal.down is None:  # noqa: ASYNC110 -- the journal has no event for it
+        await asyncio.sleep(0.01)
+    assert (await http.post("/tasks", json=add("x", 1, 1))).status_code == 503
+    health = await http.get(stack_.control.url + "/healthz")
+    assert health.status_code == 503 and health.json()["store"] is False
+    firing = asyncio.create_task(stack_.control.schedules.fire_due())
+    while "a scheduled run waits for the store" not in caplog.text:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # (the slot's start was refused; its save now waits)
+    monkeypatch.undo()
+    await firing
+    await stack_.control.schedules.fire_due()
+    await stack_.control.schedules.fire_due()
+    tasks = (await http.get("/tasks", params={"limit": 100})).json()["items"]
+    fired = [t for t in tasks if t.get("schedule_id") == schedule_id]
+    assert len(fired) == 1, fired
+    done = (await http.get(f"/tasks/{fired[0]['id']}", params={"wait": 20})).json()
+    assert done["results"] == [4]
+    assert (await http.get(stack_.control.url + "/healthz")).status_code == 200
+
+
+async def test_a_job_whose_task_ends_while_the_store_is_down_completes_after(
+    stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run's state follows the store: nothing sticks, and a waiter wakes once the
+    store is back and the end is written."""
+    stack_, http = stack
+    go = tmp_path / "go"
+    waiter = {
+        "runtime": "host",
+        "command": ["sh", "-c", f"while [ ! -f {go} ]; do sleep 0.02; done"],
+    }
+    created = await http.post("/jobs", json={"mode": "parallel", "tasks": [waiter]})
+    job_id = created.json()["id"]
+    manager = stack_.control.manager
+
+    async def running() -> bool:
+        job = (await http.get(f"/jobs/{job_id}")).json()
+        return bool(job["tasks"][0]["state"] == "running")
+
+    while not await running():  # noqa: ASYNC110 -- polled through the API
+        await asyncio.sleep(0.02)
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise Unavailable("store unreachable (test)")
+
+    monkeypatch.setattr(manager.store, "apply", down)
+    monkeypatch.setattr(manager.store, "ping", down)
+    waiting = asyncio.create_task(http.get(f"/jobs/{job_id}", params={"wait": 30}))
+    go.touch()  # the task ends: its result cannot be written
+    while manager.journal.down is None:  # noqa: ASYNC110 -- the journal has no event for it
+        await asyncio.sleep(0.01)
+    assert (await http.get(f"/jobs/{job_id}")).json()["state"] == "running"
+    assert not waiting.done()
+    monkeypatch.undo()
+    job = (await waiting).json()
+    assert job["state"] == "completed" and job["tasks"][0]["state"] == "completed", job
 
 
 async def test_daemon_moves_to_another_worker_and_runs_until_stopped(

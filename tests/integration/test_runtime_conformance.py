@@ -8,6 +8,7 @@ one that fails, one that runs until stopped or timed out, and one whose spec is 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,12 @@ import pytest
 
 from edgeplane.errors import NotFound, TaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes import (
     ContainerRuntime,
     FakeRuntime,
     Handle,
     HostRuntime,
+    RunSpec,
     Runtime,
     WasmRuntime,
 )
@@ -31,7 +32,7 @@ from wasm_fixtures import digest, math_wasm
 
 pytestmark = pytest.mark.timeout(30)
 
-Task = tuple[Assignment, bytes | None]
+Task = tuple[RunSpec, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,15 @@ class Kit:
     fail: Callable[[str], Task]
     sleep: Callable[[str, float | None], Task]
     bad: Callable[[str], Task]
+    #: a new runtime as the worker would make it after a restart
+    again: Callable[[], Runtime]
 
 
 def _wasm_kit(tmp: Path) -> Kit:
     module = math_wasm()
 
     def task(task_id: str, export: str, inputs: list[Any], timeout: float | None = None) -> Task:
-        spec = Assignment(
+        spec = RunSpec(
             task_id=task_id,
             attempt=1,
             runtime="wasm",
@@ -62,6 +65,7 @@ def _wasm_kit(tmp: Path) -> Kit:
 
     return Kit(
         runtime=WasmRuntime(cache_dir=tmp / "wasm"),
+        again=lambda: WasmRuntime(cache_dir=tmp / "wasm"),
         ok=lambda tid: task(tid, "add", [2, 3]),
         expected=[5],
         fail=lambda tid: task(tid, "trap", []),
@@ -72,7 +76,7 @@ def _wasm_kit(tmp: Path) -> Kit:
 
 def _host_kit(tmp: Path) -> Kit:
     def task(task_id: str, command: list[str] | None, timeout: float | None = None) -> Task:
-        spec = Assignment(
+        spec = RunSpec(
             task_id=task_id,
             attempt=1,
             runtime="host",
@@ -84,6 +88,7 @@ def _host_kit(tmp: Path) -> Kit:
 
     return Kit(
         runtime=HostRuntime(base_dir=tmp / "host", grace_s=0.5),
+        again=lambda: HostRuntime(base_dir=tmp / "host", grace_s=0.5, poll_s=0.05),
         ok=lambda tid: task(tid, ["sh", "-c", "echo hello"]),
         expected={"stdout": "hello\n", "exit_code": 0},
         fail=lambda tid: task(tid, ["sh", "-c", "exit 3"]),
@@ -96,7 +101,7 @@ def _container_kit(tmp: Path) -> Kit:
     def task(
         task_id: str, command: list[str], timeout: float | None = None, image: str = "busybox"
     ) -> Task:
-        spec = Assignment(
+        spec = RunSpec(
             task_id=task_id,
             attempt=1,
             runtime="container",
@@ -110,6 +115,7 @@ def _container_kit(tmp: Path) -> Kit:
     images = images_with_busybox(tmp / "images")
     return Kit(
         runtime=ContainerRuntime(tmp / "worker", images, grace_s=0.3),
+        again=lambda: ContainerRuntime(tmp / "worker", images, grace_s=0.3, poll_s=0.05),
         ok=lambda tid: task(tid, ["sh", "-c", "echo hello"]),
         expected={"stdout": "hello\n", "exit_code": 0},
         fail=lambda tid: task(tid, ["sh", "-c", "exit 3"]),
@@ -120,7 +126,7 @@ def _container_kit(tmp: Path) -> Kit:
 
 def _fake_kit(tmp: Path) -> Kit:
     def task(task_id: str, name: str, timeout: float | None = None) -> Task:
-        spec = Assignment(
+        spec = RunSpec(
             task_id=task_id,
             attempt=1,
             runtime="fake",
@@ -132,6 +138,7 @@ def _fake_kit(tmp: Path) -> Kit:
 
     return Kit(
         runtime=FakeRuntime(),
+        again=FakeRuntime,
         ok=lambda tid: task(tid, "echo"),
         expected=[1, "a"],
         fail=lambda tid: task(tid, "fail"),
@@ -225,6 +232,44 @@ async def test_wait_on_unknown_handle_raises_not_found(kit: Kit) -> None:
 
 async def test_recover_of_nothing_is_none(kit: Kit) -> None:
     assert await kit.runtime.recover({}) is None
+
+
+#: What a worker before RunSpec wrote as its handle's ``spec``: a whole MQTT Assignment,
+#: with the fields a runtime has no use for (module bytes, the root's scheduling hints).
+OLDER_SPEC_FIELDS = {
+    "artifact_b64": None,
+    "retries": 2,
+    "priority": 70,
+    "constraints": {"labels": {"zone": "a"}, "tee": "any", "clusters": []},
+    "metadata": {"owner": "ops"},
+    "pinned_worker": "w1",
+}
+
+
+@pytest.mark.parametrize("written_by", ["this version", "an older version"])
+async def test_a_restarted_worker_takes_back_what_outlives_it(kit: Kit, written_by: str) -> None:
+    """A recoverable runtime's attempt is re-attached to from its handle's state alone, by
+    a new runtime (a restarted worker's), also when an older version wrote that state;
+    the others have nothing to take back."""
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    state = json.loads(json.dumps(handle.state))  # as the worker keeps it on disk
+    if written_by == "an older version" and "spec" in state:
+        state["spec"] |= OLDER_SPEC_FIELDS
+    again = kit.again()
+    try:
+        recovered = await again.recover(state)
+        if not kit.runtime.recoverable:
+            assert recovered is None
+            return
+        assert recovered is not None
+        assert (recovered.task_id, recovered.attempt, recovered.runtime) == ("t1", 1, again.name)
+        assert again.inspect(recovered)["running"] is True
+        await again.stop(recovered)
+        assert (await again.wait(recovered)).state == "cancelled"
+    finally:
+        await again.close()
+        await kit.runtime.stop(handle)
+    assert (await kit.runtime.wait(handle)).state in {"failed", "cancelled"}
 
 
 async def test_several_tasks_at_once(kit: Kit) -> None:

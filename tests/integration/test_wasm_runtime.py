@@ -11,16 +11,8 @@ import wasmtime
 
 from edgeplane.errors import Invalid, NotFound, TaskFailure, TransientTaskFailure
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import (
-    FuncSig,
-    ModuleCache,
-    Outcome,
-    WasmRuntime,
-    check_call,
-    inspect_module,
-    make_engine,
-)
+from edgeplane.modules import FuncSig, ModuleCache, check_call, inspect_module, make_engine
+from edgeplane.runtimes import Outcome, RunSpec, WasmRuntime
 from wasm_fixtures import digest, math_wasm, memory_wasm, wasi_hello_wasm
 
 pytestmark = pytest.mark.timeout(30)
@@ -39,9 +31,9 @@ def call(
     module: bytes | None = None,
     task_id: str = "t1",
     **fields: Any,
-) -> tuple[Assignment, bytes]:
+) -> tuple[RunSpec, bytes]:
     data = module if module is not None else math_wasm()
-    spec = Assignment(
+    spec = RunSpec(
         task_id=task_id,
         attempt=1,
         runtime="wasm",
@@ -54,9 +46,9 @@ def call(
     return spec, data
 
 
-def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[Assignment, bytes]:
+def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[RunSpec, bytes]:
     data = wasi_hello_wasm()
-    spec = Assignment(
+    spec = RunSpec(
         task_id="w1",
         attempt=1,
         runtime="wasm",
@@ -69,7 +61,7 @@ def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[Assign
     return spec, data
 
 
-async def run(rt: WasmRuntime, task: tuple[Assignment, bytes | None]) -> Outcome:
+async def run(rt: WasmRuntime, task: tuple[RunSpec, bytes | None]) -> Outcome:
     return await rt.wait(await rt.start(*task))
 
 
@@ -316,3 +308,81 @@ async def test_quick_calls_run_inline_and_long_ones_move_to_a_thread(
     long = await run(runtime, call("count", [n], module=module, task_id="long"))
     assert long.state == "completed" and long.results == [n]
     assert len(submitted) == 1
+
+
+SPIN_AT_START_WAT = """
+(module
+  (func $spin (loop $forever (br $forever)))
+  (start $spin)
+  (func (export "noop")))
+"""
+
+
+async def test_a_start_function_that_spins_leaves_the_loop(runtime: WasmRuntime) -> None:
+    """Instantiation runs inline too (a function call without WASI), start function
+    included: it is trapped at the first tick like a call, so ``start`` returns while the
+    module still spins, in a thread."""
+    module = bytes(wasmtime.wat2wasm(SPIN_AT_START_WAT))
+    handle = await runtime.start(*call("noop", module=module, daemon=True))
+    assert runtime.inspect(handle)["running"]
+    await runtime.stop(handle)
+    assert (await runtime.wait(handle)).state == "cancelled"
+
+
+async def test_defaults_apply_to_a_task_without_limits() -> None:
+    rt = WasmRuntime(default_memory_mb=1, default_timeout_s=0.3)
+    try:
+        spun = await run(rt, call("spin", task_id="spin"))
+        assert spun.state == "failed"
+        assert spun.error is not None
+        assert spun.error.startswith("timeout after 0.3s (the worker's default")
+        assert "limits.timeout_s" in spun.error
+        assert (await run(rt, call("grow", [32], task_id="grow"))).results == [-1]
+        big = await run(rt, call("noop", module=memory_wasm(65536), task_id="4GiB"))
+        assert big.state == "failed"
+        assert big.error is not None
+        assert big.error.startswith("memory limit 1 MB exceeded (the worker's default")
+        # a task's own limits come first
+        own = Limits(memory_mb=4, timeout_s=60)
+        assert (await run(rt, call("grow", [32], task_id="own", limits=own))).results == [1]
+        # a daemon runs until stopped
+        daemon = await rt.start(*call("spin", task_id="daemon", daemon=True))
+        timed = await run(rt, call("spin", task_id="after"))  # outlasts the default timeout
+        assert timed.state == "failed"
+        assert rt.inspect(daemon)["running"]
+        await rt.stop(daemon)
+        assert (await rt.wait(daemon)).state == "cancelled"
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize(
+    ("wat", "error"),
+    [
+        ('(module (memory 1) (memory 1) (func (export "noop")))', "memory count"),
+        (
+            "(module (table 1 funcref) (table 1 funcref) (table 1 funcref) (table 1 funcref)"
+            ' (table 1 funcref) (func (export "noop")))',
+            "table count",
+        ),
+    ],
+)
+async def test_a_store_holds_one_memory_and_few_tables(
+    runtime: WasmRuntime, wat: str, error: str
+) -> None:
+    """So a task's memory limit bounds all it can allocate."""
+    outcome = await run(runtime, call("noop", module=bytes(wasmtime.wat2wasm(wat))))
+    assert outcome.state == "failed"
+    assert outcome.error is not None and error in outcome.error
+
+
+async def test_table_growth_is_bounded(runtime: WasmRuntime) -> None:
+    module = bytes(
+        wasmtime.wat2wasm(
+            '(module (table 1 funcref) (func (export "grow") (param i32) (result i32)'
+            " (table.grow (ref.null func) (local.get 0))))"
+        )
+    )
+    assert (await run(runtime, call("grow", [1000], module=module))).results == [1]
+    many = await run(runtime, call("grow", [2_000_000], module=module, task_id="many"))
+    assert many.results == [-1]

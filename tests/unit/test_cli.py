@@ -488,6 +488,16 @@ def test_up_reads_the_config_file_below_flags(roles: dict[str, Any], tmp_path: P
     assert (roles["up"].port, roles["up"].heartbeat_s) == (9100, 1.5)
 
 
+def test_the_grace_period_of_lost_workers(roles: dict[str, Any]) -> None:
+    assert invoke(FakeApi(), "manager", "--lost-grace-s", "40").exit_code == 0
+    assert roles["manager"].lost_grace_s == 40
+    assert invoke(FakeApi(), "up", "--lost-grace-s", "0").exit_code == 0
+    assert roles["up"].lost_grace_s == 0
+    refused = invoke(FakeApi(), "manager", "--lost-grace-s", "-1")
+    assert refused.exit_code == 2
+    assert "--lost-grace-s" in refused.stderr
+
+
 def test_manager_role_flags(roles: dict[str, Any]) -> None:
     reserved = invoke(FakeApi(), "manager", "--cluster-id", "clusters")
     assert reserved.exit_code == 2
@@ -538,6 +548,26 @@ def test_worker_role_gets_id_and_labels(roles: dict[str, Any]) -> None:
     settings, worker_id, labels = roles["worker"]
     assert (settings.broker, settings.allow_host, settings.slots) == ("mqtt://m:1883", True, 4)
     assert (worker_id, labels) == ("w7", {"site": "a"})
+
+
+def test_wasm_defaults_are_flags_of_up_and_worker(
+    roles: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEPLANE_WASM_MEMORY_MB", raising=False)
+    monkeypatch.delenv("EDGEPLANE_WASM_TIMEOUT_S", raising=False)
+    assert invoke(FakeApi(), "up").exit_code == 0
+    assert (roles["up"].wasm_memory_mb, roles["up"].wasm_timeout_s) == (64, 60.0)
+    raised = ("--wasm-memory-mb", "512", "--wasm-timeout-s", "600")
+    assert invoke(FakeApi(), "up", *raised).exit_code == 0
+    assert (roles["up"].wasm_memory_mb, roles["up"].wasm_timeout_s) == (512, 600.0)
+    assert invoke(FakeApi(), "worker", "--manager", "mqtt://m:1", *raised).exit_code == 0
+    assert (roles["worker"][0].wasm_memory_mb, roles["worker"][0].wasm_timeout_s) == (512, 600)
+    monkeypatch.setenv("EDGEPLANE_WASM_TIMEOUT_S", "90")
+    assert invoke(FakeApi(), "up").exit_code == 0
+    assert roles["up"].wasm_timeout_s == 90.0
+    too_much = invoke(FakeApi(), "up", "--wasm-memory-mb", str(2**53))
+    assert too_much.exit_code == 2
+    assert "--wasm-memory-mb" in too_much.stderr
 
 
 def test_worker_without_manager_or_with_a_subcommand_is_usage(roles: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given
@@ -38,8 +40,43 @@ def test_unknown_type_and_bad_body() -> None:
     with pytest.raises(Invalid, match="unknown message type"):
         parse_body("teleport", {})
     with pytest.raises(Invalid) as caught:
-        parse_body("task.start", {"tasks": [{"task_id": "t"}]})
-    assert caught.value.field.startswith("tasks.0")
+        parse_body("task.start", {"tasks": "t"})
+    assert caught.value.field == "tasks"
+    with pytest.raises(Invalid) as caught:
+        parse_body("task.start", {"tasks": [], "seq": "first"})
+    assert caught.value.field == "seq"
+
+
+def test_a_bad_assignment_costs_only_itself() -> None:
+    good = {"task_id": "g", "attempt": 1, "runtime": "wasm"}
+    # what a manager's pydantic serialiser writes (orjson cannot write 2**64)
+    raw = json.dumps(
+        {
+            "v": 1,
+            "type": "task.start",
+            "body": {
+                "tasks": [
+                    good,
+                    {**good, "task_id": "fuel", "limits": {"fuel": 2**64}},
+                    {**good, "task_id": "memory", "attempt": 2, "limits": {"memory_mb": 2**53}},
+                    {"task_id": "no-attempt"},
+                    [],
+                    {**good, "task_id": "g2"},
+                ],
+                "seq": 7,
+            },
+        }
+    )
+    start = parse_body("task.start", decode(raw).body)
+    assert isinstance(start, StartTasks)
+    assert [a.task_id for a in start.tasks] == ["g", "g2"]
+    assert start.seq == 7
+    assert [(u.task_id, u.attempt) for u in start.unrunnable] == [("fuel", 1), ("memory", 2)]
+    assert all("limits." in u.reason for u in start.unrunnable), start.unrunnable
+    assert "memory_mb" in start.unrunnable[1].reason
+    assert start.unreadable == 2
+    # what the parse found is never sent on
+    assert b"unrunnable" not in encode("task.start", start)
 
 
 @given(st.binary(max_size=200))

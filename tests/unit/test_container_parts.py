@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgeplane.errors import TaskFailure
+from edgeplane.imageref import split_ref
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import container_id, process_env, runtime_config
 from edgeplane.runtimes.busybox import Entry, tar_layer, write_image
-from edgeplane.runtimes.images import Image, ImageStore, split_ref
+from edgeplane.runtimes.images import Image, ImageStore
 from edgeplane.runtimes.layers import apply_layer, entry_path
 
 IMAGE = Image(ref="img", layout=Path("/nowhere"), digest="sha256:" + "0" * 64, layers=())

@@ -6,12 +6,11 @@ import pytest
 
 from edgeplane.errors import Conflict
 from edgeplane.model import Limits
-from edgeplane.protocol import Assignment
-from edgeplane.runtimes import FakeRuntime
+from edgeplane.runtimes import FakeRuntime, RunSpec
 
 
-def spec(name: str, *, entrypoint: str = "", timeout: float | None = None) -> Assignment:
-    return Assignment(
+def spec(name: str, *, entrypoint: str = "", timeout: float | None = None) -> RunSpec:
+    return RunSpec(
         task_id=f"task-{name}",
         attempt=2,
         runtime="fake",

@@ -1,5 +1,6 @@
 """The API's fast path for the two per-task requests: what it answers itself and what it
-leaves to FastAPI, with the body intact. (End to end, every API test goes through it.)"""
+leaves to FastAPI, with the body intact; behind the token check, which refuses a caller
+before any body is read. (End to end, every API test goes through both.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import orjson
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from edgeplane.api.app import Authenticate
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.errors import NotFound
 from edgeplane.model import Task, TaskSpec
@@ -53,8 +55,12 @@ class Downstream:
         await send({"type": "http.response.body", "body": b""})
 
 
+#: Messages each call's ``receive`` handed out (the body's chunks).
+RECEIVED: list[Message] = []
+
+
 async def call(
-    layer: TaskFastPath,
+    layer: Authenticate,
     method: str,
     path: str,
     body: bytes = b"",
@@ -73,7 +79,9 @@ async def call(
     sent: list[Message] = []
 
     async def receive() -> Message:
-        return pending.pop(0) if pending else {"type": "http.disconnect"}
+        message = pending.pop(0) if pending else {"type": "http.disconnect"}
+        RECEIVED.append(message)
+        return message
 
     async def send(message: Message) -> None:
         sent.append(message)
@@ -86,18 +94,19 @@ async def call(
 
 
 @pytest.fixture
-async def parts() -> tuple[TaskFastPath, Manager, Downstream]:
+async def parts() -> tuple[Authenticate, Manager, Downstream]:
     store = MemoryStore()
     await store.save_token(
         TokenRecord(id="t", user="u", role="admin", secret_hash=digest(SECRET), created_at=0.0)
     )
     manager, downstream = Manager(), Downstream()
-    layer = TaskFastPath(downstream, manager=manager, tokens=TokenChecker(store))  # type: ignore[arg-type]
-    return layer, manager, downstream
+    fast = TaskFastPath(downstream, manager=manager)  # type: ignore[arg-type]
+    RECEIVED.clear()
+    return Authenticate(fast, tokens=TokenChecker(store), max_bytes=2**20), manager, downstream
 
 
 async def test_a_good_create_is_answered_here(
-    parts: tuple[TaskFastPath, Manager, Downstream],
+    parts: tuple[Authenticate, Manager, Downstream],
 ) -> None:
     layer, manager, downstream = parts
     status, head, body = await call(layer, "POST", "/api/v1/tasks", orjson.dumps(SPEC), b"wait=5")
@@ -109,7 +118,7 @@ async def test_a_good_create_is_answered_here(
 
 
 async def test_a_get_is_answered_here_and_errors_are_problems(
-    parts: tuple[TaskFastPath, Manager, Downstream],
+    parts: tuple[Authenticate, Manager, Downstream],
 ) -> None:
     layer, manager, downstream = parts
     status, _, body = await call(layer, "GET", "/api/v1/tasks/t1", query=b"wait=2.5")
@@ -121,8 +130,8 @@ async def test_a_get_is_answered_here_and_errors_are_problems(
 
 
 @pytest.mark.parametrize("headers", [(JSON,), ((b"authorization", b"Bearer wrong"), JSON)])
-async def test_a_bad_token_is_refused(
-    parts: tuple[TaskFastPath, Manager, Downstream], headers: tuple[tuple[bytes, bytes], ...]
+async def test_a_bad_token_is_refused_before_the_body_is_read(
+    parts: tuple[Authenticate, Manager, Downstream], headers: tuple[tuple[bytes, bytes], ...]
 ) -> None:
     layer, manager, _ = parts
     status, head, body = await call(
@@ -130,6 +139,17 @@ async def test_a_bad_token_is_refused(
     )
     assert (status, head["www-authenticate"], body["status"]) == (401, "Bearer", 401)
     assert manager.submitted == []
+    assert RECEIVED == []  # none of the body was read
+
+
+async def test_every_api_route_needs_a_token_and_others_do_not(
+    parts: tuple[Authenticate, Manager, Downstream],
+) -> None:
+    layer, _, downstream = parts
+    status, _, _ = await call(layer, "GET", "/api/v1/workers", headers=())
+    assert status == 401
+    status, _, _ = await call(layer, "GET", "/healthz", headers=())
+    assert (status, len(downstream.bodies)) == (299, 1)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +165,7 @@ async def test_a_bad_token_is_refused(
     ],
 )
 async def test_everything_else_goes_to_fastapi_with_its_body(
-    parts: tuple[TaskFastPath, Manager, Downstream],
+    parts: tuple[Authenticate, Manager, Downstream],
     body: bytes,
     query: bytes,
     headers: tuple[tuple[bytes, bytes], ...],
@@ -168,7 +188,7 @@ async def test_everything_else_goes_to_fastapi_with_its_body(
     ],
 )
 async def test_other_routes_pass_through(
-    parts: tuple[TaskFastPath, Manager, Downstream], method: str, path: str, query: bytes
+    parts: tuple[Authenticate, Manager, Downstream], method: str, path: str, query: bytes
 ) -> None:
     layer, manager, downstream = parts
     status, _, _ = await call(layer, method, path, query=query)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from edgeplane.errors import Conflict
 from edgeplane.manager import lifecycle
 from edgeplane.model import Task
 from edgeplane.protocol import TaskEvent
@@ -75,3 +78,38 @@ def test_cancel_is_terminal() -> None:
     cancelled = lifecycle.cancel(scheduled(), 9.0)
     assert cancelled.terminal and cancelled.finished_at == 9.0
     assert lifecycle.apply_event(cancelled, event("completed"), 10.0, 0.5) is None
+
+
+@pytest.mark.parametrize("state", ["completed", "failed", "skipped", "cancelled"])
+@pytest.mark.parametrize("started", [True, False])
+def test_an_ended_task_never_starts_again(state: str, started: bool) -> None:
+    ended = Task(id="t", state=state, started=started)  # type: ignore[arg-type]
+    with pytest.raises(Conflict) as exc:
+        lifecycle.start(ended, now=5.0)
+    assert exc.value.status == 409 and exc.value.field == "id"
+
+
+def test_only_a_task_not_started_can_change() -> None:
+    new = Task(id="t", priority=1)
+    assert lifecycle.patch(new, {"priority": 9}, now=2.0).priority == 9
+    for task in (lifecycle.start(new, now=1.0), lifecycle.cancel(new, now=1.0)):
+        with pytest.raises(Conflict):
+            lifecycle.patch(task, {"priority": 9}, now=2.0)
+
+
+def test_a_lost_members_real_outcome_replaces_the_loss() -> None:
+    lost = lifecycle.lose(scheduled(retries=0), "w1 missed 3 heartbeats", 3.0, 0.5)
+    assert (lost.state, lost.error) == ("failed", "worker_lost")
+    truth = lifecycle.late_end(lost, event("completed", results=[5]), 4.0)
+    assert truth is not None and truth.state == "completed" and truth.results == [5]
+    assert truth.error is None and "declared lost" in (truth.reason or "")
+
+
+def test_a_late_report_of_another_attempt_or_end_changes_nothing() -> None:
+    lost = lifecycle.lose(scheduled(retries=0), "gone", 3.0, 0.5)
+    assert lifecycle.late_end(lost, event("completed", attempt=2), 4.0) is None
+    assert lifecycle.late_end(lost, event("running"), 4.0) is None
+    retried = lifecycle.lose(scheduled(retries=1), "gone", 3.0, 0.5)  # pending: tried again
+    assert lifecycle.late_end(retried, event("completed"), 4.0) is None
+    done = lifecycle.apply_event(scheduled(), event("completed", results=[1]), 3.0, 0.5)
+    assert done is not None and lifecycle.late_end(done, event("failed"), 4.0) is None

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Response
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeplane import __version__
 from edgeplane.api import applications, clusters, dashboard, problems, runs, tasks, workers
 from edgeplane.api.deps import caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
+from edgeplane.errors import EdgeplaneError
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
 
+#: Every route under it needs a token.
+API = "/api/v1"
+
 
 class BodyLimit:
-    """Refuses bodies over the limit from their Content-Length, before reading them.
+    """Refuses bodies over the limit before they cost anything: at once from their
+    Content-Length, else (chunked) counting bytes as they arrive and answering 413 as soon
+    as the count passes the limit. The rest is never kept: uvicorn drops what arrives after
+    the answer, and closes the connection when the rest may be endless (see
+    :func:`_closing`).
 
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware costs about a millisecond a
     request, which is most of the API's own latency.
@@ -32,15 +42,95 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+        over = False
+        answered = False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            if over:
+                raise _TooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    raise _TooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal answered
+            if over:  # whatever the app made of the interrupted read: the 413 is ours
+                return
+            answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not answered:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.max_bytes / 2**20
+        headers = _closing(scope, self.max_bytes)
+        response = problems.problem(
+            413, "Payload too large", f"body is over {limit:g} MB", headers, field="body"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    """Raised into the app by :class:`BodyLimit` when a body passes the limit."""
+
+
+def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
+    """Headers of an answer given before the body was read: ``Connection: close`` when the
+    body's length is unknown (chunked: it may never end) or declared past twice the limit,
+    so the server stops reading it. A smaller declared body is left to uvicorn, which drops
+    it as it arrives and keeps the connection: a client that sends its whole body before
+    it reads (httpx) then still gets the answer, where a close would reset it."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return {"Connection": "close"}
+        if name == b"content-length" and (not value.isdigit() or int(value) > 2 * max_bytes):
+            return {"Connection": "close"}
+    return {}
+
+
+class Authenticate:
+    """Checks the token of every ``/api/v1`` request before anything reads its body: a
+    caller without a valid token costs a header lookup, never a body (FastAPI reads the
+    body before it runs the route's dependencies, ``caller`` among them)."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenChecker, max_bytes: int) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(API):
+            authorization = None
             for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    limit = self.max_bytes / 2**20
-                    response = problems.problem(
-                        413, "Payload too large", f"body is over {limit:g} MB", field="body"
-                    )
-                    await response(scope, receive, send)
-                    return
+                if name == b"authorization":
+                    authorization = bytes(value).decode("latin-1")
+                    break
+            try:
+                await self.tokens.check(authorization)
+            except EdgeplaneError as exc:
+                response = problems.from_error(exc)
+                response.headers.update(_closing(scope, self.max_bytes))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -64,22 +154,23 @@ def create_app(
     app.state.schedules = schedules
     app.state.applications = apps
     problems.install(app)
-    # Added first, so it sits inside the body limit (middleware added later wraps it).
-    app.add_middleware(TaskFastPath, manager=manager, tokens=tokens)
-    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
+    # Middleware added later wraps what was added before: a request meets the body limit,
+    # then the token check, then the fast path, then FastAPI.
+    app.add_middleware(TaskFastPath, manager=manager)
+    max_bytes = int(max_body_mb * 2**20)
+    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
-    secured = [Depends(caller)]
-    app.include_router(tasks.router, prefix="/api/v1", dependencies=secured)
+    def secured(router: APIRouter) -> None:
+        app.include_router(
+            router, prefix=API, dependencies=[Depends(caller)], responses=problems.API
+        )
+
+    secured(tasks.router)
     if not manager.root:  # only aggregates reach the root, never per-worker detail
-        app.include_router(workers.router, prefix="/api/v1", dependencies=secured)
-    for router in (
-        runs.jobs,
-        runs.workflows,
-        runs.schedules,
-        clusters.router,
-        applications.router,
-    ):
-        app.include_router(router, prefix="/api/v1", dependencies=secured)
+        secured(workers.router)
+    for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
+        secured(router)
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
@@ -88,7 +179,10 @@ def create_app(
     @app.get(
         "/healthz",
         tags=["health"],
-        responses={503: {"description": "The store cannot be written right now"}},
+        responses={
+            **problems.COMMON,
+            503: {"description": "The store cannot be written right now"},
+        },
     )
     async def healthz() -> JSONResponse:
         """200 while the store can be written; 503 (with the reason) while it cannot."""
@@ -103,8 +197,26 @@ def create_app(
             body["detail"] = f"the store cannot be written: {down}"
         return JSONResponse(body, status_code=200 if down is None else 503)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @app.get(
+        "/metrics", tags=["health"], response_class=PlainTextResponse, responses=problems.COMMON
+    )
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    _document_problems(app)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """OpenAPI with the :class:`~edgeplane.api.problems.Problem` schema the documented
+    error responses refer to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = generate()  # FastAPI's: made once, then cached in app.openapi_schema
+        if fresh:
+            problems.add_schema(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from edgeplane.api.deps import ManagerDep
+from edgeplane.api.params import Limit, Offset
+from edgeplane.api.routing import JsonRoute
 from edgeplane.model import Cluster, Page
 from edgeplane.root import get_cluster, list_clusters
 
-router = APIRouter(prefix="/clusters", tags=["clusters"])
+router = APIRouter(prefix="/clusters", tags=["clusters"], route_class=JsonRoute)
 
 
 @router.get("", response_model=Page[Cluster])
 async def clusters(
     manager: ManagerDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Page[Cluster]:
     found = list_clusters(manager)
     return Page[Cluster](items=found[offset : offset + limit], total=len(found))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edgeplane.manager import Manager
 from edgeplane.security import TokenChecker
 from edgeplane.store import TokenRecord
+
+#: Declares the bearer scheme in OpenAPI; the token is checked by :func:`caller` (and,
+#: before any body is read, by ``edgeplane.api.app.Authenticate``).
+_bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer TOKEN`")
 
 
 async def manager(request: Request) -> Manager:
@@ -18,10 +23,11 @@ async def manager(request: Request) -> Manager:
 
 
 async def caller(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TokenRecord:
     checker: TokenChecker = request.app.state.tokens
-    return await checker.check(authorization)
+    return await checker.check(request.headers.get("authorization"))
 
 
 ManagerDep = Annotated[Manager, Depends(manager)]

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from edgeplane.api.params import Limit, Offset, Wait
+from edgeplane.api.routing import JsonRoute
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Page, Schedule, Workflow, WorkflowSpec
 from edgeplane.model.workflow import WorkflowKind
-
-#: Longest a GET may block waiting for a run to end (``?wait=``).
-MAX_WAIT_S = 60.0
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
-Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")]
 
 
 def _workflows(request: Request) -> Workflows:
@@ -49,7 +44,7 @@ async def _create(
 
 
 def _router(kind: WorkflowKind, prefix: str, spec_type: type[WorkflowSpec]) -> APIRouter:
-    router = APIRouter(prefix=prefix, tags=[prefix.strip("/")])
+    router = APIRouter(prefix=prefix, tags=[prefix.strip("/")], route_class=JsonRoute)
 
     async def create(
         spec: WorkflowSpec, runs: WorkflowsDep, schedules: SchedulesDep
@@ -80,7 +75,7 @@ def _router(kind: WorkflowKind, prefix: str, spec_type: type[WorkflowSpec]) -> A
 
 jobs = _router("job", "/jobs", JobSpec)
 workflows = _router("workflow", "/workflows", WorkflowSpec)
-schedules = APIRouter(prefix="/schedules", tags=["schedules"])
+schedules = APIRouter(prefix="/schedules", tags=["schedules"], route_class=JsonRoute)
 
 
 @schedules.get("", response_model=Page[Schedule])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from edgeplane.api.deps import ManagerDep
+from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.responses import document
+from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Invalid
+from edgeplane.limits import MAX_BATCH
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.model import (
@@ -23,14 +24,11 @@ from edgeplane.model import (
     TaskState,
 )
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-#: Longest a GET may block waiting for a task to end (``?wait=``).
-MAX_WAIT_S = 60.0
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=JsonRoute)
 
 
 class TaskBatch(BaseModel):
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=1000)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class TaskItems(BaseModel):
@@ -42,10 +40,7 @@ async def create_task(
     spec: TaskSpec,
     manager: ManagerDep,
     request: Request,
-    wait: Annotated[
-        float,
-        Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the answer until the task ends"),
-    ] = 0,
+    wait: Wait = 0,
 ) -> Response:
     """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot.
 
@@ -92,8 +87,8 @@ async def list_tasks(
     state: TaskState | None = None,
     job_id: str | None = None,
     workflow_id: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Response:
     items, total = await manager.list_tasks(
         state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
@@ -105,7 +100,7 @@ async def list_tasks(
 async def get_task(
     task_id: str,
     manager: ManagerDep,
-    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = 0,
+    wait: Wait = 0,
 ) -> Response:
     return document(await manager.wait(task_id, wait))
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from edgeplane.api.deps import ManagerDep
+from edgeplane.api.params import Limit, Offset
+from edgeplane.api.routing import JsonRoute
 from edgeplane.model import Page, Worker
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(prefix="/workers", tags=["workers"], route_class=JsonRoute)
 
 
 @router.get("", response_model=Page[Worker])
 async def list_workers(
     manager: ManagerDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Page[Worker]:
     workers = manager.workers()
     return Page[Worker](items=workers[offset : offset + limit], total=len(workers))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -337,8 +338,8 @@ def apply(
 @app.command("list")
 def list_apps(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
     """List applications with their state and ready instances."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -47,8 +48,8 @@ def _where(cluster: Cluster) -> Location | None:
 @app.command("list")
 def list_clusters(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
     """List clusters with their state and free capacity."""

@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 
 from edgeplane.cli import workflows
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import OutputOption
-from edgeplane.cli.workflows import FileArgument, LimitOption, OffsetOption, Runs, TimeoutOption
+from edgeplane.cli.workflows import FileArgument, Runs, TimeoutOption
 
 app = typer.Typer(
     help="Jobs: tasks from a YAML file run parallel, sequential or as a dag (`mode:`).",

@@ -17,6 +17,12 @@ import typer
 
 from edgeplane.cli.tasks import pairs
 from edgeplane.errors import Invalid
+from edgeplane.limits import (
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+)
 
 if TYPE_CHECKING:
     from edgeplane.config import Settings
@@ -47,6 +53,15 @@ SchedulerOption = Annotated[Scheduler | None, typer.Option(help="Placement strat
 HeartbeatOption = Annotated[
     float | None, typer.Option("--heartbeat-s", min=0.001, help="Worker heartbeat period, s.")
 ]
+LostGraceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lost-grace-s",
+        min=0,
+        help="Seconds a lost worker's host/container tasks wait for it to come back and "
+        "re-attach before they run elsewhere (default: heartbeat-s x 3; 0: none).",
+    ),
+]
 AllowHostOption = Annotated[
     bool | None,
     typer.Option(
@@ -67,6 +82,26 @@ ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
         "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+    ),
+]
+WasmMemoryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--wasm-memory-mb",
+        min=1,
+        max=MAX_MEMORY_MB,
+        help=f"Memory of a wasm task that sets no limits.memory_mb (default "
+        f"{DEFAULT_WASM_MEMORY_MB}).",
+    ),
+]
+WasmTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--wasm-timeout-s",
+        min=0.001,
+        max=MAX_TIMEOUT_S,
+        help=f"Running time of a wasm task (not a daemon) that sets no limits.timeout_s "
+        f"(default {DEFAULT_WASM_TIMEOUT_S:g}).",
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
@@ -142,6 +177,9 @@ def up(
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
     heartbeat_s: HeartbeatOption = None,
+    wasm_memory_mb: WasmMemoryOption = None,
+    wasm_timeout_s: WasmTimeoutOption = None,
+    lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
         typer.Option(
@@ -170,6 +208,9 @@ def up(
         "containers": containers,
         "images_dir": images_dir,
         "heartbeat_s": heartbeat_s,
+        "wasm_memory_mb": wasm_memory_mb,
+        "wasm_timeout_s": wasm_timeout_s,
+        "lost_grace_s": lost_grace_s,
         "log_level": log_level,
     }
     from edgeplane.roles.up import run_up
@@ -247,6 +288,7 @@ def manager(
         ),
     ] = None,
     heartbeat_s: HeartbeatOption = None,
+    lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -267,6 +309,7 @@ def manager(
         "scheduler": scheduler,
         "pack": pack,
         "heartbeat_s": heartbeat_s,
+        "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "log_level": log_level,
     }
@@ -305,6 +348,8 @@ def worker(
     images_dir: ImagesDirOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
+    wasm_memory_mb: WasmMemoryOption = None,
+    wasm_timeout_s: WasmTimeoutOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -320,6 +365,8 @@ def worker(
         "images_dir": images_dir,
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,
+        "wasm_memory_mb": wasm_memory_mb,
+        "wasm_timeout_s": wasm_timeout_s,
         "log_level": log_level,
     }
     if ctx.invoked_subcommand is not None:

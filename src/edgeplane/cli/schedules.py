@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -60,8 +61,8 @@ def print_schedule(schedule: Schedule, fmt: Format) -> None:
 @app.command("list")
 def list_schedules(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
     """List schedules with their cron, timezone and next run."""

@@ -50,27 +50,23 @@ def parse(path: Path, text: str) -> Any:
 
 
 def _parse_json(path: Path, text: str) -> Any:
-    import json
+    import orjson  # not json: it takes NaN, and nesting past the stack is a RecursionError
 
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise Invalid(
             f"{path}: bad JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
-    import yaml
+    from edgeplane import safeyaml
 
     try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise Invalid(f"{path}: bad YAML{where}: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise Invalid(f"{path}: bad YAML: {exc}") from None
+        return safeyaml.load(text, str(path))
+    except Invalid as exc:
+        raise Invalid(exc.detail) from None  # about the file, not a field of the spec
 
 
 def with_module(task: Any, index: int, base: Path, *, key: str = "tasks") -> Any:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption, PriorityOption, RetriesOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -83,8 +84,6 @@ TimeLimitOption = Annotated[
     float | None,
     typer.Option("--time-limit", min=0.001, help="Kill the task after S seconds of running."),
 ]
-RetriesOption = Annotated[int | None, typer.Option(min=-1, help="Extra attempts; -1 = forever.")]
-PriorityOption = Annotated[int | None, typer.Option(min=0, max=100, help="0-100, higher first.")]
 LabelOption = Annotated[
     list[str] | None, typer.Option("--label", help="k=v the worker must carry, repeatable.")
 ]
@@ -183,7 +182,24 @@ def task_spec(
     spec.update({k: v for k, v in optional.items() if v is not None})
     if labels := pairs(label, "--label"):
         spec["constraints"] = {"labels": labels}
+    _check(spec)
     return spec
+
+
+def _check(spec: dict[str, Any]) -> None:
+    """Validate against the API's own model (its bounds too), so a mistake is exit 2 before
+    any upload; ``file`` is still a path here (the client reads it)."""
+    from pydantic import ValidationError
+
+    from edgeplane.cli.specfile import field_path
+    from edgeplane.model import TaskSpec
+
+    try:
+        TaskSpec.model_validate({k: v for k, v in spec.items() if k != "file"})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = field_path(first["loc"])
+        raise Invalid(f"{where}: {first['msg']}", field=where) from None
 
 
 def _show_output(results: Any, stderr: str) -> None:
@@ -424,8 +440,8 @@ def list_tasks(
     state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
     job: Annotated[str | None, typer.Option(help="Only tasks of this job.")] = None,
     workflow: Annotated[str | None, typer.Option(help="Only tasks of this workflow.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
     """List tasks, oldest first."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -32,8 +33,8 @@ IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Worker id.")]
 @app.command("list")
 def list_workers(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: LimitOption = 100,
+    offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
     """List workers with their state, size and load."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgeplane.cli.options import LimitOption, OffsetOption
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -87,8 +88,6 @@ TimeoutOption = Annotated[
     float | None,
     typer.Option("--timeout", min=0, help="Stop waiting after S seconds (exit 1); it goes on."),
 ]
-LimitOption = Annotated[int, typer.Option(min=1, max=1000)]
-OffsetOption = Annotated[int, typer.Option(min=0)]
 
 
 # --- the tree -------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ A transient failure (worker lost, artifact missing, transient runtime error) goe
 
 from __future__ import annotations
 
+from typing import Any
+
+from edgeplane.errors import Conflict
 from edgeplane.model import Placement, Task
 from edgeplane.protocol import TaskEvent
 
@@ -24,7 +27,22 @@ def backoff_s(task: Task, base_s: float) -> float:
 
 
 def start(task: Task, now: float) -> Task:
+    """``task`` started; :class:`Conflict` when it has ended (cancelled before it started,
+    or finished): an ended task never runs again, make a new one."""
+    if task.terminal:
+        raise Conflict(f"task {task.id} has ended ({task.state}); it cannot start", field="id")
     return task.model_copy(update={"started": True, "reason": None, "updated_at": now})
+
+
+def patch(task: Task, changes: dict[str, Any], now: float) -> Task:
+    """``task`` with ``changes``; :class:`Conflict` once it has started or ended."""
+    if task.started or task.terminal:
+        what = "ended" if task.terminal else "started"
+        raise Conflict(
+            f"task {task.id} has {what} ({task.state}); only a task not started yet can change",
+            field="id",
+        )
+    return task.model_copy(update={**changes, "updated_at": now})
 
 
 def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:
@@ -112,6 +130,23 @@ def lose(task: Task, reason: str, now: float, backoff_base_s: float) -> Task:
         lost = Placement(cluster_id=task.cluster_id, outcome="lost", reason=reason, at=now)
         task = task.model_copy(update={"placements": [*task.placements, lost]})
     return _retry_or_fail(task, WORKER_LOST, reason, now, backoff_base_s)
+
+
+def late_end(task: Task, event: TaskEvent, now: float) -> Task | None:
+    """A member declared lost comes back and reports how an attempt really ended. When the
+    task failed ``worker_lost`` in that very attempt (no retries were left, so it was not
+    tried again), the report is the truth and replaces the loss: the root and a cluster,
+    or a manager and a worker, end up agreeing on what happened. None otherwise (the task
+    was tried again, or ended some other way: the report is stale)."""
+    if task.state != "failed" or task.error != WORKER_LOST or event.attempt != task.attempt:
+        return None
+    if event.state not in ("completed", "failed", "cancelled"):
+        return None
+    running = task.model_copy(update={"state": "running", "error": None, "finished_at": None})
+    ended = apply_event(running, event, now, 0.0)
+    if ended is None or not ended.terminal:
+        return None
+    return ended.model_copy(update={"reason": "reported by its worker after it was declared lost"})
 
 
 def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float) -> Task | None:

@@ -4,8 +4,10 @@ A member says hello (with the tasks it holds), beats ``alive`` every ``heartbeat
 publishes a last will through the broker. It is declared lost after ``missed_beats``
 periods of silence while the manager could hear, or by its will once that settled
 (``liveness.py``); its tasks then go back to the queue (retries left) or fail
-``worker_lost``. A member that says hello tells, by the tasks it reports, which of its
-tasks are gone and which it never received (sent again): ``liveness.judge_hello``.
+``worker_lost`` (a worker's host and container tasks only after a grace period,
+``grace.py``: they outlive a crashed worker, which re-attaches to them). A member that
+says hello tells, by the tasks it reports, which of its tasks are gone and which it never
+received (sent again): ``liveness.judge_hello``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from edgeplane.errors import NotFound
-from edgeplane.manager import lifecycle
+from edgeplane.manager import grace, lifecycle
 from edgeplane.manager.core import Core
 from edgeplane.manager.liveness import Liveness, judge_hello
 from edgeplane.manager.registry import WorkerEntry, reservation
@@ -44,6 +46,11 @@ class Membership:
         settings = core.settings
         self.liveness = Liveness(
             core.clock, heartbeat_s=settings.heartbeat_s, missed_beats=settings.missed_beats
+        )
+        #: lost members whose re-attachable tasks wait for them (not at the root, whose
+        #: members are clusters that re-place their own tasks)
+        self.grace = grace.Grace(
+            grace.grace_s(core.settings), hold_all=core.member == "cluster", member=core.member
         )
 
     # ------------------------------------------------------------------ restart
@@ -193,7 +200,11 @@ class Membership:
         entry = core.registry.get(member_id)
         if not alive.online:
             if entry is not None and entry.online and alive.session in ("", entry.session):
-                self.liveness.will(member_id)  # offline once it settles (liveness.py)
+                if alive.leaving:  # said by the member itself, not by the broker
+                    why = f"{core.member} {member_id} left"
+                    await self.mark_offline(entry, why, leaving=True)
+                else:
+                    self.liveness.will(member_id)  # offline once it settles (liveness.py)
             return
         if entry is None or alive.session != entry.session:
             await core.send(member_id, "reregister", Reregister(reason="unknown session"))
@@ -206,6 +217,10 @@ class Membership:
             update["state"] = "draining" if entry.draining else "online"
             log.info(f"{core.member} back online", extra={f"{core.member}_id": member_id})
             core.kick.set()
+            # Back in the same session: what was lost meanwhile runs elsewhere now.
+            surplus = grace.surplus(alive.active, entry.tasks)
+            if surplus:
+                await core.send(member_id, "task.stop", StopTasks(task_ids=surplus))
         entry.worker = entry.worker.model_copy(update=update)
         if alive.epoch != self._epoch or member_id in self.liveness.resync:
             return  # (resync: commands may have been dropped; its hello gets them again)
@@ -244,6 +259,13 @@ class Membership:
                     await self.mark_offline(entry, why)
                 except Exception:
                     log.exception("marking a member offline failed")
+            entries = core.registry.entries()
+            members = ((e.worker.id, e.online, bool(e.tasks)) for e in entries)
+            mono = core.clock.monotonic()
+            for member_id, reason in self.grace.expired(members, mono).items():
+                held = core.registry.get(member_id)
+                if held is not None:
+                    await self.lose_tasks(held, reason)
 
     async def link_up(self) -> None:
         """The manager's link (re)connected: members are judged afresh and, after a
@@ -281,7 +303,7 @@ class Membership:
         task = self.core.active.get(task_id)
         return task is not None and task.state != "scheduled"
 
-    async def mark_offline(self, entry: WorkerEntry, reason: str) -> None:
+    async def mark_offline(self, entry: WorkerEntry, reason: str, *, leaving: bool = False) -> None:
         core = self.core
         core.stats.lost_workers += 1
         self.liveness.forget(entry.worker.id)
@@ -291,7 +313,11 @@ class Membership:
         entry.worker = entry.worker.model_copy(update={"state": "offline"})
         entry.artifacts.clear()
         self.persist(entry.worker)
-        await self.lose_tasks(entry, reason)
+        mono, ids = core.clock.monotonic(), list(entry.tasks)
+        at_once = self.grace.lose_now(
+            entry.worker.id, ids, core.active, reason=reason, now=mono, leaving=leaving
+        )
+        await self.lose_tasks(entry, reason, only=at_once)
 
     async def lose_tasks(
         self, entry: WorkerEntry, reason: str, only: Sequence[str] | None = None

@@ -18,6 +18,7 @@ from edgeplane.errors import Conflict, NotFound, Unavailable
 from edgeplane.manager.facade import Facade
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Schedule, TaskSpec
+from edgeplane.model.bounds import STORED
 from edgeplane.model.task import CatchUp
 from edgeplane.schedules import due_slots, next_slot, parse, run_id
 
@@ -116,12 +117,13 @@ class Schedules:
             rid = run_id(schedule.id, slot)
             try:
                 if schedule.kind == "task":
-                    body = TaskSpec.model_validate({**schedule.spec, "start": True})
+                    # checked when the schedule came in; an older version's may be bigger
+                    body = TaskSpec.model_validate({**schedule.spec, "start": True}, context=STORED)
                     tasks = await self.manager.admit([body], ids=[rid], batch=False)
                     tasks = [t.model_copy(update={"schedule_id": schedule.id}) for t in tasks]
                     await self.manager.submit(tasks, origin="schedule")
                 else:
-                    job = JobSpec.model_validate({**schedule.spec, "start": True})
+                    job = JobSpec.model_validate({**schedule.spec, "start": True}, context=STORED)
                     await self.workflows.create(job, "job", run_id=rid, schedule_id=schedule.id)
                 fired += 1
             except Conflict:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from edgeplane import clock as clocks
-from edgeplane.errors import Conflict, NotFound
+from edgeplane.errors import NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
@@ -41,7 +41,7 @@ class TaskService:
     ) -> list[Task]:
         """Task documents for valid specs (started when ``start`` is set), not yet stored;
         their modules are stored. :class:`Invalid` names the first bad field."""
-        admitted = admit_many(
+        admitted = await admit_many(
             specs,
             ids=ids if ids is not None else [clocks.new_id() for _ in specs],
             now=self.core.clock.now(),
@@ -201,11 +201,9 @@ class TaskService:
     # ------------------------------------------------------------------ changing
     async def start_task(self, task_id: str) -> Task:
         task = await self._working(task_id)
-        if task.started:
-            if task.terminal:
-                raise Conflict(f"task {task_id} already ended ({task.state})", field="id")
+        if task.started and not task.terminal:
             return task
-        task = lifecycle.start(task, self.core.clock.now())
+        task = lifecycle.start(task, self.core.clock.now())  # Conflict once it has ended
         self.core.pending.put(task)
         written = self.core.journal.write([task])
         self.core.kick.set()
@@ -234,12 +232,10 @@ class TaskService:
 
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
         task = await self._working(task_id)
-        if task.started:
-            raise Conflict(f"task {task_id} has started; only new tasks can change", field="id")
         changes = patch.model_dump(exclude_unset=True)
         if "limits" in changes:
             changes["limits"] = patch.limits
-        task = task.model_copy(update={**changes, "updated_at": self.core.clock.now()})
+        task = lifecycle.patch(task, changes, self.core.clock.now())  # Conflict once started
         await self.core.journal.settle(self.core.journal.write([task]))
         return task
 
@@ -256,11 +252,14 @@ class TaskService:
         entry = core.registry.get(member_id)
         changed: dict[str, Task] = {}
         acks: list[EventKey] = []
+        late: list[TaskEvent] = []
         for event in events:
             core.stats.events += 1
             if event.state != "running":
                 acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
             task = core.active.get(event.task_id)
+            if task is None and event.state in ("completed", "failed", "cancelled"):
+                late.append(event)
             if task is None or core.level.member_of(task) != member_id:
                 continue
             new = lifecycle.apply_event(task, event, now, core.settings.retry_backoff_s)
@@ -275,6 +274,10 @@ class TaskService:
                 entry.tasks.pop(new.id, None)
             if new.state == "pending":
                 core.pending.put(new)
+        for event in late:
+            truth = await self._late_end(member_id, event, now)
+            if truth is not None:
+                changed[truth.id] = truth
         if changed:
             core.kick.set()
 
@@ -287,6 +290,22 @@ class TaskService:
                 await core.send(member_id, "task.ack", AckEvents(keys=acks), qos=0)
 
         core.journal.write(changed.values(), then=after)
+
+    async def _late_end(self, member_id: str, event: TaskEvent, now: float) -> Task | None:
+        """See :func:`lifecycle.late_end` (most such events are resent duplicates of ends
+        already recorded: those are answered from memory, without a store read)."""
+        task = self._current(event.task_id)
+        if task is None:
+            task = await self.core.store.get_task(event.task_id)
+        if task is None or self.core.level.member_of(task) != member_id:
+            return None
+        truth = lifecycle.late_end(task, event, now)
+        if truth is not None:
+            log.info(
+                "a lost task's real end reported",
+                extra={"task_id": truth.id, "state": truth.state, "member": member_id},
+            )
+        return truth
 
     def resolve(self, tasks: Iterable[Task]) -> None:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""

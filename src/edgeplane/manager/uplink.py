@@ -47,6 +47,7 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
@@ -109,6 +110,7 @@ class Uplink:
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
+        self._attached = False
         self.root_url = root_url
         self.link = self._new_link()
 
@@ -132,17 +134,26 @@ class Uplink:
         """Register with the root (again: a restart is a new session)."""
         if self._loops:
             raise RuntimeError("uplink already started")
-        for task in await self.manager.documents.unfinished_tasks():
-            owner = task.metadata.get(ROOT_TASK)
-            if isinstance(owner, str):
-                self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
-        self.manager.on_commit(self._on_commit)
+        await self.attach()
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
             asyncio.create_task(self.events.run(), name="uplink-events"),
             asyncio.create_task(self._aggregate_loop(), name="uplink-aggregate"),
         ]
+
+    async def attach(self) -> None:
+        """Know the root's unfinished tasks here and follow their commits. A restarted
+        cluster manager does this before its manager starts: the results its workers kept
+        while it was down are committed then, and must go up to the root."""
+        if self._attached:
+            return
+        for task in await self.manager.documents.unfinished_tasks():
+            owner = task.metadata.get(ROOT_TASK)
+            if isinstance(owner, str):
+                self._owned[task.id] = (owner, int(task.metadata.get("root_attempt", 1)))
+        self.manager.on_commit(self._on_commit)
+        self._attached = True
 
     async def stop(self) -> None:
         """Leave the root: it sees this cluster offline at once."""
@@ -165,6 +176,7 @@ class Uplink:
         self._loops = []
         await self.link.stop()
         self.manager.off_commit(self._on_commit)
+        self._attached = False
         self.session = clocks.new_id()
         self.registered.clear()
         self.link = self._new_link()
@@ -251,6 +263,12 @@ class Uplink:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
             await self._accept(body.tasks)
+            for bad in body.unrunnable:  # that task fails, the others run (as on a worker)
+                if (bad.task_id, bad.attempt) not in self._seen:
+                    self._seen[(bad.task_id, bad.attempt)] = None
+                    self._final(bad, TaskEvent(task_id="", attempt=0, state="failed"), bad.reason)
+            if body.unreadable:
+                self.bad_messages += 1
         elif isinstance(body, StopTasks):
             await self._stop(body.task_ids)
         elif isinstance(body, AckEvents):
@@ -293,7 +311,7 @@ class Uplink:
         if admitted:
             await self.manager.submit(admitted, origin="root")
 
-    def _final(self, spec: Assignment, event: TaskEvent, error: str) -> None:
+    def _final(self, spec: Assignment | Unrunnable, event: TaskEvent, error: str) -> None:
         event = event.model_copy(
             update={
                 "task_id": spec.task_id,
@@ -336,13 +354,14 @@ class Uplink:
         return wanted if labels == wanted.labels else wanted.model_copy(update={"labels": labels})
 
     async def _admit(self, spec: Assignment) -> list[Task]:
-        data: bytes | None = None
-        if spec.artifact_b64 is not None:
-            data = base64.b64decode(spec.artifact_b64)
-        elif spec.artifact is not None:
+        # The module goes to admission as the root sent it (admission checks it, off the
+        # loop when it is big); one the cluster keeps already is encoded in a thread.
+        file = spec.artifact_b64
+        if file is None and spec.artifact is not None:
             data = await self.manager.artifact(spec.artifact)
             if data is None:
                 raise Invalid(f"artifact {spec.artifact} is missing", field="artifact")
+            file = (await asyncio.to_thread(base64.b64encode, data)).decode()
         constraints = self._local(spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
@@ -351,7 +370,7 @@ class Uplink:
             runtime=spec.runtime,
             mode=spec.mode,
             export=spec.entrypoint or None,
-            file=base64.b64encode(data).decode() if data is not None else None,
+            file=file,
             inputs=spec.inputs,
             cli_args=spec.cli_args,
             env=spec.env,

@@ -5,11 +5,13 @@ restart policy; each replica is an *instance*, run as a daemon task placed by th
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeplane.limits import MAX_REPLICAS, MAX_SERVICES
+from edgeplane.model.bounds import Cpus, JsonObject, MemoryMb, Name
 from edgeplane.model.task import TaskSpec, TaskState
 
 RestartPolicy = Literal["always", "on-failure", "never"]
@@ -21,16 +23,16 @@ _NOT_IN_REVISION = {"replicas", "restart", "start", "metadata"}
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cpu: float | None = Field(default=None, ge=0)
-    memory_mb: int | None = Field(default=None, ge=0)
-    storage_mb: int | None = Field(default=None, ge=0)
+    cpu: Cpus | None = None
+    memory_mb: MemoryMb | None = None
+    storage_mb: MemoryMb | None = None
 
 
 class ServiceSpec(TaskSpec):
     """One service of an application: a task body plus how many and how to keep them."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
-    replicas: int = Field(default=1, ge=0, le=10_000)
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = "always"
 
@@ -45,9 +47,9 @@ class ApplicationSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(min_length=1, max_length=128)
-    services: list[ServiceSpec] = Field(min_length=1)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    name: Name = Field(min_length=1, max_length=128)
+    services: list[ServiceSpec] = Field(min_length=1, max_length=MAX_SERVICES)
+    metadata: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_services(self) -> ApplicationSpec:

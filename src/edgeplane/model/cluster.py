@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeplane.errors import Invalid
+from edgeplane.limits import MAX_RADIUS_KM
 
 ClusterState = Literal["online", "offline"]
 
@@ -38,7 +39,7 @@ def parse_location(text: str) -> Location | None:
 class GeoConstraint(Location):
     """Place only on clusters whose location lies within ``radius_km`` of this point."""
 
-    radius_km: float = Field(gt=0)
+    radius_km: float = Field(gt=0, le=MAX_RADIUS_KM)
 
 
 class FreeStats(BaseModel):

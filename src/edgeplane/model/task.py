@@ -4,8 +4,40 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
+from edgeplane.limits import (
+    MAX_CPU_SHARES,
+    MAX_FUEL,
+    MAX_ITEMS,
+    MAX_MEMORY_MB,
+    MAX_PIDS,
+    MAX_RUN_TASKS,
+    MAX_TIMEOUT_S,
+)
+from edgeplane.model.bounds import (
+    Args,
+    Cpus,
+    Cron,
+    Env,
+    JsonArray,
+    JsonObject,
+    Labels,
+    MemoryMb,
+    Name,
+    Priority,
+    Refs,
+    Retries,
+    Timezone,
+    Url,
+)
 from edgeplane.model.cluster import GeoConstraint
 
 Runtime = Literal["wasm", "host", "container"]
@@ -21,24 +53,31 @@ ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
 
 
 class Limits(BaseModel):
+    """What one attempt may use. Ranges are checked wherever limits come in (API, CLI, a
+    worker's ``task.start``); a stored task document is loaded as it is (see
+    :meth:`Task._stored_limits`)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    timeout_s: float | None = Field(default=None, gt=0)
-    fuel: int | None = Field(default=None, ge=1)
-    memory_mb: int | None = Field(default=None, ge=1)
-    cpu_shares: int | None = Field(default=None, ge=2)
-    pids: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    fuel: int | None = Field(default=None, ge=1, le=MAX_FUEL)
+    memory_mb: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MB)
+    cpu_shares: int | None = Field(default=None, ge=2, le=MAX_CPU_SHARES)
+    pids: int | None = Field(default=None, ge=1, le=MAX_PIDS)
+
+
+_LIMITS = frozenset(Limits.model_fields)
 
 
 class Constraints(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     tee: Literal["any", "required", "none"] = "any"
-    cpu: float | None = Field(default=None, ge=0)
-    memory_mb: int | None = Field(default=None, ge=0)
+    cpu: Cpus | None = None
+    memory_mb: MemoryMb | None = None
     #: root placement only: allowed clusters (empty: any) and a geo point with a radius
-    clusters: list[str] = Field(default_factory=list)
+    clusters: Refs = Field(default_factory=list)
     geo: GeoConstraint | None = None
 
 
@@ -48,8 +87,18 @@ class InputRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1)
-    index: int = Field(default=0, ge=0)
+    task: Name = Field(min_length=1)
+    index: int = Field(default=0, ge=0, le=MAX_ITEMS)
+
+
+#: The default of a :class:`TaskPatch` field: never validated (a field left out is not set,
+#: ``model_dump(exclude_unset=True)`` leaves it out) and not shown in the schema.
+_UNSET: Any = None
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
 
 
 class TaskSpec(BaseModel):
@@ -57,32 +106,33 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(default="", max_length=256)
+    name: Name = ""
     runtime: Runtime = "wasm"
     mode: WasmMode = "function"
-    export: str | None = None
+    export: Name | None = None
+    #: bounded by the body limit only (``Settings.max_body_mb``)
     file: str | None = Field(default=None, description="base64 of a .wasm module")
-    image_url: str | None = None
-    inputs: list[Any] = Field(default_factory=list)
-    cli_args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    command: list[str] | None = None
-    image: str | None = None
+    image_url: Url | None = None
+    inputs: JsonArray = Field(default_factory=list)
+    cli_args: Args = Field(default_factory=list)
+    env: Env = Field(default_factory=dict)
+    command: Args | None = None
+    image: Name | None = None
     limits: Limits = Field(default_factory=Limits)
-    retries: int = Field(default=0, ge=-1)
-    priority: int = Field(default=50, ge=0, le=100)
+    retries: Retries = 0
+    priority: Priority = 50
     constraints: Constraints = Field(default_factory=Constraints)
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: Refs = Field(default_factory=list)
     run_if: RunIf = "success"
     #: appended to ``inputs`` when the task starts, from its dependencies' results
-    inputs_from: list[InputRef] = Field(default_factory=list)
-    schedule: str | None = None
-    timezone: str = "UTC"
+    inputs_from: list[InputRef] = Field(default_factory=list, max_length=MAX_RUN_TASKS)
+    schedule: Cron | None = None
+    timezone: Timezone = "UTC"
     catch_up: CatchUp = "last"
     daemon: bool = False
-    worker_id: str | None = None
-    cluster_id: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    worker_id: Name | None = None
+    cluster_id: Name | None = None
+    metadata: JsonObject = Field(default_factory=dict)
     start: bool = False
 
     @field_validator("inputs_from", mode="before")
@@ -92,18 +142,19 @@ class TaskSpec(BaseModel):
 
 
 class TaskPatch(BaseModel):
-    """Fields a user may change on a task that has not started yet."""
+    """Fields a user may change on a task that has not started yet. A field left out stays
+    as it is; none may be null (the task document has no null for any of them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_defaults)
 
-    name: str | None = Field(default=None, max_length=256)
-    inputs: list[Any] | None = None
-    cli_args: list[str] | None = None
-    env: dict[str, str] | None = None
-    limits: Limits | None = None
-    retries: int | None = Field(default=None, ge=-1)
-    priority: int | None = Field(default=None, ge=0, le=100)
-    metadata: dict[str, Any] | None = None
+    name: Name = _UNSET
+    inputs: JsonArray = _UNSET
+    cli_args: Args = _UNSET
+    env: Env = _UNSET
+    limits: Limits = _UNSET
+    retries: Retries = _UNSET
+    priority: Priority = _UNSET
+    metadata: JsonObject = _UNSET
 
 
 class TaskResults(BaseModel):
@@ -190,6 +241,20 @@ class Task(BaseModel):
     #: root only: every placement attempt, and the clusters that rejected the current one
     placements: list[Placement] = Field(default_factory=list)
     rejected_by: list[str] = Field(default_factory=list)
+
+    @field_validator("limits", mode="wrap")
+    @classmethod
+    def _stored_limits(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Limits:
+        """Limits out of range are kept as stored: a task stored before :class:`Limits` had
+        ranges must still load (nothing in the store may stop a manager from starting),
+        and the worker that gets it rejects that attempt, naming the field."""
+        try:
+            limits: Limits = handler(value)
+        except ValidationError:
+            if not isinstance(value, dict):
+                raise
+            return Limits.model_construct(**{k: v for k, v in value.items() if k in _LIMITS})
+        return limits
 
     @property
     def terminal(self) -> bool:

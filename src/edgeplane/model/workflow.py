@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeplane.limits import MAX_RUN_TASKS
+from edgeplane.model.bounds import Cron, JsonObject, Name, Timezone
 from edgeplane.model.task import CatchUp, Task, TaskSpec
 
 JobMode = Literal["parallel", "sequential", "dag"]
@@ -20,14 +22,14 @@ class WorkflowSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(default="", max_length=256)
-    tasks: list[TaskSpec] = Field(min_length=1)
+    name: Name = ""
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_RUN_TASKS)
     fail_fast: bool = False
     start: bool = True
-    schedule: str | None = None
-    timezone: str = "UTC"
+    schedule: Cron | None = None
+    timezone: Timezone = "UTC"
     catch_up: CatchUp = "last"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class JobSpec(WorkflowSpec):

@@ -12,6 +12,7 @@ from edgeplane.protocol.messages import (
     StopTasks,
     TaskEvent,
     TaskEvents,
+    Unrunnable,
     Welcome,
     parse_body,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "TaskEvent",
     "TaskEvents",
     "Topics",
+    "Unrunnable",
     "Welcome",
     "decode",
     "encode",

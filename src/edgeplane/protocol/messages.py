@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
 
 from edgeplane.errors import Invalid
 from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, Limits, Usage
@@ -46,6 +53,9 @@ class Alive(_Body):
     """worker → manager heartbeat; the broker's last will sends ``online=False``."""
 
     online: bool = True
+    #: with ``online=False``: sent by a worker that stopped its tasks as it left (not its
+    #: last will): none of them will come back, so the manager re-places them at once
+    leaving: bool = False
     session: str = ""
     active: list[str] = Field(default_factory=list)
     usage: Usage | None = None
@@ -83,10 +93,72 @@ class Assignment(_Body):
     pinned_worker: str | None = None
 
 
+class Unrunnable(_Body):
+    """An assignment of a ``task.start`` that did not validate: the receiver fails that
+    attempt with ``reason`` and runs the others."""
+
+    task_id: str
+    attempt: int
+    reason: str
+
+
 class StartTasks(_Body):
     tasks: list[Assignment]
     epoch: str = ""
     seq: int = 0
+    #: filled when parsing, never sent: assignments that did not validate but name their
+    #: task and attempt (the receiver fails them), and how many did not even name those
+    #: (the receiver counts them as bad messages)
+    unrunnable: list[Unrunnable] = Field(default_factory=list, exclude=True)
+    unreadable: int = Field(default=0, exclude=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _each_assignment(cls, data: Any, handler: ModelWrapValidatorHandler[StartTasks]) -> Any:
+        """One bad assignment must not cost the others (a command carries up to slots x
+        prefetch tasks): when the command does not validate whole, each assignment is
+        validated alone."""
+        try:
+            return handler(data)
+        except ValidationError:
+            if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+                raise
+        good: list[Assignment] = []
+        bad: list[Unrunnable] = []
+        unreadable = 0
+        for raw in data["tasks"]:
+            try:
+                good.append(Assignment.model_validate(raw))
+            except ValidationError as exc:
+                named = _named(raw)
+                if named is None:
+                    unreadable += 1
+                else:
+                    bad.append(Unrunnable(task_id=named[0], attempt=named[1], reason=_why(exc)))
+        body = handler({**data, "tasks": good})
+        body.unrunnable, body.unreadable = bad, unreadable
+        return body
+
+
+def _named(raw: Any) -> tuple[str, int] | None:
+    """The task id and attempt of a raw assignment, when it names them properly."""
+    if not isinstance(raw, dict):
+        return None
+    task_id, attempt = raw.get("task_id"), raw.get("attempt")
+    if isinstance(task_id, str) and task_id and type(attempt) is int:
+        return task_id, attempt
+    return None
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    """Where (``limits.fuel``) and what of a validation's first error."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), first["msg"]
+
+
+def _why(exc: ValidationError) -> str:
+    where, what = _first_error(exc)
+    return f"bad assignment: {where}: {what}"
 
 
 class StopTasks(_Body):
@@ -157,6 +229,5 @@ def parse_body(type_: str, body: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Invalid(f"bad {type_} body: {where}: {first['msg']}", field=where) from None
+        where, what = _first_error(exc)
+        raise Invalid(f"bad {type_} body: {where}: {what}", field=where) from None

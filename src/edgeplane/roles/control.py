@@ -26,6 +26,9 @@ from edgeplane.transport import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
+#: The file in the data dir that ``up`` and ``root`` write the API's URL to.
+ENDPOINT_FILE = "endpoint"
+
 
 async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
@@ -102,6 +105,8 @@ class ControlPlane:
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
         )
+        if self.uplink is not None:
+            await self.uplink.attach()  # before the manager commits anything (see attach)
         await self.manager.start()
         await self.workflows.start()
         await self.schedules.start()

@@ -7,9 +7,8 @@ import contextlib
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane, start_broker
+from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.roles.up import ENDPOINT_FILE
 
 
 async def run_root(settings: Settings) -> None:

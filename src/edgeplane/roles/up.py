@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane, start_broker
+from edgeplane.modules import process_cache
+from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
 from edgeplane.worker import WorkerAgent
-
-ENDPOINT_FILE = "endpoint"
 
 
 @dataclass
@@ -42,6 +41,9 @@ async def _workers(
     stack: contextlib.AsyncExitStack, settings: Settings, broker_url: str
 ) -> list[WorkerAgent]:
     agents = []
+    # One module cache for the process: a module compiled when its task was admitted is
+    # not compiled again by the worker that runs it.
+    modules = process_cache(settings.data_dir / "modules")
     for n in range(1, settings.workers + 1):
         worker_id = f"{settings.cluster_id}-{n}"
         agent = build_worker(
@@ -49,6 +51,7 @@ async def _workers(
             broker_url=broker_url,
             worker_id=worker_id,
             data_dir=settings.data_dir / "workers" / worker_id,
+            modules=modules,
         )
         await agent.start()
         stack.push_async_callback(agent.stop)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
+from edgeplane.modules import ModuleCache
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.runtimes import available_runtimes
+from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
@@ -32,14 +33,27 @@ def build_worker(
     worker_id: str,
     data_dir: Path,
     labels: Mapping[str, str] | None = None,
+    modules: ModuleCache | None = None,
 ) -> WorkerAgent:
+    """A worker with the runtimes ``settings`` allow. Its wasm modules come from
+    ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
     runtimes = available_runtimes(
         allow_host=settings.allow_host,
         cache_dir=data_dir / "modules",
         data_dir=data_dir,
         allow_containers=settings.containers,
         images_dir=settings.images_dir,
+        modules=modules,
+        wasm_memory_mb=settings.wasm_memory_mb,
+        wasm_timeout_s=settings.wasm_timeout_s,
     )
+    # What this worker no longer offers may still have attempts left by an earlier run of
+    # it (started with --allow-host, now without): those are found and stopped at start.
+    cleaners: dict[str, Runtime] = {}
+    if "host" not in runtimes:
+        cleaners["host"] = HostRuntime()
+    if "container" not in runtimes:
+        cleaners["container"] = ContainerRuntime(data_dir, settings.images_dir)
     options = WorkerOptions(
         worker_id=worker_id,
         broker_url=broker_url,
@@ -51,7 +65,7 @@ def build_worker(
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
     )
-    return WorkerAgent(options, runtimes)
+    return WorkerAgent(options, runtimes, cleaners=cleaners)
 
 
 async def run_worker(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
-from edgeplane.manager.admission import admit
+from edgeplane.manager.admission import admit, inspect_modules
 from edgeplane.manager.facade import Facade
 from edgeplane.model import (
     ACTIVE_STATES,
@@ -31,6 +31,7 @@ from edgeplane.model import (
     Task,
     TaskSpec,
 )
+from edgeplane.model.bounds import STORED
 from edgeplane.root.reconcile import Actions, Create, desired_of, reconcile
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def instance_spec(app: Application, service: ServiceSpec, create: Create) -> Tas
             "schedule": None,
             "depends_on": [],
             "metadata": metadata,
-        }
+        },
+        context=STORED,  # its descriptor was checked when it came in; an older one may be bigger
     )
 
 
@@ -151,20 +153,24 @@ class Applications:
             self._update(app, instance, await self.manager.get(instance.task_id))
 
     # ------------------------------------------------------------------ user calls
-    def _check(self, spec: ApplicationSpec) -> None:
+    async def _check(self, spec: ApplicationSpec) -> None:
         """Refuse a descriptor whose services could never start (a 422 naming the service),
         instead of accepting it and failing its instances forever."""
         probe = Application(id="check", name=spec.name, spec=spec)
-        for index, service in enumerate(spec.services):
-            task = instance_spec(probe, service, Create(service.name, 0, "", 0, None))
+        tasks = [
+            instance_spec(probe, service, Create(service.name, 0, "", 0, None))
+            for service in spec.services
+        ]
+        modules = await inspect_modules(tasks)  # compiled off the loop
+        for index, task in enumerate(tasks):
             try:
-                admit(task, task_id="check", now=0.0, cluster_id=None)
+                admit(task, task_id="check", now=0.0, cluster_id=None, modules=modules)
             except Invalid as exc:
                 where = f"services[{index}]" + (f".{exc.field}" if exc.field else "")
                 raise Invalid(exc.detail, field=where) from None
 
     async def create(self, spec: ApplicationSpec) -> Application:
-        self._check(spec)
+        await self._check(spec)
         now = self.clock.now()
         app = Application(
             id=clocks.new_id(), name=spec.name, spec=spec, created_at=now, updated_at=now
@@ -177,7 +183,7 @@ class Applications:
         return app
 
     async def replace(self, app_id: str, spec: ApplicationSpec) -> Application:
-        self._check(spec)
+        await self._check(spec)
         app = self.get(app_id)
         app = app.model_copy(
             update={

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
+from edgeplane.modules import ModuleCache, process_cache
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
 from edgeplane.runtimes.container import ContainerRuntime
 from edgeplane.runtimes.fake import FakeRuntime
 from edgeplane.runtimes.host import HostRuntime
-from edgeplane.runtimes.modules import (
-    CompiledModule,
-    FuncSig,
-    ModuleCache,
-    check_call,
-    inspect_module,
-    make_engine,
-)
+from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.wasm import WasmRuntime
 
 
@@ -27,15 +22,26 @@ def available_runtimes(
     data_dir: Path | None = None,
     allow_containers: bool = False,
     images_dir: Path | None = None,
+    modules: ModuleCache | None = None,
+    wasm_memory_mb: int | None = None,
+    wasm_timeout_s: float | None = None,
 ) -> dict[str, Runtime]:
     """The runtimes this machine can run, by name: wasm always, host only when allowed,
     container when allowed, given a ``data_dir`` for its bundles and usable (runc, root).
 
-    ``cache_dir`` keeps compiled wasm modules across restarts (in ``cache_dir/wasm``);
-    container images come from ``images_dir`` (default ``data_dir/images``).
+    Compiled wasm modules come from ``modules`` (default: this process's cache, keeping
+    them across restarts in ``cache_dir/wasm``); wasm tasks that give no limits get
+    ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults); container
+    images come from ``images_dir`` (default ``data_dir/images``).
     """
+    if modules is None:
+        modules = process_cache(None if cache_dir is None else cache_dir / "wasm")
     candidates: list[Runtime] = [
-        WasmRuntime(cache_dir=None if cache_dir is None else cache_dir / "wasm")
+        WasmRuntime(
+            modules=modules,
+            default_memory_mb=wasm_memory_mb or DEFAULT_WASM_MEMORY_MB,
+            default_timeout_s=wasm_timeout_s or DEFAULT_WASM_TIMEOUT_S,
+        )
     ]
     if allow_host:
         candidates.append(HostRuntime())
@@ -46,19 +52,14 @@ def available_runtimes(
 
 __all__ = [
     "MAX_LOG_CHARS",
-    "CompiledModule",
     "ContainerRuntime",
     "FakeRuntime",
-    "FuncSig",
     "Handle",
     "HostRuntime",
-    "ModuleCache",
     "Outcome",
     "OutcomeState",
+    "RunSpec",
     "Runtime",
     "WasmRuntime",
     "available_runtimes",
-    "check_call",
-    "inspect_module",
-    "make_engine",
 ]

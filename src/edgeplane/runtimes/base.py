@@ -1,7 +1,7 @@
 """The one runtime interface (DESIGN §6.2), modelled on Nomad's task drivers.
 
-A runtime turns an :class:`~edgeplane.protocol.Assignment` into a running unit of work and
-reports an :class:`Outcome`. Every runtime passes the shared conformance suite in
+A runtime turns a :class:`~edgeplane.runtimes.spec.RunSpec` into a running unit of work
+and reports an :class:`Outcome`. Every runtime passes the shared conformance suite in
 ``tests/integration/test_runtime_conformance.py``.
 """
 
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from edgeplane.protocol import Assignment
+from edgeplane.runtimes.spec import RunSpec
 
 OutcomeState = Literal["completed", "failed", "cancelled"]
 
@@ -44,14 +44,18 @@ class Handle:
 
 class Runtime(ABC):
     name: ClassVar[str]
+    #: Whether an attempt outlives the worker process that started it (host and container
+    #: tasks do; in-process wasm calls die with it), so a restarted worker can re-attach.
+    recoverable: ClassVar[bool] = False
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any] | None:
         """What this runtime offers on this machine, or None when it cannot run here."""
 
     @abstractmethod
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
-        """Start one attempt. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+        """Start one attempt; ``artifact`` holds the bytes of ``spec.artifact`` when the
+        worker has them. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
 
     @abstractmethod
     async def wait(self, handle: Handle) -> Outcome:
@@ -71,7 +75,9 @@ class Runtime(ABC):
 
     @abstractmethod
     async def recover(self, state: dict[str, Any]) -> Handle | None:
-        """Re-attach to an attempt started by a previous worker process, if still alive."""
+        """Re-attach to an attempt a previous worker process started, given its handle's
+        ``state``: a handle whose ``wait`` says how the attempt ends (or how it ended while
+        no worker watched it), or None when nothing of the attempt is left."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runtime holds (threads, caches)."""

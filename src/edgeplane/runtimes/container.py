@@ -4,9 +4,10 @@ Each attempt gets a bundle ``<data>/containers/bundles/<id>`` holding its ``conf
 (``bundle.py``: read-only shared rootfs from ``images.py``, tmpfs ``/tmp``, no network,
 cgroup limits) and its ``stdout``/``stderr`` files, and runs as ``runc --root
 <data>/containers/runc run --bundle B <id>`` in the foreground, so runc's exit status is the
-container's. Output goes to files rather than pipes (as for host tasks): a worker restarted
-after a crash re-attaches (:meth:`ContainerRuntime.recover`) and still reads everything the
-attempt printed.
+container's. Output goes to files rather than pipes (as for host tasks), and ``runc run``
+runs under the shell of ``supervised.spawn``, which writes its exit status to the bundle:
+a worker restarted after a crash re-attaches (:meth:`ContainerRuntime.recover`), still
+reads everything the attempt printed and learns how it ended.
 
 Timeout and stop are the sequence of ``supervised.py`` through ``runc kill``: SIGTERM to the
 container's init, SIGKILL after ``grace_s`` (the init of a pid namespace ignores SIGTERM
@@ -35,13 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
+
 from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
 from edgeplane.runtimes.images import ImageStore
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, spawn
+from edgeplane.runtimes.spec import RunSpec
+from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ def find_runc() -> str | None:
 
 @dataclass(eq=False, kw_only=True)
 class _Container(Attempt):
-    """One attempt: ``process`` is its ``runc run``, ``dir`` its bundle, ``pid`` the
-    container's init (known after a recover only)."""
+    """One attempt: ``process`` is the shell running its ``runc run``, ``dir`` its bundle;
+    after a recover ``pid`` is that shell (or the container's init when the shell is gone
+    and the container still runs)."""
 
     cid: str
     cpu: tuple[float, float] | None = None  # (cpu ns, wall s) of the last stats sample
@@ -118,7 +122,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             self._version = first.removeprefix("runc version ").strip()
         return {"engine": "runc", "version": self._version, "images": self.images.names()}
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.image:
             raise TaskFailure("a container task needs 'image'", field="image")
         self._claim(spec)
@@ -147,6 +151,9 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         except OSError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
             raise TaskFailure(f"cannot run runc: {exc.strerror or exc}", field="runtime") from None
+        container.pid = container.process.pid
+        with contextlib.suppress(psutil.Error):
+            container.created = psutil.Process(container.pid).create_time()
         self._adopt(container)
         log.debug("container started", extra={"task_id": spec.task_id, "container": cid})
         return Handle(spec.task_id, spec.attempt, self.name, self._state(container))
@@ -172,29 +179,39 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         return {"cpu_percent": cpu_percent, "memory_mb": memory / _MIB, "processes": pids}
 
     async def recover(self, state: dict[str, Any]) -> Handle | None:
-        """Re-attach to a container a previous worker process started, if it still runs.
+        """Re-attach to an attempt a previous worker process started.
 
-        Its exit status cannot be learnt (its ``runc run`` is not our child), so a recovered
-        attempt that ends on its own is ``failed`` with its logs, as for host tasks. A
-        container that is no longer running is deleted with its bundle and None returned.
+        While the shell running its ``runc run`` lives, that shell is polled; once it has
+        ended, the outcome comes from the exit status it recorded in the bundle and the
+        logs there, as for host tasks. When only the container is left running (its
+        ``runc run`` was killed), its init is polled and its exit status is unknown.
+        None when nothing of the attempt is left: its container is deleted if runc still
+        has it.
         """
         try:
-            spec = Assignment.model_validate(state["spec"])
+            # an older version's state holds a whole Assignment: RunSpec ignores the rest
+            spec = RunSpec.model_validate(state["spec"])
             cid, bundle = str(state["container"]), Path(state["bundle"])
             deadline = state.get("deadline")
+            pid, created = int(state.get("pid", 0)), float(state.get("create_time", 0.0))
         except (KeyError, TypeError, ValueError):
             return None
-        try:
-            current = json.loads(await self._call("state", cid))
-            running, pid = current.get("status") == "running", int(current.get("pid", 0))
-        except (ValueError, TypeError, AttributeError):
-            running, pid = False, 0
-        if not running or pid <= 0:
+        if not process_alive(pid, created):
+            pid, created = 0, 0.0
+            try:
+                current = json.loads(await self._call("state", cid))
+                if current.get("status") == "running":
+                    pid = int(current.get("pid", 0))
+            except (ValueError, TypeError, AttributeError):
+                pass
+        if pid <= 0 and not await asyncio.to_thread(bundle.is_dir):
             await self._call("delete", "--force", cid)
-            await asyncio.to_thread(shutil.rmtree, bundle, True)
             return None
         loop = asyncio.get_running_loop()
-        self._adopt(_Container(spec, bundle, loop.create_future(), deadline, pid=pid, cid=cid))
+        container = _Container(
+            spec, bundle, loop.create_future(), deadline, pid=pid, created=created, cid=cid
+        )
+        self._adopt(container)
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
@@ -254,4 +271,6 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             "container": container.cid,
             "bundle": str(container.dir),
             "deadline": container.deadline,
+            "pid": container.pid,
+            "create_time": container.created,
         }

@@ -1,6 +1,6 @@
 """A deterministic in-memory runtime for manager, scheduler and worker tests.
 
-The assignment's ``entrypoint`` (or ``name`` when empty) picks the behaviour:
+The spec's ``entrypoint`` (or ``name`` when empty) picks the behaviour:
 
 - ``fail``: ``failed`` with error ``fake failure``
 - ``transient``: ``failed`` with ``transient=True``
@@ -15,24 +15,24 @@ import asyncio
 from typing import Any, ClassVar
 
 from edgeplane.errors import Conflict, NotFound, TaskFailure
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle, Outcome, Runtime
+from edgeplane.runtimes.spec import RunSpec
 
 
 class FakeRuntime(Runtime):
-    """Outcomes chosen by the task's name; ``started`` records every assignment it ran."""
+    """Outcomes chosen by the task's name; ``started`` records the spec of every attempt it ran."""
 
     name: ClassVar[str] = "fake"
 
     def __init__(self) -> None:
-        self.started: list[Assignment] = []
+        self.started: list[RunSpec] = []
         self._outcomes: dict[tuple[str, int], asyncio.Future[Outcome]] = {}
         self._timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
 
     def fingerprint(self) -> dict[str, Any]:
         return {"behaviours": ["fail", "transient", "sleep", "invalid", "echo"]}
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         behaviour = spec.entrypoint or spec.name
         if behaviour == "invalid":
             raise TaskFailure("fake invalid task", field="name")

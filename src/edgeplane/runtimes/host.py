@@ -7,12 +7,18 @@ a background grandchild holding a pipe open cannot stall the task, and a restart
 can still read them after :meth:`HostRuntime.recover`. Timeout and stop signal the whole
 group: SIGTERM, then SIGKILL after ``grace_s``. When the main process exits, whatever it
 left running in its group is terminated the same way, so tasks never leak processes.
+
+The command runs under the shell of ``supervised.spawn``, which records its exit status,
+so an attempt that ends while its worker is down (killed, restarting) still reports how
+it ended. Like any shell, it reports a command killed by signal S as 128 + S: an exit
+code above 128 that names a signal is reported as that signal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import platform
 import re
@@ -27,12 +33,24 @@ import psutil
 
 from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import Handle, Outcome
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, spawn
+from edgeplane.runtimes.spec import RunSpec
+from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
 
 _MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+#: signal numbers with a name (what an exit code above 128 may stand for)
+_SIGNALS = frozenset(int(sig) for sig in signal.Signals)
+
+
+def unrunnable(name: str, path: str, cwd: Path) -> None:
+    """Raise the OSError exec would raise for a command named ``name`` (looked up in
+    ``path`` unless it has a slash, relative to ``cwd``), or return when it can run."""
+    found = str(cwd / name) if "/" in name else (shutil.which(name, path=path) if name else None)
+    if found is None or not os.path.exists(found):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -101,7 +119,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             return None  # process groups and killpg are what make stop/timeout whole
         return {"os": platform.system().lower(), "arch": platform.machine(), "process_groups": True}
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.command:
             raise TaskFailure("a host task needs a non-empty command", field="command")
         self._claim(spec)
@@ -112,8 +130,12 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         work.mkdir()
         loop = asyncio.get_running_loop()
         deadline = self._deadline(spec)
+        env = {**os.environ, **spec.env}
         try:
-            process = await spawn(spec.command, root, cwd=work, env={**os.environ, **spec.env})
+            # The shell around the command would only say "not found" on its stderr and exit
+            # 127: what exec would refuse is looked for first, to fail with the reason.
+            unrunnable(spec.command[0], env.get("PATH", os.defpath), work)
+            process = await spawn(spec.command, root, cwd=work, env=env)
         except (OSError, ValueError) as exc:  # not found, not executable, NUL in an argument
             shutil.rmtree(root, ignore_errors=True)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -122,6 +144,8 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             self._attempts[(spec.task_id, spec.attempt)] = _Proc(spec, root, failed, None)
             return Handle(spec.task_id, spec.attempt, self.name, {})
         proc = _Proc(spec, root, loop.create_future(), deadline, process=process, pid=process.pid)
+        with contextlib.suppress(psutil.Error):
+            proc.created = psutil.Process(process.pid).create_time()
         self._adopt(proc)
         return Handle(spec.task_id, spec.attempt, self.name, self._state(proc))
 
@@ -133,34 +157,30 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         return await asyncio.to_thread(self._sample, proc)
 
     async def recover(self, state: dict[str, Any]) -> Handle | None:
-        """Re-attach to a process group a previous worker started, if its leader still runs.
+        """Re-attach to an attempt a previous worker process started.
 
-        Its exit status cannot be learnt (it is not our child), so a recovered attempt that
-        ends on its own is ``failed`` with its logs. When the leader is gone, the leftovers
-        of its group and its directory are cleaned up and None is returned.
+        While its main process runs, it is polled by pid; once it has ended (now or while
+        the worker was down), the outcome comes from the exit status its shell recorded
+        and the logs in its directory, and whatever it left in its process group is killed.
+        None when nothing of the attempt is left (its directory is gone): then only the
+        leftovers of its group are killed.
         """
         try:
-            spec = Assignment.model_validate(state["spec"])
+            # an older version's state holds a whole Assignment: RunSpec ignores the rest
+            spec = RunSpec.model_validate(state["spec"])
             pid, root = int(state["pid"]), Path(state["dir"])
             created = float(state["create_time"])
             deadline = state.get("deadline")
         except (KeyError, TypeError, ValueError):
             return None
-        alive = False
-        with contextlib.suppress(psutil.Error):
-            leader = psutil.Process(pid)
-            alive = (
-                abs(leader.create_time() - created) < 0.01
-                and leader.status() != psutil.STATUS_ZOMBIE
-            )
-        if not alive:
+        if not await asyncio.to_thread(root.is_dir) and not process_alive(pid, created):
             for member in group_members(pid):
                 with contextlib.suppress(psutil.Error):
                     member.kill()
-            await asyncio.to_thread(shutil.rmtree, root, True)
             return None
         loop = asyncio.get_running_loop()
-        self._adopt(_Proc(spec, root, loop.create_future(), deadline, pid=pid))
+        proc = _Proc(spec, root, loop.create_future(), deadline, pid=pid, created=created)
+        self._adopt(proc)
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
@@ -191,18 +211,20 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             return f"killed by signal {signal.Signals(-exit_code).name}"
         return f"exit code {exit_code}"
 
+    def _exit_code(self, status: int) -> int:
+        """The shell's 128 + S for a command killed by signal S, as -S (as for a child)."""
+        if status > 128 and (status - 128) in _SIGNALS:
+            return -(status - 128)
+        return status
+
     # --- internals ----------------------------------------------------------------------
 
     def _state(self, proc: _Proc) -> dict[str, Any]:
-        try:
-            created = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            created = 0.0
         return {
             "spec": proc.spec.model_dump(mode="json"),
             "pid": proc.pid,
             "pgid": proc.pid,
-            "create_time": created,
+            "create_time": proc.created,
             "dir": str(proc.dir),
             "deadline": proc.deadline,
         }

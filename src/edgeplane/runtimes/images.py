@@ -29,16 +29,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgeplane.errors import TaskFailure
+from edgeplane.imageref import NAME_RULE, split_ref
 from edgeplane.runtimes.layers import apply_layer
 
 log = logging.getLogger(__name__)
 
 REF_NAME = "org.opencontainers.image.ref.name"
-DEFAULT_TAG = "latest"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-NAME_RULE = "a directory name in the worker's image dir, optionally with :tag (no '/' or '..')"
 _INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -58,15 +55,6 @@ _CHUNK = 1 << 20
 def oci_architecture() -> str:
     """This machine's architecture as OCI names it (``amd64``, ``arm64``, …)."""
     return _ARCH.get(platform.machine(), platform.machine())
-
-
-def split_ref(text: str) -> tuple[str, str] | None:
-    """``name[:tag]`` as ``(name, tag)``, or None when it is not a plain name in the dir."""
-    name, _, tag = text.partition(":")
-    tag = tag or DEFAULT_TAG
-    if ".." in name or not _NAME.fullmatch(name) or not _TAG.fullmatch(tag):
-        return None
-    return name, tag
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,12 @@ An attempt's main process (the host task's group leader, a container's ``runc ru
 its stdout and stderr to files in the attempt's own directory. A supervisor task waits for
 it to exit or for the deadline; timeout and stop go through one kill sequence per attempt
 (SIGTERM, then SIGKILL after ``grace_s``); afterwards the outcome is built from the exit
-code and the tails of both files, and the directory is removed. After a worker restart the
-main process is no longer our child: it is polled by pid, and its exit status is unknown.
+code and the tails of both files, and the directory is removed.
+
+The main process is a small shell that runs the attempt's command and writes its exit
+status to the file ``exit`` of the attempt's directory (Nomad's executor process plays the
+same part). After a worker crash the attempt keeps running; the restarted worker is no
+longer its parent, so it polls the shell by pid and reads the exit status from that file.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ import psutil
 
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, NotFound
-from edgeplane.protocol import Assignment
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
+from edgeplane.runtimes.spec import RunSpec
 
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
 #: The files of an attempt's directory its main process writes to.
-STDOUT, STDERR = "stdout", "stderr"
+STDOUT, STDERR, EXIT = "stdout", "stderr", "exit"
+#: The shell every attempt's command runs under (see :func:`spawn`).
+SHELL = "/bin/sh"
+#: ``$1`` is the exit file, the rest the command. Its status goes to the file once the
+#: command has ended; a signal that kills the shell as well (a stop, a timeout) leaves no
+#: file, and none is needed then: the runtime knows why the attempt ended.
+_WRAPPER = 'f=$1; shift; "$@"; s=$?; echo "$s" >"$f"; exit "$s"'
 
 
 def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
@@ -45,14 +55,43 @@ def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
     return data.decode("utf-8", "replace")[-limit:]
 
 
+def process_alive(pid: int, created: float = 0.0) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, when ``created`` is given, is the process
+    that started then rather than a later one that reused its pid."""
+    if pid <= 0:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if created and abs(process.create_time() - created) >= 0.01:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def read_exit(attempt_dir: Path) -> int | None:
+    """The exit status the attempt's shell recorded (None: it wrote none)."""
+    try:
+        text = (attempt_dir / EXIT).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # A complete record ends with its newline (the shell writes it in one go anyway).
+    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+
+
 async def spawn(
     argv: Sequence[str], attempt_dir: Path, **options: Any
 ) -> asyncio.subprocess.Process:
     """Start an attempt's main process in a session of its own (a Ctrl-C at the worker's
-    terminal is not the task's), its stdout and stderr in the files the outcome reads."""
+    terminal is not the task's), its stdout and stderr in the files the outcome reads.
+
+    The main process is ``/bin/sh`` running ``argv`` and recording its exit status (see
+    the module's docstring); it costs a start about a millisecond (dash's fork and exec).
+    """
+    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", str(attempt_dir / EXIT), *argv]
     with (attempt_dir / STDOUT).open("wb") as out, (attempt_dir / STDERR).open("wb") as err:
         return await asyncio.create_subprocess_exec(
-            *argv,
+            *wrapped,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -65,12 +104,13 @@ async def spawn(
 class Attempt:
     """One attempt: its main process (None after a recover) and how it ended."""
 
-    spec: Assignment
+    spec: RunSpec
     dir: Path  # the attempt's own: its stdout and stderr files; removed at the end
     outcome: asyncio.Future[Outcome]
     deadline: float | None
     process: asyncio.subprocess.Process | None = None
     pid: int = 0  # what is polled when the main process is not our child (0: unknown)
+    created: float = 0.0  # that process's start time, so a reused pid is not taken for it
     reason: str | None = None
     killer: asyncio.Task[None] | None = None
     supervisor: asyncio.Task[None] | None = None
@@ -93,6 +133,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
 
     #: SIGKILLs sent before the kill sequence gives up on an attempt that will not die.
     kill_tries: ClassVar[int] = 1
+    recoverable: ClassVar[bool] = True
 
     def __init__(self, *, grace_s: float, poll_s: float, clock: Clock | None) -> None:
         self.grace_s = grace_s
@@ -166,6 +207,10 @@ class SupervisedRuntime(Runtime, Generic[A]):
     def _survived(self, attempt: A) -> None:
         """Told that the attempt outlived every SIGKILL of its kill sequence (default: nothing)."""
 
+    def _exit_code(self, status: int) -> int:
+        """The exit code to report for the main process's status (default: as it is)."""
+        return status
+
     # --- internals ----------------------------------------------------------------------
 
     def _running(self, handle: Handle) -> A | None:
@@ -175,12 +220,12 @@ class SupervisedRuntime(Runtime, Generic[A]):
             return None
         return attempt
 
-    def _claim(self, spec: Assignment) -> None:
+    def _claim(self, spec: RunSpec) -> None:
         """Refuse a second start of an attempt this runtime still knows."""
         if (spec.task_id, spec.attempt) in self._attempts:
             raise Conflict(f"task {spec.task_id} attempt {spec.attempt} is already running")
 
-    def _deadline(self, spec: Assignment) -> float | None:
+    def _deadline(self, spec: RunSpec) -> float | None:
         """When the attempt's ``timeout_s`` runs out, on the clock's ``now`` (None: never)."""
         timeout = spec.limits.timeout_s
         return None if timeout is None else self._clock.now() + timeout
@@ -202,7 +247,10 @@ class SupervisedRuntime(Runtime, Generic[A]):
                     attempt.reason = _TIMEOUT
                 await self._kill(attempt)
             if attempt.process is not None:
-                exit_code = await attempt.process.wait()
+                exit_code = self._exit_code(await attempt.process.wait())
+            else:  # not our child: its shell wrote the status down (or it was killed)
+                recorded = read_exit(attempt.dir)
+                exit_code = None if recorded is None else self._exit_code(recorded)
             # The main process is gone; nothing it started may outlive the task.
             if self._left_running(attempt):
                 await self._kill(attempt)
@@ -225,10 +273,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
         """Whether the main process still runs (its return code, or its pid when not ours)."""
         if attempt.process is not None:
             return attempt.process.returncode is None
-        try:
-            return psutil.Process(attempt.pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return process_alive(attempt.pid, attempt.created)
 
     def _kill(self, attempt: A) -> asyncio.Task[None]:
         """The one kill sequence of an attempt (shared by stop, timeout and cleanup)."""
@@ -257,7 +302,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
             limit = attempt.spec.limits.timeout_s
             return Outcome("failed", error=f"timeout after {limit}s", **logs)
         if exit_code is None:
-            error = "exit status unknown: the worker restarted while the task ran"
+            error = "exit status unknown: its process ended while the worker was down"
             return Outcome("failed", error=error, **logs)
         results = {"stdout": stdout, "exit_code": exit_code}
         if exit_code == 0:

@@ -1,19 +1,31 @@
 """WebAssembly tasks on wasmtime: an exported function call or a WASI program.
 
 One engine per runtime (fuel metering and epoch interruption on) and one compiled module
-per digest (:class:`~edgeplane.runtimes.modules.ModuleCache`). Each attempt gets a fresh
+per digest (:class:`~edgeplane.modules.ModuleCache`). Each attempt gets a fresh
 ``Store`` and instance and runs in a pool thread, so the event loop stays free.
 
 Except the common short call: a function-mode call that needs no WASI first runs right
 on the event loop, with a budget of one epoch tick. Most calls end in microseconds, which
 saves the thread hop (about 40 µs of a 60 µs start). A call still running at the tick is
 trapped and run again from scratch in a pool thread: a function in a fresh store has no
-effects outside it, so running it twice is invisible, and the loop is held for one tick
-at most.
+effects outside it, so running it twice is invisible. The bound on the loop: one tick
+(:data:`TICK_S`, plus the ticker thread's wait for the GIL, which the call releases) of
+wasm code, plus what wasm does between two epoch checks: instantiating (copying the
+module's data segments, at most the module's size, into a memory at most the memory
+limit) and single bulk instructions (``memory.fill``/``copy``/``grow``, bounded by the
+memory limit; ``table.grow``, bounded by :data:`MAX_TABLE_ELEMENTS`). The start function
+of a module runs under the same tick. (``tests/integration/test_wasm_runtime.py`` checks
+that a spinning call and a spinning start function leave the loop.)
 
 Limits: ``fuel`` is the store's fuel (unlimited when not given), ``memory_mb`` the store's
 memory limit (``memory.grow`` past it returns -1, as the wasm spec says; an initial memory
-above it fails the task), ``timeout_s`` is checked on every epoch tick. A ticker thread
+above it fails the task), ``timeout_s`` is checked on every epoch tick. A task that gives
+no ``memory_mb`` gets the runtime's default (the worker's ``wasm_memory_mb``), and one that
+is not a daemon and gives no ``timeout_s`` the default ``wasm_timeout_s``: a worker of
+``edgeplane up`` shares its process with the control plane, whose memory a task must not
+take. A store holds one linear memory (so the memory limit is the whole store's; WASI and
+the usual toolchains use one) and at most :data:`MAX_TABLES` tables of
+:data:`MAX_TABLE_ELEMENTS` elements. A ticker thread
 advances the engine's epoch every :data:`TICK_S`; each store has an epoch-deadline callback
 that runs in the store's own thread on every tick and traps the call once its timeout has
 passed or it was stopped. That callback is the only safe way to interrupt a store from outside
@@ -48,14 +60,19 @@ from wasmtime import _ffi as ffi
 
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure, TransientTaskFailure
-from edgeplane.protocol import Assignment
+from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
+from edgeplane.modules import Arg, CompiledModule, ModuleCache, check_call, short_error
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
-from edgeplane.runtimes.modules import Arg, CompiledModule, ModuleCache, check_call, short_error
+from edgeplane.runtimes.spec import RunSpec
 
 #: Seconds between epoch ticks: the resolution of timeouts and of ``stop``.
 TICK_S = 0.01
 #: Fuel metering is engine-wide, so a task without a fuel limit gets all there is.
 UNLIMITED_FUEL = 2**64 - 1
+#: Tables a store may hold, and elements per table (8 bytes each): with one linear memory,
+#: all a task can allocate is its memory limit plus at most 32 MB of tables.
+MAX_TABLES = 4
+MAX_TABLE_ELEMENTS = 1_000_000
 _MIB = 1024 * 1024
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
@@ -217,10 +234,13 @@ class _Tail:
 class _Run:
     """One attempt, shared by the event loop and the pool thread running it."""
 
-    spec: Assignment
+    spec: RunSpec
     outcome: asyncio.Future[Outcome]
     started: float
     clock: Clock
+    #: the limits applied: the task's own, else the runtime's defaults
+    memory_mb: int | None = None
+    timeout_s: float | None = None
     deadline: float | None = None
     stopped: bool = False
     interrupted: str | None = None
@@ -266,8 +286,13 @@ class WasmRuntime(Runtime):
         modules: ModuleCache | None = None,
         max_threads: int = 64,
         clock: Clock | None = None,
+        default_memory_mb: int | None = DEFAULT_WASM_MEMORY_MB,
+        default_timeout_s: float | None = DEFAULT_WASM_TIMEOUT_S,
     ) -> None:
         self.modules = modules if modules is not None else ModuleCache(cache_dir=cache_dir)
+        #: limits of a task that gives none (None: no limit); no timeout for daemons
+        self.default_memory_mb = default_memory_mb
+        self.default_timeout_s = default_timeout_s
         self.engine = self.modules.engine
         self._clock = clock if clock is not None else SystemClock()
         self._pool = ThreadPoolExecutor(
@@ -284,7 +309,7 @@ class WasmRuntime(Runtime):
             "limits": ["timeout_s", "fuel", "memory_mb"],
         }
 
-    async def start(self, spec: Assignment, artifact: bytes | None) -> Handle:
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         compiled = await self._compiled(spec, artifact)
         export = spec.entrypoint or spec.name
         try:
@@ -298,11 +323,16 @@ class WasmRuntime(Runtime):
             _acquire_ticker(self.engine)
             self._ticking = True
         loop = asyncio.get_running_loop()
+        own = spec.limits
         run = _Run(
             spec=spec,
             outcome=loop.create_future(),
             started=self._clock.monotonic(),
             clock=self._clock,
+            memory_mb=self.default_memory_mb if own.memory_mb is None else own.memory_mb,
+            timeout_s=own.timeout_s
+            if own.timeout_s is not None or spec.daemon
+            else self.default_timeout_s,
         )
         self._runs[key] = run
         handle = Handle(
@@ -393,11 +423,13 @@ class WasmRuntime(Runtime):
             if thread is not None:
                 await asyncio.to_thread(thread.join)
 
-    async def _compiled(self, spec: Assignment, artifact: bytes | None) -> CompiledModule:
+    async def _compiled(self, spec: RunSpec, artifact: bytes | None) -> CompiledModule:
+        if spec.artifact is not None:
+            compiled = self.modules.cached(spec.artifact)
+            if compiled is not None:
+                return compiled
         try:
-            if spec.artifact is not None and spec.artifact in self.modules:
-                return self.modules.get(spec.artifact)
-            # A miss compiles (milliseconds to seconds): keep it off the event loop.
+            # A miss compiles (milliseconds to seconds) or reads a file: off the event loop.
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, self.modules.get, spec.artifact, artifact
             )
@@ -428,17 +460,21 @@ class WasmRuntime(Runtime):
         spec = run.spec
         run.native_id = threading.get_native_id()
         run.cpu_at_start = time.thread_time()
-        if spec.limits.timeout_s is not None:
+        if run.timeout_s is not None:
             # Counted from when the call really starts, not from a wait in the pool's queue.
-            run.deadline = self._clock.monotonic() + spec.limits.timeout_s
+            run.deadline = self._clock.monotonic() + run.timeout_s
         store = wasmtime.Store(self.engine)
         run_id = next(_RUN_IDS)
         _RUNS[run_id] = run
         try:
             _watch_epochs(store, run_id)
             store.set_fuel(spec.limits.fuel if spec.limits.fuel is not None else UNLIMITED_FUEL)
-            if spec.limits.memory_mb is not None:
-                store.set_limits(memory_size=spec.limits.memory_mb * _MIB)
+            store.set_limits(
+                memory_size=-1 if run.memory_mb is None else run.memory_mb * _MIB,
+                table_elements=MAX_TABLE_ELEMENTS,
+                tables=MAX_TABLES,
+                memories=1,
+            )
             if spec.mode == "wasi":
                 return self._run_wasi(run, compiled, store)
             if compiled.needs_wasi:
@@ -503,7 +539,8 @@ def _describe_failure(run: _Run, exc: wasmtime.WasmtimeError | wasmtime.Trap) ->
     """One clear line for what stopped the module."""
     limits = run.spec.limits
     if run.interrupted == _TIMEOUT:
-        return f"timeout after {float(limits.timeout_s or 0)}s"
+        default = "" if limits.timeout_s is not None else _DEFAULT.format(field="timeout_s")
+        return f"timeout after {float(run.timeout_s or 0)}s{default}"
     if run.interrupted == _STOPPED:
         return _STOPPED
     if isinstance(exc, wasmtime.Trap):
@@ -514,6 +551,10 @@ def _describe_failure(run: _Run, exc: wasmtime.WasmtimeError | wasmtime.Trap) ->
             return f"wasm trap: {code.name.lower().replace('_', ' ')}"
         return f"wasm trap: {short_error(exc)}"
     text = short_error(exc)
-    if limits.memory_mb is not None and "exceeds memory limits" in text:
-        return f"memory limit {limits.memory_mb} MB exceeded ({text})"
+    if run.memory_mb is not None and "exceeds memory limits" in text:
+        default = "" if limits.memory_mb is not None else _DEFAULT.format(field="memory_mb")
+        return f"memory limit {run.memory_mb} MB exceeded{default} ({text})"
     return text
+
+
+_DEFAULT = " (the worker's default for wasm tasks; set limits.{field} to change it)"

@@ -7,6 +7,7 @@ SQLAlchemy Core over aiosqlite / asyncpg. The schema is brought up to date by Al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 from sqlalchemy import Row, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
@@ -46,6 +48,7 @@ from edgeplane.model import (
 )
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord
+from edgeplane.store.documents import M, read
 from edgeplane.store.sqlite_direct import DirectSqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -140,6 +143,25 @@ def _workflow_row(workflow: Workflow) -> dict[str, Any]:
         "created_at": workflow.created_at,
         "doc": workflow.model_dump_json(exclude={"tasks"}),
     }
+
+
+def _docs(model: type[M], rows: Sequence[Row[Any]]) -> list[M]:
+    """The documents of ``rows`` (whole rows of a table), unreadable ones left out."""
+    found = (_doc(model, row) for row in rows)
+    return [doc for doc in found if doc is not None]
+
+
+def _doc(model: type[M], row: Row[Any] | None) -> M | None:
+    if row is None:
+        return None
+    columns = {key: value for key, value in row._mapping.items() if key != "doc"}
+    return read(model, row.doc, columns)
+
+
+def _unstorable(*values: str | None) -> bool:
+    """Whether a key holds what PostgreSQL refuses in text (NUL): no row can have it, so
+    it is "not found" on every backend instead of a driver error."""
+    return any(value is not None and "\x00" in value for value in values)
 
 
 def _schedule_row(schedule: Schedule) -> dict[str, Any]:
@@ -376,6 +398,8 @@ class SqlStore(Store):
             await conn.execute(self._put_artifact, {"digest": digest, "data": data})
 
     async def get_artifact(self, digest: str) -> bytes | None:
+        if _unstorable(digest):
+            return None
         query = select(tables.artifacts.c.data).where(tables.artifacts.c.digest == digest)
         async with self._reading() as conn:
             data = (await conn.execute(query)).scalar_one_or_none()
@@ -427,14 +451,20 @@ class SqlStore(Store):
             await self._direct.write([(statement.sql, statement.params(rows))])
 
     async def get_task(self, task_id: str) -> Task | None:
+        if _unstorable(task_id):
+            return None
         if self._direct is not None:
             self._opened()
             found = await self._direct.scalar("SELECT doc FROM tasks WHERE id = ?", (task_id,))
-            return None if found is None else Task.model_validate_json(found)
-        query = select(tables.tasks.c.doc).where(tables.tasks.c.id == task_id)
+            if found is None:
+                return None
+            with contextlib.suppress(ValidationError):
+                return Task.model_validate_json(found)
+            # an older version's document: read it the long way, with its row's columns
+        query = select(tables.tasks).where(tables.tasks.c.id == task_id)
         async with self._reading() as conn:
-            doc = (await conn.execute(query)).scalar_one_or_none()
-        return None if doc is None else Task.model_validate_json(doc)
+            row = (await conn.execute(query)).one_or_none()
+        return _doc(Task, row)
 
     async def list_tasks(
         self,
@@ -445,6 +475,8 @@ class SqlStore(Store):
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[Task], int]:
+        if _unstorable(state, job_id, workflow_id):
+            return [], 0
         t = tables.tasks
         filters = [
             column == value
@@ -456,19 +488,17 @@ class SqlStore(Store):
             if value is not None
         ]
         page = (
-            select(t.c.doc)
-            .where(*filters)
-            .order_by(t.c.created_at, t.c.id)
-            .limit(limit)
-            .offset(offset)
+            select(t).where(*filters).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
         )
         count = select(func.count()).select_from(t).where(*filters)
         async with self._reading() as conn:
-            docs = (await conn.execute(page)).scalars().all()
+            rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [Task.model_validate_json(doc) for doc in docs], total
+        return _docs(Task, rows), total
 
     async def delete_task(self, task_id: str) -> bool:
+        if _unstorable(task_id):
+            return False
         async with self._writing() as conn:
             result = await conn.execute(tables.tasks.delete().where(tables.tasks.c.id == task_id))
         return result.rowcount > 0
@@ -476,13 +506,13 @@ class SqlStore(Store):
     async def unfinished_tasks(self) -> list[Task]:
         t = tables.tasks
         query = (
-            select(t.c.doc)
+            select(t)
             .where(t.c.state.not_in(sorted(TERMINAL_STATES)))
             .order_by(t.c.created_at, t.c.id)
         )
         async with self._reading() as conn:
-            docs = (await conn.execute(query)).scalars().all()
-        return [Task.model_validate_json(doc) for doc in docs]
+            rows = (await conn.execute(query)).all()
+        return _docs(Task, rows)
 
     # workflows and jobs
 
@@ -514,10 +544,12 @@ class SqlStore(Store):
             await conn.execute(self._upsert_workflows, [_workflow_row(w) for w in workflows])
 
     async def get_workflow(self, workflow_id: str) -> Workflow | None:
-        query = select(tables.workflows.c.doc).where(tables.workflows.c.id == workflow_id)
+        if _unstorable(workflow_id):
+            return None
+        query = select(tables.workflows).where(tables.workflows.c.id == workflow_id)
         async with self._reading() as conn:
-            doc = (await conn.execute(query)).scalar_one_or_none()
-        return None if doc is None else Workflow.model_validate_json(doc)
+            row = (await conn.execute(query)).one_or_none()
+        return _doc(Workflow, row)
 
     async def list_workflows(
         self, *, kind: str | None = None, limit: int = 100, offset: int = 0
@@ -525,28 +557,24 @@ class SqlStore(Store):
         w = tables.workflows
         filters = [] if kind is None else [w.c.kind == kind]
         page = (
-            select(w.c.doc)
-            .where(*filters)
-            .order_by(w.c.created_at, w.c.id)
-            .limit(limit)
-            .offset(offset)
+            select(w).where(*filters).order_by(w.c.created_at, w.c.id).limit(limit).offset(offset)
         )
         count = select(func.count()).select_from(w).where(*filters)
         async with self._reading() as conn:
-            docs = (await conn.execute(page)).scalars().all()
+            rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [Workflow.model_validate_json(doc) for doc in docs], total
+        return _docs(Workflow, rows), total
 
     async def unfinished_workflows(self) -> list[Workflow]:
         w = tables.workflows
         query = (
-            select(w.c.doc)
+            select(w)
             .where(w.c.state.not_in(sorted(TERMINAL_WORKFLOW_STATES)))
             .order_by(w.c.created_at, w.c.id)
         )
         async with self._reading() as conn:
-            docs = (await conn.execute(query)).scalars().all()
-        return [Workflow.model_validate_json(doc) for doc in docs]
+            rows = (await conn.execute(query)).all()
+        return _docs(Workflow, rows)
 
     # schedules
 
@@ -555,23 +583,27 @@ class SqlStore(Store):
             await conn.execute(self._upsert_schedule, _schedule_row(schedule))
 
     async def get_schedule(self, schedule_id: str) -> Schedule | None:
-        query = select(tables.schedules.c.doc).where(tables.schedules.c.id == schedule_id)
+        if _unstorable(schedule_id):
+            return None
+        query = select(tables.schedules).where(tables.schedules.c.id == schedule_id)
         async with self._reading() as conn:
-            doc = (await conn.execute(query)).scalar_one_or_none()
-        return None if doc is None else Schedule.model_validate_json(doc)
+            row = (await conn.execute(query)).one_or_none()
+        return _doc(Schedule, row)
 
     async def list_schedules(
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[Schedule], int]:
         s = tables.schedules
-        page = select(s.c.doc).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        page = select(s).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
         count = select(func.count()).select_from(s)
         async with self._reading() as conn:
-            docs = (await conn.execute(page)).scalars().all()
+            rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [Schedule.model_validate_json(doc) for doc in docs], total
+        return _docs(Schedule, rows), total
 
     async def delete_schedule(self, schedule_id: str) -> bool:
+        if _unstorable(schedule_id):
+            return False
         async with self._writing() as conn:
             result = await conn.execute(
                 tables.schedules.delete().where(tables.schedules.c.id == schedule_id)
@@ -585,23 +617,27 @@ class SqlStore(Store):
             await conn.execute(self._upsert_application, _application_row(app))
 
     async def get_application(self, app_id: str) -> Application | None:
-        query = select(tables.applications.c.doc).where(tables.applications.c.id == app_id)
+        if _unstorable(app_id):
+            return None
+        query = select(tables.applications).where(tables.applications.c.id == app_id)
         async with self._reading() as conn:
-            doc = (await conn.execute(query)).scalar_one_or_none()
-        return None if doc is None else Application.model_validate_json(doc)
+            row = (await conn.execute(query)).one_or_none()
+        return _doc(Application, row)
 
     async def list_applications(
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[Application], int]:
         a = tables.applications
-        page = select(a.c.doc).order_by(a.c.created_at, a.c.id).limit(limit).offset(offset)
+        page = select(a).order_by(a.c.created_at, a.c.id).limit(limit).offset(offset)
         count = select(func.count()).select_from(a)
         async with self._reading() as conn:
-            docs = (await conn.execute(page)).scalars().all()
+            rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [Application.model_validate_json(doc) for doc in docs], total
+        return _docs(Application, rows), total
 
     async def delete_application(self, app_id: str) -> bool:
+        if _unstorable(app_id):
+            return False
         async with self._writing() as conn:
             result = await conn.execute(
                 tables.applications.delete().where(tables.applications.c.id == app_id)
@@ -617,21 +653,25 @@ class SqlStore(Store):
             await conn.execute(self._upsert_worker, [_worker_row(w) for w in workers])
 
     async def get_worker(self, worker_id: str) -> Worker | None:
-        query = select(tables.workers.c.doc).where(tables.workers.c.id == worker_id)
+        if _unstorable(worker_id):
+            return None
+        query = select(tables.workers).where(tables.workers.c.id == worker_id)
         async with self._reading() as conn:
-            doc = (await conn.execute(query)).scalar_one_or_none()
-        return None if doc is None else Worker.model_validate_json(doc)
+            row = (await conn.execute(query)).one_or_none()
+        return _doc(Worker, row)
 
     async def list_workers(self, *, limit: int = 100, offset: int = 0) -> tuple[list[Worker], int]:
         w = tables.workers
-        page = select(w.c.doc).order_by(w.c.id).limit(limit).offset(offset)
+        page = select(w).order_by(w.c.id).limit(limit).offset(offset)
         count = select(func.count()).select_from(w)
         async with self._reading() as conn:
-            docs = (await conn.execute(page)).scalars().all()
+            rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [Worker.model_validate_json(doc) for doc in docs], total
+        return _docs(Worker, rows), total
 
     async def delete_worker(self, worker_id: str) -> bool:
+        if _unstorable(worker_id):
+            return False
         async with self._writing() as conn:
             result = await conn.execute(
                 tables.workers.delete().where(tables.workers.c.id == worker_id)
@@ -655,12 +695,16 @@ class SqlStore(Store):
             raise Conflict("another token has the same secret", field="secret_hash") from None
 
     async def find_token(self, secret_hash: str) -> TokenRecord | None:
+        if _unstorable(secret_hash):
+            return None
         query = select(tables.tokens).where(tables.tokens.c.secret_hash == secret_hash)
         async with self._reading() as conn:
             row = (await conn.execute(query)).one_or_none()
         return None if row is None else _token(row)
 
     async def delete_token(self, token_id: str) -> bool:
+        if _unstorable(token_id):
+            return False
         async with self._writing() as conn:
             result = await conn.execute(
                 tables.tokens.delete().where(tables.tokens.c.id == token_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from edgeplane.errors import Unavailable
+from edgeplane.lifeline import die_with_parent
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -39,6 +41,10 @@ def mosquitto_config(port: int) -> str:
     """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr)."""
     return "\n".join(
         [
+            # Mosquitto started as root switches to its own user, and the kernel forgets a
+            # process's parent-death signal when its credentials change (lifeline.py): it
+            # stays the user of the role that starts it (no effect unless that is root).
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             f"listener {port} {HOST}",
             "allow_anonymous true",
             "set_tcp_nodelay true",
@@ -66,7 +72,8 @@ def _port_open(port: int) -> bool:
 
 
 class MosquittoProcess:
-    """A Mosquitto child in its own process group.
+    """A Mosquitto child in its own process group, killed by the kernel if this process
+    dies without stopping it (``lifeline.py``: start it from a long-lived thread).
 
     Synchronous on purpose: it belongs to no event loop, so a test session can share one
     across many per-test loops.
@@ -92,6 +99,11 @@ class MosquittoProcess:
 
     def start(self) -> str:
         """Spawn and wait until the port accepts connections; ``Unavailable`` otherwise."""
+        self.spawn()
+        return self.ready()
+
+    def spawn(self) -> None:
+        """Start the process (fast: call it from the thread that must outlive it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(mosquitto_config(self.port))
         self._log = self.log_path.open("ab")
@@ -101,7 +113,12 @@ class MosquittoProcess:
             stdout=self._log,
             stderr=self._log,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
+
+    def ready(self) -> str:
+        """Wait until the spawned broker accepts connections; ``Unavailable`` otherwise."""
+        assert self._proc is not None, "spawn() first"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _port_open(self.port):
             code = self._proc.poll()
@@ -169,7 +186,10 @@ class EmbeddedBroker:
     async def start(self) -> str:
         """Start the broker and return its ``mqtt://`` URL once it accepts connections."""
         if self._mosquitto is not None:
-            return await asyncio.to_thread(self._mosquitto.start)
+            # Spawned on the loop's thread: the kernel ties the broker's life to the thread
+            # that forked it, and an executor's thread may end before this process does.
+            self._mosquitto.spawn()
+            return await asyncio.to_thread(self._mosquitto.ready)
         # Imported here: amqtt takes ~0.2 s to import and is unused when Mosquitto runs.
         from amqtt.broker import Broker
 

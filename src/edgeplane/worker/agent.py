@@ -3,6 +3,11 @@
 Only dials out (to the cluster broker). Final events are kept until the manager acks
 them and re-sent after a reconnect, so a result survives a manager or broker restart;
 start commands are de-duplicated by (task id, attempt), so a redelivery runs nothing twice.
+
+Attempts that outlive the worker process (host and container tasks) have their handles
+kept on disk (``handles.py``): a worker restarted after a crash re-attaches to those still
+running and reports them in its hello, so the manager leaves them with it, and reports how
+the others ended, all before it takes new work (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,14 +42,16 @@ from edgeplane.protocol import (
     TaskEvent,
     TaskEvents,
     Topics,
+    Unrunnable,
     Welcome,
     decode,
     encode,
     parse_body,
 )
-from edgeplane.runtimes import Handle, Outcome, Runtime
+from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will
-from edgeplane.worker import capabilities
+from edgeplane.worker import capabilities, recovery
+from edgeplane.worker.handles import HandleRecord, HandleStore
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +64,55 @@ DEFAULT_SLOTS_PER_CPU = 8
 EVENT_WINDOW_S = 0.002
 
 
+#: An artifact whose base64 is at most this long is decoded, hashed and written on the
+#: event loop (well under a millisecond); longer ones in a thread.
+INLINE_ARTIFACT_CHARS = 64 * 1024
+
+
+def _decode_artifact(encoded: str) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("artifact is not valid base64", field="artifact") from None
+
+
+#: RunSpec's fields, all of them Assignment's too (tests/unit/test_run_spec.py checks it)
+_RUN_FIELDS = tuple(RunSpec.model_fields)
+_setattr = object.__setattr__
+
+
+def run_spec(assignment: Assignment) -> RunSpec:
+    """What the runtime is given of an assignment: the one place a worker converts them.
+
+    On every task's path (a short wasm task starts in tens of µs), so the fields are taken
+    over as they are, not validated again: the assignment was validated, against the same
+    types, when its command was parsed. Shortcut: pydantic's ``model_construct`` would
+    loop over the fields in Python (~5 µs, more than validating again: ~3 µs, growing
+    with the inputs); setting the instance attributes it sets costs ~1.7 µs whatever the
+    inputs. tests/unit/test_run_spec.py checks that the result equals the validated
+    conversion and behaves as a model. The lists and dicts are shared with the
+    assignment, which the worker drops once converted.
+    """
+    values = assignment.__dict__
+    spec = RunSpec.__new__(RunSpec)
+    _setattr(spec, "__dict__", {name: values[name] for name in _RUN_FIELDS})
+    _setattr(spec, "__pydantic_fields_set__", set(_RUN_FIELDS))
+    _setattr(spec, "__pydantic_extra__", None)
+    _setattr(spec, "__pydantic_private__", None)
+    return spec
+
+
 @dataclass
 class _Run:
-    spec: Assignment
+    spec: RunSpec
+    #: the module's bytes, base64, as the command brought them: until they are stored
+    artifact_b64: str | None = None
     job: asyncio.Task[None] | None = None
     handle: Handle | None = None
     runtime: Runtime | None = None
     stopped: bool = False
+    #: when it started: set from the start of the attempt's handle when re-attached to it
+    started_at: float | None = None
 
 
 @dataclass
@@ -74,32 +124,55 @@ class WorkerStats:
 
 
 class ArtifactCache:
-    """Module bytes by sha256: a few in memory, all on disk."""
+    """Module bytes by sha256: a few in memory, all on disk. Used from the event loop;
+    what may take long (a file read, a big payload) runs in a thread."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._memory: OrderedDict[str, bytes] = OrderedDict()
 
-    def get(self, digest: str) -> bytes | None:
+    async def load(self, digest: str) -> bytes | None:
+        """The bytes of ``digest``, from memory or from its file (read in a thread)."""
         data = self._memory.get(digest)
         if data is None:
-            path = self.directory / f"{digest}.wasm"
-            if not path.exists():
-                return None
-            data = path.read_bytes()
-            self._remember(digest, data)
+            data = await asyncio.to_thread(self._read, digest)
+            if data is not None:
+                self._remember(digest, data)
         return data
 
-    def put(self, digest: str, data: bytes) -> None:
+    async def store(self, digest: str, encoded: str) -> bytes:
+        """Decode base64 ``encoded``, check it against ``digest``, keep it; return it. A
+        payload longer than :data:`INLINE_ARTIFACT_CHARS` is decoded, hashed and written in
+        a thread (a 5 MB module: tens of ms)."""
+        if len(encoded) <= INLINE_ARTIFACT_CHARS:
+            data = _decode_artifact(encoded)
+            self._write(digest, data)
+        else:
+            data = await asyncio.to_thread(self._decode_and_write, digest, encoded)
+        self._remember(digest, data)
+        return data
+
+    def _decode_and_write(self, digest: str, encoded: str) -> bytes:
+        data = _decode_artifact(encoded)
+        self._write(digest, data)
+        return data
+
+    def _read(self, digest: str) -> bytes | None:
+        try:
+            return (self.directory / f"{digest}.wasm").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, digest: str, data: bytes) -> None:
+        """Check ``data`` against ``digest`` and write it once (any thread)."""
         if hashlib.sha256(data).hexdigest() != digest:
             raise Invalid(f"artifact does not match its digest {digest}", field="artifact")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{digest}.wasm"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
-        self._remember(digest, data)
 
     def _remember(self, digest: str, data: bytes) -> None:
         self._memory[digest] = data
@@ -129,10 +202,17 @@ class WorkerAgent:
         runtimes: Mapping[str, Runtime],
         *,
         clock: clocks.Clock | None = None,
+        cleaners: Mapping[str, Runtime] | None = None,
     ) -> None:
+        """``cleaners``: runtimes not offered any more that can still stop what an earlier
+        run of this worker left on them (see :func:`recovery.recover`)."""
         self.options = options
         self.id = options.worker_id
         self.runtimes = dict(runtimes)
+        self.cleaners = dict(cleaners or {})
+        self.handles = HandleStore(options.data_dir / "handles")
+        #: attempts with a handle record on disk
+        self._persisted: set[Key] = set()
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
@@ -168,6 +248,7 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        await self._reattach()
         await self.link.start()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
@@ -182,9 +263,8 @@ class WorkerAgent:
         jobs = [run.job for run in self._runs.values() if run.job is not None]
         if jobs:
             await asyncio.wait(jobs, timeout=5)
-        await self.link.publish(
-            self.topics.alive(self.id), encode("alive", Alive(online=False, session=self.session))
-        )
+        gone = Alive(online=False, session=self.session, leaving=True)
+        await self.link.publish(self.topics.alive(self.id), encode("alive", gone))
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -233,6 +313,14 @@ class WorkerAgent:
             self._seq = max(self._seq, body.seq)
             for spec in body.tasks:
                 self._accept(spec)
+            for bad in body.unrunnable:
+                self._refuse(bad)
+            if body.unreadable:
+                self.stats.bad_messages += 1
+                log.warning(
+                    "assignments without a task id and attempt",
+                    extra={"topic": topic, "count": body.unreadable},
+                )
         elif isinstance(body, StopTasks):
             for task_id in body.task_ids:
                 run = self._runs.get(task_id)
@@ -240,6 +328,10 @@ class WorkerAgent:
                     await self._stop_run(run)
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
+            done = [k for k in ((e.task_id, e.attempt) for e in body.keys) if k in self._persisted]
+            if done:  # the manager has the results: nothing to recover of these any more
+                self._persisted.difference_update(done)
+                await asyncio.to_thread(self.handles.remove, done)
         elif isinstance(body, Welcome):
             if body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
@@ -251,21 +343,46 @@ class WorkerAgent:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
 
-    def _accept(self, spec: Assignment) -> None:
-        key = (spec.task_id, spec.attempt)
+    def _first_time(self, key: Key) -> bool:
+        """Whether ``(task id, attempt)`` is new; a redelivered command runs nothing twice."""
         if key in self._seen:
             self.stats.duplicates += 1
+            return False
+        self._remember(key)
+        return True
+
+    def _refuse(self, bad: Unrunnable) -> None:
+        """An assignment this worker cannot even read ends ``failed`` with the reason (not
+        transient: sending it again would not help); the rest of its command runs."""
+        if not self._first_time((bad.task_id, bad.attempt)):
             return
-        self._seen[key] = None
-        while len(self._seen) > _SEEN_LIMIT:
-            self._seen.popitem(last=False)
+        log.warning("assignment refused", extra={"task_id": bad.task_id, "reason": bad.reason})
+        event = TaskEvent(
+            task_id=bad.task_id,
+            attempt=bad.attempt,
+            state="failed",
+            error=bad.reason,
+            ts=self.clock.now(),
+        )
+        self.events.emit_final(event)
+
+    def _accept(self, assignment: Assignment) -> None:
+        if not self._first_time((assignment.task_id, assignment.attempt)):
+            return
+        spec = run_spec(assignment)
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
-        run = _Run(spec=spec)
+        run = _Run(spec=spec, artifact_b64=assignment.artifact_b64)
         self._runs[spec.task_id] = run
         self._queue.append(run)
         self._start_queued()
+
+    def _remember(self, key: Key) -> None:
+        """An attempt this worker has: a start command for it again is a duplicate."""
+        self._seen[key] = None
+        while len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
 
     def _start_queued(self) -> None:
         """Start waiting attempts, in the order they came, while slots are free. The
@@ -282,7 +399,7 @@ class WorkerAgent:
     async def _execute(self, run: _Run) -> None:
         spec = run.spec
         # stopped while it waited for a slot: it never starts
-        started = None if run.stopped else self.clock.now()
+        started = None if run.stopped else (run.started_at or self.clock.now())
         try:
             if started is None:
                 outcome = Outcome(state="cancelled", error="stopped")
@@ -295,10 +412,6 @@ class WorkerAgent:
             outcome = Outcome(
                 state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
             )
-        if self._runs.get(spec.task_id) is run:
-            del self._runs[spec.task_id]
-        if not self._runs:
-            self.events.settled()  # nothing runs: no more events are coming soon
         self.stats.finished += 1
         event = TaskEvent(
             task_id=spec.task_id,
@@ -313,23 +426,32 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
+        # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
+        await self._keep_final(run, event)
         self.events.emit_final(event)
+        if self._runs.get(spec.task_id) is run:
+            del self._runs[spec.task_id]
+        if not self._runs:
+            self.events.settled()  # nothing runs: no more events are coming soon
 
     async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
         spec = run.spec
-        self.stats.started += 1
-        self.events.emit(
-            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
-        )
         try:
-            return await self._run(run)
+            if run.handle is None:  # else re-attached to: it runs already
+                self.stats.started += 1
+                ended = await self._start(run, started)
+                if ended is not None:
+                    return ended
+            assert run.runtime is not None and run.handle is not None
+            return await run.runtime.wait(run.handle)
         except asyncio.CancelledError:
             return Outcome(state="cancelled", error="stopped")
         except Exception as exc:  # a runtime bug must not take the worker down
             log.exception("runtime error", extra={"task_id": spec.task_id})
             return Outcome(state="failed", error=f"internal runtime error: {exc}", transient=True)
 
-    async def _run(self, run: _Run) -> Outcome:
+    async def _start(self, run: _Run, started: float) -> Outcome | None:
+        """Start the attempt: None once it runs (reported running), else how it ended."""
         spec = run.spec
         runtime = self.runtimes.get(spec.runtime)
         if runtime is None:
@@ -337,7 +459,7 @@ class WorkerAgent:
                 state="failed", error=f"runtime {spec.runtime!r} is not enabled on this worker"
             )
         try:
-            artifact = self._artifact(spec)
+            artifact = await self._artifact(run)
         except Invalid as exc:
             return Outcome(state="failed", error=exc.detail, transient=True)
         try:
@@ -345,21 +467,75 @@ class WorkerAgent:
         except TaskFailure as exc:
             return Outcome(state="failed", error=exc.detail, transient=exc.transient)
         run.runtime = runtime
+        if runtime.recoverable:
+            # On disk before it is reported running: whatever the manager counts on this
+            # worker for, a restarted worker finds again.
+            record = HandleRecord(spec=spec, state=run.handle.state, started_at=started)
+            await asyncio.to_thread(self.handles.save, record)
+            self._persisted.add(record.key)
+        self.events.emit(
+            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
+        )
         if run.stopped:
             await runtime.stop(run.handle)
-        return await runtime.wait(run.handle)
+        return None
 
-    def _artifact(self, spec: Assignment) -> bytes | None:
+    async def _keep_final(self, run: _Run, event: TaskEvent) -> None:
+        """Write the final event into the attempt's handle record (until the manager acks
+        it), or drop the record when the worker is leaving: the manager re-places what a
+        leaving worker stopped, so nothing of it is to be reported later."""
+        key = (event.task_id, event.attempt)
+        if key not in self._persisted:
+            return
+        if self.events.closed:
+            self._persisted.discard(key)
+            await asyncio.to_thread(self.handles.remove, [key])
+            return
+        state = run.handle.state if run.handle is not None else {}
+        record = HandleRecord(spec=run.spec, state=state, started_at=event.started_at, final=event)
+        await asyncio.to_thread(self.handles.save, record)
+
+    async def _reattach(self) -> None:
+        """Take back what the previous process of this worker left (see ``recovery.py``):
+        re-attach to the attempts still running, report how the others ended."""
+        records = await asyncio.to_thread(self.handles.load)
+        if not records:
+            return
+        found = await recovery.recover(records, self.runtimes, self.cleaners, self.clock)
+        for cleaner in self.cleaners.values():
+            await cleaner.close()
+        for record in found.finals:
+            assert record.final is not None
+            await asyncio.to_thread(self.handles.save, record)
+            self._persisted.add(record.key)
+            self._remember(record.key)
+            self.events.emit_final(record.final)
+        for resumed in found.resumed:
+            spec = resumed.record.spec
+            run = _Run(
+                spec=spec,
+                handle=resumed.handle,
+                runtime=resumed.runtime,
+                started_at=resumed.record.started_at,
+            )
+            self._persisted.add(resumed.record.key)
+            self._remember(resumed.record.key)
+            self._runs[spec.task_id] = run
+            self._launch(run)
+        log.info(
+            "took back the tasks of the previous run",
+            extra={"reattached": len(found.resumed), "ended": len(found.finals)},
+        )
+
+    async def _artifact(self, run: _Run) -> bytes | None:
+        spec = run.spec
         if spec.artifact is None:
             return None
-        if spec.artifact_b64 is not None:
-            try:
-                data = base64.b64decode(spec.artifact_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise Invalid("artifact is not valid base64", field="artifact") from None
-            self.artifacts.put(spec.artifact, data)
+        if run.artifact_b64 is not None:
+            data = await self.artifacts.store(spec.artifact, run.artifact_b64)
+            run.artifact_b64 = None  # kept in the cache now: no need to hold a second copy
             return data
-        cached = self.artifacts.get(spec.artifact)
+        cached = await self.artifacts.load(spec.artifact)
         if cached is None:
             raise Invalid(f"artifact_missing: {spec.artifact}", field="artifact")
         return cached

@@ -4,7 +4,14 @@ Compiling is the expensive step (hundreds of µs for a tiny module, seconds for 
 so a module is compiled once per digest: kept compiled in memory (LRU) and, when a cache
 directory is given, serialised to ``<digest>.cwasm`` so a restarted worker only
 deserialises it. Nothing here starts a thread; the API imports it to reject bad tasks with
-422 before anything is stored.
+422 before anything is stored, and the wasm runtime (``runtimes/wasm.py``) to run them:
+it lives outside ``runtimes`` so the control plane never imports a runtime.
+
+A process has one cache (:func:`process_cache`), shared by admission and the workers
+``edgeplane up`` runs in the same process: a module compiled when its task was admitted
+is not compiled again by the worker that runs it. Compiling never happens on an event
+loop: callers go through a thread (wasmtime's compiler releases the GIL, so the loop
+keeps serving while it works).
 """
 
 from __future__ import annotations
@@ -234,6 +241,12 @@ class ModuleCache:
         """True when ``digest`` is compiled in memory (a ``get`` would not block)."""
         return digest in self._entries
 
+    def cached(self, digest: str) -> CompiledModule | None:
+        """The module when it is compiled in memory, else None: never compiles or reads a
+        file, so it is safe on an event loop (a ``get`` after ``in`` could meet an eviction
+        by another thread and load from disk)."""
+        return self._lookup(digest)
+
     def signatures(self, digest: str | None, data: bytes | None) -> dict[str, FuncSig]:
         """Export signatures of a module, compiling it only on the first request."""
         return dict(self.get(digest, data).exports)
@@ -328,3 +341,22 @@ class ModuleCache:
             # A full or read-only disk only costs a recompile after a restart.
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+#: Modules a process keeps compiled (the admission of a big batch sees many digests).
+PROCESS_CACHE_CAPACITY = 256
+_process_cache: ModuleCache | None = None
+_process_lock = threading.Lock()
+
+
+def process_cache(cache_dir: Path | None = None) -> ModuleCache:
+    """This process's one module cache (see the module docstring). The first caller that
+    names a ``cache_dir`` gives it its ``.cwasm`` directory."""
+    global _process_cache
+    with _process_lock:
+        if _process_cache is None:
+            _process_cache = ModuleCache(cache_dir=cache_dir, capacity=PROCESS_CACHE_CAPACITY)
+        elif cache_dir is not None and _process_cache.cache_dir is None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _process_cache.cache_dir = cache_dir
+        return _process_cache
