@@ -59,7 +59,9 @@ def test_manager_killed_mid_workflow_resumes(
          "--allow-host", "--data-dir", str(tmp_path / "w1")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    http = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {TOKEN}"})
+    http = httpx.Client(
+        base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    )
     try:
         wait_healthy(url, manager)
         wait_until(

@@ -279,6 +279,27 @@ async def test_no_cluster_fits_waits_then_runs_when_capacity_appears(
         assert done["worker_id"] == "a-gpu"
 
 
+def site_b_lie(workers: int) -> Aggregate:
+    """An aggregate claiming ``workers`` free `site=b` host workers (8 cpu, 1000 MB each),
+    in the real wire format, as a cluster whose state changed after it would tell."""
+    return Aggregate(
+        workers=workers,
+        free_slots=10 * workers,
+        groups=[
+            CapacityGroup(
+                runtime="host",
+                labels={"site": "b"},
+                workers=workers,
+                free_slots=10 * workers,
+                cpu=FreeStats(count=workers, sum=8 * workers, mean=8, max=8),
+                memory_mb=FreeStats(count=workers, sum=1000 * workers, mean=1000, max=1000),
+            )
+        ],
+        max_free_cpu=8,
+        max_free_memory_mb=1000,
+    )
+
+
 async def test_cluster_rejects_and_root_falls_back(hierarchy: Hierarchy) -> None:
     """A stale aggregate claims a cluster has `site=b` workers: it rejects, and the root
     places the task on the next candidate, recording both attempts."""
@@ -289,22 +310,7 @@ async def test_cluster_rejects_and_root_falls_back(hierarchy: Hierarchy) -> None
         await eventually(lambda: _count(http, 2))
         # Make "stale" look best for site=b: a lie in the real wire format, as a cluster
         # whose state changed after its last aggregate would tell.
-        lie = Aggregate(
-            workers=50,
-            free_slots=500,
-            groups=[
-                CapacityGroup(
-                    runtime="host",
-                    labels={"site": "b"},
-                    workers=50,
-                    free_slots=500,
-                    cpu=FreeStats(count=50, sum=400, mean=8, max=8),
-                    memory_mb=FreeStats(count=50, sum=50_000, mean=1000, max=1000),
-                )
-            ],
-            max_free_cpu=8,
-            max_free_memory_mb=1000,
-        )
+        lie = site_b_lie(50)
         topics = Topics.for_root(hierarchy.domain)
         stale = hierarchy.clusters["stale"]
         assert stale.control.uplink is not None
@@ -345,22 +351,7 @@ async def test_a_task_offered_again_after_a_rejection_is_judged_again(
     await hierarchy.add_cluster("stale", worker_labels={"site": "a"})
     async with api(root) as http:
         await eventually(lambda: _count(http, 1))
-        lie = Aggregate(
-            workers=5,
-            free_slots=50,
-            groups=[
-                CapacityGroup(
-                    runtime="host",
-                    labels={"site": "b"},
-                    workers=5,
-                    free_slots=50,
-                    cpu=FreeStats(count=5, sum=40, mean=8, max=8),
-                    memory_mb=FreeStats(count=5, sum=5_000, mean=1000, max=1000),
-                )
-            ],
-            max_free_cpu=8,
-            max_free_memory_mb=1000,
-        )
+        lie = site_b_lie(5)
         topics = Topics.for_root(hierarchy.domain)
         stale = hierarchy.clusters["stale"]
         assert stale.control.uplink is not None

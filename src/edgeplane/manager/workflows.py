@@ -51,12 +51,23 @@ class Workflows:
         self._wake = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[Workflow]]] = defaultdict(list)
         self._loop: asyncio.Task[None] | None = None
+        self._loaded = False
         manager.on_task_end(self._task_ended)
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """Rebuild the unfinished runs. A restarted control plane does this before its
+        manager starts: an end committed while a run was being read (a worker's result
+        kept while the manager was down) would otherwise reach no run, and the run would
+        wait for it for good."""
+        if self._loaded:
+            return
+        self._loaded = True
         for workflow in await self.manager.documents.unfinished_workflows():
             await self._load(workflow)
             self._dirty.add(workflow.id)
+
+    async def start(self) -> None:
+        await self.load()
         self._loop = asyncio.create_task(self._run_loop(), name="workflows")
         self._wake.set()
 

@@ -105,8 +105,11 @@ class ControlPlane:
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
         )
+        # Before the manager commits anything: what it commits at once (results workers
+        # kept while it was down) must reach the runs and the root (see load and attach).
+        await self.workflows.load()
         if self.uplink is not None:
-            await self.uplink.attach()  # before the manager commits anything (see attach)
+            await self.uplink.attach()
         await self.manager.start()
         await self.workflows.start()
         await self.schedules.start()
