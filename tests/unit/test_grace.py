@@ -126,3 +126,15 @@ def test_reattachable_runtimes_are_the_recoverable_ones() -> None:
     """The control plane does not import the runtimes; this keeps its list in step."""
     runtimes = [HostRuntime, ContainerRuntime, WasmRuntime, FakeRuntime]
     assert {rt.name for rt in runtimes if rt.recoverable} == REATTACHABLE
+
+
+def test_time_the_manager_could_not_hear_uses_up_no_grace() -> None:
+    grace = Grace(period_s=10)
+    grace.lose_now("w1", ["h"], TASKS, reason="r", now=0)
+    offline = [("w1", False, True)]
+
+    def deaf_from_2_to_8(since: float) -> float:  # (as Liveness.silence at now=15)
+        return 15 - since - 6
+
+    assert grace.expired(offline, 15, heard=deaf_from_2_to_8) == {}  # 9 s heard of 10
+    assert grace.expired(offline, 15) == {"w1": "r; not back within 10 s"}

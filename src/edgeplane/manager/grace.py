@@ -17,7 +17,7 @@ offline path and its liveness sweep.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from edgeplane.config import Settings
@@ -39,7 +39,8 @@ def grace_s(settings: Settings) -> float:
 class Held:
     """A lost member whose re-attachable tasks wait for it."""
 
-    until: float
+    #: when the member was lost (the manager's monotonic clock)
+    since: float
     reason: str
 
 
@@ -79,11 +80,20 @@ class Grace:
             lost = [tid for tid in ids if tid not in tasks]
         else:
             lost = [tid for tid in ids if not reattachable(tasks.get(tid))]
-        self._held[member_id] = Held(until=now + self.period_s, reason=reason)
+        self._held[member_id] = Held(since=now, reason=reason)
         return lost
 
-    def expired(self, members: Iterable[tuple[str, bool, bool]], now: float) -> dict[str, str]:
+    def expired(
+        self,
+        members: Iterable[tuple[str, bool, bool]],
+        now: float,
+        heard: Callable[[float], float] | None = None,
+    ) -> dict[str, str]:
         """Members whose grace is over, with the reason to lose their tasks with.
+
+        ``heard(since)`` says how many seconds since ``since`` the manager could hear its
+        members (``Liveness.silence``): time its own link was down or its loop stalled
+        does not use up a grace period. Without it, the plain time since.
 
         ``members`` are ``(id, online, holds tasks)``, every member there is. A member back
         online is forgotten (its hello or heartbeat settled its tasks), and so is one that
@@ -100,8 +110,8 @@ class Grace:
             held = self._held.get(member_id)
             if held is None:
                 reason = f"{self.member} {member_id} was offline when the manager started"
-                self._held[member_id] = Held(until=now + self.period_s, reason=reason)
-            elif now >= held.until:
+                self._held[member_id] = Held(since=now, reason=reason)
+            elif (now - held.since if heard is None else heard(held.since)) >= self.period_s:
                 del self._held[member_id]
                 over[member_id] = f"{held.reason}; not back within {self.period_s:g} s"
         for member_id in left:

@@ -262,7 +262,8 @@ class Membership:
             entries = core.registry.entries()
             members = ((e.worker.id, e.online, bool(e.tasks)) for e in entries)
             mono = core.clock.monotonic()
-            for member_id, reason in self.grace.expired(members, mono).items():
+            expired = self.grace.expired(members, mono, heard=self.liveness.silence)
+            for member_id, reason in expired.items():
                 held = core.registry.get(member_id)
                 if held is not None:
                     await self.lose_tasks(held, reason)

@@ -152,9 +152,15 @@ class Schedules:
         return updated
 
     async def _run_loop(self) -> None:
+        waiting = False  # for the store: said once per outage, not every second
         while True:
             try:
                 earliest = await self.fire_due()
+                waiting = False
+            except Unavailable as exc:
+                if not waiting:
+                    log.warning("schedules wait for the store", extra={"error": exc.detail})
+                waiting, earliest = True, None
             except Exception:
                 log.exception("firing schedules failed")
                 earliest = None

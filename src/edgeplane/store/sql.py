@@ -296,7 +296,7 @@ class SqlStore(Store):
             self._direct = DirectSqlite(str(database), _SQLITE_BUSY_MS)
 
     async def ping(self) -> None:
-        async with _reachable(self.url), self._reading() as conn:
+        async with self._reading() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def apply(self, batch: Batch) -> None:
@@ -376,19 +376,21 @@ class SqlStore(Store):
             raise Unavailable("the store is not open")
         return self._engine
 
+    # Every statement goes through these two (or _reachable itself on the SQLite hot path):
+    # a store that cannot be reached is Unavailable, a 503 at the API, never a 500.
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        async with self._opened().begin() as conn:
+        async with _reachable(self.url), self._opened().begin() as conn:
             yield conn
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
         engine = self._opened()
         if self._write_lock is None:
-            async with engine.begin() as conn:
+            async with _reachable(self.url), engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, engine.begin() as conn:
+        async with _reachable(self.url), self._write_lock, engine.begin() as conn:
             yield conn
 
     # artifacts
@@ -447,7 +449,7 @@ class SqlStore(Store):
             return
         self._opened()
         assert self._write_lock is not None  # always set for SQLite
-        async with self._write_lock:
+        async with _reachable(self.url), self._write_lock:
             await self._direct.write([(statement.sql, statement.params(rows))])
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -455,7 +457,8 @@ class SqlStore(Store):
             return None
         if self._direct is not None:
             self._opened()
-            found = await self._direct.scalar("SELECT doc FROM tasks WHERE id = ?", (task_id,))
+            async with _reachable(self.url):
+                found = await self._direct.scalar("SELECT doc FROM tasks WHERE id = ?", (task_id,))
             if found is None:
                 return None
             with contextlib.suppress(ValidationError):
