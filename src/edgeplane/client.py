@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
 __all__ = [
@@ -254,6 +255,8 @@ def _nothing(resp: Reply) -> None:
 
 def _unreachable(url: str, exc: httpx.TransportError | Unreachable) -> Unavailable:
     reason = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        reason += " (is --ca / EDGEPLANE_CA the CA that signed the server's certificate?)"
     return Unavailable(f"cannot reach edgeplane at {url}: {reason}")
 
 
@@ -547,11 +550,22 @@ class _Base:
     """What both clients hold: where the server is, how long to wait, which clock to read."""
 
     def __init__(
-        self, url: str | None, token: str | None, timeout: float, clock: Clock | None
+        self,
+        url: str | None,
+        token: str | None,
+        timeout: float,
+        clock: Clock | None,
+        ca: str | Path | None,
     ) -> None:
         self.url, self.token = resolve_endpoint(url, token)
         self.timeout = timeout
         self._clock = clock or SystemClock()
+        #: verifies an https server: ``ca`` > ``$EDGEPLANE_CA`` > the data dir's CA > system
+        self._tls = (
+            client_context(trusted_ca(None if ca is None else Path(ca), _data_dir()))
+            if self.url.startswith("https://")
+            else None
+        )
 
     def _options(self) -> dict[str, Any]:
         headers = {"User-Agent": f"edgeplane/{__version__}", "Accept": "application/json"}
@@ -588,10 +602,13 @@ class Client(_Base):
         timeout: float = 30,
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
+        ca: str | Path | None = None,
     ) -> None:
-        super().__init__(url, token, timeout, clock)
+        super().__init__(url, token, timeout, clock, ca)
         options = self._options()
-        self._http = open_wire(options["base_url"], options["headers"], timeout, transport)
+        self._http = open_wire(
+            options["base_url"], options["headers"], timeout, transport, self._tls
+        )
 
     def _send(self, call: _Call[T]) -> T:
         try:
@@ -824,9 +841,11 @@ class AsyncClient(_Base):
         timeout: float = 30,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
+        ca: str | Path | None = None,
     ) -> None:
-        super().__init__(url, token, timeout, clock)
-        self._http = httpx.AsyncClient(transport=transport, **self._options())
+        super().__init__(url, token, timeout, clock, ca)
+        verify = self._tls if self._tls is not None else True
+        self._http = httpx.AsyncClient(transport=transport, verify=verify, **self._options())
 
     async def _send(self, call: _Call[T]) -> T:
         try:

@@ -39,6 +39,17 @@ class Settings(BaseModel):
     #: empty means SQLite in data_dir.
     store: str = ""
     host: str = "127.0.0.1"
+    #: where the embedded broker listens (its port is kept in ``data_dir/broker/port``)
+    broker_host: str = "127.0.0.1"
+    # --- TLS (docs/tls.md) ---
+    #: the certificate and key the API and the embedded broker serve (default: those
+    #: ``edgeplane certs init`` made in data_dir, when listening off loopback)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the CA a client verifies servers with (default: data_dir/certs/ca.pem, else the system's)
+    ca: Path | None = None
+    #: serve the API or the embedded broker off loopback without TLS all the same
+    insecure: bool = False
     port: int = Field(default=7070, ge=0, le=65535)
     workers: int = Field(default=2, ge=0)
     heartbeat_s: float = Field(default=5.0, gt=0)

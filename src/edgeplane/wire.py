@@ -93,12 +93,23 @@ class Wire(Protocol):
 
 
 def open_wire(
-    base_url: str, headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None
+    base_url: str,
+    headers: dict[str, str],
+    timeout: float,
+    transport: httpx.BaseTransport | None,
+    tls: ssl.SSLContext | None = None,
 ) -> Wire:
-    """A :class:`Connection`, or httpx when given a transport or a proxy applies."""
+    """A :class:`Connection`, or httpx when given a transport or a proxy applies. ``tls``
+    verifies an https server (None: the system's trust store)."""
     if transport is None and not proxied(base_url):
-        return Connection(base_url, headers, timeout)
-    client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+        return Connection(base_url, headers, timeout, tls)
+    client = httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=timeout,
+        transport=transport,
+        verify=tls if tls is not None else True,
+    )
     return HttpxWire(client)
 
 
@@ -119,13 +130,20 @@ class HttpxWire:
 class Connection:
     """Requests to one ``http(s)://host[:port][/prefix]`` over one kept-alive connection."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self._origin = f"{parts.scheme}://{parts.netloc}"
         # made once: loading the CA bundle again for every reconnect costs milliseconds
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        https = parts.scheme == "https"
+        self._tls = (tls or ssl.create_default_context()) if https else None
         self._host = parts.hostname
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")

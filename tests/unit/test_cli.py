@@ -113,7 +113,7 @@ def _pick(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def invoke(api: Any, *args: str, clock: ManualClock | None = None) -> Result:
     """Run the CLI with its clients talking to ``api`` (a handler) through a mock transport."""
 
-    def make_client(url: str | None, token: str | None) -> Client:
+    def make_client(url: str | None, token: str | None, ca: Path | None) -> Client:
         return Client(url, token, transport=httpx.MockTransport(api), clock=clock)
 
     return CliRunner().invoke(app, list(args), obj=Session(make_client=make_client))

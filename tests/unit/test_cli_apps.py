@@ -191,7 +191,7 @@ CLUSTER = {
 def invoke(api: Any, *args: str) -> Result:
     """Run the CLI with its clients talking to ``api`` through a mock transport."""
 
-    def make_client(url: str | None, token: str | None) -> Client:
+    def make_client(url: str | None, token: str | None, ca: Path | None) -> Client:
         return Client(url, token, transport=httpx.MockTransport(api))
 
     return CliRunner().invoke(app, list(args), obj=Session(make_client=make_client))

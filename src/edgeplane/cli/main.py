@@ -8,13 +8,24 @@ stderr through :class:`_Guarded`; nobody ever sees a traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from edgeplane import __version__
-from edgeplane.cli import apps, clusters, jobs, roles, schedules, tasks, workers, workflows
+from edgeplane.cli import (
+    apps,
+    certs,
+    clusters,
+    jobs,
+    roles,
+    schedules,
+    tasks,
+    workers,
+    workflows,
+)
 from edgeplane.cli.output import Format, Session, error
 from edgeplane.errors import (
     EdgeplaneError,
@@ -93,6 +104,14 @@ def root(
         str | None,
         typer.Option(envvar="EDGEPLANE_TOKEN", help="API token (default: from `edgeplane up`)."),
     ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="EDGEPLANE_CA",
+            help="CA an https:// API's certificate must chain to (default: "
+            "DATA_DIR/certs/ca.pem if there, else the system's).",
+        ),
+    ] = None,
     output: Annotated[
         Format, typer.Option(envvar="EDGEPLANE_OUTPUT", help="How to print answers.")
     ] = Format.table,
@@ -106,7 +125,7 @@ def root(
     Start with `edgeplane up`, then `edgeplane task run add.wasm add 2 3`.
     """
     current = ctx.obj if isinstance(ctx.obj, Session) else Session()
-    current.url, current.token, current.output = url, token, output
+    current.url, current.token, current.ca, current.output = url, token, ca, output
     ctx.obj = current
     ctx.call_on_close(current.close)
 
@@ -119,13 +138,14 @@ workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
+app.add_typer(certs.app, name="certs")
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
 app.command("root")(roles.root)
 
 
 #: Options of the root command a user may also put after the subcommand.
-_GLOBAL = ("--url", "--token")
+_GLOBAL = ("--url", "--token", "--ca")
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -36,13 +37,13 @@ OutputOption = Annotated[
     ),
 ]
 
-ClientFactory = Callable[[str | None, str | None], "Client"]
+ClientFactory = Callable[[str | None, str | None, Path | None], "Client"]
 
 
-def _make_client(url: str | None, token: str | None) -> Client:
+def _make_client(url: str | None, token: str | None, ca: Path | None) -> Client:
     from edgeplane.client import Client
 
-    return Client(url, token)
+    return Client(url, token, ca=ca)
 
 
 @dataclass
@@ -54,13 +55,14 @@ class Session:
 
     url: str | None = None
     token: str | None = None
+    ca: Path | None = None
     output: Format = Format.table
     make_client: ClientFactory = _make_client
     _client: Client | None = field(default=None, init=False)
 
     def client(self) -> Client:
         if self._client is None:
-            self._client = self.make_client(self.url, self.token)
+            self._client = self.make_client(self.url, self.token, self.ca)
         return self._client
 
     def format(self, override: Format | None) -> Format:

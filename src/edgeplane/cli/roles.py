@@ -107,6 +107,35 @@ WasmTimeoutOption = Annotated[
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
 DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
+BrokerHostOption = Annotated[
+    str | None,
+    typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
+]
+TlsCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert",
+        help="Certificate the API and embedded broker serve (default: DATA_DIR/certs/server.pem "
+        "from `edgeplane certs init`, when listening off loopback).",
+    ),
+]
+TlsKeyOption = Annotated[Path | None, typer.Option("--tls-key", help="Key of --tls-cert.")]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        help="CA an mqtts:// broker's certificate must chain to (default: DATA_DIR/certs/ca.pem "
+        "if there, else the system's).",
+    ),
+]
+InsecureOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--insecure",
+        help="Serve the API or embedded broker off loopback without TLS all the same.",
+        show_default=False,
+    ),
+]
 
 
 def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
@@ -188,6 +217,10 @@ def up(
             help="Run a root over N clusters (each with its own broker and --workers workers).",
         ),
     ] = None,
+    broker_host: BrokerHostOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    insecure: InsecureOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -211,6 +244,10 @@ def up(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
+        "broker_host": broker_host,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "insecure": insecure,
         "log_level": log_level,
     }
     from edgeplane.roles.up import run_up
@@ -219,7 +256,7 @@ def up(
 
 
 ApiBrokerOption = Annotated[
-    str | None, typer.Option(help="mqtt://HOST:PORT of its own broker; default: start one.")
+    str | None, typer.Option(help="mqtt[s]://HOST:PORT of its own broker; default: start one.")
 ]
 
 
@@ -239,6 +276,11 @@ def root(
     ] = None,
     heartbeat_s: HeartbeatOption = None,
     data_dir: DataDirOption = None,
+    broker_host: BrokerHostOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    ca: CaOption = None,
+    insecure: InsecureOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -252,6 +294,11 @@ def root(
         "pack": pack,
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
+        "broker_host": broker_host,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "ca": ca,
+        "insecure": insecure,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -263,7 +310,7 @@ def root(
 def manager(
     broker: ApiBrokerOption = None,
     root: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT of the root's broker to register with.")
+        str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
     label: Annotated[
@@ -290,6 +337,11 @@ def manager(
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
+    broker_host: BrokerHostOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    ca: CaOption = None,
+    insecure: InsecureOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -311,6 +363,11 @@ def manager(
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
+        "broker_host": broker_host,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "ca": ca,
+        "insecure": insecure,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -328,7 +385,8 @@ def manager(
 def worker(
     ctx: typer.Context,
     manager: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT: the broker of the cluster to join.")
+        str | None,
+        typer.Option(help="mqtt[s]://HOST:PORT: the broker of the cluster to join."),
     ] = None,
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
@@ -350,10 +408,11 @@ def worker(
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run a worker: `edgeplane worker --manager mqtt://HOST:PORT`. It only dials out."""
+    """Run a worker: `edgeplane worker --manager mqtt[s]://HOST:PORT`. It only dials out."""
     flags = {
         "broker": manager,
         "cluster_id": cluster_id,
@@ -367,6 +426,7 @@ def worker(
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "ca": ca,
         "log_level": log_level,
     }
     if ctx.invoked_subcommand is not None:

@@ -68,6 +68,7 @@ class Manager:
             # (the members' liveness hears whether the manager itself can hear)
             on_connect=lambda: self.members.link_up(),
             on_disconnect=lambda: self.members.link_down(),
+            ca=settings.ca,
         )
         core = Core(
             settings=settings,

@@ -127,6 +127,7 @@ class Uplink:
                 qos=1,
             ),
             on_connect=self._send_hello,
+            ca=self.manager.settings.ca,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -22,12 +22,24 @@ from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
+from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
 from edgeplane.transport import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
 #: The file in the data dir that ``up`` and ``root`` write the API's URL to.
 ENDPOINT_FILE = "endpoint"
+
+
+def serving_tls(settings: Settings) -> ServerTls | None:
+    """What the API and the embedded broker serve (None: plain), by ``edgeplane.tls``."""
+    hosts = (settings.host,) if settings.broker else (settings.host, settings.broker_host)
+    return server_tls(settings.data_dir, settings.tls_cert, settings.tls_key, hosts=hosts)
+
+
+def with_trusted_ca(settings: Settings) -> Settings:
+    """``settings`` with ``ca`` set to the CA its links verify brokers with."""
+    return settings.model_copy(update={"ca": trusted_ca(settings.ca, settings.data_dir)})
 
 
 async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
@@ -42,7 +54,11 @@ async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> 
     port_file = settings.data_dir / "broker" / "port"
     recorded = _recorded_port(port_file)
     port = recorded if recorded is not None and _free(recorded) else 0
-    broker = EmbeddedBroker(settings.data_dir / "broker", port=port)
+    tls = serving_tls(settings)
+    refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
+    broker = EmbeddedBroker(
+        settings.data_dir / "broker", port=port, host=settings.broker_host, tls=tls
+    )
     url = await broker.start()
     stack.push_async_callback(broker.stop)
     if recorded is not None and broker.port != recorded:
@@ -84,9 +100,13 @@ class ControlPlane:
     def __init__(
         self, settings: Settings, broker_url: str, *, root: bool = False, serve_api: bool = True
     ) -> None:
+        settings = with_trusted_ca(settings)
         self.settings = settings
         self.broker_url = broker_url
         self.serve_api = serve_api
+        self.tls = serving_tls(settings) if serve_api else None
+        if serve_api:
+            refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
         self.manager = Manager(settings, self.store, broker_url, root=root)
         facade = self.manager.facade
@@ -135,6 +155,8 @@ class ControlPlane:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            ssl_certfile=None if self.tls is None else str(self.tls.cert),
+            ssl_keyfile=None if self.tls is None else str(self.tls.key),
         )
         self._server = _Server(config)
         self._serving = asyncio.create_task(self._server.serve(), name="api")
@@ -144,7 +166,8 @@ class ControlPlane:
                 raise RuntimeError("API server stopped during start-up")
             await asyncio.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://{self.settings.host}:{port}"
+        scheme = "http" if self.tls is None else "https"
+        self.url = f"{scheme}://{self.settings.host}:{port}"
 
     async def stop(self) -> None:
         if self._server is not None and self._serving is not None:

@@ -12,6 +12,7 @@ from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
+from edgeplane.tls import trusted_ca
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
@@ -64,6 +65,7 @@ def build_worker(
         slots=settings.slots,
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
+        ca=trusted_ca(settings.ca, settings.data_dir),
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 

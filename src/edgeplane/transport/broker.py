@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from edgeplane.errors import Unavailable
 from edgeplane.lifeline import die_with_parent
+from edgeplane.tls import ServerTls
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -37,7 +38,24 @@ def free_port() -> int:
         return port
 
 
-def mosquitto_config(port: int) -> str:
+def dial_host(host: str) -> str:
+    """The address a process on this machine reaches a broker listening on ``host`` at."""
+    return HOST if host in ("0.0.0.0", "::", "") else host
+
+
+def broker_url(host: str, port: int, tls: ServerTls | None) -> str:
+    return f"{'mqtts' if tls is not None else 'mqtt'}://{dial_host(host)}:{port}"
+
+
+def tls_lines(tls: ServerTls | None) -> list[str]:
+    """The listener's TLS settings: only what the certificate says, no client certificate
+    asked (clients are told apart by their credentials, not their certificates)."""
+    if tls is None:
+        return []
+    return [f"certfile {tls.cert}", f"keyfile {tls.key}"]
+
+
+def mosquitto_config(port: int, host: str = HOST, tls: ServerTls | None = None) -> str:
     """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr)."""
     return "\n".join(
         [
@@ -45,7 +63,8 @@ def mosquitto_config(port: int) -> str:
             # process's parent-death signal when its credentials change (lifeline.py): it
             # stays the user of the role that starts it (no effect unless that is root).
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-            f"listener {port} {HOST}",
+            f"listener {port} {host}",
+            *tls_lines(tls),
             "allow_anonymous true",
             "set_tcp_nodelay true",
             "persistence false",
@@ -63,9 +82,9 @@ def mosquitto_config(port: int) -> str:
     )
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = HOST) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=0.5):
+        with socket.create_connection((dial_host(host), port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -79,9 +98,18 @@ class MosquittoProcess:
     across many per-test loops.
     """
 
-    def __init__(self, data_dir: Path, port: int, executable: str = "mosquitto") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        executable: str = "mosquitto",
+        host: str = HOST,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.host = host
+        self.tls = tls
         self.executable = executable
         self.config_path = data_dir / "mosquitto.conf"
         self.log_path = data_dir / "mosquitto.log"
@@ -90,7 +118,7 @@ class MosquittoProcess:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
+        return broker_url(self.host, self.port, self.tls)
 
     @property
     def pid(self) -> int | None:
@@ -105,7 +133,7 @@ class MosquittoProcess:
     def spawn(self) -> None:
         """Start the process (fast: call it from the thread that must outlive it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port))
+        self.config_path.write_text(mosquitto_config(self.port, self.host, self.tls))
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [self.executable, "-c", str(self.config_path)],
@@ -120,7 +148,7 @@ class MosquittoProcess:
         """Wait until the spawned broker accepts connections; ``Unavailable`` otherwise."""
         assert self._proc is not None, "spawn() first"
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _port_open(self.port):
+        while not _port_open(self.port, self.host):
             code = self._proc.poll()
             if code is not None or time.monotonic() > deadline:
                 self.stop()
@@ -156,10 +184,13 @@ class MosquittoProcess:
         return data[-LOG_TAIL_BYTES:].decode(errors="replace")
 
 
-def amqtt_config(port: int) -> dict[str, object]:
+def amqtt_config(port: int, host: str = HOST, tls: ServerTls | None = None) -> dict[str, object]:
     """Only the anonymous-auth plugin: $SYS and packet logging cost time and log noise."""
+    listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}"}
+    if tls is not None:
+        listener.update(ssl=True, certfile=str(tls.cert), keyfile=str(tls.key))
     return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+        "listeners": {"default": listener},
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
         },
@@ -167,24 +198,36 @@ def amqtt_config(port: int) -> dict[str, object]:
 
 
 class EmbeddedBroker:
-    """A broker private to this process tree, listening on 127.0.0.1 only."""
+    """A broker this process tree runs, on 127.0.0.1 unless given another ``host``; with
+    ``tls`` it serves MQTTS only (``edgeplane.tls``: never plain off loopback)."""
 
-    def __init__(self, data_dir: Path, port: int = 0, prefer_mosquitto: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        prefer_mosquitto: bool = True,
+        host: str = HOST,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.host = host
+        self.tls = tls
         self.port = port or free_port()
         executable = shutil.which("mosquitto") if prefer_mosquitto else None
         self.kind: Literal["mosquitto", "amqtt"] = "mosquitto" if executable else "amqtt"
         self._mosquitto = (
-            MosquittoProcess(data_dir, self.port, executable) if executable is not None else None
+            MosquittoProcess(data_dir, self.port, executable, host, tls)
+            if executable is not None
+            else None
         )
         self._amqtt: Broker | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
+        return broker_url(self.host, self.port, self.tls)
 
     async def start(self) -> str:
-        """Start the broker and return its ``mqtt://`` URL once it accepts connections."""
+        """Start the broker and return its ``mqtt[s]://`` URL once it accepts connections."""
         if self._mosquitto is not None:
             # Spawned on the loop's thread: the kernel ties the broker's life to the thread
             # that forked it, and an executor's thread may end before this process does.
@@ -193,7 +236,7 @@ class EmbeddedBroker:
         # Imported here: amqtt takes ~0.2 s to import and is unused when Mosquitto runs.
         from amqtt.broker import Broker
 
-        broker = Broker(amqtt_config(self.port))
+        broker = Broker(amqtt_config(self.port, self.host, self.tls))
         try:
             await broker.start()
         except Exception as exc:

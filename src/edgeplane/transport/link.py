@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
@@ -24,6 +25,7 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeplane.errors import Invalid, Unavailable
+from edgeplane.tls import client_context
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -36,6 +38,7 @@ ConnectHook = Callable[[], Awaitable[None]]
 DisconnectHook = Callable[[], None]
 
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 OUTBOX_SIZE = 100_000
 MAX_PAYLOAD = 268_435_455  # the MQTT 3.1.1 limit on a remaining length
 
@@ -78,6 +81,8 @@ class BrokerAddress:
     port: int
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: ``mqtts://``: TLS, the broker's certificate verified
+    tls: bool = False
 
     def __str__(self) -> str:
         """``host:port`` only: safe to log, never carries credentials."""
@@ -85,21 +90,23 @@ class BrokerAddress:
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
+    """``mqtt[s]://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise Invalid(f"bad broker URL: {exc}", field="broker") from None
-    if parts.scheme != "mqtt":
-        raise Invalid("broker URL must start with mqtt://", field="broker")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise Invalid("broker URL must start with mqtt:// or mqtts://", field="broker")
     if not parts.hostname:
         raise Invalid("broker URL has no host", field="broker")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise Invalid("broker URL must be mqtt://[user:pass@]host[:port]", field="broker")
+        raise Invalid("broker URL must be mqtt[s]://[user:pass@]host[:port]", field="broker")
+    tls = parts.scheme == "mqtts"
     return BrokerAddress(
         host=parts.hostname,
-        port=DEFAULT_PORT if port is None else port,
+        port=(DEFAULT_TLS_PORT if tls else DEFAULT_PORT) if port is None else port,
+        tls=tls,
         username=None if parts.username is None else unquote(parts.username),
         password=None if parts.password is None else unquote(parts.password),
     )
@@ -206,7 +213,10 @@ class MqttLink:
         max_backoff_s: float = MAX_BACKOFF_S,
         connect_timeout_s: float = 10.0,
         rng: random.Random | None = None,
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: the CA an ``mqtts://`` broker's certificate must chain to (None: the
+        system's trust store); see ``edgeplane.security.tls``."""
         address = parse_broker_url(url)
         if qos not in (0, 1, 2):
             raise Invalid(f"qos must be 0, 1 or 2, not {qos}", field="qos")
@@ -215,7 +225,10 @@ class MqttLink:
             port=address.port,
             username=username if username is not None else address.username,
             password=password if password is not None else address.password,
+            tls=address.tls,
         )
+        # made once: loading a CA file again for every reconnect costs milliseconds
+        self._tls = client_context(ca) if address.tls else None
         self.client_id = client_id
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
@@ -365,6 +378,7 @@ class MqttLink:
             timeout=ACK_TIMEOUT_S,
             max_inflight_messages=SENDERS,
             socket_options=[NODELAY],
+            tls_context=self._tls,
         )
         # SENDERS publishes awaiting their PUBACK are normal here, not a warning sign.
         client.pending_calls_threshold = SENDERS + len(self._subscriptions) + 1

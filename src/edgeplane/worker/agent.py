@@ -193,6 +193,8 @@ class WorkerOptions:
     #: tasks accepted per slot; those beyond the slots wait here, in order, for one to free
     prefetch: int = 1
     heartbeat_s: float = 5.0
+    #: the CA an ``mqtts://`` broker's certificate must chain to (None: the system's)
+    ca: Path | None = None
 
 
 class WorkerAgent:
@@ -244,6 +246,7 @@ class WorkerAgent:
                 qos=1,
             ),
             on_connect=self._send_hello,
+            ca=options.ca,
         )
 
     # ------------------------------------------------------------------ lifecycle
