@@ -138,6 +138,15 @@ InsecureOption = Annotated[
 ]
 
 
+def _ca(ctx: typer.Context, given: Path | None) -> Path | None:
+    """``--ca`` of a role: the CLI moves ``--ca`` in front of the subcommand (main.py
+    ``hoist_global_options``), so it arrives as the global option."""
+    from edgeplane.cli.output import Session
+
+    found = ctx.find_object(Session)
+    return given or (found.ca if found is not None else None)
+
+
 def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
     from pydantic import ValidationError
 
@@ -261,6 +270,7 @@ ApiBrokerOption = Annotated[
 
 
 def root(
+    ctx: typer.Context,
     broker: ApiBrokerOption = None,
     store: StoreOption = None,
     host: HostOption = None,
@@ -297,7 +307,7 @@ def root(
         "broker_host": broker_host,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
-        "ca": ca,
+        "ca": _ca(ctx, ca),
         "insecure": insecure,
         "log_level": log_level,
     }
@@ -308,6 +318,7 @@ def root(
 
 
 def manager(
+    ctx: typer.Context,
     broker: ApiBrokerOption = None,
     root: Annotated[
         str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
@@ -366,7 +377,7 @@ def manager(
         "broker_host": broker_host,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
-        "ca": ca,
+        "ca": _ca(ctx, ca),
         "insecure": insecure,
         "log_level": log_level,
     }
@@ -426,7 +437,7 @@ def worker(
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
-        "ca": ca,
+        "ca": _ca(ctx, ca),
         "log_level": log_level,
     }
     if ctx.invoked_subcommand is not None:
