@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from faults.procs import EDGEPLANE, TOKEN, Lab, Role, wait_until
-from wasm_fixtures import add_wasm
 
 from edgeplane import Client
 from edgeplane.errors import Unavailable
 from edgeplane.transport import free_port
+from faults.procs import EDGEPLANE, TOKEN, Lab, Role, wait_until
+from wasm_fixtures import add_wasm
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.mosquitto]
 
@@ -123,9 +123,7 @@ def test_another_ca_is_refused(lab: Lab, secured: Secured) -> None:
         (["--broker-host", "0.0.0.0"], "the embedded broker would listen on 0.0.0.0 without TLS"),
     ],
 )
-def test_nothing_plain_off_loopback_without_insecure(
-    lab: Lab, flags: list[str], what: str
-) -> None:
+def test_nothing_plain_off_loopback_without_insecure(lab: Lab, flags: list[str], what: str) -> None:
     args = ["manager", "--port", str(free_port()), "--store", lab.store]
     done = edgeplane(lab, *args, "--data-dir", str(lab.root / "plain"), *flags)
     assert done.returncode == 2, done.stderr
