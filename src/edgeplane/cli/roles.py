@@ -437,7 +437,7 @@ def worker(
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
-        "ca": _ca(ctx, ca),
+        "ca": ca,
         "log_level": log_level,
     }
     if ctx.invoked_subcommand is not None:
@@ -447,6 +447,7 @@ def worker(
             )
         return
     labels = pairs(label, "--label")
+    flags["ca"] = _ca(ctx, ca)  # not above: the global --ca serves `worker list` too
     settings = _settings(flags, config)
     if not settings.broker:
         raise typer.BadParameter(

@@ -24,6 +24,7 @@ from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
 from edgeplane.transport import EmbeddedBroker
+from edgeplane.transport.broker import dial_host
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ class ControlPlane:
             await asyncio.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
         scheme = "http" if self.tls is None else "https"
-        self.url = f"{scheme}://{self.settings.host}:{port}"
+        # a wildcard address is not one to dial (nor one a certificate names)
+        self.url = f"{scheme}://{dial_host(self.settings.host)}:{port}"
 
     async def stop(self) -> None:
         if self._server is not None and self._serving is not None:

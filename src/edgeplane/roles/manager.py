@@ -20,10 +20,12 @@ async def run_manager(settings: Settings) -> None:
         await control.start()
         stack.push_async_callback(control.stop)
         root = f", registered with root {settings.root}" if settings.root else ""
+        # an mqtts:// broker: workers verify it with the CA this manager trusts
+        ca = f" --ca {control.settings.ca}" if broker_url.startswith("mqtts:") else ""
         print(
             f"manager of cluster {settings.cluster_id} serving {control.url}\n"
             f"  workers:  edgeplane worker --cluster-id {settings.cluster_id} "
-            f"--manager {broker_url}{root}",
+            f"--manager {broker_url}{ca}{root}",
             flush=True,
         )
         await wait_for_stop()

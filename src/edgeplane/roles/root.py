@@ -20,12 +20,14 @@ async def run_root(settings: Settings) -> None:
         await control.start()
         stack.push_async_callback(control.stop)
         (settings.data_dir / ENDPOINT_FILE).write_text(control.url + "\n")
+        # an mqtts:// broker: managers verify it with the CA this root trusts
+        ca = f" --ca {control.settings.ca}" if broker_url.startswith("mqtts:") else ""
         print(
             f"edgeplane root is up\n"
             f"  API:      {control.url}/api/v1\n"
             f"  dashboard: {control.url}/dashboard\n"
             f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
-            f"  clusters: edgeplane manager --cluster-id NAME --root {broker_url}\n",
+            f"  clusters: edgeplane manager --cluster-id NAME --root {broker_url}{ca}\n",
             flush=True,
         )
         await wait_for_stop()
