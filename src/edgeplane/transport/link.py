@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -178,6 +179,25 @@ def _describe(exc: BaseException) -> str:
     return f"{text} ({_describe(cause)})" if cause is not None else text
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails. paho (2.2) lets a refused handshake's
+    socket go without closing it, so every attempt against a broker whose certificate
+    does not verify left a descriptor for the garbage collector (and a ResourceWarning)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _tls_context(ca: Path | None) -> ssl.SSLContext:
+    context = client_context(ca)
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
+
+
 def _check_topic(topic: str) -> None:
     if not topic or "+" in topic or "#" in topic or "\0" in topic:
         raise Invalid(f"cannot publish to topic {topic!r}", field="topic")
@@ -228,7 +248,7 @@ class MqttLink:
             tls=address.tls,
         )
         # made once: loading a CA file again for every reconnect costs milliseconds
-        self._tls = client_context(ca) if address.tls else None
+        self._tls = _tls_context(ca) if address.tls else None
         self.client_id = client_id
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
