@@ -128,3 +128,32 @@ def test_nothing_plain_off_loopback_without_insecure(lab: Lab, flags: list[str],
     done = edgeplane(lab, *args, "--data-dir", str(lab.root / "plain"), *flags)
     assert done.returncode == 2, done.stderr
     assert what in done.stderr and "--insecure" in done.stderr
+
+
+def test_a_manager_registers_with_its_root_over_mqtts(lab: Lab) -> None:
+    root_dir = lab.root / "root"
+    ca = certs_init(lab, root_dir)
+    port, broker_port = free_port(), free_port()
+    (root_dir / "broker").mkdir()
+    (root_dir / "broker" / "port").write_text(f"{broker_port}\n")
+    root = lab.role(
+        "root",
+        ["root", "--host", "0.0.0.0", "--broker-host", "0.0.0.0", "--port", str(port),
+         "--store", f"sqlite:///{lab.root / 'root.db'}", "--data-dir", str(root_dir)],
+    ).start()  # fmt: skip
+    manager = lab.role(
+        "cluster",
+        ["manager", "--cluster-id", "tls-cluster", "--root", f"mqtts://127.0.0.1:{broker_port}",
+         "--ca", str(ca), "--port", str(free_port()), "--store", lab.store,
+         "--data-dir", str(lab.root / "cluster")],
+    ).start()  # fmt: skip
+
+    def registered() -> bool:
+        try:
+            with Client(f"https://127.0.0.1:{port}", TOKEN, ca=ca) as client:
+                clusters = client.clusters().items
+        except Unavailable:
+            return False
+        return any(c.id == "tls-cluster" and c.state == "online" for c in clusters)
+
+    wait_until(registered, "the cluster to register over MQTTS", watch=[root, manager])
