@@ -343,6 +343,14 @@ def worker(
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
     ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="Join token from `POST /api/v1/join-tokens` (or $EDGEPLANE_JOIN_TOKEN): "
+            "used once, the identity it buys is kept in the data dir.",
+        ),
+    ] = None,
     allow_host: AllowHostOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
@@ -368,6 +376,7 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
         "log_level": log_level,
+        "join_token": join,
     }
     if ctx.invoked_subcommand is not None:
         if any(v is not None for v in flags.values()) or worker_id or label or config:
