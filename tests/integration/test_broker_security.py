@@ -21,7 +21,7 @@ import pytest
 
 import wasm_fixtures
 from edgeplane.config import Settings
-from edgeplane.errors import Unauthorized
+from edgeplane.errors import Invalid
 from edgeplane.protocol import (
     Alive,
     Assignment,
@@ -189,14 +189,14 @@ async def test_join_refused_without_a_valid_token(
 ) -> None:
     stack, http, _ = secured
     topics = Topics(stack.control.settings.domain, stack.control.settings.cluster_id)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Invalid):
         await joining.join(stack.broker_url, topics, "epj_nope_nope", "rogue-1")
     expired = (await http.post("/join-tokens", json={"ttl_s": 1e-9})).json()
-    with pytest.raises(Unauthorized, match="expired"):
+    with pytest.raises(Invalid, match="expired"):
         await joining.join(stack.broker_url, topics, expired["token"], "rogue-1")
     revoked = (await http.post("/join-tokens", json={})).json()
     assert (await http.delete(f"/join-tokens/{revoked['id']}")).status_code == 204
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Invalid):
         await joining.join(stack.broker_url, topics, revoked["token"], "rogue-1")
     assert stack.control.joins is not None and stack.control.joins.stats.refused == 3
     assert stack.control.joins.stats.joined == 0

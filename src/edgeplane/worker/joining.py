@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from edgeplane.errors import Invalid, Unauthorized, Unavailable
+from edgeplane.errors import Invalid, Unavailable
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import JoinAnswer, JoinRequest
 from edgeplane.transport import MqttLink
@@ -37,8 +37,8 @@ class Identity:
 async def join(
     broker_url: str, topics: Topics, token: str, wanted_id: str, timeout_s: float = JOIN_TIMEOUT_S
 ) -> Identity:
-    """Ask the manager for an identity; ``Unauthorized`` if it refuses the token,
-    ``Unavailable`` if no answer comes."""
+    """Ask the manager for an identity; ``Invalid`` (field ``join``) if it refuses the
+    token, ``Unavailable`` if no answer comes."""
     nonce = "join-" + secrets.token_hex(16)  # the client id: only we may read the answer
     answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     request = JoinRequest(token=token, worker_id=wanted_id).model_dump_json().encode()
@@ -72,7 +72,8 @@ async def join(
     except ValidationError:
         raise Invalid("the join answer is malformed", field="join") from None
     if answer.error:
-        raise Unauthorized(f"join refused: {answer.error}")
+        # Invalid, not Unauthorized: the CLI's advice for that is about API tokens.
+        raise Invalid(f"the manager refused the join token: {answer.error}", field="join")
     return Identity(
         worker_id=answer.worker_id,
         username=answer.username,
