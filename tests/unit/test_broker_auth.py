@@ -105,15 +105,19 @@ def test_redeem_checks_secret_expiry_and_ownership(tmp_path: Path) -> None:
     credentials, labels = auth.redeem(secret, "edge-1")
     assert credentials.username == "edge-1" and labels == {"site": "x"}
     with pytest.raises(Unauthorized):
-        auth.redeem(secret + "x", "edge-2")
+        auth.redeem(secret + "x", "edge-5")
     with pytest.raises(Invalid):
         auth.redeem(secret, "bad/id")
     auth.add_worker("taken")
-    with pytest.raises(Unauthorized, match="another identity"):
+    with pytest.raises(Unauthorized, match="joined already"):
         auth.redeem(secret, "taken")
+    with pytest.raises(Unauthorized, match="joined already"):  # not even with its token
+        auth.redeem(secret, "edge-1")
+    auth.redeem(secret, "edge-2")  # a token may let several workers join until it expires
     clock.now += 60
     with pytest.raises(Unauthorized, match="expired"):
         auth.redeem(secret, "edge-3")
+    assert [t.workers for t in auth.tokens()] == [["edge-1", "edge-2"]]
 
 
 def test_deleting_a_token_revokes_its_workers(tmp_path: Path) -> None:

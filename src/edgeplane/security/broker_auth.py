@@ -208,12 +208,11 @@ class BrokerAuth:
         if self._now() >= stored.expires_at:
             raise Unauthorized("join token expired")
         worker_id = stored.worker_id or check_worker_id(wanted_id)
-        owner = self._state.workers.get(worker_id)
-        if owner is not None and owner.token != token_id:
-            # Joining must not take over another identity's worker id.
-            raise Unauthorized(f"worker id {worker_id} belongs to another identity")
-        if worker_id not in stored.workers:
-            stored.workers.append(worker_id)
+        if worker_id in self._state.workers:
+            # Joining never replaces an identity, not even one joined with this token: a
+            # leaked token must not take over a worker (delete the worker to join anew).
+            raise Unauthorized(f"worker {worker_id} has joined already")
+        stored.workers.append(worker_id)
         return self.add_worker(worker_id, token=token_id), dict(stored.labels)
 
     @staticmethod
