@@ -383,3 +383,29 @@ async def test_revoked_worker_is_cut_off_at_once(
         assert not auth.has_worker("doomed")
     finally:
         await worker.stop()
+
+
+async def test_join_tokens_need_a_broker_edgeplane_started(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """On an external broker (the shared anonymous one) edgeplane manages no identities:
+    tasks still run (other suites), and join tokens are refused with 409."""
+    settings = Settings(
+        data_dir=tmp_path,
+        broker=fast_broker_url,
+        store="memory://",
+        port=0,
+        workers=0,
+        domain=unique_domain,
+        admin_token=TOKEN,
+    )
+    async with (
+        running_stack(settings) as stack,
+        httpx.AsyncClient(
+            base_url=stack.control.url + "/api/v1", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as http,
+    ):
+        assert stack.control.auth is None
+        answer = await http.post("/join-tokens", json={})
+        assert answer.status_code == 409, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")

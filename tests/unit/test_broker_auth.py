@@ -131,3 +131,21 @@ def test_deleting_a_token_revokes_its_workers(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         auth.delete_token(token.id)
     assert len(reloads) == 2
+
+
+def test_an_external_broker_is_not_managed_and_a_bare_one_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgeplane.config import Settings
+    from edgeplane.roles.control import broker_auth
+
+    with caplog.at_level("WARNING"):
+        assert broker_auth(Settings(data_dir=tmp_path, broker="mqtt://127.0.0.1:1883")) is None
+    assert "without credentials" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        given = Settings(data_dir=tmp_path, broker="mqtt://m:secret@127.0.0.1:1883")
+        assert broker_auth(given) is None
+    assert caplog.text == ""
+    own = broker_auth(Settings(data_dir=tmp_path, broker=""))
+    assert own is not None and own.password_file == tmp_path / "broker" / "passwd"
