@@ -81,6 +81,15 @@ class Scene:
         assert created.status_code == 201, created.text
         self.ids = {label: t["id"] for label, t in enumerate(created.json()["items"])}
 
+    def running_on(self, worker_id: str, *, retries: int) -> Role:
+        """Start ``worker_id`` and submit the tasks; the worker, once every task runs and
+        every command started."""
+        worker = self.worker(worker_id)
+        self.submit(retries=retries)
+        self.until_tasks(f"every task to run on {worker_id}", lambda t: t["state"] == "running")
+        wait_until(lambda: sum(self.lines().values()) == TASKS, "every command to start")
+        return worker
+
     def tasks(self) -> dict[int, dict[str, Any]]:
         return {label: self.http.get(f"/tasks/{tid}").json() for label, tid in self.ids.items()}
 
@@ -132,10 +141,8 @@ def test_restarted_within_the_grace_period(scene: Scene) -> None:
     """The restarted worker re-attaches: every task runs once, as attempt 1, and ends
     completed, whether it ended while the worker was dead or after it was back. (The
     grace period is longer than the test may run, so the restart is within it.)"""
-    w1 = scene.worker("w1")
-    scene.submit(retries=2)  # the manager would have retries to spend: it must not
-    scene.until_tasks("every task to run", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    # retries: the manager would have some to spend, it must not
+    w1 = scene.running_on("w1", retries=2)
     assert len(scene.handles("w1")) == TASKS  # on disk before they were reported running
 
     w1.kill9()
@@ -163,10 +170,7 @@ def test_restarted_within_the_grace_period(scene: Scene) -> None:
 def test_not_restarted_the_tasks_run_elsewhere_only_after_the_grace_period(
     scene: Scene,
 ) -> None:
-    w1 = scene.worker("w1")
-    scene.submit(retries=1)
-    scene.until_tasks("every task to run on w1", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    w1 = scene.running_on("w1", retries=1)
     scene.worker("w2")
 
     w1.kill9()
@@ -217,10 +221,7 @@ def test_a_worker_that_leaves_on_purpose_has_its_tasks_placed_again_at_once(
 ) -> None:
     """It stopped its tasks as it left: nothing to wait for. (The grace period is longer
     than the test may run: the tasks moving at all shows they did not wait for it.)"""
-    w1 = scene.worker("w1")
-    scene.submit(retries=1)
-    scene.until_tasks("every task to run on w1", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    w1 = scene.running_on("w1", retries=1)
     scene.worker("w2")
     w1.stop()
     assert not any(alive(scene.pid(label, 1)) for label in range(TASKS))
