@@ -116,6 +116,12 @@ async def test_a_task_cannot_take_4_gib(up: tuple[Stack, httpx.AsyncClient]) -> 
         http, {"name": "grow", "file": MATH, "inputs": [1100], "limits": {"memory_mb": 80}}
     )
     assert asked["results"] == [1], asked
+    # ... up to the operator's cap: asking for 4 GiB outright fails, naming the flag
+    greedy = await run(
+        http, {"name": "grow", "file": MATH, "inputs": [1], "limits": {"memory_mb": 4096}}
+    )
+    assert greedy["state"] == "failed", greedy
+    assert "--wasm-max-memory-mb" in greedy["error"] and "4096" in greedy["error"], greedy
 
 
 async def test_admission_and_the_worker_share_compiled_modules(

@@ -46,6 +46,7 @@ def build_worker(
         modules=modules,
         wasm_memory_mb=settings.wasm_memory_mb,
         wasm_timeout_s=settings.wasm_timeout_s,
+        wasm_max_memory_mb=settings.wasm_max_memory_mb,
     )
     # What this worker no longer offers may still have attempts left by an earlier run of
     # it (started with --allow-host, now without): those are found and stopped at start.
