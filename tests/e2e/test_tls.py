@@ -61,11 +61,24 @@ class Secured:
         except httpx.HTTPError:
             return False
 
+    def join_token(self) -> str:
+        """A join token (the manager's broker lets only joined workers in)."""
+        created = httpx.post(
+            f"{self.api}/api/v1/join-tokens",
+            json={"ttl_s": 600},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            verify=ssl.create_default_context(cafile=str(self.ca)),
+        )
+        assert created.status_code == 201, created.text
+        token: str = created.json()["token"]
+        return token
+
     def worker(self, worker_id: str, ca: Path) -> Role:
         return self.lab.role(
             worker_id,
             ["worker", "--manager", self.broker, "--ca", str(ca), "--worker-id", worker_id,
              "--no-containers", "--data-dir", str(self.lab.root / worker_id)],
+            self.lab.env(EDGEPLANE_JOIN_TOKEN=self.join_token()),
         ).start()  # fmt: skip
 
 

@@ -139,7 +139,8 @@ def test_mqtts_urls_mean_tls_on_8883_by_default() -> None:
 def test_the_mosquitto_listener_gets_the_certificate_only_with_tls(tmp_path: Path) -> None:
     plain = mosquitto_config(1883)
     assert "listener 1883 127.0.0.1" in plain and "certfile" not in plain
-    tls = mosquitto_config(8883, "0.0.0.0", ServerTls(tmp_path / "s.pem", tmp_path / "s.key"))
+    served = ServerTls(tmp_path / "s.pem", tmp_path / "s.key")
+    tls = mosquitto_config(8883, host="0.0.0.0", tls=served)
     lines = tls.splitlines()
     at = lines.index("listener 8883 0.0.0.0")
     assert lines[at + 1 : at + 3] == [

@@ -11,7 +11,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeplane import __version__
-from edgeplane.api import applications, clusters, dashboard, problems, runs, tasks, workers
+from edgeplane.api import (
+    applications,
+    clusters,
+    dashboard,
+    join_tokens,
+    problems,
+    runs,
+    tasks,
+    workers,
+)
 from edgeplane.api.deps import caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
@@ -21,6 +30,7 @@ from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
+from edgeplane.security.broker_auth import BrokerAuth
 
 #: Every route under it needs a token.
 API = "/api/v1"
@@ -142,6 +152,7 @@ def create_app(
     apps: Applications,
     *,
     max_body_mb: float = 64.0,
+    broker_auth: BrokerAuth | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -153,6 +164,8 @@ def create_app(
     app.state.workflows = workflows
     app.state.schedules = schedules
     app.state.applications = apps
+    #: the identities of the broker edgeplane started (None: an external broker)
+    app.state.broker_auth = broker_auth
     problems.install(app)
     # Middleware added later wraps what was added before: a request meets the body limit,
     # then the token check, then the fast path, then FastAPI.
@@ -169,6 +182,7 @@ def create_app(
     secured(tasks.router)
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do

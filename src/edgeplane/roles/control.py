@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,18 @@ import uvicorn
 from edgeplane.api import create_app
 from edgeplane.config import Settings
 from edgeplane.manager import Manager
+from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
+from edgeplane.protocol import Topics
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker
-from edgeplane.transport.broker import dial_host
+from edgeplane.transport import EmbeddedBroker, parse_broker_url
+from edgeplane.transport.broker import AuthFiles, dial_host
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,29 @@ def with_trusted_ca(settings: Settings) -> Settings:
     return settings.model_copy(update={"ca": trusted_ca(settings.ca, settings.data_dir)})
 
 
-async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
+def broker_auth(settings: Settings) -> BrokerAuth | None:
+    """The identities of the broker this manager starts itself, or None when it was given
+    one (``--broker``): edgeplane locks down only brokers it starts, and an external
+    broker is the operator's to secure (a warning says so when its URL has no user)."""
+    if settings.broker:
+        if parse_broker_url(settings.broker).username is None:
+            log.warning(
+                "the broker is used without credentials: anyone who reaches it can act as "
+                "a worker (see docs/broker-security.md)",
+                extra={"broker": str(parse_broker_url(settings.broker))},
+            )
+        return None
+    return BrokerAuth(
+        settings.data_dir / "broker",
+        Topics(settings.domain, settings.cluster_id),
+        now=time.time,
+        reload=lambda: None,  # start_broker points it at the broker it starts
+    )
+
+
+async def start_broker(
+    stack: contextlib.AsyncExitStack, settings: Settings, auth: BrokerAuth | None = None
+) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
 
     The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
@@ -57,9 +83,16 @@ async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> 
     port = recorded if recorded is not None and _free(recorded) else 0
     tls = serving_tls(settings)
     refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
+    files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
     broker = EmbeddedBroker(
-        settings.data_dir / "broker", port=port, host=settings.broker_host, tls=tls
+        settings.data_dir / "broker",
+        port=port,
+        auth=files,
+        host=settings.broker_host,
+        tls=tls,
     )
+    if auth is not None:
+        auth.reload = broker.reload
     url = await broker.start()
     stack.push_async_callback(broker.stop)
     if recorded is not None and broker.port != recorded:
@@ -99,7 +132,13 @@ class _Server(uvicorn.Server):
 
 class ControlPlane:
     def __init__(
-        self, settings: Settings, broker_url: str, *, root: bool = False, serve_api: bool = True
+        self,
+        settings: Settings,
+        broker_url: str,
+        *,
+        root: bool = False,
+        serve_api: bool = True,
+        auth: BrokerAuth | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -109,7 +148,10 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root)
+        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.auth = auth
+        desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
+        self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
@@ -132,6 +174,8 @@ class ControlPlane:
         if self.uplink is not None:
             await self.uplink.attach()
         await self.manager.start()
+        if self.joins is not None:
+            await self.joins.start()
         await self.workflows.start()
         await self.schedules.start()
         await self.applications.start()
@@ -148,6 +192,7 @@ class ControlPlane:
             self.schedules,
             self.applications,
             max_body_mb=self.settings.max_body_mb,
+            broker_auth=self.auth,
         )
         config = uvicorn.Config(
             app,
@@ -180,5 +225,7 @@ class ControlPlane:
         await self.applications.stop()
         await self.schedules.stop()
         await self.workflows.stop()
+        if self.joins is not None:
+            await self.joins.stop()
         await self.manager.stop()
         await self.store.close()

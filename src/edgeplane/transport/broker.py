@@ -7,6 +7,7 @@ because Nagle's algorithm otherwise adds ~88 ms to every round trip (DESIGN §8)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -23,6 +25,8 @@ from edgeplane.tls import ServerTls
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -55,8 +59,32 @@ def tls_lines(tls: ServerTls | None) -> list[str]:
     return [f"certfile {tls.cert}", f"keyfile {tls.key}"]
 
 
-def mosquitto_config(port: int, host: str = HOST, tls: ServerTls | None = None) -> str:
-    """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr)."""
+@dataclass(frozen=True)
+class AuthFiles:
+    """The password and ACL files a locked-down Mosquitto reads (and re-reads on SIGHUP);
+    ``security/broker_auth.py`` writes them."""
+
+    password_file: Path
+    acl_file: Path
+
+
+def mosquitto_config(
+    port: int, auth: AuthFiles | None = None, host: str = HOST, tls: ServerTls | None = None
+) -> str:
+    """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr).
+
+    With ``auth`` only the identities in its files may do more than join (the ACL lets
+    anonymous clients publish a join request and read its answer, nothing else)."""
+    access = (
+        ["allow_anonymous true"]
+        if auth is None
+        else [
+            # Anonymous clients stay allowed to connect: the ACL lets them only join.
+            "allow_anonymous true",
+            f"password_file {auth.password_file}",
+            f"acl_file {auth.acl_file}",
+        ]
+    )
     return "\n".join(
         [
             # Mosquitto started as root switches to its own user, and the kernel forgets a
@@ -65,7 +93,7 @@ def mosquitto_config(port: int, host: str = HOST, tls: ServerTls | None = None) 
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             f"listener {port} {host}",
             *tls_lines(tls),
-            "allow_anonymous true",
+            *access,
             "set_tcp_nodelay true",
             "persistence false",
             # Stock limits (1000 queued, 20 in flight per client) drop QoS 1 messages
@@ -103,6 +131,7 @@ class MosquittoProcess:
         data_dir: Path,
         port: int,
         executable: str = "mosquitto",
+        auth: AuthFiles | None = None,
         host: str = HOST,
         tls: ServerTls | None = None,
     ) -> None:
@@ -111,6 +140,7 @@ class MosquittoProcess:
         self.host = host
         self.tls = tls
         self.executable = executable
+        self.auth = auth
         self.config_path = data_dir / "mosquitto.conf"
         self.log_path = data_dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -133,7 +163,7 @@ class MosquittoProcess:
     def spawn(self) -> None:
         """Start the process (fast: call it from the thread that must outlive it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port, self.host, self.tls))
+        self.config_path.write_text(mosquitto_config(self.port, self.auth, self.host, self.tls))
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [self.executable, "-c", str(self.config_path)],
@@ -158,6 +188,12 @@ class MosquittoProcess:
                 )
             time.sleep(0.02)
         return self.url
+
+    def reload(self) -> None:
+        """Make Mosquitto re-read its password and ACL files (SIGHUP): clients no longer
+        in them are disconnected."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGHUP)
 
     def stop(self) -> None:
         """Terminate the whole process group; kill it if it lingers."""
@@ -206,6 +242,7 @@ class EmbeddedBroker:
         data_dir: Path,
         port: int = 0,
         prefer_mosquitto: bool = True,
+        auth: AuthFiles | None = None,
         host: str = HOST,
         tls: ServerTls | None = None,
     ) -> None:
@@ -216,11 +253,22 @@ class EmbeddedBroker:
         executable = shutil.which("mosquitto") if prefer_mosquitto else None
         self.kind: Literal["mosquitto", "amqtt"] = "mosquitto" if executable else "amqtt"
         self._mosquitto = (
-            MosquittoProcess(data_dir, self.port, executable, host, tls)
+            MosquittoProcess(data_dir, self.port, executable, auth, host, tls)
             if executable is not None
             else None
         )
+        self.auth = auth
         self._amqtt: Broker | None = None
+
+    @property
+    def enforces_acls(self) -> bool:
+        """Whether the broker checks identities and ACLs (Mosquitto with auth files)."""
+        return self._mosquitto is not None and self.auth is not None
+
+    def reload(self) -> None:
+        """Apply changed identities (Mosquitto re-reads its files; amqtt has none)."""
+        if self._mosquitto is not None:
+            self._mosquitto.reload()
 
     @property
     def url(self) -> str:
@@ -236,7 +284,15 @@ class EmbeddedBroker:
         # Imported here: amqtt takes ~0.2 s to import and is unused when Mosquitto runs.
         from amqtt.broker import Broker
 
-        broker = Broker(amqtt_config(self.port, self.host, self.tls))
+        host = self.host
+        if self.auth is not None:
+            log.warning(
+                "Mosquitto is not installed: the amqtt broker enforces no identities or ACLs, "
+                "so it listens on 127.0.0.1 only (commands are still signed)",
+                extra={"port": self.port},
+            )
+            host = self.host = HOST
+        broker = Broker(amqtt_config(self.port, host, self.tls))
         try:
             await broker.start()
         except Exception as exc:
