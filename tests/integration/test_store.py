@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
 from edgeplane.model import Application, Instance, Schedule, Task, Worker, Workflow
-from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, open_store
+from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, UserRecord, open_store
 from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
 from edgeplane.store.tables import schedules as schedules_table
@@ -38,7 +38,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -436,6 +436,33 @@ async def test_tokens_find_by_hash_and_delete(store: Store) -> None:
     assert await store.delete_token("t1") is False
     assert await store.find_token("h1") is None
     assert await store.find_token("h3") == renamed
+
+
+async def test_users_and_their_tokens(store: Store) -> None:
+    ann = UserRecord("ann", "operator", ("default", "lab"), "argon2-hash", 1.0)
+    await store.add_user(ann)
+    await store.add_user(UserRecord("bob", "viewer", ("lab",), "h", 2.0))
+    with pytest.raises(Conflict) as taken:
+        await store.add_user(UserRecord("ann", "admin", (), "h", 3.0))
+    assert taken.value.field == "name"
+    assert await store.get_user("ann") == ann
+    assert [u.name for u in await store.list_users()] == ["ann", "bob"]
+
+    scoped = TokenRecord(
+        "t1", "ann", "operator", "h1", 1.0, 99.0, ("read",), ("default", "lab"), "api", "ci"
+    )
+    await store.save_token(scoped)
+    await store.save_token(TokenRecord("t2", "bob", "viewer", "h2", 2.0))
+    assert await store.find_token("h1") == scoped
+    assert await store.get_token("t1") == scoped
+    assert [t.id for t in await store.list_tokens()] == ["t1", "t2"]
+    assert [t.id for t in await store.list_tokens(user="bob")] == ["t2"]
+
+    assert await store.delete_user("ann") is True
+    assert await store.delete_user("ann") is False
+    assert await store.get_user("ann") is None
+    assert await store.find_token("h1") is None  # a deleted user's tokens go with them
+    assert [t.id for t in await store.list_tokens()] == ["t2"]
 
 
 async def test_artifacts_put_is_idempotent(store: Store) -> None:

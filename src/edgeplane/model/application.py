@@ -99,6 +99,8 @@ class Application(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     name: str
     spec: ApplicationSpec
     generation: int = 1

@@ -196,6 +196,8 @@ class Task(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     name: str = ""
     state: TaskState = "pending"
     reason: str | None = None

@@ -45,6 +45,8 @@ class Workflow(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     kind: WorkflowKind = "workflow"
     name: str = ""
     mode: JobMode = "dag"
@@ -77,6 +79,8 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     kind: ScheduleKind
     name: str = ""
     cron: str

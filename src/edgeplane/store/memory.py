@@ -21,7 +21,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
-from edgeplane.store.base import Batch, Store, TokenRecord
+from edgeplane.store.base import Batch, Store, TokenRecord, UserRecord
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class MemoryStore(Store):
         self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._users: dict[str, UserRecord] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -314,3 +315,27 @@ class MemoryStore(Store):
 
     async def delete_token(self, token_id: str) -> bool:
         return self._tokens.pop(token_id, None) is not None
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        return self._tokens.get(token_id)
+
+    async def list_tokens(self, *, user: str | None = None) -> list[TokenRecord]:
+        found = [t for t in self._tokens.values() if user is None or t.user == user]
+        return sorted(found, key=lambda t: (t.created_at, t.id))
+
+    # users
+
+    async def add_user(self, user: UserRecord) -> None:
+        if user.name in self._users:
+            raise Conflict(f"user {user.name!r} exists", field="name")
+        self._users[user.name] = user
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        return self._users.get(name)
+
+    async def list_users(self) -> list[UserRecord]:
+        return [self._users[name] for name in sorted(self._users)]
+
+    async def delete_user(self, name: str) -> bool:
+        self._tokens = {i: t for i, t in self._tokens.items() if t.user != name}
+        return self._users.pop(name, None) is not None
