@@ -122,7 +122,7 @@ class ControlPlane:
     async def _serve(self) -> None:
         app = create_app(
             self.manager,
-            TokenChecker(self.store),
+            TokenChecker(self.store, self.manager.clock),
             self.workflows,
             self.schedules,
             self.applications,

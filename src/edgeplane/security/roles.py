@@ -30,10 +30,9 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def rank(role: str) -> int:
     """The role's place in the order; :class:`Invalid` for an unknown role."""
-    try:
-        return ROLES.index(role)  # type: ignore[arg-type]
-    except ValueError:
-        raise Invalid(f"unknown role {role!r} (one of {', '.join(ROLES)})", field="role") from None
+    if role not in ROLES:
+        raise Invalid(f"unknown role {role!r} (one of {', '.join(ROLES)})", field="role")
+    return ROLES.index(role)
 
 
 def at_least(role: str, needed: str) -> bool:
