@@ -125,8 +125,10 @@ class Store(ABC):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        """A page of tasks, oldest first, and the total matching the filters."""
+        """A page of tasks, oldest first, and the total matching the filters (``projects``:
+        only theirs; None: all)."""
 
     @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
@@ -150,7 +152,12 @@ class Store(ABC):
 
     @abstractmethod
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
         """A page, oldest first, and the total of that kind."""
 
@@ -168,7 +175,7 @@ class Store(ABC):
 
     @abstractmethod
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]: ...
 
     @abstractmethod

@@ -34,6 +34,7 @@ class _TaskRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, task: Task) -> _TaskRow:
@@ -44,6 +45,7 @@ class _TaskRow:
             created_at=task.created_at,
             id=task.id,
             doc=task.model_dump_json(),
+            project=task.project,
         )
 
     @property
@@ -58,6 +60,7 @@ class _WorkflowRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, workflow: Workflow) -> _WorkflowRow:
@@ -67,6 +70,7 @@ class _WorkflowRow:
             created_at=workflow.created_at,
             id=workflow.id,
             doc=workflow.model_dump_json(exclude={"tasks"}),
+            project=workflow.project,
         )
 
     @property
@@ -79,10 +83,16 @@ class _ScheduleRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, schedule: Schedule) -> _ScheduleRow:
-        return cls(created_at=schedule.created_at, id=schedule.id, doc=schedule.model_dump_json())
+        return cls(
+            created_at=schedule.created_at,
+            id=schedule.id,
+            doc=schedule.model_dump_json(),
+            project=schedule.project,
+        )
 
     @property
     def order(self) -> tuple[float, str]:
@@ -187,12 +197,14 @@ class MemoryStore(Store):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
         rows = sorted(
             (
                 row
                 for row in self._tasks.values()
-                if (state is None or row.state == state)
+                if (projects is None or row.project in projects)
+                and (state is None or row.state == state)
                 and (job_id is None or row.job_id == job_id)
                 and (workflow_id is None or row.workflow_id == workflow_id)
             ),
@@ -228,10 +240,20 @@ class MemoryStore(Store):
         return None if row is None else Workflow.model_validate_json(row.doc)
 
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
         rows = sorted(
-            (row for row in self._workflows.values() if kind is None or row.kind == kind),
+            (
+                row
+                for row in self._workflows.values()
+                if (kind is None or row.kind == kind)
+                and (projects is None or row.project in projects)
+            ),
             key=lambda row: row.order,
         )
         page = rows[offset : offset + limit]
@@ -254,9 +276,12 @@ class MemoryStore(Store):
         return None if row is None else Schedule.model_validate_json(row.doc)
 
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]:
-        rows = sorted(self._schedules.values(), key=lambda row: row.order)
+        rows = sorted(
+            (r for r in self._schedules.values() if projects is None or r.project in projects),
+            key=lambda row: row.order,
+        )
         page = rows[offset : offset + limit]
         return [Schedule.model_validate_json(row.doc) for row in page], len(rows)
 

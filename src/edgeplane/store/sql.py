@@ -496,8 +496,9 @@ class SqlStore(Store):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        if _unstorable(state, job_id, workflow_id):
+        if _unstorable(state, job_id, workflow_id, *(projects or ())):
             return [], 0
         t = tables.tasks
         filters = [
@@ -509,6 +510,8 @@ class SqlStore(Store):
             )
             if value is not None
         ]
+        if projects is not None:
+            filters.append(t.c.project.in_(projects))
         page = (
             select(t).where(*filters).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
         )
@@ -574,10 +577,19 @@ class SqlStore(Store):
         return _doc(Workflow, row)
 
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
+        if _unstorable(*(projects or ())):
+            return [], 0
         w = tables.workflows
         filters = [] if kind is None else [w.c.kind == kind]
+        if projects is not None:
+            filters.append(w.c.project.in_(projects))
         page = (
             select(w).where(*filters).order_by(w.c.created_at, w.c.id).limit(limit).offset(offset)
         )
@@ -613,11 +625,16 @@ class SqlStore(Store):
         return _doc(Schedule, row)
 
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]:
+        if _unstorable(*(projects or ())):
+            return [], 0
         s = tables.schedules
-        page = select(s).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
-        count = select(func.count()).select_from(s)
+        filters = [] if projects is None else [s.c.project.in_(projects)]
+        page = (
+            select(s).where(*filters).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        )
+        count = select(func.count()).select_from(s).where(*filters)
         async with self._reading() as conn:
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
