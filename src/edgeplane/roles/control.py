@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from edgeplane.api import create_app
 from edgeplane.config import Settings
@@ -21,6 +22,7 @@ from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
+from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.transport import EmbeddedBroker
 
@@ -95,12 +97,14 @@ class ControlPlane:
         self.applications = Applications(facade)
         self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
         self.token_file: Path | None = None
+        #: the API served (set once it serves)
+        self.app: FastAPI | None = None
         self.url = ""
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.settings.data_dir, self.settings.store_url)
         await self.store.open()
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
@@ -128,6 +132,7 @@ class ControlPlane:
             self.applications,
             max_body_mb=self.settings.max_body_mb,
         )
+        self.app = app
         config = uvicorn.Config(
             app,
             host=self.settings.host,
