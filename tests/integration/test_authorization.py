@@ -9,6 +9,7 @@ a place in :data:`KIND` fails the test: it has to be classified to be served.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import stat
 from collections.abc import AsyncIterator
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi.routing import iter_route_contexts
+from typer.testing import CliRunner, Result
 
+from edgeplane.cli.main import app as cli_app
 from edgeplane.config import Settings
 from edgeplane.roles.up import running_stack
 
@@ -308,3 +312,49 @@ async def test_refresh_is_used_once_and_revocation_is_at_once(world: World) -> N
 
     await _ok(await http.delete("/api/v1/users/opal", headers=ADMIN), 204)
     assert (await http.get("/api/v1/tasks", headers=bearer)).status_code == 401
+
+
+async def test_the_cli_manages_users_tokens_and_logs_in(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EDGEPLANE_DATA_DIR", str(tmp_path / "cli"))
+    for name in ("EDGEPLANE_TOKEN", "EDGEPLANE_ADMIN_TOKEN", "EDGEPLANE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    url = str(world.http.base_url)
+
+    async def cli(*args: str, token: str | None = TOKEN, stdin: str | None = None) -> Result:
+        given = ["--url", url, *(["--token", token] if token else [])]
+        # a thread: the blocking client must not stop this loop, which serves the API
+        return await asyncio.to_thread(
+            CliRunner().invoke, cli_app, [*given, *args], input=stdin, catch_exceptions=False
+        )
+
+    made = await cli(
+        "user", "create", "cli-ann", "--role", "operator", "--project", "lab",
+        "--password-stdin", stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    listed = await cli("user", "list", "--output", "json")
+    assert "cli-ann" in {u["name"] for u in orjson.loads(listed.stdout)}
+    assert (await cli("user", "create", "x", "--role", "root", stdin="p\n")).exit_code == 2
+
+    wrong = await cli("login", "cli-ann", "--password-stdin", token=None, stdin="nope\n")
+    assert wrong.exit_code == 2
+    kept = await cli("login", "cli-ann", "--password-stdin", token=None, stdin=PASSWORD + "\n")
+    assert kept.exit_code == 0, kept.output
+    token_file = tmp_path / "cli" / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    access = token_file.read_text().strip()
+    assert (await cli("token", "list", token=None)).exit_code == 0  # the kept token is used
+
+    created = await cli("token", "create", "--name", "ci", "--scope", "read", token=access)
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip()
+    mine = orjson.loads((await cli("token", "list", "--output", "json", token=access)).stdout)
+    (ci,) = [t for t in mine if t["name"] == "ci"]
+    assert ci["scopes"] == ["read"] and ci["user"] == "cli-ann"
+    assert (await cli("task", "list", token=secret)).exit_code == 0
+    assert (await cli("token", "revoke", ci["id"], token=access)).exit_code == 0
+    assert (await cli("task", "list", token=secret)).exit_code == 2
+    assert (await cli("user", "delete", "cli-ann")).exit_code == 0
+    assert (await cli("task", "list", token=access)).exit_code == 2

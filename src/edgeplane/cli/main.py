@@ -14,7 +14,17 @@ import typer
 from typer.core import TyperGroup
 
 from edgeplane import __version__
-from edgeplane.cli import apps, clusters, jobs, roles, schedules, tasks, workers, workflows
+from edgeplane.cli import (
+    apps,
+    clusters,
+    jobs,
+    roles,
+    schedules,
+    tasks,
+    users,
+    workers,
+    workflows,
+)
 from edgeplane.cli.output import Format, Session, error
 from edgeplane.errors import (
     EdgeplaneError,
@@ -119,6 +129,9 @@ workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
+app.command("login")(users.login)
+app.add_typer(users.users, name="user")
+app.add_typer(users.tokens, name="token")
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
 app.command("root")(roles.root)
