@@ -58,6 +58,13 @@ COMMON: dict[int | str, dict[str, Any]] = {
     405: _documented("Method not allowed here", Allow="the methods this path takes"),
     413: _documented("Body over the limit (Settings.max_body_mb)"),
 }
+#: A login refused for too many failures.
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: _documented(
+        "Too many failed logins for this user or address",
+        **{"Retry-After": "seconds until an attempt is taken again"},
+    ),
+}
 #: The problems of every route under /api/v1 (token, lookups, input, state, store).
 API: dict[int | str, dict[str, Any]] = {
     **COMMON,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from edgeplane.api import problems
 from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.limits import MAX_NAME
@@ -144,7 +145,7 @@ async def delete_user(name: str, accounts: AccountsDep) -> Response:
 @auth.post(
     "/login",
     response_model=TokenPair,
-    responses={429: {"description": "Too many failed logins; see Retry-After"}},
+    responses=problems.TOO_MANY,
 )
 async def login(body: Login, request: Request, accounts: AccountsDep) -> TokenPair:
     """A short-lived access token and a refresh token for a user name and password."""

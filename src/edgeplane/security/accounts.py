@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeplane.clock import Clock
-from edgeplane.errors import Invalid, NotFound, TooManyRequests, Unauthorized
+from edgeplane.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
 from edgeplane.security.passwords import hash_password, verify
 from edgeplane.security.ratelimit import RateLimiter
 from edgeplane.security.roles import at_least, check_scopes, rank
-from edgeplane.security.tokens import TokenChecker, digest, generate
+from edgeplane.security.tokens import ADMIN_TOKEN_ID, TokenChecker, digest, generate
 from edgeplane.store import Store, TokenRecord, UserRecord
 
 #: An access token from a login lives this long; its refresh token, :data:`REFRESH_S`.
@@ -138,6 +138,12 @@ class Accounts:
         record = await self.store.get_token(token_id)
         if record is None or not (record.user == caller.user or caller.role == "admin"):
             raise NotFound(f"no token {token_id!r}", field="id")
+        if record.id == ADMIN_TOKEN_ID:  # revoked, it would be back at the next start
+            raise Conflict(
+                "the admin token is changed by rotating it: delete the admin-token file (or "
+                "change $EDGEPLANE_ADMIN_TOKEN) and restart",
+                field="id",
+            )
         await self.store.delete_token(token_id)
         self.tokens.forget(token_id)
 

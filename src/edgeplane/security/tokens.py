@@ -22,6 +22,8 @@ from edgeplane.store import Store, TokenRecord
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin-token"
+#: The id of the admin token kept from the file or $EDGEPLANE_ADMIN_TOKEN.
+ADMIN_TOKEN_ID = "admin"
 #: A token shorter than this (one given by hand) is too easy to guess.
 MIN_TOKEN_LENGTH = 32
 #: How long a verified token is trusted without asking the store again. Revocation and
@@ -57,12 +59,20 @@ async def ensure_admin_token(
     path: Path | None = None
     if given:
         secret = given
+        if len(secret) < MIN_TOKEN_LENGTH:  # the operator chose it: said, not refused
+            log.warning(
+                "EDGEPLANE_ADMIN_TOKEN is under %d characters: easy to guess", MIN_TOKEN_LENGTH
+            )
     else:
         path = data_dir / ADMIN_TOKEN_FILE
         secret = _read_or_create(path)
     await store.save_token(
         TokenRecord(
-            id="admin", user="admin", role="admin", secret_hash=digest(secret), created_at=now
+            id=ADMIN_TOKEN_ID,
+            user="admin",
+            role="admin",
+            secret_hash=digest(secret),
+            created_at=now,
         )
     )
     return path
