@@ -358,7 +358,7 @@ def check_exactly_once(
         f"missing {len(accepted - set(ids))}, unexpected {len(set(ids) - accepted)}"
     )
     wrong = [
-        (t["name"], t["state"], t["error"], t["attempt"], t["results"])
+        (t["name"], t["state"], t["error"], t["attempt"], t["results"], t.get("reason"))
         for t in tasks
         if t["state"] != "completed" or t["results"] != expected[t["name"]] or not attempts(t)
     ]

@@ -74,6 +74,15 @@ class WorkerEntry:
     def online(self) -> bool:
         return self.worker.state != "offline"
 
+    @property
+    def takes_tasks(self) -> bool:
+        """Online, not draining, and heard by this manager process (a session): a member
+        known only from the store after a restart gets nothing until its hello has been
+        judged. A command from this process before it would make its hello look like
+        a newer process's, and the recovered tasks whose commands the last manager never
+        sent would be taken for lost instead of sent again (liveness.judge_hello)."""
+        return self.online and not self.draining and bool(self.session)
+
     def view(self, order: int) -> WorkerView:
         """The member as the scheduler sees it. Built again only when its capabilities,
         its place in the registry or its reservations changed: at 10,000 workers, building
@@ -147,7 +156,7 @@ class Registry:
         views = (
             entry.cluster_view(order)
             for order, entry in enumerate(self._entries.values())
-            if entry.online and not entry.draining
+            if entry.takes_tasks
         )
         return [view for view in views if view is not None]
 
@@ -155,7 +164,7 @@ class Registry:
         return [
             entry.view(order)
             for order, entry in enumerate(self._entries.values())
-            if entry.online and not entry.draining
+            if entry.takes_tasks
         ]
 
 
