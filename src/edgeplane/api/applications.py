@@ -112,8 +112,9 @@ def _owned(apps: Applications, caller: TokenRecord, app_id: str) -> Application:
 async def replace(
     app_id: str, request: Request, apps: AppsDep, caller: CallerDep
 ) -> ApplicationView:
+    spec = await _descriptor(request)  # a bad body is 422 whoever asks, before any lookup
     _owned(apps, caller, app_id)
-    return _view(await apps.replace(app_id, await _descriptor(request)))
+    return _view(await apps.replace(app_id, spec))
 
 
 @router.delete("/{app_id}", status_code=204)
