@@ -356,5 +356,10 @@ async def test_the_cli_manages_users_tokens_and_logs_in(
     assert (await cli("task", "list", token=secret)).exit_code == 0
     assert (await cli("token", "revoke", ci["id"], token=access)).exit_code == 0
     assert (await cli("task", "list", token=secret)).exit_code == 2
+    run = ("task", "create", "--runtime", "host", "--project")
+    mine = await cli(*run, "lab", "--", "true", token=access)
+    assert mine.exit_code == 0, mine.output
+    assert (await cli("task", "get", mine.stdout.strip(), token=access)).exit_code == 0
+    assert (await cli(*run, "default", "--", "true", token=access)).exit_code == 2  # not hers
     assert (await cli("user", "delete", "cli-ann")).exit_code == 0
     assert (await cli("task", "list", token=access)).exit_code == 2
