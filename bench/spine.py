@@ -378,16 +378,26 @@ def measure_up_idle(up: Child, label: str) -> Phase:
 
 
 def measure_worker(
-    client: Client, broker: str, env: dict[str, str], work_dir: Path, budget_s: float
+    client: Client, broker: str, env: dict[str, str], work_dir: Path, budget_s: float, url: str
 ) -> Phase:
-    """RSS of a standalone worker process, idle, 3 s after it shows online."""
+    """RSS of a standalone worker process, idle, 3 s after it shows online. It joins the
+    broker `up` locks down with a join token (docs/broker-security.md)."""
     phase = Phase("worker footprint")
     worker_id = f"bench-idle-{secrets.token_hex(3)}"
+    answer = httpx.post(
+        f"{url}/api/v1/join-tokens",
+        json={"worker_id": worker_id, "ttl_s": 600},
+        headers={"Authorization": f"Bearer {env['EDGEPLANE_ADMIN_TOKEN']}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
     argv = [
         *EDGEPLANE,
         "worker",
         "--manager",
         broker,
+        "--join",
+        answer.json()["token"],
         "--worker-id",
         worker_id,
         "--data-dir",
@@ -531,7 +541,7 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
         console.print(f"up ready at {url}, broker {broker}")
         steps: list[tuple[str, Callable[[], Phase]]] = [
             ("`up` idle (fresh)", lambda: measure_up_idle(up, "`up` idle (fresh)")),
-            ("worker footprint", lambda: measure_worker(client, broker, env, work_dir, 30.0)),
+            ("worker footprint", lambda: measure_worker(client, broker, env, work_dir, 30.0, url)),
             (
                 "latency",
                 lambda: measure_latency(

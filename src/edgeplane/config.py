@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeplane.errors import Invalid
 from edgeplane.limits import (
+    DEFAULT_WASM_MAX_MEMORY_MB,
     DEFAULT_WASM_MEMORY_MB,
     DEFAULT_WASM_TIMEOUT_S,
     MAX_MEMORY_MB,
@@ -49,6 +50,8 @@ class Settings(BaseModel):
     scheduler: SchedulerName = "round-robin"
     pack: bool = Field(default=False, description="resource-fit: bin-pack instead of spread")
     admin_token: str | None = None
+    #: ``edgeplane worker``: the join token to get a broker identity with (used once)
+    join_token: str | None = Field(default=None, repr=False)
     allow_host: bool = False
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
@@ -61,6 +64,8 @@ class Settings(BaseModel):
     max_body_mb: float = Field(default=64.0, gt=0)
     #: a worker's limits for wasm tasks that give none (see DEFAULT_WASM_MEMORY_MB)
     wasm_memory_mb: int = Field(default=DEFAULT_WASM_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
+    #: the most a wasm task may ask for with limits.memory_mb on a worker
+    wasm_max_memory_mb: int = Field(default=DEFAULT_WASM_MAX_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
     wasm_timeout_s: float = Field(
         default=DEFAULT_WASM_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False
     )

@@ -22,6 +22,10 @@ MAX_PIDS = 4_194_304
 #: worker of ``edgeplane up`` in the control plane's). Operators raise them with
 #: ``--wasm-memory-mb`` / ``--wasm-timeout-s``; a task's own limits take precedence.
 DEFAULT_WASM_MEMORY_MB = 64
+#: The most memory a wasm task may ask for on a worker (``--wasm-max-memory-mb``): the
+#: workers of ``edgeplane up`` run wasm in the control plane's process, whose memory a
+#: task must never be able to take.
+DEFAULT_WASM_MAX_MEMORY_MB = 1024
 DEFAULT_WASM_TIMEOUT_S = 60.0
 
 # --- free-form JSON (metadata, inputs) ---------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 
 from edgeplane.transport import free_port
@@ -59,6 +60,16 @@ def wait_until(
         time.sleep(0.05)
 
 
+def alive(process: psutil.Process | int) -> bool:
+    """Still running (a ``psutil.Process``: still that process, not a later one with its
+    pid), and not a zombie."""
+    try:
+        found = psutil.Process(process) if isinstance(process, int) else process
+        return found.is_running() and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class Broker:
     """The test's own Mosquitto, stopped and started again on the same port."""
 
@@ -90,6 +101,7 @@ class Role:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Role:
+        """Start the process (again, after it stopped or was killed: same argv, same log)."""
         with self.log.open("ab") as out:
             out.write(f"--- start {' '.join(self.argv)}\n".encode())
             out.flush()
@@ -106,6 +118,10 @@ class Role:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
 
     def pause(self) -> None:
         """SIGSTOP: the process does nothing at all, as if its event loop were blocked."""
@@ -189,6 +205,11 @@ class Api:
             return set()
         return {w["id"] for w in items if w["state"] == "online"}
 
+    def worker(self, worker_id: str) -> dict[str, Any] | None:
+        """``GET /workers/{id}`` (None while the manager does not know it)."""
+        answer = self.http.get(f"/workers/{worker_id}")
+        return answer.json() if answer.status_code == 200 else None
+
     def wait_workers(self, ids: Iterable[str], watch: Iterable[Role] = ()) -> None:
         wanted = set(ids)
         wait_until(lambda: wanted <= self.online_workers(), f"workers {wanted}", watch=watch)
@@ -270,20 +291,35 @@ class Lab:
         self.roles.append(role)
         return role
 
-    def manager(self, port: int, name: str = "manager") -> Role:
+    def manager(self, port: int, *flags: str, name: str = "manager") -> Role:
+        """``edgeplane manager`` on the lab's broker and store, with ``flags`` added."""
         return self.role(
             name,
             ["manager", "--broker", self.broker.url, "--store", self.store,
-             "--port", str(port), "--data-dir", str(self.root / name)],
+             "--port", str(port), "--data-dir", str(self.root / name), *flags],
         )  # fmt: skip
 
-    def worker(self, worker_id: str, *, slots: int = 4, prefetch: int = 2) -> Role:
+    def worker(
+        self, worker_id: str, *, slots: int = 4, prefetch: int = 2, broker: str | None = None
+    ) -> Role:
+        """``edgeplane worker`` on ``broker`` (default: the lab's), host tasks allowed."""
         return self.role(
             worker_id,
-            ["worker", "--manager", self.broker.url, "--worker-id", worker_id,
+            ["worker", "--manager", broker or self.broker.url, "--worker-id", worker_id,
              "--allow-host", "--no-containers", "--slots", str(slots),
              "--prefetch", str(prefetch), "--data-dir", str(self.root / worker_id)],
         )  # fmt: skip
+
+    def manager_and_workers(self) -> tuple[Role, list[Role], Api]:
+        """A manager on a free port and two workers, ``w1`` and ``w2`` (4 slots, prefetch
+        2), the manager serving and both online; its API."""
+        port = free_port()
+        manager = self.manager(port).start()
+        workers = [self.worker(f"w{n}").start() for n in (1, 2)]
+        api = self.api(port)
+        api.wait_healthy(manager)
+        api.wait_workers(["w1", "w2"], watch=[manager, *workers])
+        return manager, workers, api
 
     def up(self, port: int, *, workers: int = 2, name: str = "up", **env: str) -> Role:
         return self.role(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,12 @@ import httpx
 import pytest
 
 import wasm_fixtures
-from edgeplane.config import Settings
-from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.up import Stack
+from faults.procs import HEARTBEAT_S, Lab
+from stack_fixtures import start_stack
 
 pytestmark = pytest.mark.timeout(180)
 
-TOKEN = "faults-token"
 MODULE_SIZE = 5 * 1024 * 1024
 
 
@@ -42,44 +40,14 @@ async def until(condition: Any, what: str, timeout_s: float = 60) -> Any:
 
 @pytest.fixture
 async def manager_and_worker(
-    tmp_path: Path, mosquitto_url: str, unique_domain: str
+    lab: Lab, mosquitto_url: str
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    settings = Settings(
-        data_dir=tmp_path / "manager",
-        broker=mosquitto_url,
-        store=f"sqlite:///{tmp_path / 'db.sqlite'}",
-        port=0,
-        workers=0,
-        heartbeat_s=0.5,
-        domain=unique_domain,
-        admin_token=TOKEN,
-    )
-    worker = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "edgeplane", "worker"),
-        *("--manager", mosquitto_url, "--domain", unique_domain),
-        *("--worker-id", "w1", "--data-dir", str(tmp_path / "worker")),
-        *("--allow-host", "--heartbeat-s", "0.5"),
-        env={**os.environ, "EDGEPLANE_LOG_LEVEL": "warning"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with (
-            running_stack(settings) as stack,
-            httpx.AsyncClient(
-                base_url=stack.control.url + "/api/v1",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                timeout=60,
-            ) as http,
-        ):
-            yield stack, http
-    finally:
-        worker.terminate()
-        try:
-            await asyncio.wait_for(worker.wait(), 20)
-        except TimeoutError:
-            worker.kill()
-            await worker.wait()
+    lab.worker("w1", broker=mosquitto_url).start()  # beats every HEARTBEAT_S (0.5 s)
+    async for pair in start_stack(
+        lab.root / "manager", mosquitto_url, lab.store, lab.domain,
+        workers=0, heartbeat_s=HEARTBEAT_S,
+    ):  # fmt: skip
+        yield pair
 
 
 async def test_a_big_module_does_not_cost_a_worker(

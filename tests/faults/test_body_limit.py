@@ -15,29 +15,21 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from edgeplane.config import Settings
-from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.up import Stack
+from stack_fixtures import TOKEN, start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
-TOKEN = "limit-admin-token"
 TOTAL = 500 * 2**20
 CHUNK = 64 * 2**10
 
 
 @pytest.fixture
 async def stack(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> AsyncIterator[Stack]:
-    settings = Settings(
-        data_dir=tmp_path,
-        broker=fast_broker_url,
-        store=f"sqlite:///{tmp_path / 'db.sqlite'}",
-        port=0,
-        workers=0,
-        domain=unique_domain,
-        admin_token=TOKEN,
-        max_body_mb=1,
-    )
-    async with running_stack(settings) as running:
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for running, _ in start_stack(
+        tmp_path, fast_broker_url, store, unique_domain, workers=0, max_body_mb=1
+    ):
         yield running
 
 

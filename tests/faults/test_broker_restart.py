@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from edgeplane.transport import free_port
 from faults.procs import Lab, check_exactly_once, check_lines, host_tasks
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
@@ -20,12 +19,7 @@ OUTAGE_S = 3.5
 
 
 def test_broker_restart_during_dispatch(lab: Lab) -> None:
-    port = free_port()
-    manager = lab.manager(port).start()
-    workers = [lab.worker(f"w{n}", slots=4, prefetch=2).start() for n in (1, 2)]
-    api = lab.api(port)
-    api.wait_healthy(manager)
-    api.wait_workers(["w1", "w2"], watch=[manager, *workers])
+    manager, workers, api = lab.manager_and_workers()
     out = lab.root / "out.txt"
     names = [f"t{n:04d}" for n in range(TASKS)]
     accepted = api.submit(host_tasks(names, out, sleep_s=0.05))

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from edgeplane.transport import free_port
 from faults.procs import HEARTBEAT_S, Lab, check_exactly_once, check_lines, host_tasks, wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
@@ -20,12 +19,7 @@ STALL_S = 6 * HEARTBEAT_S
 
 
 def test_a_stalled_manager_loses_no_worker(lab: Lab) -> None:
-    port = free_port()
-    manager = lab.manager(port).start()
-    workers = [lab.worker(f"w{n}", slots=4, prefetch=2).start() for n in (1, 2)]
-    api = lab.api(port)
-    api.wait_healthy(manager)
-    api.wait_workers(["w1", "w2"], watch=[manager, *workers])
+    manager, workers, api = lab.manager_and_workers()
     out = lab.root / "out.txt"
     # a slot each on both workers, running all through the stall; then tasks queued
     long, short = [f"long{n}" for n in range(8)], [f"short{n:02d}" for n in range(24)]

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,15 +17,17 @@ import orjson
 import pytest
 
 import wasm_fixtures
-from edgeplane.config import Settings
 from edgeplane.limits import MAX_OFFSET
 from edgeplane.model import Task
-from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.up import Stack
 from edgeplane.store import open_store
+from edgeplane.transport import free_port
+from faults.procs import Lab
+from stack_fixtures import start_stack
+from yaml_fixtures import LAUGHS
 
 pytestmark = pytest.mark.timeout(120)
 
-TOKEN = "faults-admin-token"
 ADD = base64.b64encode(wasm_fixtures.add_wasm()).decode()
 LISTS = ["/tasks", "/jobs", "/workflows", "/schedules", "/workers", "/clusters", "/applications"]
 
@@ -41,40 +39,12 @@ def nested(depth: int) -> dict[str, Any]:
     return doc
 
 
-async def stack_on(
-    tmp_path: Path, broker: str, store: str, domain: str, **overrides: Any
-) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    settings = Settings(
-        **{
-            "data_dir": tmp_path,
-            "broker": broker,
-            "store": store,
-            "port": 0,
-            "workers": 1,
-            "heartbeat_s": 0.3,
-            "domain": domain,
-            "admin_token": TOKEN,
-            "allow_host": True,
-            **overrides,
-        }
-    )
-    async with (
-        running_stack(settings) as stack,
-        httpx.AsyncClient(
-            base_url=stack.control.url + "/api/v1",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        ) as http,
-    ):
-        yield stack, http
-
-
 @pytest.fixture
 async def sqlite_stack(
     tmp_path: Path, fast_broker_url: str, unique_domain: str
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
     store = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    async for pair in stack_on(tmp_path, fast_broker_url, store, unique_domain):
+    async for pair in start_stack(tmp_path, fast_broker_url, store, unique_domain, workers=1):
         yield pair
 
 
@@ -82,7 +52,9 @@ async def sqlite_stack(
 async def pg_stack(
     tmp_path: Path, fast_broker_url: str, unique_domain: str, postgres_url: str
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    async for pair in stack_on(tmp_path, fast_broker_url, postgres_url, unique_domain):
+    async for pair in start_stack(
+        tmp_path, fast_broker_url, postgres_url, unique_domain, workers=1
+    ):
         yield pair
 
 
@@ -159,13 +131,6 @@ async def test_json_nested_past_any_parser_is_a_422_not_a_400(
 # --- documents an older version stored --------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def older_rows(data_dir: Path) -> None:
     """A store in ``data_dir`` with rows today's API refuses: metadata 200 deep (one task
     not started, one started and waiting) and a ``name`` of null (an old PATCH)."""
@@ -188,54 +153,35 @@ async def older_rows(data_dir: Path) -> None:
             )
 
 
-def test_documents_an_older_version_stored_never_stop_edgeplane_up(tmp_path: Path) -> None:
+def test_documents_an_older_version_stored_never_stop_edgeplane_up(lab: Lab) -> None:
     """``edgeplane up`` once exited at start over one such row, and the task could not be
     read, listed, patched or deleted (500) until it was removed by hand."""
-    data = tmp_path / "data"
+    data = lab.root / "data"
     data.mkdir()
     asyncio.run(older_rows(data))
     port = free_port()
-    command = [sys.executable, "-m", "edgeplane", "up", "--data-dir", str(data)]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port), "--workers", "1", "--allow-host"],
-        env={**os.environ, "EDGEPLANE_ADMIN_TOKEN": TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}/api/v1",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        ) as http:
-            while True:  # until it serves (or exits: then its output says why)
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                try:
-                    if http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            # the started one was recovered and ran
-            ran = http.get("/tasks/deep-started", params={"wait": 30}).json()
-            assert ran["state"] == "completed", ran
-            deep = http.get("/tasks/deep")
-            assert deep.status_code == 200 and deep.json()["metadata"] == nested(200)
-            nulled = http.get("/tasks/nulled")
-            assert nulled.status_code == 200 and nulled.json()["name"] == ""
-            listed = http.get("/tasks").json()
-            assert {t["id"] for t in listed["items"]} == {"deep", "deep-started", "nulled"}
-            patched = http.patch("/tasks/deep", json={"priority": 3})
-            assert patched.status_code == 200 and patched.json()["metadata"] == nested(200)
-            assert http.patch("/tasks/nulled", json={"name": "x"}).json()["name"] == "x"
-            for task_id in ("deep", "deep-started", "nulled"):
-                assert http.delete(f"/tasks/{task_id}").status_code == 204
-            assert http.get("/tasks").json()["total"] == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stdout:
-            proc.stdout.close()
+    # its own store (in --data-dir) and its own Mosquitto (no --broker)
+    up = lab.role(
+        "up", ["up", "--data-dir", str(data), "--port", str(port), "--workers", "1", "--allow-host"]
+    ).start()
+    api = lab.api(port)
+    api.wait_healthy(up)  # or its output says why it exited
+    http = api.http
+    # the started one was recovered and ran
+    ran = http.get("/tasks/deep-started", params={"wait": 30}).json()
+    assert ran["state"] == "completed", ran
+    deep = http.get("/tasks/deep")
+    assert deep.status_code == 200 and deep.json()["metadata"] == nested(200)
+    nulled = http.get("/tasks/nulled")
+    assert nulled.status_code == 200 and nulled.json()["name"] == ""
+    listed = http.get("/tasks").json()
+    assert {t["id"] for t in listed["items"]} == {"deep", "deep-started", "nulled"}
+    patched = http.patch("/tasks/deep", json={"priority": 3})
+    assert patched.status_code == 200 and patched.json()["metadata"] == nested(200)
+    assert http.patch("/tasks/nulled", json={"name": "x"}).json()["name"] == "x"
+    for task_id in ("deep", "deep-started", "nulled"):
+        assert http.delete(f"/tasks/{task_id}").status_code == 204
+    assert http.get("/tasks").json()["total"] == 0
 
 
 # --- numbers and characters the stores refuse -------------------------------------------------
@@ -291,24 +237,6 @@ async def test_a_cancelled_task_cannot_be_started_again(
 
 
 # --- YAML -------------------------------------------------------------------------------------
-
-LAUGHS = """\
-name: lol
-services:
-  - name: a
-    runtime: host
-    command: [sh]
-    metadata:
-      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-"""
 
 
 async def test_a_billion_laughs_descriptor_is_refused(

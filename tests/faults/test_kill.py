@@ -50,12 +50,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_manager_killed_during_1000_tasks(lab: Lab, store_url: str) -> None:
-    port = free_port()
-    manager = lab.manager(port).start()
-    workers = [lab.worker(f"w{n}", slots=4, prefetch=2).start() for n in (1, 2)]
-    api = lab.api(port)
-    api.wait_healthy(manager)
-    api.wait_workers(["w1", "w2"], watch=[manager, *workers])
+    manager, workers, api = lab.manager_and_workers()
     out = lab.root / "out.txt"
     names = [f"t{n:04d}" for n in range(TASKS)]
     accepted = api.submit(host_tasks(names, out))
@@ -63,7 +58,7 @@ def test_manager_killed_during_1000_tasks(lab: Lab, store_url: str) -> None:
 
     manager.kill9()
     assert ended < TASKS, "every task ended before the kill: nothing was tested"
-    manager = lab.manager(port).start()
+    manager.start()  # same port, same store
     api.wait_healthy(manager)
     api.wait_ended(TASKS, watch=[manager, *workers])
 
@@ -93,7 +88,7 @@ def test_up_killed_during_1000_tasks(lab: Lab, store_url: str) -> None:
 
     up.kill9()
     assert ended < TASKS, "every task ended before the kill: nothing was tested"
-    up = lab.up(port, **slow).start()
+    up.start()  # same port, same store
     api.wait_healthy(up)
     api.wait_ended(TASKS, watch=[up])
 

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from edgeplane.transport import free_port
 from faults.procs import Lab, check_exactly_once, check_lines, host_tasks, wait_until
 from faults.proxy import TcpProxy
 
@@ -41,13 +40,8 @@ def store_url(postgres_url: str, proxy: TcpProxy) -> str:
 
 
 def test_store_down_for_10_s_under_load(lab: Lab, proxy: TcpProxy, store_url: str) -> None:
-    port = free_port()
-    manager = lab.manager(port).start()
-    workers = [lab.worker(f"w{n}", slots=4, prefetch=2).start() for n in (1, 2)]
+    manager, workers, api = lab.manager_and_workers()
     watch = [manager, *workers]
-    api = lab.api(port)
-    api.wait_healthy(manager)
-    api.wait_workers(["w1", "w2"], watch=watch)
     out = lab.root / "out.txt"
     first = [f"a{n:03d}" for n in range(BEFORE)]
     accepted = api.submit(host_tasks(first, out, sleep_s=0.05))

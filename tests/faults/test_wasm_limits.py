@@ -21,14 +21,13 @@ import pytest
 import wasmtime
 
 import wasm_fixtures
-from edgeplane.config import Settings
 from edgeplane.modules import process_cache
-from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.up import Stack
 from edgeplane.runtimes import WasmRuntime
+from stack_fixtures import start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
-TOKEN = "faults-token"
 MATH = base64.b64encode(wasm_fixtures.math_wasm()).decode()
 #: the operator's default timeout for wasm tasks in this stack (``--wasm-timeout-s``)
 DEFAULT_TIMEOUT_S = 2.0
@@ -61,29 +60,17 @@ class LagProbe:
 async def up(
     tmp_path: Path, mosquitto_url: str, unique_domain: str
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    settings = Settings(
-        data_dir=tmp_path,
-        broker=mosquitto_url,
-        store=f"sqlite:///{tmp_path / 'db.sqlite'}",
-        port=0,
-        workers=1,
-        heartbeat_s=0.5,
-        domain=unique_domain,
-        admin_token=TOKEN,
-        wasm_timeout_s=DEFAULT_TIMEOUT_S,
-    )
-    async with (
-        running_stack(settings) as stack,
-        httpx.AsyncClient(
-            base_url=stack.control.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        ) as http,
-    ):
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for stack, http in start_stack(
+        tmp_path, mosquitto_url, store, unique_domain,
+        workers=1, heartbeat_s=0.5, wasm_timeout_s=DEFAULT_TIMEOUT_S,
+    ):  # fmt: skip
         await asyncio.wait_for(stack.workers[0].registered.wait(), 20)
         yield stack, http
 
 
 async def run(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-    done = await http.post("/api/v1/tasks", json={"start": True, **body}, params={"wait": 30})
+    done = await http.post("/tasks", json={"start": True, **body}, params={"wait": 30})
     assert done.status_code == 201, done.text
     task: dict[str, Any] = done.json()
     return task
@@ -94,21 +81,19 @@ async def test_a_spinning_task_ends_and_the_api_answers_meanwhile(
 ) -> None:
     stack, http = up
     with LagProbe() as probe:
-        created = await http.post(
-            "/api/v1/tasks", json={"name": "spin", "file": MATH, "start": True}
-        )
+        created = await http.post("/tasks", json={"name": "spin", "file": MATH, "start": True})
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]
         answered: list[int] = []  # /healthz statuses while the task was seen running
         state = "scheduled"
         for _ in range(2000):
-            state = (await http.get(f"/api/v1/tasks/{task_id}")).json()["state"]
+            state = (await http.get(f"/tasks/{task_id}")).json()["state"]
             if state not in ("scheduled", "running"):
                 break
             if state == "running":
-                answered.append((await http.get("/healthz")).status_code)
+                answered.append((await http.get(f"{stack.control.url}/healthz")).status_code)
             await asyncio.sleep(0.02)
-    task = (await http.get(f"/api/v1/tasks/{task_id}")).json()
+    task = (await http.get(f"/tasks/{task_id}")).json()
     lag = f"max loop lag {probe.max_lag_s * 1000:.1f} ms"
     assert task["state"] == "failed", (task, lag)
     assert task["error"].startswith(f"timeout after {DEFAULT_TIMEOUT_S}s (the worker's default")
@@ -131,6 +116,12 @@ async def test_a_task_cannot_take_4_gib(up: tuple[Stack, httpx.AsyncClient]) -> 
         http, {"name": "grow", "file": MATH, "inputs": [1100], "limits": {"memory_mb": 80}}
     )
     assert asked["results"] == [1], asked
+    # ... up to the operator's cap: asking for 4 GiB outright fails, naming the flag
+    greedy = await run(
+        http, {"name": "grow", "file": MATH, "inputs": [1], "limits": {"memory_mb": 4096}}
+    )
+    assert greedy["state"] == "failed", greedy
+    assert "--wasm-max-memory-mb" in greedy["error"] and "4096" in greedy["error"], greedy
 
 
 async def test_admission_and_the_worker_share_compiled_modules(
@@ -166,13 +157,13 @@ async def test_limits_out_of_range_are_a_422_naming_the_field(
 ) -> None:
     _, http = up
     body = {"name": "add", "file": MATH, "inputs": [1, 2], "limits": limits}
-    one = await http.post("/api/v1/tasks", json=body)
+    one = await http.post("/tasks", json=body)
     assert one.status_code == 422, one.text
     assert one.json()["field"] == field
-    batch = await http.post("/api/v1/tasks/batch", json={"tasks": [{**body, "limits": {}}, body]})
+    batch = await http.post("/tasks/batch", json={"tasks": [{**body, "limits": {}}, body]})
     assert batch.status_code == 422, batch.text
     assert batch.json()["field"] == f"tasks[1].{field}"
-    created = await http.post("/api/v1/tasks", json={**body, "limits": {}})
-    patch = await http.patch(f"/api/v1/tasks/{created.json()['id']}", json={"limits": limits})
+    created = await http.post("/tasks", json={**body, "limits": {}})
+    patch = await http.patch(f"/tasks/{created.json()['id']}", json={"limits": limits})
     assert patch.status_code == 422, patch.text
     assert patch.json()["field"] == field

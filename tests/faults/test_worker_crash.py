@@ -14,51 +14,50 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from fault_procs import Procs, api, free_port, processes, wait_healthy, wait_until, worker_doc
 
-pytestmark = pytest.mark.timeout(180)
+from edgeplane.transport import free_port
+from faults.procs import Lab, Role, alive, wait_until
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(180)]
 
 TASKS = 6
 
 
 class Scene:
-    """A manager on the shared broker, its API, and the host tasks' files."""
+    """A manager on the lab's broker with a grace period of ``grace_s``, its API, its
+    workers, and the host tasks' files."""
 
-    def __init__(self, procs: Procs, broker: str, tmp: Path) -> None:
-        self.procs = procs
-        self.broker = broker
-        self.tmp = tmp
-        self.files = tmp / "files"
+    def __init__(self, lab: Lab, grace_s: float) -> None:
+        self.lab = lab
+        self.files = lab.root / "files"
         self.files.mkdir()
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        manager = procs.start(
-            "manager", "manager", "--broker", broker, "--port", str(port),
-            "--store", f"sqlite:///{tmp / 'manager.db'}", "--data-dir", str(tmp / "manager"),
-        )  # fmt: skip
-        wait_healthy(self.url, manager, procs, "manager")
-        self.http = api(self.url)
+        self.manager = lab.manager(port, "--lost-grace-s", str(grace_s)).start()
+        self.api = lab.api(port)
+        self.api.wait_healthy(self.manager)
+        self.http = self.api.http
+        self.workers: dict[str, Role] = {}
         self.ids: dict[int, str] = {}  # label -> task id
 
-    def worker(self, worker_id: str) -> Any:
-        proc = self.procs.start(
-            worker_id, "worker", "--manager", self.broker, "--worker-id", worker_id,
-            "--allow-host", "--no-containers", "--slots", str(TASKS),
-            "--data-dir", str(self.tmp / worker_id),
-        )  # fmt: skip
+    def worker(self, worker_id: str) -> Role:
+        """Start worker ``worker_id``, or start it again (same id, same data dir)."""
+        role = self.workers.get(worker_id)
+        if role is None:  # a slot for every task; prefetch: the workers' default
+            role = self.workers[worker_id] = self.lab.worker(worker_id, slots=TASKS, prefetch=4)
+        role.start()
         self.until_worker(worker_id, "online")
-        return proc
+        return role
 
     def until_worker(self, worker_id: str, state: str) -> dict[str, Any]:
         return wait_until(
-            lambda: (doc := worker_doc(self.http, worker_id)) and doc["state"] == state and doc,
+            lambda: (doc := self.api.worker(worker_id)) and doc["state"] == state and doc,
             f"worker {worker_id} to be {state}",
+            watch=[self.manager],
         )
 
     def handles(self, worker_id: str) -> list[Path]:
-        directory = self.tmp / worker_id / "worker" / "handles"
+        directory = self.lab.root / worker_id / "worker" / "handles"
         return list(directory.iterdir()) if directory.is_dir() else []
 
     def submit(self, retries: int) -> None:
@@ -81,6 +80,15 @@ class Scene:
         created = self.http.post("/tasks/batch", json={"tasks": specs})
         assert created.status_code == 201, created.text
         self.ids = {label: t["id"] for label, t in enumerate(created.json()["items"])}
+
+    def running_on(self, worker_id: str, *, retries: int) -> Role:
+        """Start ``worker_id`` and submit the tasks; the worker, once every task runs and
+        every command started."""
+        worker = self.worker(worker_id)
+        self.submit(retries=retries)
+        self.until_tasks(f"every task to run on {worker_id}", lambda t: t["state"] == "running")
+        wait_until(lambda: sum(self.lines().values()) == TASKS, "every command to start")
+        return worker
 
     def tasks(self) -> dict[int, dict[str, Any]]:
         return {label: self.http.get(f"/tasks/{tid}").json() for label, tid in self.ids.items()}
@@ -119,44 +127,25 @@ GRACE_S = 10.0
 
 
 @pytest.fixture
-def scene(
-    request: pytest.FixtureRequest, fast_broker_url: str, unique_domain: str, tmp_path: Path
-) -> Iterator[Scene]:
+def scene(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Scene]:
     """``indirect`` parameter: the manager's grace period (default :data:`FOREVER`)."""
-    grace = getattr(request, "param", FOREVER)
-    with processes(
-        tmp_path,
-        EDGEPLANE_DOMAIN=unique_domain,
-        EDGEPLANE_HEARTBEAT_S="0.5",
-        EDGEPLANE_LOST_GRACE_S=str(grace),
-    ) as procs:
-        yielded = Scene(procs, fast_broker_url, tmp_path)
-        try:
-            yield yielded
-        finally:
-            yielded.go(range(TASKS), 1)  # nothing left waiting, whatever happened
-            yielded.go(range(TASKS), 2)
-            yielded.http.close()
-
-
-def alive(pid: int) -> bool:
+    yielded = Scene(lab, getattr(request, "param", FOREVER))
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        yield yielded
+    finally:  # before the lab stops the processes
+        yielded.go(range(TASKS), 1)  # nothing left waiting, whatever happened
+        yielded.go(range(TASKS), 2)
 
 
 def test_restarted_within_the_grace_period(scene: Scene) -> None:
     """The restarted worker re-attaches: every task runs once, as attempt 1, and ends
     completed, whether it ended while the worker was dead or after it was back. (The
     grace period is longer than the test may run, so the restart is within it.)"""
-    w1 = scene.worker("w1")
-    scene.submit(retries=2)  # the manager would have retries to spend: it must not
-    scene.until_tasks("every task to run", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    # retries: the manager would have some to spend, it must not
+    w1 = scene.running_on("w1", retries=2)
     assert len(scene.handles("w1")) == TASKS  # on disk before they were reported running
 
-    scene.procs.kill9(w1)
+    w1.kill9()
     scene.until_worker("w1", "offline")
     assert all(alive(scene.pid(label, 1)) for label in range(TASKS))  # not killed with it
     early = range(TASKS // 2)
@@ -181,13 +170,10 @@ def test_restarted_within_the_grace_period(scene: Scene) -> None:
 def test_not_restarted_the_tasks_run_elsewhere_only_after_the_grace_period(
     scene: Scene,
 ) -> None:
-    w1 = scene.worker("w1")
-    scene.submit(retries=1)
-    scene.until_tasks("every task to run on w1", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    w1 = scene.running_on("w1", retries=1)
     scene.worker("w2")
 
-    scene.procs.kill9(w1)
+    w1.kill9()
     lost = scene.until_worker("w1", "offline")
     # Within the grace period: still w1's, and nothing ran a second time.
     during = scene.tasks()
@@ -235,13 +221,9 @@ def test_a_worker_that_leaves_on_purpose_has_its_tasks_placed_again_at_once(
 ) -> None:
     """It stopped its tasks as it left: nothing to wait for. (The grace period is longer
     than the test may run: the tasks moving at all shows they did not wait for it.)"""
-    w1 = scene.worker("w1")
-    scene.submit(retries=1)
-    scene.until_tasks("every task to run on w1", lambda t: t["state"] == "running")
-    wait_until(lambda: sum(scene.lines().values()) == TASKS, "every command to start")
+    w1 = scene.running_on("w1", retries=1)
     scene.worker("w2")
-    w1.terminate()
-    w1.wait()
+    w1.stop()
     assert not any(alive(scene.pid(label, 1)) for label in range(TASKS))
     assert not scene.handles("w1")
     scene.until_worker("w1", "offline")

@@ -48,7 +48,7 @@ PUBLIC = {
 }
 #: What each /api/v1 route guards: ``project`` (a resource of a project: 404 across
 #: projects), ``fleet`` (workers, clusters: not in a project; admin to change), ``admin``
-#: (users), ``own`` (a caller's own tokens).
+#: (users, join tokens), ``own`` (a caller's own tokens).
 KIND = {
     "/api/v1/tasks": "project",
     "/api/v1/tasks/batch": "project",
@@ -72,6 +72,8 @@ KIND = {
     "/api/v1/workers/{worker_id}/drain": "fleet",
     "/api/v1/clusters": "fleet",
     "/api/v1/clusters/{cluster_id}": "fleet",
+    "/api/v1/join-tokens": "admin",
+    "/api/v1/join-tokens/{token_id}": "admin",
     "/api/v1/users": "admin",
     "/api/v1/users/{name}": "admin",
     "/api/v1/tokens": "own",

@@ -19,14 +19,12 @@ import httpx
 import pytest
 
 import wasm_fixtures
-from edgeplane.config import Settings
 from edgeplane.errors import Conflict
 from edgeplane.model import Task, TaskSpec
 from edgeplane.protocol import Assignment, StartTasks, encode
-from edgeplane.roles.up import Stack, running_stack
+from edgeplane.roles.up import Stack
 from edgeplane.roles.worker import build_worker
-
-TOKEN = "test-admin-token"
+from stack_fixtures import start_stack
 
 
 def b64(data: bytes) -> str:
@@ -34,34 +32,6 @@ def b64(data: bytes) -> str:
 
 
 ADD = b64(wasm_fixtures.add_wasm())
-
-
-async def start_stack(
-    tmp_path: Path, broker: str, store: str, domain: str, **overrides: Any
-) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "broker": broker,
-        "store": store,
-        "port": 0,
-        "workers": 2,
-        "heartbeat_s": 0.3,
-        "domain": domain,
-        "admin_token": TOKEN,
-        "allow_host": True,
-        "retry_backoff_s": 0.05,
-    }
-    values.update(overrides)
-    settings = Settings(**values)
-    async with (
-        running_stack(settings) as stack,
-        httpx.AsyncClient(
-            base_url=stack.control.url + "/api/v1",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        ) as http,
-    ):
-        yield stack, http
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 import wasmtime
-from test_cluster import start_stack
 
 import wasm_fixtures
 from edgeplane.errors import Unavailable
 from edgeplane.examples import EXAMPLES
 from edgeplane.roles.up import Stack
+from stack_fixtures import start_stack
 
 MATH = base64.b64encode(wasmtime.wat2wasm(EXAMPLES["add.wasm"])).decode()
 TRAP = base64.b64encode(wasm_fixtures.trap_wasm()).decode()

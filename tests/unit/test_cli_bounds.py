@@ -13,26 +13,12 @@ import pytest
 from test_cli import WASM, FakeApi, invoke, roles
 
 from edgeplane.limits import MAX_OFFSET, MAX_RETRIES
+from yaml_fixtures import LAUGHS
 
 __all__ = ["roles"]  # the fixture, from test_cli
 
-LAUGHS = """\
-name: lol
-tasks:
-  - name: a
-    runtime: host
-    command: [sh]
-    metadata:
-      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-"""
+#: The bomb in a task spec file.
+TASK_LAUGHS = LAUGHS.replace("services:", "tasks:")
 
 
 def nested(depth: int) -> dict[str, object]:
@@ -83,7 +69,7 @@ def test_an_input_past_the_64_bit_range_exits_2(tmp_path: Path) -> None:
 def test_a_billion_laughs_spec_is_refused_at_once(tmp_path: Path, kind: str) -> None:
     """It once crashed the CLI (SIGSEGV) after expanding for minutes."""
     spec = tmp_path / "lol.yaml"
-    spec.write_text(LAUGHS)
+    spec.write_text(TASK_LAUGHS)
     started = time.monotonic()
     command = ["job", "create"] if kind == "job" else ["workflow", "apply"]
     assert_refused([*command, str(spec)], "aliases are expanded")
@@ -92,7 +78,7 @@ def test_a_billion_laughs_spec_is_refused_at_once(tmp_path: Path, kind: str) -> 
 
 def test_a_billion_laughs_descriptor_is_refused(tmp_path: Path) -> None:
     descriptor = tmp_path / "app.yaml"
-    descriptor.write_text(LAUGHS.replace("tasks:", "services:"))
+    descriptor.write_text(LAUGHS)
     assert_refused(["app", "apply", str(descriptor)], "aliases are expanded")
 
 
@@ -119,7 +105,7 @@ def test_a_spec_past_the_bounds_exits_2_naming_where(
 
 def test_a_billion_laughs_config_file_is_refused(roles: dict[str, Any], tmp_path: Path) -> None:
     config = tmp_path / "edgeplane.yaml"
-    config.write_text(LAUGHS)
+    config.write_text(TASK_LAUGHS)
     result = invoke(FakeApi(), "up", "--config", str(config))
     assert result.exit_code == 2, result.output
     assert "aliases are expanded" in result.stderr

@@ -7,23 +7,7 @@ import pytest
 from edgeplane import safeyaml
 from edgeplane.errors import Invalid
 from edgeplane.limits import MAX_YAML_ALIASES, MAX_YAML_BYTES
-
-#: Nine lists of nine aliases of the list before: 9^9 values in 478 bytes.
-LAUGHS = """\
-name: lol
-services:
-  - name: a
-    metadata:
-      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-"""
+from yaml_fixtures import LAUGHS
 
 PARSERS = [pytest.param(True, id="libyaml"), pytest.param(False, id="pure-python")]
 

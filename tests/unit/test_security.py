@@ -64,6 +64,7 @@ def test_scopes_narrow_a_role_and_never_widen_it() -> None:
         ("POST", "/api/v1/workers/w/drain", "admin"),
         ("DELETE", "/api/v1/workers/w", "admin"),
         ("POST", "/api/v1/join-tokens", "admin"),
+        ("GET", "/api/v1/join-tokens", "admin"),
         ("GET", "/api/v1/users", "admin"),
         ("POST", "/api/v1/users", "admin"),
         ("POST", "/api/v1/tokens", "viewer"),

@@ -15,6 +15,7 @@ from edgeplane.api import (
     applications,
     clusters,
     dashboard,
+    join_tokens,
     problems,
     runs,
     tasks,
@@ -31,6 +32,7 @@ from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
 from edgeplane.security.accounts import Accounts
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.roles import API, PUBLIC, allows, required
 
 
@@ -159,6 +161,7 @@ def create_app(
     *,
     max_body_mb: float = 64.0,
     accounts: Accounts | None = None,
+    broker_auth: BrokerAuth | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -171,6 +174,8 @@ def create_app(
     app.state.workflows = workflows
     app.state.schedules = schedules
     app.state.applications = apps
+    #: the identities of the broker edgeplane started (None: an external broker)
+    app.state.broker_auth = broker_auth
     problems.install(app)
     # Middleware added later wraps what was added before: a request meets the body limit,
     # then the token check, then the fast path, then FastAPI.
@@ -187,6 +192,7 @@ def create_app(
     secured(tasks.router)
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens):

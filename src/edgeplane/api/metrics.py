@@ -29,6 +29,11 @@ class ManagerCollector(Collector):
             value=m.stats.bad_messages,
         )
         yield CounterMetricFamily(
+            "edgeplane_foreign_events",
+            "Task events refused: the task is another member's",
+            value=m.stats.foreign_events,
+        )
+        yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
         finished = CounterMetricFamily(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from edgeplane.api.deps import ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
+from edgeplane.errors import NotFound
 from edgeplane.model import Page, Worker
+from edgeplane.security.broker_auth import BrokerAuth
 
 router = APIRouter(prefix="/workers", tags=["workers"], route_class=JsonRoute)
 
@@ -33,6 +35,14 @@ async def drain_worker(worker_id: str, manager: ManagerDep) -> Worker:
 
 
 @router.delete("/{worker_id}", status_code=204)
-async def delete_worker(worker_id: str, manager: ManagerDep) -> Response:
-    await manager.delete_worker(worker_id)
+async def delete_worker(worker_id: str, manager: ManagerDep, request: Request) -> Response:
+    """Forget the worker; on a broker edgeplane started, also revoke its identity first,
+    which disconnects it at once (docs/broker-security.md)."""
+    auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
+    revoked = auth is not None and auth.revoke_worker(worker_id)
+    try:
+        await manager.delete_worker(worker_id)
+    except NotFound:
+        if not revoked:  # an identity that never said hello is still deleted
+            raise
     return Response(status_code=204)

@@ -18,6 +18,7 @@ import typer
 from edgeplane.cli.tasks import pairs
 from edgeplane.errors import Invalid
 from edgeplane.limits import (
+    DEFAULT_WASM_MAX_MEMORY_MB,
     DEFAULT_WASM_MEMORY_MB,
     DEFAULT_WASM_TIMEOUT_S,
     MAX_MEMORY_MB,
@@ -92,6 +93,16 @@ WasmMemoryOption = Annotated[
         max=MAX_MEMORY_MB,
         help=f"Memory of a wasm task that sets no limits.memory_mb (default "
         f"{DEFAULT_WASM_MEMORY_MB}).",
+    ),
+]
+WasmMaxMemoryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--wasm-max-memory-mb",
+        min=1,
+        max=MAX_MEMORY_MB,
+        help=f"The most memory a wasm task may ask for with limits.memory_mb (default "
+        f"{DEFAULT_WASM_MAX_MEMORY_MB}): more fails the task, naming this flag.",
     ),
 ]
 WasmTimeoutOption = Annotated[
@@ -178,6 +189,7 @@ def up(
     images_dir: ImagesDirOption = None,
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
+    wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
     lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
@@ -209,6 +221,7 @@ def up(
         "images_dir": images_dir,
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
+        "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "log_level": log_level,
@@ -343,12 +356,21 @@ def worker(
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
     ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="Join token from `POST /api/v1/join-tokens` (or $EDGEPLANE_JOIN_TOKEN): "
+            "used once, the identity it buys is kept in the data dir.",
+        ),
+    ] = None,
     allow_host: AllowHostOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
+    wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -366,8 +388,10 @@ def worker(
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
+        "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
         "log_level": log_level,
+        "join_token": join,
     }
     if ctx.invoked_subcommand is not None:
         if any(v is not None for v in flags.values()) or worker_id or label or config:

@@ -113,6 +113,7 @@ def drain(ctx: typer.Context, worker_id: IdArgument, output: OutputOption = None
 
 @app.command()
 def delete(ctx: typer.Context, worker_id: IdArgument) -> None:
-    """Forget a worker (it registers again if it comes back)."""
+    """Forget a worker. On a broker edgeplane started, its identity is revoked too: it is
+    disconnected and needs a new join token; elsewhere it registers again if it comes back."""
     session(ctx).client().delete_worker(worker_id)
     note(f"deleted worker {worker_id}")

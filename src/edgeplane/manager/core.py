@@ -30,6 +30,9 @@ from edgeplane.transport import MqttLink
 @dataclass
 class ManagerStats:
     bad_messages: int = 0
+    #: events about a task another member holds (forged, or from a member the task was
+    #: taken from): refused, counted apart so a returning lost worker is not "bad input"
+    foreign_events: int = 0
     dispatched: int = 0
     events: int = 0
     lost_workers: int = 0
@@ -58,6 +61,8 @@ class Core:
     unsaved: dict[str, Worker] = field(default_factory=dict)
     #: tasks whose end is durable (the task service wakes waiters and listeners)
     resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
+    #: adds the member's command MAC to a message (``BrokerAuth.sign``; none by default)
+    sign: Callable[[str, bytes], bytes] = lambda member_id, message: message
 
     @property
     def member(self) -> str:
@@ -74,4 +79,4 @@ class Core:
         qos: int | None = None,
     ) -> None:
         topic = topic or self.level.topics.cmd(member_id)
-        await self.link.publish(topic, encode(type_, body), qos=qos)
+        await self.link.publish(topic, self.sign(member_id, encode(type_, body)), qos=qos)

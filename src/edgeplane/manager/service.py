@@ -32,6 +32,7 @@ from edgeplane.manager.membership import Membership
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink
 
@@ -49,7 +50,10 @@ class Manager:
         *,
         clock: clocks.Clock | None = None,
         root: bool = False,
+        auth: BrokerAuth | None = None,
     ) -> None:
+        """``auth``: the identities of the broker edgeplane started (its own credentials,
+        and the keys its commands are signed with); None for an external broker."""
         self.settings = settings
         self.store = store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
@@ -68,6 +72,8 @@ class Manager:
             # (the members' liveness hears whether the manager itself can hear)
             on_connect=lambda: self.members.link_up(),
             on_disconnect=lambda: self.members.link_down(),
+            username=None if auth is None else auth.manager.username,
+            password=None if auth is None else auth.manager.password,
         )
         core = Core(
             settings=settings,
@@ -77,6 +83,8 @@ class Manager:
             journal=self.journal,
             link=self.link,
         )
+        if auth is not None:
+            core.sign = auth.sign
         self.registry = core.registry
         self.stats = core.stats
         #: this manager process's id; task.start sequence numbers count within it

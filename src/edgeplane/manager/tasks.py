@@ -266,7 +266,16 @@ class TaskService:
             task = core.active.get(event.task_id)
             if task is None and event.state in ("completed", "failed", "cancelled"):
                 late.append(event)
-            if task is None or core.level.member_of(task) != member_id:
+            if task is not None and core.level.member_of(task) != member_id:
+                # Another member's task: a forged or misrouted event (the broker's ACL lets
+                # a member publish only on its own topics, so this names the sender).
+                core.stats.foreign_events += 1
+                log.warning(
+                    "event refused: the task is another member's",
+                    extra={"member": member_id, "task_id": task.id},
+                )
+                continue
+            if task is None:
                 continue
             new = lifecycle.apply_event(task, event, now, core.settings.retry_backoff_s)
             if new is None:

@@ -56,6 +56,14 @@ class Topics:
     def aggregate(self, member_id: str) -> str:
         return self._member(member_id, "aggregate")
 
+    def join(self, nonce: str) -> str:
+        """Where a joining worker (anonymous, MQTT client id ``nonce``) asks to join."""
+        return f"{self.domain}/{self.cluster}/join/{nonce}"
+
+    def join_answer(self, nonce: str) -> str:
+        """Where the manager answers that worker (only client ``nonce`` may read it)."""
+        return f"{self.join(nonce)}/welcome"
+
     def all_members(self, leaf: str) -> str:
         """Wildcard subscription for one leaf of every member."""
         return self._member("+", leaf)

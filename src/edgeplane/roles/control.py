@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +18,18 @@ from fastapi import FastAPI
 from edgeplane.api import create_app
 from edgeplane.config import Settings
 from edgeplane.manager import Manager
+from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
+from edgeplane.protocol import Topics
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
-from edgeplane.transport import EmbeddedBroker
+from edgeplane.transport import EmbeddedBroker, parse_broker_url
+from edgeplane.transport.broker import AuthFiles
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,29 @@ log = logging.getLogger(__name__)
 ENDPOINT_FILE = "endpoint"
 
 
-async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> str:
+def broker_auth(settings: Settings) -> BrokerAuth | None:
+    """The identities of the broker this manager starts itself, or None when it was given
+    one (``--broker``): edgeplane locks down only brokers it starts, and an external
+    broker is the operator's to secure (a warning says so when its URL has no user)."""
+    if settings.broker:
+        if parse_broker_url(settings.broker).username is None:
+            log.warning(
+                "the broker is used without credentials: anyone who reaches it can act as "
+                "a worker (see docs/broker-security.md)",
+                extra={"broker": str(parse_broker_url(settings.broker))},
+            )
+        return None
+    return BrokerAuth(
+        settings.data_dir / "broker",
+        Topics(settings.domain, settings.cluster_id),
+        now=time.time,
+        reload=lambda: None,  # start_broker points it at the broker it starts
+    )
+
+
+async def start_broker(
+    stack: contextlib.AsyncExitStack, settings: Settings, auth: BrokerAuth | None = None
+) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
 
     The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
@@ -44,7 +71,10 @@ async def start_broker(stack: contextlib.AsyncExitStack, settings: Settings) -> 
     port_file = settings.data_dir / "broker" / "port"
     recorded = _recorded_port(port_file)
     port = recorded if recorded is not None and _free(recorded) else 0
-    broker = EmbeddedBroker(settings.data_dir / "broker", port=port)
+    files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
+    broker = EmbeddedBroker(settings.data_dir / "broker", port=port, auth=files)
+    if auth is not None:
+        auth.reload = broker.reload
     url = await broker.start()
     stack.push_async_callback(broker.stop)
     if recorded is not None and broker.port != recorded:
@@ -84,13 +114,22 @@ class _Server(uvicorn.Server):
 
 class ControlPlane:
     def __init__(
-        self, settings: Settings, broker_url: str, *, root: bool = False, serve_api: bool = True
+        self,
+        settings: Settings,
+        broker_url: str,
+        *,
+        root: bool = False,
+        serve_api: bool = True,
+        auth: BrokerAuth | None = None,
     ) -> None:
         self.settings = settings
         self.broker_url = broker_url
         self.serve_api = serve_api
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root)
+        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.auth = auth
+        desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
+        self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id)
         facade = self.manager.facade
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
@@ -115,6 +154,8 @@ class ControlPlane:
         if self.uplink is not None:
             await self.uplink.attach()
         await self.manager.start()
+        if self.joins is not None:
+            await self.joins.start()
         await self.workflows.start()
         await self.schedules.start()
         await self.applications.start()
@@ -131,6 +172,7 @@ class ControlPlane:
             self.schedules,
             self.applications,
             max_body_mb=self.settings.max_body_mb,
+            broker_auth=self.auth,
         )
         self.app = app
         config = uvicorn.Config(
@@ -160,5 +202,7 @@ class ControlPlane:
         await self.applications.stop()
         await self.schedules.stop()
         await self.workflows.stop()
+        if self.joins is not None:
+            await self.joins.stop()
         await self.manager.stop()
         await self.store.close()

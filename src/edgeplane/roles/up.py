@@ -15,10 +15,11 @@ from edgeplane.config import Settings
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import process_cache
-from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, start_broker
+from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
 from edgeplane.worker import WorkerAgent
+from edgeplane.worker.joining import Identity
 
 
 @dataclass
@@ -37,21 +38,28 @@ class Stack:
     clusters: list[ClusterStack] = field(default_factory=list)
 
 
+def _worker_ids(settings: Settings) -> list[str]:
+    return [f"{settings.cluster_id}-{n}" for n in range(1, settings.workers + 1)]
+
+
 async def _workers(
-    stack: contextlib.AsyncExitStack, settings: Settings, broker_url: str
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    broker_url: str,
+    identities: dict[str, Identity],
 ) -> list[WorkerAgent]:
     agents = []
     # One module cache for the process: a module compiled when its task was admitted is
     # not compiled again by the worker that runs it.
     modules = process_cache(settings.data_dir / "modules")
-    for n in range(1, settings.workers + 1):
-        worker_id = f"{settings.cluster_id}-{n}"
+    for worker_id in _worker_ids(settings):
         agent = build_worker(
             settings,
             broker_url=broker_url,
             worker_id=worker_id,
             data_dir=settings.data_dir / "workers" / worker_id,
             modules=modules,
+            identity=identities.get(worker_id),
         )
         await agent.start()
         stack.push_async_callback(agent.stop)
@@ -63,11 +71,21 @@ async def _cluster(
     stack: contextlib.AsyncExitStack, settings: Settings, *, serve_api: bool
 ) -> ClusterStack:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker_url = await start_broker(stack, settings)
-    control = ControlPlane(settings, broker_url, serve_api=serve_api)
+    auth = broker_auth(settings)
+    # The in-process workers get their identities directly (no join token), before the
+    # broker starts so that its first reading of the files knows them.
+    identities = {}
+    if auth is not None:
+        for worker_id in _worker_ids(settings):
+            credentials = auth.add_worker(worker_id)
+            identities[worker_id] = Identity(
+                worker_id, credentials.username, credentials.password, credentials.mac_key
+            )
+    broker_url = await start_broker(stack, settings, auth)
+    control = ControlPlane(settings, broker_url, serve_api=serve_api, auth=auth)
     await control.start()
     stack.push_async_callback(control.stop)
-    workers = await _workers(stack, settings, broker_url)
+    workers = await _workers(stack, settings, broker_url, identities)
     return ClusterStack(control=control, broker_url=broker_url, workers=workers)
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
+from edgeplane.protocol import Topics
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
-from edgeplane.worker import WorkerAgent, WorkerOptions
+from edgeplane.worker import WorkerAgent, WorkerOptions, joining
+from edgeplane.worker.joining import Identity
 
 
 def stable_worker_id(data_dir: Path) -> str:
@@ -34,6 +36,7 @@ def build_worker(
     data_dir: Path,
     labels: Mapping[str, str] | None = None,
     modules: ModuleCache | None = None,
+    identity: Identity | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
     ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
@@ -46,6 +49,7 @@ def build_worker(
         modules=modules,
         wasm_memory_mb=settings.wasm_memory_mb,
         wasm_timeout_s=settings.wasm_timeout_s,
+        wasm_max_memory_mb=settings.wasm_max_memory_mb,
     )
     # What this worker no longer offers may still have attempts left by an earlier run of
     # it (started with --allow-host, now without): those are found and stopped at start.
@@ -64,6 +68,9 @@ def build_worker(
         slots=settings.slots,
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
+        username=None if identity is None else identity.username,
+        password=None if identity is None else identity.password,
+        mac_key=None if identity is None else identity.mac_key,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 
@@ -73,12 +80,25 @@ async def run_worker(
 ) -> None:
     setup_logs(settings.log_level)
     data_dir = settings.data_dir / "worker"
+    broker_url = settings.broker or "mqtt://127.0.0.1:1883"
+    identity = joining.load(data_dir)
+    if identity is None and settings.join_token:
+        wanted = worker_id or stable_worker_id(data_dir)
+        topics = Topics(settings.domain, settings.cluster_id)
+        identity = await joining.join(broker_url, topics, settings.join_token, wanted)
+        path = joining.save(data_dir, identity)
+        print(f"joined as {identity.worker_id}; identity kept in {path}", flush=True)
+    if identity is not None:
+        # The identity's id is the broker username: the broker allows no other topics.
+        worker_id = identity.worker_id
+        labels = {**identity.labels, **(labels or {})}
     agent = build_worker(
         settings,
-        broker_url=settings.broker or "mqtt://127.0.0.1:1883",
+        broker_url=broker_url,
         worker_id=worker_id or stable_worker_id(data_dir),
         data_dir=data_dir,
         labels=labels,
+        identity=identity,
     )
     await agent.start()
     print(f"worker {agent.id} connected to {settings.broker}", flush=True)

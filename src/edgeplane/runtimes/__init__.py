@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
+from edgeplane.limits import (
+    DEFAULT_WASM_MAX_MEMORY_MB,
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+)
 from edgeplane.modules import ModuleCache, process_cache
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
 from edgeplane.runtimes.container import ContainerRuntime
@@ -25,13 +29,15 @@ def available_runtimes(
     modules: ModuleCache | None = None,
     wasm_memory_mb: int | None = None,
     wasm_timeout_s: float | None = None,
+    wasm_max_memory_mb: int | None = None,
 ) -> dict[str, Runtime]:
     """The runtimes this machine can run, by name: wasm always, host only when allowed,
     container when allowed, given a ``data_dir`` for its bundles and usable (runc, root).
 
     Compiled wasm modules come from ``modules`` (default: this process's cache, keeping
     them across restarts in ``cache_dir/wasm``); wasm tasks that give no limits get
-    ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults); container
+    ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults) and may ask for
+    no more than ``wasm_max_memory_mb``; container
     images come from ``images_dir`` (default ``data_dir/images``).
     """
     if modules is None:
@@ -41,6 +47,7 @@ def available_runtimes(
             modules=modules,
             default_memory_mb=wasm_memory_mb or DEFAULT_WASM_MEMORY_MB,
             default_timeout_s=wasm_timeout_s or DEFAULT_WASM_TIMEOUT_S,
+            max_memory_mb=wasm_max_memory_mb or DEFAULT_WASM_MAX_MEMORY_MB,
         )
     ]
     if allow_host:

@@ -60,7 +60,11 @@ from wasmtime import _ffi as ffi
 
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure, TransientTaskFailure
-from edgeplane.limits import DEFAULT_WASM_MEMORY_MB, DEFAULT_WASM_TIMEOUT_S
+from edgeplane.limits import (
+    DEFAULT_WASM_MAX_MEMORY_MB,
+    DEFAULT_WASM_MEMORY_MB,
+    DEFAULT_WASM_TIMEOUT_S,
+)
 from edgeplane.modules import Arg, CompiledModule, ModuleCache, check_call, short_error
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, OutcomeState, Runtime
 from edgeplane.runtimes.spec import RunSpec
@@ -288,11 +292,14 @@ class WasmRuntime(Runtime):
         clock: Clock | None = None,
         default_memory_mb: int | None = DEFAULT_WASM_MEMORY_MB,
         default_timeout_s: float | None = DEFAULT_WASM_TIMEOUT_S,
+        max_memory_mb: int | None = DEFAULT_WASM_MAX_MEMORY_MB,
     ) -> None:
         self.modules = modules if modules is not None else ModuleCache(cache_dir=cache_dir)
         #: limits of a task that gives none (None: no limit); no timeout for daemons
         self.default_memory_mb = default_memory_mb
         self.default_timeout_s = default_timeout_s
+        #: the most a task may ask for (None: no cap)
+        self.max_memory_mb = max_memory_mb
         self.engine = self.modules.engine
         self._clock = clock if clock is not None else SystemClock()
         self._pool = ThreadPoolExecutor(
@@ -319,6 +326,13 @@ class WasmRuntime(Runtime):
         key = (spec.task_id, spec.attempt)
         if key in self._runs:
             raise Conflict(f"task {spec.task_id} attempt {spec.attempt} is already running")
+        wanted, cap = spec.limits.memory_mb, self.max_memory_mb
+        if wanted is not None and cap is not None and wanted > cap:
+            raise TaskFailure(
+                f"limits.memory_mb {wanted} is more than this worker gives a wasm task "
+                f"({cap} MB; its operator can raise it with --wasm-max-memory-mb)",
+                field="limits.memory_mb",
+            )
         if not self._ticking:
             _acquire_ticker(self.engine)
             self._ticking = True

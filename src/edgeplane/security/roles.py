@@ -23,8 +23,10 @@ _SCOPE_OF: dict[str, str] = dict(zip(ROLES, SCOPES, strict=True))
 API = "/api/v1"
 #: Reachable without a token (each one checks its own credentials).
 PUBLIC = frozenset({f"{API}/auth/login", f"{API}/auth/refresh"})
-#: Collections that change the fleet or other users: admin even to mutate.
-_ADMIN_ONLY = ("/users", "/workers", "/join-tokens")
+#: Admin's alone, reads included: who the users are, the secrets workers join with.
+_ADMIN_ALWAYS = ("/users", "/join-tokens")
+#: The fleet: everyone reads it, admins change it.
+_ADMIN_TO_CHANGE = ("/workers",)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -60,17 +62,20 @@ def allows(role: str, scopes: Iterable[str], needed: str) -> bool:
 def required(method: str, path: str) -> Role:
     """The least role a call to ``method path`` (under ``/api/v1``) needs.
 
-    Reads need a viewer except users (admin); mutations need an operator, except on users,
-    workers and join tokens (admin). Tokens are every user's own: a viewer may create and
-    revoke their own (the route checks whose token it is, admin for other users').
+    Users and join tokens need an admin, reads included; other reads a viewer; mutations
+    an operator, except on workers (admin). Tokens are every user's own: a viewer may
+    create and revoke their own (the route checks whose token it is, admin for other
+    users').
     """
     rest = path[len(API) :] if path.startswith(API) else path
-    if rest == "/users" or rest.startswith("/users/"):
+    if _under(rest, _ADMIN_ALWAYS):
         return "admin"
-    if rest == "/tokens" or rest.startswith("/tokens/"):
+    if _under(rest, ("/tokens",)) or method.upper() in _READS:
         return "viewer"
-    if method.upper() in _READS:
-        return "viewer"
-    if any(rest == part or rest.startswith(part + "/") for part in _ADMIN_ONLY):
+    if _under(rest, _ADMIN_TO_CHANGE):
         return "admin"
     return "operator"
+
+
+def _under(rest: str, collections: tuple[str, ...]) -> bool:
+    return any(rest == part or rest.startswith(part + "/") for part in collections)

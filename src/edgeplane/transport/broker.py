@@ -7,6 +7,7 @@ because Nagle's algorithm otherwise adds ~88 ms to every round trip (DESIGN §8)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -22,6 +24,8 @@ from edgeplane.lifeline import die_with_parent
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -37,8 +41,30 @@ def free_port() -> int:
         return port
 
 
-def mosquitto_config(port: int) -> str:
-    """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr)."""
+@dataclass(frozen=True)
+class AuthFiles:
+    """The password and ACL files a locked-down Mosquitto reads (and re-reads on SIGHUP);
+    ``security/broker_auth.py`` writes them."""
+
+    password_file: Path
+    acl_file: Path
+
+
+def mosquitto_config(port: int, auth: AuthFiles | None = None) -> str:
+    """Config for a private, low-latency, memory-only Mosquitto (logs go to stderr).
+
+    With ``auth`` only the identities in its files may do more than join (the ACL lets
+    anonymous clients publish a join request and read its answer, nothing else)."""
+    access = (
+        ["allow_anonymous true"]
+        if auth is None
+        else [
+            # Anonymous clients stay allowed to connect: the ACL lets them only join.
+            "allow_anonymous true",
+            f"password_file {auth.password_file}",
+            f"acl_file {auth.acl_file}",
+        ]
+    )
     return "\n".join(
         [
             # Mosquitto started as root switches to its own user, and the kernel forgets a
@@ -46,7 +72,7 @@ def mosquitto_config(port: int) -> str:
             # stays the user of the role that starts it (no effect unless that is root).
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             f"listener {port} {HOST}",
-            "allow_anonymous true",
+            *access,
             "set_tcp_nodelay true",
             "persistence false",
             # Stock limits (1000 queued, 20 in flight per client) drop QoS 1 messages
@@ -79,10 +105,17 @@ class MosquittoProcess:
     across many per-test loops.
     """
 
-    def __init__(self, data_dir: Path, port: int, executable: str = "mosquitto") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        executable: str = "mosquitto",
+        auth: AuthFiles | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.executable = executable
+        self.auth = auth
         self.config_path = data_dir / "mosquitto.conf"
         self.log_path = data_dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -105,7 +138,7 @@ class MosquittoProcess:
     def spawn(self) -> None:
         """Start the process (fast: call it from the thread that must outlive it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(self.port))
+        self.config_path.write_text(mosquitto_config(self.port, self.auth))
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [self.executable, "-c", str(self.config_path)],
@@ -130,6 +163,12 @@ class MosquittoProcess:
                 )
             time.sleep(0.02)
         return self.url
+
+    def reload(self) -> None:
+        """Make Mosquitto re-read its password and ACL files (SIGHUP): clients no longer
+        in them are disconnected."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGHUP)
 
     def stop(self) -> None:
         """Terminate the whole process group; kill it if it lingers."""
@@ -169,14 +208,33 @@ def amqtt_config(port: int) -> dict[str, object]:
 class EmbeddedBroker:
     """A broker private to this process tree, listening on 127.0.0.1 only."""
 
-    def __init__(self, data_dir: Path, port: int = 0, prefer_mosquitto: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        prefer_mosquitto: bool = True,
+        auth: AuthFiles | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         executable = shutil.which("mosquitto") if prefer_mosquitto else None
         self.kind: Literal["mosquitto", "amqtt"] = "mosquitto" if executable else "amqtt"
         self._mosquitto = (
-            MosquittoProcess(data_dir, self.port, executable) if executable is not None else None
+            MosquittoProcess(data_dir, self.port, executable, auth)
+            if executable is not None
+            else None
         )
+        self.auth = auth
+
+    @property
+    def enforces_acls(self) -> bool:
+        """Whether the broker checks identities and ACLs (Mosquitto with auth files)."""
+        return self._mosquitto is not None and self.auth is not None
+
+    def reload(self) -> None:
+        """Apply changed identities (Mosquitto re-reads its files; amqtt has none)."""
+        if self._mosquitto is not None:
+            self._mosquitto.reload()
         self._amqtt: Broker | None = None
 
     @property
@@ -193,6 +251,12 @@ class EmbeddedBroker:
         # Imported here: amqtt takes ~0.2 s to import and is unused when Mosquitto runs.
         from amqtt.broker import Broker
 
+        if self.auth is not None:
+            log.warning(
+                "Mosquitto is not installed: the amqtt broker enforces no identities or ACLs, "
+                "so it listens on 127.0.0.1 only (commands are still signed)",
+                extra={"port": self.port},
+            )
         broker = Broker(amqtt_config(self.port))
         try:
             await broker.start()

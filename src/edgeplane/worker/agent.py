@@ -47,6 +47,7 @@ from edgeplane.protocol import (
     decode,
     encode,
     parse_body,
+    signing,
 )
 from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will
@@ -118,6 +119,8 @@ class _Run:
 @dataclass
 class WorkerStats:
     bad_messages: int = 0
+    #: commands refused for a missing or wrong MAC (also counted in bad_messages)
+    unsigned: int = 0
     started: int = 0
     finished: int = 0
     duplicates: int = 0
@@ -193,6 +196,11 @@ class WorkerOptions:
     #: tasks accepted per slot; those beyond the slots wait here, in order, for one to free
     prefetch: int = 1
     heartbeat_s: float = 5.0
+    #: this worker's broker identity (given when it joined; None on an anonymous broker)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: the key the manager's commands must be signed with (None: unsigned accepted)
+    mac_key: bytes | None = field(default=None, repr=False)
 
 
 class WorkerAgent:
@@ -244,6 +252,8 @@ class WorkerAgent:
                 qos=1,
             ),
             on_connect=self._send_hello,
+            username=options.username,
+            password=options.password,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -300,6 +310,12 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        key = self.options.mac_key
+        if key is not None and not signing.verify(key, payload):
+            self.stats.bad_messages += 1
+            self.stats.unsigned += 1
+            log.warning("command refused: no valid MAC from the manager", extra={"topic": topic})
+            return
         try:
             envelope = decode(payload)
             body = parse_body(envelope.type, envelope.body)

@@ -1,0 +1,71 @@
+"""/api/v1/join-tokens: tokens a worker joins with (docs/broker-security.md).
+
+Admin-only, reads included (``edgeplane.security.roles``, docs/security.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeplane.api.routing import JsonRoute
+from edgeplane.errors import Conflict
+from edgeplane.model.bounds import Label
+from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.security.broker_auth import BrokerAuth, JoinToken
+
+router = APIRouter(prefix="/join-tokens", tags=["join-tokens"], route_class=JsonRoute)
+
+#: a year: a join token is meant to be used soon after it is made
+MAX_TTL_S = 365 * 24 * 3600.0
+
+
+class JoinTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: seconds the token may be used for
+    ttl_s: float = Field(default=3600.0, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
+    #: labels the joining worker gets
+    labels: dict[Label, Label] = Field(default_factory=dict, max_length=64)
+    #: the id the joining worker gets (default: the id it asks for)
+    worker_id: str | None = Field(default=None, pattern=WORKER_ID_PATTERN)
+
+
+class NewJoinToken(JoinToken):
+    #: the secret, shown this once: `edgeplane worker --join TOKEN`
+    token: str
+
+
+async def broker_auth(request: Request) -> BrokerAuth:
+    auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
+    if auth is None:
+        raise Conflict(
+            "join tokens need a broker edgeplane started itself; this manager was given "
+            "--broker (secure that broker yourself)"
+        )
+    return auth
+
+
+AuthDep = Annotated[BrokerAuth, Depends(broker_auth)]
+
+
+@router.post("", response_model=NewJoinToken, status_code=201)
+async def create_join_token(body: JoinTokenRequest, auth: AuthDep) -> NewJoinToken:
+    token, secret = auth.create_token(
+        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id
+    )
+    return NewJoinToken(**token.model_dump(), token=secret)
+
+
+@router.get("", response_model=list[JoinToken])
+async def list_join_tokens(auth: AuthDep) -> list[JoinToken]:
+    return auth.tokens()
+
+
+@router.delete("/{token_id}", status_code=204)
+async def delete_join_token(token_id: str, auth: AuthDep) -> Response:
+    """Revoke the token and cut off every worker that joined with it."""
+    auth.delete_token(token_id)
+    return Response(status_code=204)

@@ -1,0 +1,33 @@
+"""The two messages of joining (docs/broker-security.md): a worker presents its join token
+on ``{domain}/{cluster}/join/{nonce}`` and the manager answers on ``…/{nonce}/welcome``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeplane.model.bounds import Label
+
+#: a worker id is also its MQTT username and a topic level: no wildcards, no separators
+WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+    #: the id the worker would like (the token's own id wins when it names one)
+    worker_id: str = Field(pattern=WORKER_ID_PATTERN)
+
+
+class JoinAnswer(BaseModel):
+    """Credentials (on success) or why not (``error``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: str = ""
+    username: str = ""
+    password: str = Field(default="", repr=False)
+    #: hex HMAC-SHA256 key the worker checks the manager's commands with
+    mac_key: str = Field(default="", repr=False)
+    labels: dict[Label, Label] = Field(default_factory=dict)
+    error: str = ""

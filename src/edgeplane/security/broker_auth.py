@@ -1,0 +1,268 @@
+"""Broker identities: who may use which MQTT topic on a broker edgeplane starts itself.
+
+The embedded Mosquitto reads a password file and an ACL file that this module writes, and
+re-reads them on SIGHUP (``reload``). That was chosen over the dynamic-security plugin:
+the whole state is two files rewritten atomically from ``identities.json``, there is no
+second control channel to bootstrap or keep in sync, and Mosquitto re-checks every
+connected client on reload, so a removed worker is disconnected at once (checked with
+Mosquitto 2.0.11). See docs/broker-security.md for the topics and the join flow.
+
+``identities.json`` (mode 0600, in the broker's data dir) holds the manager's password,
+each worker's password hash and command key, and the join tokens (their sha256 only).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel, Field
+
+from edgeplane.errors import Invalid, NotFound, Unauthorized
+from edgeplane.protocol import Topics
+from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.protocol.signing import sign
+
+#: The manager's MQTT username: ``$`` is not allowed in a worker id, so no worker can
+#: claim it (a worker's username is its id, which the ACL patterns substitute as ``%u``).
+MANAGER_USER = "edgeplane$manager"
+STATE_FILE = "identities.json"
+PASSWORD_FILE = "passwd"
+ACL_FILE = "acl"
+JOIN_TOKEN_PREFIX = "epj_"
+#: PBKDF2 rounds of the password file's ``$7$`` hashes: passwords are 256-bit random, so
+#: a slow hash buys nothing; Mosquitto's own default is 101.
+PBKDF2_ROUNDS = 101
+WORKER_LEAVES = ("hello", "alive", "events", "metrics")
+
+_WORKER_ID = re.compile(WORKER_ID_PATTERN)
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
+    """A Mosquitto 2 password-file hash (``$7$``: PBKDF2-HMAC-SHA512)."""
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ROUNDS)
+    return (
+        f"$7${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    )
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_worker_id(worker_id: str) -> str:
+    if not _WORKER_ID.match(worker_id):
+        raise Invalid(
+            "a worker id is 1-63 letters, digits, '.', '_' or '-' (starting with a letter "
+            "or digit)",
+            field="worker_id",
+        )
+    return worker_id
+
+
+class JoinToken(BaseModel):
+    """What the API shows of a join token (never its secret, which is shown once)."""
+
+    id: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: the id a worker joining with it gets; None: the id the worker asks for
+    worker_id: str | None = None
+    created_at: float
+    expires_at: float
+    #: workers that joined with it (revoked with it)
+    workers: list[str] = Field(default_factory=list)
+
+
+class _StoredToken(JoinToken):
+    secret_hash: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+    #: the key the worker checks the manager's commands with
+    mac_key: bytes = field(repr=False)
+
+
+class _Worker(BaseModel):
+    password_hash: str
+    mac_key: str
+    token: str | None = None
+
+
+class _State(BaseModel):
+    manager_password: str = ""
+    workers: dict[str, _Worker] = Field(default_factory=dict)
+    tokens: dict[str, _StoredToken] = Field(default_factory=dict)
+
+
+class BrokerAuth:
+    """The identities of one broker. ``reload`` makes the broker re-read the files (the
+    embedded broker's SIGHUP); it is called after every change."""
+
+    def __init__(
+        self, directory: Path, topics: Topics, now: Callable[[], float], reload: Callable[[], None]
+    ) -> None:
+        self.directory = directory
+        self.topics = topics
+        self._now = now
+        self.reload = reload
+        self.password_file = directory / PASSWORD_FILE
+        self.acl_file = directory / ACL_FILE
+        self._state_file = directory / STATE_FILE
+        self._state = self._load()
+        self._keys = {w: bytes.fromhex(v.mac_key) for w, v in self._state.workers.items()}
+        if not self._state.manager_password:
+            self._state.manager_password = secrets.token_urlsafe(32)
+        self._write(reload=False)
+
+    # ------------------------------------------------------------------ manager
+    @property
+    def manager(self) -> Credentials:
+        return Credentials(MANAGER_USER, self._state.manager_password, b"")
+
+    def sign(self, worker_id: str, message: bytes) -> bytes:
+        """The manager's command to ``worker_id`` with its MAC (unchanged for a member
+        without a key: one of a broker that does not know it, e.g. an external one)."""
+        key = self._keys.get(worker_id)
+        return message if key is None else sign(key, message)
+
+    # ------------------------------------------------------------------ workers
+    def add_worker(self, worker_id: str, token: str | None = None) -> Credentials:
+        """New credentials for ``worker_id`` (replacing any it had)."""
+        check_worker_id(worker_id)
+        password = secrets.token_urlsafe(32)
+        key = secrets.token_bytes(32)
+        self._state.workers[worker_id] = _Worker(
+            password_hash=mosquitto_hash(password), mac_key=key.hex(), token=token
+        )
+        self._keys[worker_id] = key
+        self._write()
+        return Credentials(worker_id, password, key)
+
+    def has_worker(self, worker_id: str) -> bool:
+        return worker_id in self._state.workers
+
+    def revoke_worker(self, worker_id: str) -> bool:
+        """Remove ``worker_id``'s credentials; the broker disconnects it on reload."""
+        gone = self._state.workers.pop(worker_id, None)
+        self._keys.pop(worker_id, None)
+        if gone is None:
+            return False
+        self._write()
+        return True
+
+    # ------------------------------------------------------------------ join tokens
+    def create_token(
+        self, *, ttl_s: float, labels: Mapping[str, str], worker_id: str | None
+    ) -> tuple[JoinToken, str]:
+        """A join token and its secret (shown once; only its sha256 is kept)."""
+        if worker_id is not None:
+            check_worker_id(worker_id)
+        token_id = secrets.token_hex(6)
+        secret = f"{JOIN_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        now = self._now()
+        stored = _StoredToken(
+            id=token_id,
+            labels=dict(labels),
+            worker_id=worker_id,
+            created_at=now,
+            expires_at=now + ttl_s,
+            secret_hash=_sha256(secret),
+        )
+        self._state.tokens[token_id] = stored
+        self._write(reload=False)
+        return self._public(stored), secret
+
+    def tokens(self) -> list[JoinToken]:
+        return [self._public(t) for t in self._state.tokens.values()]
+
+    def delete_token(self, token_id: str) -> list[str]:
+        """Revoke a join token and every worker that joined with it (returned)."""
+        stored = self._state.tokens.pop(token_id, None)
+        if stored is None:
+            raise NotFound(f"join token {token_id} not found", field="id")
+        revoked = [w for w, v in self._state.workers.items() if v.token == token_id]
+        for worker_id in revoked:
+            del self._state.workers[worker_id]
+            self._keys.pop(worker_id, None)
+        self._write()
+        return revoked
+
+    def redeem(self, secret: str, wanted_id: str) -> tuple[Credentials, dict[str, str]]:
+        """Credentials for a worker presenting ``secret``, and the token's labels.
+        ``Unauthorized`` for an unknown, revoked or expired token."""
+        token_id = secret.removeprefix(JOIN_TOKEN_PREFIX).split("_", 1)[0]
+        stored = self._state.tokens.get(token_id)
+        if stored is None or not secrets.compare_digest(stored.secret_hash, _sha256(secret)):
+            raise Unauthorized("unknown or revoked join token")
+        if self._now() >= stored.expires_at:
+            raise Unauthorized("join token expired")
+        worker_id = stored.worker_id or check_worker_id(wanted_id)
+        if worker_id in self._state.workers:
+            # Joining never replaces an identity, not even one joined with this token: a
+            # leaked token must not take over a worker (delete the worker to join anew).
+            raise Unauthorized(f"worker {worker_id} has joined already")
+        stored.workers.append(worker_id)
+        return self.add_worker(worker_id, token=token_id), dict(stored.labels)
+
+    @staticmethod
+    def _public(stored: _StoredToken) -> JoinToken:
+        return JoinToken.model_validate(stored.model_dump(exclude={"secret_hash"}))
+
+    # ------------------------------------------------------------------ files
+    def acl_text(self) -> str:
+        """Anonymous clients may only join; a worker (username = its id) may read its own
+        ``cmd`` and ``welcome`` and write its own leaves; the manager may do anything."""
+        join = self.topics.join("%c")
+        member = f"{self.topics.prefix}/%u"
+        lines = [
+            "# written by edgeplane (security/broker_auth.py); edits are overwritten",
+            f"pattern write {join}",
+            f"pattern read {self.topics.join_answer('%c')}",
+            f"pattern read {member}/cmd",
+            f"pattern read {member}/welcome",
+            *(f"pattern write {member}/{leaf}" for leaf in WORKER_LEAVES),
+            f"user {MANAGER_USER}",
+            "topic readwrite #",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def password_text(self) -> str:
+        lines = [f"{MANAGER_USER}:{mosquitto_hash(self._state.manager_password)}"]
+        lines += [f"{w}:{v.password_hash}" for w, v in sorted(self._state.workers.items())]
+        return "\n".join(lines) + "\n"
+
+    def _load(self) -> _State:
+        try:
+            raw = self._state_file.read_bytes()
+        except FileNotFoundError:
+            return _State()
+        return _State.model_validate(orjson.loads(raw))
+
+    def _write(self, *, reload: bool = True) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self._state_file, orjson.dumps(self._state.model_dump()))
+        _write_private(self.password_file, self.password_text().encode())
+        _write_private(self.acl_file, self.acl_text().encode())
+        if reload:
+            self.reload()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a 0600 file (the broker never sees half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)

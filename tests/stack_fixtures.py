@@ -1,0 +1,45 @@
+"""The real stack in the test's process: what `edgeplane up` runs (`running_stack`: store,
+manager, API over uvicorn, in-process workers) and a client of its API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgeplane.config import Settings
+from edgeplane.roles.up import Stack, running_stack
+
+TOKEN = "test-admin-token"
+
+
+async def start_stack(
+    tmp_path: Path, broker: str, store: str, domain: str, **overrides: Any
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    """The stack on ``broker`` and ``store``, under ``domain``, with two workers that run
+    host tasks (``overrides`` are other `Settings`), and an admin client of ``/api/v1``."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "broker": broker,
+        "store": store,
+        "port": 0,
+        "workers": 2,
+        "heartbeat_s": 0.3,
+        "domain": domain,
+        "admin_token": TOKEN,
+        "allow_host": True,
+        "retry_backoff_s": 0.05,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    async with (
+        running_stack(settings) as stack,
+        httpx.AsyncClient(
+            base_url=stack.control.url + "/api/v1",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        ) as http,
+    ):
+        yield stack, http
