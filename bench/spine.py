@@ -377,6 +377,19 @@ def measure_up_idle(up: Child, label: str) -> Phase:
     return phase
 
 
+def join_token(url: str, admin_token: str, worker_id: str) -> str:
+    """A join token for ``worker_id``: `up`'s own broker admits only joined workers."""
+    answer = httpx.post(
+        f"{url}/api/v1/join-tokens",
+        json={"worker_id": worker_id, "ttl_s": 600},
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    token: str = answer.json()["token"]
+    return token
+
+
 def measure_worker(
     client: Client, broker: str, env: dict[str, str], work_dir: Path, budget_s: float, url: str
 ) -> Phase:
@@ -384,20 +397,13 @@ def measure_worker(
     broker `up` locks down with a join token (docs/broker-security.md)."""
     phase = Phase("worker footprint")
     worker_id = f"bench-idle-{secrets.token_hex(3)}"
-    answer = httpx.post(
-        f"{url}/api/v1/join-tokens",
-        json={"worker_id": worker_id, "ttl_s": 600},
-        headers={"Authorization": f"Bearer {env['EDGEPLANE_ADMIN_TOKEN']}"},
-        timeout=30,
-    )
-    answer.raise_for_status()
     argv = [
         *EDGEPLANE,
         "worker",
         "--manager",
         broker,
         "--join",
-        answer.json()["token"],
+        join_token(url, env["EDGEPLANE_ADMIN_TOKEN"], worker_id),
         "--worker-id",
         worker_id,
         "--data-dir",

@@ -55,6 +55,7 @@ from bench.spine import (
     Child,
     clean_env,
     free_port,
+    join_token,
     machine,
     measure_latency,
     measure_throughput,
@@ -164,10 +165,12 @@ def edgeplane_stack(work_dir: Path) -> Iterator[Edgeplane]:
         workers: dict[str, Child] = {}
         for n in range(1, WORKER_PROCESSES + 1):
             worker_id = f"bench-worker-{n}"
+            join = join_token(url, token, worker_id)
             argv = [*EDGEPLANE, "worker", "--manager", broker, "--worker-id", worker_id]
+            argv += ["--join", join]
             argv += ["--data-dir", str(work_dir / worker_id), "--allow-host"]
             workers[worker_id] = stack.enter_context(process(argv, env, work_dir, worker_id))
-            commands.append(_shown(argv))
+            commands.append(_shown(argv).replace(join, "JOIN_TOKEN"))  # never the secret
         deadline = time.monotonic() + READY_TIMEOUT_S
         for worker_id, child in workers.items():
             if not poll(partial(online, client, worker_id), deadline, child):
