@@ -107,9 +107,18 @@ class _Batch(BaseModel):
 # --- where the server is ------------------------------------------------------------------
 
 
+#: Where ``edgeplane login`` keeps the access token it got (mode 0600).
+LOGIN_TOKEN_FILE = "token"
+
+
 def _data_dir() -> Path:
     configured = os.environ.get("EDGEPLANE_DATA_DIR")
     return Path(configured) if configured else Path.home() / ".edgeplane"
+
+
+def login_token_path() -> Path:
+    """Where ``edgeplane login`` keeps its access token."""
+    return _data_dir() / LOGIN_TOKEN_FILE
 
 
 def _read_line(path: Path) -> str | None:
@@ -131,8 +140,9 @@ def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[
     """The API URL and token to use: explicit > env > files left by ``edgeplane up`` > default.
 
     Env: ``EDGEPLANE_URL``, ``EDGEPLANE_TOKEN`` (then ``EDGEPLANE_ADMIN_TOKEN``, which
-    ``edgeplane up`` uses instead of writing a token file). Files: ``endpoint`` and
-    ``admin-token`` in ``$EDGEPLANE_DATA_DIR`` (default ``~/.edgeplane``).
+    ``edgeplane up`` uses instead of writing a token file). Files: ``endpoint``, then
+    ``token`` (left by ``edgeplane login``) before ``admin-token``, in
+    ``$EDGEPLANE_DATA_DIR`` (default ``~/.edgeplane``).
     """
     data_dir = _data_dir()
     chosen_url = (
@@ -142,6 +152,7 @@ def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[
         token
         or os.environ.get("EDGEPLANE_TOKEN")
         or os.environ.get("EDGEPLANE_ADMIN_TOKEN")
+        or _read_line(data_dir / LOGIN_TOKEN_FILE)
         or _read_line(data_dir / "admin-token")
     )
     return _normalise_url(chosen_url), chosen_token
@@ -427,6 +438,38 @@ class _Calls:
         return _Call("GET", "/healthz", _document, root=True)
 
     @staticmethod
+    def login(name: str, password: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/auth/login", _document, body={"name": name, "password": password})
+
+    @staticmethod
+    def refresh(refresh_token: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/auth/refresh", _document, body={"refresh_token": refresh_token})
+
+    @staticmethod
+    def create_user(body: dict[str, Any]) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/users", _document, body=body)
+
+    @staticmethod
+    def users() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/users", _document)
+
+    @staticmethod
+    def delete_user(name: str) -> _Call[None]:
+        return _Call("DELETE", f"/users/{_seg(name)}", _nothing)
+
+    @staticmethod
+    def create_token(body: dict[str, Any]) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/tokens", _document, body=body)
+
+    @staticmethod
+    def tokens(user: str | None) -> _Call[dict[str, Any]]:
+        return _Call("GET", "/tokens", _document, params=None if user is None else {"user": user})
+
+    @staticmethod
+    def revoke_token(token_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/tokens/{_seg(token_id)}", _nothing)
+
+    @staticmethod
     def create_run(runs: _Runs, body: dict[str, Any]) -> _Call[Workflow | Schedule]:
         return _Call("POST", f"/{runs}", _run_or_schedule, body=body)
 
@@ -478,6 +521,28 @@ class _Calls:
     @staticmethod
     def delete_application(app_id: str) -> _Call[None]:
         return _Call("DELETE", f"/applications/{_seg(app_id)}", _nothing)
+
+
+def _user_body(
+    name: str, password: str, role: str, projects: Sequence[str] | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "password": password,
+        "role": role,
+        "projects": list(projects) if projects is not None else ["default"],
+    }
+
+
+def _token_body(
+    name: str, scopes: Sequence[str] | None, expires_in: float | None, user: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "scopes": list(scopes or ())}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    if user is not None:
+        body["user"] = user
+    return body
 
 
 def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
@@ -829,6 +894,51 @@ class Client(_Base):
     def delete_application(self, app_id: str) -> None:
         self._send(_Calls.delete_application(app_id))
 
+    # --- users and tokens (docs/security.md) ----------------------------------------------
+
+    def login(self, name: str, password: str) -> dict[str, Any]:
+        """``access_token`` (short-lived), ``refresh_token``, ``expires_in``."""
+        return self._send(_Calls.login(name, password))
+
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """A new pair; the refresh token given is used up."""
+        return self._send(_Calls.refresh(refresh_token))
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        role: str = "viewer",
+        projects: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        return self._send(_Calls.create_user(_user_body(name, password, role, projects)))
+
+    def users(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._send(_Calls.users())["items"]
+        return items
+
+    def delete_user(self, name: str) -> None:
+        self._send(_Calls.delete_user(name))
+
+    def create_token(
+        self,
+        name: str = "",
+        *,
+        scopes: Sequence[str] | None = None,
+        expires_in: float | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """A long-lived token; its secret (``token``) is in this answer only."""
+        return self._send(_Calls.create_token(_token_body(name, scopes, expires_in, user)))
+
+    def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._send(_Calls.tokens(user))["items"]
+        return items
+
+    def revoke_token(self, token_id: str) -> None:
+        self._send(_Calls.revoke_token(token_id))
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: same methods, awaited."""
@@ -1071,3 +1181,48 @@ class AsyncClient(_Base):
 
     async def delete_application(self, app_id: str) -> None:
         await self._send(_Calls.delete_application(app_id))
+
+    # --- users and tokens (docs/security.md) ----------------------------------------------
+
+    async def login(self, name: str, password: str) -> dict[str, Any]:
+        """``access_token`` (short-lived), ``refresh_token``, ``expires_in``."""
+        return await self._send(_Calls.login(name, password))
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """A new pair; the refresh token given is used up."""
+        return await self._send(_Calls.refresh(refresh_token))
+
+    async def create_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        role: str = "viewer",
+        projects: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(_Calls.create_user(_user_body(name, password, role, projects)))
+
+    async def users(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await self._send(_Calls.users()))["items"]
+        return items
+
+    async def delete_user(self, name: str) -> None:
+        await self._send(_Calls.delete_user(name))
+
+    async def create_token(
+        self,
+        name: str = "",
+        *,
+        scopes: Sequence[str] | None = None,
+        expires_in: float | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """A long-lived token; its secret (``token``) is in this answer only."""
+        return await self._send(_Calls.create_token(_token_body(name, scopes, expires_in, user)))
+
+    async def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await self._send(_Calls.tokens(user)))["items"]
+        return items
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self._send(_Calls.revoke_token(token_id))

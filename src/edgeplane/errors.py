@@ -48,6 +48,17 @@ class Forbidden(EdgeplaneError):
     title = "Forbidden"
 
 
+class TooManyRequests(EdgeplaneError):
+    """Too many attempts (failed logins); ``retry_after`` seconds until the next is taken."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after = retry_after
+
+
 class Unavailable(EdgeplaneError):
     """A dependency (broker, store, worker) cannot be reached right now."""
 

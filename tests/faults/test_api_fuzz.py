@@ -32,6 +32,8 @@ pytestmark = pytest.mark.timeout(150)
 TOKEN = "fuzz-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROBLEM = "application/problem+json"
+#: Under /api/v1 but taking no token: they check credentials of their own.
+PUBLIC = ("/api/v1/auth/login", "/api/v1/auth/refresh")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -114,7 +116,7 @@ def test_no_5xx_and_every_answer_documented(case: Any) -> None:
 def test_every_protected_route_answers_401_without_a_token(case: Any) -> None:
     case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
     response = case.call(timeout=30)
-    if not case.path.startswith("/api/v1/"):
+    if not case.path.startswith("/api/v1/") or case.path in PUBLIC:
         return
     assert response.status_code in (401, 413), response.text  # 413: the limit comes first
     assert content_type(response) == PROBLEM
@@ -159,7 +161,12 @@ def test_the_schema_declares_the_token_and_the_problems(api: str) -> None:
         for method, operation in operations.items():
             responses = operation["responses"]
             assert {"405", "413"} <= set(responses), (method, path)
-            if path.startswith("/api/v1/"):
+            if path in PUBLIC:  # no token asked: their own credentials in the body
+                assert "security" not in operation, (method, path)
+            elif path.startswith("/api/v1/"):
                 assert operation["security"] == [{"HTTPBearer": []}], (method, path)
+                assert "403" in responses, (method, path)
+            if path.startswith("/api/v1/"):
                 assert {"401", "404", "409", "422", "503"} <= set(responses), (method, path)
                 assert PROBLEM in responses["422"]["content"], (method, path)
+    assert "Retry-After" in document["paths"][PUBLIC[0]]["post"]["responses"]["429"]["headers"]

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
 from edgeplane.model import Application, Instance, Schedule, Task, Worker, Workflow
-from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, open_store
+from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, UserRecord, open_store
 from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
 from edgeplane.store.tables import schedules as schedules_table
@@ -38,7 +38,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -438,6 +438,33 @@ async def test_tokens_find_by_hash_and_delete(store: Store) -> None:
     assert await store.find_token("h3") == renamed
 
 
+async def test_users_and_their_tokens(store: Store) -> None:
+    ann = UserRecord("ann", "operator", ("default", "lab"), "argon2-hash", 1.0)
+    await store.add_user(ann)
+    await store.add_user(UserRecord("bob", "viewer", ("lab",), "h", 2.0))
+    with pytest.raises(Conflict) as taken:
+        await store.add_user(UserRecord("ann", "admin", (), "h", 3.0))
+    assert taken.value.field == "name"
+    assert await store.get_user("ann") == ann
+    assert [u.name for u in await store.list_users()] == ["ann", "bob"]
+
+    scoped = TokenRecord(
+        "t1", "ann", "operator", "h1", 1.0, 99.0, ("read",), ("default", "lab"), "api", "ci"
+    )
+    await store.save_token(scoped)
+    await store.save_token(TokenRecord("t2", "bob", "viewer", "h2", 2.0))
+    assert await store.find_token("h1") == scoped
+    assert await store.get_token("t1") == scoped
+    assert [t.id for t in await store.list_tokens()] == ["t1", "t2"]
+    assert [t.id for t in await store.list_tokens(user="bob")] == ["t2"]
+
+    assert await store.delete_user("ann") is True
+    assert await store.delete_user("ann") is False
+    assert await store.get_user("ann") is None
+    assert await store.find_token("h1") is None  # a deleted user's tokens go with them
+    assert [t.id for t in await store.list_tokens()] == ["t2"]
+
+
 async def test_artifacts_put_is_idempotent(store: Store) -> None:
     data = bytes(range(256)) * 40
     await store.put_artifact("sha256:aa", data)
@@ -612,6 +639,70 @@ async def test_migration_0003_upgrades_a_0002_database(backend: str, tmp_path: P
             drift = await conn.run_sync(schema_drift)
     assert [tuple(v) for v in versions] == [(HEAD,)]
     assert drift == []
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migration_0004_upgrades_a_0003_database(backend: str, tmp_path: Path) -> None:
+    old = task("a", 1.0, state="running")
+    async with durable_url(backend, tmp_path) as url:
+        async with raw_connection(url) as conn:  # a database left by the release before
+            schema = make_url(url).query.get("schema")
+            if schema is not None:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.run_sync(upgrade_to, "0003")
+            row = {
+                "id": old.id,
+                "state": old.state,
+                "job_id": None,
+                "workflow_id": None,
+                "created_at": old.created_at,
+                "priority": old.priority,
+                "doc": old.model_dump_json(exclude={"project"}),
+            }
+            await conn.execute(tasks_table.insert(), row)
+            await conn.execute(
+                text(
+                    'INSERT INTO tokens (id, secret_hash, "user", role, created_at) '
+                    "VALUES ('admin', 'h', 'admin', 'admin', 1.0)"
+                )
+            )
+            await conn.commit()
+
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.get_task("a") == old  # in the project 'default'
+            assert (await store.list_tasks(projects=["default"]))[1] == 1
+            assert (await store.list_tasks(projects=["lab"]))[1] == 0
+            assert await store.find_token("h") == TokenRecord("admin", "admin", "admin", "h", 1.0)
+        finally:
+            await store.close()
+
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            projects = (await conn.execute(text("SELECT project FROM tasks"))).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [(HEAD,)]
+    assert [tuple(r) for r in projects] == [("default",)]
+    assert drift == []
+
+
+async def test_lists_show_only_the_projects_asked_for(store: Store) -> None:
+    lab = task("b", 2.0).model_copy(update={"project": "lab"})
+    await store.add_tasks([task("a", 1.0), lab, task("c", 3.0)])
+    mine, total = await store.list_tasks(projects=["lab"])
+    assert ([t.id for t in mine], total) == (["b"], 1)
+    assert (await store.list_tasks(projects=["lab", "default"]))[1] == 3
+    assert (await store.list_tasks(projects=[]))[1] == 0
+    assert (await store.list_tasks())[1] == 3
+    await store.add_workflow(workflow("w", 1.0).model_copy(update={"project": "lab"}), [])
+    await store.add_workflow(workflow("v", 2.0), [])
+    found, total = await store.list_workflows(projects=["lab"])
+    assert ([w.id for w in found], total) == (["w"], 1)
+    await store.save_schedule(schedule("s", 1.0).model_copy(update={"project": "lab"}))
+    await store.save_schedule(schedule("t", 2.0))
+    listed, total = await store.list_schedules(projects=["default"])
+    assert ([x.id for x in listed], total) == (["t"], 1)
 
 
 async def test_sqlite_creates_parent_dir_and_uses_wal(tmp_path: Path) -> None:

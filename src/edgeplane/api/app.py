@@ -19,21 +19,21 @@ from edgeplane.api import (
     problems,
     runs,
     tasks,
+    users,
     workers,
 )
-from edgeplane.api.deps import caller
+from edgeplane.api.deps import CALLER, caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
-from edgeplane.errors import EdgeplaneError
+from edgeplane.errors import EdgeplaneError, Forbidden
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
+from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth
-
-#: Every route under it needs a token.
-API = "/api/v1"
+from edgeplane.security.roles import API, PUBLIC, allows, required
 
 
 class BodyLimit:
@@ -118,9 +118,12 @@ def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
 
 
 class Authenticate:
-    """Checks the token of every ``/api/v1`` request before anything reads its body: a
+    """Checks the token of every ``/api/v1`` request, and that its role and scopes allow
+    the call (``edgeplane.security.roles.required``), before anything reads its body: a
     caller without a valid token costs a header lookup, never a body (FastAPI reads the
-    body before it runs the route's dependencies, ``caller`` among them)."""
+    body before it runs the route's dependencies, ``caller`` among them). Login and
+    refresh (:data:`PUBLIC`) check their own credentials. The token found is left in the
+    scope's state for the routes (``deps.caller``)."""
 
     def __init__(self, app: ASGIApp, tokens: TokenChecker, max_bytes: int) -> None:
         self.app = app
@@ -128,14 +131,19 @@ class Authenticate:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(API):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith(API) and path not in PUBLIC:
             authorization = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = bytes(value).decode("latin-1")
                     break
             try:
-                await self.tokens.check(authorization)
+                record = await self.tokens.check(authorization)
+                needed = required(scope["method"], path)
+                if not allows(record.role, record.scopes, needed):
+                    raise Forbidden(f"this call needs the {needed} role (and scope)")
+                scope.setdefault("state", {})[CALLER] = record
             except EdgeplaneError as exc:
                 response = problems.from_error(exc)
                 response.headers.update(_closing(scope, self.max_bytes))
@@ -152,6 +160,7 @@ def create_app(
     apps: Applications,
     *,
     max_body_mb: float = 64.0,
+    accounts: Accounts | None = None,
     broker_auth: BrokerAuth | None = None,
 ) -> FastAPI:
     app = FastAPI(
@@ -161,6 +170,7 @@ def create_app(
     )
     app.state.manager = manager
     app.state.tokens = tokens
+    app.state.accounts = accounts or Accounts(manager.store, tokens, manager.clock)
     app.state.workflows = workflows
     app.state.schedules = schedules
     app.state.applications = apps
@@ -185,6 +195,10 @@ def create_app(
         secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
+    for router in (users.users, users.tokens):
+        secured(router)
+    # no token: login and refresh check their own credentials (roles.PUBLIC)
+    app.include_router(users.auth, prefix=API, responses=problems.API)
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()

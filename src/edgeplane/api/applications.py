@@ -11,12 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from edgeplane import safeyaml
+from edgeplane.api.deps import CallerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Invalid
 from edgeplane.model import Application, ApplicationSpec, ApplicationView, Page
 from edgeplane.root import Applications
 from edgeplane.root.applications import status_of
+from edgeplane.security import projects
+from edgeplane.store import TokenRecord
 
 router = APIRouter(prefix="/applications", tags=["applications"], route_class=JsonRoute)
 
@@ -73,33 +76,49 @@ async def _descriptor(request: Request) -> ApplicationSpec:
 
 
 @router.post("", status_code=201, response_model=ApplicationView, openapi_extra=_DESCRIPTOR)
-async def create(request: Request, apps: AppsDep) -> ApplicationView:
-    return _view(await apps.create(await _descriptor(request)))
+async def create(request: Request, apps: AppsDep, caller: CallerDep) -> ApplicationView:
+    spec = await _descriptor(request)
+    projects.check_new(caller, spec.project)
+    return _view(await apps.create(spec))
 
 
 @router.get("", response_model=Page[ApplicationView])
 async def list_(
     apps: AppsDep,
+    caller: CallerDep,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[ApplicationView]:
-    found = apps.all()
+    # The root keeps every application in memory (``Applications.all``): filtered there,
+    # no store query to narrow.
+    found = [app for app in apps.all() if projects.sees(caller, app.project)]
     return Page[ApplicationView](
         items=[_view(a) for a in found[offset : offset + limit]], total=len(found)
     )
 
 
 @router.get("/{app_id}", response_model=ApplicationView)
-async def get(app_id: str, apps: AppsDep) -> ApplicationView:
-    return _view(apps.get(app_id))
+async def get(app_id: str, apps: AppsDep, caller: CallerDep) -> ApplicationView:
+    return _view(_owned(apps, caller, app_id))
+
+
+def _owned(apps: Applications, caller: TokenRecord, app_id: str) -> Application:
+    app = apps.get(app_id)
+    projects.check(caller, app.project, "application", app_id)
+    return app
 
 
 @router.put("/{app_id}", response_model=ApplicationView, openapi_extra=_DESCRIPTOR)
-async def replace(app_id: str, request: Request, apps: AppsDep) -> ApplicationView:
-    return _view(await apps.replace(app_id, await _descriptor(request)))
+async def replace(
+    app_id: str, request: Request, apps: AppsDep, caller: CallerDep
+) -> ApplicationView:
+    spec = await _descriptor(request)  # a bad body is 422 whoever asks, before any lookup
+    _owned(apps, caller, app_id)
+    return _view(await apps.replace(app_id, spec))
 
 
 @router.delete("/{app_id}", status_code=204)
-async def delete(app_id: str, apps: AppsDep) -> Response:
+async def delete(app_id: str, apps: AppsDep, caller: CallerDep) -> Response:
+    _owned(apps, caller, app_id)
     await apps.delete(app_id)
     return Response(status_code=204)

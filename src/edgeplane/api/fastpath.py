@@ -8,7 +8,7 @@ validating the body field by field (py-spy, ``docs/benchmarks.md``). This plain 
 answers them directly, with the same validation (the :class:`TaskSpec` model in Python
 mode, as FastAPI does) and the same handler code. It sits inside the body limit and the
 token check (``edgeplane.api.app``): a body it reads is under the limit and its caller
-has a valid token.
+has a valid token, whose projects it checks as the routes do.
 
 It only takes requests it is sure about. Anything else goes on to FastAPI unchanged, the
 body it read replayed: every malformed request (so every 422 is FastAPI's, naming the
@@ -27,13 +27,16 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeplane.api.deps import CALLER
 from edgeplane.api.problems import from_error
 from edgeplane.api.responses import document
-from edgeplane.api.tasks import create_one
-from edgeplane.errors import EdgeplaneError
+from edgeplane.api.tasks import create_one, owned
+from edgeplane.errors import EdgeplaneError, Unauthorized
 from edgeplane.limits import MAX_WAIT_S
 from edgeplane.manager import Manager
 from edgeplane.model import TaskSpec
+from edgeplane.security import projects
+from edgeplane.store import TokenRecord
 
 TASKS = "/api/v1/tasks"
 
@@ -63,19 +66,23 @@ class TaskFastPath:
         if spec is None or spec.schedule is not None or wait is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        await self._answer(scope, receive, send, self._created(spec, wait))
+        await self._answer(scope, receive, send, self._created(scope, spec, wait))
 
     async def _get(self, task_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         wait = _wait(scope)
         if wait is None:
             await self.app(scope, receive, send)
             return
-        await self._answer(scope, receive, send, self._found(task_id, wait))
+        await self._answer(scope, receive, send, self._found(scope, task_id, wait))
 
-    async def _created(self, spec: TaskSpec, wait: float) -> Response:
+    async def _created(self, scope: Scope, spec: TaskSpec, wait: float) -> Response:
+        projects.check_new(_caller(scope), spec.project)
         return document(await create_one(self.manager, spec, wait), status_code=201)
 
-    async def _found(self, task_id: str, wait: float) -> Response:
+    async def _found(self, scope: Scope, task_id: str, wait: float) -> Response:
+        caller = _caller(scope)
+        if projects.visible(caller) is not None:  # an admin sees all: no lookup
+            await owned(self.manager, caller, task_id)
         return document(await self.manager.wait(task_id, wait))
 
     @staticmethod
@@ -87,6 +94,15 @@ class TaskFastPath:
         except EdgeplaneError as exc:
             response = from_error(exc)
         await response(scope, receive, send)
+
+
+def _caller(scope: Scope) -> TokenRecord:
+    """The token ``Authenticate`` found; without one (this layer mounted alone) nothing
+    is answered."""
+    found: TokenRecord | None = scope.get("state", {}).get(CALLER)
+    if found is None:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    return found
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

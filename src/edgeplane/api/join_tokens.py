@@ -1,6 +1,6 @@
 """/api/v1/join-tokens: tokens a worker joins with (docs/broker-security.md).
 
-Every API token is an admin's today; once roles exist these routes are admin-only.
+Admin-only, reads included (``edgeplane.security.roles``, docs/security.md).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from edgeplane.errors import EdgeplaneError
+from edgeplane.errors import EdgeplaneError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,18 @@ COMMON: dict[int | str, dict[str, Any]] = {
     405: _documented("Method not allowed here", Allow="the methods this path takes"),
     413: _documented("Body over the limit (Settings.max_body_mb)"),
 }
+#: A login refused for too many failures.
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: _documented(
+        "Too many failed logins for this user or address",
+        **{"Retry-After": "seconds until an attempt is taken again"},
+    ),
+}
 #: The problems of every route under /api/v1 (token, lookups, input, state, store).
 API: dict[int | str, dict[str, Any]] = {
     **COMMON,
     401: _documented("No valid bearer token", **{"WWW-Authenticate": "Bearer"}),
+    403: _documented("The token's role or scopes do not allow this"),
     404: _documented("No such resource"),
     409: _documented("The resource's state does not allow this"),
     422: _documented("Invalid input; field names it"),
@@ -128,6 +137,8 @@ def from_error(exc: EdgeplaneError) -> JSONResponse:
     response = problem(exc.status, exc.title, exc.detail, **extra)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 

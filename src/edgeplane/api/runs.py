@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from edgeplane.api.deps import CallerDep
 from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.routing import JsonRoute
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Page, Schedule, Workflow, WorkflowSpec
 from edgeplane.model.workflow import WorkflowKind
+from edgeplane.security import projects
 
 
 def _workflows(request: Request) -> Workflows:
@@ -47,8 +49,9 @@ def _router(kind: WorkflowKind, prefix: str, spec_type: type[WorkflowSpec]) -> A
     router = APIRouter(prefix=prefix, tags=[prefix.strip("/")], route_class=JsonRoute)
 
     async def create(
-        spec: WorkflowSpec, runs: WorkflowsDep, schedules: SchedulesDep
+        spec: WorkflowSpec, runs: WorkflowsDep, schedules: SchedulesDep, caller: CallerDep
     ) -> Workflow | Schedule:
+        projects.check_new(caller, spec.project)
         return await _create(spec, kind, runs, schedules)
 
     # The body model differs per router (JobSpec has ``mode``): give FastAPI the real class.
@@ -57,17 +60,23 @@ def _router(kind: WorkflowKind, prefix: str, spec_type: type[WorkflowSpec]) -> A
 
     @router.get("", response_model=Page[Workflow])
     async def list_runs(
-        runs: WorkflowsDep, limit: Limit = 100, offset: Offset = 0
+        runs: WorkflowsDep, caller: CallerDep, limit: Limit = 100, offset: Offset = 0
     ) -> Page[Workflow]:
-        items, total = await runs.list(kind, limit=limit, offset=offset)
+        items, total = await runs.list(
+            kind, limit=limit, offset=offset, projects=projects.visible(caller)
+        )
         return Page[Workflow](items=items, total=total)
 
     @router.get("/{run_id}", response_model=Workflow)
-    async def get_run(run_id: str, runs: WorkflowsDep, wait: Wait = 0) -> Workflow:
+    async def get_run(
+        run_id: str, runs: WorkflowsDep, caller: CallerDep, wait: Wait = 0
+    ) -> Workflow:
+        projects.check(caller, (await runs.get(run_id, kind)).project, kind, run_id)
         return await runs.wait(run_id, kind, wait)
 
     @router.post("/{run_id}/stop", response_model=Workflow)
-    async def stop_run(run_id: str, runs: WorkflowsDep) -> Workflow:
+    async def stop_run(run_id: str, runs: WorkflowsDep, caller: CallerDep) -> Workflow:
+        projects.check(caller, (await runs.get(run_id, kind)).project, kind, run_id)
         return await runs.stop_run(run_id, kind)
 
     return router
@@ -80,13 +89,14 @@ schedules = APIRouter(prefix="/schedules", tags=["schedules"], route_class=JsonR
 
 @schedules.get("", response_model=Page[Schedule])
 async def list_schedules(
-    runs: SchedulesDep, limit: Limit = 100, offset: Offset = 0
+    runs: SchedulesDep, caller: CallerDep, limit: Limit = 100, offset: Offset = 0
 ) -> Page[Schedule]:
-    items, total = await runs.list(limit=limit, offset=offset)
+    items, total = await runs.list(limit=limit, offset=offset, projects=projects.visible(caller))
     return Page[Schedule](items=items, total=total)
 
 
 @schedules.delete("/{schedule_id}", status_code=204)
-async def delete_schedule(schedule_id: str, runs: SchedulesDep) -> Response:
+async def delete_schedule(schedule_id: str, runs: SchedulesDep, caller: CallerDep) -> Response:
+    projects.check(caller, (await runs.get(schedule_id)).project, "schedule", schedule_id)
     await runs.delete(schedule_id)
     return Response(status_code=204)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.responses import document
 from edgeplane.api.routing import JsonRoute
-from edgeplane.errors import Invalid
+from edgeplane.errors import Invalid, NotFound
 from edgeplane.limits import MAX_BATCH
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
@@ -23,6 +23,8 @@ from edgeplane.model import (
     TaskSpec,
     TaskState,
 )
+from edgeplane.security import projects
+from edgeplane.store import TokenRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=JsonRoute)
 
@@ -40,6 +42,7 @@ async def create_task(
     spec: TaskSpec,
     manager: ManagerDep,
     request: Request,
+    caller: CallerDep,
     wait: Wait = 0,
 ) -> Response:
     """Create a task; with ``schedule`` (cron) create a schedule that makes one per slot.
@@ -47,6 +50,7 @@ async def create_task(
     With ``wait`` (a started task) the answer comes when the task ended or after that many
     seconds, whichever is first: run and result in one request.
     """
+    projects.check_new(caller, spec.project)
     if spec.schedule is not None:
         if wait:
             raise Invalid("a schedule has no result to wait for", field="wait")
@@ -63,6 +67,13 @@ async def create_task(
     return document(await create_one(manager, spec, wait), status_code=201)
 
 
+async def owned(manager: Manager, caller: TokenRecord, task_id: str) -> Task:
+    """The task, if it is in one of the caller's projects; its 404 otherwise."""
+    task = await manager.get(task_id)
+    projects.check(caller, task.project, "task", task_id)
+    return task
+
+
 async def create_one(manager: Manager, spec: TaskSpec, wait: float) -> Task:
     """One task (not a schedule), held until it ends or ``wait`` seconds pass when started."""
     (task,) = await manager.submit([spec], batch=False)
@@ -72,8 +83,10 @@ async def create_one(manager: Manager, spec: TaskSpec, wait: float) -> Task:
 
 
 @router.post("/batch", status_code=201, response_model=TaskItems)
-async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> Response:
+async def create_tasks(batch: TaskBatch, manager: ManagerDep, caller: CallerDep) -> Response:
     for index, spec in enumerate(batch.tasks):
+        if not projects.sees(caller, spec.project):
+            raise NotFound(f"project {spec.project!r} not found", field=f"tasks[{index}].project")
         if spec.schedule is not None:
             raise Invalid(
                 "schedule one task at a time with POST /tasks", field=f"tasks[{index}].schedule"
@@ -84,6 +97,7 @@ async def create_tasks(batch: TaskBatch, manager: ManagerDep) -> Response:
 @router.get("", response_model=Page[Task])
 async def list_tasks(
     manager: ManagerDep,
+    caller: CallerDep,
     state: TaskState | None = None,
     job_id: str | None = None,
     workflow_id: str | None = None,
@@ -91,7 +105,12 @@ async def list_tasks(
     offset: Offset = 0,
 ) -> Response:
     items, total = await manager.list_tasks(
-        state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+        state=state,
+        job_id=job_id,
+        workflow_id=workflow_id,
+        limit=limit,
+        offset=offset,
+        projects=projects.visible(caller),
     )
     return document(Page[Task](items=items, total=total))
 
@@ -100,37 +119,46 @@ async def list_tasks(
 async def get_task(
     task_id: str,
     manager: ManagerDep,
+    caller: CallerDep,
     wait: Wait = 0,
 ) -> Response:
+    if projects.visible(caller) is not None:  # an admin sees all: no lookup
+        await owned(manager, caller, task_id)
     return document(await manager.wait(task_id, wait))
 
 
 @router.patch("/{task_id}", response_model=Task)
-async def patch_task(task_id: str, patch: TaskPatch, manager: ManagerDep) -> Task:
+async def patch_task(
+    task_id: str, patch: TaskPatch, manager: ManagerDep, caller: CallerDep
+) -> Task:
+    await owned(manager, caller, task_id)
     return await manager.patch_task(task_id, patch)
 
 
 @router.delete("/{task_id}", status_code=204)
-async def delete_task(task_id: str, manager: ManagerDep) -> Response:
+async def delete_task(task_id: str, manager: ManagerDep, caller: CallerDep) -> Response:
+    await owned(manager, caller, task_id)
     await manager.delete_task(task_id)
     return Response(status_code=204)
 
 
 @router.post("/{task_id}/start", response_model=Task)
-async def start_task(task_id: str, manager: ManagerDep) -> Task:
+async def start_task(task_id: str, manager: ManagerDep, caller: CallerDep) -> Task:
+    await owned(manager, caller, task_id)
     return await manager.start_task(task_id)
 
 
 @router.post("/{task_id}/stop", response_model=Task)
-async def stop_task(task_id: str, manager: ManagerDep) -> Task:
+async def stop_task(task_id: str, manager: ManagerDep, caller: CallerDep) -> Task:
+    await owned(manager, caller, task_id)
     return await manager.stop_task(task_id)
 
 
 @router.get("/{task_id}/results", response_model=TaskResults)
-async def task_results(task_id: str, manager: ManagerDep) -> TaskResults:
-    return (await manager.get(task_id)).results_view()
+async def task_results(task_id: str, manager: ManagerDep, caller: CallerDep) -> TaskResults:
+    return (await owned(manager, caller, task_id)).results_view()
 
 
 @router.get("/{task_id}/logs", response_model=TaskLogs)
-async def task_logs(task_id: str, manager: ManagerDep) -> TaskLogs:
-    return (await manager.get(task_id)).logs_view()
+async def task_logs(task_id: str, manager: ManagerDep, caller: CallerDep) -> TaskLogs:
+    return (await owned(manager, caller, task_id)).logs_view()

@@ -23,6 +23,7 @@ from edgeplane.cli import (
     roles,
     schedules,
     tasks,
+    users,
     workers,
     workflows,
 )
@@ -139,6 +140,9 @@ app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
 app.add_typer(certs.app, name="certs")
+app.command("login")(users.login)
+app.add_typer(users.users, name="user")
+app.add_typer(users.tokens, name="token")
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
 app.command("root")(roles.root)

@@ -14,6 +14,9 @@ OffsetOption = Annotated[int, typer.Option(min=0, max=MAX_OFFSET, help="Items to
 RetriesOption = Annotated[
     int | None, typer.Option(min=-1, max=MAX_RETRIES, help="Extra attempts; -1 = forever.")
 ]
+ProjectOption = Annotated[
+    str | None, typer.Option(help="The project it belongs to (default: default; docs/security.md).")
+]
 PriorityOption = Annotated[
     int | None, typer.Option(min=0, max=MAX_PRIORITY, help="0-100, higher first.")
 ]

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgeplane.cli.options import LimitOption, OffsetOption, PriorityOption, RetriesOption
+from edgeplane.cli.options import (
+    LimitOption,
+    OffsetOption,
+    PriorityOption,
+    ProjectOption,
+    RetriesOption,
+)
 from edgeplane.cli.output import (
     Format,
     OutputOption,
@@ -145,6 +151,7 @@ def task_spec(
     priority: int | None,
     label: list[str] | None,
     worker: str | None,
+    project: str | None = None,
 ) -> dict[str, Any]:
     """The task body the command line describes."""
     spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
@@ -178,7 +185,13 @@ def task_spec(
             spec["inputs"] = [_input(a) for a in rest]
     limits = {"fuel": fuel, "memory_mb": memory_mb, "timeout_s": time_limit}
     spec["limits"] = {k: v for k, v in limits.items() if v is not None}
-    optional = {"export": export, "retries": retries, "priority": priority, "worker_id": worker}
+    optional = {
+        "export": export,
+        "retries": retries,
+        "priority": priority,
+        "worker_id": worker,
+        "project": project,
+    }
     spec.update({k: v for k, v in optional.items() if v is not None})
     if labels := pairs(label, "--label"):
         spec["constraints"] = {"labels": labels}
@@ -281,6 +294,7 @@ def run(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    project: ProjectOption = None,
     schedule: ScheduleOption = None,
     timezone: TimezoneOption = None,
     output: OutputOption = None,
@@ -308,6 +322,7 @@ def run(
         priority=priority,
         label=label,
         worker=worker,
+        project=project,
     )
     if timezone is not None and schedule is None:
         raise typer.BadParameter("only with --schedule", param_hint="--timezone")
@@ -343,6 +358,7 @@ def create(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    project: ProjectOption = None,
     output: OutputOption = None,
 ) -> None:
     """Create a task without starting it and print its id (start it with `task start ID`)."""
@@ -361,6 +377,7 @@ def create(
         priority=priority,
         label=label,
         worker=worker,
+        project=project,
     )
     s = session(ctx)
     print_created(s.client().create_task({**spec, "start": False}), s.format(output))

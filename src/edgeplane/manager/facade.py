@@ -24,12 +24,17 @@ class DocumentReader(Protocol):
     async def unfinished_tasks(self) -> list[Task]: ...
     async def get_workflow(self, workflow_id: str) -> Workflow | None: ...
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]: ...
     async def unfinished_workflows(self) -> list[Workflow]: ...
     async def get_schedule(self, schedule_id: str) -> Schedule | None: ...
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]: ...
     async def list_applications(
         self, *, limit: int = 100, offset: int = 0

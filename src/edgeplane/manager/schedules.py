@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from edgeplane import clock as clocks
@@ -66,6 +67,7 @@ class Schedules:
         now = self.clock.now()
         schedule = Schedule(
             id=clocks.new_id(),
+            project=str(body.get("project", "default")),
             kind="task" if kind == "task" else "job",
             name=name,
             cron=parsed.expression,
@@ -82,8 +84,18 @@ class Schedules:
         self._wake.set()
         return schedule
 
-    async def list(self, *, limit: int, offset: int) -> tuple[list[Schedule], int]:
-        return await self.manager.documents.list_schedules(limit=limit, offset=offset)
+    async def list(
+        self, *, limit: int, offset: int, projects: Sequence[str] | None = None
+    ) -> tuple[list[Schedule], int]:
+        return await self.manager.documents.list_schedules(
+            limit=limit, offset=offset, projects=projects
+        )
+
+    async def get(self, schedule_id: str) -> Schedule:
+        found = await self.manager.documents.get_schedule(schedule_id)
+        if found is None:
+            raise NotFound(f"schedule {schedule_id} not found", field="id")
+        return found
 
     async def delete(self, schedule_id: str) -> None:
         journal = self.manager.journal

@@ -130,9 +130,15 @@ class TaskService:
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
         items, total = await self.core.store.list_tasks(
-            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+            state=state,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            limit=limit,
+            offset=offset,
+            projects=projects,
         )
         return [self._fresher(t) for t in items], total
 

@@ -94,7 +94,9 @@ class Workflows:
         nodes = build_graph(
             spec.tasks, ids, mode=mode, max_tasks=self.manager.settings.max_workflow_tasks
         )
-        specs = [s.model_copy(update={"start": False, "schedule": None}) for s in spec.tasks]
+        # every task of a run is in the run's project
+        update = {"start": False, "schedule": None, "project": spec.project}
+        specs = [s.model_copy(update=update) for s in spec.tasks]
         admitted = await self.manager.admit(specs, ids=ids)
         now = self.clock.now()
         tasks = [
@@ -112,6 +114,7 @@ class Workflows:
         ]
         workflow = Workflow(
             id=run_id,
+            project=spec.project,
             kind=kind,
             name=spec.name,
             mode=mode,
@@ -146,10 +149,15 @@ class Workflows:
         return workflow.model_copy(update={"tasks": tasks})
 
     async def list(
-        self, kind: WorkflowKind, *, limit: int, offset: int
+        self,
+        kind: WorkflowKind,
+        *,
+        limit: int,
+        offset: int,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
         items, total = await self.manager.documents.list_workflows(
-            kind=kind, limit=limit, offset=offset
+            kind=kind, limit=limit, offset=offset, projects=projects
         )
         return [self._runs[w.id].workflow if w.id in self._runs else w for w in items], total
 

@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeplane.limits import MAX_REPLICAS, MAX_SERVICES
-from edgeplane.model.bounds import Cpus, JsonObject, MemoryMb, Name
+from edgeplane.model.bounds import Cpus, JsonObject, MemoryMb, Name, Project
 from edgeplane.model.task import TaskSpec, TaskState
 
 RestartPolicy = Literal["always", "on-failure", "never"]
@@ -48,6 +48,8 @@ class ApplicationSpec(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: Name = Field(min_length=1, max_length=128)
+    #: the application's project, which its instances are in too
+    project: Project = "default"
     services: list[ServiceSpec] = Field(min_length=1, max_length=MAX_SERVICES)
     metadata: JsonObject = Field(default_factory=dict)
 
@@ -99,6 +101,8 @@ class Application(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     name: str
     spec: ApplicationSpec
     generation: int = 1

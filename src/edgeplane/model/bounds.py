@@ -114,6 +114,8 @@ Env = Annotated[dict[EnvName, Arg], Field(max_length=MAX_ARGS)]
 Label = Annotated[str, Field(max_length=MAX_NAME, pattern=_NO_NUL)]
 Labels = Annotated[dict[Label, Label], Field(max_length=MAX_LABELS)]
 Refs = Annotated[list[Name], Field(max_length=MAX_RUN_TASKS)]
+#: The project a resource belongs to (docs/security.md).
+Project = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 Cron = Annotated[str, Field(max_length=MAX_CRON, pattern=_NO_NUL)]
 Timezone = Annotated[str, Field(max_length=MAX_TIMEZONE, pattern=_NO_NUL)]
 Url = Annotated[str, Field(max_length=MAX_URL, pattern=_NO_NUL)]

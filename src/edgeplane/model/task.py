@@ -33,6 +33,7 @@ from edgeplane.model.bounds import (
     MemoryMb,
     Name,
     Priority,
+    Project,
     Refs,
     Retries,
     Timezone,
@@ -107,6 +108,8 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: Name = ""
+    #: the project the task belongs to: one of the caller's (docs/security.md)
+    project: Project = "default"
     runtime: Runtime = "wasm"
     mode: WasmMode = "function"
     export: Name | None = None
@@ -196,6 +199,8 @@ class Task(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     name: str = ""
     state: TaskState = "pending"
     reason: str | None = None

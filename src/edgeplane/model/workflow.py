@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.limits import MAX_RUN_TASKS
-from edgeplane.model.bounds import Cron, JsonObject, Name, Timezone
+from edgeplane.model.bounds import Cron, JsonObject, Name, Project, Timezone
 from edgeplane.model.task import CatchUp, Task, TaskSpec
 
 JobMode = Literal["parallel", "sequential", "dag"]
@@ -23,6 +23,8 @@ class WorkflowSpec(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: Name = ""
+    #: the run's project, which its tasks are in too (theirs is ignored)
+    project: Project = "default"
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_RUN_TASKS)
     fail_fast: bool = False
     start: bool = True
@@ -45,6 +47,8 @@ class Workflow(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     kind: WorkflowKind = "workflow"
     name: str = ""
     mode: JobMode = "dag"
@@ -77,6 +81,8 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: the project it belongs to (docs/security.md): who may see and touch it
+    project: str = "default"
     kind: ScheduleKind
     name: str = ""
     cron: str

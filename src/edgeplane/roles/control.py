@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from edgeplane.api import create_app
 from edgeplane.config import Settings
@@ -25,6 +26,7 @@ from edgeplane.protocol import Topics
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker, ensure_admin_token
 from edgeplane.security.broker_auth import BrokerAuth
+from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
 from edgeplane.transport import EmbeddedBroker, parse_broker_url
@@ -158,12 +160,14 @@ class ControlPlane:
         self.applications = Applications(facade)
         self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
         self.token_file: Path | None = None
+        #: the API served (set once it serves)
+        self.app: FastAPI | None = None
         self.url = ""
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.settings.data_dir, self.settings.store_url)
         await self.store.open()
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
@@ -187,13 +191,14 @@ class ControlPlane:
     async def _serve(self) -> None:
         app = create_app(
             self.manager,
-            TokenChecker(self.store),
+            TokenChecker(self.store, self.manager.clock),
             self.workflows,
             self.schedules,
             self.applications,
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
         )
+        self.app = app
         config = uvicorn.Config(
             app,
             host=self.settings.host,

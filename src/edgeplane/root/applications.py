@@ -66,6 +66,7 @@ def instance_spec(app: Application, service: ServiceSpec, create: Create) -> Tas
             "schedule": None,
             "depends_on": [],
             "metadata": metadata,
+            "project": app.project,  # its instances are in the application's project
         },
         context=STORED,  # its descriptor was checked when it came in; an older one may be bigger
     )
@@ -173,7 +174,12 @@ class Applications:
         await self._check(spec)
         now = self.clock.now()
         app = Application(
-            id=clocks.new_id(), name=spec.name, spec=spec, created_at=now, updated_at=now
+            id=clocks.new_id(),
+            project=spec.project,
+            name=spec.name,
+            spec=spec,
+            created_at=now,
+            updated_at=now,
         )
         journal = self.manager.journal
         journal.check()
@@ -189,6 +195,7 @@ class Applications:
             update={
                 "name": spec.name,
                 "spec": spec,
+                "project": app.project,  # a replacement never moves it to another project
                 "generation": app.generation + 1,
                 "updated_at": self.clock.now(),
             }

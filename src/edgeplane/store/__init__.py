@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from edgeplane.errors import Invalid
-from edgeplane.store.base import Batch, Kind, Store, TokenRecord
+from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.memory import MemoryStore
 from edgeplane.store.sql import SqlStore
 
-__all__ = ["Batch", "Kind", "MemoryStore", "SqlStore", "Store", "TokenRecord", "open_store"]
+__all__ = [
+    "Batch",
+    "Kind",
+    "MemoryStore",
+    "SqlStore",
+    "Store",
+    "TokenRecord",
+    "UserRecord",
+    "open_store",
+]
 
 
 def open_store(url: str) -> Store:

@@ -44,12 +44,35 @@ class Batch:
 
 @dataclass(frozen=True)
 class TokenRecord:
-    """An API token; only the sha256 of the secret is stored."""
+    """A token; only the sha256 of the secret is stored.
+
+    ``kind``: ``api`` (long-lived, made by ``POST /tokens``), ``access`` (short-lived, from
+    a login or a refresh) or ``refresh`` (only good at ``/auth/refresh``). ``scopes`` narrow
+    what it may do below its role (empty: all the role allows); ``projects`` are the
+    projects it sees (its user's; ignored for admins, who see all). ``expires_at`` None:
+    never expires.
+    """
 
     id: str
     user: str
     role: str
     secret_hash: str
+    created_at: float
+    expires_at: float | None = None
+    scopes: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
+    kind: str = "api"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user: a role, the projects they belong to, an argon2 hash of their password."""
+
+    name: str
+    role: str
+    projects: tuple[str, ...]
+    password_hash: str
     created_at: float
 
 
@@ -102,8 +125,10 @@ class Store(ABC):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        """A page of tasks, oldest first, and the total matching the filters."""
+        """A page of tasks, oldest first, and the total matching the filters (``projects``:
+        only theirs; None: all)."""
 
     @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
@@ -127,7 +152,12 @@ class Store(ABC):
 
     @abstractmethod
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
         """A page, oldest first, and the total of that kind."""
 
@@ -145,7 +175,7 @@ class Store(ABC):
 
     @abstractmethod
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]: ...
 
     @abstractmethod
@@ -194,3 +224,26 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_token(self, token_id: str) -> bool: ...
+
+    @abstractmethod
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    async def list_tokens(self, *, user: str | None = None) -> list[TokenRecord]:
+        """Tokens, oldest first: every user's, or ``user``'s."""
+
+    # users
+    @abstractmethod
+    async def add_user(self, user: UserRecord) -> None:
+        """Insert; :class:`Conflict` naming ``name`` when the name is taken."""
+
+    @abstractmethod
+    async def get_user(self, name: str) -> UserRecord | None: ...
+
+    @abstractmethod
+    async def list_users(self) -> list[UserRecord]:
+        """Every user, by name."""
+
+    @abstractmethod
+    async def delete_user(self, name: str) -> bool:
+        """Delete the user and every token of theirs, in one transaction."""

@@ -21,7 +21,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
-from edgeplane.store.base import Batch, Store, TokenRecord
+from edgeplane.store.base import Batch, Store, TokenRecord, UserRecord
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class _TaskRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, task: Task) -> _TaskRow:
@@ -44,6 +45,7 @@ class _TaskRow:
             created_at=task.created_at,
             id=task.id,
             doc=task.model_dump_json(),
+            project=task.project,
         )
 
     @property
@@ -58,6 +60,7 @@ class _WorkflowRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, workflow: Workflow) -> _WorkflowRow:
@@ -67,6 +70,7 @@ class _WorkflowRow:
             created_at=workflow.created_at,
             id=workflow.id,
             doc=workflow.model_dump_json(exclude={"tasks"}),
+            project=workflow.project,
         )
 
     @property
@@ -79,10 +83,16 @@ class _ScheduleRow:
     created_at: float
     id: str
     doc: str
+    project: str
 
     @classmethod
     def of(cls, schedule: Schedule) -> _ScheduleRow:
-        return cls(created_at=schedule.created_at, id=schedule.id, doc=schedule.model_dump_json())
+        return cls(
+            created_at=schedule.created_at,
+            id=schedule.id,
+            doc=schedule.model_dump_json(),
+            project=schedule.project,
+        )
 
     @property
     def order(self) -> tuple[float, str]:
@@ -115,6 +125,7 @@ class MemoryStore(Store):
         self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._users: dict[str, UserRecord] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -186,12 +197,14 @@ class MemoryStore(Store):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
         rows = sorted(
             (
                 row
                 for row in self._tasks.values()
-                if (state is None or row.state == state)
+                if (projects is None or row.project in projects)
+                and (state is None or row.state == state)
                 and (job_id is None or row.job_id == job_id)
                 and (workflow_id is None or row.workflow_id == workflow_id)
             ),
@@ -227,10 +240,20 @@ class MemoryStore(Store):
         return None if row is None else Workflow.model_validate_json(row.doc)
 
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
         rows = sorted(
-            (row for row in self._workflows.values() if kind is None or row.kind == kind),
+            (
+                row
+                for row in self._workflows.values()
+                if (kind is None or row.kind == kind)
+                and (projects is None or row.project in projects)
+            ),
             key=lambda row: row.order,
         )
         page = rows[offset : offset + limit]
@@ -253,9 +276,12 @@ class MemoryStore(Store):
         return None if row is None else Schedule.model_validate_json(row.doc)
 
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]:
-        rows = sorted(self._schedules.values(), key=lambda row: row.order)
+        rows = sorted(
+            (r for r in self._schedules.values() if projects is None or r.project in projects),
+            key=lambda row: row.order,
+        )
         page = rows[offset : offset + limit]
         return [Schedule.model_validate_json(row.doc) for row in page], len(rows)
 
@@ -314,3 +340,27 @@ class MemoryStore(Store):
 
     async def delete_token(self, token_id: str) -> bool:
         return self._tokens.pop(token_id, None) is not None
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        return self._tokens.get(token_id)
+
+    async def list_tokens(self, *, user: str | None = None) -> list[TokenRecord]:
+        found = [t for t in self._tokens.values() if user is None or t.user == user]
+        return sorted(found, key=lambda t: (t.created_at, t.id))
+
+    # users
+
+    async def add_user(self, user: UserRecord) -> None:
+        if user.name in self._users:
+            raise Conflict(f"user {user.name!r} exists", field="name")
+        self._users[user.name] = user
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        return self._users.get(name)
+
+    async def list_users(self) -> list[UserRecord]:
+        return [self._users[name] for name in sorted(self._users)]
+
+    async def delete_user(self, name: str) -> bool:
+        self._tokens = {i: t for i, t in self._tokens.items() if t.user != name}
+        return self._users.pop(name, None) is not None

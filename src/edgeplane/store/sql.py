@@ -47,7 +47,7 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.store import tables
-from edgeplane.store.base import Batch, Kind, Store, TokenRecord
+from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.documents import M, read
 from edgeplane.store.sqlite_direct import DirectSqlite
 
@@ -129,6 +129,7 @@ def _task_row(task: Task) -> dict[str, Any]:
         "state": task.state,
         "job_id": task.job_id,
         "workflow_id": task.workflow_id,
+        "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
         "doc": task.model_dump_json(),
@@ -140,6 +141,7 @@ def _workflow_row(workflow: Workflow) -> dict[str, Any]:
         "id": workflow.id,
         "kind": workflow.kind,
         "state": workflow.state,
+        "project": workflow.project,
         "created_at": workflow.created_at,
         "doc": workflow.model_dump_json(exclude={"tasks"}),
     }
@@ -168,6 +170,7 @@ def _schedule_row(schedule: Schedule) -> dict[str, Any]:
     return {
         "id": schedule.id,
         "next_run": schedule.next_run,
+        "project": schedule.project,
         "created_at": schedule.created_at,
         "doc": schedule.model_dump_json(),
     }
@@ -177,6 +180,7 @@ def _application_row(app: Application) -> dict[str, Any]:
     return {
         "id": app.id,
         "name": app.name,
+        "project": app.project,
         "created_at": app.created_at,
         "doc": app.model_dump_json(),
     }
@@ -221,6 +225,21 @@ def _token(row: Row[Any]) -> TokenRecord:
         user=row.user,
         role=row.role,
         secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        scopes=tuple(row.scopes.split()),
+        projects=tuple(row.projects.split()),
+        kind=row.kind,
+        name=row.name,
+    )
+
+
+def _user(row: Row[Any]) -> UserRecord:
+    return UserRecord(
+        name=row.name,
+        role=row.role,
+        projects=tuple(row.projects.split()),
+        password_hash=row.password_hash,
         created_at=row.created_at,
     )
 
@@ -477,8 +496,9 @@ class SqlStore(Store):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        if _unstorable(state, job_id, workflow_id):
+        if _unstorable(state, job_id, workflow_id, *(projects or ())):
             return [], 0
         t = tables.tasks
         filters = [
@@ -490,6 +510,8 @@ class SqlStore(Store):
             )
             if value is not None
         ]
+        if projects is not None:
+            filters.append(t.c.project.in_(projects))
         page = (
             select(t).where(*filters).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
         )
@@ -555,10 +577,19 @@ class SqlStore(Store):
         return _doc(Workflow, row)
 
     async def list_workflows(
-        self, *, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> tuple[list[Workflow], int]:
+        if _unstorable(*(projects or ())):
+            return [], 0
         w = tables.workflows
         filters = [] if kind is None else [w.c.kind == kind]
+        if projects is not None:
+            filters.append(w.c.project.in_(projects))
         page = (
             select(w).where(*filters).order_by(w.c.created_at, w.c.id).limit(limit).offset(offset)
         )
@@ -594,11 +625,16 @@ class SqlStore(Store):
         return _doc(Schedule, row)
 
     async def list_schedules(
-        self, *, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
     ) -> tuple[list[Schedule], int]:
+        if _unstorable(*(projects or ())):
+            return [], 0
         s = tables.schedules
-        page = select(s).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
-        count = select(func.count()).select_from(s)
+        filters = [] if projects is None else [s.c.project.in_(projects)]
+        page = (
+            select(s).where(*filters).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        )
+        count = select(func.count()).select_from(s).where(*filters)
         async with self._reading() as conn:
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
@@ -690,6 +726,11 @@ class SqlStore(Store):
             "user": token.user,
             "role": token.role,
             "created_at": token.created_at,
+            "expires_at": token.expires_at,
+            "scopes": " ".join(token.scopes),
+            "projects": " ".join(token.projects),
+            "kind": token.kind,
+            "name": token.name,
         }
         try:
             async with self._writing() as conn:
@@ -712,4 +753,59 @@ class SqlStore(Store):
             result = await conn.execute(
                 tables.tokens.delete().where(tables.tokens.c.id == token_id)
             )
+        return result.rowcount > 0
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        if _unstorable(token_id):
+            return None
+        query = select(tables.tokens).where(tables.tokens.c.id == token_id)
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        return None if row is None else _token(row)
+
+    async def list_tokens(self, *, user: str | None = None) -> list[TokenRecord]:
+        query = select(tables.tokens).order_by(tables.tokens.c.created_at, tables.tokens.c.id)
+        if user is not None:
+            if _unstorable(user):
+                return []
+            query = query.where(tables.tokens.c.user == user)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_token(row) for row in rows]
+
+    # users
+
+    async def add_user(self, user: UserRecord) -> None:
+        row = {
+            "name": user.name,
+            "role": user.role,
+            "projects": " ".join(user.projects),
+            "password_hash": user.password_hash,
+            "created_at": user.created_at,
+        }
+        try:
+            async with self._writing() as conn:
+                await conn.execute(tables.users.insert(), row)
+        except IntegrityError:
+            raise Conflict(f"user {user.name!r} exists", field="name") from None
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        if _unstorable(name):
+            return None
+        query = select(tables.users).where(tables.users.c.name == name)
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        return None if row is None else _user(row)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self._reading() as conn:
+            rows = (await conn.execute(select(tables.users).order_by(tables.users.c.name))).all()
+        return [_user(row) for row in rows]
+
+    async def delete_user(self, name: str) -> bool:
+        if _unstorable(name):
+            return False
+        async with self._writing() as conn:
+            await conn.execute(tables.tokens.delete().where(tables.tokens.c.user == name))
+            result = await conn.execute(tables.users.delete().where(tables.users.c.name == name))
         return result.rowcount > 0

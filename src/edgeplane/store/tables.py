@@ -20,6 +20,7 @@ tasks = Table(
     Column("state", String, nullable=False),
     Column("job_id", String, nullable=True),
     Column("workflow_id", String, nullable=True),
+    Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("priority", Integer, nullable=False),
     Column("doc", Text, nullable=False),
@@ -28,6 +29,7 @@ tasks = Table(
     Index("ix_tasks_workflow_id", "workflow_id"),
     Index("ix_tasks_created_at", "created_at", "id"),
     Index("ix_tasks_priority", "priority"),
+    Index("ix_tasks_project", "project", "created_at", "id"),
 )
 
 artifacts = Table(
@@ -52,7 +54,24 @@ tokens = Table(
     Column("user", String, nullable=False),
     Column("role", String, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    #: space-separated (scopes and project names hold no spaces)
+    Column("scopes", String, nullable=False, server_default=""),
+    Column("projects", String, nullable=False, server_default=""),
+    Column("kind", String, nullable=False, server_default="api"),
+    Column("name", String, nullable=False, server_default=""),
     Index("ix_tokens_secret_hash", "secret_hash", unique=True),
+    Index("ix_tokens_user", "user"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("role", String, nullable=False),
+    Column("projects", String, nullable=False),
+    Column("password_hash", String, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 #: Jobs and workflows; ``doc`` leaves out the ``tasks`` list (those rows live in ``tasks``).
@@ -62,11 +81,13 @@ workflows = Table(
     Column("id", String, primary_key=True),
     Column("kind", String, nullable=False),
     Column("state", String, nullable=False),
+    Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("doc", Text, nullable=False),
     Index("ix_workflows_kind", "kind"),
     Index("ix_workflows_state", "state"),
     Index("ix_workflows_created_at", "created_at", "id"),
+    Index("ix_workflows_project", "project", "created_at", "id"),
 )
 
 schedules = Table(
@@ -74,9 +95,11 @@ schedules = Table(
     metadata,
     Column("id", String, primary_key=True),
     Column("next_run", Float, nullable=True),
+    Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("doc", Text, nullable=False),
     Index("ix_schedules_next_run", "next_run"),
+    Index("ix_schedules_project", "project", "created_at", "id"),
 )
 
 #: Ids are unique, names are not: two applications may share a name (like two tasks), so
@@ -87,7 +110,9 @@ applications = Table(
     metadata,
     Column("id", String, primary_key=True),
     Column("name", String, nullable=False),
+    Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("doc", Text, nullable=False),
     Index("ix_applications_created_at", "created_at", "id"),
+    Index("ix_applications_project", "project", "created_at", "id"),
 )
