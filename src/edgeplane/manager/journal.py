@@ -28,7 +28,8 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
@@ -71,30 +72,40 @@ class JournalStats:
     outages: int = 0
 
 
-@dataclass
-class _Round:
-    """The coalesced changes of one transaction, as units that can be split apart."""
-
-    units: dict[_Key, Batch] = field(default_factory=dict)
-    tasks: dict[str, Task] = field(default_factory=dict)
-
-    def add(self, key: _Key, part: Batch) -> None:
-        self.units.pop(key, None)  # a newer version replaces (and re-orders after) the older
-        self.units[key] = part
+#: What a unit holds, by the first part of its key: the document itself for an upsert,
+#: ``(tasks, workflow or None)`` for an insert group, ``(kind, id)`` for a delete. (A
+#: whole Batch per unit cost eight lists per task version on the hot path.)
+_Unit = Any
 
 
-def _batch(parts: Iterable[Batch]) -> Batch:
+def _batch(keys: Iterable[_Key], units: dict[_Key, _Unit]) -> Batch:
     out = Batch()
-    for part in parts:
-        out.new_workflows += part.new_workflows
-        out.new_tasks += part.new_tasks
-        out.tasks += part.tasks
-        out.workflows += part.workflows
-        out.schedules += part.schedules
-        out.applications += part.applications
-        out.workers += part.workers
-        out.deleted += part.deleted
+    upserts: dict[str, list[Any]] = {
+        "task": out.tasks,
+        "workflow": out.workflows,
+        "schedule": out.schedules,
+        "application": out.applications,
+        "worker": out.workers,
+    }
+    for key in keys:
+        unit, kind = units[key], key[0]
+        target = upserts.get(kind)
+        if target is not None:
+            target.append(unit)
+        elif kind == "new":
+            out.new_tasks += unit[0]
+            if unit[1] is not None:
+                out.new_workflows.append(unit[1])
+        else:
+            out.deleted.append(unit)
     return out
+
+
+def _tasks_of(key: _Key, unit: _Unit) -> list[Task]:
+    """The task versions a unit writes."""
+    if key[0] == "task":
+        return [unit]
+    return list(unit[0]) if key[0] == "new" else []
 
 
 def _consume(future: asyncio.Future[None]) -> None:
@@ -106,7 +117,7 @@ def _consume(future: asyncio.Future[None]) -> None:
 class Journal:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queue: list[tuple[_Entry, list[tuple[_Key, Batch]]]] = []
+        self._queue: list[tuple[_Entry, list[tuple[_Key, _Unit]]]] = []
         #: newest queued or in-flight version of each task (the manager's own reads)
         self._unwritten: dict[str, Task] = {}
         self._recent: OrderedDict[str, Task] = OrderedDict()
@@ -131,14 +142,15 @@ class Journal:
     ) -> asyncio.Future[None]:
         """Queue new versions of documents; the future resolves once they committed, or
         raises when the store refused one of them (``then`` then never runs)."""
-        units: list[tuple[_Key, Batch]] = []
+        units: list[tuple[_Key, _Unit]] = []
+        unwritten = self._unwritten
         for task in tasks:
-            units.append((("task", task.id), Batch(tasks=[task])))
-            self._unwritten[task.id] = task
-        units += [(("workflow", w.id), Batch(workflows=[w])) for w in workflows]
-        units += [(("schedule", s.id), Batch(schedules=[s])) for s in schedules]
-        units += [(("application", a.id), Batch(applications=[a])) for a in applications]
-        units += [(("worker", w.id), Batch(workers=[w])) for w in workers]
+            units.append((("task", task.id), task))
+            unwritten[task.id] = task
+        units += [(("workflow", w.id), w) for w in workflows]
+        units += [(("schedule", s.id), s) for s in schedules]
+        units += [(("application", a.id), a) for a in applications]
+        units += [(("worker", w.id), w) for w in workers]
         return self._enqueue(units, then)
 
     def insert(
@@ -148,18 +160,17 @@ class Journal:
         :class:`Conflict` when an id is taken (how a cron slot fires once)."""
         tasks = list(tasks)
         self._inserts += 1
-        group = Batch(new_tasks=tasks, new_workflows=[workflow] if workflow else [])
         for task in tasks:
             self._unwritten[task.id] = task
-        return self._enqueue([(("new", self._inserts), group)], then)
+        return self._enqueue([(("new", self._inserts), (tasks, workflow))], then)
 
     def delete(self, kind: Kind, doc_id: str) -> asyncio.Future[None]:
         if kind == "task":
             self._unwritten.pop(doc_id, None)
             self._recent.pop(doc_id, None)
-        return self._enqueue([((f"delete:{kind}", doc_id), Batch(deleted=[(kind, doc_id)]))], None)
+        return self._enqueue([((f"delete:{kind}", doc_id), (kind, doc_id))], None)
 
-    def _enqueue(self, units: list[tuple[_Key, Batch]], then: After | None) -> asyncio.Future[None]:
+    def _enqueue(self, units: list[tuple[_Key, _Unit]], then: After | None) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_consume)
         self._queue.append((_Entry([k for k, _ in units], then, done), units))
@@ -210,19 +221,20 @@ class Journal:
 
     async def _round(self) -> None:
         queued, self._queue = self._queue, []
-        work = _Round()
+        work: dict[_Key, _Unit] = {}
         for _, units in queued:
-            for key, part in units:
+            for key, unit in units:
                 if key[0].startswith("delete:"):
-                    work.units.pop((key[0].removeprefix("delete:"), key[1]), None)
-                work.add(key, part)
+                    work.pop((key[0].removeprefix("delete:"), key[1]), None)
+                work.pop(key, None)  # a newer version replaces (and re-orders after) the older
+                work[key] = unit
         self.stats.rounds += 1
-        refused = await self._write(dict(work.units))
+        refused = await self._write(dict(work))
         committed: list[Task] = []
-        for key, part in work.units.items():
+        for key, unit in work.items():
             if key in refused:
                 continue
-            for task in (*part.new_tasks, *part.tasks):
+            for task in _tasks_of(key, unit):
                 committed.append(task)
                 self._recent[task.id] = task
                 self._recent.move_to_end(task.id)
@@ -231,7 +243,7 @@ class Journal:
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
         for key in refused:
-            for task in (*work.units[key].new_tasks, *work.units[key].tasks):
+            for task in _tasks_of(key, work[key]):
                 if self._unwritten.get(task.id) is task:
                     del self._unwritten[task.id]
         if committed:
@@ -256,7 +268,7 @@ class Journal:
             if not entry.done.done():
                 entry.done.set_result(None)
 
-    async def _write(self, units: dict[_Key, Batch]) -> dict[_Key, EdgeplaneError]:
+    async def _write(self, units: dict[_Key, _Unit]) -> dict[_Key, EdgeplaneError]:
         """Write every unit or find the ones the store refuses; wait out outages."""
         refused: dict[_Key, EdgeplaneError] = {}
         delay = RETRY_MIN_S
@@ -280,7 +292,7 @@ class Journal:
         return refused
 
     async def _isolate(
-        self, keys: list[_Key], units: dict[_Key, Batch], refused: dict[_Key, EdgeplaneError]
+        self, keys: list[_Key], units: dict[_Key, _Unit], refused: dict[_Key, EdgeplaneError]
     ) -> None:
         """Apply ``keys`` in one transaction; when the store refuses it, split in halves
         (order kept: an insert before the updates of its documents) down to the refused
@@ -290,7 +302,7 @@ class Journal:
         if not keys:
             return
         try:
-            await self._store.apply(_batch(units[k] for k in keys))
+            await self._store.apply(_batch(keys, units))
         except Exception as exc:
             if isinstance(exc, Unavailable) or not await self._reachable():
                 raise Unavailable(getattr(exc, "detail", None) or type(exc).__name__) from exc
@@ -308,7 +320,7 @@ class Journal:
         self,
         key: _Key,
         exc: Exception,
-        units: dict[_Key, Batch],
+        units: dict[_Key, _Unit],
         refused: dict[_Key, EdgeplaneError],
     ) -> None:
         self.stats.refused += 1
@@ -320,11 +332,11 @@ class Journal:
                 extra={"change": f"{key[0]} {key[1]}", "error": str(exc)[:500]},
             )
             error = Invalid(f"the store refused {key[0]} {key[1]}: {type(exc).__name__}")
-        part = units.pop(key)
+        unit = units.pop(key)
         refused[key] = error
         # Updates of documents whose insert was refused would overwrite the documents
         # that hold those ids: they fail with it.
-        for task in part.new_tasks:
+        for task in unit[0] if key[0] == "new" else ():
             if ("task", task.id) in units:
                 units.pop(("task", task.id))
                 refused[("task", task.id)] = error
