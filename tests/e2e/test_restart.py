@@ -7,7 +7,6 @@ import base64
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,10 +67,12 @@ def test_manager_killed_mid_workflow_resumes(
             lambda: any(w["state"] == "online" for w in http.get("/workers").json()["items"]),
             "the worker to register",
         )
+        go, done = tmp_path / "go", tmp_path / "done"
+        first = f"while [ ! -f {go} ]; do sleep 0.02; done; echo ok; touch {done}"
         body = {
             "name": "resume",
             "tasks": [
-                {"name": "first", "runtime": "host", "command": ["sh", "-c", "sleep 2; echo ok"]},
+                {"name": "first", "runtime": "host", "command": ["sh", "-c", first]},
                 {"name": "second", "export": "add", "file": MATH, "inputs": [1, 1],
                  "depends_on": ["first"]},
                 {"name": "third", "export": "add", "file": MATH, "inputs": [2, 2],
@@ -91,7 +92,8 @@ def test_manager_killed_mid_workflow_resumes(
         manager.send_signal(signal.SIGKILL)
         manager.wait()
         stop(manager)  # closes its output pipe
-        time.sleep(2.5)  # "first" ends while the manager is down
+        go.touch()  # "first" ends while the manager is down
+        wait_until(done.exists, "the first task to end")
         manager = start_manager(port, fast_broker_url, store_url, env, tmp_path / "m")
         wait_healthy(url, manager)
         done = http.get(f"/workflows/{run_id}", params={"wait": 40}).json()

@@ -282,7 +282,7 @@ async def main():
                    command=["sh", "-c", script])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
-    await asyncio.sleep(60)
+    await asyncio.Event().wait()  # until the test kills this process
 
 asyncio.run(main())
 """

@@ -184,7 +184,7 @@ async def main():
     spec = RunSpec(task_id="t1", attempt=1, runtime="host", command=sys.argv[2:])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
-    await asyncio.sleep(60)
+    await asyncio.Event().wait()  # until the test kills this process
 
 asyncio.run(main())
 """

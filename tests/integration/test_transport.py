@@ -193,7 +193,7 @@ async def main() -> None:
                     will=Will(topic, b"offline"))
     await link.start()
     print("ready", flush=True)
-    await asyncio.sleep(60)
+    await asyncio.Event().wait()  # until the test kills this process
 
 asyncio.run(main())
 """

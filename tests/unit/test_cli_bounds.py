@@ -4,7 +4,6 @@ nothing is sent: numbers out of range, spec files past the bounds, YAML bombs.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +69,9 @@ def test_a_billion_laughs_spec_is_refused_at_once(tmp_path: Path, kind: str) -> 
     """It once crashed the CLI (SIGSEGV) after expanding for minutes."""
     spec = tmp_path / "lol.yaml"
     spec.write_text(TASK_LAUGHS)
-    started = time.monotonic()
     command = ["job", "create"] if kind == "job" else ["workflow", "apply"]
-    assert_refused([*command, str(spec)], "aliases are expanded")
-    assert time.monotonic() - started < 30  # not a timing assert: the bomb would take minutes
+    assert_refused([*command, str(spec)], "aliases are expanded")  # (the test's timeout
+    # bounds it: expanding the bomb took minutes)
 
 
 def test_a_billion_laughs_descriptor_is_refused(tmp_path: Path) -> None:
