@@ -17,7 +17,7 @@ from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.roles.worker import build_worker
+from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.worker import WorkerAgent
 from edgeplane.worker.joining import Identity
 
@@ -131,6 +131,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 async def run_up(settings: Settings) -> None:
     setup_logs(settings.log_level)
+    announce_host_user(settings)
     # Before the API answers: whoever sees it healthy may run the examples at once.
     examples = write_examples(settings.data_dir / "examples")
     async with running_stack(settings) as stack:

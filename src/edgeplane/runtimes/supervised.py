@@ -30,6 +30,7 @@ from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, NotFound
 from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
 from edgeplane.runtimes.spec import RunSpec
+from edgeplane.runtimes.taskuser import TaskUser
 
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
@@ -37,10 +38,13 @@ _TIMEOUT = "timeout"
 STDOUT, STDERR, EXIT = "stdout", "stderr", "exit"
 #: The shell every attempt's command runs under (see :func:`spawn`).
 SHELL = "/bin/sh"
-#: ``$1`` is the exit file, the rest the command. Its status goes to the file once the
-#: command has ended; a signal that kills the shell as well (a stop, a timeout) leaves no
-#: file, and none is needed then: the runtime knows why the attempt ended.
-_WRAPPER = 'f=$1; shift; "$@"; s=$?; echo "$s" >"$f"; exit "$s"'
+#: The arguments are the command. The shell's stdin is the exit file, opened for writing
+#: by the worker (the command's own stdin is /dev/null): the shell may run as a user that
+#: cannot open anything in the attempt's directory (``--host-user``), and the command
+#: never holds the file. Its status goes there once the command has ended; a signal that
+#: kills the shell as well (a stop, a timeout) leaves it empty, and nothing is needed then:
+#: the runtime knows why the attempt ended.
+_WRAPPER = '"$@" </dev/null; s=$?; echo "$s" >&0; exit "$s"'
 
 
 def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
@@ -79,25 +83,40 @@ def read_exit(attempt_dir: Path) -> int | None:
     return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
+def _private(path: Path) -> int:
+    """``path`` opened for writing, new and readable by the worker's user only."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+
+
 async def spawn(
-    argv: Sequence[str], attempt_dir: Path, **options: Any
+    argv: Sequence[str], attempt_dir: Path, *, user: TaskUser | None = None, **options: Any
 ) -> asyncio.subprocess.Process:
     """Start an attempt's main process in a session of its own (a Ctrl-C at the worker's
     terminal is not the task's), its stdout and stderr in the files the outcome reads.
 
     The main process is ``/bin/sh`` running ``argv`` and recording its exit status (see
     the module's docstring); it costs a start about a millisecond (dash's fork and exec).
+    The files are opened here, by the worker, 0600: the attempt writes to them through
+    the descriptors it inherits but cannot open, read or replace them. With a ``user``
+    that :attr:`~TaskUser.switches`, the process runs as that user with its primary group
+    and no supplementary groups.
     """
-    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", str(attempt_dir / EXIT), *argv]
-    with (attempt_dir / STDOUT).open("wb") as out, (attempt_dir / STDERR).open("wb") as err:
+    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", *argv]
+    if user is not None and user.switches:
+        options.update(user=user.uid, group=user.gid, extra_groups=[])
+    fds = [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
+    try:
         return await asyncio.create_subprocess_exec(
             *wrapped,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
+            stdin=fds[0],
+            stdout=fds[1],
+            stderr=fds[2],
             start_new_session=True,
             **options,
         )
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @dataclass(eq=False)

@@ -49,7 +49,7 @@ from edgeplane.protocol import (
     parse_body,
     signing,
 )
-from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
+from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
@@ -289,12 +289,14 @@ class WorkerAgent:
             await runtime.close()
 
     def capabilities(self) -> Capabilities:
+        host = self.runtimes.get("host")
         return capabilities.detect(
             runtimes=self.runtimes,
             labels=self.options.labels,
             slots=self.slots,
             data_dir=self.options.data_dir,
             prefetch=self.prefetch,
+            host_user=host.user.name if isinstance(host, HostRuntime) else None,
         )
 
     def _active(self) -> list[str]:
