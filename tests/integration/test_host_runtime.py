@@ -51,7 +51,11 @@ def task(
 
 
 async def run(rt: HostRuntime, spec: RunSpec) -> Outcome:
-    return await rt.wait(await rt.start(spec, None))
+    """Start, wait, and release as the worker does (the attempt's id may be used again)."""
+    handle = await rt.start(spec, None)
+    outcome = await rt.wait(handle)
+    await rt.release(handle)
+    return outcome
 
 
 def live_members(pgid: int) -> list[int]:
@@ -232,6 +236,9 @@ async def test_an_attempt_that_ended_while_its_worker_was_down_reports_how(
         assert recovered is not None
         outcome = await rt.wait(recovered)
         assert (outcome.state, outcome.stdout, outcome.exit_code) == ("completed", "done\n", 0)
+        # kept until the worker has saved the final event and releases the attempt
+        assert await asyncio.to_thread(os.path.exists, state["dir"])
+        await rt.release(recovered)
         assert not await asyncio.to_thread(os.path.exists, state["dir"])
         assert await rt.recover(state) is None  # nothing left of it now
     finally:
@@ -270,6 +277,7 @@ async def test_recovered_attempt_without_an_exit_status(tmp_path: Path) -> None:
         assert outcome.state == "failed"
         assert outcome.error is not None
         assert "exit status unknown" in outcome.error
+        await rt.release(recovered)
         assert not await asyncio.to_thread(os.path.exists, state["dir"])
     finally:
         await rt.close()

@@ -119,7 +119,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
     no command; a command that cannot be executed (not found, not executable) is a
     ``failed`` :class:`Outcome`. A non-zero exit is ``failed`` with ``exit code N``; results
     are ``{"stdout": ..., "exit_code": N}`` either way. ``close`` stops every attempt.
-    An attempt is forgotten once ``wait`` has returned; waiting again raises
+    An attempt is forgotten once released (:meth:`release`); waiting again raises
     :class:`~edgeplane.errors.NotFound`. Attempts run as ``user`` (default: the worker's
     own user, nothing switched).
     """
@@ -222,6 +222,12 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
+
+    def _directory(self, state: dict[str, Any]) -> Path | None:
+        found = state.get("dir")
+        if not isinstance(found, str) or Path(found).parent != self.base_dir:
+            return None
+        return Path(found)
 
     def _details(self, proc: _Proc) -> dict[str, Any]:
         return {"pid": proc.pid, "dir": str(proc.dir)}

@@ -4,7 +4,9 @@ An attempt's main process (the host task's group leader, a container's ``runc ru
 its stdout and stderr to files in the attempt's own directory. A supervisor task waits for
 it to exit or for the deadline; timeout and stop go through one kill sequence per attempt
 (SIGTERM, then SIGKILL after ``grace_s``); afterwards the outcome is built from the exit
-code and the tails of both files, and the directory is removed.
+code and the tails of both files. The directory is removed only when the worker releases
+the attempt (:meth:`SupervisedRuntime.release`), once it has saved the final event: a
+worker killed before that finds the exit status and logs there after its restart.
 
 The main process is a small shell that runs the attempt's command and writes its exit
 status to the file ``exit`` of the attempt's directory (Nomad's executor process plays the
@@ -167,9 +169,26 @@ class SupervisedRuntime(Runtime, Generic[A]):
             raise NotFound(
                 f"no {self.name} attempt {handle.attempt} of task {handle.task_id} is known"
             )
-        outcome = await asyncio.shield(attempt.outcome)
-        self._attempts.pop(key, None)
-        return outcome
+        return await asyncio.shield(attempt.outcome)
+
+    async def release(self, handle: Handle) -> None:
+        """Remove an ended attempt's directory and forget it; for an attempt this runtime
+        does not know, the directory its handle's state names (when it is one of ours)."""
+        key = (handle.task_id, handle.attempt)
+        attempt = self._attempts.get(key)
+        if attempt is not None:
+            if not attempt.outcome.done():
+                return  # still running: nothing to release yet
+            del self._attempts[key]
+            if attempt.supervisor is not None:
+                await attempt.supervisor  # it ends right after setting the outcome
+            directory: Path | None = attempt.dir
+        else:
+            directory = self._directory(handle.state)
+            if directory is not None:
+                await self._forget(handle.state)
+        if directory is not None:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def stop(self, handle: Handle) -> None:
         """Kill the attempt; returns once it is gone."""
@@ -188,11 +207,13 @@ class SupervisedRuntime(Runtime, Generic[A]):
         return {"running": not attempt.outcome.done(), **self._details(attempt)}
 
     async def close(self) -> None:
-        """Stop every attempt still running and clean up after each."""
+        """Stop every attempt still running and release every attempt (the worker is
+        leaving: it keeps no records of them)."""
         for attempt in list(self._attempts.values()):
             await self.stop(Handle(attempt.spec.task_id, attempt.spec.attempt, self.name))
             if attempt.supervisor is not None:
                 await attempt.supervisor
+            await asyncio.to_thread(shutil.rmtree, attempt.dir, True)
         self._attempts.clear()
 
     # --- hooks --------------------------------------------------------------------------
@@ -220,8 +241,17 @@ class SupervisedRuntime(Runtime, Generic[A]):
     def _exit_error(self, exit_code: int, stderr: str) -> str:
         """The error of an attempt whose main process exited with a non-zero code."""
 
+    @abstractmethod
+    def _directory(self, state: dict[str, Any]) -> Path | None:
+        """The attempt directory a handle's state names, if it is one of this runtime's
+        (None otherwise: a state that names another path removes nothing)."""
+
+    async def _forget(self, state: dict[str, Any]) -> None:
+        """Free what an ended attempt known only by its state may still hold (default:
+        nothing besides its directory)."""
+
     async def _release(self, attempt: A) -> None:
-        """Free what the attempt holds besides its directory, before that is removed."""
+        """Free what the attempt holds besides its directory once its main process ended."""
 
     def _survived(self, attempt: A) -> None:
         """Told that the attempt outlived every SIGKILL of its kill sequence (default: nothing)."""
@@ -276,7 +306,6 @@ class SupervisedRuntime(Runtime, Generic[A]):
         finally:
             outcome = self._outcome(attempt, exit_code)
             await self._release(attempt)
-            await asyncio.to_thread(shutil.rmtree, attempt.dir, True)
             if not attempt.outcome.done():
                 attempt.outcome.set_result(outcome)
 

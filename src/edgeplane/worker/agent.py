@@ -454,6 +454,10 @@ class WorkerAgent:
             del self._runs[spec.task_id]
         if not self._runs:
             self.events.settled()  # nothing runs: no more events are coming soon
+        # Only now: until the final event was on disk, what the runtime kept of the
+        # attempt (its exit status) was all a restarted worker could learn its end from.
+        if run.runtime is not None and run.handle is not None:
+            await self._release(run.runtime, run.handle)
 
     async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
         spec = run.spec
@@ -516,6 +520,13 @@ class WorkerAgent:
         record = HandleRecord(spec=run.spec, state=state, started_at=event.started_at, final=event)
         await asyncio.to_thread(self.handles.save, record)
 
+    async def _release(self, runtime: Runtime, handle: Handle) -> None:
+        """Let the runtime forget an attempt whose final event is saved (or not needed)."""
+        try:
+            await runtime.release(handle)
+        except Exception:  # a runtime bug must not take the worker down; a restart retries
+            log.exception("runtime release failed", extra={"task_id": handle.task_id})
+
     async def _reattach(self) -> None:
         """Take back what the previous process of this worker left (see ``recovery.py``):
         re-attach to the attempts still running, report how the others ended."""
@@ -523,14 +534,22 @@ class WorkerAgent:
         if not records:
             return
         found = await recovery.recover(records, self.runtimes, self.cleaners, self.clock)
-        for cleaner in self.cleaners.values():
-            await cleaner.close()
         for record in found.finals:
             assert record.final is not None
             await asyncio.to_thread(self.handles.save, record)
             self._persisted.add(record.key)
             self._remember(record.key)
             self.events.emit_final(record.final)
+        # Saved: what the runtimes kept of those attempts (an earlier process may have
+        # saved the final event and died before releasing) is not needed any more.
+        for record in found.finals:
+            name = record.spec.runtime
+            runtime = self.runtimes.get(name) or self.cleaners.get(name)
+            if runtime is not None:
+                handle = Handle(record.spec.task_id, record.spec.attempt, name, record.state)
+                await self._release(runtime, handle)
+        for cleaner in self.cleaners.values():
+            await cleaner.close()
         for resumed in found.resumed:
             spec = resumed.record.spec
             run = _Run(
