@@ -362,12 +362,13 @@ async def as_nobody(tmp_path: Path) -> AsyncIterator[HostRuntime]:
 async def test_another_user_runs_the_task_without_the_workers_groups(
     as_nobody: HostRuntime,
 ) -> None:
+    before = os.getgroups()
     os.setgroups([4, 27])  # supplementary groups the worker has and the task must not keep
     try:
         script = 'id -u; id -g; id -G; echo "$HOME|$USER|$LOGNAME"; pwd; touch mine && ls'
         outcome = await run(as_nobody, task(["sh", "-c", script]))
     finally:
-        os.setgroups([])
+        os.setgroups(before)
     user = as_nobody.user
     assert outcome.state == "completed", outcome
     assert outcome.stdout.split("\n")[:4] == [
