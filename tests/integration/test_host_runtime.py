@@ -18,9 +18,12 @@ import pytest
 
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
+from edgeplane.protocol import TaskEvent
 from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, RunSpec, available_runtimes
 from edgeplane.runtimes.supervised import process_alive
 from edgeplane.runtimes.taskuser import lookup
+from edgeplane.worker import WorkerAgent, WorkerOptions
+from edgeplane.worker.handles import HandleRecord, HandleStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -458,3 +461,24 @@ async def test_another_users_attempt_ended_while_its_worker_was_down_reports_how
         assert (outcome.state, outcome.exit_code, outcome.stdout) == ("failed", 4, f"{user.uid}\n")
     finally:
         shutil.rmtree(shared)
+
+
+async def test_a_restarted_worker_releases_what_its_previous_process_saved(
+    tmp_path: Path,
+) -> None:
+    """Killed after it saved an attempt's final event but before it released the attempt:
+    the next process sends the event again and removes the attempt's directory."""
+    first = HostRuntime(base_dir=tmp_path / "host")
+    handle = await first.start(task(["echo", "hi"]), None)
+    outcome = await first.wait(handle)  # ended; not released: the worker "died" here
+    assert await asyncio.to_thread(os.path.exists, handle.state["dir"])
+    data = tmp_path / "worker"
+    final = TaskEvent(task_id="t1", attempt=1, state=outcome.state, stdout=outcome.stdout)
+    spec = task(["echo", "hi"])
+    HandleStore(data / "handles").save(HandleRecord(spec=spec, state=handle.state, final=final))
+    options = WorkerOptions(worker_id="w1", broker_url="mqtt://127.0.0.1:1", data_dir=data)
+    agent = WorkerAgent(options, {"host": HostRuntime(base_dir=tmp_path / "host")})
+    await agent._reattach()  # what start() does first, before it connects
+    assert agent.events.unacked_tasks() == {"t1"}
+    assert not await asyncio.to_thread(os.path.exists, handle.state["dir"])
+    await first.close()

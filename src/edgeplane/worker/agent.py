@@ -223,6 +223,10 @@ class WorkerAgent:
         self.handles = HandleStore(options.data_dir / "handles")
         #: attempts with a handle record on disk
         self._persisted: set[Key] = set()
+        #: attempts whose final event is saved and being released by their runtime: their
+        #: record stays until that is done, even once acked (True), so a worker killed
+        #: meanwhile releases them when it restarts instead of leaving their directory
+        self._releasing: dict[Key, bool] = {}
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
@@ -350,6 +354,9 @@ class WorkerAgent:
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
             done = [k for k in ((e.task_id, e.attempt) for e in body.keys) if k in self._persisted]
+            for pending in [k for k in done if k in self._releasing]:
+                self._releasing[pending] = True  # removed once released
+                done.remove(pending)
             if done:  # the manager has the results: nothing to recover of these any more
                 self._persisted.difference_update(done)
                 await asyncio.to_thread(self.handles.remove, done)
@@ -449,6 +456,9 @@ class WorkerAgent:
         )
         # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
         await self._keep_final(run, event)
+        key = (spec.task_id, spec.attempt)
+        if key in self._persisted:
+            self._releasing[key] = False
         self.events.emit_final(event)
         if self._runs.get(spec.task_id) is run:
             del self._runs[spec.task_id]
@@ -458,6 +468,9 @@ class WorkerAgent:
         # attempt (its exit status) was all a restarted worker could learn its end from.
         if run.runtime is not None and run.handle is not None:
             await self._release(run.runtime, run.handle)
+        if self._releasing.pop(key, False):  # acked meanwhile: the record can go now
+            self._persisted.discard(key)
+            await asyncio.to_thread(self.handles.remove, [key])
 
     async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
         spec = run.spec
