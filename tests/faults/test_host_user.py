@@ -132,3 +132,24 @@ def test_an_unknown_host_user_is_refused_at_start(lab: Lab, role: str) -> None:
     assert "host_user: no such user 'no-such-user-here'" in said.stderr
     assert "Traceback" not in said.stderr
     assert not data.exists()  # refused before it started anything
+
+
+def test_the_workers_of_up_run_host_tasks_unprivileged_too(lab: Lab, shared: Path) -> None:
+    """`edgeplane up` runs its workers on uvloop, in the process that holds the admin
+    token and the store: its host tasks are no more root than a worker's."""
+    port = free_port()
+    data = shared / "up"
+    up = lab.role(
+        "up",
+        ["up", "--data-dir", str(data), "--port", str(port), "--workers", "1",
+         "--allow-host", "--no-containers"],
+    ).start()  # fmt: skip
+    api = lab.api(port)
+    api.wait_healthy(up)
+    api.wait_workers(["local-1"], watch=[up])
+    who = run_on(api, "local-1", "id -u")
+    assert who["stdout"] == f"{resolve(None).uid}\n", who
+    store = data / "edgeplane.db"
+    thief = run_on(api, "local-1", f"cat {store}; ls {data}; env | grep EDGEPLANE_; exit 0")
+    assert thief["stdout"] == "", thief
+    assert thief["stderr"].count("Permission denied") == 2, thief["stderr"]

@@ -482,3 +482,30 @@ async def test_a_restarted_worker_releases_what_its_previous_process_saved(
     assert agent.events.unacked_tasks() == {"t1"}
     assert not await asyncio.to_thread(os.path.exists, handle.state["dir"])
     await first.close()
+
+
+@as_root
+def test_another_user_under_uvloop_as_in_edgeplane_up(tmp_path: Path) -> None:
+    """`edgeplane up` runs its workers on uvloop, whose subprocesses take no user= or
+    group=: the runtime switches user all the same."""
+    uvloop = pytest.importorskip("uvloop")
+    user = lookup("nobody")
+    assert user is not None
+
+    # uvloop changes directory after it changed user: the way to the work dir must be
+    # open to the task's user, as under $TMPDIR (the test's own dir is root's, 0700)
+    shared = Path(tempfile.mkdtemp())
+    os.chmod(shared, 0o755)
+
+    async def main() -> Outcome:
+        rt = HostRuntime(base_dir=shared / "host", user=user)
+        try:
+            return await run(rt, task(["sh", "-c", "id -u; id -G"]))
+        finally:
+            await rt.close()
+
+    try:
+        outcome = uvloop.run(main())
+    finally:
+        shutil.rmtree(shared)
+    assert outcome.stdout == f"{user.uid}\n{user.gid}\n", outcome

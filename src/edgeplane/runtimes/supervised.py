@@ -17,6 +17,7 @@ longer its parent, so it polls the shell by pid and reads the exit status from t
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -85,6 +86,13 @@ def read_exit(attempt_dir: Path) -> int | None:
     return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
+def _become(uid: int, gid: int) -> None:
+    """In a forked child: the user ``uid`` with the group ``gid`` and no other groups."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
 def _private(path: Path) -> int:
     """``path`` opened for writing, new and readable by the worker's user only."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -107,7 +115,12 @@ async def spawn(
     """
     wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", *argv]
     if user is not None and user.switches:
-        options.update(user=user.uid, group=user.gid, extra_groups=[])
+        if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+            options.update(user=user.uid, group=user.gid, extra_groups=[])
+        else:
+            # uvloop (the loop of `edgeplane up`) refuses user/group/extra_groups: the
+            # same three calls, made in the child between fork and exec (no lock taken)
+            options["preexec_fn"] = functools.partial(_become, user.uid, user.gid)
     fds = [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
     try:
         return await asyncio.create_subprocess_exec(
