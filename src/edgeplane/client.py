@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
@@ -337,13 +338,16 @@ def _run_body(
     spec: RunSpec | AppSpec, items: Literal["tasks", "services"] = "tasks"
 ) -> dict[str, Any]:
     """A job, workflow or application body with every task's (service's) ``file`` as base64."""
+    # (REVEAL: a model's secret env is dumped as ``***`` otherwise; it is sent to the API)
     if isinstance(spec, BaseModel):
-        return spec.model_dump(mode="json", exclude_unset=True)
+        return spec.model_dump(mode="json", exclude_unset=True, context=REVEAL)
     body = dict(spec)
     listed = body.get(items)
     if isinstance(listed, list | tuple):
         body[items] = [
-            t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
+            t.model_dump(mode="json", exclude_unset=True, context=REVEAL)
+            if isinstance(t, BaseModel)
+            else _spec(t)
             for t in listed
         ]
     return body

@@ -86,6 +86,7 @@ class Manager:
         )
         if auth is not None:
             core.sign = auth.sign
+            core.sealing_key = auth.sealing_key
         self.registry = core.registry
         self.stats = core.stats
         #: this manager process's id; task.start sequence numbers count within it

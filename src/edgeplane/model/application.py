@@ -37,7 +37,10 @@ class ServiceSpec(TaskSpec):
     restart: RestartPolicy = "always"
 
     def revision(self) -> str:
-        """Hash of what an instance runs: instances of an older revision are rolled over."""
+        """Hash of what an instance runs: instances of an older revision are rolled over.
+
+        Secret values are left out (their names are in): the revision is shown to every
+        reader, and a hash of a weak secret could be searched for offline."""
         body = self.model_dump(mode="json", exclude=_NOT_IN_REVISION)
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
@@ -40,6 +41,7 @@ from edgeplane.model.bounds import (
     Url,
 )
 from edgeplane.model.cluster import GeoConstraint
+from edgeplane.model.secrets import Redacted, SecretDict, check_disjoint
 
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
@@ -119,6 +121,9 @@ class TaskSpec(BaseModel):
     inputs: JsonArray = Field(default_factory=list)
     cli_args: Args = Field(default_factory=list)
     env: Env = Field(default_factory=dict)
+    #: env whose values are secret: given to the runtime merged with ``env``, shown as
+    #: ``***`` by every read, sent only to the worker that runs the task (docs/security.md)
+    secret_env: Annotated[Env, Redacted] = Field(default_factory=dict, repr=False)
     command: Args | None = None
     image: Name | None = None
     limits: Limits = Field(default_factory=Limits)
@@ -142,6 +147,13 @@ class TaskSpec(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _not_in_env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if value:
+            check_disjoint(info.data.get("env") or {}, value)
+        return value
 
 
 class TaskPatch(BaseModel):
@@ -213,6 +225,8 @@ class Task(BaseModel):
     inputs: list[Any] = Field(default_factory=list)
     cli_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: stored as given; every read shows ``***`` for each value (``model.secrets``)
+    secret_env: SecretDict = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)

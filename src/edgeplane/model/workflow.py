@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
 from edgeplane.limits import MAX_RUN_TASKS
 from edgeplane.model.bounds import Cron, JsonObject, Name, Project, Timezone
+from edgeplane.model.secrets import redact_template, revealing
 from edgeplane.model.task import CatchUp, Task, TaskSpec
 
 JobMode = Literal["parallel", "sequential", "dag"]
@@ -95,3 +96,8 @@ class Schedule(BaseModel):
     runs: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @field_serializer("spec")
+    def _redacted(self, spec: dict[str, Any], info: SerializationInfo) -> dict[str, Any]:
+        """The template's ``secret_env`` values are ``***`` unless revealed (the store)."""
+        return spec if revealing(info) else redact_template(spec)

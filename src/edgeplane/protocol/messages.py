@@ -81,6 +81,11 @@ class Assignment(_Body):
     inputs: list[Any] = Field(default_factory=list)
     cli_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: the task's secret env, sealed to the receiving member (``sealing.py``) when the
+    #: manager holds a key for it, else in the clear in ``secret_env`` (a broker edgeplane
+    #: does not secure: docs/security.md, "Secrets"); the receiver merges it into ``env``
+    sealed_env: str | None = Field(default=None, repr=False)
+    secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)

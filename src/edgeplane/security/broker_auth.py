@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from edgeplane.errors import Invalid, NotFound, Unauthorized
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.protocol.sealing import derive
 from edgeplane.protocol.signing import sign
 
 #: The manager's MQTT username: ``$`` is not allowed in a worker id, so no worker can
@@ -135,6 +136,12 @@ class BrokerAuth:
         without a key: one of a broker that does not know it, e.g. an external one)."""
         key = self._keys.get(worker_id)
         return message if key is None else sign(key, message)
+
+    def sealing_key(self, worker_id: str) -> bytes | None:
+        """The key ``worker_id``'s secret env is sealed with (None: it has no identity
+        here). Derived on each call: only tasks with secret env ask for it."""
+        key = self._keys.get(worker_id)
+        return None if key is None else derive(key)
 
     # ------------------------------------------------------------------ workers
     def add_worker(self, worker_id: str, token: str | None = None) -> Credentials:

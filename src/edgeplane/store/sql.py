@@ -46,6 +46,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.documents import M, read
@@ -132,7 +133,7 @@ def _task_row(task: Task) -> dict[str, Any]:
         "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
-        "doc": task.model_dump_json(),
+        "doc": task.model_dump_json(context=REVEAL),
     }
 
 
@@ -172,7 +173,7 @@ def _schedule_row(schedule: Schedule) -> dict[str, Any]:
         "next_run": schedule.next_run,
         "project": schedule.project,
         "created_at": schedule.created_at,
-        "doc": schedule.model_dump_json(),
+        "doc": schedule.model_dump_json(context=REVEAL),
     }
 
 
@@ -182,7 +183,7 @@ def _application_row(app: Application) -> dict[str, Any]:
         "name": app.name,
         "project": app.project,
         "created_at": app.created_at,
-        "doc": app.model_dump_json(),
+        "doc": app.model_dump_json(context=REVEAL),
     }
 
 
