@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -141,6 +141,7 @@ class ControlPlane:
         root: bool = False,
         serve_api: bool = True,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -150,7 +151,9 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.manager = Manager(
+            settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
+        )
         self.auth = auth
         desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)

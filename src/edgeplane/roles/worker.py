@@ -39,6 +39,7 @@ def build_worker(
     labels: Mapping[str, str] | None = None,
     modules: ModuleCache | None = None,
     identity: Identity | None = None,
+    secret_key: bytes | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
     ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
@@ -74,6 +75,7 @@ def build_worker(
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
+        secret_key=secret_key,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 

@@ -204,6 +204,10 @@ class WorkerOptions:
     password: str | None = field(default=None, repr=False)
     #: the key the manager's commands must be signed with (None: unsigned accepted)
     mac_key: bytes | None = field(default=None, repr=False)
+    #: the key secret env is sealed to this worker with is derived from this one, else
+    #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
+    #: edgeplane's, so they have no ``mac_key``)
+    secret_key: bytes | None = field(default=None, repr=False)
 
 
 class WorkerAgent:
@@ -222,7 +226,7 @@ class WorkerAgent:
         self.runtimes = dict(runtimes)
         self.cleaners = dict(cleaners or {})
         self.handles = HandleStore(options.data_dir / "handles")
-        key = options.mac_key
+        key = options.secret_key or options.mac_key
         self._sealing_key = None if key is None else sealing.derive(key)
         #: attempts with a handle record on disk
         self._persisted: set[Key] = set()
