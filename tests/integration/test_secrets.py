@@ -234,3 +234,25 @@ async def test_a_secret_crosses_an_external_broker_sealed(
     _assert_nowhere(answers, sniffer, captured, tmp_path)
     key = tmp_path / "workers" / "local-1" / "secret-key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+async def test_a_secret_reaches_a_worker_through_the_root_and_its_cluster(
+    tmp_path: Path, unique_domain: str, captured: Captured
+) -> None:
+    """root → cluster → worker: the cluster's manager stores the secret (its retries need
+    it) and seals it to its worker. The root's broker has no identities for clusters yet,
+    so the root sends it to the cluster in the clear and says so in a warning."""
+    async for _, http in start_stack(
+        tmp_path, "", "memory://", unique_domain, clusters=1, workers=1
+    ):
+        created = await http.post("/tasks", params={"wait": WAIT_S}, json=secret_task(start=True))
+        assert created.status_code == 201, created.text
+        task = created.json()
+        assert task["state"] == "completed", task
+        assert DIGEST in task["stdout"]
+        read = await http.get(f"/tasks/{task['id']}")
+        assert read.json()["secret_env"] == {"API_KEY": "***"}
+        assert VALUE not in created.text + read.text
+    assert not [line for line in captured.lines if VALUE in line]
+    assert any("secret env sent to a cluster in the clear" in line for line in captured.lines)
