@@ -126,6 +126,9 @@ async def _exercise(stack: Stack, http: httpx.AsyncClient, sniffer: Sniffer) -> 
     for task_id in (created["id"], batch["items"][0]["id"]):
         done = seen(await http.get(f"/tasks/{task_id}", params={"wait": WAIT_S}), 200)
         assert done["state"] == "completed" and DIGEST in done["stdout"], done
+    # the store keeps the value itself: a retry or a restarted manager sends it again
+    stored = await stack.control.store.get_task(created["id"])
+    assert stored is not None and stored.secret_env == {"API_KEY": VALUE}
 
     # a job's task template, and the job's read
     job = seen(await http.post("/jobs", json={"name": "j", "tasks": [secret_task()]}), 201)
@@ -141,6 +144,8 @@ async def _exercise(stack: Stack, http: httpx.AsyncClient, sniffer: Sniffer) -> 
     seen(await http.post("/jobs", json={"tasks": [secret_task()], **cron}), 201)
     schedules = seen(await http.get("/schedules"), 200)["items"]
     assert {s["kind"] for s in schedules} == {"task", "job"}
+    kept = await stack.control.store.get_schedule(schedules[0]["id"])
+    assert kept is not None and VALUE in str(kept.spec)  # each run is made from it
     for schedule in schedules:
         spec = schedule["spec"]
         template = spec if schedule["kind"] == "task" else spec["tasks"][0]
@@ -254,5 +259,24 @@ async def test_a_secret_reaches_a_worker_through_the_root_and_its_cluster(
         read = await http.get(f"/tasks/{task['id']}")
         assert read.json()["secret_env"] == {"API_KEY": "***"}
         assert VALUE not in created.text + read.text
+        # an application's services are task bodies too: their reads redact them
+        service = {**secret_task(), "name": "web", "command": ["sleep", "30"], "replicas": 1}
+        app = await http.post("/applications", json={"name": "shop", "services": [service]})
+        assert app.status_code == 201, app.text
+        app_id = app.json()["id"]
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                view = await http.get(f"/applications/{app_id}")
+                instances = view.json()["services"][0]["instances"]
+                if instances and instances[0]["state"] == "running":
+                    break
+                await asyncio.sleep(0.05)
+        instance = await http.get(f"/tasks/{instances[0]['task_id']}")
+        assert instance.json()["secret_env"] == {"API_KEY": "***"}
+        listed = await http.get("/applications")
+        assert view.json()["spec"]["services"][0]["secret_env"] == {"API_KEY": "***"}
+        for answer in (app, view, instance, listed):
+            assert VALUE not in answer.text
+        assert (await http.delete(f"/applications/{app_id}")).status_code in (202, 204)
     assert not [line for line in captured.lines if VALUE in line]
     assert any("secret env sent to a cluster in the clear" in line for line in captured.lines)
