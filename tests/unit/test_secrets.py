@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Application, ApplicationSpec, Schedule, Task, TaskSpec, Workflow
+from edgeplane.model import (
+    Application,
+    ApplicationSpec,
+    JobSpec,
+    Schedule,
+    Task,
+    TaskSpec,
+    Workflow,
+)
 from edgeplane.model.secrets import REDACTED, REVEAL
 from edgeplane.protocol import Assignment, StartTasks, encode
 from edgeplane.protocol.sealing import derive, seal, unseal
@@ -199,3 +207,25 @@ def test_the_client_sends_a_model_s_secret_values_not_their_redaction() -> None:
     assert _run_body(job)["tasks"][0]["secret_env"] == {"K": SECRET}
     listed = {"tasks": [TaskSpec(name="a", secret_env={"K": SECRET})]}
     assert _run_body(listed)["tasks"][0]["secret_env"] == {"K": SECRET}  # type: ignore[arg-type]
+
+
+def test_the_text_of_a_validation_error_never_holds_a_secret() -> None:
+    """What a log line with a validation error would show (str of the error)."""
+    both = {"name": "a", "env": {"K": SECRET}, "secret_env": {"K": SECRET, "L=": SECRET}}
+    bad_bodies: list[tuple[type[Any], Any]] = [
+        (TaskSpec, both),
+        (JobSpec, {"tasks": [both]}),
+        (ApplicationSpec, {"name": "a", "services": [{**both, "replicas": -1}]}),
+        (Task, {"id": "t", "secret_env": {"K": 1}, "state": SECRET}),
+        (Assignment, {"task_id": "t", "attempt": 1, "secret_env": SECRET}),
+    ]
+    for model, body in bad_bodies:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(body)
+        assert SECRET not in str(caught.value), model
+    # one bad assignment of a command: its reason (sent back as the task's error) too
+    start = StartTasks.model_validate(
+        {"tasks": [{"task_id": "t", "attempt": 1, "runtime": "x", "secret_env": {"K": [SECRET]}}]}
+    )
+    (bad,) = start.unrunnable
+    assert "secret_env" in bad.reason and SECRET not in bad.reason

@@ -48,7 +48,7 @@ class ServiceSpec(TaskSpec):
 class ApplicationSpec(BaseModel):
     """``POST /applications`` / ``PUT /applications/{id}`` (YAML or JSON descriptor)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = Field(min_length=1, max_length=128)
     #: the application's project, which its instances are in too
@@ -101,7 +101,7 @@ ApplicationState = Literal["deploying", "running", "degraded", "deleting"]
 class Application(BaseModel):
     """The stored application: its descriptor and the instances the root keeps for it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it

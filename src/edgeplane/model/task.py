@@ -107,7 +107,9 @@ def _no_defaults(schema: dict[str, Any]) -> None:
 class TaskSpec(BaseModel):
     """A task as a user submits it (DESIGN §3). Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    #: (hide_input_in_errors here and on every model holding task bodies: the text of a
+    #: validation error, which may be logged, must not carry secret env values)
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = ""
     #: the project the task belongs to: one of the caller's (docs/security.md)
@@ -208,7 +210,7 @@ class Placement(BaseModel):
 class Task(BaseModel):
     """The task document: stored, returned by the API, updated by the manager."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it

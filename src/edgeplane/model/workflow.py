@@ -21,7 +21,7 @@ TERMINAL_WORKFLOW_STATES: frozenset[str] = frozenset({"completed", "failed", "ca
 class WorkflowSpec(BaseModel):
     """``POST /workflows``: tasks linked by ``depends_on`` (names or ids) and ``run_if``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = ""
     #: the run's project, which its tasks are in too (theirs is ignored)
@@ -45,7 +45,7 @@ class JobSpec(WorkflowSpec):
 class Workflow(BaseModel):
     """A job or a workflow run; ``tasks`` is filled in API answers, not stored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it
@@ -79,7 +79,7 @@ ScheduleKind = Literal["task", "job"]
 class Schedule(BaseModel):
     """A cron schedule of a task or a job; each slot fires once (run id ``id:slot``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it

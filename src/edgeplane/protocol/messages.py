@@ -18,7 +18,8 @@ from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, L
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    #: (hide_input_in_errors: an assignment's error text must not carry its secret env)
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
 
 class Hello(_Body):
