@@ -280,3 +280,30 @@ async def test_a_secret_reaches_a_worker_through_the_root_and_its_cluster(
         assert (await http.delete(f"/applications/{app_id}")).status_code in (202, 204)
     assert not [line for line in captured.lines if VALUE in line]
     assert any("secret env sent to a cluster in the clear" in line for line in captured.lines)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+async def test_a_retry_on_another_worker_gets_the_secret_again(
+    tmp_path: Path, unique_domain: str, captured: Captured
+) -> None:
+    """The store keeps the value for retries: the worker running the first attempt leaves,
+    the second attempt runs on the other worker (a new attempt, a new worker: sealed anew)
+    and sees the secret."""
+    flag = tmp_path / "first-attempt-ran"
+    script = f'printf %s "$API_KEY" | sha256sum; [ -e {flag} ] || {{ touch {flag}; sleep 60; }}'
+    body = secret_task(command=["sh", "-c", script], retries=1, start=True)
+    async for stack, http in start_stack(tmp_path, "", "memory://", unique_domain, workers=2):
+        created = await http.post("/tasks", json=body)
+        assert created.status_code == 201, created.text
+        task_id = created.json()["id"]
+        async with asyncio.timeout(WAIT_S):
+            while not flag.exists():  # noqa: ASYNC110 -- a file has no event
+                await asyncio.sleep(0.02)
+        first = (await http.get(f"/tasks/{task_id}")).json()
+        holder = next(w for w in stack.workers if w.id == first["worker_id"])
+        await holder.stop()  # leaving: its tasks are placed again at once
+        done = (await http.get(f"/tasks/{task_id}", params={"wait": WAIT_S})).json()
+        assert done["state"] == "completed", done
+        assert done["attempt"] == 2 and done["worker_id"] != holder.id, done
+        assert DIGEST in done["stdout"] and VALUE not in str(done)
+    assert not [line for line in captured.lines if VALUE in line]
