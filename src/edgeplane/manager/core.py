@@ -63,6 +63,9 @@ class Core:
     resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
     #: adds the member's command MAC to a message (``BrokerAuth.sign``; none by default)
     sign: Callable[[str, bytes], bytes] = lambda member_id, message: message
+    #: the owner a member that registers gets: its join token's (``BrokerAuth.owner_of``;
+    #: none by default)
+    owner_at_join: Callable[[str], str | None] = lambda member_id: None
 
     @property
     def member(self) -> str:

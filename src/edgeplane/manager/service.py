@@ -86,6 +86,7 @@ class Manager:
         )
         if auth is not None:
             core.sign = auth.sign
+            core.owner_at_join = auth.owner_of
         self.registry = core.registry
         self.stats = core.stats
         #: this manager process's id; task.start sequence numbers count within it
@@ -111,6 +112,10 @@ class Manager:
         self.workers = self.members.workers
         self.worker = self.members.worker
         self.drain_worker = self.members.drain_worker
+        self.undrain_worker = self.members.undrain_worker
+        self.set_owner = self.members.set_owner
+        self.owner_of = self.members.owner_of
+        self.disown = self.members.disown
         self.delete_worker = self.members.delete_worker
 
     # ------------------------------------------------------------------ lifecycle
