@@ -509,3 +509,45 @@ async def test_ownership_survives_a_manager_restart(
             f"/api/v1/workers/{node}/drain", headers={"Authorization": f"Bearer {ann}"}
         )
         assert drained.status_code == 200 and drained.json()["owner"] == "ann", drained.text
+
+
+async def test_outside_clients_field_names_work_beside_ours(world: World) -> None:
+    http = world.http
+    made = await http.post(
+        "/api/v1/users",
+        json={"username": "uma", "password": PASSWORD, "role": "operator", "projects": ["lab"]},
+        headers=ADMIN,
+    )
+    user = await _ok(made, 201)
+    assert (user["name"], user["role"], user["projects"]) == ("uma", "operator", ["lab"])
+    pair = await _ok(
+        await http.post("/api/v1/auth/login", json={"username": "uma", "password": PASSWORD})
+    )
+    assert set(pair) >= {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert pair["token_type"] == "bearer" and pair["expires_in"] > 0
+    uma = {"Authorization": f"Bearer {pair['access_token']}"}
+    for name in ("expires_in_s", "expires_in"):
+        body = {"name": "ci", "scopes": ["read"], name: 60}
+        token = await _ok(await http.post("/api/v1/tokens", json=body, headers=uma), 201)
+        assert token["id"] and token["token"] and token["scopes"] == ["read"]
+        assert token["expires_at"] == pytest.approx(token["created_at"] + 60)
+        mine = {"Authorization": f"Bearer {token['token']}"}
+        await _ok(await http.get("/api/v1/tasks", headers=mine))
+    both = [
+        ("/api/v1/users", {"name": "a", "username": "a", "password": PASSWORD}, ADMIN, "name"),
+        (
+            "/api/v1/auth/login",
+            {"name": "uma", "username": "uma", "password": PASSWORD},
+            {},
+            "name",
+        ),
+        ("/api/v1/tokens", {"expires_in": 5, "expires_in_s": 5}, uma, "expires_in"),
+    ]
+    for path, body, headers, field in both:
+        refused = await http.post(path, json=body, headers=headers)
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["field"] == field, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+    # neither name: the field is missing, named by its first name
+    missing = await http.post("/api/v1/users", json={"password": PASSWORD}, headers=ADMIN)
+    assert missing.status_code == 422 and missing.json()["field"] == "name", missing.text
