@@ -441,6 +441,12 @@ async def test_only_an_admin_gives_a_node_and_only_to_a_user(world: World) -> No
     await _ok(await http.put(url, json={"owner": "opal"}, headers=ADMIN))
     drained = await http.post(f"/api/v1/workers/{node}/drain", headers=world.auth["opal"])
     assert drained.status_code == 200, drained.text
+    # taken from her: refused at once (the token cache keeps roles, never ownership)
+    await _ok(await http.put(url, json={"owner": "vera"}, headers=ADMIN))
+    undrain = f"/api/v1/workers/{node}/undrain"
+    assert (await http.post(undrain, headers=world.auth["opal"])).status_code == 403
+    await _ok(await http.post(undrain, headers=world.auth["vera"]))
+    await _ok(await http.put(url, json={"owner": "opal"}, headers=ADMIN))
     # the user goes: so does their ownership (a new "opal" inherits nothing)
     await _ok(await http.delete("/api/v1/users/opal", headers=ADMIN), 204)
     assert (await _ok(await http.get(f"/api/v1/workers/{node}", headers=ADMIN)))["owner"] is None

@@ -72,6 +72,8 @@ def test_the_owner_may_what_an_admin_may_on_their_node_only(method: str, path: s
         ("POST", "/api/v1/workers-n1/drain"),
         ("POST", "/api/v1/join-tokens"),
         ("DELETE", "/api/v1/users/ann"),
+        ("PUT", "/api/v1/workers/n1/chutes/../owner"),
+        ("DELETE", "/api/v1/workers/../users/bob"),
     ],
 )
 def test_owning_a_node_gives_nothing_else(method: str, path: str) -> None:

@@ -97,6 +97,8 @@ def node_of(path: str) -> str | None:
     node, _, below = rest[len(_NODES) :].partition("/")
     if not node or (below and below.split("/", 1)[0] not in OWNER_MANAGES):
         return None
+    if any(part in (".", "..") for part in rest.split("/")):
+        return None  # nothing routes such a path today; a later route must not see one
     return node
 
 
