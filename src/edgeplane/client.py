@@ -440,6 +440,14 @@ class _Calls:
         return _Call("POST", f"/workers/{_seg(worker_id)}/drain", _worker)
 
     @staticmethod
+    def undrain_worker(worker_id: str) -> _Call[Worker]:
+        return _Call("POST", f"/workers/{_seg(worker_id)}/undrain", _worker)
+
+    @staticmethod
+    def set_worker_owner(worker_id: str, owner: str | None) -> _Call[Worker]:
+        return _Call("PUT", f"/workers/{_seg(worker_id)}/owner", _worker, body={"owner": owner})
+
+    @staticmethod
     def delete_worker(worker_id: str) -> _Call[None]:
         return _Call("DELETE", f"/workers/{_seg(worker_id)}", _nothing)
 
@@ -809,6 +817,13 @@ class Client(_Base):
     def drain_worker(self, worker_id: str) -> Worker:
         return self._send(_Calls.drain_worker(worker_id))
 
+    def undrain_worker(self, worker_id: str) -> Worker:
+        return self._send(_Calls.undrain_worker(worker_id))
+
+    def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return self._send(_Calls.set_worker_owner(worker_id, owner))
+
     def delete_worker(self, worker_id: str) -> None:
         self._send(_Calls.delete_worker(worker_id))
 
@@ -1094,6 +1109,13 @@ class AsyncClient(_Base):
 
     async def drain_worker(self, worker_id: str) -> Worker:
         return await self._send(_Calls.drain_worker(worker_id))
+
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        return await self._send(_Calls.undrain_worker(worker_id))
+
+    async def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return await self._send(_Calls.set_worker_owner(worker_id, owner))
 
     async def delete_worker(self, worker_id: str) -> None:
         await self._send(_Calls.delete_worker(worker_id))

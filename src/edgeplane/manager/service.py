@@ -91,6 +91,7 @@ class Manager:
         if auth is not None:
             core.sign = auth.sign
             core.sealing_key = auth.sealing_key
+            core.owner_at_join = auth.owner_of
         elif secret_keys:
             derived = {member: sealing.derive(key) for member, key in secret_keys.items()}
             core.sealing_key = derived.get
@@ -119,6 +120,10 @@ class Manager:
         self.workers = self.members.workers
         self.worker = self.members.worker
         self.drain_worker = self.members.drain_worker
+        self.undrain_worker = self.members.undrain_worker
+        self.set_owner = self.members.set_owner
+        self.owner_of = self.members.owner_of
+        self.disown = self.members.disown
         self.delete_worker = self.members.delete_worker
 
     # ------------------------------------------------------------------ lifecycle
