@@ -20,6 +20,9 @@ usage: install-worker.sh --manager mqtt[s]://HOST:PORT --join TOKEN [options]
   --label K=V          worker label, repeatable
   --allow-host         let the worker run host commands (as user edgeplane, sandboxed)
   --containers         container tasks: runs the worker as root (drop-in containers.conf)
+  --task-user          host tasks as the user edgeplane-task, not as the worker's own user:
+                       runs the worker as root with only the capabilities to switch
+                       (drop-in host-user.conf); implied for host tasks by --containers
   --package SPEC       what pip installs (default: this checkout, else `edgeplane`)
   --python PATH        python3 that makes the venv (default: python3)
   --dry-run            print what would be done; change nothing
@@ -30,7 +33,7 @@ die() { echo "install-worker.sh: $*" >&2; exit 2; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MANAGER="" JOIN="${EDGEPLANE_JOIN_TOKEN:-}" CA="" CLUSTER="local" ALLOW_HOST=false
-CONTAINERS=false PACKAGE="" PYTHON=python3 DRY=false
+CONTAINERS=false TASK_USER=false PACKAGE="" PYTHON=python3 DRY=false
 LABELS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --label) LABELS+=("${2:-}"); shift 2 ;;
     --allow-host) ALLOW_HOST=true; shift ;;
     --containers) CONTAINERS=true; shift ;;
+    --task-user) TASK_USER=true; shift ;;
     --package) PACKAGE="${2:-}"; shift 2 ;;
     --python) PYTHON="${2:-}"; shift 2 ;;
     --dry-run) DRY=true; shift ;;
@@ -106,12 +110,19 @@ if ! getent passwd edgeplane >/dev/null 2>&1; then
 fi
 run "$PYTHON" -m venv /opt/edgeplane
 run /opt/edgeplane/bin/pip install --quiet "$PACKAGE"
+# A root worker (either drop-in) runs host tasks as edgeplane-task when that user exists
+if { [ "$TASK_USER" = true ] || [ "$CONTAINERS" = true ]; } \
+    && ! getent passwd edgeplane-task >/dev/null 2>&1; then
+  run useradd --system --no-create-home --shell /usr/sbin/nologin edgeplane-task
+fi
 if [ -n "$CA" ]; then run install -D -m 0644 "$CA" /etc/edgeplane/ca.pem; fi
 printf '%s\n' "$ENV_FILE" | write /etc/edgeplane/worker.env 0600
 write /etc/systemd/system/edgeplane-worker.service 0644 < "$HERE/systemd/edgeplane-worker.service"
+DROP_INS=/etc/systemd/system/edgeplane-worker.service.d
 if [ "$CONTAINERS" = true ]; then
-  write /etc/systemd/system/edgeplane-worker.service.d/containers.conf 0644 \
-    < "$HERE/systemd/edgeplane-worker.service.d/containers.conf"
+  write "$DROP_INS/containers.conf" 0644 < "$HERE/systemd/edgeplane-worker.service.d/containers.conf"
+elif [ "$TASK_USER" = true ]; then
+  write "$DROP_INS/host-user.conf" 0644 < "$HERE/systemd/edgeplane-worker.service.d/host-user.conf"
 fi
 run systemctl daemon-reload
 run systemctl enable --now edgeplane-worker.service

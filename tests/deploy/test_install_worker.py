@@ -88,6 +88,22 @@ def test_containers_add_the_drop_in_and_the_token_may_come_from_the_environment(
     assert "EDGEPLANE_CA" not in env
 
 
+def test_task_user_adds_its_user_and_the_host_user_drop_in() -> None:
+    done = install(
+        "--manager", "mqtt://h:1883", "--join", TOKEN, "--allow-host", "--task-user", "--dry-run"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    if subprocess.run(["getent", "passwd", "edgeplane-task"], check=False).returncode != 0:
+        assert "+ useradd --system --no-create-home --shell /usr/sbin/nologin edgeplane-task" in (
+            done.stdout
+        )
+    conf = written(done.stdout, "/etc/systemd/system/edgeplane-worker.service.d/host-user.conf")
+    assert "User=root" in conf and "CapabilityBoundingSet=CAP_SETUID" in conf
+    assert "+ write /etc/systemd/system/edgeplane-worker.service.d/containers.conf" not in (
+        done.stdout
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -92,6 +92,19 @@ def test_the_container_drop_in_relaxes_only_what_runc_needs(tmp_path: Path) -> N
     assert "EDGEPLANE_CONTAINERS=true" in conf
 
 
+def test_the_host_user_drop_in_is_root_with_only_the_capabilities_to_switch(
+    tmp_path: Path,
+) -> None:
+    units = unit_dir(tmp_path, "host-user.conf")
+    done = analyze(units, "security", "--offline=true", "edgeplane-worker.service")
+    failed = [line for line in done.stdout.splitlines() if line.startswith("✗")]
+    assert any("Service runs as root user" in line for line in failed)
+    for absent in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE"):
+        assert not any(absent in line for line in failed), absent
+    assert any("CAP_SET(UID|GID|PCAP)" in line for line in failed)  # the one it needs
+    assert not any("RestrictNamespaces" in line for line in failed)  # the rest stays
+
+
 def test_the_worker_survives_its_tasks_crash_policy() -> None:
     """Host and container tasks outlive a crashed worker (it re-attaches): systemd must not
     kill the cgroup when the worker dies; a refused join token (exit 2) is not retried."""
