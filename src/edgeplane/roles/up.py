@@ -136,6 +136,7 @@ def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
             "data_dir": data_dir,
             "store": f"sqlite:///{data_dir / 'edgeplane.db'}",
             "broker": "",
+            "broker_port": 0,  # each cluster's broker picks its own
             "root": root_url,
             "clusters": 0,
         }
