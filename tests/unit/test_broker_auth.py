@@ -68,7 +68,7 @@ def auth_in(path: Path, clock: Clock | None = None) -> tuple[BrokerAuth, list[in
 
 def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     auth, reloads = auth_in(tmp_path / "b")
-    auth.add_worker("w1")
+    auth.add_member("w1")
     assert reloads == [1]
     for name in ("passwd", "acl", "identities.json"):
         assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o600
@@ -84,8 +84,8 @@ def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     first, _ = auth_in(tmp_path)
-    credentials = first.add_worker("w1")
-    token, secret = first.create_token(ttl_s=60, labels={"a": "b"}, worker_id=None)
+    credentials = first.add_member("w1")
+    token, secret = first.create_token(ttl_s=60, labels={"a": "b"}, member_id=None)
     again, _ = auth_in(tmp_path)
     assert again.manager == first.manager
     assert again.sign("w1", b"{}") == first.sign("w1", b"{}") != b"{}"
@@ -101,14 +101,14 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_redeem_checks_secret_expiry_and_ownership(tmp_path: Path) -> None:
     clock = Clock()
     auth, _ = auth_in(tmp_path, clock)
-    _, secret = auth.create_token(ttl_s=60, labels={"site": "x"}, worker_id=None)
+    _, secret = auth.create_token(ttl_s=60, labels={"site": "x"}, member_id=None)
     credentials, labels = auth.redeem(secret, "edge-1")
     assert credentials.username == "edge-1" and labels == {"site": "x"}
     with pytest.raises(Unauthorized):
         auth.redeem(secret + "x", "edge-5")
     with pytest.raises(Invalid):
         auth.redeem(secret, "bad/id")
-    auth.add_worker("taken")
+    auth.add_member("taken")
     with pytest.raises(Unauthorized, match="joined already"):
         auth.redeem(secret, "taken")
     with pytest.raises(Unauthorized, match="joined already"):  # not even with its token
@@ -122,11 +122,11 @@ def test_redeem_checks_secret_expiry_and_ownership(tmp_path: Path) -> None:
 
 def test_deleting_a_token_revokes_its_workers(tmp_path: Path) -> None:
     auth, reloads = auth_in(tmp_path)
-    token, secret = auth.create_token(ttl_s=60, labels={}, worker_id="pinned")
+    token, secret = auth.create_token(ttl_s=60, labels={}, member_id="pinned")
     auth.redeem(secret, "ignored")
-    assert auth.has_worker("pinned") and auth.sign("pinned", b"{}") != b"{}"
+    assert auth.has_member("pinned") and auth.sign("pinned", b"{}") != b"{}"
     assert auth.delete_token(token.id) == ["pinned"]
-    assert not auth.has_worker("pinned") and auth.sign("pinned", b"{}") == b"{}"
+    assert not auth.has_member("pinned") and auth.sign("pinned", b"{}") == b"{}"
     assert "pinned" not in auth.password_text()
     with pytest.raises(NotFound):
         auth.delete_token(token.id)

@@ -1,4 +1,5 @@
-"""/api/v1/join-tokens: tokens a worker joins with (docs/broker-security.md).
+"""/api/v1/join-tokens: tokens a worker joins its manager's broker with, or a cluster's
+manager its root's (docs/broker-security.md).
 
 Admin-only, reads included (``edgeplane.security.roles``, docs/security.md).
 """
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.api.routing import JsonRoute
-from edgeplane.errors import Conflict
+from edgeplane.errors import Conflict, Invalid
 from edgeplane.model.bounds import Label
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
 from edgeplane.security.broker_auth import BrokerAuth, JoinToken
@@ -29,12 +30,15 @@ class JoinTokenRequest(BaseModel):
     ttl_s: float = Field(default=3600.0, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
     #: labels the joining worker gets
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=64)
-    #: the id the joining worker gets (default: the id it asks for)
+    #: the id the joining worker gets (default: the id it asks for); a manager's only
     worker_id: str | None = Field(default=None, pattern=WORKER_ID_PATTERN)
+    #: the only cluster that may join with it (default: any); a root's only
+    cluster_id: str | None = Field(default=None, pattern=WORKER_ID_PATTERN)
 
 
 class NewJoinToken(JoinToken):
-    #: the secret, shown this once: `edgeplane worker --join TOKEN`
+    #: the secret, shown this once: `edgeplane worker --join TOKEN` (at a root:
+    #: `edgeplane manager --root URL --join TOKEN`)
     token: str
 
 
@@ -53,9 +57,15 @@ AuthDep = Annotated[BrokerAuth, Depends(broker_auth)]
 
 @router.post("", response_model=NewJoinToken, status_code=201)
 async def create_join_token(body: JoinTokenRequest, auth: AuthDep) -> NewJoinToken:
-    token, secret = auth.create_token(
-        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id
-    )
+    wrong = "worker_id" if auth.topics.root else "cluster_id"
+    if getattr(body, wrong) is not None:
+        raise Invalid(
+            f"this {'root' if auth.topics.root else 'manager'}'s members are "
+            f"{auth.member}s: give {auth.member}_id",
+            field=wrong,
+        )
+    member_id = body.cluster_id if auth.topics.root else body.worker_id
+    token, secret = auth.create_token(ttl_s=body.ttl_s, labels=body.labels, member_id=member_id)
     return NewJoinToken(**token.model_dump(), token=secret)
 
 
@@ -66,6 +76,6 @@ async def list_join_tokens(auth: AuthDep) -> list[JoinToken]:
 
 @router.delete("/{token_id}", status_code=204)
 async def delete_join_token(token_id: str, auth: AuthDep) -> Response:
-    """Revoke the token and cut off every worker that joined with it."""
+    """Revoke the token and cut off every member that joined with it."""
     auth.delete_token(token_id)
     return Response(status_code=204)

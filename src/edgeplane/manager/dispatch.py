@@ -174,6 +174,7 @@ class Dispatcher:
     async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
         """One ``task.start``, with its seq taken now (see :meth:`send_batches`)."""
         core = self.core
+        cluster = core.level.member == "cluster"
         assignments = []
         for task in tasks:
             inline = None
@@ -181,26 +182,7 @@ class Dispatcher:
                 data = await self.artifact(task.artifact)
                 inline = None if data is None else await _base64(data)
                 entry.artifacts.add(task.artifact)
-            assignments.append(
-                Assignment(
-                    task_id=task.id,
-                    attempt=task.attempt,
-                    name=task.name,
-                    runtime=task.runtime,
-                    mode=task.mode,
-                    entrypoint=task.entrypoint,
-                    artifact=task.artifact,
-                    artifact_b64=inline,
-                    inputs=task.inputs,
-                    cli_args=task.cli_args,
-                    env=task.env,
-                    command=task.command,
-                    image=task.image,
-                    limits=task.limits,
-                    daemon=task.daemon,
-                    **core.level.command_extra(task),
-                )
-            )
+            assignments.append(Assignment.of(task, artifact_b64=inline, for_cluster=cluster))
         core.stats.dispatched += len(assignments)
         entry.sent_seq += 1
         seq = entry.sent_seq

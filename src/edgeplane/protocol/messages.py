@@ -14,7 +14,16 @@ from pydantic import (
 )
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, Limits, Usage
+from edgeplane.model import (
+    Aggregate,
+    Capabilities,
+    ClusterInfo,
+    Constraints,
+    Limits,
+    Task,
+    Usage,
+)
+from edgeplane.model.bounds import Project
 
 
 class _Body(BaseModel):
@@ -91,6 +100,44 @@ class Assignment(_Body):
     constraints: Constraints | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     pinned_worker: str | None = None
+    #: the task's project, which the cluster stores it in (docs/security.md "Projects")
+    project: Project = "default"
+
+    @classmethod
+    def of(
+        cls, task: Task, *, artifact_b64: str | None = None, for_cluster: bool = False
+    ) -> Assignment:
+        """The one place an assignment is built from a task: what a worker needs, and
+        ``for_cluster`` (root → cluster) also what the cluster's own scheduler and store
+        need."""
+        extra: dict[str, Any] = {}
+        if for_cluster:
+            extra = {
+                "retries": task.retries,
+                "priority": task.priority,
+                "constraints": task.constraints,
+                "metadata": task.metadata,
+                "pinned_worker": task.pinned_worker,
+                "project": task.project,
+            }
+        return cls(
+            task_id=task.id,
+            attempt=task.attempt,
+            name=task.name,
+            runtime=task.runtime,
+            mode=task.mode,
+            entrypoint=task.entrypoint,
+            artifact=task.artifact,
+            artifact_b64=artifact_b64,
+            inputs=task.inputs,
+            cli_args=task.cli_args,
+            env=task.env,
+            command=task.command,
+            image=task.image,
+            limits=task.limits,
+            daemon=task.daemon,
+            **extra,
+        )
 
 
 class Unrunnable(_Body):
