@@ -190,9 +190,9 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
-        secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens):
