@@ -14,7 +14,7 @@ from edgeplane.errors import Invalid, NotFound, Unauthorized
 from edgeplane.protocol import Topics, decode, encode
 from edgeplane.protocol.messages import StartTasks
 from edgeplane.protocol.signing import sign, verify
-from edgeplane.security.broker_auth import MANAGER_USER, BrokerAuth, mosquitto_hash
+from edgeplane.security.broker_auth import MANAGER_USER, ROOT_USER, BrokerAuth, mosquitto_hash
 
 KEY = b"k" * 32
 
@@ -80,6 +80,47 @@ def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     assert "pattern write d/c/join/%c" in acl
     writes = [line for line in acl.splitlines() if line.startswith("pattern write")]
     assert not [line for line in writes if line.endswith(("/cmd", "/welcome"))]
+
+
+def test_a_roots_files_name_the_root_and_each_cluster_with_its_own_leaves(
+    tmp_path: Path,
+) -> None:
+    auth = BrokerAuth(tmp_path, Topics.for_root("d"), Clock(), reload=lambda: None)
+    auth.add_member("a")
+    users = [line.split(":")[0] for line in auth.password_text().splitlines()]
+    assert users == [ROOT_USER, "a"]
+    acl = auth.acl_text().splitlines()
+    assert "pattern read d/clusters/%u/cmd" in acl
+    assert "pattern write d/clusters/%u/aggregate" in acl
+    assert "pattern write d/clusters/%u/metrics" not in acl
+    assert "pattern write d/clusters/join/%c/ask" in acl
+    assert "pattern read d/clusters/join/%c/welcome" in acl
+    assert acl[-2:] == [f"user {ROOT_USER}", "topic readwrite #"]
+
+
+def test_a_roots_token_for_one_cluster_is_refused_to_another(tmp_path: Path) -> None:
+    auth = BrokerAuth(tmp_path, Topics.for_root("d"), Clock(), reload=lambda: None)
+    token, secret = auth.create_token(ttl_s=60, labels={}, member_id="a")
+    assert (token.cluster_id, token.worker_id) == ("a", None)
+    with pytest.raises(Unauthorized, match="for cluster a"):
+        auth.redeem(secret, "b")
+    assert not auth.has_member("b") and auth.tokens()[0].clusters == []
+    credentials, _ = auth.redeem(secret, "a")
+    assert credentials.username == "a" and auth.tokens()[0].clusters == ["a"]
+    with pytest.raises(Invalid, match="cluster id"):
+        auth.add_member("no/slash")
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True), st.booleans())
+def test_join_topics_give_back_their_nonce_and_no_member_topic_is_one(
+    nonce: str, root: bool
+) -> None:
+    topics = Topics.for_root("d") if root else Topics("d", "c")
+    assert topics.join_nonce(topics.join(nonce)) == nonce
+    assert topics.join_nonce(topics.join_answer(nonce)) is None
+    # no join topic is a member's leaf (an anonymous client must not speak for one)
+    assert topics.member_of(topics.join(nonce)) is None
+    assert topics.member_of(topics.join_answer(nonce)) is None
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
