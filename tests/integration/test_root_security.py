@@ -154,12 +154,14 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
 async def test_joined_cluster_runs_tasks_in_their_project_and_keeps_its_identity(
     world: World,
 ) -> None:
-    shown = await world.token(cluster_id="a")
+    shown = await world.token(cluster_id="a", labels={"zone": "z1", "tier": "t"})
     assert shown["cluster_id"] == "a" and shown["worker_id"] is None
-    control = await world.start_cluster("a", join_token=shown["token"])
+    control = await world.start_cluster("a", join_token=shown["token"], labels={"tier": "own"})
     kept = control.settings.data_dir / "uplink" / joining.CREDENTIALS_FILE
     assert kept.stat().st_mode & 0o777 == 0o600
     await until(lambda: world.online("a"))
+    seen = (await world.http.get("/clusters/a")).json()
+    assert seen["labels"] == {"zone": "z1", "tier": "own"}  # the token's, under its own
     listed = (await world.http.get("/join-tokens")).json()
     assert listed[0]["clusters"] == ["a"] and listed[0]["workers"] == []
 

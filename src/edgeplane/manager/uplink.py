@@ -156,6 +156,8 @@ class Uplink:
                 extra={"root": self.root_url},
             )
         self.identity = identity
+        if identity is not None:  # the token's labels, under the cluster's own (--label)
+            self.info.labels = {**identity.labels, **self.info.labels}
         self.link = self._new_link()
         return identity
 
