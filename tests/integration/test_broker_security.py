@@ -410,3 +410,15 @@ async def test_join_tokens_need_a_broker_edgeplane_started(
         answer = await http.post("/join-tokens", json={})
         assert answer.status_code == 409, answer.text
         assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_manager_has_no_clusters_to_join_or_delete(
+    secured: tuple[Stack, httpx.AsyncClient, BrokerAuth],
+) -> None:
+    """``cluster_id`` tokens and ``DELETE /clusters`` are a root's (test_root_security.py)."""
+    _, http, auth = secured
+    wrong = await http.post("/join-tokens", json={"cluster_id": "c"})
+    assert wrong.status_code == 422 and "worker_id" in wrong.text, wrong.text
+    assert auth.tokens() == []
+    gone = await http.delete("/clusters/local")
+    assert gone.status_code == 409, gone.text
