@@ -87,11 +87,11 @@ class World:
         return shown
 
     async def start_cluster(
-        self, cluster_id: str, *, workers: int = 1, **values: Any
+        self, cluster_id: str, *, workers: int = 1, serve_api: bool = False, **values: Any
     ) -> ControlPlane:
         settings = self.settings(cluster_id, **values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        control = ControlPlane(settings, self.shared, serve_api=False)
+        control = ControlPlane(settings, self.shared, serve_api=serve_api)
         agents: list[WorkerAgent] = []
         self.clusters[cluster_id] = (control, agents)
         await control.start()
@@ -284,7 +284,7 @@ async def test_a_forged_root_command_is_refused_by_the_cluster(
     """A broker that let a stranger publish on a cluster's ``cmd`` (simulated with the
     root's own identity) still cannot make the cluster run anything."""
     shown = await world.token(cluster_id="c")
-    control = await world.start_cluster("c", join_token=shown["token"])
+    control = await world.start_cluster("c", join_token=shown["token"], serve_api=True)
     uplink = control.uplink
     assert uplink is not None
     await until(lambda: world.online("c"))
@@ -312,6 +312,8 @@ async def test_a_forged_root_command_is_refused_by_the_cluster(
         task = (await world.http.get(f"/tasks/{task_id}", params={"wait": WAIT_S})).json()
         assert task["state"] == "completed", task  # the root's signed commands still run
         assert uplink.unsigned == 2
+        metrics = (await world.http.get(control.url + "/metrics")).text  # the cluster's
+        assert "edgeplane_uplink_unsigned_total 2.0" in metrics
     finally:
         await intruder.link.stop()
 

@@ -28,6 +28,7 @@ from edgeplane.api.metrics import ManagerCollector
 from edgeplane.errors import EdgeplaneError, Forbidden
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
@@ -162,6 +163,7 @@ def create_app(
     max_body_mb: float = 64.0,
     accounts: Accounts | None = None,
     broker_auth: BrokerAuth | None = None,
+    uplink: Uplink | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -202,7 +204,7 @@ def create_app(
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
-    registry.register(ManagerCollector(manager))
+    registry.register(ManagerCollector(manager, uplink))
 
     @app.get(
         "/healthz",

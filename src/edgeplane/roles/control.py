@@ -202,6 +202,7 @@ class ControlPlane:
             self.applications,
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
+            uplink=self.uplink,
         )
         self.app = app
         config = uvicorn.Config(
