@@ -277,6 +277,11 @@ async def test_a_revoked_cluster_is_cut_off_at_once(world: World, how: str) -> N
     assert await refused(world.url, credentials)
     assert not world.auth.has_member("doomed")
 
+    async def gone_or_offline() -> bool:  # deleted, or lost as a silent cluster is
+        return not await world.online("doomed")
+
+    await until(gone_or_offline)
+
 
 async def test_a_forged_root_command_is_refused_by_the_cluster(
     world: World, tmp_path: Path
