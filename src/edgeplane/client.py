@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
@@ -343,13 +344,16 @@ def _run_body(
     spec: RunSpec | AppSpec, items: Literal["tasks", "services"] = "tasks"
 ) -> dict[str, Any]:
     """A job, workflow or application body with every task's (service's) ``file`` as base64."""
+    # (REVEAL: a model's secret env is dumped as ``***`` otherwise; it is sent to the API)
     if isinstance(spec, BaseModel):
-        return spec.model_dump(mode="json", exclude_unset=True)
+        return spec.model_dump(mode="json", exclude_unset=True, context=REVEAL)
     body = dict(spec)
     listed = body.get(items)
     if isinstance(listed, list | tuple):
         body[items] = [
-            t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
+            t.model_dump(mode="json", exclude_unset=True, context=REVEAL)
+            if isinstance(t, BaseModel)
+            else _spec(t)
             for t in listed
         ]
     return body
@@ -436,6 +440,14 @@ class _Calls:
         return _Call("POST", f"/workers/{_seg(worker_id)}/drain", _worker)
 
     @staticmethod
+    def undrain_worker(worker_id: str) -> _Call[Worker]:
+        return _Call("POST", f"/workers/{_seg(worker_id)}/undrain", _worker)
+
+    @staticmethod
+    def set_worker_owner(worker_id: str, owner: str | None) -> _Call[Worker]:
+        return _Call("PUT", f"/workers/{_seg(worker_id)}/owner", _worker, body={"owner": owner})
+
+    @staticmethod
     def delete_worker(worker_id: str) -> _Call[None]:
         return _Call("DELETE", f"/workers/{_seg(worker_id)}", _nothing)
 
@@ -511,6 +523,10 @@ class _Calls:
     @staticmethod
     def cluster(cluster_id: str) -> _Call[Cluster]:
         return _Call("GET", f"/clusters/{_seg(cluster_id)}", _cluster)
+
+    @staticmethod
+    def delete_cluster(cluster_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/clusters/{_seg(cluster_id)}", _nothing)
 
     @staticmethod
     def create_application(body: dict[str, Any]) -> _Call[ApplicationView]:
@@ -805,6 +821,13 @@ class Client(_Base):
     def drain_worker(self, worker_id: str) -> Worker:
         return self._send(_Calls.drain_worker(worker_id))
 
+    def undrain_worker(self, worker_id: str) -> Worker:
+        return self._send(_Calls.undrain_worker(worker_id))
+
+    def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return self._send(_Calls.set_worker_owner(worker_id, owner))
+
     def delete_worker(self, worker_id: str) -> None:
         self._send(_Calls.delete_worker(worker_id))
 
@@ -888,6 +911,10 @@ class Client(_Base):
 
     def cluster(self, cluster_id: str) -> Cluster:
         return self._send(_Calls.cluster(cluster_id))
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        self._send(_Calls.delete_cluster(cluster_id))
 
     def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""
@@ -1091,6 +1118,13 @@ class AsyncClient(_Base):
     async def drain_worker(self, worker_id: str) -> Worker:
         return await self._send(_Calls.drain_worker(worker_id))
 
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        return await self._send(_Calls.undrain_worker(worker_id))
+
+    async def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return await self._send(_Calls.set_worker_owner(worker_id, owner))
+
     async def delete_worker(self, worker_id: str) -> None:
         await self._send(_Calls.delete_worker(worker_id))
 
@@ -1180,6 +1214,10 @@ class AsyncClient(_Base):
 
     async def cluster(self, cluster_id: str) -> Cluster:
         return await self._send(_Calls.cluster(cluster_id))
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        await self._send(_Calls.delete_cluster(cluster_id))
 
     async def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""

@@ -131,6 +131,15 @@ BrokerHostOption = Annotated[
     str | None,
     typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
 ]
+BrokerPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--broker-port",
+        min=0,
+        max=65535,
+        help="Port of the embedded broker (default: the one it had before, else a free one).",
+    ),
+]
 TlsCertOption = Annotated[
     Path | None,
     typer.Option(
@@ -257,6 +266,7 @@ def up(
         ),
     ] = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
@@ -286,6 +296,7 @@ def up(
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
@@ -321,6 +332,7 @@ def root(
     heartbeat_s: HeartbeatOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -339,6 +351,7 @@ def root(
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -356,6 +369,14 @@ def manager(
     broker: ApiBrokerOption = None,
     root: Annotated[
         str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="With --root: join token from the root's `POST /api/v1/join-tokens` (or "
+            "$EDGEPLANE_JOIN_TOKEN): used once, the identity it buys is kept in the data dir.",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
     label: Annotated[
@@ -383,6 +404,7 @@ def manager(
     lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -394,6 +416,7 @@ def manager(
     flags = {
         "broker": broker,
         "root": root,
+        "join_token": join,
         "cluster_name": name,
         "labels": pairs(label, "--label") if label else None,
         "location": location,
@@ -409,6 +432,7 @@ def manager(
         "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -418,6 +442,8 @@ def manager(
     settings = _settings(flags, config)
     if settings.cluster_id == "clusters":
         raise typer.BadParameter("'clusters' is reserved", param_hint="--cluster-id")
+    if join and not settings.root:
+        raise typer.BadParameter("a join token is for a root: give --root too", param_hint="--join")
     if settings.location:
         from edgeplane.model.cluster import parse_location
 

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from edgeplane.api import create_app
 from edgeplane.config import Settings
+from edgeplane.errors import Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.schedules import Schedules
@@ -49,21 +50,23 @@ def with_trusted_ca(settings: Settings) -> Settings:
     return settings.model_copy(update={"ca": trusted_ca(settings.ca, settings.data_dir)})
 
 
-def broker_auth(settings: Settings) -> BrokerAuth | None:
-    """The identities of the broker this manager starts itself, or None when it was given
-    one (``--broker``): edgeplane locks down only brokers it starts, and an external
-    broker is the operator's to secure (a warning says so when its URL has no user)."""
+def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
+    """The identities of the broker this manager (or, ``root``, this root) starts itself,
+    or None when it was given one (``--broker``): edgeplane locks down only brokers it
+    starts, and an external broker is the operator's to secure (a warning says so when
+    its URL has no user)."""
+    member = "cluster" if root else "worker"
     if settings.broker:
         if parse_broker_url(settings.broker).username is None:
             log.warning(
-                "the broker is used without credentials: anyone who reaches it can act as "
-                "a worker (see docs/broker-security.md)",
+                f"the broker is used without credentials: anyone who reaches it can act as "
+                f"a {member} (see docs/broker-security.md)",
                 extra={"broker": str(parse_broker_url(settings.broker))},
             )
         return None
     return BrokerAuth(
         settings.data_dir / "broker",
-        Topics(settings.domain, settings.cluster_id),
+        Topics.for_root(settings.domain) if root else Topics(settings.domain, settings.cluster_id),
         now=time.time,
         reload=lambda: None,  # start_broker points it at the broker it starts
     )
@@ -77,12 +80,18 @@ async def start_broker(
     The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
     members were told its URL and dial it again, so a restarted root or manager on a new
     port would leave them offline for good. Only when that port is taken does it move
-    (logged, with the new URL)."""
+    (logged, with the new URL). ``broker_port`` fixes the port: taken, the broker does not
+    start (``Unavailable``)."""
     if settings.broker:
         return settings.broker
     port_file = settings.data_dir / "broker" / "port"
     recorded = _recorded_port(port_file)
-    port = recorded if recorded is not None and _free(recorded) else 0
+    if settings.broker_port:
+        port = settings.broker_port  # never moved: members and Services were told this one
+        if not _free(port):  # else a listener already there would pass for the broker
+            raise Unavailable(f"the embedded broker's port {port} (--broker-port) is taken")
+    else:
+        port = recorded if recorded is not None and _free(recorded) else 0
     tls = serving_tls(settings)
     refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
     files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
@@ -141,6 +150,7 @@ class ControlPlane:
         root: bool = False,
         serve_api: bool = True,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -150,9 +160,11 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.manager = Manager(
+            settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
+        )
         self.auth = auth
-        desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
+        desk_id = f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
         self.workflows = Workflows(facade)
@@ -168,6 +180,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         secure_data_dir(self.settings.data_dir, self.settings.store_url)
+        if self.uplink is not None:
+            # First: a refused join token stops the manager before it starts anything.
+            await self.uplink.join()
         await self.store.open()
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
@@ -197,6 +212,7 @@ class ControlPlane:
             self.applications,
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
+            uplink=self.uplink,
         )
         self.app = app
         config = uvicorn.Config(

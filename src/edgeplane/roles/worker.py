@@ -16,9 +16,10 @@ from edgeplane.protocol import Topics
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
 from edgeplane.runtimes.taskuser import configured
+from edgeplane.security import joining
+from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
-from edgeplane.worker import WorkerAgent, WorkerOptions, joining
-from edgeplane.worker.joining import CREDENTIALS_FILE, Identity
+from edgeplane.worker import WorkerAgent, WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def build_worker(
     labels: Mapping[str, str] | None = None,
     modules: ModuleCache | None = None,
     identity: Identity | None = None,
+    secret_key: bytes | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
     ``modules``, by default the process's one cache (see ``edgeplane.modules``).
@@ -111,6 +113,7 @@ def build_worker(
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
+        secret_key=secret_key,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 
@@ -121,6 +124,8 @@ async def run_worker(
     setup_logs(settings.log_level)
     announce_host_user(settings)
     data_dir = settings.data_dir / "worker"
+    # Only the worker's user: it keeps its credentials, handle records and container
+    # bundles here, which hold task env, secret env included (docs/security.md).
     secure_worker_dir(data_dir)
     broker_url = settings.broker or "mqtt://127.0.0.1:1883"
     identity = joining.load(data_dir)
@@ -130,10 +135,10 @@ async def run_worker(
         ca = trusted_ca(settings.ca, settings.data_dir)
         identity = await joining.join(broker_url, topics, settings.join_token, wanted, ca=ca)
         path = joining.save(data_dir, identity)
-        print(f"joined as {identity.worker_id}; identity kept in {path}", flush=True)
+        print(f"joined as {identity.member_id}; identity kept in {path}", flush=True)
     if identity is not None:
         # The identity's id is the broker username: the broker allows no other topics.
-        worker_id = identity.worker_id
+        worker_id = identity.member_id
         labels = {**identity.labels, **(labels or {})}
     agent = build_worker(
         settings,
