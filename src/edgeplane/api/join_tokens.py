@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Conflict
 from edgeplane.model.bounds import Label
@@ -52,9 +53,11 @@ AuthDep = Annotated[BrokerAuth, Depends(broker_auth)]
 
 
 @router.post("", response_model=NewJoinToken, status_code=201)
-async def create_join_token(body: JoinTokenRequest, auth: AuthDep) -> NewJoinToken:
+async def create_join_token(
+    body: JoinTokenRequest, auth: AuthDep, caller: CallerDep
+) -> NewJoinToken:
     token, secret = auth.create_token(
-        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id
+        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id, actor=caller.user
     )
     return NewJoinToken(**token.model_dump(), token=secret)
 
@@ -65,7 +68,7 @@ async def list_join_tokens(auth: AuthDep) -> list[JoinToken]:
 
 
 @router.delete("/{token_id}", status_code=204)
-async def delete_join_token(token_id: str, auth: AuthDep) -> Response:
+async def delete_join_token(token_id: str, auth: AuthDep, caller: CallerDep) -> Response:
     """Revoke the token and cut off every worker that joined with it."""
-    auth.delete_token(token_id)
+    auth.delete_token(token_id, actor=caller.user)
     return Response(status_code=204)

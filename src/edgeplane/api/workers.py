@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import NotFound
@@ -35,11 +35,13 @@ async def drain_worker(worker_id: str, manager: ManagerDep) -> Worker:
 
 
 @router.delete("/{worker_id}", status_code=204)
-async def delete_worker(worker_id: str, manager: ManagerDep, request: Request) -> Response:
+async def delete_worker(
+    worker_id: str, manager: ManagerDep, request: Request, caller: CallerDep
+) -> Response:
     """Forget the worker; on a broker edgeplane started, also revoke its identity first,
     which disconnects it at once (docs/broker-security.md)."""
     auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
-    revoked = auth is not None and auth.revoke_worker(worker_id)
+    revoked = auth is not None and auth.revoke_worker(worker_id, actor=caller.user)
     try:
         await manager.delete_worker(worker_id)
     except NotFound:

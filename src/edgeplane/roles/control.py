@@ -152,6 +152,8 @@ class ControlPlane:
         self.store: Store = open_store(settings.store_url)
         self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
         self.auth = auth
+        if auth is not None:  # identity changes go to the audit log (up's made before, too)
+            auth.report_to(self.manager.audit.record)
         desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade

@@ -26,6 +26,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from edgeplane.errors import Invalid, NotFound, Unauthorized
+from edgeplane.model import audit
+from edgeplane.model.audit import AuditRecord
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
 from edgeplane.protocol.signing import sign
@@ -43,6 +45,8 @@ PBKDF2_ROUNDS = 101
 WORKER_LEAVES = ("hello", "alive", "events", "metrics")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
+#: identity changes kept until an audit trail is attached (``report_to``)
+_UNREPORTED = 1000
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -107,7 +111,11 @@ class _State(BaseModel):
 
 class BrokerAuth:
     """The identities of one broker. ``reload`` makes the broker re-read the files (the
-    embedded broker's SIGHUP); it is called after every change."""
+    embedded broker's SIGHUP); it is called after every change.
+
+    Every change of an identity (join token made or deleted, worker joined, given
+    credentials, revoked) is reported as an :class:`AuditRecord` to the sink given to
+    :meth:`report_to`, with ``actor`` the admin whose call made it, else ``system``."""
 
     def __init__(
         self, directory: Path, topics: Topics, now: Callable[[], float], reload: Callable[[], None]
@@ -120,6 +128,8 @@ class BrokerAuth:
         self.acl_file = directory / ACL_FILE
         self._state_file = directory / STATE_FILE
         self._state = self._load()
+        self._report: Callable[[AuditRecord], None] | None = None
+        self._unreported: list[AuditRecord] = []
         self._keys = {w: bytes.fromhex(v.mac_key) for w, v in self._state.workers.items()}
         if not self._state.manager_password:
             self._state.manager_password = secrets.token_urlsafe(32)
@@ -136,10 +146,42 @@ class BrokerAuth:
         key = self._keys.get(worker_id)
         return message if key is None else sign(key, message)
 
+    # ------------------------------------------------------------------ audit
+    def report_to(self, sink: Callable[[AuditRecord], None]) -> None:
+        """Send identity changes to ``sink`` from now on (those made before, too)."""
+        self._report = sink
+        for record in self._unreported:
+            sink(record)
+        self._unreported = []
+
+    def _changed(
+        self, action: str, actor: str, kind: str, resource_id: str, detail: str | None = None
+    ) -> None:
+        record = AuditRecord(
+            at=self._now(),
+            actor=actor,
+            action=action,
+            resource=kind,
+            resource_id=resource_id,
+            detail=detail,
+        )
+        if self._report is not None:
+            self._report(record)
+        elif len(self._unreported) < _UNREPORTED:
+            self._unreported.append(record)
+
     # ------------------------------------------------------------------ workers
-    def add_worker(self, worker_id: str, token: str | None = None) -> Credentials:
+    def add_worker(
+        self, worker_id: str, token: str | None = None, *, actor: str = audit.SYSTEM
+    ) -> Credentials:
         """New credentials for ``worker_id`` (replacing any it had)."""
         check_worker_id(worker_id)
+        if token is not None:
+            action, detail = audit.WORKER_JOINED, f"join token {token}"
+        elif worker_id in self._state.workers:
+            action, detail = audit.CREDENTIALS_ROTATED, None
+        else:
+            action, detail = audit.CREDENTIALS_ISSUED, None
         password = secrets.token_urlsafe(32)
         key = secrets.token_bytes(32)
         self._state.workers[worker_id] = _Worker(
@@ -147,23 +189,30 @@ class BrokerAuth:
         )
         self._keys[worker_id] = key
         self._write()
+        self._changed(action, actor, "worker", worker_id, detail)
         return Credentials(worker_id, password, key)
 
     def has_worker(self, worker_id: str) -> bool:
         return worker_id in self._state.workers
 
-    def revoke_worker(self, worker_id: str) -> bool:
+    def revoke_worker(self, worker_id: str, *, actor: str = audit.SYSTEM) -> bool:
         """Remove ``worker_id``'s credentials; the broker disconnects it on reload."""
         gone = self._state.workers.pop(worker_id, None)
         self._keys.pop(worker_id, None)
         if gone is None:
             return False
         self._write()
+        self._changed(audit.WORKER_REVOKED, actor, "worker", worker_id)
         return True
 
     # ------------------------------------------------------------------ join tokens
     def create_token(
-        self, *, ttl_s: float, labels: Mapping[str, str], worker_id: str | None
+        self,
+        *,
+        ttl_s: float,
+        labels: Mapping[str, str],
+        worker_id: str | None,
+        actor: str = audit.SYSTEM,
     ) -> tuple[JoinToken, str]:
         """A join token and its secret (shown once; only its sha256 is kept)."""
         if worker_id is not None:
@@ -181,12 +230,13 @@ class BrokerAuth:
         )
         self._state.tokens[token_id] = stored
         self._write(reload=False)
+        self._changed(audit.JOIN_TOKEN_CREATED, actor, "join-token", token_id)
         return self._public(stored), secret
 
     def tokens(self) -> list[JoinToken]:
         return [self._public(t) for t in self._state.tokens.values()]
 
-    def delete_token(self, token_id: str) -> list[str]:
+    def delete_token(self, token_id: str, *, actor: str = audit.SYSTEM) -> list[str]:
         """Revoke a join token and every worker that joined with it (returned)."""
         stored = self._state.tokens.pop(token_id, None)
         if stored is None:
@@ -196,6 +246,11 @@ class BrokerAuth:
             del self._state.workers[worker_id]
             self._keys.pop(worker_id, None)
         self._write()
+        self._changed(audit.JOIN_TOKEN_DELETED, actor, "join-token", token_id)
+        for worker_id in revoked:
+            self._changed(
+                audit.WORKER_REVOKED, actor, "worker", worker_id, f"join token {token_id} deleted"
+            )
         return revoked
 
     def redeem(self, secret: str, wanted_id: str) -> tuple[Credentials, dict[str, str]]:
@@ -214,6 +269,10 @@ class BrokerAuth:
             raise Unauthorized(f"worker {worker_id} has joined already")
         stored.workers.append(worker_id)
         return self.add_worker(worker_id, token=token_id), dict(stored.labels)
+
+    def join_refused(self, why: str) -> None:
+        """Record a refused join (the token itself is never recorded)."""
+        self._changed(audit.JOIN_REFUSED, audit.ANONYMOUS, "worker", "", why)
 
     @staticmethod
     def _public(stored: _StoredToken) -> JoinToken:

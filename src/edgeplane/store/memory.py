@@ -21,7 +21,8 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
-from edgeplane.store.base import Batch, Store, TokenRecord, UserRecord
+from edgeplane.model.audit import AuditQuery, AuditRecord, matches
+from edgeplane.store.base import AuditPrune, Batch, Store, TokenRecord, UserRecord
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class MemoryStore(Store):
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._users: dict[str, UserRecord] = {}
+        #: oldest first, as JSON (a read hands out fresh objects)
+        self._audit: list[tuple[AuditRecord, str]] = []
+        self._audit_seq = 0
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -156,6 +160,16 @@ class MemoryStore(Store):
         }
         for kind, doc_id in batch.deleted:
             tables[kind].pop(doc_id, None)
+        for record in batch.audit:
+            self._audit_seq += 1
+            stored = record.model_copy(update={"id": self._audit_seq})
+            self._audit.append((stored, stored.model_dump_json()))
+        if batch.audit_prune is not None:
+            self._prune_audit(batch.audit_prune)
+
+    def _prune_audit(self, prune: AuditPrune) -> None:
+        kept = [(r, doc) for r, doc in self._audit if r.at >= prune.before]
+        self._audit = kept[max(0, len(kept) - prune.keep) :]
 
     # artifacts
 
@@ -364,3 +378,14 @@ class MemoryStore(Store):
     async def delete_user(self, name: str) -> bool:
         self._tokens = {i: t for i, t in self._tokens.items() if t.user != name}
         return self._users.pop(name, None) is not None
+
+    # the audit log
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        found: list[AuditRecord] = []
+        for record, doc in reversed(self._audit):
+            if len(found) >= query.limit:
+                break
+            if matches(record, query):
+                found.append(AuditRecord.model_validate_json(doc))
+        return found
