@@ -8,6 +8,7 @@ admins read the log; records survive a restart of the manager.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,10 @@ import httpx
 import orjson
 import pytest
 from fastapi.routing import iter_route_contexts
+from typer.testing import CliRunner, Result
 
+from edgeplane.cli.main import app as cli_app
+from edgeplane.client import AsyncClient, Client
 from edgeplane.config import Settings
 from edgeplane.roles.up import Stack, running_stack
 
@@ -222,3 +226,46 @@ async def test_records_survive_a_restart(tmp_path: Path, unique_domain: str) -> 
     changes = [r["action"] for r in log if r["resource"] == "worker" and r["resource_id"] == worker]
     assert changes == ["worker.credentials_rotated", "worker.credentials_issued"]
     assert {r["actor"] for r in log if r["resource"] == "worker"} == {"system"}
+
+
+async def test_the_cli_and_the_clients_read_the_log(
+    served: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, http = served
+    monkeypatch.setenv("EDGEPLANE_DATA_DIR", str(tmp_path / "cli"))
+    for name in ("EDGEPLANE_TOKEN", "EDGEPLANE_ADMIN_TOKEN", "EDGEPLANE_URL", "EDGEPLANE_OUTPUT"):
+        monkeypatch.delenv(name, raising=False)
+    url = str(http.base_url)
+    ids = [(await http.post("/api/v1/tasks", json=HOST, headers=ADMIN)).json()["id"] for _ in "ab"]
+
+    async def cli(*args: str) -> Result:
+        given = ["--url", url, "--token", TOKEN]
+        return await asyncio.to_thread(
+            CliRunner().invoke, cli_app, [*given, "audit", *args], catch_exceptions=False
+        )
+
+    shown = await cli("--actor", "admin", "--resource", "task", "--since", "1h", "--json")
+    assert shown.exit_code == 0, shown.output
+    page = orjson.loads(shown.stdout)
+    assert [r["resource_id"] for r in page["items"]] == ids[::-1] and page["next"] is None
+    first = await cli("--resource", "task", "--limit", "1", "--output", "json")
+    assert [r["resource_id"] for r in orjson.loads(first.stdout)["items"]] == [ids[1]]
+    table = await cli("--resource", "task", "--limit", "1")
+    assert table.exit_code == 0 and "/api/v1/tasks" in table.stdout and ids[1] in table.stdout
+    assert "--cursor" in table.stderr  # how to go on
+    for bad in (["--since", "yesterday"], ["--until", "-5"], ["--limit", "0"], ["--cursor", "0"]):
+        refused = await cli(*bad)
+        assert refused.exit_code == 2, (bad, refused.output)
+
+    def blocking() -> None:  # on a thread: this loop serves the API
+        with Client(url, TOKEN) as client:
+            assert [r.resource_id for r in client.audit(resource="task").items] == ids[::-1]
+            older = client.audit(resource="task", limit=1)
+            assert older.next is not None
+            rest = client.audit(resource="task", cursor=older.next)
+            assert [r.resource_id for r in rest.items] == [ids[0]]
+
+    await asyncio.to_thread(blocking)
+    async with AsyncClient(url, TOKEN) as aclient:
+        found = await aclient.audit(actor="admin", action="POST", resource=f"task/{ids[0]}")
+        assert [r.resource_id for r in found.items] == [ids[0]]
