@@ -160,6 +160,9 @@ async def test_calls_are_recorded_without_bodies_or_secrets(
     assert [r["status"] for r in log if r["actor"] == "anonymous"] == [401]
     veras = [(r["path"], r["status"]) for r in log if r["actor"] == "vera"]
     assert ("/api/v1/tasks", 403) in veras
+    metrics = (await http.get("/metrics")).text
+    assert f"edgeplane_audit_written_total {float(len(log))}" in metrics
+    assert "edgeplane_audit_dropped_total 0.0" in metrics
 
 
 async def test_only_admins_read_the_log_and_filters_page_it(

@@ -137,3 +137,17 @@ def test_fields_are_clipped_and_hold_no_nul() -> None:
     assert clip(None) is None
     assert clip("a\x00b") == "a\ufffdb"
     assert clip("x" * 1000) == "x" * 256
+
+
+async def test_stopping_while_the_store_is_down_does_not_hang(
+    trail: tuple[FlakyStore, AuditTrail, ManualClock],
+) -> None:
+    store, audit, _ = trail
+    store.down = True
+    audit.record(record(0))
+    await until(lambda: audit._journal.down is not None)
+    audit.record(record(1))
+    async with asyncio.timeout(5):
+        await audit.flush()
+    store.down = False  # the batch the journal held is written when the store is back
+    await until(lambda: audit.stats.written == 1)

@@ -109,8 +109,7 @@ def _record(scope: Scope, at: float, status: int, created: list[bytes]) -> Audit
         project = project or found.get("project")
     client = scope.get("client")
     actor = noted.get("actor") or (caller.user if caller else ANONYMOUS)
-    return AuditRecord.model_construct(
-        id=0,
+    return AuditRecord(
         at=at,
         actor=clip(actor) or ANONYMOUS,
         token_id=noted.get("token_id") or (caller.id if caller else None),

@@ -11,7 +11,8 @@ One batch is handed over at a time. While the store is down the journal holds th
 and retries it; new records wait here, at most :data:`BUFFER` of them: past that the
 oldest are dropped and counted (``dropped``, ``edgeplane_audit_dropped`` in /metrics).
 A manager killed with ``kill -9`` loses what it had not handed over yet (at most
-:data:`FLUSH_S` of records); a stopped one writes everything first (:meth:`flush`).
+:data:`FLUSH_S` of records); a stopped one writes everything first (:meth:`flush`), unless
+the store is down then.
 
 Retention: with a batch, at most every :data:`PRUNE_EVERY_S`, goes an
 :class:`~edgeplane.store.AuditPrune` that drops records older than
@@ -127,10 +128,13 @@ class AuditTrail:
 
     async def flush(self) -> None:
         """Hand everything kept to the journal and wait until it is written (a stopping
-        manager's last records)."""
-        while True:
+        manager's last records). While the store is down it does not wait: what the
+        journal holds is then the journal's to write or lose, as every other change."""
+        while self._journal.down is None:
             if self._in_flight is not None and not self._in_flight.done():
-                await asyncio.wait([self._in_flight])
+                # in steps: the store may go down meanwhile
+                await asyncio.wait([self._in_flight], timeout=0.1)
+                continue
             if not self._buffer:
                 return
             self._flush()

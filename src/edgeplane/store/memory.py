@@ -127,8 +127,8 @@ class MemoryStore(Store):
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._users: dict[str, UserRecord] = {}
-        #: oldest first, as JSON (a read hands out fresh objects)
-        self._audit: list[tuple[AuditRecord, str]] = []
+        #: oldest first (records are immutable: reads hand out the same objects)
+        self._audit: list[AuditRecord] = []
         self._audit_seq = 0
 
     async def open(self) -> None:
@@ -162,13 +162,12 @@ class MemoryStore(Store):
             tables[kind].pop(doc_id, None)
         for record in batch.audit:
             self._audit_seq += 1
-            stored = record.model_copy(update={"id": self._audit_seq})
-            self._audit.append((stored, stored.model_dump_json()))
+            self._audit.append(record.model_copy(update={"id": self._audit_seq}))
         if batch.audit_prune is not None:
             self._prune_audit(batch.audit_prune)
 
     def _prune_audit(self, prune: AuditPrune) -> None:
-        kept = [(r, doc) for r, doc in self._audit if r.at >= prune.before]
+        kept = [r for r in self._audit if r.at >= prune.before]
         self._audit = kept[max(0, len(kept) - prune.keep) :]
 
     # artifacts
@@ -383,9 +382,9 @@ class MemoryStore(Store):
 
     async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
         found: list[AuditRecord] = []
-        for record, doc in reversed(self._audit):
+        for record in reversed(self._audit):
             if len(found) >= query.limit:
                 break
             if matches(record, query):
-                found.append(AuditRecord.model_validate_json(doc))
+                found.append(record)
         return found

@@ -368,8 +368,12 @@ class SqlStore(Store):
                     return
                 self._opened()
                 assert self._write_lock is not None  # always set for SQLite
+                # a prune may delete many rows: never on the event loop
+                inline = batch.audit_prune is None
                 async with self._write_lock:
-                    await self._direct.write([(st.sql, st.params(rows)) for st, rows in parts])
+                    await self._direct.write(
+                        [(st.sql, st.params(rows)) for st, rows in parts], inline=inline
+                    )
         except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(await self._conflict_detail(batch), field="id") from None
 
@@ -860,4 +864,4 @@ class SqlStore(Store):
                 statement = statement.where(audit.c.resource_id == resource_id)
         async with self._reading() as conn:
             rows = (await conn.execute(statement)).all()
-        return [AuditRecord.model_validate(dict(row._mapping)) for row in rows]
+        return [AuditRecord(**row._mapping) for row in rows]
