@@ -69,7 +69,8 @@ class AuditCalls:
             await self.app(scope, receive, send)
             return
         at = self.trail.now()
-        status = 500  # what the server answers when the app raises
+        #: None until an answer starts (a client gone before it has no status)
+        status: int | None = None
         created: list[bytes] = []
 
         async def sending(message: Message) -> None:
@@ -86,11 +87,14 @@ class AuditCalls:
 
         try:
             await self.app(scope, receive, sending)
+        except BaseException:
+            status = status or 500  # what the server answers when the app raises
+            raise
         finally:
             self.trail.record(_record(scope, at, status, created))
 
 
-def _record(scope: Scope, at: float, status: int, created: list[bytes]) -> AuditRecord:
+def _record(scope: Scope, at: float, status: int | None, created: list[bytes]) -> AuditRecord:
     state = scope.get("state", {})
     noted: dict[str, str | None] = state.get(NOTE, {})
     caller: TokenRecord | None = state.get(CALLER)

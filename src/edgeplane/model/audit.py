@@ -57,7 +57,8 @@ class AuditRecord(BaseModel):
     resource: str | None = None
     resource_id: str | None = None
     project: str | None = None
-    #: the HTTP status answered (None for broker identity changes, which are done)
+    #: the HTTP status answered (None for broker identity changes, which are done, and
+    #: for a call whose client went away before the answer)
     status: int | None = None
     #: ``X-Request-ID`` of the call, if it had one
     request_id: str | None = None
