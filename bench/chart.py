@@ -24,7 +24,10 @@ DEFAULT_JSON = ROOT / "bench" / "results" / "suite.json"
 DEFAULT_OUT = ROOT / "docs" / "bench-suite.png"
 PERCENTILES = ("p50 ms", "p95 ms", "p99 ms")
 #: edgeplane in blues, the peers in warm greys: the comparison reads at a glance.
-COLOURS = {"edgeplane": ("#1f4e9c", "#5b8bd9"), "peer": ("#b0563a", "#8c8c8c")}
+COLOURS = {
+    "edgeplane": ("#1f4e9c", "#5b8bd9", "#3f7fbf", "#8fb4e3"),
+    "peer": ("#b0563a", "#8c8c8c"),
+}
 SHADES = ("#9ecae1", "#4292c6", "#08519c")
 
 

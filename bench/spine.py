@@ -18,6 +18,7 @@ import secrets
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -176,7 +177,13 @@ def rss_mb(proc: psutil.Process) -> float:
     return round(proc.memory_info().rss / MB, 1)
 
 
-def wait_ready(url: str, up: Child, deadline: float) -> str:
+def _verify(ca: Path | None) -> ssl.SSLContext | bool:
+    """What httpx verifies an ``https`` server with: ``ca`` (a ``certs init`` CA), or the
+    system's trust store."""
+    return ssl.create_default_context(cafile=str(ca)) if ca else True
+
+
+def wait_ready(url: str, up: Child, deadline: float, ca: Path | None = None) -> str:
     """Block until ``/healthz`` says the broker is connected; return the broker URL printed."""
     broker = ""
     healthy = False
@@ -185,7 +192,9 @@ def wait_ready(url: str, up: Child, deadline: float) -> str:
             raise EdgeplaneError(f"`edgeplane up` exited early:\n{up.stderr_tail()}")
         if not healthy:
             try:
-                healthy = bool(httpx.get(f"{url}/healthz", timeout=1).json().get("broker"))
+                healthy = bool(
+                    httpx.get(f"{url}/healthz", timeout=1, verify=_verify(ca)).json().get("broker")
+                )
             except (httpx.HTTPError, ValueError):
                 healthy = False
         if not broker:
@@ -277,7 +286,7 @@ def _finished(client: Client) -> dict[str, int]:
     ``GET /tasks?state=…`` counts rows, which grew with every run and slowed the later
     runs of the very process being measured.
     """
-    text = httpx.get(f"{client.url}/metrics", timeout=30).raise_for_status().text
+    text = client.metrics()
     counts = {}
     for line in text.splitlines():
         if line.startswith(FINISHED):  # edgeplane_tasks_finished_total{state="completed"} 9.0
@@ -377,13 +386,14 @@ def measure_up_idle(up: Child, label: str) -> Phase:
     return phase
 
 
-def join_token(url: str, admin_token: str, worker_id: str) -> str:
+def join_token(url: str, admin_token: str, worker_id: str, ca: Path | None = None) -> str:
     """A join token for ``worker_id``: `up`'s own broker admits only joined workers."""
     answer = httpx.post(
         f"{url}/api/v1/join-tokens",
         json={"worker_id": worker_id, "ttl_s": 600},
         headers={"Authorization": f"Bearer {admin_token}"},
         timeout=30,
+        verify=_verify(ca),
     )
     answer.raise_for_status()
     token: str = answer.json()["token"]

@@ -20,6 +20,7 @@ import os
 import secrets
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +68,7 @@ from bench.spine import (
 )
 from edgeplane import Client, __version__
 from edgeplane.errors import EdgeplaneError
+from edgeplane.transport.broker import MosquittoProcess
 
 DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,44 +143,92 @@ class Edgeplane:
     client: Client
     children: list[Child]
     commands: list[str]
+    #: processes outside the children whose CPU is the stack's too (the open broker)
+    extra: list[psutil.Process]
 
 
 def _shown(argv: Sequence[str]) -> str:
     return shlex.join(["python", *argv[1:]])
 
 
+#: How the stack is secured. ``acl`` is what ``up`` does by default: its own Mosquitto
+#: with a password and ACL file, workers that joined with a token, signed commands, plain
+#: on loopback. ``tls`` adds HTTPS and MQTTS with a CA from ``certs init``. ``open`` is
+#: none of it: an anonymous Mosquitto given with ``--broker`` (no identities, no ACL, no
+#: signatures), the cost baseline security is measured against (docs/benchmarks.md).
+SECURITY = ("acl", "tls", "open")
+
+
 @contextmanager
-def edgeplane_stack(work_dir: Path) -> Iterator[Edgeplane]:
+def _open_broker(work_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
+    """An anonymous Mosquitto with the same tuning as ``up``'s (TCP_NODELAY, no stock
+    queue limits), so the only difference measured is identities, ACL and signatures."""
+    data = work_dir / "open-broker"
+    data.mkdir()
+    broker = MosquittoProcess(data, free_port())
+    url = broker.start()
+    try:
+        pid = broker.pid
+        if pid is None:
+            raise EdgeplaneError(f"the open broker did not start:\n{broker.log_tail()}")
+        yield url, psutil.Process(pid)
+    finally:
+        broker.stop()
+
+
+@contextmanager
+def edgeplane_stack(work_dir: Path, security: str = "acl") -> Iterator[Edgeplane]:
     """``up --workers 0`` (API, manager, store, embedded Mosquitto with TCP_NODELAY) and
-    two ``edgeplane worker`` processes on its broker, as separate machines would join."""
+    two ``edgeplane worker`` processes on its broker, as separate machines would join;
+    ``security`` is one of :data:`SECURITY`."""
     token = secrets.token_urlsafe(16)
     env = clean_env(token)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    up_argv = [*EDGEPLANE, "up", "--data-dir", str(work_dir / "up"), "--port", str(port)]
+    data_dir = work_dir / "up"
+    ca: Path | None = None
+    up_argv = [*EDGEPLANE, "up", "--data-dir", str(data_dir), "--port", str(port)]
     up_argv += ["--workers", "0"]
+    extra: list[psutil.Process] = []
     with ExitStack() as stack:
+        if security == "tls":
+            init = [*EDGEPLANE, "certs", "init", "--data-dir", str(data_dir)]
+            subprocess.run(init, env=env, check=True, capture_output=True, timeout=60)
+            certs = data_dir / "certs"
+            ca = certs / "ca.pem"
+            up_argv += ["--tls-cert", str(certs / "server.pem"), "--tls-key"]
+            up_argv += [str(certs / "server.key")]
+        elif security == "open":
+            broker_url, broker_proc = stack.enter_context(_open_broker(work_dir))
+            up_argv += ["--broker", broker_url]
+            extra.append(broker_proc)
+        url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
         up = stack.enter_context(process(up_argv, env, work_dir, "up"))
-        client = stack.enter_context(Client(url, token, timeout=30))
-        broker = wait_ready(url, up, time.monotonic() + READY_TIMEOUT_S)
+        client = stack.enter_context(Client(url, token, timeout=30, ca=ca))
+        broker = wait_ready(url, up, time.monotonic() + READY_TIMEOUT_S, ca=ca)
         commands = [_shown(up_argv)]
         workers: dict[str, Child] = {}
         for n in range(1, WORKER_PROCESSES + 1):
             worker_id = f"bench-worker-{n}"
-            join = join_token(url, token, worker_id)
             argv = [*EDGEPLANE, "worker", "--manager", broker, "--worker-id", worker_id]
-            argv += ["--join", join]
+            join = "" if security == "open" else join_token(url, token, worker_id, ca)
+            if join:
+                argv += ["--join", join]
+            if ca:
+                argv += ["--ca", str(ca)]
             argv += ["--data-dir", str(work_dir / worker_id), "--allow-host"]
             workers[worker_id] = stack.enter_context(process(argv, env, work_dir, worker_id))
-            commands.append(_shown(argv).replace(join, "JOIN_TOKEN"))  # never the secret
+            shown = _shown(argv)
+            commands.append(shown.replace(join, "JOIN_TOKEN") if join else shown)  # no secret
         deadline = time.monotonic() + READY_TIMEOUT_S
         for worker_id, child in workers.items():
             if not poll(partial(online, client, worker_id), deadline, child):
                 raise EdgeplaneError(f"{worker_id} not online:\n{child.stderr_tail(5)}")
-        yield Edgeplane(client, [up, *workers.values()], commands)
+        yield Edgeplane(client, [up, *workers.values()], commands, extra)
 
 
-def run_edgeplane(name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path) -> System:
+def run_edgeplane(
+    name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path, security: str = "acl"
+) -> System:
     """Warm-up, the throughput runs, then latency, on one fresh stack."""
     system = System(name, __version__, "edgeplane")
     system.cpu_counted = (
@@ -191,9 +241,11 @@ def run_edgeplane(name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path
         " finished_at"
     )
     system.latency_method = "Client.run (POST /tasks?wait=: created and waited for in one request)"
-    with edgeplane_stack(work_dir) as ep:
+    if security == "open":
+        system.cpu_counted += " + the anonymous Mosquitto given with --broker"
+    with edgeplane_stack(work_dir, security) as ep:
         system.processes = ep.commands
-        procs = [child.ps for child in ep.children]
+        procs = [child.ps for child in ep.children] + ep.extra
         warm = measure_throughput(ep.client, spec, plan.warmup, plan.throughput_budget_s, procs)
         if warm.status != "finished":
             system.notes.append(f"warm-up {warm.status}: {warm.note}")
@@ -449,9 +501,18 @@ def run(plan: Plan, work_dir: Path, console: Console) -> list[System]:
     redis = redis_client()
     redis.flushdb()
     redis_proc = redis_server()
+    wasm = wasm_noop()
+    # The headline column first (the ratios are its); then what security costs, the same
+    # wasm task on a stack with TLS added, and on one with none of it (SECURITY).
+    variants = [
+        ("edgeplane wasm", wasm, "acl"),
+        ("edgeplane host", HOST_NOOP, "acl"),
+        ("edgeplane wasm TLS", wasm, "tls"),
+        ("edgeplane wasm open", wasm, "open"),
+    ]
     steps: list[tuple[str, str, Callable[[Path], System]]] = [
-        (name, "edgeplane", partial(run_edgeplane, name, spec, plan))
-        for name, spec in (("edgeplane wasm", wasm_noop()), ("edgeplane host", HOST_NOOP))
+        (name, "edgeplane", partial(run_edgeplane, name, spec, plan, security=security))
+        for name, spec, security in variants
     ]
     steps += [
         (name, "peer", partial(run_peer, session, plan, redis=redis_proc))

@@ -266,6 +266,12 @@ def _nothing(resp: Reply) -> None:
         raise _problem(resp)
 
 
+def _text(resp: Reply) -> str:
+    if not resp.ok:
+        raise _problem(resp)
+    return resp.content.decode()
+
+
 def _unreachable(url: str, exc: httpx.TransportError | Unreachable) -> Unavailable:
     reason = str(exc) or type(exc).__name__
     if "CERTIFICATE_VERIFY_FAILED" in reason:
@@ -438,6 +444,10 @@ class _Calls:
     @staticmethod
     def health() -> _Call[dict[str, Any]]:
         return _Call("GET", "/healthz", _document, root=True)
+
+    @staticmethod
+    def metrics() -> _Call[str]:
+        return _Call("GET", "/metrics", _text, root=True)
 
     @staticmethod
     def login(name: str, password: str) -> _Call[dict[str, Any]]:
@@ -828,6 +838,10 @@ class Client(_Base):
     def health(self) -> dict[str, Any]:
         return self._send(_Calls.health())
 
+    def metrics(self) -> str:
+        """``GET /metrics``: the Prometheus text exposition."""
+        return self._send(_Calls.metrics())
+
     def schedule_task(self, spec: Mapping[str, Any]) -> Schedule:
         """``POST /tasks`` with ``schedule`` (cron) set: the schedule that will create the task."""
         return self._send(_Calls.schedule_task(_spec(spec)))
@@ -1127,6 +1141,10 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, Any]:
         return await self._send(_Calls.health())
+
+    async def metrics(self) -> str:
+        """``GET /metrics``: the Prometheus text exposition."""
+        return await self._send(_Calls.metrics())
 
     async def schedule_task(self, spec: Mapping[str, Any]) -> Schedule:
         """``POST /tasks`` with ``schedule`` (cron) set: the schedule that will create the task."""

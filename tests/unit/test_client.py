@@ -221,6 +221,7 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
         ("POST", "/api/v1/workers/w1/drain"): httpx.Response(200, json=worker),
         ("DELETE", "/api/v1/workers/w1"): httpx.Response(204),
         ("GET", "/healthz"): httpx.Response(200, json={"status": "ok"}),
+        ("GET", "/metrics"): httpx.Response(200, text="edgeplane_up 1.0\n"),
     }
     api = Recorder(lambda r: answers[(r.method, r.url.path)])
     with api.client() as client:
@@ -236,6 +237,7 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
         client.drain_worker("w1")
         client.delete_worker("w1")
         assert client.health() == {"status": "ok"}
+        assert client.metrics() == "edgeplane_up 1.0\n"
     assert body(api.requests[2]) == {"priority": 10}
     assert len(api.requests) == len(answers)
 
