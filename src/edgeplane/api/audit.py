@@ -181,7 +181,9 @@ async def list_audit(
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     until: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="records in the page")] = 100,
-    cursor: Annotated[int | None, Query(ge=1, description="`next` of the page before")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="`next` of the page before")
+    ] = None,
 ) -> AuditPage:
     """Records of mutating calls and broker identity changes, newest first (admin only)."""
     if action is not None and method is not None and action != method.upper():
