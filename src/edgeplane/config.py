@@ -42,6 +42,9 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     #: where the embedded broker listens (its port is kept in ``data_dir/broker/port``)
     broker_host: str = "127.0.0.1"
+    #: the embedded broker's port; 0: the one it had before (``data_dir/broker/port``), else
+    #: a free one. A fixed port is for firewalls and Kubernetes Services: taken, it is an error
+    broker_port: int = Field(default=0, ge=0, le=65535)
     # --- TLS (docs/tls.md) ---
     #: the certificate and key the API and the embedded broker serve (default: those
     #: ``edgeplane certs init`` made in data_dir, when listening off loopback)

@@ -122,6 +122,15 @@ BrokerHostOption = Annotated[
     str | None,
     typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
 ]
+BrokerPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--broker-port",
+        min=0,
+        max=65535,
+        help="Port of the embedded broker (default: the one it had before, else a free one).",
+    ),
+]
 TlsCertOption = Annotated[
     Path | None,
     typer.Option(
@@ -239,6 +248,7 @@ def up(
         ),
     ] = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
@@ -267,6 +277,7 @@ def up(
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
@@ -300,6 +311,7 @@ def root(
     heartbeat_s: HeartbeatOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -318,6 +330,7 @@ def root(
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -362,6 +375,7 @@ def manager(
     lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -388,6 +402,7 @@ def manager(
         "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from edgeplane.api import create_app
 from edgeplane.config import Settings
+from edgeplane.errors import Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.schedules import Schedules
@@ -77,12 +78,18 @@ async def start_broker(
     The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
     members were told its URL and dial it again, so a restarted root or manager on a new
     port would leave them offline for good. Only when that port is taken does it move
-    (logged, with the new URL)."""
+    (logged, with the new URL). ``broker_port`` fixes the port: taken, the broker does not
+    start (``Unavailable``)."""
     if settings.broker:
         return settings.broker
     port_file = settings.data_dir / "broker" / "port"
     recorded = _recorded_port(port_file)
-    port = recorded if recorded is not None and _free(recorded) else 0
+    if settings.broker_port:
+        port = settings.broker_port  # never moved: members and Services were told this one
+        if not _free(port):  # else a listener already there would pass for the broker
+            raise Unavailable(f"the embedded broker's port {port} (--broker-port) is taken")
+    else:
+        port = recorded if recorded is not None and _free(recorded) else 0
     tls = serving_tls(settings)
     refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
     files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
@@ -141,6 +148,7 @@ class ControlPlane:
         root: bool = False,
         serve_api: bool = True,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -150,7 +158,9 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.manager = Manager(
+            settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
+        )
         self.auth = auth
         if auth is not None:  # identity changes go to the audit log (up's made before, too)
             auth.report_to(self.manager.audit.record)
