@@ -186,6 +186,7 @@ async def test_only_admins_read_the_log_and_filters_page_it(
     mine = await records(http, actor="opal", resource="task")
     assert [r["resource_id"] for r in mine] == [ids[0], *reversed(ids)]
     assert [r["resource_id"] for r in await records(http, method="delete")] == [ids[0]]
+    assert [r["resource_id"] for r in await records(http, action="Delete")] == [ids[0]]
     assert [r["resource_id"] for r in await records(http, resource=f"task/{ids[2]}")] == [ids[2]]
     # cursor paging: newest first, pages that neither skip nor repeat
     seen: list[str] = []

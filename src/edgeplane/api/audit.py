@@ -186,9 +186,14 @@ async def list_audit(
     ] = None,
 ) -> AuditPage:
     """Records of mutating calls and broker identity changes, newest first (admin only)."""
-    if action is not None and method is not None and action != method.upper():
-        raise Invalid("give action or method, not two different ones", field="method")
-    wanted = action if action is not None else (method.upper() if method else None)
+    # an HTTP method in any case; an identity change as written
+    if action is not None and action.upper() in MUTATING:
+        action = action.upper()
+    if method is not None:
+        method = method.upper()
+        if action is not None and action != method:
+            raise Invalid("give action or method, not two different ones", field="method")
+    wanted = action if action is not None else method
     trail: AuditTrail = request.app.state.manager.audit
     query = AuditQuery(
         actor=actor,
