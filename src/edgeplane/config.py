@@ -77,6 +77,9 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: the audit log keeps records this many days, and at most this many (docs/security.md)
+    audit_retention_days: float = Field(default=90.0, gt=0, le=36500, allow_inf_nan=False)
+    audit_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
     #: a worker's limits for wasm tasks that give none (see DEFAULT_WASM_MEMORY_MB)
     wasm_memory_mb: int = Field(default=DEFAULT_WASM_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
     #: the most a wasm task may ask for with limits.memory_mb on a worker

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
+from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
@@ -67,6 +68,14 @@ class Manager:
         self.member = level.member
         self.topics = level.topics
         self.journal = Journal(store)
+        #: records of mutating API calls and broker identity changes (docs/security.md)
+        self.audit = AuditTrail(
+            self.journal,
+            store,
+            self.clock,
+            retention_days=settings.audit_retention_days,
+            max_rows=settings.audit_max_rows,
+        )
         self.link = MqttLink(
             broker_url,
             client_id=level.client_id,
@@ -140,6 +149,7 @@ class Manager:
         self._core.kick.set()
 
     async def stop(self) -> None:
+        await self.audit.flush()
         await self.journal.commit()
         await self.members.flush()
         await self.journal.commit()

@@ -164,6 +164,8 @@ class ControlPlane:
             settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
         )
         self.auth = auth
+        if auth is not None:  # identity changes go to the audit log (up's made before, too)
+            auth.report_to(self.manager.audit.record)
         desk_id = f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
