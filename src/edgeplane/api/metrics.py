@@ -36,6 +36,11 @@ class ManagerCollector(Collector):
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
+        yield CounterMetricFamily(
+            "edgeplane_members_refused",
+            "Processes refused for claiming the id of a live worker (or cluster)",
+            value=m.stats.refused_members,
+        )
         finished = CounterMetricFamily(
             "edgeplane_tasks_finished", "Tasks that ended, by final state", labels=["state"]
         )

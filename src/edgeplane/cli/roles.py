@@ -120,7 +120,20 @@ DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
-    typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
+    typer.Option(
+        "--broker-host",
+        help="Address the embedded broker listens on (127.0.0.1), at the port kept in "
+        "DATA_DIR/broker/port.",
+    ),
+]
+BrokerListenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-listen",
+        metavar="HOST:PORT",
+        help="Address and port the embedded broker listens on (wins over --broker-host; "
+        "default: a port chosen once and kept in DATA_DIR/broker/port).",
+    ),
 ]
 TlsCertOption = Annotated[
     Path | None,
@@ -239,6 +252,7 @@ def up(
         ),
     ] = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
@@ -267,6 +281,7 @@ def up(
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
@@ -300,6 +315,7 @@ def root(
     heartbeat_s: HeartbeatOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -318,6 +334,7 @@ def root(
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -362,6 +379,7 @@ def manager(
     lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -388,6 +406,7 @@ def manager(
         "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),

@@ -34,7 +34,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink
+from edgeplane.transport import MqttLink, unique_client_id
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,12 @@ class Manager:
         self.journal = Journal(store)
         self.link = MqttLink(
             broker_url,
-            client_id=level.client_id,
+            client_id=unique_client_id(level.client_name),
             subscriptions=[self.topics.all_members(leaf) for leaf in level.leaves],
             on_message=self._on_message,
+            # The broker keeps what members publish while this link reconnects (a network
+            # blip) and delivers it after; a new process starts a new session (its client
+            # id is its own) and resyncs by members' hellos (liveness.py).
             clean_session=False,
             # (the members' liveness hears whether the manager itself can hear)
             on_connect=lambda: self.members.link_up(),
@@ -153,7 +156,7 @@ class Manager:
             return
         member_id = where[0]
         if not (isinstance(body, Alive) and not body.online):  # a will is no sign of life
-            self.members.seen(member_id)
+            self.members.seen(member_id, body.session if isinstance(body, Hello | Alive) else "")
         if isinstance(body, Hello):
             await self.members.on_hello(member_id, body)
         elif isinstance(body, Alive):

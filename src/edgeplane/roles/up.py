@@ -16,6 +16,7 @@ from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
 from edgeplane.worker import WorkerAgent
@@ -90,7 +91,8 @@ async def _cluster(
 
 
 def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
-    """Settings of cluster ``n`` of ``up --clusters``: own id, data dir, store and broker."""
+    """Settings of cluster ``n`` of ``up --clusters``: own id, data dir, store and broker
+    (on the root's broker host, at a port of its own kept in its data dir)."""
     cluster_id = f"cluster-{n}"
     data_dir = settings.data_dir / "clusters" / cluster_id
     return settings.model_copy(
@@ -99,6 +101,8 @@ def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
             "data_dir": data_dir,
             "store": f"sqlite:///{data_dir / 'edgeplane.db'}",
             "broker": "",
+            "broker_host": settings.broker_endpoint[0],
+            "broker_listen": "",
             "root": root_url,
             "clusters": 0,
         }
@@ -131,6 +135,11 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 async def run_up(settings: Settings) -> None:
     setup_logs(settings.log_level)
+    with hold_data_dir(settings.data_dir, "`edgeplane up`"):
+        await _run_up(settings)
+
+
+async def _run_up(settings: Settings) -> None:
     # Before the API answers: whoever sees it healthy may run the examples at once.
     examples = write_examples(settings.data_dir / "examples")
     async with running_stack(settings) as stack:

@@ -9,6 +9,7 @@ from edgeplane.transport.link import (
     MqttLink,
     Will,
     parse_broker_url,
+    unique_client_id,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "Will",
     "free_port",
     "parse_broker_url",
+    "unique_client_id",
 ]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import socket
 import ssl
 import threading
@@ -148,6 +149,17 @@ def write_promptly(client: aiomqtt.Client) -> None:
             aiomqtt_hook(client, userdata, sock)
 
     paho.on_socket_register_write = register_write
+
+
+def unique_client_id(name: str) -> str:
+    """``name`` with a random suffix: the MQTT client id of one link of one process.
+
+    A broker disconnects a client when another connects with its client id, and each then
+    reconnects and kicks the other: two processes given the same name (workers sharing an
+    id, two managers of one cluster) would fight forever, each seeing only reconnects. So
+    no two links ever share one; ``name`` only says, in the broker's logs, whose it is.
+    """
+    return f"{name}-{secrets.token_hex(4)}"
 
 
 def backoff_delay(attempt: int, max_s: float, rng: random.Random) -> float:
@@ -312,7 +324,37 @@ class MqttLink:
         if self.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), drain_timeout_s)
+        was_up = self._sessions > 0
         await self._cancel_tasks()
+        if not self._clean_session and was_up:
+            await self._discard_session(drain_timeout_s)
+
+    async def _discard_session(self, timeout_s: float) -> None:
+        """End the broker's session of this client id: with ``clean_session=False`` it
+        would outlive us and queue whatever its subscriptions match, for a client id that
+        nobody will ever use again (``unique_client_id``). Connecting once more with a
+        clean session ends it. (A process killed outright cannot: a broker edgeplane runs
+        dies with it; an external one should expire such sessions, docs/operations.md.)"""
+        client = aiomqtt.Client(
+            self._address.host,
+            self._address.port,
+            identifier=self.client_id,
+            username=self._address.username,
+            password=self._address.password,
+            clean_session=True,
+            timeout=timeout_s,
+            tls_context=self._tls,
+        )
+        try:
+            async with asyncio.timeout(timeout_s), client:
+                pass
+        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+            log.info(
+                "mqtt link %s could not end its broker session: %s",
+                self.client_id,
+                _describe(exc),
+                extra={"client_id": self.client_id, "broker": self.broker},
+            )
 
     async def __aenter__(self) -> Self:
         await self.start()
