@@ -34,7 +34,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink, unique_client_id
+from edgeplane.transport import MqttLink, kept_client_id
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,13 @@ class Manager:
         self.journal = Journal(store)
         self.link = MqttLink(
             broker_url,
-            client_id=unique_client_id(level.client_name),
+            # Its own (two managers of a cluster must not kick each other off the
+            # broker), and the same after a restart on the same data dir: the broker
+            # keeps what members publish while this manager is away (reconnecting, or
+            # restarting: a result that ended meanwhile) and delivers it when it is back.
+            client_id=kept_client_id(level.client_name, settings.data_dir),
             subscriptions=[self.topics.all_members(leaf) for leaf in level.leaves],
             on_message=self._on_message,
-            # The broker keeps what members publish while this link reconnects (a network
-            # blip) and delivers it after; a new process starts a new session (its client
-            # id is its own) and resyncs by members' hellos (liveness.py).
             clean_session=False,
             # (the members' liveness hears whether the manager itself can hear)
             on_connect=lambda: self.members.link_up(),

@@ -8,6 +8,7 @@ from edgeplane.transport.link import (
     LinkStats,
     MqttLink,
     Will,
+    kept_client_id,
     parse_broker_url,
     unique_client_id,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "MqttLink",
     "Will",
     "free_port",
+    "kept_client_id",
     "parse_broker_url",
     "unique_client_id",
 ]

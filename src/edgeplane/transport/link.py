@@ -59,6 +59,9 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # and hands it to paho without yielding in between.
 SENDERS = 16
 
+#: the file in a data dir that keeps a persistent session's client id (kept_client_id)
+CLIENT_ID_FILE = "mqtt-client-id"
+
 FIRST_BACKOFF_S = 0.1
 #: Longest wait between two attempts to reconnect (jittered down to half of it).
 MAX_BACKOFF_S = 5.0
@@ -160,6 +163,29 @@ def unique_client_id(name: str) -> str:
     no two links ever share one; ``name`` only says, in the broker's logs, whose it is.
     """
     return f"{name}-{secrets.token_hex(4)}"
+
+
+def kept_client_id(name: str, directory: Path) -> str:
+    """``name`` with a random suffix chosen once and kept in ``directory``: the client id
+    of a link with a persistent session (``clean_session=False``), which the next process
+    on that directory takes over with whatever the broker queued for it meanwhile. Unique
+    as long as one process at a time runs on a directory (``roles/lock.py``) and no two
+    directories are copies; a suffix that cannot be read or kept is made anew."""
+    path = directory / CLIENT_ID_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        suffix = path.read_text().strip()
+        if len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix):
+            return f"{name}-{suffix}"
+    suffix = secrets.token_hex(4)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{suffix}\n")
+    except OSError as exc:
+        log.warning(
+            "cannot keep the MQTT client id: the next start begins a new broker session",
+            extra={"path": str(path), "error": str(exc)},
+        )
+    return f"{name}-{suffix}"
 
 
 def backoff_delay(attempt: int, max_s: float, rng: random.Random) -> float:
@@ -324,37 +350,7 @@ class MqttLink:
         if self.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), drain_timeout_s)
-        was_up = self._sessions > 0
         await self._cancel_tasks()
-        if not self._clean_session and was_up:
-            await self._discard_session(drain_timeout_s)
-
-    async def _discard_session(self, timeout_s: float) -> None:
-        """End the broker's session of this client id: with ``clean_session=False`` it
-        would outlive us and queue whatever its subscriptions match, for a client id that
-        nobody will ever use again (``unique_client_id``). Connecting once more with a
-        clean session ends it. (A process killed outright cannot: a broker edgeplane runs
-        dies with it; an external one should expire such sessions, docs/operations.md.)"""
-        client = aiomqtt.Client(
-            self._address.host,
-            self._address.port,
-            identifier=self.client_id,
-            username=self._address.username,
-            password=self._address.password,
-            clean_session=True,
-            timeout=timeout_s,
-            tls_context=self._tls,
-        )
-        try:
-            async with asyncio.timeout(timeout_s), client:
-                pass
-        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
-            log.info(
-                "mqtt link %s could not end its broker session: %s",
-                self.client_id,
-                _describe(exc),
-                extra={"client_id": self.client_id, "broker": self.broker},
-            )
 
     async def __aenter__(self) -> Self:
         await self.start()
