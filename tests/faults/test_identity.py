@@ -238,7 +238,10 @@ def test_a_manager_restarted_keeps_its_broker_port_and_its_workers_come_back(lab
     for stop in (manager.kill9, manager.stop):  # killed outright, then stopped properly
         drops = len(_link_drops(worker))
         stop()
-        wait_until(lambda: len(_link_drops(worker)) > drops, "the worker to lose its manager")
+        wait_until(
+            lambda before=drops: len(_link_drops(worker)) > before,  # type: ignore[misc]
+            "the worker to lose its manager",
+        )
         manager.start()
         api.wait_healthy(manager)
         assert _port(data_dir) == broker_port

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -70,10 +69,12 @@ async def test_a_broker_left_behind_by_an_earlier_run_is_reclaimed(tmp_path: Pat
     port = int(first.rsplit(":", 1)[1])
     # an orphan: the same config, started by nobody edgeplane still runs
     config = tmp_path / "broker" / "mosquitto.conf"
-    orphan = subprocess.Popen(
-        ["mosquitto", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    orphan = await asyncio.create_subprocess_exec(
+        "mosquitto",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -84,8 +85,8 @@ async def test_a_broker_left_behind_by_an_earlier_run_is_reclaimed(tmp_path: Pat
             await asyncio.sleep(0.02)
         async with contextlib.AsyncExitStack() as stack:
             assert await start_broker(stack, settings) == first
-        assert orphan.wait(5) is not None
+        assert await asyncio.wait_for(orphan.wait(), 5) is not None
     finally:
-        if orphan.poll() is None:
+        if orphan.returncode is None:
             orphan.kill()
-            orphan.wait()
+            await orphan.wait()
