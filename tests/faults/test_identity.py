@@ -252,3 +252,33 @@ def test_a_manager_restarted_keeps_its_broker_port_and_its_workers_come_back(lab
         ran = api.http.get(f"/tasks/{task}", params={"wait": 30}).json()
         assert (ran["state"], ran["worker_id"]) == ("completed", "edge-1"), ran
     assert worker.running
+
+
+def test_a_second_manager_of_a_live_cluster_is_refused_by_the_root(lab: Lab) -> None:
+    root_port = free_port()
+    root_dir = lab.root / "root"
+    root = lab.role("root", ["root", "--port", str(root_port), "--data-dir", str(root_dir)]).start()
+    root_api = lab.api(root_port)
+    root_api.wait_healthy(root)
+    root_url = f"mqtt://127.0.0.1:{_port(root_dir)}"
+
+    def east(name: str) -> Role:
+        return lab.role(
+            name,
+            ["manager", "--cluster-id", "east", "--root", root_url, "--port", str(free_port()),
+             "--store", f"sqlite:///{lab.root / name / 'store.db'}",
+             "--data-dir", str(lab.root / name)],
+        ).start()  # fmt: skip
+
+    first = east("east")
+    wait_until(
+        lambda: (root_api.http.get("/clusters/east").json() or {}).get("state") == "online",
+        "east to register",
+        watch=[root, first],
+    )
+    second = east("east-2")
+    assert _wait_exit(second, "the second manager to be refused") == 2, second.tail()
+    assert "error: cluster id east is in use by a live cluster" in second.tail(), second.tail()
+    assert first.running
+    assert root_api.http.get("/clusters/east").json()["state"] == "online"
+    assert _lines(root, "cluster offline") == [], root.tail()

@@ -119,9 +119,10 @@ class Membership:
     # ------------------------------------------------------------------ messages
     def seen(self, member_id: str, session: str = "") -> None:
         """Any message but a will is a sign of life; one that names another session
-        than the member's is another process's (``held_by_another``), not the member's."""
+        than the member's known one is another process's (``held_by_another``)."""
         entry = self.core.registry.get(member_id)
-        if entry is not None and entry.online and session in ("", entry.session):
+        ours = not entry.session or session in ("", entry.session) if entry else False
+        if entry is not None and entry.online and ours:
             entry.last_seen = self.core.clock.monotonic()
             entry.will_heard = False
             self.liveness.heard(member_id)
