@@ -282,3 +282,38 @@ def test_a_second_manager_of_a_live_cluster_is_refused_by_the_root(lab: Lab) -> 
     assert first.running
     assert root_api.http.get("/clusters/east").json()["state"] == "online"
     assert _lines(root, "cluster offline") == [], root.tail()
+
+
+def test_a_workers_credentials_copied_to_a_second_process_are_refused(lab: Lab) -> None:
+    """On a broker edgeplane runs every worker has its own credentials: the same ones on
+    two machines (a copied data dir) is the twin to stop."""
+    port = free_port()
+    data_dir = lab.root / "manager"
+    manager = lab.role(
+        "manager",
+        ["manager", "--store", lab.store, "--port", str(port), "--data-dir", str(data_dir)],
+    ).start()
+    api = lab.api(port)
+    api.wait_healthy(manager)
+    broker = f"mqtt://127.0.0.1:{_port(data_dir)}"
+    created = api.http.post("/join-tokens", json={"ttl_s": 600})
+    assert created.status_code == 201, created.text
+    first = lab.role(
+        "edge-1",
+        ["worker", "--manager", broker, "--worker-id", "edge-1", "--no-containers",
+         "--data-dir", str(lab.root / "edge-1")],
+        lab.env(EDGEPLANE_JOIN_TOKEN=created.json()["token"]),
+    ).start()  # fmt: skip
+    api.wait_workers({"edge-1"}, watch=[manager, first])
+    copied = lab.root / "copy" / "worker"
+    copied.mkdir(parents=True)
+    for kept in (lab.root / "edge-1" / "worker").glob("credentials*"):
+        shutil.copy2(kept, copied / kept.name)
+    second = lab.role(
+        "copy",
+        ["worker", "--manager", broker, "--no-containers", "--data-dir", str(lab.root / "copy")],
+    ).start()  # fmt: skip
+    assert _wait_exit(second, "the copy to be refused") == 2, second.tail()
+    assert "error: worker id edge-1 is in use by a live worker" in second.tail(), second.tail()
+    assert first.running and api.online_workers() == {"edge-1"}
+    assert _link_drops(first) == []

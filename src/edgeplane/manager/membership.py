@@ -121,8 +121,9 @@ class Membership:
         """Any message but a will is a sign of life; one that names another session
         than the member's known one is another process's (``held_by_another``)."""
         entry = self.core.registry.get(member_id)
-        ours = not entry.session or session in ("", entry.session) if entry else False
-        if entry is not None and entry.online and ours:
+        if entry is None or not entry.online:
+            return
+        if not entry.session or session in ("", entry.session):
             entry.last_seen = self.core.clock.monotonic()
             entry.will_heard = False
             self.liveness.heard(member_id)
@@ -148,9 +149,8 @@ class Membership:
         core, member_id = self.core, entry.worker.id
         ago = max(0.0, core.clock.monotonic() - entry.last_seen)
         why = (
-            f"{core.member} id {member_id} is in use by a live {core.member} (session "
-            f"{entry.session}, heard {ago:.1f} s ago): give this one another id, or stop "
-            "the other first"
+            f"{core.member} id {member_id} is in use by a live {core.member} (heard "
+            f"{ago:.1f} s ago): give this one another id, or stop the other first"
         )
         if entry.refused != hello.session:
             entry.refused = hello.session
