@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
@@ -343,13 +344,16 @@ def _run_body(
     spec: RunSpec | AppSpec, items: Literal["tasks", "services"] = "tasks"
 ) -> dict[str, Any]:
     """A job, workflow or application body with every task's (service's) ``file`` as base64."""
+    # (REVEAL: a model's secret env is dumped as ``***`` otherwise; it is sent to the API)
     if isinstance(spec, BaseModel):
-        return spec.model_dump(mode="json", exclude_unset=True)
+        return spec.model_dump(mode="json", exclude_unset=True, context=REVEAL)
     body = dict(spec)
     listed = body.get(items)
     if isinstance(listed, list | tuple):
         body[items] = [
-            t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
+            t.model_dump(mode="json", exclude_unset=True, context=REVEAL)
+            if isinstance(t, BaseModel)
+            else _spec(t)
             for t in listed
         ]
     return body
@@ -434,6 +438,14 @@ class _Calls:
     @staticmethod
     def drain_worker(worker_id: str) -> _Call[Worker]:
         return _Call("POST", f"/workers/{_seg(worker_id)}/drain", _worker)
+
+    @staticmethod
+    def undrain_worker(worker_id: str) -> _Call[Worker]:
+        return _Call("POST", f"/workers/{_seg(worker_id)}/undrain", _worker)
+
+    @staticmethod
+    def set_worker_owner(worker_id: str, owner: str | None) -> _Call[Worker]:
+        return _Call("PUT", f"/workers/{_seg(worker_id)}/owner", _worker, body={"owner": owner})
 
     @staticmethod
     def delete_worker(worker_id: str) -> _Call[None]:
@@ -805,6 +817,13 @@ class Client(_Base):
     def drain_worker(self, worker_id: str) -> Worker:
         return self._send(_Calls.drain_worker(worker_id))
 
+    def undrain_worker(self, worker_id: str) -> Worker:
+        return self._send(_Calls.undrain_worker(worker_id))
+
+    def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return self._send(_Calls.set_worker_owner(worker_id, owner))
+
     def delete_worker(self, worker_id: str) -> None:
         self._send(_Calls.delete_worker(worker_id))
 
@@ -1090,6 +1109,13 @@ class AsyncClient(_Base):
 
     async def drain_worker(self, worker_id: str) -> Worker:
         return await self._send(_Calls.drain_worker(worker_id))
+
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        return await self._send(_Calls.undrain_worker(worker_id))
+
+    async def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return await self._send(_Calls.set_worker_owner(worker_id, owner))
 
     async def delete_worker(self, worker_id: str) -> None:
         await self._send(_Calls.delete_worker(worker_id))

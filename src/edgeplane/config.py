@@ -42,8 +42,11 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     #: where the embedded broker listens (its port is kept in ``data_dir/broker/port``)
     broker_host: str = "127.0.0.1"
-    #: ``HOST:PORT`` the embedded broker listens on (wins over ``broker_host``; port 0 or
-    #: none given: the one kept in ``data_dir/broker/port``, chosen once)
+    #: the embedded broker's port; 0: the one it had before (``data_dir/broker/port``), else
+    #: a free one. A fixed port is for firewalls and Kubernetes Services: taken, it is an error
+    broker_port: int = Field(default=0, ge=0, le=65535)
+    #: ``HOST:PORT`` the embedded broker listens on (wins over ``broker_host`` and
+    #: ``broker_port``; port 0: the one kept in ``data_dir/broker/port``, chosen once)
     broker_listen: str = ""
     # --- TLS (docs/tls.md) ---
     #: the certificate and key the API and the embedded broker serve (default: those
@@ -129,7 +132,9 @@ class Settings(BaseModel):
     @property
     def broker_endpoint(self) -> tuple[str, int]:
         """Where the embedded broker listens: host, and port (0: the one kept)."""
-        return parse_listen(self.broker_listen) if self.broker_listen else (self.broker_host, 0)
+        if self.broker_listen:
+            return parse_listen(self.broker_listen)
+        return self.broker_host, self.broker_port
 
     @property
     def store_url(self) -> str:

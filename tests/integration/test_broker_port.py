@@ -36,7 +36,7 @@ async def test_a_taken_port_is_an_error_not_a_move(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", port))
         taken.listen()
         async with contextlib.AsyncExitStack() as stack:
-            with pytest.raises(Unavailable, match=rf"127\.0\.0\.1:{port} .*--broker-listen"):
+            with pytest.raises(Unavailable, match=rf"port {port} \(kept in .*--broker-listen"):
                 await start_broker(stack, settings)
     assert (tmp_path / "broker" / "port").read_text().strip() == str(port)
 
@@ -90,3 +90,48 @@ async def test_a_broker_left_behind_by_an_earlier_run_is_reclaimed(tmp_path: Pat
         if orphan.returncode is None:
             orphan.kill()
             await orphan.wait()
+
+
+async def test_a_fixed_port_is_used_and_recorded(tmp_path: Path) -> None:
+    from edgeplane.transport.broker import free_port
+
+    port = free_port()
+    settings = Settings(data_dir=tmp_path, broker="", broker_port=port)
+    async with contextlib.AsyncExitStack() as stack:
+        url = await start_broker(stack, settings)
+    assert url.endswith(f":{port}")
+    assert (tmp_path / "broker" / "port").read_text().strip() == str(port)
+
+
+async def test_a_fixed_port_that_is_taken_is_an_error_not_a_move(tmp_path: Path) -> None:
+    """Workers and a Kubernetes Service were told the fixed port: moving would strand them."""
+    from edgeplane.errors import Unavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(data_dir=tmp_path, broker="", broker_port=port)
+        with pytest.raises(Unavailable):
+            async with contextlib.AsyncExitStack() as stack:
+                await start_broker(stack, settings)
+
+
+def test_manager_with_a_taken_broker_port_exits_3_naming_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeplane", "manager", "--data-dir", str(tmp_path),
+             "--broker-port", str(port), "--port", "0"],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "EDGEPLANE_LOG_LEVEL": "warning"},
+        )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert f"port {port} (--broker-port) is taken" in done.stderr
+    assert "Traceback" not in done.stderr

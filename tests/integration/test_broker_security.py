@@ -409,3 +409,52 @@ async def test_join_tokens_need_a_broker_edgeplane_started(
         answer = await http.post("/join-tokens", json={})
         assert answer.status_code == 409, answer.text
         assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_join_tokens_owner_owns_the_worker_that_joins_with_it(
+    secured: tuple[Stack, httpx.AsyncClient, BrokerAuth], tmp_path: Path
+) -> None:
+    stack, http, auth = secured
+    password = "correct horse battery"
+    for name in ("ann", "bob"):
+        made = await http.post(
+            "/users", json={"username": name, "password": password, "role": "viewer"}
+        )
+        assert made.status_code == 201, made.text
+    ghost = await http.post("/join-tokens", json={"owner": "ghost"})
+    assert ghost.status_code == 404 and ghost.json()["field"] == "owner", ghost.text
+    both = await http.post("/join-tokens", json={"ttl_s": 60, "expires_in_s": 60})
+    assert both.status_code == 422 and both.json()["field"] == "ttl_s", both.text
+    for name in ("ttl_s", "expires_in_s"):  # one field, two names
+        made = (await http.post("/join-tokens", json={name: 60})).json()
+        assert made["id"] and made["token"], made
+        assert made["expires_at"] == pytest.approx(made["created_at"] + 60)
+        assert (await http.delete(f"/join-tokens/{made['id']}")).status_code == 204
+    hers = await join_worker(stack, http, tmp_path, "edge-ann", owner="ann", expires_in_s=60)
+    plain = await join_worker(stack, http, tmp_path, "edge-none", expires_in_s=60)
+    try:
+        shown = {t["worker_id"]: t["owner"] for t in (await http.get("/join-tokens")).json()}
+        assert shown == {"edge-ann": "ann", "edge-none": None}
+        worker = (await http.get("/workers/edge-ann")).json()
+        assert worker["owner"] == "ann", worker
+        assert (await http.get("/workers/edge-none")).json()["owner"] is None
+
+        async def bearer(name: str) -> dict[str, str]:
+            login = {"username": name, "password": password}
+            pair = await http.post("/auth/login", json=login)
+            assert pair.status_code == 200, pair.text
+            assert pair.json()["token_type"] == "bearer" and pair.json()["expires_in"] > 0
+            return {"Authorization": f"Bearer {pair.json()['access_token']}"}
+
+        ann, bob = await bearer("ann"), await bearer("bob")
+        assert (await http.post("/workers/edge-ann/drain", headers=bob)).status_code == 403
+        assert (await http.post("/workers/edge-none/drain", headers=ann)).status_code == 403
+        drained = await http.post("/workers/edge-ann/drain", headers=ann)
+        assert drained.status_code == 200 and drained.json()["state"] == "draining"
+        # her delete revokes the identity too, as an admin's does
+        assert (await http.delete("/workers/edge-ann", headers=ann)).status_code == 204
+        await until(lambda: answer(not hers.link.connected.is_set()))
+        assert not auth.has_worker("edge-ann") and auth.has_worker("edge-none")
+    finally:
+        await hers.stop()
+        await plain.stop()

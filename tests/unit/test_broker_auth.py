@@ -149,3 +149,31 @@ def test_an_external_broker_is_not_managed_and_a_bare_one_is_warned_about(
     assert caplog.text == ""
     own = broker_auth(Settings(data_dir=tmp_path, broker=""))
     assert own is not None and own.password_file == tmp_path / "broker" / "passwd"
+
+
+def test_a_join_tokens_owner_goes_to_its_workers_and_leaves_with_its_user(tmp_path: Path) -> None:
+    auth, _ = auth_in(tmp_path)
+    token, secret = auth.create_token(ttl_s=60, labels={}, worker_id=None, owner="ann")
+    assert token.owner == "ann"
+    _, plain = auth.create_token(ttl_s=60, labels={}, worker_id=None)
+    auth.redeem(secret, "hers")
+    auth.redeem(plain, "nobodys")
+    assert (auth.owner_of("hers"), auth.owner_of("nobodys"), auth.owner_of("x")) == (
+        "ann",
+        None,
+        None,
+    )
+    again, _ = auth_in(tmp_path)  # kept across restarts
+    assert again.owner_of("hers") == "ann" and again.tokens()[0].owner == "ann"
+    again.disown("ann")  # her user is gone: a new "ann" must not inherit her nodes
+    assert again.owner_of("hers") is None and again.tokens()[0].owner is None
+    assert auth_in(tmp_path)[0].owner_of("hers") is None
+
+
+def test_identities_written_before_owners_existed_still_load(tmp_path: Path) -> None:
+    auth, _ = auth_in(tmp_path)
+    auth.add_worker("w1")
+    state = tmp_path / "identities.json"
+    state.write_text(state.read_text().replace(',"owner":null', ""))
+    assert "owner" not in state.read_text()
+    assert auth_in(tmp_path)[0].owner_of("w1") is None

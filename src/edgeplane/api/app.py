@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Response
@@ -25,7 +26,7 @@ from edgeplane.api import (
 from edgeplane.api.deps import CALLER, caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
-from edgeplane.errors import EdgeplaneError, Forbidden
+from edgeplane.errors import EdgeplaneError
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
@@ -33,7 +34,7 @@ from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
 from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth
-from edgeplane.security.roles import API, PUBLIC, allows, required
+from edgeplane.security.roles import API, PUBLIC, check
 
 
 class BodyLimit:
@@ -119,16 +120,24 @@ def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
 
 class Authenticate:
     """Checks the token of every ``/api/v1`` request, and that its role and scopes allow
-    the call (``edgeplane.security.roles.required``), before anything reads its body: a
+    the call, or that it is its user's node's (``edgeplane.security.roles.check``; the
+    owner of a node by ``owner_of``), before anything reads its body: a
     caller without a valid token costs a header lookup, never a body (FastAPI reads the
     body before it runs the route's dependencies, ``caller`` among them). Login and
     refresh (:data:`PUBLIC`) check their own credentials. The token found is left in the
     scope's state for the routes (``deps.caller``)."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenChecker, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: TokenChecker,
+        max_bytes: int,
+        owner_of: Callable[[str], str | None],
+    ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_bytes = max_bytes
+        self.owner_of = owner_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -140,9 +149,14 @@ class Authenticate:
                     break
             try:
                 record = await self.tokens.check(authorization)
-                needed = required(scope["method"], path)
-                if not allows(record.role, record.scopes, needed):
-                    raise Forbidden(f"this call needs the {needed} role (and scope)")
+                check(
+                    scope["method"],
+                    path,
+                    role=record.role,
+                    scopes=record.scopes,
+                    user=record.user,
+                    owner_of=self.owner_of,
+                )
                 scope.setdefault("state", {})[CALLER] = record
             except EdgeplaneError as exc:
                 response = problems.from_error(exc)
@@ -181,7 +195,7 @@ def create_app(
     # then the token check, then the fast path, then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
     max_bytes = int(max_body_mb * 2**20)
-    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes)
+    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=manager.owner_of)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
     def secured(router: APIRouter) -> None:

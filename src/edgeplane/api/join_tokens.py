@@ -5,15 +5,18 @@ Admin-only, reads included (``edgeplane.security.roles``, docs/security.md).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeplane.api.aliases import either, one_of
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Conflict
+from edgeplane.limits import MAX_NAME
 from edgeplane.model.bounds import Label
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth, JoinToken
 
 router = APIRouter(prefix="/join-tokens", tags=["join-tokens"], route_class=JsonRoute)
@@ -25,12 +28,26 @@ MAX_TTL_S = 365 * 24 * 3600.0
 class JoinTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    #: seconds the token may be used for
-    ttl_s: float = Field(default=3600.0, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
+    ttl_s: float = either(
+        "ttl_s",
+        "expires_in_s",
+        default=3600.0,
+        gt=0,
+        le=MAX_TTL_S,
+        allow_inf_nan=False,
+        description="seconds the token may be used for",
+    )
     #: labels the joining worker gets
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=64)
     #: the id the joining worker gets (default: the id it asks for)
     worker_id: str | None = Field(default=None, pattern=WORKER_ID_PATTERN)
+    #: the user who owns the joining worker (docs/security.md): an existing user
+    owner: str | None = Field(default=None, max_length=MAX_NAME)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("ttl_s", "expires_in_s"))
 
 
 class NewJoinToken(JoinToken):
@@ -52,9 +69,14 @@ AuthDep = Annotated[BrokerAuth, Depends(broker_auth)]
 
 
 @router.post("", response_model=NewJoinToken, status_code=201)
-async def create_join_token(body: JoinTokenRequest, auth: AuthDep) -> NewJoinToken:
+async def create_join_token(
+    body: JoinTokenRequest, auth: AuthDep, request: Request
+) -> NewJoinToken:
+    if body.owner is not None:
+        accounts: Accounts = request.app.state.accounts
+        await accounts.existing_user(body.owner, "owner")
     token, secret = auth.create_token(
-        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id
+        ttl_s=body.ttl_s, labels=body.labels, worker_id=body.worker_id, owner=body.owner
     )
     return NewJoinToken(**token.model_dump(), token=secret)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from edgeplane.api import problems
+from edgeplane.api.aliases import either, one_of
 from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.limits import MAX_NAME
+from edgeplane.manager import Manager
 from edgeplane.security.accounts import Accounts, Issued
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.roles import Role
 from edgeplane.store import TokenRecord, UserRecord
 
@@ -32,12 +35,17 @@ AccountsDep = Annotated[Accounts, Depends(_accounts)]
 
 
 class UserCreate(BaseModel):
-    name: Text
+    name: Text = either("name", "username", description="the user's name")
     password: Annotated[str, Field(min_length=8, max_length=1024)]
     role: Role = "viewer"
     projects: Annotated[list[Text], Field(max_length=100)] = Field(
         default_factory=lambda: ["default"]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("name", "username"))
 
 
 class UserView(BaseModel):
@@ -58,8 +66,13 @@ class UserList(BaseModel):
 
 
 class Login(BaseModel):
-    name: Text
+    name: Text = either("name", "username", description="the user's name")
     password: Annotated[str, Field(max_length=1024)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("name", "username"))
 
 
 class Refresh(BaseModel):
@@ -78,10 +91,19 @@ class TokenCreate(BaseModel):
     name: Text = ""
     #: narrow the token below its user's role; empty: everything the role may do
     scopes: Annotated[list[Scope], Field(max_length=3)] = Field(default_factory=list)
-    #: seconds until it expires; absent: never
-    expires_in: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = None
+    expires_in: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = either(
+        "expires_in",
+        "expires_in_s",
+        default=None,
+        description="seconds until it expires; absent: never",
+    )
     #: admins only: make it for another user
     user: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("expires_in", "expires_in_s"))
 
 
 class TokenView(BaseModel):
@@ -137,8 +159,15 @@ async def list_users(accounts: AccountsDep) -> UserList:
 
 
 @users.delete("/{name}", status_code=204)
-async def delete_user(name: str, accounts: AccountsDep) -> Response:
+async def delete_user(name: str, accounts: AccountsDep, request: Request) -> Response:
+    """The user, their tokens, and their ownership of workers and join tokens (a new
+    user of the same name inherits nothing)."""
     await accounts.delete_user(name)
+    manager: Manager = request.app.state.manager
+    await manager.disown(name)
+    auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
+    if auth is not None:
+        auth.disown(name)
     return Response(status_code=204)
 
 

@@ -135,6 +135,15 @@ BrokerListenOption = Annotated[
         "default: a port chosen once and kept in DATA_DIR/broker/port).",
     ),
 ]
+BrokerPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--broker-port",
+        min=0,
+        max=65535,
+        help="Port of the embedded broker (default: the one it had before, else a free one).",
+    ),
+]
 TlsCertOption = Annotated[
     Path | None,
     typer.Option(
@@ -253,6 +262,7 @@ def up(
     ] = None,
     broker_host: BrokerHostOption = None,
     broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
@@ -282,6 +292,7 @@ def up(
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
@@ -316,6 +327,7 @@ def root(
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
     broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -335,6 +347,7 @@ def root(
         "data_dir": data_dir,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -380,6 +393,7 @@ def manager(
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
     broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -407,6 +421,7 @@ def manager(
         "data_dir": data_dir,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),

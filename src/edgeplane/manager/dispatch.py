@@ -22,7 +22,7 @@ from edgeplane.manager.core import Core
 from edgeplane.manager.queue import demand_of
 from edgeplane.manager.registry import WorkerEntry, reservation
 from edgeplane.model import Task
-from edgeplane.protocol import Assignment, StartTasks
+from edgeplane.protocol import Assignment, StartTasks, sealing
 from edgeplane.scheduling import Plan, TaskDemand, WorkerView
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 #: Tasks given to one member, to go in one ``task.start``.
 Batch = tuple[WorkerEntry, list[Task]]
 _ARTIFACT_CACHE = 64
+_NO_SECRETS: dict[str, object] = {}
 #: Seconds a scheduling pass waits after being woken, to gather more changes.
 SCHEDULE_WINDOW_S = 0.001
 #: A pass placing this many tasks means more are coming: the next one waits the window.
@@ -47,6 +48,8 @@ class Dispatcher:
         self._artifacts: dict[str, bytes] = {}
         #: held while a command is built and queued: commands go out in seq order
         self._sending = asyncio.Lock()
+        #: members told secret env in the clear (warned once each)
+        self._unsealed: set[str] = set()
 
     # ------------------------------------------------------------------ passes
     async def schedule_loop(self) -> None:
@@ -199,6 +202,7 @@ class Dispatcher:
                     limits=task.limits,
                     daemon=task.daemon,
                     **core.level.command_extra(task),
+                    **(self._secrets(entry, task) if task.secret_env else _NO_SECRETS),
                 )
             )
         core.stats.dispatched += len(assignments)
@@ -210,6 +214,27 @@ class Dispatcher:
                 entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
         start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq, session=entry.session)
         await core.send(entry.worker.id, "task.start", start)
+
+    def _secrets(self, entry: WorkerEntry, task: Task) -> dict[str, object]:
+        """The task's secret env for its member: sealed to it when it has a key, else in
+        the clear (said once per member in a warning: the broker is all that protects it)."""
+        member_id = entry.worker.id
+        key = self.core.sealing_key(member_id)
+        if key is None:
+            if member_id not in self._unsealed:
+                self._unsealed.add(member_id)
+                log.warning(
+                    "secret env sent to a %s in the clear: it has no key on this broker "
+                    "(an external broker's ACL and TLS are all that protect it; "
+                    "docs/security.md, Secrets)",
+                    self.core.member,
+                    extra={"member": member_id},
+                )
+            return {"secret_env": task.secret_env}
+        sealed = sealing.seal(
+            key, task.secret_env, task_id=task.id, attempt=task.attempt, member_id=member_id
+        )
+        return {"sealed_env": sealed}
 
     # ------------------------------------------------------------------ artifacts
     async def artifact(self, digest: str) -> bytes | None:

@@ -329,7 +329,9 @@ class Journal:
         else:
             log.error(
                 "the store refused a change",
-                extra={"change": f"{key[0]} {key[1]}", "error": str(exc)[:500]},
+                # (without the statement's parameters: they hold the documents, secret
+                # env included; SQLAlchemy puts them after "[parameters:")
+                extra={"change": f"{key[0]} {key[1]}", "error": _no_parameters(exc)},
             )
             error = Invalid(f"the store refused {key[0]} {key[1]}: {type(exc).__name__}")
         unit = units.pop(key)
@@ -347,3 +349,8 @@ class Journal:
         except Exception:
             return False
         return True
+
+
+def _no_parameters(exc: Exception) -> str:
+    """``exc``'s text without the bound parameters a database error may carry."""
+    return str(exc).split("[parameters:", 1)[0].strip()[:500]

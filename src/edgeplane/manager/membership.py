@@ -84,23 +84,66 @@ class Membership:
         return [self._doc(entry) for entry in self.core.registry.entries()]
 
     def worker(self, worker_id: str) -> Worker:
-        entry = self.core.registry.get(worker_id)
-        if entry is None:
-            raise NotFound(f"worker {worker_id} not found", field="id")
-        return self._doc(entry)
+        return self._doc(self._entry(worker_id))
 
     async def drain_worker(self, worker_id: str) -> Worker:
         """No new tasks go to a draining worker; its running tasks finish."""
-        entry = self.core.registry.get(worker_id)
-        if entry is None:
-            raise NotFound(f"worker {worker_id} not found", field="id")
-        journal = self.core.journal
-        journal.check()
+        entry = self._entry(worker_id)
+        self.core.journal.check()
         entry.draining = True
         if entry.online:
             entry.worker = entry.worker.model_copy(update={"state": "draining"})
-        await journal.settle(journal.write(workers=[entry.worker]))
+        await self._store_now([entry])
         return self._doc(entry)
+
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        """Place tasks on a drained worker again."""
+        entry = self._entry(worker_id)
+        self.core.journal.check()
+        entry.draining = False
+        if entry.worker.state == "draining":
+            entry.worker = entry.worker.model_copy(update={"state": "online"})
+        await self._store_now([entry])
+        self.core.kick.set()
+        return self._doc(entry)
+
+    def owner_of(self, worker_id: str) -> str | None:
+        """The owner of a member (None: no owner, or no such member)."""
+        entry = self.core.registry.get(worker_id)
+        return None if entry is None else entry.worker.owner
+
+    async def set_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a member to ``owner`` (None: to nobody), stored before it answers."""
+        entry = self._entry(worker_id)
+        self.core.journal.check()
+        entry.worker = entry.worker.model_copy(update={"owner": owner})
+        await self._store_now([entry])
+        return self._doc(entry)
+
+    async def disown(self, owner: str) -> list[str]:
+        """Take ``owner``'s members from them (their user is gone: a new user of the same
+        name must not inherit them); the ids of those members."""
+        owned = [e for e in self.core.registry.entries() if e.worker.owner == owner]
+        for entry in owned:
+            entry.worker = entry.worker.model_copy(update={"owner": None})
+        if owned:
+            await self._store_now(owned)
+        return [e.worker.id for e in owned]
+
+    async def _store_now(self, entries: Sequence[WorkerEntry]) -> None:
+        """Store members' documents before the user is answered. A version waiting in
+        ``unsaved`` (the batch of ``persist``) is older: written after, it would undo
+        this change, so this one takes its place."""
+        for entry in entries:
+            self.core.unsaved.pop(entry.worker.id, None)
+        journal = self.core.journal
+        await journal.settle(journal.write(workers=[e.worker for e in entries]))
+
+    def _entry(self, worker_id: str) -> WorkerEntry:
+        entry = self.core.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        return entry
 
     async def delete_worker(self, worker_id: str) -> None:
         journal = self.core.journal
@@ -180,7 +223,11 @@ class Membership:
             return
         self.liveness.resync.discard(member_id)
         if entry is None:
-            entry = WorkerEntry(worker=core.level.new_member(member_id, hello.capabilities, now))
+            worker = core.level.new_member(member_id, hello.capabilities, now)
+            owner = core.owner_at_join(member_id)  # its join token's, never its own word
+            if owner is not None:
+                worker = worker.model_copy(update={"owner": owner})
+            entry = WorkerEntry(worker=worker)
             core.registry.add(entry)
             log.info(f"{core.member} registered", extra={f"{core.member}_id": member_id})
         if hello.cluster is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
@@ -31,7 +32,7 @@ from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body
+from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink, kept_client_id
@@ -51,9 +52,12 @@ class Manager:
         clock: clocks.Clock | None = None,
         root: bool = False,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         """``auth``: the identities of the broker edgeplane started (its own credentials,
-        and the keys its commands are signed with); None for an external broker."""
+        and the keys its commands are signed with); None for an external broker.
+        ``secret_keys``: without ``auth``, the members' keys secret env is sealed with
+        (``up --broker`` gives its own workers one)."""
         self.settings = settings
         self.store = store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
@@ -90,6 +94,11 @@ class Manager:
         )
         if auth is not None:
             core.sign = auth.sign
+            core.sealing_key = auth.sealing_key
+            core.owner_at_join = auth.owner_of
+        elif secret_keys:
+            derived = {member: sealing.derive(key) for member, key in secret_keys.items()}
+            core.sealing_key = derived.get
         self.registry = core.registry
         self.stats = core.stats
         #: this manager process's id; task.start sequence numbers count within it
@@ -115,6 +124,10 @@ class Manager:
         self.workers = self.members.workers
         self.worker = self.members.worker
         self.drain_worker = self.members.drain_worker
+        self.undrain_worker = self.members.undrain_worker
+        self.set_owner = self.members.set_owner
+        self.owner_of = self.members.owner_of
+        self.disown = self.members.disown
         self.delete_worker = self.members.delete_worker
 
     # ------------------------------------------------------------------ lifecycle

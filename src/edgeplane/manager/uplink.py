@@ -52,6 +52,7 @@ from edgeplane.protocol import (
     decode,
     encode,
     parse_body,
+    sealing,
 )
 from edgeplane.scheduling.aggregate import aggregate, significant_change
 from edgeplane.scheduling.eligibility import (
@@ -81,8 +82,16 @@ def local_id(task_id: str, attempt: int) -> str:
 
 class Uplink:
     def __init__(
-        self, manager: Facade, root_url: str, *, clock: clocks.Clock | None = None
+        self,
+        manager: Facade,
+        root_url: str,
+        *,
+        clock: clocks.Clock | None = None,
+        command_key: bytes | None = None,
     ) -> None:
+        """``command_key``: this cluster's key on the root's broker, when it has one; the
+        root seals the secret env of the tasks it places here with a key derived from it
+        (without one the root sends it in the clear: docs/security.md, "Secrets")."""
         settings = manager.settings
         self.manager = manager
         self.cluster_id = settings.cluster_id
@@ -115,6 +124,7 @@ class Uplink:
         self._loops: list[asyncio.Task[None]] = []
         self._attached = False
         self.root_url = root_url
+        self._sealing_key = None if command_key is None else sealing.derive(command_key)
         self.link = self._new_link()
 
     def _new_link(self) -> MqttLink:
@@ -377,6 +387,19 @@ class Uplink:
         constraints = self._local(spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
+        secret_env = spec.secret_env
+        if spec.sealed_env is not None:
+            if self._sealing_key is None:
+                raise Invalid(
+                    "secret_env came sealed but this cluster has no key", field="secret_env"
+                )
+            secret_env = sealing.unseal(
+                self._sealing_key,
+                spec.sealed_env,
+                task_id=spec.task_id,
+                attempt=spec.attempt,
+                member_id=self.cluster_id,
+            )
         task_spec = TaskSpec(
             name=spec.name,
             runtime=spec.runtime,
@@ -386,6 +409,7 @@ class Uplink:
             inputs=spec.inputs,
             cli_args=spec.cli_args,
             env=spec.env,
+            secret_env=secret_env,
             command=spec.command,
             image=spec.image,
             limits=spec.limits,

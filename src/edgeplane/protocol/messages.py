@@ -18,7 +18,8 @@ from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, L
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    #: (hide_input_in_errors: an assignment's error text must not carry its secret env)
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
 
 class Hello(_Body):
@@ -84,6 +85,11 @@ class Assignment(_Body):
     inputs: list[Any] = Field(default_factory=list)
     cli_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: the task's secret env, sealed to the receiving member (``sealing.py``) when the
+    #: manager holds a key for it, else in the clear in ``secret_env`` (a broker edgeplane
+    #: does not secure: docs/security.md, "Secrets"); the receiver merges it into ``env``
+    sealed_env: str | None = Field(default=None, repr=False)
+    secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -76,7 +76,8 @@ async def start_broker(
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
 
     The embedded broker listens where ``--broker-listen HOST:PORT`` says, else on
-    ``--broker-host`` at a port chosen once and kept (``broker/port`` in the data dir):
+    ``--broker-host`` at ``--broker-port``, else at a port chosen once and kept
+    (``broker/port`` in the data dir; a fixed port is for firewalls and Services):
     members were told its URL and dial it again, so a restarted root or manager must come
     back where it was. A port taken by something else is an error, never a silent move
     (members would be left dialing the old one for good)."""
@@ -93,17 +94,14 @@ async def start_broker(
     broker = EmbeddedBroker(directory, port=port, auth=files, host=host, tls=tls)
     broker.reclaim()  # one an earlier run left holding the port
     if not port_free(host, port):
-        where = (
-            "given by --broker-listen"
-            if given
-            else f"kept in {port_file} since its first start"
-            if recorded
-            else "just chosen"
-        )
+        if given:
+            where = "--broker-listen" if settings.broker_listen else "--broker-port"
+        else:
+            where = f"kept in {port_file}" if recorded else "just chosen"
         raise Unavailable(
-            f"the embedded broker cannot listen on {host}:{port} (the port {where}): "
-            "another process holds it. Stop that process, or give --broker-listen "
-            "HOST:PORT and point the members at the new address",
+            f"the embedded broker's port {port} ({where}) is taken on {host}: another "
+            "process holds it. Stop that process, or give --broker-listen HOST:PORT and "
+            "point the members at the new address",
             field="broker_listen",
         )
     if auth is not None:
@@ -140,6 +138,7 @@ class ControlPlane:
         root: bool = False,
         serve_api: bool = True,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -149,7 +148,9 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.manager = Manager(
+            settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
+        )
         self.auth = auth
         desk_id = unique_client_id(f"edgeplane-joins-{settings.domain}-{settings.cluster_id}")
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)

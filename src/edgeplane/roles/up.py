@@ -8,8 +8,11 @@ registering with the root over MQTT exactly as separate machines would.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
@@ -21,6 +24,9 @@ from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
 from edgeplane.worker import WorkerAgent
 from edgeplane.worker.joining import Identity
+
+#: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
+SECRET_KEY_FILE = "secret-key"
 
 
 @dataclass
@@ -39,6 +45,25 @@ class Stack:
     clusters: list[ClusterStack] = field(default_factory=list)
 
 
+def _secret_key(data_dir: Path) -> bytes:
+    """The key kept in ``data_dir/secret-key`` (0600), made on first use."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = b""
+    if len(key) == 32:
+        return key
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    os.replace(tmp, path)
+    return key
+
+
 def _worker_ids(settings: Settings) -> list[str]:
     return [f"{settings.cluster_id}-{n}" for n in range(1, settings.workers + 1)]
 
@@ -48,6 +73,7 @@ async def _workers(
     settings: Settings,
     broker_url: str,
     identities: dict[str, Identity],
+    secret_keys: dict[str, bytes],
 ) -> list[WorkerAgent]:
     agents = []
     # One module cache for the process: a module compiled when its task was admitted is
@@ -61,6 +87,7 @@ async def _workers(
             data_dir=settings.data_dir / "workers" / worker_id,
             modules=modules,
             identity=identities.get(worker_id),
+            secret_key=secret_keys.get(worker_id),
         )
         await agent.start()
         stack.push_async_callback(agent.stop)
@@ -76,17 +103,27 @@ async def _cluster(
     # The in-process workers get their identities directly (no join token), before the
     # broker starts so that its first reading of the files knows them.
     identities = {}
+    secret_keys: dict[str, bytes] = {}
     if auth is not None:
         for worker_id in _worker_ids(settings):
             credentials = auth.add_worker(worker_id)
             identities[worker_id] = Identity(
                 worker_id, credentials.username, credentials.password, credentials.mac_key
             )
+    else:
+        # A broker given with --broker is not edgeplane's: the in-process workers have no
+        # identity on it, but still a key each that secret env is sealed to them with
+        # (kept 0600 in their data dirs, so a restart opens what was sealed before it).
+        secret_keys = {
+            w: _secret_key(settings.data_dir / "workers" / w) for w in _worker_ids(settings)
+        }
     broker_url = await start_broker(stack, settings, auth)
-    control = ControlPlane(settings, broker_url, serve_api=serve_api, auth=auth)
+    control = ControlPlane(
+        settings, broker_url, serve_api=serve_api, auth=auth, secret_keys=secret_keys
+    )
     await control.start()
     stack.push_async_callback(control.stop)
-    workers = await _workers(stack, settings, broker_url, identities)
+    workers = await _workers(stack, settings, broker_url, identities, secret_keys)
     return ClusterStack(control=control, broker_url=broker_url, workers=workers)
 
 
@@ -103,6 +140,7 @@ def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
             "broker": "",
             "broker_host": settings.broker_endpoint[0],
             "broker_listen": "",
+            "broker_port": 0,  # each cluster's broker picks its own
             "root": root_url,
             "clusters": 0,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ def build_worker(
     labels: Mapping[str, str] | None = None,
     modules: ModuleCache | None = None,
     identity: Identity | None = None,
+    secret_key: bytes | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
     ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
@@ -75,6 +77,7 @@ def build_worker(
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
+        secret_key=secret_key,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 
@@ -84,6 +87,10 @@ async def run_worker(
 ) -> None:
     setup_logs(settings.log_level)
     data_dir = settings.data_dir / "worker"
+    # Only the worker's user: it keeps its credentials, handle records and container
+    # bundles here, which hold task env, secret env included (docs/security.md).
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
     with hold_data_dir(data_dir, "worker"):
         await _run_worker(settings, data_dir, worker_id, labels)
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from edgeplane.errors import Invalid, NotFound, Unauthorized
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.protocol.sealing import derive
 from edgeplane.protocol.signing import sign
 
 #: The manager's MQTT username: ``$`` is not allowed in a worker id, so no worker can
@@ -75,6 +76,8 @@ class JoinToken(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     #: the id a worker joining with it gets; None: the id the worker asks for
     worker_id: str | None = None
+    #: the user who owns a worker joining with it (docs/security.md); None: nobody
+    owner: str | None = None
     created_at: float
     expires_at: float
     #: workers that joined with it (revoked with it)
@@ -97,6 +100,8 @@ class _Worker(BaseModel):
     password_hash: str
     mac_key: str
     token: str | None = None
+    #: its join token's owner, given to the worker document when it first registers
+    owner: str | None = None
 
 
 class _State(BaseModel):
@@ -136,14 +141,22 @@ class BrokerAuth:
         key = self._keys.get(worker_id)
         return message if key is None else sign(key, message)
 
+    def sealing_key(self, worker_id: str) -> bytes | None:
+        """The key ``worker_id``'s secret env is sealed with (None: it has no identity
+        here). Derived on each call: only tasks with secret env ask for it."""
+        key = self._keys.get(worker_id)
+        return None if key is None else derive(key)
+
     # ------------------------------------------------------------------ workers
-    def add_worker(self, worker_id: str, token: str | None = None) -> Credentials:
+    def add_worker(
+        self, worker_id: str, token: str | None = None, owner: str | None = None
+    ) -> Credentials:
         """New credentials for ``worker_id`` (replacing any it had)."""
         check_worker_id(worker_id)
         password = secrets.token_urlsafe(32)
         key = secrets.token_bytes(32)
         self._state.workers[worker_id] = _Worker(
-            password_hash=mosquitto_hash(password), mac_key=key.hex(), token=token
+            password_hash=mosquitto_hash(password), mac_key=key.hex(), token=token, owner=owner
         )
         self._keys[worker_id] = key
         self._write()
@@ -151,6 +164,25 @@ class BrokerAuth:
 
     def has_worker(self, worker_id: str) -> bool:
         return worker_id in self._state.workers
+
+    def owner_of(self, worker_id: str) -> str | None:
+        """The owner of the join token ``worker_id`` joined with (None: none, or it did
+        not join with a token)."""
+        found = self._state.workers.get(worker_id)
+        return None if found is None else found.owner
+
+    def disown(self, owner: str) -> None:
+        """Forget ``owner`` on join tokens and on identities not registered yet: their
+        user is gone, and a new user of the same name must not inherit them."""
+        held: list[_StoredToken | _Worker] = [
+            *self._state.tokens.values(),
+            *self._state.workers.values(),
+        ]
+        owned = [h for h in held if h.owner == owner]
+        for h in owned:
+            h.owner = None
+        if owned:
+            self._write(reload=False)
 
     def revoke_worker(self, worker_id: str) -> bool:
         """Remove ``worker_id``'s credentials; the broker disconnects it on reload."""
@@ -163,7 +195,12 @@ class BrokerAuth:
 
     # ------------------------------------------------------------------ join tokens
     def create_token(
-        self, *, ttl_s: float, labels: Mapping[str, str], worker_id: str | None
+        self,
+        *,
+        ttl_s: float,
+        labels: Mapping[str, str],
+        worker_id: str | None,
+        owner: str | None = None,
     ) -> tuple[JoinToken, str]:
         """A join token and its secret (shown once; only its sha256 is kept)."""
         if worker_id is not None:
@@ -175,6 +212,7 @@ class BrokerAuth:
             id=token_id,
             labels=dict(labels),
             worker_id=worker_id,
+            owner=owner,
             created_at=now,
             expires_at=now + ttl_s,
             secret_hash=_sha256(secret),
@@ -213,7 +251,8 @@ class BrokerAuth:
             # leaked token must not take over a worker (delete the worker to join anew).
             raise Unauthorized(f"worker {worker_id} has joined already")
         stored.workers.append(worker_id)
-        return self.add_worker(worker_id, token=token_id), dict(stored.labels)
+        credentials = self.add_worker(worker_id, token=token_id, owner=stored.owner)
+        return credentials, dict(stored.labels)
 
     @staticmethod
     def _public(stored: _StoredToken) -> JoinToken:

@@ -21,6 +21,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.store.base import Batch, Store, TokenRecord, UserRecord
 
 
@@ -44,7 +45,7 @@ class _TaskRow:
             workflow_id=task.workflow_id,
             created_at=task.created_at,
             id=task.id,
-            doc=task.model_dump_json(),
+            doc=task.model_dump_json(context=REVEAL),
             project=task.project,
         )
 
@@ -90,7 +91,7 @@ class _ScheduleRow:
         return cls(
             created_at=schedule.created_at,
             id=schedule.id,
-            doc=schedule.model_dump_json(),
+            doc=schedule.model_dump_json(context=REVEAL),
             project=schedule.project,
         )
 
@@ -107,7 +108,7 @@ class _ApplicationRow:
 
     @classmethod
     def of(cls, app: Application) -> _ApplicationRow:
-        return cls(created_at=app.created_at, id=app.id, doc=app.model_dump_json())
+        return cls(created_at=app.created_at, id=app.id, doc=app.model_dump_json(context=REVEAL))
 
     @property
     def order(self) -> tuple[float, str]:

@@ -46,6 +46,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.documents import M, read
@@ -132,7 +133,7 @@ def _task_row(task: Task) -> dict[str, Any]:
         "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
-        "doc": task.model_dump_json(),
+        "doc": task.model_dump_json(context=REVEAL),
     }
 
 
@@ -172,7 +173,7 @@ def _schedule_row(schedule: Schedule) -> dict[str, Any]:
         "next_run": schedule.next_run,
         "project": schedule.project,
         "created_at": schedule.created_at,
-        "doc": schedule.model_dump_json(),
+        "doc": schedule.model_dump_json(context=REVEAL),
     }
 
 
@@ -182,7 +183,7 @@ def _application_row(app: Application) -> dict[str, Any]:
         "name": app.name,
         "project": app.project,
         "created_at": app.created_at,
-        "doc": app.model_dump_json(),
+        "doc": app.model_dump_json(context=REVEAL),
     }
 
 
@@ -363,21 +364,27 @@ class SqlStore(Store):
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
     def _create_engine(self) -> AsyncEngine:
+        # hide_parameters: a statement's parameters hold documents, secret env included;
+        # SQLAlchemy would put them in its log lines and in the text of its errors.
         if not self._sqlite:
             connect_args: dict[str, Any] = {}
             if self._schema is not None:
                 connect_args["server_settings"] = {"search_path": f'"{self._schema}"'}
-            return create_async_engine(self._url, connect_args=connect_args)
+            return create_async_engine(self._url, connect_args=connect_args, hide_parameters=True)
         database = self._url.database
         if database in (None, "", ":memory:"):
             # An in-memory database lives in one connection: keep exactly one and let the
             # pool queue coroutines for it (a StaticPool would interleave transactions).
             engine = create_async_engine(
-                self._url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0
+                self._url,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=1,
+                max_overflow=0,
+                hide_parameters=True,
             )
         else:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self._url)
+            engine = create_async_engine(self._url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine

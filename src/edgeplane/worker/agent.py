@@ -47,6 +47,7 @@ from edgeplane.protocol import (
     decode,
     encode,
     parse_body,
+    sealing,
     signing,
 )
 from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
@@ -205,6 +206,10 @@ class WorkerOptions:
     password: str | None = field(default=None, repr=False)
     #: the key the manager's commands must be signed with (None: unsigned accepted)
     mac_key: bytes | None = field(default=None, repr=False)
+    #: the key secret env is sealed to this worker with is derived from this one, else
+    #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
+    #: edgeplane's, so they have no ``mac_key``)
+    secret_key: bytes | None = field(default=None, repr=False)
 
 
 class WorkerAgent:
@@ -223,6 +228,8 @@ class WorkerAgent:
         self.runtimes = dict(runtimes)
         self.cleaners = dict(cleaners or {})
         self.handles = HandleStore(options.data_dir / "handles")
+        key = options.secret_key or options.mac_key
+        self._sealing_key = None if key is None else sealing.derive(key)
         #: attempts with a handle record on disk
         self._persisted: set[Key] = set()
         self.clock: clocks.Clock = clock or clocks.SystemClock()
@@ -391,13 +398,12 @@ class WorkerAgent:
         transient: sending it again would not help); the rest of its command runs."""
         if not self._first_time((bad.task_id, bad.attempt)):
             return
-        log.warning("assignment refused", extra={"task_id": bad.task_id, "reason": bad.reason})
+        self._fail_unrunnable(bad.task_id, bad.attempt, bad.reason)
+
+    def _fail_unrunnable(self, task_id: str, attempt: int, reason: str) -> None:
+        log.warning("assignment refused", extra={"task_id": task_id, "reason": reason})
         event = TaskEvent(
-            task_id=bad.task_id,
-            attempt=bad.attempt,
-            state="failed",
-            error=bad.reason,
-            ts=self.clock.now(),
+            task_id=task_id, attempt=attempt, state="failed", error=reason, ts=self.clock.now()
         )
         self.events.emit_final(event)
 
@@ -405,6 +411,12 @@ class WorkerAgent:
         if not self._first_time((assignment.task_id, assignment.attempt)):
             return
         spec = run_spec(assignment)
+        if assignment.sealed_env is not None or assignment.secret_env:
+            try:
+                spec.env = {**spec.env, **self._secret_env(assignment)}
+            except Invalid as exc:  # not transient: the same key would fail again
+                self._fail_unrunnable(spec.task_id, spec.attempt, exc.detail)
+                return
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
@@ -412,6 +424,23 @@ class WorkerAgent:
         self._runs[spec.task_id] = run
         self._queue.append(run)
         self._start_queued()
+
+    def _secret_env(self, assignment: Assignment) -> dict[str, str]:
+        """The assignment's secret env: opened with this worker's key when sealed."""
+        if assignment.sealed_env is None:
+            return assignment.secret_env
+        if self._sealing_key is None:
+            raise Invalid(
+                "secret_env came sealed but this worker has no key (it did not join)",
+                field="secret_env",
+            )
+        return sealing.unseal(
+            self._sealing_key,
+            assignment.sealed_env,
+            task_id=assignment.task_id,
+            attempt=assignment.attempt,
+            member_id=self.id,
+        )
 
     def _remember(self, key: Key) -> None:
         """An attempt this worker has: a start command for it again is a duplicate."""
