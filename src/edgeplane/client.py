@@ -525,6 +525,10 @@ class _Calls:
         return _Call("GET", f"/clusters/{_seg(cluster_id)}", _cluster)
 
     @staticmethod
+    def delete_cluster(cluster_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/clusters/{_seg(cluster_id)}", _nothing)
+
+    @staticmethod
     def create_application(body: dict[str, Any]) -> _Call[ApplicationView]:
         return _Call("POST", "/applications", _application, body=body)
 
@@ -908,6 +912,10 @@ class Client(_Base):
     def cluster(self, cluster_id: str) -> Cluster:
         return self._send(_Calls.cluster(cluster_id))
 
+    def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        self._send(_Calls.delete_cluster(cluster_id))
+
     def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""
         return self._send(_Calls.create_application(_run_body(spec, "services")))
@@ -1206,6 +1214,10 @@ class AsyncClient(_Base):
 
     async def cluster(self, cluster_id: str) -> Cluster:
         return await self._send(_Calls.cluster(cluster_id))
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        await self._send(_Calls.delete_cluster(cluster_id))
 
     async def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""

@@ -67,7 +67,8 @@ class Settings(BaseModel):
     scheduler: SchedulerName = "round-robin"
     pack: bool = Field(default=False, description="resource-fit: bin-pack instead of spread")
     admin_token: str | None = None
-    #: ``edgeplane worker``: the join token to get a broker identity with (used once)
+    #: ``edgeplane worker`` (or ``manager --root``): the join token to get a broker
+    #: identity with from the manager (or the root), used once
     join_token: str | None = Field(default=None, repr=False)
     allow_host: bool = False
     #: run container tasks (runc) when the worker can: root with runc installed

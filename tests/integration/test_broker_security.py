@@ -34,9 +34,10 @@ from edgeplane.protocol import (
 from edgeplane.protocol.signing import sign
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.roles.worker import build_worker
+from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth, Credentials
 from edgeplane.transport import MqttLink, parse_broker_url
-from edgeplane.worker import WorkerAgent, joining
+from edgeplane.worker import WorkerAgent
 
 pytestmark = pytest.mark.skipif(
     __import__("shutil").which("mosquitto") is None, reason="mosquitto is not installed"
@@ -135,11 +136,11 @@ async def join_worker(
     assert created.status_code == 201, created.text
     topics = Topics(stack.control.settings.domain, stack.control.settings.cluster_id)
     identity = await joining.join(stack.broker_url, topics, created.json()["token"], "ignored")
-    assert identity.worker_id == worker_id
+    assert identity.member_id == worker_id
     worker = build_worker(
         stack.control.settings,
         broker_url=stack.broker_url,
-        worker_id=identity.worker_id,
+        worker_id=identity.member_id,
         data_dir=tmp_path / worker_id,
         identity=identity,
     )
@@ -167,7 +168,7 @@ async def test_joined_worker_runs_tasks_and_keeps_its_identity(
     worker = build_worker(
         stack.control.settings,
         broker_url=stack.broker_url,
-        worker_id=kept.worker_id,
+        worker_id=kept.member_id,
         data_dir=tmp_path / "w",
         labels=kept.labels,
         identity=kept,
@@ -235,7 +236,7 @@ async def test_worker_reads_only_its_own_commands_and_writes_only_its_leaves(
 ) -> None:
     stack, _, auth = secured
     url, topics = stack.broker_url, auth.topics
-    a, b = auth.add_worker("a"), auth.add_worker("b")
+    a, b = auth.add_member("a"), auth.add_member("b")
     watcher = await started(Probe(url, "watcher", ["#"], auth.manager))
     spy = await started(
         Probe(url, "a-spy", [topics.cmd("b"), topics.welcome("b"), topics.cmd("a")], a)
@@ -314,7 +315,7 @@ async def test_events_about_another_workers_task_are_refused_and_counted(
     a task another worker holds is refused (the issue's forged completion)."""
     stack, http, auth = secured
     worker = await join_worker(stack, http, tmp_path, "holder")
-    forger = await started(Probe(stack.broker_url, "forger", [], auth.add_worker("forger")))
+    forger = await started(Probe(stack.broker_url, "forger", [], auth.add_member("forger")))
     try:
         created = await http.post(
             "/tasks", json={"runtime": "host", "command": ["sleep", "60"], "start": True}
@@ -380,7 +381,7 @@ async def test_revoked_worker_is_cut_off_at_once(
         # disconnected by the broker's reload
         await until(lambda: answer(not worker.link.connected.is_set()))
         assert await refused(stack.broker_url, credentials)
-        assert not auth.has_worker("doomed")
+        assert not auth.has_member("doomed")
     finally:
         await worker.stop()
 
@@ -454,7 +455,19 @@ async def test_a_join_tokens_owner_owns_the_worker_that_joins_with_it(
         # her delete revokes the identity too, as an admin's does
         assert (await http.delete("/workers/edge-ann", headers=ann)).status_code == 204
         await until(lambda: answer(not hers.link.connected.is_set()))
-        assert not auth.has_worker("edge-ann") and auth.has_worker("edge-none")
+        assert not auth.has_member("edge-ann") and auth.has_member("edge-none")
     finally:
         await hers.stop()
         await plain.stop()
+
+
+async def test_a_manager_has_no_clusters_to_join_or_delete(
+    secured: tuple[Stack, httpx.AsyncClient, BrokerAuth],
+) -> None:
+    """``cluster_id`` tokens and ``DELETE /clusters`` are a root's (test_root_security.py)."""
+    _, http, auth = secured
+    wrong = await http.post("/join-tokens", json={"cluster_id": "c"})
+    assert wrong.status_code == 422 and "worker_id" in wrong.text, wrong.text
+    assert auth.tokens() == []
+    gone = await http.delete("/clusters/local")
+    assert gone.status_code == 409, gone.text

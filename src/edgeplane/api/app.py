@@ -29,6 +29,7 @@ from edgeplane.api.metrics import ManagerCollector
 from edgeplane.errors import EdgeplaneError
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
@@ -176,6 +177,7 @@ def create_app(
     max_body_mb: float = 64.0,
     accounts: Accounts | None = None,
     broker_auth: BrokerAuth | None = None,
+    uplink: Uplink | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -204,9 +206,9 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
-        secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens):
@@ -216,7 +218,7 @@ def create_app(
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
-    registry.register(ManagerCollector(manager))
+    registry.register(ManagerCollector(manager, uplink))
 
     @app.get(
         "/healthz",

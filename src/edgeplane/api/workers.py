@@ -14,6 +14,7 @@ from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import NotFound
 from edgeplane.limits import MAX_NAME
+from edgeplane.manager import Manager
 from edgeplane.model import Page, Worker
 from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth
@@ -70,11 +71,17 @@ async def set_owner(
 async def delete_worker(worker_id: str, manager: ManagerDep, request: Request) -> Response:
     """Forget the worker; on a broker edgeplane started, also revoke its identity first,
     which disconnects it at once (docs/broker-security.md)."""
+    await delete_member(manager, request, worker_id)
+    return Response(status_code=204)
+
+
+async def delete_member(manager: Manager, request: Request, member_id: str) -> None:
+    """Revoke the member's broker identity (a worker's, or a cluster's at a root) and
+    forget the member: the broker disconnects it at once, its tasks are placed again."""
     auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
-    revoked = auth is not None and auth.revoke_worker(worker_id)
+    revoked = auth is not None and auth.revoke_member(member_id)
     try:
-        await manager.delete_worker(worker_id)
+        await manager.delete_worker(member_id)
     except NotFound:
         if not revoked:  # an identity that never said hello is still deleted
             raise
-    return Response(status_code=204)

@@ -366,6 +366,14 @@ def manager(
     root: Annotated[
         str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
     ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="With --root: join token from the root's `POST /api/v1/join-tokens` (or "
+            "$EDGEPLANE_JOIN_TOKEN): used once, the identity it buys is kept in the data dir.",
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Cluster label k=v, repeatable.")
@@ -405,6 +413,7 @@ def manager(
     flags = {
         "broker": broker,
         "root": root,
+        "join_token": join,
         "cluster_name": name,
         "labels": pairs(label, "--label") if label else None,
         "location": location,
@@ -431,6 +440,8 @@ def manager(
     settings = _settings(flags, config)
     if settings.cluster_id == "clusters":
         raise typer.BadParameter("'clusters' is reserved", param_hint="--cluster-id")
+    if join and not settings.root:
+        raise typer.BadParameter("a join token is for a root: give --root too", param_hint="--join")
     if settings.location:
         from edgeplane.model.cluster import parse_location
 

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 #: Tasks given to one member, to go in one ``task.start``.
 Batch = tuple[WorkerEntry, list[Task]]
 _ARTIFACT_CACHE = 64
-_NO_SECRETS: dict[str, object] = {}
 #: Seconds a scheduling pass waits after being woken, to gather more changes.
 SCHEDULE_WINDOW_S = 0.001
 #: A pass placing this many tasks means more are coming: the next one waits the window.
@@ -177,6 +176,7 @@ class Dispatcher:
     async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
         """One ``task.start``, with its seq taken now (see :meth:`send_batches`)."""
         core = self.core
+        cluster = core.level.member == "cluster"
         assignments = []
         for task in tasks:
             inline = None
@@ -184,26 +184,9 @@ class Dispatcher:
                 data = await self.artifact(task.artifact)
                 inline = None if data is None else await _base64(data)
                 entry.artifacts.add(task.artifact)
+            secrets = self._secrets(entry, task) if task.secret_env else None
             assignments.append(
-                Assignment(
-                    task_id=task.id,
-                    attempt=task.attempt,
-                    name=task.name,
-                    runtime=task.runtime,
-                    mode=task.mode,
-                    entrypoint=task.entrypoint,
-                    artifact=task.artifact,
-                    artifact_b64=inline,
-                    inputs=task.inputs,
-                    cli_args=task.cli_args,
-                    env=task.env,
-                    command=task.command,
-                    image=task.image,
-                    limits=task.limits,
-                    daemon=task.daemon,
-                    **core.level.command_extra(task),
-                    **(self._secrets(entry, task) if task.secret_env else _NO_SECRETS),
-                )
+                Assignment.of(task, artifact_b64=inline, for_cluster=cluster, secrets=secrets)
             )
         core.stats.dispatched += len(assignments)
         entry.sent_seq += 1

@@ -62,10 +62,6 @@ class WorkerLevel:
         )
 
     @staticmethod
-    def command_extra(task: Task) -> dict[str, object]:
-        return {}
-
-    @staticmethod
     def views(registry: Registry) -> list[WorkerView]:
         return registry.schedulable()
 
@@ -116,17 +112,6 @@ class ClusterLevel:
         return Worker(
             id=member_id, cluster_id=member_id, capabilities=capabilities, registered_at=now
         )
-
-    @staticmethod
-    def command_extra(task: Task) -> dict[str, object]:
-        """What a cluster's own scheduler needs besides what a worker needs."""
-        return {
-            "retries": task.retries,
-            "priority": task.priority,
-            "constraints": task.constraints,
-            "metadata": task.metadata,
-            "pinned_worker": task.pinned_worker,
-        }
 
     @staticmethod
     def views(registry: Registry) -> list[WorkerView]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -14,7 +15,16 @@ from pydantic import (
 )
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, Limits, Usage
+from edgeplane.model import (
+    Aggregate,
+    Capabilities,
+    ClusterInfo,
+    Constraints,
+    Limits,
+    Task,
+    Usage,
+)
+from edgeplane.model.bounds import Project
 
 
 class _Body(BaseModel):
@@ -100,6 +110,50 @@ class Assignment(_Body):
     constraints: Constraints | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     pinned_worker: str | None = None
+    #: the task's project, which the cluster stores it in (docs/security.md "Projects")
+    project: Project = "default"
+
+    @classmethod
+    def of(
+        cls,
+        task: Task,
+        *,
+        artifact_b64: str | None = None,
+        for_cluster: bool = False,
+        secrets: Mapping[str, Any] | None = None,
+    ) -> Assignment:
+        """The one place an assignment is built from a task: what a worker needs, and
+        ``for_cluster`` (root → cluster) also what the cluster's own scheduler and store
+        need. ``secrets``: the task's secret env as its member may receive it (sealed to
+        it, or in the clear; ``manager/dispatch.py``)."""
+        extra: dict[str, Any] = dict(secrets or {})
+        if for_cluster:
+            extra |= {
+                "retries": task.retries,
+                "priority": task.priority,
+                "constraints": task.constraints,
+                "metadata": task.metadata,
+                "pinned_worker": task.pinned_worker,
+                "project": task.project,
+            }
+        return cls(
+            task_id=task.id,
+            attempt=task.attempt,
+            name=task.name,
+            runtime=task.runtime,
+            mode=task.mode,
+            entrypoint=task.entrypoint,
+            artifact=task.artifact,
+            artifact_b64=artifact_b64,
+            inputs=task.inputs,
+            cli_args=task.cli_args,
+            env=task.env,
+            command=task.command,
+            image=task.image,
+            limits=task.limits,
+            daemon=task.daemon,
+            **extra,
+        )
 
 
 class Unrunnable(_Body):

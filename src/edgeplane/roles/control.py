@@ -50,21 +50,23 @@ def with_trusted_ca(settings: Settings) -> Settings:
     return settings.model_copy(update={"ca": trusted_ca(settings.ca, settings.data_dir)})
 
 
-def broker_auth(settings: Settings) -> BrokerAuth | None:
-    """The identities of the broker this manager starts itself, or None when it was given
-    one (``--broker``): edgeplane locks down only brokers it starts, and an external
-    broker is the operator's to secure (a warning says so when its URL has no user)."""
+def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
+    """The identities of the broker this manager (or, ``root``, this root) starts itself,
+    or None when it was given one (``--broker``): edgeplane locks down only brokers it
+    starts, and an external broker is the operator's to secure (a warning says so when
+    its URL has no user)."""
+    member = "cluster" if root else "worker"
     if settings.broker:
         if parse_broker_url(settings.broker).username is None:
             log.warning(
-                "the broker is used without credentials: anyone who reaches it can act as "
-                "a worker (see docs/broker-security.md)",
+                f"the broker is used without credentials: anyone who reaches it can act as "
+                f"a {member} (see docs/broker-security.md)",
                 extra={"broker": str(parse_broker_url(settings.broker))},
             )
         return None
     return BrokerAuth(
         settings.data_dir / "broker",
-        Topics(settings.domain, settings.cluster_id),
+        Topics.for_root(settings.domain) if root else Topics(settings.domain, settings.cluster_id),
         now=time.time,
         reload=lambda: None,  # start_broker points it at the broker it starts
     )
@@ -152,7 +154,9 @@ class ControlPlane:
             settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
         )
         self.auth = auth
-        desk_id = unique_client_id(f"edgeplane-joins-{settings.domain}-{settings.cluster_id}")
+        desk_id = unique_client_id(
+            f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
+        )
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
         self.workflows = Workflows(facade)
@@ -168,6 +172,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         secure_data_dir(self.settings.data_dir, self.settings.store_url)
+        if self.uplink is not None:
+            # First: a refused join token stops the manager before it starts anything.
+            await self.uplink.join()
         await self.store.open()
         self.token_file = await ensure_admin_token(
             self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
@@ -197,6 +204,7 @@ class ControlPlane:
             self.applications,
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
+            uplink=self.uplink,
         )
         self.app = app
         config = uvicorn.Config(

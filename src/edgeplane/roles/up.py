@@ -2,7 +2,8 @@
 
 With ``--clusters N`` it runs the whole hierarchy instead: a root (API, store, its own
 broker) over N clusters, each a manager with its own embedded broker and local workers,
-registering with the root over MQTT exactly as separate machines would.
+joining the root with a token it mints and registering over MQTT exactly as separate
+machines would.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from pathlib import Path
 from edgeplane.config import Settings
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
+from edgeplane.manager.uplink import IDENTITY_DIR
 from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
+from edgeplane.security import joining
+from edgeplane.security.broker_auth import BrokerAuth
+from edgeplane.security.joining import Identity
 from edgeplane.worker import WorkerAgent
-from edgeplane.worker.joining import Identity
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
 SECRET_KEY_FILE = "secret-key"
@@ -106,8 +110,8 @@ async def _cluster(
     secret_keys: dict[str, bytes] = {}
     if auth is not None:
         for worker_id in _worker_ids(settings):
-            credentials = auth.add_worker(worker_id)
-            identities[worker_id] = Identity(
+            credentials = auth.add_member(worker_id)
+            identities[worker_id] = Identity(  # (member_id, username, password, key)
                 worker_id, credentials.username, credentials.password, credentials.mac_key
             )
     else:
@@ -147,6 +151,24 @@ def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
     )
 
 
+#: seconds a join token ``up --clusters`` mints for its own cluster may be used: it is
+#: used at once, by the same process
+_CLUSTER_TOKEN_TTL_S = 300.0
+
+
+def _with_join_token(settings: Settings, root_auth: BrokerAuth) -> Settings:
+    """The cluster joins the embedded root as a separate machine would, with a token made
+    for it alone; once it has joined (its identity is in its data dir) it needs none."""
+    if joining.load(settings.data_dir / IDENTITY_DIR) is not None:
+        return settings
+    _, secret = root_auth.create_token(
+        ttl_s=_CLUSTER_TOKEN_TTL_S,
+        labels={},
+        member_id=settings.cluster_id,
+    )
+    return settings.model_copy(update={"join_token": secret})
+
+
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Everything ``up`` runs, torn down in reverse order on exit."""
@@ -156,15 +178,17 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
             one = await _cluster(stack, settings, serve_api=True)
             result = Stack(control=one.control, broker_url=one.broker_url, workers=one.workers)
         else:
-            root_url = await start_broker(stack, settings)
-            root = ControlPlane(settings, root_url, root=True)
+            root_auth = broker_auth(settings, root=True)
+            root_url = await start_broker(stack, settings, root_auth)
+            root = ControlPlane(settings, root_url, root=True, auth=root_auth)
             await root.start()
             stack.push_async_callback(root.stop)
             result = Stack(control=root, broker_url=root_url)
             for n in range(1, settings.clusters + 1):
-                cluster = await _cluster(
-                    stack, cluster_settings(settings, n, root_url), serve_api=False
-                )
+                member = cluster_settings(settings, n, root_url)
+                if root_auth is not None:
+                    member = _with_join_token(member, root_auth)
+                cluster = await _cluster(stack, member, serve_api=False)
                 result.clusters.append(cluster)
                 result.workers.extend(cluster.workers)
         (settings.data_dir / ENDPOINT_FILE).write_text(result.control.url + "\n")

@@ -16,9 +16,10 @@ from edgeplane.protocol import Topics
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
+from edgeplane.security import joining
+from edgeplane.security.joining import Identity
 from edgeplane.tls import trusted_ca
-from edgeplane.worker import WorkerAgent, WorkerOptions, joining
-from edgeplane.worker.joining import Identity
+from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
 def stable_worker_id(data_dir: Path) -> str:
@@ -109,10 +110,10 @@ async def _run_worker(
         ca = trusted_ca(settings.ca, settings.data_dir)
         identity = await joining.join(broker_url, topics, settings.join_token, wanted, ca=ca)
         path = joining.save(data_dir, identity)
-        print(f"joined as {identity.worker_id}; identity kept in {path}", flush=True)
+        print(f"joined as {identity.member_id}; identity kept in {path}", flush=True)
     if identity is not None:
         # The identity's id is the broker username: the broker allows no other topics.
-        worker_id = identity.worker_id
+        worker_id = identity.member_id
         labels = {**identity.labels, **(labels or {})}
     agent = build_worker(
         settings,

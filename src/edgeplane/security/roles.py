@@ -30,7 +30,7 @@ PUBLIC = frozenset({f"{API}/auth/login", f"{API}/auth/refresh"})
 #: Admin's alone, reads included: who the users are, the secrets workers join with.
 _ADMIN_ALWAYS = ("/users", "/join-tokens")
 #: The fleet: everyone reads it, admins change it.
-_ADMIN_TO_CHANGE = ("/workers",)
+_ADMIN_TO_CHANGE = ("/workers", "/clusters")
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _NODES = "/workers/"
 #: Under a node, what its owner may call besides the node itself (``DELETE``, ``PATCH``
@@ -74,7 +74,7 @@ def required(method: str, path: str) -> Role:
     """The least role a call to ``method path`` (under ``/api/v1``) needs.
 
     Users and join tokens need an admin, reads included; other reads a viewer; mutations
-    an operator, except on workers (admin). Tokens are every user's own: a viewer may
+    an operator, except on workers and clusters (admin). Tokens are every user's own: a viewer may
     create and revoke their own (the route checks whose token it is, admin for other
     users').
     """
