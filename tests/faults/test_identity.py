@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from procs import Lab, Role, alive, wait_until
+from procs import Api, Lab, Role, alive, wait_until
 
 from edgeplane.transport import free_port
 
@@ -161,6 +161,14 @@ def test_two_managers_of_one_cluster_never_share_a_client_id(lab: Lab) -> None:
         assert _link_drops(manager) == [], manager.tail()
 
 
+def _join_token(root_api: Api, cluster_id: str) -> str:
+    """A root's join token for ``cluster_id`` (its broker lets only joined clusters in)."""
+    created = root_api.http.post("/join-tokens", json={"cluster_id": cluster_id})
+    assert created.status_code == 201, created.text
+    token: str = created.json()["token"]
+    return token
+
+
 def _port(data_dir: Path) -> int:
     return int((data_dir / "broker" / "port").read_text())
 
@@ -182,6 +190,7 @@ def test_a_root_killed_and_restarted_comes_back_on_its_port_and_its_clusters_wit
              "--root", f"mqtt://127.0.0.1:{broker_port}", "--port", str(free_port()),
              "--store", f"sqlite:///{lab.root / name / 'store.db'}",
              "--data-dir", str(lab.root / name)],
+            lab.env(EDGEPLANE_JOIN_TOKEN=_join_token(root_api, name)),
         ).start()  # fmt: skip
 
     def online() -> set[str]:
@@ -262,20 +271,26 @@ def test_a_second_manager_of_a_live_cluster_is_refused_by_the_root(lab: Lab) -> 
     root_api.wait_healthy(root)
     root_url = f"mqtt://127.0.0.1:{_port(root_dir)}"
 
-    def east(name: str) -> Role:
+    def east(name: str, **env: str) -> Role:
         return lab.role(
             name,
             ["manager", "--cluster-id", "east", "--root", root_url, "--port", str(free_port()),
              "--store", f"sqlite:///{lab.root / name / 'store.db'}",
              "--data-dir", str(lab.root / name)],
+            lab.env(**env),
         ).start()  # fmt: skip
 
-    first = east("east")
+    first = east("east", EDGEPLANE_JOIN_TOKEN=_join_token(root_api, "east"))
     wait_until(
         lambda: (root_api.http.get("/clusters/east").json() or {}).get("state") == "online",
         "east to register",
         watch=[root, first],
     )
+    # The same identity on a second machine: its data dir's uplink credentials copied.
+    copied = lab.root / "east-2" / "uplink"
+    copied.mkdir(parents=True)
+    for kept in (lab.root / "east" / "uplink").glob("credentials*"):
+        shutil.copy2(kept, copied / kept.name)
     second = east("east-2")
     assert _wait_exit(second, "the second manager to be refused") == 2, second.tail()
     assert "error: cluster id east is in use by a live cluster" in second.tail(), second.tail()
