@@ -36,7 +36,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink
+from edgeplane.transport import MqttLink, kept_client_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,11 @@ class Manager:
         )
         self.link = MqttLink(
             broker_url,
-            client_id=level.client_id,
+            # Its own (two managers of a cluster must not kick each other off the
+            # broker), and the same after a restart on the same data dir: the broker
+            # keeps what members publish while this manager is away (reconnecting, or
+            # restarting: a result that ended meanwhile) and delivers it when it is back.
+            client_id=kept_client_id(level.client_name, settings.data_dir),
             subscriptions=[self.topics.all_members(leaf) for leaf in level.leaves],
             on_message=self._on_message,
             clean_session=False,
@@ -176,7 +180,7 @@ class Manager:
             return
         member_id = where[0]
         if not (isinstance(body, Alive) and not body.online):  # a will is no sign of life
-            self.members.seen(member_id)
+            self.members.seen(member_id, body.session if isinstance(body, Hello | Alive) else "")
         if isinstance(body, Hello):
             await self.members.on_hello(member_id, body)
         elif isinstance(body, Alive):
