@@ -47,6 +47,7 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.model.audit import AuditPage
 from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
@@ -239,6 +240,7 @@ _cluster = _model(Cluster)
 _cluster_page = _model(Page[Cluster])
 _application = _model(ApplicationView)
 _application_page = _model(Page[ApplicationView])
+_audit_page = _model(AuditPage)
 
 
 def _tasks(resp: Reply) -> list[Task]:
@@ -492,6 +494,10 @@ class _Calls:
         return _Call("DELETE", f"/tokens/{_seg(token_id)}", _nothing)
 
     @staticmethod
+    def audit(params: dict[str, str | int | float]) -> _Call[AuditPage]:
+        return _Call("GET", "/audit", _audit_page, params=params)
+
+    @staticmethod
     def create_run(runs: _Runs, body: dict[str, Any]) -> _Call[Workflow | Schedule]:
         return _Call("POST", f"/{runs}", _run_or_schedule, body=body)
 
@@ -569,6 +575,27 @@ def _token_body(
     if user is not None:
         body["user"] = user
     return body
+
+
+def _audit_params(
+    actor: str | None,
+    action: str | None,
+    resource: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    cursor: int | None,
+) -> dict[str, str | int | float]:
+    given = {
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "since": since,
+        "until": until,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
@@ -980,6 +1007,24 @@ class Client(_Base):
     def revoke_token(self, token_id: str) -> None:
         self._send(_Calls.revoke_token(token_id))
 
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> AuditPage:
+        """A page of the audit log, newest first (admin); ``next`` is the ``cursor`` of
+        the page after it. ``action``: an HTTP method or a broker identity change;
+        ``resource``: a kind (``task``) or ``kind/id``; ``since``/``until``: unix times."""
+        return self._send(
+            _Calls.audit(_audit_params(actor, action, resource, since, until, limit, cursor))
+        )
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: same methods, awaited."""
@@ -1282,3 +1327,19 @@ class AsyncClient(_Base):
 
     async def revoke_token(self, token_id: str) -> None:
         await self._send(_Calls.revoke_token(token_id))
+
+    async def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> AuditPage:
+        """See :meth:`Client.audit`."""
+        return await self._send(
+            _Calls.audit(_audit_params(actor, action, resource, since, until, limit, cursor))
+        )

@@ -48,7 +48,7 @@ PUBLIC = {
 }
 #: What each /api/v1 route guards: ``project`` (a resource of a project: 404 across
 #: projects), ``fleet`` (workers, clusters: not in a project; admin to change), ``admin``
-#: (users, join tokens), ``own`` (a caller's own tokens).
+#: (users, join tokens, the audit log), ``own`` (a caller's own tokens).
 KIND = {
     "/api/v1/tasks": "project",
     "/api/v1/tasks/batch": "project",
@@ -80,6 +80,7 @@ KIND = {
     "/api/v1/users/{name}": "admin",
     "/api/v1/tokens": "own",
     "/api/v1/tokens/{token_id}": "own",
+    "/api/v1/audit": "admin",
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 HOST = {"runtime": "host", "command": ["true"]}

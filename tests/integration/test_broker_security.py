@@ -202,6 +202,10 @@ async def test_join_refused_without_a_valid_token(
         await joining.join(stack.broker_url, topics, revoked["token"], "rogue-1")
     assert stack.control.joins is not None and stack.control.joins.stats.refused == 3
     assert stack.control.joins.stats.joined == 0
+    log = (await http.get("/audit", params={"action": "worker.join_refused"})).json()["items"]
+    assert [r["actor"] for r in log] == ["anonymous"] * 3
+    assert "expired" in log[1]["detail"]
+    assert not any(secret in str(log) for secret in (expired["token"], revoked["token"]))
 
 
 async def test_anonymous_client_cannot_act_as_a_worker(
@@ -385,6 +389,20 @@ async def test_revoked_worker_is_cut_off_at_once(
         assert not auth.has_member("doomed")
     finally:
         await worker.stop()
+    # the audit log: who made the token, the worker joining with it, who cut it off
+    log = (await http.get("/audit", params={"resource": "worker/doomed"})).json()["items"]
+    changes = [(r["action"], r["actor"], r["detail"]) for r in log if r["status"] is None]
+    why = None if how == "worker" else f"join token {created['id']} deleted"
+    assert changes == [
+        ("worker.revoked", "admin", why),
+        ("worker.joined", "system", f"join token {created['id']}"),
+    ]
+    made = (await http.get("/audit", params={"action": "join_token.created"})).json()["items"]
+    assert [(r["resource_id"], r["actor"]) for r in made] == [(created["id"], "admin")]
+    deleted = (await http.get("/audit", params={"action": "join_token.deleted"})).json()
+    expected = [] if how == "worker" else [(created["id"], "admin")]
+    assert [(r["resource_id"], r["actor"]) for r in deleted["items"]] == expected
+    assert created["token"] not in str(log)
 
 
 async def test_join_tokens_need_a_broker_edgeplane_started(

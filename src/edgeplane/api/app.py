@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgeplane import __version__
 from edgeplane.api import (
     applications,
+    audit,
     clusters,
     dashboard,
     join_tokens,
@@ -150,6 +151,8 @@ class Authenticate:
                     break
             try:
                 record = await self.tokens.check(authorization)
+                # before the check: a refused call's audit record names its caller
+                scope.setdefault("state", {})[CALLER] = record
                 check(
                     scope["method"],
                     path,
@@ -158,7 +161,6 @@ class Authenticate:
                     user=record.user,
                     owner_of=self.owner_of,
                 )
-                scope.setdefault("state", {})[CALLER] = record
             except EdgeplaneError as exc:
                 response = problems.from_error(exc)
                 response.headers.update(_closing(scope, self.max_bytes))
@@ -193,12 +195,14 @@ def create_app(
     #: the identities of the broker edgeplane started (None: an external broker)
     app.state.broker_auth = broker_auth
     problems.install(app)
-    # Middleware added later wraps what was added before: a request meets the body limit,
-    # then the token check, then the fast path, then FastAPI.
+    # Middleware added later wraps what was added before: a request meets the audit log
+    # (which records what the rest answers), the body limit, then the token check, then
+    # the fast path, then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
     max_bytes = int(max_body_mb * 2**20)
     app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=manager.owner_of)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(audit.AuditCalls, trail=manager.audit)
 
     def secured(router: APIRouter) -> None:
         app.include_router(
@@ -211,7 +215,7 @@ def create_app(
         secured(workers.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
-    for router in (users.users, users.tokens):
+    for router in (users.users, users.tokens, audit.router):
         secured(router)
     # no token: login and refresh check their own credentials (roles.PUBLIC)
     app.include_router(users.auth, prefix=API, responses=problems.API)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.api.workers import delete_member
@@ -31,10 +31,12 @@ async def cluster(cluster_id: str, manager: ManagerDep) -> Cluster:
 
 
 @router.delete("/{cluster_id}", status_code=204)
-async def delete_cluster(cluster_id: str, manager: ManagerDep, request: Request) -> Response:
+async def delete_cluster(
+    cluster_id: str, manager: ManagerDep, request: Request, caller: CallerDep
+) -> Response:
     """At a root: revoke the cluster's broker identity, which disconnects it at once, and
     forget it; its tasks are placed again (docs/broker-security.md)."""
     if not manager.root:
         raise Conflict("only a root has clusters to delete; this manager is its own cluster")
-    await delete_member(manager, request, cluster_id)
+    await delete_member(manager, request, cluster_id, caller.user)
     return Response(status_code=204)

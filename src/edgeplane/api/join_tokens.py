@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeplane.api.aliases import either, one_of
+from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Conflict, Invalid
 from edgeplane.limits import MAX_NAME
@@ -74,7 +75,7 @@ AuthDep = Annotated[BrokerAuth, Depends(broker_auth)]
 
 @router.post("", response_model=NewJoinToken, status_code=201)
 async def create_join_token(
-    body: JoinTokenRequest, auth: AuthDep, request: Request
+    body: JoinTokenRequest, auth: AuthDep, request: Request, caller: CallerDep
 ) -> NewJoinToken:
     wrong = "worker_id" if auth.topics.root else "cluster_id"
     if getattr(body, wrong) is not None:
@@ -88,7 +89,11 @@ async def create_join_token(
         await accounts.existing_user(body.owner, "owner")
     member_id = body.cluster_id if auth.topics.root else body.worker_id
     token, secret = auth.create_token(
-        ttl_s=body.ttl_s, labels=body.labels, member_id=member_id, owner=body.owner
+        ttl_s=body.ttl_s,
+        labels=body.labels,
+        member_id=member_id,
+        owner=body.owner,
+        actor=caller.user,
     )
     return NewJoinToken(**token.model_dump(), token=secret)
 
@@ -99,7 +104,7 @@ async def list_join_tokens(auth: AuthDep) -> list[JoinToken]:
 
 
 @router.delete("/{token_id}", status_code=204)
-async def delete_join_token(token_id: str, auth: AuthDep) -> Response:
+async def delete_join_token(token_id: str, auth: AuthDep, caller: CallerDep) -> Response:
     """Revoke the token and cut off every member that joined with it."""
-    auth.delete_token(token_id)
+    auth.delete_token(token_id, actor=caller.user)
     return Response(status_code=204)

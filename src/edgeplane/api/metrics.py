@@ -38,6 +38,19 @@ class ManagerCollector(Collector):
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
+        yield CounterMetricFamily(
+            "edgeplane_audit_written", "Audit records written", value=m.audit.stats.written
+        )
+        yield CounterMetricFamily(
+            "edgeplane_audit_dropped",
+            "Audit records dropped: kept in memory past the bound while the store was down",
+            value=m.audit.stats.dropped,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_members_refused",
+            "Processes refused for claiming the id of a live worker (or cluster)",
+            value=m.stats.refused_members,
+        )
         if self._uplink is not None:  # a cluster's manager with a root
             yield CounterMetricFamily(
                 "edgeplane_uplink_bad_messages",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from edgeplane.api import problems
 from edgeplane.api.aliases import either, one_of
+from edgeplane.api.audit import note
 from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.limits import MAX_NAME
@@ -179,13 +180,19 @@ async def delete_user(name: str, accounts: AccountsDep, request: Request) -> Res
 async def login(body: Login, request: Request, accounts: AccountsDep) -> TokenPair:
     """A short-lived access token and a refresh token for a user name and password."""
     client = request.client.host if request.client else "unknown"
-    return _pair(*await accounts.login(body.name, body.password, client))
+    # the audit record names who tried (its status tells whether it was them)
+    note(request.scope, actor=body.name)
+    pair = await accounts.login(body.name, body.password, client)
+    note(request.scope, token_id=pair[0].record.id)
+    return _pair(*pair)
 
 
 @auth.post("/refresh", response_model=TokenPair)
-async def refresh(body: Refresh, accounts: AccountsDep) -> TokenPair:
+async def refresh(body: Refresh, request: Request, accounts: AccountsDep) -> TokenPair:
     """A new pair for a refresh token (used up by this call)."""
-    return _pair(*await accounts.refresh(body.refresh_token))
+    pair = await accounts.refresh(body.refresh_token)
+    note(request.scope, actor=pair[0].record.user, token_id=pair[0].record.id)
+    return _pair(*pair)
 
 
 @tokens.post("", status_code=201, response_model=TokenCreated)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import NotFound
@@ -68,18 +68,20 @@ async def set_owner(
 
 
 @router.delete("/{worker_id}", status_code=204)
-async def delete_worker(worker_id: str, manager: ManagerDep, request: Request) -> Response:
+async def delete_worker(
+    worker_id: str, manager: ManagerDep, request: Request, caller: CallerDep
+) -> Response:
     """Forget the worker; on a broker edgeplane started, also revoke its identity first,
     which disconnects it at once (docs/broker-security.md)."""
-    await delete_member(manager, request, worker_id)
+    await delete_member(manager, request, worker_id, caller.user)
     return Response(status_code=204)
 
 
-async def delete_member(manager: Manager, request: Request, member_id: str) -> None:
+async def delete_member(manager: Manager, request: Request, member_id: str, actor: str) -> None:
     """Revoke the member's broker identity (a worker's, or a cluster's at a root) and
     forget the member: the broker disconnects it at once, its tasks are placed again."""
     auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
-    revoked = auth is not None and auth.revoke_member(member_id)
+    revoked = auth is not None and auth.revoke_member(member_id, actor=actor)
     try:
         await manager.delete_worker(member_id)
     except NotFound:

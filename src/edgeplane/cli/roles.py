@@ -129,7 +129,20 @@ DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
-    typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
+    typer.Option(
+        "--broker-host",
+        help="Address the embedded broker listens on (127.0.0.1), at the port kept in "
+        "DATA_DIR/broker/port.",
+    ),
+]
+BrokerListenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-listen",
+        metavar="HOST:PORT",
+        help="Address and port the embedded broker listens on (wins over --broker-host; "
+        "default: a port chosen once and kept in DATA_DIR/broker/port).",
+    ),
 ]
 BrokerPortOption = Annotated[
     int | None,
@@ -266,6 +279,7 @@ def up(
         ),
     ] = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
@@ -296,6 +310,7 @@ def up(
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
@@ -332,6 +347,7 @@ def root(
     heartbeat_s: HeartbeatOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
@@ -351,6 +367,7 @@ def root(
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
@@ -404,6 +421,7 @@ def manager(
     lost_grace_s: LostGraceOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
     broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
@@ -432,6 +450,7 @@ def manager(
         "lost_grace_s": lost_grace_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
         "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,

@@ -36,6 +36,8 @@ class ManagerStats:
     dispatched: int = 0
     events: int = 0
     lost_workers: int = 0
+    #: processes refused because a live member holds the id they claimed
+    refused_members: int = 0
     #: tasks that ended since the manager started, by final state
     finished: Counter[str] = field(default_factory=Counter)
     #: tasks submitted since the manager started, by origin (api, workflow, schedule...)

@@ -195,7 +195,7 @@ class Dispatcher:
             held = entry.tasks.get(task.id)
             if held is not None and held.seq is None:
                 entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
-        start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq)
+        start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq, session=entry.session)
         await core.send(entry.worker.id, "task.start", start)
 
     def _secrets(self, entry: WorkerEntry, task: Task) -> dict[str, object]:

@@ -93,4 +93,5 @@ class JoinDesk:
         # The token itself is never logged.
         self.stats.refused += 1
         log.warning("join refused", extra={"error": why})
+        self.auth.join_refused(why)
         return JoinAnswer(error=why)

@@ -37,7 +37,8 @@ class WorkerLevel:
         return Topics(self.settings.domain, self.settings.cluster_id)
 
     @property
-    def client_id(self) -> str:
+    def client_name(self) -> str:
+        """What its link's client id starts with (``unique_client_id``)."""
         return f"edgeplane-manager-{self.settings.domain}-{self.settings.cluster_id}"
 
     @property
@@ -91,7 +92,7 @@ class ClusterLevel:
         return Topics.for_root(self.settings.domain)
 
     @property
-    def client_id(self) -> str:
+    def client_name(self) -> str:
         return f"edgeplane-root-{self.settings.domain}"
 
     @property

@@ -160,18 +160,68 @@ class Membership:
         return entry.worker.model_copy(update={"active_tasks": len(entry.tasks)})
 
     # ------------------------------------------------------------------ messages
-    def seen(self, member_id: str) -> None:
-        """Any message but a will is a sign of life."""
+    def seen(self, member_id: str, session: str = "") -> None:
+        """Any message but a will is a sign of life; one that names another session
+        than the member's known one is another process's (``held_by_another``)."""
         entry = self.core.registry.get(member_id)
-        if entry is not None and entry.online:
+        if entry is None or not entry.online:
+            return
+        if not entry.session or session in ("", entry.session):
             entry.last_seen = self.core.clock.monotonic()
+            entry.will_heard = False
             self.liveness.heard(member_id)
+
+    @staticmethod
+    def held_by_another(entry: WorkerEntry, hello: Hello) -> bool:
+        """Whether a hello comes from a second live process with a member's id.
+
+        A new session is normally the member restarted: its old process is gone, and the
+        broker said so by its last will (a killed process's socket closes with it), or it
+        left, or fell silent until marked offline. While none of that happened, the old
+        session is alive, and the newcomer is another process claiming the same id (the
+        same ``--worker-id`` or credentials on two machines): taking it as a restart
+        would re-place the live one's tasks and leave both fighting over the id."""
+        return (
+            bool(entry.session)
+            and hello.session != entry.session
+            and entry.online
+            and not entry.will_heard
+        )
+
+    async def _refuse(self, entry: WorkerEntry, hello: Hello) -> None:
+        core, member_id = self.core, entry.worker.id
+        ago = max(0.0, core.clock.monotonic() - entry.last_seen)
+        why = (
+            f"{core.member} id {member_id} is in use by a live {core.member} (heard "
+            f"{ago:.1f} s ago): give this one another id, or stop the other first"
+        )
+        if entry.refused != hello.session:
+            entry.refused = hello.session
+            core.stats.refused_members += 1
+            log.warning(
+                f"refused a second {core.member} with the id of a live one",
+                extra={
+                    f"{core.member}_id": member_id,
+                    "session": hello.session,
+                    "live_session": entry.session,
+                },
+            )
+        refusal = Welcome(
+            worker_id=member_id,
+            session=hello.session,
+            heartbeat_s=core.settings.heartbeat_s,
+            error=why,
+        )
+        await core.send(member_id, "welcome", refusal, topic=core.level.topics.welcome(member_id))
 
     async def on_hello(self, member_id: str, hello: Hello) -> None:
         core = self.core
         now, mono = core.clock.now(), core.clock.monotonic()
-        self.liveness.resync.discard(member_id)
         entry = core.registry.get(member_id)
+        if entry is not None and self.held_by_another(entry, hello):
+            await self._refuse(entry, hello)
+            return
+        self.liveness.resync.discard(member_id)
         if entry is None:
             worker = core.level.new_member(member_id, hello.capabilities, now)
             owner = core.owner_at_join(member_id)  # its join token's, never its own word
@@ -184,17 +234,22 @@ class Membership:
             entry.info = hello.cluster
         if hello.aggregate is not None:
             entry.aggregate = hello.aggregate
+        known = entry.session
         verdict = judge_hello(
             entry.tasks,
-            entry.session,
+            known,
             hello,
             self._epoch,
             reported_running=[t for t in entry.tasks if self._ran(t)],
         )
-        if entry.session != hello.session:
+        # Before anything awaits: commands sent from now on are this session's
+        # (StartTasks.session), which the process leaves alone if they name another.
+        entry.session = hello.session
+        entry.will_heard = False
+        entry.refused = ""
+        if known != hello.session:
             await self._new_session(entry, hello, verdict.lost)
         await self._resend(entry, verdict.resend)
-        entry.session = hello.session
         entry.last_seen = mono
         entry.worker = entry.worker.model_copy(
             update={
@@ -251,8 +306,11 @@ class Membership:
                     why = f"{core.member} {member_id} left"
                     await self.mark_offline(entry, why, leaving=True)
                 else:
+                    entry.will_heard = True
                     self.liveness.will(member_id)  # offline once it settles (liveness.py)
             return
+        if entry is not None and alive.session and alive.session == entry.refused:
+            return  # the refused process: told already, and it leaves
         if entry is None or alive.session != entry.session:
             await core.send(member_id, "reregister", Reregister(reason="unknown session"))
             return

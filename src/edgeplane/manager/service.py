@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
+from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
@@ -35,7 +36,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink
+from edgeplane.transport import MqttLink, kept_client_id
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,21 @@ class Manager:
         self.member = level.member
         self.topics = level.topics
         self.journal = Journal(store)
+        #: records of mutating API calls and broker identity changes (docs/security.md)
+        self.audit = AuditTrail(
+            self.journal,
+            store,
+            self.clock,
+            retention_days=settings.audit_retention_days,
+            max_rows=settings.audit_max_rows,
+        )
         self.link = MqttLink(
             broker_url,
-            client_id=level.client_id,
+            # Its own (two managers of a cluster must not kick each other off the
+            # broker), and the same after a restart on the same data dir: the broker
+            # keeps what members publish while this manager is away (reconnecting, or
+            # restarting: a result that ended meanwhile) and delivers it when it is back.
+            client_id=kept_client_id(level.client_name, settings.data_dir),
             subscriptions=[self.topics.all_members(leaf) for leaf in level.leaves],
             on_message=self._on_message,
             clean_session=False,
@@ -140,6 +153,7 @@ class Manager:
         self._core.kick.set()
 
     async def stop(self) -> None:
+        await self.audit.flush()
         await self.journal.commit()
         await self.members.flush()
         await self.journal.commit()
@@ -166,7 +180,7 @@ class Manager:
             return
         member_id = where[0]
         if not (isinstance(body, Alive) and not body.online):  # a will is no sign of life
-            self.members.seen(member_id)
+            self.members.seen(member_id, body.session if isinstance(body, Hello | Alive) else "")
         if isinstance(body, Hello):
             await self.members.on_hello(member_id, body)
         elif isinstance(body, Alive):

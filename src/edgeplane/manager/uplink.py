@@ -70,7 +70,7 @@ from edgeplane.scheduling.eligibility import (
     pinned_reason,
 )
 from edgeplane.security import joining
-from edgeplane.transport import MqttLink, Will, parse_broker_url
+from edgeplane.transport import MqttLink, Will, parse_broker_url, unique_client_id
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class Uplink:
             broker_url=manager.broker_url,
         )
         self.registered = asyncio.Event()
+        #: set when the root refused this manager (another live one has its cluster id)
+        self.refused = asyncio.Event()
+        self.refusal = ""
         self.rejected = 0
         self.bad_messages = 0
         #: messages refused for want of a valid MAC (also counted in ``bad_messages``)
@@ -177,7 +180,9 @@ class Uplink:
         identity = self.identity
         return MqttLink(
             self.root_url,
-            client_id=f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}",
+            client_id=unique_client_id(
+                f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}"
+            ),
             subscriptions=[self.topics.cmd(self.cluster_id), self.topics.welcome(self.cluster_id)],
             on_message=self._on_message,
             will=Will(
@@ -327,6 +332,8 @@ class Uplink:
             log.warning("bad message from root", extra={"topic": topic, "error": exc.detail})
             return
         if isinstance(body, StartTasks):
+            if body.session not in ("", self.session):
+                return  # meant for another process with this cluster id (agent.py)
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
@@ -342,7 +349,11 @@ class Uplink:
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
         elif isinstance(body, Welcome):
-            if body.session == self.session:
+            if body.session == self.session and body.error:
+                log.error("refused by the root", extra={"reason": body.error})
+                self.refusal = body.error
+                self.refused.set()
+            elif body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()

@@ -58,6 +58,9 @@ class Welcome(_Body):
     broker_url: str = ""
     username: str = ""
     password: str = ""
+    #: set: registration refused (another live process holds this member's id); the
+    #: member must stop, saying why
+    error: str = ""
 
 
 class Alive(_Body):
@@ -166,6 +169,9 @@ class StartTasks(_Body):
     tasks: list[Assignment]
     epoch: str = ""
     seq: int = 0
+    #: the member session it is meant for (empty: any): a process that is not that
+    #: session (another process with the same member id) leaves it alone
+    session: str = ""
     #: filled when parsing, never sent: assignments that did not validate but name their
     #: task and attempt (the receiver fails them), and how many did not even name those
     #: (the receiver counts them as bad messages)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,8 +29,8 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_url
-from edgeplane.transport.broker import AuthFiles, dial_host
+from edgeplane.transport import EmbeddedBroker, parse_broker_url, unique_client_id
+from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,8 @@ ENDPOINT_FILE = "endpoint"
 
 def serving_tls(settings: Settings) -> ServerTls | None:
     """What the API and the embedded broker serve (None: plain), by ``edgeplane.tls``."""
-    hosts = (settings.host,) if settings.broker else (settings.host, settings.broker_host)
+    broker_host = settings.broker_endpoint[0]
+    hosts = (settings.host,) if settings.broker else (settings.host, broker_host)
     return server_tls(settings.data_dir, settings.tls_cert, settings.tls_key, hosts=hosts)
 
 
@@ -77,41 +77,40 @@ async def start_broker(
 ) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
 
-    The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
-    members were told its URL and dial it again, so a restarted root or manager on a new
-    port would leave them offline for good. Only when that port is taken does it move
-    (logged, with the new URL). ``broker_port`` fixes the port: taken, the broker does not
-    start (``Unavailable``)."""
+    The embedded broker listens where ``--broker-listen HOST:PORT`` says, else on
+    ``--broker-host`` at ``--broker-port``, else at a port chosen once and kept
+    (``broker/port`` in the data dir; a fixed port is for firewalls and Services):
+    members were told its URL and dial it again, so a restarted root or manager must come
+    back where it was. A port taken by something else is an error, never a silent move
+    (members would be left dialing the old one for good)."""
     if settings.broker:
         return settings.broker
-    port_file = settings.data_dir / "broker" / "port"
+    directory = settings.data_dir / "broker"
+    port_file = directory / "port"
+    host, given = settings.broker_endpoint
     recorded = _recorded_port(port_file)
-    if settings.broker_port:
-        port = settings.broker_port  # never moved: members and Services were told this one
-        if not _free(port):  # else a listener already there would pass for the broker
-            raise Unavailable(f"the embedded broker's port {port} (--broker-port) is taken")
-    else:
-        port = recorded if recorded is not None and _free(recorded) else 0
+    port = given or recorded or free_port()
     tls = serving_tls(settings)
-    refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
+    refuse_plain_off_loopback("embedded broker", host, tls, settings.insecure)
     files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
-    broker = EmbeddedBroker(
-        settings.data_dir / "broker",
-        port=port,
-        auth=files,
-        host=settings.broker_host,
-        tls=tls,
-    )
+    broker = EmbeddedBroker(directory, port=port, auth=files, host=host, tls=tls)
+    broker.reclaim()  # one an earlier run left holding the port
+    if not port_free(host, port):
+        if given:
+            where = "--broker-listen" if settings.broker_listen else "--broker-port"
+        else:
+            where = f"kept in {port_file}" if recorded else "just chosen"
+        raise Unavailable(
+            f"the embedded broker's port {port} ({where}) is taken on {host}: another "
+            "process holds it. Stop that process, or give --broker-listen HOST:PORT and "
+            "point the members at the new address",
+            field="broker_listen",
+        )
     if auth is not None:
         auth.reload = broker.reload
     url = await broker.start()
     stack.push_async_callback(broker.stop)
-    if recorded is not None and broker.port != recorded:
-        log.warning(
-            "the broker's port was taken; members must dial the new URL",
-            extra={"port": recorded, "url": url},
-        )
-    port_file.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     port_file.write_text(f"{broker.port}\n")
     return url
 
@@ -121,16 +120,7 @@ def _recorded_port(path: Path) -> int | None:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    return port if 1024 <= port <= 65535 else None
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port if 1 <= port <= 65535 else None
 
 
 class _Server(uvicorn.Server):
@@ -164,7 +154,11 @@ class ControlPlane:
             settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
         )
         self.auth = auth
-        desk_id = f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
+        if auth is not None:  # identity changes go to the audit log (up's made before, too)
+            auth.report_to(self.manager.audit.record)
+        desk_id = unique_client_id(
+            f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
+        )
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
         self.workflows = Workflows(facade)

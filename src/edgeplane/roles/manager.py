@@ -6,14 +6,21 @@ from __future__ import annotations
 import contextlib
 
 from edgeplane.config import Settings
+from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ControlPlane, broker_auth, start_broker
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 
 
 async def run_manager(settings: Settings) -> None:
     setup_logs(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with hold_data_dir(settings.data_dir, "manager"):
+        await _run_manager(settings)
+
+
+async def _run_manager(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         auth = broker_auth(settings)
         broker_url = await start_broker(stack, settings, auth)
@@ -31,4 +38,7 @@ async def run_manager(settings: Settings) -> None:
             + root,
             flush=True,
         )
-        await wait_for_stop()
+        refused = [] if control.uplink is None else [control.uplink.refused]
+        await wait_for_stop(*refused)
+        if control.uplink is not None and control.uplink.refused.is_set():
+            raise Invalid(control.uplink.refusal)

@@ -9,12 +9,18 @@ import contextlib
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 
 
 async def run_root(settings: Settings) -> None:
     setup_logs(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with hold_data_dir(settings.data_dir, "root"):
+        await _run_root(settings)
+
+
+async def _run_root(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         auth = broker_auth(settings, root=True)
         broker_url = await start_broker(stack, settings, auth)

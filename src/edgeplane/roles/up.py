@@ -21,6 +21,7 @@ from edgeplane.logs import setup as setup_logs
 from edgeplane.manager.uplink import IDENTITY_DIR
 from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.security import joining
@@ -131,7 +132,8 @@ async def _cluster(
 
 
 def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
-    """Settings of cluster ``n`` of ``up --clusters``: own id, data dir, store and broker."""
+    """Settings of cluster ``n`` of ``up --clusters``: own id, data dir, store and broker
+    (on the root's broker host, at a port of its own kept in its data dir)."""
     cluster_id = f"cluster-{n}"
     data_dir = settings.data_dir / "clusters" / cluster_id
     return settings.model_copy(
@@ -140,6 +142,8 @@ def cluster_settings(settings: Settings, n: int, root_url: str) -> Settings:
             "data_dir": data_dir,
             "store": f"sqlite:///{data_dir / 'edgeplane.db'}",
             "broker": "",
+            "broker_host": settings.broker_endpoint[0],
+            "broker_listen": "",
             "broker_port": 0,  # each cluster's broker picks its own
             "root": root_url,
             "clusters": 0,
@@ -194,6 +198,11 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 async def run_up(settings: Settings) -> None:
     setup_logs(settings.log_level)
     announce_host_user(settings)
+    with hold_data_dir(settings.data_dir, "`edgeplane up`"):
+        await _run_up(settings)
+
+
+async def _run_up(settings: Settings) -> None:
     # Before the API answers: whoever sees it healthy may run the examples at once.
     examples = write_examples(settings.data_dir / "examples")
     async with running_stack(settings) as stack:

@@ -10,9 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edgeplane.config import Settings
+from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
 from edgeplane.protocol import Topics
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
 from edgeplane.runtimes.taskuser import configured
@@ -127,6 +129,16 @@ async def run_worker(
     # Only the worker's user: it keeps its credentials, handle records and container
     # bundles here, which hold task env, secret env included (docs/security.md).
     secure_worker_dir(data_dir)
+    with hold_data_dir(data_dir, "worker"):
+        await _run_worker(settings, data_dir, worker_id, labels)
+
+
+async def _run_worker(
+    settings: Settings,
+    data_dir: Path,
+    worker_id: str | None,
+    labels: Mapping[str, str] | None,
+) -> None:
     broker_url = settings.broker or "mqtt://127.0.0.1:1883"
     identity = joining.load(data_dir)
     if identity is None and settings.join_token:
@@ -151,6 +163,8 @@ async def run_worker(
     await agent.start()
     print(f"worker {agent.id} connected to {settings.broker}", flush=True)
     try:
-        await wait_for_stop()
+        await wait_for_stop(agent.refused)
     finally:
         await agent.stop()
+    if agent.refused.is_set():
+        raise Invalid(agent.refusal)

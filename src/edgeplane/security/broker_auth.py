@@ -30,6 +30,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from edgeplane.errors import Invalid, NotFound, Unauthorized
+from edgeplane.model import audit
+from edgeplane.model.audit import AuditRecord
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
 from edgeplane.protocol.sealing import derive
@@ -53,6 +55,8 @@ WORKER_LEAVES = ("hello", "alive", "events", "metrics")
 CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
+#: identity changes kept until an audit trail is attached (``report_to``)
+_UNREPORTED = 1000
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -142,7 +146,11 @@ class _State(BaseModel):
 class BrokerAuth:
     """The identities of one broker: a manager's (members are workers) or, when
     ``topics.root``, a root's (members are clusters). ``reload`` makes the broker re-read
-    the files (the embedded broker's SIGHUP); it is called after every change."""
+    the files (the embedded broker's SIGHUP); it is called after every change.
+
+    Every change of an identity (join token made or deleted, member joined, given
+    credentials, revoked) is reported as an :class:`AuditRecord` to the sink given to
+    :meth:`report_to`, with ``actor`` the admin whose call made it, else ``system``."""
 
     def __init__(
         self, directory: Path, topics: Topics, now: Callable[[], float], reload: Callable[[], None]
@@ -158,6 +166,8 @@ class BrokerAuth:
         self.member = "cluster" if topics.root else "worker"
         self.parent_user = ROOT_USER if topics.root else MANAGER_USER
         self.leaves = CLUSTER_LEAVES if topics.root else WORKER_LEAVES
+        self._report: Callable[[AuditRecord], None] | None = None
+        self._unreported: list[AuditRecord] = []
         self._keys = {w: bytes.fromhex(v.mac_key) for w, v in self._state.workers.items()}
         if not self._state.manager_password:
             self._state.manager_password = secrets.token_urlsafe(32)
@@ -175,6 +185,30 @@ class BrokerAuth:
         key = self._keys.get(member_id)
         return message if key is None else sign(key, message)
 
+    # ------------------------------------------------------------------ audit
+    def report_to(self, sink: Callable[[AuditRecord], None]) -> None:
+        """Send identity changes to ``sink`` from now on (those made before, too)."""
+        self._report = sink
+        for record in self._unreported:
+            sink(record)
+        self._unreported = []
+
+    def _changed(
+        self, action: str, actor: str, kind: str, resource_id: str, detail: str | None = None
+    ) -> None:
+        record = AuditRecord(
+            at=self._now(),
+            actor=actor,
+            action=action,
+            resource=kind,
+            resource_id=resource_id,
+            detail=detail,
+        )
+        if self._report is not None:
+            self._report(record)
+        elif len(self._unreported) < _UNREPORTED:
+            self._unreported.append(record)
+
     def sealing_key(self, member_id: str) -> bytes | None:
         """The key ``member_id``'s secret env is sealed with (None: it has no identity
         here). Derived on each call: only tasks with secret env ask for it."""
@@ -183,10 +217,21 @@ class BrokerAuth:
 
     # ------------------------------------------------------------------ members
     def add_member(
-        self, member_id: str, token: str | None = None, owner: str | None = None
+        self,
+        member_id: str,
+        token: str | None = None,
+        owner: str | None = None,
+        *,
+        actor: str = audit.SYSTEM,
     ) -> Credentials:
         """New credentials for ``member_id`` (replacing any it had)."""
         check_member_id(member_id, self.member)
+        if token is not None:
+            action, detail = audit.WORKER_JOINED, f"join token {token}"
+        elif member_id in self._state.workers:
+            action, detail = audit.CREDENTIALS_ROTATED, None
+        else:
+            action, detail = audit.CREDENTIALS_ISSUED, None
         password = secrets.token_urlsafe(32)
         key = secrets.token_bytes(32)
         self._state.workers[member_id] = _Member(
@@ -194,6 +239,7 @@ class BrokerAuth:
         )
         self._keys[member_id] = key
         self._write()
+        self._changed(action, actor, self.member, member_id, detail)
         return Credentials(member_id, password, key)
 
     def has_member(self, member_id: str) -> bool:
@@ -218,13 +264,14 @@ class BrokerAuth:
         if owned:
             self._write(reload=False)
 
-    def revoke_member(self, member_id: str) -> bool:
+    def revoke_member(self, member_id: str, *, actor: str = audit.SYSTEM) -> bool:
         """Remove ``member_id``'s credentials; the broker disconnects it on reload."""
         gone = self._state.workers.pop(member_id, None)
         self._keys.pop(member_id, None)
         if gone is None:
             return False
         self._write()
+        self._changed(audit.WORKER_REVOKED, actor, self.member, member_id)
         return True
 
     # ------------------------------------------------------------------ join tokens
@@ -235,6 +282,7 @@ class BrokerAuth:
         labels: Mapping[str, str],
         member_id: str | None,
         owner: str | None = None,
+        actor: str = audit.SYSTEM,
     ) -> tuple[JoinToken, str]:
         """A join token and its secret (shown once; only its sha256 is kept).
         ``member_id``: the only id that may join with it (None: the one asked for)."""
@@ -254,12 +302,13 @@ class BrokerAuth:
         )
         self._state.tokens[token_id] = stored
         self._write(reload=False)
+        self._changed(audit.JOIN_TOKEN_CREATED, actor, "join-token", token_id)
         return self._public(stored), secret
 
     def tokens(self) -> list[JoinToken]:
         return [self._public(t) for t in self._state.tokens.values()]
 
-    def delete_token(self, token_id: str) -> list[str]:
+    def delete_token(self, token_id: str, *, actor: str = audit.SYSTEM) -> list[str]:
         """Revoke a join token and every member that joined with it (returned)."""
         stored = self._state.tokens.pop(token_id, None)
         if stored is None:
@@ -269,6 +318,15 @@ class BrokerAuth:
             del self._state.workers[member_id]
             self._keys.pop(member_id, None)
         self._write()
+        self._changed(audit.JOIN_TOKEN_DELETED, actor, "join-token", token_id)
+        for member_id in revoked:
+            self._changed(
+                audit.WORKER_REVOKED,
+                actor,
+                self.member,
+                member_id,
+                f"join token {token_id} deleted",
+            )
         return revoked
 
     def redeem(self, secret: str, wanted_id: str) -> tuple[Credentials, dict[str, str]]:
@@ -293,6 +351,10 @@ class BrokerAuth:
         stored.workers.append(member_id)
         credentials = self.add_member(member_id, token=token_id, owner=stored.owner)
         return credentials, dict(stored.labels)
+
+    def join_refused(self, why: str) -> None:
+        """Record a refused join (the token itself is never recorded)."""
+        self._changed(audit.JOIN_REFUSED, audit.ANONYMOUS, self.member, "", why)
 
     def _public(self, stored: _StoredToken) -> JoinToken:
         shown = stored.model_dump(exclude={"secret_hash"})

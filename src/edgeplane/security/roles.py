@@ -27,8 +27,9 @@ _SCOPE_OF: dict[str, str] = dict(zip(ROLES, SCOPES, strict=True))
 API = "/api/v1"
 #: Reachable without a token (each one checks its own credentials).
 PUBLIC = frozenset({f"{API}/auth/login", f"{API}/auth/refresh"})
-#: Admin's alone, reads included: who the users are, the secrets workers join with.
-_ADMIN_ALWAYS = ("/users", "/join-tokens")
+#: Admin's alone, reads included: who the users are, the secrets workers join with, who
+#: did what (the audit log).
+_ADMIN_ALWAYS = ("/users", "/join-tokens", "/audit")
 #: The fleet: everyone reads it, admins change it.
 _ADMIN_TO_CHANGE = ("/workers", "/clusters")
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -73,10 +74,10 @@ def allows(role: str, scopes: Iterable[str], needed: str) -> bool:
 def required(method: str, path: str) -> Role:
     """The least role a call to ``method path`` (under ``/api/v1``) needs.
 
-    Users and join tokens need an admin, reads included; other reads a viewer; mutations
-    an operator, except on workers and clusters (admin). Tokens are every user's own: a viewer may
-    create and revoke their own (the route checks whose token it is, admin for other
-    users').
+    Users, join tokens and the audit log need an admin, reads included; other reads a
+    viewer; mutations an operator, except on workers and clusters (admin). Tokens are every
+    user's own: a viewer may create and revoke their own (the route checks whose token it
+    is, admin for other users').
     """
     rest = path[len(API) :] if path.startswith(API) else path
     if _under(rest, _ADMIN_ALWAYS):

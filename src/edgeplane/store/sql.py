@@ -46,6 +46,7 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
+from edgeplane.model.audit import AuditQuery, AuditRecord, split_resource
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
@@ -191,6 +192,13 @@ def _worker_row(worker: Worker) -> dict[str, Any]:
     return {"id": worker.id, "doc": worker.model_dump_json()}
 
 
+_AUDIT_COLUMNS = tuple(c.name for c in tables.audit.c if c.name != "id")
+
+
+def _audit_row(record: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _AUDIT_COLUMNS}
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     """Whether an error says the store cannot be reached (as opposed to refusing a write)."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
@@ -269,6 +277,19 @@ class SqlStore(Store):
             kind: _DriverStatement.of(table.delete().where(table.c.id == bindparam("id")), dialect)
             for kind, table in _TABLES.items()
         }
+        audit = tables.audit
+        self._insert_audit = _DriverStatement.of(
+            audit.insert().values({n: bindparam(n) for n in _AUDIT_COLUMNS}), dialect
+        )
+        self._prune_audit_age = _DriverStatement.of(
+            audit.delete().where(audit.c.at < bindparam("before")), dialect
+        )
+        # By id, not OFFSET: an index lookup, where OFFSET would walk every kept row. A
+        # PostgreSQL sequence may skip ids (a rolled-back insert), so "about" keep rows.
+        newest = select(func.max(audit.c.id)).scalar_subquery()
+        self._prune_audit_rows = _DriverStatement.of(
+            audit.delete().where(audit.c.id <= newest - bindparam("keep")), dialect
+        )
         self._upsert_workflows = self._upsert(tables.workflows)
         self._upsert_schedule = self._upsert(tables.schedules)
         self._upsert_application = self._upsert(tables.applications)
@@ -332,6 +353,10 @@ class SqlStore(Store):
         ]
         for kind, doc_id in batch.deleted:
             parts.append((self._deletes[kind], [{"id": doc_id}]))
+        parts.append((self._insert_audit, [_audit_row(r) for r in batch.audit]))
+        if batch.audit_prune is not None:
+            parts.append((self._prune_audit_age, [{"before": batch.audit_prune.before}]))
+            parts.append((self._prune_audit_rows, [{"keep": batch.audit_prune.keep}]))
         parts = [(statement, rows) for statement, rows in parts if rows]
         if not parts:
             return
@@ -344,8 +369,12 @@ class SqlStore(Store):
                     return
                 self._opened()
                 assert self._write_lock is not None  # always set for SQLite
+                # a prune may delete many rows: never on the event loop
+                inline = batch.audit_prune is None
                 async with self._write_lock:
-                    await self._direct.write([(st.sql, st.params(rows)) for st, rows in parts])
+                    await self._direct.write(
+                        [(st.sql, st.params(rows)) for st, rows in parts], inline=inline
+                    )
         except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(await self._conflict_detail(batch), field="id") from None
 
@@ -816,3 +845,30 @@ class SqlStore(Store):
             await conn.execute(tables.tokens.delete().where(tables.tokens.c.user == name))
             result = await conn.execute(tables.users.delete().where(tables.users.c.name == name))
         return result.rowcount > 0
+
+    # the audit log
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        audit = tables.audit
+        statement = select(audit).order_by(audit.c.id.desc()).limit(query.limit)
+        texts = (query.actor, query.action, query.resource)
+        if _unstorable(*texts):
+            return []
+        if query.before is not None:
+            statement = statement.where(audit.c.id < query.before)
+        if query.actor is not None:
+            statement = statement.where(audit.c.actor == query.actor)
+        if query.action is not None:
+            statement = statement.where(audit.c.action == query.action)
+        if query.since is not None:
+            statement = statement.where(audit.c.at >= query.since)
+        if query.until is not None:
+            statement = statement.where(audit.c.at < query.until)
+        if query.resource is not None:
+            kind, resource_id = split_resource(query.resource)
+            statement = statement.where(audit.c.resource == kind)
+            if resource_id is not None:
+                statement = statement.where(audit.c.resource_id == resource_id)
+        async with self._reading() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [AuditRecord(**row._mapping) for row in rows]

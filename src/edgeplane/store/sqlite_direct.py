@@ -53,10 +53,11 @@ class DirectSqlite:
         #: checkpoints run on the thread (for tests and diagnosis)
         self.checkpoints = 0
 
-    async def write(self, statements: Statements) -> None:
+    async def write(self, statements: Statements, *, inline: bool = True) -> None:
         """Each ``(sql, rows)`` as an ``executemany``, all in one transaction; an error
-        (``sqlite3.IntegrityError``...) rolls the whole of it back."""
-        small = sum(len(rows) for _, rows in statements) <= INLINE_ROWS
+        (``sqlite3.IntegrityError``...) rolls the whole of it back. ``inline=False``: on
+        the thread however few its rows (a statement that may touch many rows: a prune)."""
+        small = inline and sum(len(rows) for _, rows in statements) <= INLINE_ROWS
         if small and self._in_flight == 0 and self._write_inline(statements):
             return
         await self._on_thread(self._write, statements)

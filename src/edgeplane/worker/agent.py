@@ -51,7 +51,7 @@ from edgeplane.protocol import (
     signing,
 )
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
-from edgeplane.transport import MqttLink, Will
+from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 
@@ -125,6 +125,8 @@ class WorkerStats:
     started: int = 0
     finished: int = 0
     duplicates: int = 0
+    #: commands meant for another session of this worker id (left alone)
+    foreign_commands: int = 0
 
 
 class ArtifactCache:
@@ -242,6 +244,9 @@ class WorkerAgent:
         self.heartbeat_s = options.heartbeat_s
         self.stats = WorkerStats()
         self.registered = asyncio.Event()
+        #: set when the manager refused this process (another live one has its id)
+        self.refused = asyncio.Event()
+        self.refusal = ""
         self.artifacts = ArtifactCache(options.data_dir / "artifacts")
         #: every accepted attempt by task id: running, or waiting in ``_queue`` for a slot
         self._runs: dict[str, _Run] = {}
@@ -256,7 +261,9 @@ class WorkerAgent:
         self._process = psutil.Process()
         self.link = MqttLink(
             options.broker_url,
-            client_id=f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}",
+            client_id=unique_client_id(
+                f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}"
+            ),
             subscriptions=[self.topics.cmd(self.id), self.topics.welcome(self.id)],
             on_message=self._on_message,
             will=Will(
@@ -340,6 +347,11 @@ class WorkerAgent:
             log.warning("bad message", extra={"topic": topic, "error": exc.detail})
             return
         if isinstance(body, StartTasks):
+            if body.session not in ("", self.session):
+                # Another process with this id holds the tasks (a restart's older process,
+                # or a live twin this one is refused in favour of): not ours to run.
+                self.stats.foreign_commands += 1
+                return
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
@@ -368,7 +380,11 @@ class WorkerAgent:
                 self._persisted.difference_update(done)
                 await asyncio.to_thread(self.handles.remove, done)
         elif isinstance(body, Welcome):
-            if body.session == self.session:
+            if body.session == self.session and body.error:
+                log.error("refused by the manager", extra={"reason": body.error})
+                self.refusal = body.error
+                self.refused.set()
+            elif body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()
