@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from edgeplane.errors import Invalid
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
+from edgeplane.store.leases import Claim, Lease
 from edgeplane.store.memory import MemoryStore
 from edgeplane.store.sql import SqlStore
 
 __all__ = [
     "Batch",
+    "Claim",
     "Kind",
+    "Lease",
     "MemoryStore",
     "SqlStore",
     "Store",

@@ -116,3 +116,15 @@ applications = Table(
     Index("ix_applications_created_at", "created_at", "id"),
     Index("ix_applications_project", "project", "created_at", "id"),
 )
+
+#: edgeplane.store.leases: one row per cluster (or root) several processes may lead
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("holder", String, nullable=False),
+    Column("home", String, nullable=False),
+    Column("term", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("url", String, nullable=False, server_default=""),
+)
