@@ -63,6 +63,8 @@ class Core:
     resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
     #: adds the member's command MAC to a message (``BrokerAuth.sign``; none by default)
     sign: Callable[[str, bytes], bytes] = lambda member_id, message: message
+    #: the leadership term every command carries (``manager/leadership.py``; 0: none)
+    term: int = 0
 
     @property
     def member(self) -> str:
@@ -79,4 +81,5 @@ class Core:
         qos: int | None = None,
     ) -> None:
         topic = topic or self.level.topics.cmd(member_id)
-        await self.link.publish(topic, self.sign(member_id, encode(type_, body)), qos=qos)
+        message = encode(type_, body, term=self.term)
+        await self.link.publish(topic, self.sign(member_id, message), qos=qos)

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
+from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.store import Batch, Kind, Store
 
@@ -70,6 +70,8 @@ class JournalStats:
     refused: int = 0
     #: attempts that found the store unreachable
     outages: int = 0
+    #: rounds refused because another process leads now
+    fenced: int = 0
 
 
 #: What a unit holds, by the first part of its key: the document itself for an upsert,
@@ -128,6 +130,9 @@ class Journal:
         self.down: str | None = None
         #: called with every committed batch of tasks (through the manager's ``on_commit``)
         self.listeners: list[Callable[[list[Task]], None]] = []
+        #: called when the store refuses a write as fenced: another process leads now
+        #: (``manager/leadership.py``); the write fails, nothing is retried
+        self.on_fenced: list[Callable[[Fenced], None]] = []
 
     # ------------------------------------------------------------------ queueing
     def write(
@@ -275,6 +280,13 @@ class Journal:
         while units:
             try:
                 await self._isolate(list(units), units, refused)
+            except Fenced as exc:
+                self.stats.fenced += 1
+                refused.update(dict.fromkeys(units, exc))
+                units.clear()
+                for listener in self.on_fenced:
+                    listener(exc)
+                break
             except Unavailable as exc:
                 self.stats.outages += 1
                 if self.down is None:
@@ -303,6 +315,8 @@ class Journal:
             return
         try:
             await self._store.apply(_batch(keys, units))
+        except Fenced:
+            raise  # no process of this term may write any of it
         except Exception as exc:
             if isinstance(exc, Unavailable) or not await self._reachable():
                 raise Unavailable(getattr(exc, "detail", None) or type(exc).__name__) from exc

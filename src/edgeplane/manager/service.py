@@ -113,6 +113,15 @@ class Manager:
         self.drain_worker = self.members.drain_worker
         self.delete_worker = self.members.delete_worker
 
+    @property
+    def term(self) -> int:
+        """The leadership term its commands carry (``manager/leadership.py``)."""
+        return self._core.term
+
+    @term.setter
+    def term(self, term: int) -> None:
+        self._core.term = term
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         workers, _ = await self.store.list_workers(limit=1_000_000)

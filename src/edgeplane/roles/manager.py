@@ -1,5 +1,8 @@
 """``edgeplane manager``: the control plane of one cluster. Its workers dial in to its
-broker (``--broker``, else an embedded one); with ``--root`` it registers with a root."""
+broker (``--broker``, else an embedded one); with ``--root`` it registers with a root.
+
+Several managers of one cluster on one store (``--store postgresql://…``, a shared
+``--broker``) elect one leader; the others stand by (``roles/control.py``)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ import contextlib
 
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
-from edgeplane.roles.control import ControlPlane, broker_auth, start_broker
-from edgeplane.roles.signals import wait_for_stop
+from edgeplane.roles.control import ControlPlane, broker_auth, run_leading, start_broker
 
 
 async def run_manager(settings: Settings) -> None:
@@ -17,18 +19,18 @@ async def run_manager(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         auth = broker_auth(settings)
         broker_url = await start_broker(stack, settings, auth)
-        control = ControlPlane(settings, broker_url, auth=auth)
-        await control.start()
-        stack.push_async_callback(control.stop)
-        root = f", registered with root {settings.root}" if settings.root else ""
-        # an mqtts:// broker: workers verify it with the CA this manager trusts
-        ca = f" --ca {control.settings.ca}" if broker_url.startswith("mqtts:") else ""
-        print(
-            f"manager of cluster {settings.cluster_id} serving {control.url}\n"
-            f"  workers:  edgeplane worker --cluster-id {settings.cluster_id} "
-            f"--manager {broker_url}{ca}"
-            + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
-            + root,
-            flush=True,
-        )
-        await wait_for_stop()
+
+        def leading(control: ControlPlane) -> None:
+            root = f", registered with root {settings.root}" if settings.root else ""
+            # an mqtts:// broker: workers verify it with the CA this manager trusts
+            ca = f" --ca {control.settings.ca}" if broker_url.startswith("mqtts:") else ""
+            print(
+                f"manager of cluster {settings.cluster_id} serving {control.url}\n"
+                f"  workers:  edgeplane worker --cluster-id {settings.cluster_id} "
+                f"--manager {broker_url}{ca}"
+                + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
+                + root,
+                flush=True,
+            )
+
+        await run_leading(lambda: ControlPlane(settings, broker_url, auth=auth), leading)
