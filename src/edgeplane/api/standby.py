@@ -23,11 +23,8 @@ from starlette.routing import Route
 
 from edgeplane.api.problems import problem
 from edgeplane.store import Lease
+from edgeplane.wire import LEADER_HEADER, ROLE_HEADER
 
-#: Header naming the leader's URL on every standby answer (empty: none known).
-LEADER_HEADER = "X-Edgeplane-Leader"
-#: Header every standby answer carries, so clients tell "standby" from other 503s.
-ROLE_HEADER = "X-Edgeplane-Role"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
