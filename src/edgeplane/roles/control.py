@@ -209,7 +209,11 @@ class ControlPlane:
             self.url = f"{scheme}://{dial_host(self.settings.host)}:{port}"
         await self._lead()
         self.token_file = await ensure_admin_token(
-            self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
+            self.store,
+            self.settings.data_dir,
+            self.settings.admin_token,
+            self.manager.clock.now(),
+            home_of(self.settings.data_dir),
         )
         # Before the manager commits anything: what it commits at once (results workers
         # kept while it was down) must reach the runs and the root (see load and attach).

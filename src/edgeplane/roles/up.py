@@ -7,11 +7,13 @@ registering with the root over MQTT exactly as separate machines would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from edgeplane.config import Settings
+from edgeplane.errors import Unavailable
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import process_cache
@@ -20,6 +22,10 @@ from edgeplane.roles.signals import wait_for_stop
 from edgeplane.roles.worker import build_worker
 from edgeplane.worker import WorkerAgent
 from edgeplane.worker.joining import Identity
+
+
+class Deposed(Unavailable):
+    """``up`` lost the lease of its cluster to another process on its store."""
 
 
 @dataclass
@@ -151,4 +157,18 @@ async def run_up(settings: Settings) -> None:
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
         )
-        await wait_for_stop()
+        leadership = stack.control.leadership
+        assert leadership is not None
+        deposed = asyncio.Event()
+        watching = asyncio.create_task(_set_when(leadership.lost, deposed))
+        await wait_for_stop(deposed)
+        watching.cancel()
+        if leadership.lost.is_set():
+            # Its workers run in this process: standing by would leave them idle, so `up`
+            # stops and says why (the other process goes on).
+            raise Deposed(f"another process leads this cluster now: {leadership.why}")
+
+
+async def _set_when(event: asyncio.Event, then: asyncio.Event) -> None:
+    await event.wait()
+    then.set()
