@@ -47,6 +47,8 @@ from edgeplane.model import (
     Workflow,
     WorkflowSpec,
 )
+from edgeplane.model.audit import AuditPage
+from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
 
@@ -245,6 +247,7 @@ _cluster = _model(Cluster)
 _cluster_page = _model(Page[Cluster])
 _application = _model(ApplicationView)
 _application_page = _model(Page[ApplicationView])
+_audit_page = _model(AuditPage)
 
 
 def _tasks(resp: Reply) -> list[Task]:
@@ -350,13 +353,16 @@ def _run_body(
     spec: RunSpec | AppSpec, items: Literal["tasks", "services"] = "tasks"
 ) -> dict[str, Any]:
     """A job, workflow or application body with every task's (service's) ``file`` as base64."""
+    # (REVEAL: a model's secret env is dumped as ``***`` otherwise; it is sent to the API)
     if isinstance(spec, BaseModel):
-        return spec.model_dump(mode="json", exclude_unset=True)
+        return spec.model_dump(mode="json", exclude_unset=True, context=REVEAL)
     body = dict(spec)
     listed = body.get(items)
     if isinstance(listed, list | tuple):
         body[items] = [
-            t.model_dump(mode="json", exclude_unset=True) if isinstance(t, BaseModel) else _spec(t)
+            t.model_dump(mode="json", exclude_unset=True, context=REVEAL)
+            if isinstance(t, BaseModel)
+            else _spec(t)
             for t in listed
         ]
     return body
@@ -443,6 +449,14 @@ class _Calls:
         return _Call("POST", f"/workers/{_seg(worker_id)}/drain", _worker)
 
     @staticmethod
+    def undrain_worker(worker_id: str) -> _Call[Worker]:
+        return _Call("POST", f"/workers/{_seg(worker_id)}/undrain", _worker)
+
+    @staticmethod
+    def set_worker_owner(worker_id: str, owner: str | None) -> _Call[Worker]:
+        return _Call("PUT", f"/workers/{_seg(worker_id)}/owner", _worker, body={"owner": owner})
+
+    @staticmethod
     def delete_worker(worker_id: str) -> _Call[None]:
         return _Call("DELETE", f"/workers/{_seg(worker_id)}", _nothing)
 
@@ -487,6 +501,10 @@ class _Calls:
         return _Call("DELETE", f"/tokens/{_seg(token_id)}", _nothing)
 
     @staticmethod
+    def audit(params: dict[str, str | int | float]) -> _Call[AuditPage]:
+        return _Call("GET", "/audit", _audit_page, params=params)
+
+    @staticmethod
     def create_run(runs: _Runs, body: dict[str, Any]) -> _Call[Workflow | Schedule]:
         return _Call("POST", f"/{runs}", _run_or_schedule, body=body)
 
@@ -518,6 +536,10 @@ class _Calls:
     @staticmethod
     def cluster(cluster_id: str) -> _Call[Cluster]:
         return _Call("GET", f"/clusters/{_seg(cluster_id)}", _cluster)
+
+    @staticmethod
+    def delete_cluster(cluster_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/clusters/{_seg(cluster_id)}", _nothing)
 
     @staticmethod
     def create_application(body: dict[str, Any]) -> _Call[ApplicationView]:
@@ -560,6 +582,27 @@ def _token_body(
     if user is not None:
         body["user"] = user
     return body
+
+
+def _audit_params(
+    actor: str | None,
+    action: str | None,
+    resource: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    cursor: int | None,
+) -> dict[str, str | int | float]:
+    given = {
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "since": since,
+        "until": until,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
@@ -851,6 +894,13 @@ class Client(_Base):
     def drain_worker(self, worker_id: str) -> Worker:
         return self._send(_Calls.drain_worker(worker_id))
 
+    def undrain_worker(self, worker_id: str) -> Worker:
+        return self._send(_Calls.undrain_worker(worker_id))
+
+    def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return self._send(_Calls.set_worker_owner(worker_id, owner))
+
     def delete_worker(self, worker_id: str) -> None:
         self._send(_Calls.delete_worker(worker_id))
 
@@ -935,6 +985,10 @@ class Client(_Base):
     def cluster(self, cluster_id: str) -> Cluster:
         return self._send(_Calls.cluster(cluster_id))
 
+    def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        self._send(_Calls.delete_cluster(cluster_id))
+
     def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""
         return self._send(_Calls.create_application(_run_body(spec, "services")))
@@ -998,6 +1052,24 @@ class Client(_Base):
 
     def revoke_token(self, token_id: str) -> None:
         self._send(_Calls.revoke_token(token_id))
+
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> AuditPage:
+        """A page of the audit log, newest first (admin); ``next`` is the ``cursor`` of
+        the page after it. ``action``: an HTTP method or a broker identity change;
+        ``resource``: a kind (``task``) or ``kind/id``; ``since``/``until``: unix times."""
+        return self._send(
+            _Calls.audit(_audit_params(actor, action, resource, since, until, limit, cursor))
+        )
 
 
 class AsyncClient(_Base):
@@ -1150,6 +1222,13 @@ class AsyncClient(_Base):
     async def drain_worker(self, worker_id: str) -> Worker:
         return await self._send(_Calls.drain_worker(worker_id))
 
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        return await self._send(_Calls.undrain_worker(worker_id))
+
+    async def set_worker_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a worker to a user (None: to nobody); an admin's call."""
+        return await self._send(_Calls.set_worker_owner(worker_id, owner))
+
     async def delete_worker(self, worker_id: str) -> None:
         await self._send(_Calls.delete_worker(worker_id))
 
@@ -1240,6 +1319,10 @@ class AsyncClient(_Base):
     async def cluster(self, cluster_id: str) -> Cluster:
         return await self._send(_Calls.cluster(cluster_id))
 
+    async def delete_cluster(self, cluster_id: str) -> None:
+        """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
+        await self._send(_Calls.delete_cluster(cluster_id))
+
     async def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""
         return await self._send(_Calls.create_application(_run_body(spec, "services")))
@@ -1303,3 +1386,19 @@ class AsyncClient(_Base):
 
     async def revoke_token(self, token_id: str) -> None:
         await self._send(_Calls.revoke_token(token_id))
+
+    async def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        resource: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> AuditPage:
+        """See :meth:`Client.audit`."""
+        return await self._send(
+            _Calls.audit(_audit_params(actor, action, resource, since, until, limit, cursor))
+        )

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeplane.errors import Invalid
 from edgeplane.limits import (
@@ -42,6 +42,12 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     #: where the embedded broker listens (its port is kept in ``data_dir/broker/port``)
     broker_host: str = "127.0.0.1"
+    #: the embedded broker's port; 0: the one it had before (``data_dir/broker/port``), else
+    #: a free one. A fixed port is for firewalls and Kubernetes Services: taken, it is an error
+    broker_port: int = Field(default=0, ge=0, le=65535)
+    #: ``HOST:PORT`` the embedded broker listens on (wins over ``broker_host`` and
+    #: ``broker_port``; port 0: the one kept in ``data_dir/broker/port``, chosen once)
+    broker_listen: str = ""
     # --- TLS (docs/tls.md) ---
     #: the certificate and key the API and the embedded broker serve (default: those
     #: ``edgeplane certs init`` made in data_dir, when listening off loopback)
@@ -61,7 +67,8 @@ class Settings(BaseModel):
     scheduler: SchedulerName = "round-robin"
     pack: bool = Field(default=False, description="resource-fit: bin-pack instead of spread")
     admin_token: str | None = None
-    #: ``edgeplane worker``: the join token to get a broker identity with (used once)
+    #: ``edgeplane worker`` (or ``manager --root``): the join token to get a broker
+    #: identity with from the manager (or the root), used once
     join_token: str | None = Field(default=None, repr=False)
     allow_host: bool = False
     #: run container tasks (runc) when the worker can: root with runc installed
@@ -73,6 +80,9 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: the audit log keeps records this many days, and at most this many (docs/security.md)
+    audit_retention_days: float = Field(default=90.0, gt=0, le=36500, allow_inf_nan=False)
+    audit_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
     #: a worker's limits for wasm tasks that give none (see DEFAULT_WASM_MEMORY_MB)
     wasm_memory_mb: int = Field(default=DEFAULT_WASM_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
     #: the most a wasm task may ask for with limits.memory_mb on a worker
@@ -123,9 +133,33 @@ class Settings(BaseModel):
                 values[name] = raw
         return values
 
+    @field_validator("broker_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+    @property
+    def broker_endpoint(self) -> tuple[str, int]:
+        """Where the embedded broker listens: host, and port (0: the one kept)."""
+        if self.broker_listen:
+            return parse_listen(self.broker_listen)
+        return self.broker_host, self.broker_port
+
     @property
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.data_dir / 'edgeplane.db'}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:PORT`` for IPv6) → (host, port); ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (port 0 to 65535)")
+    return host, int(port)
 
 
 def load(flags: dict[str, Any], config_file: Path | None = None) -> Settings:

@@ -13,6 +13,8 @@ executor's. The kernel forgets the tie when the helper's credentials change (a s
 program, or one that drops root for a user of its own, as Mosquitto does unless told
 otherwise: ``broker.py`` tells it). And a worker's task processes are deliberately not tied
 this way: they outlive a crashed worker, which re-attaches to them (``worker/recovery.py``).
+Where the kernel offers no such tie, the next start on the data dir stops a broker left
+behind (``MosquittoProcess.reclaim``: its pid file, checked against its command line).
 """
 
 from __future__ import annotations

@@ -31,5 +31,7 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "amqtt", "transitions"):
+    # aiosqlite logs every statement with its parameters at debug, which hold documents
+    # (secret env included): never below warning, whatever the level asked for.
+    for noisy in ("uvicorn.access", "amqtt", "transitions", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -154,10 +154,24 @@ def test_a_manager_registers_with_its_root_over_mqtts(lab: Lab) -> None:
         ["root", "--host", "0.0.0.0", "--broker-host", "0.0.0.0", "--port", str(port),
          "--store", f"sqlite:///{lab.root / 'root.db'}", "--data-dir", str(root_dir)],
     ).start()  # fmt: skip
+
+    def join_token() -> str | None:  # the root's broker is its own: clusters join it
+        try:
+            created = httpx.post(
+                f"https://127.0.0.1:{port}/api/v1/join-tokens",
+                json={"cluster_id": "tls-cluster"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                verify=ssl.create_default_context(cafile=str(ca)),
+            )
+        except httpx.HTTPError:
+            return None
+        return str(created.json()["token"]) if created.status_code == 201 else None
+
+    token = wait_until(join_token, "the root's API", watch=[root])
     manager = lab.role(
         "cluster",
         ["manager", "--cluster-id", "tls-cluster", "--root", f"mqtts://127.0.0.1:{broker_port}",
-         "--ca", str(ca), "--port", str(free_port()), "--store", lab.store,
+         "--join", token, "--ca", str(ca), "--port", str(free_port()), "--store", lab.store,
          "--data-dir", str(lab.root / "cluster")],
     ).start()  # fmt: skip
 

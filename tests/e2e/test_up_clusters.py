@@ -56,6 +56,13 @@ def test_up_with_two_clusters(up_two: tuple[str, dict[str, str]], tmp_path: Path
     clusters = wait_until(both_online, "two clusters to register", timeout=30)
     assert {c["id"] for c in clusters} == {"cluster-1", "cluster-2"}
     assert len({c["broker_url"] for c in clusters}) == 2  # each has its own broker
+    # ...and its own identity on the root's, joined with a token `up` minted for it alone
+    assert "user edgeplane$root" in (tmp_path / "broker" / "acl").read_text()
+    for n in (1, 2):
+        kept = tmp_path / "clusters" / f"cluster-{n}" / "uplink" / "credentials.json"
+        assert kept.stat().st_mode & 0o777 == 0o600
+    tokens = httpx.get(f"{url}/api/v1/join-tokens", headers=headers).json()
+    assert sorted(c for t in tokens for c in t["clusters"]) == ["cluster-1", "cluster-2"]
     listed = cli("cluster", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "cluster-1" in listed.stdout and "cluster-2" in listed.stdout

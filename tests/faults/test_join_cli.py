@@ -63,3 +63,42 @@ def test_worker_joins_once_keeps_its_identity_and_is_cut_off_when_deleted(lab: L
     wait_until(lambda: "not authorized" in again.tail().lower(), "edge-1 to be refused")
     assert "edge-1" not in api.online_workers()
     assert again.running  # it retries (logged), it is not let in
+
+
+def test_cluster_joins_its_root_once_and_is_cut_off_when_deleted(lab: Lab) -> None:
+    """`edgeplane manager --root … --join` against `edgeplane root` with its own
+    locked-down Mosquitto: a bad token ends it with exit code 2, a good one registers it
+    (and is kept), `DELETE /clusters/{id}` keeps it out."""
+    port = free_port()
+    root = lab.role(
+        "root", ["root", "--store", "memory://", "--port", str(port),
+                 "--data-dir", str(lab.root / "root")],
+    )  # fmt: skip
+    root.start()
+    api = lab.api(port)
+    api.wait_healthy(root)
+    broker = f"mqtt://127.0.0.1:{(lab.root / 'root' / 'broker' / 'port').read_text().strip()}"
+    argv = ["manager", "--cluster-id", "berlin", "--root", broker, "--port", "0",
+            "--store", "memory://", "--data-dir", str(lab.root / "berlin")]  # fmt: skip
+
+    refused = lab.role("refused", [*argv, "--join", "epj_nope_nope"])
+    refused.start()
+    assert refused.proc is not None and refused.proc.wait(timeout=60) == 2, refused.tail()
+    assert "refused the join token" in refused.tail()
+
+    created = api.http.post("/join-tokens", json={"cluster_id": "berlin"})
+    assert created.status_code == 201, created.text
+    cluster = lab.role("berlin", argv, lab.env(EDGEPLANE_JOIN_TOKEN=created.json()["token"]))
+    cluster.start()
+
+    def state() -> str | None:
+        found = api.http.get("/clusters/berlin")
+        return found.json()["state"] if found.status_code == 200 else None
+
+    wait_until(lambda: state() == "online", "berlin to register", watch=[cluster, root])
+    kept = lab.root / "berlin" / "uplink" / "credentials.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+    assert api.http.delete("/clusters/berlin").status_code == 204
+    wait_until(lambda: "not authorized" in cluster.tail().lower(), "berlin to be refused")
+    assert state() is None and cluster.running  # it retries (logged), it is not let in

@@ -1,7 +1,8 @@
 """The store failing for 10 s under load: PostgreSQL reached through a proxy that the test
 cuts (every connection dropped, new ones refused). Meanwhile the API answers 503
 problem+json and /healthz says the store is down; afterwards work continues without a
-restart and every accepted task ends exactly once."""
+restart, every accepted task ends exactly once, and the audit records of the refused calls
+are written."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def test_store_down_for_10_s_under_load(lab: Lab, proxy: TcpProxy, store_url: st
     assert down["status"] == "unavailable" and down["broker"] is True, down
     # A change asked for meanwhile is refused at once, and says why.
     refused = api.http.post(
-        "/tasks/batch", json={"tasks": host_tasks([f"x{n}" for n in range(DURING)], out)}
+        "/tasks/batch",
+        json={"tasks": host_tasks([f"x{n}" for n in range(DURING)], out)},
+        headers={"X-Request-ID": "refused-in-outage"},
     )
     assert refused.status_code == 503, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
@@ -75,3 +78,8 @@ def test_store_down_for_10_s_under_load(lab: Lab, proxy: TcpProxy, store_url: st
     check_exactly_once(api.tasks(), accepted, expected)
     check_lines(out, names)  # and none of the refused batch ran
     assert api.metric("edgeplane_workers_lost_total") == 0
+    # the refused call's audit record was kept in memory and written once the store was back
+    log = api.http.get("/audit", params={"method": "POST", "limit": 1000}).json()["items"]
+    (kept,) = [r for r in log if r["request_id"] == "refused-in-outage"]
+    assert (kept["route"], kept["status"]) == ("/api/v1/tasks/batch", 503)
+    assert api.metric("edgeplane_audit_dropped_total") == 0

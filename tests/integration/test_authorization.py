@@ -48,7 +48,7 @@ PUBLIC = {
 }
 #: What each /api/v1 route guards: ``project`` (a resource of a project: 404 across
 #: projects), ``fleet`` (workers, clusters: not in a project; admin to change), ``admin``
-#: (users, join tokens), ``own`` (a caller's own tokens).
+#: (users, join tokens, the audit log), ``own`` (a caller's own tokens).
 KIND = {
     "/api/v1/tasks": "project",
     "/api/v1/tasks/batch": "project",
@@ -70,6 +70,8 @@ KIND = {
     "/api/v1/workers": "fleet",
     "/api/v1/workers/{worker_id}": "fleet",
     "/api/v1/workers/{worker_id}/drain": "fleet",
+    "/api/v1/workers/{worker_id}/undrain": "fleet",
+    "/api/v1/workers/{worker_id}/owner": "fleet",
     "/api/v1/clusters": "fleet",
     "/api/v1/clusters/{cluster_id}": "fleet",
     "/api/v1/join-tokens": "admin",
@@ -78,6 +80,7 @@ KIND = {
     "/api/v1/users/{name}": "admin",
     "/api/v1/tokens": "own",
     "/api/v1/tokens/{token_id}": "own",
+    "/api/v1/audit": "admin",
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 HOST = {"runtime": "host", "command": ["true"]}
@@ -106,7 +109,7 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
         broker=fast_broker_url,
         store=f"sqlite:///{tmp_path / 'db.sqlite'}",
         port=0,
-        workers=1,
+        workers=2,
         heartbeat_s=0.3,
         domain=unique_domain,
         admin_token=TOKEN,
@@ -116,6 +119,7 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
         running_stack(settings) as stack,
         httpx.AsyncClient(base_url=stack.control.url, timeout=30) as http,
     ):
+        await _workers_known(http, len(stack.workers))
         app = stack.control.app
         assert app is not None
         # FastAPI keeps included routers as such in app.routes; this walks into them
@@ -169,13 +173,22 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
                 await _ok(await http.post("/api/v1/tokens", json={"name": "ci"}, headers=opal), 201)
             )["id"],
             "name": "opal",
-            "worker_id": stack.workers[0].id if stack.workers else "w",
+            "worker_id": stack.workers[0].id,
+            "other_worker": stack.workers[1].id,
             "cluster_id": "c",
         }
         app_body = {"name": "web", "services": [{"name": "s", **HOST}]}
         created = await http.post("/api/v1/applications", json=app_body, headers=opal)
         ids["app_id"] = (await _ok(created, 201))["id"]
         yield World(http, routes, ids, auth, tmp_path)
+
+
+async def _workers_known(http: httpx.AsyncClient, count: int) -> None:
+    """Until the manager lists ``count`` workers (each registered)."""
+    async with asyncio.timeout(30):
+        # registration has no event to await here
+        while (await _ok(await http.get("/api/v1/workers", headers=ADMIN)))["total"] < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 def _url(path: str, ids: dict[str, str]) -> str:
@@ -200,6 +213,8 @@ def _body(path: str) -> dict[str, Any]:
         return {"name": "mine"}
     if path.startswith("/api/v1/users"):
         return {"name": "mallory", "password": PASSWORD, "role": "admin"}
+    if path.endswith("/owner"):
+        return {"owner": "vera"}
     return dict(HOST) if path == "/api/v1/tasks" else {}
 
 
@@ -365,3 +380,181 @@ async def test_the_cli_manages_users_tokens_and_logs_in(
     assert (await cli(*run, "default", "--", "true", token=access)).exit_code == 2  # not hers
     assert (await cli("user", "delete", "cli-ann")).exit_code == 0
     assert (await cli("task", "list", token=access)).exit_code == 2
+
+
+# ---------------------------------------------------------------- node owners
+
+
+def _worker_routes(world: World) -> list[tuple[str, str]]:
+    """Every mutating route on one worker, its delete last (it forgets the worker)."""
+    found = [
+        (method, path)
+        for method, path in world.routes
+        if path.startswith("/api/v1/workers/{worker_id}") and method in MUTATING
+    ]
+    assert len(found) >= 4, found  # drain, undrain, owner, delete at least
+    return sorted(found, key=lambda route: route[0] == "DELETE")
+
+
+async def test_the_owner_of_a_node_manages_it_whatever_their_role(world: World) -> None:
+    http, ids = world.http, world.ids
+    mine, other = ids["worker_id"], ids["other_worker"]
+    given = await _ok(
+        await http.put(f"/api/v1/workers/{mine}/owner", json={"owner": "vera"}, headers=ADMIN)
+    )
+    assert given["owner"] == "vera"
+    assert (await _ok(await http.get(f"/api/v1/workers/{mine}", headers=ADMIN)))["owner"] == "vera"
+    listed = await _ok(await http.get("/api/v1/workers", headers=world.auth["vera"]))
+    assert {w["id"]: w["owner"] for w in listed["items"]} == {mine: "vera", other: None}
+    vera, opal = world.auth["vera"], world.auth["opal"]
+    # a read-scoped token of the owner's still cannot change anything
+    made = await _ok(
+        await http.post("/api/v1/tokens", json={"scopes": ["read"]}, headers=vera), 201
+    )
+    read_only = {"Authorization": f"Bearer {made['token']}"}
+    for method, path in _worker_routes(world):
+        url = _url(path, ids)
+        body = _body(path) if method != "DELETE" else None
+        on_other = url.replace(f"/workers/{mine}", f"/workers/{other}")
+        for who, where in ((vera, on_other), (opal, url), (read_only, url)):
+            refused = await http.request(method, where, json=body, headers=who)
+            assert refused.status_code == 403, (method, where, refused.text)
+        answer = await http.request(method, url, json=body, headers=vera)
+        if path.endswith("/owner"):  # ownership itself stays an admin's
+            assert answer.status_code == 403, answer.text
+        else:
+            assert answer.status_code in (200, 204), (method, path, answer.text)
+            if path.endswith("/drain"):
+                assert answer.json()["state"] == "draining"
+    # deleted by its owner: gone
+    assert (await http.get(f"/api/v1/workers/{mine}", headers=ADMIN)).status_code == 404
+    assert (await http.get(f"/api/v1/workers/{other}", headers=ADMIN)).status_code == 200
+
+
+async def test_only_an_admin_gives_a_node_and_only_to_a_user(world: World) -> None:
+    http, node = world.http, world.ids["worker_id"]
+    url = f"/api/v1/workers/{node}/owner"
+    ghost = await http.put(url, json={"owner": "ghost"}, headers=ADMIN)
+    assert ghost.status_code == 404 and ghost.json()["field"] == "owner", ghost.text
+    assert (
+        await http.put(url, json={"owner": "opal"}, headers=world.auth["opal"])
+    ).status_code == 403
+    await _ok(await http.put(url, json={"owner": "opal"}, headers=ADMIN))
+    drained = await http.post(f"/api/v1/workers/{node}/drain", headers=world.auth["opal"])
+    assert drained.status_code == 200, drained.text
+    # taken from her: refused at once (the token cache keeps roles, never ownership)
+    await _ok(await http.put(url, json={"owner": "vera"}, headers=ADMIN))
+    undrain = f"/api/v1/workers/{node}/undrain"
+    assert (await http.post(undrain, headers=world.auth["opal"])).status_code == 403
+    await _ok(await http.post(undrain, headers=world.auth["vera"]))
+    await _ok(await http.put(url, json={"owner": "opal"}, headers=ADMIN))
+    # the user goes: so does their ownership (a new "opal" inherits nothing)
+    await _ok(await http.delete("/api/v1/users/opal", headers=ADMIN), 204)
+    assert (await _ok(await http.get(f"/api/v1/workers/{node}", headers=ADMIN)))["owner"] is None
+    await _ok(await http.put(url, json={"owner": None}, headers=ADMIN))
+
+
+async def test_the_cli_gives_and_shows_a_nodes_owner(world: World) -> None:
+    url, node = str(world.http.base_url), world.ids["worker_id"]
+
+    async def cli(*args: str) -> Result:
+        given = ["--url", url, "--token", TOKEN]
+        return await asyncio.to_thread(
+            CliRunner().invoke, cli_app, [*given, *args], catch_exceptions=False
+        )
+
+    given = await cli("worker", "owner", node, "vera")
+    assert given.exit_code == 0 and given.stdout.strip() == f"{node} owner vera", given.output
+    shown = await cli("worker", "get", node)
+    assert any(line.split() == ["owner", "vera"] for line in shown.stdout.splitlines()), (
+        shown.stdout
+    )
+    listed = orjson.loads((await cli("worker", "list", "--output", "json")).stdout)
+    assert {w["id"]: w["owner"] for w in listed["items"]}[node] == "vera"
+    table = (await cli("worker", "list")).stdout
+    assert "OWNER" in table.splitlines()[0] and "vera" in table
+    assert (await cli("worker", "owner", node)).exit_code == 2  # USER or --none
+    assert (await cli("worker", "owner", node, "vera", "--none")).exit_code == 2
+    assert (await cli("worker", "owner", node, "ghost")).exit_code == 2
+    taken = await cli("worker", "owner", node, "--none")
+    assert taken.exit_code == 0 and taken.stdout.strip() == f"{node} owner -", taken.output
+
+
+async def test_ownership_survives_a_manager_restart(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        broker=fast_broker_url,
+        store=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        port=0,
+        workers=1,
+        heartbeat_s=0.3,
+        domain=unique_domain,
+        admin_token=TOKEN,
+    )
+    body = {"username": "ann", "password": PASSWORD, "role": "viewer"}
+    async with (
+        running_stack(settings) as stack,
+        httpx.AsyncClient(base_url=stack.control.url, timeout=30) as http,
+    ):
+        await _workers_known(http, 1)
+        node = stack.workers[0].id
+        await _ok(await http.post("/api/v1/users", json=body, headers=ADMIN), 201)
+        url = f"/api/v1/workers/{node}/owner"
+        await _ok(await http.put(url, json={"owner": "ann"}, headers=ADMIN))
+    async with (
+        running_stack(settings) as stack,
+        httpx.AsyncClient(base_url=stack.control.url, timeout=30) as http,
+    ):
+        await _workers_known(http, 1)
+        shown = await _ok(await http.get(f"/api/v1/workers/{node}", headers=ADMIN))
+        assert shown["owner"] == "ann", shown
+        login = {"username": "ann", "password": PASSWORD}
+        ann = (await _ok(await http.post("/api/v1/auth/login", json=login)))["access_token"]
+        drained = await http.post(
+            f"/api/v1/workers/{node}/drain", headers={"Authorization": f"Bearer {ann}"}
+        )
+        assert drained.status_code == 200 and drained.json()["owner"] == "ann", drained.text
+
+
+async def test_outside_clients_field_names_work_beside_ours(world: World) -> None:
+    http = world.http
+    made = await http.post(
+        "/api/v1/users",
+        json={"username": "uma", "password": PASSWORD, "role": "operator", "projects": ["lab"]},
+        headers=ADMIN,
+    )
+    user = await _ok(made, 201)
+    assert (user["name"], user["role"], user["projects"]) == ("uma", "operator", ["lab"])
+    pair = await _ok(
+        await http.post("/api/v1/auth/login", json={"username": "uma", "password": PASSWORD})
+    )
+    assert set(pair) >= {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert pair["token_type"] == "bearer" and pair["expires_in"] > 0
+    uma = {"Authorization": f"Bearer {pair['access_token']}"}
+    for name in ("expires_in_s", "expires_in"):
+        body = {"name": "ci", "scopes": ["read"], name: 60}
+        token = await _ok(await http.post("/api/v1/tokens", json=body, headers=uma), 201)
+        assert token["id"] and token["token"] and token["scopes"] == ["read"]
+        assert token["expires_at"] == pytest.approx(token["created_at"] + 60)
+        mine = {"Authorization": f"Bearer {token['token']}"}
+        await _ok(await http.get("/api/v1/tasks", headers=mine))
+    both = [
+        ("/api/v1/users", {"name": "a", "username": "a", "password": PASSWORD}, ADMIN, "name"),
+        (
+            "/api/v1/auth/login",
+            {"name": "uma", "username": "uma", "password": PASSWORD},
+            {},
+            "name",
+        ),
+        ("/api/v1/tokens", {"expires_in": 5, "expires_in_s": 5}, uma, "expires_in"),
+    ]
+    for path, body, headers, field in both:
+        refused = await http.post(path, json=body, headers=headers)
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["field"] == field, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+    # neither name: the field is missing, named by its first name
+    missing = await http.post("/api/v1/users", json={"password": PASSWORD}, headers=ADMIN)
+    assert missing.status_code == 422 and missing.json()["field"] == "name", missing.text

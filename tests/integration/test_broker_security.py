@@ -34,9 +34,10 @@ from edgeplane.protocol import (
 from edgeplane.protocol.signing import sign
 from edgeplane.roles.up import Stack, running_stack
 from edgeplane.roles.worker import build_worker
+from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth, Credentials
 from edgeplane.transport import MqttLink, parse_broker_url
-from edgeplane.worker import WorkerAgent, joining
+from edgeplane.worker import WorkerAgent
 
 pytestmark = pytest.mark.skipif(
     __import__("shutil").which("mosquitto") is None, reason="mosquitto is not installed"
@@ -135,11 +136,11 @@ async def join_worker(
     assert created.status_code == 201, created.text
     topics = Topics(stack.control.settings.domain, stack.control.settings.cluster_id)
     identity = await joining.join(stack.broker_url, topics, created.json()["token"], "ignored")
-    assert identity.worker_id == worker_id
+    assert identity.member_id == worker_id
     worker = build_worker(
         stack.control.settings,
         broker_url=stack.broker_url,
-        worker_id=identity.worker_id,
+        worker_id=identity.member_id,
         data_dir=tmp_path / worker_id,
         identity=identity,
     )
@@ -167,7 +168,7 @@ async def test_joined_worker_runs_tasks_and_keeps_its_identity(
     worker = build_worker(
         stack.control.settings,
         broker_url=stack.broker_url,
-        worker_id=kept.worker_id,
+        worker_id=kept.member_id,
         data_dir=tmp_path / "w",
         labels=kept.labels,
         identity=kept,
@@ -200,6 +201,10 @@ async def test_join_refused_without_a_valid_token(
         await joining.join(stack.broker_url, topics, revoked["token"], "rogue-1")
     assert stack.control.joins is not None and stack.control.joins.stats.refused == 3
     assert stack.control.joins.stats.joined == 0
+    log = (await http.get("/audit", params={"action": "worker.join_refused"})).json()["items"]
+    assert [r["actor"] for r in log] == ["anonymous"] * 3
+    assert "expired" in log[1]["detail"]
+    assert not any(secret in str(log) for secret in (expired["token"], revoked["token"]))
 
 
 async def test_anonymous_client_cannot_act_as_a_worker(
@@ -235,7 +240,7 @@ async def test_worker_reads_only_its_own_commands_and_writes_only_its_leaves(
 ) -> None:
     stack, _, auth = secured
     url, topics = stack.broker_url, auth.topics
-    a, b = auth.add_worker("a"), auth.add_worker("b")
+    a, b = auth.add_member("a"), auth.add_member("b")
     watcher = await started(Probe(url, "watcher", ["#"], auth.manager))
     spy = await started(
         Probe(url, "a-spy", [topics.cmd("b"), topics.welcome("b"), topics.cmd("a")], a)
@@ -314,7 +319,7 @@ async def test_events_about_another_workers_task_are_refused_and_counted(
     a task another worker holds is refused (the issue's forged completion)."""
     stack, http, auth = secured
     worker = await join_worker(stack, http, tmp_path, "holder")
-    forger = await started(Probe(stack.broker_url, "forger", [], auth.add_worker("forger")))
+    forger = await started(Probe(stack.broker_url, "forger", [], auth.add_member("forger")))
     try:
         created = await http.post(
             "/tasks", json={"runtime": "host", "command": ["sleep", "60"], "start": True}
@@ -380,9 +385,23 @@ async def test_revoked_worker_is_cut_off_at_once(
         # disconnected by the broker's reload
         await until(lambda: answer(not worker.link.connected.is_set()))
         assert await refused(stack.broker_url, credentials)
-        assert not auth.has_worker("doomed")
+        assert not auth.has_member("doomed")
     finally:
         await worker.stop()
+    # the audit log: who made the token, the worker joining with it, who cut it off
+    log = (await http.get("/audit", params={"resource": "worker/doomed"})).json()["items"]
+    changes = [(r["action"], r["actor"], r["detail"]) for r in log if r["status"] is None]
+    why = None if how == "worker" else f"join token {created['id']} deleted"
+    assert changes == [
+        ("worker.revoked", "admin", why),
+        ("worker.joined", "system", f"join token {created['id']}"),
+    ]
+    made = (await http.get("/audit", params={"action": "join_token.created"})).json()["items"]
+    assert [(r["resource_id"], r["actor"]) for r in made] == [(created["id"], "admin")]
+    deleted = (await http.get("/audit", params={"action": "join_token.deleted"})).json()
+    expected = [] if how == "worker" else [(created["id"], "admin")]
+    assert [(r["resource_id"], r["actor"]) for r in deleted["items"]] == expected
+    assert created["token"] not in str(log)
 
 
 async def test_join_tokens_need_a_broker_edgeplane_started(
@@ -409,3 +428,64 @@ async def test_join_tokens_need_a_broker_edgeplane_started(
         answer = await http.post("/join-tokens", json={})
         assert answer.status_code == 409, answer.text
         assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_join_tokens_owner_owns_the_worker_that_joins_with_it(
+    secured: tuple[Stack, httpx.AsyncClient, BrokerAuth], tmp_path: Path
+) -> None:
+    stack, http, auth = secured
+    password = "correct horse battery"
+    for name in ("ann", "bob"):
+        made = await http.post(
+            "/users", json={"username": name, "password": password, "role": "viewer"}
+        )
+        assert made.status_code == 201, made.text
+    ghost = await http.post("/join-tokens", json={"owner": "ghost"})
+    assert ghost.status_code == 404 and ghost.json()["field"] == "owner", ghost.text
+    both = await http.post("/join-tokens", json={"ttl_s": 60, "expires_in_s": 60})
+    assert both.status_code == 422 and both.json()["field"] == "ttl_s", both.text
+    for name in ("ttl_s", "expires_in_s"):  # one field, two names
+        made = (await http.post("/join-tokens", json={name: 60})).json()
+        assert made["id"] and made["token"], made
+        assert made["expires_at"] == pytest.approx(made["created_at"] + 60)
+        assert (await http.delete(f"/join-tokens/{made['id']}")).status_code == 204
+    hers = await join_worker(stack, http, tmp_path, "edge-ann", owner="ann", expires_in_s=60)
+    plain = await join_worker(stack, http, tmp_path, "edge-none", expires_in_s=60)
+    try:
+        shown = {t["worker_id"]: t["owner"] for t in (await http.get("/join-tokens")).json()}
+        assert shown == {"edge-ann": "ann", "edge-none": None}
+        worker = (await http.get("/workers/edge-ann")).json()
+        assert worker["owner"] == "ann", worker
+        assert (await http.get("/workers/edge-none")).json()["owner"] is None
+
+        async def bearer(name: str) -> dict[str, str]:
+            login = {"username": name, "password": password}
+            pair = await http.post("/auth/login", json=login)
+            assert pair.status_code == 200, pair.text
+            assert pair.json()["token_type"] == "bearer" and pair.json()["expires_in"] > 0
+            return {"Authorization": f"Bearer {pair.json()['access_token']}"}
+
+        ann, bob = await bearer("ann"), await bearer("bob")
+        assert (await http.post("/workers/edge-ann/drain", headers=bob)).status_code == 403
+        assert (await http.post("/workers/edge-none/drain", headers=ann)).status_code == 403
+        drained = await http.post("/workers/edge-ann/drain", headers=ann)
+        assert drained.status_code == 200 and drained.json()["state"] == "draining"
+        # her delete revokes the identity too, as an admin's does
+        assert (await http.delete("/workers/edge-ann", headers=ann)).status_code == 204
+        await until(lambda: answer(not hers.link.connected.is_set()))
+        assert not auth.has_member("edge-ann") and auth.has_member("edge-none")
+    finally:
+        await hers.stop()
+        await plain.stop()
+
+
+async def test_a_manager_has_no_clusters_to_join_or_delete(
+    secured: tuple[Stack, httpx.AsyncClient, BrokerAuth],
+) -> None:
+    """``cluster_id`` tokens and ``DELETE /clusters`` are a root's (test_root_security.py)."""
+    _, http, auth = secured
+    wrong = await http.post("/join-tokens", json={"cluster_id": "c"})
+    assert wrong.status_code == 422 and "worker_id" in wrong.text, wrong.text
+    assert auth.tokens() == []
+    gone = await http.delete("/clusters/local")
+    assert gone.status_code == 409, gone.text

@@ -375,6 +375,9 @@ async def test_workers_listed_and_drained(sqlite_stack: tuple[Stack, httpx.Async
     for i in range(4):
         task = await run(http, {"name": "add", "file": ADD, "inputs": [i, 1]})
         assert task["worker_id"] != worker["id"]
+    undrained = (await http.post(f"/workers/{worker['id']}/undrain")).json()
+    assert undrained["state"] == "online"
+    assert (await http.get(f"/workers/{worker['id']}")).json()["state"] == "online"
 
 
 @pytest.mark.parametrize("backend", ["postgres", "system-mosquitto", "embedded-broker"])

@@ -18,7 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
 from edgeplane.model import Application, Instance, Schedule, Task, Worker, Workflow
-from edgeplane.store import MemoryStore, SqlStore, Store, TokenRecord, UserRecord, open_store
+from edgeplane.model.audit import AuditQuery, AuditRecord
+from edgeplane.store import (
+    AuditPrune,
+    Batch,
+    MemoryStore,
+    SqlStore,
+    Store,
+    TokenRecord,
+    UserRecord,
+    open_store,
+)
 from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
 from edgeplane.store.tables import schedules as schedules_table
@@ -38,7 +48,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0005"
+HEAD = "0006"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -685,6 +695,90 @@ async def test_migration_0004_upgrades_a_0003_database(backend: str, tmp_path: P
     assert [tuple(v) for v in versions] == [(HEAD,)]
     assert [tuple(r) for r in projects] == [("default",)]
     assert drift == []
+
+
+def audit_record(at: float, **fields: object) -> AuditRecord:
+    defaults: dict[str, object] = {"actor": "ann", "action": "POST"}
+    return AuditRecord.model_validate({"at": at, **defaults, **fields})
+
+
+async def test_audit_records_are_appended_and_read_newest_first(store: Store) -> None:
+    full = audit_record(
+        1.0,
+        token_id="t1",
+        client="10.0.0.9",
+        path="/api/v1/tasks/x/stop",
+        route="/api/v1/tasks/{task_id}/stop",
+        resource="task",
+        resource_id="x",
+        project="lab",
+        status=202,
+        request_id="req-1",
+    )
+    await store.apply(Batch(audit=[full, audit_record(2.0, action="DELETE", status=404)]))
+    await store.apply(Batch(audit=[audit_record(3.0, actor="bob", action="worker.joined")]))
+    found = await store.list_audit(AuditQuery())
+    assert [r.at for r in found] == [3.0, 2.0, 1.0]
+    ids = [r.id for r in found]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3 and min(ids) > 0
+    assert found[2] == full.model_copy(update={"id": found[2].id})  # every field kept
+    # the store gives ids: what the record carried is ignored
+    await store.apply(Batch(audit=[audit_record(4.0, id=1)]))
+    assert (await store.list_audit(AuditQuery(limit=1)))[0].id > ids[0]
+
+
+async def test_audit_filters_and_cursor(store: Store) -> None:
+    records = [
+        audit_record(10.0, actor="ann", action="POST", resource="task", resource_id="a"),
+        audit_record(20.0, actor="bob", action="DELETE", resource="task", resource_id="b"),
+        audit_record(30.0, actor="ann", action="DELETE", resource="worker", resource_id="w"),
+        audit_record(40.0, actor="system", action="worker.joined", resource="worker"),
+    ]
+    await store.apply(Batch(audit=records))
+
+    async def ats(**query: object) -> list[float]:
+        return [r.at for r in await store.list_audit(AuditQuery(**query))]  # type: ignore[arg-type]
+
+    assert await ats(actor="ann") == [30.0, 10.0]
+    assert await ats(action="DELETE") == [30.0, 20.0]
+    assert await ats(resource="task") == [20.0, 10.0]
+    assert await ats(resource="task/b") == [20.0]
+    assert await ats(resource="worker/w") == [30.0]
+    assert await ats(since=20.0, until=40.0) == [30.0, 20.0]  # since included, until not
+    assert await ats(actor="nobody") == []
+    assert await ats(actor="a\x00b") == []  # what no row can hold is found nowhere
+    first = await store.list_audit(AuditQuery(limit=2))
+    assert [r.at for r in first] == [40.0, 30.0]
+    assert await ats(before=first[-1].id, limit=2) == [20.0, 10.0]
+    assert await ats(before=first[-1].id, actor="ann") == [10.0]
+
+
+async def test_audit_prune_by_age_and_by_count(store: Store) -> None:
+    await store.apply(Batch(audit=[audit_record(float(at)) for at in range(1, 11)]))
+    # older than 4 go, in the same transaction as new records
+    await store.apply(
+        Batch(audit=[audit_record(11.0)], audit_prune=AuditPrune(before=4.0, keep=1000))
+    )
+    kept = [r.at for r in await store.list_audit(AuditQuery())]
+    assert kept == [float(a) for a in range(11, 3, -1)]
+    await store.apply(Batch(audit_prune=AuditPrune(before=0.0, keep=3)))
+    assert [r.at for r in await store.list_audit(AuditQuery())] == [11.0, 10.0, 9.0]
+    # ids are not reused after a prune
+    newest = (await store.list_audit(AuditQuery(limit=1)))[0].id
+    await store.apply(Batch(audit_prune=AuditPrune(before=100.0, keep=3)))
+    assert await store.list_audit(AuditQuery()) == []
+    await store.apply(Batch(audit=[audit_record(12.0)]))
+    assert (await store.list_audit(AuditQuery()))[0].id > newest
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_audit_records_survive_reopening(make_store: StoreFactory, backend: str) -> None:
+    first = await make_store(backend)
+    await first.apply(Batch(audit=[audit_record(1.0, status=201)]))
+    await first.close()
+    again = await make_store(backend)
+    (kept,) = await again.list_audit(AuditQuery())
+    assert (kept.at, kept.actor, kept.status) == (1.0, "ann", 201)
 
 
 async def test_lists_show_only_the_projects_asked_for(store: Store) -> None:

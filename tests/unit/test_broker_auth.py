@@ -14,7 +14,7 @@ from edgeplane.errors import Invalid, NotFound, Unauthorized
 from edgeplane.protocol import Topics, decode, encode
 from edgeplane.protocol.messages import StartTasks
 from edgeplane.protocol.signing import sign, verify
-from edgeplane.security.broker_auth import MANAGER_USER, BrokerAuth, mosquitto_hash
+from edgeplane.security.broker_auth import MANAGER_USER, ROOT_USER, BrokerAuth, mosquitto_hash
 
 KEY = b"k" * 32
 
@@ -68,7 +68,7 @@ def auth_in(path: Path, clock: Clock | None = None) -> tuple[BrokerAuth, list[in
 
 def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     auth, reloads = auth_in(tmp_path / "b")
-    auth.add_worker("w1")
+    auth.add_member("w1")
     assert reloads == [1]
     for name in ("passwd", "acl", "identities.json"):
         assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o600
@@ -82,10 +82,51 @@ def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     assert not [line for line in writes if line.endswith(("/cmd", "/welcome"))]
 
 
+def test_a_roots_files_name_the_root_and_each_cluster_with_its_own_leaves(
+    tmp_path: Path,
+) -> None:
+    auth = BrokerAuth(tmp_path, Topics.for_root("d"), Clock(), reload=lambda: None)
+    auth.add_member("a")
+    users = [line.split(":")[0] for line in auth.password_text().splitlines()]
+    assert users == [ROOT_USER, "a"]
+    acl = auth.acl_text().splitlines()
+    assert "pattern read d/clusters/%u/cmd" in acl
+    assert "pattern write d/clusters/%u/aggregate" in acl
+    assert "pattern write d/clusters/%u/metrics" not in acl
+    assert "pattern write d/clusters/join/%c/ask" in acl
+    assert "pattern read d/clusters/join/%c/welcome" in acl
+    assert acl[-2:] == [f"user {ROOT_USER}", "topic readwrite #"]
+
+
+def test_a_roots_token_for_one_cluster_is_refused_to_another(tmp_path: Path) -> None:
+    auth = BrokerAuth(tmp_path, Topics.for_root("d"), Clock(), reload=lambda: None)
+    token, secret = auth.create_token(ttl_s=60, labels={}, member_id="a")
+    assert (token.cluster_id, token.worker_id) == ("a", None)
+    with pytest.raises(Unauthorized, match="for cluster a"):
+        auth.redeem(secret, "b")
+    assert not auth.has_member("b") and auth.tokens()[0].clusters == []
+    credentials, _ = auth.redeem(secret, "a")
+    assert credentials.username == "a" and auth.tokens()[0].clusters == ["a"]
+    with pytest.raises(Invalid, match="cluster id"):
+        auth.add_member("no/slash")
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True), st.booleans())
+def test_join_topics_give_back_their_nonce_and_no_member_topic_is_one(
+    nonce: str, root: bool
+) -> None:
+    topics = Topics.for_root("d") if root else Topics("d", "c")
+    assert topics.join_nonce(topics.join(nonce)) == nonce
+    assert topics.join_nonce(topics.join_answer(nonce)) is None
+    # no join topic is a member's leaf (an anonymous client must not speak for one)
+    assert topics.member_of(topics.join(nonce)) is None
+    assert topics.member_of(topics.join_answer(nonce)) is None
+
+
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     first, _ = auth_in(tmp_path)
-    credentials = first.add_worker("w1")
-    token, secret = first.create_token(ttl_s=60, labels={"a": "b"}, worker_id=None)
+    credentials = first.add_member("w1")
+    token, secret = first.create_token(ttl_s=60, labels={"a": "b"}, member_id=None)
     again, _ = auth_in(tmp_path)
     assert again.manager == first.manager
     assert again.sign("w1", b"{}") == first.sign("w1", b"{}") != b"{}"
@@ -101,14 +142,14 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_redeem_checks_secret_expiry_and_ownership(tmp_path: Path) -> None:
     clock = Clock()
     auth, _ = auth_in(tmp_path, clock)
-    _, secret = auth.create_token(ttl_s=60, labels={"site": "x"}, worker_id=None)
+    _, secret = auth.create_token(ttl_s=60, labels={"site": "x"}, member_id=None)
     credentials, labels = auth.redeem(secret, "edge-1")
     assert credentials.username == "edge-1" and labels == {"site": "x"}
     with pytest.raises(Unauthorized):
         auth.redeem(secret + "x", "edge-5")
     with pytest.raises(Invalid):
         auth.redeem(secret, "bad/id")
-    auth.add_worker("taken")
+    auth.add_member("taken")
     with pytest.raises(Unauthorized, match="joined already"):
         auth.redeem(secret, "taken")
     with pytest.raises(Unauthorized, match="joined already"):  # not even with its token
@@ -122,11 +163,11 @@ def test_redeem_checks_secret_expiry_and_ownership(tmp_path: Path) -> None:
 
 def test_deleting_a_token_revokes_its_workers(tmp_path: Path) -> None:
     auth, reloads = auth_in(tmp_path)
-    token, secret = auth.create_token(ttl_s=60, labels={}, worker_id="pinned")
+    token, secret = auth.create_token(ttl_s=60, labels={}, member_id="pinned")
     auth.redeem(secret, "ignored")
-    assert auth.has_worker("pinned") and auth.sign("pinned", b"{}") != b"{}"
+    assert auth.has_member("pinned") and auth.sign("pinned", b"{}") != b"{}"
     assert auth.delete_token(token.id) == ["pinned"]
-    assert not auth.has_worker("pinned") and auth.sign("pinned", b"{}") == b"{}"
+    assert not auth.has_member("pinned") and auth.sign("pinned", b"{}") == b"{}"
     assert "pinned" not in auth.password_text()
     with pytest.raises(NotFound):
         auth.delete_token(token.id)
@@ -149,3 +190,31 @@ def test_an_external_broker_is_not_managed_and_a_bare_one_is_warned_about(
     assert caplog.text == ""
     own = broker_auth(Settings(data_dir=tmp_path, broker=""))
     assert own is not None and own.password_file == tmp_path / "broker" / "passwd"
+
+
+def test_a_join_tokens_owner_goes_to_its_workers_and_leaves_with_its_user(tmp_path: Path) -> None:
+    auth, _ = auth_in(tmp_path)
+    token, secret = auth.create_token(ttl_s=60, labels={}, member_id=None, owner="ann")
+    assert token.owner == "ann"
+    _, plain = auth.create_token(ttl_s=60, labels={}, member_id=None)
+    auth.redeem(secret, "hers")
+    auth.redeem(plain, "nobodys")
+    assert (auth.owner_of("hers"), auth.owner_of("nobodys"), auth.owner_of("x")) == (
+        "ann",
+        None,
+        None,
+    )
+    again, _ = auth_in(tmp_path)  # kept across restarts
+    assert again.owner_of("hers") == "ann" and again.tokens()[0].owner == "ann"
+    again.disown("ann")  # her user is gone: a new "ann" must not inherit her nodes
+    assert again.owner_of("hers") is None and again.tokens()[0].owner is None
+    assert auth_in(tmp_path)[0].owner_of("hers") is None
+
+
+def test_identities_written_before_owners_existed_still_load(tmp_path: Path) -> None:
+    auth, _ = auth_in(tmp_path)
+    auth.add_member("w1")
+    state = tmp_path / "identities.json"
+    state.write_text(state.read_text().replace(',"owner":null', ""))
+    assert "owner" not in state.read_text()
+    assert auth_in(tmp_path)[0].owner_of("w1") is None

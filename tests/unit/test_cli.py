@@ -190,6 +190,35 @@ def test_run_takes_negative_numbers_and_all_task_options(wasm: Path) -> None:
     assert (spec["retries"], spec["priority"], spec["worker_id"]) == (1, 90, "w1")
 
 
+def test_secret_env_from_the_command_line_or_from_this_shell(
+    wasm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FROM_SHELL", "shell-value")
+    api = FakeApi(results=[5])
+    args = ("--secret-env", "TOKEN=t0k", "--secret-env", "FROM_SHELL", "--env", "A=1")
+    result = invoke(api, "task", "run", str(wasm), "add", "1", *args)
+    assert result.exit_code == 0, result.output
+    spec = api.sent()
+    assert spec["secret_env"] == {"TOKEN": "t0k", "FROM_SHELL": "shell-value"}
+    assert spec["env"] == {"A": "1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--secret-env", "NOT_SET_ANYWHERE_X"), "$NOT_SET_ANYWHERE_X is not set"),
+        (("--secret-env", "=v"), "expected K=V or K"),
+        (("--env", "K=1", "--secret-env", "K=2"), "in both env and secret_env"),
+    ],
+)
+def test_bad_secret_env_exits_2(wasm: Path, args: tuple[str, ...], message: str) -> None:
+    api = FakeApi()
+    result = invoke(api, "task", "create", str(wasm), "add", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert api.requests == []
+
+
 def test_run_json_prints_the_whole_task_with_either_output_flag(wasm: Path) -> None:
     for args in (
         ("--output", "json", "task", "run", str(wasm), "add", "1"),

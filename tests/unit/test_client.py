@@ -219,6 +219,8 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
         ("GET", "/api/v1/workers"): httpx.Response(200, json={"items": [worker], "total": 1}),
         ("GET", "/api/v1/workers/w1"): httpx.Response(200, json=worker),
         ("POST", "/api/v1/workers/w1/drain"): httpx.Response(200, json=worker),
+        ("POST", "/api/v1/workers/w1/undrain"): httpx.Response(200, json=worker),
+        ("PUT", "/api/v1/workers/w1/owner"): httpx.Response(200, json={**worker, "owner": "ann"}),
         ("DELETE", "/api/v1/workers/w1"): httpx.Response(204),
         ("GET", "/healthz"): httpx.Response(200, json={"status": "ok"}),
         ("GET", "/metrics"): httpx.Response(200, text="edgeplane_up 1.0\n"),
@@ -235,6 +237,8 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
         assert client.workers().items[0].id == "w1"
         assert client.worker("w1").state == "online"
         client.drain_worker("w1")
+        client.undrain_worker("w1")
+        assert client.set_worker_owner("w1", "ann").owner == "ann"
         client.delete_worker("w1")
         assert client.health() == {"status": "ok"}
         assert client.metrics() == "edgeplane_up 1.0\n"

@@ -102,7 +102,11 @@ async def parts() -> tuple[Authenticate, Manager, Downstream]:
     manager, downstream = Manager(), Downstream()
     fast = TaskFastPath(downstream, manager=manager)  # type: ignore[arg-type]
     RECEIVED.clear()
-    return Authenticate(fast, tokens=TokenChecker(store), max_bytes=2**20), manager, downstream
+    return (
+        Authenticate(fast, tokens=TokenChecker(store), max_bytes=2**20, owner_of=lambda _: None),
+        manager,
+        downstream,
+    )
 
 
 async def test_a_good_create_is_answered_here(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Response
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgeplane import __version__
 from edgeplane.api import (
     applications,
+    audit,
     clusters,
     dashboard,
     join_tokens,
@@ -25,15 +27,16 @@ from edgeplane.api import (
 from edgeplane.api.deps import CALLER, caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
-from edgeplane.errors import EdgeplaneError, Forbidden
+from edgeplane.errors import EdgeplaneError
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
+from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
 from edgeplane.root import Applications
 from edgeplane.security import TokenChecker
 from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth
-from edgeplane.security.roles import API, PUBLIC, allows, required
+from edgeplane.security.roles import API, PUBLIC, check
 
 
 class BodyLimit:
@@ -119,16 +122,24 @@ def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
 
 class Authenticate:
     """Checks the token of every ``/api/v1`` request, and that its role and scopes allow
-    the call (``edgeplane.security.roles.required``), before anything reads its body: a
+    the call, or that it is its user's node's (``edgeplane.security.roles.check``; the
+    owner of a node by ``owner_of``), before anything reads its body: a
     caller without a valid token costs a header lookup, never a body (FastAPI reads the
     body before it runs the route's dependencies, ``caller`` among them). Login and
     refresh (:data:`PUBLIC`) check their own credentials. The token found is left in the
     scope's state for the routes (``deps.caller``)."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenChecker, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: TokenChecker,
+        max_bytes: int,
+        owner_of: Callable[[str], str | None],
+    ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_bytes = max_bytes
+        self.owner_of = owner_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -140,10 +151,16 @@ class Authenticate:
                     break
             try:
                 record = await self.tokens.check(authorization)
-                needed = required(scope["method"], path)
-                if not allows(record.role, record.scopes, needed):
-                    raise Forbidden(f"this call needs the {needed} role (and scope)")
+                # before the check: a refused call's audit record names its caller
                 scope.setdefault("state", {})[CALLER] = record
+                check(
+                    scope["method"],
+                    path,
+                    role=record.role,
+                    scopes=record.scopes,
+                    user=record.user,
+                    owner_of=self.owner_of,
+                )
             except EdgeplaneError as exc:
                 response = problems.from_error(exc)
                 response.headers.update(_closing(scope, self.max_bytes))
@@ -162,6 +179,7 @@ def create_app(
     max_body_mb: float = 64.0,
     accounts: Accounts | None = None,
     broker_auth: BrokerAuth | None = None,
+    uplink: Uplink | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -177,12 +195,14 @@ def create_app(
     #: the identities of the broker edgeplane started (None: an external broker)
     app.state.broker_auth = broker_auth
     problems.install(app)
-    # Middleware added later wraps what was added before: a request meets the body limit,
-    # then the token check, then the fast path, then FastAPI.
+    # Middleware added later wraps what was added before: a request meets the audit log
+    # (which records what the rest answers), the body limit, then the token check, then
+    # the fast path, then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
     max_bytes = int(max_body_mb * 2**20)
-    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes)
+    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=manager.owner_of)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(audit.AuditCalls, trail=manager.audit)
 
     def secured(router: APIRouter) -> None:
         app.include_router(
@@ -190,19 +210,19 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
-        secured(join_tokens.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
-    for router in (users.users, users.tokens):
+    for router in (users.users, users.tokens, audit.router):
         secured(router)
     # no token: login and refresh check their own credentials (roles.PUBLIC)
     app.include_router(users.auth, prefix=API, responses=problems.API)
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
-    registry.register(ManagerCollector(manager))
+    registry.register(ManagerCollector(manager, uplink))
 
     @app.get(
         "/healthz",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
+from edgeplane.api.workers import delete_member
+from edgeplane.errors import Conflict
 from edgeplane.model import Cluster, Page
 from edgeplane.root import get_cluster, list_clusters
 
@@ -26,3 +28,15 @@ async def clusters(
 @router.get("/{cluster_id}", response_model=Cluster)
 async def cluster(cluster_id: str, manager: ManagerDep) -> Cluster:
     return get_cluster(manager, cluster_id)
+
+
+@router.delete("/{cluster_id}", status_code=204)
+async def delete_cluster(
+    cluster_id: str, manager: ManagerDep, request: Request, caller: CallerDep
+) -> Response:
+    """At a root: revoke the cluster's broker identity, which disconnects it at once, and
+    forget it; its tasks are placed again (docs/broker-security.md)."""
+    if not manager.root:
+        raise Conflict("only a root has clusters to delete; this manager is its own cluster")
+    await delete_member(manager, request, cluster_id, caller.user)
+    return Response(status_code=204)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeplane.api.audit import note
 from edgeplane.api.deps import CALLER
 from edgeplane.api.problems import from_error
 from edgeplane.api.responses import document
@@ -76,8 +77,12 @@ class TaskFastPath:
         await self._answer(scope, receive, send, self._found(scope, task_id, wait))
 
     async def _created(self, scope: Scope, spec: TaskSpec, wait: float) -> Response:
+        # what the audit record would otherwise read back from the answer
+        note(scope, route=TASKS, project=spec.project)
         projects.check_new(_caller(scope), spec.project)
-        return document(await create_one(self.manager, spec, wait), status_code=201)
+        task = await create_one(self.manager, spec, wait)
+        note(scope, resource_id=task.id)
+        return document(task, status_code=201)
 
     async def _found(self, scope: Scope, task_id: str, wait: float) -> Response:
         caller = _caller(scope)

@@ -9,11 +9,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgeplane.manager import Manager
+from edgeplane.manager.uplink import Uplink
 
 
 class ManagerCollector(Collector):
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, uplink: Uplink | None = None) -> None:
         self._manager = manager
+        self._uplink = uplink
 
     def collect(self) -> Iterator[Metric]:
         m = self._manager
@@ -36,6 +38,30 @@ class ManagerCollector(Collector):
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
+        yield CounterMetricFamily(
+            "edgeplane_audit_written", "Audit records written", value=m.audit.stats.written
+        )
+        yield CounterMetricFamily(
+            "edgeplane_audit_dropped",
+            "Audit records dropped: kept in memory past the bound while the store was down",
+            value=m.audit.stats.dropped,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_members_refused",
+            "Processes refused for claiming the id of a live worker (or cluster)",
+            value=m.stats.refused_members,
+        )
+        if self._uplink is not None:  # a cluster's manager with a root
+            yield CounterMetricFamily(
+                "edgeplane_uplink_bad_messages",
+                "Messages from the root refused: malformed, unexpected or without a valid MAC",
+                value=self._uplink.bad_messages,
+            )
+            yield CounterMetricFamily(
+                "edgeplane_uplink_unsigned",
+                "Commands from the root refused for want of a valid MAC",
+                value=self._uplink.unsigned,
+            )
         finished = CounterMetricFamily(
             "edgeplane_tasks_finished", "Tasks that ended, by final state", labels=["state"]
         )

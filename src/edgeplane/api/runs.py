@@ -12,6 +12,7 @@ from edgeplane.api.routing import JsonRoute
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.workflows import Workflows
 from edgeplane.model import JobSpec, Page, Schedule, Workflow, WorkflowSpec
+from edgeplane.model.secrets import REVEAL
 from edgeplane.model.workflow import WorkflowKind
 from edgeplane.security import projects
 
@@ -36,7 +37,7 @@ async def _create(
     if spec.schedule is not None:
         return await schedules.create(
             "job",
-            spec.model_dump(mode="json"),
+            spec.model_dump(mode="json", context=REVEAL),
             name=spec.name,
             cron=spec.schedule,
             timezone=spec.timezone,

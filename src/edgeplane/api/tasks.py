@@ -23,6 +23,7 @@ from edgeplane.model import (
     TaskSpec,
     TaskState,
 )
+from edgeplane.model.secrets import REVEAL
 from edgeplane.security import projects
 from edgeplane.store import TokenRecord
 
@@ -57,7 +58,7 @@ async def create_task(
         schedules: Schedules = request.app.state.schedules
         schedule = await schedules.create(
             "task",
-            spec.model_dump(mode="json"),
+            spec.model_dump(mode="json", context=REVEAL),
             name=spec.name,
             cron=spec.schedule,
             timezone=spec.timezone,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from edgeplane.api import problems
+from edgeplane.api.aliases import either, one_of
+from edgeplane.api.audit import note
 from edgeplane.api.deps import CallerDep
 from edgeplane.api.routing import JsonRoute
 from edgeplane.limits import MAX_NAME
+from edgeplane.manager import Manager
 from edgeplane.security.accounts import Accounts, Issued
+from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.roles import Role
 from edgeplane.store import TokenRecord, UserRecord
 
@@ -32,12 +36,17 @@ AccountsDep = Annotated[Accounts, Depends(_accounts)]
 
 
 class UserCreate(BaseModel):
-    name: Text
+    name: Text = either("name", "username", description="the user's name")
     password: Annotated[str, Field(min_length=8, max_length=1024)]
     role: Role = "viewer"
     projects: Annotated[list[Text], Field(max_length=100)] = Field(
         default_factory=lambda: ["default"]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("name", "username"))
 
 
 class UserView(BaseModel):
@@ -58,8 +67,13 @@ class UserList(BaseModel):
 
 
 class Login(BaseModel):
-    name: Text
+    name: Text = either("name", "username", description="the user's name")
     password: Annotated[str, Field(max_length=1024)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("name", "username"))
 
 
 class Refresh(BaseModel):
@@ -78,10 +92,19 @@ class TokenCreate(BaseModel):
     name: Text = ""
     #: narrow the token below its user's role; empty: everything the role may do
     scopes: Annotated[list[Scope], Field(max_length=3)] = Field(default_factory=list)
-    #: seconds until it expires; absent: never
-    expires_in: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = None
+    expires_in: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = either(
+        "expires_in",
+        "expires_in_s",
+        default=None,
+        description="seconds until it expires; absent: never",
+    )
     #: admins only: make it for another user
     user: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        return one_of(data, ("expires_in", "expires_in_s"))
 
 
 class TokenView(BaseModel):
@@ -137,8 +160,15 @@ async def list_users(accounts: AccountsDep) -> UserList:
 
 
 @users.delete("/{name}", status_code=204)
-async def delete_user(name: str, accounts: AccountsDep) -> Response:
+async def delete_user(name: str, accounts: AccountsDep, request: Request) -> Response:
+    """The user, their tokens, and their ownership of workers and join tokens (a new
+    user of the same name inherits nothing)."""
     await accounts.delete_user(name)
+    manager: Manager = request.app.state.manager
+    await manager.disown(name)
+    auth: BrokerAuth | None = getattr(request.app.state, "broker_auth", None)
+    if auth is not None:
+        auth.disown(name)
     return Response(status_code=204)
 
 
@@ -150,13 +180,19 @@ async def delete_user(name: str, accounts: AccountsDep) -> Response:
 async def login(body: Login, request: Request, accounts: AccountsDep) -> TokenPair:
     """A short-lived access token and a refresh token for a user name and password."""
     client = request.client.host if request.client else "unknown"
-    return _pair(*await accounts.login(body.name, body.password, client))
+    # the audit record names who tried (its status tells whether it was them)
+    note(request.scope, actor=body.name)
+    pair = await accounts.login(body.name, body.password, client)
+    note(request.scope, token_id=pair[0].record.id)
+    return _pair(*pair)
 
 
 @auth.post("/refresh", response_model=TokenPair)
-async def refresh(body: Refresh, accounts: AccountsDep) -> TokenPair:
+async def refresh(body: Refresh, request: Request, accounts: AccountsDep) -> TokenPair:
     """A new pair for a refresh token (used up by this call)."""
-    return _pair(*await accounts.refresh(body.refresh_token))
+    pair = await accounts.refresh(body.refresh_token)
+    note(request.scope, actor=pair[0].record.user, token_id=pair[0].record.id)
+    return _pair(*pair)
 
 
 @tokens.post("", status_code=201, response_model=TokenCreated)

@@ -1,4 +1,5 @@
-"""``edgeplane cluster list|get``: the clusters the root knows, as their aggregates show them.
+"""``edgeplane cluster list|get|delete``: the clusters the root knows, as their aggregates
+show them.
 
 A cluster reports only aggregates upward (free slots, free cpu and memory per runtime and
 label set), never its workers, so that is all these commands can show.
@@ -157,3 +158,11 @@ def get(ctx: typer.Context, cluster_id: IdArgument, output: OutputOption = None)
     )
     if agg is not None and agg.groups:
         _groups(agg)
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, cluster_id: IdArgument) -> None:
+    """Forget a cluster (at a root). On a root's own broker its identity is revoked too: it
+    is disconnected at once and needs a new join token; its tasks are placed again."""
+    session(ctx).client().delete_cluster(cluster_id)
+    note(f"deleted cluster {cluster_id}")

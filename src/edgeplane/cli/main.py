@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from edgeplane import __version__
 from edgeplane.cli import (
     apps,
+    audit,
     certs,
     clusters,
     jobs,
@@ -143,6 +144,7 @@ app.add_typer(certs.app, name="certs")
 app.command("login")(users.login)
 app.add_typer(users.users, name="user")
 app.add_typer(users.tokens, name="token")
+app.command("audit")(audit.audit)
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
 app.command("root")(roles.root)

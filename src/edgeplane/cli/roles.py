@@ -136,7 +136,29 @@ DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
-    typer.Option("--broker-host", help="Address the embedded broker listens on (127.0.0.1)."),
+    typer.Option(
+        "--broker-host",
+        help="Address the embedded broker listens on (127.0.0.1), at the port kept in "
+        "DATA_DIR/broker/port.",
+    ),
+]
+BrokerListenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-listen",
+        metavar="HOST:PORT",
+        help="Address and port the embedded broker listens on (wins over --broker-host; "
+        "default: a port chosen once and kept in DATA_DIR/broker/port).",
+    ),
+]
+BrokerPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--broker-port",
+        min=0,
+        max=65535,
+        help="Port of the embedded broker (default: the one it had before, else a free one).",
+    ),
 ]
 TlsCertOption = Annotated[
     Path | None,
@@ -255,6 +277,8 @@ def up(
         ),
     ] = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
@@ -283,6 +307,8 @@ def up(
         "wasm_timeout_s": wasm_timeout_s,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
@@ -318,6 +344,8 @@ def root(
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -338,6 +366,8 @@ def root(
         "heartbeat_s": heartbeat_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -355,6 +385,14 @@ def manager(
     broker: ApiBrokerOption = None,
     root: Annotated[
         str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="With --root: join token from the root's `POST /api/v1/join-tokens` (or "
+            "$EDGEPLANE_JOIN_TOKEN): used once, the identity it buys is kept in the data dir.",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
     label: Annotated[
@@ -384,6 +422,8 @@ def manager(
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
+    broker_listen: BrokerListenOption = None,
+    broker_port: BrokerPortOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
@@ -395,6 +435,7 @@ def manager(
     flags = {
         "broker": broker,
         "root": root,
+        "join_token": join,
         "cluster_name": name,
         "labels": pairs(label, "--label") if label else None,
         "location": location,
@@ -412,6 +453,8 @@ def manager(
         "lease_s": lease_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
+        "broker_listen": broker_listen,
+        "broker_port": broker_port,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
@@ -421,6 +464,8 @@ def manager(
     settings = _settings(flags, config)
     if settings.cluster_id == "clusters":
         raise typer.BadParameter("'clusters' is reserved", param_hint="--cluster-id")
+    if join and not settings.root:
+        raise typer.BadParameter("a join token is for a root: give --root too", param_hint="--join")
     if settings.location:
         from edgeplane.model.cluster import parse_location
 

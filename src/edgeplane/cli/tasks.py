@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -84,6 +85,15 @@ NameOption = Annotated[
     typer.Option(help="Task name for host and container tasks (default: the program or image)."),
 ]
 EnvOption = Annotated[list[str] | None, typer.Option("--env", help="K=V, repeatable.")]
+SecretEnvOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-env",
+        help="K=V, or K alone to take the value of this shell's $K (kept off the command "
+        "line); repeatable. Shown as *** by every read, sent only to the worker that runs "
+        "the task.",
+    ),
+]
 FuelOption = Annotated[int | None, typer.Option(min=1, help="wasm fuel limit.")]
 MemoryOption = Annotated[int | None, typer.Option("--memory-mb", min=1, help="Memory limit, MB.")]
 TimeLimitOption = Annotated[
@@ -123,6 +133,24 @@ def pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return parsed
 
 
+def secret_pairs(values: list[str] | None) -> dict[str, str]:
+    """``--secret-env`` items: ``K=V``, or ``K`` for the value of ``$K`` here (a command
+    line is visible to every local user; the environment is not)."""
+    parsed: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise typer.BadParameter("expected K=V or K", param_hint="--secret-env")
+        if not sep:
+            if key not in os.environ:
+                raise typer.BadParameter(
+                    f"${key} is not set (give K=V, or export {key})", param_hint="--secret-env"
+                )
+            value = os.environ[key]
+        parsed[key] = value
+    return parsed
+
+
 def _input(text: str) -> Any:
     """A function input: a number when it reads as one (the worker converts to param types)."""
     for kind in (int, float):
@@ -152,9 +180,12 @@ def task_spec(
     label: list[str] | None,
     worker: str | None,
     project: str | None = None,
+    secret_env: list[str] | None = None,
 ) -> dict[str, Any]:
     """The task body the command line describes."""
     spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
+    if secrets := secret_pairs(secret_env):
+        spec["secret_env"] = secrets
     args = args or []
     if image is not None and runtime is not RuntimeName.container:
         raise typer.BadParameter("only with --runtime container", param_hint="--image")
@@ -287,6 +318,7 @@ def run(
     export: ExportOption = None,
     name: NameOption = None,
     env: EnvOption = None,
+    secret_env: SecretEnvOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -315,6 +347,7 @@ def run(
         export=export,
         name=name,
         env=env,
+        secret_env=secret_env,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,
@@ -351,6 +384,7 @@ def create(
     export: ExportOption = None,
     name: NameOption = None,
     env: EnvOption = None,
+    secret_env: SecretEnvOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -370,6 +404,7 @@ def create(
         export=export,
         name=name,
         env=env,
+        secret_env=secret_env,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,

@@ -1,4 +1,4 @@
-"""``edgeplane worker list|get|drain|delete``: the workers a manager knows.
+"""``edgeplane worker list|get|drain|undrain|owner|delete``: the workers a manager knows.
 
 ``edgeplane worker --manager …`` (no subcommand) runs a worker; that part is in ``roles``.
 """
@@ -44,12 +44,13 @@ def list_workers(
         print_model(page)
         return
     print_table(
-        ["id", "cluster", "state", "cpus", "memory mb", "runtimes", "tasks", "last seen"],
+        ["id", "cluster", "state", "owner", "cpus", "memory mb", "runtimes", "tasks", "last seen"],
         (
             [
                 w.id,
                 w.cluster_id,
                 w.state,
+                w.owner or "-",
                 w.capabilities.cpus,
                 w.capabilities.memory_mb,
                 w.capabilities.runtimes,
@@ -73,6 +74,7 @@ def _show(worker: Worker, fmt: Format) -> None:
             ("id", worker.id),
             ("cluster", worker.cluster_id),
             ("state", worker.state),
+            ("owner", worker.owner or "-"),
             ("hostname", caps.hostname),
             ("addresses", caps.addresses),
             ("arch", f"{caps.os} {caps.arch}".strip()),
@@ -109,6 +111,39 @@ def drain(ctx: typer.Context, worker_id: IdArgument, output: OutputOption = None
         print_model(worker)
     else:
         echo(f"{worker.id} {worker.state}")
+
+
+@app.command()
+def undrain(ctx: typer.Context, worker_id: IdArgument, output: OutputOption = None) -> None:
+    """Place tasks on a drained worker again."""
+    s = session(ctx)
+    worker = s.client().undrain_worker(worker_id)
+    if s.format(output) is Format.json:
+        print_model(worker)
+    else:
+        echo(f"{worker.id} {worker.state}")
+
+
+@app.command()
+def owner(
+    ctx: typer.Context,
+    worker_id: IdArgument,
+    user: Annotated[
+        str | None, typer.Argument(metavar="USER", help="The new owner; omit with --none.")
+    ] = None,
+    nobody: Annotated[bool, typer.Option("--none", help="Take the worker from its owner.")] = False,
+    output: OutputOption = None,
+) -> None:
+    """Give a worker to a user (admins only): the owner may drain, undrain and delete it,
+    and manage what runs on it, whatever their role."""
+    if (user is None) == (not nobody):
+        raise typer.BadParameter("give USER or --none (one of them)", param_hint="USER")
+    s = session(ctx)
+    worker = s.client().set_worker_owner(worker_id, None if nobody else user)
+    if s.format(output) is Format.json:
+        print_model(worker)
+    else:
+        echo(f"{worker.id} owner {worker.owner or '-'}")
 
 
 @app.command()

@@ -36,6 +36,8 @@ class ManagerStats:
     dispatched: int = 0
     events: int = 0
     lost_workers: int = 0
+    #: processes refused because a live member holds the id they claimed
+    refused_members: int = 0
     #: tasks that ended since the manager started, by final state
     finished: Counter[str] = field(default_factory=Counter)
     #: tasks submitted since the manager started, by origin (api, workflow, schedule...)
@@ -63,6 +65,12 @@ class Core:
     resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
     #: adds the member's command MAC to a message (``BrokerAuth.sign``; none by default)
     sign: Callable[[str, bytes], bytes] = lambda member_id, message: message
+    #: the key a member's secret env is sealed with (``BrokerAuth.sealing_key``; None:
+    #: the member has none, and its secret env goes in the clear)
+    sealing_key: Callable[[str], bytes | None] = lambda member_id: None
+    #: the owner a member that registers gets: its join token's (``BrokerAuth.owner_of``;
+    #: none by default)
+    owner_at_join: Callable[[str], str | None] = lambda member_id: None
     #: the leadership term every command carries (``manager/leadership.py``; 0: none)
     term: int = 0
 

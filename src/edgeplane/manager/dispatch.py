@@ -22,7 +22,7 @@ from edgeplane.manager.core import Core
 from edgeplane.manager.queue import demand_of
 from edgeplane.manager.registry import WorkerEntry, reservation
 from edgeplane.model import Task
-from edgeplane.protocol import Assignment, StartTasks
+from edgeplane.protocol import Assignment, StartTasks, sealing
 from edgeplane.scheduling import Plan, TaskDemand, WorkerView
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class Dispatcher:
         self._artifacts: dict[str, bytes] = {}
         #: held while a command is built and queued: commands go out in seq order
         self._sending = asyncio.Lock()
+        #: members told secret env in the clear (warned once each)
+        self._unsealed: set[str] = set()
 
     # ------------------------------------------------------------------ passes
     async def schedule_loop(self) -> None:
@@ -174,6 +176,7 @@ class Dispatcher:
     async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
         """One ``task.start``, with its seq taken now (see :meth:`send_batches`)."""
         core = self.core
+        cluster = core.level.member == "cluster"
         assignments = []
         for task in tasks:
             inline = None
@@ -181,25 +184,9 @@ class Dispatcher:
                 data = await self.artifact(task.artifact)
                 inline = None if data is None else await _base64(data)
                 entry.artifacts.add(task.artifact)
+            secrets = self._secrets(entry, task) if task.secret_env else None
             assignments.append(
-                Assignment(
-                    task_id=task.id,
-                    attempt=task.attempt,
-                    name=task.name,
-                    runtime=task.runtime,
-                    mode=task.mode,
-                    entrypoint=task.entrypoint,
-                    artifact=task.artifact,
-                    artifact_b64=inline,
-                    inputs=task.inputs,
-                    cli_args=task.cli_args,
-                    env=task.env,
-                    command=task.command,
-                    image=task.image,
-                    limits=task.limits,
-                    daemon=task.daemon,
-                    **core.level.command_extra(task),
-                )
+                Assignment.of(task, artifact_b64=inline, for_cluster=cluster, secrets=secrets)
             )
         core.stats.dispatched += len(assignments)
         entry.sent_seq += 1
@@ -208,8 +195,29 @@ class Dispatcher:
             held = entry.tasks.get(task.id)
             if held is not None and held.seq is None:
                 entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
-        start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq)
+        start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq, session=entry.session)
         await core.send(entry.worker.id, "task.start", start)
+
+    def _secrets(self, entry: WorkerEntry, task: Task) -> dict[str, object]:
+        """The task's secret env for its member: sealed to it when it has a key, else in
+        the clear (said once per member in a warning: the broker is all that protects it)."""
+        member_id = entry.worker.id
+        key = self.core.sealing_key(member_id)
+        if key is None:
+            if member_id not in self._unsealed:
+                self._unsealed.add(member_id)
+                log.warning(
+                    "secret env sent to a %s in the clear: it has no key on this broker "
+                    "(an external broker's ACL and TLS are all that protect it; "
+                    "docs/security.md, Secrets)",
+                    self.core.member,
+                    extra={"member": member_id},
+                )
+            return {"secret_env": task.secret_env}
+        sealed = sealing.seal(
+            key, task.secret_env, task_id=task.id, attempt=task.attempt, member_id=member_id
+        )
+        return {"sealed_env": sealed}
 
     # ------------------------------------------------------------------ artifacts
     async def artifact(self, digest: str) -> bytes | None:

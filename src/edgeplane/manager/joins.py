@@ -1,9 +1,10 @@
-"""The join desk: hands a worker that presents a valid join token its broker identity.
+"""The join desk: hands a member that presents a valid join token its broker identity
+(a worker joining its manager's broker, or a cluster's manager joining its root's).
 
-A joining worker is an anonymous MQTT client whose client id is a random nonce; the
-broker's ACL lets it publish only on ``{domain}/{cluster}/join/{nonce}`` and read only
-``…/{nonce}/welcome`` (docs/broker-security.md). The desk has a link of its own, with the
-manager's credentials, so the manager's message path is untouched.
+A joining member is an anonymous MQTT client whose client id is a random nonce; the
+broker's ACL lets it publish only on its own join topic (``Topics.join(nonce)``) and read
+only its answer (docs/broker-security.md). The desk has a link of its own, with the
+parent's credentials, so the manager's message path is untouched.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgeplane.transport import MqttLink
 
 log = logging.getLogger(__name__)
 
-#: answers kept by nonce: a worker that reconnects before its answer came asks again and
+#: answers kept by nonce: a member that reconnects before its answer came asks again and
 #: must get the same credentials, not a second set that replaces the first
 _REMEMBERED = 256
 
@@ -59,7 +60,9 @@ class JoinDesk:
         await self.link.stop()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
-        nonce = topic.rsplit("/", 1)[-1]
+        nonce = self.topics.join_nonce(topic)
+        if nonce is None:
+            return
         answer = self._answers.get(nonce)
         if answer is None:
             answer = self._answer(payload).model_dump_json(exclude_defaults=True).encode()
@@ -77,7 +80,7 @@ class JoinDesk:
         except (Unauthorized, Invalid) as exc:
             return self._refuse(exc.detail)
         self.stats.joined += 1
-        log.info("worker joined", extra={"worker": credentials.username})
+        log.info(f"{self.auth.member} joined", extra={"member": credentials.username})
         return JoinAnswer(
             worker_id=credentials.username,
             username=credentials.username,
@@ -90,4 +93,5 @@ class JoinDesk:
         # The token itself is never logged.
         self.stats.refused += 1
         log.warning("join refused", extra={"error": why})
+        self.auth.join_refused(why)
         return JoinAnswer(error=why)

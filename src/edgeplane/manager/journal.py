@@ -33,7 +33,8 @@ from typing import Any
 
 from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
-from edgeplane.store import Batch, Kind, Store
+from edgeplane.model.audit import AuditRecord
+from edgeplane.store import AuditPrune, Batch, Kind, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ USER_WAIT_S = 10.0
 RECENT = 4096
 
 #: A unit of a batch: ("new", n) for an insert group, (kind, id) for an upsert,
-#: ("delete:" + kind, id) for a delete.
+#: ("delete:" + kind, id) for a delete, ("audit", n) for audit records.
 _Key = tuple[str, object]
 
 
@@ -75,7 +76,8 @@ class JournalStats:
 
 
 #: What a unit holds, by the first part of its key: the document itself for an upsert,
-#: ``(tasks, workflow or None)`` for an insert group, ``(kind, id)`` for a delete. (A
+#: ``(tasks, workflow or None)`` for an insert group, ``(kind, id)`` for a delete,
+#: ``(records, prune or None)`` for audit records. (A
 #: whole Batch per unit cost eight lists per task version on the hot path.)
 _Unit = Any
 
@@ -98,6 +100,10 @@ def _batch(keys: Iterable[_Key], units: dict[_Key, _Unit]) -> Batch:
             out.new_tasks += unit[0]
             if unit[1] is not None:
                 out.new_workflows.append(unit[1])
+        elif kind == "audit":
+            out.audit += unit[0]
+            if unit[1] is not None:
+                out.audit_prune = unit[1]
         else:
             out.deleted.append(unit)
     return out
@@ -168,6 +174,13 @@ class Journal:
         for task in tasks:
             self._unwritten[task.id] = task
         return self._enqueue([(("new", self._inserts), (tasks, workflow))], then)
+
+    def audit(
+        self, records: list[AuditRecord], prune: AuditPrune | None = None
+    ) -> asyncio.Future[None]:
+        """Queue audit records (and a prune of old ones) for the next transaction."""
+        self._inserts += 1
+        return self._enqueue([(("audit", self._inserts), (records, prune))], None)
 
     def delete(self, kind: Kind, doc_id: str) -> asyncio.Future[None]:
         if kind == "task":
@@ -343,7 +356,9 @@ class Journal:
         else:
             log.error(
                 "the store refused a change",
-                extra={"change": f"{key[0]} {key[1]}", "error": str(exc)[:500]},
+                # (without the statement's parameters: they hold the documents, secret
+                # env included; SQLAlchemy puts them after "[parameters:")
+                extra={"change": f"{key[0]} {key[1]}", "error": _no_parameters(exc)},
             )
             error = Invalid(f"the store refused {key[0]} {key[1]}: {type(exc).__name__}")
         unit = units.pop(key)
@@ -361,3 +376,8 @@ class Journal:
         except Exception:
             return False
         return True
+
+
+def _no_parameters(exc: Exception) -> str:
+    """``exc``'s text without the bound parameters a database error may carry."""
+    return str(exc).split("[parameters:", 1)[0].strip()[:500]

@@ -37,7 +37,8 @@ class WorkerLevel:
         return Topics(self.settings.domain, self.settings.cluster_id)
 
     @property
-    def client_id(self) -> str:
+    def client_name(self) -> str:
+        """What its link's client id starts with (``unique_client_id``)."""
         return f"edgeplane-manager-{self.settings.domain}-{self.settings.cluster_id}"
 
     @property
@@ -59,10 +60,6 @@ class WorkerLevel:
             capabilities=capabilities,
             registered_at=now,
         )
-
-    @staticmethod
-    def command_extra(task: Task) -> dict[str, object]:
-        return {}
 
     @staticmethod
     def views(registry: Registry) -> list[WorkerView]:
@@ -95,7 +92,7 @@ class ClusterLevel:
         return Topics.for_root(self.settings.domain)
 
     @property
-    def client_id(self) -> str:
+    def client_name(self) -> str:
         return f"edgeplane-root-{self.settings.domain}"
 
     @property
@@ -115,17 +112,6 @@ class ClusterLevel:
         return Worker(
             id=member_id, cluster_id=member_id, capabilities=capabilities, registered_at=now
         )
-
-    @staticmethod
-    def command_extra(task: Task) -> dict[str, object]:
-        """What a cluster's own scheduler needs besides what a worker needs."""
-        return {
-            "retries": task.retries,
-            "priority": task.priority,
-            "constraints": task.constraints,
-            "metadata": task.metadata,
-            "pinned_worker": task.pinned_worker,
-        }
 
     @staticmethod
     def views(registry: Registry) -> list[WorkerView]:

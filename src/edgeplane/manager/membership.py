@@ -84,23 +84,66 @@ class Membership:
         return [self._doc(entry) for entry in self.core.registry.entries()]
 
     def worker(self, worker_id: str) -> Worker:
-        entry = self.core.registry.get(worker_id)
-        if entry is None:
-            raise NotFound(f"worker {worker_id} not found", field="id")
-        return self._doc(entry)
+        return self._doc(self._entry(worker_id))
 
     async def drain_worker(self, worker_id: str) -> Worker:
         """No new tasks go to a draining worker; its running tasks finish."""
-        entry = self.core.registry.get(worker_id)
-        if entry is None:
-            raise NotFound(f"worker {worker_id} not found", field="id")
-        journal = self.core.journal
-        journal.check()
+        entry = self._entry(worker_id)
+        self.core.journal.check()
         entry.draining = True
         if entry.online:
             entry.worker = entry.worker.model_copy(update={"state": "draining"})
-        await journal.settle(journal.write(workers=[entry.worker]))
+        await self._store_now([entry])
         return self._doc(entry)
+
+    async def undrain_worker(self, worker_id: str) -> Worker:
+        """Place tasks on a drained worker again."""
+        entry = self._entry(worker_id)
+        self.core.journal.check()
+        entry.draining = False
+        if entry.worker.state == "draining":
+            entry.worker = entry.worker.model_copy(update={"state": "online"})
+        await self._store_now([entry])
+        self.core.kick.set()
+        return self._doc(entry)
+
+    def owner_of(self, worker_id: str) -> str | None:
+        """The owner of a member (None: no owner, or no such member)."""
+        entry = self.core.registry.get(worker_id)
+        return None if entry is None else entry.worker.owner
+
+    async def set_owner(self, worker_id: str, owner: str | None) -> Worker:
+        """Give a member to ``owner`` (None: to nobody), stored before it answers."""
+        entry = self._entry(worker_id)
+        self.core.journal.check()
+        entry.worker = entry.worker.model_copy(update={"owner": owner})
+        await self._store_now([entry])
+        return self._doc(entry)
+
+    async def disown(self, owner: str) -> list[str]:
+        """Take ``owner``'s members from them (their user is gone: a new user of the same
+        name must not inherit them); the ids of those members."""
+        owned = [e for e in self.core.registry.entries() if e.worker.owner == owner]
+        for entry in owned:
+            entry.worker = entry.worker.model_copy(update={"owner": None})
+        if owned:
+            await self._store_now(owned)
+        return [e.worker.id for e in owned]
+
+    async def _store_now(self, entries: Sequence[WorkerEntry]) -> None:
+        """Store members' documents before the user is answered. A version waiting in
+        ``unsaved`` (the batch of ``persist``) is older: written after, it would undo
+        this change, so this one takes its place."""
+        for entry in entries:
+            self.core.unsaved.pop(entry.worker.id, None)
+        journal = self.core.journal
+        await journal.settle(journal.write(workers=[e.worker for e in entries]))
+
+    def _entry(self, worker_id: str) -> WorkerEntry:
+        entry = self.core.registry.get(worker_id)
+        if entry is None:
+            raise NotFound(f"worker {worker_id} not found", field="id")
+        return entry
 
     async def delete_worker(self, worker_id: str) -> None:
         journal = self.core.journal
@@ -117,37 +160,96 @@ class Membership:
         return entry.worker.model_copy(update={"active_tasks": len(entry.tasks)})
 
     # ------------------------------------------------------------------ messages
-    def seen(self, member_id: str) -> None:
-        """Any message but a will is a sign of life."""
+    def seen(self, member_id: str, session: str = "") -> None:
+        """Any message but a will is a sign of life; one that names another session
+        than the member's known one is another process's (``held_by_another``)."""
         entry = self.core.registry.get(member_id)
-        if entry is not None and entry.online:
+        if entry is None or not entry.online:
+            return
+        if not entry.session or session in ("", entry.session):
             entry.last_seen = self.core.clock.monotonic()
+            entry.will_heard = False
             self.liveness.heard(member_id)
+
+    @staticmethod
+    def held_by_another(entry: WorkerEntry, hello: Hello) -> bool:
+        """Whether a hello comes from a second live process with a member's id.
+
+        A new session is normally the member restarted: its old process is gone, and the
+        broker said so by its last will (a killed process's socket closes with it), or it
+        left, or fell silent until marked offline. While none of that happened, the old
+        session is alive, and the newcomer is another process claiming the same id (the
+        same ``--worker-id`` or credentials on two machines): taking it as a restart
+        would re-place the live one's tasks and leave both fighting over the id."""
+        return (
+            bool(entry.session)
+            and hello.session != entry.session
+            and entry.online
+            and not entry.will_heard
+        )
+
+    async def _refuse(self, entry: WorkerEntry, hello: Hello) -> None:
+        core, member_id = self.core, entry.worker.id
+        ago = max(0.0, core.clock.monotonic() - entry.last_seen)
+        why = (
+            f"{core.member} id {member_id} is in use by a live {core.member} (heard "
+            f"{ago:.1f} s ago): give this one another id, or stop the other first"
+        )
+        if entry.refused != hello.session:
+            entry.refused = hello.session
+            core.stats.refused_members += 1
+            log.warning(
+                f"refused a second {core.member} with the id of a live one",
+                extra={
+                    f"{core.member}_id": member_id,
+                    "session": hello.session,
+                    "live_session": entry.session,
+                },
+            )
+        refusal = Welcome(
+            worker_id=member_id,
+            session=hello.session,
+            heartbeat_s=core.settings.heartbeat_s,
+            error=why,
+        )
+        await core.send(member_id, "welcome", refusal, topic=core.level.topics.welcome(member_id))
 
     async def on_hello(self, member_id: str, hello: Hello) -> None:
         core = self.core
         now, mono = core.clock.now(), core.clock.monotonic()
-        self.liveness.resync.discard(member_id)
         entry = core.registry.get(member_id)
+        if entry is not None and self.held_by_another(entry, hello):
+            await self._refuse(entry, hello)
+            return
+        self.liveness.resync.discard(member_id)
         if entry is None:
-            entry = WorkerEntry(worker=core.level.new_member(member_id, hello.capabilities, now))
+            worker = core.level.new_member(member_id, hello.capabilities, now)
+            owner = core.owner_at_join(member_id)  # its join token's, never its own word
+            if owner is not None:
+                worker = worker.model_copy(update={"owner": owner})
+            entry = WorkerEntry(worker=worker)
             core.registry.add(entry)
             log.info(f"{core.member} registered", extra={f"{core.member}_id": member_id})
         if hello.cluster is not None:
             entry.info = hello.cluster
         if hello.aggregate is not None:
             entry.aggregate = hello.aggregate
+        known = entry.session
         verdict = judge_hello(
             entry.tasks,
-            entry.session,
+            known,
             hello,
             self._epoch,
             reported_running=[t for t in entry.tasks if self._ran(t)],
         )
-        if entry.session != hello.session:
+        # Before anything awaits: commands sent from now on are this session's
+        # (StartTasks.session), which the process leaves alone if they name another.
+        entry.session = hello.session
+        entry.will_heard = False
+        entry.refused = ""
+        if known != hello.session:
             await self._new_session(entry, hello, verdict.lost)
         await self._resend(entry, verdict.resend)
-        entry.session = hello.session
         entry.last_seen = mono
         entry.worker = entry.worker.model_copy(
             update={
@@ -204,8 +306,11 @@ class Membership:
                     why = f"{core.member} {member_id} left"
                     await self.mark_offline(entry, why, leaving=True)
                 else:
+                    entry.will_heard = True
                     self.liveness.will(member_id)  # offline once it settles (liveness.py)
             return
+        if entry is not None and alive.session and alive.session == entry.refused:
+            return  # the refused process: told already, and it leaves
         if entry is None or alive.session != entry.session:
             await core.send(member_id, "reregister", Reregister(reason="unknown session"))
             return

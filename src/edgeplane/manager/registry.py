@@ -57,6 +57,11 @@ class WorkerEntry:
     sent_seq: int = 0
     #: artifact digests this worker session already received
     artifacts: set[str] = field(default_factory=set)
+    #: the broker published the last will of ``session``: its process is gone, another
+    #: may take the id without waiting for the liveness verdict (membership.py)
+    will_heard: bool = False
+    #: a session refused because ``session`` held the member's id, alive
+    refused: str = ""
     #: at the root, where members are clusters: their metadata and last aggregate
     info: ClusterInfo | None = None
     aggregate: Aggregate | None = None

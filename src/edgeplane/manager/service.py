@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
+from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
@@ -31,10 +33,10 @@ from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body
+from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink
+from edgeplane.transport import MqttLink, kept_client_id
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,12 @@ class Manager:
         clock: clocks.Clock | None = None,
         root: bool = False,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         """``auth``: the identities of the broker edgeplane started (its own credentials,
-        and the keys its commands are signed with); None for an external broker."""
+        and the keys its commands are signed with); None for an external broker.
+        ``secret_keys``: without ``auth``, the members' keys secret env is sealed with
+        (``up --broker`` gives its own workers one)."""
         self.settings = settings
         self.store = store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
@@ -63,9 +68,21 @@ class Manager:
         self.member = level.member
         self.topics = level.topics
         self.journal = Journal(store)
+        #: records of mutating API calls and broker identity changes (docs/security.md)
+        self.audit = AuditTrail(
+            self.journal,
+            store,
+            self.clock,
+            retention_days=settings.audit_retention_days,
+            max_rows=settings.audit_max_rows,
+        )
         self.link = MqttLink(
             broker_url,
-            client_id=level.client_id,
+            # Its own (two managers of a cluster must not kick each other off the
+            # broker), and the same after a restart on the same data dir: the broker
+            # keeps what members publish while this manager is away (reconnecting, or
+            # restarting: a result that ended meanwhile) and delivers it when it is back.
+            client_id=kept_client_id(level.client_name, settings.data_dir),
             subscriptions=[self.topics.all_members(leaf) for leaf in level.leaves],
             on_message=self._on_message,
             clean_session=False,
@@ -86,6 +103,11 @@ class Manager:
         )
         if auth is not None:
             core.sign = auth.sign
+            core.sealing_key = auth.sealing_key
+            core.owner_at_join = auth.owner_of
+        elif secret_keys:
+            derived = {member: sealing.derive(key) for member, key in secret_keys.items()}
+            core.sealing_key = derived.get
         self.registry = core.registry
         self.stats = core.stats
         #: this manager process's id; task.start sequence numbers count within it
@@ -111,6 +133,10 @@ class Manager:
         self.workers = self.members.workers
         self.worker = self.members.worker
         self.drain_worker = self.members.drain_worker
+        self.undrain_worker = self.members.undrain_worker
+        self.set_owner = self.members.set_owner
+        self.owner_of = self.members.owner_of
+        self.disown = self.members.disown
         self.delete_worker = self.members.delete_worker
 
     @property
@@ -136,6 +162,7 @@ class Manager:
         self._core.kick.set()
 
     async def stop(self) -> None:
+        await self.audit.flush()
         await self.journal.commit()
         await self.members.flush()
         await self.journal.commit()
@@ -162,7 +189,7 @@ class Manager:
             return
         member_id = where[0]
         if not (isinstance(body, Alive) and not body.online):  # a will is no sign of life
-            self.members.seen(member_id)
+            self.members.seen(member_id, body.session if isinstance(body, Hello | Alive) else "")
         if isinstance(body, Hello):
             await self.members.on_hello(member_id, body)
         elif isinstance(body, Alive):

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from edgeplane import clock as clocks
-from edgeplane.errors import NotFound
+from edgeplane.errors import Invalid, NotFound
 from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
@@ -239,6 +239,8 @@ class TaskService:
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
         task = await self._working(task_id)
         changes = patch.model_dump(exclude_unset=True)
+        if task.secret_env and set(changes.get("env") or ()) & set(task.secret_env):
+            raise Invalid("a variable of env is in the task's secret_env already", field="env")
         if "limits" in changes:
             changes["limits"] = patch.limits
         task = lifecycle.patch(task, changes, self.core.clock.now())  # Conflict once started

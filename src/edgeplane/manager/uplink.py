@@ -8,8 +8,14 @@ On top of that it sends an *aggregate* of its workers' free capacity every
 none of its workers could ever run, so the root tries the next cluster.
 
 A task the root places here is stored by this cluster's manager under the root's id
-(``{id}.{attempt}`` from the second attempt on) and scheduled on a worker as usual; the
-journal's commit listener turns its committed states into events for the root.
+(``{id}.{attempt}`` from the second attempt on), in the task's project, and scheduled on
+a worker as usual; the journal's commit listener turns its committed states into events
+for the root.
+
+On a root's own broker the cluster has an identity, as a worker has on its manager's
+(docs/broker-security.md): it joins once with a token (``--join``), keeps the answer in
+``<data dir>/uplink/credentials.json`` and logs in with it; the root's commands carry a
+MAC with the cluster's key, checked before anything is parsed.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ from edgeplane.protocol import (
     decode,
     encode,
     parse_body,
+    sealing,
 )
+from edgeplane.protocol.signing import verify
 from edgeplane.protocol.terms import TermGate
 from edgeplane.scheduling.aggregate import aggregate, significant_change
 from edgeplane.scheduling.eligibility import (
@@ -62,7 +70,8 @@ from edgeplane.scheduling.eligibility import (
     mismatch_reason,
     pinned_reason,
 )
-from edgeplane.transport import MqttLink, Will
+from edgeplane.security import joining
+from edgeplane.transport import MqttLink, Will, parse_broker_url, unique_client_id
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,8 @@ EVENT_WINDOW_S = 0.002
 AGGREGATE_CHECK_S = 0.5
 _SEEN_LIMIT = 100_000
 ROOT_TASK = "root_task"
+#: where a cluster keeps its identity at the root (``credentials.json``), in its data dir
+IDENTITY_DIR = "uplink"
 
 
 def local_id(task_id: str, attempt: int) -> str:
@@ -82,7 +93,11 @@ def local_id(task_id: str, attempt: int) -> str:
 
 class Uplink:
     def __init__(
-        self, manager: Facade, root_url: str, *, clock: clocks.Clock | None = None
+        self,
+        manager: Facade,
+        root_url: str,
+        *,
+        clock: clocks.Clock | None = None,
     ) -> None:
         settings = manager.settings
         self.manager = manager
@@ -99,8 +114,15 @@ class Uplink:
             broker_url=manager.broker_url,
         )
         self.registered = asyncio.Event()
+        #: set when the root refused this manager (another live one has its cluster id)
+        self.refused = asyncio.Event()
+        self.refusal = ""
         self.rejected = 0
         self.bad_messages = 0
+        #: messages refused for want of a valid MAC (also counted in ``bad_messages``)
+        self.unsigned = 0
+        #: this cluster's identity on the root's broker (see :meth:`join`)
+        self.identity: joining.Identity | None = None
         #: local task id → (root task id, root attempt), for tasks the root placed here
         self._owned: dict[str, Key] = {}
         #: last (state, worker) reported per local id, so only changes go up
@@ -115,13 +137,55 @@ class Uplink:
         self._loops: list[asyncio.Task[None]] = []
         self._attached = False
         self.root_url = root_url
+        #: what the root seals the secret env of the tasks it places here with: derived
+        #: from this cluster's key on the root's broker (:meth:`join`); without one the
+        #: root sends it in the clear (docs/security.md, "Secrets")
+        self._sealing_key: bytes | None = None
         self.link = self._new_link()
+
+    async def join(self) -> joining.Identity | None:
+        """This cluster's identity at the root: the one kept in the data dir, else one
+        bought with ``settings.join_token`` (and kept), else None (the root's broker is
+        then reached with what ``--root``'s URL carries, anonymously if nothing).
+        ``Invalid`` if the root refuses the token, or the identity is another cluster's."""
+        settings = self.manager.settings
+        where = settings.data_dir / IDENTITY_DIR
+        identity = joining.load(where)
+        if identity is None and settings.join_token:
+            identity = await joining.join(
+                self.root_url, self.topics, settings.join_token, self.cluster_id, ca=settings.ca
+            )
+            path = joining.save(where, identity)
+            log.info("joined the root", extra={"cluster": identity.member_id, "kept": str(path)})
+        if identity is not None and identity.member_id != self.cluster_id:
+            raise Invalid(
+                f"{where / joining.CREDENTIALS_FILE} is cluster {identity.member_id}'s identity "
+                f"at the root, not {self.cluster_id}'s: start with --cluster-id "
+                f"{identity.member_id}, or delete the file and join anew",
+                field="cluster_id",
+            )
+        if identity is None and parse_broker_url(self.root_url).username is None:
+            log.warning(
+                "registering with the root without credentials: a root that started its own "
+                "broker refuses that; join with --join TOKEN (docs/broker-security.md)",
+                extra={"root": self.root_url},
+            )
+        self.identity = identity
+        if identity is not None:  # the token's labels, under the cluster's own (--label)
+            self.info.labels = {**identity.labels, **self.info.labels}
+            # the root seals the secret env of the tasks it places here to this key
+            self._sealing_key = sealing.derive(identity.mac_key)
+        self.link = self._new_link()
+        return identity
 
     def _new_link(self) -> MqttLink:
         """A link for the current session (the last will names it)."""
+        identity = self.identity
         return MqttLink(
             self.root_url,
-            client_id=f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}",
+            client_id=unique_client_id(
+                f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}"
+            ),
             subscriptions=[self.topics.cmd(self.cluster_id), self.topics.welcome(self.cluster_id)],
             on_message=self._on_message,
             will=Will(
@@ -131,6 +195,8 @@ class Uplink:
             ),
             on_connect=self._send_hello,
             ca=self.manager.settings.ca,
+            username=None if identity is None else identity.username,
+            password=None if identity is None else identity.password,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -255,6 +321,12 @@ class Uplink:
 
     # ------------------------------------------------------------------ what comes down
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        key = None if self.identity is None else self.identity.mac_key
+        if key is not None and not verify(key, payload):
+            self.bad_messages += 1
+            self.unsigned += 1
+            log.warning("command refused: no valid MAC from the root", extra={"topic": topic})
+            return
         try:
             envelope = decode(payload)
             body = parse_body(envelope.type, envelope.body)
@@ -269,6 +341,8 @@ class Uplink:
             )
             return
         if isinstance(body, StartTasks):
+            if body.session not in ("", self.session):
+                return  # meant for another process with this cluster id (agent.py)
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
@@ -284,7 +358,11 @@ class Uplink:
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
         elif isinstance(body, Welcome):
-            if body.session == self.session:
+            if body.session == self.session and body.error:
+                log.error("refused by the root", extra={"reason": body.error})
+                self.refusal = body.error
+                self.refused.set()
+            elif body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()
@@ -375,6 +453,19 @@ class Uplink:
         constraints = self._local(spec.constraints or Constraints()).model_copy(
             update={"clusters": [], "geo": None}
         )
+        secret_env = spec.secret_env
+        if spec.sealed_env is not None:
+            if self._sealing_key is None:
+                raise Invalid(
+                    "secret_env came sealed but this cluster has no key", field="secret_env"
+                )
+            secret_env = sealing.unseal(
+                self._sealing_key,
+                spec.sealed_env,
+                task_id=spec.task_id,
+                attempt=spec.attempt,
+                member_id=self.cluster_id,
+            )
         task_spec = TaskSpec(
             name=spec.name,
             runtime=spec.runtime,
@@ -384,6 +475,7 @@ class Uplink:
             inputs=spec.inputs,
             cli_args=spec.cli_args,
             env=spec.env,
+            secret_env=secret_env,
             command=spec.command,
             image=spec.image,
             limits=spec.limits,
@@ -393,6 +485,7 @@ class Uplink:
             daemon=spec.daemon,
             worker_id=spec.pinned_worker,
             metadata={**spec.metadata, ROOT_TASK: spec.task_id, "root_attempt": spec.attempt},
+            project=spec.project,
             start=True,
         )
         ident = local_id(spec.task_id, spec.attempt)

@@ -37,7 +37,10 @@ class ServiceSpec(TaskSpec):
     restart: RestartPolicy = "always"
 
     def revision(self) -> str:
-        """Hash of what an instance runs: instances of an older revision are rolled over."""
+        """Hash of what an instance runs: instances of an older revision are rolled over.
+
+        Secret values are left out (their names are in): the revision is shown to every
+        reader, and a hash of a weak secret could be searched for offline."""
         body = self.model_dump(mode="json", exclude=_NOT_IN_REVISION)
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -45,7 +48,7 @@ class ServiceSpec(TaskSpec):
 class ApplicationSpec(BaseModel):
     """``POST /applications`` / ``PUT /applications/{id}`` (YAML or JSON descriptor)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = Field(min_length=1, max_length=128)
     #: the application's project, which its instances are in too
@@ -98,7 +101,7 @@ ApplicationState = Literal["deploying", "running", "degraded", "deleting"]
 class Application(BaseModel):
     """The stored application: its descriptor and the instances the root keeps for it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it

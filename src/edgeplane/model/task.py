@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
@@ -40,6 +41,7 @@ from edgeplane.model.bounds import (
     Url,
 )
 from edgeplane.model.cluster import GeoConstraint
+from edgeplane.model.secrets import Redacted, SecretDict, check_disjoint
 
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
@@ -105,7 +107,9 @@ def _no_defaults(schema: dict[str, Any]) -> None:
 class TaskSpec(BaseModel):
     """A task as a user submits it (DESIGN §3). Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    #: (hide_input_in_errors here and on every model holding task bodies: the text of a
+    #: validation error, which may be logged, must not carry secret env values)
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = ""
     #: the project the task belongs to: one of the caller's (docs/security.md)
@@ -119,6 +123,9 @@ class TaskSpec(BaseModel):
     inputs: JsonArray = Field(default_factory=list)
     cli_args: Args = Field(default_factory=list)
     env: Env = Field(default_factory=dict)
+    #: env whose values are secret: given to the runtime merged with ``env``, shown as
+    #: ``***`` by every read, sent only to the worker that runs the task (docs/security.md)
+    secret_env: Annotated[Env, Redacted] = Field(default_factory=dict, repr=False)
     command: Args | None = None
     image: Name | None = None
     limits: Limits = Field(default_factory=Limits)
@@ -142,6 +149,13 @@ class TaskSpec(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _not_in_env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if value:
+            check_disjoint(info.data.get("env") or {}, value)
+        return value
 
 
 class TaskPatch(BaseModel):
@@ -196,7 +210,7 @@ class Placement(BaseModel):
 class Task(BaseModel):
     """The task document: stored, returned by the API, updated by the manager."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it
@@ -213,6 +227,8 @@ class Task(BaseModel):
     inputs: list[Any] = Field(default_factory=list)
     cli_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: stored as given; every read shows ``***`` for each value (``model.secrets``)
+    secret_env: SecretDict = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)

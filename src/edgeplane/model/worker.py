@@ -56,3 +56,6 @@ class Worker(BaseModel):
     active_tasks: int = 0
     registered_at: float = 0.0
     last_seen: float = 0.0
+    #: the user who owns the node: may drain, delete and manage it whatever their role
+    #: (docs/security.md); set by the join token it joined with, or by an admin
+    owner: str | None = None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
 from edgeplane.limits import MAX_RUN_TASKS
 from edgeplane.model.bounds import Cron, JsonObject, Name, Project, Timezone
+from edgeplane.model.secrets import redact_template, revealing
 from edgeplane.model.task import CatchUp, Task, TaskSpec
 
 JobMode = Literal["parallel", "sequential", "dag"]
@@ -20,7 +21,7 @@ TERMINAL_WORKFLOW_STATES: frozenset[str] = frozenset({"completed", "failed", "ca
 class WorkflowSpec(BaseModel):
     """``POST /workflows``: tasks linked by ``depends_on`` (names or ids) and ``run_if``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     name: Name = ""
     #: the run's project, which its tasks are in too (theirs is ignored)
@@ -44,7 +45,7 @@ class JobSpec(WorkflowSpec):
 class Workflow(BaseModel):
     """A job or a workflow run; ``tasks`` is filled in API answers, not stored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it
@@ -78,7 +79,7 @@ ScheduleKind = Literal["task", "job"]
 class Schedule(BaseModel):
     """A cron schedule of a task or a job; each slot fires once (run id ``id:slot``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     id: str
     #: the project it belongs to (docs/security.md): who may see and touch it
@@ -95,3 +96,8 @@ class Schedule(BaseModel):
     runs: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @field_serializer("spec")
+    def _redacted(self, spec: dict[str, Any], info: SerializationInfo) -> dict[str, Any]:
+        """The template's ``secret_env`` values are ``***`` unless revealed (the store)."""
+        return spec if revealing(info) else redact_template(spec)

@@ -1,5 +1,7 @@
-"""The two messages of joining (docs/broker-security.md): a worker presents its join token
-on ``{domain}/{cluster}/join/{nonce}`` and the manager answers on ``…/{nonce}/welcome``."""
+"""The two messages of joining (docs/broker-security.md): a member presents its join token
+on ``Topics.join(nonce)`` and its parent answers on ``Topics.join_answer(nonce)``. A
+worker joins its manager (``{domain}/{cluster}/join/{nonce}``), a cluster's manager its
+root (``{domain}/clusters/join/{nonce}/ask``); the field names say ``worker`` for both."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ class JoinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=200)
-    #: the id the worker would like (the token's own id wins when it names one)
+    #: the id the worker would like (the token's own id wins when it names one); a
+    #: cluster's id when a cluster joins its root (which refuses a token for another one)
     worker_id: str = Field(pattern=WORKER_ID_PATTERN)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -14,11 +15,21 @@ from pydantic import (
 )
 
 from edgeplane.errors import Invalid
-from edgeplane.model import Aggregate, Capabilities, ClusterInfo, Constraints, Limits, Usage
+from edgeplane.model import (
+    Aggregate,
+    Capabilities,
+    ClusterInfo,
+    Constraints,
+    Limits,
+    Task,
+    Usage,
+)
+from edgeplane.model.bounds import Project
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    #: (hide_input_in_errors: an assignment's error text must not carry its secret env)
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
 
 class Hello(_Body):
@@ -47,6 +58,9 @@ class Welcome(_Body):
     broker_url: str = ""
     username: str = ""
     password: str = ""
+    #: set: registration refused (another live process holds this member's id); the
+    #: member must stop, saying why
+    error: str = ""
 
 
 class Alive(_Body):
@@ -81,6 +95,11 @@ class Assignment(_Body):
     inputs: list[Any] = Field(default_factory=list)
     cli_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: the task's secret env, sealed to the receiving member (``sealing.py``) when the
+    #: manager holds a key for it, else in the clear in ``secret_env`` (a broker edgeplane
+    #: does not secure: docs/security.md, "Secrets"); the receiver merges it into ``env``
+    sealed_env: str | None = Field(default=None, repr=False)
+    secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
@@ -91,6 +110,50 @@ class Assignment(_Body):
     constraints: Constraints | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     pinned_worker: str | None = None
+    #: the task's project, which the cluster stores it in (docs/security.md "Projects")
+    project: Project = "default"
+
+    @classmethod
+    def of(
+        cls,
+        task: Task,
+        *,
+        artifact_b64: str | None = None,
+        for_cluster: bool = False,
+        secrets: Mapping[str, Any] | None = None,
+    ) -> Assignment:
+        """The one place an assignment is built from a task: what a worker needs, and
+        ``for_cluster`` (root → cluster) also what the cluster's own scheduler and store
+        need. ``secrets``: the task's secret env as its member may receive it (sealed to
+        it, or in the clear; ``manager/dispatch.py``)."""
+        extra: dict[str, Any] = dict(secrets or {})
+        if for_cluster:
+            extra |= {
+                "retries": task.retries,
+                "priority": task.priority,
+                "constraints": task.constraints,
+                "metadata": task.metadata,
+                "pinned_worker": task.pinned_worker,
+                "project": task.project,
+            }
+        return cls(
+            task_id=task.id,
+            attempt=task.attempt,
+            name=task.name,
+            runtime=task.runtime,
+            mode=task.mode,
+            entrypoint=task.entrypoint,
+            artifact=task.artifact,
+            artifact_b64=artifact_b64,
+            inputs=task.inputs,
+            cli_args=task.cli_args,
+            env=task.env,
+            command=task.command,
+            image=task.image,
+            limits=task.limits,
+            daemon=task.daemon,
+            **extra,
+        )
 
 
 class Unrunnable(_Body):
@@ -106,6 +169,9 @@ class StartTasks(_Body):
     tasks: list[Assignment]
     epoch: str = ""
     seq: int = 0
+    #: the member session it is meant for (empty: any): a process that is not that
+    #: session (another process with the same member id) leaves it alone
+    session: str = ""
     #: filled when parsing, never sent: assignments that did not validate but name their
     #: task and attempt (the receiver fails them), and how many did not even name those
     #: (the receiver counts them as bad messages)

@@ -57,12 +57,29 @@ class Topics:
         return self._member(member_id, "aggregate")
 
     def join(self, nonce: str) -> str:
-        """Where a joining worker (anonymous, MQTT client id ``nonce``) asks to join."""
+        """Where a joining member (anonymous, MQTT client id ``nonce``) asks to join.
+
+        At a root it is one level deeper, ``{d}/clusters/join/{nonce}/ask``: a member
+        topic is ``{d}/clusters/{c}/{leaf}``, so ``…/join/{nonce}`` would be cluster
+        ``join``'s leaf ``{nonce}``, and an anonymous client named ``hello`` could say
+        hello for it."""
+        if self.root:
+            return f"{self.prefix}/join/{nonce}/ask"
         return f"{self.domain}/{self.cluster}/join/{nonce}"
 
     def join_answer(self, nonce: str) -> str:
-        """Where the manager answers that worker (only client ``nonce`` may read it)."""
+        """Where the parent answers that member (only client ``nonce`` may read it)."""
+        if self.root:
+            return f"{self.prefix}/join/{nonce}/welcome"
         return f"{self.join(nonce)}/welcome"
+
+    def join_nonce(self, topic: str) -> str | None:
+        """The nonce of a :meth:`join` topic, else None."""
+        head, _, tail = self.join("\0").partition("\0")
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        nonce = topic[len(head) : len(topic) - len(tail)]
+        return nonce if nonce and "/" not in nonce else None
 
     def all_members(self, leaf: str) -> str:
         """Wildcard subscription for one leaf of every member."""

@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
 from edgeplane.config import Settings
-from edgeplane.errors import Invalid
+from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.leadership import Leadership, home_of, lease_name
@@ -35,8 +35,8 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_url
-from edgeplane.transport.broker import AuthFiles, dial_host
+from edgeplane.transport import EmbeddedBroker, parse_broker_url, unique_client_id
+from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ ENDPOINT_FILE = "endpoint"
 
 def serving_tls(settings: Settings) -> ServerTls | None:
     """What the API and the embedded broker serve (None: plain), by ``edgeplane.tls``."""
-    hosts = (settings.host,) if settings.broker else (settings.host, settings.broker_host)
+    broker_host = settings.broker_endpoint[0]
+    hosts = (settings.host,) if settings.broker else (settings.host, broker_host)
     return server_tls(settings.data_dir, settings.tls_cert, settings.tls_key, hosts=hosts)
 
 
@@ -55,21 +56,23 @@ def with_trusted_ca(settings: Settings) -> Settings:
     return settings.model_copy(update={"ca": trusted_ca(settings.ca, settings.data_dir)})
 
 
-def broker_auth(settings: Settings) -> BrokerAuth | None:
-    """The identities of the broker this manager starts itself, or None when it was given
-    one (``--broker``): edgeplane locks down only brokers it starts, and an external
-    broker is the operator's to secure (a warning says so when its URL has no user)."""
+def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
+    """The identities of the broker this manager (or, ``root``, this root) starts itself,
+    or None when it was given one (``--broker``): edgeplane locks down only brokers it
+    starts, and an external broker is the operator's to secure (a warning says so when
+    its URL has no user)."""
+    member = "cluster" if root else "worker"
     if settings.broker:
         if parse_broker_url(settings.broker).username is None:
             log.warning(
-                "the broker is used without credentials: anyone who reaches it can act as "
-                "a worker (see docs/broker-security.md)",
+                f"the broker is used without credentials: anyone who reaches it can act as "
+                f"a {member} (see docs/broker-security.md)",
                 extra={"broker": str(parse_broker_url(settings.broker))},
             )
         return None
     return BrokerAuth(
         settings.data_dir / "broker",
-        Topics(settings.domain, settings.cluster_id),
+        Topics.for_root(settings.domain) if root else Topics(settings.domain, settings.cluster_id),
         now=time.time,
         reload=lambda: None,  # start_broker points it at the broker it starts
     )
@@ -80,35 +83,40 @@ async def start_broker(
 ) -> str:
     """``settings.broker``, or an embedded one in the data dir, stopped with ``stack``.
 
-    The embedded broker keeps its port across restarts (``broker/port`` in the data dir):
-    members were told its URL and dial it again, so a restarted root or manager on a new
-    port would leave them offline for good. Only when that port is taken does it move
-    (logged, with the new URL)."""
+    The embedded broker listens where ``--broker-listen HOST:PORT`` says, else on
+    ``--broker-host`` at ``--broker-port``, else at a port chosen once and kept
+    (``broker/port`` in the data dir; a fixed port is for firewalls and Services):
+    members were told its URL and dial it again, so a restarted root or manager must come
+    back where it was. A port taken by something else is an error, never a silent move
+    (members would be left dialing the old one for good)."""
     if settings.broker:
         return settings.broker
-    port_file = settings.data_dir / "broker" / "port"
+    directory = settings.data_dir / "broker"
+    port_file = directory / "port"
+    host, given = settings.broker_endpoint
     recorded = _recorded_port(port_file)
-    port = recorded if recorded is not None and _free(recorded) else 0
+    port = given or recorded or free_port()
     tls = serving_tls(settings)
-    refuse_plain_off_loopback("embedded broker", settings.broker_host, tls, settings.insecure)
+    refuse_plain_off_loopback("embedded broker", host, tls, settings.insecure)
     files = None if auth is None else AuthFiles(auth.password_file, auth.acl_file)
-    broker = EmbeddedBroker(
-        settings.data_dir / "broker",
-        port=port,
-        auth=files,
-        host=settings.broker_host,
-        tls=tls,
-    )
+    broker = EmbeddedBroker(directory, port=port, auth=files, host=host, tls=tls)
+    broker.reclaim()  # one an earlier run left holding the port
+    if not port_free(host, port):
+        if given:
+            where = "--broker-listen" if settings.broker_listen else "--broker-port"
+        else:
+            where = f"kept in {port_file}" if recorded else "just chosen"
+        raise Unavailable(
+            f"the embedded broker's port {port} ({where}) is taken on {host}: another "
+            "process holds it. Stop that process, or give --broker-listen HOST:PORT and "
+            "point the members at the new address",
+            field="broker_listen",
+        )
     if auth is not None:
         auth.reload = broker.reload
     url = await broker.start()
     stack.push_async_callback(broker.stop)
-    if recorded is not None and broker.port != recorded:
-        log.warning(
-            "the broker's port was taken; members must dial the new URL",
-            extra={"port": recorded, "url": url},
-        )
-    port_file.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     port_file.write_text(f"{broker.port}\n")
     return url
 
@@ -118,16 +126,7 @@ def _recorded_port(path: Path) -> int | None:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    return port if 1024 <= port <= 65535 else None
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port if 1 <= port <= 65535 else None
 
 
 def bind_api(host: str, port: int) -> socket.socket:
@@ -162,6 +161,7 @@ class ControlPlane:
         root: bool = False,
         serve_api: bool = True,
         auth: BrokerAuth | None = None,
+        secret_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = with_trusted_ca(settings)
         self.settings = settings
@@ -171,9 +171,15 @@ class ControlPlane:
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
         self.store: Store = open_store(settings.store_url)
-        self.manager = Manager(settings, self.store, broker_url, root=root, auth=auth)
+        self.manager = Manager(
+            settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
+        )
         self.auth = auth
-        desk_id = f"edgeplane-joins-{settings.domain}-{settings.cluster_id}"
+        if auth is not None:  # identity changes go to the audit log (up's made before, too)
+            auth.report_to(self.manager.audit.record)
+        desk_id = unique_client_id(
+            f"edgeplane-joins-{settings.domain}-{'root' if root else settings.cluster_id}"
+        )
         self.joins = None if auth is None else JoinDesk(auth, broker_url, desk_id, settings.ca)
         facade = self.manager.facade
         self.workflows = Workflows(facade)
@@ -208,6 +214,9 @@ class ControlPlane:
             # a wildcard address is not one to dial (nor one a certificate names)
             self.url = f"{scheme}://{dial_host(self.settings.host)}:{port}"
         await self._lead()
+        if self.uplink is not None:
+            # First of what acts: a refused join token stops the manager here.
+            await self.uplink.join()
         self.token_file = await ensure_admin_token(
             self.store,
             self.settings.data_dir,
@@ -274,6 +283,7 @@ class ControlPlane:
             self.applications,
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
+            uplink=self.uplink,
         )
         self.app = app
         return app
@@ -330,7 +340,13 @@ async def run_leading(
                     leadership = control.leadership
                     assert leadership is not None
                     leading(control)
-                    await _until(stop, leadership.lost.wait())
+                    uplink = control.uplink
+                    ends = [leadership.lost.wait()]
+                    if uplink is not None:  # the root refused this cluster's id: give up
+                        ends.append(uplink.refused.wait())
+                    await _until(stop, _first(ends))
+                    if uplink is not None and uplink.refused.is_set():
+                        raise Invalid(uplink.refusal)
                     if leadership.lost.is_set():
                         log.warning("deposed: standing by again", extra={"why": leadership.why})
             finally:
@@ -338,6 +354,17 @@ async def run_leading(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _first(waits: list[Coroutine[Any, Any, object]]) -> None:
+    """Return when the first of ``waits`` does (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, object]) -> bool:

@@ -11,11 +11,17 @@ import contextlib
 from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ControlPlane, broker_auth, run_leading, start_broker
+from edgeplane.roles.lock import hold_data_dir
 
 
 async def run_manager(settings: Settings) -> None:
     setup_logs(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with hold_data_dir(settings.data_dir, "manager"):
+        await _run_manager(settings)
+
+
+async def _run_manager(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         auth = broker_auth(settings)
         broker_url = await start_broker(stack, settings, auth)

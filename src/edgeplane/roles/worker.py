@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 from edgeplane.config import Settings
+from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
 from edgeplane.protocol import Topics
+from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
+from edgeplane.security import joining
+from edgeplane.security.joining import Identity
 from edgeplane.tls import trusted_ca
-from edgeplane.worker import WorkerAgent, WorkerOptions, joining
-from edgeplane.worker.joining import Identity
+from edgeplane.worker import WorkerAgent, WorkerOptions
 
 
 def stable_worker_id(data_dir: Path) -> str:
@@ -38,6 +42,7 @@ def build_worker(
     labels: Mapping[str, str] | None = None,
     modules: ModuleCache | None = None,
     identity: Identity | None = None,
+    secret_key: bytes | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
     ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
@@ -73,6 +78,7 @@ def build_worker(
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
+        secret_key=secret_key,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 
@@ -82,6 +88,20 @@ async def run_worker(
 ) -> None:
     setup_logs(settings.log_level)
     data_dir = settings.data_dir / "worker"
+    # Only the worker's user: it keeps its credentials, handle records and container
+    # bundles here, which hold task env, secret env included (docs/security.md).
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    with hold_data_dir(data_dir, "worker"):
+        await _run_worker(settings, data_dir, worker_id, labels)
+
+
+async def _run_worker(
+    settings: Settings,
+    data_dir: Path,
+    worker_id: str | None,
+    labels: Mapping[str, str] | None,
+) -> None:
     broker_url = settings.broker or "mqtt://127.0.0.1:1883"
     identity = joining.load(data_dir)
     if identity is None and settings.join_token:
@@ -90,10 +110,10 @@ async def run_worker(
         ca = trusted_ca(settings.ca, settings.data_dir)
         identity = await joining.join(broker_url, topics, settings.join_token, wanted, ca=ca)
         path = joining.save(data_dir, identity)
-        print(f"joined as {identity.worker_id}; identity kept in {path}", flush=True)
+        print(f"joined as {identity.member_id}; identity kept in {path}", flush=True)
     if identity is not None:
         # The identity's id is the broker username: the broker allows no other topics.
-        worker_id = identity.worker_id
+        worker_id = identity.member_id
         labels = {**identity.labels, **(labels or {})}
     agent = build_worker(
         settings,
@@ -106,6 +126,8 @@ async def run_worker(
     await agent.start()
     print(f"worker {agent.id} connected to {settings.broker}", flush=True)
     try:
-        await wait_for_stop()
+        await wait_for_stop(agent.refused)
     finally:
         await agent.stop()
+    if agent.refused.is_set():
+        raise Invalid(agent.refusal)

@@ -32,6 +32,7 @@ from edgeplane.model import (
     TaskSpec,
 )
 from edgeplane.model.bounds import STORED
+from edgeplane.model.secrets import REVEAL
 from edgeplane.root.reconcile import Actions, Create, desired_of, reconcile
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ IDLE_S = 5.0
 
 def instance_spec(app: Application, service: ServiceSpec, create: Create) -> TaskSpec:
     """The daemon task that runs one instance of ``service``."""
-    body = service.model_dump(exclude=_SERVICE_ONLY)
+    body = service.model_dump(exclude=_SERVICE_ONLY, context=REVEAL)
     constraints = Constraints.model_validate(body.pop("constraints"))
     if service.resources.cpu is not None:
         constraints.cpu = service.resources.cpu

@@ -140,8 +140,11 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             limits=spec.limits,
         )
         bundle = self.bundles / cid
-        bundle.mkdir(parents=True)
-        (bundle / "config.json").write_text(json.dumps(config))
+        # The config holds the task's env, secret env included: for the worker's user only.
+        bundle.mkdir(parents=True, mode=0o700)
+        fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(config))
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         deadline = self._deadline(spec)
         loop = asyncio.get_running_loop()

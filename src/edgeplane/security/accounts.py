@@ -65,6 +65,14 @@ class Accounts:
         await self.store.add_user(user)
         return user
 
+    async def existing_user(self, name: str, field: str) -> UserRecord:
+        """The user ``name``; :class:`NotFound` naming ``field`` when there is none."""
+        check_name(name, field)
+        found = await self.store.get_user(name)
+        if found is None:
+            raise NotFound(f"no user {name!r}", field=field)
+        return found
+
     async def delete_user(self, name: str) -> None:
         if not await self.store.delete_user(name):
             raise NotFound(f"no user {name!r}", field="name")

@@ -7,8 +7,12 @@ second control channel to bootstrap or keep in sync, and Mosquitto re-checks eve
 connected client on reload, so a removed worker is disconnected at once (checked with
 Mosquitto 2.0.11). See docs/broker-security.md for the topics and the join flow.
 
-``identities.json`` (mode 0600, in the broker's data dir) holds the manager's password,
-each worker's password hash and command key, and the join tokens (their sha256 only).
+The same code serves both levels of the hierarchy: a manager's broker, whose members are
+its workers, and a root's broker (``topics.root``), whose members are the clusters'
+managers. Only the parent's username, the members' leaves and the noun differ.
+
+``identities.json`` (mode 0600, in the broker's data dir) holds the parent's password,
+each member's password hash and command key, and the join tokens (their sha256 only).
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ import orjson
 from pydantic import BaseModel, Field
 
 from edgeplane.errors import Invalid, NotFound, Unauthorized
+from edgeplane.model import audit
+from edgeplane.model.audit import AuditRecord
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
+from edgeplane.protocol.sealing import derive
 from edgeplane.protocol.signing import sign
 
-#: The manager's MQTT username: ``$`` is not allowed in a worker id, so no worker can
-#: claim it (a worker's username is its id, which the ACL patterns substitute as ``%u``).
+#: The parent's MQTT username on a manager's broker and on a root's: ``$`` is not allowed
+#: in a member id, so no member can claim it (a member's username is its id, which the ACL
+#: patterns substitute as ``%u``).
 MANAGER_USER = "edgeplane$manager"
+ROOT_USER = "edgeplane$root"
 STATE_FILE = "identities.json"
 PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
@@ -40,9 +49,14 @@ JOIN_TOKEN_PREFIX = "epj_"
 #: PBKDF2 rounds of the password file's ``$7$`` hashes: passwords are 256-bit random, so
 #: a slow hash buys nothing; Mosquitto's own default is 101.
 PBKDF2_ROUNDS = 101
+#: the leaves a member may publish on, by level (what the parent subscribes to, plus a
+#: worker's metrics)
 WORKER_LEAVES = ("hello", "alive", "events", "metrics")
+CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
+#: identity changes kept until an audit trail is attached (``report_to``)
+_UNREPORTED = 1000
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -58,30 +72,50 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def check_worker_id(worker_id: str) -> str:
-    if not _WORKER_ID.match(worker_id):
+def check_member_id(member_id: str, member: str = "worker") -> str:
+    """``member_id`` if it may be a ``member``'s (``worker`` or ``cluster``) username."""
+    if not _WORKER_ID.match(member_id):
         raise Invalid(
-            "a worker id is 1-63 letters, digits, '.', '_' or '-' (starting with a letter "
-            "or digit)",
-            field="worker_id",
+            f"a {member} id is 1-63 letters, digits, '.', '_' or '-' (starting with a "
+            "letter or digit)",
+            field=f"{member}_id",
         )
-    return worker_id
+    return member_id
 
 
 class JoinToken(BaseModel):
-    """What the API shows of a join token (never its secret, which is shown once)."""
+    """What the API shows of a join token (never its secret, which is shown once). A
+    manager's tokens fill ``worker_id`` and ``workers``, a root's ``cluster_id`` and
+    ``clusters``."""
 
     id: str
     labels: dict[str, str] = Field(default_factory=dict)
     #: the id a worker joining with it gets; None: the id the worker asks for
     worker_id: str | None = None
+    #: the user who owns a worker joining with it (docs/security.md); None: nobody
+    owner: str | None = None
     created_at: float
     expires_at: float
     #: workers that joined with it (revoked with it)
     workers: list[str] = Field(default_factory=list)
+    #: at a root: the only cluster that may join with it (None: any cluster id)
+    cluster_id: str | None = None
+    #: at a root: clusters that joined with it (revoked with it)
+    clusters: list[str] = Field(default_factory=list)
 
 
-class _StoredToken(JoinToken):
+class _StoredToken(BaseModel):
+    """A token as kept: ``worker_id`` and ``workers`` name members of either level (the
+    field names predate roots having identities; files written then must still load)."""
+
+    id: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    worker_id: str | None = None
+    #: the user who owns a member joining with it (None: nobody)
+    owner: str | None = None
+    created_at: float
+    expires_at: float
+    workers: list[str] = Field(default_factory=list)
     secret_hash: str
 
 
@@ -89,25 +123,34 @@ class _StoredToken(JoinToken):
 class Credentials:
     username: str
     password: str = field(repr=False)
-    #: the key the worker checks the manager's commands with
+    #: the key the member checks its parent's commands with
     mac_key: bytes = field(repr=False)
 
 
-class _Worker(BaseModel):
+class _Member(BaseModel):
     password_hash: str
     mac_key: str
     token: str | None = None
+    #: its join token's owner, given to the worker document when it first registers
+    owner: str | None = None
 
 
 class _State(BaseModel):
+    #: the parent's (manager's or root's) password
     manager_password: str = ""
-    workers: dict[str, _Worker] = Field(default_factory=dict)
+    #: members by id (workers, or clusters at a root)
+    workers: dict[str, _Member] = Field(default_factory=dict)
     tokens: dict[str, _StoredToken] = Field(default_factory=dict)
 
 
 class BrokerAuth:
-    """The identities of one broker. ``reload`` makes the broker re-read the files (the
-    embedded broker's SIGHUP); it is called after every change."""
+    """The identities of one broker: a manager's (members are workers) or, when
+    ``topics.root``, a root's (members are clusters). ``reload`` makes the broker re-read
+    the files (the embedded broker's SIGHUP); it is called after every change.
+
+    Every change of an identity (join token made or deleted, member joined, given
+    credentials, revoked) is reported as an :class:`AuditRecord` to the sink given to
+    :meth:`report_to`, with ``actor`` the admin whose call made it, else ``system``."""
 
     def __init__(
         self, directory: Path, topics: Topics, now: Callable[[], float], reload: Callable[[], None]
@@ -120,109 +163,209 @@ class BrokerAuth:
         self.acl_file = directory / ACL_FILE
         self._state_file = directory / STATE_FILE
         self._state = self._load()
+        self.member = "cluster" if topics.root else "worker"
+        self.parent_user = ROOT_USER if topics.root else MANAGER_USER
+        self.leaves = CLUSTER_LEAVES if topics.root else WORKER_LEAVES
+        self._report: Callable[[AuditRecord], None] | None = None
+        self._unreported: list[AuditRecord] = []
         self._keys = {w: bytes.fromhex(v.mac_key) for w, v in self._state.workers.items()}
         if not self._state.manager_password:
             self._state.manager_password = secrets.token_urlsafe(32)
         self._write(reload=False)
 
-    # ------------------------------------------------------------------ manager
+    # ------------------------------------------------------------------ parent
     @property
     def manager(self) -> Credentials:
-        return Credentials(MANAGER_USER, self._state.manager_password, b"")
+        """The parent's credentials (the manager's, or the root's at a root)."""
+        return Credentials(self.parent_user, self._state.manager_password, b"")
 
-    def sign(self, worker_id: str, message: bytes) -> bytes:
-        """The manager's command to ``worker_id`` with its MAC (unchanged for a member
+    def sign(self, member_id: str, message: bytes) -> bytes:
+        """The parent's command to ``member_id`` with its MAC (unchanged for a member
         without a key: one of a broker that does not know it, e.g. an external one)."""
-        key = self._keys.get(worker_id)
+        key = self._keys.get(member_id)
         return message if key is None else sign(key, message)
 
-    # ------------------------------------------------------------------ workers
-    def add_worker(self, worker_id: str, token: str | None = None) -> Credentials:
-        """New credentials for ``worker_id`` (replacing any it had)."""
-        check_worker_id(worker_id)
+    # ------------------------------------------------------------------ audit
+    def report_to(self, sink: Callable[[AuditRecord], None]) -> None:
+        """Send identity changes to ``sink`` from now on (those made before, too)."""
+        self._report = sink
+        for record in self._unreported:
+            sink(record)
+        self._unreported = []
+
+    def _changed(
+        self, action: str, actor: str, kind: str, resource_id: str, detail: str | None = None
+    ) -> None:
+        record = AuditRecord(
+            at=self._now(),
+            actor=actor,
+            action=action,
+            resource=kind,
+            resource_id=resource_id,
+            detail=detail,
+        )
+        if self._report is not None:
+            self._report(record)
+        elif len(self._unreported) < _UNREPORTED:
+            self._unreported.append(record)
+
+    def sealing_key(self, member_id: str) -> bytes | None:
+        """The key ``member_id``'s secret env is sealed with (None: it has no identity
+        here). Derived on each call: only tasks with secret env ask for it."""
+        key = self._keys.get(member_id)
+        return None if key is None else derive(key)
+
+    # ------------------------------------------------------------------ members
+    def add_member(
+        self,
+        member_id: str,
+        token: str | None = None,
+        owner: str | None = None,
+        *,
+        actor: str = audit.SYSTEM,
+    ) -> Credentials:
+        """New credentials for ``member_id`` (replacing any it had)."""
+        check_member_id(member_id, self.member)
+        if token is not None:
+            action, detail = audit.WORKER_JOINED, f"join token {token}"
+        elif member_id in self._state.workers:
+            action, detail = audit.CREDENTIALS_ROTATED, None
+        else:
+            action, detail = audit.CREDENTIALS_ISSUED, None
         password = secrets.token_urlsafe(32)
         key = secrets.token_bytes(32)
-        self._state.workers[worker_id] = _Worker(
-            password_hash=mosquitto_hash(password), mac_key=key.hex(), token=token
+        self._state.workers[member_id] = _Member(
+            password_hash=mosquitto_hash(password), mac_key=key.hex(), token=token, owner=owner
         )
-        self._keys[worker_id] = key
+        self._keys[member_id] = key
         self._write()
-        return Credentials(worker_id, password, key)
+        self._changed(action, actor, self.member, member_id, detail)
+        return Credentials(member_id, password, key)
 
-    def has_worker(self, worker_id: str) -> bool:
-        return worker_id in self._state.workers
+    def has_member(self, member_id: str) -> bool:
+        return member_id in self._state.workers
 
-    def revoke_worker(self, worker_id: str) -> bool:
-        """Remove ``worker_id``'s credentials; the broker disconnects it on reload."""
-        gone = self._state.workers.pop(worker_id, None)
-        self._keys.pop(worker_id, None)
+    def owner_of(self, member_id: str) -> str | None:
+        """The owner of the join token ``member_id`` joined with (None: none, or it did
+        not join with a token)."""
+        found = self._state.workers.get(member_id)
+        return None if found is None else found.owner
+
+    def disown(self, owner: str) -> None:
+        """Forget ``owner`` on join tokens and on identities not registered yet: their
+        user is gone, and a new user of the same name must not inherit them."""
+        held: list[_StoredToken | _Member] = [
+            *self._state.tokens.values(),
+            *self._state.workers.values(),
+        ]
+        owned = [h for h in held if h.owner == owner]
+        for h in owned:
+            h.owner = None
+        if owned:
+            self._write(reload=False)
+
+    def revoke_member(self, member_id: str, *, actor: str = audit.SYSTEM) -> bool:
+        """Remove ``member_id``'s credentials; the broker disconnects it on reload."""
+        gone = self._state.workers.pop(member_id, None)
+        self._keys.pop(member_id, None)
         if gone is None:
             return False
         self._write()
+        self._changed(audit.WORKER_REVOKED, actor, self.member, member_id)
         return True
 
     # ------------------------------------------------------------------ join tokens
     def create_token(
-        self, *, ttl_s: float, labels: Mapping[str, str], worker_id: str | None
+        self,
+        *,
+        ttl_s: float,
+        labels: Mapping[str, str],
+        member_id: str | None,
+        owner: str | None = None,
+        actor: str = audit.SYSTEM,
     ) -> tuple[JoinToken, str]:
-        """A join token and its secret (shown once; only its sha256 is kept)."""
-        if worker_id is not None:
-            check_worker_id(worker_id)
+        """A join token and its secret (shown once; only its sha256 is kept).
+        ``member_id``: the only id that may join with it (None: the one asked for)."""
+        if member_id is not None:
+            check_member_id(member_id, self.member)
         token_id = secrets.token_hex(6)
         secret = f"{JOIN_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         now = self._now()
         stored = _StoredToken(
             id=token_id,
             labels=dict(labels),
-            worker_id=worker_id,
+            worker_id=member_id,
+            owner=owner,
             created_at=now,
             expires_at=now + ttl_s,
             secret_hash=_sha256(secret),
         )
         self._state.tokens[token_id] = stored
         self._write(reload=False)
+        self._changed(audit.JOIN_TOKEN_CREATED, actor, "join-token", token_id)
         return self._public(stored), secret
 
     def tokens(self) -> list[JoinToken]:
         return [self._public(t) for t in self._state.tokens.values()]
 
-    def delete_token(self, token_id: str) -> list[str]:
-        """Revoke a join token and every worker that joined with it (returned)."""
+    def delete_token(self, token_id: str, *, actor: str = audit.SYSTEM) -> list[str]:
+        """Revoke a join token and every member that joined with it (returned)."""
         stored = self._state.tokens.pop(token_id, None)
         if stored is None:
             raise NotFound(f"join token {token_id} not found", field="id")
-        revoked = [w for w, v in self._state.workers.items() if v.token == token_id]
-        for worker_id in revoked:
-            del self._state.workers[worker_id]
-            self._keys.pop(worker_id, None)
+        revoked = [m for m, v in self._state.workers.items() if v.token == token_id]
+        for member_id in revoked:
+            del self._state.workers[member_id]
+            self._keys.pop(member_id, None)
         self._write()
+        self._changed(audit.JOIN_TOKEN_DELETED, actor, "join-token", token_id)
+        for member_id in revoked:
+            self._changed(
+                audit.WORKER_REVOKED,
+                actor,
+                self.member,
+                member_id,
+                f"join token {token_id} deleted",
+            )
         return revoked
 
     def redeem(self, secret: str, wanted_id: str) -> tuple[Credentials, dict[str, str]]:
-        """Credentials for a worker presenting ``secret``, and the token's labels.
-        ``Unauthorized`` for an unknown, revoked or expired token."""
+        """Credentials for a member presenting ``secret``, and the token's labels.
+        ``Unauthorized`` for an unknown, revoked or expired token.
+
+        A worker takes the id its token names; a cluster cannot (its id is in its own
+        broker's topics and its store), so a root refuses a token made for another one."""
         token_id = secret.removeprefix(JOIN_TOKEN_PREFIX).split("_", 1)[0]
         stored = self._state.tokens.get(token_id)
         if stored is None or not secrets.compare_digest(stored.secret_hash, _sha256(secret)):
             raise Unauthorized("unknown or revoked join token")
         if self._now() >= stored.expires_at:
             raise Unauthorized("join token expired")
-        worker_id = stored.worker_id or check_worker_id(wanted_id)
-        if worker_id in self._state.workers:
+        if self.topics.root and stored.worker_id not in (None, wanted_id):
+            raise Unauthorized(f"this join token is for cluster {stored.worker_id}")
+        member_id = stored.worker_id or check_member_id(wanted_id, self.member)
+        if member_id in self._state.workers:
             # Joining never replaces an identity, not even one joined with this token: a
-            # leaked token must not take over a worker (delete the worker to join anew).
-            raise Unauthorized(f"worker {worker_id} has joined already")
-        stored.workers.append(worker_id)
-        return self.add_worker(worker_id, token=token_id), dict(stored.labels)
+            # leaked token must not take over a member (delete the member to join anew).
+            raise Unauthorized(f"{self.member} {member_id} has joined already")
+        stored.workers.append(member_id)
+        credentials = self.add_member(member_id, token=token_id, owner=stored.owner)
+        return credentials, dict(stored.labels)
 
-    @staticmethod
-    def _public(stored: _StoredToken) -> JoinToken:
-        return JoinToken.model_validate(stored.model_dump(exclude={"secret_hash"}))
+    def join_refused(self, why: str) -> None:
+        """Record a refused join (the token itself is never recorded)."""
+        self._changed(audit.JOIN_REFUSED, audit.ANONYMOUS, self.member, "", why)
+
+    def _public(self, stored: _StoredToken) -> JoinToken:
+        shown = stored.model_dump(exclude={"secret_hash"})
+        if self.topics.root:
+            shown["cluster_id"], shown["clusters"] = shown.pop("worker_id"), shown.pop("workers")
+        return JoinToken.model_validate(shown)
 
     # ------------------------------------------------------------------ files
     def acl_text(self) -> str:
-        """Anonymous clients may only join; a worker (username = its id) may read its own
-        ``cmd`` and ``welcome`` and write its own leaves; the manager may do anything."""
+        """Anonymous clients may only join; a member (username = its id) may read its own
+        ``cmd`` and ``welcome`` and write its own leaves; the parent may do anything."""
         join = self.topics.join("%c")
         member = f"{self.topics.prefix}/%u"
         lines = [
@@ -231,15 +374,15 @@ class BrokerAuth:
             f"pattern read {self.topics.join_answer('%c')}",
             f"pattern read {member}/cmd",
             f"pattern read {member}/welcome",
-            *(f"pattern write {member}/{leaf}" for leaf in WORKER_LEAVES),
-            f"user {MANAGER_USER}",
+            *(f"pattern write {member}/{leaf}" for leaf in self.leaves),
+            f"user {self.parent_user}",
             "topic readwrite #",
             "",
         ]
         return "\n".join(lines)
 
     def password_text(self) -> str:
-        lines = [f"{MANAGER_USER}:{mosquitto_hash(self._state.manager_password)}"]
+        lines = [f"{self.parent_user}:{mosquitto_hash(self._state.manager_password)}"]
         lines += [f"{w}:{v.password_hash}" for w, v in sorted(self._state.workers.items())]
         return "\n".join(lines) + "\n"
 

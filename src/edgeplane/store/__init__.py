@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from edgeplane.errors import Invalid
-from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
+from edgeplane.store.base import AuditPrune, Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.leases import Claim, Lease
 from edgeplane.store.memory import MemoryStore
 from edgeplane.store.sql import SqlStore
 
 __all__ = [
+    "AuditPrune",
     "Batch",
     "Claim",
     "Kind",

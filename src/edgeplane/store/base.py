@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
+from edgeplane.model.audit import AuditQuery, AuditRecord
 from edgeplane.store.leases import Claim, Lease
 
 Kind = Literal["task", "workflow", "schedule", "application", "worker"]
@@ -26,6 +27,10 @@ class Batch:
     applications: list[Application] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     deleted: list[tuple[Kind, str]] = field(default_factory=list)
+    #: audit records to append (their ``id`` is given by the store)
+    audit: list[AuditRecord] = field(default_factory=list)
+    #: retention: drop audit records older than this, and all but the newest so many
+    audit_prune: AuditPrune | None = None
 
     def __len__(self) -> int:
         return sum(
@@ -39,8 +44,18 @@ class Batch:
                 self.applications,
                 self.workers,
                 self.deleted,
+                self.audit,
             )
-        )
+        ) + (self.audit_prune is not None)
+
+
+@dataclass(frozen=True)
+class AuditPrune:
+    """Drop audit records written before ``before`` (seconds since the epoch), then all
+    but the newest ``keep``."""
+
+    before: float
+    keep: int
 
 
 @dataclass(frozen=True)
@@ -276,3 +291,8 @@ class Store(ABC):
     @abstractmethod
     async def delete_user(self, name: str) -> bool:
         """Delete the user and every token of theirs, in one transaction."""
+
+    # the audit log (written only through :meth:`apply`: ``Batch.audit``)
+    @abstractmethod
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """At most ``query.limit`` records matching it, newest (highest ``id``) first."""

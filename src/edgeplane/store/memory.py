@@ -21,7 +21,9 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
-from edgeplane.store.base import Batch, Store, TokenRecord, UserRecord
+from edgeplane.model.audit import AuditQuery, AuditRecord, matches
+from edgeplane.model.secrets import REVEAL
+from edgeplane.store.base import AuditPrune, Batch, Store, TokenRecord, UserRecord
 from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
 
 
@@ -45,7 +47,7 @@ class _TaskRow:
             workflow_id=task.workflow_id,
             created_at=task.created_at,
             id=task.id,
-            doc=task.model_dump_json(),
+            doc=task.model_dump_json(context=REVEAL),
             project=task.project,
         )
 
@@ -91,7 +93,7 @@ class _ScheduleRow:
         return cls(
             created_at=schedule.created_at,
             id=schedule.id,
-            doc=schedule.model_dump_json(),
+            doc=schedule.model_dump_json(context=REVEAL),
             project=schedule.project,
         )
 
@@ -108,7 +110,7 @@ class _ApplicationRow:
 
     @classmethod
     def of(cls, app: Application) -> _ApplicationRow:
-        return cls(created_at=app.created_at, id=app.id, doc=app.model_dump_json())
+        return cls(created_at=app.created_at, id=app.id, doc=app.model_dump_json(context=REVEAL))
 
     @property
     def order(self) -> tuple[float, str]:
@@ -128,6 +130,9 @@ class MemoryStore(Store):
         self._tokens: dict[str, TokenRecord] = {}
         self._users: dict[str, UserRecord] = {}
         self._leases: dict[str, Lease] = {}
+        #: oldest first (records are immutable: reads hand out the same objects)
+        self._audit: list[AuditRecord] = []
+        self._audit_seq = 0
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -161,6 +166,15 @@ class MemoryStore(Store):
         }
         for kind, doc_id in batch.deleted:
             tables[kind].pop(doc_id, None)
+        for record in batch.audit:
+            self._audit_seq += 1
+            self._audit.append(record.model_copy(update={"id": self._audit_seq}))
+        if batch.audit_prune is not None:
+            self._prune_audit(batch.audit_prune)
+
+    def _prune_audit(self, prune: AuditPrune) -> None:
+        kept = [r for r in self._audit if r.at >= prune.before]
+        self._audit = kept[max(0, len(kept) - prune.keep) :]
 
     # leases
 
@@ -391,3 +405,14 @@ class MemoryStore(Store):
     async def delete_user(self, name: str) -> bool:
         self._tokens = {i: t for i, t in self._tokens.items() if t.user != name}
         return self._users.pop(name, None) is not None
+
+    # the audit log
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        found: list[AuditRecord] = []
+        for record in reversed(self._audit):
+            if len(found) >= query.limit:
+                break
+            if matches(record, query):
+                found.append(record)
+        return found

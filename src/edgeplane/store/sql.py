@@ -46,6 +46,8 @@ from edgeplane.model import (
     Worker,
     Workflow,
 )
+from edgeplane.model.audit import AuditQuery, AuditRecord, split_resource
+from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.documents import M, read
@@ -133,7 +135,7 @@ def _task_row(task: Task) -> dict[str, Any]:
         "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
-        "doc": task.model_dump_json(),
+        "doc": task.model_dump_json(context=REVEAL),
     }
 
 
@@ -173,7 +175,7 @@ def _schedule_row(schedule: Schedule) -> dict[str, Any]:
         "next_run": schedule.next_run,
         "project": schedule.project,
         "created_at": schedule.created_at,
-        "doc": schedule.model_dump_json(),
+        "doc": schedule.model_dump_json(context=REVEAL),
     }
 
 
@@ -183,7 +185,7 @@ def _application_row(app: Application) -> dict[str, Any]:
         "name": app.name,
         "project": app.project,
         "created_at": app.created_at,
-        "doc": app.model_dump_json(),
+        "doc": app.model_dump_json(context=REVEAL),
     }
 
 
@@ -203,6 +205,13 @@ def _fence_guard(name: str, term: int) -> Guard:
         check_term(None if row is None else _lease_term(name, row[0]), name, term)
 
     return ("SELECT term FROM leases WHERE name = ?", (name,), check)
+
+
+_AUDIT_COLUMNS = tuple(c.name for c in tables.audit.c if c.name != "id")
+
+
+def _audit_row(record: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _AUDIT_COLUMNS}
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -283,6 +292,19 @@ class SqlStore(Store):
             kind: _DriverStatement.of(table.delete().where(table.c.id == bindparam("id")), dialect)
             for kind, table in _TABLES.items()
         }
+        audit = tables.audit
+        self._insert_audit = _DriverStatement.of(
+            audit.insert().values({n: bindparam(n) for n in _AUDIT_COLUMNS}), dialect
+        )
+        self._prune_audit_age = _DriverStatement.of(
+            audit.delete().where(audit.c.at < bindparam("before")), dialect
+        )
+        # By id, not OFFSET: an index lookup, where OFFSET would walk every kept row. A
+        # PostgreSQL sequence may skip ids (a rolled-back insert), so "about" keep rows.
+        newest = select(func.max(audit.c.id)).scalar_subquery()
+        self._prune_audit_rows = _DriverStatement.of(
+            audit.delete().where(audit.c.id <= newest - bindparam("keep")), dialect
+        )
         self._upsert_workflows = self._upsert(tables.workflows)
         self._upsert_schedule = self._upsert(tables.schedules)
         self._upsert_application = self._upsert(tables.applications)
@@ -353,6 +375,10 @@ class SqlStore(Store):
         ]
         for kind, doc_id in batch.deleted:
             parts.append((self._deletes[kind], [{"id": doc_id}]))
+        parts.append((self._insert_audit, [_audit_row(r) for r in batch.audit]))
+        if batch.audit_prune is not None:
+            parts.append((self._prune_audit_age, [{"before": batch.audit_prune.before}]))
+            parts.append((self._prune_audit_rows, [{"keep": batch.audit_prune.keep}]))
         parts = [(statement, rows) for statement, rows in parts if rows]
         if not parts:
             return
@@ -370,8 +396,10 @@ class SqlStore(Store):
                 assert self._write_lock is not None  # always set for SQLite
                 guard = None if fence is None else _fence_guard(*fence)
                 statements = [(st.sql, st.params(rows)) for st, rows in parts]
+                # a prune may delete many rows: never on the event loop
+                inline = batch.audit_prune is None
                 async with self._write_lock:
-                    await self._direct.write(statements, guard)
+                    await self._direct.write(statements, guard, inline=inline)
         except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(await self._conflict_detail(batch), field="id") from None
 
@@ -453,21 +481,27 @@ class SqlStore(Store):
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
     def _create_engine(self) -> AsyncEngine:
+        # hide_parameters: a statement's parameters hold documents, secret env included;
+        # SQLAlchemy would put them in its log lines and in the text of its errors.
         if not self._sqlite:
             connect_args: dict[str, Any] = {}
             if self._schema is not None:
                 connect_args["server_settings"] = {"search_path": f'"{self._schema}"'}
-            return create_async_engine(self._url, connect_args=connect_args)
+            return create_async_engine(self._url, connect_args=connect_args, hide_parameters=True)
         database = self._url.database
         if database in (None, "", ":memory:"):
             # An in-memory database lives in one connection: keep exactly one and let the
             # pool queue coroutines for it (a StaticPool would interleave transactions).
             engine = create_async_engine(
-                self._url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0
+                self._url,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=1,
+                max_overflow=0,
+                hide_parameters=True,
             )
         else:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self._url)
+            engine = create_async_engine(self._url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -899,3 +933,30 @@ class SqlStore(Store):
             await conn.execute(tables.tokens.delete().where(tables.tokens.c.user == name))
             result = await conn.execute(tables.users.delete().where(tables.users.c.name == name))
         return result.rowcount > 0
+
+    # the audit log
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        audit = tables.audit
+        statement = select(audit).order_by(audit.c.id.desc()).limit(query.limit)
+        texts = (query.actor, query.action, query.resource)
+        if _unstorable(*texts):
+            return []
+        if query.before is not None:
+            statement = statement.where(audit.c.id < query.before)
+        if query.actor is not None:
+            statement = statement.where(audit.c.actor == query.actor)
+        if query.action is not None:
+            statement = statement.where(audit.c.action == query.action)
+        if query.since is not None:
+            statement = statement.where(audit.c.at >= query.since)
+        if query.until is not None:
+            statement = statement.where(audit.c.at < query.until)
+        if query.resource is not None:
+            kind, resource_id = split_resource(query.resource)
+            statement = statement.where(audit.c.resource == kind)
+            if resource_id is not None:
+                statement = statement.where(audit.c.resource_id == resource_id)
+        async with self._reading() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [AuditRecord(**row._mapping) for row in rows]

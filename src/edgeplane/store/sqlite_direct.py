@@ -56,11 +56,14 @@ class DirectSqlite:
         #: checkpoints run on the thread (for tests and diagnosis)
         self.checkpoints = 0
 
-    async def write(self, statements: Statements, guard: Guard | None = None) -> None:
+    async def write(
+        self, statements: Statements, guard: Guard | None = None, *, inline: bool = True
+    ) -> None:
         """Each ``(sql, rows)`` as an ``executemany``, all in one transaction after
         ``guard``; an error (``sqlite3.IntegrityError``, the guard's...) rolls the whole of
-        it back."""
-        small = sum(len(rows) for _, rows in statements) <= INLINE_ROWS
+        it back. ``inline=False``: on the thread however few its rows (a statement that may
+        touch many rows: a prune)."""
+        small = inline and sum(len(rows) for _, rows in statements) <= INLINE_ROWS
         if small and self._in_flight == 0 and self._write_inline(statements, guard):
             return
         await self._on_thread(self._write, statements, guard)

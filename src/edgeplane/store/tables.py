@@ -9,7 +9,18 @@ dict round trip a JSON type costs (measured: 10 µs dump + 15 µs parse per task
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -115,6 +126,34 @@ applications = Table(
     Column("doc", Text, nullable=False),
     Index("ix_applications_created_at", "created_at", "id"),
     Index("ix_applications_project", "project", "created_at", "id"),
+)
+
+#: The audit log (docs/security.md): appended by the journal's writer, read newest first
+#: by ``id`` (the paging cursor; on SQLite an AUTOINCREMENT rowid, so ids are never
+#: reused after pruning), pruned by age and count (``AuditPrune``).
+audit = Table(
+    "audit",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", Float, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("token_id", String, nullable=True),
+    Column("client", String, nullable=True),
+    Column("action", String, nullable=False),
+    Column("path", String, nullable=True),
+    Column("route", String, nullable=True),
+    Column("resource", String, nullable=True),
+    Column("resource_id", String, nullable=True),
+    Column("project", String, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("request_id", String, nullable=True),
+    Column("detail", String, nullable=True),
+    Index("ix_audit_at", "at"),
+    Index("ix_audit_actor", "actor", "id"),
+    Index("ix_audit_resource", "resource", "resource_id", "id"),
+    sqlite_autoincrement=True,
 )
 
 #: edgeplane.store.leases: one row per cluster (or root) several processes may lead

@@ -8,7 +8,9 @@ from edgeplane.transport.link import (
     LinkStats,
     MqttLink,
     Will,
+    kept_client_id,
     parse_broker_url,
+    unique_client_id,
 )
 
 __all__ = [
@@ -18,5 +20,7 @@ __all__ = [
     "MqttLink",
     "Will",
     "free_port",
+    "kept_client_id",
     "parse_broker_url",
+    "unique_client_id",
 ]

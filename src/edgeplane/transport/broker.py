@@ -7,6 +7,7 @@ because Nagle's algorithm otherwise adds ~88 ms to every round trip (DESIGN §8)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pwd
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
+
+import psutil
 
 from edgeplane.errors import Unavailable
 from edgeplane.lifeline import die_with_parent
@@ -110,6 +113,19 @@ def mosquitto_config(
     )
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now. SO_REUSEADDR as Mosquitto sets it:
+    the connections a killed broker leaves in TIME_WAIT do not hold its port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _port_open(port: int, host: str = HOST) -> bool:
     try:
         with socket.create_connection((dial_host(host), port), timeout=0.5):
@@ -143,6 +159,8 @@ class MosquittoProcess:
         self.auth = auth
         self.config_path = data_dir / "mosquitto.conf"
         self.log_path = data_dir / "mosquitto.log"
+        #: the running broker's pid, so a later start finds one an earlier run left
+        self.pid_path = data_dir / "mosquitto.pid"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -160,6 +178,25 @@ class MosquittoProcess:
         self.spawn()
         return self.ready()
 
+    def reclaim(self) -> int | None:
+        """Kill the Mosquitto an earlier run of this data dir left running (its pid file
+        names it, and it runs this data dir's config), so that it frees the port: the
+        kernel kills it with its role (``lifeline.py``), but not where there is no such
+        thing, nor before it has noticed. The pid it killed, if any."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            found = psutil.Process(pid)
+            ours = str(self.config_path) in found.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        if not ours or pid == os.getpid():
+            return None
+        log.warning("stopping the broker an earlier run left behind", extra={"pid": pid})
+        with contextlib.suppress(psutil.Error):
+            found.kill()
+            found.wait(STOP_TIMEOUT_S)
+        return pid
+
     def spawn(self) -> None:
         """Start the process (fast: call it from the thread that must outlive it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +210,7 @@ class MosquittoProcess:
             start_new_session=True,
             preexec_fn=die_with_parent(),
         )
+        self.pid_path.write_text(f"{self._proc.pid}\n")
 
     def ready(self) -> str:
         """Wait until the spawned broker accepts connections; ``Unavailable`` otherwise."""
@@ -208,6 +246,8 @@ class MosquittoProcess:
                     proc.wait()
             else:
                 proc.wait()
+        if proc is not None:
+            self.pid_path.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -259,6 +299,12 @@ class EmbeddedBroker:
         )
         self.auth = auth
         self._amqtt: Broker | None = None
+
+    def reclaim(self) -> None:
+        """Stop a broker an earlier run of this data dir left running (Mosquitto only:
+        amqtt runs inside this process)."""
+        if self._mosquitto is not None:
+            self._mosquitto.reclaim()
 
     @property
     def enforces_acls(self) -> bool:

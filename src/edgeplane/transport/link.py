@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import socket
 import ssl
 import threading
@@ -57,6 +58,9 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # MQTT message (DESIGN §8). Wire order is kept: a sender takes a message from the outbox
 # and hands it to paho without yielding in between.
 SENDERS = 16
+
+#: the file in a data dir that keeps a persistent session's client id (kept_client_id)
+CLIENT_ID_FILE = "mqtt-client-id"
 
 FIRST_BACKOFF_S = 0.1
 #: Longest wait between two attempts to reconnect (jittered down to half of it).
@@ -148,6 +152,40 @@ def write_promptly(client: aiomqtt.Client) -> None:
             aiomqtt_hook(client, userdata, sock)
 
     paho.on_socket_register_write = register_write
+
+
+def unique_client_id(name: str) -> str:
+    """``name`` with a random suffix: the MQTT client id of one link of one process.
+
+    A broker disconnects a client when another connects with its client id, and each then
+    reconnects and kicks the other: two processes given the same name (workers sharing an
+    id, two managers of one cluster) would fight forever, each seeing only reconnects. So
+    no two links ever share one; ``name`` only says, in the broker's logs, whose it is.
+    """
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+def kept_client_id(name: str, directory: Path) -> str:
+    """``name`` with a random suffix chosen once and kept in ``directory``: the client id
+    of a link with a persistent session (``clean_session=False``), which the next process
+    on that directory takes over with whatever the broker queued for it meanwhile. Unique
+    as long as one process at a time runs on a directory (``roles/lock.py``) and no two
+    directories are copies; a suffix that cannot be read or kept is made anew."""
+    path = directory / CLIENT_ID_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        suffix = path.read_text().strip()
+        if len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix):
+            return f"{name}-{suffix}"
+    suffix = secrets.token_hex(4)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{suffix}\n")
+    except OSError as exc:
+        log.warning(
+            "cannot keep the MQTT client id: the next start begins a new broker session",
+            extra={"path": str(path), "error": str(exc)},
+        )
+    return f"{name}-{suffix}"
 
 
 def backoff_delay(attempt: int, max_s: float, rng: random.Random) -> float:

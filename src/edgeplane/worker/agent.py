@@ -47,11 +47,12 @@ from edgeplane.protocol import (
     decode,
     encode,
     parse_body,
+    sealing,
     signing,
 )
 from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
-from edgeplane.transport import MqttLink, Will
+from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 
@@ -125,6 +126,8 @@ class WorkerStats:
     started: int = 0
     finished: int = 0
     duplicates: int = 0
+    #: commands meant for another session of this worker id (left alone)
+    foreign_commands: int = 0
 
 
 class ArtifactCache:
@@ -204,6 +207,10 @@ class WorkerOptions:
     password: str | None = field(default=None, repr=False)
     #: the key the manager's commands must be signed with (None: unsigned accepted)
     mac_key: bytes | None = field(default=None, repr=False)
+    #: the key secret env is sealed to this worker with is derived from this one, else
+    #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
+    #: edgeplane's, so they have no ``mac_key``)
+    secret_key: bytes | None = field(default=None, repr=False)
 
 
 class WorkerAgent:
@@ -222,6 +229,8 @@ class WorkerAgent:
         self.runtimes = dict(runtimes)
         self.cleaners = dict(cleaners or {})
         self.handles = HandleStore(options.data_dir / "handles")
+        key = options.secret_key or options.mac_key
+        self._sealing_key = None if key is None else sealing.derive(key)
         #: attempts with a handle record on disk
         self._persisted: set[Key] = set()
         self.clock: clocks.Clock = clock or clocks.SystemClock()
@@ -232,6 +241,9 @@ class WorkerAgent:
         self.heartbeat_s = options.heartbeat_s
         self.stats = WorkerStats()
         self.registered = asyncio.Event()
+        #: set when the manager refused this process (another live one has its id)
+        self.refused = asyncio.Event()
+        self.refusal = ""
         self.artifacts = ArtifactCache(options.data_dir / "artifacts")
         #: every accepted attempt by task id: running, or waiting in ``_queue`` for a slot
         self._runs: dict[str, _Run] = {}
@@ -248,7 +260,9 @@ class WorkerAgent:
         self._process = psutil.Process()
         self.link = MqttLink(
             options.broker_url,
-            client_id=f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}",
+            client_id=unique_client_id(
+                f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}"
+            ),
             subscriptions=[self.topics.cmd(self.id), self.topics.welcome(self.id)],
             on_message=self._on_message,
             will=Will(
@@ -336,6 +350,11 @@ class WorkerAgent:
             )
             return
         if isinstance(body, StartTasks):
+            if body.session not in ("", self.session):
+                # Another process with this id holds the tasks (a restart's older process,
+                # or a live twin this one is refused in favour of): not ours to run.
+                self.stats.foreign_commands += 1
+                return
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
             self._seq = max(self._seq, body.seq)
@@ -361,7 +380,11 @@ class WorkerAgent:
                 self._persisted.difference_update(done)
                 await asyncio.to_thread(self.handles.remove, done)
         elif isinstance(body, Welcome):
-            if body.session == self.session:
+            if body.session == self.session and body.error:
+                log.error("refused by the manager", extra={"reason": body.error})
+                self.refusal = body.error
+                self.refused.set()
+            elif body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()
@@ -384,13 +407,12 @@ class WorkerAgent:
         transient: sending it again would not help); the rest of its command runs."""
         if not self._first_time((bad.task_id, bad.attempt)):
             return
-        log.warning("assignment refused", extra={"task_id": bad.task_id, "reason": bad.reason})
+        self._fail_unrunnable(bad.task_id, bad.attempt, bad.reason)
+
+    def _fail_unrunnable(self, task_id: str, attempt: int, reason: str) -> None:
+        log.warning("assignment refused", extra={"task_id": task_id, "reason": reason})
         event = TaskEvent(
-            task_id=bad.task_id,
-            attempt=bad.attempt,
-            state="failed",
-            error=bad.reason,
-            ts=self.clock.now(),
+            task_id=task_id, attempt=attempt, state="failed", error=reason, ts=self.clock.now()
         )
         self.events.emit_final(event)
 
@@ -398,6 +420,12 @@ class WorkerAgent:
         if not self._first_time((assignment.task_id, assignment.attempt)):
             return
         spec = run_spec(assignment)
+        if assignment.sealed_env is not None or assignment.secret_env:
+            try:
+                spec.env = {**spec.env, **self._secret_env(assignment)}
+            except Invalid as exc:  # not transient: the same key would fail again
+                self._fail_unrunnable(spec.task_id, spec.attempt, exc.detail)
+                return
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
@@ -405,6 +433,23 @@ class WorkerAgent:
         self._runs[spec.task_id] = run
         self._queue.append(run)
         self._start_queued()
+
+    def _secret_env(self, assignment: Assignment) -> dict[str, str]:
+        """The assignment's secret env: opened with this worker's key when sealed."""
+        if assignment.sealed_env is None:
+            return assignment.secret_env
+        if self._sealing_key is None:
+            raise Invalid(
+                "secret_env came sealed but this worker has no key (it did not join)",
+                field="secret_env",
+            )
+        return sealing.unseal(
+            self._sealing_key,
+            assignment.sealed_env,
+            task_id=assignment.task_id,
+            attempt=assignment.attempt,
+            member_id=self.id,
+        )
 
     def _remember(self, key: Key) -> None:
         """An attempt this worker has: a start command for it again is a duplicate."""

@@ -1,7 +1,9 @@
-"""A worker's side of joining: present a join token once, keep the identity it buys.
+"""A member's side of joining: present a join token once, keep the identity it buys.
 
-The answer (MQTT username/password and the command key) is kept in
-``<worker data dir>/credentials.json`` (mode 0600) and used from then on; the token is not
+A worker joins its manager's broker (``edgeplane worker --join``), a cluster's manager its
+root's (``edgeplane manager --root … --join``). The answer (MQTT username/password and the
+command key) is kept in ``credentials.json`` (mode 0600) in the member's data dir
+(``<data dir>/worker``, ``<data dir>/uplink``) and used from then on; the token is not
 needed again (docs/broker-security.md).
 """
 
@@ -27,7 +29,8 @@ JOIN_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class Identity:
-    worker_id: str
+    #: the member's id: a worker's, or a cluster's at its root
+    member_id: str
     username: str
     password: str = field(repr=False)
     mac_key: bytes = field(repr=False)
@@ -42,8 +45,8 @@ async def join(
     timeout_s: float = JOIN_TIMEOUT_S,
     ca: Path | None = None,
 ) -> Identity:
-    """Ask the manager for an identity; ``Invalid`` (field ``join``) if it refuses the
-    token, ``Unavailable`` if no answer comes."""
+    """Ask the parent (``topics``' level) for an identity; ``Invalid`` (field ``join``) if
+    it refuses the token, ``Unavailable`` if no answer comes."""
     nonce = "join-" + secrets.token_hex(16)  # the client id: only we may read the answer
     answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     request = JoinRequest(token=token, worker_id=wanted_id).model_dump_json().encode()
@@ -68,8 +71,8 @@ async def join(
         payload = await asyncio.wait_for(answered, timeout_s)
     except TimeoutError:
         raise Unavailable(
-            f"no answer to the join request within {timeout_s:g} s: is the manager running "
-            f"and is {link.broker} its broker?"
+            f"no answer to the join request within {timeout_s:g} s: is the "
+            f"{'root' if topics.root else 'manager'} running and is {link.broker} its broker?"
         ) from None
     finally:
         await link.stop()
@@ -79,9 +82,10 @@ async def join(
         raise Invalid("the join answer is malformed", field="join") from None
     if answer.error:
         # Invalid, not Unauthorized: the CLI's advice for that is about API tokens.
-        raise Invalid(f"the manager refused the join token: {answer.error}", field="join")
+        parent = "root" if topics.root else "manager"
+        raise Invalid(f"the {parent} refused the join token: {answer.error}", field="join")
     return Identity(
-        worker_id=answer.worker_id,
+        member_id=answer.worker_id,
         username=answer.username,
         password=answer.password,
         mac_key=bytes.fromhex(answer.mac_key),
@@ -99,7 +103,8 @@ def save(data_dir: Path, identity: Identity) -> Path:
         handle.write(
             orjson.dumps(
                 {
-                    "worker_id": identity.worker_id,
+                    # (the key of the file a worker kept before clusters joined too)
+                    "worker_id": identity.member_id,
                     "username": identity.username,
                     "password": identity.password,
                     "mac_key": identity.mac_key.hex(),
@@ -112,12 +117,12 @@ def save(data_dir: Path, identity: Identity) -> Path:
 
 
 def load(data_dir: Path) -> Identity | None:
-    """The identity kept in ``data_dir``, or None if the worker never joined."""
+    """The identity kept in ``data_dir``, or None if the member never joined."""
     path = data_dir / CREDENTIALS_FILE
     try:
         raw = orjson.loads(path.read_bytes())
         return Identity(
-            worker_id=str(raw["worker_id"]),
+            member_id=str(raw["worker_id"]),
             username=str(raw["username"]),
             password=str(raw["password"]),
             mac_key=bytes.fromhex(str(raw["mac_key"])),
