@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +356,7 @@ async def run_leading(
             loop.remove_signal_handler(sig)
 
 
-async def _first(waits: list[Coroutine[Any, Any, object]]) -> None:
+async def _first(waits: Sequence[Coroutine[Any, Any, object]]) -> None:
     """Return when the first of ``waits`` does (the others are cancelled)."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
