@@ -224,6 +224,10 @@ class Journal:
         replace what it read with what it missed. Never a version that is not stored."""
         return self._recent.get(task_id)
 
+    def unwritten(self, task_id: str) -> Task | None:
+        """The task's version queued or being written, not yet committed (None: none)."""
+        return self._unwritten.get(task_id)
+
     def newest(self, task_id: str) -> Task | None:
         """The newest version the journal holds, written or not (for the manager's own
         decisions, never for answering readers)."""
@@ -299,6 +303,7 @@ class Journal:
                 units.clear()
                 for listener in self.on_fenced:
                     listener(exc)
+                self.down = None  # not an outage that ended: this process writes no more
                 break
             except Unavailable as exc:
                 self.stats.outages += 1

@@ -170,7 +170,10 @@ class ControlPlane:
         self.tls = serving_tls(settings) if serve_api else None
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
-        self.store: Store = open_store(settings.store_url)
+        # a transaction idle past the lease is the server's to end (SqlStore, hold_s)
+        self.store: Store = open_store(
+            settings.store_url, hold_s=settings.lease_s or settings.heartbeat_s
+        )
         self.manager = Manager(
             settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
         )

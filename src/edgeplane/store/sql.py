@@ -272,7 +272,13 @@ class SqlStore(Store):
     """A :class:`Store` on SQLite (``sqlite:///path``, ``sqlite://`` in memory) or
     PostgreSQL (``postgresql://host[:port]/db[?schema=NAME]``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, hold_s: float | None = None) -> None:
+        """``hold_s`` (PostgreSQL): the longest a transaction may sit idle before the
+        server ends it. Writes share-lock the lease row (``fence``), so a leader paused in
+        the middle of one would keep a standby from ever taking over; past ``hold_s`` the
+        server aborts that transaction, releasing the row (the paused process, resumed,
+        finds its connection gone and its term over)."""
+        self._hold_s = hold_s
         self._url, self._schema = _engine_url(url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
         # SQLite has one writer: queueing writers here beats sleeping in its busy handler.
@@ -484,9 +490,13 @@ class SqlStore(Store):
         # hide_parameters: a statement's parameters hold documents, secret env included;
         # SQLAlchemy would put them in its log lines and in the text of its errors.
         if not self._sqlite:
-            connect_args: dict[str, Any] = {}
+            server_settings: dict[str, str] = {}
             if self._schema is not None:
-                connect_args["server_settings"] = {"search_path": f'"{self._schema}"'}
+                server_settings["search_path"] = f'"{self._schema}"'
+            if self._hold_s is not None:
+                held_ms = max(1, round(self._hold_s * 1000))
+                server_settings["idle_in_transaction_session_timeout"] = str(held_ms)
+            connect_args: dict[str, Any] = {"server_settings": server_settings}
             return create_async_engine(self._url, connect_args=connect_args, hide_parameters=True)
         database = self._url.database
         if database in (None, "", ":memory:"):
