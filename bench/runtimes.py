@@ -61,7 +61,15 @@ from bench.spine import (
 )
 from edgeplane.errors import EdgeplaneError
 from edgeplane.modules import ModuleCache, make_engine
-from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, RunSpec, WasmRuntime
+from edgeplane.runtimes import (
+    ContainerRuntime,
+    Handle,
+    HostRuntime,
+    Outcome,
+    RunSpec,
+    Runtime,
+    WasmRuntime,
+)
 from edgeplane.runtimes.busybox import busybox_containers_unavailable, busybox_image
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.host import group_alive, group_members
@@ -159,6 +167,14 @@ def completed(outcome: Outcome) -> None:
         raise EdgeplaneError(f"benchmark task ended {outcome.state}: {outcome.error}")
 
 
+async def run_through(runtime: Runtime, spec: RunSpec, artifact: bytes | None) -> None:
+    """Start, wait and release an attempt, as the worker does (release: once the final
+    event is saved), and check it completed."""
+    handle = await runtime.start(spec, artifact)
+    completed(await runtime.wait(handle))
+    await runtime.release(handle)
+
+
 # --- wasm ---------------------------------------------------------------------------------
 
 
@@ -200,10 +216,10 @@ async def wasm_warm(reps: int) -> Section:
     runtime = WasmRuntime()
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        completed(await runtime.wait(await runtime.start(spec, data)))  # compiles it once
+        await run_through(runtime, spec, data)  # compiles it once
 
         async def through_runtime(_: int) -> None:
-            completed(await runtime.wait(await runtime.start(spec, None)))
+            await run_through(runtime, spec, None)
 
         async def thread_hop(_: int) -> None:
             await asyncio.get_running_loop().run_in_executor(pool, int)
@@ -299,7 +315,7 @@ async def cold_rows(runtime: WasmRuntime, funcs: int, reps: int, salts: Iterator
     specs = [wasm_spec(f"cold-{funcs}-{i}", data) for i, data in enumerate(runs)]
 
     async def through_runtime(i: int) -> None:
-        completed(await runtime.wait(await runtime.start(specs[i], runs[i])))
+        await run_through(runtime, specs[i], runs[i])
 
     rows = [
         {
@@ -341,7 +357,7 @@ async def host_section(reps: int, work_dir: Path) -> Section:
     spec = RunSpec(task_id="host", attempt=1, runtime="host", command=["true"])
 
     async def through_runtime(_: int) -> None:
-        completed(await runtime.wait(await runtime.start(spec, None)))
+        await run_through(runtime, spec, None)
 
     async def bare_asyncio(_: int) -> None:
         proc = await asyncio.create_subprocess_exec("true")
@@ -435,9 +451,10 @@ async def container_section(reps: int, work_dir: Path) -> Section:
         if i >= warmup:  # the exit and cleanup are not this figure's
             running.append((time.perf_counter_ns() - began) / 1000)
         completed(await runtime.wait(handle))
+        await runtime.release(handle)
 
     async def until_completed(i: int) -> None:
-        completed(await runtime.wait(await runtime.start(container_spec(i, ["true"]), None)))
+        await run_through(runtime, container_spec(i, ["true"]), None)
 
     try:
         for i in range(warmup + reps):

@@ -30,6 +30,9 @@ async def start_stack(
         "domain": domain,
         "admin_token": TOKEN,
         "allow_host": True,
+        # as root: host tasks of these tests wait on files in the test's own directory,
+        # which only root may enter (the default user: tests/faults/test_host_user.py)
+        "host_user": "root",
         "retry_backoff_s": 0.05,
     }
     values.update(overrides)

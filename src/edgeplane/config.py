@@ -71,6 +71,9 @@ class Settings(BaseModel):
     #: identity with from the manager (or the root), used once
     join_token: str | None = Field(default=None, repr=False)
     allow_host: bool = False
+    #: the user host tasks run as (runtimes/taskuser.py); None: an unprivileged one
+    #: (edgeplane-task, else nobody) when the worker is root, else the worker's own
+    host_user: str | None = None
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)

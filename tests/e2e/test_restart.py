@@ -55,7 +55,7 @@ def test_manager_killed_mid_workflow_resumes(
     manager = start_manager(port, fast_broker_url, store_url, env, tmp_path / "m")
     worker = subprocess.Popen(
         [*EDGEPLANE, "worker", "--manager", fast_broker_url, "--worker-id", "w1",
-         "--allow-host", "--data-dir", str(tmp_path / "w1")],
+         "--allow-host", "--host-user", "root", "--data-dir", str(tmp_path / "w1")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     http = httpx.Client(

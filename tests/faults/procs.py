@@ -302,11 +302,13 @@ class Lab:
     def worker(
         self, worker_id: str, *, slots: int = 4, prefetch: int = 2, broker: str | None = None
     ) -> Role:
-        """``edgeplane worker`` on ``broker`` (default: the lab's), host tasks allowed."""
+        """``edgeplane worker`` on ``broker`` (default: the lab's), host tasks allowed, as
+        root: the suite's host tasks write into the test's own directory, which only root
+        may enter (tests/faults/test_host_user.py runs them as the default user)."""
         return self.role(
             worker_id,
             ["worker", "--manager", broker or self.broker.url, "--worker-id", worker_id,
-             "--allow-host", "--no-containers", "--slots", str(slots),
+             "--allow-host", "--host-user", "root", "--no-containers", "--slots", str(slots),
              "--prefetch", str(prefetch), "--data-dir", str(self.root / worker_id)],
         )  # fmt: skip
 

@@ -169,7 +169,7 @@ def test_documents_an_older_version_stored_never_stop_edgeplane_up(lab: Lab) -> 
     http = api.http
     # the started one was recovered and ran
     ran = http.get("/tasks/deep-started", params={"wait": 30}).json()
-    assert ran["state"] == "completed", ran
+    assert ran["state"] == "completed", (ran["error"], ran["stderr"], ran["reason"])
     deep = http.get("/tasks/deep")
     assert deep.status_code == 200 and deep.json()["metadata"] == nested(200)
     nulled = http.get("/tasks/nulled")

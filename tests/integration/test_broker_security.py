@@ -100,6 +100,7 @@ async def secured(
         domain=unique_domain,
         admin_token=TOKEN,
         allow_host=True,
+        host_user="root",  # a forged task that ran could write its marker in tmp_path
     )
     async with (
         running_stack(settings) as stack,

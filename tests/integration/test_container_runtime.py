@@ -71,7 +71,11 @@ def task(
 
 
 async def run(rt: ContainerRuntime, spec: RunSpec) -> Outcome:
-    return await rt.wait(await rt.start(spec, None))
+    """Start, wait, and release as the worker does (the bundle is removed then)."""
+    handle = await rt.start(spec, None)
+    outcome = await rt.wait(handle)
+    await rt.release(handle)
+    return outcome
 
 
 def runc_list(rt: ContainerRuntime) -> list[Any]:
@@ -252,6 +256,7 @@ async def test_timeout_and_cleanup(runtime: ContainerRuntime) -> None:
     await until_running(runtime)
     outcome = await runtime.wait(handle)
     assert (outcome.state, outcome.error) == ("failed", "timeout after 0.5s")
+    await runtime.release(handle)
     assert_clean(runtime)
 
 
@@ -266,6 +271,7 @@ async def test_stats_and_stop(runtime: ContainerRuntime) -> None:
     await runtime.stop(handle)
     assert (await runtime.wait(handle)).state == "cancelled"
     assert await runtime.stats(handle) == {}
+    await runtime.release(handle)
     assert_clean(runtime)
 
 
@@ -316,6 +322,7 @@ async def test_recover_after_a_worker_crash(tmp_path: Path, images: Path) -> Non
             if not runc_list(rt):
                 break
             await asyncio.sleep(0.02)
+        await rt.release(recovered)
         assert_clean(rt)
         assert await rt.recover(state) is None  # gone now
     finally:
@@ -327,6 +334,7 @@ async def test_recover_of_an_ended_attempt(runtime: ContainerRuntime) -> None:
     cleaned up; with nothing left at all, None."""
     handle = await runtime.start(task(["true"]), None)
     await runtime.wait(handle)
+    await runtime.release(handle)
     assert await runtime.recover(handle.state) is None
     (runtime.bundles / handle.state["container"]).mkdir()
     recovered = await runtime.recover(handle.state)
@@ -334,6 +342,7 @@ async def test_recover_of_an_ended_attempt(runtime: ContainerRuntime) -> None:
     outcome = await runtime.wait(recovered)
     assert outcome.state == "failed"
     assert "exit status unknown" in (outcome.error or "")
+    await runtime.release(recovered)
     assert_clean(runtime)
     assert await runtime.recover({"container": "x"}) is None
 
@@ -359,6 +368,7 @@ async def test_a_container_that_ended_while_its_worker_was_down(
         assert recovered is not None
         outcome = await rt.wait(recovered)
         assert (outcome.state, outcome.exit_code, outcome.stdout) == ("failed", 3, "up\n")
+        await rt.release(recovered)
         assert_clean(rt)
     finally:
         await rt.close()

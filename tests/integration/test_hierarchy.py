@@ -54,6 +54,7 @@ class Hierarchy:
             "admin_token": TOKEN,
             "heartbeat_s": HEARTBEAT_S,
             "allow_host": True,
+            "host_user": "root",  # host tasks here wait on files in the test's 0700 dir
             "retry_backoff_s": 0.05,
             "aggregate_interval_s": 0.5,
         }

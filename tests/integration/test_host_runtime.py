@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,12 @@ import pytest
 
 from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
+from edgeplane.protocol import TaskEvent
 from edgeplane.runtimes import MAX_LOG_CHARS, HostRuntime, Outcome, RunSpec, available_runtimes
 from edgeplane.runtimes.supervised import process_alive
+from edgeplane.runtimes.taskuser import lookup
+from edgeplane.worker import WorkerAgent, WorkerOptions
+from edgeplane.worker.handles import HandleRecord, HandleStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,7 +54,11 @@ def task(
 
 
 async def run(rt: HostRuntime, spec: RunSpec) -> Outcome:
-    return await rt.wait(await rt.start(spec, None))
+    """Start, wait, and release as the worker does (the attempt's id may be used again)."""
+    handle = await rt.start(spec, None)
+    outcome = await rt.wait(handle)
+    await rt.release(handle)
+    return outcome
 
 
 def live_members(pgid: int) -> list[int]:
@@ -175,12 +184,14 @@ async def test_recover_reattaches_and_can_stop(tmp_path: Path) -> None:
 
 #: A worker that starts one host attempt, prints its handle's state and waits to be killed.
 CRASHING_WORKER = """
-import asyncio, json, sys
+import asyncio, json, os, sys
 from pathlib import Path
 from edgeplane.runtimes import HostRuntime, RunSpec
+from edgeplane.runtimes.taskuser import lookup
 
 async def main():
-    rt = HostRuntime(base_dir=Path(sys.argv[1]))
+    user = lookup(os.environ["TASK_USER"]) if "TASK_USER" in os.environ else None
+    rt = HostRuntime(base_dir=Path(sys.argv[1]), user=user)
     spec = RunSpec(task_id="t1", attempt=1, runtime="host", command=sys.argv[2:])
     handle = await rt.start(spec, None)
     print(json.dumps(handle.state), flush=True)
@@ -190,12 +201,15 @@ asyncio.run(main())
 """
 
 
-async def crashed_worker_state(base_dir: Path, *command: str) -> dict[str, Any]:
-    """Start ``command`` in a worker process killed with SIGKILL at once: the state its
-    handle had (the attempt runs on, orphaned)."""
+async def crashed_worker_state(
+    base_dir: Path, *command: str, user: str | None = None
+) -> dict[str, Any]:
+    """Start ``command`` (as ``user``) in a worker process killed with SIGKILL at once:
+    the state its handle had (the attempt runs on, orphaned)."""
+    env = {**os.environ, **({"TASK_USER": user} if user else {})}
     crashing = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CRASHING_WORKER, str(base_dir), *command,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     assert crashing.stdout is not None
     state: dict[str, Any] = json.loads(await crashing.stdout.readline())
@@ -225,6 +239,9 @@ async def test_an_attempt_that_ended_while_its_worker_was_down_reports_how(
         assert recovered is not None
         outcome = await rt.wait(recovered)
         assert (outcome.state, outcome.stdout, outcome.exit_code) == ("completed", "done\n", 0)
+        # kept until the worker has saved the final event and releases the attempt
+        assert await asyncio.to_thread(os.path.exists, state["dir"])
+        await rt.release(recovered)
         assert not await asyncio.to_thread(os.path.exists, state["dir"])
         assert await rt.recover(state) is None  # nothing left of it now
     finally:
@@ -263,6 +280,7 @@ async def test_recovered_attempt_without_an_exit_status(tmp_path: Path) -> None:
         assert outcome.state == "failed"
         assert outcome.error is not None
         assert "exit status unknown" in outcome.error
+        await rt.release(recovered)
         assert not await asyncio.to_thread(os.path.exists, state["dir"])
     finally:
         await rt.close()
@@ -327,3 +345,167 @@ async def test_available_runtimes(tmp_path: Path) -> None:
     finally:
         for rt in [*without.values(), *with_host.values()]:
             await rt.close()
+
+
+# --- another user (--host-user): needs root to switch -----------------------------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching user takes root")
+
+
+@pytest.fixture
+async def as_nobody(tmp_path: Path) -> AsyncIterator[HostRuntime]:
+    user = lookup("nobody")
+    assert user is not None
+    rt = HostRuntime(base_dir=tmp_path / "host", grace_s=0.5, user=user)
+    yield rt
+    await rt.close()
+
+
+@as_root
+async def test_another_user_runs_the_task_without_the_workers_groups(
+    as_nobody: HostRuntime,
+) -> None:
+    before = os.getgroups()
+    os.setgroups([4, 27])  # supplementary groups the worker has and the task must not keep
+    try:
+        script = 'id -u; id -g; id -G; echo "$HOME|$USER|$LOGNAME"; pwd; touch mine && ls'
+        outcome = await run(as_nobody, task(["sh", "-c", script]))
+    finally:
+        os.setgroups(before)
+    user = as_nobody.user
+    assert outcome.state == "completed", outcome
+    assert outcome.stdout.split("\n")[:4] == [
+        str(user.uid),
+        str(user.gid),
+        str(user.gid),
+        f"{user.home}|nobody|nobody",
+    ]
+    assert outcome.stdout.split("\n")[4].endswith("/work")  # its own, writable work dir
+    assert outcome.stdout.split("\n")[5] == "mine"
+
+
+@as_root
+async def test_another_user_cannot_read_or_swap_the_attempts_files(
+    as_nobody: HostRuntime, tmp_path: Path
+) -> None:
+    """The worker reads ../stdout back as root: swapped for a link to a secret, it would
+    print the secret as the task's output."""
+    secret = tmp_path / "secret"
+    secret.write_text("worker secret\n")
+    secret.chmod(0o600)
+    script = (
+        "echo before; cat ../stdout ../exit; "
+        f"ln -sf {secret} ../stdout || echo cannot swap >&2; "
+        f"rm -f ../stdout 2>/dev/null || echo cannot remove >&2; cat {secret}; exit 0"
+    )
+    outcome = await run(as_nobody, task(["sh", "-c", script]))
+    assert "worker secret" not in outcome.stdout + outcome.stderr
+    assert outcome.stdout == "before\n"
+    assert "cannot swap" in outcome.stderr and "cannot remove" in outcome.stderr
+    assert outcome.stderr.count("Permission denied") >= 3, outcome.stderr
+    assert (outcome.state, outcome.exit_code) == ("completed", 0)
+
+
+@as_root
+async def test_the_workers_edgeplane_variables_are_not_the_tasks(
+    as_nobody: HostRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEPLANE_ADMIN_TOKEN", "admin-secret")
+    monkeypatch.setenv("EDGEPLANE_JOIN_TOKEN", "join-secret")
+    spec = task(["sh", "-c", "env"], env={"EDGEPLANE_MINE": "given"})
+    outcome = await run(as_nobody, spec)
+    assert "secret" not in outcome.stdout
+    assert "EDGEPLANE_MINE=given" in outcome.stdout
+
+
+@as_root
+async def test_a_base_dir_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    user = lookup("nobody")
+    base = tmp_path / "shared"
+    base.mkdir()
+    base.chmod(0o777)
+    rt = HostRuntime(base_dir=base, user=user)
+    with pytest.raises(TaskFailure) as refused:
+        await rt.start(task(["true"]), None)
+    assert refused.value.transient and "is not the worker's own directory" in refused.value.detail
+    base.chmod(0o755)
+    try:
+        assert (await run(rt, task(["true"]))).state == "completed"
+    finally:
+        await rt.close()
+
+
+@as_root
+async def test_another_users_attempt_ended_while_its_worker_was_down_reports_how(
+    tmp_path: Path,
+) -> None:
+    """The shell, running as the task's user, still records the exit status in the
+    worker's own file (through the descriptor it was given)."""
+    user = lookup("nobody")
+    assert user is not None
+    shared = Path(tempfile.mkdtemp())  # outside the test's 0700 dir: nobody sees `go` there
+    try:
+        os.chmod(shared, 0o755)
+        go = shared / "go"
+        script = f"id -u; while [ ! -e {go} ]; do sleep 0.02; done; exit 4"
+        state = await crashed_worker_state(tmp_path / "host", "sh", "-c", script, user="nobody")
+        go.touch()
+        await until_gone(state["pgid"])
+        rt = HostRuntime(base_dir=tmp_path / "host", poll_s=0.05, user=user)
+        try:
+            recovered = await rt.recover(state)
+            assert recovered is not None
+            outcome = await rt.wait(recovered)
+        finally:
+            await rt.close()
+        assert (outcome.state, outcome.exit_code, outcome.stdout) == ("failed", 4, f"{user.uid}\n")
+    finally:
+        shutil.rmtree(shared)
+
+
+async def test_a_restarted_worker_releases_what_its_previous_process_saved(
+    tmp_path: Path,
+) -> None:
+    """Killed after it saved an attempt's final event but before it released the attempt:
+    the next process sends the event again and removes the attempt's directory."""
+    first = HostRuntime(base_dir=tmp_path / "host")
+    handle = await first.start(task(["echo", "hi"]), None)
+    outcome = await first.wait(handle)  # ended; not released: the worker "died" here
+    assert await asyncio.to_thread(os.path.exists, handle.state["dir"])
+    data = tmp_path / "worker"
+    final = TaskEvent(task_id="t1", attempt=1, state=outcome.state, stdout=outcome.stdout)
+    spec = task(["echo", "hi"])
+    HandleStore(data / "handles").save(HandleRecord(spec=spec, state=handle.state, final=final))
+    options = WorkerOptions(worker_id="w1", broker_url="mqtt://127.0.0.1:1", data_dir=data)
+    agent = WorkerAgent(options, {"host": HostRuntime(base_dir=tmp_path / "host")})
+    await agent._reattach()  # what start() does first, before it connects
+    assert agent.events.unacked_tasks() == {"t1"}
+    assert not await asyncio.to_thread(os.path.exists, handle.state["dir"])
+    await first.close()
+
+
+@as_root
+def test_another_user_under_uvloop_as_in_edgeplane_up(tmp_path: Path) -> None:
+    """`edgeplane up` runs its workers on uvloop, whose subprocesses take no user= or
+    group=: the runtime switches user all the same."""
+    uvloop = pytest.importorskip("uvloop")
+    user = lookup("nobody")
+    assert user is not None
+
+    # uvloop changes directory after it changed user: the way to the work dir must be
+    # open to the task's user, as under $TMPDIR (the test's own dir is root's, 0700)
+    shared = Path(tempfile.mkdtemp())
+    os.chmod(shared, 0o755)
+
+    async def main() -> Outcome:
+        rt = HostRuntime(base_dir=shared / "host", user=user)
+        try:
+            return await run(rt, task(["sh", "-c", "id -u; id -G"]))
+        finally:
+            await rt.close()
+
+    try:
+        outcome = uvloop.run(main())
+    finally:
+        shutil.rmtree(shared)
+    assert outcome.stdout == f"{user.uid}\n{user.gid}\n", outcome

@@ -289,3 +289,56 @@ async def test_close_cancels_what_still_runs(kit: Kit) -> None:
     handle = await kit.runtime.start(*kit.sleep("t1", None))
     await kit.runtime.close()
     assert kit.runtime.inspect(handle)["running"] is False
+
+
+async def test_release_forgets_an_ended_attempt(kit: Kit) -> None:
+    handle, outcome = await run(kit, kit.ok("t1"))
+    assert outcome.state == "completed"
+    assert (await kit.runtime.wait(handle)).results == kit.expected  # kept until released
+    await kit.runtime.release(handle)
+    with pytest.raises(NotFound):
+        await kit.runtime.wait(handle)
+    assert kit.runtime.inspect(handle) == {"running": False}
+    await kit.runtime.release(handle)  # idempotent
+    await kit.runtime.release(Handle("nope", 1, kit.runtime.name, {"dir": "/", "bundle": "/"}))
+
+
+async def test_release_leaves_a_running_attempt_alone(kit: Kit) -> None:
+    handle = await kit.runtime.start(*kit.sleep("t1", None))
+    await kit.runtime.release(handle)
+    assert kit.runtime.inspect(handle)["running"] is True
+    await kit.runtime.stop(handle)
+    assert (await kit.runtime.wait(handle)).state == "cancelled"
+    await kit.runtime.release(handle)
+
+
+@pytest.mark.parametrize("released_by", ["the same runtime", "a restarted worker's"])
+async def test_an_ended_attempt_can_be_recovered_until_it_is_released(
+    kit: Kit, released_by: str
+) -> None:
+    """A worker killed after an attempt ended but before it saved the final event still
+    learns the real outcome after its restart: the runtime keeps what ``recover`` needs
+    until the worker releases the attempt, also from its state alone."""
+    handle, outcome = await run(kit, kit.ok("t1"))
+    assert outcome.state == "completed"
+    state = json.loads(json.dumps(handle.state))  # as the worker keeps it on disk
+    again = kit.again()
+    try:
+        recovered = await again.recover(state)
+        if not kit.runtime.recoverable:
+            assert recovered is None
+            return
+        assert recovered is not None
+        ended = await again.wait(recovered)
+        assert (ended.state, ended.results) == ("completed", kit.expected)
+        if released_by == "the same runtime":
+            await kit.runtime.release(handle)
+        else:
+            later = kit.again()  # a third process: it knows the attempt by its state only
+            await later.release(Handle("t1", 1, later.name, state))
+            await later.close()
+            await kit.runtime.release(handle)
+        assert await again.recover(state) is None
+        await again.release(recovered)
+    finally:
+        await again.close()

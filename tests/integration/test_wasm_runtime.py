@@ -62,7 +62,11 @@ def wasi(cli_args: list[str], env: dict[str, str] | None = None) -> tuple[RunSpe
 
 
 async def run(rt: WasmRuntime, task: tuple[RunSpec, bytes | None]) -> Outcome:
-    return await rt.wait(await rt.start(*task))
+    """Start, wait, and release as the worker does (the attempt's id may be used again)."""
+    handle = await rt.start(*task)
+    outcome = await rt.wait(handle)
+    await rt.release(handle)
+    return outcome
 
 
 @pytest.mark.parametrize(

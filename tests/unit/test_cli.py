@@ -579,6 +579,26 @@ def test_worker_role_gets_id_and_labels(roles: dict[str, Any]) -> None:
     assert (worker_id, labels) == ("w7", {"site": "a"})
 
 
+def test_host_user_is_a_flag_of_up_and_worker_checked_before_it_runs(
+    roles: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEPLANE_HOST_USER", raising=False)
+    worker = ("worker", "--manager", "mqtt://m:1883", "--allow-host")
+    assert invoke(FakeApi(), *worker, "--host-user", "root").exit_code == 0
+    assert roles["worker"][0].host_user == "root"
+    assert invoke(FakeApi(), "up", "--allow-host").exit_code == 0
+    assert roles["up"].host_user is None  # the role picks the unprivileged default
+    monkeypatch.setenv("EDGEPLANE_HOST_USER", "root")
+    assert invoke(FakeApi(), "up", "--allow-host").exit_code == 0
+    assert roles["up"].host_user == "root"
+    roles.clear()
+    for argv in (worker, ("up", "--allow-host"), ("up",)):
+        refused = invoke(FakeApi(), *argv, "--host-user", "no-such-user-here")
+        assert refused.exit_code == 2, refused.output
+        assert "host_user: no such user 'no-such-user-here'" in refused.stderr
+    assert roles == {}  # no role was started
+
+
 def test_wasm_defaults_are_flags_of_up_and_worker(
     roles: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

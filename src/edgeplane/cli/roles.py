@@ -87,6 +87,15 @@ AllowHostOption = Annotated[
         show_default=False,
     ),
 ]
+HostUserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host-user",
+        help="User host tasks run as (name or uid). Default: 'edgeplane-task' if it exists, "
+        "else 'nobody', when the worker is root; else the worker's own user. "
+        "'--host-user root' runs them as root.",
+    ),
+]
 ContainersOption = Annotated[
     bool | None,
     typer.Option(
@@ -211,6 +220,14 @@ def _settings(flags: dict[str, Any], config: Path | None) -> Settings:
         raise Invalid(f"{where}: {first['msg']}", field=where) from None
 
 
+def _check_host_user(settings: Settings) -> None:
+    """Refuse a ``--host-user`` the workers cannot run host tasks as (exit 2), before
+    anything starts."""
+    from edgeplane.runtimes.taskuser import configured
+
+    configured(settings.allow_host, settings.host_user)
+
+
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
 
@@ -261,6 +278,7 @@ def up(
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
     allow_host: AllowHostOption = None,
+    host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
     heartbeat_s: HeartbeatOption = None,
@@ -299,6 +317,7 @@ def up(
         "store": store,
         "scheduler": scheduler,
         "allow_host": allow_host,
+        "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
         "heartbeat_s": heartbeat_s,
@@ -314,9 +333,11 @@ def up(
         "insecure": insecure,
         "log_level": log_level,
     }
+    settings = _settings(flags, config)
+    _check_host_user(settings)
     from edgeplane.roles.up import run_up
 
-    _run(run_up(_settings(flags, config)))
+    _run(run_up(settings))
 
 
 ApiBrokerOption = Annotated[
@@ -503,6 +524,7 @@ def worker(
         ),
     ] = None,
     allow_host: AllowHostOption = None,
+    host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
     data_dir: DataDirOption = None,
@@ -522,6 +544,7 @@ def worker(
         "slots": slots,
         "prefetch": prefetch,
         "allow_host": allow_host,
+        "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
         "data_dir": data_dir,
@@ -547,6 +570,7 @@ def worker(
             "give the cluster broker to join (or a subcommand: list, get, drain, delete)",
             param_hint="--manager",
         )
+    _check_host_user(settings)
     from edgeplane.roles.worker import run_worker
 
     _run(run_worker(settings, worker_id=worker_id, labels=labels), uvloop_if_installed=False)

@@ -34,6 +34,8 @@ class Capabilities(BaseModel):
     #: tasks the worker holds per slot (queued until one frees); 1 = no queue. Older
     #: workers do not send it, so the manager gives them no more than their slots.
     prefetch: int = 1
+    #: the user host tasks run as (``--host-user``); None: no host tasks here
+    host_user: str | None = None
 
 
 class Usage(BaseModel):

@@ -24,7 +24,7 @@ from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.roles.worker import build_worker
+from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.joining import Identity
@@ -202,6 +202,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 async def run_up(settings: Settings) -> None:
     setup_logs(settings.log_level)
+    announce_host_user(settings)
     with hold_data_dir(settings.data_dir, "`edgeplane up`"):
         await _run_up(settings)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -16,10 +17,39 @@ from edgeplane.protocol import Topics
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
+from edgeplane.runtimes.taskuser import configured
 from edgeplane.security import joining
-from edgeplane.security.joining import Identity
+from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
 from edgeplane.worker import WorkerAgent, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+def announce_host_user(settings: Settings) -> None:
+    """Log, once per process, who host tasks run as; a warning when that is root."""
+    user = configured(settings.allow_host, settings.host_user)
+    if user is None or not settings.allow_host:
+        return
+    if user.uid == 0:
+        log.warning(
+            "host tasks run as root (--host-user root): any host task may do anything "
+            "on this machine",
+            extra={"host_user": user.name},
+        )
+    else:
+        log.info("host tasks run as %s", user.name, extra={"host_user": user.name, "uid": user.uid})
+
+
+def secure_worker_dir(data_dir: Path) -> None:
+    """Make a worker's data dir 0700 and its credentials 0600 (an older version's, or
+    ones copied in by hand, are narrowed here on every start): host tasks may run as
+    another user, who must read none of it (broker password, command key, task env)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    credentials = data_dir / CREDENTIALS_FILE
+    if credentials.exists():
+        os.chmod(credentials, 0o600)
 
 
 def stable_worker_id(data_dir: Path) -> str:
@@ -45,7 +75,13 @@ def build_worker(
     secret_key: bytes | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
-    ``modules``, by default the process's one cache (see ``edgeplane.modules``)."""
+    ``modules``, by default the process's one cache (see ``edgeplane.modules``).
+
+    The data dir is made 0700 first: it holds the worker's broker credentials, its
+    command key and its tasks' handles (their env), none of which a host task running as
+    another user may read."""
+    task_user = configured(settings.allow_host, settings.host_user)
+    secure_worker_dir(data_dir)
     runtimes = available_runtimes(
         allow_host=settings.allow_host,
         cache_dir=data_dir / "modules",
@@ -56,6 +92,7 @@ def build_worker(
         wasm_memory_mb=settings.wasm_memory_mb,
         wasm_timeout_s=settings.wasm_timeout_s,
         wasm_max_memory_mb=settings.wasm_max_memory_mb,
+        host_user=task_user,
     )
     # What this worker no longer offers may still have attempts left by an earlier run of
     # it (started with --allow-host, now without): those are found and stopped at start.
@@ -87,11 +124,11 @@ async def run_worker(
     settings: Settings, *, worker_id: str | None = None, labels: Mapping[str, str] | None = None
 ) -> None:
     setup_logs(settings.log_level)
+    announce_host_user(settings)
     data_dir = settings.data_dir / "worker"
     # Only the worker's user: it keeps its credentials, handle records and container
     # bundles here, which hold task env, secret env included (docs/security.md).
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data_dir, 0o700)
+    secure_worker_dir(data_dir)
     with hold_data_dir(data_dir, "worker"):
         await _run_worker(settings, data_dir, worker_id, labels)
 

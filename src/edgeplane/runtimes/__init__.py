@@ -16,6 +16,7 @@ from edgeplane.runtimes.container import ContainerRuntime
 from edgeplane.runtimes.fake import FakeRuntime
 from edgeplane.runtimes.host import HostRuntime
 from edgeplane.runtimes.spec import RunSpec
+from edgeplane.runtimes.taskuser import TaskUser
 from edgeplane.runtimes.wasm import WasmRuntime
 
 
@@ -30,6 +31,7 @@ def available_runtimes(
     wasm_memory_mb: int | None = None,
     wasm_timeout_s: float | None = None,
     wasm_max_memory_mb: int | None = None,
+    host_user: TaskUser | None = None,
 ) -> dict[str, Runtime]:
     """The runtimes this machine can run, by name: wasm always, host only when allowed,
     container when allowed, given a ``data_dir`` for its bundles and usable (runc, root).
@@ -38,7 +40,8 @@ def available_runtimes(
     them across restarts in ``cache_dir/wasm``); wasm tasks that give no limits get
     ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults) and may ask for
     no more than ``wasm_max_memory_mb``; container
-    images come from ``images_dir`` (default ``data_dir/images``).
+    images come from ``images_dir`` (default ``data_dir/images``); host tasks run as
+    ``host_user`` (default: the worker's own user).
     """
     if modules is None:
         modules = process_cache(None if cache_dir is None else cache_dir / "wasm")
@@ -51,7 +54,7 @@ def available_runtimes(
         )
     ]
     if allow_host:
-        candidates.append(HostRuntime())
+        candidates.append(HostRuntime(user=host_user))
     if allow_containers and data_dir is not None:
         candidates.append(ContainerRuntime(data_dir, images_dir))
     return {rt.name: rt for rt in candidates if rt.fingerprint() is not None}
@@ -67,6 +70,7 @@ __all__ = [
     "OutcomeState",
     "RunSpec",
     "Runtime",
+    "TaskUser",
     "WasmRuntime",
     "available_runtimes",
 ]

@@ -79,5 +79,17 @@ class Runtime(ABC):
         ``state``: a handle whose ``wait`` says how the attempt ends (or how it ended while
         no worker watched it), or None when nothing of the attempt is left."""
 
+    async def release(self, handle: Handle) -> None:  # noqa: B027 - optional hook
+        """Forget an attempt that has ended, once the worker has saved its final event.
+
+        Until then a runtime whose attempts outlive the worker keeps what ``recover``
+        needs to say how the attempt ended (a host attempt's directory with its exit
+        status and logs), so that a worker killed between the attempt's end and the save
+        still reports the real outcome after its restart. Given a handle it does not know
+        (a restarted worker releasing an attempt whose final event its previous process
+        had saved), it removes what the handle's ``state`` names. Afterwards ``wait``
+        raises :class:`~edgeplane.errors.NotFound` and ``recover`` of that state is None.
+        Idempotent; an attempt still running is left alone. Default: nothing to keep."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runtime holds (threads, caches)."""

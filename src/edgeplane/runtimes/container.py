@@ -12,7 +12,9 @@ reads everything the attempt printed and learns how it ended.
 Timeout and stop are the sequence of ``supervised.py`` through ``runc kill``: SIGTERM to the
 container's init, SIGKILL after ``grace_s`` (the init of a pid namespace ignores SIGTERM
 unless it handles it, so most tasks end at the SIGKILL). Afterwards the container is
-deleted (``runc delete --force`` when runc still has state for it) and the bundle removed;
+deleted (``runc delete --force`` when runc still has state for it); the bundle, which
+holds the exit status and logs, is removed once the worker releases the attempt (it has
+saved the final event);
 ``close`` does that for every attempt this runtime started.
 
 Only root runs containers here: rootless runc (user namespaces, cgroup delegation) is out
@@ -218,6 +220,17 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
+
+    def _directory(self, state: dict[str, Any]) -> Path | None:
+        found = state.get("bundle")
+        if not isinstance(found, str) or Path(found).parent != self.bundles:
+            return None
+        return Path(found)
+
+    async def _forget(self, state: dict[str, Any]) -> None:
+        cid = state.get("container")
+        if isinstance(cid, str) and cid and (self.state_dir / cid).exists():
+            await self._call("delete", "--force", cid)
 
     def _details(self, container: _Container) -> dict[str, Any]:
         return {"container": container.cid, "bundle": str(container.dir)}

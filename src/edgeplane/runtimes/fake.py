@@ -61,9 +61,13 @@ class FakeRuntime(Runtime):
         outcome = self._outcomes.get(key)
         if outcome is None:
             raise NotFound(f"no fake attempt {handle.attempt} of task {handle.task_id} is known")
-        result = await asyncio.shield(outcome)
-        self._outcomes.pop(key, None)
-        return result
+        return await asyncio.shield(outcome)
+
+    async def release(self, handle: Handle) -> None:
+        key = (handle.task_id, handle.attempt)
+        outcome = self._outcomes.get(key)
+        if outcome is not None and outcome.done():
+            del self._outcomes[key]
 
     async def stop(self, handle: Handle) -> None:
         self._finish((handle.task_id, handle.attempt), Outcome("cancelled", error="stopped"))

@@ -1,8 +1,18 @@
 """Host tasks: a command run as a plain process on the worker (only when the worker allows it).
 
 Each attempt runs in its own session (so its own process group), in a fresh scratch
-directory that is removed afterwards, with the worker's environment plus the task's
-``env``. stdout and stderr go to files next to the scratch directory rather than pipes:
+directory that is removed afterwards, with the worker's environment (less its
+``EDGEPLANE_*`` variables, which may hold its tokens) plus the task's ``env``.
+
+Tasks run as the runtime's :class:`~edgeplane.runtimes.taskuser.TaskUser` (``--host-user``;
+by default an unprivileged one when the worker is root, see ``taskuser.py``). Then the
+attempt's directory belongs to the worker and its group is the task user's (0710: the
+task may pass through, not list or write), its ``work`` directory belongs to the task
+user (0700), and the ``stdout``, ``stderr`` and ``exit`` files beside it are the worker's
+(0600) and reach the task only as the descriptors it inherits: a task cannot swap one for
+a link to a file of the worker's, which the worker would read back as its output.
+
+stdout and stderr go to files next to the scratch directory rather than pipes:
 a background grandchild holding a pipe open cannot stall the task, and a restarted worker
 can still read them after :meth:`HostRuntime.recover`. Timeout and stop signal the whole
 group: SIGTERM, then SIGKILL after ``grace_s``. When the main process exits, whatever it
@@ -24,6 +34,7 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +43,28 @@ from typing import Any, ClassVar
 import psutil
 
 from edgeplane.clock import Clock
-from edgeplane.errors import TaskFailure
+from edgeplane.errors import TaskFailure, TransientTaskFailure
 from edgeplane.runtimes.base import Handle, Outcome
 from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
+from edgeplane.runtimes.taskuser import TaskUser, current
 
 _MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 #: signal numbers with a name (what an exit code above 128 may stand for)
 _SIGNALS = frozenset(int(sig) for sig in signal.Signals)
+#: The worker's own variables (its join or admin token among them) are not the task's.
+_WORKER_ENV = "EDGEPLANE_"
+
+
+def task_environment(user: TaskUser, env: dict[str, str]) -> dict[str, str]:
+    """A host task's environment: the worker's less ``EDGEPLANE_*``, who it runs as when
+    that is another user, then the task's own ``env``."""
+    found = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ENV)}
+    if user.switches:
+        found.update(user.environment())
+    found.update(env)
+    return found
 
 
 def unrunnable(name: str, path: str, cwd: Path) -> None:
@@ -95,8 +119,9 @@ class HostRuntime(SupervisedRuntime[_Proc]):
     no command; a command that cannot be executed (not found, not executable) is a
     ``failed`` :class:`Outcome`. A non-zero exit is ``failed`` with ``exit code N``; results
     are ``{"stdout": ..., "exit_code": N}`` either way. ``close`` stops every attempt.
-    An attempt is forgotten once ``wait`` has returned; waiting again raises
-    :class:`~edgeplane.errors.NotFound`.
+    An attempt is forgotten once released (:meth:`release`); waiting again raises
+    :class:`~edgeplane.errors.NotFound`. Attempts run as ``user`` (default: the worker's
+    own user, nothing switched).
     """
 
     name: ClassVar[str] = "host"
@@ -108,34 +133,47 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         grace_s: float = 2.0,
         poll_s: float = 0.25,
         clock: Clock | None = None,
+        user: TaskUser | None = None,
     ) -> None:
         super().__init__(grace_s=grace_s, poll_s=poll_s, clock=clock)
         self.base_dir = (
             base_dir if base_dir is not None else Path(tempfile.gettempdir()) / "edgeplane-host"
         )
+        self.user = user if user is not None else current()
+        self._base_checked = False
 
     def fingerprint(self) -> dict[str, Any] | None:
         if os.name != "posix":
             return None  # process groups and killpg are what make stop/timeout whole
-        return {"os": platform.system().lower(), "arch": platform.machine(), "process_groups": True}
+        return {
+            "os": platform.system().lower(),
+            "arch": platform.machine(),
+            "process_groups": True,
+            "user": self.user.name,
+        }
 
     async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.command:
             raise TaskFailure("a host task needs a non-empty command", field="command")
         self._claim(spec)
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        if not self._base_checked:
+            self._check_base()
         prefix = f"{_UNSAFE.sub('_', spec.task_id)[:64]}-{spec.attempt}-"
         root = Path(tempfile.mkdtemp(prefix=prefix, dir=self.base_dir))
         work = root / "work"
         work.mkdir()
+        if self.user.switches:
+            os.chown(root, -1, self.user.gid)
+            os.chmod(root, 0o710)
+            os.chown(work, self.user.uid, self.user.gid)
         loop = asyncio.get_running_loop()
         deadline = self._deadline(spec)
-        env = {**os.environ, **spec.env}
+        env = task_environment(self.user, spec.env)
         try:
             # The shell around the command would only say "not found" on its stderr and exit
             # 127: what exec would refuse is looked for first, to fail with the reason.
             unrunnable(spec.command[0], env.get("PATH", os.defpath), work)
-            process = await spawn(spec.command, root, cwd=work, env=env)
+            process = await spawn(spec.command, root, user=self.user, cwd=work, env=env)
         except (OSError, ValueError) as exc:  # not found, not executable, NUL in an argument
             shutil.rmtree(root, ignore_errors=True)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -185,6 +223,12 @@ class HostRuntime(SupervisedRuntime[_Proc]):
 
     # --- hooks --------------------------------------------------------------------------
 
+    def _directory(self, state: dict[str, Any]) -> Path | None:
+        found = state.get("dir")
+        if not isinstance(found, str) or Path(found).parent != self.base_dir:
+            return None
+        return Path(found)
+
     def _details(self, proc: _Proc) -> dict[str, Any]:
         return {"pid": proc.pid, "dir": str(proc.dir)}
 
@@ -218,6 +262,25 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         return status
 
     # --- internals ----------------------------------------------------------------------
+
+    def _check_base(self) -> None:
+        """Make the directory of the attempts' directories, or refuse one that is not the
+        worker's own: under a shared ``/tmp`` another local user could have made it first
+        and would then swap an attempt's files for links the worker reads back."""
+        self.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        found = os.lstat(self.base_dir)
+        if (
+            not stat.S_ISDIR(found.st_mode)
+            or found.st_uid != os.geteuid()
+            or found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            raise TransientTaskFailure(
+                f"{self.base_dir} is not the worker's own directory (owner uid "
+                f"{found.st_uid}, mode {stat.filemode(found.st_mode)}): host tasks do not run "
+                "there; remove it",
+                field="runtime",
+            )
+        self._base_checked = True
 
     def _state(self, proc: _Proc) -> dict[str, Any]:
         return {

@@ -249,6 +249,7 @@ class _Run:
     stopped: bool = False
     interrupted: str | None = None
     thread_done: bool = False
+    #: released by the worker: forgotten (by its thread as it ends, if it still runs)
     delivered: bool = False
     #: running on the event loop: trap at the first tick (see the module docstring)
     inline: bool = False
@@ -374,13 +375,20 @@ class WasmRuntime(Runtime):
     async def wait(self, handle: Handle) -> Outcome:
         key = (handle.task_id, handle.attempt)
         run = self._runs.get(key)
-        if run is None:
+        if run is None or run.delivered:
             raise NotFound(f"no wasm attempt {handle.attempt} of task {handle.task_id} is known")
-        outcome = await asyncio.shield(run.outcome)
+        return await asyncio.shield(run.outcome)
+
+    async def release(self, handle: Handle) -> None:
+        """Forget an ended call (its thread, when still trapping out of a stopped call,
+        drops it as it ends). Nothing of a wasm call outlives the worker anyway."""
+        key = (handle.task_id, handle.attempt)
+        run = self._runs.get(key)
+        if run is None or not run.outcome.done():
+            return
         run.delivered = True
         if run.thread_done:
-            self._runs.pop(key, None)
-        return outcome
+            del self._runs[key]
 
     async def stop(self, handle: Handle) -> None:
         """Resolve ``wait`` as ``cancelled`` now; the call itself traps on the next tick."""
@@ -394,7 +402,7 @@ class WasmRuntime(Runtime):
 
     def inspect(self, handle: Handle) -> dict[str, Any]:
         run = self._runs.get((handle.task_id, handle.attempt))
-        if run is None:
+        if run is None or run.delivered:
             return {"running": False}
         return {
             "running": not run.outcome.done(),

@@ -51,7 +51,7 @@ from edgeplane.protocol import (
     signing,
 )
 from edgeplane.protocol.terms import TermGate
-from edgeplane.runtimes import Handle, Outcome, RunSpec, Runtime
+from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
@@ -233,6 +233,10 @@ class WorkerAgent:
         self._sealing_key = None if key is None else sealing.derive(key)
         #: attempts with a handle record on disk
         self._persisted: set[Key] = set()
+        #: attempts whose final event is saved and being released by their runtime: their
+        #: record stays until that is done, even once acked (True), so a worker killed
+        #: meanwhile releases them when it restarts instead of leaving their directory
+        self._releasing: dict[Key, bool] = {}
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.session = clocks.new_id()
         self.topics = Topics(options.domain, options.cluster_id)
@@ -306,12 +310,14 @@ class WorkerAgent:
             await runtime.close()
 
     def capabilities(self) -> Capabilities:
+        host = self.runtimes.get("host")
         return capabilities.detect(
             runtimes=self.runtimes,
             labels=self.options.labels,
             slots=self.slots,
             data_dir=self.options.data_dir,
             prefetch=self.prefetch,
+            host_user=host.user.name if isinstance(host, HostRuntime) else None,
         )
 
     def _active(self) -> list[str]:
@@ -376,6 +382,9 @@ class WorkerAgent:
         elif isinstance(body, AckEvents):
             self.events.ack(body.keys)
             done = [k for k in ((e.task_id, e.attempt) for e in body.keys) if k in self._persisted]
+            for pending in [k for k in done if k in self._releasing]:
+                self._releasing[pending] = True  # removed once released
+                done.remove(pending)
             if done:  # the manager has the results: nothing to recover of these any more
                 self._persisted.difference_update(done)
                 await asyncio.to_thread(self.handles.remove, done)
@@ -501,11 +510,21 @@ class WorkerAgent:
         )
         # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
         await self._keep_final(run, event)
+        key = (spec.task_id, spec.attempt)
+        if key in self._persisted:
+            self._releasing[key] = False
         self.events.emit_final(event)
         if self._runs.get(spec.task_id) is run:
             del self._runs[spec.task_id]
         if not self._runs:
             self.events.settled()  # nothing runs: no more events are coming soon
+        # Only now: until the final event was on disk, what the runtime kept of the
+        # attempt (its exit status) was all a restarted worker could learn its end from.
+        if run.runtime is not None and run.handle is not None:
+            await self._release(run.runtime, run.handle)
+        if self._releasing.pop(key, False):  # acked meanwhile: the record can go now
+            self._persisted.discard(key)
+            await asyncio.to_thread(self.handles.remove, [key])
 
     async def _start_and_wait(self, run: _Run, started: float) -> Outcome:
         spec = run.spec
@@ -568,6 +587,13 @@ class WorkerAgent:
         record = HandleRecord(spec=run.spec, state=state, started_at=event.started_at, final=event)
         await asyncio.to_thread(self.handles.save, record)
 
+    async def _release(self, runtime: Runtime, handle: Handle) -> None:
+        """Let the runtime forget an attempt whose final event is saved (or not needed)."""
+        try:
+            await runtime.release(handle)
+        except Exception:  # a runtime bug must not take the worker down; a restart retries
+            log.exception("runtime release failed", extra={"task_id": handle.task_id})
+
     async def _reattach(self) -> None:
         """Take back what the previous process of this worker left (see ``recovery.py``):
         re-attach to the attempts still running, report how the others ended."""
@@ -575,14 +601,22 @@ class WorkerAgent:
         if not records:
             return
         found = await recovery.recover(records, self.runtimes, self.cleaners, self.clock)
-        for cleaner in self.cleaners.values():
-            await cleaner.close()
         for record in found.finals:
             assert record.final is not None
             await asyncio.to_thread(self.handles.save, record)
             self._persisted.add(record.key)
             self._remember(record.key)
             self.events.emit_final(record.final)
+        # Saved: what the runtimes kept of those attempts (an earlier process may have
+        # saved the final event and died before releasing) is not needed any more.
+        for record in found.finals:
+            name = record.spec.runtime
+            runtime = self.runtimes.get(name) or self.cleaners.get(name)
+            if runtime is not None:
+                handle = Handle(record.spec.task_id, record.spec.attempt, name, record.state)
+                await self._release(runtime, handle)
+        for cleaner in self.cleaners.values():
+            await cleaner.close()
         for resumed in found.resumed:
             spec = resumed.record.spec
             run = _Run(

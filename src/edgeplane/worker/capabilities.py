@@ -178,6 +178,7 @@ def detect(
     prefetch: int = 1,
     root: Path = ROOT,
     path: str | None = None,
+    host_user: str | None = None,
 ) -> Capabilities:
     """Everything the manager needs to place work here; ``runtimes`` are the enabled ones
     (what this worker can run), ``engines`` whatever is installed, used or not."""
@@ -200,6 +201,7 @@ def detect(
         location=location_from(labels),
         slots=slots,
         prefetch=prefetch,
+        host_user=host_user,
     )
 
 

@@ -4,8 +4,9 @@ Host and container attempts outlive their worker (Nomad's clients keep their tas
 the same way): one JSON file per attempt under ``<data_dir>/handles`` holds what
 :meth:`~edgeplane.runtimes.Runtime.recover` needs. It is written before the attempt is
 reported running, written again with the final event once the attempt has ended, and
-removed once the manager has acked that event. A restarted worker thus knows every attempt
-the manager may still count on it for, and the results it had not yet handed over.
+removed once the manager has acked that event and the runtime has released the attempt
+(``Runtime.release``). A restarted worker thus knows every attempt the manager may still
+count on it for, and the results it had not yet handed over.
 
 Every write is atomic: a temporary file, fsync, then rename over the record; a crash
 leaves the old record or the new one, never half of one. The directory itself is not

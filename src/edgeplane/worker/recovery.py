@@ -4,6 +4,8 @@ Each record becomes either an attempt re-attached to (it still runs, and the wor
 reports it as its own) or a final event to report: the one the previous process had not
 handed over yet, how the attempt ended while no worker watched it, or why it cannot go on.
 An attempt the worker cannot continue is stopped here, before the worker takes any work.
+The agent releases (``Runtime.release``) every attempt it reports a final event of here
+once that event is saved: until then the runtimes keep what says how it ended.
 """
 
 from __future__ import annotations
