@@ -139,7 +139,8 @@ def _normalise_url(url: str) -> str:
 
 
 def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
-    """The API URL and token to use: explicit > env > files left by ``edgeplane up`` > default.
+    """The API URL(s) and token to use: explicit > env > files left by ``edgeplane up`` >
+    default. Several processes of one cluster: a comma-separated list of URLs.
 
     Env: ``EDGEPLANE_URL``, ``EDGEPLANE_TOKEN`` (then ``EDGEPLANE_ADMIN_TOKEN``, which
     ``edgeplane up`` uses instead of writing a token file). Files: ``endpoint``, then
@@ -157,7 +158,13 @@ def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[
         or _read_line(data_dir / LOGIN_TOKEN_FILE)
         or _read_line(data_dir / "admin-token")
     )
-    return _normalise_url(chosen_url), chosen_token
+    return ",".join(split_urls(chosen_url)), chosen_token
+
+
+def split_urls(urls: str) -> list[str]:
+    """``"a, b"`` → the normalised URLs, in order (at least one: the default)."""
+    found = [_normalise_url(u) for u in urls.split(",") if u.strip()]
+    return found or [DEFAULT_URL]
 
 
 # --- responses -> values or errors --------------------------------------------------------
@@ -675,15 +682,37 @@ class _Base:
         clock: Clock | None,
         ca: str | Path | None,
     ) -> None:
-        self.url, self.token = resolve_endpoint(url, token)
+        urls, self.token = resolve_endpoint(url, token)
+        #: where the processes of the cluster answer; requests go to :attr:`url`, moved
+        #: along this list (or to the leader a standby names) when it stands by or is down
+        self.urls = split_urls(urls)
+        self.url = self.urls[0]
         self.timeout = timeout
         self._clock = clock or SystemClock()
         #: verifies an https server: ``ca`` > ``$EDGEPLANE_CA`` > the data dir's CA > system
         self._tls = (
             client_context(trusted_ca(None if ca is None else Path(ca), _data_dir()))
-            if self.url.startswith("https://")
+            if any(u.startswith("https://") for u in self.urls)
             else None
         )
+
+    def _move(self, tried: set[str], leader: str | None) -> bool:
+        """Point :attr:`url` at the next process to ask: the leader a standby named, else
+        the next URL not tried by this call. False when there is none left."""
+        target = _normalise_url(leader) if leader else None
+        if target is None:
+            target = next((u for u in self.urls if u not in tried), None)
+        elif target not in self.urls:
+            self.urls.append(target)
+        if target is None or target in tried:
+            return False
+        self.url = target
+        self._retarget()
+        return True
+
+    def _retarget(self) -> None:
+        """Send to :attr:`url` from now on."""
+        raise NotImplementedError
 
     def _options(self) -> dict[str, Any]:
         headers = {"User-Agent": f"edgeplane/{__version__}", "Accept": "application/json"}
@@ -723,17 +752,34 @@ class Client(_Base):
         ca: str | Path | None = None,
     ) -> None:
         super().__init__(url, token, timeout, clock, ca)
+        self._transport = transport
         options = self._options()
         self._http = open_wire(
             options["base_url"], options["headers"], timeout, transport, self._tls
         )
 
     def _send(self, call: _Call[T]) -> T:
-        try:
-            resp = self._http.send(self._request(call))
-        except Unreachable as exc:
-            raise _unreachable(self.url, exc) from None
-        return call.parse(resp)
+        request = self._request(call)
+        tried: set[str] = set()
+        while True:
+            tried.add(self.url)
+            try:
+                resp = self._http.send(request)
+            except Unreachable as exc:
+                # only a request that surely did nothing is sent again, elsewhere
+                if exc.sent or not self._move(tried, None):
+                    raise _unreachable(self.url, exc) from None
+                continue
+            if resp.leader is not None and self._move(tried, resp.leader):
+                continue
+            return call.parse(resp)
+
+    def _retarget(self) -> None:
+        self._http.close()
+        options = self._options()
+        self._http = open_wire(
+            options["base_url"], options["headers"], self.timeout, self._transport, self._tls
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -1044,11 +1090,24 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(transport=transport, verify=verify, **self._options())
 
     async def _send(self, call: _Call[T]) -> T:
-        try:
-            resp = await self._http.request(**self._request(call).for_httpx())
-        except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
-        return call.parse(Reply.of(resp))
+        request = self._request(call).for_httpx()
+        tried: set[str] = set()
+        while True:
+            tried.add(self.url)
+            try:
+                reply = Reply.of(await self._http.request(**request))
+            except httpx.TransportError as exc:
+                # only a request that surely did nothing is sent again, elsewhere
+                sent = not isinstance(exc, httpx.ConnectError)
+                if sent or not self._move(tried, None):
+                    raise _unreachable(self.url, exc) from None
+                continue
+            if reply.leader is not None and self._move(tried, reply.leader):
+                continue
+            return call.parse(reply)
+
+    def _retarget(self) -> None:
+        self._http.base_url = httpx.URL(self.url)
 
     async def close(self) -> None:
         await self._http.aclose()

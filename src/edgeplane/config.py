@@ -108,6 +108,13 @@ class Settings(BaseModel):
     placement_attempts: int = Field(default=3, ge=1)
     #: ``up``: run a root over this many clusters (0: one cluster, no root)
     clusters: int = Field(default=0, ge=0, le=16)
+    # --- several processes of one cluster (or root) on one store (docs/operations.md) ---
+    #: the URL clients reach this process's API at: what standbys redirect to while it
+    #: leads (default: its own API URL as it serves it)
+    advertise_url: str = Field(default="", max_length=2048)
+    #: seconds a leader's claim lasts without renewal (default: heartbeat_s): a standby
+    #: takes over at most 1.2 times this after the leader's last renewal
+    lease_s: float | None = Field(default=None, gt=0, le=3600, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -67,6 +67,14 @@ class Unavailable(EdgeplaneError):
     transient = True
 
 
+class Fenced(Unavailable):
+    """A write by a process that no longer leads: another took the lease (a later term).
+    Never retried by the process that got it; it stops acting and stands by."""
+
+    title = "Not the leader"
+    transient = False
+
+
 class TaskFailure(EdgeplaneError):
     """A task ran and failed (trap, limit, non-zero exit): permanent for that attempt."""
 

@@ -35,6 +35,9 @@ class Reply:
     reason: str
     content: bytes
     url: str
+    #: set when a standby process answered (``api/standby.py``): the leader it names
+    #: ("" while none leads)
+    leader: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,11 +45,32 @@ class Reply:
 
     @classmethod
     def of(cls, resp: httpx.Response) -> Reply:
-        return cls(resp.status_code, resp.reason_phrase, resp.content, str(resp.request.url))
+        return cls(
+            resp.status_code,
+            resp.reason_phrase,
+            resp.content,
+            str(resp.request.url),
+            standby_leader(resp.headers.get(ROLE_HEADER), resp.headers.get(LEADER_HEADER)),
+        )
+
+
+#: Headers of a standby's answers (``api/standby.py``, which imports them from here).
+ROLE_HEADER = "X-Edgeplane-Role"
+LEADER_HEADER = "X-Edgeplane-Leader"
+
+
+def standby_leader(role: str | None, leader: str | None) -> str | None:
+    """The leader a standby's answer names ("" none), or None when no standby answered."""
+    return (leader or "") if role == "standby" else None
 
 
 class Unreachable(Exception):
-    """The server could not be reached or stopped answering (the client's TransportError)."""
+    """The server could not be reached or stopped answering (the client's TransportError).
+    ``sent`` is False when no connection was made, so the request surely did nothing."""
+
+    def __init__(self, reason: str, *, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.sent = sent
 
 
 def proxied(url: str) -> bool:
@@ -121,7 +145,8 @@ class HttpxWire:
         try:
             return Reply.of(self._client.request(**request.for_httpx()))
         except httpx.TransportError as exc:
-            raise Unreachable(str(exc) or type(exc).__name__) from None
+            sent = not isinstance(exc, httpx.ConnectError)
+            raise Unreachable(str(exc) or type(exc).__name__, sent=sent) from None
 
     def close(self) -> None:
         self._client.close()
@@ -190,11 +215,13 @@ class Connection:
             self.close()
             raise
         except (OSError, http.client.HTTPException) as exc:
+            sent = conn.sock is not None  # no socket: the connection was never made
             self.close()
-            raise Unreachable(str(exc) or type(exc).__name__) from None
+            raise Unreachable(str(exc) or type(exc).__name__, sent=sent) from None
         if resp.will_close:
             self.close()
-        return Reply(resp.status, resp.reason, body, self._origin + target)
+        leader = standby_leader(resp.getheader(ROLE_HEADER), resp.getheader(LEADER_HEADER))
+        return Reply(resp.status, resp.reason, body, self._origin + target, leader)
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._tls is not None:

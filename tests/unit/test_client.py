@@ -596,3 +596,70 @@ async def test_async_client_runs_jobs_workflows_and_schedules() -> None:
         ("DELETE", "/api/v1/schedules/s1"),
         ("POST", "/api/v1/tasks"),
     ]
+
+
+# --- several processes of one cluster ------------------------------------------------------
+
+
+def test_the_client_follows_the_leader_a_standby_names() -> None:
+    standby = {"X-Edgeplane-Role": "standby", "X-Edgeplane-Leader": "http://b.test"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            return httpx.Response(307, headers={**standby, "Location": "http://b.test/x"})
+        return httpx.Response(200, json={"status": "ok"})
+
+    api = Recorder(answer)
+    with Client("http://a.test, http://c.test", "tok", transport=httpx.MockTransport(api)) as c:
+        assert c.health() == {"status": "ok"}
+        assert c.url == "http://b.test"
+        assert c.urls == ["http://a.test", "http://c.test", "http://b.test"]
+        assert c.health() == {"status": "ok"}  # stays with the leader
+    assert [r.url.host for r in api.requests] == ["a.test", "b.test", "b.test"]
+    assert all(r.headers["authorization"] == "Bearer tok" for r in api.requests)
+
+
+def test_the_client_tries_the_next_url_only_when_nothing_was_sent() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.host == "b.test":
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    api = Recorder(answer)
+    urls = "http://a.test,http://b.test,http://c.test"
+    # a: never connected, so b is tried; b may have acted on it: not sent again
+    with Client(urls, "t", transport=httpx.MockTransport(api)) as c, pytest.raises(Unavailable):
+        c.health()
+    assert [r.url.host for r in api.requests] == ["a.test", "b.test"]
+
+
+def test_no_leader_anywhere_is_unavailable() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"X-Edgeplane-Role": "standby", "X-Edgeplane-Leader": ""}
+        body = {"title": "No leader", "status": 503, "detail": "election"}
+        return httpx.Response(503, json=body, headers=headers)
+
+    api = Recorder(answer)
+    transport = httpx.MockTransport(api)
+    with (
+        Client("http://a.test,http://b.test", "t", transport=transport) as c,
+        pytest.raises(Unavailable, match="election"),
+    ):
+        c.health()
+    assert [r.url.host for r in api.requests] == ["a.test", "b.test"]
+
+
+async def test_the_async_client_follows_the_leader_too() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            headers = {"X-Edgeplane-Role": "standby", "X-Edgeplane-Leader": "http://b.test"}
+            return httpx.Response(307, headers={**headers, "Location": "http://b.test/"})
+        return httpx.Response(200, json={"status": "ok"})
+
+    api = Recorder(answer)
+    transport = httpx.MockTransport(api)
+    async with AsyncClient("http://a.test", "t", transport=transport) as c:
+        assert await c.health() == {"status": "ok"}
+        assert c.url == "http://b.test"

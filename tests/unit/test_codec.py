@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from edgeplane.errors import Invalid
 from edgeplane.protocol import Hello, StartTasks, Topics, decode, encode, parse_body
+from edgeplane.protocol.terms import TermGate
 
 
 def test_round_trip() -> None:
@@ -28,6 +29,9 @@ def test_round_trip() -> None:
         (orjson.dumps({"v": 2, "type": "x", "body": {}}), "v"),
         (orjson.dumps({"v": 1, "body": {}}), "type"),
         (orjson.dumps({"v": 1, "type": "alive", "body": []}), "body"),
+        (orjson.dumps({"v": 1, "type": "alive", "body": {}, "term": -1}), "term"),
+        (orjson.dumps({"v": 1, "type": "alive", "body": {}, "term": "2"}), "term"),
+        (orjson.dumps({"v": 1, "type": "alive", "body": {}, "term": True}), "term"),
     ],
 )
 def test_bad_envelopes(payload: bytes, field: str) -> None:
@@ -110,3 +114,16 @@ def test_topics() -> None:
     assert root.aggregate("c1") == "ep/clusters/c1/aggregate"
     assert root.member_of("ep/clusters/c1/hello") == ("c1", "hello")
     assert root.member_of("ep/c1/workers/w1/hello") is None
+
+
+def test_a_leaders_term_travels_in_the_envelope() -> None:
+    assert decode(encode("task.stop", {"task_ids": []}, term=7)).term == 7
+    assert decode(encode("task.stop", {"task_ids": []})).term == 0
+    assert b"term" not in encode("task.stop", {"task_ids": []})
+
+
+def test_a_member_refuses_an_older_term() -> None:
+    gate = TermGate()
+    assert gate.admit(1) and gate.admit(3) and gate.admit(3)
+    assert not gate.admit(2) and not gate.admit(0)
+    assert (gate.term, gate.stale) == (3, 2)

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.errors import Conflict, Fenced, Invalid, Unavailable
 from edgeplane.manager import journal as journal_module
 from edgeplane.manager.journal import Journal
 from edgeplane.model import Schedule, Task, Worker
-from edgeplane.store import Batch, MemoryStore
+from edgeplane.store import Batch, Claim, MemoryStore
 
 
 class FlakyStore(MemoryStore):
@@ -177,3 +177,25 @@ async def test_delete_removes_and_readers_forget(running: tuple[FlakyStore, Jour
     assert journal.committed("t") is not None
     await journal.delete("task", "t")
     assert journal.committed("t") is None and await store.get_task("t") is None
+
+
+async def test_a_fenced_store_deposes_and_nothing_is_retried() -> None:
+    """Another process leads now: the store refuses the term; the writes fail at once with
+    Fenced, the listeners hear it, and the journal does not wait it out as an outage."""
+    store = MemoryStore()
+    lease = await store.claim_lease("d/c", Claim("me", "home-me", "", 1.0), 0.0)
+    store.fence("d/c", lease.term)
+    await store.claim_lease("d/c", Claim("other", "home-o", "", 1.0), 5.0)  # mine expired
+    journal = Journal(store)
+    heard: list[Fenced] = []
+    journal.on_fenced.append(heard.append)
+    writer = asyncio.create_task(journal.run())
+    try:
+        done = journal.write([Task(id="t1", created_at=1.0)])
+        with pytest.raises(Fenced):
+            await asyncio.wait_for(done, 5)
+        assert len(heard) == 1 and journal.stats.fenced == 1
+        assert journal.stats.outages == 0 and journal.down is None
+        assert await store.get_task("t1") is None
+    finally:
+        writer.cancel()

@@ -19,6 +19,7 @@ from edgeplane.security.projects import sees, visible
 from edgeplane.security.ratelimit import RateLimiter
 from edgeplane.security.roles import ROLES, allows, at_least, check_scopes, rank, required
 from edgeplane.security.tokens import (
+    ADMIN_TOKEN_ID,
     TokenChecker,
     WeakAdminToken,
     digest,
@@ -150,6 +151,24 @@ async def test_an_admin_token_file_readable_by_others_or_weak_is_refused(tmp_pat
     made.chmod(0o600)
     with pytest.raises(WeakAdminToken, match="under 32"):
         await ensure_admin_token(store, tmp_path, None, 0.0)
+
+
+async def test_processes_of_one_cluster_share_one_admin_token(tmp_path: Path) -> None:
+    """A second process (another home) with no token of its own adopts the first's
+    instead of replacing it; deleting the file in the first's own home still rotates."""
+    store = MemoryStore()
+    one, two = tmp_path / "one", tmp_path / "two"
+    made = await ensure_admin_token(store, one, None, 0.0, "host:one")
+    assert made is not None
+    first = await store.get_token(ADMIN_TOKEN_ID)
+    assert await ensure_admin_token(store, two, None, 1.0, "host:two") is None
+    assert await store.get_token(ADMIN_TOKEN_ID) == first
+    assert not (two / "admin-token").exists()
+    made.unlink()  # rotation, in the home that made it
+    assert await ensure_admin_token(store, one, None, 2.0, "host:one") == made
+    rotated = await store.get_token(ADMIN_TOKEN_ID)
+    assert rotated is not None and first is not None
+    assert rotated.secret_hash != first.secret_hash
 
 
 def test_store_files_are_the_owners_only(tmp_path: Path) -> None:

@@ -54,6 +54,22 @@ SchedulerOption = Annotated[Scheduler | None, typer.Option(help="Placement strat
 HeartbeatOption = Annotated[
     float | None, typer.Option("--heartbeat-s", min=0.001, help="Worker heartbeat period, s.")
 ]
+AdvertiseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise-url",
+        help="URL clients reach this process's API at, which standbys redirect to "
+        "(default: its own).",
+    ),
+]
+LeaseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lease-s",
+        min=0.001,
+        help="Seconds the leader's lease lasts unrenewed (default: the heartbeat).",
+    ),
+]
 LostGraceOption = Annotated[
     float | None,
     typer.Option(
@@ -345,6 +361,8 @@ def root(
         ),
     ] = None,
     heartbeat_s: HeartbeatOption = None,
+    advertise_url: AdvertiseOption = None,
+    lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
     broker_listen: BrokerListenOption = None,
@@ -358,6 +376,8 @@ def root(
 ) -> None:
     """Run the root: REST API, store, applications; clusters register over MQTT."""
     flags = {
+        "advertise_url": advertise_url,
+        "lease_s": lease_s,
         "broker": broker,
         "store": store,
         "host": host,
@@ -419,6 +439,8 @@ def manager(
     ] = None,
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
+    advertise_url: AdvertiseOption = None,
+    lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
     broker_host: BrokerHostOption = None,
     broker_listen: BrokerListenOption = None,
@@ -448,6 +470,8 @@ def manager(
         "pack": pack,
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
+        "advertise_url": advertise_url,
+        "lease_s": lease_s,
         "data_dir": data_dir,
         "broker_host": broker_host,
         "broker_listen": broker_listen,

@@ -71,6 +71,8 @@ class Core:
     #: the owner a member that registers gets: its join token's (``BrokerAuth.owner_of``;
     #: none by default)
     owner_at_join: Callable[[str], str | None] = lambda member_id: None
+    #: the leadership term every command carries (``manager/leadership.py``; 0: none)
+    term: int = 0
 
     @property
     def member(self) -> str:
@@ -87,4 +89,5 @@ class Core:
         qos: int | None = None,
     ) -> None:
         topic = topic or self.level.topics.cmd(member_id)
-        await self.link.publish(topic, self.sign(member_id, encode(type_, body)), qos=qos)
+        message = encode(type_, body, term=self.term)
+        await self.link.publish(topic, self.sign(member_id, message), qos=qos)

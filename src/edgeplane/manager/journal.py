@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
+from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditRecord
 from edgeplane.store import AuditPrune, Batch, Kind, Store
@@ -71,6 +71,8 @@ class JournalStats:
     refused: int = 0
     #: attempts that found the store unreachable
     outages: int = 0
+    #: rounds refused because another process leads now
+    fenced: int = 0
 
 
 #: What a unit holds, by the first part of its key: the document itself for an upsert,
@@ -134,6 +136,9 @@ class Journal:
         self.down: str | None = None
         #: called with every committed batch of tasks (through the manager's ``on_commit``)
         self.listeners: list[Callable[[list[Task]], None]] = []
+        #: called when the store refuses a write as fenced: another process leads now
+        #: (``manager/leadership.py``); the write fails, nothing is retried
+        self.on_fenced: list[Callable[[Fenced], None]] = []
 
     # ------------------------------------------------------------------ queueing
     def write(
@@ -219,6 +224,10 @@ class Journal:
         replace what it read with what it missed. Never a version that is not stored."""
         return self._recent.get(task_id)
 
+    def unwritten(self, task_id: str) -> Task | None:
+        """The task's version queued or being written, not yet committed (None: none)."""
+        return self._unwritten.get(task_id)
+
     def newest(self, task_id: str) -> Task | None:
         """The newest version the journal holds, written or not (for the manager's own
         decisions, never for answering readers)."""
@@ -288,6 +297,14 @@ class Journal:
         while units:
             try:
                 await self._isolate(list(units), units, refused)
+            except Fenced as exc:
+                self.stats.fenced += 1
+                refused.update(dict.fromkeys(units, exc))
+                units.clear()
+                for listener in self.on_fenced:
+                    listener(exc)
+                self.down = None  # not an outage that ended: this process writes no more
+                break
             except Unavailable as exc:
                 self.stats.outages += 1
                 if self.down is None:
@@ -316,6 +333,8 @@ class Journal:
             return
         try:
             await self._store.apply(_batch(keys, units))
+        except Fenced:
+            raise  # no process of this term may write any of it
         except Exception as exc:
             if isinstance(exc, Unavailable) or not await self._reachable():
                 raise Unavailable(getattr(exc, "detail", None) or type(exc).__name__) from exc

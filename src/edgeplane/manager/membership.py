@@ -374,17 +374,20 @@ class Membership:
                     await self.lose_tasks(held, reason)
 
     async def link_up(self) -> None:
-        """The manager's link (re)connected: members are judged afresh and, after a
-        reconnect, asked to say hello, which gets them what the broker may have dropped
-        meanwhile. (On the first connect after a start every member's session is unknown
-        anyway: its first heartbeat gets it asked.)"""
+        """The manager's link (re)connected: members are judged afresh and asked to say
+        hello, which gets them what the broker may have dropped meanwhile. On the first
+        connect after a start (a restart, or a standby that took over) that is every member
+        it recovered: asked now, a member is back in one round trip, not at its next
+        heartbeat (takeover time, docs/operations.md)."""
         core = self.core
         first = self._connects == 0
         self._connects += 1
         online = [] if first else [e.worker.id for e in core.registry.entries() if e.online]
         self.liveness.link_up(online)
-        for member_id in online:
-            await core.send(member_id, "reregister", Reregister(reason="manager reconnected"))
+        asked = [e.worker.id for e in core.registry.entries()] if first else online
+        reason = "manager started" if first else "manager reconnected"
+        for member_id in asked:
+            await core.send(member_id, "reregister", Reregister(reason=reason))
 
     def link_down(self) -> None:
         self.liveness.link_down()

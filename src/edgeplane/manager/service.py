@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
-from edgeplane.errors import Invalid
+from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
@@ -139,6 +139,15 @@ class Manager:
         self.disown = self.members.disown
         self.delete_worker = self.members.delete_worker
 
+    @property
+    def term(self) -> int:
+        """The leadership term its commands carry (``manager/leadership.py``)."""
+        return self._core.term
+
+    @term.setter
+    def term(self, term: int) -> None:
+        self._core.term = term
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         workers, _ = await self.store.list_workers(limit=1_000_000)
@@ -153,10 +162,13 @@ class Manager:
         self._core.kick.set()
 
     async def stop(self) -> None:
-        await self.audit.flush()
-        await self.journal.commit()
-        await self.members.flush()
-        await self.journal.commit()
+        try:
+            await self.audit.flush()
+            await self.journal.commit()
+            await self.members.flush()
+            await self.journal.commit()
+        except Fenced:  # deposed: what is left is the new leader's to decide
+            log.warning("stopped without the last writes: another process leads now")
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:

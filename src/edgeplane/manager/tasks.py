@@ -261,6 +261,8 @@ class TaskService:
         changed: dict[str, Task] = {}
         acks: list[EventKey] = []
         late: list[TaskEvent] = []
+        #: versions written again only so the acks wait for them (resolved once already)
+        carried: set[str] = set()
         for event in events:
             core.stats.events += 1
             if event.state != "running":
@@ -295,12 +297,21 @@ class TaskService:
             truth = await self._late_end(member_id, event, now)
             if truth is not None:
                 changed[truth.id] = truth
+                continue
+            # A resent end of a task whose end is not durable yet (its write is queued or
+            # in flight): the ack must wait for that write, so this batch carries the same
+            # version again. Acked at once, the member would forget a result that a failed
+            # write (an outage, a fenced ex-leader) then loses.
+            unwritten = core.journal.unwritten(event.task_id)
+            if unwritten is not None and unwritten.id not in changed:
+                changed[unwritten.id] = unwritten
+                carried.add(unwritten.id)
         if changed:
             core.kick.set()
 
         async def after() -> None:
             # Only once the results are durable may the member forget them.
-            self.resolve(changed.values())
+            self.resolve(t for t in changed.values() if t.id not in carried)
             if acks:
                 # QoS 0: a lost ack costs one resend of the events, which are acked again
                 # (duplicates are ignored); QoS 1 would cost a PUBACK each way per batch.

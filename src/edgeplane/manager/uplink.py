@@ -61,6 +61,7 @@ from edgeplane.protocol import (
     sealing,
 )
 from edgeplane.protocol.signing import verify
+from edgeplane.protocol.terms import TermGate
 from edgeplane.scheduling.aggregate import aggregate, significant_change
 from edgeplane.scheduling.eligibility import (
     Requirement,
@@ -129,6 +130,8 @@ class Uplink:
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self.events = EventOutbox(self._send_events, self.clock, EVENT_WINDOW_S)
         self._epoch, self._seq = "", 0
+        #: refuses commands of a deposed root leader (protocol/terms.py)
+        self.terms = TermGate()
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
@@ -330,6 +333,12 @@ class Uplink:
         except Invalid as exc:
             self.bad_messages += 1
             log.warning("bad message from root", extra={"topic": topic, "error": exc.detail})
+            return
+        if not self.terms.admit(envelope.term):
+            log.warning(
+                "command refused: from a root process that no longer leads",
+                extra={"topic": topic, "term": envelope.term, "leader_term": self.terms.term},
+            )
             return
         if isinstance(body, StartTasks):
             if body.session not in ("", self.session):

@@ -7,18 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
+from edgeplane.api.standby import standby_app
 from edgeplane.config import Settings
-from edgeplane.errors import Unavailable
+from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.joins import JoinDesk
+from edgeplane.manager.leadership import Leadership, home_of, lease_name
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.uplink import Uplink
 from edgeplane.manager.workflows import Workflows
@@ -123,6 +129,21 @@ def _recorded_port(path: Path) -> int | None:
     return port if 1 <= port <= 65535 else None
 
 
+def bind_api(host: str, port: int) -> socket.socket:
+    """The API's listening socket (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        detail = f"the API cannot listen on {host}:{port}: {exc.strerror}"
+        raise Invalid(detail, field="port") from None
+    return sock
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the role owns SIGINT/SIGTERM."""
 
@@ -149,7 +170,10 @@ class ControlPlane:
         self.tls = serving_tls(settings) if serve_api else None
         if serve_api:
             refuse_plain_off_loopback("API", settings.host, self.tls, settings.insecure)
-        self.store: Store = open_store(settings.store_url)
+        # a transaction idle past the lease is the server's to end (SqlStore, hold_s)
+        self.store: Store = open_store(
+            settings.store_url, hold_s=settings.lease_s or settings.heartbeat_s
+        )
         self.manager = Manager(
             settings, self.store, broker_url, root=root, auth=auth, secret_keys=secret_keys
         )
@@ -165,21 +189,43 @@ class ControlPlane:
         self.schedules = Schedules(facade, self.workflows)
         self.applications = Applications(facade)
         self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
+        self.root = root
         self.token_file: Path | None = None
         #: the API served (set once it serves)
         self.app: FastAPI | None = None
         self.url = ""
+        #: set by start: the lease this process leads (or waits for)
+        self.leadership: Leadership | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._socket: socket.socket | None = None
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Lead (standing by, serving :mod:`edgeplane.api.standby`, until the lease is
+        this process's), then start everything that acts. :meth:`stop` undoes whatever
+        part of it was done."""
         secure_data_dir(self.settings.data_dir, self.settings.store_url)
-        if self.uplink is not None:
-            # First: a refused join token stops the manager before it starts anything.
-            await self.uplink.join()
+        stack = self._stack
         await self.store.open()
+        stack.push_async_callback(self.store.close)
+        if self.serve_api:
+            self._socket = bind_api(self.settings.host, self.settings.port)
+            stack.callback(self._socket.close)
+            port = self._socket.getsockname()[1]
+            scheme = "http" if self.tls is None else "https"
+            # a wildcard address is not one to dial (nor one a certificate names)
+            self.url = f"{scheme}://{dial_host(self.settings.host)}:{port}"
+        await self._lead()
+        if self.uplink is not None:
+            # First of what acts: a refused join token stops the manager here.
+            await self.uplink.join()
         self.token_file = await ensure_admin_token(
-            self.store, self.settings.data_dir, self.settings.admin_token, self.manager.clock.now()
+            self.store,
+            self.settings.data_dir,
+            self.settings.admin_token,
+            self.manager.clock.now(),
+            home_of(self.settings.data_dir),
         )
         # Before the manager commits anything: what it commits at once (results workers
         # kept while it was down) must reach the runs and the root (see load and attach).
@@ -187,17 +233,51 @@ class ControlPlane:
         if self.uplink is not None:
             await self.uplink.attach()
         await self.manager.start()
+        stack.push_async_callback(self.manager.stop)
         if self.joins is not None:
             await self.joins.start()
+            stack.push_async_callback(self.joins.stop)
         await self.workflows.start()
+        stack.push_async_callback(self.workflows.stop)
         await self.schedules.start()
+        stack.push_async_callback(self.schedules.stop)
         await self.applications.start()
+        stack.push_async_callback(self.applications.stop)
         if self.uplink is not None:
             await self.uplink.start()
+            stack.push_async_callback(self.uplink.stop)
         if self.serve_api:
-            await self._serve()
+            await self._serve(self._app())
+            stack.push_async_callback(self._stop_serving)
 
-    async def _serve(self) -> None:
+    async def _lead(self) -> None:
+        """Hold the lease and fence the store's writes by its term; until then stand by
+        (serving :mod:`edgeplane.api.standby`)."""
+        leadership = self.leadership = Leadership(
+            self.store,
+            lease_name(self.settings.domain, self.settings.cluster_id, root=self.root),
+            home=home_of(self.settings.data_dir),
+            url=self.settings.advertise_url or self.url,
+            ttl_s=self.settings.lease_s or self.settings.heartbeat_s,
+            clock=self.manager.clock,
+        )
+        self._stack.push_async_callback(leadership.release)
+        if not await leadership.claim():
+            log.info(
+                "standing by: another process leads",
+                extra={"leader": leadership.leader.url if leadership.leader else None},
+            )
+            if self.serve_api:
+                await self._serve(standby_app(lambda: leadership.leader, self.url))
+                self._stack.push_async_callback(self._stop_serving)
+            await leadership.acquire()
+            if self.serve_api:
+                await self._stop_serving()
+        self.store.fence(leadership.name, leadership.term)
+        self.manager.journal.on_fenced.append(leadership.on_fenced)
+        self.manager.term = leadership.term
+
+    def _app(self) -> FastAPI:
         app = create_app(
             self.manager,
             TokenChecker(self.store, self.manager.clock),
@@ -209,10 +289,14 @@ class ControlPlane:
             uplink=self.uplink,
         )
         self.app = app
+        return app
+
+    async def _serve(self, app: ASGIApp) -> None:
+        """Serve ``app`` on the API's socket (bound once, so a standby that starts to
+        lead keeps its port and URL)."""
+        assert self._socket is not None
         config = uvicorn.Config(
             app,
-            host=self.settings.host,
-            port=self.settings.port,
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -220,27 +304,84 @@ class ControlPlane:
             ssl_keyfile=None if self.tls is None else str(self.tls.key),
         )
         self._server = _Server(config)
-        self._serving = asyncio.create_task(self._server.serve(), name="api")
+        # a duplicate of the socket: uvicorn closes the one it is given when it stops
+        sockets = [self._socket.dup()]
+        self._serving = asyncio.create_task(self._server.serve(sockets=sockets), name="api")
         while not self._server.started:
             if self._serving.done():
                 self._serving.result()  # raises why it could not start
                 raise RuntimeError("API server stopped during start-up")
             await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        scheme = "http" if self.tls is None else "https"
-        # a wildcard address is not one to dial (nor one a certificate names)
-        self.url = f"{scheme}://{dial_host(self.settings.host)}:{port}"
+
+    async def _stop_serving(self) -> None:
+        server, serving = self._server, self._serving
+        self._server = self._serving = None
+        if server is not None and serving is not None:
+            server.should_exit = True
+            await serving
 
     async def stop(self) -> None:
-        if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            await self._serving
-        if self.uplink is not None:
-            await self.uplink.stop()
-        await self.applications.stop()
-        await self.schedules.stop()
-        await self.workflows.stop()
-        if self.joins is not None:
-            await self.joins.stop()
-        await self.manager.stop()
-        await self.store.close()
+        """Stop what :meth:`start` started, in reverse order (the API first)."""
+        await self._stack.aclose()
+
+
+async def run_leading(
+    make: Callable[[], ControlPlane], leading: Callable[[ControlPlane], None]
+) -> None:
+    """Run control planes one after another until SIGINT or SIGTERM: each stands by
+    until it holds the lease, then leads (``leading`` is called, e.g. to print where it
+    serves) until stopped or deposed; a deposed one is stopped and a new one stands by."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            control = make()
+            try:
+                if await _until(stop, control.start()):
+                    leadership = control.leadership
+                    assert leadership is not None
+                    leading(control)
+                    uplink = control.uplink
+                    ends = [leadership.lost.wait()]
+                    if uplink is not None:  # the root refused this cluster's id: give up
+                        ends.append(uplink.refused.wait())
+                    await _until(stop, _first(ends))
+                    if uplink is not None and uplink.refused.is_set():
+                        raise Invalid(uplink.refusal)
+                    if leadership.lost.is_set():
+                        log.warning("deposed: standing by again", extra={"why": leadership.why})
+            finally:
+                await control.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _first(waits: Sequence[Coroutine[Any, Any, object]]) -> None:
+    """Return when the first of ``waits`` does (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, object]) -> bool:
+    """Run ``work`` until it ends (True) or ``stop`` is set first (False: cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()  # raises what start raised
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False

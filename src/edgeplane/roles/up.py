@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeplane.config import Settings
+from edgeplane.errors import Unavailable
 from edgeplane.examples import write_examples
 from edgeplane.logs import setup as setup_logs
 from edgeplane.manager.uplink import IDENTITY_DIR
@@ -31,6 +32,10 @@ from edgeplane.worker import WorkerAgent
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
 SECRET_KEY_FILE = "secret-key"
+
+
+class Deposed(Unavailable):
+    """``up`` lost the lease of its cluster to another process on its store."""
 
 
 @dataclass
@@ -223,4 +228,10 @@ async def _run_up(settings: Settings) -> None:
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
         )
-        await wait_for_stop()
+        leadership = stack.control.leadership
+        assert leadership is not None
+        await wait_for_stop(leadership.lost)
+        if leadership.lost.is_set():
+            # Its workers run in this process: standing by would leave them idle, so `up`
+            # stops and says why (the other process goes on).
+            raise Deposed(f"another process leads this cluster now: {leadership.why}")

@@ -47,25 +47,46 @@ def digest(secret: str) -> str:
 
 
 async def ensure_admin_token(
-    store: Store, data_dir: Path, given: str | None, now: float
+    store: Store, data_dir: Path, given: str | None, now: float, home: str = ""
 ) -> Path | None:
-    """Make the admin token valid. Returns the file holding it, or None when it came from env.
+    """Make the admin token valid. Returns the file holding it, or None when it came from
+    env or from another process of the cluster.
 
     ``given`` (``$EDGEPLANE_ADMIN_TOKEN``) wins; else ``<data-dir>/admin-token`` is reused or
     created with mode 0600. A file others may read, or holding a token under
     :data:`MIN_TOKEN_LENGTH` characters, is refused (:class:`WeakAdminToken`): whoever read
     it may be admin already, so only the operator can decide to rotate it (delete the file).
+
+    Several processes of one cluster share the store, so they share one admin token: a
+    process ``home`` (host and data dir) with neither ``given`` nor a file adopts the one
+    another home made instead of replacing it (which would lock that process's users out).
     """
     path: Path | None = None
+    stored = await store.get_token(ADMIN_TOKEN_ID)
+    made_elsewhere = stored is not None and stored.name not in ("", home)
     if given:
         secret = given
         if len(secret) < MIN_TOKEN_LENGTH:  # the operator chose it: said, not refused
             log.warning(
                 "EDGEPLANE_ADMIN_TOKEN is under %d characters: easy to guess", MIN_TOKEN_LENGTH
             )
+    elif made_elsewhere and not (data_dir / ADMIN_TOKEN_FILE).exists():
+        assert stored is not None
+        log.info(
+            "using the admin token another process of this cluster made (%s): copy its "
+            "admin-token file here or set EDGEPLANE_ADMIN_TOKEN to use it from this host",
+            stored.name,
+        )
+        return None
     else:
         path = data_dir / ADMIN_TOKEN_FILE
         secret = _read_or_create(path)
+    if made_elsewhere and stored is not None and stored.secret_hash != digest(secret):
+        log.warning(
+            "replacing the admin token another process of this cluster made (%s): its "
+            "admin token stops working; give every process the same one",
+            stored.name,
+        )
     await store.save_token(
         TokenRecord(
             id=ADMIN_TOKEN_ID,
@@ -73,6 +94,7 @@ async def ensure_admin_token(
             role="admin",
             secret_hash=digest(secret),
             created_at=now,
+            name=home,
         )
     )
     return path

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from edgeplane.errors import Invalid
 from edgeplane.store.base import AuditPrune, Batch, Kind, Store, TokenRecord, UserRecord
+from edgeplane.store.leases import Claim, Lease
 from edgeplane.store.memory import MemoryStore
 from edgeplane.store.sql import SqlStore
 
 __all__ = [
     "AuditPrune",
     "Batch",
+    "Claim",
     "Kind",
+    "Lease",
     "MemoryStore",
     "SqlStore",
     "Store",
@@ -20,17 +23,18 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, hold_s: float | None = None) -> Store:
     """The store for ``url``, not yet opened (the caller awaits ``open()``).
 
     ``memory://`` keeps everything in this process; ``sqlite:///path``, ``sqlite://``
-    (in memory) and ``postgresql://host[:port]/db[?schema=NAME]`` use :class:`SqlStore`.
+    (in memory) and ``postgresql://host[:port]/db[?schema=NAME]`` use :class:`SqlStore`
+    (``hold_s``: see there).
     """
     scheme = url.partition(":")[0].lower()
     if scheme == "memory":
         return MemoryStore()
     if scheme.partition("+")[0] in ("sqlite", "postgresql"):
-        return SqlStore(url)
+        return SqlStore(url, hold_s=hold_s)
     raise Invalid(
         f"unknown store URL scheme {scheme!r}: use memory, sqlite or postgresql", field="store"
     )

@@ -9,6 +9,7 @@ from typing import Literal
 
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
+from edgeplane.store.leases import Claim, Lease
 
 Kind = Literal["task", "workflow", "schedule", "application", "worker"]
 
@@ -109,7 +110,35 @@ class Store(ABC):
     async def apply(self, batch: Batch) -> None:
         """Write a batch in one transaction, all or nothing. :class:`Conflict` (nothing
         written) when a new document's id is taken; :class:`Unavailable` when the store
-        cannot be reached."""
+        cannot be reached; :class:`Fenced` (nothing written) when :meth:`fence` was
+        called and the lease's term has moved on."""
+
+    def fence(self, lease: str, term: int) -> None:
+        """From now on :meth:`apply` writes only while lease ``lease`` is in ``term``: the
+        check and the write are one transaction (``edgeplane.store.leases``)."""
+        self.fenced_by = (lease, term)
+
+    #: (lease name, term) every :meth:`apply` checks, or None
+    fenced_by: tuple[str, int] | None = None
+
+    # leases (edgeplane.store.leases): each call is one transaction
+    @abstractmethod
+    async def claim_lease(self, name: str, claim: Claim, now: float) -> Lease:
+        """Claim lease ``name`` (see ``leases.claimed``); the lease as it is afterwards,
+        the claimant's or still another's."""
+
+    @abstractmethod
+    async def renew_lease(
+        self, name: str, holder: str, term: int, now: float, ttl_s: float
+    ) -> bool:
+        """Extend the holder's lease; False when ``holder`` no longer holds it in ``term``."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        """Give the lease up (it expires now) if ``holder`` holds it in ``term``."""
+
+    @abstractmethod
+    async def get_lease(self, name: str) -> Lease | None: ...
 
     # artifacts (content-addressed module bytes)
     @abstractmethod

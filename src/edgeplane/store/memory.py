@@ -24,6 +24,7 @@ from edgeplane.model import (
 from edgeplane.model.audit import AuditQuery, AuditRecord, matches
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store.base import AuditPrune, Batch, Store, TokenRecord, UserRecord
+from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class MemoryStore(Store):
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._users: dict[str, UserRecord] = {}
+        self._leases: dict[str, Lease] = {}
         #: oldest first (records are immutable: reads hand out the same objects)
         self._audit: list[AuditRecord] = []
         self._audit_seq = 0
@@ -142,6 +144,9 @@ class MemoryStore(Store):
         """Always answers."""
 
     async def apply(self, batch: Batch) -> None:
+        if self.fenced_by is not None:
+            name, term = self.fenced_by
+            check_term(self._leases.get(name), name, term)
         for workflow in batch.new_workflows:
             if workflow.id in self._workflows:
                 raise Conflict(f"workflow id already exists: {workflow.id}", field="id")
@@ -170,6 +175,28 @@ class MemoryStore(Store):
     def _prune_audit(self, prune: AuditPrune) -> None:
         kept = [r for r in self._audit if r.at >= prune.before]
         self._audit = kept[max(0, len(kept) - prune.keep) :]
+
+    # leases
+
+    async def claim_lease(self, name: str, claim: Claim, now: float) -> Lease:
+        lease = self._leases[name] = claimed(self._leases.get(name), name, claim, now)
+        return lease
+
+    async def renew_lease(
+        self, name: str, holder: str, term: int, now: float, ttl_s: float
+    ) -> bool:
+        lease = renewed(self._leases.get(name), holder, term, now, ttl_s)
+        if lease is not None:
+            self._leases[name] = lease
+        return lease is not None
+
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        lease = released(self._leases.get(name), holder, term)
+        if lease is not None:
+            self._leases[name] = lease
+
+    async def get_lease(self, name: str) -> Lease | None:
+        return self._leases.get(name)
 
     # artifacts
 

@@ -12,7 +12,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
 from edgeplane.store.documents import M, read
-from edgeplane.store.sqlite_direct import DirectSqlite
+from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
+from edgeplane.store.sqlite_direct import DirectSqlite, Guard
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -192,6 +193,20 @@ def _worker_row(worker: Worker) -> dict[str, Any]:
     return {"id": worker.id, "doc": worker.model_dump_json()}
 
 
+def _lease_term(name: str, term: int) -> Lease:
+    """A lease that only says its term (all a fence checks)."""
+    return Lease(name, "", "", term, 0.0)
+
+
+def _fence_guard(name: str, term: int) -> Guard:
+    """The fence as a first statement of a direct SQLite write."""
+
+    def check(row: Any) -> None:
+        check_term(None if row is None else _lease_term(name, row[0]), name, term)
+
+    return ("SELECT term FROM leases WHERE name = ?", (name,), check)
+
+
 _AUDIT_COLUMNS = tuple(c.name for c in tables.audit.c if c.name != "id")
 
 
@@ -257,7 +272,13 @@ class SqlStore(Store):
     """A :class:`Store` on SQLite (``sqlite:///path``, ``sqlite://`` in memory) or
     PostgreSQL (``postgresql://host[:port]/db[?schema=NAME]``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, hold_s: float | None = None) -> None:
+        """``hold_s`` (PostgreSQL): the longest a transaction may sit idle before the
+        server ends it. Writes share-lock the lease row (``fence``), so a leader paused in
+        the middle of one would keep a standby from ever taking over; past ``hold_s`` the
+        server aborts that transaction, releasing the row (the paused process, resumed,
+        finds its connection gone and its term over)."""
+        self._hold_s = hold_s
         self._url, self._schema = _engine_url(url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
         # SQLite has one writer: queueing writers here beats sleeping in its busy handler.
@@ -295,6 +316,13 @@ class SqlStore(Store):
         self._upsert_application = self._upsert(tables.applications)
         self._upsert_worker = self._upsert(tables.workers)
         self._upsert_token = self._upsert(tables.tokens)
+        lease_insert = (sqlite.insert if self._sqlite else postgresql.insert)(tables.leases)
+        self._upsert_lease = lease_insert.on_conflict_do_update(
+            index_elements=[tables.leases.c.name],
+            set_={
+                c.name: lease_insert.excluded[c.name] for c in tables.leases.c if c.name != "name"
+            },
+        )
         ins = sqlite.insert if self._sqlite else postgresql.insert
         self._put_artifact: Insert = ins(tables.artifacts).on_conflict_do_nothing(
             index_elements=[tables.artifacts.c.digest]
@@ -360,23 +388,89 @@ class SqlStore(Store):
         parts = [(statement, rows) for statement, rows in parts if rows]
         if not parts:
             return
+        fence = self.fenced_by
         try:
             async with _reachable(self.url):
                 if self._direct is None:
                     async with self._writing() as conn:
+                        if fence is not None:
+                            await self._check_fence(conn, *fence)
                         for statement, rows in parts:
                             await statement.run(conn, rows)
                     return
                 self._opened()
                 assert self._write_lock is not None  # always set for SQLite
+                guard = None if fence is None else _fence_guard(*fence)
+                statements = [(st.sql, st.params(rows)) for st, rows in parts]
                 # a prune may delete many rows: never on the event loop
                 inline = batch.audit_prune is None
                 async with self._write_lock:
-                    await self._direct.write(
-                        [(st.sql, st.params(rows)) for st, rows in parts], inline=inline
-                    )
+                    await self._direct.write(statements, guard, inline=inline)
         except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(await self._conflict_detail(batch), field="id") from None
+
+    async def _check_fence(self, conn: AsyncConnection, name: str, term: int) -> None:
+        """In the write's own transaction: the lease row share-locked (a takeover, which
+        updates it, waits for this write or this write sees its term), then checked."""
+        query = select(tables.leases.c.term).where(tables.leases.c.name == name)
+        if not self._sqlite:
+            query = query.with_for_update(read=True)
+        current = (await conn.execute(query)).scalar()
+        check_term(None if current is None else _lease_term(name, current), name, term)
+
+    # leases
+
+    async def _locked_lease(self, conn: AsyncConnection, name: str) -> Lease | None:
+        """The lease row, locked until the transaction ends (PostgreSQL: FOR UPDATE on a
+        row made first if missing, so two first claims cannot both insert; SQLite: the
+        store's write lock and the database's one writer)."""
+        table = tables.leases
+        if not self._sqlite:
+            blank = postgresql.insert(table).values(
+                name=name, holder="", home="", term=0, expires_at=0.0, url=""
+            )
+            await conn.execute(blank.on_conflict_do_nothing(index_elements=[table.c.name]))
+        query = select(table).where(table.c.name == name)
+        if not self._sqlite:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url)
+
+    async def _put_lease(self, conn: AsyncConnection, lease: Lease) -> None:
+        await conn.execute(self._upsert_lease, asdict(lease))
+
+    async def claim_lease(self, name: str, claim: Claim, now: float) -> Lease:
+        async with self._writing() as conn:
+            current = await self._locked_lease(conn, name)
+            lease = claimed(current, name, claim, now)
+            if lease != current:
+                await self._put_lease(conn, lease)
+            return lease
+
+    async def renew_lease(
+        self, name: str, holder: str, term: int, now: float, ttl_s: float
+    ) -> bool:
+        async with self._writing() as conn:
+            lease = renewed(await self._locked_lease(conn, name), holder, term, now, ttl_s)
+            if lease is not None:
+                await self._put_lease(conn, lease)
+            return lease is not None
+
+    async def release_lease(self, name: str, holder: str, term: int) -> None:
+        async with self._writing() as conn:
+            lease = released(await self._locked_lease(conn, name), holder, term)
+            if lease is not None:
+                await self._put_lease(conn, lease)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        table = tables.leases
+        async with self._reading() as conn:
+            row = (await conn.execute(select(table).where(table.c.name == name))).first()
+        if row is None or row.term == 0:
+            return None
+        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url)
 
     async def _conflict_detail(self, batch: Batch) -> str:
         for workflow in batch.new_workflows:
@@ -396,9 +490,13 @@ class SqlStore(Store):
         # hide_parameters: a statement's parameters hold documents, secret env included;
         # SQLAlchemy would put them in its log lines and in the text of its errors.
         if not self._sqlite:
-            connect_args: dict[str, Any] = {}
+            server_settings: dict[str, str] = {}
             if self._schema is not None:
-                connect_args["server_settings"] = {"search_path": f'"{self._schema}"'}
+                server_settings["search_path"] = f'"{self._schema}"'
+            if self._hold_s is not None:
+                held_ms = max(1, round(self._hold_s * 1000))
+                server_settings["idle_in_transaction_session_timeout"] = str(held_ms)
+            connect_args: dict[str, Any] = {"server_settings": server_settings}
             return create_async_engine(self._url, connect_args=connect_args, hide_parameters=True)
         database = self._url.database
         if database in (None, "", ":memory:"):

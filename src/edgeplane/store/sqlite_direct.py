@@ -32,6 +32,9 @@ from typing import Any
 INLINE_ROWS = 8
 #: ``(sql, rows)`` pairs written in one transaction, each as an ``executemany``
 Statements = Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
+#: ``(sql, params, check)``: run first in the transaction; ``check`` gets the first row
+#: (or None) and raises to write nothing (a fenced write, ``edgeplane.store.leases``)
+Guard = tuple[str, tuple[Any, ...], Callable[[Any], None]]
 #: Inline writes between two checkpoints on the thread: a few pages each, so the WAL
 #: stays near SQLite's own 1,000-page checkpoint threshold.
 CHECKPOINT_EVERY = 200
@@ -53,14 +56,17 @@ class DirectSqlite:
         #: checkpoints run on the thread (for tests and diagnosis)
         self.checkpoints = 0
 
-    async def write(self, statements: Statements, *, inline: bool = True) -> None:
-        """Each ``(sql, rows)`` as an ``executemany``, all in one transaction; an error
-        (``sqlite3.IntegrityError``...) rolls the whole of it back. ``inline=False``: on
-        the thread however few its rows (a statement that may touch many rows: a prune)."""
+    async def write(
+        self, statements: Statements, guard: Guard | None = None, *, inline: bool = True
+    ) -> None:
+        """Each ``(sql, rows)`` as an ``executemany``, all in one transaction after
+        ``guard``; an error (``sqlite3.IntegrityError``, the guard's...) rolls the whole of
+        it back. ``inline=False``: on the thread however few its rows (a statement that may
+        touch many rows: a prune)."""
         small = inline and sum(len(rows) for _, rows in statements) <= INLINE_ROWS
-        if small and self._in_flight == 0 and self._write_inline(statements):
+        if small and self._in_flight == 0 and self._write_inline(statements, guard):
             return
-        await self._on_thread(self._write, statements)
+        await self._on_thread(self._write, statements, guard)
 
     async def scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first column of the first row, or None."""
@@ -72,10 +78,10 @@ class DirectSqlite:
                     raise
         return await self._on_thread(self._scalar_threaded, sql, params)
 
-    def _write_inline(self, statements: Statements) -> bool:
+    def _write_inline(self, statements: Statements, guard: Guard | None) -> bool:
         """The transaction on the loop; False when the database is locked (nothing done)."""
         try:
-            _transaction(self._inline_connection(), statements)
+            _transaction(self._inline_connection(), statements, guard)
         except sqlite3.OperationalError as exc:
             if _busy(exc):
                 return False
@@ -125,8 +131,8 @@ class DirectSqlite:
             self._threaded = _connect(self._path, busy_ms=self._busy_ms)
         return self._threaded
 
-    def _write(self, statements: Statements) -> None:
-        _transaction(self._threaded_connection(), statements)
+    def _write(self, statements: Statements, guard: Guard | None) -> None:
+        _transaction(self._threaded_connection(), statements, guard)
 
     def _scalar_threaded(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self._scalar(self._threaded_connection(), sql, params)
@@ -157,9 +163,14 @@ def _connect(path: str, *, busy_ms: int) -> sqlite3.Connection:
     return conn
 
 
-def _transaction(conn: sqlite3.Connection, statements: Statements) -> None:
+def _transaction(
+    conn: sqlite3.Connection, statements: Statements, guard: Guard | None = None
+) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if guard is not None:
+            sql, params, check = guard
+            check(conn.execute(sql, params).fetchone())
         for sql, rows in statements:
             conn.executemany(sql, rows)
         conn.execute("COMMIT")

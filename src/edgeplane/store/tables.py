@@ -155,3 +155,15 @@ audit = Table(
     Index("ix_audit_resource", "resource", "resource_id", "id"),
     sqlite_autoincrement=True,
 )
+
+#: edgeplane.store.leases: one row per cluster (or root) several processes may lead
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("holder", String, nullable=False),
+    Column("home", String, nullable=False),
+    Column("term", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("url", String, nullable=False, server_default=""),
+)

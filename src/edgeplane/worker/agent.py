@@ -50,6 +50,7 @@ from edgeplane.protocol import (
     sealing,
     signing,
 )
+from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
@@ -257,6 +258,8 @@ class WorkerAgent:
             self._send_events, self.clock, EVENT_WINDOW_S, busy=lambda: bool(self._runs)
         )
         self._epoch, self._seq = "", 0
+        #: refuses commands of a deposed leader (protocol/terms.py)
+        self.terms = TermGate()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
         self.link = MqttLink(
@@ -345,6 +348,12 @@ class WorkerAgent:
         except Invalid as exc:
             self.stats.bad_messages += 1
             log.warning("bad message", extra={"topic": topic, "error": exc.detail})
+            return
+        if not self.terms.admit(envelope.term):
+            log.warning(
+                "command refused: from a manager that no longer leads",
+                extra={"topic": topic, "term": envelope.term, "leader_term": self.terms.term},
+            )
             return
         if isinstance(body, StartTasks):
             if body.session not in ("", self.session):

@@ -1,0 +1,85 @@
+"""Leases: which process of a cluster (or of the root) leads, and since which term.
+
+Several control-plane processes on one store form one cluster: one holds the lease and
+acts (schedules, dispatches, judges liveness, runs workflows and schedules), the others
+stand by. A lease is a row in the store with a ``term`` that grows by one each time the
+lease changes hands; every write the leader makes carries its term and the store refuses
+it once the term has moved on (fencing), so a leader that was paused past its lease
+cannot write, whatever its clock says.
+
+Clocks only decide *when* a standby may take over (the holder's ``expires_at`` has
+passed); correctness rests on the term. Pure: the stores call :func:`claimed` and
+:func:`renewed` inside their own transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgeplane.errors import Fenced
+
+
+@dataclass(frozen=True)
+class Lease:
+    #: what is led: ``{domain}/{cluster_id}`` (a cluster) or ``{domain}/root``
+    name: str
+    #: the process holding it (unique per process start)
+    holder: str
+    #: the holder's home (host and data dir): a process restarted in the same home may
+    #: take the lease over at once instead of waiting for it to expire, because only one
+    #: process at a time can run in one data dir
+    home: str
+    term: int
+    #: when the holder's claim runs out (seconds since the epoch, the holder's clock)
+    expires_at: float
+    #: where the holder's API answers (``--advertise-url``), for redirects
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    holder: str
+    home: str
+    url: str
+    ttl_s: float
+
+
+def claimed(current: Lease | None, name: str, claim: Claim, now: float) -> Lease:
+    """The lease after ``claim`` is made at ``now``: the claimant's when it was free,
+    already its own, expired, or held from the claimant's own home; else unchanged."""
+    until = now + claim.ttl_s
+    if current is None or current.term == 0:
+        return Lease(name, claim.holder, claim.home, 1, until, claim.url)
+    if current.holder == claim.holder:
+        return replace(current, expires_at=until, url=claim.url)
+    if current.expires_at <= now or current.home == claim.home:
+        return Lease(name, claim.holder, claim.home, current.term + 1, until, claim.url)
+    return current
+
+
+def renewed(
+    current: Lease | None, holder: str, term: int, now: float, ttl_s: float
+) -> Lease | None:
+    """The lease renewed by its holder, or None when ``holder`` lost it (another process
+    holds it, or a later term began)."""
+    if current is None or current.holder != holder or current.term != term:
+        return None
+    return replace(current, expires_at=now + ttl_s)
+
+
+def released(current: Lease | None, holder: str, term: int) -> Lease | None:
+    """The lease given up by its holder (expired now, so a standby takes it at once),
+    or None when it is not the holder's to give up."""
+    if current is None or current.holder != holder or current.term != term:
+        return None
+    return replace(current, expires_at=0.0)
+
+
+def check_term(current: Lease | None, name: str, term: int) -> None:
+    """:class:`Fenced` unless lease ``name`` is still in ``term``."""
+    if current is None or current.term != term:
+        now_term = 0 if current is None else current.term
+        raise Fenced(
+            f"this process led {name} in term {term}, which has ended (term {now_term} "
+            "began): it writes nothing more"
+        )

@@ -1,0 +1,130 @@
+"""Several managers of one cluster on one store (PostgreSQL, and SQLite for processes on
+one machine): one leads, the other stands by.
+
+- kill -9 of the leader during 1,000 host tasks: the standby takes over and every task
+  ends exactly once (one line each in the file the tasks append to, attempt 1);
+- a leader paused (SIGSTOP) past its lease, then resumed: it writes and dispatches
+  nothing more (its store refuses the old term, its workers refuse its commands), the
+  new leader finishes every task exactly once, and the old one stands by. PostgreSQL
+  only: on SQLite a process paused inside a write holds the database's one write lock,
+  so nobody can take over until it resumes (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeplane import Client
+from edgeplane.transport import free_port
+from faults.procs import (
+    TOKEN,
+    Api,
+    Lab,
+    Role,
+    check_exactly_once,
+    check_lines,
+    host_tasks,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(180)]
+
+TASKS = 1000
+KILL_AFTER = 150
+#: The lease: long enough that a loaded 2-core machine does not depose a live leader,
+#: short enough to keep the test quick (production default: the heartbeat, 5 s).
+LEASE_S = "1.5"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+def standby_of(api: Api) -> dict[str, Any] | None:
+    """The body of a standby's /healthz (None: it leads, or does not answer)."""
+    health = api.health()
+    if health is None or health[0] != 503 or health[1].get("status") != "standby":
+        return None
+    return health[1]
+
+
+def leader_and_standby(lab: Lab) -> tuple[Role, Api, Role, Api, list[Role]]:
+    first, second = free_port(), free_port()
+    one = lab.manager(first, "--lease-s", LEASE_S, name="m1").start()
+    api_one = lab.api(first)
+    api_one.wait_healthy(one)
+    two = lab.manager(second, "--lease-s", LEASE_S, name="m2").start()
+    api_two = lab.api(second)
+    seen = wait_until(lambda: standby_of(api_two), "m2 to stand by", watch=[two])
+    assert seen["leader"] == api_one.url
+    workers = [lab.worker(f"w{n}").start() for n in (1, 2)]
+    api_one.wait_workers(["w1", "w2"], watch=[one, *workers])
+    return one, api_one, two, api_two, workers
+
+
+def test_a_standby_redirects_to_the_leader(lab: Lab, store_url: str) -> None:
+    _, api_one, _, api_two, _ = leader_and_standby(lab)
+    answer = httpx.post(
+        f"{api_two.url}/api/v1/tasks",
+        json={"name": "x", "runtime": "host", "command": ["true"]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 307
+    assert answer.headers["location"] == f"{api_one.url}/api/v1/tasks"
+    assert answer.headers["x-edgeplane-leader"] == api_one.url
+    # the client walks its URLs: given the standby first, it lands on the leader
+    with Client(f"{api_two.url},{api_one.url}", TOKEN) as client:
+        task = client.submit(name="y", runtime="host", command=["true"])
+        assert client.url == api_one.url
+        assert client.get(task.id).id == task.id
+
+
+def test_leader_killed_during_1000_tasks(lab: Lab, store_url: str) -> None:
+    one, api_one, two, api_two, workers = leader_and_standby(lab)
+    out = lab.root / "out.txt"
+    names = [f"t{n:04d}" for n in range(TASKS)]
+    accepted = api_one.submit(host_tasks(names, out))
+    ended = api_one.wait_ended(KILL_AFTER, watch=[one])
+
+    one.kill9()
+    assert ended < TASKS, "every task ended before the kill: nothing was tested"
+    api_two.wait_healthy(two)
+    api_two.wait_ended(TASKS, watch=[two, *workers], timeout=120)
+
+    expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in names}
+    check_exactly_once(api_two.tasks(), accepted, expected)
+    check_lines(out, names)
+
+
+@pytest.mark.parametrize(
+    "store_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_paused_leader_cannot_write_or_dispatch(lab: Lab, store_url: str) -> None:
+    one, api_one, two, api_two, workers = leader_and_standby(lab)
+    out = lab.root / "out.txt"
+    first = [f"a{n:03d}" for n in range(200)]
+    accepted = api_one.submit(host_tasks(first, out))
+    api_one.wait_ended(50, watch=[one])
+
+    one.pause()  # past its lease: m2 takes over
+    api_two.wait_healthy(two, timeout=30)
+    later = [f"b{n:03d}" for n in range(200)]
+    accepted += api_two.submit(host_tasks(later, out))
+    one.resume()  # wakes up thinking it leads: its writes and commands must go nowhere
+
+    wait_until(lambda: standby_of(api_one), "m1 to stand by again", watch=[one], timeout=30)
+    api_two.wait_ended(len(first) + len(later), watch=[two, *workers], timeout=120)
+    names = first + later
+    expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in names}
+    check_exactly_once(api_two.tasks(), accepted, expected)
+    check_lines(out, names)
+    assert "no longer leading" in one.tail()
