@@ -128,3 +128,133 @@ def test_a_paused_leader_cannot_write_or_dispatch(lab: Lab, store_url: str) -> N
     check_exactly_once(api_two.tasks(), accepted, expected)
     check_lines(out, names)
     assert "no longer leading" in one.tail()
+
+
+@pytest.mark.parametrize(
+    "store_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_root_leader_killed_with_two_clusters_and_an_application(lab: Lab, store_url: str) -> None:
+    """Two roots on one store over two clusters: the leading root is killed during 1,000
+    tasks with an application deployed. The other takes over; every task ends exactly
+    once, and the application keeps exactly its instances (none lost, none doubled)."""
+    ports = {"r1": free_port(), "r2": free_port()}
+    roots = {
+        name: lab.role(
+            name,
+            [
+                "root",
+                "--broker",
+                lab.broker.url,
+                "--store",
+                store_url,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(lab.root / name),
+                "--lease-s",
+                LEASE_S,
+            ],
+        )
+        for name, port in ports.items()
+    }
+    roots["r1"].start()
+    api_one, api_two = lab.api(ports["r1"]), lab.api(ports["r2"])
+    api_one.wait_healthy(roots["r1"])
+    roots["r2"].start()
+    wait_until(lambda: standby_of(api_two), "r2 to stand by", watch=[roots["r2"]])
+    members: list[Role] = []
+    for name in ("east", "west"):
+        members.append(
+            lab.role(
+                name,
+                [
+                    "manager",
+                    "--cluster-id",
+                    name,
+                    "--broker",
+                    lab.broker.url,
+                    "--root",
+                    lab.broker.url,
+                    "--port",
+                    str(free_port()),
+                    "--store",
+                    f"sqlite:///{lab.root / name / 'store.db'}",
+                    "--data-dir",
+                    str(lab.root / name),
+                ],
+            ).start()
+        )
+        members.append(
+            lab.role(
+                f"{name}-w",
+                [
+                    "worker",
+                    "--cluster-id",
+                    name,
+                    "--manager",
+                    lab.broker.url,
+                    "--worker-id",
+                    f"{name}-w",
+                    "--allow-host",
+                    "--host-user",
+                    "root",
+                    "--no-containers",
+                    "--slots",
+                    "4",
+                    "--data-dir",
+                    str(lab.root / f"{name}-w"),
+                ],
+            ).start()
+        )
+
+    def clusters(api: Api) -> set[str]:
+        try:
+            items = api.http.get("/clusters").json()["items"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return set()
+        return {
+            c["id"]
+            for c in items
+            if c["state"] == "online" and (c.get("aggregate") or {}).get("workers")
+        }
+
+    wait_until(lambda: clusters(api_one) == {"east", "west"}, "both clusters", watch=members)
+    app = {
+        "name": "shop",
+        "services": [{"name": "web", "runtime": "host", "command": ["sleep", "120"],
+                      "replicas": 2}],
+    }  # fmt: skip
+    created = api_one.http.post("/applications", json=app)
+    assert created.status_code in (201, 202), created.text
+    app_id = created.json()["id"]
+
+    def instances(api: Api) -> list[dict[str, Any]]:
+        try:
+            doc = api.http.get(f"/applications/{app_id}").json()
+        except (httpx.HTTPError, ValueError):
+            return []
+        return [i for s in doc.get("services", []) for i in s["instances"]]
+
+    def running(api: Api) -> list[dict[str, Any]]:
+        found = instances(api)
+        up = [i for i in found if i["state"] == "running"]
+        return up if len(up) == len(found) == 2 else []
+
+    before = wait_until(lambda: running(api_one), "the application's 2 instances")
+    out = lab.root / "out.txt"
+    names = [f"t{n:04d}" for n in range(TASKS)]
+    accepted = api_one.submit(host_tasks(names, out))
+    ended = api_one.wait_ended(KILL_AFTER, watch=[roots["r1"]], timeout=120)
+
+    roots["r1"].kill9()
+    assert ended < TASKS + 2, "every task ended before the kill: nothing was tested"
+    api_two.wait_healthy(roots["r2"])
+    done = api_two.wait_ended(TASKS, watch=[roots["r2"], *members], timeout=150)
+    assert done >= TASKS
+
+    expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in names}
+    ran = [t for t in api_two.tasks() if t["name"] in expected]
+    check_exactly_once(ran, accepted, expected)
+    check_lines(out, names)
+    after = running(api_two)
+    assert sorted(i["task_id"] for i in after) == sorted(i["task_id"] for i in before)
