@@ -21,7 +21,7 @@ from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
-from edgeplane.protocol import AckEvents, EventKey, StopTasks, TaskEvent
+from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,11 @@ class TaskService:
         carried: set[str] = set()
         for event in events:
             core.stats.events += 1
-            if event.state != "running":
+            if event.state in FINAL_STATES:
+                # Only what the member keeps until acked: an ack names the (task, attempt),
+                # so acking a cluster's "scheduled" event dropped the attempt's final event
+                # emitted meanwhile, before this manager had stored it (killed then, the
+                # result was lost: the cluster's next hello no longer listed the task).
                 acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
             task = core.active.get(event.task_id)
             if task is None and event.state in ("completed", "failed", "cancelled"):

@@ -2,6 +2,7 @@
 
 from edgeplane.protocol.codec import Envelope, decode, encode
 from edgeplane.protocol.messages import (
+    FINAL_STATES,
     AckEvents,
     Alive,
     Assignment,
@@ -20,6 +21,7 @@ from edgeplane.protocol.outbox import EventOutbox
 from edgeplane.protocol.topics import Topics
 
 __all__ = [
+    "FINAL_STATES",
     "AckEvents",
     "Alive",
     "Assignment",

@@ -234,6 +234,9 @@ class StopTasks(_Body):
 #: ``scheduled`` and ``rejected`` only come from a cluster to the root: placed on (or
 #: taken back from) one of its workers, or refused because it cannot run the task.
 EventState = Literal["scheduled", "running", "completed", "failed", "cancelled", "rejected"]
+#: The states of a *final* event: the member keeps it until the parent acks it (sent again
+#: meanwhile, and its task listed in the member's ``active``); the others are sent once.
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
 class TaskEvent(_Body):
@@ -263,7 +266,10 @@ class EventKey(_Body):
 
 
 class AckEvents(_Body):
-    """manager → worker: these final events are stored; stop re-sending them."""
+    """manager → worker: these final events are stored; stop re-sending them.
+
+    A key names a (task, attempt), not one event: only final events are acked (acking a
+    cluster's ``scheduled`` event dropped the attempt's final event sent meanwhile)."""
 
     keys: list[EventKey]
 

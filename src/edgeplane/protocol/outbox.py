@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 from edgeplane import clock as clocks
-from edgeplane.protocol.messages import EventKey, TaskEvent, TaskEvents
+from edgeplane.protocol.messages import FINAL_STATES, EventKey, TaskEvent, TaskEvents
 
 Key = tuple[str, int]
 
@@ -83,7 +83,7 @@ class EventOutbox:
         """Everything queued, in one message. A task that started and ended within one
         window needs only its final event (which carries its start time)."""
         batch, self._queued = self._queued, []
-        ended = {(e.task_id, e.attempt) for e in batch if e.state != "running"}
+        ended = {(e.task_id, e.attempt) for e in batch if e.state in FINAL_STATES}
         if ended:
             batch = [
                 e for e in batch if e.state != "running" or (e.task_id, e.attempt) not in ended
