@@ -171,7 +171,7 @@ async def test_fingerprint_describes_the_runtime(kit: Kit) -> None:
 async def test_completed_with_results(kit: Kit) -> None:
     handle, outcome = await run(kit, kit.ok("t1"))
     assert (handle.task_id, handle.attempt, handle.runtime) == ("t1", 1, kit.runtime.name)
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     assert outcome.results == kit.expected
     assert outcome.error is None
 
@@ -211,7 +211,7 @@ async def test_stop_is_idempotent(kit: Kit) -> None:
     await kit.runtime.stop(handle)
 
     done, outcome = await run(kit, kit.ok("t2"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     await kit.runtime.stop(done)
 
 
@@ -293,7 +293,7 @@ async def test_close_cancels_what_still_runs(kit: Kit) -> None:
 
 async def test_release_forgets_an_ended_attempt(kit: Kit) -> None:
     handle, outcome = await run(kit, kit.ok("t1"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     assert (await kit.runtime.wait(handle)).results == kit.expected  # kept until released
     await kit.runtime.release(handle)
     with pytest.raises(NotFound):
@@ -320,7 +320,7 @@ async def test_an_ended_attempt_can_be_recovered_until_it_is_released(
     learns the real outcome after its restart: the runtime keeps what ``recover`` needs
     until the worker releases the attempt, also from its state alone."""
     handle, outcome = await run(kit, kit.ok("t1"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     state = json.loads(json.dumps(handle.state))  # as the worker keeps it on disk
     again = kit.again()
     try:

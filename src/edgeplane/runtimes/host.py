@@ -152,7 +152,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             "user": self.user.name,
         }
 
-    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+    async def start_held(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.command:
             raise TaskFailure("a host task needs a non-empty command", field="command")
         self._claim(spec)
@@ -173,7 +173,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             # The shell around the command would only say "not found" on its stderr and exit
             # 127: what exec would refuse is looked for first, to fail with the reason.
             unrunnable(spec.command[0], env.get("PATH", os.defpath), work)
-            process = await spawn(spec.command, root, user=self.user, cwd=work, env=env)
+            process, gate = await spawn(spec.command, root, user=self.user, cwd=work, env=env)
         except (OSError, ValueError) as exc:  # not found, not executable, NUL in an argument
             shutil.rmtree(root, ignore_errors=True)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -181,7 +181,9 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             failed.set_result(Outcome("failed", error=f"cannot run {spec.command[0]!r}: {why}"))
             self._attempts[(spec.task_id, spec.attempt)] = _Proc(spec, root, failed, None)
             return Handle(spec.task_id, spec.attempt, self.name, {})
-        proc = _Proc(spec, root, loop.create_future(), deadline, process=process, pid=process.pid)
+        proc = _Proc(
+            spec, root, loop.create_future(), deadline, process=process, pid=process.pid, gate=gate
+        )
         with contextlib.suppress(psutil.Error):
             proc.created = psutil.Process(process.pid).create_time()
         self._adopt(proc)

@@ -555,16 +555,26 @@ class WorkerAgent:
         except Invalid as exc:
             return Outcome(state="failed", error=exc.detail, transient=True)
         try:
-            run.handle = await runtime.start(spec, artifact)
+            if runtime.recoverable:
+                run.handle = await runtime.start_held(spec, artifact)
+            else:
+                run.handle = await runtime.start(spec, artifact)
         except TaskFailure as exc:
             return Outcome(state="failed", error=exc.detail, transient=exc.transient)
         run.runtime = runtime
         if runtime.recoverable:
-            # On disk before it is reported running: whatever the manager counts on this
-            # worker for, a restarted worker finds again.
+            # On disk before its command runs and before it is reported running: whatever
+            # the manager counts on this worker for, and every command that runs, a
+            # restarted worker finds again. Killed before the save, the worker leaves a
+            # process that never runs its command (Runtime.start_held).
             record = HandleRecord(spec=spec, state=run.handle.state, started_at=started)
-            await asyncio.to_thread(self.handles.save, record)
+            try:
+                await asyncio.to_thread(self.handles.save, record)
+            except BaseException:
+                await runtime.stop(run.handle)  # held: it ends without running anything
+                raise
             self._persisted.add(record.key)
+            await runtime.begin(run.handle)
         self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )
