@@ -102,7 +102,9 @@ class Runtime(ABC):
         status and logs), so that a worker killed between the attempt's end and the save
         still reports the real outcome after its restart. Given a handle it does not know
         (a restarted worker releasing an attempt whose final event its previous process
-        had saved), it removes what the handle's ``state`` names. Afterwards ``wait``
+        had saved), it removes what the handle's ``state`` names; given one with an empty
+        ``state`` (the worker died before its :meth:`start_held` returned), what is left of
+        that attempt whose command never ran. Afterwards ``wait``
         raises :class:`~edgeplane.errors.NotFound` and ``recover`` of that state is None.
         Idempotent; an attempt still running is left alone. Default: nothing to keep."""
 

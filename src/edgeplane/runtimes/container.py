@@ -223,6 +223,12 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
 
     # --- hooks --------------------------------------------------------------------------
 
+    def _parent(self) -> Path:
+        return self.bundles
+
+    def _prefix(self, task_id: str, attempt: int) -> str:
+        return container_id(task_id, attempt, "")
+
     def _directory(self, state: dict[str, Any]) -> Path | None:
         found = state.get("bundle")
         if not isinstance(found, str) or Path(found).parent != self.bundles:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import glob
 import os
 import shutil
 import signal
@@ -134,11 +135,11 @@ async def spawn(
     end is close-on-exec, so no other attempt's process holds it open.
     The files are opened here, by the worker, 0600: the attempt writes to them through
     the descriptors it inherits but cannot open, read or replace them (the exit file,
-    which the shell writes by its path, is the task user's: it can only write its own status). With a ``user``
-    that :attr:`~TaskUser.switches`, the process runs as that user with its primary group
-    and no supplementary groups. That costs CPython its vfork (it forks to change user):
-    measured +3 to +10 ms a start in a process with wasmtime loaded, on a busy 2-core
-    machine; the least privilege is worth it (``--host-user root`` keeps vfork).
+    which the shell writes by its path, is the task user's: it can only write its own
+    status). With a ``user`` that :attr:`~TaskUser.switches`, the process runs as that
+    user with its primary group and no supplementary groups. That costs CPython its vfork
+    (it forks to change user): measured +3 to +10 ms a start in a process with wasmtime
+    loaded, on a busy 2-core machine; the least privilege is worth it (``--host-user root`` keeps vfork).
     """
     gate_r, gate_w = os.pipe()
     wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", str(attempt_dir / EXIT), *argv]
@@ -271,12 +272,25 @@ class SupervisedRuntime(Runtime, Generic[A]):
             if attempt.supervisor is not None:
                 await attempt.supervisor  # it ends right after setting the outcome
             directory: Path | None = attempt.dir
+        elif not handle.state:  # the worker died before its start returned (an intent)
+            for left in await asyncio.to_thread(self._never_ran, handle):
+                await asyncio.to_thread(shutil.rmtree, left, True)
+            return
         else:
             directory = self._directory(handle.state)
             if directory is not None:
                 await self._forget(handle.state)
         if directory is not None:
             await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    def _never_ran(self, handle: Handle) -> list[Path]:
+        """The directories of the handle's attempt whose shell exited at its gate."""
+        prefix = self._prefix(handle.task_id, handle.attempt)
+        return [
+            path
+            for path in self._parent().glob(glob.escape(prefix) + "*")
+            if "-" not in path.name.removeprefix(prefix) and never_ran(path)
+        ]
 
     async def stop(self, handle: Handle) -> None:
         """Kill the attempt; returns once it is gone."""
@@ -334,6 +348,15 @@ class SupervisedRuntime(Runtime, Generic[A]):
     def _directory(self, state: dict[str, Any]) -> Path | None:
         """The attempt directory a handle's state names, if it is one of this runtime's
         (None otherwise: a state that names another path removes nothing)."""
+
+    @abstractmethod
+    def _parent(self) -> Path:
+        """The directory of this runtime's attempt directories."""
+
+    @abstractmethod
+    def _prefix(self, task_id: str, attempt: int) -> str:
+        """How the names of an attempt's directories begin (a random part without a dash
+        follows)."""
 
     async def _forget(self, state: dict[str, Any]) -> None:
         """Free what an ended attempt known only by its state may still hold (default:
