@@ -139,7 +139,8 @@ async def spawn(
     status). With a ``user`` that :attr:`~TaskUser.switches`, the process runs as that
     user with its primary group and no supplementary groups. That costs CPython its vfork
     (it forks to change user): measured +3 to +10 ms a start in a process with wasmtime
-    loaded, on a busy 2-core machine; the least privilege is worth it (``--host-user root`` keeps vfork).
+    loaded, on a busy 2-core machine; the least privilege is worth it (``--host-user
+    root`` keeps vfork).
     """
     gate_r, gate_w = os.pipe()
     wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", str(attempt_dir / EXIT), *argv]
