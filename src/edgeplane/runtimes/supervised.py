@@ -49,13 +49,16 @@ SHELL = "/bin/sh"
 #: the pipe with its death: the shell reads end of file, writes ``unstarted`` to the exit
 #: file instead of a status and exits without running anything, so a command the worker
 #: has no handle of never runs. (The gate is stdin, not a descriptor above 2, because
-#: dash redirects descriptors 0-9 only and the pipe's number is the worker's.) The
-#: command's own stdin is /dev/null. Its status goes to the exit file once it has ended;
-#: a signal that kills the shell as well (a stop, a timeout) leaves it empty, and nothing
-#: is needed then: the runtime knows why the attempt ended.
+#: dash redirects descriptors 0-9 only and the pipe's number is the worker's; so the
+#: shell opens the exit file itself, on descriptor 3, first, by a path relative to its
+#: working directory: no directory above the attempt's needs to be open to its user.)
+#: The command's own stdin is /dev/null, and it does not get descriptor 3. Its status
+#: goes to the exit file once it has ended; a signal that kills the shell as well (a
+#: stop, a timeout) leaves it empty, and nothing is needed then: the runtime knows why
+#: the attempt ended.
 _WRAPPER = (
-    'IFS= read -r _ || { echo unstarted >"$1"; exit 125; }; f=$1; shift; '
-    '"$@" </dev/null; s=$?; echo "$s" >"$f"; exit "$s"'
+    'exec 3>"$1"; shift; IFS= read -r _ || { echo unstarted >&3; exit 125; }; '
+    '"$@" </dev/null 3>&-; s=$?; echo "$s" >&3; exit "$s"'
 )
 #: What the shell writes to the exit file when its worker died before letting it run.
 UNSTARTED = "unstarted\n"
@@ -143,7 +146,8 @@ async def spawn(
     root`` keeps vfork).
     """
     gate_r, gate_w = os.pipe()
-    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", str(attempt_dir / EXIT), *argv]
+    exit_path = os.path.relpath(attempt_dir / EXIT, options.get("cwd") or os.getcwd())
+    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", exit_path, *argv]
     if user is not None and user.switches:
         if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
             options.update(user=user.uid, group=user.gid, extra_groups=[])
@@ -155,8 +159,8 @@ async def spawn(
     try:
         fds += [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
         if user is not None and user.switches:
-            # the shell writes the exit file by its path: the task user's. It can write
-            # its own exit status only; the directory is not its to swap the file in.
+            # the shell opens the exit file: the task user's. It can write its own exit
+            # status only; the directory is not its to swap the file in.
             os.fchown(fds[1], user.uid, user.gid)
         process = await asyncio.create_subprocess_exec(
             *wrapped,
