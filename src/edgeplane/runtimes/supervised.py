@@ -145,8 +145,8 @@ async def spawn(
     loaded, on a busy 2-core machine; the least privilege is worth it (``--host-user
     root`` keeps vfork).
     """
-    gate_r, gate_w = os.pipe()
-    exit_path = os.path.relpath(attempt_dir / EXIT, options.get("cwd") or os.getcwd())
+    # a computation on strings (and getcwd): no I/O that blocks
+    exit_path = os.path.relpath(attempt_dir / EXIT, options.get("cwd") or os.getcwd())  # noqa: ASYNC240
     wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", exit_path, *argv]
     if user is not None and user.switches:
         if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
@@ -155,6 +155,7 @@ async def spawn(
             # uvloop (the loop of `edgeplane up`) refuses user/group/extra_groups: the
             # same three calls, made in the child between fork and exec (no lock taken)
             options["preexec_fn"] = functools.partial(_become, user.uid, user.gid)
+    gate_r, gate_w = os.pipe()
     fds = [gate_r]
     try:
         fds += [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
