@@ -59,6 +59,13 @@ def helm(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     ]
 
 
+def notes(values: dict[str, Any] | None = None) -> str:
+    """What `helm install` prints (templates/NOTES.txt)."""
+    with Chart.load(CHART) as chart:
+        rendered = chart.render(values, name="ep", namespace="edge")
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
 def containers(docs: list[dict[str, Any]], component: str) -> Iterator[dict[str, Any]]:
     for doc in docs:
         if doc["kind"] == "Deployment":

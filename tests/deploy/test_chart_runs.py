@@ -1,13 +1,18 @@
 """The kit end to end, with real processes: the root and the manager run with the very
 command lines and store URLs the Helm chart renders (only paths, ports and the database
 server swapped for this machine's), and a worker runs with the env file and command line
-install-worker.sh writes. The worker joins with a token over MQTTS, the manager registers
-with the root, and a task submitted to the root runs on the worker."""
+install-worker.sh writes. The manager joins the root with a token minted on the running
+root's API as the chart's notes tell the operator (into the Secret its pod reads), the
+worker joins its manager with a token over MQTTS, and a task submitted to the root runs on
+the worker. The manager restarted with its used token keeps its identity; a manager that
+lost its data volume cannot join again with that token."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import re
 import ssl
 import subprocess
 import uuid
@@ -18,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from deploy_fixtures import DEPLOY, containers, env_file, helm, written
+from deploy_fixtures import DEPLOY, containers, env_file, helm, notes, written
 from edgeplane.certs import init_certs
 from edgeplane.transport import free_port
 from faults.procs import TOKEN, Lab, wait_until
@@ -54,6 +59,32 @@ def healthy(client: httpx.Client) -> bool:
         return False
 
 
+def from_secrets(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's variables that come from Secrets (the store's password aside: the
+    store URL is swapped), as Kubernetes resolves them; a missing Secret is a KeyError
+    where the pod would wait for it."""
+    return {
+        e["name"]: secrets[ref["name"]][ref["key"]]
+        for e in container["env"]
+        if e["name"] != "POSTGRES_PASSWORD" and (ref := e.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+def join_secret(at_root: httpx.Client) -> dict[str, dict[str, str]]:
+    """What the chart's notes tell the operator to do for cluster `local`: mint a join token
+    on the root's API (their body, their headers), and put it into the Secret they name."""
+    text = notes()
+    body = re.search(r"-d '(\{\"cluster_id\": \"local\".*?\})'", text)
+    name = re.search(r"create secret generic (\S+) --from-literal=token=", text)
+    assert body and name, text
+    assert "Content-Type: application/json" in text
+    assert "https://ep-edgeplane-root:7070/api/v1/join-tokens" in text
+    made = at_root.post("/api/v1/join-tokens", content=body[1],
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert made.status_code == 201, made.text
+    return {name[1]: {"token": made.json()["token"]}}
+
+
 def test_chart_commands_and_the_installed_worker_run_a_task(lab: Lab) -> None:
     tls = lab.root / "tls"
     init_certs(tls, ["localhost", "127.0.0.1"])  # `edgeplane certs init`, in-process
@@ -70,22 +101,32 @@ def test_chart_commands_and_the_installed_worker_run_a_task(lab: Lab) -> None:
         args, store = pod(root, {**swap, "7070": str(root_api), "8884": str(root_mqtt)}, schemas)
         env = lab.env(EDGEPLANE_DATA_DIR=str(lab.root / "root"), EDGEPLANE_STORE=store)
         root_role = lab.role("root", args, env).start()
-        (manager,) = containers(docs, "manager")
-        args, store = pod(manager, {**swap, "7070": str(api), "8883": str(mqtt)}, schemas)
-        env = lab.env(EDGEPLANE_DATA_DIR=str(lab.root / "manager"), EDGEPLANE_STORE=store)
-        manager_role = lab.role("manager", args, env).start()
-        roles = [root_role, manager_role]
+        roles = [root_role]
         with (
             https(f"https://127.0.0.1:{root_api}", ca) as at_root,
             https(f"https://127.0.0.1:{api}", ca) as at_manager,
         ):
-            wait_until(lambda: healthy(at_root) and healthy(at_manager), "both APIs", watch=roles)
+            wait_until(lambda: healthy(at_root), "the root's API", watch=roles)
+            secrets = join_secret(at_root)
+            (manager,) = containers(docs, "manager")
+            args, store = pod(manager, {**swap, "7070": str(api), "8883": str(mqtt)}, schemas)
+            pod_env = from_secrets(manager, secrets)
+            assert set(pod_env) == {"EDGEPLANE_JOIN_TOKEN"}
+            data = lab.root / "manager"
+            env = lab.env(EDGEPLANE_DATA_DIR=str(data), EDGEPLANE_STORE=store, **pod_env)
+            manager_role = lab.role("manager", args, env).start()
+            roles.append(manager_role)
+            wait_until(lambda: healthy(at_manager), "the manager's API", watch=roles)
 
             def registered() -> bool:
                 clusters = at_root.get("/api/v1/clusters").json()["items"]
                 return any(c["id"] == "local" and c["state"] == "online" for c in clusters)
 
             wait_until(registered, "the manager to register with the root", watch=roles)
+            credentials = data / "uplink" / "credentials.json"
+            kept = credentials.read_bytes()
+            (made,) = at_root.get("/api/v1/join-tokens").json()
+            assert made["cluster_id"] == "local" and made["clusters"] == ["local"]
 
             token = at_manager.post("/api/v1/join-tokens", json={"ttl_s": 600}).json()["token"]
             installed = subprocess.run(
@@ -109,6 +150,28 @@ def test_chart_commands_and_the_installed_worker_run_a_task(lab: Lab) -> None:
                     "inputs": [2, 3], "start": True}  # fmt: skip
             task = at_root.post("/api/v1/tasks", params={"wait": 30}, json=body).json()
             assert (task["state"], task["results"]) == ("completed", [5]), task
+
+            # the pod restarted: same Secret (its token used), same volume: the kept
+            # identity is used, the token not presented again
+            manager_role.stop()
+            wait_until(
+                lambda: not registered(), "the root to see the manager go", watch=[root_role]
+            )
+            manager_role.start()
+            wait_until(registered, "the manager to register again", watch=roles)
+            assert credentials.read_bytes() == kept
+            task = at_root.post("/api/v1/tasks", params={"wait": 30}, json=body).json()
+            assert (task["state"], task["results"]) == ("completed", [5]), task
+
+            # its volume lost: the used token joins no one again (exit 2, not restarted)
+            manager_role.stop()
+            lost = lab.env(EDGEPLANE_DATA_DIR=str(lab.root / "lost"), EDGEPLANE_STORE=store,
+                           **pod_env)  # fmt: skip
+            again = lab.role("manager-lost", args, lost).start()
+            assert again.proc is not None
+            assert again.proc.wait(timeout=60) == 2, again.tail()
+            assert "has joined already" in again.tail()
+            assert json.loads(credentials.read_bytes())  # the first volume's is untouched
     finally:
         lab.close()
         for schema in schemas:

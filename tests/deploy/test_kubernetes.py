@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helm_python import HelmRenderError, lint
 
-from deploy_fixtures import CHART, DEPLOY, accepts_flags, containers, helm, tool
+from deploy_fixtures import CHART, DEPLOY, accepts_flags, containers, helm, notes, tool
 from edgeplane.store.sql import _engine_url
 
 KUBERNETES = "1.32.0"  # the kubectl of scripts/system-deps.sh's era
@@ -68,6 +68,12 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
             assert {"--tls-cert", "--tls-key", "--ca"} <= set(args)
             assert "--insecure" not in args
             assert args[args.index("--host") + 1] == "0.0.0.0"
+    for container in containers(docs, "manager"):
+        # the root's broker admits only joined clusters: the token from a Secret the pod
+        # waits for (not optional: started without it, the manager could never register)
+        token = {e["name"]: e for e in container["env"]}["EDGEPLANE_JOIN_TOKEN"]
+        ref = token["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "token" and not ref.get("optional"), ref
 
 
 def test_kustomize_renders_and_validates() -> None:
@@ -77,6 +83,13 @@ def test_kustomize_renders_and_validates() -> None:
     schemas = {_engine_url(e["value"])[1] for c in containers(docs, "root") for e in c["env"]
                if e["name"] == "EDGEPLANE_STORE"}  # fmt: skip
     assert schemas == {"root"}
+    (manager,) = containers(docs, "manager")
+    join = {e["name"]: e for e in manager["env"]}["EDGEPLANE_JOIN_TOKEN"]
+    name = join["valueFrom"]["secretKeyRef"]["name"]
+    assert name == "edgeplane-join-local"
+    # the command that makes it is where the operator reads how to apply the kit
+    kustomization = (DEPLOY / "kubernetes" / "kustomization.yaml").read_text()
+    assert f"create secret generic {name} --from-literal=token=" in kustomization
 
 
 def test_kustomize_commands_are_flags_edgeplane_has() -> None:
@@ -125,6 +138,25 @@ def test_helm_one_manager_per_cluster_each_with_its_schema_and_the_root() -> Non
     for root in containers(docs, "root"):
         done = accepts_flags(root["args"])
         assert done.exit_code == 0, done.output
+
+
+def test_helm_join_secret_per_manager_and_none_without_a_root() -> None:
+    managers = [{"clusterId": "berlin-1"}, {"clusterId": "paris", "joinSecret": "mine"}]
+    values: dict[str, Any] = {"managers": managers}
+    refs = [
+        {e["name"]: e for e in m["env"]}["EDGEPLANE_JOIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        for m in containers(helm(values), "manager")
+    ]
+    assert [r["name"] for r in refs] == ["ep-edgeplane-manager-berlin-1-join", "mine"]
+    text = notes(values)  # what helm install prints: how to make each Secret
+    for name, cluster in (("ep-edgeplane-manager-berlin-1-join", "berlin-1"), ("mine", "paris")):
+        assert f'"cluster_id": "{cluster}"' in text
+        assert f"create secret generic {name} --from-literal=token=" in text
+    alone = helm({**values, "root": {"enabled": False}})
+    for manager in containers(alone, "manager"):
+        assert "--root" not in manager["args"]
+        assert "EDGEPLANE_JOIN_TOKEN" not in {e["name"] for e in manager["env"]}
+    assert "create secret generic" not in notes({**values, "root": {"enabled": False}})
 
 
 @pytest.mark.parametrize(

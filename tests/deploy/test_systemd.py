@@ -5,6 +5,7 @@ files and command lines are settings and flags edgeplane has."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -124,6 +125,11 @@ def test_env_files_hold_only_settings_and_load(role: str, monkeypatch: pytest.Mo
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     Settings()  # every value is one the setting takes
+    # and the settings shown commented out, to be filled in, are settings too
+    shown = re.findall(r"^#(EDGEPLANE_[A-Z_]+)=", (SYSTEMD / f"{role}.env").read_text(), re.M)
+    assert set(shown) <= fields, set(shown) - fields
+    if role == "manager":  # a manager under a root joins it with a token (docs/deploy.md)
+        assert {"EDGEPLANE_ROOT", "EDGEPLANE_JOIN_TOKEN"} <= set(shown)
 
 
 @pytest.mark.parametrize("role", ROLES)

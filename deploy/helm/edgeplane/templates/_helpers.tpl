@@ -23,6 +23,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-manager-%s" (include "edgeplane.fullname" .root) $id | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Secret (key `token`) a manager's join token at the root comes from. */}}
+{{- define "edgeplane.joinSecret" -}}
+{{- .manager.joinSecret | default (printf "%s-join" (include "edgeplane.managerName" .)) -}}
+{{- end -}}
+
 {{/* The store URL's environment: PostgreSQL's password from its Secret, a schema each. */}}
 {{- define "edgeplane.storeEnv" -}}
 {{- $ := .root -}}
