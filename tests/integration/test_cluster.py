@@ -415,7 +415,11 @@ async def test_bad_mqtt_messages_are_counted_not_fatal(
         (topics.hello("local-1"), b'{"v": 1, "type": "hello", "body": {"worker_id": 3}}'),
         (topics.events("local-1"), b'{"v": 1, "type": "teleport", "body": {}}'),
         (topics.cmd("local-1"), b"\xff\xfe"),
-        (topics.cmd("local-1"), b'{"v": 1, "type": "task.start", "body": {"tasks": [{}]}}'),
+        # (as from the leader: a command of an older term would be refused before reading)
+        (
+            topics.cmd("local-1"),
+            b'{"v": 1, "type": "task.start", "term": %d, "body": {"tasks": [{}]}}' % manager.term,
+        ),
     ]
     for topic, payload in garbage:
         await manager.link.publish(topic, payload)
@@ -438,7 +442,7 @@ async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.As
     again = StartTasks(
         tasks=[Assignment(task_id=task["id"], attempt=1, runtime="wasm", entrypoint="add")]
     )
-    payload = encode("task.start", again)
+    payload = encode("task.start", again, term=stack.control.manager.term)
     await stack.control.manager.link.publish(worker.topics.cmd(worker.id), payload)
     await stack.control.manager.link.flush()
     for _ in range(40):

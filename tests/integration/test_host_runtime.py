@@ -440,7 +440,8 @@ async def test_another_users_attempt_ended_while_its_worker_was_down_reports_how
     tmp_path: Path,
 ) -> None:
     """The shell, running as the task's user, still records the exit status in the
-    worker's own file (through the descriptor it was given)."""
+    attempt's exit file: it opens it relative to its working directory, so the test's
+    0700 directory above the attempt's is no obstacle."""
     user = lookup("nobody")
     assert user is not None
     shared = Path(tempfile.mkdtemp())  # outside the test's 0700 dir: nobody sees `go` there

@@ -27,6 +27,7 @@ from edgeplane.runtimes import (
     Runtime,
     WasmRuntime,
 )
+from edgeplane.runtimes.supervised import NEVER_RAN, SupervisedRuntime
 from oci_fixtures import busybox_containers_unavailable, images_with_busybox
 from wasm_fixtures import digest, math_wasm
 
@@ -171,7 +172,7 @@ async def test_fingerprint_describes_the_runtime(kit: Kit) -> None:
 async def test_completed_with_results(kit: Kit) -> None:
     handle, outcome = await run(kit, kit.ok("t1"))
     assert (handle.task_id, handle.attempt, handle.runtime) == ("t1", 1, kit.runtime.name)
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     assert outcome.results == kit.expected
     assert outcome.error is None
 
@@ -211,7 +212,7 @@ async def test_stop_is_idempotent(kit: Kit) -> None:
     await kit.runtime.stop(handle)
 
     done, outcome = await run(kit, kit.ok("t2"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     await kit.runtime.stop(done)
 
 
@@ -293,7 +294,7 @@ async def test_close_cancels_what_still_runs(kit: Kit) -> None:
 
 async def test_release_forgets_an_ended_attempt(kit: Kit) -> None:
     handle, outcome = await run(kit, kit.ok("t1"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     assert (await kit.runtime.wait(handle)).results == kit.expected  # kept until released
     await kit.runtime.release(handle)
     with pytest.raises(NotFound):
@@ -320,7 +321,7 @@ async def test_an_ended_attempt_can_be_recovered_until_it_is_released(
     learns the real outcome after its restart: the runtime keeps what ``recover`` needs
     until the worker releases the attempt, also from its state alone."""
     handle, outcome = await run(kit, kit.ok("t1"))
-    assert outcome.state == "completed"
+    assert outcome.state == "completed", outcome
     state = json.loads(json.dumps(handle.state))  # as the worker keeps it on disk
     again = kit.again()
     try:
@@ -342,3 +343,67 @@ async def test_an_ended_attempt_can_be_recovered_until_it_is_released(
         await again.release(recovered)
     finally:
         await again.close()
+
+
+async def test_a_held_attempt_runs_once_it_begins(kit: Kit) -> None:
+    """``start_held`` then ``begin`` is ``start``: the worker saves the handle between."""
+    handle = await kit.runtime.start_held(*kit.ok("t1"))
+    await kit.runtime.begin(handle)
+    await kit.runtime.begin(handle)  # idempotent
+    outcome = await kit.runtime.wait(handle)
+    assert (outcome.state, outcome.results) == ("completed", kit.expected)
+
+
+async def test_a_held_attempt_stopped_before_it_begins_is_cancelled(kit: Kit) -> None:
+    handle = await kit.runtime.start_held(*kit.sleep("t1", None))
+    await kit.runtime.stop(handle)
+    await kit.runtime.begin(handle)  # too late: nothing runs
+    assert (await kit.runtime.wait(handle)).state == "cancelled"
+
+
+async def test_a_held_attempt_whose_worker_died_never_runs(kit: Kit) -> None:
+    """A worker that dies between ``start_held`` and ``begin`` (its end of the gate is
+    closed, as the kernel closes a killed process's files) leaves an attempt whose command
+    never runs; a restarted worker recovers it as such (failed, transient: tried again).
+    Wasm and fake attempts run in the worker's process: they die with it, so there is
+    nothing to hold back nor to recover."""
+    handle = await kit.runtime.start_held(*kit.ok("t1"))
+    state = json.loads(json.dumps(handle.state))
+    if not isinstance(kit.runtime, SupervisedRuntime):
+        assert not kit.runtime.recoverable
+        await kit.runtime.begin(handle)
+        assert await kit.again().recover(state) is None
+        return
+    kit.runtime._attempts[("t1", 1)].close_gate(go=False)  # the worker's death, for its gate
+    ended = await kit.runtime.wait(handle)
+    assert (ended.state, ended.error, ended.transient) == ("failed", NEVER_RAN, True)
+    assert ended.stdout == ""
+    again = kit.again()
+    try:
+        recovered = await again.recover(state)
+        assert recovered is not None
+        ended = await again.wait(recovered)
+        assert (ended.state, ended.error, ended.transient) == ("failed", NEVER_RAN, True)
+    finally:
+        await again.close()
+
+
+async def test_release_of_an_intent_removes_what_never_ran(kit: Kit) -> None:
+    """A worker killed before its ``start_held`` returned has only an intent (no state):
+    releasing that removes what the runtime left of the attempt whose command never ran,
+    and nothing of another attempt."""
+    other = await kit.runtime.start(*kit.ok("t1-1"))  # a name the first one's begins
+    handle = await kit.runtime.start_held(*kit.ok("t1"))
+    if isinstance(kit.runtime, SupervisedRuntime):
+        kit.runtime._attempts[("t1", 1)].close_gate(go=False)
+    else:
+        await kit.runtime.begin(handle)
+    await kit.runtime.wait(handle)
+    await kit.runtime.wait(other)
+    again = kit.again()
+    await again.release(Handle("t1", 1, again.name, {}))
+    await again.close()
+    for key, named in (("t1", handle), ("t1-1", other)):
+        left = named.state.get("dir") or named.state.get("bundle")
+        if left is not None:
+            assert await asyncio.to_thread(Path(left).exists) is (key == "t1-1")

@@ -70,6 +70,7 @@ class Leadership:
         self.lost = asyncio.Event()
         self.why = ""
         self._renewing: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def leading(self) -> bool:
@@ -119,7 +120,12 @@ class Leadership:
     async def _renew_loop(self) -> None:
         last = self.clock.monotonic()
         while not self.lost.is_set():
-            await self._sleep(self.renew_s)
+            with contextlib.suppress(TimeoutError):
+                # woken early by release(): never cancelled inside a store call, which
+                # would leave its connection checked out as the store closes
+                await asyncio.wait_for(self._stopping.wait(), self.renew_s)
+            if self._stopping.is_set():
+                return
             try:
                 ours = await self.store.renew_lease(
                     self.name, self.holder, self.term, self.clock.now(), self.ttl_s
@@ -138,9 +144,8 @@ class Leadership:
         at once (a clean stop)."""
         renewing, self._renewing = self._renewing, None
         if renewing is not None:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            self._stopping.set()
+            await renewing
         if self.term and not self.lost.is_set():
             with contextlib.suppress(Unavailable):
                 await self.store.release_lease(self.name, self.holder, self.term)

@@ -57,6 +57,21 @@ class Runtime(ABC):
         """Start one attempt; ``artifact`` holds the bytes of ``spec.artifact`` when the
         worker has them. Bad specs raise :class:`~edgeplane.errors.TaskFailure`."""
 
+    async def start_held(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+        """Start one attempt as :meth:`start` does, but hold back its command until
+        :meth:`begin`: the worker saves the handle in between, so that no command runs
+        that a restarted worker would not know of. If the worker process dies before
+        :meth:`begin`, the command never runs (``recover`` of the handle's state then ends
+        ``failed``, transient), and nothing of the attempt runs on.
+
+        Default (a runtime whose attempts die with the worker: nothing to hold back):
+        :meth:`start`."""
+        return await self.start(spec, artifact)
+
+    async def begin(self, handle: Handle) -> None:  # noqa: B027 - optional hook
+        """Let an attempt :meth:`start_held` started run its command. Idempotent; nothing
+        for an attempt already stopped or ended. Default: nothing (already running)."""
+
     @abstractmethod
     async def wait(self, handle: Handle) -> Outcome:
         """Wait for the attempt to end; never raises for a task's own failure."""
@@ -87,7 +102,9 @@ class Runtime(ABC):
         status and logs), so that a worker killed between the attempt's end and the save
         still reports the real outcome after its restart. Given a handle it does not know
         (a restarted worker releasing an attempt whose final event its previous process
-        had saved), it removes what the handle's ``state`` names. Afterwards ``wait``
+        had saved), it removes what the handle's ``state`` names; given one with an empty
+        ``state`` (the worker died before its :meth:`start_held` returned), what is left of
+        that attempt whose command never ran. Afterwards ``wait``
         raises :class:`~edgeplane.errors.NotFound` and ``recover`` of that state is None.
         Idempotent; an attempt still running is left alone. Default: nothing to keep."""
 

@@ -124,7 +124,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             self._version = first.removeprefix("runc version ").strip()
         return {"engine": "runc", "version": self._version, "images": self.images.names()}
 
-    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+    async def start_held(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.image:
             raise TaskFailure("a container task needs 'image'", field="image")
         self._claim(spec)
@@ -152,7 +152,9 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         loop = asyncio.get_running_loop()
         container = _Container(spec, bundle, loop.create_future(), deadline, cid=cid)
         try:
-            container.process = await spawn(self._runc("run", "--bundle", str(bundle), cid), bundle)
+            container.process, container.gate = await spawn(
+                self._runc("run", "--bundle", str(bundle), cid), bundle
+            )
         except OSError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
             raise TaskFailure(f"cannot run runc: {exc.strerror or exc}", field="runtime") from None
@@ -220,6 +222,12 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
+
+    def _parent(self) -> Path:
+        return self.bundles
+
+    def _prefix(self, task_id: str, attempt: int) -> str:
+        return container_id(task_id, attempt, "")
 
     def _directory(self, state: dict[str, Any]) -> Path | None:
         found = state.get("bundle")

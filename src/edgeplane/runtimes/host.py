@@ -8,9 +8,11 @@ Tasks run as the runtime's :class:`~edgeplane.runtimes.taskuser.TaskUser` (``--h
 by default an unprivileged one when the worker is root, see ``taskuser.py``). Then the
 attempt's directory belongs to the worker and its group is the task user's (0710: the
 task may pass through, not list or write), its ``work`` directory belongs to the task
-user (0700), and the ``stdout``, ``stderr`` and ``exit`` files beside it are the worker's
-(0600) and reach the task only as the descriptors it inherits: a task cannot swap one for
-a link to a file of the worker's, which the worker would read back as its output.
+user (0700), and the ``stdout`` and ``stderr`` files beside it are the worker's (0600)
+and reach the task only as the descriptors it inherits: a task cannot swap one for a link
+to a file of the worker's, which the worker would read back as its output. The ``exit``
+file is the task user's (0600, the shell writes it by its path): a task can write its own
+exit status there, nothing it could not say by exiting, and cannot swap the file.
 
 stdout and stderr go to files next to the scratch directory rather than pipes:
 a background grandchild holding a pipe open cannot stall the task, and a restarted worker
@@ -152,13 +154,13 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             "user": self.user.name,
         }
 
-    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+    async def start_held(self, spec: RunSpec, artifact: bytes | None) -> Handle:
         if not spec.command:
             raise TaskFailure("a host task needs a non-empty command", field="command")
         self._claim(spec)
         if not self._base_checked:
             self._check_base()
-        prefix = f"{_UNSAFE.sub('_', spec.task_id)[:64]}-{spec.attempt}-"
+        prefix = self._prefix(spec.task_id, spec.attempt)
         root = Path(tempfile.mkdtemp(prefix=prefix, dir=self.base_dir))
         work = root / "work"
         work.mkdir()
@@ -173,7 +175,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             # The shell around the command would only say "not found" on its stderr and exit
             # 127: what exec would refuse is looked for first, to fail with the reason.
             unrunnable(spec.command[0], env.get("PATH", os.defpath), work)
-            process = await spawn(spec.command, root, user=self.user, cwd=work, env=env)
+            process, gate = await spawn(spec.command, root, user=self.user, cwd=work, env=env)
         except (OSError, ValueError) as exc:  # not found, not executable, NUL in an argument
             shutil.rmtree(root, ignore_errors=True)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -181,7 +183,9 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             failed.set_result(Outcome("failed", error=f"cannot run {spec.command[0]!r}: {why}"))
             self._attempts[(spec.task_id, spec.attempt)] = _Proc(spec, root, failed, None)
             return Handle(spec.task_id, spec.attempt, self.name, {})
-        proc = _Proc(spec, root, loop.create_future(), deadline, process=process, pid=process.pid)
+        proc = _Proc(
+            spec, root, loop.create_future(), deadline, process=process, pid=process.pid, gate=gate
+        )
         with contextlib.suppress(psutil.Error):
             proc.created = psutil.Process(process.pid).create_time()
         self._adopt(proc)
@@ -222,6 +226,12 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
 
     # --- hooks --------------------------------------------------------------------------
+
+    def _parent(self) -> Path:
+        return self.base_dir
+
+    def _prefix(self, task_id: str, attempt: int) -> str:
+        return f"{_UNSAFE.sub('_', task_id)[:64]}-{attempt}-"
 
     def _directory(self, state: dict[str, Any]) -> Path | None:
         found = state.get("dir")

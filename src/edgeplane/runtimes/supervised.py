@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import glob
 import os
 import shutil
 import signal
@@ -41,13 +42,31 @@ _TIMEOUT = "timeout"
 STDOUT, STDERR, EXIT = "stdout", "stderr", "exit"
 #: The shell every attempt's command runs under (see :func:`spawn`).
 SHELL = "/bin/sh"
-#: The arguments are the command. The shell's stdin is the exit file, opened for writing
-#: by the worker (the command's own stdin is /dev/null): the shell may run as a user that
-#: cannot open anything in the attempt's directory (``--host-user``), and the command
-#: never holds the file. Its status goes there once the command has ended; a signal that
-#: kills the shell as well (a stop, a timeout) leaves it empty, and nothing is needed then:
-#: the runtime knows why the attempt ended.
-_WRAPPER = '"$@" </dev/null; s=$?; echo "$s" >&0; exit "$s"'
+#: The arguments are the exit file's path, then the command. The shell's stdin is the read
+#: end of a pipe only the worker holds open for writing: its gate. Before it runs the
+#: command, the shell reads a line from it, which the worker writes once the attempt's
+#: handle is saved (:meth:`SupervisedRuntime.begin`). A worker killed before then closes
+#: the pipe with its death: the shell reads end of file, writes ``unstarted`` to the exit
+#: file instead of a status and exits without running anything, so a command the worker
+#: has no handle of never runs. (The gate is stdin, not a descriptor above 2, because
+#: dash redirects descriptors 0-9 only and the pipe's number is the worker's; so the
+#: shell opens the exit file itself, on descriptor 3, first, by a path relative to its
+#: working directory: no directory above the attempt's needs to be open to its user.)
+#: The command's own stdin is /dev/null, and it does not get descriptor 3. Its status
+#: goes to the exit file once it has ended; a signal that kills the shell as well (a
+#: stop, a timeout) leaves it empty, and nothing is needed then: the runtime knows why
+#: the attempt ended.
+_WRAPPER = (
+    'exec 3>"$1"; shift; IFS= read -r _ || { echo unstarted >&3; exit 125; }; '
+    '"$@" </dev/null 3>&-; s=$?; echo "$s" >&3; exit "$s"'
+)
+#: What the shell writes to the exit file when its worker died before letting it run.
+UNSTARTED = "unstarted\n"
+#: The outcome of an attempt whose command never ran (see :data:`_WRAPPER`).
+NEVER_RAN = (
+    "the worker stopped before the attempt's command started: it never ran (tried again "
+    "while retries allow)"
+)
 
 
 def read_tail(path: Path, limit: int = MAX_LOG_CHARS) -> str:
@@ -86,6 +105,14 @@ def read_exit(attempt_dir: Path) -> int | None:
     return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
+def never_ran(attempt_dir: Path) -> bool:
+    """Whether the attempt's shell exited at its gate, without running the command."""
+    try:
+        return (attempt_dir / EXIT).read_text() == UNSTARTED
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _become(uid: int, gid: int) -> None:
     """In a forked child: the user ``uid`` with the group ``gid`` and no other groups."""
     os.setgroups([])
@@ -100,20 +127,27 @@ def _private(path: Path) -> int:
 
 async def spawn(
     argv: Sequence[str], attempt_dir: Path, *, user: TaskUser | None = None, **options: Any
-) -> asyncio.subprocess.Process:
+) -> tuple[asyncio.subprocess.Process, int]:
     """Start an attempt's main process in a session of its own (a Ctrl-C at the worker's
     terminal is not the task's), its stdout and stderr in the files the outcome reads.
 
     The main process is ``/bin/sh`` running ``argv`` and recording its exit status (see
     the module's docstring); it costs a start about a millisecond (dash's fork and exec).
+    It waits at its gate: returned with the process is the pipe's write end, which
+    :func:`open_gate` writes to (or :func:`os.close` closes, to end it unstarted). That
+    end is close-on-exec, so no other attempt's process holds it open.
     The files are opened here, by the worker, 0600: the attempt writes to them through
-    the descriptors it inherits but cannot open, read or replace them. With a ``user``
-    that :attr:`~TaskUser.switches`, the process runs as that user with its primary group
-    and no supplementary groups. That costs CPython its vfork (it forks to change user):
-    measured +3 to +10 ms a start in a process with wasmtime loaded, on a busy 2-core
-    machine; the least privilege is worth it (``--host-user root`` keeps vfork).
+    the descriptors it inherits but cannot open, read or replace them (the exit file,
+    which the shell writes by its path, is the task user's: it can only write its own
+    status). With a ``user`` that :attr:`~TaskUser.switches`, the process runs as that
+    user with its primary group and no supplementary groups. That costs CPython its vfork
+    (it forks to change user): measured +3 to +10 ms a start in a process with wasmtime
+    loaded, on a busy 2-core machine; the least privilege is worth it (``--host-user
+    root`` keeps vfork).
     """
-    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", *argv]
+    # a computation on strings (and getcwd): no I/O that blocks
+    exit_path = os.path.relpath(attempt_dir / EXIT, options.get("cwd") or os.getcwd())  # noqa: ASYNC240
+    wrapped = [SHELL, "-c", _WRAPPER, "edgeplane-task", exit_path, *argv]
     if user is not None and user.switches:
         if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
             options.update(user=user.uid, group=user.gid, extra_groups=[])
@@ -121,19 +155,39 @@ async def spawn(
             # uvloop (the loop of `edgeplane up`) refuses user/group/extra_groups: the
             # same three calls, made in the child between fork and exec (no lock taken)
             options["preexec_fn"] = functools.partial(_become, user.uid, user.gid)
-    fds = [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
+    gate_r, gate_w = os.pipe()
+    fds = [gate_r]
     try:
-        return await asyncio.create_subprocess_exec(
+        fds += [_private(attempt_dir / name) for name in (EXIT, STDOUT, STDERR)]
+        if user is not None and user.switches:
+            # the shell opens the exit file: the task user's. It can write its own exit
+            # status only; the directory is not its to swap the file in.
+            os.fchown(fds[1], user.uid, user.gid)
+        process = await asyncio.create_subprocess_exec(
             *wrapped,
             stdin=fds[0],
-            stdout=fds[1],
-            stderr=fds[2],
+            stdout=fds[2],
+            stderr=fds[3],
             start_new_session=True,
             **options,
         )
+    except BaseException:
+        os.close(gate_w)
+        raise
     finally:
         for fd in fds:
             os.close(fd)
+    return process, gate_w
+
+
+def open_gate(gate: int) -> None:
+    """Let the shell behind ``gate`` run its command (nothing when it is already gone)."""
+    try:
+        os.write(gate, b"go\n")
+    except OSError:  # it was killed meanwhile (a broken pipe): it runs nothing
+        pass
+    finally:
+        os.close(gate)
 
 
 @dataclass(eq=False)
@@ -150,6 +204,18 @@ class Attempt:
     reason: str | None = None
     killer: asyncio.Task[None] | None = None
     supervisor: asyncio.Task[None] | None = None
+    #: the write end of the shell's gate until the attempt begins (see :func:`spawn`)
+    gate: int | None = None
+
+    def close_gate(self, go: bool) -> None:
+        """Open the gate (``go``: the command runs) or shut it (the shell exits unstarted)."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        if go:
+            open_gate(gate)
+        else:
+            os.close(gate)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -177,6 +243,20 @@ class SupervisedRuntime(Runtime, Generic[A]):
         self._clock = clock if clock is not None else SystemClock()
         self._attempts: dict[tuple[str, int], A] = {}
 
+    async def start(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+        handle = await self.start_held(spec, artifact)
+        await self.begin(handle)
+        return handle
+
+    @abstractmethod
+    async def start_held(self, spec: RunSpec, artifact: bytes | None) -> Handle:
+        """Start the attempt's main process, held at its gate (see :func:`spawn`)."""
+
+    async def begin(self, handle: Handle) -> None:
+        attempt = self._attempts.get((handle.task_id, handle.attempt))
+        if attempt is not None:
+            attempt.close_gate(go=True)
+
     async def wait(self, handle: Handle) -> Outcome:
         key = (handle.task_id, handle.attempt)
         attempt = self._attempts.get(key)
@@ -198,12 +278,25 @@ class SupervisedRuntime(Runtime, Generic[A]):
             if attempt.supervisor is not None:
                 await attempt.supervisor  # it ends right after setting the outcome
             directory: Path | None = attempt.dir
+        elif not handle.state:  # the worker died before its start returned (an intent)
+            for left in await asyncio.to_thread(self._never_ran, handle):
+                await asyncio.to_thread(shutil.rmtree, left, True)
+            return
         else:
             directory = self._directory(handle.state)
             if directory is not None:
                 await self._forget(handle.state)
         if directory is not None:
             await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    def _never_ran(self, handle: Handle) -> list[Path]:
+        """The directories of the handle's attempt whose shell exited at its gate."""
+        prefix = self._prefix(handle.task_id, handle.attempt)
+        return [
+            path
+            for path in self._parent().glob(glob.escape(prefix) + "*")
+            if "-" not in path.name.removeprefix(prefix) and never_ran(path)
+        ]
 
     async def stop(self, handle: Handle) -> None:
         """Kill the attempt; returns once it is gone."""
@@ -212,6 +305,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
             return
         if attempt.reason is None:
             attempt.reason = _STOPPED
+        attempt.close_gate(go=False)  # held: it ends without running its command
         await asyncio.shield(self._kill(attempt))
         await asyncio.shield(attempt.outcome)
 
@@ -260,6 +354,15 @@ class SupervisedRuntime(Runtime, Generic[A]):
     def _directory(self, state: dict[str, Any]) -> Path | None:
         """The attempt directory a handle's state names, if it is one of this runtime's
         (None otherwise: a state that names another path removes nothing)."""
+
+    @abstractmethod
+    def _parent(self) -> Path:
+        """The directory of this runtime's attempt directories."""
+
+    @abstractmethod
+    def _prefix(self, task_id: str, attempt: int) -> str:
+        """How the names of an attempt's directories begin (a random part without a dash
+        follows)."""
 
     async def _forget(self, state: dict[str, Any]) -> None:
         """Free what an ended attempt known only by its state may still hold (default:
@@ -319,6 +422,7 @@ class SupervisedRuntime(Runtime, Generic[A]):
             if self._left_running(attempt):
                 await self._kill(attempt)
         finally:
+            attempt.close_gate(go=False)
             outcome = self._outcome(attempt, exit_code)
             await self._release(attempt)
             if not attempt.outcome.done():
@@ -364,6 +468,8 @@ class SupervisedRuntime(Runtime, Generic[A]):
         if attempt.reason == _TIMEOUT:
             limit = attempt.spec.limits.timeout_s
             return Outcome("failed", error=f"timeout after {limit}s", **logs)
+        if never_ran(attempt.dir):
+            return Outcome("failed", error=NEVER_RAN, transient=True, **logs)
         if exit_code is None:
             error = "exit status unknown: its process ended while the worker was down"
             return Outcome("failed", error=error, **logs)

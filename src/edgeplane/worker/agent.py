@@ -554,17 +554,39 @@ class WorkerAgent:
             artifact = await self._artifact(run)
         except Invalid as exc:
             return Outcome(state="failed", error=exc.detail, transient=True)
+        key = (spec.task_id, spec.attempt)
         try:
-            run.handle = await runtime.start(spec, artifact)
+            if runtime.recoverable:
+                # The intent first: a worker killed before the handle's save finds it and
+                # removes what the start left (whose command never ran) and reports that.
+                # Not synced (~0.1 ms, not the several ms of an fsync): it is needed only
+                # after the worker process's death, which does not lose what it wrote; a
+                # machine's crash ends the attempt's processes as well.
+                intent = HandleRecord(spec=spec, state={}, started_at=started)
+                await asyncio.to_thread(self.handles.save, intent, sync=False)
+                self._persisted.add(key)
+                run.handle = await runtime.start_held(spec, artifact)
+            else:
+                run.handle = await runtime.start(spec, artifact)
         except TaskFailure as exc:
+            if key in self._persisted:
+                self._persisted.discard(key)
+                await asyncio.to_thread(self.handles.remove, [key])
             return Outcome(state="failed", error=exc.detail, transient=exc.transient)
         run.runtime = runtime
         if runtime.recoverable:
-            # On disk before it is reported running: whatever the manager counts on this
-            # worker for, a restarted worker finds again.
+            # On disk before its command runs and before it is reported running: whatever
+            # the manager counts on this worker for, and every command that runs, a
+            # restarted worker finds again. Killed before the save, the worker leaves a
+            # process that never runs its command (Runtime.start_held).
             record = HandleRecord(spec=spec, state=run.handle.state, started_at=started)
-            await asyncio.to_thread(self.handles.save, record)
+            try:
+                await asyncio.to_thread(self.handles.save, record)
+            except BaseException:
+                await runtime.stop(run.handle)  # held: it ends without running anything
+                raise
             self._persisted.add(record.key)
+            await runtime.begin(run.handle)
         self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )

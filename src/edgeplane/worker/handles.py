@@ -34,7 +34,11 @@ _SUFFIX = ".json"
 
 
 class HandleRecord(BaseModel):
-    """One attempt a worker started on a runtime whose attempts outlive it."""
+    """One attempt a worker started on a runtime whose attempts outlive it.
+
+    With an empty ``state`` and no ``final``, an intent: the worker was about to start
+    the attempt (``Runtime.start_held``) and had not saved its handle yet, so the
+    attempt's command has not run (it waits for the handle)."""
 
     #: a record an older version wrote holds a whole Assignment here: RunSpec ignores
     #: the fields it does not have
@@ -62,8 +66,10 @@ class HandleStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def save(self, record: HandleRecord) -> None:
-        """Write ``record`` atomically (replacing the attempt's previous record)."""
+    def save(self, record: HandleRecord, *, sync: bool = True) -> None:
+        """Write ``record`` atomically (replacing the attempt's previous record); without
+        ``sync``, not flushed to the disk: it survives the worker process's death, not
+        the machine's."""
         # Only the worker's user may read them: a task's env may hold secrets.
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / record_name(record.key)
@@ -73,7 +79,8 @@ class HandleStore:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         tmp.replace(path)
 
     def remove(self, keys: list[Key]) -> None:

@@ -21,6 +21,12 @@ from edgeplane.worker.handles import HandleRecord
 
 log = logging.getLogger(__name__)
 
+#: an intent (a record without the runtime's state): the worker died while it started the
+#: attempt, before the handle was saved, so the command never ran (Runtime.start_held)
+NEVER_STARTED = (
+    "the worker stopped while it started this attempt, before its command could run: it "
+    "never ran (tried again while retries allow)"
+)
 NOTHING_LEFT = (
     "the worker restarted and found nothing left of this attempt: how it ended is unknown"
 )
@@ -75,6 +81,10 @@ async def recover(
             found.finals.append(record)
             continue
         name = record.spec.runtime
+        if not record.state:  # an intent: the agent releases what its start left
+            outcome = Outcome("failed", error=NEVER_STARTED, transient=True)
+            found.finals.append(final_of(record, outcome, clock.now()))
+            continue
         runtime = runtimes.get(name)
         if runtime is not None:
             handle = await runtime.recover(record.state)
