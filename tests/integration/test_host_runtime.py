@@ -448,7 +448,8 @@ async def test_another_users_attempt_ended_while_its_worker_was_down_reports_how
     try:
         os.chmod(shared, 0o755)
         go = shared / "go"
-        script = f"id -u; while [ ! -e {go} ]; do sleep 0.02; done; exit 4"
+        # (gone with the test's directory too: a failed test leaves no shell polling forever)
+        script = f"id -u; while [ ! -e {go} ] && [ -d {shared} ]; do sleep 0.02; done; exit 4"
         state = await crashed_worker_state(tmp_path / "host", "sh", "-c", script, user="nobody")
         go.touch()
         await until_gone(state["pgid"])
