@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from edgeplane.runtimes import Handle, HostRuntime
 from edgeplane.runtimes.supervised import NEVER_RAN, UNSTARTED
 from edgeplane.worker import recovery
 from edgeplane.worker.handles import HandleStore
+from faults.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,17 +74,10 @@ async def main():
     command = ["sh", "-c", 'echo ran >> "$0"', out]
     spec = run_spec(Assignment(task_id="t1", attempt=1, runtime="host", name="t", command=command))
     await agent._start(_Run(spec=spec), 0.0)
-    await asyncio.sleep(30)  # not reached: every step kills
+    await asyncio.Event().wait()  # not reached: every step kills the process
 
 asyncio.run(main())
 '''
-
-
-def _wait(condition, what: str, timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _ran(out: Path) -> int:
@@ -124,7 +117,7 @@ def test_a_worker_killed_at_each_step_of_a_start_runs_the_command_at_most_once(
     assert child.returncode == -9, "the worker was not killed at its step"
     if step != "before_save" or (data / "host").exists():
         # whatever process it left ends: by its command's status or at its gate
-        _wait(lambda: all(e.endswith("\n") for e in _exits(data)), "the attempt's end")
+        wait_until(lambda: all(e.endswith("\n") for e in _exits(data)), "the attempt's end", 20)
     if runs == 0:
         assert all(e == UNSTARTED for e in _exits(data))
     records = HandleStore(data / "handles").load()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -79,10 +78,7 @@ async def test_a_broker_left_behind_by_an_earlier_run_is_reclaimed(tmp_path: Pat
     )
     try:
         (tmp_path / "broker" / "mosquitto.pid").write_text(f"{orphan.pid}\n")
-        deadline = time.monotonic() + 10
-        while port_free("127.0.0.1", port):
-            assert time.monotonic() < deadline, "the orphan did not listen"
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(_listening(port), 10)  # TimeoutError: the orphan did not listen
         async with contextlib.AsyncExitStack() as stack:
             assert await start_broker(stack, settings) == first
         assert await asyncio.wait_for(orphan.wait(), 5) is not None
@@ -135,3 +131,9 @@ def test_manager_with_a_taken_broker_port_exits_3_naming_it(tmp_path: Path) -> N
     assert done.returncode == 3, done.stderr
     assert f"port {port} (--broker-port) is taken" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def _listening(port: int) -> None:
+    """Return once something listens on ``port``."""
+    while port_free("127.0.0.1", port):  # noqa: ASYNC110 -- no event for another process's bind
+        await asyncio.sleep(0.02)
