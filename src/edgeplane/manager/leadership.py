@@ -145,7 +145,13 @@ class Leadership:
         renewing, self._renewing = self._renewing, None
         if renewing is not None:
             self._stopping.set()
-            await renewing
+            # a renewal under way finishes (its connection goes back to the pool); one
+            # that hangs past the lease is cancelled rather than hold up the stop
+            await asyncio.wait({renewing}, timeout=self.ttl_s)
+            if not renewing.done():
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
         if self.term and not self.lost.is_set():
             with contextlib.suppress(Unavailable):
                 await self.store.release_lease(self.name, self.holder, self.term)
