@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from faults.procs import wait_until
 
 from edgeplane.transport import free_port
+from faults.procs import wait_until
 
 
 @dataclass
@@ -43,9 +43,7 @@ class RegistryProcess:
     def blob_file(self, digest: str) -> Path:
         """Where filesystem storage keeps a blob's bytes (to tamper with in tests)."""
         hexdigest = digest.removeprefix("sha256:")
-        return (
-            self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
-        )
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
     def start(self) -> RegistryProcess:
         executable = shutil.which("docker-registry")

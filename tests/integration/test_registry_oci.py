@@ -8,8 +8,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from registry_fixtures import RegistryProcess, skopeo_push
-from wasm_fixtures import add_wasm
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry import (
@@ -30,6 +28,8 @@ from edgeplane.artifacts.registry_errors import (
 from edgeplane.errors import Unavailable
 from edgeplane.runtimes.busybox import busybox_image, find_busybox
 from edgeplane.transport import free_port
+from registry_fixtures import RegistryProcess, skopeo_push
+from wasm_fixtures import add_wasm
 
 pytestmark = pytest.mark.timeout(60)
 
