@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 from edgeplane.cli.main import app
 from edgeplane.cli.output import Session
 from edgeplane.examples import write_examples
-from registry_fixtures import RegistryProcess
+from registry_fixtures import RegistryProcess, skopeo_push
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,3 +143,34 @@ def test_registry_down_is_exit_code_3(examples: dict[str, Path]) -> None:
     result = cli("push", str(examples["add.wasm"]), f"oci://127.0.0.1:{free_port()}/demo/add:1")
     assert result.exit_code == 3
     assert "unreachable" in result.stderr
+
+
+def test_list_and_inspect_read_a_skopeo_pushed_image(
+    oci_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    from edgeplane.errors import Unavailable
+    from edgeplane.runtimes.busybox import busybox_image, find_busybox
+
+    try:
+        find_busybox()
+    except Unavailable as exc:
+        pytest.skip(exc.detail)
+    digest = busybox_image(tmp_path / "layout", tag="1.36")
+    skopeo_push(tmp_path / "layout", "1.36", oci_registry, "library/busybox")
+    base = f"oci://{oci_registry.address}/library/busybox"
+
+    listed = cli("list", "--output", "json", base)
+    assert listed.exit_code == 0, listed.stderr
+    assert [(r["tag"], r["digest"]) for r in json.loads(listed.stdout)] == [("1.36", digest)]
+    inspected = cli("inspect", "--output", "json", f"{base}:1.36")
+    assert inspected.exit_code == 0, inspected.stderr
+    data = json.loads(inspected.stdout)
+    assert data["digest"] == digest
+    assert data["artifact_type"] == "application/vnd.oci.image.config.v1+json"
+    assert [layer["media_type"] for layer in data["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ]
+    # It is an image, not a wasm module: pull says so instead of writing a layer.
+    pulled = cli("pull", f"{base}:1.36", "-o", str(tmp_path / "x.wasm"))
+    assert pulled.exit_code == 2 and "wasm" in pulled.stderr
+    assert not (tmp_path / "x.wasm").exists()

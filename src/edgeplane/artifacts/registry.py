@@ -20,8 +20,8 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +211,7 @@ class Registry:
         at most min(its size, the configured maximum) bytes, renamed into place only when
         it matches its digest. On any failure nothing is left at ``dest``."""
         limit = self._limit(ref, blob)
-        partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+        partial = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(6)}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             with partial.open("wb") as out:
