@@ -28,7 +28,7 @@ from edgeplane.artifacts.registry_errors import (
 from edgeplane.errors import Unavailable
 from edgeplane.runtimes.busybox import busybox_image, find_busybox
 from edgeplane.transport import free_port
-from registry_fixtures import RegistryProcess, skopeo_push
+from registry_fixtures import RegistryProcess, TokenService, skopeo_push
 from wasm_fixtures import add_wasm
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,3 +181,25 @@ async def test_registry_down_is_unreachable_and_transient() -> None:
             await client.resolve(reference.parse(f"oci://127.0.0.1:{free_port()}/demo/add:1"))
     assert caught.value.transient
     assert caught.value.reason == "registry_unreachable"
+
+
+async def test_bearer_tokens_from_the_registrys_token_service(
+    token_registry: tuple[RegistryProcess, TokenService], module: Path, tmp_path: Path
+) -> None:
+    registry, service = token_registry
+    user, password = service.credentials
+    target = ref(registry, "private/add:1")
+    async with Registry() as anonymous:
+        with pytest.raises(RegistryDenied, match="token service"):
+            await anonymous.resolve(target)
+    good = RegistryConfig(
+        registries={registry.address: Credentials(username=user, password=password)}
+    )
+    async with Registry(good) as client:
+        pushed = await client.push_wasm(target, module)
+        pulled = await client.pull_wasm(target, tmp_path / "add.wasm")
+    assert pulled.digest == pushed.digest
+    assert (tmp_path / "add.wasm").read_bytes() == add_wasm()
+    # One token for the push (pull,push, asked for up front) serves the pull after it.
+    assert len(service.requests) == 1
+    assert service.requests[0][0] == "repository:private/add:pull,push"

@@ -416,7 +416,10 @@ class Registry:
         ):
             # Credentials go to the realm: never over plain HTTP off loopback.
             raise RegistryDenied(f"registry {ref.registry}: token realm is not https")
-        query = {"scope": params.get("scope") or scope}
+        # The scope this client needs (pull,push for a push) and the one the registry
+        # asked for: a push then needs one token, not one per action.
+        scopes = [scope] + [s for s in params.get("scope", "").split(" ") if s and s != scope]
+        query: dict[str, str | list[str]] = {"scope": scopes}
         if service := params.get("service"):
             query["service"] = service
         auth = httpx.BasicAuth(*creds.basic) if creds.basic else None
