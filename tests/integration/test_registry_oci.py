@@ -190,7 +190,7 @@ async def test_bearer_tokens_from_the_registrys_token_service(
     user, password = service.credentials
     target = ref(registry, "private/add:1")
     async with Registry() as anonymous:
-        with pytest.raises(RegistryDenied, match="token service"):
+        with pytest.raises(RegistryDenied, match="asks for credentials"):
             await anonymous.resolve(target)
     good = RegistryConfig(
         registries={registry.address: Credentials(username=user, password=password)}

@@ -65,6 +65,9 @@ class Reference:
     def with_digest(self, digest: str) -> Reference:
         return Reference(self.registry, self.repository, self.tag, digest)
 
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(self.registry, self.repository, tag)
+
     def repo_only(self) -> Reference:
         return Reference(self.registry, self.repository)
 

@@ -35,6 +35,7 @@ from edgeplane.artifacts.registry_errors import (
     ArtifactNotFound,
     ArtifactTooBig,
     DigestMismatch,
+    Invalid,
     RegistryDenied,
     RegistryProtocolError,
     RegistryUnreachable,
@@ -244,7 +245,7 @@ class Registry:
         """Push ``module`` as an OCI artifact (wasm-to-oci's media types) tagged
         ``ref.tag`` (default ``latest``); returns the pushed manifest (its digest)."""
         if ref.digest:
-            raise ArtifactNotFound(f"{ref}: push to a tag, not a digest")
+            raise Invalid(f"{ref}: push to a tag, not a digest", field="reference")
         size = (await asyncio.to_thread(module.stat)).st_size
         if size > self.config.max_bytes:
             raise ArtifactTooBig(
@@ -430,6 +431,11 @@ class Registry:
                 f"token service of {ref.registry} unreachable: {type(exc).__name__}"
             ) from None
         if response.status_code in (401, 403):
+            if creds.basic is None:
+                raise RegistryDenied(
+                    f"registry {ref.registry} asks for credentials (its token service "
+                    "refused an anonymous token)"
+                )
             raise RegistryDenied(
                 f"registry {ref.registry}: credentials refused by its token service"
             )

@@ -150,11 +150,13 @@ def push(
         raise Invalid("push to a tag, not a digest", field="REF")
     if not file.is_file():
         raise Invalid(f"no such file: {file}", field="FILE")
-    if file.read_bytes()[:4] != b"\0asm":
+    with file.open("rb") as head:
+        magic = head.read(4)
+    if magic != b"\0asm":
         raise Invalid(f"{file} is not a wasm module (no \\0asm header)", field="FILE")
     config = _settings(ref, registries, username, password_stdin, insecure)
     size = file.stat().st_size
-    with _progress(f"pushing {file.name}", size) as advance:
+    with _PushProgress(f"pushing {file.name}", size) as advance:
         pushed = _run(config, lambda client: client.push_wasm(ref, file, progress=advance))
     note(
         f"pushed {file.name} ({size} bytes) to {pushed.reference.repo_only()}:{ref.tag or 'latest'}"
@@ -199,8 +201,7 @@ def list_tags(
 
         async def one(tag: str) -> tuple[str, Descriptor]:
             async with gate:
-                tagged = type(ref)(ref.registry, ref.repository, tag)
-                return tag, await client.resolve(tagged)
+                return tag, await client.resolve(ref.with_tag(tag))
 
         return list(await asyncio.gather(*(one(tag) for tag in sorted(tags))))
 
@@ -286,7 +287,7 @@ def _platform(platform: Any) -> str:
     return "/".join(str(platform[k]) for k in ("os", "architecture", "variant") if k in platform)
 
 
-class _progress:
+class _PushProgress:
     """A rich progress bar on stderr for a push, only on a terminal; yields the callback
     that advances it (a no-op off a terminal)."""
 
