@@ -202,3 +202,18 @@ async def test_a_manifest_over_the_bound_is_refused() -> None:
     async with client(lambda r: manifest_answer(huge)) as registry:
         with pytest.raises(ArtifactTooBig):
             await registry.manifest(parse("oci://127.0.0.1:5000/a:1"))
+
+
+async def test_resolve_falls_back_to_get_without_head() -> None:
+    methods: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        methods.append(request.method)
+        if request.method == "HEAD":
+            return httpx.Response(405)
+        return manifest_answer()
+
+    async with client(handler) as registry:
+        resolved = await registry.resolve(parse("oci://127.0.0.1:5000/a:1"))
+    assert (resolved.digest, resolved.size) == (sha256(MANIFEST), len(MANIFEST))
+    assert methods == ["HEAD", "GET"]
