@@ -143,9 +143,7 @@ async def test_registry_down_waits_pending_then_fails(
     oci_registry: RegistryProcess,
 ) -> None:
     oci_registry.stop()
-    async for _, http in stack_of(
-        tmp_path, fast_broker_url, unique_domain, retry_backoff_s=1.0
-    ):
+    async for _, http in stack_of(tmp_path, fast_broker_url, unique_domain, retry_backoff_s=1.0):
         created = await http.post("/tasks", json=body(pushed, retries=1))
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]

@@ -25,6 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import httpx
+
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.reference import Reference
 from edgeplane.artifacts.registry import OCI_INDEX, Descriptor, Manifest, Registry
@@ -46,11 +48,19 @@ PULLED_DIR = ".oci"
 
 class ImagePuller:
     """Pulls ``oci://`` images into ``directory`` with one registry client (made on first
-    use, in the worker's loop; :meth:`close` ends it)."""
+    use, in the worker's loop; :meth:`close` ends it). ``transport`` is for unit tests."""
 
-    def __init__(self, directory: Path, config: RegistryConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: RegistryConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.directory = directory
         self.config = config or RegistryConfig()
+        #: for unit tests (an ``httpx.MockTransport``)
+        self._transport = transport
         self._client: Registry | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         #: images downloaded by this process (not the ones found on disk)
@@ -102,7 +112,7 @@ class ImagePuller:
 
     def _registry(self) -> Registry:
         if self._client is None:
-            self._client = Registry(self.config)
+            self._client = Registry(self.config, transport=self._transport)
         return self._client
 
     async def _pull(self, ref: Reference, final: Path) -> None:
