@@ -5,7 +5,8 @@ An image is a directory ``<images>/<name>`` in the OCI image layout (``oci-layou
 oci:<images>/busybox:latest`` or ``buildah push`` write it. ``name:tag`` (tag ``latest`` by
 default) picks the manifest whose ``org.opencontainers.image.ref.name`` annotation is the
 tag; an index with one untagged manifest serves any tag. A nested index (a multi-platform
-image) is followed to the manifest for this machine's architecture.
+image) is followed to the manifest for this machine's architecture. Images named
+``oci://…`` are pulled into layouts of their own (``pull.py``) and resolved the same way.
 
 Every blob is checked against its sha256 digest as it is read. The layers are applied in
 order (``layers.py``) into a temporary directory renamed to ``<cache>/<manifest hex>`` at
