@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,26 +124,32 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await found.close()
 
 
-async def until(condition: object, what: str, timeout: float = 20) -> None:
-    """Poll an async ``condition`` (a no-arg coroutine function) until it is truthy."""
+async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 20) -> None:
+    """Poll an async ``condition`` until it is true; fail naming ``what``."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():  # type: ignore[operator]
+    deadline = loop.time() + within
+    while not await condition():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-async def run_in(node_: Node, handle: Handle, *argv: str, timeout: float = 20) -> tuple[int, str]:
+async def run_in(node_: Node, handle: Handle, *argv: str, within: float = 20) -> tuple[int, str]:
     """``runc exec`` in the service's container: its namespaces, its /etc/hosts."""
     runtime = node_.runtime
     assert runtime.runc is not None
     cid = str(handle.state["container"])
     process = await asyncio.create_subprocess_exec(
-        runtime.runc, "--root", str(runtime.state_dir), "exec", cid, *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        runtime.runc,
+        "--root",
+        str(runtime.state_dir),
+        "exec",
+        cid,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    out, _ = await asyncio.wait_for(process.communicate(), within)
     return process.returncode or 0, out.decode(errors="replace")
 
 

@@ -22,7 +22,9 @@ from edgeplane.transport import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-HTTPD = "mkdir -p /tmp/www && echo hi-{name} > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"
+HTTPD = (
+    "mkdir -p /tmp/www && echo hi-{name} > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"
+)
 
 
 def httpd(name: str) -> list[str]:
@@ -80,7 +82,7 @@ async def test_chutes_reach_each_other_by_address_and_name(chutes: Node) -> None
     # a chute's own services by bare name
     assert await fetched(chutes, alpha, "http://web/") == "hi-alpha\n"
     # a chute that comes later is in everyone's hosts file, running containers included
-    gamma, _ = await chutes.service("gamma", "web", httpd("gamma"))
+    await chutes.service("gamma", "web", httpd("gamma"))
 
     async def gamma_named() -> bool:
         return await fetched(chutes, alpha, "http://gamma/") == "hi-gamma\n"
@@ -136,7 +138,9 @@ async def test_outbound_nat(chutes: Node, tmp_path: Path) -> None:
 
 async def test_port_mapping_from_node_outside_and_hairpin(chutes: Node) -> None:
     port = free_port()
-    web, _ = await chutes.service("alpha", "web", httpd("alpha"), ports=[PortMap(node_port=port, port=80)])
+    web, _ = await chutes.service(
+        "alpha", "web", httpd("alpha"), ports=[PortMap(node_port=port, port=80)]
+    )
     other, _ = await chutes.service("beta", "web", ["sleep", "600"])
     address = node_address()
 
@@ -166,13 +170,13 @@ def test_taken_port_is_refused_before_any_change(net: NodeNetwork) -> None:
         with pytest.raises(Conflict, match=f"node port {port}/tcp is taken on the node"):
             net.attach("alpha", "web", [PortMap(node_port=port, port=80)])
     assert net.leases() == []
-    assert "ep-alpha-web" not in netns_list()
+    assert "ep-alpha.web" not in netns_list()
     free = free_port()
     net.attach("alpha", "web", [PortMap(node_port=free, port=80)])
     with pytest.raises(Conflict, match="taken by chute 'alpha'"):
         net.attach("beta", "web", [PortMap(node_port=free, port=8080)])
     assert [lease.chute for lease in net.leases()] == ["alpha"]
-    assert "ep-beta-web" not in netns_list()
+    assert "ep-beta.web" not in netns_list()
     # a different protocol on the same number is another port
     net.attach("beta", "web", [PortMap(node_port=free, port=53, protocol="udp")])
 
@@ -192,7 +196,7 @@ def test_leases_survive_a_restart_and_teardown_leaves_nothing(net: NodeNetwork) 
     for _ in range(2):  # idempotent
         again.detach("alpha", "web")
         again.detach("beta", "db")
-    assert "ep-alpha-web" not in netns_list() and "ep-beta-db" not in netns_list()
+    assert "ep-alpha.web" not in netns_list() and "ep-beta.db" not in netns_list()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert first.veth not in links and second.veth not in links
     table = subprocess.run(

@@ -46,7 +46,9 @@ def usage(handle: Handle) -> int:
 
 
 async def test_cpu_shares_split_one_core_one_to_two(chutes: Node) -> None:
-    low, _ = await chutes.service("low", "spin", SPIN, cpus="0", resources=Resources(cpu_shares=512))
+    low, _ = await chutes.service(
+        "low", "spin", SPIN, cpus="0", resources=Resources(cpu_shares=512)
+    )
     high, _ = await chutes.service("high", "spin", SPIN, cpus="0", resources=Resources())
 
     async def both_spinning() -> bool:
@@ -59,7 +61,7 @@ async def test_cpu_shares_split_one_core_one_to_two(chutes: Node) -> None:
         # several seconds of the core's time between them
         return (usage(low) - start_low) + (usage(high) - start_high) >= 4_000_000_000
 
-    await until(enough, "4 s of CPU time used", timeout=40)
+    await until(enough, "4 s of CPU time used", within=40)
     got_low, got_high = usage(low) - start_low, usage(high) - start_high
     share = got_high / (got_low + got_high)
     print(f"cpu split 512:1024 -> {got_low / 1e9:.2f} s : {got_high / 1e9:.2f} s, high {share:.3f}")
@@ -89,9 +91,7 @@ async def test_memory_beyond_the_limit_is_oom_killed_and_detected(chutes: Node) 
 
 
 async def test_pids_limit(chutes: Node) -> None:
-    handle, _ = await chutes.service(
-        "forky", "main", ["sleep", "600"], resources=Resources(pids=4)
-    )
+    handle, _ = await chutes.service("forky", "main", ["sleep", "600"], resources=Resources(pids=4))
 
     async def up() -> bool:
         code, _ = await run_in(chutes, handle, "true")
@@ -151,14 +151,16 @@ async def test_egress_bandwidth_is_shaped(chutes: Node) -> None:
         port = server.getsockname()[1]
         total = WARMUP_BYTES + MEASURE_BYTES + 200_000
         blocks = total // 65536 + 1
-        send = f"busybox dd if=/dev/zero bs=65536 count={blocks} | busybox nc {found.gateway} {port}"
+        send = (
+            f"busybox dd if=/dev/zero bs=65536 count={blocks} | busybox nc {found.gateway} {port}"
+        )
 
         async def up() -> bool:
             code, _ = await run_in(chutes, handle, "true")
             return code == 0
 
         await until(up, "the container running")
-        sender = asyncio.create_task(run_in(chutes, handle, "sh", "-c", send, timeout=50))
+        sender = asyncio.create_task(run_in(chutes, handle, "sh", "-c", send, within=50))
         try:
             rate = await asyncio.to_thread(receive, server)
         finally:
@@ -187,7 +189,7 @@ def receive(server: socket.socket) -> float:
 async def test_ingress_bandwidth_is_shaped(chutes: Node) -> None:
     """The node sends into the chute (an nc that reads everything); only what the chute
     acknowledged can be sent, so a small send buffer makes the sender measure it."""
-    handle, found = await chutes.service(
+    _, found = await chutes.service(
         "sink", "main", ["sh", "-c", "busybox nc -l -p 5001 > /dev/null"]
     )
     netns = Path(found.netns_path).name

@@ -179,7 +179,7 @@ class NodeNetwork:
                 chute=chute,
                 service=service,
                 address=self._free_address(),
-                netns=f"ep-{chute}-{service}",
+                netns=f"ep-{chute}.{service}",
                 veth="ve" + hashlib.sha256(key.encode()).hexdigest()[:11],
                 ports=ports,
             )
@@ -200,7 +200,7 @@ class NodeNetwork:
         """Remove the service's netns, veth, lease, port rules; a no-op when gone."""
         key = f"{chute}/{service}"
         lease = self._leases.pop(key, None)
-        netns = lease.netns if lease else f"ep-{chute}-{service}"
+        netns = lease.netns if lease else f"ep-{chute}.{service}"
         veth = lease.veth if lease else "ve" + hashlib.sha256(key.encode()).hexdigest()[:11]
         run(["ip", "link", "del", veth], check=False)
         run(["ip", "netns", "del", netns], check=False)
@@ -283,7 +283,9 @@ class NodeNetwork:
         prefix = self.subnet.prefixlen
         addrs = run(["ip", "-n", lease.netns, "-4", "-o", "addr", "show", "dev", "eth0"])
         if f"{lease.address}/{prefix}" not in addrs:
-            run(["ip", "-n", lease.netns, "addr", "add", f"{lease.address}/{prefix}", "dev", "eth0"])
+            run(
+                ["ip", "-n", lease.netns, "addr", "add", f"{lease.address}/{prefix}", "dev", "eth0"]
+            )
         run(["ip", "-n", lease.netns, "link", "set", "lo", "up"])
         run(["ip", "-n", lease.netns, "link", "set", "eth0", "up"])
         run(["ip", "-n", lease.netns, "route", "replace", "default", "via", self.gateway])
@@ -329,12 +331,12 @@ delete {table}
         for port in ports:
             slot = (port.protocol, port.node_port)
             if slot in seen:
-                raise Invalid(f"node port {port.node_port}/{port.protocol} mapped twice", field="ports")
+                raise Invalid(
+                    f"node port {port.node_port}/{port.protocol} mapped twice", field="ports"
+                )
             seen.add(slot)
             for other_key, other in self._leases.items():
-                if other_key != key and any(
-                    (p.protocol, p.node_port) == slot for p in other.ports
-                ):
+                if other_key != key and any((p.protocol, p.node_port) == slot for p in other.ports):
                     raise Conflict(
                         f"node port {port.node_port}/{port.protocol} is taken by chute "
                         f"{other.chute!r} service {other.service!r}",
@@ -379,7 +381,10 @@ delete {table}
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        body = {"subnet": str(self.subnet), "leases": [l.model_dump() for l in self.leases()]}
+        body = {
+            "subnet": str(self.subnet),
+            "leases": [lease.model_dump() for lease in self.leases()],
+        }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=1))
         tmp.replace(self.state_path)
