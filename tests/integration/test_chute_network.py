@@ -11,11 +11,12 @@ import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from chute_fixtures import Node, network, node, require_chute_host, run_in, until
-from edgeplane.chutes.network import NodeNetwork, PortMap
+from edgeplane.chutes.network import ChuteNetwork, NodeNetwork, PortMap, run
 from edgeplane.errors import Conflict
 from edgeplane.runtimes import Handle
 from edgeplane.transport import free_port
@@ -208,3 +209,29 @@ def test_leases_survive_a_restart_and_teardown_leaves_nothing(net: NodeNetwork) 
     gone = subprocess.run(["nft", "list", "table", "ip", net.table], capture_output=True)
     assert gone.returncode != 0
     assert not Path(f"/sys/class/net/{net.bridge}").exists()
+
+
+async def test_the_node_adapter_prepares_attaches_and_detaches(net: NodeNetwork) -> None:
+    """What ``node.py`` calls, with manifests by shape (host/chute ports, bandwidth)."""
+    port = free_port()
+    service = SimpleNamespace(
+        name="web", ports=[SimpleNamespace(host=port, chute=80, protocol="tcp")]
+    )
+    bandwidth = SimpleNamespace(model_dump=lambda: {"egress": 4000, "ingress": None})
+    manifest = SimpleNamespace(name="alpha", resources=SimpleNamespace(bandwidth_kbit=bandwidth))
+    adapter = ChuteNetwork(net)
+    netns = await adapter.prepare("alpha", "web")
+    assert netns == "/var/run/netns/ep-alpha.web" and "ep-alpha.web" in netns_list()
+    address = await adapter.attach(manifest, service, 0)
+    assert address == net.leases()[0].address
+    assert net.leases()[0].ports == [PortMap(node_port=port, port=80)]
+    qdisc = await asyncio.to_thread(
+        run, ["tc", "-n", "ep-alpha.web", "qdisc", "show", "dev", "eth0"]
+    )
+    assert "tbf" in qdisc and "4Mbit" in qdisc
+    # a re-prepare (worker restart) keeps the mappings
+    assert await adapter.prepare("alpha", "web") == netns
+    assert net.leases()[0].ports == [PortMap(node_port=port, port=80)]
+    await adapter.detach("alpha", "web")
+    await adapter.detach("alpha", "web")
+    assert net.leases() == [] and "ep-alpha.web" not in netns_list()

@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from chute_fixtures import Node, cgroup_of, node, run_in, until
+from chute_fixtures import Node, cgroup_of, node, require_chute_host, run_in, until
 from edgeplane.chutes.resources import (
+    DATA_MOUNT,
     Bandwidth,
+    ChuteEnforcer,
     DiskVolume,
     Resources,
     cpu_usage_ns,
@@ -224,3 +230,30 @@ def send_into(address: str) -> float:
             client.sendall(block)
             sent += len(block)
         return rate_kbit(sent - base, time.monotonic() - started)
+
+
+def test_the_node_enforcer_sets_limits_disk_and_names(tmp_path: Path) -> None:
+    """What ``node.py`` calls on a runc config, with a manifest by shape."""
+    require_chute_host()
+    policy = Resources(cpu_shares=512, memory_mb=64, pids=32, disk_mb=16)
+    manifest = SimpleNamespace(name="alpha", resources=policy)
+    enforcer = ChuteEnforcer(tmp_path / "node", hosts_dir=tmp_path / "hosts")
+    config: dict[str, Any] = {"linux": {"resources": {}}, "mounts": []}
+    try:
+        enforcer.apply(config, manifest, SimpleNamespace(name="web"))
+        limits = config["linux"]["resources"]
+        assert limits["cpu"] == {"shares": 512} and limits["pids"] == {"limit": 32}
+        assert limits["memory"] == {"limit": 64 * 2**20}
+        mounts = {m["destination"]: m["source"] for m in config["mounts"]}
+        disk = Path(mounts[DATA_MOUNT])
+        assert os.path.ismount(disk)
+        assert 12 * 2**20 < shutil.disk_usage(disk).total <= 16 * 2**20
+        assert mounts["/etc/hosts"] == str(tmp_path / "hosts" / "alpha")
+        (disk / "kept").write_text("data")
+        enforcer.release("alpha")
+        assert not os.path.ismount(disk)
+        enforcer.apply(config, manifest, SimpleNamespace(name="web"))
+        assert (disk / "kept").read_text() == "data"
+    finally:
+        enforcer.remove("alpha")
+    assert not (tmp_path / "node" / "disks" / "alpha.img").exists()

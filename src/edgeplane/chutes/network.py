@@ -22,6 +22,7 @@ is synchronous (``ip``, ``nft``, ``tc`` each take milliseconds): callers in asyn
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -388,3 +389,45 @@ delete {table}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=1))
         tmp.replace(self.state_path)
+
+
+class ChuteNetwork:
+    """:class:`NodeNetwork` as the chute node drives it (``node.py``'s ``Network``).
+
+    ``prepare`` (before the container exists) leases the address and creates the
+    namespace; ``attach`` (once it runs) adds the service's port mappings, refusing a
+    taken port, and its chute's bandwidth limits; ``detach`` undoes both. Manifests are
+    taken by shape (``service.ports`` of ``host``/``chute``/``protocol``,
+    ``manifest.resources.bandwidth_kbit``) so this module does not depend on theirs."""
+
+    def __init__(self, net: NodeNetwork) -> None:
+        self.net = net
+
+    async def prepare(self, chute: str, service: str) -> str | None:
+        found = await asyncio.to_thread(
+            self.net.attach, chute, service, self._ports(chute, service)
+        )
+        return found.netns_path
+
+    async def attach(self, manifest: Any, service: Any, pid: int) -> str | None:
+        from edgeplane.chutes.resources import Bandwidth, shape
+
+        ports = [
+            PortMap(node_port=port.host, port=port.chute, protocol=port.protocol)
+            for port in service.ports
+        ]
+        found = await asyncio.to_thread(self.net.attach, manifest.name, service.name, ports)
+        limits = Bandwidth.model_validate(manifest.resources.bandwidth_kbit.model_dump())
+        netns = Path(found.netns_path).name
+        await asyncio.to_thread(shape, netns, found.veth, limits)
+        return found.address
+
+    async def detach(self, chute: str, service: str) -> None:
+        await asyncio.to_thread(self.net.detach, chute, service)
+
+    def _ports(self, chute: str, service: str) -> list[PortMap]:
+        # a re-prepare (worker restart, resumed change) keeps the mappings it had
+        for lease in self.net.leases():
+            if (lease.chute, lease.service) == (chute, service):
+                return list(lease.ports)
+        return []

@@ -21,16 +21,20 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.chutes.network import NetworkError, run
 from edgeplane.errors import Unavailable
 from edgeplane.model import Limits
+from edgeplane.runtimes.bundle import resources
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: tc's token bucket lets at most this long a queue build up before dropping
 TBF_LATENCY = "50ms"
+#: where a chute's size-limited writable dir is mounted in each of its services
+DATA_MOUNT = "/data"
 
 
 class Bandwidth(BaseModel):
@@ -167,3 +171,47 @@ def shape(netns: str, veth: str, bandwidth: Bandwidth) -> None:
         run([*inside, "replace", "dev", "eth0", "root", *_tbf(bandwidth.egress)])
     else:
         run([*inside, "del", "dev", "eth0", "root"], check=False)
+
+
+class ChuteEnforcer:
+    """The parts of a chute's policy that live in its runc config (``node.py``'s
+    ``Enforcer``): cgroup limits, its disk (``disk_mb``) at :data:`DATA_MOUNT`, and its
+    names (the network's hosts file) at ``/etc/hosts``. Bandwidth is set on the veth once
+    the service runs (:class:`~edgeplane.chutes.network.ChuteNetwork`)."""
+
+    def __init__(self, data_dir: Path, hosts_dir: Path | None = None) -> None:
+        self.disks = data_dir / "disks"
+        self.hosts_dir = hosts_dir
+
+    def volume(self, chute: str, size_mb: int) -> DiskVolume:
+        return DiskVolume(self.disks / f"{chute}.img", self.disks / chute, size_mb)
+
+    def apply(self, config: dict[str, Any], manifest: Any, service: Any) -> None:
+        policy = Resources.model_validate(manifest.resources.model_dump())
+        config["linux"]["resources"] = resources(policy.limits())
+        mount = self.volume(manifest.name, policy.disk_mb).ensure()
+        options = ["rbind", "nosuid", "nodev", "rw"]
+        config["mounts"].append(
+            {"destination": DATA_MOUNT, "type": "bind", "source": str(mount), "options": options}
+        )
+        if self.hosts_dir is not None:
+            hosts = self.hosts_dir / manifest.name
+            if not hosts.exists():
+                hosts.parent.mkdir(parents=True, exist_ok=True)
+                hosts.write_text("127.0.0.1\tlocalhost\n")
+            config["mounts"].append(
+                {
+                    "destination": "/etc/hosts",
+                    "type": "bind",
+                    "source": str(hosts),
+                    "options": ["rbind", "nosuid", "nodev", "ro"],
+                }
+            )
+
+    def release(self, chute: str) -> None:
+        """The chute stopped: unmount its disk (the data stays)."""
+        self.volume(chute, 0).release()
+
+    def remove(self, chute: str) -> None:
+        """The chute is deleted: its disk and data go."""
+        self.volume(chute, 0).remove()
