@@ -178,7 +178,8 @@ class ChuteEnforcer:
     """The parts of a chute's policy that live in its runc config (``node.py``'s
     ``Enforcer``): cgroup limits, its disk (``disk_mb``) at :data:`DATA_MOUNT`, and its
     names (the network's hosts file) at ``/etc/hosts``. Bandwidth is set on the veth once
-    the service runs (:class:`~edgeplane.chutes.network.ChuteNetwork`)."""
+    the service runs (:class:`~edgeplane.chutes.network.ChuteNetwork`). ``hosts_dir`` is
+    the node network's (``NodeNetwork.hosts_dir``); None: no names."""
 
     def __init__(self, data_dir: Path, hosts_dir: Path | None = None) -> None:
         self.disks = data_dir / "disks"
