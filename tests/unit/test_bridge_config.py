@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from edgeplane.config import Settings
+from edgeplane.errors import Invalid
 from edgeplane.manager.bridge import SYSTEM_CA_PATH, TEMPLATE, render
+from edgeplane.manager.uplink import root_identity
+from edgeplane.security import joining
 from edgeplane.security.broker_auth import CLUSTER_LEAVES
 from edgeplane.security.joining import Identity
 
@@ -42,3 +48,23 @@ def test_a_root_over_tls() -> None:
     assert "address root.example:8883" in own_ca and "bridge_cafile /etc/ca.pem" in own_ca
     system = lines(render(BERLIN, "mqtts://root.example:9883", "acme", None))
     assert f"bridge_capath {SYSTEM_CA_PATH}" in system
+
+
+async def test_a_shared_identity_file_is_read_instead_of_the_data_dir(tmp_path: Path) -> None:
+    """``--root-credentials``: several managers of one cluster read one identity, made by
+    one join elsewhere; a missing file or another cluster's is an error, never a join."""
+    shared = tmp_path / "shared" / "berlin.json"
+    joining.save(shared.parent, BERLIN)
+    (shared.parent / joining.CREDENTIALS_FILE).rename(shared)
+    settings = Settings(cluster_id="berlin", data_dir=tmp_path / "data", root_credentials=shared)
+    found = await root_identity(settings, "mqtt://root:1883")
+    assert found is not None and found.password == "s3cret"
+    assert not (tmp_path / "data" / "uplink").exists()
+    with pytest.raises(Invalid, match="does not exist"):
+        await root_identity(
+            settings.model_copy(update={"root_credentials": tmp_path / "nope.json",
+                                        "join_token": "epj_x_y"}),
+            "mqtt://root:1883",
+        )  # fmt: skip
+    with pytest.raises(Invalid, match="berlin's identity"):
+        await root_identity(settings.model_copy(update={"cluster_id": "paris"}), "")

@@ -424,6 +424,14 @@ def manager(
             show_default=False,
         ),
     ] = None,
+    root_credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-credentials",
+            help="The cluster's identity at the root (a credentials.json a join made "
+            "elsewhere), read instead of DATA_DIR/uplink/: several managers share one.",
+        ),
+    ] = None,
     print_bridge_config: Annotated[
         bool,
         typer.Option(
@@ -474,6 +482,7 @@ def manager(
         "broker": broker,
         "root": root,
         "root_via_bridge": root_via_bridge,
+        "root_credentials": root_credentials,
         "join_token": join,
         "cluster_name": name,
         "labels": pairs(label, "--label") if label else None,

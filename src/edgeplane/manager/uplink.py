@@ -92,13 +92,17 @@ IDENTITY_DIR = "uplink"
 
 
 async def root_identity(settings: Settings, root_url: str) -> joining.Identity | None:
-    """A cluster's identity at its root: the one kept in its data dir, else one bought
-    with ``settings.join_token`` at the root's broker ``root_url`` (and kept), else None
-    (the root's broker is then reached with what ``--root``'s URL carries, or what the
-    bridge's config does). ``Invalid`` if the root refuses the token, or the kept identity
-    is another cluster's."""
-    where = settings.data_dir / IDENTITY_DIR
-    identity = joining.load(where)
+    """A cluster's identity at its root: the one kept in its data dir (or in the file
+    ``settings.root_credentials``, which must exist), else one bought with
+    ``settings.join_token`` at the root's broker ``root_url`` (and kept), else None (the
+    root's broker is then reached with what ``--root``'s URL carries, or what the bridge's
+    config does). ``Invalid`` if the root refuses the token, or the identity is another
+    cluster's."""
+    given = settings.root_credentials
+    path = given or settings.data_dir / IDENTITY_DIR / joining.CREDENTIALS_FILE
+    identity = joining.load(path.parent, path.name)
+    if given is not None and identity is None:
+        raise Invalid(f"{given} does not exist (--root-credentials)", field="root_credentials")
     if identity is None and settings.join_token:
         if not root_url:
             raise Invalid("a join token is for a root: give --root too", field="root")
@@ -109,13 +113,13 @@ async def root_identity(settings: Settings, root_url: str) -> joining.Identity |
             settings.cluster_id,
             ca=settings.ca,
         )
-        path = joining.save(where, identity)
+        joining.save(path.parent, identity)
         log.info("joined the root", extra={"cluster": identity.member_id, "kept": str(path)})
     if identity is not None and identity.member_id != settings.cluster_id:
         raise Invalid(
-            f"{where / joining.CREDENTIALS_FILE} is cluster {identity.member_id}'s identity "
-            f"at the root, not {settings.cluster_id}'s: start with --cluster-id "
-            f"{identity.member_id}, or delete the file and join anew",
+            f"{path} is cluster {identity.member_id}'s identity at the root, not "
+            f"{settings.cluster_id}'s: start with --cluster-id {identity.member_id}, or "
+            "delete the file and join anew",
             field="cluster_id",
         )
     return identity
