@@ -14,6 +14,7 @@ from edgeplane.manager.uplink import root_identity
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import CLUSTER_LEAVES
 from edgeplane.security.joining import Identity
+from edgeplane.transport import without_credentials
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy/brokers/mosquitto-bridge/bridge.conf"
 BERLIN = Identity("berlin", "berlin", "s3cret", b"k" * 32)
@@ -68,3 +69,11 @@ async def test_a_shared_identity_file_is_read_instead_of_the_data_dir(tmp_path: 
         )  # fmt: skip
     with pytest.raises(Invalid, match="berlin's identity"):
         await root_identity(settings.model_copy(update={"cluster_id": "paris"}), "")
+
+
+def test_a_broker_url_is_shown_without_its_password() -> None:
+    """A shared broker's URL carries a password (the chart's managers[].replicas): the
+    root's cluster document and the startup line show it without."""
+    assert without_credentials("mqtts://edgeplane:s3cret@broker:8883") == "mqtts://broker:8883"
+    assert without_credentials("mqtt://user@b") == "mqtt://b"
+    assert without_credentials("mqtt://b:1883") == "mqtt://b:1883"

@@ -76,7 +76,13 @@ from edgeplane.scheduling.eligibility import (
     pinned_reason,
 )
 from edgeplane.security import joining
-from edgeplane.transport import MqttLink, Will, parse_broker_url, unique_client_id
+from edgeplane.transport import (
+    MqttLink,
+    Will,
+    parse_broker_url,
+    unique_client_id,
+    without_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +157,8 @@ class Uplink:
             name=settings.cluster_name or settings.cluster_id,
             location=parse_location(settings.location),
             labels=dict(settings.labels),
-            broker_url=manager.broker_url,
+            # the root shows it: never the password a --broker URL may carry
+            broker_url=without_credentials(manager.broker_url),
         )
         self.registered = asyncio.Event()
         #: set when the root refused this manager (another live one has its cluster id)
