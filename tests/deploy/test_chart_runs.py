@@ -227,33 +227,8 @@ def test_several_managers_of_one_cluster_as_the_chart_runs_them(lab: Lab) -> Non
             identity = lab.root / "join" / "uplink" / "credentials.json"
 
             # The shared broker: its rendered config and command, paths and port swapped.
-            config_map = next(d for d in docs if d["kind"] == "ConfigMap")
-            assert config_map["metadata"]["name"] == f"{name}-broker"
-            conf = lab.root / "broker" / "mosquitto.conf"
-            conf.parent.mkdir()
-            rendered = config_map["data"]["mosquitto.conf"]
-            conf.write_text(
-                rendered.replace("listener 8883 0.0.0.0", f"listener {broker_port} 127.0.0.1")
-                .replace("/etc/edgeplane/tls/", certs)
-                .replace("/tmp/passwd", str(conf.parent / "passwd"))
-                # the pod runs as uid 10001; Mosquitto started as root would switch users
-                + f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            )
-            deployment = next(d for d in docs if d["metadata"]["name"] == f"{name}-broker"
-                              and d["kind"] == "Deployment")  # fmt: skip
-            (mosquitto,) = deployment["spec"]["template"]["spec"]["containers"]
-            script = (
-                mosquitto["args"][0]
-                .replace("/tmp/passwd", str(conf.parent / "passwd"))
-                .replace("/etc/mosquitto-edgeplane/mosquitto.conf", str(conf))
-            )
             password = secrets.token_hex(16)  # what the chart's Secret holds
-            with (lab.root / "broker.log").open("wb") as out:
-                broker = subprocess.Popen(
-                    [*mosquitto["command"], script],
-                    env={**os.environ, "BROKER_PASSWORD": password},
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
+            broker = shared_broker(lab, docs, f"{name}-broker", broker_port, certs, password)
             wait_until(lambda: port_open(broker_port), "the shared broker")
 
             # The two managers: one store schema, each its own data dir and API port.
@@ -321,6 +296,112 @@ def test_several_managers_of_one_cluster_as_the_chart_runs_them(lab: Lab) -> Non
             broker.wait()
         for schema in schemas:
             asyncio.run(drop_pg_schema(schema))
+
+
+def test_several_roots_as_the_chart_runs_them(lab: Lab) -> None:
+    """root.replicas: 2 as the chart renders it: the roots' shared Mosquitto, two roots and
+    a manager with their rendered command lines and env; the manager registers through the
+    shared broker as user edgeplane; kill -9 of the leading root: the other takes over and
+    has the cluster online."""
+    tls = lab.root / "tls"
+    init_certs(tls, ["localhost", "127.0.0.1"])
+    certs, ca = f"{tls / 'certs'}/", tls / "certs" / "ca.pem"
+    broker_port, api, mqtt = free_port(), free_port(), free_port()
+    name = "ep-edgeplane-root"
+    docs = helm({"adminToken": {"existingSecret": "admin"}, "root": {"replicas": 2}})
+    schemas: list[str] = []
+    broker: subprocess.Popen[bytes] | None = None
+    password = secrets.token_hex(16)
+
+    def resolved(container: dict[str, Any], variable: str) -> str:
+        value = next(e["value"] for e in container["env"] if e["name"] == variable)
+        return (
+            str(value)
+            .replace("$(ROOT_BROKER_PASSWORD)", password)
+            .replace(f"{name}-broker:8884", f"localhost:{broker_port}")
+        )
+
+    try:
+        broker = shared_broker(lab, docs, f"{name}-broker", broker_port, certs, password)
+        wait_until(lambda: port_open(broker_port), "the roots' shared broker")
+        (root,) = containers(docs, "root")
+        service = f"https://localhost:{free_port()}"  # the Service: nothing here
+        ports, apis, roots, store = [free_port(), free_port()], [], [], ""
+        for n, port in enumerate(ports):
+            swap = {"tls": certs, "7070": str(port), f"https://{name}:7070": service}
+            args, url = pod(root, swap, schemas if n == 0 else [])
+            store = store or url  # one schema for both
+            env = lab.env(EDGEPLANE_DATA_DIR=str(lab.root / f"r{n}"), EDGEPLANE_STORE=store,
+                          EDGEPLANE_BROKER=resolved(root, "EDGEPLANE_BROKER"))  # fmt: skip
+            roots.append(lab.role(f"r{n}", args, env).start())
+            apis.append(https(f"https://127.0.0.1:{port}", ca))
+        roles = list(roots)
+
+        def leader() -> list[int] | None:
+            codes = [status(api) for api in apis]
+            return [codes.index(200)] if sorted(codes) == [200, 503] else None
+
+        (first,) = wait_until(leader, "one root to lead", 60, watch=roles)
+        (manager,) = containers(docs, "manager")
+        args, store = pod(manager, {"tls": certs, "7070": str(api), "8883": str(mqtt)}, schemas)
+        env = lab.env(EDGEPLANE_DATA_DIR=str(lab.root / "m"), EDGEPLANE_STORE=store,
+                      EDGEPLANE_ROOT=resolved(manager, "EDGEPLANE_ROOT"))  # fmt: skip
+        roles.append(lab.role("manager", args, env).start())
+
+        def online(api: httpx.Client) -> bool:
+            found = api.get("/api/v1/clusters/local")
+            return found.status_code == 200 and found.json()["state"] == "online"
+
+        wait_until(lambda: online(apis[first]), "the cluster at the leading root", 60, watch=roles)
+        roots[first].kill9()
+        roles.remove(roots[first])
+        wait_until(lambda: status(apis[1 - first]) == 200, "the other root to lead", 60,
+                   watch=roles)  # fmt: skip
+        wait_until(lambda: online(apis[1 - first]), "the cluster at the new root", 60, watch=roles)
+        assert password not in apis[1 - first].get("/api/v1/clusters/local").text
+        for client in apis:
+            client.close()
+    finally:
+        lab.close()
+        if broker is not None:
+            os.killpg(broker.pid, signal.SIGKILL)
+            broker.wait()
+        for schema in schemas:
+            asyncio.run(drop_pg_schema(schema))
+
+
+def shared_broker(
+    lab: Lab, docs: list[dict[str, Any]], name: str, port: int, certs: str, password: str
+) -> subprocess.Popen[bytes]:
+    """The chart's shared Mosquitto ``name``: its rendered config and start command, with
+    the port, the paths and the user swapped for this machine's."""
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)
+    conf = lab.root / name / "mosquitto.conf"
+    conf.parent.mkdir()
+    rendered = config_map["data"]["mosquitto.conf"]
+    listen = next(line for line in rendered.splitlines() if line.startswith("listener "))
+    conf.write_text(
+        rendered.replace(listen, f"listener {port} 127.0.0.1")
+        .replace("/etc/edgeplane/tls/", certs)
+        .replace("/tmp/passwd", str(conf.parent / "passwd"))
+        # the pod runs as uid 10001; Mosquitto started as root would switch users
+        + f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    )
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+    )
+    (mosquitto,) = deployment["spec"]["template"]["spec"]["containers"]
+    script = (
+        mosquitto["args"][0]
+        .replace("/tmp/passwd", str(conf.parent / "passwd"))
+        .replace("/etc/mosquitto-edgeplane/mosquitto.conf", str(conf))
+    )
+    with (lab.root / f"{name}.log").open("wb") as out:
+        return subprocess.Popen(
+            [*mosquitto["command"], script],
+            env={**os.environ, "BROKER_PASSWORD": password},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
 
 def status(client: httpx.Client) -> int:

@@ -52,9 +52,10 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
             # rollout never runs the old and the new pod at once
             assert spec["strategy"] == {"type": "Recreate"}, doc["metadata"]["name"]
         else:
-            # several managers of one cluster (managers[].replicas): the lease keeps one
-            # leading; a standby is never ready, so the new pods start beside the old ones
-            assert component == "manager", doc["metadata"]["name"]
+            # several managers of one cluster (managers[].replicas), or several roots: the
+            # lease keeps one leading; a standby is never ready, so the new pods start
+            # beside the old ones
+            assert component in ("manager", "root"), doc["metadata"]["name"]
             assert spec["strategy"] == {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "100%"},
@@ -84,11 +85,12 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
             assert "--insecure" not in args
             assert args[args.index("--host") + 1] == "0.0.0.0"
     for container in containers(docs, "manager"):
-        if "--root-credentials" in container["args"]:
-            continue  # several managers: one identity, from a Secret (checked below)
+        env = {e["name"]: e for e in container["env"]}
+        if "--root-credentials" in container["args"] or "EDGEPLANE_ROOT" in env:
+            continue  # several managers (one identity), or several roots (none): below
         # the root's broker admits only joined clusters: the token from a Secret the pod
         # waits for (not optional: started without it, the manager could never register)
-        token = {e["name"]: e for e in container["env"]}["EDGEPLANE_JOIN_TOKEN"]
+        token = env["EDGEPLANE_JOIN_TOKEN"]
         ref = token["valueFrom"]["secretKeyRef"]
         assert ref["key"] == "token" and not ref.get("optional"), ref
 
@@ -282,6 +284,40 @@ def test_helm_several_managers_on_a_broker_of_your_own() -> None:
         assert "identity" not in {m["name"] for m in manager["volumeMounts"]}
 
 
+def test_helm_several_roots_share_a_broker_the_managers_dial() -> None:
+    """root.replicas: the roots on the chart's Mosquitto (as a cluster's managers), and
+    every manager registers there as user edgeplane: no join token, no identity."""
+    managers = [{"clusterId": "berlin", "replicas": 2}, {"clusterId": "paris"}]
+    values = {**SHARED, "root": {"replicas": 2}, "managers": managers}
+    docs = helm(values)
+    check_edgeplane_workloads(docs)
+    name = "ep-edgeplane-root"
+    assert by_name(docs, "Deployment", name)["spec"]["replicas"] == 2
+    (root,) = containers(docs, "root")
+    assert root["args"][root["args"].index("--advertise-url") + 1] == f"https://{name}:7070"
+    assert "--broker-port" not in root["args"] and accepts_flags(root["args"]).exit_code == 0
+    env = {e["name"]: e for e in root["env"]}
+    assert env["EDGEPLANE_BROKER"]["value"] == (
+        f"mqtts://edgeplane:$(ROOT_BROKER_PASSWORD)@{name}-broker:8884"
+    )
+    assert by_name(docs, "Service", f"{name}-broker")["spec"]["ports"][0]["port"] == 8884
+    policy = by_name(docs, "NetworkPolicy", f"{name}-broker")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": f"{name}-broker"}
+    for manager in containers(docs, "manager"):
+        args = manager["args"]
+        assert "--root" not in args and "--root-credentials" not in args
+        env = {e["name"]: e for e in manager["env"]}
+        assert "EDGEPLANE_JOIN_TOKEN" not in env
+        assert env["EDGEPLANE_ROOT"]["value"] == env_root_url(name)
+        assert accepts_flags(args).exit_code == 0
+    text = notes(values)
+    assert "2 roots on one shared broker" in text and "create secret generic" not in text
+
+
+def env_root_url(root: str) -> str:
+    return f"mqtts://edgeplane:$(ROOT_BROKER_PASSWORD)@{root}-broker:8884"
+
+
 @pytest.mark.parametrize(
     ("values", "says"),
     [
@@ -290,6 +326,9 @@ def test_helm_several_managers_on_a_broker_of_your_own() -> None:
                                   "broker": {"url": "mqtt://x", "existingSecret": "y"}}]},
          "not both"),
         ({"managers": [{"clusterId": "a", "replicas": -1}]}, "1 or more"),
+        ({"root": {"replicas": 2}}, "adminToken.existingSecret"),
+        ({**SHARED, "root": {"replicas": 2, "broker": {"url": "mqtt://x", "existingSecret": "y"}}},
+         "not both"),
     ],
 )  # fmt: skip
 def test_helm_refuses_several_managers_it_cannot_run(values: dict[str, Any], says: str) -> None:

@@ -34,54 +34,56 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- .manager.identitySecret | default (printf "%s-identity" (include "edgeplane.managerName" .)) -}}
 {{- end -}}
 
-{{/* The Secret (key `password`) of the user `edgeplane` on a cluster's shared broker the
-     chart deploys. */}}
-{{- define "edgeplane.brokerSecret" -}}
-{{- (.manager.broker | default dict).passwordSecret | default (include "edgeplane.brokerName" .) -}}
-{{- end -}}
-
-{{/* The name of the shared broker the chart deploys for a cluster (DNS-1123). */}}
+{{/* The name of the shared broker the chart deploys for a cluster's managers (DNS-1123). */}}
 {{- define "edgeplane.brokerName" -}}
 {{- printf "%s-broker" (.name | trunc 56 | trimSuffix "-") -}}
 {{- end -}}
 
-{{/* EDGEPLANE_BROKER of managers that share a broker: the URL given, the one in a
-     Secret, or the chart's own Mosquitto with its password from its Secret. */}}
+{{/* The Secret (key `password`) of the user `edgeplane` on a shared broker the chart
+     deploys: .broker.passwordSecret, else one of the broker's own name (.name). */}}
+{{- define "edgeplane.brokerSecret" -}}
+{{- (.broker | default dict).passwordSecret | default .name -}}
+{{- end -}}
+
+{{/* The variable .var (EDGEPLANE_BROKER, EDGEPLANE_ROOT) of processes that share a broker:
+     .broker.url, the URL in the Secret .broker.existingSecret, or the chart's Mosquitto
+     .name at .port with its password (variable .passwordVar) from its Secret. */}}
 {{- define "edgeplane.brokerEnv" -}}
 {{- $ := .root -}}
-{{- $broker := .manager.broker | default dict -}}
+{{- $broker := .broker | default dict -}}
 {{- if $broker.url }}
-- name: EDGEPLANE_BROKER
+- name: {{ .var }}
   value: {{ $broker.url | quote }}
 {{- else if $broker.existingSecret }}
-- name: EDGEPLANE_BROKER
+- name: {{ .var }}
   valueFrom:
     secretKeyRef:
       name: {{ $broker.existingSecret }}
       key: url
 {{- else }}
-- name: BROKER_PASSWORD
+- name: {{ .passwordVar }}
   valueFrom:
     secretKeyRef:
       name: {{ include "edgeplane.brokerSecret" . }}
       key: password
-- name: EDGEPLANE_BROKER
-  value: {{ printf "%s://edgeplane:$(BROKER_PASSWORD)@%s:%v" (ternary "mqtts" "mqtt" $.Values.tls.enabled) (include "edgeplane.brokerName" .) (.manager.brokerPort | default 8883) | quote }}
+- name: {{ .var }}
+  value: {{ printf "%s://edgeplane:$(%s)@%s:%v" (ternary "mqtts" "mqtt" $.Values.tls.enabled) .passwordVar .name .port | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* The Mosquitto several managers of one cluster share, and its workers dial: one user,
-     `edgeplane`, whose password is in a Secret; no anonymous client. It runs from
-     edgeplane's image (Mosquitto and mosquitto_passwd are in it). */}}
+{{/* A Mosquitto that several processes share (a cluster's managers and its workers, or
+     the roots and the managers): .name at .port, for .for; one user, `edgeplane`, whose
+     password is in a Secret; no anonymous client. It runs from edgeplane's image
+     (Mosquitto and mosquitto_passwd are in it). */}}
 {{- define "edgeplane.sharedBroker" -}}
 {{- $ := .root -}}
-{{- $name := include "edgeplane.brokerName" . -}}
-{{- $port := .manager.brokerPort | default 8883 -}}
-{{- $broker := .manager.broker | default dict }}
+{{- $name := .name -}}
+{{- $port := .port -}}
+{{- $broker := .broker | default dict }}
 {{- if not $broker.passwordSecret }}
 {{- $old := lookup "v1" "Secret" $.Release.Namespace $name }}
 ---
-# The password of the user `edgeplane` on cluster {{ .manager.clusterId }}'s shared broker.
+# The password of the user `edgeplane` on the broker {{ .for }} share.
 apiVersion: v1
 kind: Secret
 metadata:
@@ -89,7 +91,7 @@ metadata:
   labels:
     {{- include "edgeplane.labels" $ | nindent 4 }}
   annotations:
-    helm.sh/resource-policy: keep   # workers outside the release hold it
+    helm.sh/resource-policy: keep   # clients outside the release hold it
 type: Opaque
 data:
   {{- if and $old $old.data }}
@@ -128,7 +130,7 @@ metadata:
   labels:
     {{- include "edgeplane.labels" $ | nindent 4 }}
 spec:
-  type: {{ ((.manager.broker | default dict).service | default dict).type | default "ClusterIP" }}
+  type: {{ ($broker.service | default dict).type | default "ClusterIP" }}
   selector:
     app.kubernetes.io/name: {{ $name }}
   ports:
@@ -136,6 +138,7 @@ spec:
       port: {{ $port }}
       targetPort: mqtt
 ---
+# The broker {{ .for }} share.
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -169,7 +172,7 @@ spec:
             - name: BROKER_PASSWORD
               valueFrom:
                 secretKeyRef:
-                  name: {{ $broker.passwordSecret | default $name }}
+                  name: {{ include "edgeplane.brokerSecret" . }}
                   key: password
           ports:
             - name: mqtt
@@ -213,6 +216,13 @@ spec:
             secretName: {{ $.Values.tls.secretName }}
             defaultMode: 0440
         {{- end }}
+{{- end -}}
+
+{{/* Several roots (root.replicas above 1) share a broker: the arguments of the dict the
+     shared-broker templates take for it. */}}
+{{- define "edgeplane.rootBroker" -}}
+{{- $name := printf "%s-root-broker" (include "edgeplane.fullname" .) -}}
+{{- toJson (dict "name" $name "port" .Values.root.brokerPort "broker" (.Values.root.broker | default dict) "var" "EDGEPLANE_ROOT" "passwordVar" "ROOT_BROKER_PASSWORD" "for" "the roots and the managers") -}}
 {{- end -}}
 
 {{/* The store URL's environment: PostgreSQL's password from its Secret, a schema each. */}}
