@@ -29,7 +29,9 @@ async def _run_manager(settings: Settings) -> None:
 
         def leading(control: ControlPlane) -> None:
             root = (
-                f", registered with root {without_credentials(settings.root)}"
+                ", registered with its root through the bridge on its broker"
+                if settings.root_via_bridge
+                else f", registered with root {without_credentials(settings.root)}"
                 if settings.root
                 else ""
             )
