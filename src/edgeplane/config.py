@@ -61,6 +61,8 @@ class Settings(BaseModel):
     workers: int = Field(default=2, ge=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     missed_beats: int = Field(default=3, ge=1)
+    #: a worker: seconds between samples of its node's usage (docs/metrics.md; 0: none)
+    metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
     #: seconds a lost worker's host and container tasks wait for it to come back and
     #: re-attach before they are placed again (None: heartbeat_s * missed_beats; 0: none)
     lost_grace_s: float | None = Field(default=None, ge=0)

@@ -9,6 +9,7 @@ from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.responses import document
 from edgeplane.api.routing import JsonRoute
+from edgeplane.api.usage import Points, Since, Until, UsageSeries, series
 from edgeplane.errors import Invalid, NotFound
 from edgeplane.limits import MAX_BATCH
 from edgeplane.manager import Manager
@@ -163,3 +164,17 @@ async def task_results(task_id: str, manager: ManagerDep, caller: CallerDep) -> 
 @router.get("/{task_id}/logs", response_model=TaskLogs)
 async def task_logs(task_id: str, manager: ManagerDep, caller: CallerDep) -> TaskLogs:
     return (await owned(manager, caller, task_id)).logs_view()
+
+
+@router.get("/{task_id}/metrics", response_model=UsageSeries)
+async def task_metrics(
+    task_id: str,
+    manager: ManagerDep,
+    caller: CallerDep,
+    since: Since = None,
+    until: Until = None,
+    points: Points = 200,
+) -> UsageSeries:
+    """The task's usage samples (its monitoring profile says how often and how many)."""
+    await owned(manager, caller, task_id)
+    return series("task", task_id, manager.series.task(task_id), since, until, points)

@@ -31,9 +31,10 @@ from edgeplane.manager.facade import Facade
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
+from edgeplane.manager.series import Series
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
+from edgeplane.protocol import Alive, Hello, Metrics, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink, kept_client_id
@@ -116,6 +117,8 @@ class Manager:
         self.members = Membership(core, epoch, broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
         self._core = core
+        #: usage samples of members and tasks (``series.py``)
+        self.series = Series()
         self._loops: list[asyncio.Task[None]] = []
         self.facade = Facade(core, self.tasks, self.dispatcher, broker_url)
         # The manager's own calls are its parts' (the API and the roles use these).
@@ -199,6 +202,8 @@ class Manager:
             await self.members.on_alive(member_id, body)
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
+        elif isinstance(body, Metrics):
+            self.series.ingest(member_id, body)
         elif isinstance(body, Aggregate) and self.root:
             self.members.on_aggregate(member_id, body)
         else:

@@ -115,6 +115,7 @@ def build_worker(
         slots=settings.slots,
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
+        metrics_interval_s=settings.metrics_interval_s,
         ca=trusted_ca(settings.ca, settings.data_dir),
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,

@@ -36,6 +36,7 @@ from edgeplane.protocol import (
     Assignment,
     EventOutbox,
     Hello,
+    Metrics,
     Reregister,
     StartTasks,
     StopTasks,
@@ -54,8 +55,10 @@ from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.transport import MqttLink, Will, unique_client_id
+from edgeplane.model.monitoring import Monitoring
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
+from edgeplane.worker.monitor import Monitor, NodeSampler
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,8 @@ class _Run:
     stopped: bool = False
     #: when it started: set from the start of the attempt's handle when re-attached to it
     started_at: float | None = None
+    #: its monitoring profile (None: not sampled; nor is an attempt re-attached to)
+    monitoring: Monitoring | None = None
 
 
 @dataclass
@@ -214,6 +219,8 @@ class WorkerOptions:
     #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
     #: edgeplane's, so they have no ``mac_key``)
     secret_key: bytes | None = field(default=None, repr=False)
+    #: seconds between samples of this node's usage on the ``metrics`` leaf (0: none)
+    metrics_interval_s: float = 10.0
 
 
 class WorkerAgent:
@@ -265,6 +272,12 @@ class WorkerAgent:
         self.terms = TermGate()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
+        self.monitor = Monitor(
+            self._send_metrics,
+            self.clock,
+            node=NodeSampler(options.data_dir, self.clock),
+            node_interval_s=options.metrics_interval_s,
+        )
         self.link = MqttLink(
             options.broker_url,
             client_id=unique_client_id(
@@ -290,6 +303,7 @@ class WorkerAgent:
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
             asyncio.create_task(self.events.run(), name=f"worker-{self.id}-events"),
+            asyncio.create_task(self.monitor.run(), name=f"worker-{self.id}-monitor"),
         ]
 
     async def stop(self) -> None:
@@ -441,7 +455,9 @@ class WorkerAgent:
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
-        run = _Run(spec=spec, artifact_b64=assignment.artifact_b64)
+        run = _Run(
+            spec=spec, artifact_b64=assignment.artifact_b64, monitoring=assignment.monitoring
+        )
         self._runs[spec.task_id] = run
         self._queue.append(run)
         self._start_queued()
@@ -493,6 +509,8 @@ class WorkerAgent:
         finally:
             self._running -= 1
             self._start_queued()
+            if run.monitoring is not None:
+                self.monitor.unwatch(spec.task_id, spec.attempt)
         if run.stopped and outcome.state != "cancelled":
             outcome = Outcome(
                 state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
@@ -600,6 +618,11 @@ class WorkerAgent:
         self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )
+        if run.monitoring is not None:
+            handle = run.handle  # (bound now: the lambda must not see a later attempt's)
+            self.monitor.watch(
+                spec.task_id, spec.attempt, run.monitoring, lambda: runtime.stats(handle)
+            )
         if run.stopped:
             await runtime.stop(run.handle)
         return None
@@ -690,6 +713,10 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
+    async def _send_metrics(self, metrics: Metrics) -> None:
+        # QoS 0: a lost sample is not worth a PUBACK per batch
+        await self.link.publish(self.topics.metrics(self.id), encode("metrics", metrics), qos=0)
+
     async def _send_events(self, events: TaskEvents) -> None:
         await self._publish(self.topics.events(self.id), "task.events", events)
 

@@ -1,0 +1,169 @@
+"""Usage metrics with the real stack (docs/metrics.md): monitoring profiles sample a host
+task on its worker, the samples travel on the ``metrics`` leaf, the manager serves them;
+``off`` sends nothing; Prometheus text parses with the named families."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeplane.protocol import Metrics, Topics, decode, parse_body
+from edgeplane.roles.up import Stack
+from edgeplane.transport import MqttLink
+from stack_fixtures import start_stack
+
+T = TypeVar("T")
+WAIT_S = 30
+FAST = {"interval_s": 0.2, "history": 50}
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    async for pair in start_stack(
+        tmp_path, fast_broker_url, "memory://", unique_domain, workers=1, metrics_interval_s=0.2
+    ):
+        yield pair
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """Poll ``check`` until it returns something truthy (the condition, not a fixed sleep)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+class MetricsTap:
+    """Counts what workers publish on the ``metrics`` leaf, per task."""
+
+    def __init__(self, url: str, topics: Topics) -> None:
+        self.batches: list[Metrics] = []
+        self.link = MqttLink(
+            url,
+            client_id=f"test-metrics-tap-{topics.domain}",
+            subscriptions=[topics.all_members("metrics")],
+            on_message=self._on_message,
+        )
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        envelope = decode(payload)
+        body = parse_body(envelope.type, envelope.body)
+        assert isinstance(body, Metrics)
+        self.batches.append(body)
+
+    def task_samples(self, task_id: str) -> int:
+        return sum(len(t.samples) for b in self.batches for t in b.tasks if t.task_id == task_id)
+
+
+async def run_host(http: httpx.AsyncClient, script: str, **fields: Any) -> str:
+    body = {"runtime": "host", "command": ["sh", "-c", script], "start": True, **fields}
+    response = await http.post("/tasks", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def state_of(http: httpx.AsyncClient, task_id: str) -> str:
+    return str((await http.get(f"/tasks/{task_id}")).json()["state"])
+
+
+async def test_fast_profile_reports_samples_and_off_sends_none(
+    stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    up, http = stack
+    tap = MetricsTap(up.broker_url, up.control.manager.topics)
+    await tap.link.start()
+    try:
+        stop = tmp_path / "stop"
+        wait = f"while [ ! -e {stop} ]; do sleep 0.05; done"
+        watched = await run_host(http, wait, monitoring=FAST)
+        quiet = await run_host(http, wait, monitoring="off")
+
+        async def samples() -> list[dict[str, Any]] | None:
+            got = (await http.get(f"/tasks/{watched}/metrics")).json()["samples"]
+            return got if len(got) >= 3 else None
+
+        got = await eventually(samples, "three samples of the watched task")
+        assert all("memory_mb" in s["values"] or "rss_mb" in s["values"] for s in got)
+        assert [s["ts"] for s in got] == sorted(s["ts"] for s in got)
+        # the watched task's samples came over MQTT, and by then the quiet one's would have
+        await eventually(
+            lambda: _now(tap.task_samples(watched) >= 3), "the watched task's samples on MQTT"
+        )
+        assert tap.task_samples(quiet) == 0
+        assert (await http.get(f"/tasks/{quiet}/metrics")).json()["samples"] == []
+        stop.touch()
+        for task_id in (watched, quiet):
+            await eventually(lambda t=task_id: _done(http, t), f"{task_id} completed")
+        # time-bounded: nothing before the first sample's time, nothing after ``until``
+        first = got[0]["ts"]
+        bounded = (await http.get(f"/tasks/{watched}/metrics", params={"until": first - 1})).json()
+        assert bounded["samples"] == []
+        squeezed = (await http.get(f"/tasks/{watched}/metrics", params={"points": 1})).json()
+        assert len(squeezed["samples"]) == 1 and squeezed["downsampled"]
+        # the node: worker and cluster series
+        worker = up.workers[0].id
+        node = await eventually(
+            lambda: _samples(http, f"/workers/{worker}/metrics"), "node samples"
+        )
+        assert node[-1]["values"]["memory_total_mb"] > 0
+        cluster = await eventually(
+            lambda: _samples(http, f"/clusters/{up.control.settings.cluster_id}/metrics"),
+            "cluster samples",
+        )
+        assert cluster[-1]["values"]["members"] == 1
+    finally:
+        await tap.link.stop()
+
+
+async def _now(value: T) -> T:
+    return value
+
+
+async def _done(http: httpx.AsyncClient, task_id: str) -> bool:
+    return await state_of(http, task_id) == "completed"
+
+
+async def _samples(http: httpx.AsyncClient, path: str) -> list[dict[str, Any]] | None:
+    response = await http.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()["samples"] or None  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "monitoring",
+    [
+        "sometimes",
+        {"interval_s": 0.01, "history": 10},
+        {"interval_s": 1, "history": 0},
+        {"interval_s": 1},
+    ],
+)
+async def test_bad_monitoring_is_422_naming_the_field(
+    stack: tuple[Stack, httpx.AsyncClient], monitoring: Any
+) -> None:
+    _, http = stack
+    response = await http.post(
+        "/tasks", json={"runtime": "host", "command": ["true"], "monitoring": monitoring}
+    )
+    assert response.status_code == 422
+    assert "monitoring" in response.text
+
+
+async def test_metrics_bad_window_is_422(stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    _, http = stack
+    task_id = await run_host(http, "true", monitoring="off")
+    response = await http.get(f"/tasks/{task_id}/metrics", params={"since": 10, "until": 5})
+    assert response.status_code == 422 and "since" in response.text
+    assert (await http.get("/tasks/nope/metrics")).status_code == 404
+    assert (await http.get("/workers/nope/metrics")).status_code == 404
