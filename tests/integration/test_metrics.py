@@ -167,3 +167,60 @@ async def test_metrics_bad_window_is_422(stack: tuple[Stack, httpx.AsyncClient])
     assert response.status_code == 422 and "since" in response.text
     assert (await http.get("/tasks/nope/metrics")).status_code == 404
     assert (await http.get("/workers/nope/metrics")).status_code == 404
+
+
+#: families ``/metrics`` has on every control plane (names as the parser gives them)
+FAMILIES = {
+    "edgeplane_tasks": "gauge",
+    "edgeplane_tasks_finished": "counter",
+    "edgeplane_tasks_dispatched": "counter",
+    "edgeplane_task_dispatch_seconds": "histogram",
+    "edgeplane_task_end_to_end_seconds": "histogram",
+    "edgeplane_queue_depth": "gauge",
+    "edgeplane_workers_online": "gauge",
+    "edgeplane_mqtt_messages_received": "counter",
+    "edgeplane_mqtt_messages_published": "counter",
+    "edgeplane_mqtt_messages_bad": "counter",
+    "edgeplane_store_commit_seconds": "histogram",
+    "edgeplane_journal_queue": "gauge",
+    "edgeplane_event_loop_lag_seconds": "histogram",
+}
+
+
+async def test_prometheus_text_parses_with_sane_values(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    up, http = stack
+    ids = [await run_host(http, "true", monitoring="off") for _ in range(3)]
+    for task_id in ids:
+        await eventually(lambda t=task_id: _done(http, t), f"{task_id} completed")  # type: ignore[misc]
+    async with httpx.AsyncClient(base_url=up.control.url) as plain:
+        response = await plain.get("/metrics")
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    for name, kind in FAMILIES.items():
+        assert name in families, name
+        assert families[name].type == kind, name
+
+    def value(name: str, sample: str, **labels: str) -> float:
+        for s in families[name].samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        raise AssertionError(f"{sample} {labels} not in {name}")
+
+    assert (
+        value("edgeplane_tasks_finished", "edgeplane_tasks_finished_total", state="completed") >= 3
+    )
+    assert value("edgeplane_tasks_dispatched", "edgeplane_tasks_dispatched_total") >= 3
+    assert value("edgeplane_task_dispatch_seconds", "edgeplane_task_dispatch_seconds_count") >= 3
+    e2e = "edgeplane_task_end_to_end_seconds"
+    assert value(e2e, f"{e2e}_count") >= 3
+    assert value(e2e, f"{e2e}_bucket", le="+Inf") == value(e2e, f"{e2e}_count")
+    assert value(e2e, f"{e2e}_sum") > 0
+    assert value("edgeplane_workers_online", "edgeplane_workers_online") == 1
+    assert value("edgeplane_queue_depth", "edgeplane_queue_depth") == 0
+    received = "edgeplane_mqtt_messages_received"
+    assert value(received, f"{received}_total") >= 6  # hello, events of three tasks
+    assert value("edgeplane_mqtt_messages_bad", "edgeplane_mqtt_messages_bad_total") == 0
+    commit = "edgeplane_store_commit_seconds"
+    assert value(commit, f"{commit}_count") >= 1

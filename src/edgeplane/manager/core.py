@@ -24,6 +24,7 @@ from edgeplane.manager.registry import Registry
 from edgeplane.model import Task, Worker
 from edgeplane.protocol import encode
 from edgeplane.store import Store
+from edgeplane.telemetry import LIFE_BUCKETS, Histogram
 from edgeplane.transport import MqttLink
 
 
@@ -42,6 +43,10 @@ class ManagerStats:
     finished: Counter[str] = field(default_factory=Counter)
     #: tasks submitted since the manager started, by origin (api, workflow, schedule...)
     submitted: Counter[str] = field(default_factory=Counter)
+    #: seconds from a task's being ready (created, or its retry due) to its task.start
+    dispatch_latency: Histogram = field(default_factory=Histogram)
+    #: seconds from a task's creation to its end, of tasks ended since the manager started
+    end_to_end: Histogram = field(default_factory=lambda: Histogram(LIFE_BUCKETS))
 
 
 @dataclass

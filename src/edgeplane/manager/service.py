@@ -37,6 +37,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, Metrics, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
+from edgeplane.telemetry import LoopLag
 from edgeplane.transport import MqttLink, kept_client_id
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class Manager:
         self._core = core
         #: usage samples of members and tasks (``series.py``)
         self.series = Series()
+        #: how late this process's event loop runs (``/metrics``)
+        self.loop_lag = LoopLag()
         self._loops: list[asyncio.Task[None]] = []
         self.facade = Facade(core, self.tasks, self.dispatcher, broker_url)
         # The manager's own calls are its parts' (the API and the roles use these).
@@ -161,6 +164,7 @@ class Manager:
             asyncio.create_task(self.members.liveness_loop(), name="manager-liveness"),
             asyncio.create_task(self.journal.run(), name="manager-journal"),
             asyncio.create_task(self.members.persist_loop(), name="manager-members"),
+            asyncio.create_task(self.loop_lag.run(), name="manager-loop-lag"),
         ]
         self._core.kick.set()
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
+from edgeplane.model.monitoring import Monitoring
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -55,7 +56,6 @@ from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.transport import MqttLink, Will, unique_client_id
-from edgeplane.model.monitoring import Monitoring
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
