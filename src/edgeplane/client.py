@@ -882,6 +882,37 @@ class Client(_Base):
     def logs(self, task_id: str) -> TaskLogs:
         return self._send(_Calls.logs(task_id))
 
+    def follow_logs(self, task_id: str) -> Iterator[tuple[str, str]]:
+        """``(event, text)`` as the task prints: ``stdout``/``stderr`` text, a ``gap``
+        when output was lost, and last ``end`` (JSON: state, exit_code) once it ended
+        (docs/metrics.md, "Logs")."""
+        options = self._options()
+        headers = {**options["headers"], "Accept": "text/event-stream"}
+        with (
+            httpx.Client(
+                base_url=self.url,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=None),
+                verify=self._tls if self._tls is not None else True,
+            ) as http,
+            http.stream("GET", f"{API_PREFIX}/tasks/{_seg(task_id)}/logs?follow=true") as resp,
+        ):
+            if resp.status_code != 200:
+                reply = Reply(resp.status_code, resp.reason_phrase, resp.read(), str(resp.url))
+                raise _problem(reply)
+            name, data = "message", list[str]()
+            for line in resp.iter_lines():
+                if line == "":
+                    if data:
+                        yield name, "\n".join(data)
+                        if name == "end":
+                            return
+                    name, data = "message", list[str]()
+                elif line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[6:] if line.startswith("data: ") else line[5:])
+
     def delete(self, task_id: str) -> None:
         self._send(_Calls.delete(task_id))
 

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from edgeplane.cli.main import app as cli_app
 from edgeplane.protocol import Metrics, Topics, decode, parse_body
 from edgeplane.roles.up import Stack
 from edgeplane.transport import MqttLink
-from stack_fixtures import start_stack
+from stack_fixtures import TOKEN, start_stack
 
 T = TypeVar("T")
 WAIT_S = 30
@@ -224,3 +226,54 @@ async def test_prometheus_text_parses_with_sane_values(
     assert value("edgeplane_mqtt_messages_bad", "edgeplane_mqtt_messages_bad_total") == 0
     commit = "edgeplane_store_commit_seconds"
     assert value(commit, f"{commit}_count") >= 1
+
+
+async def test_logs_follow_streams_lines_as_printed_and_ends_with_the_task(
+    stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """Each line is seen before the task prints the next one: it prints one, then waits
+    for a file the test makes only once that line came through."""
+    _, http = stack
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    script = (
+        f"for i in 1 2 3; do echo line-$i; "
+        f"while [ ! -e {steps}/$i ]; do sleep 0.05; done; done; echo bye >&2"
+    )
+    task_id = await run_host(http, script, monitoring="off")
+    seen: list[str] = []
+    events: list[str] = []
+    async with asyncio.timeout(WAIT_S):
+        async with http.stream("GET", f"/tasks/{task_id}/logs", params={"follow": "true"}) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            name = ""
+            async for line in resp.aiter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                    events.append(name)
+                elif line.startswith("data: ") and name == "stdout" and line[6:]:
+                    seen.append(line[6:])
+                    (steps / line[6:].removeprefix("line-")).touch()
+    assert seen == ["line-1", "line-2", "line-3"]
+    assert events[-1] == "end" and "stderr" in events
+    # a finished task's follow gives its stored logs and ends at once
+    async with http.stream("GET", f"/tasks/{task_id}/logs", params={"follow": "true"}) as resp:
+        text = (await resp.aread()).decode()
+    assert "data: line-1" in text and text.rstrip().endswith('"exit_code":0}')
+
+
+async def test_cli_task_logs_follow(
+    stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    up, http = stack
+    for name in ("EDGEPLANE_URL", "EDGEPLANE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    task_id = await run_host(http, "echo one; sleep 0.3; echo two; echo err >&2")
+    given = ["--url", up.control.url, "--token", TOKEN]
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli_app, [*given, "task", "logs", task_id, "--follow"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "one\ntwo\n"
+    assert "err" in result.stderr

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import typer
 
 from edgeplane.cli.options import (
@@ -534,9 +536,32 @@ def results(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None
 
 
 @app.command()
-def logs(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+def logs(
+    ctx: typer.Context,
+    task_id: IdArgument,
+    output: OutputOption = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print what the task prints as it prints it, until it ends."
+        ),
+    ] = False,
+) -> None:
     """Print a task's stdout (on stdout) and stderr (on stderr)."""
     s = session(ctx)
+    if follow:
+        for name, text in s.client().follow_logs(task_id):
+            if s.format(output) is Format.json:
+                echo(orjson.dumps({"event": name, "data": text}).decode())
+            elif name == "stdout":
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif name == "stderr":
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            elif name == "gap":
+                note(f"(output lost: {text})")
+        return
     doc = s.client().logs(task_id)
     if s.format(output) is Format.json:
         print_model(doc)

@@ -28,13 +28,24 @@ from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
+from edgeplane.manager.follow import LogFollowers
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
 from edgeplane.manager.series import Series
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, Metrics, TaskEvents, decode, parse_body, sealing
+from edgeplane.protocol import (
+    Alive,
+    FollowLogs,
+    Hello,
+    LogChunks,
+    Metrics,
+    TaskEvents,
+    decode,
+    parse_body,
+    sealing,
+)
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
 from edgeplane.telemetry import LoopLag
@@ -122,6 +133,8 @@ class Manager:
         self.series = Series()
         #: how late this process's event loop runs (``/metrics``)
         self.loop_lag = LoopLag()
+        #: who follows which task's logs live (``follow.py``)
+        self.log_followers = LogFollowers()
         self._loops: list[asyncio.Task[None]] = []
         self.facade = Facade(core, self.tasks, self.dispatcher, broker_url)
         # The manager's own calls are its parts' (the API and the roles use these).
@@ -185,6 +198,11 @@ class Manager:
         await self.link.stop()
         self.tasks.cancel_waiters()
 
+    async def follow_logs(self, task_id: str, attempt: int, member_id: str, seconds: float) -> None:
+        """Ask the member running the attempt to send its output for ``seconds`` (0: stop)."""
+        body = FollowLogs(task_id=task_id, attempt=attempt, follow_s=seconds)
+        await self._core.send(member_id, "task.logs.follow", body)
+
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
         where = self.topics.member_of(topic)
@@ -208,6 +226,10 @@ class Manager:
             await self.tasks.on_events(member_id, body.events)
         elif isinstance(body, Metrics):
             self.series.ingest(member_id, body)
+        elif isinstance(body, LogChunks):
+            entry = self.registry.get(member_id)  # only the logs of tasks the member holds
+            held = {} if entry is None else entry.tasks
+            self.log_followers.on_chunks(c for c in body.chunks if c.task_id in held)
         elif isinstance(body, Aggregate) and self.root:
             self.members.on_aggregate(member_id, body)
         else:

@@ -318,8 +318,40 @@ class Metrics(_Body):
     workers: dict[str, list[Sample]] = Field(default_factory=dict, max_length=1000)
 
 
+#: characters of one log chunk: the rest follows in the next
+MAX_LOG_CHUNK = 16 * 1024
+#: seconds a worker keeps following logs the manager asked for without a renewal
+MAX_FOLLOW_S = 60.0
+
+
+class FollowLogs(_Body):
+    """manager → worker: send what the attempt prints, as it prints it, for ``follow_s``
+    seconds (renewed while someone follows; 0: stop now)."""
+
+    task_id: str
+    attempt: int
+    follow_s: float = Field(ge=0, le=MAX_FOLLOW_S)
+
+
+class LogChunk(_Body):
+    task_id: str
+    attempt: int
+    stream: Literal["stdout", "stderr"]
+    #: where in the stream (characters from the start) ``data`` begins
+    offset: int = Field(ge=0)
+    data: str = Field(max_length=MAX_LOG_CHUNK)
+
+
+class LogChunks(_Body):
+    """worker → manager on the ``events`` leaf (so before the attempt's final event)."""
+
+    chunks: list[LogChunk] = Field(max_length=64)
+
+
 MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "metrics": Metrics,
+    "task.logs.follow": FollowLogs,
+    "task.logs": LogChunks,
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,

@@ -36,7 +36,9 @@ from edgeplane.protocol import (
     Alive,
     Assignment,
     EventOutbox,
+    FollowLogs,
     Hello,
+    LogChunks,
     Metrics,
     Reregister,
     StartTasks,
@@ -59,6 +61,7 @@ from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
+from edgeplane.worker.tails import Tails
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +281,7 @@ class WorkerAgent:
             node=NodeSampler(options.data_dir, self.clock),
             node_interval_s=options.metrics_interval_s,
         )
+        self.tails = Tails(self._send_logs, self.clock)
         self.link = MqttLink(
             options.broker_url,
             client_id=unique_client_id(
@@ -322,6 +326,7 @@ class WorkerAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        await self.tails.close()
         await self.link.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
@@ -416,9 +421,18 @@ class WorkerAgent:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, FollowLogs):
+            self._follow(body)
         else:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    def _follow(self, ask: FollowLogs) -> None:
+        run = self._runs.get(ask.task_id)
+        if run is None or run.spec.attempt != ask.attempt or run.handle is None:
+            return  # not here (any more): the manager has, or will have, its final logs
+        assert run.runtime is not None
+        self.tails.follow(ask.task_id, ask.attempt, run.runtime.log_files(run.handle), ask.follow_s)
 
     def _first_time(self, key: Key) -> bool:
         """Whether ``(task id, attempt)`` is new; a redelivered command runs nothing twice."""
@@ -530,6 +544,8 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
+        if self.tails.following(spec.task_id):  # its last lines before its end
+            await self.tails.last(spec.task_id, spec.attempt)
         # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
         await self._keep_final(run, event)
         key = (spec.task_id, spec.attempt)
@@ -713,6 +729,9 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
+    async def _send_logs(self, chunks: LogChunks) -> None:
+        await self._publish(self.topics.events(self.id), "task.logs", chunks)
+
     async def _send_metrics(self, metrics: Metrics) -> None:
         # QoS 0: a lost sample is not worth a PUBACK per batch
         await self.link.publish(self.topics.metrics(self.id), encode("metrics", metrics), qos=0)
