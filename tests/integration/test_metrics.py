@@ -277,3 +277,42 @@ async def test_cli_task_logs_follow(
     assert result.exit_code == 0, result.output
     assert result.stdout == "one\ntwo\n"
     assert "err" in result.stderr
+
+
+async def test_root_sees_cluster_aggregate_worker_series_and_task_samples(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """Under a root (``up --clusters 1``): the cluster sends its aggregate, each worker's
+    node samples and the samples of the root's tasks up on the root's ``metrics`` leaf."""
+    async for up, http in start_stack(
+        tmp_path,
+        fast_broker_url,
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        unique_domain,
+        workers=1,
+        clusters=1,
+        aggregate_interval_s=0.3,
+        metrics_interval_s=0.2,
+    ):
+        stop = tmp_path / "stop"
+        task_id = await run_host(
+            http, f"while [ ! -e {stop} ]; do sleep 0.05; done", monitoring=FAST
+        )
+        clusters = (await http.get("/clusters")).json()["items"]
+        cluster = clusters[0]["id"]
+        aggregate = await eventually(
+            lambda: _samples(http, f"/clusters/{cluster}/metrics"), "the cluster's aggregate"
+        )
+        assert aggregate[-1]["values"]["members"] == 1
+        worker = up.workers[0].id
+        node = await eventually(
+            lambda: _samples(http, f"/clusters/{cluster}/workers/{worker}/metrics"),
+            "a worker's series through its cluster",
+        )
+        assert node[-1]["values"]["memory_total_mb"] > 0
+        assert (await http.get(f"/workers/{worker}/metrics")).status_code == 404  # no /workers
+        await eventually(
+            lambda: _samples(http, f"/tasks/{task_id}/metrics"), "the root's task samples"
+        )
+        stop.touch()
+        await eventually(lambda: _done(http, task_id), "the task completed")

@@ -21,6 +21,7 @@ from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import Level
 from edgeplane.manager.queue import PendingQueue
 from edgeplane.manager.registry import Registry
+from edgeplane.manager.series import Series
 from edgeplane.model import Task, Worker
 from edgeplane.protocol import encode
 from edgeplane.store import Store
@@ -59,6 +60,8 @@ class Core:
     link: MqttLink
     registry: Registry = field(default_factory=Registry)
     pending: PendingQueue = field(default_factory=PendingQueue)
+    #: usage samples of members and tasks (``series.py``)
+    series: Series = field(default_factory=Series)
     active: dict[str, Task] = field(default_factory=dict)
     stats: ManagerStats = field(default_factory=ManagerStats)
     #: set to run a scheduling pass soon

@@ -49,6 +49,11 @@ class Series:
     def task(self, task_id: str) -> list[Sample]:
         return list(self._tasks.get(task_id, ()))
 
+    def history(self, task_id: str) -> int:
+        """Samples kept of the task (its profile's ``history``); 1 when none came."""
+        kept = self._tasks.get(task_id)
+        return 1 if kept is None or kept.maxlen is None else kept.maxlen
+
     def member(self, member_id: str) -> list[Sample]:
         return list(self._members.get(member_id, ()))
 

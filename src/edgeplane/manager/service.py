@@ -32,7 +32,6 @@ from edgeplane.manager.follow import LogFollowers
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
-from edgeplane.manager.series import Series
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
 from edgeplane.protocol import (
@@ -129,8 +128,7 @@ class Manager:
         self.members = Membership(core, epoch, broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
         self._core = core
-        #: usage samples of members and tasks (``series.py``)
-        self.series = Series()
+        self.series = core.series
         #: how late this process's event loop runs (``/metrics``)
         self.loop_lag = LoopLag()
         #: who follows which task's logs live (``follow.py``)
