@@ -279,12 +279,12 @@ async def test_cli_task_logs_follow(
     assert "err" in result.stderr
 
 
-async def test_root_sees_cluster_aggregate_worker_series_and_task_samples(
+@pytest.fixture
+async def rooted(
     tmp_path: Path, fast_broker_url: str, unique_domain: str
-) -> None:
-    """Under a root (``up --clusters 1``): the cluster sends its aggregate, each worker's
-    node samples and the samples of the root's tasks up on the root's ``metrics`` leaf."""
-    async for up, http in start_stack(
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    """``up --clusters 1``: a root, one cluster, one worker."""
+    async for pair in start_stack(
         tmp_path,
         fast_broker_url,
         f"sqlite:///{tmp_path / 'db.sqlite'}",
@@ -294,25 +294,30 @@ async def test_root_sees_cluster_aggregate_worker_series_and_task_samples(
         aggregate_interval_s=0.3,
         metrics_interval_s=0.2,
     ):
-        stop = tmp_path / "stop"
-        task_id = await run_host(
-            http, f"while [ ! -e {stop} ]; do sleep 0.05; done", monitoring=FAST
-        )
-        clusters = (await http.get("/clusters")).json()["items"]
-        cluster = clusters[0]["id"]
-        aggregate = await eventually(
-            lambda: _samples(http, f"/clusters/{cluster}/metrics"), "the cluster's aggregate"
-        )
-        assert aggregate[-1]["values"]["members"] == 1
-        worker = up.workers[0].id
-        node = await eventually(
-            lambda: _samples(http, f"/clusters/{cluster}/workers/{worker}/metrics"),
-            "a worker's series through its cluster",
-        )
-        assert node[-1]["values"]["memory_total_mb"] > 0
-        assert (await http.get(f"/workers/{worker}/metrics")).status_code == 404  # no /workers
-        await eventually(
-            lambda: _samples(http, f"/tasks/{task_id}/metrics"), "the root's task samples"
-        )
-        stop.touch()
-        await eventually(lambda: _done(http, task_id), "the task completed")
+        yield pair
+
+
+async def test_root_sees_cluster_aggregate_worker_series_and_task_samples(
+    rooted: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """Under a root: the cluster sends its aggregate, each worker's node samples and the
+    samples of the root's tasks up on the root's ``metrics`` leaf."""
+    up, http = rooted
+    stop = tmp_path / "stop"
+    task_id = await run_host(http, f"while [ ! -e {stop} ]; do sleep 0.05; done", monitoring=FAST)
+    clusters = (await http.get("/clusters")).json()["items"]
+    cluster = clusters[0]["id"]
+    aggregate = await eventually(
+        lambda: _samples(http, f"/clusters/{cluster}/metrics"), "the cluster's aggregate"
+    )
+    assert aggregate[-1]["values"]["members"] == 1
+    worker = up.workers[0].id
+    node = await eventually(
+        lambda: _samples(http, f"/clusters/{cluster}/workers/{worker}/metrics"),
+        "a worker's series through its cluster",
+    )
+    assert node[-1]["values"]["memory_total_mb"] > 0
+    assert (await http.get(f"/workers/{worker}/metrics")).status_code == 404  # no /workers
+    await eventually(lambda: _samples(http, f"/tasks/{task_id}/metrics"), "the root's task samples")
+    stop.touch()
+    await eventually(lambda: _done(http, task_id), "the task completed")

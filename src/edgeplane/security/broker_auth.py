@@ -49,10 +49,9 @@ JOIN_TOKEN_PREFIX = "epj_"
 #: PBKDF2 rounds of the password file's ``$7$`` hashes: passwords are 256-bit random, so
 #: a slow hash buys nothing; Mosquitto's own default is 101.
 PBKDF2_ROUNDS = 101
-#: the leaves a member may publish on, by level (what the parent subscribes to, plus a
-#: worker's metrics)
+#: the leaves a member may publish on, by level (what the parent subscribes to)
 WORKER_LEAVES = ("hello", "alive", "events", "metrics")
-CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
+CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate", "metrics")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
 #: identity changes kept until an audit trail is attached (``report_to``)
