@@ -63,6 +63,8 @@ class Settings(BaseModel):
     missed_beats: int = Field(default=3, ge=1)
     #: a worker: seconds between samples of its node's usage (docs/metrics.md; 0: none)
     metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    #: a worker: serve Prometheus text at ``http://HOST:PORT/metrics`` (empty: not served)
+    metrics_listen: str = ""
     #: seconds a lost worker's host and container tasks wait for it to come back and
     #: re-attach before they are placed again (None: heartbeat_s * missed_beats; 0: none)
     lost_grace_s: float | None = Field(default=None, ge=0)
@@ -151,7 +153,7 @@ class Settings(BaseModel):
                 values[name] = raw
         return values
 
-    @field_validator("broker_listen")
+    @field_validator("broker_listen", "metrics_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if value:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from edgeplane.cli.main import app as cli_app
 from edgeplane.protocol import Metrics, Topics, decode, parse_body
 from edgeplane.roles.up import Stack
-from edgeplane.transport import MqttLink
+from edgeplane.transport import MqttLink, free_port
+from edgeplane.worker.exposition import serve
 from stack_fixtures import TOKEN, start_stack
 
 T = TypeVar("T")
@@ -226,6 +227,22 @@ async def test_prometheus_text_parses_with_sane_values(
     assert value("edgeplane_mqtt_messages_bad", "edgeplane_mqtt_messages_bad_total") == 0
     commit = "edgeplane_store_commit_seconds"
     assert value(commit, f"{commit}_count") >= 1
+
+    # a worker's own (``worker --metrics-listen``): runtime start latency among them
+    port = free_port()
+    server = serve(up.workers[0], "127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient() as plain:
+            text = (await plain.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        server.shutdown()
+        server.server_close()
+    worker = {f.name: f for f in text_string_to_metric_families(text)}
+    start = worker["edgeplane_runtime_start_seconds"]
+    assert start.type == "histogram"
+    counts = [s for s in start.samples if s.name.endswith("_count")]
+    assert [(s.labels["runtime"], s.value >= 3) for s in counts] == [("host", True)]
+    assert worker["edgeplane_worker_tasks_finished"].samples[0].value >= 3
 
 
 async def test_logs_follow_streams_lines_as_printed_and_ends_with_the_task(

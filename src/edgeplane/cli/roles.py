@@ -594,6 +594,23 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    metrics_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--metrics-interval",
+            min=0,
+            max=3600,
+            help="Seconds between samples of this node's usage (0: none; default 10).",
+        ),
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Serve this worker's Prometheus text at http://HOST:PORT/metrics.",
+        ),
+    ] = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -616,6 +633,8 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "metrics_interval_s": metrics_interval_s,
+        "metrics_listen": metrics_listen,
         "ca": ca,
         "log_level": log_level,
         "join_token": join,

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edgeplane.artifacts import registry_config
-from edgeplane.config import Settings
+from edgeplane.config import Settings, parse_listen
 from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
@@ -167,9 +167,19 @@ async def _run_worker(
     )
     await agent.start()
     print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+    exposition = None
+    if settings.metrics_listen:
+        from edgeplane.worker.exposition import serve
+
+        host, port = parse_listen(settings.metrics_listen)
+        exposition = serve(agent, host, port)
+        print(f"Prometheus text at http://{settings.metrics_listen}/metrics", flush=True)
     try:
         await wait_for_stop(agent.refused)
     finally:
+        if exposition is not None:
+            exposition.shutdown()
+            exposition.server_close()
         await agent.stop()
     if agent.refused.is_set():
         raise Invalid(agent.refusal)

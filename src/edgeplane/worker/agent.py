@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from edgeplane.protocol import (
 from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
+from edgeplane.telemetry import Histogram
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
@@ -139,6 +141,9 @@ class WorkerStats:
     duplicates: int = 0
     #: commands meant for another session of this worker id (left alone)
     foreign_commands: int = 0
+    #: seconds a runtime took to start an attempt (``start``, or ``start_held`` and
+    #: ``begin`` with the handle's save between), by runtime
+    start_latency: dict[str, Histogram] = field(default_factory=dict)
 
 
 class ArtifactCache:
@@ -330,6 +335,11 @@ class WorkerAgent:
         await self.link.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
+
+    @property
+    def running(self) -> int:
+        """Attempts running now (holding a slot)."""
+        return self._running
 
     def capabilities(self) -> Capabilities:
         host = self.runtimes.get("host")
@@ -593,6 +603,7 @@ class WorkerAgent:
         except Invalid as exc:
             return Outcome(state="failed", error=exc.detail, transient=True)
         key = (spec.task_id, spec.attempt)
+        began = time.perf_counter()
         try:
             if runtime.recoverable:
                 # The intent first: a worker killed before the handle's save finds it and
@@ -631,6 +642,10 @@ class WorkerAgent:
                 raise
             self._persisted.add(record.key)
             await runtime.begin(run.handle)
+        latency = self.stats.start_latency.get(spec.runtime)
+        if latency is None:
+            latency = self.stats.start_latency[spec.runtime] = Histogram()
+        latency.observe(time.perf_counter() - began)
         self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )
