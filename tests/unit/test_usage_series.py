@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pydantic import ValidationError
 
@@ -82,3 +84,25 @@ async def test_a_task_ending_before_its_first_interval_is_never_sampled() -> Non
     clock.advance(1.0)
     await monitor._tick()
     assert calls == ["long", "long"]
+
+
+async def test_node_samples_start_without_any_task() -> None:
+    sent: list[Metrics] = []
+    published = asyncio.Event()
+
+    async def publish(batch: Metrics) -> None:
+        sent.append(batch)
+        published.set()
+
+    class Node:
+        def sample(self) -> dict[str, float]:
+            return {"memory_used_mb": 1.0}
+
+    monitor = Monitor(publish, ManualClock(), node=Node(), node_interval_s=10)  # type: ignore[arg-type]
+    loop = asyncio.create_task(monitor.run())
+    try:
+        async with asyncio.timeout(5):
+            await published.wait()
+    finally:
+        loop.cancel()
+    assert sent[0].node[0].values == {"memory_used_mb": 1.0}

@@ -35,10 +35,11 @@ class Series:
         self._workers: OrderedDict[tuple[str, str], deque[Sample]] = OrderedDict()
         self.samples = 0
 
-    def ingest(self, member_id: str, batch: Metrics) -> None:
+    def ingest(self, member_id: str, batch: Metrics, *, root: bool = False) -> None:
+        """Keep a member's batch; ``workers`` only at a ``root`` (from a cluster)."""
         if batch.node:
             _append(self._members, member_id, batch.node, MEMBER_HISTORY, MAX_MEMBERS)
-        for worker_id, samples in batch.workers.items():
+        for worker_id, samples in batch.workers.items() if root else ():
             key = (member_id, worker_id)
             _append(self._workers, key, samples, MEMBER_HISTORY, MAX_MEMBERS)
         for task in batch.tasks:

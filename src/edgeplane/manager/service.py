@@ -223,7 +223,7 @@ class Manager:
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
         elif isinstance(body, Metrics):
-            self.series.ingest(member_id, body)
+            self.series.ingest(member_id, body, root=self.root)
         elif isinstance(body, LogChunks):
             entry = self.registry.get(member_id)  # only the logs of tasks the member holds
             held = {} if entry is None else entry.tasks

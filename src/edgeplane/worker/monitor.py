@@ -119,7 +119,9 @@ class Monitor:
         self._node_unsent: list[Sample] = []
         self._watches: dict[str, _Watch] = {}
         self._wake = asyncio.Event()
-        self._next = math.inf
+        #: when the loop wakes next: at once with node samples (the first one), else when
+        #: a task is watched
+        self._next = 0.0 if self._node is not None else math.inf
         self.sent = 0
 
     def watch(self, task_id: str, attempt: int, profile: Monitoring, sample: Sampler) -> None:
