@@ -273,7 +273,11 @@ def up(
     port: PortOption = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Local workers (default 2).")] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT; default: start one in-process.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT (a cluster's nodes comma-separated); default: start one "
+            "in-process."
+        ),
     ] = None,
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
@@ -341,7 +345,11 @@ def up(
 
 
 ApiBrokerOption = Annotated[
-    str | None, typer.Option(help="mqtt[s]://HOST:PORT of its own broker; default: start one.")
+    str | None,
+    typer.Option(
+        help="mqtt[s]://HOST:PORT of its own broker (a cluster's nodes comma-separated); "
+        "default: start one."
+    ),
 ]
 
 
@@ -405,7 +413,11 @@ def manager(
     ctx: typer.Context,
     broker: ApiBrokerOption = None,
     root: Annotated[
-        str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT of the root's broker to register with (a cluster's "
+            "nodes comma-separated)."
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -500,7 +512,10 @@ def worker(
     ctx: typer.Context,
     manager: Annotated[
         str | None,
-        typer.Option(help="mqtt[s]://HOST:PORT: the broker of the cluster to join."),
+        typer.Option(
+            help="mqtt[s]://HOST:PORT: the broker of the cluster to join (a clustered "
+            "broker's nodes comma-separated: mqtt://a:1883,mqtt://b:1883)."
+        ),
     ] = None,
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,

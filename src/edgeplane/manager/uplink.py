@@ -71,7 +71,7 @@ from edgeplane.scheduling.eligibility import (
     pinned_reason,
 )
 from edgeplane.security import joining
-from edgeplane.transport import MqttLink, Will, parse_broker_url, unique_client_id
+from edgeplane.transport import MqttLink, Will, parse_broker_urls, unique_client_id
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class Uplink:
                 f"{identity.member_id}, or delete the file and join anew",
                 field="cluster_id",
             )
-        if identity is None and parse_broker_url(self.root_url).username is None:
+        if identity is None and any(
+            node.username is None for node in parse_broker_urls(self.root_url)
+        ):
             log.warning(
                 "registering with the root without credentials: a root that started its own "
                 "broker refuses that; join with --join TOKEN (docs/broker-security.md)",

@@ -94,8 +94,22 @@ class BrokerAddress:
         return f"{self.host}:{self.port}"
 
 
+def parse_broker_urls(urls: str) -> tuple[BrokerAddress, ...]:
+    """``URL[,URL…]`` → the addresses of a broker's nodes, in the order given.
+
+    A clustered broker (NATS, a RabbitMQ cluster, bridged Mosquittos) is several nodes
+    serving the same topics: a link dials the first and moves on to the next when its
+    node goes away (docs/brokers.md)."""
+    parts = [part.strip() for part in urls.split(",")]
+    if not all(parts):
+        raise Invalid("broker URL list has an empty entry", field="broker")
+    return tuple(parse_broker_url(part) for part in parts)
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt[s]://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
+    if "," in url:
+        raise Invalid("one broker URL expected here, not a list", field="broker")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -275,18 +289,24 @@ class MqttLink:
     ) -> None:
         """``ca``: the CA an ``mqtts://`` broker's certificate must chain to (None: the
         system's trust store); see ``edgeplane.security.tls``."""
-        address = parse_broker_url(url)
+        addresses = parse_broker_urls(url)
         if qos not in (0, 1, 2):
             raise Invalid(f"qos must be 0, 1 or 2, not {qos}", field="qos")
-        self._address = BrokerAddress(
-            host=address.host,
-            port=address.port,
-            username=username if username is not None else address.username,
-            password=password if password is not None else address.password,
-            tls=address.tls,
+        #: the broker's nodes; the link is on ``_addresses[_node]`` or about to dial it
+        self._addresses = tuple(
+            BrokerAddress(
+                host=address.host,
+                port=address.port,
+                username=username if username is not None else address.username,
+                password=password if password is not None else address.password,
+                tls=address.tls,
+            )
+            for address in addresses
         )
+        self._node = 0
         # made once: loading a CA file again for every reconnect costs milliseconds
-        self._tls = _tls_context(ca) if address.tls else None
+        tls = any(address.tls for address in addresses)
+        self._tls = _tls_context(ca) if tls else None
         self.client_id = client_id
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
@@ -313,9 +333,18 @@ class MqttLink:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def _address(self) -> BrokerAddress:
+        return self._addresses[self._node]
+
+    @property
     def broker(self) -> str:
-        """``host:port`` of the broker, for logs and errors."""
+        """``host:port`` of the broker node the link is on (or dials next), for logs."""
         return str(self._address)
+
+    @property
+    def brokers(self) -> str:
+        """Every node's ``host:port``, comma-separated, for errors."""
+        return ",".join(str(address) for address in self._addresses)
 
     async def start(self) -> None:
         """Connect; return once subscribed and ``on_connect`` ran, else ``Unavailable``."""
@@ -338,7 +367,7 @@ class MqttLink:
                 await self._cancel_tasks()
         if not ready:
             raise Unavailable(
-                f"cannot reach MQTT broker {self.broker} within {self._connect_timeout_s:g} s: "
+                f"cannot reach MQTT broker {self.brokers} within {self._connect_timeout_s:g} s: "
                 f"{self._last_error}",
                 field="broker",
             )
@@ -436,15 +465,20 @@ class MqttLink:
             timeout=ACK_TIMEOUT_S,
             max_inflight_messages=SENDERS,
             socket_options=[NODELAY],
-            tls_context=self._tls,
+            tls_context=self._tls if self._address.tls else None,
         )
         # SENDERS publishes awaiting their PUBACK are normal here, not a warning sign.
         client.pending_calls_threshold = SENDERS + len(self._subscriptions) + 1
         return client
 
     async def _run(self) -> None:
-        """Connect, serve the session, back off, repeat, until cancelled by ``stop``."""
+        """Connect, serve the session, back off, repeat, until cancelled by ``stop``.
+
+        A link given several nodes moves to the next one after each failure and backs
+        off only once it has tried them all: a node that died costs one attempt, not a
+        backoff, while a broker that is down entirely is not hammered."""
         attempt = 0
+        tried = 0  # nodes tried in a row without getting a session
         while True:
             was_up = False
             client = self._new_client()
@@ -452,6 +486,7 @@ class MqttLink:
                 async with client:
                     was_up = True
                     attempt = 0
+                    tried = 0
                     await self._session(client)
             except* aiomqtt.MqttError as group:
                 self._last_error = _describe(group.exceptions[0])
@@ -468,18 +503,27 @@ class MqttLink:
                 self.connected.clear()
                 if was_up and self._on_disconnect is not None:
                     self._on_disconnect()
-            delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
-            attempt += 1
+            failed = self.broker
+            tried += 1
+            self._node = (self._node + 1) % len(self._addresses)
+            if tried < len(self._addresses):
+                delay = 0.0  # another node may be up: try it at once
+            else:
+                delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
+                attempt += 1
+                tried = 0
             log.warning(
-                "mqtt link %s %s %s: %s; retrying in %.2f s",
+                "mqtt link %s %s %s: %s; retrying %s in %.2f s",
                 self.client_id,
                 "lost" if was_up else "cannot reach",
-                self.broker,
+                failed,
                 self._last_error,
+                self.broker,
                 delay,
                 extra={
                     "client_id": self.client_id,
-                    "broker": self.broker,
+                    "broker": failed,
+                    "next_broker": self.broker,
                     "error": self._last_error,
                     "was_connected": was_up,
                     "attempt": attempt,

@@ -51,6 +51,7 @@ from edgeplane.protocol import (
     signing,
 )
 from edgeplane.protocol.terms import TermGate
+from edgeplane.protocol.topics import check_segment
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
@@ -225,7 +226,7 @@ class WorkerAgent:
         """``cleaners``: runtimes not offered any more that can still stop what an earlier
         run of this worker left on them (see :func:`recovery.recover`)."""
         self.options = options
-        self.id = options.worker_id
+        self.id = check_segment(options.worker_id, "worker_id", "a worker id")
         self.runtimes = dict(runtimes)
         self.cleaners = dict(cleaners or {})
         self.handles = HandleStore(options.data_dir / "handles")
