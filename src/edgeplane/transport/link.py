@@ -68,6 +68,14 @@ MAX_BACKOFF_S = 5.0
 # A broker that took the connection but acknowledges nothing for this long is treated as
 # gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
 ACK_TIMEOUT_S = 30.0
+# A node that took the connection but has not answered the CONNECT this long is skipped
+# for the next one. A NATS node whose JetStream lost its leader (another node died) holds
+# CONNECTs unanswered; a healthy one answers within ~1 s even when it creates the session.
+CONNACK_TIMEOUT_S = 10.0
+# A subscription the broker refuses is asked for again this many times, after these
+# pauses, before the session goes on without it: NATS refuses one for a few seconds
+# while its JetStream elects new leaders; an ACL's refusal (Mosquitto) stays one.
+SUBSCRIBE_RETRY_S = (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -462,7 +470,8 @@ class MqttLink:
             will=will,
             clean_session=self._clean_session,
             keepalive=self._keepalive,
-            timeout=ACK_TIMEOUT_S,
+            # the CONNECT's; SUBSCRIBE and PUBLISH are given ACK_TIMEOUT_S each
+            timeout=CONNACK_TIMEOUT_S,
             max_inflight_messages=SENDERS,
             socket_options=[NODELAY],
             tls_context=self._tls if self._address.tls else None,
@@ -536,12 +545,12 @@ class MqttLink:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         write_promptly(client)
         if self._subscriptions:
-            codes = await client.subscribe([(topic, 1) for topic in self._subscriptions])
-            refused = [
-                topic
-                for topic, code in zip(self._subscriptions, codes, strict=False)
-                if isinstance(code, ReasonCode) and code.is_failure
-            ]
+            refused = await self._subscribe(client, self._subscriptions)
+            for pause in SUBSCRIBE_RETRY_S:
+                if not refused:
+                    break
+                await asyncio.sleep(pause)
+                refused = await self._subscribe(client, refused)
             if refused:
                 # Usually an ACL: nothing arrives on these topics; retrying will not help.
                 log.warning(
@@ -574,6 +583,15 @@ class MqttLink:
             )
             self.connected.set()
 
+    async def _subscribe(self, client: aiomqtt.Client, topics: Sequence[str]) -> list[str]:
+        """Subscribe to ``topics`` at QoS 1; the ones the broker refused."""
+        codes = await client.subscribe([(topic, 1) for topic in topics], timeout=ACK_TIMEOUT_S)
+        return [
+            topic
+            for topic, code in zip(topics, codes, strict=False)
+            if isinstance(code, ReasonCode) and code.is_failure
+        ]
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
@@ -601,7 +619,13 @@ class MqttLink:
             item = self._retry.popleft() if self._retry else await self._outbox.get()
             sent = False
             try:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+                await client.publish(
+                    item.topic,
+                    item.payload,
+                    qos=item.qos,
+                    retain=item.retain,
+                    timeout=ACK_TIMEOUT_S,
+                )
                 sent = True
             finally:
                 if not sent:
