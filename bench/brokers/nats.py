@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from bench.brokers.base import BrokerUnavailable
 from edgeplane.errors import Unavailable
 from edgeplane.lifeline import die_with_parent
 from edgeplane.transport import free_port
@@ -42,7 +43,7 @@ def executable() -> str:
     """The nats-server to run: on PATH, else Debian's /usr/sbin one."""
     found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
     if found is None:
-        raise Unavailable("nats-server is not installed (scripts/system-deps.sh installs it)")
+        raise BrokerUnavailable("nats-server is not installed (scripts/system-deps.sh installs it)")
     return found
 
 
