@@ -130,14 +130,26 @@ class Node:
         except OSError:
             return ""
 
-    def jetstream_leader(self) -> str | None:
-        """The JetStream meta leader this node knows of (its /jsz), else None."""
+    def _monitor(self, path: str) -> dict[str, object] | None:
+        """A monitoring endpoint's JSON (None while the node does not answer)."""
+        url = f"http://{HOST}:{self.monitor_port}/{path}"
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.monitor_port}/jsz", timeout=1) as r:
-                leader = json.load(r).get("meta_cluster", {}).get("leader")
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                found = json.load(answer)
         except (OSError, ValueError):
             return None
+        return found if isinstance(found, dict) else None
+
+    def jetstream_leader(self) -> str | None:
+        """The JetStream meta leader this node knows of (its /jsz), else None."""
+        meta = (self._monitor("jsz") or {}).get("meta_cluster")
+        leader = meta.get("leader") if isinstance(meta, dict) else None
         return leader if isinstance(leader, str) and leader else None
+
+    def clients(self) -> int | None:
+        """How many clients (MQTT ones included) are connected to this node (/connz)."""
+        count = (self._monitor("connz") or {}).get("num_connections")
+        return count if isinstance(count, int) else None
 
     def mqtt_connects(self) -> bool:
         """Whether the node answers an MQTT 3.1.1 CONNECT with CONNACK "accepted" (NATS

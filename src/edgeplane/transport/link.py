@@ -176,6 +176,42 @@ def write_promptly(client: aiomqtt.Client) -> None:
     paho.on_socket_register_write = register_write
 
 
+def fail_fast_on_close(client: aiomqtt.Client) -> None:
+    """Make a connection the broker closes before its CONNACK fail the connect at once.
+
+    aiomqtt waits for the CONNACK until its timeout even when the socket is already
+    closed. A NATS node does close it when it cannot load the client's session (its
+    JetStream electing new leaders after another node died): without this a link sat out
+    CONNACK_TIMEOUT_S there instead of trying the next node. The same private access as
+    :func:`write_promptly`; aiomqtt's own hook still runs (and does nothing before a
+    CONNACK)."""
+    paho = client._client
+    loop = asyncio.get_running_loop()
+    # paho types it as any of its callback API versions; aiomqtt's is version 2's
+    aiomqtt_hook: Callable[..., None] | None = paho.on_disconnect
+    if aiomqtt_hook is None:  # not aiomqtt's usual wiring: leave it alone
+        return
+
+    def fail(reason: str) -> None:
+        waiting = client._connected
+        if not waiting.done():
+            waiting.set_exception(
+                aiomqtt.MqttError(f"the broker closed the connection before CONNACK ({reason})")
+            )
+
+    def on_disconnect(
+        paho_client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any = None,
+    ) -> None:
+        loop.call_soon_threadsafe(fail, str(reason_code))
+        aiomqtt_hook(paho_client, userdata, flags, reason_code, properties)
+
+    paho.on_disconnect = on_disconnect
+
+
 def unique_client_id(name: str) -> str:
     """``name`` with a random suffix: the MQTT client id of one link of one process.
 
@@ -476,6 +512,7 @@ class MqttLink:
             socket_options=[NODELAY],
             tls_context=self._tls if self._address.tls else None,
         )
+        fail_fast_on_close(client)
         # SENDERS publishes awaiting their PUBACK are normal here, not a warning sign.
         client.pending_calls_threshold = SENDERS + len(self._subscriptions) + 1
         return client
