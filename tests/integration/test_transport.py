@@ -349,3 +349,33 @@ def test_mosquitto_that_exits_at_once_is_unavailable(tmp_path: Path) -> None:
     broker = MosquittoProcess(tmp_path, free_port(), executable="false")
     with pytest.raises(Unavailable, match="exited with code 1"):
         broker.start()
+
+
+async def test_a_link_given_several_nodes_moves_on_to_one_that_answers(
+    fast_broker_url: str, unique_domain: str
+) -> None:
+    """The first node refuses the connection, the second hangs up on the CONNECT (as a
+    NATS node does that cannot load the session): the link goes on to the third, well
+    within the CONNACK timeout the second would otherwise have cost."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    closing = server.sockets[0].getsockname()[1]
+    url = f"mqtt://127.0.0.1:{free_port()},mqtt://127.0.0.1:{closing},{fast_broker_url}"
+    inbox, on_message = collector()
+    topic = f"{unique_domain}/nodes"
+    async with server:
+        link = MqttLink(
+            url,
+            client_id=f"{unique_domain}-nodes",
+            subscriptions=[topic],
+            on_message=on_message,
+            connect_timeout_s=WAIT_S,
+        )
+        async with link:
+            assert link.broker == fast_broker_url.removeprefix("mqtt://")
+            await link.publish(topic, b"hi")
+            assert await next_message(inbox) == (topic, b"hi")

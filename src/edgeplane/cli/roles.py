@@ -141,7 +141,10 @@ WasmTimeoutOption = Annotated[
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
-DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
+DomainOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT topic domain: levels of letters, digits, '_', '-' joined by '/'."),
+]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
@@ -578,6 +581,10 @@ def worker(
             )
         return
     labels = pairs(label, "--label")
+    if worker_id is not None:
+        from edgeplane.protocol.topics import check_segment
+
+        check_segment(worker_id, "worker_id", "a worker id")
     flags["ca"] = _ca(ctx, ca)  # not above: the global --ca serves `worker list` too
     settings = _settings(flags, config)
     if not settings.broker:
