@@ -230,11 +230,22 @@ class NatsCluster:
             node.stop()
 
 
+#: starts tried when a port picked free was taken before the node bound it
+PORT_RACES = 3
+
+
 @contextlib.contextmanager
 def cluster(directory: Path) -> Iterator[NatsCluster]:
     """A started cluster, stopped on the way out whatever happens inside."""
-    nodes = NatsCluster(directory)
-    nodes.start()
+    for attempt in range(PORT_RACES):
+        nodes = NatsCluster(directory / f"try{attempt}" if attempt else directory)
+        try:
+            nodes.start()
+            break
+        except Unavailable as failed:
+            # free_port() only says a port was free: another process may bind it first
+            if "address already in use" not in failed.detail or attempt + 1 == PORT_RACES:
+                raise
     try:
         yield nodes
     finally:
