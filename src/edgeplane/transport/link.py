@@ -589,7 +589,7 @@ class MqttLink:
                 await asyncio.sleep(pause)
                 refused = await self._subscribe(client, refused)
             if refused:
-                # Usually an ACL: nothing arrives on these topics; retrying will not help.
+                # Still refused after the retries: an ACL, most likely; nothing arrives.
                 log.warning(
                     "mqtt broker %s refused subscriptions %s",
                     self.broker,
