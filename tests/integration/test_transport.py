@@ -379,3 +379,70 @@ async def test_a_link_given_several_nodes_moves_on_to_one_that_answers(
             assert link.broker == fast_broker_url.removeprefix("mqtt://")
             await link.publish(topic, b"hi")
             assert await next_message(inbox) == (topic, b"hi")
+
+
+class RefusingBroker:
+    """Just enough of an MQTT 3.1.1 broker to refuse the first ``refusals`` SUBSCRIBEs
+    (SUBACK 0x80 for every topic), as a NATS node does while its JetStream elects, and
+    grant the later ones."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.subscribes: list[list[str]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                kind = (await reader.readexactly(1))[0] & 0xF0
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                if kind == 0x10:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind == 0x80:  # SUBSCRIBE: packet id, then (topic, qos) pairs
+                    topics, at = [], 2
+                    while at < len(body):
+                        size = int.from_bytes(body[at : at + 2], "big")
+                        topics.append(body[at + 2 : at + 2 + size].decode())
+                        at += 2 + size + 1
+                    self.subscribes.append(topics)
+                    code = b"\x80" if len(self.subscribes) <= self.refusals else b"\x01"
+                    writer.write(bytes([0x90, 2 + len(topics)]) + body[:2] + code * len(topics))
+                elif kind == 0xC0:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 0xE0:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("refusals", "granted"), [(1, True), (10, False)])
+async def test_a_refused_subscription_is_asked_for_again(
+    refusals: int, granted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused once (NATS electing): granted on the next try, no warning. Refused for
+    good (an ACL): the link gives up after its retries, says so, and runs all the same."""
+    broker = RefusingBroker(refusals)
+    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, on_message = collector()
+    async with server:
+        link = MqttLink(
+            f"mqtt://127.0.0.1:{port}",
+            client_id="refused",
+            subscriptions=["a/b", "a/c"],
+            on_message=on_message,
+        )
+        async with link:
+            assert link.connected.is_set()
+    tries = 2 if granted else 4  # the first and one retry, or the first and three
+    assert broker.subscribes == [["a/b", "a/c"]] * tries
+    assert ("refused subscriptions" in caplog.text) is not granted
