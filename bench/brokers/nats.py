@@ -37,6 +37,8 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 LOG_TAIL_BYTES = 4000
+#: what a node logs when a port picked free was taken before it bound it
+PORT_TAKEN = "address already in use"
 
 
 def executable() -> str:
@@ -158,7 +160,9 @@ class Node:
 
 
 def mqtt_connects(host: str, port: int, timeout_s: float = 5.0) -> bool:
-    client_id = f"ready-{os.getpid()}-{port}".encode()
+    """Whether ``host:port`` accepts an MQTT 3.1.1 CONNECT (a raw one: no client library
+    needed, and nothing left behind but a clean session it disconnects)."""
+    client_id = f"ready-{os.getpid()}-{port}".encode()  # short: one length byte below
     variable = b"\x00\x04MQTT\x04\x02\x00\x0a"  # level 4 (3.1.1), clean session, 10 s
     body = variable + struct.pack("!H", len(client_id)) + client_id
     connect = bytes([0x10, len(body)]) + body
@@ -202,14 +206,18 @@ class NatsCluster:
         return self.url
 
     def ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Wait until every running node knows a JetStream meta leader and takes an MQTT
-        connection; ``Unavailable`` with the nodes' log tails otherwise."""
+        """Wait until every node knows a JetStream meta leader and takes an MQTT
+        connection; ``Unavailable`` with the nodes' log tails otherwise (at once when a
+        node exited: a port taken, say)."""
         deadline = time.monotonic() + timeout_s
-        waiting = [node for node in self.nodes if node.alive()]
+        waiting = list(self.nodes)
         while waiting:
+            for node in self.nodes:
+                if not node.alive():
+                    self._fail(f"{node.name} exited with code {node.proc and node.proc.poll()}")
+                if PORT_TAKEN in node.log_tail():  # a listener that failed: it runs on
+                    self._fail(f"{node.name} could not listen on one of its ports")
             node = waiting[0]
-            if not node.alive():
-                self._fail(f"{node.name} exited with code {node.proc and node.proc.poll()}")
             if node.jetstream_leader() is not None and node.mqtt_connects():
                 waiting.pop(0)
                 continue
@@ -244,7 +252,7 @@ def cluster(directory: Path) -> Iterator[NatsCluster]:
             break
         except Unavailable as failed:
             # free_port() only says a port was free: another process may bind it first
-            if "address already in use" not in failed.detail or attempt + 1 == PORT_RACES:
+            if PORT_TAKEN not in failed.detail or attempt + 1 == PORT_RACES:
                 raise
     try:
         yield nodes
