@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from edgeplane.errors import Invalid, Unavailable
-from edgeplane.transport import EmbeddedBroker, MqttLink, Will, free_port, parse_broker_url
+from edgeplane.transport import (
+    EmbeddedBroker,
+    MqttLink,
+    Will,
+    free_port,
+    parse_broker_url,
+    parse_broker_urls,
+    public_broker_url,
+)
 from edgeplane.transport.broker import MosquittoProcess
 
 WAIT_S = 10.0
@@ -293,6 +301,19 @@ def test_broker_url_credentials_never_show_in_logs_or_repr() -> None:
     assert address.password == "s@cret"
     assert "s@cret" not in repr(address)
     assert str(address) == "broker.local:1883"
+
+
+def test_the_broker_url_a_manager_tells_others_has_no_credentials() -> None:
+    """It goes to every worker in its welcome and to the root in the cluster's
+    registration: the user and password are the manager's own."""
+    given = "mqtt://edgeplane%24manager:s3cret@n1:1883,mqtts://u:p@[::1]:8883,mqtt://n3"
+    shown = public_broker_url(given)
+    assert shown == "mqtt://n1:1883,mqtts://[::1]:8883,mqtt://n3:1883"
+    assert [(a.host, a.port) for a in parse_broker_urls(shown)] == [
+        ("n1", 1883),
+        ("::1", 8883),
+        ("n3", 1883),
+    ]
 
 
 async def test_publish_to_a_wildcard_is_invalid() -> None:

@@ -11,6 +11,7 @@ from edgeplane.transport.link import (
     kept_client_id,
     parse_broker_url,
     parse_broker_urls,
+    public_broker_url,
     unique_client_id,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "kept_client_id",
     "parse_broker_url",
     "parse_broker_urls",
+    "public_broker_url",
     "unique_client_id",
 ]

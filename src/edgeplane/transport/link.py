@@ -114,6 +114,17 @@ def parse_broker_urls(urls: str) -> tuple[BrokerAddress, ...]:
     return tuple(parse_broker_url(part) for part in parts)
 
 
+def public_broker_url(urls: str) -> str:
+    """``urls`` without credentials: what a manager may tell its workers and its root
+    (a welcome, a cluster's registration) and show in its API. The user and password in
+    ``mqtt://user:pass@host`` are the manager's own on an external broker."""
+    shown = []
+    for node in parse_broker_urls(urls):
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        shown.append(f"{'mqtts' if node.tls else 'mqtt'}://{host}:{node.port}")
+    return ",".join(shown)
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt[s]://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
     if "," in url:
