@@ -22,7 +22,7 @@ from edgeplane.transport import (
     free_port,
     parse_broker_url,
     parse_broker_urls,
-    public_broker_url,
+    without_credentials,
 )
 from edgeplane.transport.broker import MosquittoProcess
 
@@ -307,12 +307,12 @@ def test_the_broker_url_a_manager_tells_others_has_no_credentials() -> None:
     """It goes to every worker in its welcome and to the root in the cluster's
     registration: the user and password are the manager's own."""
     given = "mqtt://edgeplane%24manager:s3cret@n1:1883,mqtts://u:p@[::1]:8883,mqtt://n3"
-    shown = public_broker_url(given)
-    assert shown == "mqtt://n1:1883,mqtts://[::1]:8883,mqtt://n3:1883"
-    assert [(a.host, a.port) for a in parse_broker_urls(shown)] == [
-        ("n1", 1883),
-        ("::1", 8883),
-        ("n3", 1883),
+    shown = without_credentials(given)
+    assert shown == "mqtt://n1:1883,mqtts://[::1]:8883,mqtt://n3"
+    assert [(a.host, a.port, a.username) for a in parse_broker_urls(shown)] == [
+        ("n1", 1883, None),
+        ("::1", 8883, None),
+        ("n3", 1883, None),
     ]
 
 

@@ -36,7 +36,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink, kept_client_id, public_broker_url
+from edgeplane.transport import MqttLink, kept_client_id, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Manager:
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.root = root
         #: the broker as workers and the root are told of it: never its credentials
-        self.broker_url = public_broker_url(broker_url)
+        self.broker_url = without_credentials(broker_url)
         level = ClusterLevel(settings) if root else WorkerLevel(settings)
         self.member = level.member
         self.topics = level.topics

@@ -11,8 +11,8 @@ from edgeplane.transport.link import (
     kept_client_id,
     parse_broker_url,
     parse_broker_urls,
-    public_broker_url,
     unique_client_id,
+    without_credentials,
 )
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "kept_client_id",
     "parse_broker_url",
     "parse_broker_urls",
-    "public_broker_url",
     "unique_client_id",
+    "without_credentials",
 ]

@@ -114,17 +114,6 @@ def parse_broker_urls(urls: str) -> tuple[BrokerAddress, ...]:
     return tuple(parse_broker_url(part) for part in parts)
 
 
-def public_broker_url(urls: str) -> str:
-    """``urls`` without credentials: what a manager may tell its workers and its root
-    (a welcome, a cluster's registration) and show in its API. The user and password in
-    ``mqtt://user:pass@host`` are the manager's own on an external broker."""
-    shown = []
-    for node in parse_broker_urls(urls):
-        host = f"[{node.host}]" if ":" in node.host else node.host
-        shown.append(f"{'mqtts' if node.tls else 'mqtt'}://{host}:{node.port}")
-    return ",".join(shown)
-
-
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt[s]://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
     if "," in url:
@@ -148,6 +137,18 @@ def parse_broker_url(url: str) -> BrokerAddress:
         username=None if parts.username is None else unquote(parts.username),
         password=None if parts.password is None else unquote(parts.password),
     )
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:pass@``: what may be shown or sent on (a log, a startup
+    line, a worker's welcome, a root's cluster document) of a broker URL that carries a
+    password. A clustered broker's nodes (comma-separated) each lose theirs."""
+    if "," in url:
+        return ",".join(without_credentials(node.strip()) for node in url.split(","))
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def write_promptly(client: aiomqtt.Client) -> None:
