@@ -24,6 +24,7 @@ from edgeplane.transport import (
     parse_broker_urls,
     without_credentials,
 )
+from edgeplane.transport import link as link_module
 from edgeplane.transport.broker import MosquittoProcess
 
 WAIT_S = 10.0
@@ -445,25 +446,37 @@ class RefusingBroker:
             writer.close()
 
 
-@pytest.mark.parametrize(("refusals", "granted"), [(1, True), (10, False)])
 async def test_a_refused_subscription_is_asked_for_again(
-    refusals: int, granted: bool, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Refused once (NATS electing): granted on the next try, no warning. Refused for
-    good (an ACL): the link gives up after its retries, says so, and runs all the same."""
-    broker = RefusingBroker(refusals)
-    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, on_message = collector()
-    async with server:
-        link = MqttLink(
-            f"mqtt://127.0.0.1:{port}",
-            client_id="refused",
-            subscriptions=["a/b", "a/c"],
-            on_message=on_message,
-        )
-        async with link:
-            assert link.connected.is_set()
-    tries = 2 if granted else 4  # the first and one retry, or the first and three
-    assert broker.subscribes == [["a/b", "a/c"]] * tries
-    assert ("refused subscriptions" in caplog.text) is not granted
+    """Refused once (NATS electing): granted on the next try before the session starts,
+    no warning. Refused past the retries (NATS busier still, or an ACL): the session runs
+    all the same, says so, keeps asking in the background and, once granted, runs
+    ``on_connect`` again so the member catches up on what it missed."""
+    monkeypatch.setattr(link_module, "SUBSCRIBE_RETRY_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(link_module, "RESUBSCRIBE_S", 0.01)
+    for refusals, connects in ((1, 1), (6, 2)):
+        caplog.clear()
+        broker = RefusingBroker(refusals)
+        server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, on_message = collector()
+        hooks = 0
+
+        async def on_connect() -> None:
+            nonlocal hooks
+            hooks += 1
+
+        async with server:
+            link = MqttLink(
+                f"mqtt://127.0.0.1:{port}",
+                client_id="refused",
+                subscriptions=["a/b", "a/c"],
+                on_message=on_message,
+                on_connect=on_connect,
+            )
+            async with link:
+                assert link.connected.is_set()
+                await until(lambda: hooks == connects)  # noqa: B023 -- awaited in the loop
+            assert broker.subscribes == [["a/b", "a/c"]] * (refusals + 1)
+        assert ("refused subscriptions" in caplog.text) is (refusals > 1)

@@ -73,9 +73,13 @@ ACK_TIMEOUT_S = 30.0
 # CONNECTs unanswered; a healthy one answers within ~1 s even when it creates the session.
 CONNACK_TIMEOUT_S = 10.0
 # A subscription the broker refuses is asked for again this many times, after these
-# pauses, before the session goes on without it: NATS refuses one for a few seconds
-# while its JetStream elects new leaders; an ACL's refusal (Mosquitto) stays one.
+# pauses, before the session goes on without it: NATS refuses one for seconds while its
+# JetStream elects new leaders (longer on a busy machine); an ACL's refusal (Mosquitto)
+# stays one. The session then asks again in the background, every RESUBSCRIBE_S
+# doubling up to RESUBSCRIBE_MAX_S, and runs ``on_connect`` again once all are granted.
 SUBSCRIBE_RETRY_S = (0.5, 1.0, 2.0)
+RESUBSCRIBE_S = 1.0
+RESUBSCRIBE_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -593,6 +597,7 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         write_promptly(client)
+        refused: list[str] = []
         if self._subscriptions:
             refused = await self._subscribe(client, self._subscriptions)
             for pause in SUBSCRIBE_RETRY_S:
@@ -601,9 +606,9 @@ class MqttLink:
                 await asyncio.sleep(pause)
                 refused = await self._subscribe(client, refused)
             if refused:
-                # Still refused after the retries: an ACL, most likely; nothing arrives.
+                # An ACL, most likely (nothing arrives on them), or a broker still busy.
                 log.warning(
-                    "mqtt broker %s refused subscriptions %s",
+                    "mqtt broker %s refused subscriptions %s; asking again in the background",
                     self.broker,
                     refused,
                     extra={"client_id": self.client_id, "broker": self.broker, "topics": refused},
@@ -612,15 +617,9 @@ class MqttLink:
             tasks.create_task(self._receive(client))
             for _ in range(SENDERS):
                 tasks.create_task(self._send(client))
-            if self._on_connect is not None:
-                try:
-                    await self._on_connect()
-                except Exception:
-                    self.stats.handler_errors += 1
-                    log.exception(
-                        "mqtt on_connect hook failed",
-                        extra={"client_id": self.client_id, "broker": self.broker},
-                    )
+            if refused:
+                tasks.create_task(self._resubscribe(client, refused))
+            await self._connect_hook()
             self._sessions += 1
             if self._sessions > 1:
                 self.stats.reconnects += 1
@@ -631,6 +630,34 @@ class MqttLink:
                 extra={"client_id": self.client_id, "broker": self.broker},
             )
             self.connected.set()
+
+    async def _connect_hook(self) -> None:
+        if self._on_connect is not None:
+            try:
+                await self._on_connect()
+            except Exception:
+                self.stats.handler_errors += 1
+                log.exception(
+                    "mqtt on_connect hook failed",
+                    extra={"client_id": self.client_id, "broker": self.broker},
+                )
+
+    async def _resubscribe(self, client: aiomqtt.Client, refused: list[str]) -> None:
+        """Ask for refused subscriptions until the broker grants them (or the session
+        ends), then run ``on_connect`` again: what was published on them meanwhile never
+        arrived, and the hook is what makes a member (a manager) catch up after a
+        reconnect (a worker's hello, a manager's reregister)."""
+        pause = RESUBSCRIBE_S
+        while refused:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESUBSCRIBE_MAX_S)
+            refused = await self._subscribe(client, refused)
+        log.info(
+            "mqtt broker %s granted the subscriptions it had refused",
+            self.broker,
+            extra={"client_id": self.client_id, "broker": self.broker},
+        )
+        await self._connect_hook()
 
     async def _subscribe(self, client: aiomqtt.Client, topics: Sequence[str]) -> list[str]:
         """Subscribe to ``topics`` at QoS 1; the ones the broker refused."""
