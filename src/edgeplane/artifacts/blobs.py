@@ -8,8 +8,8 @@ least recently used ones first, and a blob bigger than the whole store is refuse
 Every read hashes what it read: a file that no longer matches its name (a bad disk, a
 hand edit) is dropped and reported missing, so it is fetched again, never run.
 
-Not thread-safe: the worker calls it from its event loop, or from one thread at a time
-(``asyncio.to_thread`` for big blobs) with the loop waiting.
+Thread-safe (the worker reads and writes big blobs in threads): one lock around the
+index and the files' changes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class BlobStore:
         #: digest → size, least recently used first
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._used = 0
+        self._lock = threading.RLock()
         self._scan()
 
     @property
@@ -82,6 +84,10 @@ class BlobStore:
         path = self.path(digest)
         if hashlib.sha256(data).hexdigest() != digest:
             raise Invalid(f"blob does not match its digest {digest}", field="artifact")
+        with self._lock:
+            return self._put(path, digest, data)
+
+    def _put(self, path: Path, digest: str, data: bytes) -> Path:
         if digest in self._sizes:
             self._touch(digest)
             return path
@@ -117,24 +123,30 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            self._forget(digest)
+            with self._lock:
+                if digest in self._sizes:
+                    self._forget(digest)
             return None
-        if hashlib.sha256(data).hexdigest() != digest:
-            self.stats.corrupt += 1
-            log.warning("a cached artifact is corrupt: dropped", extra={"digest": digest})
-            self.evict(digest)
-            return None
-        self._touch(digest)
+        intact = hashlib.sha256(data).hexdigest() == digest
+        with self._lock:
+            if not intact:
+                self.stats.corrupt += 1
+                log.warning("a cached artifact is corrupt: dropped", extra={"digest": digest})
+                self.evict(digest)
+                return None
+            if digest in self._sizes:
+                self._touch(digest)
         return data
 
     def evict(self, digest: str) -> bool:
         """Remove the blob; True when it was held."""
-        if digest not in self._sizes:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            self.path(digest).unlink()
-        self._forget(digest)
-        return True
+        with self._lock:
+            if digest not in self._sizes:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self.path(digest).unlink()
+            self._forget(digest)
+            return True
 
     def _forget(self, digest: str) -> None:
         self._used -= self._sizes.pop(digest)

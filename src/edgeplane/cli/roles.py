@@ -267,6 +267,17 @@ def _run(main: Coroutine[Any, Any, None], *, uvloop_if_installed: bool = True) -
     asyncio.run(main)
 
 
+ArtifactCacheOption = Annotated[
+    int | None,
+    typer.Option(
+        "--artifact-cache-mb",
+        min=1,
+        help="MB of delivered artifacts a worker keeps on disk (default 1024; also the "
+        "largest artifact it takes).",
+    ),
+]
+
+
 def up(
     data_dir: DataDirOption = None,
     host: HostOption = None,
@@ -285,6 +296,7 @@ def up(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
     lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
@@ -324,6 +336,7 @@ def up(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
@@ -532,6 +545,7 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -552,6 +566,7 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
