@@ -43,7 +43,7 @@ FORGED = bytes(
 async def until(condition: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
     """Wait for ``condition`` to hold (polled on the loop; fail naming ``what``)."""
     async with asyncio.timeout(timeout_s):
-        while not (found := condition()):
+        while not (found := condition()):  # noqa: ASYNC110 -- counters have no event
             await asyncio.sleep(0.02)
     assert found, what
     return found
@@ -122,6 +122,55 @@ async def test_a_worker_fetches_a_module_it_lacks_once_and_a_restart_fetches_not
             assert control.proxy.stats.served == 1
         finally:
             await again.stop()
+
+
+async def test_on_a_secured_broker_only_the_proxy_sends_chunks_and_a_big_module_is_refused(
+    tmp_path: Path, unique_domain: str
+) -> None:
+    """Another worker's chunks never reach a worker (the ACL drops them); a module over
+    the proxy's maximum is refused, counted, and fails its task saying why."""
+    settings = stack_settings(tmp_path, unique_domain)
+    topics = Topics(unique_domain, settings.cluster_id)
+    async with running_stack(settings) as stack:
+        control = stack.control
+        assert control.proxy is not None and control.auth is not None
+        worker = worker_for(stack, settings, tmp_path / "w1", "w1")
+        intruder = control.auth.add_member("w2")
+        await worker.start()
+        try:
+            await asyncio.wait_for(worker.registered.wait(), 20)
+            async with MqttLink(
+                stack.broker_url,
+                client_id=unique_client_id("w2"),
+                subscriptions=[],
+                on_message=lambda topic, payload: asyncio.sleep(0),
+                username=intruder.username,
+                password=intruder.password,
+            ) as link:
+                await link.connected.wait()
+                for _ in range(10):
+                    junk = os.urandom(100)
+                    for raw in chunks.frames(hashlib.sha256(junk).hexdigest(), junk):
+                        await link.publish(topics.chunks("w1"), raw)
+                await link.flush()  # the broker has them (and dropped them) before what follows
+            task = (await control.manager.submit([add_spec(1, 1)]))[0]
+            done = await control.manager.wait(task.id, 30)
+            assert (done.state, done.results) == ("completed", [2]), done
+            assert worker.fetcher.stats.unsolicited == 0
+            assert worker.fetcher.stats.fetched == 1
+
+            control.proxy.max_bytes = 100  # every other module is now too big to serve
+            import base64
+
+            hello = base64.b64encode(wasm_fixtures.wasi_hello_wasm()).decode()
+            spec = TaskSpec(name="answer", file=hello, start=True)
+            task = (await control.manager.submit([spec]))[0]
+            done = await control.manager.wait(task.id, 30)
+            assert done.state == "failed" and "artifact_too_large" in (done.error or ""), done
+            assert control.proxy.stats.too_large == 1
+            assert worker.fetcher.stats.too_large == 1
+        finally:
+            await worker.stop()
 
 
 async def test_forged_chunks_on_an_open_broker_are_refused_and_never_run(
@@ -239,7 +288,9 @@ DIGEST = hashlib.sha256(BLOB).hexdigest()
 def all_chunks(body: FetchArtifact, data: bytes = BLOB) -> list[bytes]:
     request = bytes.fromhex(body.request)
     return list(
-        chunks.frames(body.digest, data, request=request, chunk_size=1000, indices=body.missing or None)
+        chunks.frames(
+            body.digest, data, request=request, chunk_size=1000, indices=body.missing or None
+        )
     )
 
 
@@ -297,7 +348,9 @@ async def test_a_lost_tail_is_asked_for_again_after_the_wait_and_an_unknown_dige
         return all_chunks(body)[:4]  # the last chunks never come
 
     def not_found(body: FetchArtifact) -> list[bytes]:
-        frame = chunks.Frame(body.digest, 0, 0, 0, request=bytes.fromhex(body.request), status=chunks.NOT_FOUND)
+        frame = chunks.Frame(
+            body.digest, 0, 0, 0, request=bytes.fromhex(body.request), status=chunks.NOT_FOUND
+        )
         return [chunks.encode(frame)]
 
     proxy = ScriptedProxy(mosquitto_url, topics, "w1", [headless, all_chunks])

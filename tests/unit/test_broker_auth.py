@@ -83,7 +83,10 @@ def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     acl = auth.acl_text()
     assert "pattern read d/c/workers/%u/chunks" in acl
     assert "pattern write d/c/workers/%u/fetch" in acl
-    assert f"user {PROXY_USER}\ntopic read d/c/workers/+/fetch\ntopic write d/c/workers/+/chunks" in acl
+    assert (
+        f"user {PROXY_USER}\ntopic read d/c/workers/+/fetch\ntopic write d/c/workers/+/chunks"
+        in acl
+    )
     assert "pattern read d/c/workers/%u/cmd" in acl
     assert "pattern write d/c/workers/%u/events" in acl
     assert "pattern write d/c/join/%c" in acl

@@ -30,7 +30,9 @@ def assemble(encoded: list[bytes], now: float = 0.0) -> Assemblies:
 
 @settings(max_examples=200, deadline=None)
 @given(blobs, sizes, st.randoms(use_true_random=False))
-def test_any_blob_reassembles_in_any_order(data: bytes, chunk_size: int, rnd: random.Random) -> None:
+def test_any_blob_reassembles_in_any_order(
+    data: bytes, chunk_size: int, rnd: random.Random
+) -> None:
     digest = digest_of(data)
     encoded = list(chunks.frames(digest, data, chunk_size=chunk_size))
     assert len(encoded) == chunks.count_chunks(len(data), chunk_size)

@@ -144,7 +144,9 @@ class Fetcher:
                     data = await self._verify(digest)
                 except (DigestMismatch, BadChunk):
                     self.stats.rejected += 1
-                    log.warning("artifact delivery rejected: digest mismatch", extra={"digest": digest})
+                    log.warning(
+                        "artifact delivery rejected: digest mismatch", extra={"digest": digest}
+                    )
                     pending.restart = True
                 else:
                     self.stats.fetched += 1
@@ -218,7 +220,9 @@ class Fetcher:
             assembly = self.assemblies.add(frame, self.clock.monotonic())
         except BadChunk as exc:
             self.stats.rejected += 1
-            log.warning("artifact delivery rejected", extra={"digest": frame.digest, "error": exc.detail})
+            log.warning(
+                "artifact delivery rejected", extra={"digest": frame.digest, "error": exc.detail}
+            )
             pending.restart = True
             pending.wake.set()
             return

@@ -175,12 +175,11 @@ class Proxy:
 
     async def _send(self, topic: str, fetch: FetchArtifact, data: bytes, request: bytes) -> None:
         indices = fetch.missing or None
-        sent = 0
-        for raw in chunks.frames(
+        frames = chunks.frames(
             fetch.digest, data, request=request, chunk_size=self.chunk_size, indices=indices
-        ):
+        )
+        for sent, raw in enumerate(frames, start=1):
             await self.link.publish(topic, raw)
-            sent += 1
             self.stats.chunks += 1
             self.stats.bytes += len(raw)
             if sent % WINDOW == 0:

@@ -272,6 +272,7 @@ class ControlPlane:
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)
+        self.manager.proxy_stats = self.proxy.stats
         self.manager.dispatcher.inline_artifacts = False
 
     async def _lead(self) -> None:
