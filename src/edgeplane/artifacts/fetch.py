@@ -13,7 +13,8 @@ returned before the whole blob hashes to the digest the (signed) start command n
   missing ones are asked for again; after ``rounds`` silent waits the fetch fails
   (the task fails transiently and the manager places it again).
 
-Assemblies left without a new chunk for ``ttl_s`` (default 5 minutes) are dropped.
+An assembly ends with its fetch (delivered, or given up); in any case one left without a
+new chunk for ``ttl_s`` (default 5 minutes) is dropped.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class Fetcher:
         if pending is None or frame.request != pending.request:
             self.stats.unsolicited += 1
             return
+        if pending.error is not None:  # failing already: the rest of the delivery is moot
+            return
         if frame.status == chunks.NOT_FOUND:
             pending.error = Invalid(f"artifact_not_found: {frame.digest}", field="artifact")
         elif frame.status == chunks.TOO_LARGE or frame.size > self.max_bytes:
@@ -226,10 +229,11 @@ class Fetcher:
             pending.restart = True
             pending.wake.set()
             return
-        self.stats.chunks += 1
-        if assembly.duplicates:
+        if assembly.duplicates:  # the same chunk again (a re-request crossed it): no news
             self.stats.duplicates += assembly.duplicates
             assembly.duplicates = 0
+            return
+        self.stats.chunks += 1
         if assembly.complete:
             pending.complete = True
             pending.wake.set()
