@@ -1,2 +1,2 @@
-"""Artifacts: content-addressed blobs (wasm modules, later OCI layers), stored on disk,
-cut into binary chunks and delivered to workers over MQTT by the proxy."""
+"""Artifacts: wasm modules and container images by content (sha256), from OCI registries;
+kept on disk by digest and delivered to workers over MQTT by the proxy, in binary chunks."""
