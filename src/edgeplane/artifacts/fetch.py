@@ -32,7 +32,7 @@ from edgeplane.artifacts.blobs import TooLarge
 from edgeplane.artifacts.chunks import Assemblies, BadChunk, DigestMismatch
 from edgeplane.errors import Invalid
 from edgeplane.protocol import encode
-from edgeplane.protocol.messages import FetchArtifact
+from edgeplane.protocol.messages import MAX_MISSING, FetchArtifact
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,9 @@ class Fetcher:
 
     async def _ask(self, pending: _Pending, missing: list[int]) -> None:
         self.stats.requests += 1
-        body = FetchArtifact(digest=pending.digest, request=pending.request.hex(), missing=missing)
+        body = FetchArtifact(
+            digest=pending.digest, request=pending.request.hex(), missing=missing[:MAX_MISSING]
+        )
         await self._publish(encode("artifact.fetch", body))
 
     def on_chunk(self, payload: bytes) -> None:

@@ -274,6 +274,9 @@ class AckEvents(_Body):
     keys: list[EventKey]
 
 
+MAX_MISSING = 65_536
+
+
 class FetchArtifact(_Body):
     """worker → proxy: send me the chunks of an artifact (``artifacts/proxy.py``): all of
     them, or only ``missing`` when a delivery lost some. ``request`` is echoed in every
@@ -281,8 +284,9 @@ class FetchArtifact(_Body):
 
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     request: str = Field(pattern=r"^[0-9a-f]{16}$")
-    #: at most this many indices: a 512 MB blob has 2,048 chunks of 256 KiB
-    missing: list[int] = Field(default_factory=list, max_length=65_536)
+    #: at most MAX_MISSING indices (a 512 MB blob has 2,048 chunks of 256 KiB; a worker
+    #: missing more asks for the first ones, then the rest)
+    missing: list[int] = Field(default_factory=list, max_length=MAX_MISSING)
 
 
 class Reregister(_Body):
