@@ -86,3 +86,15 @@ def test_a_restart_drops_interrupted_writes_keeps_the_lru_order_and_the_bound(
     assert smaller.has(new[0]) and not smaller.has(old[0]) and smaller.used == 40
     assert not (tmp_path / f"{old[0]}.123.tmp").exists()
     assert (tmp_path / "not-a-blob").exists()
+
+
+async def test_a_workers_modules_kept_by_an_earlier_version_are_adopted(tmp_path: Path) -> None:
+    from edgeplane.worker.agent import ArtifactCache
+
+    digest, data = blob(64)
+    (tmp_path / f"{digest}.wasm").write_bytes(data)
+    (tmp_path / "notes.wasm").write_bytes(b"not a module of ours")
+    cache = ArtifactCache(tmp_path)
+    assert await cache.load(digest) == data
+    assert not (tmp_path / f"{digest}.wasm").exists()
+    assert (tmp_path / "notes.wasm").exists()

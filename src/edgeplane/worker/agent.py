@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.artifacts.blobs import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
-from edgeplane.artifacts.blobs import BlobStore
+from edgeplane.artifacts.blobs import DIGEST, BlobStore
 from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
@@ -138,6 +139,7 @@ class ArtifactCache:
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.directory = directory
+        _adopt_legacy(directory)
         self.blobs = BlobStore(directory, max_bytes)
         self._memory: OrderedDict[str, bytes] = OrderedDict()
 
@@ -181,6 +183,17 @@ class ArtifactCache:
         self._memory.move_to_end(digest)
         while len(self._memory) > _MEMORY_ARTIFACTS:
             self._memory.popitem(last=False)
+
+
+def _adopt_legacy(directory: Path) -> None:
+    """Earlier versions kept modules as ``<digest>.wasm``: renamed to the blob store's
+    ``<digest>`` (checked against it when first read), so an upgraded worker neither
+    fetches them again nor leaves them behind."""
+    with contextlib.suppress(FileNotFoundError):
+        for path in directory.glob("*.wasm"):
+            if DIGEST.fullmatch(path.stem):
+                with contextlib.suppress(OSError):
+                    os.replace(path, directory / path.stem)
 
 
 @dataclass
