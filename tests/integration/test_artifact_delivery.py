@@ -365,3 +365,44 @@ async def test_a_lost_tail_is_asked_for_again_after_the_wait_and_an_unknown_dige
                 await asyncio.wait_for(fetcher.fetch(hashlib.sha256(b"none").hexdigest()), 20)
         finally:
             await stop()
+
+
+async def test_the_proxy_role_serves_what_a_store_holds(
+    tmp_path: Path, mosquitto_url: str, unique_domain: str
+) -> None:
+    """``edgeplane proxy`` on its own (a process), reading a store a manager wrote."""
+    import sys
+
+    from edgeplane.store import open_store
+
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(store_url)
+    await store.open()
+    await store.put_artifact(DIGEST, BLOB)
+    await store.close()
+    argv = [sys.executable, "-m", "edgeplane", "proxy", "--broker", mosquitto_url]
+    argv += ["--store", store_url, "--domain", unique_domain, "--data-dir", str(tmp_path)]
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert b"artifact proxy of cluster local" in line, line
+        fetcher, _, stop = await fetcher_on(mosquitto_url, Topics(unique_domain), "w1")
+        try:
+            assert await asyncio.wait_for(fetcher.fetch(DIGEST), 20) == BLOB
+            with pytest.raises(Exception, match="artifact_not_found"):
+                await asyncio.wait_for(fetcher.fetch(hashlib.sha256(b"none").hexdigest()), 20)
+        finally:
+            await stop()
+    finally:
+        child.terminate()
+        assert await asyncio.wait_for(child.wait(), 15) is not None
