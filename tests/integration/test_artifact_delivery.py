@@ -167,6 +167,7 @@ async def test_on_a_secured_broker_only_the_proxy_sends_chunks_and_a_big_module_
             task = (await control.manager.submit([spec]))[0]
             done = await control.manager.wait(task.id, 30)
             assert done.state == "failed" and "artifact_too_large" in (done.error or ""), done
+            assert done.reason == "artifact_too_large"  # not retried: it would not fit again
             assert control.proxy.stats.too_large == 1
             assert worker.fetcher.stats.too_large == 1
         finally:

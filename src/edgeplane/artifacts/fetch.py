@@ -132,6 +132,7 @@ class Fetcher:
                     raise Invalid(
                         f"artifact_unavailable: {digest} did not arrive from the proxy",
                         field="artifact",
+                        reason="artifact_unavailable",
                     ) from None
                 await self._ask(pending, self._missing(digest))
                 continue
@@ -159,6 +160,7 @@ class Fetcher:
                     raise Invalid(
                         f"artifact_rejected: every delivery of {digest} failed verification",
                         field="artifact",
+                        reason="digest_mismatch",
                     )
                 self.assemblies.drop(digest)
                 # a new nonce: chunks of the spoiled round still on their way are refused
@@ -207,13 +209,18 @@ class Fetcher:
         if pending.error is not None:  # failing already: the rest of the delivery is moot
             return
         if frame.status == chunks.NOT_FOUND:
-            pending.error = Invalid(f"artifact_not_found: {frame.digest}", field="artifact")
+            pending.error = Invalid(
+                f"artifact_not_found: {frame.digest}",
+                field="artifact",
+                reason="artifact_not_found",
+            )
         elif frame.status == chunks.TOO_LARGE or frame.size > self.max_bytes:
             self.stats.too_large += 1
             pending.error = TooLarge(
                 f"artifact_too_large: {frame.digest} is {frame.size} bytes "
                 f"(this worker takes {self.max_bytes})",
                 field="artifact",
+                reason="artifact_too_large",
             )
         else:
             self._add(pending, frame)

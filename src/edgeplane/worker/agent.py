@@ -69,6 +69,9 @@ DEFAULT_SLOTS_PER_CPU = 8
 EVENT_WINDOW_S = 0.002
 
 
+#: why a module could not be had that another attempt would meet again
+_PERMANENT = frozenset({"artifact_not_found", "artifact_too_large"})
+
 #: An artifact whose base64 is at most this long is decoded, hashed and written on the
 #: event loop (well under a millisecond); longer ones in a thread.
 INLINE_ARTIFACT_CHARS = 64 * 1024
@@ -585,7 +588,10 @@ class WorkerAgent:
         try:
             artifact = await self._artifact(run)
         except Invalid as exc:
-            return Outcome(state="failed", error=exc.detail, transient=True)
+            # a module that does not exist or is too big stays so; anything else (the
+            # proxy unreachable, deliveries spoiled) another attempt may not meet
+            transient = exc.reason not in _PERMANENT
+            return Outcome(state="failed", error=exc.detail, transient=transient, reason=exc.reason)
         key = (spec.task_id, spec.attempt)
         try:
             if runtime.recoverable:
