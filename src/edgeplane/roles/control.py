@@ -189,7 +189,11 @@ class ControlPlane:
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
         self.applications = Applications(facade)
-        self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
+        self.uplink = (
+            Uplink(facade, settings.root, link_url=broker_url if settings.root_via_bridge else None)
+            if (settings.root or settings.root_via_bridge) and not root
+            else None
+        )
         self.root = root
         #: the artifact proxy (a cluster's leader only; set by start)
         self.proxy: Proxy | None = None
