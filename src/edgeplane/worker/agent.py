@@ -474,9 +474,10 @@ class WorkerAgent:
 
     def _follow(self, ask: FollowLogs) -> None:
         run = self._runs.get(ask.task_id)
-        if run is None or run.spec.attempt != ask.attempt or run.handle is None:
+        if run is None or run.spec.attempt != ask.attempt:
             return  # not here (any more): the manager has, or will have, its final logs
-        assert run.runtime is not None
+        if run.handle is None or run.runtime is None:
+            return  # not started yet: the next renewal finds it running
         self.tails.follow(ask.task_id, ask.attempt, run.runtime.log_files(run.handle), ask.follow_s)
 
     def _first_time(self, key: Key) -> bool:
