@@ -28,6 +28,7 @@ from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.joining import Identity
+from edgeplane.transport import redact_url
 from edgeplane.worker import WorkerAgent
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
@@ -213,7 +214,7 @@ async def _run_up(settings: Settings) -> None:
     async with running_stack(settings) as stack:
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
         clusters = "".join(
-            f"  cluster:  {c.control.settings.cluster_id} (broker {c.broker_url}; workers "
+            f"  cluster:  {c.control.settings.cluster_id} (broker {redact_url(c.broker_url)}; workers "
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )
@@ -222,7 +223,7 @@ async def _run_up(settings: Settings) -> None:
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
-            f"  broker:   {stack.broker_url}\n"
+            f"  broker:   {redact_url(stack.broker_url)}\n"
             + (clusters or f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n")
             + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",

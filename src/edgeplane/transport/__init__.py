@@ -10,6 +10,7 @@ from edgeplane.transport.link import (
     Will,
     kept_client_id,
     parse_broker_url,
+    redact_url,
     unique_client_id,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "free_port",
     "kept_client_id",
     "parse_broker_url",
+    "redact_url",
     "unique_client_id",
 ]

@@ -1,0 +1,204 @@
+"""A private RabbitMQ 3.10 node with its MQTT plugin, for the broker matrix.
+
+The node runs the configuration the docs show (``deploy/brokers/rabbitmq/rabbitmq.conf``,
+docs/brokers.md) with its ports and paths filled in: everything it writes (mnesia, logs,
+config, enabled-plugins file, Erlang cookie) lives under the given directory, its node name
+is its own (``ep-<random>@localhost``) and its ports are free ones, so it never touches the
+machine's RabbitMQ. Only epmd, the Erlang port mapper every node on a host registers with,
+is shared: a node starts it if none runs, and it is left running.
+
+The plugin is enabled by the node's enabled-plugins file, not ``rabbitmq-plugins enable``
+(which would change the machine's node). The user is the config's ``default_user``, made
+on the node's first start with a random password, instead of guest.
+
+    with launch(Path("/tmp/x")) as url:   # mqtt://USER:PASS@127.0.0.1:PORT
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from edgeplane.lifeline import die_with_parent
+from edgeplane.transport import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_TEMPLATE = ROOT / "deploy" / "brokers" / "rabbitmq" / "rabbitmq.conf"
+HOST = "127.0.0.1"
+USER = "edgeplane"
+#: The server script itself, not Debian's /usr/sbin wrapper: run as root, that wrapper
+#: switches to the rabbitmq user and the machine's paths (/var/lib/rabbitmq).
+SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+#: A cold boot of RabbitMQ (Erlang VM, mnesia schema, the plugin's Raft client-id
+#: tracker) takes ~5-10 s on the 2-core test machine, longer when it is busy.
+START_TIMEOUT_S = 90.0
+#: A node flushes its queues and stops its Raft members on SIGTERM: ~2-5 s.
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.2
+LOG_TAIL_BYTES = 4000
+
+
+class RabbitMQUnavailable(RuntimeError):
+    """The node did not start, or does not take MQTT connections."""
+
+
+def server_script() -> str | None:
+    """The rabbitmq-server start script, None when RabbitMQ is not installed."""
+    for path in SERVER_SCRIPTS:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("rabbitmq-server")
+
+
+def render_config(mqtt_port: int, password: str, user: str = USER, host: str = HOST) -> str:
+    """The documented config with this node's listener and credentials."""
+    template = CONFIG_TEMPLATE.read_text()
+    # str.format would trip over the regex braces a reader may add; plain replacement.
+    values = {"mqtt_host": host, "mqtt_port": str(mqtt_port), "user": user, "password": password}
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def connect_packet(client_id: str, user: str, password: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT with credentials and a clean session."""
+    variable = _utf8("MQTT") + bytes([4, 0b1100_0010]) + struct.pack("!H", 10)
+    body = variable + _utf8(client_id) + _utf8(user) + _utf8(password)
+    length = bytearray()
+    size = len(body)
+    while True:
+        byte, size = size % 128, size // 128
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([0x10]) + bytes(length) + body
+
+
+def mqtt_accepts(port: int, user: str, password: str, host: str = HOST) -> bool:
+    """Whether the broker answers a CONNECT with these credentials by CONNACK 0."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as sock:
+            sock.sendall(connect_packet(f"ep-probe-{secrets.token_hex(4)}", user, password))
+            answer = b""
+            while len(answer) < 4:
+                chunk = sock.recv(4 - len(answer))
+                if not chunk:
+                    return False
+                answer += chunk
+            accepted = answer[0] == 0x20 and answer[3] == 0
+            if accepted:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT: no will, no log line about a drop
+            return accepted
+    except OSError:
+        return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the node's process group (beam and its erl_child_setup); SIGKILL it if it
+    lingers. epmd daemonizes into a session of its own, so it is not in the group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left in the group (beam ignored SIGTERM, or a helper outlived it).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def launch(directory: Path) -> Iterator[str]:
+    """Run a RabbitMQ node under ``directory``; yield ``mqtt://USER:PASS@127.0.0.1:PORT``
+    once an MQTT CONNECT with those credentials is accepted; stop the node on exit."""
+    script = server_script()
+    if script is None:
+        raise RabbitMQUnavailable("rabbitmq-server is not installed")
+    directory.mkdir(parents=True, exist_ok=True)
+    mqtt_port, dist_port = free_port(), free_port()
+    password = secrets.token_urlsafe(18)
+    node = f"ep-{secrets.token_hex(4)}@localhost"
+    config = directory / "rabbitmq.conf"
+    config.write_text(render_config(mqtt_port, password))
+    config.chmod(0o600)  # it holds the password
+    plugins = directory / "enabled_plugins"
+    plugins.write_text("[rabbitmq_mqtt].\n")
+    env_file = directory / "rabbitmq-env.conf"  # empty: not the machine's /etc one
+    env_file.write_text("")
+    home = directory / "home"  # the node's .erlang.cookie goes here, not in ~
+    home.mkdir(exist_ok=True)
+    logs = directory / "log"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_CONF_ENV_FILE": str(env_file),
+        "RABBITMQ_CONFIG_FILE": str(config),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+        "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(logs),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        # Erlang distribution on loopback only, as the machine's node has it.
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
+    output = (directory / "stdout.log").open("ab")
+    try:
+        proc = subprocess.Popen(
+            [script],
+            env=env,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+    finally:
+        output.close()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not mqtt_accepts(mqtt_port, USER, password):
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                reason = (
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"took no MQTT connection within {START_TIMEOUT_S:g} s"
+                )
+                raise RabbitMQUnavailable(
+                    f"RabbitMQ node {node} {reason}; log tail:\n"
+                    f"{_tail(logs / f'{node}.log') or _tail(directory / 'stdout.log')}"
+                )
+            time.sleep(POLL_S)
+        yield f"mqtt://{USER}:{quote(password, safe='')}@{HOST}:{mqtt_port}"
+    finally:
+        _stop(proc)
