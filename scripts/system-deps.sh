@@ -2,7 +2,9 @@
 # System packages edgeplane's tests need: the Mosquitto broker (spawned by tests and by
 # `edgeplane up`), runc and a static busybox (container tasks; the test images are built
 # from busybox offline), systemd-analyze and kubectl (the deployment kit's tests verify
-# deploy/systemd and render deploy/kubernetes with them). Installs only what is missing.
+# deploy/systemd and render deploy/kubernetes with them), and RabbitMQ (the broker matrix
+# runs the protocol on private nodes of its MQTT plugin, tests/brokers; the package's own
+# service is not used). Installs only what is missing.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -10,6 +12,7 @@ command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
 command -v busybox >/dev/null 2>&1 || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

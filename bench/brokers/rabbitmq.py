@@ -21,7 +21,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -30,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
+
+import psutil
 
 from edgeplane.lifeline import die_with_parent
 from edgeplane.transport import free_port
@@ -46,6 +47,8 @@ SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
 START_TIMEOUT_S = 90.0
 #: A node flushes its queues and stops its Raft members on SIGTERM: ~2-5 s.
 STOP_TIMEOUT_S = 30.0
+#: erl_child_setup notices the VM is gone at once; this bounds a stuck one.
+HELPER_EXIT_S = 5.0
 POLL_S = 0.2
 LOG_TAIL_BYTES = 4000
 
@@ -77,10 +80,14 @@ def _utf8(text: str) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def connect_packet(client_id: str, user: str, password: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT with credentials and a clean session."""
-    variable = _utf8("MQTT") + bytes([4, 0b1100_0010]) + struct.pack("!H", 10)
-    body = variable + _utf8(client_id) + _utf8(user) + _utf8(password)
+def connect_packet(client_id: str, user: str | None, password: str | None) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session, with credentials when given."""
+    flags = 0b0000_0010 | (0b1000_0000 if user is not None else 0)
+    flags |= 0b0100_0000 if password is not None else 0
+    body = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", 10) + _utf8(client_id)
+    body += (_utf8(user) if user is not None else b"") + (
+        _utf8(password) if password is not None else b""
+    )
     length = bytearray()
     size = len(body)
     while True:
@@ -91,8 +98,9 @@ def connect_packet(client_id: str, user: str, password: str) -> bytes:
     return bytes([0x10]) + bytes(length) + body
 
 
-def mqtt_accepts(port: int, user: str, password: str, host: str = HOST) -> bool:
-    """Whether the broker answers a CONNECT with these credentials by CONNACK 0."""
+def mqtt_accepts(port: int, user: str | None, password: str | None, host: str = HOST) -> bool:
+    """Whether the broker answers a CONNECT with these credentials (None: anonymous) by
+    CONNACK 0 (accepted)."""
     try:
         with socket.create_connection((host, port), timeout=2.0) as sock:
             sock.sendall(connect_packet(f"ep-probe-{secrets.token_hex(4)}", user, password))
@@ -118,19 +126,24 @@ def _tail(path: Path) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the node's process group (beam and its erl_child_setup); SIGKILL it if it
-    lingers. epmd daemonizes into a session of its own, so it is not in the group."""
+    """SIGTERM the VM (it stops the node cleanly), SIGKILL it if it lingers; then make sure
+    its helpers (erl_child_setup, inet_gethost: sessions of their own, which end with the
+    VM) are gone too. epmd is not among them: it daemonizes, and other nodes use it."""
+    try:
+        helpers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        helpers = []
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            pass
-    # Whatever is left in the group (beam ignored SIGTERM, or a helper outlived it).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
     proc.wait()
+    _, left = psutil.wait_procs(helpers, timeout=HELPER_EXIT_S)
+    for helper in left:
+        with contextlib.suppress(psutil.Error):
+            helper.kill()
 
 
 @contextmanager
@@ -166,8 +179,15 @@ def launch(directory: Path) -> Iterator[str]:
         "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
         "RABBITMQ_LOG_BASE": str(logs),
         "RABBITMQ_DIST_PORT": str(dist_port),
+        # The script then execs the VM instead of keeping a shell in front of it that
+        # relays signals: the VM itself is this process's child, so the kernel kills it
+        # if this process dies (die_with_parent), and a SIGTERM stops it cleanly (the VM
+        # handles it since 3.8). -noinput: no Erlang shell on stdin, as without the flag.
+        "RABBITMQ_ALLOW_INPUT": "1",
         # Erlang distribution on loopback only, as the machine's node has it.
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+            "-noinput -kernel inet_dist_use_interface {127,0,0,1}"
+        ),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
     output = (directory / "stdout.log").open("ab")
@@ -179,7 +199,7 @@ def launch(directory: Path) -> Iterator[str]:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # a Ctrl-C at the test's terminal is not the node's
             preexec_fn=die_with_parent(),
         )
     finally:

@@ -43,7 +43,8 @@ async def _run_root(settings: Settings) -> None:
                 f"  API:      {control.url}/api/v1\n"
                 f"  dashboard: {control.url}/dashboard\n"
                 f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
-                f"  clusters: edgeplane manager --cluster-id NAME --root {redact_url(broker_url)}{ca}"
+                f"  clusters: edgeplane manager --cluster-id NAME "
+                f"--root {redact_url(broker_url)}{ca}"
                 + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
                 + "\n",
                 flush=True,

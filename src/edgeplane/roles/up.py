@@ -214,7 +214,8 @@ async def _run_up(settings: Settings) -> None:
     async with running_stack(settings) as stack:
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
         clusters = "".join(
-            f"  cluster:  {c.control.settings.cluster_id} (broker {redact_url(c.broker_url)}; workers "
+            f"  cluster:  {c.control.settings.cluster_id} "
+            f"(broker {redact_url(c.broker_url)}; workers "
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )

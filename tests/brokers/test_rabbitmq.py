@@ -1,0 +1,148 @@
+"""RabbitMQ's MQTT plugin as edgeplane's broker: what differs from Mosquitto and what the
+docs promise about it (docs/brokers.md, "RabbitMQ (MQTT plugin)"). The protocol itself
+(tasks, a workflow, a worker lost) runs on it in the broker matrix (test_matrix.py).
+
+Each node is a private one (``bench/brokers/rabbitmq.py``) on the documented config; the
+machine's RabbitMQ is never touched. A node takes ~8-15 s to boot, so one serves the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import psutil
+import pytest
+from bench.brokers import rabbitmq
+
+from edgeplane.transport import MqttLink, kept_client_id, parse_broker_url
+from faults.procs import Role, alive, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if rabbitmq.server_script() is None:
+        pytest.skip("rabbitmq-server is not installed (scripts/system-deps.sh installs it)")
+    with rabbitmq.launch(tmp_path_factory.mktemp("rabbitmq")) as url:
+        yield url
+
+
+def password_of(url: str) -> str:
+    password = urlsplit(url).password
+    assert password
+    return unquote(password)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
+        self.changed.set()
+
+    async def wait_for(self, n: int) -> list[tuple[str, bytes]]:
+        async with asyncio.timeout(30):
+            while len(self.messages) < n:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.messages
+
+
+def test_only_the_configured_user_gets_in(rabbitmq_url: str) -> None:
+    address = parse_broker_url(rabbitmq_url)
+    assert address.username == rabbitmq.USER != "guest"
+    assert rabbitmq.mqtt_accepts(address.port, address.username, address.password)
+    assert not rabbitmq.mqtt_accepts(address.port, address.username, "not-the-password")
+    assert not rabbitmq.mqtt_accepts(address.port, "guest", "guest")
+    assert not rabbitmq.mqtt_accepts(address.port, None, None)  # anonymous
+
+
+async def test_a_persistent_session_gets_what_was_sent_while_it_was_away(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """The manager's link keeps its session (clean_session=False, a kept client id): on
+    RabbitMQ that is a durable queue, which holds what its workers said meanwhile."""
+    domain = f"t{uuid.uuid4().hex[:10]}"
+    client_id = kept_client_id("manager", tmp_path)
+    inbox = Inbox()
+
+    def manager() -> MqttLink:
+        return MqttLink(
+            rabbitmq_url,
+            client_id=client_id,
+            subscriptions=[f"{domain}/+/events"],
+            on_message=inbox,
+            clean_session=False,
+        )
+
+    async with manager():
+        pass
+    async with MqttLink(
+        rabbitmq_url, client_id="worker", subscriptions=[], on_message=Inbox()
+    ) as worker:
+        for n in range(3):
+            await worker.publish(f"{domain}/w{n}/events", f"{n}".encode())
+        await worker.flush()
+    async with manager():
+        got = await inbox.wait_for(3)
+    assert sorted(got) == [(f"{domain}/w{n}/events", f"{n}".encode()) for n in range(3)]
+
+
+async def test_a_dot_in_a_topic_level_splits_it(rabbitmq_url: str) -> None:
+    """Why ids and domains may hold no '.' (docs/brokers.md): the plugin turns '/' into
+    '.' in its routing keys and back, so a dotted level becomes two on the way."""
+    domain = f"t{uuid.uuid4().hex[:10]}"
+    inbox = Inbox()
+    subscriptions = [f"{domain}/+/events", f"{domain}/w.1/cmd"]
+    async with (
+        MqttLink(rabbitmq_url, client_id="s", subscriptions=subscriptions, on_message=inbox),
+        MqttLink(rabbitmq_url, client_id="p", subscriptions=[], on_message=Inbox()) as sender,
+    ):
+        await sender.publish(f"{domain}/w.1/events", b"missed")  # `+` matches one level
+        await sender.publish(f"{domain}/w.1/cmd", b"renamed")
+        await sender.publish(f"{domain}/w1/events", b"plain")
+        got = await inbox.wait_for(2)
+    assert sorted(got) == [(f"{domain}/w/1/cmd", b"renamed"), (f"{domain}/w1/events", b"plain")]
+
+
+def test_a_worker_shows_its_broker_without_the_password(rabbitmq_url: str, tmp_path: Path) -> None:
+    """The URL comes in the environment (not on a command line every local user can
+    read); what the worker prints of it has the password masked."""
+    env = {
+        **os.environ,
+        "EDGEPLANE_BROKER": rabbitmq_url,
+        "EDGEPLANE_DOMAIN": f"t{uuid.uuid4().hex[:10]}",
+    }
+    worker = Role(
+        "worker",
+        ["worker", "--worker-id", "w1", "--no-containers", "--data-dir", str(tmp_path / "w1")],
+        env,
+        tmp_path / "worker.log",
+    ).start()
+    try:
+        wait_until(lambda: "worker w1 connected to" in worker.tail(), "the worker", watch=[worker])
+    finally:
+        worker.stop()
+    log = worker.log.read_text()
+    assert password_of(rabbitmq_url) not in log
+    assert f"connected to mqtt://{rabbitmq.USER}:***@127.0.0.1:" in log
+
+
+def test_a_node_leaves_no_process_behind(tmp_path: Path) -> None:
+    if rabbitmq.server_script() is None:
+        pytest.skip("rabbitmq-server is not installed (scripts/system-deps.sh installs it)")
+    with rabbitmq.launch(tmp_path) as url:
+        node = [p for p in psutil.Process().children() if str(tmp_path) in " ".join(p.cmdline())]
+        assert [p.name() for p in node] == ["beam.smp"], "the VM is this process's own child"
+        processes = [*node, *node[0].children(recursive=True)]
+        port = parse_broker_url(url).port
+    assert not any(alive(process) for process in processes)
+    assert not rabbitmq.mqtt_accepts(port, rabbitmq.USER, password_of(url))
