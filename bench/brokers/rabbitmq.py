@@ -42,6 +42,9 @@ USER = "edgeplane"
 #: The server script itself, not Debian's /usr/sbin wrapper: run as root, that wrapper
 #: switches to the rabbitmq user and the machine's paths (/var/lib/rabbitmq).
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+CTL_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+#: rabbitmqctl boots an Erlang VM and Elixir for each command: ~2-5 s here.
+CTL_TIMEOUT_S = 60.0
 #: A cold boot of RabbitMQ (Erlang VM, mnesia schema, the plugin's Raft client-id
 #: tracker) takes ~5-10 s on the 2-core test machine, longer when it is busy.
 START_TIMEOUT_S = 90.0
@@ -118,6 +121,31 @@ def mqtt_accepts(port: int, user: str | None, password: str | None, host: str = 
         return False
 
 
+def rabbitmqctl(directory: Path, *args: str, stdin: str = "") -> str:
+    """Run ``rabbitmqctl ARGS`` against the node ``launch(directory)`` runs (its name and
+    Erlang cookie are in the directory); its output, or ``RabbitMQUnavailable``."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "HOME": str(directory / "home"),
+        "LANG": "C.UTF-8",
+        "RABBITMQ_NODENAME": (directory / "nodename").read_text().strip(),
+        "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
+        "ERL_EPMD_ADDRESS": HOST,
+    }
+    done = subprocess.run(
+        [CTL_SCRIPT, *args],
+        env=env,
+        input=stdin.encode(),
+        capture_output=True,
+        timeout=CTL_TIMEOUT_S,
+        check=False,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    if done.returncode != 0:
+        raise RabbitMQUnavailable(f"rabbitmqctl {args[0]} failed ({done.returncode}): {output}")
+    return output
+
+
 def _tail(path: Path) -> str:
     try:
         return path.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace")
@@ -157,6 +185,7 @@ def launch(directory: Path) -> Iterator[str]:
     mqtt_port, dist_port = free_port(), free_port()
     password = secrets.token_urlsafe(18)
     node = f"ep-{secrets.token_hex(4)}@localhost"
+    (directory / "nodename").write_text(node)  # for rabbitmqctl() below
     config = directory / "rabbitmq.conf"
     config.write_text(render_config(mqtt_port, password))
     config.chmod(0o600)  # it holds the password

@@ -26,11 +26,18 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def rabbitmq_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """One node for the module: its directory and URL."""
     if rabbitmq.server_script() is None:
         pytest.skip("rabbitmq-server is not installed (scripts/system-deps.sh installs it)")
-    with rabbitmq.launch(tmp_path_factory.mktemp("rabbitmq")) as url:
-        yield url
+    directory = tmp_path_factory.mktemp("rabbitmq")
+    with rabbitmq.launch(directory) as url:
+        yield directory, url
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_node: tuple[Path, str]) -> str:
+    return rabbitmq_node[1]
 
 
 def password_of(url: str) -> str:
@@ -146,3 +153,26 @@ def test_a_node_leaves_no_process_behind(tmp_path: Path) -> None:
         port = parse_broker_url(url).port
     assert not any(alive(process) for process in processes)
     assert not rabbitmq.mqtt_accepts(port, rabbitmq.USER, password_of(url))
+
+
+async def test_the_documented_rabbitmqctl_setup_lets_a_user_in_by_vhost(
+    rabbitmq_node: tuple[Path, str],
+) -> None:
+    """docs/brokers.md: a node that already runs gets the vhost, user and permissions
+    with rabbitmqctl; a user of another vhost than mqtt.vhost logs in as VHOST:USER,
+    written VHOST%3AUSER in a broker URL."""
+    directory, url = rabbitmq_node
+    port = parse_broker_url(url).port
+    rabbitmq.rabbitmqctl(directory, "add_vhost", "site-b")
+    rabbitmq.rabbitmqctl(directory, "add_user", "edge-b", stdin="pass-b\n")
+    rabbitmq.rabbitmqctl(
+        directory, "set_permissions", "-p", "site-b", "edge-b",
+        "^mqtt-subscription-", r"^(amq\.topic|mqtt-subscription-.*)$",
+        r"^(amq\.topic|mqtt-subscription-.*)$",
+    )  # fmt: skip
+    assert not rabbitmq.mqtt_accepts(port, "edge-b", "pass-b")  # not in vhost edgeplane
+    inbox = Inbox()
+    site_b = f"mqtt://site-b%3Aedge-b:pass-b@127.0.0.1:{port}"
+    async with MqttLink(site_b, client_id="b", subscriptions=["t/+/x"], on_message=inbox) as link:
+        await link.publish("t/1/x", b"in site-b")
+        assert await inbox.wait_for(1) == [("t/1/x", b"in site-b")]
