@@ -176,3 +176,15 @@ async def test_the_documented_rabbitmqctl_setup_lets_a_user_in_by_vhost(
     async with MqttLink(site_b, client_id="b", subscriptions=["t/+/x"], on_message=inbox) as link:
         await link.publish("t/1/x", b"in site-b")
         assert await inbox.wait_for(1) == [("t/1/x", b"in site-b")]
+
+
+def test_the_docs_show_the_config_the_nodes_run() -> None:
+    """docs/brokers.md shows deploy/brokers/rabbitmq/rabbitmq.conf as the launcher fills it
+    (but for the file's header), with the docs' listener and password."""
+    docs = (rabbitmq.ROOT / "docs" / "brokers.md").read_text()
+    section = docs[docs.index("## RabbitMQ (MQTT plugin)") :]
+    start = section.index("```ini\n") + len("```ini\n")
+    shown = section[start : section.index("```", start)]
+    tested = rabbitmq.render_config(1883, "CHANGE-ME", host="0.0.0.0")
+    assert shown == tested.split("\n\n", 1)[1]
+    assert "{" not in shown, "a placeholder the launcher fills is left in the docs"
