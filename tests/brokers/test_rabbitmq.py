@@ -188,3 +188,58 @@ def test_the_docs_show_the_config_the_nodes_run() -> None:
     tested = rabbitmq.render_config(1883, "CHANGE-ME", host="0.0.0.0")
     assert shown == tested.split("\n\n", 1)[1]
     assert "{" not in shown, "a placeholder the launcher fills is left in the docs"
+
+
+WORKER_PERMISSIONS = (
+    r"^edgeplane\.site-a\.workers\.{username}\.(hello|alive|events|metrics)$",
+    r"^edgeplane\.site-a\.workers\.{username}\.(cmd|welcome)$",
+)
+
+
+async def test_a_worker_kept_to_its_own_topics_and_a_link_refused_backs_off(
+    rabbitmq_node: tuple[Path, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/brokers.md: a user per worker with topic permissions keeps each to its own
+    topics. RabbitMQ refuses a publish elsewhere by closing the connection, so the same
+    message sent again on the next session is refused again: the link backs off more
+    each time (attempt 1, 2, 3, …) instead of reconnecting ~15 times a second."""
+    directory, url = rabbitmq_node
+    port = parse_broker_url(url).port
+    queues = r"^(amq\.topic|mqtt-subscription-.*)$"
+    rabbitmq.rabbitmqctl(directory, "add_user", "w1", stdin="pass-w1\n")
+    rabbitmq.rabbitmqctl(
+        directory, "set_permissions", "-p", "edgeplane", "w1",
+        "^mqtt-subscription-", queues, queues,
+    )  # fmt: skip
+    rabbitmq.rabbitmqctl(
+        directory, "set_topic_permissions", "-p", "edgeplane", "w1", "amq.topic",
+        *WORKER_PERMISSIONS,
+    )  # fmt: skip
+    manager_inbox, worker_inbox = Inbox(), Inbox()
+    own = "edgeplane/site-a/workers/w1"
+    async with (
+        MqttLink(url, client_id="m", subscriptions=["edgeplane/#"], on_message=manager_inbox),
+        MqttLink(
+            f"mqtt://w1:pass-w1@127.0.0.1:{port}",
+            client_id="w1-link",
+            subscriptions=[f"{own}/cmd"],
+            on_message=worker_inbox,
+        ) as worker,
+    ):
+        await worker.publish(f"{own}/events", b"mine")
+        assert await manager_inbox.wait_for(1) == [(f"{own}/events", b"mine")]
+        caplog.set_level("WARNING", logger="edgeplane.transport.link")
+        await worker.publish("edgeplane/site-a/workers/w2/events", b"forged")
+
+        def losses() -> list[int]:
+            return [
+                r.attempt  # type: ignore[attr-defined]
+                for r in caplog.records
+                if getattr(r, "client_id", None) == "w1-link" and getattr(r, "was_connected", 0)
+            ]
+
+        async with asyncio.timeout(30):
+            while len(losses()) < 4:
+                await asyncio.sleep(0.05)
+    assert losses()[:4] == [1, 2, 3, 4]
+    assert [topic for topic, _ in manager_inbox.messages if "w2" in topic] == []

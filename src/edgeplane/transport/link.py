@@ -68,6 +68,12 @@ MAX_BACKOFF_S = 5.0
 # A broker that took the connection but acknowledges nothing for this long is treated as
 # gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
 ACK_TIMEOUT_S = 30.0
+# The backoff starts over only after a session that lasted this long. A broker that takes
+# the connection and then drops it at once, again and again, is refusing something the
+# link does on every session (RabbitMQ and NATS close the connection of a client that
+# publishes or subscribes where it may not, or sends a message over their size limit):
+# reconnecting at once each time would hammer it ~15 times a second.
+STABLE_SESSION_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -462,14 +468,16 @@ class MqttLink:
 
     async def _run(self) -> None:
         """Connect, serve the session, back off, repeat, until cancelled by ``stop``."""
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             was_up = False
+            up_at = 0.0
             client = self._new_client()
             try:
                 async with client:
                     was_up = True
-                    attempt = 0
+                    up_at = loop.time()
                     await self._session(client)
             except* aiomqtt.MqttError as group:
                 self._last_error = _describe(group.exceptions[0])
@@ -486,6 +494,8 @@ class MqttLink:
                 self.connected.clear()
                 if was_up and self._on_disconnect is not None:
                     self._on_disconnect()
+            if was_up and loop.time() - up_at >= STABLE_SESSION_S:
+                attempt = 0  # it held: this drop is news, not the same fault again
             delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
             attempt += 1
             log.warning(
