@@ -235,7 +235,9 @@ async def test_a_worker_kept_to_its_own_topics_and_a_link_refused_backs_off(
     manager_inbox, worker_inbox = Inbox(), Inbox()
     own = "edgeplane/site-a/workers/w1"
     async with (
-        MqttLink(url, client_id="m", subscriptions=["edgeplane/#"], on_message=manager_inbox),
+        MqttLink(
+            url, client_id="m", subscriptions=["edgeplane/#"], on_message=manager_inbox
+        ) as manager,
         MqttLink(
             f"mqtt://w1:pass-w1@127.0.0.1:{port}",
             client_id="w1-link",
@@ -245,6 +247,8 @@ async def test_a_worker_kept_to_its_own_topics_and_a_link_refused_backs_off(
     ):
         await worker.publish(f"{own}/events", b"mine")
         assert await manager_inbox.wait_for(1) == [(f"{own}/events", b"mine")]
+        await manager.publish(f"{own}/cmd", b"run")
+        assert await worker_inbox.wait_for(1) == [(f"{own}/cmd", b"run")]
         losses = Losses("w1-link")
         logging.getLogger("edgeplane.transport.link").addHandler(losses)
         try:
