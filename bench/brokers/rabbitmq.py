@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import psutil
 
+from bench.brokers.base import BrokerUnavailable
 from edgeplane.lifeline import die_with_parent
 from edgeplane.transport import free_port
 
@@ -56,8 +57,9 @@ POLL_S = 0.2
 LOG_TAIL_BYTES = 4000
 
 
-class RabbitMQUnavailable(RuntimeError):
-    """The node did not start, or does not take MQTT connections."""
+class RabbitMQFailed(RuntimeError):
+    """The node did not start or take MQTT connections, or rabbitmqctl failed: a failure,
+    never a reason to skip (that is ``BrokerUnavailable``: RabbitMQ is not installed)."""
 
 
 def server_script() -> str | None:
@@ -123,7 +125,7 @@ def mqtt_accepts(port: int, user: str | None, password: str | None, host: str = 
 
 def rabbitmqctl(directory: Path, *args: str, stdin: str = "") -> str:
     """Run ``rabbitmqctl ARGS`` against the node ``launch(directory)`` runs (its name and
-    Erlang cookie are in the directory); its output, or ``RabbitMQUnavailable``."""
+    Erlang cookie are in the directory); its output, or ``RabbitMQFailed``."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "HOME": str(directory / "home"),
@@ -142,7 +144,7 @@ def rabbitmqctl(directory: Path, *args: str, stdin: str = "") -> str:
     )
     output = (done.stdout + done.stderr).decode(errors="replace")
     if done.returncode != 0:
-        raise RabbitMQUnavailable(f"rabbitmqctl {args[0]} failed ({done.returncode}): {output}")
+        raise RabbitMQFailed(f"rabbitmqctl {args[0]} failed ({done.returncode}): {output}")
     return output
 
 
@@ -180,7 +182,9 @@ def launch(directory: Path) -> Iterator[str]:
     once an MQTT CONNECT with those credentials is accepted; stop the node on exit."""
     script = server_script()
     if script is None:
-        raise RabbitMQUnavailable("rabbitmq-server is not installed")
+        raise BrokerUnavailable(
+            "rabbitmq-server is not installed (scripts/system-deps.sh installs it)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     mqtt_port, dist_port = free_port(), free_port()
     password = secrets.token_urlsafe(18)
@@ -243,7 +247,7 @@ def launch(directory: Path) -> Iterator[str]:
                     if code is not None
                     else f"took no MQTT connection within {START_TIMEOUT_S:g} s"
                 )
-                raise RabbitMQUnavailable(
+                raise RabbitMQFailed(
                     f"RabbitMQ node {node} {reason}; log tail:\n"
                     f"{_tail(logs / f'{node}.log') or _tail(directory / 'stdout.log')}"
                 )
