@@ -262,3 +262,22 @@ async def test_a_worker_kept_to_its_own_topics_and_a_link_refused_backs_off(
             logging.getLogger("edgeplane.transport.link").removeHandler(losses)
     assert losses.attempts[:4] == [1, 2, 3, 4]
     assert [topic for topic, _ in manager_inbox.messages if "w2" in topic] == []
+
+
+@pytest.mark.parametrize("clean_session", [True, False])
+async def test_long_client_ids_are_taken(rabbitmq_url: str, clean_session: bool) -> None:
+    """A worker's client id carries the domain, the cluster id and its own id: RabbitMQ
+    takes one of 1,000 characters, with a clean or a persistent session (the plugin names
+    a queue after it)."""
+    topic = f"t{uuid.uuid4().hex[:10]}/w/events"
+    inbox = Inbox()
+    client_id = ("p" if clean_session else "q") * 1000
+    async with MqttLink(
+        rabbitmq_url,
+        client_id=client_id,
+        subscriptions=[topic],
+        on_message=inbox,
+        clean_session=clean_session,
+    ) as link:
+        await link.publish(topic, b"x")
+        assert await inbox.wait_for(1) == [(topic, b"x")]
