@@ -176,82 +176,104 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             helper.kill()
 
 
-@contextmanager
-def launch(directory: Path) -> Iterator[str]:
-    """Run a RabbitMQ node under ``directory``; yield ``mqtt://USER:PASS@127.0.0.1:PORT``
-    once an MQTT CONNECT with those credentials is accepted; stop the node on exit."""
-    script = server_script()
-    if script is None:
-        raise BrokerUnavailable(
-            "rabbitmq-server is not installed (scripts/system-deps.sh installs it)"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    mqtt_port, dist_port = free_port(), free_port()
-    password = secrets.token_urlsafe(18)
-    node = f"ep-{secrets.token_hex(4)}@localhost"
-    (directory / "nodename").write_text(node)  # for rabbitmqctl() below
-    config = directory / "rabbitmq.conf"
-    config.write_text(render_config(mqtt_port, password))
-    config.chmod(0o600)  # it holds the password
-    plugins = directory / "enabled_plugins"
-    plugins.write_text("[rabbitmq_mqtt].\n")
-    env_file = directory / "rabbitmq-env.conf"  # empty: not the machine's /etc one
-    env_file.write_text("")
-    home = directory / "home"  # the node's .erlang.cookie goes here, not in ~
-    home.mkdir(exist_ok=True)
-    logs = directory / "log"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "RABBITMQ_NODENAME": node,
-        "RABBITMQ_CONF_ENV_FILE": str(env_file),
-        "RABBITMQ_CONFIG_FILE": str(config),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
-        "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(logs),
-        "RABBITMQ_DIST_PORT": str(dist_port),
-        # The script then execs the VM instead of keeping a shell in front of it that
-        # relays signals: the VM itself is this process's child, so the kernel kills it
-        # if this process dies (die_with_parent), and a SIGTERM stops it cleanly (the VM
-        # handles it since 3.8). -noinput: no Erlang shell on stdin, as without the flag.
-        "RABBITMQ_ALLOW_INPUT": "1",
-        # Erlang distribution on loopback only, as the machine's node has it.
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
-            "-noinput -kernel inet_dist_use_interface {127,0,0,1}"
-        ),
-        "ERL_EPMD_ADDRESS": "127.0.0.1",
-    }
-    output = (directory / "stdout.log").open("ab")
-    try:
-        proc = subprocess.Popen(
-            [script],
-            env=env,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C at the test's terminal is not the node's
-            preexec_fn=die_with_parent(),
-        )
-    finally:
-        output.close()
-    try:
+class RabbitMQNode:
+    """One node under ``directory``: its files, name, ports and password are chosen once,
+    so :meth:`stop` then :meth:`start` restarts the same node on the same data (a broker
+    restart, as an operator's would be)."""
+
+    def __init__(self, directory: Path) -> None:
+        script = server_script()
+        if script is None:
+            raise BrokerUnavailable(
+                "rabbitmq-server is not installed (scripts/system-deps.sh installs it)"
+            )
+        self.script = script
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.mqtt_port, dist_port = free_port(), free_port()
+        self.password = secrets.token_urlsafe(18)
+        self.node = f"ep-{secrets.token_hex(4)}@localhost"
+        (directory / "nodename").write_text(self.node)  # for rabbitmqctl() above
+        config = directory / "rabbitmq.conf"
+        config.write_text(render_config(self.mqtt_port, self.password))
+        config.chmod(0o600)  # it holds the password
+        plugins = directory / "enabled_plugins"
+        plugins.write_text("[rabbitmq_mqtt].\n")
+        env_file = directory / "rabbitmq-env.conf"  # empty: not the machine's /etc one
+        env_file.write_text("")
+        home = directory / "home"  # the node's .erlang.cookie goes here, not in ~
+        home.mkdir(exist_ok=True)
+        self.logs = directory / "log"
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_CONF_ENV_FILE": str(env_file),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.logs),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            # The script then execs the VM instead of keeping a shell in front of it that
+            # relays signals: the VM itself is this process's child, so the kernel kills
+            # it if this process dies (die_with_parent), and a SIGTERM stops it cleanly
+            # (the VM handles it since 3.8). -noinput: no Erlang shell on stdin, as
+            # without the flag.
+            "RABBITMQ_ALLOW_INPUT": "1",
+            # Erlang distribution on loopback only, as the machine's node has it.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                "-noinput -kernel inet_dist_use_interface {127,0,0,1}"
+            ),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{USER}:{quote(self.password, safe='')}@{HOST}:{self.mqtt_port}"
+
+    def start(self) -> str:
+        """Start the node; its URL once an MQTT CONNECT with the user is accepted."""
+        with (self.directory / "stdout.log").open("ab") as output:
+            proc = self._proc = subprocess.Popen(
+                [self.script],
+                env=self.env,
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C at the test's terminal is not the node's
+                preexec_fn=die_with_parent(),
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not mqtt_accepts(mqtt_port, USER, password):
+        while not mqtt_accepts(self.mqtt_port, USER, self.password):
             code = proc.poll()
             if code is not None or time.monotonic() > deadline:
+                self.stop()
                 reason = (
                     f"exited with code {code}"
                     if code is not None
                     else f"took no MQTT connection within {START_TIMEOUT_S:g} s"
                 )
-                raise RabbitMQFailed(
-                    f"RabbitMQ node {node} {reason}; log tail:\n"
-                    f"{_tail(logs / f'{node}.log') or _tail(directory / 'stdout.log')}"
-                )
+                tail = _tail(self.logs / f"{self.node}.log") or _tail(self.directory / "stdout.log")
+                raise RabbitMQFailed(f"RabbitMQ node {self.node} {reason}; log tail:\n{tail}")
             time.sleep(POLL_S)
-        yield f"mqtt://{USER}:{quote(password, safe='')}@{HOST}:{mqtt_port}"
+        return self.url
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+
+
+@contextmanager
+def launch(directory: Path) -> Iterator[str]:
+    """Run a RabbitMQ node under ``directory``; yield ``mqtt://USER:PASS@127.0.0.1:PORT``
+    once an MQTT CONNECT with those credentials is accepted; stop the node on exit."""
+    node = RabbitMQNode(directory)
+    try:
+        yield node.start()
     finally:
-        _stop(proc)
+        node.stop()

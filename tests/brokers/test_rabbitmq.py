@@ -21,7 +21,7 @@ import pytest
 from bench.brokers import BrokerUnavailable, rabbitmq
 
 from edgeplane.transport import MqttLink, kept_client_id, parse_broker_url
-from faults.procs import Role, alive, wait_until
+from faults.procs import Lab, Role, alive, check_exactly_once, check_lines, host_tasks, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -281,3 +281,29 @@ async def test_long_client_ids_are_taken(rabbitmq_url: str, clean_session: bool)
     ) as link:
         await link.publish(topic, b"x")
         assert await inbox.wait_for(1) == [(topic, b"x")]
+
+
+def test_a_node_restart_is_ridden_out(lab: Lab, tmp_path: Path) -> None:
+    """The node stops and starts again on its data (the manager's persistent session is
+    a durable queue, the workers' sessions are gone): the roles reconnect by themselves
+    and tasks before and after run exactly once."""
+    node = rabbitmq.RabbitMQNode(tmp_path / "rabbitmq")
+    try:
+        lab.external_broker = node.start()
+        manager, workers, api = lab.manager_and_workers()
+        out = tmp_path / "out.txt"
+        before, after = [f"b{n:02d}" for n in range(20)], [f"a{n:02d}" for n in range(20)]
+        accepted = api.submit(host_tasks(before, out))
+        api.wait_ended(20, watch=[manager, *workers])
+
+        node.stop()
+        wait_until(lambda: not (api.healthz() or {}).get("broker"), "the manager to see it go")
+        node.start()
+        api.wait_healthy(manager)
+        accepted += api.submit(host_tasks(after, out))
+        api.wait_ended(40, watch=[manager, *workers])
+    finally:
+        node.stop()
+    expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in before + after}
+    check_exactly_once(api.tasks(), accepted, expected)
+    check_lines(out, before + after)
