@@ -7,9 +7,10 @@ is its own (``ep-<random>@localhost``) and its ports are free ones, so it never 
 machine's RabbitMQ. Only epmd, the Erlang port mapper every node on a host registers with,
 is shared: a node starts it if none runs, and it is left running.
 
-The plugin is enabled by the node's enabled-plugins file, not ``rabbitmq-plugins enable``
-(which would change the machine's node). The user is the config's ``default_user``, made
-on the node's first start with a random password, instead of guest.
+The plugin is enabled by the node's enabled-plugins file (a copy of
+``deploy/brokers/rabbitmq/enabled_plugins``), not ``rabbitmq-plugins enable`` (which would
+change the machine's node). The user is the config's ``default_user``, made on the node's
+first start with a random password, instead of guest.
 
     with launch(Path("/tmp/x")) as url:   # mqtt://USER:PASS@127.0.0.1:PORT
         ...
@@ -41,6 +42,7 @@ from edgeplane.transport import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_TEMPLATE = ROOT / "deploy" / "brokers" / "rabbitmq" / "rabbitmq.conf"
+ENABLED_PLUGINS = CONFIG_TEMPLATE.with_name("enabled_plugins")
 HOST = "127.0.0.1"
 USER = "edgeplane"
 #: The server script itself, not Debian's /usr/sbin wrapper: run as root, that wrapper
@@ -202,7 +204,7 @@ class RabbitMQNode:
         config.write_text(render_config(self.mqtt_port, self.password))
         config.chmod(0o600)  # it holds the password
         plugins = directory / "enabled_plugins"
-        plugins.write_text("[rabbitmq_mqtt].\n")
+        shutil.copyfile(ENABLED_PLUGINS, plugins)
         env_file = directory / "rabbitmq-env.conf"  # empty: not the machine's /etc one
         env_file.write_text("")
         home = directory / "home"  # the node's .erlang.cookie goes here, not in ~
