@@ -19,7 +19,7 @@ from edgeplane.roles.control import (
     start_broker,
 )
 from edgeplane.roles.lock import hold_data_dir
-from edgeplane.transport import redact_url
+from edgeplane.transport import without_credentials
 
 
 async def run_root(settings: Settings) -> None:
@@ -44,7 +44,7 @@ async def _run_root(settings: Settings) -> None:
                 f"  dashboard: {control.url}/dashboard\n"
                 f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
                 f"  clusters: edgeplane manager --cluster-id NAME "
-                f"--root {redact_url(broker_url)}{ca}"
+                f"--root {without_credentials(broker_url)}{ca}"
                 + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
                 + "\n",
                 flush=True,

@@ -28,7 +28,7 @@ from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.joining import Identity
-from edgeplane.transport import redact_url
+from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
@@ -215,7 +215,7 @@ async def _run_up(settings: Settings) -> None:
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
         clusters = "".join(
             f"  cluster:  {c.control.settings.cluster_id} "
-            f"(broker {redact_url(c.broker_url)}; workers "
+            f"(broker {without_credentials(c.broker_url)}; workers "
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )
@@ -224,7 +224,7 @@ async def _run_up(settings: Settings) -> None:
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
-            f"  broker:   {redact_url(stack.broker_url)}\n"
+            f"  broker:   {without_credentials(stack.broker_url)}\n"
             + (clusters or f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n")
             + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",

@@ -10,8 +10,8 @@ from edgeplane.transport.link import (
     Will,
     kept_client_id,
     parse_broker_url,
-    redact_url,
     unique_client_id,
+    without_credentials,
 )
 
 __all__ = [
@@ -23,6 +23,6 @@ __all__ = [
     "free_port",
     "kept_client_id",
     "parse_broker_url",
-    "redact_url",
     "unique_client_id",
+    "without_credentials",
 ]

@@ -123,22 +123,13 @@ def parse_broker_url(url: str) -> BrokerAddress:
     )
 
 
-def redact_url(url: str) -> str:
-    """``url`` (or a comma-separated list of them) with each password shown as ``***``:
-    what a banner or a log line may print of a broker URL given with credentials."""
-    return ",".join(_redact_one(part) for part in url.split(","))
-
-
-def _redact_one(url: str) -> str:
-    try:
-        split = urlsplit(url)
-        password = split.password
-    except ValueError:
-        return "<unparsable broker URL>"  # it may hold a password anywhere
-    if password is None:
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:pass@``: what may be shown or sent on (a log, a startup
+    line, a root's cluster document) of a broker URL that carries a password."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
         return url
-    host = split.netloc.rpartition("@")[2]
-    return split._replace(netloc=f"{split.username or ''}:***@{host}").geturl()
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def write_promptly(client: aiomqtt.Client) -> None:
