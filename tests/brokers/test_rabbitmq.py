@@ -20,6 +20,7 @@ import psutil
 import pytest
 from bench.brokers import BrokerUnavailable, rabbitmq
 
+from edgeplane.errors import Unavailable
 from edgeplane.transport import MqttLink, kept_client_id, parse_broker_url
 from faults.procs import Lab, Role, alive, check_exactly_once, check_lines, host_tasks, wait_until
 
@@ -309,3 +310,30 @@ def test_a_node_restart_is_ridden_out(lab: Lab, tmp_path: Path) -> None:
     expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in before + after}
     check_exactly_once(api.tasks(), accepted, expected)
     check_lines(out, before + after)
+
+
+async def test_a_refused_subscription_is_said_at_once(rabbitmq_node: tuple[Path, str]) -> None:
+    """RabbitMQ refuses a SUBSCRIBE by closing the connection: the link gives up the
+    session then (it used to wait 30 s for the SUBACK), so a worker whose permissions
+    lack one of its topics fails its start naming the drop, not "no connection attempt"."""
+    directory, url = rabbitmq_node
+    port = parse_broker_url(url).port
+    queues = r"^(amq\.topic|mqtt-subscription-.*)$"
+    rabbitmq.rabbitmqctl(directory, "add_user", "w2", stdin="pass-w2\n")
+    rabbitmq.rabbitmqctl(
+        directory, "set_permissions", "-p", "edgeplane", "w2",
+        "^mqtt-subscription-", queues, queues,
+    )  # fmt: skip
+    rabbitmq.rabbitmqctl(
+        directory, "set_topic_permissions", "-p", "edgeplane", "w2", "amq.topic",
+        *WORKER_PERMISSIONS,
+    )  # fmt: skip
+    link = MqttLink(
+        f"mqtt://w2:pass-w2@127.0.0.1:{port}",
+        client_id="w2-link",
+        subscriptions=["edgeplane/site-a/workers/w2/cmd", "edgeplane/site-a/workers/w1/cmd"],
+        on_message=Inbox(),
+    )
+    with pytest.raises(Unavailable) as failed:
+        await link.start()
+    assert "Disconnected" in str(failed.value), failed.value

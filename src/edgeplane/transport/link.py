@@ -510,23 +510,30 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         write_promptly(client)
-        if self._subscriptions:
-            codes = await client.subscribe([(topic, 1) for topic in self._subscriptions])
-            refused = [
-                topic
-                for topic, code in zip(self._subscriptions, codes, strict=False)
-                if isinstance(code, ReasonCode) and code.is_failure
-            ]
-            if refused:
-                # Usually an ACL: nothing arrives on these topics; retrying will not help.
-                log.warning(
-                    "mqtt broker %s refused subscriptions %s",
-                    self.broker,
-                    refused,
-                    extra={"client_id": self.client_id, "broker": self.broker, "topics": refused},
-                )
         async with asyncio.TaskGroup() as tasks:
+            # The receiver runs first: it is what notices the connection dropping, which
+            # aiomqtt does not tell a SUBSCRIBE awaiting its SUBACK (it would wait out
+            # ACK_TIMEOUT_S). RabbitMQ answers a subscription it refuses that way.
             tasks.create_task(self._receive(client))
+            if self._subscriptions:
+                codes = await client.subscribe([(topic, 1) for topic in self._subscriptions])
+                refused = [
+                    topic
+                    for topic, code in zip(self._subscriptions, codes, strict=False)
+                    if isinstance(code, ReasonCode) and code.is_failure
+                ]
+                if refused:
+                    # Usually an ACL: nothing arrives on these topics; retrying will not help.
+                    log.warning(
+                        "mqtt broker %s refused subscriptions %s",
+                        self.broker,
+                        refused,
+                        extra={
+                            "client_id": self.client_id,
+                            "broker": self.broker,
+                            "topics": refused,
+                        },
+                    )
             for _ in range(SENDERS):
                 tasks.create_task(self._send(client))
             if self._on_connect is not None:
