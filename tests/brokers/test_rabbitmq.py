@@ -212,8 +212,8 @@ class Losses(logging.Handler):
 
 
 WORKER_PERMISSIONS = (
-    r"^edgeplane\.site-a\.workers\.{username}\.(hello|alive|events|metrics)$",
-    r"^edgeplane\.site-a\.workers\.{username}\.(cmd|welcome)$",
+    r"^edgeplane\.site-a\.workers\.{username}\.(hello|alive|events|metrics|fetch)$",
+    r"^edgeplane\.site-a\.workers\.{username}\.(cmd|welcome|chunks)$",
 )
 
 
