@@ -79,8 +79,9 @@ class Settings(BaseModel):
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
-    #: registry itself (the only way so far)
-    pull: Literal["direct"] = "direct"
+    #: registry itself, ``proxy`` asks the cluster's artifact proxy, ``auto`` direct
+    #: while the registry answers, else the proxy (docs/artifacts.md)
+    pull: Literal["direct", "proxy", "auto"] = "auto"
     #: registry settings (credentials, insecure registries, the largest artifact) for
     #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
     registries: Path | None = None

@@ -9,15 +9,18 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from test_artifact_delivery import stack_settings, worker_for
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry import Registry
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.model import TaskSpec
 from edgeplane.roles.up import running_stack
+from edgeplane.runtimes.busybox import busybox_image
 from edgeplane.transport import free_port
-from registry_fixtures import RegistryProcess
-from test_artifact_delivery import stack_settings, worker_for
+from oci_fixtures import busybox_containers_unavailable
+from registry_fixtures import RegistryProcess, skopeo_push
+from stack_fixtures import start_stack
 from wasm_fixtures import add_wasm
 
 pytestmark = pytest.mark.timeout(90)
@@ -64,3 +67,48 @@ async def test_a_wasm_task_named_by_oci_reference_runs_through_the_proxy(
             assert (unreachable.value.field or "").endswith("image_url")
         finally:
             await worker.stop()
+
+
+@pytest.mark.skipif(
+    busybox_containers_unavailable() is not None, reason=str(busybox_containers_unavailable())
+)
+async def test_a_container_image_comes_through_the_proxy_once(
+    oci_registry: RegistryProcess, tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    layout = tmp_path / "layout"
+    busybox_image(layout, tag="1")
+    skopeo_push(layout, "1", oci_registry, "busybox")
+    image = f"oci://{oci_registry.address}/busybox:1"
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for running, http in start_stack(
+        tmp_path / "stack", fast_broker_url, store, unique_domain,
+        workers=2, allow_host=False, pull="proxy",
+    ):  # fmt: skip
+        body = {
+            "name": "hi",
+            "runtime": "container",
+            "image": image,
+            "command": ["echo", "hi"],
+            "limits": {"timeout_s": 20, "memory_mb": 64},
+            "start": True,
+        }
+        for worker in running.workers:  # each worker once, pinned: both fetch the image
+            answer = await http.post(
+                "/tasks", json={**body, "worker_id": worker.id}, params={"wait": 30}
+            )
+            assert answer.status_code == 201, answer.text
+            task = answer.json()
+            assert task["state"] == "completed", task
+            assert task["results"]["stdout"] == "hi\n"
+        pullers = [w.runtimes["container"].puller for w in running.workers]  # type: ignore[attr-defined]
+        assert [p.proxied for p in pullers] == [1, 1]
+        proxy = running.control.proxy
+        assert proxy is not None and proxy.registries is not None
+        blobs = {k: n for k, n in proxy.registries.pulls.items() if k.startswith("blob ")}
+        assert blobs and set(blobs.values()) == {1}, proxy.registries.pulls  # once each
+
+        missing = image.replace(":1", ":nope")
+        answer = await http.post("/tasks", json={**body, "image": missing}, params={"wait": 30})
+        task = answer.json()
+        assert (task["state"], task["reason"]) == ("failed", "artifact_not_found"), task
+        assert missing in task["error"]

@@ -101,7 +101,9 @@ PullOption = Annotated[
     typer.Option(
         "--pull",
         help="How workers get oci:// container images: 'direct' pulls them from the "
-        "registry (the default; the only way so far).",
+        "registry; 'proxy' asks the cluster's artifact proxy over MQTT (no route to the "
+        "registry needed); 'auto' (the default) direct while the registry answers, else "
+        "the proxy.",
     ),
 ]
 RegistriesOption = Annotated[

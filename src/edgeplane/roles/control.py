@@ -20,7 +20,9 @@ from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
+from edgeplane.artifacts import registry_config
 from edgeplane.artifacts.proxy import Proxy, StoreSource
+from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager
@@ -273,6 +275,11 @@ class ControlPlane:
             password=None if auth is None else auth.password,
             ca=settings.ca,
             max_bytes=settings.artifact_max_mb * 1024 * 1024,
+            registries=RegistrySource(
+                registry_config.load(
+                    settings.registries or registry_config.default_file(settings.data_dir)
+                )
+            ),
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)

@@ -122,7 +122,11 @@ def build_worker(
         secret_key=secret_key,
         artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
     )
-    return WorkerAgent(options, runtimes, cleaners=cleaners)
+    agent = WorkerAgent(options, runtimes, cleaners=cleaners)
+    container = runtimes.get("container")
+    if isinstance(container, ContainerRuntime):  # oci:// images through the proxy too
+        container.puller.use_proxy(agent.fetcher.fetch, settings.pull)
+    return agent
 
 
 async def run_worker(
