@@ -100,6 +100,7 @@ async def test_a_container_image_comes_through_the_proxy_once(
             task = answer.json()
             assert task["state"] == "completed", task
             assert task["results"]["stdout"] == "hi\n"
+            assert task["image"].startswith(f"{image}@sha256:")  # pinned at admission
         pullers = [w.runtimes["container"].puller for w in running.workers]  # type: ignore[attr-defined]
         assert [p.proxied for p in pullers] == [1, 1]
         proxy = running.control.proxy
@@ -112,3 +113,38 @@ async def test_a_container_image_comes_through_the_proxy_once(
         task = answer.json()
         assert (task["state"], task["reason"]) == ("failed", "artifact_not_found"), task
         assert missing in task["error"]
+
+
+@pytest.mark.skipif(
+    busybox_containers_unavailable() is not None, reason=str(busybox_containers_unavailable())
+)
+async def test_registry_down_behind_the_proxy_waits_pending_then_fails(
+    oci_registry: RegistryProcess, tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    image = f"oci://{oci_registry.address}/busybox:1"
+    oci_registry.stop()
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for running, http in start_stack(
+        tmp_path / "stack", fast_broker_url, store, unique_domain,
+        workers=1, allow_host=False, pull="proxy", retry_backoff_s=1.0,
+    ):  # fmt: skip
+        body = {"name": "hi", "runtime": "container", "image": image, "command": ["true"],
+                "retries": 1, "start": True}  # fmt: skip
+        created = await http.post("/tasks", json=body)
+        assert created.status_code == 201, created.text
+        assert created.json()["image"] == image  # not pinned: the registry did not answer
+        task_id = created.json()["id"]
+        seen: list[str] = []
+        async with asyncio.timeout(45):
+            while True:
+                task = (await http.get(f"/tasks/{task_id}")).json()
+                if task["state"] == "pending" and task["reason"]:
+                    seen.append(task["reason"])
+                if task["state"] == "failed":
+                    break
+                await asyncio.sleep(0.05)
+        assert any(r.startswith("retrying after registry_unreachable") for r in seen), seen
+        assert (task["reason"], task["attempt"]) == ("registry_unreachable", 2), task
+        assert oci_registry.address in task["error"]
+        proxy = running.control.proxy
+        assert proxy is not None and proxy.stats.unavailable >= 2

@@ -134,12 +134,14 @@ def admit(
     now: float,
     cluster_id: str | None,
     modules: Modules,
+    pins: Mapping[str, str] | None = None,
 ) -> Admitted:
     """Validate one spec and build its task document (started if the spec says ``start``).
 
     ``modules`` holds the spec's ``file`` inspected (:func:`inspect_modules`).
-    ``cluster_id`` is the manager's cluster; None at the root, where a ``cluster_id`` in the
-    spec pins the task to that cluster instead."""
+    ``pins`` maps container images named by tag to the same pinned to their digest
+    (:func:`oci_modules.pin_images`). ``cluster_id`` is the manager's cluster; None at
+    the root, where a ``cluster_id`` in the spec pins the task to that cluster instead."""
     if spec.runtime == "wasm":
         if spec.file is None and oci_source(spec) is None:
             raise Invalid(
@@ -180,6 +182,8 @@ def admit(
     fields = {name: value for name, value in spec.__dict__.items() if name not in _NOT_STORED}
     if source is not None and module is not None:
         fields[source[0]] = module.pinned  # every attempt runs what the tag named now
+    elif spec.runtime == "container" and pins and spec.image is not None and spec.image in pins:
+        fields["image"] = pins[spec.image]
     task = Task.model_validate(
         {
             **fields,
@@ -208,10 +212,22 @@ async def admit_many(
     """All or nothing: the first bad spec raises; in a batch its field reads ``tasks[i].…``."""
     admitted = []
     modules = await inspect_modules(specs)
+    images = [s.image for s in specs if s.runtime == "container" and s.image]
+    try:
+        pins = await oci_modules.pin_images(images)
+    except Invalid:
+        pins = {}  # a bad reference: refused below, naming its task
     for index, (spec, task_id) in enumerate(zip(specs, ids, strict=True)):
         try:
             admitted.append(
-                admit(spec, task_id=task_id, now=now, cluster_id=cluster_id, modules=modules)
+                admit(
+                    spec,
+                    task_id=task_id,
+                    now=now,
+                    cluster_id=cluster_id,
+                    modules=modules,
+                    pins=pins,
+                )
             )
         except Invalid as exc:
             if not batch:

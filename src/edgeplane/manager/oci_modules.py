@@ -18,9 +18,13 @@ registry's reason (``artifact_not_found``, …); the registry unreachable → 50
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import httpx
 
 from edgeplane.artifacts import reference, registry_config
 from edgeplane.artifacts.reference import Reference
@@ -32,7 +36,10 @@ from edgeplane.errors import EdgeplaneError, Invalid, Unavailable
 log = logging.getLogger(__name__)
 
 #: modules pulled by manifest digest, so a tag admitted again costs one HEAD request
-CACHE_ENTRIES = 32
+#: (at most this many bytes kept)
+CACHE_BYTES = 64 * 1024 * 1024
+#: pinning a container image's tag is best effort: a slow registry must not hold the API
+PIN_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,38 @@ async def _pull(client: Registry, ref: Reference) -> Pulled:
         manifest = await client.manifest(pinned)  # verified against the digest
         data = await client.blob_bytes(pinned, wasm_layer(manifest))  # verified, bounded
         _cache[digest] = data
-        while len(_cache) > CACHE_ENTRIES:
+        while sum(len(kept) for kept in _cache.values()) > CACHE_BYTES:
             _cache.popitem(last=False)
         log.info("wasm module pulled", extra={"image": str(pinned), "bytes": len(data)})
     else:
         _cache.move_to_end(digest)
     return Pulled(str(pinned), data)
+
+
+async def pin_images(images: Iterable[str]) -> dict[str, str]:
+    """Container images named ``oci://…:TAG``, each pinned to the manifest digest its tag
+    names now (``…:TAG@sha256:…``), so every attempt on every worker runs the same image
+    even if the tag moves. Best effort: an image whose tag cannot be resolved now (the
+    registry down or slow, an unknown tag) is left out and resolved where it is pulled,
+    where its task fails or waits with the registry's reason (docs/artifacts.md)."""
+    wanted = {text for text in images if reference.is_oci(text)}
+    refs = [(text, reference.parse(text, field="image")) for text in wanted]
+    refs = [(text, ref) for text, ref in refs if ref.digest is None]
+    if not refs:
+        return {}
+    async with Registry(config(), timeout=PIN_TIMEOUT) as client:
+        found = await asyncio.gather(
+            *(client.resolve(ref) for _, ref in refs), return_exceptions=True
+        )
+    pinned = {}
+    for (text, ref), answer in zip(refs, found, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, EdgeplaneError):
+                raise answer
+            log.info("image not pinned at admission", extra={"image": text, "error": answer.detail})
+            continue
+        pinned[text] = str(ref.with_digest(answer.digest))
+    return pinned
 
 
 def _named(ref: Reference, detail: str) -> str:
