@@ -512,6 +512,7 @@ def manager(
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     advertise_url: AdvertiseOption = None,
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
@@ -546,6 +547,7 @@ def manager(
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "advertise_url": advertise_url,
         "lease_s": lease_s,
         "data_dir": data_dir,
@@ -681,19 +683,21 @@ def proxy(
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     data_dir: DataDirOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve a cluster's stored artifacts to its workers over MQTT (`up` and `manager`
-    run one already)."""
+    """Serve a cluster's stored artifacts, and blobs of oci:// images from their
+    registries, to its workers over MQTT (`up` and `manager` run one already)."""
     flags = {
         "broker": broker,
         "store": store,
         "cluster_id": cluster_id,
         "domain": domain,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "data_dir": data_dir,
         "ca": _ca(ctx, ca),
         "log_level": log_level,

@@ -50,11 +50,21 @@ class Pulled:
 
 
 _cache: OrderedDict[str, bytes] = OrderedDict()
+#: the control plane's registry settings, set when it starts (:func:`configure`)
+_config: RegistryConfig | None = None
+
+
+def configure(settings: RegistryConfig) -> None:
+    """Use ``settings`` (the control plane's ``--registries`` file) from now on."""
+    global _config
+    _config = settings
 
 
 def config() -> RegistryConfig:
-    """The control plane's registry settings: ``EDGEPLANE_REGISTRIES``, else
-    ``DATA_DIR/registries.yaml`` when there (docs/artifacts.md)."""
+    """The control plane's registry settings: as configured at its start, else
+    ``EDGEPLANE_REGISTRIES``, else ``DATA_DIR/registries.yaml`` when there."""
+    if _config is not None:
+        return _config
     return registry_config.load(registry_config.default_file())
 
 

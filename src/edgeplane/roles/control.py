@@ -25,7 +25,7 @@ from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
-from edgeplane.manager import Manager
+from edgeplane.manager import Manager, oci_modules
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.leadership import Leadership, home_of, lease_name
 from edgeplane.manager.schedules import Schedules
@@ -267,6 +267,10 @@ class ControlPlane:
         on start commands carry a module's digest, not its bytes. Only the leader serves."""
         settings = self.settings
         auth = None if self.auth is None else self.auth.proxy
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        oci_modules.configure(registries)  # admission pulls oci:// modules with them
         self.proxy = Proxy(
             StoreSource(self.store),
             self.broker_url,
@@ -275,11 +279,7 @@ class ControlPlane:
             password=None if auth is None else auth.password,
             ca=settings.ca,
             max_bytes=settings.artifact_max_mb * 1024 * 1024,
-            registries=RegistrySource(
-                registry_config.load(
-                    settings.registries or registry_config.default_file(settings.data_dir)
-                )
-            ),
+            registries=RegistrySource(registries),
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)
