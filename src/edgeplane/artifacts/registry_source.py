@@ -19,6 +19,8 @@ import hashlib
 import logging
 from collections import Counter
 
+import httpx
+
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry import Registry
 from edgeplane.artifacts.registry_config import RegistryConfig
@@ -30,8 +32,15 @@ log = logging.getLogger(__name__)
 class RegistrySource:
     """Pulls blobs, manifests and tags' manifests for the proxy, with one client."""
 
-    def __init__(self, config: RegistryConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = config or RegistryConfig()
+        #: for unit tests (an ``httpx.MockTransport``)
+        self._transport = transport
         self._client: Registry | None = None
         self._inflight: dict[tuple[str, str, str], asyncio.Future[bytes]] = {}
         #: what was asked of registries, by "kind digest" (tests check "once")
@@ -58,11 +67,11 @@ class RegistrySource:
         pinned = ref.with_digest(f"sha256:{digest}")
         if kind == "manifest":
             return (await client.manifest(pinned)).raw  # verified against the digest
-        return await client.blob_up_to(pinned.repo_only(), f"sha256:{digest}", limit)
+        return await client.blob_up_to(pinned, f"sha256:{digest}", limit)
 
     def _registry(self) -> Registry:
         if self._client is None:
-            self._client = Registry(self.config)
+            self._client = Registry(self.config, transport=self._transport)
         return self._client
 
     async def close(self) -> None:
