@@ -107,6 +107,8 @@ async def test_a_container_image_comes_through_the_proxy_once(
         assert proxy is not None and proxy.registries is not None
         blobs = {k: n for k, n in proxy.registries.pulls.items() if k.startswith("blob ")}
         assert blobs and set(blobs.values()) == {1}, proxy.registries.pulls  # once each
+        assert proxy.disk is not None  # kept for a restarted proxy as well
+        assert all(proxy.disk.has(key.split()[1]) for key in blobs)
 
         missing = image.replace(":1", ":nope")
         answer = await http.post("/tasks", json={**body, "image": missing}, params={"wait": 30})

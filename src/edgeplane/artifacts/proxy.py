@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgeplane.artifacts import chunks
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.registry_errors import ArtifactTooBig, RegistryUnreachable
 from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.errors import EdgeplaneError, Invalid
@@ -95,10 +96,14 @@ class Proxy:
         chunk_size: int = chunks.CHUNK_SIZE,
         concurrency: int = 4,
         registries: RegistrySource | None = None,
+        disk: BlobStore | None = None,
     ) -> None:
         self.source = source
         #: blobs of ``oci://`` sources (None: such requests are answered "not found")
         self.registries = registries
+        #: where blobs pulled from registries are kept, so a restarted proxy does not
+        #: pull them again (the store holds the modules already)
+        self.disk = disk
         self.topics = topics
         self.max_bytes = max_bytes
         self.cache_bytes = cache_bytes
@@ -237,6 +242,12 @@ class Proxy:
         if data is not None:
             self._cache.move_to_end(digest)
             return data
+        disk = self.disk if fetch.source is not None else None
+        if disk is not None:
+            data = await asyncio.to_thread(disk.open, digest)  # hashed as it is read
+            if data is not None:
+                self._remember(digest, data)
+                return data
         data = await self._open(fetch)
         if data is not None and len(data) > self.max_bytes:
             return data  # refused by the caller, never hashed nor cached
@@ -251,10 +262,18 @@ class Proxy:
             if data is not None:
                 log.error("blob source returned bytes of another digest", extra={"digest": digest})
             return None
-        if len(data) <= self.cache_bytes:
+        if disk is not None:
+            try:
+                await asyncio.to_thread(disk.put, digest, data)
+            except (EdgeplaneError, OSError) as exc:  # served all the same
+                log.warning("blob not kept on disk", extra={"digest": digest, "error": str(exc)})
+        self._remember(digest, data)
+        return data
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if len(data) <= self.cache_bytes and digest not in self._cache:
             self._cache[digest] = data
             self._cached += len(data)
             while self._cached > self.cache_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= len(old)
-        return data

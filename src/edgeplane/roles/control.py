@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
 from edgeplane.artifacts import registry_config
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
@@ -272,6 +273,7 @@ class ControlPlane:
             settings.registries or registry_config.default_file(settings.data_dir)
         )
         oci_modules.configure(registries)  # admission pulls oci:// modules with them
+        max_bytes = settings.artifact_max_mb * 1024 * 1024
         self.proxy = Proxy(
             StoreSource(self.store),
             self.broker_url,
@@ -279,8 +281,9 @@ class ControlPlane:
             username=None if auth is None else auth.username,
             password=None if auth is None else auth.password,
             ca=settings.ca,
-            max_bytes=settings.artifact_max_mb * 1024 * 1024,
+            max_bytes=max_bytes,
             registries=RegistrySource(registries),
+            disk=BlobStore(settings.data_dir / "proxy" / "blobs", 2 * max_bytes),
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)

@@ -5,6 +5,7 @@ docs/artifacts.md). It serves the modules stored there to the cluster's workers.
 from __future__ import annotations
 
 from edgeplane.artifacts import registry_config
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
@@ -35,6 +36,9 @@ async def run_proxy(settings: Settings) -> None:
                 registry_config.load(
                     settings.registries or registry_config.default_file(settings.data_dir)
                 )
+            ),
+            disk=BlobStore(
+                settings.data_dir / "proxy" / "blobs", 2 * settings.artifact_max_mb * 1024 * 1024
             ),
         )
         await proxy.start()
