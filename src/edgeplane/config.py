@@ -76,6 +76,8 @@ class Settings(BaseModel):
     host_user: str | None = None
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
+    #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
+    edge_api: str | None = None
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the

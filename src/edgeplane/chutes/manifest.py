@@ -8,6 +8,7 @@ and has no cycle, ``web`` names a service.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -180,3 +181,21 @@ def parse(data: Any) -> Manifest:
 def load(text: str | bytes, where: str = "chute.yaml") -> Manifest:
     """A manifest from YAML (or JSON, a subset) through the project's safe loader."""
     return parse(safeyaml.load(text, where))
+
+
+def valid_name(name: str) -> bool:
+    return re.fullmatch(NAME.strip("^$"), name) is not None
+
+
+class _Config(_Strict):
+    config: Annotated[dict[Key, ConfigValue], Field(max_length=MAX_CONFIG)]
+
+
+def parse_config(data: Any) -> dict[str, ConfigValue]:
+    """A chute's config (keys are identifiers, values scalars); Invalid naming the key."""
+    try:
+        return dict(_Config.model_validate({"config": data}).config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field(tuple(first.get("loc", ())))
+        raise Invalid(f"{field}: {first.get('msg', 'invalid')}", field=field) from None

@@ -164,11 +164,24 @@ async def _run_worker(
         labels=labels,
         identity=identity,
     )
-    await agent.start()
-    print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+    edge = None
+    if settings.edge_api:
+        from edgeplane.chutes.edgeapi import EdgeApi  # only a node serving chutes pays for it
+        from edgeplane.chutes.node import Node
+
+        # Before the broker: the node stays manageable when no manager answers.
+        edge = EdgeApi(Node(data_dir, settings.images_dir), data_dir, settings.edge_api)
+        await edge.start()
+        print(f"edge api on http://{settings.edge_api}", flush=True)
     try:
-        await wait_for_stop(agent.refused)
+        await agent.start()
+        print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+        try:
+            await wait_for_stop(agent.refused)
+        finally:
+            await agent.stop()
     finally:
-        await agent.stop()
+        if edge is not None:
+            await edge.stop()
     if agent.refused.is_set():
         raise Invalid(agent.refusal)
