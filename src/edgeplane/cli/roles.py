@@ -427,13 +427,6 @@ def manager(
     root: Annotated[
         str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
     ] = None,
-    api: Annotated[
-        str | None,
-        typer.Option(
-            "--api",
-            help="HOST:PORT: serve the node-local Edge API (chutes) there, e.g. 127.0.0.1:7071.",
-        ),
-    ] = None,
     join: Annotated[
         str | None,
         typer.Option(
@@ -541,6 +534,13 @@ def worker(
     prefetch: Annotated[
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="HOST:PORT: serve the node-local Edge API (chutes) there, e.g. 127.0.0.1:7071.",
+        ),
     ] = None,
     join: Annotated[
         str | None,
