@@ -175,6 +175,9 @@ def parse(data: Any) -> Manifest:
         if first.get("type") == "extra_forbidden":
             raise Invalid(f"{field}: unknown field", field=field) from None
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        named = re.match(r"(services|web): ", message)
+        if not first.get("loc") and named is not None:  # a rule across fields names its own
+            field, message = named.group(1), message.removeprefix(named.group(0))
         raise Invalid(f"{field}: {message}", field=field) from None
 
 
