@@ -177,3 +177,48 @@ def test_kill9_mid_delete_finishes_it(node: Node, tmp_path: Path) -> None:
     assert any("past its point of no return" in line for line in change["log"])
     assert node.client.get("/chutes/gone").status_code == 404
     assert node.containers() == []
+
+
+def test_the_cli_against_the_node(node: Node, tmp_path: Path) -> None:
+    import sys
+
+    node.start()
+    token = ["--node", node.url.removesuffix("/api/v1"),
+             "--token-file", str(node.data / "worker" / "edge-api-token")]  # fmt: skip
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgeplane", "chute", *args, *token],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    spec = tmp_path / "chute.yaml"
+    spec.write_text(
+        "name: clip\nversion: '1'\nconfig: {a: 1}\n"
+        "services: [{name: main, image: busybox, command: [sh, -c, 'echo hello; exec sleep 1000']}]\n"
+    )
+    done = cli("install", str(spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "✓ wait until healthy" in done.stderr and "done" in done.stderr
+    listed = cli("list")
+    assert "clip" in listed.stdout and "running" in listed.stdout
+    assert '"state": "running"' in subprocess.run(
+        [sys.executable, "-m", "edgeplane", "--output", "json", "chute", "get", "clip", *token],
+        capture_output=True, text=True, timeout=60, check=False,
+    ).stdout  # fmt: skip
+    assert cli("logs", "clip").stdout == "hello\n"
+    assert cli("config", "clip", "--set", "b=x", "--wait").returncode == 0
+    assert json.loads(cli("config", "clip").stdout) == {"a": 1, "b": "x"}
+    assert cli("stop", "clip", "--wait").returncode == 0
+    assert cli("delete", "clip", "--wait").returncode == 0
+    assert cli("get", "clip").returncode == 2
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: clip\nversion: '1'\nservices: [{name: main, image: busybox, cpus: 2}]\n")
+    refused = cli("install", str(bad))
+    assert refused.returncode == 2 and "services.0.cpus" in refused.stderr
+    failing = tmp_path / "failing.yaml"
+    failing.write_text("name: clip\nversion: '1'\nservices: [{name: main, image: nope}]\n")
+    failed = cli("install", str(failing), "--wait")
+    assert failed.returncode == 1 and "rolled_back" in failed.stderr
+    assert cli("list", "--worker", "w1").returncode == 2
