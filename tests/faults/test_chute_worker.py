@@ -163,7 +163,10 @@ def test_kill9_mid_delete_finishes_it(node: Node, tmp_path: Path) -> None:
     node.start()
     # a service that ignores SIGTERM keeps the delete in its stop step for the grace time
     stubborn = chute("gone", command=["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])
-    assert node.ended(node.client.post("/chutes", json=stubborn).json()["change_id"])["state"] == "done"
+    assert (
+        node.ended(node.client.post("/chutes", json=stubborn).json()["change_id"])["state"]
+        == "done"
+    )
     change_id = node.client.delete("/chutes/gone").json()["change_id"]
 
     def stopping() -> bool:
@@ -195,7 +198,8 @@ def test_the_cli_against_the_node(node: Node, tmp_path: Path) -> None:
     spec = tmp_path / "chute.yaml"
     spec.write_text(
         "name: clip\nversion: '1'\nconfig: {a: 1}\n"
-        "services: [{name: main, image: busybox, command: [sh, -c, 'echo hello; exec sleep 1000']}]\n"
+        "services: [{name: main, image: busybox,"
+        " command: [sh, -c, 'echo hello; exec sleep 1000']}]\n"
     )
     done = cli("install", str(spec), "--wait")
     assert done.returncode == 0, done.stderr

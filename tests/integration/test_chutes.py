@@ -26,7 +26,9 @@ pytestmark = [
     ),
 ]
 
-HTTPD = "mkdir -p /tmp/w && echo hi > /tmp/w/index.html && echo started && httpd -f -p 8080 -h /tmp/w"
+HTTPD = (
+    "mkdir -p /tmp/w && echo hi > /tmp/w/index.html && echo started && httpd -f -p 8080 -h /tmp/w"
+)
 MANIFEST = f"""
 name: hello
 version: "1.0"
@@ -79,7 +81,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[EdgeApi]:
     finally:
         for name in node.names():  # leave no container behind, whatever the test did
             change = await node.act(name, "delete")
-            await node.changes.wait(change.id, 30)
+            await asyncio.wait_for(node.changes.wait(change.id), 30)
         await api.stop()
 
 
@@ -140,7 +142,9 @@ async def test_lifecycle(edge: EdgeApi, client: httpx.AsyncClient) -> None:
     assert json.loads(side.text.splitlines()[0]) == {"colour": "blue"}
 
     assert (await client.get("/chutes/hello/config")).json() == {"colour": "blue"}
-    change = await finished(client, await client.put("/chutes/hello/config", json={"colour": "red", "n": 2}))
+    change = await finished(
+        client, await client.put("/chutes/hello/config", json={"colour": "red", "n": 2})
+    )
     assert change["state"] == "done"
     assert (await client.get("/chutes/hello/config")).json() == {"colour": "red", "n": 2}
     bad = await client.put("/chutes/hello/config", json={"../x": 1})
@@ -157,7 +161,9 @@ async def test_lifecycle(edge: EdgeApi, client: httpx.AsyncClient) -> None:
     assert chute["state"] == "running"
     pids = {s["name"]: s["pid"] for s in chute["services"]}
     side = await client.get("/chutes/hello/logs", params={"service": "side"})
-    assert {"colour": "red", "n": 2} in [json.loads(x) for x in side.text.splitlines() if x.startswith("{")]
+    assert {"colour": "red", "n": 2} in [
+        json.loads(x) for x in side.text.splitlines() if x.startswith("{")
+    ]
 
     assert (await finished(client, await client.post("/chutes/hello/restart")))["state"] == "done"
     chute = (await client.get("/chutes/hello")).json()
@@ -177,7 +183,9 @@ async def test_bad_input_is_a_problem_naming_the_field(client: httpx.AsyncClient
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert answer.json()["field"] == "services.0.bogus"
     yaml = "name: Bad_Name\nversion: '1'\nservices: [{name: a, image: busybox}]\n"
-    answer = await client.post("/chutes", content=yaml, headers={"content-type": "application/yaml"})
+    answer = await client.post(
+        "/chutes", content=yaml, headers={"content-type": "application/yaml"}
+    )
     assert answer.status_code == 422 and answer.json()["field"] == "name"
     assert (await client.get("/chutes/nope")).status_code == 404
     assert (await client.post("/chutes/..%2Fetc/stop")).status_code in (404, 422)
@@ -191,9 +199,14 @@ async def test_bad_input_is_a_problem_naming_the_field(client: httpx.AsyncClient
     [
         ("image missing", {"image": "nosuchimage"}, "prepare images"),
         ("exits at once", {"command": ["sh", "-c", "echo bye; exit 3"]}, "wait until healthy"),
-        ("never healthy", {"command": ["sleep", "1000"],
-                           "healthcheck": {"tcp": {"port": 9}, "interval_s": 0.1, "retries": 2}},
-         "wait until healthy"),
+        (
+            "never healthy",
+            {
+                "command": ["sleep", "1000"],
+                "healthcheck": {"tcp": {"port": 9}, "interval_s": 0.1, "retries": 2},
+            },
+            "wait until healthy",
+        ),
     ],
 )
 async def test_a_failing_install_rolls_back_fully(
@@ -212,7 +225,9 @@ async def test_a_failing_install_rolls_back_fully(
     assert_empty(edge)
 
 
-async def test_a_port_already_taken_fails_the_change(edge: EdgeApi, client: httpx.AsyncClient) -> None:
+async def test_a_port_already_taken_fails_the_change(
+    edge: EdgeApi, client: httpx.AsyncClient
+) -> None:
     first = manifest()
     assert (await finished(client, await client.post("/chutes", json=first)))["state"] == "done"
     second = manifest(name="other")
@@ -242,4 +257,6 @@ async def test_update_replaces_only_once_healthy(edge: EdgeApi, client: httpx.As
     assert (await finished(client, await client.put("/chutes/hello", json=good)))["state"] == "done"
     after = (await client.get("/chutes/hello")).json()
     assert after["version"] == "2.0" and after["state"] == "running"
-    assert {s["container"] for s in after["services"]} == {c["id"] for c in runc_list(edge.node.state_dir)}
+    assert {s["container"] for s in after["services"]} == {
+        c["id"] for c in runc_list(edge.node.state_dir)
+    }

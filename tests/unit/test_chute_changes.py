@@ -23,8 +23,13 @@ class Crash(BaseException):
     """A worker killed mid-step: nothing after it runs."""
 
 
-def plan(node: dict[str, int], n: int, fail_at: int | None, crash_at: int | None = None,
-         half: bool = False) -> list[Step]:
+def plan(
+    node: dict[str, int],
+    n: int,
+    fail_at: int | None,
+    crash_at: int | None = None,
+    half: bool = False,
+) -> list[Step]:
     """n steps each setting node[k]; the failing one sets half of its change first."""
     steps = []
     for i in range(n):
@@ -67,7 +72,9 @@ async def nothing() -> None:
     n=st.integers(1, 8),
     data=st.data(),
 )
-def test_a_failing_step_leaves_the_node_as_before(before: dict[str, int], n: int, data: Any) -> None:
+def test_a_failing_step_leaves_the_node_as_before(
+    before: dict[str, int], n: int, data: Any
+) -> None:
     fail_at = data.draw(st.integers(0, n - 1))
     node = dict(before)
     change = Change(id="c", seq=1, kind="k", chute="x")
@@ -80,7 +87,9 @@ def test_a_failing_step_leaves_the_node_as_before(before: dict[str, int], n: int
 
 
 @settings(max_examples=100, deadline=None)
-@given(before=st.dictionaries(st.sampled_from(["k0", "k1"]), st.integers(1, 9)), n=st.integers(1, 6))
+@given(
+    before=st.dictionaries(st.sampled_from(["k0", "k1"]), st.integers(1, 9)), n=st.integers(1, 6)
+)
 def test_a_change_without_failure_applies_every_step(before: dict[str, int], n: int) -> None:
     node = dict(before)
     change = Change(id="c", seq=1, kind="k", chute="x")
@@ -175,7 +184,7 @@ def test_changes_run_one_at_a_time_in_order(tmp_path: Path) -> None:
         await queue.start()
         ids = [(await queue.submit("k", str(i))).id for i in range(5)]
         for change_id in ids:
-            assert (await queue.wait(change_id, timeout=10)).state == "done"
+            assert (await asyncio.wait_for(queue.wait(change_id), 10)).state == "done"
         events = [e async for e in queue.follow(ids[0])]
         assert events[-1]["state"] == "done"
         await queue.close()

@@ -32,7 +32,11 @@ config: {}
 
 
 def base(**changes: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {"name": "c", "version": "1", "services": [{"name": "s", "image": "busybox"}]}
+    found: dict[str, Any] = {
+        "name": "c",
+        "version": "1",
+        "services": [{"name": "s", "image": "busybox"}],
+    }
     found.update(changes)
     return found
 
@@ -60,11 +64,18 @@ def test_the_documented_example_loads_with_defaults() -> None:
         (base(name="Hello"), "name"),
         (base(name="a" * 41), "name"),
         (base(services=[]), "services"),
-        (base(services=[{"name": "s", "image": "b", "ports": [{"host": 0, "chute": 1}]}]),
-         "services.0.ports.0.host"),
-        (base(services=[{"name": "s", "image": "b", "ports": [{"host": 1, "chute": 65536}]}]),
-         "services.0.ports.0.chute"),
-        (base(services=[{"name": "s", "image": "b", "env": {"../x": "y"}}]), "services.0.env.../x.[key]"),
+        (
+            base(services=[{"name": "s", "image": "b", "ports": [{"host": 0, "chute": 1}]}]),
+            "services.0.ports.0.host",
+        ),
+        (
+            base(services=[{"name": "s", "image": "b", "ports": [{"host": 1, "chute": 65536}]}]),
+            "services.0.ports.0.chute",
+        ),
+        (
+            base(services=[{"name": "s", "image": "b", "env": {"../x": "y"}}]),
+            "services.0.env.../x.[key]",
+        ),
         (base(resources={"memory_mb": 1}), "resources.memory_mb"),
         (base(web={"service": "nope", "port": 80}), "web"),
         (base(services=[{"name": "a", "image": "b", "depends_on": ["zz"]}]), "services"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -86,7 +85,9 @@ def _why(exc: BaseException) -> str:
     return exc.detail if isinstance(exc, EdgeplaneError) else f"{type(exc).__name__}: {exc}"
 
 
-async def execute(change: Change, steps: list[Step], report: Report, *, resume: bool = False) -> None:
+async def execute(
+    change: Change, steps: list[Step], report: Report, *, resume: bool = False
+) -> None:
     """Run ``steps`` (recorded in ``change.steps``), calling ``report`` after every change
     of state. ``resume``: the change was cut short by a crash, ``change.steps`` says how
     far it got; it is rolled back, or forward past a point of no return."""
@@ -236,9 +237,10 @@ class ChangeQueue:
         """Whether a change for ``chute`` is queued or running."""
         return any(c.chute == chute and c.state not in TERMINAL for c in self._changes.values())
 
-    async def wait(self, change_id: str, timeout: float | None = None) -> Change:
+    async def wait(self, change_id: str) -> Change:
+        """The change once it has ended (callers bound the wait with ``asyncio.timeout``)."""
         change = self.get(change_id)
-        async with asyncio.timeout(timeout), self._changed:
+        async with self._changed:
             await self._changed.wait_for(lambda: change.state in TERMINAL)
         return change
 
@@ -247,8 +249,13 @@ class ChangeQueue:
         change = self.get(change_id)
         last: dict[str, Any] | None = None
         while True:
+            seen = last
+
+            def moved(seen: dict[str, Any] | None = seen) -> bool:
+                return change.public() != seen
+
             async with self._changed:
-                await self._changed.wait_for(lambda: change.public() != last)
+                await self._changed.wait_for(moved)
                 last = change.public()
             yield last
             if change.state in TERMINAL:

@@ -59,7 +59,9 @@ async def _body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
-        raise Invalid("the body is not JSON (send YAML as application/yaml)", field="body") from None
+        raise Invalid(
+            "the body is not JSON (send YAML as application/yaml)", field="body"
+        ) from None
 
 
 def _accepted(change_id: str) -> JSONResponse:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from edgeplane import safeyaml
 from edgeplane.errors import Invalid
@@ -79,9 +86,7 @@ class Service(_Strict):
     env: Annotated[dict[Key, Text], Field(max_length=MAX_ENV)] = Field(default_factory=dict)
     ports: Annotated[list[PortMap], Field(max_length=MAX_PORTS)] = Field(default_factory=list)
     healthcheck: Healthcheck | None = None
-    depends_on: Annotated[list[Name], Field(max_length=MAX_SERVICES)] = Field(
-        default_factory=list
-    )
+    depends_on: Annotated[list[Name], Field(max_length=MAX_SERVICES)] = Field(default_factory=list)
 
 
 class Bandwidth(_Strict):
@@ -125,7 +130,9 @@ class Manifest(_Strict):
         for service in self.services:
             for port in service.ports:
                 if (port.host, port.protocol) in hosts:
-                    raise ValueError(f"services: host port {port.host}/{port.protocol} is mapped twice")
+                    raise ValueError(
+                        f"services: host port {port.host}/{port.protocol} is mapped twice"
+                    )
                 hosts.add((port.host, port.protocol))
             for dep in service.depends_on:
                 if dep not in names:

@@ -364,18 +364,25 @@ class Node:
 
         def starts() -> list[Step]:
             steps = [
-                Step(f"start {s}", self._start_action(manifest, s, gen, change.id),
-                     self._stop_action(name, s, gen))
+                Step(
+                    f"start {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen),
+                )
                 for s in order
             ]
-            steps.append(Step("wait until healthy", lambda: self._wait_healthy(manifest, gen),
-                              _nothing))
+            steps.append(
+                Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+            )
             return steps
 
         def stops() -> list[Step]:
             return [
-                Step(f"stop {s}", self._stop_action(name, s, gen),
-                     self._start_action(manifest, s, gen, change.id))
+                Step(
+                    f"stop {s}",
+                    self._stop_action(name, s, gen),
+                    self._start_action(manifest, s, gen, change.id),
+                )
                 for s in reversed(order)
             ]
 
@@ -396,12 +403,19 @@ class Node:
             return [*stops(), *starts(), record(run=True)]
         if change.kind == "config":
             new = dict(change.args["config"])
-            return [record(config=new), Step("write config", self._write_config(name, new),
-                                             self._write_config(name, state.get("config", {})))]
+            return [
+                record(config=new),
+                Step(
+                    "write config",
+                    self._write_config(name, new),
+                    self._write_config(name, state.get("config", {})),
+                ),
+            ]
         if change.kind == "delete":
             # Deleting is past undoing from its first step: a crash finishes it.
-            steps = [Step(f"stop {s}", self._stop_action(name, s, gen), None)
-                     for s in reversed(order)]
+            steps = [
+                Step(f"stop {s}", self._stop_action(name, s, gen), None) for s in reversed(order)
+            ]
             steps.append(Step("remove files", self._remove(name), None))
             return steps
         raise Invalid(f"unknown change kind {change.kind!r}", field="kind")
@@ -429,10 +443,16 @@ class Node:
             Step("write files", write, self._remove(name)),
         ]
         for s in start_order(list(manifest.services)):
-            steps.append(Step(f"start {s}", self._start_action(manifest, s, gen, change.id),
-                              self._stop_action(name, s, gen)))
-        steps.append(Step("wait until healthy", lambda: self._wait_healthy(manifest, gen),
-                          _nothing))
+            steps.append(
+                Step(
+                    f"start {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen),
+                )
+            )
+        steps.append(
+            Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+        )
         steps.append(Step("commit", commit, _nothing))
         return steps
 
@@ -464,10 +484,16 @@ class Node:
             Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
         ]
         for s in start_order(list(manifest.services)):
-            steps.append(Step(f"start new {s}", self._start_action(manifest, s, gen, change.id),
-                              self._stop_action(name, s, gen)))
-        steps.append(Step("wait until healthy", lambda: self._wait_healthy(manifest, gen),
-                          _nothing))
+            steps.append(
+                Step(
+                    f"start new {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen),
+                )
+            )
+        steps.append(
+            Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+        )
         steps.append(Step("switch to the new version", switch, switch_back))
         # The old version is stopped only now; from here there is no going back.
         for s in reversed(start_order(list(old.services))):
@@ -476,7 +502,9 @@ class Node:
 
     # --- actions (each idempotent) ----------------------------------------------------------
 
-    def _fresh_state(self, manifest: Manifest, gen: str, change_id: str, phase: str) -> dict[str, Any]:
+    def _fresh_state(
+        self, manifest: Manifest, gen: str, change_id: str, phase: str
+    ) -> dict[str, Any]:
         return {
             "manifest": manifest.model_dump(mode="json"),
             "generation": gen,
@@ -519,8 +547,10 @@ class Node:
             clash = wanted & {(p.host, p.protocol) for s in taken.services for p in s.ports}
             if clash:
                 port, protocol = sorted(clash)[0]
-                raise Conflict(f"host port {port}/{protocol} is taken by chute {other!r}",
-                               field="services.ports")
+                raise Conflict(
+                    f"host port {port}/{protocol} is taken by chute {other!r}",
+                    field="services.ports",
+                )
         if exclude is None:  # an update keeps the ports its old version holds
             busy = await asyncio.to_thread(_ports_free, sorted(wanted))
             if busy is not None:
@@ -564,16 +594,22 @@ class Node:
             pids=manifest.resources.pids,
         )
         config = runtime_config(
-            cid=cid, rootfs=rootfs, image=image, command=service.command, env=service.env,
+            cid=cid,
+            rootfs=rootfs,
+            image=image,
+            command=service.command,
+            env=service.env,
             limits=limits,
         )
         config["hostname"] = service.name
-        config["mounts"].append({
-            "destination": CONFIG_MOUNT,
-            "type": "bind",
-            "source": str(self._dir(manifest.name) / "config"),
-            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
-        })
+        config["mounts"].append(
+            {
+                "destination": CONFIG_MOUNT,
+                "type": "bind",
+                "source": str(self._dir(manifest.name) / "config"),
+                "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+            }
+        )
         netns = await self.network.prepare(manifest.name, service.name)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
@@ -601,10 +637,8 @@ class Node:
             os.close(out)
         if code != 0:
             tail = self.logs(manifest.name, service.name, 600).strip().splitlines()
-            raise TaskFailure(
-                f"service {service.name} did not start: {tail[-1] if tail else f'runc exit {code}'}",
-                field="services",
-            )
+            why = tail[-1] if tail else f"runc exit {code}"
+            raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
         _, pid = await self._running(cid)
         address = await self.network.attach(manifest, service, pid)
         if address is not None:
@@ -619,7 +653,8 @@ class Node:
         if running:
             await self._call("kill", cid, "TERM")
             deadline = self.clock.monotonic() + self.grace_s
-            while self.clock.monotonic() < deadline and (await self._running(cid))[0]:
+            # runc gives no notice of a container's end: its state is polled
+            while self.clock.monotonic() < deadline and (await self._running(cid))[0]:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             await self._call("kill", cid, "KILL")
         await self._call("delete", "--force", cid)
@@ -650,8 +685,9 @@ class Node:
                     break
                 failures += 1
                 if self.clock.monotonic() >= deadline or failures >= check.retries + 20:
-                    raise TaskFailure(f"service {service.name} never became healthy",
-                                      field="services")
+                    raise TaskFailure(
+                        f"service {service.name} never became healthy", field="services"
+                    )
                 await asyncio.sleep(min(check.interval_s, 0.5))
 
     async def _healthy_once(self, pid: int, cid: str, service: Service) -> bool:

@@ -63,12 +63,14 @@ WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the change unti
 
 
 class _Node:
-    def __init__(self, node: str | None, worker: str | None, token: str | None, token_file: Path | None) -> None:
+    def __init__(
+        self, node: str | None, worker: str | None, token: str | None, token_file: Path | None
+    ) -> None:
         import httpx
 
         if worker is not None:
-            raise Invalid("--worker (through the control plane) is not available yet: use --node URL",
-                          field="worker")  # fmt: skip
+            why = "--worker (through the control plane) is not available yet: use --node URL"
+            raise Invalid(why, field="worker")
         if not node:
             raise Invalid("give the node's Edge API with --node http://HOST:PORT", field="node")
         if token is None:
@@ -97,7 +99,9 @@ class _Node:
                 body = answer.json()
             except ValueError:
                 body = {}
-            detail = str(body.get("detail") or answer.reason_phrase) if isinstance(body, dict) else ""
+            detail = (
+                str(body.get("detail") or answer.reason_phrase) if isinstance(body, dict) else ""
+            )
             field = body.get("field") if isinstance(body, dict) else None
             cls = _ERRORS.get(answer.status_code, EdgeplaneError)
             raise cls(detail, field=field if isinstance(field, str) else None)
@@ -122,7 +126,9 @@ class _Node:
                 for step in last.get("steps", []):
                     if shown.get(step["name"]) != step["state"] and step["state"] != "pending":
                         shown[step["name"]] = step["state"]
-                        console.print(f"{marks.get(step['state'], '?')} {step['name']} ({step['state']})")
+                        console.print(
+                            f"{marks.get(step['state'], '?')} {step['name']} ({step['state']})"
+                        )
         return last
 
     def changed(self, answer: Any, wait: bool) -> None:
@@ -137,7 +143,9 @@ class _Node:
             raise TaskFailure(str(last.get("error") or f"the change ended {state}"))
 
 
-def _open(node: str | None, worker: str | None, token: str | None, token_file: Path | None) -> _Node:
+def _open(
+    node: str | None, worker: str | None, token: str | None, token_file: Path | None
+) -> _Node:
     return _Node(node, worker, token, token_file)
 
 
@@ -159,7 +167,9 @@ def install(
     """Install a chute from its manifest."""
     client = _open(node, worker, node_token, token_file)
     data, kind = _manifest(file)
-    client.changed(client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait)
+    client.changed(
+        client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait
+    )
 
 
 @app.command()
