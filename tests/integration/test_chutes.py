@@ -134,7 +134,8 @@ async def test_lifecycle(edge: EdgeApi, client: httpx.AsyncClient) -> None:
     assert chute["resources"]["memory_mb"] == 64
     assert [c["name"] for c in (await client.get("/chutes")).json()] == ["hello"]
     info = (await client.get("/info")).json()
-    assert info["chutes"] == ["hello"] and info["hardware"]["cpus"] >= 1
+    assert info["chutes"] == [{"name": "hello", "version": "1.0", "state": "running"}]
+    assert info["hardware"]["cpus"] >= 1 and info["os"]["system"] == "Linux"
 
     logs = await client.get("/chutes/hello/logs")
     assert logs.text.startswith("started")
@@ -236,6 +237,22 @@ async def test_a_port_already_taken_fails_the_change(
     assert change["state"] == "rolled_back" and "taken by chute 'hello'" in change["error"]
     assert [c["name"] for c in (await client.get("/chutes")).json()] == ["hello"]
     assert {c["id"].split("-")[1] for c in runc_list(edge.node.state_dir)} == {"hello"}
+
+
+async def test_a_port_in_use_on_the_node_fails_the_change(
+    edge: EdgeApi, client: httpx.AsyncClient
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        body = manifest()
+        body["services"][0]["ports"] = [{"host": taken.getsockname()[1], "chute": 8080}]
+        change = await finished(client, await client.post("/chutes", json=body))
+    assert change["state"] == "rolled_back" and "in use on this node" in change["error"]
+    assert [s["state"] for s in change["steps"]][:2] == ["failed", "pending"]
+    assert_empty(edge)
 
 
 async def test_update_replaces_only_once_healthy(edge: EdgeApi, client: httpx.AsyncClient) -> None:

@@ -155,7 +155,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.get("/api/v1/info")
     async def info() -> dict[str, Any]:
-        return node.info()
+        return await node.info()
 
     return app
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import psutil
 
 from edgeplane.artifacts import reference
+from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
 from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
 from edgeplane.clock import Clock, SystemClock
@@ -60,18 +61,22 @@ MAX_LOG_BYTES = 1 << 20
 
 
 class Network(Protocol):
-    """A chute's networking (``network.py``); the default gives loopback only."""
+    """A chute's networking (``network.py``); the default gives loopback only.
 
-    async def prepare(self, chute: str, service: str) -> str | None:
-        """The path of a network namespace for the service to join; None: a new one."""
+    Calls are keyed by container id (``ch-<chute>-<service>-<generation>``): during an
+    update the old and the new generation of a service run side by side, and undoing the
+    new one must not touch the old one's network."""
+
+    async def prepare(self, manifest: Manifest, service: Service, cid: str) -> str | None:
+        """The path of a network namespace for the container to join; None: a new one."""
         ...
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
-        """Connect the running service; its address (None: not reachable from the node)."""
+    async def attach(self, manifest: Manifest, service: Service, cid: str, pid: int) -> str | None:
+        """Connect the running container; its address (None: not reachable from the node)."""
         ...
 
-    async def detach(self, chute: str, service: str) -> None:
-        """Undo prepare and attach (idempotent)."""
+    async def detach(self, cid: str) -> None:
+        """Undo prepare and attach (idempotent: also for a container never prepared)."""
         ...
 
 
@@ -82,13 +87,13 @@ class Enforcer(Protocol):
 
 
 class LoopbackNetwork:
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, manifest: Manifest, service: Service, cid: str) -> str | None:
         return None
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+    async def attach(self, manifest: Manifest, service: Service, cid: str, pid: int) -> str | None:
         return None
 
-    async def detach(self, chute: str, service: str) -> None:
+    async def detach(self, cid: str) -> None:
         return None
 
 
@@ -166,6 +171,7 @@ class Node:
         images_dir: Path | None = None,
         *,
         runc: str | None = None,
+        registries: RegistryConfig | None = None,
         network: Network | None = None,
         enforcer: Enforcer | None = None,
         grace_s: float = 2.0,
@@ -176,7 +182,7 @@ class Node:
         self.root = data_dir / "chutes"
         images = images_dir if images_dir is not None else data_dir / "images"
         self.images = ImageStore(images, data_dir / "containers" / "rootfs")
-        self.puller = ImagePuller(images / PULLED_DIR, None)
+        self.puller = ImagePuller(images / PULLED_DIR, registries)
         self.state_dir = self.root / "runc"
         self.runc = runc if runc is not None else find_runc()
         self.network: Network = network or LoopbackNetwork()
@@ -300,7 +306,7 @@ class Node:
                     continue
             await asyncio.sleep(0.25)  # a file has no change notification we can await here
 
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
         addresses = {
             nic: [a.address for a in found if a.family in (socket.AF_INET, socket.AF_INET6)]
@@ -314,7 +320,10 @@ class Node:
             },
             "os": {"system": platform.system(), "release": platform.release()},
             "network": {"hostname": socket.gethostname(), "interfaces": addresses},
-            "chutes": self.names(),
+            "chutes": [
+                {"name": c["name"], "version": c["version"], "state": c["state"]}
+                for c in await self.listing()
+            ],
             "runc": self.runc is not None,
         }
 
@@ -467,7 +476,10 @@ class Node:
         old_gen, gen = str(before["generation"]), str(change.args["generation"])
 
         async def check() -> None:
-            await self._check_ports(manifest, exclude=name)
+            held: set[tuple[int, str]] = {
+                (p.host, p.protocol) for s in old.services for p in s.ports
+            }
+            await self._check_ports(manifest, exclude=name, held=held)
 
         async def switch() -> None:
             state = self._fresh_state(manifest, gen, change.id, phase="installed")
@@ -535,7 +547,14 @@ class Node:
 
         return run
 
-    async def _check_ports(self, manifest: Manifest, exclude: str | None) -> None:
+    async def _check_ports(
+        self,
+        manifest: Manifest,
+        exclude: str | None,
+        held: set[tuple[int, str]] | None = None,
+    ) -> None:
+        """Each host port free: no other chute maps it and nothing on the node listens
+        on it (but the ports ``held`` by the version an update replaces)."""
         wanted = {(p.host, p.protocol) for s in manifest.services for p in s.ports}
         for other in self.names():
             if other in (manifest.name, exclude):
@@ -551,8 +570,8 @@ class Node:
                     f"host port {port}/{protocol} is taken by chute {other!r}",
                     field="services.ports",
                 )
-        if exclude is None:  # an update keeps the ports its old version holds
-            busy = await asyncio.to_thread(_ports_free, sorted(wanted))
+        if wanted - (held or set()):
+            busy = await asyncio.to_thread(_ports_free, sorted(wanted - (held or set())))
             if busy is not None:
                 raise Conflict(f"host port {busy} is in use on this node", field="services.ports")
 
@@ -610,7 +629,7 @@ class Node:
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )
-        netns = await self.network.prepare(manifest.name, service.name)
+        netns = await self.network.prepare(manifest, service, cid)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
                 if entry["type"] == "network":
@@ -640,7 +659,7 @@ class Node:
             why = tail[-1] if tail else f"runc exit {code}"
             raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
         _, pid = await self._running(cid)
-        address = await self.network.attach(manifest, service, pid)
+        address = await self.network.attach(manifest, service, cid, pid)
         if address is not None:
             state = self._load(manifest.name)
             if state is not None and state.get("generation") == gen:
@@ -658,7 +677,7 @@ class Node:
                 await asyncio.sleep(0.05)
             await self._call("kill", cid, "KILL")
         await self._call("delete", "--force", cid)
-        await self.network.detach(chute, service)
+        await self.network.detach(cid)
         await asyncio.to_thread(shutil.rmtree, self._dir(chute) / "bundles" / cid, True)
 
     async def _wait_healthy(self, manifest: Manifest, gen: str) -> None:

@@ -170,7 +170,11 @@ async def _run_worker(
         from edgeplane.chutes.node import Node
 
         # Before the broker: the node stays manageable when no manager answers.
-        edge = EdgeApi(Node(data_dir, settings.images_dir), data_dir, settings.edge_api)
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        node = Node(data_dir, settings.images_dir, registries=registries)
+        edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
     try:
