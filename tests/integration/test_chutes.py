@@ -141,6 +141,11 @@ async def test_lifecycle(edge: EdgeApi, client: httpx.AsyncClient) -> None:
     assert logs.text.startswith("started")
     side = await client.get("/chutes/hello/logs", params={"service": "side"})
     assert json.loads(side.text.splitlines()[0]) == {"colour": "blue"}
+    params = {"service": "web", "follow": "true"}
+    async with client.stream("GET", "/chutes/hello/logs", params=params) as stream:
+        async for text in stream.aiter_text():
+            assert text.startswith("started")
+            break  # following goes on until the client leaves
 
     assert (await client.get("/chutes/hello/config")).json() == {"colour": "blue"}
     change = await finished(
