@@ -73,7 +73,7 @@ def runc_list(state_dir: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[EdgeApi]:
     images = images_with_busybox(tmp_path / "images")
-    node = Node(tmp_path / "worker", images, grace_s=0.3, settle_s=0.5, healthy_within_s=10)
+    node = Node(tmp_path / "worker", images, grace_s=0.3, settle_s=0.5, healthy_within_s=5)
     api = EdgeApi(node, tmp_path / "worker", f"127.0.0.1:{free_port()}")
     await api.start()
     try:
@@ -83,6 +83,10 @@ async def edge(tmp_path: Path) -> AsyncIterator[EdgeApi]:
             change = await node.act(name, "delete")
             await asyncio.wait_for(node.changes.wait(change.id), 30)
         await api.stop()
+        runc = find_runc()
+        for left in runc_list(node.state_dir) if runc and node.state_dir.exists() else []:
+            argv = [runc, "--root", str(node.state_dir), "delete", "--force", left["id"]]
+            await asyncio.to_thread(subprocess.run, argv, capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -688,7 +688,6 @@ class Node:
         for service in manifest.services:
             cid = _container(manifest.name, service.name, gen)
             check = service.healthcheck
-            failures = 0
             while True:
                 running, pid = await self._running(cid)
                 if not running:
@@ -702,8 +701,8 @@ class Node:
                     continue
                 if await self._probe(pid, cid, check):
                     break
-                failures += 1
-                if self.clock.monotonic() >= deadline or failures >= check.retries + 20:
+                # A new service may take a while to listen: only the deadline fails it.
+                if self.clock.monotonic() >= deadline:
                     raise TaskFailure(
                         f"service {service.name} never became healthy", field="services"
                     )
