@@ -44,6 +44,7 @@ services:
   - name: side
     image: busybox
     command: ["sh", "-c", "cat /run/chute/config.json; echo; exec sleep 1000"]
+    healthcheck: {{exec: [cat, /run/chute/config.json], interval_s: 0.2}}
     depends_on: [web]
 resources: {{cpu_shares: 1024, memory_mb: 64, pids: 64, disk_mb: 1024,
             bandwidth_kbit: {{egress: 10000, ingress: 10000}}}}
@@ -217,6 +218,11 @@ async def test_bad_input_is_a_problem_naming_the_field(client: httpx.AsyncClient
             },
             "wait until healthy",
         ),
+        (
+            "exec check fails",
+            {"command": ["sleep", "1000"], "healthcheck": {"exec": ["false"], "interval_s": 0.1}},
+            "wait until healthy",
+        ),
     ],
 )
 async def test_a_failing_install_rolls_back_fully(
@@ -262,6 +268,33 @@ async def test_a_port_in_use_on_the_node_fails_the_change(
     assert change["state"] == "rolled_back" and "in use on this node" in change["error"]
     assert [s["state"] for s in change["steps"]][:2] == ["failed", "pending"]
     assert_empty(edge)
+
+
+async def test_a_service_that_dies_shows_the_chute_failed(
+    edge: EdgeApi, client: httpx.AsyncClient
+) -> None:
+    body = manifest()
+    assert (await finished(client, await client.post("/chutes", json=body)))["state"] == "done"
+    chute = (await client.get("/chutes/hello")).json()
+    side = next(s for s in chute["services"] if s["name"] == "side")
+    runc = find_runc()
+    assert runc is not None
+    argv = [runc, "--root", str(edge.node.state_dir), "kill", side["container"], "KILL"]
+    await asyncio.to_thread(subprocess.run, argv, check=True)
+
+    async def failed() -> dict[str, Any]:
+        while True:
+            found: dict[str, Any] = (await client.get("/chutes/hello")).json()
+            if found["state"] == "failed":
+                return found
+            await asyncio.sleep(0.05)
+
+    found = await asyncio.wait_for(failed(), 10)
+    states = {s["name"]: (s["state"], s["healthy"]) for s in found["services"]}
+    assert states == {"web": ("running", True), "side": ("stopped", False)}
+    # a restart brings it back
+    assert (await finished(client, await client.post("/chutes/hello/restart")))["state"] == "done"
+    assert (await client.get("/chutes/hello")).json()["state"] == "running"
 
 
 async def test_update_replaces_only_once_healthy(edge: EdgeApi, client: httpx.AsyncClient) -> None:
