@@ -1,5 +1,6 @@
-"""Chutes (as ParaDrop has them): long-lived services an owner installs on one node.
+"""Chutes: long-lived container services on one node, as ParaDrop has them.
 
 ``manifest.py`` is the ``chute.yaml`` model, ``changes.py`` the node's change queue with
-rollback, ``node.py`` the chutes' lifecycle on runc, ``edgeapi.py`` the node-local API.
+rollback, ``node.py`` the chutes' lifecycle on runc, ``edgeapi.py`` the node-local API;
+``network.py`` and ``resources.py`` their networking and resource enforcement.
 """

@@ -52,6 +52,7 @@ from edgeplane.protocol import (
 )
 from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
+from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
@@ -79,8 +80,10 @@ def _decode_artifact(encoded: str) -> bytes:
         raise Invalid("artifact is not valid base64", field="artifact") from None
 
 
-#: RunSpec's fields, all of them Assignment's too (tests/unit/test_run_spec.py checks it)
-_RUN_FIELDS = tuple(RunSpec.model_fields)
+#: RunSpec's fields but the node-local ones, all of them Assignment's too
+#: (tests/unit/test_run_spec.py checks it)
+_RUN_FIELDS = tuple(name for name in RunSpec.model_fields if name not in LOCAL_FIELDS)
+_LOCAL = dict.fromkeys(LOCAL_FIELDS)
 _setattr = object.__setattr__
 
 
@@ -98,7 +101,7 @@ def run_spec(assignment: Assignment) -> RunSpec:
     """
     values = assignment.__dict__
     spec = RunSpec.__new__(RunSpec)
-    _setattr(spec, "__dict__", {name: values[name] for name in _RUN_FIELDS})
+    _setattr(spec, "__dict__", {**{name: values[name] for name in _RUN_FIELDS}, **_LOCAL})
     _setattr(spec, "__pydantic_fields_set__", set(_RUN_FIELDS))
     _setattr(spec, "__pydantic_extra__", None)
     _setattr(spec, "__pydantic_private__", None)
