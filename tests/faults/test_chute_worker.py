@@ -115,6 +115,15 @@ def node(lab: Lab) -> Iterator[Node]:
             found.http.close()
         lab.close()
         found.clean()
+        from edgeplane.chutes.network import NodeNetwork
+        from edgeplane.chutes.resources import ChuteEnforcer
+
+        # the worker's network (default bridge and table) and the chutes' disks (loop
+        # mounts) outlive the worker, as chutes do: a test removes them itself
+        chutes = found.data / "worker" / "chutes"
+        for disk in (chutes / "disks").glob("*.img"):
+            ChuteEnforcer(chutes).remove(disk.stem)
+        NodeNetwork(chutes / "net").teardown()
 
 
 @pytest.mark.parametrize("how", ["stop", "kill9"])
@@ -126,6 +135,8 @@ def test_a_chute_survives_a_worker_restart(node: Node, how: str) -> None:
     before = node.client.get("/chutes/keep").json()
     pid = before["services"][0]["pid"]
     assert before["state"] == "running" and alive(pid)
+    address = before["services"][0]["address"]
+    assert address is not None  # on the node's bridge network (network.py)
 
     node.role.stop() if how == "stop" else node.role.kill9()
     assert alive(pid)  # the chute keeps running with no worker at all
@@ -133,6 +144,7 @@ def test_a_chute_survives_a_worker_restart(node: Node, how: str) -> None:
     after = node.client.get("/chutes/keep").json()
     assert after["state"] == "running"
     assert after["services"][0]["pid"] == pid  # re-attached, not restarted
+    assert after["services"][0]["address"] == address
     assert node.ended(node.client.post("/chutes/keep/stop").json()["change_id"])["state"] == "done"
     assert not alive(pid)
 

@@ -61,22 +61,20 @@ MAX_LOG_BYTES = 1 << 20
 
 
 class Network(Protocol):
-    """A chute's networking (``network.py``); the default gives loopback only.
+    """A chute's networking (``network.py``'s ``ChuteNetwork``); the default gives
+    loopback only. Keyed by chute and service: the generations of a service that an
+    update runs side by side share one namespace (see ``_plan_update``)."""
 
-    Calls are keyed by container id (``ch-<chute>-<service>-<generation>``): during an
-    update the old and the new generation of a service run side by side, and undoing the
-    new one must not touch the old one's network."""
-
-    async def prepare(self, manifest: Manifest, service: Service, cid: str) -> str | None:
-        """The path of a network namespace for the container to join; None: a new one."""
+    async def prepare(self, chute: str, service: str) -> str | None:
+        """The path of a network namespace for the service to join; None: a new one."""
         ...
 
-    async def attach(self, manifest: Manifest, service: Service, cid: str, pid: int) -> str | None:
-        """Connect the running container; its address (None: not reachable from the node)."""
+    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+        """Connect the running service; its address (None: not reachable from the node)."""
         ...
 
-    async def detach(self, cid: str) -> None:
-        """Undo prepare and attach (idempotent: also for a container never prepared)."""
+    async def detach(self, chute: str, service: str) -> None:
+        """Undo prepare and attach (idempotent: also for a service never prepared)."""
         ...
 
 
@@ -85,15 +83,19 @@ class Enforcer(Protocol):
 
     def apply(self, config: dict[str, Any], manifest: Manifest, service: Service) -> None: ...
 
+    def remove(self, chute: str) -> None:
+        """The chute is deleted (or its install undone): what ``apply`` made for it goes."""
+        ...
+
 
 class LoopbackNetwork:
-    async def prepare(self, manifest: Manifest, service: Service, cid: str) -> str | None:
+    async def prepare(self, chute: str, service: str) -> str | None:
         return None
 
-    async def attach(self, manifest: Manifest, service: Service, cid: str, pid: int) -> str | None:
+    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
         return None
 
-    async def detach(self, cid: str) -> None:
+    async def detach(self, chute: str, service: str) -> None:
         return None
 
 
@@ -102,6 +104,25 @@ class CgroupLimits:
 
     def apply(self, config: dict[str, Any], manifest: Manifest, service: Service) -> None:
         return None
+
+    def remove(self, chute: str) -> None:
+        return None
+
+
+#: What the node's real network and resource policy need (``network.py``, ``resources.py``).
+HOST_TOOLS = ("ip", "nft", "tc", "mkfs.ext4")
+
+
+def networking_available() -> str | None:
+    """Why chutes cannot have the node's network and disk quotas here; None when they can."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in HOST_TOOLS:
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            return f"{tool} is not installed (scripts/system-deps.sh)"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices"
+    return None
 
 
 def _container(chute: str, service: str, generation: str) -> str:
@@ -495,12 +516,16 @@ class Node:
             Step("check ports", check, _nothing),
             Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
         ]
+        # A service's network is keyed by chute and service, so both generations of a
+        # service share it: undoing the new one, or stopping the old one, leaves it be.
+        old_names = {s.name for s in old.services}
+        new_names = {s.name for s in manifest.services}
         for s in start_order(list(manifest.services)):
             steps.append(
                 Step(
                     f"start new {s}",
                     self._start_action(manifest, s, gen, change.id),
-                    self._stop_action(name, s, gen),
+                    self._stop_action(name, s, gen, detach=s not in old_names),
                 )
             )
         steps.append(
@@ -509,7 +534,8 @@ class Node:
         steps.append(Step("switch to the new version", switch, switch_back))
         # The old version is stopped only now; from here there is no going back.
         for s in reversed(start_order(list(old.services))):
-            steps.append(Step(f"stop old {s}", self._stop_action(name, s, old_gen), None))
+            stop = self._stop_action(name, s, old_gen, detach=s not in new_names)
+            steps.append(Step(f"stop old {s}", stop, None))
         return steps
 
     # --- actions (each idempotent) ----------------------------------------------------------
@@ -543,6 +569,7 @@ class Node:
 
     def _remove(self, name: str) -> Any:
         async def run() -> None:
+            await asyncio.to_thread(self.enforcer.remove, name)
             await asyncio.to_thread(shutil.rmtree, self._dir(name), True)
 
         return run
@@ -591,9 +618,9 @@ class Node:
 
         return run
 
-    def _stop_action(self, chute: str, service: str, gen: str) -> Any:
+    def _stop_action(self, chute: str, service: str, gen: str, *, detach: bool = True) -> Any:
         async def run() -> None:
-            await self._stop_service(chute, service, gen)
+            await self._stop_service(chute, service, gen, detach=detach)
 
         return run
 
@@ -629,12 +656,12 @@ class Node:
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )
-        netns = await self.network.prepare(manifest, service, cid)
+        netns = await self.network.prepare(manifest.name, service.name)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
                 if entry["type"] == "network":
                     entry["path"] = netns
-        self.enforcer.apply(config, manifest, service)
+        await asyncio.to_thread(self.enforcer.apply, config, manifest, service)
         bundle = self._dir(manifest.name) / "bundles" / cid
         bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(bundle / "config.json", json.dumps(config).encode())
@@ -659,14 +686,16 @@ class Node:
             why = tail[-1] if tail else f"runc exit {code}"
             raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
         _, pid = await self._running(cid)
-        address = await self.network.attach(manifest, service, cid, pid)
+        address = await self.network.attach(manifest, service, pid)
         if address is not None:
             state = self._load(manifest.name)
             if state is not None and state.get("generation") == gen:
                 state.setdefault("addresses", {})[service.name] = address
                 self._save(manifest.name, state)
 
-    async def _stop_service(self, chute: str, service: str, gen: str) -> None:
+    async def _stop_service(
+        self, chute: str, service: str, gen: str, *, detach: bool = True
+    ) -> None:
         cid = _container(chute, service, gen)
         running, _ = await self._running(cid)
         if running:
@@ -677,7 +706,8 @@ class Node:
                 await asyncio.sleep(0.05)
             await self._call("kill", cid, "KILL")
         await self._call("delete", "--force", cid)
-        await self.network.detach(cid)
+        if detach:
+            await self.network.detach(chute, service)
         await asyncio.to_thread(shutil.rmtree, self._dir(chute) / "bundles" / cid, True)
 
     async def _wait_healthy(self, manifest: Manifest, gen: str) -> None:
