@@ -55,11 +55,11 @@ class Node:
     def start(self) -> None:
         self.role.start()
         token_file = self.data / "worker" / "edge-api-token"
-        wait_until(token_file.exists, "the node token", watch=[self.role])
+        wait_until(token_file.exists, "the node token", timeout=60, watch=[self.role])
         if self.http is None:
             token = token_file.read_text().strip()
             self.http = httpx.Client(
-                base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+                base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
             )
 
         def serving() -> bool:
@@ -68,7 +68,7 @@ class Node:
             except httpx.TransportError:
                 return False
 
-        wait_until(serving, "the Edge API", watch=[self.role])
+        wait_until(serving, "the Edge API", timeout=60, watch=[self.role])
 
     @property
     def client(self) -> httpx.Client:
