@@ -157,7 +157,10 @@ WasmTimeoutOption = Annotated[
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
-DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
+DomainOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT topic domain: levels of letters, digits, '_', '-' joined by '/'."),
+]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
@@ -310,7 +313,11 @@ def up(
     port: PortOption = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Local workers (default 2).")] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT; default: start one in-process.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT (a cluster's nodes comma-separated); default: start one "
+            "in-process."
+        ),
     ] = None,
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
@@ -386,7 +393,11 @@ def up(
 
 
 ApiBrokerOption = Annotated[
-    str | None, typer.Option(help="mqtt[s]://HOST:PORT of its own broker; default: start one.")
+    str | None,
+    typer.Option(
+        help="mqtt[s]://HOST:PORT of its own broker (a cluster's nodes comma-separated); "
+        "default: start one."
+    ),
 ]
 
 
@@ -450,7 +461,11 @@ def manager(
     ctx: typer.Context,
     broker: ApiBrokerOption = None,
     root: Annotated[
-        str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT of the root's broker to register with (a cluster's "
+            "nodes comma-separated)."
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -587,7 +602,10 @@ def worker(
     ctx: typer.Context,
     manager: Annotated[
         str | None,
-        typer.Option(help="mqtt[s]://HOST:PORT: the broker of the cluster to join."),
+        typer.Option(
+            help="mqtt[s]://HOST:PORT: the broker of the cluster to join (a clustered "
+            "broker's nodes comma-separated: mqtt://a:1883,mqtt://b:1883)."
+        ),
     ] = None,
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
@@ -664,6 +682,10 @@ def worker(
             )
         return
     labels = pairs(label, "--label")
+    if worker_id is not None:
+        from edgeplane.protocol.topics import check_segment
+
+        check_segment(worker_id, "worker_id", "a worker id")
     flags["ca"] = _ca(ctx, ca)  # not above: the global --ca serves `worker list` too
     settings = _settings(flags, config)
     if not settings.broker:

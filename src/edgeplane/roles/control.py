@@ -36,7 +36,7 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_url, unique_client_id
+from edgeplane.transport import EmbeddedBroker, parse_broker_urls, unique_client_id
 from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,12 @@ def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
     its URL has no user)."""
     member = "cluster" if root else "worker"
     if settings.broker:
-        if parse_broker_url(settings.broker).username is None:
+        nodes = parse_broker_urls(settings.broker)
+        if any(node.username is None for node in nodes):
             log.warning(
                 f"the broker is used without credentials: anyone who reaches it can act as "
                 f"a {member} (see docs/broker-security.md)",
-                extra={"broker": str(parse_broker_url(settings.broker))},
+                extra={"broker": ",".join(str(node) for node in nodes)},
             )
         return None
     return BrokerAuth(

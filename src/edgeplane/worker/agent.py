@@ -53,6 +53,7 @@ from edgeplane.protocol import (
     signing,
 )
 from edgeplane.protocol.terms import TermGate
+from edgeplane.protocol.topics import check_segment
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.transport import MqttLink, Will, unique_client_id
@@ -244,7 +245,7 @@ class WorkerAgent:
         """``cleaners``: runtimes not offered any more that can still stop what an earlier
         run of this worker left on them (see :func:`recovery.recover`)."""
         self.options = options
-        self.id = options.worker_id
+        self.id = check_segment(options.worker_id, "worker_id", "a worker id")
         self.runtimes = dict(runtimes)
         self.cleaners = dict(cleaners or {})
         self.handles = HandleStore(options.data_dir / "handles")
