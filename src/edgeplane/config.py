@@ -78,6 +78,11 @@ class Settings(BaseModel):
     host_user: str | None = None
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
+    #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
+    edge_api: str | None = None
+    #: chutes on the node's bridge network with disk and bandwidth limits when the node
+    #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
+    chute_network: bool = True
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the

@@ -624,6 +624,13 @@ def worker(
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="HOST:PORT: serve the node-local Edge API (chutes) there, e.g. 127.0.0.1:7071.",
+        ),
+    ] = None,
     join: Annotated[
         str | None,
         typer.Option(
@@ -670,6 +677,7 @@ def worker(
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
+        "edge_api": api,
     }
     if ctx.invoked_subcommand is not None:
         if any(v is not None for v in flags.values()) or worker_id or label or config:
