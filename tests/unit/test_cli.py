@@ -146,9 +146,10 @@ def test_run_prints_function_results(wasm: Path) -> None:
         "limits": {},
         "start": True,
     }
-    # created and waited for in one request
+    # created and waited for in one request, held briefly first so that a task that
+    # cannot be placed shows its reason within seconds
     (created,) = api.requests
-    assert (created.method, created.url.params["wait"]) == ("POST", "30.0")
+    assert (created.method, created.url.params["wait"]) == ("POST", "2.0")
 
 
 def test_run_takes_negative_numbers_and_all_task_options(wasm: Path) -> None:
@@ -976,3 +977,25 @@ def test_help_lists_job_workflow_and_schedule() -> None:
     result = invoke(FakeApi(), "--help")
     for command in ("job", "workflow", "schedule"):
         assert command in result.stdout
+
+
+def test_a_task_that_waits_says_why() -> None:
+    """A task no worker can run is not a silent wait: its reason is on stderr while the
+    CLI waits, and in the message when it stops waiting."""
+    why = "no worker offers runtime 'host'"
+    api = FakeApi(state="pending", reason=why, results=None)
+    clock = _Ticking()
+    result = invoke(
+        api, "task", "run", "--timeout", "5", "--runtime", "host", "--", "true", clock=clock
+    )
+    assert result.exit_code == 1, result.output
+    assert f"waiting for the task: pending: {why}" in result.stderr
+    assert f"still pending after 5s: {why}" in result.stderr
+
+
+class _Ticking(ManualClock):
+    """Each reading of the monotonic clock is 3 s after the one before: waits run out."""
+
+    def monotonic(self) -> float:
+        self.advance(3)
+        return super().monotonic()

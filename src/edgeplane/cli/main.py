@@ -21,6 +21,7 @@ from edgeplane.cli import (
     audit,
     certs,
     clusters,
+    helptext,
     jobs,
     roles,
     schedules,
@@ -180,4 +181,5 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point."""
-    app(args=hoist_global_options(sys.argv[1:]), prog_name="edgeplane")
+    command = helptext.humanize(typer.main.get_command(app))
+    command.main(args=hoist_global_options(sys.argv[1:]), prog_name="edgeplane")

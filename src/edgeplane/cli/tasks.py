@@ -282,16 +282,26 @@ def raise_failed(task_id: str, state: str, reason: str | None) -> None:
 
 
 def wait_and_report(client: Client, task_id: str, timeout: float | None, fmt: Format) -> None:
-    _report_when_done(lambda: client.wait(task_id, timeout), f"task {task_id}", fmt)
+    _report_when_done(
+        lambda progress: client.wait(task_id, timeout, progress), f"task {task_id}", fmt
+    )
 
 
-def _report_when_done(ended: Callable[[], Task], what: str, fmt: Format) -> None:
-    """Wait for ``ended()`` with a spinner, then report the task."""
+def _report_when_done(
+    ended: Callable[[Callable[[Task], object]], Task], what: str, fmt: Format
+) -> None:
+    """Wait for ``ended(progress)`` with a spinner that says why the task still waits
+    (its ``reason``, e.g. no worker offers its runtime), then report the task."""
     from edgeplane.client import WaitTimeout
 
     try:
-        with waiting(f"waiting for {what}"):
-            task = ended()
+        with waiting(f"waiting for {what}") as say:
+
+            def progress(task: Task) -> None:
+                if task.reason and not task.terminal:
+                    say(f"{task.state}: {task.reason}")
+
+            task = ended(progress)
     except WaitTimeout as exc:
         task_id = exc.task.id if exc.task is not None else "?"
         error(f"{exc.detail}; it goes on (stop it with: edgeplane task stop {task_id})")
@@ -372,7 +382,11 @@ def run(
         print_schedule(client.schedule_task({**spec, **timing, "start": True}), fmt)
         return
     if wait:  # created and waited for in one request (POST /tasks?wait=)
-        _report_when_done(lambda: client.run(**spec, timeout=timeout), "the task", fmt)
+        _report_when_done(
+            lambda progress: client.run(**spec, timeout=timeout, progress=progress),
+            "the task",
+            fmt,
+        )
     else:
         print_created(client.create_task({**spec, "start": True}), fmt)
 

@@ -88,6 +88,10 @@ async def _workers(
     # One module cache for the process: a module compiled when its task was admitted is
     # not compiled again by the worker that runs it.
     modules = process_cache(settings.data_dir / "modules")
+    # One image dir for all of them (DATA_DIR/images), not one per worker: an image put
+    # there once runs on whichever local worker gets the task.
+    if settings.images_dir is None:
+        settings = settings.model_copy(update={"images_dir": settings.data_dir / "images"})
     for worker_id in _worker_ids(settings):
         agent = build_worker(
             settings,
