@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import sys
 import types
 from pathlib import Path
@@ -999,3 +1000,29 @@ class _Ticking(ManualClock):
     def monotonic(self) -> float:
         self.advance(3)
         return super().monotonic()
+
+
+def test_worker_list_shows_labels_and_leaves_out_long_gone_workers() -> None:
+    now = time.time()
+    workers = [
+        {"id": "w1", "state": "online", "last_seen": now,
+         "capabilities": {"cpus": 2, "labels": {"site": "a"}}},
+        {"id": "old", "state": "offline", "last_seen": now - 3 * 24 * 3600},
+    ]
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"items": workers, "total": 2})
+
+    listed = invoke(api, "worker", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "site=a" in listed.stdout
+    assert "old" not in listed.stdout
+    assert "1 workers offline for more than a day not shown" in listed.stderr
+    everything = invoke(api, "worker", "list", "--all")
+    assert "old" in everything.stdout
+
+
+def test_task_run_can_pin_a_cluster(wasm: Path) -> None:
+    api = FakeApi()
+    assert invoke(api, "task", "run", str(wasm), "add", "--cluster", "berlin").exit_code == 0
+    assert api.sent()["cluster_id"] == "berlin"

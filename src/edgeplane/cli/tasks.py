@@ -107,6 +107,12 @@ LabelOption = Annotated[
     list[str] | None, typer.Option("--label", help="k=v the worker must carry, repeatable.")
 ]
 WorkerOption = Annotated[str | None, typer.Option("--worker", help="Run on this worker only.")]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster", metavar="ID", help="Run in this cluster only (a root's API: `cluster list`)."
+    ),
+]
 WaitTimeoutOption = Annotated[
     float | None,
     typer.Option(
@@ -182,6 +188,7 @@ def task_spec(
     priority: int | None,
     label: list[str] | None,
     worker: str | None,
+    cluster: str | None = None,
     project: str | None = None,
     secret_env: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -224,6 +231,7 @@ def task_spec(
         "retries": retries,
         "priority": priority,
         "worker_id": worker,
+        "cluster_id": cluster,
         "project": project,
     }
     spec.update({k: v for k, v in optional.items() if v is not None})
@@ -339,6 +347,7 @@ def run(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    cluster: ClusterOption = None,
     project: ProjectOption = None,
     schedule: ScheduleOption = None,
     timezone: TimezoneOption = None,
@@ -368,6 +377,7 @@ def run(
         priority=priority,
         label=label,
         worker=worker,
+        cluster=cluster,
         project=project,
     )
     if timezone is not None and schedule is None:
@@ -409,6 +419,7 @@ def create(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    cluster: ClusterOption = None,
     project: ProjectOption = None,
     output: OutputOption = None,
 ) -> None:
@@ -429,6 +440,7 @@ def create(
         priority=priority,
         label=label,
         worker=worker,
+        cluster=cluster,
         project=project,
     )
     s = session(ctx)
