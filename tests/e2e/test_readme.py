@@ -1,8 +1,9 @@
 """The README, run as a new user would: every ```bash block in order, in a fresh HOME,
 with the YAML files it writes (a ```yaml block whose first line is ``# NAME``) and its
 ```python blocks. Where the README says ``edgeplane up``, `up` starts in the background
-(another terminal, for a person) and the block goes on once it is healthy; a later
-``edgeplane up`` replaces the one before (Ctrl-C, then the new command).
+(another terminal, for a person) and the block goes on once it is up; a later
+``edgeplane up`` replaces the one before (Ctrl-C, then the new command). A worker, manager
+or root the README runs beside it also runs in the background until the test ends.
 
 What the test changes, and only this: ``127.0.0.1:7070``/``:7070`` become a free port
 (``EDGEPLANE_PORT``), ``pip install .`` is a no-op (edgeplane is installed in the test's
@@ -13,6 +14,7 @@ cannot run here says so in the README, visibly, with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -79,8 +81,14 @@ def _prelude(python: str, log: Path) -> str:
 set -euo pipefail
 pip() {{ echo "(readme test: edgeplane is already installed)"; }}
 edgeplane() {{
-  if [ "${{1:-}}" != up ]; then {py} -m edgeplane "$@"; return; fi
-  shift
+  case "${{1:-}} ${{2:-}}" in
+    "up "*) shift ;;
+    "worker -"*|"manager -"*|"root -"*)  # a process that runs until stopped: beside, too
+      setsid {py} -m edgeplane "$@" >>{out} 2>&1 </dev/null &
+      echo $! >> "$HOME/bg.pids"
+      return ;;
+    *) {py} -m edgeplane "$@"; return ;;
+  esac
   if [ -f "$HOME/up.pid" ]; then
     kill -TERM "$(cat "$HOME/up.pid")" 2>/dev/null || true
     while kill -0 "$(cat "$HOME/up.pid")" 2>/dev/null; do sleep 0.1; done
@@ -179,15 +187,18 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _stop_up(home: Path) -> None:
-    pid_file = home / "up.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    wait_until(lambda: not _alive(pid), "edgeplane up to stop", timeout=30)
+    """Stop what the README started and left running (`up`, a worker beside it)."""
+    pids = [
+        int(line)
+        for name in ("up.pid", "bg.pids")
+        if (home / name).exists()
+        for line in (home / name).read_text().split()
+    ]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    for pid in pids:
+        wait_until(lambda pid=pid: not _alive(pid), f"process {pid} to stop", timeout=30)
 
 
 def _alive(pid: int) -> bool:
