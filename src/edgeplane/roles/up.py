@@ -8,6 +8,7 @@ machines would.
 
 from __future__ import annotations
 
+import sys
 import contextlib
 import os
 import secrets
@@ -221,8 +222,10 @@ async def _run_up(settings: Settings) -> None:
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )
+        # Once, on stdout, set apart by blank lines: on a terminal the logs (stderr) go on
+        # around it, one line each.
         print(
-            f"edgeplane is up\n"
+            f"\nedgeplane is up\n"
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
@@ -231,6 +234,7 @@ async def _run_up(settings: Settings) -> None:
             + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
+            file=sys.stdout,
         )
         leadership = stack.control.leadership
         assert leadership is not None
