@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +50,7 @@ def cli_md() -> str:
     return "\n".join(out)
 
 
-def _walk(command: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+def _walk(command: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
     found = [(path, command)]
     for name, sub in sorted(getattr(command, "commands", {}).items()):
         if not getattr(sub, "hidden", False):
@@ -59,7 +58,7 @@ def _walk(command: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str
     return found
 
 
-def _option_row(param: click.Parameter) -> str:
+def _option_row(param: Any) -> str:
     names = " ".join([*param.opts, *getattr(param, "secondary_opts", [])]) or (param.name or "")
     if param.param_type_name == "argument":
         names = param.metavar or (param.name or "").upper()
@@ -240,7 +239,12 @@ def mqtt_md() -> str:
     return "\n".join(out)
 
 
-PAGES = {"api.md": api_md, "cli.md": cli_md, "configuration.md": configuration_md, "mqtt.md": mqtt_md}
+PAGES = {
+    "api.md": api_md,
+    "cli.md": cli_md,
+    "configuration.md": configuration_md,
+    "mqtt.md": mqtt_md,
+}
 
 
 def main(argv: list[str]) -> int:

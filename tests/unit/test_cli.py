@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -1005,8 +1005,12 @@ class _Ticking(ManualClock):
 def test_worker_list_shows_labels_and_leaves_out_long_gone_workers() -> None:
     now = time.time()
     workers = [
-        {"id": "w1", "state": "online", "last_seen": now,
-         "capabilities": {"cpus": 2, "labels": {"site": "a"}}},
+        {
+            "id": "w1",
+            "state": "online",
+            "last_seen": now,
+            "capabilities": {"cpus": 2, "labels": {"site": "a"}},
+        },
         {"id": "old", "state": "offline", "last_seen": now - 3 * 24 * 3600},
     ]
 

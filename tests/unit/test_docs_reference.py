@@ -23,7 +23,9 @@ def _generator() -> ModuleType:
 
 def test_the_reference_docs_are_what_the_code_says() -> None:
     gen = _generator()
-    stale = [name for name, make in gen.PAGES.items() if (ROOT / "docs" / name).read_text() != make()]
+    stale = [
+        name for name, make in gen.PAGES.items() if (ROOT / "docs" / name).read_text() != make()
+    ]
     assert not stale, f"out of date: {stale}; run PYTHONPATH=src python scripts/gen_docs.py"
 
 

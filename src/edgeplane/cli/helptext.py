@@ -5,15 +5,13 @@ default of every option whose value comes from :class:`~edgeplane.config.Setting
 decide; their help would otherwise show no default at all).
 
 Applied once to the whole command tree by :func:`humanize`, so no command has to spell
-its metavars by hand and none can drift back to typer's.
+its metavars by hand and none can drift back to typer's. Typed ``Any``: typer ships its
+own copy of click, whose classes are not the ``click`` package's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, get_args
-
-import click
 
 from edgeplane.config import Settings
 
@@ -21,7 +19,7 @@ from edgeplane.config import Settings
 _PAIRS = frozenset({"env", "secret_env", "label", "labels", "constraint", "set"})
 
 
-def humanize(command: click.Command) -> click.Command:
+def humanize(command: Any) -> Any:
     """``command`` and every command under it, with human metavars and defaults."""
     for param in command.params:
         _param(param)
@@ -29,17 +27,17 @@ def humanize(command: click.Command) -> click.Command:
         humanize(sub)
     make_help = command.get_help_option
 
-    def help_option(ctx: click.Context) -> click.Option | None:
+    def help_option(ctx: Any) -> Any:
         option = make_help(ctx)
         if option is not None:  # (a click.Option: it has a metavar)
             option.metavar = ""  # --help is a flag too
         return option
 
-    command.get_help_option = help_option  # type: ignore[method-assign]
+    command.get_help_option = help_option
     return command
 
 
-def _param(param: click.Parameter) -> None:
+def _param(param: Any) -> None:
     if param.param_type_name == "option":
         _defaults(param)
     if param.metavar is not None:
@@ -50,10 +48,10 @@ def _param(param: click.Parameter) -> None:
     param.metavar = metavar(param)
     if getattr(param, "min", None) is not None or getattr(param, "max", None) is not None:
         # typer adds ``[x>=0]``; a bound worth knowing is in the option's help, in words
-        param._get_number_range_help_str = lambda: None  # type: ignore[attr-defined]
+        param._get_number_range_help_str = lambda: None
 
 
-def metavar(param: click.Parameter) -> str:
+def metavar(param: Any) -> str:
     """The placeholder shown for ``param``'s value."""
     desc = getattr(param, "type_descriptor", None)
     name = (param.name or "value").lower()
@@ -77,7 +75,7 @@ def metavar(param: click.Parameter) -> str:
     return "TEXT"
 
 
-def _defaults(option: click.Parameter) -> None:
+def _defaults(option: Any) -> None:
     """An option that defaults to None but is a setting shows the setting's default."""
     if option.default is not None or option.name is None:
         return
@@ -93,7 +91,7 @@ def _defaults(option: click.Parameter) -> None:
         shown = _shown(field.default)
     if shown is None:
         return
-    option.help = f"{text} (default: {shown})".strip()  # type: ignore[attr-defined]
+    option.help = f"{text} (default: {shown})".strip()
 
 
 def _shown(value: Any) -> str | None:

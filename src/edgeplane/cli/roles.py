@@ -123,8 +123,9 @@ ContainersOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--images-dir", help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
-        "DATA_DIR/worker/images for `worker`)."
+        "--images-dir",
+        help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
+        "DATA_DIR/worker/images for `worker`).",
     ),
 ]
 WasmMemoryOption = Annotated[

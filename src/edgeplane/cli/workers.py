@@ -57,8 +57,10 @@ def list_workers(
         print_model(page if show_all else page.model_copy(update={"items": shown}))
         return
     print_table(
-        ["id", "cluster", "state", "labels", "owner", "cpus", "memory mb", "runtimes", "tasks"]
-        + ["last seen"],
+        [
+            *("id", "cluster", "state", "labels", "owner", "cpus", "memory mb", "runtimes"),
+            *("tasks", "last seen"),
+        ],
         (
             [
                 w.id,

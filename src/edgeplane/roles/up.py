@@ -8,10 +8,10 @@ machines would.
 
 from __future__ import annotations
 
-import sys
 import contextlib
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
