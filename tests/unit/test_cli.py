@@ -1030,3 +1030,12 @@ def test_task_run_can_pin_a_cluster(wasm: Path) -> None:
     api = FakeApi()
     assert invoke(api, "task", "run", str(wasm), "add", "--cluster", "berlin").exit_code == 0
     assert api.sent()["cluster_id"] == "berlin"
+
+
+def test_workers_manages_and_worker_keeps_its_old_spellings_hidden() -> None:
+    api = FakeApi()
+    assert "w1" in invoke(api, "workers", "list").stdout
+    assert "w1" in invoke(api, "worker", "list").stdout  # the old spelling still works
+    shown = CliRunner().invoke(app, ["worker", "--help"], obj=Session())
+    assert "--manager" in shown.stdout
+    assert "drain" not in shown.stdout

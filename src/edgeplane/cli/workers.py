@@ -1,11 +1,13 @@
-"""``edgeplane worker list|get|drain|undrain|owner|delete``: the workers a manager knows.
+"""``edgeplane workers list|get|drain|undrain|owner|delete``: the workers a manager knows.
 
-``edgeplane worker --manager …`` (no subcommand) runs a worker; that part is in ``roles``.
+``edgeplane worker --manager …`` runs a worker (that part is in ``roles``); the old
+spellings ``edgeplane worker list`` … still work, hidden from its help (:func:`runner`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,7 +28,7 @@ from edgeplane.cli.output import (
 if TYPE_CHECKING:
     from edgeplane.model import Worker
 
-app = typer.Typer(help="Run a worker (--manager mqtt://HOST:PORT) or manage the workers.")
+app = typer.Typer(help="Manage the workers a manager knows: list, get, drain, owner, delete.")
 
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Worker id.")]
 
@@ -175,3 +177,16 @@ def delete(ctx: typer.Context, worker_id: IdArgument) -> None:
     disconnected and needs a new join token; elsewhere it registers again if it comes back."""
     session(ctx).client().delete_worker(worker_id)
     note(f"deleted worker {worker_id}")
+
+
+def runner(run: Callable[..., None]) -> typer.Typer:
+    """``edgeplane worker``: runs one worker (``run``); its subcommands are this module's,
+    kept for the scripts and docs that spelled them ``worker list`` before ``workers``,
+    and hidden from its help."""
+    worker = typer.Typer(help="Run a worker: `edgeplane worker --manager mqtt://HOST:PORT`.")
+    worker.callback(invoke_without_command=True)(run)
+    for info in app.registered_commands:
+        assert info.callback is not None
+        name = info.name or info.callback.__name__
+        worker.command(name, hidden=True)(info.callback)
+    return worker
