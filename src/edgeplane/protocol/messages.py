@@ -356,6 +356,8 @@ class FollowLogs(_Body):
 
 
 class LogChunk(_Body):
+    """Output of a followed attempt, as it was printed."""
+
     task_id: str
     attempt: int
     stream: Literal["stdout", "stderr"]
