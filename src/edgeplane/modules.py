@@ -6,7 +6,9 @@ directory is given, serialised to ``<digest>-<engine key>.cwasm`` so a restarted
 only deserialises it. The engine key covers what changes the compiled code (wasmtime's
 version, the engine settings, the target); each file carries an HMAC of its bytes under a
 key only this cache directory holds, checked before ``Module.deserialize`` ever sees it
-(deserialising is only safe for bytes wasmtime itself wrote for this engine). Nothing here starts a thread; the API imports it to reject bad tasks with
+(deserialising is only safe for bytes wasmtime itself wrote for this engine).
+
+Nothing here starts a thread; the API imports it to reject bad tasks with
 422 before anything is stored, and the wasm runtime (``runtimes/wasm.py``) to run them:
 it lives outside ``runtimes`` so the control plane never imports a runtime.
 
@@ -397,7 +399,9 @@ class ModuleCache:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot read a compiled module", extra={"path": str(path), "error": str(exc)})
+            log.warning(
+                "cannot read a compiled module", extra={"path": str(path), "error": str(exc)}
+            )
             return None
         tag, body = encoded[:_TAG_BYTES], encoded[_TAG_BYTES:]
         if len(encoded) <= _TAG_BYTES or not hmac.compare_digest(tag, self._tag(digest, body)):
@@ -434,7 +438,7 @@ class ModuleCache:
             return
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            body = module.serialize()
+            body = bytes(module.serialize())
             tmp.write_bytes(self._tag(digest, body) + body)
             os.replace(tmp, path)
         except OSError:

@@ -734,17 +734,25 @@ def test_property_artifact_is_only_a_tie_breaker_at_the_root(
     views = [replace(c, artifacts=h) for c, h in zip(views, held, strict=False)]
     t = replace(t, id="t", artifact=wanted)
     plain = replace(t, artifact=None)
-    ranking, plain_ranking = rank_clusters(views, t, pack=pack), rank_clusters(views, plain, pack=pack)
+    ranking, plain_ranking = (
+        rank_clusters(views, t, pack=pack),
+        rank_clusters(views, plain, pack=pack),
+    )
     # the same clusters qualify, for the same reason when none does
     assert set(ranking.candidates) == set(plain_ranking.candidates)
     assert ranking.reason == plain_ranking.reason
-    plan, plain_plan = place_on_clusters(views, [t], pack=pack), place_on_clusters(views, [plain], pack=pack)
+    plan, plain_plan = (
+        place_on_clusters(views, [t], pack=pack),
+        place_on_clusters(views, [plain], pack=pack),
+    )
     assert plan.waiting == plain_plan.waiting
     if not plan.assignments or t.cluster_id is not None:
         assert plan == plain_plan
         return
     by_id = {c.id: c for c in views}
-    holders = [c.id for c in views if passes(c, t) and free_slots(c, t) > 0 and wanted in c.artifacts]
+    holders = [
+        c.id for c in views if passes(c, t) and free_slots(c, t) > 0 and wanted in c.artifacts
+    ]
     ((_, chosen),) = plan.assignments
     if holders:
         assert chosen in holders

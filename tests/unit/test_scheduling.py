@@ -626,7 +626,9 @@ def test_resource_fit_prefers_a_holder_that_fits_only() -> None:
 def test_a_holder_that_does_not_match_the_labels_is_not_preferred() -> None:
     holder = replace(worker("w1", 0, labels={"zone": "a"}), artifacts=frozenset({DIGESTS[0]}))
     other = worker("w2", 1, labels={"zone": "b"})
-    plan = make_plan("priority", [holder, other], [task("t", artifact=DIGESTS[0], labels={"zone": "b"})])
+    plan = make_plan(
+        "priority", [holder, other], [task("t", artifact=DIGESTS[0], labels={"zone": "b"})]
+    )
     assert placed(plan) == {"t": "w2"}
 
 
@@ -686,4 +688,6 @@ def test_property_nobody_holding_it_changes_nothing(scenario: Scenario) -> None:
     strategy, workers, tasks, cursor, pack = scenario
     bare = [replace(w, artifacts=frozenset()) for w in workers]
     with_pref = make_plan(strategy, bare, tasks, cursor=cursor, pack=pack)
-    assert with_pref == make_plan(strategy, bare, without_artifacts(tasks), cursor=cursor, pack=pack)
+    assert with_pref == make_plan(
+        strategy, bare, without_artifacts(tasks), cursor=cursor, pack=pack
+    )

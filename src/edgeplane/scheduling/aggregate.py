@@ -14,11 +14,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TypeVar
-
-from itertools import chain
 
 from edgeplane.model.cluster import (
     AGGREGATE_ARTIFACTS,
