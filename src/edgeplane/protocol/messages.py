@@ -35,7 +35,7 @@ class _Body(BaseModel):
 
 
 #: How many held artifact digests a worker reports (its most recently used ones).
-HELD_ARTIFACTS = 32
+HELD_ARTIFACTS = 16
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
