@@ -20,6 +20,7 @@ from edgeplane.cli import (
     artifacts,
     audit,
     certs,
+    chutes,
     clusters,
     jobs,
     roles,
@@ -142,6 +143,7 @@ app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
 app.add_typer(artifacts.app, name="artifact")
+app.add_typer(chutes.app, name="chute")
 app.add_typer(certs.app, name="certs")
 app.command("login")(users.login)
 app.add_typer(users.users, name="user")
