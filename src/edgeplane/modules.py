@@ -304,6 +304,7 @@ class ModuleCache:
                 return
             os.chmod(cache_dir, 0o700)
             self._mac_key = _mac_key(cache_dir / "key")
+            self._sweep(cache_dir)
         except OSError as exc:
             log.warning(
                 "not keeping compiled modules on disk",
@@ -311,6 +312,18 @@ class ModuleCache:
             )
             return
         self.cache_dir = cache_dir
+
+    def _sweep(self, cache_dir: Path) -> None:
+        """Remove what no engine of this process can use: entries of another engine key
+        (an older wasmtime, other settings, the un-keyed ``<digest>.cwasm`` of earlier
+        versions) and temporary files of interrupted writes, so upgrades leave nothing
+        behind."""
+        mine = f"-{self.engine_key}.cwasm"
+        for path in cache_dir.iterdir():
+            name = path.name
+            if (name.endswith(".cwasm") and not name.endswith(mine)) or name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def __contains__(self, digest: object) -> bool:
         """True when ``digest`` is compiled in memory (a ``get`` would not block)."""

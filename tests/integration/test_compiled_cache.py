@@ -105,3 +105,19 @@ def test_an_engine_of_unknown_settings_stays_in_memory(tmp_path: Path) -> None:
     cache.get(digest(data), data)
     assert cache.cache_dir is None
     assert not (tmp_path / "m").exists()
+
+
+def test_entries_of_other_engines_and_leftovers_are_swept(tmp_path: Path) -> None:
+    data = math_wasm()
+    ModuleCache(cache_dir=tmp_path).get(digest(data), data)
+    old = tmp_path / f"{digest(data)}.cwasm"  # an earlier version's name
+    other = tmp_path / f"{digest(data)}-0123456789abcdef.cwasm"  # another wasmtime
+    tmp = tmp_path / f"{digest(data)}-{engine_key()}.123.456.tmp"
+    for path in (old, other, tmp):
+        path.write_bytes(b"x")
+    cache = ModuleCache(cache_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["key", f"{digest(data)}-{engine_key()}.cwasm"]
+    )
+    cache.get(digest(data))
+    assert (cache.compiles, cache.loads) == (0, 1)
