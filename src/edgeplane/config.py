@@ -92,7 +92,7 @@ class Settings(BaseModel):
     #: registry settings (credentials, insecure registries, the largest artifact) for
     #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
     registries: Path | None = None
-    slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
+    slots: int = Field(default=0, ge=0, description="tasks a worker runs at once; 0 = 8 per cpu")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )

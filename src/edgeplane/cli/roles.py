@@ -125,7 +125,9 @@ ContainersOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+        "--images-dir",
+        help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
+        "DATA_DIR/worker/images for `worker`).",
     ),
 ]
 WasmMemoryOption = Annotated[
@@ -618,7 +620,7 @@ def worker(
     ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     slots: Annotated[
-        int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
+        int | None, typer.Option(min=0, help="Tasks run at once (default 0: 8 per cpu).")
     ] = None,
     prefetch: Annotated[
         int | None,

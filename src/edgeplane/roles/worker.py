@@ -25,6 +25,7 @@ from edgeplane.runtimes.taskuser import configured
 from edgeplane.security import joining
 from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
+from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ async def _run_worker(
         print(f"edge api on http://{settings.edge_api}", flush=True)
     try:
         await agent.start()
-        print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+        print(f"worker {agent.id} connected to {without_credentials(broker_url)}", flush=True)
         try:
             await wait_for_stop(agent.refused)
         finally:
