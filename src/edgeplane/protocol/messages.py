@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -33,6 +35,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
 
+#: How many held artifact digests a worker reports (its most recently used ones).
+HELD_ARTIFACTS = 16
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _held(value: Any) -> list[str]:
+    """The first :data:`HELD_ARTIFACTS` well-formed sha256 hex digests of ``value``.
+
+    Lenient on purpose: the list only steers a soft scheduling preference, so a member
+    that sends too many or odd entries loses those entries, never its heartbeat."""
+    if not isinstance(value, list):
+        return []
+    found = [d for d in value if isinstance(d, str) and _SHA256_HEX.fullmatch(d)]
+    return list(dict.fromkeys(found))[:HELD_ARTIFACTS]
+
+
 class Hello(_Body):
     """worker → manager: registration, also sent after every reconnect."""
 
@@ -46,6 +64,13 @@ class Hello(_Body):
     #: set when the sender is a cluster registering with the root
     cluster: ClusterInfo | None = None
     aggregate: Aggregate | None = None
+    #: digests of artifacts the worker holds, most recently used first (bounded)
+    artifacts: list[str] = Field(default_factory=list)
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> list[str]:
+        return _held(value)
 
 
 class Welcome(_Body):
@@ -78,6 +103,14 @@ class Alive(_Body):
     #: in ``active``, so the manager can tell a lost command from one still in flight.
     epoch: str = ""
     seq: int = 0
+    #: as in :class:`Hello`; None from a member that does not report them (then the last
+    #: reported list stands)
+    artifacts: list[str] | None = None
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> list[str] | None:
+        return None if value is None else _held(value)
 
 
 class Assignment(_Body):

@@ -57,6 +57,7 @@ from edgeplane.protocol import (
     sealing,
     signing,
 )
+from edgeplane.protocol.messages import HELD_ARTIFACTS
 from edgeplane.protocol.terms import TermGate
 from edgeplane.protocol.topics import check_segment
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
@@ -393,6 +394,7 @@ class WorkerAgent:
             active=self._active(),
             epoch=self._epoch,
             seq=self._seq,
+            artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
@@ -804,6 +806,8 @@ class WorkerAgent:
                 usage=capabilities.usage(self._process),
                 epoch=self._epoch,
                 seq=self._seq,
+                # what it holds, so the scheduler can prefer it for tasks needing those
+                artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
             )
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.
