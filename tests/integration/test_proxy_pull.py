@@ -13,7 +13,7 @@ from test_artifact_delivery import stack_settings, worker_for
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry import Registry
-from edgeplane.errors import Invalid, Unavailable
+from edgeplane.errors import Invalid
 from edgeplane.model import TaskSpec
 from edgeplane.roles.up import running_stack
 from edgeplane.runtimes.busybox import busybox_image
@@ -61,12 +61,50 @@ async def test_a_wasm_task_named_by_oci_reference_runs_through_the_proxy(
             assert unknown.value.reason == "artifact_not_found"
             assert "demo/add" in unknown.value.detail
 
-            down = f"oci://127.0.0.1:{free_port()}/demo/add:1"
-            with pytest.raises(Unavailable) as unreachable:
-                await control.manager.submit([TaskSpec(name="add", image_url=down, start=True)])
-            assert (unreachable.value.field or "").endswith("image_url")
         finally:
             await worker.stop()
+
+
+async def test_registry_down_at_admission_waits_pending_then_runs_or_fails(
+    tmp_path: Path, unique_domain: str
+) -> None:
+    """Issue 15: the registry down when the task comes in → stored pending with the
+    reason, resolved again with backoff; the registry back → pinned and run; never back
+    → failed ``registry_unreachable``."""
+    registry = RegistryProcess(tmp_path / "registry").start()
+    try:
+        await push_add(registry, tmp_path)
+    finally:
+        registry.stop()
+    image = f"oci://{registry.address}/demo/add:1"
+    never = f"oci://127.0.0.1:{free_port()}/demo/add:1"
+    settings = stack_settings(tmp_path, unique_domain).model_copy(update={"retry_backoff_s": 0.2})
+    async with running_stack(settings) as stack:
+        control = stack.control
+        worker = worker_for(stack, settings, tmp_path / "w1", "w1")
+        await worker.start()
+        try:
+            await asyncio.wait_for(worker.registered.wait(), 20)
+            spec = TaskSpec(name="add", image_url=image, inputs=[2, 3], start=True)
+            task = (await control.manager.submit([spec]))[0]
+            assert task.state == "pending" and task.image_url == image, task
+            assert (task.reason or "").startswith("registry_unreachable: "), task
+            seen = await control.manager.get(task.id)
+            assert seen.state == "pending", seen
+            assert (seen.reason or "").startswith("registry_unreachable"), seen
+            lost = (await control.manager.submit([spec.model_copy(update={"image_url": never})]))[0]
+
+            registry.start()  # same address, same storage
+            done = await control.manager.wait(task.id, 40)
+            assert (done.state, done.results) == ("completed", [5]), done
+            assert (done.image_url or "").startswith(f"{image}@sha256:"), done
+
+            failed = await control.manager.wait(lost.id, 40)
+            assert (failed.state, failed.reason) == ("failed", "registry_unreachable"), failed
+            assert failed.error, failed
+        finally:
+            await worker.stop()
+            registry.stop()
 
 
 @pytest.mark.skipif(

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from edgeplane.artifacts import reference
-from edgeplane.errors import EdgeplaneError, Invalid
+from edgeplane.errors import EdgeplaneError, Invalid, Unavailable
 from edgeplane.imageref import NAME_RULE, split_ref
 from edgeplane.manager import oci_modules
 from edgeplane.model import Task, TaskSpec
@@ -21,6 +21,10 @@ from edgeplane.modules import FuncSig, check_call, process_cache
 #: a hop to a thread and back for the small modules most tasks carry. Anything longer,
 #: and every compilation (up to seconds for a big module), runs in a thread.
 INLINE_FILE_CHARS = 64 * 1024
+
+#: The reason a wasm task waits when its registry did not answer at admission: it is
+#: stored unpinned and the manager resolves it later (``resolver.py``).
+REGISTRY_UNREACHABLE = "registry_unreachable"
 
 #: Spec fields that are not copied onto the task document as they are.
 _NOT_STORED = {"file", "start", "worker_id", "cluster_id", "schedule", "timezone"}
@@ -79,7 +83,7 @@ def _inspect(files: Sequence[str]) -> dict[str, Module | Invalid]:
     return found
 
 
-async def _pull(field: str, text: str) -> Module | EdgeplaneError:
+async def pull_module(field: str, text: str) -> Module | EdgeplaneError:
     """The module an ``oci://`` reference names, pulled and compiled (oci_modules.py)."""
     try:
         if not reference.is_oci(text):
@@ -105,7 +109,7 @@ async def inspect_modules(specs: Iterable[TaskSpec]) -> Modules:
         source = oci_source(spec)
         if source is not None:
             if source[1] not in found:
-                found[source[1]] = await _pull(*source)
+                found[source[1]] = await pull_module(*source)
             continue
         file = spec.file
         if file is None or file in seen:
@@ -167,6 +171,10 @@ def admit(
     source = oci_source(spec)
     key = spec.file if source is None else source[1]
     module = None if key is None else modules[key]
+    unreachable = None
+    if isinstance(module, Unavailable) and module.reason == REGISTRY_UNREACHABLE:
+        # Not the user's fault and maybe brief: store the task, resolve it later.
+        unreachable, module = module, None
     if isinstance(module, Invalid):
         raise Invalid(module.detail, field=module.field, reason=module.reason)
     if isinstance(module, EdgeplaneError):
@@ -193,7 +201,13 @@ def admit(
             "pinned_worker": spec.worker_id,
             "pinned_cluster": spec.cluster_id if cluster_id is None else None,
             "cluster_id": cluster_id,
-            "reason": None if spec.start else "not started",
+            "reason": (
+                "not started"
+                if not spec.start
+                else None
+                if unreachable is None
+                else f"{REGISTRY_UNREACHABLE}: {unreachable.detail}"
+            ),
             "created_at": now,
             "updated_at": now,
         }

@@ -71,6 +71,9 @@ class Core:
     unsaved: dict[str, Worker] = field(default_factory=dict)
     #: tasks whose end is durable (the task service wakes waiters and listeners)
     resolve: Callable[[Iterable[Task]], None] = lambda tasks: None
+    #: queues a pending task held back while its module is resolved, True if it did
+    #: (the task service's resolver: a wasm task admitted while its registry was down)
+    hold: Callable[[Task], bool] = lambda task: False
     #: adds the member's command MAC to a message (``BrokerAuth.sign``; none by default)
     sign: Callable[[str, bytes], bytes] = lambda member_id, message: message
     #: the key a member's secret env is sealed with (``BrokerAuth.sealing_key``; None:

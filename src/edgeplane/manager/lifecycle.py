@@ -217,3 +217,16 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
             **logs,
         }
     )
+
+
+def fail(task: Task, error: str, reason: str, now: float) -> Task:
+    """``task`` failed before any attempt ran (its module could not be had)."""
+    return task.model_copy(
+        update={
+            "state": "failed",
+            "error": error,
+            "reason": reason,
+            "updated_at": now,
+            "finished_at": now,
+        }
+    )

@@ -71,7 +71,7 @@ class Membership:
             elif task.state in ("scheduled", "running"):
                 why = f"its {core.member} is unknown after a restart"
                 core.pending.put(lifecycle.lose(task, why, core.clock.now(), 0.0))
-            else:
+            elif not core.hold(task):  # (an unresolved module: held, resolved again)
                 core.pending.put(task)
         if core.pending or core.active:
             log.info(

@@ -12,8 +12,9 @@ the cluster it picks, as for inline modules.
 
 Failures, each naming the field: an unknown repository, tag or digest, a manifest that
 holds no wasm module, credentials refused, an artifact over the maximum → 422 with the
-registry's reason (``artifact_not_found``, …); the registry unreachable → 503
-``registry_unreachable`` (nothing stored; the client may try again).
+registry's reason (``artifact_not_found``, …). The registry unreachable →
+:class:`Unavailable` ``registry_unreachable``: admission then stores the task pending and
+the manager resolves it later (``resolver.py``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from edgeplane.manager import lifecycle
 from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
+from edgeplane.manager.resolver import Resolver, unresolved
 from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
 from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
 
@@ -34,6 +35,9 @@ class TaskService:
         #: called (synchronously) with every task whose end has been committed
         self.on_task_end: list[Callable[[Task], None]] = []
         core.resolve = self.resolve
+        #: wasm tasks admitted while their registry did not answer (``resolver.py``)
+        self.resolver = Resolver(core, dispatcher)
+        core.hold = self.resolver.hold
 
     # ------------------------------------------------------------------ new tasks
     async def admit(
@@ -78,7 +82,9 @@ class TaskService:
         core, dispatcher = self.core, self._dispatcher
         core.journal.check()
         # (an id the manager already tracks would fail to insert: leave it to the store)
-        fresh = [t for t in tasks if t.started and self._current(t.id) is None]
+        fresh = [
+            t for t in tasks if t.started and self._current(t.id) is None and unresolved(t) is None
+        ]
         placed = [] if core.pending else dispatcher.place(fresh)
         stored = {t.id: t for t in tasks} | {t.id: t for _, sent in placed for t in sent}
         dispatcher.save_members(placed)
@@ -97,7 +103,8 @@ class TaskService:
         queued = False
         for task in tasks:
             if task.started and not task.terminal:
-                self.core.pending.put(task)
+                if not self.resolver.hold(task):
+                    self.core.pending.put(task)
                 queued = True
         if queued:
             self.core.kick.set()
@@ -210,7 +217,8 @@ class TaskService:
         if task.started and not task.terminal:
             return task
         task = lifecycle.start(task, self.core.clock.now())  # Conflict once it has ended
-        self.core.pending.put(task)
+        if not self.resolver.hold(task):
+            self.core.pending.put(task)
         written = self.core.journal.write([task])
         self.core.kick.set()
         await self.core.journal.settle(written)
