@@ -188,3 +188,25 @@ async def test_registry_down_behind_the_proxy_waits_pending_then_fails(
         assert oci_registry.address in task["error"]
         proxy = running.control.proxy
         assert proxy is not None and proxy.stats.unavailable >= 2
+
+
+async def test_workflow_and_job_tasks_take_an_oci_reference(
+    oci_registry: RegistryProcess, tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """A workflow task and a job task naming ``image_url: oci://…`` run like a task."""
+    await push_add(oci_registry, tmp_path)
+    image = f"oci://{oci_registry.address}/demo/add:1"
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async for _, http in start_stack(tmp_path / "stack", fast_broker_url, store, unique_domain):
+        step = {"export": "add", "image_url": image}
+        for path, body in (
+            ("/workflows", {"name": "wf", "tasks": [{"name": "a", **step, "inputs": [1, 2]}]}),
+            ("/jobs", {"mode": "sequential", "tasks": [{"name": "b", **step, "inputs": [3, 4]}]}),
+        ):
+            created = await http.post(path, json=body)
+            assert created.status_code == 201, created.text
+            run_id = created.json()["id"]
+            done = (await http.get(f"{path}/{run_id}", params={"wait": 30})).json()
+            assert done["state"] == "completed", done
+            (task,) = done["tasks"]
+            assert task["image_url"].startswith(f"{image}@sha256:"), task
