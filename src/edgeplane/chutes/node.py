@@ -62,18 +62,28 @@ MAX_LOG_BYTES = 1 << 20
 
 class Network(Protocol):
     """A chute's networking (``network.py``'s ``ChuteNetwork``); the default gives
-    loopback only. Keyed by chute and service: the generations of a service that an
-    update runs side by side share one namespace (see ``_plan_update``)."""
+    loopback only. Keyed by chute, service and generation: the generations of a service
+    that an update runs side by side each have their own namespace and address, and the
+    port mappings move to the new one once it is healthy (see ``_plan_update``)."""
 
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, chute: str, service: str, gen: str) -> str | None:
         """The path of a network namespace for the service to join; None: a new one."""
         ...
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
-        """Connect the running service; its address (None: not reachable from the node)."""
+    async def attach(
+        self, manifest: Manifest, service: Service, pid: int, gen: str, *, mapped: bool = True
+    ) -> str | None:
+        """Connect the running service, with its port mappings when ``mapped``; its
+        address (None: not reachable from the node)."""
         ...
 
-    async def detach(self, chute: str, service: str) -> None:
+    async def switch(self, manifest: Manifest, gen: str) -> None:
+        """Move every service's port mappings and names to generation ``gen``."""
+        ...
+
+    async def address(self, chute: str, service: str, gen: str) -> str | None: ...
+
+    async def detach(self, chute: str, service: str, gen: str) -> None:
         """Undo prepare and attach (idempotent: also for a service never prepared)."""
         ...
 
@@ -89,13 +99,21 @@ class Enforcer(Protocol):
 
 
 class LoopbackNetwork:
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, chute: str, service: str, gen: str) -> str | None:
         return None
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+    async def attach(
+        self, manifest: Manifest, service: Service, pid: int, gen: str, *, mapped: bool = True
+    ) -> str | None:
         return None
 
-    async def detach(self, chute: str, service: str) -> None:
+    async def switch(self, manifest: Manifest, gen: str) -> None:
+        return None
+
+    async def address(self, chute: str, service: str, gen: str) -> str | None:
+        return None
+
+    async def detach(self, chute: str, service: str, gen: str) -> None:
         return None
 
 
@@ -504,6 +522,10 @@ class Node:
 
         async def switch() -> None:
             state = self._fresh_state(manifest, gen, change.id, phase="installed")
+            for service in manifest.services:
+                address = await self.network.address(name, service.name, gen)
+                if address is not None:
+                    state["addresses"][service.name] = address
             state["config"] = {**manifest.config, **before.get("config", {})}
             self._save(name, state)
             await self._write_config(name, state["config"])()
@@ -516,26 +538,30 @@ class Node:
             Step("check ports", check, _nothing),
             Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
         ]
-        # A service's network is keyed by chute and service, so both generations of a
-        # service share it: undoing the new one, or stopping the old one, leaves it be.
-        old_names = {s.name for s in old.services}
-        new_names = {s.name for s in manifest.services}
+        # Each generation has its own namespace and address: the new one starts beside
+        # the old one without the port mappings, which move over once it is healthy.
         for s in start_order(list(manifest.services)):
             steps.append(
                 Step(
                     f"start new {s}",
-                    self._start_action(manifest, s, gen, change.id),
-                    self._stop_action(name, s, gen, detach=s not in old_names),
+                    self._start_action(manifest, s, gen, change.id, mapped=False),
+                    self._stop_action(name, s, gen),
                 )
             )
         steps.append(
             Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
         )
+        steps.append(
+            Step(
+                "move port mappings",
+                lambda: self.network.switch(manifest, gen),
+                lambda: self.network.switch(old, old_gen),
+            )
+        )
         steps.append(Step("switch to the new version", switch, switch_back))
         # The old version is stopped only now; from here there is no going back.
         for s in reversed(start_order(list(old.services))):
-            stop = self._stop_action(name, s, old_gen, detach=s not in new_names)
-            steps.append(Step(f"stop old {s}", stop, None))
+            steps.append(Step(f"stop old {s}", self._stop_action(name, s, old_gen), None))
         return steps
 
     # --- actions (each idempotent) ----------------------------------------------------------
@@ -612,19 +638,29 @@ class Node:
             return await asyncio.to_thread(self.images.resolve_layout, ref, layout)
         return await asyncio.to_thread(self.images.resolve, ref)
 
-    def _start_action(self, manifest: Manifest, service_name: str, gen: str, change_id: str) -> Any:
+    def _start_action(
+        self,
+        manifest: Manifest,
+        service_name: str,
+        gen: str,
+        change_id: str,
+        *,
+        mapped: bool = True,
+    ) -> Any:
         async def run() -> None:
-            await self._start_service(manifest, manifest.service(service_name), gen)
+            await self._start_service(manifest, manifest.service(service_name), gen, mapped=mapped)
 
         return run
 
-    def _stop_action(self, chute: str, service: str, gen: str, *, detach: bool = True) -> Any:
+    def _stop_action(self, chute: str, service: str, gen: str) -> Any:
         async def run() -> None:
-            await self._stop_service(chute, service, gen, detach=detach)
+            await self._stop_service(chute, service, gen)
 
         return run
 
-    async def _start_service(self, manifest: Manifest, service: Service, gen: str) -> None:
+    async def _start_service(
+        self, manifest: Manifest, service: Service, gen: str, *, mapped: bool = True
+    ) -> None:
         if self.runc is None:
             raise TaskFailure("runc is not installed on this node", field="runtime")
         cid = _container(manifest.name, service.name, gen)
@@ -656,7 +692,7 @@ class Node:
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )
-        netns = await self.network.prepare(manifest.name, service.name)
+        netns = await self.network.prepare(manifest.name, service.name, gen)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
                 if entry["type"] == "network":
@@ -686,16 +722,14 @@ class Node:
             why = tail[-1] if tail else f"runc exit {code}"
             raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
         _, pid = await self._running(cid)
-        address = await self.network.attach(manifest, service, pid)
+        address = await self.network.attach(manifest, service, pid, gen, mapped=mapped)
         if address is not None:
             state = self._load(manifest.name)
             if state is not None and state.get("generation") == gen:
                 state.setdefault("addresses", {})[service.name] = address
                 self._save(manifest.name, state)
 
-    async def _stop_service(
-        self, chute: str, service: str, gen: str, *, detach: bool = True
-    ) -> None:
+    async def _stop_service(self, chute: str, service: str, gen: str) -> None:
         cid = _container(chute, service, gen)
         running, _ = await self._running(cid)
         if running:
@@ -706,8 +740,7 @@ class Node:
                 await asyncio.sleep(0.05)
             await self._call("kill", cid, "KILL")
         await self._call("delete", "--force", cid)
-        if detach:
-            await self.network.detach(chute, service)
+        await self.network.detach(chute, service, gen)
         await asyncio.to_thread(shutil.rmtree, self._dir(chute) / "bundles" / cid, True)
 
     async def _wait_healthy(self, manifest: Manifest, gen: str) -> None:
