@@ -33,6 +33,7 @@ import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +44,7 @@ from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
 from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
 from edgeplane.clock import Clock, SystemClock
-from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure
+from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import runtime_config
 from edgeplane.runtimes.container import find_runc
@@ -58,6 +59,9 @@ SETTLE_S = 1.0
 #: How long a new chute may take to become healthy before its change fails.
 HEALTHY_WITHIN_S = 30.0
 MAX_LOG_BYTES = 1 << 20
+#: An unhealthy service's chute is restarted at most this often (a restart that does not
+#: heal it is not repeated in a tight loop).
+RESTART_BACKOFF_S = 60.0
 
 
 class Network(Protocol):
@@ -143,6 +147,19 @@ def networking_available() -> str | None:
     return None
 
 
+@dataclass
+class Watch:
+    """What the health monitor of one service generation has seen."""
+
+    healthy: bool = True
+    #: checks failed in a row
+    failures: int = 0
+    #: restarts the node made because the service was unhealthy
+    restarts: int = 0
+    #: the monotonic time of the last such restart
+    restarted_at: float | None = None
+
+
 def _container(chute: str, service: str, generation: str) -> str:
     return f"ch-{chute}-{service}-{generation}"
 
@@ -216,6 +233,8 @@ class Node:
         grace_s: float = 2.0,
         settle_s: float = SETTLE_S,
         healthy_within_s: float = HEALTHY_WITHIN_S,
+        restart_unhealthy: bool = True,
+        restart_backoff_s: float = RESTART_BACKOFF_S,
         clock: Clock | None = None,
     ) -> None:
         self.root = data_dir / "chutes"
@@ -229,7 +248,12 @@ class Node:
         self.grace_s = grace_s
         self.settle_s = settle_s
         self.healthy_within_s = healthy_within_s
+        self.restart_unhealthy = restart_unhealthy
+        self.restart_backoff_s = restart_backoff_s
         self.clock = clock or SystemClock()
+        # the health monitors: one task per running service generation with a check
+        self._watches: dict[str, Watch] = {}
+        self._monitors: dict[str, asyncio.Task[None]] = {}
         self.changes = ChangeQueue(self.root / "changes", self._plan, clock=self.clock)
 
     async def start(self) -> None:
@@ -237,8 +261,18 @@ class Node:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.changes.start()
+        for name in self.names():
+            state = self._load(name)
+            if state is None or not state.get("run", True):
+                continue
+            manifest = Manifest.model_validate(state["manifest"])
+            for service in manifest.services:
+                if (await self._running(_container(name, service.name, state["generation"])))[0]:
+                    self._watch(manifest, service, str(state["generation"]))
 
     async def close(self) -> None:
+        for cid in list(self._monitors):
+            await self._unwatch(cid)
         await self.changes.close()
         await self.puller.close()
 
@@ -268,12 +302,17 @@ class Node:
             raise NotFound(f"no chute {name!r}", field="name")
         manifest = Manifest.model_validate(state["manifest"])
         services = []
-        all_running = True
+        all_running = all_healthy = True
         for service in manifest.services:
             cid = _container(name, service.name, state["generation"])
             running, pid = await self._running(cid)
             all_running &= running
-            healthy = running and (not probe or await self._healthy_once(pid, cid, service))
+            watch = self._watches.get(cid)
+            if watch is not None and cid in self._monitors:
+                healthy = running and watch.healthy
+            else:
+                healthy = running and (not probe or await self._healthy_once(pid, cid, service))
+            all_healthy &= healthy or not running
             services.append(
                 {
                     "name": service.name,
@@ -281,6 +320,7 @@ class Node:
                     "address": state.get("addresses", {}).get(service.name),
                     "ports": [p.model_dump() for p in service.ports],
                     "healthy": healthy,
+                    "health_restarts": watch.restarts if watch is not None else 0,
                     "container": cid,
                     "pid": pid if running else None,
                 }
@@ -290,7 +330,7 @@ class Node:
         elif not state.get("run", True):
             phase = "stopped"
         else:
-            phase = "running" if all_running else "failed"
+            phase = ("running" if all_healthy else "unhealthy") if all_running else "failed"
         return {
             "name": name,
             "version": manifest.version,
@@ -595,6 +635,9 @@ class Node:
 
     def _remove(self, name: str) -> Any:
         async def run() -> None:
+            for cid in [cid for cid in self._watches if cid.startswith(f"ch-{name}-")]:
+                await self._unwatch(cid)
+                del self._watches[cid]
             await asyncio.to_thread(self.enforcer.remove, name)
             await asyncio.to_thread(shutil.rmtree, self._dir(name), True)
 
@@ -666,6 +709,7 @@ class Node:
         cid = _container(manifest.name, service.name, gen)
         running, _ = await self._running(cid)
         if running:
+            self._watch(manifest, service, gen)
             return  # a resumed change: it got this far before
         await self._call("delete", "--force", cid)
         image = await self._image(service.image)
@@ -728,9 +772,11 @@ class Node:
             if state is not None and state.get("generation") == gen:
                 state.setdefault("addresses", {})[service.name] = address
                 self._save(manifest.name, state)
+        self._watch(manifest, service, gen)
 
     async def _stop_service(self, chute: str, service: str, gen: str) -> None:
         cid = _container(chute, service, gen)
+        await self._unwatch(cid)
         running, _ = await self._running(cid)
         if running:
             await self._call("kill", cid, "TERM")
@@ -770,6 +816,79 @@ class Node:
                         f"service {service.name} never became healthy", field="services"
                     )
                 await asyncio.sleep(min(check.interval_s, 0.5))
+
+    # --- health monitors -------------------------------------------------------------
+
+    def _watch(self, manifest: Manifest, service: Service, gen: str) -> None:
+        """Start the service's health monitor (one per generation; none without a check)."""
+        cid = _container(manifest.name, service.name, gen)
+        if service.healthcheck is None or cid in self._monitors:
+            return
+        watch = self._watches.setdefault(cid, Watch())
+        watch.healthy, watch.failures = True, 0
+        self._monitors[cid] = asyncio.create_task(
+            self._monitor(manifest, service, gen, watch), name=f"health {cid}"
+        )
+
+    async def _unwatch(self, cid: str) -> None:
+        task = self._monitors.pop(cid, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _monitor(self, manifest: Manifest, service: Service, gen: str, watch: Watch) -> None:
+        """Probe every ``interval_s``; ``retries`` failures in a row make the service
+        unhealthy, and (the node's policy) its chute is restarted by a restart change, at
+        most once per ``restart_backoff_s``. Failures before the first success count only
+        once the service has had ``healthy_within_s`` to come up."""
+        check = service.healthcheck
+        assert check is not None
+        cid = _container(manifest.name, service.name, gen)
+        started = self.clock.monotonic()
+        seen_healthy = False
+        while True:
+            await asyncio.sleep(check.interval_s)
+            running, pid = await self._running(cid)
+            if running and await self._probe(pid, cid, check):
+                if not watch.healthy:
+                    log.info("chute %s service %s is healthy again", manifest.name, service.name)
+                watch.healthy, watch.failures, seen_healthy = True, 0, True
+                continue
+            if not running:
+                continue  # an exited service is the chute's `failed` state, not a health matter
+            if not seen_healthy and self.clock.monotonic() - started < self.healthy_within_s:
+                continue
+            watch.failures += 1
+            if watch.failures < check.retries:
+                continue
+            if watch.healthy:
+                log.warning(
+                    "chute %s service %s is unhealthy: %d checks failed in a row",
+                    manifest.name,
+                    service.name,
+                    watch.failures,
+                )
+            watch.healthy = False
+            await self._restart_unhealthy(manifest.name, gen, watch)
+
+    async def _restart_unhealthy(self, name: str, gen: str, watch: Watch) -> None:
+        if not self.restart_unhealthy or self.changes.active(name):
+            return
+        state = self._load(name)
+        if state is None or str(state.get("generation")) != gen or not state.get("run", True):
+            return  # an update's new generation, or a chute stopped on purpose
+        now = self.clock.monotonic()
+        if watch.restarted_at is not None and now - watch.restarted_at < self.restart_backoff_s:
+            return
+        watch.restarts += 1
+        watch.restarted_at = now
+        try:
+            change = await self.act(name, "restart")
+        except EdgeplaneError as exc:  # deleted meanwhile
+            log.warning("chute %s is unhealthy and cannot be restarted: %s", name, exc)
+            return
+        log.warning("chute %s restarted because it is unhealthy (change %s)", name, change.id)
 
     async def _healthy_once(self, pid: int, cid: str, service: Service) -> bool:
         if service.healthcheck is None:
