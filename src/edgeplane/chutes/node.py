@@ -41,7 +41,9 @@ import psutil
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry_config import RegistryConfig
+from edgeplane.chutes import logfiles
 from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
+from edgeplane.chutes.logfiles import Follower
 from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
@@ -62,6 +64,8 @@ MAX_LOG_BYTES = 1 << 20
 #: An unhealthy service's chute is restarted at most this often (a restart that does not
 #: heal it is not repeated in a tight loop).
 RESTART_BACKOFF_S = 60.0
+#: How often the services' log files are checked for rotation.
+LOG_CHECK_S = 5.0
 
 
 class Network(Protocol):
@@ -235,6 +239,8 @@ class Node:
         healthy_within_s: float = HEALTHY_WITHIN_S,
         restart_unhealthy: bool = True,
         restart_backoff_s: float = RESTART_BACKOFF_S,
+        log_max_bytes: int = logfiles.MAX_BYTES,
+        log_check_s: float = LOG_CHECK_S,
         clock: Clock | None = None,
     ) -> None:
         self.root = data_dir / "chutes"
@@ -250,6 +256,9 @@ class Node:
         self.healthy_within_s = healthy_within_s
         self.restart_unhealthy = restart_unhealthy
         self.restart_backoff_s = restart_backoff_s
+        self.log_max_bytes = log_max_bytes
+        self.log_check_s = log_check_s
+        self._log_keeper: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()
         # the health monitors: one task per running service generation with a check
         self._watches: dict[str, Watch] = {}
@@ -269,8 +278,24 @@ class Node:
             for service in manifest.services:
                 if (await self._running(_container(name, service.name, state["generation"])))[0]:
                     self._watch(manifest, service, str(state["generation"]))
+        self._log_keeper = asyncio.create_task(self._keep_logs(), name="chute logs")
+
+    async def _keep_logs(self) -> None:
+        """Rotate every service's log that has reached ``log_max_bytes`` (one task)."""
+        while True:
+            await asyncio.sleep(self.log_check_s)
+            for name in self.names():
+                for path in (self._dir(name) / "logs").glob("*.log"):
+                    try:
+                        await asyncio.to_thread(logfiles.rotate, path, self.log_max_bytes)
+                    except OSError as exc:  # a full disk must not end the keeper
+                        log.warning("cannot rotate %s: %s", path, exc)
 
     async def close(self) -> None:
+        if self._log_keeper is not None:
+            self._log_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_keeper
         for cid in list(self._monitors):
             await self._unwatch(cid)
         await self.changes.close()
@@ -372,18 +397,14 @@ class Node:
 
     async def follow(self, name: str, service: str | None = None) -> AsyncIterator[str]:
         """The log's text from its tail on, as it grows (until the caller stops)."""
-        path = self.log_file(name, service)
-        offset = max(0, path.stat().st_size - 8192) if path.exists() else 0
+        follower = Follower(self.log_file(name, service))
         while True:
-            if path.exists():
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read(65536)
-                if data:
-                    offset += len(data)
-                    yield data.decode(errors="replace")
-                    continue
-            await asyncio.sleep(0.25)  # a file has no change notification we can await here
+            got = False
+            for data in follower.read():
+                got = True
+                yield data.decode(errors="replace")
+            if not got:
+                await asyncio.sleep(0.25)  # a file has no change notification we can await here
 
     async def info(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
