@@ -47,10 +47,10 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await found.close()
 
 
-async def until(what: str, probe: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:
+async def until(what: str, probe: Callable[[], Awaitable[Any]], deadline: float = 30) -> Any:
     """Poll ``probe`` until it answers something true (the node gives no event for it)."""
-    async with asyncio.timeout(timeout):
-        while not (found := await probe()):
+    async with asyncio.timeout(deadline):
+        while not (found := await probe()):  # noqa: ASYNC110 - polled: no event to await
             await asyncio.sleep(0.1)
     assert found, what
     return found

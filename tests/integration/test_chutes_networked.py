@@ -148,7 +148,9 @@ async def test_an_update_that_never_gets_healthy_leaves_the_old_mapping(node: No
     net = node.network
     assert isinstance(net, ChuteNetwork)
     port = free_port()
-    change = await asyncio.wait_for(node.changes.wait((await node.install(web("keep", port))).id), 30)
+    change = await asyncio.wait_for(
+        node.changes.wait((await node.install(web("keep", port))).id), 30
+    )
     assert change.state == "done", change
     before = net.net.leases()
 

@@ -6,8 +6,9 @@ bridge by a veth pair, an address leased from the node's subnet, a default route
 bridge (the node) and outbound NAT. Port mappings turn a node port into the chute's
 address and port (DNAT in PREROUTING for traffic from outside, in OUTPUT for the node's
 own connections, masquerade for hairpin and for the node's loopback). Of the generations
-of one service, one is *active*: it holds the port mappings and the names; an update's new
-generation takes them over in one nft transaction once it is healthy (``take_over``). Every rule lives in
+of one service, one is *active*: it holds the port mappings and the names; an update's
+new generation takes them over in one nft transaction once healthy (``take_over``).
+Every rule lives in
 one nftables table of our own (``table ip edgeplane``): the whole table is rewritten at
 once from the leases (``nft -f`` is atomic), so it never drifts from them and no other
 table is ever touched.
@@ -479,7 +480,9 @@ class ChuteNetwork:
         from edgeplane.chutes.resources import Bandwidth, shape
 
         ports = self._wanted(service) if mapped else self._ports(manifest.name, service.name, gen)
-        found = await asyncio.to_thread(self.net.attach, manifest.name, service.name, ports, gen=gen)
+        found = await asyncio.to_thread(
+            self.net.attach, manifest.name, service.name, ports, gen=gen
+        )
         limits = Bandwidth.model_validate(manifest.resources.bandwidth_kbit.model_dump())
         netns = Path(found.netns_path).name
         await asyncio.to_thread(shape, netns, found.veth, limits)
