@@ -6,6 +6,8 @@ namespace or disk behind."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 
 from chute_fixtures import chute_image, names, require_chute_host
 from edgeplane.chutes import manifest
+from edgeplane.chutes.edgeapi import ChuteApi
 from edgeplane.chutes.network import ChuteNetwork, NodeNetwork
 from edgeplane.chutes.node import Node
 from edgeplane.chutes.resources import ChuteEnforcer
@@ -161,3 +164,45 @@ async def test_an_update_that_never_gets_healthy_leaves_the_old_mapping(node: No
     async with httpx.AsyncClient(timeout=5) as http:
         answer = await http.get(f"http://127.0.0.1:{port}/")
         assert answer.text == "hi from web\n"
+
+
+async def in_chute(node: Node, name: str, script: str) -> subprocess.CompletedProcess[str]:
+    cid = (await node.status(name))["services"][0]["container"]
+    assert node.runc is not None
+    argv = [node.runc, "--root", str(node.state_dir), "exec", cid, "sh", "-c", script]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True)
+
+
+async def test_a_chute_reads_its_own_status_config_and_node_info_from_inside(node: Node) -> None:
+    net = node.network
+    assert isinstance(net, ChuteNetwork)
+    await asyncio.to_thread(net.net.ensure_bridge)
+    api = ChuteApi(node, net.net.gateway, free_port())
+    await api.start()
+    try:
+        for name in ("me", "other"):
+            change = await asyncio.wait_for(
+                node.changes.wait((await node.install(web(name, free_port()))).id), 30
+            )
+            assert change.state == "done", change
+        url = f"http://{net.net.gateway}:{api.port}/api/v1"
+        # static busybox wget may crash on -T: the timeout applet bounds it instead
+        get = 'timeout 10 wget -qO- --header "Authorization: Bearer {token}" ' + url + "{path}"
+        mode = await in_chute(node, "me", "stat -c %a /run/chute/token")
+        assert mode.stdout.strip() == "400", mode
+        said = await in_chute(node, "me", get.format(token="$(cat /run/chute/token)", path="/self"))
+        assert said.returncode == 0, said.stderr
+        mine = json.loads(said.stdout)
+        assert mine["name"] == "me" and mine["state"] == "running"
+        assert mine["config"] == {}
+        said = await in_chute(node, "me", get.format(token="$(cat /run/chute/token)", path="/info"))
+        assert said.returncode == 0 and "me" in said.stdout, said
+        # another chute's token shows that chute, never this one; a wrong token nothing
+        said = await in_chute(
+            node, "other", get.format(token="$(cat /run/chute/token)", path="/self")
+        )
+        assert json.loads(said.stdout)["name"] == "other"
+        said = await in_chute(node, "me", get.format(token="nope", path="/self"))
+        assert said.returncode != 0 and said.stdout == ""
+    finally:
+        await api.stop()

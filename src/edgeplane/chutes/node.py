@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hmac
 import http.client
 import json
 import logging
@@ -56,6 +57,8 @@ from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 log = logging.getLogger(__name__)
 
 CONFIG_MOUNT = "/run/chute"
+#: the chute's token for its node's API, in ``CONFIG_MOUNT``
+TOKEN_NAME = "token"
 #: A service with no health check is healthy once it has kept running this long.
 SETTLE_S = 1.0
 #: How long a new chute may take to become healthy before its change fails.
@@ -757,6 +760,7 @@ class Node:
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )
+        await asyncio.to_thread(self._ensure_token, manifest.name)
         netns = await self.network.prepare(manifest.name, service.name, gen)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
@@ -837,6 +841,33 @@ class Node:
                         f"service {service.name} never became healthy", field="services"
                     )
                 await asyncio.sleep(min(check.interval_s, 0.5))
+
+    # --- the chutes' own API (``edgeapi.ChuteApi``) ------------------------------------
+
+    def _ensure_token(self, name: str) -> None:
+        """The chute's token for its node's API, at ``/run/chute/token`` (0400) inside it;
+        made once, kept across updates and restarts."""
+        path = self._dir(name) / "config" / TOKEN_NAME
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+
+    def chute_for_token(self, token: str) -> str | None:
+        """The chute whose token this is; None for none."""
+        given = token.encode()
+        found = None
+        for name in self.names():
+            try:
+                mine = (self._dir(name) / "config" / TOKEN_NAME).read_bytes()
+            except OSError:
+                continue
+            # every chute compared: the time taken does not tell which one matched
+            if hmac.compare_digest(mine, given):
+                found = name
+        return found
 
     # --- health monitors -------------------------------------------------------------
 
