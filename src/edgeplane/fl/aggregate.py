@@ -7,15 +7,13 @@ set of names and shapes, which ``updates.check`` already made sure of).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
-
 import numpy as np
 import numpy.typing as npt
 
 from edgeplane.errors import Invalid
+from edgeplane.fl.spec import Strategy
 
 Arrays = Mapping[str, npt.NDArray[np.float32]]
-Strategy = Literal["fedavg", "median", "trimmed_mean"]
 
 #: The share of values cut at each end, coordinate by coordinate, by ``trimmed_mean``.
 TRIM = 0.2

@@ -6,9 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeplane.fl.aggregate import Strategy
-
 Json = dict[str, Any]
+Strategy = Literal["fedavg", "median", "trimmed_mean"]
 
 
 class Data(BaseModel):
