@@ -7,6 +7,7 @@ set of names and shapes, which ``updates.check`` already made sure of).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import numpy.typing as npt
 

@@ -60,7 +60,9 @@ class Round:
 
     def tick(self, now: float) -> State:
         """The state at ``now``: closes (or gives up on) the round once its deadline passed."""
-        if self.state == "open" and now >= self.deadline:
+        if self.state == "open" and len(self.accepted) >= self.k:
+            self.state = "closed"
+        elif self.state == "open" and now >= self.deadline:
             if len(self.accepted) >= self.min_clients:
                 self.state = "closed"
             elif self.retries_left > 0:

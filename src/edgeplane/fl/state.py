@@ -26,6 +26,9 @@ class RoundRecord(BaseModel):
     tasks: dict[str, str] = Field(default_factory=dict)
     #: accepted updates: worker → num_samples
     updates: dict[str, int] = Field(default_factory=dict)
+    #: each accepted update's full weights, content addressed in the blob directory, so a
+    #: restarted manager still aggregates them
+    update_refs: dict[str, str] = Field(default_factory=dict)
     rejected: dict[str, int] = Field(default_factory=dict)
     #: wall-clock deadline (seconds since the epoch), so it survives a restart
     deadline: float = 0.0
@@ -46,6 +49,8 @@ class Experiment(BaseModel):
     rounds: list[RoundRecord] = Field(default_factory=list)
     #: version N's content address (``sha256:…``) at index N; version 0 is the initial model
     versions: list[str] = Field(default_factory=list)
+    #: the key of its clients' credentials (edgeplane.fl.tokens); never shown
+    secret: str = Field(default="", repr=False)
     created_at: float
     updated_at: float
 
