@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import pytest
 from edgeplane import safeyaml
 from edgeplane.fl import updates
 from edgeplane.roles.up import Stack
-from stack_fixtures import start_stack
+from stack_fixtures import TOKEN, start_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,7 +59,7 @@ async def test_digits_reach_90_percent_on_four_workers(
         got = (await http.get(f"/fl/experiments/{exp_id}")).json()
         return bool(got["state"] != "running")
 
-    await until(done, "the experiment ends", timeout=150)
+    await until(done, "the experiment ends", timeout_s=150)
     got = (await http.get(f"/fl/experiments/{exp_id}")).json()
     assert got["state"] == "completed", got
     closed = [r for r in got["rounds"] if r["state"] == "closed"]
@@ -73,6 +73,59 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert updates.decode(model.content).arrays["w"].shape == (64, 10)
     missing = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 9})
     assert missing.status_code == 404
+
+
+async def test_cli_runs_the_example_to_completion(
+    stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    running, http = stack
+    await wait_until_workers(http, 4)
+    spec = experiment(2)
+    spec["hyperparams"] = {"lr": 0.5, "epochs": 5}
+    path = tmp_path / "digits.json"  # JSON is YAML: the CLI reads either
+    import orjson
+
+    path.write_bytes(orjson.dumps(spec))
+    cli = [sys.executable, "-m", "edgeplane", "--url", running.control.url, "--token", TOKEN, "fl"]
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "run", str(path), "--wait"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("completed: model version 2, accuracy 0.9"), done.stdout
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "list", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    exp_id = orjson.loads(listed.stdout)["items"][0]["id"]
+    out = tmp_path / "v1.f32"
+    saved = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "model", exp_id, "--version", "1", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert updates.decode(out.read_bytes()).arrays["b"].shape == (10,)
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "model", exp_id, "--version", "7", "-o", str(out)],
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
+    assert bad.returncode == 2
 
 
 async def test_bad_input_is_refused_with_the_field(stack: tuple[Stack, httpx.AsyncClient]) -> None:
@@ -95,13 +148,13 @@ async def wait_until_workers(http: httpx.AsyncClient, n: int) -> None:
         items = got["items"] if isinstance(got, dict) else got
         return sum(1 for w in items if w.get("state", "online") == "online") >= n
 
-    await until(online, f"{n} workers online", timeout=30)
+    await until(online, f"{n} workers online", timeout_s=30)
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
-    """Poll ``condition`` (the API) until it holds; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
+    """Poll ``condition`` (the API: nothing to wait on but its answers) until it holds."""
+    for _ in range(int(timeout_s / 0.1)):
+        if await condition():
+            return
         await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -21,6 +21,7 @@ from edgeplane.cli import (
     audit,
     certs,
     clusters,
+    fl,
     jobs,
     roles,
     schedules,
@@ -137,6 +138,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(jobs.app, name="job")
 app.add_typer(workflows.app, name="workflow")
 app.add_typer(schedules.app, name="schedule")
+app.add_typer(fl.app, name="fl")
 workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
