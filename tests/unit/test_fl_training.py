@@ -55,3 +55,13 @@ def test_registry_is_content_addressed(tmp_path: Path) -> None:
     for bad in ("sha256:" + "0" * 64, "sha256:../../etc/passwd", "md5:x"):
         with pytest.raises(NotFound):
             blobs.get(bad)
+
+
+def test_the_packaged_example_is_the_repo_s() -> None:
+    from edgeplane import safeyaml
+    from edgeplane.fl.spec import ExperimentSpec
+
+    repo = Path(__file__).parents[2] / "examples" / "fl" / "digits.yaml"
+    packaged = Path(__file__).parents[2] / "src" / "edgeplane" / "examples" / "fl" / "digits.yaml"
+    assert repo.read_text() == packaged.read_text()
+    ExperimentSpec.model_validate(safeyaml.load(repo.read_text()))

@@ -128,6 +128,15 @@ def _last_metrics(exp: dict[str, Any]) -> dict[str, float]:
     return {}
 
 
+@app.command("example")
+def example() -> None:
+    """Print the digits example (examples/fl/digits.yaml of a checkout), for an install:
+    ``edgeplane fl example > digits.yaml``."""
+    from importlib.resources import files
+
+    typer.echo((files("edgeplane.examples") / "fl" / "digits.yaml").read_text(), nl=False)
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
