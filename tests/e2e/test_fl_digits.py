@@ -158,3 +158,41 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: 
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def test_a_restarted_manager_goes_on_with_the_experiment(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """The whole stack (manager and workers) stops after round 1 and starts again on the
+    same store and data directory: the experiment goes on from the version it had."""
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    first = start_stack(tmp_path, fast_broker_url, store, unique_domain, workers=4)
+    _, http = await first.__anext__()
+    try:
+        await wait_until_workers(http, 4)
+        spec = experiment(3)
+        spec["round_timeout_s"] = 5  # a round the stop cut short is retried soon
+        exp_id = (await http.post("/fl/experiments", json=spec)).json()["id"]
+
+        async def one_version() -> bool:
+            return bool((await http.get(f"/fl/experiments/{exp_id}")).json()["model_version"] >= 1)
+
+        await until(one_version, "round 1 closes", timeout_s=60)
+    finally:
+        await first.aclose()
+
+    second = start_stack(tmp_path, fast_broker_url, store, unique_domain, workers=4)
+    _, http = await second.__anext__()
+    try:
+
+        async def done() -> bool:
+            return bool((await http.get(f"/fl/experiments/{exp_id}")).json()["state"] != "running")
+
+        await until(done, "the experiment ends after the restart", timeout_s=120)
+        got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+        assert got["state"] == "completed", got
+        assert got["model_version"] == 3
+        assert [r["round"] for r in got["rounds"] if r["state"] == "closed"] == [1, 2, 3]
+        assert got["rounds"][-1]["metrics"]["accuracy"] >= 0.9
+    finally:
+        await second.aclose()
