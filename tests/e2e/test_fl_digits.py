@@ -196,3 +196,79 @@ async def test_a_restarted_manager_goes_on_with_the_experiment(
         assert got["rounds"][-1]["metrics"]["accuracy"] >= 0.9
     finally:
         await second.aclose()
+
+
+async def test_bad_updates_are_rejected_with_their_reason_and_counted(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """Clients that only wait (their tasks stay live, so their credentials hold); the test
+    posts for them, with credentials made from the stored experiment's key."""
+    import numpy as np
+
+    from edgeplane.fl import tokens
+    from edgeplane.fl.model import initial
+
+    running, http = stack
+    await wait_until_workers(http, 4)
+    spec = experiment(1)
+    spec["workload"] = {"runtime": "host", "command": ["sleep", "60"]}
+    spec["round_timeout_s"] = 120
+    exp_id = (await http.post("/fl/experiments", json=spec)).json()["id"]
+    store = running.control.store
+
+    async def opened() -> bool:
+        exp = await store.get_fl_experiment(exp_id)
+        return exp is not None and bool(exp.rounds)
+
+    await until(opened, "round 1 opens", timeout_s=30)
+    exp = await store.get_fl_experiment(exp_id)
+    assert exp is not None
+    record = exp.rounds[0]
+    secret = bytes.fromhex(exp.secret)
+    url = f"/fl/experiments/{exp_id}/rounds/1/updates"
+
+    def token(worker: str, task: str) -> dict[str, str]:
+        grant = tokens.Grant(exp_id, 1, worker, task)
+        return {"Authorization": f"Bearer {tokens.issue(secret, grant)}"}
+
+    async def task_live(task_id: str) -> bool:
+        return bool((await http.get(f"/tasks/{task_id}")).json()["state"] == "running")
+
+    w1, w2 = record.clients[:2]
+    await until(lambda: task_live(record.tasks[w1]), "a client task runs", timeout_s=30)
+    good = updates.encode_raw(initial(), num_samples=10)
+    nan = initial()
+    nan["w"][0, 0] = np.nan
+    cases = [
+        (token(w1, record.tasks[w1]), good, 202, None),
+        (token(w1, record.tasks[w1]), good, 422, "duplicate"),
+        (token("not-selected", record.tasks[w1]), good, 422, "unselected"),
+        (token(w2, record.tasks[w2]), updates.encode_raw({"w": np.zeros(3)}), 422, "shape"),
+        (token(w2, record.tasks[w2]), updates.encode_raw(nan, num_samples=1), 422, "nonfinite"),
+        (token(w2, record.tasks[w2]), b"garbage", 422, "malformed"),
+    ]
+    for headers, body, status, reason in cases:
+        got = await http.post(url, content=body, headers=headers)
+        assert got.status_code == status, (reason, got.text)
+        if reason is not None:
+            assert got.json()["reason"] == reason, got.json()
+    forged = {"Authorization": token(w2, record.tasks[w2])["Authorization"][:-4] + "AAAA"}
+    assert (await http.post(url, content=good, headers=forged)).status_code == 401
+
+    await http.post(f"/fl/experiments/{exp_id}/stop")
+    got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+    assert got["state"] == "stopped"
+    assert got["rounds"][0]["rejected"] == {
+        "duplicate": 1,
+        "unselected": 1,
+        "shape": 1,
+        "nonfinite": 1,
+        "malformed": 1,
+    }
+
+    async def ended() -> bool:
+        return not await task_live(record.tasks[w2])
+
+    await until(ended, "the round's tasks are cancelled", timeout_s=30)
+    late = await http.post(url, content=good, headers=token(w2, record.tasks[w2]))
+    assert late.status_code == 401  # the credential expired with its task
