@@ -81,6 +81,13 @@ KIND = {
     "/api/v1/tokens": "own",
     "/api/v1/tokens/{token_id}": "own",
     "/api/v1/audit": "admin",
+    "/api/v1/fl/experiments": "project",
+    "/api/v1/fl/experiments/{experiment_id}": "project",
+    "/api/v1/fl/experiments/{experiment_id}/stop": "project",
+    "/api/v1/fl/experiments/{experiment_id}/model": "project",
+    # a training task's own credential (edgeplane.fl.tokens); a user's token is refused
+    "/api/v1/fl/experiments/{experiment_id}/rounds/{round_no}/data": "project",
+    "/api/v1/fl/experiments/{experiment_id}/rounds/{round_no}/updates": "project",
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 HOST = {"runtime": "host", "command": ["true"]}
@@ -177,6 +184,10 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
             "other_worker": stack.workers[1].id,
             "cluster_id": "c",
         }
+        fl_body = {"name": "fl", "workload": HOST, "rounds": 1, "clients_per_round": 1}
+        created = await http.post("/api/v1/fl/experiments", json=fl_body, headers=opal)
+        ids["experiment_id"] = (await _ok(created, 201))["id"]
+        ids["round_no"] = "1"
         app_body = {"name": "web", "services": [{"name": "s", **HOST}]}
         created = await http.post("/api/v1/applications", json=app_body, headers=opal)
         ids["app_id"] = (await _ok(created, 201))["id"]
@@ -215,6 +226,8 @@ def _body(path: str) -> dict[str, Any]:
         return {"name": "mallory", "password": PASSWORD, "role": "admin"}
     if path.endswith("/owner"):
         return {"owner": "vera"}
+    if path == "/api/v1/fl/experiments":
+        return {"name": "fl", "workload": HOST}
     return dict(HOST) if path == "/api/v1/tasks" else {}
 
 

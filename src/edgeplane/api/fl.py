@@ -17,6 +17,8 @@ from edgeplane.security import projects
 
 if TYPE_CHECKING:  # numpy is the fl extra's
     from edgeplane.fl.coordinator import Coordinator
+    from edgeplane.fl.state import Experiment
+    from edgeplane.store import TokenRecord
 
 PREFIX = "/fl/experiments"
 RAW = "application/x-edgeplane-f32"
@@ -48,18 +50,28 @@ async def create(spec: ExperimentSpec, fl: FlDep, who: CallerDep) -> dict[str, A
 
 
 @users.get("")
-async def list_(fl: FlDep, limit: Limit = 100, offset: Offset = 0) -> dict[str, Any]:
-    items, total = await fl.list(limit=limit, offset=offset)
+async def list_(
+    fl: FlDep, who: CallerDep, limit: Limit = 100, offset: Offset = 0
+) -> dict[str, Any]:
+    items, total = await fl.list(limit=limit, offset=offset, projects=projects.visible(who))
     return {"items": [e.public() for e in items], "total": total}
 
 
+async def _seen(fl: Coordinator, who: TokenRecord, experiment_id: str) -> Experiment:
+    """The experiment, 404 as if it did not exist when it is another project's."""
+    exp = await fl.get(experiment_id)
+    projects.check(who, exp.project, "experiment", experiment_id)
+    return exp
+
+
 @users.get("/{experiment_id}")
-async def get(experiment_id: str, fl: FlDep) -> dict[str, Any]:
-    return (await fl.get(experiment_id)).public()
+async def get(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    return (await _seen(fl, who, experiment_id)).public()
 
 
 @users.post("/{experiment_id}/stop")
-async def stop(experiment_id: str, fl: FlDep) -> dict[str, Any]:
+async def stop(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    await _seen(fl, who, experiment_id)
     return (await fl.stop_experiment(experiment_id)).public()
 
 
@@ -80,7 +92,7 @@ async def model(
     """A global model version (the newest without ``version``), raw ``f32`` (docs/fl.md)."""
     token = _client_token(request)
     if token is None:
-        await caller(request, None)
+        await _seen(fl, await caller(request, None), experiment_id)
     else:
         await fl.client(experiment_id, token)
     v, body = await fl.model_bytes(experiment_id, version)

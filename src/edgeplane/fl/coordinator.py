@@ -17,6 +17,7 @@ import io
 import logging
 import secrets
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,19 @@ class Coordinator:
         exp: Experiment = found
         return exp
 
-    async def list(self, *, limit: int, offset: int) -> tuple[list[Experiment], int]:
-        found: tuple[list[Experiment], int] = await self.store.list_fl_experiments(
-            limit=limit, offset=offset
-        )
-        return found
+    async def list(
+        self, *, limit: int, offset: int, projects: Sequence[str] | None = None
+    ) -> tuple[list[Experiment], int]:
+        """A page (oldest first) of the experiments of ``projects`` (None: all)."""
+        if projects is None:
+            found: tuple[list[Experiment], int] = await self.store.list_fl_experiments(
+                limit=limit, offset=offset
+            )
+            return found
+        # experiments are few: filtered here rather than by a column of the store
+        every, _ = await self.store.list_fl_experiments(limit=1_000_000)
+        seen = [e for e in every if e.project in projects]
+        return seen[offset : offset + limit], len(seen)
 
     async def stop_experiment(self, experiment_id: str) -> Experiment:
         async with self._lock:
