@@ -5,7 +5,8 @@
 # deploy/systemd and render deploy/kubernetes with them), docker-registry, skopeo and
 # htpasswd (apache2-utils) for the OCI registry tests; iproute2 (ip, tc), nftables and
 # e2fsprogs (mkfs.ext4; mount/losetup come with util-linux/mount) for chute networking and
-# resource policies. Installs only what is missing.
+# resource policies; chromium for the dashboard's browser tests (driven by playwright,
+# tests/browser). Installs only what is missing.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -21,6 +22,7 @@ command -v tc >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || [ -x /sbin/tc ] || missi
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || missing+=(mount)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

@@ -17,6 +17,7 @@ from edgeplane.api import (
     audit,
     clusters,
     dashboard,
+    events,
     join_tokens,
     problems,
     runs,
@@ -210,6 +211,7 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(events.router)  # the dashboard's live stream
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
