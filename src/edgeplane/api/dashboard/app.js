@@ -274,7 +274,10 @@ async function route() {
 }
 window.addEventListener("hashchange", route);
 
-function mount(...nodes) { $("view").replaceChildren(el("p", "error"), ...nodes); }
+/** Show a view's nodes, unless another view was opened while it was reading. */
+function mount(view, ...nodes) {
+  if (current === view) $("view").replaceChildren(el("p", "error"), ...nodes);
+}
 
 // ---------------------------------------------------------------- overview
 function overview() {
@@ -291,7 +294,7 @@ function overview() {
       ]);
       const online = workersPage ? workersPage.items.filter((w) => w.state !== "offline") : [];
       rollBuckets();
-      mount(
+      mount(view, 
         el("div", "cards",
           section("Clusters", el("div", "card-num", clusters.total)),
           section("Workers online", el("div", "card-num", workersPage
@@ -308,7 +311,7 @@ function overview() {
             time(t.finished_at)]))),
       );
     },
-    refresh(kind) { if (kind !== "hello") reload(1000); },
+    refresh(kind) { if (kind !== "hello") reload(2000); },
   };
   return view;
 }
@@ -333,10 +336,10 @@ function workers() {
         found = await api("/workers", { params: { limit: PAGE, offset: page * PAGE } });
       } catch (err) {
         if (!(err instanceof ApiError && err.status === 404)) throw err;
-        mount(section("Workers", el("p", "note", "workers are listed by each cluster's manager")));
+        mount(view, section("Workers", el("p", "note", "workers are listed by each cluster's manager")));
         return;
       }
-      mount(section(["Workers", el("span", "total", `(${found.total})`)],
+      mount(view, section(["Workers", el("span", "total", `(${found.total})`)],
         pager(page, found.total, (p) => { page = p; view.render(); }),
         table(["id", "cluster", "state", "runtimes", "cpus", "memory MB", "cpu %",
           "running tasks", "seen", ""],
@@ -408,7 +411,7 @@ function tasks(arg) {
             badge(t.state), mono(t.worker_id), t.attempt, time(t.created_at)]),
           shown.map((t) => t.id)));
       if (!list.isConnected) {
-        mount(submitForm(), section("Tasks", form, list));
+        mount(view, submitForm(), section("Tasks", form, list));
       }
     },
     refresh(kind, doc) {
@@ -427,7 +430,7 @@ function submitForm() {
     (r) => el("option", null, r)));
   runtime.id = "submit-runtime";
   const command = el("input", "wide"); command.id = "submit-command";
-  command.placeholder = "command (host), e.g. echo hello";
+  command.placeholder = 'command: echo hello, or ["sh", "-c", "echo $HOME"]';
   const image = el("input"); image.id = "submit-image";
   image.placeholder = "image (container) or artifact (wasm)";
   const go = el("button", null, "submit"); go.id = "submit-task";
@@ -436,8 +439,12 @@ function submitForm() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = { name: name.value.trim(), runtime: runtime.value, start: true };
-    const words = command.value.trim().split(/\s+/).filter(Boolean);
-    if (words.length) body.command = words;
+    const text = command.value.trim();
+    if (text) {  // words, or a JSON array when an argument holds spaces
+      try {
+        body.command = text.startsWith("[") ? JSON.parse(text) : text.split(/\s+/);
+      } catch (err) { failed(new Error(`command: ${err.message}`)); return; }
+    }
     if (image.value.trim()) {
       if (runtime.value === "wasm") body.artifact = image.value.trim();
       else body.image = image.value.trim();
@@ -471,7 +478,7 @@ function task(id) {
       }
       const state = badge(t.state);
       state.id = "task-state";
-      mount(
+      mount(view, 
         section(["Task", mono(t.id), state], actions, table(["field", "value"], [
           ["name", t.name], ["runtime", t.runtime], ["worker", mono(t.worker_id)],
           ["cluster", mono(t.cluster_id)], ["attempt", t.attempt],
@@ -519,7 +526,7 @@ function runs(kind) {
   const view = {
     async render() {
       const found = await newestPage(path, page);
-      mount(section([kind === "job" ? "Jobs" : "Workflows", el("span", "total",
+      mount(view, section([kind === "job" ? "Jobs" : "Workflows", el("span", "total",
         `(${found.total})`)], pager(page, found.total, (p) => { page = p; view.render(); }),
       table(["id", "name", "state", "tasks", "created", "finished", "reason"],
         found.items.map((w) => [link(`#run/${w.id}`, w.id.slice(0, 12)), w.name, badge(w.state),
@@ -547,7 +554,7 @@ function run(id) {
         actions.append(button("stop", () => api(`/${w.kind === "job" ? "jobs" : "workflows"}/${
           encodeURIComponent(id)}/stop`, { method: "POST" })));
       }
-      mount(section([w.kind === "job" ? "Job" : "Workflow", mono(w.id), w.name, state], actions,
+      mount(view, section([w.kind === "job" ? "Job" : "Workflow", mono(w.id), w.name, state], actions,
         dag(w.tasks, nodes)));
     },
     refresh(kind, doc) {
@@ -616,7 +623,7 @@ function schedules() {
   const view = {
     async render() {
       const found = await newestPage("/schedules", page);
-      mount(section(["Schedules", el("span", "total", `(${found.total})`)],
+      mount(view, section(["Schedules", el("span", "total", `(${found.total})`)],
         pager(page, found.total, (p) => { page = p; view.render(); }),
         table(["id", "name", "kind", "cron", "timezone", "next run", "runs", ""],
           found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
@@ -647,7 +654,7 @@ function applications() {
               `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}`)))]);
         }
       }
-      mount(section(["Applications", el("span", "total", `(${found.total})`)],
+      mount(view, section(["Applications", el("span", "total", `(${found.total})`)],
         pager(page, found.total, (p) => { page = p; view.render(); }),
         table(["application", "state", "service", "running / replicas", "instances"], rows)));
     },
