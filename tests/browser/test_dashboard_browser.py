@@ -110,8 +110,10 @@ async def browser(
 async def test_nothing_is_visible_without_login(
     browser: Browser, stack: tuple[Stack, httpx.AsyncClient]
 ) -> None:
-    await stack[1].post("/tasks", json={"name": "secret-name", "runtime": "host",
-                                        "command": ["true"], "start": True})
+    await stack[1].post(
+        "/tasks",
+        json={"name": "secret-name", "runtime": "host", "command": ["true"], "start": True},
+    )
     await browser.open("#tasks")
     page = browser.page
     await expect(page.locator("#login")).to_be_visible(timeout=SHOWN_MS)
@@ -123,8 +125,7 @@ async def test_nothing_is_visible_without_login(
     # a refused token shows the login again, with why
     await page.fill("#token-input", "not-a-token")
     await page.click("#token-form button")
-    await expect(page.locator("#login-error")).to_have_text(re.compile("refused"),
-                                                            timeout=SHOWN_MS)
+    await expect(page.locator("#login-error")).to_have_text(re.compile("refused"), timeout=SHOWN_MS)
     await expect(page.locator("#view")).to_be_hidden()
 
 
@@ -207,8 +208,12 @@ async def test_a_workflow_dag_follows_its_tasks_live(
             {"name": "fetch", "runtime": "host", "command": wait},
             {"name": "left", "runtime": "host", "command": ["true"], "depends_on": ["fetch"]},
             {"name": "right", "runtime": "host", "command": ["true"], "depends_on": ["fetch"]},
-            {"name": "join", "runtime": "host", "command": ["true"],
-             "depends_on": ["left", "right"]},
+            {
+                "name": "join",
+                "runtime": "host",
+                "command": ["true"],
+                "depends_on": ["left", "right"],
+            },
         ],
     }
     created = await stack[1].post("/workflows", json=flow)
@@ -217,9 +222,7 @@ async def test_a_workflow_dag_follows_its_tasks_live(
     await browser.login()
     page = browser.page
     await browser.go("#workflows")
-    await expect(page.locator(f'#view tr[data-id="{run["id"]}"]')).to_be_visible(
-        timeout=SHOWN_MS
-    )
+    await expect(page.locator(f'#view tr[data-id="{run["id"]}"]')).to_be_visible(timeout=SHOWN_MS)
     await browser.shot("workflows")
     await browser.go(f"#run/{run['id']}")
     nodes = page.locator("svg.dag g.node")

@@ -61,7 +61,9 @@ async def test_changes_arrive_as_they_commit(stack: tuple[Stack, httpx.AsyncClie
 
         body = {"name": "hi", "runtime": "host", "command": ["echo", "hi"], "start": True}
         created = (await http.post("/tasks", json=body)).json()
-        done = await asyncio.wait_for(until(stream, "task", id=created["id"], state="completed"), 30)
+        done = await asyncio.wait_for(
+            until(stream, "task", id=created["id"], state="completed"), 30
+        )
         assert "stdout" not in done and "results" not in done  # the stream stays light
 
         worker_id = (await http.get("/workers")).json()["items"][0]["id"]

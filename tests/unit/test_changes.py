@@ -26,3 +26,22 @@ async def test_a_watcher_that_falls_behind_is_dropped_not_waited_for() -> None:
     assert slow.dropped and not quick.dropped
     assert changes.dropped == 1 and len(changes) == 1
     assert await slow.next() is None  # its stream ends; the page reconnects and reloads
+
+
+def test_the_stream_leaves_out_what_the_caller_may_not_see() -> None:
+    from edgeplane.api.events import frames
+    from edgeplane.model import Task
+    from edgeplane.store import TokenRecord
+
+    ours = Task(id="t1", project="ours", state="running", stdout="lots of output")
+    theirs = Task(id="t2", project="theirs", state="running")
+    vera = TokenRecord("k", "vera", "viewer", "hash", 0.0, projects=("ours",))
+    changes = [("task", "t1", ours), ("task", "t2", theirs), ("task", "t3", None)]
+    sent = frames(changes, vera)
+    assert b'"id":"t1"' in sent and b'"t2"' not in sent
+    assert b"lots of output" not in sent  # output stays behind GET /tasks/{id}/logs
+    assert b"deleted" not in sent  # a deletion names no project
+    admin = TokenRecord("a", "root", "admin", "hash", 0.0)
+    sent = frames(changes, admin)
+    assert b'"t2"' in sent
+    assert b'event: deleted\ndata: {"kind":"task","id":"t3"}' in sent

@@ -72,7 +72,9 @@ def frames(changes: list[Change], caller: TokenRecord) -> bytes:
     out: list[bytes] = []
     for kind, doc_id, doc in changes:
         if doc is None:
-            out.append(_frame("deleted", {"kind": kind, "id": doc_id}))
+            # a deletion names no project: only those who see every project hear of it
+            if seen is None:
+                out.append(_frame("deleted", {"kind": kind, "id": doc_id}))
             continue
         project = getattr(doc, "project", None)
         if seen is not None and project is not None and project not in seen:
