@@ -5,7 +5,8 @@
 # deploy/systemd and render deploy/kubernetes with them), docker-registry, skopeo and
 # htpasswd (apache2-utils) for the OCI registry tests; iproute2 (ip, tc), nftables and
 # e2fsprogs (mkfs.ext4; mount/losetup come with util-linux/mount) for chute networking and
-# resource policies; chromium for the dashboard's browser tests (driven by playwright,
+# resource policies; nats-server (the broker matrix runs a 3-node NATS cluster:
+# tests/brokers); chromium for the dashboard's browser tests (driven by playwright,
 # tests/browser). Installs only what is missing.
 set -euo pipefail
 missing=()
@@ -22,6 +23,7 @@ command -v tc >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || [ -x /sbin/tc ] || missi
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || missing+=(mount)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

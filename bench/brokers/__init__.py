@@ -10,11 +10,12 @@ the launchers use are the ones docs/brokers.md shows (deploy/brokers/).
 
 from __future__ import annotations
 
-from bench.brokers import mosquitto
+from bench.brokers import mosquitto, nats
 from bench.brokers.base import BrokerUnavailable, Launcher
 
 __all__ = ["LAUNCHERS", "BrokerUnavailable", "Launcher"]
 
 LAUNCHERS: dict[str, Launcher] = {
     "mosquitto": mosquitto.launch,
+    "nats": nats.launch,
 }

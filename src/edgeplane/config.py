@@ -21,6 +21,7 @@ from edgeplane.limits import (
     MAX_MEMORY_MB,
     MAX_TIMEOUT_S,
 )
+from edgeplane.protocol.topics import check_domain, check_segment
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -34,7 +35,8 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".edgeplane")
     domain: str = "edgeplane"
     cluster_id: str = "local"
-    #: ``mqtt://host:port``; empty means "start an embedded broker" (``edgeplane up``).
+    #: ``mqtt://host:port`` (a clustered broker's nodes comma-separated, tried in turn);
+    #: empty means "start an embedded broker" (``edgeplane up``).
     broker: str = ""
     #: ``sqlite:///path``, ``postgresql://host/db?schema=s`` or ``memory://``;
     #: empty means SQLite in data_dir.
@@ -89,6 +91,10 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: a worker's on-disk cache of delivered artifacts, MB (also the largest it takes)
+    artifact_cache_mb: int = Field(default=1024, ge=1, le=1024 * 1024)
+    #: the largest artifact the proxy serves, MB (bigger ones are refused and counted)
+    artifact_max_mb: int = Field(default=512, ge=1, le=1024 * 1024)
     #: the audit log keeps records this many days, and at most this many (docs/security.md)
     audit_retention_days: float = Field(default=90.0, gt=0, le=36500, allow_inf_nan=False)
     audit_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
@@ -103,7 +109,8 @@ class Settings(BaseModel):
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"
     # --- the hierarchy (root → clusters → workers) ---
-    #: ``mqtt://host:port`` of the root's broker: a manager given one registers there
+    #: ``mqtt://host:port`` of the root's broker (or its nodes, comma-separated): a
+    #: manager given one registers there
     root: str = ""
     #: reach the root through this cluster's own broker (``--broker``), which a Mosquitto
     #: bridge links to the root's (docs/brokers.md); ``root`` is then only where it joins
@@ -148,6 +155,24 @@ class Settings(BaseModel):
             else:
                 values[name] = raw
         return values
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        # every topic starts with it, and NATS refuses '.' and ' ' in a topic
+        try:
+            return check_domain(value)
+        except Invalid as exc:
+            raise ValueError(exc.detail) from None
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _cluster_id(cls, value: str) -> str:
+        # a topic level at its manager's broker and (as a member id) at the root's
+        try:
+            return check_segment(value, "cluster_id", "a cluster id")
+        except Invalid as exc:
+            raise ValueError(exc.detail) from None
 
     @field_validator("broker_listen")
     @classmethod

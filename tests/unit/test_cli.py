@@ -976,3 +976,18 @@ def test_help_lists_job_workflow_and_schedule() -> None:
     result = invoke(FakeApi(), "--help")
     for command in ("job", "workflow", "schedule"):
         assert command in result.stdout
+
+
+def test_ids_and_domains_that_are_no_topic_level_are_usage(roles: dict[str, Any]) -> None:
+    """'.' works on Mosquitto and gets the client dropped by NATS: refused everywhere."""
+    cases = [
+        (("worker", "--manager", "mqtt://m:1", "--worker-id", "edge1.example"), "worker_id"),
+        (("worker", "--manager", "mqtt://m:1", "--cluster-id", "eu.west"), "cluster_id"),
+        (("manager", "--cluster-id", "eu.west"), "cluster_id"),
+        (("up", "--domain", "acme.io"), "domain"),
+    ]
+    for argv, field in cases:
+        refused = invoke(FakeApi(), *argv)
+        assert refused.exit_code == 2, refused.output
+        assert field in refused.stderr
+    assert roles == {}  # no role was started

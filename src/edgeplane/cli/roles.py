@@ -157,7 +157,10 @@ WasmTimeoutOption = Annotated[
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
-DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
+DomainOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT topic domain: levels of letters, digits, '_', '-' joined by '/'."),
+]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
@@ -283,13 +286,38 @@ def _run(main: Coroutine[Any, Any, None], *, uvloop_if_installed: bool = True) -
     asyncio.run(main)
 
 
+ArtifactCacheOption = Annotated[
+    int | None,
+    typer.Option(
+        "--artifact-cache-mb",
+        min=1,
+        help="MB of delivered artifacts a worker keeps on disk (default 1024; also the "
+        "largest artifact it takes).",
+    ),
+]
+
+
+ArtifactMaxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--artifact-max-mb",
+        min=1,
+        help="Largest artifact the proxy serves to workers, MB (default 512).",
+    ),
+]
+
+
 def up(
     data_dir: DataDirOption = None,
     host: HostOption = None,
     port: PortOption = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Local workers (default 2).")] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT; default: start one in-process.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT (a cluster's nodes comma-separated); default: start one "
+            "in-process."
+        ),
     ] = None,
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
@@ -303,6 +331,8 @@ def up(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
     lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
@@ -344,6 +374,8 @@ def up(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
+        "artifact_max_mb": artifact_max_mb,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
@@ -361,7 +393,11 @@ def up(
 
 
 ApiBrokerOption = Annotated[
-    str | None, typer.Option(help="mqtt[s]://HOST:PORT of its own broker; default: start one.")
+    str | None,
+    typer.Option(
+        help="mqtt[s]://HOST:PORT of its own broker (a cluster's nodes comma-separated); "
+        "default: start one."
+    ),
 ]
 
 
@@ -425,7 +461,11 @@ def manager(
     ctx: typer.Context,
     broker: ApiBrokerOption = None,
     root: Annotated[
-        str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT of the root's broker to register with (a cluster's "
+            "nodes comma-separated)."
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -484,6 +524,7 @@ def manager(
     ] = None,
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
     advertise_url: AdvertiseOption = None,
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
@@ -517,6 +558,7 @@ def manager(
         "pack": pack,
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
+        "artifact_max_mb": artifact_max_mb,
         "advertise_url": advertise_url,
         "lease_s": lease_s,
         "data_dir": data_dir,
@@ -560,7 +602,10 @@ def worker(
     ctx: typer.Context,
     manager: Annotated[
         str | None,
-        typer.Option(help="mqtt[s]://HOST:PORT: the broker of the cluster to join."),
+        typer.Option(
+            help="mqtt[s]://HOST:PORT: the broker of the cluster to join (a clustered "
+            "broker's nodes comma-separated: mqtt://a:1883,mqtt://b:1883)."
+        ),
     ] = None,
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
@@ -594,6 +639,7 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -616,6 +662,7 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
@@ -627,6 +674,10 @@ def worker(
             )
         return
     labels = pairs(label, "--label")
+    if worker_id is not None:
+        from edgeplane.protocol.topics import check_segment
+
+        check_segment(worker_id, "worker_id", "a worker id")
     flags["ca"] = _ca(ctx, ca)  # not above: the global --ca serves `worker list` too
     settings = _settings(flags, config)
     if not settings.broker:
@@ -638,3 +689,38 @@ def worker(
     from edgeplane.roles.worker import run_worker
 
     _run(run_worker(settings, worker_id=worker_id, labels=labels), uvloop_if_installed=False)
+
+
+def proxy(
+    ctx: typer.Context,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="mqtt[s]://[USER:PASS@]HOST:PORT: the cluster's broker."),
+    ] = None,
+    store: StoreOption = None,
+    cluster_id: ClusterOption = None,
+    domain: DomainOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
+    data_dir: DataDirOption = None,
+    ca: CaOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a cluster's stored artifacts to its workers over MQTT (`up` and `manager`
+    run one already)."""
+    flags = {
+        "broker": broker,
+        "store": store,
+        "cluster_id": cluster_id,
+        "domain": domain,
+        "artifact_max_mb": artifact_max_mb,
+        "data_dir": data_dir,
+        "ca": _ca(ctx, ca),
+        "log_level": log_level,
+    }
+    settings = _settings(flags, config)
+    if not settings.broker:
+        raise typer.BadParameter("give the cluster's broker", param_hint="--broker")
+    from edgeplane.roles.proxy import run_proxy
+
+    _run(run_proxy(settings))

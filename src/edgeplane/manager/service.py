@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 
 from edgeplane import clock as clocks
+from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
@@ -36,7 +37,7 @@ from edgeplane.model import Aggregate
 from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
-from edgeplane.transport import MqttLink, kept_client_id
+from edgeplane.transport import MqttLink, kept_client_id, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class Manager:
         self.store = store
         self.clock: clocks.Clock = clock or clocks.SystemClock()
         self.root = root
-        self.broker_url = broker_url
+        #: the broker as workers and the root are told of it: never its credentials
+        self.broker_url = without_credentials(broker_url)
         level = ClusterLevel(settings) if root else WorkerLevel(settings)
         self.member = level.member
         self.topics = level.topics
@@ -110,14 +112,16 @@ class Manager:
             core.sealing_key = derived.get
         self.registry = core.registry
         self.stats = core.stats
+        #: the counters of this cluster's artifact proxy, once one serves (roles/control.py)
+        self.proxy_stats: ProxyStats | None = None
         #: this manager process's id; task.start sequence numbers count within it
         epoch = clocks.new_id()
         self.dispatcher = Dispatcher(core, epoch)
-        self.members = Membership(core, epoch, broker_url, self.dispatcher.send_batches)
+        self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
         self._core = core
         self._loops: list[asyncio.Task[None]] = []
-        self.facade = Facade(core, self.tasks, self.dispatcher, broker_url)
+        self.facade = Facade(core, self.tasks, self.dispatcher, self.broker_url)
         # The manager's own calls are its parts' (the API and the roles use these).
         self.submit = self.tasks.submit
         self.admit = self.tasks.admit

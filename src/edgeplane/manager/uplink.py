@@ -79,7 +79,7 @@ from edgeplane.security import joining
 from edgeplane.transport import (
     MqttLink,
     Will,
-    parse_broker_url,
+    parse_broker_urls,
     unique_client_id,
     without_credentials,
 )
@@ -207,7 +207,9 @@ class Uplink:
                     "commands are not checked; join once with --root URL --join TOKEN "
                     "(docs/brokers.md)",
                 )
-        elif identity is None and parse_broker_url(self.root_url).username is None:
+        elif identity is None and any(
+            node.username is None for node in parse_broker_urls(self.root_url)
+        ):
             log.warning(
                 "registering with the root without credentials: a root that started its own "
                 "broker refuses that; join with --join TOKEN (docs/broker-security.md)",

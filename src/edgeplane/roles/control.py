@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
+from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager
@@ -35,7 +36,7 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_url, unique_client_id
+from edgeplane.transport import EmbeddedBroker, parse_broker_urls, unique_client_id
 from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,12 @@ def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
     its URL has no user)."""
     member = "cluster" if root else "worker"
     if settings.broker:
-        if parse_broker_url(settings.broker).username is None:
+        nodes = parse_broker_urls(settings.broker)
+        if any(node.username is None for node in nodes):
             log.warning(
                 f"the broker is used without credentials: anyone who reaches it can act as "
                 f"a {member} (see docs/broker-security.md)",
-                extra={"broker": str(parse_broker_url(settings.broker))},
+                extra={"broker": ",".join(str(node) for node in nodes)},
             )
         return None
     return BrokerAuth(
@@ -194,6 +196,8 @@ class ControlPlane:
             else None
         )
         self.root = root
+        #: the artifact proxy (a cluster's leader only; set by start)
+        self.proxy: Proxy | None = None
         self.token_file: Path | None = None
         #: the API served (set once it serves)
         self.app: FastAPI | None = None
@@ -238,6 +242,8 @@ class ControlPlane:
             await self.uplink.attach()
         await self.manager.start()
         stack.push_async_callback(self.manager.stop)
+        if not self.root:
+            await self._start_proxy()
         if self.joins is not None:
             await self.joins.start()
             stack.push_async_callback(self.joins.stop)
@@ -253,6 +259,26 @@ class ControlPlane:
         if self.serve_api:
             await self._serve(self._app())
             stack.push_async_callback(self._stop_serving)
+
+    async def _start_proxy(self) -> None:
+        """Serve the modules the API stored to this cluster's workers (``artifacts/proxy.py``),
+        under the proxy's own broker identity when edgeplane secures the broker; from then
+        on start commands carry a module's digest, not its bytes. Only the leader serves."""
+        settings = self.settings
+        auth = None if self.auth is None else self.auth.proxy
+        self.proxy = Proxy(
+            StoreSource(self.store),
+            self.broker_url,
+            Topics(settings.domain, settings.cluster_id),
+            username=None if auth is None else auth.username,
+            password=None if auth is None else auth.password,
+            ca=settings.ca,
+            max_bytes=settings.artifact_max_mb * 1024 * 1024,
+        )
+        await self.proxy.start()
+        self._stack.push_async_callback(self.proxy.stop)
+        self.manager.proxy_stats = self.proxy.stats
+        self.manager.dispatcher.inline_artifacts = False
 
     async def _lead(self) -> None:
         """Hold the lease and fence the store's writes by its term; until then stand by

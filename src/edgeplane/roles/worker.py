@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
 from edgeplane.protocol import Topics
+from edgeplane.protocol.topics import check_segment
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
@@ -57,9 +59,12 @@ def stable_worker_id(data_dir: Path) -> str:
     """The id this machine used before, or a new ``hostname-xxxxxx`` kept in the data dir."""
     path = data_dir / "worker-id"
     if path.exists():
-        return path.read_text().strip()
+        # kept by an older version, which allowed '.': say which file, not just the id
+        return check_segment(path.read_text().strip(), "worker_id", f"the worker id kept in {path}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    # a host name may hold dots (``edge1.example.org``), which no topic level may
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname().split(".")[0]).strip("-_")
+    worker_id = f"{host[:50] or 'worker'}-{uuid.uuid4().hex[:6]}"
     path.write_text(worker_id + "\n")
     return worker_id
 
@@ -120,6 +125,7 @@ def build_worker(
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
         secret_key=secret_key,
+        artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 
