@@ -80,3 +80,15 @@ async def test_changes_arrive_as_they_commit(stack: tuple[Stack, httpx.AsyncClie
         assert (await http.delete(f"/schedules/{schedule['id']}")).status_code == 204
         await asyncio.wait_for(until(stream, "deleted", kind="schedule", id=schedule["id"]), 30)
         assert len(control.control.manager.journal.changes) == 1
+
+
+async def test_an_open_stream_does_not_hold_the_server_when_it_stops(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    control, http = stack
+    async with http.stream("GET", "/events") as response:
+        stream = events(response)
+        assert (await anext(stream))[0] == "hello"
+        await asyncio.wait_for(control.control.stop(), 20)
+        left = [event async for event, _ in stream]  # ends: no hang
+        assert "overflow" not in left

@@ -45,3 +45,12 @@ def test_the_stream_leaves_out_what_the_caller_may_not_see() -> None:
     sent = frames(changes, admin)
     assert b'"t2"' in sent
     assert b'event: deleted\ndata: {"kind":"task","id":"t3"}' in sent
+
+
+async def test_closing_ends_every_watch_without_an_overflow() -> None:
+    changes = Changes()
+    watcher = changes.watch()
+    changes.publish([("task", "t1", None)])
+    changes.close()
+    assert await watcher.next() is None and not watcher.dropped
+    assert not changes and changes.dropped == 0

@@ -114,8 +114,9 @@ async def events(request: Request, manager: ManagerDep, caller: CallerDep) -> St
                         return
                     yield b": keepalive\n\n"
                     continue
-                if round_ is None:
-                    yield _frame("overflow", {})
+                if round_ is None:  # dropped (too slow), or the server is stopping
+                    if watcher.dropped:
+                        yield _frame("overflow", {})
                     return
                 body = frames(round_, caller)
                 if body:

@@ -30,7 +30,7 @@ class Watcher:
     dropped: bool = False
 
     async def next(self) -> list[Change] | None:
-        """The next committed round; None once dropped."""
+        """The next committed round; None once dropped or closed."""
         return await self.queue.get()
 
 
@@ -63,10 +63,19 @@ class Changes:
             except asyncio.QueueFull:
                 self._drop(watcher)
 
+    def close(self) -> None:
+        """End every open watch: the API is stopping, and its server waits for open
+        responses, so a stream left open would hold it forever."""
+        for watcher in list(self._watchers):
+            self._end(watcher)
+
     def _drop(self, watcher: Watcher) -> None:
-        self._watchers.discard(watcher)
         self.dropped += 1
         watcher.dropped = True
+        self._end(watcher)
+
+    def _end(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
         while not watcher.queue.empty():  # what it missed is stale anyway: it reloads
             watcher.queue.get_nowait()
         watcher.queue.put_nowait(None)
