@@ -78,15 +78,21 @@ class Settings(BaseModel):
     host_user: str | None = None
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
+    #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
+    edge_api: str | None = None
+    #: chutes on the node's bridge network with disk and bandwidth limits when the node
+    #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
+    chute_network: bool = True
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
-    #: registry itself (the only way so far)
-    pull: Literal["direct"] = "direct"
+    #: registry itself, ``proxy`` asks the cluster's artifact proxy, ``auto`` direct
+    #: while the registry answers, else the proxy (docs/artifacts.md)
+    pull: Literal["direct", "proxy", "auto"] = "auto"
     #: registry settings (credentials, insecure registries, the largest artifact) for
     #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
     registries: Path | None = None
-    slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
+    slots: int = Field(default=0, ge=0, description="tasks a worker runs at once; 0 = 8 per cpu")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )

@@ -101,7 +101,9 @@ PullOption = Annotated[
     typer.Option(
         "--pull",
         help="How workers get oci:// container images: 'direct' pulls them from the "
-        "registry (the default; the only way so far).",
+        "registry; 'proxy' asks the cluster's artifact proxy over MQTT (no route to the "
+        "registry needed); 'auto' (the default) direct while the registry answers, else "
+        "the proxy.",
     ),
 ]
 RegistriesOption = Annotated[
@@ -123,7 +125,9 @@ ContainersOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+        "--images-dir",
+        help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
+        "DATA_DIR/worker/images for `worker`).",
     ),
 ]
 WasmMemoryOption = Annotated[
@@ -525,6 +529,7 @@ def manager(
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     advertise_url: AdvertiseOption = None,
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
@@ -559,6 +564,7 @@ def manager(
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "advertise_url": advertise_url,
         "lease_s": lease_s,
         "data_dir": data_dir,
@@ -614,11 +620,18 @@ def worker(
     ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     slots: Annotated[
-        int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
+        int | None, typer.Option(min=0, help="Tasks run at once (default 0: 8 per cpu).")
     ] = None,
     prefetch: Annotated[
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="HOST:PORT: serve the node-local Edge API (chutes) there, e.g. 127.0.0.1:7071.",
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -666,6 +679,7 @@ def worker(
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
+        "edge_api": api,
     }
     if ctx.invoked_subcommand is not None:
         if any(v is not None for v in flags.values()) or worker_id or label or config:
@@ -701,19 +715,21 @@ def proxy(
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     data_dir: DataDirOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve a cluster's stored artifacts to its workers over MQTT (`up` and `manager`
-    run one already)."""
+    """Serve a cluster's stored artifacts, and blobs of oci:// images from their
+    registries, to its workers over MQTT (`up` and `manager` run one already)."""
     flags = {
         "broker": broker,
         "store": store,
         "cluster_id": cluster_id,
         "domain": domain,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "data_dir": data_dir,
         "ca": _ca(ctx, ca),
         "log_level": log_level,

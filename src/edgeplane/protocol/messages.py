@@ -290,6 +290,13 @@ class FetchArtifact(_Body):
     #: at most MAX_MISSING indices (a 512 MB blob has 2,048 chunks of 256 KiB; a worker
     #: missing more asks for the first ones, then the rest)
     missing: list[int] = Field(default_factory=list, max_length=MAX_MISSING)
+    #: where the proxy gets a blob it does not hold: an ``oci://`` reference of the
+    #: registry repository (None: the control plane's store, for inline modules)
+    source: str | None = Field(default=None, max_length=1024)
+    #: ``blob`` a blob of that repository, ``manifest`` a manifest by digest;
+    #: ``resolve`` the manifest ``source``'s tag names now, sent under ``digest`` =
+    #: sha256 of ``source`` (the worker hashes what it gets to learn the manifest digest)
+    kind: Literal["blob", "manifest", "resolve"] = "blob"
 
 
 class Reregister(_Body):

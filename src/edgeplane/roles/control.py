@@ -20,10 +20,13 @@ from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
+from edgeplane.artifacts import registry_config
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
+from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
-from edgeplane.manager import Manager
+from edgeplane.manager import Manager, oci_modules
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.leadership import Leadership, home_of, lease_name
 from edgeplane.manager.schedules import Schedules
@@ -266,6 +269,11 @@ class ControlPlane:
         on start commands carry a module's digest, not its bytes. Only the leader serves."""
         settings = self.settings
         auth = None if self.auth is None else self.auth.proxy
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        oci_modules.configure(registries)  # admission pulls oci:// modules with them
+        max_bytes = settings.artifact_max_mb * 1024 * 1024
         self.proxy = Proxy(
             StoreSource(self.store),
             self.broker_url,
@@ -273,7 +281,9 @@ class ControlPlane:
             username=None if auth is None else auth.username,
             password=None if auth is None else auth.password,
             ca=settings.ca,
-            max_bytes=settings.artifact_max_mb * 1024 * 1024,
+            max_bytes=max_bytes,
+            registries=RegistrySource(registries),
+            disk=BlobStore(settings.data_dir / "proxy" / "blobs", 2 * max_bytes),
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)

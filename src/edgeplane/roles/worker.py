@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from edgeplane.artifacts import registry_config
 from edgeplane.config import Settings
@@ -24,6 +25,7 @@ from edgeplane.runtimes.taskuser import configured
 from edgeplane.security import joining
 from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
+from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,28 @@ def build_worker(
         secret_key=secret_key,
         artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
     )
-    return WorkerAgent(options, runtimes, cleaners=cleaners)
+    agent = WorkerAgent(options, runtimes, cleaners=cleaners)
+    container = runtimes.get("container")
+    if isinstance(container, ContainerRuntime):  # oci:// images through the proxy too
+        container.puller.use_proxy(agent.fetcher.fetch, settings.pull)
+    return agent
+
+
+def chute_host(settings: Settings, data_dir: Path) -> dict[str, Any]:
+    """The node's chute network and resource policy when it can have them (else none:
+    loopback only, cgroup limits)."""
+    from edgeplane.chutes.node import networking_available
+
+    why = networking_available() if settings.chute_network else "turned off"
+    if why is not None:
+        log.warning("chutes have loopback only and no disk or bandwidth limits: %s", why)
+        return {}
+    from edgeplane.chutes.network import ChuteNetwork, NodeNetwork
+    from edgeplane.chutes.resources import ChuteEnforcer
+
+    net = NodeNetwork(data_dir / "chutes" / "net")
+    enforcer = ChuteEnforcer(data_dir / "chutes", hosts_dir=net.hosts_dir)
+    return {"network": ChuteNetwork(net), "enforcer": enforcer}
 
 
 async def run_worker(
@@ -170,11 +193,30 @@ async def _run_worker(
         labels=labels,
         identity=identity,
     )
-    await agent.start()
-    print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+    edge = None
+    if settings.edge_api:
+        from edgeplane.chutes.edgeapi import EdgeApi  # only a node serving chutes pays for it
+        from edgeplane.chutes.node import Node
+
+        # Before the broker: the node stays manageable when no manager answers.
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        node = Node(
+            data_dir, settings.images_dir, registries=registries, **chute_host(settings, data_dir)
+        )
+        edge = EdgeApi(node, data_dir, settings.edge_api)
+        await edge.start()
+        print(f"edge api on http://{settings.edge_api}", flush=True)
     try:
-        await wait_for_stop(agent.refused)
+        await agent.start()
+        print(f"worker {agent.id} connected to {without_credentials(broker_url)}", flush=True)
+        try:
+            await wait_for_stop(agent.refused)
+        finally:
+            await agent.stop()
     finally:
-        await agent.stop()
+        if edge is not None:
+            await edge.stop()
     if agent.refused.is_set():
         raise Invalid(agent.refusal)
