@@ -18,6 +18,7 @@ from edgeplane.api import (
     audit,
     clusters,
     dashboard,
+    events,
     join_tokens,
     problems,
     runs,
@@ -213,6 +214,7 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(events.router)  # the dashboard's live stream
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
