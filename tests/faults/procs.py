@@ -265,6 +265,8 @@ class Lab:
     domain: str = field(default_factory=lambda: f"f{uuid.uuid4().hex[:10]}")
     roles: list[Role] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
+    #: a broker the lab did not start (the broker matrix's): every role dials it instead
+    external_broker: str = ""
     _broker: Broker | None = None
 
     @property
@@ -273,6 +275,11 @@ class Lab:
             self._broker = Broker(self.root / "mosquitto")
             self._broker.start()
         return self._broker
+
+    @property
+    def broker_url(self) -> str:
+        """Where the roles dial: the external broker if there is one, else the lab's."""
+        return self.external_broker or self.broker.url
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -295,7 +302,7 @@ class Lab:
         """``edgeplane manager`` on the lab's broker and store, with ``flags`` added."""
         return self.role(
             name,
-            ["manager", "--broker", self.broker.url, "--store", self.store,
+            ["manager", "--broker", self.broker_url, "--store", self.store,
              "--port", str(port), "--data-dir", str(self.root / name), *flags],
         )  # fmt: skip
 
@@ -307,7 +314,7 @@ class Lab:
         may enter (tests/faults/test_host_user.py runs them as the default user)."""
         return self.role(
             worker_id,
-            ["worker", "--manager", broker or self.broker.url, "--worker-id", worker_id,
+            ["worker", "--manager", broker or self.broker_url, "--worker-id", worker_id,
              "--allow-host", "--host-user", "root", "--no-containers", "--slots", str(slots),
              "--prefetch", str(prefetch), "--data-dir", str(self.root / worker_id)],
         )  # fmt: skip
@@ -326,7 +333,7 @@ class Lab:
     def up(self, port: int, *, workers: int = 2, name: str = "up", **env: str) -> Role:
         return self.role(
             name,
-            ["up", "--broker", self.broker.url, "--store", self.store, "--port", str(port),
+            ["up", "--broker", self.broker_url, "--store", self.store, "--port", str(port),
              "--workers", str(workers), "--no-containers", "--data-dir", str(self.root / name)],
             self.env(**env),
         )  # fmt: skip

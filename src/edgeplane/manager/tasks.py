@@ -261,6 +261,7 @@ class TaskService:
         changed: dict[str, Task] = {}
         acks: list[EventKey] = []
         late: list[TaskEvent] = []
+        resent: list[TaskEvent] = []
         #: versions written again only so the acks wait for them (resolved once already)
         carried: set[str] = set()
         for event in events:
@@ -274,6 +275,10 @@ class TaskService:
             task = core.active.get(event.task_id)
             if task is None and event.state in ("completed", "failed", "cancelled"):
                 late.append(event)
+            elif task is None and event.state in FINAL_STATES:
+                resent.append(event)  # e.g. a "rejected" sent again: pending (or placed) since
+            if task is not None and event.attempt < task.attempt:
+                continue  # an earlier attempt's event, sent again: that attempt is over
             if task is not None and core.level.member_of(task) != member_id:
                 # Another member's task: a forged or misrouted event (the broker's ACL lets
                 # a member publish only on its own topics, so this names the sender).
@@ -306,6 +311,8 @@ class TaskService:
             # in flight): the ack must wait for that write, so this batch carries the same
             # version again. Acked at once, the member would forget a result that a failed
             # write (an outage, a fenced ex-leader) then loses.
+            resent.append(event)
+        for event in resent:
             unwritten = core.journal.unwritten(event.task_id)
             if unwritten is not None and unwritten.id not in changed:
                 changed[unwritten.id] = unwritten
