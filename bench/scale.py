@@ -1103,6 +1103,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="URL",
         help="--hierarchy: the database (created if missing; a schema per process)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run in DIR and keep the processes' logs and data there (default: a temp dir)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     return parser.parse_args(argv)
 
@@ -1164,7 +1171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in counts:
         if n + 100 > nofile:
             console.print(f"[yellow]{n} workers need more than {nofile} open files[/yellow]")
-        with tempfile.TemporaryDirectory(prefix="edgeplane-scale-") as tmp:
+        with ExitStack() as kept:
+            if args.keep is None:
+                tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="edgeplane-scale-"))
+            else:
+                tmp = str(args.keep / f"workers-{n}")
+                Path(tmp).mkdir(parents=True)
             try:
                 if args.hierarchy:
                     found = hierarchy.run_hierarchy(n, options, tasks, postgres, Path(tmp), console)
