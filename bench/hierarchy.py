@@ -60,6 +60,7 @@ from bench.scale import (
     Options,
     cpu_s,
     lags,
+    offline_log,
     seconds,
     spread,
     wait_manager,
@@ -689,6 +690,9 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     )
     # after the figures above: a count of rows costs the root more than its counter
     f["tasks completed (root API)"] = world.root_client.list_tasks(state="completed", limit=1).total
+    for site in world.sites:  # a worker lost meanwhile fails its tasks (then their real end)
+        lost = {w for w, at in offline_log(site.manager.stderr_path) if at >= began}
+        f[f"{site.name}: workers marked offline during the batch (log)"] = len(lost)
     failed = world.root_client.list_tasks(state="failed", limit=3).items
     if failed:  # why, in the task's own words
         phase.note = "; ".join(sorted({f"failed: {task.reason}" for task in failed}))
