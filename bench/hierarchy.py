@@ -65,7 +65,7 @@ from bench.scale import (
     spread,
     wait_manager,
 )
-from bench.spine import Child, Phase, clean_env, ms, process, rss_mb, wasm_noop
+from bench.spine import Child, Phase, clean_env, ms, percentile, process, rss_mb, wasm_noop
 from edgeplane import Client
 from edgeplane.clock import new_id
 from edgeplane.errors import EdgeplaneError
@@ -88,6 +88,8 @@ BATCH_BUDGET_S = 600.0
 STATS_FLUSH_S = 2.5
 #: A batch whose every task ended, with nothing more counted for this long, is over.
 STANDSTILL_S = 10.0
+#: Workers per cluster whose heartbeat lag is read every second during the batch.
+BATCH_LAG_SAMPLE = 5
 FINISHED = "edgeplane_tasks_finished_total"
 #: ``$SYS`` counters read from each cluster broker (cumulative since it started).
 SYS_COUNTERS = (
@@ -661,7 +663,16 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     done = 0
     by_state: dict[str, int] = {}
     still_since = time.monotonic()
+    # How far behind each manager's view of its workers falls while the tasks go through:
+    # a manager behind by more than the missed beats' span declares beating workers lost.
+    observed: dict[str, list[Worker]] = {s.name: [] for s in world.sites}
+    next_sample = time.monotonic()
     while time.monotonic() < deadline:
+        if time.monotonic() >= next_sample:
+            for site in world.sites:
+                for worker_id in world.rng.sample(site.worker_ids, BATCH_LAG_SAMPLE):
+                    observed[site.name].append(site.client.worker(worker_id))
+            next_sample += 1.0
         now = _finished(world.root_client)
         counted = {k: v - done0.get(k, 0) for k, v in now.items() if v - done0.get(k, 0)}
         if counted != by_state:
@@ -690,6 +701,15 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     )
     # after the figures above: a count of rows costs the root more than its counter
     f["tasks completed (root API)"] = world.root_client.list_tasks(state="completed", limit=1).total
+    sent: dict[str, list[float]] = {}
+    for reply in world.fleets.ask("sent"):
+        sent.update(reply)
+    for site in world.sites:
+        got = lags(observed[site.name], sent)
+        if got:
+            f[f"{site.name}: heartbeat lag during the batch, p50 / max ms"] = (
+                f"{ms(percentile(sorted(got), 50))} / {ms(max(got))}"
+            )
     for site in world.sites:  # a worker lost meanwhile fails its tasks (then their real end)
         lost = {w for w, at in offline_log(site.manager.stderr_path) if at >= began}
         f[f"{site.name}: workers marked offline during the batch (log)"] = len(lost)
