@@ -32,6 +32,7 @@ heartbeat rate over the same seconds).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import shlex
@@ -365,7 +366,7 @@ class Tree:
         return {name: sum(rss_mb(p) for p in procs) for name, procs in self.processes.items()}
 
 
-def root_argv(data_dir: Path, store_url: str, heartbeat_s: float) -> list[str]:
+def root_argv(data_dir: Path, store_url: str, heartbeat_s: float, port: str) -> list[str]:
     return [
         *EDGEPLANE,
         "root",
@@ -374,14 +375,20 @@ def root_argv(data_dir: Path, store_url: str, heartbeat_s: float) -> list[str]:
         "--heartbeat-s",
         f"{heartbeat_s:g}",
         "--port",
-        "0",
+        port,
         "--data-dir",
         str(data_dir),
     ]
 
 
 def cluster_argv(
-    name: str, broker_url: str, root_broker: str, store_url: str, data_dir: Path, hb: float
+    name: str,
+    broker_url: str,
+    root_broker: str,
+    store_url: str,
+    data_dir: Path,
+    hb: float,
+    port: str,
 ) -> list[str]:
     return [
         *EDGEPLANE,
@@ -399,7 +406,7 @@ def cluster_argv(
         "--aggregate-interval-s",
         f"{AGGREGATE_S:g}",
         "--port",
-        "0",
+        port,
         "--data-dir",
         str(data_dir),
     ]
@@ -435,7 +442,8 @@ def tree(
         stack.callback(store.drop)
         root_dir = work_dir / "root"
         root_dir.mkdir(parents=True)
-        argv = root_argv(root_dir, store.store_url("root"), options.heartbeat_s)
+        # Fixed ports, as deployed: a leader deposed and elected again serves where it did.
+        argv = root_argv(root_dir, store.store_url("root"), options.heartbeat_s, str(free_port()))
         root = stack.enter_context(process(argv, env, work_dir, "root"))
         root_url = wait_manager(root, time.monotonic() + READY_TIMEOUT_S, ROOT_URL)
         root_client = stack.enter_context(Client(root_url, token, timeout=60))
@@ -461,7 +469,13 @@ def tree(
             )
             stack.callback(fleets.stop)
             argv = cluster_argv(
-                name, broker.url, root_broker, store.store_url(name), data, options.heartbeat_s
+                name,
+                broker.url,
+                root_broker,
+                store.store_url(name),
+                data,
+                options.heartbeat_s,
+                str(free_port()),
             )
             argv += ["--join", join_token(root_url, token, name)]
             manager = stack.enter_context(process(argv, env, work_dir, name))
@@ -768,6 +782,34 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     return phase
 
 
+#: Log lines (``msg``) that say a run was disturbed, counted per process.
+INCIDENTS = (
+    "worker offline",
+    "tasks lost",
+    "cluster offline",
+    "no longer leading",
+    "a lost task's real end reported",
+)
+
+
+def incidents(world: Tree) -> Phase:
+    """What went wrong during the run, from each process's log: a loaded machine shows up
+    here first (workers declared lost while beating, a leader deposed when it could not
+    renew its lease in time)."""
+    phase = Phase("incidents (logs, whole run)", status="finished")
+    children = {"root": world.root, **{f"manager {s.name}": s.manager for s in world.sites}}
+    for name, child in children.items():
+        counts = dict.fromkeys(INCIDENTS, 0)
+        for line in child.stderr_path.read_text(errors="replace").splitlines():
+            with suppress(ValueError):  # not one of its JSON lines
+                msg = json.loads(line).get("msg")
+                if msg in counts:
+                    counts[msg] += 1
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        phase.figures[name] = shown or "none"
+    return phase
+
+
 def guarded(name: str, step: Any) -> list[Phase]:
     try:
         result = step()
@@ -798,6 +840,7 @@ def run_hierarchy(
         if baseline:
             console.print(f"{tasks:,} tasks through the root …")
             report.phases += guarded("batch", lambda: measure_batch(world, tasks, baseline))
+        report.phases += guarded("incidents", lambda: incidents(world))
         console.print("stopping …")
     return report
 
@@ -805,7 +848,7 @@ def run_hierarchy(
 def commands(heartbeat_s: float, postgres: str) -> str:
     """The processes' command lines, as the report shows them (no token)."""
     url = server_url(postgres)
-    root = root_argv(Path("DIR/root"), f"{url}?schema=S_ROOT", heartbeat_s)
+    root = root_argv(Path("DIR/root"), f"{url}?schema=S_ROOT", heartbeat_s, "FREE_PORT")
     cluster = cluster_argv(
         "site-a",
         "mqtt://127.0.0.1:PORT",
@@ -813,6 +856,7 @@ def commands(heartbeat_s: float, postgres: str) -> str:
         f"{url}?schema=S_A",
         Path("DIR/site-a"),
         heartbeat_s,
+        "FREE_PORT",
     )
     return " ; ".join(
         shlex.join(["python", *argv[1:]]) for argv in (root, [*cluster, "--join", "TOKEN"])
