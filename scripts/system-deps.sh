@@ -2,7 +2,8 @@
 # System packages edgeplane's tests need: the Mosquitto broker (spawned by tests and by
 # `edgeplane up`), runc and a static busybox (container tasks; the test images are built
 # from busybox offline), systemd-analyze and kubectl (the deployment kit's tests verify
-# deploy/systemd and render deploy/kubernetes with them). Installs only what is missing.
+# deploy/systemd and render deploy/kubernetes with them), docker-registry, skopeo and
+# htpasswd (apache2-utils) for the OCI registry tests. Installs only what is missing.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -10,6 +11,9 @@ command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
 command -v busybox >/dev/null 2>&1 || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-pytest_plugins = ["broker_fixtures", "store_fixtures", "faults.procs"]
+pytest_plugins = ["broker_fixtures", "store_fixtures", "faults.procs", "registry_fixtures"]
 
 
 @pytest_asyncio.fixture

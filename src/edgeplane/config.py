@@ -78,6 +78,12 @@ class Settings(BaseModel):
     containers: bool = True
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
+    #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
+    #: registry itself (the only way so far)
+    pull: Literal["direct"] = "direct"
+    #: registry settings (credentials, insecure registries, the largest artifact) for
+    #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
+    registries: Path | None = None
     slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"

@@ -2,7 +2,8 @@
 
 Every error a user can see derives from :class:`EdgeplaneError`. The API maps them to
 RFC 9457 problem+json in one place (``edgeplane.api.problems``); the CLI maps them to exit
-codes. ``transient`` tells retry logic whether trying again may help.
+codes. ``transient`` tells retry logic whether trying again may help; ``reason``, when
+set, is a short code a task that fails of it carries (``artifact_not_found``, …).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ class EdgeplaneError(Exception):
     status: int = 500
     title: str = "Internal error"
     transient: bool = False
+    reason: str | None = None
 
-    def __init__(self, detail: str, *, field: str | None = None) -> None:
+    def __init__(self, detail: str, *, field: str | None = None, reason: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        if reason is not None:
+            self.reason = reason
 
 
 class Invalid(EdgeplaneError):

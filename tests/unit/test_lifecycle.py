@@ -56,6 +56,31 @@ def test_transient_failure_retries_while_allowed() -> None:
     assert final is not None and final.state == "failed"
 
 
+def test_a_failures_reason_code_becomes_the_tasks_reason() -> None:
+    unreachable = {"error": "registry r:5000 unreachable", "reason": "registry_unreachable"}
+    waiting = lifecycle.apply_event(
+        scheduled(retries=1), event("failed", transient=True, **unreachable), 3.0, 0.5
+    )
+    assert waiting is not None and waiting.state == "pending"
+    assert waiting.reason == "retrying after registry_unreachable: registry r:5000 unreachable"
+    again = lifecycle.assign(waiting, "w2", "c", 4.0)
+    failed = lifecycle.apply_event(
+        again, event("failed", attempt=2, transient=True, **unreachable), 5.0, 0.5
+    )
+    assert failed is not None and failed.state == "failed"
+    assert (failed.reason, failed.error) == ("registry_unreachable", unreachable["error"])
+    missing = lifecycle.apply_event(
+        scheduled(retries=3),
+        event("failed", error="oci://r/x:1 not found", reason="artifact_not_found"),
+        3.0,
+        0.5,
+    )
+    assert missing is not None and (missing.state, missing.reason) == (
+        "failed",
+        "artifact_not_found",
+    )
+
+
 def test_lost_worker_fails_with_worker_lost_when_no_retries() -> None:
     lost = lifecycle.lose(scheduled(), "worker w1 went offline", 3.0, 0.5)
     assert lost.state == "failed" and lost.error == lifecycle.WORKER_LOST

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from edgeplane import __version__
 from edgeplane.cli import (
     apps,
+    artifacts,
     audit,
     certs,
     clusters,
@@ -140,6 +141,7 @@ workers.app.callback(invoke_without_command=True)(roles.worker)
 app.add_typer(workers.app, name="worker")
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
+app.add_typer(artifacts.app, name="artifact")
 app.add_typer(certs.app, name="certs")
 app.command("login")(users.login)
 app.add_typer(users.users, name="user")

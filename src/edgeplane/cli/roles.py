@@ -96,6 +96,22 @@ HostUserOption = Annotated[
         "'--host-user root' runs them as root.",
     ),
 ]
+PullOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pull",
+        help="How workers get oci:// container images: 'direct' pulls them from the "
+        "registry (the default; the only way so far).",
+    ),
+]
+RegistriesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--registries",
+        help="Registry config for pulls (default: $EDGEPLANE_REGISTRIES, else "
+        "DATA_DIR/registries.yaml if there).",
+    ),
+]
 ContainersOption = Annotated[
     bool | None,
     typer.Option(
@@ -281,6 +297,8 @@ def up(
     host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
+    pull: PullOption = None,
+    registries: RegistriesOption = None,
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
@@ -320,6 +338,8 @@ def up(
         "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
+        "pull": pull,
+        "registries": registries,
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
@@ -527,6 +547,8 @@ def worker(
     host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
+    pull: PullOption = None,
+    registries: RegistriesOption = None,
     data_dir: DataDirOption = None,
     heartbeat_s: HeartbeatOption = None,
     wasm_memory_mb: WasmMemoryOption = None,
@@ -547,6 +569,8 @@ def worker(
         "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
+        "pull": pull,
+        "registries": registries,
         "data_dir": data_dir,
         "heartbeat_s": heartbeat_s,
         "wasm_memory_mb": wasm_memory_mb,

@@ -62,8 +62,8 @@ _ARGS_HELP = (
     "wasm: FILE.wasm (or oci://REF) NAME [ARGS]... where NAME is the export to call and ARGS "
     "its inputs (function mode) or the program's arguments (--mode wasi). "
     "host: the command, after `--`, e.g. `--runtime host -- sh -c 'echo hi'`. "
-    "container: --image NAME[:TAG] and optionally the command after `--` (default: the "
-    "image's)."
+    "container: --image NAME[:TAG] or oci://HOST/REPO[:TAG] and optionally the command "
+    "after `--` (default: the image's)."
 )
 ArgsArgument = Annotated[
     list[str] | None,
@@ -75,7 +75,10 @@ ModeOption = Annotated[
 RuntimeOption = Annotated[RuntimeName, typer.Option(help="wasm module, host command or container.")]
 ImageOption = Annotated[
     str | None,
-    typer.Option(help="--runtime container: an image in the worker's image dir, NAME[:TAG]."),
+    typer.Option(
+        help="--runtime container: an image in the worker's image dir, NAME[:TAG], or "
+        "oci://HOST[:PORT]/REPO[:TAG][@sha256:…] pulled from its registry."
+    ),
 ]
 ExportOption = Annotated[
     str | None, typer.Option(help="wasm export to call when it differs from NAME.")

@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from edgeplane.artifacts import reference
 from edgeplane.errors import Invalid
 from edgeplane.imageref import NAME_RULE, split_ref
 from edgeplane.model import Task, TaskSpec
@@ -115,8 +116,13 @@ def admit(
             raise Invalid("a host task needs 'command' (a non-empty list)", field="command")
     elif spec.runtime == "container":
         if not spec.image:
-            raise Invalid("a container task needs 'image' (NAME[:TAG])", field="image")
-        if split_ref(spec.image) is None:
+            raise Invalid(
+                "a container task needs 'image' (NAME[:TAG] or oci://HOST/REPO[:TAG])",
+                field="image",
+            )
+        if reference.is_oci(spec.image):
+            reference.parse(spec.image, field="image")  # Invalid naming the bad part
+        elif split_ref(spec.image) is None:
             raise Invalid(f"image {spec.image!r} is not allowed: {NAME_RULE}", field="image")
     else:
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")

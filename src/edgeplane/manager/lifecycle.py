@@ -195,9 +195,18 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
             }
         )
     if event.state == "failed" and event.transient:
-        retried = _retry_or_fail(task, event.error or "transient failure", "", now, backoff_base_s)
+        error = event.error or "transient failure"
+        retried = _retry_or_fail(task, error, "", now, backoff_base_s)
+        if event.reason:
+            # The code first, so a waiting task says what it waits out
+            # ("retrying after registry_unreachable: …") and a failed one why it failed.
+            waiting = retried.state == "pending"
+            reason = f"retrying after {event.reason}: {error}" if waiting else event.reason
+            logs["reason"] = reason
         return retried.model_copy(update=logs)
     state = "cancelled" if event.state == "cancelled" else "failed"
+    if state == "failed" and event.reason:
+        logs["reason"] = event.reason
     return task.model_copy(
         update={
             "state": state,

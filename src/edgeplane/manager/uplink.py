@@ -527,6 +527,7 @@ class Uplink:
                     else ("failed" if task.state == "failed" else "cancelled"),
                     results=task.results,
                     error=task.error,
+                    reason=task.reason if task.state == "failed" else None,
                     exit_code=task.exit_code,
                     stdout=task.stdout,
                     stderr=task.stderr,

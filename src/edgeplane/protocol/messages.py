@@ -246,6 +246,9 @@ class TaskEvent(_Body):
     results: Any = None
     error: str | None = None
     transient: bool = False
+    #: on a failure: a short code of why (``artifact_not_found``, ``registry_unreachable``,
+    #: ``digest_mismatch``), which becomes the task's ``reason``
+    reason: str | None = None
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgeplane.artifacts import registry_config
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
@@ -88,6 +89,9 @@ def build_worker(
         data_dir=data_dir,
         allow_containers=settings.containers,
         images_dir=settings.images_dir,
+        registries=registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        ),
         modules=modules,
         wasm_memory_mb=settings.wasm_memory_mb,
         wasm_timeout_s=settings.wasm_timeout_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.limits import (
     DEFAULT_WASM_MAX_MEMORY_MB,
     DEFAULT_WASM_MEMORY_MB,
@@ -27,6 +28,7 @@ def available_runtimes(
     data_dir: Path | None = None,
     allow_containers: bool = False,
     images_dir: Path | None = None,
+    registries: RegistryConfig | None = None,
     modules: ModuleCache | None = None,
     wasm_memory_mb: int | None = None,
     wasm_timeout_s: float | None = None,
@@ -40,7 +42,8 @@ def available_runtimes(
     them across restarts in ``cache_dir/wasm``); wasm tasks that give no limits get
     ``wasm_memory_mb`` / ``wasm_timeout_s`` (default: edgeplane's defaults) and may ask for
     no more than ``wasm_max_memory_mb``; container
-    images come from ``images_dir`` (default ``data_dir/images``); host tasks run as
+    images come from ``images_dir`` (default ``data_dir/images``) or, named ``oci://…``,
+    from their registry with ``registries``' settings (default: none); host tasks run as
     ``host_user`` (default: the worker's own user).
     """
     if modules is None:
@@ -56,7 +59,7 @@ def available_runtimes(
     if allow_host:
         candidates.append(HostRuntime(user=host_user))
     if allow_containers and data_dir is not None:
-        candidates.append(ContainerRuntime(data_dir, images_dir))
+        candidates.append(ContainerRuntime(data_dir, images_dir, registries=registries))
     return {rt.name: rt for rt in candidates if rt.fingerprint() is not None}
 
 

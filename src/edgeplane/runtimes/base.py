@@ -27,6 +27,8 @@ class Outcome:
     results: Any = None
     error: str | None = None
     transient: bool = False
+    #: a short code of why it failed (``TaskFailure.reason``), the task's ``reason``
+    reason: str | None = None
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""

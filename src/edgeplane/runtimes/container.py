@@ -40,11 +40,14 @@ from typing import Any, ClassVar
 
 import psutil
 
+from edgeplane.artifacts import reference
+from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
 from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
 
@@ -75,7 +78,8 @@ class _Container(Attempt):
 
 class ContainerRuntime(SupervisedRuntime[_Container]):
     """Runs ``container`` tasks: ``spec.image`` (``name[:tag]`` in ``images_dir``, default
-    ``<data_dir>/images``) with ``spec.command`` (default: the image's Entrypoint + Cmd) and
+    ``<data_dir>/images``, or ``oci://…`` pulled from its registry with ``registries``'
+    settings: ``pull.py``) with ``spec.command`` (default: the image's Entrypoint + Cmd) and
     ``spec.env`` over the image's Env.
 
     A bad or unknown image, or no command at all, raises
@@ -94,15 +98,16 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         images_dir: Path | None = None,
         *,
         runc: str | None = None,
+        registries: RegistryConfig | None = None,
         grace_s: float = 2.0,
         poll_s: float = 0.25,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(grace_s=grace_s, poll_s=poll_s, clock=clock)
         base = data_dir / "containers"
-        self.images = ImageStore(
-            images_dir if images_dir is not None else data_dir / "images", base / "rootfs"
-        )
+        images = images_dir if images_dir is not None else data_dir / "images"
+        self.images = ImageStore(images, base / "rootfs")
+        self.puller = ImagePuller(images / PULLED_DIR, registries)
         self.bundles = base / "bundles"
         self.state_dir = base / "runc"
         self.runc = runc if runc is not None else find_runc()
@@ -130,7 +135,11 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         self._claim(spec)
         if self.runc is None:
             raise TaskFailure("runc is not installed on this worker", field="runtime")
-        image = await asyncio.to_thread(self.images.resolve, spec.image)
+        if reference.is_oci(spec.image):
+            layout = await self.puller.layout_for(spec.image)
+            image = await asyncio.to_thread(self.images.resolve_layout, spec.image, layout)
+        else:
+            image = await asyncio.to_thread(self.images.resolve, spec.image)
         rootfs = await self.images.rootfs(image)
         cid = container_id(spec.task_id, spec.attempt, secrets.token_hex(3))
         config = runtime_config(
@@ -220,6 +229,10 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         )
         self._adopt(container)
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
+
+    async def close(self) -> None:
+        await super().close()
+        await self.puller.close()
 
     # --- hooks --------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ An image is a directory ``<images>/<name>`` in the OCI image layout (``oci-layou
 oci:<images>/busybox:latest`` or ``buildah push`` write it. ``name:tag`` (tag ``latest`` by
 default) picks the manifest whose ``org.opencontainers.image.ref.name`` annotation is the
 tag; an index with one untagged manifest serves any tag. A nested index (a multi-platform
-image) is followed to the manifest for this machine's architecture.
+image) is followed to the manifest for this machine's architecture. Images named
+``oci://…`` are pulled into layouts of their own (``pull.py``) and resolved the same way.
 
 Every blob is checked against its sha256 digest as it is read. The layers are applied in
 order (``layers.py``) into a temporary directory renamed to ``<cache>/<manifest hex>`` at
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgeplane.errors import TaskFailure
-from edgeplane.imageref import NAME_RULE, split_ref
+from edgeplane.imageref import DEFAULT_TAG, NAME_RULE, split_ref
 from edgeplane.runtimes.layers import apply_layer
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
-_LAYER_TYPES = {
+LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar",
@@ -119,6 +120,10 @@ class ImageStore:
         layout = self.images_dir / name
         if not (layout / "oci-layout").is_file():
             raise _fail(ref, f"no such image in {self.images_dir}")
+        return self.resolve_layout(ref, layout, tag)
+
+    def resolve_layout(self, ref: str, layout: Path, tag: str = DEFAULT_TAG) -> Image:
+        """:meth:`resolve` of the layout at ``layout`` (a pulled one: ``pull.py``)."""
         try:
             index = json.loads((layout / "index.json").read_bytes())
         except (OSError, ValueError) as exc:
@@ -129,7 +134,7 @@ class ImageStore:
         layers = []
         for layer in manifest.get("layers") or []:
             media = str(layer.get("mediaType", ""))
-            if media not in _LAYER_TYPES:
+            if media not in LAYER_TYPES:
                 raise _fail(ref, f"unsupported layer type {media!r} (tar or tar+gzip only)")
             layers.append((self._digest(ref, layer), media))
         return Image(

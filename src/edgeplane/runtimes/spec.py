@@ -41,7 +41,7 @@ class RunSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     #: host: the command; container: what replaces the image's entrypoint and cmd
     command: list[str] | None = None
-    #: container: ``name[:tag]`` in the worker's image dir
+    #: container: ``name[:tag]`` in the worker's image dir, or ``oci://…`` (``pull.py``)
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
     #: runs until stopped: no default timeout applies

@@ -503,6 +503,7 @@ class WorkerAgent:
             results=outcome.results,
             error=outcome.error,
             transient=outcome.transient,
+            reason=outcome.reason,
             exit_code=outcome.exit_code,
             stdout=outcome.stdout,
             stderr=outcome.stderr,
@@ -572,7 +573,9 @@ class WorkerAgent:
             if key in self._persisted:
                 self._persisted.discard(key)
                 await asyncio.to_thread(self.handles.remove, [key])
-            return Outcome(state="failed", error=exc.detail, transient=exc.transient)
+            return Outcome(
+                state="failed", error=exc.detail, transient=exc.transient, reason=exc.reason
+            )
         run.runtime = runtime
         if runtime.recoverable:
             # On disk before its command runs and before it is reported running: whatever

@@ -1,0 +1,1 @@
+"""Artifacts: wasm modules and container images by content (sha256), from OCI registries."""

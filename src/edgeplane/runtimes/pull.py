@@ -1,0 +1,198 @@
+"""Container images named ``oci://HOST[:PORT]/REPO[:TAG][@sha256:…]``, pulled from the
+registry by the worker itself (``--pull direct``).
+
+A pulled image is an OCI image layout ``<images>/.oci/<manifest hex>``, content-addressed
+by the digest the reference resolves to: a tag that moved names another digest and is
+pulled again, two tags of one digest share one layout, and a reference by digest that is
+held needs no registry at all. The dot keeps it apart from the images users copy in
+(``NAME[:TAG]`` never starts with one). Manifest, config and layers are verified against
+their sha256 as they stream (``artifacts/registry.py``) into a temporary directory renamed
+into place once complete, so a crash never leaves half an image under the name tasks use.
+Tasks that want the same image at once pull it once.
+
+Every failure becomes a :class:`~edgeplane.errors.TaskFailure` whose ``reason`` is the
+registry error's: ``artifact_not_found``, ``registry_denied``, ``artifact_too_big``,
+``digest_mismatch`` (after one more try: a blob damaged on the way comes right the second
+time), and ``registry_unreachable``, the one worth retrying later (transient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from edgeplane.artifacts import reference
+from edgeplane.artifacts.reference import Reference
+from edgeplane.artifacts.registry import OCI_INDEX, Descriptor, Manifest, Registry
+from edgeplane.artifacts.registry_config import RegistryConfig
+from edgeplane.artifacts.registry_errors import (
+    ArtifactNotFound,
+    ArtifactTooBig,
+    DigestMismatch,
+    RegistryUnreachable,
+)
+from edgeplane.errors import EdgeplaneError, TaskFailure, TransientTaskFailure
+from edgeplane.runtimes.images import LAYER_TYPES, oci_architecture
+
+log = logging.getLogger(__name__)
+
+#: Under the image dir: a name no ``NAME[:TAG]`` image can have.
+PULLED_DIR = ".oci"
+
+
+class ImagePuller:
+    """Pulls ``oci://`` images into ``directory`` with one registry client (made on first
+    use, in the worker's loop; :meth:`close` ends it). ``transport`` is for unit tests."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: RegistryConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.directory = directory
+        self.config = config or RegistryConfig()
+        #: for unit tests (an ``httpx.MockTransport``)
+        self._transport = transport
+        self._client: Registry | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: images downloaded by this process (not the ones found on disk)
+        self.pulls = 0
+
+    def layout(self, digest: str) -> Path:
+        return self.directory / digest.removeprefix("sha256:")
+
+    async def layout_for(self, text: str) -> Path:
+        """The OCI layout of image ``text``, pulled when not held. Raises
+        :class:`TaskFailure` (with the registry's reason) when it cannot be had."""
+        try:
+            ref = reference.parse(text, field="image")
+        except EdgeplaneError as exc:
+            raise TaskFailure(exc.detail, field="image") from None
+        try:
+            try:
+                return await self._layout_for(ref)
+            except DigestMismatch as exc:
+                log.warning("image digest mismatch, fetching once more",
+                            extra={"image": str(ref), "error": exc.detail})  # fmt: skip
+                return await self._layout_for(ref)
+        except RegistryUnreachable as exc:
+            raise TransientTaskFailure(
+                _named(ref, exc.detail), field="image", reason=exc.reason
+            ) from None
+        except EdgeplaneError as exc:
+            raise TaskFailure(_named(ref, exc.detail), field="image", reason=exc.reason) from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- internals ----------------------------------------------------------------------
+
+    async def _layout_for(self, ref: Reference) -> Path:
+        digest = ref.digest
+        if digest is None:  # a tag: what it names now (one HEAD request)
+            digest = (await self._registry().resolve(ref)).digest
+        final = self.layout(digest)
+        if final.is_dir():
+            return final
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if not final.is_dir():
+                await self._pull(ref.with_digest(digest), final)
+        return final
+
+    def _registry(self) -> Registry:
+        if self._client is None:
+            self._client = Registry(self.config, transport=self._transport)
+        return self._client
+
+    async def _pull(self, ref: Reference, final: Path) -> None:
+        client = self._registry()
+        top = await client.manifest(ref)  # verified against ref.digest
+        manifest = await self._platform(client, top)
+        config = manifest.config
+        if config is None:
+            raise ArtifactNotFound(f"{ref} is not a container image (its manifest has no config)")
+        for layer in manifest.layers:
+            if layer.media_type not in LAYER_TYPES:
+                raise ArtifactNotFound(
+                    f"{ref} is not a container image: layer type {layer.media_type!r}"
+                )
+        blobs = _unique([config, *manifest.layers])
+        total = sum(blob.size for blob in blobs)
+        if total > self.config.max_bytes:
+            raise ArtifactTooBig(
+                f"{ref} is {total} bytes, over the {self.config.max_bytes}-byte maximum"
+            )
+        work = await asyncio.to_thread(self._workspace, final)
+        try:
+            store = work / "blobs" / "sha256"
+            for blob in blobs:
+                dest = store / blob.digest.removeprefix("sha256:")
+                await client.fetch_blob(ref, blob, dest)
+            await asyncio.to_thread(_finish, work, final, top, manifest)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        self.pulls += 1
+        log.info("image pulled", extra={"image": str(ref), "digest": ref.digest, "bytes": total})
+
+    async def _platform(self, client: Registry, top: Manifest) -> Manifest:
+        """``top`` itself, or for an index (a multi-platform image) the manifest of this
+        machine's architecture."""
+        if not top.is_index:
+            return top
+        arch = oci_architecture()
+        for entry in top.manifests:
+            platform = entry.platform or {}
+            if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
+                return await client.manifest(top.reference.with_digest(entry.digest))
+        raise ArtifactNotFound(f"{top.reference} has no image for linux/{arch}")
+
+    def _workspace(self, final: Path) -> Path:
+        """A fresh temporary directory beside ``final`` (renamed to it when complete)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(f".{final.name}-*"):  # a crash mid-pull
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=self.directory))
+        (work / "blobs" / "sha256").mkdir(parents=True)
+        return work
+
+
+def _finish(work: Path, final: Path, top: Manifest, manifest: Manifest) -> None:
+    """Write the manifests and the layout's index into ``work`` and rename it ``final``."""
+    store = work / "blobs" / "sha256"
+    for document in (top, manifest):
+        (store / document.digest.removeprefix("sha256:")).write_bytes(document.raw)
+    (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    # One untagged entry: it serves the name whatever its tag (images.py), and an index
+    # at the top is followed to this machine's manifest there as well.
+    entry = {"mediaType": top.media_type, "digest": top.digest, "size": top.size}
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
+    (work / "index.json").write_text(json.dumps(index))
+    work.chmod(0o755)
+    try:
+        work.rename(final)
+    except OSError:
+        if not final.is_dir():  # another process got there first: fine
+            raise
+
+
+def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
+    seen: dict[str, Descriptor] = {}
+    for blob in blobs:
+        seen.setdefault(blob.digest, blob)
+    return list(seen.values())
+
+
+def _named(ref: Reference, detail: str) -> str:
+    """The detail, saying which image when it does not already."""
+    return detail if str(ref) in detail else f"image {ref}: {detail}"
