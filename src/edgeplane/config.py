@@ -105,6 +105,13 @@ class Settings(BaseModel):
     # --- the hierarchy (root → clusters → workers) ---
     #: ``mqtt://host:port`` of the root's broker: a manager given one registers there
     root: str = ""
+    #: reach the root through this cluster's own broker (``--broker``), which a Mosquitto
+    #: bridge links to the root's (docs/brokers.md); ``root`` is then only where it joins
+    root_via_bridge: bool = False
+    #: the cluster's identity at the root as a file of its own (a ``credentials.json`` a
+    #: join made elsewhere), read instead of ``<data dir>/uplink/``: several managers of
+    #: one cluster share one identity, and only one of them can join (docs/deploy.md)
+    root_credentials: Path | None = None
     cluster_name: str = ""
     #: cluster metadata sent to the root: labels and ``lat,lon``
     labels: dict[str, str] = Field(default_factory=dict)

@@ -36,16 +36,30 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "StatefulSet", "Service", "PersistentVolumeClaim"} <= kinds
+    assert {"Deployment", "StatefulSet", "Service"} <= kinds
+    # a data volume for each process that starts its own broker (none when all share one)
+    assert "PersistentVolumeClaim" in kinds or all(
+        d["spec"]["replicas"] > 1 for d in docs if d["kind"] == "Deployment"
+    )
     assert "Secret" not in kinds or all("stringData" not in d for d in docs)
     for doc in docs:
         if doc["kind"] != "Deployment":
             continue
         spec = doc["spec"]
-        # one manager per cluster (several on one store fight) and one root; Recreate: a
-        # rollout never runs the old and the new pod at once
-        assert spec["replicas"] == 1, doc["metadata"]["name"]
-        assert spec["strategy"] == {"type": "Recreate"}
+        component = spec["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        if spec["replicas"] == 1:
+            # a manager that starts its own broker, the root, a shared broker: Recreate, a
+            # rollout never runs the old and the new pod at once
+            assert spec["strategy"] == {"type": "Recreate"}, doc["metadata"]["name"]
+        else:
+            # several managers of one cluster (managers[].replicas), or several roots: the
+            # lease keeps one leading; a standby is never ready, so the new pods start
+            # beside the old ones
+            assert component in ("manager", "root"), doc["metadata"]["name"]
+            assert spec["strategy"] == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "100%"},
+            }
         pod = spec["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"]:
@@ -53,6 +67,8 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
             assert security["allowPrivilegeEscalation"] is False
             assert security["readOnlyRootFilesystem"] is True
             assert security["capabilities"] == {"drop": ["ALL"]}
+            if component == "broker":
+                continue
             env = {e["name"]: e for e in container["env"]}
             # the password comes from a Secret, into the store URL by Kubernetes' $(VAR)
             assert "secretKeyRef" in env["POSTGRES_PASSWORD"]["valueFrom"]
@@ -69,9 +85,12 @@ def check_edgeplane_workloads(docs: list[dict[str, Any]]) -> None:
             assert "--insecure" not in args
             assert args[args.index("--host") + 1] == "0.0.0.0"
     for container in containers(docs, "manager"):
+        env = {e["name"]: e for e in container["env"]}
+        if "--root-credentials" in container["args"] or "EDGEPLANE_ROOT" in env:
+            continue  # several managers (one identity), or several roots (none): below
         # the root's broker admits only joined clusters: the token from a Secret the pod
         # waits for (not optional: started without it, the manager could never register)
-        token = {e["name"]: e for e in container["env"]}["EDGEPLANE_JOIN_TOKEN"]
+        token = env["EDGEPLANE_JOIN_TOKEN"]
         ref = token["valueFrom"]["secretKeyRef"]
         assert ref["key"] == "token" and not ref.get("optional"), ref
 
@@ -184,6 +203,137 @@ def test_helm_without_tls_says_so_and_an_external_store_is_a_secret() -> None:
             env = {e["name"]: e for e in container["env"]}
             assert env["STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "url"}
             assert env["EDGEPLANE_STORE"]["value"].startswith("$(STORE_URL)?schema=")
+
+
+SHARED = {"adminToken": {"existingSecret": "admin"}}
+
+
+def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_helm_several_managers_of_one_cluster_share_the_charts_broker() -> None:
+    """managers[].replicas: N pods of one cluster on one store, one identity at the root
+    and one broker (the chart's Mosquitto), each reachable through the Service, which only
+    the leader is ready for; a cluster without the option is left as it was."""
+    values = {
+        **SHARED,
+        "managers": [{"clusterId": "berlin", "replicas": 3}, {"clusterId": "paris"}],
+    }
+    docs = helm(values)
+    check_edgeplane_workloads(docs)
+    name = "ep-edgeplane-manager-berlin"
+    deployment = by_name(docs, "Deployment", name)
+    assert deployment["spec"]["replicas"] == 3
+    berlin, paris = containers(docs, "manager")
+    args = berlin["args"]
+    assert args[args.index("--advertise-url") + 1] == f"https://{name}:7070"
+    assert "--broker-port" not in args and "--broker-host" not in args
+    assert accepts_flags(args).exit_code == 0
+    env = {e["name"]: e for e in berlin["env"]}
+    assert "EDGEPLANE_JOIN_TOKEN" not in env  # one join for all: the identity is shared
+    password = env["BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password == {"name": f"{name}-broker", "key": "password"}
+    assert env["EDGEPLANE_BROKER"]["value"] == (
+        f"mqtts://edgeplane:$(BROKER_PASSWORD)@{name}-broker:8883"
+    )
+    # the identity at the root: a Secret's credentials.json, where --root-credentials reads
+    credentials = args[args.index("--root-credentials") + 1]
+    pod = deployment["spec"]["template"]["spec"]
+    mount = next(m for m in berlin["volumeMounts"] if m["name"] == "identity")
+    assert credentials == f"{mount['mountPath']}/credentials.json" and mount["readOnly"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["identity"]["secret"]["secretName"] == f"{name}-identity"
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}  # all it keeps is in the store
+    assert not any(d["kind"] == "PersistentVolumeClaim" and name in d["metadata"]["name"]
+                   for d in docs if "berlin" in d["metadata"]["name"])  # fmt: skip
+    service = by_name(docs, "Service", name)
+    assert [p["name"] for p in service["spec"]["ports"]] == ["api"]
+    # the shared broker: locked, TLS, its password from the Secret the chart made
+    broker = by_name(docs, "Deployment", f"{name}-broker")
+    (mosquitto,) = broker["spec"]["template"]["spec"]["containers"]
+    assert mosquitto["command"] == ["sh", "-c"]
+    assert "mosquitto_passwd -c -b /tmp/passwd edgeplane" in mosquitto["args"][0]
+    config = by_name(docs, "ConfigMap", f"{name}-broker")["data"]["mosquitto.conf"].split("\n")
+    assert {"listener 8883 0.0.0.0", "allow_anonymous false", "password_file /tmp/passwd",
+            "certfile /etc/edgeplane/tls/server.pem"} <= set(config)  # fmt: skip
+    assert by_name(docs, "Service", f"{name}-broker")["spec"]["ports"][0]["port"] == 8883
+    secret = by_name(docs, "Secret", f"{name}-broker")
+    assert set(secret["data"]) == {"password"}
+    # paris: one manager, its own broker, volume and join token, as before
+    assert "--broker-port" in paris["args"] and "--advertise-url" not in paris["args"]
+    assert "EDGEPLANE_JOIN_TOKEN" in {e["name"] for e in paris["env"]}
+    text = notes(values)
+    assert f"create secret generic {name}-identity --from-file=credentials.json=" in text
+    assert "--print-bridge-config" in text and f"service {name}-broker" in text
+
+
+def test_helm_several_managers_on_a_broker_of_your_own() -> None:
+    own = [{"clusterId": "a", "replicas": 2, "broker": {"url": "mqtts://broker.example:8883"}},
+           {"clusterId": "b", "replicas": 2, "broker": {"existingSecret": "b-broker"}}]  # fmt: skip
+    docs = helm({**SHARED, "managers": own})
+    check_edgeplane_workloads(docs)
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    assert deployments == {"ep-edgeplane-root", "ep-edgeplane-manager-a", "ep-edgeplane-manager-b"}
+    a, b = ({e["name"]: e for e in c["env"]} for c in containers(docs, "manager"))
+    assert a["EDGEPLANE_BROKER"]["value"] == "mqtts://broker.example:8883"
+    assert b["EDGEPLANE_BROKER"]["valueFrom"]["secretKeyRef"] == {"name": "b-broker", "key": "url"}
+    alone = helm({**SHARED, "root": {"enabled": False}, "managers": own})
+    for manager in containers(alone, "manager"):  # no root: no identity to share
+        assert "--root-credentials" not in manager["args"] and "--root" not in manager["args"]
+        assert "identity" not in {m["name"] for m in manager["volumeMounts"]}
+
+
+def test_helm_several_roots_share_a_broker_the_managers_dial() -> None:
+    """root.replicas: the roots on the chart's Mosquitto (as a cluster's managers), and
+    every manager registers there as user edgeplane: no join token, no identity."""
+    managers = [{"clusterId": "berlin", "replicas": 2}, {"clusterId": "paris"}]
+    values = {**SHARED, "root": {"replicas": 2}, "managers": managers}
+    docs = helm(values)
+    check_edgeplane_workloads(docs)
+    name = "ep-edgeplane-root"
+    assert by_name(docs, "Deployment", name)["spec"]["replicas"] == 2
+    (root,) = containers(docs, "root")
+    assert root["args"][root["args"].index("--advertise-url") + 1] == f"https://{name}:7070"
+    assert "--broker-port" not in root["args"] and accepts_flags(root["args"]).exit_code == 0
+    env = {e["name"]: e for e in root["env"]}
+    assert env["EDGEPLANE_BROKER"]["value"] == (
+        f"mqtts://edgeplane:$(ROOT_BROKER_PASSWORD)@{name}-broker:8884"
+    )
+    assert by_name(docs, "Service", f"{name}-broker")["spec"]["ports"][0]["port"] == 8884
+    policy = by_name(docs, "NetworkPolicy", f"{name}-broker")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": f"{name}-broker"}
+    for manager in containers(docs, "manager"):
+        args = manager["args"]
+        assert "--root" not in args and "--root-credentials" not in args
+        env = {e["name"]: e for e in manager["env"]}
+        assert "EDGEPLANE_JOIN_TOKEN" not in env
+        assert env["EDGEPLANE_ROOT"]["value"] == env_root_url(name)
+        assert accepts_flags(args).exit_code == 0
+    text = notes(values)
+    assert "2 roots on one shared broker" in text and "create secret generic" not in text
+
+
+def env_root_url(root: str) -> str:
+    return f"mqtts://edgeplane:$(ROOT_BROKER_PASSWORD)@{root}-broker:8884"
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"managers": [{"clusterId": "a", "replicas": 2}]}, "adminToken.existingSecret"),
+        ({**SHARED, "managers": [{"clusterId": "a", "replicas": 2,
+                                  "broker": {"url": "mqtt://x", "existingSecret": "y"}}]},
+         "not both"),
+        ({"managers": [{"clusterId": "a", "replicas": -1}]}, "1 or more"),
+        ({"root": {"replicas": 2}}, "adminToken.existingSecret"),
+        ({**SHARED, "root": {"replicas": 2, "broker": {"url": "mqtt://x", "existingSecret": "y"}}},
+         "not both"),
+    ],
+)  # fmt: skip
+def test_helm_refuses_several_managers_it_cannot_run(values: dict[str, Any], says: str) -> None:
+    with pytest.raises(HelmRenderError, match=says):
+        helm(values)
 
 
 def test_the_validator_does_refuse_a_bad_manifest() -> None:

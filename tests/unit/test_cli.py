@@ -19,6 +19,7 @@ from edgeplane.client import Client
 from edgeplane.clock import ManualClock
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
+from edgeplane.security import joining
 
 WASM = b"\x00asm\x01\x00\x00\x00"
 
@@ -557,6 +558,36 @@ def test_manager_role_flags(roles: dict[str, Any]) -> None:
     )
     assert settings.labels == {"region": "eu"}
     assert settings.location == "52.5,13.4"
+
+
+def test_manager_through_a_bridge(
+    roles: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--root-via-bridge`` needs the site's broker; ``--print-bridge-config`` needs the
+    root's address and an identity, prints the config and starts nothing."""
+    monkeypatch.delenv("EDGEPLANE_JOIN_TOKEN", raising=False)
+    alone = invoke(FakeApi(), "manager", "--root-via-bridge")
+    assert alone.exit_code == 2
+    assert "--broker" in alone.stderr
+    result = invoke(FakeApi(), "manager", "--broker", "mqtt://site:1883", "--root-via-bridge")
+    assert result.exit_code == 0, result.output
+    assert (roles["manager"].root_via_bridge, roles["manager"].root) == (True, "")
+    roles.clear()
+
+    data = ["--data-dir", str(tmp_path), "--cluster-id", "berlin"]
+    no_root = invoke(FakeApi(), "manager", "--print-bridge-config", *data)
+    assert (no_root.exit_code, "--root" in no_root.stderr) == (2, True)
+    never_joined = invoke(
+        FakeApi(), "manager", "--print-bridge-config", "--root", "mqtt://r:1883", *data
+    )
+    assert (never_joined.exit_code, "--join" in never_joined.stderr) == (2, True)
+    joining.save(tmp_path / "uplink", joining.Identity("berlin", "berlin", "pw", b"k" * 32))
+    printed = invoke(
+        FakeApi(), "manager", "--print-bridge-config", "--root", "mqtt://r:1883", *data
+    )
+    assert printed.exit_code == 0, printed.output
+    assert "remote_password pw\n" in printed.stdout
+    assert roles == {}  # nothing started
 
 
 def test_worker_role_gets_id_and_labels(roles: dict[str, Any]) -> None:

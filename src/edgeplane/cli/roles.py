@@ -435,6 +435,31 @@ def manager(
             "$EDGEPLANE_JOIN_TOKEN): used once, the identity it buys is kept in the data dir.",
         ),
     ] = None,
+    root_via_bridge: Annotated[
+        bool | None,
+        typer.Option(
+            "--root-via-bridge",
+            help="Reach the root through --broker, which a Mosquitto bridge links to the "
+            "root's broker (docs/brokers.md); --root is then only where it joins.",
+            show_default=False,
+        ),
+    ] = None,
+    root_credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-credentials",
+            help="The cluster's identity at the root (a credentials.json a join made "
+            "elsewhere), read instead of DATA_DIR/uplink/: several managers share one.",
+        ),
+    ] = None,
+    print_bridge_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-bridge-config",
+            help="Join the root if not joined yet (--root, --join), print the Mosquitto "
+            "bridge config for the cluster's broker with its identity, and exit.",
+        ),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="Cluster name shown by the root.")] = None,
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Cluster label k=v, repeatable.")
@@ -476,6 +501,8 @@ def manager(
     flags = {
         "broker": broker,
         "root": root,
+        "root_via_bridge": root_via_bridge,
+        "root_credentials": root_credentials,
         "join_token": join,
         "cluster_name": name,
         "labels": pairs(label, "--label") if label else None,
@@ -507,6 +534,19 @@ def manager(
         raise typer.BadParameter("'clusters' is reserved", param_hint="--cluster-id")
     if join and not settings.root:
         raise typer.BadParameter("a join token is for a root: give --root too", param_hint="--join")
+    if print_bridge_config:
+        import asyncio
+
+        from edgeplane.manager.bridge import export
+
+        typer.echo(asyncio.run(export(settings)), nl=False)
+        return
+    if settings.root_via_bridge and not settings.broker:
+        raise typer.BadParameter(
+            "the bridge is in the config of the cluster's broker, which the operator runs: "
+            "give --broker too",
+            param_hint="--root-via-bridge",
+        )
     if settings.location:
         from edgeplane.model.cluster import parse_location
 

@@ -16,6 +16,10 @@ On a root's own broker the cluster has an identity, as a worker has on its manag
 (docs/broker-security.md): it joins once with a token (``--join``), keeps the answer in
 ``<data dir>/uplink/credentials.json`` and logs in with it; the root's commands carry a
 MAC with the cluster's key, checked before anything is parsed.
+
+Through a bridge (``--root-via-bridge``, ``manager/bridge.py``) the uplink talks to the
+cluster's own broker instead, which a Mosquitto bridge logged in as the cluster links to
+the root's; the kept identity's key still checks every command.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from edgeplane import clock as clocks
+from edgeplane.config import Settings
 from edgeplane.errors import Invalid
 from edgeplane.manager.facade import Facade
 from edgeplane.model import (
@@ -71,7 +76,13 @@ from edgeplane.scheduling.eligibility import (
     pinned_reason,
 )
 from edgeplane.security import joining
-from edgeplane.transport import MqttLink, Will, parse_broker_url, unique_client_id
+from edgeplane.transport import (
+    MqttLink,
+    Will,
+    parse_broker_url,
+    unique_client_id,
+    without_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,40 @@ ROOT_TASK = "root_task"
 IDENTITY_DIR = "uplink"
 
 
+async def root_identity(settings: Settings, root_url: str) -> joining.Identity | None:
+    """A cluster's identity at its root: the one kept in its data dir (or in the file
+    ``settings.root_credentials``, which must exist), else one bought with
+    ``settings.join_token`` at the root's broker ``root_url`` (and kept), else None (the
+    root's broker is then reached with what ``--root``'s URL carries, or what the bridge's
+    config does). ``Invalid`` if the root refuses the token, or the identity is another
+    cluster's."""
+    given = settings.root_credentials
+    path = given or settings.data_dir / IDENTITY_DIR / joining.CREDENTIALS_FILE
+    identity = joining.load(path.parent, path.name)
+    if given is not None and identity is None:
+        raise Invalid(f"{given} does not exist (--root-credentials)", field="root_credentials")
+    if identity is None and settings.join_token:
+        if not root_url:
+            raise Invalid("a join token is for a root: give --root too", field="root")
+        identity = await joining.join(
+            root_url,
+            Topics.for_root(settings.domain),
+            settings.join_token,
+            settings.cluster_id,
+            ca=settings.ca,
+        )
+        joining.save(path.parent, identity)
+        log.info("joined the root", extra={"cluster": identity.member_id, "kept": str(path)})
+    if identity is not None and identity.member_id != settings.cluster_id:
+        raise Invalid(
+            f"{path} is cluster {identity.member_id}'s identity at the root, not "
+            f"{settings.cluster_id}'s: start with --cluster-id {identity.member_id}, or "
+            "delete the file and join anew",
+            field="cluster_id",
+        )
+    return identity
+
+
 def local_id(task_id: str, attempt: int) -> str:
     """The id a root task's attempt has in this cluster's store."""
     return task_id if attempt <= 1 else f"{task_id}.{attempt}"
@@ -97,6 +142,7 @@ class Uplink:
         manager: Facade,
         root_url: str,
         *,
+        link_url: str | None = None,
         clock: clocks.Clock | None = None,
     ) -> None:
         settings = manager.settings
@@ -111,7 +157,8 @@ class Uplink:
             name=settings.cluster_name or settings.cluster_id,
             location=parse_location(settings.location),
             labels=dict(settings.labels),
-            broker_url=manager.broker_url,
+            # the root shows it: never the password a --broker URL may carry
+            broker_url=without_credentials(manager.broker_url),
         )
         self.registered = asyncio.Event()
         #: set when the root refused this manager (another live one has its cluster id)
@@ -136,7 +183,13 @@ class Uplink:
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
         self._attached = False
+        #: where the cluster joins the root (``--root``; empty through a bridge whose
+        #: identity is kept)
         self.root_url = root_url
+        #: where the uplink talks to the root: its broker, or this cluster's own broker
+        #: bridged to it (``--root-via-bridge``, docs/brokers.md)
+        self.link_url = link_url or root_url
+        self.via_bridge = link_url is not None
         #: what the root seals the secret env of the tasks it places here with: derived
         #: from this cluster's key on the root's broker (:meth:`join`); without one the
         #: root sends it in the clear (docs/security.md, "Secrets")
@@ -144,27 +197,17 @@ class Uplink:
         self.link = self._new_link()
 
     async def join(self) -> joining.Identity | None:
-        """This cluster's identity at the root: the one kept in the data dir, else one
-        bought with ``settings.join_token`` (and kept), else None (the root's broker is
-        then reached with what ``--root``'s URL carries, anonymously if nothing).
-        ``Invalid`` if the root refuses the token, or the identity is another cluster's."""
-        settings = self.manager.settings
-        where = settings.data_dir / IDENTITY_DIR
-        identity = joining.load(where)
-        if identity is None and settings.join_token:
-            identity = await joining.join(
-                self.root_url, self.topics, settings.join_token, self.cluster_id, ca=settings.ca
-            )
-            path = joining.save(where, identity)
-            log.info("joined the root", extra={"cluster": identity.member_id, "kept": str(path)})
-        if identity is not None and identity.member_id != self.cluster_id:
-            raise Invalid(
-                f"{where / joining.CREDENTIALS_FILE} is cluster {identity.member_id}'s identity "
-                f"at the root, not {self.cluster_id}'s: start with --cluster-id "
-                f"{identity.member_id}, or delete the file and join anew",
-                field="cluster_id",
-            )
-        if identity is None and parse_broker_url(self.root_url).username is None:
+        """This cluster's identity at the root (:func:`root_identity`); ``Invalid`` if the
+        root refuses the token, or the identity is another cluster's."""
+        identity = await root_identity(self.manager.settings, self.root_url)
+        if self.via_bridge:
+            if identity is None:
+                log.warning(
+                    "reaching the root through a bridge without an identity: the root's "
+                    "commands are not checked; join once with --root URL --join TOKEN "
+                    "(docs/brokers.md)",
+                )
+        elif identity is None and parse_broker_url(self.root_url).username is None:
             log.warning(
                 "registering with the root without credentials: a root that started its own "
                 "broker refuses that; join with --join TOKEN (docs/broker-security.md)",
@@ -180,9 +223,11 @@ class Uplink:
 
     def _new_link(self) -> MqttLink:
         """A link for the current session (the last will names it)."""
-        identity = self.identity
+        # Through a bridge, the bridge logs in at the root as the cluster; the uplink logs
+        # in to its own broker with what that URL carries, as the manager does.
+        identity = None if self.via_bridge else self.identity
         return MqttLink(
-            self.root_url,
+            self.link_url,
             client_id=unique_client_id(
                 f"edgeplane-cluster-{self.manager.settings.domain}-{self.cluster_id}"
             ),

@@ -188,7 +188,11 @@ class ControlPlane:
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
         self.applications = Applications(facade)
-        self.uplink = Uplink(facade, settings.root) if settings.root and not root else None
+        self.uplink = (
+            Uplink(facade, settings.root, link_url=broker_url if settings.root_via_bridge else None)
+            if (settings.root or settings.root_via_bridge) and not root
+            else None
+        )
         self.root = root
         self.token_file: Path | None = None
         #: the API served (set once it serves)

@@ -12,6 +12,7 @@ from edgeplane.config import Settings
 from edgeplane.logs import setup as setup_logs
 from edgeplane.roles.control import ControlPlane, broker_auth, run_leading, start_broker
 from edgeplane.roles.lock import hold_data_dir
+from edgeplane.transport import without_credentials
 
 
 async def run_manager(settings: Settings) -> None:
@@ -27,13 +28,19 @@ async def _run_manager(settings: Settings) -> None:
         broker_url = await start_broker(stack, settings, auth)
 
         def leading(control: ControlPlane) -> None:
-            root = f", registered with root {settings.root}" if settings.root else ""
+            root = (
+                ", registered with its root through the bridge on its broker"
+                if settings.root_via_bridge
+                else f", registered with root {without_credentials(settings.root)}"
+                if settings.root
+                else ""
+            )
             # an mqtts:// broker: workers verify it with the CA this manager trusts
             ca = f" --ca {control.settings.ca}" if broker_url.startswith("mqtts:") else ""
             print(
                 f"manager of cluster {settings.cluster_id} serving {control.url}\n"
                 f"  workers:  edgeplane worker --cluster-id {settings.cluster_id} "
-                f"--manager {broker_url}{ca}"
+                f"--manager {without_credentials(broker_url)}{ca}"
                 + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
                 + root,
                 flush=True,

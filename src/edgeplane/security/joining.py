@@ -116,9 +116,10 @@ def save(data_dir: Path, identity: Identity) -> Path:
     return path
 
 
-def load(data_dir: Path) -> Identity | None:
-    """The identity kept in ``data_dir``, or None if the member never joined."""
-    path = data_dir / CREDENTIALS_FILE
+def load(data_dir: Path, name: str = CREDENTIALS_FILE) -> Identity | None:
+    """The identity kept in ``data_dir`` (in the file ``name``), or None if the member
+    never joined."""
+    path = data_dir / name
     try:
         raw = orjson.loads(path.read_bytes())
         return Identity(

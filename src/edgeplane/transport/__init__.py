@@ -11,6 +11,7 @@ from edgeplane.transport.link import (
     kept_client_id,
     parse_broker_url,
     unique_client_id,
+    without_credentials,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "kept_client_id",
     "parse_broker_url",
     "unique_client_id",
+    "without_credentials",
 ]

@@ -117,6 +117,15 @@ def parse_broker_url(url: str) -> BrokerAddress:
     )
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:pass@``: what may be shown or sent on (a log, a startup
+    line, a root's cluster document) of a broker URL that carries a password."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def write_promptly(client: aiomqtt.Client) -> None:
     """Send what paho queues on the loop's next turn instead of through aiomqtt's writer.
 
