@@ -651,9 +651,10 @@ def _finished(client: Client) -> dict[str, int]:
     return counts
 
 
-def _traffic(world: Tree) -> dict[str, int]:
+def _traffic(fleets: Fleets) -> dict[str, int]:
+    """What the fakes of ``fleets`` were sent and sent back, so far."""
     totals = {"starts": 0, "tasks": 0, "events": 0, "acks": 0}
-    for status in _statuses(world):
+    for status in fleets.ask("status"):
         for key in totals:
             totals[key] += status["traffic"][key]
     return totals
@@ -666,7 +667,7 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     spec = {**wasm_noop(), "start": True}
     done0 = _finished(world.root_client)
     progress: list[tuple[float, int]] = []
-    traffic0 = _traffic(world)
+    traffic0 = {site.name: _traffic(site.fleets) for site in world.sites}
     first = {s.name: s.counter.next_tick() for s in world.sites}
     db0 = world.store.snapshot()
     cpu0 = world.cpu()
@@ -707,13 +708,20 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     last = {s.name: s.counter.next_tick() for s in world.sites}
     time.sleep(STATS_FLUSH_S)
     db1 = world.store.snapshot()
-    traffic = {k: v - traffic0[k] for k, v in _traffic(world).items()}
+    per_site = {
+        site.name: {k: v - traffic0[site.name][k] for k, v in _traffic(site.fleets).items()}
+        for site in world.sites
+    }
+    traffic = {k: sum(t[k] for t in per_site.values()) for k in traffic0[world.sites[0].name]}
     wall = ended - began
     f = phase.figures
     f["ends counted by the root, by state"] = ", ".join(
         f"{k} {v}" for k, v in sorted(by_state.items())
     )
     # after the figures above: a count of rows costs the root more than its counter
+    f["tasks run per cluster (by its workers)"] = ", ".join(
+        f"{name} {t['tasks']}" for name, t in per_site.items()
+    )
     f["tasks completed (root API)"] = world.root_client.list_tasks(state="completed", limit=1).total
     sent: dict[str, list[float]] = {}
     for reply in world.fleets.ask("sent"):
@@ -776,7 +784,10 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
         )
         for name, count in rows.items():
             count -= baseline["store"]["rows"][name] * db_wall
-            f[f"store rows written per task ({name})"] = round(count / done, 2)
+            # a cluster's per task it ran; the root's per task of the batch
+            ran = per_site[name]["tasks"] if name in per_site else done
+            if ran:
+                f[f"store rows written per task ({name})"] = round(count / ran, 2)
         f["PostgreSQL backends CPU ms per task"] = round(1000 * pg_cpu / done, 3)
     phase.status = "finished" if done >= tasks else ("partial" if done else "not finished")
     return phase
