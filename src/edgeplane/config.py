@@ -89,6 +89,10 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: a worker's on-disk cache of delivered artifacts, MB (also the largest it takes)
+    artifact_cache_mb: int = Field(default=1024, ge=1, le=1024 * 1024)
+    #: the largest artifact the proxy serves, MB (bigger ones are refused and counted)
+    artifact_max_mb: int = Field(default=512, ge=1, le=1024 * 1024)
     #: the audit log keeps records this many days, and at most this many (docs/security.md)
     audit_retention_days: float = Field(default=90.0, gt=0, le=36500, allow_inf_nan=False)
     audit_max_rows: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)

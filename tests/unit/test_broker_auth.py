@@ -14,7 +14,13 @@ from edgeplane.errors import Invalid, NotFound, Unauthorized
 from edgeplane.protocol import Topics, decode, encode
 from edgeplane.protocol.messages import StartTasks
 from edgeplane.protocol.signing import sign, verify
-from edgeplane.security.broker_auth import MANAGER_USER, ROOT_USER, BrokerAuth, mosquitto_hash
+from edgeplane.security.broker_auth import (
+    MANAGER_USER,
+    PROXY_USER,
+    ROOT_USER,
+    BrokerAuth,
+    mosquitto_hash,
+)
 
 KEY = b"k" * 32
 
@@ -73,13 +79,19 @@ def test_files_are_private_and_name_each_identity(tmp_path: Path) -> None:
     for name in ("passwd", "acl", "identities.json"):
         assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o600
     users = [line.split(":")[0] for line in auth.password_text().splitlines()]
-    assert users == [MANAGER_USER, "w1"]
+    assert users == [MANAGER_USER, PROXY_USER, "w1"]
     acl = auth.acl_text()
+    assert "pattern read d/c/workers/%u/chunks" in acl
+    assert "pattern write d/c/workers/%u/fetch" in acl
+    assert (
+        f"user {PROXY_USER}\ntopic read d/c/workers/+/fetch\ntopic write d/c/workers/+/chunks"
+        in acl
+    )
     assert "pattern read d/c/workers/%u/cmd" in acl
     assert "pattern write d/c/workers/%u/events" in acl
     assert "pattern write d/c/join/%c" in acl
     writes = [line for line in acl.splitlines() if line.startswith("pattern write")]
-    assert not [line for line in writes if line.endswith(("/cmd", "/welcome"))]
+    assert not [line for line in writes if line.endswith(("/cmd", "/welcome", "/chunks"))]
 
 
 def test_a_roots_files_name_the_root_and_each_cluster_with_its_own_leaves(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from edgeplane.limits import MAX_FUEL, MAX_MEMORY_MB, MAX_TIMEOUT_S
 from edgeplane.protocol import Assignment
 from edgeplane.runtimes import RunSpec
+from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.worker.agent import run_spec
 
 #: JSON values, as a command's inputs are (no NaN or infinity)
@@ -60,8 +61,13 @@ _assignments = st.fixed_dictionaries(
 
 
 def test_every_field_of_a_run_spec_is_an_assignment_field_of_the_same_type() -> None:
-    """What run_spec relies on to take the assignment's values over unchecked."""
+    """What run_spec relies on to take the assignment's values over unchecked; the
+    node-local ones (a netns, host mounts) are on no wire."""
     for name, field in RunSpec.model_fields.items():
+        if name in LOCAL_FIELDS:
+            assert name not in Assignment.model_fields, name
+            assert field.get_default() is None, name
+            continue
         wire = Assignment.model_fields.get(name)
         assert wire is not None, f"Assignment has no field {name!r}"
         assert wire.annotation == field.annotation, name

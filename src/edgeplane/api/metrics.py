@@ -62,6 +62,25 @@ class ManagerCollector(Collector):
                 "Commands from the root refused for want of a valid MAC",
                 value=self._uplink.unsigned,
             )
+        proxy = m.proxy_stats
+        if proxy is not None:  # a cluster's leader serves its workers' artifacts
+            yield CounterMetricFamily(
+                "edgeplane_proxy_requests", "Artifact requests from workers", value=proxy.requests
+            )
+            yield CounterMetricFamily(
+                "edgeplane_proxy_chunks_sent", "Artifact chunks sent to workers", value=proxy.chunks
+            )
+            yield CounterMetricFamily(
+                "edgeplane_proxy_bytes_sent", "Artifact chunk bytes sent", value=proxy.bytes
+            )
+            refused = CounterMetricFamily(
+                "edgeplane_proxy_refused", "Artifact requests not served, by why", labels=["why"]
+            )
+            refused.add_metric(["not_found"], proxy.not_found)
+            refused.add_metric(["too_large"], proxy.too_large)
+            refused.add_metric(["coalesced"], proxy.coalesced)
+            refused.add_metric(["bad_request"], proxy.bad_requests)
+            yield refused
         finished = CounterMetricFamily(
             "edgeplane_tasks_finished", "Tasks that ended, by final state", labels=["state"]
         )

@@ -150,6 +150,7 @@ app.command("audit")(audit.audit)
 app.command("up")(roles.up)
 app.command("manager")(roles.manager)
 app.command("root")(roles.root)
+app.command("proxy")(roles.proxy)
 
 
 #: Options of the root command a user may also put after the subcommand.

@@ -283,6 +283,27 @@ def _run(main: Coroutine[Any, Any, None], *, uvloop_if_installed: bool = True) -
     asyncio.run(main)
 
 
+ArtifactCacheOption = Annotated[
+    int | None,
+    typer.Option(
+        "--artifact-cache-mb",
+        min=1,
+        help="MB of delivered artifacts a worker keeps on disk (default 1024; also the "
+        "largest artifact it takes).",
+    ),
+]
+
+
+ArtifactMaxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--artifact-max-mb",
+        min=1,
+        help="Largest artifact the proxy serves to workers, MB (default 512).",
+    ),
+]
+
+
 def up(
     data_dir: DataDirOption = None,
     host: HostOption = None,
@@ -303,6 +324,8 @@ def up(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
     lost_grace_s: LostGraceOption = None,
     clusters: Annotated[
         int | None,
@@ -344,6 +367,8 @@ def up(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
+        "artifact_max_mb": artifact_max_mb,
         "lost_grace_s": lost_grace_s,
         "broker_host": broker_host,
         "broker_listen": broker_listen,
@@ -484,6 +509,7 @@ def manager(
     ] = None,
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
     advertise_url: AdvertiseOption = None,
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
@@ -517,6 +543,7 @@ def manager(
         "pack": pack,
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
+        "artifact_max_mb": artifact_max_mb,
         "advertise_url": advertise_url,
         "lease_s": lease_s,
         "data_dir": data_dir,
@@ -594,6 +621,7 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
@@ -616,6 +644,7 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
@@ -638,3 +667,38 @@ def worker(
     from edgeplane.roles.worker import run_worker
 
     _run(run_worker(settings, worker_id=worker_id, labels=labels), uvloop_if_installed=False)
+
+
+def proxy(
+    ctx: typer.Context,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="mqtt[s]://[USER:PASS@]HOST:PORT: the cluster's broker."),
+    ] = None,
+    store: StoreOption = None,
+    cluster_id: ClusterOption = None,
+    domain: DomainOption = None,
+    artifact_max_mb: ArtifactMaxOption = None,
+    data_dir: DataDirOption = None,
+    ca: CaOption = None,
+    log_level: LogLevelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a cluster's stored artifacts to its workers over MQTT (`up` and `manager`
+    run one already)."""
+    flags = {
+        "broker": broker,
+        "store": store,
+        "cluster_id": cluster_id,
+        "domain": domain,
+        "artifact_max_mb": artifact_max_mb,
+        "data_dir": data_dir,
+        "ca": _ca(ctx, ca),
+        "log_level": log_level,
+    }
+    settings = _settings(flags, config)
+    if not settings.broker:
+        raise typer.BadParameter("give the cluster's broker", param_hint="--broker")
+    from edgeplane.roles.proxy import run_proxy
+
+    _run(run_proxy(settings))

@@ -45,6 +45,10 @@ class Dispatcher:
         self._busy = False
         self._cursor = 0
         self._artifacts: dict[str, bytes] = {}
+        #: start commands carry a module's bytes (base64, once per member session);
+        #: False once an artifact proxy serves this cluster's workers: they carry its
+        #: digest only, and a worker lacking it fetches it (``artifacts/proxy.py``)
+        self.inline_artifacts = True
         #: held while a command is built and queued: commands go out in seq order
         self._sending = asyncio.Lock()
         #: members told secret env in the clear (warned once each)
@@ -180,7 +184,11 @@ class Dispatcher:
         assignments = []
         for task in tasks:
             inline = None
-            if task.artifact is not None and task.artifact not in entry.artifacts:
+            if (
+                self.inline_artifacts
+                and task.artifact is not None
+                and task.artifact not in entry.artifacts
+            ):
                 data = await self.artifact(task.artifact)
                 inline = None if data is None else await _base64(data)
                 entry.artifacts.add(task.artifact)

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 
 from edgeplane import clock as clocks
+from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
@@ -110,6 +111,8 @@ class Manager:
             core.sealing_key = derived.get
         self.registry = core.registry
         self.stats = core.stats
+        #: the counters of this cluster's artifact proxy, once one serves (roles/control.py)
+        self.proxy_stats: ProxyStats | None = None
         #: this manager process's id; task.start sequence numbers count within it
         epoch = clocks.new_id()
         self.dispatcher = Dispatcher(core, epoch)

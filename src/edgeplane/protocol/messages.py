@@ -277,6 +277,21 @@ class AckEvents(_Body):
     keys: list[EventKey]
 
 
+MAX_MISSING = 65_536
+
+
+class FetchArtifact(_Body):
+    """worker → proxy: send me the chunks of an artifact (``artifacts/proxy.py``): all of
+    them, or only ``missing`` when a delivery lost some. ``request`` is echoed in every
+    chunk, so the worker refuses chunks it did not ask for."""
+
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    request: str = Field(pattern=r"^[0-9a-f]{16}$")
+    #: at most MAX_MISSING indices (a 512 MB blob has 2,048 chunks of 256 KiB; a worker
+    #: missing more asks for the first ones, then the rest)
+    missing: list[int] = Field(default_factory=list, max_length=MAX_MISSING)
+
+
 class Reregister(_Body):
     """manager → worker: send ``hello`` again (the manager does not know this session)."""
 
@@ -292,6 +307,7 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "task.events": TaskEvents,
     "task.ack": AckEvents,
     "reregister": Reregister,
+    "artifact.fetch": FetchArtifact,
     "aggregate": Aggregate,
 }
 

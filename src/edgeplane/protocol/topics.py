@@ -56,6 +56,15 @@ class Topics:
     def aggregate(self, member_id: str) -> str:
         return self._member(member_id, "aggregate")
 
+    def fetch(self, member_id: str) -> str:
+        """Where a worker asks the proxy for an artifact it lacks (``artifacts/proxy.py``)."""
+        return self._member(member_id, "fetch")
+
+    def chunks(self, member_id: str) -> str:
+        """Where the proxy sends that worker an artifact's binary chunks (only the proxy
+        may publish here on a broker edgeplane secures)."""
+        return self._member(member_id, "chunks")
+
     def join(self, nonce: str) -> str:
         """Where a joining member (anonymous, MQTT client id ``nonce``) asks to join.
 

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
+from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager
@@ -194,6 +195,8 @@ class ControlPlane:
             else None
         )
         self.root = root
+        #: the artifact proxy (a cluster's leader only; set by start)
+        self.proxy: Proxy | None = None
         self.token_file: Path | None = None
         #: the API served (set once it serves)
         self.app: FastAPI | None = None
@@ -238,6 +241,8 @@ class ControlPlane:
             await self.uplink.attach()
         await self.manager.start()
         stack.push_async_callback(self.manager.stop)
+        if not self.root:
+            await self._start_proxy()
         if self.joins is not None:
             await self.joins.start()
             stack.push_async_callback(self.joins.stop)
@@ -253,6 +258,26 @@ class ControlPlane:
         if self.serve_api:
             await self._serve(self._app())
             stack.push_async_callback(self._stop_serving)
+
+    async def _start_proxy(self) -> None:
+        """Serve the modules the API stored to this cluster's workers (``artifacts/proxy.py``),
+        under the proxy's own broker identity when edgeplane secures the broker; from then
+        on start commands carry a module's digest, not its bytes. Only the leader serves."""
+        settings = self.settings
+        auth = None if self.auth is None else self.auth.proxy
+        self.proxy = Proxy(
+            StoreSource(self.store),
+            self.broker_url,
+            Topics(settings.domain, settings.cluster_id),
+            username=None if auth is None else auth.username,
+            password=None if auth is None else auth.password,
+            ca=settings.ca,
+            max_bytes=settings.artifact_max_mb * 1024 * 1024,
+        )
+        await self.proxy.start()
+        self._stack.push_async_callback(self.proxy.stop)
+        self.manager.proxy_stats = self.proxy.stats
+        self.manager.dispatcher.inline_artifacts = False
 
     async def _lead(self) -> None:
         """Hold the lease and fence the store's writes by its term; until then stand by

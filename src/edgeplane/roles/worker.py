@@ -120,6 +120,7 @@ def build_worker(
         password=None if identity is None else identity.password,
         mac_key=None if identity is None else identity.mac_key,
         secret_key=secret_key,
+        artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
     )
     return WorkerAgent(options, runtimes, cleaners=cleaners)
 

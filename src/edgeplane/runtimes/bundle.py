@@ -4,10 +4,12 @@ The defaults are ``runc spec``'s (runtime spec 1.0): namespaces pid, ipc, uts, m
 network, the usual masked and read-only paths, the small capability set, ``noNewPrivileges``.
 Choices of ours on top: the root filesystem is the image's shared rootfs, **read-only**,
 with a fresh tmpfs at ``/tmp`` so a task can write scratch files but never change the
-image for the next one; the network namespace is a new, empty one (loopback only): tasks
-have **no network** — a container network (bridge, CNI) is left for later, and a task
-that needs the network can be a host task. ``limits`` become cgroup settings: memory_mb →
-``memory.limit``, cpu_shares → ``cpu.shares``, pids → ``pids.limit``; the cgroup is
+image for the next one; the network namespace is a new, empty one (loopback only) unless
+``netns`` names one to join — a chute's, set up by ``edgeplane.chutes.network`` with a veth
+on the node's bridge — and then ``hosts_file`` (the chute's names) is bind-mounted
+read-only at ``/etc/hosts``; ``binds`` add read-write dirs (a chute's size-limited disk).
+``limits`` become cgroup settings: memory_mb → ``memory.limit``, cpu_shares →
+``cpu.shares``, pids → ``pids.limit``, and ``cpus`` pins to a cpuset; the cgroup is
 ``/edgeplane/<container id>``.
 """
 
@@ -29,6 +31,7 @@ TMP_SIZE = "65536k"
 _MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 _USER = re.compile(r"(\d+)(?::(\d+))?")
+_CPUS = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
 MOUNTS: list[dict[str, Any]] = [
     {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -133,13 +136,20 @@ def process_user(image: Image) -> dict[str, int]:
     return {"uid": uid, "gid": int(found.group(2) or uid)}
 
 
-def resources(limits: Limits) -> dict[str, Any]:
+def resources(limits: Limits, cpus: str | None = None) -> dict[str, Any]:
     """``linux.resources`` from a task's limits (devices: deny all but runc's defaults)."""
     found: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if limits.memory_mb is not None:
         found["memory"] = {"limit": limits.memory_mb * _MIB}
+    cpu: dict[str, Any] = {}
     if limits.cpu_shares is not None:
-        found["cpu"] = {"shares": limits.cpu_shares}
+        cpu["shares"] = limits.cpu_shares
+    if cpus is not None:
+        if not _CPUS.fullmatch(cpus):
+            raise TaskFailure(f"cpus {cpus!r}: a cpuset such as '0' or '0-1,3'", field="cpus")
+        cpu["cpus"] = cpus
+    if cpu:
+        found["cpu"] = cpu
     if limits.pids is not None:
         found["pids"] = {"limit": limits.pids}
     return found
@@ -153,8 +163,20 @@ def runtime_config(
     command: Sequence[str] | None,
     env: Mapping[str, str],
     limits: Limits,
+    netns: str | None = None,
+    hosts_file: str | None = None,
+    binds: Mapping[str, str] | None = None,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``config.json`` of one attempt."""
+    network: dict[str, str] = {"type": "network"}
+    if netns is not None:
+        network["path"] = netns
+    mounts = [dict(mount) for mount in MOUNTS]
+    if hosts_file is not None:
+        mounts.append(_bind("/etc/hosts", hosts_file, readonly=True))
+    for destination, source in sorted((binds or {}).items()):
+        mounts.append(_bind(destination, source, readonly=False))
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -172,12 +194,23 @@ def runtime_config(
         },
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": cid[:63],
-        "mounts": [dict(mount) for mount in MOUNTS],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": f"/edgeplane/{cid}",
-            "resources": resources(limits),
-            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
+            "resources": resources(limits, cpus),
+            "namespaces": [
+                {"type": "pid"},
+                network,
+                *({"type": kind} for kind in ("ipc", "uts", "mount")),
+            ],
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+
+
+def _bind(destination: str, source: str, *, readonly: bool) -> dict[str, Any]:
+    if not destination.startswith("/") or ".." in destination.split("/"):
+        raise TaskFailure(f"mount point {destination!r}: an absolute path", field="binds")
+    options = ["rbind", "nosuid", "nodev", "ro" if readonly else "rw"]
+    return {"destination": destination, "type": "bind", "source": source, "options": options}

@@ -149,6 +149,10 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             command=spec.command,
             env=spec.env,
             limits=spec.limits,
+            netns=spec.netns,
+            hosts_file=spec.hosts_file,
+            binds=spec.binds,
+            cpus=spec.cpus,
         )
         bundle = self.bundles / cid
         # The config holds the task's env, secret env included: for the worker's user only.

@@ -46,3 +46,18 @@ class RunSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     #: runs until stopped: no default timeout applies
     daemon: bool = False
+    # Node-local (LOCAL_FIELDS): set by the node itself for its chutes, never taken from
+    # an assignment, so no one on the wire can mount a host path or join a namespace.
+    #: container: a network namespace to join (a chute's, ``/var/run/netns/<name>``);
+    #: None: a new one with loopback only
+    netns: str | None = None
+    #: container: a file bind-mounted read-only at ``/etc/hosts`` (a chute's names)
+    hosts_file: str | None = None
+    #: container: host dirs bind-mounted read-write, container path → host path
+    binds: dict[str, str] | None = None
+    #: container: the CPUs it may run on (cpuset syntax, ``0`` or ``0-1``); None: any
+    cpus: str | None = None
+
+
+#: RunSpec fields a worker never takes from an assignment (all default to None)
+LOCAL_FIELDS = ("netns", "hosts_file", "binds", "cpus")

@@ -42,6 +42,10 @@ from edgeplane.protocol.signing import sign
 #: patterns substitute as ``%u``).
 MANAGER_USER = "edgeplane$manager"
 ROOT_USER = "edgeplane$root"
+#: The artifact proxy's username on a manager's broker: it may only read the workers'
+#: ``fetch`` and write their ``chunks`` (no worker may write those: a forged chunk would
+#: be refused for its digest anyway, but not even sent).
+PROXY_USER = "edgeplane$proxy"
 STATE_FILE = "identities.json"
 PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
@@ -51,7 +55,7 @@ JOIN_TOKEN_PREFIX = "epj_"
 PBKDF2_ROUNDS = 101
 #: the leaves a member may publish on, by level (what the parent subscribes to, plus a
 #: worker's metrics)
-WORKER_LEAVES = ("hello", "alive", "events", "metrics")
+WORKER_LEAVES = ("hello", "alive", "events", "metrics", "fetch")
 CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
@@ -138,6 +142,8 @@ class _Member(BaseModel):
 class _State(BaseModel):
     #: the parent's (manager's or root's) password
     manager_password: str = ""
+    #: the artifact proxy's password (a manager's broker only)
+    proxy_password: str = ""
     #: members by id (workers, or clusters at a root)
     workers: dict[str, _Member] = Field(default_factory=dict)
     tokens: dict[str, _StoredToken] = Field(default_factory=dict)
@@ -171,6 +177,8 @@ class BrokerAuth:
         self._keys = {w: bytes.fromhex(v.mac_key) for w, v in self._state.workers.items()}
         if not self._state.manager_password:
             self._state.manager_password = secrets.token_urlsafe(32)
+        if not self._state.proxy_password and not topics.root:
+            self._state.proxy_password = secrets.token_urlsafe(32)
         self._write(reload=False)
 
     # ------------------------------------------------------------------ parent
@@ -178,6 +186,13 @@ class BrokerAuth:
     def manager(self) -> Credentials:
         """The parent's credentials (the manager's, or the root's at a root)."""
         return Credentials(self.parent_user, self._state.manager_password, b"")
+
+    @property
+    def proxy(self) -> Credentials:
+        """The artifact proxy's credentials (a manager's broker; a root has no proxy)."""
+        if self.topics.root:
+            raise NotFound("a root's broker has no artifact proxy", field="proxy")
+        return Credentials(PROXY_USER, self._state.proxy_password, b"")
 
     def sign(self, member_id: str, message: bytes) -> bytes:
         """The parent's command to ``member_id`` with its MAC (unchanged for a member
@@ -365,9 +380,19 @@ class BrokerAuth:
     # ------------------------------------------------------------------ files
     def acl_text(self) -> str:
         """Anonymous clients may only join; a member (username = its id) may read its own
-        ``cmd`` and ``welcome`` and write its own leaves; the parent may do anything."""
+        ``cmd`` and ``welcome`` (a worker also its ``chunks``) and write its own leaves;
+        the proxy may read every worker's ``fetch`` and write its ``chunks``; the parent
+        may do anything."""
         join = self.topics.join("%c")
         member = f"{self.topics.prefix}/%u"
+        proxy: list[str] = []
+        if not self.topics.root:
+            proxy = [
+                f"pattern read {member}/chunks",
+                f"user {PROXY_USER}",
+                f"topic read {self.topics.all_members('fetch')}",
+                f"topic write {self.topics.all_members('chunks')}",
+            ]
         lines = [
             "# written by edgeplane (security/broker_auth.py); edits are overwritten",
             f"pattern write {join}",
@@ -375,6 +400,7 @@ class BrokerAuth:
             f"pattern read {member}/cmd",
             f"pattern read {member}/welcome",
             *(f"pattern write {member}/{leaf}" for leaf in self.leaves),
+            *proxy,
             f"user {self.parent_user}",
             "topic readwrite #",
             "",
@@ -383,6 +409,8 @@ class BrokerAuth:
 
     def password_text(self) -> str:
         lines = [f"{self.parent_user}:{mosquitto_hash(self._state.manager_password)}"]
+        if self._state.proxy_password:
+            lines.append(f"{PROXY_USER}:{mosquitto_hash(self._state.proxy_password)}")
         lines += [f"{w}:{v.password_hash}" for w, v in sorted(self._state.workers.items())]
         return "\n".join(lines) + "\n"
 

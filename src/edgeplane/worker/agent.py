@@ -16,9 +16,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
-import threading
+import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,9 @@ import psutil
 from pydantic import BaseModel
 
 from edgeplane import clock as clocks
+from edgeplane.artifacts.blobs import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from edgeplane.artifacts.blobs import DIGEST, BlobStore
+from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
 from edgeplane.protocol import (
@@ -52,6 +54,7 @@ from edgeplane.protocol import (
 )
 from edgeplane.protocol.terms import TermGate
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
+from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
@@ -67,6 +70,9 @@ DEFAULT_SLOTS_PER_CPU = 8
 EVENT_WINDOW_S = 0.002
 
 
+#: why a module could not be had that another attempt would meet again
+_PERMANENT = frozenset({"artifact_not_found", "artifact_too_large"})
+
 #: An artifact whose base64 is at most this long is decoded, hashed and written on the
 #: event loop (well under a millisecond); longer ones in a thread.
 INLINE_ARTIFACT_CHARS = 64 * 1024
@@ -79,8 +85,10 @@ def _decode_artifact(encoded: str) -> bytes:
         raise Invalid("artifact is not valid base64", field="artifact") from None
 
 
-#: RunSpec's fields, all of them Assignment's too (tests/unit/test_run_spec.py checks it)
-_RUN_FIELDS = tuple(RunSpec.model_fields)
+#: RunSpec's fields but the node-local ones, all of them Assignment's too
+#: (tests/unit/test_run_spec.py checks it)
+_RUN_FIELDS = tuple(name for name in RunSpec.model_fields if name not in LOCAL_FIELDS)
+_LOCAL = dict.fromkeys(LOCAL_FIELDS)
 _setattr = object.__setattr__
 
 
@@ -98,7 +106,7 @@ def run_spec(assignment: Assignment) -> RunSpec:
     """
     values = assignment.__dict__
     spec = RunSpec.__new__(RunSpec)
-    _setattr(spec, "__dict__", {name: values[name] for name in _RUN_FIELDS})
+    _setattr(spec, "__dict__", {**{name: values[name] for name in _RUN_FIELDS}, **_LOCAL})
     _setattr(spec, "__pydantic_fields_set__", set(_RUN_FIELDS))
     _setattr(spec, "__pydantic_extra__", None)
     _setattr(spec, "__pydantic_private__", None)
@@ -131,18 +139,22 @@ class WorkerStats:
 
 
 class ArtifactCache:
-    """Module bytes by sha256: a few in memory, all on disk. Used from the event loop;
-    what may take long (a file read, a big payload) runs in a thread."""
+    """Module bytes by sha256: a few in memory, all of them in a size-bounded blob store
+    on disk (``artifacts/blobs.py``). Used from the event loop; what may take long (a
+    file read, a big payload) runs in a thread."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.directory = directory
+        _adopt_legacy(directory)
+        self.blobs = BlobStore(directory, max_bytes)
         self._memory: OrderedDict[str, bytes] = OrderedDict()
 
     async def load(self, digest: str) -> bytes | None:
-        """The bytes of ``digest``, from memory or from its file (read in a thread)."""
+        """The bytes of ``digest``, from memory or from its file (read and checked in a
+        thread); None when not held."""
         data = self._memory.get(digest)
-        if data is None:
-            data = await asyncio.to_thread(self._read, digest)
+        if data is None and digest in self.blobs:
+            data = await asyncio.to_thread(self.blobs.open, digest)
             if data is not None:
                 self._remember(digest, data)
         return data
@@ -153,39 +165,41 @@ class ArtifactCache:
         a thread (a 5 MB module: tens of ms)."""
         if len(encoded) <= INLINE_ARTIFACT_CHARS:
             data = _decode_artifact(encoded)
-            self._write(digest, data)
+            self.blobs.put(digest, data)
         else:
             data = await asyncio.to_thread(self._decode_and_write, digest, encoded)
         self._remember(digest, data)
         return data
 
+    async def keep(self, digest: str, data: bytes) -> None:
+        """Keep verified bytes (delivered by the proxy): written in a thread when big."""
+        if len(data) <= INLINE_ARTIFACT_CHARS:
+            self.blobs.put(digest, data)
+        else:
+            await asyncio.to_thread(self.blobs.put, digest, data)
+        self._remember(digest, data)
+
     def _decode_and_write(self, digest: str, encoded: str) -> bytes:
         data = _decode_artifact(encoded)
-        self._write(digest, data)
+        self.blobs.put(digest, data)
         return data
-
-    def _read(self, digest: str) -> bytes | None:
-        try:
-            return (self.directory / f"{digest}.wasm").read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def _write(self, digest: str, data: bytes) -> None:
-        """Check ``data`` against ``digest`` and write it once (any thread)."""
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise Invalid(f"artifact does not match its digest {digest}", field="artifact")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{digest}.wasm"
-        if not path.exists():
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
 
     def _remember(self, digest: str, data: bytes) -> None:
         self._memory[digest] = data
         self._memory.move_to_end(digest)
         while len(self._memory) > _MEMORY_ARTIFACTS:
             self._memory.popitem(last=False)
+
+
+def _adopt_legacy(directory: Path) -> None:
+    """Earlier versions kept modules as ``<digest>.wasm``: renamed to the blob store's
+    ``<digest>`` (checked against it when first read), so an upgraded worker neither
+    fetches them again nor leaves them behind."""
+    with contextlib.suppress(FileNotFoundError):
+        for path in directory.glob("*.wasm"):
+            if DIGEST.fullmatch(path.stem):
+                with contextlib.suppress(OSError):
+                    os.replace(path, directory / path.stem)
 
 
 @dataclass
@@ -211,6 +225,11 @@ class WorkerOptions:
     #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
     #: edgeplane's, so they have no ``mac_key``)
     secret_key: bytes | None = field(default=None, repr=False)
+    #: bytes of delivered artifacts kept on disk (``--artifact-cache-mb``); also the
+    #: largest artifact this worker takes
+    artifact_cache_bytes: int = DEFAULT_CACHE_BYTES
+    #: seconds a fetch from the proxy waits for a chunk before asking again
+    artifact_retry_s: float = 5.0
 
 
 class WorkerAgent:
@@ -248,7 +267,15 @@ class WorkerAgent:
         #: set when the manager refused this process (another live one has its id)
         self.refused = asyncio.Event()
         self.refusal = ""
-        self.artifacts = ArtifactCache(options.data_dir / "artifacts")
+        self.artifacts = ArtifactCache(options.data_dir / "artifacts", options.artifact_cache_bytes)
+        self._chunks_topic = self.topics.chunks(self.id)
+        fetch_topic = self.topics.fetch(self.id)
+        self.fetcher = Fetcher(
+            lambda request: self.link.publish(fetch_topic, request),
+            max_bytes=options.artifact_cache_bytes,
+            clock=self.clock,
+            retry_s=options.artifact_retry_s,
+        )
         #: every accepted attempt by task id: running, or waiting in ``_queue`` for a slot
         self._runs: dict[str, _Run] = {}
         self._queue: deque[_Run] = deque()
@@ -267,7 +294,11 @@ class WorkerAgent:
             client_id=unique_client_id(
                 f"edgeplane-worker-{options.domain}-{options.cluster_id}-{self.id}"
             ),
-            subscriptions=[self.topics.cmd(self.id), self.topics.welcome(self.id)],
+            subscriptions=[
+                self.topics.cmd(self.id),
+                self.topics.welcome(self.id),
+                self._chunks_topic,
+            ],
             on_message=self._on_message,
             will=Will(
                 topic=self.topics.alive(self.id),
@@ -305,6 +336,7 @@ class WorkerAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        await self.fetcher.close()
         await self.link.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
@@ -336,6 +368,11 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._chunks_topic:
+            # binary and unsigned: each blob is checked against the digest its (signed)
+            # start command named before anything runs it (artifacts/fetch.py)
+            self.fetcher.on_chunk(payload)
+            return
         key = self.options.mac_key
         if key is not None and not signing.verify(key, payload):
             self.stats.bad_messages += 1
@@ -554,7 +591,10 @@ class WorkerAgent:
         try:
             artifact = await self._artifact(run)
         except Invalid as exc:
-            return Outcome(state="failed", error=exc.detail, transient=True)
+            # a module that does not exist or is too big stays so; anything else (the
+            # proxy unreachable, deliveries spoiled) another attempt may not meet
+            transient = exc.reason not in _PERMANENT
+            return Outcome(state="failed", error=exc.detail, transient=transient, reason=exc.reason)
         key = (spec.task_id, spec.attempt)
         try:
             if runtime.recoverable:
@@ -673,7 +713,10 @@ class WorkerAgent:
             return data
         cached = await self.artifacts.load(spec.artifact)
         if cached is None:
-            raise Invalid(f"artifact_missing: {spec.artifact}", field="artifact")
+            # not held (its start command carried its digest only, or the cache dropped
+            # it): the proxy delivers it, verified
+            cached = await self.fetcher.fetch(spec.artifact)
+            await self.artifacts.keep(spec.artifact, cached)
         return cached
 
     async def _stop_run(self, run: _Run) -> None:

@@ -1,0 +1,1 @@
+"""Chutes: long-lived container services on one node, as ParaDrop has them."""

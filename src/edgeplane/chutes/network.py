@@ -1,0 +1,433 @@
+"""A node's chute network: one bridge, one subnet, a namespace per chute service.
+
+Each chute service gets its own network namespace (``ip netns``) joined to the node's
+bridge by a veth pair, an address leased from the node's subnet, a default route via the
+bridge (the node) and outbound NAT. Port mappings turn a node port into the chute's
+address and port (DNAT in PREROUTING for traffic from outside, in OUTPUT for the node's
+own connections, masquerade for hairpin and for the node's loopback). Every rule lives in
+one nftables table of our own (``table ip edgeplane``): the whole table is rewritten at
+once from the leases (``nft -f`` is atomic), so it never drifts from them and no other
+table is ever touched.
+
+Names: each chute gets its own hosts file (bind-mounted at ``/etc/hosts``) listing every
+service on the node as ``<service>.<chute>``, each chute's first service also as
+``<chute>``, and the chute's own services by bare name. Files are rewritten in place (not
+replaced) when chutes come and go, because a bind mount holds the inode it was given.
+
+Leases (address, ports, names of the netns and veth) are kept in ``network.json`` under the
+node's data dir, so a worker restart re-attaches chutes with the same addresses. All of it
+is synchronous (``ip``, ``nft``, ``tc`` each take milliseconds): callers in asyncio code use
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
+
+DEFAULT_BRIDGE = "ep-br0"
+DEFAULT_SUBNET = "10.77.0.0/24"
+DEFAULT_TABLE = "edgeplane"
+NETNS_DIR = Path("/var/run/netns")
+#: Linux interface names are at most 15 characters (IFNAMSIZ - 1)
+IFNAME_MAX = 15
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_TABLE = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+class NetworkError(EdgeplaneError):
+    """An ``ip``/``nft``/``tc`` command failed: the node cannot do what was asked."""
+
+    status = 500
+    title = "Network setup failed"
+
+
+class PortMap(BaseModel):
+    """A node port forwarded to a port of the chute service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class Lease(BaseModel):
+    """What one attached service holds; persisted in ``network.json``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    chute: str
+    service: str
+    address: str
+    netns: str
+    veth: str
+    ports: list[PortMap] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where a service's container joins the network (the runc spec's netns path)."""
+
+    netns_path: str
+    address: str
+    gateway: str
+    veth: str
+    hosts_path: Path
+
+
+def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
+    """Run an ``ip``/``nft``/``tc`` command; its stderr becomes the error's detail."""
+    try:
+        done = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise Unavailable(
+            f"{argv[0]} is not installed (scripts/system-deps.sh installs iproute2 and nftables)"
+        ) from None
+    if check and done.returncode != 0:
+        raise NetworkError(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def check_name(value: str, field: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise Invalid(f"{field} {value!r}: lowercase letters, digits and '-' only", field=field)
+    return value
+
+
+def port_free(port: PortMap) -> bool:
+    """Whether a process on the node could bind ``port`` (nothing listens there now)."""
+    kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("0.0.0.0", port.node_port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+class NodeNetwork:
+    """The chute network of one node; ``data_dir`` keeps leases and hosts files."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        bridge: str = DEFAULT_BRIDGE,
+        subnet: str = DEFAULT_SUBNET,
+        table: str = DEFAULT_TABLE,
+    ) -> None:
+        if not _IFNAME.fullmatch(bridge):
+            raise Invalid(f"bridge name {bridge!r}: 1 to {IFNAME_MAX} characters", field="bridge")
+        if not _TABLE.fullmatch(table):
+            raise Invalid(f"nft table name {table!r}: letters, digits, '_'", field="table")
+        try:
+            self.subnet = ipaddress.IPv4Network(subnet)
+        except ValueError as exc:
+            raise Invalid(f"subnet {subnet!r}: {exc}", field="subnet") from None
+        if self.subnet.num_addresses < 4:
+            raise Invalid(f"subnet {subnet!r} is too small", field="subnet")
+        self.dir = data_dir
+        self.bridge = bridge
+        self.table = table
+        self.gateway = str(next(self.subnet.hosts()))
+        self.state_path = data_dir / "network.json"
+        self.hosts_dir = data_dir / "hosts"
+        self._leases = self._load()
+
+    # --- the interface the node uses ----------------------------------------------------
+
+    def leases(self) -> list[Lease]:
+        return list(self._leases.values())
+
+    def attach(self, chute: str, service: str, ports: Sequence[PortMap] = ()) -> Attachment:
+        """Give ``chute``/``service`` its namespace, veth, address and port mappings.
+
+        Idempotent: attaching what is attached (after a worker restart) re-creates whatever
+        is missing with the same address. A node port that is taken (by a process on the
+        node or another chute) is refused before anything is changed."""
+        check_name(chute, "chute")
+        check_name(service, "service")
+        key = f"{chute}/{service}"
+        ports = list(ports)
+        self._check_ports(key, ports)
+        self.ensure_bridge()
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = Lease(
+                chute=chute,
+                service=service,
+                address=self._free_address(),
+                netns=f"ep-{chute}.{service}",
+                veth="ve" + hashlib.sha256(key.encode()).hexdigest()[:11],
+                ports=ports,
+            )
+        else:
+            lease = lease.model_copy(update={"ports": ports})
+        self._leases[key] = lease
+        self._save()
+        try:
+            self._plumb(lease)
+            self._apply_rules()
+            self._write_hosts()
+        except EdgeplaneError:
+            self.detach(chute, service)
+            raise
+        return self.attachment(lease)
+
+    def detach(self, chute: str, service: str) -> None:
+        """Remove the service's netns, veth, lease, port rules; a no-op when gone."""
+        key = f"{chute}/{service}"
+        lease = self._leases.pop(key, None)
+        netns = lease.netns if lease else f"ep-{chute}.{service}"
+        veth = lease.veth if lease else "ve" + hashlib.sha256(key.encode()).hexdigest()[:11]
+        run(["ip", "link", "del", veth], check=False)
+        run(["ip", "netns", "del", netns], check=False)
+        self._save()
+        if self._bridge_exists():
+            self._apply_rules()
+        if not any(other.chute == chute for other in self._leases.values()):
+            with contextlib.suppress(FileNotFoundError):
+                (self.hosts_dir / chute).unlink()
+        self._write_hosts()
+
+    def hosts(self, chute: str) -> str:
+        """The hosts file ``chute`` sees: every service on the node, by name."""
+        lines = ["127.0.0.1\tlocalhost"]
+        firsts: dict[str, str] = {}
+        for lease in sorted(self._leases.values(), key=lambda item: (item.chute, item.service)):
+            names = [f"{lease.service}.{lease.chute}"]
+            if lease.chute not in firsts:
+                firsts[lease.chute] = lease.address
+                names.append(lease.chute)
+            if lease.chute == chute:
+                names.append(lease.service)
+            lines.append(f"{lease.address}\t{' '.join(dict.fromkeys(names))}")
+        return "\n".join(lines) + "\n"
+
+    def attachment(self, lease: Lease) -> Attachment:
+        return Attachment(
+            netns_path=str(NETNS_DIR / lease.netns),
+            address=lease.address,
+            gateway=self.gateway,
+            veth=lease.veth,
+            hosts_path=self.hosts_dir / lease.chute,
+        )
+
+    def teardown(self) -> None:
+        """Detach everything and remove the bridge and the nft table (node uninstall)."""
+        for lease in self.leases():
+            self.detach(lease.chute, lease.service)
+        run(["nft", "delete", "table", "ip", self.table], check=False)
+        run(["ip", "link", "del", self.bridge], check=False)
+        shutil.rmtree(self.hosts_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def ensure_bridge(self) -> None:
+        """The bridge with the gateway address, forwarding on, our nft table."""
+        if not self._bridge_exists():
+            run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        prefix = self.subnet.prefixlen
+        have = run(["ip", "-4", "-o", "addr", "show", "dev", self.bridge])
+        if f"{self.gateway}/{prefix}" not in have:
+            run(["ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge])
+        run(["ip", "link", "set", self.bridge, "up"])
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        # The node's own connections to 127.0.0.1:<node port> are DNATed to a chute: the
+        # kernel only routes a 127/8 source out of an interface with route_localnet on.
+        Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet").write_text("1\n")
+        self._apply_rules()
+
+    def _bridge_exists(self) -> bool:
+        return Path(f"/sys/class/net/{self.bridge}").exists()
+
+    def _plumb(self, lease: Lease) -> None:
+        if not (NETNS_DIR / lease.netns).exists():
+            run(["ip", "netns", "add", lease.netns])
+        inside = run(["ip", "-n", lease.netns, "-o", "link", "show"])
+        if ": eth0" not in inside:
+            run(["ip", "link", "del", lease.veth], check=False)
+            peer = "vp" + lease.veth[2:]
+            run(["ip", "link", "add", lease.veth, "type", "veth", "peer", "name", peer])
+            run(["ip", "link", "set", peer, "netns", lease.netns])
+            run(["ip", "-n", lease.netns, "link", "set", peer, "name", "eth0"])
+        run(["ip", "link", "set", lease.veth, "master", self.bridge])
+        # A chute reaching itself through its own node port: with br_netfilter the DNAT
+        # happens on the bridge and the packet must go back out the port it came in by.
+        run(["ip", "link", "set", lease.veth, "type", "bridge_slave", "hairpin", "on"])
+        run(["ip", "link", "set", lease.veth, "up"])
+        prefix = self.subnet.prefixlen
+        addrs = run(["ip", "-n", lease.netns, "-4", "-o", "addr", "show", "dev", "eth0"])
+        if f"{lease.address}/{prefix}" not in addrs:
+            run(
+                ["ip", "-n", lease.netns, "addr", "add", f"{lease.address}/{prefix}", "dev", "eth0"]
+            )
+        run(["ip", "-n", lease.netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", lease.netns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", lease.netns, "route", "replace", "default", "via", self.gateway])
+
+    def _apply_rules(self) -> None:
+        """Rewrite our whole nft table from the leases, atomically."""
+        run(["nft", "-f", "-"], stdin=self.ruleset())
+
+    def ruleset(self) -> str:
+        """Our table as an ``nft -f`` script (delete-and-recreate in one transaction)."""
+        subnet = str(self.subnet)
+        dnat: list[str] = []
+        for lease in sorted(self._leases.values(), key=lambda item: item.netns):
+            for port in lease.ports:
+                dnat.append(
+                    f"fib daddr type local {port.protocol} dport {port.node_port} "
+                    f"dnat to {lease.address}:{port.port}"
+                )
+        rules = "\n    ".join(dnat)
+        table = f"table ip {self.table}"
+        return f"""{table} {{}}
+delete {table}
+{table} {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {rules}
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    {rules}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname != "{self.bridge}" masquerade
+    ct status dnat oifname "{self.bridge}" ip saddr {subnet} masquerade
+    ip saddr 127.0.0.0/8 oifname "{self.bridge}" masquerade
+  }}
+}}
+"""
+
+    def _check_ports(self, key: str, ports: Sequence[PortMap]) -> None:
+        seen: set[tuple[str, int]] = set()
+        for port in ports:
+            slot = (port.protocol, port.node_port)
+            if slot in seen:
+                raise Invalid(
+                    f"node port {port.node_port}/{port.protocol} mapped twice", field="ports"
+                )
+            seen.add(slot)
+            for other_key, other in self._leases.items():
+                if other_key != key and any((p.protocol, p.node_port) == slot for p in other.ports):
+                    raise Conflict(
+                        f"node port {port.node_port}/{port.protocol} is taken by chute "
+                        f"{other.chute!r} service {other.service!r}",
+                        field="ports",
+                    )
+            mine = self._leases.get(key)
+            if mine is not None and port in mine.ports:
+                continue  # our own mapping, already in place
+            if not port_free(port):
+                raise Conflict(
+                    f"node port {port.node_port}/{port.protocol} is taken on the node",
+                    field="ports",
+                )
+
+    def _free_address(self) -> str:
+        taken = {lease.address for lease in self._leases.values()} | {self.gateway}
+        for host in self.subnet.hosts():
+            if str(host) not in taken:
+                return str(host)
+        raise Unavailable(f"subnet {self.subnet} has no free address left")
+
+    def _write_hosts(self) -> None:
+        self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        for chute in {lease.chute for lease in self._leases.values()}:
+            path = self.hosts_dir / chute
+            # In place (r+ / truncate), not by rename: a running container's bind mount of
+            # /etc/hosts holds this inode and would never see a replaced file.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.truncate(0)
+                handle.write(self.hosts(chute))
+
+    def _load(self) -> dict[str, Lease]:
+        try:
+            raw: Any = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise Unavailable(f"cannot read {self.state_path}: {exc}") from None
+        leases = [Lease.model_validate(item) for item in raw.get("leases", [])]
+        return {f"{lease.chute}/{lease.service}": lease for lease in leases}
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        body = {
+            "subnet": str(self.subnet),
+            "leases": [lease.model_dump() for lease in self.leases()],
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=1))
+        tmp.replace(self.state_path)
+
+
+class ChuteNetwork:
+    """:class:`NodeNetwork` as the chute node drives it (``node.py``'s ``Network``).
+
+    ``prepare`` (before the container exists) leases the address and creates the
+    namespace; ``attach`` (once it runs) adds the service's port mappings, refusing a
+    taken port, and its chute's bandwidth limits; ``detach`` undoes both. Manifests are
+    taken by shape (``service.ports`` of ``host``/``chute``/``protocol``,
+    ``manifest.resources.bandwidth_kbit``) so this module does not depend on theirs."""
+
+    def __init__(self, net: NodeNetwork) -> None:
+        self.net = net
+
+    async def prepare(self, chute: str, service: str) -> str | None:
+        found = await asyncio.to_thread(
+            self.net.attach, chute, service, self._ports(chute, service)
+        )
+        return found.netns_path
+
+    async def attach(self, manifest: Any, service: Any, pid: int) -> str | None:
+        from edgeplane.chutes.resources import Bandwidth, shape
+
+        ports = [
+            PortMap(node_port=port.host, port=port.chute, protocol=port.protocol)
+            for port in service.ports
+        ]
+        found = await asyncio.to_thread(self.net.attach, manifest.name, service.name, ports)
+        limits = Bandwidth.model_validate(manifest.resources.bandwidth_kbit.model_dump())
+        netns = Path(found.netns_path).name
+        await asyncio.to_thread(shape, netns, found.veth, limits)
+        return found.address
+
+    async def detach(self, chute: str, service: str) -> None:
+        await asyncio.to_thread(self.net.detach, chute, service)
+
+    def _ports(self, chute: str, service: str) -> list[PortMap]:
+        # a re-prepare (worker restart, resumed change) keeps the mappings it had
+        for lease in self.net.leases():
+            if (lease.chute, lease.service) == (chute, service):
+                return list(lease.ports)
+        return []
