@@ -69,7 +69,7 @@ from bench.scale import (
 from bench.spine import Child, Phase, clean_env, ms, percentile, process, rss_mb, wasm_noop
 from edgeplane import Client
 from edgeplane.clock import new_id
-from edgeplane.errors import EdgeplaneError
+from edgeplane.errors import EdgeplaneError, NotFound
 from edgeplane.lifeline import die_with_parent
 from edgeplane.model import Worker
 from edgeplane.transport.broker import MosquittoProcess, free_port, mosquitto_config
@@ -681,12 +681,16 @@ def measure_batch(world: Tree, tasks: int, baseline: dict[str, Any]) -> Phase:
     # How far behind each manager's view of its workers falls while the tasks go through:
     # a manager behind by more than the missed beats' span declares beating workers lost.
     observed: dict[str, list[Worker]] = {s.name: [] for s in world.sites}
+    # only workers that registered: the others are not the manager's to show
+    beating = {s.name: [w for r in s.fleets.ask("live") for w in r] for s in world.sites}
     next_sample = time.monotonic()
     while time.monotonic() < deadline:
         if time.monotonic() >= next_sample:
             for site in world.sites:
-                for worker_id in world.rng.sample(site.worker_ids, BATCH_LAG_SAMPLE):
-                    observed[site.name].append(site.client.worker(worker_id))
+                pool = beating[site.name]
+                for worker_id in world.rng.sample(pool, min(BATCH_LAG_SAMPLE, len(pool))):
+                    with suppress(NotFound):  # deleted meanwhile: nothing to read
+                        observed[site.name].append(site.client.worker(worker_id))
             next_sample += 1.0
         now = _finished(world.root_client)
         counted = {k: v - done0.get(k, 0) for k, v in now.items() if v - done0.get(k, 0)}
