@@ -13,7 +13,8 @@ usage() {
   cat <<'EOF'
 usage: install-worker.sh --manager mqtt[s]://HOST:PORT --join TOKEN [options]
 
-  --manager URL        the cluster's broker (`edgeplane manager` prints it)
+  --manager URL        the cluster's broker (`edgeplane manager` prints it; a clustered
+                       broker's nodes comma-separated)
   --join TOKEN         join token from POST /api/v1/join-tokens (or $EDGEPLANE_JOIN_TOKEN)
   --ca FILE            CA that signed the broker's certificate (needed for mqtts://)
   --cluster-id ID      cluster id (default: local)
@@ -54,14 +55,17 @@ while [ $# -gt 0 ]; do
 done
 
 # Every value ends up in an environment file: bounded to characters that cannot break it.
-[[ "$MANAGER" =~ ^mqtts?://[A-Za-z0-9._:-]+(:[0-9]+)?$ ]] \
-  || die "--manager must be mqtt://HOST:PORT or mqtts://HOST:PORT, got '${MANAGER}'"
+# (a clustered broker: its nodes comma-separated, docs/brokers.md)
+NODE='mqtts?://[A-Za-z0-9._:-]+(:[0-9]+)?'
+[[ "$MANAGER" =~ ^${NODE}(,${NODE})*$ ]] \
+  || die "--manager must be mqtt://HOST:PORT or mqtts://HOST:PORT (or several, comma-separated), got '${MANAGER}'"
 [[ "$JOIN" =~ ^[A-Za-z0-9_.-]{1,256}$ ]] || die "--join: give the join token (letters, digits, _ . -)"
-[[ "$CLUSTER" =~ ^[A-Za-z0-9_.-]{1,63}$ ]] || die "--cluster-id: 1-63 letters, digits, _ . -"
+# no '.': the cluster id is a topic level, and NATS refuses '.' in one
+[[ "$CLUSTER" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$ ]] || die "--cluster-id: 1-63 letters, digits, _ -"
 for label in ${LABELS[@]+"${LABELS[@]}"}; do
   [[ "$label" =~ ^[A-Za-z0-9_./-]{1,63}=[A-Za-z0-9_.:/-]{0,63}$ ]] || die "--label must be K=V, got '$label'"
 done
-if [[ "$MANAGER" == mqtts://* ]] && [ -z "$CA" ]; then
+if [[ "$MANAGER" == *mqtts://* ]] && [ -z "$CA" ]; then
   die "--ca: an mqtts:// broker is verified against a CA file (the manager's certs/ca.pem)"
 fi
 if [ -n "$CA" ]; then

@@ -21,6 +21,7 @@ from edgeplane.limits import (
     MAX_MEMORY_MB,
     MAX_TIMEOUT_S,
 )
+from edgeplane.protocol.topics import check_domain, check_segment
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -34,7 +35,8 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".edgeplane")
     domain: str = "edgeplane"
     cluster_id: str = "local"
-    #: ``mqtt://host:port``; empty means "start an embedded broker" (``edgeplane up``).
+    #: ``mqtt://host:port`` (a clustered broker's nodes comma-separated, tried in turn);
+    #: empty means "start an embedded broker" (``edgeplane up``).
     broker: str = ""
     #: ``sqlite:///path``, ``postgresql://host/db?schema=s`` or ``memory://``;
     #: empty means SQLite in data_dir.
@@ -61,6 +63,10 @@ class Settings(BaseModel):
     workers: int = Field(default=2, ge=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     missed_beats: int = Field(default=3, ge=1)
+    #: a worker: seconds between samples of its node's usage (docs/metrics.md; 0: none)
+    metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    #: a worker: serve Prometheus text at ``http://HOST:PORT/metrics`` (empty: not served)
+    metrics_listen: str = ""
     #: seconds a lost worker's host and container tasks wait for it to come back and
     #: re-attach before they are placed again (None: heartbeat_s * missed_beats; 0: none)
     lost_grace_s: float | None = Field(default=None, ge=0)
@@ -76,15 +82,21 @@ class Settings(BaseModel):
     host_user: str | None = None
     #: run container tasks (runc) when the worker can: root with runc installed
     containers: bool = True
+    #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
+    edge_api: str | None = None
+    #: chutes on the node's bridge network with disk and bandwidth limits when the node
+    #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
+    chute_network: bool = True
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
-    #: registry itself (the only way so far)
-    pull: Literal["direct"] = "direct"
+    #: registry itself, ``proxy`` asks the cluster's artifact proxy, ``auto`` direct
+    #: while the registry answers, else the proxy (docs/artifacts.md)
+    pull: Literal["direct", "proxy", "auto"] = "auto"
     #: registry settings (credentials, insecure registries, the largest artifact) for
     #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
     registries: Path | None = None
-    slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
+    slots: int = Field(default=0, ge=0, description="tasks a worker runs at once; 0 = 8 per cpu")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
@@ -107,7 +119,8 @@ class Settings(BaseModel):
     max_workflow_tasks: int = Field(default=10_000, ge=1, description="per job or workflow")
     log_level: str = "info"
     # --- the hierarchy (root → clusters → workers) ---
-    #: ``mqtt://host:port`` of the root's broker: a manager given one registers there
+    #: ``mqtt://host:port`` of the root's broker (or its nodes, comma-separated): a
+    #: manager given one registers there
     root: str = ""
     #: reach the root through this cluster's own broker (``--broker``), which a Mosquitto
     #: bridge links to the root's (docs/brokers.md); ``root`` is then only where it joins
@@ -153,7 +166,25 @@ class Settings(BaseModel):
                 values[name] = raw
         return values
 
-    @field_validator("broker_listen")
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        # every topic starts with it, and NATS refuses '.' and ' ' in a topic
+        try:
+            return check_domain(value)
+        except Invalid as exc:
+            raise ValueError(exc.detail) from None
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _cluster_id(cls, value: str) -> str:
+        # a topic level at its manager's broker and (as a member id) at the root's
+        try:
+            return check_segment(value, "cluster_id", "a cluster id")
+        except Invalid as exc:
+            raise ValueError(exc.detail) from None
+
+    @field_validator("broker_listen", "metrics_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if value:

@@ -88,6 +88,13 @@ def test_containers_add_the_drop_in_and_the_token_may_come_from_the_environment(
     assert "EDGEPLANE_CA" not in env
 
 
+def test_a_clustered_brokers_nodes_go_to_the_env_file_as_one_list() -> None:
+    nodes = "mqtt://n1:1883,mqtt://n2:1883,mqtt://n3:1883"
+    done = install("--manager", nodes, "--join", TOKEN, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert env_file(written(done.stdout, "/etc/edgeplane/worker.env"))["EDGEPLANE_BROKER"] == nodes
+
+
 def test_task_user_adds_its_user_and_the_host_user_drop_in() -> None:
     done = install(
         "--manager", "mqtt://h:1883", "--join", TOKEN, "--allow-host", "--task-user", "--dry-run"
@@ -115,6 +122,9 @@ def test_task_user_adds_its_user_and_the_host_user_drop_in() -> None:
         (["--manager", "mqtt://h:1883", "--join", "x\nEDGEPLANE_ALLOW_HOST=true"], "--join"),
         (["--manager", "mqtt://h:1883", "--join", TOKEN, "--label", "a=b c"], "--label"),
         (["--manager", "mqtt://h:1883", "--join", TOKEN, "--cluster-id", "a/b"], "--cluster-id"),
+        (["--manager", "mqtt://h:1883", "--join", TOKEN, "--cluster-id", "a.b"], "--cluster-id"),
+        (["--manager", "mqtt://a:1883,", "--join", TOKEN], "--manager"),
+        (["--manager", "mqtt://a:1883,mqtts://b:8883", "--join", TOKEN], "--ca"),
         (["--manager", "mqtts://h:8883", "--join", TOKEN], "--ca"),
         (["--manager", "mqtts://h:8883", "--join", TOKEN, "--ca", "/nonexistent"], "--ca"),
         (["--manager", "mqtt://h:1883", "--join", TOKEN, "--bogus"], "unknown option"),

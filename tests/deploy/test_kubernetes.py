@@ -183,6 +183,7 @@ def test_helm_join_secret_per_manager_and_none_without_a_root() -> None:
     [
         ({"managers": [{"clusterId": "a"}, {"clusterId": "a"}]}, "given twice"),
         ({"managers": [{"clusterId": "a b"}]}, "1-63 letters"),
+        ({"managers": [{"clusterId": "eu.west"}]}, "1-63 letters"),
         ({"postgresql": {"enabled": False}}, "store.existingSecret"),
     ],
 )

@@ -19,6 +19,7 @@ import pytest
 
 from edgeplane import Client
 from edgeplane.model import Task
+from registry_fixtures import RegistryProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,6 +127,23 @@ def test_first_task_through_the_cli(up: tuple[str, dict[str, str]], tmp_path: Pa
     assert listed.returncode == 0, listed.stderr
     workers = cli("worker", "list", env=env)
     assert workers.returncode == 0 and "local-1" in workers.stdout
+
+
+def test_task_run_takes_an_oci_reference(
+    up: tuple[str, dict[str, str]], tmp_path: Path, oci_registry: RegistryProcess
+) -> None:
+    """The DESIGN contract: `task run` accepts an oci:// reference in place of a file."""
+    _, env = up
+    add = tmp_path / "examples" / "add.wasm"
+    wait_until(add.exists, "the examples")
+    ref = f"oci://{oci_registry.address}/demo/add:1"
+    pushed = cli("artifact", "push", str(add), ref, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    done = cli("task", "run", ref, "add", "2", "3", "--wait", env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, "5"), done.stderr
+    unknown = cli("task", "run", ref.replace(":1", ":nope"), "add", "2", "3", env=env)
+    assert unknown.returncode == 2 and "artifact_not_found" in unknown.stderr, unknown.stderr
+    assert "Traceback" not in unknown.stderr
 
 
 def test_cli_errors_have_exit_codes(up: tuple[str, dict[str, str]], tmp_path: Path) -> None:

@@ -267,6 +267,8 @@ class Lab:
     apis: list[Api] = field(default_factory=list)
     #: a broker the lab did not start (the broker matrix's): every role dials it instead
     external_broker: str = ""
+    #: every role's heartbeat (a test of a broker that pauses longer than 3 beats raises it)
+    heartbeat_s: float = HEARTBEAT_S
     _broker: Broker | None = None
 
     @property
@@ -286,7 +288,7 @@ class Lab:
             **os.environ,
             "EDGEPLANE_ADMIN_TOKEN": TOKEN,
             "EDGEPLANE_DOMAIN": self.domain,
-            "EDGEPLANE_HEARTBEAT_S": str(HEARTBEAT_S),
+            "EDGEPLANE_HEARTBEAT_S": str(self.heartbeat_s),
             **extra,
         }
         for name in ("EDGEPLANE_URL", "EDGEPLANE_TOKEN"):

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from edgeplane.errors import Invalid, Unavailable
-from edgeplane.transport import EmbeddedBroker, MqttLink, Will, free_port, parse_broker_url
+from edgeplane.transport import (
+    EmbeddedBroker,
+    MqttLink,
+    Will,
+    free_port,
+    parse_broker_url,
+    parse_broker_urls,
+    without_credentials,
+)
+from edgeplane.transport import link as link_module
 from edgeplane.transport.broker import MosquittoProcess
 
 WAIT_S = 10.0
@@ -295,6 +304,19 @@ def test_broker_url_credentials_never_show_in_logs_or_repr() -> None:
     assert str(address) == "broker.local:1883"
 
 
+def test_the_broker_url_a_manager_tells_others_has_no_credentials() -> None:
+    """It goes to every worker in its welcome and to the root in the cluster's
+    registration: the user and password are the manager's own."""
+    given = "mqtt://edgeplane%24manager:s3cret@n1:1883,mqtts://u:p@[::1]:8883,mqtt://n3"
+    shown = without_credentials(given)
+    assert shown == "mqtt://n1:1883,mqtts://[::1]:8883,mqtt://n3"
+    assert [(a.host, a.port, a.username) for a in parse_broker_urls(shown)] == [
+        ("n1", 1883, None),
+        ("::1", 8883, None),
+        ("n3", 1883, None),
+    ]
+
+
 async def test_publish_to_a_wildcard_is_invalid() -> None:
     _, on_message = collector()
     link = MqttLink("mqtt://127.0.0.1", client_id="x", subscriptions=[], on_message=on_message)
@@ -349,3 +371,112 @@ def test_mosquitto_that_exits_at_once_is_unavailable(tmp_path: Path) -> None:
     broker = MosquittoProcess(tmp_path, free_port(), executable="false")
     with pytest.raises(Unavailable, match="exited with code 1"):
         broker.start()
+
+
+async def test_a_link_given_several_nodes_moves_on_to_one_that_answers(
+    fast_broker_url: str, unique_domain: str
+) -> None:
+    """The first node refuses the connection, the second hangs up on the CONNECT (as a
+    NATS node does that cannot load the session): the link goes on to the third, well
+    within the CONNACK timeout the second would otherwise have cost."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    closing = server.sockets[0].getsockname()[1]
+    url = f"mqtt://127.0.0.1:{free_port()},mqtt://127.0.0.1:{closing},{fast_broker_url}"
+    inbox, on_message = collector()
+    topic = f"{unique_domain}/nodes"
+    async with server:
+        link = MqttLink(
+            url,
+            client_id=f"{unique_domain}-nodes",
+            subscriptions=[topic],
+            on_message=on_message,
+            connect_timeout_s=WAIT_S,
+        )
+        async with link:
+            assert link.broker == fast_broker_url.removeprefix("mqtt://")
+            await link.publish(topic, b"hi")
+            assert await next_message(inbox) == (topic, b"hi")
+
+
+class RefusingBroker:
+    """Just enough of an MQTT 3.1.1 broker to refuse the first ``refusals`` SUBSCRIBEs
+    (SUBACK 0x80 for every topic), as a NATS node does while its JetStream elects, and
+    grant the later ones."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.subscribes: list[list[str]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                kind = (await reader.readexactly(1))[0] & 0xF0
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                if kind == 0x10:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind == 0x80:  # SUBSCRIBE: packet id, then (topic, qos) pairs
+                    topics, at = [], 2
+                    while at < len(body):
+                        size = int.from_bytes(body[at : at + 2], "big")
+                        topics.append(body[at + 2 : at + 2 + size].decode())
+                        at += 2 + size + 1
+                    self.subscribes.append(topics)
+                    code = b"\x80" if len(self.subscribes) <= self.refusals else b"\x01"
+                    writer.write(bytes([0x90, 2 + len(topics)]) + body[:2] + code * len(topics))
+                elif kind == 0xC0:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 0xE0:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_refused_subscription_is_asked_for_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused once (NATS electing): granted on the next try before the session starts,
+    no warning. Refused past the retries (NATS busier still, or an ACL): the session runs
+    all the same, says so, keeps asking in the background and, once granted, runs
+    ``on_connect`` again so the member catches up on what it missed."""
+    monkeypatch.setattr(link_module, "SUBSCRIBE_RETRY_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(link_module, "RESUBSCRIBE_S", 0.01)
+    for refusals, connects in ((1, 1), (6, 2)):
+        caplog.clear()
+        broker = RefusingBroker(refusals)
+        server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, on_message = collector()
+        hooks = 0
+
+        async def on_connect() -> None:
+            nonlocal hooks
+            hooks += 1
+
+        async with server:
+            link = MqttLink(
+                f"mqtt://127.0.0.1:{port}",
+                client_id="refused",
+                subscriptions=["a/b", "a/c"],
+                on_message=on_message,
+                on_connect=on_connect,
+            )
+            async with link:
+                assert link.connected.is_set()
+                await until(lambda: hooks == connects)  # noqa: B023 -- awaited in the loop
+            assert broker.subscribes == [["a/b", "a/c"]] * (refusals + 1)
+        assert ("refused subscriptions" in caplog.text) is (refusals > 1)

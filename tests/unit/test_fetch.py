@@ -102,3 +102,38 @@ def test_garbage_on_the_chunks_topic_is_counted() -> None:
     fetcher.on_chunk(b"not a chunk")
     fetcher.on_chunk(b"EPCK" + bytes(100))
     assert fetcher.stats.bad == 2
+
+
+async def test_a_registry_the_proxy_cannot_reach_fails_the_fetch_as_worth_a_retry() -> None:
+    asked = Asked()
+    fetcher = Fetcher(asked.publish, max_bytes=1 << 20, retry_s=5)
+    source = "oci://reg.local:5000/busybox"
+    job = asyncio.ensure_future(fetcher.fetch(DIGEST, source=source, kind="manifest"))
+    body = await asked.next()
+    assert (body.source, body.kind) == (source, "manifest")
+    frame = chunks.Frame(
+        DIGEST, 0, 0, 0, request=bytes.fromhex(body.request), status=chunks.UNAVAILABLE
+    )
+    fetcher.on_chunk(chunks.encode(frame))
+    with pytest.raises(Invalid) as failed:
+        await job
+    assert failed.value.reason == "registry_unreachable" and source in failed.value.detail
+
+
+async def test_a_tags_manifest_is_taken_as_sent_and_blobs_still_verified() -> None:
+    """``resolve``: the digest only keys the request (the worker hashes what it gets);
+    every other kind is checked against its digest."""
+    asked = Asked()
+    fetcher = Fetcher(asked.publish, max_bytes=1 << 20, retry_s=5)
+    source = "oci://reg.local:5000/busybox:1"
+    key = hashlib.sha256(source.encode()).hexdigest()
+    job = asyncio.ensure_future(fetcher.fetch(key, source=source, kind="resolve"))
+    answer(fetcher, await asked.next(), BLOB)
+    assert await job == BLOB
+
+    spoiled = asyncio.ensure_future(fetcher.fetch(key, source=source.removesuffix(":1")))
+    answer(fetcher, await asked.next(), BLOB)  # does not hash to ``key``: asked again
+    again = await asked.next()
+    assert again.missing == [] and fetcher.stats.rejected == 1
+    spoiled.cancel()
+    await fetcher.close()

@@ -33,8 +33,9 @@ VERSION = 1
 #: what one lost message costs and what a worker holds beside the finished blob.
 CHUNK_SIZE = 256 * 1024
 #: status of a frame: a chunk, or the proxy's answer that it cannot serve the digest
-OK, NOT_FOUND, TOO_LARGE = 0, 1, 2
-STATUSES = frozenset({OK, NOT_FOUND, TOO_LARGE})
+#: (unknown; over its maximum; its registry cannot be reached now, worth a retry later)
+OK, NOT_FOUND, TOO_LARGE, UNAVAILABLE = 0, 1, 2, 3
+STATUSES = frozenset({OK, NOT_FOUND, TOO_LARGE, UNAVAILABLE})
 REQUEST_BYTES = 8
 _HEADER = struct.Struct(">4sBB32s8sIIQ")
 HEADER_SIZE = _HEADER.size
@@ -194,12 +195,13 @@ class Assembly:
         self.updated = now
         return True
 
-    def verify(self) -> bytes:
-        """The blob, once complete, if it hashes to its digest; else :class:`DigestMismatch`."""
+    def verify(self, *, check: bool = True) -> bytes:
+        """The blob, once complete, if it hashes to its digest; else :class:`DigestMismatch`.
+        ``check=False`` for an answer that is not content-addressed (a tag's manifest)."""
         if not self.complete:
             raise BadChunk(f"{len(self.missing())} chunk(s) missing", field="chunk")
         data = b"".join(self.chunks[i] for i in range(self.total))
-        if sha256_hex(data) != self.digest:
+        if check and sha256_hex(data) != self.digest:
             raise DigestMismatch(f"blob does not match its digest {self.digest}", field="chunk")
         return data
 

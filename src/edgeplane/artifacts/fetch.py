@@ -69,6 +69,9 @@ class _Pending:
     gaps: bool = False
     error: Exception | None = None
     future: asyncio.Future[bytes] | None = None
+    #: where the proxy gets it (FetchArtifact.source / kind)
+    source: str | None = None
+    kind: str = "blob"
 
 
 class Fetcher:
@@ -91,13 +94,17 @@ class Fetcher:
         self.stats = FetchStats()
         self._pending: dict[str, _Pending] = {}
 
-    async def fetch(self, digest: str) -> bytes:
+    async def fetch(self, digest: str, *, source: str | None = None, kind: str = "blob") -> bytes:
         """The verified bytes of ``digest`` from the proxy. Concurrent fetches of one
-        digest share one delivery. :class:`Invalid` (``artifact_…`` reasons) when it
-        cannot be had."""
+        digest share one delivery. :class:`Invalid` (``artifact_…`` reasons, or
+        ``registry_unreachable`` when the proxy cannot reach ``source`` now) when it
+        cannot be had. ``source`` and ``kind``: see :class:`FetchArtifact`; for
+        ``resolve`` the bytes are the manifest a tag names, not checked against
+        ``digest`` (which only keys the request)."""
         pending = self._pending.get(digest)
         if pending is None:
             pending = _Pending(digest, secrets.token_bytes(chunks.REQUEST_BYTES))
+            pending.source, pending.kind = source, kind
             pending.future = asyncio.ensure_future(self._fetch(pending))
             self._pending[digest] = pending
             pending.future.add_done_callback(lambda _: self._done(pending))
@@ -143,7 +150,7 @@ class Fetcher:
             if pending.complete:
                 pending.complete = False
                 try:
-                    data = await self._verify(digest)
+                    data = await self._verify(digest, check=pending.kind != "resolve")
                 except (DigestMismatch, BadChunk):
                     self.stats.rejected += 1
                     log.warning(
@@ -171,14 +178,14 @@ class Fetcher:
                 pending.gaps = False
                 await self._ask(pending, self._missing(digest))
 
-    async def _verify(self, digest: str) -> bytes:
+    async def _verify(self, digest: str, *, check: bool = True) -> bytes:
         assembly = self.assemblies.get(digest)
         if assembly is None:
             raise BadChunk("assembly gone", field="chunk")
         self.assemblies.drop(digest)
         if assembly.size > INLINE_VERIFY_BYTES:
-            return await asyncio.to_thread(assembly.verify)
-        return assembly.verify()
+            return await asyncio.to_thread(lambda: assembly.verify(check=check))
+        return assembly.verify(check=check)
 
     def _missing(self, digest: str) -> list[int]:
         assembly = self.assemblies.get(digest)
@@ -190,7 +197,11 @@ class Fetcher:
     async def _ask(self, pending: _Pending, missing: list[int]) -> None:
         self.stats.requests += 1
         body = FetchArtifact(
-            digest=pending.digest, request=pending.request.hex(), missing=missing[:MAX_MISSING]
+            digest=pending.digest,
+            request=pending.request.hex(),
+            missing=missing[:MAX_MISSING],
+            source=pending.source,
+            kind=pending.kind,
         )
         await self._publish(encode("artifact.fetch", body))
 
@@ -213,6 +224,12 @@ class Fetcher:
                 f"artifact_not_found: {frame.digest}",
                 field="artifact",
                 reason="artifact_not_found",
+            )
+        elif frame.status == chunks.UNAVAILABLE:
+            pending.error = Invalid(
+                f"registry_unreachable: the proxy cannot reach {pending.source} now",
+                field="artifact",
+                reason="registry_unreachable",
             )
         elif frame.status == chunks.TOO_LARGE or frame.size > self.max_bytes:
             self.stats.too_large += 1

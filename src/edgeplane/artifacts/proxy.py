@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Protocol
 
 from edgeplane.artifacts import chunks
-from edgeplane.errors import Invalid
+from edgeplane.artifacts.blobs import BlobStore
+from edgeplane.artifacts.registry_errors import ArtifactTooBig, RegistryUnreachable
+from edgeplane.artifacts.registry_source import RegistrySource
+from edgeplane.errors import EdgeplaneError, Invalid
 from edgeplane.protocol import Topics, decode, parse_body
 from edgeplane.protocol.messages import FetchArtifact
 from edgeplane.transport import MqttLink, unique_client_id
@@ -74,6 +77,8 @@ class ProxyStats:
     not_found: int = 0
     #: blobs over ``max_bytes`` (refused)
     too_large: int = 0
+    #: requests for a registry's blob the proxy could not reach now
+    unavailable: int = 0
 
 
 class Proxy:
@@ -90,8 +95,15 @@ class Proxy:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         chunk_size: int = chunks.CHUNK_SIZE,
         concurrency: int = 4,
+        registries: RegistrySource | None = None,
+        disk: BlobStore | None = None,
     ) -> None:
         self.source = source
+        #: blobs of ``oci://`` sources (None: such requests are answered "not found")
+        self.registries = registries
+        #: where blobs pulled from registries are kept, so a restarted proxy does not
+        #: pull them again (the store holds the modules already)
+        self.disk = disk
         self.topics = topics
         self.max_bytes = max_bytes
         self.cache_bytes = cache_bytes
@@ -122,6 +134,8 @@ class Proxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         await self.link.stop()
+        if self.registries is not None:
+            await self.registries.close()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         member = self.topics.member_of(topic)
@@ -151,7 +165,22 @@ class Proxy:
         request = bytes.fromhex(fetch.request)
         try:
             async with self._slots:
-                data = await self._blob(fetch.digest)
+                try:
+                    data = await self._blob(fetch)
+                except (RegistryUnreachable, ArtifactTooBig) as exc:
+                    unreachable = isinstance(exc, RegistryUnreachable)
+                    if unreachable:
+                        self.stats.unavailable += 1
+                    else:
+                        self.stats.too_large += 1
+                    log.warning(
+                        "registry blob not served",
+                        extra={"source": fetch.source, "error": exc.detail},
+                    )
+                    status = chunks.UNAVAILABLE if unreachable else chunks.TOO_LARGE
+                    frame = chunks.Frame(fetch.digest, 0, 0, 0, request=request, status=status)
+                    await self.link.publish(topic, chunks.encode(frame))
+                    return
                 if data is None or len(data) > self.max_bytes:
                     status = chunks.NOT_FOUND if data is None else chunks.TOO_LARGE
                     if data is None:
@@ -186,12 +215,40 @@ class Proxy:
                 await self.link.flush()
         self.stats.served += 1
 
-    async def _blob(self, digest: str) -> bytes | None:
+    async def _open(self, fetch: FetchArtifact) -> bytes | None:
+        """From the store, or for an ``oci://`` source from its registry (None: unknown;
+        over the maximum: ``max_bytes + 1`` bytes' worth of nothing to refuse)."""
+        if fetch.source is None:
+            return await self.source.open(fetch.digest)
+        if self.registries is None:
+            return None
+        try:
+            return await self.registries.open(
+                fetch.digest, fetch.source, fetch.kind, self.max_bytes
+            )
+        except (ArtifactTooBig, RegistryUnreachable):
+            raise
+        except EdgeplaneError as exc:  # unknown, denied, a mismatch: nothing to serve
+            log.warning(
+                "registry blob not served", extra={"source": fetch.source, "error": exc.detail}
+            )
+            return None
+
+    async def _blob(self, fetch: FetchArtifact) -> bytes | None:
+        digest = fetch.digest
+        if fetch.kind == "resolve":  # what a tag names now: never cached, not hashed
+            return await self._open(fetch)
         data = self._cache.get(digest)
         if data is not None:
             self._cache.move_to_end(digest)
             return data
-        data = await self.source.open(digest)
+        disk = self.disk if fetch.source is not None else None
+        if disk is not None:
+            data = await asyncio.to_thread(disk.open, digest)  # hashed as it is read
+            if data is not None:
+                self._remember(digest, data)
+                return data
+        data = await self._open(fetch)
         if data is not None and len(data) > self.max_bytes:
             return data  # refused by the caller, never hashed nor cached
         found: str | None = None
@@ -205,10 +262,18 @@ class Proxy:
             if data is not None:
                 log.error("blob source returned bytes of another digest", extra={"digest": digest})
             return None
-        if len(data) <= self.cache_bytes:
+        if disk is not None:
+            try:
+                await asyncio.to_thread(disk.put, digest, data)
+            except (EdgeplaneError, OSError) as exc:  # served all the same
+                log.warning("blob not kept on disk", extra={"digest": digest, "error": str(exc)})
+        self._remember(digest, data)
+        return data
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if len(data) <= self.cache_bytes and digest not in self._cache:
             self._cache[digest] = data
             self._cached += len(data)
             while self._cached > self.cache_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= len(old)
-        return data

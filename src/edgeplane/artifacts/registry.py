@@ -231,6 +231,25 @@ class Registry:
         parts = [chunk async for chunk in self._blob_chunks(ref, blob, self._limit(ref, blob))]
         return b"".join(parts)
 
+    async def blob_up_to(self, ref: Reference, digest: str, limit: int) -> bytes:
+        """A blob whose size is not known beforehand (asked for by digest alone), in
+        memory: at most ``limit`` bytes (:class:`ArtifactTooBig` past it), verified."""
+        url = self._url(ref, f"blobs/{digest}")
+        hasher = hashlib.sha256()
+        parts: list[bytes] = []
+        seen = 0
+        async with self._request(ref, "GET", url) as response:
+            await self._check(ref.with_digest(digest), response)
+            async for chunk in response.aiter_bytes(CHUNK):
+                seen += len(chunk)
+                if seen > limit:
+                    raise ArtifactTooBig(f"{ref}: blob {digest} is over {limit} bytes")
+                hasher.update(chunk)
+                parts.append(chunk)
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise DigestMismatch(f"{ref}: blob {digest} does not hash to its digest")
+        return b"".join(parts)
+
     async def pull_wasm(self, ref: Reference, dest: Path) -> Manifest:
         """The wasm module ``ref`` names (one wasm layer) saved to ``dest``, verified."""
         manifest = await self.manifest(ref)
@@ -508,6 +527,12 @@ def wasm_layer(manifest: Manifest) -> Descriptor:
             f"{manifest.reference} holds no single wasm layer ({', '.join(WASM_LAYERS)})"
         )
     return layers[0]
+
+
+def parse_manifest(ref: Reference, raw: bytes, stated_type: str = "") -> Manifest:
+    """A manifest (or index) from its bytes, checked elsewhere (``raw`` is hashed by the
+    caller: a worker fed by the proxy)."""
+    return _parse_manifest(ref, raw, stated_type)
 
 
 def _parse_manifest(ref: Reference, raw: bytes, stated_type: str) -> Manifest:

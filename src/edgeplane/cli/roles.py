@@ -101,7 +101,9 @@ PullOption = Annotated[
     typer.Option(
         "--pull",
         help="How workers get oci:// container images: 'direct' pulls them from the "
-        "registry (the default; the only way so far).",
+        "registry; 'proxy' asks the cluster's artifact proxy over MQTT (no route to the "
+        "registry needed); 'auto' (the default) direct while the registry answers, else "
+        "the proxy.",
     ),
 ]
 RegistriesOption = Annotated[
@@ -123,7 +125,9 @@ ContainersOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+        "--images-dir",
+        help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
+        "DATA_DIR/worker/images for `worker`).",
     ),
 ]
 WasmMemoryOption = Annotated[
@@ -157,7 +161,10 @@ WasmTimeoutOption = Annotated[
     ),
 ]
 ClusterOption = Annotated[str | None, typer.Option("--cluster-id", help="Cluster id.")]
-DomainOption = Annotated[str | None, typer.Option(help="MQTT topic domain.")]
+DomainOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT topic domain: levels of letters, digits, '_', '-' joined by '/'."),
+]
 LogLevelOption = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning…")]
 BrokerHostOption = Annotated[
     str | None,
@@ -310,7 +317,11 @@ def up(
     port: PortOption = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Local workers (default 2).")] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt://HOST:PORT; default: start one in-process.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT (a cluster's nodes comma-separated); default: start one "
+            "in-process."
+        ),
     ] = None,
     store: StoreOption = None,
     scheduler: SchedulerOption = None,
@@ -386,7 +397,11 @@ def up(
 
 
 ApiBrokerOption = Annotated[
-    str | None, typer.Option(help="mqtt[s]://HOST:PORT of its own broker; default: start one.")
+    str | None,
+    typer.Option(
+        help="mqtt[s]://HOST:PORT of its own broker (a cluster's nodes comma-separated); "
+        "default: start one."
+    ),
 ]
 
 
@@ -450,7 +465,11 @@ def manager(
     ctx: typer.Context,
     broker: ApiBrokerOption = None,
     root: Annotated[
-        str | None, typer.Option(help="mqtt[s]://HOST:PORT of the root's broker to register with.")
+        str | None,
+        typer.Option(
+            help="mqtt[s]://HOST:PORT of the root's broker to register with (a cluster's "
+            "nodes comma-separated)."
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -510,6 +529,7 @@ def manager(
     heartbeat_s: HeartbeatOption = None,
     lost_grace_s: LostGraceOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     advertise_url: AdvertiseOption = None,
     lease_s: LeaseOption = None,
     data_dir: DataDirOption = None,
@@ -544,6 +564,7 @@ def manager(
         "heartbeat_s": heartbeat_s,
         "lost_grace_s": lost_grace_s,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "advertise_url": advertise_url,
         "lease_s": lease_s,
         "data_dir": data_dir,
@@ -587,7 +608,10 @@ def worker(
     ctx: typer.Context,
     manager: Annotated[
         str | None,
-        typer.Option(help="mqtt[s]://HOST:PORT: the broker of the cluster to join."),
+        typer.Option(
+            help="mqtt[s]://HOST:PORT: the broker of the cluster to join (a clustered "
+            "broker's nodes comma-separated: mqtt://a:1883,mqtt://b:1883)."
+        ),
     ] = None,
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
@@ -596,11 +620,18 @@ def worker(
     ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     slots: Annotated[
-        int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
+        int | None, typer.Option(min=0, help="Tasks run at once (default 0: 8 per cpu).")
     ] = None,
     prefetch: Annotated[
         int | None,
         typer.Option(min=1, help="Tasks held per slot, queued here until a slot frees (1 = none)."),
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="HOST:PORT: serve the node-local Edge API (chutes) there, e.g. 127.0.0.1:7071.",
+        ),
     ] = None,
     join: Annotated[
         str | None,
@@ -621,6 +652,23 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    metrics_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--metrics-interval",
+            min=0,
+            max=3600,
+            help="Seconds between samples of this node's usage (0: none; default 10).",
+        ),
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Serve this worker's Prometheus text at http://HOST:PORT/metrics.",
+        ),
+    ] = None,
     artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
@@ -644,10 +692,13 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "metrics_interval_s": metrics_interval_s,
+        "metrics_listen": metrics_listen,
         "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
         "log_level": log_level,
         "join_token": join,
+        "edge_api": api,
     }
     if ctx.invoked_subcommand is not None:
         if any(v is not None for v in flags.values()) or worker_id or label or config:
@@ -656,6 +707,10 @@ def worker(
             )
         return
     labels = pairs(label, "--label")
+    if worker_id is not None:
+        from edgeplane.protocol.topics import check_segment
+
+        check_segment(worker_id, "worker_id", "a worker id")
     flags["ca"] = _ca(ctx, ca)  # not above: the global --ca serves `worker list` too
     settings = _settings(flags, config)
     if not settings.broker:
@@ -679,19 +734,21 @@ def proxy(
     cluster_id: ClusterOption = None,
     domain: DomainOption = None,
     artifact_max_mb: ArtifactMaxOption = None,
+    registries: RegistriesOption = None,
     data_dir: DataDirOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Serve a cluster's stored artifacts to its workers over MQTT (`up` and `manager`
-    run one already)."""
+    """Serve a cluster's stored artifacts, and blobs of oci:// images from their
+    registries, to its workers over MQTT (`up` and `manager` run one already)."""
     flags = {
         "broker": broker,
         "store": store,
         "cluster_id": cluster_id,
         "domain": domain,
         "artifact_max_mb": artifact_max_mb,
+        "registries": registries,
         "data_dir": data_dir,
         "ca": _ca(ctx, ca),
         "log_level": log_level,

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from edgeplane.artifacts import reference
-from edgeplane.errors import Invalid
+from edgeplane.errors import EdgeplaneError, Invalid
 from edgeplane.imageref import NAME_RULE, split_ref
+from edgeplane.manager import oci_modules
 from edgeplane.model import Task, TaskSpec
 from edgeplane.modules import FuncSig, check_call, process_cache
 
@@ -36,10 +37,24 @@ class Module:
     data: bytes
     digest: str
     signatures: dict[str, FuncSig]
+    #: for a module named ``oci://…``: that reference pinned to its manifest digest
+    pinned: str | None = None
 
 
-#: Each distinct ``file`` of a batch: its module, or why it is refused (field ``file``).
-Modules = Mapping[str, Module | Invalid]
+#: Each distinct ``file`` (or ``oci://`` reference) of a batch: its module, or why it is
+#: refused (field ``file``, or the field naming the reference).
+Modules = Mapping[str, Module | EdgeplaneError]
+
+
+def oci_source(spec: TaskSpec) -> tuple[str, str] | None:
+    """(field, reference) of a wasm task whose module comes from a registry, else None."""
+    if spec.runtime != "wasm" or spec.file is not None:
+        return None
+    if spec.image_url is not None:
+        return "image_url", spec.image_url
+    if spec.image is not None and reference.is_oci(spec.image):
+        return "image", spec.image
+    return None
 
 
 def _decode(file: str) -> tuple[bytes, str]:
@@ -64,13 +79,34 @@ def _inspect(files: Sequence[str]) -> dict[str, Module | Invalid]:
     return found
 
 
+async def _pull(field: str, text: str) -> Module | EdgeplaneError:
+    """The module an ``oci://`` reference names, pulled and compiled (oci_modules.py)."""
+    try:
+        if not reference.is_oci(text):
+            raise Invalid(f"{field} must be oci://HOST[:PORT]/REPO[:TAG][@sha256:…]", field=field)
+        pulled = await oci_modules.pull(text, field=field)
+        digest = hashlib.sha256(pulled.data).hexdigest()
+        signatures = await asyncio.to_thread(process_cache().signatures, digest, pulled.data)
+    except Invalid as exc:
+        return Invalid(exc.detail, field=exc.field or field, reason=exc.reason)
+    except EdgeplaneError as exc:
+        return exc
+    return Module(pulled.data, digest, signatures, pinned=pulled.pinned)
+
+
 async def inspect_modules(specs: Iterable[TaskSpec]) -> Modules:
-    """The modules of ``specs``, each distinct ``file`` once (a batch of 1,000 tasks
-    usually carries one module 1,000 times), compiled off the event loop."""
-    found: dict[str, Module | Invalid] = {}
+    """The modules of ``specs``, each distinct ``file`` (or ``oci://`` reference) once (a
+    batch of 1,000 tasks usually carries one module 1,000 times), compiled off the event
+    loop."""
+    found: dict[str, Module | EdgeplaneError] = {}
     seen: set[str] = set()
     later: list[str] = []
     for spec in specs:
+        source = oci_source(spec)
+        if source is not None:
+            if source[1] not in found:
+                found[source[1]] = await _pull(*source)
+            continue
         file = spec.file
         if file is None or file in seen:
             continue
@@ -98,18 +134,18 @@ def admit(
     now: float,
     cluster_id: str | None,
     modules: Modules,
+    pins: Mapping[str, str] | None = None,
 ) -> Admitted:
     """Validate one spec and build its task document (started if the spec says ``start``).
 
     ``modules`` holds the spec's ``file`` inspected (:func:`inspect_modules`).
-    ``cluster_id`` is the manager's cluster; None at the root, where a ``cluster_id`` in the
-    spec pins the task to that cluster instead."""
+    ``pins`` maps container images named by tag to the same pinned to their digest
+    (:func:`oci_modules.pin_images`). ``cluster_id`` is the manager's cluster; None at
+    the root, where a ``cluster_id`` in the spec pins the task to that cluster instead."""
     if spec.runtime == "wasm":
-        if spec.file is None and spec.image_url is None:
-            raise Invalid("a wasm task needs 'file' (base64 .wasm) or 'image_url'", field="file")
-        if spec.image_url is not None and spec.file is None:
+        if spec.file is None and oci_source(spec) is None:
             raise Invalid(
-                "image_url artifacts are not supported yet; send 'file'", field="image_url"
+                "a wasm task needs 'file' (base64 .wasm) or 'image_url' (oci://…)", field="file"
             )
     elif spec.runtime == "host":
         if not spec.command:
@@ -128,9 +164,13 @@ def admit(
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
     if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:
         raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
-    module = None if spec.file is None else modules[spec.file]
+    source = oci_source(spec)
+    key = spec.file if source is None else source[1]
+    module = None if key is None else modules[key]
     if isinstance(module, Invalid):
-        raise Invalid(module.detail, field=module.field)
+        raise Invalid(module.detail, field=module.field, reason=module.reason)
+    if isinstance(module, EdgeplaneError):
+        raise module
     data = None if module is None else module.data
     digest = None if module is None else module.digest
     if spec.runtime == "wasm" and module is not None:
@@ -140,6 +180,10 @@ def admit(
     # The spec's fields as they are (nested models are taken over, not dumped and rebuilt:
     # half the cost of admitting a task).
     fields = {name: value for name, value in spec.__dict__.items() if name not in _NOT_STORED}
+    if source is not None and module is not None:
+        fields[source[0]] = module.pinned  # every attempt runs what the tag named now
+    elif spec.runtime == "container" and pins and spec.image is not None and spec.image in pins:
+        fields["image"] = pins[spec.image]
     task = Task.model_validate(
         {
             **fields,
@@ -168,14 +212,26 @@ async def admit_many(
     """All or nothing: the first bad spec raises; in a batch its field reads ``tasks[i].…``."""
     admitted = []
     modules = await inspect_modules(specs)
+    images = [s.image for s in specs if s.runtime == "container" and s.image]
+    try:
+        pins = await oci_modules.pin_images(images)
+    except Invalid:
+        pins = {}  # a bad reference: refused below, naming its task
     for index, (spec, task_id) in enumerate(zip(specs, ids, strict=True)):
         try:
             admitted.append(
-                admit(spec, task_id=task_id, now=now, cluster_id=cluster_id, modules=modules)
+                admit(
+                    spec,
+                    task_id=task_id,
+                    now=now,
+                    cluster_id=cluster_id,
+                    modules=modules,
+                    pins=pins,
+                )
             )
         except Invalid as exc:
             if not batch:
                 raise
             field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
-            raise Invalid(exc.detail, field=field) from None
+            raise Invalid(exc.detail, field=field, reason=exc.reason) from None
     return admitted

@@ -8,9 +8,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.model.bounds import Label
+from edgeplane.protocol.topics import SEGMENT_PATTERN
 
-#: a worker id is also its MQTT username and a topic level: no wildcards, no separators
-WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+#: a worker id is also its MQTT username and a topic level: no wildcards, no separators,
+#: no '.' (NATS refuses it in a topic)
+WORKER_ID_PATTERN = SEGMENT_PATTERN
 
 
 class JoinRequest(BaseModel):

@@ -25,6 +25,7 @@ from edgeplane.model import (
     Usage,
 )
 from edgeplane.model.bounds import Project
+from edgeplane.model.monitoring import Monitoring, resolve
 
 
 class _Body(BaseModel):
@@ -104,6 +105,8 @@ class Assignment(_Body):
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
     daemon: bool = False
+    #: the task's profile, resolved (None: not sampled; docs/metrics.md)
+    monitoring: Monitoring | None = None
     #: root → cluster only: what the cluster's own scheduler needs (workers ignore them)
     retries: int = 0
     priority: int = 50
@@ -152,6 +155,7 @@ class Assignment(_Body):
             image=task.image,
             limits=task.limits,
             daemon=task.daemon,
+            monitoring=resolve(task.monitoring, daemon=task.daemon),
             **extra,
         )
 
@@ -290,6 +294,13 @@ class FetchArtifact(_Body):
     #: at most MAX_MISSING indices (a 512 MB blob has 2,048 chunks of 256 KiB; a worker
     #: missing more asks for the first ones, then the rest)
     missing: list[int] = Field(default_factory=list, max_length=MAX_MISSING)
+    #: where the proxy gets a blob it does not hold: an ``oci://`` reference of the
+    #: registry repository (None: the control plane's store, for inline modules)
+    source: str | None = Field(default=None, max_length=1024)
+    #: ``blob`` a blob of that repository, ``manifest`` a manifest by digest;
+    #: ``resolve`` the manifest ``source``'s tag names now, sent under ``digest`` =
+    #: sha256 of ``source`` (the worker hashes what it gets to learn the manifest digest)
+    kind: Literal["blob", "manifest", "resolve"] = "blob"
 
 
 class Reregister(_Body):
@@ -298,7 +309,73 @@ class Reregister(_Body):
     reason: str = ""
 
 
+#: values per sample and samples per batch a receiver accepts (a bigger batch is bad)
+MAX_SAMPLE_VALUES = 32
+MAX_BATCH_SAMPLES = 10_000
+
+
+class Sample(_Body):
+    """One reading: when, and named numbers (``cpu_percent``, ``memory_mb``, …)."""
+
+    ts: float
+    values: dict[str, float] = Field(max_length=MAX_SAMPLE_VALUES)
+
+
+class TaskSamples(_Body):
+    """Samples of one attempt, and how many of them its manager keeps."""
+
+    task_id: str
+    attempt: int
+    history: int = Field(ge=1, le=10_000)
+    samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
+
+
+class Metrics(_Body):
+    """worker → manager on the ``metrics`` leaf, QoS 0: what was sampled since the last
+    batch. At the root, from a cluster: ``node`` is the cluster's aggregate and
+    ``workers`` each worker's node samples."""
+
+    node: list[Sample] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
+    tasks: list[TaskSamples] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
+    workers: dict[str, list[Sample]] = Field(default_factory=dict, max_length=1000)
+
+
+#: characters of one log chunk: the rest follows in the next
+MAX_LOG_CHUNK = 16 * 1024
+#: seconds a worker keeps following logs the manager asked for without a renewal
+MAX_FOLLOW_S = 60.0
+
+
+class FollowLogs(_Body):
+    """manager → worker: send what the attempt prints, as it prints it, for ``follow_s``
+    seconds (renewed while someone follows; 0: stop now)."""
+
+    task_id: str
+    attempt: int
+    follow_s: float = Field(ge=0, le=MAX_FOLLOW_S)
+
+
+class LogChunk(_Body):
+    """Output of a followed attempt, as it was printed."""
+
+    task_id: str
+    attempt: int
+    stream: Literal["stdout", "stderr"]
+    #: where in the stream (characters from the start) ``data`` begins
+    offset: int = Field(ge=0)
+    data: str = Field(max_length=MAX_LOG_CHUNK)
+
+
+class LogChunks(_Body):
+    """worker → manager on the ``events`` leaf (so before the attempt's final event)."""
+
+    chunks: list[LogChunk] = Field(max_length=64)
+
+
 MESSAGE_TYPES: dict[str, type[BaseModel]] = {
+    "metrics": Metrics,
+    "task.logs.follow": FollowLogs,
+    "task.logs": LogChunks,
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,

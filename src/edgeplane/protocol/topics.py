@@ -8,9 +8,39 @@ Both levels use the same leaves under a different prefix: a cluster's workers li
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from edgeplane.errors import Invalid
+
 ROOT_SEGMENT = "clusters"
+
+#: An id that becomes one topic level (a worker's, a cluster's): letters, digits, '_' and
+#: '-'. Not '.': NATS turns MQTT levels into subject tokens and drops the connection of a
+#: client that publishes to a topic with '.' or ' ' in it (docs/brokers.md), so an id with
+#: one would work on Mosquitto and fail on NATS. Nor '+', '#', '/': MQTT's own.
+SEGMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+#: The domain: one or more such levels separated by '/' (``acme``, ``acme/edge``).
+DOMAIN_PATTERN = r"^[A-Za-z0-9_-]{1,63}(/[A-Za-z0-9_-]{1,63}){0,7}$"
+SEGMENT_RULE = "1-63 letters, digits, '_' or '-', starting with a letter or digit"
+DOMAIN_RULE = "up to 8 levels separated by '/', each 1-63 letters, digits, '_' or '-'"
+
+_SEGMENT = re.compile(SEGMENT_PATTERN)
+_DOMAIN = re.compile(DOMAIN_PATTERN)
+
+
+def check_segment(value: str, field: str, what: str = "an id") -> str:
+    """``value`` if it may be one topic level, else ``Invalid`` naming ``field``."""
+    if not _SEGMENT.match(value):
+        raise Invalid(f"{what} is {SEGMENT_RULE}: not {value!r}", field=field)
+    return value
+
+
+def check_domain(value: str) -> str:
+    """``value`` if it may prefix every topic, else ``Invalid`` (field ``domain``)."""
+    if not _DOMAIN.match(value):
+        raise Invalid(f"the domain is {DOMAIN_RULE}: not {value!r}", field="domain")
+    return value
 
 
 @dataclass(frozen=True)
@@ -21,6 +51,11 @@ class Topics:
     domain: str = "edgeplane"
     cluster: str = "local"
     root: bool = False
+
+    def __post_init__(self) -> None:
+        check_domain(self.domain)
+        if not self.root:
+            check_segment(self.cluster, "cluster_id", "a cluster id")
 
     @classmethod
     def for_root(cls, domain: str = "edgeplane") -> Topics:

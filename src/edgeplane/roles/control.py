@@ -20,10 +20,13 @@ from starlette.types import ASGIApp
 
 from edgeplane.api import create_app
 from edgeplane.api.standby import standby_app
+from edgeplane.artifacts import registry_config
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
+from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
-from edgeplane.manager import Manager
+from edgeplane.manager import Manager, oci_modules
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.leadership import Leadership, home_of, lease_name
 from edgeplane.manager.schedules import Schedules
@@ -36,7 +39,7 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_url, unique_client_id
+from edgeplane.transport import EmbeddedBroker, parse_broker_urls, unique_client_id
 from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,12 @@ def broker_auth(settings: Settings, *, root: bool = False) -> BrokerAuth | None:
     its URL has no user)."""
     member = "cluster" if root else "worker"
     if settings.broker:
-        if parse_broker_url(settings.broker).username is None:
+        nodes = parse_broker_urls(settings.broker)
+        if any(node.username is None for node in nodes):
             log.warning(
                 f"the broker is used without credentials: anyone who reaches it can act as "
                 f"a {member} (see docs/broker-security.md)",
-                extra={"broker": str(parse_broker_url(settings.broker))},
+                extra={"broker": ",".join(str(node) for node in nodes)},
             )
         return None
     return BrokerAuth(
@@ -265,6 +269,11 @@ class ControlPlane:
         on start commands carry a module's digest, not its bytes. Only the leader serves."""
         settings = self.settings
         auth = None if self.auth is None else self.auth.proxy
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        oci_modules.configure(registries)  # admission pulls oci:// modules with them
+        max_bytes = settings.artifact_max_mb * 1024 * 1024
         self.proxy = Proxy(
             StoreSource(self.store),
             self.broker_url,
@@ -272,7 +281,9 @@ class ControlPlane:
             username=None if auth is None else auth.username,
             password=None if auth is None else auth.password,
             ca=settings.ca,
-            max_bytes=settings.artifact_max_mb * 1024 * 1024,
+            max_bytes=max_bytes,
+            registries=RegistrySource(registries),
+            disk=BlobStore(settings.data_dir / "proxy" / "blobs", 2 * max_bytes),
         )
         await self.proxy.start()
         self._stack.push_async_callback(self.proxy.stop)

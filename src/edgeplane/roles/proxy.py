@@ -4,7 +4,10 @@ docs/artifacts.md). It serves the modules stored there to the cluster's workers.
 
 from __future__ import annotations
 
+from edgeplane.artifacts import registry_config
+from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
+from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
@@ -29,6 +32,14 @@ async def run_proxy(settings: Settings) -> None:
             Topics(settings.domain, settings.cluster_id),
             ca=trusted_ca(settings.ca, settings.data_dir),
             max_bytes=settings.artifact_max_mb * 1024 * 1024,
+            registries=RegistrySource(
+                registry_config.load(
+                    settings.registries or registry_config.default_file(settings.data_dir)
+                )
+            ),
+            disk=BlobStore(
+                settings.data_dir / "proxy" / "blobs", 2 * settings.artifact_max_mb * 1024 * 1024
+            ),
         )
         await proxy.start()
         print(

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from edgeplane.artifacts import registry_config
-from edgeplane.config import Settings
+from edgeplane.config import Settings, parse_listen
 from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
 from edgeplane.protocol import Topics
+from edgeplane.protocol.topics import check_segment
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
 from edgeplane.runtimes import ContainerRuntime, HostRuntime, Runtime, available_runtimes
@@ -22,6 +25,7 @@ from edgeplane.runtimes.taskuser import configured
 from edgeplane.security import joining
 from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
+from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,12 @@ def stable_worker_id(data_dir: Path) -> str:
     """The id this machine used before, or a new ``hostname-xxxxxx`` kept in the data dir."""
     path = data_dir / "worker-id"
     if path.exists():
-        return path.read_text().strip()
+        # kept by an older version, which allowed '.': say which file, not just the id
+        return check_segment(path.read_text().strip(), "worker_id", f"the worker id kept in {path}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    # a host name may hold dots (``edge1.example.org``), which no topic level may
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname().split(".")[0]).strip("-_")
+    worker_id = f"{host[:50] or 'worker'}-{uuid.uuid4().hex[:6]}"
     path.write_text(worker_id + "\n")
     return worker_id
 
@@ -115,6 +122,7 @@ def build_worker(
         slots=settings.slots,
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
+        metrics_interval_s=settings.metrics_interval_s,
         ca=trusted_ca(settings.ca, settings.data_dir),
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
@@ -122,7 +130,28 @@ def build_worker(
         secret_key=secret_key,
         artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
     )
-    return WorkerAgent(options, runtimes, cleaners=cleaners)
+    agent = WorkerAgent(options, runtimes, cleaners=cleaners)
+    container = runtimes.get("container")
+    if isinstance(container, ContainerRuntime):  # oci:// images through the proxy too
+        container.puller.use_proxy(agent.fetcher.fetch, settings.pull)
+    return agent
+
+
+def chute_host(settings: Settings, data_dir: Path) -> dict[str, Any]:
+    """The node's chute network and resource policy when it can have them (else none:
+    loopback only, cgroup limits)."""
+    from edgeplane.chutes.node import networking_available
+
+    why = networking_available() if settings.chute_network else "turned off"
+    if why is not None:
+        log.warning("chutes have loopback only and no disk or bandwidth limits: %s", why)
+        return {}
+    from edgeplane.chutes.network import ChuteNetwork, NodeNetwork
+    from edgeplane.chutes.resources import ChuteEnforcer
+
+    net = NodeNetwork(data_dir / "chutes" / "net")
+    enforcer = ChuteEnforcer(data_dir / "chutes", hosts_dir=net.hosts_dir)
+    return {"network": ChuteNetwork(net), "enforcer": enforcer}
 
 
 async def run_worker(
@@ -165,11 +194,40 @@ async def _run_worker(
         labels=labels,
         identity=identity,
     )
-    await agent.start()
-    print(f"worker {agent.id} connected to {settings.broker}", flush=True)
+    edge = None
+    if settings.edge_api:
+        from edgeplane.chutes.edgeapi import EdgeApi  # only a node serving chutes pays for it
+        from edgeplane.chutes.node import Node
+
+        # Before the broker: the node stays manageable when no manager answers.
+        registries = registry_config.load(
+            settings.registries or registry_config.default_file(settings.data_dir)
+        )
+        node = Node(
+            data_dir, settings.images_dir, registries=registries, **chute_host(settings, data_dir)
+        )
+        edge = EdgeApi(node, data_dir, settings.edge_api)
+        await edge.start()
+        print(f"edge api on http://{settings.edge_api}", flush=True)
+    exposition = None
     try:
-        await wait_for_stop(agent.refused)
+        await agent.start()
+        print(f"worker {agent.id} connected to {without_credentials(broker_url)}", flush=True)
+        if settings.metrics_listen:
+            from edgeplane.worker.exposition import serve
+
+            host, port = parse_listen(settings.metrics_listen)
+            exposition = serve(agent, host, port)
+            print(f"Prometheus text at http://{settings.metrics_listen}/metrics", flush=True)
+        try:
+            await wait_for_stop(agent.refused)
+        finally:
+            if exposition is not None:
+                exposition.shutdown()
+                exposition.server_close()
+            await agent.stop()
     finally:
-        await agent.stop()
+        if edge is not None:
+            await edge.stop()
     if agent.refused.is_set():
         raise Invalid(agent.refusal)

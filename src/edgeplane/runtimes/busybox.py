@@ -29,7 +29,7 @@ LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 #: Applets linked in ``/bin`` of the busybox image.
 APPLETS = (
     "sh", "echo", "sleep", "cat", "true", "false", "ls", "env", "id", "pwd", "touch", "mkdir",
-    "rm", "head", "tr", "wc", "printf", "hostname", "seq", "yes", "dd", "ps", "kill",
+    "rm", "head", "tr", "wc", "printf", "hostname", "seq", "yes", "dd", "ps", "kill", "httpd",
 )  # fmt: skip
 BUSYBOX_CANDIDATES = ("/usr/bin/busybox", "/bin/busybox")
 

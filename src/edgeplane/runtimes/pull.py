@@ -1,5 +1,7 @@
 """Container images named ``oci://HOST[:PORT]/REPO[:TAG][@sha256:…]``, pulled from the
-registry by the worker itself (``--pull direct``).
+registry by the worker itself (``--pull direct``) or through the cluster's artifact proxy
+over MQTT (``--pull proxy``: the worker needs no route to the registry), or direct while
+the registry answers and through the proxy when it does not (``--pull auto``).
 
 A pulled image is an OCI image layout ``<images>/.oci/<manifest hex>``, content-addressed
 by the digest the reference resolves to: a tag that moved names another digest and is
@@ -10,6 +12,11 @@ their sha256 as they stream (``artifacts/registry.py``) into a temporary directo
 into place once complete, so a crash never leaves half an image under the name tasks use.
 Tasks that want the same image at once pull it once.
 
+Through the proxy the same blobs are asked for by digest (``artifacts/fetch.py``: each
+verified against its digest before it is kept); a tag is resolved by the proxy, and the
+manifest it answers is hashed here to name the layout. The layout is written exactly as
+a direct pull writes it.
+
 Every failure becomes a :class:`~edgeplane.errors.TaskFailure` whose ``reason`` is the
 registry error's: ``artifact_not_found``, ``registry_denied``, ``artifact_too_big``,
 ``digest_mismatch`` (after one more try: a blob damaged on the way comes right the second
@@ -19,17 +26,27 @@ time), and ``registry_unreachable``, the one worth retrying later (transient).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Literal, Protocol
 
 import httpx
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.reference import Reference
-from edgeplane.artifacts.registry import OCI_INDEX, Descriptor, Manifest, Registry
+from edgeplane.artifacts.registry import (
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    Registry,
+    parse_manifest,
+)
 from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.artifacts.registry_errors import (
     ArtifactNotFound,
@@ -44,6 +61,19 @@ log = logging.getLogger(__name__)
 
 #: Under the image dir: a name no ``NAME[:TAG]`` image can have.
 PULLED_DIR = ".oci"
+#: ``auto``: after the registry did not answer, go through the proxy this long before
+#: trying the registry again (a worker with no route would wait on it at every start)
+DIRECT_RETRY_S = 60.0
+
+PullMode = Literal["direct", "proxy", "auto"]
+
+
+class ProxyFetch(Protocol):
+    """The worker's fetcher (``Fetcher.fetch``): bytes of ``digest`` from the proxy."""
+
+    def __call__(
+        self, digest: str, *, source: str | None = ..., kind: str = ...
+    ) -> Awaitable[bytes]: ...
 
 
 class ImagePuller:
@@ -65,6 +95,17 @@ class ImagePuller:
         self._locks: dict[str, asyncio.Lock] = {}
         #: images downloaded by this process (not the ones found on disk)
         self.pulls = 0
+        #: of those, through the proxy
+        self.proxied = 0
+        self.mode: PullMode = "direct"
+        self._proxy: ProxyFetch | None = None
+        #: auto: registry → monotonic time until which it is reached through the proxy
+        self._unreachable: dict[str, float] = {}
+
+    def use_proxy(self, fetch: ProxyFetch, mode: PullMode) -> None:
+        """Pull through the proxy (``proxy``), or when the registry does not answer
+        (``auto``); ``direct`` never."""
+        self._proxy, self.mode = fetch, mode
 
     def layout(self, digest: str) -> Path:
         return self.directory / digest.removeprefix("sha256:")
@@ -80,8 +121,10 @@ class ImagePuller:
             try:
                 return await self._layout_for(ref)
             except DigestMismatch as exc:
-                log.warning("image digest mismatch, fetching once more",
-                            extra={"image": str(ref), "error": exc.detail})  # fmt: skip
+                log.warning(
+                    "image digest mismatch, fetching once more",
+                    extra={"image": str(ref), "error": exc.detail},
+                )
                 return await self._layout_for(ref)
         except RegistryUnreachable as exc:
             raise TransientTaskFailure(
@@ -98,6 +141,21 @@ class ImagePuller:
     # --- internals ----------------------------------------------------------------------
 
     async def _layout_for(self, ref: Reference) -> Path:
+        if self._proxy is not None and self.mode != "direct":
+            if self.mode == "proxy" or self._unreachable.get(ref.registry, 0) > time.monotonic():
+                return await self._via_proxy(ref)
+            try:
+                return await self._direct(ref)
+            except RegistryUnreachable as exc:
+                log.info(
+                    "registry unreachable, pulling through the proxy",
+                    extra={"image": str(ref), "error": exc.detail},
+                )
+                self._unreachable[ref.registry] = time.monotonic() + DIRECT_RETRY_S
+                return await self._via_proxy(ref)
+        return await self._direct(ref)
+
+    async def _direct(self, ref: Reference) -> Path:
         digest = ref.digest
         if digest is None:  # a tag: what it names now (one HEAD request)
             digest = (await self._registry().resolve(ref)).digest
@@ -110,15 +168,56 @@ class ImagePuller:
                 await self._pull(ref.with_digest(digest), final)
         return final
 
-    def _registry(self) -> Registry:
-        if self._client is None:
-            self._client = Registry(self.config, transport=self._transport)
-        return self._client
+    async def _via_proxy(self, ref: Reference) -> Path:
+        assert self._proxy is not None
+        fetch = self._proxy
+        repo = str(ref.repo_only())
+        top_raw: bytes | None = None
+        digest = ref.digest
+        if digest is None:  # the proxy asks the registry what the tag names now
+            text = str(ref)
+            key = hashlib.sha256(text.encode()).hexdigest()
+            top_raw = await _proxied(ref, fetch(key, source=text, kind="resolve"))
+            digest = "sha256:" + hashlib.sha256(top_raw).hexdigest()
+        final = self.layout(digest)
+        if final.is_dir():
+            return final
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if final.is_dir():
+                return final
+            pinned = ref.with_digest(digest)
+            if top_raw is None:
+                top_raw = await _proxied(pinned, fetch(_hex(digest), source=repo, kind="manifest"))
+            top = parse_manifest(pinned, top_raw)
+            manifest = top
+            if top.is_index:
+                entry = _platform_entry(top)
+                raw = await _proxied(
+                    pinned, fetch(_hex(entry.digest), source=repo, kind="manifest")
+                )
+                manifest = parse_manifest(pinned.with_digest(entry.digest), raw)
+            blobs = self._blobs_of(pinned, manifest)
+            work = await asyncio.to_thread(self._workspace, final)
+            try:
+                store = work / "blobs" / "sha256"
+                for blob in blobs:
+                    data = await _proxied(pinned, fetch(_hex(blob.digest), source=repo))
+                    if len(data) != blob.size:
+                        raise DigestMismatch(
+                            f"{pinned}: blob {blob.digest} is not {blob.size} bytes"
+                        )
+                    await asyncio.to_thread((store / _hex(blob.digest)).write_bytes, data)
+                await asyncio.to_thread(_finish, work, final, top, manifest)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+        self.pulls += 1
+        self.proxied += 1
+        log.info("image pulled through the proxy", extra={"image": str(pinned)})
+        return final
 
-    async def _pull(self, ref: Reference, final: Path) -> None:
-        client = self._registry()
-        top = await client.manifest(ref)  # verified against ref.digest
-        manifest = await self._platform(client, top)
+    def _blobs_of(self, ref: Reference, manifest: Manifest) -> list[Descriptor]:
+        """Config and layers of a container image manifest, checked as a direct pull does."""
         config = manifest.config
         if config is None:
             raise ArtifactNotFound(f"{ref} is not a container image (its manifest has no config)")
@@ -133,6 +232,19 @@ class ImagePuller:
             raise ArtifactTooBig(
                 f"{ref} is {total} bytes, over the {self.config.max_bytes}-byte maximum"
             )
+        return blobs
+
+    def _registry(self) -> Registry:
+        if self._client is None:
+            self._client = Registry(self.config, transport=self._transport)
+        return self._client
+
+    async def _pull(self, ref: Reference, final: Path) -> None:
+        client = self._registry()
+        top = await client.manifest(ref)  # verified against ref.digest
+        manifest = await self._platform(client, top)
+        blobs = self._blobs_of(ref, manifest)
+        total = sum(blob.size for blob in blobs)
         work = await asyncio.to_thread(self._workspace, final)
         try:
             store = work / "blobs" / "sha256"
@@ -150,12 +262,8 @@ class ImagePuller:
         machine's architecture."""
         if not top.is_index:
             return top
-        arch = oci_architecture()
-        for entry in top.manifests:
-            platform = entry.platform or {}
-            if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
-                return await client.manifest(top.reference.with_digest(entry.digest))
-        raise ArtifactNotFound(f"{top.reference} has no image for linux/{arch}")
+        entry = _platform_entry(top)
+        return await client.manifest(top.reference.with_digest(entry.digest))
 
     def _workspace(self, final: Path) -> Path:
         """A fresh temporary directory beside ``final`` (renamed to it when complete)."""
@@ -165,6 +273,38 @@ class ImagePuller:
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=self.directory))
         (work / "blobs" / "sha256").mkdir(parents=True)
         return work
+
+
+def _platform_entry(index: Manifest) -> Descriptor:
+    """The entry of this machine's architecture in an index (a multi-platform image)."""
+    arch = oci_architecture()
+    for entry in index.manifests:
+        platform = entry.platform or {}
+        if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
+            return entry
+    raise ArtifactNotFound(f"{index.reference} has no image for linux/{arch}")
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
+
+
+async def _proxied(ref: Reference, pending: Awaitable[bytes]) -> bytes:
+    """What the proxy sent, its failures as the registry errors a direct pull raises."""
+    try:
+        return await pending
+    except EdgeplaneError as exc:
+        reason = exc.reason or "artifact_unavailable"
+        detail = f"{ref}: {exc.detail}"
+        if reason == "registry_unreachable":
+            raise RegistryUnreachable(detail) from None
+        if reason == "artifact_not_found":
+            raise ArtifactNotFound(detail) from None
+        if reason == "artifact_too_large":
+            raise ArtifactTooBig(detail) from None
+        if reason == "artifact_unavailable":  # the proxy did not answer: worth a retry
+            raise RegistryUnreachable(f"{detail} (through the proxy)") from None
+        raise DigestMismatch(detail) from None
 
 
 def _finish(work: Path, final: Path, top: Manifest, manifest: Manifest) -> None:

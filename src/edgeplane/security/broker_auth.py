@@ -36,6 +36,7 @@ from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
 from edgeplane.protocol.sealing import derive
 from edgeplane.protocol.signing import sign
+from edgeplane.protocol.topics import SEGMENT_RULE
 
 #: The parent's MQTT username on a manager's broker and on a root's: ``$`` is not allowed
 #: in a member id, so no member can claim it (a member's username is its id, which the ACL
@@ -54,9 +55,9 @@ JOIN_TOKEN_PREFIX = "epj_"
 #: a slow hash buys nothing; Mosquitto's own default is 101.
 PBKDF2_ROUNDS = 101
 #: the leaves a member may publish on, by level (what the parent subscribes to, plus a
-#: worker's metrics)
+#: worker's ``fetch``)
 WORKER_LEAVES = ("hello", "alive", "events", "metrics", "fetch")
-CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
+CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate", "metrics")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
 #: identity changes kept until an audit trail is attached (``report_to``)
@@ -80,8 +81,7 @@ def check_member_id(member_id: str, member: str = "worker") -> str:
     """``member_id`` if it may be a ``member``'s (``worker`` or ``cluster``) username."""
     if not _WORKER_ID.match(member_id):
         raise Invalid(
-            f"a {member} id is 1-63 letters, digits, '.', '_' or '-' (starting with a "
-            "letter or digit)",
+            f"a {member} id is {SEGMENT_RULE}",
             field=f"{member}_id",
         )
     return member_id

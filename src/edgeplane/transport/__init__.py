@@ -10,6 +10,7 @@ from edgeplane.transport.link import (
     Will,
     kept_client_id,
     parse_broker_url,
+    parse_broker_urls,
     unique_client_id,
     without_credentials,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "free_port",
     "kept_client_id",
     "parse_broker_url",
+    "parse_broker_urls",
     "unique_client_id",
     "without_credentials",
 ]

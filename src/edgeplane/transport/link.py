@@ -68,6 +68,24 @@ MAX_BACKOFF_S = 5.0
 # A broker that took the connection but acknowledges nothing for this long is treated as
 # gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
 ACK_TIMEOUT_S = 30.0
+# The backoff starts over only after a session that lasted this long. A broker that takes
+# the connection and then drops it at once, again and again, is refusing something the
+# link does on every session (RabbitMQ and NATS close the connection of a client that
+# publishes or subscribes where it may not, or sends a message over their size limit):
+# reconnecting at once each time would hammer it ~15 times a second.
+STABLE_SESSION_S = 10.0
+# A node that took the connection but has not answered the CONNECT this long is skipped
+# for the next one. A NATS node whose JetStream lost its leader (another node died) holds
+# CONNECTs unanswered; a healthy one answers within ~1 s even when it creates the session.
+CONNACK_TIMEOUT_S = 10.0
+# A subscription the broker refuses is asked for again this many times, after these
+# pauses, before the session goes on without it: NATS refuses one for seconds while its
+# JetStream elects new leaders (longer on a busy machine); an ACL's refusal (Mosquitto)
+# stays one. The session then asks again in the background, every RESUBSCRIBE_S
+# doubling up to RESUBSCRIBE_MAX_S, and runs ``on_connect`` again once all are granted.
+SUBSCRIBE_RETRY_S = (0.5, 1.0, 2.0)
+RESUBSCRIBE_S = 1.0
+RESUBSCRIBE_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +112,22 @@ class BrokerAddress:
         return f"{self.host}:{self.port}"
 
 
+def parse_broker_urls(urls: str) -> tuple[BrokerAddress, ...]:
+    """``URL[,URL…]`` → the addresses of a broker's nodes, in the order given.
+
+    A clustered broker (NATS, a RabbitMQ cluster, bridged Mosquittos) is several nodes
+    serving the same topics: a link dials the first and moves on to the next when its
+    node goes away (docs/brokers.md)."""
+    parts = [part.strip() for part in urls.split(",")]
+    if not all(parts):
+        raise Invalid("broker URL list has an empty entry", field="broker")
+    return tuple(parse_broker_url(part) for part in parts)
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt[s]://[user:pass@]host[:port]`` → address; anything else is ``Invalid``."""
+    if "," in url:
+        raise Invalid("one broker URL expected here, not a list", field="broker")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -119,7 +151,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
 
 def without_credentials(url: str) -> str:
     """``url`` without its ``user:pass@``: what may be shown or sent on (a log, a startup
-    line, a root's cluster document) of a broker URL that carries a password."""
+    line, a worker's welcome, a root's cluster document) of a broker URL that carries a
+    password. A clustered broker's nodes (comma-separated) each lose theirs."""
+    if "," in url:
+        return ",".join(without_credentials(node.strip()) for node in url.split(","))
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
@@ -161,6 +196,42 @@ def write_promptly(client: aiomqtt.Client) -> None:
             aiomqtt_hook(client, userdata, sock)
 
     paho.on_socket_register_write = register_write
+
+
+def fail_fast_on_close(client: aiomqtt.Client) -> None:
+    """Make a connection the broker closes before its CONNACK fail the connect at once.
+
+    aiomqtt waits for the CONNACK until its timeout even when the socket is already
+    closed. A NATS node does close it when it cannot load the client's session (its
+    JetStream electing new leaders after another node died): without this a link sat out
+    CONNACK_TIMEOUT_S there instead of trying the next node. The same private access as
+    :func:`write_promptly`; aiomqtt's own hook still runs (and does nothing before a
+    CONNACK)."""
+    paho = client._client
+    loop = asyncio.get_running_loop()
+    # paho types it as any of its callback API versions; aiomqtt's is version 2's
+    aiomqtt_hook: Callable[..., None] | None = paho.on_disconnect
+    if aiomqtt_hook is None:  # not aiomqtt's usual wiring: leave it alone
+        return
+
+    def fail(reason: str) -> None:
+        waiting = client._connected
+        if not waiting.done():
+            waiting.set_exception(
+                aiomqtt.MqttError(f"the broker closed the connection before CONNACK ({reason})")
+            )
+
+    def on_disconnect(
+        paho_client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any = None,
+    ) -> None:
+        loop.call_soon_threadsafe(fail, str(reason_code))
+        aiomqtt_hook(paho_client, userdata, flags, reason_code, properties)
+
+    paho.on_disconnect = on_disconnect
 
 
 def unique_client_id(name: str) -> str:
@@ -284,18 +355,24 @@ class MqttLink:
     ) -> None:
         """``ca``: the CA an ``mqtts://`` broker's certificate must chain to (None: the
         system's trust store); see ``edgeplane.security.tls``."""
-        address = parse_broker_url(url)
+        addresses = parse_broker_urls(url)
         if qos not in (0, 1, 2):
             raise Invalid(f"qos must be 0, 1 or 2, not {qos}", field="qos")
-        self._address = BrokerAddress(
-            host=address.host,
-            port=address.port,
-            username=username if username is not None else address.username,
-            password=password if password is not None else address.password,
-            tls=address.tls,
+        #: the broker's nodes; the link is on ``_addresses[_node]`` or about to dial it
+        self._addresses = tuple(
+            BrokerAddress(
+                host=address.host,
+                port=address.port,
+                username=username if username is not None else address.username,
+                password=password if password is not None else address.password,
+                tls=address.tls,
+            )
+            for address in addresses
         )
+        self._node = 0
         # made once: loading a CA file again for every reconnect costs milliseconds
-        self._tls = _tls_context(ca) if address.tls else None
+        tls = any(address.tls for address in addresses)
+        self._tls = _tls_context(ca) if tls else None
         self.client_id = client_id
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
@@ -322,9 +399,18 @@ class MqttLink:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def _address(self) -> BrokerAddress:
+        return self._addresses[self._node]
+
+    @property
     def broker(self) -> str:
-        """``host:port`` of the broker, for logs and errors."""
+        """``host:port`` of the broker node the link is on (or dials next), for logs."""
         return str(self._address)
+
+    @property
+    def brokers(self) -> str:
+        """Every node's ``host:port``, comma-separated, for errors."""
+        return ",".join(str(address) for address in self._addresses)
 
     async def start(self) -> None:
         """Connect; return once subscribed and ``on_connect`` ran, else ``Unavailable``."""
@@ -347,7 +433,7 @@ class MqttLink:
                 await self._cancel_tasks()
         if not ready:
             raise Unavailable(
-                f"cannot reach MQTT broker {self.broker} within {self._connect_timeout_s:g} s: "
+                f"cannot reach MQTT broker {self.brokers} within {self._connect_timeout_s:g} s: "
                 f"{self._last_error}",
                 field="broker",
             )
@@ -442,25 +528,35 @@ class MqttLink:
             will=will,
             clean_session=self._clean_session,
             keepalive=self._keepalive,
-            timeout=ACK_TIMEOUT_S,
+            # the CONNECT's; SUBSCRIBE and PUBLISH are given ACK_TIMEOUT_S each
+            timeout=CONNACK_TIMEOUT_S,
             max_inflight_messages=SENDERS,
             socket_options=[NODELAY],
-            tls_context=self._tls,
+            tls_context=self._tls if self._address.tls else None,
         )
+        fail_fast_on_close(client)
         # SENDERS publishes awaiting their PUBACK are normal here, not a warning sign.
         client.pending_calls_threshold = SENDERS + len(self._subscriptions) + 1
         return client
 
     async def _run(self) -> None:
-        """Connect, serve the session, back off, repeat, until cancelled by ``stop``."""
+        """Connect, serve the session, back off, repeat, until cancelled by ``stop``.
+
+        A link given several nodes moves to the next one after each failure and backs
+        off only once it has tried them all: a node that died costs one attempt, not a
+        backoff, while a broker that is down entirely is not hammered."""
+        loop = asyncio.get_running_loop()
         attempt = 0
+        tried = 0  # nodes tried in a row without getting a session
         while True:
             was_up = False
+            up_at = 0.0
             client = self._new_client()
             try:
                 async with client:
                     was_up = True
-                    attempt = 0
+                    up_at = loop.time()
+                    tried = 0
                     await self._session(client)
             except* aiomqtt.MqttError as group:
                 self._last_error = _describe(group.exceptions[0])
@@ -477,18 +573,29 @@ class MqttLink:
                 self.connected.clear()
                 if was_up and self._on_disconnect is not None:
                     self._on_disconnect()
-            delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
-            attempt += 1
+            if was_up and loop.time() - up_at >= STABLE_SESSION_S:
+                attempt = 0  # it held: this drop is news, not the same fault again
+            failed = self.broker
+            tried += 1
+            self._node = (self._node + 1) % len(self._addresses)
+            if tried < len(self._addresses):
+                delay = 0.0  # another node may be up: try it at once
+            else:
+                delay = backoff_delay(attempt, self._max_backoff_s, self._rng)
+                attempt += 1
+                tried = 0
             log.warning(
-                "mqtt link %s %s %s: %s; retrying in %.2f s",
+                "mqtt link %s %s %s: %s; retrying %s in %.2f s",
                 self.client_id,
                 "lost" if was_up else "cannot reach",
-                self.broker,
+                failed,
                 self._last_error,
+                self.broker,
                 delay,
                 extra={
                     "client_id": self.client_id,
-                    "broker": self.broker,
+                    "broker": failed,
+                    "next_broker": self.broker,
                     "error": self._last_error,
                     "was_connected": was_up,
                     "attempt": attempt,
@@ -500,34 +607,36 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         write_promptly(client)
-        if self._subscriptions:
-            codes = await client.subscribe([(topic, 1) for topic in self._subscriptions])
-            refused = [
-                topic
-                for topic, code in zip(self._subscriptions, codes, strict=False)
-                if isinstance(code, ReasonCode) and code.is_failure
-            ]
-            if refused:
-                # Usually an ACL: nothing arrives on these topics; retrying will not help.
-                log.warning(
-                    "mqtt broker %s refused subscriptions %s",
-                    self.broker,
-                    refused,
-                    extra={"client_id": self.client_id, "broker": self.broker, "topics": refused},
-                )
         async with asyncio.TaskGroup() as tasks:
+            # The receiver runs first: it is what notices the connection dropping, which
+            # aiomqtt does not tell a SUBSCRIBE awaiting its SUBACK (it would wait out
+            # ACK_TIMEOUT_S). RabbitMQ answers a subscription it refuses that way.
             tasks.create_task(self._receive(client))
+            refused: list[str] = []
+            if self._subscriptions:
+                refused = await self._subscribe(client, self._subscriptions)
+                for pause in SUBSCRIBE_RETRY_S:
+                    if not refused:
+                        break
+                    await asyncio.sleep(pause)
+                    refused = await self._subscribe(client, refused)
+                if refused:
+                    # An ACL, most likely (nothing arrives on them), or a broker still busy.
+                    log.warning(
+                        "mqtt broker %s refused subscriptions %s; asking again in the background",
+                        self.broker,
+                        refused,
+                        extra={
+                            "client_id": self.client_id,
+                            "broker": self.broker,
+                            "topics": refused,
+                        },
+                    )
             for _ in range(SENDERS):
                 tasks.create_task(self._send(client))
-            if self._on_connect is not None:
-                try:
-                    await self._on_connect()
-                except Exception:
-                    self.stats.handler_errors += 1
-                    log.exception(
-                        "mqtt on_connect hook failed",
-                        extra={"client_id": self.client_id, "broker": self.broker},
-                    )
+            if refused:
+                tasks.create_task(self._resubscribe(client, refused))
+            await self._connect_hook()
             self._sessions += 1
             if self._sessions > 1:
                 self.stats.reconnects += 1
@@ -538,6 +647,43 @@ class MqttLink:
                 extra={"client_id": self.client_id, "broker": self.broker},
             )
             self.connected.set()
+
+    async def _connect_hook(self) -> None:
+        if self._on_connect is not None:
+            try:
+                await self._on_connect()
+            except Exception:
+                self.stats.handler_errors += 1
+                log.exception(
+                    "mqtt on_connect hook failed",
+                    extra={"client_id": self.client_id, "broker": self.broker},
+                )
+
+    async def _resubscribe(self, client: aiomqtt.Client, refused: list[str]) -> None:
+        """Ask for refused subscriptions until the broker grants them (or the session
+        ends), then run ``on_connect`` again: what was published on them meanwhile never
+        arrived, and the hook is what makes a member (a manager) catch up after a
+        reconnect (a worker's hello, a manager's reregister)."""
+        pause = RESUBSCRIBE_S
+        while refused:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESUBSCRIBE_MAX_S)
+            refused = await self._subscribe(client, refused)
+        log.info(
+            "mqtt broker %s granted the subscriptions it had refused",
+            self.broker,
+            extra={"client_id": self.client_id, "broker": self.broker},
+        )
+        await self._connect_hook()
+
+    async def _subscribe(self, client: aiomqtt.Client, topics: Sequence[str]) -> list[str]:
+        """Subscribe to ``topics`` at QoS 1; the ones the broker refused."""
+        codes = await client.subscribe([(topic, 1) for topic in topics], timeout=ACK_TIMEOUT_S)
+        return [
+            topic
+            for topic, code in zip(topics, codes, strict=False)
+            if isinstance(code, ReasonCode) and code.is_failure
+        ]
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -566,7 +712,13 @@ class MqttLink:
             item = self._retry.popleft() if self._retry else await self._outbox.get()
             sent = False
             try:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+                await client.publish(
+                    item.topic,
+                    item.payload,
+                    qos=item.qos,
+                    retain=item.retain,
+                    timeout=ACK_TIMEOUT_S,
+                )
                 sent = True
             finally:
                 if not sent:

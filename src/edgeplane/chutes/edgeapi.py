@@ -1,0 +1,227 @@
+"""The node-local Edge API: ``edgeplane worker --api HOST:PORT``.
+
+The node stays manageable with no manager or root: chutes are installed, updated,
+started, stopped and removed here, each call answering ``202 {"change_id": …}`` at once
+while the change runs on the node's queue (``GET /api/v1/changes/{id}``, or its
+``/stream`` as server-sent events). Every call needs the node-local token, generated into
+the worker's data dir (``edge-api-token``, 0600) and sent as ``Authorization: Bearer``.
+Errors are problem+json, as on the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from edgeplane import safeyaml
+from edgeplane.api import problems
+from edgeplane.chutes import manifest as manifests
+from edgeplane.chutes.node import Node
+from edgeplane.errors import Invalid, Unauthorized
+
+TOKEN_FILE = "edge-api-token"
+MAX_BODY = 1 << 20
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+def node_token(data_dir: Path) -> str:
+    """The node's API token, made (0600) on first use."""
+    path = data_dir / TOKEN_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise Invalid(f"the body is over {MAX_BODY} bytes", field="body")
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
+        return safeyaml.load(raw, "body")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Invalid(
+            "the body is not JSON (send YAML as application/yaml)", field="body"
+        ) from None
+
+
+def _accepted(change_id: str) -> JSONResponse:
+    return JSONResponse({"change_id": change_id}, status_code=202)
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def build_app(node: Node, token: str) -> FastAPI:
+    def authorized(
+        given: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if given is None or not hmac.compare_digest(given.credentials.encode(), token.encode()):
+            raise Unauthorized("a valid node token is needed (the worker's edge-api-token)")
+
+    app = FastAPI(
+        title="edgeplane Edge API",
+        dependencies=[Depends(authorized)],
+        docs_url=None,
+        redoc_url=None,
+    )
+    problems.install(app)
+
+    @app.post("/api/v1/chutes", status_code=202)
+    async def install(request: Request) -> JSONResponse:
+        found = manifests.parse(await _body(request))
+        return _accepted((await node.install(found)).id)
+
+    @app.get("/api/v1/chutes")
+    async def listing() -> list[dict[str, Any]]:
+        return await node.listing()
+
+    @app.get("/api/v1/chutes/{name}")
+    async def show(name: str) -> dict[str, Any]:
+        return await node.status(_name(name))
+
+    @app.put("/api/v1/chutes/{name}", status_code=202)
+    async def update(name: str, request: Request) -> JSONResponse:
+        found = manifests.parse(await _body(request))
+        if found.name != _name(name):
+            raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
+        return _accepted((await node.update(found)).id)
+
+    @app.delete("/api/v1/chutes/{name}", status_code=202)
+    async def delete(name: str) -> JSONResponse:
+        return _accepted((await node.act(_name(name), "delete")).id)
+
+    @app.post("/api/v1/chutes/{name}/{action}", status_code=202)
+    async def act(name: str, action: str) -> JSONResponse:
+        if action not in ("start", "stop", "restart"):
+            raise Invalid(f"unknown action {action!r}: start, stop or restart", field="action")
+        return _accepted((await node.act(_name(name), action)).id)
+
+    @app.get("/api/v1/chutes/{name}/logs", response_model=None)
+    async def logs(
+        name: str, service: str | None = None, follow: bool = False
+    ) -> PlainTextResponse | StreamingResponse:
+        if not follow:
+            return PlainTextResponse(node.logs(_name(name), service))
+        stream = node.follow(_name(name), service)
+        return StreamingResponse(stream, media_type="text/plain")
+
+    @app.get("/api/v1/chutes/{name}/config")
+    async def get_config(name: str) -> dict[str, Any]:
+        return node.config(_name(name))
+
+    @app.put("/api/v1/chutes/{name}/config", status_code=202)
+    async def set_config(name: str, request: Request) -> JSONResponse:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise Invalid("the config is an object of keys to values", field="config")
+        if len(json.dumps(body)) > MAX_CONFIG_BYTES:
+            raise Invalid(f"the config is over {MAX_CONFIG_BYTES} bytes", field="config")
+        checked = manifests.parse_config(body)
+        return _accepted((await node.set_config(_name(name), checked)).id)
+
+    @app.get("/api/v1/changes/{change_id}")
+    async def change(change_id: str) -> dict[str, Any]:
+        return node.changes.get(change_id).public()
+
+    @app.get("/api/v1/changes/{change_id}/stream")
+    async def stream(change_id: str) -> StreamingResponse:
+        node.changes.get(change_id)  # a 404 before the stream starts
+
+        async def events() -> AsyncIterator[str]:
+            async for view in node.changes.follow(change_id):
+                yield f"event: change\ndata: {json.dumps(view)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/api/v1/info")
+    async def info() -> dict[str, Any]:
+        return await node.info()
+
+    return app
+
+
+def _name(name: str) -> str:
+    """A chute name from a path: checked before it comes near a file name."""
+    if not manifests.valid_name(name):
+        raise Invalid(f"{name!r} is not a chute name", field="name")
+    return name
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"--api wants HOST:PORT, not {value!r}", field="api")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class EdgeApi:
+    """The node, its change queue and the API serving them, started and stopped together."""
+
+    def __init__(self, node: Node, data_dir: Path, listen: str) -> None:
+        self.node = node
+        self.host, self.port = parse_listen(listen)
+        self.token = node_token(data_dir)
+        self._server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.node.start()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise Invalid(
+                f"the Edge API cannot listen on {self.host}:{self.port}: {exc.strerror}",
+                field="api",
+            ) from None
+        sock.listen(128)
+        config = uvicorn.Config(
+            build_app(self.node, self.token), log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = _Server(config)
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="edge-api")
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()
+                raise RuntimeError("the Edge API stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            # streams (log follow, SSE) never end on their own
+            self._server.force_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._serving, 5)
+        await self.node.close()

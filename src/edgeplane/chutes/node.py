@@ -1,0 +1,790 @@
+"""Chutes on one node: long-lived containers on runc, managed through the change queue.
+
+Each service of a chute is one container ``ch-<chute>-<service>-<generation>`` run
+**detached** (``runc run --detach``) under ``<data>/chutes/runc``: it belongs to no worker
+process, so a worker that stops or crashes leaves it running and the next one re-attaches
+by asking runc (same container, same pid). Its output goes to
+``<data>/chutes/<name>/logs/<service>.log``; the chute's config is a JSON file in
+``<data>/chutes/<name>/config/`` mounted read-only at ``/run/chute`` in every service.
+
+``<data>/chutes/<name>/state.json`` is the chute as installed: manifest, generation,
+whether it should run, config. Every mutation is a change (``changes.py``) whose steps each
+have an undo, so a failing install leaves no container, file or port behind, and a
+failing update leaves the old version running. An update starts the new generation beside
+the old one and stops the old one only once the new one is healthy.
+
+Networking and resource enforcement plug in through :class:`Network` and
+:class:`Enforcer`; until they are given, a chute has the container runtime's network
+(loopback only) and the cgroup limits of ``bundle.resources``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import http.client
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import socket
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from edgeplane.artifacts import reference
+from edgeplane.artifacts.registry_config import RegistryConfig
+from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
+from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
+from edgeplane.clock import Clock, SystemClock
+from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure
+from edgeplane.model import Limits
+from edgeplane.runtimes.bundle import runtime_config
+from edgeplane.runtimes.container import find_runc
+from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
+
+log = logging.getLogger(__name__)
+
+CONFIG_MOUNT = "/run/chute"
+#: A service with no health check is healthy once it has kept running this long.
+SETTLE_S = 1.0
+#: How long a new chute may take to become healthy before its change fails.
+HEALTHY_WITHIN_S = 30.0
+MAX_LOG_BYTES = 1 << 20
+
+
+class Network(Protocol):
+    """A chute's networking (``network.py``'s ``ChuteNetwork``); the default gives
+    loopback only. Keyed by chute and service: the generations of a service that an
+    update runs side by side share one namespace (see ``_plan_update``)."""
+
+    async def prepare(self, chute: str, service: str) -> str | None:
+        """The path of a network namespace for the service to join; None: a new one."""
+        ...
+
+    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+        """Connect the running service; its address (None: not reachable from the node)."""
+        ...
+
+    async def detach(self, chute: str, service: str) -> None:
+        """Undo prepare and attach (idempotent: also for a service never prepared)."""
+        ...
+
+
+class Enforcer(Protocol):
+    """A chute's resource policies (``resources.py``), applied to its runc config."""
+
+    def apply(self, config: dict[str, Any], manifest: Manifest, service: Service) -> None: ...
+
+    def remove(self, chute: str) -> None:
+        """The chute is deleted (or its install undone): what ``apply`` made for it goes."""
+        ...
+
+
+class LoopbackNetwork:
+    async def prepare(self, chute: str, service: str) -> str | None:
+        return None
+
+    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+        return None
+
+    async def detach(self, chute: str, service: str) -> None:
+        return None
+
+
+class CgroupLimits:
+    """cpu shares, memory and pids as cgroup limits (``bundle.resources``)."""
+
+    def apply(self, config: dict[str, Any], manifest: Manifest, service: Service) -> None:
+        return None
+
+    def remove(self, chute: str) -> None:
+        return None
+
+
+#: What the node's real network and resource policy need (``network.py``, ``resources.py``).
+HOST_TOOLS = ("ip", "nft", "tc", "mkfs.ext4")
+
+
+def networking_available() -> str | None:
+    """Why chutes cannot have the node's network and disk quotas here; None when they can."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in HOST_TOOLS:
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            return f"{tool} is not installed (scripts/system-deps.sh)"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices"
+    return None
+
+
+def _container(chute: str, service: str, generation: str) -> str:
+    return f"ch-{chute}-{service}-{generation}"
+
+
+def _ports_free(ports: list[tuple[int, str]]) -> str | None:
+    """The first host port something on this machine already listens on."""
+    for port, protocol in ports:
+        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                return f"{port}/{protocol}"
+    return None
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _probe_in(pid: int, check: Healthcheck) -> bool:
+    """An http or tcp check from inside the service's network namespace: a thread of
+    ours joins it (setns is per thread) so no applet or route is needed."""
+    result = [False]
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                return
+        finally:
+            os.close(fd)
+        try:
+            if check.http is not None:
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1", check.http.port, timeout=check.timeout_s
+                )
+                try:
+                    conn.request("GET", check.http.path)
+                    result[0] = 200 <= conn.getresponse().status < 400
+                finally:
+                    conn.close()
+            elif check.tcp is not None:
+                with socket.create_connection(("127.0.0.1", check.tcp.port), check.timeout_s):
+                    result[0] = True
+        except (OSError, http.client.HTTPException):
+            result[0] = False
+
+    thread = threading.Thread(target=run, name="chute-probe", daemon=True)
+    thread.start()
+    thread.join(check.timeout_s + 1)
+    return result[0]
+
+
+class Node:
+    """The chutes of one node, under ``data_dir/chutes``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        images_dir: Path | None = None,
+        *,
+        runc: str | None = None,
+        registries: RegistryConfig | None = None,
+        network: Network | None = None,
+        enforcer: Enforcer | None = None,
+        grace_s: float = 2.0,
+        settle_s: float = SETTLE_S,
+        healthy_within_s: float = HEALTHY_WITHIN_S,
+        clock: Clock | None = None,
+    ) -> None:
+        self.root = data_dir / "chutes"
+        images = images_dir if images_dir is not None else data_dir / "images"
+        self.images = ImageStore(images, data_dir / "containers" / "rootfs")
+        self.puller = ImagePuller(images / PULLED_DIR, registries)
+        self.state_dir = self.root / "runc"
+        self.runc = runc if runc is not None else find_runc()
+        self.network: Network = network or LoopbackNetwork()
+        self.enforcer: Enforcer = enforcer or CgroupLimits()
+        self.grace_s = grace_s
+        self.settle_s = settle_s
+        self.healthy_within_s = healthy_within_s
+        self.clock = clock or SystemClock()
+        self.changes = ChangeQueue(self.root / "changes", self._plan, clock=self.clock)
+
+    async def start(self) -> None:
+        """Re-attach: chutes keep running; interrupted changes are finished or undone."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.changes.start()
+
+    async def close(self) -> None:
+        await self.changes.close()
+        await self.puller.close()
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        return self.root / "installed" / name
+
+    def _load(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self._dir(name) / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def names(self) -> list[str]:
+        base = self.root / "installed"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "state.json").exists())
+
+    async def status(self, name: str, *, probe: bool = True) -> dict[str, Any]:
+        state = self._load(name)
+        if state is None:
+            if self.changes.active(name):
+                return {"name": name, "version": None, "state": "installing", "services": []}
+            raise NotFound(f"no chute {name!r}", field="name")
+        manifest = Manifest.model_validate(state["manifest"])
+        services = []
+        all_running = True
+        for service in manifest.services:
+            cid = _container(name, service.name, state["generation"])
+            running, pid = await self._running(cid)
+            all_running &= running
+            healthy = running and (not probe or await self._healthy_once(pid, cid, service))
+            services.append(
+                {
+                    "name": service.name,
+                    "state": "running" if running else "stopped",
+                    "address": state.get("addresses", {}).get(service.name),
+                    "ports": [p.model_dump() for p in service.ports],
+                    "healthy": healthy,
+                    "container": cid,
+                    "pid": pid if running else None,
+                }
+            )
+        if self.changes.active(name) and state.get("phase") == "installing":
+            phase = "installing"
+        elif not state.get("run", True):
+            phase = "stopped"
+        else:
+            phase = "running" if all_running else "failed"
+        return {
+            "name": name,
+            "version": manifest.version,
+            "description": manifest.description,
+            "state": phase,
+            "services": services,
+            "resources": manifest.resources.model_dump(),
+            "web": None if manifest.web is None else manifest.web.model_dump(),
+            "change_id": state.get("change_id"),
+        }
+
+    async def listing(self) -> list[dict[str, Any]]:
+        return [await self.status(name, probe=False) for name in self.names()]
+
+    def config(self, name: str) -> dict[str, Any]:
+        state = self._load(name)
+        if state is None:
+            raise NotFound(f"no chute {name!r}", field="name")
+        return dict(state.get("config", {}))
+
+    def log_file(self, name: str, service: str | None) -> Path:
+        state = self._load(name)
+        if state is None:
+            raise NotFound(f"no chute {name!r}", field="name")
+        manifest = Manifest.model_validate(state["manifest"])
+        wanted = service or manifest.services[0].name
+        if wanted not in {s.name for s in manifest.services}:
+            raise NotFound(f"chute {name!r} has no service {wanted!r}", field="service")
+        return self._dir(name) / "logs" / f"{wanted}.log"
+
+    def logs(self, name: str, service: str | None = None, tail: int = MAX_LOG_BYTES) -> str:
+        path = self.log_file(name, service)
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - tail))
+                return handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def follow(self, name: str, service: str | None = None) -> AsyncIterator[str]:
+        """The log's text from its tail on, as it grows (until the caller stops)."""
+        path = self.log_file(name, service)
+        offset = max(0, path.stat().st_size - 8192) if path.exists() else 0
+        while True:
+            if path.exists():
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(65536)
+                if data:
+                    offset += len(data)
+                    yield data.decode(errors="replace")
+                    continue
+            await asyncio.sleep(0.25)  # a file has no change notification we can await here
+
+    async def info(self) -> dict[str, Any]:
+        memory = psutil.virtual_memory()
+        addresses = {
+            nic: [a.address for a in found if a.family in (socket.AF_INET, socket.AF_INET6)]
+            for nic, found in psutil.net_if_addrs().items()
+        }
+        return {
+            "hardware": {
+                "cpus": psutil.cpu_count() or 1,
+                "memory_mb": memory.total // (1 << 20),
+                "machine": platform.machine(),
+            },
+            "os": {"system": platform.system(), "release": platform.release()},
+            "network": {"hostname": socket.gethostname(), "interfaces": addresses},
+            "chutes": [
+                {"name": c["name"], "version": c["version"], "state": c["state"]}
+                for c in await self.listing()
+            ],
+            "runc": self.runc is not None,
+        }
+
+    # --- submitting changes -----------------------------------------------------------
+
+    async def install(self, manifest: Manifest) -> Change:
+        if self._load(manifest.name) is not None or self.changes.active(manifest.name):
+            raise Conflict(f"chute {manifest.name!r} is already installed", field="name")
+        args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
+        return await self.changes.submit("install", manifest.name, args)
+
+    async def update(self, manifest: Manifest) -> Change:
+        self._known(manifest.name)
+        args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
+        return await self.changes.submit("update", manifest.name, args)
+
+    async def act(self, name: str, action: str) -> Change:
+        self._known(name)
+        if action not in ("start", "stop", "restart", "delete"):
+            raise Invalid(f"unknown action {action!r}", field="action")
+        return await self.changes.submit(action, name)
+
+    async def set_config(self, name: str, config: dict[str, Any]) -> Change:
+        self._known(name)
+        return await self.changes.submit("config", name, {"config": config})
+
+    def _known(self, name: str) -> None:
+        if self._load(name) is None and not self.changes.active(name):
+            raise NotFound(f"no chute {name!r}", field="name")
+
+    # --- plans --------------------------------------------------------------------------
+
+    def _plan(self, change: Change) -> list[Step]:
+        name = change.chute
+        if change.kind == "install":
+            return self._plan_install(change)
+        if change.kind == "update":
+            return self._plan_update(change)
+        # The state as the change found it: after a restart, the journal's copy.
+        state = change.args.get("before") or self._load(name)
+        if state is None:
+            raise NotFound(f"no chute {name!r}", field="name")
+        change.args["before"] = state
+        manifest = Manifest.model_validate(state["manifest"])
+        gen = str(state["generation"])
+        order = start_order(list(manifest.services))
+
+        def starts() -> list[Step]:
+            steps = [
+                Step(
+                    f"start {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen),
+                )
+                for s in order
+            ]
+            steps.append(
+                Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+            )
+            return steps
+
+        def stops() -> list[Step]:
+            return [
+                Step(
+                    f"stop {s}",
+                    self._stop_action(name, s, gen),
+                    self._start_action(manifest, s, gen, change.id),
+                )
+                for s in reversed(order)
+            ]
+
+        def record(**fields: Any) -> Step:
+            async def do() -> None:
+                self._save(name, {**state, **fields, "change_id": change.id})
+
+            async def undo() -> None:
+                self._save(name, state)
+
+            return Step("record " + ", ".join(f"{k}={v}" for k, v in fields.items()), do, undo)
+
+        if change.kind == "start":
+            return [*starts(), record(run=True)]
+        if change.kind == "stop":
+            return [record(run=False), *stops()]
+        if change.kind == "restart":
+            return [*stops(), *starts(), record(run=True)]
+        if change.kind == "config":
+            new = dict(change.args["config"])
+            return [
+                record(config=new),
+                Step(
+                    "write config",
+                    self._write_config(name, new),
+                    self._write_config(name, state.get("config", {})),
+                ),
+            ]
+        if change.kind == "delete":
+            # Deleting is past undoing from its first step: a crash finishes it.
+            steps = [
+                Step(f"stop {s}", self._stop_action(name, s, gen), None) for s in reversed(order)
+            ]
+            steps.append(Step("remove files", self._remove(name), None))
+            return steps
+        raise Invalid(f"unknown change kind {change.kind!r}", field="kind")
+
+    def _plan_install(self, change: Change) -> list[Step]:
+        manifest = Manifest.model_validate(change.args["manifest"])
+        gen = str(change.args["generation"])
+        name = manifest.name
+
+        async def check() -> None:
+            await self._check_ports(manifest, exclude=None)
+
+        async def write() -> None:
+            state = self._fresh_state(manifest, gen, change.id, phase="installing")
+            self._save(name, state)
+            await self._write_config(name, state["config"])()
+
+        async def commit() -> None:
+            state = self._load(name) or self._fresh_state(manifest, gen, change.id, "installing")
+            self._save(name, {**state, "phase": "installed"})
+
+        steps = [
+            Step("check ports", check, _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+            Step("write files", write, self._remove(name)),
+        ]
+        for s in start_order(list(manifest.services)):
+            steps.append(
+                Step(
+                    f"start {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen),
+                )
+            )
+        steps.append(
+            Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+        )
+        steps.append(Step("commit", commit, _nothing))
+        return steps
+
+    def _plan_update(self, change: Change) -> list[Step]:
+        manifest = Manifest.model_validate(change.args["manifest"])
+        name = manifest.name
+        before = change.args.get("before") or self._load(name)
+        if before is None:
+            raise NotFound(f"no chute {name!r}", field="name")
+        change.args["before"] = before
+        old = Manifest.model_validate(before["manifest"])
+        old_gen, gen = str(before["generation"]), str(change.args["generation"])
+
+        async def check() -> None:
+            held: set[tuple[int, str]] = {
+                (p.host, p.protocol) for s in old.services for p in s.ports
+            }
+            await self._check_ports(manifest, exclude=name, held=held)
+
+        async def switch() -> None:
+            state = self._fresh_state(manifest, gen, change.id, phase="installed")
+            state["config"] = {**manifest.config, **before.get("config", {})}
+            self._save(name, state)
+            await self._write_config(name, state["config"])()
+
+        async def switch_back() -> None:
+            self._save(name, before)
+            await self._write_config(name, before.get("config", {}))()
+
+        steps = [
+            Step("check ports", check, _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+        ]
+        # A service's network is keyed by chute and service, so both generations of a
+        # service share it: undoing the new one, or stopping the old one, leaves it be.
+        old_names = {s.name for s in old.services}
+        new_names = {s.name for s in manifest.services}
+        for s in start_order(list(manifest.services)):
+            steps.append(
+                Step(
+                    f"start new {s}",
+                    self._start_action(manifest, s, gen, change.id),
+                    self._stop_action(name, s, gen, detach=s not in old_names),
+                )
+            )
+        steps.append(
+            Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
+        )
+        steps.append(Step("switch to the new version", switch, switch_back))
+        # The old version is stopped only now; from here there is no going back.
+        for s in reversed(start_order(list(old.services))):
+            stop = self._stop_action(name, s, old_gen, detach=s not in new_names)
+            steps.append(Step(f"stop old {s}", stop, None))
+        return steps
+
+    # --- actions (each idempotent) ----------------------------------------------------------
+
+    def _fresh_state(
+        self, manifest: Manifest, gen: str, change_id: str, phase: str
+    ) -> dict[str, Any]:
+        return {
+            "manifest": manifest.model_dump(mode="json"),
+            "generation": gen,
+            "run": True,
+            "phase": phase,
+            "config": dict(manifest.config),
+            "change_id": change_id,
+            "addresses": {},
+        }
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        directory = self._dir(name)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(directory / "state.json", json.dumps(state).encode())
+
+    def _write_config(self, name: str, config: dict[str, Any]) -> Any:
+        async def run() -> None:
+            directory = self._dir(name) / "config"
+            directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            write_atomic(directory / "config.json", json.dumps(config).encode())
+            os.chmod(directory / "config.json", 0o644)
+
+        return run
+
+    def _remove(self, name: str) -> Any:
+        async def run() -> None:
+            await asyncio.to_thread(self.enforcer.remove, name)
+            await asyncio.to_thread(shutil.rmtree, self._dir(name), True)
+
+        return run
+
+    async def _check_ports(
+        self,
+        manifest: Manifest,
+        exclude: str | None,
+        held: set[tuple[int, str]] | None = None,
+    ) -> None:
+        """Each host port free: no other chute maps it and nothing on the node listens
+        on it (but the ports ``held`` by the version an update replaces)."""
+        wanted = {(p.host, p.protocol) for s in manifest.services for p in s.ports}
+        for other in self.names():
+            if other in (manifest.name, exclude):
+                continue
+            state = self._load(other)
+            if state is None:
+                continue
+            taken = Manifest.model_validate(state["manifest"])
+            clash = wanted & {(p.host, p.protocol) for s in taken.services for p in s.ports}
+            if clash:
+                port, protocol = sorted(clash)[0]
+                raise Conflict(
+                    f"host port {port}/{protocol} is taken by chute {other!r}",
+                    field="services.ports",
+                )
+        if wanted - (held or set()):
+            busy = await asyncio.to_thread(_ports_free, sorted(wanted - (held or set())))
+            if busy is not None:
+                raise Conflict(f"host port {busy} is in use on this node", field="services.ports")
+
+    async def _prepare_images(self, manifest: Manifest) -> None:
+        for service in manifest.services:
+            await self.images.rootfs(await self._image(service.image))
+
+    async def _image(self, ref: str) -> Any:
+        if reference.is_oci(ref):
+            layout = await self.puller.layout_for(ref)
+            return await asyncio.to_thread(self.images.resolve_layout, ref, layout)
+        return await asyncio.to_thread(self.images.resolve, ref)
+
+    def _start_action(self, manifest: Manifest, service_name: str, gen: str, change_id: str) -> Any:
+        async def run() -> None:
+            await self._start_service(manifest, manifest.service(service_name), gen)
+
+        return run
+
+    def _stop_action(self, chute: str, service: str, gen: str, *, detach: bool = True) -> Any:
+        async def run() -> None:
+            await self._stop_service(chute, service, gen, detach=detach)
+
+        return run
+
+    async def _start_service(self, manifest: Manifest, service: Service, gen: str) -> None:
+        if self.runc is None:
+            raise TaskFailure("runc is not installed on this node", field="runtime")
+        cid = _container(manifest.name, service.name, gen)
+        running, _ = await self._running(cid)
+        if running:
+            return  # a resumed change: it got this far before
+        await self._call("delete", "--force", cid)
+        image = await self._image(service.image)
+        rootfs = await self.images.rootfs(image)
+        limits = Limits(
+            memory_mb=manifest.resources.memory_mb,
+            cpu_shares=manifest.resources.cpu_shares,
+            pids=manifest.resources.pids,
+        )
+        config = runtime_config(
+            cid=cid,
+            rootfs=rootfs,
+            image=image,
+            command=service.command,
+            env=service.env,
+            limits=limits,
+        )
+        config["hostname"] = service.name
+        config["mounts"].append(
+            {
+                "destination": CONFIG_MOUNT,
+                "type": "bind",
+                "source": str(self._dir(manifest.name) / "config"),
+                "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+            }
+        )
+        netns = await self.network.prepare(manifest.name, service.name)
+        if netns is not None:
+            for entry in config["linux"]["namespaces"]:
+                if entry["type"] == "network":
+                    entry["path"] = netns
+        await asyncio.to_thread(self.enforcer.apply, config, manifest, service)
+        bundle = self._dir(manifest.name) / "bundles" / cid
+        bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(bundle / "config.json", json.dumps(config).encode())
+        logs = self._dir(manifest.name) / "logs"
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out = os.open(logs / f"{service.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            # Detached: runc hands these fds to the container and exits; the container
+            # outlives every worker process.
+            process = await asyncio.create_subprocess_exec(
+                *self._runc("run", "--detach", "--bundle", str(bundle), cid),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+            code = await process.wait()
+        finally:
+            os.close(out)
+        if code != 0:
+            tail = self.logs(manifest.name, service.name, 600).strip().splitlines()
+            why = tail[-1] if tail else f"runc exit {code}"
+            raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
+        _, pid = await self._running(cid)
+        address = await self.network.attach(manifest, service, pid)
+        if address is not None:
+            state = self._load(manifest.name)
+            if state is not None and state.get("generation") == gen:
+                state.setdefault("addresses", {})[service.name] = address
+                self._save(manifest.name, state)
+
+    async def _stop_service(
+        self, chute: str, service: str, gen: str, *, detach: bool = True
+    ) -> None:
+        cid = _container(chute, service, gen)
+        running, _ = await self._running(cid)
+        if running:
+            await self._call("kill", cid, "TERM")
+            deadline = self.clock.monotonic() + self.grace_s
+            # runc gives no notice of a container's end: its state is polled
+            while self.clock.monotonic() < deadline and (await self._running(cid))[0]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await self._call("kill", cid, "KILL")
+        await self._call("delete", "--force", cid)
+        if detach:
+            await self.network.detach(chute, service)
+        await asyncio.to_thread(shutil.rmtree, self._dir(chute) / "bundles" / cid, True)
+
+    async def _wait_healthy(self, manifest: Manifest, gen: str) -> None:
+        """Until every service is running and healthy; a TaskFailure when one exits or
+        never gets healthy."""
+        deadline = self.clock.monotonic() + self.healthy_within_s
+        settled_at = self.clock.monotonic() + self.settle_s
+        for service in manifest.services:
+            cid = _container(manifest.name, service.name, gen)
+            check = service.healthcheck
+            while True:
+                running, pid = await self._running(cid)
+                if not running:
+                    tail = self.logs(manifest.name, service.name, 600).strip().splitlines()
+                    said = f": {tail[-1]}" if tail else ""
+                    raise TaskFailure(f"service {service.name} exited{said}", field="services")
+                if check is None:
+                    if self.clock.monotonic() >= settled_at:
+                        break
+                    await asyncio.sleep(0.1)
+                    continue
+                if await self._probe(pid, cid, check):
+                    break
+                # A new service may take a while to listen: only the deadline fails it.
+                if self.clock.monotonic() >= deadline:
+                    raise TaskFailure(
+                        f"service {service.name} never became healthy", field="services"
+                    )
+                await asyncio.sleep(min(check.interval_s, 0.5))
+
+    async def _healthy_once(self, pid: int, cid: str, service: Service) -> bool:
+        if service.healthcheck is None:
+            return True
+        return await self._probe(pid, cid, service.healthcheck)
+
+    async def _probe(self, pid: int, cid: str, check: Healthcheck) -> bool:
+        if check.exec is not None:
+            process = await asyncio.create_subprocess_exec(
+                *self._runc("exec", cid, *check.exec),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                return await asyncio.wait_for(process.wait(), check.timeout_s) == 0
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                return False
+        return await asyncio.to_thread(_probe_in, pid, check)
+
+    async def _running(self, cid: str) -> tuple[bool, int]:
+        said = await self._call("state", cid)
+        try:
+            current = json.loads(said) if said else {}
+        except ValueError:
+            return False, 0
+        if current.get("status") == "running":
+            return True, int(current.get("pid", 0))
+        return False, 0
+
+    def _runc(self, *args: str) -> list[str]:
+        assert self.runc is not None
+        return [self.runc, "--root", str(self.state_dir), *args]
+
+    async def _call(self, *args: str) -> str:
+        if self.runc is None:
+            return ""
+        process = await asyncio.create_subprocess_exec(
+            *self._runc(*args),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await process.communicate()
+        return out.decode(errors="replace") if process.returncode == 0 else ""
+
+
+async def _nothing() -> None:
+    return None

@@ -1,0 +1,313 @@
+"""``edgeplane chute …``: chutes on one node, through its Edge API (docs/chutes.md).
+
+``--node URL`` is the node's ``edgeplane worker --api`` address; the node token comes from
+``--node-token``, ``$EDGEPLANE_NODE_TOKEN``, else the worker's token file
+(``--token-file``, default ``~/.edgeplane/worker/edge-api-token``: the CLI on the node
+itself needs nothing more). Every mutating command prints the change id; ``--wait``
+follows the change's steps live until it ends (exit 1 when it failed or rolled back).
+Through the control plane (``--worker ID``) is not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeplane.cli.output import (
+    Format,
+    OutputOption,
+    echo,
+    note,
+    print_fields,
+    print_json,
+    print_table,
+    session,
+)
+from edgeplane.errors import (
+    Conflict,
+    EdgeplaneError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TaskFailure,
+    Unauthorized,
+    Unavailable,
+)
+
+app = typer.Typer(no_args_is_help=True, help="Chutes on a node (docs/chutes.md).")
+
+TOKEN_ENV = "EDGEPLANE_NODE_TOKEN"
+_ERRORS: dict[int, type[EdgeplaneError]] = {
+    400: Invalid, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: Invalid, 422: Invalid, 503: Unavailable,
+}  # fmt: skip
+
+NodeOption = Annotated[
+    str | None,
+    typer.Option("--node", envvar="EDGEPLANE_NODE", help="The node's Edge API, http://HOST:PORT."),
+]
+WorkerOption = Annotated[
+    str | None, typer.Option("--worker", help="Through the control plane: not yet available.")
+]
+NodeTokenOption = Annotated[
+    str | None, typer.Option("--node-token", envvar=TOKEN_ENV, help="The node's API token.")
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="File holding the node token (the worker's edge-api-token)."),
+]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the change until it ends.")]
+
+
+class _Node:
+    def __init__(
+        self, node: str | None, worker: str | None, token: str | None, token_file: Path | None
+    ) -> None:
+        import httpx
+
+        if worker is not None:
+            why = "--worker (through the control plane) is not available yet: use --node URL"
+            raise Invalid(why, field="worker")
+        if not node:
+            raise Invalid("give the node's Edge API with --node http://HOST:PORT", field="node")
+        if token is None:
+            path = token_file or Path.home() / ".edgeplane" / "worker" / "edge-api-token"
+            try:
+                token = path.read_text().strip()
+            except OSError:
+                raise Invalid(f"no node token: give --node-token or ${TOKEN_ENV} "
+                              f"(cannot read {path})", field="node-token") from None  # fmt: skip
+        base = node.rstrip("/")
+        if not base.endswith("/api/v1"):
+            base += "/api/v1"
+        self.http = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            answer = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the node at {self.http.base_url}: {exc}") from None
+        if answer.status_code >= 400:
+            try:
+                body = answer.json()
+            except ValueError:
+                body = {}
+            detail = (
+                str(body.get("detail") or answer.reason_phrase) if isinstance(body, dict) else ""
+            )
+            field = body.get("field") if isinstance(body, dict) else None
+            cls = _ERRORS.get(answer.status_code, EdgeplaneError)
+            raise cls(detail, field=field if isinstance(field, str) else None)
+        if answer.headers.get("content-type", "").startswith("application/json"):
+            return answer.json()
+        return answer.text
+
+    def follow(self, change_id: str) -> dict[str, Any]:
+        """The change's steps, live from its SSE stream, until it ends; its last view."""
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+        last: dict[str, Any] = {}
+        shown: dict[str, str] = {}
+        marks = {"done": "[green]✓[/]", "running": "[yellow]…[/]", "failed": "[red]✗[/]",
+                 "undone": "[magenta]↶[/]", "pending": " "}  # fmt: skip
+        with self.http.stream("GET", f"/changes/{change_id}/stream", timeout=None) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                last = json.loads(line.removeprefix("data: "))
+                for step in last.get("steps", []):
+                    if shown.get(step["name"]) != step["state"] and step["state"] != "pending":
+                        shown[step["name"]] = step["state"]
+                        console.print(
+                            f"{marks.get(step['state'], '?')} {step['name']} ({step['state']})"
+                        )
+        return last
+
+    def changed(self, answer: Any, wait: bool) -> None:
+        change_id = str(answer["change_id"])
+        if not wait:
+            echo(change_id)
+            return
+        last = self.follow(change_id)
+        state = last.get("state")
+        note(f"change {change_id}: {state}")
+        if state != "done":
+            raise TaskFailure(str(last.get("error") or f"the change ended {state}"))
+
+
+def _open(
+    node: str | None, worker: str | None, token: str | None, token_file: Path | None
+) -> _Node:
+    return _Node(node, worker, token, token_file)
+
+
+def _manifest(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    kind = "application/json" if path.suffix == ".json" else "application/yaml"
+    return data, kind
+
+
+@app.command()
+def install(
+    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json)")],
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Install a chute from its manifest."""
+    client = _open(node, worker, node_token, token_file)
+    data, kind = _manifest(file)
+    client.changed(
+        client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait
+    )
+
+
+@app.command()
+def update(
+    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json) of the new version")],
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Update a chute: the new version replaces the old only once healthy."""
+    from edgeplane.chutes.manifest import load
+
+    client = _open(node, worker, node_token, token_file)
+    data, kind = _manifest(file)
+    name = load(data, str(file)).name
+    answer = client.call("PUT", f"/chutes/{name}", content=data, headers={"content-type": kind})
+    client.changed(answer, wait)
+
+
+@app.command("list")
+def listing(
+    ctx: typer.Context,
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+    output: OutputOption = None,
+) -> None:
+    """The node's chutes."""
+    found = _open(node, worker, node_token, token_file).call("GET", "/chutes")
+    if session(ctx).format(output) == Format.json:
+        print_json(found)
+        return
+    print_table(
+        ["name", "version", "state", "services"],
+        [[c["name"], c["version"], c["state"], [s["name"] for s in c["services"]]] for c in found],
+    )
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    name: str,
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+    output: OutputOption = None,
+) -> None:
+    """One chute: state, services, resources."""
+    found = _open(node, worker, node_token, token_file).call("GET", f"/chutes/{name}")
+    if session(ctx).format(output) == Format.json:
+        print_json(found)
+        return
+    print_fields([(k, found.get(k)) for k in ("name", "version", "state", "change_id")])
+    print_table(
+        ["service", "state", "healthy", "address", "ports"],
+        [[s["name"], s["state"], s["healthy"], s["address"],
+          [f"{p['host']}->{p['chute']}/{p['protocol']}" for p in s["ports"]]]
+         for s in found["services"]],
+    )  # fmt: skip
+
+
+def _action(action: str) -> None:
+    def command(
+        name: str,
+        node: NodeOption = None,
+        worker: WorkerOption = None,
+        node_token: NodeTokenOption = None,
+        token_file: TokenFileOption = None,
+        wait: WaitOption = False,
+    ) -> None:
+        client = _open(node, worker, node_token, token_file)
+        if action == "delete":
+            client.changed(client.call("DELETE", f"/chutes/{name}"), wait)
+        else:
+            client.changed(client.call("POST", f"/chutes/{name}/{action}"), wait)
+
+    command.__doc__ = f"{action.capitalize()} a chute."
+    app.command(action)(command)
+
+
+for _name in ("start", "stop", "restart", "delete"):
+    _action(_name)
+
+
+@app.command()
+def logs(
+    name: str,
+    service: Annotated[str | None, typer.Option(help="Which service (default: the first).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """A chute service's output."""
+    client = _open(node, worker, node_token, token_file)
+    params: dict[str, Any] = {} if service is None else {"service": service}
+    if not follow:
+        echo(client.call("GET", f"/chutes/{name}/logs", params=params))
+        return
+    with client.http.stream(
+        "GET", f"/chutes/{name}/logs", params={**params, "follow": "true"}, timeout=None
+    ) as stream:
+        if stream.status_code >= 400:
+            stream.read()
+            client.call("GET", f"/chutes/{name}/logs", params=params)  # raises the problem
+        for text in stream.iter_text():
+            typer.echo(text, nl=False)
+
+
+@app.command()
+def config(
+    name: str,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value (a JSON value or a string).")
+    ] = None,
+    node: NodeOption = None,
+    worker: WorkerOption = None,
+    node_token: NodeTokenOption = None,
+    token_file: TokenFileOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Show a chute's config, or change keys of it with --set."""
+    client = _open(node, worker, node_token, token_file)
+    current = client.call("GET", f"/chutes/{name}/config")
+    if not set_:
+        print_json(current)
+        return
+    for pair in set_:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Invalid(f"--set wants key=value, not {pair!r}", field="set")
+        try:
+            current[key] = json.loads(value)
+        except ValueError:
+            current[key] = value
+    client.changed(client.call("PUT", f"/chutes/{name}/config", json=current), wait)
