@@ -15,6 +15,7 @@ from edgeplane import __version__
 from edgeplane.api import (
     applications,
     audit,
+    chutes,
     clusters,
     dashboard,
     join_tokens,
@@ -213,6 +214,7 @@ def create_app(
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens, audit.router):

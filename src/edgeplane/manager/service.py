@@ -26,6 +26,7 @@ from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
+from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
@@ -34,7 +35,7 @@ from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
+from edgeplane.protocol import Alive, ChuteResponse, Hello, TaskEvents, decode, parse_body, sealing
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
 from edgeplane.transport import MqttLink, kept_client_id, without_credentials
@@ -119,6 +120,8 @@ class Manager:
         self.dispatcher = Dispatcher(core, epoch)
         self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
+        #: workers' chutes managed from afar (``manager/chutes.py``)
+        self.chutes = ChuteCalls(core)
         self._core = core
         self._loops: list[asyncio.Task[None]] = []
         self.facade = Facade(core, self.tasks, self.dispatcher, self.broker_url)
@@ -203,6 +206,9 @@ class Manager:
             await self.members.on_alive(member_id, body)
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
+        elif isinstance(body, ChuteResponse) and not self.root:
+            if not self.chutes.on_response(member_id, body):
+                log.info("a chute answer no call waits for", extra={"member": member_id})
         elif isinstance(body, Aggregate) and self.root:
             self.members.on_aggregate(member_id, body)
         else:
