@@ -106,6 +106,7 @@ def test_a_chute_through_the_manager_api_and_the_cli(stack: Stack, tmp_path: Pat
     records = http.get("/audit", params={"limit": 200}).json()["items"]
     paths = {r.get("path") for r in records}
     assert "/api/v1/workers/n1/chutes" in paths, records[:3]
+    assert stack.cli("delete", "clip", "--wait").returncode == 0
 
 
 def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
@@ -124,3 +125,29 @@ def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
     assert stack.http.get("/workers/nope/chutes").status_code == 404
     cli = stack.cli("list")
     assert cli.returncode == 3 and "n1" in cli.stderr
+
+
+def test_only_an_admin_or_the_workers_owner_manages_its_chutes(stack: Stack) -> None:
+    http = stack.http
+    for name in ("otto", "opal"):
+        body = {"name": name, "password": "correct horse battery", "role": "operator"}
+        assert http.post("/users", json=body).status_code == 201
+    assert http.put("/workers/n1/owner", json={"owner": "opal"}).status_code == 200
+
+    def bearer(name: str) -> dict[str, str]:
+        login = {"name": name, "password": "correct horse battery"}
+        pair = http.post("/auth/login", json=login).json()
+        return {"Authorization": f"Bearer {pair['access_token']}"}
+
+    otto, opal = bearer("otto"), bearer("opal")
+    refused = http.post("/workers/n1/chutes", json=chute("nope"), headers=otto)
+    assert refused.status_code == 403, refused.text
+    assert http.post("/workers/n1/chutes/x/stop", headers=otto).status_code == 403
+    # reads are every role's (docs/security.md)
+    assert http.get("/workers/n1/chutes", headers=otto).status_code == 200
+    assert http.get("/workers/n1/chutes", headers=opal).json() == []
+    answer = http.post("/workers/n1/chutes", json=chute("mine"), headers=opal)
+    assert answer.status_code == 202, answer.text
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    gone = http.delete("/workers/n1/chutes/mine", headers=opal)
+    assert stack.ended(gone.json()["change_id"])["state"] == "done"
