@@ -15,7 +15,7 @@ import pytest
 
 from edgeplane.transport import free_port
 from faults.procs import TOKEN, Api, Lab, wait_until
-from faults.test_chute_worker import Node, chute, node  # noqa: F401 (the fixture)
+from faults.test_chute_worker import Node, chute, running_node
 from oci_fixtures import busybox_containers_unavailable
 
 pytestmark = [
@@ -54,8 +54,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(lab: Lab, node: Node) -> Iterator[Stack]:
-    yield Stack(lab, node)
+def stack(lab: Lab) -> Iterator[Stack]:
+    with running_node(lab) as node:
+        yield Stack(lab, node)
 
 
 def test_a_chute_through_the_manager_api_and_the_cli(stack: Stack, tmp_path: Path) -> None:

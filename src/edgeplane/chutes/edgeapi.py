@@ -191,9 +191,7 @@ class EdgeApi:
                 field="api",
             ) from None
         sock.listen(128)
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off"
-        )
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self._server = _Server(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="edge-api")
         while not self._server.started:

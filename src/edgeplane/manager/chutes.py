@@ -59,7 +59,7 @@ class ChuteCalls:
             )
         request = ChuteRequest(
             id=secrets.token_hex(8), method=method, path=path, query=query or {}, body=body
-        )  # type: ignore[arg-type]
+        )
         answer: asyncio.Future[ChuteResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = (worker_id, answer)
         try:

@@ -457,11 +457,14 @@ class WorkerAgent:
 
     async def _answer_chute(self, request: ChuteRequest) -> None:
         if self.chutes is None:
-            status, answer = 501, {
-                "title": "Not Implemented",
-                "status": 501,
-                "detail": f"worker {self.id} serves no chutes (start it with --api)",
-            }
+            status, answer = (
+                501,
+                {
+                    "title": "Not Implemented",
+                    "status": 501,
+                    "detail": f"worker {self.id} serves no chutes (start it with --api)",
+                },
+            )
         else:
             status, answer = await self.chutes(request)
         response = ChuteResponse(id=request.id, status=status, body=answer)
