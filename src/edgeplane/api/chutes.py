@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from edgeplane.api.deps import ManagerDep
 from edgeplane.chutes import manifest as manifests
 from edgeplane.chutes.bodies import read_body
-from edgeplane.errors import Invalid
+from edgeplane.errors import EdgeplaneError, Invalid
 
 router = APIRouter(prefix="/workers", tags=["chutes"])
 
@@ -128,6 +128,10 @@ async def stream(worker_id: str, change_id: str, manager: ManagerDep) -> Streami
             if not isinstance(view, dict) or view.get("state") in _ENDED:
                 return
             await asyncio.sleep(STREAM_POLL_S)
-            view = await manager.chutes.call(worker_id, "GET", path)
+            try:
+                view = await manager.chutes.call(worker_id, "GET", path)
+            except EdgeplaneError as exc:  # offline now: say so, the change goes on there
+                yield f"event: error\ndata: {json.dumps({'detail': exc.detail})}\n\n"
+                return
 
     return StreamingResponse(events(), media_type="text/event-stream")
