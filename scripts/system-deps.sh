@@ -6,7 +6,8 @@
 # htpasswd (apache2-utils) for the OCI registry tests; iproute2 (ip, tc), nftables and
 # e2fsprogs (mkfs.ext4; mount/losetup come with util-linux/mount) for chute networking and
 # resource policies; nats-server (the broker matrix runs a 3-node NATS cluster:
-# tests/brokers). Installs only what is missing.
+# tests/brokers) and RabbitMQ (the matrix runs private nodes of its MQTT plugin;
+# the package's own service is not used). Installs only what is missing.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -24,6 +25,7 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || missing+=(mount)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

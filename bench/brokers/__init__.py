@@ -10,7 +10,7 @@ the launchers use are the ones docs/brokers.md shows (deploy/brokers/).
 
 from __future__ import annotations
 
-from bench.brokers import mosquitto, nats
+from bench.brokers import mosquitto, nats, rabbitmq
 from bench.brokers.base import BrokerUnavailable, Launcher
 
 __all__ = ["LAUNCHERS", "BrokerUnavailable", "Launcher"]
@@ -18,4 +18,5 @@ __all__ = ["LAUNCHERS", "BrokerUnavailable", "Launcher"]
 LAUNCHERS: dict[str, Launcher] = {
     "mosquitto": mosquitto.launch,
     "nats": nats.launch,
+    "rabbitmq": rabbitmq.launch,
 }

@@ -39,7 +39,7 @@ PUBLIC = {
     "/metrics",
     "/openapi.json",
     "/docs",
-    "/docs/oauth2-redirect",
+    "/docs/static",
     "/redoc",
     "/",
     "/dashboard",

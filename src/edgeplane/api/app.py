@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeplane import __version__
 from edgeplane.api import (
+    apidocs,
     applications,
     audit,
     chutes,
@@ -186,7 +187,9 @@ def create_app(
         title="edgeplane",
         version=__version__,
         description="One orchestrator for the edge: tasks on fleets of small machines.",
+        docs_url=None,  # apidocs serves /docs with Swagger UI's files from the package
     )
+    apidocs.install(app)
     app.state.manager = manager
     app.state.tokens = tokens
     app.state.accounts = accounts or Accounts(manager.store, tokens, manager.clock)

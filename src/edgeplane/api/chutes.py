@@ -53,16 +53,19 @@ async def install(worker_id: str, request: Request, manager: ManagerDep) -> JSON
 
 @router.get("/{worker_id}/chutes")
 async def listing(worker_id: str, manager: ManagerDep) -> Any:
+    """The worker's chutes (docs/chutes.md, "Through the control plane")."""
     return await manager.chutes.call(worker_id, "GET", "/chutes")
 
 
 @router.get("/{worker_id}/chutes/{name}")
 async def show(worker_id: str, name: str, manager: ManagerDep) -> Any:
+    """One chute: version, state, services, resources, last change."""
     return await manager.chutes.call(worker_id, "GET", f"/chutes/{_name(name)}")
 
 
 @router.put("/{worker_id}/chutes/{name}", status_code=202)
 async def update(worker_id: str, name: str, request: Request, manager: ManagerDep) -> JSONResponse:
+    """Update a chute to the manifest in the body: the new version replaces the old once healthy."""
     body = await read_body(request)
     found = manifests.parse(body)
     if found.name != _name(name):
@@ -72,11 +75,13 @@ async def update(worker_id: str, name: str, request: Request, manager: ManagerDe
 
 @router.delete("/{worker_id}/chutes/{name}", status_code=202)
 async def delete(worker_id: str, name: str, manager: ManagerDep) -> JSONResponse:
+    """Stop and remove a chute."""
     return _accepted(await manager.chutes.call(worker_id, "DELETE", f"/chutes/{_name(name)}"))
 
 
 @router.post("/{worker_id}/chutes/{name}/{action}", status_code=202)
 async def act(worker_id: str, name: str, action: str, manager: ManagerDep) -> JSONResponse:
+    """Start, stop or restart a chute."""
     if action not in ("start", "stop", "restart"):
         raise Invalid(f"unknown action {action!r}: start, stop or restart", field="action")
     path = f"/chutes/{_name(name)}/{action}"
@@ -95,6 +100,7 @@ async def logs(
 
 @router.get("/{worker_id}/chutes/{name}/config")
 async def get_config(worker_id: str, name: str, manager: ManagerDep) -> Any:
+    """A chute's config, an object of scalars."""
     return await manager.chutes.call(worker_id, "GET", f"/chutes/{_name(name)}/config")
 
 
@@ -102,6 +108,7 @@ async def get_config(worker_id: str, name: str, manager: ManagerDep) -> Any:
 async def set_config(
     worker_id: str, name: str, request: Request, manager: ManagerDep
 ) -> JSONResponse:
+    """Replace a chute's config (the services see it at /run/chute/config.json)."""
     body = await read_body(request)
     path = f"/chutes/{_name(name)}/config"
     return _accepted(await manager.chutes.call(worker_id, "PUT", path, body=body))
@@ -109,6 +116,7 @@ async def set_config(
 
 @router.get("/{worker_id}/changes/{change_id}")
 async def change(worker_id: str, change_id: str, manager: ManagerDep) -> Any:
+    """A change on the worker: state, steps and log."""
     return await manager.chutes.call(worker_id, "GET", f"/changes/{_change_id(change_id)}")
 
 

@@ -52,6 +52,8 @@ class Facade:
         self.documents: DocumentReader = core.store
         #: writes of their documents (the one commit path)
         self.journal = core.journal
+        #: usage samples (the uplink sends the cluster's up to the root)
+        self.series = core.series
         self.admit = tasks.admit
         self.submit = tasks.submit_tasks
         self.get = tasks.get

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditRecord
 from edgeplane.store import AuditPrune, Batch, Kind, Store
+from edgeplane.telemetry import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class JournalStats:
     outages: int = 0
     #: rounds refused because another process leads now
     fenced: int = 0
+    #: seconds each round took to write (outages waited out included)
+    commit_latency: Histogram = field(default_factory=Histogram)
 
 
 #: What a unit holds, by the first part of its key: the document itself for an upsert,
@@ -195,6 +199,11 @@ class Journal:
         self._wake.set()
         return done
 
+    @property
+    def queued(self) -> int:
+        """Changes waiting for the writer's next round."""
+        return len(self._queue)
+
     async def commit(self) -> None:
         """Wake the writer and return once everything queued so far has been written (or
         refused). Only :meth:`run` writes: commits never interleave."""
@@ -251,7 +260,9 @@ class Journal:
                 work.pop(key, None)  # a newer version replaces (and re-orders after) the older
                 work[key] = unit
         self.stats.rounds += 1
+        began = time.perf_counter()
         refused = await self._write(dict(work))
+        self.stats.commit_latency.observe(time.perf_counter() - began)
         committed: list[Task] = []
         for key, unit in work.items():
             if key in refused:

@@ -19,6 +19,7 @@ from edgeplane.roles.control import (
     start_broker,
 )
 from edgeplane.roles.lock import hold_data_dir
+from edgeplane.transport import without_credentials
 
 
 async def run_root(settings: Settings) -> None:
@@ -42,7 +43,8 @@ async def _run_root(settings: Settings) -> None:
                 f"  API:      {control.url}/api/v1\n"
                 f"  dashboard: {control.url}/dashboard\n"
                 f"  token:    {control.token_file or '$EDGEPLANE_ADMIN_TOKEN'}\n"
-                f"  clusters: edgeplane manager --cluster-id NAME --root {broker_url}{ca}"
+                f"  clusters: edgeplane manager --cluster-id NAME "
+                f"--root {without_credentials(broker_url)}{ca}"
                 + (" --join TOKEN (POST /api/v1/join-tokens)" if auth is not None else "")
                 + "\n",
                 flush=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgeplane.roles.worker import announce_host_user, build_worker
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.joining import Identity
+from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
@@ -88,6 +90,10 @@ async def _workers(
     # One module cache for the process: a module compiled when its task was admitted is
     # not compiled again by the worker that runs it.
     modules = process_cache(settings.data_dir / "modules")
+    # One image dir for all of them (DATA_DIR/images), not one per worker: an image put
+    # there once runs on whichever local worker gets the task.
+    if settings.images_dir is None:
+        settings = settings.model_copy(update={"images_dir": settings.data_dir / "images"})
     for worker_id in _worker_ids(settings):
         agent = build_worker(
             settings,
@@ -213,20 +219,24 @@ async def _run_up(settings: Settings) -> None:
     async with running_stack(settings) as stack:
         token = stack.control.token_file or "$EDGEPLANE_ADMIN_TOKEN"
         clusters = "".join(
-            f"  cluster:  {c.control.settings.cluster_id} (broker {c.broker_url}; workers "
+            f"  cluster:  {c.control.settings.cluster_id} "
+            f"(broker {without_credentials(c.broker_url)}; workers "
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )
+        # Once, on stdout, set apart by blank lines: on a terminal the logs (stderr) go on
+        # around it, one line each.
         print(
-            f"edgeplane is up\n"
+            f"\nedgeplane is up\n"
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
-            f"  broker:   {stack.broker_url}\n"
+            f"  broker:   {without_credentials(stack.broker_url)}\n"
             + (clusters or f"  workers:  {', '.join(w.id for w in stack.workers) or 'none'}\n")
             + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
+            file=sys.stdout,
         )
         leadership = stack.control.leadership
         assert leadership is not None

@@ -68,6 +68,12 @@ MAX_BACKOFF_S = 5.0
 # A broker that took the connection but acknowledges nothing for this long is treated as
 # gone (CONNACK, SUBACK, PUBACK): the session is dropped and rebuilt.
 ACK_TIMEOUT_S = 30.0
+# The backoff starts over only after a session that lasted this long. A broker that takes
+# the connection and then drops it at once, again and again, is refusing something the
+# link does on every session (RabbitMQ and NATS close the connection of a client that
+# publishes or subscribes where it may not, or sends a message over their size limit):
+# reconnecting at once each time would hammer it ~15 times a second.
+STABLE_SESSION_S = 10.0
 # A node that took the connection but has not answered the CONNECT this long is skipped
 # for the next one. A NATS node whose JetStream lost its leader (another node died) holds
 # CONNECTs unanswered; a healthy one answers within ~1 s even when it creates the session.
@@ -539,15 +545,17 @@ class MqttLink:
         A link given several nodes moves to the next one after each failure and backs
         off only once it has tried them all: a node that died costs one attempt, not a
         backoff, while a broker that is down entirely is not hammered."""
+        loop = asyncio.get_running_loop()
         attempt = 0
         tried = 0  # nodes tried in a row without getting a session
         while True:
             was_up = False
+            up_at = 0.0
             client = self._new_client()
             try:
                 async with client:
                     was_up = True
-                    attempt = 0
+                    up_at = loop.time()
                     tried = 0
                     await self._session(client)
             except* aiomqtt.MqttError as group:
@@ -565,6 +573,8 @@ class MqttLink:
                 self.connected.clear()
                 if was_up and self._on_disconnect is not None:
                     self._on_disconnect()
+            if was_up and loop.time() - up_at >= STABLE_SESSION_S:
+                attempt = 0  # it held: this drop is news, not the same fault again
             failed = self.broker
             tried += 1
             self._node = (self._node + 1) % len(self._addresses)
@@ -597,24 +607,31 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: subscribe, run receiver and senders until it drops."""
         write_promptly(client)
-        refused: list[str] = []
-        if self._subscriptions:
-            refused = await self._subscribe(client, self._subscriptions)
-            for pause in SUBSCRIBE_RETRY_S:
-                if not refused:
-                    break
-                await asyncio.sleep(pause)
-                refused = await self._subscribe(client, refused)
-            if refused:
-                # An ACL, most likely (nothing arrives on them), or a broker still busy.
-                log.warning(
-                    "mqtt broker %s refused subscriptions %s; asking again in the background",
-                    self.broker,
-                    refused,
-                    extra={"client_id": self.client_id, "broker": self.broker, "topics": refused},
-                )
         async with asyncio.TaskGroup() as tasks:
+            # The receiver runs first: it is what notices the connection dropping, which
+            # aiomqtt does not tell a SUBSCRIBE awaiting its SUBACK (it would wait out
+            # ACK_TIMEOUT_S). RabbitMQ answers a subscription it refuses that way.
             tasks.create_task(self._receive(client))
+            refused: list[str] = []
+            if self._subscriptions:
+                refused = await self._subscribe(client, self._subscriptions)
+                for pause in SUBSCRIBE_RETRY_S:
+                    if not refused:
+                        break
+                    await asyncio.sleep(pause)
+                    refused = await self._subscribe(client, refused)
+                if refused:
+                    # An ACL, most likely (nothing arrives on them), or a broker still busy.
+                    log.warning(
+                        "mqtt broker %s refused subscriptions %s; asking again in the background",
+                        self.broker,
+                        refused,
+                        extra={
+                            "client_id": self.client_id,
+                            "broker": self.broker,
+                            "topics": refused,
+                        },
+                    )
             for _ in range(SENDERS):
                 tasks.create_task(self._send(client))
             if refused:
