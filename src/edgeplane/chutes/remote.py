@@ -19,7 +19,8 @@ API = "/api/v1"
 
 
 class RemoteChutes:
-    """Answers :class:`ChuteRequest` with the Edge API ``app`` (made with the node token)."""
+    """Answers :class:`ChuteRequest` with the Edge API ``app`` (made with the node token).
+    In process (no socket), so it holds nothing to close: it lives as long as the worker."""
 
     def __init__(self, app: Any, token: str) -> None:
         self._client = httpx.AsyncClient(
@@ -44,6 +45,3 @@ class RemoteChutes:
         else:
             body = answer.text[-MAX_CHUTE_BODY // 2 :]
         return answer.status_code, body
-
-    async def close(self) -> None:
-        await self._client.aclose()
