@@ -170,12 +170,13 @@ def api_md() -> str:
 
 def _routers() -> list[tuple[str, Any]]:
     """Every router the API mounts under ``/api/v1`` (as ``api/app.py`` does)."""
-    from edgeplane.api import applications, audit, clusters, events, join_tokens, runs, tasks
-    from edgeplane.api import users
+    from edgeplane.api import applications, audit, chutes, clusters, events, join_tokens, runs
+    from edgeplane.api import tasks, users
     from edgeplane.api import workers as worker_routes
     from edgeplane.api.app import API
 
-    routers = [tasks.router, events.router, join_tokens.router, worker_routes.router, runs.jobs]
+    routers = [tasks.router, events.router, join_tokens.router, worker_routes.router]
+    routers += [chutes.router, runs.jobs]
     routers += [runs.workflows, runs.schedules, clusters.router, applications.router]
     routers += [users.users, users.tokens, audit.router, users.auth]
     return [(API, router) for router in routers]

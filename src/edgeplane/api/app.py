@@ -16,6 +16,7 @@ from edgeplane.api import (
     apidocs,
     applications,
     audit,
+    chutes,
     clusters,
     dashboard,
     events,
@@ -218,6 +219,7 @@ def create_app(
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens, audit.router):
