@@ -170,8 +170,17 @@ def api_md() -> str:
 
 def _routers() -> list[tuple[str, Any]]:
     """Every router the API mounts under ``/api/v1`` (as ``api/app.py`` does)."""
-    from edgeplane.api import applications, audit, chutes, clusters, events, join_tokens, runs
-    from edgeplane.api import tasks, users
+    from edgeplane.api import (
+        applications,
+        audit,
+        chutes,
+        clusters,
+        events,
+        join_tokens,
+        runs,
+        tasks,
+        users,
+    )
     from edgeplane.api import workers as worker_routes
     from edgeplane.api.app import API
 
