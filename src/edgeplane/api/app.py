@@ -16,8 +16,10 @@ from edgeplane.api import (
     apidocs,
     applications,
     audit,
+    chutes,
     clusters,
     dashboard,
+    events,
     join_tokens,
     problems,
     runs,
@@ -228,9 +230,11 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(events.router)  # the dashboard's live stream
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
     for router in (users.users, users.tokens, audit.router, fl_api.users):

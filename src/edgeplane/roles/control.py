@@ -368,6 +368,7 @@ class ControlPlane:
         server, serving = self._server, self._serving
         self._server = self._serving = None
         if server is not None and serving is not None:
+            self.manager.journal.changes.close()  # open event streams end: none holds it
             server.should_exit = True
             await serving
 

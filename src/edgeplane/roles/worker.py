@@ -209,6 +209,9 @@ async def _run_worker(
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
+        from edgeplane.chutes.remote import RemoteChutes
+
+        agent.chutes = RemoteChutes(edge.app, edge.token)
     exposition = None
     try:
         await agent.start()

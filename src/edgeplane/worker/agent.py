@@ -20,9 +20,10 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel
@@ -38,6 +39,8 @@ from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    ChuteRequest,
+    ChuteResponse,
     EventOutbox,
     FollowLogs,
     Hello,
@@ -57,6 +60,7 @@ from edgeplane.protocol import (
     sealing,
     signing,
 )
+from edgeplane.protocol.messages import HELD_ARTIFACTS
 from edgeplane.protocol.terms import TermGate
 from edgeplane.protocol.topics import check_segment
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
@@ -71,6 +75,8 @@ from edgeplane.worker.tails import Tails
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+#: answers one chute call from afar: (HTTP status, JSON body)
+ChuteHandler = Callable[[ChuteRequest], Awaitable[tuple[int, Any]]]
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
 #: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
@@ -303,6 +309,10 @@ class WorkerAgent:
         self._epoch, self._seq = "", 0
         #: refuses commands of a deposed leader (protocol/terms.py)
         self.terms = TermGate()
+        #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
+        #: on a worker without the Edge API
+        self.chutes: ChuteHandler | None = None
+        self._chute_calls: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
         self.monitor = Monitor(
@@ -393,6 +403,7 @@ class WorkerAgent:
             active=self._active(),
             epoch=self._epoch,
             seq=self._seq,
+            artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
@@ -466,11 +477,34 @@ class WorkerAgent:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, ChuteRequest):
+            # off the message loop: a call may wait on the node's change queue
+            call = asyncio.create_task(self._answer_chute(body), name=f"chute-{body.id}")
+            self._chute_calls.add(call)
+            call.add_done_callback(self._chute_calls.discard)
         elif isinstance(body, FollowLogs):
             self._follow(body)
         else:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    async def _answer_chute(self, request: ChuteRequest) -> None:
+        if self.chutes is None:
+            status, answer = (
+                501,
+                {
+                    "title": "Not Implemented",
+                    "status": 501,
+                    "detail": f"worker {self.id} serves no chutes (start it with --api)",
+                },
+            )
+        else:
+            status, answer = await self.chutes(request)
+        response = ChuteResponse(id=request.id, status=status, body=answer)
+        try:
+            await self.link.publish(self.topics.events(self.id), encode("chute.response", response))
+        except Exception as exc:  # the caller times out and says so
+            log.warning("chute answer not sent", extra={"id": request.id, "error": str(exc)})
 
     def _follow(self, ask: FollowLogs) -> None:
         run = self._runs.get(ask.task_id)
@@ -804,6 +838,8 @@ class WorkerAgent:
                 usage=capabilities.usage(self._process),
                 epoch=self._epoch,
                 seq=self._seq,
+                # what it holds, so the scheduler can prefer it for tasks needing those
+                artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
             )
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.
