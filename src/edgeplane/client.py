@@ -274,6 +274,12 @@ def _nothing(resp: Reply) -> None:
         raise _problem(resp)
 
 
+def _bytes(resp: Reply) -> bytes:
+    if not resp.ok:
+        raise _problem(resp)
+    return bytes(resp.content)
+
+
 def _text(resp: Reply) -> str:
     if not resp.ok:
         raise _problem(resp)
@@ -313,9 +319,20 @@ class _Call(Generic[T]):
     root: bool = False
 
 
+def example_module(file: str | Path) -> Path | None:
+    """A bare name (``add.wasm``) not in the current directory is one of the examples
+    `edgeplane up` wrote into its data dir, so the README's first commands work from any
+    directory; None when ``file`` is not such a name or no such example exists."""
+    path = Path(file)
+    if len(path.parts) != 1 or path.exists():
+        return None
+    candidate = _data_dir() / "examples" / path.name
+    return candidate if candidate.is_file() else None
+
+
 def _read_module(file: str | Path) -> bytes:
     try:
-        return Path(file).read_bytes()
+        return (example_module(file) or Path(file)).read_bytes()
     except OSError as exc:
         raise Invalid(f"cannot read {file}: {exc.strerror or exc}", field="file") from None
 
@@ -529,6 +546,28 @@ class _Calls:
     def delete_schedule(schedule_id: str) -> _Call[None]:
         return _Call("DELETE", f"/schedules/{_seg(schedule_id)}", _nothing)
 
+    # federated learning (docs/fl.md): experiments are plain JSON objects
+    @staticmethod
+    def fl_create(body: dict[str, Any]) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/fl/experiments", _json, body=body)
+
+    @staticmethod
+    def fl_experiments(params: dict[str, str | int]) -> _Call[dict[str, Any]]:
+        return _Call("GET", "/fl/experiments", _json, params=params)
+
+    @staticmethod
+    def fl_experiment(experiment_id: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}", _json)
+
+    @staticmethod
+    def fl_stop(experiment_id: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", f"/fl/experiments/{_seg(experiment_id)}/stop", _json)
+
+    @staticmethod
+    def fl_model(experiment_id: str, version: int | None) -> _Call[bytes]:
+        params = None if version is None else {"version": version}
+        return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}/model", _bytes, params=params)
+
     @staticmethod
     def clusters(params: dict[str, str | int]) -> _Call[Page[Cluster]]:
         return _Call("GET", "/clusters", _cluster_page, params=params)
@@ -611,6 +650,15 @@ def _timed_out(detail: str, last: Task | Workflow) -> WaitTimeout:
     return WaitTimeout(detail, workflow=last)
 
 
+#: Seconds the first poll of a wait that shows progress is held.
+FIRST_POLL_S = 2.0
+
+
+def _eager(plan: _Wait[D], progress: object) -> _Wait[D]:
+    plan.eager = progress is not None
+    return plan
+
+
 class _Wait(Generic[D]):
     """The long-poll loop of every wait, shared by both clients: ask, check, ask again.
 
@@ -632,18 +680,27 @@ class _Wait(Generic[D]):
         self.clock = clock
         self.poll_s = poll_s
         self.deadline = None if timeout is None else clock.monotonic() + max(timeout, 0.0)
+        #: set when progress is shown: the first call is held only :data:`FIRST_POLL_S`
+        self.eager = False
 
     def next_call(self, last: D | None) -> _Call[D] | None:
         """The next long-poll, or None when ``last`` is final; raises when time is up."""
         if last is not None and last.terminal:
             return None
         if self.deadline is None:
-            return self.get(self.poll_s, last)
+            return self.get(self._hold(last), last)
         remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0 and last is not None:
             what = self.what or f"task {getattr(last, 'id', '')}"
-            raise _timed_out(f"{what} still {last.state} after {self.timeout:g}s", last)
-        return self.get(min(max(remaining, 0.0), self.poll_s), last)
+            reason = getattr(last, "reason", None)
+            detail = f"{what} still {last.state} after {self.timeout:g}s"
+            raise _timed_out(detail + (f": {reason}" if reason else ""), last)
+        return self.get(min(max(remaining, 0.0), self._hold(last)), last)
+
+    def _hold(self, last: D | None) -> float:
+        """How long the next call may be held: short at first when someone shows progress,
+        so a task that cannot be placed says why within seconds, not after a long poll."""
+        return min(self.poll_s, FIRST_POLL_S) if last is None and self.eager else self.poll_s
 
     @staticmethod
     def task(task_id: str, timeout: float | None, clock: Clock) -> _Wait[Task]:
@@ -813,13 +870,16 @@ class Client(_Base):
         inputs: Sequence[Any] | None = None,
         *,
         timeout: float | None = None,
+        progress: Callable[[Task], object] | None = None,
         **fields: Any,
     ) -> Task:
         """Create a task and wait for it to end: one request when it ends within
-        :data:`LONG_POLL_S` (``POST /tasks?wait=``); :class:`WaitTimeout` after ``timeout``."""
+        :data:`LONG_POLL_S` (``POST /tasks?wait=``); :class:`WaitTimeout` after ``timeout``.
+        ``progress`` sees the task after every poll while it has not ended (its ``reason``
+        says why a pending task waits)."""
         module = _read_module(file) if isinstance(file, str | Path) else file
         body = _submit_body(module, name, inputs, fields)
-        return self._poll(_Wait.new_task(body, timeout, self._clock))
+        return self._poll(_eager(_Wait.new_task(body, timeout, self._clock), progress), progress)
 
     def submit_many(self, specs: Sequence[Mapping[str, Any]]) -> list[Task]:
         """Create and start many tasks, in order, in batches of :data:`BATCH_LIMIT`."""
@@ -854,9 +914,15 @@ class Client(_Base):
         assert last is not None
         return last
 
-    def wait(self, task_id: str, timeout: float | None = None) -> Task:
-        """The task once terminal (long-polling, no busy loop); :class:`WaitTimeout` if not."""
-        return self._poll(_Wait.task(task_id, timeout, self._clock))
+    def wait(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        progress: Callable[[Task], object] | None = None,
+    ) -> Task:
+        """The task once terminal (long-polling, no busy loop); :class:`WaitTimeout` if not.
+        ``progress`` sees it after every poll."""
+        return self._poll(_eager(_Wait.task(task_id, timeout, self._clock), progress), progress)
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait, then the task's results; :class:`TaskFailure` if it did not complete."""
@@ -881,6 +947,37 @@ class Client(_Base):
 
     def logs(self, task_id: str) -> TaskLogs:
         return self._send(_Calls.logs(task_id))
+
+    def follow_logs(self, task_id: str) -> Iterator[tuple[str, str]]:
+        """``(event, text)`` as the task prints: ``stdout``/``stderr`` text, a ``gap``
+        when output was lost, and last ``end`` (JSON: state, exit_code) once it ended
+        (docs/metrics.md, "Logs")."""
+        options = self._options()
+        headers = {**options["headers"], "Accept": "text/event-stream"}
+        with (
+            httpx.Client(
+                base_url=self.url,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=None),
+                verify=self._tls if self._tls is not None else True,
+            ) as http,
+            http.stream("GET", f"{API_PREFIX}/tasks/{_seg(task_id)}/logs?follow=true") as resp,
+        ):
+            if resp.status_code != 200:
+                reply = Reply(resp.status_code, resp.reason_phrase, resp.read(), str(resp.url))
+                raise _problem(reply)
+            name, data = "message", list[str]()
+            for line in resp.iter_lines():
+                if line == "":
+                    if data:
+                        yield name, "\n".join(data)
+                        if name == "end":
+                            return
+                    name, data = "message", list[str]()
+                elif line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[6:] if line.startswith("data: ") else line[5:])
 
     def delete(self, task_id: str) -> None:
         self._send(_Calls.delete(task_id))
@@ -976,6 +1073,26 @@ class Client(_Base):
 
     def delete_schedule(self, schedule_id: str) -> None:
         self._send(_Calls.delete_schedule(schedule_id))
+
+    # --- federated learning ----------------------------------------------------------------
+
+    def fl_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._send(_Calls.fl_create(body))
+
+    def fl_experiments(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return self._send(_Calls.fl_experiments(_filters(limit=limit, offset=offset)))
+
+    def fl_experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self._send(_Calls.fl_experiment(experiment_id))
+
+    def fl_stop(self, experiment_id: str) -> dict[str, Any]:
+        return self._send(_Calls.fl_stop(experiment_id))
+
+    def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
+        """A global model version, raw ``f32`` (docs/fl.md)."""
+        return self._send(_Calls.fl_model(experiment_id, version))
 
     # --- clusters and applications --------------------------------------------------------
 

@@ -63,6 +63,10 @@ class Settings(BaseModel):
     workers: int = Field(default=2, ge=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     missed_beats: int = Field(default=3, ge=1)
+    #: a worker: seconds between samples of its node's usage (docs/metrics.md; 0: none)
+    metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    #: a worker: serve Prometheus text at ``http://HOST:PORT/metrics`` (empty: not served)
+    metrics_listen: str = ""
     #: seconds a lost worker's host and container tasks wait for it to come back and
     #: re-attach before they are placed again (None: heartbeat_s * missed_beats; 0: none)
     lost_grace_s: float | None = Field(default=None, ge=0)
@@ -92,7 +96,7 @@ class Settings(BaseModel):
     #: registry settings (credentials, insecure registries, the largest artifact) for
     #: pulls; None: ``EDGEPLANE_REGISTRIES``, else ``<data dir>/registries.yaml`` if there
     registries: Path | None = None
-    slots: int = Field(default=0, ge=0, description="concurrent tasks per worker; 0 = auto")
+    slots: int = Field(default=0, ge=0, description="tasks a worker runs at once; 0 = 8 per cpu")
     prefetch: int = Field(
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
@@ -180,7 +184,7 @@ class Settings(BaseModel):
         except Invalid as exc:
             raise ValueError(exc.detail) from None
 
-    @field_validator("broker_listen")
+    @field_validator("broker_listen", "metrics_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if value:

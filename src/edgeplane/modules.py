@@ -2,8 +2,13 @@
 
 Compiling is the expensive step (hundreds of µs for a tiny module, seconds for a big one),
 so a module is compiled once per digest: kept compiled in memory (LRU) and, when a cache
-directory is given, serialised to ``<digest>.cwasm`` so a restarted worker only
-deserialises it. Nothing here starts a thread; the API imports it to reject bad tasks with
+directory is given, serialised to ``<digest>-<engine key>.cwasm`` so a restarted worker
+only deserialises it. The engine key covers what changes the compiled code (wasmtime's
+version, the engine settings, the target); each file carries an HMAC of its bytes under a
+key only this cache directory holds, checked before ``Module.deserialize`` ever sees it
+(deserialising is only safe for bytes wasmtime itself wrote for this engine).
+
+Nothing here starts a thread; the API imports it to reject bad tasks with
 422 before anything is stored, and the wasm runtime (``runtimes/wasm.py``) to run them:
 it lives outside ``runtimes`` so the control plane never imports a runtime.
 
@@ -18,8 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
+import importlib.metadata
+import logging
 import os
+import platform
 import re
+import secrets
+import stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +42,8 @@ from typing import Any
 import wasmtime
 
 from edgeplane.errors import Invalid, NotFound
+
+log = logging.getLogger(__name__)
 
 #: Import modules a task may use; the runtime's linker defines exactly these.
 WASI_MODULES = frozenset({"wasi_snapshot_preview1"})
@@ -60,6 +74,14 @@ class CompiledModule:
     pre: wasmtime.InstancePre
 
 
+#: The engine settings :func:`make_engine` applies. Compiled code depends on them, so they
+#: are part of the key of every serialised module (:func:`engine_key`).
+ENGINE_SETTINGS: tuple[tuple[str, bool], ...] = (
+    ("consume_fuel", True),
+    ("epoch_interruption", True),
+)
+
+
 def make_engine() -> wasmtime.Engine:
     """An engine whose modules can be limited: fuel metering and epoch interruption on.
 
@@ -67,9 +89,23 @@ def make_engine() -> wasmtime.Engine:
     modules must be made here.
     """
     config = wasmtime.Config()
-    config.consume_fuel = True
-    config.epoch_interruption = True
+    for name, value in ENGINE_SETTINGS:
+        setattr(config, name, value)
     return wasmtime.Engine(config)
+
+
+def engine_key(settings: Sequence[tuple[str, object]] = ENGINE_SETTINGS) -> str:
+    """16 hex digits naming what the compiled code of a module depends on besides its
+    bytes: wasmtime's version, the engine settings and the target (machine, OS). A
+    ``.cwasm`` written under another key is never offered to this engine. (CPU features
+    are not in it: wasmtime checks them when deserialising, and a refusal is a recompile.)"""
+    try:
+        version = importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - always installed
+        version = "unknown"
+    parts = [f"wasmtime={version}", f"target={platform.machine()}-{sys.platform}"]
+    parts += [f"{name}={value}" for name, value in settings]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def short_error(exc: BaseException) -> str:
@@ -214,8 +250,12 @@ class ModuleCache:
     """Compiled modules by sha256 hex digest: an in-memory LRU plus optional ``.cwasm`` files.
 
     A digest is compiled at most once per process (``compiles`` counts compilations,
-    ``loads`` counts deserialisations from disk). Thread-safe: lookups hold a short lock;
-    a compilation holds only that digest's lock, so hits never wait for another compile.
+    ``loads`` counts deserialisations from disk, ``rejected`` the disk entries found
+    corrupt or forged and removed). Thread-safe: lookups hold a short lock; a compilation
+    holds only that digest's lock, so hits never wait for another compile.
+
+    An ``engine`` made elsewhere must come with the ``settings`` it was made with (they
+    key the disk entries); without them its modules are kept in memory only.
     """
 
     def __init__(
@@ -223,19 +263,67 @@ class ModuleCache:
         engine: wasmtime.Engine | None = None,
         cache_dir: Path | None = None,
         capacity: int = 64,
+        *,
+        settings: Sequence[tuple[str, object]] | None = None,
     ) -> None:
         self.engine = engine if engine is not None else make_engine()
-        self.cache_dir = cache_dir
+        if engine is None:
+            settings = ENGINE_SETTINGS
+        self.engine_key = None if settings is None else engine_key(settings)
+        self.cache_dir: Path | None = None
+        self._mac_key = b""
         self.capacity = capacity
         self.compiles = 0
         self.loads = 0
+        self.rejected = 0
         self._linker = wasmtime.Linker(self.engine)
         self._linker.define_wasi()
         self._entries: OrderedDict[str, CompiledModule] = OrderedDict()
         self._lock = threading.Lock()
         self._digest_locks: dict[str, threading.Lock] = {}
         if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
+            self.use_dir(cache_dir)
+
+    def use_dir(self, cache_dir: Path) -> None:
+        """Keep compiled modules in ``cache_dir`` from now on, if it is safe: the directory
+        is made (0700) or must already be this user's own and closed to everyone else,
+        because whoever can write it could make this process run their machine code.
+        Otherwise (and for an engine without known settings) modules stay in memory only,
+        with a warning."""
+        if self.engine_key is None:
+            return
+        try:
+            cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = cache_dir.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                log.warning(
+                    "not keeping compiled modules on disk: the directory is not this "
+                    "user's own, or others may write it",
+                    extra={"path": str(cache_dir), "mode": oct(stat.S_IMODE(info.st_mode))},
+                )
+                return
+            os.chmod(cache_dir, 0o700)
+            self._mac_key = _mac_key(cache_dir / "key")
+            self._sweep(cache_dir)
+        except OSError as exc:
+            log.warning(
+                "not keeping compiled modules on disk",
+                extra={"path": str(cache_dir), "error": str(exc)},
+            )
+            return
+        self.cache_dir = cache_dir
+
+    def _sweep(self, cache_dir: Path) -> None:
+        """Remove what no engine of this process can use: entries of another engine key
+        (an older wasmtime, other settings, the un-keyed ``<digest>.cwasm`` of earlier
+        versions) and temporary files of interrupted writes, so upgrades leave nothing
+        behind."""
+        mine = f"-{self.engine_key}.cwasm"
+        for path in cache_dir.iterdir():
+            name = path.name
+            if (name.endswith(".cwasm") and not name.endswith(mine)) or name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def __contains__(self, digest: object) -> bool:
         """True when ``digest`` is compiled in memory (a ``get`` would not block)."""
@@ -301,6 +389,7 @@ class ModuleCache:
                 raise Invalid(f"module bytes do not match digest {digest}", field="file")
             module = _compile(self.engine, data)
             self.compiles += 1
+            log.info("compiled module", extra={"digest": digest})
             self._to_disk(digest, module)
         sigs, needs_wasi = _describe(module)
         try:
@@ -310,7 +399,9 @@ class ModuleCache:
         return CompiledModule(digest, module, sigs, needs_wasi, pre)
 
     def _path(self, digest: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{digest}.cwasm"
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{digest}-{self.engine_key}.cwasm"
 
     def _from_disk(self, digest: str) -> wasmtime.Module | None:
         path = self._path(digest)
@@ -320,14 +411,39 @@ class ModuleCache:
             encoded = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            log.warning(
+                "cannot read a compiled module", extra={"path": str(path), "error": str(exc)}
+            )
+            return None
+        tag, body = encoded[:_TAG_BYTES], encoded[_TAG_BYTES:]
+        if len(encoded) <= _TAG_BYTES or not hmac.compare_digest(tag, self._tag(digest, body)):
+            # Truncated, corrupted or not written by this cache: never deserialised.
+            self._reject(path, "its checksum does not match")
+            return None
         try:
-            module = wasmtime.Module.deserialize(self.engine, encoded)
-        except wasmtime.WasmtimeError:
-            # Written by another wasmtime version or engine config: recompile instead.
-            path.unlink(missing_ok=True)
+            module = wasmtime.Module.deserialize(self.engine, body)
+        except wasmtime.WasmtimeError as exc:
+            # Intact but refused (e.g. written on a CPU with other features): recompile.
+            self._reject(path, short_error(exc))
             return None
         self.loads += 1
+        log.info("loaded compiled module from disk", extra={"digest": digest})
         return module
+
+    def _reject(self, path: Path, why: str) -> None:
+        self.rejected += 1
+        log.warning(
+            "compiled module removed, compiling again", extra={"path": str(path), "why": why}
+        )
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _tag(self, digest: str, body: bytes) -> bytes:
+        """HMAC-SHA256 of the digest and the serialised bytes under this directory's key."""
+        mac = hmac.new(self._mac_key, digest.encode(), hashlib.sha256)
+        mac.update(body)
+        return mac.digest()
 
     def _to_disk(self, digest: str, module: wasmtime.Module) -> None:
         path = self._path(digest)
@@ -335,12 +451,33 @@ class ModuleCache:
             return
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            tmp.write_bytes(module.serialize())
+            body = bytes(module.serialize())
+            tmp.write_bytes(self._tag(digest, body) + body)
             os.replace(tmp, path)
         except OSError:
             # A full or read-only disk only costs a recompile after a restart.
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+_TAG_BYTES = 32
+
+
+def _mac_key(path: Path) -> bytes:
+    """The directory's HMAC key: 32 random bytes made once (0600), read at every start.
+    A key file that is unreadable or of the wrong size is replaced, which only orphans
+    the entries made under it (they fail the check and are compiled again)."""
+    with contextlib.suppress(OSError):
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    os.replace(tmp, path)
+    return key
 
 
 #: Modules a process keeps compiled (the admission of a big batch sees many digests).
@@ -357,6 +494,5 @@ def process_cache(cache_dir: Path | None = None) -> ModuleCache:
         if _process_cache is None:
             _process_cache = ModuleCache(cache_dir=cache_dir, capacity=PROCESS_CACHE_CAPACITY)
         elif cache_dir is not None and _process_cache.cache_dir is None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            _process_cache.cache_dir = cache_dir
+            _process_cache.use_dir(cache_dir)
         return _process_cache

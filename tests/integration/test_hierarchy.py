@@ -9,6 +9,7 @@ root's topics (``{d}/clusters/…``) and each cluster's (``{d}/{c}/workers/…``
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+import wasm_fixtures
 from edgeplane.config import Settings
 from edgeplane.model import Aggregate, CapacityGroup, FreeStats, Limits, TaskSpec
 from edgeplane.protocol import Topics, encode
@@ -245,6 +247,30 @@ async def test_two_level_placement(hierarchy: Hierarchy) -> None:
         done = [(await http.get(f"/tasks/{i}", params={"wait": 20})).json() for i in ids]
         assert {t["state"] for t in done} == {"completed"}
         assert {t["cluster_id"] for t in done} == {"a", "b"}
+
+
+async def test_root_prefers_the_cluster_holding_the_module(hierarchy: Hierarchy) -> None:
+    """Cluster ``b``'s worker holds the module; its aggregate says so, and the root sends
+    the task there although ``a`` (registered first, as roomy) would win the tie."""
+    module = wasm_fixtures.math_wasm()
+    digest = wasm_fixtures.digest(module)
+    root = await hierarchy.start_root()
+    await hierarchy.add_cluster("a", workers=1)
+    node = await hierarchy.add_cluster("b", workers=1)
+    node.workers[0].artifacts.blobs.put(digest, module)
+    async with api(root) as http:
+
+        async def reported() -> bool:
+            found = await online_clusters(http)
+            return len(found) == 2 and digest in found["b"]["aggregate"].get("artifacts", [])
+
+        await eventually(reported)
+        body = {"name": "add", "file": base64.b64encode(module).decode(), "inputs": [2, 3]}
+        task = await run(http, body)
+        assert task["state"] == "completed", task
+        assert task["cluster_id"] == "b", task
+        plain = await run(http, ECHO)  # no module: the usual order
+        assert plain["cluster_id"] == "a", plain
 
 
 async def _count(http: httpx.AsyncClient, n: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,25 +213,6 @@ async def test_same_module_is_compiled_once(runtime: WasmRuntime) -> None:
     spec, _ = call("add", [2, 2], task_id="d")
     assert (await run(runtime, (spec, None))).results == [4]
     assert runtime.modules.compiles == 1
-
-
-def test_disk_cache_survives_a_new_cache(tmp_path: Path) -> None:
-    data = math_wasm()
-    first = ModuleCache(cache_dir=tmp_path)
-    first.get(digest(data), data)
-    assert (tmp_path / f"{digest(data)}.cwasm").is_file()
-    second = ModuleCache(cache_dir=tmp_path)
-    entry = second.get(digest(data))
-    assert (second.compiles, second.loads) == (0, 1)
-    assert entry.exports["add"] == FuncSig(("i32", "i32"), ("i32",))
-
-
-def test_corrupt_disk_entry_is_recompiled(tmp_path: Path) -> None:
-    data = math_wasm()
-    (tmp_path / f"{digest(data)}.cwasm").write_bytes(b"garbage")
-    cache = ModuleCache(cache_dir=tmp_path)
-    cache.get(digest(data), data)
-    assert (cache.compiles, cache.loads) == (1, 0)
 
 
 def test_cache_is_bounded() -> None:

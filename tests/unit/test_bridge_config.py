@@ -40,7 +40,10 @@ def test_a_plain_root() -> None:
     assert topics == {
         ("acme/clusters/berlin/cmd", "in", "1"),
         ("acme/clusters/berlin/welcome", "in", "1"),
-        *((f"acme/clusters/berlin/{leaf}", "out", "1") for leaf in CLUSTER_LEAVES),
+        *(
+            (f"acme/clusters/berlin/{leaf}", "out", "0" if leaf == "metrics" else "1")
+            for leaf in CLUSTER_LEAVES
+        ),
     }
 
 

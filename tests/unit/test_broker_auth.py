@@ -104,7 +104,7 @@ def test_a_roots_files_name_the_root_and_each_cluster_with_its_own_leaves(
     acl = auth.acl_text().splitlines()
     assert "pattern read d/clusters/%u/cmd" in acl
     assert "pattern write d/clusters/%u/aggregate" in acl
-    assert "pattern write d/clusters/%u/metrics" not in acl
+    assert "pattern write d/clusters/%u/metrics" in acl  # the cluster's usage, up
     assert "pattern write d/clusters/join/%c/ask" in acl
     assert "pattern read d/clusters/join/%c/welcome" in acl
     assert acl[-2:] == [f"user {ROOT_USER}", "topic readwrite #"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,10 @@ def test_run_prints_function_results(wasm: Path) -> None:
         "limits": {},
         "start": True,
     }
-    # created and waited for in one request
+    # created and waited for in one request, held briefly first so that a task that
+    # cannot be placed shows its reason within seconds
     (created,) = api.requests
-    assert (created.method, created.url.params["wait"]) == ("POST", "30.0")
+    assert (created.method, created.url.params["wait"]) == ("POST", "2.0")
 
 
 def test_run_takes_negative_numbers_and_all_task_options(wasm: Path) -> None:
@@ -976,6 +978,67 @@ def test_help_lists_job_workflow_and_schedule() -> None:
     result = invoke(FakeApi(), "--help")
     for command in ("job", "workflow", "schedule"):
         assert command in result.stdout
+
+
+def test_a_task_that_waits_says_why() -> None:
+    """A task no worker can run is not a silent wait: its reason is on stderr while the
+    CLI waits, and in the message when it stops waiting."""
+    why = "no worker offers runtime 'host'"
+    api = FakeApi(state="pending", reason=why, results=None)
+    clock = _Ticking()
+    result = invoke(
+        api, "task", "run", "--timeout", "5", "--runtime", "host", "--", "true", clock=clock
+    )
+    assert result.exit_code == 1, result.output
+    assert f"waiting for the task: pending: {why}" in result.stderr
+    assert f"still pending after 5s: {why}" in result.stderr
+
+
+class _Ticking(ManualClock):
+    """Each reading of the monotonic clock is 3 s after the one before: waits run out."""
+
+    def monotonic(self) -> float:
+        self.advance(3)
+        return super().monotonic()
+
+
+def test_worker_list_shows_labels_and_leaves_out_long_gone_workers() -> None:
+    now = time.time()
+    workers = [
+        {
+            "id": "w1",
+            "state": "online",
+            "last_seen": now,
+            "capabilities": {"cpus": 2, "labels": {"site": "a"}},
+        },
+        {"id": "old", "state": "offline", "last_seen": now - 3 * 24 * 3600},
+    ]
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"items": workers, "total": 2})
+
+    listed = invoke(api, "worker", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "site=a" in listed.stdout
+    assert "old" not in listed.stdout
+    assert "1 workers offline for more than a day not shown" in listed.stderr
+    everything = invoke(api, "worker", "list", "--all")
+    assert "old" in everything.stdout
+
+
+def test_task_run_can_pin_a_cluster(wasm: Path) -> None:
+    api = FakeApi()
+    assert invoke(api, "task", "run", str(wasm), "add", "--cluster", "berlin").exit_code == 0
+    assert api.sent()["cluster_id"] == "berlin"
+
+
+def test_workers_manages_and_worker_keeps_its_old_spellings_hidden() -> None:
+    api = FakeApi()
+    assert "w1" in invoke(api, "workers", "list").stdout
+    assert "w1" in invoke(api, "worker", "list").stdout  # the old spelling still works
+    shown = CliRunner().invoke(app, ["worker", "--help"], obj=Session())
+    assert "--manager" in shown.stdout
+    assert "drain" not in shown.stdout
 
 
 def test_ids_and_domains_that_are_no_topic_level_are_usage(roles: dict[str, Any]) -> None:

@@ -682,3 +682,84 @@ def test_property_spread_over_equal_clusters_is_even(n: int, tasks: int, pack: b
         assert len(counts) == min(1, tasks)
     else:
         assert max(counts.values(), default=0) - min(counts.values(), default=0) <= 1
+
+
+# --- artifact preference (soft) ----------------------------------------------------------
+
+DIGESTS = ("a" * 64, "b" * 64)
+
+
+def test_a_cluster_holding_the_artifact_wins_among_those_with_room() -> None:
+    roomy = cluster("c0", 0, group(slots=8))
+    holder = replace(cluster("c1", 1, group(slots=1)), artifacts=frozenset({DIGESTS[0]}))
+    full_holder = replace(cluster("c2", 2, group(slots=0)), artifacts=frozenset({DIGESTS[0]}))
+    wanted = task(artifact=DIGESTS[0])
+    assert ranked([roomy, holder, full_holder], wanted) == ["c1", "c0", "c2"]
+    assert ranked([roomy, holder, full_holder], task()) == ["c0", "c1", "c2"]
+    # a plan: the holder while it has room, then the usual order; nobody waits
+    batch = [task(f"t{i}", seq=i, artifact=DIGESTS[0]) for i in range(3)]
+    plan = place_on_clusters([roomy, holder, full_holder], batch)
+    assert dict(plan.assignments) == {"t0": "c1", "t1": "c0", "t2": "c0"}
+
+
+def test_aggregate_reports_the_artifacts_held_by_most_workers_bounded() -> None:
+    views = [
+        replace(_worker(["wasm"], {}, False, 1, 1.0, 256), artifacts=frozenset(DIGESTS)),
+        replace(_worker(["wasm"], {}, False, 1, 1.0, 256), artifacts=frozenset(DIGESTS[1:])),
+    ]
+    agg = aggregate(views)
+    assert agg.artifacts == [DIGESTS[1], DIGESTS[0]]
+    assert cluster_view("c", 0, agg).artifacts == frozenset(DIGESTS)
+    many = [replace(views[0], artifacts=frozenset(f"{i:064x}" for i in range(100)))]
+    assert len(aggregate(many).artifacts) == 64
+    # what a cluster sends is bounded and checked at the root too
+    assert type(agg).model_validate({"artifacts": ["x", DIGESTS[0], 3]}).artifacts == [DIGESTS[0]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    clusters(),
+    TASK,
+    st.booleans(),
+    st.lists(st.frozensets(st.sampled_from(DIGESTS)), min_size=7, max_size=7),
+    st.sampled_from(DIGESTS),
+)
+def test_property_artifact_is_only_a_tie_breaker_at_the_root(
+    views: list[ClusterView],
+    t: TaskDemand,
+    pack: bool,
+    held: list[frozenset[str]],
+    wanted: str,
+) -> None:
+    views = [replace(c, artifacts=h) for c, h in zip(views, held, strict=False)]
+    t = replace(t, id="t", artifact=wanted)
+    plain = replace(t, artifact=None)
+    ranking, plain_ranking = (
+        rank_clusters(views, t, pack=pack),
+        rank_clusters(views, plain, pack=pack),
+    )
+    # the same clusters qualify, for the same reason when none does
+    assert set(ranking.candidates) == set(plain_ranking.candidates)
+    assert ranking.reason == plain_ranking.reason
+    plan, plain_plan = (
+        place_on_clusters(views, [t], pack=pack),
+        place_on_clusters(views, [plain], pack=pack),
+    )
+    assert plan.waiting == plain_plan.waiting
+    if not plan.assignments or t.cluster_id is not None:
+        assert plan == plain_plan
+        return
+    by_id = {c.id: c for c in views}
+    holders = [
+        c.id for c in views if passes(c, t) and free_slots(c, t) > 0 and wanted in c.artifacts
+    ]
+    ((_, chosen),) = plan.assignments
+    if holders:
+        assert chosen in holders
+        assert ranking.candidates[: len(holders)] == tuple(
+            c for c in plain_ranking.candidates if c in holders
+        )
+    else:
+        assert plan == plain_plan
+        assert ranking == plain_ranking
+    assert passes(by_id[chosen], t)

@@ -594,3 +594,100 @@ def test_property_round_robin_cursor_carries_over_between_calls(
         at += size
     assert tuple(assignments) == whole.assignments
     assert cursor == whole.cursor
+
+
+# ------------------------------------------------------- artifact preference (soft)
+
+DIGESTS = ("a" * 64, "b" * 64, "c" * 64)
+HELD = st.frozensets(st.sampled_from(DIGESTS), max_size=2)
+WANTED = st.sampled_from((None, *DIGESTS))
+
+
+def test_round_robin_prefers_the_worker_holding_the_module() -> None:
+    workers = [worker("w1", 0, slots=2), worker("w2", 1, slots=2)]
+    workers[1] = replace(workers[1], artifacts=frozenset({DIGESTS[0]}))
+    tasks = [task(f"t{i}", seq=i, artifact=DIGESTS[0]) for i in range(3)]
+    plan = make_plan("round-robin", workers, tasks)
+    # to the holder while it has room, then to the other one: never a wait
+    assert placed(plan) == {"t0": "w2", "t1": "w2", "t2": "w1"}
+
+
+def test_resource_fit_prefers_a_holder_that_fits_only() -> None:
+    small = replace(worker("w1", 0, memory=256), artifacts=frozenset({DIGESTS[0]}))
+    big = worker("w2", 1, memory=4096)
+    fits = make_plan("resource-fit", [small, big], [task("t", artifact=DIGESTS[0], memory_mb=128)])
+    assert placed(fits) == {"t": "w1"}
+    too_big = make_plan(
+        "resource-fit", [small, big], [task("t", artifact=DIGESTS[0], memory_mb=512)]
+    )
+    assert placed(too_big) == {"t": "w2"}
+
+
+def test_a_holder_that_does_not_match_the_labels_is_not_preferred() -> None:
+    holder = replace(worker("w1", 0, labels={"zone": "a"}), artifacts=frozenset({DIGESTS[0]}))
+    other = worker("w2", 1, labels={"zone": "b"})
+    plan = make_plan(
+        "priority", [holder, other], [task("t", artifact=DIGESTS[0], labels={"zone": "b"})]
+    )
+    assert placed(plan) == {"t": "w2"}
+
+
+@st.composite
+def artifact_scenarios(draw: st.DrawFn) -> Scenario:
+    strategy, workers, tasks, cursor, pack = draw(scenarios())
+    workers = [replace(w, artifacts=draw(HELD)) for w in workers]
+    tasks = [replace(t, artifact=draw(WANTED)) for t in tasks]
+    return strategy, workers, tasks, cursor, pack
+
+
+def without_artifacts(tasks: Sequence[TaskDemand]) -> list[TaskDemand]:
+    return [replace(t, artifact=None) for t in tasks]
+
+
+@settings(max_examples=250, deadline=None)
+@given(artifact_scenarios())
+def test_property_artifact_preference_keeps_every_invariant(scenario: Scenario) -> None:
+    strategy, workers, tasks, cursor, pack = scenario
+    plan = make_plan(strategy, workers, tasks, cursor=cursor, pack=pack)
+    check_partition(tasks, plan)
+    check_eligible_and_not_overcommitted(strategy, workers, tasks, plan)
+    check_order_respected(strategy, workers, tasks, plan)
+
+
+@settings(max_examples=300, deadline=None)
+@given(artifact_scenarios(), st.integers(0, 11))
+def test_property_artifact_is_only_a_tie_breaker(scenario: Scenario, pick: int) -> None:
+    """One task: it waits exactly when it would without the preference; it goes to a
+    holder when an eligible holder has room, else where it would have gone anyway."""
+    strategy, workers, tasks, cursor, pack = scenario
+    if not tasks:
+        return
+    one = tasks[pick % len(tasks)]
+    plan = make_plan(strategy, workers, [one], cursor=cursor, pack=pack)
+    plain = make_plan(strategy, workers, without_artifacts([one]), cursor=cursor, pack=pack)
+    assert set(plan.waiting) == set(plain.waiting)
+    assert plan.waiting == plain.waiting
+    if not plan.assignments:
+        return
+    ((_, chosen),) = plan.assignments
+    ledger = Ledger(workers, resources=strategy == "resource-fit")
+    holders = [
+        w.id
+        for w in workers
+        if one.artifact in w.artifacts and eligible(w, one) and ledger.fits(w.id, one)
+    ]
+    if one.artifact is not None and holders:
+        assert chosen in holders
+    else:
+        assert plan == plain
+
+
+@settings(max_examples=150, deadline=None)
+@given(artifact_scenarios())
+def test_property_nobody_holding_it_changes_nothing(scenario: Scenario) -> None:
+    strategy, workers, tasks, cursor, pack = scenario
+    bare = [replace(w, artifacts=frozenset()) for w in workers]
+    with_pref = make_plan(strategy, bare, tasks, cursor=cursor, pack=pack)
+    assert with_pref == make_plan(
+        strategy, bare, without_artifacts(tasks), cursor=cursor, pack=pack
+    )

@@ -92,6 +92,63 @@ class ManagerCollector(Collector):
             tasks.add_metric([state], count)
         yield tasks
         workers = GaugeMetricFamily("edgeplane_workers", "Known workers", labels=["state"])
-        for state, count in sorted(Counter(w.state for w in m.workers()).items()):
+        by_state = Counter(w.state for w in m.workers())
+        for state, count in sorted(by_state.items()):
             workers.add_metric([state], count)
         yield workers
+        yield GaugeMetricFamily(
+            "edgeplane_workers_online",
+            "Members (workers; at a root, clusters) online now",
+            value=by_state.get("online", 0),
+        )
+        yield GaugeMetricFamily(
+            "edgeplane_queue_depth",
+            "Tasks ready to run that wait for a worker",
+            value=len(m.dispatcher.core.pending),
+        )
+        yield m.stats.dispatch_latency.family(
+            "edgeplane_task_dispatch_seconds",
+            "Seconds from a task's being ready (created, or its retry due) to its task.start",
+        )
+        yield m.stats.end_to_end.family(
+            "edgeplane_task_end_to_end_seconds",
+            "Seconds from a task's creation to its end (tasks ended since the manager started)",
+        )
+        link = m.link.stats
+        yield CounterMetricFamily(
+            "edgeplane_mqtt_messages_received",
+            "MQTT messages received by the manager",
+            value=link.received,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_mqtt_messages_published",
+            "MQTT messages the manager handed to its broker link",
+            value=link.published,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_mqtt_messages_bad",
+            "MQTT messages refused: malformed, unknown or unexpected",
+            value=m.stats.bad_messages,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_mqtt_reconnects", "Reconnections to the broker", value=link.reconnects
+        )
+        journal = m.journal
+        yield journal.stats.commit_latency.family(
+            "edgeplane_store_commit_seconds",
+            "Seconds each journal round took to write its changes to the store",
+        )
+        yield GaugeMetricFamily(
+            "edgeplane_journal_queue",
+            "Changes waiting for the journal's next round",
+            value=journal.queued,
+        )
+        yield m.loop_lag.histogram.family(
+            "edgeplane_event_loop_lag_seconds",
+            "How late the control plane's event loop woke a 0.5 s sleeper",
+        )
+        yield CounterMetricFamily(
+            "edgeplane_metric_samples",
+            "Usage samples received on the metrics leaf",
+            value=m.series.samples,
+        )

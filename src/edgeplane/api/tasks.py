@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from edgeplane.api.deps import CallerDep, ManagerDep
+from edgeplane.api.follow import follow_logs
 from edgeplane.api.params import Limit, Offset, Wait
 from edgeplane.api.responses import document
 from edgeplane.api.routing import JsonRoute
-from edgeplane.errors import Invalid, NotFound
+from edgeplane.api.usage import Points, Since, Until, UsageSeries, series
+from edgeplane.errors import Invalid, NotFound, Unavailable
 from edgeplane.limits import MAX_BATCH
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
@@ -160,6 +163,38 @@ async def task_results(task_id: str, manager: ManagerDep, caller: CallerDep) -> 
     return (await owned(manager, caller, task_id)).results_view()
 
 
-@router.get("/{task_id}/logs", response_model=TaskLogs)
-async def task_logs(task_id: str, manager: ManagerDep, caller: CallerDep) -> TaskLogs:
-    return (await owned(manager, caller, task_id)).logs_view()
+@router.get(
+    "/{task_id}/logs",
+    response_model=TaskLogs,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def task_logs(
+    task_id: str, manager: ManagerDep, caller: CallerDep, follow: bool = False
+) -> Response:
+    """The task's stdout and stderr; with ``follow`` a ``text/event-stream`` of what it
+    prints as it prints it, until it ends (docs/metrics.md, "Logs")."""
+    task = await owned(manager, caller, task_id)
+    if not follow:
+        return document(task.logs_view())
+    follower = manager.log_followers.add(task_id)
+    if follower is None:
+        raise Unavailable("too many followers of task logs; try again later")
+    return StreamingResponse(
+        follow_logs(manager, task, follower),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{task_id}/metrics", response_model=UsageSeries)
+async def task_metrics(
+    task_id: str,
+    manager: ManagerDep,
+    caller: CallerDep,
+    since: Since = None,
+    until: Until = None,
+    points: Points = 200,
+) -> UsageSeries:
+    """The task's usage samples (its monitoring profile says how often and how many)."""
+    await owned(manager, caller, task_id)
+    return series("task", task_id, manager.series.task(task_id), since, until, points)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
+from edgeplane.api.usage import Points, Since, Until, UsageSeries, series
 from edgeplane.errors import NotFound
 from edgeplane.limits import MAX_NAME
 from edgeplane.manager import Manager
@@ -42,6 +43,19 @@ async def list_workers(
 @router.get("/{worker_id}", response_model=Worker)
 async def get_worker(worker_id: str, manager: ManagerDep) -> Worker:
     return manager.worker(worker_id)
+
+
+@router.get("/{worker_id}/metrics", response_model=UsageSeries)
+async def worker_metrics(
+    worker_id: str,
+    manager: ManagerDep,
+    since: Since = None,
+    until: Until = None,
+    points: Points = 200,
+) -> UsageSeries:
+    """The worker's node usage: cpu, memory, disk, network, load, temperature."""
+    manager.worker(worker_id)  # its 404
+    return series("worker", worker_id, manager.series.member(worker_id), since, until, points)
 
 
 @router.post("/{worker_id}/drain", response_model=Worker)

@@ -75,6 +75,16 @@ class BlobStore:
     def has(self, digest: str) -> bool:
         return digest in self._sizes
 
+    def recent(self, count: int) -> list[str]:
+        """The ``count`` most recently used digests held, most recent first."""
+        with self._lock:
+            found: list[str] = []
+            for digest in reversed(self._sizes):
+                if len(found) >= count:
+                    break
+                found.append(digest)
+            return found
+
     def path(self, digest: str) -> Path:
         return self.directory / check_digest(digest)
 

@@ -31,14 +31,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from edgeplane import safeyaml
 from edgeplane.api import problems
 from edgeplane.chutes import manifest as manifests
+from edgeplane.chutes.bodies import read_body
 from edgeplane.chutes.node import Node
 from edgeplane.errors import Invalid, Unauthorized
 
 TOKEN_FILE = "edge-api-token"
-MAX_BODY = 1 << 20
 MAX_CONFIG_BYTES = 64 * 1024
 
 
@@ -52,21 +51,6 @@ def node_token(data_dir: Path) -> str:
             handle.write(secrets.token_urlsafe(32) + "\n")
     os.chmod(path, 0o600)
     return path.read_text().strip()
-
-
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise Invalid(f"the body is over {MAX_BODY} bytes", field="body")
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
-        return safeyaml.load(raw, "body")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise Invalid(
-            "the body is not JSON (send YAML as application/yaml)", field="body"
-        ) from None
 
 
 def _accepted(change_id: str) -> JSONResponse:
@@ -93,7 +77,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.post("/api/v1/chutes", status_code=202)
     async def install(request: Request) -> JSONResponse:
-        found = manifests.parse(await _body(request))
+        found = manifests.parse(await read_body(request))
         return _accepted((await node.install(found)).id)
 
     @app.get("/api/v1/chutes")
@@ -106,7 +90,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.put("/api/v1/chutes/{name}", status_code=202)
     async def update(name: str, request: Request) -> JSONResponse:
-        found = manifests.parse(await _body(request))
+        found = manifests.parse(await read_body(request))
         if found.name != _name(name):
             raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
         return _accepted((await node.update(found)).id)
@@ -136,7 +120,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.put("/api/v1/chutes/{name}/config", status_code=202)
     async def set_config(name: str, request: Request) -> JSONResponse:
-        body = await _body(request)
+        body = await read_body(request)
         if not isinstance(body, dict):
             raise Invalid("the config is an object of keys to values", field="config")
         if len(json.dumps(body)) > MAX_CONFIG_BYTES:
@@ -232,14 +216,13 @@ class EdgeApi:
         self.node = node
         self.host, self.port = parse_listen(listen)
         self.token = node_token(data_dir)
+        self.app = build_app(node, self.token)
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.node.start()
-        self._server, self._serving = await _serve(
-            build_app(self.node, self.token), self.host, self.port, "Edge API"
-        )
+        self._server, self._serving = await _serve(self.app, self.host, self.port, "Edge API")
 
     async def stop(self) -> None:
         await _stop(self._server, self._serving)

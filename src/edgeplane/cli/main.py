@@ -22,6 +22,8 @@ from edgeplane.cli import (
     certs,
     chutes,
     clusters,
+    fl,
+    helptext,
     jobs,
     roles,
     schedules,
@@ -138,8 +140,9 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(jobs.app, name="job")
 app.add_typer(workflows.app, name="workflow")
 app.add_typer(schedules.app, name="schedule")
-workers.app.callback(invoke_without_command=True)(roles.worker)
-app.add_typer(workers.app, name="worker")
+app.add_typer(fl.app, name="fl")
+app.add_typer(workers.runner(roles.worker), name="worker")  # runs one
+app.add_typer(workers.app, name="workers")  # manages them
 app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
 app.add_typer(artifacts.app, name="artifact")
@@ -183,4 +186,5 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point."""
-    app(args=hoist_global_options(sys.argv[1:]), prog_name="edgeplane")
+    command = helptext.humanize(typer.main.get_command(app))
+    command.main(args=hoist_global_options(sys.argv[1:]), prog_name="edgeplane")

@@ -185,11 +185,20 @@ def raw_stderr(text: str) -> None:
 
 
 @contextlib.contextmanager
-def waiting(text: str) -> Iterator[None]:
-    """A spinner on stderr while something slow happens; nothing at all off a terminal."""
+def waiting(text: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while something slow happens. It yields ``say(why)``, which
+    puts why it still waits (a pending task's reason) on the spinner's line; off a
+    terminal, each new ``why`` is one line on stderr, so a wait is never silent."""
     console = _stderr()
     if not console.is_terminal:
-        yield
+        said: set[str] = set()
+
+        def say_line(why: str) -> None:
+            if why not in said:
+                said.add(why)
+                note(f"{text}: {why}")
+
+        yield say_line
         return
-    with console.status(text):
-        yield
+    with console.status(text) as status:
+        yield lambda why: status.update(f"{text}: {why}")

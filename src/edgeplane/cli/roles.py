@@ -125,7 +125,9 @@ ContainersOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--images-dir", help="OCI image layouts for container tasks (default DATA_DIR/…/images)."
+        "--images-dir",
+        help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
+        "DATA_DIR/worker/images for `worker`).",
     ),
 ]
 WasmMemoryOption = Annotated[
@@ -618,7 +620,7 @@ def worker(
     ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable.")] = None,
     slots: Annotated[
-        int | None, typer.Option(min=0, help="Concurrent tasks; 0 = one per cpu.")
+        int | None, typer.Option(min=0, help="Tasks run at once (default 0: 8 per cpu).")
     ] = None,
     prefetch: Annotated[
         int | None,
@@ -650,6 +652,23 @@ def worker(
     wasm_memory_mb: WasmMemoryOption = None,
     wasm_max_memory_mb: WasmMaxMemoryOption = None,
     wasm_timeout_s: WasmTimeoutOption = None,
+    metrics_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--metrics-interval",
+            min=0,
+            max=3600,
+            help="Seconds between samples of this node's usage (0: none; default 10).",
+        ),
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Serve this worker's Prometheus text at http://HOST:PORT/metrics.",
+        ),
+    ] = None,
     artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
     log_level: LogLevelOption = None,
@@ -673,6 +692,8 @@ def worker(
         "wasm_memory_mb": wasm_memory_mb,
         "wasm_max_memory_mb": wasm_max_memory_mb,
         "wasm_timeout_s": wasm_timeout_s,
+        "metrics_interval_s": metrics_interval_s,
+        "metrics_listen": metrics_listen,
         "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
         "log_level": log_level,

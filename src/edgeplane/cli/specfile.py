@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from edgeplane.client import example_module
 from edgeplane.errors import Invalid
 
 SpecKind = Literal["job", "workflow"]
@@ -96,7 +97,9 @@ def _module_path(base: Path, file: str) -> Path | None:
     """``file`` as an existing file, relative to ``base``; None when it is not one."""
     try:
         candidate = base / Path(file).expanduser()
-        return candidate if candidate.is_file() else None
+        if candidate.is_file():
+            return candidate
+        return example_module(file) if not Path(file).is_absolute() else None
     except (OSError, ValueError):  # too long for a name, or a NUL in it: not a path
         return None
 

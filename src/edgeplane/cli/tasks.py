@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import typer
 
 from edgeplane.cli.options import (
@@ -107,6 +109,12 @@ LabelOption = Annotated[
     list[str] | None, typer.Option("--label", help="k=v the worker must carry, repeatable.")
 ]
 WorkerOption = Annotated[str | None, typer.Option("--worker", help="Run on this worker only.")]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster", metavar="ID", help="Run in this cluster only (a root's API: `cluster list`)."
+    ),
+]
 WaitTimeoutOption = Annotated[
     float | None,
     typer.Option(
@@ -182,6 +190,7 @@ def task_spec(
     priority: int | None,
     label: list[str] | None,
     worker: str | None,
+    cluster: str | None = None,
     project: str | None = None,
     secret_env: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -224,6 +233,7 @@ def task_spec(
         "retries": retries,
         "priority": priority,
         "worker_id": worker,
+        "cluster_id": cluster,
         "project": project,
     }
     spec.update({k: v for k, v in optional.items() if v is not None})
@@ -282,16 +292,26 @@ def raise_failed(task_id: str, state: str, reason: str | None) -> None:
 
 
 def wait_and_report(client: Client, task_id: str, timeout: float | None, fmt: Format) -> None:
-    _report_when_done(lambda: client.wait(task_id, timeout), f"task {task_id}", fmt)
+    _report_when_done(
+        lambda progress: client.wait(task_id, timeout, progress), f"task {task_id}", fmt
+    )
 
 
-def _report_when_done(ended: Callable[[], Task], what: str, fmt: Format) -> None:
-    """Wait for ``ended()`` with a spinner, then report the task."""
+def _report_when_done(
+    ended: Callable[[Callable[[Task], object]], Task], what: str, fmt: Format
+) -> None:
+    """Wait for ``ended(progress)`` with a spinner that says why the task still waits
+    (its ``reason``, e.g. no worker offers its runtime), then report the task."""
     from edgeplane.client import WaitTimeout
 
     try:
-        with waiting(f"waiting for {what}"):
-            task = ended()
+        with waiting(f"waiting for {what}") as say:
+
+            def progress(task: Task) -> None:
+                if task.reason and not task.terminal:
+                    say(f"{task.state}: {task.reason}")
+
+            task = ended(progress)
     except WaitTimeout as exc:
         task_id = exc.task.id if exc.task is not None else "?"
         error(f"{exc.detail}; it goes on (stop it with: edgeplane task stop {task_id})")
@@ -329,6 +349,7 @@ def run(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    cluster: ClusterOption = None,
     project: ProjectOption = None,
     schedule: ScheduleOption = None,
     timezone: TimezoneOption = None,
@@ -358,6 +379,7 @@ def run(
         priority=priority,
         label=label,
         worker=worker,
+        cluster=cluster,
         project=project,
     )
     if timezone is not None and schedule is None:
@@ -372,7 +394,11 @@ def run(
         print_schedule(client.schedule_task({**spec, **timing, "start": True}), fmt)
         return
     if wait:  # created and waited for in one request (POST /tasks?wait=)
-        _report_when_done(lambda: client.run(**spec, timeout=timeout), "the task", fmt)
+        _report_when_done(
+            lambda progress: client.run(**spec, timeout=timeout, progress=progress),
+            "the task",
+            fmt,
+        )
     else:
         print_created(client.create_task({**spec, "start": True}), fmt)
 
@@ -395,6 +421,7 @@ def create(
     priority: PriorityOption = None,
     label: LabelOption = None,
     worker: WorkerOption = None,
+    cluster: ClusterOption = None,
     project: ProjectOption = None,
     output: OutputOption = None,
 ) -> None:
@@ -415,6 +442,7 @@ def create(
         priority=priority,
         label=label,
         worker=worker,
+        cluster=cluster,
         project=project,
     )
     s = session(ctx)
@@ -534,9 +562,32 @@ def results(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None
 
 
 @app.command()
-def logs(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+def logs(
+    ctx: typer.Context,
+    task_id: IdArgument,
+    output: OutputOption = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print what the task prints as it prints it, until it ends."
+        ),
+    ] = False,
+) -> None:
     """Print a task's stdout (on stdout) and stderr (on stderr)."""
     s = session(ctx)
+    if follow:
+        for name, text in s.client().follow_logs(task_id):
+            if s.format(output) is Format.json:
+                echo(orjson.dumps({"event": name, "data": text}).decode())
+            elif name == "stdout":
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif name == "stderr":
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            elif name == "gap":
+                note(f"(output lost: {text})")
+        return
     doc = s.client().logs(task_id)
     if s.format(output) is Format.json:
         print_model(doc)

@@ -1,10 +1,13 @@
-"""``edgeplane worker list|get|drain|undrain|owner|delete``: the workers a manager knows.
+"""``edgeplane workers list|get|drain|undrain|owner|delete``: the workers a manager knows.
 
-``edgeplane worker --manager …`` (no subcommand) runs a worker; that part is in ``roles``.
+``edgeplane worker --manager …`` runs a worker (that part is in ``roles``); the old
+spellings ``edgeplane worker list`` … still work, hidden from its help (:func:`runner`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,9 +28,14 @@ from edgeplane.cli.output import (
 if TYPE_CHECKING:
     from edgeplane.model import Worker
 
-app = typer.Typer(help="Run a worker (--manager mqtt://HOST:PORT) or manage the workers.")
+app = typer.Typer(help="Manage the workers a manager knows: list, get, drain, owner, delete.")
 
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Worker id.")]
+
+
+#: An offline worker unseen for longer than this is left out of `worker list` (--all shows
+#: it): ids of machines long gone would otherwise fill the list forever.
+GONE_AFTER_S = 24 * 3600
 
 
 @app.command("list")
@@ -35,21 +43,32 @@ def list_workers(
     ctx: typer.Context,
     limit: LimitOption = 100,
     offset: OffsetOption = 0,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Also workers offline for more than a day (left out by default)."
+        ),
+    ] = False,
     output: OutputOption = None,
 ) -> None:
-    """List workers with their state, size and load."""
+    """List workers with their state, labels, size and load."""
     s = session(ctx)
     page = s.client().workers(limit=limit, offset=offset)
+    shown = page.items if show_all else [w for w in page.items if not _gone(w, time.time())]
     if s.format(output) is Format.json:
-        print_model(page)
+        print_model(page if show_all else page.model_copy(update={"items": shown}))
         return
     print_table(
-        ["id", "cluster", "state", "owner", "cpus", "memory mb", "runtimes", "tasks", "last seen"],
+        [
+            *("id", "cluster", "state", "labels", "owner", "cpus", "memory mb", "runtimes"),
+            *("tasks", "last seen"),
+        ],
         (
             [
                 w.id,
                 w.cluster_id,
                 w.state,
+                ",".join(f"{k}={v}" for k, v in sorted(w.capabilities.labels.items())) or "-",
                 w.owner or "-",
                 w.capabilities.cpus,
                 w.capabilities.memory_mb,
@@ -57,11 +76,17 @@ def list_workers(
                 w.active_tasks,
                 when(w.last_seen),
             ]
-            for w in page.items
+            for w in shown
         ),
     )
+    if hidden := len(page.items) - len(shown):
+        note(f"{hidden} workers offline for more than a day not shown; see them with --all")
     if page.total > offset + len(page.items):
         note(f"{len(page.items)} of {page.total} workers shown; more with --offset/--limit")
+
+
+def _gone(worker: Worker, now: float) -> bool:
+    return worker.state == "offline" and now - worker.last_seen > GONE_AFTER_S
 
 
 def _show(worker: Worker, fmt: Format) -> None:
@@ -152,3 +177,16 @@ def delete(ctx: typer.Context, worker_id: IdArgument) -> None:
     disconnected and needs a new join token; elsewhere it registers again if it comes back."""
     session(ctx).client().delete_worker(worker_id)
     note(f"deleted worker {worker_id}")
+
+
+def runner(run: Callable[..., None]) -> typer.Typer:
+    """``edgeplane worker``: runs one worker (``run``); its subcommands are this module's,
+    kept for the scripts and docs that spelled them ``worker list`` before ``workers``,
+    and hidden from its help."""
+    worker = typer.Typer(help="Run a worker: `edgeplane worker --manager mqtt://HOST:PORT`.")
+    worker.callback(invoke_without_command=True)(run)
+    for info in app.registered_commands:
+        assert info.callback is not None
+        name = info.name or info.callback.__name__
+        worker.command(name, hidden=True)(info.callback)
+    return worker

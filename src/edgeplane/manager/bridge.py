@@ -62,6 +62,8 @@ topic ${DOMAIN}/clusters/${CLUSTER_ID}/hello out 1
 topic ${DOMAIN}/clusters/${CLUSTER_ID}/alive out 1
 topic ${DOMAIN}/clusters/${CLUSTER_ID}/events out 1
 topic ${DOMAIN}/clusters/${CLUSTER_ID}/aggregate out 1
+# usage samples: QoS 0 as everywhere else (a lost batch is not worth a PUBACK)
+topic ${DOMAIN}/clusters/${CLUSTER_ID}/metrics out 0
 """
 
 

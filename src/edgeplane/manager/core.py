@@ -21,9 +21,11 @@ from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import Level
 from edgeplane.manager.queue import PendingQueue
 from edgeplane.manager.registry import Registry
+from edgeplane.manager.series import Series
 from edgeplane.model import Task, Worker
 from edgeplane.protocol import encode
 from edgeplane.store import Store
+from edgeplane.telemetry import LIFE_BUCKETS, Histogram
 from edgeplane.transport import MqttLink
 
 
@@ -42,6 +44,10 @@ class ManagerStats:
     finished: Counter[str] = field(default_factory=Counter)
     #: tasks submitted since the manager started, by origin (api, workflow, schedule...)
     submitted: Counter[str] = field(default_factory=Counter)
+    #: seconds from a task's being ready (created, or its retry due) to its task.start
+    dispatch_latency: Histogram = field(default_factory=Histogram)
+    #: seconds from a task's creation to its end, of tasks ended since the manager started
+    end_to_end: Histogram = field(default_factory=lambda: Histogram(LIFE_BUCKETS))
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Core:
     link: MqttLink
     registry: Registry = field(default_factory=Registry)
     pending: PendingQueue = field(default_factory=PendingQueue)
+    #: usage samples of members and tasks (``series.py``)
+    series: Series = field(default_factory=Series)
     active: dict[str, Task] = field(default_factory=dict)
     stats: ManagerStats = field(default_factory=ManagerStats)
     #: set to run a scheduling pass soon

@@ -197,6 +197,10 @@ class Dispatcher:
                 Assignment.of(task, artifact_b64=inline, for_cluster=cluster, secrets=secrets)
             )
         core.stats.dispatched += len(assignments)
+        now = core.clock.now()
+        observe = core.stats.dispatch_latency.observe
+        for task in tasks:
+            observe(max(0.0, now - max(task.created_at, task.not_before)))
         entry.sent_seq += 1
         seq = entry.sent_seq
         for task in tasks:

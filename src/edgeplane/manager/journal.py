@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
+from edgeplane.manager.changes import Change, Changes
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditRecord
 from edgeplane.store import AuditPrune, Batch, Kind, Store
+from edgeplane.telemetry import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class JournalStats:
     outages: int = 0
     #: rounds refused because another process leads now
     fenced: int = 0
+    #: seconds each round took to write (outages waited out included)
+    commit_latency: Histogram = field(default_factory=Histogram)
 
 
 #: What a unit holds, by the first part of its key: the document itself for an upsert,
@@ -116,6 +121,21 @@ def _tasks_of(key: _Key, unit: _Unit) -> list[Task]:
     return list(unit[0]) if key[0] == "new" else []
 
 
+def _changes(key: _Key, unit: _Unit) -> list[Change]:
+    """What a committed unit changed, for watchers (audit records are not watched)."""
+    kind = key[0]
+    if kind == "new":
+        found: list[Change] = [("task", t.id, t) for t in unit[0]]
+        if unit[1] is not None:
+            found.append(("workflow", unit[1].id, unit[1]))
+        return found
+    if kind == "audit":
+        return []
+    if kind.startswith("delete:"):
+        return [(unit[0], unit[1], None)]
+    return [(kind, unit.id, unit)]
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     """A write nobody awaits may fail: that is logged here, not as 'never retrieved'."""
     if not future.cancelled():
@@ -139,6 +159,8 @@ class Journal:
         #: called when the store refuses a write as fenced: another process leads now
         #: (``manager/leadership.py``); the write fails, nothing is retried
         self.on_fenced: list[Callable[[Fenced], None]] = []
+        #: every committed document, for watchers (the dashboard's event stream)
+        self.changes = Changes()
 
     # ------------------------------------------------------------------ queueing
     def write(
@@ -194,6 +216,11 @@ class Journal:
         self._queue.append((_Entry([k for k, _ in units], then, done), units))
         self._wake.set()
         return done
+
+    @property
+    def queued(self) -> int:
+        """Changes waiting for the writer's next round."""
+        return len(self._queue)
 
     async def commit(self) -> None:
         """Wake the writer and return once everything queued so far has been written (or
@@ -251,7 +278,9 @@ class Journal:
                 work.pop(key, None)  # a newer version replaces (and re-orders after) the older
                 work[key] = unit
         self.stats.rounds += 1
+        began = time.perf_counter()
         refused = await self._write(dict(work))
+        self.stats.commit_latency.observe(time.perf_counter() - began)
         committed: list[Task] = []
         for key, unit in work.items():
             if key in refused:
@@ -268,6 +297,10 @@ class Journal:
             for task in _tasks_of(key, work[key]):
                 if self._unwritten.get(task.id) is task:
                     del self._unwritten[task.id]
+        if self.changes:  # nobody watching: this test is all it costs
+            self.changes.publish(
+                [c for k, u in work.items() if k not in refused for c in _changes(k, u)]
+            )
         if committed:
             for listener in self.listeners:
                 try:

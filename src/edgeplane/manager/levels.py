@@ -30,7 +30,7 @@ class WorkerLevel:
     settings: Settings
     member = "worker"
     #: message leaves members publish
-    leaves: tuple[str, ...] = ("hello", "alive", "events")
+    leaves: tuple[str, ...] = ("hello", "alive", "events", "metrics")
 
     @cached_property
     def topics(self) -> Topics:
@@ -85,7 +85,7 @@ class ClusterLevel:
 
     settings: Settings
     member = "cluster"
-    leaves: tuple[str, ...] = ("hello", "alive", "events", "aggregate")
+    leaves: tuple[str, ...] = ("hello", "alive", "events", "aggregate", "metrics")
 
     @cached_property
     def topics(self) -> Topics:

@@ -251,6 +251,7 @@ class Membership:
             await self._new_session(entry, hello, verdict.lost)
         await self._resend(entry, verdict.resend)
         entry.last_seen = mono
+        entry.hold(hello.artifacts)
         entry.worker = entry.worker.model_copy(
             update={
                 "capabilities": hello.capabilities,
@@ -315,6 +316,8 @@ class Membership:
             await core.send(member_id, "reregister", Reregister(reason="unknown session"))
             return
         entry.last_seen = core.clock.monotonic()
+        if alive.artifacts is not None:
+            entry.hold(alive.artifacts)
         update: dict[str, object] = {"last_seen": core.clock.now()}
         if alive.usage is not None:
             update["usage"] = alive.usage

@@ -41,6 +41,7 @@ def demand_of(task: Task) -> TaskDemand:
         clusters=frozenset(task.constraints.clusters),
         exclude=frozenset(task.rejected_by),
         geo=None if geo is None else GeoPoint(geo.lat, geo.lon, geo.radius_km),
+        artifact=task.artifact,
     )
 
 

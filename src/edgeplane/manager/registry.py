@@ -57,6 +57,8 @@ class WorkerEntry:
     sent_seq: int = 0
     #: artifact digests this worker session already received
     artifacts: set[str] = field(default_factory=set)
+    #: artifact digests the worker says it holds (hello, alive): a scheduling preference
+    held: frozenset[str] = frozenset()
     #: the broker published the last will of ``session``: its process is gone, another
     #: may take the id without waiting for the liveness verdict (membership.py)
     will_heard: bool = False
@@ -67,9 +69,9 @@ class WorkerEntry:
     aggregate: Aggregate | None = None
     _labels: Mapping[str, str] = field(default_factory=dict, repr=False)
     _labels_of: object = field(default=None, repr=False)
-    #: the last view and what it was built from: (capabilities, order, tasks.version)
+    #: the last view and what it was built from: (capabilities, order, tasks.version, held)
     _view: WorkerView | None = field(default=None, repr=False)
-    _view_of: tuple[object, int, int] = field(default=(None, -1, -1), repr=False)
+    _view_of: tuple[object, int, int, object] = field(default=(None, -1, -1, None), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, Reservations):
@@ -78,6 +80,13 @@ class WorkerEntry:
     @property
     def online(self) -> bool:
         return self.worker.state != "offline"
+
+    def hold(self, digests: list[str]) -> None:
+        """Take the member's report of what it holds; the same set again keeps the view
+        (heartbeats repeat it, and a view costs a scheduling pass to rebuild)."""
+        held = frozenset(digests)
+        if held != self.held:
+            self.held = held
 
     @property
     def takes_tasks(self) -> bool:
@@ -99,10 +108,11 @@ class WorkerEntry:
             and made_of[0] is caps
             and made_of[1] == order
             and made_of[2] == self.tasks.version
+            and made_of[3] is self.held
         ):
             return self._view
         self._view = self._build_view(caps, order)
-        self._view_of = (caps, order, self.tasks.version)
+        self._view_of = (caps, order, self.tasks.version, self.held)
         return self._view
 
     def _build_view(self, caps: Capabilities, order: int) -> WorkerView:
@@ -124,6 +134,7 @@ class WorkerEntry:
             free_memory_mb=max(0, caps.memory_mb - used_memory),
             order=order,
             accelerators=len(caps.accelerators),
+            artifacts=self.held,
         )
 
     def cluster_view(self, order: int) -> ClusterView | None:

@@ -26,17 +26,31 @@ from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
+from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
+from edgeplane.manager.follow import LogFollowers
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
-from edgeplane.protocol import Alive, Hello, TaskEvents, decode, parse_body, sealing
+from edgeplane.protocol import (
+    Alive,
+    ChuteResponse,
+    FollowLogs,
+    Hello,
+    LogChunks,
+    Metrics,
+    TaskEvents,
+    decode,
+    parse_body,
+    sealing,
+)
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.store import Store
+from edgeplane.telemetry import LoopLag
 from edgeplane.transport import MqttLink, kept_client_id, without_credentials
 
 log = logging.getLogger(__name__)
@@ -119,7 +133,14 @@ class Manager:
         self.dispatcher = Dispatcher(core, epoch)
         self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
+        #: workers' chutes managed from afar (``manager/chutes.py``)
+        self.chutes = ChuteCalls(core)
         self._core = core
+        self.series = core.series
+        #: how late this process's event loop runs (``/metrics``)
+        self.loop_lag = LoopLag()
+        #: who follows which task's logs live (``follow.py``)
+        self.log_followers = LogFollowers()
         self._loops: list[asyncio.Task[None]] = []
         self.facade = Facade(core, self.tasks, self.dispatcher, self.broker_url)
         # The manager's own calls are its parts' (the API and the roles use these).
@@ -162,6 +183,7 @@ class Manager:
             asyncio.create_task(self.members.liveness_loop(), name="manager-liveness"),
             asyncio.create_task(self.journal.run(), name="manager-journal"),
             asyncio.create_task(self.members.persist_loop(), name="manager-members"),
+            asyncio.create_task(self.loop_lag.run(), name="manager-loop-lag"),
         ]
         self._core.kick.set()
 
@@ -181,6 +203,11 @@ class Manager:
         self._loops = []
         await self.link.stop()
         self.tasks.cancel_waiters()
+
+    async def follow_logs(self, task_id: str, attempt: int, member_id: str, seconds: float) -> None:
+        """Ask the member running the attempt to send its output for ``seconds`` (0: stop)."""
+        body = FollowLogs(task_id=task_id, attempt=attempt, follow_s=seconds)
+        await self._core.send(member_id, "task.logs.follow", body)
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
@@ -203,6 +230,15 @@ class Manager:
             await self.members.on_alive(member_id, body)
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
+        elif isinstance(body, ChuteResponse) and not self.root:
+            if not self.chutes.on_response(member_id, body):
+                log.info("a chute answer no call waits for", extra={"member": member_id})
+        elif isinstance(body, Metrics):
+            self.series.ingest(member_id, body, root=self.root)
+        elif isinstance(body, LogChunks):
+            entry = self.registry.get(member_id)  # only the logs of tasks the member holds
+            held = {} if entry is None else entry.tasks
+            self.log_followers.on_chunks(c for c in body.chunks if c.task_id in held)
         elif isinstance(body, Aggregate) and self.root:
             self.members.on_aggregate(member_id, body)
         else:

@@ -351,6 +351,8 @@ class TaskService:
         for task in tasks:
             if task.terminal:
                 self.core.stats.finished[task.state] += 1
+                if task.finished_at is not None and task.created_at:
+                    self.core.stats.end_to_end.observe(max(0.0, task.finished_at - task.created_at))
                 for future in self._waiters.pop(task.id, []):
                     if not future.done():
                         future.set_result(task)

@@ -37,6 +37,7 @@ from edgeplane import clock as clocks
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid
 from edgeplane.manager.facade import Facade
+from edgeplane.manager.series import aggregate as usage_aggregate
 from edgeplane.model import (
     Aggregate,
     Capabilities,
@@ -52,11 +53,14 @@ from edgeplane.protocol import (
     Assignment,
     EventOutbox,
     Hello,
+    Metrics,
     Reregister,
+    Sample,
     StartTasks,
     StopTasks,
     TaskEvent,
     TaskEvents,
+    TaskSamples,
     Topics,
     Unrunnable,
     Welcome,
@@ -91,6 +95,8 @@ Key = tuple[str, int]
 EVENT_WINDOW_S = 0.002
 #: How often the aggregate is recomputed to look for a significant change.
 AGGREGATE_CHECK_S = 0.5
+#: samples of one worker or task sent up in one batch at most (the newest)
+MAX_UP_SAMPLES = 100
 _SEEN_LIMIT = 100_000
 ROOT_TASK = "root_task"
 #: where a cluster keeps its identity at the root (``credentials.json``), in its data dir
@@ -153,6 +159,9 @@ class Uplink:
         self.session = clocks.new_id()
         self.heartbeat_s = settings.heartbeat_s
         self.interval_s = settings.aggregate_interval_s
+        self.metrics_interval_s = settings.metrics_interval_s
+        #: the newest sample time sent up, per worker and per local task id
+        self._metrics_sent: dict[str, float] = {}
         self.info = ClusterInfo(
             name=settings.cluster_name or settings.cluster_id,
             location=parse_location(settings.location),
@@ -258,6 +267,8 @@ class Uplink:
             asyncio.create_task(self.events.run(), name="uplink-events"),
             asyncio.create_task(self._aggregate_loop(), name="uplink-aggregate"),
         ]
+        if self.metrics_interval_s > 0:
+            self._loops.append(asyncio.create_task(self._metrics_loop(), name="uplink-metrics"))
 
     async def attach(self) -> None:
         """Know the root's unfinished tasks here and follow their commits. A restarted
@@ -354,11 +365,58 @@ class Uplink:
             self._last_aggregate, self._aggregate_sent = current, now
             await self._publish(self.topics.aggregate(self.cluster_id), "aggregate", current)
 
+    def alive(self) -> Alive:
+        """The heartbeat to the root: what this cluster holds, and the last command (seq)
+        whose tasks are all in that list."""
+        return Alive(session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_interval_s)
+            try:
+                batch = self.metrics_batch()
+                if batch.node or batch.tasks:
+                    # QoS 0 as a worker's: a lost batch is not worth an acknowledgement
+                    await self.link.publish(
+                        self.topics.metrics(self.cluster_id), encode("metrics", batch), qos=0
+                    )
+            except Exception:
+                log.exception("sending metrics failed")
+
+    def metrics_batch(self) -> Metrics:
+        """What the root has not had yet: each worker's new node samples, one sample of
+        their aggregate (the cluster's), and new samples of the root's tasks here."""
+        series = self.manager.series
+        sent = self._metrics_sent
+        workers: dict[str, list[Sample]] = {}
+        for worker_id in series.members():
+            new = [s for s in series.member(worker_id) if s.ts > sent.get(worker_id, 0.0)]
+            if new:
+                workers[worker_id] = new[-MAX_UP_SAMPLES:]
+                sent[worker_id] = new[-1].ts
+        tasks = []
+        for local, (root_id, attempt) in self._owned.items():
+            key = "task:" + local
+            new = [s for s in series.task(local) if s.ts > sent.get(key, 0.0)]
+            if new:
+                sent[key] = new[-1].ts
+                history = series.history(local)
+                tasks.append(
+                    TaskSamples(
+                        task_id=root_id,
+                        attempt=attempt,
+                        history=history,
+                        samples=new[-MAX_UP_SAMPLES:],
+                    )
+                )
+        for key in [k for k in sent if k.startswith("task:") and k[5:] not in self._owned]:
+            del sent[key]
+        node = usage_aggregate(list(workers.values()), 1)
+        return Metrics(node=node, tasks=tasks, workers=workers)
+
     async def _heartbeat_loop(self) -> None:
         while True:
-            alive = Alive(
-                session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq
-            )
+            alive = self.alive()
             # QoS 0 as a worker's: a lost heartbeat costs nothing (3 must be missed).
             await self.link.publish(
                 self.topics.alive(self.cluster_id), encode("alive", alive), qos=0
@@ -392,8 +450,13 @@ class Uplink:
                 return  # meant for another process with this cluster id (agent.py)
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
-            self._seq = max(self._seq, body.seq)
             await self._accept(body.tasks)
+            # Only once its tasks are held: a heartbeat with this seq tells the root every
+            # task of the command is in ``active``, and the root counts one that is not as
+            # lost. Admission awaits (a module is encoded in a thread), so a heartbeat sent
+            # meanwhile made the root fail tasks that then completed (bench.scale
+            # --hierarchy: a quarter of 4,000).
+            self._seq = max(self._seq, body.seq)
             for bad in body.unrunnable:  # that task fails, the others run (as on a worker)
                 if (bad.task_id, bad.attempt) not in self._seen:
                     self._seen[(bad.task_id, bad.attempt)] = None
@@ -530,6 +593,7 @@ class Uplink:
             priority=spec.priority,
             constraints=constraints,
             daemon=spec.daemon,
+            monitoring=spec.monitoring or "off",
             worker_id=spec.pinned_worker,
             metadata={**spec.metadata, ROOT_TASK: spec.task_id, "root_attempt": spec.attempt},
             project=spec.project,

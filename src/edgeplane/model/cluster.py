@@ -6,9 +6,10 @@ Only aggregates go up to the root, never per-worker detail (Oakestra's design).
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeplane.errors import Invalid
 from edgeplane.limits import MAX_RADIUS_KM
@@ -84,6 +85,23 @@ class Aggregate(BaseModel):
     accelerators: int = 0
     location: Location | None = None
     ts: float = 0.0
+    #: digests of the artifacts most held by the cluster's workers (at most
+    #: :data:`AGGREGATE_ARTIFACTS`): the root prefers this cluster for tasks needing them
+    artifacts: list[str] = Field(default_factory=list)
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> list[str]:
+        # lenient: a soft preference is not worth refusing a cluster's whole aggregate
+        if not isinstance(value, list):
+            return []
+        found = [d for d in value if isinstance(d, str) and _SHA256_HEX.fullmatch(d)]
+        return list(dict.fromkeys(found))[:AGGREGATE_ARTIFACTS]
+
+
+#: How many artifact digests a cluster's aggregate names.
+AGGREGATE_ARTIFACTS = 64
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ClusterInfo(BaseModel):

@@ -41,6 +41,7 @@ from edgeplane.model.bounds import (
     Url,
 )
 from edgeplane.model.cluster import GeoConstraint
+from edgeplane.model.monitoring import MonitoringField
 from edgeplane.model.secrets import Redacted, SecretDict, check_disjoint
 
 Runtime = Literal["wasm", "host", "container"]
@@ -140,6 +141,8 @@ class TaskSpec(BaseModel):
     timezone: Timezone = "UTC"
     catch_up: CatchUp = "last"
     daemon: bool = False
+    #: how its usage is sampled (docs/metrics.md); None: by kind (daemon or standard)
+    monitoring: MonitoringField | None = None
     worker_id: Name | None = None
     cluster_id: Name | None = None
     metadata: JsonObject = Field(default_factory=dict)
@@ -239,6 +242,7 @@ class Task(BaseModel):
     run_if: RunIf = "success"
     inputs_from: list[InputRef] = Field(default_factory=list)
     daemon: bool = False
+    monitoring: MonitoringField | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     job_id: str | None = None
     workflow_id: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -25,11 +27,28 @@ from edgeplane.model import (
     Usage,
 )
 from edgeplane.model.bounds import Project
+from edgeplane.model.monitoring import Monitoring, resolve
 
 
 class _Body(BaseModel):
     #: (hide_input_in_errors: an assignment's error text must not carry its secret env)
     model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
+
+#: How many held artifact digests a worker reports (its most recently used ones).
+HELD_ARTIFACTS = 16
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _held(value: Any) -> list[str]:
+    """The first :data:`HELD_ARTIFACTS` well-formed sha256 hex digests of ``value``.
+
+    Lenient on purpose: the list only steers a soft scheduling preference, so a member
+    that sends too many or odd entries loses those entries, never its heartbeat."""
+    if not isinstance(value, list):
+        return []
+    found = [d for d in value if isinstance(d, str) and _SHA256_HEX.fullmatch(d)]
+    return list(dict.fromkeys(found))[:HELD_ARTIFACTS]
 
 
 class Hello(_Body):
@@ -45,6 +64,13 @@ class Hello(_Body):
     #: set when the sender is a cluster registering with the root
     cluster: ClusterInfo | None = None
     aggregate: Aggregate | None = None
+    #: digests of artifacts the worker holds, most recently used first (bounded)
+    artifacts: list[str] = Field(default_factory=list)
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> list[str]:
+        return _held(value)
 
 
 class Welcome(_Body):
@@ -77,6 +103,14 @@ class Alive(_Body):
     #: in ``active``, so the manager can tell a lost command from one still in flight.
     epoch: str = ""
     seq: int = 0
+    #: as in :class:`Hello`; None from a member that does not report them (then the last
+    #: reported list stands)
+    artifacts: list[str] | None = None
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> list[str] | None:
+        return None if value is None else _held(value)
 
 
 class Assignment(_Body):
@@ -104,6 +138,8 @@ class Assignment(_Body):
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
     daemon: bool = False
+    #: the task's profile, resolved (None: not sampled; docs/metrics.md)
+    monitoring: Monitoring | None = None
     #: root → cluster only: what the cluster's own scheduler needs (workers ignore them)
     retries: int = 0
     priority: int = 50
@@ -152,6 +188,7 @@ class Assignment(_Body):
             image=task.image,
             limits=task.limits,
             daemon=task.daemon,
+            monitoring=resolve(task.monitoring, daemon=task.daemon),
             **extra,
         )
 
@@ -305,7 +342,100 @@ class Reregister(_Body):
     reason: str = ""
 
 
+#: the largest body a chute call carries either way (a manifest, a change, the last
+#: MiB of a service's log)
+MAX_CHUTE_BODY = 2 << 20
+
+
+class ChuteRequest(_Body):
+    """manager → worker: one call of the worker's Edge API made from afar (docs/chutes.md,
+    "Through the control plane"). ``id`` is echoed in the :class:`ChuteResponse`."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    #: below ``/api/v1`` of the Edge API: ``/chutes…`` or ``/changes/{id}``
+    path: str = Field(pattern=r"^/(chutes|changes)(/[A-Za-z0-9._-]{1,64}){0,3}$")
+    query: dict[str, str] = Field(default_factory=dict, max_length=8)
+    body: Any = None
+
+
+class ChuteResponse(_Body):
+    """worker → manager, on its events topic: the answer to the request ``id``."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    status: int = Field(ge=100, le=599)
+    body: Any = None
+
+
+#: values per sample and samples per batch a receiver accepts (a bigger batch is bad)
+MAX_SAMPLE_VALUES = 32
+MAX_BATCH_SAMPLES = 10_000
+
+
+class Sample(_Body):
+    """One reading: when, and named numbers (``cpu_percent``, ``memory_mb``, …)."""
+
+    ts: float
+    values: dict[str, float] = Field(max_length=MAX_SAMPLE_VALUES)
+
+
+class TaskSamples(_Body):
+    """Samples of one attempt, and how many of them its manager keeps."""
+
+    task_id: str
+    attempt: int
+    history: int = Field(ge=1, le=10_000)
+    samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
+
+
+class Metrics(_Body):
+    """worker → manager on the ``metrics`` leaf, QoS 0: what was sampled since the last
+    batch. At the root, from a cluster: ``node`` is the cluster's aggregate and
+    ``workers`` each worker's node samples."""
+
+    node: list[Sample] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
+    tasks: list[TaskSamples] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
+    workers: dict[str, list[Sample]] = Field(default_factory=dict, max_length=1000)
+
+
+#: characters of one log chunk: the rest follows in the next
+MAX_LOG_CHUNK = 16 * 1024
+#: seconds a worker keeps following logs the manager asked for without a renewal
+MAX_FOLLOW_S = 60.0
+
+
+class FollowLogs(_Body):
+    """manager → worker: send what the attempt prints, as it prints it, for ``follow_s``
+    seconds (renewed while someone follows; 0: stop now)."""
+
+    task_id: str
+    attempt: int
+    follow_s: float = Field(ge=0, le=MAX_FOLLOW_S)
+
+
+class LogChunk(_Body):
+    """Output of a followed attempt, as it was printed."""
+
+    task_id: str
+    attempt: int
+    stream: Literal["stdout", "stderr"]
+    #: where in the stream (characters from the start) ``data`` begins
+    offset: int = Field(ge=0)
+    data: str = Field(max_length=MAX_LOG_CHUNK)
+
+
+class LogChunks(_Body):
+    """worker → manager on the ``events`` leaf (so before the attempt's final event)."""
+
+    chunks: list[LogChunk] = Field(max_length=64)
+
+
 MESSAGE_TYPES: dict[str, type[BaseModel]] = {
+    "metrics": Metrics,
+    "task.logs.follow": FollowLogs,
+    "task.logs": LogChunks,
+    "chute.request": ChuteRequest,
+    "chute.response": ChuteResponse,
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ async def _workers(
     # One module cache for the process: a module compiled when its task was admitted is
     # not compiled again by the worker that runs it.
     modules = process_cache(settings.data_dir / "modules")
+    # One image dir for all of them (DATA_DIR/images), not one per worker: an image put
+    # there once runs on whichever local worker gets the task.
+    if settings.images_dir is None:
+        settings = settings.model_copy(update={"images_dir": settings.data_dir / "images"})
     for worker_id in _worker_ids(settings):
         agent = build_worker(
             settings,
@@ -219,8 +224,10 @@ async def _run_up(settings: Settings) -> None:
             f"{', '.join(w.id for w in c.workers) or 'none'})\n"
             for c in stack.clusters
         )
+        # Once, on stdout, set apart by blank lines: on a terminal the logs (stderr) go on
+        # around it, one line each.
         print(
-            f"edgeplane is up\n"
+            f"\nedgeplane is up\n"
             f"  API:      {stack.control.url}/api/v1   (docs: {stack.control.url}/docs)\n"
             f"  dashboard: {stack.control.url}/dashboard\n"
             f"  token:    {token}\n"
@@ -229,6 +236,7 @@ async def _run_up(settings: Settings) -> None:
             + f"first task (in another terminal):\n"
             f"  edgeplane task run {examples['add.wasm']} add 2 3\n",
             flush=True,
+            file=sys.stdout,
         )
         leadership = stack.control.leadership
         assert leadership is not None

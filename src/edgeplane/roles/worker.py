@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeplane.artifacts import registry_config
-from edgeplane.config import Settings
+from edgeplane.config import Settings, parse_listen
 from edgeplane.errors import Invalid
 from edgeplane.logs import setup as setup_logs
 from edgeplane.modules import ModuleCache
@@ -123,6 +123,7 @@ def build_worker(
         slots=settings.slots,
         prefetch=settings.prefetch,
         heartbeat_s=settings.heartbeat_s,
+        metrics_interval_s=settings.metrics_interval_s,
         ca=trusted_ca(settings.ca, settings.data_dir),
         username=None if identity is None else identity.username,
         password=None if identity is None else identity.password,
@@ -229,12 +230,25 @@ async def _run_worker(
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
         chute_api = await start_chute_api(node)
+        from edgeplane.chutes.remote import RemoteChutes
+
+        agent.chutes = RemoteChutes(edge.app, edge.token)
+    exposition = None
     try:
         await agent.start()
         print(f"worker {agent.id} connected to {without_credentials(broker_url)}", flush=True)
+        if settings.metrics_listen:
+            from edgeplane.worker.exposition import serve
+
+            host, port = parse_listen(settings.metrics_listen)
+            exposition = serve(agent, host, port)
+            print(f"Prometheus text at http://{settings.metrics_listen}/metrics", flush=True)
         try:
             await wait_for_stop(agent.refused)
         finally:
+            if exposition is not None:
+                exposition.shutdown()
+                exposition.server_close()
             await agent.stop()
     finally:
         if chute_api is not None:

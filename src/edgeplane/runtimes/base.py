@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from edgeplane.runtimes.spec import RunSpec
@@ -95,6 +96,11 @@ class Runtime(ABC):
         """Re-attach to an attempt a previous worker process started, given its handle's
         ``state``: a handle whose ``wait`` says how the attempt ends (or how it ended while
         no worker watched it), or None when nothing of the attempt is left."""
+
+    def log_files(self, handle: Handle) -> dict[str, Path]:
+        """Where the attempt's ``stdout`` and ``stderr`` are being written, for following
+        them live ({}: this runtime keeps them elsewhere; they come with the outcome)."""
+        return {}
 
     async def release(self, handle: Handle) -> None:  # noqa: B027 - optional hook
         """Forget an attempt that has ended, once the worker has saved its final event.

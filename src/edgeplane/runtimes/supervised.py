@@ -309,6 +309,12 @@ class SupervisedRuntime(Runtime, Generic[A]):
         await asyncio.shield(self._kill(attempt))
         await asyncio.shield(attempt.outcome)
 
+    def log_files(self, handle: Handle) -> dict[str, Path]:
+        directory = self._directory(handle.state)
+        if directory is None:
+            return {}
+        return {STDOUT: directory / STDOUT, STDERR: directory / STDERR}
+
     def inspect(self, handle: Handle) -> dict[str, Any]:
         attempt = self._attempts.get((handle.task_id, handle.attempt))
         if attempt is None:

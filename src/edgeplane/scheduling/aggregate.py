@@ -11,13 +11,21 @@ to the root, free capacity is what another task could still use.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TypeVar
 
-from edgeplane.model.cluster import Aggregate, CapacityGroup, FreeStats, Location
+from edgeplane.model.cluster import (
+    AGGREGATE_ARTIFACTS,
+    Aggregate,
+    CapacityGroup,
+    FreeStats,
+    Location,
+)
 from edgeplane.scheduling.eligibility import LabelItems
 from edgeplane.scheduling.snapshot import ClusterView, GroupView, WorkerView
 
@@ -32,6 +40,7 @@ _free_cpu = attrgetter("free_cpu")
 _free_memory = attrgetter("free_memory_mb")
 _tee = attrgetter("tee")
 _accelerators = attrgetter("accelerators")
+_artifacts = attrgetter("artifacts")
 
 GroupKey = tuple[str, LabelItems]
 Amount = TypeVar("Amount", int, float)
@@ -151,7 +160,33 @@ def aggregate(
         accelerators=sum(part.accelerators for part in classes),
         location=location,
         ts=ts,
+        artifacts=held_most(workers),
     )
+
+
+def held_most(workers: Sequence[WorkerView], limit: int = AGGREGATE_ARTIFACTS) -> list[str]:
+    """The ``limit`` digests held by the most workers (ties: by digest, so the list is
+    stable between aggregates; among thousands of digests, see below).
+
+    Workers that report the same set share one frozenset object (the registry keeps an
+    unchanged report), and equal sets are counted once with their multiplicity, so the
+    usual cluster (a few modules, many workers) costs one C-speed pass over the workers."""
+    sets = list(map(_artifacts, workers))
+    if not any(sets):
+        return []
+    distinct = Counter(sets)
+    if len(distinct) * 4 > len(sets):  # mostly different sets: count every entry in C
+        counts = Counter(chain.from_iterable(sets))
+    else:
+        counts = Counter()
+        for held, times in distinct.items():
+            for digest in held:
+                counts[digest] += times
+    # Many digests: a heap picks the top ones (which of several tied at the cut goes in
+    # then follows the workers' order), then only those are sorted.
+    top = counts.most_common(limit) if len(counts) > 16 * limit else counts.items()
+    ranked = sorted(top, key=lambda item: (-item[1], item[0]))
+    return [digest for digest, _ in ranked[:limit]]
 
 
 def cluster_view(
@@ -184,6 +219,7 @@ def cluster_view(
         ),
         labels=labels,
         location=None if where is None else (where.lat, where.lon),
+        artifacts=frozenset(aggregate.artifacts),
     )
 
 

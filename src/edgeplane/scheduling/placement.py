@@ -10,6 +10,10 @@ cluster excluded. A pinned task goes to its cluster whatever the filters say
 
 A qualifying cluster without a free slot still ranks (after every cluster with one): it
 queues the task rather than leaving it unplaced at the root.
+
+A task naming an artifact prefers, among the qualifying clusters with a free slot, those
+whose aggregate says a worker holds it (then the usual order among them): a tie-breaker,
+never a wait nor a way round a filter.
 """
 
 from __future__ import annotations
@@ -224,6 +228,11 @@ class _Board:
         self.cpu_max[g] = min(self.cpu_max[g], self.cpu[g])
         self.memory_max[g] = min(self.memory_max[g], self.memory[g])
 
+    def holds(self, key: Key, artifact: str | None) -> bool:
+        """The cluster of ``key`` has a free slot and says a worker of it holds
+        ``artifact``."""
+        return key[0] == 0 and artifact in self.clusters[key[-1]].artifacts
+
     # --- reasons ------------------------------------------------------------------------
 
     def reason(self, need: _Need, cpu: float, memory_mb: int) -> str:
@@ -310,6 +319,9 @@ def rank_clusters(
     if not keys:
         return Ranking((), board.reason(need, task.cpu, task.memory_mb))
     keys.sort()
+    if task.artifact is not None:
+        # stable: holders with a free slot first, each part in the usual order
+        keys.sort(key=lambda key: not board.holds(key, task.artifact))
     return Ranking(tuple(board.clusters[key[-1]].id for key in keys), None)
 
 
@@ -403,6 +415,12 @@ class _Placer:
         if pos is None:
             choice.reason = board.reason(need, cpu, memory_mb)
             return False, choice.reason
+        artifact = task.artifact
+        if artifact is not None and artifact not in board.clusters[pos].artifacts:
+            # ``best`` refreshed every key: the best holder with a free slot, if any
+            held = [key for key in choice.current.values() if board.holds(key, artifact)]
+            if held:
+                pos = min(held)[-1]
         self.book(pos, choice.members[pos], cpu, memory_mb)
         return True, board.clusters[pos].id
 

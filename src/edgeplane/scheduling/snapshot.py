@@ -35,6 +35,9 @@ class WorkerView:
     order: int
     #: how many accelerators the worker has (aggregates count workers with any)
     accelerators: int = 0
+    #: digests of artifacts the worker holds (its most recently used, bounded): tasks that
+    #: need one prefer it among the workers that could take them
+    artifacts: frozenset[str] = field(default=frozenset(), hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", frozenset(self.runtimes))
@@ -82,6 +85,8 @@ class ClusterView:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: (lat, lon) of the cluster, None when it did not say
     location: tuple[float, float] | None = None
+    #: digests of artifacts some worker of the cluster holds (bounded, from its aggregate)
+    artifacts: frozenset[str] = field(default=frozenset(), hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", tuple(self.groups))
@@ -107,6 +112,9 @@ class TaskDemand:
     clusters: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
     geo: GeoPoint | None = None
+    #: the sha256 of the module or image the task runs, when known: a soft preference
+    #: for workers (clusters) that hold it, among those that could take the task anyway
+    artifact: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clusters", frozenset(self.clusters))

@@ -1,5 +1,11 @@
 """The cluster schedulers: pure functions from a snapshot to a :class:`Plan`.
 
+A task naming an artifact prefers a worker holding it, but only among the workers the
+strategy could give it to right now (eligible, with a free slot, and with room for its
+cpu and memory under resource-fit): then the strategy's own order picks among those
+holders. When no such worker has room, the strategy decides as if nobody held it, so the
+preference never makes a task wait nor overrides a constraint.
+
 All three walk the tasks in a fixed order and place each one against capacity that
 shrinks as the plan grows. Because capacity only ever shrinks within a plan, a task
 that could not be placed stays unplaceable for the rest of the call; that lets equal
@@ -54,6 +60,8 @@ class _Group:
     eligible: list[int]
     live: list[int]
     failed: dict[tuple[float, int], str] = field(default_factory=dict)
+    #: artifact → ring positions of the eligible workers holding it, ascending
+    holders: dict[str, list[int]] = field(default_factory=dict)
 
 
 class _Placer:
@@ -63,6 +71,7 @@ class _Placer:
         self.capacity = Capacity(self.ring)
         self.groups: dict[Requirement, _Group] = {}
         self._by_id: dict[str, int] | None = None
+        self._holding: dict[str, list[int]] = {}
 
     @property
     def by_id(self) -> dict[str, int]:
@@ -97,8 +106,43 @@ class _Placer:
             del live[at]
         return None
 
-    def best_fit(self, group: _Group, cpu: float, memory_mb: int, *, pack: bool) -> int | None:
+    def holders(self, group: _Group, artifact: str) -> list[int]:
+        """The group's workers holding ``artifact``: one scan of the ring per artifact and
+        one filter per group, so a batch of tasks needing one module costs no more per
+        task than the holders it looks at."""
+        found = group.holders.get(artifact)
+        if found is None:
+            anywhere = self._holding.get(artifact)
+            if anywhere is None:
+                ring = self.ring
+                anywhere = [p for p in range(len(ring)) if artifact in ring[p].artifacts]
+                self._holding[artifact] = anywhere
+            eligible = set(group.eligible)
+            found = group.holders[artifact] = [p for p in anywhere if p in eligible]
+        return found
+
+    def next_holder(self, group: _Group, cursor: int, artifact: str) -> int | None:
+        """The first worker at or after ``cursor`` (wrapping) that holds ``artifact`` and
+        has a free slot, among the group's; None when there is none."""
+        slots = self.capacity.slots
+        held = [pos for pos in self.holders(group, artifact) if slots[pos] > 0]
+        if not held:
+            return None
+        start = bisect_left(self.orders, cursor)
+        after = [pos for pos in held if pos >= start]
+        return (after or held)[0]
+
+    def best_fit(
+        self,
+        group: _Group,
+        cpu: float,
+        memory_mb: int,
+        *,
+        pack: bool,
+        artifact: str | None = None,
+    ) -> int | None:
         """Spread: the most free memory, then cpu, then slots; pack: the least of each.
+        Among workers holding ``artifact`` first, when one of them fits.
 
         Memory is compared first on its own (at C speed) so the tuple key only runs on
         the few workers that tie on it.
@@ -106,6 +150,11 @@ class _Placer:
         fitting = self.capacity.fitting(group.live, cpu, memory_mb)
         if not fitting:
             return None
+        if artifact is not None:
+            holding = self.holders(group, artifact)
+            held = self.capacity.fitting(holding, cpu, memory_mb) if holding else []
+            if held:
+                fitting = held
         slots, free_cpu, memory = self.capacity.slots, self.capacity.cpu, self.capacity.memory
         if pack:
             least = min(map(memory.__getitem__, fitting))
@@ -160,10 +209,13 @@ def make_plan(
         if reason is not None:
             waiting[task.id] = reason
             continue
+        artifact = task.artifact
         if resources:
-            pos = placer.best_fit(group, cpu, memory_mb, pack=pack)
+            pos = placer.best_fit(group, cpu, memory_mb, pack=pack, artifact=artifact)
         else:
-            pos = placer.next_in_ring(group, cursor)
+            pos = None if artifact is None else placer.next_holder(group, cursor, artifact)
+            if pos is None:
+                pos = placer.next_in_ring(group, cursor)
         if pos is None:
             reason = group.failed[demand] = placer.waiting_reason(req, group, cpu, memory_mb)
             waiting[task.id] = reason

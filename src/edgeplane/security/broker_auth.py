@@ -55,9 +55,9 @@ JOIN_TOKEN_PREFIX = "epj_"
 #: a slow hash buys nothing; Mosquitto's own default is 101.
 PBKDF2_ROUNDS = 101
 #: the leaves a member may publish on, by level (what the parent subscribes to, plus a
-#: worker's metrics)
+#: worker's ``fetch``)
 WORKER_LEAVES = ("hello", "alive", "events", "metrics", "fetch")
-CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate")
+CLUSTER_LEAVES = ("hello", "alive", "events", "aggregate", "metrics")
 
 _WORKER_ID = re.compile(WORKER_ID_PATTERN)
 #: identity changes kept until an audit trail is attached (``report_to``)

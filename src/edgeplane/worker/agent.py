@@ -18,10 +18,12 @@ import binascii
 import contextlib
 import logging
 import os
+import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel
@@ -32,12 +34,18 @@ from edgeplane.artifacts.blobs import DIGEST, BlobStore
 from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
+from edgeplane.model.monitoring import Monitoring
 from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    ChuteRequest,
+    ChuteResponse,
     EventOutbox,
+    FollowLogs,
     Hello,
+    LogChunks,
+    Metrics,
     Reregister,
     StartTasks,
     StopTasks,
@@ -52,17 +60,23 @@ from edgeplane.protocol import (
     sealing,
     signing,
 )
+from edgeplane.protocol.messages import HELD_ARTIFACTS
 from edgeplane.protocol.terms import TermGate
 from edgeplane.protocol.topics import check_segment
 from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
+from edgeplane.telemetry import Histogram
 from edgeplane.transport import MqttLink, Will, unique_client_id
 from edgeplane.worker import capabilities, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
+from edgeplane.worker.monitor import Monitor, NodeSampler
+from edgeplane.worker.tails import Tails
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+#: answers one chute call from afar: (HTTP status, JSON body)
+ChuteHandler = Callable[[ChuteRequest], Awaitable[tuple[int, Any]]]
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
 #: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
@@ -125,6 +139,8 @@ class _Run:
     stopped: bool = False
     #: when it started: set from the start of the attempt's handle when re-attached to it
     started_at: float | None = None
+    #: its monitoring profile (None: not sampled; nor is an attempt re-attached to)
+    monitoring: Monitoring | None = None
 
 
 @dataclass
@@ -137,6 +153,9 @@ class WorkerStats:
     duplicates: int = 0
     #: commands meant for another session of this worker id (left alone)
     foreign_commands: int = 0
+    #: seconds a runtime took to start an attempt (``start``, or ``start_held`` and
+    #: ``begin`` with the handle's save between), by runtime
+    start_latency: dict[str, Histogram] = field(default_factory=dict)
 
 
 class ArtifactCache:
@@ -226,6 +245,8 @@ class WorkerOptions:
     #: from ``mac_key`` (``up --broker`` gives its own workers one: their broker is not
     #: edgeplane's, so they have no ``mac_key``)
     secret_key: bytes | None = field(default=None, repr=False)
+    #: seconds between samples of this node's usage on the ``metrics`` leaf (0: none)
+    metrics_interval_s: float = 10.0
     #: bytes of delivered artifacts kept on disk (``--artifact-cache-mb``); also the
     #: largest artifact this worker takes
     artifact_cache_bytes: int = DEFAULT_CACHE_BYTES
@@ -288,8 +309,19 @@ class WorkerAgent:
         self._epoch, self._seq = "", 0
         #: refuses commands of a deposed leader (protocol/terms.py)
         self.terms = TermGate()
+        #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
+        #: on a worker without the Edge API
+        self.chutes: ChuteHandler | None = None
+        self._chute_calls: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
+        self.monitor = Monitor(
+            self._send_metrics,
+            self.clock,
+            node=NodeSampler(options.data_dir, self.clock),
+            node_interval_s=options.metrics_interval_s,
+        )
+        self.tails = Tails(self._send_logs, self.clock)
         self.link = MqttLink(
             options.broker_url,
             client_id=unique_client_id(
@@ -319,6 +351,7 @@ class WorkerAgent:
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-{self.id}-heartbeat"),
             asyncio.create_task(self.events.run(), name=f"worker-{self.id}-events"),
+            asyncio.create_task(self.monitor.run(), name=f"worker-{self.id}-monitor"),
         ]
 
     async def stop(self) -> None:
@@ -337,10 +370,16 @@ class WorkerAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        await self.tails.close()
         await self.fetcher.close()
         await self.link.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
+
+    @property
+    def running(self) -> int:
+        """Attempts running now (holding a slot)."""
+        return self._running
 
     def capabilities(self) -> Capabilities:
         host = self.runtimes.get("host")
@@ -364,6 +403,7 @@ class WorkerAgent:
             active=self._active(),
             epoch=self._epoch,
             seq=self._seq,
+            artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
@@ -437,9 +477,42 @@ class WorkerAgent:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, ChuteRequest):
+            # off the message loop: a call may wait on the node's change queue
+            call = asyncio.create_task(self._answer_chute(body), name=f"chute-{body.id}")
+            self._chute_calls.add(call)
+            call.add_done_callback(self._chute_calls.discard)
+        elif isinstance(body, FollowLogs):
+            self._follow(body)
         else:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    async def _answer_chute(self, request: ChuteRequest) -> None:
+        if self.chutes is None:
+            status, answer = (
+                501,
+                {
+                    "title": "Not Implemented",
+                    "status": 501,
+                    "detail": f"worker {self.id} serves no chutes (start it with --api)",
+                },
+            )
+        else:
+            status, answer = await self.chutes(request)
+        response = ChuteResponse(id=request.id, status=status, body=answer)
+        try:
+            await self.link.publish(self.topics.events(self.id), encode("chute.response", response))
+        except Exception as exc:  # the caller times out and says so
+            log.warning("chute answer not sent", extra={"id": request.id, "error": str(exc)})
+
+    def _follow(self, ask: FollowLogs) -> None:
+        run = self._runs.get(ask.task_id)
+        if run is None or run.spec.attempt != ask.attempt:
+            return  # not here (any more): the manager has, or will have, its final logs
+        if run.handle is None or run.runtime is None:
+            return  # not started yet: the next renewal finds it running
+        self.tails.follow(ask.task_id, ask.attempt, run.runtime.log_files(run.handle), ask.follow_s)
 
     def _first_time(self, key: Key) -> bool:
         """Whether ``(task id, attempt)`` is new; a redelivered command runs nothing twice."""
@@ -476,7 +549,9 @@ class WorkerAgent:
         previous = self._runs.get(spec.task_id)
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
-        run = _Run(spec=spec, artifact_b64=assignment.artifact_b64)
+        run = _Run(
+            spec=spec, artifact_b64=assignment.artifact_b64, monitoring=assignment.monitoring
+        )
         self._runs[spec.task_id] = run
         self._queue.append(run)
         self._start_queued()
@@ -528,6 +603,8 @@ class WorkerAgent:
         finally:
             self._running -= 1
             self._start_queued()
+            if run.monitoring is not None:
+                self.monitor.unwatch(spec.task_id, spec.attempt)
         if run.stopped and outcome.state != "cancelled":
             outcome = Outcome(
                 state="cancelled", error="stopped", stdout=outcome.stdout, stderr=outcome.stderr
@@ -547,6 +624,8 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
+        if self.tails.following(spec.task_id):  # its last lines before its end
+            await self.tails.last(spec.task_id, spec.attempt)
         # Still in _runs meanwhile: a heartbeat must not leave the attempt out.
         await self._keep_final(run, event)
         key = (spec.task_id, spec.attempt)
@@ -597,6 +676,7 @@ class WorkerAgent:
             transient = exc.reason not in _PERMANENT
             return Outcome(state="failed", error=exc.detail, transient=transient, reason=exc.reason)
         key = (spec.task_id, spec.attempt)
+        began = time.perf_counter()
         try:
             if runtime.recoverable:
                 # The intent first: a worker killed before the handle's save finds it and
@@ -635,9 +715,18 @@ class WorkerAgent:
                 raise
             self._persisted.add(record.key)
             await runtime.begin(run.handle)
+        latency = self.stats.start_latency.get(spec.runtime)
+        if latency is None:
+            latency = self.stats.start_latency[spec.runtime] = Histogram()
+        latency.observe(time.perf_counter() - began)
         self.events.emit(
             TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
         )
+        if run.monitoring is not None:
+            handle = run.handle  # (bound now: the lambda must not see a later attempt's)
+            self.monitor.watch(
+                spec.task_id, spec.attempt, run.monitoring, lambda: runtime.stats(handle)
+            )
         if run.stopped:
             await runtime.stop(run.handle)
         return None
@@ -731,6 +820,13 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
+    async def _send_logs(self, chunks: LogChunks) -> None:
+        await self._publish(self.topics.events(self.id), "task.logs", chunks)
+
+    async def _send_metrics(self, metrics: Metrics) -> None:
+        # QoS 0: a lost sample is not worth a PUBACK per batch
+        await self.link.publish(self.topics.metrics(self.id), encode("metrics", metrics), qos=0)
+
     async def _send_events(self, events: TaskEvents) -> None:
         await self._publish(self.topics.events(self.id), "task.events", events)
 
@@ -742,6 +838,8 @@ class WorkerAgent:
                 usage=capabilities.usage(self._process),
                 epoch=self._epoch,
                 seq=self._seq,
+                # what it holds, so the scheduler can prefer it for tasks needing those
+                artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
             )
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.
