@@ -25,7 +25,7 @@ DEFAULT_OUT = ROOT / "docs" / "bench-suite.png"
 PERCENTILES = ("p50 ms", "p95 ms", "p99 ms")
 #: edgeplane in blues, the peers in warm greys: the comparison reads at a glance.
 COLOURS = {
-    "edgeplane": ("#1f4e9c", "#5b8bd9", "#3f7fbf", "#8fb4e3"),
+    "edgeplane": ("#1f4e9c", "#5b8bd9", "#3f7fbf", "#8fb4e3", "#2c6e9e", "#a9c8ec"),
     "peer": ("#b0563a", "#8c8c8c"),
 }
 SHADES = ("#9ecae1", "#4292c6", "#08519c")
@@ -59,7 +59,9 @@ def draw(suite: Mapping[str, Any], out: Path) -> Path:
     plt: Any = importlib.import_module("matplotlib.pyplot")
     systems = list(suite["systems"])
     labels = [_label(s) for s in systems]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
+    # a column per broker adds bars: widen rather than let the labels meet
+    fig_width = max(13.0, 1.5 * len(systems))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(fig_width, 5.2), layout="constrained")
 
     got = [s["throughput"].get("tasks/s") for s in systems]
     medians = [g["median"] if g else 0.0 for g in got]

@@ -89,13 +89,27 @@ from edgeplane import Client
 from edgeplane.clock import new_id
 from edgeplane.errors import EdgeplaneError, Invalid
 from edgeplane.model import Worker
-from edgeplane.protocol import Alive, Hello, Reregister, Topics, Welcome, decode, encode
+from edgeplane.protocol import (
+    AckEvents,
+    Alive,
+    Hello,
+    Reregister,
+    StartTasks,
+    TaskEvent,
+    TaskEvents,
+    Topics,
+    Welcome,
+    decode,
+    encode,
+)
 from edgeplane.protocol import parse_body as parse_message
 from edgeplane.transport.broker import MosquittoProcess, free_port
 from edgeplane.worker import capabilities
 
 DESCRIPTION = "One manager, thousands of simulated workers heartbeating on a real Mosquitto."
 DEFAULT_JSON = Path(__file__).parent / "results" / "scale.json"
+HIERARCHY_JSON = Path(__file__).parent / "results" / "scale-hierarchy.json"
+HIERARCHY_WORKERS = 10_000
 DEFAULT_WORKERS = (1000, 5000, 10_000)
 QUICK_WORKERS = (200,)
 QUICK_DURATION_S = 15.0
@@ -140,6 +154,10 @@ class FleetSpec:
     port: int
     window: int
     seed: int
+    cluster: str = CLUSTER
+    #: answer every ``task.start`` with the tasks completed (one ``task.events``), as a
+    #: worker running no-ops would; else the tasks stay ``scheduled``
+    complete: bool = False
 
 
 class FakeState(Enum):
@@ -195,7 +213,7 @@ class Fleet:
         self.spec = spec
         self.conn = conn
         self.loop = loop
-        self.topics = Topics(DOMAIN, CLUSTER)
+        self.topics = Topics(DOMAIN, spec.cluster)
         self.rng = random.Random(spec.seed)
         self.window = asyncio.Semaphore(spec.window)
         self.done = asyncio.Event()
@@ -203,6 +221,9 @@ class Fleet:
         self.errors: list[str] = []
         self.reregisters = 0
         self.unexpected = 0
+        #: task traffic: task.start commands and the tasks in them, task.events sent,
+        #: task.ack received
+        self.traffic = {"starts": 0, "tasks": 0, "events": 0, "acks": 0}
         self.t_register = 0.0
         self.registering: asyncio.Task[None] | None = None
         self.usage = capabilities.usage(psutil.Process()).model_dump(mode="json")
@@ -233,7 +254,7 @@ class Fleet:
     def _client(self, fake: Fake) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"edgeplane-worker-{DOMAIN}-{CLUSTER}-{fake.id}",
+            client_id=f"edgeplane-worker-{DOMAIN}-{self.spec.cluster}-{fake.id}",
             clean_session=True,
             userdata=fake,
         )
@@ -312,8 +333,29 @@ class Fleet:
         elif isinstance(body, Reregister):
             self.reregisters += 1
             self._send_hello(fake)
+        elif isinstance(body, StartTasks):
+            self.traffic["starts"] += 1
+            self.traffic["tasks"] += len(body.tasks)
+            if self.spec.complete and body.tasks:
+                self._complete(fake, body)
+        elif isinstance(body, AckEvents):
+            self.traffic["acks"] += 1
         else:
             self.unexpected += 1
+
+    def _complete(self, fake: Fake, start: StartTasks) -> None:
+        """Every task of the command completed at once, in one message (a real worker
+        batches the events of tasks that end together)."""
+        assert fake.client is not None
+        now = time.time()
+        done = [
+            TaskEvent(task_id=t.task_id, attempt=t.attempt, state="completed", ts=now,
+                      started_at=now)
+            for t in start.tasks
+        ]  # fmt: skip
+        payload = encode("task.events", TaskEvents(events=done))
+        fake.client.publish(self.topics.events(fake.id), payload, qos=1)
+        self.traffic["events"] += 1
 
     def _disconnected(
         self,
@@ -340,7 +382,8 @@ class Fleet:
         # Taken before the publish: paho writes it on a later loop turn, so the lag measured
         # includes this process's own delay and is never flattered by it.
         fake.sent.append(time.time())
-        fake.client.publish(self.topics.alive(fake.id), payload, qos=1)
+        # QoS 0, as the real agent sends it (no PUBACK per heartbeat).
+        fake.client.publish(self.topics.alive(fake.id), payload, qos=0)
         fake.next_at += self.period
         fake.timer = self.loop.call_at(fake.next_at, self._beat, fake)
 
@@ -411,6 +454,7 @@ class Fleet:
             "errors": self.errors,
             "reregisters": self.reregisters,
             "unexpected": self.unexpected,
+            "traffic": self.traffic,
         }
 
     def _registration(self) -> dict[str, Any]:
@@ -488,13 +532,22 @@ class Fleets:
         self.members = members
 
     @classmethod
-    def start(cls, worker_ids: Sequence[str], per_process: int, port: int, seed: int) -> Fleets:
+    def start(
+        cls,
+        worker_ids: Sequence[str],
+        per_process: int,
+        port: int,
+        seed: int,
+        *,
+        cluster: str = CLUSTER,
+        complete: bool = False,
+    ) -> Fleets:
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or loops
         count = max(1, math.ceil(len(worker_ids) / per_process))
         members = []
         for index in range(count):
             ids = tuple(worker_ids[index::count])
-            spec = FleetSpec(ids, port, CONNECT_WINDOW, seed + index)
+            spec = FleetSpec(ids, port, CONNECT_WINDOW, seed + index, cluster, complete)
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=fleet_main, args=(spec, child), daemon=True)
             proc.start()
@@ -591,18 +644,19 @@ def cpu_s(procs: Sequence[psutil.Process]) -> float:
     return total
 
 
-def wait_manager(child: Child, deadline: float) -> str:
-    """The manager's API URL once its broker link is up."""
+def wait_manager(child: Child, deadline: float, printed: re.Pattern[str] = MANAGER_URL) -> str:
+    """The manager's (or root's) API URL, as ``printed`` finds it, once its broker link
+    is up."""
     while time.monotonic() < deadline:
         if not child.alive():
-            raise EdgeplaneError(f"the manager exited early:\n{child.stderr_tail()}")
-        found = MANAGER_URL.search(child.stdout())
+            raise EdgeplaneError(f"the process exited early:\n{child.stderr_tail()}")
+        found = printed.search(child.stdout())
         if found:
             with suppress(httpx.HTTPError, ValueError):  # not serving yet
                 if httpx.get(f"{found.group(1)}/healthz", timeout=1).json().get("broker"):
                     return found.group(1)
         time.sleep(0.1)
-    raise EdgeplaneError(f"the manager was not ready within {READY_TIMEOUT_S:g}s")
+    raise EdgeplaneError(f"{child.stdout_path.stem} was not ready within {READY_TIMEOUT_S:g}s")
 
 
 def manager_argv(broker_url: str, data_dir: Path, heartbeat_s: float) -> list[str]:
@@ -986,7 +1040,8 @@ def run_count(n: int, options: Options, work_dir: Path, console: Console) -> Cou
 def render(report: Report, console: Console) -> None:
     for count in report.counts:
         title = (
-            f"edgeplane scale: {count.workers} workers, heartbeat "
+            f"edgeplane scale{' (root + 2 clusters)' if report.settings.get('hierarchy') else ''}:"
+            f" {count.workers} workers, heartbeat "
             f"{report.settings['heartbeat_s']:g}s ({count.fake_processes} fake processes)"
         )
         console.print(phase_table(title, count.phases))
@@ -998,7 +1053,7 @@ def render(report: Report, console: Console) -> None:
     )
     console.print(f"edgeplane: {m['edgeplane']}")
     console.print(f"command: {report.command}")
-    console.print(f"manager: {report.manager_command}")
+    console.print(f"processes: {report.manager_command}")
 
 
 def worker_counts(text: str) -> list[int]:
@@ -1033,7 +1088,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_WORKERS[0]} workers, {QUICK_DURATION_S:g}s"
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="FILE")
+    parser.add_argument(
+        "--hierarchy",
+        action="store_true",
+        help="one root and 2 cluster managers on PostgreSQL, the workers split across them"
+        f" (default {HIERARCHY_WORKERS:,} workers; bench/hierarchy.py)",
+    )
+    parser.add_argument(
+        "--tasks", type=int, default=None, metavar="N", help="--hierarchy: tasks in the batch"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        metavar="URL",
+        help="--hierarchy: the database (created if missing; a schema per process)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run in DIR and keep the processes' logs and data there (default: a temp dir)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     return parser.parse_args(argv)
 
 
@@ -1050,7 +1127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     given = sys.argv[1:] if argv is None else list(argv)
     quick = args.quick
-    counts = args.workers or list(QUICK_WORKERS if quick else DEFAULT_WORKERS)
+    if args.hierarchy:
+        default_counts: Sequence[int] = QUICK_WORKERS if quick else (HIERARCHY_WORKERS,)
+    else:
+        default_counts = QUICK_WORKERS if quick else DEFAULT_WORKERS
+    counts = args.workers or list(default_counts)
     duration = args.duration_s or (QUICK_DURATION_S if quick else 60.0)
     options = Options(
         heartbeat_s=args.heartbeat_s,
@@ -1066,20 +1147,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console = Console() if sys.stdout.isatty() else Console(width=132)
     nofile = raise_open_files_limit()
+    if args.hierarchy:
+        from bench import hierarchy
+
+        tasks = args.tasks or (hierarchy.QUICK_TASK_BATCH if quick else hierarchy.TASK_BATCH)
+        postgres = args.postgres or hierarchy.DEFAULT_POSTGRES
+        shown = hierarchy.commands(args.heartbeat_s, postgres)
+    else:
+        shown = shlex.join(
+            ["python", *manager_argv("mqtt://127.0.0.1:PORT", Path("DIR"), args.heartbeat_s)[1:]]
+        )
     report = Report(
         command=shlex.join(["python", "-m", "bench.scale", *given]),
-        manager_command=shlex.join(
-            ["python", *manager_argv("mqtt://127.0.0.1:PORT", Path("DIR"), args.heartbeat_s)[1:]]
-        ),
+        manager_command=shown,
         machine={**machine(), "nofile": nofile},
-        settings={**asdict(options), "workers": counts, "connect_window": CONNECT_WINDOW},
+        settings={
+            **asdict(options),
+            "workers": counts,
+            "connect_window": CONNECT_WINDOW,
+            "hierarchy": args.hierarchy,
+        },
     )
     for n in counts:
         if n + 100 > nofile:
             console.print(f"[yellow]{n} workers need more than {nofile} open files[/yellow]")
-        with tempfile.TemporaryDirectory(prefix="edgeplane-scale-") as tmp:
+        with ExitStack() as kept:
+            if args.keep is None:
+                tmp = kept.enter_context(tempfile.TemporaryDirectory(prefix="edgeplane-scale-"))
+            else:
+                tmp = str(args.keep / f"workers-{n}")
+                Path(tmp).mkdir(parents=True)
             try:
-                report.counts.append(run_count(n, options, Path(tmp), console))
+                if args.hierarchy:
+                    found = hierarchy.run_hierarchy(n, options, tasks, postgres, Path(tmp), console)
+                else:
+                    found = run_count(n, options, Path(tmp), console)
+                report.counts.append(found)
             except EdgeplaneError as exc:
                 console.print(f"[red]{n} workers aborted:[/red] {exc}")
                 report.counts.append(
@@ -1087,9 +1190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     report.machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     render(report, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    out = args.json or (HIERARCHY_JSON if args.hierarchy else DEFAULT_JSON)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    console.print(f"wrote {out}")
     return 0
 
 

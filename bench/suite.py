@@ -9,7 +9,11 @@ summed over every process a system needs: for edgeplane the ``up --workers 0`` p
 peer its worker processes and Redis.
 Nothing here asserts on time; every wait is bounded.
 
-    python -m bench.suite [--quick] [--json FILE] [--chart FILE]
+The wasm stack also runs "open" (no identities, ACL or signatures: an anonymous broker
+given with ``--broker``) once per broker of ``bench.brokers`` (``--brokers``; default:
+every one installed here), so what each broker changes is measured in the same run.
+
+    python -m bench.suite [--quick] [--brokers mosquitto,nats] [--json FILE] [--chart FILE]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import chart
+from bench.brokers import LAUNCHERS, BrokerUnavailable, Launcher
 from bench.peers import (
     DRAMATIQ_THREADS,
     LATENCY_WARMUP,
@@ -68,7 +73,6 @@ from bench.spine import (
 )
 from edgeplane import Client, __version__
 from edgeplane.errors import EdgeplaneError
-from edgeplane.transport.broker import MosquittoProcess
 
 DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,28 +163,37 @@ def _shown(argv: Sequence[str]) -> str:
 SECURITY = ("acl", "tls", "open")
 
 
-@contextmanager
-def _open_broker(work_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """An anonymous Mosquitto with the same tuning as ``up``'s (TCP_NODELAY, no stock
-    queue limits), so the only difference measured is identities, ACL and signatures."""
-    data = work_dir / "open-broker"
-    data.mkdir()
-    broker = MosquittoProcess(data, free_port())
-    url = broker.start()
-    try:
-        pid = broker.pid
-        if pid is None:
-            raise EdgeplaneError(f"the open broker did not start:\n{broker.log_tail()}")
-        yield url, psutil.Process(pid)
-    finally:
-        broker.stop()
+def broker_processes(directory: Path, url: str) -> list[psutil.Process]:
+    """The processes of a broker a launcher started in ``directory``: the one listening
+    on its URL's port and any whose command line names the directory (a broker of
+    several processes, or of several nodes), without those whose ancestor is already
+    counted (CPU is read per process tree)."""
+    port = urlsplit(url).port
+    found: dict[int, psutil.Process] = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        listening = conn.status == psutil.CONN_LISTEN and isinstance(conn.laddr, tuple)
+        if listening and conn.laddr and conn.laddr[1] == port and conn.pid:
+            with suppress(psutil.Error):  # ended meanwhile
+                found[conn.pid] = psutil.Process(conn.pid)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(directory) in arg for arg in proc.info["cmdline"] or []):
+            found[proc.pid] = proc
+    tops = []
+    for proc in found.values():
+        with suppress(psutil.Error):
+            if not any(parent.pid in found for parent in proc.parents()):
+                tops.append(proc)
+    return tops
 
 
 @contextmanager
-def edgeplane_stack(work_dir: Path, security: str = "acl") -> Iterator[Edgeplane]:
+def edgeplane_stack(
+    work_dir: Path, security: str = "acl", launcher: Launcher | None = None
+) -> Iterator[Edgeplane]:
     """``up --workers 0`` (API, manager, store, embedded Mosquitto with TCP_NODELAY) and
     two ``edgeplane worker`` processes on its broker, as separate machines would join;
-    ``security`` is one of :data:`SECURITY`."""
+    ``security`` is one of :data:`SECURITY`. ``open`` runs on the broker ``launcher``
+    starts (``bench.brokers``), anonymous, given to ``up`` with ``--broker``."""
     token = secrets.token_urlsafe(16)
     env = clean_env(token)
     port = free_port()
@@ -198,9 +211,13 @@ def edgeplane_stack(work_dir: Path, security: str = "acl") -> Iterator[Edgeplane
             up_argv += ["--tls-cert", str(certs / "server.pem"), "--tls-key"]
             up_argv += [str(certs / "server.key")]
         elif security == "open":
-            broker_url, broker_proc = stack.enter_context(_open_broker(work_dir))
+            if launcher is None:
+                raise EdgeplaneError("an open stack needs a broker launcher")
+            broker_dir = work_dir / "broker"
+            broker_dir.mkdir()
+            broker_url = stack.enter_context(launcher(broker_dir))
             up_argv += ["--broker", broker_url]
-            extra.append(broker_proc)
+            extra += broker_processes(broker_dir, broker_url)
         url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
         up = stack.enter_context(process(up_argv, env, work_dir, "up"))
         client = stack.enter_context(Client(url, token, timeout=30, ca=ca))
@@ -227,7 +244,12 @@ def edgeplane_stack(work_dir: Path, security: str = "acl") -> Iterator[Edgeplane
 
 
 def run_edgeplane(
-    name: str, spec: Mapping[str, Any], plan: Plan, work_dir: Path, security: str = "acl"
+    name: str,
+    spec: Mapping[str, Any],
+    plan: Plan,
+    work_dir: Path,
+    security: str = "acl",
+    broker: str = "",
 ) -> System:
     """Warm-up, the throughput runs, then latency, on one fresh stack."""
     system = System(name, __version__, "edgeplane")
@@ -242,8 +264,8 @@ def run_edgeplane(
     )
     system.latency_method = "Client.run (POST /tasks?wait=: created and waited for in one request)"
     if security == "open":
-        system.cpu_counted += " + the anonymous Mosquitto given with --broker"
-    with edgeplane_stack(work_dir, security) as ep:
+        system.cpu_counted += f" + the anonymous {broker} given with --broker"
+    with edgeplane_stack(work_dir, security, LAUNCHERS.get(broker)) as ep:
         system.processes = ep.commands
         procs = [child.ps for child in ep.children] + ep.extra
         warm = measure_throughput(ep.client, spec, plan.warmup, plan.throughput_budget_s, procs)
@@ -356,6 +378,8 @@ def guarded(name: str, kind: str, step: Callable[[], System]) -> System:
     """A system that failed is reported as not finished; the others still run."""
     try:
         return step()
+    except BrokerUnavailable:
+        raise  # not a failure: the caller leaves the broker out, or says it is missing
     except Exception as exc:  # any failure, ours or a peer's, ends only its own column
         return System(name, "?", kind, notes=[f"{type(exc).__name__}: {exc}"])
 
@@ -486,6 +510,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="1,000 tasks, 1 repetition, 200 latency samples: for development only",
     )
+    parser.add_argument(
+        "--brokers",
+        type=broker_names,
+        default=None,
+        metavar="NAME,NAME",
+        help=f"brokers the open wasm stack runs on, one column each ({', '.join(LAUNCHERS)};"
+        " default: every one installed here)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="results")
     parser.add_argument("--chart", type=Path, default=None, metavar="FILE", help="PNG")
     args = parser.parse_args(argv)
@@ -496,23 +528,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(plan: Plan, work_dir: Path, console: Console) -> list[System]:
-    """Each system in turn, on its own fresh processes; Redis db 15 is flushed around them."""
+def broker_names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in LAUNCHERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown broker {', '.join(unknown) or text!r}: choose from {', '.join(LAUNCHERS)}"
+        )
+    return names
+
+
+def broker_variant(broker: str) -> str:
+    """The column of the open wasm stack on ``broker``; on Mosquitto it keeps the name it
+    had before there were several brokers, so earlier runs compare."""
+    return "edgeplane wasm open" if broker == "mosquitto" else f"edgeplane wasm {broker}"
+
+
+def run(
+    plan: Plan, work_dir: Path, console: Console, brokers: Sequence[str] | None = None
+) -> list[System]:
+    """Each system in turn, on its own fresh processes; Redis db 15 is flushed around them.
+
+    The open wasm stack runs once per broker in ``brokers`` (a column each, missing ones
+    reported); None: on every broker of ``bench.brokers`` installed here (the others left
+    out)."""
     redis = redis_client()
     redis.flushdb()
     redis_proc = redis_server()
     wasm = wasm_noop()
     # The headline column first (the ratios are its); then what security costs, the same
     # wasm task on a stack with TLS added, and on one with none of it (SECURITY).
+    # The same open stack on each broker after it: what the broker alone changes.
     variants = [
-        ("edgeplane wasm", wasm, "acl"),
-        ("edgeplane host", HOST_NOOP, "acl"),
-        ("edgeplane wasm TLS", wasm, "tls"),
-        ("edgeplane wasm open", wasm, "open"),
+        ("edgeplane wasm", wasm, "acl", ""),
+        ("edgeplane host", HOST_NOOP, "acl", ""),
+        ("edgeplane wasm TLS", wasm, "tls", ""),
+        *((broker_variant(b), wasm, "open", b) for b in (brokers or list(LAUNCHERS))),
     ]
     steps: list[tuple[str, str, Callable[[Path], System]]] = [
-        (name, "edgeplane", partial(run_edgeplane, name, spec, plan, security=security))
-        for name, spec, security in variants
+        (
+            name,
+            "edgeplane",
+            partial(run_edgeplane, name, spec, plan, security=security, broker=broker),
+        )
+        for name, spec, security, broker in variants
     ]
     steps += [
         (name, "peer", partial(run_peer, session, plan, redis=redis_proc))
@@ -524,7 +583,12 @@ def run(plan: Plan, work_dir: Path, console: Console) -> list[System]:
             console.print(f"{name} …")
             work = work_dir / name.replace(" ", "-")
             work.mkdir()
-            systems.append(guarded(name, kind, partial(step, work)))
+            try:
+                systems.append(guarded(name, kind, partial(step, work)))
+            except BrokerUnavailable as exc:
+                console.print(f"  {exc}: {'not finished' if brokers else 'left out'}")
+                if brokers:  # asked for by name: a column says it could not run
+                    systems.append(System(name, "?", kind, notes=[str(exc)]))
     finally:
         redis.flushdb()
         redis.close()
@@ -549,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" threads each); load average {suite.machine['loadavg_1m_at_start']}"
     )
     with tempfile.TemporaryDirectory(prefix="edgeplane-suite-") as tmp:
-        suite.systems = run(plan, Path(tmp), console)
+        suite.systems = run(plan, Path(tmp), console, args.brokers)
     suite.machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     render(suite, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,8 @@ def api_md() -> str:
         "Outside `/api/v1`, with no token: `GET /healthz` (200 while the store can be",
         "written, else 503 with the reason), `GET /metrics` (Prometheus), `GET /openapi.json`,",
         "`GET /docs` (Swagger UI, served from the package: it works offline), `GET /dashboard`",
-        "(its own API calls need a token). `/workers` routes are on a cluster's manager only:",
+        "(its own API calls need a token; [dashboard.md](dashboard.md), which also describes",
+        "`GET /api/v1/events`). `/workers` routes are on a cluster's manager only:",
         "a root sees clusters and their aggregates.",
         "",
     ]
@@ -169,11 +170,22 @@ def api_md() -> str:
 
 def _routers() -> list[tuple[str, Any]]:
     """Every router the API mounts under ``/api/v1`` (as ``api/app.py`` does)."""
-    from edgeplane.api import applications, audit, clusters, join_tokens, runs, tasks, users
+    from edgeplane.api import (
+        applications,
+        audit,
+        chutes,
+        clusters,
+        events,
+        join_tokens,
+        runs,
+        tasks,
+        users,
+    )
     from edgeplane.api import workers as worker_routes
     from edgeplane.api.app import API
 
-    routers = [tasks.router, join_tokens.router, worker_routes.router, runs.jobs]
+    routers = [tasks.router, events.router, join_tokens.router, worker_routes.router]
+    routers += [chutes.router, runs.jobs]
     routers += [runs.workflows, runs.schedules, clusters.router, applications.router]
     routers += [users.users, users.tokens, audit.router, users.auth]
     return [(API, router) for router in routers]

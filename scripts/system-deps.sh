@@ -7,7 +7,8 @@
 # e2fsprogs (mkfs.ext4; mount/losetup come with util-linux/mount) for chute networking and
 # resource policies; nats-server (the broker matrix runs a 3-node NATS cluster:
 # tests/brokers) and RabbitMQ (the matrix runs private nodes of its MQTT plugin;
-# the package's own service is not used). Installs only what is missing.
+# the package's own service is not used); chromium for the dashboard's browser tests
+# (driven by playwright, tests/browser). Installs only what is missing.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -26,6 +27,7 @@ command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(
 command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || missing+=(mount)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

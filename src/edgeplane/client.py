@@ -274,6 +274,12 @@ def _nothing(resp: Reply) -> None:
         raise _problem(resp)
 
 
+def _bytes(resp: Reply) -> bytes:
+    if not resp.ok:
+        raise _problem(resp)
+    return bytes(resp.content)
+
+
 def _text(resp: Reply) -> str:
     if not resp.ok:
         raise _problem(resp)
@@ -539,6 +545,28 @@ class _Calls:
     @staticmethod
     def delete_schedule(schedule_id: str) -> _Call[None]:
         return _Call("DELETE", f"/schedules/{_seg(schedule_id)}", _nothing)
+
+    # federated learning (docs/fl.md): experiments are plain JSON objects
+    @staticmethod
+    def fl_create(body: dict[str, Any]) -> _Call[dict[str, Any]]:
+        return _Call("POST", "/fl/experiments", _json, body=body)
+
+    @staticmethod
+    def fl_experiments(params: dict[str, str | int]) -> _Call[dict[str, Any]]:
+        return _Call("GET", "/fl/experiments", _json, params=params)
+
+    @staticmethod
+    def fl_experiment(experiment_id: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}", _json)
+
+    @staticmethod
+    def fl_stop(experiment_id: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", f"/fl/experiments/{_seg(experiment_id)}/stop", _json)
+
+    @staticmethod
+    def fl_model(experiment_id: str, version: int | None) -> _Call[bytes]:
+        params = None if version is None else {"version": version}
+        return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}/model", _bytes, params=params)
 
     @staticmethod
     def clusters(params: dict[str, str | int]) -> _Call[Page[Cluster]]:
@@ -1045,6 +1073,26 @@ class Client(_Base):
 
     def delete_schedule(self, schedule_id: str) -> None:
         self._send(_Calls.delete_schedule(schedule_id))
+
+    # --- federated learning ----------------------------------------------------------------
+
+    def fl_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._send(_Calls.fl_create(body))
+
+    def fl_experiments(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return self._send(_Calls.fl_experiments(_filters(limit=limit, offset=offset)))
+
+    def fl_experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self._send(_Calls.fl_experiment(experiment_id))
+
+    def fl_stop(self, experiment_id: str) -> dict[str, Any]:
+        return self._send(_Calls.fl_stop(experiment_id))
+
+    def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
+        """A global model version, raw ``f32`` (docs/fl.md)."""
+        return self._send(_Calls.fl_model(experiment_id, version))
 
     # --- clusters and applications --------------------------------------------------------
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -105,8 +106,9 @@ class Node:
                            capture_output=True, check=False)  # fmt: skip
 
 
-@pytest.fixture
-def node(lab: Lab) -> Iterator[Node]:
+@contextlib.contextmanager
+def running_node(lab: Lab) -> Iterator[Node]:
+    """A :class:`Node`, and everything its chutes leave removed at the end."""
     found = Node(lab)
     try:
         yield found
@@ -124,6 +126,12 @@ def node(lab: Lab) -> Iterator[Node]:
         for disk in (chutes / "disks").glob("*.img"):
             ChuteEnforcer(chutes).remove(disk.stem)
         NodeNetwork(chutes / "net").teardown()
+
+
+@pytest.fixture
+def node(lab: Lab) -> Iterator[Node]:
+    with running_node(lab) as found:
+        yield found
 
 
 @pytest.mark.parametrize("how", ["stop", "kill9"])

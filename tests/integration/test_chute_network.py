@@ -220,18 +220,43 @@ async def test_the_node_adapter_prepares_attaches_and_detaches(net: NodeNetwork)
     bandwidth = SimpleNamespace(model_dump=lambda: {"egress": 4000, "ingress": None})
     manifest = SimpleNamespace(name="alpha", resources=SimpleNamespace(bandwidth_kbit=bandwidth))
     adapter = ChuteNetwork(net)
-    netns = await adapter.prepare("alpha", "web")
-    assert netns == "/var/run/netns/ep-alpha.web" and "ep-alpha.web" in netns_list()
-    address = await adapter.attach(manifest, service, 0)
+    netns = await adapter.prepare("alpha", "web", "g1")
+    assert netns == "/var/run/netns/ep-alpha.web.g1" and "ep-alpha.web.g1" in netns_list()
+    address = await adapter.attach(manifest, service, 0, "g1")
     assert address == net.leases()[0].address
     assert net.leases()[0].ports == [PortMap(node_port=port, port=80)]
     qdisc = await asyncio.to_thread(
-        run, ["tc", "-n", "ep-alpha.web", "qdisc", "show", "dev", "eth0"]
+        run, ["tc", "-n", "ep-alpha.web.g1", "qdisc", "show", "dev", "eth0"]
     )
     assert "tbf" in qdisc and "4Mbit" in qdisc
     # a re-prepare (worker restart) keeps the mappings
-    assert await adapter.prepare("alpha", "web") == netns
+    assert await adapter.prepare("alpha", "web", "g1") == netns
     assert net.leases()[0].ports == [PortMap(node_port=port, port=80)]
-    await adapter.detach("alpha", "web")
-    await adapter.detach("alpha", "web")
-    assert net.leases() == [] and "ep-alpha.web" not in netns_list()
+    await adapter.detach("alpha", "web", "g1")
+    await adapter.detach("alpha", "web", "g1")
+    assert net.leases() == [] and "ep-alpha.web.g1" not in netns_list()
+
+
+def test_two_generations_of_a_service_have_their_own_namespace_and_hand_over_ports(
+    net: NodeNetwork,
+) -> None:
+    port = free_port()
+    mapping = [PortMap(node_port=port, port=80)]
+    old = net.attach("alpha", "web", mapping, gen="a1")
+    new = net.attach("alpha", "web", gen="b2")
+    assert new.netns_path != old.netns_path and new.address != old.address
+    assert "ep-alpha.web.a1" in netns_list() and "ep-alpha.web.b2" in netns_list()
+    # the old generation keeps the names and the mapping until the new one takes over
+    assert f"{old.address}\tweb.alpha alpha web" in net.hosts("alpha")
+    assert f"dnat to {old.address}:80" in net.ruleset()
+    net.take_over("alpha", "web", "b2", mapping)
+    rules = net.ruleset()
+    assert f"dnat to {new.address}:80" in rules and f"dnat to {old.address}:80" not in rules
+    assert f"{new.address}\tweb.alpha alpha web" in net.hosts("alpha")
+    assert old.address not in net.hosts("alpha")
+    # handing back (an undone update) restores the old generation
+    net.take_over("alpha", "web", "a1", mapping)
+    assert f"dnat to {old.address}:80" in net.ruleset()
+    net.detach("alpha", "web", gen="b2")
+    net.detach("alpha", "web", gen="a1")
+    assert net.leases() == []

@@ -48,7 +48,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -861,3 +861,18 @@ async def test_unreachable_postgresql_is_unavailable() -> None:
         await store.open()
     with pytest.raises(Unavailable):
         await store.get_task("a")
+
+
+async def test_fl_experiments_round_trip(store: Store) -> None:
+    from edgeplane.fl.spec import ExperimentSpec
+    from edgeplane.fl.state import Experiment, RoundRecord
+
+    spec = ExperimentSpec.model_validate({"name": "digits", "workload": {"runtime": "host"}})
+    exp = Experiment(id="e1", name="digits", spec=spec, created_at=1.0, updated_at=1.0)
+    await store.save_fl_experiment(exp)
+    exp.rounds.append(RoundRecord(round=1, clients=["w1"], updates={"w1": 10}))
+    exp.versions = ["sha256:" + "0" * 64]
+    await store.save_fl_experiment(exp)
+    assert await store.get_fl_experiment("e1") == exp
+    assert await store.get_fl_experiment("nope") is None
+    assert await store.list_fl_experiments() == ([exp], 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -16,8 +16,10 @@ from edgeplane.api import (
     apidocs,
     applications,
     audit,
+    chutes,
     clusters,
     dashboard,
+    events,
     join_tokens,
     problems,
     runs,
@@ -25,10 +27,12 @@ from edgeplane.api import (
     users,
     workers,
 )
+from edgeplane.api import fl as fl_api
 from edgeplane.api.deps import CALLER, caller
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.errors import EdgeplaneError
+from edgeplane.fl import tokens as fl_tokens
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.manager.uplink import Uplink
@@ -38,6 +42,12 @@ from edgeplane.security import TokenChecker
 from edgeplane.security.accounts import Accounts
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.roles import API, PUBLIC, check
+
+if TYPE_CHECKING:  # numpy is the fl extra's
+    from edgeplane.fl.coordinator import Coordinator
+
+#: Where a training task's own credential is taken (``edgeplane.api.fl.clients``)
+FL_CLIENTS = f"{API}/fl/experiments/"
 
 
 class BodyLimit:
@@ -150,6 +160,10 @@ class Authenticate:
                 if name == b"authorization":
                     authorization = bytes(value).decode("latin-1")
                     break
+            if path.startswith(FL_CLIENTS) and fl_tokens.is_client_token(authorization):
+                # a training task's credential: its routes check it (edgeplane.fl.tokens)
+                await self.app(scope, receive, send)
+                return
             try:
                 record = await self.tokens.check(authorization)
                 # before the check: a refused call's audit record names its caller
@@ -181,6 +195,7 @@ def create_app(
     accounts: Accounts | None = None,
     broker_auth: BrokerAuth | None = None,
     uplink: Uplink | None = None,
+    fl: Coordinator | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="edgeplane",
@@ -195,6 +210,8 @@ def create_app(
     app.state.workflows = workflows
     app.state.schedules = schedules
     app.state.applications = apps
+    #: federated learning's coordinator (None: the fl extra is not installed, or the root)
+    app.state.fl = fl
     #: the identities of the broker edgeplane started (None: an external broker)
     app.state.broker_auth = broker_auth
     problems.install(app)
@@ -213,13 +230,17 @@ def create_app(
         )
 
     secured(tasks.router)
+    secured(events.router)  # the dashboard's live stream
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
+        secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
-    for router in (users.users, users.tokens, audit.router):
+    for router in (users.users, users.tokens, audit.router, fl_api.users):
         secured(router)
+    # a training task's own credential, or a user's (checked by the route)
+    app.include_router(fl_api.clients, prefix=API, responses=problems.API)
     # no token: login and refresh check their own credentials (roles.PUBLIC)
     app.include_router(users.auth, prefix=API, responses=problems.API)
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do

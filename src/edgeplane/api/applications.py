@@ -34,7 +34,7 @@ _DESCRIPTOR = {
 }
 
 
-def _view(app: Application) -> ApplicationView:
+def view(app: Application) -> ApplicationView:
     return ApplicationView(
         id=app.id,
         name=app.name,
@@ -79,7 +79,7 @@ async def _descriptor(request: Request) -> ApplicationSpec:
 async def create(request: Request, apps: AppsDep, caller: CallerDep) -> ApplicationView:
     spec = await _descriptor(request)
     projects.check_new(caller, spec.project)
-    return _view(await apps.create(spec))
+    return view(await apps.create(spec))
 
 
 @router.get("", response_model=Page[ApplicationView])
@@ -93,13 +93,13 @@ async def list_(
     # no store query to narrow.
     found = [app for app in apps.all() if projects.sees(caller, app.project)]
     return Page[ApplicationView](
-        items=[_view(a) for a in found[offset : offset + limit]], total=len(found)
+        items=[view(a) for a in found[offset : offset + limit]], total=len(found)
     )
 
 
 @router.get("/{app_id}", response_model=ApplicationView)
 async def get(app_id: str, apps: AppsDep, caller: CallerDep) -> ApplicationView:
-    return _view(_owned(apps, caller, app_id))
+    return view(_owned(apps, caller, app_id))
 
 
 def _owned(apps: Applications, caller: TokenRecord, app_id: str) -> Application:
@@ -114,7 +114,7 @@ async def replace(
 ) -> ApplicationView:
     spec = await _descriptor(request)  # a bad body is 422 whoever asks, before any lookup
     _owned(apps, caller, app_id)
-    return _view(await apps.replace(app_id, spec))
+    return view(await apps.replace(app_id, spec))
 
 
 @router.delete("/{app_id}", status_code=204)

@@ -38,6 +38,8 @@ class Problem(BaseModel):
     field: str | None = None
     #: 422: every field that failed, the first one also in ``field``
     errors: list[FieldProblem] | None = None
+    #: a short code of why, when the error has one (a refused FL update: docs/fl.md)
+    reason: str | None = None
 
 
 def _documented(description: str, **headers: str) -> dict[str, Any]:
@@ -134,6 +136,8 @@ def _allowed(request: Request) -> str:
 
 def from_error(exc: EdgeplaneError) -> JSONResponse:
     extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
+    if exc.reason:
+        extra["reason"] = exc.reason
     response = problem(exc.status, exc.title, exc.detail, **extra)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -6,6 +6,11 @@ while the change runs on the node's queue (``GET /api/v1/changes/{id}``, or its
 ``/stream`` as server-sent events). Every call needs the node-local token, generated into
 the worker's data dir (``edge-api-token``, 0600) and sent as ``Authorization: Bearer``.
 Errors are problem+json, as on the control plane.
+
+The chutes' own API (:class:`ChuteApi`) is a second, read-only one, on the node's bridge
+gateway (``10.77.0.1:7072`` by default) so that a chute reaches it from inside its
+namespace: each chute authenticates with its own token (``/run/chute/token``) and sees
+only itself (its status and config) and the node's info.
 """
 
 from __future__ import annotations
@@ -26,14 +31,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from edgeplane import safeyaml
 from edgeplane.api import problems
 from edgeplane.chutes import manifest as manifests
+from edgeplane.chutes.bodies import read_body
 from edgeplane.chutes.node import Node
 from edgeplane.errors import Invalid, Unauthorized
 
 TOKEN_FILE = "edge-api-token"
-MAX_BODY = 1 << 20
 MAX_CONFIG_BYTES = 64 * 1024
 
 
@@ -47,21 +51,6 @@ def node_token(data_dir: Path) -> str:
             handle.write(secrets.token_urlsafe(32) + "\n")
     os.chmod(path, 0o600)
     return path.read_text().strip()
-
-
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise Invalid(f"the body is over {MAX_BODY} bytes", field="body")
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
-        return safeyaml.load(raw, "body")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise Invalid(
-            "the body is not JSON (send YAML as application/yaml)", field="body"
-        ) from None
 
 
 def _accepted(change_id: str) -> JSONResponse:
@@ -88,7 +77,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.post("/api/v1/chutes", status_code=202)
     async def install(request: Request) -> JSONResponse:
-        found = manifests.parse(await _body(request))
+        found = manifests.parse(await read_body(request))
         return _accepted((await node.install(found)).id)
 
     @app.get("/api/v1/chutes")
@@ -101,7 +90,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.put("/api/v1/chutes/{name}", status_code=202)
     async def update(name: str, request: Request) -> JSONResponse:
-        found = manifests.parse(await _body(request))
+        found = manifests.parse(await read_body(request))
         if found.name != _name(name):
             raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
         return _accepted((await node.update(found)).id)
@@ -131,7 +120,7 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.put("/api/v1/chutes/{name}/config", status_code=202)
     async def set_config(name: str, request: Request) -> JSONResponse:
-        body = await _body(request)
+        body = await read_body(request)
         if not isinstance(body, dict):
             raise Invalid("the config is an object of keys to values", field="config")
         if len(json.dumps(body)) > MAX_CONFIG_BYTES:
@@ -155,6 +144,44 @@ def build_app(node: Node, token: str) -> FastAPI:
 
     @app.get("/api/v1/info")
     async def info() -> dict[str, Any]:
+        return await node.info()
+
+    return app
+
+
+#: the chutes' API port on the node's bridge gateway
+CHUTE_API_PORT = 7072
+
+
+def _chute_caller(
+    request: Request, given: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The chute whose token came with the call."""
+    node: Node = request.app.state.node
+    name = None if given is None else node.chute_for_token(given.credentials)
+    if name is None:
+        raise Unauthorized("a chute's token is needed (/run/chute/token)")
+    return name
+
+
+Caller = Annotated[str, Depends(_chute_caller)]
+
+
+def build_chute_app(node: Node) -> FastAPI:
+    app = FastAPI(title="edgeplane chute API", docs_url=None, redoc_url=None)
+    app.state.node = node
+    problems.install(app)
+
+    @app.get("/api/v1/self")
+    async def self_status(name: Caller) -> dict[str, Any]:
+        return {**(await node.status(name, probe=False)), "config": node.config(name)}
+
+    @app.get("/api/v1/self/config")
+    async def self_config(name: Caller) -> dict[str, Any]:
+        return node.config(name)
+
+    @app.get("/api/v1/info")
+    async def info(name: Caller) -> dict[str, Any]:
         return await node.info()
 
     return app
@@ -189,39 +216,67 @@ class EdgeApi:
         self.node = node
         self.host, self.port = parse_listen(listen)
         self.token = node_token(data_dir)
+        self.app = build_app(node, self.token)
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.node.start()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise Invalid(
-                f"the Edge API cannot listen on {self.host}:{self.port}: {exc.strerror}",
-                field="api",
-            ) from None
-        sock.listen(128)
-        config = uvicorn.Config(
-            build_app(self.node, self.token), log_level="warning", access_log=False, lifespan="off"
-        )
-        self._server = _Server(config)
-        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="edge-api")
-        while not self._server.started:
-            if self._serving.done():
-                self._serving.result()
-                raise RuntimeError("the Edge API stopped during start-up")
-            await asyncio.sleep(0.01)
+        self._server, self._serving = await _serve(self.app, self.host, self.port, "Edge API")
 
     async def stop(self) -> None:
-        if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            # streams (log follow, SSE) never end on their own
-            self._server.force_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._serving, 5)
+        await _stop(self._server, self._serving)
         await self.node.close()
+
+
+class ChuteApi:
+    """The chutes' read-only API of their node, on the bridge gateway (the node's
+    lifetime is its :class:`EdgeApi`'s)."""
+
+    def __init__(self, node: Node, host: str, port: int = CHUTE_API_PORT) -> None:
+        self.node = node
+        self.host, self.port = host, port
+        self._server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._server, self._serving = await _serve(
+            build_chute_app(self.node), self.host, self.port, "chute API"
+        )
+
+    async def stop(self) -> None:
+        await _stop(self._server, self._serving)
+
+
+async def _serve(
+    app: FastAPI, host: str, port: int, what: str
+) -> tuple[_Server, asyncio.Task[None]]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Invalid(
+            f"the {what} cannot listen on {host}:{port}: {exc.strerror}", field="api"
+        ) from None
+    sock.listen(128)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name=what)
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError(f"the {what} stopped during start-up")
+        await asyncio.sleep(0.01)
+    return server, serving
+
+
+async def _stop(server: _Server | None, serving: asyncio.Task[None] | None) -> None:
+    if server is not None and serving is not None:
+        server.should_exit = True
+        # streams (log follow, SSE) never end on their own
+        server.force_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 5)

@@ -1,10 +1,14 @@
-"""A node's chute network: one bridge, one subnet, a namespace per chute service.
+"""A node's chute network: one bridge, one subnet, a namespace per chute service generation.
 
-Each chute service gets its own network namespace (``ip netns``) joined to the node's
+Each generation of a chute service (an update runs the new one beside the old) gets its
+own network namespace (``ip netns``) joined to the node's
 bridge by a veth pair, an address leased from the node's subnet, a default route via the
 bridge (the node) and outbound NAT. Port mappings turn a node port into the chute's
 address and port (DNAT in PREROUTING for traffic from outside, in OUTPUT for the node's
-own connections, masquerade for hairpin and for the node's loopback). Every rule lives in
+own connections, masquerade for hairpin and for the node's loopback). Of the generations
+of one service, one is *active*: it holds the port mappings and the names; an update's
+new generation takes them over in one nft transaction once healthy (``take_over``).
+Every rule lives in
 one nftables table of our own (``table ip edgeplane``): the whole table is rewritten at
 once from the leases (``nft -f`` is atomic), so it never drifts from them and no other
 table is ever touched.
@@ -77,6 +81,10 @@ class Lease(BaseModel):
 
     chute: str
     service: str
+    #: the chute generation ("" in leases written before generations had their own)
+    gen: str = ""
+    #: the generation that holds the service's port mappings and names
+    active: bool = True
     address: str
     netns: str
     veth: str
@@ -92,6 +100,10 @@ class Attachment:
     gateway: str
     veth: str
     hosts_path: Path
+
+
+def lease_key(chute: str, service: str, gen: str = "") -> str:
+    return f"{chute}/{service}/{gen}" if gen else f"{chute}/{service}"
 
 
 def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
@@ -162,15 +174,21 @@ class NodeNetwork:
     def leases(self) -> list[Lease]:
         return list(self._leases.values())
 
-    def attach(self, chute: str, service: str, ports: Sequence[PortMap] = ()) -> Attachment:
-        """Give ``chute``/``service`` its namespace, veth, address and port mappings.
+    def attach(
+        self, chute: str, service: str, ports: Sequence[PortMap] = (), *, gen: str = ""
+    ) -> Attachment:
+        """Give ``chute``/``service`` (generation ``gen``) its namespace, veth, address and
+        port mappings.
 
         Idempotent: attaching what is attached (after a worker restart) re-creates whatever
         is missing with the same address. A node port that is taken (by a process on the
-        node or another chute) is refused before anything is changed."""
+        node or another chute) is refused before anything is changed; one held by another
+        generation of the same service is taken over from it (see ``take_over``)."""
         check_name(chute, "chute")
         check_name(service, "service")
-        key = f"{chute}/{service}"
+        if gen:
+            check_name(gen, "generation")
+        key = lease_key(chute, service, gen)
         ports = list(ports)
         self._check_ports(key, ports)
         self.ensure_bridge()
@@ -179,32 +197,74 @@ class NodeNetwork:
             lease = Lease(
                 chute=chute,
                 service=service,
+                gen=gen,
+                # the first generation of a service is active; a later one once it takes over
+                active=not self._siblings(chute, service, gen),
                 address=self._free_address(),
-                netns=f"ep-{chute}.{service}",
+                netns=f"ep-{chute}.{service}" + (f".{gen}" if gen else ""),
                 veth="ve" + hashlib.sha256(key.encode()).hexdigest()[:11],
-                ports=ports,
+                ports=[],
             )
-        else:
-            lease = lease.model_copy(update={"ports": ports})
         self._leases[key] = lease
         self._save()
         try:
             self._plumb(lease)
+            if ports or lease.ports:
+                self._move_ports(key, ports)
             self._apply_rules()
             self._write_hosts()
         except EdgeplaneError:
-            self.detach(chute, service)
+            self.detach(chute, service, gen=gen)
             raise
-        return self.attachment(lease)
+        return self.attachment(self._leases[key])
 
-    def detach(self, chute: str, service: str) -> None:
-        """Remove the service's netns, veth, lease, port rules; a no-op when gone."""
-        key = f"{chute}/{service}"
+    def take_over(self, chute: str, service: str, gen: str, ports: Sequence[PortMap]) -> None:
+        """Make generation ``gen`` the service's active one: its port mappings and names
+        move from the other generations in one nft transaction (``nft -f`` is atomic)."""
+        key = lease_key(chute, service, gen)
+        if key not in self._leases:
+            raise NetworkError(f"{chute}/{service} generation {gen} is not attached")
+        ports = list(ports)
+        self._check_ports(key, ports)
+        self._move_ports(key, ports)
+        self._apply_rules()
+        self._write_hosts()
+
+    def lease(self, chute: str, service: str, gen: str = "") -> Lease | None:
+        return self._leases.get(lease_key(chute, service, gen))
+
+    def _siblings(self, chute: str, service: str, gen: str) -> list[str]:
+        """Keys of the other generations of ``chute``/``service``."""
+        mine = lease_key(chute, service, gen)
+        return [
+            key
+            for key, lease in self._leases.items()
+            if key != mine and (lease.chute, lease.service) == (chute, service)
+        ]
+
+    def _move_ports(self, key: str, ports: list[PortMap]) -> None:
+        mine = self._leases[key]
+        slots = {(p.protocol, p.node_port) for p in ports}
+        for other in self._siblings(mine.chute, mine.service, mine.gen):
+            lease = self._leases[other]
+            kept = [p for p in lease.ports if (p.protocol, p.node_port) not in slots]
+            self._leases[other] = lease.model_copy(update={"ports": kept, "active": False})
+        self._leases[key] = mine.model_copy(update={"ports": ports, "active": True})
+        self._save()
+
+    def detach(self, chute: str, service: str, *, gen: str = "") -> None:
+        """Remove the generation's netns, veth, lease, port rules; a no-op when gone."""
+        key = lease_key(chute, service, gen)
         lease = self._leases.pop(key, None)
-        netns = lease.netns if lease else f"ep-{chute}.{service}"
+        netns = lease.netns if lease else f"ep-{chute}.{service}" + (f".{gen}" if gen else "")
         veth = lease.veth if lease else "ve" + hashlib.sha256(key.encode()).hexdigest()[:11]
         run(["ip", "link", "del", veth], check=False)
         run(["ip", "netns", "del", netns], check=False)
+        if lease is not None and lease.active:
+            # the names stay with the service: another generation (an undone update's old
+            # one) becomes the active one
+            for other in self._siblings(chute, service, gen)[:1]:
+                self._leases[other] = self._leases[other].model_copy(update={"active": True})
         self._save()
         if self._bridge_exists():
             self._apply_rules()
@@ -217,7 +277,8 @@ class NodeNetwork:
         """The hosts file ``chute`` sees: every service on the node, by name."""
         lines = ["127.0.0.1\tlocalhost"]
         firsts: dict[str, str] = {}
-        for lease in sorted(self._leases.values(), key=lambda item: (item.chute, item.service)):
+        active = [lease for lease in self._leases.values() if lease.active]
+        for lease in sorted(active, key=lambda item: (item.chute, item.service)):
             names = [f"{lease.service}.{lease.chute}"]
             if lease.chute not in firsts:
                 firsts[lease.chute] = lease.address
@@ -239,7 +300,7 @@ class NodeNetwork:
     def teardown(self) -> None:
         """Detach everything and remove the bridge and the nft table (node uninstall)."""
         for lease in self.leases():
-            self.detach(lease.chute, lease.service)
+            self.detach(lease.chute, lease.service, gen=lease.gen)
         run(["nft", "delete", "table", "ip", self.table], check=False)
         run(["ip", "link", "del", self.bridge], check=False)
         shutil.rmtree(self.hosts_dir, ignore_errors=True)
@@ -328,6 +389,7 @@ delete {table}
 """
 
     def _check_ports(self, key: str, ports: Sequence[PortMap]) -> None:
+        service_key = "/".join(key.split("/")[:2])
         seen: set[tuple[str, int]] = set()
         for port in ports:
             slot = (port.protocol, port.node_port)
@@ -336,14 +398,16 @@ delete {table}
                     f"node port {port.node_port}/{port.protocol} mapped twice", field="ports"
                 )
             seen.add(slot)
+            mine = self._leases.get(key)
             for other_key, other in self._leases.items():
+                if f"{other.chute}/{other.service}" == service_key:
+                    continue  # another generation of this service: taken over from it
                 if other_key != key and any((p.protocol, p.node_port) == slot for p in other.ports):
                     raise Conflict(
                         f"node port {port.node_port}/{port.protocol} is taken by chute "
                         f"{other.chute!r} service {other.service!r}",
                         field="ports",
                     )
-            mine = self._leases.get(key)
             if mine is not None and port in mine.ports:
                 continue  # our own mapping, already in place
             if not port_free(port):
@@ -378,7 +442,7 @@ delete {table}
         except (OSError, ValueError) as exc:
             raise Unavailable(f"cannot read {self.state_path}: {exc}") from None
         leases = [Lease.model_validate(item) for item in raw.get("leases", [])]
-        return {f"{lease.chute}/{lease.service}": lease for lease in leases}
+        return {lease_key(lease.chute, lease.service, lease.gen): lease for lease in leases}
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -394,40 +458,57 @@ delete {table}
 class ChuteNetwork:
     """:class:`NodeNetwork` as the chute node drives it (``node.py``'s ``Network``).
 
-    ``prepare`` (before the container exists) leases the address and creates the
-    namespace; ``attach`` (once it runs) adds the service's port mappings, refusing a
-    taken port, and its chute's bandwidth limits; ``detach`` undoes both. Manifests are
+    ``prepare`` (before the container exists) leases the generation's address and creates
+    its namespace; ``attach`` (once it runs) adds its chute's bandwidth limits and, when
+    ``mapped``, the service's port mappings, refusing a taken port; ``switch`` moves an
+    update's port mappings to the new generation; ``detach`` undoes it all. Manifests are
     taken by shape (``service.ports`` of ``host``/``chute``/``protocol``,
     ``manifest.resources.bandwidth_kbit``) so this module does not depend on theirs."""
 
     def __init__(self, net: NodeNetwork) -> None:
         self.net = net
 
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, chute: str, service: str, gen: str = "") -> str | None:
         found = await asyncio.to_thread(
-            self.net.attach, chute, service, self._ports(chute, service)
+            self.net.attach, chute, service, self._ports(chute, service, gen), gen=gen
         )
         return found.netns_path
 
-    async def attach(self, manifest: Any, service: Any, pid: int) -> str | None:
+    async def attach(
+        self, manifest: Any, service: Any, pid: int, gen: str = "", *, mapped: bool = True
+    ) -> str | None:
         from edgeplane.chutes.resources import Bandwidth, shape
 
-        ports = [
-            PortMap(node_port=port.host, port=port.chute, protocol=port.protocol)
-            for port in service.ports
-        ]
-        found = await asyncio.to_thread(self.net.attach, manifest.name, service.name, ports)
+        ports = self._wanted(service) if mapped else self._ports(manifest.name, service.name, gen)
+        found = await asyncio.to_thread(
+            self.net.attach, manifest.name, service.name, ports, gen=gen
+        )
         limits = Bandwidth.model_validate(manifest.resources.bandwidth_kbit.model_dump())
         netns = Path(found.netns_path).name
         await asyncio.to_thread(shape, netns, found.veth, limits)
         return found.address
 
-    async def detach(self, chute: str, service: str) -> None:
-        await asyncio.to_thread(self.net.detach, chute, service)
+    async def switch(self, manifest: Any, gen: str) -> None:
+        for service in manifest.services:
+            await asyncio.to_thread(
+                self.net.take_over, manifest.name, service.name, gen, self._wanted(service)
+            )
 
-    def _ports(self, chute: str, service: str) -> list[PortMap]:
+    async def address(self, chute: str, service: str, gen: str = "") -> str | None:
+        lease = self.net.lease(chute, service, gen)
+        return None if lease is None else lease.address
+
+    async def detach(self, chute: str, service: str, gen: str = "") -> None:
+        await asyncio.to_thread(self.net.detach, chute, service, gen=gen)
+
+    @staticmethod
+    def _wanted(service: Any) -> list[PortMap]:
+        return [
+            PortMap(node_port=port.host, port=port.chute, protocol=port.protocol)
+            for port in service.ports
+        ]
+
+    def _ports(self, chute: str, service: str, gen: str) -> list[PortMap]:
         # a re-prepare (worker restart, resumed change) keeps the mappings it had
-        for lease in self.net.leases():
-            if (lease.chute, lease.service) == (chute, service):
-                return list(lease.ports)
-        return []
+        lease = self.net.lease(chute, service, gen)
+        return [] if lease is None else list(lease.ports)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hmac
 import http.client
 import json
 import logging
@@ -33,6 +34,7 @@ import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,10 +42,12 @@ import psutil
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry_config import RegistryConfig
+from edgeplane.chutes import logfiles
 from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
+from edgeplane.chutes.logfiles import Follower
 from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
 from edgeplane.clock import Clock, SystemClock
-from edgeplane.errors import Conflict, Invalid, NotFound, TaskFailure
+from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import runtime_config
 from edgeplane.runtimes.container import find_runc
@@ -53,27 +57,44 @@ from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 log = logging.getLogger(__name__)
 
 CONFIG_MOUNT = "/run/chute"
+#: the chute's token for its node's API, in ``CONFIG_MOUNT``
+TOKEN_NAME = "token"
 #: A service with no health check is healthy once it has kept running this long.
 SETTLE_S = 1.0
 #: How long a new chute may take to become healthy before its change fails.
 HEALTHY_WITHIN_S = 30.0
 MAX_LOG_BYTES = 1 << 20
+#: An unhealthy service's chute is restarted at most this often (a restart that does not
+#: heal it is not repeated in a tight loop).
+RESTART_BACKOFF_S = 60.0
+#: How often the services' log files are checked for rotation.
+LOG_CHECK_S = 5.0
 
 
 class Network(Protocol):
     """A chute's networking (``network.py``'s ``ChuteNetwork``); the default gives
-    loopback only. Keyed by chute and service: the generations of a service that an
-    update runs side by side share one namespace (see ``_plan_update``)."""
+    loopback only. Keyed by chute, service and generation: the generations of a service
+    that an update runs side by side each have their own namespace and address, and the
+    port mappings move to the new one once it is healthy (see ``_plan_update``)."""
 
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, chute: str, service: str, gen: str) -> str | None:
         """The path of a network namespace for the service to join; None: a new one."""
         ...
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
-        """Connect the running service; its address (None: not reachable from the node)."""
+    async def attach(
+        self, manifest: Manifest, service: Service, pid: int, gen: str, *, mapped: bool = True
+    ) -> str | None:
+        """Connect the running service, with its port mappings when ``mapped``; its
+        address (None: not reachable from the node)."""
         ...
 
-    async def detach(self, chute: str, service: str) -> None:
+    async def switch(self, manifest: Manifest, gen: str) -> None:
+        """Move every service's port mappings and names to generation ``gen``."""
+        ...
+
+    async def address(self, chute: str, service: str, gen: str) -> str | None: ...
+
+    async def detach(self, chute: str, service: str, gen: str) -> None:
         """Undo prepare and attach (idempotent: also for a service never prepared)."""
         ...
 
@@ -89,13 +110,21 @@ class Enforcer(Protocol):
 
 
 class LoopbackNetwork:
-    async def prepare(self, chute: str, service: str) -> str | None:
+    async def prepare(self, chute: str, service: str, gen: str) -> str | None:
         return None
 
-    async def attach(self, manifest: Manifest, service: Service, pid: int) -> str | None:
+    async def attach(
+        self, manifest: Manifest, service: Service, pid: int, gen: str, *, mapped: bool = True
+    ) -> str | None:
         return None
 
-    async def detach(self, chute: str, service: str) -> None:
+    async def switch(self, manifest: Manifest, gen: str) -> None:
+        return None
+
+    async def address(self, chute: str, service: str, gen: str) -> str | None:
+        return None
+
+    async def detach(self, chute: str, service: str, gen: str) -> None:
         return None
 
 
@@ -123,6 +152,19 @@ def networking_available() -> str | None:
     if not Path("/dev/loop-control").exists():
         return "no loop devices"
     return None
+
+
+@dataclass
+class Watch:
+    """What the health monitor of one service generation has seen."""
+
+    healthy: bool = True
+    #: checks failed in a row
+    failures: int = 0
+    #: restarts the node made because the service was unhealthy
+    restarts: int = 0
+    #: the monotonic time of the last such restart
+    restarted_at: float | None = None
 
 
 def _container(chute: str, service: str, generation: str) -> str:
@@ -198,6 +240,10 @@ class Node:
         grace_s: float = 2.0,
         settle_s: float = SETTLE_S,
         healthy_within_s: float = HEALTHY_WITHIN_S,
+        restart_unhealthy: bool = True,
+        restart_backoff_s: float = RESTART_BACKOFF_S,
+        log_max_bytes: int = logfiles.MAX_BYTES,
+        log_check_s: float = LOG_CHECK_S,
         clock: Clock | None = None,
     ) -> None:
         self.root = data_dir / "chutes"
@@ -211,7 +257,15 @@ class Node:
         self.grace_s = grace_s
         self.settle_s = settle_s
         self.healthy_within_s = healthy_within_s
+        self.restart_unhealthy = restart_unhealthy
+        self.restart_backoff_s = restart_backoff_s
+        self.log_max_bytes = log_max_bytes
+        self.log_check_s = log_check_s
+        self._log_keeper: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()
+        # the health monitors: one task per running service generation with a check
+        self._watches: dict[str, Watch] = {}
+        self._monitors: dict[str, asyncio.Task[None]] = {}
         self.changes = ChangeQueue(self.root / "changes", self._plan, clock=self.clock)
 
     async def start(self) -> None:
@@ -219,8 +273,34 @@ class Node:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.changes.start()
+        for name in self.names():
+            state = self._load(name)
+            if state is None or not state.get("run", True):
+                continue
+            manifest = Manifest.model_validate(state["manifest"])
+            for service in manifest.services:
+                if (await self._running(_container(name, service.name, state["generation"])))[0]:
+                    self._watch(manifest, service, str(state["generation"]))
+        self._log_keeper = asyncio.create_task(self._keep_logs(), name="chute logs")
+
+    async def _keep_logs(self) -> None:
+        """Rotate every service's log that has reached ``log_max_bytes`` (one task)."""
+        while True:
+            await asyncio.sleep(self.log_check_s)
+            for name in self.names():
+                for path in (self._dir(name) / "logs").glob("*.log"):
+                    try:
+                        await asyncio.to_thread(logfiles.rotate, path, self.log_max_bytes)
+                    except OSError as exc:  # a full disk must not end the keeper
+                        log.warning("cannot rotate %s: %s", path, exc)
 
     async def close(self) -> None:
+        if self._log_keeper is not None:
+            self._log_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_keeper
+        for cid in list(self._monitors):
+            await self._unwatch(cid)
         await self.changes.close()
         await self.puller.close()
 
@@ -250,12 +330,17 @@ class Node:
             raise NotFound(f"no chute {name!r}", field="name")
         manifest = Manifest.model_validate(state["manifest"])
         services = []
-        all_running = True
+        all_running = all_healthy = True
         for service in manifest.services:
             cid = _container(name, service.name, state["generation"])
             running, pid = await self._running(cid)
             all_running &= running
-            healthy = running and (not probe or await self._healthy_once(pid, cid, service))
+            watch = self._watches.get(cid)
+            if watch is not None and cid in self._monitors:
+                healthy = running and watch.healthy
+            else:
+                healthy = running and (not probe or await self._healthy_once(pid, cid, service))
+            all_healthy &= healthy or not running
             services.append(
                 {
                     "name": service.name,
@@ -263,6 +348,7 @@ class Node:
                     "address": state.get("addresses", {}).get(service.name),
                     "ports": [p.model_dump() for p in service.ports],
                     "healthy": healthy,
+                    "health_restarts": watch.restarts if watch is not None else 0,
                     "container": cid,
                     "pid": pid if running else None,
                 }
@@ -272,7 +358,7 @@ class Node:
         elif not state.get("run", True):
             phase = "stopped"
         else:
-            phase = "running" if all_running else "failed"
+            phase = ("running" if all_healthy else "unhealthy") if all_running else "failed"
         return {
             "name": name,
             "version": manifest.version,
@@ -314,18 +400,14 @@ class Node:
 
     async def follow(self, name: str, service: str | None = None) -> AsyncIterator[str]:
         """The log's text from its tail on, as it grows (until the caller stops)."""
-        path = self.log_file(name, service)
-        offset = max(0, path.stat().st_size - 8192) if path.exists() else 0
+        follower = Follower(self.log_file(name, service))
         while True:
-            if path.exists():
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read(65536)
-                if data:
-                    offset += len(data)
-                    yield data.decode(errors="replace")
-                    continue
-            await asyncio.sleep(0.25)  # a file has no change notification we can await here
+            got = False
+            for data in follower.read():
+                got = True
+                yield data.decode(errors="replace")
+            if not got:
+                await asyncio.sleep(0.25)  # a file has no change notification we can await here
 
     async def info(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
@@ -504,6 +586,10 @@ class Node:
 
         async def switch() -> None:
             state = self._fresh_state(manifest, gen, change.id, phase="installed")
+            for service in manifest.services:
+                address = await self.network.address(name, service.name, gen)
+                if address is not None:
+                    state["addresses"][service.name] = address
             state["config"] = {**manifest.config, **before.get("config", {})}
             self._save(name, state)
             await self._write_config(name, state["config"])()
@@ -516,26 +602,30 @@ class Node:
             Step("check ports", check, _nothing),
             Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
         ]
-        # A service's network is keyed by chute and service, so both generations of a
-        # service share it: undoing the new one, or stopping the old one, leaves it be.
-        old_names = {s.name for s in old.services}
-        new_names = {s.name for s in manifest.services}
+        # Each generation has its own namespace and address: the new one starts beside
+        # the old one without the port mappings, which move over once it is healthy.
         for s in start_order(list(manifest.services)):
             steps.append(
                 Step(
                     f"start new {s}",
-                    self._start_action(manifest, s, gen, change.id),
-                    self._stop_action(name, s, gen, detach=s not in old_names),
+                    self._start_action(manifest, s, gen, change.id, mapped=False),
+                    self._stop_action(name, s, gen),
                 )
             )
         steps.append(
             Step("wait until healthy", lambda: self._wait_healthy(manifest, gen), _nothing)
         )
+        steps.append(
+            Step(
+                "move port mappings",
+                lambda: self.network.switch(manifest, gen),
+                lambda: self.network.switch(old, old_gen),
+            )
+        )
         steps.append(Step("switch to the new version", switch, switch_back))
         # The old version is stopped only now; from here there is no going back.
         for s in reversed(start_order(list(old.services))):
-            stop = self._stop_action(name, s, old_gen, detach=s not in new_names)
-            steps.append(Step(f"stop old {s}", stop, None))
+            steps.append(Step(f"stop old {s}", self._stop_action(name, s, old_gen), None))
         return steps
 
     # --- actions (each idempotent) ----------------------------------------------------------
@@ -569,6 +659,9 @@ class Node:
 
     def _remove(self, name: str) -> Any:
         async def run() -> None:
+            for cid in [cid for cid in self._watches if cid.startswith(f"ch-{name}-")]:
+                await self._unwatch(cid)
+                del self._watches[cid]
             await asyncio.to_thread(self.enforcer.remove, name)
             await asyncio.to_thread(shutil.rmtree, self._dir(name), True)
 
@@ -612,24 +705,35 @@ class Node:
             return await asyncio.to_thread(self.images.resolve_layout, ref, layout)
         return await asyncio.to_thread(self.images.resolve, ref)
 
-    def _start_action(self, manifest: Manifest, service_name: str, gen: str, change_id: str) -> Any:
+    def _start_action(
+        self,
+        manifest: Manifest,
+        service_name: str,
+        gen: str,
+        change_id: str,
+        *,
+        mapped: bool = True,
+    ) -> Any:
         async def run() -> None:
-            await self._start_service(manifest, manifest.service(service_name), gen)
+            await self._start_service(manifest, manifest.service(service_name), gen, mapped=mapped)
 
         return run
 
-    def _stop_action(self, chute: str, service: str, gen: str, *, detach: bool = True) -> Any:
+    def _stop_action(self, chute: str, service: str, gen: str) -> Any:
         async def run() -> None:
-            await self._stop_service(chute, service, gen, detach=detach)
+            await self._stop_service(chute, service, gen)
 
         return run
 
-    async def _start_service(self, manifest: Manifest, service: Service, gen: str) -> None:
+    async def _start_service(
+        self, manifest: Manifest, service: Service, gen: str, *, mapped: bool = True
+    ) -> None:
         if self.runc is None:
             raise TaskFailure("runc is not installed on this node", field="runtime")
         cid = _container(manifest.name, service.name, gen)
         running, _ = await self._running(cid)
         if running:
+            self._watch(manifest, service, gen)
             return  # a resumed change: it got this far before
         await self._call("delete", "--force", cid)
         image = await self._image(service.image)
@@ -656,7 +760,8 @@ class Node:
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )
-        netns = await self.network.prepare(manifest.name, service.name)
+        await asyncio.to_thread(self._ensure_token, manifest.name)
+        netns = await self.network.prepare(manifest.name, service.name, gen)
         if netns is not None:
             for entry in config["linux"]["namespaces"]:
                 if entry["type"] == "network":
@@ -686,17 +791,17 @@ class Node:
             why = tail[-1] if tail else f"runc exit {code}"
             raise TaskFailure(f"service {service.name} did not start: {why}", field="services")
         _, pid = await self._running(cid)
-        address = await self.network.attach(manifest, service, pid)
+        address = await self.network.attach(manifest, service, pid, gen, mapped=mapped)
         if address is not None:
             state = self._load(manifest.name)
             if state is not None and state.get("generation") == gen:
                 state.setdefault("addresses", {})[service.name] = address
                 self._save(manifest.name, state)
+        self._watch(manifest, service, gen)
 
-    async def _stop_service(
-        self, chute: str, service: str, gen: str, *, detach: bool = True
-    ) -> None:
+    async def _stop_service(self, chute: str, service: str, gen: str) -> None:
         cid = _container(chute, service, gen)
+        await self._unwatch(cid)
         running, _ = await self._running(cid)
         if running:
             await self._call("kill", cid, "TERM")
@@ -706,8 +811,7 @@ class Node:
                 await asyncio.sleep(0.05)
             await self._call("kill", cid, "KILL")
         await self._call("delete", "--force", cid)
-        if detach:
-            await self.network.detach(chute, service)
+        await self.network.detach(chute, service, gen)
         await asyncio.to_thread(shutil.rmtree, self._dir(chute) / "bundles" / cid, True)
 
     async def _wait_healthy(self, manifest: Manifest, gen: str) -> None:
@@ -737,6 +841,106 @@ class Node:
                         f"service {service.name} never became healthy", field="services"
                     )
                 await asyncio.sleep(min(check.interval_s, 0.5))
+
+    # --- the chutes' own API (``edgeapi.ChuteApi``) ------------------------------------
+
+    def _ensure_token(self, name: str) -> None:
+        """The chute's token for its node's API, at ``/run/chute/token`` (0400) inside it;
+        made once, kept across updates and restarts."""
+        path = self._dir(name) / "config" / TOKEN_NAME
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+
+    def chute_for_token(self, token: str) -> str | None:
+        """The chute whose token this is; None for none."""
+        given = token.encode()
+        found = None
+        for name in self.names():
+            try:
+                mine = (self._dir(name) / "config" / TOKEN_NAME).read_bytes()
+            except OSError:
+                continue
+            # every chute compared: the time taken does not tell which one matched
+            if hmac.compare_digest(mine, given):
+                found = name
+        return found
+
+    # --- health monitors -------------------------------------------------------------
+
+    def _watch(self, manifest: Manifest, service: Service, gen: str) -> None:
+        """Start the service's health monitor (one per generation; none without a check)."""
+        cid = _container(manifest.name, service.name, gen)
+        if service.healthcheck is None or cid in self._monitors:
+            return
+        watch = self._watches.setdefault(cid, Watch())
+        watch.healthy, watch.failures = True, 0
+        self._monitors[cid] = asyncio.create_task(
+            self._monitor(manifest, service, gen, watch), name=f"health {cid}"
+        )
+
+    async def _unwatch(self, cid: str) -> None:
+        task = self._monitors.pop(cid, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _monitor(self, manifest: Manifest, service: Service, gen: str, watch: Watch) -> None:
+        """Probe every ``interval_s``; ``retries`` failures in a row make the service
+        unhealthy, and (the node's policy) its chute is restarted by a restart change, at
+        most once per ``restart_backoff_s``. Failures before the first success count only
+        once the service has had ``healthy_within_s`` to come up."""
+        check = service.healthcheck
+        assert check is not None
+        cid = _container(manifest.name, service.name, gen)
+        started = self.clock.monotonic()
+        seen_healthy = False
+        while True:
+            await asyncio.sleep(check.interval_s)
+            running, pid = await self._running(cid)
+            if running and await self._probe(pid, cid, check):
+                if not watch.healthy:
+                    log.info("chute %s service %s is healthy again", manifest.name, service.name)
+                watch.healthy, watch.failures, seen_healthy = True, 0, True
+                continue
+            if not running:
+                continue  # an exited service is the chute's `failed` state, not a health matter
+            if not seen_healthy and self.clock.monotonic() - started < self.healthy_within_s:
+                continue
+            watch.failures += 1
+            if watch.failures < check.retries:
+                continue
+            if watch.healthy:
+                log.warning(
+                    "chute %s service %s is unhealthy: %d checks failed in a row",
+                    manifest.name,
+                    service.name,
+                    watch.failures,
+                )
+            watch.healthy = False
+            await self._restart_unhealthy(manifest.name, gen, watch)
+
+    async def _restart_unhealthy(self, name: str, gen: str, watch: Watch) -> None:
+        if not self.restart_unhealthy or self.changes.active(name):
+            return
+        state = self._load(name)
+        if state is None or str(state.get("generation")) != gen or not state.get("run", True):
+            return  # an update's new generation, or a chute stopped on purpose
+        now = self.clock.monotonic()
+        if watch.restarted_at is not None and now - watch.restarted_at < self.restart_backoff_s:
+            return
+        watch.restarts += 1
+        watch.restarted_at = now
+        try:
+            change = await self.act(name, "restart")
+        except EdgeplaneError as exc:  # deleted meanwhile
+            log.warning("chute %s is unhealthy and cannot be restarted: %s", name, exc)
+            return
+        log.warning("chute %s restarted because it is unhealthy (change %s)", name, change.id)
 
     async def _healthy_once(self, pid: int, cid: str, service: Service) -> bool:
         if service.healthcheck is None:

@@ -5,7 +5,9 @@
 (``--token-file``, default ``~/.edgeplane/worker/edge-api-token``: the CLI on the node
 itself needs nothing more). Every mutating command prints the change id; ``--wait``
 follows the change's steps live until it ends (exit 1 when it failed or rolled back).
-Through the control plane (``--worker ID``) is not there yet.
+With ``--worker ID`` instead, the same calls go through the control plane
+(``/api/v1/workers/{id}/chutes…``, with the CLI's usual ``--url`` and token): the manager
+passes them to the worker over MQTT.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import typer
 from edgeplane.cli.output import (
     Format,
     OutputOption,
+    Session,
     echo,
     note,
     print_fields,
@@ -50,7 +53,7 @@ NodeOption = Annotated[
     typer.Option("--node", envvar="EDGEPLANE_NODE", help="The node's Edge API, http://HOST:PORT."),
 ]
 WorkerOption = Annotated[
-    str | None, typer.Option("--worker", help="Through the control plane: not yet available.")
+    str | None, typer.Option("--worker", help="Through the control plane: the worker's id.")
 ]
 NodeTokenOption = Annotated[
     str | None, typer.Option("--node-token", envvar=TOKEN_ENV, help="The node's API token.")
@@ -64,13 +67,20 @@ WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the change unti
 
 class _Node:
     def __init__(
-        self, node: str | None, worker: str | None, token: str | None, token_file: Path | None
+        self,
+        cli: Session,
+        node: str | None,
+        worker: str | None,
+        token: str | None,
+        token_file: Path | None,
     ) -> None:
         import httpx
 
         if worker is not None:
-            why = "--worker (through the control plane) is not available yet: use --node URL"
-            raise Invalid(why, field="worker")
+            if node:
+                raise Invalid("give --node URL or --worker ID, not both", field="worker")
+            self._through_control_plane(cli, worker)
+            return
         if not node:
             raise Invalid("give the node's Edge API with --node http://HOST:PORT", field="node")
         if token is None:
@@ -87,13 +97,25 @@ class _Node:
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
 
+    def _through_control_plane(self, cli: Session, worker: str) -> None:
+        import httpx
+
+        from edgeplane.client import resolve_endpoint, split_urls
+        from edgeplane.protocol.topics import check_segment
+
+        check_segment(worker, "worker", "a worker id")
+        url, token = resolve_endpoint(cli.url, cli.token)
+        base = f"{split_urls(url)[0]}/api/v1/workers/{worker}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
         try:
             answer = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unavailable(f"cannot reach the node at {self.http.base_url}: {exc}") from None
+            raise Unavailable(f"cannot reach {self.http.base_url}: {exc}") from None
         if answer.status_code >= 400:
             try:
                 body = answer.json()
@@ -144,9 +166,13 @@ class _Node:
 
 
 def _open(
-    node: str | None, worker: str | None, token: str | None, token_file: Path | None
+    ctx: typer.Context,
+    node: str | None,
+    worker: str | None,
+    token: str | None,
+    token_file: Path | None,
 ) -> _Node:
-    return _Node(node, worker, token, token_file)
+    return _Node(session(ctx), node, worker, token, token_file)
 
 
 def _manifest(path: Path) -> tuple[bytes, str]:
@@ -157,6 +183,7 @@ def _manifest(path: Path) -> tuple[bytes, str]:
 
 @app.command()
 def install(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="chute.yaml (or .json)")],
     node: NodeOption = None,
     worker: WorkerOption = None,
@@ -165,7 +192,7 @@ def install(
     wait: WaitOption = False,
 ) -> None:
     """Install a chute from its manifest."""
-    client = _open(node, worker, node_token, token_file)
+    client = _open(ctx, node, worker, node_token, token_file)
     data, kind = _manifest(file)
     client.changed(
         client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait
@@ -174,6 +201,7 @@ def install(
 
 @app.command()
 def update(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="chute.yaml (or .json) of the new version")],
     node: NodeOption = None,
     worker: WorkerOption = None,
@@ -184,7 +212,7 @@ def update(
     """Update a chute: the new version replaces the old only once healthy."""
     from edgeplane.chutes.manifest import load
 
-    client = _open(node, worker, node_token, token_file)
+    client = _open(ctx, node, worker, node_token, token_file)
     data, kind = _manifest(file)
     name = load(data, str(file)).name
     answer = client.call("PUT", f"/chutes/{name}", content=data, headers={"content-type": kind})
@@ -201,7 +229,7 @@ def listing(
     output: OutputOption = None,
 ) -> None:
     """The node's chutes."""
-    found = _open(node, worker, node_token, token_file).call("GET", "/chutes")
+    found = _open(ctx, node, worker, node_token, token_file).call("GET", "/chutes")
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
@@ -222,7 +250,7 @@ def get(
     output: OutputOption = None,
 ) -> None:
     """One chute: state, services, resources."""
-    found = _open(node, worker, node_token, token_file).call("GET", f"/chutes/{name}")
+    found = _open(ctx, node, worker, node_token, token_file).call("GET", f"/chutes/{name}")
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
@@ -237,6 +265,7 @@ def get(
 
 def _action(action: str) -> None:
     def command(
+        ctx: typer.Context,
         name: str,
         node: NodeOption = None,
         worker: WorkerOption = None,
@@ -244,7 +273,7 @@ def _action(action: str) -> None:
         token_file: TokenFileOption = None,
         wait: WaitOption = False,
     ) -> None:
-        client = _open(node, worker, node_token, token_file)
+        client = _open(ctx, node, worker, node_token, token_file)
         if action == "delete":
             client.changed(client.call("DELETE", f"/chutes/{name}"), wait)
         else:
@@ -260,6 +289,7 @@ for _name in ("start", "stop", "restart", "delete"):
 
 @app.command()
 def logs(
+    ctx: typer.Context,
     name: str,
     service: Annotated[str | None, typer.Option(help="Which service (default: the first).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
@@ -269,7 +299,7 @@ def logs(
     token_file: TokenFileOption = None,
 ) -> None:
     """A chute service's output."""
-    client = _open(node, worker, node_token, token_file)
+    client = _open(ctx, node, worker, node_token, token_file)
     params: dict[str, Any] = {} if service is None else {"service": service}
     if not follow:
         echo(client.call("GET", f"/chutes/{name}/logs", params=params))
@@ -286,6 +316,7 @@ def logs(
 
 @app.command()
 def config(
+    ctx: typer.Context,
     name: str,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value (a JSON value or a string).")
@@ -297,7 +328,7 @@ def config(
     wait: WaitOption = False,
 ) -> None:
     """Show a chute's config, or change keys of it with --set."""
-    client = _open(node, worker, node_token, token_file)
+    client = _open(ctx, node, worker, node_token, token_file)
     current = client.call("GET", f"/chutes/{name}/config")
     if not set_:
         print_json(current)

@@ -22,6 +22,7 @@ from edgeplane.cli import (
     certs,
     chutes,
     clusters,
+    fl,
     helptext,
     jobs,
     roles,
@@ -139,6 +140,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(jobs.app, name="job")
 app.add_typer(workflows.app, name="workflow")
 app.add_typer(schedules.app, name="schedule")
+app.add_typer(fl.app, name="fl")
 app.add_typer(workers.runner(roles.worker), name="worker")  # runs one
 app.add_typer(workers.app, name="workers")  # manages them
 app.add_typer(clusters.app, name="cluster")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from edgeplane.fl.state import Experiment
 from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.tasks import TaskService
@@ -41,6 +42,16 @@ class DocumentReader(Protocol):
     ) -> tuple[list[Application], int]: ...
 
 
+class ExperimentStore(Protocol):
+    """The store's documents of federated learning (the coordinator's alone)."""
+
+    async def save_fl_experiment(self, experiment: Experiment) -> None: ...
+    async def get_fl_experiment(self, experiment_id: str) -> Experiment | None: ...
+    async def list_fl_experiments(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Experiment], int]: ...
+
+
 class Facade:
     def __init__(
         self, core: Core, tasks: TaskService, dispatcher: Dispatcher, broker_url: str
@@ -50,6 +61,9 @@ class Facade:
         self.broker_url = broker_url
         #: reads of their documents
         self.documents: DocumentReader = core.store
+        #: federated learning experiments: written by the coordinator, outside the journal
+        #: (a write is still fenced: the store refuses one from a process that lost the lease)
+        self.fl_store: ExperimentStore = core.store
         #: writes of their documents (the one commit path)
         self.journal = core.journal
         #: usage samples (the uplink sends the cluster's up to the root)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeplane.errors import Conflict, EdgeplaneError, Fenced, Invalid, Unavailable
+from edgeplane.manager.changes import Change, Changes
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditRecord
 from edgeplane.store import AuditPrune, Batch, Kind, Store
@@ -120,6 +121,21 @@ def _tasks_of(key: _Key, unit: _Unit) -> list[Task]:
     return list(unit[0]) if key[0] == "new" else []
 
 
+def _changes(key: _Key, unit: _Unit) -> list[Change]:
+    """What a committed unit changed, for watchers (audit records are not watched)."""
+    kind = key[0]
+    if kind == "new":
+        found: list[Change] = [("task", t.id, t) for t in unit[0]]
+        if unit[1] is not None:
+            found.append(("workflow", unit[1].id, unit[1]))
+        return found
+    if kind == "audit":
+        return []
+    if kind.startswith("delete:"):
+        return [(unit[0], unit[1], None)]
+    return [(kind, unit.id, unit)]
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     """A write nobody awaits may fail: that is logged here, not as 'never retrieved'."""
     if not future.cancelled():
@@ -143,6 +159,8 @@ class Journal:
         #: called when the store refuses a write as fenced: another process leads now
         #: (``manager/leadership.py``); the write fails, nothing is retried
         self.on_fenced: list[Callable[[Fenced], None]] = []
+        #: every committed document, for watchers (the dashboard's event stream)
+        self.changes = Changes()
 
     # ------------------------------------------------------------------ queueing
     def write(
@@ -279,6 +297,10 @@ class Journal:
             for task in _tasks_of(key, work[key]):
                 if self._unwritten.get(task.id) is task:
                     del self._unwritten[task.id]
+        if self.changes:  # nobody watching: this test is all it costs
+            self.changes.publish(
+                [c for k, u in work.items() if k not in refused for c in _changes(k, u)]
+            )
         if committed:
             for listener in self.listeners:
                 try:

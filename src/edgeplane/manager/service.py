@@ -26,6 +26,7 @@ from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
+from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
@@ -37,6 +38,7 @@ from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
 from edgeplane.protocol import (
     Alive,
+    ChuteResponse,
     FollowLogs,
     Hello,
     LogChunks,
@@ -131,6 +133,8 @@ class Manager:
         self.dispatcher = Dispatcher(core, epoch)
         self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
+        #: workers' chutes managed from afar (``manager/chutes.py``)
+        self.chutes = ChuteCalls(core)
         self._core = core
         self.series = core.series
         #: how late this process's event loop runs (``/metrics``)
@@ -226,6 +230,9 @@ class Manager:
             await self.members.on_alive(member_id, body)
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
+        elif isinstance(body, ChuteResponse) and not self.root:
+            if not self.chutes.on_response(member_id, body):
+                log.info("a chute answer no call waits for", extra={"member": member_id})
         elif isinstance(body, Metrics):
             self.series.ingest(member_id, body, root=self.root)
         elif isinstance(body, LogChunks):

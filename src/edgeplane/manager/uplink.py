@@ -365,6 +365,11 @@ class Uplink:
             self._last_aggregate, self._aggregate_sent = current, now
             await self._publish(self.topics.aggregate(self.cluster_id), "aggregate", current)
 
+    def alive(self) -> Alive:
+        """The heartbeat to the root: what this cluster holds, and the last command (seq)
+        whose tasks are all in that list."""
+        return Alive(session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq)
+
     async def _metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.metrics_interval_s)
@@ -411,9 +416,7 @@ class Uplink:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            alive = Alive(
-                session=self.session, active=self._active(), epoch=self._epoch, seq=self._seq
-            )
+            alive = self.alive()
             # QoS 0 as a worker's: a lost heartbeat costs nothing (3 must be missed).
             await self.link.publish(
                 self.topics.alive(self.cluster_id), encode("alive", alive), qos=0
@@ -447,8 +450,13 @@ class Uplink:
                 return  # meant for another process with this cluster id (agent.py)
             if body.epoch != self._epoch:
                 self._epoch, self._seq = body.epoch, 0
-            self._seq = max(self._seq, body.seq)
             await self._accept(body.tasks)
+            # Only once its tasks are held: a heartbeat with this seq tells the root every
+            # task of the command is in ``active``, and the root counts one that is not as
+            # lost. Admission awaits (a module is encoded in a thread), so a heartbeat sent
+            # meanwhile made the root fail tasks that then completed (bench.scale
+            # --hierarchy: a quarter of 4,000).
+            self._seq = max(self._seq, body.seq)
             for bad in body.unrunnable:  # that task fails, the others run (as on a worker)
                 if (bad.task_id, bad.attempt) not in self._seen:
                     self._seen[(bad.task_id, bad.attempt)] = None

@@ -342,6 +342,31 @@ class Reregister(_Body):
     reason: str = ""
 
 
+#: the largest body a chute call carries either way (a manifest, a change, the last
+#: MiB of a service's log)
+MAX_CHUTE_BODY = 2 << 20
+
+
+class ChuteRequest(_Body):
+    """manager → worker: one call of the worker's Edge API made from afar (docs/chutes.md,
+    "Through the control plane"). ``id`` is echoed in the :class:`ChuteResponse`."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    #: below ``/api/v1`` of the Edge API: ``/chutes…`` or ``/changes/{id}``
+    path: str = Field(pattern=r"^/(chutes|changes)(/[A-Za-z0-9._-]{1,64}){0,3}$")
+    query: dict[str, str] = Field(default_factory=dict, max_length=8)
+    body: Any = None
+
+
+class ChuteResponse(_Body):
+    """worker → manager, on its events topic: the answer to the request ``id``."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    status: int = Field(ge=100, le=599)
+    body: Any = None
+
+
 #: values per sample and samples per batch a receiver accepts (a bigger batch is bad)
 MAX_SAMPLE_VALUES = 32
 MAX_BATCH_SAMPLES = 10_000
@@ -409,6 +434,8 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "metrics": Metrics,
     "task.logs.follow": FollowLogs,
     "task.logs": LogChunks,
+    "chute.request": ChuteRequest,
+    "chute.response": ChuteResponse,
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,

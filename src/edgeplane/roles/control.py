@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +27,7 @@ from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.manager import Manager, oci_modules
+from edgeplane.manager.facade import Facade
 from edgeplane.manager.joins import JoinDesk
 from edgeplane.manager.leadership import Leadership, home_of, lease_name
 from edgeplane.manager.schedules import Schedules
@@ -41,6 +42,9 @@ from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
 from edgeplane.transport import EmbeddedBroker, parse_broker_urls, unique_client_id
 from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
+
+if TYPE_CHECKING:  # numpy is the fl extra's: imported only when it is installed
+    from edgeplane.fl.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,8 @@ class ControlPlane:
         facade = self.manager.facade
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
+        #: federated learning (docs/fl.md): needs the fl extra (numpy, scikit-learn)
+        self.fl = None if root else _coordinator(facade, settings.data_dir / "fl" / "blobs")
         self.applications = Applications(facade)
         self.uplink = (
             Uplink(facade, settings.root, link_url=broker_url if settings.root_via_bridge else None)
@@ -256,6 +262,10 @@ class ControlPlane:
         stack.push_async_callback(self.schedules.stop)
         await self.applications.start()
         stack.push_async_callback(self.applications.stop)
+        if self.fl is not None:
+            self.fl.api_url = self.settings.advertise_url or self.url
+            await self.fl.start()
+            stack.push_async_callback(self.fl.stop)
         if self.uplink is not None:
             await self.uplink.start()
             stack.push_async_callback(self.uplink.stop)
@@ -327,6 +337,7 @@ class ControlPlane:
             max_body_mb=self.settings.max_body_mb,
             broker_auth=self.auth,
             uplink=self.uplink,
+            fl=self.fl,
         )
         self.app = app
         return app
@@ -357,6 +368,7 @@ class ControlPlane:
         server, serving = self._server, self._serving
         self._server = self._serving = None
         if server is not None and serving is not None:
+            self.manager.journal.changes.close()  # open event streams end: none holds it
             server.should_exit = True
             await serving
 
@@ -425,3 +437,13 @@ async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, object]) -> bool
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
+
+
+def _coordinator(facade: Facade, blob_dir: Path) -> Coordinator | None:
+    """The federated learning coordinator, or None without the fl extra installed."""
+    try:
+        from edgeplane.fl.coordinator import Coordinator
+    except ImportError:
+        log.info("federated learning is off: install edgeplane[fl] (numpy, scikit-learn)")
+        return None
+    return Coordinator(facade, blob_dir)

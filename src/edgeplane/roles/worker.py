@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -154,6 +155,25 @@ def chute_host(settings: Settings, data_dir: Path) -> dict[str, Any]:
     return {"network": ChuteNetwork(net), "enforcer": enforcer}
 
 
+async def start_chute_api(node: Any) -> Any:
+    """The chutes' API of their node on its bridge gateway (a node with the real chute
+    network only: on loopback only a chute has no way to the node)."""
+    from edgeplane.chutes.edgeapi import ChuteApi
+    from edgeplane.chutes.network import ChuteNetwork
+
+    if not isinstance(node.network, ChuteNetwork):
+        return None
+    net = node.network.net
+    await asyncio.to_thread(net.ensure_bridge)
+    api = ChuteApi(node, net.gateway)
+    try:
+        await api.start()
+    except Invalid as exc:  # e.g. another worker's on this bridge: chutes run without it
+        log.warning("chutes have no API of their node: %s", exc)
+        return None
+    return api
+
+
 async def run_worker(
     settings: Settings, *, worker_id: str | None = None, labels: Mapping[str, str] | None = None
 ) -> None:
@@ -194,7 +214,7 @@ async def _run_worker(
         labels=labels,
         identity=identity,
     )
-    edge = None
+    edge = chute_api = None
     if settings.edge_api:
         from edgeplane.chutes.edgeapi import EdgeApi  # only a node serving chutes pays for it
         from edgeplane.chutes.node import Node
@@ -209,6 +229,10 @@ async def _run_worker(
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
+        chute_api = await start_chute_api(node)
+        from edgeplane.chutes.remote import RemoteChutes
+
+        agent.chutes = RemoteChutes(edge.app, edge.token)
     exposition = None
     try:
         await agent.start()
@@ -227,6 +251,8 @@ async def _run_worker(
                 exposition.server_close()
             await agent.stop()
     finally:
+        if chute_api is not None:
+            await chute_api.stop()
         if edge is not None:
             await edge.stop()
     if agent.refused.is_set():

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgeplane.fl.state import Experiment
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
 from edgeplane.store.leases import Claim, Lease
@@ -224,6 +225,20 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_schedule(self, schedule_id: str) -> bool: ...
+
+    # federated learning experiments (written by the coordinator, outside the journal)
+    @abstractmethod
+    async def save_fl_experiment(self, experiment: Experiment) -> None:
+        """Upsert."""
+
+    @abstractmethod
+    async def get_fl_experiment(self, experiment_id: str) -> Experiment | None: ...
+
+    @abstractmethod
+    async def list_fl_experiments(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Experiment], int]:
+        """A page, oldest first, and the total."""
 
     # applications
     @abstractmethod

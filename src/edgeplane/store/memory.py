@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeplane.errors import Conflict
+from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
     TERMINAL_WORKFLOW_STATES,
@@ -125,6 +126,7 @@ class MemoryStore(Store):
         self._tasks: dict[str, _TaskRow] = {}
         self._workflows: dict[str, _WorkflowRow] = {}
         self._schedules: dict[str, _ScheduleRow] = {}
+        self._fl: dict[str, tuple[float, str, str]] = {}
         self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
@@ -328,6 +330,26 @@ class MemoryStore(Store):
 
     async def delete_schedule(self, schedule_id: str) -> bool:
         return self._schedules.pop(schedule_id, None) is not None
+
+    # federated learning experiments
+
+    async def save_fl_experiment(self, experiment: Experiment) -> None:
+        self._fl[experiment.id] = (
+            experiment.created_at,
+            experiment.id,
+            experiment.model_dump_json(context=REVEAL),
+        )
+
+    async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
+        row = self._fl.get(experiment_id)
+        return None if row is None else Experiment.model_validate_json(row[2])
+
+    async def list_fl_experiments(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Experiment], int]:
+        rows = sorted(self._fl.values())
+        page = rows[offset : offset + limit]
+        return [Experiment.model_validate_json(row[2]) for row in page], len(rows)
 
     # applications
 

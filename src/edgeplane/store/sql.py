@@ -37,6 +37,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ClauseElement
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
     TERMINAL_WORKFLOW_STATES,
@@ -313,6 +314,7 @@ class SqlStore(Store):
         )
         self._upsert_workflows = self._upsert(tables.workflows)
         self._upsert_schedule = self._upsert(tables.schedules)
+        self._upsert_fl_experiment = self._upsert(tables.fl_experiments)
         self._upsert_application = self._upsert(tables.applications)
         self._upsert_worker = self._upsert(tables.workers)
         self._upsert_token = self._upsert(tables.tokens)
@@ -782,6 +784,38 @@ class SqlStore(Store):
                 tables.schedules.delete().where(tables.schedules.c.id == schedule_id)
             )
         return result.rowcount > 0
+
+    # federated learning experiments
+
+    async def save_fl_experiment(self, experiment: Experiment) -> None:
+        row = {
+            "id": experiment.id,
+            "name": experiment.name,
+            "state": experiment.state,
+            "project": experiment.project,
+            "created_at": experiment.created_at,
+            "doc": experiment.model_dump_json(context=REVEAL),
+        }
+        async with self._writing() as conn:
+            await conn.execute(self._upsert_fl_experiment, row)
+
+    async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
+        if _unstorable(experiment_id):
+            return None
+        e = tables.fl_experiments
+        async with self._reading() as conn:
+            row = (await conn.execute(select(e).where(e.c.id == experiment_id))).one_or_none()
+        return _doc(Experiment, row)
+
+    async def list_fl_experiments(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Experiment], int]:
+        e = tables.fl_experiments
+        page = select(e).order_by(e.c.created_at, e.c.id).limit(limit).offset(offset)
+        async with self._reading() as conn:
+            rows = (await conn.execute(page)).all()
+            total = (await conn.execute(select(func.count()).select_from(e))).scalar_one()
+        return _docs(Experiment, rows), total
 
     # applications
 

@@ -113,6 +113,19 @@ schedules = Table(
     Index("ix_schedules_project", "project", "created_at", "id"),
 )
 
+#: Federated learning experiments (edgeplane.fl.state): written by the coordinator only
+fl_experiments = Table(
+    "fl_experiments",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("state", String, nullable=False),
+    Column("project", String, nullable=False, server_default="default"),
+    Column("created_at", Float, nullable=False),
+    Column("doc", Text, nullable=False),
+    Index("ix_fl_experiments_created_at", "created_at", "id"),
+)
+
 #: Ids are unique, names are not: two applications may share a name (like two tasks), so
 #: a descriptor applied twice is two deployments; callers that want a name to be unique
 #: look it up first.

@@ -20,9 +20,10 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel
@@ -38,6 +39,8 @@ from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    ChuteRequest,
+    ChuteResponse,
     EventOutbox,
     FollowLogs,
     Hello,
@@ -72,6 +75,8 @@ from edgeplane.worker.tails import Tails
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+#: answers one chute call from afar: (HTTP status, JSON body)
+ChuteHandler = Callable[[ChuteRequest], Awaitable[tuple[int, Any]]]
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
 #: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
@@ -304,6 +309,10 @@ class WorkerAgent:
         self._epoch, self._seq = "", 0
         #: refuses commands of a deposed leader (protocol/terms.py)
         self.terms = TermGate()
+        #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
+        #: on a worker without the Edge API
+        self.chutes: ChuteHandler | None = None
+        self._chute_calls: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
         self.monitor = Monitor(
@@ -468,11 +477,34 @@ class WorkerAgent:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, ChuteRequest):
+            # off the message loop: a call may wait on the node's change queue
+            call = asyncio.create_task(self._answer_chute(body), name=f"chute-{body.id}")
+            self._chute_calls.add(call)
+            call.add_done_callback(self._chute_calls.discard)
         elif isinstance(body, FollowLogs):
             self._follow(body)
         else:
             self.stats.bad_messages += 1
             log.warning("unexpected message", extra={"topic": topic, "type": envelope.type})
+
+    async def _answer_chute(self, request: ChuteRequest) -> None:
+        if self.chutes is None:
+            status, answer = (
+                501,
+                {
+                    "title": "Not Implemented",
+                    "status": 501,
+                    "detail": f"worker {self.id} serves no chutes (start it with --api)",
+                },
+            )
+        else:
+            status, answer = await self.chutes(request)
+        response = ChuteResponse(id=request.id, status=status, body=answer)
+        try:
+            await self.link.publish(self.topics.events(self.id), encode("chute.response", response))
+        except Exception as exc:  # the caller times out and says so
+            log.warning("chute answer not sent", extra={"id": request.id, "error": str(exc)})
 
     def _follow(self, ask: FollowLogs) -> None:
         run = self._runs.get(ask.task_id)

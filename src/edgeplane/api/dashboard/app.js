@@ -1,0 +1,669 @@
+// The dashboard: plain JS, no build step. Text reaches the DOM through textContent only.
+// Live data comes from GET /api/v1/events (Server-Sent Events) read with fetch, so the
+// token goes in the Authorization header and never in a URL. Format: docs/dashboard.md.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "edgeplane.token";
+const PAGE = 50;
+const TASK_STATES = ["pending", "scheduled", "running", "completed", "failed", "skipped",
+  "cancelled"];
+const KNOWN = new Set([...TASK_STATES, "online", "offline", "draining", "deploying",
+  "degraded", "deleting"]);
+/** Completions counted per bucket of the throughput sparkline, over the last 5 minutes. */
+const BUCKET_MS = 5000;
+const BUCKETS = 60;
+
+const $ = (id) => document.getElementById(id);
+class AuthError extends Error {}
+class ApiError extends Error {
+  constructor(status, detail) { super(`${status}: ${detail}`); this.status = status; }
+}
+
+let token = takeTokenFromFragment() || localStorage.getItem(TOKEN_KEY);
+let stream = null;          // the AbortController of the open event stream
+let current = null;         // the view shown: { name, arg, refresh(kind, doc), render() }
+let reloadTimer = null;
+const completions = new Array(BUCKETS).fill(0);
+let bucketStart = Date.now();
+
+/** `#token=...` in the URL: remember it, then drop it from the address bar and history. */
+function takeTokenFromFragment() {
+  const found = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!found) return null;
+  localStorage.setItem(TOKEN_KEY, found);
+  history.replaceState(null, "", location.pathname + location.search + "#overview");
+  return found;
+}
+
+// ---------------------------------------------------------------- API
+async function api(path, { params, method = "GET", body } = {}) {
+  const url = params ? `${API}${path}?${new URLSearchParams(params)}` : `${API}${path}`;
+  const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, {
+    method, headers, cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) throw new AuthError("the token was refused");
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, detail);
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+/** A page of a list, newest first: the API pages oldest first, so read from the tail. */
+async function newestPage(path, page, params = {}, size = PAGE) {
+  const { total } = await api(path, { params: { ...params, limit: 1 } });
+  const end = Math.max(0, total - page * size);
+  const start = Math.max(0, end - size);
+  if (end === 0) return { items: [], total };
+  const found = await api(path, { params: { ...params, limit: end - start, offset: start } });
+  return { items: found.items.reverse(), total: found.total };
+}
+
+// ---------------------------------------------------------------- DOM helpers
+function el(tag, className, ...children) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  node.append(...children);
+  return node;
+}
+function badge(state, count) {
+  const cls = KNOWN.has(state) ? `st st-${state}` : "st";
+  const node = el("span", cls, count === undefined ? state : `${count} ${state}`);
+  node.dataset.state = state;
+  return node;
+}
+function link(href, text) { const a = el("a", null, text); a.href = href; return a; }
+function button(text, onClick) {
+  const b = el("button", null, text);
+  b.type = "button";
+  b.addEventListener("click", () => act(b, onClick));
+  return b;
+}
+async function act(b, action) {
+  b.disabled = true;
+  try { await action(); } catch (err) { failed(err); } finally { b.disabled = false; }
+}
+function table(headers, rows, ids) {
+  if (rows.length === 0) return el("p", "empty", "none");
+  const head = el("tr", null, ...headers.map((h) => el("th", null, h)));
+  const body = rows.map((cells, i) => {
+    const row = el("tr", null, ...cells.map((c) => el("td", null, c)));
+    if (ids) row.dataset.id = ids[i];
+    return row;
+  });
+  return el("table", null, el("thead", null, head), el("tbody", null, ...body));
+}
+function mono(text) { return el("span", "mono", text ?? ""); }
+function time(epoch) { return epoch ? new Date(epoch * 1000).toLocaleString() : ""; }
+function section(title, ...children) {
+  return el("section", null, el("h2", null, ...[].concat(title)), ...children);
+}
+function pager(page, total, go) {
+  const pages = Math.max(1, Math.ceil(total / PAGE));
+  const prev = button("newer", () => go(page - 1));
+  const next = button("older", () => go(page + 1));
+  prev.disabled = page <= 0;
+  next.disabled = page + 1 >= pages;
+  return el("div", "bar", prev, el("span", "dim", `page ${page + 1} of ${pages} (${total})`),
+    next);
+}
+function failed(err) {
+  if (err instanceof AuthError) { logout(err.message); return; }
+  let box = document.querySelector("#view > .error");
+  if (!box) { box = el("p", "error"); $("view").prepend(box); }
+  box.textContent = err.message || String(err);
+}
+
+// ---------------------------------------------------------------- login
+function showLogin(message) {
+  $("login").hidden = false;
+  $("view").hidden = true;
+  $("nav").hidden = true;
+  $("logout").hidden = true;
+  $("view").replaceChildren();
+  $("login-error").textContent = message || "";
+  $("status").textContent = "not connected";
+}
+
+function logout(message) {
+  token = null;
+  localStorage.removeItem(TOKEN_KEY);
+  if (stream) { stream.abort(); stream = null; }
+  showLogin(message);
+}
+
+async function start() {
+  try {
+    await api("/clusters", { params: { limit: 1 } });
+  } catch (err) {
+    logout(err instanceof AuthError ? "the token was refused" : err.message);
+    return;
+  }
+  $("login").hidden = true;
+  $("view").hidden = false;
+  $("nav").hidden = false;
+  $("logout").hidden = false;
+  connect();
+  await route();
+}
+
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = $("token-input").value.trim();
+  $("token-input").value = "";
+  localStorage.setItem(TOKEN_KEY, token);
+  start();
+});
+$("password-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const response = await fetch(`${API}/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ name: $("user-input").value, password: $("password-input").value }),
+  });
+  $("password-input").value = "";
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    $("login-error").textContent = detail;
+    return;
+  }
+  token = (await response.json()).access_token;
+  localStorage.setItem(TOKEN_KEY, token);
+  start();
+});
+$("logout").addEventListener("click", () => logout());
+
+// ---------------------------------------------------------------- live events
+/** Read the SSE stream; on its end (overflow, expiry, network) reconnect and reload. */
+async function connect() {
+  if (stream) stream.abort();
+  const controller = new AbortController();
+  stream = controller;
+  try {
+    const response = await fetch(`${API}/events`, {
+      headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
+      signal: controller.signal, cache: "no-store",
+    });
+    if (response.status === 401) { logout("the token was refused or expired"); return; }
+    if (!response.ok) throw new ApiError(response.status, response.statusText);
+    $("status").textContent = "live";
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+      }
+    }
+  } catch (err) {
+    if (controller.signal.aborted) return;
+  }
+  if (stream !== controller || !token) return;
+  $("status").textContent = "reconnecting";
+  setTimeout(() => { if (stream === controller && token) { connect(); reload(); } }, 1000);
+}
+
+function dispatch(frame) {
+  let event = "message";
+  const data = [];
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+  }
+  if (data.length === 0) return;  // a keepalive comment
+  const doc = JSON.parse(data.join("\n"));
+  if (event === "task" && doc.state === "completed") countCompletion();
+  if (current && current.refresh) current.refresh(event, doc);
+}
+
+function countCompletion() {
+  rollBuckets();
+  completions[BUCKETS - 1] += 1;
+}
+function rollBuckets() {
+  while (Date.now() - bucketStart >= BUCKET_MS) {
+    completions.shift();
+    completions.push(0);
+    bucketStart += BUCKET_MS;
+  }
+}
+
+/** Re-read the view's data soon: changes arriving together cost one reload. */
+function reload(delay = 300) {
+  if (reloadTimer) return;
+  reloadTimer = setTimeout(async () => {
+    reloadTimer = null;
+    if (current) { try { await current.render(); } catch (err) { failed(err); } }
+  }, delay);
+}
+
+// ---------------------------------------------------------------- routing
+const VIEWS = {
+  overview, workers, tasks, task, workflows: (a) => runs("workflow", a),
+  jobs: (a) => runs("job", a), run, schedules, applications,
+};
+
+async function route() {
+  if (!token) return;
+  const [name, ...rest] = (location.hash.slice(1) || "overview").split("/");
+  const make = VIEWS[name] || overview;
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
+  }
+  current = make(decodeURIComponent(rest.join("/")));
+  try { await current.render(); } catch (err) { failed(err); }
+}
+window.addEventListener("hashchange", route);
+
+/** Show a view's nodes, unless another view was opened while it was reading. */
+function mount(view, ...nodes) {
+  if (current === view) $("view").replaceChildren(el("p", "error"), ...nodes);
+}
+
+// ---------------------------------------------------------------- overview
+function overview() {
+  const view = {
+    async render() {
+      const [clusters, workersPage, failures, ...counts] = await Promise.all([
+        api("/clusters", { params: { limit: 100 } }),
+        api("/workers", { params: { limit: 1000 } }).catch((err) => {
+          if (err instanceof ApiError && err.status === 404) return null;  // a root
+          throw err;
+        }),
+        newestPage("/tasks", 0, { state: "failed" }, 10),
+        ...TASK_STATES.map((s) => api("/tasks", { params: { state: s, limit: 1 } })),
+      ]);
+      const online = workersPage ? workersPage.items.filter((w) => w.state !== "offline") : [];
+      rollBuckets();
+      mount(view, 
+        el("div", "cards",
+          section("Clusters", el("div", "card-num", clusters.total)),
+          section("Workers online", el("div", "card-num", workersPage
+            ? `${online.length} / ${workersPage.total}` : "–")),
+          section("Tasks by state", el("div", null, ...TASK_STATES.map(
+            (s, i) => badge(s, counts[i].total))))),
+        section("Completed tasks (last 5 minutes, live)", spark(completions)),
+        section("Clusters", table(["id", "name", "state", "workers", "active tasks"],
+          clusters.items.map((c) => [mono(c.id), c.name, badge(c.state),
+            c.aggregate?.workers ?? 0, c.active_tasks]))),
+        section("Recent failures", table(["task", "name", "worker", "error", "finished"],
+          failures.items.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name,
+            mono(t.worker_id), el("span", "wrap", t.error || t.reason || ""),
+            time(t.finished_at)]))),
+      );
+    },
+    refresh(kind) { if (kind !== "hello") reload(2000); },
+  };
+  return view;
+}
+
+function spark(values) {
+  const max = Math.max(1, ...values);
+  const w = 400, h = 60;
+  const points = values.map((v, i) =>
+    `${(i * w / (values.length - 1)).toFixed(1)},${(h - 2 - v * (h - 4) / max).toFixed(1)}`);
+  return el("div", null, svg("svg", { class: "spark", viewBox: `0 0 ${w} ${h}`,
+    preserveAspectRatio: "none" }, svg("polyline", { points: points.join(" ") })),
+    el("span", "dim", `max ${max} per ${BUCKET_MS / 1000} s`));
+}
+
+// ---------------------------------------------------------------- workers
+function workers() {
+  let page = 0;
+  const view = {
+    async render() {
+      let found;
+      try {
+        found = await api("/workers", { params: { limit: PAGE, offset: page * PAGE } });
+      } catch (err) {
+        if (!(err instanceof ApiError && err.status === 404)) throw err;
+        mount(view, section("Workers", el("p", "note", "workers are listed by each cluster's manager")));
+        return;
+      }
+      mount(view, section(["Workers", el("span", "total", `(${found.total})`)],
+        pager(page, found.total, (p) => { page = p; view.render(); }),
+        table(["id", "cluster", "state", "runtimes", "cpus", "memory MB", "cpu %",
+          "running tasks", "seen", ""],
+        found.items.map((w) => [mono(w.id), mono(w.cluster_id), badge(w.state),
+          el("span", null, ...(w.capabilities?.runtimes || []).map((r) => el("span", "chip", r))),
+          w.capabilities?.cpus ?? "", w.capabilities?.memory_mb ?? "",
+          (w.usage?.cpu_percent ?? 0).toFixed(0),
+          link(`#tasks/state=running&worker=${encodeURIComponent(w.id)}`, w.active_tasks),
+          time(w.last_seen), drainButton(w)]), found.items.map((w) => w.id))));
+    },
+    refresh(kind) { if (kind === "worker") reload(); },
+  };
+  return view;
+}
+
+function drainButton(w) {
+  const draining = w.state === "draining";
+  const b = button(draining ? "undrain" : "drain", async () => {
+    await api(`/workers/${encodeURIComponent(w.id)}/${draining ? "undrain" : "drain"}`,
+      { method: "POST" });
+    reload(0);
+  });
+  b.dataset.action = draining ? "undrain" : "drain";
+  return b;
+}
+
+// ---------------------------------------------------------------- tasks
+function tasks(arg) {
+  const initial = new URLSearchParams(arg || "");
+  const filters = { state: initial.get("state") || "", workflow_id: initial.get("workflow") || "",
+    name: initial.get("name") || "", worker: initial.get("worker") || "" };
+  let page = 0;
+  const stateSelect = el("select", null, el("option", null, ""),
+    ...TASK_STATES.map((s) => el("option", null, s)));
+  stateSelect.id = "filter-state";
+  stateSelect.value = filters.state;
+  const inputs = Object.fromEntries(["workflow_id", "name", "worker"].map((k) => {
+    const input = el("input");
+    input.placeholder = k.replace("_", " ");
+    input.value = filters[k];
+    input.id = `filter-${k}`;
+    return [k, input];
+  }));
+  const apply = el("button", null, "filter");
+  const form = el("form", "bar", stateSelect, inputs.workflow_id, inputs.name, inputs.worker,
+    apply);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    filters.state = stateSelect.value;
+    for (const k of Object.keys(inputs)) filters[k] = inputs[k].value.trim();
+    page = 0;
+    view.render();
+  });
+  const list = el("div");
+  const view = {
+    async render() {
+      const params = {};
+      if (filters.state) params.state = filters.state;
+      if (filters.workflow_id) params.workflow_id = filters.workflow_id;
+      const found = await newestPage("/tasks", page, params);
+      // name and worker narrow the page read (the API filters by state and workflow)
+      const shown = found.items.filter((t) =>
+        (!filters.name || (t.name || "").includes(filters.name)) &&
+        (!filters.worker || t.worker_id === filters.worker));
+      list.replaceChildren(
+        pager(page, found.total, (p) => { page = p; view.render(); }),
+        table(["id", "name", "runtime", "state", "worker", "attempt", "created"],
+          shown.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name, t.runtime,
+            badge(t.state), mono(t.worker_id), t.attempt, time(t.created_at)]),
+          shown.map((t) => t.id)));
+      if (!list.isConnected) {
+        mount(view, submitForm(), section("Tasks", form, list));
+      }
+    },
+    refresh(kind, doc) {
+      if (kind !== "task") return;
+      const row = list.querySelector(`tr[data-id="${CSS.escape(doc.id)}"]`);
+      if (row) row.cells[3].replaceChildren(badge(doc.state));
+      else reload(1000);  // a new task or one on another page: re-read the page, at most 1/s
+    },
+  };
+  return view;
+}
+
+function submitForm() {
+  const name = el("input"); name.id = "submit-name"; name.placeholder = "name";
+  const runtime = el("select", null, ...["host", "wasm", "container"].map(
+    (r) => el("option", null, r)));
+  runtime.id = "submit-runtime";
+  const command = el("input", "wide"); command.id = "submit-command";
+  command.placeholder = 'command: echo hello, or ["sh", "-c", "echo $HOME"]';
+  const image = el("input"); image.id = "submit-image";
+  image.placeholder = "image (container) or artifact (wasm)";
+  const go = el("button", null, "submit"); go.id = "submit-task";
+  const result = el("span", "dim");
+  const form = el("form", "bar", name, runtime, command, image, go, result);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: name.value.trim(), runtime: runtime.value, start: true };
+    const text = command.value.trim();
+    if (text) {  // words, or a JSON array when an argument holds spaces
+      try {
+        body.command = text.startsWith("[") ? JSON.parse(text) : text.split(/\s+/);
+      } catch (err) { failed(new Error(`command: ${err.message}`)); return; }
+    }
+    if (image.value.trim()) {
+      if (runtime.value === "wasm") body.artifact = image.value.trim();
+      else body.image = image.value.trim();
+    }
+    go.disabled = true;
+    try {
+      const created = await api("/tasks", { method: "POST", body });
+      result.replaceChildren("submitted ", link(`#task/${created.id}`, created.id));
+      result.dataset.taskId = created.id;
+    } catch (err) { failed(err); } finally { go.disabled = false; }
+  });
+  return section("Submit a task", form);
+}
+
+function task(id) {
+  const path = `/tasks/${encodeURIComponent(id)}`;
+  const view = {
+    async render() {
+      const [t, results, logs] = await Promise.all([
+        api(path), api(`${path}/results`).catch(() => null), api(`${path}/logs`).catch(() => null),
+      ]);
+      const actions = el("div", "bar");
+      if (!t.started) actions.append(button("start", () => api(`${path}/start`, { method: "POST" })));
+      if (!["completed", "failed", "skipped", "cancelled"].includes(t.state)) {
+        actions.append(button("stop", () => api(`${path}/stop`, { method: "POST" })));
+      } else {
+        actions.append(button("retry (submit a copy)", async () => {
+          const copy = await api("/tasks", { method: "POST", body: retryBody(t) });
+          location.hash = `#task/${copy.id}`;
+        }));
+      }
+      const state = badge(t.state);
+      state.id = "task-state";
+      mount(view, 
+        section(["Task", mono(t.id), state], actions, table(["field", "value"], [
+          ["name", t.name], ["runtime", t.runtime], ["worker", mono(t.worker_id)],
+          ["cluster", mono(t.cluster_id)], ["attempt", t.attempt],
+          ["workflow", t.workflow_id ? link(`#run/${t.workflow_id}`, t.workflow_id) : ""],
+          ["job", t.job_id ? link(`#run/${t.job_id}`, t.job_id) : ""],
+          ["created", time(t.created_at)], ["finished", time(t.finished_at)],
+          ["reason", t.reason || ""], ["error", el("span", "wrap", t.error || "")],
+        ])),
+        section("Results", el("pre", null, JSON.stringify(results ? results.results : null,
+          null, 2))),
+        section("Logs", el("pre", null, logs ? (logs.stdout || "") + (logs.stderr || "") : "")),
+        await metrics(`${path}/metrics`),
+      );
+    },
+    refresh(kind, doc) { if (kind === "task" && doc.id === id) reload(0); },
+  };
+  return view;
+}
+
+function retryBody(t) {
+  const keep = ["name", "runtime", "mode", "export", "artifact", "image_url", "inputs",
+    "cli_args", "env", "command", "image", "limits", "retries", "priority", "constraints",
+    "metadata", "project"];
+  const body = { start: true };
+  for (const k of keep) if (t[k] !== null && t[k] !== undefined) body[k] = t[k];
+  return body;
+}
+
+/** A chart of a metrics endpoint when the server has one (feature-detected: 404 → none). */
+async function metrics(path) {
+  let found;
+  try { found = await api(path); } catch (_) { return null; }
+  const samples = Array.isArray(found) ? found : found.items || found.samples || [];
+  if (!samples.length) return null;
+  const keys = Object.keys(samples[0]).filter((k) => typeof samples[0][k] === "number" &&
+    !/(^t$|time|_at$)/.test(k));
+  return section("Metrics", ...keys.map((k) => el("div", null, el("span", "dim", k),
+    spark(samples.map((s) => s[k] || 0)))));
+}
+
+// ---------------------------------------------------------------- workflows and jobs
+function runs(kind) {
+  let page = 0;
+  const path = kind === "job" ? "/jobs" : "/workflows";
+  const view = {
+    async render() {
+      const found = await newestPage(path, page);
+      mount(view, section([kind === "job" ? "Jobs" : "Workflows", el("span", "total",
+        `(${found.total})`)], pager(page, found.total, (p) => { page = p; view.render(); }),
+      table(["id", "name", "state", "tasks", "created", "finished", "reason"],
+        found.items.map((w) => [link(`#run/${w.id}`, w.id.slice(0, 12)), w.name, badge(w.state),
+          w.task_ids.length, time(w.created_at), time(w.finished_at), w.reason || ""]),
+        found.items.map((w) => w.id))));
+    },
+    refresh(k) { if (k === "workflow") reload(1000); },
+  };
+  return view;
+}
+
+function run(id) {
+  const nodes = new Map();  // task id → its SVG group
+  const view = {
+    async render() {
+      let w;
+      try { w = await api(`/workflows/${encodeURIComponent(id)}`); } catch (err) {
+        if (!(err instanceof ApiError && err.status === 404)) throw err;
+        w = await api(`/jobs/${encodeURIComponent(id)}`);
+      }
+      const state = badge(w.state);
+      state.id = "run-state";
+      const actions = el("div", "bar");
+      if (!["completed", "failed", "cancelled"].includes(w.state)) {
+        actions.append(button("stop", () => api(`/${w.kind === "job" ? "jobs" : "workflows"}/${
+          encodeURIComponent(id)}/stop`, { method: "POST" })));
+      }
+      mount(view, section([w.kind === "job" ? "Job" : "Workflow", mono(w.id), w.name, state], actions,
+        dag(w.tasks, nodes)));
+    },
+    refresh(kind, doc) {
+      if (kind === "workflow" && doc.id === id) {
+        const state = $("run-state");
+        if (state) state.replaceWith(Object.assign(badge(doc.state), { id: "run-state" }));
+      } else if (kind === "task" && nodes.has(doc.id)) {
+        const g = nodes.get(doc.id);
+        g.setAttribute("class", `node st-${doc.state}`);
+        g.dataset.state = doc.state;
+        g.querySelector("title").textContent = `${doc.name}: ${doc.state}`;
+      }
+    },
+  };
+  return view;
+}
+
+/** The DAG as layered SVG: a task's layer is the longest path to it from a root. */
+function dag(items, nodes) {
+  const byId = new Map(items.map((t) => [t.id, t]));
+  const layer = new Map();
+  const depth = (t, seen = new Set()) => {
+    if (layer.has(t.id)) return layer.get(t.id);
+    if (seen.has(t.id)) return 0;  // a cycle cannot be stored, but never loop on one
+    seen.add(t.id);
+    const parents = (t.depends_on || []).map((d) => byId.get(d)).filter(Boolean);
+    const d = parents.length ? 1 + Math.max(...parents.map((p) => depth(p, seen))) : 0;
+    layer.set(t.id, d);
+    return d;
+  };
+  items.forEach((t) => depth(t));
+  const columns = [];
+  for (const t of items) (columns[layer.get(t.id)] ||= []).push(t);
+  const W = 150, H = 34, GX = 50, GY = 16;
+  const pos = new Map();
+  columns.forEach((col, x) => col.forEach((t, y) => pos.set(t.id,
+    { x: 10 + x * (W + GX), y: 10 + y * (H + GY) })));
+  const width = 20 + columns.length * (W + GX);
+  const height = 20 + Math.max(1, ...columns.map((c) => c.length)) * (H + GY);
+  const edges = [];
+  for (const t of items) {
+    for (const d of t.depends_on || []) {
+      const a = pos.get(d), b = pos.get(t.id);
+      if (a && b) edges.push(svg("line", { x1: a.x + W, y1: a.y + H / 2, x2: b.x, y2: b.y + H / 2 }));
+    }
+  }
+  const groups = items.map((t) => {
+    const p = pos.get(t.id);
+    const g = svg("g", { class: `node st-${t.state}`, transform: `translate(${p.x},${p.y})` },
+      svg("title", {}, `${t.name}: ${t.state}`),
+      svg("rect", { width: W, height: H }),
+      svg("text", { x: 8, y: H / 2 + 4 }, (t.name || t.id).slice(0, 20)));
+    g.dataset.id = t.id;
+    g.dataset.state = t.state;
+    g.addEventListener("click", () => { location.hash = `#task/${t.id}`; });
+    nodes.set(t.id, g);
+    return g;
+  });
+  return svg("svg", { class: "dag", width, height, viewBox: `0 0 ${width} ${height}` },
+    ...edges, ...groups);
+}
+
+// ---------------------------------------------------------------- schedules
+function schedules() {
+  let page = 0;
+  const view = {
+    async render() {
+      const found = await newestPage("/schedules", page);
+      mount(view, section(["Schedules", el("span", "total", `(${found.total})`)],
+        pager(page, found.total, (p) => { page = p; view.render(); }),
+        table(["id", "name", "kind", "cron", "timezone", "next run", "runs", ""],
+          found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
+            time(s.next_run), s.runs, button("delete", async () => {
+              if (!confirm(`Delete schedule ${s.name || s.id}?`)) return;
+              await api(`/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+              reload(0);
+            })]), found.items.map((s) => s.id))));
+    },
+    refresh(kind, doc) {
+      if (kind === "schedule" || (kind === "deleted" && doc.kind === "schedule")) reload();
+    },
+  };
+  return view;
+}
+
+// ---------------------------------------------------------------- applications
+function applications() {
+  let page = 0;
+  const view = {
+    async render() {
+      const found = await newestPage("/applications", page);
+      const rows = [];
+      for (const a of found.items) {
+        for (const s of a.services) {
+          rows.push([a.name, badge(a.state), s.name, `${s.running} / ${s.replicas}`,
+            el("span", null, ...s.instances.map((i) => el("span", "chip",
+              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}`)))]);
+        }
+      }
+      mount(view, section(["Applications", el("span", "total", `(${found.total})`)],
+        pager(page, found.total, (p) => { page = p; view.render(); }),
+        table(["application", "state", "service", "running / replicas", "instances"], rows)));
+    },
+    refresh(kind, doc) {
+      if (kind === "application" || (kind === "deleted" && doc.kind === "application")) reload();
+    },
+  };
+  return view;
+}
+
+// ---------------------------------------------------------------- start
+if (token) start(); else showLogin();

@@ -1,0 +1,125 @@
+"""Federated learning (docs/fl.md): experiments for users; model, shard and updates for
+the training tasks, which call with their own client credential (``edgeplane.fl.tokens``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from edgeplane.api.deps import CallerDep, caller
+from edgeplane.api.params import Limit, Offset
+from edgeplane.api.routing import JsonRoute
+from edgeplane.errors import Unauthorized, Unavailable
+from edgeplane.fl import tokens
+from edgeplane.fl.spec import ExperimentSpec
+from edgeplane.security import projects
+
+if TYPE_CHECKING:  # numpy is the fl extra's
+    from edgeplane.fl.coordinator import Coordinator
+    from edgeplane.fl.state import Experiment
+    from edgeplane.store import TokenRecord
+
+PREFIX = "/fl/experiments"
+RAW = "application/x-edgeplane-f32"
+#: An update's body: the digits model is 2.6 kB; far past any model this coordinator
+#: aggregates in memory
+MAX_UPDATE_BYTES = 256 * 2**20
+
+
+def _coordinator(request: Request) -> Coordinator:
+    found: Coordinator | None = getattr(request.app.state, "fl", None)
+    if found is None:
+        raise Unavailable(
+            "federated learning is off on this manager: install edgeplane[fl] (numpy, scikit-learn)"
+        )
+    return found
+
+
+FlDep = Annotated["Coordinator", Depends(_coordinator)]
+
+users = APIRouter(prefix=PREFIX, tags=["fl"], route_class=JsonRoute)
+clients = APIRouter(prefix=PREFIX, tags=["fl"], route_class=JsonRoute)
+
+
+@users.post("", status_code=201)
+async def create(spec: ExperimentSpec, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    project = str(spec.workload.get("project", "default"))
+    projects.check_new(who, project)
+    return (await fl.create(spec, project=project)).public()
+
+
+@users.get("")
+async def list_(
+    fl: FlDep, who: CallerDep, limit: Limit = 100, offset: Offset = 0
+) -> dict[str, Any]:
+    items, total = await fl.list(limit=limit, offset=offset, projects=projects.visible(who))
+    return {"items": [e.public() for e in items], "total": total}
+
+
+async def _seen(fl: Coordinator, who: TokenRecord, experiment_id: str) -> Experiment:
+    """The experiment, 404 as if it did not exist when it is another project's."""
+    exp = await fl.get(experiment_id)
+    projects.check(who, exp.project, "experiment", experiment_id)
+    return exp
+
+
+@users.get("/{experiment_id}")
+async def get(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    return (await _seen(fl, who, experiment_id)).public()
+
+
+@users.post("/{experiment_id}/stop")
+async def stop(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    await _seen(fl, who, experiment_id)
+    return (await fl.stop_experiment(experiment_id)).public()
+
+
+def _client_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth is None or not tokens.is_client_token(auth):
+        return None
+    return auth.removeprefix("Bearer ")
+
+
+@clients.get("/{experiment_id}/model", response_class=Response)
+async def model(
+    experiment_id: str,
+    request: Request,
+    fl: FlDep,
+    version: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
+) -> Response:
+    """A global model version (the newest without ``version``), raw ``f32`` (docs/fl.md)."""
+    token = _client_token(request)
+    if token is None:
+        await _seen(fl, await caller(request, None), experiment_id)
+    else:
+        await fl.client(experiment_id, token)
+    v, body = await fl.model_bytes(experiment_id, version)
+    return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})
+
+
+@clients.get("/{experiment_id}/rounds/{round_no}/data", response_class=Response)
+async def data(experiment_id: str, round_no: int, request: Request, fl: FlDep) -> Response:
+    """The calling client's shard, as ``.npz`` (``x``: float32 features, ``y``: labels)."""
+    token = _required(request)
+    body = await fl.shard(experiment_id, token)
+    return Response(body, media_type="application/x-npz")
+
+
+@clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202)
+async def update(experiment_id: str, round_no: int, request: Request, fl: FlDep) -> dict[str, Any]:
+    """A client's update (raw ``f32`` / ``f32-delta`` or ``.npz``); 422 with the reason
+    (shape, nonfinite, malformed, unselected, closed, duplicate) when refused."""
+    token = _required(request)
+    body = await request.body()
+    return await fl.offer(
+        experiment_id, round_no, token, body, request.headers.get("content-type", RAW)
+    )
+
+
+def _required(request: Request) -> str:
+    token = _client_token(request)
+    if token is None:
+        raise Unauthorized("a training task's client credential (FL_TOKEN) is needed")
+    return token

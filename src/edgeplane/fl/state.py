@@ -1,0 +1,87 @@
+"""An experiment as stored: its spec, where it is, each round's outcome, its model versions.
+
+The coordinator writes it after every change that matters (a round opened, an update
+taken, a round closed), so a manager that restarts reads it back and resumes the round it
+was in. No numpy here: the store reads these documents without the fl extra.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from edgeplane.fl.spec import ExperimentSpec
+
+ExperimentState = Literal["running", "completed", "failed", "stopped"]
+TERMINAL = frozenset({"completed", "failed", "stopped"})
+
+
+class RoundRecord(BaseModel):
+    round: int
+    attempt: int = 0
+    state: Literal["open", "closed", "retry", "failed"] = "open"
+    #: the selected workers, and the training task each runs
+    clients: list[str] = Field(default_factory=list)
+    tasks: dict[str, str] = Field(default_factory=dict)
+    #: accepted updates: worker → num_samples
+    updates: dict[str, int] = Field(default_factory=dict)
+    #: each accepted update's full weights, content addressed in the blob directory, so a
+    #: restarted manager still aggregates them
+    update_refs: dict[str, str] = Field(default_factory=dict)
+    rejected: dict[str, int] = Field(default_factory=dict)
+    #: wall-clock deadline (seconds since the epoch), so it survives a restart
+    deadline: float = 0.0
+    #: the global model's metrics on the held-out test set after this round
+    metrics: dict[str, float] = Field(default_factory=dict)
+    #: the clients' own mean metrics on their shards
+    client_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Experiment(BaseModel):
+    id: str
+    name: str
+    project: str = "default"
+    spec: ExperimentSpec
+    state: ExperimentState = "running"
+    reason: str | None = None
+    round: int = 0
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    #: version N's content address (``sha256:…``) at index N; version 0 is the initial model
+    versions: list[str] = Field(default_factory=list)
+    #: the key of its clients' credentials (edgeplane.fl.tokens); never shown
+    secret: str = Field(default="", repr=False)
+    created_at: float
+    updated_at: float
+
+    @property
+    def model_version(self) -> int:
+        return len(self.versions) - 1
+
+    def public(self) -> dict[str, object]:
+        """The API's view (``GET /api/v1/fl/experiments/{id}``)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "project": self.project,
+            "state": self.state,
+            "reason": self.reason,
+            "round": self.round,
+            "rounds": [
+                {
+                    "round": r.round,
+                    "attempt": r.attempt,
+                    "state": r.state,
+                    "clients": r.clients,
+                    "updates": len(r.updates),
+                    "rejected": r.rejected,
+                    "metrics": r.metrics,
+                    "client_metrics": r.client_metrics,
+                }
+                for r in self.rounds
+            ],
+            "model_version": self.model_version,
+            "spec": self.spec.model_dump(mode="json"),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

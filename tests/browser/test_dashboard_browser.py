@@ -1,0 +1,268 @@
+"""The dashboard in a real browser: Debian's chromium driven by playwright (headless),
+against the real stack (`start_stack`: manager, API, two host workers, SQLite).
+
+Every test fails on a Content-Security-Policy violation or a script error reported by the
+page. A screenshot of each page visited is kept in ``$EDGEPLANE_TEST_ARTIFACTS`` (or the
+test's temporary directory). `make test` installs chromium (scripts/system-deps.sh) and
+playwright (the ``test`` extras); the browser is never downloaded (no
+``playwright install``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeplane.roles.up import Stack
+from stack_fixtures import TOKEN, start_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="playwright is in the test extras: pip install -e '.[test]'"
+)
+if not CHROMIUM.exists():
+    pytest.skip("chromium is missing: run scripts/system-deps.sh", allow_module_level=True)
+
+expect = playwright_api.expect
+Page = playwright_api.Page
+#: how long the page may take to show something (the stack answers in milliseconds)
+SHOWN_MS = 20_000
+
+
+class Browser:
+    """One page of a headless chromium, with what it reported that must fail the test."""
+
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page = page
+        self.base = base
+        self.shots = shots
+        self.problems: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.problems.append(f"script error: {exc}"))
+        page.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        # a 4xx the page expects (a refused token, the metrics it feature-detects) is
+        # logged as a failed load; anything else the console says as an error is a fault
+        text = message.text
+        if "Content Security Policy" in text or (
+            message.type == "error" and "Failed to load resource" not in text
+        ):
+            self.problems.append(f"console {message.type}: {text}")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 500:
+            self.problems.append(f"{response.status} from {response.url}")
+
+    async def open(self, fragment: str = "") -> None:
+        await self.page.goto(f"{self.base}/dashboard{fragment}")
+
+    async def login(self) -> None:
+        await self.open()
+        await self.page.fill("#token-input", TOKEN)
+        await self.page.click("#token-form button")
+        await expect(self.page.locator("#status")).to_have_text("live", timeout=SHOWN_MS)
+
+    async def go(self, fragment: str) -> None:
+        """Another page of the dashboard, as its navigation does it: no reload."""
+        await self.page.evaluate("(f) => { location.hash = f; }", fragment)
+
+    async def shot(self, name: str) -> None:
+        await self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    async for pair in start_stack(
+        tmp_path, fast_broker_url, f"sqlite:///{tmp_path / 'db.sqlite'}", unique_domain
+    ):
+        yield pair
+
+
+@pytest.fixture
+async def browser(
+    stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Browser]:
+    shots = Path(os.environ.get("EDGEPLANE_TEST_ARTIFACTS", tmp_path)) / request.node.name
+    shots.mkdir(parents=True, exist_ok=True)
+    async with playwright_api.async_playwright() as driver:
+        chromium = await driver.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = await chromium.new_page()
+            found = Browser(page, stack[0].control.url, shots)
+            yield found
+            assert found.problems == [], found.problems
+        finally:
+            await chromium.close()
+
+
+async def test_nothing_is_visible_without_login(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient]
+) -> None:
+    await stack[1].post(
+        "/tasks",
+        json={"name": "secret-name", "runtime": "host", "command": ["true"], "start": True},
+    )
+    await browser.open("#tasks")
+    page = browser.page
+    await expect(page.locator("#login")).to_be_visible(timeout=SHOWN_MS)
+    await expect(page.locator("#view")).to_be_hidden()
+    await expect(page.locator("#nav")).to_be_hidden()
+    assert "secret-name" not in await page.content()
+    await browser.shot("login")
+
+    # a refused token shows the login again, with why
+    await page.fill("#token-input", "not-a-token")
+    await page.click("#token-form button")
+    await expect(page.locator("#login-error")).to_have_text(re.compile("refused"), timeout=SHOWN_MS)
+    await expect(page.locator("#view")).to_be_hidden()
+
+
+async def test_log_in_see_workers_and_drain_one(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient]
+) -> None:
+    await browser.login()
+    page = browser.page
+    await expect(page.locator(".cards")).to_contain_text("2 / 2", timeout=SHOWN_MS)
+    await browser.shot("overview")
+    await browser.go("#workers")
+    rows = page.locator("#view tbody tr")
+    await expect(rows).to_have_count(2, timeout=SHOWN_MS)
+    await browser.shot("workers")
+    first = rows.first
+    worker_id = await first.get_attribute("data-id")
+    await first.locator("button[data-action=drain]").click()
+    await expect(first.locator(".st")).to_have_text("draining", timeout=SHOWN_MS)
+    assert (await stack[1].get(f"/workers/{worker_id}")).json()["state"] == "draining"
+
+    # changed elsewhere: the page follows the stream
+    await stack[1].post(f"/workers/{worker_id}/undrain")
+    row = page.locator(f'#view tr[data-id="{worker_id}"]')
+    await expect(row.locator(".st")).to_have_text("online", timeout=SHOWN_MS)
+
+
+async def test_submit_a_task_and_watch_it_complete(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+    await browser.login()
+    page = browser.page
+    await page.evaluate("window.notReloaded = true")
+    await browser.go("#tasks")
+    await page.fill("#submit-name", "from-the-ui")
+    await page.select_option("#submit-runtime", "host")
+    # waits for the test's go-ahead, so the page must show it running, then completed
+    wait = f"while [ ! -e {gate} ]; do sleep 0.05; done; echo released"
+    await page.fill("#submit-command", json.dumps(["sh", "-c", wait]))
+    await page.click("#submit-task")
+    created = page.locator("#view span[data-task-id]")
+    await expect(created).to_have_count(1, timeout=SHOWN_MS)
+    task_id = await created.get_attribute("data-task-id")
+    row = page.locator(f'#view tr[data-id="{task_id}"]')
+    await expect(row).to_contain_text("from-the-ui", timeout=SHOWN_MS)
+    await browser.shot("tasks")
+    assert task_id is not None
+    await browser.go(f"#task/{task_id}")
+    await expect(page.locator("#task-state")).to_have_text("running", timeout=SHOWN_MS)
+    gate.touch()
+    await expect(page.locator("#task-state")).to_have_text("completed", timeout=SHOWN_MS)
+    await expect(page.locator("#view pre").nth(1)).to_contain_text("released", timeout=SHOWN_MS)
+    await browser.shot("task")
+    assert await page.evaluate("window.notReloaded") is True
+
+
+async def test_stop_a_running_task(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient]
+) -> None:
+    body = {"name": "long", "runtime": "host", "command": ["sleep", "60"], "start": True}
+    task = (await stack[1].post("/tasks", json=body)).json()
+    await browser.login()
+    page = browser.page
+    await browser.go(f"#task/{task['id']}")
+    await expect(page.locator("#task-state")).to_have_text("running", timeout=SHOWN_MS)
+    await page.get_by_role("button", name="stop").click()
+    await expect(page.locator("#task-state")).to_have_text(
+        re.compile("cancelled|failed"), timeout=SHOWN_MS
+    )
+
+
+async def test_a_workflow_dag_follows_its_tasks_live(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    gate = tmp_path / "release"
+    wait = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"]
+    flow = {
+        "name": "diamond",
+        "tasks": [
+            {"name": "fetch", "runtime": "host", "command": wait},
+            {"name": "left", "runtime": "host", "command": ["true"], "depends_on": ["fetch"]},
+            {"name": "right", "runtime": "host", "command": ["true"], "depends_on": ["fetch"]},
+            {
+                "name": "join",
+                "runtime": "host",
+                "command": ["true"],
+                "depends_on": ["left", "right"],
+            },
+        ],
+    }
+    created = await stack[1].post("/workflows", json=flow)
+    assert created.status_code == 201, created.text
+    run = created.json()
+    await browser.login()
+    page = browser.page
+    await browser.go("#workflows")
+    await expect(page.locator(f'#view tr[data-id="{run["id"]}"]')).to_be_visible(timeout=SHOWN_MS)
+    await browser.shot("workflows")
+    await browser.go(f"#run/{run['id']}")
+    nodes = page.locator("svg.dag g.node")
+    await expect(nodes).to_have_count(4, timeout=SHOWN_MS)
+    fetch = page.locator(f'svg.dag g[data-id="{run["names"]["fetch"]}"]')
+    await expect(fetch).to_have_attribute("data-state", "running", timeout=SHOWN_MS)
+    join = page.locator(f'svg.dag g[data-id="{run["names"]["join"]}"]')
+    assert await join.get_attribute("data-state") == "pending"
+    await browser.shot("workflow")
+    gate.touch()
+    await expect(join).to_have_attribute("data-state", "completed", timeout=SHOWN_MS)
+    await expect(page.locator("#run-state")).to_have_text("completed", timeout=SHOWN_MS)
+    await browser.shot("workflow-completed")
+
+
+async def test_password_login_and_the_other_pages(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient]
+) -> None:
+    http = stack[1]
+    user = {"name": "ada", "password": "correct-horse", "role": "operator"}
+    assert (await http.post("/users", json=user)).status_code == 201
+    cron = {"name": "nightly", "runtime": "host", "command": ["true"], "schedule": "0 3 * * *"}
+    assert (await http.post("/tasks", json=cron)).status_code == 201
+    await browser.open()
+    page = browser.page
+    await page.fill("#user-input", "ada")
+    await page.fill("#password-input", "correct-horse")
+    await page.click("#password-form button")
+    await expect(page.locator("#status")).to_have_text("live", timeout=SHOWN_MS)
+    await browser.go("#schedules")
+    await expect(page.locator("#view")).to_contain_text("nightly", timeout=SHOWN_MS)
+    await browser.shot("schedules")
+    for name in ("jobs", "applications"):
+        await browser.go(f"#{name}")
+        await expect(page.locator("#view h2").first).to_contain_text(
+            name.capitalize(), timeout=SHOWN_MS
+        )
+        await browser.shot(name)
+    # logging out forgets the token and hides everything again
+    await page.click("#logout")
+    await expect(page.locator("#view")).to_be_hidden()
+    await page.reload()
+    await expect(page.locator("#login")).to_be_visible(timeout=SHOWN_MS)

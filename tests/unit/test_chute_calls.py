@@ -1,0 +1,94 @@
+"""manager/chutes.py: answers matched to their call by id and worker; offline refused."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from edgeplane.errors import NotFound, Unavailable
+from edgeplane.manager.chutes import ChuteCalls, WorkerProblem
+from edgeplane.protocol import ChuteRequest, ChuteResponse
+
+
+@dataclass
+class _Worker:
+    state: str
+
+
+@dataclass
+class _Entry:
+    worker: _Worker
+
+    @property
+    def online(self) -> bool:
+        return self.worker.state != "offline"
+
+
+@dataclass
+class _Registry:
+    entries: dict[str, _Entry]
+
+    def get(self, worker_id: str) -> _Entry | None:
+        return self.entries.get(worker_id)
+
+
+@dataclass
+class _Core:
+    """What ChuteCalls uses of the manager's core: its registry and ``send``."""
+
+    registry: _Registry
+    sent: list[tuple[str, str, BaseModel]] = field(default_factory=list)
+    was_sent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def send(self, member_id: str, type_: str, body: BaseModel, **_: Any) -> None:
+        self.sent.append((member_id, type_, body))
+        self.was_sent.set()
+
+
+def _calls(timeout_s: float = 5) -> tuple[ChuteCalls, _Core]:
+    core = _Core(_Registry({"w1": _Entry(_Worker("online")), "w2": _Entry(_Worker("offline"))}))
+    return ChuteCalls(core, timeout_s), core  # type: ignore[arg-type]
+
+
+async def _answered(calls: ChuteCalls, core: _Core, *answers: tuple[str, int, Any]) -> Any:
+    pending = asyncio.create_task(calls.call("w1", "GET", "/chutes"))
+    await core.was_sent.wait()
+    request = core.sent[0][2]
+    assert isinstance(request, ChuteRequest) and core.sent[0][1] == "chute.request"
+    for member, status, body in answers:
+        calls.on_response(member, ChuteResponse(id=request.id, status=status, body=body))
+    return await pending
+
+
+async def test_an_answer_is_matched_by_id_and_worker() -> None:
+    calls, core = _calls()
+    # another worker's answer with the same id is not this call's
+    found = await _answered(calls, core, ("w2", 200, ["forged"]), ("w1", 200, ["hello"]))
+    assert found == ["hello"]
+
+
+async def test_a_workers_problem_comes_back_with_its_status() -> None:
+    calls, core = _calls()
+    body = {"title": "Not Found", "status": 404, "detail": "no chute 'x'", "field": "name"}
+    with pytest.raises(WorkerProblem) as raised:
+        await _answered(calls, core, ("w1", 404, body))
+    assert (raised.value.status, raised.value.detail, raised.value.field) == (
+        404,
+        "no chute 'x'",
+        "name",
+    )
+
+
+async def test_offline_unknown_and_silent_workers_are_refused() -> None:
+    calls, _ = _calls(timeout_s=0.05)
+    with pytest.raises(Unavailable, match="worker w2 is offline"):
+        await calls.call("w2", "GET", "/chutes")
+    with pytest.raises(NotFound):
+        await calls.call("nope", "GET", "/chutes")
+    with pytest.raises(Unavailable, match="w1 did not answer"):
+        await calls.call("w1", "GET", "/chutes")
+    assert calls.on_response("w1", ChuteResponse(id="0" * 16, status=200)) is False

@@ -1,0 +1,225 @@
+"""The pure core of federated learning: aggregation, the update format, the round machine."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from pydantic import ValidationError
+
+from edgeplane.clock import ManualClock
+from edgeplane.errors import Invalid
+from edgeplane.fl import aggregate, updates
+from edgeplane.fl.rounds import Round
+from edgeplane.fl.spec import ExperimentSpec
+from edgeplane.fl.updates import Rejected
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+shapes = hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)
+
+
+@st.composite
+def client_updates(draw: st.DrawFn) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    shape_w, shape_b = draw(shapes), draw(shapes)
+    n = draw(st.integers(1, 6))
+    ups = [
+        {
+            "w": draw(hnp.arrays(np.float32, shape_w, elements=finite)),
+            "b": draw(hnp.arrays(np.float32, shape_b, elements=finite)),
+        }
+        for _ in range(n)
+    ]
+    return ups, draw(st.lists(st.integers(1, 10_000), min_size=n, max_size=n))
+
+
+@given(client_updates())
+@settings(max_examples=60, deadline=None)
+def test_fedavg_is_the_mean_weighted_by_num_samples(
+    case: tuple[list[dict[str, np.ndarray]], list[int]],
+) -> None:
+    ups, ns = case
+    got = aggregate.fedavg(ups, ns)
+    total = sum(ns)
+    for name in ("w", "b"):
+        # by hand, element by element
+        want = np.zeros(ups[0][name].shape, dtype=np.float64)
+        for u, n in zip(ups, ns, strict=True):
+            want += u[name].astype(np.float64) * n
+        want /= total
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-3)
+
+
+@given(client_updates())
+@settings(max_examples=40, deadline=None)
+def test_median_and_trimmed_mean_stay_within_the_clients_values(
+    case: tuple[list[dict[str, np.ndarray]], list[int]],
+) -> None:
+    ups, _ = case
+    for got in (aggregate.median(ups), aggregate.trimmed_mean(ups)):
+        for name in ("w", "b"):
+            stacked = np.stack([u[name] for u in ups])
+            assert (got[name] >= stacked.min(axis=0) - 1e-3).all()
+            assert (got[name] <= stacked.max(axis=0) + 1e-3).all()
+
+
+def test_robust_strategies_ignore_one_outlier() -> None:
+    ups = [{"w": np.array([1.0, 2.0], dtype=np.float32)} for _ in range(4)]
+    ups.append({"w": np.array([1e6, -1e6], dtype=np.float32)})
+    np.testing.assert_allclose(aggregate.median(ups)["w"], [1.0, 2.0])
+    np.testing.assert_allclose(aggregate.trimmed_mean(ups)["w"], [1.0, 2.0])
+    assert aggregate.fedavg(ups, [1] * 5)["w"][0] > 1e5
+
+
+def test_fedavg_refuses_a_zero_weight() -> None:
+    with pytest.raises(Invalid):
+        aggregate.fedavg([{"w": np.zeros(1, np.float32)}], [0])
+
+
+@given(client_updates(), st.sampled_from(["raw", "npz"]), st.sampled_from(["f32", "f32-delta"]))
+@settings(max_examples=40, deadline=None)
+def test_update_round_trips_in_both_encodings(
+    case: tuple[list[dict[str, np.ndarray]], list[int]], encoding: str, fmt: str
+) -> None:
+    ups, ns = case
+    enc = updates.encode_raw if encoding == "raw" else updates.encode_npz
+    ctype = updates.RAW if encoding == "raw" else updates.NPZ
+    body = enc(ups[0], format=fmt, num_samples=ns[0], metrics={"loss": 0.5})
+    got = updates.decode(body, ctype)
+    assert got.format == fmt and got.num_samples == ns[0] and got.metrics == {"loss": 0.5}
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(got.arrays[name], ups[0][name])
+
+
+def test_raw_is_little_endian_float32_after_one_header_line() -> None:
+    body = updates.encode_raw({"w": np.array([1.0, -2.0], dtype=np.float32)}, num_samples=3)
+    header, _, data = body.partition(b"\n")
+    assert data == np.array([1.0, -2.0], dtype="<f4").tobytes()
+    assert b'"shape":[2]' in header
+
+
+def test_delta_is_added_to_the_global_model() -> None:
+    model = {"w": np.array([1.0, 1.0], dtype=np.float32)}
+    up = updates.decode(
+        updates.encode_raw({"w": np.array([0.5, -1.0])}, format="f32-delta", num_samples=1)
+    )
+    np.testing.assert_allclose(updates.check(up, model)["w"], [1.5, 0.0])
+
+
+MODEL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        ({"w": np.zeros((3, 2)), "b": np.zeros(3)}, "shape"),
+        ({"w": np.zeros((2, 3))}, "shape"),
+        ({"w": np.zeros((2, 3)), "b": np.zeros(3), "x": np.zeros(1)}, "shape"),
+        ({"w": np.full((2, 3), np.nan), "b": np.zeros(3)}, "nonfinite"),
+        ({"w": np.zeros((2, 3)), "b": np.array([0, np.inf, 0])}, "nonfinite"),
+    ],
+)
+def test_a_bad_update_is_rejected_with_its_reason(
+    arrays: dict[str, np.ndarray], reason: str
+) -> None:
+    up = updates.decode(updates.encode_raw(arrays, num_samples=1))
+    with pytest.raises(Rejected) as exc:
+        updates.check(up, MODEL)
+    assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json\n",
+        b'{"arrays": [{"name": "w", "shape": [4]}]}\n' + b"\0" * 8,  # short
+        b'{"arrays": [{"name": "w", "shape": [1]}]}\n' + b"\0" * 8,  # long
+        b'{"arrays": [{"name": "w", "shape": [-1]}]}\n',
+        b'{"arrays": [], "format": "f64"}\n',
+        b'{"arrays": [], "num_samples": -1}\n',
+        b'{"arrays": [], "metrics": {"loss": "x"}}\n',
+    ],
+)
+def test_a_malformed_body_is_rejected_not_crashed_on(body: bytes) -> None:
+    with pytest.raises(Rejected) as exc:
+        updates.decode(body)
+    assert exc.value.reason == "malformed"
+
+
+def test_npz_with_pickled_objects_is_refused() -> None:
+    buf = io.BytesIO()
+    np.savez(buf, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(Rejected):
+        updates.decode(buf.getvalue(), updates.NPZ)
+
+
+def make_round(clock: ManualClock, *, retries: int = 0) -> Round:
+    return Round(
+        number=1,
+        selected=frozenset({"a", "b", "c", "d"}),
+        k=4,
+        min_clients=3,
+        deadline=clock.monotonic() + 120,
+        retries_left=retries,
+    )
+
+
+def test_round_closes_when_k_updates_are_in() -> None:
+    clock = ManualClock()
+    r = make_round(clock)
+    for w in "abc":
+        assert r.accept(w, 10, clock.monotonic()) == "open"
+    assert r.accept("d", 10, clock.monotonic()) == "closed"
+
+
+def test_round_closes_at_the_timeout_with_min_clients() -> None:
+    clock = ManualClock()
+    r = make_round(clock)
+    for w in "abc":
+        r.accept(w, 10, clock.monotonic())
+    assert r.tick(clock.monotonic() + 119) == "open"
+    clock.advance(120)
+    assert r.tick(clock.monotonic()) == "closed"
+    with pytest.raises(Rejected) as exc:
+        r.accept("d", 10, clock.monotonic())
+    assert exc.value.reason == "closed"
+    assert r.rejected["closed"] == 1 and set(r.accepted) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize(("retries", "state"), [(1, "retry"), (0, "failed")])
+def test_round_short_of_min_clients_retries_or_fails(retries: int, state: str) -> None:
+    clock = ManualClock()
+    r = make_round(clock, retries=retries)
+    r.accept("a", 10, clock.monotonic())
+    clock.advance(121)
+    assert r.tick(clock.monotonic()) == state
+
+
+def test_duplicate_and_unselected_updates_are_rejected_and_counted() -> None:
+    clock = ManualClock()
+    r = make_round(clock)
+    r.accept("a", 10, clock.monotonic())
+    for worker, reason in (("a", "duplicate"), ("z", "unselected")):
+        with pytest.raises(Rejected) as exc:
+            r.accept(worker, 10, clock.monotonic())
+        assert exc.value.reason == reason
+    assert r.rejected == {"duplicate": 1, "unselected": 1}
+    assert r.accepted == {"a": 10}
+
+
+def test_spec_bounds() -> None:
+    ok = ExperimentSpec.model_validate(
+        {"name": "digits", "workload": {"runtime": "host", "command": ["x"]}}
+    )
+    assert ok.strategy == "fedavg"
+    with pytest.raises(ValidationError):
+        ExperimentSpec.model_validate(
+            {"name": "d", "workload": {}, "clients_per_round": 2, "min_clients": 3}
+        )
+    with pytest.raises(ValidationError):
+        ExperimentSpec.model_validate({"name": "d", "workload": {}, "strategy": "krum"})
