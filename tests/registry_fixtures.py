@@ -191,7 +191,7 @@ class TokenService:
         self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         #: every scope list a token was asked for (what the client requested)
         self.requests: list[list[str]] = []
-        self.port = self.port or free_port()  # started again: the same address
+        self.port = free_port()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
