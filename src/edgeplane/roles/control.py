@@ -25,7 +25,7 @@ from edgeplane.artifacts.blobs import BlobStore
 from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.artifacts.registry_source import RegistrySource
 from edgeplane.config import Settings
-from edgeplane.errors import Invalid, Unavailable
+from edgeplane.errors import Fenced, Invalid, Unavailable
 from edgeplane.manager import Manager, oci_modules
 from edgeplane.manager.facade import Facade
 from edgeplane.manager.joins import JoinDesk
@@ -405,7 +405,13 @@ async def run_leading(
                     if leadership.lost.is_set():
                         log.warning("deposed: standing by again", extra={"why": leadership.why})
             finally:
-                await control.stop()
+                try:
+                    await control.stop()
+                except Fenced as refused:
+                    # A deposed leader's last writes (what a part flushes as it stops) are
+                    # refused by the fence, as they must be: it stands by again all the same
+                    # (once, under load, this ended the process instead).
+                    log.warning("a write on stopping was refused", extra={"why": str(refused)})
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
