@@ -77,15 +77,15 @@ def isolated() -> Iterator[tuple[str, str]]:
 def worker_in(
     ns: str, broker: str, worker_id: str, data_dir: Path, domain: str
 ) -> subprocess.Popen[bytes]:
-    log = (data_dir.parent / f"{worker_id}.log").open("ab")
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "EDGEPLANE_DOMAIN": domain, "EDGEPLANE_HEARTBEAT_S": "0.5"}
-    return subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{ns}", *EDGEPLANE, "worker", "--manager", broker,
-         "--worker-id", worker_id, "--data-dir", str(data_dir), "--pull", "auto"],
-        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    with (data_dir.parent / f"{worker_id}.log").open("ab") as log:  # the child keeps its own
+        return subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", *EDGEPLANE, "worker", "--manager", broker,
+             "--worker-id", worker_id, "--data-dir", str(data_dir), "--pull", "auto"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 async def test_workers_without_a_route_to_the_registry_run_oci_tasks_through_the_proxy(

@@ -16,6 +16,9 @@ from edgeplane.store import TokenRecord
 #: Where ``Authenticate`` leaves the caller's token in the request's scope state.
 CALLER = "edgeplane.caller"
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer TOKEN`")
+#: For routes that read the bearer credential themselves (a training task's): declares it
+#: in the schema like every other route, checks nothing.
+BearerDeclared = Depends(_bearer)
 
 
 async def manager(request: Request) -> Manager:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from edgeplane.api.deps import CallerDep, caller
+from edgeplane.api.deps import BearerDeclared, CallerDep, caller
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Unauthorized, Unavailable
@@ -39,7 +39,9 @@ def _coordinator(request: Request) -> Coordinator:
 FlDep = Annotated["Coordinator", Depends(_coordinator)]
 
 users = APIRouter(prefix=PREFIX, tags=["fl"], route_class=JsonRoute)
-clients = APIRouter(prefix=PREFIX, tags=["fl"], route_class=JsonRoute)
+clients = APIRouter(
+    prefix=PREFIX, tags=["fl"], route_class=JsonRoute, dependencies=[BearerDeclared]
+)
 
 
 @users.post("", status_code=201)
