@@ -50,7 +50,7 @@ from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import runtime_config
-from edgeplane.runtimes.container import find_runc
+from edgeplane.runtimes.container import find_runc, runc_output
 from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 
@@ -978,16 +978,7 @@ class Node:
         return [self.runc, "--root", str(self.state_dir), *args]
 
     async def _call(self, *args: str) -> str:
-        if self.runc is None:
-            return ""
-        process = await asyncio.create_subprocess_exec(
-            *self._runc(*args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await process.communicate()
-        return out.decode(errors="replace") if process.returncode == 0 else ""
+        return "" if self.runc is None else await runc_output(self._runc(*args))
 
 
 async def _nothing() -> None:

@@ -66,6 +66,19 @@ def find_runc() -> str | None:
     return found
 
 
+async def runc_output(argv: list[str]) -> str:
+    """The stdout of one runc command (``argv`` whole), '' when it fails: the container
+    may be gone. Shared by task containers and chutes."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    return out.decode(errors="replace") if process.returncode == 0 else ""
+
+
 @dataclass(eq=False, kw_only=True)
 class _Container(Attempt):
     """One attempt: ``process`` is the shell running its ``runc run``, ``dir`` its bundle;
@@ -295,16 +308,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
 
     async def _call(self, *args: str) -> str:
         """One runc command's stdout ('' when it fails: the container may be gone)."""
-        if self.runc is None:
-            return ""
-        process = await asyncio.create_subprocess_exec(
-            *self._runc(*args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await process.communicate()
-        return out.decode(errors="replace") if process.returncode == 0 else ""
+        return "" if self.runc is None else await runc_output(self._runc(*args))
 
     def _state(self, container: _Container) -> dict[str, Any]:
         return {
