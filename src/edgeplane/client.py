@@ -184,7 +184,7 @@ _ERROR_BY_STATUS: dict[int, type[EdgeplaneError]] = {
 }
 
 
-def _problem(resp: Reply) -> EdgeplaneError:
+def problem(resp: Reply) -> EdgeplaneError:
     """Turn an error response (problem+json or not) back into the error the server raised."""
     detail = resp.reason or f"HTTP {resp.status}"
     field_name: str | None = None
@@ -207,7 +207,7 @@ def _problem(resp: Reply) -> EdgeplaneError:
 
 def _json(resp: Reply) -> Any:
     if not resp.ok:
-        raise _problem(resp)
+        raise problem(resp)
     try:
         return orjson.loads(resp.content)
     except orjson.JSONDecodeError:
@@ -271,18 +271,18 @@ def _document(resp: Reply) -> dict[str, Any]:
 
 def _nothing(resp: Reply) -> None:
     if not resp.ok:
-        raise _problem(resp)
+        raise problem(resp)
 
 
 def _bytes(resp: Reply) -> bytes:
     if not resp.ok:
-        raise _problem(resp)
+        raise problem(resp)
     return bytes(resp.content)
 
 
 def _text(resp: Reply) -> str:
     if not resp.ok:
-        raise _problem(resp)
+        raise problem(resp)
     return resp.content.decode()
 
 
@@ -965,7 +965,7 @@ class Client(_Base):
         ):
             if resp.status_code != 200:
                 reply = Reply(resp.status_code, resp.reason_phrase, resp.read(), str(resp.url))
-                raise _problem(reply)
+                raise problem(reply)
             name, data = "message", list[str]()
             for line in resp.iter_lines():
                 if line == "":

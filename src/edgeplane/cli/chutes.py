@@ -29,24 +29,11 @@ from edgeplane.cli.output import (
     print_table,
     session,
 )
-from edgeplane.errors import (
-    Conflict,
-    EdgeplaneError,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TaskFailure,
-    Unauthorized,
-    Unavailable,
-)
+from edgeplane.errors import Invalid, TaskFailure, Unavailable
 
 app = typer.Typer(no_args_is_help=True, help="Chutes on a node (docs/chutes.md).")
 
 TOKEN_ENV = "EDGEPLANE_NODE_TOKEN"
-_ERRORS: dict[int, type[EdgeplaneError]] = {
-    400: Invalid, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: Invalid, 422: Invalid, 503: Unavailable,
-}  # fmt: skip
 
 NodeOption = Annotated[
     str | None,
@@ -117,16 +104,10 @@ class _Node:
         except httpx.TransportError as exc:
             raise Unavailable(f"cannot reach {self.http.base_url}: {exc}") from None
         if answer.status_code >= 400:
-            try:
-                body = answer.json()
-            except ValueError:
-                body = {}
-            detail = (
-                str(body.get("detail") or answer.reason_phrase) if isinstance(body, dict) else ""
-            )
-            field = body.get("field") if isinstance(body, dict) else None
-            cls = _ERRORS.get(answer.status_code, EdgeplaneError)
-            raise cls(detail, field=field if isinstance(field, str) else None)
+            from edgeplane.client import problem
+            from edgeplane.wire import Reply
+
+            raise problem(Reply.of(answer))  # the error the node or manager raised
         if answer.headers.get("content-type", "").startswith("application/json"):
             return answer.json()
         return answer.text
