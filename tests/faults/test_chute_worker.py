@@ -149,8 +149,12 @@ def test_a_chute_survives_a_worker_restart(node: Node, how: str) -> None:
     node.role.stop() if how == "stop" else node.role.kill9()
     assert alive(pid)  # the chute keeps running with no worker at all
     node.start()
-    after = node.client.get("/chutes/keep").json()
-    assert after["state"] == "running"
+    # the Edge API may answer before the worker has re-attached its chutes
+    after = wait_until(
+        lambda: (doc := node.client.get("/chutes/keep").json()).get("state") == "running" and doc,
+        "the chute to be re-attached",
+        watch=[node.role],
+    )
     assert after["services"][0]["pid"] == pid  # re-attached, not restarted
     assert after["services"][0]["address"] == address
     assert node.ended(node.client.post("/chutes/keep/stop").json()["change_id"])["state"] == "done"
