@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
+#: How often a role looks whether its broker is still running (a poll of a child: cheap).
+WATCH_S = 0.5
 STOP_TIMEOUT_S = 5.0
 LOG_TAIL_BYTES = 2000
 
@@ -227,6 +229,11 @@ class MosquittoProcess:
             time.sleep(0.02)
         return self.url
 
+    @property
+    def exited(self) -> bool:
+        """The spawned broker has ended (killed, crashed) without :meth:`stop`."""
+        return self._proc is not None and self._proc.poll() is not None
+
     def reload(self) -> None:
         """Make Mosquitto re-read its password and ACL files (SIGHUP): clients no longer
         in them are disconnected."""
@@ -299,6 +306,7 @@ class EmbeddedBroker:
         )
         self.auth = auth
         self._amqtt: Broker | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def reclaim(self) -> None:
         """Stop a broker an earlier run of this data dir left running (Mosquitto only:
@@ -326,7 +334,9 @@ class EmbeddedBroker:
             # Spawned on the loop's thread: the kernel ties the broker's life to the thread
             # that forked it, and an executor's thread may end before this process does.
             self._mosquitto.spawn()
-            return await asyncio.to_thread(self._mosquitto.ready)
+            url = await asyncio.to_thread(self._mosquitto.ready)
+            self._watcher = asyncio.create_task(self._watch(self._mosquitto), name="broker")
+            return url
         # Imported here: amqtt takes ~0.2 s to import and is unused when Mosquitto runs.
         from amqtt.broker import Broker
 
@@ -346,7 +356,31 @@ class EmbeddedBroker:
         self._amqtt = broker
         return self.url
 
+    async def _watch(self, mosquitto: MosquittoProcess) -> None:
+        """Start the broker again, on its port, whenever it ends without :meth:`stop`
+        (kill -9, a crash): the role's clients and its workers reconnect by themselves.
+        Without this, a role whose broker died kept running with nothing to talk through."""
+        delay, down = WATCH_S, False
+        while True:
+            await asyncio.sleep(delay)
+            if not (down or mosquitto.exited):
+                continue
+            log.warning("the broker ended; starting it again", extra={"port": self.port})
+            await asyncio.to_thread(mosquitto.stop)  # reaps it, closes its log
+            mosquitto.spawn()  # on the loop's thread, as in start
+            try:
+                await asyncio.to_thread(mosquitto.ready)
+                delay, down = WATCH_S, False
+            except Unavailable as exc:  # e.g. its port taken meanwhile: again, slower
+                log.error("the broker did not start again", extra={"why": str(exc)})
+                delay, down = min(delay * 2, 30.0), True
+
     async def stop(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if self._mosquitto is not None:
             await asyncio.to_thread(self._mosquitto.stop)
             return
