@@ -3,9 +3,9 @@ worker and how many samples its manager keeps (docs/metrics.md)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 #: the shortest interval a task may ask for: a sample costs a process-tree walk
 MIN_INTERVAL_S = 0.1
@@ -30,8 +30,18 @@ PROFILES: dict[str, Monitoring | None] = {
     "off": None,
 }
 
-#: what a task body's ``monitoring`` may be: a profile's name or a custom profile
-MonitoringField = ProfileName | Monitoring
+
+def _kind(value: Any) -> str:
+    return "custom" if isinstance(value, dict | Monitoring) else "name"
+
+
+#: what a task body's ``monitoring`` may be: a profile's name or a custom profile. The
+#: discriminator picks the branch from the value's shape, so an error names what is wrong
+#: with the value given (``monitoring.custom.interval_s``), not the other branch's rule.
+MonitoringField = Annotated[
+    Annotated[ProfileName, Tag("name")] | Annotated[Monitoring, Tag("custom")],
+    Discriminator(_kind),
+]
 
 
 def resolve(given: MonitoringField | None, *, daemon: bool) -> Monitoring | None:
