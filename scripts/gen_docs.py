@@ -235,6 +235,11 @@ def mqtt_md() -> str:
             f"| `{name}` | `{getattr(topics, name)('ID')}` | `{getattr(root, name)('ID')}` "
             f"| {_cell(doc)} |"
         )
+    out.append(
+        f"| (probe) | `{topics.probe}` | `{root.probe}` | parent → itself, QoS 1, a short"
+        " nonce, every liveness sweep: how far behind what the broker delivers it is"
+        " (a member id no member can have; the parent ignores others' probes) |"
+    )
     out += ["", "## Message bodies", ""]
     for name, cls in inspect.getmembers(messages, inspect.isclass):
         if cls.__module__ != messages.__name__ or name.startswith("_"):

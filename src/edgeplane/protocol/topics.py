@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from edgeplane.errors import Invalid
 
 ROOT_SEGMENT = "clusters"
+#: The member level of a parent's probe topic (:attr:`Topics.probe`)
+PROBE_MEMBER = "_probe"
 
 #: An id that becomes one topic level (a worker's, a cluster's): letters, digits, '_' and
 #: '-'. Not '.': NATS turns MQTT levels into subject tokens and drops the connection of a
@@ -72,6 +74,13 @@ class Topics:
 
     def hello(self, member_id: str) -> str:
         return self._member(member_id, "hello")
+
+    @property
+    def probe(self) -> str:
+        """Where a parent sends itself probes through the broker (manager/liveness.py):
+        an ``alive`` leaf every parent already reads, of a member id no member can have
+        (ids start with a letter or digit)."""
+        return self._member(PROBE_MEMBER, "alive")
 
     def welcome(self, member_id: str) -> str:
         return self._member(member_id, "welcome")
