@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from faults.procs import Lab, wait_until
+from faults.procs import TERMINAL, Lab, wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(240)]
 
@@ -163,8 +163,15 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
     assert got["rounds"][-1]["metrics"]["accuracy"] >= 0.9
     assert all(not r["rejected"] for r in got["rounds"]), got["rounds"]
     assert fl_outcomes(api.url) == {"accepted": 1}  # this process: round 2's second update
-    clients = [t for t in api.tasks() if t["name"] == "fl-killed"]
-    assert len(clients) == 6 and all(t["state"] == "completed" for t in clients), clients
-    over_mqtt = [t for t in clients if "over MQTT" in t.get("stderr", "")]
-    assert len(over_mqtt) == 1, [t["results"] for t in clients]
+
+    def clients() -> list[dict[str, Any]] | None:
+        """The 6 training tasks, once all ended (the last round's may still be exiting
+        when the experiment completes)."""
+        found = [t for t in api.tasks() if t["name"] == "fl-killed"]
+        return found if len(found) == 6 and all(t["state"] in TERMINAL for t in found) else None
+
+    ran = wait_until(clients, "every training task ends", watch=every)
+    assert all(t["state"] == "completed" for t in ran), [(t["state"], t["error"]) for t in ran]
+    over_mqtt = [t for t in ran if "over MQTT" in t.get("stderr", "")]
+    assert len(over_mqtt) == 1, [t["stderr"] for t in ran]
     assert over_mqtt[0]["state"] == "completed"

@@ -229,13 +229,20 @@ async def test_updates_over_mqtt_are_aggregated_when_the_api_is_unreachable(
     assert [(r["round"], r["updates"]) for r in got["rounds"]] == [(1, 2), (2, 2)]
     assert got["rounds"][-1]["metrics"]["accuracy"] > 0.8
     assert (await mqtt_outcomes(stack)) == {"accepted": 4}
-    tasks = (await http.get("/tasks", params={"limit": 100})).json()["items"]
-    fl_tasks = [t for t in tasks if t["name"] == "fl-mqtt"]
-    assert len(fl_tasks) == 4
+    ended_tasks: list[dict[str, Any]] = []
+
+    async def clients_ended() -> bool:
+        """(the last round's clients may still be exiting when the experiment completes)"""
+        tasks = (await http.get("/tasks", params={"limit": 100})).json()["items"]
+        ended_tasks[:] = [t for t in tasks if t["name"] == "fl-mqtt"]
+        terminal = ("completed", "failed", "cancelled")
+        return len(ended_tasks) == 4 and all(t["state"] in terminal for t in ended_tasks)
+
+    await until(clients_ended, "the 4 clients end")
     # each client ends on its own once the broker has its update (a round stops only the
     # tasks that sent none), saying it went over MQTT
-    assert all(t["state"] == "completed" for t in fl_tasks), fl_tasks
-    assert all("over MQTT" in t.get("stderr", "") for t in fl_tasks), fl_tasks
+    assert all(t["state"] == "completed" for t in ended_tasks), ended_tasks
+    assert all("over MQTT" in t.get("stderr", "") for t in ended_tasks), ended_tasks
 
 
 async def test_an_unselected_workers_update_over_mqtt_is_refused_and_counted(

@@ -89,7 +89,11 @@ class Coordinator:
         self.link = make_link(self.on_mqtt)
 
     async def start(self) -> None:
-        running, _ = await self.store.list_fl_experiments(limit=100_000)
+        running = [
+            exp
+            for exp_id in await self.store.live_fl_experiment_ids()
+            if (exp := await self.store.get_fl_experiment(exp_id)) is not None
+        ]
         if self.identities is not None:
             # what a killed manager left: identities of tasks no open round has any more
             live = [
