@@ -2,8 +2,8 @@
 
 - on the Mosquitto ``edgeplane up`` starts and locks down, each training task gets a
   broker identity that may publish its own round's update and nothing else; what it
-  publishes is checked as over HTTP, and forged, duplicate, malformed and oversized
-  updates are refused and counted;
+  publishes is checked as over HTTP, and forged, duplicate, malformed, oversized,
+  NaN-holding and wrongly shaped updates are refused and counted;
 - on a broker edgeplane does not secure, the example client whose API is unreachable
   gets its updates aggregated over MQTT, and an update for a worker the round did not
   select is refused and counted.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from edgeplane.fl import client as fl_client
@@ -108,6 +109,10 @@ async def publish(
 
 
 GOOD = updates.encode_raw(initial(), num_samples=10, metrics={"accuracy": 0.5})
+NAN = updates.encode_raw(
+    {"w": np.full((64, 10), np.nan, np.float32), "b": np.zeros(10, np.float32)}, num_samples=1
+)
+SMALL = updates.encode_raw({"w": np.zeros((8, 10), np.float32)}, num_samples=1)
 
 
 @pytest.fixture
@@ -155,20 +160,24 @@ async def test_a_task_publishes_only_its_own_update_and_bad_ones_are_counted(
         (e2, t2, mqtt.frame(forged, GOOD)),  # unauthorized
         (e2, t2, mqtt.frame(e1["FL_TOKEN"], GOOD)),  # w1's credential on w2's topic: same
         (e2, t2, mqtt.frame(e2["FL_TOKEN"], b"x" * 100_000)),  # oversize
+        (e2, t2, mqtt.frame(e2["FL_TOKEN"], NAN)),  # nonfinite
+        (e2, t2, mqtt.frame(e2["FL_TOKEN"], SMALL)),  # shape
     ]
     for env, topic, payload in cases:
         assert (await publish(stack, env, topic, payload))[0] is True
 
     async def all_refused() -> bool:
-        return sum((await mqtt_outcomes(stack)).values()) >= 6
+        return sum((await mqtt_outcomes(stack)).values()) >= 8
 
-    await until(all_refused, "the coordinator judges 6 updates")
+    await until(all_refused, "the coordinator judges 8 updates")
     assert await mqtt_outcomes(stack) == {
         "accepted": 1,
         "duplicate": 1,
         "malformed": 1,
         "unauthorized": 2,
         "oversize": 1,
+        "nonfinite": 1,
+        "shape": 1,
     }
     got = await experiment(http, exp_id)
     assert got["rounds"][0]["updates"] == 1
@@ -177,6 +186,8 @@ async def test_a_task_publishes_only_its_own_update_and_bad_ones_are_counted(
         "malformed": 1,
         "unauthorized": 2,
         "oversize": 1,
+        "nonfinite": 1,
+        "shape": 1,
     }
 
     # w2's own update closes the round; the identities end with it
