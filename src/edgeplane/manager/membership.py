@@ -62,8 +62,11 @@ class Membership:
         core = self.core
         now = core.clock.monotonic()
         for worker in workers:
-            # Until a member speaks again its liveness clock starts now.
-            core.registry.add(WorkerEntry(worker=worker, last_seen=now))
+            # Until a member speaks again its liveness clock starts now. A drained one
+            # stays drained (its stored state says so: it was online when drained).
+            core.registry.add(
+                WorkerEntry(worker=worker, last_seen=now, draining=worker.state == "draining")
+            )
         for task in tasks:
             if not task.started:
                 continue
