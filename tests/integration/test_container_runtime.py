@@ -19,6 +19,7 @@ from edgeplane.errors import TaskFailure
 from edgeplane.model import Limits
 from edgeplane.roles.up import running_stack
 from edgeplane.runtimes import MAX_LOG_CHARS, ContainerRuntime, Outcome, RunSpec, available_runtimes
+from edgeplane.runtimes.cgroups import io_controller
 from edgeplane.runtimes.container import find_runc
 from edgeplane.runtimes.supervised import process_alive
 from oci_fixtures import (
@@ -264,7 +265,8 @@ async def test_stats_and_stop(runtime: ContainerRuntime) -> None:
     handle = await runtime.start(task(["sh", "-c", "sleep 30 & sleep 30"]), None)
     await until_running(runtime)
     first = await runtime.stats(handle)
-    assert set(first) == {"cpu_percent", "memory_mb", "processes"}
+    io = {"io_read_bytes", "io_write_bytes"} if io_controller() is None else set()
+    assert set(first) == {"cpu_percent", "memory_mb", "processes", *io}
     assert first["memory_mb"] > 0
     assert first["processes"] >= 1
     assert (await runtime.stats(handle))["cpu_percent"] >= 0

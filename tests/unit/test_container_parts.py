@@ -14,6 +14,7 @@ from edgeplane.imageref import split_ref
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import container_id, process_env, runtime_config
 from edgeplane.runtimes.busybox import Entry, tar_layer, write_image
+from edgeplane.runtimes.cgroups import io_bytes
 from edgeplane.runtimes.images import Image, ImageStore
 from edgeplane.runtimes.layers import apply_layer, entry_path
 
@@ -235,3 +236,47 @@ def test_runtime_config_defaults_and_refusals() -> None:
         runtime_config(
             cid="c", rootfs=Path("/r"), image=named, command=["x"], env={}, limits=Limits()
         )
+
+
+def test_accounted_disks_get_a_rule_that_limits_nothing() -> None:
+    """cgroup v1 counts a disk's io only once blk-throttle has a rule for it (cgroups.py):
+    ``MAJ:MIN 0`` is "no limit"."""
+    config = runtime_config(
+        cid="c",
+        rootfs=Path("/r"),
+        image=IMAGE,
+        command=["true"],
+        env={},
+        limits=Limits(),
+        accounted=[(254, 0), (7, 3)],
+    )
+    assert config["linux"]["resources"]["blockIO"] == {
+        "throttleReadBpsDevice": [
+            {"major": 254, "minor": 0, "rate": 0},
+            {"major": 7, "minor": 3, "rate": 0},
+        ]
+    }
+
+
+def test_io_bytes_from_runc_stats() -> None:
+    """runc's ``events --stats`` as it prints it on cgroup v1 (a zero minor and a zero
+    value are left out) and on v2 (lower-case ops are taken too)."""
+    v1 = {
+        "blkio": {
+            "ioServiceBytesRecursive": [
+                {"major": 254, "op": "Read", "value": 20971520},
+                {"major": 254, "op": "Write", "value": 4096},
+                {"major": 254, "op": "Sync", "value": 20975616},
+                {"major": 254, "op": "Async"},
+                {"major": 7, "minor": 1, "op": "Read", "value": 10},
+                {"major": 254, "op": "Total", "value": 20975616},
+            ]
+        }
+    }
+    assert io_bytes(v1) == (20971530.0, 4096.0)
+    assert io_bytes({"blkio": {"ioServiceBytesRecursive": [{"op": "write", "value": 5}]}}) == (
+        0.0,
+        5.0,
+    )
+    assert io_bytes({"blkio": {}}) == (0.0, 0.0)  # counted, nothing yet
+    assert io_bytes({"cpu": {}}) is None  # no io part at all

@@ -29,8 +29,8 @@ from edgeplane.chutes.network import NetworkError, run
 from edgeplane.errors import Unavailable
 from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import resources
+from edgeplane.runtimes.cgroups import CGROUP_ROOT, cgroup_version
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: tc's token bucket lets at most this long a queue build up before dropping
 TBF_LATENCY = "50ms"
 #: where a chute's size-limited writable dir is mounted in each of its services
@@ -61,11 +61,6 @@ class Resources(BaseModel):
 
 
 # --- cgroups ------------------------------------------------------------------------------
-
-
-def cgroup_version() -> int:
-    """2 on a unified hierarchy, 1 on a legacy or hybrid one (runc uses v1 there)."""
-    return 2 if (CGROUP_ROOT / "cgroup.controllers").exists() else 1
 
 
 def _cgroup_file(controller: str, cgroup: str, name: str) -> Path:

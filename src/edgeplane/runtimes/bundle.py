@@ -167,8 +167,10 @@ def runtime_config(
     hosts_file: str | None = None,
     binds: Mapping[str, str] | None = None,
     cpus: str | None = None,
+    accounted: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
-    """The whole ``config.json`` of one attempt."""
+    """The whole ``config.json`` of one attempt. ``accounted``: disks (major, minor)
+    given a rule that limits nothing, so cgroup v1 counts their io (``cgroups.py``)."""
     network: dict[str, str] = {"type": "network"}
     if netns is not None:
         network["path"] = netns
@@ -177,6 +179,10 @@ def runtime_config(
         mounts.append(_bind("/etc/hosts", hosts_file, readonly=True))
     for destination, source in sorted((binds or {}).items()):
         mounts.append(_bind(destination, source, readonly=False))
+    found = resources(limits, cpus)
+    if accounted:
+        rules = [{"major": major, "minor": minor, "rate": 0} for major, minor in accounted]
+        found["blockIO"] = {"throttleReadBpsDevice": rules}
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -197,7 +203,7 @@ def runtime_config(
         "mounts": mounts,
         "linux": {
             "cgroupsPath": f"/edgeplane/{cid}",
-            "resources": resources(limits, cpus),
+            "resources": found,
             "namespaces": [
                 {"type": "pid"},
                 network,

@@ -46,6 +46,7 @@ from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
+from edgeplane.runtimes.cgroups import accounted_disks, io_bytes
 from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 from edgeplane.runtimes.spec import RunSpec
@@ -155,6 +156,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             image = await asyncio.to_thread(self.images.resolve, spec.image)
         rootfs = await self.images.rootfs(image)
         cid = container_id(spec.task_id, spec.attempt, secrets.token_hex(3))
+        sources = [rootfs, *(Path(source) for source in (spec.binds or {}).values())]
         config = runtime_config(
             cid=cid,
             rootfs=rootfs,
@@ -166,6 +168,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             hosts_file=spec.hosts_file,
             binds=spec.binds,
             cpus=spec.cpus,
+            accounted=accounted_disks(sources),
         )
         bundle = self.bundles / cid
         # The config holds the task's env, secret env included: for the worker's user only.
@@ -192,7 +195,8 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         return Handle(spec.task_id, spec.attempt, self.name, self._state(container))
 
     async def stats(self, handle: Handle) -> dict[str, float]:
-        """CPU and memory of the container's cgroup, from ``runc events --stats``."""
+        """CPU, memory and storage io of the container's cgroup, from ``runc events
+        --stats`` (io: bytes read and written since it started, summed over disks)."""
         container = self._running(handle)
         if container is None:
             return {}
@@ -202,14 +206,18 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             cpu_ns = float(data["cpu"]["usage"]["total"])
             memory = float(data["memory"]["usage"]["usage"])
             pids = float(data.get("pids", {}).get("current", 0))
-        except (ValueError, KeyError, TypeError):
+            io = io_bytes(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return {}
         now = self._clock.monotonic()
         last, container.cpu = container.cpu, (cpu_ns, now)
         cpu_percent = 0.0  # like psutil's first sample: no interval yet
         if last is not None and now > last[1]:
             cpu_percent = (cpu_ns - last[0]) / 1e9 / (now - last[1]) * 100
-        return {"cpu_percent": cpu_percent, "memory_mb": memory / _MIB, "processes": pids}
+        found = {"cpu_percent": cpu_percent, "memory_mb": memory / _MIB, "processes": pids}
+        if io is not None:
+            found["io_read_bytes"], found["io_write_bytes"] = io
+        return found
 
     async def recover(self, state: dict[str, Any]) -> Handle | None:
         """Re-attach to an attempt a previous worker process started.

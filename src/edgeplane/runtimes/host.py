@@ -112,6 +112,9 @@ class _Proc(Attempt):
     """One attempt: ``pid`` leads its process group, ``dir`` is its scratch directory."""
 
     sampled: dict[int, psutil.Process] = field(default_factory=dict)
+    #: the highest (read, write) byte counts sampled: members that end unreaped by the
+    #: group (orphans) take their counts along, and the series must not go back
+    io: tuple[float, float] = (0.0, 0.0)
 
 
 class HostRuntime(SupervisedRuntime[_Proc]):
@@ -192,7 +195,8 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         return Handle(spec.task_id, spec.attempt, self.name, self._state(proc))
 
     async def stats(self, handle: Handle) -> dict[str, float]:
-        """CPU and memory summed over every process in the attempt's group."""
+        """CPU, memory and storage io summed over every process in the attempt's group
+        (host tasks have no cgroup of their own: the kernel's per-process io counters)."""
         proc = self._running(handle)
         if proc is None:
             return {}
@@ -303,7 +307,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         }
 
     def _sample(self, proc: _Proc) -> dict[str, float]:
-        cpu = rss = 0.0
+        cpu = rss = read = write = 0.0
         members = group_members(proc.pid)
         for member in members:
             # cpu_percent compares with the previous call on the same Process object.
@@ -311,4 +315,17 @@ class HostRuntime(SupervisedRuntime[_Proc]):
             with contextlib.suppress(psutil.Error):
                 cpu += sampled.cpu_percent(None)
                 rss += sampled.memory_info().rss / _MIB
-        return {"cpu_percent": cpu, "rss_mb": rss, "processes": float(len(members))}
+            # /proc/PID/io: bytes this process (and the children it reaped: the kernel
+            # adds theirs to their parent's) had read from or sent to the storage layer
+            with contextlib.suppress(psutil.Error, AttributeError):
+                io = sampled.io_counters()
+                read += io.read_bytes
+                write += io.write_bytes
+        proc.io = (max(proc.io[0], read), max(proc.io[1], write))
+        return {
+            "cpu_percent": cpu,
+            "rss_mb": rss,
+            "processes": float(len(members)),
+            "io_read_bytes": proc.io[0],
+            "io_write_bytes": proc.io[1],
+        }
