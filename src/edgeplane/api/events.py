@@ -10,6 +10,7 @@ caller's token expires. Format: docs/dashboard.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,6 @@ from edgeplane.api.applications import view as application_view
 from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.manager.changes import Change
 from edgeplane.security import projects
-from edgeplane.store import TokenRecord
 
 router = APIRouter(tags=["events"])
 
@@ -52,23 +52,23 @@ TASK_FIELDS = frozenset(
 )
 
 
-def _data(kind: str, doc: Any) -> dict[str, Any]:
+def _data(kind: str, doc: Any) -> bytes:
+    """The document as compact JSON (pydantic's own encoder: a third of ``json.dumps``
+    of a dumped dict)."""
     if kind == "task":
-        found: dict[str, Any] = doc.model_dump(mode="json", include=TASK_FIELDS)
-        return found
+        return bytes(doc.model_dump_json(include=TASK_FIELDS).encode())
     if kind == "application":
         doc = application_view(doc)
-    dumped: dict[str, Any] = doc.model_dump(mode="json")
-    return dumped
+    return bytes(doc.model_dump_json().encode())
 
 
 def _frame(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def frames(changes: list[Change], caller: TokenRecord) -> bytes:
-    """One committed round as SSE frames, without what the caller may not see."""
-    seen = projects.visible(caller)
+def frames(changes: list[Change], seen: tuple[str, ...] | None) -> bytes:
+    """One committed round as SSE frames, without what a caller seeing the projects
+    ``seen`` (None: all) may not see."""
     out: list[bytes] = []
     for kind, doc_id, doc in changes:
         if doc is None:
@@ -79,7 +79,7 @@ def frames(changes: list[Change], caller: TokenRecord) -> bytes:
         project = getattr(doc, "project", None)
         if seen is not None and project is not None and project not in seen:
             continue
-        out.append(_frame(kind, _data(kind, doc)))
+        out += (b"event: ", kind.encode(), b"\ndata: ", _data(kind, doc), b"\n\n")
     return b"".join(out)
 
 
@@ -93,6 +93,7 @@ async def events(request: Request, manager: ManagerDep, caller: CallerDep) -> St
     commits, as Server-Sent Events (``event:`` the kind, ``data:`` the document)."""
     changes = manager.journal.changes
     watcher = changes.watch()
+    seen = projects.visible(caller)
     clock = manager.clock
     expires = caller.expires_at
 
@@ -118,7 +119,8 @@ async def events(request: Request, manager: ManagerDep, caller: CallerDep) -> St
                     if watcher.dropped:
                         yield _frame("overflow", {})
                     return
-                body = frames(round_, caller)
+                # made once for every stream of callers who see the same projects
+                body = round_.once(seen, functools.partial(frames, round_.changes, seen))
                 if body:
                     yield body
         finally:

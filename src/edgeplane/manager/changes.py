@@ -4,13 +4,21 @@ The journal hands every committed round to :meth:`Changes.publish` — the one p
 changes leave the manager for watchers. Nobody watching costs a truth test per round.
 Each watcher has a bounded queue: one that falls behind is dropped (its stream ends and
 the page reconnects and reloads), so a slow client never holds the manager back.
+
+Every watcher gets the same :class:`Round` object for a round, and what a stream makes of
+it (its SSE frames) is made once per audience (:meth:`Round.once`), not once per stream:
+encoding each stream's own copy was most of what 10 open dashboards cost the server under
+load (``bench.dashboard``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: (kind, id, document): kind is task, workflow, schedule, application or worker; the
 #: document is None when it was deleted. Documents are the versions the journal wrote,
@@ -22,14 +30,29 @@ QUEUE_ROUNDS = 256
 
 
 @dataclass(eq=False)
+class Round:
+    """One committed round, shared by every watcher (nobody changes it)."""
+
+    changes: list[Change]
+    #: what watchers made of it, by the key they gave :meth:`once`
+    made: dict[Hashable, Any] = field(default_factory=dict)
+
+    def once(self, key: Hashable, make: Callable[[], T]) -> T:
+        """``make()``, called by the first watcher asking with ``key``; the others get
+        its result."""
+        if key not in self.made:
+            self.made[key] = make()
+        found: T = self.made[key]
+        return found
+
+
+@dataclass(eq=False)
 class Watcher:
-    queue: asyncio.Queue[list[Change] | None] = field(
-        default_factory=lambda: asyncio.Queue(QUEUE_ROUNDS)
-    )
+    queue: asyncio.Queue[Round | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_ROUNDS))
     #: set when the watcher fell behind and was dropped
     dropped: bool = False
 
-    async def next(self) -> list[Change] | None:
+    async def next(self) -> Round | None:
         """The next committed round; None once dropped or closed."""
         return await self.queue.get()
 
@@ -55,11 +78,12 @@ class Changes:
         self._watchers.discard(watcher)
 
     def publish(self, changes: list[Change]) -> None:
-        if not changes:
+        if not changes or not self._watchers:
             return
+        shared = Round(changes)
         for watcher in list(self._watchers):
             try:
-                watcher.queue.put_nowait(changes)
+                watcher.queue.put_nowait(shared)
             except asyncio.QueueFull:
                 self._drop(watcher)
 
