@@ -13,6 +13,8 @@ const KNOWN = new Set([...TASK_STATES, "online", "offline", "draining", "deployi
 /** Completions counted per bucket of the throughput sparkline, over the last 5 minutes. */
 const BUCKET_MS = 5000;
 const BUCKETS = 60;
+/** How often a running task's page reads its usage samples again. */
+const METRICS_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 class AuthError extends Error {}
@@ -143,6 +145,7 @@ function logout(message) {
   token = null;
   localStorage.removeItem(TOKEN_KEY);
   if (stream) { stream.abort(); stream = null; }
+  if (bus) { bus.close(); bus = null; }
   showLogin(message);
 }
 
@@ -189,37 +192,111 @@ $("password-form").addEventListener("submit", async (event) => {
 $("logout").addEventListener("click", () => logout());
 
 // ---------------------------------------------------------------- live events
-/** Read the SSE stream; on its end (overflow, expiry, network) reconnect and reload. */
-async function connect() {
+// One event stream per browser for the dashboard's tabs that hold the same token. Over
+// HTTP/1.1 a browser opens at most 6 connections to a host and a stream holds one for
+// good, so with a stream per tab the 7th tab of a dashboard could not even load, and
+// from the 4th on the tabs' API calls queued behind the streams (bench/dashboard.py).
+// The tab holding a Web Lock reads the stream and hands each chunk of frames to the other
+// tabs on a BroadcastChannel; when it closes, a waiting tab takes the lock and opens the
+// stream, and every tab reads its page again (what happened meanwhile was not seen).
+// Web Locks need a secure context (https, or localhost): elsewhere each tab reads its own.
+let bus = null;             // the BroadcastChannel of the shared stream, when shared
+
+/** The lock's and channel's name: a hash of the token (the tabs of an origin share its
+ * storage, where the token is anyway), so tabs of different users never share. */
+function streamName() {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < token.length; i++) {
+    hash = Math.imul(hash ^ token.charCodeAt(i), 0x01000193);
+  }
+  return `edgeplane.events.${(hash >>> 0).toString(16)}`;
+}
+
+function connect() {
   if (stream) stream.abort();
+  if (bus) { bus.close(); bus = null; }
   const controller = new AbortController();
   stream = controller;
+  if (!navigator.locks || typeof BroadcastChannel !== "function") {
+    follow(controller, null, false);
+    return;
+  }
+  const name = streamName();
+  const channel = new BroadcastChannel(name);
+  bus = channel;
+  let leading = false;
+  let followed = false;     // this tab has heard a leading tab
+  channel.onmessage = ({ data }) => {
+    if (stream !== controller || !data) return;
+    if (data.ask) {         // a new tab wants the stream's status
+      if (leading) channel.postMessage({ status: $("status").textContent });
+      return;
+    }
+    followed = true;
+    if (data.status) {
+      $("status").textContent = data.status;
+      if (data.fresh) reload(0);
+    }
+    if (data.frames) for (const frame of data.frames) dispatch(frame);
+  };
+  channel.postMessage({ ask: true });
+  navigator.locks.request(name, { signal: controller.signal }, async () => {
+    leading = true;
+    await follow(controller, channel, followed);
+  }).catch(() => { /* aborted while waiting: logged out, or connecting anew */ });
+}
+
+/** Read the stream while this tab keeps it (``controller`` is the current one), telling
+ * the other tabs (``channel``); after a drop (overflow, expiry, network) reconnect in 1 s.
+ * ``takeover``: the stream was another tab's, so every tab reads its page again. */
+async function follow(controller, channel, takeover) {
+  let fresh = takeover;
+  while (stream === controller && token) {
+    const ended = await readStream(controller, () => announce(channel, "live", fresh),
+      (frames) => {
+        for (const frame of frames) dispatch(frame);
+        if (channel) channel.postMessage({ frames });
+      });
+    if (ended === "refused") { logout("the token was refused or expired"); return; }
+    if (stream !== controller || !token) return;
+    announce(channel, "reconnecting", false);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    fresh = true;
+  }
+}
+
+function announce(channel, status, fresh) {
+  $("status").textContent = status;
+  if (fresh) reload(0);
+  if (channel) channel.postMessage({ status, fresh });
+}
+
+/** One connection of the stream: "refused" (401), else "ended" once it ends. */
+async function readStream(controller, opened, deliver) {
   try {
     const response = await fetch(`${API}/events`, {
       headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
       signal: controller.signal, cache: "no-store",
     });
-    if (response.status === 401) { logout("the token was refused or expired"); return; }
+    if (response.status === 401) return "refused";
     if (!response.ok) throw new ApiError(response.status, response.statusText);
-    $("status").textContent = "live";
+    opened();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
       buffer += value;
+      const frames = [];
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        dispatch(buffer.slice(0, cut));
+        frames.push(buffer.slice(0, cut));
         buffer = buffer.slice(cut + 2);
       }
+      if (frames.length) deliver(frames);
     }
-  } catch (err) {
-    if (controller.signal.aborted) return;
-  }
-  if (stream !== controller || !token) return;
-  $("status").textContent = "reconnecting";
-  setTimeout(() => { if (stream === controller && token) { connect(); reload(); } }, 1000);
+  } catch (_) { /* aborted, or the connection dropped */ }
+  return "ended";
 }
 
 function dispatch(frame) {
@@ -316,14 +393,16 @@ function overview() {
   return view;
 }
 
-function spark(values) {
+function short(value) { return Number(value.toPrecision(4)).toLocaleString(); }
+
+function spark(values, label) {
   const max = Math.max(1, ...values);
   const w = 400, h = 60;
   const points = values.map((v, i) =>
-    `${(i * w / (values.length - 1)).toFixed(1)},${(h - 2 - v * (h - 4) / max).toFixed(1)}`);
+    `${(i * w / Math.max(1, values.length - 1)).toFixed(1)},${(h - 2 - v * (h - 4) / max).toFixed(1)}`);
   return el("div", null, svg("svg", { class: "spark", viewBox: `0 0 ${w} ${h}`,
     preserveAspectRatio: "none" }, svg("polyline", { points: points.join(" ") })),
-    el("span", "dim", `max ${max} per ${BUCKET_MS / 1000} s`));
+    el("span", "dim", label ?? `max ${max} per ${BUCKET_MS / 1000} s`));
 }
 
 // ---------------------------------------------------------------- workers
@@ -492,10 +571,26 @@ function task(id) {
         section("Logs", el("pre", null, logs ? (logs.stdout || "") + (logs.stderr || "") : "")),
         await metrics(`${path}/metrics`),
       );
+      view.ended = ["completed", "failed", "skipped", "cancelled"].includes(t.state);
+      if (!view.ended) keepMetrics(view, `${path}/metrics`);
     },
     refresh(kind, doc) { if (kind === "task" && doc.id === id) reload(0); },
   };
   return view;
+}
+
+/** Read a running task's samples again every METRICS_MS while its page is shown (they
+ * come on no stream: one small bounded series, only while someone looks at it). */
+function keepMetrics(view, path) {
+  if (view.metricsTimer) return;
+  view.metricsTimer = setTimeout(async () => {
+    view.metricsTimer = null;
+    if (current !== view || view.ended) return;
+    const fresh = await metrics(path);
+    const shown = $("metrics");
+    if (current === view && shown) shown.replaceWith(fresh);
+    keepMetrics(view, path);
+  }, METRICS_MS);
 }
 
 function retryBody(t) {
@@ -507,16 +602,21 @@ function retryBody(t) {
   return body;
 }
 
-/** A chart of a metrics endpoint when the server has one (feature-detected: 404 → none). */
+/** A chart per value of a task's usage samples (docs/metrics.md). */
 async function metrics(path) {
-  let found;
-  try { found = await api(path); } catch (_) { return null; }
-  const samples = Array.isArray(found) ? found : found.items || found.samples || [];
-  if (!samples.length) return null;
-  const keys = Object.keys(samples[0]).filter((k) => typeof samples[0][k] === "number" &&
-    !/(^t$|time|_at$)/.test(k));
-  return section("Metrics", ...keys.map((k) => el("div", null, el("span", "dim", k),
-    spark(samples.map((s) => s[k] || 0)))));
+  let samples = [];
+  try { samples = (await api(path)).samples || []; } catch (_) { /* none to show */ }
+  const charts = [...new Set(samples.flatMap((s) => Object.keys(s.values)))].sort().map((k) => {
+    const values = samples.map((s) => s.values[k] ?? 0);
+    const box = el("div", "metric", el("span", "dim", k),
+      spark(values, `last ${short(values[values.length - 1])}, max ${short(Math.max(...values))}`));
+    box.dataset.metric = k;
+    return box;
+  });
+  const found = section("Metrics", ...(charts.length ? charts
+    : [el("p", "empty", "no samples (the first comes one monitoring interval after the start)")]));
+  found.id = "metrics";
+  return found;
 }
 
 // ---------------------------------------------------------------- workflows and jobs
