@@ -528,6 +528,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-budget", type=float, default=90.0, metavar="S")
     parser.add_argument("--throughput-budget", type=float, default=180.0, metavar="S")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
+    parser.add_argument(
+        "--monitoring",
+        default=None,
+        metavar="P1,P2",
+        help="instead of one throughput phase, one per monitoring profile given (e.g. "
+        "standard,off), alternating --rounds times on the same `up`",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --monitoring")
     return parser.parse_args(argv)
 
 
@@ -564,12 +572,7 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
                     client, noop, args.latency, args.warmup, args.latency_budget, [up.ps]
                 ),
             ),
-            (
-                "throughput",
-                lambda: measure_throughput(
-                    client, noop, args.tasks, args.throughput_budget, [up.ps]
-                ),
-            ),
+            *throughput_steps(args, client, noop, up),
             ("`up` idle (after load)", lambda: measure_up_idle(up, "`up` idle (after load)")),
         ]
         for name, step in steps:
@@ -577,6 +580,37 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
             result.phases.append(_guarded(name, step))
     result.machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return result
+
+
+def throughput_steps(
+    args: argparse.Namespace, client: Client, noop: dict[str, Any], up: Child
+) -> list[tuple[str, Callable[[], Phase]]]:
+    """The throughput phase; with ``--monitoring``, one per profile and round, in turns
+    (so a drift of the machine or the store's growth falls on every profile alike)."""
+    if not args.monitoring:
+        return [
+            (
+                "throughput",
+                lambda: measure_throughput(
+                    client, noop, args.tasks, args.throughput_budget, [up.ps]
+                ),
+            )
+        ]
+    steps: list[tuple[str, Callable[[], Phase]]] = []
+    for turn in range(args.rounds):
+        for profile in args.monitoring.split(","):
+            name = f"throughput, monitoring {profile}, round {turn + 1}"
+            spec = {**noop, "monitoring": profile}
+
+            def step(spec: dict[str, Any] = spec, name: str = name) -> Phase:
+                phase = measure_throughput(
+                    client, spec, args.tasks, args.throughput_budget, [up.ps]
+                )
+                phase.name = name
+                return phase
+
+            steps.append((name, step))
+    return steps
 
 
 def _guarded(name: str, step: Callable[[], Phase]) -> Phase:
