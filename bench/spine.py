@@ -585,8 +585,9 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
 def throughput_steps(
     args: argparse.Namespace, client: Client, noop: dict[str, Any], up: Child
 ) -> list[tuple[str, Callable[[], Phase]]]:
-    """The throughput phase; with ``--monitoring``, one per profile and round, in turns
-    (so a drift of the machine or the store's growth falls on every profile alike)."""
+    """The throughput phase; with ``--monitoring``, one per profile and round, in turns,
+    the order reversed every other round (so a drift of the machine or the store's growth
+    falls on every profile alike)."""
     if not args.monitoring:
         return [
             (
@@ -597,8 +598,9 @@ def throughput_steps(
             )
         ]
     steps: list[tuple[str, Callable[[], Phase]]] = []
+    profiles = args.monitoring.split(",")
     for turn in range(args.rounds):
-        for profile in args.monitoring.split(","):
+        for profile in profiles if turn % 2 == 0 else profiles[::-1]:
             name = f"throughput, monitoring {profile}, round {turn + 1}"
             spec = {**noop, "monitoring": profile}
 
