@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from edgeplane.artifacts.registry import OCI_INDEX, OCI_MANIFEST, sha256
+from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.errors import TaskFailure
 from edgeplane.runtimes.busybox import Entry, tar_layer
 from edgeplane.runtimes.images import ImageStore, oci_architecture
@@ -238,5 +239,24 @@ async def test_pull_modes_direct_proxy_and_auto(
             assert registry.attempts == tried  # straight through the proxy now
         image = ImageStore(tmp_path, tmp_path / "rootfs").resolve_layout("x", puller.layout(digest))
         assert image.env == ("V=one",)  # the same layout whichever way it came
+    finally:
+        await puller.close()
+
+
+@pytest.mark.parametrize("mode", ["direct", "proxy"])
+async def test_an_image_over_the_maximum_is_refused_before_its_layers_come(
+    mode: str, tmp_path: Path, registry: FakeRegistry
+) -> None:
+    registry.image("one", "1")  # config and layer: a few hundred bytes
+    config = RegistryConfig(max_artifact_mb=100 / (1024 * 1024))  # 100 bytes
+    puller = ImagePuller(tmp_path / "oci", config, transport=httpx.MockTransport(registry.handler))
+    proxy = FakeProxy(registry)
+    puller.use_proxy(proxy, mode)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(TaskFailure, match="100-byte maximum") as big:
+            await puller.layout_for(f"{REF}:1")
+        assert (big.value.reason, big.value.transient) == ("artifact_too_big", False)
+        assert registry.blob_gets() == 0 and "blob" not in proxy.asked
+        assert not puller.directory.exists() or list(puller.directory.iterdir()) == []
     finally:
         await puller.close()
