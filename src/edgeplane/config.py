@@ -84,9 +84,16 @@ class Settings(BaseModel):
     containers: bool = True
     #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
     edge_api: str | None = None
-    #: chutes on the node's bridge network with disk and bandwidth limits when the node
-    #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
+    #: chutes (and container tasks with ``network: bridge``) on the node's bridge network,
+    #: chutes with disk and bandwidth limits, when the node can (root, iproute2, nftables,
+    #: e2fsprogs); False: chutes have loopback only and such tasks fail ``no_network``
     chute_network: bool = True
+    #: a worker: the host ports it publishes container tasks' ``ports`` on, ``LOW-HIGH``
+    #: (docs/services.md); each published port gets a free one of them
+    service_ports: str = "20000-32000"
+    #: a worker: the address its tasks' published ports are reached at, shown in their
+    #: ``endpoints`` (empty: its first non-loopback address, else 127.0.0.1)
+    advertise_address: str = Field(default="", max_length=253, pattern=r"^[A-Za-z0-9_.:%-]*$")
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
@@ -191,6 +198,16 @@ class Settings(BaseModel):
             parse_listen(value)
         return value
 
+    @field_validator("service_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @property
+    def service_port_range(self) -> tuple[int, int]:
+        return parse_port_range(self.service_ports)
+
     @property
     def broker_endpoint(self) -> tuple[str, int]:
         """Where the embedded broker listens: host, and port (0: the one kept)."""
@@ -211,6 +228,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT (port 0 to 65535)")
     return host, int(port)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (1 <= LOW <= HIGH <= 65535) → (low, high); ValueError otherwise."""
+    low, sep, high = text.partition("-")
+    if sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high)
+    raise ValueError(f"{text!r} is not LOW-HIGH (ports, 1 <= LOW <= HIGH <= 65535)")
 
 
 def load(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
