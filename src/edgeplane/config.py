@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,11 @@ class Settings(BaseModel):
     #: chutes with disk and bandwidth limits, when the node can (root, iproute2, nftables,
     #: e2fsprogs); False: chutes have loopback only and such tasks fail ``no_network``
     chute_network: bool = True
+    #: a worker: the node's bridge for chutes and container tasks (at most 15 characters;
+    #: its nftables table is ``edgeplane``, or ``edgeplane_<bridge>`` for another bridge)
+    bridge: str = Field(default="ep-br0", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    #: a worker: the IPv4 subnet its bridge hands addresses out of (the first is the node's)
+    bridge_subnet: str = "10.77.0.0/24"
     #: a worker: the host ports it publishes container tasks' ``ports`` on, ``LOW-HIGH``
     #: (docs/services.md); each published port gets a free one of them
     service_ports: str = "20000-32000"
@@ -203,6 +209,23 @@ class Settings(BaseModel):
     def _port_range(cls, value: str) -> str:
         parse_port_range(value)
         return value
+
+    @field_validator("bridge_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        import ipaddress  # (only a worker's settings give one: not on every process's path)
+
+        network = ipaddress.IPv4Network(value)  # a ValueError names what is wrong
+        if network.num_addresses < 4:
+            raise ValueError(f"{value} is too small (a /30 at least)")
+        return value
+
+    @property
+    def nft_table(self) -> str:
+        """The node network's nftables table: ``edgeplane`` for the default bridge."""
+        if self.bridge == "ep-br0":
+            return "edgeplane"
+        return "edgeplane_" + re.sub(r"[^A-Za-z0-9_]", "_", self.bridge)
 
     @property
     def service_port_range(self) -> tuple[int, int]:

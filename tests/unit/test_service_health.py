@@ -287,3 +287,27 @@ def test_bad_chute_services_are_refused_naming_the_field(
 def test_a_field_the_manifest_gives_may_be_repeated_as_it_is() -> None:
     spec = ApplicationSpec.model_validate(app(chute=MANIFEST, image="busybox", runtime="container"))
     assert spec.services[0].image == "busybox"
+
+
+def test_task_run_publishes_ports_given_on_the_command_line() -> None:
+    import typer
+
+    from edgeplane.cli.tasks import Mode, RuntimeName, task_spec
+
+    def spec(runtime: RuntimeName = RuntimeName.container, **given: Any) -> dict[str, Any]:
+        image = "busybox" if runtime is RuntimeName.container else None
+        options: dict[str, Any] = dict.fromkeys(
+            ("export", "name", "env", "fuel", "memory_mb", "time_limit", "retries"), None
+        )
+        options.update(priority=None, label=None, worker=None)
+        return task_spec(["httpd"], runtime=runtime, image=image, mode=Mode.function,
+                         **options, **given)  # fmt: skip
+
+    made = spec(port=["8000", "53/udp"])
+    assert made["ports"] == [{"port": 8000, "protocol": "tcp"}, {"port": 53, "protocol": "udp"}]
+    assert spec(network="bridge")["network"] == "bridge"
+    for bad in ({"port": ["http"]}, {"port": ["80/sctp"]}, {"network": "host"}):
+        with pytest.raises((typer.BadParameter, Invalid)):
+            spec(**bad)
+    with pytest.raises(typer.BadParameter):
+        spec(RuntimeName.host, port=["80"])

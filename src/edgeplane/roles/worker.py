@@ -82,7 +82,14 @@ def node_network(settings: Settings, directory: Path) -> NodeNetwork | str:
     from edgeplane.chutes.network import NodeNetwork, bridge_unavailable
 
     why = bridge_unavailable() if settings.chute_network else "turned off (chute_network)"
-    return why if why is not None else NodeNetwork(directory)
+    if why is not None:
+        return why
+    return NodeNetwork(
+        directory,
+        bridge=settings.bridge,
+        subnet=settings.bridge_subnet,
+        table=settings.nft_table,
+    )
 
 
 def build_worker(
