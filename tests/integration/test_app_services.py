@@ -511,3 +511,83 @@ async def test_bad_input_is_a_422_naming_the_field(
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert answer.json()["field"] == field, answer.json()
     assert (await plane.http.get("/applications")).json()["total"] == 0
+
+
+async def test_at_the_root_instances_are_listed_with_their_workers_addresses(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """Root → cluster → worker: the worker's running event carries the endpoints, its
+    cluster passes them up, the root shows them per instance."""
+    require_chute_host()
+    images = chute_image(tmp_path / "images")
+    bridge, subnet, table = names()
+    net = NodeNetwork(tmp_path / "net", bridge=bridge, subnet=subnet, table=table)
+    low, high = port_window()
+    base: dict[str, Any] = {
+        "broker": fast_broker_url,
+        "domain": unique_domain,
+        "port": 0,
+        "admin_token": TOKEN,
+        "heartbeat_s": 0.3,
+        "retry_backoff_s": 0.05,
+        "aggregate_interval_s": 0.5,
+        "images_dir": images,
+        "service_ports": f"{low}-{high}",
+    }
+    root = ControlPlane(
+        Settings(**base, data_dir=tmp_path / "root", store=f"sqlite:///{tmp_path / 'root.db'}"),
+        fast_broker_url,
+        root=True,
+    )
+    cluster_settings = Settings(
+        **base,
+        data_dir=tmp_path / "a",
+        store=f"sqlite:///{tmp_path / 'a.db'}",
+        cluster_id="a",
+        root=fast_broker_url,
+    )
+    for directory in (tmp_path / "root", tmp_path / "a"):
+        directory.mkdir(exist_ok=True)
+    cluster = ControlPlane(cluster_settings, fast_broker_url, serve_api=False)
+    worker = build_worker(
+        cluster_settings,
+        broker_url=fast_broker_url,
+        worker_id="a-w1",
+        data_dir=tmp_path / "a-w1",
+        network=net,
+    )
+    try:
+        await root.start()
+        await cluster.start()
+        await worker.start()
+        async with httpx.AsyncClient(
+            base_url=root.url + "/api/v1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as http:
+
+            async def cluster_up() -> bool:
+                items = (await http.get("/clusters")).json()["items"]
+                return any(c["state"] == "online" and c["aggregate"] for c in items)
+
+            await eventually(cluster_up, "cluster a online")
+            created = await http.post(
+                "/applications", json={"name": "far", "services": [service("far")]}
+            )
+            assert created.status_code == 201, created.text
+            app_id = created.json()["id"]
+
+            async def both() -> list[dict[str, Any]]:
+                doc = (await http.get(f"/applications/{app_id}")).json()
+                found = [i for s in doc["services"] for i in s["instances"]]
+                return running(found, 2) if all(i["endpoints"] for i in found) else []
+
+            found = await eventually(both, "two instances with endpoints at the root")
+            assert {(i["cluster_id"], i["worker_id"]) for i in found} == {("a", "a-w1")}
+            assert len({i["endpoints"][0]["host_port"] for i in found}) == 2
+            for instance in found:
+                assert await fetch(instance["endpoints"][0]) == "far"
+            assert (await http.delete(f"/applications/{app_id}")).status_code == 204
+    finally:
+        await worker.stop()
+        await cluster.stop()
+        await root.stop()
+        await asyncio.to_thread(net.teardown)
