@@ -98,7 +98,7 @@ class Settings(BaseModel):
     #: (docs/services.md); each published port gets a free one of them
     service_ports: str = "20000-32000"
     #: a worker: the address its tasks' published ports are reached at, shown in their
-    #: ``endpoints`` (empty: its first non-loopback address, else 127.0.0.1)
+    #: ``endpoints`` (empty: the address its default route leaves from, else 127.0.0.1)
     advertise_address: str = Field(default="", max_length=253, pattern=r"^[A-Za-z0-9_.:%-]*$")
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
