@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hmac
-import http.client
 import json
 import logging
 import os
@@ -32,7 +30,6 @@ import platform
 import secrets
 import shutil
 import socket
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +49,7 @@ from edgeplane.model import Limits
 from edgeplane.runtimes.bundle import runtime_config
 from edgeplane.runtimes.container import find_runc, runc_output
 from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.probe import exec_probe, probe_in_netns
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 
 log = logging.getLogger(__name__)
@@ -184,45 +182,17 @@ def _ports_free(ports: list[tuple[int, str]]) -> str | None:
     return None
 
 
-_CLONE_NEWNET = 0x40000000
-
-
 def _probe_in(pid: int, check: Healthcheck) -> bool:
-    """An http or tcp check from inside the service's network namespace: a thread of
-    ours joins it (setns is per thread) so no applet or route is needed."""
-    result = [False]
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                return
-        finally:
-            os.close(fd)
-        try:
-            if check.http is not None:
-                conn = http.client.HTTPConnection(
-                    "127.0.0.1", check.http.port, timeout=check.timeout_s
-                )
-                try:
-                    conn.request("GET", check.http.path)
-                    result[0] = 200 <= conn.getresponse().status < 400
-                finally:
-                    conn.close()
-            elif check.tcp is not None:
-                with socket.create_connection(("127.0.0.1", check.tcp.port), check.timeout_s):
-                    result[0] = True
-        except (OSError, http.client.HTTPException):
-            result[0] = False
-
-    thread = threading.Thread(target=run, name="chute-probe", daemon=True)
-    thread.start()
-    thread.join(check.timeout_s + 1)
-    return result[0]
+    """An http or tcp check from inside the service's network namespace."""
+    if check.http is not None:
+        why = probe_in_netns(
+            pid, port=check.http.port, timeout_s=check.timeout_s, http_path=check.http.path
+        )
+    elif check.tcp is not None:
+        why = probe_in_netns(pid, port=check.tcp.port, timeout_s=check.timeout_s)
+    else:
+        return False
+    return why is None
 
 
 class Node:
@@ -949,18 +919,7 @@ class Node:
 
     async def _probe(self, pid: int, cid: str, check: Healthcheck) -> bool:
         if check.exec is not None:
-            process = await asyncio.create_subprocess_exec(
-                *self._runc("exec", cid, *check.exec),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                return await asyncio.wait_for(process.wait(), check.timeout_s) == 0
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                return False
+            return await exec_probe(self._runc("exec", cid, *check.exec), check.timeout_s) is None
         return await asyncio.to_thread(_probe_in, pid, check)
 
     async def _running(self, cid: str) -> tuple[bool, int]:

@@ -90,6 +90,24 @@ NameOption = Annotated[
     typer.Option(help="Task name for host and container tasks (default: the program or image)."),
 ]
 EnvOption = Annotated[list[str] | None, typer.Option("--env", help="K=V, repeatable.")]
+NetworkOption = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        metavar="none|bridge",
+        help="container: 'bridge' for a network namespace on the worker's bridge (outbound "
+        "NAT, --port published), 'none' for loopback only (default: bridge with --port).",
+    ),
+]
+PortOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--port",
+        metavar="PORT[/tcp|udp]",
+        help="container: publish this container port on a free host port of the worker "
+        "(shown in the task's endpoints), repeatable.",
+    ),
+]
 SecretEnvOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -193,9 +211,19 @@ def task_spec(
     cluster: str | None = None,
     project: str | None = None,
     secret_env: list[str] | None = None,
+    network: str | None = None,
+    port: list[str] | None = None,
 ) -> dict[str, Any]:
     """The task body the command line describes."""
     spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
+    if network is not None or port:
+        if runtime is not RuntimeName.container:
+            hint = "--network" if network is not None else "--port"
+            raise typer.BadParameter("only with --runtime container", param_hint=hint)
+        if network is not None:
+            spec["network"] = network
+        if port:
+            spec["ports"] = [_port(p) for p in port]
     if secrets := secret_pairs(secret_env):
         spec["secret_env"] = secrets
     args = args or []
@@ -241,6 +269,14 @@ def task_spec(
         spec["constraints"] = {"labels": labels}
     _check(spec)
     return spec
+
+
+def _port(text: str) -> dict[str, Any]:
+    """``8000`` or ``8000/udp`` as a ``ports`` item (its range is checked with the body)."""
+    number, _, protocol = text.partition("/")
+    if not number.isdigit() or protocol not in ("", "tcp", "udp"):
+        raise typer.BadParameter(f"expected PORT[/tcp|udp], got {text!r}", param_hint="--port")
+    return {"port": int(number), "protocol": protocol or "tcp"}
 
 
 def _check(spec: dict[str, Any]) -> None:
@@ -342,6 +378,8 @@ def run(
     name: NameOption = None,
     env: EnvOption = None,
     secret_env: SecretEnvOption = None,
+    network: NetworkOption = None,
+    port: PortOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -372,6 +410,8 @@ def run(
         name=name,
         env=env,
         secret_env=secret_env,
+        network=network,
+        port=port,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,
@@ -414,6 +454,8 @@ def create(
     name: NameOption = None,
     env: EnvOption = None,
     secret_env: SecretEnvOption = None,
+    network: NetworkOption = None,
+    port: PortOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -435,6 +477,8 @@ def create(
         name=name,
         env=env,
         secret_env=secret_env,
+        network=network,
+        port=port,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,
@@ -512,6 +556,8 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
             ("mode", task.mode if task.runtime == "wasm" else None),
             ("command", " ".join(task.command or [])),
             ("image", task.image_url or task.image),
+            ("network", task.network if task.runtime == "container" else None),
+            ("endpoints", [str(e) for e in task.endpoints] or None),
             ("inputs", task.inputs),
             ("priority", task.priority),
             ("worker", task.worker_id),

@@ -57,6 +57,7 @@ def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:
             "results": None,
             "error": None,
             "exit_code": None,
+            "endpoints": [],
             "updated_at": now,
         }
     )
@@ -170,6 +171,7 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
             update={
                 "state": "running",
                 "started_at": task.started_at if task.state == "running" else event.ts or now,
+                "endpoints": event.endpoints,
                 "updated_at": now,
                 **where,
             }

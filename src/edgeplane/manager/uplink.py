@@ -588,6 +588,9 @@ class Uplink:
             secret_env=secret_env,
             command=spec.command,
             image=spec.image,
+            network=spec.network,
+            ports=spec.ports,
+            healthcheck=spec.healthcheck,
             limits=spec.limits,
             retries=spec.retries,
             priority=spec.priority,
@@ -656,6 +659,7 @@ class Uplink:
                     attempt=attempt,
                     state=state,
                     worker_id=worker,
+                    endpoints=task.endpoints if state == "running" else [],
                     ts=task.started_at or self.clock.now(),
                 )
             )

@@ -28,6 +28,7 @@ from edgeplane.model import (
 )
 from edgeplane.model.bounds import Project
 from edgeplane.model.monitoring import Monitoring, resolve
+from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
 
 
 class _Body(BaseModel):
@@ -136,6 +137,10 @@ class Assignment(_Body):
     secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
+    #: container: its network, published ports and health check (docs/services.md)
+    network: Network = "none"
+    ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
+    healthcheck: HealthCheck | None = None
     limits: Limits = Field(default_factory=Limits)
     daemon: bool = False
     #: the task's profile, resolved (None: not sampled; docs/metrics.md)
@@ -186,6 +191,9 @@ class Assignment(_Body):
             env=task.env,
             command=task.command,
             image=task.image,
+            network=task.network,
+            ports=task.ports,
+            healthcheck=task.healthcheck,
             limits=task.limits,
             daemon=task.daemon,
             monitoring=resolve(task.monitoring, daemon=task.daemon),
@@ -294,6 +302,8 @@ class TaskEvent(_Body):
     started_at: float | None = None
     #: the worker inside a cluster, when a cluster reports to the root
     worker_id: str | None = None
+    #: on a ``running`` event: where the attempt's published ports are reached
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_PORTS)
 
 
 class TaskEvents(_Body):

@@ -35,6 +35,7 @@ from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
 from edgeplane.model.monitoring import Monitoring
+from edgeplane.model.service import Endpoint
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -67,7 +68,7 @@ from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, R
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.telemetry import Histogram
 from edgeplane.transport import MqttLink, Will, unique_client_id
-from edgeplane.worker import capabilities, held, recovery
+from edgeplane.worker import capabilities, health, held, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
 from edgeplane.worker.tails import Tails
@@ -252,6 +253,9 @@ class WorkerOptions:
     artifact_cache_bytes: int = DEFAULT_CACHE_BYTES
     #: seconds a fetch from the proxy waits for a chunk before asking again
     artifact_retry_s: float = 5.0
+    #: the address its tasks' published ports are reached at (empty: its first
+    #: reachable address, see ``capabilities.address``)
+    advertise_address: str = ""
 
 
 class WorkerAgent:
@@ -322,6 +326,8 @@ class WorkerAgent:
             node_interval_s=options.metrics_interval_s,
         )
         self.tails = Tails(self._send_logs, self.clock)
+        #: where this worker's published ports are reached (found at the first use)
+        self._address = options.advertise_address
         self.link = MqttLink(
             options.broker_url,
             client_id=unique_client_id(
@@ -664,6 +670,8 @@ class WorkerAgent:
                 if ended is not None:
                     return ended
             assert run.runtime is not None and run.handle is not None
+            if spec.healthcheck is not None:
+                return await self._wait_checked(run, started)
             return await run.runtime.wait(run.handle)
         except asyncio.CancelledError:
             return Outcome(state="cancelled", error="stopped")
@@ -730,9 +738,8 @@ class WorkerAgent:
         if latency is None:
             latency = self.stats.start_latency[spec.runtime] = Histogram()
         latency.observe(time.perf_counter() - began)
-        self.events.emit(
-            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
-        )
+        if spec.healthcheck is None:  # else once its check passes (_wait_checked)
+            self._report_running(run, started)
         if run.monitoring is not None:
             handle = run.handle  # (bound now: the lambda must not see a later attempt's)
             self.monitor.watch(
@@ -741,6 +748,78 @@ class WorkerAgent:
         if run.stopped:
             await runtime.stop(run.handle)
         return None
+
+    def _report_running(self, run: _Run, started: float) -> None:
+        spec = run.spec
+        event = TaskEvent(
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            state="running",
+            ts=started,
+            endpoints=self._endpoints(run.handle),
+        )
+        self.events.emit(event)
+
+    def _endpoints(self, handle: Handle | None) -> list[Endpoint]:
+        """Where the attempt's published ports are reached: this worker's address and
+        the host ports its runtime picked (``ports`` in the handle's state)."""
+        if handle is None:
+            return []
+        ports = handle.state.get("ports") or []
+        if not ports:
+            return []
+        if not self._address:
+            self._address = capabilities.address()
+        try:
+            return [Endpoint.model_validate({**p, "address": self._address}) for p in ports]
+        except (ValueError, TypeError):  # a state an older version wrote: nothing to show
+            log.warning("unreadable published ports", extra={"task_id": handle.task_id})
+            return []
+
+    async def _wait_checked(self, run: _Run, started: float) -> Outcome:
+        """Wait for an attempt with a health check: reported running once it passes,
+        stopped and ``failed`` (reason ``unhealthy``) once it is unhealthy
+        (``health.py``)."""
+        runtime, handle, check = run.runtime, run.handle, run.spec.healthcheck
+        assert runtime is not None and handle is not None and check is not None
+        ended = asyncio.ensure_future(runtime.wait(handle))
+        watcher = asyncio.ensure_future(
+            health.watch(
+                lambda: runtime.probe(handle, check),
+                check,
+                lambda: self.clock.now() - started,
+                lambda: self._report_running(run, started),
+            )
+        )
+        try:
+            await asyncio.wait({ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ended.cancel()  # (only the wait: the attempt's outcome is shielded)
+            watcher.cancel()
+            raise
+        if not watcher.done():  # it ended on its own: its outcome stands
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            return await ended
+        failure = watcher.exception()
+        if failure is not None:  # a probe's bug must not end the task: it runs unchecked
+            log.error("health check failed to run", exc_info=failure)
+            return await ended
+        why = f"{check.describe()}: {watcher.result()}"
+        log.warning("task unhealthy: stopping it", extra={"task_id": handle.task_id, "why": why})
+        await runtime.stop(handle)
+        outcome = await ended
+        if run.stopped:  # stopped meanwhile for another reason: cancelled as asked
+            return outcome
+        return Outcome(
+            state="failed",
+            error=f"{health.UNHEALTHY}: {why}",
+            reason=health.UNHEALTHY,
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+        )
 
     async def _keep_final(self, run: _Run, event: TaskEvent) -> None:
         """Write the final event into the attempt's handle record (until the manager acks

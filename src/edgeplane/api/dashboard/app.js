@@ -491,6 +491,8 @@ function task(id) {
         section(["Task", mono(t.id), state], actions, table(["field", "value"], [
           ["name", t.name], ["runtime", t.runtime], ["worker", mono(t.worker_id)],
           ["cluster", mono(t.cluster_id)], ["attempt", t.attempt],
+          ["endpoints", mono((t.endpoints || [])
+            .map((e) => `${e.address}:${e.host_port}->${e.port}/${e.protocol}`).join(" "))],
           ["workflow", t.workflow_id ? link(`#run/${t.workflow_id}`, t.workflow_id) : ""],
           ["job", t.job_id ? link(`#run/${t.job_id}`, t.job_id) : ""],
           ["retry of", t.retry_of ? link(`#task/${t.retry_of}`, t.retry_of) : ""],
@@ -665,7 +667,8 @@ function applications() {
         for (const s of a.services) {
           rows.push([a.name, badge(a.state), s.name, `${s.running} / ${s.replicas}`,
             el("span", null, ...s.instances.map((i) => el("span", "chip",
-              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}`)))]);
+              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}` +
+              (i.endpoints || []).map((e) => ` ${e.address}:${e.host_port}`).join(""))))]);
         }
       }
       mount(view, section(["Applications", el("span", "total", `(${found.total})`)],
