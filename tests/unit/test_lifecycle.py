@@ -230,6 +230,7 @@ def test_every_task_field_is_kept_or_reset_by_a_retry_on_purpose() -> None:
         "not_before",
         "placements",
         "rejected_by",
+        "endpoints",
     } == RETRY_RESETS
 
 

@@ -261,6 +261,9 @@ RETRY_KEEPS = frozenset(
         "metadata",
         "pinned_worker",
         "pinned_cluster",
+        "network",
+        "ports",
+        "healthcheck",
     }
 )
 
