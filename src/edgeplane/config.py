@@ -87,6 +87,16 @@ class Settings(BaseModel):
     #: chutes on the node's bridge network with disk and bandwidth limits when the node
     #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
     chute_network: bool = True
+    # (Literals, not chutes/network.py's defaults: importing it cost every process ~20 ms;
+    # tests/unit/test_config.py checks that they agree.)
+    #: the bridge of the node's chute network (two workers on one host each need their
+    #: own bridge, subnet and table)
+    chute_bridge: str = "ep-br0"
+    #: the chute network's subnet: the bridge takes its first address, the chutes'
+    #: gateway and their API of the node
+    chute_subnet: str = "10.77.0.0/24"
+    #: the nftables table of the chute network's NAT and port mappings
+    chute_table: str = "edgeplane"
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the

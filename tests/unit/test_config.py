@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.config import load
+from edgeplane.config import Settings, load
 from edgeplane.errors import Invalid
 
 
@@ -47,3 +47,12 @@ def test_bad_file(tmp_path: Path) -> None:
         load({}, config)
     with pytest.raises(Invalid):
         load({}, tmp_path / "missing.yaml")
+
+
+def test_the_chute_network_defaults_are_the_networks() -> None:
+    from edgeplane.chutes import network
+
+    defaults = Settings()
+    assert defaults.chute_bridge == network.DEFAULT_BRIDGE
+    assert defaults.chute_subnet == network.DEFAULT_SUBNET
+    assert defaults.chute_table == network.DEFAULT_TABLE

@@ -156,11 +156,12 @@ CHUTE_API_PORT = 7072
 def _chute_caller(
     request: Request, given: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The chute whose token came with the call."""
+    """The chute whose token came with the call, from that chute's own address."""
     node: Node = request.app.state.node
-    name = None if given is None else node.chute_for_token(given.credentials)
+    address = None if request.client is None else request.client.host
+    name = None if given is None else node.chute_calling(given.credentials, address)
     if name is None:
-        raise Unauthorized("a chute's token is needed (/run/chute/token)")
+        raise Unauthorized("a chute's own token is needed (/run/chute/token), from that chute")
     return name
 
 

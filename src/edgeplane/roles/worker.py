@@ -150,7 +150,12 @@ def chute_host(settings: Settings, data_dir: Path) -> dict[str, Any]:
     from edgeplane.chutes.network import ChuteNetwork, NodeNetwork
     from edgeplane.chutes.resources import ChuteEnforcer
 
-    net = NodeNetwork(data_dir / "chutes" / "net")
+    net = NodeNetwork(
+        data_dir / "chutes" / "net",
+        bridge=settings.chute_bridge,
+        subnet=settings.chute_subnet,
+        table=settings.chute_table,
+    )
     enforcer = ChuteEnforcer(data_dir / "chutes", hosts_dir=net.hosts_dir)
     return {"network": ChuteNetwork(net), "enforcer": enforcer}
 
@@ -230,9 +235,11 @@ async def _run_worker(
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
         chute_api = await start_chute_api(node)
-        from edgeplane.chutes.remote import RemoteChutes
+        from edgeplane.chutes.remote import RemoteChutes, RemoteLogs
 
         agent.chutes = RemoteChutes(edge.app, edge.token)
+        agent.chute_events = node.events
+        agent.chute_logs = RemoteLogs(node, agent.send_chute_logs)
     exposition = None
     try:
         await agent.start()
