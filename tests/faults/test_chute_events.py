@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
+from edgeplane.errors import Invalid
+from edgeplane.protocol import Topics, decode
 from edgeplane.transport import free_port, parse_broker_url
 from faults.procs import Api, Lab, alive, wait_until
 from faults.proxy import TcpProxy
@@ -27,6 +32,48 @@ pytestmark = [
         busybox_containers_unavailable() is not None, reason=str(busybox_containers_unavailable())
     ),
 ]
+
+
+class Recorder:
+    """A plain MQTT client on the lab's (anonymous) broker: records what passes on some
+    topics, and replays it, as anyone on that broker could."""
+
+    def __init__(self, url: str, topics: list[str]) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        address = parse_broker_url(url)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}"
+        )
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_connect = lambda client, *_: (
+            client.subscribe([(topic, 1) for topic in topics]),
+            subscribed.set(),
+        )
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def _on_message(self, _: Any, __: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.got.append((message.topic, message.payload))
+
+    def of_type(self, topic: str, type_: str) -> list[bytes]:
+        with self._lock:
+            found = list(self.got)
+        return [p for t, p in found if t == topic and _type(p) == type_]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _type(payload: bytes) -> str:
+    try:
+        return decode(payload).type
+    except Invalid:
+        return ""
 
 
 class CutStack:
@@ -62,7 +109,19 @@ def cut(lab: Lab) -> Iterator[CutStack]:
         proxy.close()
 
 
-def test_events_of_a_node_cut_off_arrive_once_in_order_when_it_is_back(cut: CutStack) -> None:
+@pytest.fixture
+def recorder(lab: Lab) -> Iterator[Recorder]:
+    topics = Topics(lab.domain, "local")
+    found = Recorder(lab.broker.url, [topics.events("n1"), topics.cmd("n1")])
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def test_events_of_a_node_cut_off_arrive_once_in_order_when_it_is_back(
+    cut: CutStack, recorder: Recorder, lab: Lab
+) -> None:
     api, node = cut.api, cut.node
     answer = api.http.post("/workers/n1/chutes", json=chute("blink"))
     assert answer.status_code == 202, answer.text
@@ -141,3 +200,22 @@ def test_events_of_a_node_cut_off_arrive_once_in_order_when_it_is_back(cut: CutS
     assert api.metric("edgeplane_foreign_chute_events_total") == 0
     back = api.http.get("/workers/n1/chutes").json()
     assert back[0]["stale"] is False and back[0]["state"] == "failed"
+
+    # every chute.events message the worker sent, replayed: each is acked again (the
+    # barrier), none is applied twice
+    before = cut.kept()
+    topics = Topics(lab.domain, "local")
+    sent = recorder.of_type(topics.events("n1"), "chute.events")
+    assert sent, "the recorder saw no chute events"
+    acks = len(recorder.of_type(topics.cmd("n1"), "chute.ack"))
+    for payload in sent:
+        recorder.client.publish(topics.events("n1"), payload, qos=1)
+    wait_until(
+        lambda: len(recorder.of_type(topics.cmd("n1"), "chute.ack")) >= acks + len(sent),
+        "the replays to be acked",
+        watch=[cut.manager],
+    )
+    again = cut.kept()
+    assert again["seq"] == before["seq"] and again["events"] == before["events"]
+    assert again["items"] == before["items"]
+    assert api.metric("edgeplane_chute_events_total") == before["seq"]
