@@ -215,6 +215,9 @@ class Manager:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.probe:
+            self.members.probe_back(payload)
+            return
         where = self.topics.member_of(topic)
         try:
             if where is None:

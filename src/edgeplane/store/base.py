@@ -240,6 +240,11 @@ class Store(ABC):
     ) -> tuple[list[Experiment], int]:
         """A page, oldest first, and the total."""
 
+    @abstractmethod
+    async def live_fl_experiment_ids(self) -> list[str]:
+        """Ids of the experiments not ended (completed, failed, stopped), oldest first:
+        what the coordinator steps, without reading every experiment ever run."""
+
     # applications
     @abstractmethod
     async def save_application(self, app: Application) -> None:
