@@ -74,7 +74,11 @@ class Node:
     def start(self) -> None:
         self.role.start()
         token_file = self.data / "worker" / "edge-api-token"
-        wait_until(token_file.exists, "the node token", timeout=60, watch=[self.role])
+
+        def token() -> str | None:
+            return token_file.read_text().strip() if token_file.exists() else None
+
+        wait_until(token, "the node token", timeout=60, watch=[self.role])
         if self.http is None:
             token = token_file.read_text().strip()
             self.http = httpx.Client(

@@ -42,13 +42,21 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 
 def node_token(data_dir: Path) -> str:
-    """The node's API token, made (0600) on first use."""
+    """The node's API token, made (0600) on first use. Written whole before it appears
+    (a linked temporary file): a CLI reading it meanwhile never sees it empty."""
     path = data_dir / TOKEN_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process made it first: theirs stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.chmod(path, 0o600)
     return path.read_text().strip()
 
