@@ -48,6 +48,7 @@ from edgeplane.model import (
     WorkflowSpec,
 )
 from edgeplane.model.audit import AuditPage
+from edgeplane.model.listing import TaskPage
 from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
@@ -233,7 +234,7 @@ def _model(model: type[M]) -> Callable[[Reply], M]:
 
 
 _task = _model(Task)
-_task_page = _model(Page[Task])
+_task_page = _model(TaskPage)
 _worker = _model(Worker)
 _worker_page = _model(Page[Worker])
 _results = _model(TaskResults)
@@ -470,7 +471,7 @@ class _Calls:
         return _Call("DELETE", f"/tasks/{_seg(task_id)}", _nothing)
 
     @staticmethod
-    def list_tasks(params: dict[str, str | int]) -> _Call[Page[Task]]:
+    def list_tasks(params: dict[str, str | int]) -> _Call[TaskPage]:
         return _Call("GET", "/tasks", _task_page, params=params)
 
     @staticmethod
@@ -569,6 +570,14 @@ class _Calls:
     @staticmethod
     def schedules(params: dict[str, str | int]) -> _Call[Page[Schedule]]:
         return _Call("GET", "/schedules", _schedule_page, params=params)
+
+    @staticmethod
+    def schedule(schedule_id: str) -> _Call[Schedule]:
+        return _Call("GET", f"/schedules/{_seg(schedule_id)}", _schedule)
+
+    @staticmethod
+    def schedule_action(schedule_id: str, verb: str) -> _Call[Schedule]:
+        return _Call("POST", f"/schedules/{_seg(schedule_id)}/{verb}", _schedule)
 
     @staticmethod
     def delete_schedule(schedule_id: str) -> _Call[None]:
@@ -931,6 +940,10 @@ class Client(_Base):
     def stop(self, task_id: str) -> Task:
         return self._send(_Calls.action(task_id, "stop"))
 
+    def retry(self, task_id: str) -> Task:
+        """A new task running what the ended task ``task_id`` ran (its ``retry_of``)."""
+        return self._send(_Calls.action(task_id, "retry"))
+
     def get(self, task_id: str) -> Task:
         return self._send(_Calls.get(task_id))
 
@@ -961,13 +974,27 @@ class Client(_Base):
         self,
         *,
         state: str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        order: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
-    ) -> Page[Task]:
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """A page of tasks matching every filter given (``name``: a prefix); the page's
+        ``next`` is the ``cursor`` of the following one (``order``: oldest or newest first)."""
         params = _filters(
-            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+            state=state,
+            name=name,
+            worker_id=worker_id,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return self._send(_Calls.list_tasks(params))
 
@@ -1099,6 +1126,17 @@ class Client(_Base):
 
     def schedules(self, *, limit: int | None = None, offset: int | None = None) -> Page[Schedule]:
         return self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
+
+    def schedule(self, schedule_id: str) -> Schedule:
+        return self._send(_Calls.schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Fire nothing until resumed."""
+        return self._send(_Calls.schedule_action(schedule_id, "pause"))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire again; the schedule's ``catch_up`` says which slots missed meanwhile run."""
+        return self._send(_Calls.schedule_action(schedule_id, "resume"))
 
     def delete_schedule(self, schedule_id: str) -> None:
         self._send(_Calls.delete_schedule(schedule_id))
@@ -1316,6 +1354,10 @@ class AsyncClient(_Base):
     async def stop(self, task_id: str) -> Task:
         return await self._send(_Calls.action(task_id, "stop"))
 
+    async def retry(self, task_id: str) -> Task:
+        """See :meth:`Client.retry`."""
+        return await self._send(_Calls.action(task_id, "retry"))
+
     async def get(self, task_id: str) -> Task:
         return await self._send(_Calls.get(task_id))
 
@@ -1341,13 +1383,26 @@ class AsyncClient(_Base):
         self,
         *,
         state: str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        order: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
-    ) -> Page[Task]:
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """See :meth:`Client.list_tasks`."""
         params = _filters(
-            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+            state=state,
+            name=name,
+            worker_id=worker_id,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return await self._send(_Calls.list_tasks(params))
 
@@ -1452,6 +1507,15 @@ class AsyncClient(_Base):
         self, *, limit: int | None = None, offset: int | None = None
     ) -> Page[Schedule]:
         return await self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
+
+    async def schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule(schedule_id))
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule_action(schedule_id, "pause"))
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule_action(schedule_id, "resume"))
 
     async def delete_schedule(self, schedule_id: str) -> None:
         await self._send(_Calls.delete_schedule(schedule_id))

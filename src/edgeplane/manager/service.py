@@ -155,6 +155,7 @@ class Manager:
         self.wait = self.tasks.wait
         self.start_task = self.tasks.start_task
         self.stop_task = self.tasks.stop_task
+        self.retry_task = self.tasks.retry_task
         self.patch_task = self.tasks.patch_task
         self.delete_task = self.tasks.delete_task
         self.task_counts = self.tasks.task_counts
