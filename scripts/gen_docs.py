@@ -197,8 +197,11 @@ LEAVES = {
     "hello": "member → parent: registers with its capabilities (`Hello`), on every connect",
     "welcome": "parent → member: the answer to `hello` (`Welcome`)",
     "alive": "member → parent: heartbeat with usage (`Alive`); retained offline by its will",
-    "cmd": "parent → member: commands (`StartTasks`, `StopTasks`, `AckEvents`, …), with a MAC",
-    "events": "member → parent: task state changes (`TaskEvents`), re-sent until acked",
+    "cmd": "parent → member: commands (`StartTasks`, `StopTasks`, `AckEvents`, "
+    "`ChuteRequest`, `AckChuteEvents`, `FollowChuteLogs`, …), with a MAC",
+    "events": "member → parent: task state changes (`TaskEvents`) and chute events "
+    "(`ChuteEvents`), each re-sent until acked; answers to chute calls (`ChuteResponse`) "
+    "and followed output (`LogChunks`, `ChuteLogs`)",
     "metrics": "member → parent: metric samples (QoS 0)",
     "aggregate": "cluster → root: the cluster's free capacity by runtime and labels",
 }

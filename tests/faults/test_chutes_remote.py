@@ -4,6 +4,7 @@ containers; the calls travel over MQTT to the worker and back."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,7 +113,15 @@ def test_a_chute_through_the_manager_api_and_the_cli(stack: Stack, tmp_path: Pat
     assert stack.cli("delete", "clip", "--wait").returncode == 0
 
 
-def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
+def test_a_worker_offline_answers_its_last_state_or_503_naming_it(stack: Stack) -> None:
+    answer = stack.http.post("/workers/n1/chutes", json=chute("kept"))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+
+    def told() -> bool:
+        found = stack.api.worker("n1") or {}
+        return [c["name"] for c in (found.get("chutes") or {}).get("items", [])] == ["kept"]
+
+    wait_until(told, "the manager to hear of the chute", watch=[stack.manager])
     stack.node.role.stop()
 
     def offline() -> bool:
@@ -120,13 +129,20 @@ def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
         return found is not None and found["state"] == "offline"
 
     wait_until(offline, "n1 offline", timeout=60, watch=[stack.manager])
-    answer = stack.http.get("/workers/n1/chutes")
-    assert answer.status_code == 503
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    assert "n1" in answer.json()["detail"] and "offline" in answer.json()["detail"]
-    assert stack.http.post("/workers/n1/chutes", json=chute("x")).status_code == 503
+    # reads: the last known state, marked stale
+    [shown] = stack.http.get("/workers/n1/chutes").json()
+    assert shown["name"] == "kept" and shown["stale"] is True and shown["last_contact"] > 0
+    listed = stack.cli("list")
+    assert listed.returncode == 0 and "kept" in listed.stdout, listed.stderr
+    assert "n1 cannot be reached" in listed.stderr and "last contact" in listed.stderr
+    # anything else: 503 at once, naming the worker
+    refused = stack.http.post("/workers/n1/chutes", json=chute("x"))
+    assert refused.status_code == 503
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "n1" in refused.json()["detail"] and "offline" in refused.json()["detail"]
+    assert stack.http.get("/workers/n1/chutes/kept/config").status_code == 503
     assert stack.http.get("/workers/nope/chutes").status_code == 404
-    cli = stack.cli("list")
+    cli = stack.cli("stop", "kept")
     assert cli.returncode == 3 and "n1" in cli.stderr
 
 
@@ -154,6 +170,120 @@ def test_only_an_admin_or_the_workers_owner_manages_its_chutes(stack: Stack) -> 
     assert stack.ended(answer.json()["change_id"])["state"] == "done"
     gone = http.delete("/workers/n1/chutes/mine", headers=opal)
     assert stack.ended(gone.json()["change_id"])["state"] == "done"
+
+
+#: a line a tenth of a second, numbered
+TICKER = "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 100000; done"
+
+
+def sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    name, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+
+
+def ticks(text: str) -> list[int]:
+    return [int(line[5:]) for line in text.split("\n") if line.startswith("tick-")]
+
+
+def test_a_chutes_output_streams_live_until_it_is_deleted(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    text, numbers = "", list[int]()
+    ended: dict[str, Any] = {}
+    with httpx.Client(
+        base_url=stack.api.http.base_url, headers=stack.api.http.headers, timeout=None
+    ) as client, client.stream(
+        "GET", "/workers/n1/chutes/ticker/logs", params={"follow": "true"}
+    ) as stream:  # fmt: skip
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        deleted = False
+        for name, data in sse(stream.iter_lines()):
+            if name == "log":
+                text += data
+                numbers = ticks(text)
+                # lines keep coming, live, in order: then the chute goes
+                if len(set(numbers)) >= 30 and not deleted:
+                    gone = http.delete("/workers/n1/chutes/ticker")
+                    assert gone.status_code == 202, gone.text
+                    deleted = True
+            elif name == "end":
+                ended = json.loads(data)
+                break
+    assert "deleted" in ended["reason"], ended
+    assert numbers == sorted(numbers) and numbers[-1] - numbers[0] + 1 == len(set(numbers))
+    assert http.get("/workers/n1/chutes/ticker").status_code == 404
+    # nothing follows a chute that is not there, and a bad name is bad input
+    missing = http.get("/workers/n1/chutes/ticker/logs", params={"follow": "true"})
+    assert missing.status_code == 404
+    assert http.get("/workers/n1/chutes/Bad/logs", params={"follow": "true"}).status_code == 422
+
+
+def test_log_follows_are_bounded_and_end_when_the_client_goes(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    url = "/workers/n1/chutes/ticker/logs"
+
+    def open_all(client: httpx.Client) -> list[httpx.Response] | None:
+        """Eight follows of one worker (its bound), or None while they are not all had."""
+        streams = []
+        for _ in range(8):
+            request = client.build_request("GET", url, params={"follow": "true"})
+            streams.append(client.send(request, stream=True))
+        if all(s.status_code == 200 for s in streams):
+            return streams
+        for stream in streams:
+            stream.close()
+        return None
+
+    # twice: the first round's follows are given back when their clients go
+    for _ in range(2):
+        with httpx.Client(
+            base_url=stack.api.http.base_url, headers=stack.api.http.headers, timeout=None
+        ) as client:
+            streams = wait_until(
+                lambda: open_all(client), "eight follows at once", watch=[stack.manager]
+            )
+            refused = http.get(url, params={"follow": "true"})
+            assert refused.status_code == 503 and "too many" in refused.json()["detail"]
+            for stream in streams:
+                assert any(ticks(data) for name, data in sse(stream.iter_lines()) if name == "log")
+                stream.close()  # the client goes
+    assert http.delete("/workers/n1/chutes/ticker").status_code == 202
+
+
+def test_the_cli_follows_a_chute_through_the_manager(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgeplane", "--url", stack.api.url, "--token", TOKEN,
+         "chute", "logs", "ticker", "--worker", "n1", "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as cli:  # fmt: skip
+        assert cli.stdout is not None
+        seen = []
+        for line in cli.stdout:
+            if line.startswith("tick-"):
+                seen.append(int(line[5:]))
+            if len(seen) >= 20:
+                break
+        assert seen == list(range(seen[0], seen[0] + len(seen))), seen
+        gone = http.delete("/workers/n1/chutes/ticker")
+        assert gone.status_code == 202
+        _, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert "deleted" in err
 
 
 def test_a_chute_from_a_registry_image_through_the_manager(

@@ -69,3 +69,12 @@ def test_a_workers_network_settings_are_checked() -> None:
         with pytest.raises(ValidationError) as caught:
             Settings(**bad)
         assert caught.value.errors()[0]["loc"] == (next(iter(bad)),)
+
+
+def test_the_chute_network_defaults_are_the_networks() -> None:
+    from edgeplane.chutes import network
+
+    defaults = Settings()
+    assert defaults.bridge == network.DEFAULT_BRIDGE
+    assert defaults.bridge_subnet == network.DEFAULT_SUBNET
+    assert defaults.nft_table == network.DEFAULT_TABLE

@@ -154,6 +154,8 @@ async def _undo(change: Change, steps: list[Step], indexes: list[int], report: R
 
 
 Planner = Callable[[Change], list[Step]]
+#: told of every change that ended (the node reports it to its manager)
+Ended = Callable[[Change], Awaitable[None]]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -177,9 +179,17 @@ class ChangeQueue:
     """Changes persisted in ``directory`` and executed one at a time in submission order.
     ``planner`` turns a change into its steps (again after a restart)."""
 
-    def __init__(self, directory: Path, planner: Planner, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        planner: Planner,
+        *,
+        clock: Clock | None = None,
+        on_end: Ended | None = None,
+    ) -> None:
         self.directory = directory
         self.planner = planner
+        self.on_end = on_end
         self._clock = clock or SystemClock()
         self._changes: dict[str, Change] = {}
         self._pending: asyncio.Queue[str] = asyncio.Queue()
@@ -283,14 +293,25 @@ class ChangeQueue:
             change.state, change.error = "failed", _why(exc)
             _say(change, f"cannot plan: {_why(exc)}")
             await report()
+            await self._ended(change)
             return
         if resume and [s.name for s in steps] != [r.name for r in change.steps]:
             change.state, change.error = "failed", "the plan changed across a restart"
             await report()
+            await self._ended(change)
             return
         await execute(change, steps, report, resume=resume)
         log.info("change %s", change.state, extra={"change": change.id, "kind": change.kind})
+        await self._ended(change)
         await self._prune()
+
+    async def _ended(self, change: Change) -> None:
+        if self.on_end is None:
+            return
+        try:
+            await self.on_end(change)
+        except Exception:  # a report that failed must not stop the queue
+            log.exception("reporting a change's end failed", extra={"change": change.id})
 
     async def _save(self, change: Change) -> None:
         path = self.directory / f"{change.seq:08d}-{change.id}.json"

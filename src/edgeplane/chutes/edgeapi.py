@@ -42,13 +42,21 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 
 def node_token(data_dir: Path) -> str:
-    """The node's API token, made (0600) on first use."""
+    """The node's API token, made (0600) on first use. Written whole before it appears
+    (a linked temporary file): a CLI reading it meanwhile never sees it empty."""
     path = data_dir / TOKEN_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process made it first: theirs stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.chmod(path, 0o600)
     return path.read_text().strip()
 
@@ -156,11 +164,12 @@ CHUTE_API_PORT = 7072
 def _chute_caller(
     request: Request, given: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The chute whose token came with the call."""
+    """The chute whose token came with the call, from that chute's own address."""
     node: Node = request.app.state.node
-    name = None if given is None else node.chute_for_token(given.credentials)
+    address = None if request.client is None else request.client.host
+    name = None if given is None else node.chute_calling(given.credentials, address)
     if name is None:
-        raise Unauthorized("a chute's token is needed (/run/chute/token)")
+        raise Unauthorized("a chute's own token is needed (/run/chute/token), from that chute")
     return name
 
 

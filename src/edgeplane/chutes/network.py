@@ -585,6 +585,9 @@ class ChuteNetwork:
     async def detach(self, chute: str, service: str, gen: str = "") -> None:
         await asyncio.to_thread(self.net.detach, chute, service, gen=gen)
 
+    def addresses(self, chute: str) -> set[str]:
+        return {lease.address for lease in self.net.leases() if lease.chute == chute}
+
     @staticmethod
     def _wanted(service: Any) -> list[PortMap]:
         return [

@@ -13,6 +13,7 @@ passes them to the worker over MQTT.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +64,8 @@ class _Node:
     ) -> None:
         import httpx
 
+        #: through the control plane (``--worker``), not the node's own API
+        self.worker = worker
         if worker is not None:
             if node:
                 raise Invalid("give --node URL or --worker ID, not both", field="worker")
@@ -214,6 +217,8 @@ def listing(
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
+    if found:
+        _stale_note(found[0], worker)
     print_table(
         ["name", "version", "state", "services"],
         [[c["name"], c["version"], c["state"], [s["name"] for s in c["services"]]] for c in found],
@@ -235,6 +240,7 @@ def get(
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
+    _stale_note(found, worker)
     print_fields([(k, found.get(k)) for k in ("name", "version", "state", "change_id")])
     print_table(
         ["service", "state", "healthy", "address", "ports"],
@@ -242,6 +248,22 @@ def get(
           [f"{p['host']}->{p['chute']}/{p['protocol']}" for p in s["ports"]]]
          for s in found["services"]],
     )  # fmt: skip
+
+
+def _stale_note(doc: dict[str, Any], worker: str | None) -> None:
+    """Say so when the control plane answered with a worker's last known state."""
+    if not doc.get("stale"):
+        return
+    from datetime import UTC, datetime
+
+    def when(ts: Any) -> str:
+        stamp = datetime.fromtimestamp(float(ts or 0), UTC)
+        return stamp.isoformat(timespec="seconds")
+
+    note(
+        f"worker {worker} cannot be reached: its chutes as last reported "
+        f"(at {when(doc.get('reported_at'))}; last contact {when(doc.get('last_contact'))})"
+    )
 
 
 def _action(action: str) -> None:
@@ -279,7 +301,8 @@ def logs(
     node_token: NodeTokenOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """A chute service's output."""
+    """A chute service's output; with -f, what it prints from now on, until the chute is
+    deleted (or Ctrl-C)."""
     client = _open(ctx, node, worker, node_token, token_file)
     params: dict[str, Any] = {} if service is None else {"service": service}
     if not follow:
@@ -289,10 +312,37 @@ def logs(
         "GET", f"/chutes/{name}/logs", params={**params, "follow": "true"}, timeout=None
     ) as stream:
         if stream.status_code >= 400:
+            from edgeplane.client import problem
+            from edgeplane.wire import Reply
+
             stream.read()
-            client.call("GET", f"/chutes/{name}/logs", params=params)  # raises the problem
-        for text in stream.iter_text():
-            typer.echo(text, nl=False)
+            raise problem(Reply.of(stream))  # the error the node or manager raised
+        if client.worker is None:  # the node's own API: plain text
+            for text in stream.iter_text():
+                typer.echo(text, nl=False)
+            return
+        for kind, text in _events(stream.iter_lines()):  # the control plane's SSE
+            if kind == "log":
+                typer.echo(text, nl=False)
+            elif kind == "gap":
+                note(f"(output lost: {text})")
+            elif kind == "end":
+                note(f"(the follow ended: {json.loads(text).get('reason')})")
+                return
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """Server-sent events as (event, data): the data lines joined with newlines."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
 
 
 @app.command()

@@ -274,9 +274,11 @@ async def _run_worker(
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
         chute_api = await start_chute_api(node)
-        from edgeplane.chutes.remote import RemoteChutes
+        from edgeplane.chutes.remote import RemoteChutes, RemoteLogs
 
         agent.chutes = RemoteChutes(edge.app, edge.token)
+        agent.chute_events = node.events
+        agent.chute_logs = RemoteLogs(node, agent.send_chute_logs)
     exposition = None
     try:
         await agent.start()

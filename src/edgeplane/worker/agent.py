@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from pydantic import BaseModel
@@ -37,12 +37,16 @@ from edgeplane.model import Capabilities
 from edgeplane.model.monitoring import Monitoring
 from edgeplane.model.service import Endpoint
 from edgeplane.protocol import (
+    AckChuteEvents,
     AckEvents,
     Alive,
     Assignment,
+    ChuteEvents,
+    ChuteLogs,
     ChuteRequest,
     ChuteResponse,
     EventOutbox,
+    FollowChuteLogs,
     FollowLogs,
     Hello,
     LogChunks,
@@ -78,6 +82,29 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 #: answers one chute call from afar: (HTTP status, JSON body)
 ChuteHandler = Callable[[ChuteRequest], Awaitable[tuple[int, Any]]]
+
+
+class ChuteEventSource(Protocol):
+    """The node's undelivered chute events (``chutes/events.py``'s ``EventLog``)."""
+
+    #: set when there is something new to send
+    changed: asyncio.Event
+
+    def batch(self, worker_id: str) -> ChuteEvents | None: ...
+
+    async def ack(self, stream: str, seq: int) -> int: ...
+
+
+class ChuteLogSource(Protocol):
+    """Chute output followed from afar (``chutes/remote.py``'s ``RemoteLogs``)."""
+
+    def __call__(self, ask: FollowChuteLogs) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: Seconds a chute event waits for others to be sent with it.
+CHUTE_EVENT_WINDOW_S = 0.05
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
 #: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
@@ -316,6 +343,11 @@ class WorkerAgent:
         #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
         #: on a worker without the Edge API
         self.chutes: ChuteHandler | None = None
+        #: the node's chute events, delivered to the manager until acked; None on a
+        #: worker without the Edge API
+        self.chute_events: ChuteEventSource | None = None
+        #: chute output followed from afar (None: no chutes here)
+        self.chute_logs: ChuteLogSource | None = None
         self._chute_calls: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
@@ -359,6 +391,12 @@ class WorkerAgent:
             asyncio.create_task(self.events.run(), name=f"worker-{self.id}-events"),
             asyncio.create_task(self.monitor.run(), name=f"worker-{self.id}-monitor"),
         ]
+        if self.chute_events is not None:
+            self._loops.append(
+                asyncio.create_task(
+                    self._chute_events_loop(self.chute_events), name=f"worker-{self.id}-chutes"
+                )
+            )
 
     async def stop(self) -> None:
         """Leave: the manager sees us offline and re-places our tasks (no "cancelled")."""
@@ -376,6 +414,8 @@ class WorkerAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        if self.chute_logs is not None:
+            await self.chute_logs.close()
         await self.tails.close()
         await self.fetcher.close()
         await self.link.stop()
@@ -492,8 +532,19 @@ class WorkerAgent:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()
+                if self.chute_events is not None:  # what the node kept while cut off
+                    self.chute_events.changed.set()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, AckChuteEvents):
+            if self.chute_events is not None:
+                await self.chute_events.ack(body.stream, body.seq)
+        elif isinstance(body, FollowChuteLogs):
+            if self.chute_logs is not None:
+                self.chute_logs(body)
+            elif body.follow_s > 0:
+                end = ChuteLogs(id=body.id, end=True, reason=f"worker {self.id} serves no chutes")
+                await self.send_chute_logs(end)
         elif isinstance(body, ChuteRequest):
             # off the message loop: a call may wait on the node's change queue
             call = asyncio.create_task(self._answer_chute(body), name=f"chute-{body.id}")
@@ -910,6 +961,30 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
+    async def _chute_events_loop(self, source: ChuteEventSource) -> None:
+        """Send the chute events the node holds, oldest first: at once when there are new
+        ones, and again every heartbeat until the manager acks them (it applies each once,
+        so a repeat is harmless). Nothing while the link is down: they wait on the node."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(source.changed.wait(), self.heartbeat_s)
+            await asyncio.sleep(CHUTE_EVENT_WINDOW_S)  # the rest of a burst goes along
+            source.changed.clear()
+            if not self.link.connected.is_set():
+                continue
+            batch = source.batch(self.id)
+            if batch is not None:
+                try:
+                    await self._publish(self.topics.events(self.id), "chute.events", batch)
+                except Exception as exc:  # kept on the node: sent again
+                    log.warning("chute events not sent", extra={"error": str(exc)})
+
+    async def send_chute_logs(self, logs: ChuteLogs) -> None:
+        """A followed chute's output; dropped while the link is down (the follower's
+        manager ends the follow then)."""
+        if self.link.connected.is_set():
+            await self._publish(self.topics.events(self.id), "chute.logs", logs)
+
     async def _send_logs(self, chunks: LogChunks) -> None:
         await self._publish(self.topics.events(self.id), "task.logs", chunks)
 
