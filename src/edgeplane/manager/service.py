@@ -26,6 +26,7 @@ from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
+from edgeplane.manager.chute_store import ChuteStore
 from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
@@ -135,6 +136,8 @@ class Manager:
         self.tasks = TaskService(core, self.dispatcher)
         #: workers' chutes managed from afar (``manager/chutes.py``)
         self.chutes = ChuteCalls(core)
+        #: published chute manifests (``manager/chute_store.py``)
+        self.chute_store = ChuteStore(store, self.clock)
         self._core = core
         self.series = core.series
         #: how late this process's event loop runs (``/metrics``)
