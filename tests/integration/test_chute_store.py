@@ -1,4 +1,4 @@
-"""The chute store through the real API of a running stack (``edgeplane up`` in
+"""The chute store through the real API and CLI of a running stack (``edgeplane up`` in
 process, SQLite, a real broker): publish, list, show, read, delete, conflicts, bad input,
 projects, an install by ``NAME@VERSION`` resolved by the manager, and the root's store.
 
@@ -7,14 +7,18 @@ Chutes really running from the store on a real worker: tests/faults/test_chutes_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from typer.testing import CliRunner, Result
 
+from edgeplane.cli.main import app as cli_app
 from edgeplane.config import Settings
 from edgeplane.roles.control import ControlPlane
 from edgeplane.roles.up import running_stack
@@ -255,6 +259,75 @@ async def test_an_install_names_a_store_version_the_manager_resolves(world: Worl
     await call("POST", "/store/chutes", "otto", params={"project": "other"},
                json=hello(name="mine"))  # fmt: skip
     assert (await call("POST", chutes, "otto", json={"store": "mine"})).status_code == 501
+
+
+async def test_the_cli_publishes_lists_shows_and_installs(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEPLANE_DATA_DIR", str(tmp_path / "cli"))
+    for name in ("EDGEPLANE_TOKEN", "EDGEPLANE_ADMIN_TOKEN", "EDGEPLANE_URL", "EDGEPLANE_NODE"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def cli(*args: str) -> Result:
+        given = ["--url", world.url, "--token", TOKEN, *args]
+        # a thread: the blocking client must not stop this loop, which serves the API
+        return await asyncio.to_thread(CliRunner().invoke, cli_app, given, catch_exceptions=False)
+
+    spec = tmp_path / "chute.yaml"
+    spec.write_text(HELLO_YAML)
+    published = await cli("store", "publish", str(spec))
+    assert published.exit_code == 0, published.output
+    assert published.stdout.strip() == "hello@1.0" and "published" in published.stderr
+    again = await cli("store", "publish", str(spec))
+    assert again.exit_code == 0 and "already published" in again.stderr
+    spec.write_text(HELLO_YAML.replace("hello 1.0", "changed"))
+    conflict = await cli("store", "publish", str(spec))
+    assert conflict.exit_code == 1 and "never changes" in conflict.stderr
+    spec.write_text(HELLO_YAML.replace('"1.0"', '"2.0"'))
+    assert (await cli("store", "publish", str(spec), "--project", "default")).exit_code == 0
+
+    listed = await cli("store", "list")
+    assert listed.exit_code == 0 and "hello" in listed.stdout and "2.0" in listed.stdout
+    as_json = orjson.loads((await cli("store", "list", "--output", "json")).stdout)
+    assert as_json["total"] == 1 and as_json["items"][0]["latest"] == "2.0"
+    shown = await cli("store", "show", "hello")
+    assert shown.exit_code == 0 and "1.0" in shown.stdout and "2.0" in shown.stdout
+    manifest = await cli("store", "show", "hello", "--version", "1.0")
+    assert manifest.exit_code == 0, manifest.output
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(manifest.stdout)  # YAML, ready to publish or install again
+    assert (await cli("store", "publish", str(saved))).stderr.startswith("already published")
+    same = orjson.loads((await cli("store", "show", "hello@1.0", "--output", "json")).stdout)
+    assert same["version"] == "1.0" and same["manifest"]["name"] == "hello"
+
+    # bad input: exit 2 with the field named, no request made for a bad manifest
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: hello\nversion: '3'\nservices: [{name: m, image: b, bogus: 1}]\n")
+    refused = await cli("store", "publish", str(bad))
+    assert refused.exit_code == 2 and "services.0.bogus" in refused.stderr
+    for args in (
+        ("store", "show", "Hello"),
+        ("store", "show", "hello@1.0", "--version", "2.0"),
+        ("store", "show", "nope"),
+        ("store", "delete", "hello"),
+        ("store", "publish", str(tmp_path / "missing.yaml")),
+        ("chute", "install", "no/such/file.yaml", "--worker", world.worker),
+        ("chute", "install", "hello@1.0", "--node", "http://127.0.0.1:9"),
+    ):
+        result = await cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+    # resolved by the manager and sent: this worker serves no chutes (501, exit 1)
+    installed = await cli("chute", "install", "hello@1.0", "--worker", world.worker)
+    assert installed.exit_code == 1 and "chutes" in installed.stderr, installed.output
+    missing = await cli("chute", "install", "hello@7", "--worker", world.worker)
+    assert missing.exit_code == 2 and "hello@7" in missing.stderr
+
+    assert (await cli("store", "delete", "hello@2.0")).exit_code == 0
+    assert (
+        orjson.loads((await cli("store", "show", "hello", "--output", "json")).stdout)["latest"]
+        == "1.0"
+    )
 
 
 async def test_the_root_serves_a_store_too(
