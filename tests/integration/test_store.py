@@ -876,3 +876,11 @@ async def test_fl_experiments_round_trip(store: Store) -> None:
     assert await store.get_fl_experiment("e1") == exp
     assert await store.get_fl_experiment("nope") is None
     assert await store.list_fl_experiments() == ([exp], 1)
+    assert await store.live_fl_experiment_ids() == ["e1"]
+    later = exp.model_copy(update={"id": "e2", "created_at": 2.0})
+    await store.save_fl_experiment(later)
+    assert await store.live_fl_experiment_ids() == ["e1", "e2"]
+    for state in ("completed", "failed", "stopped"):
+        exp.state = state  # type: ignore[assignment]
+        await store.save_fl_experiment(exp)
+        assert await store.live_fl_experiment_ids() == ["e2"]

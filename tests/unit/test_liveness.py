@@ -90,6 +90,23 @@ def test_a_small_lag_is_noise() -> None:
     assert liveness.silence(seen) == 1.0
 
 
+def test_a_manager_behind_on_its_inbox_does_not_count_the_wait_as_silence() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    clock.advance(0.5)
+    arrived = clock.monotonic()  # a batch of messages came in; heartbeats queue behind it
+    clock.advance(10.0)
+    liveness.unheard_since(arrived)
+    assert liveness.silence(seen) == 0.5
+    assert not liveness.lost(seen)
+    liveness.unheard_since(None)  # drained: silence counts again from here
+    clock.advance(0.75)
+    assert liveness.silence(seen) == 1.25
+    assert not liveness.lost(seen)
+    clock.advance(0.01)
+    assert liveness.lost(seen)
+
+
 async def test_pause_measures_how_late_the_loop_woke() -> None:
     clock, liveness = make()
     seen = clock.monotonic()
@@ -223,9 +240,10 @@ def test_after_the_managers_restart_a_command_that_never_left_is_sent_again() ->
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["stall", "down", "up"]),
+        st.sampled_from(["stall", "down", "up", "behind"]),
         st.floats(min_value=0, max_value=8, allow_nan=False),  # time before it
-        st.floats(min_value=0, max_value=3, allow_nan=False),  # a stall's length
+        # a stall's length, or how long the oldest unhandled message has waited
+        st.floats(min_value=0, max_value=3, allow_nan=False),
     ),
     max_size=16,
 )
@@ -233,8 +251,9 @@ operations = st.lists(
 
 @given(operations, st.floats(min_value=0, max_value=60, allow_nan=False))
 def test_silence_is_the_time_the_manager_could_hear(ops: object, seen: float) -> None:
-    """Whatever the outages (also still going on) and stalls (also during an outage),
-    silence = elapsed time minus the union of blind spans since ``seen``."""
+    """Whatever the outages (also still going on), stalls and inbox backlogs (also during
+    an outage, also reaching back before earlier blind spans), silence = elapsed time
+    minus the union of blind spans since ``seen``."""
     assert isinstance(ops, list)
     clock = ManualClock()
     liveness = Liveness(clock, heartbeat_s=BEAT, missed_beats=3)
@@ -248,6 +267,11 @@ def test_silence_is_the_time_the_manager_could_hear(ops: object, seen: float) ->
             if length > STALL_S:
                 blind.append((now, now + length))
             liveness.woke(late=length)
+        elif kind == "behind":
+            arrived = max(0.0, now - length)
+            if now - arrived > STALL_S:
+                blind.append((arrived, now))
+            liveness.unheard_since(arrived)
         elif kind == "down":
             down_since = now if down_since is None else down_since
             liveness.link_down()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from edgeplane.api.audit import note
 from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.follow import follow_logs
 from edgeplane.api.params import Limit, Offset, Wait
@@ -87,7 +88,14 @@ async def create_one(manager: Manager, spec: TaskSpec, wait: float) -> Task:
 
 
 @router.post("/batch", status_code=201, response_model=TaskItems)
-async def create_tasks(batch: TaskBatch, manager: ManagerDep, caller: CallerDep) -> Response:
+async def create_tasks(
+    batch: TaskBatch, manager: ManagerDep, caller: CallerDep, request: Request
+) -> Response:
+    # The audit record names the batch, not its first task: left to itself it parsed the
+    # whole answer for an id (2.6 % of `up`'s samples under `make bench`, 1,000 a call).
+    projects_named = {spec.project for spec in batch.tasks}
+    project = projects_named.pop() if len(projects_named) == 1 else None
+    note(request.scope, resource_id=f"batch of {len(batch.tasks)}", project=project)
     for index, spec in enumerate(batch.tasks):
         if not projects.sees(caller, spec.project):
             raise NotFound(f"project {spec.project!r} not found", field=f"tasks[{index}].project")

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between passes, so a deadline or a worker that came online is seen soon.
 TICK_S = 0.5
+#: how often the loop looks when no experiment runs
+IDLE_TICK_S = 10.0
 API = "/api/v1/fl/experiments"
 
 
@@ -199,22 +201,23 @@ class Coordinator:
 
     # the rounds
 
-    async def step(self) -> None:
-        """One pass over the running experiments."""
-        running, _ = await self.store.list_fl_experiments(limit=100_000)
-        for exp in running:
-            if exp.state in TERMINAL:
-                continue
+    async def step(self) -> bool:
+        """One pass over the running experiments; True if there were any."""
+        # Their ids only: reading every experiment ever run, twice a second, was 2.6 % of
+        # the `up` process's samples under `make bench` with no experiment at all.
+        live = await self.store.live_fl_experiment_ids()
+        for exp_id in live:
             async with self._lock:
-                fresh = await self.store.get_fl_experiment(exp.id)
+                fresh = await self.store.get_fl_experiment(exp_id)
                 if fresh is not None and fresh.state not in TERMINAL:
                     try:
                         await self._advance(fresh)
                     except EdgeplaneError as exc:
                         log.warning(
                             "an experiment's round did not advance",
-                            extra={"experiment_id": exp.id, "error": exc.detail},
+                            extra={"experiment_id": exp_id, "error": exc.detail},
                         )
+        return bool(live)
 
     async def _advance(self, exp: Experiment) -> None:
         now = self.clock.now()
@@ -354,15 +357,18 @@ class Coordinator:
 
     async def _run_loop(self) -> None:
         while True:
+            busy = True
             try:
-                await self.step()
+                busy = await self.step()
             except EdgeplaneError as exc:
                 log.warning("federated learning waits", extra={"error": exc.detail})
             except Exception:
                 log.exception("a federated learning pass failed")
             self._wake.clear()
+            # Nothing running: only a new experiment (create wakes the loop) starts one;
+            # the slow tick is a backstop, not a need.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), TICK_S if busy else IDLE_TICK_S)
 
 
 def _record(exp: Experiment, round_no: int) -> RoundRecord | None:

@@ -351,6 +351,7 @@ class Membership:
         missed = core.settings.missed_beats
         while True:
             await self.liveness.pause()
+            self.liveness.unheard_since(core.link.oldest_unhandled())
             lost = [
                 (entry, f"{core.member} {entry.worker.id} disconnected")
                 for member_id in self.liveness.settled_wills()

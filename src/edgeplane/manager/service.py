@@ -107,6 +107,7 @@ class Manager:
             on_connect=lambda: self.members.link_up(),
             on_disconnect=lambda: self.members.link_down(),
             ca=settings.ca,
+            clock=self.clock,
             username=None if auth is None else auth.manager.username,
             password=None if auth is None else auth.manager.password,
         )

@@ -282,6 +282,11 @@ class Store(ABC):
     ) -> tuple[list[Experiment], int]:
         """A page, oldest first, and the total."""
 
+    @abstractmethod
+    async def live_fl_experiment_ids(self) -> list[str]:
+        """Ids of the experiments not ended (completed, failed, stopped), oldest first:
+        what the coordinator steps, without reading every experiment ever run."""
+
     # the chute store (docs/chutes.md): published manifests, immutable by name and version
     @abstractmethod
     async def publish_chute(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeplane.errors import Conflict
+from edgeplane.fl.state import TERMINAL as FL_TERMINAL
 from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
@@ -138,6 +139,7 @@ class MemoryStore(Store):
         self._workflows: dict[str, _WorkflowRow] = {}
         self._schedules: dict[str, _ScheduleRow] = {}
         self._fl: dict[str, tuple[float, str, str]] = {}
+        self._fl_state: dict[str, str] = {}
         #: the chute store: name -> (project, created_at); (name, version) -> (record, doc)
         self._store_chutes: dict[str, tuple[str, float]] = {}
         self._chute_versions: dict[tuple[str, str], tuple[ChuteVersionRecord, str]] = {}
@@ -353,6 +355,7 @@ class MemoryStore(Store):
             experiment.id,
             experiment.model_dump_json(context=REVEAL),
         )
+        self._fl_state[experiment.id] = experiment.state
 
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
         row = self._fl.get(experiment_id)
@@ -364,6 +367,13 @@ class MemoryStore(Store):
         rows = sorted(self._fl.values())
         page = rows[offset : offset + limit]
         return [Experiment.model_validate_json(row[2]) for row in page], len(rows)
+
+    async def live_fl_experiment_ids(self) -> list[str]:
+        return [
+            exp_id
+            for exp_id in sorted(self._fl, key=self._fl.__getitem__)
+            if self._fl_state[exp_id] not in FL_TERMINAL
+        ]
 
     # the chute store
 

@@ -37,6 +37,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ClauseElement
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.fl.state import TERMINAL as FL_TERMINAL
 from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
@@ -843,6 +844,13 @@ class SqlStore(Store):
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(select(func.count()).select_from(e))).scalar_one()
         return _docs(Experiment, rows), total
+
+    async def live_fl_experiment_ids(self) -> list[str]:
+        e = tables.fl_experiments
+        live = select(e.c.id).where(e.c.state.not_in(sorted(FL_TERMINAL)))
+        async with self._reading() as conn:
+            rows = (await conn.execute(live.order_by(e.c.created_at, e.c.id))).all()
+        return [row.id for row in rows]
 
     # the chute store
 
