@@ -153,7 +153,9 @@ def _open(
     token: str | None,
     token_file: Path | None,
 ) -> _Node:
-    return _Node(session(ctx), node, worker, token, token_file)
+    found = _Node(session(ctx), node, worker, token, token_file)
+    ctx.call_on_close(found.http.close)  # its connection, when the command ends
+    return found
 
 
 def _manifest(path: Path) -> tuple[bytes, str]:
