@@ -349,6 +349,34 @@ async def _module(file: FileArg) -> bytes | None:
     return file
 
 
+#: The largest initial model file a client sends (its base64 is the spec's limit, 64 MiB).
+MAX_INITIAL_MODEL_BYTES = 48 * 2**20
+
+
+def _experiment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An experiment whose ``initial_model`` is given as bytes or a path (raw ``f32`` or
+    ``.npz``), with it as the API takes it: ``{"data": base64}``."""
+    out = dict(body)
+    given = out.get("initial_model")
+    if isinstance(given, Path):
+        path = given
+        try:
+            if path.stat().st_size > MAX_INITIAL_MODEL_BYTES:
+                raise Invalid(
+                    f"{path} is over {MAX_INITIAL_MODEL_BYTES // 2**20} MiB: too large a model",
+                    field="initial_model",
+                )
+            given = path.read_bytes()
+        except OSError as exc:
+            raise Invalid(
+                f"cannot read the initial model {path}: {exc.strerror or exc}",
+                field="initial_model",
+            ) from None
+    if isinstance(given, bytes | bytearray | memoryview):
+        out["initial_model"] = {"data": base64.b64encode(given).decode("ascii")}
+    return out
+
+
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A task body with ``file`` as base64: bytes and paths are encoded, a str is already base64."""
     body = dict(spec)
@@ -554,6 +582,7 @@ class _Calls:
     # federated learning (docs/fl.md): experiments are plain JSON objects
     @staticmethod
     def fl_create(body: dict[str, Any]) -> _Call[dict[str, Any]]:
+        """``body["initial_model"]`` as it is sent (see :func:`_experiment`)."""
         return _Call("POST", "/fl/experiments", _json, body=body)
 
     @staticmethod
@@ -1104,8 +1133,9 @@ class Client(_Base):
 
     # --- federated learning ----------------------------------------------------------------
 
-    def fl_create(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._send(_Calls.fl_create(body))
+    def fl_create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start an experiment (docs/fl.md); its ``initial_model`` may be bytes or a path."""
+        return self._send(_Calls.fl_create(_experiment(body)))
 
     def fl_experiments(
         self, *, limit: int | None = None, offset: int | None = None
@@ -1478,6 +1508,27 @@ class AsyncClient(_Base):
 
     async def delete_schedule(self, schedule_id: str) -> None:
         await self._send(_Calls.delete_schedule(schedule_id))
+
+    # --- federated learning ----------------------------------------------------------------
+
+    async def fl_create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start an experiment (docs/fl.md); its ``initial_model`` may be bytes or a path."""
+        return await self._send(_Calls.fl_create(await asyncio.to_thread(_experiment, body)))
+
+    async def fl_experiments(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return await self._send(_Calls.fl_experiments(_filters(limit=limit, offset=offset)))
+
+    async def fl_experiment(self, experiment_id: str) -> dict[str, Any]:
+        return await self._send(_Calls.fl_experiment(experiment_id))
+
+    async def fl_stop(self, experiment_id: str) -> dict[str, Any]:
+        return await self._send(_Calls.fl_stop(experiment_id))
+
+    async def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
+        """A global model version, raw ``f32`` (docs/fl.md)."""
+        return await self._send(_Calls.fl_model(experiment_id, version))
 
     # --- clusters and applications --------------------------------------------------------
 

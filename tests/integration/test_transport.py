@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.clock import ManualClock
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.transport import (
     EmbeddedBroker,
@@ -285,39 +284,6 @@ async def test_a_failing_handler_does_not_stop_the_link(
     [record] = [r for r in caplog.records if r.exc_info]
     assert getattr(record, "topic") == topic  # noqa: B009
     assert "handler bug" in caplog.text
-
-
-async def test_the_link_tells_since_when_it_has_messages_it_has_not_handled(
-    fast_broker_url: str, unique_domain: str
-) -> None:
-    """What a manager behind on its inbox cannot have heard yet (manager/liveness.py)."""
-    clock = ManualClock()
-    release = asyncio.Event()
-    handled: list[bytes] = []
-
-    async def on_message(topic: str, payload: bytes) -> None:
-        await release.wait()
-        handled.append(payload)
-
-    topic = f"{unique_domain}/slow"
-    async with MqttLink(
-        fast_broker_url,
-        client_id=unique_domain,
-        subscriptions=[topic],
-        on_message=on_message,
-        clock=clock,
-    ) as link:
-        assert link.oldest_unhandled() is None
-        await link.publish(topic, b"first")
-        await until(lambda: link.oldest_unhandled() is not None)
-        arrived = link.oldest_unhandled()
-        clock.advance(5.0)
-        await link.publish(topic, b"second")
-        await until(lambda: link.stats.received == 1 and len(link._arrivals) == 2)
-        assert link.oldest_unhandled() == arrived  # the first still waits to be handled
-        release.set()
-        await until(lambda: handled == [b"first", b"second"])
-        assert link.oldest_unhandled() is None
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,6 @@ class Manager:
             on_connect=lambda: self.members.link_up(),
             on_disconnect=lambda: self.members.link_down(),
             ca=settings.ca,
-            clock=self.clock,
             username=None if auth is None else auth.manager.username,
             password=None if auth is None else auth.manager.password,
         )
@@ -215,6 +214,9 @@ class Manager:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.probe:
+            self.members.probe_back(payload)
+            return
         where = self.topics.member_of(topic)
         try:
             if where is None:

@@ -26,7 +26,6 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Invalid, Unavailable
 from edgeplane.tls import client_context
 
@@ -353,11 +352,9 @@ class MqttLink:
         connect_timeout_s: float = 10.0,
         rng: random.Random | None = None,
         ca: Path | None = None,
-        clock: Clock | None = None,
     ) -> None:
         """``ca``: the CA an ``mqtts://`` broker's certificate must chain to (None: the
-        system's trust store); see ``edgeplane.security.tls``. ``clock`` stamps arrivals
-        (:meth:`oldest_unhandled`)."""
+        system's trust store); see ``edgeplane.security.tls``."""
         addresses = parse_broker_urls(url)
         if qos not in (0, 1, 2):
             raise Invalid(f"qos must be 0, 1 or 2, not {qos}", field="qos")
@@ -394,9 +391,6 @@ class MqttLink:
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue(OUTBOX_SIZE)
         self._retry: deque[_Outgoing] = deque()
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        self._clock = clock or SystemClock()
-        #: when each message in the inbox (and the one being handled) arrived, oldest first
-        self._arrivals: deque[float] = deque()
         self._unsent = 0
         self._all_sent = asyncio.Event()
         self._all_sent.set()
@@ -696,7 +690,6 @@ class MqttLink:
             payload = message.payload
             # paho hands every received payload over as bytes.
             assert isinstance(payload, bytes)
-            self._arrivals.append(self._clock.monotonic())
             self._inbox.put_nowait((message.topic.value, payload))
 
     async def _dispatch(self) -> None:
@@ -713,14 +706,6 @@ class MqttLink:
                     topic,
                     extra={"client_id": self.client_id, "topic": topic},
                 )
-            finally:
-                self._arrivals.popleft()
-
-    def oldest_unhandled(self) -> float | None:
-        """When (on the clock's monotonic time) the oldest message received and not yet
-        handled arrived; None when every one has been. Whatever came after it is unheard
-        so far: a receiver behind on its inbox cannot tell who went silent."""
-        return self._arrivals[0] if self._arrivals else None
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
