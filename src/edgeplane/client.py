@@ -270,6 +270,11 @@ def _document(resp: Reply) -> dict[str, Any]:
     return body
 
 
+def _published(resp: Reply) -> tuple[dict[str, Any], bool]:
+    """A published chute version, and whether this call published it (201, not 200)."""
+    return _document(resp), resp.status == 201
+
+
 def _nothing(resp: Reply) -> None:
     if not resp.ok:
         raise problem(resp)
@@ -605,6 +610,29 @@ class _Calls:
     def fl_model(experiment_id: str, version: int | None) -> _Call[bytes]:
         params = None if version is None else {"version": version}
         return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}/model", _bytes, params=params)
+
+    # the chute store (docs/chutes.md): plain JSON objects
+    @staticmethod
+    def publish_chute(manifest: Any, project: str | None) -> _Call[tuple[dict[str, Any], bool]]:
+        params = None if project is None else {"project": project}
+        return _Call("POST", "/store/chutes", _published, params=params, body=manifest)
+
+    @staticmethod
+    def store_chutes(params: dict[str, str | int]) -> _Call[dict[str, Any]]:
+        return _Call("GET", "/store/chutes", _json, params=params)
+
+    @staticmethod
+    def store_chute(name: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/store/chutes/{_seg(name)}", _json)
+
+    @staticmethod
+    def store_chute_version(name: str, version: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/store/chutes/{_seg(name)}/versions/{_seg(version)}", _json)
+
+    @staticmethod
+    def delete_store_chute_version(name: str, version: str) -> _Call[None]:
+        path = f"/store/chutes/{_seg(name)}/versions/{_seg(version)}"
+        return _Call("DELETE", path, _nothing)
 
     @staticmethod
     def clusters(params: dict[str, str | int]) -> _Call[Page[Cluster]]:
@@ -1162,6 +1190,31 @@ class Client(_Base):
         """A global model version, raw ``f32`` (docs/fl.md)."""
         return self._send(_Calls.fl_model(experiment_id, version))
 
+    # --- the chute store (docs/chutes.md) --------------------------------------------------
+
+    def publish_chute(
+        self, manifest: Mapping[str, Any], project: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """``POST /store/chutes``: the published version, and False when that version
+        was published already with this very content."""
+        return self._send(_Calls.publish_chute(dict(manifest), project))
+
+    def store_chutes(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return self._send(_Calls.store_chutes(_filters(limit=limit, offset=offset)))
+
+    def store_chute(self, name: str) -> dict[str, Any]:
+        """A chute in the store: its latest version and every version, newest first."""
+        return self._send(_Calls.store_chute(name))
+
+    def store_chute_version(self, name: str, version: str) -> dict[str, Any]:
+        """A published version with its ``manifest``."""
+        return self._send(_Calls.store_chute_version(name, version))
+
+    def delete_store_chute_version(self, name: str, version: str) -> None:
+        self._send(_Calls.delete_store_chute_version(name, version))
+
     # --- clusters and applications --------------------------------------------------------
 
     def clusters(self, *, limit: int | None = None, offset: int | None = None) -> Page[Cluster]:
@@ -1554,6 +1607,27 @@ class AsyncClient(_Base):
     async def delete_cluster(self, cluster_id: str) -> None:
         """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
         await self._send(_Calls.delete_cluster(cluster_id))
+
+    async def publish_chute(
+        self, manifest: Mapping[str, Any], project: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """``POST /store/chutes``: the published version, and False when that version
+        was published already with this very content."""
+        return await self._send(_Calls.publish_chute(dict(manifest), project))
+
+    async def store_chutes(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return await self._send(_Calls.store_chutes(_filters(limit=limit, offset=offset)))
+
+    async def store_chute(self, name: str) -> dict[str, Any]:
+        return await self._send(_Calls.store_chute(name))
+
+    async def store_chute_version(self, name: str, version: str) -> dict[str, Any]:
+        return await self._send(_Calls.store_chute_version(name, version))
+
+    async def delete_store_chute_version(self, name: str, version: str) -> None:
+        await self._send(_Calls.delete_store_chute_version(name, version))
 
     async def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""

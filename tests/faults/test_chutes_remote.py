@@ -49,9 +49,11 @@ class Stack:
         return wait_until(done, f"change {change_id}", timeout=60, watch=[self.node.role])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.edgeplane("chute", *args, "--worker", "n1")
+
+    def edgeplane(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edgeplane", "--url", self.api.url, "--token", TOKEN,
-             "chute", *args, "--worker", "n1"],
+            [sys.executable, "-m", "edgeplane", "--url", self.api.url, "--token", TOKEN, *args],
             capture_output=True, text=True, timeout=90, check=False,
         )  # fmt: skip
 
@@ -328,3 +330,71 @@ def test_a_chute_from_a_registry_image_through_the_manager(
 
     deleted = http.delete("/workers/n1/chutes/boxed")
     assert stack.ended(deleted.json()["change_id"])["state"] == "done"
+
+
+GREET = """\
+name: greet
+version: "{version}"
+description: says hello, version {version}
+services:
+  - name: main
+    image: busybox
+    command: [sh, -c, "echo greet-{version}; exec sleep 1000"]
+"""
+
+
+def test_a_chute_from_the_store_runs_on_a_real_worker(stack: Stack, tmp_path: Path) -> None:
+    http = stack.http
+    spec = tmp_path / "chute.yaml"
+    for version in ("1.0", "2.0"):
+        spec.write_text(GREET.format(version=version))
+        published = stack.edgeplane("store", "publish", str(spec))
+        assert published.returncode == 0, published.stderr
+        assert published.stdout.strip() == f"greet@{version}"
+    listed = stack.edgeplane("store", "list")
+    assert "greet" in listed.stdout and "2.0" in listed.stdout, listed.stderr
+    assert "1.0" in stack.edgeplane("store", "show", "greet").stdout
+
+    # installed by name and version: the manager resolves it and sends the manifest
+    installed = stack.cli("install", "greet@1.0", "--wait")
+    assert installed.returncode == 0, installed.stderr
+    assert "✓ wait until healthy" in installed.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["state"] == "running" and chute["version"] == "1.0", chute
+    published_1 = http.get("/store/chutes/greet/versions/1.0").json()
+    assert chute["source"] == {"store": "greet@1.0", "digest": published_1["digest"]}
+    change = http.get(f"/workers/n1/changes/{chute['change_id']}").json()
+    assert change["kind"] == "install" and change["source"] == chute["source"]
+    assert "greet-1.0" in http.get("/workers/n1/chutes/greet/logs").text
+    assert "greet@1.0" in stack.cli("get", "greet").stdout
+
+    # updated to the latest by name alone: the new version replaces the old once healthy
+    updated = stack.cli("update", "greet", "--wait")
+    assert updated.returncode == 0, updated.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["version"] == "2.0" and chute["state"] == "running", chute
+    assert chute["source"]["store"] == "greet@2.0"
+    # the node records only a store label that is its manifest's own
+    wrong = stack.node.client.put(
+        "/chutes/greet", params={"store": "greet@9"}, json=published_1["manifest"]
+    )
+    assert wrong.status_code == 422 and wrong.json()["field"] == "store", wrong.text
+
+    # a version that is not in the store: nothing reaches the worker
+    missing = stack.cli("install", "greet@7")
+    assert missing.returncode == 2 and "greet@7" in missing.stderr
+
+    # kill -9 of the manager: the store is in its database, installs from it go on
+    stack.manager.kill9()
+    stack.manager.start()
+    stack.api.wait_healthy(stack.manager)
+    stack.api.wait_workers(["n1"], watch=[stack.manager, stack.node.role])
+    shown = http.get("/store/chutes/greet").json()
+    assert [v["version"] for v in shown["versions"]] == ["2.0", "1.0"], shown
+    assert http.get("/store/chutes/greet/versions/1.0").json() == published_1
+    assert stack.cli("delete", "greet", "--wait").returncode == 0
+    again = stack.cli("install", "greet@1.0", "--wait")
+    assert again.returncode == 0, again.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["version"] == "1.0" and chute["state"] == "running", chute
+    assert stack.cli("delete", "greet", "--wait").returncode == 0

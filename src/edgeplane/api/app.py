@@ -16,6 +16,7 @@ from edgeplane.api import (
     apidocs,
     applications,
     audit,
+    chute_store,
     chutes,
     clusters,
     dashboard,
@@ -246,6 +247,7 @@ def create_app(
     secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
+    secured(chute_store.router)  # at the root too: a catalogue, no per-worker detail
     for router in (users.users, users.tokens, audit.router, fl_api.users):
         secured(router)
     # a training task's own credential, or a user's (checked by the route)

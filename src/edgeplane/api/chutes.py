@@ -18,13 +18,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from edgeplane.api.deps import ManagerDep
+from edgeplane.api.audit import note
+from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.follow import event
 from edgeplane.chutes import manifest as manifests
 from edgeplane.chutes.bodies import read_body
+from edgeplane.chutes.catalog import parse_ref
 from edgeplane.errors import EdgeplaneError, Invalid, Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.chutes import LogFollow
+from edgeplane.store import TokenRecord
 
 router = APIRouter(prefix="/workers", tags=["chutes"])
 
@@ -56,12 +59,33 @@ def _accepted(answer: Any) -> JSONResponse:
     return JSONResponse(answer, status_code=202)
 
 
-@router.post("/{worker_id}/chutes", status_code=202)
-async def install(worker_id: str, request: Request, manager: ManagerDep) -> JSONResponse:
-    """Install a manifest on the worker (checked here first: 422 names the field)."""
+async def _manifest(
+    request: Request, manager: Manager, caller: TokenRecord
+) -> tuple[Any, manifests.Manifest, dict[str, str]]:
+    """The body's manifest (checked: 422 names the field), and the query telling the
+    worker where it came from. A body ``{"store": "NAME[@VERSION]"}`` names a chute in
+    the store, resolved here as the caller sees the store (docs/chutes.md)."""
     body = await read_body(request)
-    manifests.parse(body)
-    return _accepted(await manager.chutes.call(worker_id, "POST", "/chutes", body=body))
+    if not (isinstance(body, dict) and "store" in body):
+        return body, manifests.parse(body), {}
+    extra = sorted(str(key) for key in body if key != "store")
+    if extra:
+        raise Invalid(f"{extra[0]}: unknown field beside store", field=extra[0])
+    found = await manager.chute_store.resolve(caller, parse_ref(body["store"]), field="store")
+    version = found.version
+    note(request.scope, detail=f"from the store: {found.ref} ({version.digest})")
+    return found.manifest, manifests.parse(found.manifest), {"store": found.ref}
+
+
+@router.post("/{worker_id}/chutes", status_code=202)
+async def install(
+    worker_id: str, request: Request, manager: ManagerDep, caller: CallerDep
+) -> JSONResponse:
+    """Install a manifest on the worker (checked here first: 422 names the field), or
+    ``{"store": "NAME@VERSION"}`` (``NAME``: its latest version) from the chute store."""
+    body, _, query = await _manifest(request, manager, caller)
+    answer = await manager.chutes.call(worker_id, "POST", "/chutes", body=body, query=query)
+    return _accepted(answer)
 
 
 @router.get("/{worker_id}/chutes")
@@ -77,13 +101,16 @@ async def show(worker_id: str, name: str, manager: ManagerDep) -> Any:
 
 
 @router.put("/{worker_id}/chutes/{name}", status_code=202)
-async def update(worker_id: str, name: str, request: Request, manager: ManagerDep) -> JSONResponse:
-    """Update a chute to the manifest in the body: the new version replaces the old once healthy."""
-    body = await read_body(request)
-    found = manifests.parse(body)
+async def update(
+    worker_id: str, name: str, request: Request, manager: ManagerDep, caller: CallerDep
+) -> JSONResponse:
+    """Update a chute to the manifest in the body (or ``{"store": "NAME@VERSION"}``): the
+    new version replaces the old once healthy."""
+    body, found, query = await _manifest(request, manager, caller)
     if found.name != _name(name):
         raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
-    return _accepted(await manager.chutes.call(worker_id, "PUT", f"/chutes/{name}", body=body))
+    path = f"/chutes/{name}"
+    return _accepted(await manager.chutes.call(worker_id, "PUT", path, body=body, query=query))
 
 
 @router.delete("/{worker_id}/chutes/{name}", status_code=202)

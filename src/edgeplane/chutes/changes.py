@@ -62,6 +62,9 @@ class Change(BaseModel):
     chute: str
     #: what the planner needs to rebuild the plan after a restart
     args: dict[str, Any] = Field(default_factory=dict)
+    #: where an install's or update's manifest came from: ``{"store": "NAME@VERSION",
+    #: "digest": "sha256:…"}`` for the chute store's, None for one given as it is
+    source: dict[str, str] | None = None
     state: ChangeState = "queued"
     steps: list[StepRecord] = Field(default_factory=list)
     log: list[str] = Field(default_factory=list)
@@ -225,7 +228,13 @@ class ChangeQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
 
-    async def submit(self, kind: str, chute: str, args: dict[str, Any] | None = None) -> Change:
+    async def submit(
+        self,
+        kind: str,
+        chute: str,
+        args: dict[str, Any] | None = None,
+        source: dict[str, str] | None = None,
+    ) -> Change:
         self._seq += 1
         change = Change(
             id=secrets.token_hex(8),
@@ -233,6 +242,7 @@ class ChangeQueue:
             kind=kind,
             chute=chute,
             args=args or {},
+            source=source,
             created=self._clock.now(),
         )
         self._changes[change.id] = change

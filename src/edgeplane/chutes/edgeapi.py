@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edgeplane.api import problems
+from edgeplane.chutes import catalog
 from edgeplane.chutes import manifest as manifests
 from edgeplane.chutes.bodies import read_body
 from edgeplane.chutes.node import Node
@@ -84,9 +85,9 @@ def build_app(node: Node, token: str) -> FastAPI:
     problems.install(app)
 
     @app.post("/api/v1/chutes", status_code=202)
-    async def install(request: Request) -> JSONResponse:
+    async def install(request: Request, store: str | None = None) -> JSONResponse:
         found = manifests.parse(await read_body(request))
-        return _accepted((await node.install(found)).id)
+        return _accepted((await node.install(found, _source(found, store))).id)
 
     @app.get("/api/v1/chutes")
     async def listing() -> list[dict[str, Any]]:
@@ -97,11 +98,11 @@ def build_app(node: Node, token: str) -> FastAPI:
         return await node.status(_name(name))
 
     @app.put("/api/v1/chutes/{name}", status_code=202)
-    async def update(name: str, request: Request) -> JSONResponse:
+    async def update(name: str, request: Request, store: str | None = None) -> JSONResponse:
         found = manifests.parse(await read_body(request))
         if found.name != _name(name):
             raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
-        return _accepted((await node.update(found)).id)
+        return _accepted((await node.update(found, _source(found, store))).id)
 
     @app.delete("/api/v1/chutes/{name}", status_code=202)
     async def delete(name: str) -> JSONResponse:
@@ -194,6 +195,20 @@ def build_chute_app(node: Node) -> FastAPI:
         return await node.info()
 
     return app
+
+
+def _source(manifest: manifests.Manifest, store: str | None) -> dict[str, str] | None:
+    """Where the manifest came from: ``?store=NAME@VERSION`` (the control plane's chute
+    store), which must be the manifest's own name and version; its digest computed here."""
+    if store is None:
+        return None
+    ref = catalog.parse_ref(store)
+    if (ref.name, ref.version) != (manifest.name, manifest.version):
+        raise Invalid(
+            f"store: {store!r} is not the manifest's {manifest.name}@{manifest.version}",
+            field="store",
+        )
+    return {"store": str(ref), "digest": catalog.digest(manifest)}
 
 
 def _name(name: str) -> str:

@@ -26,6 +26,7 @@ from edgeplane.artifacts import reference
 from edgeplane.errors import EdgeplaneError, Invalid
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 #: config and env keys: plain identifiers, never a path.
 KEY = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 MAX_SERVICES = 16
@@ -126,8 +127,9 @@ ConfigValue = str | int | float | bool | None
 
 class Manifest(_Strict):
     name: Name
-    version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
-    description: Annotated[str, StringConstraints(max_length=1024)] = ""
+    version: Annotated[str, StringConstraints(pattern=VERSION)]
+    #: no NUL: the chute store keeps it in a text column (PostgreSQL refuses NUL in text)
+    description: Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\x00]*$")] = ""
     services: Annotated[list[Service], Field(min_length=1, max_length=MAX_SERVICES)]
     resources: Resources = Field(default_factory=Resources)
     web: Web | None = None
@@ -209,6 +211,10 @@ def load(text: str | bytes, where: str = "chute.yaml") -> Manifest:
 
 def valid_name(name: str) -> bool:
     return re.fullmatch(NAME.strip("^$"), name) is not None
+
+
+def valid_version(version: str) -> bool:
+    return re.fullmatch(VERSION.strip("^$"), version) is not None
 
 
 class _Config(_Strict):

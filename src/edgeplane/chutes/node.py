@@ -404,6 +404,7 @@ class Node:
             "resources": manifest.resources.model_dump(),
             "web": None if manifest.web is None else manifest.web.model_dump(),
             "change_id": state.get("change_id"),
+            "source": state.get("source"),
         }
 
     async def listing(self) -> list[dict[str, Any]]:
@@ -602,16 +603,18 @@ class Node:
 
     # --- submitting changes -----------------------------------------------------------
 
-    async def install(self, manifest: Manifest) -> Change:
+    async def install(self, manifest: Manifest, source: dict[str, str] | None = None) -> Change:
+        """``source``: where the manifest came from (the chute store's ``NAME@VERSION``),
+        recorded in the change and the chute's status."""
         if self._load(manifest.name) is not None or self.changes.active(manifest.name):
             raise Conflict(f"chute {manifest.name!r} is already installed", field="name")
         args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
-        return await self.changes.submit("install", manifest.name, args)
+        return await self.changes.submit("install", manifest.name, args, source)
 
-    async def update(self, manifest: Manifest) -> Change:
+    async def update(self, manifest: Manifest, source: dict[str, str] | None = None) -> Change:
         self._known(manifest.name)
         args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
-        return await self.changes.submit("update", manifest.name, args)
+        return await self.changes.submit("update", manifest.name, args, source)
 
     async def act(self, name: str, action: str) -> Change:
         self._known(name)
@@ -711,12 +714,12 @@ class Node:
             await self._check_ports(manifest, exclude=None)
 
         async def write() -> None:
-            state = self._fresh_state(manifest, gen, change.id, phase="installing")
+            state = self._fresh_state(manifest, gen, change, phase="installing")
             self._save(name, state)
             await self._write_config(name, state["config"])()
 
         async def commit() -> None:
-            state = self._load(name) or self._fresh_state(manifest, gen, change.id, "installing")
+            state = self._load(name) or self._fresh_state(manifest, gen, change, "installing")
             self._save(name, {**state, "phase": "installed"})
 
         steps = [
@@ -755,7 +758,7 @@ class Node:
             await self._check_ports(manifest, exclude=name, held=held)
 
         async def switch() -> None:
-            state = self._fresh_state(manifest, gen, change.id, phase="installed")
+            state = self._fresh_state(manifest, gen, change, phase="installed")
             for service in manifest.services:
                 address = await self.network.address(name, service.name, gen)
                 if address is not None:
@@ -801,7 +804,7 @@ class Node:
     # --- actions (each idempotent) ----------------------------------------------------------
 
     def _fresh_state(
-        self, manifest: Manifest, gen: str, change_id: str, phase: str
+        self, manifest: Manifest, gen: str, change: Change, phase: str
     ) -> dict[str, Any]:
         return {
             "manifest": manifest.model_dump(mode="json"),
@@ -809,7 +812,8 @@ class Node:
             "run": True,
             "phase": phase,
             "config": dict(manifest.config),
-            "change_id": change_id,
+            "change_id": change.id,
+            "source": change.source,
             "addresses": {},
         }
 

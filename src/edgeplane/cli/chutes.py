@@ -156,37 +156,75 @@ def _open(
     token: str | None,
     token_file: Path | None,
 ) -> _Node:
-    return _Node(session(ctx), node, worker, token, token_file)
+    found = _Node(session(ctx), node, worker, token, token_file)
+    ctx.call_on_close(found.http.close)  # its connection, when the command ends
+    return found
 
 
 def _manifest(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise Invalid(f"cannot read {path}: {exc.strerror or exc}", field="file") from None
     kind = "application/json" if path.suffix == ".json" else "application/yaml"
     return data, kind
+
+
+SourceArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="FILE|NAME[@VERSION]",
+        help="chute.yaml (or .json), or a chute in the store (with --worker; NAME: its latest).",
+    ),
+]
+
+
+def _body(source: str, worker: str | None) -> tuple[str, dict[str, Any]]:
+    """The chute's name and the request's body for a manifest file or, when no such
+    file exists, a reference to the chute store (docs/chutes.md)."""
+    from edgeplane.chutes.catalog import parse_ref
+    from edgeplane.chutes.manifest import load
+
+    path = Path(source)
+    if path.exists():
+        data, kind = _manifest(path)
+        name = load(data, source).name  # bad input is exit 2 before any request
+        return name, {"content": data, "headers": {"content-type": kind}}
+    try:
+        ref = parse_ref(source, field="file")
+    except Invalid:
+        raise Invalid(
+            f"{source}: no such file, and not a store reference NAME[@VERSION]", field="file"
+        ) from None
+    if worker is None:
+        raise Invalid(
+            f"{source}: a chute from the store is installed through the control plane: "
+            "give --worker ID (or a manifest file)",
+            field="worker",
+        )
+    return ref.name, {"json": {"store": str(ref)}}
 
 
 @app.command()
 def install(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json)")],
+    source: SourceArgument,
     node: NodeOption = None,
     worker: WorkerOption = None,
     node_token: NodeTokenOption = None,
     token_file: TokenFileOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Install a chute from its manifest."""
+    """Install a chute from its manifest, or from the chute store (NAME@VERSION)."""
     client = _open(ctx, node, worker, node_token, token_file)
-    data, kind = _manifest(file)
-    client.changed(
-        client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait
-    )
+    _, body = _body(source, worker)
+    client.changed(client.call("POST", "/chutes", **body), wait)
 
 
 @app.command()
 def update(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json) of the new version")],
+    source: SourceArgument,
     node: NodeOption = None,
     worker: WorkerOption = None,
     node_token: NodeTokenOption = None,
@@ -194,13 +232,9 @@ def update(
     wait: WaitOption = False,
 ) -> None:
     """Update a chute: the new version replaces the old only once healthy."""
-    from edgeplane.chutes.manifest import load
-
     client = _open(ctx, node, worker, node_token, token_file)
-    data, kind = _manifest(file)
-    name = load(data, str(file)).name
-    answer = client.call("PUT", f"/chutes/{name}", content=data, headers={"content-type": kind})
-    client.changed(answer, wait)
+    name, body = _body(source, worker)
+    client.changed(client.call("PUT", f"/chutes/{name}", **body), wait)
 
 
 @app.command("list")
@@ -241,7 +275,11 @@ def get(
         print_json(found)
         return
     _stale_note(found, worker)
-    print_fields([(k, found.get(k)) for k in ("name", "version", "state", "change_id")])
+    source = found.get("source") or {}
+    store = f"{source.get('store')} ({source.get('digest')})" if source else None
+    print_fields(
+        [*((k, found.get(k)) for k in ("name", "version", "state", "change_id")), ("store", store)]
+    )
     print_table(
         ["service", "state", "healthy", "address", "ports"],
         [[s["name"], s["state"], s["healthy"], s["address"],

@@ -27,6 +27,7 @@ from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
 from edgeplane.manager.chute_forward import ClusterChuteCalls
+from edgeplane.manager.chute_store import ChuteStore
 from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
@@ -139,6 +140,8 @@ class Manager:
         #: workers' chutes managed from afar (``manager/chutes.py``); at a root, through
         #: the cluster that holds the worker (``chute_forward.py``)
         self.chutes = ClusterChuteCalls(core) if root else ChuteCalls(core)
+        #: published chute manifests (``manager/chute_store.py``)
+        self.chute_store = ChuteStore(store, self.clock)
         self._core = core
         self.series = core.series
         #: how late this process's event loop runs (``/metrics``)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -190,4 +192,29 @@ leases = Table(
     Column("term", Integer, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("url", String, nullable=False, server_default=""),
+)
+
+#: The chute store (docs/chutes.md): a name belongs to one project, its first version's
+store_chutes = Table(
+    "store_chutes",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("project", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_store_chutes_project", "project", "name"),
+)
+
+#: Its versions, written once: ``doc`` is the manifest's canonical JSON (empty once the
+#: version is deleted, when ``digest`` is all that is kept of it)
+store_chute_versions = Table(
+    "store_chute_versions",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("version", String, primary_key=True),
+    Column("digest", String, nullable=False),
+    Column("description", String, nullable=False, server_default=""),
+    Column("published_at", Float, nullable=False),
+    Column("published_by", String, nullable=False),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("doc", Text, nullable=False),
 )
