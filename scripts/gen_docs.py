@@ -176,6 +176,7 @@ def _routers() -> list[tuple[str, Any]]:
         chutes,
         clusters,
         events,
+        fl,
         join_tokens,
         runs,
         tasks,
@@ -187,7 +188,7 @@ def _routers() -> list[tuple[str, Any]]:
     routers = [tasks.router, events.router, join_tokens.router, worker_routes.router]
     routers += [chutes.router, runs.jobs]
     routers += [runs.workflows, runs.schedules, clusters.router, applications.router]
-    routers += [users.users, users.tokens, audit.router, users.auth]
+    routers += [users.users, users.tokens, audit.router, users.auth, fl.users, fl.clients]
     return [(API, router) for router in routers]
 
 
@@ -203,7 +204,12 @@ LEAVES = {
 }
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g}"
+
+
 def mqtt_md() -> str:
+    from edgeplane.fl.mqtt import MAX_UPDATE
     from edgeplane.protocol import messages
     from edgeplane.protocol.topics import Topics
 
@@ -235,6 +241,23 @@ def mqtt_md() -> str:
             f"| `{name}` | `{getattr(topics, name)('ID')}` | `{getattr(root, name)('ID')}` "
             f"| {_cell(doc)} |"
         )
+    out.append(
+        f"| (probe) | `{topics.probe}` | `{root.probe}` | parent → itself, QoS 1, a short"
+        " nonce, every liveness sweep: how far behind what the broker delivers it is"
+        " (a member id no member can have; the parent ignores others' probes) |"
+    )
+    fl = topics.fl_update("EXPERIMENT", "ROUND", "WORKER")
+    out += [
+        "",
+        "## Federated learning",
+        "",
+        f"`{fl}` (on the cluster's broker): a training task → the",
+        "coordinator, when it cannot reach the API: its round's update, one line of JSON",
+        '`{"token": FL_TOKEN, "content_type": …}`, a newline, then the update exactly as it',
+        "would be POSTed (raw `f32` or `.npz`; docs/fl.md). Binary, not an envelope; at most",
+        f"{_mib(MAX_UPDATE)} MiB. On a broker edgeplane starts, only that task's own identity",
+        "may publish on it.",
+    ]
     out += ["", "## Message bodies", ""]
     for name, cls in inspect.getmembers(messages, inspect.isclass):
         if cls.__module__ != messages.__name__ or name.startswith("_"):

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeplane.runtimes.busybox import busybox_image
 from edgeplane.transport import free_port
 from faults.procs import TOKEN, Api, Lab, wait_until
 from faults.test_chute_worker import Node, chute, running_node
 from oci_fixtures import busybox_containers_unavailable
+from registry_fixtures import RegistryProcess, skopeo_push
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -152,3 +154,47 @@ def test_only_an_admin_or_the_workers_owner_manages_its_chutes(stack: Stack) -> 
     assert stack.ended(answer.json()["change_id"])["state"] == "done"
     gone = http.delete("/workers/n1/chutes/mine", headers=opal)
     assert stack.ended(gone.json()["change_id"])["state"] == "done"
+
+
+def test_a_chute_from_a_registry_image_through_the_manager(
+    stack: Stack, oci_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A chute whose service names ``oci://…``: the worker pulls the image (it has none in
+    its image dir by that name), verified, and runs it; a bad reference is refused by the
+    manager naming the field; an unknown tag rolls the install back naming the image."""
+    layout = tmp_path / "layout"
+    busybox_image(layout, tag="1")
+    skopeo_push(layout, "1", oci_registry, "busybox")
+    image = f"oci://{oci_registry.address}/busybox:1"
+    http = stack.http
+    boxed = chute("boxed", image=image, command=["sh", "-c", "echo from-registry; exec sleep 1000"])
+    answer = http.post("/workers/n1/chutes", json=boxed)
+    assert answer.status_code == 202, answer.text
+    change = stack.ended(answer.json()["change_id"])
+    assert change["state"] == "done", change
+    shown = http.get("/workers/n1/chutes/boxed").json()
+    assert shown["state"] == "running", shown
+
+    def printed() -> bool:
+        return "from-registry" in http.get("/workers/n1/chutes/boxed/logs").text
+
+    wait_until(printed, "the chute's output", timeout=30, watch=[stack.node.role])
+    pulled = stack.node.data.parent / "images" / ".oci"  # the node's --images-dir
+    held = [p.name for p in pulled.iterdir()]
+    assert len(held) == 1 and len(held[0]) == 64, held  # kept by its manifest digest
+
+    bad = http.post("/workers/n1/chutes", json=chute("bad", image="oci://h/Busybox:1"))
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["field"] == "services.0.image"
+
+    missing = image.replace(":1", ":nope")
+    answer = http.post("/workers/n1/chutes", json=chute("missing", image=missing))
+    assert answer.status_code == 202, answer.text
+    change = stack.ended(answer.json()["change_id"])
+    assert change["state"] == "rolled_back", change
+    assert "artifact_not_found" in change["error"], change
+    assert missing in change["error"], change
+    assert http.get("/workers/n1/chutes/missing").status_code == 404
+
+    deleted = http.delete("/workers/n1/chutes/boxed")
+    assert stack.ended(deleted.json()["change_id"])["state"] == "done"

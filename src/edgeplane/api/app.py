@@ -246,7 +246,7 @@ def create_app(
     app.include_router(dashboard.router)  # the page itself needs no token; its API calls do
 
     registry = CollectorRegistry()
-    registry.register(ManagerCollector(manager, uplink))
+    registry.register(ManagerCollector(manager, uplink, None if fl is None else fl.mqtt_updates))
 
     @app.get(
         "/healthz",

@@ -82,7 +82,10 @@ def _say(change: Change, line: str) -> None:
 
 
 def _why(exc: BaseException) -> str:
-    return exc.detail if isinstance(exc, EdgeplaneError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, EdgeplaneError):
+        return f"{type(exc).__name__}: {exc}"
+    # a reason code (artifact_not_found, registry_unreachable, …) leads, as a task's does
+    return exc.detail if exc.reason is None else f"{exc.reason}: {exc.detail}"
 
 
 async def execute(

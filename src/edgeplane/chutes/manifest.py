@@ -17,11 +17,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from edgeplane import safeyaml
-from edgeplane.errors import Invalid
+from edgeplane.artifacts import reference
+from edgeplane.errors import EdgeplaneError, Invalid
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 #: config and env keys: plain identifiers, never a path.
@@ -87,6 +89,18 @@ class Service(_Strict):
     ports: Annotated[list[PortMap], Field(max_length=MAX_PORTS)] = Field(default_factory=list)
     healthcheck: Healthcheck | None = None
     depends_on: Annotated[list[Name], Field(max_length=MAX_SERVICES)] = Field(default_factory=list)
+
+    @field_validator("image")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        """An ``oci://`` reference follows the registry grammar (docs/artifacts.md): a bad
+        one is a 422 naming ``services.N.image`` before any change is queued."""
+        if reference.is_oci(value):
+            try:
+                reference.parse(value, field="image")
+            except EdgeplaneError as exc:
+                raise ValueError(exc.detail) from None
+        return value
 
 
 class Bandwidth(_Strict):

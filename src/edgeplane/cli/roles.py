@@ -100,10 +100,10 @@ PullOption = Annotated[
     str | None,
     typer.Option(
         "--pull",
-        help="How workers get oci:// container images: 'direct' pulls them from the "
-        "registry; 'proxy' asks the cluster's artifact proxy over MQTT (no route to the "
-        "registry needed); 'auto' (the default) direct while the registry answers, else "
-        "the proxy.",
+        help="How workers get oci:// container images (of tasks and chutes): 'direct' "
+        "pulls them from the registry; 'proxy' asks the cluster's artifact proxy over MQTT "
+        "(no route to the registry needed); 'auto' (the default) direct while the registry "
+        "answers, else the proxy.",
     ),
 ]
 RegistriesOption = Annotated[

@@ -471,6 +471,18 @@ def stop(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -
 
 
 @app.command()
+def retry(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Run an ended task again: prints the new task's id (its retry_of is ID)."""
+    s = session(ctx)
+    task = s.client().retry(task_id)
+    if s.format(output) is Format.json:
+        print_model(task)
+        return
+    echo(task.id)
+    note(f"task {task.id} retries {task_id}")
+
+
+@app.command()
 def wait(
     ctx: typer.Context,
     task_id: IdArgument,
@@ -510,6 +522,7 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
             ("exit code", task.exit_code),
             ("job", task.job_id),
             ("workflow", task.workflow_id),
+            ("retry of", task.retry_of),
             ("created", when(task.created_at)),
             ("started", when(task.started_at)),
             ("finished", when(task.finished_at)),
@@ -517,20 +530,50 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
     )
 
 
+class StateName(StrEnum):
+    pending = "pending"
+    scheduled = "scheduled"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
 @app.command("list")
 def list_tasks(
     ctx: typer.Context,
-    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    state: Annotated[StateName | None, typer.Option(help="Only tasks in this state.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Only tasks whose name starts with this."),
+    ] = None,
+    worker: Annotated[str | None, typer.Option(help="Only tasks of this worker (id).")] = None,
     job: Annotated[str | None, typer.Option(help="Only tasks of this job.")] = None,
     workflow: Annotated[str | None, typer.Option(help="Only tasks of this workflow.")] = None,
+    newest: Annotated[bool, typer.Option("--newest", help="Newest first.")] = False,
     limit: LimitOption = 100,
     offset: OffsetOption = 0,
+    cursor: Annotated[
+        str | None,
+        typer.Option(help="Continue after a page (the cursor it printed)."),
+    ] = None,
     output: OutputOption = None,
 ) -> None:
-    """List tasks, oldest first."""
+    """List tasks, oldest first (--newest: newest first), a page at a time."""
+    if cursor is not None and offset:
+        raise Invalid("page with --cursor or --offset, not both", field="cursor")
     s = session(ctx)
     page = s.client().list_tasks(
-        state=state, job_id=job, workflow_id=workflow, limit=limit, offset=offset
+        state=None if state is None else state.value,
+        name=name,
+        worker_id=worker,
+        job_id=job,
+        workflow_id=workflow,
+        order="newest" if newest else None,
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
     )
     if s.format(output) is Format.json:
         print_model(page)
@@ -542,8 +585,11 @@ def list_tasks(
             for t in page.items
         ),
     )
-    if page.total > offset + len(page.items):
-        note(f"{len(page.items)} of {page.total} tasks shown; more with --offset/--limit")
+    shown = f"{len(page.items)} of {page.total} tasks shown"
+    if page.next is not None:
+        note(f"{shown}; more with --cursor {page.next}" + (" --newest" if newest else ""))
+    elif cursor is None and page.total > offset + len(page.items):  # a server without cursors
+        note(f"{shown}; more with --offset/--limit")
 
 
 @app.command()

@@ -50,6 +50,7 @@ class ExperimentStore(Protocol):
     async def list_fl_experiments(
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[Experiment], int]: ...
+    async def live_fl_experiment_ids(self) -> list[str]: ...
 
 
 class Facade:

@@ -152,6 +152,7 @@ class Manager:
         self.wait = self.tasks.wait
         self.start_task = self.tasks.start_task
         self.stop_task = self.tasks.stop_task
+        self.retry_task = self.tasks.retry_task
         self.patch_task = self.tasks.patch_task
         self.delete_task = self.tasks.delete_task
         self.task_counts = self.tasks.task_counts
@@ -212,6 +213,9 @@ class Manager:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.probe:
+            self.members.probe_back(payload)
+            return
         where = self.topics.member_of(topic)
         try:
             if where is None:

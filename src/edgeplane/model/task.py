@@ -277,6 +277,8 @@ class Task(BaseModel):
     job_id: str | None = None
     workflow_id: str | None = None
     schedule_id: str | None = None
+    #: the ended task this one is a retry of (``POST /tasks/{id}/retry``)
+    retry_of: str | None = None
     pinned_worker: str | None = None
     #: root only: the cluster the user asked for (placement passes through to it)
     pinned_cluster: str | None = None

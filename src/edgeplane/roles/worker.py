@@ -226,6 +226,9 @@ async def _run_worker(
         node = Node(
             data_dir, settings.images_dir, registries=registries, **chute_host(settings, data_dir)
         )
+        # oci:// images of chutes come as a task's do: through the cluster's proxy when the
+        # registry cannot be reached (--pull); with no broker, only a direct pull works
+        node.puller.use_proxy(agent.fetcher.fetch, settings.pull)
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)

@@ -10,6 +10,7 @@ from typing import Literal
 from edgeplane.fl.state import Experiment
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
+from edgeplane.model.listing import Position
 from edgeplane.store.leases import Claim, Lease
 
 Kind = Literal["task", "workflow", "schedule", "application", "worker"]
@@ -168,12 +169,18 @@ class Store(ABC):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        """A page of tasks, oldest first, and the total matching the filters (``projects``:
-        only theirs; None: all)."""
+        """A page of tasks, oldest first (``newest_first``: newest first), and the total
+        matching the filters. ``name`` is a prefix (empty: any name); ``after`` a position
+        (``created_at``, ``id``) the page starts after, in the page's order (not counted in
+        the total); ``projects``: only theirs (None: all)."""
 
     @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
@@ -239,6 +246,11 @@ class Store(ABC):
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[Experiment], int]:
         """A page, oldest first, and the total."""
+
+    @abstractmethod
+    async def live_fl_experiment_ids(self) -> list[str]:
+        """Ids of the experiments not ended (completed, failed, stopped), oldest first:
+        what the coordinator steps, without reading every experiment ever run."""
 
     # applications
     @abstractmethod

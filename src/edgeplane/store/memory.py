@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeplane.errors import Conflict
+from edgeplane.fl.state import TERMINAL as FL_TERMINAL
 from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
@@ -23,6 +24,7 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, matches
+from edgeplane.model.listing import Position, in_order
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store.base import AuditPrune, Batch, Store, TokenRecord, UserRecord
 from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
@@ -35,6 +37,8 @@ class _TaskRow:
     state: str
     job_id: str | None
     workflow_id: str | None
+    worker_id: str | None
+    name: str
     created_at: float
     id: str
     doc: str
@@ -46,6 +50,8 @@ class _TaskRow:
             state=task.state,
             job_id=task.job_id,
             workflow_id=task.workflow_id,
+            worker_id=task.worker_id,
+            name=task.name,
             created_at=task.created_at,
             id=task.id,
             doc=task.model_dump_json(context=REVEAL),
@@ -127,6 +133,7 @@ class MemoryStore(Store):
         self._workflows: dict[str, _WorkflowRow] = {}
         self._schedules: dict[str, _ScheduleRow] = {}
         self._fl: dict[str, tuple[float, str, str]] = {}
+        self._fl_state: dict[str, str] = {}
         self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
@@ -238,6 +245,10 @@ class MemoryStore(Store):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
@@ -250,11 +261,17 @@ class MemoryStore(Store):
                 and (state is None or row.state == state)
                 and (job_id is None or row.job_id == job_id)
                 and (workflow_id is None or row.workflow_id == workflow_id)
+                and (worker_id is None or row.worker_id == worker_id)
+                and (not name or row.name.startswith(name))
             ),
             key=lambda row: row.order,
+            reverse=newest_first,
         )
+        total = len(rows)
+        if after is not None:
+            rows = [row for row in rows if in_order(row.order, after, newest_first)]
         page = rows[offset : offset + limit]
-        return [Task.model_validate_json(row.doc) for row in page], len(rows)
+        return [Task.model_validate_json(row.doc) for row in page], total
 
     async def delete_task(self, task_id: str) -> bool:
         return self._tasks.pop(task_id, None) is not None
@@ -339,6 +356,7 @@ class MemoryStore(Store):
             experiment.id,
             experiment.model_dump_json(context=REVEAL),
         )
+        self._fl_state[experiment.id] = experiment.state
 
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
         row = self._fl.get(experiment_id)
@@ -350,6 +368,13 @@ class MemoryStore(Store):
         rows = sorted(self._fl.values())
         page = rows[offset : offset + limit]
         return [Experiment.model_validate_json(row[2]) for row in page], len(rows)
+
+    async def live_fl_experiment_ids(self) -> list[str]:
+        return [
+            exp_id
+            for exp_id in sorted(self._fl, key=self._fl.__getitem__)
+            if self._fl_state[exp_id] not in FL_TERMINAL
+        ]
 
     # applications
 

@@ -19,7 +19,19 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from pydantic import ValidationError
-from sqlalchemy import Row, Table, bindparam, event, func, select, text
+from sqlalchemy import (
+    Float,
+    Row,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
@@ -37,6 +49,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ClauseElement
 
 from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.fl.state import TERMINAL as FL_TERMINAL
 from edgeplane.fl.state import Experiment
 from edgeplane.model import (
     TERMINAL_STATES,
@@ -48,6 +61,7 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, split_resource
+from edgeplane.model.listing import Position, prefix_end
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
@@ -136,6 +150,8 @@ def _task_row(task: Task) -> dict[str, Any]:
         "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
+        "name": task.name,
+        "worker_id": task.worker_id,
         "doc": task.model_dump_json(context=REVEAL),
     }
 
@@ -630,11 +646,16 @@ class SqlStore(Store):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        if _unstorable(state, job_id, workflow_id, *(projects or ())):
+        keys = (state, job_id, workflow_id, worker_id, name, *(projects or ()))
+        if _unstorable(*keys, None if after is None else after[1]):
             return [], 0
         t = tables.tasks
         filters = [
@@ -643,15 +664,25 @@ class SqlStore(Store):
                 (t.c.state, state),
                 (t.c.job_id, job_id),
                 (t.c.workflow_id, workflow_id),
+                (t.c.worker_id, worker_id),
             )
             if value is not None
         ]
+        if name:
+            filters.append(t.c.name >= name)
+            end = prefix_end(name)
+            if end is not None:
+                filters.append(t.c.name < end)
         if projects is not None:
             filters.append(t.c.project.in_(projects))
-        page = (
-            select(t).where(*filters).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
-        )
         count = select(func.count()).select_from(t).where(*filters)
+        if after is not None:
+            # a row value: one index range on (created_at, id), on both backends
+            position = tuple_(t.c.created_at, t.c.id)
+            cursor = tuple_(literal(after[0], Float), literal(after[1], String))
+            filters.append(position < cursor if newest_first else position > cursor)
+        order = (t.c.created_at.desc(), t.c.id.desc()) if newest_first else (t.c.created_at, t.c.id)
+        page = select(t).where(*filters).order_by(*order).limit(limit).offset(offset)
         async with self._reading() as conn:
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
@@ -816,6 +847,13 @@ class SqlStore(Store):
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(select(func.count()).select_from(e))).scalar_one()
         return _docs(Experiment, rows), total
+
+    async def live_fl_experiment_ids(self) -> list[str]:
+        e = tables.fl_experiments
+        live = select(e.c.id).where(e.c.state.not_in(sorted(FL_TERMINAL)))
+        async with self._reading() as conn:
+            rows = (await conn.execute(live.order_by(e.c.created_at, e.c.id))).all()
+        return [row.id for row in rows]
 
     # applications
 

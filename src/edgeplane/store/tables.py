@@ -24,6 +24,13 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+#: Names compare by code point on both backends (SQLite's default ``BINARY``; PostgreSQL's
+#: ``"C"``, whatever the database's collation), so a name prefix is one index range
+#: (``edgeplane.model.listing.prefix_end``).
+CodePointString = String().with_variant(String(collation="C"), "postgresql")
+
+#: The list filters (``GET /tasks``) each have an index that also gives the list order
+#: (``created_at``, ``id``), so a page of 50 newest failed tasks reads 50 index entries.
 tasks = Table(
     "tasks",
     metadata,
@@ -34,10 +41,14 @@ tasks = Table(
     Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("priority", Integer, nullable=False),
+    Column("name", CodePointString, nullable=False, server_default=""),
+    Column("worker_id", String, nullable=True),
     Column("doc", Text, nullable=False),
-    Index("ix_tasks_state", "state"),
-    Index("ix_tasks_job_id", "job_id"),
-    Index("ix_tasks_workflow_id", "workflow_id"),
+    Index("ix_tasks_state", "state", "created_at", "id"),
+    Index("ix_tasks_name", "name", "created_at", "id"),
+    Index("ix_tasks_worker_id", "worker_id", "created_at", "id"),
+    Index("ix_tasks_job_id", "job_id", "created_at", "id"),
+    Index("ix_tasks_workflow_id", "workflow_id", "created_at", "id"),
     Index("ix_tasks_created_at", "created_at", "id"),
     Index("ix_tasks_priority", "priority"),
     Index("ix_tasks_project", "project", "created_at", "id"),

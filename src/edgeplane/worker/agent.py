@@ -63,11 +63,11 @@ from edgeplane.protocol import (
 from edgeplane.protocol.messages import HELD_ARTIFACTS
 from edgeplane.protocol.terms import TermGate
 from edgeplane.protocol.topics import check_segment
-from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
+from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.telemetry import Histogram
 from edgeplane.transport import MqttLink, Will, unique_client_id
-from edgeplane.worker import capabilities, recovery
+from edgeplane.worker import capabilities, held, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
 from edgeplane.worker.tails import Tails
@@ -392,6 +392,17 @@ class WorkerAgent:
             host_user=host.user.name if isinstance(host, HostRuntime) else None,
         )
 
+    def held_artifacts(self) -> list[str]:
+        """The digests of the modules and container images it holds, most recently used
+        first and bounded (worker/held.py): the scheduler prefers it for tasks naming one."""
+        container = self.runtimes.get("container")
+        images = (
+            container.puller.recent(HELD_ARTIFACTS)
+            if isinstance(container, ContainerRuntime)
+            else []
+        )
+        return held.report(self.artifacts.blobs.recent(HELD_ARTIFACTS), images)
+
     def _active(self) -> list[str]:
         return list({*self._runs, *self.events.unacked_tasks()})
 
@@ -403,7 +414,7 @@ class WorkerAgent:
             active=self._active(),
             epoch=self._epoch,
             seq=self._seq,
-            artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
+            artifacts=self.held_artifacts(),
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
@@ -839,7 +850,7 @@ class WorkerAgent:
                 epoch=self._epoch,
                 seq=self._seq,
                 # what it holds, so the scheduler can prefer it for tasks needing those
-                artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
+                artifacts=self.held_artifacts(),
             )
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.
