@@ -5,6 +5,7 @@ from a live client credential is refused with its reason and counted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -67,6 +68,14 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert all(r["updates"] >= 3 for r in closed)
     assert closed[-1]["metrics"]["accuracy"] >= 0.9, got
     assert got["model_version"] == 3
+    # each round's moments, in order, and the next round handed out after the last closed
+    # (what bench/fl.py reads as the coordinator's share of a round)
+    moments = [(r["opened_at"], r["last_update_at"], r["closed_at"]) for r in closed]
+    assert all(None not in m and m[0] <= m[1] <= m[2] for m in moments), moments
+    assert all(a[2] <= b[0] for a, b in itertools.pairwise(moments)), moments
+    assert all(sorted(r["tasks"]) == sorted(r["clients"]) for r in closed), closed
+    task = (await http.get(f"/tasks/{closed[0]['tasks'][closed[0]['clients'][0]]}")).json()
+    assert task["state"] in ("completed", "cancelled", "failed"), task
 
     model = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 3})
     assert model.status_code == 200

@@ -187,6 +187,7 @@ class Coordinator:
             # the record stays open until the loop aggregates it (_advance, _close)
             machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
             record.updates = dict(machine.accepted)
+            record.last_update_at = self.clock.now()
             for key, value in update.metrics.items():
                 # a running mean of the clients' own metrics
                 n = len(record.updates)
@@ -291,6 +292,9 @@ class Coordinator:
         # persisted before the tasks start: a restart finds the round and its tasks
         await self._save(exp)
         await self.manager.submit_specs(task_specs, ids=ids, origin="fl")
+        # the moment the clients were handed their work (the tasks stored, the scheduler told)
+        record.opened_at = self.clock.now()
+        await self._save(exp)
 
     def _task_spec(
         self,
@@ -319,6 +323,7 @@ class Coordinator:
         test = datastore.test_set(exp.spec.data.seed)
         record.metrics = model.evaluate(merged, test.x, test.y)
         record.state = "closed"
+        record.closed_at = self.clock.now()
         await self._stop_tasks(record)
         await self._save(exp)
         log.info(
