@@ -84,6 +84,31 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert missing.status_code == 404
 
 
+async def test_a_closed_round_opens_the_next_at_once_not_at_the_next_tick(
+    stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the coordinator's idle tick an hour long, the experiment still goes round
+    after round: closing a round wakes the pass that opens the next (it used to wait for
+    the tick, half a second of every round)."""
+    from edgeplane.fl import coordinator
+
+    monkeypatch.setattr(coordinator, "TICK_S", 3600.0)
+    _, http = stack
+    await wait_until_workers(http, 4)
+    created = await http.post("/fl/experiments", json=experiment(2))
+    assert created.status_code == 201, created.text
+    exp_id = created.json()["id"]
+
+    async def done() -> bool:
+        got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+        return bool(got["state"] != "running")
+
+    await until(done, "the experiment ends without waiting for a tick", timeout_s=120)
+    got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+    assert got["state"] == "completed", got
+    assert got["model_version"] == 2
+
+
 async def test_cli_runs_the_example_to_completion(
     stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
 ) -> None:
