@@ -317,7 +317,8 @@ class Coordinator:
 
     async def _close(self, exp: Experiment, record: RoundRecord) -> None:
         workers = sorted(record.update_refs)
-        ups = [updates.decode(self.blobs.get(record.update_refs[w])).arrays for w in workers]
+        # one stored update decoded at a time, as FedAvg adds it (aggregate.fedavg)
+        ups = (updates.decode(self.blobs.get(record.update_refs[w])).arrays for w in workers)
         merged = aggregate.combine(exp.spec.strategy, ups, [record.updates[w] for w in workers])
         exp.versions.append(self.blobs.put(updates.encode_raw(merged)))
         test = datastore.test_set(exp.spec.data.seed)
