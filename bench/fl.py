@@ -670,6 +670,12 @@ def render(report: Report, console: Console) -> None:
         # the simulated clients send noise: the model's score says nothing there
         skip = frozenset({"accuracy", "loss"}) if part == "large model" else frozenset()
         console.print(table(f"{part}: {what}, {rounds} rounds x {clients} clients", runs, skip))
+        if part == "large model":
+            console.print(
+                "  the clients are simulated differently (edgeplane: a process per client and"
+                " round; Flower: threads of one process): compare the coordinator's rows,"
+                " not the time per round"
+            )
     for run in report.runs:
         console.print(f"[bold]{run.system}[/bold] {run.version}, {run.part}")
         for command in run.processes:
