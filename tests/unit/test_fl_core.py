@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +81,31 @@ def test_robust_strategies_ignore_one_outlier() -> None:
 def test_fedavg_refuses_a_zero_weight() -> None:
     with pytest.raises(Invalid):
         aggregate.fedavg([{"w": np.zeros(1, np.float32)}], [0])
+
+
+@given(client_updates(), st.randoms(use_true_random=False))
+@settings(max_examples=40, deadline=None)
+def test_a_running_sum_in_any_order_is_fedavg(
+    case: tuple[list[dict[str, np.ndarray]], list[int]], rnd: Any
+) -> None:
+    """The coordinator adds each update to its round's sums as it accepts it (arrival
+    order), and falls back to fedavg over the stored updates (worker order)."""
+    ups, ns = case
+    pairs = list(zip(ups, ns, strict=True))
+    rnd.shuffle(pairs)
+    acc = aggregate.WeightedSum()
+    for u, n in pairs:
+        acc.add(u, n)
+    got, want = acc.mean(), aggregate.fedavg(ups, ns)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-4)
+
+
+def test_an_empty_running_sum_has_no_mean() -> None:
+    with pytest.raises(Invalid):
+        aggregate.WeightedSum().mean()
+    with pytest.raises(Invalid):
+        aggregate.WeightedSum().add({"w": np.ones(1, np.float32)}, 0)
 
 
 def test_fedavg_needs_one_num_samples_per_update() -> None:
