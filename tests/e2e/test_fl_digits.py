@@ -88,8 +88,9 @@ async def test_a_closed_round_opens_the_next_at_once_not_at_the_next_tick(
     stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the coordinator's idle tick an hour long, the experiment still goes round
-    after round: closing a round wakes the pass that opens the next (it used to wait for
-    the tick, half a second of every round)."""
+    after round: the pass that closes a round opens the next (it used to wait for the
+    tick, half a second of every round), and the update that completes a round wakes the
+    pass that closes it."""
     from edgeplane.fl import coordinator
 
     monkeypatch.setattr(coordinator, "TICK_S", 3600.0)
