@@ -17,11 +17,10 @@ Two parts, each run on edgeplane and then on Flower, back to back:
 2. **large model**: ``--big-params`` parameters (the digits model plus one array of
    zeros) and ``--big-clients`` simulated clients that send the global model back with
    noise (no training), for the coordinator's peak memory. edgeplane: that many
-   ``edgeplane worker`` processes, the client a host task (``bench.fl_noise_client``);
-   the API takes no initial model yet (docs/fl.md, "Not yet"), so the bench writes
-   version 0 into the experiment's stored document and blob directory while its first
-   round waits for workers. Flower: one process of that many client threads
-   (``bench.fl_flower noise``), each its own gRPC connection.
+   ``edgeplane worker`` processes, the client a host task (``bench.fl_noise_client``),
+   the model given as the experiment's ``initial_model``. Flower: one process of that
+   many client threads (``bench.fl_flower noise``), each its own gRPC connection. Neither
+   scores that model (edgeplane's coordinator scores only the digits model itself).
 
 Each coordinator records three moments per round: when it handed out the round
 (edgeplane: the training tasks submitted, ``opened_at``; Flower: ``configure_fit``
@@ -51,6 +50,7 @@ edgeplane's own dependencies. Nothing here asserts on time; every wait is bounde
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -263,38 +263,17 @@ def experiment(
     return spec
 
 
-def seed_big_model(data_dir: Path, experiment_id: str, params: int) -> None:
-    """Version 0 of experiment ``experiment_id`` := the digits model plus an array of
-    zeros to ``params`` parameters, written where the coordinator reads it (its blob
-    directory, the stored document's ``versions[0]``). The API takes no initial model yet
-    (docs/fl.md, "Not yet"); the coordinator re-reads the document at every step, and
-    writes nothing while its first round waits for workers."""
-    import sqlite3
-
+def big_model(params: int) -> str:
+    """The digits model plus an array of zeros to ``params`` parameters, as an
+    experiment's ``initial_model.data`` (base64 of the raw ``f32`` encoding, docs/fl.md).
+    The coordinator scores only the digits model itself: this one it does not score, and
+    neither does Flower's server in this run (``bench.fl_flower``)."""
     import numpy as np
 
     from edgeplane.fl import model, updates
-    from edgeplane.fl.registry import Blobs
 
-    arrays = {**model.initial()}
-    arrays["extra"] = np.zeros(max(params - 650, 0), np.float32)
-    ref = Blobs(data_dir / "fl" / "blobs").put(updates.encode_raw(arrays))
-    db = sqlite3.connect(data_dir / "edgeplane.db", timeout=30)
-    try:
-        with db:
-            (doc,) = db.execute(
-                "SELECT doc FROM fl_experiments WHERE id = ?", (experiment_id,)
-            ).fetchone()
-            stored = json.loads(doc)
-            if stored["rounds"]:
-                raise EdgeplaneError("the experiment opened a round before its model was set")
-            stored["versions"] = [ref]
-            db.execute(
-                "UPDATE fl_experiments SET doc = ? WHERE id = ?",
-                (json.dumps(stored), experiment_id),
-            )
-    finally:
-        db.close()
+    arrays = {**model.initial(), "extra": np.zeros(max(params - 650, 0), np.float32)}
+    return base64.b64encode(updates.encode_raw(arrays)).decode()
 
 
 @contextmanager
@@ -365,24 +344,16 @@ def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console) ->
                 timeout=60,
             )
         )
-        exp_id = ""
         if big:
-            # created before any worker is online: its first round waits for them, and
-            # meanwhile version 0 becomes the large model
-            exp_id = create(http, spec)
-            seed_big_model(work_dir / "up", exp_id, plan.big_params)
-            run.notes.append(
-                f"version 0 ({plan.big_params:,} parameters) written into the stored"
-                " experiment: the API takes no initial model yet"
-            )
+            spec["initial_model"] = {"data": big_model(plan.big_params)}
         console.print(f"  edgeplane: starting {clients} workers …")
         ids = [f"fl-{i:03d}" for i in range(1, clients + 1)]
         started = partial(
             start_workers, stack, up=up, client=client, url=url, broker=broker, env=env
         )
         commands = started(ids[:START_BATCH], work_dir=work_dir)
-        # warm-up: one round of the digits example first, on the workers started so far
-        # (the large experiment waits for all of them). The coordinator loads the digits
+        # warm-up: one round of the digits example first, on the workers started so far.
+        # The coordinator loads the digits
         # (scikit-learn's import: ~80 MB, and a CPU-second or more here) at its first
         # shard or score; Flower's server loads them before it serves, outside its
         # measured window: edgeplane's load is kept out of its window too
@@ -405,8 +376,7 @@ def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console) ->
         cpu_before = own_cpu_s(ps)
         mosquitto = [c for c in ps.children(recursive=True)]
         mosquitto_before = sum(own_cpu_s(c) for c in mosquitto)
-        if not big:
-            exp_id = create(http, spec)
+        exp_id = create(http, spec)
         console.print(f"  edgeplane: experiment {exp_id}, {rounds} rounds x {clients} clients …")
         wait_for(
             partial(ended, http, exp_id),

@@ -152,7 +152,20 @@ class Edgeplane:
 
 
 def _shown(argv: Sequence[str]) -> str:
-    return shlex.join(["python", *argv[1:]])
+    return shlex.join(["python", *(_without_password(arg) for arg in argv[1:])])
+
+
+def _without_password(arg: str) -> str:
+    """A broker URL (or a comma-separated list of them) as printed: no password."""
+    if "://" not in arg or "@" not in arg:
+        return arg
+    parts = []
+    for part in arg.split(","):
+        url = urlsplit(part)
+        if url.password is not None:
+            part = part.replace(f":{url.password}@", ":PASSWORD@", 1)
+        parts.append(part)
+    return ",".join(parts)
 
 
 #: How the stack is secured. ``acl`` is what ``up`` does by default: its own Mosquitto
@@ -168,11 +181,11 @@ def broker_processes(directory: Path, url: str) -> list[psutil.Process]:
     on its URL's port and any whose command line names the directory (a broker of
     several processes, or of several nodes), without those whose ancestor is already
     counted (CPU is read per process tree)."""
-    port = urlsplit(url).port
+    ports = {urlsplit(node).port for node in url.split(",")}  # a cluster: every node
     found: dict[int, psutil.Process] = {}
     for conn in psutil.net_connections(kind="tcp"):
         listening = conn.status == psutil.CONN_LISTEN and isinstance(conn.laddr, tuple)
-        if listening and conn.laddr and conn.laddr[1] == port and conn.pid:
+        if listening and conn.laddr and conn.laddr[1] in ports and conn.pid:
             with suppress(psutil.Error):  # ended meanwhile
                 found[conn.pid] = psutil.Process(conn.pid)
     for proc in psutil.process_iter(["cmdline"]):
@@ -202,6 +215,7 @@ def edgeplane_stack(
     up_argv = [*EDGEPLANE, "up", "--data-dir", str(data_dir), "--port", str(port)]
     up_argv += ["--workers", "0"]
     extra: list[psutil.Process] = []
+    broker_url = ""
     with ExitStack() as stack:
         if security == "tls":
             init = [*EDGEPLANE, "certs", "init", "--data-dir", str(data_dir)]
@@ -222,6 +236,10 @@ def edgeplane_stack(
         up = stack.enter_context(process(up_argv, env, work_dir, "up"))
         client = stack.enter_context(Client(url, token, timeout=30, ca=ca))
         broker = wait_ready(url, up, time.monotonic() + READY_TIMEOUT_S, ca=ca)
+        if security == "open":
+            # up prints its broker without credentials (and one node): open workers take
+            # the launcher's URL, as a deployment's would (RabbitMQ has no anonymous user)
+            broker = broker_url
         commands = [_shown(up_argv)]
         workers: dict[str, Child] = {}
         for n in range(1, WORKER_PROCESSES + 1):

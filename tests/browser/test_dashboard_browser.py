@@ -266,3 +266,58 @@ async def test_password_login_and_the_other_pages(
     await expect(page.locator("#view")).to_be_hidden()
     await page.reload()
     await expect(page.locator("#login")).to_be_visible(timeout=SHOWN_MS)
+
+
+async def test_pause_a_schedule_retry_a_failed_task_and_filter_tasks_by_name(
+    browser: Browser, stack: tuple[Stack, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    http = stack[1]
+    cron = {"name": "hourly", "runtime": "host", "command": ["true"], "schedule": "0 * * * *"}
+    schedule = (await http.post("/tasks", json=cron)).json()
+    gate = tmp_path / "gate"
+    flaky = {"name": "flaky", "runtime": "host", "command": ["test", "-e", str(gate)]}
+    failed = (await http.post("/tasks", params={"wait": 30}, json={**flaky, "start": True})).json()
+    assert failed["state"] == "failed", failed
+    others = [{"name": f"other-{i}", "runtime": "host", "command": ["true"]} for i in range(3)]
+    assert (await http.post("/tasks/batch", json={"tasks": others})).status_code == 201
+
+    await browser.login()
+    page = browser.page
+    await browser.go("#schedules")
+    row = page.locator(f'#view tr[data-id="{schedule["id"]}"]')
+    await row.locator("button[data-action=pause]").click()
+    await expect(row.locator(".st")).to_have_text("paused", timeout=SHOWN_MS)
+    assert (await http.get(f"/schedules/{schedule['id']}")).json()["paused"] is True
+    await browser.shot("schedule-paused")
+    await row.locator("button[data-action=resume]").click()
+    await expect(row.locator(".st")).to_have_text("active", timeout=SHOWN_MS)
+    assert (await http.get(f"/schedules/{schedule['id']}")).json()["paused"] is False
+
+    await browser.go(f"#task/{failed['id']}")
+    await expect(page.locator("#task-state")).to_have_text("failed", timeout=SHOWN_MS)
+    gate.touch()  # what failed it is fixed: the retry runs the same command and passes
+    await page.locator("button[data-action=retry]").click()
+    await expect(page).not_to_have_url(re.compile(failed["id"]), timeout=SHOWN_MS)
+    retry_id = page.url.rsplit("/", 1)[1]
+    await expect(page.locator("#task-state")).to_have_text("completed", timeout=SHOWN_MS)
+    await expect(page.locator(f'#view a[href="#task/{failed["id"]}"]')).to_be_visible()
+    await browser.shot("task-retried")
+    assert (await http.get(f"/tasks/{retry_id}")).json()["retry_of"] == failed["id"]
+
+    await browser.go("#tasks")
+    await expect(page.locator("#view tbody tr")).to_have_count(5, timeout=SHOWN_MS)
+    await page.fill("#filter-name", "fla")
+    # the server filters (the page asks for name=…), the page shows what it answers
+    async with page.expect_request(lambda r: "/api/v1/tasks?" in r.url and "name=fla" in r.url):
+        await page.click("#filter-apply")
+    rows = page.locator("#view tbody tr")
+    await expect(rows).to_have_count(2, timeout=SHOWN_MS)
+    assert {await r.get_attribute("data-id") for r in await rows.all()} == {
+        failed["id"],
+        retry_id,
+    }
+    await browser.shot("tasks-filtered")
+    await page.select_option("#filter-state", "failed")
+    await page.click("#filter-apply")
+    await expect(rows).to_have_count(1, timeout=SHOWN_MS)
+    assert await rows.first.get_attribute("data-id") == failed["id"]

@@ -6,12 +6,14 @@ own lag. No task fails ``worker_lost`` or runs a second time."""
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from faults.procs import HEARTBEAT_S, Lab, check_exactly_once, check_lines, host_tasks, wait_until
 
-pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(180)]
 
 #: How long the manager is stopped: twice the liveness window (3 beats). The fault's
 #: length, not a wait for anything.
@@ -39,3 +41,35 @@ def test_a_stalled_manager_loses_no_worker(lab: Lab) -> None:
     check_exactly_once(api.tasks(), accepted, expected)
     check_lines(out, names)
     assert api.metric("edgeplane_workers_lost_total") == 0
+
+
+#: Bad messages flooded at the manager: each is parsed, counted and logged, so at least a
+#: few seconds of its inbox (the liveness window here is 3 beats, 1.5 s).
+FLOOD = 60_000
+
+
+def test_a_manager_behind_on_what_the_broker_delivers_loses_no_worker(lab: Lab) -> None:
+    """Its loop turns (no stall to measure) but heartbeats queue behind a flood of
+    messages, in its inbox, its socket and the broker's queue for it (which may drop some):
+    it must not take that for its workers' silence (its probes, manager/liveness.py)."""
+    manager, workers, api = lab.manager_and_workers()
+    flooder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{lab.domain}-flood")
+    url = urlsplit(lab.broker_url)
+    flooder.connect(url.hostname or "127.0.0.1", url.port or 1883)
+    flooder.loop_start()
+    try:
+        topic = f"{lab.domain}/local/workers/flood/alive"
+        for _ in range(FLOOD):
+            flooder.publish(topic, b"not an envelope", qos=0)
+        flooder.publish(topic, b"the last one", qos=1).wait_for_publish(timeout=60)
+    finally:
+        flooder.loop_stop()
+        flooder.disconnect()
+    wait_until(
+        lambda: api.metric("edgeplane_bad_messages_total") >= FLOOD * 0.9,
+        "the manager to get through the flood",
+        watch=[manager, *workers],
+        timeout=120,
+    )
+    assert api.metric("edgeplane_workers_lost_total") == 0
+    assert api.online_workers() >= {"w1", "w2"}

@@ -230,3 +230,32 @@ def test_identities_written_before_owners_existed_still_load(tmp_path: Path) -> 
     state.write_text(state.read_text().replace(',"owner":null', ""))
     assert "owner" not in state.read_text()
     assert auth_in(tmp_path)[0].owner_of("w1") is None
+
+
+def test_a_training_task_may_write_its_update_topic_only_until_revoked(tmp_path: Path) -> None:
+    auth, reloads = auth_in(tmp_path / "b")
+    auth.add_member("w1")
+    topic = Topics("d", "c").fl_update("e1", 3, "w1")
+    made = auth.add_fl_clients({"t-1": topic, "t-2": Topics("d", "c").fl_update("e1", 3, "w2")})
+    assert len(reloads) == 2  # one for the member, one for both tasks
+    user = made["t-1"].username
+    assert user == "fl/t-1" and made["t-1"].password
+    acl = auth.acl_file.read_text().splitlines()
+    # its own section, one topic; the member patterns cannot reach the manager's topics
+    at = acl.index(f"user {user}")
+    assert acl[at + 1] == f"topic write {topic}"
+    assert acl[at + 2].startswith("user ")
+    assert all(not line.startswith("pattern") for line in acl[at:])
+    assert f"{user}:$7$" in auth.password_file.read_text()
+    # a restarted coordinator keeps those of its open rounds
+    again = BrokerAuth(tmp_path / "b", Topics("d", "c"), Clock(), reload=lambda: None)
+    assert again.fl_clients() == auth.fl_clients()
+    auth.keep_fl_clients(["t-2"])
+    assert set(auth.fl_clients()) == {"fl/t-2"}
+    auth.remove_fl_clients(["t-2", "never-made"])
+    assert auth.fl_clients() == {}
+    assert "fl/" not in auth.acl_file.read_text() + auth.password_file.read_text()
+    reloaded = len(reloads)
+    auth.remove_fl_clients(["t-2"])  # nothing to revoke: no reload
+    assert len(reloads) == reloaded
+    assert auth.has_member("w1")

@@ -16,11 +16,13 @@ from pydantic import ValidationError
 
 from edgeplane.clock import ManualClock
 from edgeplane.errors import Invalid
-from edgeplane.fl import aggregate, updates
+from edgeplane.fl import aggregate, model, mqtt, updates
 from edgeplane.fl.rounds import Round
 from edgeplane.fl.spec import ExperimentSpec
 from edgeplane.fl.updates import Rejected
+from edgeplane.protocol import Topics
 
+MQTT_TYPES = [updates.RAW, updates.NPZ]
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)
 
@@ -283,3 +285,122 @@ def test_spec_bounds() -> None:
         )
     with pytest.raises(ValidationError):
         ExperimentSpec.model_validate({"name": "d", "workload": {}, "strategy": "krum"})
+
+
+# the MQTT fallback's frame and topic, the user-given initial model
+
+
+@given(st.text(min_size=1, max_size=200), st.binary(max_size=300), st.sampled_from(MQTT_TYPES))
+@settings(max_examples=60, deadline=None)
+def test_mqtt_frame_round_trips(token: str, body: bytes, content_type: str) -> None:
+    assert mqtt.unframe(mqtt.frame(token, body, content_type)) == (token, content_type, body)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"no newline at all",
+        b"x" * (mqtt.MAX_HEADER + 2) + b"\n",
+        b"not json\n",
+        b'{"content_type": "application/x-npz"}\n',  # no token
+        b'{"token": 7}\n',
+        b'{"token": "t", "content_type": "text/plain"}\n',
+        b"[]\n",
+    ],
+)
+def test_a_malformed_mqtt_frame_is_rejected(payload: bytes) -> None:
+    with pytest.raises(Rejected) as exc:
+        mqtt.unframe(payload)
+    assert exc.value.reason == "malformed"
+
+
+segments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
+
+
+@given(segments, st.integers(1, 999_999_999), segments)
+@settings(max_examples=60, deadline=None)
+def test_fl_update_topic_round_trips(experiment: str, round_no: int, worker: str) -> None:
+    topics = Topics("acme/edge", "c1")
+    topic = topics.fl_update(experiment, round_no, worker)
+    assert topic == f"acme/edge/fl/{experiment}/rounds/{round_no}/updates/{worker}"
+    assert topics.fl_update_of(topic) == (experiment, round_no, worker)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "acme/fl/e/rounds/1/updates",  # no worker
+        "acme/fl/e/rounds/1/updates/w/x",
+        "acme/fl/e/round/1/updates/w",
+        "acme/fl/e/rounds/01/updates/w",
+        "acme/fl/e/rounds/0/updates/w",
+        "acme/fl/e/rounds/²/updates/w",
+        "acme/fl/e/rounds/1234567890/updates/w",
+        "other/fl/e/rounds/1/updates/w",
+        "acme/c1/workers/w/hello",
+    ],
+)
+def test_not_an_fl_update_topic(topic: str) -> None:
+    assert Topics("acme", "c1").fl_update_of(topic) is None
+
+
+@pytest.mark.parametrize("encoding", ["raw", "npz"])
+def test_an_initial_model_is_read_from_either_encoding(encoding: str) -> None:
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+    enc = updates.encode_raw if encoding == "raw" else updates.encode_npz
+    got = updates.model_of(enc(arrays))
+    assert set(got) == {"w", "b"}
+    np.testing.assert_array_equal(got["w"], arrays["w"])
+
+
+def test_a_plain_numpy_npz_is_a_model() -> None:
+    buf = io.BytesIO()
+    np.savez(buf, w=np.ones((2, 2)), b=np.zeros(2))  # float64, no header: still a model
+    got = updates.model_of(buf.getvalue())
+    assert got["w"].dtype == np.float32 and got["w"].shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (updates.encode_raw({"w": np.ones(2)}, format="f32-delta"), "malformed"),
+        (updates.encode_raw({}), "malformed"),
+        (updates.encode_raw({"w": np.array([1.0, np.nan])}), "nonfinite"),
+        (b"PK\x03\x04 not a zip", "malformed"),
+        (b"garbage", "malformed"),
+    ],
+)
+def test_a_bad_initial_model_is_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(Rejected) as exc:
+        updates.model_of(body)
+    assert exc.value.reason == reason
+
+
+def test_the_digits_model_fits_only_its_own_shapes() -> None:
+    assert model.fits(model.initial()) is None
+    wrong = model.fits({"w": np.zeros((32, 10), np.float32), "b": np.zeros(10, np.float32)})
+    assert wrong is not None and "w [32, 10]" in wrong and "w [64, 10]" in wrong
+
+
+@pytest.mark.parametrize(
+    "initial",
+    [
+        {},
+        {"data": "AAAA", "experiment": "e"},
+        {"version": 2},
+        {"data": "AAAA", "version": 1},
+        {"data": ""},
+        {"experiment": "e", "version": -1},
+        {"path": "x.npz"},
+    ],
+)
+def test_an_initial_model_names_one_source(initial: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ExperimentSpec.model_validate(
+            {"name": "d", "workload": {"runtime": "host"}, "initial_model": initial}
+        )
+    ok = ExperimentSpec.model_validate(
+        {"name": "d", "workload": {}, "initial_model": {"experiment": "e", "version": 3}}
+    )
+    assert ok.initial_model is not None and ok.initial_model.version == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -88,6 +89,61 @@ def test_a_small_lag_is_noise() -> None:
     clock.advance(1.0)
     liveness.woke(late=STALL_S)
     assert liveness.silence(seen) == 1.0
+
+
+def test_a_probe_back_late_makes_its_way_blind() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    nonce = liveness.probe("m")
+    clock.advance(10.0)  # heartbeats and the probe queued behind a flood
+    liveness.probe_back(nonce)
+    assert liveness.silence(seen) == 0.0
+    assert not liveness.lost(seen)
+    clock.advance(1.25)
+    assert not liveness.lost(seen)
+    clock.advance(0.01)
+    assert liveness.lost(seen)
+
+
+def test_silence_does_not_count_while_a_probe_is_awaited() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    liveness.probe("m")
+    for _ in range(40):  # 10 s of sweeps, none of the probes back
+        clock.advance(0.25)
+        liveness.probe("m")
+    assert liveness.silence(seen) == 0.0
+    assert not liveness.lost(seen)
+
+
+def test_a_probe_back_means_the_earlier_ones_were_dropped() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    liveness.probe("m")  # dropped by the broker
+    clock.advance(0.25)
+    second = liveness.probe("m")
+    clock.advance(0.01)
+    liveness.probe_back(second)
+    clock.advance(1.0)
+    liveness.probe("m")  # the dropped one no longer holds the manager deaf
+    assert liveness.silence(seen) == pytest.approx(1.26 - 0.25)  # blind: first to second
+    assert liveness.silence(seen) < liveness.deadline
+
+
+def test_probes_of_others_and_from_before_an_outage_are_ignored() -> None:
+    clock, liveness = make()
+    seen = clock.monotonic()
+    ours = liveness.probe("m")
+    liveness.probe_back("standby-1")  # another manager's, on the same topic
+    liveness.link_down()
+    clock.advance(1.0)
+    liveness.link_up([])
+    clock.advance(RECONNECT_ALLOWANCE_S)
+    liveness.probe_back(ours)  # sent before the outage: its span is the outage's
+    assert liveness.silence(seen) == 0.0
+    clock.advance(1.26)
+    liveness.probe("m")
+    assert liveness.lost(seen)
 
 
 async def test_pause_measures_how_late_the_loop_woke() -> None:
@@ -223,7 +279,7 @@ def test_after_the_managers_restart_a_command_that_never_left_is_sent_again() ->
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["stall", "down", "up"]),
+        st.sampled_from(["stall", "down", "up", "probe", "back"]),
         st.floats(min_value=0, max_value=8, allow_nan=False),  # time before it
         st.floats(min_value=0, max_value=3, allow_nan=False),  # a stall's length
     ),
@@ -233,13 +289,15 @@ operations = st.lists(
 
 @given(operations, st.floats(min_value=0, max_value=60, allow_nan=False))
 def test_silence_is_the_time_the_manager_could_hear(ops: object, seen: float) -> None:
-    """Whatever the outages (also still going on) and stalls (also during an outage),
-    silence = elapsed time minus the union of blind spans since ``seen``."""
+    """Whatever the outages (also still going on), stalls (also during an outage) and
+    probes late, dropped or awaited, silence = elapsed time minus the union of blind spans
+    since ``seen``."""
     assert isinstance(ops, list)
     clock = ManualClock()
     liveness = Liveness(clock, heartbeat_s=BEAT, missed_beats=3)
     blind: list[tuple[float, float]] = []
     down_since: float | None = None
+    probes: list[tuple[str, float]] = []  # awaited, oldest first
     for kind, gap, length in ops:
         clock.advance(gap)
         now = clock.monotonic()
@@ -248,7 +306,20 @@ def test_silence_is_the_time_the_manager_could_hear(ops: object, seen: float) ->
             if length > STALL_S:
                 blind.append((now, now + length))
             liveness.woke(late=length)
+        elif kind == "probe":
+            if probes and now - probes[0][1] > STALL_S:
+                blind.append((probes[0][1], now))
+            probes.append((liveness.probe("m"), now))
+        elif kind == "back":
+            if probes:  # the middle one back: those before it were dropped
+                index = len(probes) // 2
+                nonce, sent = probes[index]
+                del probes[: index + 1]
+                if now - sent > STALL_S:
+                    blind.append((sent, now))
+                liveness.probe_back(nonce)
         elif kind == "down":
+            probes.clear()
             down_since = now if down_since is None else down_since
             liveness.link_down()
         else:

@@ -606,3 +606,42 @@ def test_rolling_update_never_leaves_an_index_without_a_running_instance(
         live = sim.live(service)
         assert sorted(i.index for i in live) == list(range(width[service]))
         assert all(i.revision == NEW and i.restarts == 0 for i in live)
+
+
+UNHEALTHY = "unhealthy: http GET / on port 8000: connection refused"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.sampled_from(POLICIES))
+def test_a_new_revision_that_never_gets_healthy_never_takes_an_old_instance_down(
+    replicas: int, policy: RestartPolicy
+) -> None:
+    """`running` means healthy (its worker reports an instance with a health check running
+    only once the check passes): a new revision whose check never passes ends each of its
+    instances `failed`, reason unhealthy, without ever running. The rollout holds at its
+    first index with every old instance running, and the new one is restarted by the
+    policy (each restart after its backoff: ``next_check_at``)."""
+    instances = {f"o{i}": inst(f"o{i}", i, revision=OLD) for i in range(replicas)}
+    now, made = NOW, itertools.count()
+    restarts: list[int] = []
+    for _ in range(40):
+        actions = reconcile([want(replicas, policy)], list(instances.values()), now)
+        assert actions.stop == ()  # nothing old is ever stopped
+        for id in actions.forget:
+            del instances[id]
+        for create in actions.create:
+            assert create.index == 0  # never past the first index
+            id = f"n{next(made)}"
+            restarts.append(create.restarts)
+            instances[id] = inst(id, 0, "scheduled", restarts=create.restarts)
+        for id, instance in list(instances.items()):  # its worker: never healthy
+            if instance.revision == NEW and instance.state == "scheduled":
+                ended = {"state": "failed", "reason": UNHEALTHY, "ended_at": now}
+                instances[id] = instance.model_copy(update=ended)
+        olds = sorted((i for i in instances.values() if i.revision == OLD), key=lambda i: i.index)
+        assert [(i.index, i.state) for i in olds] == [(n, "running") for n in range(replicas)]
+        if actions.next_check_at is not None:
+            now = actions.next_check_at
+        elif actions.empty:
+            break
+    assert restarts == [0] if policy == "never" else restarts[:4] == [0, 1, 2, 3]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from edgeplane.api.deps import BearerDeclared, CallerDep, caller
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
-from edgeplane.errors import Unauthorized, Unavailable
+from edgeplane.errors import Invalid, NotFound, Unauthorized, Unavailable
 from edgeplane.fl import tokens
 from edgeplane.fl.spec import ExperimentSpec
 from edgeplane.security import projects
@@ -46,8 +46,19 @@ clients = APIRouter(
 
 @users.post("", status_code=201)
 async def create(spec: ExperimentSpec, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    """Start an experiment (docs/fl.md); its ``initial_model`` (``{"data": base64}`` or
+    ``{"experiment": ID, "version": N}``) becomes model version 0."""
     project = str(spec.workload.get("project", "default"))
     projects.check_new(who, project)
+    source = spec.initial_model
+    if source is not None and source.experiment is not None:
+        # another experiment's model: only one the caller may see (else as if missing)
+        try:
+            await _seen(fl, who, source.experiment)
+        except NotFound:
+            raise Invalid(
+                f"experiment {source.experiment} not found", field="initial_model.experiment"
+            ) from None
     return (await fl.create(spec, project=project)).public()
 
 
@@ -55,6 +66,7 @@ async def create(spec: ExperimentSpec, fl: FlDep, who: CallerDep) -> dict[str, A
 async def list_(
     fl: FlDep, who: CallerDep, limit: Limit = 100, offset: Offset = 0
 ) -> dict[str, Any]:
+    """The experiments you may see, oldest first."""
     items, total = await fl.list(limit=limit, offset=offset, projects=projects.visible(who))
     return {"items": [e.public() for e in items], "total": total}
 
@@ -68,11 +80,13 @@ async def _seen(fl: Coordinator, who: TokenRecord, experiment_id: str) -> Experi
 
 @users.get("/{experiment_id}")
 async def get(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    """An experiment: its state, its rounds and their metrics, its model version."""
     return (await _seen(fl, who, experiment_id)).public()
 
 
 @users.post("/{experiment_id}/stop")
 async def stop(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
+    """Stop an experiment: its round's training tasks are cancelled."""
     await _seen(fl, who, experiment_id)
     return (await fl.stop_experiment(experiment_id)).public()
 
@@ -112,7 +126,8 @@ async def data(experiment_id: str, round_no: int, request: Request, fl: FlDep) -
 @clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202)
 async def update(experiment_id: str, round_no: int, request: Request, fl: FlDep) -> dict[str, Any]:
     """A client's update (raw ``f32`` / ``f32-delta`` or ``.npz``); 422 with the reason
-    (shape, nonfinite, malformed, unselected, closed, duplicate) when refused."""
+    (shape, nonfinite, malformed, unselected, closed, duplicate) when refused. A client
+    that cannot reach it publishes the same over MQTT (docs/fl.md)."""
     token = _required(request)
     body = await request.body()
     return await fl.offer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -13,9 +13,16 @@ from edgeplane.manager.uplink import Uplink
 
 
 class ManagerCollector(Collector):
-    def __init__(self, manager: Manager, uplink: Uplink | None = None) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        uplink: Uplink | None = None,
+        fl_mqtt: Mapping[str, int] | None = None,
+    ) -> None:
+        """``fl_mqtt``: the coordinator's MQTT updates by outcome (None: no coordinator)."""
         self._manager = manager
         self._uplink = uplink
+        self._fl_mqtt = fl_mqtt
 
     def collect(self) -> Iterator[Metric]:
         m = self._manager
@@ -34,6 +41,16 @@ class ManagerCollector(Collector):
             "edgeplane_foreign_events",
             "Task events refused: the task is another member's",
             value=m.stats.foreign_events,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_chute_events",
+            "Chute events applied, from the workers' nodes",
+            value=m.stats.chute_events,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_foreign_chute_events",
+            "Chute events refused: they named another worker than the one that sent them",
+            value=m.stats.foreign_chute_events,
         )
         yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
@@ -81,6 +98,16 @@ class ManagerCollector(Collector):
             refused.add_metric(["coalesced"], proxy.coalesced)
             refused.add_metric(["bad_request"], proxy.bad_requests)
             yield refused
+        if self._fl_mqtt is not None:
+            fl = CounterMetricFamily(
+                "edgeplane_fl_mqtt_updates",
+                "Federated learning updates that came over MQTT, by outcome: accepted, or "
+                "why they were refused",
+                labels=["outcome"],
+            )
+            for outcome, count in sorted(dict(self._fl_mqtt).items()):
+                fl.add_metric([outcome], count)
+            yield fl
         finished = CounterMetricFamily(
             "edgeplane_tasks_finished", "Tasks that ended, by final state", labels=["state"]
         )

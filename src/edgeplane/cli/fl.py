@@ -28,7 +28,14 @@ MAX_SPEC_BYTES = 1024 * 1024
 @app.command("run")
 def run(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="The experiment, YAML or JSON.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="The experiment, YAML or JSON; a path given as its initial_model is "
+            "read relative to it.",
+        ),
+    ],
     wait: Annotated[
         bool, typer.Option("--wait", help="Show the rounds live; exit 0 once it completed.")
     ] = False,
@@ -48,6 +55,9 @@ def run(
     doc = parse(file, text)
     if not isinstance(doc, dict):
         raise Invalid(f"{file}: expected a mapping (name, workload, rounds, …)")
+    if isinstance(doc.get("initial_model"), str):
+        # a file of the user's, beside the experiment file unless the path is absolute
+        doc["initial_model"] = file.parent / doc["initial_model"]
     client = s.client()
     exp = client.fl_create(doc)
     fmt = s.format(output)

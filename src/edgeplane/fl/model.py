@@ -14,8 +14,21 @@ from edgeplane.fl.datastore import CLASSES, FEATURES
 Arrays = dict[str, npt.NDArray[np.float32]]
 
 
+SHAPES = {"w": (FEATURES, CLASSES), "b": (CLASSES,)}
+
+
 def initial() -> Arrays:
-    return {"w": np.zeros((FEATURES, CLASSES), np.float32), "b": np.zeros(CLASSES, np.float32)}
+    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
+
+
+def fits(m: Arrays) -> str | None:
+    """None when ``m`` is this softmax model (its names and shapes), else what differs."""
+    got = {name: tuple(a.shape) for name, a in m.items()}
+    if got == SHAPES:
+        return None
+    want = ", ".join(f"{n} {list(s)}" for n, s in SHAPES.items())
+    have = ", ".join(f"{n} {list(s)}" for n, s in got.items())
+    return f"the digits softmax model is {want}; this one is {have}"
 
 
 def _probs(m: Arrays, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

@@ -25,6 +25,32 @@ class Select(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
 
 
+#: The largest initial model a spec carries inline (base64 of raw ``f32`` or ``.npz``):
+#: 64 MiB of base64 is 48 MiB of model, 12M float32 parameters; the API's body limit
+#: (``max_body_mb``, 64 by default) bounds it first unless raised.
+MAX_INITIAL_B64 = 64 * 2**20
+
+
+class InitialModel(BaseModel):
+    """Version 0 of an experiment's model: the bytes of one (``data``: base64 of the raw
+    ``f32`` encoding or of an ``.npz``, docs/fl.md), or a version of another experiment
+    the caller may see (``experiment``, ``version``; the newest without it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = Field(None, min_length=1, max_length=MAX_INITIAL_B64)
+    experiment: str | None = Field(None, min_length=1, max_length=128)
+    version: int | None = Field(None, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitialModel:
+        if (self.data is None) == (self.experiment is None):
+            raise ValueError("give either data (the model's bytes, base64) or experiment")
+        if self.version is not None and self.experiment is None:
+            raise ValueError("version names a version of another experiment: give experiment")
+        return self
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +68,9 @@ class ExperimentSpec(BaseModel):
     hyperparams: dict[str, float | int | str | bool] = Field(default_factory=dict, max_length=64)
     data: Data = Field(default_factory=Data)
     select: Select = Field(default_factory=Select)
+    #: version 0 (None: the digits example's softmax model, all zeros); not kept in the
+    #: stored spec once it is version 0 (``Experiment.initial_model`` says where it came from)
+    initial_model: InitialModel | None = None
 
     @model_validator(mode="after")
     def _fits(self) -> ExperimentSpec:

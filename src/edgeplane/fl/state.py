@@ -45,6 +45,10 @@ class RoundRecord(BaseModel):
     client_metrics: dict[str, float] = Field(default_factory=dict)
 
 
+def _zeros() -> dict[str, str | int]:
+    return {"source": "zeros"}
+
+
 class Experiment(BaseModel):
     id: str
     name: str
@@ -56,6 +60,9 @@ class Experiment(BaseModel):
     rounds: list[RoundRecord] = Field(default_factory=list)
     #: version N's content address (``sha256:…``) at index N; version 0 is the initial model
     versions: list[str] = Field(default_factory=list)
+    #: where version 0 came from: ``{"source": "zeros"}``, ``{"source": "upload", "bytes":
+    #: N}`` or ``{"source": "experiment", "experiment": ID, "version": N}``
+    initial_model: dict[str, str | int] = Field(default_factory=_zeros)
     #: the key of its clients' credentials (edgeplane.fl.tokens); never shown
     secret: str = Field(default="", repr=False)
     created_at: float
@@ -92,6 +99,7 @@ class Experiment(BaseModel):
                 for r in self.rounds
             ],
             "model_version": self.model_version,
+            "initial_model": self.initial_model,
             "spec": self.spec.model_dump(mode="json"),
             "created_at": self.created_at,
             "updated_at": self.updated_at,

@@ -32,6 +32,8 @@ F32 = np.dtype("<f4")
 RAW = "application/x-edgeplane-f32"
 NPZ = "application/x-npz"
 HEADER = "__header__"
+#: how an ``.npz`` (a zip archive) begins
+ZIP_MAGIC = b"PK\x03\x04"
 #: The header is small: names and shapes. Past this it is not an update.
 MAX_HEADER = 64 * 1024
 MAX_ARRAYS = 256
@@ -106,6 +108,21 @@ def decode(body: bytes, content_type: str = RAW) -> Update:
             )
         clean[str(key)[:64]] = float(value)
     return Update(arrays=arrays, format=fmt, num_samples=n, metrics=clean)
+
+
+def model_of(body: bytes) -> Arrays:
+    """A whole model from its bytes, raw ``f32`` or ``.npz`` (told apart by the zip
+    magic): the user-given initial model. Rejected("malformed" or "nonfinite") says why
+    not; a delta is not a model."""
+    update = decode(body, NPZ if body[:4] == ZIP_MAGIC else RAW)
+    if update.format != "f32":
+        raise Rejected("malformed", "a model holds full weights: format f32", field="format")
+    if not update.arrays:
+        raise Rejected("malformed", "a model needs at least one array", field="arrays")
+    for name, values in update.arrays.items():
+        if not np.isfinite(values).all():
+            raise Rejected("nonfinite", f"array {name!r} holds NaN or Inf", field=name)
+    return update.arrays
 
 
 def _raw(body: bytes) -> tuple[dict[str, Any], Arrays]:

@@ -16,6 +16,7 @@ from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Application, Schedule, Task, TaskSpec, Workflow
 from edgeplane.model.worker import Capabilities
+from edgeplane.protocol import ChuteLogs, ChuteRequest, ChuteResponse, FollowChuteLogs
 from edgeplane.scheduling import WorkerView
 
 
@@ -50,11 +51,27 @@ class ExperimentStore(Protocol):
     async def list_fl_experiments(
         self, *, limit: int = 100, offset: int = 0
     ) -> tuple[list[Experiment], int]: ...
+    async def live_fl_experiment_ids(self) -> list[str]: ...
+
+
+class ChuteRelay(Protocol):
+    """What the uplink makes of a root's chute calls (``manager/chutes.py``)."""
+
+    async def answer(self, request: ChuteRequest) -> ChuteResponse: ...
+
+    async def relay_logs(
+        self, ask: FollowChuteLogs, deliver: Callable[[ChuteLogs], None]
+    ) -> None: ...
 
 
 class Facade:
     def __init__(
-        self, core: Core, tasks: TaskService, dispatcher: Dispatcher, broker_url: str
+        self,
+        core: Core,
+        tasks: TaskService,
+        dispatcher: Dispatcher,
+        broker_url: str,
+        chutes: ChuteRelay,
     ) -> None:
         self.settings = core.settings
         self.clock = core.clock
@@ -77,6 +94,8 @@ class Facade:
         self.start_stored = tasks.start_stored
         self.wait_reason = tasks.wait_reason
         self.artifact = dispatcher.artifact
+        #: a root's calls for this cluster's workers' chutes (the uplink's)
+        self.chutes = chutes
         self._tasks = tasks
         self._registry = core.registry
 

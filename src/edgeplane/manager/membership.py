@@ -13,11 +13,12 @@ received (sent again): ``liveness.judge_hello``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
-from edgeplane.errors import NotFound
+from edgeplane.errors import NotFound, Unavailable
 from edgeplane.manager import grace, lifecycle
 from edgeplane.manager.core import Core
 from edgeplane.manager.liveness import Liveness, judge_hello
@@ -26,6 +27,8 @@ from edgeplane.model import Aggregate, Task, Worker
 from edgeplane.protocol import Alive, Hello, Reregister, StopTasks, Welcome
 
 log = logging.getLogger(__name__)
+#: the longest probe payload read (an epoch id and a sequence number)
+MAX_PROBE = 128
 
 #: Seconds member documents wait to be stored together.
 PERSIST_WINDOW_S = 0.2
@@ -59,8 +62,11 @@ class Membership:
         core = self.core
         now = core.clock.monotonic()
         for worker in workers:
-            # Until a member speaks again its liveness clock starts now.
-            core.registry.add(WorkerEntry(worker=worker, last_seen=now))
+            # Until a member speaks again its liveness clock starts now. A drained one
+            # stays drained (its stored state says so: it was online when drained).
+            core.registry.add(
+                WorkerEntry(worker=worker, last_seen=now, draining=worker.state == "draining")
+            )
         for task in tasks:
             if not task.started:
                 continue
@@ -351,6 +357,7 @@ class Membership:
         missed = core.settings.missed_beats
         while True:
             await self.liveness.pause()
+            self._probe()
             lost = [
                 (entry, f"{core.member} {entry.worker.id} disconnected")
                 for member_id in self.liveness.settled_wills()
@@ -375,6 +382,16 @@ class Membership:
                 held = core.registry.get(member_id)
                 if held is not None:
                     await self.lose_tasks(held, reason)
+
+    def _probe(self) -> None:
+        """Send this sweep's probe (``liveness.py``); with the outbox full, none."""
+        nonce = self.liveness.probe(self._epoch)
+        with contextlib.suppress(Unavailable):
+            self.core.link.publish_nowait(self.core.level.topics.probe, nonce.encode(), qos=1)
+
+    def probe_back(self, payload: bytes) -> None:
+        if len(payload) <= MAX_PROBE:  # a nonce; anything longer is not one of ours
+            self.liveness.probe_back(payload.decode(errors="replace"))
 
     async def link_up(self) -> None:
         """The manager's link (re)connected: members are judged afresh and asked to say

@@ -11,6 +11,8 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from edgeplane.artifacts import reference
+from edgeplane.errors import EdgeplaneError
 from edgeplane.model import Task
 from edgeplane.scheduling import GeoPoint, TaskDemand
 
@@ -22,6 +24,23 @@ class Candidates:
     due: list[Task]
     #: earliest ``not_before`` among tasks seen that are still backing off
     next_due: float | None
+
+
+def artifact_of(task: Task) -> str | None:
+    """The digest that makes a worker holding it preferred for ``task``: its module's
+    sha256, or the manifest digest a container task's ``oci://`` image is pinned to (hex,
+    as workers report them: worker/held.py). None for an image named by a tag not pinned
+    yet (the registry did not answer at admission) or found in the worker's image dir."""
+    if task.artifact is not None:
+        return task.artifact
+    image = task.image
+    if task.runtime != "container" or image is None or not reference.is_oci(image):
+        return None
+    try:
+        digest = reference.parse(image).digest
+    except EdgeplaneError:  # admitted before the grammar was checked: no preference
+        return None
+    return None if digest is None else digest.removeprefix("sha256:")
 
 
 def demand_of(task: Task) -> TaskDemand:
@@ -41,7 +60,7 @@ def demand_of(task: Task) -> TaskDemand:
         clusters=frozenset(task.constraints.clusters),
         exclude=frozenset(task.rejected_by),
         geo=None if geo is None else GeoPoint(geo.lat, geo.lon, geo.radius_km),
-        artifact=task.artifact,
+        artifact=artifact_of(task),
     )
 
 

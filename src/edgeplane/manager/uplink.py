@@ -51,7 +51,10 @@ from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    ChuteLogs,
+    ChuteRequest,
     EventOutbox,
+    FollowChuteLogs,
     Hello,
     Metrics,
     Reregister,
@@ -191,6 +194,10 @@ class Uplink:
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
+        #: the root's chute calls being answered (each waits on a worker)
+        self._chute_calls: set[asyncio.Task[None]] = set()
+        #: chute output relayed up but dropped (the link's outbox was full)
+        self.chute_logs_dropped = 0
         self._attached = False
         #: where the cluster joins the root (``--root``; empty through a bridge whose
         #: identity is kept)
@@ -478,9 +485,34 @@ class Uplink:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, ChuteRequest):
+            # off the message loop: the call waits on a worker of this cluster
+            call = asyncio.create_task(self._answer_chute(body), name=f"root-chute-{body.id}")
+            self._chute_calls.add(call)
+            call.add_done_callback(self._chute_calls.discard)
+        elif isinstance(body, FollowChuteLogs):
+            await self.manager.chutes.relay_logs(body, self._relay_chute_logs)
         else:
             self.bad_messages += 1
             log.warning("unexpected message from root", extra={"type": envelope.type})
+
+    async def _answer_chute(self, request: ChuteRequest) -> None:
+        """A root's call for a chute of one of this cluster's workers, made through this
+        cluster's manager (its rules: offline, stale, owners); the answer goes up."""
+        response = await self.manager.chutes.answer(request)
+        try:
+            await self._publish(self.topics.events(self.cluster_id), "chute.response", response)
+        except Exception as exc:  # the root times out and says so
+            log.warning("chute answer not sent to the root", extra={"error": str(exc)})
+
+    def _relay_chute_logs(self, logs: ChuteLogs) -> None:
+        """A worker's chute output the root follows, passed up as it comes."""
+        try:
+            self.link.publish_nowait(
+                self.topics.events(self.cluster_id), encode("chute.logs", logs)
+            )
+        except Exception:  # the outbox is full: dropped, counted (not held for the root)
+            self.chute_logs_dropped += 1
 
     async def _accept(self, assignments: Sequence[Assignment]) -> None:
         admitted: list[Task] = []
@@ -588,6 +620,9 @@ class Uplink:
             secret_env=secret_env,
             command=spec.command,
             image=spec.image,
+            network=spec.network,
+            ports=spec.ports,
+            healthcheck=spec.healthcheck,
             limits=spec.limits,
             retries=spec.retries,
             priority=spec.priority,
@@ -656,6 +691,7 @@ class Uplink:
                     attempt=attempt,
                     state=state,
                     worker_id=worker,
+                    endpoints=task.endpoints if state == "running" else [],
                     ts=task.started_at or self.clock.now(),
                 )
             )

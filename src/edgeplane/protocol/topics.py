@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from edgeplane.errors import Invalid
 
 ROOT_SEGMENT = "clusters"
+#: The member level of a parent's probe topic (:attr:`Topics.probe`)
+PROBE_MEMBER = "_probe"
 
 #: An id that becomes one topic level (a worker's, a cluster's): letters, digits, '_' and
 #: '-'. Not '.': NATS turns MQTT levels into subject tokens and drops the connection of a
@@ -26,6 +28,7 @@ SEGMENT_RULE = "1-63 letters, digits, '_' or '-', starting with a letter or digi
 DOMAIN_RULE = "up to 8 levels separated by '/', each 1-63 letters, digits, '_' or '-'"
 
 _SEGMENT = re.compile(SEGMENT_PATTERN)
+_ROUND = re.compile(r"[1-9][0-9]{0,8}")
 _DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
@@ -73,6 +76,13 @@ class Topics:
     def hello(self, member_id: str) -> str:
         return self._member(member_id, "hello")
 
+    @property
+    def probe(self) -> str:
+        """Where a parent sends itself probes through the broker (manager/liveness.py):
+        an ``alive`` leaf every parent already reads, of a member id no member can have
+        (ids start with a letter or digit)."""
+        return self._member(PROBE_MEMBER, "alive")
+
     def welcome(self, member_id: str) -> str:
         return self._member(member_id, "welcome")
 
@@ -99,6 +109,29 @@ class Topics:
         """Where the proxy sends that worker an artifact's binary chunks (only the proxy
         may publish here on a broker edgeplane secures)."""
         return self._member(member_id, "chunks")
+
+    def fl_update(self, experiment: str, round_no: int | str, worker: str) -> str:
+        """Where a training task posts its round's update over MQTT when the coordinator's
+        HTTP is unreachable (docs/fl.md): ``{d}/fl/{experiment}/rounds/{round}/updates/
+        {worker}``. Under the domain, not a cluster: an experiment id is unique."""
+        return f"{self.domain}/fl/{experiment}/rounds/{round_no}/updates/{worker}"
+
+    def fl_updates(self) -> str:
+        """Wildcard subscription for every experiment's updates."""
+        return self.fl_update("+", "+", "+")
+
+    def fl_update_of(self, topic: str) -> tuple[str, int, str] | None:
+        """``(experiment, round, worker)`` of a :meth:`fl_update` topic, else None."""
+        head = f"{self.domain}/fl/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 5 or parts[1] != "rounds" or parts[3] != "updates":
+            return None
+        experiment, _, round_text, _, worker = parts
+        if not (experiment and worker and _ROUND.fullmatch(round_text)):
+            return None
+        return experiment, int(round_text), worker
 
     def join(self, nonce: str) -> str:
         """Where a joining member (anonymous, MQTT client id ``nonce``) asks to join.

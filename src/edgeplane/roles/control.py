@@ -40,7 +40,13 @@ from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.files import secure_data_dir
 from edgeplane.store import Store, open_store
 from edgeplane.tls import ServerTls, refuse_plain_off_loopback, server_tls, trusted_ca
-from edgeplane.transport import EmbeddedBroker, parse_broker_urls, unique_client_id
+from edgeplane.transport import (
+    EmbeddedBroker,
+    MqttLink,
+    kept_client_id,
+    parse_broker_urls,
+    unique_client_id,
+)
 from edgeplane.transport.broker import AuthFiles, dial_host, free_port, port_free
 
 if TYPE_CHECKING:  # numpy is the fl extra's: imported only when it is installed
@@ -197,7 +203,7 @@ class ControlPlane:
         self.workflows = Workflows(facade)
         self.schedules = Schedules(facade, self.workflows)
         #: federated learning (docs/fl.md): needs the fl extra (numpy, scikit-learn)
-        self.fl = None if root else _coordinator(facade, settings.data_dir / "fl" / "blobs")
+        self.fl = None if root else _coordinator(facade, settings, broker_url, auth)
         self.applications = Applications(facade)
         self.uplink = (
             Uplink(facade, settings.root, link_url=broker_url if settings.root_via_bridge else None)
@@ -369,6 +375,7 @@ class ControlPlane:
         self._server = self._serving = None
         if server is not None and serving is not None:
             self.manager.journal.changes.close()  # open event streams end: none holds it
+            self.manager.chutes.close()  # and the chutes' (log follows, change progress)
             server.should_exit = True
             await serving
 
@@ -445,11 +452,31 @@ async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, object]) -> bool
     return False
 
 
-def _coordinator(facade: Facade, blob_dir: Path) -> Coordinator | None:
-    """The federated learning coordinator, or None without the fl extra installed."""
+def _coordinator(
+    facade: Facade, settings: Settings, broker_url: str, auth: BrokerAuth | None
+) -> Coordinator | None:
+    """The federated learning coordinator, or None without the fl extra installed. It
+    takes updates over MQTT too (the fallback of clients that cannot reach the API), on
+    a link of its own with a persistent session, as the manager (docs/fl.md)."""
     try:
         from edgeplane.fl.coordinator import Coordinator
     except ImportError:
         log.info("federated learning is off: install edgeplane[fl] (numpy, scikit-learn)")
         return None
-    return Coordinator(facade, blob_dir)
+    directory = settings.data_dir / "fl"
+    coordinator = Coordinator(facade, directory / "blobs", identities=auth)
+    coordinator.listen(
+        lambda handler: MqttLink(
+            broker_url,
+            client_id=kept_client_id(
+                f"edgeplane-fl-{settings.domain}-{settings.cluster_id}", directory
+            ),
+            subscriptions=[coordinator.topics.fl_updates()],
+            on_message=handler,
+            clean_session=False,
+            ca=settings.ca,
+            username=None if auth is None else auth.manager.username,
+            password=None if auth is None else auth.manager.password,
+        )
+    )
+    return coordinator

@@ -38,7 +38,7 @@ from edgeplane.root.reconcile import Actions, Create, desired_of, reconcile
 log = logging.getLogger(__name__)
 
 #: Service fields that are not task fields.
-_SERVICE_ONLY = {"replicas", "resources", "restart"}
+_SERVICE_ONLY = {"replicas", "resources", "restart", "chute"}
 #: Longest the applier sleeps without a change (a safety net; changes wake it at once).
 IDLE_S = 5.0
 
@@ -266,6 +266,8 @@ class Applications:
                 "worker_id": task.worker_id,
                 "reason": task.error if ended else task.reason,
                 "ended_at": (task.finished_at or task.updated_at) if ended else None,
+                # only while it runs: an ended one's host ports may be another's by now
+                "endpoints": task.endpoints if task.state == "running" else [],
             }
         )
         if new == instance:

@@ -6,9 +6,12 @@ ones named and drops the forgotten instances. Calling it again before anything c
 returns the same plan, so a repeated call is harmless.
 
 Rules. An instance is *live* while its state is pending, scheduled or running and
-*ended* otherwise (completed, failed, cancelled, skipped). Every service must end up with
-exactly one live instance of its current revision at each index ``0..replicas-1``. Per
-(service, index):
+*ended* otherwise (completed, failed, cancelled, skipped). *Running* means healthy: the
+worker of an instance whose service has a ``healthcheck`` reports it running only once
+the check has passed, and ends it ``failed`` (an ``unhealthy`` reason) when it does not
+pass (docs/services.md); so a rollout, which waits for ``running``, waits for health.
+Every service must end up with exactly one live instance of its current revision at each
+index ``0..replicas-1``. Per (service, index):
 
 - **Live current instance.** One is kept (running first, then fewest restarts, then
   lowest id) and any other live current one is stopped: a duplicate left by a cluster

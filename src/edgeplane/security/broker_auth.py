@@ -22,7 +22,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,11 @@ ROOT_USER = "edgeplane$root"
 #: ``fetch`` and write their ``chunks`` (no worker may write those: a forged chunk would
 #: be refused for its digest anyway, but not even sent).
 PROXY_USER = "edgeplane$proxy"
+#: The usernames of federated learning training tasks (one per task, ``fl/<task id>``):
+#: each may publish its round's update on one topic and nothing else (docs/fl.md). The
+#: '/' keeps every member pattern (``…/workers/%u/hello``) off the topics the manager
+#: reads, and no member id has one.
+FL_USER_PREFIX = "fl/"
 STATE_FILE = "identities.json"
 PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
@@ -139,6 +144,13 @@ class _Member(BaseModel):
     owner: str | None = None
 
 
+class _FlClient(BaseModel):
+    """A training task's identity: the one topic it may publish its update on."""
+
+    password_hash: str
+    topic: str
+
+
 class _State(BaseModel):
     #: the parent's (manager's or root's) password
     manager_password: str = ""
@@ -147,6 +159,8 @@ class _State(BaseModel):
     #: members by id (workers, or clusters at a root)
     workers: dict[str, _Member] = Field(default_factory=dict)
     tokens: dict[str, _StoredToken] = Field(default_factory=dict)
+    #: federated learning training tasks by username (``fl/<task id>``)
+    fl_clients: dict[str, _FlClient] = Field(default_factory=dict)
 
 
 class BrokerAuth:
@@ -289,6 +303,45 @@ class BrokerAuth:
         self._changed(audit.WORKER_REVOKED, actor, self.member, member_id)
         return True
 
+    # ------------------------------------------------------------------ training tasks
+    def add_fl_clients(self, topics: Mapping[str, str]) -> dict[str, Credentials]:
+        """Credentials for training tasks (task id → the one topic it may publish on),
+        made at once (one reload). They are not audited: each lives as long as its task,
+        which the experiment made (its creation is)."""
+        made: dict[str, Credentials] = {}
+        for task_id, topic in topics.items():
+            username = FL_USER_PREFIX + check_member_id(task_id, "task")
+            password = secrets.token_urlsafe(32)
+            self._state.fl_clients[username] = _FlClient(
+                password_hash=mosquitto_hash(password), topic=topic
+            )
+            made[task_id] = Credentials(username, password, b"")
+        if made:
+            self._write()
+        return made
+
+    def remove_fl_clients(self, task_ids: Iterable[str]) -> None:
+        """Revoke those tasks' credentials (the broker disconnects them on reload)."""
+        gone = [
+            self._state.fl_clients.pop(FL_USER_PREFIX + t, None)
+            for t in task_ids
+            if FL_USER_PREFIX + t in self._state.fl_clients
+        ]
+        if gone:
+            self._write()
+
+    def keep_fl_clients(self, task_ids: Iterable[str]) -> None:
+        """Revoke every training task's credentials but those of ``task_ids`` (what a
+        restarted coordinator still has a use for)."""
+        kept = {FL_USER_PREFIX + t for t in task_ids}
+        self.remove_fl_clients(
+            [u.removeprefix(FL_USER_PREFIX) for u in self._state.fl_clients if u not in kept]
+        )
+
+    def fl_clients(self) -> dict[str, str]:
+        """username → topic of every training task's identity."""
+        return {u: c.topic for u, c in self._state.fl_clients.items()}
+
     # ------------------------------------------------------------------ join tokens
     def create_token(
         self,
@@ -381,8 +434,8 @@ class BrokerAuth:
     def acl_text(self) -> str:
         """Anonymous clients may only join; a member (username = its id) may read its own
         ``cmd`` and ``welcome`` (a worker also its ``chunks``) and write its own leaves;
-        the proxy may read every worker's ``fetch`` and write its ``chunks``; the parent
-        may do anything."""
+        the proxy may read every worker's ``fetch`` and write its ``chunks``; a training
+        task may write its round's federated learning update; the parent may do anything."""
         join = self.topics.join("%c")
         member = f"{self.topics.prefix}/%u"
         proxy: list[str] = []
@@ -393,6 +446,12 @@ class BrokerAuth:
                 f"topic read {self.topics.all_members('fetch')}",
                 f"topic write {self.topics.all_members('chunks')}",
             ]
+        # a training task may publish its own round's update, nothing else
+        fl = [
+            line
+            for user, client in sorted(self._state.fl_clients.items())
+            for line in (f"user {user}", f"topic write {client.topic}")
+        ]
         lines = [
             "# written by edgeplane (security/broker_auth.py); edits are overwritten",
             f"pattern write {join}",
@@ -401,6 +460,7 @@ class BrokerAuth:
             f"pattern read {member}/welcome",
             *(f"pattern write {member}/{leaf}" for leaf in self.leaves),
             *proxy,
+            *fl,
             f"user {self.parent_user}",
             "topic readwrite #",
             "",
@@ -412,6 +472,7 @@ class BrokerAuth:
         if self._state.proxy_password:
             lines.append(f"{PROXY_USER}:{mosquitto_hash(self._state.proxy_password)}")
         lines += [f"{w}:{v.password_hash}" for w, v in sorted(self._state.workers.items())]
+        lines += [f"{u}:{c.password_hash}" for u, c in sorted(self._state.fl_clients.items())]
         return "\n".join(lines) + "\n"
 
     def _load(self) -> _State:

@@ -9,7 +9,7 @@ const PAGE = 50;
 const TASK_STATES = ["pending", "scheduled", "running", "completed", "failed", "skipped",
   "cancelled"];
 const KNOWN = new Set([...TASK_STATES, "online", "offline", "draining", "deploying",
-  "degraded", "deleting"]);
+  "degraded", "deleting", "active", "paused"]);
 /** Completions counted per bucket of the throughput sparkline, over the last 5 minutes. */
 const BUCKET_MS = 5000;
 const BUCKETS = 60;
@@ -289,7 +289,7 @@ function overview() {
           if (err instanceof ApiError && err.status === 404) return null;  // a root
           throw err;
         }),
-        newestPage("/tasks", 0, { state: "failed" }, 10),
+        api("/tasks", { params: { state: "failed", order: "newest", limit: 10 } }),
         ...TASK_STATES.map((s) => api("/tasks", { params: { state: s, limit: 1 } })),
       ]);
       const online = workersPage ? workersPage.items.filter((w) => w.state !== "offline") : [];
@@ -367,49 +367,56 @@ function drainButton(w) {
 }
 
 // ---------------------------------------------------------------- tasks
+/** The tasks page: the API filters (state, name prefix, worker, workflow) and pages the
+ *  whole store, newest first, by cursor; nothing is filtered here. */
 function tasks(arg) {
   const initial = new URLSearchParams(arg || "");
   const filters = { state: initial.get("state") || "", workflow_id: initial.get("workflow") || "",
-    name: initial.get("name") || "", worker: initial.get("worker") || "" };
+    name: initial.get("name") || "", worker_id: initial.get("worker") || "" };
   let page = 0;
+  let cursors = [null];  // cursors[i]: where page i starts (null: the newest task)
   const stateSelect = el("select", null, el("option", null, ""),
     ...TASK_STATES.map((s) => el("option", null, s)));
   stateSelect.id = "filter-state";
   stateSelect.value = filters.state;
-  const inputs = Object.fromEntries(["workflow_id", "name", "worker"].map((k) => {
+  const placeholders = { workflow_id: "workflow id", name: "name starts with",
+    worker_id: "worker id" };
+  const inputs = Object.fromEntries(Object.keys(placeholders).map((k) => {
     const input = el("input");
-    input.placeholder = k.replace("_", " ");
+    input.placeholder = placeholders[k];
     input.value = filters[k];
-    input.id = `filter-${k}`;
+    input.id = `filter-${k.replace("_id", "")}`;
     return [k, input];
   }));
   const apply = el("button", null, "filter");
-  const form = el("form", "bar", stateSelect, inputs.workflow_id, inputs.name, inputs.worker,
+  apply.id = "filter-apply";
+  const form = el("form", "bar", stateSelect, inputs.name, inputs.worker_id, inputs.workflow_id,
     apply);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     filters.state = stateSelect.value;
     for (const k of Object.keys(inputs)) filters[k] = inputs[k].value.trim();
     page = 0;
-    view.render();
+    cursors = [null];
+    view.render().catch(failed);
   });
   const list = el("div");
+  const go = (p) => { page = p; view.render().catch(failed); };
   const view = {
     async render() {
-      const params = {};
-      if (filters.state) params.state = filters.state;
-      if (filters.workflow_id) params.workflow_id = filters.workflow_id;
-      const found = await newestPage("/tasks", page, params);
-      // name and worker narrow the page read (the API filters by state and workflow)
-      const shown = found.items.filter((t) =>
-        (!filters.name || (t.name || "").includes(filters.name)) &&
-        (!filters.worker || t.worker_id === filters.worker));
-      list.replaceChildren(
-        pager(page, found.total, (p) => { page = p; view.render(); }),
+      const params = { order: "newest", limit: PAGE };
+      for (const [k, v] of Object.entries(filters)) if (v) params[k] = v;
+      if (cursors[page]) params.cursor = cursors[page];
+      const found = await api("/tasks", { params });
+      cursors[page + 1] = found.next;
+      const nav = pager(page, found.total, go);
+      nav.querySelectorAll("button")[1].disabled = !found.next;
+      list.replaceChildren(nav,
         table(["id", "name", "runtime", "state", "worker", "attempt", "created"],
-          shown.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name, t.runtime,
+          found.items.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name, t.runtime,
             badge(t.state), mono(t.worker_id), t.attempt, time(t.created_at)]),
-          shown.map((t) => t.id)));
+          found.items.map((t) => t.id)));
+      list.dataset.total = found.total;
       if (!list.isConnected) {
         mount(view, submitForm(), section("Tasks", form, list));
       }
@@ -418,7 +425,7 @@ function tasks(arg) {
       if (kind !== "task") return;
       const row = list.querySelector(`tr[data-id="${CSS.escape(doc.id)}"]`);
       if (row) row.cells[3].replaceChildren(badge(doc.state));
-      else reload(1000);  // a new task or one on another page: re-read the page, at most 1/s
+      else if (page === 0) reload(1000);  // perhaps a new task for this page: at most 1/s
     },
   };
   return view;
@@ -470,11 +477,13 @@ function task(id) {
       if (!t.started) actions.append(button("start", () => api(`${path}/start`, { method: "POST" })));
       if (!["completed", "failed", "skipped", "cancelled"].includes(t.state)) {
         actions.append(button("stop", () => api(`${path}/stop`, { method: "POST" })));
-      } else {
-        actions.append(button("retry (submit a copy)", async () => {
-          const copy = await api("/tasks", { method: "POST", body: retryBody(t) });
+      } else if (!t.workflow_id && !t.job_id) {  // a run's step is rerun with its run
+        const again = button("retry", async () => {
+          const copy = await api(`${path}/retry`, { method: "POST" });
           location.hash = `#task/${copy.id}`;
-        }));
+        });
+        again.dataset.action = "retry";
+        actions.append(again);
       }
       const state = badge(t.state);
       state.id = "task-state";
@@ -482,8 +491,11 @@ function task(id) {
         section(["Task", mono(t.id), state], actions, table(["field", "value"], [
           ["name", t.name], ["runtime", t.runtime], ["worker", mono(t.worker_id)],
           ["cluster", mono(t.cluster_id)], ["attempt", t.attempt],
+          ["endpoints", mono((t.endpoints || [])
+            .map((e) => `${e.address}:${e.host_port}->${e.port}/${e.protocol}`).join(" "))],
           ["workflow", t.workflow_id ? link(`#run/${t.workflow_id}`, t.workflow_id) : ""],
           ["job", t.job_id ? link(`#run/${t.job_id}`, t.job_id) : ""],
+          ["retry of", t.retry_of ? link(`#task/${t.retry_of}`, t.retry_of) : ""],
           ["created", time(t.created_at)], ["finished", time(t.finished_at)],
           ["reason", t.reason || ""], ["error", el("span", "wrap", t.error || "")],
         ])),
@@ -496,15 +508,6 @@ function task(id) {
     refresh(kind, doc) { if (kind === "task" && doc.id === id) reload(0); },
   };
   return view;
-}
-
-function retryBody(t) {
-  const keep = ["name", "runtime", "mode", "export", "artifact", "image_url", "inputs",
-    "cli_args", "env", "command", "image", "limits", "retries", "priority", "constraints",
-    "metadata", "project"];
-  const body = { start: true };
-  for (const k of keep) if (t[k] !== null && t[k] !== undefined) body[k] = t[k];
-  return body;
 }
 
 /** A chart of a metrics endpoint when the server has one (feature-detected: 404 → none). */
@@ -625,19 +628,32 @@ function schedules() {
       const found = await newestPage("/schedules", page);
       mount(view, section(["Schedules", el("span", "total", `(${found.total})`)],
         pager(page, found.total, (p) => { page = p; view.render(); }),
-        table(["id", "name", "kind", "cron", "timezone", "next run", "runs", ""],
-          found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
-            time(s.next_run), s.runs, button("delete", async () => {
-              if (!confirm(`Delete schedule ${s.name || s.id}?`)) return;
-              await api(`/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
-              reload(0);
-            })]), found.items.map((s) => s.id))));
+        table(["id", "name", "kind", "cron", "timezone", "catch up", "state", "next run", "runs",
+          ""],
+        found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
+          s.catch_up, badge(s.paused ? "paused" : "active"),
+          s.paused ? "" : time(s.next_run), s.runs,
+          el("span", null, pauseButton(s), button("delete", async () => {
+            if (!confirm(`Delete schedule ${s.name || s.id}?`)) return;
+            await api(`/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+            reload(0);
+          }))]), found.items.map((s) => s.id))));
     },
     refresh(kind, doc) {
       if (kind === "schedule" || (kind === "deleted" && doc.kind === "schedule")) reload();
     },
   };
   return view;
+}
+
+function pauseButton(s) {
+  const verb = s.paused ? "resume" : "pause";
+  const b = button(verb, async () => {
+    await api(`/schedules/${encodeURIComponent(s.id)}/${verb}`, { method: "POST" });
+    reload(0);
+  });
+  b.dataset.action = verb;
+  return b;
 }
 
 // ---------------------------------------------------------------- applications
@@ -651,7 +667,8 @@ function applications() {
         for (const s of a.services) {
           rows.push([a.name, badge(a.state), s.name, `${s.running} / ${s.replicas}`,
             el("span", null, ...s.instances.map((i) => el("span", "chip",
-              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}`)))]);
+              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}` +
+              (i.endpoints || []).map((e) => ` ${e.address}:${e.host_port}`).join(""))))]);
         }
       }
       mount(view, section(["Applications", el("span", "total", `(${found.total})`)],
