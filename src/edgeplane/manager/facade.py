@@ -123,6 +123,10 @@ class Facade:
         """The members that can take tasks now, as the scheduler sees them."""
         return self._registry.schedulable()
 
+    def spread(self) -> dict[str, dict[str, int]]:
+        """Member id → its live tasks per spread group (members running any)."""
+        return self._registry.spread()
+
     def capabilities(self, *, online: bool) -> dict[str, Capabilities]:
         """Every member's capabilities (only the online ones' when ``online``)."""
         return {

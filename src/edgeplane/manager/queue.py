@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from edgeplane.artifacts import reference
 from edgeplane.errors import EdgeplaneError
 from edgeplane.model import Task
+from edgeplane.model.task import spread_key
 from edgeplane.scheduling import GeoPoint, TaskDemand
 
 _Key = tuple[int, float, str]
@@ -46,6 +47,7 @@ def artifact_of(task: Task) -> str | None:
 def demand_of(task: Task) -> TaskDemand:
     """What the scheduler needs to know of a task."""
     geo = task.constraints.geo
+    spread = task.constraints.spread
     return TaskDemand(
         id=task.id,
         runtime=task.runtime,
@@ -61,6 +63,9 @@ def demand_of(task: Task) -> TaskDemand:
         exclude=frozenset(task.rejected_by),
         geo=None if geo is None else GeoPoint(geo.lat, geo.lon, geo.radius_km),
         artifact=artifact_of(task),
+        spread=spread_key(task.project, spread),
+        spread_over="worker" if spread is None else spread.over,
+        distinct=spread is not None and spread.anti_affinity == "required",
     )
 
 

@@ -134,6 +134,7 @@ class Manager:
         self.proxy_stats: ProxyStats | None = None
         #: this manager process's id; task.start sequence numbers count within it
         epoch = clocks.new_id()
+        core.registry.epoch = epoch
         self.dispatcher = Dispatcher(core, epoch)
         self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)

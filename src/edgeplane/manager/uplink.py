@@ -29,7 +29,7 @@ import base64
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -47,6 +47,7 @@ from edgeplane.model import (
     TaskSpec,
 )
 from edgeplane.model.cluster import parse_location
+from edgeplane.model.task import Spread, spread_key
 from edgeplane.protocol import (
     AckEvents,
     Alive,
@@ -82,6 +83,7 @@ from edgeplane.scheduling.eligibility import (
     mismatch_reason,
     pinned_reason,
 )
+from edgeplane.scheduling.snapshot import WorkerView
 from edgeplane.security import joining
 from edgeplane.transport import (
     MqttLink,
@@ -104,6 +106,33 @@ _SEEN_LIMIT = 100_000
 ROOT_TASK = "root_task"
 #: where a cluster keeps its identity at the root (``credentials.json``), in its data dir
 IDENTITY_DIR = "uplink"
+
+
+def _anti_affinity(
+    project: str,
+    spread: Spread,
+    live: Mapping[str, Mapping[str, int]],
+    able: Sequence[WorkerView],
+) -> str | None:
+    """Why required anti-affinity leaves no worker of this cluster for a task (None: it
+    does not; ``live``: worker id → its live tasks per group). The root judged from its
+    own counts; a cluster that disagrees says so at once (the root then tries another)
+    instead of keeping the task waiting here."""
+    key = spread_key(project, spread)
+    if key is None or spread.anti_affinity != "required":
+        return None
+    if spread.over == "cluster":
+        if any(counts.get(key) for counts in live.values()):
+            return (
+                "anti-affinity required (spread over clusters): this cluster already runs "
+                f"a task of spread group '{spread.group}'"
+            )
+    elif all(live.get(w.id, {}).get(key) for w in able):
+        return (
+            "anti-affinity required (spread over workers): every eligible worker already "
+            f"runs a task of spread group '{spread.group}'"
+        )
+    return None
 
 
 async def root_identity(settings: Settings, root_url: str) -> joining.Identity | None:
@@ -318,8 +347,14 @@ class Uplink:
 
     # ------------------------------------------------------------------ what goes up
     def current_aggregate(self) -> Aggregate:
+        """The workers' free capacity now, with the root's last command it counts: its
+        tasks were placed (or queued) here before ``_seq`` moved (``_on_message``)."""
         return aggregate(
-            self.manager.schedulable(), location=self.info.location, ts=self.clock.now()
+            self.manager.schedulable(),
+            location=self.info.location,
+            ts=self.clock.now(),
+            epoch=self._epoch,
+            seq=self._seq,
         )
 
     def summary(self) -> Capabilities:
@@ -573,7 +608,9 @@ class Uplink:
         sizes = self.manager.capabilities(online=False)
         if not any(sizes[w.id].cpus >= cpu and sizes[w.id].memory_mb >= memory for w in able):
             return f"no worker has {cpu:g} cpu and {memory} MB"
-        return None
+        if wanted.spread is None:
+            return None
+        return _anti_affinity(spec.project, wanted.spread, self.manager.spread(), able)
 
     def _local(self, wanted: Constraints) -> Constraints:
         """The constraints left for this cluster's workers: a label the cluster itself

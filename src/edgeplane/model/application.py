@@ -12,7 +12,15 @@ import hashlib
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgeplane.chutes.manifest import Manifest
 from edgeplane.chutes.manifest import Resources as ChuteResources
@@ -21,7 +29,7 @@ from edgeplane.errors import Invalid
 from edgeplane.limits import MAX_REPLICAS, MAX_SERVICES
 from edgeplane.model.bounds import Cpus, JsonObject, MemoryMb, Name, Project
 from edgeplane.model.service import Endpoint
-from edgeplane.model.task import TaskSpec, TaskState
+from edgeplane.model.task import AntiAffinity, Constraints, Spread, TaskSpec, TaskState
 
 RestartPolicy = Literal["always", "on-failure", "never"]
 
@@ -37,6 +45,40 @@ class Resources(BaseModel):
     storage_mb: MemoryMb | None = None
 
 
+class ServicePlacement(BaseModel):
+    """How a service's replicas are kept apart (docs/scheduling.md).
+
+    ``spread``: ``worker`` (default) puts each replica where the fewest replicas of the
+    service run, worker by worker, and at the root prefers the cluster with the fewest
+    per eligible worker; ``cluster`` spreads over clusters first (then workers);
+    ``none`` leaves it to the scheduler (``--pack`` may then put them together).
+    ``anti_affinity``: ``preferred`` (default) is soft; ``required`` never puts two
+    replicas on one worker (``spread: worker``) or in one cluster (``spread: cluster``),
+    and a replica with nowhere left to go waits ``pending`` with the rule as its reason.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    spread: Literal["worker", "cluster", "none"] = "worker"
+    anti_affinity: AntiAffinity = "preferred"
+
+    @field_validator("anti_affinity")
+    @classmethod
+    def _required_needs_spread(cls, value: str, info: ValidationInfo) -> str:
+        if value == "required" and info.data.get("spread") == "none":
+            raise ValueError("'required' needs spread 'worker' or 'cluster'")
+        return value
+
+    def constraint(self, group: str) -> Spread | None:
+        """The task constraint that applies it to instances of ``group``."""
+        if self.spread == "none":
+            return None
+        return Spread(group=group, over=self.spread, anti_affinity=self.anti_affinity)
+
+
+_DEFAULT_PLACEMENT = ServicePlacement()
+
+
 class ServiceSpec(TaskSpec):
     """One service of an application: a task body plus how many and how to keep them."""
 
@@ -47,13 +89,28 @@ class ServiceSpec(TaskSpec):
     #: the service as a chute manifest of one service (docs/services.md): its container
     #: fields are filled in from it
     chute: Manifest | None = None
+    placement: ServicePlacement = Field(default_factory=ServicePlacement)
+
+    @field_validator("constraints")
+    @classmethod
+    def _spread_by_placement(cls, value: Constraints) -> Constraints:
+        if value.spread is not None:
+            raise ValueError("a service spreads its replicas with placement, not spread")
+        return value
 
     def revision(self) -> str:
         """Hash of what an instance runs: instances of an older revision are rolled over.
 
         Secret values are left out (their names are in): the revision is shown to every
-        reader, and a hash of a weak secret could be searched for offline."""
-        body = self.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        reader, and a hash of a weak secret could be searched for offline. A default
+        ``placement`` is left out too, so services stored before it existed keep their
+        revision (an upgrade rolls nothing); a changed one rolls the replicas to where
+        it puts them."""
+        exclude: dict[str, Any] = dict.fromkeys(_NOT_IN_REVISION, True)
+        exclude["constraints"] = {"spread"}
+        if self.placement == _DEFAULT_PLACEMENT:
+            exclude["placement"] = True
+        body = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 

@@ -74,6 +74,27 @@ class Limits(BaseModel):
 _LIMITS = frozenset(Limits.model_fields)
 
 
+SpreadLevel = Literal["worker", "cluster"]
+AntiAffinity = Literal["preferred", "required"]
+
+
+class Spread(BaseModel):
+    """Keep the live tasks of one group apart (Nomad's ``spread`` and ``distinct_hosts``,
+    Kubernetes' pod anti-affinity): each goes where the fewest of its group run.
+
+    ``over: worker`` spreads over workers (and, at the root, weighs a cluster by its
+    group's tasks per eligible worker); ``over: cluster`` spreads over clusters first.
+    ``anti_affinity: required`` never puts two on one worker (``over: worker``) or in
+    one cluster (``over: cluster``): a task that would have to waits ``pending``.
+    Groups are per project (docs/scheduling.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: Name = Field(min_length=1)
+    over: SpreadLevel = "worker"
+    anti_affinity: AntiAffinity = "preferred"
+
+
 class Constraints(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -84,6 +105,15 @@ class Constraints(BaseModel):
     #: root placement only: allowed clusters (empty: any) and a geo point with a radius
     clusters: Refs = Field(default_factory=list)
     geo: GeoConstraint | None = None
+    #: spread the live tasks of a group apart (an application's service sets it from its
+    #: ``placement``)
+    spread: Spread | None = None
+
+
+def spread_key(project: str, spread: Spread | None) -> str | None:
+    """The scheduler's key of a task's spread group: groups are per project (a project
+    name has no ``/``), so one project's tasks never push another's around."""
+    return None if spread is None else f"{project}/{spread.group}"
 
 
 class InputRef(BaseModel):
