@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 VENV ?= .venv-test
 TPY := $(VENV)/bin/python
 
-.PHONY: install deps services lint test test-unit bench up
+.PHONY: install deps services lint test test-unit bench bench-fl up
 
 install:
 	$(PIP) install -q -e .
@@ -47,6 +47,13 @@ test-unit: $(TPY)
 # the peers and matplotlib for the benchmark only); `make bench BENCH_ARGS=--quick` to try it.
 bench: install
 	$(PY) -m bench.suite $(BENCH_ARGS)
+
+# Federated learning beside Flower (bench/fl.py; minutes, so not part of `make bench`):
+# edgeplane with its fl extra (the coordinator needs numpy and scikit-learn); Flower goes
+# into a venv of its own, bench/.venv-flower, for the benchmark only.
+bench-fl:
+	$(PIP) install -q -e '.[fl]'
+	$(PY) -m bench.fl $(BENCH_ARGS)
 
 up: install
 	edgeplane up

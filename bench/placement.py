@@ -2,14 +2,16 @@
 
 Only the pure schedulers run here, on synthetic but realistic inputs from a seeded RNG:
 workers offering wasm, host or both, one of three site labels, random free cpu, memory
-and slots. Three sections:
+and slots. Four sections:
 
 - **root**: one ``place_on_clusters`` call for one task, and per task in a batch of
   1,000, over 10 / 100 / 1,000 clusters built from aggregates of 20 workers each;
 - **cluster**: ``make_plan`` (resource-fit and round-robin) over 45 / 1,000 / 10,000
   workers, one task and per task in a batch of 1,000;
 - **aggregate**: the encoded message size, the time to fold workers into it, and the
-  root's CPU per message received (``decode`` + ``parse_body`` + ``cluster_view``).
+  root's CPU per message received (``decode`` + ``parse_body`` + ``cluster_view``);
+- **spread group**: both levels again for replicas of one service (a spread group,
+  docs/scheduling.md), which look at every eligible worker or cluster once each.
 
 Nothing here asserts on time: this is a measurement, not a test.
 
@@ -28,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -202,6 +205,35 @@ def bench_cluster(rng: random.Random, reps: int, batch_reps: int) -> list[Row]:
     return rows
 
 
+def bench_spread(rng: random.Random, reps: int, batch_reps: int) -> list[Row]:
+    """Replicas of one spread group (an application's service): each looks at every
+    eligible worker (cluster) with room once; plain tasks never take this path."""
+    rows = []
+    key = "default/app/web"
+
+    def replicas(n: int, prefix: str) -> list[TaskDemand]:
+        return [
+            TaskDemand(f"{prefix}{i}", "wasm", seq=float(i), spread=key, cpu=0.25, memory_mb=64)
+            for i in range(n)
+        ]
+
+    singles, batch = replicas(200, "s"), replicas(BATCH, "t")
+    for n in CLUSTER_SIZES:
+        workers = [replace(w, free_slots=w.free_slots + 4) for w in make_workers(rng, n)]
+        live = {w.id: {key: count} for w in workers if (count := rng.randint(0, 2))}
+        for strategy in ("resource-fit", "round-robin"):
+            plan = partial(make_plan, strategy, workers, spread=live)
+            figures = single_and_batch(plan, singles, batch, reps, batch_reps)
+            rows.append({"level": "cluster", "size": n, "strategy": strategy, **figures})
+    for n in ROOT_SIZES:
+        clusters = [replace(c, spread={key: rng.randint(0, 3)}) for c in make_clusters(rng, n)]
+        figures = single_and_batch(
+            partial(place_on_clusters, clusters), singles, batch, reps, batch_reps
+        )
+        rows.append({"level": "root", "size": n, "strategy": "spread", **figures})
+    return rows
+
+
 def fold_once(workers: Sequence[WorkerView], location: Location, _: int) -> Aggregate:
     return aggregate(workers, location=location)
 
@@ -282,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "aggregate (3 label sets; root: decode + parse_body + cluster_view)": bench_aggregate(
             rng, max(10, reps // 10)
+        ),
+        # (its own RNG: the sections above keep the inputs they always had)
+        "spread group (replicas of one service; workers / clusters)": bench_spread(
+            random.Random(args.seed + 1), reps, batch_reps
         ),
     }
     for title, rows in sections.items():

@@ -134,8 +134,9 @@ def api_md() -> str:
         "",
         f"Every route below `{API}` needs `Authorization: Bearer TOKEN` (a token from",
         "`edgeplane up`'s `admin-token`, `edgeplane login` or `edgeplane token create`), except",
-        "login and refresh. Bodies are JSON (applications and job/workflow specs also YAML);",
-        "each route's body and answer schemas are in `GET /openapi.json`, browsable at `/docs`.",
+        "login and refresh. Bodies are JSON (applications, job/workflow specs and chute manifests",
+        "also YAML); each route's body and answer schemas are in `GET /openapi.json`, browsable",
+        "at `/docs`.",
         "",
         "Errors are RFC 9457 `application/problem+json`: `status`, `title`, `detail` and, for",
         "bad input, `field` naming the offending field (422). 401 without a valid token, 403",
@@ -162,7 +163,8 @@ def api_md() -> str:
         "`GET /docs` (Swagger UI, served from the package: it works offline), `GET /dashboard`",
         "(its own API calls need a token; [dashboard.md](dashboard.md), which also describes",
         "`GET /api/v1/events`). `/workers` routes are on a cluster's manager only:",
-        "a root sees clusters and their aggregates.",
+        "a root sees clusters and their aggregates. `/store/chutes` is on both, each with",
+        'a store of its own ([chutes.md](chutes.md), "The chute store").',
         "",
     ]
     return "\n".join(out)
@@ -173,6 +175,7 @@ def _routers() -> list[tuple[str, Any]]:
     from edgeplane.api import (
         applications,
         audit,
+        chute_store,
         chutes,
         clusters,
         events,
@@ -186,7 +189,7 @@ def _routers() -> list[tuple[str, Any]]:
     from edgeplane.api.app import API
 
     routers = [tasks.router, events.router, join_tokens.router, worker_routes.router]
-    routers += [chutes.router, runs.jobs]
+    routers += [chutes.router, chute_store.router, runs.jobs]
     routers += [runs.workflows, runs.schedules, clusters.router, applications.router]
     routers += [users.users, users.tokens, audit.router, users.auth, fl.users, fl.clients]
     return [(API, router) for router in routers]
@@ -197,8 +200,11 @@ LEAVES = {
     "hello": "member → parent: registers with its capabilities (`Hello`), on every connect",
     "welcome": "parent → member: the answer to `hello` (`Welcome`)",
     "alive": "member → parent: heartbeat with usage (`Alive`); retained offline by its will",
-    "cmd": "parent → member: commands (`StartTasks`, `StopTasks`, `AckEvents`, …), with a MAC",
-    "events": "member → parent: task state changes (`TaskEvents`), re-sent until acked",
+    "cmd": "parent → member: commands (`StartTasks`, `StopTasks`, `AckEvents`, "
+    "`ChuteRequest`, `AckChuteEvents`, `FollowChuteLogs`, …), with a MAC",
+    "events": "member → parent: task state changes (`TaskEvents`) and chute events "
+    "(`ChuteEvents`), each re-sent until acked; answers to chute calls (`ChuteResponse`) "
+    "and followed output (`LogChunks`, `ChuteLogs`)",
     "metrics": "member → parent: metric samples (QoS 0)",
     "aggregate": "cluster → root: the cluster's free capacity by runtime and labels",
 }

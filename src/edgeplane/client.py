@@ -48,6 +48,7 @@ from edgeplane.model import (
     WorkflowSpec,
 )
 from edgeplane.model.audit import AuditPage
+from edgeplane.model.listing import TaskPage
 from edgeplane.model.secrets import REVEAL
 from edgeplane.tls import client_context, trusted_ca
 from edgeplane.wire import Reply, Request, Unreachable, open_wire
@@ -233,7 +234,7 @@ def _model(model: type[M]) -> Callable[[Reply], M]:
 
 
 _task = _model(Task)
-_task_page = _model(Page[Task])
+_task_page = _model(TaskPage)
 _worker = _model(Worker)
 _worker_page = _model(Page[Worker])
 _results = _model(TaskResults)
@@ -267,6 +268,11 @@ def _document(resp: Reply) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise EdgeplaneError(f"unexpected answer from {resp.url}: not an object")
     return body
+
+
+def _published(resp: Reply) -> tuple[dict[str, Any], bool]:
+    """A published chute version, and whether this call published it (201, not 200)."""
+    return _document(resp), resp.status == 201
 
 
 def _nothing(resp: Reply) -> None:
@@ -470,7 +476,7 @@ class _Calls:
         return _Call("DELETE", f"/tasks/{_seg(task_id)}", _nothing)
 
     @staticmethod
-    def list_tasks(params: dict[str, str | int]) -> _Call[Page[Task]]:
+    def list_tasks(params: dict[str, str | int]) -> _Call[TaskPage]:
         return _Call("GET", "/tasks", _task_page, params=params)
 
     @staticmethod
@@ -571,6 +577,14 @@ class _Calls:
         return _Call("GET", "/schedules", _schedule_page, params=params)
 
     @staticmethod
+    def schedule(schedule_id: str) -> _Call[Schedule]:
+        return _Call("GET", f"/schedules/{_seg(schedule_id)}", _schedule)
+
+    @staticmethod
+    def schedule_action(schedule_id: str, verb: str) -> _Call[Schedule]:
+        return _Call("POST", f"/schedules/{_seg(schedule_id)}/{verb}", _schedule)
+
+    @staticmethod
     def delete_schedule(schedule_id: str) -> _Call[None]:
         return _Call("DELETE", f"/schedules/{_seg(schedule_id)}", _nothing)
 
@@ -596,6 +610,29 @@ class _Calls:
     def fl_model(experiment_id: str, version: int | None) -> _Call[bytes]:
         params = None if version is None else {"version": version}
         return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}/model", _bytes, params=params)
+
+    # the chute store (docs/chutes.md): plain JSON objects
+    @staticmethod
+    def publish_chute(manifest: Any, project: str | None) -> _Call[tuple[dict[str, Any], bool]]:
+        params = None if project is None else {"project": project}
+        return _Call("POST", "/store/chutes", _published, params=params, body=manifest)
+
+    @staticmethod
+    def store_chutes(params: dict[str, str | int]) -> _Call[dict[str, Any]]:
+        return _Call("GET", "/store/chutes", _json, params=params)
+
+    @staticmethod
+    def store_chute(name: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/store/chutes/{_seg(name)}", _json)
+
+    @staticmethod
+    def store_chute_version(name: str, version: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/store/chutes/{_seg(name)}/versions/{_seg(version)}", _json)
+
+    @staticmethod
+    def delete_store_chute_version(name: str, version: str) -> _Call[None]:
+        path = f"/store/chutes/{_seg(name)}/versions/{_seg(version)}"
+        return _Call("DELETE", path, _nothing)
 
     @staticmethod
     def clusters(params: dict[str, str | int]) -> _Call[Page[Cluster]]:
@@ -931,6 +968,10 @@ class Client(_Base):
     def stop(self, task_id: str) -> Task:
         return self._send(_Calls.action(task_id, "stop"))
 
+    def retry(self, task_id: str) -> Task:
+        """A new task running what the ended task ``task_id`` ran (its ``retry_of``)."""
+        return self._send(_Calls.action(task_id, "retry"))
+
     def get(self, task_id: str) -> Task:
         return self._send(_Calls.get(task_id))
 
@@ -961,13 +1002,27 @@ class Client(_Base):
         self,
         *,
         state: str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        order: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
-    ) -> Page[Task]:
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """A page of tasks matching every filter given (``name``: a prefix); the page's
+        ``next`` is the ``cursor`` of the following one (``order``: oldest or newest first)."""
         params = _filters(
-            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+            state=state,
+            name=name,
+            worker_id=worker_id,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return self._send(_Calls.list_tasks(params))
 
@@ -1100,6 +1155,17 @@ class Client(_Base):
     def schedules(self, *, limit: int | None = None, offset: int | None = None) -> Page[Schedule]:
         return self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
 
+    def schedule(self, schedule_id: str) -> Schedule:
+        return self._send(_Calls.schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Fire nothing until resumed."""
+        return self._send(_Calls.schedule_action(schedule_id, "pause"))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire again; the schedule's ``catch_up`` says which slots missed meanwhile run."""
+        return self._send(_Calls.schedule_action(schedule_id, "resume"))
+
     def delete_schedule(self, schedule_id: str) -> None:
         self._send(_Calls.delete_schedule(schedule_id))
 
@@ -1123,6 +1189,31 @@ class Client(_Base):
     def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
         """A global model version, raw ``f32`` (docs/fl.md)."""
         return self._send(_Calls.fl_model(experiment_id, version))
+
+    # --- the chute store (docs/chutes.md) --------------------------------------------------
+
+    def publish_chute(
+        self, manifest: Mapping[str, Any], project: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """``POST /store/chutes``: the published version, and False when that version
+        was published already with this very content."""
+        return self._send(_Calls.publish_chute(dict(manifest), project))
+
+    def store_chutes(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return self._send(_Calls.store_chutes(_filters(limit=limit, offset=offset)))
+
+    def store_chute(self, name: str) -> dict[str, Any]:
+        """A chute in the store: its latest version and every version, newest first."""
+        return self._send(_Calls.store_chute(name))
+
+    def store_chute_version(self, name: str, version: str) -> dict[str, Any]:
+        """A published version with its ``manifest``."""
+        return self._send(_Calls.store_chute_version(name, version))
+
+    def delete_store_chute_version(self, name: str, version: str) -> None:
+        self._send(_Calls.delete_store_chute_version(name, version))
 
     # --- clusters and applications --------------------------------------------------------
 
@@ -1316,6 +1407,10 @@ class AsyncClient(_Base):
     async def stop(self, task_id: str) -> Task:
         return await self._send(_Calls.action(task_id, "stop"))
 
+    async def retry(self, task_id: str) -> Task:
+        """See :meth:`Client.retry`."""
+        return await self._send(_Calls.action(task_id, "retry"))
+
     async def get(self, task_id: str) -> Task:
         return await self._send(_Calls.get(task_id))
 
@@ -1341,13 +1436,26 @@ class AsyncClient(_Base):
         self,
         *,
         state: str | None = None,
+        name: str | None = None,
+        worker_id: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        order: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
-    ) -> Page[Task]:
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """See :meth:`Client.list_tasks`."""
         params = _filters(
-            state=state, job_id=job_id, workflow_id=workflow_id, limit=limit, offset=offset
+            state=state,
+            name=name,
+            worker_id=worker_id,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            order=order,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
         )
         return await self._send(_Calls.list_tasks(params))
 
@@ -1453,6 +1561,15 @@ class AsyncClient(_Base):
     ) -> Page[Schedule]:
         return await self._send(_Calls.schedules(_filters(limit=limit, offset=offset)))
 
+    async def schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule(schedule_id))
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule_action(schedule_id, "pause"))
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        return await self._send(_Calls.schedule_action(schedule_id, "resume"))
+
     async def delete_schedule(self, schedule_id: str) -> None:
         await self._send(_Calls.delete_schedule(schedule_id))
 
@@ -1490,6 +1607,27 @@ class AsyncClient(_Base):
     async def delete_cluster(self, cluster_id: str) -> None:
         """``DELETE /clusters/{id}`` (a root's): revoke and forget the cluster."""
         await self._send(_Calls.delete_cluster(cluster_id))
+
+    async def publish_chute(
+        self, manifest: Mapping[str, Any], project: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """``POST /store/chutes``: the published version, and False when that version
+        was published already with this very content."""
+        return await self._send(_Calls.publish_chute(dict(manifest), project))
+
+    async def store_chutes(
+        self, *, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return await self._send(_Calls.store_chutes(_filters(limit=limit, offset=offset)))
+
+    async def store_chute(self, name: str) -> dict[str, Any]:
+        return await self._send(_Calls.store_chute(name))
+
+    async def store_chute_version(self, name: str, version: str) -> dict[str, Any]:
+        return await self._send(_Calls.store_chute_version(name, version))
+
+    async def delete_store_chute_version(self, name: str, version: str) -> None:
+        await self._send(_Calls.delete_store_chute_version(name, version))
 
     async def create_application(self, spec: AppSpec) -> ApplicationView:
         """``POST /applications``: the application, its instances placed in the background."""

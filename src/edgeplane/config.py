@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,9 +85,21 @@ class Settings(BaseModel):
     containers: bool = True
     #: ``edgeplane worker --api HOST:PORT``: serve the node-local Edge API (chutes) there
     edge_api: str | None = None
-    #: chutes on the node's bridge network with disk and bandwidth limits when the node
-    #: can (root, iproute2, nftables, e2fsprogs); False: loopback only
+    #: chutes (and container tasks with ``network: bridge``) on the node's bridge network,
+    #: chutes with disk and bandwidth limits, when the node can (root, iproute2, nftables,
+    #: e2fsprogs); False: chutes have loopback only and such tasks fail ``no_network``
     chute_network: bool = True
+    #: a worker: the node's bridge for chutes and container tasks (at most 15 characters;
+    #: its nftables table is ``edgeplane``, or ``edgeplane_<bridge>`` for another bridge)
+    bridge: str = Field(default="ep-br0", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    #: a worker: the IPv4 subnet its bridge hands addresses out of (the first is the node's)
+    bridge_subnet: str = "10.77.0.0/24"
+    #: a worker: the host ports it publishes container tasks' ``ports`` on, ``LOW-HIGH``
+    #: (docs/services.md); each published port gets a free one of them
+    service_ports: str = "20000-32000"
+    #: a worker: the address its tasks' published ports are reached at, shown in their
+    #: ``endpoints`` (empty: the address its default route leaves from, else 127.0.0.1)
+    advertise_address: str = Field(default="", max_length=253, pattern=r"^[A-Za-z0-9_.:%-]*$")
     #: a worker's OCI image layouts (default ``<worker data dir>/images``)
     images_dir: Path | None = None
     #: how a worker gets ``oci://`` container images: ``direct`` pulls them from the
@@ -191,6 +204,33 @@ class Settings(BaseModel):
             parse_listen(value)
         return value
 
+    @field_validator("service_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @field_validator("bridge_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        import ipaddress  # (only a worker's settings give one: not on every process's path)
+
+        network = ipaddress.IPv4Network(value)  # a ValueError names what is wrong
+        if network.num_addresses < 4:
+            raise ValueError(f"{value} is too small (a /30 at least)")
+        return value
+
+    @property
+    def nft_table(self) -> str:
+        """The node network's nftables table: ``edgeplane`` for the default bridge."""
+        if self.bridge == "ep-br0":
+            return "edgeplane"
+        return "edgeplane_" + re.sub(r"[^A-Za-z0-9_]", "_", self.bridge)
+
+    @property
+    def service_port_range(self) -> tuple[int, int]:
+        return parse_port_range(self.service_ports)
+
     @property
     def broker_endpoint(self) -> tuple[str, int]:
         """Where the embedded broker listens: host, and port (0: the one kept)."""
@@ -211,6 +251,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT (port 0 to 65535)")
     return host, int(port)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (1 <= LOW <= HIGH <= 65535) → (low, high); ValueError otherwise."""
+    low, sep, high = text.partition("-")
+    if sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high)
+    raise ValueError(f"{text!r} is not LOW-HIGH (ports, 1 <= LOW <= HIGH <= 65535)")
 
 
 def load(flags: dict[str, Any], config_file: Path | None = None) -> Settings:

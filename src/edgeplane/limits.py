@@ -72,6 +72,9 @@ MAX_CPUS = 4_096.0
 #: Pages of every list: ``limit`` items from ``offset`` (an offset past 2^63 broke SQL).
 MAX_LIMIT = 1_000
 MAX_OFFSET = 1_000_000_000
+#: A list's paging cursor (``GET /tasks``): a time and an id of at most ``MAX_NAME``
+#: characters, each up to 4 bytes in UTF-8 and JSON-escaped, then base64.
+MAX_CURSOR = 16 * MAX_NAME
 #: Longest a request may hold its answer (``?wait=``), in seconds.
 MAX_WAIT_S = 60.0
 #: Half the earth's circumference: a geo radius past it covers everything anyway.

@@ -5,6 +5,7 @@ from a live client credential is refused with its reason and counted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -67,12 +68,46 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert all(r["updates"] >= 3 for r in closed)
     assert closed[-1]["metrics"]["accuracy"] >= 0.9, got
     assert got["model_version"] == 3
+    # each round's moments, in order, and the next round handed out after the last closed
+    # (what bench/fl.py reads as the coordinator's share of a round)
+    moments = [(r["opened_at"], r["last_update_at"], r["closed_at"]) for r in closed]
+    assert all(None not in m and m[0] <= m[1] <= m[2] for m in moments), moments
+    assert all(a[2] <= b[0] for a, b in itertools.pairwise(moments)), moments
+    assert all(sorted(r["tasks"]) == sorted(r["clients"]) for r in closed), closed
+    task = (await http.get(f"/tasks/{closed[0]['tasks'][closed[0]['clients'][0]]}")).json()
+    assert task["state"] in ("completed", "cancelled", "failed"), task
 
     model = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 3})
     assert model.status_code == 200
     assert updates.decode(model.content).arrays["w"].shape == (64, 10)
     missing = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 9})
     assert missing.status_code == 404
+
+
+async def test_a_closed_round_opens_the_next_at_once_not_at_the_next_tick(
+    stack: tuple[Stack, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the coordinator's idle tick an hour long, the experiment still goes round
+    after round: the pass that closes a round opens the next (it used to wait for the
+    tick, half a second of every round), and the update that completes a round wakes the
+    pass that closes it."""
+    from edgeplane.fl import coordinator
+
+    monkeypatch.setattr(coordinator, "TICK_S", 3600.0)
+    _, http = stack
+    await wait_until_workers(http, 4)
+    created = await http.post("/fl/experiments", json=experiment(2))
+    assert created.status_code == 201, created.text
+    exp_id = created.json()["id"]
+
+    async def done() -> bool:
+        got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+        return bool(got["state"] != "running")
+
+    await until(done, "the experiment ends without waiting for a tick", timeout_s=120)
+    got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+    assert got["state"] == "completed", got
+    assert got["model_version"] == 2
 
 
 async def test_cli_runs_the_example_to_completion(

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from chute_fixtures import names
+from edgeplane.config import Settings
 from edgeplane.runtimes.container import find_runc
 from edgeplane.transport import free_port
 from faults.procs import Lab, Role, alive, wait_until
@@ -39,16 +41,29 @@ def chute(name: str, **service: Any) -> dict[str, Any]:
 class Node:
     """A worker process serving the Edge API, and a client of it."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        *,
+        broker: str | None = None,
+        flags: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``broker``: where the worker dials (default the lab's); ``flags`` are added.
+        The worker's chute network is a bridge, subnet and table of this test's own."""
+        bridge, subnet, _ = names()
+        own = {"EDGEPLANE_BRIDGE": bridge, "EDGEPLANE_BRIDGE_SUBNET": subnet}
+        self.gateway = subnet.removesuffix("0/24") + "1"
         self.data = lab.root / "node"
         self.runc_root = self.data / "worker" / "chutes" / "runc"
         images = images_with_busybox(lab.root / "images")
         port = free_port()
         self.role: Role = lab.role(
             "node",
-            ["worker", "--manager", lab.broker_url, "--worker-id", "n1", "--no-containers",
-             "--api", f"127.0.0.1:{port}", "--images-dir", str(images),
-             "--data-dir", str(self.data)],
+            ["worker", "--manager", broker or lab.broker_url, "--worker-id", "n1",
+             "--no-containers", "--api", f"127.0.0.1:{port}", "--images-dir", str(images),
+             "--data-dir", str(self.data), *flags],
+            lab.env(**own, **(env or {})),
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}/api/v1"
         self.http: httpx.Client | None = None
@@ -56,7 +71,11 @@ class Node:
     def start(self) -> None:
         self.role.start()
         token_file = self.data / "worker" / "edge-api-token"
-        wait_until(token_file.exists, "the node token", timeout=60, watch=[self.role])
+
+        def token() -> str | None:
+            return token_file.read_text().strip() if token_file.exists() else None
+
+        wait_until(token, "the node token", timeout=60, watch=[self.role])
         if self.http is None:
             token = token_file.read_text().strip()
             self.http = httpx.Client(
@@ -107,9 +126,10 @@ class Node:
 
 
 @contextlib.contextmanager
-def running_node(lab: Lab) -> Iterator[Node]:
-    """A :class:`Node`, and everything its chutes leave removed at the end."""
-    found = Node(lab)
+def running_node(lab: Lab, **options: Any) -> Iterator[Node]:
+    """A :class:`Node` (``options`` as it takes them), and everything its chutes leave
+    removed at the end."""
+    found = Node(lab, **options)
     try:
         yield found
     finally:
@@ -125,7 +145,13 @@ def running_node(lab: Lab) -> Iterator[Node]:
         chutes = found.data / "worker" / "chutes"
         for disk in (chutes / "disks").glob("*.img"):
             ChuteEnforcer(chutes).remove(disk.stem)
-        NodeNetwork(chutes / "net").teardown()
+        env = found.role.env
+        NodeNetwork(
+            chutes / "net",
+            bridge=env["EDGEPLANE_BRIDGE"],
+            subnet=env["EDGEPLANE_BRIDGE_SUBNET"],
+            table=Settings(bridge=env["EDGEPLANE_BRIDGE"]).nft_table,
+        ).teardown()
 
 
 @pytest.fixture
@@ -250,3 +276,48 @@ def test_the_cli_against_the_node(node: Node, tmp_path: Path) -> None:
     failed = cli("install", str(failing), "--wait")
     assert failed.returncode == 1 and "rolled_back" in failed.stderr
     assert cli("list", "--worker", "w1").returncode == 2
+
+
+def test_a_chute_reads_itself_through_the_workers_chute_api(node: Node) -> None:
+    """``edgeplane worker`` serves its chutes' API on its bridge gateway: a chute reads
+    its own status and config with its token; another chute's token is refused there."""
+    node.start()
+    for name in ("me", "other"):
+        body = {**chute(name), "config": {"color": name}}
+        answer = node.client.post("/chutes", json=body)
+        assert node.ended(answer.json()["change_id"])["state"] == "done"
+    runc = find_runc()
+    assert runc is not None
+    # static busybox wget may crash on -T: the timeout applet bounds it instead
+    url = f"http://{node.gateway}:7072/api/v1"
+    get = 'timeout 10 wget -qO- --header "Authorization: Bearer {token}" ' + url + "{path}"
+
+    def inside(name: str, script: str) -> subprocess.CompletedProcess[str]:
+        cid = node.client.get(f"/chutes/{name}").json()["services"][0]["container"]
+        return subprocess.run(
+            [runc, "--root", str(node.runc_root), "exec", cid, "sh", "-c", script],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    mine = "$(cat /run/chute/token)"
+    said = inside("me", get.format(token=mine, path="/self"))
+    assert said.returncode == 0, said.stderr
+    found = json.loads(said.stdout)
+    assert found["name"] == "me" and found["state"] == "running"
+    assert found["config"] == {"color": "me"}
+    assert json.loads(inside("other", get.format(token=mine, path="/self/config")).stdout) == {
+        "color": "other"
+    }
+    info = inside("me", get.format(token=mine, path="/info"))
+    assert info.returncode == 0 and {c["name"] for c in json.loads(info.stdout)["chutes"]} == {
+        "me",
+        "other",
+    }
+    installed = node.data / "worker" / "chutes" / "installed"
+    theirs = (installed / "other" / "config" / "token").read_text()
+    for token in (theirs, "nope"):  # another chute's token, and none at all, from "me"
+        said = inside("me", get.format(token=token, path="/self"))
+        assert said.returncode != 0 and said.stdout == "", said
+    # the node's own API token is no chute's either
+    node_token = (node.data / "worker" / "edge-api-token").read_text().strip()
+    assert inside("me", get.format(token=node_token, path="/self")).stdout == ""

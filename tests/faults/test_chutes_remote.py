@@ -4,6 +4,7 @@ containers; the calls travel over MQTT to the worker and back."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeplane.runtimes.busybox import busybox_image
 from edgeplane.transport import free_port
 from faults.procs import TOKEN, Api, Lab, wait_until
 from faults.test_chute_worker import Node, chute, running_node
 from oci_fixtures import busybox_containers_unavailable
+from registry_fixtures import RegistryProcess, skopeo_push
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -46,9 +49,11 @@ class Stack:
         return wait_until(done, f"change {change_id}", timeout=60, watch=[self.node.role])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.edgeplane("chute", *args, "--worker", "n1")
+
+    def edgeplane(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edgeplane", "--url", self.api.url, "--token", TOKEN,
-             "chute", *args, "--worker", "n1"],
+            [sys.executable, "-m", "edgeplane", "--url", self.api.url, "--token", TOKEN, *args],
             capture_output=True, text=True, timeout=90, check=False,
         )  # fmt: skip
 
@@ -110,7 +115,15 @@ def test_a_chute_through_the_manager_api_and_the_cli(stack: Stack, tmp_path: Pat
     assert stack.cli("delete", "clip", "--wait").returncode == 0
 
 
-def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
+def test_a_worker_offline_answers_its_last_state_or_503_naming_it(stack: Stack) -> None:
+    answer = stack.http.post("/workers/n1/chutes", json=chute("kept"))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+
+    def told() -> bool:
+        found = stack.api.worker("n1") or {}
+        return [c["name"] for c in (found.get("chutes") or {}).get("items", [])] == ["kept"]
+
+    wait_until(told, "the manager to hear of the chute", watch=[stack.manager])
     stack.node.role.stop()
 
     def offline() -> bool:
@@ -118,13 +131,20 @@ def test_a_worker_offline_answers_503_naming_it(stack: Stack) -> None:
         return found is not None and found["state"] == "offline"
 
     wait_until(offline, "n1 offline", timeout=60, watch=[stack.manager])
-    answer = stack.http.get("/workers/n1/chutes")
-    assert answer.status_code == 503
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    assert "n1" in answer.json()["detail"] and "offline" in answer.json()["detail"]
-    assert stack.http.post("/workers/n1/chutes", json=chute("x")).status_code == 503
+    # reads: the last known state, marked stale
+    [shown] = stack.http.get("/workers/n1/chutes").json()
+    assert shown["name"] == "kept" and shown["stale"] is True and shown["last_contact"] > 0
+    listed = stack.cli("list")
+    assert listed.returncode == 0 and "kept" in listed.stdout, listed.stderr
+    assert "n1 cannot be reached" in listed.stderr and "last contact" in listed.stderr
+    # anything else: 503 at once, naming the worker
+    refused = stack.http.post("/workers/n1/chutes", json=chute("x"))
+    assert refused.status_code == 503
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "n1" in refused.json()["detail"] and "offline" in refused.json()["detail"]
+    assert stack.http.get("/workers/n1/chutes/kept/config").status_code == 503
     assert stack.http.get("/workers/nope/chutes").status_code == 404
-    cli = stack.cli("list")
+    cli = stack.cli("stop", "kept")
     assert cli.returncode == 3 and "n1" in cli.stderr
 
 
@@ -152,3 +172,229 @@ def test_only_an_admin_or_the_workers_owner_manages_its_chutes(stack: Stack) -> 
     assert stack.ended(answer.json()["change_id"])["state"] == "done"
     gone = http.delete("/workers/n1/chutes/mine", headers=opal)
     assert stack.ended(gone.json()["change_id"])["state"] == "done"
+
+
+#: a line a tenth of a second, numbered
+TICKER = "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 100000; done"
+
+
+def sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    name, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+
+
+def ticks(text: str) -> list[int]:
+    return [int(line[5:]) for line in text.split("\n") if line.startswith("tick-")]
+
+
+def test_a_chutes_output_streams_live_until_it_is_deleted(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    text, numbers = "", list[int]()
+    ended: dict[str, Any] = {}
+    with httpx.Client(
+        base_url=stack.api.http.base_url, headers=stack.api.http.headers, timeout=None
+    ) as client, client.stream(
+        "GET", "/workers/n1/chutes/ticker/logs", params={"follow": "true"}
+    ) as stream:  # fmt: skip
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        deleted = False
+        for name, data in sse(stream.iter_lines()):
+            if name == "log":
+                text += data
+                numbers = ticks(text)
+                # lines keep coming, live, in order: then the chute goes
+                if len(set(numbers)) >= 30 and not deleted:
+                    gone = http.delete("/workers/n1/chutes/ticker")
+                    assert gone.status_code == 202, gone.text
+                    deleted = True
+            elif name == "end":
+                ended = json.loads(data)
+                break
+    assert "deleted" in ended["reason"], ended
+    assert numbers == sorted(numbers) and numbers[-1] - numbers[0] + 1 == len(set(numbers))
+    assert http.get("/workers/n1/chutes/ticker").status_code == 404
+    # nothing follows a chute that is not there, and a bad name is bad input
+    missing = http.get("/workers/n1/chutes/ticker/logs", params={"follow": "true"})
+    assert missing.status_code == 404
+    assert http.get("/workers/n1/chutes/Bad/logs", params={"follow": "true"}).status_code == 422
+
+
+def test_log_follows_are_bounded_and_end_when_the_client_goes(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    url = "/workers/n1/chutes/ticker/logs"
+
+    def open_all(client: httpx.Client) -> list[httpx.Response] | None:
+        """Eight follows of one worker (its bound), or None while they are not all had."""
+        streams = []
+        for _ in range(8):
+            request = client.build_request("GET", url, params={"follow": "true"})
+            streams.append(client.send(request, stream=True))
+        if all(s.status_code == 200 for s in streams):
+            return streams
+        for stream in streams:
+            stream.close()
+        return None
+
+    # twice: the first round's follows are given back when their clients go
+    for _ in range(2):
+        with httpx.Client(
+            base_url=stack.api.http.base_url, headers=stack.api.http.headers, timeout=None
+        ) as client:
+            streams = wait_until(
+                lambda: open_all(client), "eight follows at once", watch=[stack.manager]
+            )
+            refused = http.get(url, params={"follow": "true"})
+            assert refused.status_code == 503 and "too many" in refused.json()["detail"]
+            for stream in streams:
+                assert any(ticks(data) for name, data in sse(stream.iter_lines()) if name == "log")
+                stream.close()  # the client goes
+    assert http.delete("/workers/n1/chutes/ticker").status_code == 202
+
+
+def test_the_cli_follows_a_chute_through_the_manager(stack: Stack) -> None:
+    http = stack.http
+    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgeplane", "--url", stack.api.url, "--token", TOKEN,
+         "chute", "logs", "ticker", "--worker", "n1", "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as cli:  # fmt: skip
+        assert cli.stdout is not None
+        seen = []
+        for line in cli.stdout:
+            if line.startswith("tick-"):
+                seen.append(int(line[5:]))
+            if len(seen) >= 20:
+                break
+        assert seen == list(range(seen[0], seen[0] + len(seen))), seen
+        gone = http.delete("/workers/n1/chutes/ticker")
+        assert gone.status_code == 202
+        _, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert "deleted" in err
+
+
+def test_a_chute_from_a_registry_image_through_the_manager(
+    stack: Stack, oci_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A chute whose service names ``oci://…``: the worker pulls the image (it has none in
+    its image dir by that name), verified, and runs it; a bad reference is refused by the
+    manager naming the field; an unknown tag rolls the install back naming the image."""
+    layout = tmp_path / "layout"
+    busybox_image(layout, tag="1")
+    skopeo_push(layout, "1", oci_registry, "busybox")
+    image = f"oci://{oci_registry.address}/busybox:1"
+    http = stack.http
+    boxed = chute("boxed", image=image, command=["sh", "-c", "echo from-registry; exec sleep 1000"])
+    answer = http.post("/workers/n1/chutes", json=boxed)
+    assert answer.status_code == 202, answer.text
+    change = stack.ended(answer.json()["change_id"])
+    assert change["state"] == "done", change
+    shown = http.get("/workers/n1/chutes/boxed").json()
+    assert shown["state"] == "running", shown
+
+    def printed() -> bool:
+        return "from-registry" in http.get("/workers/n1/chutes/boxed/logs").text
+
+    wait_until(printed, "the chute's output", timeout=30, watch=[stack.node.role])
+    pulled = stack.node.data.parent / "images" / ".oci"  # the node's --images-dir
+    held = [p.name for p in pulled.iterdir()]
+    assert len(held) == 1 and len(held[0]) == 64, held  # kept by its manifest digest
+
+    bad = http.post("/workers/n1/chutes", json=chute("bad", image="oci://h/Busybox:1"))
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["field"] == "services.0.image"
+
+    missing = image.replace(":1", ":nope")
+    answer = http.post("/workers/n1/chutes", json=chute("missing", image=missing))
+    assert answer.status_code == 202, answer.text
+    change = stack.ended(answer.json()["change_id"])
+    assert change["state"] == "rolled_back", change
+    assert "artifact_not_found" in change["error"], change
+    assert missing in change["error"], change
+    assert http.get("/workers/n1/chutes/missing").status_code == 404
+
+    deleted = http.delete("/workers/n1/chutes/boxed")
+    assert stack.ended(deleted.json()["change_id"])["state"] == "done"
+
+
+GREET = """\
+name: greet
+version: "{version}"
+description: says hello, version {version}
+services:
+  - name: main
+    image: busybox
+    command: [sh, -c, "echo greet-{version}; exec sleep 1000"]
+"""
+
+
+def test_a_chute_from_the_store_runs_on_a_real_worker(stack: Stack, tmp_path: Path) -> None:
+    http = stack.http
+    spec = tmp_path / "chute.yaml"
+    for version in ("1.0", "2.0"):
+        spec.write_text(GREET.format(version=version))
+        published = stack.edgeplane("store", "publish", str(spec))
+        assert published.returncode == 0, published.stderr
+        assert published.stdout.strip() == f"greet@{version}"
+    listed = stack.edgeplane("store", "list")
+    assert "greet" in listed.stdout and "2.0" in listed.stdout, listed.stderr
+    assert "1.0" in stack.edgeplane("store", "show", "greet").stdout
+
+    # installed by name and version: the manager resolves it and sends the manifest
+    installed = stack.cli("install", "greet@1.0", "--wait")
+    assert installed.returncode == 0, installed.stderr
+    assert "✓ wait until healthy" in installed.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["state"] == "running" and chute["version"] == "1.0", chute
+    published_1 = http.get("/store/chutes/greet/versions/1.0").json()
+    assert chute["source"] == {"store": "greet@1.0", "digest": published_1["digest"]}
+    change = http.get(f"/workers/n1/changes/{chute['change_id']}").json()
+    assert change["kind"] == "install" and change["source"] == chute["source"]
+    assert "greet-1.0" in http.get("/workers/n1/chutes/greet/logs").text
+    assert "greet@1.0" in stack.cli("get", "greet").stdout
+
+    # updated to the latest by name alone: the new version replaces the old once healthy
+    updated = stack.cli("update", "greet", "--wait")
+    assert updated.returncode == 0, updated.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["version"] == "2.0" and chute["state"] == "running", chute
+    assert chute["source"]["store"] == "greet@2.0"
+    # the node records only a store label that is its manifest's own
+    wrong = stack.node.client.put(
+        "/chutes/greet", params={"store": "greet@9"}, json=published_1["manifest"]
+    )
+    assert wrong.status_code == 422 and wrong.json()["field"] == "store", wrong.text
+
+    # a version that is not in the store: nothing reaches the worker
+    missing = stack.cli("install", "greet@7")
+    assert missing.returncode == 2 and "greet@7" in missing.stderr
+
+    # kill -9 of the manager: the store is in its database, installs from it go on
+    stack.manager.kill9()
+    stack.manager.start()
+    stack.api.wait_healthy(stack.manager)
+    stack.api.wait_workers(["n1"], watch=[stack.manager, stack.node.role])
+    shown = http.get("/store/chutes/greet").json()
+    assert [v["version"] for v in shown["versions"]] == ["2.0", "1.0"], shown
+    assert http.get("/store/chutes/greet/versions/1.0").json() == published_1
+    assert stack.cli("delete", "greet", "--wait").returncode == 0
+    again = stack.cli("install", "greet@1.0", "--wait")
+    assert again.returncode == 0, again.stderr
+    chute = http.get("/workers/n1/chutes/greet").json()
+    assert chute["version"] == "1.0" and chute["state"] == "running", chute
+    assert stack.cli("delete", "greet", "--wait").returncode == 0

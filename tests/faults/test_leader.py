@@ -12,6 +12,7 @@ one machine): one leads, the other stands by.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+import wasm_fixtures
 from edgeplane import Client
 from edgeplane.transport import free_port
 from faults.procs import (
@@ -103,6 +105,40 @@ def test_leader_killed_during_1000_tasks(lab: Lab, store_url: str) -> None:
     expected = {name: {"stdout": f"{name}\n", "exit_code": 0} for name in names}
     check_exactly_once(api_two.tasks(), accepted, expected)
     check_lines(out, names)
+
+
+def proxy_requests(api: Api) -> float:
+    """What the manager's artifact proxy was asked (its /metrics)."""
+    return api.metric("edgeplane_proxy_requests_total")
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_leading_manager_serves_modules_and_its_successor_takes_over(
+    lab: Lab, store_url: str
+) -> None:
+    """`edgeplane manager` runs the artifact proxy on its leader only: a worker gets a
+    task's module from it over MQTT (start commands carry the digest); after a kill -9 of
+    the leader, the new leader's proxy serves the next module."""
+    one, api_one, two, api_two, workers = leader_and_standby(lab)
+
+    def run(api: Api, module: bytes, export: str, *inputs: int) -> dict[str, Any]:
+        body = {"name": export, "file": base64.b64encode(module).decode(), "start": True,
+                "inputs": list(inputs)}  # fmt: skip
+        answer = api.http.post("/tasks", json=body, params={"wait": 30})
+        assert answer.status_code == 201, answer.text
+        task: dict[str, Any] = answer.json()
+        assert task["state"] == "completed", task
+        return task
+
+    assert run(api_one, wasm_fixtures.add_wasm(), "add", 2, 3)["results"] == [5]
+    assert proxy_requests(api_one) >= 1  # the worker asked the leader's proxy
+    one.kill9()
+    api_two.wait_healthy(two)
+    api_two.wait_workers(["w1", "w2"], watch=[two, *workers])
+    assert proxy_requests(api_two) == 0
+    task = run(api_two, wasm_fixtures.wasi_hello_wasm(), "answer")
+    assert task["results"] == [42], task
+    assert proxy_requests(api_two) >= 1
 
 
 @pytest.mark.parametrize(

@@ -340,6 +340,32 @@ async def test_a_truncated_delivery_asks_for_the_missing_chunks_only(
     assert fetcher.stats.rejected == 0 and fetcher.stats.chunks == 10
 
 
+async def test_duplicated_and_cut_chunks_are_refused_and_fetched_again(
+    mosquitto_url: str, unique_domain: str
+) -> None:
+    """Every chunk sent twice, and one cut short on the way: the duplicates are kept once
+    and counted, the cut one is refused (``bad``) and asked for again, the blob arrives
+    whole."""
+    topics = Topics(unique_domain)
+
+    def doubled_and_cut(body: FetchArtifact) -> list[bytes]:
+        sent = all_chunks(body)
+        sent[5] = sent[5][:-10]  # truncated: its header says more than it holds
+        return [raw for frame in sent for raw in (frame, frame)]
+
+    proxy = ScriptedProxy(mosquitto_url, topics, "w1", [doubled_and_cut, all_chunks])
+    async with proxy.link:
+        await proxy.link.connected.wait()
+        fetcher, _, stop = await fetcher_on(mosquitto_url, topics, "w1")
+        try:
+            assert await asyncio.wait_for(fetcher.fetch(DIGEST), 20) == BLOB
+        finally:
+            await stop()
+    assert [r.missing for r in proxy.requests] == [[], [5]]
+    assert fetcher.stats.bad == 2 and fetcher.stats.duplicates == 9
+    assert fetcher.stats.rejected == 0 and fetcher.stats.fetched == 1
+
+
 async def test_a_lost_tail_is_asked_for_again_after_the_wait_and_an_unknown_digest_fails(
     mosquitto_url: str, unique_domain: str
 ) -> None:

@@ -59,6 +59,7 @@ KIND = {
     "/api/v1/tasks/{task_id}": "project",
     "/api/v1/tasks/{task_id}/start": "project",
     "/api/v1/tasks/{task_id}/stop": "project",
+    "/api/v1/tasks/{task_id}/retry": "project",
     "/api/v1/tasks/{task_id}/results": "project",
     "/api/v1/tasks/{task_id}/logs": "project",
     "/api/v1/tasks/{task_id}/metrics": "project",
@@ -70,6 +71,8 @@ KIND = {
     "/api/v1/workflows/{run_id}/stop": "project",
     "/api/v1/schedules": "project",
     "/api/v1/schedules/{schedule_id}": "project",
+    "/api/v1/schedules/{schedule_id}/pause": "project",
+    "/api/v1/schedules/{schedule_id}/resume": "project",
     "/api/v1/applications": "project",
     "/api/v1/applications/{app_id}": "project",
     "/api/v1/workers": "fleet",
@@ -96,6 +99,9 @@ KIND = {
     "/api/v1/tokens": "own",
     "/api/v1/tokens/{token_id}": "own",
     "/api/v1/audit": "admin",
+    "/api/v1/store/chutes": "project",
+    "/api/v1/store/chutes/{name}": "project",
+    "/api/v1/store/chutes/{name}/versions/{version}": "project",
     "/api/v1/fl/experiments": "project",
     "/api/v1/fl/experiments/{experiment_id}": "project",
     "/api/v1/fl/experiments/{experiment_id}/stop": "project",
@@ -106,6 +112,7 @@ KIND = {
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 HOST = {"runtime": "host", "command": ["true"]}
+CHUTE = {"name": "opal", "version": "1", "services": [{"name": "s", "image": "busybox"}]}
 
 
 @dataclass
@@ -208,6 +215,9 @@ async def world(tmp_path: Path, fast_broker_url: str, unique_domain: str) -> Asy
         app_body = {"name": "web", "services": [{"name": "s", **HOST}]}
         created = await http.post("/api/v1/applications", json=app_body, headers=opal)
         ids["app_id"] = (await _ok(created, 201))["id"]
+        # a chute in the store named as {name} fills in (opal's, in default)
+        created = await http.post("/api/v1/store/chutes", json=CHUTE, headers=opal)
+        ids["version"] = (await _ok(created, 201))["version"]
         yield World(http, routes, ids, auth, tmp_path)
 
 
@@ -245,6 +255,8 @@ def _body(path: str) -> dict[str, Any]:
         return {"owner": "vera"}
     if path == "/api/v1/fl/experiments":
         return {"name": "fl", "workload": HOST}
+    if path == "/api/v1/store/chutes":
+        return {**CHUTE, "version": "2"}
     return dict(HOST) if path == "/api/v1/tasks" else {}
 
 

@@ -204,5 +204,10 @@ async def test_a_chute_reads_its_own_status_config_and_node_info_from_inside(nod
         assert json.loads(said.stdout)["name"] == "other"
         said = await in_chute(node, "me", get.format(token="nope", path="/self"))
         assert said.returncode != 0 and said.stdout == ""
+        # ...and another chute's token, from this chute, is refused: a token is good only
+        # from its own chute's addresses
+        theirs = (node.root / "installed" / "other" / "config" / "token").read_text()
+        said = await in_chute(node, "me", get.format(token=theirs, path="/self"))
+        assert said.returncode != 0 and said.stdout == ""
     finally:
         await api.stop()

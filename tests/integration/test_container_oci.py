@@ -113,7 +113,7 @@ async def test_pulled_once_then_shared_by_tag_and_digest(
     assert runtime.puller.pulls == 1
 
 
-async def test_unknown_tag_fails_artifact_not_found(
+async def test_unknown_tag_or_repository_fails_artifact_not_found(
     stack: tuple[Stack, httpx.AsyncClient], pushed: str
 ) -> None:
     _, http = stack
@@ -123,6 +123,10 @@ async def test_unknown_tag_fails_artifact_not_found(
     assert task["reason"] == "artifact_not_found"
     assert missing in task["error"]
     assert task["attempt"] == 1  # not retried: another try would not find it either
+    nowhere = pushed.replace("/busybox:", "/nosuchrepo:")
+    task = await run(http, nowhere, retries=2)
+    assert (task["state"], task["reason"]) == ("failed", "artifact_not_found"), task
+    assert nowhere in task["error"] and task["attempt"] == 1
 
 
 async def test_bad_references_are_refused_naming_image(

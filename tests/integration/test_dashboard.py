@@ -36,7 +36,17 @@ READS: dict[str, set[str]] = {
     "applications": {"name", "state", "services"},
     "workflows": {"id", "name", "state", "task_ids", "created_at", "finished_at", "reason"},
     "jobs": {"id", "name", "state", "task_ids", "created_at", "finished_at", "reason"},
-    "schedules": {"id", "name", "kind", "cron", "timezone", "next_run", "runs"},
+    "schedules": {
+        "id",
+        "name",
+        "kind",
+        "cron",
+        "timezone",
+        "catch_up",
+        "paused",
+        "next_run",
+        "runs",
+    },
 }
 SERVICE_READS = {"name", "running", "replicas", "instances"}
 INSTANCE_READS = {"state", "cluster_id", "worker_id", "restarts"}

@@ -5,11 +5,12 @@ basic auth, unknown tags and a tampered blob."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
 
-from edgeplane.artifacts import reference
+from edgeplane.artifacts import reference, registry_config
 from edgeplane.artifacts.registry import (
     OCI_MANIFEST,
     WASM_CONFIG,
@@ -203,3 +204,29 @@ async def test_bearer_tokens_from_the_registrys_token_service(
     # One token for the push (pull,push, asked for up front) serves the pull after it.
     assert len(service.requests) == 1
     assert service.requests[0][0] == "repository:private/add:pull,push"
+
+
+async def test_a_bearer_token_from_the_registry_config_is_sent_as_it_is(
+    token_registry: tuple[RegistryProcess, TokenService],
+    module: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``token:`` in registries.yaml: sent as the bearer token, the token service never
+    asked, and the token in no log line nor error."""
+    registry, service = token_registry
+    token = service.token(["repository:private/add:pull,push"])
+    config_file = tmp_path / "registries.yaml"
+    config_file.write_text(f"registries:\n  {registry.address}:\n    token: {token}\n")
+    config_file.chmod(0o600)
+    caplog.set_level(logging.DEBUG)
+    target = ref(registry, "private/add:1")
+    async with Registry(registry_config.load(config_file)) as client:
+        pushed = await client.push_wasm(target, module)
+        pulled = await client.pull_wasm(target, tmp_path / "add.wasm")
+        assert pulled.digest == pushed.digest
+        # a token for another repository is refused: named, without the token
+        with pytest.raises(RegistryDenied) as denied:
+            await client.resolve(ref(registry, "other/add:1"))
+    assert service.requests == []
+    assert token not in caplog.text and token not in denied.value.detail

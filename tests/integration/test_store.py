@@ -48,7 +48,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0007"
+HEAD = "0009"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -104,6 +104,65 @@ async def test_list_filters_orders_and_pages(store: Store) -> None:
     assert await ids(state="running", job_id="j1", workflow_id="w") == (["t4"], 1)
     assert await ids(job_id="j1", limit=1, offset=1) == (["t3"], 3)
     assert await ids(state="cancelled") == ([], 0)
+
+
+async def test_list_filters_by_name_prefix_and_worker(store: Store) -> None:
+    names = ["train", "train-2", "training", "trai", "Train", "retrain", "tr%in", "tr_in", "тrain"]
+    await store.add_tasks(
+        [task(f"t{i}", float(i), name=n, worker_id=f"w{i % 2}") for i, n in enumerate(names)]
+    )
+    await store.add_tasks([task("z", 99.0, name="train\U0010ffff"), task("y", 98.0, name="")])
+
+    async def names_of(name: str | None = None, worker_id: str | None = None) -> list[str]:
+        items, total = await store.list_tasks(name=name, worker_id=worker_id)
+        assert total == len(items)
+        return [t.name for t in items]
+
+    assert await names_of(name="train") == ["train", "train-2", "training", "train\U0010ffff"]
+    assert await names_of(name="tr%") == ["tr%in"]  # no pattern characters: text as given
+    assert await names_of(name="tr_") == ["tr_in"]
+    assert await names_of(name="тr") == ["тrain"]
+    assert await names_of(name="T") == ["Train"]  # case counts
+    assert await names_of(name="train\U0010ffff") == ["train\U0010ffff"]
+    assert len(await names_of(name="")) == 11  # no name filter
+    assert await names_of(name="nothing") == []
+    assert await names_of(worker_id="w1") == ["train-2", "trai", "retrain", "tr_in"]
+    assert await names_of(worker_id="w1", name="tr") == ["train-2", "trai", "tr_in"]
+    assert await names_of(worker_id="w9") == []
+    # a later version of a task moves it between filters (the columns follow the document)
+    await store.save_tasks([task("t1", 1.0, name="renamed", worker_id="w7")])
+    assert await names_of(worker_id="w7", name="ren") == ["renamed"]
+    assert "train-2" not in await names_of(name="train")
+
+
+async def test_list_pages_by_cursor_either_way(store: Store) -> None:
+    """Every task exactly once, in order, whatever the page size, with ties on created_at
+    (a batch gets one time) and tasks added behind the pages read."""
+    ids = [f"t{i:02}" for i in range(23)]
+    await store.add_tasks([task(i, float(n // 4), state="failed") for n, i in enumerate(ids)])
+    await store.add_tasks([task("other", 2.0, state="completed")])
+    for newest_first in (False, True):
+        for size in (1, 4, 7, 23, 50):
+            seen: list[str] = []
+            after = None
+            while True:
+                items, total = await store.list_tasks(
+                    state="failed", after=after, newest_first=newest_first, limit=size
+                )
+                assert total == 23
+                if not items:
+                    break
+                seen += [t.id for t in items]
+                after = (items[-1].created_at, items[-1].id)
+            assert seen == (ids[::-1] if newest_first else ids), (newest_first, size)
+    # a task created after the first page was read shows at its head, not again later
+    first, _ = await store.list_tasks(state="failed", newest_first=True, limit=5)
+    await store.add_tasks([task("late", 100.0, state="failed")])
+    rest, total = await store.list_tasks(
+        state="failed", newest_first=True, after=(first[-1].created_at, first[-1].id), limit=100
+    )
+    assert total == 24 and "late" not in [t.id for t in rest]
+    assert [t.id for t in first + rest] == ids[::-1]
 
 
 async def test_add_conflict_inserts_nothing(store: Store) -> None:
@@ -694,6 +753,66 @@ async def test_migration_0004_upgrades_a_0003_database(backend: str, tmp_path: P
             drift = await conn.run_sync(schema_drift)
     assert [tuple(v) for v in versions] == [(HEAD,)]
     assert [tuple(r) for r in projects] == [("default",)]
+    assert drift == []
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migration_0009_fills_the_filter_columns_of_a_0007_database(
+    backend: str, tmp_path: Path
+) -> None:
+    ran = task("a", 1.0, name="train-1", state="completed", worker_id="w1", project="lab")
+    waiting = task("b", 2.0, name="train-2")
+    nameless = task("c", 3.0)
+    async with durable_url(backend, tmp_path) as url:
+        async with raw_connection(url) as conn:  # a database left by the release before
+            schema = make_url(url).query.get("schema")
+            if schema is not None:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.run_sync(upgrade_to, "0007")
+            rows = [
+                {
+                    "id": t.id,
+                    "state": t.state,
+                    "created_at": t.created_at,
+                    "priority": t.priority,
+                    "project": t.project,
+                    "doc": t.model_dump_json(),
+                }
+                for t in (ran, waiting, nameless)
+            ]
+            # and one whose document is not JSON: the migration must not stop on it
+            rows.append({**rows[2], "id": "junk", "doc": "{not json"})
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, state, created_at, priority, project, doc) "
+                    "VALUES (:id, :state, :created_at, :priority, :project, :doc)"
+                ),
+                rows,
+            )
+            await conn.commit()
+
+        store = open_store(url)
+        await store.open()
+        try:
+            assert [t.id for t in (await store.list_tasks(name="train"))[0]] == ["a", "b"]
+            assert [t.id for t in (await store.list_tasks(worker_id="w1"))[0]] == ["a"]
+            assert await store.get_task("a") == ran
+        finally:
+            await store.close()
+
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            columns = (
+                await conn.execute(text("SELECT id, name, worker_id FROM tasks ORDER BY id"))
+            ).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [(HEAD,)]
+    assert [tuple(c) for c in columns] == [
+        ("a", "train-1", "w1"),
+        ("b", "train-2", None),
+        ("c", "", None),
+        ("junk", "", None),
+    ]
     assert drift == []
 
 

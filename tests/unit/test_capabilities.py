@@ -234,3 +234,17 @@ def test_detect_on_this_machine_is_sane(tmp_path: Path) -> None:
     assert caps.location is None
     assert all(p.startswith("/") for p in caps.devices)
     assert set(caps.engines) <= set(capabilities.ENGINES)
+
+
+def test_the_advertised_address_is_one_the_machine_has() -> None:
+    """What a worker's published ports are shown at by default: the address its default
+    route leaves from, else a reachable one, else loopback."""
+    import ipaddress
+
+    from edgeplane.worker.capabilities import _addresses, address
+
+    found = address()
+    ip = ipaddress.ip_address(found)
+    mine = _addresses()
+    assert found in mine if mine else found == "127.0.0.1"
+    assert not ip.is_link_local and not ip.is_unspecified

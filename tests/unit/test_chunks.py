@@ -165,6 +165,7 @@ def test_assemblies_expire_after_the_ttl_without_a_new_chunk() -> None:
     assert assemblies.expire(1499.0) == []
     assert assemblies.expire(1500.0) == [digest]
     assert len(assemblies) == 0
+    assert Assemblies().ttl_s == 300  # the default: 5 minutes, as in Propeller
 
 
 def test_status_frames_carry_no_payload() -> None:

@@ -11,12 +11,16 @@ from pydantic import BaseModel
 
 from edgeplane.errors import NotFound, Unavailable
 from edgeplane.manager.chutes import ChuteCalls, WorkerProblem
+from edgeplane.model.worker import ChuteStates
 from edgeplane.protocol import ChuteRequest, ChuteResponse
 
 
 @dataclass
 class _Worker:
     state: str
+    id: str = "w"
+    last_seen: float = 0.0
+    chutes: ChuteStates | None = None
 
 
 @dataclass
@@ -92,3 +96,29 @@ async def test_offline_unknown_and_silent_workers_are_refused() -> None:
     with pytest.raises(Unavailable, match="w1 did not answer"):
         await calls.call("w1", "GET", "/chutes")
     assert calls.on_response("w1", ChuteResponse(id="0" * 16, status=200)) is False
+
+
+async def test_a_read_of_an_offline_or_silent_workers_chutes_answers_the_last_report() -> None:
+    calls, core = _calls(timeout_s=0.05)
+    kept = ChuteStates(
+        stream="ab" * 8, seq=3, reported_at=10.0, items=[{"name": "a", "state": "running"}]
+    )
+    for entry in core.registry.entries.values():
+        entry.worker.chutes, entry.worker.last_seen = kept, 20.0
+    stale = {"stale": True, "last_contact": 20.0, "reported_at": 10.0}
+    for worker in ("w2", "w1"):  # offline; online but silent
+        assert await calls.call(worker, "GET", "/chutes") == [
+            {"name": "a", "state": "running", **stale}
+        ]
+        assert await calls.call(worker, "GET", "/chutes/a") == {
+            "name": "a",
+            "state": "running",
+            **stale,
+        }
+        with pytest.raises(NotFound, match="as it last reported"):
+            await calls.call(worker, "GET", "/chutes/b")
+    # anything but those reads is refused as before
+    with pytest.raises(Unavailable, match="offline"):
+        await calls.call("w2", "GET", "/chutes/a/config")
+    with pytest.raises(Unavailable, match="offline"):
+        await calls.call("w2", "POST", "/chutes/a/stop")

@@ -79,10 +79,21 @@ def test_the_documented_example_loads_with_defaults() -> None:
         (base(resources={"memory_mb": 1}), "resources.memory_mb"),
         (base(web={"service": "nope", "port": 80}), "web"),
         (base(services=[{"name": "a", "image": "b", "depends_on": ["zz"]}]), "services"),
+        (base(services=[{"name": "s", "image": "oci://h:5000/Box:1"}]), "services.0.image"),
+        (base(services=[{"name": "s", "image": "oci://h:99999/box"}]), "services.0.image"),
+        (base(services=[{"name": "s", "image": "oci://h/box@sha256:12"}]), "services.0.image"),
     ],
 )
 def test_bad_fields_are_named(data: dict[str, Any], field: str) -> None:
     assert field_of(data) == field
+
+
+def test_registry_references_follow_the_grammar() -> None:
+    pinned = "oci://registry.local:5000/demo/box:1@sha256:" + "a" * 64
+    for image in ("oci://registry.local:5000/demo/box:1", pinned, "busybox:1"):
+        assert parse(base(services=[{"name": "s", "image": image}])).services[0].image == image
+    with pytest.raises(Invalid, match="repository"):
+        parse(base(services=[{"name": "s", "image": "oci://h:5000/Box:1"}]))
 
 
 def test_cross_field_rules() -> None:

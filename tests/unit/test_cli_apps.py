@@ -107,8 +107,14 @@ class AppApi:
             waiting = [i for i in mine if i["revision"] == current and i["state"] == "pending"]
             old = [i for i in mine if i["revision"] != current]
             if waiting:
+                endpoint = {"address": "192.0.2.7", "host_port": 20000 + waiting[0]["index"]}
                 waiting[0].update(
-                    state="running", reason=None, cluster_id="c1", worker_id="w1", restarts=1
+                    state="running",
+                    reason=None,
+                    cluster_id="c1",
+                    worker_id="w1",
+                    restarts=1,
+                    endpoints=[{**endpoint, "port": 8000, "name": "http"}],
                 )
             elif old:
                 found["instances"].remove(old[0])
@@ -280,9 +286,10 @@ def test_apply_wait_polls_until_every_service_runs_its_replicas(
     # web needs two steps to run both replicas, db one
     assert api.calls(2) == [("GET", "/applications/a1")] * 2
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("web")]
+    http = "http=192.0.2.7:{}->8000/tcp"
     assert rows == [
-        ["web", "web-r1-0", "c1", "w1", "running", "1", "current"],
-        ["web", "web-r1-1", "c1", "w1", "running", "1", "current"],
+        ["web", "web-r1-0", "c1", "w1", "running", http.format(20000), "1", "current"],
+        ["web", "web-r1-1", "c1", "w1", "running", http.format(20001), "1", "current"],
     ]
     assert "web 2/2, db 1/1" in result.stdout
 
@@ -327,7 +334,7 @@ def test_apply_wait_on_a_terminal_draws_the_tree_live(
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)
     assert "application shop (a1)  deploying  generation 1  0/3 ready" in shown
     assert "web  2/2 ready  revision r1" in shown
-    assert "web-r1-1  running  on c1/w1  restarts 1" in shown
+    assert "web-r1-1  running  on c1/w1  http=192.0.2.7:20001->8000/tcp  restarts 1" in shown
 
 
 @pytest.mark.parametrize(
@@ -412,13 +419,14 @@ def test_get_by_id_shows_services_and_instances(two_apps: AppApi) -> None:
     result = invoke(two_apps, "app", "get", "a1")  # the fake steps once on a GET
     assert result.exit_code == 0, result.output
     assert "web 1/2, db 1/1" in result.stdout
-    header = ["SERVICE", "ID", "CLUSTER", "WORKER", "STATE", "RESTARTS", "REVISION", "REASON"]
+    header = ["SERVICE", "ID", "CLUSTER", "WORKER", "STATE", "ENDPOINTS", "RESTARTS"]
     rows = [line.split() for line in result.stdout.splitlines()]
-    start = rows.index(header)
+    start = rows.index([*header, "REVISION", "REASON"])
+    http = "http=192.0.2.7:20000->8000/tcp"  # where the instance's port 8000 is reached
     assert rows[start + 2 :] == [
-        ["web", "web-r1-0", "c1", "w1", "running", "1", "current"],
+        ["web", "web-r1-0", "c1", "w1", "running", http, "1", "current"],
         ["web", "web-r1-1", "pending", "0", "current", "waiting", "for", "capacity"],
-        ["db", "db-r1-0", "c1", "w1", "running", "1", "current"],
+        ["db", "db-r1-0", "c1", "w1", "running", http, "1", "current"],
     ]
     assert two_apps.calls() == [("GET", "/applications/a1")]
 

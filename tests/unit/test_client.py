@@ -207,6 +207,9 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
     answers: dict[tuple[str, str], httpx.Response] = {
         ("POST", "/api/v1/tasks/t1/start"): httpx.Response(200, json=task_doc()),
         ("POST", "/api/v1/tasks/t1/stop"): httpx.Response(200, json=task_doc(state="cancelled")),
+        ("POST", "/api/v1/tasks/t1/retry"): httpx.Response(
+            201, json={**task_doc("t2"), "retry_of": "t1"}
+        ),
         ("PATCH", "/api/v1/tasks/t1"): httpx.Response(200, json=task_doc()),
         ("GET", "/api/v1/tasks/t1"): httpx.Response(200, json=task_doc()),
         ("DELETE", "/api/v1/tasks/t1"): httpx.Response(204),
@@ -229,6 +232,7 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
     with api.client() as client:
         assert client.start("t1").id == "t1"
         assert client.stop("t1").state == "cancelled"
+        assert client.retry("t1").retry_of == "t1"
         client.update("t1", priority=10)
         client.get("t1")
         client.delete("t1")
@@ -242,8 +246,35 @@ def test_every_task_and_worker_call_uses_its_route() -> None:
         client.delete_worker("w1")
         assert client.health() == {"status": "ok"}
         assert client.metrics() == "edgeplane_up 1.0\n"
-    assert body(api.requests[2]) == {"priority": 10}
+    assert body(api.requests[3]) == {"priority": 10}
     assert len(api.requests) == len(answers)
+
+
+def test_task_pages_carry_their_cursor_and_schedules_pause() -> None:
+    schedule = {"id": "s1", "kind": "task", "cron": "0 3 * * *", "paused": True}
+    answers: dict[tuple[str, str], httpx.Response] = {
+        ("GET", "/api/v1/tasks"): httpx.Response(
+            200, json={"items": [task_doc("a")], "total": 9, "next": "CUR"}
+        ),
+        ("POST", "/api/v1/schedules/s1/pause"): httpx.Response(200, json=schedule),
+        ("POST", "/api/v1/schedules/s1/resume"): httpx.Response(
+            200, json={**schedule, "paused": False}
+        ),
+        ("GET", "/api/v1/schedules/s1"): httpx.Response(200, json=schedule),
+    }
+    api = Recorder(lambda r: answers[(r.method, r.url.path)])
+    with api.client() as client:
+        page = client.list_tasks(name="etl", worker_id="w1", order="newest", cursor="PREV")
+        assert (page.next, page.total) == ("CUR", 9)
+        assert client.pause_schedule("s1").paused is True
+        assert client.resume_schedule("s1").paused is False
+        assert client.schedule("s1").id == "s1"
+    assert dict(api.requests[0].url.params) == {
+        "name": "etl",
+        "worker_id": "w1",
+        "order": "newest",
+        "cursor": "PREV",
+    }
 
 
 # --- waiting -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.config import load
+from edgeplane.config import Settings, load
 from edgeplane.errors import Invalid
 
 
@@ -47,3 +47,34 @@ def test_bad_file(tmp_path: Path) -> None:
         load({}, config)
     with pytest.raises(Invalid):
         load({}, tmp_path / "missing.yaml")
+
+
+def test_a_workers_network_settings_are_checked() -> None:
+    """The host port range and the bridge's subnet and name (docs/services.md)."""
+    from pydantic import ValidationError
+
+    settings = Settings(service_ports="30000-30099", bridge="br-x", bridge_subnet="10.9.0.0/28")
+    assert settings.service_port_range == (30000, 30099)
+    assert (Settings().nft_table, settings.nft_table) == ("edgeplane", "edgeplane_br_x")
+    for bad in (
+        {"service_ports": "30099-30000"},
+        {"service_ports": "0-10"},
+        {"service_ports": "80"},
+        {"service_ports": "1-70000"},
+        {"bridge_subnet": "10.9.0.0/31"},
+        {"bridge_subnet": "not a subnet"},
+        {"bridge": "a-bridge-name-too-long"},
+        {"advertise_address": "evil host"},
+    ):
+        with pytest.raises(ValidationError) as caught:
+            Settings(**bad)
+        assert caught.value.errors()[0]["loc"] == (next(iter(bad)),)
+
+
+def test_the_chute_network_defaults_are_the_networks() -> None:
+    from edgeplane.chutes import network
+
+    defaults = Settings()
+    assert defaults.bridge == network.DEFAULT_BRIDGE
+    assert defaults.bridge_subnet == network.DEFAULT_SUBNET
+    assert defaults.nft_table == network.DEFAULT_TABLE

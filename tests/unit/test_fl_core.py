@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +83,63 @@ def test_robust_strategies_ignore_one_outlier() -> None:
 def test_fedavg_refuses_a_zero_weight() -> None:
     with pytest.raises(Invalid):
         aggregate.fedavg([{"w": np.zeros(1, np.float32)}], [0])
+
+
+@given(client_updates(), st.randoms(use_true_random=False))
+@settings(max_examples=40, deadline=None)
+def test_a_running_sum_in_any_order_is_fedavg(
+    case: tuple[list[dict[str, np.ndarray]], list[int]], rnd: Any
+) -> None:
+    """The coordinator adds each update to its round's sums as it accepts it (arrival
+    order), and falls back to fedavg over the stored updates (worker order)."""
+    ups, ns = case
+    pairs = list(zip(ups, ns, strict=True))
+    rnd.shuffle(pairs)
+    acc = aggregate.WeightedSum()
+    for u, n in pairs:
+        acc.add(u, n)
+    got, want = acc.mean(), aggregate.fedavg(ups, ns)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-4)
+
+
+def test_an_empty_running_sum_has_no_mean() -> None:
+    with pytest.raises(Invalid):
+        aggregate.WeightedSum().mean()
+    with pytest.raises(Invalid):
+        aggregate.WeightedSum().add({"w": np.ones(1, np.float32)}, 0)
+
+
+def test_fedavg_needs_one_num_samples_per_update() -> None:
+    one = {"w": np.ones(2, np.float32)}
+    for ups, ns in (([one, one], [1]), ([one], [1, 1]), ([], [])):
+        with pytest.raises(Invalid):
+            aggregate.fedavg(iter(ups), ns)
+
+
+def test_fedavg_holds_one_update_at_a_time() -> None:
+    """The coordinator hands FedAvg a generator that decodes each stored update as it
+    comes: at most the update being added and the one before it are alive, however many
+    there are (50 updates of 1M parameters are not all in memory at once)."""
+    alive: set[int] = set()
+    most = 0
+
+    def stored() -> Iterator[dict[str, np.ndarray]]:
+        nonlocal most
+        for i in range(20):
+            array = np.full(1000, float(i), np.float32)
+            alive.add(i)
+            weakref.finalize(array, alive.discard, i)
+            most = max(most, len(alive))
+            yield {"w": array}
+            del array
+
+    got = aggregate.fedavg(stored(), list(range(1, 21)))
+    want = sum(i * n for i, n in zip(range(20), range(1, 21), strict=True)) / sum(range(1, 21))
+    np.testing.assert_allclose(got["w"], np.full(1000, want), rtol=1e-6)
+    assert most <= 2, most
+    # and through combine, as the coordinator calls it
+    assert aggregate.combine("median", iter([{"w": np.ones(1, np.float32)}] * 3), [1] * 3)
 
 
 @given(client_updates(), st.sampled_from(["raw", "npz"]), st.sampled_from(["f32", "f32-delta"]))

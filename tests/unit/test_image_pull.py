@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from edgeplane.artifacts.registry import OCI_INDEX, OCI_MANIFEST, sha256
+from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.errors import TaskFailure
 from edgeplane.runtimes.busybox import Entry, tar_layer
 from edgeplane.runtimes.images import ImageStore, oci_architecture
@@ -33,6 +34,8 @@ class FakeRegistry:
         self.requests: Counter[str] = Counter()
         self.down = False
         self.tampered: set[str] = set()
+        #: every request, answered or not (a registry that is down counts them too)
+        self.attempts = 0
 
     def blob(self, data: bytes, media_type: str) -> dict[str, Any]:
         self.blobs[sha256(data)] = data
@@ -52,6 +55,7 @@ class FakeRegistry:
         return self.manifest(document, *tags)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
         if self.down:
             raise httpx.ConnectError("connection refused")
         path = request.url.path
@@ -175,3 +179,84 @@ async def test_a_leftover_of_a_crashed_pull_is_cleared(
     await puller.layout_for(f"{REF}:1")
     assert not stale.exists()
     assert (puller.layout(digest) / "oci-layout").is_file()
+
+
+class FakeProxy:
+    """The worker's fetcher as ``pull.py`` sees it, answering from the registry's content
+    (the proxy's own registry access) and counting what it was asked."""
+
+    def __init__(self, registry: FakeRegistry) -> None:
+        self.registry = registry
+        self.asked: list[str] = []
+
+    async def __call__(
+        self, digest: str, *, source: str | None = None, kind: str = "blob"
+    ) -> bytes:
+        self.asked.append(kind)
+        if kind == "resolve":
+            assert source is not None
+            return self.registry.manifests[source.rpartition(":")[2]][1]
+        if kind == "manifest":
+            return self.registry.manifests[f"sha256:{digest}"][1]
+        return self.registry.blobs[f"sha256:{digest}"]
+
+
+@pytest.mark.parametrize("mode", ["direct", "proxy", "auto"])
+async def test_pull_modes_direct_proxy_and_auto(
+    mode: str, tmp_path: Path, registry: FakeRegistry
+) -> None:
+    """--pull direct never asks the proxy; proxy never speaks to the registry; auto goes
+    direct while the registry answers, through the proxy when it does not, and then
+    straight through the proxy for a while (no wait on a registry it cannot reach)."""
+    digest = registry.image("one", "1")
+    puller = ImagePuller(tmp_path / "oci", transport=httpx.MockTransport(registry.handler))
+    proxy = FakeProxy(registry)
+    puller.use_proxy(proxy, mode)  # type: ignore[arg-type]
+    try:
+        if mode == "direct":
+            registry.down = True
+            with pytest.raises(TaskFailure) as down:
+                await puller.layout_for(f"{REF}:1")
+            assert down.value.reason == "registry_unreachable" and down.value.transient
+            assert proxy.asked == [] and registry.attempts > 0
+            registry.down = False
+            assert await puller.layout_for(f"{REF}:1") == puller.layout(digest)
+            assert proxy.asked == [] and puller.proxied == 0
+        elif mode == "proxy":
+            assert await puller.layout_for(f"{REF}:1") == puller.layout(digest)
+            assert registry.attempts == 0  # the worker needs no route to the registry
+            assert proxy.asked == ["resolve", "blob", "blob"] and puller.proxied == 1
+        else:
+            assert await puller.layout_for(f"{REF}:1") == puller.layout(digest)
+            assert proxy.asked == [] and puller.proxied == 0  # the registry answered
+            other = registry.image("two", "2")
+            registry.down = True
+            assert await puller.layout_for(f"{REF}:2") == puller.layout(other)
+            assert puller.proxied == 1 and "resolve" in proxy.asked
+            tried = registry.attempts
+            third = registry.image("three", "3")
+            assert await puller.layout_for(f"{REF}:3") == puller.layout(third)
+            assert registry.attempts == tried  # straight through the proxy now
+        image = ImageStore(tmp_path, tmp_path / "rootfs").resolve_layout("x", puller.layout(digest))
+        assert image.env == ("V=one",)  # the same layout whichever way it came
+    finally:
+        await puller.close()
+
+
+@pytest.mark.parametrize("mode", ["direct", "proxy"])
+async def test_an_image_over_the_maximum_is_refused_before_its_layers_come(
+    mode: str, tmp_path: Path, registry: FakeRegistry
+) -> None:
+    registry.image("one", "1")  # config and layer: a few hundred bytes
+    config = RegistryConfig(max_artifact_mb=100 / (1024 * 1024))  # 100 bytes
+    puller = ImagePuller(tmp_path / "oci", config, transport=httpx.MockTransport(registry.handler))
+    proxy = FakeProxy(registry)
+    puller.use_proxy(proxy, mode)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(TaskFailure, match="100-byte maximum") as big:
+            await puller.layout_for(f"{REF}:1")
+        assert (big.value.reason, big.value.transient) == ("artifact_too_big", False)
+        assert registry.blob_gets() == 0 and "blob" not in proxy.asked
+        assert not puller.directory.exists() or list(puller.directory.iterdir()) == []
+    finally:
+        await puller.close()

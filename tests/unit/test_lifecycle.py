@@ -138,3 +138,110 @@ def test_a_late_report_of_another_attempt_or_end_changes_nothing() -> None:
     assert lifecycle.late_end(retried, event("completed"), 4.0) is None
     done = lifecycle.apply_event(scheduled(), event("completed", results=[1]), 3.0, 0.5)
     assert done is not None and lifecycle.late_end(done, event("failed"), 4.0) is None
+
+
+# --- retry ---------------------------------------------------------------------------------
+
+#: Fields a retry starts afresh (everything else, RETRY_KEEPS, it copies).
+RETRY_RESETS = frozenset(Task.model_fields) - lifecycle.RETRY_KEEPS
+
+
+def ended(state: str = "failed", **fields: object) -> Task:
+    """A task that ran with every field set away from its default."""
+    task = Task.model_validate(
+        {
+            "id": "old",
+            "project": "p",
+            "name": "train",
+            "runtime": "host",
+            "command": ["sh", "-c", "exit 1"],
+            "env": {"A": "1"},
+            "secret_env": {"KEY": "s3cret"},
+            "limits": {"timeout_s": 5},
+            "retries": 2,
+            "priority": 70,
+            "constraints": {"labels": {"gpu": "yes"}},
+            "metadata": {"owner": "ada"},
+            "pinned_worker": "w2",
+            "schedule_id": "s1",
+            "state": state,
+            "reason": "exit 1",
+            "started": True,
+            "worker_id": "w2",
+            "cluster_id": "local",
+            "attempt": 3,
+            "results": [1],
+            "error": "boom",
+            "exit_code": 1,
+            "stdout": "out",
+            "stderr": "err",
+            "created_at": 1.0,
+            "updated_at": 9.0,
+            "started_at": 2.0,
+            "finished_at": 9.0,
+            "not_before": 8.0,
+            **fields,
+        }
+    )
+    return task
+
+
+@pytest.mark.parametrize("state", ["completed", "failed", "cancelled", "skipped"])
+def test_a_retry_runs_the_same_spec_afresh(state: str) -> None:
+    old = ended(state)
+    new = lifecycle.retry(old, "new", 50.0, "local")
+    fresh = Task(id="new")
+    for name in lifecycle.RETRY_KEEPS:
+        assert getattr(new, name) == getattr(old, name), name
+    assert new.secret_env == {"KEY": "s3cret"}  # the value itself, not the mask
+    assert (new.id, new.retry_of, new.started, new.state) == ("new", "old", True, "pending")
+    assert (new.created_at, new.updated_at, new.cluster_id) == (50.0, 50.0, "local")
+    for name in RETRY_RESETS - {"id", "retry_of", "started", "created_at", "updated_at"}:
+        if name != "cluster_id":
+            assert getattr(new, name) == getattr(fresh, name), name
+
+
+def test_every_task_field_is_kept_or_reset_by_a_retry_on_purpose() -> None:
+    """A new field of Task must be put in RETRY_KEEPS or left out of it on purpose: this
+    list changes with it (a spec field forgotten would silently not be retried)."""
+    assert {
+        "id",
+        "state",
+        "reason",
+        "started",
+        "depends_on",
+        "inputs_from",
+        "job_id",
+        "workflow_id",
+        "schedule_id",
+        "retry_of",
+        "worker_id",
+        "cluster_id",
+        "attempt",
+        "results",
+        "error",
+        "exit_code",
+        "stdout",
+        "stderr",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "not_before",
+        "placements",
+        "rejected_by",
+        "endpoints",
+    } == RETRY_RESETS
+
+
+@pytest.mark.parametrize("state", ["pending", "scheduled", "running"])
+def test_only_an_ended_task_is_retried(state: str) -> None:
+    with pytest.raises(Conflict, match="only an ended task") as refused:
+        lifecycle.retry(ended(state), "new", 50.0, None)
+    assert refused.value.field == "id"
+
+
+@pytest.mark.parametrize(("field", "kind"), [("workflow_id", "workflow"), ("job_id", "job")])
+def test_a_step_of_a_run_is_not_retried_alone(field: str, kind: str) -> None:
+    with pytest.raises(Conflict, match=f"submit the {kind} again"):
+        lifecycle.retry(ended(**{field: "r1"}), "new", 50.0, None)

@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from edgeplane.errors import Invalid
 from edgeplane.model import ApplicationSpec, Instance, RestartPolicy, TaskState
 from edgeplane.root.reconcile import (
+    ANTI_AFFINITY_REASON,
     LOSS_REASON,
     Actions,
     Create,
     Desired,
     backoff_s,
     desired_of,
+    is_kept_out,
     is_live,
     is_lost,
     reconcile,
@@ -606,3 +608,108 @@ def test_rolling_update_never_leaves_an_index_without_a_running_instance(
         live = sim.live(service)
         assert sorted(i.index for i in live) == list(range(width[service]))
         assert all(i.revision == NEW and i.restarts == 0 for i in live)
+
+
+UNHEALTHY = "unhealthy: http GET / on port 8000: connection refused"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.sampled_from(POLICIES))
+def test_a_new_revision_that_never_gets_healthy_never_takes_an_old_instance_down(
+    replicas: int, policy: RestartPolicy
+) -> None:
+    """`running` means healthy (its worker reports an instance with a health check running
+    only once the check passes): a new revision whose check never passes ends each of its
+    instances `failed`, reason unhealthy, without ever running. The rollout holds at its
+    first index with every old instance running, and the new one is restarted by the
+    policy (each restart after its backoff: ``next_check_at``)."""
+    instances = {f"o{i}": inst(f"o{i}", i, revision=OLD) for i in range(replicas)}
+    now, made = NOW, itertools.count()
+    restarts: list[int] = []
+    for _ in range(40):
+        actions = reconcile([want(replicas, policy)], list(instances.values()), now)
+        assert actions.stop == ()  # nothing old is ever stopped
+        for id in actions.forget:
+            del instances[id]
+        for create in actions.create:
+            assert create.index == 0  # never past the first index
+            id = f"n{next(made)}"
+            restarts.append(create.restarts)
+            instances[id] = inst(id, 0, "scheduled", restarts=create.restarts)
+        for id, instance in list(instances.items()):  # its worker: never healthy
+            if instance.revision == NEW and instance.state == "scheduled":
+                ended = {"state": "failed", "reason": UNHEALTHY, "ended_at": now}
+                instances[id] = instance.model_copy(update=ended)
+        olds = sorted((i for i in instances.values() if i.revision == OLD), key=lambda i: i.index)
+        assert [(i.index, i.state) for i in olds] == [(n, "running") for n in range(replicas)]
+        if actions.next_check_at is not None:
+            now = actions.next_check_at
+        elif actions.empty:
+            break
+    assert restarts == [0] if policy == "never" else restarts[:4] == [0, 1, 2, 3]
+
+
+# required anti-affinity: a rollout makes room when the new replica has nowhere to go
+
+KEPT_OUT = f"{ANTI_AFFINITY_REASON} (spread over workers): every eligible worker with room ..."
+
+
+def test_a_replica_kept_out_by_anti_affinity_makes_room_at_its_index() -> None:
+    olds = [inst("o0", 0, revision=OLD), inst("o1", 1, revision=OLD)]
+    kept_out = inst("n0", 0, "pending", reason=KEPT_OUT)
+    actions = plan([want(2)], [*olds, kept_out])
+    assert actions == Actions(create=(), stop=("o0",), forget=(), next_check_at=None)
+    # waiting for anything else (room), the old one keeps serving until the new one runs
+    busy = kept_out.model_copy(update={"reason": "all eligible workers are busy"})
+    assert plan([want(2)], [*olds, busy]).empty
+    assert not is_kept_out(kept_out.model_copy(update={"state": "scheduled"}))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2), st.booleans())
+def test_property_required_anti_affinity_rolls_without_a_spare_worker(
+    workers: int, spare: int, slow_stop: bool
+) -> None:
+    """W workers, at most one replica each: a rollout of R <= W replicas converges (with
+    R == W it used to wait forever), never runs more than W, and keeps all but one
+    index serving at any time."""
+    replicas = workers - min(spare, workers - 1)
+    instances = {f"o{i}": inst(f"o{i}", i, revision=OLD) for i in range(replicas)}
+    stopping: set[str] = set()
+    ids = itertools.count()
+    for _ in range(MAX_STEPS):
+        for id in sorted(stopping):  # what was asked to stop last round ends now
+            instances[id] = instances[id].model_copy(update={"state": "cancelled", "ended_at": NOW})
+        stopping.clear()
+        # the scheduler: a pending replica takes a worker none runs, else waits for the rule
+        occupied = sum(i.state == "running" for i in instances.values())
+        for id, i in sorted(instances.items()):
+            if i.state == "pending":
+                if occupied < workers:
+                    instances[id] = i.model_copy(update={"state": "running", "reason": None})
+                    occupied += 1
+                else:
+                    instances[id] = i.model_copy(update={"reason": KEPT_OUT})
+        assert occupied <= workers
+        serving = {i.index for i in instances.values() if i.state == "running"}
+        assert len(serving) >= replicas - 1
+        actions = reconcile([want(replicas)], list(instances.values()), NOW)
+        for id in actions.forget:
+            del instances[id]
+        for id in actions.stop:
+            if slow_stop:
+                stopping.add(id)
+            else:
+                instances[id] = instances[id].model_copy(
+                    update={"state": "cancelled", "ended_at": NOW}
+                )
+        for create in actions.create:
+            id = f"n{next(ids)}"
+            instances[id] = inst(id, create.index, "pending", revision=create.revision)
+        settled = all(i.state == "running" for i in instances.values())
+        if actions.empty and settled and not stopping:
+            break
+    else:
+        raise AssertionError("did not converge")
+    assert sorted(i.index for i in instances.values()) == list(range(replicas))
+    assert all(i.revision == NEW for i in instances.values())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from edgeplane.manager.registry import Reservation, WorkerEntry
-from edgeplane.model import Worker
+from dataclasses import replace
+
+from edgeplane.manager.registry import Registry, Reservation, WorkerEntry
+from edgeplane.model import Aggregate, Worker
 from edgeplane.model.worker import Capabilities
+from edgeplane.scheduling.snapshot import Booked
 
 
 def entry(slots: int, prefetch: int | None = None, **tasks: Reservation) -> WorkerEntry:
@@ -56,3 +59,51 @@ def test_a_view_is_rebuilt_only_when_what_it_shows_changes() -> None:
     bigger = member.worker.capabilities.model_copy(update={"slots": 6})
     member.worker = member.worker.model_copy(update={"capabilities": bigger})
     assert member.view(1).free_slots == 6
+
+
+# --- spread groups and the root's in-flight tasks -----------------------------------
+
+
+def test_spread_counts_follow_every_change_of_the_reservations() -> None:
+    web = Reservation(seq=1, session="s", spread="p/web")
+    member = entry(slots=8, a=web, b=running())
+    registry = Registry()
+    registry.add(member)
+    assert registry.spread() == {"w": {"p/web": 1}}
+    member.tasks["c"] = web
+    member.tasks["d"] = Reservation(seq=2, session="s", spread="p/db")
+    assert registry.spread() == {"w": {"p/web": 2, "p/db": 1}}
+    member.tasks["c"] = replace(web, seq=3)  # a resend keeps the count
+    del member.tasks["a"]
+    member.tasks.pop("d")
+    member.tasks.pop("missing")
+    assert registry.spread() == {"w": {"p/web": 1}}
+    member.tasks.pop("c")
+    assert registry.spread() == {}
+
+
+def cluster_entry(epoch: str, seq: int, **tasks: Reservation) -> WorkerEntry:
+    member = entry(slots=1, **tasks)
+    member.aggregate = Aggregate(workers=1, free_slots=4, epoch=epoch, seq=seq)
+    return member
+
+
+def test_the_root_books_what_it_sent_after_the_aggregate() -> None:
+    def sent(seq: int | None) -> Reservation:
+        return Reservation(seq=seq, session="s", runtime="host", labels={"b": "2", "a": "1"})
+
+    member = cluster_entry(
+        "E", 5, old=sent(4), counted=sent(5), later=sent(6), unsent=sent(None), recovered=sent(0)
+    )
+    view = member.cluster_view(0, "E")
+    assert view is not None
+    assert view.inflight == (Booked("host", (("a", "1"), ("b", "2"))),) * 2
+    # an aggregate from before this root process counted none of its commands
+    view = member.cluster_view(0, "other")
+    assert view is not None and len(view.inflight) == 4
+    # built again only when what it shows changes
+    assert member.cluster_view(0, "E") is member.cluster_view(0, "E")
+    first = member.cluster_view(0, "E")
+    member.aggregate = Aggregate(workers=1, free_slots=4, epoch="E", seq=6)
+    newer = member.cluster_view(0, "E")
+    assert newer is not first and newer is not None and len(newer.inflight) == 1

@@ -1,20 +1,26 @@
 """The proxy's registry source (artifacts/registry_source.py) against a scripted registry:
-one pull per digest however many workers ask at once, verified and bounded."""
+one pull per digest however many workers ask at once, verified and bounded; and the
+proxy's own load of a registry blob, shared by the workers asking meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import httpx
 import pytest
 
+from edgeplane.artifacts.blobs import BlobStore
+from edgeplane.artifacts.proxy import Proxy, StoreSource
 from edgeplane.artifacts.registry_errors import (
     ArtifactNotFound,
     ArtifactTooBig,
     RegistryUnreachable,
 )
 from edgeplane.artifacts.registry_source import RegistrySource
+from edgeplane.protocol import Topics
+from edgeplane.protocol.messages import FetchArtifact
 
 BLOB = b"layer bytes" * 100
 DIGEST = hashlib.sha256(BLOB).hexdigest()
@@ -62,3 +68,43 @@ async def test_a_registry_that_does_not_answer_is_unreachable() -> None:
     with pytest.raises(RegistryUnreachable):
         await source.open(DIGEST, SOURCE, "blob", 1 << 20)
     await source.close()
+
+
+class GatedSource(RegistrySource):
+    """A registry source whose pulls wait for ``gate``: counts how many were started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def open(self, digest: str, source: str, kind: str, limit: int) -> bytes:
+        self.started += 1
+        await self.gate.wait()
+        return BLOB
+
+
+async def test_the_proxy_loads_a_blob_once_for_workers_asking_meanwhile(tmp_path: Path) -> None:
+    """Workers asking for a blob while the proxy is still loading it (pulling, hashing,
+    writing it to disk) share that load: the registry is asked once."""
+    registries = GatedSource()
+    proxy = Proxy(
+        StoreSource(None),  # type: ignore[arg-type]  # never asked: every request has a source
+        "mqtt://127.0.0.1:1",  # never connected
+        Topics("d"),
+        registries=registries,
+        disk=BlobStore(tmp_path / "blobs"),
+    )
+    fetch = FetchArtifact(digest=DIGEST, request="00" * 8, source=SOURCE)
+    first = asyncio.create_task(proxy._blob(fetch))
+    async with asyncio.timeout(10):
+        while registries.started == 0:  # noqa: ASYNC110 -- its disk miss runs in a thread
+            await asyncio.sleep(0.01)
+    second = asyncio.create_task(proxy._blob(fetch))
+    await asyncio.sleep(0)  # it runs up to its first wait: the load under way
+    registries.gate.set()
+    assert await asyncio.gather(first, second) == [BLOB, BLOB]
+    assert registries.started == 1
+    assert proxy.disk is not None and proxy.disk.has(DIGEST)
+    # afterwards from memory: no registry at all
+    assert await proxy._blob(fetch) == BLOB and registries.started == 1

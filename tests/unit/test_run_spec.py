@@ -56,6 +56,14 @@ _assignments = st.fixed_dictionaries(
         "priority": st.integers(min_value=0, max_value=100),
         "metadata": st.dictionaries(st.text(max_size=5), _json, max_size=2),
         "pinned_worker": st.none() | st.text(max_size=5),
+        "network": st.sampled_from(["none", "bridge"]),
+        "ports": st.lists(
+            st.fixed_dictionaries(
+                {"port": st.integers(1, 65535), "protocol": st.sampled_from(["tcp", "udp"])}
+            ),
+            max_size=3,
+        ),
+        "healthcheck": st.none() | st.just({"tcp": {"port": 80}, "interval_s": 0.5}),
     },
 )
 

@@ -16,6 +16,7 @@ from edgeplane.api import (
     apidocs,
     applications,
     audit,
+    chute_store,
     chutes,
     clusters,
     dashboard,
@@ -115,6 +116,11 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     """Raised into the app by :class:`BodyLimit` when a body passes the limit."""
+
+
+def _nobody(member_id: str) -> str | None:
+    """Owners where none are known (a root's view of a cluster's workers)."""
+    return None
 
 
 def _closing(scope: Scope, max_bytes: int) -> dict[str, str]:
@@ -220,7 +226,10 @@ def create_app(
     # the fast path, then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
     max_bytes = int(max_body_mb * 2**20)
-    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=manager.owner_of)
+    # At a root the members are clusters: a worker's owner is known by its cluster alone,
+    # so there only the role decides (an admin manages a worker's chutes through the root).
+    owner_of = _nobody if manager.root else manager.owner_of
+    app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=owner_of)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.add_middleware(audit.AuditCalls, trail=manager.audit)
 
@@ -234,9 +243,11 @@ def create_app(
     secured(join_tokens.router)  # workers join a manager, clusters a root
     if not manager.root:  # only aggregates reach the root, never per-worker detail
         secured(workers.router)
-        secured(chutes.router)
+    # a root forwards them to the cluster that holds the worker (docs/chutes.md)
+    secured(chutes.router)
     for router in (runs.jobs, runs.workflows, runs.schedules, clusters.router, applications.router):
         secured(router)
+    secured(chute_store.router)  # at the root too: a catalogue, no per-worker detail
     for router in (users.users, users.tokens, audit.router, fl_api.users):
         secured(router)
     # a training task's own credential, or a user's (checked by the route)

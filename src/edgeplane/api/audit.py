@@ -35,6 +35,7 @@ _KINDS = {
     "tokens": "token",
     "auth": "session",
     "audit": "audit",
+    "store": "store-chute",
 }
 #: A created resource's answer is read for its id only up to this size.
 _CREATED_MAX = 1 << 20
@@ -42,7 +43,8 @@ _CREATED_MAX = 1 << 20
 
 def note(scope: Scope, **fields: str | None) -> None:
     """Tell the call's audit record what the route knows (``actor``, ``token_id``,
-    ``route``, ``resource_id``, ``project``): no lookup is made for it otherwise."""
+    ``route``, ``resource_id``, ``project``, ``detail``): no lookup is made for it
+    otherwise."""
     scope.setdefault("state", {}).setdefault(NOTE, {}).update(fields)
 
 
@@ -126,7 +128,7 @@ def _record(scope: Scope, at: float, status: int | None, created: list[bytes]) -
         project=clip(project),
         status=status,
         request_id=clip(_header(scope, b"x-request-id")),
-        detail=None,
+        detail=clip(noted.get("detail")),
     )
 
 

@@ -108,10 +108,10 @@ async def model(
     """A global model version (the newest without ``version``), raw ``f32`` (docs/fl.md)."""
     token = _client_token(request)
     if token is None:
-        await _seen(fl, await caller(request, None), experiment_id)
+        exp = await _seen(fl, await caller(request, None), experiment_id)
     else:
-        await fl.client(experiment_id, token)
-    v, body = await fl.model_bytes(experiment_id, version)
+        exp, _ = await fl.client(experiment_id, token)
+    v, body = fl.model_bytes(exp, version)
     return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})
 
 

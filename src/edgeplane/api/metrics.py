@@ -43,6 +43,16 @@ class ManagerCollector(Collector):
             value=m.stats.foreign_events,
         )
         yield CounterMetricFamily(
+            "edgeplane_chute_events",
+            "Chute events applied, from the workers' nodes",
+            value=m.stats.chute_events,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_foreign_chute_events",
+            "Chute events refused: they named another worker than the one that sent them",
+            value=m.stats.foreign_chute_events,
+        )
+        yield CounterMetricFamily(
             "edgeplane_workers_lost", "Workers that went offline", value=m.stats.lost_workers
         )
         yield CounterMetricFamily(

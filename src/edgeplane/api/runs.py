@@ -96,6 +96,28 @@ async def list_schedules(
     return Page[Schedule](items=items, total=total)
 
 
+@schedules.get("/{schedule_id}", response_model=Schedule)
+async def get_schedule(schedule_id: str, runs: SchedulesDep, caller: CallerDep) -> Schedule:
+    found = await runs.get(schedule_id)
+    projects.check(caller, found.project, "schedule", schedule_id)
+    return found
+
+
+@schedules.post("/{schedule_id}/pause", response_model=Schedule)
+async def pause_schedule(schedule_id: str, runs: SchedulesDep, caller: CallerDep) -> Schedule:
+    """Fire nothing until resumed (pausing a paused schedule changes nothing)."""
+    projects.check(caller, (await runs.get(schedule_id)).project, "schedule", schedule_id)
+    return await runs.pause(schedule_id)
+
+
+@schedules.post("/{schedule_id}/resume", response_model=Schedule)
+async def resume_schedule(schedule_id: str, runs: SchedulesDep, caller: CallerDep) -> Schedule:
+    """Fire again; the schedule's ``catch_up`` policy decides which of the slots missed
+    while it was paused still run (``none``, ``last``, ``all``), as after a downtime."""
+    projects.check(caller, (await runs.get(schedule_id)).project, "schedule", schedule_id)
+    return await runs.resume(schedule_id)
+
+
 @schedules.delete("/{schedule_id}", status_code=204)
 async def delete_schedule(schedule_id: str, runs: SchedulesDep, caller: CallerDep) -> Response:
     projects.check(caller, (await runs.get(schedule_id)).project, "schedule", schedule_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -14,11 +16,10 @@ from edgeplane.api.responses import document
 from edgeplane.api.routing import JsonRoute
 from edgeplane.api.usage import Points, Since, Until, UsageSeries, series
 from edgeplane.errors import Invalid, NotFound, Unavailable
-from edgeplane.limits import MAX_BATCH
+from edgeplane.limits import MAX_BATCH, MAX_CURSOR, MAX_NAME
 from edgeplane.manager import Manager
 from edgeplane.manager.schedules import Schedules
 from edgeplane.model import (
-    Page,
     Schedule,
     Task,
     TaskLogs,
@@ -27,6 +28,7 @@ from edgeplane.model import (
     TaskSpec,
     TaskState,
 )
+from edgeplane.model.listing import TaskPage, decode_cursor, encode_cursor
 from edgeplane.model.secrets import REVEAL
 from edgeplane.security import projects
 from edgeplane.store import TokenRecord
@@ -106,25 +108,61 @@ async def create_tasks(
     return document(TaskItems(items=await manager.submit(batch.tasks)), status_code=201)
 
 
-@router.get("", response_model=Page[Task])
+#: A filter's text: at most a name's length, no NUL (no stored name or id holds one).
+FilterText = Annotated[str | None, Query(max_length=MAX_NAME, pattern=r"^[^\x00]*$")]
+Order = Literal["oldest", "newest"]
+
+
+@router.get("", response_model=TaskPage)
 async def list_tasks(
     manager: ManagerDep,
     caller: CallerDep,
     state: TaskState | None = None,
-    job_id: str | None = None,
-    workflow_id: str | None = None,
+    name: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_NAME,
+            pattern=r"^[^\x00]*$",
+            description="names starting with this (`train` matches `train-2`, `training`)",
+        ),
+    ] = None,
+    worker_id: FilterText = None,
+    job_id: FilterText = None,
+    workflow_id: FilterText = None,
+    order: Annotated[Order, Query(description="oldest or newest first")] = "oldest",
     limit: Limit = 100,
     offset: Offset = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=MAX_CURSOR, description="`next` of the page before")
+    ] = None,
 ) -> Response:
+    """Tasks matching every filter given (``state``, ``name`` prefix, ``worker_id``,
+    ``job_id``, ``workflow_id``), oldest or newest first (``order``), ``limit`` a page;
+    ``total`` counts every match and ``next`` is the ``cursor`` of the following page.
+
+    A cursor page costs the same however deep it is; ``offset`` works too, but a deep one
+    walks every task it skips. A request gives one or the other."""
+    if cursor is not None and offset:
+        raise Invalid("page with cursor or offset, not both", field="cursor")
+    after = None if cursor is None else decode_cursor(cursor)
+    newest_first = order == "newest"
     items, total = await manager.list_tasks(
         state=state,
         job_id=job_id,
         workflow_id=workflow_id,
-        limit=limit,
+        worker_id=worker_id,
+        name=name or None,
+        after=after,
+        newest_first=newest_first,
+        limit=limit + 1,
         offset=offset,
         projects=projects.visible(caller),
     )
-    return document(Page[Task](items=items, total=total))
+    more = len(items) > limit
+    items = items[:limit]
+    last = items[-1] if more and items else None
+    following = None if last is None else encode_cursor((last.created_at, last.id))
+    return document(TaskPage(items=items, total=total, next=following))
 
 
 @router.get("/{task_id}", response_model=Task)
@@ -137,6 +175,15 @@ async def get_task(
     if projects.visible(caller) is not None:  # an admin sees all: no lookup
         await owned(manager, caller, task_id)
     return document(await manager.wait(task_id, wait))
+
+
+@router.post("/{task_id}/retry", status_code=201, response_model=Task)
+async def retry_task(task_id: str, manager: ManagerDep, caller: CallerDep) -> Response:
+    """Run an ended task again: a new task (``retry_of`` names this one) with the same
+    spec, secret env included, started at once. 409 while the task has not ended, and for
+    a step of a workflow or job."""
+    await owned(manager, caller, task_id)
+    return document(await manager.retry_task(task_id), status_code=201)
 
 
 @router.patch("/{task_id}", response_model=Task)

@@ -112,6 +112,9 @@ class Proxy:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0
         self._serving: set[tuple[str, str]] = set()
+        #: (source, digest, kind) → the load running for it: workers asking for one blob
+        #: at once share it, until it is in the memory cache
+        self._loading: dict[tuple[str | None, str, str], asyncio.Future[bytes | None]] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._jobs: set[asyncio.Task[None]] = set()
         self.link = MqttLink(
@@ -128,11 +131,15 @@ class Proxy:
         await self.link.start()
 
     async def stop(self) -> None:
-        for job in list(self._jobs):
+        loads = list(self._loading.values())
+        for job in self._jobs:
             job.cancel()
+        for load in loads:
+            load.cancel()
         for job in list(self._jobs):
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+        await asyncio.gather(*loads, return_exceptions=True)
         await self.link.stop()
         if self.registries is not None:
             await self.registries.close()
@@ -242,6 +249,24 @@ class Proxy:
         if data is not None:
             self._cache.move_to_end(digest)
             return data
+        # One load per blob however many workers ask meanwhile: the registry source shares
+        # its pull only while the download runs, and a second worker asking while the
+        # first one's blob was hashed and written to disk pulled it again.
+        key = (fetch.source, digest, fetch.kind)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(fetch))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, key: tuple[str | None, str, str], done: asyncio.Future[bytes | None]) -> None:
+        self._loading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: the requests that waited for it have ended
+
+    async def _load(self, fetch: FetchArtifact) -> bytes | None:
+        digest = fetch.digest
         disk = self.disk if fetch.source is not None else None
         if disk is not None:
             data = await asyncio.to_thread(disk.open, digest)  # hashed as it is read

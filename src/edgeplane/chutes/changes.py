@@ -62,6 +62,9 @@ class Change(BaseModel):
     chute: str
     #: what the planner needs to rebuild the plan after a restart
     args: dict[str, Any] = Field(default_factory=dict)
+    #: where an install's or update's manifest came from: ``{"store": "NAME@VERSION",
+    #: "digest": "sha256:…"}`` for the chute store's, None for one given as it is
+    source: dict[str, str] | None = None
     state: ChangeState = "queued"
     steps: list[StepRecord] = Field(default_factory=list)
     log: list[str] = Field(default_factory=list)
@@ -82,7 +85,10 @@ def _say(change: Change, line: str) -> None:
 
 
 def _why(exc: BaseException) -> str:
-    return exc.detail if isinstance(exc, EdgeplaneError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, EdgeplaneError):
+        return f"{type(exc).__name__}: {exc}"
+    # a reason code (artifact_not_found, registry_unreachable, …) leads, as a task's does
+    return exc.detail if exc.reason is None else f"{exc.reason}: {exc.detail}"
 
 
 async def execute(
@@ -151,6 +157,8 @@ async def _undo(change: Change, steps: list[Step], indexes: list[int], report: R
 
 
 Planner = Callable[[Change], list[Step]]
+#: told of every change that ended (the node reports it to its manager)
+Ended = Callable[[Change], Awaitable[None]]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -174,9 +182,17 @@ class ChangeQueue:
     """Changes persisted in ``directory`` and executed one at a time in submission order.
     ``planner`` turns a change into its steps (again after a restart)."""
 
-    def __init__(self, directory: Path, planner: Planner, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        planner: Planner,
+        *,
+        clock: Clock | None = None,
+        on_end: Ended | None = None,
+    ) -> None:
         self.directory = directory
         self.planner = planner
+        self.on_end = on_end
         self._clock = clock or SystemClock()
         self._changes: dict[str, Change] = {}
         self._pending: asyncio.Queue[str] = asyncio.Queue()
@@ -212,7 +228,13 @@ class ChangeQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
 
-    async def submit(self, kind: str, chute: str, args: dict[str, Any] | None = None) -> Change:
+    async def submit(
+        self,
+        kind: str,
+        chute: str,
+        args: dict[str, Any] | None = None,
+        source: dict[str, str] | None = None,
+    ) -> Change:
         self._seq += 1
         change = Change(
             id=secrets.token_hex(8),
@@ -220,6 +242,7 @@ class ChangeQueue:
             kind=kind,
             chute=chute,
             args=args or {},
+            source=source,
             created=self._clock.now(),
         )
         self._changes[change.id] = change
@@ -280,14 +303,25 @@ class ChangeQueue:
             change.state, change.error = "failed", _why(exc)
             _say(change, f"cannot plan: {_why(exc)}")
             await report()
+            await self._ended(change)
             return
         if resume and [s.name for s in steps] != [r.name for r in change.steps]:
             change.state, change.error = "failed", "the plan changed across a restart"
             await report()
+            await self._ended(change)
             return
         await execute(change, steps, report, resume=resume)
         log.info("change %s", change.state, extra={"change": change.id, "kind": change.kind})
+        await self._ended(change)
         await self._prune()
+
+    async def _ended(self, change: Change) -> None:
+        if self.on_end is None:
+            return
+        try:
+            await self.on_end(change)
+        except Exception:  # a report that failed must not stop the queue
+            log.exception("reporting a change's end failed", extra={"change": change.id})
 
     async def _save(self, change: Change) -> None:
         path = self.directory / f"{change.seq:08d}-{change.id}.json"

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edgeplane.api import problems
+from edgeplane.chutes import catalog
 from edgeplane.chutes import manifest as manifests
 from edgeplane.chutes.bodies import read_body
 from edgeplane.chutes.node import Node
@@ -42,13 +43,21 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 
 def node_token(data_dir: Path) -> str:
-    """The node's API token, made (0600) on first use."""
+    """The node's API token, made (0600) on first use. Written whole before it appears
+    (a linked temporary file): a CLI reading it meanwhile never sees it empty."""
     path = data_dir / TOKEN_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process made it first: theirs stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.chmod(path, 0o600)
     return path.read_text().strip()
 
@@ -76,9 +85,9 @@ def build_app(node: Node, token: str) -> FastAPI:
     problems.install(app)
 
     @app.post("/api/v1/chutes", status_code=202)
-    async def install(request: Request) -> JSONResponse:
+    async def install(request: Request, store: str | None = None) -> JSONResponse:
         found = manifests.parse(await read_body(request))
-        return _accepted((await node.install(found)).id)
+        return _accepted((await node.install(found, _source(found, store))).id)
 
     @app.get("/api/v1/chutes")
     async def listing() -> list[dict[str, Any]]:
@@ -89,11 +98,11 @@ def build_app(node: Node, token: str) -> FastAPI:
         return await node.status(_name(name))
 
     @app.put("/api/v1/chutes/{name}", status_code=202)
-    async def update(name: str, request: Request) -> JSONResponse:
+    async def update(name: str, request: Request, store: str | None = None) -> JSONResponse:
         found = manifests.parse(await read_body(request))
         if found.name != _name(name):
             raise Invalid(f"the manifest is of {found.name!r}, not {name!r}", field="name")
-        return _accepted((await node.update(found)).id)
+        return _accepted((await node.update(found, _source(found, store))).id)
 
     @app.delete("/api/v1/chutes/{name}", status_code=202)
     async def delete(name: str) -> JSONResponse:
@@ -156,11 +165,12 @@ CHUTE_API_PORT = 7072
 def _chute_caller(
     request: Request, given: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The chute whose token came with the call."""
+    """The chute whose token came with the call, from that chute's own address."""
     node: Node = request.app.state.node
-    name = None if given is None else node.chute_for_token(given.credentials)
+    address = None if request.client is None else request.client.host
+    name = None if given is None else node.chute_calling(given.credentials, address)
     if name is None:
-        raise Unauthorized("a chute's token is needed (/run/chute/token)")
+        raise Unauthorized("a chute's own token is needed (/run/chute/token), from that chute")
     return name
 
 
@@ -185,6 +195,20 @@ def build_chute_app(node: Node) -> FastAPI:
         return await node.info()
 
     return app
+
+
+def _source(manifest: manifests.Manifest, store: str | None) -> dict[str, str] | None:
+    """Where the manifest came from: ``?store=NAME@VERSION`` (the control plane's chute
+    store), which must be the manifest's own name and version; its digest computed here."""
+    if store is None:
+        return None
+    ref = catalog.parse_ref(store)
+    if (ref.name, ref.version) != (manifest.name, manifest.version):
+        raise Invalid(
+            f"store: {store!r} is not the manifest's {manifest.name}@{manifest.version}",
+            field="store",
+        )
+    return {"store": str(ref), "digest": catalog.digest(manifest)}
 
 
 def _name(name: str) -> str:

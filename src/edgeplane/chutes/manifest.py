@@ -17,13 +17,16 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from edgeplane import safeyaml
-from edgeplane.errors import Invalid
+from edgeplane.artifacts import reference
+from edgeplane.errors import EdgeplaneError, Invalid
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 #: config and env keys: plain identifiers, never a path.
 KEY = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 MAX_SERVICES = 16
@@ -88,6 +91,18 @@ class Service(_Strict):
     healthcheck: Healthcheck | None = None
     depends_on: Annotated[list[Name], Field(max_length=MAX_SERVICES)] = Field(default_factory=list)
 
+    @field_validator("image")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        """An ``oci://`` reference follows the registry grammar (docs/artifacts.md): a bad
+        one is a 422 naming ``services.N.image`` before any change is queued."""
+        if reference.is_oci(value):
+            try:
+                reference.parse(value, field="image")
+            except EdgeplaneError as exc:
+                raise ValueError(exc.detail) from None
+        return value
+
 
 class Bandwidth(_Strict):
     egress: int | None = Field(default=None, ge=8, le=10_000_000)
@@ -112,8 +127,9 @@ ConfigValue = str | int | float | bool | None
 
 class Manifest(_Strict):
     name: Name
-    version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
-    description: Annotated[str, StringConstraints(max_length=1024)] = ""
+    version: Annotated[str, StringConstraints(pattern=VERSION)]
+    #: no NUL: the chute store keeps it in a text column (PostgreSQL refuses NUL in text)
+    description: Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\x00]*$")] = ""
     services: Annotated[list[Service], Field(min_length=1, max_length=MAX_SERVICES)]
     resources: Resources = Field(default_factory=Resources)
     web: Web | None = None
@@ -195,6 +211,10 @@ def load(text: str | bytes, where: str = "chute.yaml") -> Manifest:
 
 def valid_name(name: str) -> bool:
     return re.fullmatch(NAME.strip("^$"), name) is not None
+
+
+def valid_version(version: str) -> bool:
+    return re.fullmatch(VERSION.strip("^$"), version) is not None
 
 
 class _Config(_Strict):

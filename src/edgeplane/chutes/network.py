@@ -21,7 +21,12 @@ replaced) when chutes come and go, because a bind mount holds the inode it was g
 Leases (address, ports, names of the netns and veth) are kept in ``network.json`` under the
 node's data dir, so a worker restart re-attaches chutes with the same addresses. All of it
 is synchronous (``ip``, ``nft``, ``tc`` each take milliseconds): callers in asyncio code use
-``asyncio.to_thread``.
+``asyncio.to_thread``, and a lock keeps the calls of several threads (the chute node's,
+the container runtime's) one at a time.
+
+Container tasks with ``network: bridge`` (docs/services.md) are attached the same way,
+under the reserved chute name ``task`` and without names (:class:`TaskNetwork`): each
+published port gets a node port picked from a range, so replicas never collide.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +62,7 @@ IFNAME_MAX = 15
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _TABLE = re.compile(r"[A-Za-z0-9_]{1,64}")
+Protocol = Literal["tcp", "udp"]
 
 
 class NetworkError(EdgeplaneError):
@@ -71,7 +79,7 @@ class PortMap(BaseModel):
 
     node_port: int = Field(ge=1, le=65535)
     port: int = Field(ge=1, le=65535)
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Protocol = "tcp"
 
 
 class Lease(BaseModel):
@@ -89,6 +97,8 @@ class Lease(BaseModel):
     netns: str
     veth: str
     ports: list[PortMap] = Field(default_factory=list)
+    #: listed in the hosts files (a task container's lease is not)
+    named: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,17 @@ def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) ->
     if check and done.returncode != 0:
         raise NetworkError(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def bridge_unavailable() -> str | None:
+    """Why this machine cannot attach containers to a bridge network; None when it can
+    (root, ``ip`` and ``nft``)."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            return f"{tool} is not installed (scripts/system-deps.sh)"
+    return None
 
 
 def check_name(value: str, field: str) -> str:
@@ -167,15 +188,59 @@ class NodeNetwork:
         self.gateway = str(next(self.subnet.hosts()))
         self.state_path = data_dir / "network.json"
         self.hosts_dir = data_dir / "hosts"
+        #: held by every call that reads or changes the leases (reentrant: ``attach``
+        #: calls ``detach`` when it fails, a caller may hold it across calls)
+        self.lock = threading.RLock()
         self._leases = self._load()
 
     # --- the interface the node uses ----------------------------------------------------
 
     def leases(self) -> list[Lease]:
-        return list(self._leases.values())
+        with self.lock:
+            return list(self._leases.values())
+
+    def free_ports(self, protocols: Sequence[Protocol], low: int, high: int) -> list[int]:
+        """A node port in ``low..high`` for each of ``protocols``: none mapped by a lease
+        and none a process on the node listens on, each a different one; the scan starts
+        at a random port, so a port given up is not handed out again at once. Hold
+        :attr:`lock` until the ports are attached, or another caller may pick them too."""
+        with self.lock:
+            taken = {
+                (p.protocol, p.node_port) for lease in self._leases.values() for p in lease.ports
+            }
+            span = high - low + 1
+            start = secrets.randbelow(span)
+            picked: list[int] = []
+            for protocol in protocols:
+                for step in range(span):
+                    port = low + (start + step) % span
+                    slot = (protocol, port)
+                    if slot in taken or port in picked:
+                        continue
+                    if not port_free(PortMap(node_port=port, port=1, protocol=protocol)):
+                        continue
+                    picked.append(port)
+                    taken.add(slot)
+                    start = (start + step + 1) % span
+                    break
+                else:
+                    raise Unavailable(f"no free node port left in {low}-{high} ({protocol})")
+            return picked
 
     def attach(
-        self, chute: str, service: str, ports: Sequence[PortMap] = (), *, gen: str = ""
+        self,
+        chute: str,
+        service: str,
+        ports: Sequence[PortMap] = (),
+        *,
+        gen: str = "",
+        named: bool = True,
+    ) -> Attachment:
+        with self.lock:
+            return self._attach(chute, service, ports, gen=gen, named=named)
+
+    def _attach(
+        self, chute: str, service: str, ports: Sequence[PortMap], *, gen: str, named: bool
     ) -> Attachment:
         """Give ``chute``/``service`` (generation ``gen``) its namespace, veth, address and
         port mappings.
@@ -204,6 +269,7 @@ class NodeNetwork:
                 netns=f"ep-{chute}.{service}" + (f".{gen}" if gen else ""),
                 veth="ve" + hashlib.sha256(key.encode()).hexdigest()[:11],
                 ports=[],
+                named=named,
             )
         self._leases[key] = lease
         self._save()
@@ -221,6 +287,10 @@ class NodeNetwork:
     def take_over(self, chute: str, service: str, gen: str, ports: Sequence[PortMap]) -> None:
         """Make generation ``gen`` the service's active one: its port mappings and names
         move from the other generations in one nft transaction (``nft -f`` is atomic)."""
+        with self.lock:
+            self._take_over(chute, service, gen, ports)
+
+    def _take_over(self, chute: str, service: str, gen: str, ports: Sequence[PortMap]) -> None:
         key = lease_key(chute, service, gen)
         if key not in self._leases:
             raise NetworkError(f"{chute}/{service} generation {gen} is not attached")
@@ -231,7 +301,8 @@ class NodeNetwork:
         self._write_hosts()
 
     def lease(self, chute: str, service: str, gen: str = "") -> Lease | None:
-        return self._leases.get(lease_key(chute, service, gen))
+        with self.lock:
+            return self._leases.get(lease_key(chute, service, gen))
 
     def _siblings(self, chute: str, service: str, gen: str) -> list[str]:
         """Keys of the other generations of ``chute``/``service``."""
@@ -254,6 +325,10 @@ class NodeNetwork:
 
     def detach(self, chute: str, service: str, *, gen: str = "") -> None:
         """Remove the generation's netns, veth, lease, port rules; a no-op when gone."""
+        with self.lock:
+            self._detach(chute, service, gen)
+
+    def _detach(self, chute: str, service: str, gen: str) -> None:
         key = lease_key(chute, service, gen)
         lease = self._leases.pop(key, None)
         netns = lease.netns if lease else f"ep-{chute}.{service}" + (f".{gen}" if gen else "")
@@ -277,7 +352,7 @@ class NodeNetwork:
         """The hosts file ``chute`` sees: every service on the node, by name."""
         lines = ["127.0.0.1\tlocalhost"]
         firsts: dict[str, str] = {}
-        active = [lease for lease in self._leases.values() if lease.active]
+        active = [lease for lease in self._leases.values() if lease.active and lease.named]
         for lease in sorted(active, key=lambda item: (item.chute, item.service)):
             names = [f"{lease.service}.{lease.chute}"]
             if lease.chute not in firsts:
@@ -299,18 +374,23 @@ class NodeNetwork:
 
     def teardown(self) -> None:
         """Detach everything and remove the bridge and the nft table (node uninstall)."""
-        for lease in self.leases():
-            self.detach(lease.chute, lease.service, gen=lease.gen)
-        run(["nft", "delete", "table", "ip", self.table], check=False)
-        run(["ip", "link", "del", self.bridge], check=False)
-        shutil.rmtree(self.hosts_dir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        with self.lock:
+            for lease in self.leases():
+                self.detach(lease.chute, lease.service, gen=lease.gen)
+            run(["nft", "delete", "table", "ip", self.table], check=False)
+            run(["ip", "link", "del", self.bridge], check=False)
+            shutil.rmtree(self.hosts_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
 
     # --- plumbing -----------------------------------------------------------------------
 
     def ensure_bridge(self) -> None:
         """The bridge with the gateway address, forwarding on, our nft table."""
+        with self.lock:
+            self._ensure_bridge()
+
+    def _ensure_bridge(self) -> None:
         if not self._bridge_exists():
             run(["ip", "link", "add", self.bridge, "type", "bridge"])
         prefix = self.subnet.prefixlen
@@ -403,9 +483,13 @@ delete {table}
                 if f"{other.chute}/{other.service}" == service_key:
                     continue  # another generation of this service: taken over from it
                 if other_key != key and any((p.protocol, p.node_port) == slot for p in other.ports):
+                    holder = (
+                        f"container {other.service!r}"
+                        if not other.named
+                        else f"chute {other.chute!r} service {other.service!r}"
+                    )
                     raise Conflict(
-                        f"node port {port.node_port}/{port.protocol} is taken by chute "
-                        f"{other.chute!r} service {other.service!r}",
+                        f"node port {port.node_port}/{port.protocol} is taken by {holder}",
                         field="ports",
                     )
             if mine is not None and port in mine.ports:
@@ -425,7 +509,7 @@ delete {table}
 
     def _write_hosts(self) -> None:
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
-        for chute in {lease.chute for lease in self._leases.values()}:
+        for chute in {lease.chute for lease in self._leases.values() if lease.named}:
             path = self.hosts_dir / chute
             # In place (r+ / truncate), not by rename: a running container's bind mount of
             # /etc/hosts holds this inode and would never see a replaced file.
@@ -501,6 +585,9 @@ class ChuteNetwork:
     async def detach(self, chute: str, service: str, gen: str = "") -> None:
         await asyncio.to_thread(self.net.detach, chute, service, gen=gen)
 
+    def addresses(self, chute: str) -> set[str]:
+        return {lease.address for lease in self.net.leases() if lease.chute == chute}
+
     @staticmethod
     def _wanted(service: Any) -> list[PortMap]:
         return [
@@ -512,3 +599,67 @@ class ChuteNetwork:
         # a re-prepare (worker restart, resumed change) keeps the mappings it had
         lease = self.net.lease(chute, service, gen)
         return [] if lease is None else list(lease.ports)
+
+
+#: the lease "chute" of container tasks (docs/services.md); their leases have no names
+TASK_CHUTE = "task"
+#: the node ports a worker publishes tasks' ports on by default (``--service-ports``):
+#: below Linux's default ephemeral range (32768-60999), so no outgoing connection of
+#: the node holds one
+DEFAULT_SERVICE_PORTS = (20000, 32000)
+
+
+@dataclass(frozen=True)
+class TaskAttachment:
+    """Where a task's container joins the network, and its published ports' node ports."""
+
+    netns_path: str
+    address: str
+    #: the node port of each port asked for, in the same order
+    node_ports: list[int]
+
+
+class TaskNetwork:
+    """:class:`NodeNetwork` as the container runtime drives it for container tasks with
+    ``network: bridge``: each attempt gets a namespace on the node's bridge (an address,
+    outbound NAT) and each of its published ports a node port picked from
+    ``port_range`` that no lease maps and no process listens on, picked and mapped under
+    the network's lock: two replicas publishing the same port never collide."""
+
+    def __init__(
+        self, net: NodeNetwork, port_range: tuple[int, int] = DEFAULT_SERVICE_PORTS
+    ) -> None:
+        low, high = port_range
+        if not 1 <= low <= high <= 65535:
+            raise Invalid(f"port range {low}-{high}: 1 <= LOW <= HIGH <= 65535", field="ports")
+        self.net = net
+        self.low, self.high = low, high
+
+    @staticmethod
+    def name(container: str) -> str:
+        """The lease name of a container id (``check_name``'s charset, at most 63)."""
+        clean = re.sub(r"[^a-z0-9-]+", "-", container.lower()).strip("-") or "c"
+        if len(clean) > 63:
+            digest = hashlib.sha256(container.encode()).hexdigest()[:12]
+            clean = f"{clean[:50].rstrip('-')}-{digest}"
+        return clean
+
+    def attach(self, name: str, ports: Sequence[tuple[int, Protocol]]) -> TaskAttachment:
+        """Attach container ``name`` with ``ports`` ((container port, protocol) pairs)
+        published. Idempotent: a lease already there keeps its node ports."""
+        with self.net.lock:
+            lease = self.net.lease(TASK_CHUTE, name)
+            if lease is not None and [(p.port, p.protocol) for p in lease.ports] == list(ports):
+                maps = list(lease.ports)
+            else:
+                picked = self.net.free_ports([proto for _, proto in ports], self.low, self.high)
+                maps = [
+                    PortMap(node_port=node, port=port, protocol=proto)
+                    for node, (port, proto) in zip(picked, ports, strict=True)
+                ]
+            found = self.net.attach(TASK_CHUTE, name, maps, named=False)
+        return TaskAttachment(found.netns_path, found.address, [p.node_port for p in maps])
+
+    def detach(self, name: str) -> None:
+        """Release what ``attach`` made (idempotent)."""
+        self.net.detach(TASK_CHUTE, name)

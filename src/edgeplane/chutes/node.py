@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hmac
-import http.client
 import json
 import logging
 import os
@@ -32,8 +30,7 @@ import platform
 import secrets
 import shutil
 import socket
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,14 +41,17 @@ from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.chutes import logfiles
 from edgeplane.chutes.changes import Change, ChangeQueue, Step, write_atomic
+from edgeplane.chutes.events import EventLog
 from edgeplane.chutes.logfiles import Follower
 from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_order
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
+from edgeplane.protocol.messages import MAX_REPORTED_CHUTES, ChuteEventKind
 from edgeplane.runtimes.bundle import runtime_config
 from edgeplane.runtimes.container import find_runc, runc_output
 from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.probe import exec_probe, probe_in_netns
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ MAX_LOG_BYTES = 1 << 20
 RESTART_BACKOFF_S = 60.0
 #: How often the services' log files are checked for rotation.
 LOG_CHECK_S = 5.0
+#: How often the running services are checked for an exit or an OOM kill (a process
+#: check and a cgroup file read each; runc is asked only when one looks gone).
+EXIT_CHECK_S = 1.0
 
 
 class Network(Protocol):
@@ -96,6 +99,10 @@ class Network(Protocol):
 
     async def detach(self, chute: str, service: str, gen: str) -> None:
         """Undo prepare and attach (idempotent: also for a service never prepared)."""
+        ...
+
+    def addresses(self, chute: str) -> set[str]:
+        """Every address the chute's services hold (each generation's)."""
         ...
 
 
@@ -126,6 +133,9 @@ class LoopbackNetwork:
 
     async def detach(self, chute: str, service: str, gen: str) -> None:
         return None
+
+    def addresses(self, chute: str) -> set[str]:
+        return set()
 
 
 class CgroupLimits:
@@ -167,6 +177,43 @@ class Watch:
     restarted_at: float | None = None
 
 
+@dataclass
+class Life:
+    """What the exit watcher knows of one running service container."""
+
+    pid: int
+    #: the process's start time (a pid reused by another process is not the service)
+    started: float | None
+    #: OOM kills counted in its cgroup so far
+    ooms: int
+    exited: bool = False
+
+
+def _started(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _same_process(life: Life) -> bool:
+    try:
+        found = psutil.Process(life.pid)
+        return found.create_time() == life.started and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _oom_kills(cid: str) -> int:
+    """OOM kills in the container's cgroup (0 when it cannot be read)."""
+    from edgeplane.chutes.resources import oom_kills
+
+    try:
+        return oom_kills(f"/edgeplane/{cid}")
+    except (OSError, KeyError):
+        return 0
+
+
 def _container(chute: str, service: str, generation: str) -> str:
     return f"ch-{chute}-{service}-{generation}"
 
@@ -184,45 +231,17 @@ def _ports_free(ports: list[tuple[int, str]]) -> str | None:
     return None
 
 
-_CLONE_NEWNET = 0x40000000
-
-
 def _probe_in(pid: int, check: Healthcheck) -> bool:
-    """An http or tcp check from inside the service's network namespace: a thread of
-    ours joins it (setns is per thread) so no applet or route is needed."""
-    result = [False]
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                return
-        finally:
-            os.close(fd)
-        try:
-            if check.http is not None:
-                conn = http.client.HTTPConnection(
-                    "127.0.0.1", check.http.port, timeout=check.timeout_s
-                )
-                try:
-                    conn.request("GET", check.http.path)
-                    result[0] = 200 <= conn.getresponse().status < 400
-                finally:
-                    conn.close()
-            elif check.tcp is not None:
-                with socket.create_connection(("127.0.0.1", check.tcp.port), check.timeout_s):
-                    result[0] = True
-        except (OSError, http.client.HTTPException):
-            result[0] = False
-
-    thread = threading.Thread(target=run, name="chute-probe", daemon=True)
-    thread.start()
-    thread.join(check.timeout_s + 1)
-    return result[0]
+    """An http or tcp check from inside the service's network namespace."""
+    if check.http is not None:
+        why = probe_in_netns(
+            pid, port=check.http.port, timeout_s=check.timeout_s, http_path=check.http.path
+        )
+    elif check.tcp is not None:
+        why = probe_in_netns(pid, port=check.tcp.port, timeout_s=check.timeout_s)
+    else:
+        return False
+    return why is None
 
 
 class Node:
@@ -244,6 +263,7 @@ class Node:
         restart_backoff_s: float = RESTART_BACKOFF_S,
         log_max_bytes: int = logfiles.MAX_BYTES,
         log_check_s: float = LOG_CHECK_S,
+        exit_check_s: float = EXIT_CHECK_S,
         clock: Clock | None = None,
     ) -> None:
         self.root = data_dir / "chutes"
@@ -261,17 +281,27 @@ class Node:
         self.restart_backoff_s = restart_backoff_s
         self.log_max_bytes = log_max_bytes
         self.log_check_s = log_check_s
+        self.exit_check_s = exit_check_s
         self._log_keeper: asyncio.Task[None] | None = None
+        self._exit_watcher: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock()
         # the health monitors: one task per running service generation with a check
         self._watches: dict[str, Watch] = {}
         self._monitors: dict[str, asyncio.Task[None]] = {}
-        self.changes = ChangeQueue(self.root / "changes", self._plan, clock=self.clock)
+        #: the running services the exit watcher follows, by container id
+        self._lives: dict[str, Life] = {}
+        self._reports: set[asyncio.Task[None]] = set()
+        #: the chute events the worker delivers to its manager (``events.py``)
+        self.events = EventLog(self.root / "events", clock=self.clock)
+        self.changes = ChangeQueue(
+            self.root / "changes", self._plan, clock=self.clock, on_end=self._change_ended
+        )
 
     async def start(self) -> None:
         """Re-attach: chutes keep running; interrupted changes are finished or undone."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self.events.open)
         await self.changes.start()
         for name in self.names():
             state = self._load(name)
@@ -281,7 +311,10 @@ class Node:
             for service in manifest.services:
                 if (await self._running(_container(name, service.name, state["generation"])))[0]:
                     self._watch(manifest, service, str(state["generation"]))
+        # every chute as this worker found it: the manager's view starts from here
+        await self._report("snapshot")
         self._log_keeper = asyncio.create_task(self._keep_logs(), name="chute logs")
+        self._exit_watcher = asyncio.create_task(self._watch_exits(), name="chute exits")
 
     async def _keep_logs(self) -> None:
         """Rotate every service's log that has reached ``log_max_bytes`` (one task)."""
@@ -295,12 +328,15 @@ class Node:
                         log.warning("cannot rotate %s: %s", path, exc)
 
     async def close(self) -> None:
-        if self._log_keeper is not None:
-            self._log_keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._log_keeper
+        for task in (self._log_keeper, self._exit_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for cid in list(self._monitors):
             await self._unwatch(cid)
+        if self._reports:  # (each ends on its own: a status read and a file write)
+            await asyncio.wait(list(self._reports), timeout=5)
         await self.changes.close()
         await self.puller.close()
 
@@ -368,6 +404,7 @@ class Node:
             "resources": manifest.resources.model_dump(),
             "web": None if manifest.web is None else manifest.web.model_dump(),
             "change_id": state.get("change_id"),
+            "source": state.get("source"),
         }
 
     async def listing(self) -> list[dict[str, Any]]:
@@ -398,15 +435,20 @@ class Node:
         except FileNotFoundError:
             return ""
 
-    async def follow(self, name: str, service: str | None = None) -> AsyncIterator[str]:
-        """The log's text from its tail on, as it grows (until the caller stops)."""
+    async def follow(
+        self, name: str, service: str | None = None, *, keep: Callable[[], bool] = lambda: True
+    ) -> AsyncIterator[str]:
+        """The log's text from its tail on, as it grows, until the chute is deleted, or
+        ``keep()`` is false (or the caller stops)."""
         follower = Follower(self.log_file(name, service))
-        while True:
+        while keep():
             got = False
             for data in follower.read():
                 got = True
                 yield data.decode(errors="replace")
             if not got:
+                if self._load(name) is None and not self.changes.active(name):
+                    return  # deleted: its log is gone with it
                 await asyncio.sleep(0.25)  # a file has no change notification we can await here
 
     async def info(self) -> dict[str, Any]:
@@ -430,18 +472,149 @@ class Node:
             "runc": self.runc is not None,
         }
 
+    # --- events for the manager (``events.py``) ----------------------------------------
+
+    async def _report(
+        self,
+        kind: ChuteEventKind,
+        name: str = "",
+        *,
+        service: str | None = None,
+        change_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record a chute event with the chute's status after it (every chute's, for a
+        snapshot). A node that cannot write it logs so and goes on: its chutes matter more."""
+        fields: dict[str, Any] = {"service": service, "change_id": change_id, "detail": detail}
+        try:
+            if kind == "snapshot":
+                fields["chutes"] = (await self.listing())[:MAX_REPORTED_CHUTES]
+            elif kind != "deleted":
+                with contextlib.suppress(NotFound):
+                    fields["status"] = await self.status(name, probe=False)
+            if detail is not None:
+                fields["detail"] = detail[:1000]
+            await self.events.emit(kind, name, **fields)
+        except (OSError, ValueError) as exc:
+            log.warning("chute event %s of %s not recorded: %s", kind, name or "the node", exc)
+
+    async def _report_surely(self, kind: ChuteEventKind, name: str, **fields: Any) -> None:
+        """:meth:`_report` from a health monitor, which a change may cancel at any await
+        (its stop step stops the monitor): the report goes on to its end regardless."""
+        task = asyncio.create_task(self._report(kind, name, **fields))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+        await asyncio.shield(task)
+
+    async def _change_ended(self, change: Change) -> None:
+        if change.state == "done" and change.kind != "delete":
+            await self._learn(change.chute)
+        if change.state == "done":
+            kind: ChuteEventKind = "deleted" if change.kind == "delete" else "change_done"
+            detail = f"{change.kind} done"
+        else:
+            kind, detail = "change_failed", f"{change.kind} {change.state}: {change.error}"
+        await self._report(kind, change.chute, change_id=change.id, detail=detail)
+
+    async def _watch_exits(self) -> None:
+        """Report a running service that exits, or has a process OOM-killed, while no
+        change is at work on its chute (a change's own stops are the change's events)."""
+        while True:
+            await asyncio.sleep(self.exit_check_s)
+            try:
+                await self._check_exits()
+                if self.events.resync:  # events were dropped: a whole view instead
+                    self.events.resync = False
+                    await self._report("snapshot")
+            except Exception:  # one bad check must not end the watcher
+                log.exception("checking the chutes' services failed")
+
+    async def _check_exits(self) -> None:
+        followed: set[str] = set()
+        for name in self.names():
+            state = self._load(name)
+            if (
+                state is None
+                or not state.get("run", True)
+                or state.get("phase") == "installing"
+                or self.changes.active(name)
+            ):
+                continue  # forgotten below: learnt afresh once the chute runs on its own
+            manifest = Manifest.model_validate(state["manifest"])
+            for service in manifest.services:
+                cid = _container(name, service.name, str(state["generation"]))
+                followed.add(cid)
+                await self._check_service(name, service.name, cid, manifest)
+        for cid in [cid for cid in self._lives if cid not in followed]:
+            del self._lives[cid]
+
+    async def _learn(self, name: str) -> None:
+        """Follow the chute's services from now (a change left them as they should be:
+        an exit right after it is one to report)."""
+        state = self._load(name)
+        if state is None or not state.get("run", True):
+            return
+        for service in Manifest.model_validate(state["manifest"]).services:
+            cid = _container(name, service.name, str(state["generation"]))
+            await self._first_look(cid)
+
+    async def _first_look(self, cid: str) -> Life:
+        running, pid = await self._running(cid)
+        ooms = await asyncio.to_thread(_oom_kills, cid)
+        life = self._lives[cid] = Life(pid, _started(pid) if running else None, ooms, not running)
+        return life
+
+    async def _check_service(self, name: str, service: str, cid: str, manifest: Manifest) -> None:
+        life = self._lives.get(cid)
+        if life is None:
+            # first seen (the worker started): one found exited already is in the snapshot
+            await self._first_look(cid)
+            return
+        if life.exited:
+            return
+        alive = _same_process(life)
+        if not alive:
+            running, pid = await self._running(cid)  # runc's word before an exit is told
+            if running:  # (its process looked gone: re-learnt)
+                life.pid, life.started, alive = pid, _started(pid), True
+        ooms = await asyncio.to_thread(_oom_kills, cid)
+        killed = ooms - life.ooms
+        life.ooms = ooms
+        if not alive:
+            life.exited = True
+        # a change that began meanwhile stopped it on purpose: not an event of its own
+        state = self._load(name)
+        if self.changes.active(name) or state is None or not state.get("run", True):
+            self._lives.pop(cid, None)
+            return
+        limit = manifest.resources.memory_mb
+        if killed > 0:
+            what = f"{killed} process(es) OOM-killed at the memory limit of {limit} MB"
+            await self._report(
+                "oom_killed",
+                name,
+                service=service,
+                detail=what + ("; the service exited" if not alive else ""),
+            )
+        if not alive:
+            why = "OOM-killed" if killed > 0 else "its main process ended"
+            log.warning("chute %s service %s exited: %s", name, service, why)
+            await self._report("exited", name, service=service, detail=why)
+
     # --- submitting changes -----------------------------------------------------------
 
-    async def install(self, manifest: Manifest) -> Change:
+    async def install(self, manifest: Manifest, source: dict[str, str] | None = None) -> Change:
+        """``source``: where the manifest came from (the chute store's ``NAME@VERSION``),
+        recorded in the change and the chute's status."""
         if self._load(manifest.name) is not None or self.changes.active(manifest.name):
             raise Conflict(f"chute {manifest.name!r} is already installed", field="name")
         args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
-        return await self.changes.submit("install", manifest.name, args)
+        return await self.changes.submit("install", manifest.name, args, source)
 
-    async def update(self, manifest: Manifest) -> Change:
+    async def update(self, manifest: Manifest, source: dict[str, str] | None = None) -> Change:
         self._known(manifest.name)
         args = {"manifest": manifest.model_dump(mode="json"), "generation": secrets.token_hex(3)}
-        return await self.changes.submit("update", manifest.name, args)
+        return await self.changes.submit("update", manifest.name, args, source)
 
     async def act(self, name: str, action: str) -> Change:
         self._known(name)
@@ -541,12 +714,12 @@ class Node:
             await self._check_ports(manifest, exclude=None)
 
         async def write() -> None:
-            state = self._fresh_state(manifest, gen, change.id, phase="installing")
+            state = self._fresh_state(manifest, gen, change, phase="installing")
             self._save(name, state)
             await self._write_config(name, state["config"])()
 
         async def commit() -> None:
-            state = self._load(name) or self._fresh_state(manifest, gen, change.id, "installing")
+            state = self._load(name) or self._fresh_state(manifest, gen, change, "installing")
             self._save(name, {**state, "phase": "installed"})
 
         steps = [
@@ -585,7 +758,7 @@ class Node:
             await self._check_ports(manifest, exclude=name, held=held)
 
         async def switch() -> None:
-            state = self._fresh_state(manifest, gen, change.id, phase="installed")
+            state = self._fresh_state(manifest, gen, change, phase="installed")
             for service in manifest.services:
                 address = await self.network.address(name, service.name, gen)
                 if address is not None:
@@ -631,7 +804,7 @@ class Node:
     # --- actions (each idempotent) ----------------------------------------------------------
 
     def _fresh_state(
-        self, manifest: Manifest, gen: str, change_id: str, phase: str
+        self, manifest: Manifest, gen: str, change: Change, phase: str
     ) -> dict[str, Any]:
         return {
             "manifest": manifest.model_dump(mode="json"),
@@ -639,7 +812,8 @@ class Node:
             "run": True,
             "phase": phase,
             "config": dict(manifest.config),
-            "change_id": change_id,
+            "change_id": change.id,
+            "source": change.source,
             "addresses": {},
         }
 
@@ -716,6 +890,7 @@ class Node:
     ) -> Any:
         async def run() -> None:
             await self._start_service(manifest, manifest.service(service_name), gen, mapped=mapped)
+            await self._report("started", manifest.name, service=service_name, change_id=change_id)
 
         return run
 
@@ -855,6 +1030,14 @@ class Node:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
 
+    def chute_calling(self, token: str, address: str | None) -> str | None:
+        """The chute whose token this is, when the call comes from one of that chute's
+        own addresses (a token another chute got hold of is no good there); None else."""
+        name = self.chute_for_token(token)
+        if name is None or address is None or address not in self.network.addresses(name):
+            return None
+        return name
+
     def chute_for_token(self, token: str) -> str | None:
         """The chute whose token this is; None for none."""
         given = token.encode()
@@ -903,9 +1086,11 @@ class Node:
             await asyncio.sleep(check.interval_s)
             running, pid = await self._running(cid)
             if running and await self._probe(pid, cid, check):
-                if not watch.healthy:
-                    log.info("chute %s service %s is healthy again", manifest.name, service.name)
+                was = watch.healthy
                 watch.healthy, watch.failures, seen_healthy = True, 0, True
+                if not was:
+                    log.info("chute %s service %s is healthy again", manifest.name, service.name)
+                    await self._report_health(manifest.name, gen, "healthy", service.name)
                 continue
             if not running:
                 continue  # an exited service is the chute's `failed` state, not a health matter
@@ -921,8 +1106,24 @@ class Node:
                     service.name,
                     watch.failures,
                 )
-            watch.healthy = False
+                watch.healthy = False
+                await self._report_health(
+                    manifest.name,
+                    gen,
+                    "unhealthy",
+                    service.name,
+                    f"{watch.failures} health checks failed in a row",
+                )
             await self._restart_unhealthy(manifest.name, gen, watch)
+
+    async def _report_health(
+        self, name: str, gen: str, kind: ChuteEventKind, service: str, detail: str | None = None
+    ) -> None:
+        """A health transition of the chute's running generation (an update's new one
+        coming up is the update's own matter)."""
+        state = self._load(name)
+        if state is not None and str(state.get("generation")) == gen:
+            await self._report_surely(kind, name, service=service, detail=detail)
 
     async def _restart_unhealthy(self, name: str, gen: str, watch: Watch) -> None:
         if not self.restart_unhealthy or self.changes.active(name):
@@ -941,6 +1142,9 @@ class Node:
             log.warning("chute %s is unhealthy and cannot be restarted: %s", name, exc)
             return
         log.warning("chute %s restarted because it is unhealthy (change %s)", name, change.id)
+        await self._report_surely(
+            "restarted", name, change_id=change.id, detail="restarted because it is unhealthy"
+        )
 
     async def _healthy_once(self, pid: int, cid: str, service: Service) -> bool:
         if service.healthcheck is None:
@@ -949,18 +1153,7 @@ class Node:
 
     async def _probe(self, pid: int, cid: str, check: Healthcheck) -> bool:
         if check.exec is not None:
-            process = await asyncio.create_subprocess_exec(
-                *self._runc("exec", cid, *check.exec),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                return await asyncio.wait_for(process.wait(), check.timeout_s) == 0
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                return False
+            return await exec_probe(self._runc("exec", cid, *check.exec), check.timeout_s) is None
         return await asyncio.to_thread(_probe_in, pid, check)
 
     async def _running(self, cid: str) -> tuple[bool, int]:

@@ -84,10 +84,32 @@ def load_descriptor(path: Path) -> dict[str, Any]:
     services = doc.get("services")
     if isinstance(services, list):
         doc["services"] = [
-            with_module(s, i, path.parent, key="services") for i, s in enumerate(services)
+            _with_chute(with_module(s, i, path.parent, key="services"), i, path.parent)
+            for i, s in enumerate(services)
         ]
     _check(path, doc)
     return doc
+
+
+def _with_chute(service: Any, index: int, base: Path) -> Any:
+    """A service's ``chute_file`` (a chute.yaml, relative to the descriptor) read into
+    ``chute``, which the API takes."""
+    if not isinstance(service, dict) or "chute_file" not in service:
+        return service
+    from edgeplane.cli.specfile import _read_text, parse
+
+    where = f"services[{index}].chute_file"
+    if service.get("chute") is not None:
+        raise Invalid("give chute or chute_file, not both", field=where)
+    name = service.pop("chute_file")
+    if not isinstance(name, str) or not name:
+        raise Invalid("a path to a chute.yaml", field=where)
+    file = base / name
+    try:
+        service["chute"] = parse(file, _read_text(file))
+    except Invalid as exc:
+        raise Invalid(f"{where}: {exc.detail}", field=where) from None
+    return service
 
 
 def _check(path: Path, doc: dict[str, Any]) -> None:
@@ -201,6 +223,8 @@ def tree(view: ApplicationView) -> Tree:
             row.append(instance.state, style=_STATE_STYLES.get(instance.state, ""))
             if instance.worker_id:
                 row.append(f"  on {instance.cluster_id or '?'}/{instance.worker_id}", style="dim")
+            if instance.endpoints:
+                row.append("  " + " ".join(str(e) for e in instance.endpoints), style="cyan")
             if instance.restarts:
                 row.append(f"  restarts {instance.restarts}", style="yellow")
             if instance.revision != service.revision:
@@ -228,7 +252,17 @@ def show(view: ApplicationView, fmt: Format) -> None:
         ]
     )
     print_table(
-        ["service", "id", "cluster", "worker", "state", "restarts", "revision", "reason"],
+        [
+            "service",
+            "id",
+            "cluster",
+            "worker",
+            "state",
+            "endpoints",
+            "restarts",
+            "revision",
+            "reason",
+        ],
         (
             [
                 s.name,
@@ -236,6 +270,7 @@ def show(view: ApplicationView, fmt: Format) -> None:
                 i.cluster_id,
                 i.worker_id,
                 i.state,
+                " ".join(str(e) for e in i.endpoints),
                 i.restarts,
                 "current" if i.revision == s.revision else "old",
                 i.reason,
@@ -369,7 +404,8 @@ def list_apps(
 
 @app.command()
 def get(ctx: typer.Context, ref: RefArgument, output: OutputOption = None) -> None:
-    """Show an application: its services and every instance (cluster, worker, state)."""
+    """Show an application: its services and every instance (cluster, worker, state,
+    and the ADDRESS:HOST_PORT its published ports are reached at)."""
     s = session(ctx)
     show(resolve(s.client(), ref), s.format(output))
 

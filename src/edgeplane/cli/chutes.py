@@ -13,6 +13,7 @@ passes them to the worker over MQTT.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +64,8 @@ class _Node:
     ) -> None:
         import httpx
 
+        #: through the control plane (``--worker``), not the node's own API
+        self.worker = worker
         if worker is not None:
             if node:
                 raise Invalid("give --node URL or --worker ID, not both", field="worker")
@@ -153,37 +156,75 @@ def _open(
     token: str | None,
     token_file: Path | None,
 ) -> _Node:
-    return _Node(session(ctx), node, worker, token, token_file)
+    found = _Node(session(ctx), node, worker, token, token_file)
+    ctx.call_on_close(found.http.close)  # its connection, when the command ends
+    return found
 
 
 def _manifest(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise Invalid(f"cannot read {path}: {exc.strerror or exc}", field="file") from None
     kind = "application/json" if path.suffix == ".json" else "application/yaml"
     return data, kind
+
+
+SourceArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="FILE|NAME[@VERSION]",
+        help="chute.yaml (or .json), or a chute in the store (with --worker; NAME: its latest).",
+    ),
+]
+
+
+def _body(source: str, worker: str | None) -> tuple[str, dict[str, Any]]:
+    """The chute's name and the request's body for a manifest file or, when no such
+    file exists, a reference to the chute store (docs/chutes.md)."""
+    from edgeplane.chutes.catalog import parse_ref
+    from edgeplane.chutes.manifest import load
+
+    path = Path(source)
+    if path.exists():
+        data, kind = _manifest(path)
+        name = load(data, source).name  # bad input is exit 2 before any request
+        return name, {"content": data, "headers": {"content-type": kind}}
+    try:
+        ref = parse_ref(source, field="file")
+    except Invalid:
+        raise Invalid(
+            f"{source}: no such file, and not a store reference NAME[@VERSION]", field="file"
+        ) from None
+    if worker is None:
+        raise Invalid(
+            f"{source}: a chute from the store is installed through the control plane: "
+            "give --worker ID (or a manifest file)",
+            field="worker",
+        )
+    return ref.name, {"json": {"store": str(ref)}}
 
 
 @app.command()
 def install(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json)")],
+    source: SourceArgument,
     node: NodeOption = None,
     worker: WorkerOption = None,
     node_token: NodeTokenOption = None,
     token_file: TokenFileOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Install a chute from its manifest."""
+    """Install a chute from its manifest, or from the chute store (NAME@VERSION)."""
     client = _open(ctx, node, worker, node_token, token_file)
-    data, kind = _manifest(file)
-    client.changed(
-        client.call("POST", "/chutes", content=data, headers={"content-type": kind}), wait
-    )
+    _, body = _body(source, worker)
+    client.changed(client.call("POST", "/chutes", **body), wait)
 
 
 @app.command()
 def update(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="chute.yaml (or .json) of the new version")],
+    source: SourceArgument,
     node: NodeOption = None,
     worker: WorkerOption = None,
     node_token: NodeTokenOption = None,
@@ -191,13 +232,9 @@ def update(
     wait: WaitOption = False,
 ) -> None:
     """Update a chute: the new version replaces the old only once healthy."""
-    from edgeplane.chutes.manifest import load
-
     client = _open(ctx, node, worker, node_token, token_file)
-    data, kind = _manifest(file)
-    name = load(data, str(file)).name
-    answer = client.call("PUT", f"/chutes/{name}", content=data, headers={"content-type": kind})
-    client.changed(answer, wait)
+    name, body = _body(source, worker)
+    client.changed(client.call("PUT", f"/chutes/{name}", **body), wait)
 
 
 @app.command("list")
@@ -214,6 +251,8 @@ def listing(
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
+    if found:
+        _stale_note(found[0], worker)
     print_table(
         ["name", "version", "state", "services"],
         [[c["name"], c["version"], c["state"], [s["name"] for s in c["services"]]] for c in found],
@@ -235,13 +274,34 @@ def get(
     if session(ctx).format(output) == Format.json:
         print_json(found)
         return
-    print_fields([(k, found.get(k)) for k in ("name", "version", "state", "change_id")])
+    _stale_note(found, worker)
+    source = found.get("source") or {}
+    store = f"{source.get('store')} ({source.get('digest')})" if source else None
+    print_fields(
+        [*((k, found.get(k)) for k in ("name", "version", "state", "change_id")), ("store", store)]
+    )
     print_table(
         ["service", "state", "healthy", "address", "ports"],
         [[s["name"], s["state"], s["healthy"], s["address"],
           [f"{p['host']}->{p['chute']}/{p['protocol']}" for p in s["ports"]]]
          for s in found["services"]],
     )  # fmt: skip
+
+
+def _stale_note(doc: dict[str, Any], worker: str | None) -> None:
+    """Say so when the control plane answered with a worker's last known state."""
+    if not doc.get("stale"):
+        return
+    from datetime import UTC, datetime
+
+    def when(ts: Any) -> str:
+        stamp = datetime.fromtimestamp(float(ts or 0), UTC)
+        return stamp.isoformat(timespec="seconds")
+
+    note(
+        f"worker {worker} cannot be reached: its chutes as last reported "
+        f"(at {when(doc.get('reported_at'))}; last contact {when(doc.get('last_contact'))})"
+    )
 
 
 def _action(action: str) -> None:
@@ -279,7 +339,8 @@ def logs(
     node_token: NodeTokenOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """A chute service's output."""
+    """A chute service's output; with -f, what it prints from now on, until the chute is
+    deleted (or Ctrl-C)."""
     client = _open(ctx, node, worker, node_token, token_file)
     params: dict[str, Any] = {} if service is None else {"service": service}
     if not follow:
@@ -289,10 +350,37 @@ def logs(
         "GET", f"/chutes/{name}/logs", params={**params, "follow": "true"}, timeout=None
     ) as stream:
         if stream.status_code >= 400:
+            from edgeplane.client import problem
+            from edgeplane.wire import Reply
+
             stream.read()
-            client.call("GET", f"/chutes/{name}/logs", params=params)  # raises the problem
-        for text in stream.iter_text():
-            typer.echo(text, nl=False)
+            raise problem(Reply.of(stream))  # the error the node or manager raised
+        if client.worker is None:  # the node's own API: plain text
+            for text in stream.iter_text():
+                typer.echo(text, nl=False)
+            return
+        for kind, text in _events(stream.iter_lines()):  # the control plane's SSE
+            if kind == "log":
+                typer.echo(text, nl=False)
+            elif kind == "gap":
+                note(f"(output lost: {text})")
+            elif kind == "end":
+                note(f"(the follow ended: {json.loads(text).get('reason')})")
+                return
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """Server-sent events as (event, data): the data lines joined with newlines."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
 
 
 @app.command()

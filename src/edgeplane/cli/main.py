@@ -27,6 +27,7 @@ from edgeplane.cli import (
     jobs,
     roles,
     schedules,
+    store,
     tasks,
     users,
     workers,
@@ -147,6 +148,7 @@ app.add_typer(clusters.app, name="cluster")
 app.add_typer(apps.app, name="app")
 app.add_typer(artifacts.app, name="artifact")
 app.add_typer(chutes.app, name="chute")
+app.add_typer(store.app, name="store")
 app.add_typer(certs.app, name="certs")
 app.command("login")(users.login)
 app.add_typer(users.users, name="user")

@@ -100,10 +100,10 @@ PullOption = Annotated[
     str | None,
     typer.Option(
         "--pull",
-        help="How workers get oci:// container images: 'direct' pulls them from the "
-        "registry; 'proxy' asks the cluster's artifact proxy over MQTT (no route to the "
-        "registry needed); 'auto' (the default) direct while the registry answers, else "
-        "the proxy.",
+        help="How workers get oci:// container images (of tasks and chutes): 'direct' "
+        "pulls them from the registry; 'proxy' asks the cluster's artifact proxy over MQTT "
+        "(no route to the registry needed); 'auto' (the default) direct while the registry "
+        "answers, else the proxy.",
     ),
 ]
 RegistriesOption = Annotated[
@@ -128,6 +128,24 @@ ImagesDirOption = Annotated[
         "--images-dir",
         help="OCI image layouts for container tasks (default: DATA_DIR/images for `up`, "
         "DATA_DIR/worker/images for `worker`).",
+    ),
+]
+ServicePortsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--service-ports",
+        metavar="LOW-HIGH",
+        help="Host ports workers publish container tasks' ports on, one free port each "
+        "(default 20000-32000).",
+    ),
+]
+AdvertiseAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise-address",
+        metavar="ADDRESS",
+        help="The address workers' published ports are reached at, shown in tasks' "
+        "endpoints (default: the address its default route leaves from).",
     ),
 ]
 WasmMemoryOption = Annotated[
@@ -329,6 +347,8 @@ def up(
     host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
+    service_ports: ServicePortsOption = None,
+    advertise_address: AdvertiseAddressOption = None,
     pull: PullOption = None,
     registries: RegistriesOption = None,
     heartbeat_s: HeartbeatOption = None,
@@ -372,6 +392,8 @@ def up(
         "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
+        "service_ports": service_ports,
+        "advertise_address": advertise_address,
         "pull": pull,
         "registries": registries,
         "heartbeat_s": heartbeat_s,
@@ -645,6 +667,8 @@ def worker(
     host_user: HostUserOption = None,
     containers: ContainersOption = None,
     images_dir: ImagesDirOption = None,
+    service_ports: ServicePortsOption = None,
+    advertise_address: AdvertiseAddressOption = None,
     pull: PullOption = None,
     registries: RegistriesOption = None,
     data_dir: DataDirOption = None,
@@ -685,6 +709,8 @@ def worker(
         "host_user": host_user,
         "containers": containers,
         "images_dir": images_dir,
+        "service_ports": service_ports,
+        "advertise_address": advertise_address,
         "pull": pull,
         "registries": registries,
         "data_dir": data_dir,

@@ -1,5 +1,5 @@
-"""``edgeplane schedule list|delete``: the cron schedules that tasks and jobs with
-``schedule`` created, and how a new schedule is shown."""
+"""``edgeplane schedule list|get|pause|resume|delete``: the cron schedules that tasks and jobs
+with ``schedule`` created, and how a new schedule is shown."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from edgeplane.cli.output import (
     OutputOption,
     echo,
     note,
+    print_fields,
     print_model,
     print_table,
     session,
@@ -45,6 +46,10 @@ def next_run(schedule: Schedule) -> str:
     return at.isoformat(sep=" ", timespec="seconds")
 
 
+def state(schedule: Schedule) -> str:
+    return "paused" if schedule.paused else "active"
+
+
 def print_schedule(schedule: Schedule, fmt: Format) -> None:
     """A schedule just made: its id on stdout (for scripts), when it runs on stderr."""
     if fmt is Format.json:
@@ -65,18 +70,67 @@ def list_schedules(
     offset: OffsetOption = 0,
     output: OutputOption = None,
 ) -> None:
-    """List schedules with their cron, timezone and next run."""
+    """List schedules with their cron, timezone, state and next run."""
     s = session(ctx)
     page = s.client().schedules(limit=limit, offset=offset)
     if s.format(output) is Format.json:
         print_model(page)
         return
     print_table(
-        ["id", "kind", "name", "cron", "timezone", "next run", "runs"],
-        ([x.id, x.kind, x.name, x.cron, x.timezone, next_run(x), x.runs] for x in page.items),
+        ["id", "kind", "name", "cron", "timezone", "state", "next run", "runs"],
+        (
+            [x.id, x.kind, x.name, x.cron, x.timezone, state(x), next_run(x), x.runs]
+            for x in page.items
+        ),
     )
     if page.total > offset + len(page.items):
         note(f"{len(page.items)} of {page.total} schedules shown; more with --offset/--limit")
+
+
+@app.command()
+def get(ctx: typer.Context, schedule_id: IdArgument, output: OutputOption = None) -> None:
+    """Show a schedule."""
+    s = session(ctx)
+    schedule = s.client().schedule(schedule_id)
+    if s.format(output) is Format.json:
+        print_model(schedule)
+        return
+    print_fields(
+        [
+            ("id", schedule.id),
+            ("kind", schedule.kind),
+            ("name", schedule.name),
+            ("cron", schedule.cron),
+            ("timezone", schedule.timezone),
+            ("catch up", schedule.catch_up),
+            ("state", state(schedule)),
+            ("next run", next_run(schedule)),
+            ("runs", schedule.runs),
+        ]
+    )
+
+
+@app.command()
+def pause(ctx: typer.Context, schedule_id: IdArgument, output: OutputOption = None) -> None:
+    """Pause a schedule: it fires nothing until resumed (runs it made go on)."""
+    s = session(ctx)
+    schedule = s.client().pause_schedule(schedule_id)
+    if s.format(output) is Format.json:
+        print_model(schedule)
+        return
+    note(f"schedule {schedule.id} paused")
+
+
+@app.command()
+def resume(ctx: typer.Context, schedule_id: IdArgument, output: OutputOption = None) -> None:
+    """Resume a paused schedule. Its catch-up policy says which slots missed while it was
+    paused still run: none, the last one (the default) or all."""
+    s = session(ctx)
+    schedule = s.client().resume_schedule(schedule_id)
+    if s.format(output) is Format.json:
+        print_model(schedule)
+        return
+    note(f"schedule {schedule.id} resumed (catch-up: {schedule.catch_up})")
 
 
 @app.command()

@@ -90,6 +90,24 @@ NameOption = Annotated[
     typer.Option(help="Task name for host and container tasks (default: the program or image)."),
 ]
 EnvOption = Annotated[list[str] | None, typer.Option("--env", help="K=V, repeatable.")]
+NetworkOption = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        metavar="none|bridge",
+        help="container: 'bridge' for a network namespace on the worker's bridge (outbound "
+        "NAT, --port published), 'none' for loopback only (default: bridge with --port).",
+    ),
+]
+PortOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--port",
+        metavar="PORT[/tcp|udp]",
+        help="container: publish this container port on a free host port of the worker "
+        "(shown in the task's endpoints), repeatable.",
+    ),
+]
 SecretEnvOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -193,9 +211,19 @@ def task_spec(
     cluster: str | None = None,
     project: str | None = None,
     secret_env: list[str] | None = None,
+    network: str | None = None,
+    port: list[str] | None = None,
 ) -> dict[str, Any]:
     """The task body the command line describes."""
     spec: dict[str, Any] = {"runtime": runtime.value, "env": pairs(env, "--env")}
+    if network is not None or port:
+        if runtime is not RuntimeName.container:
+            hint = "--network" if network is not None else "--port"
+            raise typer.BadParameter("only with --runtime container", param_hint=hint)
+        if network is not None:
+            spec["network"] = network
+        if port:
+            spec["ports"] = [_port(p) for p in port]
     if secrets := secret_pairs(secret_env):
         spec["secret_env"] = secrets
     args = args or []
@@ -241,6 +269,14 @@ def task_spec(
         spec["constraints"] = {"labels": labels}
     _check(spec)
     return spec
+
+
+def _port(text: str) -> dict[str, Any]:
+    """``8000`` or ``8000/udp`` as a ``ports`` item (its range is checked with the body)."""
+    number, _, protocol = text.partition("/")
+    if not number.isdigit() or protocol not in ("", "tcp", "udp"):
+        raise typer.BadParameter(f"expected PORT[/tcp|udp], got {text!r}", param_hint="--port")
+    return {"port": int(number), "protocol": protocol or "tcp"}
 
 
 def _check(spec: dict[str, Any]) -> None:
@@ -342,6 +378,8 @@ def run(
     name: NameOption = None,
     env: EnvOption = None,
     secret_env: SecretEnvOption = None,
+    network: NetworkOption = None,
+    port: PortOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -372,6 +410,8 @@ def run(
         name=name,
         env=env,
         secret_env=secret_env,
+        network=network,
+        port=port,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,
@@ -414,6 +454,8 @@ def create(
     name: NameOption = None,
     env: EnvOption = None,
     secret_env: SecretEnvOption = None,
+    network: NetworkOption = None,
+    port: PortOption = None,
     fuel: FuelOption = None,
     memory_mb: MemoryOption = None,
     time_limit: TimeLimitOption = None,
@@ -435,6 +477,8 @@ def create(
         name=name,
         env=env,
         secret_env=secret_env,
+        network=network,
+        port=port,
         fuel=fuel,
         memory_mb=memory_mb,
         time_limit=time_limit,
@@ -471,6 +515,18 @@ def stop(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -
 
 
 @app.command()
+def retry(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) -> None:
+    """Run an ended task again: prints the new task's id (its retry_of is ID)."""
+    s = session(ctx)
+    task = s.client().retry(task_id)
+    if s.format(output) is Format.json:
+        print_model(task)
+        return
+    echo(task.id)
+    note(f"task {task.id} retries {task_id}")
+
+
+@app.command()
 def wait(
     ctx: typer.Context,
     task_id: IdArgument,
@@ -500,6 +556,8 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
             ("mode", task.mode if task.runtime == "wasm" else None),
             ("command", " ".join(task.command or [])),
             ("image", task.image_url or task.image),
+            ("network", task.network if task.runtime == "container" else None),
+            ("endpoints", [str(e) for e in task.endpoints] or None),
             ("inputs", task.inputs),
             ("priority", task.priority),
             ("worker", task.worker_id),
@@ -510,6 +568,7 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
             ("exit code", task.exit_code),
             ("job", task.job_id),
             ("workflow", task.workflow_id),
+            ("retry of", task.retry_of),
             ("created", when(task.created_at)),
             ("started", when(task.started_at)),
             ("finished", when(task.finished_at)),
@@ -517,20 +576,50 @@ def get(ctx: typer.Context, task_id: IdArgument, output: OutputOption = None) ->
     )
 
 
+class StateName(StrEnum):
+    pending = "pending"
+    scheduled = "scheduled"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
 @app.command("list")
 def list_tasks(
     ctx: typer.Context,
-    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    state: Annotated[StateName | None, typer.Option(help="Only tasks in this state.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Only tasks whose name starts with this."),
+    ] = None,
+    worker: Annotated[str | None, typer.Option(help="Only tasks of this worker (id).")] = None,
     job: Annotated[str | None, typer.Option(help="Only tasks of this job.")] = None,
     workflow: Annotated[str | None, typer.Option(help="Only tasks of this workflow.")] = None,
+    newest: Annotated[bool, typer.Option("--newest", help="Newest first.")] = False,
     limit: LimitOption = 100,
     offset: OffsetOption = 0,
+    cursor: Annotated[
+        str | None,
+        typer.Option(help="Continue after a page (the cursor it printed)."),
+    ] = None,
     output: OutputOption = None,
 ) -> None:
-    """List tasks, oldest first."""
+    """List tasks, oldest first (--newest: newest first), a page at a time."""
+    if cursor is not None and offset:
+        raise Invalid("page with --cursor or --offset, not both", field="cursor")
     s = session(ctx)
     page = s.client().list_tasks(
-        state=state, job_id=job, workflow_id=workflow, limit=limit, offset=offset
+        state=None if state is None else state.value,
+        name=name,
+        worker_id=worker,
+        job_id=job,
+        workflow_id=workflow,
+        order="newest" if newest else None,
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
     )
     if s.format(output) is Format.json:
         print_model(page)
@@ -542,8 +631,11 @@ def list_tasks(
             for t in page.items
         ),
     )
-    if page.total > offset + len(page.items):
-        note(f"{len(page.items)} of {page.total} tasks shown; more with --offset/--limit")
+    shown = f"{len(page.items)} of {page.total} tasks shown"
+    if page.next is not None:
+        note(f"{shown}; more with --cursor {page.next}" + (" --newest" if newest else ""))
+    elif cursor is None and page.total > offset + len(page.items):  # a server without cursors
+        note(f"{shown}; more with --offset/--limit")
 
 
 @app.command()

@@ -32,6 +32,13 @@ class RoundRecord(BaseModel):
     rejected: dict[str, int] = Field(default_factory=dict)
     #: wall-clock deadline (seconds since the epoch), so it survives a restart
     deadline: float = 0.0
+    #: when (seconds since the epoch) the round's training tasks were submitted, its last
+    #: accepted update was taken, and its aggregate was stored as the next version: the
+    #: coordinator's own share of a round is ``last_update_at`` → ``closed_at`` → the next
+    #: round's ``opened_at`` (docs/fl.md)
+    opened_at: float | None = None
+    last_update_at: float | None = None
+    closed_at: float | None = None
     #: the global model's metrics on the held-out test set after this round
     metrics: dict[str, float] = Field(default_factory=dict)
     #: the clients' own mean metrics on their shards
@@ -80,10 +87,14 @@ class Experiment(BaseModel):
                     "attempt": r.attempt,
                     "state": r.state,
                     "clients": r.clients,
+                    "tasks": r.tasks,
                     "updates": len(r.updates),
                     "rejected": r.rejected,
                     "metrics": r.metrics,
                     "client_metrics": r.client_metrics,
+                    "opened_at": r.opened_at,
+                    "last_update_at": r.last_update_at,
+                    "closed_at": r.closed_at,
                 }
                 for r in self.rounds
             ],

@@ -131,6 +131,36 @@ async def inspect_modules(specs: Iterable[TaskSpec]) -> Modules:
     return found
 
 
+def check_network(spec: TaskSpec) -> str:
+    """The task's network (``bridge`` when it publishes ports and names none); Invalid
+    naming the field when its network, ports or health check cannot be had."""
+    network = spec.network or ("bridge" if spec.ports else "none")
+    if spec.runtime != "container":
+        for field, given in (
+            ("network", spec.network == "bridge"),
+            ("ports", bool(spec.ports)),
+            ("healthcheck", spec.healthcheck is not None),
+        ):
+            if given:
+                raise Invalid(f"{field}: only container tasks have one", field=field)
+        return "none"
+    if spec.ports and network != "bridge":
+        raise Invalid("ports are published from network: bridge only", field="ports")
+    seen: set[tuple[int, str]] = set()
+    names: set[str] = set()
+    for index, port in enumerate(spec.ports):
+        if (port.port, port.protocol) in seen:
+            raise Invalid(
+                f"port {port.port}/{port.protocol} is listed twice", field=f"ports[{index}]"
+            )
+        seen.add((port.port, port.protocol))
+        if port.name is not None:
+            if port.name in names:
+                raise Invalid(f"port name {port.name!r} is used twice", field=f"ports[{index}]")
+            names.add(port.name)
+    return network
+
+
 def admit(
     spec: TaskSpec,
     *,
@@ -166,6 +196,7 @@ def admit(
             raise Invalid(f"image {spec.image!r} is not allowed: {NAME_RULE}", field="image")
     else:
         raise Invalid(f"runtime {spec.runtime!r} is not available yet", field="runtime")
+    network = check_network(spec)
     if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:
         raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
     source = oci_source(spec)
@@ -188,6 +219,7 @@ def admit(
     # The spec's fields as they are (nested models are taken over, not dumped and rebuilt:
     # half the cost of admitting a task).
     fields = {name: value for name, value in spec.__dict__.items() if name not in _NOT_STORED}
+    fields["network"] = network
     if source is not None and module is not None:
         fields[source[0]] = module.pinned  # every attempt runs what the tag named now
     elif spec.runtime == "container" and pins and spec.image is not None and spec.image in pins:

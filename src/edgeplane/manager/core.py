@@ -35,6 +35,10 @@ class ManagerStats:
     #: events about a task another member holds (forged, or from a member the task was
     #: taken from): refused, counted apart so a returning lost worker is not "bad input"
     foreign_events: int = 0
+    #: chute events applied, and those refused for naming another worker than the one
+    #: whose leaf they came on
+    chute_events: int = 0
+    foreign_chute_events: int = 0
     dispatched: int = 0
     events: int = 0
     lost_workers: int = 0

@@ -16,6 +16,7 @@ from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Application, Schedule, Task, TaskSpec, Workflow
 from edgeplane.model.worker import Capabilities
+from edgeplane.protocol import ChuteLogs, ChuteRequest, ChuteResponse, FollowChuteLogs
 from edgeplane.scheduling import WorkerView
 
 
@@ -53,9 +54,24 @@ class ExperimentStore(Protocol):
     async def live_fl_experiment_ids(self) -> list[str]: ...
 
 
+class ChuteRelay(Protocol):
+    """What the uplink makes of a root's chute calls (``manager/chutes.py``)."""
+
+    async def answer(self, request: ChuteRequest) -> ChuteResponse: ...
+
+    async def relay_logs(
+        self, ask: FollowChuteLogs, deliver: Callable[[ChuteLogs], None]
+    ) -> None: ...
+
+
 class Facade:
     def __init__(
-        self, core: Core, tasks: TaskService, dispatcher: Dispatcher, broker_url: str
+        self,
+        core: Core,
+        tasks: TaskService,
+        dispatcher: Dispatcher,
+        broker_url: str,
+        chutes: ChuteRelay,
     ) -> None:
         self.settings = core.settings
         self.clock = core.clock
@@ -78,6 +94,8 @@ class Facade:
         self.start_stored = tasks.start_stored
         self.wait_reason = tasks.wait_reason
         self.artifact = dispatcher.artifact
+        #: a root's calls for this cluster's workers' chutes (the uplink's)
+        self.chutes = chutes
         self._tasks = tasks
         self._registry = core.registry
 
@@ -104,6 +122,10 @@ class Facade:
     def schedulable(self) -> list[WorkerView]:
         """The members that can take tasks now, as the scheduler sees them."""
         return self._registry.schedulable()
+
+    def spread(self) -> dict[str, dict[str, int]]:
+        """Member id → its live tasks per spread group (members running any)."""
+        return self._registry.spread()
 
     def capabilities(self, *, online: bool) -> dict[str, Capabilities]:
         """Every member's capabilities (only the online ones' when ``online``)."""

@@ -74,8 +74,14 @@ class WorkerLevel:
     def plan(
         self, demands: list[TaskDemand], views: list[WorkerView], registry: Registry, cursor: int
     ) -> Plan:
+        spread = registry.spread() if any(d.spread is not None for d in demands) else {}
         return make_plan(
-            self.settings.scheduler, views, demands, cursor=cursor, pack=self.settings.pack
+            self.settings.scheduler,
+            views,
+            demands,
+            cursor=cursor,
+            pack=self.settings.pack,
+            spread=spread,
         )
 
 

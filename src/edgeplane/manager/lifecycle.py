@@ -57,6 +57,7 @@ def assign(task: Task, worker_id: str, cluster_id: str, now: float) -> Task:
             "results": None,
             "error": None,
             "exit_code": None,
+            "endpoints": [],
             "updated_at": now,
         }
     )
@@ -170,6 +171,7 @@ def apply_event(task: Task, event: TaskEvent, now: float, backoff_base_s: float)
             update={
                 "state": "running",
                 "started_at": task.started_at if task.state == "running" else event.ts or now,
+                "endpoints": event.endpoints,
                 "updated_at": now,
                 **where,
             }
@@ -229,4 +231,68 @@ def fail(task: Task, error: str, reason: str, now: float) -> Task:
             "updated_at": now,
             "finished_at": now,
         }
+    )
+
+
+#: What a retry copies from the task it retries: what the user asked for (the spec, with
+#: the module and images pinned at admission, so the copy runs the same code).
+RETRY_KEEPS = frozenset(
+    {
+        "project",
+        "name",
+        "runtime",
+        "mode",
+        "export",
+        "artifact",
+        "image_url",
+        "inputs",
+        "cli_args",
+        "env",
+        "secret_env",
+        "command",
+        "image",
+        "limits",
+        "retries",
+        "priority",
+        "constraints",
+        "run_if",
+        "daemon",
+        "monitoring",
+        "metadata",
+        "pinned_worker",
+        "pinned_cluster",
+        "network",
+        "ports",
+        "healthcheck",
+    }
+)
+
+
+def retry(task: Task, task_id: str, now: float, cluster_id: str | None) -> Task:
+    """A new started task ``task_id`` running what the ended ``task`` ran, linked to it by
+    ``retry_of``; every other field (state, attempts, results, output, placement) starts
+    afresh. :class:`Conflict` when ``task`` has not ended (stop it first) or is a step of
+    a workflow or job (its place in the run is taken: submit the run again).
+    ``cluster_id``: the manager's cluster (None at the root), as admission sets it."""
+    if not task.terminal:
+        raise Conflict(
+            f"task {task.id} is {task.state}: only an ended task can be retried (stop it first)",
+            field="id",
+        )
+    run = task.workflow_id or task.job_id
+    if run is not None:
+        kind = "workflow" if task.workflow_id else "job"
+        raise Conflict(
+            f"task {task.id} is a step of {kind} {run}: submit the {kind} again to rerun it",
+            field="id",
+        )
+    kept = {name: getattr(task, name) for name in RETRY_KEEPS}
+    return Task(
+        **kept,
+        id=task_id,
+        started=True,
+        retry_of=task.id,
+        cluster_id=cluster_id,
+        created_at=now,
+        updated_at=now,
     )

@@ -11,7 +11,10 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from edgeplane.artifacts import reference
+from edgeplane.errors import EdgeplaneError
 from edgeplane.model import Task
+from edgeplane.model.task import spread_key
 from edgeplane.scheduling import GeoPoint, TaskDemand
 
 _Key = tuple[int, float, str]
@@ -24,9 +27,27 @@ class Candidates:
     next_due: float | None
 
 
+def artifact_of(task: Task) -> str | None:
+    """The digest that makes a worker holding it preferred for ``task``: its module's
+    sha256, or the manifest digest a container task's ``oci://`` image is pinned to (hex,
+    as workers report them: worker/held.py). None for an image named by a tag not pinned
+    yet (the registry did not answer at admission) or found in the worker's image dir."""
+    if task.artifact is not None:
+        return task.artifact
+    image = task.image
+    if task.runtime != "container" or image is None or not reference.is_oci(image):
+        return None
+    try:
+        digest = reference.parse(image).digest
+    except EdgeplaneError:  # admitted before the grammar was checked: no preference
+        return None
+    return None if digest is None else digest.removeprefix("sha256:")
+
+
 def demand_of(task: Task) -> TaskDemand:
     """What the scheduler needs to know of a task."""
     geo = task.constraints.geo
+    spread = task.constraints.spread
     return TaskDemand(
         id=task.id,
         runtime=task.runtime,
@@ -41,7 +62,10 @@ def demand_of(task: Task) -> TaskDemand:
         clusters=frozenset(task.constraints.clusters),
         exclude=frozenset(task.rejected_by),
         geo=None if geo is None else GeoPoint(geo.lat, geo.lon, geo.radius_km),
-        artifact=task.artifact,
+        artifact=artifact_of(task),
+        spread=spread_key(task.project, spread),
+        spread_over="worker" if spread is None else spread.over,
+        distinct=spread is not None and spread.anti_affinity == "required",
     )
 
 

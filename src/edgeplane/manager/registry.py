@@ -8,9 +8,11 @@ from types import MappingProxyType
 from typing import Any
 
 from edgeplane.model import Aggregate, ClusterInfo, Task, Worker
+from edgeplane.model.task import spread_key
 from edgeplane.model.worker import Capabilities
 from edgeplane.scheduling import ClusterView, WorkerView
 from edgeplane.scheduling.aggregate import cluster_view
+from edgeplane.scheduling.snapshot import Booked
 
 
 @dataclass(frozen=True)
@@ -25,25 +27,60 @@ class Reservation:
     memory_mb: int = 0
     #: a daemon holds its slot for good: no queued task may wait behind it
     daemon: bool = False
+    #: the task's spread group key (``model.task.spread_key``), if it has one
+    spread: str | None = None
+    #: what the root needs to book a task its cluster's aggregate does not show yet
+    runtime: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tee: str = "any"
+
+    def booked(self) -> Booked:
+        return Booked(
+            self.runtime, tuple(sorted(self.labels.items())), self.tee, self.cpu, self.memory_mb
+        )
 
 
 class Reservations(dict[str, Reservation]):
     """A member's reservations by task id; ``version`` moves with every change, so a
-    view of the member built for one version serves until the next."""
+    view of the member built for one version serves until the next. ``spread`` counts
+    them by spread group as they change, so a scheduling pass never counts them."""
 
     version = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spread: dict[str, int] = {}
+        for reservation in self.values():
+            self._count(reservation, 1)
+
+    def _count(self, reservation: Reservation | None, step: int) -> None:
+        key = None if reservation is None else reservation.spread
+        if key is None:
+            return
+        left = self.spread.get(key, 0) + step
+        if left > 0:
+            self.spread[key] = left
+        else:
+            self.spread.pop(key, None)
+
     def __setitem__(self, task_id: str, reservation: Reservation) -> None:
+        self._count(self.get(task_id), -1)
         super().__setitem__(task_id, reservation)
+        self._count(reservation, 1)
         self.version += 1
 
     def __delitem__(self, task_id: str) -> None:
+        gone = self[task_id]
         super().__delitem__(task_id)
+        self._count(gone, -1)
         self.version += 1
 
     def pop(self, task_id: str, default: Any = None) -> Any:
         self.version += 1
-        return super().pop(task_id, default)
+        gone = super().pop(task_id, default)
+        if isinstance(gone, Reservation):
+            self._count(gone, -1)
+        return gone
 
 
 @dataclass
@@ -72,6 +109,9 @@ class WorkerEntry:
     #: the last view and what it was built from: (capabilities, order, tasks.version, held)
     _view: WorkerView | None = field(default=None, repr=False)
     _view_of: tuple[object, int, int, object] = field(default=(None, -1, -1, None), repr=False)
+    #: the root's last view of this cluster, and (aggregate, info, order, version, epoch)
+    _cluster: ClusterView | None = field(default=None, repr=False)
+    _cluster_of: tuple[object, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, Reservations):
@@ -137,13 +177,37 @@ class WorkerEntry:
             artifacts=self.held,
         )
 
-    def cluster_view(self, order: int) -> ClusterView | None:
-        if self.aggregate is None:
+    def cluster_view(self, order: int, epoch: str = "") -> ClusterView | None:
+        """The cluster as the root scheduler sees it: its last aggregate, less the tasks
+        sent to it after that aggregate was made (``epoch`` is the root process's: an
+        aggregate says up to which of this process's commands, ``seq``, it counts)."""
+        aggregate = self.aggregate
+        if aggregate is None:
             return None
+        made_of = (aggregate, self.info, order, self.tasks.version, epoch)
+        was = self._cluster_of
+        if (
+            self._cluster is not None
+            and was[0] is aggregate
+            and was[1] is self.info
+            and was[2:] == made_of[2:]
+        ):
+            return self._cluster
         info = self.info or ClusterInfo()
-        return cluster_view(
-            self.worker.id, order, self.aggregate, labels=info.labels, location=info.location
+        heard = aggregate.seq if aggregate.epoch == epoch else 0
+        # (seq None: not sent yet; 0: recovered after a restart, long since counted)
+        inflight = [r.booked() for r in self.tasks.values() if r.seq is None or r.seq > heard]
+        self._cluster = cluster_view(
+            self.worker.id,
+            order,
+            aggregate,
+            labels=info.labels,
+            location=info.location,
+            spread=self.tasks.spread,
+            inflight=inflight,
         )
+        self._cluster_of = made_of
+        return self._cluster
 
 
 class Registry:
@@ -151,6 +215,9 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, WorkerEntry] = {}
+        #: the manager process's id (``task.start``'s epoch): at the root, an aggregate
+        #: counts the commands of this epoch up to its ``seq``
+        self.epoch = ""
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self._entries
@@ -170,11 +237,21 @@ class Registry:
     def cluster_views(self) -> list[ClusterView]:
         """The online clusters of a root that have sent an aggregate."""
         views = (
-            entry.cluster_view(order)
+            entry.cluster_view(order, self.epoch)
             for order, entry in enumerate(self._entries.values())
             if entry.takes_tasks
         )
         return [view for view in views if view is not None]
+
+    def spread(self) -> dict[str, dict[str, int]]:
+        """Member id → its live tasks per spread group, for the members running any (a
+        copy: ``make_plan``'s ``spread``). One pass over the members: a pass asks only
+        when a task it places has a group."""
+        return {
+            entry.worker.id: dict(entry.tasks.spread)
+            for entry in self._entries.values()
+            if entry.tasks.spread
+        }
 
     def schedulable(self) -> list[WorkerView]:
         return [
@@ -186,10 +263,15 @@ class Registry:
 
 def reservation(task: Task, seq: int | None, session: str) -> Reservation:
     """What a task placed on a member holds there."""
+    constraints = task.constraints
     return Reservation(
         seq=seq,
         session=session,
-        cpu=task.constraints.cpu or 0.0,
-        memory_mb=task.constraints.memory_mb or 0,
+        cpu=constraints.cpu or 0.0,
+        memory_mb=constraints.memory_mb or 0,
         daemon=task.daemon,
+        spread=spread_key(task.project, constraints.spread),
+        runtime=task.runtime,
+        labels=constraints.labels,
+        tee=constraints.tee,
     )

@@ -4,6 +4,12 @@ A slot's run gets the deterministic id ``schedule_id:slot_epoch``; creating it t
 restart, a second manager) hits the store's primary key and is skipped, so a slot never
 fires twice. ``next_run`` is persisted after each firing; after downtime the schedule's
 ``catch_up`` policy decides which missed slots still run.
+
+A paused schedule fires nothing and keeps its ``next_run``: the first slot the pause held
+back. Resumed, it is due at once and its ``catch_up`` policy picks among the slots missed
+while paused, exactly as after a downtime (``none``: none of them, only a slot due
+within the last minute; ``last``: the most recent; ``all``: every one, at most
+``MAX_CATCH_UP``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class Schedules:
         self.clock = manager.clock
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        #: held while a schedule fires or a user changes one: a firing writes the schedule
+        #: it read back (its next run), which must not undo a pause or a delete made
+        #: meanwhile, so it reads the schedule again under this lock
+        self._changing = asyncio.Lock()
 
     async def start(self) -> None:
         self._loop = asyncio.create_task(self._run_loop(), name="schedules")
@@ -100,9 +110,32 @@ class Schedules:
     async def delete(self, schedule_id: str) -> None:
         journal = self.manager.journal
         journal.check()
-        if await self.manager.documents.get_schedule(schedule_id) is None:
-            raise NotFound(f"schedule {schedule_id} not found", field="id")
-        await journal.settle(journal.delete("schedule", schedule_id))
+        async with self._changing:
+            if await self.manager.documents.get_schedule(schedule_id) is None:
+                raise NotFound(f"schedule {schedule_id} not found", field="id")
+            await journal.settle(journal.delete("schedule", schedule_id))
+
+    async def pause(self, schedule_id: str) -> Schedule:
+        """Fire nothing until :meth:`resume` (a paused schedule is answered as it is)."""
+        return await self._set_paused(schedule_id, True)
+
+    async def resume(self, schedule_id: str) -> Schedule:
+        """Fire again, the slots missed while paused as ``catch_up`` says (module doc)."""
+        return await self._set_paused(schedule_id, False)
+
+    async def _set_paused(self, schedule_id: str, paused: bool) -> Schedule:
+        journal = self.manager.journal
+        journal.check()
+        async with self._changing:
+            schedule = await self.get(schedule_id)
+            if schedule.paused == paused:
+                return schedule
+            schedule = schedule.model_copy(
+                update={"paused": paused, "updated_at": self.clock.now()}
+            )
+            await journal.settle(journal.write(schedules=[schedule]))
+        self._wake.set()
+        return schedule
 
     async def fire_due(self) -> float | None:
         """Fire every due slot; return the earliest next run (None: no schedules)."""
@@ -110,8 +143,14 @@ class Schedules:
         schedules, _ = await self.manager.documents.list_schedules(limit=1_000_000)
         earliest: float | None = None
         for schedule in schedules:
+            if schedule.paused:
+                continue
             if schedule.next_run is not None and schedule.next_run <= now:
-                schedule = await self._fire(schedule, now)
+                async with self._changing:
+                    current = await self.manager.documents.get_schedule(schedule.id)
+                    if current is None or current.paused:
+                        continue  # deleted or paused since the list was read
+                    schedule = await self._fire(current, now)
             if schedule.next_run is not None:
                 earliest = (
                     schedule.next_run if earliest is None else min(earliest, schedule.next_run)

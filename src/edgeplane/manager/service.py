@@ -26,6 +26,8 @@ from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
 from edgeplane.manager.audit import AuditTrail
+from edgeplane.manager.chute_forward import ClusterChuteCalls
+from edgeplane.manager.chute_store import ChuteStore
 from edgeplane.manager.chutes import ChuteCalls
 from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
@@ -38,6 +40,8 @@ from edgeplane.manager.tasks import TaskService
 from edgeplane.model import Aggregate
 from edgeplane.protocol import (
     Alive,
+    ChuteEvents,
+    ChuteLogs,
     ChuteResponse,
     FollowLogs,
     Hello,
@@ -130,11 +134,15 @@ class Manager:
         self.proxy_stats: ProxyStats | None = None
         #: this manager process's id; task.start sequence numbers count within it
         epoch = clocks.new_id()
+        core.registry.epoch = epoch
         self.dispatcher = Dispatcher(core, epoch)
         self.members = Membership(core, epoch, self.broker_url, self.dispatcher.send_batches)
         self.tasks = TaskService(core, self.dispatcher)
-        #: workers' chutes managed from afar (``manager/chutes.py``)
-        self.chutes = ChuteCalls(core)
+        #: workers' chutes managed from afar (``manager/chutes.py``); at a root, through
+        #: the cluster that holds the worker (``chute_forward.py``)
+        self.chutes = ClusterChuteCalls(core) if root else ChuteCalls(core)
+        #: published chute manifests (``manager/chute_store.py``)
+        self.chute_store = ChuteStore(store, self.clock)
         self._core = core
         self.series = core.series
         #: how late this process's event loop runs (``/metrics``)
@@ -142,7 +150,7 @@ class Manager:
         #: who follows which task's logs live (``follow.py``)
         self.log_followers = LogFollowers()
         self._loops: list[asyncio.Task[None]] = []
-        self.facade = Facade(core, self.tasks, self.dispatcher, self.broker_url)
+        self.facade = Facade(core, self.tasks, self.dispatcher, self.broker_url, self.chutes)
         # The manager's own calls are its parts' (the API and the roles use these).
         self.submit = self.tasks.submit
         self.admit = self.tasks.admit
@@ -151,6 +159,7 @@ class Manager:
         self.wait = self.tasks.wait
         self.start_task = self.tasks.start_task
         self.stop_task = self.tasks.stop_task
+        self.retry_task = self.tasks.retry_task
         self.patch_task = self.tasks.patch_task
         self.delete_task = self.tasks.delete_task
         self.task_counts = self.tasks.task_counts
@@ -233,9 +242,14 @@ class Manager:
             await self.members.on_alive(member_id, body)
         elif isinstance(body, TaskEvents):
             await self.tasks.on_events(member_id, body.events)
-        elif isinstance(body, ChuteResponse) and not self.root:
+        elif isinstance(body, ChuteResponse):
             if not self.chutes.on_response(member_id, body):
                 log.info("a chute answer no call waits for", extra={"member": member_id})
+        elif isinstance(body, ChuteEvents) and not self.root:
+            self.chutes.on_events(member_id, body)
+        elif isinstance(body, ChuteLogs):
+            if not self.chutes.on_logs(member_id, body):
+                log.debug("chute output nobody follows", extra={"member": member_id})
         elif isinstance(body, Metrics):
             self.series.ingest(member_id, body, root=self.root)
         elif isinstance(body, LogChunks):

@@ -22,6 +22,7 @@ from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.resolver import Resolver, unresolved
 from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
+from edgeplane.model.listing import Position
 from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,23 @@ class TaskService:
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
+        """A page of stored tasks (``Store.list_tasks``), each in its newest durable version."""
         items, total = await self.core.store.list_tasks(
             state=state,
             job_id=job_id,
             workflow_id=workflow_id,
+            worker_id=worker_id,
+            name=name,
+            after=after,
+            newest_first=newest_first,
             limit=limit,
             offset=offset,
             projects=projects,
@@ -243,6 +253,15 @@ class TaskService:
             core.journal.write([stopped], then=lambda: self.resolve([stopped]))
         )
         return stopped
+
+    async def retry_task(self, task_id: str) -> Task:
+        """A new task running what the ended task ``task_id`` ran (``lifecycle.retry``),
+        submitted as any other: the old one stays as it ended."""
+        core = self.core
+        task = await self._working(task_id)
+        copy = lifecycle.retry(task, clocks.new_id(), core.clock.now(), core.level.cluster_id)
+        (submitted,) = await self.submit_tasks([copy], origin="retry")
+        return submitted
 
     async def patch_task(self, task_id: str, patch: TaskPatch) -> Task:
         task = await self._working(task_id)

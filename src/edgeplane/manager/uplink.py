@@ -29,7 +29,7 @@ import base64
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -47,11 +47,15 @@ from edgeplane.model import (
     TaskSpec,
 )
 from edgeplane.model.cluster import parse_location
+from edgeplane.model.task import Spread, spread_key
 from edgeplane.protocol import (
     AckEvents,
     Alive,
     Assignment,
+    ChuteLogs,
+    ChuteRequest,
     EventOutbox,
+    FollowChuteLogs,
     Hello,
     Metrics,
     Reregister,
@@ -79,6 +83,7 @@ from edgeplane.scheduling.eligibility import (
     mismatch_reason,
     pinned_reason,
 )
+from edgeplane.scheduling.snapshot import WorkerView
 from edgeplane.security import joining
 from edgeplane.transport import (
     MqttLink,
@@ -101,6 +106,33 @@ _SEEN_LIMIT = 100_000
 ROOT_TASK = "root_task"
 #: where a cluster keeps its identity at the root (``credentials.json``), in its data dir
 IDENTITY_DIR = "uplink"
+
+
+def _anti_affinity(
+    project: str,
+    spread: Spread,
+    live: Mapping[str, Mapping[str, int]],
+    able: Sequence[WorkerView],
+) -> str | None:
+    """Why required anti-affinity leaves no worker of this cluster for a task (None: it
+    does not; ``live``: worker id → its live tasks per group). The root judged from its
+    own counts; a cluster that disagrees says so at once (the root then tries another)
+    instead of keeping the task waiting here."""
+    key = spread_key(project, spread)
+    if key is None or spread.anti_affinity != "required":
+        return None
+    if spread.over == "cluster":
+        if any(counts.get(key) for counts in live.values()):
+            return (
+                "anti-affinity required (spread over clusters): this cluster already runs "
+                f"a task of spread group '{spread.group}'"
+            )
+    elif all(live.get(w.id, {}).get(key) for w in able):
+        return (
+            "anti-affinity required (spread over workers): every eligible worker already "
+            f"runs a task of spread group '{spread.group}'"
+        )
+    return None
 
 
 async def root_identity(settings: Settings, root_url: str) -> joining.Identity | None:
@@ -191,6 +223,10 @@ class Uplink:
         self._last_aggregate: Aggregate | None = None
         self._aggregate_sent = 0.0
         self._loops: list[asyncio.Task[None]] = []
+        #: the root's chute calls being answered (each waits on a worker)
+        self._chute_calls: set[asyncio.Task[None]] = set()
+        #: chute output relayed up but dropped (the link's outbox was full)
+        self.chute_logs_dropped = 0
         self._attached = False
         #: where the cluster joins the root (``--root``; empty through a bridge whose
         #: identity is kept)
@@ -311,8 +347,14 @@ class Uplink:
 
     # ------------------------------------------------------------------ what goes up
     def current_aggregate(self) -> Aggregate:
+        """The workers' free capacity now, with the root's last command it counts: its
+        tasks were placed (or queued) here before ``_seq`` moved (``_on_message``)."""
         return aggregate(
-            self.manager.schedulable(), location=self.info.location, ts=self.clock.now()
+            self.manager.schedulable(),
+            location=self.info.location,
+            ts=self.clock.now(),
+            epoch=self._epoch,
+            seq=self._seq,
         )
 
     def summary(self) -> Capabilities:
@@ -478,9 +520,34 @@ class Uplink:
                 self.events.resend()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, ChuteRequest):
+            # off the message loop: the call waits on a worker of this cluster
+            call = asyncio.create_task(self._answer_chute(body), name=f"root-chute-{body.id}")
+            self._chute_calls.add(call)
+            call.add_done_callback(self._chute_calls.discard)
+        elif isinstance(body, FollowChuteLogs):
+            await self.manager.chutes.relay_logs(body, self._relay_chute_logs)
         else:
             self.bad_messages += 1
             log.warning("unexpected message from root", extra={"type": envelope.type})
+
+    async def _answer_chute(self, request: ChuteRequest) -> None:
+        """A root's call for a chute of one of this cluster's workers, made through this
+        cluster's manager (its rules: offline, stale, owners); the answer goes up."""
+        response = await self.manager.chutes.answer(request)
+        try:
+            await self._publish(self.topics.events(self.cluster_id), "chute.response", response)
+        except Exception as exc:  # the root times out and says so
+            log.warning("chute answer not sent to the root", extra={"error": str(exc)})
+
+    def _relay_chute_logs(self, logs: ChuteLogs) -> None:
+        """A worker's chute output the root follows, passed up as it comes."""
+        try:
+            self.link.publish_nowait(
+                self.topics.events(self.cluster_id), encode("chute.logs", logs)
+            )
+        except Exception:  # the outbox is full: dropped, counted (not held for the root)
+            self.chute_logs_dropped += 1
 
     async def _accept(self, assignments: Sequence[Assignment]) -> None:
         admitted: list[Task] = []
@@ -541,7 +608,9 @@ class Uplink:
         sizes = self.manager.capabilities(online=False)
         if not any(sizes[w.id].cpus >= cpu and sizes[w.id].memory_mb >= memory for w in able):
             return f"no worker has {cpu:g} cpu and {memory} MB"
-        return None
+        if wanted.spread is None:
+            return None
+        return _anti_affinity(spec.project, wanted.spread, self.manager.spread(), able)
 
     def _local(self, wanted: Constraints) -> Constraints:
         """The constraints left for this cluster's workers: a label the cluster itself
@@ -588,6 +657,9 @@ class Uplink:
             secret_env=secret_env,
             command=spec.command,
             image=spec.image,
+            network=spec.network,
+            ports=spec.ports,
+            healthcheck=spec.healthcheck,
             limits=spec.limits,
             retries=spec.retries,
             priority=spec.priority,
@@ -656,6 +728,7 @@ class Uplink:
                     attempt=attempt,
                     state=state,
                     worker_id=worker,
+                    endpoints=task.endpoints if state == "running" else [],
                     ts=task.started_at or self.clock.now(),
                 )
             )

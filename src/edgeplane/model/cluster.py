@@ -85,6 +85,10 @@ class Aggregate(BaseModel):
     accelerators: int = 0
     location: Location | None = None
     ts: float = 0.0
+    #: the root process (the ``epoch`` of its ``task.start``) and its last command whose
+    #: tasks this aggregate counts: the root books the tasks it sent after that on top
+    epoch: str = Field(default="", max_length=64)
+    seq: int = Field(default=0, ge=0)
     #: digests of the artifacts most held by the cluster's workers (at most
     #: :data:`AGGREGATE_ARTIFACTS`): the root prefers this cluster for tasks needing them
     artifacts: list[str] = Field(default_factory=list)

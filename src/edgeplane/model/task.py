@@ -43,6 +43,7 @@ from edgeplane.model.bounds import (
 from edgeplane.model.cluster import GeoConstraint
 from edgeplane.model.monitoring import MonitoringField
 from edgeplane.model.secrets import Redacted, SecretDict, check_disjoint
+from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
 
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
@@ -73,6 +74,27 @@ class Limits(BaseModel):
 _LIMITS = frozenset(Limits.model_fields)
 
 
+SpreadLevel = Literal["worker", "cluster"]
+AntiAffinity = Literal["preferred", "required"]
+
+
+class Spread(BaseModel):
+    """Keep the live tasks of one group apart (Nomad's ``spread`` and ``distinct_hosts``,
+    Kubernetes' pod anti-affinity): each goes where the fewest of its group run.
+
+    ``over: worker`` spreads over workers (and, at the root, weighs a cluster by its
+    group's tasks per eligible worker); ``over: cluster`` spreads over clusters first.
+    ``anti_affinity: required`` never puts two on one worker (``over: worker``) or in
+    one cluster (``over: cluster``): a task that would have to waits ``pending``.
+    Groups are per project (docs/scheduling.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: Name = Field(min_length=1)
+    over: SpreadLevel = "worker"
+    anti_affinity: AntiAffinity = "preferred"
+
+
 class Constraints(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -83,6 +105,15 @@ class Constraints(BaseModel):
     #: root placement only: allowed clusters (empty: any) and a geo point with a radius
     clusters: Refs = Field(default_factory=list)
     geo: GeoConstraint | None = None
+    #: spread the live tasks of a group apart (an application's service sets it from its
+    #: ``placement``)
+    spread: Spread | None = None
+
+
+def spread_key(project: str, spread: Spread | None) -> str | None:
+    """The scheduler's key of a task's spread group: groups are per project (a project
+    name has no ``/``), so one project's tasks never push another's around."""
+    return None if spread is None else f"{project}/{spread.group}"
 
 
 class InputRef(BaseModel):
@@ -129,6 +160,13 @@ class TaskSpec(BaseModel):
     secret_env: Annotated[Env, Redacted] = Field(default_factory=dict, repr=False)
     command: Args | None = None
     image: Name | None = None
+    #: container: ``bridge`` for a network namespace on the worker's bridge, ``none`` for
+    #: loopback only; left out: ``bridge`` when it has ``ports`` (docs/services.md)
+    network: Network | None = None
+    #: container: ports to publish on host ports the worker picks (never colliding)
+    ports: Annotated[list[PortSpec], Field(max_length=MAX_PORTS)] = Field(default_factory=list)
+    #: container: reported ``running`` only once this passes; failing, it ends ``unhealthy``
+    healthcheck: HealthCheck | None = None
     limits: Limits = Field(default_factory=Limits)
     retries: Retries = 0
     priority: Priority = 50
@@ -234,6 +272,11 @@ class Task(BaseModel):
     secret_env: SecretDict = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
+    network: Network = "none"
+    ports: list[PortSpec] = Field(default_factory=list)
+    healthcheck: HealthCheck | None = None
+    #: where its published ports are reached, as its worker reported when it started
+    endpoints: list[Endpoint] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     retries: int = 0
     priority: int = 50
@@ -247,6 +290,8 @@ class Task(BaseModel):
     job_id: str | None = None
     workflow_id: str | None = None
     schedule_id: str | None = None
+    #: the ended task this one is a retry of (``POST /tasks/{id}/retry``)
+    retry_of: str | None = None
     pinned_worker: str | None = None
     #: root only: the cluster the user asked for (placement passes through to it)
     pinned_cluster: str | None = None

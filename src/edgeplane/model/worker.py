@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,25 @@ class Usage(BaseModel):
     rss_mb: float = 0.0
 
 
+class ChuteStates(BaseModel):
+    """A worker's chutes as its chute events last told its manager (docs/chutes.md,
+    "Chute events"): kept so that they can be shown while the worker is offline."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: the worker's event sequence (made once in its data dir) and the last event applied
+    stream: str = ""
+    seq: int = 0
+    #: when the manager last applied an event of the worker (seconds since the epoch)
+    reported_at: float = 0.0
+    #: each chute's status after its last event (as ``GET /workers/{id}/chutes/{name}``)
+    items: list[dict[str, Any]] = Field(default_factory=list)
+    #: the latest events, oldest first (without the statuses they carried)
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    #: events the worker dropped (its bound) before they could be delivered
+    lost: int = 0
+
+
 class Worker(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -61,3 +80,5 @@ class Worker(BaseModel):
     #: the user who owns the node: may drain, delete and manage it whatever their role
     #: (docs/security.md); set by the join token it joined with, or by an admin
     owner: str | None = None
+    #: the worker's chutes as last reported (None: it never reported any)
+    chutes: ChuteStates | None = None

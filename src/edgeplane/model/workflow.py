@@ -91,7 +91,11 @@ class Schedule(BaseModel):
     catch_up: CatchUp = "last"
     #: the task or job body each run is created from (without ``schedule``)
     spec: dict[str, Any] = Field(default_factory=dict)
+    #: the first slot not fired yet (while paused: the first one the pause held back)
     next_run: float | None = None
+    #: paused: fires nothing until resumed; then its ``catch_up`` policy decides which of
+    #: the slots missed meanwhile still run, as after a manager was down
+    paused: bool = False
     last_slot: float | None = None
     runs: int = 0
     created_at: float = 0.0

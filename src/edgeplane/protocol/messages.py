@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -26,8 +27,9 @@ from edgeplane.model import (
     Task,
     Usage,
 )
-from edgeplane.model.bounds import Project
+from edgeplane.model.bounds import Project, check_json
 from edgeplane.model.monitoring import Monitoring, resolve
+from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
 
 
 class _Body(BaseModel):
@@ -136,6 +138,10 @@ class Assignment(_Body):
     secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
     command: list[str] | None = None
     image: str | None = None
+    #: container: its network, published ports and health check (docs/services.md)
+    network: Network = "none"
+    ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
+    healthcheck: HealthCheck | None = None
     limits: Limits = Field(default_factory=Limits)
     daemon: bool = False
     #: the task's profile, resolved (None: not sampled; docs/metrics.md)
@@ -186,6 +192,9 @@ class Assignment(_Body):
             env=task.env,
             command=task.command,
             image=task.image,
+            network=task.network,
+            ports=task.ports,
+            healthcheck=task.healthcheck,
             limits=task.limits,
             daemon=task.daemon,
             monitoring=resolve(task.monitoring, daemon=task.daemon),
@@ -294,6 +303,8 @@ class TaskEvent(_Body):
     started_at: float | None = None
     #: the worker inside a cluster, when a cluster reports to the root
     worker_id: str | None = None
+    #: on a ``running`` event: where the attempt's published ports are reached
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_PORTS)
 
 
 class TaskEvents(_Body):
@@ -347,9 +358,15 @@ class Reregister(_Body):
 MAX_CHUTE_BODY = 2 << 20
 
 
+_CHUTE_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+_MEMBER = r"^[A-Za-z0-9._-]{1,128}$"
+
+
 class ChuteRequest(_Body):
     """manager → worker: one call of the worker's Edge API made from afar (docs/chutes.md,
-    "Through the control plane"). ``id`` is echoed in the :class:`ChuteResponse`."""
+    "Through the control plane"). ``id`` is echoed in the :class:`ChuteResponse`. From a
+    root to a cluster (on the cluster's ``cmd``), ``worker_id`` names the cluster's worker
+    the call is for; the cluster's manager makes it."""
 
     id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
     method: Literal["GET", "POST", "PUT", "DELETE"]
@@ -357,14 +374,126 @@ class ChuteRequest(_Body):
     path: str = Field(pattern=r"^/(chutes|changes)(/[A-Za-z0-9._-]{1,64}){0,3}$")
     query: dict[str, str] = Field(default_factory=dict, max_length=8)
     body: Any = None
+    worker_id: str = Field(default="", pattern=r"^([A-Za-z0-9._-]{1,128})?$")
 
 
 class ChuteResponse(_Body):
-    """worker → manager, on its events topic: the answer to the request ``id``."""
+    """worker → manager (or cluster → root), on its events topic: the answer to the
+    request ``id``. ``unknown_worker``: a cluster has no worker of the request's
+    ``worker_id`` (the root asks its other clusters)."""
 
     id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
     status: int = Field(ge=100, le=599)
     body: Any = None
+    unknown_worker: bool = False
+
+
+#: events of one ``chute.events`` message at most (the rest follow in the next)
+MAX_CHUTE_EVENTS = 100
+#: chutes a node reports at most (a snapshot's, and what a manager keeps of a worker)
+MAX_REPORTED_CHUTES = 256
+
+ChuteEventKind = Literal[
+    "snapshot",
+    "started",
+    "exited",
+    "oom_killed",
+    "unhealthy",
+    "healthy",
+    "restarted",
+    "change_done",
+    "change_failed",
+    "deleted",
+]
+
+
+#: bytes of one chute's status in an event at most (a 16-service chute's is ~5 KB)
+MAX_CHUTE_STATUS = 32 * 1024
+
+
+def _chute_status(doc: dict[str, Any]) -> dict[str, Any]:
+    """A chute's status from a worker, bounded before the manager keeps it."""
+    check_json(doc)
+    if len(json.dumps(doc)) > MAX_CHUTE_STATUS:
+        raise ValueError(f"a chute status of more than {MAX_CHUTE_STATUS} bytes")
+    return doc
+
+
+class ChuteEvent(_Body):
+    """Something that happened to a chute on a node (docs/chutes.md, "Chute events").
+    ``seq`` counts the node's events from 1, in the order they happened."""
+
+    seq: int = Field(ge=1)
+    #: when it happened, on the node's clock (seconds since the epoch)
+    ts: float
+    kind: ChuteEventKind
+    #: the chute ("" for a snapshot)
+    chute: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9-]{0,39})?$")
+    service: str | None = Field(default=None, pattern=_CHUTE_NAME)
+    change_id: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, max_length=1000)
+    #: the chute's status (as ``GET /api/v1/chutes/{name}``) after the event; None once
+    #: deleted
+    status: dict[str, Any] | None = None
+    #: a snapshot: every chute's status, which replaces what the manager kept
+    chutes: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_REPORTED_CHUTES)
+
+    @field_validator("status")
+    @classmethod
+    def _status_bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _chute_status(value)
+
+    @field_validator("chutes")
+    @classmethod
+    def _chutes_bounded(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if value is None else [_chute_status(doc) for doc in value]
+
+
+class ChuteEvents(_Body):
+    """worker → manager, on its ``events`` leaf: the node's chute events it still holds,
+    oldest first, sent again until acked (:class:`AckChuteEvents`). ``stream`` names the
+    node's sequence (made once in its data dir); ``after``: the node holds no event up to
+    that ``seq`` any more (acked, or dropped past its bound: ``dropped`` counts those)."""
+
+    worker_id: str = Field(pattern=_MEMBER)
+    stream: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    after: int = Field(default=0, ge=0)
+    dropped: int = Field(default=0, ge=0)
+    events: list[ChuteEvent] = Field(max_length=MAX_CHUTE_EVENTS)
+
+
+class AckChuteEvents(_Body):
+    """manager → worker: its chute events up to ``seq`` of ``stream`` are stored."""
+
+    stream: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    seq: int = Field(ge=0)
+
+
+class FollowChuteLogs(_Body):
+    """manager → worker (or root → cluster, naming the ``worker_id``): send what a chute's
+    service prints, as :class:`ChuteLogs` with this ``id``, for ``follow_s`` seconds
+    (renewed while someone follows; 0: stop now)."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    chute: str = Field(pattern=_CHUTE_NAME)
+    service: str | None = Field(default=None, pattern=_CHUTE_NAME)
+    follow_s: float = Field(ge=0, le=60.0)
+    worker_id: str = Field(default="", pattern=r"^([A-Za-z0-9._-]{1,128})?$")
+
+
+#: characters of one chute log chunk: the rest follows in the next
+MAX_CHUTE_LOG_CHUNK = 16 * 1024
+
+
+class ChuteLogs(_Body):
+    """worker → manager (or cluster → root), on its ``events`` leaf: output of the
+    followed chute ``id``; ``end``: the follow is over (``reason`` says why: the chute was
+    deleted, the follow expired, …)."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+    data: str = Field(default="", max_length=MAX_CHUTE_LOG_CHUNK)
+    end: bool = False
+    reason: str | None = Field(default=None, max_length=500)
 
 
 #: values per sample and samples per batch a receiver accepts (a bigger batch is bad)
@@ -436,6 +565,10 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "task.logs": LogChunks,
     "chute.request": ChuteRequest,
     "chute.response": ChuteResponse,
+    "chute.events": ChuteEvents,
+    "chute.ack": AckChuteEvents,
+    "chute.logs.follow": FollowChuteLogs,
+    "chute.logs": ChuteLogs,
     "hello": Hello,
     "welcome": Welcome,
     "alive": Alive,

@@ -375,6 +375,7 @@ class ControlPlane:
         self._server = self._serving = None
         if server is not None and serving is not None:
             self.manager.journal.changes.close()  # open event streams end: none holds it
+            self.manager.chutes.close()  # and the chutes' (log follows, change progress)
             server.should_exit = True
             await serving
 

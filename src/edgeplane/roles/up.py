@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeplane.config import Settings
 from edgeplane.errors import Unavailable
@@ -25,12 +26,15 @@ from edgeplane.modules import process_cache
 from edgeplane.roles.control import ENDPOINT_FILE, ControlPlane, broker_auth, start_broker
 from edgeplane.roles.lock import hold_data_dir
 from edgeplane.roles.signals import wait_for_stop
-from edgeplane.roles.worker import announce_host_user, build_worker
+from edgeplane.roles.worker import announce_host_user, build_worker, node_network
 from edgeplane.security import joining
 from edgeplane.security.broker_auth import BrokerAuth
 from edgeplane.security.joining import Identity
 from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent
+
+if TYPE_CHECKING:
+    from edgeplane.chutes.network import NodeNetwork
 
 #: The key an in-process worker of ``up --broker`` has secret env sealed to it with.
 SECRET_KEY_FILE = "secret-key"
@@ -85,6 +89,7 @@ async def _workers(
     broker_url: str,
     identities: dict[str, Identity],
     secret_keys: dict[str, bytes],
+    network: NodeNetwork | str,
 ) -> list[WorkerAgent]:
     agents = []
     # One module cache for the process: a module compiled when its task was admitted is
@@ -103,6 +108,7 @@ async def _workers(
             modules=modules,
             identity=identities.get(worker_id),
             secret_key=secret_keys.get(worker_id),
+            network=network,
         )
         await agent.start()
         stack.push_async_callback(agent.stop)
@@ -111,7 +117,11 @@ async def _workers(
 
 
 async def _cluster(
-    stack: contextlib.AsyncExitStack, settings: Settings, *, serve_api: bool
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    *,
+    serve_api: bool,
+    network: NodeNetwork | str,
 ) -> ClusterStack:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     auth = broker_auth(settings)
@@ -138,7 +148,7 @@ async def _cluster(
     )
     await control.start()
     stack.push_async_callback(control.stop)
-    workers = await _workers(stack, settings, broker_url, identities, secret_keys)
+    workers = await _workers(stack, settings, broker_url, identities, secret_keys, network)
     return ClusterStack(control=control, broker_url=broker_url, workers=workers)
 
 
@@ -184,9 +194,13 @@ def _with_join_token(settings: Settings, root_auth: BrokerAuth) -> Settings:
 async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Everything ``up`` runs, torn down in reverse order on exit."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One bridge network for the machine, whichever cluster a worker is in: a network of
+    # each worker's own would rewrite the others' rules (one nft table) and hand out the
+    # same addresses.
+    network = node_network(settings, settings.data_dir / "net")
     async with contextlib.AsyncExitStack() as stack:
         if settings.clusters == 0:
-            one = await _cluster(stack, settings, serve_api=True)
+            one = await _cluster(stack, settings, serve_api=True, network=network)
             result = Stack(control=one.control, broker_url=one.broker_url, workers=one.workers)
         else:
             root_auth = broker_auth(settings, root=True)
@@ -199,7 +213,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
                 member = cluster_settings(settings, n, root_url)
                 if root_auth is not None:
                     member = _with_join_token(member, root_auth)
-                cluster = await _cluster(stack, member, serve_api=False)
+                cluster = await _cluster(stack, member, serve_api=False, network=network)
                 result.clusters.append(cluster)
                 result.workers.extend(cluster.workers)
         (settings.data_dir / ENDPOINT_FILE).write_text(result.control.url + "\n")

@@ -10,7 +10,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeplane.artifacts import registry_config
 from edgeplane.config import Settings, parse_listen
@@ -28,6 +28,9 @@ from edgeplane.security.joining import CREDENTIALS_FILE, Identity
 from edgeplane.tls import trusted_ca
 from edgeplane.transport import without_credentials
 from edgeplane.worker import WorkerAgent, WorkerOptions
+
+if TYPE_CHECKING:
+    from edgeplane.chutes.network import NodeNetwork
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,23 @@ def stable_worker_id(data_dir: Path) -> str:
     return worker_id
 
 
+def node_network(settings: Settings, directory: Path) -> NodeNetwork | str:
+    """The node's bridge network, which its chutes and its container tasks with
+    ``network: bridge`` share (leases in ``directory``), or why it has none. One per
+    machine: the workers of one process (``up``) are given the same one."""
+    from edgeplane.chutes.network import NodeNetwork, bridge_unavailable
+
+    why = bridge_unavailable() if settings.chute_network else "turned off (chute_network)"
+    if why is not None:
+        return why
+    return NodeNetwork(
+        directory,
+        bridge=settings.bridge,
+        subnet=settings.bridge_subnet,
+        table=settings.nft_table,
+    )
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -82,9 +102,12 @@ def build_worker(
     modules: ModuleCache | None = None,
     identity: Identity | None = None,
     secret_key: bytes | None = None,
+    network: NodeNetwork | str | None = None,
 ) -> WorkerAgent:
     """A worker with the runtimes ``settings`` allow. Its wasm modules come from
-    ``modules``, by default the process's one cache (see ``edgeplane.modules``).
+    ``modules``, by default the process's one cache (see ``edgeplane.modules``); its
+    container tasks' bridge network is ``network`` (or why there is none; default: one of
+    its own in ``data_dir/net``, see :func:`node_network`).
 
     The data dir is made 0700 first: it holds the worker's broker credentials, its
     command key and its tasks' handles (their env), none of which a host task running as
@@ -113,6 +136,16 @@ def build_worker(
         cleaners["host"] = HostRuntime()
     if "container" not in runtimes:
         cleaners["container"] = ContainerRuntime(data_dir, settings.images_dir)
+    if network is None:
+        network = node_network(settings, data_dir / "net")
+    for runtime in (runtimes.get("container"), cleaners.get("container")):
+        if isinstance(runtime, ContainerRuntime):
+            if isinstance(network, str):
+                runtime.no_network = network
+            else:
+                from edgeplane.chutes.network import TaskNetwork
+
+                runtime.network = TaskNetwork(network, settings.service_port_range)
     options = WorkerOptions(
         worker_id=worker_id,
         broker_url=broker_url,
@@ -130,6 +163,7 @@ def build_worker(
         mac_key=None if identity is None else identity.mac_key,
         secret_key=secret_key,
         artifact_cache_bytes=settings.artifact_cache_mb * 1024 * 1024,
+        advertise_address=settings.advertise_address,
     )
     agent = WorkerAgent(options, runtimes, cleaners=cleaners)
     container = runtimes.get("container")
@@ -138,19 +172,20 @@ def build_worker(
     return agent
 
 
-def chute_host(settings: Settings, data_dir: Path) -> dict[str, Any]:
-    """The node's chute network and resource policy when it can have them (else none:
-    loopback only, cgroup limits)."""
+def chute_host(settings: Settings, data_dir: Path, net: NodeNetwork | str) -> dict[str, Any]:
+    """The node's chute network (``net``, shared with its container tasks) and resource
+    policy when it can have them (else none: loopback only, cgroup limits)."""
     from edgeplane.chutes.node import networking_available
 
-    why = networking_available() if settings.chute_network else "turned off"
-    if why is not None:
+    why = net if isinstance(net, str) else None
+    if why is None:
+        why = networking_available() if settings.chute_network else "turned off"
+    if why is not None or isinstance(net, str):
         log.warning("chutes have loopback only and no disk or bandwidth limits: %s", why)
         return {}
-    from edgeplane.chutes.network import ChuteNetwork, NodeNetwork
+    from edgeplane.chutes.network import ChuteNetwork
     from edgeplane.chutes.resources import ChuteEnforcer
 
-    net = NodeNetwork(data_dir / "chutes" / "net")
     enforcer = ChuteEnforcer(data_dir / "chutes", hosts_dir=net.hosts_dir)
     return {"network": ChuteNetwork(net), "enforcer": enforcer}
 
@@ -206,6 +241,8 @@ async def _run_worker(
         # The identity's id is the broker username: the broker allows no other topics.
         worker_id = identity.member_id
         labels = {**identity.labels, **(labels or {})}
+    # the chutes' network, where container tasks with network: bridge go too
+    net = node_network(settings, data_dir / "chutes" / "net")
     agent = build_worker(
         settings,
         broker_url=broker_url,
@@ -213,6 +250,7 @@ async def _run_worker(
         data_dir=data_dir,
         labels=labels,
         identity=identity,
+        network=net,
     )
     edge = chute_api = None
     if settings.edge_api:
@@ -224,15 +262,23 @@ async def _run_worker(
             settings.registries or registry_config.default_file(settings.data_dir)
         )
         node = Node(
-            data_dir, settings.images_dir, registries=registries, **chute_host(settings, data_dir)
+            data_dir,
+            settings.images_dir,
+            registries=registries,
+            **chute_host(settings, data_dir, net),
         )
+        # oci:// images of chutes come as a task's do: through the cluster's proxy when the
+        # registry cannot be reached (--pull); with no broker, only a direct pull works
+        node.puller.use_proxy(agent.fetcher.fetch, settings.pull)
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)
         chute_api = await start_chute_api(node)
-        from edgeplane.chutes.remote import RemoteChutes
+        from edgeplane.chutes.remote import RemoteChutes, RemoteLogs
 
         agent.chutes = RemoteChutes(edge.app, edge.token)
+        agent.chute_events = node.events
+        agent.chute_logs = RemoteLogs(node, agent.send_chute_logs)
     exposition = None
     try:
         await agent.start()

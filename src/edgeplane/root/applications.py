@@ -38,9 +38,15 @@ from edgeplane.root.reconcile import Actions, Create, desired_of, reconcile
 log = logging.getLogger(__name__)
 
 #: Service fields that are not task fields.
-_SERVICE_ONLY = {"replicas", "resources", "restart"}
+_SERVICE_ONLY = {"replicas", "resources", "restart", "chute", "placement"}
 #: Longest the applier sleeps without a change (a safety net; changes wake it at once).
 IDLE_S = 5.0
+
+
+def spread_group(app: Application, service: ServiceSpec) -> str:
+    """The spread group of a service's instances: the application's id (a rename keeps
+    it) and the service's name."""
+    return f"{app.id}/{service.name}"
 
 
 def instance_spec(app: Application, service: ServiceSpec, create: Create) -> TaskSpec:
@@ -51,6 +57,7 @@ def instance_spec(app: Application, service: ServiceSpec, create: Create) -> Tas
         constraints.cpu = service.resources.cpu
     if service.resources.memory_mb is not None:
         constraints.memory_mb = service.resources.memory_mb
+    constraints.spread = service.placement.constraint(spread_group(app, service))
     metadata = {
         **service.metadata,
         "application_id": app.id,
@@ -266,6 +273,8 @@ class Applications:
                 "worker_id": task.worker_id,
                 "reason": task.error if ended else task.reason,
                 "ended_at": (task.finished_at or task.updated_at) if ended else None,
+                # only while it runs: an ended one's host ports may be another's by now
+                "endpoints": task.endpoints if task.state == "running" else [],
             }
         )
         if new == instance:
@@ -294,8 +303,10 @@ class Applications:
         now = self.clock.now()
         next_check: float | None = None
         for app in list(self._apps.values()):
+            # (with their wait reasons: one kept out by anti-affinity makes room, reconcile.py)
+            instances = self._with_wait_reasons(app).instances
             actions = reconcile(
-                desired_of(app.spec), app.instances, now, backoff_base_s=self.backoff_base_s
+                desired_of(app.spec), instances, now, backoff_base_s=self.backoff_base_s
             )
             await self._apply(app, actions)
             if actions.next_check_at is not None:

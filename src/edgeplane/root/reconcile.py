@@ -6,9 +6,12 @@ ones named and drops the forgotten instances. Calling it again before anything c
 returns the same plan, so a repeated call is harmless.
 
 Rules. An instance is *live* while its state is pending, scheduled or running and
-*ended* otherwise (completed, failed, cancelled, skipped). Every service must end up with
-exactly one live instance of its current revision at each index ``0..replicas-1``. Per
-(service, index):
+*ended* otherwise (completed, failed, cancelled, skipped). *Running* means healthy: the
+worker of an instance whose service has a ``healthcheck`` reports it running only once
+the check has passed, and ends it ``failed`` (an ``unhealthy`` reason) when it does not
+pass (docs/services.md); so a rollout, which waits for ``running``, waits for health.
+Every service must end up with exactly one live instance of its current revision at each
+index ``0..replicas-1``. Per (service, index):
 
 - **Live current instance.** One is kept (running first, then fewest restarts, then
   lowest id) and any other live current one is stopped: a duplicate left by a cluster
@@ -38,6 +41,11 @@ exactly one live instance of its current revision at each index ``0..replicas-1`
   old one). A new revision whose instance ends and is not restarted (``never``) halts the
   rollout with the old instance still serving, until the next ``PUT``. Several live old
   instances at an index with no live current one are de-duplicated like current ones.
+- **Make room.** A kept current instance that waits ``pending`` because required
+  anti-affinity leaves it nowhere (its ``reason`` starts with ``anti-affinity
+  required``: every worker already runs a replica) does not wait for itself to run:
+  the live old instances at its index are stopped at once, and it takes the worker
+  they free. Without this, a service with as many replicas as workers never rolled.
 - **Gone.** At an index ``>= replicas`` (all of them when replicas is 0) and in a
   service no longer desired, live instances are stopped and ended ones forgotten, old
   revisions included: there is nothing to roll to.
@@ -59,6 +67,8 @@ from edgeplane.model import ApplicationSpec, Instance, RestartPolicy
 #: the error a task ends with when its worker (or cluster) is lost; the manager's
 #: ``edgeplane.manager.lifecycle.WORKER_LOST`` (not imported: the root stays light)
 LOSS_REASON = "worker_lost"
+#: how the schedulers' wait reasons for required anti-affinity begin (both levels)
+ANTI_AFFINITY_REASON = "anti-affinity required"
 
 _LIVE_STATES = frozenset({"pending", "scheduled", "running"})
 #: the largest exponent a float power of two holds (a long crash loop must not overflow)
@@ -130,6 +140,11 @@ def is_live(instance: Instance) -> bool:
 def is_lost(instance: Instance) -> bool:
     """Ended because its worker or cluster went away, not because of the service."""
     return instance.state == "failed" and LOSS_REASON in (instance.reason or "")
+
+
+def is_kept_out(instance: Instance) -> bool:
+    """Waiting because required anti-affinity leaves it no worker (or cluster)."""
+    return instance.state == "pending" and (instance.reason or "").startswith(ANTI_AFFINITY_REASON)
 
 
 def backoff_s(restarts: int, base_s: float, max_s: float) -> float:
@@ -206,7 +221,7 @@ def _service(plan: _Plan, want: Desired, slots: dict[int, list[Instance]]) -> No
             plan.remove(ended)
             if live_old:
                 in_rollout = True
-                if keep.state == "running":
+                if keep.state == "running" or is_kept_out(keep):
                     plan.remove(live_old)
         elif ended_current:
             latest = max(ended_current, key=_recency)

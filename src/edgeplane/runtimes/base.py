@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from edgeplane.model.service import HealthCheck
 from edgeplane.runtimes.spec import RunSpec
 
 OutcomeState = Literal["completed", "failed", "cancelled"]
@@ -96,6 +97,11 @@ class Runtime(ABC):
         """Re-attach to an attempt a previous worker process started, given its handle's
         ``state``: a handle whose ``wait`` says how the attempt ends (or how it ended while
         no worker watched it), or None when nothing of the attempt is left."""
+
+    async def probe(self, handle: Handle, check: HealthCheck) -> str | None:
+        """Run ``check`` against the running attempt once: None when healthy, else why
+        not. Default: this runtime has no health checks (the API refuses them for it)."""
+        return f"the {self.name} runtime has no health checks"
 
     def log_files(self, handle: Handle) -> dict[str, Path]:
         """Where the attempt's ``stdout`` and ``stderr`` are being written, for following

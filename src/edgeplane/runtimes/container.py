@@ -20,12 +20,21 @@ saved the final event);
 Only root runs containers here: rootless runc (user namespaces, cgroup delegation) is out
 of scope, so :meth:`ContainerRuntime.fingerprint` is None unless runc is installed and the
 worker runs as root.
+
+A task with ``network: bridge`` (docs/services.md) joins a network namespace on the
+node's bridge that ``network`` (a :class:`~edgeplane.chutes.network.TaskNetwork`) makes
+for the attempt, its ``ports`` published on node ports picked there; they are listed in
+the handle's state (``ports``) and released once the container has ended. The lease's
+name is written into the bundle (``network``) before it is made, so an attempt whose
+worker died mid-start still has it released. :meth:`ContainerRuntime.probe` runs a
+task's health check (``probe.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -36,27 +45,36 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
 from edgeplane.artifacts import reference
 from edgeplane.artifacts.registry_config import RegistryConfig
 from edgeplane.clock import Clock
-from edgeplane.errors import TaskFailure
+from edgeplane.errors import EdgeplaneError, TaskFailure
+from edgeplane.model.service import HealthCheck
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
 from edgeplane.runtimes.cgroups import accounted_disks, io_bytes
 from edgeplane.runtimes.images import ImageStore
+from edgeplane.runtimes.probe import exec_probe, probe_in_netns
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
+
+if TYPE_CHECKING:
+    from edgeplane.chutes.network import TaskNetwork
 
 log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 #: runc's own failure to start the container, as it logs it on stderr.
 _RUNC_FAILED = re.compile(r'msg="runc run failed: (.*)"')
+#: the file in a bundle naming the attempt's network lease (``TaskNetwork``)
+NETWORK_FILE = "network"
+#: the reason a task fails with when it asks for a network its worker cannot give
+NO_NETWORK = "no_network"
 
 
 def find_runc() -> str | None:
@@ -88,6 +106,8 @@ class _Container(Attempt):
 
     cid: str
     cpu: tuple[float, float] | None = None  # (cpu ns, wall s) of the last stats sample
+    #: its network lease (None: loopback only)
+    net: str | None = None
 
 
 class ContainerRuntime(SupervisedRuntime[_Container]):
@@ -116,8 +136,14 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         grace_s: float = 2.0,
         poll_s: float = 0.25,
         clock: Clock | None = None,
+        network: TaskNetwork | None = None,
+        no_network: str = "it has no bridge network",
     ) -> None:
+        """``network``: where ``network: bridge`` tasks are attached (None: such tasks
+        fail, saying ``no_network``, why the worker has none)."""
         super().__init__(grace_s=grace_s, poll_s=poll_s, clock=clock)
+        self.network = network
+        self.no_network = no_network
         base = data_dir / "containers"
         images = images_dir if images_dir is not None else data_dir / "images"
         self.images = ImageStore(images, base / "rootfs")
@@ -156,43 +182,119 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             image = await asyncio.to_thread(self.images.resolve, spec.image)
         rootfs = await self.images.rootfs(image)
         cid = container_id(spec.task_id, spec.attempt, secrets.token_hex(3))
-        sources = [rootfs, *(Path(source) for source in (spec.binds or {}).values())]
-        config = runtime_config(
-            cid=cid,
-            rootfs=rootfs,
-            image=image,
-            command=spec.command,
-            env=spec.env,
-            limits=spec.limits,
-            netns=spec.netns,
-            hosts_file=spec.hosts_file,
-            binds=spec.binds,
-            cpus=spec.cpus,
-            accounted=accounted_disks(sources),
-        )
         bundle = self.bundles / cid
         # The config holds the task's env, secret env included: for the worker's user only.
         bundle.mkdir(parents=True, mode=0o700)
-        fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(config))
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        deadline = self._deadline(spec)
-        loop = asyncio.get_running_loop()
-        container = _Container(spec, bundle, loop.create_future(), deadline, cid=cid)
+        net: str | None = None
+        netns = spec.netns
+        ports: list[dict[str, Any]] = []
         try:
-            container.process, container.gate = await spawn(
-                self._runc("run", "--bundle", str(bundle), cid), bundle
+            if spec.network == "bridge":
+                net, netns, ports = await self._attach(spec, cid, bundle)
+            config = runtime_config(
+                cid=cid,
+                rootfs=rootfs,
+                image=image,
+                command=spec.command,
+                env=spec.env,
+                limits=spec.limits,
+                netns=netns,
+                hosts_file=spec.hosts_file,
+                binds=spec.binds,
+                cpus=spec.cpus,
+                accounted=accounted_disks(
+                    [rootfs, *(Path(source) for source in (spec.binds or {}).values())]
+                ),
             )
-        except OSError as exc:
+            fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(config))
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            deadline = self._deadline(spec)
+            loop = asyncio.get_running_loop()
+            container = _Container(spec, bundle, loop.create_future(), deadline, cid=cid, net=net)
+            try:
+                container.process, container.gate = await spawn(
+                    self._runc("run", "--bundle", str(bundle), cid), bundle
+                )
+            except OSError as exc:
+                raise TaskFailure(
+                    f"cannot run runc: {exc.strerror or exc}", field="runtime"
+                ) from None
+        except BaseException:
+            await self._detach(net)
             shutil.rmtree(bundle, ignore_errors=True)
-            raise TaskFailure(f"cannot run runc: {exc.strerror or exc}", field="runtime") from None
+            raise
         container.pid = container.process.pid
         with contextlib.suppress(psutil.Error):
             container.created = psutil.Process(container.pid).create_time()
         self._adopt(container)
         log.debug("container started", extra={"task_id": spec.task_id, "container": cid})
-        return Handle(spec.task_id, spec.attempt, self.name, self._state(container))
+        state = self._state(container)
+        if ports:
+            state["ports"] = ports
+        return Handle(spec.task_id, spec.attempt, self.name, state)
+
+    async def _attach(
+        self, spec: RunSpec, cid: str, bundle: Path
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """The attempt's network lease: its name, its namespace and its published ports
+        (``name``, ``port``, ``protocol``, ``host_port`` each)."""
+        if self.network is None:
+            raise TaskFailure(
+                f"this worker cannot give containers a network: {self.no_network}",
+                field="network",
+                reason=NO_NETWORK,
+            )
+        name = self.network.name(cid)
+        # Named in the bundle first: whatever happens next, a release finds the lease.
+        (bundle / NETWORK_FILE).write_text(name)
+        wanted = [(p.port, p.protocol) for p in spec.ports]
+        try:
+            found = await asyncio.to_thread(self.network.attach, name, wanted)
+        except EdgeplaneError as exc:
+            raise TaskFailure(
+                f"cannot attach the container to the network: {exc.detail}",
+                field="network",
+                reason=NO_NETWORK,
+            ) from None
+        ports = [
+            {"name": p.name, "port": p.port, "protocol": p.protocol, "host_port": node}
+            for p, node in zip(spec.ports, found.node_ports, strict=True)
+        ]
+        return name, found.netns_path, ports
+
+    async def _detach(self, net: str | None) -> None:
+        if net is None or self.network is None:
+            return
+        try:
+            await asyncio.to_thread(self.network.detach, net)
+        except EdgeplaneError as exc:  # left in network.json: the next detach of it retries
+            log.warning(
+                "cannot release a container's network", extra={"lease": net, "error": exc.detail}
+            )
+
+    async def probe(self, handle: Handle, check: HealthCheck) -> str | None:
+        container = self._running(handle)
+        if container is None:
+            return "the container is not running"
+        if check.exec is not None:
+            return await exec_probe(self._runc("exec", container.cid, *check.exec), check.timeout_s)
+        try:
+            current = json.loads(await self._call("state", container.cid) or "{}")
+            pid = int(current.get("pid", 0)) if current.get("status") == "running" else 0
+        except (ValueError, TypeError, AttributeError):
+            pid = 0
+        if pid <= 0:
+            return "the container is not running"
+        if check.http is not None:
+            port, path = check.http.port, check.http.path
+        else:
+            assert check.tcp is not None  # (exactly one kind: HealthCheck checks it)
+            port, path = check.tcp.port, None
+        return await asyncio.to_thread(
+            probe_in_netns, pid, port=port, timeout_s=check.timeout_s, http_path=path
+        )
 
     async def stats(self, handle: Handle) -> dict[str, float]:
         """CPU, memory and storage io of the container's cgroup, from ``runc events
@@ -247,10 +349,20 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
                 pass
         if pid <= 0 and not await asyncio.to_thread(bundle.is_dir):
             await self._call("delete", "--force", cid)
+            net = state.get("net")
+            await self._detach(net if isinstance(net, str) else None)
             return None
         loop = asyncio.get_running_loop()
+        net = state.get("net")
         container = _Container(
-            spec, bundle, loop.create_future(), deadline, pid=pid, created=created, cid=cid
+            spec,
+            bundle,
+            loop.create_future(),
+            deadline,
+            pid=pid,
+            created=created,
+            cid=cid,
+            net=net if isinstance(net, str) else None,
         )
         self._adopt(container)
         return Handle(spec.task_id, spec.attempt, self.name, dict(state))
@@ -273,10 +385,22 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             return None
         return Path(found)
 
+    async def release(self, handle: Handle) -> None:
+        if not handle.state:  # the worker died mid-start: the bundle names its lease
+            prefix = self._prefix(handle.task_id, handle.attempt)
+            for bundle in self.bundles.glob(glob.escape(prefix) + "*"):
+                if "-" in bundle.name.removeprefix(prefix):
+                    continue  # another attempt's (a longer attempt number)
+                with contextlib.suppress(OSError):
+                    await self._detach((bundle / NETWORK_FILE).read_text().strip() or None)
+        await super().release(handle)
+
     async def _forget(self, state: dict[str, Any]) -> None:
         cid = state.get("container")
         if isinstance(cid, str) and cid and (self.state_dir / cid).exists():
             await self._call("delete", "--force", cid)
+        net = state.get("net")
+        await self._detach(net if isinstance(net, str) else None)
 
     def _details(self, container: _Container) -> dict[str, Any]:
         return {"container": container.cid, "bundle": str(container.dir)}
@@ -304,6 +428,8 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
     async def _release(self, container: _Container) -> None:
         if (self.state_dir / container.cid).exists():  # runc run cleans up on its own
             await self._call("delete", "--force", container.cid)
+        await self._detach(container.net)
+        container.net = None
 
     def _survived(self, container: _Container) -> None:
         log.error("container will not die", extra={"container": container.cid})
@@ -326,4 +452,5 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
             "deadline": container.deadline,
             "pid": container.pid,
             "create_time": container.created,
+            "net": container.net,
         }

@@ -12,6 +12,10 @@ their sha256 as they stream (``artifacts/registry.py``) into a temporary directo
 into place once complete, so a crash never leaves half an image under the name tasks use.
 Tasks that want the same image at once pull it once.
 
+The puller keeps the order in which its layouts were last used (:meth:`ImagePuller.recent`:
+the worker reports the most recent ones, so the scheduler prefers it for tasks naming
+them). Each use sets the layout's modification time, so the order survives a restart.
+
 Through the proxy the same blobs are asked for by digest (``artifacts/fetch.py``: each
 verified against its digest before it is kept); a tag is resolved by the proxy, and the
 manifest it answers is hashed here to name the layout. The layout is written exactly as
@@ -29,9 +33,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -67,6 +74,8 @@ DIRECT_RETRY_S = 60.0
 
 PullMode = Literal["direct", "proxy", "auto"]
 
+_LAYOUT_NAME = re.compile(r"[0-9a-f]{64}")
+
 
 class ProxyFetch(Protocol):
     """The worker's fetcher (``Fetcher.fetch``): bytes of ``digest`` from the proxy."""
@@ -101,6 +110,9 @@ class ImagePuller:
         self._proxy: ProxyFetch | None = None
         #: auto: registry → monotonic time until which it is reached through the proxy
         self._unreachable: dict[str, float] = {}
+        #: manifest hex of the layouts held, least recently used first (None: not read
+        #: from the directory yet)
+        self._used: OrderedDict[str, None] | None = None
 
     def use_proxy(self, fetch: ProxyFetch, mode: PullMode) -> None:
         """Pull through the proxy (``proxy``), or when the registry does not answer
@@ -119,19 +131,59 @@ class ImagePuller:
             raise TaskFailure(exc.detail, field="image") from None
         try:
             try:
-                return await self._layout_for(ref)
+                layout = await self._layout_for(ref)
             except DigestMismatch as exc:
                 log.warning(
                     "image digest mismatch, fetching once more",
                     extra={"image": str(ref), "error": exc.detail},
                 )
-                return await self._layout_for(ref)
+                layout = await self._layout_for(ref)
         except RegistryUnreachable as exc:
             raise TransientTaskFailure(
                 _named(ref, exc.detail), field="image", reason=exc.reason
             ) from None
         except EdgeplaneError as exc:
             raise TaskFailure(_named(ref, exc.detail), field="image", reason=exc.reason) from None
+        self._use(layout)
+        return layout
+
+    def recent(self, count: int) -> list[str]:
+        """The manifest digests (hex) of the ``count`` layouts used most recently, most
+        recent first; a layout removed by hand meanwhile is left out (and forgotten)."""
+        used = self._order()
+        found: list[str] = []
+        gone: list[str] = []
+        for name in reversed(used):
+            if len(found) >= count:
+                break
+            (found if (self.directory / name).is_dir() else gone).append(name)
+        for name in gone:
+            del used[name]
+        return found
+
+    def _order(self) -> OrderedDict[str, None]:
+        """The layouts held, least recently used first: read once from the directory (by
+        modification time), then kept as they are used."""
+        if self._used is None:
+            try:
+                held = [
+                    (entry.stat().st_mtime_ns, entry.name)
+                    for entry in os.scandir(self.directory)
+                    if _LAYOUT_NAME.fullmatch(entry.name) and entry.is_dir()
+                ]
+            except OSError:  # no image pulled yet
+                held = []
+            self._used = OrderedDict((name, None) for _, name in sorted(held))
+        return self._used
+
+    def _use(self, layout: Path) -> None:
+        used = self._order()
+        used[layout.name] = None
+        used.move_to_end(layout.name)
+        try:
+            os.utime(layout)  # the order survives a restart
+        except OSError as exc:  # the image is there, only its recency is lost
+            log.debug("cannot touch %s: %s", layout, exc)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.model import Limits
+from edgeplane.model.service import HealthCheck, Network, PortSpec
 
 
 class RunSpec(BaseModel):
@@ -44,6 +45,12 @@ class RunSpec(BaseModel):
     #: container: ``name[:tag]`` in the worker's image dir, or ``oci://…`` (``pull.py``)
     image: str | None = None
     limits: Limits = Field(default_factory=Limits)
+    #: container: ``bridge``: a namespace on the worker's bridge, ``ports`` published on
+    #: host ports the runtime picks (docs/services.md)
+    network: Network = "none"
+    ports: list[PortSpec] = Field(default_factory=list)
+    #: container: what the worker probes before it reports the attempt running
+    healthcheck: HealthCheck | None = None
     #: runs until stopped: no default timeout applies
     daemon: bool = False
     # Node-local (LOCAL_FIELDS): set by the node itself for its chutes, never taken from

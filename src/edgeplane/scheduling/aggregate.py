@@ -27,13 +27,14 @@ from edgeplane.model.cluster import (
     Location,
 )
 from edgeplane.scheduling.eligibility import LabelItems
-from edgeplane.scheduling.snapshot import ClusterView, GroupView, WorkerView
+from edgeplane.scheduling.snapshot import Booked, ClusterView, GroupView, WorkerView
 
 CHANGE_THRESHOLD = 0.2
 """Relative move of free slots or of the largest free cpu/memory that makes a manager
 send its aggregate at once instead of waiting for the next ``aggregate_interval_s``."""
 
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
+_NO_COUNTS: Mapping[str, int] = MappingProxyType({})
 
 _free_slots = attrgetter("free_slots")
 _free_cpu = attrgetter("free_cpu")
@@ -127,7 +128,12 @@ def _group(runtime: str, labels: LabelItems, parts: list[_Class]) -> CapacityGro
 
 
 def aggregate(
-    workers: Sequence[WorkerView], *, location: Location | None = None, ts: float = 0.0
+    workers: Sequence[WorkerView],
+    *,
+    location: Location | None = None,
+    ts: float = 0.0,
+    epoch: str = "",
+    seq: int = 0,
 ) -> Aggregate:
     """Fold ``workers`` (the online, schedulable ones) into one :class:`Aggregate`.
 
@@ -160,6 +166,8 @@ def aggregate(
         accelerators=sum(part.accelerators for part in classes),
         location=location,
         ts=ts,
+        epoch=epoch,
+        seq=seq,
         artifacts=held_most(workers),
     )
 
@@ -196,9 +204,13 @@ def cluster_view(
     *,
     labels: Mapping[str, str] = _NO_LABELS,
     location: Location | None = None,
+    spread: Mapping[str, int] = _NO_COUNTS,
+    inflight: Sequence[Booked] = (),
 ) -> ClusterView:
     """The root scheduler's frozen view of one cluster; ``location`` overrides the
-    aggregate's (a cluster's registered location is the operator's word)."""
+    aggregate's (a cluster's registered location is the operator's word). ``spread``
+    and ``inflight`` are the root's own: its live tasks there by spread group, and
+    those sent after the aggregate was made."""
     where = location if location is not None else aggregate.location
     return ClusterView(
         id=cluster_id,
@@ -220,6 +232,8 @@ def cluster_view(
         labels=labels,
         location=None if where is None else (where.lat, where.lon),
         artifacts=frozenset(aggregate.artifacts),
+        spread=spread,
+        inflight=tuple(inflight),
     )
 
 

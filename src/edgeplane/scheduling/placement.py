@@ -14,6 +14,19 @@ queues the task rather than leaving it unplaced at the root.
 A task naming an artifact prefers, among the qualifying clusters with a free slot, those
 whose aggregate says a worker holds it (then the usual order among them): a tie-breaker,
 never a wait nor a way round a filter.
+
+An aggregate is a few seconds old. The tasks the root has sent a cluster since it was
+made (``ClusterView.inflight``) are booked on the cluster's groups before anything is
+placed, as a plan books its own placements: otherwise tasks submitted one at a time all
+went to the cluster that looked best in the last aggregate (8 of 8 on one of two equal
+clusters).
+
+A task of a spread group goes, among the qualifying clusters with a free slot (or, when
+none has one, among all qualifying ones), to those with the fewest live tasks of its
+group (``ClusterView.spread``, plus this plan's): per eligible worker when it spreads
+over workers, per cluster when over clusters; the usual order picks among those. With
+required anti-affinity a cluster qualifies only while it has an eligible worker without
+one (over workers), or none at all (over clusters).
 """
 
 from __future__ import annotations
@@ -21,14 +34,22 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
 
 from edgeplane.errors import Invalid
 from edgeplane.scheduling.capacity import CPU_SLACK
 from edgeplane.scheduling.eligibility import LabelItems, format_labels
-from edgeplane.scheduling.snapshot import ClusterView, GeoPoint, GroupView, Plan, TaskDemand
+from edgeplane.scheduling.snapshot import (
+    Booked,
+    ClusterView,
+    GeoPoint,
+    GroupView,
+    Plan,
+    TaskDemand,
+    spread_group,
+)
 
 EARTH_RADIUS_KM = 6371.0088
 """The mean Earth radius (IUGG): good to about 0.5 % for haversine distances."""
@@ -228,6 +249,24 @@ class _Board:
         self.cpu_max[g] = min(self.cpu_max[g], self.cpu[g])
         self.memory_max[g] = min(self.memory_max[g], self.memory[g])
 
+    def book_inflight(self, *, pack: bool) -> None:
+        """Book every cluster's in-flight tasks on the group the cluster would use for
+        them (as :meth:`pick` chooses), even when none has room: they are there."""
+        for pos, cluster in enumerate(self.clusters):
+            for booked in cluster.inflight:
+                groups = [g for g in self.group_range[pos] if self.takes(g, booked)]
+                if groups:
+                    fitting = self.fitting(groups, booked.cpu, booked.memory_mb)
+                    g = self.pick(fitting or groups, pack=pack)
+                    self.take(g, booked.cpu, booked.memory_mb)
+
+    def takes(self, g: int, booked: Booked) -> bool:
+        return (
+            self.offers(g, booked.runtime)
+            and self.labelled(g, booked.labels)
+            and self.tee_allows(g, booked.tee)
+        )
+
     def holds(self, key: Key, artifact: str | None) -> bool:
         """The cluster of ``key`` has a free slot and says a worker of it holds
         ``artifact``."""
@@ -306,6 +345,7 @@ def rank_clusters(
     """Every cluster that could take ``task``, best first (spread, or bin-pack with
     ``pack``); when none could, the reason. A pinned task ranks only its cluster."""
     board = _Board(clusters)
+    board.book_inflight(pack=pack)
     need = _Need.of(task)
     if need.cluster_id is not None:
         if need.cluster_id in board.position:
@@ -339,15 +379,43 @@ class _Choice:
     current: dict[int, Key]
     seen: int
     reason: str | None = None
+    #: (spread group, over, distinct, artifact) → its ranking of the clusters
+    spread: dict[tuple[str, str, bool, str | None], _Spread] = field(default_factory=dict)
+    #: cluster position → the workers of its groups that pass the static filters
+    workers: dict[int, int] = field(default_factory=dict)
+
+
+#: (no free slot, fewest of the group, not holding the artifact, the cluster's key)
+Rank = tuple[int, float, bool, Key]
+
+
+@dataclass
+class _Spread:
+    """The clusters allowed for one spread group, by :data:`Rank`, in a heap kept as
+    :class:`_Choice`'s is: ``ranks`` holds the current rank, ``seen`` the change log's
+    length when it was last brought up to date."""
+
+    heap: list[Rank]
+    ranks: dict[int, Rank]
+    seen: int
 
 
 class _Placer:
     def __init__(self, clusters: Sequence[ClusterView], pack: bool) -> None:
         self.board = _Board(clusters)
+        self.board.book_inflight(pack=pack)
         self.pack = pack
         self.members: dict[_Need, dict[int, tuple[int, ...]]] = {}
         self.choices: dict[tuple[_Need, float, int], _Choice] = {}
         self.booked: list[int] = []
+        #: spread group → live tasks of it per cluster position, this plan's included
+        self.spread: dict[str, list[int]] = {}
+
+    def counts(self, key: str) -> list[int]:
+        found = self.spread.get(key)
+        if found is None:
+            found = self.spread[key] = [c.spread.get(key, 0) for c in self.board.clusters]
+        return found
 
     def choice(self, need: _Need, cpu: float, memory_mb: int) -> _Choice:
         found = self.choices.get((need, cpu, memory_mb))
@@ -407,6 +475,9 @@ class _Placer:
                 return False, board.reason(need, cpu, memory_mb)
             mine = [g for g in board.group_range[pinned] if board.matching(g, need)]
             self.book(pinned, mine, cpu, memory_mb)
+            if task.spread is not None:
+                self.counts(task.spread)[pinned] += 1
+                self.booked.append(pinned)  # (the spread rankings refresh from the log)
             return True, need.cluster_id
         choice = self.choice(need, cpu, memory_mb)
         if choice.reason is not None:
@@ -416,13 +487,90 @@ class _Placer:
             choice.reason = board.reason(need, cpu, memory_mb)
             return False, choice.reason
         artifact = task.artifact
-        if artifact is not None and artifact not in board.clusters[pos].artifacts:
+        if task.spread is not None:
+            spread = self.spread_pick(task, task.spread, choice)
+            if spread is None:
+                return False, _refusal(task)
+            pos = spread
+        elif artifact is not None and artifact not in board.clusters[pos].artifacts:
             # ``best`` refreshed every key: the best holder with a free slot, if any
             held = [key for key in choice.current.values() if board.holds(key, artifact)]
             if held:
                 pos = min(held)[-1]
-        self.book(pos, choice.members[pos], cpu, memory_mb)
+        self.book(pos, choice.members[pos], cpu, memory_mb)  # (logs pos: it fits)
+        if task.spread is not None:
+            self.counts(task.spread)[pos] += 1
         return True, board.clusters[pos].id
+
+    def spread_pick(self, task: TaskDemand, key: str, choice: _Choice) -> int | None:
+        """The cluster for a task of spread group ``key`` among those ``choice`` holds
+        (their keys fresh from :meth:`best`); None when anti-affinity leaves none.
+
+        Clusters with a free slot first; then the fewest of the group (per eligible
+        worker over workers, per cluster over clusters); then the artifact holders; then
+        the usual key. A heap, refreshed for the clusters booked or counted since: one
+        scan of 1,000 clusters per replica cost 0.7 ms."""
+        which = (key, task.spread_over, task.distinct, task.artifact)
+        state = choice.spread.get(which)
+        if state is None:
+            ranks = {}
+            for pos in choice.current:
+                rank = self.rank(task, key, choice, pos)
+                if rank is not None:
+                    ranks[pos] = rank
+            heap = list(ranks.values())
+            heapq.heapify(heap)
+            state = choice.spread[which] = _Spread(heap, ranks, len(self.booked))
+        else:
+            for pos in dict.fromkeys(self.booked[state.seen :]):
+                if pos not in state.ranks:
+                    continue  # not allowed, or not fitting: neither changes back
+                rank = self.rank(task, key, choice, pos) if pos in choice.current else None
+                if rank is None:
+                    del state.ranks[pos]
+                else:
+                    state.ranks[pos] = rank
+                    heapq.heappush(state.heap, rank)
+            state.seen = len(self.booked)
+        heap, ranks = state.heap, state.ranks
+        while heap:
+            top = heap[0]
+            if ranks.get(top[-1][-1]) is top:
+                return top[-1][-1]
+            heapq.heappop(heap)
+        return None
+
+    def rank(self, task: TaskDemand, key: str, choice: _Choice, pos: int) -> Rank | None:
+        """Where cluster ``pos`` stands for a task of spread group ``key``; None when
+        anti-affinity rules it out."""
+        count = self.counts(key)[pos]
+        if task.spread_over == "worker":
+            workers = choice.workers.get(pos)
+            if workers is None:
+                groups = self.board.groups
+                workers = choice.workers[pos] = sum(groups[g].workers for g in choice.members[pos])
+            if task.distinct and count >= workers:
+                return None
+            score = count / workers
+        else:
+            if task.distinct and count:
+                return None
+            score = float(count)
+        key_now = choice.current[pos]
+        return (key_now[0], score, not self.board.holds(key_now, task.artifact), key_now)
+
+
+def _refusal(task: TaskDemand) -> str:
+    group = spread_group(task.spread or "")
+    if task.spread_over == "cluster":
+        return (
+            "anti-affinity required (spread over clusters): every eligible cluster already "
+            f"runs a task of spread group '{group}'"
+        )
+    return (
+        "anti-affinity required (spread over workers): every eligible worker of every "
+        f"eligible cluster already runs a task of spread group '{group}'"
+    )
 
 
 def _priority_key(task: TaskDemand) -> tuple[int, float]:

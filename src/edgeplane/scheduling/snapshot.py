@@ -9,6 +9,9 @@ from types import MappingProxyType
 from edgeplane.errors import Invalid
 
 TEE_RULES: tuple[str, ...] = ("any", "required", "none")
+SPREAD_LEVELS: tuple[str, ...] = ("worker", "cluster")
+
+_NO_COUNTS: Mapping[str, int] = MappingProxyType({})
 
 
 def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -19,6 +22,18 @@ def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
     if isinstance(labels, MappingProxyType):
         return labels
     return MappingProxyType(dict(labels))
+
+
+def spread_group(key: str) -> str:
+    """A spread group's name as the user gave it (its key is ``project/group``)."""
+    return key.partition("/")[2] or key
+
+
+def _frozen_counts(counts: Mapping[str, int]) -> Mapping[str, int]:
+    """As :func:`_frozen_labels`, for spread counts."""
+    if isinstance(counts, MappingProxyType):
+        return counts
+    return MappingProxyType(dict(counts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,9 @@ class WorkerView:
     #: digests of artifacts the worker holds (its most recently used, bounded): tasks that
     #: need one prefer it among the workers that could take them
     artifacts: frozenset[str] = field(default=frozenset(), hash=False)
+    # (A worker's live tasks per spread group are not here but a ``make_plan`` argument:
+    # one more slot made every view a size class bigger, and plain placement over 10,000
+    # workers 3 % slower, measured.)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", frozenset(self.runtimes))
@@ -74,6 +92,18 @@ class GroupView:
 
 
 @dataclass(frozen=True, slots=True)
+class Booked:
+    """A task the root has sent a cluster that the cluster's last aggregate does not show
+    yet: the root books it on the cluster's groups before placing more."""
+
+    runtime: str
+    labels: tuple[tuple[str, str], ...] = ()
+    tee: str = "any"
+    cpu: float = 0.0
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
     """One online cluster as the root scheduler sees it, built from its last aggregate."""
 
@@ -87,10 +117,16 @@ class ClusterView:
     location: tuple[float, float] | None = None
     #: digests of artifacts some worker of the cluster holds (bounded, from its aggregate)
     artifacts: frozenset[str] = field(default=frozenset(), hash=False)
+    #: spread group → live tasks of it the root has placed on the cluster
+    spread: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS, hash=False)
+    #: tasks sent to the cluster after its last aggregate was made (sorted is not needed)
+    inflight: tuple[Booked, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", tuple(self.groups))
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
+        object.__setattr__(self, "spread", _frozen_counts(self.spread))
+        object.__setattr__(self, "inflight", tuple(self.inflight))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +151,12 @@ class TaskDemand:
     #: the sha256 of the module or image the task runs, when known: a soft preference
     #: for workers (clusters) that hold it, among those that could take the task anyway
     artifact: str | None = None
+    #: the task's spread group (``project/group``): it goes where the fewest live tasks of
+    #: the group run; ``spread_over`` is ``worker`` or ``cluster``; ``distinct`` (required
+    #: anti-affinity) never puts two on one worker (one cluster, over ``cluster``)
+    spread: str | None = None
+    spread_over: str = "worker"
+    distinct: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clusters", frozenset(self.clusters))
@@ -122,6 +164,11 @@ class TaskDemand:
         if self.tee not in TEE_RULES:
             raise Invalid(
                 f"tee must be one of {', '.join(TEE_RULES)}, not {self.tee!r}", field="tee"
+            )
+        if self.spread_over not in SPREAD_LEVELS:
+            raise Invalid(
+                f"spread over must be one of {', '.join(SPREAD_LEVELS)}, not {self.spread_over!r}",
+                field="spread.over",
             )
         if self.cpu < 0:
             raise Invalid("cpu must not be negative", field="cpu")

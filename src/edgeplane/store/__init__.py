@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from edgeplane.errors import Invalid
-from edgeplane.store.base import AuditPrune, Batch, Kind, Store, TokenRecord, UserRecord
+from edgeplane.store.base import (
+    AuditPrune,
+    Batch,
+    ChuteVersionRecord,
+    Kind,
+    Store,
+    StoreChuteRecord,
+    TokenRecord,
+    UserRecord,
+)
 from edgeplane.store.leases import Claim, Lease
 from edgeplane.store.memory import MemoryStore
 from edgeplane.store.sql import SqlStore
@@ -11,12 +20,14 @@ from edgeplane.store.sql import SqlStore
 __all__ = [
     "AuditPrune",
     "Batch",
+    "ChuteVersionRecord",
     "Claim",
     "Kind",
     "Lease",
     "MemoryStore",
     "SqlStore",
     "Store",
+    "StoreChuteRecord",
     "TokenRecord",
     "UserRecord",
     "open_store",

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgeplane.errors import Conflict
 from edgeplane.fl.state import Experiment
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
+from edgeplane.model.listing import Position
 from edgeplane.store.leases import Claim, Lease
 
 Kind = Literal["task", "workflow", "schedule", "application", "worker"]
@@ -93,6 +95,47 @@ class UserRecord:
     created_at: float
 
 
+@dataclass(frozen=True)
+class ChuteVersionRecord:
+    """A version in the chute store (docs/chutes.md), written once and never changed. A
+    deleted one keeps its name, version and digest (not its manifest): that pair is never
+    published again with other content."""
+
+    name: str
+    version: str
+    #: its chute's (the name's) project
+    project: str
+    description: str
+    #: ``sha256:`` of the manifest's canonical JSON (``edgeplane.chutes.catalog``)
+    digest: str
+    published_at: float
+    published_by: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class StoreChuteRecord:
+    """A chute name in the store: the project it belongs to (its first version's, for
+    good) and its live versions, in no order."""
+
+    name: str
+    project: str
+    created_at: float
+    versions: tuple[ChuteVersionRecord, ...] = ()
+
+
+def name_taken(name: str) -> Conflict:
+    """A chute name is another project's (the store says no more: who asks may not see it)."""
+    return Conflict(f"the chute name {name!r} is taken by another project", field="name")
+
+
+def too_many_versions(name: str, most: int) -> Conflict:
+    return Conflict(
+        f"chute {name!r} has {most} versions, the most it may: delete old ones first",
+        field="version",
+    )
+
+
 class Store(ABC):
     """Durable state of a manager. All methods are safe to call concurrently."""
 
@@ -168,12 +211,18 @@ class Store(ABC):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        """A page of tasks, oldest first, and the total matching the filters (``projects``:
-        only theirs; None: all)."""
+        """A page of tasks, oldest first (``newest_first``: newest first), and the total
+        matching the filters. ``name`` is a prefix (empty: any name); ``after`` a position
+        (``created_at``, ``id``) the page starts after, in the page's order (not counted in
+        the total); ``projects``: only theirs (None: all)."""
 
     @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
@@ -244,6 +293,41 @@ class Store(ABC):
     async def live_fl_experiment_ids(self) -> list[str]:
         """Ids of the experiments not ended (completed, failed, stopped), oldest first:
         what the coordinator steps, without reading every experiment ever run."""
+
+    # the chute store (docs/chutes.md): published manifests, immutable by name and version
+    @abstractmethod
+    async def publish_chute(
+        self, record: ChuteVersionRecord, manifest: str, *, max_versions: int
+    ) -> tuple[ChuteVersionRecord, bool]:
+        """In one transaction: claim the name for ``record.project`` if it is new, then
+        write the version (``manifest``: its canonical JSON) unless ``name@version``
+        exists. A deleted version is written again only with the same digest. Returns
+        the version as stored and whether this call wrote it (False: the stored one,
+        which the caller compares). :class:`Conflict`, nothing written, naming ``name``
+        when the name is another project's, ``version`` when it has ``max_versions``
+        live versions already."""
+
+    @abstractmethod
+    async def get_store_chute(self, name: str) -> StoreChuteRecord | None:
+        """The name with its live versions; None when it was never published."""
+
+    @abstractmethod
+    async def list_store_chutes(
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
+    ) -> tuple[list[StoreChuteRecord], int]:
+        """A page of the names with a live version, by name, and their total
+        (``projects``: only theirs; None: all)."""
+
+    @abstractmethod
+    async def get_chute_version(
+        self, name: str, version: str
+    ) -> tuple[ChuteVersionRecord, str] | None:
+        """A live version and its manifest's canonical JSON."""
+
+    @abstractmethod
+    async def delete_chute_version(self, name: str, version: str) -> bool:
+        """Mark a live version deleted (its manifest is dropped, its digest kept); False
+        when there is no such live version."""
 
     # applications
     @abstractmethod

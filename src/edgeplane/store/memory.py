@@ -7,6 +7,7 @@ copy of a pydantic model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,19 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, matches
+from edgeplane.model.listing import Position, in_order
 from edgeplane.model.secrets import REVEAL
-from edgeplane.store.base import AuditPrune, Batch, Store, TokenRecord, UserRecord
+from edgeplane.store.base import (
+    AuditPrune,
+    Batch,
+    ChuteVersionRecord,
+    Store,
+    StoreChuteRecord,
+    TokenRecord,
+    UserRecord,
+    name_taken,
+    too_many_versions,
+)
 from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
 
 
@@ -36,6 +48,8 @@ class _TaskRow:
     state: str
     job_id: str | None
     workflow_id: str | None
+    worker_id: str | None
+    name: str
     created_at: float
     id: str
     doc: str
@@ -47,6 +61,8 @@ class _TaskRow:
             state=task.state,
             job_id=task.job_id,
             workflow_id=task.workflow_id,
+            worker_id=task.worker_id,
+            name=task.name,
             created_at=task.created_at,
             id=task.id,
             doc=task.model_dump_json(context=REVEAL),
@@ -129,6 +145,9 @@ class MemoryStore(Store):
         self._schedules: dict[str, _ScheduleRow] = {}
         self._fl: dict[str, tuple[float, str, str]] = {}
         self._fl_state: dict[str, str] = {}
+        #: the chute store: name -> (project, created_at); (name, version) -> (record, doc)
+        self._store_chutes: dict[str, tuple[str, float]] = {}
+        self._chute_versions: dict[tuple[str, str], tuple[ChuteVersionRecord, str]] = {}
         self._applications: dict[str, _ApplicationRow] = {}
         self._workers: dict[str, str] = {}
         self._tokens: dict[str, TokenRecord] = {}
@@ -240,6 +259,10 @@ class MemoryStore(Store):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
@@ -252,11 +275,17 @@ class MemoryStore(Store):
                 and (state is None or row.state == state)
                 and (job_id is None or row.job_id == job_id)
                 and (workflow_id is None or row.workflow_id == workflow_id)
+                and (worker_id is None or row.worker_id == worker_id)
+                and (not name or row.name.startswith(name))
             ),
             key=lambda row: row.order,
+            reverse=newest_first,
         )
+        total = len(rows)
+        if after is not None:
+            rows = [row for row in rows if in_order(row.order, after, newest_first)]
         page = rows[offset : offset + limit]
-        return [Task.model_validate_json(row.doc) for row in page], len(rows)
+        return [Task.model_validate_json(row.doc) for row in page], total
 
     async def delete_task(self, task_id: str) -> bool:
         return self._tasks.pop(task_id, None) is not None
@@ -360,6 +389,62 @@ class MemoryStore(Store):
             for exp_id in sorted(self._fl, key=self._fl.__getitem__)
             if self._fl_state[exp_id] not in FL_TERMINAL
         ]
+
+    # the chute store
+
+    async def publish_chute(
+        self, record: ChuteVersionRecord, manifest: str, *, max_versions: int
+    ) -> tuple[ChuteVersionRecord, bool]:
+        project, _ = self._store_chutes.get(record.name, (record.project, record.published_at))
+        if project != record.project:
+            raise name_taken(record.name)
+        key = (record.name, record.version)
+        found = self._chute_versions.get(key)
+        if found is not None and not (found[0].deleted and found[0].digest == record.digest):
+            return found[0], False
+        if len(self._live(record.name)) >= max_versions:
+            raise too_many_versions(record.name, max_versions)
+        self._store_chutes.setdefault(record.name, (record.project, record.published_at))
+        stored = dataclasses.replace(record, deleted=False)
+        self._chute_versions[key] = (stored, manifest)
+        return stored, True
+
+    def _live(self, name: str) -> tuple[ChuteVersionRecord, ...]:
+        return tuple(
+            record
+            for (owner, _), (record, _doc) in self._chute_versions.items()
+            if owner == name and not record.deleted
+        )
+
+    async def get_store_chute(self, name: str) -> StoreChuteRecord | None:
+        found = self._store_chutes.get(name)
+        if found is None:
+            return None
+        return StoreChuteRecord(name, found[0], found[1], self._live(name))
+
+    async def list_store_chutes(
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
+    ) -> tuple[list[StoreChuteRecord], int]:
+        names = sorted(
+            name
+            for name, (project, _) in self._store_chutes.items()
+            if (projects is None or project in projects) and self._live(name)
+        )
+        page = [await self.get_store_chute(name) for name in names[offset : offset + limit]]
+        return [chute for chute in page if chute is not None], len(names)
+
+    async def get_chute_version(
+        self, name: str, version: str
+    ) -> tuple[ChuteVersionRecord, str] | None:
+        found = self._chute_versions.get((name, version))
+        return None if found is None or found[0].deleted else found
+
+    async def delete_chute_version(self, name: str, version: str) -> bool:
+        found = await self.get_chute_version(name, version)
+        if found is None:
+            return False
+        self._chute_versions[(name, version)] = (dataclasses.replace(found[0], deleted=True), "")
+        return True
 
     # applications
 

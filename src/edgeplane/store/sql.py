@@ -12,14 +12,26 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from pydantic import ValidationError
-from sqlalchemy import Row, Table, bindparam, event, func, select, text
+from sqlalchemy import (
+    Float,
+    Row,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
@@ -49,9 +61,20 @@ from edgeplane.model import (
     Workflow,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, split_resource
+from edgeplane.model.listing import Position, prefix_end
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
-from edgeplane.store.base import Batch, Kind, Store, TokenRecord, UserRecord
+from edgeplane.store.base import (
+    Batch,
+    ChuteVersionRecord,
+    Kind,
+    Store,
+    StoreChuteRecord,
+    TokenRecord,
+    UserRecord,
+    name_taken,
+    too_many_versions,
+)
 from edgeplane.store.documents import M, read
 from edgeplane.store.leases import Claim, Lease, check_term, claimed, released, renewed
 from edgeplane.store.sqlite_direct import DirectSqlite, Guard
@@ -137,6 +160,8 @@ def _task_row(task: Task) -> dict[str, Any]:
         "project": task.project,
         "created_at": task.created_at,
         "priority": task.priority,
+        "name": task.name,
+        "worker_id": task.worker_id,
         "doc": task.model_dump_json(context=REVEAL),
     }
 
@@ -258,6 +283,23 @@ def _token(row: Row[Any]) -> TokenRecord:
         kind=row.kind,
         name=row.name,
     )
+
+
+def _chute_version(row: Row[Any], project: str) -> ChuteVersionRecord:
+    return ChuteVersionRecord(
+        name=row.name,
+        version=row.version,
+        project=project,
+        description=row.description,
+        digest=row.digest,
+        published_at=row.published_at,
+        published_by=row.published_by,
+        deleted=bool(row.deleted),
+    )
+
+
+#: the columns of a version without its manifest (lists and shows never need it)
+_VERSION_COLUMNS = [c for c in tables.store_chute_versions.c if c.name != "doc"]
 
 
 def _user(row: Row[Any]) -> UserRecord:
@@ -631,11 +673,16 @@ class SqlStore(Store):
         state: str | None = None,
         job_id: str | None = None,
         workflow_id: str | None = None,
+        worker_id: str | None = None,
+        name: str | None = None,
+        after: Position | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         offset: int = 0,
         projects: Sequence[str] | None = None,
     ) -> tuple[list[Task], int]:
-        if _unstorable(state, job_id, workflow_id, *(projects or ())):
+        keys = (state, job_id, workflow_id, worker_id, name, *(projects or ()))
+        if _unstorable(*keys, None if after is None else after[1]):
             return [], 0
         t = tables.tasks
         filters = [
@@ -644,15 +691,25 @@ class SqlStore(Store):
                 (t.c.state, state),
                 (t.c.job_id, job_id),
                 (t.c.workflow_id, workflow_id),
+                (t.c.worker_id, worker_id),
             )
             if value is not None
         ]
+        if name:
+            filters.append(t.c.name >= name)
+            end = prefix_end(name)
+            if end is not None:
+                filters.append(t.c.name < end)
         if projects is not None:
             filters.append(t.c.project.in_(projects))
-        page = (
-            select(t).where(*filters).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
-        )
         count = select(func.count()).select_from(t).where(*filters)
+        if after is not None:
+            # a row value: one index range on (created_at, id), on both backends
+            position = tuple_(t.c.created_at, t.c.id)
+            cursor = tuple_(literal(after[0], Float), literal(after[1], String))
+            filters.append(position < cursor if newest_first else position > cursor)
+        order = (t.c.created_at.desc(), t.c.id.desc()) if newest_first else (t.c.created_at, t.c.id)
+        page = select(t).where(*filters).order_by(*order).limit(limit).offset(offset)
         async with self._reading() as conn:
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
@@ -824,6 +881,118 @@ class SqlStore(Store):
         async with self._reading() as conn:
             rows = (await conn.execute(live.order_by(e.c.created_at, e.c.id))).all()
         return [row.id for row in rows]
+
+    # the chute store
+
+    async def publish_chute(
+        self, record: ChuteVersionRecord, manifest: str, *, max_versions: int
+    ) -> tuple[ChuteVersionRecord, bool]:
+        names, versions = tables.store_chutes, tables.store_chute_versions
+        ins = sqlite.insert if self._sqlite else postgresql.insert
+        claim = ins(names).values(
+            name=record.name, project=record.project, created_at=record.published_at
+        )
+        owner = select(names.c.project).where(names.c.name == record.name)
+        if not self._sqlite:  # one publication of a name at a time (SQLite: one writer)
+            owner = owner.with_for_update()
+        this = (versions.c.name == record.name) & (versions.c.version == record.version)
+        live = select(func.count()).where(versions.c.name == record.name, ~versions.c.deleted)
+        row_values = {
+            "digest": record.digest,
+            "description": record.description,
+            "published_at": record.published_at,
+            "published_by": record.published_by,
+            "deleted": False,
+            "doc": manifest,
+        }
+        async with self._writing() as conn:
+            await conn.execute(claim.on_conflict_do_nothing(index_elements=[names.c.name]))
+            if (await conn.execute(owner)).scalar_one() != record.project:
+                raise name_taken(record.name)
+            found = (await conn.execute(select(*_VERSION_COLUMNS).where(this))).first()
+            if found is not None and not (found.deleted and found.digest == record.digest):
+                return _chute_version(found, record.project), False
+            if (await conn.execute(live)).scalar_one() >= max_versions:
+                raise too_many_versions(record.name, max_versions)
+            if found is None:
+                await conn.execute(
+                    versions.insert().values(name=record.name, version=record.version, **row_values)
+                )
+            else:  # deleted with this very content: published again
+                await conn.execute(versions.update().where(this).values(**row_values))
+        return replace(record, deleted=False), True
+
+    async def get_store_chute(self, name: str) -> StoreChuteRecord | None:
+        if _unstorable(name):
+            return None
+        names = tables.store_chutes
+        async with self._reading() as conn:
+            row = (await conn.execute(select(names).where(names.c.name == name))).first()
+            if row is None:
+                return None
+            found = await self._live_versions(conn, [name], {name: row.project})
+        return StoreChuteRecord(row.name, row.project, row.created_at, tuple(found[name]))
+
+    @staticmethod
+    async def _live_versions(
+        conn: AsyncConnection, names: list[str], projects: dict[str, str]
+    ) -> dict[str, list[ChuteVersionRecord]]:
+        versions = tables.store_chute_versions
+        query = select(*_VERSION_COLUMNS).where(versions.c.name.in_(names), ~versions.c.deleted)
+        found: dict[str, list[ChuteVersionRecord]] = {name: [] for name in names}
+        for row in (await conn.execute(query)).all():
+            found[row.name].append(_chute_version(row, projects[row.name]))
+        return found
+
+    async def list_store_chutes(
+        self, *, limit: int = 100, offset: int = 0, projects: Sequence[str] | None = None
+    ) -> tuple[list[StoreChuteRecord], int]:
+        names, versions = tables.store_chutes, tables.store_chute_versions
+        has_live = (
+            select(versions.c.name)
+            .where(versions.c.name == names.c.name, ~versions.c.deleted)
+            .exists()
+        )
+        where = [has_live] if projects is None else [has_live, names.c.project.in_(projects)]
+        page = select(names).where(*where).order_by(names.c.name).limit(limit).offset(offset)
+        total = select(func.count()).select_from(names).where(*where)
+        async with self._reading() as conn:
+            rows = (await conn.execute(page)).all()
+            count = (await conn.execute(total)).scalar_one()
+            owners = {row.name: row.project for row in rows}
+            found = await self._live_versions(conn, list(owners), owners)
+        return [
+            StoreChuteRecord(row.name, row.project, row.created_at, tuple(found[row.name]))
+            for row in rows
+        ], count
+
+    async def get_chute_version(
+        self, name: str, version: str
+    ) -> tuple[ChuteVersionRecord, str] | None:
+        if _unstorable(name, version):
+            return None
+        names, versions = tables.store_chutes, tables.store_chute_versions
+        query = (
+            select(versions, names.c.project)
+            .join(names, names.c.name == versions.c.name)
+            .where(versions.c.name == name, versions.c.version == version, ~versions.c.deleted)
+        )
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (_chute_version(row, row.project), row.doc)
+
+    async def delete_chute_version(self, name: str, version: str) -> bool:
+        if _unstorable(name, version):
+            return False
+        versions = tables.store_chute_versions
+        query = (
+            versions.update()
+            .where(versions.c.name == name, versions.c.version == version, ~versions.c.deleted)
+            .values(deleted=True, doc="")
+        )
+        async with self._writing() as conn:
+            result = await conn.execute(query)
+        return result.rowcount > 0
 
     # applications
 

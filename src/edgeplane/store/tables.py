@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -20,10 +21,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
 
+#: Names compare by code point on both backends (SQLite's default ``BINARY``; PostgreSQL's
+#: ``"C"``, whatever the database's collation), so a name prefix is one index range
+#: (``edgeplane.model.listing.prefix_end``).
+CodePointString = String().with_variant(String(collation="C"), "postgresql")
+
+#: The list filters (``GET /tasks``) each have an index that also gives the list order
+#: (``created_at``, ``id``), so a page of 50 newest failed tasks reads 50 index entries.
 tasks = Table(
     "tasks",
     metadata,
@@ -34,10 +43,14 @@ tasks = Table(
     Column("project", String, nullable=False, server_default="default"),
     Column("created_at", Float, nullable=False),
     Column("priority", Integer, nullable=False),
+    Column("name", CodePointString, nullable=False, server_default=""),
+    Column("worker_id", String, nullable=True),
     Column("doc", Text, nullable=False),
-    Index("ix_tasks_state", "state"),
-    Index("ix_tasks_job_id", "job_id"),
-    Index("ix_tasks_workflow_id", "workflow_id"),
+    Index("ix_tasks_state", "state", "created_at", "id"),
+    Index("ix_tasks_name", "name", "created_at", "id"),
+    Index("ix_tasks_worker_id", "worker_id", "created_at", "id"),
+    Index("ix_tasks_job_id", "job_id", "created_at", "id"),
+    Index("ix_tasks_workflow_id", "workflow_id", "created_at", "id"),
     Index("ix_tasks_created_at", "created_at", "id"),
     Index("ix_tasks_priority", "priority"),
     Index("ix_tasks_project", "project", "created_at", "id"),
@@ -179,4 +192,29 @@ leases = Table(
     Column("term", Integer, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("url", String, nullable=False, server_default=""),
+)
+
+#: The chute store (docs/chutes.md): a name belongs to one project, its first version's
+store_chutes = Table(
+    "store_chutes",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("project", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_store_chutes_project", "project", "name"),
+)
+
+#: Its versions, written once: ``doc`` is the manifest's canonical JSON (empty once the
+#: version is deleted, when ``digest`` is all that is kept of it)
+store_chute_versions = Table(
+    "store_chute_versions",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("version", String, primary_key=True),
+    Column("digest", String, nullable=False),
+    Column("description", String, nullable=False, server_default=""),
+    Column("published_at", Float, nullable=False),
+    Column("published_by", String, nullable=False),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("doc", Text, nullable=False),
 )

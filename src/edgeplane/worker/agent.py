@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from pydantic import BaseModel
@@ -35,13 +35,18 @@ from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
 from edgeplane.model.monitoring import Monitoring
+from edgeplane.model.service import Endpoint
 from edgeplane.protocol import (
+    AckChuteEvents,
     AckEvents,
     Alive,
     Assignment,
+    ChuteEvents,
+    ChuteLogs,
     ChuteRequest,
     ChuteResponse,
     EventOutbox,
+    FollowChuteLogs,
     FollowLogs,
     Hello,
     LogChunks,
@@ -63,11 +68,11 @@ from edgeplane.protocol import (
 from edgeplane.protocol.messages import HELD_ARTIFACTS
 from edgeplane.protocol.terms import TermGate
 from edgeplane.protocol.topics import check_segment
-from edgeplane.runtimes import Handle, HostRuntime, Outcome, RunSpec, Runtime
+from edgeplane.runtimes import ContainerRuntime, Handle, HostRuntime, Outcome, RunSpec, Runtime
 from edgeplane.runtimes.spec import LOCAL_FIELDS
 from edgeplane.telemetry import Histogram
 from edgeplane.transport import MqttLink, Will, unique_client_id
-from edgeplane.worker import capabilities, recovery
+from edgeplane.worker import capabilities, health, held, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
 from edgeplane.worker.tails import Tails
@@ -77,6 +82,29 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 #: answers one chute call from afar: (HTTP status, JSON body)
 ChuteHandler = Callable[[ChuteRequest], Awaitable[tuple[int, Any]]]
+
+
+class ChuteEventSource(Protocol):
+    """The node's undelivered chute events (``chutes/events.py``'s ``EventLog``)."""
+
+    #: set when there is something new to send
+    changed: asyncio.Event
+
+    def batch(self, worker_id: str) -> ChuteEvents | None: ...
+
+    async def ack(self, stream: str, seq: int) -> int: ...
+
+
+class ChuteLogSource(Protocol):
+    """Chute output followed from afar (``chutes/remote.py``'s ``RemoteLogs``)."""
+
+    def __call__(self, ask: FollowChuteLogs) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: Seconds a chute event waits for others to be sent with it.
+CHUTE_EVENT_WINDOW_S = 0.05
 _SEEN_LIMIT = 100_000
 _MEMORY_ARTIFACTS = 64
 #: Concurrent tasks per CPU by default: short wasm calls queue cheaply in the runtime.
@@ -252,6 +280,9 @@ class WorkerOptions:
     artifact_cache_bytes: int = DEFAULT_CACHE_BYTES
     #: seconds a fetch from the proxy waits for a chunk before asking again
     artifact_retry_s: float = 5.0
+    #: the address its tasks' published ports are reached at (empty: its first
+    #: reachable address, see ``capabilities.address``)
+    advertise_address: str = ""
 
 
 class WorkerAgent:
@@ -312,6 +343,11 @@ class WorkerAgent:
         #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
         #: on a worker without the Edge API
         self.chutes: ChuteHandler | None = None
+        #: the node's chute events, delivered to the manager until acked; None on a
+        #: worker without the Edge API
+        self.chute_events: ChuteEventSource | None = None
+        #: chute output followed from afar (None: no chutes here)
+        self.chute_logs: ChuteLogSource | None = None
         self._chute_calls: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
@@ -322,6 +358,8 @@ class WorkerAgent:
             node_interval_s=options.metrics_interval_s,
         )
         self.tails = Tails(self._send_logs, self.clock)
+        #: where this worker's published ports are reached (found at the first use)
+        self._address = options.advertise_address
         self.link = MqttLink(
             options.broker_url,
             client_id=unique_client_id(
@@ -353,6 +391,12 @@ class WorkerAgent:
             asyncio.create_task(self.events.run(), name=f"worker-{self.id}-events"),
             asyncio.create_task(self.monitor.run(), name=f"worker-{self.id}-monitor"),
         ]
+        if self.chute_events is not None:
+            self._loops.append(
+                asyncio.create_task(
+                    self._chute_events_loop(self.chute_events), name=f"worker-{self.id}-chutes"
+                )
+            )
 
     async def stop(self) -> None:
         """Leave: the manager sees us offline and re-places our tasks (no "cancelled")."""
@@ -370,6 +414,8 @@ class WorkerAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        if self.chute_logs is not None:
+            await self.chute_logs.close()
         await self.tails.close()
         await self.fetcher.close()
         await self.link.stop()
@@ -392,6 +438,17 @@ class WorkerAgent:
             host_user=host.user.name if isinstance(host, HostRuntime) else None,
         )
 
+    def held_artifacts(self) -> list[str]:
+        """The digests of the modules and container images it holds, most recently used
+        first and bounded (worker/held.py): the scheduler prefers it for tasks naming one."""
+        container = self.runtimes.get("container")
+        images = (
+            container.puller.recent(HELD_ARTIFACTS)
+            if isinstance(container, ContainerRuntime)
+            else []
+        )
+        return held.report(self.artifacts.blobs.recent(HELD_ARTIFACTS), images)
+
     def _active(self) -> list[str]:
         return list({*self._runs, *self.events.unacked_tasks()})
 
@@ -403,7 +460,7 @@ class WorkerAgent:
             active=self._active(),
             epoch=self._epoch,
             seq=self._seq,
-            artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
+            artifacts=self.held_artifacts(),
         )
         await self.link.publish(self.topics.hello(self.id), encode("hello", hello))
 
@@ -475,8 +532,19 @@ class WorkerAgent:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()
                 self.events.resend()
+                if self.chute_events is not None:  # what the node kept while cut off
+                    self.chute_events.changed.set()
         elif isinstance(body, Reregister):
             await self._send_hello()
+        elif isinstance(body, AckChuteEvents):
+            if self.chute_events is not None:
+                await self.chute_events.ack(body.stream, body.seq)
+        elif isinstance(body, FollowChuteLogs):
+            if self.chute_logs is not None:
+                self.chute_logs(body)
+            elif body.follow_s > 0:
+                end = ChuteLogs(id=body.id, end=True, reason=f"worker {self.id} serves no chutes")
+                await self.send_chute_logs(end)
         elif isinstance(body, ChuteRequest):
             # off the message loop: a call may wait on the node's change queue
             call = asyncio.create_task(self._answer_chute(body), name=f"chute-{body.id}")
@@ -653,6 +721,8 @@ class WorkerAgent:
                 if ended is not None:
                     return ended
             assert run.runtime is not None and run.handle is not None
+            if spec.healthcheck is not None:
+                return await self._wait_checked(run, started)
             return await run.runtime.wait(run.handle)
         except asyncio.CancelledError:
             return Outcome(state="cancelled", error="stopped")
@@ -719,9 +789,8 @@ class WorkerAgent:
         if latency is None:
             latency = self.stats.start_latency[spec.runtime] = Histogram()
         latency.observe(time.perf_counter() - began)
-        self.events.emit(
-            TaskEvent(task_id=spec.task_id, attempt=spec.attempt, state="running", ts=started)
-        )
+        if spec.healthcheck is None:  # else once its check passes (_wait_checked)
+            self._report_running(run, started)
         if run.monitoring is not None:
             handle = run.handle  # (bound now: the lambda must not see a later attempt's)
             self.monitor.watch(
@@ -730,6 +799,78 @@ class WorkerAgent:
         if run.stopped:
             await runtime.stop(run.handle)
         return None
+
+    def _report_running(self, run: _Run, started: float) -> None:
+        spec = run.spec
+        event = TaskEvent(
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            state="running",
+            ts=started,
+            endpoints=self._endpoints(run.handle),
+        )
+        self.events.emit(event)
+
+    def _endpoints(self, handle: Handle | None) -> list[Endpoint]:
+        """Where the attempt's published ports are reached: this worker's address and
+        the host ports its runtime picked (``ports`` in the handle's state)."""
+        if handle is None:
+            return []
+        ports = handle.state.get("ports") or []
+        if not ports:
+            return []
+        if not self._address:
+            self._address = capabilities.address()
+        try:
+            return [Endpoint.model_validate({**p, "address": self._address}) for p in ports]
+        except (ValueError, TypeError):  # a state an older version wrote: nothing to show
+            log.warning("unreadable published ports", extra={"task_id": handle.task_id})
+            return []
+
+    async def _wait_checked(self, run: _Run, started: float) -> Outcome:
+        """Wait for an attempt with a health check: reported running once it passes,
+        stopped and ``failed`` (reason ``unhealthy``) once it is unhealthy
+        (``health.py``)."""
+        runtime, handle, check = run.runtime, run.handle, run.spec.healthcheck
+        assert runtime is not None and handle is not None and check is not None
+        ended = asyncio.ensure_future(runtime.wait(handle))
+        watcher = asyncio.ensure_future(
+            health.watch(
+                lambda: runtime.probe(handle, check),
+                check,
+                lambda: self.clock.now() - started,
+                lambda: self._report_running(run, started),
+            )
+        )
+        try:
+            await asyncio.wait({ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ended.cancel()  # (only the wait: the attempt's outcome is shielded)
+            watcher.cancel()
+            raise
+        if not watcher.done():  # it ended on its own: its outcome stands
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            return await ended
+        failure = watcher.exception()
+        if failure is not None:  # a probe's bug must not end the task: it runs unchecked
+            log.error("health check failed to run", exc_info=failure)
+            return await ended
+        why = f"{check.describe()}: {watcher.result()}"
+        log.warning("task unhealthy: stopping it", extra={"task_id": handle.task_id, "why": why})
+        await runtime.stop(handle)
+        outcome = await ended
+        if run.stopped:  # stopped meanwhile for another reason: cancelled as asked
+            return outcome
+        return Outcome(
+            state="failed",
+            error=f"{health.UNHEALTHY}: {why}",
+            reason=health.UNHEALTHY,
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+        )
 
     async def _keep_final(self, run: _Run, event: TaskEvent) -> None:
         """Write the final event into the attempt's handle record (until the manager acks
@@ -820,6 +961,30 @@ class WorkerAgent:
             run.job.cancel()
 
     # ------------------------------------------------------------------ events
+    async def _chute_events_loop(self, source: ChuteEventSource) -> None:
+        """Send the chute events the node holds, oldest first: at once when there are new
+        ones, and again every heartbeat until the manager acks them (it applies each once,
+        so a repeat is harmless). Nothing while the link is down: they wait on the node."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(source.changed.wait(), self.heartbeat_s)
+            await asyncio.sleep(CHUTE_EVENT_WINDOW_S)  # the rest of a burst goes along
+            source.changed.clear()
+            if not self.link.connected.is_set():
+                continue
+            batch = source.batch(self.id)
+            if batch is not None:
+                try:
+                    await self._publish(self.topics.events(self.id), "chute.events", batch)
+                except Exception as exc:  # kept on the node: sent again
+                    log.warning("chute events not sent", extra={"error": str(exc)})
+
+    async def send_chute_logs(self, logs: ChuteLogs) -> None:
+        """A followed chute's output; dropped while the link is down (the follower's
+        manager ends the follow then)."""
+        if self.link.connected.is_set():
+            await self._publish(self.topics.events(self.id), "chute.logs", logs)
+
     async def _send_logs(self, chunks: LogChunks) -> None:
         await self._publish(self.topics.events(self.id), "task.logs", chunks)
 
@@ -839,7 +1004,7 @@ class WorkerAgent:
                 epoch=self._epoch,
                 seq=self._seq,
                 # what it holds, so the scheduler can prefer it for tasks needing those
-                artifacts=self.artifacts.blobs.recent(HELD_ARTIFACTS),
+                artifacts=self.held_artifacts(),
             )
             # QoS 0: a lost heartbeat costs nothing (3 must be missed), and with 10,000
             # workers the manager would otherwise send 2,000 PUBACKs a second.

@@ -140,6 +140,25 @@ def reachable(addresses: Iterable[str]) -> list[str]:
     return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, ip.packed))]
 
 
+#: an address no one answers at (TEST-NET-3): the route to it is the default route
+_FAR = ("203.0.113.1", 9)
+
+
+def address() -> str:
+    """The address other machines reach this one at: the one its default route leaves
+    from (a UDP socket "connected" there sends nothing), else its first reachable address
+    (IPv4 first, see :func:`reachable`), else ``127.0.0.1`` (loopback only). Not the
+    first address in numeric order: that may be a bridge of its own (the chute bridge's
+    ``10.77.0.1``) or a container engine's."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(_FAR)
+        found = reachable([probe.getsockname()[0]])
+        if found:
+            return found[0]
+    addresses = _addresses()
+    return addresses[0] if addresses else "127.0.0.1"
+
+
 def _addresses() -> list[str]:
     families = (socket.AF_INET, socket.AF_INET6)
     return reachable(

@@ -9,7 +9,8 @@ const PAGE = 50;
 const TASK_STATES = ["pending", "scheduled", "running", "completed", "failed", "skipped",
   "cancelled"];
 const KNOWN = new Set([...TASK_STATES, "online", "offline", "draining", "deploying",
-  "degraded", "deleting"]);
+  "degraded", "deleting", "active", "paused", "installing", "stopped", "unhealthy", "queued",
+  "done", "rolled_back", "open", "closed"]);
 /** Completions counted per bucket of the throughput sparkline, over the last 5 minutes. */
 const BUCKET_MS = 5000;
 const BUCKETS = 60;
@@ -112,7 +113,9 @@ function table(headers, rows, ids) {
 function mono(text) { return el("span", "mono", text ?? ""); }
 function time(epoch) { return epoch ? new Date(epoch * 1000).toLocaleString() : ""; }
 function section(title, ...children) {
-  return el("section", null, el("h2", null, ...[].concat(title)), ...children);
+  // each part of a title its own element, so the heading's gap parts them
+  const parts = [].concat(title).map((t) => (t instanceof Node ? t : el("span", null, t)));
+  return el("section", null, el("h2", null, ...parts), ...children);
 }
 function pager(page, total, go) {
   const pages = Math.max(1, Math.ceil(total / PAGE));
@@ -146,6 +149,8 @@ function logout(message) {
   localStorage.removeItem(TOKEN_KEY);
   if (stream) { stream.abort(); stream = null; }
   if (bus) { bus.close(); bus = null; }
+  if (current && current.close) current.close();
+  current = null;
   showLogin(message);
 }
 
@@ -192,13 +197,48 @@ $("password-form").addEventListener("submit", async (event) => {
 $("logout").addEventListener("click", () => logout());
 
 // ---------------------------------------------------------------- live events
+/** Read a Server-Sent Events stream with fetch, so the token goes in the Authorization
+ *  header and never in a URL: `onEvent(name, data)` per frame (data lines joined by
+ *  newlines), `onOpen()` once it answers; resolves when the stream ends. */
+async function readEvents(path, signal, onEvent, onOpen) {
+  const response = await fetch(`${API}${path}`, {
+    headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
+    signal, cache: "no-store",
+  });
+  if (response.status === 401) throw new AuthError("the token was refused or expired");
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, detail);
+  }
+  if (onOpen) onOpen();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      let event = "message";
+      const data = [];
+      for (const line of buffer.slice(0, cut).split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      }
+      buffer = buffer.slice(cut + 2);
+      if (data.length) onEvent(event, data.join("\n"));  // none: a keepalive comment
+    }
+  }
+}
+
 // One event stream per browser for the dashboard's tabs that hold the same token. Over
 // HTTP/1.1 a browser opens at most 6 connections to a host and a stream holds one for
 // good, so with a stream per tab the 7th tab of a dashboard could not even load, and
 // from the 4th on the tabs' API calls queued behind the streams (bench/dashboard.py).
-// The tab holding a Web Lock reads the stream and hands each chunk of frames to the other
-// tabs on a BroadcastChannel; when it closes, a waiting tab takes the lock and opens the
-// stream, and every tab reads its page again (what happened meanwhile was not seen).
+// The tab holding a Web Lock reads the stream and hands its events to the other tabs on a
+// BroadcastChannel; when it closes, a waiting tab takes the lock and opens the stream,
+// and every tab reads its page again (what happened meanwhile was not seen).
 // Web Locks need a secure context (https, or localhost): elsewhere each tab reads its own.
 let bus = null;             // the BroadcastChannel of the shared stream, when shared
 
@@ -212,6 +252,7 @@ function streamName() {
   return `edgeplane.events.${(hash >>> 0).toString(16)}`;
 }
 
+/** Follow GET /events, this tab's own or shared (see above). */
 function connect() {
   if (stream) stream.abort();
   if (bus) { bus.close(); bus = null; }
@@ -237,7 +278,7 @@ function connect() {
       $("status").textContent = data.status;
       if (data.fresh) reload(0);
     }
-    if (data.frames) for (const frame of data.frames) dispatch(frame);
+    if (data.events) for (const [event, payload] of data.events) dispatch(event, payload);
   };
   channel.postMessage({ ask: true });
   navigator.locks.request(name, { signal: controller.signal }, async () => {
@@ -246,18 +287,33 @@ function connect() {
   }).catch(() => { /* aborted while waiting: logged out, or connecting anew */ });
 }
 
-/** Read the stream while this tab keeps it (``controller`` is the current one), telling
- * the other tabs (``channel``); after a drop (overflow, expiry, network) reconnect in 1 s.
- * ``takeover``: the stream was another tab's, so every tab reads its page again. */
+/** Read the stream while this tab keeps it (``controller`` is the current one), passing
+ * its events to the other tabs (``channel``: those of one read go in one message); after
+ * a drop (overflow, expiry, network) reconnect in 1 s. ``takeover``: the stream was
+ * another tab's, so every tab reads its page again. */
 async function follow(controller, channel, takeover) {
   let fresh = takeover;
   while (stream === controller && token) {
-    const ended = await readStream(controller, () => announce(channel, "live", fresh),
-      (frames) => {
-        for (const frame of frames) dispatch(frame);
-        if (channel) channel.postMessage({ frames });
-      });
-    if (ended === "refused") { logout("the token was refused or expired"); return; }
+    let batch = null;
+    const pass = (event, data) => {
+      dispatch(event, data);
+      if (!channel) return;
+      if (!batch) {
+        batch = [];
+        queueMicrotask(() => {
+          if (stream === controller) channel.postMessage({ events: batch });
+          batch = null;
+        });
+      }
+      batch.push([event, data]);
+    };
+    try {
+      await readEvents("/events", controller.signal, pass,
+        () => announce(channel, "live", fresh));
+    } catch (err) {
+      if (controller.signal.aborted) return;
+      if (err instanceof AuthError) { logout(err.message); return; }
+    }
     if (stream !== controller || !token) return;
     announce(channel, "reconnecting", false);
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -271,43 +327,8 @@ function announce(channel, status, fresh) {
   if (channel) channel.postMessage({ status, fresh });
 }
 
-/** One connection of the stream: "refused" (401), else "ended" once it ends. */
-async function readStream(controller, opened, deliver) {
-  try {
-    const response = await fetch(`${API}/events`, {
-      headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
-      signal: controller.signal, cache: "no-store",
-    });
-    if (response.status === 401) return "refused";
-    if (!response.ok) throw new ApiError(response.status, response.statusText);
-    opened();
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      const frames = [];
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        frames.push(buffer.slice(0, cut));
-        buffer = buffer.slice(cut + 2);
-      }
-      if (frames.length) deliver(frames);
-    }
-  } catch (_) { /* aborted, or the connection dropped */ }
-  return "ended";
-}
-
-function dispatch(frame) {
-  let event = "message";
-  const data = [];
-  for (const line of frame.split("\n")) {
-    if (line.startsWith("event:")) event = line.slice(6).trim();
-    else if (line.startsWith("data:")) data.push(line.slice(5).trim());
-  }
-  if (data.length === 0) return;  // a keepalive comment
-  const doc = JSON.parse(data.join("\n"));
+function dispatch(event, data) {
+  const doc = JSON.parse(data);
   if (event === "task" && doc.state === "completed") countCompletion();
   if (current && current.refresh) current.refresh(event, doc);
 }
@@ -336,7 +357,7 @@ function reload(delay = 300) {
 // ---------------------------------------------------------------- routing
 const VIEWS = {
   overview, workers, tasks, task, workflows: (a) => runs("workflow", a),
-  jobs: (a) => runs("job", a), run, schedules, applications,
+  jobs: (a) => runs("job", a), run, schedules, applications, chutes, chute, store, fl,
 };
 
 async function route() {
@@ -346,6 +367,7 @@ async function route() {
   for (const a of document.querySelectorAll("nav a")) {
     a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
   }
+  if (current && current.close) current.close();  // its own streams and timers end with it
   current = make(decodeURIComponent(rest.join("/")));
   try { await current.render(); } catch (err) { failed(err); }
 }
@@ -366,7 +388,7 @@ function overview() {
           if (err instanceof ApiError && err.status === 404) return null;  // a root
           throw err;
         }),
-        newestPage("/tasks", 0, { state: "failed" }, 10),
+        api("/tasks", { params: { state: "failed", order: "newest", limit: 10 } }),
         ...TASK_STATES.map((s) => api("/tasks", { params: { state: s, limit: 1 } })),
       ]);
       const online = workersPage ? workersPage.items.filter((w) => w.state !== "offline") : [];
@@ -446,49 +468,56 @@ function drainButton(w) {
 }
 
 // ---------------------------------------------------------------- tasks
+/** The tasks page: the API filters (state, name prefix, worker, workflow) and pages the
+ *  whole store, newest first, by cursor; nothing is filtered here. */
 function tasks(arg) {
   const initial = new URLSearchParams(arg || "");
   const filters = { state: initial.get("state") || "", workflow_id: initial.get("workflow") || "",
-    name: initial.get("name") || "", worker: initial.get("worker") || "" };
+    name: initial.get("name") || "", worker_id: initial.get("worker") || "" };
   let page = 0;
+  let cursors = [null];  // cursors[i]: where page i starts (null: the newest task)
   const stateSelect = el("select", null, el("option", null, ""),
     ...TASK_STATES.map((s) => el("option", null, s)));
   stateSelect.id = "filter-state";
   stateSelect.value = filters.state;
-  const inputs = Object.fromEntries(["workflow_id", "name", "worker"].map((k) => {
+  const placeholders = { workflow_id: "workflow id", name: "name starts with",
+    worker_id: "worker id" };
+  const inputs = Object.fromEntries(Object.keys(placeholders).map((k) => {
     const input = el("input");
-    input.placeholder = k.replace("_", " ");
+    input.placeholder = placeholders[k];
     input.value = filters[k];
-    input.id = `filter-${k}`;
+    input.id = `filter-${k.replace("_id", "")}`;
     return [k, input];
   }));
   const apply = el("button", null, "filter");
-  const form = el("form", "bar", stateSelect, inputs.workflow_id, inputs.name, inputs.worker,
+  apply.id = "filter-apply";
+  const form = el("form", "bar", stateSelect, inputs.name, inputs.worker_id, inputs.workflow_id,
     apply);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     filters.state = stateSelect.value;
     for (const k of Object.keys(inputs)) filters[k] = inputs[k].value.trim();
     page = 0;
-    view.render();
+    cursors = [null];
+    view.render().catch(failed);
   });
   const list = el("div");
+  const go = (p) => { page = p; view.render().catch(failed); };
   const view = {
     async render() {
-      const params = {};
-      if (filters.state) params.state = filters.state;
-      if (filters.workflow_id) params.workflow_id = filters.workflow_id;
-      const found = await newestPage("/tasks", page, params);
-      // name and worker narrow the page read (the API filters by state and workflow)
-      const shown = found.items.filter((t) =>
-        (!filters.name || (t.name || "").includes(filters.name)) &&
-        (!filters.worker || t.worker_id === filters.worker));
-      list.replaceChildren(
-        pager(page, found.total, (p) => { page = p; view.render(); }),
+      const params = { order: "newest", limit: PAGE };
+      for (const [k, v] of Object.entries(filters)) if (v) params[k] = v;
+      if (cursors[page]) params.cursor = cursors[page];
+      const found = await api("/tasks", { params });
+      cursors[page + 1] = found.next;
+      const nav = pager(page, found.total, go);
+      nav.querySelectorAll("button")[1].disabled = !found.next;
+      list.replaceChildren(nav,
         table(["id", "name", "runtime", "state", "worker", "attempt", "created"],
-          shown.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name, t.runtime,
+          found.items.map((t) => [link(`#task/${t.id}`, t.id.slice(0, 12)), t.name, t.runtime,
             badge(t.state), mono(t.worker_id), t.attempt, time(t.created_at)]),
-          shown.map((t) => t.id)));
+          found.items.map((t) => t.id)));
+      list.dataset.total = found.total;
       if (!list.isConnected) {
         mount(view, submitForm(), section("Tasks", form, list));
       }
@@ -497,7 +526,7 @@ function tasks(arg) {
       if (kind !== "task") return;
       const row = list.querySelector(`tr[data-id="${CSS.escape(doc.id)}"]`);
       if (row) row.cells[3].replaceChildren(badge(doc.state));
-      else reload(1000);  // a new task or one on another page: re-read the page, at most 1/s
+      else if (page === 0) reload(1000);  // perhaps a new task for this page: at most 1/s
     },
   };
   return view;
@@ -549,11 +578,13 @@ function task(id) {
       if (!t.started) actions.append(button("start", () => api(`${path}/start`, { method: "POST" })));
       if (!["completed", "failed", "skipped", "cancelled"].includes(t.state)) {
         actions.append(button("stop", () => api(`${path}/stop`, { method: "POST" })));
-      } else {
-        actions.append(button("retry (submit a copy)", async () => {
-          const copy = await api("/tasks", { method: "POST", body: retryBody(t) });
+      } else if (!t.workflow_id && !t.job_id) {  // a run's step is rerun with its run
+        const again = button("retry", async () => {
+          const copy = await api(`${path}/retry`, { method: "POST" });
           location.hash = `#task/${copy.id}`;
-        }));
+        });
+        again.dataset.action = "retry";
+        actions.append(again);
       }
       const state = badge(t.state);
       state.id = "task-state";
@@ -561,8 +592,11 @@ function task(id) {
         section(["Task", mono(t.id), state], actions, table(["field", "value"], [
           ["name", t.name], ["runtime", t.runtime], ["worker", mono(t.worker_id)],
           ["cluster", mono(t.cluster_id)], ["attempt", t.attempt],
+          ["endpoints", mono((t.endpoints || [])
+            .map((e) => `${e.address}:${e.host_port}->${e.port}/${e.protocol}`).join(" "))],
           ["workflow", t.workflow_id ? link(`#run/${t.workflow_id}`, t.workflow_id) : ""],
           ["job", t.job_id ? link(`#run/${t.job_id}`, t.job_id) : ""],
+          ["retry of", t.retry_of ? link(`#task/${t.retry_of}`, t.retry_of) : ""],
           ["created", time(t.created_at)], ["finished", time(t.finished_at)],
           ["reason", t.reason || ""], ["error", el("span", "wrap", t.error || "")],
         ])),
@@ -575,6 +609,7 @@ function task(id) {
       if (!view.ended) keepMetrics(view, `${path}/metrics`);
     },
     refresh(kind, doc) { if (kind === "task" && doc.id === id) reload(0); },
+    close() { clearTimeout(view.metricsTimer); },
   };
   return view;
 }
@@ -591,15 +626,6 @@ function keepMetrics(view, path) {
     if (current === view && shown) shown.replaceWith(fresh);
     keepMetrics(view, path);
   }, METRICS_MS);
-}
-
-function retryBody(t) {
-  const keep = ["name", "runtime", "mode", "export", "artifact", "image_url", "inputs",
-    "cli_args", "env", "command", "image", "limits", "retries", "priority", "constraints",
-    "metadata", "project"];
-  const body = { start: true };
-  for (const k of keep) if (t[k] !== null && t[k] !== undefined) body[k] = t[k];
-  return body;
 }
 
 /** A chart per value of a task's usage samples (docs/metrics.md). */
@@ -725,19 +751,32 @@ function schedules() {
       const found = await newestPage("/schedules", page);
       mount(view, section(["Schedules", el("span", "total", `(${found.total})`)],
         pager(page, found.total, (p) => { page = p; view.render(); }),
-        table(["id", "name", "kind", "cron", "timezone", "next run", "runs", ""],
-          found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
-            time(s.next_run), s.runs, button("delete", async () => {
-              if (!confirm(`Delete schedule ${s.name || s.id}?`)) return;
-              await api(`/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
-              reload(0);
-            })]), found.items.map((s) => s.id))));
+        table(["id", "name", "kind", "cron", "timezone", "catch up", "state", "next run", "runs",
+          ""],
+        found.items.map((s) => [mono(s.id), s.name, s.kind, mono(s.cron), s.timezone,
+          s.catch_up, badge(s.paused ? "paused" : "active"),
+          s.paused ? "" : time(s.next_run), s.runs,
+          el("span", null, pauseButton(s), button("delete", async () => {
+            if (!confirm(`Delete schedule ${s.name || s.id}?`)) return;
+            await api(`/schedules/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+            reload(0);
+          }))]), found.items.map((s) => s.id))));
     },
     refresh(kind, doc) {
       if (kind === "schedule" || (kind === "deleted" && doc.kind === "schedule")) reload();
     },
   };
   return view;
+}
+
+function pauseButton(s) {
+  const verb = s.paused ? "resume" : "pause";
+  const b = button(verb, async () => {
+    await api(`/schedules/${encodeURIComponent(s.id)}/${verb}`, { method: "POST" });
+    reload(0);
+  });
+  b.dataset.action = verb;
+  return b;
 }
 
 // ---------------------------------------------------------------- applications
@@ -751,7 +790,8 @@ function applications() {
         for (const s of a.services) {
           rows.push([a.name, badge(a.state), s.name, `${s.running} / ${s.replicas}`,
             el("span", null, ...s.instances.map((i) => el("span", "chip",
-              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}`)))]);
+              `${i.state} ${i.cluster_id || ""}${i.worker_id ? "/" + i.worker_id : ""}` +
+              (i.endpoints || []).map((e) => ` ${e.address}:${e.host_port}`).join(""))))]);
         }
       }
       mount(view, section(["Applications", el("span", "total", `(${found.total})`)],
@@ -763,6 +803,295 @@ function applications() {
     },
   };
   return view;
+}
+
+// ---------------------------------------------------------------- chutes
+const chutePath = (worker, name = "") => `/workers/${encodeURIComponent(worker)}/chutes` +
+  (name ? `/${encodeURIComponent(name)}` : "");
+const ENDED = new Set(["done", "failed", "rolled_back"]);
+
+/** Follow a chute change's steps on its stream into `box` until it ends; its end state. */
+async function followChange(worker, changeId, box, signal) {
+  let last = null;
+  box.dataset.change = changeId;
+  await readEvents(`/workers/${encodeURIComponent(worker)}/changes/${
+    encodeURIComponent(changeId)}/stream`, signal, (event, data) => {
+    const doc = JSON.parse(data);
+    if (event === "error") throw new Error(doc.detail);
+    last = doc;
+    const done = (doc.steps || []).filter((s) => s.state === "done").length;
+    box.replaceChildren(`${doc.kind} ${doc.chute}: `, badge(doc.state),
+      ` ${done} / ${(doc.steps || []).length} steps`, doc.error ? ` (${doc.error})` : "");
+    box.dataset.state = doc.state;
+  });
+  return last ? last.state : null;
+}
+
+/** A button that calls a chute route (202 with a change) and shows the change to its end. */
+function changeButton(text, worker, path, method, box, after) {
+  const b = button(text, async () => {
+    if (method === "DELETE" && !confirm(`Delete chute ${path.split("/").pop()}?`)) return;
+    const { change_id: changeId } = await api(path, { method });
+    await followChange(worker, changeId, box);
+    after();
+  });
+  b.dataset.action = text;
+  return b;
+}
+
+function chuteActions(worker, c, box, after) {
+  const path = chutePath(worker, c.name);
+  return el("span", null, ...["start", "stop", "restart"].map((verb) =>
+    changeButton(verb, worker, `${path}/${verb}`, "POST", box, after)),
+  changeButton("delete", worker, path, "DELETE", box, after));
+}
+
+function services(c) {
+  return el("span", null, ...(c.services || []).map((s) => el("span", "chip",
+    `${s.name} ${s.state}${s.state === "running" && s.healthy === false ? " unhealthy" : ""}` +
+    (s.address ? ` ${s.address}` : "") +
+    (s.ports || []).map((p) => ` ${p.host}→${p.chute}/${p.protocol || "tcp"}`).join(""))));
+}
+const sourceOf = (c) => (c.source && c.source.store ? c.source.store : "");
+
+/** Chutes of each worker of the page: live ones from the worker, others as last reported
+ *  (stale). Read again when a worker's state or chute report changes on the stream. */
+function chutes() {
+  let page = 0;
+  const seen = new Map();  // worker id → what of it the page shows (state, chute report)
+  const mark = (w) => `${w.state}|${w.chutes?.stream}|${w.chutes?.seq}`;
+  const progress = el("p", "dim");
+  progress.id = "chute-change";
+  const view = {
+    async render() {
+      const found = await api("/workers", { params: { limit: PAGE, offset: page * PAGE } });
+      const lists = await Promise.all(found.items.map((w) =>
+        api(chutePath(w.id)).catch((err) => err)));
+      const parts = found.items.map((w, i) => {
+        seen.set(w.id, mark(w));
+        const list = lists[i];
+        const title = [mono(w.id), badge(w.state)];
+        if (list instanceof ApiError && list.status === 501) return null;  // serves no chutes
+        if (list instanceof Error) return section(title, el("p", "error", list.message));
+        const stale = list.find((c) => c.stale);
+        const part = section(title, stale ? el("p", "note stale",
+          `cannot be reached: its chutes as last reported at ${time(stale.reported_at)}; ` +
+          `last contact ${time(stale.last_contact)}`) : null,
+        table(["chute", "state", "version", "services", "store", ""], list.map((c) => [
+          link(`#chute/${encodeURIComponent(w.id)}/${encodeURIComponent(c.name)}`, c.name),
+          badge(c.state), c.version, services(c), sourceOf(c),
+          c.stale ? "" : chuteActions(w.id, c, progress, () => reload(0))]),
+        list.map((c) => `${w.id}/${c.name}`)));
+        part.dataset.worker = w.id;
+        return part;
+      }).filter(Boolean);
+      mount(view, section(["Chutes", el("span", "total", `(${found.total} workers)`)],
+        pager(page, found.total, (p) => { page = p; view.render().catch(failed); }), progress),
+      ...(parts.length ? parts : [el("p", "empty", "no worker on this page serves chutes")]));
+    },
+    refresh(kind, doc) {
+      if (kind === "worker" && seen.has(doc.id) && seen.get(doc.id) !== mark(doc)) reload(1000);
+    },
+  };
+  return view;
+}
+
+/** A chute's detail and its logs, followed live until the page is left. */
+function chute(arg) {
+  const cut = arg.lastIndexOf("/");
+  const worker = arg.slice(0, cut), name = arg.slice(cut + 1);
+  const logs = el("pre");
+  logs.id = "chute-logs";
+  const progress = el("p", "dim");
+  progress.id = "chute-change";
+  let following = null;  // { service, controller }
+  const follow = (service) => {
+    if (following && following.service === service) return;
+    if (following) following.controller.abort();
+    following = { service, controller: new AbortController() };
+    const { signal } = following.controller;
+    logs.replaceChildren();
+    const add = (text) => { logs.append(text); logs.scrollTop = logs.scrollHeight; };
+    const params = new URLSearchParams({ follow: "true", ...(service ? { service } : {}) });
+    readEvents(`${chutePath(worker, name)}/logs?${params}`, signal, (event, data) => {
+      if (event === "log") add(data);
+      else if (event === "gap") add(`\n[${JSON.parse(data).lost} chunks lost: reading too slowly]\n`);
+      else if (event === "end") add(`\n[${JSON.parse(data).reason}]\n`);
+    }).catch((err) => { if (!signal.aborted) add(`\n[${err.message}]\n`); });
+  };
+  const view = {
+    async render() {
+      const c = await api(chutePath(worker, name));
+      const state = badge(c.state);
+      state.id = "chute-state";
+      const pick = el("select", null, ...(c.services || []).map((s) => el("option", null, s.name)));
+      pick.value = following ? following.service : pick.value;
+      pick.addEventListener("change", () => follow(pick.value));
+      mount(view, section(["Chute", name, "on", mono(worker), state],
+        c.stale ? el("p", "note stale", `cannot be reached: as last reported at ${
+          time(c.reported_at)}; last contact ${time(c.last_contact)}`) : null,
+        el("div", "bar", c.stale ? null : chuteActions(worker, c, progress, () => reload(0)),
+          progress),
+        table(["field", "value"], [["version", c.version], ["store", sourceOf(c)],
+          ["store digest", mono(c.source?.digest || "")], ["last change", mono(c.change_id)],
+          ["web", c.web ? `${c.web.service}:${c.web.port}` : ""]]),
+        table(["service", "state", "healthy", "address", "ports", "restarts"],
+          (c.services || []).map((s) => [s.name, badge(s.state), String(s.healthy ?? ""),
+            mono(s.address || ""), mono((s.ports || []).map((p) =>
+              `${p.host}→${p.chute}/${p.protocol || "tcp"}`).join(" ")), s.health_restarts ?? ""]))),
+      section(["Logs", pick], logs));
+      if (!c.stale && c.services && c.services.length) follow(pick.value);
+    },
+    refresh(kind, doc) { if (kind === "worker" && doc.id === worker) reload(1000); },
+    close() { if (following) following.controller.abort(); },
+  };
+  return view;
+}
+
+// ---------------------------------------------------------------- chute store
+/** The store's chutes; `#store/NAME`: its versions and an install on a worker. */
+function store(name) {
+  let page = 0;
+  const view = {
+    async render() {
+      const found = await api("/store/chutes", { params: { limit: PAGE, offset: page * PAGE } });
+      const parts = [section(["Chute store", el("span", "total", `(${found.total})`)],
+        pager(page, found.total, (p) => { page = p; view.render().catch(failed); }),
+        table(["chute", "project", "latest", "versions", "description", "updated"],
+          found.items.map((c) => [link(`#store/${encodeURIComponent(c.name)}`, c.name), c.project,
+            c.latest, c.versions, el("span", "wrap", c.description || ""), time(c.updated_at)]),
+          found.items.map((c) => c.name)))];
+      if (name) parts.push(await storeChute(name));
+      mount(view, ...parts);
+    },
+  };
+  return view;
+}
+
+async function storeChute(name) {
+  const [c, online] = await Promise.all([
+    api(`/store/chutes/${encodeURIComponent(name)}`),
+    api("/workers", { params: { limit: 1000 } }).catch(() => ({ items: [] })),
+  ]);
+  const version = el("select", null, ...c.versions.map((v) => el("option", null, v.version)));
+  version.id = "install-version";
+  const worker = el("select", null, ...online.items.filter((w) => w.state === "online")
+    .map((w) => el("option", null, w.id)));
+  worker.id = "install-worker";
+  const progress = el("span", "dim");
+  progress.id = "install-change";
+  const go = button("install on worker", async () => {
+    const ref = `${name}@${version.value}`;
+    const { change_id: changeId } = await api(chutePath(worker.value), { method: "POST",
+      body: { store: ref } });
+    const ended = await followChange(worker.value, changeId, progress);
+    if (ended === "done") {
+      progress.append(" ", link(`#chute/${encodeURIComponent(worker.value)}/${
+        encodeURIComponent(name)}`, "open it"));
+    }
+  });
+  go.id = "install";
+  return section(["Chute", c.name, el("span", "total", `latest ${c.latest}`)],
+    el("p", "wrap", c.description || ""),
+    table(["version", "digest", "published", "by"], c.versions.map((v) => [v.version,
+      mono(v.digest), time(v.published_at), v.published_by || ""]), c.versions.map((v) => v.version)),
+    el("div", "bar", version, worker, go, progress));
+}
+
+// ---------------------------------------------------------------- federated learning
+const FL_POLL_MS = 2000;
+
+/** Experiments (no events on the stream for them: read again every 2 s while shown and
+ *  one is running); `#fl/ID`: its rounds and the accuracy and loss chart. */
+function fl(id) {
+  let page = 0;
+  let timer = null;
+  const view = {
+    async render() {
+      clearTimeout(timer);
+      const found = id ? null : await newestPage("/fl/experiments", page);
+      const one = id ? await api(`/fl/experiments/${encodeURIComponent(id)}`) : null;
+      const running = (one ? [one] : found.items).some((e) => e.state === "running");
+      if (one) mount(view, ...experiment(one));
+      else {
+        mount(view, section(["Experiments", el("span", "total", `(${found.total})`)],
+          pager(page, found.total, (p) => { page = p; view.render().catch(failed); }),
+          table(["id", "name", "state", "round", "model", "accuracy", "loss", "created"],
+            found.items.map((e) => {
+              const m = lastMetrics(e);
+              return [link(`#fl/${e.id}`, e.id.slice(0, 12)), e.name, badge(e.state),
+                `${e.round} / ${e.spec.rounds}`, `v${e.model_version}`, fixed(m.accuracy),
+                fixed(m.loss), time(e.created_at)];
+            }), found.items.map((e) => e.id))));
+      }
+      if (running && current === view) timer = setTimeout(() => reload(0), FL_POLL_MS);
+    },
+    close() { clearTimeout(timer); },
+  };
+  return view;
+}
+
+const fixed = (v) => (typeof v === "number" ? v.toFixed(3) : "");
+/** The metrics of each closed round (its last attempt), in round order. */
+function closedRounds(e) {
+  const byRound = new Map();
+  for (const r of e.rounds) if (r.metrics && Object.keys(r.metrics).length) byRound.set(r.round, r);
+  return [...byRound.values()].sort((a, b) => a.round - b.round);
+}
+function lastMetrics(e) { const rounds = closedRounds(e); return rounds.length ? rounds.at(-1).metrics : {}; }
+
+function experiment(e) {
+  const state = badge(e.state);
+  state.id = "fl-state";
+  const actions = el("div", "bar");
+  if (e.state === "running") {
+    actions.append(button("stop", async () => {
+      await api(`/fl/experiments/${encodeURIComponent(e.id)}/stop`, { method: "POST" });
+      reload(0);
+    }));
+  }
+  return [section(["Experiment", e.name, mono(e.id), state], actions,
+    table(["field", "value"], [["round", `${e.round} / ${e.spec.rounds}`],
+      ["model version", e.model_version], ["strategy", e.spec.strategy],
+      ["clients per round", `${e.spec.clients_per_round} (at least ${e.spec.min_clients})`],
+      ["reason", e.reason || ""], ["created", time(e.created_at)]])),
+  section("Accuracy and loss per round", chart(closedRounds(e))),
+  section("Rounds", table(["round", "attempt", "state", "clients", "updates", "rejected",
+    "accuracy", "loss", "clients' accuracy"], e.rounds.map((r) => [r.round, r.attempt,
+    badge(r.state), r.clients.length, r.updates,
+    Object.entries(r.rejected || {}).map(([k, v]) => `${k} ${v}`).join(", "),
+    fixed(r.metrics.accuracy), fixed(r.metrics.loss), fixed(r.client_metrics.accuracy)])))];
+}
+
+/** Accuracy (0–1, left scale) and loss (0–its max, right scale) per round, as SVG. */
+function chart(rounds) {
+  if (!rounds.length) return el("p", "empty", "no round has closed yet");
+  const W = 480, H = 180, L = 40, R = 40, T = 10, B = 24;
+  const maxLoss = Math.max(1e-9, ...rounds.map((r) => r.metrics.loss ?? 0));
+  const x = (i) => L + (rounds.length === 1 ? (W - L - R) / 2 : i * (W - L - R) / (rounds.length - 1));
+  const y = (v, max) => T + (H - T - B) * (1 - v / max);
+  const series = (key, max) => {
+    const points = rounds.map((r, i) => [r, i]).filter(([r]) => typeof r.metrics[key] === "number");
+    return svg("g", { class: `series ${key}` },
+      svg("polyline", { points: points.map(([r, i]) => `${x(i)},${y(r.metrics[key], max)}`).join(" ") }),
+      ...points.map(([r, i]) => {
+        const dot = svg("circle", { cx: x(i), cy: y(r.metrics[key], max), r: 3 },
+          svg("title", {}, `round ${r.round} ${key} ${fixed(r.metrics[key])}`));
+        dot.dataset.round = r.round;
+        dot.dataset.value = r.metrics[key];
+        return dot;
+      }));
+  };
+  const label = (attrs, text) => svg("text", attrs, text);
+  return el("div", null, svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}` },
+    svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B }),
+    label({ x: L - 4, y: T + 8, "text-anchor": "end" }, "1"),
+    label({ x: L - 4, y: H - B, "text-anchor": "end" }, "0"),
+    label({ x: W - R + 4, y: T + 8 }, maxLoss.toFixed(2)),
+    ...rounds.map((r, i) => label({ x: x(i), y: H - 6, "text-anchor": "middle" }, r.round)),
+    series("accuracy", 1), series("loss", maxLoss)),
+  el("div", "bar", el("span", "key accuracy", "accuracy (left, 0–1)"),
+    el("span", "key loss", `loss (right, 0–${maxLoss.toFixed(2)})`), el("span", "dim", "round →")));
 }
 
 // ---------------------------------------------------------------- start
