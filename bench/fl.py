@@ -81,6 +81,7 @@ from bench.spine import (
     free_port,
     join_token,
     machine,
+    machine_line,
     online,
     process,
     wait_ready,
@@ -652,12 +653,7 @@ def render(report: Report, console: Console) -> None:
             console.print(f"  runs: {command}")
         for note in run.notes:
             console.print(f"  note: {note}")
-    m = report.machine
-    console.print(
-        f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"
-        f", load average (1 min) {m['loadavg_1m_at_start']} at start,"
-        f" {m.get('loadavg_1m_at_end', '?')} at end; edgeplane {m['edgeplane']}"
-    )
+    console.print(machine_line(report.machine))
     console.print(f"command: {report.command}")
 
 

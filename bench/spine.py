@@ -485,6 +485,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine a run measured, as the benches print it under their tables."""
+    return (
+        f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"
+        f", load average (1 min) {m['loadavg_1m_at_start']} at start,"
+        f" {m.get('loadavg_1m_at_end', '?')} at end; edgeplane {m['edgeplane']}"
+    )
+
+
 def phase_table(title: str, phases: Sequence[Phase]) -> Table:
     """One row per figure, the phase's name and status on its first row."""
     table = Table(title=title, show_lines=False)

@@ -63,6 +63,7 @@ from bench.spine import (
     free_port,
     join_token,
     machine,
+    machine_line,
     measure_latency,
     measure_throughput,
     online,
@@ -509,12 +510,7 @@ def render(suite: Suite, console: Console) -> None:
         console.print(f"  CPU:        {system.cpu_counted}")
         for note in system.notes:
             console.print(f"  note: {note}")
-    m = suite.machine
-    console.print(
-        f"machine: {m['nproc']} cpus, {m['memory_mb']} MB, Python {m['python']}, {m['platform']}"
-        f", load average (1 min) {m['loadavg_1m_at_start']} at start,"
-        f" {m.get('loadavg_1m_at_end', '?')} at end; edgeplane {m['edgeplane']}"
-    )
+    console.print(machine_line(suite.machine))
     console.print(f"command: {suite.command}")
 
 
