@@ -111,7 +111,7 @@ async def model(
         exp = await _seen(fl, await caller(request, None), experiment_id)
     else:
         exp, _ = await fl.client(experiment_id, token)
-    v, body = fl.model_bytes(exp, version)
+    v, body = await fl.model_bytes(exp, version)
     return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})
 
 

@@ -5,8 +5,9 @@ starts one training task pinned to each (the client workload with the FL env and
 credential of its own), takes their updates (``offer``), and closes the round as
 ``rounds.Round`` says: it aggregates the accepted updates into the next global model
 version, scores it on the held-out test set, and opens the next round. Everything it
-needs to go on is in the stored experiment (and the blob directory), written at each
-step: a manager that restarts picks up the round where it was.
+needs to go on is in the store (the experiment, and its blobs: ``registry``), written at
+each step: a manager that restarts, or another that takes over, picks up the round where
+it was.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from edgeplane.model import Task, TaskSpec
 from edgeplane.model.task import TERMINAL_STATES
 from edgeplane.protocol import Topics
 from edgeplane.security.broker_auth import Credentials
+from edgeplane.store.base import MAX_FL_BLOB
 from edgeplane.transport import MqttLink
 from edgeplane.transport.link import MessageHandler
 
@@ -69,8 +71,10 @@ class Coordinator:
         secure): training tasks then dial it with no credentials of their own."""
         self.manager = manager
         self.clock: clocks.Clock = manager.clock
-        self.blobs = Blobs(blob_dir)
         self.store = manager.fl_store
+        #: model versions and updates, in the store (``blob_dir``: where managers before
+        #: kept them, read and copied into the store)
+        self.blobs = Blobs(self.store, blob_dir)
         self.topics = Topics(manager.settings.domain, manager.settings.cluster_id)
         self.identities = identities
         #: the API's URL as workers dial it (set when the API serves)
@@ -114,6 +118,7 @@ class Coordinator:
             self.identities.keep_fl_clients(live)
             self.manager.on_task_end(self._task_ended)
         await self._resume(running)
+        self.blobs.start()
         if self.link is not None:
             await self.link.start()
         self._loop = asyncio.create_task(self._run_loop(), name="fl")
@@ -124,6 +129,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
             self._loop = None
+        await self.blobs.stop()
         if self.link is not None:
             await self.link.stop()
 
@@ -158,7 +164,8 @@ class Coordinator:
     async def _initial(self, given: InitialModel | None) -> tuple[str, dict[str, str | int]]:
         """Version 0's content address, and where it came from."""
         if given is None:
-            return self.blobs.put(updates.encode_raw(model.initial())), {"source": "zeros"}
+            ref = await self.blobs.put(updates.encode_raw(model.initial()), keep=True)
+            return ref, {"source": "zeros"}
         if given.experiment is not None:
             other = await self.store.get_fl_experiment(given.experiment)
             if other is None:
@@ -180,8 +187,14 @@ class Coordinator:
         except (binascii.Error, updates.Rejected) as exc:
             detail = exc.detail if isinstance(exc, updates.Rejected) else "not base64"
             raise Invalid(f"the initial model: {detail}", field="initial_model.data") from None
-        # a model of many MB: its digest and file written off the event loop
-        ref = await asyncio.to_thread(self.blobs.put, updates.encode_raw(arrays))
+        raw = updates.encode_raw(arrays)
+        if len(raw) > MAX_FL_BLOB:
+            raise Invalid(
+                f"the initial model is {len(raw)} bytes as float32, over the {MAX_FL_BLOB} "
+                "a model may have",
+                field="initial_model.data",
+            )
+        ref = await self.blobs.put(raw, keep=True)
         return ref, {"source": "upload", "bytes": len(body)}
 
     async def get(self, experiment_id: str) -> Experiment:
@@ -213,13 +226,13 @@ class Coordinator:
             await self._end(exp, "stopped", "stopped by a user")
             return exp
 
-    def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
+    async def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
         """Version ``version`` (the newest: None) of ``exp``, which the caller read to
         check who asks (versions are only ever added: it has every one it names)."""
         v = exp.model_version if version is None else version
         if not 0 <= v <= exp.model_version:
             raise NotFound(f"experiment {exp.id} has no model version {v}", field="version")
-        return v, self.blobs.get(exp.versions[v])
+        return v, await self.blobs.get(exp.versions[v])
 
     # the clients' calls (a client credential: tokens.Grant)
 
@@ -300,7 +313,7 @@ class Coordinator:
                             f"the update is from an earlier attempt of round {round_no}; dropped",
                         )
                     update = updates.decode(body, content_type)
-                    full = updates.check(update, self._model(exp, exp.model_version))
+                    full = updates.check(update, await self._model(exp, exp.model_version))
                     if exp.spec.strategy == "fedavg" and update.num_samples <= 0:
                         raise updates.Rejected(
                             "malformed", "num_samples must be > 0", field="num_samples"
@@ -312,7 +325,7 @@ class Coordinator:
                 record.rejected = dict(machine.rejected)
                 await self._save(exp)
                 raise
-            record.update_refs[grant.worker] = self.blobs.put(updates.encode_raw(full))
+            record.update_refs[grant.worker] = await self.blobs.put(updates.encode_raw(full))
             # the record stays open until the loop aggregates it (_advance, _close)
             state = machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
             record.updates = dict(machine.accepted)
@@ -586,10 +599,12 @@ class Coordinator:
         if exp.spec.strategy == "fedavg" and running is not None and running[1] == set(workers):
             merged = running[0].mean()
         else:
-            # one stored update decoded at a time, as FedAvg adds it (aggregate.fedavg)
-            ups = (updates.decode(self.blobs.get(record.update_refs[w])).arrays for w in workers)
-            merged = aggregate.combine(exp.spec.strategy, ups, [record.updates[w] for w in workers])
-        exp.versions.append(self.blobs.put(updates.encode_raw(merged)))
+            # one stored update read and decoded at a time, as FedAvg adds it
+            ups = self.blobs.each(record.update_refs[w] for w in workers)
+            merged = await aggregate.combine_each(
+                exp.spec.strategy, ups, [record.updates[w] for w in workers]
+            )
+        exp.versions.append(await self.blobs.put(updates.encode_raw(merged), keep=True))
         if model.fits(merged) is None:
             test = datastore.test_set(exp.spec.data.seed)
             record.metrics = model.evaluate(merged, test.x, test.y)
@@ -628,8 +643,8 @@ class Coordinator:
         exp.reason = reason
         await self._save(exp)
 
-    def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
-        return updates.decode(self.blobs.get(exp.versions[version])).arrays
+    async def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
+        return updates.decode(await self.blobs.get(exp.versions[version])).arrays
 
     async def _save(self, exp: Experiment) -> None:
         exp.updated_at = self.clock.now()

@@ -72,6 +72,8 @@ from edgeplane.store.base import (
     StoreChuteRecord,
     TokenRecord,
     UserRecord,
+    fl_blob_batch,
+    fl_blob_fits,
     name_taken,
     too_many_versions,
 )
@@ -371,6 +373,9 @@ class SqlStore(Store):
         ins = sqlite.insert if self._sqlite else postgresql.insert
         self._put_artifact: Insert = ins(tables.artifacts).on_conflict_do_nothing(
             index_elements=[tables.artifacts.c.digest]
+        )
+        self._put_fl_blob: Insert = ins(tables.fl_blobs).on_conflict_do_nothing(
+            index_elements=[tables.fl_blobs.c.digest]
         )
 
     def _upsert(self, table: Table) -> Insert:
@@ -881,6 +886,33 @@ class SqlStore(Store):
         async with self._reading() as conn:
             rows = (await conn.execute(live.order_by(e.c.created_at, e.c.id))).all()
         return [row.id for row in rows]
+
+    # their blobs
+
+    async def put_fl_blob(self, digest: str, data: bytes) -> None:
+        fl_blob_fits(digest, data)
+        row = {"digest": digest, "size": len(data), "data": data}
+        async with self._writing() as conn:
+            await conn.execute(self._put_fl_blob, row)
+
+    async def get_fl_blob(self, digest: str) -> bytes | None:
+        if _unstorable(digest):
+            return None
+        b = tables.fl_blobs
+        async with self._reading() as conn:
+            data = (await conn.execute(select(b.c.data).where(b.c.digest == digest))).scalar()
+        return None if data is None else bytes(data)
+
+    async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
+        fl_blob_batch(digests)
+        wanted = {d for d in digests if not _unstorable(d)}
+        if not wanted:
+            return set(digests)
+        b = tables.fl_blobs
+        query = select(b.c.digest).where(b.c.digest.in_(sorted(wanted)))
+        async with self._reading() as conn:
+            stored = set((await conn.execute(query)).scalars())
+        return set(digests) - stored
 
     # the chute store
 
