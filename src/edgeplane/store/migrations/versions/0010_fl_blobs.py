@@ -27,6 +27,10 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # float32 arrays barely compress: TOAST's pglz only spent time trying (a 1M-float
+        # update, asyncpg alone: put 50 -> 39 ms, get 16 -> 9 ms)
+        op.execute("ALTER TABLE fl_blobs ALTER COLUMN data SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
