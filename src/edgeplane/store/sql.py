@@ -374,8 +374,11 @@ class SqlStore(Store):
         self._put_artifact: Insert = ins(tables.artifacts).on_conflict_do_nothing(
             index_elements=[tables.artifacts.c.digest]
         )
-        self._put_fl_blob: Insert = ins(tables.fl_blobs).on_conflict_do_nothing(
-            index_elements=[tables.fl_blobs.c.digest]
+        # at the driver (a 1M-float32 blob through Core's parameters and its statement per
+        # round trip: SQLite put 43 ms, PostgreSQL 81 ms; below, measured in docs/fl.md)
+        self._put_fl_blob = _DriverStatement.of(
+            ins(tables.fl_blobs).on_conflict_do_nothing(index_elements=[tables.fl_blobs.c.digest]),
+            dialect,
         )
 
     def _upsert(self, table: Table) -> Insert:
@@ -891,9 +894,17 @@ class SqlStore(Store):
 
     async def put_fl_blob(self, digest: str, data: bytes) -> None:
         fl_blob_fits(digest, data)
-        row = {"digest": digest, "size": len(data), "data": data}
-        async with self._writing() as conn:
-            await conn.execute(self._put_fl_blob, row)
+        rows = [{"digest": digest, "size": len(data), "data": data}]
+        if self._direct is None:
+            async with self._writing() as conn:
+                await self._put_fl_blob.run(conn, rows)
+            return
+        self._opened()
+        assert self._write_lock is not None  # always set for SQLite
+        statement = [(self._put_fl_blob.sql, self._put_fl_blob.params(rows))]
+        async with _reachable(self.url), self._write_lock:
+            # on the thread: megabytes are never written on the event loop
+            await self._direct.write(statement, inline=False)
 
     async def get_fl_blob(self, digest: str) -> bytes | None:
         if _unstorable(digest):
