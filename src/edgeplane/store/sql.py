@@ -374,8 +374,9 @@ class SqlStore(Store):
         self._put_artifact: Insert = ins(tables.artifacts).on_conflict_do_nothing(
             index_elements=[tables.artifacts.c.digest]
         )
-        # at the driver (a 1M-float32 blob through Core's parameters and its statement per
-        # round trip: SQLite put 43 ms, PostgreSQL 81 ms; below, measured in docs/fl.md)
+        # at the driver, on SQLite in one hop to its writer thread: a 4 MB blob (1M float32)
+        # through Core and aiosqlite took 43 ms to put on SQLite and 81 ms on PostgreSQL,
+        # this way 22 and 46 ms (medians of 20, this machine, docs/benchmarks.md)
         self._put_fl_blob = _DriverStatement.of(
             ins(tables.fl_blobs).on_conflict_do_nothing(index_elements=[tables.fl_blobs.c.digest]),
             dialect,
