@@ -692,10 +692,8 @@ class Coordinator:
         handout = _handout(exp)
         if self._handouts.get(exp.id) == handout:
             return
-        if exp.state in TERMINAL:
-            self._handouts.pop(exp.id, None)
-        else:
-            self._handouts[exp.id] = handout
+        # an ended experiment's too (its state, a few bytes): a client asks once more
+        self._handouts[exp.id] = handout
         changed = self._changed.pop(exp.id, None)
         if changed is not None:
             changed.set()
