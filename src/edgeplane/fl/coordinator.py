@@ -106,6 +106,10 @@ class Coordinator:
         self._reapers: set[asyncio.Task[None]] = set()
         #: the API stops serving: waiting clients are answered at once
         self._closing = False
+        #: each experiment's credential key, and a running one's versions as last stored
+        #: (only ever added to): what a client's ask and model download need of it
+        self._secrets: dict[str, bytes] = {}
+        self._versions: dict[str, tuple[str, ...]] = {}
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -268,15 +272,41 @@ class Coordinator:
         grant = tokens.verify(bytes.fromhex(exp.secret), token)
         if grant.experiment != exp.id:
             raise Unauthorized("the credential is for another experiment")
-        if not live:
-            return exp, grant
+        if live:
+            await self._live(grant)
+        return exp, grant
+
+    async def _grant(self, experiment_id: str, token: str) -> tokens.Grant:
+        """A live credential's grant, checked with the experiment's key as this process
+        knows it (a key never changes): without reading the experiment, which a client's
+        every ask and model download did (a read and a parse of the whole document)."""
+        secret = self._secrets.get(experiment_id)
+        if secret is None:
+            exp = await self.get(experiment_id)
+            secret = self._secrets[exp.id] = bytes.fromhex(exp.secret)
+        grant = tokens.verify(secret, token)
+        if grant.experiment != experiment_id:
+            raise Unauthorized("the credential is for another experiment")
+        await self._live(grant)
+        return grant
+
+    async def client_model(
+        self, experiment_id: str, token: str, version: int | None
+    ) -> tuple[int, bytes]:
+        """Version ``version`` (None: the newest) for a client's credential."""
+        grant = await self._grant(experiment_id, token)
+        refs = self._versions.get(grant.experiment, ())
+        if version is not None and version < len(refs):
+            return version, self.blobs.get(refs[version])
+        return self.model_bytes(await self.get(experiment_id), version)
+
+    async def _live(self, grant: tokens.Grant) -> None:
         try:
             task = await self.manager.get(grant.task)
         except NotFound:
             raise Unauthorized("the credential's task is gone") from None
         if task.state in TERMINAL_STATES:
             raise Unauthorized("the credential expired with its task")
-        return exp, grant
 
     async def shard(self, experiment_id: str, round_no: int, token: str) -> bytes:
         """The client's shard in ``round_no`` (a per-round client's credential names its
@@ -373,12 +403,17 @@ class Coordinator:
                 record.client_metrics[key] = (
                     record.client_metrics.get(key, 0.0) * (n - 1) / n + value / n
                 )
-            await self._save(exp)
-        if state != "open":
-            # the loop closes the round now; an update that leaves it open changes nothing
-            # the loop acts on (its deadline is on its own tick): every update woke a pass
-            # over every experiment, 49 wasted of 50 a round with 50 clients (bench/fl.py)
-            self._wake.set()
+            if state == "open":
+                # nothing the loop acts on (a deadline is on its own tick): every update woke
+                # a pass over every experiment, 49 wasted of 50 a round with 50 clients
+                await self._save(exp)
+            else:
+                # the update that completes the round closes it here, in the one write that
+                # stores it, the new version and the next round: waking the loop for it
+                # cost a pass (the live experiments read back from the store) and a write
+                # more, 5 to 20 ms of a round's turnaround under load (bench/fl.py)
+                await self._close(exp, record)
+                await self._stop_tasks(exp, record, sent=False)
         return {"accepted": True, "round": round_no, "updates": len(record.updates)}
 
     def _add_running(
@@ -650,27 +685,27 @@ class Coordinator:
         round it is selected for (``round`` and its URLs), the experiment's end
         (``state`` not ``running``: the client exits), or, after ``wait_s`` with neither,
         ``round`` null (it asks again). The credential is checked first, and live."""
-        exp, grant = await self.client(experiment_id, token)
+        grant = await self._grant(experiment_id, token)
         if grant.round != 0:
             raise Unauthorized("a per-round client's credential has no assignments")
         deadline = self.clock.monotonic() + wait_s
-        handout = self._handouts.get(exp.id) or _handout(exp)
+        handout = self._handouts.get(grant.experiment) or _handout(await self.get(experiment_id))
         while True:
             work = assign.for_client(handout, grant.worker, grant.task, after)
             if isinstance(work, str):
                 return {"state": work, "round": None}
             if work is not None:
-                return self._work(exp, grant.worker, work)
+                return self._work(grant.experiment, grant.worker, work)
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self._closing:
                 return {"state": "running", "round": None}
-            changed = self._changed.setdefault(exp.id, asyncio.Event())
+            changed = self._changed.setdefault(grant.experiment, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
-            handout = self._handouts.get(exp.id, handout)
+            handout = self._handouts.get(grant.experiment, handout)
 
-    def _work(self, exp: Experiment, worker: str, work: assign.Work) -> dict[str, object]:
-        base = f"{self.api_url}{API}/{exp.id}"
+    def _work(self, experiment_id: str, worker: str, work: assign.Work) -> dict[str, object]:
+        base = f"{self.api_url}{API}/{experiment_id}"
         r = work.round
         return {
             "state": "running",
@@ -681,7 +716,7 @@ class Coordinator:
             "data_url": f"{base}/rounds/{r}/data",
             "shard": [work.index, work.count],
             "update_url": f"{base}/rounds/{r}/updates?attempt={work.attempt}",
-            "mqtt_topic": self.topics.fl_update(exp.id, r, worker) if self.link else None,
+            "mqtt_topic": self.topics.fl_update(experiment_id, r, worker) if self.link else None,
         }
 
     def _publish(self, exp: Experiment) -> None:
@@ -887,6 +922,10 @@ class Coordinator:
         exp.updated_at = self.clock.now()
         self.manager.journal.check()  # a process that no longer leads writes nothing
         await self.store.save_fl_experiment(exp)
+        if exp.state in TERMINAL:
+            self._versions.pop(exp.id, None)
+        elif len(self._versions.get(exp.id, ())) != len(exp.versions):
+            self._versions[exp.id] = tuple(exp.versions)
         self._publish(exp)
 
     async def _run_loop(self) -> None:
