@@ -551,10 +551,13 @@ class Coordinator:
             return True
         return await self._open(exp, exp.round + 1, 0)
 
-    async def _open(self, exp: Experiment, round_no: int, attempt: int) -> bool:
+    async def _open(
+        self, exp: Experiment, round_no: int, attempt: int, *, then_saved: bool = False
+    ) -> bool:
         """Open ``round_no``'s ``attempt``: stored with whatever else changed in ``exp``
         (the round that closed), in one write. False, writing nothing, while fewer than
-        ``min_clients`` workers are eligible."""
+        ``min_clients`` workers are eligible. ``then_saved``: the caller writes ``exp``
+        again at once (its ``opened_at`` is left to that write)."""
         self._forget_running(exp.id)  # a round closed or given up: its sums are done with
         spec = exp.spec
         wanted = spec.select.labels
@@ -594,9 +597,11 @@ class Coordinator:
             ids = [exp.client_tasks[w] for w in fresh]
             if not fresh:
                 # the clients wait already: the write that stores the round hands it out
-                # (``assignment``), with no task to submit
-                record.opened_at = self.clock.now()
+                # (``assignment``), with no task to submit; that is the moment it is out
                 await self._save(exp)
+                record.opened_at = self.clock.now()
+                if not then_saved:
+                    await self._save(exp)
                 return True
         else:
             record.tasks = {worker: clocks.new_id() for worker in chosen}
@@ -845,7 +850,7 @@ class Coordinator:
         else:
             # scoring first held every round up by it (the held-out set through the
             # model, and a write of its own): the clients start on the new version first
-            if not await self._open(exp, exp.round + 1, 0):
+            if not await self._open(exp, exp.round + 1, 0, then_saved=True):
                 await self._save(exp)  # the next round waits for workers
             self._score(exp, record, merged)
             await self._save(exp)
@@ -979,7 +984,7 @@ def _handout(exp: Experiment) -> assign.Handout:
     if exp.state != "running":
         return assign.Handout(exp.state)
     record = _record(exp, exp.round)
-    if record is None or record.state != "open" or record.opened_at is None:
+    if record is None or record.state != "open":
         return assign.Handout("running")
     return assign.Handout(
         "running",
