@@ -9,6 +9,7 @@ asks and posts for them, with credentials made from the stored experiment's key.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ async def test_rounds_are_handed_to_each_live_client_once_and_a_dead_one_is_repl
 
     got = (await http.get(url, headers=w1_auth, params={"wait": 0})).json()
     assert got["round"] == 1 and got["attempt"] == 0 and got["state"] == "running", got
+    assert "model" not in got and got["model_uri"].endswith("/model?version=0")
+    # the same, with the (small) model in the answer
+    inline = (await http.get(url, headers=w1_auth, params={"wait": 0, "model": "inline"})).json()
+    assert inline["round"] == 1
+    model = updates.decode(base64.b64decode(inline["model"])).arrays
+    assert set(model) == {"w", "b"} and not model["w"].any()
     assert got["shard"] == [0, 2] and got["update_url"].endswith("/rounds/1/updates?attempt=0")
     # given once: asked again with that cursor, there is nothing until the next round
     again = await http.get(url, headers=w1_auth, params={"round": 1, "attempt": 0, "wait": 0.2})

@@ -3,7 +3,7 @@ the training tasks, which call with their own client credential (``edgeplane.fl.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -136,13 +136,17 @@ async def assignment(
     round: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     attempt: Annotated[int, Query(ge=0, le=1_000)] = 0,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
+    model: Annotated[Literal["uri", "inline"], Query()] = "uri",
 ) -> dict[str, Any]:
     """A long-lived client's next round (``client_tasks: persistent``), after the
     ``round`` and ``attempt`` it was last given: held open up to ``wait`` s until there is
     one; ``round`` null when there was none, ``state`` other than ``running`` when the
-    experiment ended (docs/fl.md)."""
+    experiment ended. ``model=inline``: the round's model comes in the answer too
+    (``model``, base64) when it is at most 256 KiB (docs/fl.md)."""
     token = _required(request)
-    return await fl.assignment(experiment_id, token, (round, attempt), wait)
+    return await fl.assignment(
+        experiment_id, token, (round, attempt), wait, inline=model == "inline"
+    )
 
 
 @clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202)

@@ -17,6 +17,7 @@ imports it already has, and exits 0 when the experiment ended (:class:`Session`)
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import sys
@@ -77,6 +78,8 @@ class Work:
     shard: tuple[int, int]
     update_url: str
     mqtt_topic: str | None
+    #: the model's bytes when the answer had them (a small model): not fetched then
+    model: bytes | None = None
 
 
 class Session:
@@ -109,7 +112,12 @@ class Session:
         pause = RETRY_S[0]
         while True:
             round_no, attempt = self.cursor
-            params = {"round": round_no, "attempt": attempt, "wait": WAIT_S}
+            params: dict[str, str | int | float] = {
+                "round": round_no,
+                "attempt": attempt,
+                "wait": WAIT_S,
+                "model": "inline",
+            }
             try:
                 got = self.http.get(self.url, params=params)
             except httpx.TransportError:
@@ -135,6 +143,7 @@ class Session:
                 shard=(answer["shard"][0], answer["shard"][1]),
                 update_url=answer["update_url"],
                 mqtt_topic=answer.get("mqtt_topic"),
+                model=base64.b64decode(answer["model"]) if answer.get("model") else None,
             )
             self.cursor = (work.round, work.attempt)
             return work
@@ -142,9 +151,12 @@ class Session:
     def train(self, work: Work) -> bytes:
         """The round's model from the coordinator, trained on the shard: the update."""
         try:
-            got = self.http.get(work.model_uri)
-            got.raise_for_status()
-            glob = updates.decode(got.content).arrays
+            model = work.model
+            if model is None:  # too large to come with the round
+                got = self.http.get(work.model_uri)
+                got.raise_for_status()
+                model = got.content
+            glob = updates.decode(model).arrays
             wrong = fits(glob)
             if wrong is not None:
                 raise Stop(f"the global model does not fit this client: {wrong}", 2)

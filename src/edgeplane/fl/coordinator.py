@@ -53,6 +53,9 @@ IDLE_TICK_S = 10.0
 #: once its experiment completed (it is told at its next ask, within milliseconds): a
 #: client that has not by then is stopped.
 CLIENT_EXIT_S = 30.0
+#: The largest model handed out inside an assignment (``inline``), raw bytes: a download
+#: the less per client and round (the digits model is 2.6 kB); a larger one is fetched
+INLINE_MODEL_MAX = 256 * 2**10
 API = "/api/v1/fl/experiments"
 
 
@@ -110,6 +113,8 @@ class Coordinator:
         #: (only ever added to): what a client's ask and model download need of it
         self._secrets: dict[str, bytes] = {}
         self._versions: dict[str, tuple[str, ...]] = {}
+        #: the version last handed out inline, by its content address
+        self._inlined: tuple[str, bytes] | None = None
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -684,12 +689,20 @@ class Coordinator:
         return specs
 
     async def assignment(
-        self, experiment_id: str, token: str, after: assign.Cursor, wait_s: float
+        self,
+        experiment_id: str,
+        token: str,
+        after: assign.Cursor,
+        wait_s: float,
+        *,
+        inline: bool = False,
     ) -> dict[str, object]:
         """What a long-lived client, last given ``after`` (round, attempt), is to do: the
         round it is selected for (``round`` and its URLs), the experiment's end
         (``state`` not ``running``: the client exits), or, after ``wait_s`` with neither,
-        ``round`` null (it asks again). The credential is checked first, and live."""
+        ``round`` null (it asks again). The credential is checked first, and live.
+        ``inline``: with the round's model (``model``, base64 of the raw ``f32``
+        encoding) when it is at most ``INLINE_MODEL_MAX`` bytes."""
         grant = await self._grant(experiment_id, token)
         if grant.round != 0:
             raise Unauthorized("a per-round client's credential has no assignments")
@@ -700,7 +713,14 @@ class Coordinator:
             if isinstance(work, str):
                 return {"state": work, "round": None}
             if work is not None:
-                return self._work(grant.experiment, grant.worker, work)
+                answer = self._work(grant.experiment, grant.worker, work)
+                if inline:
+                    refs = self._versions.get(grant.experiment, ())
+                    if work.model_version < len(refs):
+                        body = self._inline(refs[work.model_version])
+                        if body is not None:
+                            answer["model"] = base64.b64encode(body).decode()
+                return answer
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self._closing:
                 return {"state": "running", "round": None}
@@ -708,6 +728,18 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
+
+    def _inline(self, ref: str) -> bytes | None:
+        """A version's bytes if small enough to hand out inline, kept for the next ask
+        (every client of a round asks for the same one)."""
+        if self._inlined is not None and self._inlined[0] == ref:
+            return self._inlined[1]
+        path_size = self.blobs.size(ref)
+        if path_size is None or path_size > INLINE_MODEL_MAX:
+            return None
+        body = self.blobs.get(ref)
+        self._inlined = (ref, body)
+        return body
 
     def _work(self, experiment_id: str, worker: str, work: assign.Work) -> dict[str, object]:
         base = f"{self.api_url}{API}/{experiment_id}"
