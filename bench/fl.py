@@ -38,8 +38,9 @@ them, for both alike:
   after the first round (first closed → last closed, over the rounds but one: a
   long-lived client's process starts in round 1, Flower's clients before round 1);
 - **coordinator turnaround per round**: last update in → the next round handed out (the
-  last round: → closed): aggregation, scoring, storing and opening the next round, the
-  time the coordinator alone holds the experiment up;
+  last round: → closed): aggregation, storing and opening the next round (and scoring,
+  for Flower; edgeplane scores after the next round is out), the time the coordinator
+  alone holds the experiment up;
 - **coordinator CPU per round**: the coordinator process's CPU (psutil, user + system)
   from before the experiment to after it, over the rounds: the ``up`` process for
   edgeplane (its Mosquitto is a child, shown apart), the server process for Flower;
@@ -598,7 +599,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("s per round after 1", "  after round 1 (first closed → last closed, ÷ rounds - 1)", "f2"),
     ("turnaround ms", "coordinator turnaround per round, ms, median", "f1"),
     ("turnaround max ms", "  max", "f1"),
-    ("aggregate ms", "  last update → new version stored and scored", "f1"),
+    ("aggregate ms", "  last update → new version stored (Flower: and scored)", "f1"),
     ("handout ms", "  → next round handed out", "f1"),
     ("clients ms", "round out → last update in, ms, median", "f1"),
     ("task start ms", "  of which: task handed out → started on its worker", "f1"),
