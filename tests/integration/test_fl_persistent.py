@@ -168,7 +168,9 @@ async def test_clients_stored_but_never_started_are_started_after_a_restart(
     tmp_path: Path, fast_broker_url: str, unique_domain: str
 ) -> None:
     """A manager killed after it stored the experiment's long-lived clients and before it
-    submitted them: started again, it starts them (with the ids on record)."""
+    submitted them: started again, it starts them (with the ids on record). And one killed
+    after it stored a round's version (in the write that opened the next round) and
+    before it stored the version's score: it scores it."""
     store = f"sqlite:///{tmp_path / 'db.sqlite'}"
     first = start_stack(tmp_path, fast_broker_url, store, unique_domain)
     running, http = await first.__anext__()
@@ -185,6 +187,9 @@ async def test_clients_stored_but_never_started_are_started_after_a_restart(
         never = {worker: f"never-{worker}" for worker in exp.client_tasks}
         exp.client_tasks = never
         exp.rounds[-1].tasks = dict(never)
+        # round 1 closed as version 1 (the zeros again), not scored yet
+        exp.rounds[-1].state = "closed"
+        exp.versions.append(exp.versions[0])
         await running.control.store.save_fl_experiment(exp)
     finally:
         await first.aclose()
@@ -201,6 +206,9 @@ async def test_clients_stored_but_never_started_are_started_after_a_restart(
         for task_id in never.values():
             task = (await http.get(f"/tasks/{task_id}")).json()
             assert "FL_ASSIGNMENT_URL" in task["env"] and "ROUND_ID" not in task["env"]
+        got = (await http.get(f"/fl/experiments/{exp_id}")).json()
+        # the zeros model: every class as likely, a loss of ln 10
+        assert got["rounds"][0]["metrics"]["loss"] == pytest.approx(2.302585, abs=1e-4), got
         await http.post(f"/fl/experiments/{exp_id}/stop")
     finally:
         await second.aclose()

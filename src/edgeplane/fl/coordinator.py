@@ -777,7 +777,9 @@ class Coordinator:
         for exp in running:
             if exp.state in TERMINAL:
                 continue
-            self._rescore(exp)
+            if self._rescore(exp):
+                with contextlib.suppress(EdgeplaneError):  # scored again at the next start
+                    await self._save(exp)
             if exp.spec.client_tasks == "persistent":
                 await self._resume_clients(exp)
                 continue
@@ -834,12 +836,14 @@ class Coordinator:
                 extra={"experiment_id": exp.id, "error": exc.detail},
             )
 
-    def _rescore(self, exp: Experiment) -> None:
+    def _rescore(self, exp: Experiment) -> bool:
         """Score the newest version if a killed manager stored it but not its score (the
-        round is handed out before it is scored: ``_close``)."""
+        round is handed out before it is scored: ``_close``); whether it did."""
         closed = [r for r in exp.rounds if r.state == "closed"]
         if closed and not closed[-1].metrics and len(closed) == exp.model_version:
             self._score(exp, closed[-1], self._model(exp, exp.model_version))
+            return bool(closed[-1].metrics)
+        return False
 
     def _task_spec(
         self,
