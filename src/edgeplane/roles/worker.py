@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeplane import tracing
 from edgeplane.artifacts import registry_config
 from edgeplane.config import Settings, parse_listen
 from edgeplane.errors import Invalid
@@ -166,6 +167,7 @@ def build_worker(
         advertise_address=settings.advertise_address,
     )
     agent = WorkerAgent(options, runtimes, cleaners=cleaners)
+    agent.tracer = tracing.tracer(settings.otel_endpoint, "edgeplane-worker")
     container = runtimes.get("container")
     if isinstance(container, ContainerRuntime):  # oci:// images through the proxy too
         container.puller.use_proxy(agent.fetcher.fetch, settings.pull)

@@ -1,0 +1,192 @@
+"""Traces of a task's path as a user gets them: `edgeplane up --otel-endpoint` exporting to
+a real OTLP/HTTP receiver (a small server here, decoding the protobuf with
+opentelemetry-proto), one task's spans in one trace from the API to its stored result."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_up import EDGEPLANE, free_port, stop, wait_healthy, wait_until
+
+trace_service = pytest.importorskip(
+    "opentelemetry.proto.collector.trace.v1.trace_service_pb2", reason="the otel extra"
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+@dataclass(frozen=True)
+class Received:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent: str
+    attributes: dict[str, Any]
+
+
+class Collector(ThreadingHTTPServer):
+    spans: list[Received]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        if self.path != "/v1/traces":
+            self.send_response(404)
+            self.end_headers()
+            return
+        request = trace_service.ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource in request.resource_spans:
+            named = {a.key: a.value.string_value for a in resource.resource.attributes}
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    self.server.spans.append(
+                        Received(
+                            service=named.get("service.name", ""),
+                            name=span.name,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent=span.parent_span_id.hex(),
+                            attributes={a.key: _value(a.value) for a in span.attributes},
+                        )
+                    )
+        answer = trace_service.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return None if kind is None else getattr(value, kind)
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    server = Collector(("127.0.0.1", 0), _Handler)
+    server.spans = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def traced_up(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGEPLANE_DATA_DIR": str(tmp_path),
+        # the SDK's batch processor exports every 50 ms instead of 5 s
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    env.pop("EDGEPLANE_URL", None)
+    env.pop("EDGEPLANE_TOKEN", None)
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+    proc = subprocess.Popen(
+        [*EDGEPLANE, "up", "--workers", "1", "--port", str(port), "--otel-endpoint", endpoint],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, (tmp_path / "admin-token").read_text().strip()
+    finally:
+        stop(proc)
+
+
+def _task_spans(collector: Collector, task_id: str) -> dict[str, Received] | None:
+    """The dispatch, run and stored spans of the task's first attempt, once all came."""
+    found = {
+        s.name: s for s in list(collector.spans) if s.attributes.get("edgeplane.task.id") == task_id
+    }
+    return found if {"dispatch", "task.run", "result stored"} <= found.keys() else None
+
+
+def test_one_trace_from_the_api_to_the_stored_result(
+    traced_up: tuple[str, str], collector: Collector, tmp_path: Path
+) -> None:
+    url, token = traced_up
+    add = tmp_path / "examples" / "add.wasm"
+    wait_until(add.exists, "the examples")
+    body = {
+        "name": "add",
+        "start": True,
+        "inputs": [20, 22],
+        "file": base64.b64encode(add.read_bytes()).decode(),
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+    }
+    answer = httpx.post(f"{url}/api/v1/tasks?wait=30", json=body, headers=headers, timeout=40)
+    assert answer.status_code == 201, answer.text
+    task = answer.json()
+    assert task["state"] == "completed" and task["results"] == [42]
+
+    spans = wait_until(lambda: _task_spans(collector, task["id"]), "the task's spans")
+    dispatch, run, stored = spans["dispatch"], spans["task.run"], spans["result stored"]
+    by_id = {s.span_id: s for s in list(collector.spans)}
+    submit = by_id[dispatch.parent]
+    request = by_id[submit.parent]
+    assert (submit.name, request.name) == ("submit", "POST /api/v1/tasks")
+    # the client's trace, continued: the request's span is the child of its header's
+    assert request.parent == CLIENT_SPAN
+    chain = [request, submit, dispatch, run, stored]
+    assert {s.trace_id for s in chain} == {CLIENT_TRACE}
+    assert run.parent == dispatch.span_id and stored.parent == run.span_id
+    assert run.service == "edgeplane-worker" and run.attributes["edgeplane.task.state"] == (
+        "completed"
+    )
+    assert {s.service for s in (request, submit, dispatch, stored)} == {"edgeplane-manager"}
+    inside = {s.name: s for s in list(collector.spans) if s.parent == request.span_id}
+    assert inside["admission"].trace_id == CLIENT_TRACE
+    commits = [s for s in collector.spans if s.name == "store commit"]
+    assert any(s.parent == submit.span_id for s in commits)
+
+    # A batch without a traceparent: a trace of its own, each task's path in it.
+    batch = {"tasks": [{**body, "inputs": [n, 1]} for n in range(2)]}
+    made = httpx.post(
+        f"{url}/api/v1/tasks/batch",
+        json=batch,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=40,
+    )
+    assert made.status_code == 201, made.text
+    ids = [t["id"] for t in made.json()["items"]]
+    found = [wait_until(lambda i=i: _task_spans(collector, i), f"spans of {i}") for i in ids]
+    traces = {s["result stored"].trace_id for s in found}
+    assert len(traces) == 1 and traces != {CLIENT_TRACE}
+    (root,) = [s for s in collector.spans if s.name == "POST /api/v1/tasks/batch"]
+    assert root.trace_id in traces and root.parent == ""
