@@ -135,12 +135,25 @@ class Tracer:
         return TraceRequests(app, self)
 
     def adopt(self, tasks: Iterable[Task]) -> None:
-        """Tasks submitted under the current span: their dispatches are its children."""
+        """Tasks submitted under the current span: their dispatches are its children
+        (those of a task :meth:`expect` named, children of the span it gave)."""
         current = otel_context.get_current()
         known = self._tasks
         for task in tasks:
-            known[task.id] = (current, current)
-            known.move_to_end(task.id)
+            if task.id not in known:
+                known[task.id] = (current, current)
+        self._trim()
+
+    def expect(self, task_id: str, traceparent: str) -> None:
+        """A task about to be submitted continues a trace from afar (a root's dispatch
+        to this cluster): its dispatches here are children of ``traceparent``'s span."""
+        parent = self.remote(traceparent)
+        if parent is not None:
+            self._tasks[task_id] = (parent, parent)
+            self._trim()
+
+    def _trim(self) -> None:
+        known = self._tasks
         while len(known) > MAX_TASKS:
             known.popitem(last=False)
 

@@ -99,8 +99,7 @@ def collector() -> Iterator[Collector]:
         server.server_close()
 
 
-@pytest.fixture
-def traced_up(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]:
+def _up(tmp_path: Path, collector: Collector, *args: str) -> Iterator[tuple[str, str]]:
     port = free_port()
     env = {
         **os.environ,
@@ -112,7 +111,7 @@ def traced_up(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]
     env.pop("EDGEPLANE_TOKEN", None)
     endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
     proc = subprocess.Popen(
-        [*EDGEPLANE, "up", "--workers", "1", "--port", str(port), "--otel-endpoint", endpoint],
+        [*EDGEPLANE, "up", *args, "--port", str(port), "--otel-endpoint", endpoint],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -126,26 +125,50 @@ def traced_up(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]
         stop(proc)
 
 
-def _task_spans(collector: Collector, task_id: str) -> dict[str, Received] | None:
-    """The dispatch, run and stored spans of the task's first attempt, once all came."""
+@pytest.fixture
+def traced_up(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]:
+    yield from _up(tmp_path, collector, "--workers", "1")
+
+
+@pytest.fixture
+def traced_clusters(tmp_path: Path, collector: Collector) -> Iterator[tuple[str, str]]:
+    yield from _up(tmp_path, collector, "--clusters", "1", "--workers", "1")
+
+
+def _task_spans(
+    collector: Collector,
+    task_id: str,
+    services: tuple[str, ...] = ("edgeplane-manager", "edgeplane-worker"),
+) -> dict[str, Received] | None:
+    """The dispatch, run and stored spans of the task's first attempt that ``services``
+    sent, once all came (a root and its cluster name a first attempt alike)."""
     found = {
-        s.name: s for s in list(collector.spans) if s.attributes.get("edgeplane.task.id") == task_id
+        s.name: s
+        for s in list(collector.spans)
+        if s.attributes.get("edgeplane.task.id") == task_id and s.service in services
     }
-    return found if {"dispatch", "task.run", "result stored"} <= found.keys() else None
+    wanted = {"dispatch", "result stored"}
+    if "edgeplane-worker" in services:
+        wanted.add("task.run")
+    return found if wanted <= found.keys() else None
+
+
+def _add(tmp_path: Path) -> dict[str, Any]:
+    add = tmp_path / "examples" / "add.wasm"
+    wait_until(add.exists, "the examples")
+    return {
+        "name": "add",
+        "start": True,
+        "inputs": [20, 22],
+        "file": base64.b64encode(add.read_bytes()).decode(),
+    }
 
 
 def test_one_trace_from_the_api_to_the_stored_result(
     traced_up: tuple[str, str], collector: Collector, tmp_path: Path
 ) -> None:
     url, token = traced_up
-    add = tmp_path / "examples" / "add.wasm"
-    wait_until(add.exists, "the examples")
-    body = {
-        "name": "add",
-        "start": True,
-        "inputs": [20, 22],
-        "file": base64.b64encode(add.read_bytes()).decode(),
-    }
+    body = _add(tmp_path)
     headers = {
         "Authorization": f"Bearer {token}",
         "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
@@ -190,3 +213,46 @@ def test_one_trace_from_the_api_to_the_stored_result(
     assert len(traces) == 1 and traces != {CLIENT_TRACE}
     (root,) = [s for s in collector.spans if s.name == "POST /api/v1/tasks/batch"]
     assert root.trace_id in traces and root.parent == ""
+
+
+def test_the_root_trace_goes_on_in_the_cluster(
+    traced_clusters: tuple[str, str], collector: Collector, tmp_path: Path
+) -> None:
+    url, token = traced_clusters
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def online() -> bool:
+        items = httpx.get(f"{url}/api/v1/clusters", headers=headers).json()["items"]
+        return any(c["state"] == "online" and c["aggregate"]["workers"] == 1 for c in items)
+
+    wait_until(online, "the cluster to register", timeout=30)
+    answer = httpx.post(f"{url}/api/v1/tasks?wait=30", json=_add(tmp_path), headers=headers)
+    assert answer.status_code == 201, answer.text
+    task = answer.json()
+    assert task["state"] == "completed"
+
+    root = wait_until(
+        lambda: _task_spans(collector, task["id"], ("edgeplane-root",)), "the root's spans"
+    )
+    trace = root["dispatch"].trace_id
+
+    def in_cluster() -> Received | None:
+        # the cluster's dispatch of the task to its worker: a child of the root's
+        return next(
+            (
+                s
+                for s in list(collector.spans)
+                if s.name == "dispatch" and s.parent == root["dispatch"].span_id
+            ),
+            None,
+        )
+
+    dispatch = wait_until(in_cluster, "the cluster's dispatch")
+    assert dispatch.service == "edgeplane-manager" and dispatch.trace_id == trace
+    local = dispatch.attributes["edgeplane.task.id"]
+    spans = wait_until(lambda: _task_spans(collector, local), "the cluster's spans")
+    assert spans["task.run"].parent == dispatch.span_id
+    assert spans["result stored"].parent == spans["task.run"].span_id
+    assert {s.trace_id for s in spans.values()} == {trace}
+    # the root's stored result: its own dispatch's child (the cluster sends no context back)
+    assert root["result stored"].parent == root["dispatch"].span_id

@@ -673,6 +673,9 @@ class Uplink:
         )
         ident = local_id(spec.task_id, spec.attempt)
         tasks = await self.manager.admit([task_spec], batch=False, ids=[ident])
+        if self.manager.tracer is not None and spec.traceparent is not None:
+            # the task's path here continues the root's trace (its dispatch to us)
+            self.manager.tracer.expect(ident, spec.traceparent)
         self._owned[ident] = (spec.task_id, spec.attempt)
         return tasks
 
