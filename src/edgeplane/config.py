@@ -23,6 +23,7 @@ from edgeplane.limits import (
     MAX_TIMEOUT_S,
 )
 from edgeplane.protocol.topics import check_domain, check_segment
+from edgeplane.tracing import MAX_ENDPOINT, traces_url
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -68,7 +69,7 @@ class Settings(BaseModel):
     metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
     #: OTLP/HTTP endpoint traces of tasks' paths are exported to (a collector's base URL,
     #: ``http://HOST:4318``, or its ``.../v1/traces``); empty: no tracing (docs/metrics.md)
-    otel_endpoint: str = Field(default="", max_length=2048)
+    otel_endpoint: str = Field(default="", max_length=MAX_ENDPOINT)
     #: a worker: serve Prometheus text at ``http://HOST:PORT/metrics`` (empty: not served)
     metrics_listen: str = ""
     #: seconds a lost worker's host and container tasks wait for it to come back and
@@ -211,8 +212,6 @@ class Settings(BaseModel):
     @classmethod
     def _otel_endpoint(cls, value: str) -> str:
         if value:
-            from edgeplane.tracing import traces_url
-
             traces_url(value)  # a ValueError says what is wrong
         return value
 

@@ -21,6 +21,7 @@ One trace per request that makes tasks:
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -126,14 +127,9 @@ class Tracer:
 
     async def shutdown(self) -> None:
         """Export what is left and stop (in a thread: the export is a blocking request)."""
-        import asyncio
-
         await asyncio.to_thread(self.provider.shutdown)
 
     # ------------------------------------------------------------------ the manager
-    def middleware(self, app: ASGIApp) -> ASGIApp:
-        return TraceRequests(app, self)
-
     def adopt(self, tasks: Iterable[Task]) -> None:
         """Tasks submitted under the current span: their dispatches are its children
         (those of a task :meth:`expect` named, children of the span it gave)."""
