@@ -198,6 +198,15 @@ def test_one_trace_from_the_api_to_the_stored_result(
     commits = [s for s in collector.spans if s.name == "store commit"]
     assert any(s.parent == submit.span_id for s in commits)
 
+    # An ill-formed traceparent is ignored (a trace of its own) and counted, never refused.
+    bad = {"Authorization": f"Bearer {token}", "traceparent": "00-not-a-trace-01"}
+    answer = httpx.post(f"{url}/api/v1/tasks?wait=30", json=body, headers=bad, timeout=40)
+    assert answer.status_code == 201 and answer.json()["state"] == "completed", answer.text
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "edgeplane_trace_contexts_invalid_total 1.0" in metrics
+    ignored = wait_until(lambda: _task_spans(collector, answer.json()["id"]), "its spans")
+    assert ignored["dispatch"].trace_id != CLIENT_TRACE
+
     # A batch without a traceparent: a trace of its own, each task's path in it.
     batch = {"tasks": [{**body, "inputs": [n, 1]} for n in range(2)]}
     made = httpx.post(

@@ -4,6 +4,7 @@ nothing of OpenTelemetry."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,16 @@ def test_without_the_extra_the_endpoint_is_refused(monkeypatch: pytest.MonkeyPat
     with pytest.raises(Invalid) as raised:
         tracing.tracer("http://127.0.0.1:9", "edgeplane-worker")
     assert raised.value.field == "otel_endpoint" and "otel extra" in raised.value.detail
+
+
+def test_a_bad_endpoint_is_exit_2_naming_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeplane", "worker", "--otel-endpoint", "grpc://c:4317"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "EDGEPLANE_DATA_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "otel_endpoint" in done.stderr
