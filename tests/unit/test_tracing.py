@@ -151,6 +151,30 @@ def test_a_stored_result_falls_back_on_the_attempts_dispatch() -> None:
     tracer.provider.shutdown()
 
 
+def test_an_unsampled_trace_records_nothing_and_says_so_downstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracer, exporter = _tracer()
+    unsampled = GOOD[:-2] + "00"  # the client did not sample it: nor does the worker
+    sent = tracer.ran(
+        unsampled,
+        task_id="t1",
+        attempt=1,
+        runtime="wasm",
+        worker_id="w1",
+        state="completed",
+        started=1.0,
+        ended=2.0,
+    )
+    found = parse(sent)
+    assert found is not None and found.flags == 0 and f"{found.trace_id:032x}" == GOOD[3:35]
+    tracer.provider.force_flush()
+    assert exporter.get_finished_spans() == ()
+    tracer.provider.shutdown()
+
+
 _OFF = """
 import sys
 from pathlib import Path
