@@ -370,6 +370,7 @@ class Uplink:
             tee=sorted({t for c in online for t in c.tee}),
             accelerators=sorted({a for c in online for a in c.accelerators}),
             location=self.info.location,
+            bridge=any(c.bridge for c in online),
             slots=sum(c.slots for c in online),
         )
 
@@ -593,7 +594,11 @@ class Uplink:
         wanted = self._local(spec.constraints or Constraints())
         ring = self.manager.schedulable()
         req = Requirement(
-            spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
+            spec.runtime,
+            tuple(sorted(wanted.labels.items())),
+            wanted.tee,
+            spec.pinned_worker,
+            spec.runtime == "container" and spec.network == "bridge",
         )
         if req.worker_id is None:
             able = [ring[pos] for pos in candidates(ring, req)]

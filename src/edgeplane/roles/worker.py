@@ -85,12 +85,16 @@ def node_network(settings: Settings, directory: Path) -> NodeNetwork | str:
     why = bridge_unavailable() if settings.chute_network else "turned off (chute_network)"
     if why is not None:
         return why
-    return NodeNetwork(
+    net = NodeNetwork(
         directory,
         bridge=settings.bridge,
         subnet=settings.bridge_subnet,
         table=settings.nft_table,
     )
+    unusable = net.unusable()
+    if unusable is not None:
+        log.warning("no bridge network for chutes and container tasks: %s", unusable)
+    return net if unusable is None else unusable
 
 
 def build_worker(

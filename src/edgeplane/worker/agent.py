@@ -438,6 +438,7 @@ class WorkerAgent:
 
     def capabilities(self) -> Capabilities:
         host = self.runtimes.get("host")
+        container = self.runtimes.get("container")
         return capabilities.detect(
             runtimes=self.runtimes,
             labels=self.options.labels,
@@ -445,6 +446,9 @@ class WorkerAgent:
             data_dir=self.options.data_dir,
             prefetch=self.prefetch,
             host_user=host.user.name if isinstance(host, HostRuntime) else None,
+            # a bridge configured and usable (roles/worker.py: node_network), else the
+            # runtime has none and such tasks would fail no_network here
+            bridge=isinstance(container, ContainerRuntime) and container.network is not None,
         )
 
     def held_artifacts(self) -> list[str]:
