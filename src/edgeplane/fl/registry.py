@@ -103,6 +103,14 @@ class Blobs:
             self._remember(ref, data)
         return data
 
+    async def size(self, ref: str) -> int | None:
+        """The blob's size in bytes; None if there is none. Read (and kept) whole: it is a
+        model version a round hands out, read by its clients next."""
+        try:
+            return len(await self.get(ref))
+        except NotFound:
+            return None
+
     async def each(self, refs: Iterable[str]) -> AsyncIterator[updates.Arrays]:
         """The arrays of each of ``refs`` (stored updates), read and decoded one at a time
         as the caller asks: only the one being read is held (``aggregate.fedavg``)."""
