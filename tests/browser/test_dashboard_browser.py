@@ -199,6 +199,13 @@ async def test_submit_a_task_and_watch_it_complete(
     await expect(page.locator("#view pre").nth(1)).to_contain_text("released", timeout=SHOWN_MS)
     await browser.shot("task")
     assert await page.evaluate("window.notReloaded") is True
+    # the overview's count by state is the API's (one GET /tasks/counts), this one included
+    completed = (await stack[1].get("/tasks/counts")).json()["completed"]
+    assert completed >= 1
+    await browser.go("#overview")
+    await expect(page.locator('.cards [data-state="completed"]')).to_have_text(
+        f"{completed} completed", timeout=SHOWN_MS
+    )
 
 
 async def test_stop_a_running_task(

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from edgeplane.clock import ManualClock
 from edgeplane.manager.series import Series, aggregate, window
 from edgeplane.model import TaskSpec
-from edgeplane.model.monitoring import Monitoring, resolve
+from edgeplane.monitoring import Monitoring, resolve
 from edgeplane.protocol import Metrics, Sample, TaskSamples
 from edgeplane.worker.monitor import Monitor
 

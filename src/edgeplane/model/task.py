@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -41,9 +41,9 @@ from edgeplane.model.bounds import (
     Url,
 )
 from edgeplane.model.cluster import GeoConstraint
-from edgeplane.model.monitoring import MonitoringField
 from edgeplane.model.secrets import Redacted, SecretDict, check_disjoint
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
+from edgeplane.monitoring import MonitoringField
 
 Runtime = Literal["wasm", "host", "container"]
 WasmMode = Literal["function", "wasi"]
@@ -53,6 +53,8 @@ TaskState = Literal[
     "pending", "scheduled", "running", "completed", "failed", "skipped", "cancelled"
 ]
 
+#: Every state, in a task's order of life.
+TASK_STATES: tuple[str, ...] = get_args(TaskState)
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
 ACTIVE_STATES: frozenset[str] = frozenset({"scheduled", "running"})
 

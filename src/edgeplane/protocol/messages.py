@@ -28,8 +28,8 @@ from edgeplane.model import (
     Usage,
 )
 from edgeplane.model.bounds import Project, check_json
-from edgeplane.model.monitoring import Monitoring, resolve
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
+from edgeplane.monitoring import Monitoring, resolve
 
 
 class _Body(BaseModel):

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from edgeplane import clock as clocks
-from edgeplane.model.monitoring import Monitoring
+from edgeplane.monitoring import Monitoring
 from edgeplane.protocol import Metrics, Sample, TaskSamples
 
 log = logging.getLogger(__name__)
