@@ -144,7 +144,7 @@ class ChuteCalls:
             raise NotFound(f"worker {worker_id} not found", field="id")
         usage = USAGE.match(path) if method == "GET" else None
         if usage is not None:  # kept here, so answered while the worker is offline too
-            return self._usage(entry, usage.group(1), query or {})
+            return self._usage(worker_id, entry, usage.group(1), query or {})
         kept = self._kept_read(entry, method, path)
         if not entry.online:
             if kept is not None:
@@ -200,10 +200,11 @@ class ChuteCalls:
         entry = self.core.registry.get(worker_id)
         return entry is not None and entry.online
 
-    def _usage(self, entry: WorkerEntry, chute: str, query: dict[str, str]) -> dict[str, Any]:
+    def _usage(
+        self, worker_id: str, entry: WorkerEntry, chute: str, query: dict[str, str]
+    ) -> dict[str, Any]:
         """A chute service's usage series (a ``UsageSeries``, docs/metrics.md): ``service``
         (default: the chute's first, as last reported), ``since``, ``until``, ``points``."""
-        worker_id = entry.worker.id
         series = self.core.series
         reported = entry.worker.chutes
         found = next(
@@ -217,7 +218,8 @@ class ChuteCalls:
         if service not in declared and service not in kept:
             raise NotFound(f"chute {chute!r} has no service {service!r}", field="service")
         since, until = _number(query, "since"), _number(query, "until")
-        points = int(_number(query, "points") or DEFAULT_POINTS)
+        asked = _number(query, "points")
+        points = DEFAULT_POINTS if asked is None else int(asked)
         if not 1 <= points <= MAX_POINTS:
             raise Invalid(f"points: 1 to {MAX_POINTS}", field="points")
         samples, downsampled = in_range(
