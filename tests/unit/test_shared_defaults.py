@@ -30,7 +30,7 @@ def test_the_shared_defaults_cannot_be_changed() -> None:
         NO_LIMITS.fuel = 1
     with pytest.raises(ValidationError, match="frozen"):
         NO_CONSTRAINTS.spread = Spread(group="g")
-    assert NO_LIMITS == Limits() and NO_CONSTRAINTS.spread is None
+    assert Limits() == NO_LIMITS and NO_CONSTRAINTS.spread is None
 
 
 def test_given_limits_are_not_the_shared_ones() -> None:
