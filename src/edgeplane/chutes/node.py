@@ -30,7 +30,7 @@ import platform
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -365,6 +365,7 @@ class Node:
                 return {"name": name, "version": None, "state": "installing", "services": []}
             raise NotFound(f"no chute {name!r}", field="name")
         manifest = Manifest.model_validate(state["manifest"])
+        pinned = _pinned(state)
         services = []
         all_running = all_healthy = True
         for service in manifest.services:
@@ -381,6 +382,8 @@ class Node:
                 {
                     "name": service.name,
                     "state": "running" if running else "stopped",
+                    "image": service.image,
+                    "pinned": pinned.get(service.name),
                     "address": state.get("addresses", {}).get(service.name),
                     "ports": [p.model_dump() for p in service.ports],
                     "healthy": healthy,
@@ -645,13 +648,14 @@ class Node:
         change.args["before"] = state
         manifest = Manifest.model_validate(state["manifest"])
         gen = str(state["generation"])
+        pins = _pinned(state)
         order = start_order(list(manifest.services))
 
         def starts() -> list[Step]:
             steps = [
                 Step(
                     f"start {s}",
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, pins),
                     self._stop_action(name, s, gen),
                 )
                 for s in order
@@ -666,7 +670,7 @@ class Node:
                 Step(
                     f"stop {s}",
                     self._stop_action(name, s, gen),
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, pins),
                 )
                 for s in reversed(order)
             ]
@@ -724,14 +728,14 @@ class Node:
 
         steps = [
             Step("check ports", check, _nothing),
-            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest, change), _nothing),
             Step("write files", write, self._remove(name)),
         ]
         for s in start_order(list(manifest.services)):
             steps.append(
                 Step(
                     f"start {s}",
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, change.images),
                     self._stop_action(name, s, gen),
                 )
             )
@@ -773,7 +777,7 @@ class Node:
 
         steps = [
             Step("check ports", check, _nothing),
-            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest, change), _nothing),
         ]
         # Each generation has its own namespace and address: the new one starts beside
         # the old one without the port mappings, which move over once it is healthy.
@@ -781,7 +785,7 @@ class Node:
             steps.append(
                 Step(
                     f"start new {s}",
-                    self._start_action(manifest, s, gen, change.id, mapped=False),
+                    self._start_action(manifest, s, gen, change.id, change.images, mapped=False),
                     self._stop_action(name, s, gen),
                 )
             )
@@ -814,6 +818,7 @@ class Node:
             "config": dict(manifest.config),
             "change_id": change.id,
             "source": change.source,
+            "images": dict(change.images),
             "addresses": {},
         }
 
@@ -869,9 +874,22 @@ class Node:
             if busy is not None:
                 raise Conflict(f"host port {busy} is in use on this node", field="services.ports")
 
-    async def _prepare_images(self, manifest: Manifest) -> None:
+    async def _prepare_images(self, manifest: Manifest, change: Change) -> None:
+        """Each service's image at hand, its root filesystem made; an ``oci://`` image
+        pinned to the manifest digest its tag names now (``change.images``, kept in the
+        journal and then in the chute's state): the starts of this version run exactly
+        that, from the node's copy, with no registry or proxy asked again."""
+        pins: dict[str, str] = {}
         for service in manifest.services:
-            await self.images.rootfs(await self._image(service.image))
+            ref = service.image
+            if reference.is_oci(ref):
+                layout = await self.puller.layout_for(ref)
+                # the layout is named by the manifest digest the reference resolved to
+                ref = str(reference.parse(ref).with_digest("sha256:" + layout.name))
+                pins[service.name] = ref
+            await self.images.rootfs(await self._image(ref))
+        change.images.clear()
+        change.images.update(pins)
 
     async def _image(self, ref: str) -> Any:
         if reference.is_oci(ref):
@@ -885,11 +903,17 @@ class Node:
         service_name: str,
         gen: str,
         change_id: str,
+        pins: Mapping[str, str],
         *,
         mapped: bool = True,
     ) -> Any:
+        """``pins``: the version's pinned images by service (read when the step runs: an
+        install's or update's are filled in by its "prepare images" step)."""
+
         async def run() -> None:
-            await self._start_service(manifest, manifest.service(service_name), gen, mapped=mapped)
+            service = manifest.service(service_name)
+            image = pins.get(service_name, service.image)
+            await self._start_service(manifest, service, gen, image, mapped=mapped)
             await self._report("started", manifest.name, service=service_name, change_id=change_id)
 
         return run
@@ -901,8 +925,9 @@ class Node:
         return run
 
     async def _start_service(
-        self, manifest: Manifest, service: Service, gen: str, *, mapped: bool = True
+        self, manifest: Manifest, service: Service, gen: str, ref: str, *, mapped: bool = True
     ) -> None:
+        """Start ``service`` of generation ``gen`` from image ``ref`` (its pinned image)."""
         if self.runc is None:
             raise TaskFailure("runc is not installed on this node", field="runtime")
         cid = _container(manifest.name, service.name, gen)
@@ -911,7 +936,7 @@ class Node:
             self._watch(manifest, service, gen)
             return  # a resumed change: it got this far before
         await self._call("delete", "--force", cid)
-        image = await self._image(service.image)
+        image = await self._image(ref)
         rootfs = await self.images.rootfs(image)
         limits = Limits(
             memory_mb=manifest.resources.memory_mb,
@@ -1172,6 +1197,15 @@ class Node:
 
     async def _call(self, *args: str) -> str:
         return "" if self.runc is None else await runc_output(self._runc(*args))
+
+
+def _pinned(state: Mapping[str, Any]) -> dict[str, str]:
+    """The images the chute's installed version was pinned to, by service (none for a
+    chute installed before pinning: its tags are resolved at each start until updated)."""
+    found = state.get("images")
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 async def _nothing() -> None:

@@ -269,7 +269,8 @@ def get(
     token_file: TokenFileOption = None,
     output: OutputOption = None,
 ) -> None:
-    """One chute: state, services, resources."""
+    """One chute: state, services (with the image each runs: an oci:// tag pinned to its
+    digest when the chute was installed or updated), resources."""
     found = _open(ctx, node, worker, node_token, token_file).call("GET", f"/chutes/{name}")
     if session(ctx).format(output) == Format.json:
         print_json(found)
@@ -277,8 +278,15 @@ def get(
     _stale_note(found, worker)
     source = found.get("source") or {}
     store = f"{source.get('store')} ({source.get('digest')})" if source else None
+    # the image each service runs: an oci:// tag pinned to its digest at install or update
+    # (a field, not a column: a pinned reference is wider than a table's cell may be)
+    images = [(f"image {s['name']}", s.get("pinned") or s.get("image")) for s in found["services"]]
     print_fields(
-        [*((k, found.get(k)) for k in ("name", "version", "state", "change_id")), ("store", store)]
+        [
+            *((k, found.get(k)) for k in ("name", "version", "state", "change_id")),
+            ("store", store),
+            *images,
+        ]
     )
     print_table(
         ["service", "state", "healthy", "address", "ports"],

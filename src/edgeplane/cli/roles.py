@@ -35,6 +35,14 @@ class Scheduler(StrEnum):
     resource_fit = "resource-fit"
 
 
+OtelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--otel-endpoint",
+        help="OTLP/HTTP collector (http://HOST:4318) to export traces of tasks' paths to "
+        "(needs the otel extra; default: no tracing).",
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -378,6 +386,7 @@ def up(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -415,6 +424,7 @@ def up(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -459,6 +469,7 @@ def root(
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -481,6 +492,7 @@ def root(
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -568,6 +580,7 @@ def manager(
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -603,6 +616,7 @@ def manager(
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -701,6 +715,7 @@ def worker(
     ] = None,
     artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -728,6 +743,7 @@ def worker(
         "metrics_listen": metrics_listen,
         "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
         "join_token": join,
         "edge_api": api,

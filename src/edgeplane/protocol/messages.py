@@ -31,6 +31,7 @@ from edgeplane.model.bounds import Project, check_json
 from edgeplane.model.monitoring import Monitoring, resolve
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
 from edgeplane.model.task import no_limits
+from edgeplane.tracing import bounded
 
 
 class _Body(BaseModel):
@@ -155,6 +156,14 @@ class Assignment(_Body):
     pinned_worker: str | None = None
     #: the task's project, which the cluster stores it in (docs/security.md "Projects")
     project: Project = "default"
+    #: the W3C trace context of the attempt's dispatch (only when tracing is on; an
+    #: ill-formed one is ignored and counted, never the assignment's failure)
+    traceparent: str | None = None
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _traceparent(cls, value: Any) -> str | None:
+        return bounded(value)
 
     @classmethod
     def of(
@@ -306,6 +315,14 @@ class TaskEvent(_Body):
     worker_id: str | None = None
     #: on a ``running`` event: where the attempt's published ports are reached
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_PORTS)
+    #: on a final event: the W3C trace context of the attempt's run (tracing on; as in
+    #: :class:`Assignment`)
+    traceparent: str | None = None
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _traceparent(cls, value: Any) -> str | None:
+        return bounded(value)
 
 
 class TaskEvents(_Body):
