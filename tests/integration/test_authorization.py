@@ -109,6 +109,7 @@ KIND = {
     # a training task's own credential (edgeplane.fl.tokens); a user's token is refused
     "/api/v1/fl/experiments/{experiment_id}/rounds/{round_no}/data": "client",
     "/api/v1/fl/experiments/{experiment_id}/rounds/{round_no}/updates": "client",
+    "/api/v1/fl/experiments/{experiment_id}/assignment": "client",
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 HOST = {"runtime": "host", "command": ["true"]}
