@@ -29,6 +29,7 @@ from edgeplane.model import (
 )
 from edgeplane.model.bounds import Project, check_json
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
+from edgeplane.model.task import no_limits
 from edgeplane.monitoring import Monitoring, resolve
 from edgeplane.tracing import bounded
 
@@ -143,7 +144,7 @@ class Assignment(_Body):
     network: Network = "none"
     ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
     healthcheck: HealthCheck | None = None
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=no_limits)
     daemon: bool = False
     #: the task's profile, resolved (None: not sampled; docs/metrics.md)
     monitoring: Monitoring | None = None
