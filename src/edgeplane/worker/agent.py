@@ -181,9 +181,6 @@ class WorkerStats:
     duplicates: int = 0
     #: commands meant for another session of this worker id (left alone)
     foreign_commands: int = 0
-    #: assignments that came while the worker was leaving (left for the manager to
-    #: re-place)
-    refused_leaving: int = 0
     #: seconds a runtime took to start an attempt (``start``, or ``start_held`` and
     #: ``begin`` with the handle's save between), by runtime
     start_latency: dict[str, Histogram] = field(default_factory=dict)
@@ -506,7 +503,7 @@ class WorkerAgent:
             return
         if isinstance(body, StartTasks):
             if self.leaving:  # re-placed by the manager once it hears we left (stop)
-                self.stats.refused_leaving += len(body.tasks)
+                log.info("tasks not taken: leaving", extra={"count": len(body.tasks)})
                 return
             if body.session not in ("", self.session):
                 # Another process with this id holds the tasks (a restart's older process,
