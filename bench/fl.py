@@ -6,32 +6,41 @@ Two parts, each run on edgeplane and then on Flower, back to back:
    bundled digits, IID shards, FedAvg, ``lr`` 0.5, 5 local epochs) with ``--clients``
    clients for ``--rounds`` rounds. edgeplane: ``edgeplane up --workers 0`` (API, manager,
    coordinator, SQLite, its Mosquitto) and one ``edgeplane worker`` process per client;
-   the experiment goes through ``POST /api/v1/fl/experiments`` and each round's client
-   is a host task, ``python -m edgeplane.fl.client``. Flower: ``flwr.server.start_server``
-   (FedAvg) and one ``flwr.client.start_client`` process per client (``bench.fl_flower``),
-   whose ``fit`` calls the same ``edgeplane.fl.model.train`` on the same shard
-   (``edgeplane.fl.datastore.shard``) with the same hyperparameters and seed, and whose
-   server scores every round on the same held-out set with the same code. edgeplane runs
+   the experiment goes through ``POST /api/v1/fl/experiments``; the client is a host
+   task, ``python -m edgeplane.fl.client``, run in each of ``--client-tasks``' modes:
+   ``persistent`` (one long-lived client task per worker for the whole experiment, the
+   example's setting) and ``per_round`` (a new task per client and round). Flower:
+   ``flwr.server.start_server`` (FedAvg) and one ``flwr.client.start_client`` process per
+   client (``bench.fl_flower``), whose ``fit`` calls the same ``edgeplane.fl.model.train``
+   on the same shard (``edgeplane.fl.datastore.shard``) with the same hyperparameters and
+   seed, and whose server scores every round on the same held-out set with the same code.
+   edgeplane runs
    a 1-round warm-up experiment first (its coordinator loads the digits at its first
    round; Flower's server does at its start), left out of the figures.
 2. **large model**: ``--big-params`` parameters (the digits model plus one array of
    zeros) and ``--big-clients`` simulated clients that send the global model back with
    noise (no training), for the coordinator's peak memory. edgeplane: that many
-   ``edgeplane worker`` processes, the client a host task (``bench.fl_noise_client``),
+   ``edgeplane worker`` processes, the client a host task (``bench.fl_noise_client``,
+   in each mode),
    the model given as the experiment's ``initial_model``. Flower: one process of that
    many client threads (``bench.fl_flower noise``), each its own gRPC connection. Neither
    scores that model (edgeplane's coordinator scores only the digits model itself).
 
 Each coordinator records three moments per round: when it handed out the round
-(edgeplane: the training tasks submitted, ``opened_at``; Flower: ``configure_fit``
-returned), when the last update was in (``last_update_at``; ``aggregate_fit`` called) and
-when the new version was stored and scored (``closed_at``; ``evaluate`` returned). From
+(edgeplane: the round stored and its training tasks submitted, or its long-lived clients
+told, ``opened_at``; Flower: ``configure_fit`` returned), when the last update was in
+(``last_update_at``; ``aggregate_fit`` called) and when the new version was stored
+(``closed_at``: edgeplane scores it after the next round is out; Flower: ``evaluate``
+returned). From
 them, for both alike:
 
-- **time per round**: first round handed out → last round closed, over the rounds;
+- **time per round**: first round handed out → last round closed, over the rounds; and
+  after the first round (first closed → last closed, over the rounds but one: a
+  long-lived client's process starts in round 1, Flower's clients before round 1);
 - **coordinator turnaround per round**: last update in → the next round handed out (the
-  last round: → closed): aggregation, scoring, storing and opening the next round, the
-  time the coordinator alone holds the experiment up;
+  last round: → closed): aggregation, storing and opening the next round (and scoring,
+  for Flower; edgeplane scores after the next round is out), the time the coordinator
+  alone holds the experiment up;
 - **coordinator CPU per round**: the coordinator process's CPU (psutil, user + system)
   from before the experiment to after it, over the rounds: the ``up`` process for
   edgeplane (its Mosquitto is a child, shown apart), the server process for Flower;
@@ -44,7 +53,8 @@ below the versions edgeplane runs on, so installing it beside edgeplane would do
 edgeplane's own dependencies. Nothing here asserts on time; every wait is bounded.
 
     python -m bench.fl [--quick] [--rounds 10] [--clients 4] [--big-clients 50]
-                       [--big-params 1000000] [--big-rounds 2] [--json FILE]
+                       [--big-params 1000000] [--big-rounds 2]
+                       [--client-tasks persistent,per_round] [--json FILE]
 """
 
 from __future__ import annotations
@@ -118,10 +128,13 @@ class Plan:
     big_clients: int
     big_params: int
     big_rounds: int
+    #: edgeplane's client task modes to run (``client_tasks``), each beside Flower
+    client_tasks: tuple[str, ...] = ("persistent", "per_round")
 
 
 FULL = Plan(rounds=10, clients=4, big_clients=50, big_params=1_000_000, big_rounds=2)
 QUICK = Plan(rounds=3, clients=4, big_clients=10, big_params=1_000_000, big_rounds=1)
+MODES = ("persistent", "per_round")
 
 
 @dataclass
@@ -133,6 +146,8 @@ class Run:
     part: str
     rounds: int
     clients: int
+    #: edgeplane's ``client_tasks`` (empty for Flower)
+    mode: str = ""
     processes: list[str] = field(default_factory=list)
     #: round -> epoch seconds, as the coordinator recorded them
     opened: dict[int, float] = field(default_factory=dict)
@@ -157,6 +172,8 @@ class Run:
             out["loss"] = self.metrics[r].get("loss", float("nan"))
         if 1 in self.opened and r in self.closed:
             out["s per round"] = (self.closed[r] - self.opened[1]) / r
+        if r > 1 and 1 in self.closed and r in self.closed:
+            out["s per round after 1"] = (self.closed[r] - self.closed[1]) / (r - 1)
         turnaround, aggregate, handout, clients = [], [], [], []
         for n in range(1, r + 1):
             if n not in self.last_update or n not in self.closed:
@@ -246,7 +263,13 @@ def shown(argv: Sequence[str]) -> str:
 
 
 def experiment(
-    plan: Plan, *, big: bool, rounds: int, clients: int, python: str = sys.executable
+    plan: Plan,
+    *,
+    big: bool,
+    rounds: int,
+    clients: int,
+    python: str = sys.executable,
+    mode: str = "persistent",
 ) -> dict[str, Any]:
     """The digits example as the repo ships it, with this run's rounds and clients; the
     large-model run's client is ``bench.fl_noise_client`` instead."""
@@ -261,6 +284,7 @@ def experiment(
     spec["min_clients"] = clients
     spec["round_timeout_s"] = 600
     spec["on_short"] = "fail"
+    spec["client_tasks"] = mode
     return spec
 
 
@@ -328,11 +352,12 @@ def start_workers(
     return commands
 
 
-def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console) -> Run:
+def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console, mode: str) -> Run:
     rounds = plan.big_rounds if big else plan.rounds
     clients = plan.big_clients if big else plan.clients
-    run = Run("edgeplane", __version__, "large model" if big else "digits", rounds, clients)
-    spec = experiment(plan, big=big, rounds=rounds, clients=clients)
+    part = "large model" if big else "digits"
+    run = Run("edgeplane", __version__, part, rounds, clients, mode=mode)
+    spec = experiment(plan, big=big, rounds=rounds, clients=clients, mode=mode)
     if big:
         spec["workload"]["env"]["FL_BENCH_SAMPLES"] = "100"
     with ExitStack() as stack:
@@ -406,7 +431,8 @@ def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console) ->
             run.last_update[n] = record["last_update_at"]
             run.closed[n] = record["closed_at"]
             run.metrics[n] = record["metrics"]
-        run.extra.update(task_split(client, got))
+        if mode == "per_round":  # a long-lived client's task spans every round
+            run.extra.update(task_split(client, got))
         run.status = "finished" if got["state"] == "completed" else "partial"
     return run
 
@@ -570,9 +596,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("accuracy", "test accuracy after the last round", "pct"),
     ("loss", "test loss after the last round", "f3"),
     ("s per round", "time per round, s (first out → last closed, ÷ rounds)", "f2"),
+    ("s per round after 1", "  after round 1 (first closed → last closed, ÷ rounds - 1)", "f2"),
     ("turnaround ms", "coordinator turnaround per round, ms, median", "f1"),
     ("turnaround max ms", "  max", "f1"),
-    ("aggregate ms", "  last update → new version stored and scored", "f1"),
+    ("aggregate ms", "  last update → new version stored (Flower: and scored)", "f1"),
     ("handout ms", "  → next round handed out", "f1"),
     ("clients ms", "round out → last update in, ms, median", "f1"),
     ("task start ms", "  of which: task handed out → started on its worker", "f1"),
@@ -602,13 +629,15 @@ def _compare(ours: float | None, theirs: float | None, fmt: str) -> str:
 
 
 def table(title: str, runs: Sequence[Run], skip: frozenset[str] = frozenset()) -> Table:
+    """A column per run, and one per edgeplane run ÷ Flower's (when Flower ran)."""
     out = Table(title=title, caption="ratio < 1: edgeplane is faster or smaller")
     out.add_column("figure")
     for run in runs:
-        out.add_column(f"{run.system}\n{run.version}", justify="right")
-    pair = len(runs) == 2
-    if pair:
-        out.add_column("edgeplane\n÷ flower", justify="right")
+        out.add_column(f"{run.system} {run.mode}\n{run.version}".strip(), justify="right")
+    flower = next((i for i, run in enumerate(runs) if run.system == "flower"), None)
+    ours = [i for i, run in enumerate(runs) if run.system != "flower"] if flower is not None else []
+    for i in ours:
+        out.add_column(f"{runs[i].mode}\n÷ flower", justify="right")
     figures = [run.figures() for run in runs]
     for key, label, fmt in ROWS:
         if key in skip:
@@ -617,10 +646,10 @@ def table(title: str, runs: Sequence[Run], skip: frozenset[str] = frozenset()) -
         if all(v is None for v in values):
             continue
         cells = [_cell(v, fmt) for v in values]
-        if pair:
-            cells.append(_compare(values[0], values[1], fmt))
+        if flower is not None:
+            cells += [_compare(values[i], values[flower], fmt) for i in ours]
         out.add_row(label, *cells)
-    out.add_row("status", *(run.status for run in runs), *([""] if pair else []))
+    out.add_row("status", *(run.status for run in runs), *([""] * len(ours)))
     return out
 
 
@@ -643,12 +672,12 @@ def render(report: Report, console: Console) -> None:
         console.print(table(f"{part}: {what}, {rounds} rounds x {clients} clients", runs, skip))
         if part == "large model":
             console.print(
-                "  the clients are simulated differently (edgeplane: a process per client and"
-                " round; Flower: threads of one process): compare the coordinator's rows,"
-                " not the time per round"
+                "  the clients are simulated differently (edgeplane: a process per client;"
+                " Flower: threads of one process): compare the coordinator's rows, not the"
+                " time per round"
             )
     for run in report.runs:
-        console.print(f"[bold]{run.system}[/bold] {run.version}, {run.part}")
+        console.print(f"[bold]{run.system}[/bold] {run.version} {run.mode}, {run.part}")
         for command in run.processes:
             console.print(f"  runs: {command}")
         for note in run.notes:
@@ -676,10 +705,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--parts", default="digits,big", help="digits, big, or both (comma-separated)"
     )
+    parser.add_argument(
+        "--client-tasks",
+        default=",".join(MODES),
+        help="edgeplane's client task modes to run: persistent, per_round, or both",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="results")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
+    modes = tuple(m.strip() for m in args.client_tasks.split(",") if m.strip())
+    if not modes or set(modes) - set(MODES):
+        parser.error("--client-tasks: persistent, per_round, or both (comma-separated)")
     args.plan = Plan(
+        client_tasks=modes,
         rounds=args.rounds or base.rounds,
         clients=args.clients or base.clients,
         big_clients=args.big_clients or base.big_clients,
@@ -696,12 +734,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def guarded(system: str, part: str, step: Callable[[], Run]) -> Run:
+def guarded(system: str, part: str, step: Callable[[], Run], mode: str = "") -> Run:
     """A run that failed is reported as not finished; the others still run."""
     try:
         return step()
     except Exception as exc:  # any failure, ours or Flower's, ends only its own column
-        return Run(system, "?", part, 0, 0, notes=[f"{type(exc).__name__}: {exc}"])
+        return Run(system, "?", part, 0, 0, mode, notes=[f"{type(exc).__name__}: {exc}"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -716,16 +754,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ("big" if big else "digits") not in args.parts:
                 continue
             part = "large model" if big else "digits"
-            for system in ("edgeplane", "flower"):
+            for system in [*(f"edgeplane {m}" for m in plan.client_tasks), "flower"]:
                 console.print(f"{part}: {system} …")
-                work = Path(tmp) / f"{system}-{'big' if big else 'digits'}"
+                work = Path(tmp) / f"{system.replace(' ', '-')}-{'big' if big else 'digits'}"
                 work.mkdir()
+                name, _, mode = system.partition(" ")
                 step = (
-                    partial(run_edgeplane, plan, work, big=big, console=console)
-                    if system == "edgeplane"
+                    partial(run_edgeplane, plan, work, big=big, console=console, mode=mode)
+                    if name == "edgeplane"
                     else partial(run_flower, plan, work, version, big=big, console=console)
                 )
-                report.runs.append(guarded(system, part, step))
+                report.runs.append(guarded(name, part, step, mode))
     report.machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     render(report, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)

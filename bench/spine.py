@@ -545,6 +545,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "standard,off), alternating --rounds times on the same `up`",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --monitoring")
+    parser.add_argument(
+        "--otel-endpoint",
+        default="",
+        metavar="URL",
+        help="run `up` with traces exported to this OTLP/HTTP collector (docs/metrics.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -562,6 +568,8 @@ def run(args: argparse.Namespace, command: str, console: Console, work_dir: Path
         "--workers",
         str(args.workers),
     ]
+    if args.otel_endpoint:
+        up_argv += ["--otel-endpoint", args.otel_endpoint]
     result = Run(
         command=command,
         up_command=shlex.join(["python", *up_argv[1:]]),

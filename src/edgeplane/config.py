@@ -23,6 +23,7 @@ from edgeplane.limits import (
     MAX_TIMEOUT_S,
 )
 from edgeplane.protocol.topics import check_domain, check_segment
+from edgeplane.tracing import MAX_ENDPOINT, traces_url
 
 SchedulerName = Literal["round-robin", "priority", "resource-fit"]
 
@@ -66,6 +67,9 @@ class Settings(BaseModel):
     missed_beats: int = Field(default=3, ge=1)
     #: a worker: seconds between samples of its node's usage (docs/metrics.md; 0: none)
     metrics_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    #: OTLP/HTTP endpoint traces of tasks' paths are exported to (a collector's base URL,
+    #: ``http://HOST:4318``, or its ``.../v1/traces``); empty: no tracing (docs/metrics.md)
+    otel_endpoint: str = Field(default="", max_length=MAX_ENDPOINT)
     #: a worker: serve Prometheus text at ``http://HOST:PORT/metrics`` (empty: not served)
     metrics_listen: str = ""
     #: seconds a lost worker's host and container tasks wait for it to come back and
@@ -202,6 +206,13 @@ class Settings(BaseModel):
     def _listen(cls, value: str) -> str:
         if value:
             parse_listen(value)
+        return value
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, value: str) -> str:
+        if value:
+            traces_url(value)  # a ValueError says what is wrong
         return value
 
     @field_validator("service_ports")

@@ -47,12 +47,15 @@ def experiment(rounds: int) -> dict[str, Any]:
     return spec
 
 
+@pytest.mark.parametrize("client_tasks", ["persistent", "per_round"])
 async def test_digits_reach_90_percent_on_four_workers(
-    stack: tuple[Stack, httpx.AsyncClient],
+    stack: tuple[Stack, httpx.AsyncClient], client_tasks: str
 ) -> None:
     _, http = stack
     await wait_until_workers(http, 4)
-    created = await http.post("/fl/experiments", json=experiment(3))
+    spec = experiment(3)
+    spec["client_tasks"] = client_tasks
+    created = await http.post("/fl/experiments", json=spec)
     assert created.status_code == 201, created.text
     exp_id = created.json()["id"]
 
@@ -74,8 +77,23 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert all(None not in m and m[0] <= m[1] <= m[2] for m in moments), moments
     assert all(a[2] <= b[0] for a, b in itertools.pairwise(moments)), moments
     assert all(sorted(r["tasks"]) == sorted(r["clients"]) for r in closed), closed
-    task = (await http.get(f"/tasks/{closed[0]['tasks'][closed[0]['clients'][0]]}")).json()
-    assert task["state"] in ("completed", "cancelled", "failed"), task
+    if client_tasks == "persistent":
+        # one client task per worker for the whole experiment, each ending on its own
+        # (exit 0) once told the experiment completed
+        assert closed[0]["tasks"] == closed[1]["tasks"] == closed[2]["tasks"], closed
+        for task_id in closed[0]["tasks"].values():
+
+            async def ended(task_id: str = task_id) -> bool:
+                got = (await http.get(f"/tasks/{task_id}")).json()
+                return bool(got["state"] not in ("pending", "scheduled", "running"))
+
+            await until(ended, "a client task ends on its own", timeout_s=20)
+            task = (await http.get(f"/tasks/{task_id}")).json()
+            assert (task["state"], task["exit_code"]) == ("completed", 0), task
+    else:
+        task = (await http.get(f"/tasks/{closed[0]['tasks'][closed[0]['clients'][0]]}")).json()
+        assert task["state"] in ("completed", "cancelled", "failed"), task
+        assert len({t for r in closed for t in r["tasks"].values()}) == 3 * 4
 
     model = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 3})
     assert model.status_code == 200

@@ -10,6 +10,11 @@ experiment completes with each of its 3 rounds aggregated exactly once.
 
 Each client waits at two gates, before it trains and before it posts (a file the test
 creates and one client renames away), so the test decides when each update is sent.
+
+It runs twice: with a training task per client and round (``client_tasks: per_round``),
+and with one long-lived client task per worker for the whole experiment
+(``persistent``), which goes on through both kills: it asks the restarted manager for
+its next round.
 """
 
 from __future__ import annotations
@@ -56,6 +61,34 @@ code = client.send_update(os.environ, update)
 (gates / f"done-{round_no}-{os.getpid()}").touch()
 sys.exit(code)
 """
+#: The same gates around a long-lived client's rounds (``client.Session``'s steps).
+GATED_SESSION = """
+import os, sys, time
+from pathlib import Path
+from edgeplane.fl import client
+
+gates = Path(sys.argv[1])
+
+
+def wait(gate, round_no):
+    while True:
+        try:
+            taken = gates / f"taken-{gate}-{round_no}-{os.getpid()}"
+            (gates / f"{gate}-{round_no}").rename(taken)
+            return
+        except FileNotFoundError:
+            time.sleep(0.05)
+
+
+session = client.Session(os.environ)
+while (work := session.next()) is not None:
+    wait("go", work.round)
+    update = session.train(work)
+    wait("post", work.round)
+    session.send(work, update)
+    (gates / f"done-{work.round}-{os.getpid()}").touch()
+sys.exit(0)
+"""
 
 
 def fl_outcomes(url: str) -> dict[str, float]:
@@ -68,8 +101,9 @@ def fl_outcomes(url: str) -> dict[str, float]:
     return found
 
 
+@pytest.mark.parametrize("client_tasks", ["per_round", "persistent"])
 def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_once(
-    lab: Lab,
+    lab: Lab, client_tasks: str
 ) -> None:
     manager, workers, api = lab.manager_and_workers()
     every = [manager, *workers]
@@ -79,7 +113,12 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
         "name": "killed",
         "workload": {
             "runtime": "host",
-            "command": [sys.executable, "-c", GATED_CLIENT, str(gates)],
+            "command": [
+                sys.executable,
+                "-c",
+                GATED_SESSION if client_tasks == "persistent" else GATED_CLIENT,
+                str(gates),
+            ],
             "env": {"PYTHONPATH": str(SRC), "PATH": os.environ.get("PATH", "")},
         },
         "rounds": 3,
@@ -88,6 +127,7 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
         # far past the test: a round is never cut short by its deadline here
         "round_timeout_s": 3600,
         "hyperparams": {"lr": 0.5, "epochs": 5},
+        "client_tasks": client_tasks,
     }
     created = api.http.post("/fl/experiments", json=spec)
     assert created.status_code == 201, created.text
@@ -164,11 +204,16 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
     assert all(not r["rejected"] for r in got["rounds"]), got["rounds"]
     assert fl_outcomes(api.url) == {"accepted": 1}  # this process: round 2's second update
 
+    # per round: a task per client and round; persistent: one per worker, all 3 rounds
+    tasks = 6 if client_tasks == "per_round" else 2
+    if client_tasks == "persistent":
+        assert got["rounds"][0]["tasks"] == got["rounds"][1]["tasks"] == got["rounds"][2]["tasks"]
+
     def clients() -> list[dict[str, Any]] | None:
-        """The 6 training tasks, once all ended (the last round's may still be exiting
-        when the experiment completes)."""
+        """The training tasks, once all ended (the last round's may still be exiting when
+        the experiment completes; a long-lived client exits once told it completed)."""
         found = [t for t in api.tasks() if t["name"] == "fl-killed"]
-        return found if len(found) == 6 and all(t["state"] in TERMINAL for t in found) else None
+        return found if len(found) == tasks and all(t["state"] in TERMINAL for t in found) else None
 
     ran = wait_until(clients, "every training task ends", watch=every)
     assert all(t["state"] == "completed" for t in ran), [(t["state"], t["error"]) for t in ran]

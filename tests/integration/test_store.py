@@ -178,6 +178,27 @@ async def test_add_conflict_inserts_nothing(store: Store) -> None:
     assert (items, total) == ([task("a", 1.0)], 1)
 
 
+async def test_count_tasks_counts_each_state_in_the_projects_asked_for(store: Store) -> None:
+    assert await store.count_tasks() == {}
+    lab = {"project": "lab"}
+    await store.add_tasks(
+        [
+            task("a", 1.0),
+            task("b", 2.0, state="running"),
+            task("c", 3.0, state="failed", **lab),
+            task("d", 4.0, state="failed"),
+            task("e", 5.0, **lab),
+        ]
+    )
+    assert await store.count_tasks() == {"pending": 2, "running": 1, "failed": 2}
+    assert await store.count_tasks(projects=["lab"]) == {"pending": 1, "failed": 1}
+    assert await store.count_tasks(projects=[]) == {}
+    assert await store.count_tasks(projects=["nul\x00"]) == {}
+    await store.save_tasks([task("b", 2.0, state="completed")])
+    await store.delete_task("a")
+    assert await store.count_tasks() == {"pending": 1, "completed": 1, "failed": 2}
+
+
 async def test_save_tasks_upserts_a_thousand_in_one_call(store: Store) -> None:
     await store.add_tasks([task(f"t{i:04}", float(i)) for i in range(0, 1000, 2)])
     saved = [

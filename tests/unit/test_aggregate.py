@@ -26,6 +26,7 @@ def worker(
     cpu: float = 4.0,
     memory: int = 4096,
     accelerators: int = 0,
+    bridge: bool = False,
 ) -> WorkerView:
     return WorkerView(
         id=id,
@@ -37,6 +38,7 @@ def worker(
         free_memory_mb=memory,
         order=0,
         accelerators=accelerators,
+        bridge=bridge,
     )
 
 
@@ -128,6 +130,22 @@ def test_tee_and_accelerators_count_workers() -> None:
     assert (host.tee, host.accelerators) == (0, 1)
 
 
+def test_bridge_counts_workers_that_can_give_tasks_a_bridge_network() -> None:
+    agg = aggregate(
+        [
+            worker("a", runtimes=("container",), bridge=True),
+            worker("b", runtimes=("container", "wasm"), bridge=True),
+            worker("c", runtimes=("container",)),
+            worker("d"),
+        ]
+    )
+    assert agg.bridge == 2
+    assert group_of(agg, "container").bridge == 2 and group_of(agg, "wasm").bridge == 1
+    view = cluster_view("c1", 0, agg)
+    assert {g.runtime: g.bridge for g in view.groups} == {"container": 2, "wasm": 1}
+    assert Aggregate.model_validate_json(agg.model_dump_json()) == agg
+
+
 def test_over_committed_workers_count_as_no_free_capacity() -> None:
     agg = aggregate(
         [worker("a", slots=-1, cpu=-0.5, memory=-64), worker("b", slots=2, cpu=1.0, memory=64)]
@@ -211,6 +229,12 @@ def test_equal_aggregates_are_not_significant_even_at_another_time() -> None:
 def test_worker_count_change_is_significant() -> None:
     old = aggregate(base())
     assert significant_change(old, aggregate(base()[:-1]))
+
+
+def test_a_worker_gaining_or_losing_its_bridge_is_significant() -> None:
+    """(It re-registers with new capabilities: the count of workers stays the same.)"""
+    old = aggregate([worker("a", runtimes=("container",), bridge=True)])
+    assert significant_change(old, aggregate([worker("a", runtimes=("container",))]))
 
 
 def test_group_appearing_or_disappearing_is_significant() -> None:

@@ -248,3 +248,26 @@ def test_the_advertised_address_is_one_the_machine_has() -> None:
     mine = _addresses()
     assert found in mine if mine else found == "127.0.0.1"
     assert not ip.is_link_local and not ip.is_unspecified
+
+
+def test_a_bridge_is_unusable_when_its_name_is_another_interface_or_its_subnet_taken(
+    tmp_path: Path,
+) -> None:
+    """Checked without touching the node: the name in /sys/class/net, the subnet against
+    every other interface's addresses (loopback's 127.0.0.1 here)."""
+    from edgeplane.chutes.network import NodeNetwork
+
+    sys_net = tmp_path / "sys"
+    (sys_net / "eptaken0").mkdir(parents=True)
+    (sys_net / "eptbr0" / "bridge").mkdir(parents=True)
+    net = NodeNetwork(tmp_path / "a", bridge="eptaken0", subnet="198.51.100.0/24")
+    assert net.unusable(sys_net) == (
+        "interface eptaken0 exists and is not a bridge (EDGEPLANE_BRIDGE)"
+    )
+    ours = NodeNetwork(tmp_path / "b", bridge="eptbr0", subnet="198.51.100.0/24")
+    assert ours.unusable(sys_net) is None  # a bridge already: the worker's own
+    absent = NodeNetwork(tmp_path / "c", bridge="eptnew0", subnet="198.51.100.0/24")
+    assert absent.unusable(sys_net) is None  # made at the first attach
+    clash = NodeNetwork(tmp_path / "d", bridge="eptnew0", subnet="127.0.0.0/24")
+    why = clash.unusable(sys_net)
+    assert why is not None and "holds" in why and "127.0.0.1" in why, why

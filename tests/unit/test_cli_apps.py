@@ -188,8 +188,9 @@ CLUSTER = {
                 "cpu": {"count": 2, "sum": 5.25, "mean": 2.625, "std": 0.875, "max": 3.5},
                 "memory_mb": {"count": 2, "sum": 6144, "mean": 3072, "std": 1024, "max": 4096},
             },
-            {"runtime": "container", "workers": 1, "free_slots": 4, "tee": 1},
+            {"runtime": "container", "workers": 1, "free_slots": 4, "tee": 1, "bridge": 1},
         ],
+        "bridge": 1,
     },
 }
 
@@ -513,8 +514,10 @@ def test_cluster_get_shows_fields_and_capacity_groups() -> None:
         "4096",
         "0",
         "0",
+        "0",
     ] in rows
-    assert ["container", "1", "4", "0", "0±0", "0", "0", "0", "1", "0"] in rows
+    assert ["container", "1", "4", "0", "0±0", "0", "0", "0", "1", "0", "1"] in rows
+    assert ["bridge", "workers", "1"] in rows
     assert api.calls() == [("GET", "/clusters/c1")]
     bare = invoke(api, "cluster", "get", "c2")
     assert bare.exit_code == 0, bare.output

@@ -290,10 +290,18 @@ def test_spec_bounds() -> None:
 # the MQTT fallback's frame and topic, the user-given initial model
 
 
-@given(st.text(min_size=1, max_size=200), st.binary(max_size=300), st.sampled_from(MQTT_TYPES))
+@given(
+    st.text(min_size=1, max_size=200),
+    st.binary(max_size=300),
+    st.sampled_from(MQTT_TYPES),
+    st.none() | st.integers(0, 1_000),
+)
 @settings(max_examples=60, deadline=None)
-def test_mqtt_frame_round_trips(token: str, body: bytes, content_type: str) -> None:
-    assert mqtt.unframe(mqtt.frame(token, body, content_type)) == (token, content_type, body)
+def test_mqtt_frame_round_trips(
+    token: str, body: bytes, content_type: str, attempt: int | None
+) -> None:
+    got = mqtt.unframe(mqtt.frame(token, body, content_type, attempt))
+    assert got == (token, content_type, body, attempt)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from edgeplane.scheduling.placement import (
     place_on_clusters,
     rank_clusters,
 )
+from edgeplane.scheduling.snapshot import Booked
 
 BERLIN = (52.52, 13.405)
 POTSDAM = (52.39, 13.065)  # ~27 km from Berlin
@@ -47,6 +48,7 @@ def group(
     memory: float = 4096.0,
     memory_max: float = 2048.0,
     tee: int = 0,
+    bridge: int = 0,
 ) -> GroupView:
     return GroupView(
         runtime=runtime,
@@ -58,6 +60,7 @@ def group(
         free_memory_sum=memory,
         free_memory_max=memory_max,
         tee=tee,
+        bridge=bridge,
     )
 
 
@@ -193,6 +196,42 @@ def test_tee_reason_names_labels_when_they_narrowed_the_pool() -> None:
     assert reason(clusters, task(labels={"site": "a"}, tee="required")) == (
         "no cluster has a worker with runtime 'wasm', labels site=a and a TEE"
     )
+
+
+def test_a_bridge_task_needs_a_group_with_a_bridge_worker() -> None:
+    """``network: bridge``: only clusters whose aggregate counts a worker with a bridge
+    network (a worker without one would fail it ``no_network``)."""
+    plain = cluster("plain", 0, group("container", slots=8))
+    bridged = cluster("bridged", 1, group("container", slots=1, bridge=1))
+    bridge_task = task(runtime="container", bridge=True)
+    assert ranked([plain, bridged], bridge_task) == ["bridged"]
+    assert ranked([plain, bridged], task(runtime="container")) == ["plain", "bridged"]
+    why = "(the task has network: bridge)"
+    assert reason([plain], bridge_task) == f"no cluster has a worker with a bridge network {why}"
+    wasm_bridge = cluster("wasm-bridge", 2, group("wasm", bridge=1))
+    assert reason([plain, wasm_bridge], bridge_task) == (
+        f"no cluster has a worker with runtime 'container' and a bridge network {why}"
+    )
+    # a plan: the bridged cluster takes them all (queueing past its one free slot)
+    batch = [task(f"t{i}", runtime="container", seq=i, bridge=True) for i in range(3)]
+    plan = place_on_clusters([plain, bridged], batch)
+    assert {c for _, c in plan.assignments} == {"bridged"} and not plan.waiting
+
+
+def test_a_booked_bridge_task_counts_against_a_group_with_a_bridge() -> None:
+    """A bridge task sent since the last aggregate is booked on the group that could run
+    it, not on a bridgeless one the cluster would never use for it."""
+    c = cluster(
+        "c",
+        0,
+        group("container", {"net": "no"}, slots=1),
+        group("container", {"net": "yes"}, slots=1, bridge=1),
+    )
+    d = cluster("d", 1, group("container", slots=1, bridge=1))
+    booked = replace(c, inflight=(Booked("container", bridge=True),))
+    bridge_task = task(runtime="container", bridge=True)
+    assert ranked([c, d], bridge_task) == ["c", "d"]
+    assert ranked([booked, d], bridge_task) == ["d", "c"]  # c's bridge worker is taken
 
 
 def test_geo_radius() -> None:
@@ -458,10 +497,24 @@ PLACES = (BERLIN, POTSDAM, PARIS, None)
 
 
 def _worker(
-    runtimes: list[str], labels: dict[str, str], tee: bool, slots: int, cpu: float, memory: int
+    runtimes: list[str],
+    labels: dict[str, str],
+    tee: bool,
+    slots: int,
+    cpu: float,
+    memory: int,
+    bridge: bool = False,
 ) -> WorkerView:
     return WorkerView(
-        "", frozenset(runtimes), labels, frozenset({"sgx"} if tee else ()), slots, cpu, memory, 0
+        "",
+        frozenset(runtimes),
+        labels,
+        frozenset({"sgx"} if tee else ()),
+        slots,
+        cpu,
+        memory,
+        0,
+        bridge=bridge,
     )
 
 
@@ -473,6 +526,7 @@ WORKER = st.builds(
     slots=st.integers(0, 3),
     cpu=st.sampled_from((0.0, 0.5, 1.0, 2.0)),
     memory=st.sampled_from((0, 256, 1024)),
+    bridge=st.booleans(),
 )
 
 
@@ -516,6 +570,7 @@ TASK = st.builds(
         st.none(),
         st.builds(GeoPoint, st.just(52.5), st.just(13.4), st.sampled_from((5.0, 50.0, 1000.0))),
     ),
+    bridge=st.booleans(),
 )
 
 
@@ -534,6 +589,8 @@ def group_passes(c: ClusterView, g: GroupView, t: TaskDemand) -> bool:
     if t.tee == "required" and g.tee == 0:
         return False
     if t.tee == "none" and g.workers == g.tee:
+        return False
+    if t.bridge and g.bridge == 0:
         return False
     if t.cpu > 0 and g.free_cpu_max + SLACK < t.cpu:
         return False
@@ -661,6 +718,7 @@ def test_property_a_cluster_with_a_fitting_worker_is_always_a_candidate(
             and all(w.labels.get(k) == v for k, v in t.labels.items())
             and not (t.tee == "required" and not w.tee)
             and not (t.tee == "none" and w.tee)
+            and (w.bridge or not t.bridge)
             and w.free_cpu + SLACK >= t.cpu
             and w.free_memory_mb >= t.memory_mb
         )
@@ -763,3 +821,24 @@ def test_property_artifact_is_only_a_tie_breaker_at_the_root(
         assert plan == plain_plan
         assert ranking == plain_ranking
     assert passes(by_id[chosen], t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), TASK, st.booleans())
+def test_property_a_bridge_task_waits_naming_the_bridge_when_that_is_missing(
+    views: list[ClusterView], shape: TaskDemand, pack: bool
+) -> None:
+    """A task with ``network: bridge`` that no cluster qualifies for waits at the root;
+    its reason names the bridge when a cluster would qualify but for it, and never blames
+    the bridge when every worker has one (the filter left nobody out)."""
+    t = replace(shape, id="t", bridge=True, cluster_id=None, exclude=frozenset())
+    plain = replace(t, bridge=False)
+    ranking = rank_clusters(views, t, pack=pack)
+    if any(passes(c, t) for c in views):
+        assert ranking.candidates
+        return
+    assert not ranking.candidates and ranking.reason is not None
+    if any(passes(c, plain) for c in views):
+        assert "bridge network" in ranking.reason, ranking.reason
+    if all(g.bridge == g.workers for c in views for g in c.groups):
+        assert "(the task has network: bridge)" not in ranking.reason, ranking.reason

@@ -26,6 +26,7 @@ def worker(
     slots: int = 4,
     cpu: float = 4.0,
     memory: int = 4096,
+    bridge: bool = False,
 ) -> WorkerView:
     return WorkerView(
         id=id,
@@ -36,6 +37,7 @@ def worker(
         free_cpu=cpu,
         free_memory_mb=memory,
         order=order,
+        bridge=bridge,
     )
 
 
@@ -264,6 +266,25 @@ def test_tee_rules(strategy: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_bridge_task_goes_only_to_a_worker_with_a_bridge(strategy: str) -> None:
+    """``network: bridge``: a worker without a bridge would fail it ``no_network``."""
+    ring = [
+        worker("plain", 0, runtimes=("container",), memory=8192),
+        worker("bridged", 1, runtimes=("container",), bridge=True),
+    ]
+    tasks = [task(f"b{i}", "container", bridge=True, seq=i) for i in range(3)]
+    tasks.append(task("n", "container", seq=9))
+    plan = make_plan(strategy, ring, tasks)
+    assert {placed(plan)[f"b{i}"] for i in range(3)} == {"bridged"}
+    assert placed(plan)["n"] in {"plain", "bridged"}
+    # with the bridged worker full, bridge tasks wait; the others still run
+    full = [ring[0], worker("bridged", 1, runtimes=("container",), slots=0, bridge=True)]
+    plan = make_plan(strategy, full, tasks)
+    assert placed(plan) == {"n": "plain"}
+    assert set(plan.waiting) == {"b0", "b1", "b2"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_pinned_worker_is_honoured(strategy: str) -> None:
     ring = [worker("a", 0, memory=8192), worker("b", 1), worker("c", 2)]
     plan = make_plan(strategy, ring, [task("t", worker_id="c", seq=0), task("u", seq=1)])
@@ -304,6 +325,42 @@ def test_pinned_worker_is_honoured(strategy: str) -> None:
             [worker("a", 0, tee=("sgx",)), worker("h", 1, runtimes=("host",))],
             task("t", tee="none"),
             "every worker offering runtime 'wasm' has a TEE",
+        ),
+        (
+            [worker("a", 0, runtimes=("container",))],
+            task("t", "container", bridge=True),
+            "no worker has a bridge network (the task has network: bridge)",
+        ),
+        (
+            [worker("a", 0, runtimes=("container",)), worker("h", 1, bridge=True)],
+            task("t", "container", bridge=True),
+            "no worker offering runtime 'container' has a bridge network"
+            " (the task has network: bridge)",
+        ),
+        (
+            [
+                worker("a", 0, runtimes=("container",), labels={"site": "a"}),
+                worker("b", 1, runtimes=("container",), bridge=True),
+            ],
+            task("t", "container", bridge=True, labels={"site": "a"}),
+            "no worker offering runtime 'container' with labels site=a has a bridge network"
+            " (the task has network: bridge)",
+        ),
+        (
+            [worker("a", 0, tee=("sgx",)), worker("b", 1, bridge=True)],
+            task("t", tee="required", bridge=True),
+            "no worker offering runtime 'wasm' with a TEE has a bridge network"
+            " (the task has network: bridge)",
+        ),
+        (
+            [worker("a", 0, bridge=True, labels={"site": "b"})],
+            task("t", bridge=True, labels={"site": "a"}),
+            "no worker has labels site=a",
+        ),
+        (
+            [worker("w1", 0, tee=("sgx",))],
+            task("t", worker_id="w1", tee="required", bridge=True),
+            "pinned worker w1 has no bridge network (the task has network: bridge)",
         ),
         ([worker("a", 0)], task("t", worker_id="w1"), "pinned worker w1 is not available"),
         ([], task("t", worker_id="w1"), "pinned worker w1 is not available"),
@@ -396,8 +453,9 @@ def _view(
     slots: int,
     cpu: float,
     memory: int,
+    bridge: bool,
 ) -> WorkerView:
-    return WorkerView(f"w{order}", runtimes, labels, tee, slots, cpu, memory, order)
+    return WorkerView(f"w{order}", runtimes, labels, tee, slots, cpu, memory, order, bridge=bridge)
 
 
 WORKER = st.builds(
@@ -409,6 +467,7 @@ WORKER = st.builds(
     slots=st.integers(0, 3),
     cpu=st.sampled_from((0.0, 0.1, 0.3, 0.5, 1.0, 2.0)),
     memory=st.sampled_from((0, 128, 256, 512, 1024)),
+    bridge=st.booleans(),
 )
 WORKERS = st.lists(WORKER, max_size=6, unique_by=lambda w: w.order)
 TASK = st.builds(
@@ -421,6 +480,7 @@ TASK = st.builds(
     tee=st.sampled_from(TEE_RULES),
     cpu=st.sampled_from((0.0, 0.1, 0.2, 0.5, 1.0)),
     memory_mb=st.sampled_from((0, 64, 128, 512)),
+    bridge=st.booleans(),
 )
 TASKS = st.lists(TASK, max_size=12)
 PIN = st.integers(0, 9)  # 0-5: not pinned, 6: pinned to a worker that is gone, 7-9: to one online
@@ -446,6 +506,8 @@ def eligible(w: WorkerView, t: TaskDemand) -> bool:
     if t.runtime not in w.runtimes:
         return False
     if any(w.labels.get(k) != v for k, v in t.labels.items()):
+        return False
+    if t.bridge and not w.bridge:
         return False
     return not ((t.tee == "required" and not w.tee) or (t.tee == "none" and w.tee))
 
@@ -691,3 +753,19 @@ def test_property_nobody_holding_it_changes_nothing(scenario: Scenario) -> None:
     assert with_pref == make_plan(
         strategy, bare, without_artifacts(tasks), cursor=cursor, pack=pack
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(WORKERS, TASK, st.sampled_from(STRATEGIES))
+def test_property_a_bridge_task_names_the_bridge_exactly_when_only_the_bridge_is_missing(
+    workers: list[WorkerView], shape: TaskDemand, strategy: str
+) -> None:
+    """A task with ``network: bridge`` no worker can run waits (never fails), and its
+    reason names the bridge exactly when a worker would take it but for the bridge."""
+    t = replace(shape, id="t", bridge=True)
+    plan = make_plan(strategy, workers, [t])
+    if any(eligible(w, t) for w in workers):
+        return
+    assert plan.assignments == () and set(plan.waiting) == {"t"}
+    but_for_the_bridge = any(eligible(w, replace(t, bridge=False)) for w in workers)
+    assert ("bridge network" in plan.waiting["t"]) == but_for_the_bridge, plan.waiting

@@ -232,6 +232,10 @@ def create_app(
     app.add_middleware(Authenticate, tokens=tokens, max_bytes=max_bytes, owner_of=owner_of)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.add_middleware(audit.AuditCalls, trail=manager.audit)
+    if manager.tracer is not None:  # outermost: its span is the whole request's
+        from edgeplane.otel import TraceRequests
+
+        app.add_middleware(TraceRequests, tracer=manager.tracer)
 
     def secured(router: APIRouter) -> None:
         app.include_router(

@@ -3,7 +3,7 @@ the training tasks, which call with their own client credential (``edgeplane.fl.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -25,9 +25,14 @@ RAW = "application/x-edgeplane-f32"
 #: An update's body: the digits model is 2.6 kB; far past any model this coordinator
 #: aggregates in memory
 MAX_UPDATE_BYTES = 256 * 2**20
+#: The longest a long-lived client's ask for its next round is held open, s (it asks
+#: again after an empty answer)
+MAX_WAIT_S = 60.0
 
 
-def _coordinator(request: Request) -> Coordinator:
+async def _coordinator(request: Request) -> Coordinator:
+    # async: a plain def went through the thread pool on every request (7.7 % of the
+    # coordinator process's samples with long-lived clients, py-spy under bench/fl.py)
     found: Coordinator | None = getattr(request.app.state, "fl", None)
     if found is None:
         raise Unavailable(
@@ -109,9 +114,9 @@ async def model(
     token = _client_token(request)
     if token is None:
         exp = await _seen(fl, await caller(request, None), experiment_id)
+        v, body = fl.model_bytes(exp, version)
     else:
-        exp, _ = await fl.client(experiment_id, token)
-    v, body = fl.model_bytes(exp, version)
+        v, body = await fl.client_model(experiment_id, token, version)
     return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})
 
 
@@ -119,19 +124,52 @@ async def model(
 async def data(experiment_id: str, round_no: int, request: Request, fl: FlDep) -> Response:
     """The calling client's shard, as ``.npz`` (``x``: float32 features, ``y``: labels)."""
     token = _required(request)
-    body = await fl.shard(experiment_id, token)
+    body = await fl.shard(experiment_id, round_no, token)
     return Response(body, media_type="application/x-npz")
 
 
+@clients.get("/{experiment_id}/assignment")
+async def assignment(
+    experiment_id: str,
+    request: Request,
+    fl: FlDep,
+    round: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    attempt: Annotated[int, Query(ge=0, le=1_000)] = 0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
+    model: Annotated[Literal["uri", "inline"], Query()] = "uri",
+) -> dict[str, Any]:
+    """A long-lived client's next round (``client_tasks: persistent``), after the
+    ``round`` and ``attempt`` it was last given: held open up to ``wait`` s until there is
+    one; ``round`` null when there was none, ``state`` other than ``running`` when the
+    experiment ended. ``model=inline``: the round's model comes in the answer too
+    (``model``, base64) when it is at most 256 KiB (docs/fl.md)."""
+    token = _required(request)
+    return await fl.assignment(
+        experiment_id, token, (round, attempt), wait, inline=model == "inline"
+    )
+
+
 @clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202)
-async def update(experiment_id: str, round_no: int, request: Request, fl: FlDep) -> dict[str, Any]:
+async def update(
+    experiment_id: str,
+    round_no: int,
+    request: Request,
+    fl: FlDep,
+    attempt: Annotated[int | None, Query(ge=0, le=1_000)] = None,
+) -> dict[str, Any]:
     """A client's update (raw ``f32`` / ``f32-delta`` or ``.npz``); 422 with the reason
-    (shape, nonfinite, malformed, unselected, closed, duplicate) when refused. A client
-    that cannot reach it publishes the same over MQTT (docs/fl.md)."""
+    (shape, nonfinite, malformed, unselected, closed, duplicate) when refused; ``attempt``:
+    the round attempt a long-lived client trained for (another is late: ``closed``). A
+    client that cannot reach it publishes the same over MQTT (docs/fl.md)."""
     token = _required(request)
     body = await request.body()
     return await fl.offer(
-        experiment_id, round_no, token, body, request.headers.get("content-type", RAW)
+        experiment_id,
+        round_no,
+        token,
+        body,
+        request.headers.get("content-type", RAW),
+        attempt=attempt,
     )
 
 

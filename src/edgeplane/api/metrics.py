@@ -68,6 +68,12 @@ class ManagerCollector(Collector):
             "Processes refused for claiming the id of a live worker (or cluster)",
             value=m.stats.refused_members,
         )
+        if m.tracer is not None:  # tracing on (docs/metrics.md, "Traces")
+            yield CounterMetricFamily(
+                "edgeplane_trace_contexts_invalid",
+                "Received traceparents that were not well-formed (ignored)",
+                value=m.tracer.invalid,
+            )
         if self._uplink is not None:  # a cluster's manager with a root
             yield CounterMetricFamily(
                 "edgeplane_uplink_bad_messages",

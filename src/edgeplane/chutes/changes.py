@@ -65,6 +65,10 @@ class Change(BaseModel):
     #: where an install's or update's manifest came from: ``{"store": "NAME@VERSION",
     #: "digest": "sha256:…"}`` for the chute store's, None for one given as it is
     source: dict[str, str] | None = None
+    #: an install's or update's ``oci://`` images as its "prepare images" step pinned
+    #: them: service → ``oci://HOST/REPO:TAG@sha256:…`` (the manifest digest the tag named
+    #: then); every later start of this version runs exactly that
+    images: dict[str, str] = Field(default_factory=dict)
     state: ChangeState = "queued"
     steps: list[StepRecord] = Field(default_factory=list)
     log: list[str] = Field(default_factory=list)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, Unavailable
@@ -192,6 +193,28 @@ class NodeNetwork:
         #: calls ``detach`` when it fails, a caller may hold it across calls)
         self.lock = threading.RLock()
         self._leases = self._load()
+
+    def unusable(self, sys_net: Path = Path("/sys/class/net")) -> str | None:
+        """Why this bridge cannot serve (None: it can), found without changing anything:
+        its name taken by an interface that is not a bridge, or its subnet holding an
+        address of another interface (the node's routes would send the tasks' traffic
+        the wrong way). ``sys_net`` is for tests."""
+        device = sys_net / self.bridge
+        if device.exists() and not (device / "bridge").is_dir():
+            return f"interface {self.bridge} exists and is not a bridge (EDGEPLANE_BRIDGE)"
+        for nic, addresses in psutil.net_if_addrs().items():
+            if nic == self.bridge:
+                continue
+            for address in addresses:
+                if address.family != socket.AF_INET:
+                    continue
+                with contextlib.suppress(ValueError):
+                    if ipaddress.IPv4Address(address.address) in self.subnet:
+                        return (
+                            f"subnet {self.subnet} of bridge {self.bridge} holds {nic}'s address "
+                            f"{address.address} (EDGEPLANE_BRIDGE_SUBNET)"
+                        )
+        return None
 
     # --- the interface the node uses ----------------------------------------------------
 

@@ -30,8 +30,9 @@ import platform
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,8 +48,10 @@ from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_orde
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
+from edgeplane.monitoring import Monitoring
 from edgeplane.protocol.messages import MAX_REPORTED_CHUTES, ChuteEventKind
 from edgeplane.runtimes.bundle import runtime_config
+from edgeplane.runtimes.cgroups import CpuMark, usage_sample
 from edgeplane.runtimes.container import find_runc, runc_output
 from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.probe import exec_probe, probe_in_netns
@@ -114,6 +117,21 @@ class Enforcer(Protocol):
     def remove(self, chute: str) -> None:
         """The chute is deleted (or its install undone): what ``apply`` made for it goes."""
         ...
+
+
+class Usage(Protocol):
+    """Where the running services' usage samples go: the worker's monitor
+    (``worker/monitor.py``), which samples each by the chute's profile and sends them."""
+
+    def watch_chute(
+        self,
+        chute: str,
+        service: str,
+        profile: Monitoring,
+        sample: Callable[[], Awaitable[dict[str, float]]],
+    ) -> None: ...
+
+    def unwatch_chute(self, chute: str, service: str) -> None: ...
 
 
 class LoopbackNetwork:
@@ -290,6 +308,12 @@ class Node:
         self._monitors: dict[str, asyncio.Task[None]] = {}
         #: the running services the exit watcher follows, by container id
         self._lives: dict[str, Life] = {}
+        #: where the running services' usage is sampled (None: nowhere)
+        self.usage: Usage | None = None
+        #: (chute, service) → the container whose usage ``usage`` samples
+        self._sampled: dict[tuple[str, str], str] = {}
+        #: each sampled container's previous cpu reading
+        self._cpu: dict[str, CpuMark] = {}
         self._reports: set[asyncio.Task[None]] = set()
         #: the chute events the worker delivers to its manager (``events.py``)
         self.events = EventLog(self.root / "events", clock=self.clock)
@@ -335,6 +359,7 @@ class Node:
                     await task
         for cid in list(self._monitors):
             await self._unwatch(cid)
+        self._sample_usage({})
         if self._reports:  # (each ends on its own: a status read and a file write)
             await asyncio.wait(list(self._reports), timeout=5)
         await self.changes.close()
@@ -365,6 +390,7 @@ class Node:
                 return {"name": name, "version": None, "state": "installing", "services": []}
             raise NotFound(f"no chute {name!r}", field="name")
         manifest = Manifest.model_validate(state["manifest"])
+        pinned = _pinned(state)
         services = []
         all_running = all_healthy = True
         for service in manifest.services:
@@ -381,6 +407,8 @@ class Node:
                 {
                     "name": service.name,
                     "state": "running" if running else "stopped",
+                    "image": service.image,
+                    "pinned": pinned.get(service.name),
                     "address": state.get("addresses", {}).get(service.name),
                     "ports": [p.model_dump() for p in service.ports],
                     "healthy": healthy,
@@ -531,6 +559,7 @@ class Node:
 
     async def _check_exits(self) -> None:
         followed: set[str] = set()
+        sampled: dict[tuple[str, str], tuple[str, Monitoring]] = {}
         for name in self.names():
             state = self._load(name)
             if (
@@ -545,8 +574,38 @@ class Node:
                 cid = _container(name, service.name, str(state["generation"]))
                 followed.add(cid)
                 await self._check_service(name, service.name, cid, manifest)
+                life, profile = self._lives.get(cid), manifest.profile()
+                if life is not None and not life.exited and profile is not None:
+                    sampled[(name, service.name)] = (cid, profile)
         for cid in [cid for cid in self._lives if cid not in followed]:
             del self._lives[cid]
+        self._sample_usage(sampled)
+
+    def _sample_usage(self, running: dict[tuple[str, str], tuple[str, Monitoring]]) -> None:
+        """Have ``usage`` sample exactly the ``running`` services, each (chute, service)
+        as its container now: one that exited, is being changed or whose chute went stops
+        being sampled; an update's new generation is sampled afresh (its own profile)."""
+        if self.usage is None:
+            return
+        for key in [key for key in self._sampled if key not in running]:
+            self._cpu.pop(self._sampled.pop(key), None)
+            self.usage.unwatch_chute(*key)
+        for key, (cid, profile) in running.items():
+            if self._sampled.get(key) != cid:
+                if key in self._sampled:
+                    self._cpu.pop(self._sampled[key], None)
+                self._sampled[key] = cid
+                self.usage.watch_chute(*key, profile, partial(self.usage_of, cid))
+
+    async def usage_of(self, cid: str) -> dict[str, float]:
+        """The service container's cgroup usage now, as a container task's sample
+        (``runc events --stats``; empty when the container is gone)."""
+        said = await self._call("events", "--stats", cid)
+        sampled = usage_sample(said, self._cpu.get(cid), self.clock.monotonic())
+        if sampled is None:
+            return {}
+        values, self._cpu[cid] = sampled
+        return values
 
     async def _learn(self, name: str) -> None:
         """Follow the chute's services from now (a change left them as they should be:
@@ -645,13 +704,14 @@ class Node:
         change.args["before"] = state
         manifest = Manifest.model_validate(state["manifest"])
         gen = str(state["generation"])
+        pins = _pinned(state)
         order = start_order(list(manifest.services))
 
         def starts() -> list[Step]:
             steps = [
                 Step(
                     f"start {s}",
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, pins),
                     self._stop_action(name, s, gen),
                 )
                 for s in order
@@ -666,7 +726,7 @@ class Node:
                 Step(
                     f"stop {s}",
                     self._stop_action(name, s, gen),
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, pins),
                 )
                 for s in reversed(order)
             ]
@@ -724,14 +784,14 @@ class Node:
 
         steps = [
             Step("check ports", check, _nothing),
-            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest, change), _nothing),
             Step("write files", write, self._remove(name)),
         ]
         for s in start_order(list(manifest.services)):
             steps.append(
                 Step(
                     f"start {s}",
-                    self._start_action(manifest, s, gen, change.id),
+                    self._start_action(manifest, s, gen, change.id, change.images),
                     self._stop_action(name, s, gen),
                 )
             )
@@ -773,7 +833,7 @@ class Node:
 
         steps = [
             Step("check ports", check, _nothing),
-            Step("prepare images", lambda: self._prepare_images(manifest), _nothing),
+            Step("prepare images", lambda: self._prepare_images(manifest, change), _nothing),
         ]
         # Each generation has its own namespace and address: the new one starts beside
         # the old one without the port mappings, which move over once it is healthy.
@@ -781,7 +841,7 @@ class Node:
             steps.append(
                 Step(
                     f"start new {s}",
-                    self._start_action(manifest, s, gen, change.id, mapped=False),
+                    self._start_action(manifest, s, gen, change.id, change.images, mapped=False),
                     self._stop_action(name, s, gen),
                 )
             )
@@ -814,6 +874,7 @@ class Node:
             "config": dict(manifest.config),
             "change_id": change.id,
             "source": change.source,
+            "images": dict(change.images),
             "addresses": {},
         }
 
@@ -869,9 +930,22 @@ class Node:
             if busy is not None:
                 raise Conflict(f"host port {busy} is in use on this node", field="services.ports")
 
-    async def _prepare_images(self, manifest: Manifest) -> None:
+    async def _prepare_images(self, manifest: Manifest, change: Change) -> None:
+        """Each service's image at hand, its root filesystem made; an ``oci://`` image
+        pinned to the manifest digest its tag names now (``change.images``, kept in the
+        journal and then in the chute's state): the starts of this version run exactly
+        that, from the node's copy, with no registry or proxy asked again."""
+        pins: dict[str, str] = {}
         for service in manifest.services:
-            await self.images.rootfs(await self._image(service.image))
+            ref = service.image
+            if reference.is_oci(ref):
+                layout = await self.puller.layout_for(ref)
+                # the layout is named by the manifest digest the reference resolved to
+                ref = str(reference.parse(ref).with_digest("sha256:" + layout.name))
+                pins[service.name] = ref
+            await self.images.rootfs(await self._image(ref))
+        change.images.clear()
+        change.images.update(pins)
 
     async def _image(self, ref: str) -> Any:
         if reference.is_oci(ref):
@@ -885,11 +959,17 @@ class Node:
         service_name: str,
         gen: str,
         change_id: str,
+        pins: Mapping[str, str],
         *,
         mapped: bool = True,
     ) -> Any:
+        """``pins``: the version's pinned images by service (read when the step runs: an
+        install's or update's are filled in by its "prepare images" step)."""
+
         async def run() -> None:
-            await self._start_service(manifest, manifest.service(service_name), gen, mapped=mapped)
+            service = manifest.service(service_name)
+            image = pins.get(service_name, service.image)
+            await self._start_service(manifest, service, gen, image, mapped=mapped)
             await self._report("started", manifest.name, service=service_name, change_id=change_id)
 
         return run
@@ -901,8 +981,9 @@ class Node:
         return run
 
     async def _start_service(
-        self, manifest: Manifest, service: Service, gen: str, *, mapped: bool = True
+        self, manifest: Manifest, service: Service, gen: str, ref: str, *, mapped: bool = True
     ) -> None:
+        """Start ``service`` of generation ``gen`` from image ``ref`` (its pinned image)."""
         if self.runc is None:
             raise TaskFailure("runc is not installed on this node", field="runtime")
         cid = _container(manifest.name, service.name, gen)
@@ -911,7 +992,7 @@ class Node:
             self._watch(manifest, service, gen)
             return  # a resumed change: it got this far before
         await self._call("delete", "--force", cid)
-        image = await self._image(service.image)
+        image = await self._image(ref)
         rootfs = await self.images.rootfs(image)
         limits = Limits(
             memory_mb=manifest.resources.memory_mb,
@@ -1172,6 +1253,15 @@ class Node:
 
     async def _call(self, *args: str) -> str:
         return "" if self.runc is None else await runc_output(self._runc(*args))
+
+
+def _pinned(state: Mapping[str, Any]) -> dict[str, str]:
+    """The images the chute's installed version was pinned to, by service (none for a
+    chute installed before pinning: its tags are resolved at each start until updated)."""
+    found = state.get("images")
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 async def _nothing() -> None:

@@ -29,6 +29,7 @@ from edgeplane.cli.output import (
     print_json,
     print_table,
     session,
+    when,
 )
 from edgeplane.errors import Invalid, TaskFailure, Unavailable
 
@@ -269,7 +270,8 @@ def get(
     token_file: TokenFileOption = None,
     output: OutputOption = None,
 ) -> None:
-    """One chute: state, services, resources."""
+    """One chute: state, services (with the image each runs: an oci:// tag pinned to its
+    digest when the chute was installed or updated), resources."""
     found = _open(ctx, node, worker, node_token, token_file).call("GET", f"/chutes/{name}")
     if session(ctx).format(output) == Format.json:
         print_json(found)
@@ -277,8 +279,15 @@ def get(
     _stale_note(found, worker)
     source = found.get("source") or {}
     store = f"{source.get('store')} ({source.get('digest')})" if source else None
+    # the image each service runs: an oci:// tag pinned to its digest at install or update
+    # (a field, not a column: a pinned reference is wider than a table's cell may be)
+    images = [(f"image {s['name']}", s.get("pinned") or s.get("image")) for s in found["services"]]
     print_fields(
-        [*((k, found.get(k)) for k in ("name", "version", "state", "change_id")), ("store", store)]
+        [
+            *((k, found.get(k)) for k in ("name", "version", "state", "change_id")),
+            ("store", store),
+            *images,
+        ]
     )
     print_table(
         ["service", "state", "healthy", "address", "ports"],
@@ -367,6 +376,57 @@ def logs(
             elif kind == "end":
                 note(f"(the follow ended: {json.loads(text).get('reason')})")
                 return
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    name: str,
+    service: Annotated[str | None, typer.Option(help="Which service (default: the first).")] = None,
+    since: Annotated[
+        float | None, typer.Option(min=0, help="From this time on (unix seconds).")
+    ] = None,
+    until: Annotated[
+        float | None, typer.Option(min=0, help="Up to this time (unix seconds).")
+    ] = None,
+    points: Annotated[
+        int, typer.Option(min=1, max=1000, help="At most this many points (averaged beyond).")
+    ] = 200,
+    worker: WorkerOption = None,
+    output: OutputOption = None,
+) -> None:
+    """A chute service's usage samples (cpu, memory, processes, io of its cgroup), as its
+    manager keeps them: through the control plane (--worker), which keeps the series."""
+    if worker is None:
+        raise Invalid(
+            "a chute's usage series are kept by the control plane: give --worker ID",
+            field="worker",
+        )
+    client = _open(ctx, None, worker, None, None)
+    params: dict[str, Any] = {"points": points}
+    for key, value in (("service", service), ("since", since), ("until", until)):
+        if value is not None:
+            params[key] = value
+    found = client.call("GET", f"/chutes/{name}/metrics", params=params)
+    if session(ctx).format(output) == Format.json:
+        print_json(found)
+        return
+    samples = found["samples"]
+    columns = sorted({key for sample in samples for key in sample["values"]})
+    note(
+        f"{found['id']}: {len(samples)} sample(s)" + (", averaged" if found["downsampled"] else "")
+    )
+    print_table(
+        ["time", *columns],
+        [[when(s["ts"]), *(_value(s["values"].get(c)) for c in columns)] for s in samples],
+    )
+
+
+def _value(value: float | None) -> float | int | None:
+    """A sample's value for a table: whole numbers as such, others to one decimal."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else round(value, 1)
 
 
 def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:

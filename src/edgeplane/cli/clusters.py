@@ -107,6 +107,7 @@ def _groups(agg: Aggregate) -> None:
             "max memory mb",
             "tee",
             "accelerators",
+            "bridge",
         ],
         (
             [
@@ -121,6 +122,7 @@ def _groups(agg: Aggregate) -> None:
                 round(g.memory_mb.max),
                 g.tee,
                 g.accelerators,
+                g.bridge,
             ]
             for g in agg.groups
         ),
@@ -150,6 +152,7 @@ def get(ctx: typer.Context, cluster_id: IdArgument, output: OutputOption = None)
             ("max free memory mb", agg and agg.max_free_memory_mb),
             ("tee workers", agg and agg.tee),
             ("accelerator workers", agg and agg.accelerators),
+            ("bridge workers", agg and agg.bridge),
             ("active tasks", cluster.active_tasks),
             ("registered", when(cluster.registered_at)),
             ("last seen", when(cluster.last_seen)),

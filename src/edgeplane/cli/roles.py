@@ -35,6 +35,14 @@ class Scheduler(StrEnum):
     resource_fit = "resource-fit"
 
 
+OtelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--otel-endpoint",
+        help="OTLP/HTTP collector (http://HOST:4318) to export traces of tasks' paths to "
+        "(needs the otel extra; default: no tracing).",
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -269,8 +277,14 @@ def _check_host_user(settings: Settings) -> None:
     configured(settings.allow_host, settings.host_user)
 
 
-#: Allocations between young-generation collections (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
+#: Allocations between young-generation collections (CPython's default is 700). A young
+#: pass costs about as much however many of its objects died, so fewer, bigger passes
+#: cost less: under the spine's throughput phase 10,000 took 0.43 s of collector CPU per
+#: 20,000 no-op tasks (93 young and 8 middle passes), 50,000 took 0.14 s (7 young
+#: passes, none older), ~14 µs per task (docs/benchmarks.md, "No-op throughput
+#: regained"). A young pass then takes ~20 ms in that phase (~3 ms at 10,000); one task
+#: at a time leaves little alive, so passes come seldom there and p99 did not move.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def _settle_gc() -> None:
@@ -372,6 +386,7 @@ def up(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -409,6 +424,7 @@ def up(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -453,6 +469,7 @@ def root(
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -475,6 +492,7 @@ def root(
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -562,6 +580,7 @@ def manager(
     tls_key: TlsKeyOption = None,
     ca: CaOption = None,
     insecure: InsecureOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -597,6 +616,7 @@ def manager(
         "tls_key": tls_key,
         "ca": _ca(ctx, ca),
         "insecure": insecure,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
     }
     settings = _settings(flags, config)
@@ -695,6 +715,7 @@ def worker(
     ] = None,
     artifact_cache_mb: ArtifactCacheOption = None,
     ca: CaOption = None,
+    otel_endpoint: OtelOption = None,
     log_level: LogLevelOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -722,6 +743,7 @@ def worker(
         "metrics_listen": metrics_listen,
         "artifact_cache_mb": artifact_cache_mb,
         "ca": ca,
+        "otel_endpoint": otel_endpoint,
         "log_level": log_level,
         "join_token": join,
         "edge_api": api,

@@ -111,6 +111,7 @@ def _show(worker: Worker, fmt: Format) -> None:
             ("labels", caps.labels),
             ("tee", caps.tee),
             ("accelerators", caps.accelerators),
+            ("bridge network", "yes" if caps.bridge else "no"),
             ("cpu %", usage.cpu_percent),
             ("memory free mb", usage.memory_free_mb),
             ("active tasks", worker.active_tasks),

@@ -8,15 +8,23 @@ credential (``FL_TOKEN``), which lets it do only that. When the coordinator cann
 reached for the post, it publishes the update over MQTT instead (``FL_MQTT_URL``,
 ``FL_MQTT_TOPIC`` and, on a broker edgeplane secures, ``FL_MQTT_USERNAME`` and
 ``FL_MQTT_PASSWORD``: an identity that may publish on that one topic).
+
+A long-lived client (``client_tasks: persistent``; its env has ``FL_ASSIGNMENT_URL``)
+runs for the whole experiment instead: it asks for its next round (held open by the
+coordinator until there is one), trains each round it is selected for with the shard and
+imports it already has, and exits 0 when the experiment ended (:class:`Session`).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,6 +33,7 @@ import orjson
 
 from edgeplane.fl import mqtt, updates
 from edgeplane.fl.model import evaluate, fits, train
+from edgeplane.fl.updates import RAW
 from edgeplane.transport import BrokerAddress
 
 #: Seconds to wait for the broker to take the update (its PUBACK).
@@ -32,6 +41,12 @@ MQTT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 #: Answers that mean the API is there but cannot take the update now: try MQTT.
 UNREACHABLE = frozenset({502, 503, 504})
+#: How long the coordinator holds an ask for the next round open, s (it answers sooner
+#: when there is one); the request's own timeout is this and a margin
+WAIT_S = 20.0
+#: Waits between asks while the coordinator cannot be reached (a manager restarting):
+#: doubling from the first to the last
+RETRY_S = (0.1, 2.0)
 
 
 class Stop(Exception):
@@ -45,17 +60,145 @@ class Stop(Exception):
 def main() -> int:
     env = os.environ
     try:
+        if env.get("FL_ASSIGNMENT_URL"):
+            return Session(env).serve()
         return send_update(env, train_update(env))
     except Stop as stop:
         return _fail(str(stop), stop.code)
 
 
-def _http(env: Mapping[str, str]) -> httpx.Client:
+@dataclass(frozen=True)
+class Work:
+    """One round a long-lived client was given (the coordinator's ``assignment``)."""
+
+    round: int
+    attempt: int
+    model_uri: str
+    data_url: str
+    shard: tuple[int, int]
+    update_url: str
+    mqtt_topic: str | None
+    #: the model's bytes when the answer had them (a small model): not fetched then
+    model: bytes | None = None
+
+
+class Session:
+    """A long-lived client: one HTTP connection, its shard and imports kept from round to
+    round. ``serve`` is the whole loop; its steps are apart so a caller can run them in
+    its own order (``tests/faults/test_fl_kill.py`` holds each client between them)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        try:
+            self.url = env["FL_ASSIGNMENT_URL"]
+            self.hp = orjson.loads(env.get("HYPERPARAMS", "{}"))
+        except (KeyError, orjson.JSONDecodeError) as exc:
+            raise Stop(f"the task's FL environment is incomplete: {exc}", 2) from None
+        self.env = env
+        self.http = _http(env, timeout=WAIT_S + 30)
+        self.cursor = (0, 0)
+        self.state = "running"
+        self._shard: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+
+    def serve(self) -> int:
+        """Every round this client is given, until the experiment ends: 0."""
+        with self.http:
+            while (work := self.next()) is not None:
+                self.send(work, self.train(work))
+        return 0
+
+    def next(self) -> Work | None:
+        """The next round this client is selected for; None once the experiment ended.
+        Waits (asking again) while the coordinator cannot be reached."""
+        pause = RETRY_S[0]
+        while True:
+            round_no, attempt = self.cursor
+            params: dict[str, str | int | float] = {
+                "round": round_no,
+                "attempt": attempt,
+                "wait": WAIT_S,
+                "model": "inline",
+            }
+            try:
+                got = self.http.get(self.url, params=params)
+            except httpx.TransportError:
+                got = None
+            if got is None or got.status_code in UNREACHABLE:
+                time.sleep(pause)  # the manager restarting: ask again
+                pause = min(pause * 2, RETRY_S[1])
+                continue
+            if got.status_code >= 400:  # the credential expired with the task, or refused
+                raise Stop(f"the coordinator refused the ask for a round: {got.text}", 1)
+            pause = RETRY_S[0]
+            answer = got.json()
+            if answer["state"] != "running":
+                self.state = answer["state"]
+                return None
+            if answer.get("round") is None:
+                continue
+            work = Work(
+                round=answer["round"],
+                attempt=answer["attempt"],
+                model_uri=answer["model_uri"],
+                data_url=answer["data_url"],
+                shard=(answer["shard"][0], answer["shard"][1]),
+                update_url=answer["update_url"],
+                mqtt_topic=answer.get("mqtt_topic"),
+                model=base64.b64decode(answer["model"]) if answer.get("model") else None,
+            )
+            self.cursor = (work.round, work.attempt)
+            return work
+
+    def train(self, work: Work) -> bytes:
+        """The round's model from the coordinator, trained on the shard: the update."""
+        try:
+            model = work.model
+            if model is None:  # too large to come with the round
+                got = self.http.get(work.model_uri)
+                got.raise_for_status()
+                model = got.content
+            glob = updates.decode(model).arrays
+            wrong = fits(glob)
+            if wrong is not None:
+                raise Stop(f"the global model does not fit this client: {wrong}", 2)
+            if self._shard is None or self._shard[0] != work.shard:
+                # the same shard while the round's selection is: fetched once, not per round
+                data = self.http.get(work.data_url)
+                data.raise_for_status()
+                with np.load(io.BytesIO(data.content), allow_pickle=False) as shard:
+                    x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
+                self._shard = (work.shard, x, y)
+        except httpx.HTTPError as exc:  # nothing to train without them
+            raise Stop(f"cannot fetch the round's model and data: {exc}", 1) from None
+        _, x, y = self._shard
+        return _train(glob, x, y, self.hp, work.round)
+
+    def send(self, work: Work, body: bytes) -> None:
+        """POST the update; over MQTT when the coordinator cannot be reached. A refused
+        update (late, say) is told on stderr: the client goes on to the next round."""
+        try:
+            sent = self.http.post(work.update_url, content=body, headers={"Content-Type": RAW})
+        except httpx.TransportError as exc:
+            print(f"edgeplane.fl.client: round {work.round}: {exc}; over MQTT", file=sys.stderr)
+            sent = None
+        if sent is None or sent.status_code in UNREACHABLE:
+            if sent is not None:
+                print(f"edgeplane.fl.client: {sent.status_code}; over MQTT", file=sys.stderr)
+            env = {**self.env, "FL_MQTT_TOPIC": work.mqtt_topic or ""}
+            code = post_over_mqtt(env, self.env.get("FL_TOKEN", ""), body, work.attempt)
+            if code != 0:
+                raise Stop(f"round {work.round}: the update was not sent", code)
+        elif sent.status_code == 401:
+            raise Stop(f"update refused: {sent.text}", 1)
+        elif sent.status_code >= 400:
+            print(f"edgeplane.fl.client: round {work.round}: refused: {sent.text}", file=sys.stderr)
+
+
+def _http(env: Mapping[str, str], timeout: float = 60) -> httpx.Client:
     try:
         headers = {"Authorization": f"Bearer {env['FL_TOKEN']}"}
     except KeyError as exc:
         raise Stop(f"the task's FL environment is incomplete: {exc}", 2) from None
-    return httpx.Client(headers=headers, timeout=60, verify=env.get("FL_CA_FILE") or True)
+    return httpx.Client(headers=headers, timeout=timeout, verify=env.get("FL_CA_FILE") or True)
 
 
 def train_update(env: Mapping[str, str]) -> bytes:
@@ -79,6 +222,12 @@ def train_update(env: Mapping[str, str]) -> bytes:
             raise Stop(f"cannot fetch the round's model and data: {exc}", 1) from None
     with np.load(io.BytesIO(got.content), allow_pickle=False) as shard:
         x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
+    return _train(glob, x, y, hp, int(env.get("ROUND_ID", "0") or 0))
+
+
+def _train(
+    glob: updates.Arrays, x: np.ndarray, y: np.ndarray, hp: Mapping[str, Any], round_no: int
+) -> bytes:
     local = train(
         glob,
         x,
@@ -87,7 +236,7 @@ def train_update(env: Mapping[str, str]) -> bytes:
         epochs=int(hp.get("epochs", 1)),
         batch=int(hp.get("batch", 32)),
         mu=float(hp.get("mu", 0.0)),
-        seed=int(env.get("ROUND_ID", "0") or 0),
+        seed=round_no,
     )
     return updates.encode_raw(
         local, format="f32", num_samples=len(y), metrics=evaluate(local, x, y)
@@ -102,7 +251,7 @@ def send_update(env: Mapping[str, str], body: bytes) -> int:
         raise Stop(f"the task's FL environment is incomplete: {exc}", 2) from None
     with _http(env) as http:
         try:
-            sent = http.post(post_url, content=body, headers={"Content-Type": updates.RAW})
+            sent = http.post(post_url, content=body, headers={"Content-Type": RAW})
         except httpx.TransportError as exc:
             print(
                 f"edgeplane.fl.client: {post_url} unreachable ({exc}); over MQTT", file=sys.stderr
@@ -116,7 +265,9 @@ def send_update(env: Mapping[str, str], body: bytes) -> int:
     return 0
 
 
-def post_over_mqtt(env: Mapping[str, str], token: str, body: bytes) -> int:
+def post_over_mqtt(
+    env: Mapping[str, str], token: str, body: bytes, attempt: int | None = None
+) -> int:
     """Publish the update on ``FL_MQTT_TOPIC`` (QoS 1); 0 once the broker has it."""
     from edgeplane.errors import Invalid
     from edgeplane.transport import parse_broker_urls
@@ -128,7 +279,7 @@ def post_over_mqtt(env: Mapping[str, str], token: str, body: bytes) -> int:
         brokers = parse_broker_urls(url)
     except Invalid as exc:
         return _fail(f"FL_MQTT_URL: {exc.detail}", 2)
-    payload = mqtt.frame(token, body)
+    payload = mqtt.frame(token, body, attempt=attempt)
     errors: list[str] = []
     for broker in brokers:  # a clustered broker's nodes, in turn
         taken, why = publish(broker, env, topic, payload)

@@ -29,7 +29,7 @@ import orjson
 
 from edgeplane import clock as clocks
 from edgeplane.errors import EdgeplaneError, Invalid, NotFound, Unauthorized
-from edgeplane.fl import aggregate, datastore, model, tokens, updates
+from edgeplane.fl import aggregate, assign, datastore, model, tokens, updates
 from edgeplane.fl import mqtt as fl_mqtt
 from edgeplane.fl.registry import Blobs
 from edgeplane.fl.rounds import Round
@@ -49,6 +49,13 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 #: how often the loop looks when no experiment runs
 IDLE_TICK_S = 10.0
+#: How long a long-lived client (``client_tasks: persistent``) is given to end on its own
+#: once its experiment completed (it is told at its next ask, within milliseconds): a
+#: client that has not by then is stopped.
+CLIENT_EXIT_S = 30.0
+#: The largest model handed out inside an assignment (``inline``), raw bytes: a download
+#: the less per client and round (the digits model is 2.6 kB); a larger one is fetched
+INLINE_MODEL_MAX = 256 * 2**10
 API = "/api/v1/fl/experiments"
 
 
@@ -89,6 +96,25 @@ class Coordinator:
         #: truth: a sum that does not hold exactly the record's updates (a restart, an
         #: update whose save failed) is dropped and the close reads them back.
         self._running: dict[tuple[str, int, int], tuple[aggregate.WeightedSum, set[str]]] = {}
+        #: what each running experiment with long-lived clients hands them (``assignment``),
+        #: made from the experiment as just stored, so nothing is handed out that a restart
+        #: would not find; and the event its waiting clients wake on when it changes
+        self._handouts: dict[str, assign.Handout] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        #: long-lived client tasks known here, and those of them that ended: a worker whose
+        #: client ended gets a new one the next round it is selected for
+        self._client_ids: set[str] = set()
+        self._ended: set[str] = set()
+        #: clients of completed experiments that did not end on their own yet
+        self._reapers: set[asyncio.Task[None]] = set()
+        #: the API stops serving: waiting clients are answered at once
+        self._closing = False
+        #: each experiment's credential key, and a running one's versions as last stored
+        #: (only ever added to): what a client's ask and model download need of it
+        self._secrets: dict[str, bytes] = {}
+        self._versions: dict[str, tuple[str, ...]] = {}
+        #: the version last handed out inline, by its content address
+        self._inlined: tuple[str, bytes] | None = None
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -101,6 +127,9 @@ class Coordinator:
             for exp_id in await self.store.live_fl_experiment_ids()
             if (exp := await self.store.get_fl_experiment(exp_id)) is not None
         ]
+        self._client_ids = {
+            t for exp in running if exp.state not in TERMINAL for t in exp.client_tasks.values()
+        }
         if self.identities is not None:
             # what a killed manager left: identities of tasks no open round has any more
             live = [
@@ -111,14 +140,27 @@ class Coordinator:
                 if r.state == "open"
                 for task_id in r.tasks.values()
             ]
-            self.identities.keep_fl_clients(live)
-            self.manager.on_task_end(self._task_ended)
+            self.identities.keep_fl_clients([*live, *self._client_ids])
+        self.manager.on_task_end(self._task_ended)
         await self._resume(running)
+        for exp in running:
+            self._publish(exp)
         if self.link is not None:
             await self.link.start()
         self._loop = asyncio.create_task(self._run_loop(), name="fl")
 
+    def close(self) -> None:
+        """The API stops serving: answer the clients waiting for a round now (they ask
+        again, and wait until it serves again)."""
+        self._closing = True
+        for event in self._changed.values():
+            event.set()
+        self._changed.clear()
+
     async def stop(self) -> None:
+        self.close()
+        for reaper in list(self._reapers):
+            reaper.cancel()
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,7 +170,10 @@ class Coordinator:
             await self.link.stop()
 
     def _task_ended(self, task: Task) -> None:
-        """A training task's broker identity ends with it (a no-op for other tasks)."""
+        """A training task's broker identity ends with it (a no-op for other tasks); a
+        long-lived client that ended is replaced the next round its worker is selected for."""
+        if task.id in self._client_ids:
+            self._ended.add(task.id)
         if self.identities is not None:
             self.identities.remove_fl_clients([task.id])
 
@@ -232,19 +277,49 @@ class Coordinator:
         grant = tokens.verify(bytes.fromhex(exp.secret), token)
         if grant.experiment != exp.id:
             raise Unauthorized("the credential is for another experiment")
-        if not live:
-            return exp, grant
+        if live:
+            await self._live(grant)
+        return exp, grant
+
+    async def _grant(self, experiment_id: str, token: str) -> tokens.Grant:
+        """A live credential's grant, checked with the experiment's key as this process
+        knows it (a key never changes): without reading the experiment, which a client's
+        every ask and model download did (a read and a parse of the whole document)."""
+        secret = self._secrets.get(experiment_id)
+        if secret is None:
+            exp = await self.get(experiment_id)
+            secret = self._secrets[exp.id] = bytes.fromhex(exp.secret)
+        grant = tokens.verify(secret, token)
+        if grant.experiment != experiment_id:
+            raise Unauthorized("the credential is for another experiment")
+        await self._live(grant)
+        return grant
+
+    async def client_model(
+        self, experiment_id: str, token: str, version: int | None
+    ) -> tuple[int, bytes]:
+        """Version ``version`` (None: the newest) for a client's credential."""
+        grant = await self._grant(experiment_id, token)
+        refs = self._versions.get(grant.experiment, ())
+        if version is not None and version < len(refs):
+            return version, self.blobs.get(refs[version])
+        return self.model_bytes(await self.get(experiment_id), version)
+
+    async def _live(self, grant: tokens.Grant) -> None:
         try:
             task = await self.manager.get(grant.task)
         except NotFound:
             raise Unauthorized("the credential's task is gone") from None
         if task.state in TERMINAL_STATES:
             raise Unauthorized("the credential expired with its task")
-        return exp, grant
 
-    async def shard(self, experiment_id: str, token: str) -> bytes:
+    async def shard(self, experiment_id: str, round_no: int, token: str) -> bytes:
+        """The client's shard in ``round_no`` (a per-round client's credential names its
+        round; a long-lived client's, round 0, is good for any round it is selected for)."""
         exp, grant = await self.client(experiment_id, token)
-        record = _record(exp, grant.round)
+        if grant.round not in (0, round_no):
+            raise Unauthorized(f"the credential is for round {grant.round}, not {round_no}")
+        record = _record(exp, round_no)
         if record is None or grant.worker not in record.clients:
             raise Unauthorized("the credential's round is not this experiment's")
         data = exp.spec.data
@@ -267,8 +342,13 @@ class Coordinator:
         content_type: str,
         *,
         sender: str | None = None,
+        attempt: int | None = None,
     ) -> dict[str, object]:
         """Take a client's update for ``round_no``; updates.Rejected says why not.
+
+        ``attempt``: the attempt of the round it was trained for (a long-lived client's,
+        whose one task serves every attempt); one that is not the round's current attempt
+        is late (``closed``).
 
         ``sender``: the worker of the MQTT topic it came on (None: over HTTP). Such an
         update is not refused for its task having ended: the client exits once the broker
@@ -280,7 +360,8 @@ class Coordinator:
             exp, grant = await self.client(experiment_id, token, live=sender is None)
             if sender is not None and grant.worker != sender:
                 raise Unauthorized(f"the credential is worker {grant.worker}'s, not {sender}'s")
-            if grant.round != round_no:
+            # round 0: a long-lived client's, for any round it is selected for
+            if grant.round not in (0, round_no):
                 raise Unauthorized(f"the credential is for round {grant.round}, not {round_no}")
             record = _record(exp, round_no)
             if record is None or exp.round != round_no or exp.state != "running":
@@ -294,7 +375,9 @@ class Coordinator:
             try:
                 machine.admit(grant.worker, self.clock.now())  # counts its own rejections
                 try:
-                    if record.tasks.get(grant.worker) != grant.task:
+                    if record.tasks.get(grant.worker) != grant.task or (
+                        attempt is not None and attempt != record.attempt
+                    ):
                         raise updates.Rejected(
                             "closed",
                             f"the update is from an earlier attempt of round {round_no}; dropped",
@@ -325,12 +408,17 @@ class Coordinator:
                 record.client_metrics[key] = (
                     record.client_metrics.get(key, 0.0) * (n - 1) / n + value / n
                 )
-            await self._save(exp)
-        if state != "open":
-            # the loop closes the round now; an update that leaves it open changes nothing
-            # the loop acts on (its deadline is on its own tick): every update woke a pass
-            # over every experiment, 49 wasted of 50 a round with 50 clients (bench/fl.py)
-            self._wake.set()
+            if state == "open":
+                # nothing the loop acts on (a deadline is on its own tick): every update woke
+                # a pass over every experiment, 49 wasted of 50 a round with 50 clients
+                await self._save(exp)
+            else:
+                # the update that completes the round closes it here, in the one write that
+                # stores it, the new version and the next round: waking the loop for it
+                # cost a pass (the live experiments read back from the store) and a write
+                # more, 5 to 20 ms of a round's turnaround under load (bench/fl.py)
+                await self._close(exp, record)
+                await self._stop_tasks(exp, record, sent=False)
         return {"accepted": True, "round": round_no, "updates": len(record.updates)}
 
     def _add_running(
@@ -366,11 +454,19 @@ class Coordinator:
                     "may have",
                 )
             try:
-                token, content_type, body = fl_mqtt.unframe(payload)
+                frame = fl_mqtt.unframe(payload)
             except updates.Rejected:
                 await self._count(experiment_id, round_no, "malformed")
                 raise
-            await self.offer(experiment_id, round_no, token, body, content_type, sender=worker)
+            await self.offer(
+                experiment_id,
+                round_no,
+                frame.token,
+                frame.body,
+                frame.content_type,
+                sender=worker,
+                attempt=frame.attempt,
+            )
         except updates.Rejected as exc:
             if exc.reason == "oversize":
                 await self._count(experiment_id, round_no, "oversize")
@@ -426,40 +522,47 @@ class Coordinator:
         now = self.clock.now()
         record = _record(exp, exp.round)
         if record is None or record.state == "closed":
-            await self._next(exp)
+            await self._next(exp)  # or waits for workers (checked again at the next pass)
             return
         machine = _machine(exp, record, now)
         state = machine.tick(now)
         if state == "closed":
-            await self._close(exp, record)
-            # the next round in this same pass (another pass first reads every experiment
-            # back from the store: 2 to 80 ms under load, of a 30 to 90 ms turnaround),
-            # and only then the closed round's leftover tasks stopped (a call per client)
+            # the next round opened in this same pass, in the write that closes this one
+            # (another pass first reads every experiment back from the store: 2 to 80 ms
+            # under load, of a 30 to 90 ms turnaround), and only then the closed round's
+            # leftover tasks stopped (a call per client)
             try:
-                await self._next(exp)
+                await self._close(exp, record)
             finally:
-                await self._stop_tasks(record, sent=False)
+                await self._stop_tasks(exp, record, sent=False)
         elif state == "retry":
-            await self._stop_tasks(record)
+            await self._stop_tasks(exp, record)
             record.state = "retry"
-            await self._open(exp, record.round, record.attempt + 1)
+            await self._open(exp, record.round, record.attempt + 1)  # or waits for workers
         elif state == "failed":
             record.state = "failed"
-            await self._stop_tasks(record)
+            await self._stop_tasks(exp, record)
             await self._end(
                 exp,
                 "failed",
                 f"round {record.round} had {len(record.updates)} updates, fewer than min_clients",
             )
 
-    async def _next(self, exp: Experiment) -> None:
-        """After a closed round (or none yet): the next round, or the experiment ends."""
+    async def _next(self, exp: Experiment) -> bool:
+        """After a closed round (or none yet): the next round, or the experiment ends;
+        False when the next round waits for workers (nothing written)."""
         if exp.round >= exp.spec.rounds:
             await self._end(exp, "completed", None)
-        else:
-            await self._open(exp, exp.round + 1, 0)
+            return True
+        return await self._open(exp, exp.round + 1, 0)
 
-    async def _open(self, exp: Experiment, round_no: int, attempt: int) -> None:
+    async def _open(
+        self, exp: Experiment, round_no: int, attempt: int, *, then_saved: bool = False
+    ) -> bool:
+        """Open ``round_no``'s ``attempt``: stored with whatever else changed in ``exp``
+        (the round that closed), in one write. False, writing nothing, while fewer than
+        ``min_clients`` workers are eligible. ``then_saved``: the caller writes ``exp``
+        again at once (its ``opened_at`` is left to that write)."""
         self._forget_running(exp.id)  # a round closed or given up: its sums are done with
         spec = exp.spec
         wanted = spec.select.labels
@@ -470,7 +573,7 @@ class Coordinator:
             and (spec.workload.get("runtime", "wasm") in w.runtimes)
         ]
         if len(eligible) < spec.min_clients:
-            return  # waits for workers (checked again at the next pass)
+            return False
         rng = np.random.default_rng(zlib.crc32(f"{exp.id}:{round_no}:{attempt}".encode()))
         picked = sorted(w.id for w in eligible)
         chosen = [
@@ -487,16 +590,41 @@ class Coordinator:
         )
         exp.rounds.append(record)
         exp.round = round_no
-        record.tasks = {worker: clocks.new_id() for worker in chosen}
+        if spec.client_tasks == "persistent":
+            # a worker keeps its client while that task lives; one whose client ended (or
+            # that has none yet) gets a new one
+            fresh = [w for w in chosen if not self._client_live(exp, w)]
+            for worker in fresh:
+                exp.client_tasks[worker] = clocks.new_id()
+                self._client_ids.add(exp.client_tasks[worker])
+            record.tasks = {worker: exp.client_tasks[worker] for worker in chosen}
+            specs = self._client_specs(exp, fresh)
+            ids = [exp.client_tasks[w] for w in fresh]
+            if not fresh:
+                # the clients wait already: the write that stores the round hands it out
+                # (``assignment``), with no task to submit; that is the moment it is out
+                await self._save(exp)
+                record.opened_at = self.clock.now()
+                if not then_saved:
+                    await self._save(exp)
+                return True
+        else:
+            record.tasks = {worker: clocks.new_id() for worker in chosen}
+            ids = [record.tasks[w] for w in chosen]
+            specs = self._round_specs(exp, record, chosen)
         # credentials made before the round is stored: a restart keeps those of its open
         # rounds (start); the round is stored before its tasks start: a restart finds it
         # and starts those that are missing (_resume)
-        specs = self._round_specs(exp, record, chosen)
         await self._save(exp)
-        await self.manager.submit_specs(specs, ids=[record.tasks[w] for w in chosen], origin="fl")
+        await self.manager.submit_specs(specs, ids=ids, origin="fl")
         # the moment the clients were handed their work (the tasks stored, the scheduler told)
         record.opened_at = self.clock.now()
         await self._save(exp)
+        return True
+
+    def _client_live(self, exp: Experiment, worker: str) -> bool:
+        task_id = exp.client_tasks.get(worker)
+        return task_id is not None and task_id not in self._ended
 
     def _round_specs(
         self, exp: Experiment, record: RoundRecord, workers: Sequence[str]
@@ -531,12 +659,132 @@ class Coordinator:
             specs.append(self._task_spec(spec, env, secret_env, worker))
         return specs
 
+    def _client_specs(self, exp: Experiment, workers: Sequence[str]) -> Sequence[TaskSpec]:
+        """The long-lived client tasks of ``workers`` (their ids in ``exp.client_tasks``):
+        a credential for round 0 (any round the worker is selected for), and a broker
+        identity that may publish the worker's update of any round of the experiment."""
+        spec = exp.spec
+        secret = bytes.fromhex(exp.secret)
+        ids = {w: exp.client_tasks[w] for w in workers}
+        topics = {ids[w]: self.topics.fl_update(exp.id, "+", w) for w in workers}
+        mqtt = {} if self.identities is None else self.identities.add_fl_clients(topics)
+        base = f"{self.api_url}{API}/{exp.id}"
+        specs: list[TaskSpec] = []
+        for worker in workers:
+            task_id = ids[worker]
+            env = {
+                "EXPERIMENT_ID": exp.id,
+                "FL_ASSIGNMENT_URL": f"{base}/assignment",
+                "MODEL_REGISTRY_URL": f"{base}/model",
+                "HYPERPARAMS": orjson.dumps(spec.hyperparams).decode(),
+            }
+            token = tokens.issue(secret, tokens.Grant(exp.id, 0, worker, task_id))
+            secret_env = {"FL_TOKEN": token}
+            if self.link is not None:  # the MQTT fallback (docs/fl.md)
+                env["FL_MQTT_URL"] = self.manager.broker_url
+                if task_id in mqtt:
+                    env["FL_MQTT_USERNAME"] = mqtt[task_id].username
+                    secret_env["FL_MQTT_PASSWORD"] = mqtt[task_id].password
+            specs.append(self._task_spec(spec, env, secret_env, worker))
+        return specs
+
+    async def assignment(
+        self,
+        experiment_id: str,
+        token: str,
+        after: assign.Cursor,
+        wait_s: float,
+        *,
+        inline: bool = False,
+    ) -> dict[str, object]:
+        """What a long-lived client, last given ``after`` (round, attempt), is to do: the
+        round it is selected for (``round`` and its URLs), the experiment's end
+        (``state`` not ``running``: the client exits), or, after ``wait_s`` with neither,
+        ``round`` null (it asks again). The credential is checked first, and live.
+        ``inline``: with the round's model (``model``, base64 of the raw ``f32``
+        encoding) when it is at most ``INLINE_MODEL_MAX`` bytes."""
+        grant = await self._grant(experiment_id, token)
+        if grant.round != 0:
+            raise Unauthorized("a per-round client's credential has no assignments")
+        deadline = self.clock.monotonic() + wait_s
+        handout = self._handouts.get(grant.experiment) or _handout(await self.get(experiment_id))
+        while True:
+            work = assign.for_client(handout, grant.worker, grant.task, after)
+            if isinstance(work, str):
+                return {"state": work, "round": None}
+            if work is not None:
+                answer = self._work(grant.experiment, grant.worker, work)
+                if inline:
+                    refs = self._versions.get(grant.experiment, ())
+                    if work.model_version < len(refs):
+                        body = self._inline(refs[work.model_version])
+                        if body is not None:
+                            answer["model"] = base64.b64encode(body).decode()
+                return answer
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0 or self._closing:
+                return {"state": "running", "round": None}
+            changed = self._changed.setdefault(grant.experiment, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+            handout = self._handouts.get(grant.experiment, handout)
+
+    def _inline(self, ref: str) -> bytes | None:
+        """A version's bytes if small enough to hand out inline, kept for the next ask
+        (every client of a round asks for the same one)."""
+        if self._inlined is not None and self._inlined[0] == ref:
+            return self._inlined[1]
+        path_size = self.blobs.size(ref)
+        if path_size is None or path_size > INLINE_MODEL_MAX:
+            return None
+        body = self.blobs.get(ref)
+        self._inlined = (ref, body)
+        return body
+
+    def _work(self, experiment_id: str, worker: str, work: assign.Work) -> dict[str, object]:
+        base = f"{self.api_url}{API}/{experiment_id}"
+        r = work.round
+        return {
+            "state": "running",
+            "round": r,
+            "attempt": work.attempt,
+            "model_version": work.model_version,
+            "model_uri": f"{base}/model?version={work.model_version}",
+            "data_url": f"{base}/rounds/{r}/data",
+            "shard": [work.index, work.count],
+            "update_url": f"{base}/rounds/{r}/updates?attempt={work.attempt}",
+            "mqtt_topic": self.topics.fl_update(experiment_id, r, worker) if self.link else None,
+        }
+
+    def _publish(self, exp: Experiment) -> None:
+        """Hand out what ``exp`` (as just stored) says to its long-lived clients; wake
+        those waiting when it changed."""
+        if exp.spec.client_tasks != "persistent":
+            return
+        handout = _handout(exp)
+        if self._handouts.get(exp.id) == handout:
+            return
+        # an ended experiment's too (its state, a few bytes): a client asks once more
+        self._handouts[exp.id] = handout
+        changed = self._changed.pop(exp.id, None)
+        if changed is not None:
+            changed.set()
+
     async def _resume(self, running: Sequence[Experiment]) -> None:
-        """Start the training tasks of open rounds that a manager killed between storing
-        the round and submitting them never started (once, when this process starts)."""
+        """Start the training tasks of open rounds (and the long-lived clients) that a
+        manager killed between storing them and submitting them never started, and score
+        a round it stored but did not score (once, when this process starts)."""
         for exp in running:
+            if exp.state in TERMINAL:
+                continue
+            if self._rescore(exp):
+                with contextlib.suppress(EdgeplaneError):  # scored again at the next start
+                    await self._save(exp)
+            if exp.spec.client_tasks == "persistent":
+                await self._resume_clients(exp)
+                continue
             record = _record(exp, exp.round)
-            if exp.state in TERMINAL or record is None or record.state != "open":
+            if record is None or record.state != "open":
                 continue
             missing = []
             for worker, task_id in record.tasks.items():
@@ -560,6 +808,43 @@ class Coordinator:
                     extra={"experiment_id": exp.id, "error": exc.detail},
                 )
 
+    async def _resume_clients(self, exp: Experiment) -> None:
+        """The long-lived clients: those never submitted are; those that ended while this
+        manager was down are replaced the next round their worker is selected for."""
+        missing = []
+        for worker, task_id in exp.client_tasks.items():
+            try:
+                task = await self.manager.get(task_id)
+            except NotFound:
+                missing.append(worker)
+                continue
+            if task.state in TERMINAL_STATES:
+                self._ended.add(task_id)
+        if not missing:
+            return
+        log.info(
+            "starting the long-lived clients a restart found missing",
+            extra={"experiment_id": exp.id, "tasks": len(missing)},
+        )
+        try:
+            specs = self._client_specs(exp, missing)
+            ids = [exp.client_tasks[w] for w in missing]
+            await self.manager.submit_specs(specs, ids=ids, origin="fl")
+        except EdgeplaneError as exc:  # the round then ends at its deadline, as it would
+            log.warning(
+                "the missing clients could not be started",
+                extra={"experiment_id": exp.id, "error": exc.detail},
+            )
+
+    def _rescore(self, exp: Experiment) -> bool:
+        """Score the newest version if a killed manager stored it but not its score (the
+        round is handed out before it is scored: ``_close``); whether it did."""
+        closed = [r for r in exp.rounds if r.state == "closed"]
+        if closed and not closed[-1].metrics and len(closed) == exp.model_version:
+            self._score(exp, closed[-1], self._model(exp, exp.model_version))
+            return bool(closed[-1].metrics)
+        return False
+
     def _task_spec(
         self,
         spec: ExperimentSpec,
@@ -580,7 +865,10 @@ class Coordinator:
             raise Invalid(f"workload is not a valid task body: {exc}", field="workload") from None
 
     async def _close(self, exp: Experiment, record: RoundRecord) -> None:
-        """Aggregate, score and store the round (its leftover tasks: the caller's)."""
+        """Aggregate the round and store the result as the next version, in the write
+        that opens the next round (or ends the experiment); scored after that, while the
+        clients train. The version's blob is written before that write, so no client is
+        handed a version that is not there."""
         workers = sorted(record.update_refs)
         running = self._running.pop((exp.id, record.round, record.attempt), None)
         if exp.spec.strategy == "fedavg" and running is not None and running[1] == set(workers):
@@ -590,14 +878,18 @@ class Coordinator:
             ups = (updates.decode(self.blobs.get(record.update_refs[w])).arrays for w in workers)
             merged = aggregate.combine(exp.spec.strategy, ups, [record.updates[w] for w in workers])
         exp.versions.append(self.blobs.put(updates.encode_raw(merged)))
-        if model.fits(merged) is None:
-            test = datastore.test_set(exp.spec.data.seed)
-            record.metrics = model.evaluate(merged, test.x, test.y)
-        # else: a model of the user's own (initial_model) that the held-out digits cannot
-        # score; the clients' own metrics are all there is
         record.state = "closed"
         record.closed_at = self.clock.now()
-        await self._save(exp)
+        if exp.round >= exp.spec.rounds:
+            self._score(exp, record, merged)
+            await self._end(exp, "completed", None)
+        else:
+            # scoring first held every round up by it (the held-out set through the
+            # model, and a write of its own): the clients start on the new version first
+            if not await self._open(exp, exp.round + 1, 0, then_saved=True):
+                await self._save(exp)  # the next round waits for workers
+            self._score(exp, record, merged)
+            await self._save(exp)
         log.info(
             "a round closed",
             extra={
@@ -607,10 +899,20 @@ class Coordinator:
             },
         )
 
-    async def _stop_tasks(self, record: RoundRecord, *, sent: bool = True) -> None:
+    def _score(self, exp: Experiment, record: RoundRecord, merged: updates.Arrays) -> None:
+        if model.fits(merged) is None:
+            test = datastore.test_set(exp.spec.data.seed)
+            record.metrics = model.evaluate(merged, test.x, test.y)
+        # else: a model of the user's own (initial_model) that the held-out digits cannot
+        # score; the clients' own metrics are all there is
+
+    async def _stop_tasks(self, exp: Experiment, record: RoundRecord, *, sent: bool = True) -> None:
         """Revoke the round's broker identities and stop its tasks; without ``sent``, not
         those whose update was taken: they are ending on their own (stopped, a client
-        that exits just after posting would end cancelled, without its output)."""
+        that exits just after posting would end cancelled, without its output). Long-lived
+        clients go on to the next round: they are stopped with the experiment (``_end``)."""
+        if exp.spec.client_tasks == "persistent":
+            return
         if self.identities is not None:
             self.identities.remove_fl_clients(record.tasks.values())
         for worker, task_id in record.tasks.items():
@@ -623,10 +925,36 @@ class Coordinator:
         self._forget_running(exp.id)
         record = _record(exp, exp.round)
         if record is not None and record.state == "open":
-            await self._stop_tasks(record)
+            await self._stop_tasks(exp, record)
         exp.state = state  # type: ignore[assignment]
         exp.reason = reason
-        await self._save(exp)
+        await self._save(exp)  # the long-lived clients are told at once (``assignment``)
+        clients = list(exp.client_tasks.values())
+        if not clients:
+            return
+        if state == "completed":
+            # they end on their own, told within milliseconds; stopped, one still sending
+            # its last output would end cancelled
+            reaper = asyncio.create_task(self._stop_later(clients), name="fl-clients")
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
+        else:
+            await self._stop_clients(clients)
+
+    async def _stop_later(self, task_ids: Sequence[str]) -> None:
+        await asyncio.sleep(CLIENT_EXIT_S)
+        await self._stop_clients(task_ids)
+
+    async def _stop_clients(self, task_ids: Sequence[str]) -> None:
+        for task_id in task_ids:
+            self._client_ids.discard(task_id)
+            if task_id in self._ended:
+                self._ended.discard(task_id)
+                continue
+            with contextlib.suppress(EdgeplaneError):
+                task = await self.manager.get(task_id)
+                if task.state not in TERMINAL_STATES:
+                    await self.manager.stop_task(task_id)
 
     def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
         return updates.decode(self.blobs.get(exp.versions[version])).arrays
@@ -635,6 +963,11 @@ class Coordinator:
         exp.updated_at = self.clock.now()
         self.manager.journal.check()  # a process that no longer leads writes nothing
         await self.store.save_fl_experiment(exp)
+        if exp.state in TERMINAL:
+            self._versions.pop(exp.id, None)
+        elif len(self._versions.get(exp.id, ())) != len(exp.versions):
+            self._versions[exp.id] = tuple(exp.versions)
+        self._publish(exp)
 
     async def _run_loop(self) -> None:
         while True:
@@ -680,3 +1013,20 @@ def _machine(exp: Experiment, record: RoundRecord, now: float) -> Round:
     )
     machine.rejected.update(record.rejected)
     return machine
+
+
+def _handout(exp: Experiment) -> assign.Handout:
+    """What ``exp`` hands its long-lived clients: its open round's attempt, if any."""
+    if exp.state != "running":
+        return assign.Handout(exp.state)
+    record = _record(exp, exp.round)
+    if record is None or record.state != "open":
+        return assign.Handout("running")
+    return assign.Handout(
+        "running",
+        round=record.round,
+        attempt=record.attempt,
+        clients=tuple(record.clients),
+        tasks=dict(record.tasks),
+        model_version=exp.model_version,
+    )

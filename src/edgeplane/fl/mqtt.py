@@ -2,13 +2,16 @@
 ``{d}/fl/{experiment}/rounds/{round}/updates/{worker}`` when it cannot reach the
 coordinator over HTTP (docs/fl.md).
 
-One line of JSON, ``{"token": FL_TOKEN, "content_type": …}``, a newline, then the update's
+One line of JSON, ``{"token": FL_TOKEN, "content_type": …, "attempt": N}`` (``attempt``:
+a long-lived client's, the round attempt it trained for), a newline, then the update's
 body exactly as it would be POSTed (raw ``f32`` or ``.npz``). Binary, like the artifact
 proxy's chunks: base64 in a JSON envelope would add a third to a model's bytes. The token
 is checked as over HTTP; the topic's worker must be the one it names.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import orjson
 
@@ -22,12 +25,22 @@ MAX_UPDATE = 64 * 2**20
 CONTENT_TYPES = (RAW, NPZ)
 
 
-def frame(token: str, body: bytes, content_type: str = RAW) -> bytes:
-    return orjson.dumps({"token": token, "content_type": content_type}) + b"\n" + body
+class Frame(NamedTuple):
+    token: str
+    content_type: str
+    body: bytes
+    attempt: int | None = None
 
 
-def unframe(payload: bytes) -> tuple[str, str, bytes]:
-    """``(token, content_type, body)``; Rejected("malformed") for anything else."""
+def frame(token: str, body: bytes, content_type: str = RAW, attempt: int | None = None) -> bytes:
+    header: dict[str, object] = {"token": token, "content_type": content_type}
+    if attempt is not None:
+        header["attempt"] = attempt
+    return orjson.dumps(header) + b"\n" + body
+
+
+def unframe(payload: bytes) -> Frame:
+    """The frame's parts; Rejected("malformed") for anything else."""
     end = payload.find(b"\n", 0, MAX_HEADER + 1)
     if end < 0:
         raise Rejected("malformed", f"no header line in the first {MAX_HEADER} bytes")
@@ -42,4 +55,7 @@ def unframe(payload: bytes) -> tuple[str, str, bytes]:
         raise Rejected(
             "malformed", f"content_type is one of {list(CONTENT_TYPES)}", field="content_type"
         )
-    return header["token"], content_type, payload[end + 1 :]
+    attempt = header.get("attempt")
+    if attempt is not None and (type(attempt) is not int or not 0 <= attempt <= 1_000):
+        raise Rejected("malformed", "attempt is a round attempt, 0..1000", field="attempt")
+    return Frame(header["token"], content_type, payload[end + 1 :], attempt)

@@ -30,6 +30,19 @@ class Blobs:
         return f"sha256:{digest}"
 
     def get(self, ref: str) -> bytes:
+        try:
+            return self._path(ref).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no model blob {ref!r}", field="digest") from None
+
+    def size(self, ref: str) -> int | None:
+        """The blob's size in bytes; None if there is none."""
+        try:
+            return self._path(ref).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _path(self, ref: str) -> Path:
         algo, _, digest = ref.partition(":")
         if (
             algo != "sha256"
@@ -37,7 +50,4 @@ class Blobs:
             or not all(c in "0123456789abcdef" for c in digest)
         ):
             raise NotFound(f"no model blob {ref!r}", field="digest")
-        try:
-            return (self.root / digest).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"no model blob {ref!r}", field="digest") from None
+        return self.root / digest

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Json = dict[str, Any]
 Strategy = Literal["fedavg", "median", "trimmed_mean"]
+#: per_round: a new training task per selected worker and round; persistent: one
+#: long-lived client task per worker for the whole experiment, handed each round it is
+#: selected for (docs/fl.md)
+ClientTasks = Literal["per_round", "persistent"]
 
 
 class Data(BaseModel):
@@ -65,6 +69,7 @@ class ExperimentSpec(BaseModel):
     on_short: Literal["retry", "fail"] = "retry"
     round_retries: int = Field(2, ge=0, le=100)
     strategy: Strategy = "fedavg"
+    client_tasks: ClientTasks = "per_round"
     hyperparams: dict[str, float | int | str | bool] = Field(default_factory=dict, max_length=64)
     data: Data = Field(default_factory=Data)
     select: Select = Field(default_factory=Select)

@@ -63,6 +63,9 @@ class Experiment(BaseModel):
     #: where version 0 came from: ``{"source": "zeros"}``, ``{"source": "upload", "bytes":
     #: N}`` or ``{"source": "experiment", "experiment": ID, "version": N}``
     initial_model: dict[str, str | int] = Field(default_factory=_zeros)
+    #: with ``client_tasks: persistent``: each worker's long-lived client task (worker →
+    #: task id), made the first round the worker is selected for and again after it ended
+    client_tasks: dict[str, str] = Field(default_factory=dict)
     #: the key of its clients' credentials (edgeplane.fl.tokens); never shown
     secret: str = Field(default="", repr=False)
     created_at: float

@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -27,6 +28,9 @@ from edgeplane.protocol import encode
 from edgeplane.store import Store
 from edgeplane.telemetry import LIFE_BUCKETS, Histogram
 from edgeplane.transport import MqttLink
+
+if TYPE_CHECKING:
+    from edgeplane.otel import Tracer
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Core:
     owner_at_join: Callable[[str], str | None] = lambda member_id: None
     #: the leadership term every command carries (``manager/leadership.py``; 0: none)
     term: int = 0
+    #: traces of tasks' paths (``edgeplane.otel``; None: off, and nothing else is done)
+    tracer: Tracer | None = None
 
     @property
     def member(self) -> str:

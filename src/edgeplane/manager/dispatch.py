@@ -207,8 +207,13 @@ class Dispatcher:
             held = entry.tasks.get(task.id)
             if held is not None and held.seq is None:
                 entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
+        tracer = core.tracer
+        spans = None if tracer is None else tracer.dispatching(tasks, assignments, entry.worker.id)
         start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq, session=entry.session)
         await core.send(entry.worker.id, "task.start", start)
+        if spans is not None:
+            for span in spans:
+                span.end()
 
     def _secrets(self, entry: WorkerEntry, task: Task) -> dict[str, object]:
         """The task's secret env for its member: sealed to it when it has a key, else in

@@ -85,6 +85,8 @@ class Facade:
         self.journal = core.journal
         #: usage samples (the uplink sends the cluster's up to the root)
         self.series = core.series
+        #: traces of tasks' paths (None: off)
+        self.tracer = core.tracer
         self.admit = tasks.admit
         self.submit = tasks.submit_tasks
         self.get = tasks.get

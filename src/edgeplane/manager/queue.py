@@ -44,6 +44,12 @@ def artifact_of(task: Task) -> str | None:
     return None if digest is None else digest.removeprefix("sha256:")
 
 
+def needs_bridge(task: Task) -> bool:
+    """Whether only a worker with a bridge network can run ``task`` (a container task
+    with ``network: bridge``, which admission sets when it publishes ports)."""
+    return task.runtime == "container" and task.network == "bridge"
+
+
 def demand_of(task: Task) -> TaskDemand:
     """What the scheduler needs to know of a task."""
     geo = task.constraints.geo
@@ -58,6 +64,7 @@ def demand_of(task: Task) -> TaskDemand:
         cpu=task.constraints.cpu or 0.0,
         memory_mb=task.constraints.memory_mb or 0,
         worker_id=task.pinned_worker,
+        bridge=needs_bridge(task),
         cluster_id=task.pinned_cluster,
         clusters=frozenset(task.constraints.clusters),
         exclude=frozenset(task.rejected_by),

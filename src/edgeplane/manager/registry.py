@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from edgeplane.manager.queue import needs_bridge
 from edgeplane.model import Aggregate, ClusterInfo, Task, Worker
 from edgeplane.model.task import spread_key
 from edgeplane.model.worker import Capabilities
@@ -33,10 +34,16 @@ class Reservation:
     runtime: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     tee: str = "any"
+    bridge: bool = False
 
     def booked(self) -> Booked:
         return Booked(
-            self.runtime, tuple(sorted(self.labels.items())), self.tee, self.cpu, self.memory_mb
+            self.runtime,
+            tuple(sorted(self.labels.items())),
+            self.tee,
+            self.cpu,
+            self.memory_mb,
+            self.bridge,
         )
 
 
@@ -178,6 +185,7 @@ class WorkerEntry:
             free_memory_mb=max(0, caps.memory_mb - used_memory),
             order=order,
             accelerators=len(caps.accelerators),
+            bridge=caps.bridge,
             artifacts=self.held,
         )
 
@@ -278,4 +286,5 @@ def reservation(task: Task, seq: int | None, session: str) -> Reservation:
         runtime=task.runtime,
         labels=constraints.labels,
         tee=constraints.tee,
+        bridge=needs_bridge(task),
     )

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 
 from edgeplane import clock as clocks
+from edgeplane import tracing
 from edgeplane.artifacts.proxy import ProxyStats
 from edgeplane.config import Settings
 from edgeplane.errors import Fenced, Invalid
@@ -120,7 +121,12 @@ class Manager:
             level=level,
             journal=self.journal,
             link=self.link,
+            tracer=tracing.tracer(
+                settings.otel_endpoint, "edgeplane-root" if root else "edgeplane-manager"
+            ),
         )
+        #: traces of tasks' paths (None: off)
+        self.tracer = core.tracer
         if auth is not None:
             core.sign = auth.sign
             core.sealing_key = auth.sealing_key
@@ -156,6 +162,7 @@ class Manager:
         self.admit = self.tasks.admit
         self.get = self.tasks.get
         self.list_tasks = self.tasks.list_tasks
+        self.count_tasks = self.tasks.count_tasks
         self.wait = self.tasks.wait
         self.start_task = self.tasks.start_task
         self.stop_task = self.tasks.stop_task
@@ -212,6 +219,8 @@ class Manager:
         self._loops = []
         await self.link.stop()
         self.tasks.cancel_waiters()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     async def follow_logs(self, task_id: str, attempt: int, member_id: str, seconds: float) -> None:
         """Ask the member running the attempt to send its output for ``seconds`` (0: stop)."""

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
@@ -21,9 +22,12 @@ from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.resolver import Resolver, unresolved
-from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
+from edgeplane.model import TASK_STATES, Task, TaskPatch, TaskSpec, Workflow
 from edgeplane.model.listing import Position
 from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,11 @@ class TaskService:
     ) -> list[Task]:
         """Validate every spec, store all tasks in one transaction, start those asked to."""
         self.core.journal.check()
-        return await self.submit_tasks(await self.admit(specs, batch=batch, ids=ids))
+        admitting = self.admit(specs, batch=batch, ids=ids)
+        tracer = self.core.tracer
+        if tracer is None:
+            return await self.submit_tasks(await admitting)
+        return await self.submit_tasks(await tracer.timed("admission", admitting))
 
     async def submit_tasks(
         self, tasks: Sequence[Task], *, workflow: Workflow | None = None, origin: str = "api"
@@ -80,8 +88,18 @@ class TaskService:
         dispatch (a task's latency path has one commit fewer). Otherwise they queue behind
         the waiting ones.
         """
-        core, dispatcher = self.core, self._dispatcher
+        core = self.core
         core.journal.check()
+        if core.tracer is None:
+            return await self._submit(tasks, workflow, origin)
+        named = {"edgeplane.origin": origin, "edgeplane.tasks": len(tasks)}
+        with core.tracer.span("submit", named):
+            return await self._submit(tasks, workflow, origin)
+
+    async def _submit(
+        self, tasks: Sequence[Task], workflow: Workflow | None, origin: str
+    ) -> list[Task]:
+        core, dispatcher = self.core, self._dispatcher
         # (an id the manager already tracks would fail to insert: leave it to the store)
         fresh = [
             t for t in tasks if t.started and self._current(t.id) is None and unresolved(t) is None
@@ -90,7 +108,12 @@ class TaskService:
         stored = {t.id: t for t in tasks} | {t.id: t for _, sent in placed for t in sent}
         dispatcher.save_members(placed)
         try:
-            await core.journal.settle(core.journal.insert(stored.values(), workflow))
+            committing = core.journal.settle(core.journal.insert(stored.values(), workflow))
+            if core.tracer is None:
+                await committing
+            else:
+                await core.tracer.timed("store commit", committing)
+                core.tracer.adopt(stored.values())
         except BaseException:
             dispatcher.unplace(placed)
             raise
@@ -158,6 +181,11 @@ class TaskService:
             projects=projects,
         )
         return [self._fresher(t) for t in items], total
+
+    async def count_tasks(self, projects: Sequence[str] | None = None) -> dict[str, int]:
+        """How many stored tasks are in each state, every state named (0 included)."""
+        counts = await self.core.store.count_tasks(projects=projects)
+        return {state: counts.get(state, 0) for state in TASK_STATES}
 
     def wait_reason(self, task_id: str) -> str | None:
         """Why a queued task waits (recomputed every pass, so kept in memory only)."""
@@ -291,9 +319,14 @@ class TaskService:
         resent: list[TaskEvent] = []
         #: versions written again only so the acks wait for them (resolved once already)
         carried: set[str] = set()
+        tracer = core.tracer
+        #: ``result stored`` spans, ended once the batch is durable (tracing on)
+        spans: list[Span] = []
         for event in events:
             core.stats.events += 1
             if event.state in FINAL_STATES:
+                if tracer is not None:
+                    spans.append(tracer.receiving(event, member_id))
                 # Only what the member keeps until acked: an ack names the (task, attempt),
                 # so acking a cluster's "scheduled" event dropped the attempt's final event
                 # emitted meanwhile, before this manager had stored it (killed then, the
@@ -350,6 +383,8 @@ class TaskService:
         async def after() -> None:
             # Only once the results are durable may the member forget them.
             self.resolve(t for t in changed.values() if t.id not in carried)
+            if tracer is not None:
+                tracer.stored(spans, changed.values())
             if acks:
                 # QoS 0: a lost ack costs one resend of the events, which are acked again
                 # (duplicates are ignored); QoS 1 would cost a PUBACK each way per batch.

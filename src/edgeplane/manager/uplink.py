@@ -377,6 +377,7 @@ class Uplink:
             tee=sorted({t for c in online for t in c.tee}),
             accelerators=sorted({a for c in online for a in c.accelerators}),
             location=self.info.location,
+            bridge=any(c.bridge for c in online),
             slots=sum(c.slots for c in online),
         )
 
@@ -606,7 +607,11 @@ class Uplink:
         wanted = self._local(spec.constraints or Constraints())
         ring = self.manager.schedulable()
         req = Requirement(
-            spec.runtime, tuple(sorted(wanted.labels.items())), wanted.tee, spec.pinned_worker
+            spec.runtime,
+            tuple(sorted(wanted.labels.items())),
+            wanted.tee,
+            spec.pinned_worker,
+            spec.runtime == "container" and spec.network == "bridge",
         )
         if req.worker_id is None:
             able = [ring[pos] for pos in candidates(ring, req)]
@@ -686,6 +691,9 @@ class Uplink:
         )
         ident = local_id(spec.task_id, spec.attempt)
         tasks = await self.manager.admit([task_spec], batch=False, ids=[ident])
+        if self.manager.tracer is not None and spec.traceparent is not None:
+            # the task's path here continues the root's trace (its dispatch to us)
+            self.manager.tracer.expect(ident, spec.traceparent)
         self._owned[ident] = (spec.task_id, spec.attempt)
         return tasks
 

@@ -66,9 +66,11 @@ class CapacityGroup(BaseModel):
     free_slots: int = 0
     cpu: FreeStats = Field(default_factory=FreeStats)
     memory_mb: FreeStats = Field(default_factory=FreeStats)
-    #: workers of the group with a TEE / with at least one accelerator
+    #: workers of the group with a TEE / with at least one accelerator / that can give
+    #: tasks a bridge network (``network: bridge``)
     tee: int = 0
     accelerators: int = 0
+    bridge: int = 0
 
 
 class Aggregate(BaseModel):
@@ -83,6 +85,8 @@ class Aggregate(BaseModel):
     max_free_memory_mb: int = 0
     tee: int = 0
     accelerators: int = 0
+    #: workers that can give tasks a bridge network (``network: bridge``)
+    bridge: int = 0
     location: Location | None = None
     ts: float = 0.0
     #: the root process (the ``epoch`` of its ``task.start``) and its last command whose

@@ -36,6 +36,10 @@ class Capabilities(BaseModel):
     prefetch: int = 1
     #: the user host tasks run as (``--host-user``); None: no host tasks here
     host_user: str | None = None
+    #: whether it can give container tasks a bridge network (``network: bridge``, ports):
+    #: it runs containers and its bridge is configured and usable. Older workers do not
+    #: send it: such tasks are not placed on them (docs/scheduling.md)
+    bridge: bool = False
 
 
 class Usage(BaseModel):

@@ -28,8 +28,10 @@ from edgeplane.model import (
     Usage,
 )
 from edgeplane.model.bounds import Project, check_json
-from edgeplane.model.monitoring import Monitoring, resolve
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
+from edgeplane.model.task import no_limits
+from edgeplane.monitoring import Monitoring, resolve
+from edgeplane.tracing import bounded
 
 
 class _Body(BaseModel):
@@ -150,7 +152,7 @@ class Assignment(_Body):
     network: Network = "none"
     ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
     healthcheck: HealthCheck | None = None
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=no_limits)
     daemon: bool = False
     #: the task's profile, resolved (None: not sampled; docs/metrics.md)
     monitoring: Monitoring | None = None
@@ -162,6 +164,14 @@ class Assignment(_Body):
     pinned_worker: str | None = None
     #: the task's project, which the cluster stores it in (docs/security.md "Projects")
     project: Project = "default"
+    #: the W3C trace context of the attempt's dispatch (only when tracing is on; an
+    #: ill-formed one is ignored and counted, never the assignment's failure)
+    traceparent: str | None = None
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _traceparent(cls, value: Any) -> str | None:
+        return bounded(value)
 
     @classmethod
     def of(
@@ -313,6 +323,14 @@ class TaskEvent(_Body):
     worker_id: str | None = None
     #: on a ``running`` event: where the attempt's published ports are reached
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_PORTS)
+    #: on a final event: the W3C trace context of the attempt's run (tracing on; as in
+    #: :class:`Assignment`)
+    traceparent: str | None = None
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _traceparent(cls, value: Any) -> str | None:
+        return bounded(value)
 
 
 class TaskEvents(_Body):
@@ -525,14 +543,24 @@ class TaskSamples(_Body):
     samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
 
 
+class ChuteSamples(_Body):
+    """Samples of one running chute service (its cgroup), and how many its manager keeps."""
+
+    chute: str = Field(max_length=64)
+    service: str = Field(max_length=64)
+    history: int = Field(ge=1, le=10_000)
+    samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
+
+
 class Metrics(_Body):
     """worker → manager on the ``metrics`` leaf, QoS 0: what was sampled since the last
-    batch. At the root, from a cluster: ``node`` is the cluster's aggregate and
-    ``workers`` each worker's node samples."""
+    batch (``chutes``: each running chute service's). At the root, from a cluster:
+    ``node`` is the cluster's aggregate and ``workers`` each worker's node samples."""
 
     node: list[Sample] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
     tasks: list[TaskSamples] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
     workers: dict[str, list[Sample]] = Field(default_factory=dict, max_length=1000)
+    chutes: list[ChuteSamples] = Field(default_factory=list, max_length=1000)
 
 
 #: characters of one log chunk: the rest follows in the next

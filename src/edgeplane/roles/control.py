@@ -378,6 +378,8 @@ class ControlPlane:
         if server is not None and serving is not None:
             self.manager.journal.changes.close()  # open event streams end: none holds it
             self.manager.chutes.close()  # and the chutes' (log follows, change progress)
+            if self.fl is not None:
+                self.fl.close()  # and long-lived FL clients' asks for their next round
             server.should_exit = True
             await serving
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeplane import tracing
 from edgeplane.artifacts import registry_config
 from edgeplane.config import Settings, parse_listen
 from edgeplane.errors import Invalid
@@ -84,12 +85,16 @@ def node_network(settings: Settings, directory: Path) -> NodeNetwork | str:
     why = bridge_unavailable() if settings.chute_network else "turned off (chute_network)"
     if why is not None:
         return why
-    return NodeNetwork(
+    net = NodeNetwork(
         directory,
         bridge=settings.bridge,
         subnet=settings.bridge_subnet,
         table=settings.nft_table,
     )
+    unusable = net.unusable()
+    if unusable is not None:
+        log.warning("no bridge network for chutes and container tasks: %s", unusable)
+    return net if unusable is None else unusable
 
 
 def build_worker(
@@ -166,6 +171,7 @@ def build_worker(
         advertise_address=settings.advertise_address,
     )
     agent = WorkerAgent(options, runtimes, cleaners=cleaners)
+    agent.tracer = tracing.tracer(settings.otel_endpoint, "edgeplane-worker")
     container = runtimes.get("container")
     if isinstance(container, ContainerRuntime):  # oci:// images through the proxy too
         container.puller.use_proxy(agent.fetcher.fetch, settings.pull)
@@ -270,6 +276,7 @@ async def _run_worker(
         # oci:// images of chutes come as a task's do: through the cluster's proxy when the
         # registry cannot be reached (--pull); with no broker, only a direct pull works
         node.puller.use_proxy(agent.fetcher.fetch, settings.pull)
+        node.usage = agent.monitor  # the services' samples go with the worker's others
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)

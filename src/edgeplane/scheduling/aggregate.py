@@ -41,6 +41,7 @@ _free_cpu = attrgetter("free_cpu")
 _free_memory = attrgetter("free_memory_mb")
 _tee = attrgetter("tee")
 _accelerators = attrgetter("accelerators")
+_bridge = attrgetter("bridge")
 _artifacts = attrgetter("artifacts")
 
 GroupKey = tuple[str, LabelItems]
@@ -101,6 +102,7 @@ class _Class:
     memory: _Moments
     tee: int
     accelerators: int
+    bridge: int
 
     @classmethod
     def of(cls, members: list[WorkerView]) -> _Class:
@@ -111,6 +113,7 @@ class _Class:
             memory=_Moments.of(_floored(list(map(_free_memory, members)))),
             tee=_count_truthy(map(_tee, members)),
             accelerators=_count_truthy(map(_accelerators, members)),
+            bridge=_count_truthy(map(_bridge, members)),
         )
 
 
@@ -124,6 +127,7 @@ def _group(runtime: str, labels: LabelItems, parts: list[_Class]) -> CapacityGro
         memory_mb=_Moments.merge([part.memory for part in parts]),
         tee=sum(part.tee for part in parts),
         accelerators=sum(part.accelerators for part in parts),
+        bridge=sum(part.bridge for part in parts),
     )
 
 
@@ -164,6 +168,7 @@ def aggregate(
         max_free_memory_mb=int(max((part.memory.top for part in classes), default=0)),
         tee=sum(part.tee for part in classes),
         accelerators=sum(part.accelerators for part in classes),
+        bridge=sum(part.bridge for part in classes),
         location=location,
         ts=ts,
         epoch=epoch,
@@ -226,6 +231,7 @@ def cluster_view(
                 free_memory_sum=group.memory_mb.sum,
                 free_memory_max=group.memory_mb.max,
                 tee=group.tee,
+                bridge=group.bridge,
             )
             for group in aggregate.groups
         ),
@@ -261,7 +267,7 @@ def significant_change(
     memory are compared: the root filters and scores per group, so a runtime whose last
     free slot went is news even when the cluster as a whole barely moved.
     """
-    if old is None or old.workers != new.workers:
+    if old is None or old.workers != new.workers or old.bridge != new.bridge:
         return True
     if (
         _moved(old.free_slots, new.free_slots, threshold)

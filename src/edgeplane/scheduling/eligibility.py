@@ -21,10 +21,14 @@ class Requirement(NamedTuple):
     labels: LabelItems
     tee: str
     worker_id: str | None
+    #: needs a worker that can give it a bridge network
+    bridge: bool = False
 
     @classmethod
     def of(cls, task: TaskDemand) -> Requirement:
-        return cls(task.runtime, tuple(sorted(task.labels.items())), task.tee, task.worker_id)
+        return cls(
+            task.runtime, tuple(sorted(task.labels.items())), task.tee, task.worker_id, task.bridge
+        )
 
 
 def has_labels(worker: WorkerView, labels: LabelItems) -> bool:
@@ -46,6 +50,7 @@ def matches(worker: WorkerView, req: Requirement) -> bool:
         and req.runtime in worker.runtimes
         and has_labels(worker, req.labels)
         and tee_allows(worker, req.tee)
+        and (worker.bridge or not req.bridge)
     )
 
 
@@ -59,6 +64,8 @@ def candidates(ring: Sequence[WorkerView], req: Requirement) -> list[int]:
         found = [pos for pos in found if ring[pos].tee]
     elif req.tee == "none":
         found = [pos for pos in found if not ring[pos].tee]
+    if req.bridge:
+        found = [pos for pos in found if ring[pos].bridge]
     return found
 
 
@@ -86,13 +93,22 @@ def mismatch_reason(ring: Sequence[WorkerView], req: Requirement) -> str:
                 return f"no {scope} has labels {wanted}"
             return f"no worker has labels {wanted}"
         scope += f" with labels {wanted}"
-    if req.tee == "required":
-        if any(w.tee for w in ring):
-            return f"no {scope} has a TEE"
-        return "no worker has a TEE"
-    if any(not w.tee for w in ring):
-        return f"every {scope} has a TEE"
-    return "every worker has a TEE"
+        pool = labelled
+    if req.tee != "any":
+        secure = [w for w in pool if tee_allows(w, req.tee)]
+        if not secure:
+            if req.tee == "required":
+                if any(w.tee for w in ring):
+                    return f"no {scope} has a TEE"
+                return "no worker has a TEE"
+            if any(not w.tee for w in ring):
+                return f"every {scope} has a TEE"
+            return "every worker has a TEE"
+        scope += " with a TEE" if req.tee == "required" else " without a TEE"
+    # what is left is the bridge (network: bridge); say where one would be found
+    if any(w.bridge for w in ring):
+        return f"no {scope} has a bridge network (the task has network: bridge)"
+    return "no worker has a bridge network (the task has network: bridge)"
 
 
 def pinned_reason(worker: WorkerView | None, req: Requirement) -> str:
@@ -104,6 +120,6 @@ def pinned_reason(worker: WorkerView | None, req: Requirement) -> str:
         return f"{pinned} does not offer runtime '{req.runtime}'"
     if not has_labels(worker, req.labels):
         return f"{pinned} does not have labels {format_labels(req.labels)}"
-    if req.tee == "required":
-        return f"{pinned} has no TEE"
-    return f"{pinned} has a TEE"
+    if not tee_allows(worker, req.tee):
+        return f"{pinned} has no TEE" if req.tee == "required" else f"{pinned} has a TEE"
+    return f"{pinned} has no bridge network (the task has network: bridge)"

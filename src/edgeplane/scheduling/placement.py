@@ -87,6 +87,7 @@ class _Need(NamedTuple):
     clusters: frozenset[str]
     exclude: frozenset[str]
     geo: GeoPoint | None
+    bridge: bool
 
     @classmethod
     def of(cls, task: TaskDemand) -> _Need:
@@ -98,6 +99,7 @@ class _Need(NamedTuple):
             task.clusters,
             task.exclude,
             task.geo,
+            task.bridge,
         )
 
 
@@ -161,6 +163,10 @@ class _Board:
             return group.workers - group.tee > 0
         return group.workers > 0
 
+    def bridged(self, g: int, bridge: bool) -> bool:
+        """A task with ``network: bridge`` needs a worker of the group that has one."""
+        return not bridge or self.groups[g].bridge > 0
+
     def near(self, pos: int, geo: GeoPoint) -> bool:
         location = self.clusters[pos].location
         if location is None:
@@ -172,6 +178,7 @@ class _Board:
             self.offers(g, need.runtime)
             and self.labelled(g, need.labels)
             and self.tee_allows(g, need.tee)
+            and self.bridged(g, need.bridge)
         )
 
     def by_runtime(self, runtime: str) -> list[int]:
@@ -199,7 +206,11 @@ class _Board:
                     inside = near[pos] = self.near(pos, geo)
                 if not inside:
                     continue
-            if self.labelled(g, need.labels) and self.tee_allows(g, need.tee):
+            if (
+                self.labelled(g, need.labels)
+                and self.tee_allows(g, need.tee)
+                and self.bridged(g, need.bridge)
+            ):
                 found.setdefault(pos, []).append(g)
         return {pos: tuple(groups) for pos, groups in found.items()}
 
@@ -265,6 +276,7 @@ class _Board:
             self.offers(g, booked.runtime)
             and self.labelled(g, booked.labels)
             and self.tee_allows(g, booked.tee)
+            and self.bridged(g, booked.bridge)
         )
 
     def holds(self, key: Key, artifact: str | None) -> bool:
@@ -277,7 +289,7 @@ class _Board:
     def reason(self, need: _Need, cpu: float, memory_mb: int) -> str:
         """Why no cluster qualifies: the first filter that left nobody.
 
-        Filters run allowed list, geo, runtime, labels, TEE, room, rejections. A message
+        Filters run allowed list, geo, runtime, labels, TEE, bridge, room, rejections. A message
         names an earlier filter only when a cluster outside it would have passed, so "no
         cluster within 50 km offers runtime 'wasm'" is never said while none offers it.
         """
@@ -329,6 +341,16 @@ class _Board:
                 return f"no {where} has a worker with {_listing([*wanted, tee])}"
             left = secure
             wanted.append("a TEE" if need.tee == "required" else "no TEE")
+        if need.bridge:
+            bridged = [g for g in left if self.bridged(g, True)]
+            if not bridged:
+                why = "(the task has network: bridge)"
+                if not any(self.bridged(g, True) for g in every):
+                    return f"no {noun} has a worker with a bridge network {why}"
+                net = "a bridge network"
+                return f"no {where} has a worker with {_listing([*wanted, net])} {why}"
+            left = bridged
+            wanted.append("a bridge network")
         roomy = self.fitting(left, cpu, memory_mb)
         if not roomy:
             room = _resources(cpu, memory_mb)

@@ -50,6 +50,8 @@ class WorkerView:
     order: int
     #: how many accelerators the worker has (aggregates count workers with any)
     accelerators: int = 0
+    #: whether it can give container tasks a bridge network (``network: bridge``)
+    bridge: bool = False
     #: digests of artifacts the worker holds (its most recently used, bounded): tasks that
     #: need one prefer it among the workers that could take them
     artifacts: frozenset[str] = field(default=frozenset(), hash=False)
@@ -86,6 +88,8 @@ class GroupView:
     free_memory_max: float
     #: workers of the group with a TEE
     tee: int = 0
+    #: workers of the group that can give tasks a bridge network
+    bridge: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
@@ -101,6 +105,7 @@ class Booked:
     tee: str = "any"
     cpu: float = 0.0
     memory_mb: int = 0
+    bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,9 @@ class TaskDemand:
     cpu: float = 0.0
     memory_mb: int = 0
     worker_id: str | None = None
+    #: a container task with ``network: bridge`` (or published ports): only a worker that
+    #: can give it a bridge network may run it
+    bridge: bool = False
     #: root placement only: a pinned cluster (pass-through), the allowed clusters
     #: (empty: any), the clusters that rejected this task, and a geo constraint
     cluster_id: str | None = None

@@ -225,6 +225,11 @@ class Store(ABC):
         the total); ``projects``: only theirs (None: all)."""
 
     @abstractmethod
+    async def count_tasks(self, *, projects: Sequence[str] | None = None) -> dict[str, int]:
+        """How many tasks are in each state (states with none left out), in one read;
+        ``projects``: only theirs (None: all)."""
+
+    @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
 
     @abstractmethod

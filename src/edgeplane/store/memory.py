@@ -287,6 +287,13 @@ class MemoryStore(Store):
         page = rows[offset : offset + limit]
         return [Task.model_validate_json(row.doc) for row in page], total
 
+    async def count_tasks(self, *, projects: Sequence[str] | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._tasks.values():
+            if projects is None or row.project in projects:
+                counts[row.state] = counts.get(row.state, 0) + 1
+        return counts
+
     async def delete_task(self, task_id: str) -> bool:
         return self._tasks.pop(task_id, None) is not None
 

@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 from pydantic import BaseModel
@@ -34,8 +34,8 @@ from edgeplane.artifacts.blobs import DIGEST, BlobStore
 from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
-from edgeplane.model.monitoring import Monitoring
 from edgeplane.model.service import Endpoint
+from edgeplane.monitoring import Monitoring
 from edgeplane.protocol import (
     AckChuteEvents,
     AckEvents,
@@ -76,6 +76,9 @@ from edgeplane.worker import capabilities, health, held, recovery
 from edgeplane.worker.handles import HandleRecord, HandleStore
 from edgeplane.worker.monitor import Monitor, NodeSampler
 from edgeplane.worker.tails import Tails
+
+if TYPE_CHECKING:
+    from edgeplane.otel import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,8 @@ class _Run:
     started_at: float | None = None
     #: its monitoring profile (None: not sampled; nor is an attempt re-attached to)
     monitoring: Monitoring | None = None
+    #: the trace context of its dispatch (tracing on at the manager; not kept on disk)
+    traceparent: str | None = None
 
 
 @dataclass
@@ -360,6 +365,8 @@ class WorkerAgent:
             node_interval_s=options.metrics_interval_s,
         )
         self.tails = Tails(self._send_logs, self.clock)
+        #: traces of its tasks' runs (``edgeplane.otel``; None: off, nothing else is done)
+        self.tracer: Tracer | None = None
         #: where this worker's published ports are reached (found at the first use)
         self._address = options.advertise_address
         self.link = MqttLink(
@@ -432,6 +439,8 @@ class WorkerAgent:
         await self.link.stop()
         for runtime in self.runtimes.values():
             await runtime.close()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     @property
     def running(self) -> int:
@@ -440,6 +449,7 @@ class WorkerAgent:
 
     def capabilities(self) -> Capabilities:
         host = self.runtimes.get("host")
+        container = self.runtimes.get("container")
         return capabilities.detect(
             runtimes=self.runtimes,
             labels=self.options.labels,
@@ -447,6 +457,9 @@ class WorkerAgent:
             data_dir=self.options.data_dir,
             prefetch=self.prefetch,
             host_user=host.user.name if isinstance(host, HostRuntime) else None,
+            # a bridge configured and usable (roles/worker.py: node_network), else the
+            # runtime has none and such tasks would fail no_network here
+            bridge=isinstance(container, ContainerRuntime) and container.network is not None,
         )
 
     def held_artifacts(self) -> list[str]:
@@ -632,7 +645,10 @@ class WorkerAgent:
         if previous is not None:  # a newer attempt replaces an abandoned one
             previous.stopped = True
         run = _Run(
-            spec=spec, artifact_b64=assignment.artifact_b64, monitoring=assignment.monitoring
+            spec=spec,
+            artifact_b64=assignment.artifact_b64,
+            monitoring=assignment.monitoring,
+            traceparent=assignment.traceparent,
         )
         self._runs[spec.task_id] = run
         self._queue.append(run)
@@ -706,6 +722,17 @@ class WorkerAgent:
             stderr=outcome.stderr,
             ts=self.clock.now(),
         )
+        if self.tracer is not None:
+            event.traceparent = self.tracer.ran(
+                run.traceparent,
+                task_id=spec.task_id,
+                attempt=spec.attempt,
+                runtime=spec.runtime,
+                worker_id=self.id,
+                state=event.state,
+                started=started,
+                ended=event.ts,
+            )
         if self.tails.following(spec.task_id):  # its last lines before its end
             await self.tails.last(spec.task_id, spec.attempt)
         # Still in _runs meanwhile: a heartbeat must not leave the attempt out.

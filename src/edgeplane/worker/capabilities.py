@@ -198,9 +198,11 @@ def detect(
     root: Path = ROOT,
     path: str | None = None,
     host_user: str | None = None,
+    bridge: bool = False,
 ) -> Capabilities:
     """Everything the manager needs to place work here; ``runtimes`` are the enabled ones
-    (what this worker can run), ``engines`` whatever is installed, used or not."""
+    (what this worker can run), ``engines`` whatever is installed, used or not; ``bridge``
+    whether it can give container tasks a bridge network."""
     fixed = _fixed(root)
     disk_root = data_dir if data_dir.exists() else ROOT
     return Capabilities(
@@ -221,6 +223,7 @@ def detect(
         slots=slots,
         prefetch=prefetch,
         host_user=host_user,
+        bridge=bridge,
     )
 
 

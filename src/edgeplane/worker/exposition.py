@@ -49,6 +49,12 @@ class WorkerCollector(Collector):
             "Batches of usage samples published",
             value=agent.monitor.sent,
         )
+        if agent.tracer is not None:  # tracing on (docs/metrics.md, "Traces")
+            yield CounterMetricFamily(
+                "edgeplane_worker_trace_contexts_invalid",
+                "Received traceparents that were not well-formed (ignored)",
+                value=agent.tracer.invalid,
+            )
         link = agent.link.stats
         yield CounterMetricFamily(
             "edgeplane_worker_mqtt_messages_received", "MQTT messages received", value=link.received
