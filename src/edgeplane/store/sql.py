@@ -481,7 +481,7 @@ class SqlStore(Store):
         table = tables.leases
         if not self._sqlite:
             blank = postgresql.insert(table).values(
-                name=name, holder="", home="", term=0, expires_at=0.0, url=""
+                name=name, holder="", home="", term=0, expires_at=0.0, url="", lineage=""
             )
             await conn.execute(blank.on_conflict_do_nothing(index_elements=[table.c.name]))
         query = select(table).where(table.c.name == name)
@@ -490,7 +490,7 @@ class SqlStore(Store):
         row = (await conn.execute(query)).first()
         if row is None:
             return None
-        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url)
+        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url, row.lineage)
 
     async def _put_lease(self, conn: AsyncConnection, lease: Lease) -> None:
         await conn.execute(self._upsert_lease, asdict(lease))
@@ -524,7 +524,7 @@ class SqlStore(Store):
             row = (await conn.execute(select(table).where(table.c.name == name))).first()
         if row is None or row.term == 0:
             return None
-        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url)
+        return Lease(row.name, row.holder, row.home, row.term, row.expires_at, row.url, row.lineage)
 
     async def _conflict_detail(self, batch: Batch) -> str:
         for workflow in batch.new_workflows:
