@@ -113,8 +113,17 @@ class Coordinator:
         #: (only ever added to): what a client's ask and model download need of it
         self._secrets: dict[str, bytes] = {}
         self._versions: dict[str, tuple[str, ...]] = {}
-        #: the version last handed out inline, by its content address
-        self._inlined: tuple[str, bytes] | None = None
+        #: training tasks seen live, until the manager tells their end (``_task_ended``):
+        #: a client's every ask and update read its task back from the store to check
+        #: its credential is live; and how many tasks ended, so a task that ended while
+        #: it was being read is not taken as live
+        self._alive: set[str] = set()
+        self._ends = 0
+        self._told = False
+        #: the model version last decoded (``_model``), by its content address
+        self._decoded: tuple[str, dict[str, np.ndarray]] | None = None
+        #: the version last handed out inline, by its content address, base64
+        self._inlined: tuple[str, str] | None = None
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -142,6 +151,7 @@ class Coordinator:
             ]
             self.identities.keep_fl_clients([*live, *self._client_ids])
         self.manager.on_task_end(self._task_ended)
+        self._told = True
         await self._resume(running)
         for exp in running:
             self._publish(exp)
@@ -172,6 +182,8 @@ class Coordinator:
     def _task_ended(self, task: Task) -> None:
         """A training task's broker identity ends with it (a no-op for other tasks); a
         long-lived client that ended is replaced the next round its worker is selected for."""
+        self._ends += 1
+        self._alive.discard(task.id)
         if task.id in self._client_ids:
             self._ended.add(task.id)
         if self.identities is not None:
@@ -306,12 +318,18 @@ class Coordinator:
         return self.model_bytes(await self.get(experiment_id), version)
 
     async def _live(self, grant: tokens.Grant) -> None:
+        if grant.task in self._alive:
+            return
+        ends = self._ends
         try:
             task = await self.manager.get(grant.task)
         except NotFound:
             raise Unauthorized("the credential's task is gone") from None
         if task.state in TERMINAL_STATES:
             raise Unauthorized("the credential expired with its task")
+        # no task ended while it was read (and the manager tells this one's end): live
+        if self._told and ends == self._ends:
+            self._alive.add(grant.task)
 
     async def shard(self, experiment_id: str, round_no: int, token: str) -> bytes:
         """The client's shard in ``round_no`` (a per-round client's credential names its
@@ -717,9 +735,9 @@ class Coordinator:
                 if inline:
                     refs = self._versions.get(grant.experiment, ())
                     if work.model_version < len(refs):
-                        body = self._inline(refs[work.model_version])
-                        if body is not None:
-                            answer["model"] = base64.b64encode(body).decode()
+                        encoded = self._inline(refs[work.model_version])
+                        if encoded is not None:
+                            answer["model"] = encoded
                 return answer
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self._closing:
@@ -729,17 +747,17 @@ class Coordinator:
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
 
-    def _inline(self, ref: str) -> bytes | None:
-        """A version's bytes if small enough to hand out inline, kept for the next ask
-        (every client of a round asks for the same one)."""
+    def _inline(self, ref: str) -> str | None:
+        """A version's bytes, base64, if small enough to hand out inline: read and encoded
+        once, for every client of the round asks for the same one."""
         if self._inlined is not None and self._inlined[0] == ref:
             return self._inlined[1]
         path_size = self.blobs.size(ref)
         if path_size is None or path_size > INLINE_MODEL_MAX:
             return None
-        body = self.blobs.get(ref)
-        self._inlined = (ref, body)
-        return body
+        encoded = base64.b64encode(self.blobs.get(ref)).decode()
+        self._inlined = (ref, encoded)
+        return encoded
 
     def _work(self, experiment_id: str, worker: str, work: assign.Work) -> dict[str, object]:
         base = f"{self.api_url}{API}/{experiment_id}"
@@ -957,7 +975,16 @@ class Coordinator:
                     await self.manager.stop_task(task_id)
 
     def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
-        return updates.decode(self.blobs.get(exp.versions[version])).arrays
+        """A version's arrays, read only; the last one read is kept: each update is
+        checked against the round's model, which was read and decoded once per update."""
+        ref = exp.versions[version]
+        if self._decoded is not None and self._decoded[0] == ref:
+            return self._decoded[1]
+        arrays = updates.decode(self.blobs.get(ref)).arrays
+        for array in arrays.values():
+            array.setflags(write=False)
+        self._decoded = (ref, arrays)
+        return arrays
 
     async def _save(self, exp: Experiment) -> None:
         exp.updated_at = self.clock.now()
