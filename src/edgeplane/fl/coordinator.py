@@ -20,7 +20,7 @@ import logging
 import secrets
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -120,14 +120,14 @@ class Coordinator:
         self._alive: set[str] = set()
         self._ends = 0
         self._told = False
+        #: the model version last decoded (``_model``), by its content address
+        self._decoded: tuple[str, dict[str, np.ndarray]] | None = None
         #: each running experiment's document as this process last stored it (``_save``):
         #: an update changes and stores it under the lock without reading it back. Only
         #: the leading process writes experiments (a fenced one writes nothing more), so
-        #: what it stored last is what is stored; a pass that fails drops it (``offer``,
-        #: ``step``), and whatever then needs it reads it back
+        #: what it stored last is what is stored; whatever fails while it holds the lock
+        #: drops it (``_holding``), and the next update reads it back
         self._docs: dict[str, Experiment] = {}
-        #: the model version last decoded (``_model``), by its content address
-        self._decoded: tuple[str, dict[str, np.ndarray]] | None = None
         #: the version last handed out inline, by its content address, base64
         self._inlined: tuple[str, str] | None = None
 
@@ -269,7 +269,7 @@ class Coordinator:
         return seen[offset : offset + limit], len(seen)
 
     async def stop_experiment(self, experiment_id: str) -> Experiment:
-        async with self._lock:
+        async with self._holding(experiment_id):
             exp = await self.get(experiment_id)
             if exp.state in TERMINAL:
                 return exp
@@ -290,8 +290,8 @@ class Coordinator:
         self, experiment_id: str, token: str, *, live: bool = True, held: bool = False
     ) -> tuple[Experiment, tokens.Grant]:
         """The experiment and grant of a training task's credential; with ``live``, only
-        while its task has not ended. ``held`` (under the lock, to change and store it):
-        the document this process last stored, if it holds it."""
+        while its task has not ended. ``held`` (under ``_holding``, to change and store
+        it): the document as this process last stored it, if it holds it."""
         exp = self._docs.get(experiment_id) if held else None
         if exp is None:
             exp = await self.get(experiment_id)
@@ -381,89 +381,72 @@ class Coordinator:
         update is not refused for its task having ended: the client exits once the broker
         has it, maybe before it gets here. Only its task's broker identity could publish
         it, and that identity is gone with the task."""
-        async with self._lock:
-            try:
-                return await self._offer(
-                    experiment_id, round_no, token, body, content_type, sender, attempt
+        async with self._holding(experiment_id):
+            # the credential checked on the document held under the lock, as last stored:
+            # read back and parsed for each update, it was 6 % of the coordinator
+            # process's samples with long-lived clients (py-spy under bench/fl.py)
+            exp, grant = await self.client(experiment_id, token, live=sender is None, held=True)
+            if sender is not None and grant.worker != sender:
+                raise Unauthorized(f"the credential is worker {grant.worker}'s, not {sender}'s")
+            # round 0: a long-lived client's, for any round it is selected for
+            if grant.round not in (0, round_no):
+                raise Unauthorized(f"the credential is for round {grant.round}, not {round_no}")
+            record = _record(exp, round_no)
+            if record is None or exp.round != round_no or exp.state != "running":
+                if record is not None:  # a late update: dropped, counted in its round
+                    record.rejected["closed"] = record.rejected.get("closed", 0) + 1
+                    await self._save(exp)
+                raise updates.Rejected(
+                    "closed", f"round {round_no} is not open; the update is dropped"
                 )
-            except BaseException:
-                # whatever it changed in the held document and did not store is dropped
-                self._docs.pop(experiment_id, None)
-                raise
-
-    async def _offer(
-        self,
-        experiment_id: str,
-        round_no: int,
-        token: str,
-        body: bytes,
-        content_type: str,
-        sender: str | None,
-        attempt: int | None,
-    ) -> dict[str, object]:
-        # the credential checked on the document held under the lock, as last stored:
-        # read and parsed once per update, it was 6 % of the coordinator process's
-        # samples with long-lived clients (py-spy under bench/fl.py)
-        exp, grant = await self.client(experiment_id, token, live=sender is None, held=True)
-        if sender is not None and grant.worker != sender:
-            raise Unauthorized(f"the credential is worker {grant.worker}'s, not {sender}'s")
-        # round 0: a long-lived client's, for any round it is selected for
-        if grant.round not in (0, round_no):
-            raise Unauthorized(f"the credential is for round {grant.round}, not {round_no}")
-        record = _record(exp, round_no)
-        if record is None or exp.round != round_no or exp.state != "running":
-            if record is not None:  # a late update: dropped, counted in its round
-                record.rejected["closed"] = record.rejected.get("closed", 0) + 1
-                await self._save(exp)
-            raise updates.Rejected("closed", f"round {round_no} is not open; the update is dropped")
-        machine = _machine(exp, record, self.clock.now())
-        try:
-            machine.admit(grant.worker, self.clock.now())  # counts its own rejections
+            machine = _machine(exp, record, self.clock.now())
             try:
-                if record.tasks.get(grant.worker) != grant.task or (
-                    attempt is not None and attempt != record.attempt
-                ):
-                    raise updates.Rejected(
-                        "closed",
-                        f"the update is from an earlier attempt of round {round_no}; dropped",
-                    )
-                update = updates.decode(body, content_type)
-                full = updates.check(update, self._model(exp, exp.model_version))
-                if exp.spec.strategy == "fedavg" and update.num_samples <= 0:
-                    raise updates.Rejected(
-                        "malformed", "num_samples must be > 0", field="num_samples"
-                    )
-            except updates.Rejected as exc:
-                machine.reject(exc.reason or "malformed")
+                machine.admit(grant.worker, self.clock.now())  # counts its own rejections
+                try:
+                    if record.tasks.get(grant.worker) != grant.task or (
+                        attempt is not None and attempt != record.attempt
+                    ):
+                        raise updates.Rejected(
+                            "closed",
+                            f"the update is from an earlier attempt of round {round_no}; dropped",
+                        )
+                    update = updates.decode(body, content_type)
+                    full = updates.check(update, self._model(exp, exp.model_version))
+                    if exp.spec.strategy == "fedavg" and update.num_samples <= 0:
+                        raise updates.Rejected(
+                            "malformed", "num_samples must be > 0", field="num_samples"
+                        )
+                except updates.Rejected as exc:
+                    machine.reject(exc.reason or "malformed")
+                    raise
+            except updates.Rejected:
+                record.rejected = dict(machine.rejected)
+                await self._save(exp)
                 raise
-        except updates.Rejected:
-            record.rejected = dict(machine.rejected)
-            await self._save(exp)
-            raise
-        record.update_refs[grant.worker] = self.blobs.put(updates.encode_raw(full))
-        # the record stays open until the loop aggregates it (_advance, _close)
-        state = machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
-        record.updates = dict(machine.accepted)
-        record.last_update_at = self.clock.now()
-        if exp.spec.strategy == "fedavg":
-            self._add_running(exp.id, record, grant.worker, full)
-        for key, value in update.metrics.items():
-            # a running mean of the clients' own metrics
-            n = len(record.updates)
-            record.client_metrics[key] = (
-                record.client_metrics.get(key, 0.0) * (n - 1) / n + value / n
-            )
-        if state == "open":
-            # nothing the loop acts on (a deadline is on its own tick): every update woke
-            # a pass over every experiment, 49 wasted of 50 a round with 50 clients
-            await self._save(exp)
-        else:
-            # the update that completes the round closes it here, in the one write that
-            # stores it, the new version and the next round: waking the loop for it
-            # cost a pass (the live experiments read back from the store) and a write
-            # more, 5 to 20 ms of a round's turnaround under load (bench/fl.py)
-            await self._close(exp, record)
-            await self._stop_tasks(exp, record, sent=False)
+            record.update_refs[grant.worker] = self.blobs.put(updates.encode_raw(full))
+            # the record stays open until the loop aggregates it (_advance, _close)
+            state = machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
+            record.updates = dict(machine.accepted)
+            record.last_update_at = self.clock.now()
+            if exp.spec.strategy == "fedavg":
+                self._add_running(exp.id, record, grant.worker, full)
+            for key, value in update.metrics.items():
+                # a running mean of the clients' own metrics
+                n = len(record.updates)
+                record.client_metrics[key] = (
+                    record.client_metrics.get(key, 0.0) * (n - 1) / n + value / n
+                )
+            if state == "open":
+                # nothing the loop acts on (a deadline is on its own tick): every update woke
+                # a pass over every experiment, 49 wasted of 50 a round with 50 clients
+                await self._save(exp)
+            else:
+                # the update that completes the round closes it here, in the one write that
+                # stores it, the new version and the next round: waking the loop for it
+                # cost a pass (the live experiments read back from the store) and a write
+                # more, 5 to 20 ms of a round's turnaround under load (bench/fl.py)
+                await self._close(exp, record)
+                await self._stop_tasks(exp, record, sent=False)
         return {"accepted": True, "round": round_no, "updates": len(record.updates)}
 
     def _add_running(
@@ -478,6 +461,17 @@ class Coordinator:
         acc.add(full, record.updates[worker])
         held.add(worker)
         self._running[key] = (acc, held)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, experiment_id: str) -> AsyncIterator[None]:
+        """The lock, for changing and storing ``experiment_id``'s document; what raises
+        under it drops the document held (``_docs``): it may hold changes not stored."""
+        async with self._lock:
+            try:
+                yield
+            except BaseException:
+                self._docs.pop(experiment_id, None)
+                raise
 
     def _forget_running(self, experiment_id: str) -> None:
         self._running = {k: v for k, v in self._running.items() if k[0] != experiment_id}
@@ -535,7 +529,7 @@ class Coordinator:
 
     async def _count(self, experiment_id: str, round_no: int, reason: str) -> None:
         """Count a refusal that ``offer`` did not (its round's, when it has one)."""
-        async with self._lock:
+        async with self._holding(experiment_id):
             exp = await self.store.get_fl_experiment(experiment_id)
             record = None if exp is None else _record(exp, round_no)
             if exp is None or record is None:
@@ -551,15 +545,13 @@ class Coordinator:
         # the `up` process's samples under `make bench` with no experiment at all.
         live = await self.store.live_fl_experiment_ids()
         for exp_id in live:
-            async with self._lock:
+            async with self._holding(exp_id):
                 fresh = await self.store.get_fl_experiment(exp_id)
                 if fresh is not None and fresh.state not in TERMINAL:
                     try:
                         await self._advance(fresh)
-                    except BaseException as exc:
-                        self._docs.pop(exp_id, None)  # as offer: it may hold unstored changes
-                        if not isinstance(exc, EdgeplaneError):
-                            raise
+                    except EdgeplaneError as exc:
+                        self._docs.pop(exp_id, None)  # it may hold changes not stored
                         log.warning(
                             "an experiment's round did not advance",
                             extra={"experiment_id": exp_id, "error": exc.detail},
@@ -1017,7 +1009,7 @@ class Coordinator:
         return arrays
 
     async def _save(self, exp: Experiment) -> None:
-        # held only once stored: a write that fails leaves the store the one truth
+        # held once stored: after a write that fails, the store is the one truth
         self._docs.pop(exp.id, None)
         exp.updated_at = self.clock.now()
         self.manager.journal.check()  # a process that no longer leads writes nothing
