@@ -6,7 +6,9 @@ Fills a fresh SQLite file (and, with ``--pg``, a throwaway PostgreSQL schema) wi
 tasks (4 names, 10 % failed, 100 workers, 10 per creation time), then times
 ``Store.list_tasks`` as ``GET /tasks`` calls it (the page of 50 and its total): newest
 first unfiltered, by state, by name prefix, by worker, all three, and a page near the end
-by cursor and by offset. Prints the median of 20 calls each, in milliseconds.
+by cursor and by offset; then the counts by state as the dashboard overview read them
+(7 counts, one per state) and as ``GET /tasks/counts`` does (``Store.count_tasks``, one
+``GROUP BY``). Prints the median of 20 calls each, in milliseconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from edgeplane.model import Task
+from edgeplane.model import TASK_STATES, Task
 from edgeplane.store import open_store
 
 STATES = ["completed"] * 8 + ["failed", "running"]
@@ -80,6 +82,17 @@ async def measure(url: str, label: str, count: int) -> None:
                 return store.list_tasks(newest_first=True, limit=51, **filters)
 
             print(f"{label:10} {count:>7} tasks  {name:28} {await median_ms(page):7.2f} ms")
+
+        # the dashboard overview's "tasks by state": a count per state, or one GROUP BY
+        async def per_state() -> None:
+            for state in TASK_STATES:
+                await store.list_tasks(state=state, limit=1)
+
+        for name, call in (
+            ("7 counts, one per state", per_state),
+            ("counts by state (GROUP BY)", store.count_tasks),
+        ):
+            print(f"{label:10} {count:>7} tasks  {name:28} {await median_ms(call):7.2f} ms")
     finally:
         await store.close()
 

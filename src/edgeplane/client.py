@@ -480,6 +480,10 @@ class _Calls:
         return _Call("GET", "/tasks", _task_page, params=params)
 
     @staticmethod
+    def count_tasks() -> _Call[dict[str, int]]:
+        return _Call("GET", "/tasks/counts", _document)
+
+    @staticmethod
     def results(task_id: str) -> _Call[TaskResults]:
         return _Call("GET", f"/tasks/{_seg(task_id)}/results", _results)
 
@@ -1026,6 +1030,10 @@ class Client(_Base):
         )
         return self._send(_Calls.list_tasks(params))
 
+    def count_tasks(self) -> dict[str, int]:
+        """How many tasks are in each state (every state, 0 included), in one call."""
+        return self._send(_Calls.count_tasks())
+
     def results(self, task_id: str) -> TaskResults:
         return self._send(_Calls.results(task_id))
 
@@ -1458,6 +1466,10 @@ class AsyncClient(_Base):
             cursor=cursor,
         )
         return await self._send(_Calls.list_tasks(params))
+
+    async def count_tasks(self) -> dict[str, int]:
+        """See :meth:`Client.count_tasks`."""
+        return await self._send(_Calls.count_tasks())
 
     async def results(self, task_id: str) -> TaskResults:
         return await self._send(_Calls.results(task_id))

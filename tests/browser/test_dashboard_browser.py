@@ -199,6 +199,13 @@ async def test_submit_a_task_and_watch_it_complete(
     await expect(page.locator("#view pre").nth(1)).to_contain_text("released", timeout=SHOWN_MS)
     await browser.shot("task")
     assert await page.evaluate("window.notReloaded") is True
+    # the overview's count by state is the API's (one GET /tasks/counts), this one included
+    completed = (await stack[1].get("/tasks/counts")).json()["completed"]
+    assert completed >= 1
+    await browser.go("#overview")
+    await expect(page.locator('.cards [data-state="completed"]')).to_have_text(
+        f"{completed} completed", timeout=SHOWN_MS
+    )
 
 
 async def test_stop_a_running_task(
@@ -420,7 +427,11 @@ async def test_install_a_chute_from_the_store_follow_its_logs_and_stop_it(
     chute_node: tuple[procs.Api, Node], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     api, node = chute_node
-    ticker = {**chute("ticker", command=["sh", "-c", TICKER]), "description": "counts"}
+    ticker = {
+        **chute("ticker", command=["sh", "-c", TICKER]),
+        "description": "counts",
+        "monitoring": {"interval_s": 0.5, "history": 20},
+    }
     published = api.http.post("/store/chutes", json=ticker)
     assert published.status_code == 201, published.text
     async with open_browser(api.url, shots_dir(tmp_path, request)) as browser:
@@ -454,6 +465,10 @@ async def test_install_a_chute_from_the_store_follow_its_logs_and_stop_it(
         first = await logs.text_content() or ""
         # live: lines keep coming over the stream, the page is not read again for them
         await expect(logs).not_to_have_text(first, timeout=SHOWN_MS)
+        # its service's usage, charted from the manager's series (read again while shown)
+        memory = page.locator('#metrics [data-metric="memory_mb"]')
+        await expect(memory).to_have_count(1, timeout=SHOWN_MS)
+        await expect(memory).to_contain_text("last", timeout=SHOWN_MS)
         await browser.shot("chute")
         await page.locator("button[data-action=stop]").first.click()
         await expect(page.locator("#chute-change")).to_have_attribute(

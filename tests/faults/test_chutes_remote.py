@@ -398,3 +398,65 @@ def test_a_chute_from_the_store_runs_on_a_real_worker(stack: Stack, tmp_path: Pa
     chute = http.get("/workers/n1/chutes/greet").json()
     assert chute["version"] == "1.0" and chute["state"] == "running", chute
     assert stack.cli("delete", "greet", "--wait").returncode == 0
+
+
+#: fills 50 MiB of the service's tmpfs /tmp (memory charged to its cgroup), then holds it
+HOG = "dd if=/dev/zero of=/tmp/fill bs=1M count=50 2>/dev/null; exec sleep 1000"
+
+
+def test_a_chutes_usage_series_shows_the_memory_it_holds(stack: Stack) -> None:
+    http = stack.http
+    hog = {
+        **chute("hog", command=["sh", "-c", HOG]),
+        "monitoring": {"interval_s": 0.5, "history": 40},
+    }
+    # the profile is checked before the worker sees the manifest
+    bad = http.post("/workers/n1/chutes", json={**hog, "monitoring": {"interval_s": 0.01}})
+    assert bad.status_code == 422 and bad.json()["field"] == "monitoring.custom.interval_s"
+    answer = http.post("/workers/n1/chutes", json=hog)
+    assert answer.status_code == 202, answer.text
+    assert stack.ended(answer.json()["change_id"])["state"] == "done"
+
+    def filled() -> dict[str, Any] | None:
+        found: dict[str, Any] = http.get("/workers/n1/chutes/hog/metrics").json()
+        samples = found.get("samples") or []
+        return found if samples and samples[-1]["values"]["memory_mb"] >= 50 else None
+
+    found = wait_until(filled, "a sample holding the 50 MiB", timeout=60, watch=[stack.node.role])
+    assert (found["id"], found["kind"]) == ("n1/hog/main", "chute")
+    last = found["samples"][-1]["values"]
+    assert 50 <= last["memory_mb"] < 58, last
+    assert last["processes"] >= 1 and last["cpu_percent"] >= 0
+
+    # bounded by the profile's history, time-bounded and downsampled on request
+    def kept_full() -> list[dict[str, Any]] | None:
+        found = http.get("/workers/n1/chutes/hog/metrics").json()
+        samples: list[dict[str, Any]] = found["samples"]
+        return samples if len(samples) >= 40 else None
+
+    samples = wait_until(kept_full, "40 samples", timeout=60, watch=[stack.node.role])
+    assert len(samples) == 40
+    middle = samples[20]["ts"]
+    later = http.get("/workers/n1/chutes/hog/metrics", params={"since": middle}).json()
+    assert later["samples"] and all(s["ts"] >= middle for s in later["samples"])
+    squeezed = http.get("/workers/n1/chutes/hog/metrics", params={"points": 4}).json()
+    assert len(squeezed["samples"]) <= 4 and squeezed["downsampled"] is True
+    reversed_ = http.get("/workers/n1/chutes/hog/metrics", params={"since": 10, "until": 1})
+    assert reversed_.status_code == 422 and reversed_.json()["field"] == "since"
+    nope = http.get("/workers/n1/chutes/hog/metrics", params={"service": "nope"})
+    assert nope.status_code == 404 and nope.json()["field"] == "service"
+    assert http.get("/workers/n1/chutes/other/metrics").status_code == 404
+
+    # the CLI through the manager
+    shown = stack.cli("metrics", "hog")
+    assert shown.returncode == 0, shown.stderr
+    assert "memory_mb" in shown.stdout.lower() and "n1/hog/main" in shown.stderr
+    as_json = json.loads(stack.cli("metrics", "hog", "--points", "1", "--output", "json").stdout)
+    assert len(as_json["samples"]) == 1
+    # deleted: its series go with it
+    assert stack.cli("delete", "hog", "--wait").returncode == 0
+
+    def forgotten() -> bool:
+        return http.get("/workers/n1/chutes/hog/metrics").status_code == 404
+
+    wait_until(forgotten, "the series forgotten", watch=[stack.manager])

@@ -85,7 +85,11 @@ def hierarchy(lab: Lab) -> Iterator[Hierarchy]:
 
 def test_a_workers_chutes_through_the_root(hierarchy: Hierarchy) -> None:
     http = hierarchy.http
-    answer = http.post("/workers/n1/chutes", json=chute("ticker", command=["sh", "-c", TICKER]))
+    ticker = {
+        **chute("ticker", command=["sh", "-c", TICKER]),
+        "monitoring": {"interval_s": 0.5, "history": 10},
+    }
+    answer = http.post("/workers/n1/chutes", json=ticker)
     assert answer.status_code == 202, answer.text
     change_id = answer.json()["change_id"]
     # the change's progress, streamed through the root
@@ -102,6 +106,21 @@ def test_a_workers_chutes_through_the_root(hierarchy: Hierarchy) -> None:
     assert http.get("/workers/n1/chutes/nope").status_code == 404
     unknown = http.get("/workers/nobody/chutes")
     assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
+
+    # its usage series, kept by its cluster's manager, read through the root
+    def sampled() -> dict[str, Any] | None:
+        found: dict[str, Any] = http.get("/workers/n1/chutes/ticker/metrics").json()
+        return found if len(found.get("samples") or ()) >= 2 else None
+
+    roles = [hierarchy.root, *hierarchy.clusters, hierarchy.node.role]
+    series = wait_until(sampled, "the ticker's samples through the root", timeout=60, watch=roles)
+    assert series["id"] == "n1/ticker/main" and series["samples"][-1]["values"]["memory_mb"] > 0
+    squeezed = http.get("/workers/n1/chutes/ticker/metrics", params={"points": 1}).json()
+    assert len(squeezed["samples"]) == 1 and squeezed["downsampled"] is True
+    nope = http.get("/workers/n1/chutes/ticker/metrics", params={"service": "nope"})
+    assert nope.status_code == 404 and nope.json()["field"] == "service"
+    metrics = hierarchy.cli("metrics", "ticker")
+    assert metrics.returncode == 0 and "n1/ticker/main" in metrics.stderr, metrics.stderr
 
     # the CLI against the root
     listed = hierarchy.cli("list")

@@ -56,6 +56,7 @@ KIND = {
     "/api/v1/events": "stream",
     "/api/v1/tasks": "project",
     "/api/v1/tasks/batch": "project",
+    "/api/v1/tasks/counts": "project",
     "/api/v1/tasks/{task_id}": "project",
     "/api/v1/tasks/{task_id}/start": "project",
     "/api/v1/tasks/{task_id}/stop": "project",
@@ -85,6 +86,7 @@ KIND = {
     "/api/v1/workers/{worker_id}/chutes/{name}": "fleet",
     "/api/v1/workers/{worker_id}/chutes/{name}/{action}": "fleet",
     "/api/v1/workers/{worker_id}/chutes/{name}/logs": "fleet",
+    "/api/v1/workers/{worker_id}/chutes/{name}/metrics": "fleet",
     "/api/v1/workers/{worker_id}/chutes/{name}/config": "fleet",
     "/api/v1/workers/{worker_id}/changes/{change_id}": "fleet",
     "/api/v1/workers/{worker_id}/changes/{change_id}/stream": "fleet",
@@ -311,6 +313,8 @@ async def test_another_projects_resources_do_not_exist_for_a_caller(world: World
             if "{" in path or method in MUTATING:
                 assert response.status_code == 404, (method, path, response.text)
                 checked += 1
+            elif path == "/api/v1/tasks/counts":  # every state named, each 0 for them
+                assert set(response.json().values()) == {0}, response.text
             else:  # a list: theirs only, so none
                 assert response.json()["total"] == 0, (method, path, response.text)
         elif kind == "admin" or (kind == "fleet" and method in MUTATING):
@@ -322,6 +326,9 @@ async def test_another_projects_resources_do_not_exist_for_a_caller(world: World
     assert all(t["user"] == "otto" for t in listed["items"])
     # the resources are all still there for their project
     opal = world.auth["opal"]
+    counts = await _ok(await world.http.get("/api/v1/tasks/counts", headers=opal))
+    listed = await _ok(await world.http.get("/api/v1/tasks", headers=opal))
+    assert sum(counts.values()) == listed["total"] > 0
     await _ok(await world.http.get(f"/api/v1/tasks/{world.ids['task_id']}", headers=opal))
     await _ok(await world.http.get(f"/api/v1/applications/{world.ids['app_id']}", headers=opal))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +31,7 @@ from edgeplane.store import (
     UserRecord,
     open_store,
 )
+from edgeplane.store import base as store_base
 from edgeplane.store.sql import MIGRATIONS
 from edgeplane.store.tables import metadata
 from edgeplane.store.tables import schedules as schedules_table
@@ -48,7 +51,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0009"
+HEAD = "0010"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:
@@ -176,6 +179,27 @@ async def test_add_conflict_inserts_nothing(store: Store) -> None:
 
     items, total = await store.list_tasks()
     assert (items, total) == ([task("a", 1.0)], 1)
+
+
+async def test_count_tasks_counts_each_state_in_the_projects_asked_for(store: Store) -> None:
+    assert await store.count_tasks() == {}
+    lab = {"project": "lab"}
+    await store.add_tasks(
+        [
+            task("a", 1.0),
+            task("b", 2.0, state="running"),
+            task("c", 3.0, state="failed", **lab),
+            task("d", 4.0, state="failed"),
+            task("e", 5.0, **lab),
+        ]
+    )
+    assert await store.count_tasks() == {"pending": 2, "running": 1, "failed": 2}
+    assert await store.count_tasks(projects=["lab"]) == {"pending": 1, "failed": 1}
+    assert await store.count_tasks(projects=[]) == {}
+    assert await store.count_tasks(projects=["nul\x00"]) == {}
+    await store.save_tasks([task("b", 2.0, state="completed")])
+    await store.delete_task("a")
+    assert await store.count_tasks() == {"pending": 1, "completed": 1, "failed": 2}
 
 
 async def test_save_tasks_upserts_a_thousand_in_one_call(store: Store) -> None:
@@ -544,6 +568,64 @@ async def test_artifacts_put_is_idempotent(store: Store) -> None:
     assert await store.get_artifact("sha256:bb") is None
 
 
+FL_REF = "sha256:" + hashlib.sha256(b"model").hexdigest()
+
+
+def fl_ref(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def test_fl_blobs_are_written_once_and_read_back(store: Store) -> None:
+    """Model versions and updates: the large-model benchmark's size (1M float32) round
+    trips; a digest written twice keeps its first bytes; one never written is None."""
+    big = os.urandom(4_000_000)
+    small = b"\x00\x01 model"
+    await store.put_fl_blob(fl_ref(big), big)
+    await store.put_fl_blob(fl_ref(small), small)
+    await store.put_fl_blob(fl_ref(small), small)
+    await store.put_fl_blob(fl_ref(small), b"other bytes never replace the first")
+    assert await store.get_fl_blob(fl_ref(big)) == big
+    assert await store.get_fl_blob(fl_ref(small)) == small
+    assert await store.get_fl_blob(fl_ref(b"never")) is None
+    assert await store.get_fl_blob("sha256:\x00") is None
+    asked = [fl_ref(big), fl_ref(b"never"), fl_ref(small), "sha256:\x00"]
+    assert await store.missing_fl_blobs(asked) == {fl_ref(b"never"), "sha256:\x00"}
+    assert await store.missing_fl_blobs([]) == set()
+    # apart from the artifacts workers fetch: a model is not a module
+    assert await store.get_artifact(fl_ref(small)) is None
+
+
+async def test_fl_blobs_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_base, "MAX_FL_BLOB", 16)
+    fits, over = b"x" * 16, b"x" * 17
+    await store.put_fl_blob(fl_ref(fits), fits)
+    with pytest.raises(Invalid) as caught:
+        await store.put_fl_blob(fl_ref(over), over)
+    assert caught.value.field == "data"
+    for bad in ("sha256:aa", "md5:" + "0" * 64, "sha256:" + "G" * 64, "sha256:" + "A" * 64):
+        with pytest.raises(Invalid) as caught:
+            await store.put_fl_blob(bad, fits)
+        assert caught.value.field == "digest"
+    too_many = [fl_ref(str(n).encode()) for n in range(store_base.MAX_FL_BLOB_BATCH + 1)]
+    with pytest.raises(Invalid) as caught:
+        await store.missing_fl_blobs(too_many)
+    assert caught.value.field == "digests"
+    assert await store.missing_fl_blobs([fl_ref(fits), fl_ref(over)]) == {fl_ref(over)}
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_concurrent_writers_of_one_fl_blob_store_it_once(
+    make_store: StoreFactory, backend: str
+) -> None:
+    """Two managers on one store writing the same blob at once (a version both close
+    to, an update both take): neither fails, one row."""
+    one, two = await make_store(backend), await make_store(backend)
+    data = b"shared" * 1000
+    await asyncio.gather(*(s.put_fl_blob(fl_ref(data), data) for s in (one, two, one, two)))
+    assert await two.get_fl_blob(fl_ref(data)) == data
+    assert await one.missing_fl_blobs([fl_ref(data)]) == set()
+
+
 @pytest.mark.parametrize("backend", DURABLE)
 async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None:
     first = await make_store(backend)
@@ -551,6 +633,7 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     await first.save_workers([Worker(id="w")])
     await first.save_token(TokenRecord("t", "u", "admin", "h", 1.0))
     await first.put_artifact("d", b"\x00\x01")
+    await first.put_fl_blob(FL_REF, b"model")
     await first.add_workflow(workflow("j", 1.0, kind="job"), [])
     await first.save_schedule(schedule("s", 1.0, next_run=60.0))
     await first.save_application(application("app", 1.0, instances=[instance("app", "web", 0)]))
@@ -562,6 +645,7 @@ async def test_reopen_keeps_data(make_store: StoreFactory, backend: str) -> None
     assert await again.get_worker("w") == Worker(id="w")
     assert await again.find_token("h") == TokenRecord("t", "u", "admin", "h", 1.0)
     assert await again.get_artifact("d") == b"\x00\x01"
+    assert await again.get_fl_blob(FL_REF) == b"model"
     assert await again.get_workflow("j") == workflow("j", 1.0, kind="job")
     assert await again.get_schedule("s") == schedule("s", 1.0, next_run=60.0)
     assert await again.get_application("app") == application(
@@ -813,6 +897,40 @@ async def test_migration_0009_fills_the_filter_columns_of_a_0007_database(
         ("c", "", None),
         ("junk", "", None),
     ]
+    assert drift == []
+
+
+@pytest.mark.parametrize("backend", DURABLE)
+async def test_migration_0010_adds_the_fl_blobs_to_a_0009_database(
+    backend: str, tmp_path: Path
+) -> None:
+    async with durable_url(backend, tmp_path) as url:
+        async with raw_connection(url) as conn:  # a database left by the release before
+            schema = make_url(url).query.get("schema")
+            if schema is not None:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.run_sync(upgrade_to, "0009")
+            await conn.execute(
+                text(
+                    "INSERT INTO fl_experiments (id, name, state, project, created_at, doc) "
+                    "VALUES ('e', 'digits', 'running', 'default', 1.0, '{}')"
+                )
+            )
+            await conn.commit()
+        store = open_store(url)
+        await store.open()
+        try:
+            await store.put_fl_blob(FL_REF, b"model")
+            assert await store.get_fl_blob(FL_REF) == b"model"
+            assert await store.live_fl_experiment_ids() == ["e"]
+        finally:
+            await store.close()
+        async with raw_connection(url) as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            sizes = (await conn.execute(text("SELECT digest, size FROM fl_blobs"))).all()
+            drift = await conn.run_sync(schema_drift)
+    assert [tuple(v) for v in versions] == [(HEAD,)]
+    assert [tuple(r) for r in sizes] == [(FL_REF, 5)]
     assert drift == []
 
 

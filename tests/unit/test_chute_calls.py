@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from edgeplane.errors import NotFound, Unavailable
+from edgeplane.errors import Invalid, NotFound, Unavailable
 from edgeplane.manager.chutes import ChuteCalls, WorkerProblem
+from edgeplane.manager.series import Series
 from edgeplane.model.worker import ChuteStates
-from edgeplane.protocol import ChuteRequest, ChuteResponse
+from edgeplane.protocol import ChuteRequest, ChuteResponse, ChuteSamples, Metrics, Sample
 
 
 @dataclass
@@ -45,6 +46,7 @@ class _Core:
     """What ChuteCalls uses of the manager's core: its registry and ``send``."""
 
     registry: _Registry
+    series: Series = field(default_factory=Series)
     sent: list[tuple[str, str, BaseModel]] = field(default_factory=list)
     was_sent: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,3 +124,39 @@ async def test_a_read_of_an_offline_or_silent_workers_chutes_answers_the_last_re
         await calls.call("w2", "GET", "/chutes/a/config")
     with pytest.raises(Unavailable, match="offline"):
         await calls.call("w2", "POST", "/chutes/a/stop")
+
+
+async def test_a_chutes_usage_is_answered_by_the_manager_offline_too() -> None:
+    calls, core = _calls()
+    services = [{"name": "web"}, {"name": "db"}]
+    kept = ChuteStates(
+        stream="ab" * 8, seq=3, reported_at=10.0, items=[{"name": "a", "services": services}]
+    )
+    core.registry.entries["w2"].worker.chutes = kept
+    samples = [Sample(ts=float(t), values={"memory_mb": 50.0 + t}) for t in range(10)]
+    batch = Metrics(chutes=[ChuteSamples(chute="a", service="web", history=100, samples=samples)])
+    core.series.ingest("w2", batch)
+    found = await calls.call("w2", "GET", "/chutes/a/metrics")  # w2 is offline
+    assert (found["id"], found["kind"], found["downsampled"]) == ("w2/a/web", "chute", False)
+    assert [s["values"]["memory_mb"] for s in found["samples"]] == [50.0 + t for t in range(10)]
+    bounded = await calls.call(
+        "w2", "GET", "/chutes/a/metrics", query={"since": "2", "until": "4", "points": "2"}
+    )
+    assert len(bounded["samples"]) == 2 and bounded["downsampled"] is True
+    # a service the report has, not sampled yet: an empty series
+    db = await calls.call("w2", "GET", "/chutes/a/metrics", query={"service": "db"})
+    assert db["samples"] == []
+    assert core.sent == []  # never asked the worker
+    for query, error, field_ in (
+        ({"service": "nope"}, NotFound, "service"),
+        ({"since": "5", "until": "1"}, Invalid, "since"),
+        ({"points": "0"}, Invalid, "points"),
+        ({"since": "x"}, Invalid, "since"),
+        ({"until": "nan"}, Invalid, "until"),
+    ):
+        with pytest.raises(error) as caught:
+            await calls.call("w2", "GET", "/chutes/a/metrics", query=query)
+        assert caught.value.field == field_, query
+    with pytest.raises(NotFound) as unknown:
+        await calls.call("w1", "GET", "/chutes/a/metrics")  # w1 reported no chute a
+    assert unknown.value.field == "name"

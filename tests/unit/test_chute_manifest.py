@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from edgeplane.chutes.manifest import Manifest, load, parse, parse_config, start_order, valid_name
 from edgeplane.errors import Invalid
+from edgeplane.monitoring import Monitoring
 
 EXAMPLE = """
 name: hello
@@ -86,6 +87,25 @@ def test_the_documented_example_loads_with_defaults() -> None:
 )
 def test_bad_fields_are_named(data: dict[str, Any], field: str) -> None:
     assert field_of(data) == field
+
+
+def test_a_chutes_monitoring_profile_defaults_to_daemon_and_is_checked() -> None:
+    assert parse(base()).profile() == Monitoring(interval_s=120, history=500)
+    assert parse(base(monitoring="standard")).profile() == Monitoring(interval_s=10, history=100)
+    assert parse(base(monitoring="off")).profile() is None
+    custom = {"interval_s": 0.5, "history": 20}
+    assert parse(base(monitoring=custom)).profile() == Monitoring(**custom)
+    assert load("name: c\nversion: '1'\nmonitoring: standard\n"
+                "services: [{name: s, image: busybox}]\n").monitoring == "standard"  # fmt: skip
+    for bad, field in (
+        ("sometimes", "monitoring.name"),
+        (5, "monitoring.name"),
+        ({"interval_s": 0.01, "history": 5}, "monitoring.custom.interval_s"),
+        ({"interval_s": 1, "history": 10**6}, "monitoring.custom.history"),
+        ({"interval_s": 1}, "monitoring.custom.history"),
+        ({"interval_s": 1, "history": 5, "every": 2}, "monitoring.custom.every"),
+    ):
+        assert field_of(base(monitoring=bad)) == field, bad
 
 
 def test_registry_references_follow_the_grammar() -> None:

@@ -1,4 +1,4 @@
-"""The digits example trained federated, in process: shards, FedAvg, the registry."""
+"""The digits example trained federated, in process: shards and FedAvg."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeplane.errors import NotFound
-from edgeplane.fl import aggregate, datastore, model, updates
-from edgeplane.fl.registry import Blobs
+from edgeplane.fl import aggregate, datastore, model
 
 
 @pytest.mark.parametrize("split", ["iid", "labels"])
@@ -44,17 +42,6 @@ def test_four_clients_learn_the_digits(
         locals_ = [model.train(glob, s.x, s.y, lr=0.5, epochs=2, seed=rnd) for s in shards]
         glob = aggregate.combine(strategy, locals_, [len(s.y) for s in shards])
     assert model.evaluate(glob, test.x, test.y)["accuracy"] >= floor
-
-
-def test_registry_is_content_addressed(tmp_path: Path) -> None:
-    blobs = Blobs(tmp_path)
-    body = updates.encode_raw(model.initial())
-    ref = blobs.put(body)
-    assert blobs.put(body) == ref and len(list((tmp_path / "sha256").iterdir())) == 1
-    assert updates.decode(blobs.get(ref)).arrays["w"].shape == (64, 10)
-    for bad in ("sha256:" + "0" * 64, "sha256:../../etc/passwd", "md5:x"):
-        with pytest.raises(NotFound):
-            blobs.get(bad)
 
 
 def test_the_packaged_example_is_the_repo_s() -> None:

@@ -9,10 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from edgeplane.clock import ManualClock
-from edgeplane.manager.series import Series, aggregate, window
+from edgeplane.errors import Invalid
+from edgeplane.manager.series import Series, aggregate, in_range, window
 from edgeplane.model import TaskSpec
-from edgeplane.model.monitoring import Monitoring, resolve
-from edgeplane.protocol import Metrics, Sample, TaskSamples
+from edgeplane.monitoring import Monitoring, resolve
+from edgeplane.protocol import ChuteSamples, Metrics, Sample, TaskSamples
 from edgeplane.worker.monitor import Monitor
 
 
@@ -106,3 +107,58 @@ async def test_node_samples_start_without_any_task() -> None:
     finally:
         loop.cancel()
     assert sent[0].node[0].values == {"memory_used_mb": 1.0}
+
+
+def test_chute_series_are_per_worker_and_service_bounded_and_forgotten() -> None:
+    series = Series()
+    web = ChuteSamples(chute="c", service="web", history=3, samples=samples(5))
+    db = ChuteSamples(chute="c", service="db", history=10, samples=samples(2))
+    series.ingest("w1", Metrics(chutes=[web, db]))
+    series.ingest("w2", Metrics(chutes=[web]))
+    assert [s.ts for s in series.chute("w1", "c", "web")] == [2, 3, 4]
+    assert series.chute_services("w1", "c") == ["db", "web"]
+    assert series.samples == 12
+    series.forget_chute("w1", "c")  # deleted: w1's go, w2's stay
+    assert series.chute("w1", "c", "web") == [] and series.chute_services("w1", "c") == []
+    assert len(series.chute("w2", "c", "web")) == 3
+    # a root keeps no chute series: it asks the cluster that holds the worker
+    root = Series()
+    root.ingest("east", Metrics(chutes=[web]), root=True)
+    assert root.chute("east", "c", "web") == []
+
+
+def test_in_range_says_when_it_averaged_and_refuses_a_reversed_range() -> None:
+    kept = samples(100)
+    assert in_range(kept, 10, 12, 200) == (window(kept, 10, 12, 200), False)
+    assert in_range(kept, None, None, 10)[1] is True
+    with pytest.raises(Invalid) as caught:
+        in_range(kept, 5, 1, 10)
+    assert caught.value.field == "since"
+
+
+async def test_chute_services_are_sampled_by_their_profile_beside_tasks() -> None:
+    clock = ManualClock()
+    sent: list[Metrics] = []
+    values = {"memory_mb": 50.0}
+
+    async def publish(batch: Metrics) -> None:
+        sent.append(batch)
+
+    async def sample() -> dict[str, float]:
+        return dict(values)
+
+    monitor = Monitor(publish, clock, node=None, node_interval_s=0)
+    monitor.watch("t", 1, Monitoring(interval_s=1, history=10), sample)
+    monitor.watch_chute("c", "web", Monitoring(interval_s=2, history=7), sample)
+    clock.advance(1.0)
+    await monitor._tick()  # the task is due, the service not yet
+    assert [b.chutes for b in sent] == [[]]
+    clock.advance(1.0)
+    await monitor._tick()  # both, in one batch
+    (chute,) = sent[-1].chutes
+    assert (chute.chute, chute.service, chute.history) == ("c", "web", 7)
+    assert [s.values for s in chute.samples] == [values] and sent[-1].tasks
+    monitor.unwatch_chute("c", "web")
+    clock.advance(2.0)
+    await monitor._tick()
+    assert sent[-1].chutes == []

@@ -21,12 +21,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from edgeplane.api.audit import note
 from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.follow import event
+from edgeplane.api.usage import Points, Since, Until, UsageSeries
 from edgeplane.chutes import manifest as manifests
 from edgeplane.chutes.bodies import read_body
 from edgeplane.chutes.catalog import parse_ref
 from edgeplane.errors import EdgeplaneError, Invalid, Unavailable
 from edgeplane.manager import Manager
 from edgeplane.manager.chutes import LogFollow
+from edgeplane.manager.series import DEFAULT_POINTS
 from edgeplane.store import TokenRecord
 
 router = APIRouter(prefix="/workers", tags=["chutes"])
@@ -215,6 +217,34 @@ async def follow_chute_logs(
                 yield b": tick\n\n"
     finally:
         calls.close_follow(follower, chute)
+
+
+@router.get("/{worker_id}/chutes/{name}/metrics", response_model=UsageSeries)
+async def metrics(
+    worker_id: str,
+    name: str,
+    manager: ManagerDep,
+    service: str | None = None,
+    since: Since = None,
+    until: Until = None,
+    points: Points = DEFAULT_POINTS,
+) -> Any:
+    """A chute service's usage samples (its cgroup: cpu, memory, processes, io), as its
+    worker sent them by the chute's monitoring profile (docs/metrics.md); ``service``
+    defaults to the chute's first. Kept by the worker's manager, so read while the worker
+    is offline too; through the root, from the cluster that holds the worker."""
+    if since is not None and until is not None and since > until:
+        raise Invalid("since must not be after until", field="since")
+    query = {"points": str(points)}
+    if service:
+        if not manifests.valid_name(service):
+            raise Invalid(f"{service!r} is not a service name", field="service")
+        query["service"] = service
+    for key, value in (("since", since), ("until", until)):
+        if value is not None:
+            query[key] = repr(value)
+    path = f"/chutes/{_name(name)}/metrics"
+    return await manager.chutes.call(worker_id, "GET", path, query=query)
 
 
 @router.get("/{worker_id}/chutes/{name}/config")

@@ -55,7 +55,8 @@ class TaskFastPath:
                 await self._create(scope, receive, send)
                 return
             task_id = path[len(TASKS) + 1 :] if path.startswith(TASKS + "/") else ""
-            if method == "GET" and task_id and "/" not in task_id:
+            # (``counts`` is a route, not a task: task ids are uuids)
+            if method == "GET" and task_id and "/" not in task_id and task_id != "counts":
                 await self._get(task_id, scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -114,7 +114,7 @@ async def model(
     token = _client_token(request)
     if token is None:
         exp = await _seen(fl, await caller(request, None), experiment_id)
-        v, body = fl.model_bytes(exp, version)
+        v, body = await fl.model_bytes(exp, version)
     else:
         v, body = await fl.client_model(experiment_id, token, version)
     return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})

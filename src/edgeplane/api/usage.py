@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel
 
-from edgeplane.errors import Invalid
-from edgeplane.manager.series import DEFAULT_POINTS, MAX_POINTS, window
+from edgeplane.manager.series import DEFAULT_POINTS, MAX_POINTS, in_range
 from edgeplane.protocol import Sample
 
 Since = Annotated[
@@ -24,7 +23,8 @@ Points = Annotated[
 
 class UsageSeries(BaseModel):
     id: str
-    kind: Literal["task", "worker", "cluster"]
+    #: (a chute's: ``id`` is ``WORKER/CHUTE/SERVICE``)
+    kind: Literal["task", "worker", "cluster", "chute"]
     #: oldest first; ``values`` by name (docs/metrics.md lists them)
     samples: list[Sample]
     #: whether the samples in range were more than ``points`` and were averaged
@@ -41,10 +41,5 @@ def series(
     *,
     aggregated: bool = False,
 ) -> UsageSeries:
-    if since is not None and until is not None and since > until:
-        raise Invalid("since must not be after until", field="since")
-    chosen = window(samples, since, until, points)
-    downsampled = aggregated or len(chosen) < sum(
-        1 for s in samples if (since is None or s.ts >= since) and (until is None or s.ts <= until)
-    )
-    return UsageSeries(id=ident, kind=kind, samples=chosen, downsampled=downsampled)
+    chosen, downsampled = in_range(samples, since, until, points)
+    return UsageSeries(id=ident, kind=kind, samples=chosen, downsampled=aggregated or downsampled)

@@ -24,6 +24,7 @@ from pydantic import (
 from edgeplane import safeyaml
 from edgeplane.artifacts import reference
 from edgeplane.errors import EdgeplaneError, Invalid
+from edgeplane.monitoring import Monitoring, MonitoringField, resolve
 
 NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
@@ -136,6 +137,9 @@ class Manifest(_Strict):
     config: Annotated[dict[Key, ConfigValue], Field(max_length=MAX_CONFIG)] = Field(
         default_factory=dict
     )
+    #: how often each running service's cgroup is sampled and how many samples its
+    #: manager keeps (docs/metrics.md); left out: ``daemon``
+    monitoring: MonitoringField | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -160,6 +164,10 @@ class Manifest(_Strict):
 
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
+
+    def profile(self) -> Monitoring | None:
+        """The services' monitoring profile (None: ``off``, not sampled)."""
+        return resolve(self.monitoring, daemon=True)
 
 
 def start_order(services: list[Service]) -> list[str]:

@@ -30,8 +30,9 @@ import platform
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,8 +48,10 @@ from edgeplane.chutes.manifest import Healthcheck, Manifest, Service, start_orde
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, TaskFailure
 from edgeplane.model import Limits
+from edgeplane.monitoring import Monitoring
 from edgeplane.protocol.messages import MAX_REPORTED_CHUTES, ChuteEventKind
 from edgeplane.runtimes.bundle import runtime_config
+from edgeplane.runtimes.cgroups import CpuMark, usage_sample
 from edgeplane.runtimes.container import find_runc, runc_output
 from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.probe import exec_probe, probe_in_netns
@@ -114,6 +117,21 @@ class Enforcer(Protocol):
     def remove(self, chute: str) -> None:
         """The chute is deleted (or its install undone): what ``apply`` made for it goes."""
         ...
+
+
+class Usage(Protocol):
+    """Where the running services' usage samples go: the worker's monitor
+    (``worker/monitor.py``), which samples each by the chute's profile and sends them."""
+
+    def watch_chute(
+        self,
+        chute: str,
+        service: str,
+        profile: Monitoring,
+        sample: Callable[[], Awaitable[dict[str, float]]],
+    ) -> None: ...
+
+    def unwatch_chute(self, chute: str, service: str) -> None: ...
 
 
 class LoopbackNetwork:
@@ -290,6 +308,12 @@ class Node:
         self._monitors: dict[str, asyncio.Task[None]] = {}
         #: the running services the exit watcher follows, by container id
         self._lives: dict[str, Life] = {}
+        #: where the running services' usage is sampled (None: nowhere)
+        self.usage: Usage | None = None
+        #: (chute, service) → the container whose usage ``usage`` samples
+        self._sampled: dict[tuple[str, str], str] = {}
+        #: each sampled container's previous cpu reading
+        self._cpu: dict[str, CpuMark] = {}
         self._reports: set[asyncio.Task[None]] = set()
         #: the chute events the worker delivers to its manager (``events.py``)
         self.events = EventLog(self.root / "events", clock=self.clock)
@@ -335,6 +359,7 @@ class Node:
                     await task
         for cid in list(self._monitors):
             await self._unwatch(cid)
+        self._sample_usage({})
         if self._reports:  # (each ends on its own: a status read and a file write)
             await asyncio.wait(list(self._reports), timeout=5)
         await self.changes.close()
@@ -534,6 +559,7 @@ class Node:
 
     async def _check_exits(self) -> None:
         followed: set[str] = set()
+        sampled: dict[tuple[str, str], tuple[str, Monitoring]] = {}
         for name in self.names():
             state = self._load(name)
             if (
@@ -548,8 +574,38 @@ class Node:
                 cid = _container(name, service.name, str(state["generation"]))
                 followed.add(cid)
                 await self._check_service(name, service.name, cid, manifest)
+                life, profile = self._lives.get(cid), manifest.profile()
+                if life is not None and not life.exited and profile is not None:
+                    sampled[(name, service.name)] = (cid, profile)
         for cid in [cid for cid in self._lives if cid not in followed]:
             del self._lives[cid]
+        self._sample_usage(sampled)
+
+    def _sample_usage(self, running: dict[tuple[str, str], tuple[str, Monitoring]]) -> None:
+        """Have ``usage`` sample exactly the ``running`` services, each (chute, service)
+        as its container now: one that exited, is being changed or whose chute went stops
+        being sampled; an update's new generation is sampled afresh (its own profile)."""
+        if self.usage is None:
+            return
+        for key in [key for key in self._sampled if key not in running]:
+            self._cpu.pop(self._sampled.pop(key), None)
+            self.usage.unwatch_chute(*key)
+        for key, (cid, profile) in running.items():
+            if self._sampled.get(key) != cid:
+                if key in self._sampled:
+                    self._cpu.pop(self._sampled[key], None)
+                self._sampled[key] = cid
+                self.usage.watch_chute(*key, profile, partial(self.usage_of, cid))
+
+    async def usage_of(self, cid: str) -> dict[str, float]:
+        """The service container's cgroup usage now, as a container task's sample
+        (``runc events --stats``; empty when the container is gone)."""
+        said = await self._call("events", "--stats", cid)
+        sampled = usage_sample(said, self._cpu.get(cid), self.clock.monotonic())
+        if sampled is None:
+            return {}
+        values, self._cpu[cid] = sampled
+        return values
 
     async def _learn(self, name: str) -> None:
         """Follow the chute's services from now (a change left them as they should be:

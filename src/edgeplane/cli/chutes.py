@@ -29,6 +29,7 @@ from edgeplane.cli.output import (
     print_json,
     print_table,
     session,
+    when,
 )
 from edgeplane.errors import Invalid, TaskFailure, Unavailable
 
@@ -375,6 +376,57 @@ def logs(
             elif kind == "end":
                 note(f"(the follow ended: {json.loads(text).get('reason')})")
                 return
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    name: str,
+    service: Annotated[str | None, typer.Option(help="Which service (default: the first).")] = None,
+    since: Annotated[
+        float | None, typer.Option(min=0, help="From this time on (unix seconds).")
+    ] = None,
+    until: Annotated[
+        float | None, typer.Option(min=0, help="Up to this time (unix seconds).")
+    ] = None,
+    points: Annotated[
+        int, typer.Option(min=1, max=1000, help="At most this many points (averaged beyond).")
+    ] = 200,
+    worker: WorkerOption = None,
+    output: OutputOption = None,
+) -> None:
+    """A chute service's usage samples (cpu, memory, processes, io of its cgroup), as its
+    manager keeps them: through the control plane (--worker), which keeps the series."""
+    if worker is None:
+        raise Invalid(
+            "a chute's usage series are kept by the control plane: give --worker ID",
+            field="worker",
+        )
+    client = _open(ctx, None, worker, None, None)
+    params: dict[str, Any] = {"points": points}
+    for key, value in (("service", service), ("since", since), ("until", until)):
+        if value is not None:
+            params[key] = value
+    found = client.call("GET", f"/chutes/{name}/metrics", params=params)
+    if session(ctx).format(output) == Format.json:
+        print_json(found)
+        return
+    samples = found["samples"]
+    columns = sorted({key for sample in samples for key in sample["values"]})
+    note(
+        f"{found['id']}: {len(samples)} sample(s)" + (", averaged" if found["downsampled"] else "")
+    )
+    print_table(
+        ["time", *columns],
+        [[when(s["ts"]), *(_value(s["values"].get(c)) for c in columns)] for s in samples],
+    )
+
+
+def _value(value: float | None) -> float | int | None:
+    """A sample's value for a table: whole numbers as such, others to one decimal."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else round(value, 1)
 
 
 def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:

@@ -277,8 +277,14 @@ def _check_host_user(settings: Settings) -> None:
     configured(settings.allow_host, settings.host_user)
 
 
-#: Allocations between young-generation collections (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
+#: Allocations between young-generation collections (CPython's default is 700). A young
+#: pass costs about as much however many of its objects died, so fewer, bigger passes
+#: cost less: under the spine's throughput phase 10,000 took 0.43 s of collector CPU per
+#: 20,000 no-op tasks (93 young and 8 middle passes), 50,000 took 0.14 s (7 young
+#: passes, none older), ~14 µs per task (docs/benchmarks.md, "No-op throughput
+#: regained"). A young pass then takes ~20 ms in that phase (~3 ms at 10,000); one task
+#: at a time leaves little alive, so passes come seldom there and p99 did not move.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def _settle_gc() -> None:

@@ -7,7 +7,7 @@ read one update at a time; the robust strategies a list.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -112,6 +112,25 @@ def combine(
     if strategy == "median":
         return median(list(updates))
     return trimmed_mean(list(updates))
+
+
+async def combine_each(
+    strategy: Strategy, updates: AsyncIterable[Arrays], num_samples: Sequence[int]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """:func:`combine` of updates read as they come (each stored update read from the
+    store when it is its turn): FedAvg holds one at a time, as with a generator."""
+    if strategy != "fedavg":
+        return combine(strategy, [u async for u in updates], num_samples)
+    acc = WeightedSum()
+    given = aiter(updates)
+    for n in num_samples:
+        update = await anext(given, None)
+        if update is None:
+            raise Invalid("one num_samples per update", field="num_samples")
+        acc.add(update, n)
+    if await anext(given, None) is not None:
+        raise Invalid("one num_samples per update", field="num_samples")
+    return acc.mean()
 
 
 def _nonempty(updates: Sequence[Arrays]) -> None:

@@ -5,8 +5,9 @@ starts one training task pinned to each (the client workload with the FL env and
 credential of its own), takes their updates (``offer``), and closes the round as
 ``rounds.Round`` says: it aggregates the accepted updates into the next global model
 version, scores it on the held-out test set, and opens the next round. Everything it
-needs to go on is in the stored experiment (and the blob directory), written at each
-step: a manager that restarts picks up the round where it was.
+needs to go on is in the store (the experiment, and its blobs: ``registry``), written at
+each step: a manager that restarts, or another that takes over, picks up the round where
+it was.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from edgeplane.model import Task, TaskSpec
 from edgeplane.model.task import TERMINAL_STATES
 from edgeplane.protocol import Topics
 from edgeplane.security.broker_auth import Credentials
+from edgeplane.store.base import MAX_FL_BLOB
 from edgeplane.transport import MqttLink
 from edgeplane.transport.link import MessageHandler
 
@@ -76,8 +78,10 @@ class Coordinator:
         secure): training tasks then dial it with no credentials of their own."""
         self.manager = manager
         self.clock: clocks.Clock = manager.clock
-        self.blobs = Blobs(blob_dir)
         self.store = manager.fl_store
+        #: model versions and updates, in the store (``blob_dir``: where managers before
+        #: kept them, read and copied into the store)
+        self.blobs = Blobs(self.store, blob_dir)
         self.topics = Topics(manager.settings.domain, manager.settings.cluster_id)
         self.identities = identities
         #: the API's URL as workers dial it (set when the API serves)
@@ -161,6 +165,7 @@ class Coordinator:
         await self._resume(running)
         for exp in running:
             self._publish(exp)
+        self.blobs.start()
         if self.link is not None:
             await self.link.start()
         self._loop = asyncio.create_task(self._run_loop(), name="fl")
@@ -182,6 +187,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
             self._loop = None
+        await self.blobs.stop()
         if self.link is not None:
             await self.link.stop()
 
@@ -221,7 +227,8 @@ class Coordinator:
     async def _initial(self, given: InitialModel | None) -> tuple[str, dict[str, str | int]]:
         """Version 0's content address, and where it came from."""
         if given is None:
-            return self.blobs.put(updates.encode_raw(model.initial())), {"source": "zeros"}
+            ref = await self.blobs.put(updates.encode_raw(model.initial()), keep=True)
+            return ref, {"source": "zeros"}
         if given.experiment is not None:
             other = await self.store.get_fl_experiment(given.experiment)
             if other is None:
@@ -243,8 +250,14 @@ class Coordinator:
         except (binascii.Error, updates.Rejected) as exc:
             detail = exc.detail if isinstance(exc, updates.Rejected) else "not base64"
             raise Invalid(f"the initial model: {detail}", field="initial_model.data") from None
-        # a model of many MB: its digest and file written off the event loop
-        ref = await asyncio.to_thread(self.blobs.put, updates.encode_raw(arrays))
+        raw = updates.encode_raw(arrays)
+        if len(raw) > MAX_FL_BLOB:
+            raise Invalid(
+                f"the initial model is {len(raw)} bytes as float32, over the {MAX_FL_BLOB} "
+                "a model may have",
+                field="initial_model.data",
+            )
+        ref = await self.blobs.put(raw, keep=True)
         return ref, {"source": "upload", "bytes": len(body)}
 
     async def get(self, experiment_id: str) -> Experiment:
@@ -276,13 +289,13 @@ class Coordinator:
             await self._end(exp, "stopped", "stopped by a user")
             return exp
 
-    def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
+    async def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
         """Version ``version`` (the newest: None) of ``exp``, which the caller read to
         check who asks (versions are only ever added: it has every one it names)."""
         v = exp.model_version if version is None else version
         if not 0 <= v <= exp.model_version:
             raise NotFound(f"experiment {exp.id} has no model version {v}", field="version")
-        return v, self.blobs.get(exp.versions[v])
+        return v, await self.blobs.get(exp.versions[v])
 
     # the clients' calls (a client credential: tokens.Grant)
 
@@ -323,8 +336,8 @@ class Coordinator:
         grant = await self._grant(experiment_id, token)
         refs = self._versions.get(grant.experiment, ())
         if version is not None and version < len(refs):
-            return version, self.blobs.get(refs[version])
-        return self.model_bytes(await self.get(experiment_id), version)
+            return version, await self.blobs.get(refs[version])
+        return await self.model_bytes(await self.get(experiment_id), version)
 
     async def _live(self, grant: tokens.Grant) -> None:
         if grant.task in self._alive:
@@ -411,7 +424,7 @@ class Coordinator:
                             f"the update is from an earlier attempt of round {round_no}; dropped",
                         )
                     update = updates.decode(body, content_type)
-                    full = updates.check(update, self._model(exp, exp.model_version))
+                    full = updates.check(update, await self._model(exp, exp.model_version))
                     if exp.spec.strategy == "fedavg" and update.num_samples <= 0:
                         raise updates.Rejected(
                             "malformed", "num_samples must be > 0", field="num_samples"
@@ -423,7 +436,7 @@ class Coordinator:
                 record.rejected = dict(machine.rejected)
                 await self._save(exp)
                 raise
-            record.update_refs[grant.worker] = self.blobs.put(updates.encode_raw(full))
+            record.update_refs[grant.worker] = await self.blobs.put(updates.encode_raw(full))
             # the record stays open until the loop aggregates it (_advance, _close)
             state = machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
             record.updates = dict(machine.accepted)
@@ -757,7 +770,7 @@ class Coordinator:
                 if inline:
                     refs = self._versions.get(grant.experiment, ())
                     if work.model_version < len(refs):
-                        encoded = self._inline(refs[work.model_version])
+                        encoded = await self._inline(refs[work.model_version])
                         if encoded is not None:
                             answer["model"] = encoded
                 return answer
@@ -769,15 +782,15 @@ class Coordinator:
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
 
-    def _inline(self, ref: str) -> str | None:
+    async def _inline(self, ref: str) -> str | None:
         """A version's bytes, base64, if small enough to hand out inline: read and encoded
         once, for every client of the round asks for the same one."""
         if self._inlined is not None and self._inlined[0] == ref:
             return self._inlined[1]
-        path_size = self.blobs.size(ref)
+        path_size = await self.blobs.size(ref)
         if path_size is None or path_size > INLINE_MODEL_MAX:
             return None
-        encoded = base64.b64encode(self.blobs.get(ref)).decode()
+        encoded = base64.b64encode(await self.blobs.get(ref)).decode()
         self._inlined = (ref, encoded)
         return encoded
 
@@ -817,7 +830,7 @@ class Coordinator:
         for exp in running:
             if exp.state in TERMINAL:
                 continue
-            if self._rescore(exp):
+            if await self._rescore(exp):
                 with contextlib.suppress(EdgeplaneError):  # scored again at the next start
                     await self._save(exp)
             if exp.spec.client_tasks == "persistent":
@@ -876,12 +889,12 @@ class Coordinator:
                 extra={"experiment_id": exp.id, "error": exc.detail},
             )
 
-    def _rescore(self, exp: Experiment) -> bool:
+    async def _rescore(self, exp: Experiment) -> bool:
         """Score the newest version if a killed manager stored it but not its score (the
         round is handed out before it is scored: ``_close``); whether it did."""
         closed = [r for r in exp.rounds if r.state == "closed"]
         if closed and not closed[-1].metrics and len(closed) == exp.model_version:
-            self._score(exp, closed[-1], self._model(exp, exp.model_version))
+            self._score(exp, closed[-1], await self._model(exp, exp.model_version))
             return bool(closed[-1].metrics)
         return False
 
@@ -915,9 +928,11 @@ class Coordinator:
             merged = running[0].mean()
         else:
             # one stored update decoded at a time, as FedAvg adds it (aggregate.fedavg)
-            ups = (updates.decode(self.blobs.get(record.update_refs[w])).arrays for w in workers)
-            merged = aggregate.combine(exp.spec.strategy, ups, [record.updates[w] for w in workers])
-        exp.versions.append(self.blobs.put(updates.encode_raw(merged)))
+            ups = self.blobs.each(record.update_refs[w] for w in workers)
+            merged = await aggregate.combine_each(
+                exp.spec.strategy, ups, [record.updates[w] for w in workers]
+            )
+        exp.versions.append(await self.blobs.put(updates.encode_raw(merged), keep=True))
         record.state = "closed"
         record.closed_at = self.clock.now()
         if exp.round >= exp.spec.rounds:
@@ -996,13 +1011,13 @@ class Coordinator:
                 if task.state not in TERMINAL_STATES:
                     await self.manager.stop_task(task_id)
 
-    def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
+    async def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
         """A version's arrays, read only; the last one read is kept: each update is
         checked against the round's model, which was read and decoded once per update."""
         ref = exp.versions[version]
         if self._decoded is not None and self._decoded[0] == ref:
             return self._decoded[1]
-        arrays = updates.decode(self.blobs.get(ref)).arrays
+        arrays = updates.decode(await self.blobs.get(ref)).arrays
         for array in arrays.values():
             array.setflags(write=False)
         self._decoded = (ref, arrays)

@@ -26,8 +26,8 @@ class RoundRecord(BaseModel):
     tasks: dict[str, str] = Field(default_factory=dict)
     #: accepted updates: worker → num_samples
     updates: dict[str, int] = Field(default_factory=dict)
-    #: each accepted update's full weights, content addressed in the blob directory, so a
-    #: restarted manager still aggregates them
+    #: each accepted update's full weights, content addressed in the store (``registry``),
+    #: so a restarted manager, or another on the store, still aggregates them
     update_refs: dict[str, str] = Field(default_factory=dict)
     rejected: dict[str, int] = Field(default_factory=dict)
     #: wall-clock deadline (seconds since the epoch), so it survives a restart

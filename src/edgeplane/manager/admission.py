@@ -134,6 +134,8 @@ async def inspect_modules(specs: Iterable[TaskSpec]) -> Modules:
 def check_network(spec: TaskSpec) -> str:
     """The task's network (``bridge`` when it publishes ports and names none); Invalid
     naming the field when its network, ports or health check cannot be had."""
+    if spec.network is None and not spec.ports and spec.healthcheck is None:
+        return "none"  # the common case, any runtime: nothing to check
     network = spec.network or ("bridge" if spec.ports else "none")
     if spec.runtime != "container":
         for field, given in (
@@ -176,8 +178,9 @@ def admit(
     ``pins`` maps container images named by tag to the same pinned to their digest
     (:func:`oci_modules.pin_images`). ``cluster_id`` is the manager's cluster; None at
     the root, where a ``cluster_id`` in the spec pins the task to that cluster instead."""
+    source = oci_source(spec)
     if spec.runtime == "wasm":
-        if spec.file is None and oci_source(spec) is None:
+        if spec.file is None and source is None:
             raise Invalid(
                 "a wasm task needs 'file' (base64 .wasm) or 'image_url' (oci://…)", field="file"
             )
@@ -199,7 +202,6 @@ def admit(
     network = check_network(spec)
     if cluster_id is not None and spec.cluster_id is not None and spec.cluster_id != cluster_id:
         raise Invalid(f"unknown cluster {spec.cluster_id!r}", field="cluster_id")
-    source = oci_source(spec)
     key = spec.file if source is None else source[1]
     module = None if key is None else modules[key]
     unreachable = None

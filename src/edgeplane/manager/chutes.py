@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeplane.errors import EdgeplaneError, NotFound, Unavailable
+from edgeplane.errors import EdgeplaneError, Invalid, NotFound, Unavailable
 from edgeplane.manager.chute_states import apply
 from edgeplane.manager.core import Core
 from edgeplane.manager.registry import WorkerEntry
+from edgeplane.manager.series import DEFAULT_POINTS, MAX_POINTS, in_range
 from edgeplane.protocol import (
     AckChuteEvents,
     ChuteEvents,
@@ -52,6 +54,8 @@ MAX_FOLLOWS = 64
 MAX_FOLLOWS_PER_WORKER = 8
 
 _SHOW = re.compile(r"^/chutes/([a-z0-9][a-z0-9-]{0,39})$")
+#: a chute's usage series: answered by the manager, which keeps them (``series.py``)
+USAGE = re.compile(r"^/chutes/([a-z0-9][a-z0-9-]{0,39})/metrics$")
 
 
 class WorkerProblem(EdgeplaneError):
@@ -138,6 +142,9 @@ class ChuteCalls:
         entry = self.core.registry.get(worker_id)
         if entry is None:
             raise NotFound(f"worker {worker_id} not found", field="id")
+        usage = USAGE.match(path) if method == "GET" else None
+        if usage is not None:  # kept here, so answered while the worker is offline too
+            return self._usage(worker_id, entry, usage.group(1), query or {})
         kept = self._kept_read(entry, method, path)
         if not entry.online:
             if kept is not None:
@@ -192,6 +199,38 @@ class ChuteCalls:
         """Whether the worker is online now (a live follow ends when it is not)."""
         entry = self.core.registry.get(worker_id)
         return entry is not None and entry.online
+
+    def _usage(
+        self, worker_id: str, entry: WorkerEntry, chute: str, query: dict[str, str]
+    ) -> dict[str, Any]:
+        """A chute service's usage series (a ``UsageSeries``, docs/metrics.md): ``service``
+        (default: the chute's first, as last reported), ``since``, ``until``, ``points``."""
+        series = self.core.series
+        reported = entry.worker.chutes
+        found = next(
+            (d for d in (reported.items if reported else ()) if d.get("name") == chute), None
+        )
+        declared = [str(s.get("name")) for s in (found or {}).get("services", ())]
+        kept = series.chute_services(worker_id, chute)
+        if found is None and not kept:
+            raise NotFound(f"no chute {chute!r} on worker {worker_id}", field="name")
+        service = query.get("service") or (declared or kept)[0]
+        if service not in declared and service not in kept:
+            raise NotFound(f"chute {chute!r} has no service {service!r}", field="service")
+        since, until = _number(query, "since"), _number(query, "until")
+        asked = _number(query, "points")
+        points = DEFAULT_POINTS if asked is None else int(asked)
+        if not 1 <= points <= MAX_POINTS:
+            raise Invalid(f"points: 1 to {MAX_POINTS}", field="points")
+        samples, downsampled = in_range(
+            series.chute(worker_id, chute, service), since, until, points
+        )
+        return {
+            "id": f"{worker_id}/{chute}/{service}",
+            "kind": "chute",
+            "samples": [s.model_dump(mode="json") for s in samples],
+            "downsampled": downsampled,
+        }
 
     # ------------------------------------------------------------------ kept state
     def _kept_read(self, entry: WorkerEntry, method: str, path: str) -> Callable[[], Any] | None:
@@ -256,6 +295,8 @@ class ChuteCalls:
                     "detail": event.detail,
                 },
             )
+            if event.kind == "deleted":
+                core.series.forget_chute(member_id, event.chute)
         if applied.states is not before:
             entry.worker = entry.worker.model_copy(update={"chutes": applied.states})
             core.unsaved.pop(member_id, None)  # an older version must not be written after
@@ -403,3 +444,17 @@ def _marked(found: Any, *, stale: bool) -> Any:
     if isinstance(found, dict):
         return {**found, "stale": stale}
     return found
+
+
+def _number(query: dict[str, str], name: str) -> float | None:
+    """A query's finite, non-negative number (None: not given); a 422 naming it else."""
+    given = query.get(name)
+    if given is None or given == "":
+        return None
+    try:
+        value = float(given)
+    except ValueError:
+        raise Invalid(f"{name}: not a number", field=name) from None
+    if not math.isfinite(value) or value < 0:
+        raise Invalid(f"{name}: a number from 0 on", field=name)
+    return value

@@ -1,5 +1,6 @@
 """Usage series a manager keeps in memory (docs/metrics.md): per task (bounded by its
-profile's ``history``), per member (node samples), and at the root per cluster's worker.
+profile's ``history``), per member (node samples), per worker's chute service (bounded by
+its chute's profile), and at the root per cluster's worker.
 
 Memory, not the store: samples come every few seconds from every worker and are worth
 little once old; writing them would put the store's commit path (the journal) under a
@@ -14,12 +15,15 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from typing import TypeVar
 
+from edgeplane.errors import Invalid
 from edgeplane.protocol import Metrics, Sample
 
 MAX_TASK_SERIES = 10_000
 #: node samples kept per member: a day at the workers' default 10 s would be 8,640
 MEMBER_HISTORY = 2_000
 MAX_MEMBERS = 10_000
+#: chute service series kept (the least recently updated go first)
+MAX_CHUTE_SERIES = 10_000
 #: points a query returns at most (more samples in range are averaged into buckets)
 MAX_POINTS = 1_000
 DEFAULT_POINTS = 200
@@ -33,6 +37,8 @@ class Series:
         self._members: OrderedDict[str, deque[Sample]] = OrderedDict()
         #: root only: (cluster, worker) → that worker's node samples, through its cluster
         self._workers: OrderedDict[tuple[str, str], deque[Sample]] = OrderedDict()
+        #: not at a root: (worker, chute, service) → that service's samples
+        self._chutes: OrderedDict[tuple[str, str, str], deque[Sample]] = OrderedDict()
         self.samples = 0
 
     def ingest(self, member_id: str, batch: Metrics, *, root: bool = False) -> None:
@@ -45,6 +51,10 @@ class Series:
         for task in batch.tasks:
             _append(self._tasks, task.task_id, task.samples, task.history, MAX_TASK_SERIES)
             self.samples += len(task.samples)
+        for chute in () if root else batch.chutes:
+            service = (member_id, chute.chute, chute.service)
+            _append(self._chutes, service, chute.samples, chute.history, MAX_CHUTE_SERIES)
+            self.samples += len(chute.samples)
         self.samples += len(batch.node)
 
     def task(self, task_id: str) -> list[Sample]:
@@ -70,6 +80,18 @@ class Series:
     def forget_task(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
 
+    def chute(self, worker_id: str, chute: str, service: str) -> list[Sample]:
+        return list(self._chutes.get((worker_id, chute, service), ()))
+
+    def chute_services(self, worker_id: str, chute: str) -> list[str]:
+        """The services of the worker's chute that have a series, by name."""
+        return sorted(s for w, c, s in self._chutes if w == worker_id and c == chute)
+
+    def forget_chute(self, worker_id: str, chute: str) -> None:
+        """The chute was deleted: its series go (a new chute of that name starts afresh)."""
+        for key in [k for k in self._chutes if k[:2] == (worker_id, chute)]:
+            del self._chutes[key]
+
 
 def _append(
     book: OrderedDict[K, deque[Sample]],
@@ -86,6 +108,20 @@ def _append(
     book.move_to_end(key)
     while len(book) > most:
         book.popitem(last=False)
+
+
+def in_range(
+    samples: Sequence[Sample], since: float | None, until: float | None, points: int
+) -> tuple[list[Sample], bool]:
+    """:func:`window`, and whether it averaged (more samples in range than ``points``);
+    ``since`` after ``until`` is a 422 naming ``since``."""
+    if since is not None and until is not None and since > until:
+        raise Invalid("since must not be after until", field="since")
+    chosen = window(samples, since, until, points)
+    total = sum(
+        1 for s in samples if (since is None or s.ts >= since) and (until is None or s.ts <= until)
+    )
+    return chosen, len(chosen) < total
 
 
 def window(

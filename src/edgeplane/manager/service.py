@@ -162,6 +162,7 @@ class Manager:
         self.admit = self.tasks.admit
         self.get = self.tasks.get
         self.list_tasks = self.tasks.list_tasks
+        self.count_tasks = self.tasks.count_tasks
         self.wait = self.tasks.wait
         self.start_task = self.tasks.start_task
         self.stop_task = self.tasks.stop_task

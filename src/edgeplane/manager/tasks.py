@@ -22,7 +22,7 @@ from edgeplane.manager.admission import admit_many
 from edgeplane.manager.core import Core
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.resolver import Resolver, unresolved
-from edgeplane.model import Task, TaskPatch, TaskSpec, Workflow
+from edgeplane.model import TASK_STATES, Task, TaskPatch, TaskSpec, Workflow
 from edgeplane.model.listing import Position
 from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
 
@@ -181,6 +181,11 @@ class TaskService:
             projects=projects,
         )
         return [self._fresher(t) for t in items], total
+
+    async def count_tasks(self, projects: Sequence[str] | None = None) -> dict[str, int]:
+        """How many stored tasks are in each state, every state named (0 included)."""
+        counts = await self.core.store.count_tasks(projects=projects)
+        return {state: counts.get(state, 0) for state in TASK_STATES}
 
     def wait_reason(self, task_id: str) -> str | None:
         """Why a queued task waits (recomputed every pass, so kept in memory only)."""

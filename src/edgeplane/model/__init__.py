@@ -25,6 +25,7 @@ from edgeplane.model.cluster import (
 from edgeplane.model.page import Page
 from edgeplane.model.task import (
     ACTIVE_STATES,
+    TASK_STATES,
     TERMINAL_STATES,
     CatchUp,
     Constraints,
@@ -53,6 +54,7 @@ from edgeplane.model.workflow import (
 
 __all__ = [
     "ACTIVE_STATES",
+    "TASK_STATES",
     "TERMINAL_STATES",
     "TERMINAL_WORKFLOW_STATES",
     "Aggregate",

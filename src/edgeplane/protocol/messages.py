@@ -28,8 +28,9 @@ from edgeplane.model import (
     Usage,
 )
 from edgeplane.model.bounds import Project, check_json
-from edgeplane.model.monitoring import Monitoring, resolve
 from edgeplane.model.service import MAX_PORTS, Endpoint, HealthCheck, Network, PortSpec
+from edgeplane.model.task import no_limits
+from edgeplane.monitoring import Monitoring, resolve
 from edgeplane.tracing import bounded
 
 
@@ -143,7 +144,7 @@ class Assignment(_Body):
     network: Network = "none"
     ports: list[PortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
     healthcheck: HealthCheck | None = None
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=no_limits)
     daemon: bool = False
     #: the task's profile, resolved (None: not sampled; docs/metrics.md)
     monitoring: Monitoring | None = None
@@ -534,14 +535,24 @@ class TaskSamples(_Body):
     samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
 
 
+class ChuteSamples(_Body):
+    """Samples of one running chute service (its cgroup), and how many its manager keeps."""
+
+    chute: str = Field(max_length=64)
+    service: str = Field(max_length=64)
+    history: int = Field(ge=1, le=10_000)
+    samples: list[Sample] = Field(max_length=MAX_BATCH_SAMPLES)
+
+
 class Metrics(_Body):
     """worker → manager on the ``metrics`` leaf, QoS 0: what was sampled since the last
-    batch. At the root, from a cluster: ``node`` is the cluster's aggregate and
-    ``workers`` each worker's node samples."""
+    batch (``chutes``: each running chute service's). At the root, from a cluster:
+    ``node`` is the cluster's aggregate and ``workers`` each worker's node samples."""
 
     node: list[Sample] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
     tasks: list[TaskSamples] = Field(default_factory=list, max_length=MAX_BATCH_SAMPLES)
     workers: dict[str, list[Sample]] = Field(default_factory=dict, max_length=1000)
+    chutes: list[ChuteSamples] = Field(default_factory=list, max_length=1000)
 
 
 #: characters of one log chunk: the rest follows in the next

@@ -276,6 +276,7 @@ async def _run_worker(
         # oci:// images of chutes come as a task's do: through the cluster's proxy when the
         # registry cannot be reached (--pull); with no broker, only a direct pull works
         node.puller.use_proxy(agent.fetcher.fetch, settings.pull)
+        node.usage = agent.monitor  # the services' samples go with the worker's others
         edge = EdgeApi(node, data_dir, settings.edge_api)
         await edge.start()
         print(f"edge api on http://{settings.edge_api}", flush=True)

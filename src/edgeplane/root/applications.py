@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from edgeplane import clock as clocks
 from edgeplane.errors import Invalid, NotFound
@@ -52,12 +53,15 @@ def spread_group(app: Application, service: ServiceSpec) -> str:
 def instance_spec(app: Application, service: ServiceSpec, create: Create) -> TaskSpec:
     """The daemon task that runs one instance of ``service``."""
     body = service.model_dump(exclude=_SERVICE_ONLY, context=REVEAL)
-    constraints = Constraints.model_validate(body.pop("constraints"))
+    placed: dict[str, Any] = {
+        "spread": service.placement.constraint(spread_group(app, service)),
+    }
     if service.resources.cpu is not None:
-        constraints.cpu = service.resources.cpu
+        placed["cpu"] = service.resources.cpu
     if service.resources.memory_mb is not None:
-        constraints.memory_mb = service.resources.memory_mb
-    constraints.spread = service.placement.constraint(spread_group(app, service))
+        placed["memory_mb"] = service.resources.memory_mb
+    # (constraints are frozen: changed by a copy)
+    constraints = Constraints.model_validate(body.pop("constraints")).model_copy(update=placed)
     metadata = {
         **service.metadata,
         "application_id": app.id,

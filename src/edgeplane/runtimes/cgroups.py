@@ -13,6 +13,7 @@ which limits nothing, for the disks its files live on (:func:`accounted_disks`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from functools import cache
@@ -85,3 +86,31 @@ def io_bytes(stats: dict[str, Any]) -> tuple[float, float] | None:
         elif op == "write":
             write += float(entry.get("value", 0))
     return read, write
+
+
+#: (cpu ns used, monotonic s) of a container's previous sample: its cpu_percent's start
+CpuMark = tuple[float, float]
+
+
+def usage_sample(
+    said: str, last: CpuMark | None, now: float
+) -> tuple[dict[str, float], CpuMark] | None:
+    """One usage sample of a container from what ``runc events --stats`` printed:
+    ``cpu_percent`` since ``last`` (0 without one, like psutil's first), ``memory_mb``,
+    ``processes`` and, when runc reports io, ``io_read_bytes``/``io_write_bytes``; and the
+    mark for the next sample. None when the output is not runc's stats."""
+    try:
+        data = json.loads(said)["data"]
+        cpu_ns = float(data["cpu"]["usage"]["total"])
+        memory = float(data["memory"]["usage"]["usage"])
+        pids = float(data.get("pids", {}).get("current", 0))
+        io = io_bytes(data)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    cpu_percent = 0.0
+    if last is not None and now > last[1]:
+        cpu_percent = (cpu_ns - last[0]) / 1e9 / (now - last[1]) * 100
+    found = {"cpu_percent": cpu_percent, "memory_mb": memory / 2**20, "processes": pids}
+    if io is not None:
+        found["io_read_bytes"], found["io_write_bytes"] = io
+    return found, (cpu_ns, now)

@@ -56,7 +56,7 @@ from edgeplane.errors import EdgeplaneError, TaskFailure
 from edgeplane.model.service import HealthCheck
 from edgeplane.runtimes.base import Handle
 from edgeplane.runtimes.bundle import container_id, runtime_config
-from edgeplane.runtimes.cgroups import accounted_disks, io_bytes
+from edgeplane.runtimes.cgroups import accounted_disks, usage_sample
 from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.probe import exec_probe, probe_in_netns
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MIB = 1024 * 1024
 #: runc's own failure to start the container, as it logs it on stderr.
 _RUNC_FAILED = re.compile(r'msg="runc run failed: (.*)"')
 #: the file in a bundle naming the attempt's network lease (``TaskNetwork``)
@@ -303,22 +302,10 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         if container is None:
             return {}
         said = await self._call("events", "--stats", container.cid)
-        try:
-            data = json.loads(said)["data"]
-            cpu_ns = float(data["cpu"]["usage"]["total"])
-            memory = float(data["memory"]["usage"]["usage"])
-            pids = float(data.get("pids", {}).get("current", 0))
-            io = io_bytes(data)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        sampled = usage_sample(said, container.cpu, self._clock.monotonic())
+        if sampled is None:
             return {}
-        now = self._clock.monotonic()
-        last, container.cpu = container.cpu, (cpu_ns, now)
-        cpu_percent = 0.0  # like psutil's first sample: no interval yet
-        if last is not None and now > last[1]:
-            cpu_percent = (cpu_ns - last[0]) / 1e9 / (now - last[1]) * 100
-        found = {"cpu_percent": cpu_percent, "memory_mb": memory / _MIB, "processes": pids}
-        if io is not None:
-            found["io_read_bytes"], found["io_write_bytes"] = io
+        found, container.cpu = sampled
         return found
 
     async def recover(self, state: dict[str, Any]) -> Handle | None:

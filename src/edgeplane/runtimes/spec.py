@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgeplane.model import Limits
 from edgeplane.model.service import HealthCheck, Network, PortSpec
+from edgeplane.model.task import no_limits
 
 
 class RunSpec(BaseModel):
@@ -44,7 +45,7 @@ class RunSpec(BaseModel):
     command: list[str] | None = None
     #: container: ``name[:tag]`` in the worker's image dir, or ``oci://…`` (``pull.py``)
     image: str | None = None
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=no_limits)
     #: container: ``bridge``: a namespace on the worker's bridge, ``ports`` published on
     #: host ports the runtime picks (docs/services.md)
     network: Network = "none"

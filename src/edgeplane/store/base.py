@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edgeplane.errors import Conflict
+from edgeplane.errors import Conflict, Invalid
 from edgeplane.fl.state import Experiment
 from edgeplane.model import Application, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
@@ -15,6 +15,40 @@ from edgeplane.model.listing import Position
 from edgeplane.store.leases import Claim, Lease
 
 Kind = Literal["task", "workflow", "schedule", "application", "worker"]
+
+#: The largest federated learning blob (a model version or an update, raw ``f32``): the
+#: API's bound on an update's body (``api/fl.py``), 64M float32 parameters. A row of it
+#: is read and written whole; the coordinator keeps models well under it.
+MAX_FL_BLOB = 256 * 2**20
+#: The most digests one :meth:`Store.missing_fl_blobs` call asks about.
+MAX_FL_BLOB_BATCH = 1000
+_HEX = frozenset("0123456789abcdef")
+
+
+def fl_blob_digest(digest: str) -> str:
+    """``digest`` if it is ``sha256:`` and 64 lowercase hex digits; else Invalid."""
+    algo, _, hexes = digest.partition(":")
+    if algo != "sha256" or len(hexes) != 64 or not _HEX.issuperset(hexes):
+        raise Invalid(f"not a sha256 digest: {digest[:80]!r}", field="digest")
+    return digest
+
+
+def fl_blob_batch(digests: Sequence[str]) -> None:
+    """Invalid when one call asks about more than :data:`MAX_FL_BLOB_BATCH` digests."""
+    if len(digests) > MAX_FL_BLOB_BATCH:
+        raise Invalid(
+            f"at most {MAX_FL_BLOB_BATCH} digests at once, not {len(digests)}", field="digests"
+        )
+
+
+def fl_blob_fits(digest: str, data: bytes) -> None:
+    """Invalid unless ``digest`` is well formed and ``data`` at most :data:`MAX_FL_BLOB`."""
+    fl_blob_digest(digest)
+    if len(data) > MAX_FL_BLOB:
+        raise Invalid(
+            f"a federated learning blob is at most {MAX_FL_BLOB} bytes, not {len(data)}",
+            field="data",
+        )
 
 
 @dataclass
@@ -225,6 +259,11 @@ class Store(ABC):
         the total); ``projects``: only theirs (None: all)."""
 
     @abstractmethod
+    async def count_tasks(self, *, projects: Sequence[str] | None = None) -> dict[str, int]:
+        """How many tasks are in each state (states with none left out), in one read;
+        ``projects``: only theirs (None: all)."""
+
+    @abstractmethod
     async def delete_task(self, task_id: str) -> bool: ...
 
     @abstractmethod
@@ -293,6 +332,23 @@ class Store(ABC):
     async def live_fl_experiment_ids(self) -> list[str]:
         """Ids of the experiments not ended (completed, failed, stopped), oldest first:
         what the coordinator steps, without reading every experiment ever run."""
+
+    # their blobs (edgeplane.fl.registry): model versions and accepted updates, by the
+    # sha256 of their bytes, written once; any manager on the store reads them
+    @abstractmethod
+    async def put_fl_blob(self, digest: str, data: bytes) -> None:
+        """Store ``data`` as ``digest`` (the caller's ``sha256:<hex>`` of it); a no-op when
+        the digest is stored (the first bytes stay). :class:`Invalid` (nothing written)
+        for a malformed digest or more than :data:`MAX_FL_BLOB` bytes. Not fenced: a
+        blob is only ever reachable through a fenced experiment write."""
+
+    @abstractmethod
+    async def get_fl_blob(self, digest: str) -> bytes | None:
+        """The bytes of ``digest``; None when it is not stored (or not a digest)."""
+
+    @abstractmethod
+    async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
+        """Which of ``digests`` (at most :data:`MAX_FL_BLOB_BATCH`) are not stored."""
 
     # the chute store (docs/chutes.md): published manifests, immutable by name and version
     @abstractmethod

@@ -35,6 +35,8 @@ from edgeplane.store.base import (
     StoreChuteRecord,
     TokenRecord,
     UserRecord,
+    fl_blob_batch,
+    fl_blob_fits,
     name_taken,
     too_many_versions,
 )
@@ -145,6 +147,7 @@ class MemoryStore(Store):
         self._schedules: dict[str, _ScheduleRow] = {}
         self._fl: dict[str, tuple[float, str, str]] = {}
         self._fl_state: dict[str, str] = {}
+        self._fl_blobs: dict[str, bytes] = {}
         #: the chute store: name -> (project, created_at); (name, version) -> (record, doc)
         self._store_chutes: dict[str, tuple[str, float]] = {}
         self._chute_versions: dict[tuple[str, str], tuple[ChuteVersionRecord, str]] = {}
@@ -287,6 +290,13 @@ class MemoryStore(Store):
         page = rows[offset : offset + limit]
         return [Task.model_validate_json(row.doc) for row in page], total
 
+    async def count_tasks(self, *, projects: Sequence[str] | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._tasks.values():
+            if projects is None or row.project in projects:
+                counts[row.state] = counts.get(row.state, 0) + 1
+        return counts
+
     async def delete_task(self, task_id: str) -> bool:
         return self._tasks.pop(task_id, None) is not None
 
@@ -389,6 +399,17 @@ class MemoryStore(Store):
             for exp_id in sorted(self._fl, key=self._fl.__getitem__)
             if self._fl_state[exp_id] not in FL_TERMINAL
         ]
+
+    async def put_fl_blob(self, digest: str, data: bytes) -> None:
+        fl_blob_fits(digest, data)
+        self._fl_blobs.setdefault(digest, bytes(data))
+
+    async def get_fl_blob(self, digest: str) -> bytes | None:
+        return self._fl_blobs.get(digest)
+
+    async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
+        fl_blob_batch(digests)
+        return {d for d in digests if d not in self._fl_blobs}
 
     # the chute store
 

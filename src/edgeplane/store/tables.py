@@ -139,6 +139,16 @@ fl_experiments = Table(
     Index("ix_fl_experiments_created_at", "created_at", "id"),
 )
 
+#: Their model versions and accepted updates (``edgeplane.fl.registry``): each blob once by
+#: its ``sha256:`` digest, written once and never changed; ``size`` is ``len(data)``
+fl_blobs = Table(
+    "fl_blobs",
+    metadata,
+    Column("digest", String, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
 #: Ids are unique, names are not: two applications may share a name (like two tasks), so
 #: a descriptor applied twice is two deployments; callers that want a name to be unique
 #: look it up first.

@@ -34,8 +34,8 @@ from edgeplane.artifacts.blobs import DIGEST, BlobStore
 from edgeplane.artifacts.fetch import Fetcher
 from edgeplane.errors import Invalid, TaskFailure
 from edgeplane.model import Capabilities
-from edgeplane.model.monitoring import Monitoring
 from edgeplane.model.service import Endpoint
+from edgeplane.monitoring import Monitoring
 from edgeplane.protocol import (
     AckChuteEvents,
     AckEvents,

@@ -1,5 +1,6 @@
-"""Usage sampling on a worker: the node every ``node_interval_s``, each task by its
-monitoring profile (docs/metrics.md), sent batched on the ``metrics`` leaf at QoS 0.
+"""Usage sampling on a worker: the node every ``node_interval_s``, each task and each
+running chute service by its monitoring profile (docs/metrics.md), sent batched on the
+``metrics`` leaf at QoS 0.
 
 One loop for the whole worker, never a timer per task: :meth:`Monitor.watch` puts the
 attempt in a dict with its first due time and wakes the loop only when that comes before
@@ -17,13 +18,14 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psutil
 
 from edgeplane import clock as clocks
-from edgeplane.model.monitoring import Monitoring
-from edgeplane.protocol import Metrics, Sample, TaskSamples
+from edgeplane.monitoring import Monitoring
+from edgeplane.protocol import ChuteSamples, Metrics, Sample, TaskSamples
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ class Monitor:
         self._node_due = 0.0
         self._node_unsent: list[Sample] = []
         self._watches: dict[str, _Watch] = {}
+        #: running chute services by (chute, service) (``chutes/node.py`` keeps them)
+        self._chutes: dict[tuple[str, str], _Watch] = {}
         self._wake = asyncio.Event()
         #: when the loop wakes next: at once with node samples (the first one), else when
         #: a task is watched
@@ -134,6 +138,16 @@ class Monitor:
         watch = self._watches.get(task_id)
         if watch is not None and watch.attempt == attempt:
             del self._watches[task_id]
+
+    def watch_chute(self, chute: str, service: str, profile: Monitoring, sample: Sampler) -> None:
+        """Sample a running chute service from one interval on (its manifest's profile)."""
+        due = self._clock.monotonic() + profile.interval_s
+        self._chutes[(chute, service)] = _Watch(0, profile, sample, due)
+        if due < self._next:
+            self._wake.set()
+
+    def unwatch_chute(self, chute: str, service: str) -> None:
+        self._chutes.pop((chute, service), None)
 
     async def run(self) -> None:
         while True:
@@ -158,17 +172,9 @@ class Monitor:
             self._node_unsent = [*self._node_unsent, Sample(ts=self._clock.now(), values=values)]
             self._node_unsent = self._node_unsent[-_UNSENT:]
         for task_id, watch in list(self._watches.items()):
-            if now < watch.due - _SLACK * watch.profile.interval_s:
-                continue
-            watch.due = now + watch.profile.interval_s
-            try:
-                values = await watch.sample()
-            except Exception:
-                log.exception("task sampling failed", extra={"task_id": task_id})
-                values = {}
-            if values and self._watches.get(task_id) is watch:  # not ended meanwhile
-                watch.unsent.append(Sample(ts=self._clock.now(), values=values))
-                del watch.unsent[:-_UNSENT]
+            await self._sample(now, watch, partial(self._watches.get, task_id), task_id)
+        for key, watch in list(self._chutes.items()):
+            await self._sample(now, watch, partial(self._chutes.get, key), "/".join(key))
         batch.node = self._node_unsent
         batch.tasks = [
             TaskSamples(
@@ -180,13 +186,37 @@ class Monitor:
             for task_id, watch in self._watches.items()
             if watch.unsent
         ]
+        batch.chutes = [
+            ChuteSamples(
+                chute=chute, service=service, history=watch.profile.history, samples=watch.unsent
+            )
+            for (chute, service), watch in self._chutes.items()
+            if watch.unsent
+        ]
         self._next = min(
-            [w.due for w in self._watches.values()]
+            [w.due for w in (*self._watches.values(), *self._chutes.values())]
             + ([self._node_due] if self._node is not None else [math.inf])
         )
-        if batch.node or batch.tasks:
+        if batch.node or batch.tasks or batch.chutes:
             await self._publish(batch)
             self.sent += 1
             self._node_unsent = []
-            for watch in self._watches.values():
+            for watch in (*self._watches.values(), *self._chutes.values()):
                 watch.unsent = []
+
+    async def _sample(
+        self, now: float, watch: _Watch, current: Callable[[], _Watch | None], what: str
+    ) -> None:
+        """Take the watch's sample if it is due; kept unless ``current()`` is another
+        watch by then (the task or service ended, or was watched afresh, meanwhile)."""
+        if now < watch.due - _SLACK * watch.profile.interval_s:
+            return
+        watch.due = now + watch.profile.interval_s
+        try:
+            values = await watch.sample()
+        except Exception:
+            log.exception("sampling failed", extra={"of": what})
+            values = {}
+        if values and current() is watch:
+            watch.unsent.append(Sample(ts=self._clock.now(), values=values))
+            del watch.unsent[:-_UNSENT]

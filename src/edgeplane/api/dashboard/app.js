@@ -382,14 +382,14 @@ function mount(view, ...nodes) {
 function overview() {
   const view = {
     async render() {
-      const [clusters, workersPage, failures, ...counts] = await Promise.all([
+      const [clusters, workersPage, failures, counts] = await Promise.all([
         api("/clusters", { params: { limit: 100 } }),
         api("/workers", { params: { limit: 1000 } }).catch((err) => {
           if (err instanceof ApiError && err.status === 404) return null;  // a root
           throw err;
         }),
         api("/tasks", { params: { state: "failed", order: "newest", limit: 10 } }),
-        ...TASK_STATES.map((s) => api("/tasks", { params: { state: s, limit: 1 } })),
+        api("/tasks/counts"),  // every state in one read of the store
       ]);
       const online = workersPage ? workersPage.items.filter((w) => w.state !== "offline") : [];
       rollBuckets();
@@ -399,7 +399,7 @@ function overview() {
           section("Workers online", el("div", "card-num", workersPage
             ? `${online.length} / ${workersPage.total}` : "–")),
           section("Tasks by state", el("div", null, ...TASK_STATES.map(
-            (s, i) => badge(s, counts[i].total))))),
+            (s) => badge(s, counts[s] ?? 0))))),
         section("Completed tasks (last 5 minutes, live)", spark(completions)),
         section("Clusters", table(["id", "name", "state", "workers", "active tasks"],
           clusters.items.map((c) => [mono(c.id), c.name, badge(c.state),
@@ -614,21 +614,23 @@ function task(id) {
   return view;
 }
 
-/** Read a running task's samples again every METRICS_MS while its page is shown (they
- * come on no stream: one small bounded series, only while someone looks at it). */
+/** Read a running task's (or chute service's) samples again every METRICS_MS while its
+ * page is shown (they come on no stream: one small bounded series, only while someone
+ * looks at it). `path`: the series' path, or a function giving it (a chute's service
+ * can be changed on its page). */
 function keepMetrics(view, path) {
   if (view.metricsTimer) return;
   view.metricsTimer = setTimeout(async () => {
     view.metricsTimer = null;
     if (current !== view || view.ended) return;
-    const fresh = await metrics(path);
+    const fresh = await metrics(typeof path === "function" ? path() : path);
     const shown = $("metrics");
     if (current === view && shown) shown.replaceWith(fresh);
     keepMetrics(view, path);
   }, METRICS_MS);
 }
 
-/** A chart per value of a task's usage samples (docs/metrics.md). */
+/** A chart per value of a task's or chute service's usage samples (docs/metrics.md). */
 async function metrics(path) {
   let samples = [];
   try { samples = (await api(path)).samples || []; } catch (_) { /* none to show */ }
@@ -926,7 +928,16 @@ function chute(arg) {
       state.id = "chute-state";
       const pick = el("select", null, ...(c.services || []).map((s) => el("option", null, s.name)));
       pick.value = following ? following.service : pick.value;
-      pick.addEventListener("change", () => follow(pick.value));
+      // the picked service's usage samples, kept by the manager (shown when stale too)
+      view.usage = () => `${chutePath(worker, name)}/metrics${pick.value
+        ? `?${new URLSearchParams({ service: pick.value })}` : ""}`;
+      pick.addEventListener("change", async () => {
+        follow(pick.value);
+        const fresh = await metrics(view.usage());
+        const shown = $("metrics");
+        if (current === view && shown) shown.replaceWith(fresh);
+      });
+      const usage = await metrics(view.usage());
       mount(view, section(["Chute", name, "on", mono(worker), state],
         c.stale ? el("p", "note stale", `cannot be reached: as last reported at ${
           time(c.reported_at)}; last contact ${time(c.last_contact)}`) : null,
@@ -939,11 +950,15 @@ function chute(arg) {
           (c.services || []).map((s) => [s.name, badge(s.state), String(s.healthy ?? ""),
             mono(s.address || ""), mono((s.ports || []).map((p) =>
               `${p.host}→${p.chute}/${p.protocol || "tcp"}`).join(" ")), s.health_restarts ?? ""]))),
-      section(["Logs", pick], logs));
+      section(["Logs", pick], logs), usage);
       if (!c.stale && c.services && c.services.length) follow(pick.value);
+      keepMetrics(view, () => view.usage());
     },
     refresh(kind, doc) { if (kind === "worker" && doc.id === worker) reload(1000); },
-    close() { if (following) following.controller.abort(); },
+    close() {
+      if (following) following.controller.abort();
+      clearTimeout(view.metricsTimer);
+    },
   };
   return view;
 }
