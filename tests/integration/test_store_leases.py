@@ -54,6 +54,26 @@ async def test_a_fenced_write_is_refused_once_the_term_moved_on(store: Store) ->
     assert await store.get_task("big-0") is None
 
 
+async def test_a_fenced_fl_experiment_write_is_refused_once_the_term_moved_on(
+    store: Store,
+) -> None:
+    """A leader paused past its lease must not write its copy of an experiment over its
+    successor's (the coordinator keeps the document it last wrote)."""
+    from edgeplane.fl.spec import ExperimentSpec
+    from edgeplane.fl.state import Experiment
+
+    spec = ExperimentSpec.model_validate({"name": "digits", "workload": {"runtime": "host"}})
+    exp = Experiment(id="e1", name="digits", spec=spec, created_at=1.0, updated_at=1.0)
+    lease = await store.claim_lease(NAME, claim("a"), 10.0)
+    store.fence(NAME, lease.term)
+    await store.save_fl_experiment(exp)
+    await store.claim_lease(NAME, claim("b"), 20.0)  # a expired: b leads in term 2
+    with pytest.raises(Fenced):
+        await store.save_fl_experiment(exp.model_copy(update={"state": "stopped"}))
+    kept = await store.get_fl_experiment("e1")
+    assert kept is not None and kept.state == exp.state
+
+
 @pytest.mark.parametrize("backend", DURABLE)
 async def test_two_stores_on_one_database_claim_once(
     make_store: StoreFactory, backend: str

@@ -375,6 +375,9 @@ class MemoryStore(Store):
     # federated learning experiments
 
     async def save_fl_experiment(self, experiment: Experiment) -> None:
+        if self.fenced_by is not None:
+            name, term = self.fenced_by
+            check_term(self._leases.get(name), name, term)
         self._fl[experiment.id] = (
             experiment.created_at,
             experiment.id,

@@ -661,6 +661,26 @@ class SqlStore(Store):
         async with _reachable(self.url), self._write_lock:
             await self._direct.write([(statement.sql, statement.params(rows))])
 
+    async def _write_fenced(self, statement: _DriverStatement, rows: list[dict[str, Any]]) -> None:
+        """:meth:`_write_tasks` checking the fence (:meth:`Store.fence`) in the same
+        transaction: :class:`Fenced`, nothing written, once the lease's term moved on."""
+        fence = self.fenced_by
+        if fence is None:
+            await self._write_tasks(statement, rows)
+            return
+        async with _reachable(self.url):
+            if self._direct is None:
+                async with self._writing() as conn:
+                    await self._check_fence(conn, *fence)
+                    await statement.run(conn, rows)
+                return
+            self._opened()
+            assert self._write_lock is not None  # always set for SQLite
+            async with self._write_lock:
+                await self._direct.write(
+                    [(statement.sql, statement.params(rows))], _fence_guard(*fence)
+                )
+
     async def get_task(self, task_id: str) -> Task | None:
         if _unstorable(task_id):
             return None
@@ -880,8 +900,10 @@ class SqlStore(Store):
         # a running experiment is written at each update, round and score: on SQLite in
         # one round trip (a task write's path), where SQLAlchemy's async layer took four
         # (BEGIN, the statement, COMMIT, the pool's reset); 6.9 % of the coordinator
-        # process's samples with long-lived clients (py-spy under bench/fl.py)
-        await self._write_tasks(self._upsert_fl_experiment, [row])
+        # process's samples with long-lived clients (py-spy under bench/fl.py).
+        # Fenced as apply() is: a leader paused past its lease must not write its stale
+        # copy over the document its successor took the experiment on with.
+        await self._write_fenced(self._upsert_fl_experiment, [row])
 
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
         if _unstorable(experiment_id):
