@@ -50,6 +50,7 @@ class BlobStore(Protocol):
     async def put_fl_blob(self, digest: str, data: bytes) -> None: ...
     async def get_fl_blob(self, digest: str) -> bytes | None: ...
     async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]: ...
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int: ...
 
 
 def digest_of(data: bytes) -> str:
@@ -116,6 +117,20 @@ class Blobs:
         as the caller asks: only the one being read is held (``aggregate.fedavg``)."""
         for ref in refs:
             yield updates.decode(await self.get(ref, keep=False)).arrays
+
+    async def delete(self, refs: Iterable[str]) -> int:
+        """Delete ``refs`` from the store (the caller's ``prune`` rule says none is
+        referenced), and from the cache: a cached digest counts as stored (``put``)."""
+        wanted = sorted(set(refs))
+        deleted = 0
+        for at in range(0, len(wanted), MAX_FL_BLOB_BATCH):
+            batch = wanted[at : at + MAX_FL_BLOB_BATCH]
+            for ref in batch:
+                data = self._cache.pop(ref, None)
+                if data is not None:
+                    self._cached -= len(data)
+            deleted += await self.store.delete_fl_blobs(batch)
+        return deleted
 
     def _remember(self, ref: str, data: bytes) -> None:
         if len(data) > self.cache_bytes:
