@@ -122,6 +122,7 @@ class Coordinator:
         #: updates of rounds closed here since the last prune (``_prune``); None: prune
         #: every experiment's (the first pass after a start: what a killed manager left)
         self._garbage: set[str] | None = None
+        self._prune_lock = asyncio.Lock()
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -292,7 +293,7 @@ class Coordinator:
             self._secrets.pop(exp.id, None)
             self._versions.pop(exp.id, None)
             theirs = {*exp.versions, *(r for rec in exp.rounds for r in rec.update_refs.values())}
-            await self._prune(theirs)
+        await self._prune(theirs)
 
     async def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
         """Version ``version`` (the newest: None) of ``exp``, which the caller read to
@@ -553,19 +554,26 @@ class Coordinator:
                             extra={"experiment_id": exp_id, "error": exc.detail},
                         )
         if self._garbage is None or self._garbage:
-            async with self._lock:
-                await self._prune(self._garbage)
+            pending, self._garbage = self._garbage, set()
+            try:
+                await self._prune(pending)
+            except BaseException:
+                self._garbage = None  # what was pending: found again by a full prune
+                raise
         return bool(live)
 
     async def _prune(self, candidates: set[str] | None) -> None:
         """Delete the blobs of ``candidates`` (None: every experiment's garbage) that no
-        experiment references; under the lock, so no put and its referencing write fall
-        between the reading of every experiment here and the delete (``prune``)."""
-        every, _ = await self.store.list_fl_experiments(limit=1_000_000)
-        wanted = prune.garbage(every) if candidates is None else candidates
-        gone = prune.prunable(every, wanted)
-        deleted = await self.blobs.delete(gone) if gone else 0
-        self._garbage = set()
+        experiment references. Every experiment is read under the lock a put and the
+        write that references it take, so each reference is either read here or written
+        after, by a put this prune then leaves alone (``Blobs.pruning``); the deletes
+        run outside the lock (offers wait for none of them)."""
+        async with self._prune_lock, self.blobs.pruning():
+            async with self._lock:
+                every, _ = await self.store.list_fl_experiments(limit=1_000_000)
+                wanted = prune.garbage(every) if candidates is None else candidates
+                gone = prune.prunable(every, wanted)
+            deleted = await self.blobs.delete(gone) if gone else 0
         if deleted:
             log.info("federated learning blobs pruned", extra={"blobs": deleted})
 
