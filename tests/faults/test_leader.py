@@ -7,12 +7,17 @@ one machine): one leads, the other stands by.
   nothing more (its store refuses the old term, its workers refuse its commands), the
   new leader finishes every task exactly once, and the old one stands by. PostgreSQL
   only: on SQLite a process paused inside a write holds the database's one write lock,
-  so nobody can take over until it resumes (docs/operations.md).
+  so nobody can take over until it resumes (docs/operations.md);
+- a cluster's leader under a root killed (kill -9) or paused past its lease while still
+  connected to the root: the standby, with the cluster's identity, takes the cluster over
+  at the root (its lease's lineage and later term), runs the root's tasks, and a paused
+  old leader resumed stands by instead of being refused and exiting.
 """
 
 from __future__ import annotations
 
 import base64
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,3 +299,80 @@ def test_root_leader_killed_with_two_clusters_and_an_application(lab: Lab, store
     check_lines(out, names)
     after = running(api_two)
     assert sorted(i["task_id"] for i in after) == sorted(i["task_id"] for i in before)
+
+
+def _root_task(root: Api, text: str) -> dict[str, Any]:
+    """A host task submitted to the root, as it ended (or as it is after 30 s)."""
+    body = {"runtime": "host", "command": ["echo", text], "start": True}
+    created = root.http.post("/tasks", json=body)
+    assert created.status_code == 201, created.text
+    task: dict[str, Any] = root.http.get(
+        f"/tasks/{created.json()['id']}", params={"wait": 30}
+    ).json()
+    return task
+
+
+@pytest.mark.parametrize("fault", ["kill9", "pause"])
+@pytest.mark.parametrize(
+    "store_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_clusters_standby_takes_it_over_at_the_root(lab: Lab, store_url: str, fault: str) -> None:
+    """Two managers of cluster east on one store, with its one identity at the root (as
+    the chart runs them). The root's beats are long, so it holds a paused leader's
+    session live throughout (a pause on PostgreSQL only: see the module's docstring)."""
+    root_port = free_port()
+    root_dir = lab.root / "root"
+    root = lab.role(
+        "root",
+        ["root", "--port", str(root_port), "--data-dir", str(root_dir)],
+        lab.env(EDGEPLANE_HEARTBEAT_S="10"),
+    ).start()
+    at_root = lab.api(root_port)
+    at_root.wait_healthy(root)
+    root_url = f"mqtt://127.0.0.1:{int((root_dir / 'broker' / 'port').read_text())}"
+    created = at_root.http.post("/join-tokens", json={"cluster_id": "east"})
+    assert created.status_code == 201, created.text
+
+    ports = [free_port(), free_port()]
+    flags = ["--cluster-id", "east", "--root", root_url, "--lease-s", LEASE_S]
+    one = lab.manager(ports[0], *flags, name="m1")
+    one.env["EDGEPLANE_JOIN_TOKEN"] = created.json()["token"]
+    one.start()
+    api_one = lab.api(ports[0])
+    api_one.wait_healthy(one)
+    kept = lab.root / "m2" / "uplink"  # the cluster's identity, as the chart's Secret
+    kept.mkdir(parents=True)
+    for credential in (lab.root / "m1" / "uplink").glob("credentials*"):
+        shutil.copy2(credential, kept / credential.name)
+    two = lab.manager(ports[1], *flags, name="m2").start()
+    api_two = lab.api(ports[1])
+    wait_until(lambda: standby_of(api_two), "m2 to stand by", watch=[two])
+    worker = lab.worker("w1")
+    worker.env["EDGEPLANE_CLUSTER_ID"] = "east"
+    worker.start()
+    api_one.wait_workers(["w1"], watch=[one, worker])
+    ran = _root_task(at_root, "first")
+    assert (ran["state"], ran["cluster_id"]) == ("completed", "east"), ran
+
+    # The leader goes: killed (its will tells the root at once), or paused past its
+    # lease with its link to the root open (the root hears nothing of it).
+    if fault == "kill9":
+        one.kill9()
+    else:
+        one.pause()
+    try:
+        api_two.wait_healthy(two)
+        # Only m2 can run it: registered with the root, not refused as "in use".
+        ran = _root_task(at_root, "second")
+        assert two.running, two.tail()
+        assert (ran["state"], ran["cluster_id"]) == ("completed", "east"), (ran, two.tail())
+    finally:
+        if fault == "pause":
+            one.resume()
+    if fault == "pause":
+        # Resumed, it finds itself deposed and stands by: not refused as a twin.
+        wait_until(lambda: standby_of(api_one), "m1 to stand by", watch=[one], timeout=30)
+    ran = _root_task(at_root, "third")
+    assert (ran["state"], ran["cluster_id"]) == ("completed", "east"), ran
+    assert two.running and (fault == "kill9" or one.running)
+    assert at_root.http.get("/clusters/east").json()["state"] == "online"

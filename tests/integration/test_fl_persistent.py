@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeplane.errors import Unavailable
 from edgeplane.fl import tokens, updates
 from edgeplane.fl.model import initial
 from edgeplane.fl.state import Experiment
@@ -162,6 +163,60 @@ async def test_rounds_are_handed_to_each_live_client_once_and_a_dead_one_is_repl
         return not any([await live(t) for t in (first[w1], exp.client_tasks[w2])])
 
     await until(stopped, "a stopped experiment's clients are stopped")
+
+
+async def test_an_update_whose_write_failed_is_taken_when_sent_again(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """The coordinator changes the experiment as it last stored it, without reading it
+    back: an update whose write failed must leave no trace there (else its resend would
+    be refused as a duplicate), and the resend is on record before its 202."""
+    running, http = stack
+    fl = running.control.fl
+    assert fl is not None
+    exp_id = (await http.post("/fl/experiments", json=spec(clients_per_round=1))).json()["id"]
+
+    async def read() -> Experiment:
+        exp = await fl.store.get_fl_experiment(exp_id)
+        assert exp is not None
+        return exp
+
+    async def handed_out() -> bool:
+        exp = await read()
+        return exp.round == 1 and exp.rounds[-1].opened_at is not None
+
+    await until(handed_out, "round 1 is handed out")
+    exp = await read()
+    (worker,) = exp.rounds[0].clients
+    task_id = exp.client_tasks[worker]
+
+    async def live() -> bool:
+        return bool((await http.get(f"/tasks/{task_id}")).json()["state"] == "running")
+
+    await until(live, "the client runs")
+    auth = bearer(exp, worker, task_id)
+    post = f"/fl/experiments/{exp_id}/rounds/1/updates"
+    good = updates.encode_raw(initial(), num_samples=10)
+    # a malformed one is refused (and counted) first: the document is held from then on
+    other = await http.post(post, params={"attempt": 0}, content=b"junk", headers=auth)
+    assert (other.status_code, other.json()["reason"]) == (422, "malformed")
+    saved = fl.store.save_fl_experiment
+
+    async def failing(_: Experiment) -> None:
+        raise Unavailable("the store is unreachable")
+
+    fl.store.save_fl_experiment = failing  # type: ignore[method-assign]
+    try:
+        lost = await http.post(post, params={"attempt": 0}, content=good, headers=auth)
+    finally:
+        fl.store.save_fl_experiment = saved  # type: ignore[method-assign]
+    assert lost.status_code == 503, lost.text
+    assert (await read()).rounds[0].updates == {}
+    again = await http.post(post, params={"attempt": 0}, content=good, headers=auth)
+    assert again.status_code == 202, again.text
+    exp = await read()
+    assert exp.rounds[0].updates == {worker: 10} and exp.rounds[0].rejected == {"malformed": 1}
+    await http.post(f"/fl/experiments/{exp_id}/stop")
 
 
 async def test_clients_stored_but_never_started_are_started_after_a_restart(

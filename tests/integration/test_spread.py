@@ -21,10 +21,7 @@ import pytest
 from test_hierarchy import SLEEPER, Hierarchy, _count, _instances, api, eventually
 
 pytest_plugins = ["broker_fixtures"]
-# 4 workers in 2 clusters stopping their `sleep 60` replicas take ~10 s of teardown on an
-# idle machine; a loaded CI worker took that past 120 s once (the cause of the 10 s is
-# not found yet): the budget covers setup, call and teardown.
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ __all__ = ["make_store", "pg_schema", "store", "store_backend"]  # fixtures used
 
 DURABLE = [p for p in BACKEND_PARAMS if p.values != ("memory",)]
 #: The newest migration: where ``SqlStore.open`` leaves every database.
-HEAD = "0010"
+HEAD = "0011"
 
 
 def task(task_id: str, created_at: float, **fields: object) -> Task:

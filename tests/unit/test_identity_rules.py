@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edgeplane.config import parse_listen
 from edgeplane.errors import Invalid
-from edgeplane.manager.membership import Membership
+from edgeplane.manager.membership import Membership, succeeds
 from edgeplane.manager.registry import WorkerEntry
 from edgeplane.model import Worker
 from edgeplane.model.worker import Capabilities
@@ -25,13 +25,22 @@ from edgeplane.transport import kept_client_id, unique_client_id
 CAPS = Capabilities(cpus=1, memory_mb=64)
 
 
-def member(session: str, *, state: str = "online", will_heard: bool = False) -> WorkerEntry:
+def member(
+    session: str,
+    *,
+    state: str = "online",
+    will_heard: bool = False,
+    lineage: str = "",
+    term: int = 0,
+) -> WorkerEntry:
     worker = Worker(id="w", capabilities=CAPS, state=state)  # type: ignore[arg-type]
-    return WorkerEntry(worker=worker, session=session, will_heard=will_heard)
+    return WorkerEntry(
+        worker=worker, session=session, will_heard=will_heard, lineage=lineage, term=term
+    )
 
 
-def hello(session: str) -> Hello:
-    return Hello(worker_id="w", session=session, capabilities=CAPS)
+def hello(session: str, *, lineage: str = "", term: int = 0) -> Hello:
+    return Hello(worker_id="w", session=session, capabilities=CAPS, lineage=lineage, term=term)
 
 
 def test_a_new_session_is_refused_while_the_known_one_is_alive() -> None:
@@ -53,6 +62,40 @@ def test_a_new_session_takes_the_id_once_the_old_one_is_gone(entry: WorkerEntry)
 
 def test_the_same_session_is_never_refused() -> None:
     assert not Membership.held_by_another(member("s1"), hello("s1"))
+
+
+def test_a_clusters_later_leader_takes_over_its_live_session() -> None:
+    """Same lease lineage (one store), a later term: the live one was deposed."""
+    live = member("s1", lineage="L", term=3)
+    assert not Membership.held_by_another(live, hello("s2", lineage="L", term=4))
+
+
+@pytest.mark.parametrize(
+    ("lineage", "term"),
+    [
+        ("M", 9),  # another store's lease: another cluster, whatever its term
+        ("", 9),  # no lease said
+        ("L", 3),  # the same term: not a later leader
+        ("L", 2),  # an earlier one: deposed itself
+    ],
+    ids=["other-store", "no-lineage", "same-term", "earlier-term"],
+)
+def test_another_process_with_a_live_clusters_id_is_refused(lineage: str, term: int) -> None:
+    live = member("s1", lineage="L", term=3)
+    assert Membership.held_by_another(live, hello("s2", lineage=lineage, term=term))
+
+
+@given(
+    lineages=st.tuples(st.sampled_from(["", "L", "M"]), st.sampled_from(["", "L", "M"])),
+    terms=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+)
+def test_of_two_leaders_at_most_one_supersedes_the_other(
+    lineages: tuple[str, str], terms: tuple[int, int]
+) -> None:
+    (a, b), (ta, tb) = lineages, terms
+    later, earlier = succeeds(a, ta, b, tb), succeeds(b, tb, a, ta)
+    assert not (later and earlier)
+    assert later == (a == b != "" and ta > tb)
 
 
 @given(

@@ -82,3 +82,33 @@ def test_terms_only_grow_and_one_holder_per_term(
                 assert after.term == lease.term + 1
         assert owner_of.setdefault(after.term, after.holder) == after.holder
         lease = after
+
+
+@given(st.lists(st.tuples(st.sampled_from(["claim", "renew", "release"]), HOLDERS, HOMES, TIMES)))
+def test_a_lease_keeps_the_lineage_of_its_first_claim(
+    steps: list[tuple[str, str, str, float]],
+) -> None:
+    """Every claim offers a lineage of its own; whoever holds the lease after, it keeps
+    the first one (what the root tells a cluster's later leader by)."""
+    lease: Lease | None = None
+    now = 0.0
+    for n, (action, holder, home, step) in enumerate(steps):
+        now += step / 10
+        if action == "claim":
+            offer = Claim(holder, home, "", 3.0, lineage=f"lineage-{n}")
+            after = claimed(lease, NAME, offer, now)
+        elif action == "renew" and lease is not None:
+            after = renewed(lease, holder, lease.term, now, 3.0) or lease
+        elif action == "release" and lease is not None:
+            after = released(lease, holder, lease.term) or lease
+        else:
+            continue
+        assert after.lineage == (lease.lineage if lease is not None else f"lineage-{n}")
+        lease = after
+
+
+def test_a_lease_from_before_lineages_takes_its_next_claimants() -> None:
+    old = Lease(NAME, "a", "home-a", 4, 10.0, "")  # a row the migration gave ""
+    assert claimed(old, NAME, Claim("a", "home-a", "", 3.0, lineage="x"), 5.0).lineage == "x"
+    taken = claimed(old, NAME, Claim("b", "home-b", "", 3.0, lineage="y"), 11.0)
+    assert (taken.term, taken.lineage) == (5, "y")

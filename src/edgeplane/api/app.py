@@ -31,6 +31,7 @@ from edgeplane.api import (
 from edgeplane.api import fl as fl_api
 from edgeplane.api.deps import CALLER, caller
 from edgeplane.api.fastpath import TaskFastPath
+from edgeplane.api.fl_fastpath import FlFastPath
 from edgeplane.api.metrics import ManagerCollector
 from edgeplane.errors import EdgeplaneError
 from edgeplane.fl import tokens as fl_tokens
@@ -223,8 +224,9 @@ def create_app(
     problems.install(app)
     # Middleware added later wraps what was added before: a request meets the audit log
     # (which records what the rest answers), the body limit, then the token check, then
-    # the fast path, then FastAPI.
+    # the fast paths (FL clients', then tasks'), then FastAPI.
     app.add_middleware(TaskFastPath, manager=manager)
+    app.add_middleware(FlFastPath, fl=fl)
     max_bytes = int(max_body_mb * 2**20)
     # At a root the members are clusters: a worker's owner is known by its cluster alone,
     # so there only the role decides (an admin manages a worker's chutes through the root).

@@ -21,7 +21,7 @@ import logging
 import secrets
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -117,8 +117,23 @@ class Coordinator:
         #: (only ever added to): what a client's ask and model download need of it
         self._secrets: dict[str, bytes] = {}
         self._versions: dict[str, tuple[str, ...]] = {}
-        #: the version last handed out inline, by its content address
-        self._inlined: tuple[str, bytes] | None = None
+        #: training tasks seen live, until the manager tells their end (``_task_ended``):
+        #: a client's every ask and update read its task back from the store to check
+        #: its credential is live; and how many tasks ended, so a task that ended while
+        #: it was being read is not taken as live
+        self._alive: set[str] = set()
+        self._ends = 0
+        self._told = False
+        #: the model version last decoded (``_model``), by its content address
+        self._decoded: tuple[str, dict[str, np.ndarray]] | None = None
+        #: each running experiment's document as this process last stored it (``_save``):
+        #: an update changes and stores it under the lock without reading it back. Only
+        #: the leading process writes experiments (a fenced one writes nothing more), so
+        #: what it stored last is what is stored; whatever fails while it holds the lock
+        #: drops it (``_holding``), and the next update reads it back
+        self._docs: dict[str, Experiment] = {}
+        #: the version last handed out inline, by its content address, base64
+        self._inlined: tuple[str, str] | None = None
         #: updates of rounds closed here since the last prune (``_prune``); None: prune
         #: every experiment's (the first pass after a start: what a killed manager left)
         self._garbage: set[str] | None = None
@@ -150,6 +165,7 @@ class Coordinator:
             ]
             self.identities.keep_fl_clients([*live, *self._client_ids])
         self.manager.on_task_end(self._task_ended)
+        self._told = True
         await self._resume(running)
         for exp in running:
             self._publish(exp)
@@ -182,6 +198,8 @@ class Coordinator:
     def _task_ended(self, task: Task) -> None:
         """A training task's broker identity ends with it (a no-op for other tasks); a
         long-lived client that ended is replaced the next round its worker is selected for."""
+        self._ends += 1
+        self._alive.discard(task.id)
         if task.id in self._client_ids:
             self._ended.add(task.id)
         if self.identities is not None:
@@ -272,7 +290,7 @@ class Coordinator:
         return seen[offset : offset + limit], len(seen)
 
     async def stop_experiment(self, experiment_id: str) -> Experiment:
-        async with self._lock:
+        async with self._holding(experiment_id):
             exp = await self.get(experiment_id)
             if exp.state in TERMINAL:
                 return exp
@@ -292,6 +310,7 @@ class Coordinator:
             await self.store.delete_fl_experiment(exp.id)
             self._secrets.pop(exp.id, None)
             self._versions.pop(exp.id, None)
+            self._docs.pop(exp.id, None)
             theirs = {*exp.versions, *(r for rec in exp.rounds for r in rec.update_refs.values())}
         await self._prune(theirs)
 
@@ -306,11 +325,14 @@ class Coordinator:
     # the clients' calls (a client credential: tokens.Grant)
 
     async def client(
-        self, experiment_id: str, token: str, *, live: bool = True
+        self, experiment_id: str, token: str, *, live: bool = True, held: bool = False
     ) -> tuple[Experiment, tokens.Grant]:
         """The experiment and grant of a training task's credential; with ``live``, only
-        while its task has not ended."""
-        exp = await self.get(experiment_id)
+        while its task has not ended. ``held`` (under ``_holding``, to change and store
+        it): the document as this process last stored it, if it holds it."""
+        exp = self._docs.get(experiment_id) if held else None
+        if exp is None:
+            exp = await self.get(experiment_id)
         grant = tokens.verify(bytes.fromhex(exp.secret), token)
         if grant.experiment != exp.id:
             raise Unauthorized("the credential is for another experiment")
@@ -343,12 +365,18 @@ class Coordinator:
         return await self.model_bytes(await self.get(experiment_id), version)
 
     async def _live(self, grant: tokens.Grant) -> None:
+        if grant.task in self._alive:
+            return
+        ends = self._ends
         try:
             task = await self.manager.get(grant.task)
         except NotFound:
             raise Unauthorized("the credential's task is gone") from None
         if task.state in TERMINAL_STATES:
             raise Unauthorized("the credential expired with its task")
+        # no task ended while it was read (and the manager tells this one's end): live
+        if self._told and ends == self._ends:
+            self._alive.add(grant.task)
 
     async def shard(self, experiment_id: str, round_no: int, token: str) -> bytes:
         """The client's shard in ``round_no`` (a per-round client's credential names its
@@ -391,10 +419,11 @@ class Coordinator:
         update is not refused for its task having ended: the client exits once the broker
         has it, maybe before it gets here. Only its task's broker identity could publish
         it, and that identity is gone with the task."""
-        async with self._lock:
-            # the credential checked on the document read under the lock: one read of it
-            # per update, not two (each read parses the whole experiment; bench/fl.py)
-            exp, grant = await self.client(experiment_id, token, live=sender is None)
+        async with self._holding(experiment_id):
+            # the credential checked on the document held under the lock, as last stored:
+            # read back and parsed for each update, it was 6 % of the coordinator
+            # process's samples with long-lived clients (py-spy under bench/fl.py)
+            exp, grant = await self.client(experiment_id, token, live=sender is None, held=True)
             if sender is not None and grant.worker != sender:
                 raise Unauthorized(f"the credential is worker {grant.worker}'s, not {sender}'s")
             # round 0: a long-lived client's, for any round it is selected for
@@ -471,6 +500,17 @@ class Coordinator:
         held.add(worker)
         self._running[key] = (acc, held)
 
+    @contextlib.asynccontextmanager
+    async def _holding(self, experiment_id: str) -> AsyncIterator[None]:
+        """The lock, for changing and storing ``experiment_id``'s document; what raises
+        under it drops the document held (``_docs``): it may hold changes not stored."""
+        async with self._lock:
+            try:
+                yield
+            except BaseException:
+                self._docs.pop(experiment_id, None)
+                raise
+
     def _forget_running(self, experiment_id: str) -> None:
         self._running = {k: v for k, v in self._running.items() if k[0] != experiment_id}
 
@@ -527,7 +567,7 @@ class Coordinator:
 
     async def _count(self, experiment_id: str, round_no: int, reason: str) -> None:
         """Count a refusal that ``offer`` did not (its round's, when it has one)."""
-        async with self._lock:
+        async with self._holding(experiment_id):
             exp = await self.store.get_fl_experiment(experiment_id)
             record = None if exp is None else _record(exp, round_no)
             if exp is None or record is None:
@@ -543,12 +583,13 @@ class Coordinator:
         # the `up` process's samples under `make bench` with no experiment at all.
         live = await self.store.live_fl_experiment_ids()
         for exp_id in live:
-            async with self._lock:
+            async with self._holding(exp_id):
                 fresh = await self.store.get_fl_experiment(exp_id)
                 if fresh is not None and fresh.state not in TERMINAL:
                     try:
                         await self._advance(fresh)
                     except EdgeplaneError as exc:
+                        self._docs.pop(exp_id, None)  # it may hold changes not stored
                         log.warning(
                             "an experiment's round did not advance",
                             extra={"experiment_id": exp_id, "error": exc.detail},
@@ -777,9 +818,9 @@ class Coordinator:
                 if inline:
                     refs = self._versions.get(grant.experiment, ())
                     if work.model_version < len(refs):
-                        body = await self._inline(refs[work.model_version])
-                        if body is not None:
-                            answer["model"] = base64.b64encode(body).decode()
+                        encoded = await self._inline(refs[work.model_version])
+                        if encoded is not None:
+                            answer["model"] = encoded
                 return answer
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self._closing:
@@ -789,17 +830,17 @@ class Coordinator:
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
 
-    async def _inline(self, ref: str) -> bytes | None:
-        """A version's bytes if small enough to hand out inline, kept for the next ask
-        (every client of a round asks for the same one)."""
+    async def _inline(self, ref: str) -> str | None:
+        """A version's bytes, base64, if small enough to hand out inline: read and encoded
+        once, for every client of the round asks for the same one."""
         if self._inlined is not None and self._inlined[0] == ref:
             return self._inlined[1]
         path_size = await self.blobs.size(ref)
         if path_size is None or path_size > INLINE_MODEL_MAX:
             return None
-        body = await self.blobs.get(ref)
-        self._inlined = (ref, body)
-        return body
+        encoded = base64.b64encode(await self.blobs.get(ref)).decode()
+        self._inlined = (ref, encoded)
+        return encoded
 
     def _work(self, experiment_id: str, worker: str, work: assign.Work) -> dict[str, object]:
         base = f"{self.api_url}{API}/{experiment_id}"
@@ -1027,12 +1068,25 @@ class Coordinator:
                     await self.manager.stop_task(task_id)
 
     async def _model(self, exp: Experiment, version: int) -> dict[str, np.ndarray]:
-        return updates.decode(await self.blobs.get(exp.versions[version])).arrays
+        """A version's arrays, read only; the last one read is kept: each update is
+        checked against the round's model, which was read and decoded once per update."""
+        ref = exp.versions[version]
+        if self._decoded is not None and self._decoded[0] == ref:
+            return self._decoded[1]
+        arrays = updates.decode(await self.blobs.get(ref)).arrays
+        for array in arrays.values():
+            array.setflags(write=False)
+        self._decoded = (ref, arrays)
+        return arrays
 
     async def _save(self, exp: Experiment) -> None:
+        # held once stored: after a write that fails, the store is the one truth
+        self._docs.pop(exp.id, None)
         exp.updated_at = self.clock.now()
         self.manager.journal.check()  # a process that no longer leads writes nothing
         await self.store.save_fl_experiment(exp)
+        if exp.state not in TERMINAL:
+            self._docs[exp.id] = exp
         if exp.state in TERMINAL:
             self._versions.pop(exp.id, None)
         elif len(self._versions.get(exp.id, ())) != len(exp.versions):

@@ -64,6 +64,8 @@ class Leadership:
         self._sleep = sleep or asyncio.sleep
         #: the term this process leads in (0: it does not lead)
         self.term = 0
+        #: the lease's lineage (``edgeplane.store.leases``), once this process leads
+        self.lineage = ""
         #: the leader as last seen (None: nobody, or not looked yet)
         self.leader: Lease | None = None
         #: set when this process stops leading: why, in :attr:`why`
@@ -80,7 +82,9 @@ class Leadership:
         """Claim the lease once: whether this process leads now."""
         try:
             lease = await self.store.claim_lease(
-                self.name, Claim(self.holder, self.home, self.url, self.ttl_s), self.clock.now()
+                self.name,
+                Claim(self.holder, self.home, self.url, self.ttl_s, lineage=clocks.new_id()),
+                self.clock.now(),
             )
         except Unavailable as exc:
             log.warning("cannot claim the lease: store unavailable", extra={"error": exc.detail})
@@ -88,6 +92,7 @@ class Leadership:
         self.leader = lease
         if lease.holder != self.holder:
             return False
+        self.lineage = lease.lineage
         self._lead(lease.term)
         return True
 

@@ -38,6 +38,13 @@ PERSIST_WINDOW_S = 0.2
 SendBatches = Callable[[list[tuple[WorkerEntry, list[Task]]]], Awaitable[None]]
 
 
+def succeeds(lineage: str, term: int, over_lineage: str, over_term: int) -> bool:
+    """Whether a cluster leader of lease ``lineage`` in ``term`` is a later leader of the
+    same cluster than one of ``over_lineage`` in ``over_term``: a lease's term grows each
+    time it changes hands, within one store (``edgeplane.store.leases``)."""
+    return bool(lineage) and lineage == over_lineage and term > over_term
+
+
 class Membership:
     def __init__(self, core: Core, epoch: str, broker_url: str, send_batches: SendBatches) -> None:
         self.core = core
@@ -186,37 +193,53 @@ class Membership:
         left, or fell silent until marked offline. While none of that happened, the old
         session is alive, and the newcomer is another process claiming the same id (the
         same ``--worker-id`` or credentials on two machines): taking it as a restart
-        would re-place the live one's tasks and leave both fighting over the id."""
+        would re-place the live one's tasks and leave both fighting over the id.
+
+        Except a cluster's new leader: its lease has the live session's lineage (the
+        processes leading one cluster share a store) and a later term, so the live one
+        was deposed, whether or not it knows yet (paused, cut off from the store); it
+        takes the cluster over (a process of another store claiming the id has another
+        lineage, and is refused)."""
         return (
             bool(entry.session)
             and hello.session != entry.session
             and entry.online
             and not entry.will_heard
+            and not succeeds(hello.lineage, hello.term, entry.lineage, entry.term)
         )
 
     async def _refuse(self, entry: WorkerEntry, hello: Hello) -> None:
         core, member_id = self.core, entry.worker.id
         ago = max(0.0, core.clock.monotonic() - entry.last_seen)
-        why = (
-            f"{core.member} id {member_id} is in use by a live {core.member} (heard "
-            f"{ago:.1f} s ago): give this one another id, or stop the other first"
-        )
+        superseded = succeeds(entry.lineage, entry.term, hello.lineage, hello.term)
+        if superseded:
+            why = (
+                f"a later leader of {core.member} {member_id} (term {entry.term}) holds it "
+                f"at the root: this one (term {hello.term}) was deposed"
+            )
+        else:
+            why = (
+                f"{core.member} id {member_id} is in use by a live {core.member} (heard "
+                f"{ago:.1f} s ago): give this one another id, or stop the other first"
+            )
         if entry.refused != hello.session:
             entry.refused = hello.session
-            core.stats.refused_members += 1
-            log.warning(
-                f"refused a second {core.member} with the id of a live one",
-                extra={
-                    f"{core.member}_id": member_id,
-                    "session": hello.session,
-                    "live_session": entry.session,
-                },
-            )
+            said = {
+                f"{core.member}_id": member_id,
+                "session": hello.session,
+                "live_session": entry.session,
+            }
+            if superseded:  # not a twin: the cluster's own deposed leader
+                log.info(f"a deposed leader of a {core.member} said hello", extra=said)
+            else:
+                core.stats.refused_members += 1
+                log.warning(f"refused a second {core.member} with the id of a live one", extra=said)
         refusal = Welcome(
             worker_id=member_id,
             session=hello.session,
             heartbeat_s=core.settings.heartbeat_s,
             error=why,
+            superseded=superseded,
         )
         await core.send(member_id, "welcome", refusal, topic=core.level.topics.welcome(member_id))
 
@@ -251,6 +274,7 @@ class Membership:
         # Before anything awaits: commands sent from now on are this session's
         # (StartTasks.session), which the process leaves alone if they name another.
         entry.session = hello.session
+        entry.lineage, entry.term = hello.lineage, hello.term
         entry.will_heard = False
         entry.refused = ""
         if known != hello.session:

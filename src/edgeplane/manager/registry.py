@@ -108,6 +108,10 @@ class WorkerEntry:
     will_heard: bool = False
     #: a session refused because ``session`` held the member's id, alive
     refused: str = ""
+    #: a cluster's: the lease lineage and term of the leader whose session is ``session``
+    #: (Hello.lineage, Hello.term)
+    lineage: str = ""
+    term: int = 0
     #: at the root, where members are clusters: their metadata and last aggregate
     info: ClusterInfo | None = None
     aggregate: Aggregate | None = None

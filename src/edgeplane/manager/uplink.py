@@ -205,6 +205,13 @@ class Uplink:
         #: set when the root refused this manager (another live one has its cluster id)
         self.refused = asyncio.Event()
         self.refusal = ""
+        #: set when the root refused it for a later leader of this cluster: this process
+        #: was deposed (it stands by again, roles/control.py)
+        self.superseded = asyncio.Event()
+        #: this process's lease as its leader (set by the control plane once it leads):
+        #: the root lets a later term of the lineage take the cluster over (Hello.term)
+        self.lineage = ""
+        self.term = 0
         self.rejected = 0
         self.bad_messages = 0
         #: messages refused for want of a valid MAC (also counted in ``bad_messages``)
@@ -389,6 +396,8 @@ class Uplink:
             seq=self._seq,
             cluster=self.info,
             aggregate=self._last_aggregate,
+            lineage=self.lineage,
+            term=self.term,
         )
         await self._publish(self.topics.hello(self.cluster_id), "hello", hello)
 
@@ -512,9 +521,13 @@ class Uplink:
             self.events.ack(body.keys)
         elif isinstance(body, Welcome):
             if body.session == self.session and body.error:
-                log.error("refused by the root", extra={"reason": body.error})
                 self.refusal = body.error
-                self.refused.set()
+                if body.superseded:
+                    log.warning("superseded at the root", extra={"reason": body.error})
+                    self.superseded.set()
+                else:
+                    log.error("refused by the root", extra={"reason": body.error})
+                    self.refused.set()
             elif body.session == self.session:
                 self.heartbeat_s = body.heartbeat_s
                 self.registered.set()

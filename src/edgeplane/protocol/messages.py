@@ -68,6 +68,11 @@ class Hello(_Body):
     #: set when the sender is a cluster registering with the root
     cluster: ClusterInfo | None = None
     aggregate: Aggregate | None = None
+    #: a cluster's leader: its lease's lineage and its term (``edgeplane.store.leases``):
+    #: a new session of a live cluster with its lineage and a later term is its new
+    #: leader, which takes the cluster over at the root (empty: not a leader's hello)
+    lineage: str = Field(default="", max_length=64)
+    term: int = Field(default=0, ge=0, lt=2**63)
     #: digests of artifacts the worker holds, most recently used first (bounded)
     artifacts: list[str] = Field(default_factory=list)
 
@@ -91,6 +96,9 @@ class Welcome(_Body):
     #: set: registration refused (another live process holds this member's id); the
     #: member must stop, saying why
     error: str = ""
+    #: with ``error``: refused because a later leader of the same cluster holds it at the
+    #: root (the sender was deposed: it stands by instead of stopping)
+    superseded: bool = False
 
 
 class Alive(_Body):

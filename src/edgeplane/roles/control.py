@@ -332,6 +332,8 @@ class ControlPlane:
         self.store.fence(leadership.name, leadership.term)
         self.manager.journal.on_fenced.append(leadership.on_fenced)
         self.manager.term = leadership.term
+        if self.uplink is not None:
+            self.uplink.lineage, self.uplink.term = leadership.lineage, leadership.term
 
     def _app(self) -> FastAPI:
         app = create_app(
@@ -407,11 +409,15 @@ async def run_leading(
                     uplink = control.uplink
                     ends = [leadership.lost.wait()]
                     if uplink is not None:  # the root refused this cluster's id: give up
-                        ends.append(uplink.refused.wait())
+                        ends += [uplink.refused.wait(), uplink.superseded.wait()]
                     await _until(stop, _first(ends))
                     if uplink is not None and uplink.refused.is_set():
                         raise Invalid(uplink.refusal)
-                    if leadership.lost.is_set():
+                    if uplink is not None and uplink.superseded.is_set():
+                        # a later leader of this cluster registered: this process lost
+                        # the lease, whether its renewal has noticed yet or not
+                        log.warning("deposed: standing by again", extra={"why": uplink.refusal})
+                    elif leadership.lost.is_set():
                         log.warning("deposed: standing by again", extra={"why": leadership.why})
             finally:
                 try:

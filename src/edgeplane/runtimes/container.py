@@ -61,7 +61,13 @@ from edgeplane.runtimes.images import ImageStore
 from edgeplane.runtimes.probe import exec_probe, probe_in_netns
 from edgeplane.runtimes.pull import PULLED_DIR, ImagePuller
 from edgeplane.runtimes.spec import RunSpec
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
+from edgeplane.runtimes.supervised import (
+    GRACE_S,
+    Attempt,
+    SupervisedRuntime,
+    process_alive,
+    spawn,
+)
 
 if TYPE_CHECKING:
     from edgeplane.chutes.network import TaskNetwork
@@ -132,7 +138,7 @@ class ContainerRuntime(SupervisedRuntime[_Container]):
         *,
         runc: str | None = None,
         registries: RegistryConfig | None = None,
-        grace_s: float = 2.0,
+        grace_s: float = GRACE_S,
         poll_s: float = 0.25,
         clock: Clock | None = None,
         network: TaskNetwork | None = None,

@@ -48,7 +48,13 @@ from edgeplane.clock import Clock
 from edgeplane.errors import TaskFailure, TransientTaskFailure
 from edgeplane.runtimes.base import Handle, Outcome
 from edgeplane.runtimes.spec import RunSpec
-from edgeplane.runtimes.supervised import Attempt, SupervisedRuntime, process_alive, spawn
+from edgeplane.runtimes.supervised import (
+    GRACE_S,
+    Attempt,
+    SupervisedRuntime,
+    process_alive,
+    spawn,
+)
 from edgeplane.runtimes.taskuser import TaskUser, current
 
 _MIB = 1024 * 1024
@@ -135,7 +141,7 @@ class HostRuntime(SupervisedRuntime[_Proc]):
         self,
         base_dir: Path | None = None,
         *,
-        grace_s: float = 2.0,
+        grace_s: float = GRACE_S,
         poll_s: float = 0.25,
         clock: Clock | None = None,
         user: TaskUser | None = None,

@@ -36,6 +36,8 @@ from edgeplane.runtimes.base import MAX_LOG_CHARS, Handle, Outcome, Runtime
 from edgeplane.runtimes.spec import RunSpec
 from edgeplane.runtimes.taskuser import TaskUser
 
+#: seconds between SIGTERM and SIGKILL when an attempt is stopped (docs/architecture.md)
+GRACE_S = 2.0
 _STOPPED = "stopped"
 _TIMEOUT = "timeout"
 #: The files of an attempt's directory its main process writes to.

@@ -34,6 +34,11 @@ class Lease:
     expires_at: float
     #: where the holder's API answers (``--advertise-url``), for redirects
     url: str = ""
+    #: a random id the lease got when it was first claimed in this store, kept from
+    #: holder to holder: the processes that lead one cluster in turn share it, a process
+    #: with the same cluster id on another store does not (the root tells a new leader
+    #: of a cluster from a second cluster claiming its id by it, manager/membership.py)
+    lineage: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Claim:
     home: str
     url: str
     ttl_s: float
+    #: the lineage the lease takes if it has none yet (a fresh random id)
+    lineage: str = ""
 
 
 def claimed(current: Lease | None, name: str, claim: Claim, now: float) -> Lease:
@@ -49,11 +56,14 @@ def claimed(current: Lease | None, name: str, claim: Claim, now: float) -> Lease
     already its own, expired, or held from the claimant's own home; else unchanged."""
     until = now + claim.ttl_s
     if current is None or current.term == 0:
-        return Lease(name, claim.holder, claim.home, 1, until, claim.url)
+        return Lease(name, claim.holder, claim.home, 1, until, claim.url, claim.lineage)
+    # a lease of a store from before lineages takes the claimant's
+    lineage = current.lineage or claim.lineage
     if current.holder == claim.holder:
-        return replace(current, expires_at=until, url=claim.url)
+        return replace(current, expires_at=until, url=claim.url, lineage=lineage)
     if current.expires_at <= now or current.home == claim.home:
-        return Lease(name, claim.holder, claim.home, current.term + 1, until, claim.url)
+        term = current.term + 1
+        return Lease(name, claim.holder, claim.home, term, until, claim.url, lineage)
     return current
 
 

@@ -202,6 +202,7 @@ leases = Table(
     Column("term", Integer, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("url", String, nullable=False, server_default=""),
+    Column("lineage", String, nullable=False, server_default=""),
 )
 
 #: The chute store (docs/chutes.md): a name belongs to one project, its first version's

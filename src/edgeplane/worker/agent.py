@@ -345,6 +345,8 @@ class WorkerAgent:
         self._epoch, self._seq = "", 0
         #: refuses commands of a deposed leader (protocol/terms.py)
         self.terms = TermGate()
+        #: set by :meth:`stop`: start commands are not taken any more
+        self.leaving = False
         #: answers chute calls from the control plane (``edgeplane.chutes.remote``); None
         #: on a worker without the Edge API
         self.chutes: ChuteHandler | None = None
@@ -406,10 +408,19 @@ class WorkerAgent:
             )
 
     async def stop(self) -> None:
-        """Leave: the manager sees us offline and re-places our tasks (no "cancelled")."""
+        """Leave: the manager sees us offline and re-places our tasks (no "cancelled").
+
+        Every attempt is stopped at once, so leaving takes one runtime grace period at
+        most (SIGTERM, SIGKILL after it), however many tasks run. A start command that
+        comes meanwhile is not taken: the manager re-places what it sent with the rest
+        of our tasks when we say we leave. (Taken, it ran a command the manager then ran
+        elsewhere too, and the wait below waited its 5 s for it.)"""
         self.events.closed = True
-        for run in list(self._runs.values()):
-            await self._stop_run(run)
+        self.leaving = True
+        stops = [self._stop_run(run) for run in list(self._runs.values())]
+        for failed in await asyncio.gather(*stops, return_exceptions=True):
+            if isinstance(failed, Exception):  # the others are stopped all the same
+                log.error("a task did not stop", exc_info=failed)
         jobs = [run.job for run in self._runs.values() if run.job is not None]
         if jobs:
             await asyncio.wait(jobs, timeout=5)
@@ -504,6 +515,9 @@ class WorkerAgent:
             )
             return
         if isinstance(body, StartTasks):
+            if self.leaving:  # re-placed by the manager once it hears we left (stop)
+                log.info("tasks not taken: leaving", extra={"count": len(body.tasks)})
+                return
             if body.session not in ("", self.session):
                 # Another process with this id holds the tasks (a restart's older process,
                 # or a live twin this one is refused in favour of): not ours to run.
