@@ -611,6 +611,10 @@ class _Calls:
         return _Call("POST", f"/fl/experiments/{_seg(experiment_id)}/stop", _json)
 
     @staticmethod
+    def fl_delete(experiment_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/fl/experiments/{_seg(experiment_id)}", _nothing)
+
+    @staticmethod
     def fl_model(experiment_id: str, version: int | None) -> _Call[bytes]:
         params = None if version is None else {"version": version}
         return _Call("GET", f"/fl/experiments/{_seg(experiment_id)}/model", _bytes, params=params)
@@ -1194,6 +1198,10 @@ class Client(_Base):
     def fl_stop(self, experiment_id: str) -> dict[str, Any]:
         return self._send(_Calls.fl_stop(experiment_id))
 
+    def fl_delete(self, experiment_id: str) -> None:
+        """Delete an ended experiment and its blobs (docs/fl.md)."""
+        self._send(_Calls.fl_delete(experiment_id))
+
     def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
         """A global model version, raw ``f32`` (docs/fl.md)."""
         return self._send(_Calls.fl_model(experiment_id, version))
@@ -1601,6 +1609,10 @@ class AsyncClient(_Base):
 
     async def fl_stop(self, experiment_id: str) -> dict[str, Any]:
         return await self._send(_Calls.fl_stop(experiment_id))
+
+    async def fl_delete(self, experiment_id: str) -> None:
+        """Delete an ended experiment and its blobs (docs/fl.md)."""
+        await self._send(_Calls.fl_delete(experiment_id))
 
     async def fl_model(self, experiment_id: str, version: int | None = None) -> bytes:
         """A global model version, raw ``f32`` (docs/fl.md)."""

@@ -5,8 +5,10 @@ from a live client credential is refused with its reason and counted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,9 +51,9 @@ def experiment(rounds: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("client_tasks", ["persistent", "per_round"])
 async def test_digits_reach_90_percent_on_four_workers(
-    stack: tuple[Stack, httpx.AsyncClient], client_tasks: str
+    stack: tuple[Stack, httpx.AsyncClient], client_tasks: str, tmp_path: Path
 ) -> None:
-    _, http = stack
+    running, http = stack
     await wait_until_workers(http, 4)
     spec = experiment(3)
     spec["client_tasks"] = client_tasks
@@ -100,6 +102,31 @@ async def test_digits_reach_90_percent_on_four_workers(
     assert updates.decode(model.content).arrays["w"].shape == (64, 10)
     missing = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 9})
     assert missing.status_code == 404
+
+    # the store keeps the model versions and nothing else: each round's 3-4 updates were
+    # pruned once its version was stored
+    stored = await running.control.store.get_fl_experiment(exp_id)
+    assert stored is not None
+    versions = set(stored.versions)
+    every_update = {d for r in stored.rounds for d in r.update_refs.values()}
+    assert len(every_update - versions) >= 3 * 3
+
+    async def pruned() -> bool:
+        return blob_digests(tmp_path / "db.sqlite") == versions
+
+    await until(pruned, "the updates' blobs are pruned", timeout_s=30)
+    for v in range(4):  # every version still downloads
+        got = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": v})
+        assert got.status_code == 200
+    # and a deleted experiment leaves no blob at all
+    assert (await http.delete(f"/fl/experiments/{exp_id}")).status_code == 204
+    assert blob_digests(tmp_path / "db.sqlite") == set()
+
+
+def blob_digests(db: Path) -> set[str]:
+    """The digests the store holds, read straight from its database file."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {row[0] for row in conn.execute("SELECT digest FROM fl_blobs")}
 
 
 async def test_a_closed_round_opens_the_next_at_once_not_at_the_next_tick(

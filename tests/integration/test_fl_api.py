@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import os
 import subprocess
@@ -273,6 +274,52 @@ async def test_the_cli_reads_the_initial_model_beside_the_experiment_file(
     )
     assert bad.returncode == 2, bad.stderr
     assert "missing.npz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_an_ended_experiment_is_deleted_with_the_blobs_only_it_references(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """A running experiment is not deleted (409 naming state); an ended one is, through
+    the CLI and the API, with its blobs, but not a blob another experiment still uses."""
+    running, http = stack
+    given = trained()
+    first = await http.post(
+        "/fl/experiments", json=spec(SLEEP, initial_model={"data": _b64(npz(given))})
+    )
+    first_id = first.json()["id"]
+    second = await http.post(
+        "/fl/experiments",
+        json=spec(SLEEP, name="again", initial_model={"experiment": first_id, "version": 0}),
+    )
+    second_id = second.json()["id"]
+    digest = updates.encode_raw(given)
+    ref = "sha256:" + hashlib.sha256(digest).hexdigest()
+    assert await running.control.store.get_fl_blob(ref) == digest
+
+    refused = await http.delete(f"/fl/experiments/{first_id}")
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["field"] == "state"
+    await http.post(f"/fl/experiments/{first_id}/stop")
+    cli = [sys.executable, "-m", "edgeplane", "--url", running.control.url, "--token", TOKEN]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "fl", "delete", first_id],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (await http.get(f"/fl/experiments/{first_id}")).status_code == 404
+    assert (await http.delete(f"/fl/experiments/{first_id}")).status_code == 404
+    # the other experiment's version 0 is the same blob: kept
+    kept = await http.get(f"/fl/experiments/{second_id}/model", params={"version": 0})
+    assert kept.status_code == 200 and same(kept.content, given)
+
+    await http.post(f"/fl/experiments/{second_id}/stop")
+    assert (await http.delete(f"/fl/experiments/{second_id}")).status_code == 204
+    assert await running.control.store.get_fl_blob(ref) is None
 
 
 async def test_a_round_stored_without_its_tasks_gets_them_after_a_restart(

@@ -18,12 +18,15 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from edgeplane.errors import Conflict, Invalid, Unavailable
+from edgeplane.errors import Conflict, Fenced, Invalid, Unavailable
+from edgeplane.fl.spec import ExperimentSpec
+from edgeplane.fl.state import Experiment
 from edgeplane.model import Application, Instance, Schedule, Task, Worker, Workflow
 from edgeplane.model.audit import AuditQuery, AuditRecord
 from edgeplane.store import (
     AuditPrune,
     Batch,
+    Claim,
     MemoryStore,
     SqlStore,
     Store,
@@ -568,6 +571,10 @@ async def test_artifacts_put_is_idempotent(store: Store) -> None:
     assert await store.get_artifact("sha256:bb") is None
 
 
+def lease_claim(holder: str) -> Claim:
+    return Claim(holder, f"home-{holder}", f"http://{holder}:7070", 3.0)
+
+
 FL_REF = "sha256:" + hashlib.sha256(b"model").hexdigest()
 
 
@@ -611,6 +618,56 @@ async def test_fl_blobs_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatc
         await store.missing_fl_blobs(too_many)
     assert caught.value.field == "digests"
     assert await store.missing_fl_blobs([fl_ref(fits), fl_ref(over)]) == {fl_ref(over)}
+
+
+async def test_fl_blobs_are_deleted_by_digest(store: Store) -> None:
+    """A prune deletes what it names (once: a second delete of it counts none) and
+    nothing else; a malformed or unknown digest is skipped; at most a batch at once."""
+    kept, gone, also = b"a model version", b"an update", os.urandom(100_000)
+    for data in (kept, gone, also):
+        await store.put_fl_blob(fl_ref(data), data)
+    asked = [fl_ref(gone), fl_ref(also), fl_ref(b"never"), "sha256:\x00"]
+    assert await store.delete_fl_blobs(asked) == 2
+    assert await store.delete_fl_blobs(asked) == 0
+    assert await store.delete_fl_blobs([]) == 0
+    assert await store.get_fl_blob(fl_ref(kept)) == kept
+    assert await store.missing_fl_blobs([fl_ref(kept), fl_ref(gone), fl_ref(also)]) == {
+        fl_ref(gone),
+        fl_ref(also),
+    }
+    await store.put_fl_blob(fl_ref(gone), gone)  # written again once deleted: stored
+    assert await store.get_fl_blob(fl_ref(gone)) == gone
+    too_many = [fl_ref(str(n).encode()) for n in range(store_base.MAX_FL_BLOB_BATCH + 1)]
+    with pytest.raises(Invalid) as caught:
+        await store.delete_fl_blobs(too_many)
+    assert caught.value.field == "digests"
+
+
+async def test_a_manager_that_lost_the_lead_deletes_no_fl_blob(store: Store) -> None:
+    data = b"a version the new leader references"
+    await store.put_fl_blob(fl_ref(data), data)
+    lease = await store.claim_lease("leader", lease_claim("a"), 10.0)
+    store.fence("leader", lease.term)
+    await store.claim_lease("leader", lease_claim("b"), 20.0)  # a expired: b leads
+    with pytest.raises(Fenced):
+        await store.delete_fl_blobs([fl_ref(data)])
+    assert await store.get_fl_blob(fl_ref(data)) == data
+
+
+async def test_fl_experiments_are_deleted(store: Store) -> None:
+    spec = ExperimentSpec.model_validate(
+        {"name": "e", "workload": {"runtime": "host", "command": ["true"]}}
+    )
+    for exp_id in ("one", "two"):
+        await store.save_fl_experiment(
+            Experiment(id=exp_id, name="e", spec=spec, created_at=1.0, updated_at=1.0)
+        )
+    assert await store.delete_fl_experiment("one")
+    assert not await store.delete_fl_experiment("one")
+    assert await store.get_fl_experiment("one") is None
+    assert await store.get_fl_experiment("two") is not None
+    assert [e.id for e in (await store.list_fl_experiments())[0]] == ["two"]
+    assert await store.live_fl_experiment_ids() == ["two"]
 
 
 @pytest.mark.parametrize("backend", DURABLE)

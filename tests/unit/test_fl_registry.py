@@ -180,3 +180,27 @@ async def test_many_old_blobs_are_asked_about_in_bounded_batches(tmp_path: Path)
     assert await Blobs(store, legacy).import_legacy() == len(many)
     refs = ["sha256:" + hashlib.sha256(d).hexdigest() for d in many]
     assert await store.missing_fl_blobs(refs[:MAX_FL_BLOB_BATCH]) == set()
+
+
+async def test_a_put_while_a_prune_runs_is_never_deleted_by_it() -> None:
+    """The race a prune has with a put of the same digest (a new update or version
+    byte-identical to a pruned update: the put is a no-op, the blob is stored): a digest
+    put after the prune read the references is left to the next prune; the rest go,
+    from the store and from the cache."""
+    store = CountingStore()
+    blobs = Blobs(store)
+    again, garbage = b"an update that is put again", b"an update nothing references"
+    again_ref = await blobs.put(again, keep=True)
+    garbage_ref = await blobs.put(garbage, keep=True)
+    async with blobs.pruning():
+        # (the prune read every experiment here: neither was referenced)
+        assert await blobs.put(again) == again_ref  # its reference is being written
+        assert await blobs.delete([again_ref, garbage_ref]) == 1
+    assert await store.get_fl_blob(again_ref) == again
+    assert await store.get_fl_blob(garbage_ref) is None
+    writes = store.writes
+    await blobs.put(garbage)  # no longer cached as stored: written again
+    assert store.writes == writes + 1
+    assert await store.get_fl_blob(garbage_ref) == garbage
+    async with blobs.pruning():  # the next prune, with nothing put meanwhile, deletes it
+        assert await blobs.delete([garbage_ref]) == 1

@@ -96,6 +96,16 @@ async def stop(experiment_id: str, fl: FlDep, who: CallerDep) -> dict[str, Any]:
     return (await fl.stop_experiment(experiment_id)).public()
 
 
+@users.delete("/{experiment_id}", status_code=204)
+async def delete(experiment_id: str, fl: FlDep, who: CallerDep) -> Response:
+    """Delete an ended experiment (completed, stopped or failed) with its model versions
+    and every blob of it no other experiment references; 409 naming ``state`` while it
+    runs (stop it first)."""
+    await _seen(fl, who, experiment_id)
+    await fl.delete_experiment(experiment_id)
+    return Response(status_code=204)
+
+
 def _client_token(request: Request) -> str | None:
     auth = request.headers.get("authorization")
     if auth is None or not tokens.is_client_token(auth):

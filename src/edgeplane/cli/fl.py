@@ -196,6 +196,14 @@ def stop(ctx: typer.Context, experiment_id: IdArgument) -> None:
     echo(f"{exp['id']} {exp['state']}")
 
 
+@app.command("delete")
+def delete(ctx: typer.Context, experiment_id: IdArgument) -> None:
+    """Delete an ended experiment, its model versions and its stored updates (a running
+    one: stop it first)."""
+    session(ctx).client().fl_delete(experiment_id)
+    echo(f"{experiment_id} deleted")
+
+
 @app.command("model")
 def model(
     ctx: typer.Context,

@@ -29,8 +29,8 @@ import numpy as np
 import orjson
 
 from edgeplane import clock as clocks
-from edgeplane.errors import EdgeplaneError, Invalid, NotFound, Unauthorized
-from edgeplane.fl import aggregate, assign, datastore, model, tokens, updates
+from edgeplane.errors import Conflict, EdgeplaneError, Invalid, NotFound, Unauthorized
+from edgeplane.fl import aggregate, assign, datastore, model, prune, tokens, updates
 from edgeplane.fl import mqtt as fl_mqtt
 from edgeplane.fl.registry import Blobs
 from edgeplane.fl.rounds import Round
@@ -134,6 +134,10 @@ class Coordinator:
         self._docs: dict[str, Experiment] = {}
         #: the version last handed out inline, by its content address, base64
         self._inlined: tuple[str, str] | None = None
+        #: updates of rounds closed here since the last prune (``_prune``); None: prune
+        #: every experiment's (the first pass after a start: what a killed manager left)
+        self._garbage: set[str] | None = None
+        self._prune_lock = asyncio.Lock()
 
     def listen(self, make_link: Callable[[MessageHandler], MqttLink]) -> None:
         """Take updates over MQTT too, on the link ``make_link`` makes (with a persistent
@@ -206,6 +210,10 @@ class Coordinator:
     async def create(self, spec: ExperimentSpec, *, project: str = "default") -> Experiment:
         # the workload is a task body: refused here, not at the first round
         await self.manager.admit([self._task_spec(spec, {}, {}, None)], batch=False)
+        async with self._lock:  # the put and the write that references it, as a prune waits
+            return await self._create(spec, project)
+
+    async def _create(self, spec: ExperimentSpec, project: str) -> Experiment:
         now = self.clock.now()
         first, origin = await self._initial(spec.initial_model)
         exp = Experiment(
@@ -288,6 +296,23 @@ class Coordinator:
                 return exp
             await self._end(exp, "stopped", "stopped by a user")
             return exp
+
+    async def delete_experiment(self, experiment_id: str) -> None:
+        """Delete an ended experiment and every blob of it no other experiment references;
+        Conflict naming ``state`` while it runs. The document goes first: a manager killed
+        between the two leaves blobs nothing references (space, until deleted by hand),
+        never an experiment whose versions are gone."""
+        async with self._lock:
+            exp = await self.get(experiment_id)
+            if exp.state not in TERMINAL:
+                raise Conflict(f"experiment {exp.id} is {exp.state}: stop it first", field="state")
+            self.manager.journal.check()  # a process that no longer leads writes nothing
+            await self.store.delete_fl_experiment(exp.id)
+            self._secrets.pop(exp.id, None)
+            self._versions.pop(exp.id, None)
+            self._docs.pop(exp.id, None)
+            theirs = {*exp.versions, *(r for rec in exp.rounds for r in rec.update_refs.values())}
+        await self._prune(theirs)
 
     async def model_bytes(self, exp: Experiment, version: int | None) -> tuple[int, bytes]:
         """Version ``version`` (the newest: None) of ``exp``, which the caller read to
@@ -569,7 +594,29 @@ class Coordinator:
                             "an experiment's round did not advance",
                             extra={"experiment_id": exp_id, "error": exc.detail},
                         )
+        if self._garbage is None or self._garbage:
+            pending, self._garbage = self._garbage, set()
+            try:
+                await self._prune(pending)
+            except BaseException:
+                self._garbage = None  # what was pending: found again by a full prune
+                raise
         return bool(live)
+
+    async def _prune(self, candidates: set[str] | None) -> None:
+        """Delete the blobs of ``candidates`` (None: every experiment's garbage) that no
+        experiment references. Every experiment is read under the lock a put and the
+        write that references it take, so each reference is either read here or written
+        after, by a put this prune then leaves alone (``Blobs.pruning``); the deletes
+        run outside the lock (offers wait for none of them)."""
+        async with self._prune_lock, self.blobs.pruning():
+            async with self._lock:
+                every, _ = await self.store.list_fl_experiments(limit=1_000_000)
+                wanted = prune.garbage(every) if candidates is None else candidates
+                gone = prune.prunable(every, wanted)
+            deleted = await self.blobs.delete(gone) if gone else 0
+        if deleted:
+            log.info("federated learning blobs pruned", extra={"blobs": deleted})
 
     async def _advance(self, exp: Experiment) -> None:
         now = self.clock.now()
@@ -591,7 +638,8 @@ class Coordinator:
         elif state == "retry":
             await self._stop_tasks(exp, record)
             record.state = "retry"
-            await self._open(exp, record.round, record.attempt + 1)  # or waits for workers
+            if await self._open(exp, record.round, record.attempt + 1):  # or waits
+                self._forget(record)
         elif state == "failed":
             record.state = "failed"
             await self._stop_tasks(exp, record)
@@ -945,6 +993,7 @@ class Coordinator:
                 await self._save(exp)  # the next round waits for workers
             self._score(exp, record, merged)
             await self._save(exp)
+        self._forget(record)  # stored with its version: its updates are done with
         log.info(
             "a round closed",
             extra={
@@ -984,6 +1033,8 @@ class Coordinator:
         exp.state = state  # type: ignore[assignment]
         exp.reason = reason
         await self._save(exp)  # the long-lived clients are told at once (``assignment``)
+        if record is not None:
+            self._forget(record)
         clients = list(exp.client_tasks.values())
         if not clients:
             return
@@ -995,6 +1046,11 @@ class Coordinator:
             reaper.add_done_callback(self._reapers.discard)
         else:
             await self._stop_clients(clients)
+
+    def _forget(self, record: RoundRecord) -> None:
+        """``record``'s updates, stored as no longer open, are pruned at the next pass."""
+        if self._garbage is not None:
+            self._garbage.update(record.update_refs.values())
 
     async def _stop_later(self, task_ids: Sequence[str]) -> None:
         await asyncio.sleep(CLIENT_EXIT_S)

@@ -50,6 +50,7 @@ class BlobStore(Protocol):
     async def put_fl_blob(self, digest: str, data: bytes) -> None: ...
     async def get_fl_blob(self, digest: str) -> bytes | None: ...
     async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]: ...
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int: ...
 
 
 def digest_of(data: bytes) -> str:
@@ -68,6 +69,10 @@ class Blobs:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0
         self._import: asyncio.Task[int] | None = None
+        #: a put and a prune's delete of one digest, one at a time; and the digests put
+        #: since a prune read the references (``pruning``): it deletes none of them
+        self._gate = asyncio.Lock()
+        self._fresh: set[str] | None = None
 
     async def put(self, data: bytes, *, keep: bool = False) -> str:
         """Store ``data`` (a no-op when it is stored); its content address. ``keep``: a
@@ -76,8 +81,11 @@ class Blobs:
             ref = await asyncio.to_thread(digest_of, data)
         else:
             ref = digest_of(data)
-        if ref not in self._cache:  # cached: stored already
-            await self.store.put_fl_blob(ref, data)
+        async with self._gate:  # not between a prune's check of this digest and its delete
+            if self._fresh is not None:
+                self._fresh.add(ref)
+            if ref not in self._cache:  # cached: stored already
+                await self.store.put_fl_blob(ref, data)
         if keep:
             self._remember(ref, data)
         return ref
@@ -116,6 +124,34 @@ class Blobs:
         as the caller asks: only the one being read is held (``aggregate.fedavg``)."""
         for ref in refs:
             yield updates.decode(await self.get(ref, keep=False)).arrays
+
+    @contextlib.asynccontextmanager
+    async def pruning(self) -> AsyncIterator[None]:
+        """While a prune runs: from before it reads the references (the caller's, under
+        the lock its puts and their referencing writes take) to its last delete, every
+        digest put is left to the next prune (``delete``)."""
+        self._fresh = set()
+        try:
+            yield
+        finally:
+            self._fresh = None
+
+    async def delete(self, refs: Iterable[str]) -> int:
+        """Delete ``refs`` from the store (the caller's ``prune`` rule says none is
+        referenced), but none put since the prune began (``pruning``); from the cache
+        too: a cached digest counts as stored (``put``). One blob a transaction, a put
+        waiting for at most one: 50 updates of 4 MB took 1.5 to 2.1 s to delete at once
+        on SQLite (it reads each blob's chain of overflow pages to free them)."""
+        deleted = 0
+        for ref in sorted(set(refs)):
+            async with self._gate:
+                if self._fresh is not None and ref in self._fresh:
+                    continue
+                data = self._cache.pop(ref, None)
+                if data is not None:
+                    self._cached -= len(data)
+                deleted += await self.store.delete_fl_blobs([ref])
+        return deleted
 
     def _remember(self, ref: str, data: bytes) -> None:
         if len(data) > self.cache_bytes:

@@ -350,6 +350,18 @@ class Store(ABC):
     async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
         """Which of ``digests`` (at most :data:`MAX_FL_BLOB_BATCH`) are not stored."""
 
+    @abstractmethod
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
+        """Delete ``digests`` (at most :data:`MAX_FL_BLOB_BATCH`; those not stored are
+        skipped), in one transaction, fenced like the journal's writes: a manager that no
+        longer leads deletes nothing (:class:`Fenced`). How many were deleted. The
+        caller (``fl/prune.py``) decides that no experiment references them."""
+
+    @abstractmethod
+    async def delete_fl_experiment(self, experiment_id: str) -> bool:
+        """Delete the experiment's document (its blobs: ``delete_fl_blobs``); whether
+        there was one."""
+
     # the chute store (docs/chutes.md): published manifests, immutable by name and version
     @abstractmethod
     async def publish_chute(

@@ -414,6 +414,17 @@ class MemoryStore(Store):
         fl_blob_batch(digests)
         return {d for d in digests if d not in self._fl_blobs}
 
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
+        fl_blob_batch(digests)
+        if self.fenced_by is not None:
+            name, term = self.fenced_by
+            check_term(self._leases.get(name), name, term)
+        return sum(self._fl_blobs.pop(d, None) is not None for d in set(digests))
+
+    async def delete_fl_experiment(self, experiment_id: str) -> bool:
+        self._fl_state.pop(experiment_id, None)
+        return self._fl.pop(experiment_id, None) is not None
+
     # the chute store
 
     async def publish_chute(

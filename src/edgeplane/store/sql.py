@@ -965,6 +965,25 @@ class SqlStore(Store):
             stored = set((await conn.execute(query)).scalars())
         return set(digests) - stored
 
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
+        fl_blob_batch(digests)
+        wanted = sorted({d for d in digests if not _unstorable(d)})
+        if not wanted:
+            return 0
+        b = tables.fl_blobs
+        fence = self.fenced_by
+        async with _reachable(self.url), self._writing() as conn:
+            if fence is not None:
+                await self._check_fence(conn, *fence)
+            result = await conn.execute(b.delete().where(b.c.digest.in_(wanted)))
+        return int(result.rowcount or 0)
+
+    async def delete_fl_experiment(self, experiment_id: str) -> bool:
+        e = tables.fl_experiments
+        async with self._writing() as conn:
+            result = await conn.execute(e.delete().where(e.c.id == experiment_id))
+        return bool(result.rowcount)
+
     # the chute store
 
     async def publish_chute(
