@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeplane.api.asgi import header
 from edgeplane.api.deps import CALLER
 from edgeplane.api.routing import JsonRoute
 from edgeplane.errors import Invalid
@@ -127,7 +128,7 @@ def _record(scope: Scope, at: float, status: int | None, created: list[bytes]) -
         resource_id=clip(resource_id),
         project=clip(project),
         status=status,
-        request_id=clip(_header(scope, b"x-request-id")),
+        request_id=clip(header(scope, b"x-request-id")),
         detail=clip(noted.get("detail")),
     )
 
@@ -155,13 +156,6 @@ def _created(body: bytes) -> dict[str, str]:
         if isinstance(value, str):
             found[key] = value
     return found
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 router = APIRouter(prefix="/audit", tags=["audit"], route_class=JsonRoute)

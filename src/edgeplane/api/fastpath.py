@@ -19,20 +19,19 @@ which still describes them in OpenAPI and answers them when this layer steps asi
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable
 from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgeplane.api.asgi import answer, header, read_body, replay
 from edgeplane.api.audit import note
 from edgeplane.api.deps import CALLER
-from edgeplane.api.problems import from_error
 from edgeplane.api.responses import document
 from edgeplane.api.tasks import create_one, owned
-from edgeplane.errors import EdgeplaneError, Unauthorized
+from edgeplane.errors import Unauthorized
 from edgeplane.limits import MAX_WAIT_S
 from edgeplane.manager import Manager
 from edgeplane.model import TaskSpec
@@ -62,20 +61,20 @@ class TaskFastPath:
         await self.app(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         spec = _spec(scope, body)
         wait = _wait(scope)
         if spec is None or spec.schedule is not None or wait is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
-        await self._answer(scope, receive, send, self._created(scope, spec, wait))
+        await answer(scope, receive, send, self._created(scope, spec, wait))
 
     async def _get(self, task_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         wait = _wait(scope)
         if wait is None:
             await self.app(scope, receive, send)
             return
-        await self._answer(scope, receive, send, self._found(scope, task_id, wait))
+        await answer(scope, receive, send, self._found(scope, task_id, wait))
 
     async def _created(self, scope: Scope, spec: TaskSpec, wait: float) -> Response:
         # what the audit record would otherwise read back from the answer
@@ -91,16 +90,6 @@ class TaskFastPath:
             await owned(self.manager, caller, task_id)
         return document(await self.manager.wait(task_id, wait))
 
-    @staticmethod
-    async def _answer(
-        scope: Scope, receive: Receive, send: Send, answer: Awaitable[Response]
-    ) -> None:
-        try:
-            response = await answer
-        except EdgeplaneError as exc:
-            response = from_error(exc)
-        await response(scope, receive, send)
-
 
 def _caller(scope: Scope) -> TokenRecord:
     """The token ``Authenticate`` found; without one (this layer mounted alone) nothing
@@ -109,13 +98,6 @@ def _caller(scope: Scope) -> TokenRecord:
     if found is None:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     return found
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def _wait(scope: Scope) -> float | None:
@@ -135,36 +117,10 @@ def _wait(scope: Scope) -> float | None:
 
 def _spec(scope: Scope, body: bytes) -> TaskSpec | None:
     """The body as FastAPI would take it (JSON, then the model in Python mode), or None."""
-    content_type = _header(scope, b"content-type") or ""
+    content_type = header(scope, b"content-type") or ""
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         return None
     try:
         return TaskSpec.model_validate(orjson.loads(body))
     except (orjson.JSONDecodeError, ValidationError):
         return None
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the body once more, then what the client sends next."""
-    replayed = False
-
-    async def again() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return again

@@ -29,12 +29,10 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgeplane.api.asgi import answer, header, read_body
 from edgeplane.api.audit import note
-from edgeplane.api.fastpath import _header, _read_body
 from edgeplane.api.fl import MAX_WAIT_S, PREFIX, RAW
-from edgeplane.api.problems import from_error
 from edgeplane.api.responses import JSON
-from edgeplane.errors import EdgeplaneError
 from edgeplane.fl import tokens
 from edgeplane.security.roles import API
 
@@ -60,9 +58,9 @@ class FlFastPath:
         if scope["type"] == "http" and self.fl is not None:
             path: str = scope["path"]
             if path.startswith(EXPERIMENTS):
-                answer = self._route(self.fl, scope, path[len(EXPERIMENTS) :])
-                if answer is not None:
-                    await self._answer(scope, receive, send, answer(receive))
+                handler = self._route(self.fl, scope, path[len(EXPERIMENTS) :])
+                if handler is not None:
+                    await answer(scope, receive, send, handler(receive))
                     return
         await self.app(scope, receive, send)
 
@@ -93,16 +91,6 @@ class FlFastPath:
             if round_no is not None:
                 return _update(fl, scope, parts[0], round_no, token, query)
         return None
-
-    @staticmethod
-    async def _answer(
-        scope: Scope, receive: Receive, send: Send, answer: Awaitable[Response]
-    ) -> None:
-        try:
-            response = await answer
-        except EdgeplaneError as exc:
-            response = from_error(exc)
-        await response(scope, receive, send)
 
 
 def _assignment(fl: Coordinator, exp_id: str, token: str, query: dict[str, str]) -> _Handler | None:
@@ -159,13 +147,13 @@ def _update(
     note(scope, route=UPDATE_ROUTE, resource_id=exp_id)
 
     async def answer(receive: Receive) -> Response:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         found = await fl.offer(
             exp_id,
             round_no,
             token,
             body,
-            _header(scope, b"content-type") or RAW,
+            header(scope, b"content-type") or RAW,
             attempt=attempt,
         )
         return Response(orjson.dumps(found), status_code=202, media_type=JSON)
@@ -174,7 +162,7 @@ def _update(
 
 
 def _token(scope: Scope) -> str | None:
-    authorization = _header(scope, b"authorization")
+    authorization = header(scope, b"authorization")
     if not tokens.is_client_token(authorization):
         return None
     assert authorization is not None  # is_client_token: not None
