@@ -22,6 +22,7 @@ import secrets
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -895,19 +896,12 @@ class Coordinator:
                     missing.append(worker)
             if not missing:
                 continue
-            log.info(
-                "starting the training tasks a restart found missing",
-                extra={"experiment_id": exp.id, "round": record.round, "tasks": len(missing)},
+            await self._start_missing(
+                exp,
+                "training tasks",
+                partial(self._round_specs, exp, record, missing),
+                [record.tasks[w] for w in missing],
             )
-            try:
-                specs = self._round_specs(exp, record, missing)
-                ids = [record.tasks[w] for w in missing]
-                await self.manager.submit_specs(specs, ids=ids, origin="fl")
-            except EdgeplaneError as exc:  # the round then ends at its deadline, as it would
-                log.warning(
-                    "the missing training tasks could not be started",
-                    extra={"experiment_id": exp.id, "error": exc.detail},
-                )
 
     async def _resume_clients(self, exp: Experiment) -> None:
         """The long-lived clients: those never submitted are; those that ended while this
@@ -923,17 +917,30 @@ class Coordinator:
                 self._ended.add(task_id)
         if not missing:
             return
+        await self._start_missing(
+            exp,
+            "long-lived clients",
+            partial(self._client_specs, exp, missing),
+            [exp.client_tasks[w] for w in missing],
+        )
+
+    async def _start_missing(
+        self,
+        exp: Experiment,
+        what: str,
+        specs: Callable[[], Sequence[TaskSpec]],
+        ids: Sequence[str],
+    ) -> None:
+        """Submit the tasks a restart found missing (never submitted before it)."""
         log.info(
-            "starting the long-lived clients a restart found missing",
-            extra={"experiment_id": exp.id, "tasks": len(missing)},
+            f"starting the {what} a restart found missing",
+            extra={"experiment_id": exp.id, "round": exp.round, "tasks": len(ids)},
         )
         try:
-            specs = self._client_specs(exp, missing)
-            ids = [exp.client_tasks[w] for w in missing]
-            await self.manager.submit_specs(specs, ids=ids, origin="fl")
+            await self.manager.submit_specs(specs(), ids=ids, origin="fl")
         except EdgeplaneError as exc:  # the round then ends at its deadline, as it would
             log.warning(
-                "the missing clients could not be started",
+                f"the missing {what} could not be started",
                 extra={"experiment_id": exp.id, "error": exc.detail},
             )
 
