@@ -205,6 +205,10 @@ class Life:
     #: OOM kills counted in its cgroup so far
     ooms: int
     exited: bool = False
+    #: OOM kills seen at the last check while it still looked alive: a kill of its main
+    #: process is counted in the cgroup before the process is gone, so an exit seen at
+    #: the next check is that kill's (CI saw "its main process ended" after one)
+    killed_last_check: bool = False
 
 
 def _started(pid: int) -> float | None:
@@ -655,8 +659,10 @@ class Node:
                 service=service,
                 detail=what + ("; the service exited" if not alive else ""),
             )
+        oom_exit = killed > 0 or life.killed_last_check
+        life.killed_last_check = killed > 0
         if not alive:
-            why = "OOM-killed" if killed > 0 else "its main process ended"
+            why = "OOM-killed" if oom_exit else "its main process ended"
             log.warning("chute %s service %s exited: %s", name, service, why)
             await self._report("exited", name, service=service, detail=why)
 
