@@ -144,7 +144,15 @@ async def test_rounds_are_handed_to_each_live_client_once_and_a_dead_one_is_repl
     assert dead.status_code == 401  # the credential expired with its task
     fresh = bearer(exp, w2, exp.client_tasks[w2])
     await until(partial_(live, exp.client_tasks[w2]), "w2's new client runs")
+    # round 1 never had w2's first client ask: never ready; round 2 is once w2's new one
+    # asks (w1's waited for it), and its deadline counts from then
+    assert exp.rounds[0].ready_at is None and exp.rounds[1].ready_at is None
     assert (await http.get(url, headers=fresh, params={"wait": 0})).json()["round"] == 2
+    ready = (await read()).rounds[1]
+    assert ready.ready_at is not None and ready.opened_at is not None
+    assert ready.ready_at >= ready.opened_at and ready.deadline >= ready.ready_at + 4
+    shown = (await http.get(f"/fl/experiments/{exp_id}")).json()["rounds"][1]
+    assert shown["ready_at"] == ready.ready_at
 
     # the experiment's end is told to a client that waits for its next round
     waiting = asyncio.create_task(

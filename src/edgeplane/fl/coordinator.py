@@ -101,6 +101,9 @@ class Coordinator:
         #: truth: a sum that does not hold exactly the record's updates (a restart, an
         #: update whose save failed) is dropped and the close reads them back.
         self._running: dict[tuple[str, int, int], tuple[aggregate.WeightedSum, set[str]]] = {}
+        #: (experiment, round, attempt) -> the long-lived client tasks started for it that
+        #: have not asked for it yet (``_handed``)
+        self._unready: dict[tuple[str, int, int], set[str]] = {}
         #: what each running experiment with long-lived clients hands them (``assignment``),
         #: made from the experiment as just stored, so nothing is handed out that a restart
         #: would not find; and the event its waiting clients wake on when it changes
@@ -514,6 +517,7 @@ class Coordinator:
 
     def _forget_running(self, experiment_id: str) -> None:
         self._running = {k: v for k, v in self._running.items() if k[0] != experiment_id}
+        self._unready = {k: v for k, v in self._unready.items() if k[0] != experiment_id}
 
     async def on_mqtt(self, topic: str, payload: bytes) -> None:
         """An update that came over MQTT: checked as over HTTP (and its topic's worker
@@ -706,7 +710,7 @@ class Coordinator:
                 # the clients wait already: the write that stores the round hands it out
                 # (``assignment``), with no task to submit; that is the moment it is out
                 await self._save(exp)
-                record.opened_at = self.clock.now()
+                record.opened_at = record.ready_at = self.clock.now()
                 if not then_saved:
                     await self._save(exp)
                 return True
@@ -721,6 +725,8 @@ class Coordinator:
         await self.manager.submit_specs(specs, ids=ids, origin="fl")
         # the moment the clients were handed their work (the tasks stored, the scheduler told)
         record.opened_at = self.clock.now()
+        if spec.client_tasks == "persistent":  # ready once the new clients asked (_handed)
+            self._unready[(exp.id, round_no, attempt)] = set(ids)
         await self._save(exp)
         return True
 
@@ -815,6 +821,7 @@ class Coordinator:
             if isinstance(work, str):
                 return {"state": work, "round": None}
             if work is not None:
+                await self._handed(grant.experiment, grant.task, work)
                 answer = self._work(grant.experiment, grant.worker, work)
                 if inline:
                     refs = self._versions.get(grant.experiment, ())
@@ -830,6 +837,35 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
+
+    async def _handed(self, experiment_id: str, task: str, work: assign.Work) -> None:
+        """``task``, a long-lived client started for this round, was handed it: the
+        last of them to be makes the round ready (``ready_at``), its deadline from then.
+        Like Flower's server, which starts round 1 once its clients are connected, a
+        round does not spend its ``round_timeout_s`` on their processes' start."""
+        key = (experiment_id, work.round, work.attempt)
+        waiting = self._unready.get(key)
+        if waiting is None or task not in waiting:
+            return
+        waiting.discard(task)
+        if waiting:
+            return
+        del self._unready[key]
+        try:
+            async with self._holding(experiment_id):
+                exp = self._docs.get(experiment_id) or await self.get(experiment_id)
+                record = _record(exp, work.round)
+                if record is None or record.attempt != work.attempt or record.state != "open":
+                    return
+                now = self.clock.now()
+                record.ready_at = now
+                record.deadline = max(record.deadline, now + exp.spec.round_timeout_s)
+                await self._save(exp)
+        except EdgeplaneError as exc:  # the round goes on from when it was stored
+            log.warning(
+                "a round's start was not stored",
+                extra={"experiment_id": experiment_id, "error": exc.detail},
+            )
 
     async def next_after_update(
         self,
