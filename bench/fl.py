@@ -33,16 +33,16 @@ process's start left out as Flower's clients connect before its round 1. Else
 ``opened_at``, its training tasks submitted. Flower: ``configure_fit`` returned, once its
 clients were connected), when the last update was in
 (``last_update_at``; ``aggregate_fit`` called) and when the new version was stored
-(``closed_at``: edgeplane scores it after the next round is out; Flower: ``evaluate``
-returned). From
+(``closed_at``: edgeplane scores it next, in the write that opens the next round;
+Flower: ``evaluate`` returned). From
 them, for both alike:
 
 - **time per round**: first round handed out → last round closed, over the rounds; and
   after the first round (first closed → last closed, over the rounds but one: a
   long-lived client's process starts in round 1, Flower's clients before round 1);
 - **coordinator turnaround per round**: last update in → the next round handed out (the
-  last round: → closed): aggregation, storing and opening the next round (and scoring,
-  for Flower; edgeplane scores after the next round is out), the time the coordinator
+  last round: → closed): aggregation, scoring, storing and opening the next round, the
+  time the coordinator
   alone holds the experiment up;
 - **coordinator CPU per round**: the coordinator process's CPU (psutil, user + system)
   from before the experiment to after it, over the rounds: the ``up`` process for
