@@ -200,6 +200,8 @@ class Session:
                     lines = sent.iter_lines()
                     taken = next(lines, None) is not None
                     told = next(lines, None)
+                    for _ in lines:  # to its end: an answer left unread closes the
+                        pass  # connection, and each round opened a new one
                     if told:
                         self._told = self._take(orjson.loads(told))
                     return
