@@ -39,6 +39,10 @@ class Coordinator:
         self._called("assignment", exp, token, after, wait, inline)
         return {"state": "running", "round": None}
 
+    async def shard(self, exp: str, round_no: int, token: str) -> bytes:
+        self._called("shard", exp, round_no, token)
+        return b"PK npz"
+
     async def client_model(self, exp: str, token: str, version: int | None) -> tuple[int, bytes]:
         self._called("model", exp, token, version)
         return 3, b"\x00\x01"
@@ -137,6 +141,19 @@ async def test_a_model_download_is_answered_raw(
     assert fl.calls == [("model", "e1", TOKEN, 3)]
 
 
+async def test_a_shard_is_answered_raw(
+    parts: tuple[FlFastPath, Coordinator, Downstream],
+) -> None:
+    layer, fl, downstream = parts
+    status, head, body, _ = await call(layer, "GET", f"{BASE}/rounds/3/data")
+    assert (status, head["content-type"], body) == (200, "application/x-npz", b"PK npz")
+    assert fl.calls == [("shard", "e1", 3, TOKEN)]
+    # a query or a bad round is FastAPI's to judge
+    for path, query in ((f"{BASE}/rounds/3/data", b"x=1"), (f"{BASE}/rounds/-1/data", b"")):
+        assert (await call(layer, "GET", path, query))[0] == 299
+    assert len(downstream.bodies) == 2
+
+
 async def test_an_update_is_taken_with_its_body_and_noted_for_the_audit(
     parts: tuple[FlFastPath, Coordinator, Downstream],
 ) -> None:
@@ -203,7 +220,7 @@ async def test_the_coordinators_refusals_are_problems_naming_the_reason(
         ("GET", f"{BASE}/model", b"version=x", (AUTH,)),
         ("POST", f"{BASE}/rounds/x/updates", b"", (AUTH,)),
         ("POST", f"{BASE}/rounds/1/updates", b"attempt=-1", (AUTH,)),
-        ("GET", f"{BASE}/rounds/1/data", b"", (AUTH,)),  # not one of its calls
+        ("GET", f"{BASE}/rounds/1/dat", b"", (AUTH,)),  # not one of its calls
         ("GET", BASE, b"", (AUTH,)),
         ("POST", f"{BASE}/assignment", b"", (AUTH,)),
     ],

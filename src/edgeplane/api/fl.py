@@ -27,6 +27,8 @@ PREFIX = "/fl/experiments"
 RAW = "application/x-edgeplane-f32"
 #: an update's answer with ``then=assignment``: JSON lines
 NDJSON = "application/x-ndjson"
+#: a client's shard
+NPZ = "application/x-npz"
 #: An update's body: the digits model is 2.6 kB; far past any model this coordinator
 #: aggregates in memory
 MAX_UPDATE_BYTES = 256 * 2**20
@@ -140,7 +142,7 @@ async def data(experiment_id: str, round_no: int, request: Request, fl: FlDep) -
     """The calling client's shard, as ``.npz`` (``x``: float32 features, ``y``: labels)."""
     token = _required(request)
     body = await fl.shard(experiment_id, round_no, token)
-    return Response(body, media_type="application/x-npz")
+    return Response(body, media_type=NPZ)
 
 
 @clients.get("/{experiment_id}/assignment")

@@ -1,5 +1,6 @@
-"""A training task's three calls, answered without FastAPI's per-request machinery.
+"""A training task's calls, answered without FastAPI's per-request machinery.
 
+Each client fetches its shard (``GET .../rounds/{n}/data``) once its selection changes.
 A long-lived client (``client_tasks: persistent``) makes one call a round after its
 first, its update (``POST .../rounds/{n}/updates?then=assignment``) answered with its next
 round and the model once there is one; its first round it asks for (``GET
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeplane.api.asgi import answer, header, read_body
 from edgeplane.api.audit import note
-from edgeplane.api.fl import MAX_WAIT_S, PREFIX, RAW, then_next
+from edgeplane.api.fl import MAX_WAIT_S, NPZ, PREFIX, RAW, then_next
 from edgeplane.api.responses import JSON
 from edgeplane.fl import tokens
 from edgeplane.security.roles import API
@@ -82,6 +83,17 @@ class FlFastPath:
             if what == "model":
                 return _model(fl, exp_id, token, query)
         elif (
+            method == "GET"
+            and len(parts) == 4
+            and parts[0]
+            and parts[1] == "rounds"
+            and parts[3] == "data"
+            and not query
+        ):
+            round_no = _int(parts[2], MAX_ROUND)
+            if round_no is not None:
+                return _data(fl, parts[0], round_no, token)
+        elif (
             method == "POST"
             and len(parts) == 4
             and parts[0]
@@ -125,6 +137,13 @@ def _model(fl: Coordinator, exp_id: str, token: str, query: dict[str, str]) -> _
     async def answer(receive: Receive) -> Response:
         v, body = await fl.client_model(exp_id, token, version)
         return Response(body, media_type=RAW, headers={"X-Model-Version": str(v)})
+
+    return answer
+
+
+def _data(fl: Coordinator, exp_id: str, round_no: int, token: str) -> _Handler:
+    async def answer(receive: Receive) -> Response:
+        return Response(await fl.shard(exp_id, round_no, token), media_type=NPZ)
 
     return answer
 
