@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeplane.model import Task
+from edgeplane.model.task import Limits
 from edgeplane.monitoring import PROFILES
 from edgeplane.protocol import (
     Assignment,
@@ -148,3 +149,15 @@ def test_the_command_leaves_its_defaults_out() -> None:
         assert body == orjson.loads(
             model.__pydantic_serializer__.to_json(model, exclude_defaults=True)
         )
+
+
+def test_an_int_past_64_bits_is_sent_as_the_model_sends_it() -> None:
+    # (a task stored before limits had ranges: its worker fails that attempt, naming it)
+    task = Task(id="t", attempt=1).model_copy(update={"limits": Limits.model_construct(fuel=2**64)})
+    direct = encode(
+        "task.start", start_tasks_body([worker_assignment(task)], epoch="e", seq=1, session="")
+    )
+    model = encode("task.start", StartTasks(tasks=[Assignment.of(task)], epoch="e", seq=1))
+    assert orjson.loads(direct.split(b'"body":', 1)[1][:-1]) == orjson.loads(
+        model.split(b'"body":', 1)[1][:-1]
+    )
