@@ -27,19 +27,22 @@ Two parts, each run on edgeplane and then on Flower, back to back:
    scores that model (edgeplane's coordinator scores only the digits model itself).
 
 Each coordinator records three moments per round: when it handed out the round
-(edgeplane: the round stored and its training tasks submitted, or its long-lived clients
-told, ``opened_at``; Flower: ``configure_fit`` returned), when the last update was in
+(edgeplane: ``ready_at``, when every selected client had it: the round stored, with
+long-lived clients that waited for it; the first ask of those started for it, their
+process's start left out as Flower's clients connect before its round 1. Else
+``opened_at``, its training tasks submitted. Flower: ``configure_fit`` returned, once its
+clients were connected), when the last update was in
 (``last_update_at``; ``aggregate_fit`` called) and when the new version was stored
-(``closed_at``: edgeplane scores it after the next round is out; Flower: ``evaluate``
-returned). From
+(``closed_at``: edgeplane scores it next, in the write that opens the next round;
+Flower: ``evaluate`` returned). From
 them, for both alike:
 
 - **time per round**: first round handed out → last round closed, over the rounds; and
   after the first round (first closed → last closed, over the rounds but one: a
   long-lived client's process starts in round 1, Flower's clients before round 1);
 - **coordinator turnaround per round**: last update in → the next round handed out (the
-  last round: → closed): aggregation, storing and opening the next round (and scoring,
-  for Flower; edgeplane scores after the next round is out), the time the coordinator
+  last round: → closed): aggregation, scoring, storing and opening the next round, the
+  time the coordinator
   alone holds the experiment up;
 - **coordinator CPU per round**: the coordinator process's CPU (psutil, user + system)
   from before the experiment to after it, over the rounds: the ``up`` process for
@@ -160,6 +163,9 @@ class Run:
     peak_rss_mb: float | None = None
     #: what else was measured (edgeplane: the split of a round by its tasks' timestamps)
     extra: dict[str, float] = field(default_factory=dict)
+    #: edgeplane, when round 1 was ready after it was handed out: its client tasks'
+    #: submission (``opened_at``), for the time per round with their start in it
+    submitted: float | None = None
     status: str = "not finished"
     notes: list[str] = field(default_factory=list)
 
@@ -172,6 +178,8 @@ class Run:
             out["loss"] = self.metrics[r].get("loss", float("nan"))
         if 1 in self.opened and r in self.closed:
             out["s per round"] = (self.closed[r] - self.opened[1]) / r
+        if self.submitted is not None and r in self.closed:
+            out["s per round from submit"] = (self.closed[r] - self.submitted) / r
         if r > 1 and 1 in self.closed and r in self.closed:
             out["s per round after 1"] = (self.closed[r] - self.closed[1]) / (r - 1)
         turnaround, aggregate, handout, clients = [], [], [], []
@@ -427,7 +435,9 @@ def run_edgeplane(plan: Plan, work_dir: Path, *, big: bool, console: Console, mo
                 )
                 continue
             n = record["round"]
-            run.opened[n] = record["opened_at"]
+            run.opened[n] = record.get("ready_at") or record["opened_at"]
+            if n == 1 and record.get("ready_at"):  # shown too: with its clients' start
+                run.submitted = record["opened_at"]
             run.last_update[n] = record["last_update_at"]
             run.closed[n] = record["closed_at"]
             run.metrics[n] = record["metrics"]
@@ -597,6 +607,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("loss", "test loss after the last round", "f3"),
     ("s per round", "time per round, s (first out → last closed, ÷ rounds)", "f2"),
     ("s per round after 1", "  after round 1 (first closed → last closed, ÷ rounds - 1)", "f2"),
+    (
+        "s per round from submit",
+        "  from round 1's client tasks submitted (their start in it)",
+        "f2",
+    ),
     ("turnaround ms", "coordinator turnaround per round, ms, median", "f1"),
     ("turnaround max ms", "  max", "f1"),
     ("aggregate ms", "  last update → new version stored (Flower: and scored)", "f1"),

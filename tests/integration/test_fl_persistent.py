@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from edgeplane.errors import Unavailable
@@ -143,7 +144,15 @@ async def test_rounds_are_handed_to_each_live_client_once_and_a_dead_one_is_repl
     assert dead.status_code == 401  # the credential expired with its task
     fresh = bearer(exp, w2, exp.client_tasks[w2])
     await until(partial_(live, exp.client_tasks[w2]), "w2's new client runs")
+    # round 1 never had w2's first client ask: never ready; round 2 is once w2's new one
+    # asks (w1's waited for it), and its deadline counts from then
+    assert exp.rounds[0].ready_at is None and exp.rounds[1].ready_at is None
     assert (await http.get(url, headers=fresh, params={"wait": 0})).json()["round"] == 2
+    ready = (await read()).rounds[1]
+    assert ready.ready_at is not None and ready.opened_at is not None
+    assert ready.ready_at >= ready.opened_at and ready.deadline >= ready.ready_at + 4
+    shown = (await http.get(f"/fl/experiments/{exp_id}")).json()["rounds"][1]
+    assert shown["ready_at"] == ready.ready_at
 
     # the experiment's end is told to a client that waits for its next round
     waiting = asyncio.create_task(
@@ -163,6 +172,62 @@ async def test_rounds_are_handed_to_each_live_client_once_and_a_dead_one_is_repl
         return not any([await live(t) for t in (first[w1], exp.client_tasks[w2])])
 
     await until(stopped, "a stopped experiment's clients are stopped")
+
+
+async def test_an_update_is_answered_with_the_clients_next_round(
+    stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """``then=assignment``: the update's answer holds the next round once it is out
+    (held open until then), and the experiment's end after the last; one call a round."""
+    running, http = stack
+    store = running.control.store
+    body = spec(rounds=2, min_clients=2, round_timeout_s=60)
+    exp_id = (await http.post("/fl/experiments", json=body)).json()["id"]
+
+    async def opened() -> bool:
+        exp = await store.get_fl_experiment(exp_id)
+        return exp is not None and exp.round == 1 and exp.rounds[-1].opened_at is not None
+
+    await until(opened, "round 1 is handed out")
+    exp = await store.get_fl_experiment(exp_id)
+    assert exp is not None
+    w1, w2 = exp.rounds[0].clients
+    auth = {w: bearer(exp, w, exp.client_tasks[w]) for w in (w1, w2)}
+    good = updates.encode_raw(initial(), num_samples=10)
+    then = {"attempt": 0, "then": "assignment", "wait": 20, "model": "inline"}
+
+    def post(worker: str, round_no: int, **params: Any) -> Awaitable[httpx.Response]:
+        url = f"/fl/experiments/{exp_id}/rounds/{round_no}/updates"
+        asked = {k: v for k, v in {**then, **params}.items() if v is not None}
+        return http.post(url, params=asked, content=good, headers=auth[worker])
+
+    def lines(answer: httpx.Response) -> list[dict[str, Any]]:
+        assert answer.status_code == 202, answer.text
+        assert answer.headers["content-type"] == "application/x-ndjson"
+        return [orjson.loads(line) for line in answer.text.splitlines()]
+
+    bad = await post(w1, 1, then="later")
+    assert bad.status_code == 422 and "then" in bad.text
+    first = asyncio.create_task(post(w1, 1))  # waits: round 2 needs w2's update too
+    coordinator = running.control.fl
+    assert coordinator is not None
+
+    async def asking() -> bool:
+        return exp_id in coordinator._changed
+
+    await until(asking, "w1's update answer waits for round 2")
+    # w2's completes round 1: round 2 is out in its answer, and in w1's
+    taken, told = lines(await post(w2, 1, wait=0))
+    assert taken == {"accepted": True, "round": 1, "updates": 2}
+    assert (told["round"], told["attempt"], told["model_version"]) == (2, 0, 1), told
+    assert updates.decode(base64.b64decode(told["model"])).arrays.keys() == {"w", "b"}
+    taken, told = lines(await first)
+    assert taken == {"accepted": True, "round": 1, "updates": 1}
+    assert told["round"] == 2 and told["update_url"].endswith("attempt=0"), told
+    # without an attempt (a per-round client's post): the update's answer alone, as JSON
+    plain = await post(w1, 2, attempt=None)
+    assert plain.status_code == 202 and plain.json()["round"] == 2, plain.text
+    assert lines(await post(w2, 2, wait=5))[1] == {"state": "completed", "round": None}
 
 
 async def test_an_update_whose_write_failed_is_taken_when_sent_again(

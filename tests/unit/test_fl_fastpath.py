@@ -56,6 +56,12 @@ class Coordinator:
         self._called("offer", exp, round_no, token, body, content_type, attempt)
         return {"accepted": True, "round": round_no, "updates": 1}
 
+    async def next_after_update(
+        self, exp: str, token: str, after: tuple[int, int], wait: float, *, inline: bool
+    ) -> dict[str, object] | None:
+        self._called("next", exp, token, after, wait, inline)
+        return {"state": "running", "round": after[0] + 1}
+
 
 class Downstream:
     """FastAPI's place: records the requests handed on, with the body they arrive with."""
@@ -98,7 +104,7 @@ async def call(
 
     await layer(scope, receive, send)
     head = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
-    return sent[0]["status"], head, sent[-1].get("body", b""), scope
+    return sent[0]["status"], head, b"".join(m.get("body", b"") for m in sent[1:]), scope
 
 
 @pytest.fixture
@@ -144,6 +150,28 @@ async def test_an_update_is_taken_with_its_body_and_noted_for_the_audit(
     assert scope["state"][NOTE] == {"route": UPDATE_ROUTE, "resource_id": "e1"}
     await call(layer, "POST", f"{BASE}/rounds/4/updates", body=b"w")
     assert fl.calls[-1] == ("offer", "e1", 4, TOKEN, b"w", "application/x-edgeplane-f32", None)
+
+
+async def test_an_update_asking_for_the_next_round_is_answered_with_it(
+    parts: tuple[FlFastPath, Coordinator, Downstream],
+) -> None:
+    layer, fl, downstream = parts
+    path = f"{BASE}/rounds/4/updates"
+    status, _, body, _ = await call(
+        layer, "POST", path, b"attempt=2&then=assignment&wait=7&model=inline", b"weights"
+    )
+    assert status == 202
+    taken, told = [orjson.loads(line) for line in body.splitlines()]
+    assert taken == {"accepted": True, "round": 4, "updates": 1}
+    assert told == {"state": "running", "round": 5}
+    assert fl.calls[-1] == ("next", "e1", TOKEN, (4, 2), 7.0, True)
+    # without an attempt (a per-round client) there is no next round to tell
+    status, _, body, _ = await call(layer, "POST", path, b"then=assignment", b"w")
+    assert orjson.loads(body)["round"] == 4 and fl.calls[-1][0] == "offer"
+    # a value it is not sure of goes to FastAPI, which names it
+    for query in (b"attempt=1&then=later", b"attempt=1&then=assignment&wait=-1"):
+        assert (await call(layer, "POST", path, query, b"w"))[0] == 299
+    assert downstream.bodies == [b"w", b"w"]
 
 
 async def test_the_coordinators_refusals_are_problems_naming_the_reason(

@@ -204,3 +204,41 @@ async def test_a_put_while_a_prune_runs_is_never_deleted_by_it() -> None:
     assert await store.get_fl_blob(garbage_ref) == garbage
     async with blobs.pruning():  # the next prune, with nothing put meanwhile, deletes it
         assert await blobs.delete([garbage_ref]) == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 2**21) | st.none()), max_size=80))
+def test_deletes_are_batched_by_known_size(refs: list[tuple[int, int | None]]) -> None:
+    """Every ref once; a batch of more than one holds only known sizes adding up to at
+    most DELETE_BATCH_BYTES, and at most MAX_FL_BLOB_BATCH refs."""
+    from edgeplane.fl.registry import DELETE_BATCH_BYTES, _batches
+
+    names = [f"r{n:03d}-{i}" for i, (n, _) in enumerate(refs)]
+    sizes = {name: size for name, (_, size) in zip(names, refs, strict=True) if size is not None}
+    batches = list(_batches(names, sizes))
+    assert sorted(ref for batch in batches for ref in batch) == sorted(names)
+    for batch in batches:
+        assert 0 < len(batch) <= MAX_FL_BLOB_BATCH
+        if len(batch) > 1:
+            assert all(ref in sizes for ref in batch)
+            assert sum(sizes[ref] for ref in batch) <= DELETE_BATCH_BYTES
+
+
+class DeleteCountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes: list[int] = []
+
+    async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
+        self.deletes.append(len(digests))
+        return await super().delete_fl_blobs(digests)
+
+
+async def test_a_rounds_small_updates_go_in_one_delete() -> None:
+    store = DeleteCountingStore()
+    blobs = Blobs(store)
+    small = [await blobs.put(bytes([n]) * 3000) for n in range(8)]
+    version = await blobs.put(b"a version" * 10, keep=True)
+    assert await blobs.delete([*small, version]) == 9
+    # the updates' sizes are known (put here): one transaction; a size not known alone
+    assert sorted(store.deletes) == [1, 8]
+    assert await store.missing_fl_blobs([*small, version]) == {*small, version}

@@ -3,9 +3,12 @@ the training tasks, which call with their own client credential (``edgeplane.fl.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.types import Receive, Scope, Send
 
 from edgeplane.api.deps import BearerDeclared, CallerDep, caller
 from edgeplane.api.params import Limit, Offset
@@ -22,6 +25,8 @@ if TYPE_CHECKING:  # numpy is the fl extra's
 
 PREFIX = "/fl/experiments"
 RAW = "application/x-edgeplane-f32"
+#: an update's answer with ``then=assignment``: JSON lines
+NDJSON = "application/x-ndjson"
 #: An update's body: the digits model is 2.6 kB; far past any model this coordinator
 #: aggregates in memory
 MAX_UPDATE_BYTES = 256 * 2**20
@@ -159,28 +164,71 @@ async def assignment(
     )
 
 
-@clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202)
+@clients.post("/{experiment_id}/rounds/{round_no}/updates", status_code=202, response_model=None)
 async def update(
     experiment_id: str,
     round_no: int,
     request: Request,
     fl: FlDep,
     attempt: Annotated[int | None, Query(ge=0, le=1_000)] = None,
-) -> dict[str, Any]:
+    then: Annotated[Literal["none", "assignment"], Query()] = "none",
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
+    model: Annotated[Literal["uri", "inline"], Query()] = "uri",
+) -> dict[str, Any] | Response:
     """A client's update (raw ``f32`` / ``f32-delta`` or ``.npz``); 422 with the reason
     (shape, nonfinite, malformed, unselected, closed, duplicate) when refused; ``attempt``:
     the round attempt a long-lived client trained for (another is late: ``closed``). A
-    client that cannot reach it publishes the same over MQTT (docs/fl.md)."""
+    client that cannot reach it publishes the same over MQTT (docs/fl.md).
+    ``then=assignment`` (a long-lived client, with ``attempt``): the answer is two JSON
+    lines (``application/x-ndjson``), the update's at once and then, within ``wait`` s,
+    the client's next round as ``GET .../assignment`` with ``wait`` and ``model`` would
+    answer it after this round (no second line when it cannot be told: the client asks)."""
     token = _required(request)
     body = await request.body()
-    return await fl.offer(
-        experiment_id,
-        round_no,
-        token,
-        body,
-        request.headers.get("content-type", RAW),
-        attempt=attempt,
-    )
+    content_type = request.headers.get("content-type", RAW)
+    found = await fl.offer(experiment_id, round_no, token, body, content_type, attempt=attempt)
+    if then == "none" or attempt is None:
+        return found
+    return then_next(fl, experiment_id, token, (round_no, attempt), wait, model == "inline", found)
+
+
+def then_next(
+    fl: Coordinator,
+    experiment_id: str,
+    token: str,
+    after: tuple[int, int],
+    wait: float,
+    inline: bool,
+    taken: dict[str, Any],
+) -> Response:
+    """The answer to an update with ``then=assignment`` (here and in ``fl_fastpath``):
+    the update's answer as its first line, sent at once, so that a client whose
+    connection drops while the next round is awaited knows its update was taken (and
+    asks for the round, rather than sending the update again over MQTT: a manager
+    killed mid-wait had it refused as a duplicate, tests/faults/test_fl_kill.py)."""
+
+    async def rest() -> bytes:
+        told = await fl.next_after_update(experiment_id, token, after, wait, inline=inline)
+        return b"" if told is None else orjson.dumps(told) + b"\n"
+
+    return _Lines(orjson.dumps(taken) + b"\n", rest)
+
+
+class _Lines(Response):
+    """A 202 of two JSON lines, the second once ``rest`` has it. Starlette's
+    StreamingResponse runs a task group (a task listening for a disconnect beside the
+    body) per answer: this is two sends (an orphaned wait ends within its ``wait``)."""
+
+    def __init__(self, first: bytes, rest: Callable[[], Awaitable[bytes]]) -> None:
+        self.status_code = 202
+        self.first, self.rest = first, rest
+        self.raw_headers = [(b"content-type", NDJSON.encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 202, "headers": self.raw_headers}
+        await send(start)
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        await send({"type": "http.response.body", "body": await self.rest()})
 
 
 def _required(request: Request) -> str:

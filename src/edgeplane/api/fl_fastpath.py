@@ -1,9 +1,10 @@
 """A training task's three calls, answered without FastAPI's per-request machinery.
 
-A long-lived client (``client_tasks: persistent``) makes two calls a round, its ask for
-the round (``GET .../assignment``, answered with the model) and its update (``POST
-.../rounds/{n}/updates``); a per-round client downloads the model (``GET .../model``)
-too. With the digits example that is most of what the coordinator's process does: a
+A long-lived client (``client_tasks: persistent``) makes one call a round after its
+first, its update (``POST .../rounds/{n}/updates?then=assignment``) answered with its next
+round and the model once there is one; its first round it asks for (``GET
+.../assignment``). A per-round client downloads the model (``GET .../model``) and posts
+its update. With the digits example that is most of what the coordinator's process does: a
 py-spy profile of it under ``bench/fl.py`` put 30 % of its samples in FastAPI's and
 Starlette's handling of these calls (routing through every route, solving the query
 parameters' dependencies, the request object, the response's serialisation), as much as
@@ -31,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeplane.api.asgi import answer, header, read_body
 from edgeplane.api.audit import note
-from edgeplane.api.fl import MAX_WAIT_S, PREFIX, RAW
+from edgeplane.api.fl import MAX_WAIT_S, PREFIX, RAW, then_next
 from edgeplane.api.responses import JSON
 from edgeplane.fl import tokens
 from edgeplane.security.roles import API
@@ -136,27 +137,29 @@ def _update(
     token: str,
     query: dict[str, str],
 ) -> _Handler | None:
-    if set(query) - {"attempt"}:
+    if set(query) - {"attempt", "then", "wait", "model"}:
         return None
     attempt = None
     if "attempt" in query:
         attempt = _int(query["attempt"], MAX_ATTEMPT)
         if attempt is None:
             return None
+    then = query.get("then", "none")
+    wait = _float(query.get("wait", "20"), MAX_WAIT_S)
+    inline = query.get("model", "uri")
+    if then not in ("none", "assignment") or wait is None or inline not in ("uri", "inline"):
+        return None
     # what the audit record would otherwise read from FastAPI's route
     note(scope, route=UPDATE_ROUTE, resource_id=exp_id)
 
     async def answer(receive: Receive) -> Response:
         body = await read_body(receive)
-        found = await fl.offer(
-            exp_id,
-            round_no,
-            token,
-            body,
-            header(scope, b"content-type") or RAW,
-            attempt=attempt,
-        )
-        return Response(orjson.dumps(found), status_code=202, media_type=JSON)
+        content_type = header(scope, b"content-type") or RAW
+        found = await fl.offer(exp_id, round_no, token, body, content_type, attempt=attempt)
+        if then == "none" or attempt is None:
+            return Response(orjson.dumps(found), status_code=202, media_type=JSON)
+        after = (round_no, attempt)
+        return then_next(fl, exp_id, token, after, wait, inline == "inline", found)
 
     return answer
 

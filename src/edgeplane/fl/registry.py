@@ -25,7 +25,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +42,10 @@ CACHE_BYTES = 64 * 2**20
 #: Blobs hashed off the event loop past this size (hashlib lets go of the GIL): 4 MB is
 #: ~8 ms of sha256 the loop would otherwise not serve requests in.
 HASH_IN_THREAD = 1 * 2**20
+#: the most bytes of blobs deleted in one transaction (``Blobs.delete``)
+DELETE_BATCH_BYTES = 1 * 2**20
+#: the most update sizes remembered for ``Blobs.delete``
+MAX_SIZES_KNOWN = 100_000
 
 
 class BlobStore(Protocol):
@@ -73,6 +77,8 @@ class Blobs:
         #: since a prune read the references (``pruning``): it deletes none of them
         self._gate = asyncio.Lock()
         self._fresh: set[str] | None = None
+        #: the size of each update this process put (``delete`` batches the small ones)
+        self._sizes: dict[str, int] = {}
 
     async def put(self, data: bytes, *, keep: bool = False) -> str:
         """Store ``data`` (a no-op when it is stored); its content address. ``keep``: a
@@ -88,6 +94,10 @@ class Blobs:
                 await self.store.put_fl_blob(ref, data)
         if keep:
             self._remember(ref, data)
+        else:
+            if len(self._sizes) >= MAX_SIZES_KNOWN:  # a bound, not a need: unknown is
+                self._sizes.clear()  # deleted alone
+            self._sizes[ref] = len(data)
         return ref
 
     async def get(self, ref: str, *, keep: bool = True) -> bytes:
@@ -139,18 +149,21 @@ class Blobs:
     async def delete(self, refs: Iterable[str]) -> int:
         """Delete ``refs`` from the store (the caller's ``prune`` rule says none is
         referenced), but none put since the prune began (``pruning``); from the cache
-        too: a cached digest counts as stored (``put``). One blob a transaction, a put
-        waiting for at most one: 50 updates of 4 MB took 1.5 to 2.1 s to delete at once
-        on SQLite (it reads each blob's chain of overflow pages to free them)."""
+        too: a cached digest counts as stored (``put``). At most ``DELETE_BATCH_BYTES``
+        a transaction, a put waiting for at most one: 50 updates of 4 MB took 1.5 to
+        2.1 s to delete at once on SQLite (it reads each blob's chain of overflow pages
+        to free them), and a transaction per small update was most of a prune's cost."""
         deleted = 0
-        for ref in sorted(set(refs)):
+        for batch in _batches(set(refs), self._sizes):
             async with self._gate:
-                if self._fresh is not None and ref in self._fresh:
-                    continue
-                data = self._cache.pop(ref, None)
-                if data is not None:
-                    self._cached -= len(data)
-                deleted += await self.store.delete_fl_blobs([ref])
+                gone = [r for r in batch if self._fresh is None or r not in self._fresh]
+                for ref in gone:
+                    self._sizes.pop(ref, None)
+                    data = self._cache.pop(ref, None)
+                    if data is not None:
+                        self._cached -= len(data)
+                if gone:
+                    deleted += await self.store.delete_fl_blobs(gone)
         return deleted
 
     def _remember(self, ref: str, data: bytes) -> None:
@@ -227,6 +240,25 @@ class Blobs:
                 extra={"path": str(legacy), "blobs": len(names), "copied": copied},
             )
         return copied
+
+
+def _batches(refs: Collection[str], sizes: Mapping[str, int]) -> Iterator[list[str]]:
+    """Each of ``refs`` once: those of known size in runs adding up to at most
+    ``DELETE_BATCH_BYTES`` (and ``MAX_FL_BLOB_BATCH``), then each of unknown size alone."""
+    known = sorted((ref, sizes[ref]) for ref in refs if ref in sizes)
+    unknown = sorted(ref for ref in refs if ref not in sizes)  # both now: the caller
+    batch: list[str] = []  # forgets the sizes of what it deleted
+    total = 0
+    for ref, size in known:
+        if batch and (total + size > DELETE_BATCH_BYTES or len(batch) >= MAX_FL_BLOB_BATCH):
+            yield batch
+            batch, total = [], 0
+        batch.append(ref)
+        total += size
+    if batch:
+        yield batch
+    for ref in unknown:
+        yield [ref]
 
 
 def _digests_in(directory: Path) -> list[str]:

@@ -37,6 +37,11 @@ class RoundRecord(BaseModel):
     #: coordinator's own share of a round is ``last_update_at`` → ``closed_at`` → the next
     #: round's ``opened_at`` (docs/fl.md)
     opened_at: float | None = None
+    #: when every selected client had been handed the round: ``opened_at`` when they
+    #: waited for it already; a long-lived client started for it has it at its first ask
+    #: (its process's start is not the round's). ``deadline`` counts from then. None:
+    #: not yet, or not known (a per-round client's task; a manager restarted meanwhile)
+    ready_at: float | None = None
     last_update_at: float | None = None
     closed_at: float | None = None
     #: the global model's metrics on the held-out test set after this round
@@ -96,6 +101,7 @@ class Experiment(BaseModel):
                     "metrics": r.metrics,
                     "client_metrics": r.client_metrics,
                     "opened_at": r.opened_at,
+                    "ready_at": r.ready_at,
                     "last_update_at": r.last_update_at,
                     "closed_at": r.closed_at,
                 }

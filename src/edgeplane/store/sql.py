@@ -87,6 +87,8 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 #: Serialises concurrent migrations of one PostgreSQL database (any constant will do).
 _MIGRATION_LOCK = 0x65646765
 _SQLITE_BUSY_MS = 5000
+#: an FL blob at most this large is written on the event loop (SQLite): see put_fl_blob
+INLINE_BLOB_BYTES = 64 * 1024
 
 
 def _engine_url(url: str) -> tuple[URL, str | None]:
@@ -946,8 +948,10 @@ class SqlStore(Store):
         assert self._write_lock is not None  # always set for SQLite
         statement = [(self._put_fl_blob.sql, self._put_fl_blob.params(rows))]
         async with _reachable(self.url), self._write_lock:
-            # on the thread: megabytes are never written on the event loop
-            await self._direct.write(statement, inline=False)
+            # megabytes are never written on the event loop: on the thread. A small one
+            # (the digits model's update, 2.6 KB) inline: the hop to the thread and back
+            # was most of its cost, four times a round (py-spy under bench/fl.py)
+            await self._direct.write(statement, inline=len(data) <= INLINE_BLOB_BYTES)
 
     async def get_fl_blob(self, digest: str) -> bytes | None:
         if _unstorable(digest):
@@ -975,6 +979,19 @@ class SqlStore(Store):
             return 0
         b = tables.fl_blobs
         fence = self.fenced_by
+        if self._direct is not None:
+            # SQLite in one round trip, as the writes of tasks: through SQLAlchemy's async
+            # layer (BEGIN, the fence, the delete, COMMIT, each a hop to its thread) the
+            # deletes of a round's updates were 9 % of the coordinator process's CPU with
+            # long-lived clients (py-spy --gil under bench/fl.py, 100 rounds)
+            self._opened()
+            assert self._write_lock is not None  # always set for SQLite
+            guard = None if fence is None else _fence_guard(*fence)
+            rows = [(digest,) for digest in wanted]
+            async with _reachable(self.url), self._write_lock:
+                return await self._direct.write(
+                    [("DELETE FROM fl_blobs WHERE digest = ?", rows)], guard, inline=False
+                )
         async with _reachable(self.url), self._writing() as conn:
             if fence is not None:
                 await self._check_fence(conn, *fence)

@@ -58,15 +58,18 @@ class DirectSqlite:
 
     async def write(
         self, statements: Statements, guard: Guard | None = None, *, inline: bool = True
-    ) -> None:
+    ) -> int:
         """Each ``(sql, rows)`` as an ``executemany``, all in one transaction after
         ``guard``; an error (``sqlite3.IntegrityError``, the guard's...) rolls the whole of
         it back. ``inline=False``: on the thread however few its rows (a statement that may
-        touch many rows: a prune)."""
+        touch many rows: a prune). The rows it changed."""
         small = inline and sum(len(rows) for _, rows in statements) <= INLINE_ROWS
-        if small and self._in_flight == 0 and self._write_inline(statements, guard):
-            return
-        await self._on_thread(self._write, statements, guard)
+        if small and self._in_flight == 0:
+            changed = self._write_inline(statements, guard)
+            if changed is not None:
+                return changed
+        changes: int = await self._on_thread(self._write, statements, guard)
+        return changes
 
     async def scalar(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first column of the first row, or None."""
@@ -78,18 +81,19 @@ class DirectSqlite:
                     raise
         return await self._on_thread(self._scalar_threaded, sql, params)
 
-    def _write_inline(self, statements: Statements, guard: Guard | None) -> bool:
-        """The transaction on the loop; False when the database is locked (nothing done)."""
+    def _write_inline(self, statements: Statements, guard: Guard | None) -> int | None:
+        """The transaction on the loop, and the rows it changed; None when the database
+        is locked (nothing done)."""
         try:
-            _transaction(self._inline_connection(), statements, guard)
+            changed = _transaction(self._inline_connection(), statements, guard)
         except sqlite3.OperationalError as exc:
             if _busy(exc):
-                return False
+                return None
             raise
         self._inline_writes += 1
         if self._inline_writes % CHECKPOINT_EVERY == 0:
             self._checkpoint_soon()
-        return True
+        return changed
 
     def _checkpoint_soon(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,8 +135,8 @@ class DirectSqlite:
             self._threaded = _connect(self._path, busy_ms=self._busy_ms)
         return self._threaded
 
-    def _write(self, statements: Statements, guard: Guard | None) -> None:
-        _transaction(self._threaded_connection(), statements, guard)
+    def _write(self, statements: Statements, guard: Guard | None) -> int:
+        return _transaction(self._threaded_connection(), statements, guard)
 
     def _scalar_threaded(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self._scalar(self._threaded_connection(), sql, params)
@@ -165,15 +169,19 @@ def _connect(path: str, *, busy_ms: int) -> sqlite3.Connection:
 
 def _transaction(
     conn: sqlite3.Connection, statements: Statements, guard: Guard | None = None
-) -> None:
+) -> int:
+    """The rows the statements changed."""
     conn.execute("BEGIN IMMEDIATE")
+    before = conn.total_changes
     try:
         if guard is not None:
             sql, params, check = guard
             check(conn.execute(sql, params).fetchone())
         for sql, rows in statements:
             conn.executemany(sql, rows)
+        changed = conn.total_changes - before
         conn.execute("COMMIT")
+        return changed
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
