@@ -12,7 +12,7 @@ from edgeplane.api.audit import note
 from edgeplane.api.deps import CallerDep, ManagerDep
 from edgeplane.api.follow import follow_logs
 from edgeplane.api.params import Limit, Offset, Wait
-from edgeplane.api.responses import document
+from edgeplane.api.responses import JSON, document
 from edgeplane.api.routing import JsonRoute
 from edgeplane.api.usage import Points, Since, Until, UsageSeries, series
 from edgeplane.errors import Invalid, NotFound, Unavailable
@@ -27,6 +27,7 @@ from edgeplane.model import (
     TaskResults,
     TaskSpec,
     TaskState,
+    task_json,
 )
 from edgeplane.model.listing import TaskPage, decode_cursor, encode_cursor
 from edgeplane.model.secrets import REVEAL
@@ -105,7 +106,9 @@ async def create_tasks(
             raise Invalid(
                 "schedule one task at a time with POST /tasks", field=f"tasks[{index}].schedule"
             )
-    return document(TaskItems(items=await manager.submit(batch.tasks)), status_code=201)
+    # (each task's text made once, for its row and this answer: ``model/task_json.py``)
+    submitted = await manager.submit(batch.tasks)
+    return Response(task_json.items(submitted), status_code=201, media_type=JSON)
 
 
 #: A filter's text: at most a name's length, no NUL (no stored name or id holds one).

@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -104,7 +104,7 @@ class Core:
         self,
         member_id: str,
         type_: str,
-        body: BaseModel,
+        body: BaseModel | dict[str, Any],
         *,
         topic: str | None = None,
         qos: int | None = None,

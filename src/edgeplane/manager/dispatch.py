@@ -16,13 +16,20 @@ import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import replace
+from typing import Any
 
 from edgeplane.manager import lifecycle
 from edgeplane.manager.core import Core
 from edgeplane.manager.queue import demand_of
 from edgeplane.manager.registry import WorkerEntry, reservation
 from edgeplane.model import Task
-from edgeplane.protocol import Assignment, StartTasks, sealing
+from edgeplane.protocol import (
+    Assignment,
+    StartTasks,
+    sealing,
+    start_tasks_body,
+    worker_assignment,
+)
 from edgeplane.scheduling import Plan, TaskDemand, WorkerView
 
 log = logging.getLogger(__name__)
@@ -180,8 +187,14 @@ class Dispatcher:
     async def _dispatch(self, entry: WorkerEntry, tasks: list[Task]) -> None:
         """One ``task.start``, with its seq taken now (see :meth:`send_batches`)."""
         core = self.core
+        tracer = core.tracer
+        # A worker's assignments (no trace context to add) go straight from the tasks to
+        # their wire form (``worker_assignment``): building and encoding the models cost
+        # 9.9 ms per 1,000 no-op tasks in commands of 8, the direct form 1.9 (min of 40).
         cluster = core.level.member == "cluster"
-        assignments = []
+        direct = not cluster and tracer is None
+        assignments: list[Assignment] = []
+        bodies: list[dict[str, Any]] = []
         for task in tasks:
             inline = None
             if (
@@ -193,10 +206,13 @@ class Dispatcher:
                 inline = None if data is None else await _base64(data)
                 entry.artifacts.add(task.artifact)
             secrets = self._secrets(entry, task) if task.secret_env else None
-            assignments.append(
-                Assignment.of(task, artifact_b64=inline, for_cluster=cluster, secrets=secrets)
-            )
-        core.stats.dispatched += len(assignments)
+            if direct:
+                bodies.append(worker_assignment(task, artifact_b64=inline, secrets=secrets))
+            else:
+                assignments.append(
+                    Assignment.of(task, artifact_b64=inline, for_cluster=cluster, secrets=secrets)
+                )
+        core.stats.dispatched += len(tasks)
         now = core.clock.now()
         observe = core.stats.dispatch_latency.observe
         for task in tasks:
@@ -207,7 +223,10 @@ class Dispatcher:
             held = entry.tasks.get(task.id)
             if held is not None and held.seq is None:
                 entry.tasks[task.id] = replace(held, seq=seq, session=entry.session)
-        tracer = core.tracer
+        if direct:
+            body = start_tasks_body(bodies, epoch=self._epoch, seq=seq, session=entry.session)
+            await core.send(entry.worker.id, "task.start", body)
+            return
         spans = None if tracer is None else tracer.dispatching(tasks, assignments, entry.worker.id)
         start = StartTasks(tasks=assignments, epoch=self._epoch, seq=seq, session=entry.session)
         await core.send(entry.worker.id, "task.start", start)

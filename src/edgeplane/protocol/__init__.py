@@ -30,6 +30,8 @@ from edgeplane.protocol.messages import (
     Unrunnable,
     Welcome,
     parse_body,
+    start_tasks_body,
+    worker_assignment,
 )
 from edgeplane.protocol.outbox import EventOutbox
 from edgeplane.protocol.topics import Topics
@@ -68,4 +70,6 @@ __all__ = [
     "decode",
     "encode",
     "parse_body",
+    "start_tasks_body",
+    "worker_assignment",
 ]

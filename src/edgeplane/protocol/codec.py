@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from edgeplane.errors import Invalid
 
@@ -45,7 +46,10 @@ def encode(
         # pydantic serialises straight to JSON bytes; no intermediate dict.
         payload = body.__pydantic_serializer__.to_json(body, exclude_defaults=True)
     else:
-        payload = orjson.dumps(body)
+        try:
+            payload = orjson.dumps(body)
+        except TypeError:  # e.g. an int past 64 bits (a stored task's out-of-range limit)
+            payload = to_json(body)
     return head[:-1] + b',"body":' + payload + b"}"
 
 

@@ -23,6 +23,7 @@ from edgeplane.model import (
     Task,
     Worker,
     Workflow,
+    task_json,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, matches
 from edgeplane.model.listing import Position, in_order
@@ -58,7 +59,8 @@ class _TaskRow:
     project: str
 
     @classmethod
-    def of(cls, task: Task) -> _TaskRow:
+    def of(cls, task: Task, doc: str | None = None) -> _TaskRow:
+        """``doc``: its text when already made (``task_json.stored``)."""
         return cls(
             state=task.state,
             job_id=task.job_id,
@@ -67,7 +69,7 @@ class _TaskRow:
             name=task.name,
             created_at=task.created_at,
             id=task.id,
-            doc=task.model_dump_json(context=REVEAL),
+            doc=task.model_dump_json(context=REVEAL) if doc is None else doc,
             project=task.project,
         )
 
@@ -178,7 +180,8 @@ class MemoryStore(Store):
                 raise Conflict(f"workflow id already exists: {workflow.id}", field="id")
         self._check_new(batch.new_tasks)
         self._workflows.update((w.id, _WorkflowRow.of(w)) for w in batch.new_workflows)
-        self._tasks.update((t.id, _TaskRow.of(t)) for t in (*batch.new_tasks, *batch.tasks))
+        self._tasks.update((t.id, _TaskRow.of(t, task_json.stored(t))) for t in batch.new_tasks)
+        self._tasks.update((t.id, _TaskRow.of(t)) for t in batch.tasks)
         self._workflows.update((w.id, _WorkflowRow.of(w)) for w in batch.workflows)
         self._schedules.update((s.id, _ScheduleRow.of(s)) for s in batch.schedules)
         self._applications.update((a.id, _ApplicationRow.of(a)) for a in batch.applications)

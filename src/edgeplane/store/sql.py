@@ -59,6 +59,7 @@ from edgeplane.model import (
     Task,
     Worker,
     Workflow,
+    task_json,
 )
 from edgeplane.model.audit import AuditQuery, AuditRecord, split_resource
 from edgeplane.model.listing import Position, prefix_end
@@ -155,7 +156,8 @@ class _DriverStatement:
         await conn.exec_driver_sql(self.sql, self.params(rows))
 
 
-def _task_row(task: Task) -> dict[str, Any]:
+def _task_row(task: Task, doc: str | None = None) -> dict[str, Any]:
+    """``doc``: its text when already made (``task_json.stored``)."""
     return {
         "id": task.id,
         "state": task.state,
@@ -166,7 +168,7 @@ def _task_row(task: Task) -> dict[str, Any]:
         "priority": task.priority,
         "name": task.name,
         "worker_id": task.worker_id,
-        "doc": task.model_dump_json(context=REVEAL),
+        "doc": task.model_dump_json(context=REVEAL) if doc is None else doc,
     }
 
 
@@ -430,7 +432,8 @@ class SqlStore(Store):
         upserts = self._batch_upserts
         parts: list[tuple[_DriverStatement, list[dict[str, Any]]]] = [
             (self._insert_workflows, [_workflow_row(w) for w in batch.new_workflows]),
-            (self._insert_tasks, [_task_row(t) for t in batch.new_tasks]),
+            # (a new task's text is kept for the API's answer: ``model/task_json.py``)
+            (self._insert_tasks, [_task_row(t, task_json.stored(t)) for t in batch.new_tasks]),
             (upserts["task"], [_task_row(t) for t in batch.tasks]),
             (upserts["workflow"], [_workflow_row(w) for w in batch.workflows]),
             (upserts["schedule"], [_schedule_row(s) for s in batch.schedules]),
