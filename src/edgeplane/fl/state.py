@@ -7,11 +7,14 @@ was in. No numpy here: the store reads these documents without the fl extra.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from edgeplane.fl.spec import ExperimentSpec
+from edgeplane.model.secrets import REVEAL
 
 ExperimentState = Literal["running", "completed", "failed", "stopped"]
 TERMINAL = frozenset({"completed", "failed", "stopped"})
@@ -50,6 +53,29 @@ class RoundRecord(BaseModel):
     client_metrics: dict[str, float] = Field(default_factory=dict)
 
 
+#: each ended round's JSON, by the record's identity (the coordinator writes the document
+#: it holds again and again), with what of it may still change: a late update's count
+#: (``rejected``) and its score after a restart (``metrics``); nothing else of a round
+#: changes once it ended. A record read back from the store is dumped afresh once.
+_ENDED: OrderedDict[int, tuple[weakref.ref[RoundRecord], tuple[object, ...], str]] = OrderedDict()
+#: at most this many kept (~1 kB each for 4 clients)
+ENDED_KEPT = 4096
+
+
+def _ended_json(record: RoundRecord) -> str:
+    mark = (record.state, tuple(record.rejected.items()), tuple(record.metrics.items()))
+    found = _ENDED.get(id(record))
+    if found is not None and found[0]() is record and found[1] == mark:
+        _ENDED.move_to_end(id(record))
+        return found[2]
+    text = record.model_dump_json()
+    _ENDED[id(record)] = (weakref.ref(record), mark, text)
+    _ENDED.move_to_end(id(record))
+    if len(_ENDED) > ENDED_KEPT:
+        _ENDED.popitem(last=False)
+    return text
+
+
 def _zeros() -> dict[str, str | int]:
     return {"source": "zeros"}
 
@@ -79,6 +105,17 @@ class Experiment(BaseModel):
     @property
     def model_version(self) -> int:
         return len(self.versions) - 1
+
+    def stored_json(self) -> str:
+        """The document as stored (``model_dump_json(context=REVEAL)``), each round that
+        ended dumped once: the coordinator writes the whole document several times a
+        round, and dumping every round again made each write cost more with each round
+        (a store write 82 µs at round 1, 223 µs at round 60, 655 µs at round 200)."""
+        head = self.model_dump_json(context=REVEAL, exclude={"rounds"})
+        rounds = ",".join(
+            r.model_dump_json() if r.state == "open" else _ended_json(r) for r in self.rounds
+        )
+        return f'{head[:-1]},"rounds":[{rounds}]}}'
 
     def public(self) -> dict[str, object]:
         """The API's view (``GET /api/v1/fl/experiments/{id}``)."""

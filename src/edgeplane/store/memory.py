@@ -384,7 +384,7 @@ class MemoryStore(Store):
         self._fl[experiment.id] = (
             experiment.created_at,
             experiment.id,
-            experiment.model_dump_json(context=REVEAL),
+            experiment.stored_json(),
         )
         self._fl_state[experiment.id] = experiment.state
 

@@ -900,7 +900,7 @@ class SqlStore(Store):
             "state": experiment.state,
             "project": experiment.project,
             "created_at": experiment.created_at,
-            "doc": experiment.model_dump_json(context=REVEAL),
+            "doc": experiment.stored_json(),
         }
         # a running experiment is written at each update, round and score: on SQLite in
         # one round trip (a task write's path), where SQLAlchemy's async layer took four
