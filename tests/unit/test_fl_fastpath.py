@@ -60,12 +60,6 @@ class Coordinator:
         self._called("offer", exp, round_no, token, body, content_type, attempt)
         return {"accepted": True, "round": round_no, "updates": 1}
 
-    async def next_after_update(
-        self, exp: str, token: str, after: tuple[int, int], wait: float, *, inline: bool
-    ) -> dict[str, object] | None:
-        self._called("next", exp, token, after, wait, inline)
-        return {"state": "running", "round": after[0] + 1}
-
 
 class Downstream:
     """FastAPI's place: records the requests handed on, with the body they arrive with."""
@@ -169,6 +163,10 @@ async def test_an_update_is_taken_with_its_body_and_noted_for_the_audit(
     assert fl.calls[-1] == ("offer", "e1", 4, TOKEN, b"w", "application/x-edgeplane-f32", None)
 
 
+def taken_line(round_no: int) -> bytes:
+    return orjson.dumps({"accepted": True, "round": round_no, "updates": 1})
+
+
 async def test_an_update_asking_for_the_next_round_is_answered_with_it(
     parts: tuple[FlFastPath, Coordinator, Downstream],
 ) -> None:
@@ -180,8 +178,16 @@ async def test_an_update_asking_for_the_next_round_is_answered_with_it(
     assert status == 202
     taken, told = [orjson.loads(line) for line in body.splitlines()]
     assert taken == {"accepted": True, "round": 4, "updates": 1}
-    assert told == {"state": "running", "round": 5}
-    assert fl.calls[-1] == ("next", "e1", TOKEN, (4, 2), 7.0, True)
+    assert told == {"state": "running", "round": None}
+    assert fl.calls[-1] == ("assignment", "e1", TOKEN, (4, 2), 7.0, True)
+    # a next round that cannot be told leaves the update's own line alone
+
+    async def refused(*args: Any, **kwargs: Any) -> dict[str, object]:
+        raise Unauthorized("the credential expired with its task")
+
+    fl.assignment = refused  # type: ignore[method-assign]
+    status, _, body, _ = await call(layer, "POST", path, b"attempt=2&then=assignment", b"w")
+    assert status == 202 and body.splitlines() == [taken_line(4)]
     # without an attempt (a per-round client) there is no next round to tell
     status, _, body, _ = await call(layer, "POST", path, b"then=assignment", b"w")
     assert orjson.loads(body)["round"] == 4 and fl.calls[-1][0] == "offer"

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from edgeplane.api.deps import BearerDeclared, CallerDep, caller
 from edgeplane.api.params import Limit, Offset
 from edgeplane.api.routing import JsonRoute
-from edgeplane.errors import Invalid, NotFound, Unauthorized, Unavailable
+from edgeplane.errors import EdgeplaneError, Invalid, NotFound, Unauthorized, Unavailable
 from edgeplane.fl import tokens
 from edgeplane.fl.spec import ExperimentSpec
 from edgeplane.security import projects
@@ -210,8 +210,11 @@ def then_next(
     killed mid-wait had it refused as a duplicate, tests/faults/test_fl_kill.py)."""
 
     async def rest() -> bytes:
-        told = await fl.next_after_update(experiment_id, token, after, wait, inline=inline)
-        return b"" if told is None else orjson.dumps(told) + b"\n"
+        try:
+            told = await fl.assignment(experiment_id, token, after, wait, inline=inline)
+        except EdgeplaneError:  # not told here: the client asks (its update stays taken)
+            return b""
+        return orjson.dumps(told) + b"\n"
 
     return _Lines(orjson.dumps(taken) + b"\n", rest)
 

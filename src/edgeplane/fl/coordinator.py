@@ -859,25 +859,6 @@ class Coordinator:
                 extra={"experiment_id": experiment_id, "error": exc.detail},
             )
 
-    async def next_after_update(
-        self,
-        experiment_id: str,
-        token: str,
-        after: assign.Cursor,
-        wait_s: float,
-        *,
-        inline: bool = False,
-    ) -> dict[str, object] | None:
-        """:meth:`assignment` for a long-lived client whose update for ``after`` was just
-        taken, told in that update's answer (``then=assignment``): its two calls a round
-        become one.
-        None when it cannot be told here (the client asks the usual way): whatever goes
-        wrong with it, the update it answers stays taken and said to be."""
-        try:
-            return await self.assignment(experiment_id, token, after, wait_s, inline=inline)
-        except EdgeplaneError:
-            return None
-
     async def _inline(self, ref: str) -> str | None:
         """A version's bytes, base64, if small enough to hand out inline: read and encoded
         once, for every client of the round asks for the same one."""
