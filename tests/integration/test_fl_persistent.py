@@ -267,7 +267,7 @@ async def test_an_update_whose_write_failed_is_taken_when_sent_again(
     assert (other.status_code, other.json()["reason"]) == (422, "malformed")
     saved = fl.store.save_fl_experiment
 
-    async def failing(_: Experiment) -> None:
+    async def failing(*_: object) -> None:
         raise Unavailable("the store is unreachable")
 
     fl.store.save_fl_experiment = failing  # type: ignore[method-assign]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
 import pytest
 
-from edgeplane.errors import Fenced
+from edgeplane.errors import Fenced, Invalid
 from edgeplane.model import Task
 from edgeplane.store import Batch, Claim, Store
 from store_fixtures import BACKEND_PARAMS, StoreFactory, make_store, pg_schema, store, store_backend
@@ -72,6 +74,33 @@ async def test_a_fenced_fl_experiment_write_is_refused_once_the_term_moved_on(
         await store.save_fl_experiment(exp.model_copy(update={"state": "stopped"}))
     kept = await store.get_fl_experiment("e1")
     assert kept is not None and kept.state == exp.state
+    # an update's blob goes with the write that references it: refused with it
+    update = b"an update the paused leader took"
+    ref = "sha256:" + hashlib.sha256(update).hexdigest()
+    with pytest.raises(Fenced):
+        await store.save_fl_experiment(exp, [(ref, update)])
+    assert await store.get_fl_blob(ref) is None
+
+
+async def test_blobs_are_stored_with_the_experiment_that_references_them(
+    store: Store,
+) -> None:
+    from edgeplane.fl.spec import ExperimentSpec
+    from edgeplane.fl.state import Experiment
+
+    spec = ExperimentSpec.model_validate({"name": "digits", "workload": {"runtime": "host"}})
+    exp = Experiment(id="e2", name="digits", spec=spec, created_at=1.0, updated_at=1.0)
+    small, large = b"a digits update", os.urandom(300_000)  # inline, and on the thread
+    refs = ["sha256:" + hashlib.sha256(d).hexdigest() for d in (small, large)]
+    await store.save_fl_experiment(exp, list(zip(refs, (small, large), strict=True)))
+    assert [await store.get_fl_blob(r) for r in refs] == [small, large]
+    assert await store.get_fl_experiment("e2") == exp
+    # a blob the store refuses (its digest is not well formed) writes nothing
+    with pytest.raises(Invalid) as caught:
+        await store.save_fl_experiment(exp.model_copy(update={"round": 3}), [("md5:x", small)])
+    assert caught.value.field == "digest"
+    stored = await store.get_fl_experiment("e2")
+    assert stored is not None and stored.round == 0
 
 
 @pytest.mark.parametrize("backend", DURABLE)

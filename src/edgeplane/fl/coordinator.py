@@ -460,7 +460,10 @@ class Coordinator:
                 record.rejected = dict(machine.rejected)
                 await self._save(exp)
                 raise
-            record.update_refs[grant.worker] = await self.blobs.put(updates.encode_raw(full))
+            # stored with the write that references it (below, or the close's)
+            ref, unstored = await self.blobs.claim(updates.encode_raw(full))
+            record.update_refs[grant.worker] = ref
+            blobs = [] if unstored is None else [(ref, unstored)]
             # the record stays open until the loop aggregates it (_advance, _close)
             state = machine.accept(grant.worker, max(update.num_samples, 1), self.clock.now())
             record.updates = dict(machine.accepted)
@@ -476,12 +479,14 @@ class Coordinator:
             if state == "open":
                 # nothing the loop acts on (a deadline is on its own tick): every update woke
                 # a pass over every experiment, 49 wasted of 50 a round with 50 clients
-                await self._save(exp)
+                await self._save(exp, blobs)
             else:
                 # the update that completes the round closes it here, in the one write that
                 # stores it, the new version and the next round: waking the loop for it
                 # cost a pass (the live experiments read back from the store) and a write
                 # more, 5 to 20 ms of a round's turnaround under load (bench/fl.py)
+                for digest, data in blobs:  # (the close writes more than once)
+                    await self.blobs.store_claimed(digest, data)
                 await self._close(exp, record)
                 await self._stop_tasks(exp, record, sent=False)
         return {"accepted": True, "round": round_no, "updates": len(record.updates)}
@@ -1112,12 +1117,13 @@ class Coordinator:
         self._decoded = (ref, arrays)
         return arrays
 
-    async def _save(self, exp: Experiment) -> None:
+    async def _save(self, exp: Experiment, blobs: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Store ``exp`` (and ``blobs`` it references, in the same write)."""
         # held once stored: after a write that fails, the store is the one truth
         self._docs.pop(exp.id, None)
         exp.updated_at = self.clock.now()
         self.manager.journal.check()  # a process that no longer leads writes nothing
-        await self.store.save_fl_experiment(exp)
+        await self.store.save_fl_experiment(exp, blobs)
         if exp.state not in TERMINAL:
             self._docs[exp.id] = exp
         if exp.state in TERMINAL:

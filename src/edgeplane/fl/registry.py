@@ -83,10 +83,7 @@ class Blobs:
     async def put(self, data: bytes, *, keep: bool = False) -> str:
         """Store ``data`` (a no-op when it is stored); its content address. ``keep``: a
         model version, held in the cache for the clients that read it next."""
-        if len(data) > HASH_IN_THREAD:
-            ref = await asyncio.to_thread(digest_of, data)
-        else:
-            ref = digest_of(data)
+        ref = await self._digest(data)
         async with self._gate:  # not between a prune's check of this digest and its delete
             if self._fresh is not None:
                 self._fresh.add(ref)
@@ -95,10 +92,36 @@ class Blobs:
         if keep:
             self._remember(ref, data)
         else:
-            if len(self._sizes) >= MAX_SIZES_KNOWN:  # a bound, not a need: unknown is
-                self._sizes.clear()  # deleted alone
-            self._sizes[ref] = len(data)
+            self._sized(ref, data)
         return ref
+
+    async def claim(self, data: bytes) -> tuple[str, bytes | None]:
+        """An update's content address, and its bytes for the caller to store with the
+        write that references it (``Store.save_fl_experiment``'s ``blobs``; None: stored
+        already). A prune running leaves it alone (as :meth:`put`); one starting later
+        reads that write's reference: the caller holds the lock both take."""
+        ref = await self._digest(data)
+        async with self._gate:
+            if self._fresh is not None:
+                self._fresh.add(ref)
+        self._sized(ref, data)
+        return ref, None if ref in self._cache else data
+
+    async def store_claimed(self, ref: str, data: bytes) -> None:
+        """Store a :meth:`claim`'s bytes on their own (the caller's write that references
+        them is not the first it makes)."""
+        async with self._gate:
+            await self.store.put_fl_blob(ref, data)
+
+    async def _digest(self, data: bytes) -> str:
+        if len(data) > HASH_IN_THREAD:
+            return await asyncio.to_thread(digest_of, data)
+        return digest_of(data)
+
+    def _sized(self, ref: str, data: bytes) -> None:
+        if len(self._sizes) >= MAX_SIZES_KNOWN:  # a bound, not a need: unknown is
+            self._sizes.clear()  # deleted alone
+        self._sizes[ref] = len(data)
 
     async def get(self, ref: str, *, keep: bool = True) -> bytes:
         """The bytes of ``ref``; NotFound naming ``digest`` when no store (nor the old

@@ -46,7 +46,9 @@ class DocumentReader(Protocol):
 class ExperimentStore(Protocol):
     """The store's documents and blobs of federated learning (the coordinator's alone)."""
 
-    async def save_fl_experiment(self, experiment: Experiment) -> None: ...
+    async def save_fl_experiment(
+        self, experiment: Experiment, blobs: Sequence[tuple[str, bytes]] = ()
+    ) -> None: ...
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None: ...
     async def list_fl_experiments(
         self, *, limit: int = 100, offset: int = 0

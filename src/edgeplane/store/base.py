@@ -316,8 +316,12 @@ class Store(ABC):
 
     # federated learning experiments (written by the coordinator, outside the journal)
     @abstractmethod
-    async def save_fl_experiment(self, experiment: Experiment) -> None:
-        """Upsert."""
+    async def save_fl_experiment(
+        self, experiment: Experiment, blobs: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Upsert; ``blobs`` (``(digest, data)``, as :meth:`put_fl_blob` takes them, what
+        the document references) are stored no later than it, in its transaction when
+        small. Fenced; :class:`Invalid` (nothing written) for a blob put_fl_blob refuses."""
 
     @abstractmethod
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None: ...

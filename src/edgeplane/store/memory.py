@@ -377,10 +377,16 @@ class MemoryStore(Store):
 
     # federated learning experiments
 
-    async def save_fl_experiment(self, experiment: Experiment) -> None:
+    async def save_fl_experiment(
+        self, experiment: Experiment, blobs: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         if self.fenced_by is not None:
             name, term = self.fenced_by
             check_term(self._leases.get(name), name, term)
+        for digest, data in blobs:
+            fl_blob_fits(digest, data)
+        for digest, data in blobs:
+            await self.put_fl_blob(digest, data)
         self._fl[experiment.id] = (
             experiment.created_at,
             experiment.id,

@@ -657,33 +657,43 @@ class SqlStore(Store):
         await self._write_tasks(self._upsert_tasks, [_task_row(task) for task in tasks])
 
     async def _write_tasks(self, statement: _DriverStatement, rows: list[dict[str, Any]]) -> None:
+        await self._write_all([(statement, rows)])
+
+    async def _write_all(
+        self, writes: Sequence[tuple[_DriverStatement, list[dict[str, Any]]]]
+    ) -> None:
+        """Each statement with its rows, in one transaction (SQLite: one round trip)."""
         if self._direct is None:
             async with self._writing() as conn:
-                await statement.run(conn, rows)
+                for statement, rows in writes:
+                    await statement.run(conn, rows)
             return
         self._opened()
         assert self._write_lock is not None  # always set for SQLite
         async with _reachable(self.url), self._write_lock:
-            await self._direct.write([(statement.sql, statement.params(rows))])
+            await self._direct.write([(st.sql, st.params(rows)) for st, rows in writes])
 
-    async def _write_fenced(self, statement: _DriverStatement, rows: list[dict[str, Any]]) -> None:
-        """:meth:`_write_tasks` checking the fence (:meth:`Store.fence`) in the same
+    async def _write_fenced(
+        self, writes: Sequence[tuple[_DriverStatement, list[dict[str, Any]]]]
+    ) -> None:
+        """:meth:`_write_all` checking the fence (:meth:`Store.fence`) in the same
         transaction: :class:`Fenced`, nothing written, once the lease's term moved on."""
         fence = self.fenced_by
         if fence is None:
-            await self._write_tasks(statement, rows)
+            await self._write_all(writes)
             return
         async with _reachable(self.url):
             if self._direct is None:
                 async with self._writing() as conn:
                     await self._check_fence(conn, *fence)
-                    await statement.run(conn, rows)
+                    for statement, rows in writes:
+                        await statement.run(conn, rows)
                 return
             self._opened()
             assert self._write_lock is not None  # always set for SQLite
             async with self._write_lock:
                 await self._direct.write(
-                    [(statement.sql, statement.params(rows))], _fence_guard(*fence)
+                    [(st.sql, st.params(rows)) for st, rows in writes], _fence_guard(*fence)
                 )
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -893,7 +903,11 @@ class SqlStore(Store):
 
     # federated learning experiments
 
-    async def save_fl_experiment(self, experiment: Experiment) -> None:
+    async def save_fl_experiment(
+        self, experiment: Experiment, blobs: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        for digest, data in blobs:
+            fl_blob_fits(digest, data)
         row = {
             "id": experiment.id,
             "name": experiment.name,
@@ -908,7 +922,15 @@ class SqlStore(Store):
         # process's samples with long-lived clients (py-spy under bench/fl.py).
         # Fenced as apply() is: a leader paused past its lease must not write its stale
         # copy over the document its successor took the experiment on with.
-        await self._write_fenced(self._upsert_fl_experiment, [row])
+        # an update's blob in the write that references it: a transaction less per
+        # update (bench/fl.py); a larger one than INLINE_BLOB_BYTES on the thread first
+        put = [{"digest": d, "size": len(b), "data": b} for d, b in blobs]
+        if self._direct is not None and any(len(b) > INLINE_BLOB_BYTES for _, b in blobs):
+            for digest, data in blobs:  # megabytes on the thread, before the document
+                await self.put_fl_blob(digest, data)
+            put = []
+        writes = [(self._put_fl_blob, put)] if put else []
+        await self._write_fenced([*writes, (self._upsert_fl_experiment, [row])])
 
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
         if _unstorable(experiment_id):
