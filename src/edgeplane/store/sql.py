@@ -935,6 +935,18 @@ class SqlStore(Store):
     async def get_fl_experiment(self, experiment_id: str) -> Experiment | None:
         if _unstorable(experiment_id):
             return None
+        if self._direct is not None:
+            # as get_task: the coordinator reads its live experiments at every pass
+            self._opened()
+            async with _reachable(self.url):
+                found = await self._direct.scalar(
+                    "SELECT doc FROM fl_experiments WHERE id = ?", (experiment_id,)
+                )
+            if found is None:
+                return None
+            with contextlib.suppress(ValidationError):
+                return Experiment.model_validate_json(found)
+            # an older version's document: read it the long way, with its row's columns
         e = tables.fl_experiments
         async with self._reading() as conn:
             row = (await conn.execute(select(e).where(e.c.id == experiment_id))).one_or_none()
