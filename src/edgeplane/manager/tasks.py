@@ -24,7 +24,7 @@ from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.resolver import Resolver, unresolved
 from edgeplane.model import TASK_STATES, Task, TaskPatch, TaskSpec, Workflow
 from edgeplane.model.listing import Position
-from edgeplane.protocol import FINAL_STATES, AckEvents, EventKey, StopTasks, TaskEvent
+from edgeplane.protocol import FINAL_STATES, StopTasks, TaskEvent
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -314,7 +314,10 @@ class TaskService:
         now = core.clock.now()
         entry = core.registry.get(member_id)
         changed: dict[str, Task] = {}
-        acks: list[EventKey] = []
+        #: the body's keys as plain dicts, not :class:`EventKey` models: the same JSON
+        #: on the wire (orjson); building and serialising a model per final event cost
+        #: 1.1 us, the dict 0.1 us (microbenchmark, 1,000 keys, min of 40)
+        acks: list[dict[str, object]] = []
         late: list[TaskEvent] = []
         resent: list[TaskEvent] = []
         #: versions written again only so the acks wait for them (resolved once already)
@@ -331,7 +334,7 @@ class TaskService:
                 # so acking a cluster's "scheduled" event dropped the attempt's final event
                 # emitted meanwhile, before this manager had stored it (killed then, the
                 # result was lost: the cluster's next hello no longer listed the task).
-                acks.append(EventKey(task_id=event.task_id, attempt=event.attempt))
+                acks.append({"task_id": event.task_id, "attempt": event.attempt})
             task = core.active.get(event.task_id)
             if task is None and event.state in ("completed", "failed", "cancelled"):
                 late.append(event)
@@ -388,7 +391,7 @@ class TaskService:
             if acks:
                 # QoS 0: a lost ack costs one resend of the events, which are acked again
                 # (duplicates are ignored); QoS 1 would cost a PUBACK each way per batch.
-                await core.send(member_id, "task.ack", AckEvents(keys=acks), qos=0)
+                await core.send(member_id, "task.ack", {"keys": acks}, qos=0)
 
         core.journal.write(changed.values(), then=after)
 
@@ -410,15 +413,20 @@ class TaskService:
 
     def resolve(self, tasks: Iterable[Task]) -> None:
         """A task's end is durable: wake its waiters and tell the listeners (workflows)."""
+        # (attributes looked up once per call, not per task, and no empty list per task
+        # for the waiters nobody registered: with Journal._round's shortcut, a round of
+        # 1,000 task ends took 3.4 -> 2.5 us per task, store excluded; microbenchmark)
+        stats, waiters, listeners = self.core.stats, self._waiters, self.on_task_end
+        finished, observe = stats.finished, stats.end_to_end.observe
         for task in tasks:
             if task.terminal:
-                self.core.stats.finished[task.state] += 1
+                finished[task.state] += 1
                 if task.finished_at is not None and task.created_at:
-                    self.core.stats.end_to_end.observe(max(0.0, task.finished_at - task.created_at))
-                for future in self._waiters.pop(task.id, []):
+                    observe(max(0.0, task.finished_at - task.created_at))
+                for future in waiters.pop(task.id, ()):
                     if not future.done():
                         future.set_result(task)
-                for listener in self.on_task_end:
+                for listener in listeners:
                     listener(task)
 
     def cancel_waiters(self) -> None:
