@@ -15,6 +15,7 @@ import http.server
 import json
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -28,6 +29,7 @@ import pytest
 
 from edgeplane.transport import free_port
 from faults.procs import wait_until
+from port_fixtures import hold_port
 
 
 @dataclass
@@ -40,6 +42,8 @@ class RegistryProcess:
     auth_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    #: the address kept while stopped (``stop(keep_address=True)``): bound, not listening
+    held: socket.socket | None = None
 
     @property
     def address(self) -> str:
@@ -83,6 +87,7 @@ class RegistryProcess:
             f"http:\n  addr: {self.address}\n  secret: {secrets.token_hex(16)}\n" + auth
         )
         log = (self.root / "registry.log").open("wb")
+        self.release()
         self.process = subprocess.Popen(
             [executable, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
         )
@@ -101,7 +106,10 @@ class RegistryProcess:
         wait_until(answers, "docker-registry answering /v2/", timeout=30)
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, keep_address: bool = False) -> None:
+        """``keep_address``: hold its port until it starts again, so a registry that is
+        down refuses connections, and no other test's server takes the address meanwhile
+        (one did under xdist, and answered 404 for the image: ``artifact_not_found``)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -109,6 +117,13 @@ class RegistryProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if keep_address and self.held is None:
+            self.held = hold_port(self.port)
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
 
 @contextlib.contextmanager

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import wasmtime
-from test_up import EDGEPLANE, free_port, stop, wait_healthy, wait_until
+from test_up import EDGEPLANE, stop, wait_healthy, wait_until
 
 from edgeplane.examples import EXAMPLES
+from port_fixtures import hold_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +51,8 @@ def test_manager_killed_mid_workflow_resumes(
         "EDGEPLANE_DOMAIN": unique_domain,
         "EDGEPLANE_HEARTBEAT_S": "0.5",
     }
-    port = free_port()
+    held = hold_port()  # the manager's, for the whole test: never another test's server
+    port = held.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     manager = start_manager(port, fast_broker_url, store_url, env, tmp_path / "m")
     worker = subprocess.Popen(
@@ -113,3 +115,4 @@ def test_manager_killed_mid_workflow_resumes(
         http.close()
         for proc in (worker, manager):
             stop(proc)
+        held.close()

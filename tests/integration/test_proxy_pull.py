@@ -17,8 +17,8 @@ from edgeplane.errors import Invalid
 from edgeplane.model import TaskSpec
 from edgeplane.roles.up import running_stack
 from edgeplane.runtimes.busybox import busybox_image
-from edgeplane.transport import free_port
 from oci_fixtures import busybox_containers_unavailable
+from port_fixtures import hold_port
 from registry_fixtures import RegistryProcess, skopeo_push
 from stack_fixtures import start_stack
 from wasm_fixtures import add_wasm
@@ -75,9 +75,10 @@ async def test_registry_down_at_admission_waits_pending_then_runs_or_fails(
     try:
         await push_add(registry, tmp_path)
     finally:
-        registry.stop()
+        registry.stop(keep_address=True)  # down: refused, and nobody else's meanwhile
     image = f"oci://{registry.address}/demo/add:1"
-    never = f"oci://127.0.0.1:{free_port()}/demo/add:1"
+    nowhere = hold_port()  # never up, and never another test's server
+    never = f"oci://127.0.0.1:{nowhere.getsockname()[1]}/demo/add:1"
     settings = stack_settings(tmp_path, unique_domain).model_copy(update={"retry_backoff_s": 0.2})
     async with running_stack(settings) as stack:
         control = stack.control
@@ -105,6 +106,8 @@ async def test_registry_down_at_admission_waits_pending_then_runs_or_fails(
         finally:
             await worker.stop()
             registry.stop()
+            registry.release()
+            nowhere.close()
 
 
 @pytest.mark.skipif(
