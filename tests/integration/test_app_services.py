@@ -184,7 +184,10 @@ def running(found: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 async def test_two_replicas_on_one_worker_publish_port_8000_on_two_host_ports(
     plane: Plane,
 ) -> None:
-    app_id = await plane.app({"name": "shop", "services": [service("hello")]})
+    # checked, so "running" means serving
+    app_id = await plane.app(
+        {"name": "shop", "services": [service("hello", healthcheck=FAST_CHECK)]}
+    )
 
     async def both() -> list[dict[str, Any]]:
         return running(await plane.instances(app_id), 2)
@@ -569,9 +572,10 @@ async def test_at_the_root_instances_are_listed_with_their_workers_addresses(
                 return any(c["state"] == "online" and c["aggregate"] for c in items)
 
             await eventually(cluster_up, "cluster a online")
-            created = await http.post(
-                "/applications", json={"name": "far", "services": [service("far")]}
-            )
+            # checked: "running" then means serving (CI once fetched a started httpd
+            # that did not listen yet)
+            far = service("far", healthcheck=FAST_CHECK)
+            created = await http.post("/applications", json={"name": "far", "services": [far]})
             assert created.status_code == 201, created.text
             app_id = created.json()["id"]
 
