@@ -453,6 +453,29 @@ async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.As
     assert worker.stats.started == started
 
 
+async def test_a_start_for_another_session_of_the_worker_id_is_left_alone_and_counted(
+    sqlite_stack: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    """What a restarted worker's older process would have been sent: not this one's."""
+    stack, http = sqlite_stack
+    task = await run(http, {"name": "add", "file": ADD, "inputs": [2, 3]})
+    worker = next(w for w in stack.workers if w.id == task["worker_id"])
+    started = worker.stats.started
+    other = StartTasks(
+        session="an-older-process",
+        tasks=[Assignment(task_id="t-foreign", attempt=1, runtime="wasm", entrypoint="add")],
+    )
+    payload = encode("task.start", other, term=stack.control.manager.term)
+    await stack.control.manager.link.publish(worker.topics.cmd(worker.id), payload)
+    await stack.control.manager.link.flush()
+    for _ in range(40):
+        if worker.stats.foreign_commands:
+            break
+        await asyncio.sleep(0.05)
+    assert worker.stats.foreign_commands == 1
+    assert worker.stats.started == started
+
+
 async def test_host_tasks_need_allow_host(
     tmp_path: Path, fast_broker_url: str, unique_domain: str
 ) -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from edgeplane.cli.main import app as cli_app
 from edgeplane.protocol import Metrics, Topics, decode, parse_body
 from edgeplane.roles.up import Stack
-from edgeplane.transport import MqttLink, free_port
+from edgeplane.transport import MqttLink
 from edgeplane.worker.exposition import serve
 from stack_fixtures import TOKEN, start_stack
 
@@ -229,8 +229,8 @@ async def test_prometheus_text_parses_with_sane_values(
     assert value(commit, f"{commit}_count") >= 1
 
     # a worker's own (``worker --metrics-listen``): runtime start latency among them
-    port = free_port()
-    server = serve(up.workers[0], "127.0.0.1", port)
+    server = serve(up.workers[0], "127.0.0.1", 0)  # the system's free port, held at once
+    port = server.server_address[1]
     try:
         async with httpx.AsyncClient() as plain:
             text = (await plain.get(f"http://127.0.0.1:{port}/metrics")).text
@@ -243,6 +243,8 @@ async def test_prometheus_text_parses_with_sane_values(
     counts = [s for s in start.samples if s.name.endswith("_count")]
     assert [(s.labels["runtime"], s.value >= 3) for s in counts] == [("host", True)]
     assert worker["edgeplane_worker_tasks_finished"].samples[0].value >= 3
+    for refused in ("unsigned", "foreign", "duplicate"):  # none in a plain run
+        assert worker[f"edgeplane_worker_commands_{refused}"].samples[0].value == 0
 
 
 async def test_logs_follow_streams_lines_as_printed_and_ends_with_the_task(

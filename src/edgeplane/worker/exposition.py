@@ -45,6 +45,21 @@ class WorkerCollector(Collector):
             value=stats.bad_messages,
         )
         yield CounterMetricFamily(
+            "edgeplane_worker_commands_unsigned",
+            "Commands refused for a missing or wrong MAC (also in bad_messages)",
+            value=stats.unsigned,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_worker_commands_foreign",
+            "Task starts meant for another session of this worker id (left alone)",
+            value=stats.foreign_commands,
+        )
+        yield CounterMetricFamily(
+            "edgeplane_worker_commands_duplicate",
+            "Redelivered task starts recognised and not run again",
+            value=stats.duplicates,
+        )
+        yield CounterMetricFamily(
             "edgeplane_worker_metric_batches",
             "Batches of usage samples published",
             value=agent.monitor.sent,
