@@ -259,10 +259,15 @@ def mqtt_md() -> str:
         "",
         f"`{fl}` (on the cluster's broker): a training task → the",
         "coordinator, when it cannot reach the API: its round's update, one line of JSON",
-        '`{"token": FL_TOKEN, "content_type": …}`, a newline, then the update exactly as it',
-        "would be POSTed (raw `f32` or `.npz`; docs/fl.md). Binary, not an envelope; at most",
+        '`{"token": FL_TOKEN, "content_type": …, "resend": N}`, a newline, then the update',
+        "exactly as it would be POSTed (raw `f32` or `.npz`; `resend`: how many times it",
+        "was sent before, unanswered; docs/fl.md). Binary, not an envelope; at most",
         f"{_mib(MAX_UPDATE)} MiB. On a broker edgeplane starts, only that task's own identity",
         "may publish on it.",
+        "",
+        f"`{topics.fl_ack('EXPERIMENT', 'ROUND', 'WORKER')}`: the coordinator → that training",
+        'task, QoS 1: `{"outcome": "accepted" | reason, "detail": …}`, the answer to each',
+        "update it judged; the task sends its update again until it is answered (docs/fl.md).",
     ]
     out += ["", "## Message bodies", ""]
     for name, cls in inspect.getmembers(messages, inspect.isclass):

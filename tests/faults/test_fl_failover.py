@@ -5,9 +5,10 @@ it never saw it), runs the last round, and serves every model version, those the
 leader made included. Real processes: two ``edgeplane manager``s, two ``edgeplane
 worker``s running the digits example's client.
 
-Round 2 is the one cut: one client is let through (it trains and posts its update to the
-leader), the other waits at a gate the test never opens. The leader is killed; the round
-closes at its deadline on the new leader with the one update (``min_clients`` 1).
+Round 2 is the one cut: both clients train, then wait at a gate. One is let through and
+posts its update to the leader; the leader is killed; the other is let through then, finds
+the leader gone and sends its update over MQTT while no manager reads the updates topic:
+it sends it again until the new leader answers, which closes the round with both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgeplane.transport import free_port
@@ -29,25 +31,34 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres, pytest.mark.timeout(2
 pytest.importorskip("sklearn")
 
 SRC = Path(__file__).parents[2] / "src"
-#: The example client; in round 2 each waits at a gate (a file the test creates and one
-#: waiting client renames away) before it fetches anything.
+#: The example client; in round 2 each trains, says so (a file ``at-PID``), then waits
+#: at a gate (a file the test creates and one waiting client renames away) before it
+#: sends its update.
 GATED_CLIENT = """
 import os, sys, time
 from pathlib import Path
 from edgeplane.fl import client
 
 gates = Path(sys.argv[1])
-if os.environ["ROUND_ID"] == "2":
-    while True:
-        try:
-            (gates / "go").rename(gates / f"taken-{os.getpid()}")
-            break
-        except FileNotFoundError:
-            time.sleep(0.05)
+send = client.send_update
+
+def gated(env, body):
+    if os.environ["ROUND_ID"] == "2":
+        (gates / f"at-{os.getpid()}").touch()
+        while True:
+            try:
+                (gates / "go").rename(gates / f"taken-{os.getpid()}")
+                break
+            except FileNotFoundError:
+                time.sleep(0.05)
+    return send(env, body)
+
+client.send_update = gated
 sys.exit(client.main())
 """
-#: Round 2 closes at this deadline on the new leader (the others at their 2 updates).
-ROUND_TIMEOUT_S = 20
+#: Round 2's deadline: far beyond the failover, so it closes at its 2 updates (at the
+#: deadline, with the one, if the update over MQTT were lost).
+ROUND_TIMEOUT_S = 120
 #: The production default (the heartbeat): the clients' training on the 2 cores deposed
 #: a leader on test_leader's 1.5 s lease before the kill, and the test was of a flip.
 LEASE_S = "5"
@@ -115,7 +126,13 @@ def test_the_standby_finishes_an_experiment_and_serves_every_version(
         lambda: len(experiment(api_one)["rounds"]) == 2, "round 2 opens", watch=[one, *workers]
     )
     before = models(api_one, exp_id, 1)
-    (gates / "go").touch()  # one client of round 2 trains and posts to the leader
+    wait_until(
+        lambda: len(list(gates.glob("at-*"))) == 2,
+        "both clients of round 2 trained",
+        watch=[one, *workers],
+        timeout=60,
+    )
+    (gates / "go").touch()  # one client of round 2 posts to the leader
     wait_until(
         lambda: experiment(api_one)["rounds"][-1]["updates"] == 1,
         "round 2's first update",
@@ -125,21 +142,26 @@ def test_the_standby_finishes_an_experiment_and_serves_every_version(
     assert sent["state"] == "open", sent
 
     one.kill9()
+    # the other finds no leader: over MQTT, before the standby has taken over
+    (gates / "go").touch()
     api_two.wait_healthy(two)
     got = wait_until(
         lambda: (e := experiment(api_two))["state"] != "running" and e,
         "the new leader ends the experiment",
         watch=[two, *workers],
-        timeout=ROUND_TIMEOUT_S + 120,
+        timeout=ROUND_TIMEOUT_S + 60,
     )
     assert got["state"] == "completed", got
     assert got["model_version"] == 3
     rounds = [(r["round"], r["attempt"], r["state"]) for r in got["rounds"]]
     assert rounds == [(1, 0, "closed"), (2, 0, "closed"), (3, 0, "closed")], got["rounds"]
     cut = got["rounds"][1]
-    # round 2 closed on the new leader with the update the dead one took (from the store)
-    assert cut["updates"] == sent["updates"] == 1
+    # round 2 closed on the new leader with the update the dead one took (from the
+    # store) and the one sent over MQTT meanwhile
+    assert cut["updates"] == 2 and cut["rejected"] == {}, cut
     assert cut["tasks"] == sent["tasks"]
+    outcomes = mqtt_outcomes(api_two)
+    assert outcomes.pop("accepted") == 1 and set(outcomes) <= {"resent"}, outcomes
     assert got["rounds"][-1]["metrics"]["accuracy"] >= 0.85
 
     # every version from the new leader; those the dead one made are the same bytes
@@ -154,10 +176,19 @@ def test_the_standby_finishes_an_experiment_and_serves_every_version(
         return found if len(found) == 6 and all(t["state"] in TERMINAL for t in found) else None
 
     ran = wait_until(clients, "every training task ends", watch=[two, *workers])
+    assert all(t["state"] == "completed" for t in ran), ran
     by_id = {t["id"]: t for t in ran}
-    # round 3's clients were handed the new leader's model (MODEL_URI) and posted there
-    for task_id in got["rounds"][2]["tasks"].values():
-        assert by_id[task_id]["state"] == "completed", by_id[task_id]
-    # round 2's client held at the gate was stopped when its round closed
-    held = [t for t in got["rounds"][1]["tasks"].values() if by_id[t]["state"] != "completed"]
-    assert [by_id[t]["state"] for t in held] == ["cancelled"]
+    over_mqtt = [t for t in got["rounds"][1]["tasks"].values() if "over MQTT" in by_id[t]["stderr"]]
+    assert len(over_mqtt) == 1, [by_id[t]["stderr"] for t in got["rounds"][1]["tasks"].values()]
+    # sent while no manager read the topic, so sent again
+    assert "sending it again" in by_id[over_mqtt[0]]["stderr"], by_id[over_mqtt[0]]["stderr"]
+
+
+def mqtt_outcomes(api: Api) -> dict[str, float]:
+    """``edgeplane_fl_mqtt_updates_total`` by outcome, from ``api``'s ``/metrics``."""
+    found = {}
+    for line in httpx.get(f"{api.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("edgeplane_fl_mqtt_updates_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            found[outcome] = float(line.rsplit(" ", 1)[1])
+    return found

@@ -5,8 +5,9 @@ The manager is killed once between rounds (round 1 aggregated, round 2 not start
 second worker is drained, so too few are eligible) and once in the middle of round 2 (one
 update in, the other client still training). The second client of round 2 finds the API
 gone and posts its update over MQTT; the broker keeps it for the coordinator's persistent
-session. Started again on the same store and data directory, the manager goes on: the
-experiment completes with each of its 3 rounds aggregated exactly once.
+session, and the client sends it again until the manager answers it. Started again on
+the same store and data directory, the manager goes on: the experiment completes with
+each of its 3 rounds aggregated exactly once, the resent copies counted nowhere.
 
 Each client waits at two gates, before it trains and before it posts (a file the test
 creates and one client renames away), so the test decides when each update is sent.
@@ -43,6 +44,16 @@ from edgeplane.fl import client
 
 gates, round_no = Path(sys.argv[1]), os.environ["ROUND_ID"]
 
+over_mqtt = client.post_over_mqtt
+
+
+def falls_back(*args, **kwargs):
+    (gates / f"mqtt-{os.getpid()}").touch()  # the test restarts the manager then
+    return over_mqtt(*args, **kwargs)
+
+
+client.post_over_mqtt = falls_back
+
 
 def wait(gate):
     while True:
@@ -68,6 +79,16 @@ from pathlib import Path
 from edgeplane.fl import client
 
 gates = Path(sys.argv[1])
+
+over_mqtt = client.post_over_mqtt
+
+
+def falls_back(*args, **kwargs):
+    (gates / f"mqtt-{os.getpid()}").touch()  # the test restarts the manager then
+    return over_mqtt(*args, **kwargs)
+
+
+client.post_over_mqtt = falls_back
 
 
 def wait(gate, round_no):
@@ -182,7 +203,11 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
 
     manager.kill9()  # mid-round: one update in, one client trained and still to post
     release("post", 2)
-    wait_until(lambda: ended(2) == 2, "round 2's second client posts", watch=workers)
+    wait_until(
+        lambda: list(gates.glob("mqtt-*")),
+        "round 2's second client falls back to MQTT",
+        watch=workers,
+    )
     manager.start()
     api.wait_healthy(manager)
     wait_until(
@@ -190,6 +215,8 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
         "round 2 closes with the update the broker kept",
         watch=every,
     )
+    # and the client that sent it over MQTT was answered: done
+    wait_until(lambda: ended(2) == 2, "round 2's second client is answered", watch=every)
     wait_until(lambda: len(experiment()["rounds"]) == 3, "round 3 opens", watch=every)
     run(3)
     wait_until(lambda: experiment()["state"] != "running", "the experiment ends", watch=every)
@@ -202,7 +229,10 @@ def test_a_manager_killed_between_rounds_and_mid_round_aggregates_each_round_onc
     assert rounds == [(1, 0, "closed", 2), (2, 0, "closed", 2), (3, 0, "closed", 2)]
     assert got["rounds"][-1]["metrics"]["accuracy"] >= 0.9
     assert all(not r["rejected"] for r in got["rounds"]), got["rounds"]
-    assert fl_outcomes(api.url) == {"accepted": 1}  # this process: round 2's second update
+    # this process: round 2's second update, and the copies the client sent before the
+    # manager was back, if it had them yet when it took the first
+    outcomes = fl_outcomes(api.url)
+    assert outcomes.pop("accepted") == 1 and set(outcomes) <= {"resent"}, outcomes
 
     # per round: a task per client and round; persistent: one per worker, all 3 rounds
     tasks = 6 if client_tasks == "per_round" else 2

@@ -154,17 +154,24 @@ async def test_a_task_publishes_only_its_own_update_and_bad_ones_are_counted(
     # the coordinator: what the broker let through is checked as over HTTP
     monkeypatch.setattr(mqtt, "MAX_UPDATE", 64 * 1024)
     forged = e2["FL_TOKEN"][:-4] + ("AAAA" if not e2["FL_TOKEN"].endswith("AAAA") else "BBBB")
+    # and answered on the update's acks topic: the client is told why
     cases = [
-        (e1, t1, mqtt.frame(e1["FL_TOKEN"], GOOD)),  # the same update again: duplicate
-        (e2, t2, b"garbage"),  # malformed
-        (e2, t2, mqtt.frame(forged, GOOD)),  # unauthorized
-        (e2, t2, mqtt.frame(e1["FL_TOKEN"], GOOD)),  # w1's credential on w2's topic: same
-        (e2, t2, mqtt.frame(e2["FL_TOKEN"], b"x" * 100_000)),  # oversize
-        (e2, t2, mqtt.frame(e2["FL_TOKEN"], NAN)),  # nonfinite
-        (e2, t2, mqtt.frame(e2["FL_TOKEN"], SMALL)),  # shape
+        # the same update again: on record, so the client is done
+        (e1, t1, mqtt.frame(e1["FL_TOKEN"], GOOD), "duplicate"),
+        (e2, t2, b"garbage", "malformed"),
+        (e2, t2, mqtt.frame(forged, GOOD), "unauthorized"),
+        # w1's credential on w2's topic: the same
+        (e2, t2, mqtt.frame(e1["FL_TOKEN"], GOOD), "unauthorized"),
+        (e2, t2, mqtt.frame(e2["FL_TOKEN"], b"x" * 100_000), "oversize"),
+        (e2, t2, mqtt.frame(e2["FL_TOKEN"], NAN), "nonfinite"),
+        (e2, t2, mqtt.frame(e2["FL_TOKEN"], SMALL), "shape"),
     ]
-    for env, topic, payload in cases:
-        assert (await publish(stack, env, topic, payload))[0] is True
+    for env, topic, payload, outcome in cases:
+        taken, why = await publish(stack, env, topic, payload)
+        if outcome == "duplicate":
+            assert (taken, why) == (True, "")
+        else:
+            assert taken is False and why.startswith(f"{fl_client.ANSWERED}: {outcome}:"), why
 
     async def all_refused() -> bool:
         return sum((await mqtt_outcomes(stack)).values()) >= 8
@@ -276,12 +283,9 @@ async def test_an_unselected_workers_update_over_mqtt_is_refused_and_counted(
     token = tokens.issue(bytes.fromhex(stored.secret), grant)
     topic = Topics(stack.control.settings.domain).fl_update(exp_id, 1, unpicked)
     anonymous = {k: v for k, v in envs[picked].items() if not k.startswith("FL_MQTT_USER")}
-    assert await publish(stack, anonymous, topic, mqtt.frame(token, GOOD)) == (True, "")
-
-    async def refused() -> bool:
-        return (await mqtt_outcomes(stack)).get("unselected") == 1
-
-    await until(refused, "the update is refused")
+    taken, why = await publish(stack, anonymous, topic, mqtt.frame(token, GOOD))
+    assert taken is False and why.startswith(f"{fl_client.ANSWERED}: unselected:"), why
+    assert (await mqtt_outcomes(stack)).get("unselected") == 1
     got = await experiment(http, exp_id)
     assert got["rounds"][0]["rejected"] == {"unselected": 1}
     assert got["rounds"][0]["updates"] == 0

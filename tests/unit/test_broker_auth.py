@@ -241,10 +241,12 @@ def test_a_training_task_may_write_its_update_topic_only_until_revoked(tmp_path:
     user = made["t-1"].username
     assert user == "fl/t-1" and made["t-1"].password
     acl = auth.acl_file.read_text().splitlines()
-    # its own section, one topic; the member patterns cannot reach the manager's topics
+    # its own section: its topic, and the answer to it; the member patterns cannot reach
+    # the manager's topics
     at = acl.index(f"user {user}")
     assert acl[at + 1] == f"topic write {topic}"
-    assert acl[at + 2].startswith("user ")
+    assert acl[at + 2] == "topic read d/fl/e1/rounds/3/acks/w1"
+    assert acl[at + 3].startswith("user ")
     assert all(not line.startswith("pattern") for line in acl[at:])
     assert f"{user}:$7$" in auth.password_file.read_text()
     # a restarted coordinator keeps those of its open rounds

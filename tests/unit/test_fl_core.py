@@ -295,13 +295,14 @@ def test_spec_bounds() -> None:
     st.binary(max_size=300),
     st.sampled_from(MQTT_TYPES),
     st.none() | st.integers(0, 1_000),
+    st.integers(0, mqtt.MAX_RESENDS),
 )
 @settings(max_examples=60, deadline=None)
 def test_mqtt_frame_round_trips(
-    token: str, body: bytes, content_type: str, attempt: int | None
+    token: str, body: bytes, content_type: str, attempt: int | None, resend: int
 ) -> None:
-    got = mqtt.unframe(mqtt.frame(token, body, content_type, attempt))
-    assert got == (token, content_type, body, attempt)
+    got = mqtt.unframe(mqtt.frame(token, body, content_type, attempt, resend))
+    assert got == (token, content_type, body, attempt, resend)
 
 
 @pytest.mark.parametrize(
@@ -314,6 +315,8 @@ def test_mqtt_frame_round_trips(
         b'{"content_type": "application/x-npz"}\n',  # no token
         b'{"token": 7}\n',
         b'{"token": "t", "content_type": "text/plain"}\n',
+        b'{"token": "t", "resend": -1}\n',
+        b'{"token": "t", "resend": true}\n',
         b"[]\n",
     ],
 )

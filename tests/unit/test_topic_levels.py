@@ -12,7 +12,7 @@ from edgeplane.config import Settings
 from edgeplane.errors import Invalid
 from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import JoinRequest
-from edgeplane.protocol.topics import check_domain, check_segment
+from edgeplane.protocol.topics import check_domain, check_segment, fl_ack_of
 from edgeplane.roles import worker as worker_role
 from edgeplane.transport import parse_broker_urls
 
@@ -80,3 +80,14 @@ def test_a_broker_is_one_url_or_its_nodes_comma_separated() -> None:
         with pytest.raises(Invalid) as refused:
             parse_broker_urls(bad)
         assert refused.value.field == "broker"
+
+
+def test_an_update_topics_answer_is_its_acks_level_wildcards_kept() -> None:
+    topics = Topics("d/e")
+    for round_no in (3, "+"):
+        update = topics.fl_update("x1", round_no, "w1")
+        assert fl_ack_of(update) == topics.fl_ack("x1", round_no, "w1")
+        assert topics.fl_update_of(fl_ack_of(update)) is None  # never read as an update
+    for other in ("d/e/c/workers/w1/events", "d/e/fl/x1/rounds/3/updates/w1/more", ""):
+        with pytest.raises(Invalid):
+            fl_ack_of(other)

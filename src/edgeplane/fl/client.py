@@ -7,7 +7,8 @@ softmax model with ``HYPERPARAMS``, and posts its update (``f32`` full weights, 
 credential (``FL_TOKEN``), which lets it do only that. When the coordinator cannot be
 reached for the post, it publishes the update over MQTT instead (``FL_MQTT_URL``,
 ``FL_MQTT_TOPIC`` and, on a broker edgeplane secures, ``FL_MQTT_USERNAME`` and
-``FL_MQTT_PASSWORD``: an identity that may publish on that one topic).
+``FL_MQTT_PASSWORD``: an identity that may publish on that one topic and read the
+answer to it), again until the coordinator answers it.
 
 A long-lived client (``client_tasks: persistent``; its env has ``FL_ASSIGNMENT_URL``)
 runs for the whole experiment instead: it asks for its next round (held open by the
@@ -20,10 +21,11 @@ from __future__ import annotations
 import base64
 import io
 import os
+import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +36,25 @@ import orjson
 from edgeplane.fl import mqtt, updates
 from edgeplane.fl.model import evaluate, fits, train
 from edgeplane.fl.updates import RAW
+from edgeplane.protocol.topics import fl_ack_of
 from edgeplane.transport import BrokerAddress
 
 #: Seconds to wait for the broker to take the update (its PUBACK).
 MQTT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
+#: An update over MQTT is sent again until the coordinator answers it (on
+#: ``FL_MQTT_TOPIC`` with ``acks`` for ``updates``): a manager that took over from a dead
+#: one subscribes only once it leads, and what was published before is not kept for it.
+#: After the first send the client waits this long, then twice as long, up to
+#: ``RESEND_MAX_S``, for ``ANSWER_TIMEOUT_S`` in all.
+RESEND_FIRST_S = 2.0
+RESEND_MAX_S = 10.0
+ANSWER_TIMEOUT_S = 60.0
+#: What ``post_over_mqtt`` returns when the coordinator answered with a refusal (late,
+#: say): told on stderr; a long-lived client goes on to its next round as over HTTP.
+REFUSED = 3
+#: The coordinator's answers that mean the update is on record.
+TAKEN = frozenset({"accepted", "duplicate"})
 #: Answers that mean the API is there but cannot take the update now: try MQTT.
 UNREACHABLE = frozenset({502, 503, 504})
 #: How long the coordinator holds an ask for the next round open, s (it answers sooner
@@ -216,7 +232,7 @@ class Session:
                 print(f"edgeplane.fl.client: {sent.status_code}; over MQTT", file=sys.stderr)
             env = {**self.env, "FL_MQTT_TOPIC": work.mqtt_topic or ""}
             code = post_over_mqtt(env, self.env.get("FL_TOKEN", ""), body, work.attempt)
-            if code != 0:
+            if code not in (0, REFUSED):
                 raise Stop(f"round {work.round}: the update was not sent", code)
         elif sent.status_code == 401:
             raise Stop(f"update refused: {sent.text}", 1)
@@ -287,19 +303,26 @@ def send_update(env: Mapping[str, str], body: bytes) -> int:
             print(
                 f"edgeplane.fl.client: {post_url} unreachable ({exc}); over MQTT", file=sys.stderr
             )
-            return post_over_mqtt(env, token, body)
+            return _exit_code(post_over_mqtt(env, token, body))
     if sent.status_code in UNREACHABLE:
         print(f"edgeplane.fl.client: {sent.status_code}; over MQTT", file=sys.stderr)
-        return post_over_mqtt(env, token, body)
+        return _exit_code(post_over_mqtt(env, token, body))
     if sent.status_code >= 400:
         return _fail(f"update refused: {sent.text}", 1)
     return 0
 
 
+def _exit_code(code: int) -> int:
+    """A per-round client's exit code: a refused update is a failed task, as over HTTP."""
+    return 1 if code == REFUSED else code
+
+
 def post_over_mqtt(
     env: Mapping[str, str], token: str, body: bytes, attempt: int | None = None
 ) -> int:
-    """Publish the update on ``FL_MQTT_TOPIC`` (QoS 1); 0 once the broker has it."""
+    """Publish the update on ``FL_MQTT_TOPIC`` (QoS 1), again until the coordinator
+    answers: 0 once it took it (or, with no answer, once the broker has it), ``REFUSED``
+    when it refused it, 1 or 2 when it could not be sent."""
     from edgeplane.errors import Invalid
     from edgeplane.transport import parse_broker_urls
 
@@ -311,19 +334,29 @@ def post_over_mqtt(
     except Invalid as exc:
         return _fail(f"FL_MQTT_URL: {exc.detail}", 2)
     payload = mqtt.frame(token, body, attempt=attempt)
+
+    def again(sends: int) -> bytes:  # says it was sent before: not counted as a duplicate
+        return mqtt.frame(token, body, attempt=attempt, resend=sends)
+
     errors: list[str] = []
     for broker in brokers:  # a clustered broker's nodes, in turn
-        taken, why = publish(broker, env, topic, payload)
+        taken, why = publish(broker, env, topic, payload, again)
         if taken:
             return 0
         if taken is False:  # refused: another node would refuse it too
+            if why.startswith(ANSWERED):
+                return _fail(why, REFUSED)
             return _fail(f"the broker refused the update: {why}", 1)
         errors.append(f"{broker}: {why}")
     return _fail(f"the update could not be published over MQTT: {'; '.join(errors)}", 1)
 
 
 def publish(
-    broker: BrokerAddress, env: Mapping[str, str], topic: str, payload: bytes
+    broker: BrokerAddress,
+    env: Mapping[str, str],
+    topic: str,
+    payload: bytes,
+    again: Callable[[int], bytes] | None = None,
 ) -> tuple[bool | None, str]:
     """(True, "") once the broker acknowledged it; (False, why) when it refused it (MQTT 5:
     a broker whose ACL denies the publish says so in its PUBACK); (None, why) when it could
@@ -331,19 +364,29 @@ def publish(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    connected = threading.Event()
+    connected, subscribed = threading.Event(), threading.Event()
     answers: dict[str, Any] = {}
+    told: queue.Queue[bytes] = queue.Queue()
 
     def on_connect(_c: Any, _u: Any, _f: Any, code: Any, _p: Any) -> None:
         answers["connect"] = code
         connected.set()
 
+    def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        answers["subscribe"] = codes[0] if codes else None
+        subscribed.set()
+
     def on_publish(_c: Any, _u: Any, _mid: int, code: Any, _p: Any) -> None:
         answers["publish"] = code
 
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        told.put(message.payload)
+
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_publish = on_publish
+    client.on_message = on_message
     if env.get("FL_MQTT_USERNAME"):
         client.username_pw_set(env["FL_MQTT_USERNAME"], env.get("FL_MQTT_PASSWORD"))
     if broker.tls:
@@ -358,19 +401,81 @@ def publish(
             return None, f"no answer to CONNECT within {CONNECT_TIMEOUT_S:g} s"
         if answers["connect"].is_failure:
             return False, str(answers["connect"])
-        info = client.publish(topic, payload, qos=1)
-        info.wait_for_publish(MQTT_TIMEOUT_S)
+        code = None
+        if (ack := _ack_topic(topic)) is not None:
+            client.subscribe(ack, qos=1)
+            code = answers.get("subscribe") if subscribed.wait(CONNECT_TIMEOUT_S) else None
+        # a broker whose ACL does not let it read the answer (a --broker one, say): sent
+        # once, as the broker has it
+        answerable = code is not None and not code.is_failure
+        return _until_answered(client, answers, told, topic, payload, answerable, again)
     except (RuntimeError, ValueError) as exc:  # the connection dropped, or too large
         return None, str(exc)
     finally:
         client.disconnect()
         client.loop_stop()
-    code = answers.get("publish")
-    if code is None:
-        return None, f"no PUBACK within {MQTT_TIMEOUT_S:g} s"
-    if code.is_failure:
-        return False, str(code)
-    return True, ""
+
+
+def _ack_topic(topic: str) -> str | None:
+    from edgeplane.errors import Invalid
+
+    try:
+        return fl_ack_of(topic)
+    except Invalid:  # not an update topic: nobody answers on it
+        return None
+
+
+#: How a refusal the coordinator answered begins (``publish``'s reason).
+ANSWERED = "the coordinator refused the update"
+
+
+def _until_answered(
+    client: Any,
+    answers: dict[str, Any],
+    told: queue.Queue[bytes],
+    topic: str,
+    payload: bytes,
+    answerable: bool,
+    again: Callable[[int], bytes] | None = None,
+) -> tuple[bool | None, str]:
+    """Publish, wait for the answer, publish again while none comes (``RESEND_*``): the
+    ``sends``-th time ``again(sends)`` when given, else the same payload."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    pause, sends = RESEND_FIRST_S, 0
+    while True:
+        answers.pop("publish", None)
+        sending = payload if sends == 0 or again is None else again(sends)
+        client.publish(topic, sending, qos=1).wait_for_publish(MQTT_TIMEOUT_S)
+        code = answers.get("publish")
+        if code is None:
+            return None, f"no PUBACK within {MQTT_TIMEOUT_S:g} s"
+        if code.is_failure:
+            return False, str(code)
+        sends += 1
+        remaining = deadline - time.monotonic()
+        if not answerable or remaining <= 0:
+            if answerable:
+                print(
+                    f"edgeplane.fl.client: sent {sends} times, no answer in "
+                    f"{ANSWER_TIMEOUT_S:g} s; the broker has it",
+                    file=sys.stderr,
+                )
+            return True, ""
+        try:
+            answer = orjson.loads(told.get(timeout=min(pause, remaining)))
+        except queue.Empty:
+            print(
+                f"edgeplane.fl.client: no answer in {pause:g} s; sending it again",
+                file=sys.stderr,
+            )
+            pause = min(pause * 2, RESEND_MAX_S)
+            continue
+        except orjson.JSONDecodeError:
+            return True, ""  # not the coordinator's: the broker has the update
+        outcome = answer.get("outcome") if isinstance(answer, dict) else None
+        if outcome in TAKEN:
+            return True, ""
+        return False, f"{ANSWERED}: {outcome}: {answer.get('detail', '')}"
 
 
 def _fail(message: str, code: int) -> int:

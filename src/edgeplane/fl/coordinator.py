@@ -62,6 +62,19 @@ INLINE_MODEL_MAX = 256 * 2**10
 API = "/api/v1/fl/experiments"
 
 
+class Resent(updates.Rejected):
+    """An update sent again over MQTT whose first send is on record."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("duplicate", detail)
+
+
+#: refusals of an update over MQTT that are not answered: another manager's experiment
+#: on a broker they share, and an error of this manager's (the store down, say), which
+#: the client's next send may not meet
+UNANSWERED = frozenset({"unknown", "error"})
+
+
 class Identities(Protocol):
     """The broker identities of training tasks (``BrokerAuth``'s, when edgeplane starts
     the broker): each may publish its own round's update and nothing else."""
@@ -407,6 +420,7 @@ class Coordinator:
         *,
         sender: str | None = None,
         attempt: int | None = None,
+        resend: bool = False,
     ) -> dict[str, object]:
         """Take a client's update for ``round_no``; updates.Rejected says why not.
 
@@ -417,7 +431,12 @@ class Coordinator:
         ``sender``: the worker of the MQTT topic it came on (None: over HTTP). Such an
         update is not refused for its task having ended: the client exits once the broker
         has it, maybe before it gets here. Only its task's broker identity could publish
-        it, and that identity is gone with the task."""
+        it, and that identity is gone with the task.
+
+        ``resend``: the client sent it before, unanswered (over MQTT). When its worker's
+        update for the round is on record (the first send taken, the round maybe closed
+        by it), it is ``duplicate`` and counted nowhere in the round: the client sends
+        again until answered by design."""
         async with self._holding(experiment_id):
             # the credential checked on the document held under the lock, as last stored:
             # read back and parsed for each update, it was 6 % of the coordinator
@@ -429,6 +448,13 @@ class Coordinator:
             if grant.round not in (0, round_no):
                 raise Unauthorized(f"the credential is for round {grant.round}, not {round_no}")
             record = _record(exp, round_no)
+            if (
+                resend
+                and record is not None
+                and grant.worker in record.updates
+                and attempt in (None, record.attempt)
+            ):
+                raise Resent(f"worker {grant.worker!r}'s update for round {round_no} is on record")
             if record is None or exp.round != round_no or exp.state != "running":
                 if record is not None:  # a late update: dropped, counted in its round
                     record.rejected["closed"] = record.rejected.get("closed", 0) + 1
@@ -528,6 +554,19 @@ class Coordinator:
             self._refused_mqtt("topic", topic, "not an update topic")
             return
         experiment_id, round_no, worker = where
+        outcome, detail = await self._take_mqtt(topic, experiment_id, round_no, worker, payload)
+        if outcome not in UNANSWERED and self.link is not None:
+            # answered, so the client stops sending it again (docs/fl.md, "The MQTT
+            # fallback")
+            answer = orjson.dumps({"outcome": outcome, "detail": detail})
+            await self.link.publish(
+                self.topics.fl_ack(experiment_id, round_no, worker), answer, qos=1
+            )
+
+    async def _take_mqtt(
+        self, topic: str, experiment_id: str, round_no: int, worker: str, payload: bytes
+    ) -> tuple[str, str]:
+        """Offer the update; ``(outcome, detail)``: ``accepted`` or the refusal's reason."""
         try:
             if len(payload) > fl_mqtt.MAX_UPDATE:
                 raise updates.Rejected(
@@ -548,27 +587,32 @@ class Coordinator:
                 frame.content_type,
                 sender=worker,
                 attempt=frame.attempt,
+                resend=frame.resend > 0,
             )
+        except Resent as exc:  # the client's own, as it was not answered yet: no warning
+            self.mqtt_updates["resent"] += 1
+            return "duplicate", exc.detail
         except updates.Rejected as exc:
             if exc.reason == "oversize":
                 await self._count(experiment_id, round_no, "oversize")
-            self._refused_mqtt(exc.reason or "malformed", topic, exc.detail)
+            return self._refused_mqtt(exc.reason or "malformed", topic, exc.detail)
         except Unauthorized as exc:
             await self._count(experiment_id, round_no, "unauthorized")
-            self._refused_mqtt("unauthorized", topic, exc.detail)
+            return self._refused_mqtt("unauthorized", topic, exc.detail)
         except NotFound as exc:  # another manager's experiment, on a broker they share
-            self._refused_mqtt("unknown", topic, exc.detail)
+            return self._refused_mqtt("unknown", topic, exc.detail)
         except EdgeplaneError as exc:
-            self._refused_mqtt("error", topic, exc.detail)
-        else:
-            self.mqtt_updates["accepted"] += 1
+            return self._refused_mqtt("error", topic, exc.detail)
+        self.mqtt_updates["accepted"] += 1
+        return "accepted", ""
 
-    def _refused_mqtt(self, reason: str, topic: str, detail: str) -> None:
+    def _refused_mqtt(self, reason: str, topic: str, detail: str) -> tuple[str, str]:
         self.mqtt_updates[reason] += 1
         log.warning(
             "an update over MQTT was refused",
             extra={"topic": topic, "reason": reason, "error": detail},
         )
+        return reason, detail
 
     async def _count(self, experiment_id: str, round_no: int, reason: str) -> None:
         """Count a refusal that ``offer`` did not (its round's, when it has one)."""

@@ -46,6 +46,15 @@ def check_domain(value: str) -> str:
     return value
 
 
+def fl_ack_of(update_topic: str) -> str:
+    """The answer topic of an update topic (:meth:`Topics.fl_update`, wildcards kept):
+    its ``updates`` level read as ``acks``."""
+    head, sep, worker = update_topic.rpartition("/updates/")
+    if not sep or "/" in worker:
+        raise Invalid(f"{update_topic!r} is not an update topic", field="topic")
+    return f"{head}/acks/{worker}"
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topics between a parent and its members: a manager's workers (the default) or,
@@ -115,6 +124,12 @@ class Topics:
         HTTP is unreachable (docs/fl.md): ``{d}/fl/{experiment}/rounds/{round}/updates/
         {worker}``. Under the domain, not a cluster: an experiment id is unique."""
         return f"{self.domain}/fl/{experiment}/rounds/{round_no}/updates/{worker}"
+
+    def fl_ack(self, experiment: str, round_no: int | str, worker: str) -> str:
+        """Where the coordinator answers an update that came over MQTT (docs/fl.md):
+        ``{d}/fl/{experiment}/rounds/{round}/acks/{worker}``; the client sends it again
+        until it is answered."""
+        return f"{self.domain}/fl/{experiment}/rounds/{round_no}/acks/{worker}"
 
     def fl_updates(self) -> str:
         """Wildcard subscription for every experiment's updates."""

@@ -36,7 +36,7 @@ from edgeplane.protocol import Topics
 from edgeplane.protocol.joining import WORKER_ID_PATTERN
 from edgeplane.protocol.sealing import derive
 from edgeplane.protocol.signing import sign
-from edgeplane.protocol.topics import SEGMENT_RULE
+from edgeplane.protocol.topics import SEGMENT_RULE, fl_ack_of
 
 #: The parent's MQTT username on a manager's broker and on a root's: ``$`` is not allowed
 #: in a member id, so no member can claim it (a member's username is its id, which the ACL
@@ -435,7 +435,8 @@ class BrokerAuth:
         """Anonymous clients may only join; a member (username = its id) may read its own
         ``cmd`` and ``welcome`` (a worker also its ``chunks``) and write its own leaves;
         the proxy may read every worker's ``fetch`` and write its ``chunks``; a training
-        task may write its round's federated learning update; the parent may do anything."""
+        task may write its round's federated learning update and read the answer to it;
+        the parent may do anything."""
         join = self.topics.join("%c")
         member = f"{self.topics.prefix}/%u"
         proxy: list[str] = []
@@ -446,11 +447,16 @@ class BrokerAuth:
                 f"topic read {self.topics.all_members('fetch')}",
                 f"topic write {self.topics.all_members('chunks')}",
             ]
-        # a training task may publish its own round's update, nothing else
+        # a training task may publish its own round's update and read its answer, nothing
+        # else
         fl = [
             line
             for user, client in sorted(self._state.fl_clients.items())
-            for line in (f"user {user}", f"topic write {client.topic}")
+            for line in (
+                f"user {user}",
+                f"topic write {client.topic}",
+                f"topic read {fl_ack_of(client.topic)}",
+            )
         ]
         lines = [
             "# written by edgeplane (security/broker_auth.py); edits are overwritten",
