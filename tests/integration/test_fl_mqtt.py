@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from edgeplane.fl import client as fl_client
 from edgeplane.fl import mqtt, tokens, updates
 from edgeplane.fl.model import initial
 from edgeplane.protocol import Topics
+from edgeplane.protocol.topics import fl_ack_of
 from edgeplane.roles.up import Stack
 from edgeplane.transport import free_port, parse_broker_url
 from stack_fixtures import start_stack
@@ -115,6 +117,31 @@ NAN = updates.encode_raw(
 SMALL = updates.encode_raw({"w": np.zeros((8, 10), np.float32)}, num_samples=1)
 
 
+class Eavesdropper:
+    """A client with a training task's identity subscribed to ``filters``: the topics of
+    what the broker delivers it."""
+
+    def __init__(self, url: str, env: dict[str, str], filters: list[str]) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        broker = parse_broker_url(url)
+        self.topics: set[str] = set()
+        subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.username_pw_set(env["FL_MQTT_USERNAME"], env["FL_MQTT_PASSWORD"])
+        self.client.on_message = lambda _c, _u, message: self.topics.add(message.topic)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_connect = lambda client, *_: client.subscribe([(f, 1) for f in filters])
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "no SUBACK"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 @pytest.fixture
 async def secured(
     tmp_path: Path, unique_domain: str
@@ -151,6 +178,11 @@ async def test_a_task_publishes_only_its_own_update_and_bad_ones_are_counted(
     taken, why = await publish(stack, wrong, t2, mqtt.frame(e2["FL_TOKEN"], GOOD))
     assert taken is False, why
 
+    # w1's identity reads the answers to its own updates, never w2's
+    domain = stack.control.settings.domain
+    ack1, ack2 = fl_ack_of(t1), fl_ack_of(t2)
+    spy = Eavesdropper(stack.broker_url, e1, [Topics(domain).fl_ack("+", "+", "+"), ack1])
+
     # the coordinator: what the broker let through is checked as over HTTP
     monkeypatch.setattr(mqtt, "MAX_UPDATE", 64 * 1024)
     forged = e2["FL_TOKEN"][:-4] + ("AAAA" if not e2["FL_TOKEN"].endswith("AAAA") else "BBBB")
@@ -177,6 +209,8 @@ async def test_a_task_publishes_only_its_own_update_and_bad_ones_are_counted(
         return sum((await mqtt_outcomes(stack)).values()) >= 8
 
     await until(all_refused, "the coordinator judges 8 updates")
+    spy.close()
+    assert ack1 in spy.topics and ack2 not in spy.topics, spy.topics
     assert await mqtt_outcomes(stack) == {
         "accepted": 1,
         "duplicate": 1,
