@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from edgeplane import __version__
 from edgeplane.clock import Clock, SystemClock
 from edgeplane.errors import (
+    Busy,
     Conflict,
     EdgeplaneError,
     Forbidden,
@@ -200,6 +202,9 @@ def problem(resp: Reply) -> EdgeplaneError:
         detail = str(body.get("detail") or body.get("title") or detail)
         given = body.get("field")
         field_name = given if isinstance(given, str) else None
+    busy = isinstance(body, dict) and body.get("title") == Busy.title
+    if resp.status == 503 and busy and resp.retry_after is not None:
+        return Busy(detail, retry_after=resp.retry_after)  # a long poll: ask again then
     cls = _ERROR_BY_STATUS.get(resp.status)
     if cls is None:
         return EdgeplaneError(f"HTTP {resp.status}: {detail}", field=field_name)
@@ -771,6 +776,16 @@ class _Wait(Generic[D]):
             raise _timed_out(detail + (f": {reason}" if reason else ""), last)
         return self.get(min(max(remaining, 0.0), self._hold(last)), last)
 
+    def pause_for(self, busy: Busy) -> float:
+        """Seconds to wait before asking again after the server held too many answers
+        open (``busy``); raises it when the wait's time is up."""
+        if self.deadline is None:
+            return busy.retry_after
+        remaining = self.deadline - self.clock.monotonic()
+        if remaining <= 0:
+            raise busy
+        return min(busy.retry_after, remaining)
+
     def _hold(self, last: D | None) -> float:
         """How long the next call may be held: short at first when someone shows progress,
         so a task that cannot be placed says why within seconds, not after a long poll."""
@@ -986,7 +1001,11 @@ class Client(_Base):
     def _poll(self, plan: _Wait[D], progress: Callable[[D], object] | None = None) -> D:
         last: D | None = None
         while (call := plan.next_call(last)) is not None:
-            last = self._send(call)
+            try:
+                last = self._send(call)
+            except Busy as busy:  # too many answers held open there: ask again soon
+                time.sleep(plan.pause_for(busy))
+                continue
             if progress is not None:
                 progress(last)
         assert last is not None
@@ -1434,7 +1453,11 @@ class AsyncClient(_Base):
     async def _poll(self, plan: _Wait[D], progress: Callable[[D], object] | None = None) -> D:
         last: D | None = None
         while (call := plan.next_call(last)) is not None:
-            last = await self._send(call)
+            try:
+                last = await self._send(call)
+            except Busy as busy:  # too many answers held open there: ask again soon
+                await asyncio.sleep(plan.pause_for(busy))
+                continue
             if progress is not None:
                 progress(last)
         assert last is not None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgeplane.errors import Invalid
 from edgeplane.limits import (
+    DEFAULT_HELD_ANSWERS,
     DEFAULT_WASM_MAX_MEMORY_MB,
     DEFAULT_WASM_MEMORY_MB,
     DEFAULT_WASM_TIMEOUT_S,
@@ -118,6 +119,9 @@ class Settings(BaseModel):
         default=4, ge=1, description="tasks a worker holds per slot, started as slots free"
     )
     max_body_mb: float = Field(default=64.0, gt=0)
+    #: answers held open at once (long polls), beyond which a new one is 503 with
+    #: Retry-After (manager/holds.py; docs/limits.md)
+    max_held_answers: int = Field(default=DEFAULT_HELD_ANSWERS, ge=1, le=1_000_000)
     #: a worker's on-disk cache of delivered artifacts, MB (also the largest it takes)
     artifact_cache_mb: int = Field(default=1024, ge=1, le=1024 * 1024)
     #: the largest artifact the proxy serves, MB (bigger ones are refused and counted)

@@ -71,6 +71,17 @@ class Unavailable(EdgeplaneError):
     transient = True
 
 
+class Busy(Unavailable):
+    """Too many answers held open at once (``manager/holds.py``); ``retry_after`` seconds
+    until asking again may be taken."""
+
+    title = "Busy"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Fenced(Unavailable):
     """A write by a process that no longer leads: another took the lease (a later term).
     Never retried by the process that got it; it stops acting and stands by."""

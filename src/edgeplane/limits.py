@@ -86,3 +86,8 @@ MAX_YAML_BYTES = 1_048_576
 #: Aliases (``*name``) one YAML document may use: expanding a few nested aliases is how a
 #: few hundred bytes become gigabytes ("billion laughs").
 MAX_YAML_ALIASES = 64
+#: Answers a control plane holds open at once (long polls), by default (setting
+#: ``max_held_answers``; ``manager/holds.py``). A manager's open files bound its
+#: connections anyway (a soft limit of 1,024 is common on small machines), and its store
+#: and broker need some of them.
+DEFAULT_HELD_ANSWERS = 1000

@@ -38,6 +38,8 @@ class Reply:
     #: set when a standby process answered (``api/standby.py``): the leader it names
     #: ("" while none leads)
     leader: str | None = None
+    #: the ``Retry-After`` seconds it gave (a number of seconds, else None)
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -51,12 +53,24 @@ class Reply:
             resp.content,
             str(resp.request.url),
             standby_leader(resp.headers.get(ROLE_HEADER), resp.headers.get(LEADER_HEADER)),
+            retry_after(resp.headers.get("retry-after")),
         )
 
 
 #: Headers of a standby's answers (``api/standby.py``, which imports them from here).
 ROLE_HEADER = "X-Edgeplane-Role"
 LEADER_HEADER = "X-Edgeplane-Leader"
+
+
+#: The longest ``Retry-After`` a client honours, seconds (a server's larger one is cut).
+MAX_RETRY_AFTER_S = 60.0
+
+
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds when it is a number of them (not an HTTP date)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value), MAX_RETRY_AFTER_S)
 
 
 def standby_leader(role: str | None, leader: str | None) -> str | None:
@@ -221,7 +235,8 @@ class Connection:
         if resp.will_close:
             self.close()
         leader = standby_leader(resp.getheader(ROLE_HEADER), resp.getheader(LEADER_HEADER))
-        return Reply(resp.status, resp.reason, body, self._origin + target, leader)
+        pause = retry_after(resp.getheader("Retry-After"))
+        return Reply(resp.status, resp.reason, body, self._origin + target, leader, pause)
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._tls is not None:

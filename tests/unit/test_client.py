@@ -694,3 +694,39 @@ async def test_the_async_client_follows_the_leader_too() -> None:
     async with AsyncClient("http://a.test", "t", transport=transport) as c:
         assert await c.health() == {"status": "ok"}
         assert c.url == "http://b.test"
+
+
+def busy(retry_after: str = "1") -> httpx.Response:
+    """What a control plane holding ``max_held_answers`` answers open says to one more."""
+    body = {"type": "about:blank", "title": "Busy", "status": 503, "detail": "held"}
+    headers = {"Content-Type": "application/problem+json", "Retry-After": retry_after}
+    return httpx.Response(503, content=json.dumps(body), headers=headers)
+
+
+def test_a_busy_long_poll_waits_as_told_and_asks_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    answers = [busy("2"), busy("2")]
+    polls = long_poll(clock, ["completed"])
+    api = Recorder(lambda request: answers.pop(0) if answers else polls(request))
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    monkeypatch.setattr("edgeplane.client.time.sleep", sleep)
+    with api.client(clock=clock) as client:
+        assert client.wait("t1", timeout=100).state == "completed"
+    assert slept == [2.0, 2.0] and len(api.requests) == 3
+    # out of time while refused: the refusal, not a busy loop
+    answers[:] = [busy("5")] * 10
+    with api.client(clock=clock) as client, pytest.raises(Unavailable, match="held"):
+        client.wait("t1", timeout=7)
+    assert slept[2:] == [5.0, 2.0]
+
+
+def test_only_a_busy_503_is_asked_again() -> None:
+    api = Recorder(lambda request: problem(503, "store down"))
+    with api.client(clock=ManualClock()) as client, pytest.raises(Unavailable, match="down"):
+        client.wait("t1", timeout=100)
+    assert len(api.requests) == 1

@@ -13,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 from edgeplane.api.app import Authenticate
 from edgeplane.api.fastpath import TaskFastPath
 from edgeplane.errors import NotFound
+from edgeplane.manager.holds import Holds
 from edgeplane.model import Task, TaskSpec
 from edgeplane.security import TokenChecker
 from edgeplane.security.tokens import digest
@@ -30,6 +31,7 @@ class Manager:
     def __init__(self) -> None:
         self.submitted: list[TaskSpec] = []
         self.waited: list[tuple[str, float]] = []
+        self.holds = Holds()
 
     async def submit(self, specs: list[TaskSpec], batch: bool = True) -> list[Task]:
         self.submitted += specs

@@ -29,6 +29,14 @@ class ManagerCollector(Collector):
         yield CounterMetricFamily(
             "edgeplane_tasks_dispatched", "Task attempts sent to workers", value=m.stats.dispatched
         )
+        yield GaugeMetricFamily(
+            "edgeplane_held_answers", "Answers held open now (long polls)", value=m.holds.held
+        )
+        yield CounterMetricFamily(
+            "edgeplane_held_answers_refused",
+            "Long polls refused (503) past max_held_answers",
+            value=m.holds.refused,
+        )
         yield CounterMetricFamily(
             "edgeplane_task_events", "Task events received from workers", value=m.stats.events
         )

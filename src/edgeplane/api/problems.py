@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from edgeplane.errors import EdgeplaneError, TooManyRequests
+from edgeplane.errors import Busy, EdgeplaneError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,11 @@ API: dict[int | str, dict[str, Any]] = {
     404: _documented("No such resource"),
     409: _documented("The resource's state does not allow this"),
     422: _documented("Invalid input; field names it"),
-    503: _documented("A dependency (store, broker) cannot be reached right now"),
+    503: _documented(
+        "A dependency (store, broker) cannot be reached right now, or too many answers are "
+        "held open (long polls: Retry-After)",
+        **{"Retry-After": "with too many answers held open: seconds until asking again"},
+    ),
 }
 
 
@@ -141,7 +145,7 @@ def from_error(exc: EdgeplaneError) -> JSONResponse:
     response = problem(exc.status, exc.title, exc.detail, **extra)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | Busy):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 

@@ -85,7 +85,9 @@ async def owned(manager: Manager, caller: TokenRecord, task_id: str) -> Task:
 async def create_one(manager: Manager, spec: TaskSpec, wait: float) -> Task:
     """One task (not a schedule), held until it ends or ``wait`` seconds pass when started."""
     (task,) = await manager.submit([spec], batch=False)
-    if wait and task.started:
+    # past the bound of held answers, answered at once: the task is made (a 503 would
+    # have the client make it again), and the client's next poll is told to wait
+    if wait and task.started and manager.holds.free:
         task = await manager.wait(task.id, wait)
     return task
 

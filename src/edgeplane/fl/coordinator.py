@@ -875,7 +875,7 @@ class Coordinator:
             if remaining <= 0 or self._closing:
                 return {"state": "running", "round": None}
             changed = self._changed.setdefault(grant.experiment, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
+            with self.manager.holds.hold(), contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
             handout = self._handouts.get(grant.experiment, handout)
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from edgeplane import clock as clocks
 from edgeplane.config import Settings
+from edgeplane.manager.holds import Holds
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import Level
 from edgeplane.manager.queue import PendingQueue
@@ -94,6 +95,8 @@ class Core:
     term: int = 0
     #: traces of tasks' paths (``edgeplane.otel``; None: off, and nothing else is done)
     tracer: Tracer | None = None
+    #: answers the API holds open (long polls) and their bound (``holds.py``)
+    holds: Holds = field(default_factory=Holds)
 
     @property
     def member(self) -> str:

@@ -94,6 +94,8 @@ class Facade:
         self.series = core.series
         #: traces of tasks' paths (None: off)
         self.tracer = core.tracer
+        #: answers the API holds open (long polls) and their bound
+        self.holds = core.holds
         self.admit = tasks.admit
         self.submit = tasks.submit_tasks
         self.get = tasks.get

@@ -34,6 +34,7 @@ from edgeplane.manager.core import Core, ManagerStats
 from edgeplane.manager.dispatch import Dispatcher
 from edgeplane.manager.facade import Facade
 from edgeplane.manager.follow import LogFollowers
+from edgeplane.manager.holds import Holds
 from edgeplane.manager.journal import Journal
 from edgeplane.manager.levels import ClusterLevel, WorkerLevel
 from edgeplane.manager.membership import Membership
@@ -124,9 +125,12 @@ class Manager:
             tracer=tracing.tracer(
                 settings.otel_endpoint, "edgeplane-root" if root else "edgeplane-manager"
             ),
+            holds=Holds(settings.max_held_answers),
         )
         #: traces of tasks' paths (None: off)
         self.tracer = core.tracer
+        #: answers the API holds open (long polls) and their bound
+        self.holds = core.holds
         if auth is not None:
             core.sign = auth.sign
             core.sealing_key = auth.sealing_key

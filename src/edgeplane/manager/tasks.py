@@ -231,23 +231,24 @@ class TaskService:
         """The task once it has ended, or as it is when ``wait_s`` runs out."""
         if wait_s <= 0:
             return await self.get(task_id)
-        # Register before reading: an end that lands while the read awaits the store
-        # then still wakes us instead of being missed.
-        future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
-        self._waiters[task_id].append(future)
-        try:
-            task = await self.get(task_id)
-            if task.terminal:
-                return task
-            return await asyncio.wait_for(future, wait_s)
-        except TimeoutError:
-            return await self.get(task_id)
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[task_id]
+        with self.core.holds.hold():  # Busy past the bound: nothing registered
+            # Register before reading: an end that lands while the read awaits the store
+            # then still wakes us instead of being missed.
+            future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+            self._waiters[task_id].append(future)
+            try:
+                task = await self.get(task_id)
+                if task.terminal:
+                    return task
+                return await asyncio.wait_for(future, wait_s)
+            except TimeoutError:
+                return await self.get(task_id)
+            finally:
+                waiters = self._waiters.get(task_id)
+                if waiters is not None and future in waiters:
+                    waiters.remove(future)
+                    if not waiters:
+                        del self._waiters[task_id]
 
     # ------------------------------------------------------------------ changing
     async def start_task(self, task_id: str) -> Task:

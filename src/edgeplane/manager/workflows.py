@@ -163,17 +163,18 @@ class Workflows:
 
     async def wait(self, run_id: str, kind: WorkflowKind, wait_s: float) -> Workflow:
         if wait_s > 0:
-            future: asyncio.Future[Workflow] = asyncio.get_running_loop().create_future()
-            self._waiters[run_id].append(future)
-            try:
-                current = await self.get(run_id, kind)
-                if current.terminal:
-                    return current
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(future, wait_s)
-            finally:
-                if future in self._waiters.get(run_id, []):
-                    self._waiters[run_id].remove(future)
+            with self.manager.holds.hold():  # Busy past the bound: nothing registered
+                future: asyncio.Future[Workflow] = asyncio.get_running_loop().create_future()
+                self._waiters[run_id].append(future)
+                try:
+                    current = await self.get(run_id, kind)
+                    if current.terminal:
+                        return current
+                    with contextlib.suppress(TimeoutError):
+                        return await asyncio.wait_for(future, wait_s)
+                finally:
+                    if future in self._waiters.get(run_id, []):
+                        self._waiters[run_id].remove(future)
         return await self.get(run_id, kind)
 
     async def stop_run(self, run_id: str, kind: WorkflowKind) -> Workflow:
