@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from edgeplane.model import Task, TaskSpec
 from edgeplane.protocol import Assignment, StartTasks, encode
 from edgeplane.roles.up import Stack
 from edgeplane.roles.worker import build_worker
+from edgeplane.worker import WorkerAgent
 from stack_fixtures import start_stack
 
 
@@ -434,46 +435,48 @@ async def test_bad_mqtt_messages_are_counted_not_fatal(
     assert task["results"] == [3]
 
 
-async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
-    stack, http = sqlite_stack
+async def sent_by_hand(
+    stack: Stack, http: httpx.AsyncClient, make: Callable[[str], StartTasks]
+) -> WorkerAgent:
+    """Run a task, then send its worker ``make(task id)`` as the manager would: the
+    worker, whose attempts started must not have changed by it."""
     task = await run(http, {"name": "add", "file": ADD, "inputs": [2, 2]})
     worker = next(w for w in stack.workers if w.id == task["worker_id"])
     started = worker.stats.started
-    again = StartTasks(
-        tasks=[Assignment(task_id=task["id"], attempt=1, runtime="wasm", entrypoint="add")]
-    )
-    payload = encode("task.start", again, term=stack.control.manager.term)
+    payload = encode("task.start", make(task["id"]), term=stack.control.manager.term)
     await stack.control.manager.link.publish(worker.topics.cmd(worker.id), payload)
     await stack.control.manager.link.flush()
     for _ in range(40):
-        if worker.stats.duplicates:
+        if worker.stats.duplicates or worker.stats.foreign_commands:
             break
         await asyncio.sleep(0.05)
-    assert worker.stats.duplicates == 1
     assert worker.stats.started == started
+    return worker
+
+
+async def test_a_redelivered_start_runs_once(sqlite_stack: tuple[Stack, httpx.AsyncClient]) -> None:
+    def again(task_id: str) -> StartTasks:
+        return StartTasks(
+            tasks=[Assignment(task_id=task_id, attempt=1, runtime="wasm", entrypoint="add")]
+        )
+
+    worker = await sent_by_hand(*sqlite_stack, again)
+    assert worker.stats.duplicates == 1
 
 
 async def test_a_start_for_another_session_of_the_worker_id_is_left_alone_and_counted(
     sqlite_stack: tuple[Stack, httpx.AsyncClient],
 ) -> None:
     """What a restarted worker's older process would have been sent: not this one's."""
-    stack, http = sqlite_stack
-    task = await run(http, {"name": "add", "file": ADD, "inputs": [2, 3]})
-    worker = next(w for w in stack.workers if w.id == task["worker_id"])
-    started = worker.stats.started
-    other = StartTasks(
-        session="an-older-process",
-        tasks=[Assignment(task_id="t-foreign", attempt=1, runtime="wasm", entrypoint="add")],
-    )
-    payload = encode("task.start", other, term=stack.control.manager.term)
-    await stack.control.manager.link.publish(worker.topics.cmd(worker.id), payload)
-    await stack.control.manager.link.flush()
-    for _ in range(40):
-        if worker.stats.foreign_commands:
-            break
-        await asyncio.sleep(0.05)
-    assert worker.stats.foreign_commands == 1
-    assert worker.stats.started == started
+
+    def other(_: str) -> StartTasks:
+        return StartTasks(
+            session="an-older-process",
+            tasks=[Assignment(task_id="t-foreign", attempt=1, runtime="wasm", entrypoint="add")],
+        )
+
+    worker = await sent_by_hand(*sqlite_stack, other)
+    assert (worker.stats.foreign_commands, worker.stats.duplicates) == (1, 0)
 
 
 async def test_host_tasks_need_allow_host(
