@@ -429,9 +429,10 @@ class Coordinator:
         is late (``closed``).
 
         ``sender``: the worker of the MQTT topic it came on (None: over HTTP). Such an
-        update is not refused for its task having ended: the client exits once the broker
-        has it, maybe before it gets here. Only its task's broker identity could publish
-        it, and that identity is gone with the task.
+        update is not refused for its task having ended: the broker may deliver it after
+        the client exited (unanswered within its wait, or kept for this manager's
+        persistent session). Only its task's broker identity could publish it, and that
+        identity is gone with the task.
 
         ``resend``: the client sent it before, unanswered (over MQTT). When its worker's
         update for the round is on record (the first send taken, the round maybe closed
