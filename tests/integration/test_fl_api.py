@@ -362,3 +362,40 @@ async def test_a_round_stored_without_its_tasks_gets_them_after_a_restart(
         await http.post(f"/fl/experiments/{exp_id}/stop")
     finally:
         await second.aclose()
+
+
+async def test_a_blob_no_document_names_is_pruned_when_the_manager_starts(
+    tmp_path: Path, fast_broker_url: str, unique_domain: str
+) -> None:
+    """What a put before a failed referencing write leaves (an update's, a version's): a
+    blob in the store that no experiment names. The next start's full prune deletes it;
+    an experiment's versions stay."""
+    store = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    first = start_stack(tmp_path, fast_broker_url, store, unique_domain)
+    running, http = await first.__anext__()
+    try:
+        created = await http.post("/fl/experiments", json=spec(SLEEP))
+        exp_id = created.json()["id"]
+        await http.post(f"/fl/experiments/{exp_id}/stop")
+        orphan = b"an update whose write failed"
+        orphan_ref = "sha256:" + hashlib.sha256(orphan).hexdigest()
+        await running.control.store.put_fl_blob(orphan_ref, orphan)
+        exp = await running.control.store.get_fl_experiment(exp_id)
+        assert exp is not None
+        version_0 = exp.versions[0]
+    finally:
+        await first.aclose()
+
+    second = start_stack(tmp_path, fast_broker_url, store, unique_domain)
+    running, http = await second.__anext__()
+    try:
+
+        async def pruned() -> bool:
+            return await running.control.store.get_fl_blob(orphan_ref) is None
+
+        await until(pruned, "the blob no document names is pruned")
+        assert await running.control.store.get_fl_blob(version_0) is not None
+        model = await http.get(f"/fl/experiments/{exp_id}/model", params={"version": 0})
+        assert model.status_code == 200
+    finally:
+        await second.aclose()

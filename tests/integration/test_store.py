@@ -643,6 +643,21 @@ async def test_fl_blobs_are_deleted_by_digest(store: Store) -> None:
     assert caught.value.field == "digests"
 
 
+async def test_fl_blob_digests_page_through_every_stored_one_in_order(store: Store) -> None:
+    """What a full prune reads to find the blobs no experiment names."""
+    refs = sorted(fl_ref(str(n).encode()) for n in range(5))
+    for n in range(5):
+        await store.put_fl_blob(fl_ref(str(n).encode()), str(n).encode())
+    assert await store.fl_blob_digests() == refs
+    assert await store.fl_blob_digests(limit=2) == refs[:2]
+    assert await store.fl_blob_digests(refs[1], limit=2) == refs[2:4]
+    assert await store.fl_blob_digests(refs[-1]) == []
+    for bad in (0, store_base.MAX_FL_BLOB_BATCH + 1):
+        with pytest.raises(Invalid) as caught:
+            await store.fl_blob_digests(limit=bad)
+        assert caught.value.field == "limit"
+
+
 async def test_a_manager_that_lost_the_lead_deletes_no_fl_blob(store: Store) -> None:
     data = b"a version the new leader references"
     await store.put_fl_blob(fl_ref(data), data)

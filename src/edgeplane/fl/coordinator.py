@@ -654,19 +654,32 @@ class Coordinator:
         return bool(live)
 
     async def _prune(self, candidates: set[str] | None) -> None:
-        """Delete the blobs of ``candidates`` (None: every experiment's garbage) that no
-        experiment references. Every experiment is read under the lock a put and the
-        write that references it take, so each reference is either read here or written
-        after, by a put this prune then leaves alone (``Blobs.pruning``); the deletes
-        run outside the lock (offers wait for none of them)."""
+        """Delete the blobs of ``candidates`` (None: every experiment's garbage, and
+        every stored blob) that no experiment references. Every experiment is read under
+        the lock a put and the write that references it take, so each reference is
+        either read here or written after, by a put this prune then leaves alone
+        (``Blobs.pruning``); the deletes run outside the lock (offers wait for none of
+        them). A full prune (at start, and after a failed one) also finds the blobs no
+        document names: one put before a referencing write that then failed."""
         async with self._prune_lock, self.blobs.pruning():
             async with self._lock:
                 every, _ = await self.store.list_fl_experiments(limit=1_000_000)
-                wanted = prune.garbage(every) if candidates is None else candidates
+                wanted = candidates
+                if wanted is None:
+                    wanted = prune.garbage(every) | await self._stored_digests()
                 gone = prune.prunable(every, wanted)
             deleted = await self.blobs.delete(gone) if gone else 0
         if deleted:
             log.info("federated learning blobs pruned", extra={"blobs": deleted})
+
+    async def _stored_digests(self) -> set[str]:
+        """Every blob digest in the store, a page at a time."""
+        found: set[str] = set()
+        after = ""
+        while page := await self.store.fl_blob_digests(after):
+            found.update(page)
+            after = page[-1]
+        return found
 
     async def _advance(self, exp: Experiment) -> None:
         now = self.clock.now()

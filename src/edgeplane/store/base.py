@@ -41,6 +41,12 @@ def fl_blob_batch(digests: Sequence[str]) -> None:
         )
 
 
+def fl_blob_limit(limit: int) -> None:
+    """Invalid unless ``limit`` is 1 to :data:`MAX_FL_BLOB_BATCH`."""
+    if not 1 <= limit <= MAX_FL_BLOB_BATCH:
+        raise Invalid(f"limit is 1 to {MAX_FL_BLOB_BATCH}, not {limit}", field="limit")
+
+
 def fl_blob_fits(digest: str, data: bytes) -> None:
     """Invalid unless ``digest`` is well formed and ``data`` at most :data:`MAX_FL_BLOB`."""
     fl_blob_digest(digest)
@@ -353,6 +359,12 @@ class Store(ABC):
     @abstractmethod
     async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
         """Which of ``digests`` (at most :data:`MAX_FL_BLOB_BATCH`) are not stored."""
+
+    @abstractmethod
+    async def fl_blob_digests(self, after: str = "", limit: int = MAX_FL_BLOB_BATCH) -> list[str]:
+        """The stored digests after ``after``, in order, at most ``limit`` (1 to
+        :data:`MAX_FL_BLOB_BATCH`): a full prune pages through them for blobs no
+        experiment references (a put whose referencing write then failed)."""
 
     @abstractmethod
     async def delete_fl_blobs(self, digests: Sequence[str]) -> int:

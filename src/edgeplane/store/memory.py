@@ -29,6 +29,7 @@ from edgeplane.model.audit import AuditQuery, AuditRecord, matches
 from edgeplane.model.listing import Position, in_order
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store.base import (
+    MAX_FL_BLOB_BATCH,
     AuditPrune,
     Batch,
     ChuteVersionRecord,
@@ -38,6 +39,7 @@ from edgeplane.store.base import (
     UserRecord,
     fl_blob_batch,
     fl_blob_fits,
+    fl_blob_limit,
     name_taken,
     too_many_versions,
 )
@@ -422,6 +424,10 @@ class MemoryStore(Store):
     async def missing_fl_blobs(self, digests: Sequence[str]) -> set[str]:
         fl_blob_batch(digests)
         return {d for d in digests if d not in self._fl_blobs}
+
+    async def fl_blob_digests(self, after: str = "", limit: int = MAX_FL_BLOB_BATCH) -> list[str]:
+        fl_blob_limit(limit)
+        return sorted(d for d in self._fl_blobs if d > after)[:limit]
 
     async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
         fl_blob_batch(digests)

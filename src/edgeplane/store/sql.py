@@ -66,6 +66,7 @@ from edgeplane.model.listing import Position, prefix_end
 from edgeplane.model.secrets import REVEAL
 from edgeplane.store import tables
 from edgeplane.store.base import (
+    MAX_FL_BLOB_BATCH,
     Batch,
     ChuteVersionRecord,
     Kind,
@@ -75,6 +76,7 @@ from edgeplane.store.base import (
     UserRecord,
     fl_blob_batch,
     fl_blob_fits,
+    fl_blob_limit,
     name_taken,
     too_many_versions,
 )
@@ -1005,6 +1007,13 @@ class SqlStore(Store):
         async with self._reading() as conn:
             stored = set((await conn.execute(query)).scalars())
         return set(digests) - stored
+
+    async def fl_blob_digests(self, after: str = "", limit: int = MAX_FL_BLOB_BATCH) -> list[str]:
+        fl_blob_limit(limit)
+        b = tables.fl_blobs
+        query = select(b.c.digest).where(b.c.digest > after).order_by(b.c.digest).limit(limit)
+        async with self._reading() as conn:
+            return list((await conn.execute(query)).scalars())
 
     async def delete_fl_blobs(self, digests: Sequence[str]) -> int:
         fl_blob_batch(digests)
