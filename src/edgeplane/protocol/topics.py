@@ -129,7 +129,7 @@ class Topics:
         """Where the coordinator answers an update that came over MQTT (docs/fl.md):
         ``{d}/fl/{experiment}/rounds/{round}/acks/{worker}``; the client sends it again
         until it is answered."""
-        return f"{self.domain}/fl/{experiment}/rounds/{round_no}/acks/{worker}"
+        return fl_ack_of(self.fl_update(experiment, round_no, worker))
 
     def fl_updates(self) -> str:
         """Wildcard subscription for every experiment's updates."""
