@@ -50,6 +50,8 @@ CONNECT_TIMEOUT_S = 10.0
 RESEND_FIRST_S = 2.0
 RESEND_MAX_S = 10.0
 ANSWER_TIMEOUT_S = 60.0
+#: How often a client whose broker went away looks whether paho reconnected, s.
+RECONNECT_POLL_S = 0.1
 #: What ``post_over_mqtt`` returns when the coordinator answered with a refusal (late,
 #: say): told on stderr; a long-lived client goes on to its next round as over HTTP.
 REFUSED = 3
@@ -367,9 +369,14 @@ def publish(
     connected, subscribed = threading.Event(), threading.Event()
     answers: dict[str, Any] = {}
     told: queue.Queue[bytes] = queue.Queue()
+    ack = _ack_topic(topic)
 
-    def on_connect(_c: Any, _u: Any, _f: Any, code: Any, _p: Any) -> None:
+    def on_connect(client: Any, _u: Any, _f: Any, code: Any, _p: Any) -> None:
         answers["connect"] = code
+        if ack is not None and not code.is_failure:
+            # at every connect: a broker that restarted meanwhile forgot the subscription
+            # (paho reconnects by itself), and the answer would never come
+            client.subscribe(ack, qos=1)
         connected.set()
 
     def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
@@ -402,9 +409,8 @@ def publish(
         if answers["connect"].is_failure:
             return False, str(answers["connect"])
         code = None
-        if (ack := _ack_topic(topic)) is not None:
-            client.subscribe(ack, qos=1)
-            code = answers.get("subscribe") if subscribed.wait(CONNECT_TIMEOUT_S) else None
+        if ack is not None and subscribed.wait(CONNECT_TIMEOUT_S):
+            code = answers.get("subscribe")
         # a broker whose ACL does not let it read the answer (a --broker one, say): sent
         # once, as the broker has it
         answerable = code is not None and not code.is_failure
@@ -423,6 +429,15 @@ def _ack_topic(topic: str) -> str | None:
         return fl_ack_of(topic)
     except Invalid:  # not an update topic: nobody answers on it
         return None
+
+
+def _reconnected(client: Any, deadline: float) -> bool:
+    """Whether paho's own reconnection is back before ``deadline``."""
+    while not client.is_connected():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(RECONNECT_POLL_S)
+    return True
 
 
 #: How a refusal the coordinator answered begins (``publish``'s reason).
@@ -445,7 +460,14 @@ def _until_answered(
     while True:
         answers.pop("publish", None)
         sending = payload if sends == 0 or again is None else again(sends)
-        client.publish(topic, sending, qos=1).wait_for_publish(MQTT_TIMEOUT_S)
+        try:
+            client.publish(topic, sending, qos=1).wait_for_publish(MQTT_TIMEOUT_S)
+        except RuntimeError:  # not connected: the broker restarting, say
+            if sends == 0:
+                raise  # nothing sent yet: the caller tells why (or tries the next node)
+            if not _reconnected(client, deadline):  # paho reconnects by itself
+                return True, ""  # the broker had it once
+            continue
         code = answers.get("publish")
         if code is None:
             return None, f"no PUBACK within {MQTT_TIMEOUT_S:g} s"
