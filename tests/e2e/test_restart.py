@@ -60,8 +60,13 @@ def test_manager_killed_mid_workflow_resumes(
          "--allow-host", "--host-user", "root", "--data-dir", str(tmp_path / "w1")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    # a connection per request: CI once had a kept-alive one reset under the poll of the
+    # first task (Errno 104, the manager alive), and a poll is not what this test tries
     http = httpx.Client(
-        base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        base_url=f"{url}/api/v1",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+        limits=httpx.Limits(max_keepalive_connections=0),
     )
     try:
         wait_healthy(url, manager)
